@@ -1,0 +1,176 @@
+// Package testenv gives tests the real environment they need: root for the
+// kernel tests, a throwaway PostgreSQL cluster, a private cgroup subtree.
+//
+// Privileged tests never silently skip where CI runs: when
+// INTERLOCK_TEST_PRIVILEGED=1 a missing prerequisite is a failure.
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// MustRun reports whether the environment demands that privileged tests run.
+func MustRun() bool { return os.Getenv("INTERLOCK_TEST_PRIVILEGED") == "1" }
+
+// Privileged skips the test when it cannot run here, unless
+// INTERLOCK_TEST_PRIVILEGED=1, in which case it fails.
+func Privileged(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	Unavailable(t, "needs root")
+}
+
+// Unavailable stops a test whose prerequisite is missing: a failure when
+// INTERLOCK_TEST_PRIVILEGED=1, a skip otherwise.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if MustRun() {
+		t.Fatalf("INTERLOCK_TEST_PRIVILEGED=1 but %s", msg)
+	}
+	t.Skip(msg)
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// PGBin returns the directory of PostgreSQL's server binaries (Debian layout).
+func PGBin(t testing.TB) string {
+	t.Helper()
+	for _, v := range []string{"17", "16", "15"} {
+		dir := "/usr/lib/postgresql/" + v + "/bin"
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir
+		}
+	}
+	Unavailable(t, "PostgreSQL server binaries not found under /usr/lib/postgresql")
+	return ""
+}
+
+// Postgres is a throwaway PostgreSQL cluster owned by one test.
+type Postgres struct {
+	Dir  string // data directory
+	Host string // 127.0.0.1
+	Port int
+	// Superuser is "postgres"; it authenticates with Password over TCP
+	// (scram-sha-256) and with trust over the unix socket in SocketDir.
+	Superuser string
+	Password  string
+	SocketDir string
+}
+
+// DSN returns a libpq URL for user/password on database db.
+func (p *Postgres) DSN(user, password, db string) string {
+	return fmt.Sprintf("postgres://%s:%s@%s:%d/%s?sslmode=disable", user, password, p.Host, p.Port, db)
+}
+
+// AdminDSN returns the superuser's URL for database postgres.
+func (p *Postgres) AdminDSN() string { return p.DSN(p.Superuser, p.Password, "postgres") }
+
+// Addr returns host:port.
+func (p *Postgres) Addr() string { return net.JoinHostPort(p.Host, strconv.Itoa(p.Port)) }
+
+// Psql runs psql as the superuser over the unix socket and returns its
+// output; it fails the test on error.
+func (p *Postgres) Psql(t testing.TB, sql string) string {
+	t.Helper()
+	cmd := exec.Command("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+		"-h", p.SocketDir, "-p", strconv.Itoa(p.Port), "-U", p.Superuser, "-d", "postgres", "-c", sql)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql %q: %v\n%s", sql, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// StartPostgres initdb's a cluster in a temporary directory, starts it on a
+// free loopback port and stops it when the test ends. As root, the cluster
+// runs as the postgres user (initdb refuses root).
+func StartPostgres(t testing.TB, extraConf ...string) *Postgres {
+	t.Helper()
+	bin := PGBin(t)
+	base, err := os.MkdirTemp("", "interlock-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Postgres{
+		Dir: filepath.Join(base, "data"), Host: "127.0.0.1", Port: FreePort(t),
+		Superuser: "postgres", Password: "interlock-test-superuser", SocketDir: base,
+	}
+	asPG := func(name string, args ...string) *exec.Cmd {
+		cmd := exec.Command(filepath.Join(bin, name), args...)
+		if os.Geteuid() == 0 {
+			cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--", filepath.Join(bin, name)}, args...)...)
+		}
+		return cmd
+	}
+	if os.Geteuid() == 0 {
+		if out, err := exec.Command("chown", "postgres:postgres", base).CombinedOutput(); err != nil {
+			t.Fatalf("chown %s: %v\n%s", base, err, out)
+		}
+	}
+	pwfile := filepath.Join(base, "pw")
+	if err := os.WriteFile(pwfile, []byte(p.Password+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	out, err := asPG("initdb", "-D", p.Dir, "-U", p.Superuser, "--pwfile", pwfile,
+		"--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync").CombinedOutput()
+	if err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	conf := []string{
+		"listen_addresses = '127.0.0.1'",
+		fmt.Sprintf("port = %d", p.Port),
+		fmt.Sprintf("unix_socket_directories = '%s'", base),
+		"fsync = off", "synchronous_commit = off", "full_page_writes = off",
+		"max_connections = 200", "shared_buffers = 128MB",
+	}
+	conf = append(conf, extraConf...)
+	f, err := os.OpenFile(filepath.Join(p.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(f, strings.Join(conf, "\n"))
+	f.Close()
+	logf := filepath.Join(base, "server.log")
+	if out, err := asPG("pg_ctl", "-D", p.Dir, "-l", logf, "-w", "-t", "60", "start").CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(logf)
+		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
+	}
+	t.Cleanup(func() {
+		asPG("pg_ctl", "-D", p.Dir, "-m", "immediate", "-w", "stop").Run()
+	})
+	// pg_ctl -w returns once the server accepts connections; wait for TCP too.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", p.Addr(), time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("postgres on %s: %v", p.Addr(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return p
+}
