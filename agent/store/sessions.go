@@ -1,0 +1,268 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Session is one proxied connection: who made it (kernel-attested identity
+// and process attributes), where it went, and how it ended. Ended is zero
+// while the session is open.
+type Session struct {
+	ID       string
+	Host     string
+	Identity string
+	PID      int32
+	UID      uint32
+	Exe      string
+	Cgroup   string
+	Target   string
+	Protocol string // "postgresql", "http", ...
+	// ClientAddr is the agent's side of the connection and UpstreamAddr the
+	// server's (the original destination), both host:port.
+	ClientAddr   string
+	UpstreamAddr string
+	Started      time.Time
+	Ended        time.Time
+	BytesIn      int64 // from the agent
+	BytesOut     int64 // to the agent
+	Messages     int64
+	Outcome      string // "closed", "client error", "protocol violation", ...
+	// Recording is the path of the session's recording file;
+	// RecordingSHA256 (hex) and RecordingSize are set when it is sealed.
+	Recording       string
+	RecordingSHA256 string
+	RecordingSize   int64
+}
+
+// CreateSession inserts an open session. It assigns s.ID with NewID when it
+// is empty and s.Started with the current time when it is zero.
+func (s *Store) CreateSession(ctx context.Context, sess *Session) error {
+	if sess.ID == "" {
+		sess.ID = NewID()
+	}
+	if sess.Started.IsZero() {
+		sess.Started = time.Now().UTC()
+	}
+	_, err := s.db.ExecContext(ctx, s.Rebind(`INSERT INTO sessions
+		(id, host, identity, pid, uid, exe, cgroup, target, protocol, client_addr, upstream_addr, started_ns, recording)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		sess.ID, sess.Host, sess.Identity, int64(sess.PID), int64(sess.UID), sess.Exe, sess.Cgroup,
+		sess.Target, sess.Protocol, sess.ClientAddr, sess.UpstreamAddr, nanos(sess.Started), sess.Recording)
+	if err != nil {
+		return fmt.Errorf("insert session: %w", err)
+	}
+	return nil
+}
+
+// SessionEnd is what is known when a session closes.
+type SessionEnd struct {
+	Ended           time.Time
+	BytesIn         int64
+	BytesOut        int64
+	Messages        int64
+	Outcome         string
+	RecordingSHA256 string
+	RecordingSize   int64
+}
+
+// EndSession closes session id. A session ends once; ending it again
+// returns an error so a sealed recording hash is never overwritten.
+func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
+	if e.Ended.IsZero() {
+		e.Ended = time.Now().UTC()
+	}
+	res, err := s.db.ExecContext(ctx, s.Rebind(`UPDATE sessions SET ended_ns = ?, bytes_in = ?, bytes_out = ?,
+		messages = ?, outcome = ?, recording_sha256 = ?, recording_size = ?
+		WHERE id = ? AND ended_ns IS NULL`),
+		nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id)
+	if err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("end session %s: not open", id)
+	}
+	return nil
+}
+
+const sessionColumns = `id, host, identity, pid, uid, exe, cgroup, target, protocol, client_addr, upstream_addr,
+	started_ns, ended_ns, bytes_in, bytes_out, messages, outcome, recording, recording_sha256, recording_size`
+
+func scanSession(row interface{ Scan(...any) error }) (Session, error) {
+	var (
+		ss       Session
+		pid, uid int64
+		started  int64
+		ended    sql.NullInt64
+	)
+	err := row.Scan(&ss.ID, &ss.Host, &ss.Identity, &pid, &uid, &ss.Exe, &ss.Cgroup, &ss.Target, &ss.Protocol,
+		&ss.ClientAddr, &ss.UpstreamAddr, &started, &ended, &ss.BytesIn, &ss.BytesOut, &ss.Messages,
+		&ss.Outcome, &ss.Recording, &ss.RecordingSHA256, &ss.RecordingSize)
+	ss.PID, ss.UID = int32(pid), uint32(uid)
+	ss.Started = fromNanos(started)
+	ss.Ended = fromNanos(ended.Int64)
+	return ss, err
+}
+
+// Session returns session id, or ErrNotFound.
+func (s *Store) Session(ctx context.Context, id string) (Session, error) {
+	ss, err := scanSession(s.db.QueryRowContext(ctx, s.Rebind("SELECT "+sessionColumns+" FROM sessions WHERE id = ?"), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Session{}, fmt.Errorf("session %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Session{}, fmt.Errorf("read session %s: %w", id, err)
+	}
+	return ss, nil
+}
+
+// SessionFilter selects sessions. Zero fields match everything.
+type SessionFilter struct {
+	Host     string
+	Identity string
+	Target   string
+	// Since and Until bound the start time: Since <= started < Until.
+	Since, Until time.Time
+	// Action keeps sessions with at least one decision of this action
+	// ("deny", "mask", "approve", ...), enforced or not.
+	Action string
+	// OpenOnly keeps sessions that have not ended.
+	OpenOnly bool
+	// Limit caps the result (newest first); 0 means 100.
+	Limit int
+}
+
+// ListSessions returns matching sessions, newest first.
+func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]Session, error) {
+	var (
+		where []string
+		args  []any
+	)
+	add := func(cond string, arg any) { where = append(where, cond); args = append(args, arg) }
+	if f.Host != "" {
+		add("host = ?", f.Host)
+	}
+	if f.Identity != "" {
+		add("identity = ?", f.Identity)
+	}
+	if f.Target != "" {
+		add("target = ?", f.Target)
+	}
+	if !f.Since.IsZero() {
+		add("started_ns >= ?", f.Since.UnixNano())
+	}
+	if !f.Until.IsZero() {
+		add("started_ns < ?", f.Until.UnixNano())
+	}
+	if f.Action != "" {
+		add("EXISTS (SELECT 1 FROM decisions d WHERE d.session_id = sessions.id AND d.action = ?)", f.Action)
+	}
+	if f.OpenOnly {
+		where = append(where, "ended_ns IS NULL")
+	}
+	q := "SELECT " + sessionColumns + " FROM sessions"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 100
+	}
+	q += " ORDER BY started_ns DESC, id DESC LIMIT ?"
+	args = append(args, limit)
+	rows, err := s.db.QueryContext(ctx, s.Rebind(q), args...)
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	defer rows.Close()
+	var out []Session
+	for rows.Next() {
+		ss, err := scanSession(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list sessions: %w", err)
+		}
+		out = append(out, ss)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	return out, nil
+}
+
+// Decision is the policy verdict on one request of a session. Seq is the
+// request's message index in the session recording, so a transcript can put
+// the decision beside the statement it judged.
+type Decision struct {
+	SessionID string
+	Seq       int64
+	Time      time.Time
+	Action    string // "allow", "deny", "mask", "approve"
+	Rule      string
+	Reason    string
+	// Enforced is false in audit mode: the action is what the policy would
+	// have done ("would deny"), not what happened.
+	Enforced   bool
+	Statement  string // the request as the agent sent it
+	ApprovalID string
+}
+
+// AddDecisions inserts decisions in one transaction. The recorder batches
+// them so the proxy never waits for a database write per statement.
+func (s *Store) AddDecisions(ctx context.Context, ds []Decision) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("insert decisions: %w", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, s.Rebind(`INSERT INTO decisions
+		(session_id, seq, time_ns, action, rule, reason, enforced, statement, approval_id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`))
+	if err != nil {
+		return fmt.Errorf("insert decisions: %w", err)
+	}
+	defer stmt.Close()
+	for _, d := range ds {
+		if _, err := stmt.ExecContext(ctx, d.SessionID, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
+			d.Enforced, d.Statement, d.ApprovalID); err != nil {
+			return fmt.Errorf("insert decision %s/%d: %w", d.SessionID, d.Seq, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("insert decisions: %w", err)
+	}
+	return nil
+}
+
+// Decisions returns the decisions of session id in request order.
+func (s *Store) Decisions(ctx context.Context, sessionID string) ([]Decision, error) {
+	rows, err := s.db.QueryContext(ctx, s.Rebind(`SELECT session_id, seq, time_ns, action, rule, reason, enforced,
+		statement, approval_id FROM decisions WHERE session_id = ? ORDER BY seq`), sessionID)
+	if err != nil {
+		return nil, fmt.Errorf("list decisions: %w", err)
+	}
+	defer rows.Close()
+	var out []Decision
+	for rows.Next() {
+		var (
+			d  Decision
+			ns int64
+		)
+		if err := rows.Scan(&d.SessionID, &d.Seq, &ns, &d.Action, &d.Rule, &d.Reason, &d.Enforced,
+			&d.Statement, &d.ApprovalID); err != nil {
+			return nil, fmt.Errorf("list decisions: %w", err)
+		}
+		d.Time = fromNanos(ns)
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list decisions: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,295 @@
+// Package store keeps Interlock's durable state: sessions and their
+// decisions, approvals and their votes, and the raw rows of the audit chain.
+//
+// Two backends sit behind one API. SQLite (modernc.org/sqlite, pure Go, WAL
+// mode) is the embedded default and lives in the daemon's state directory.
+// PostgreSQL, given by a DSN, is the fleet store that several hosts share: one
+// approval queue and one audit chain per host. The schema is the same on
+// both; forward-only migrations are embedded per dialect under migrations/
+// and recorded in schema_migrations, so every daemon that opens a store brings
+// it to the version it knows.
+//
+// A *Store is safe for concurrent use by many goroutines, and on PostgreSQL
+// by many daemons at once: operations that must be exact across processes
+// (approval votes, audit appends, migrations) run in transactions that take
+// row or advisory locks. Times are stored as Unix nanoseconds and returned in
+// UTC.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"embed"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
+)
+
+// Backend names a storage engine.
+type Backend string
+
+const (
+	// SQLite is the embedded single-host store.
+	SQLite Backend = "sqlite"
+	// PostgreSQL is the shared fleet store.
+	PostgreSQL Backend = "postgres"
+)
+
+// ErrNotFound is returned when a session or approval does not exist.
+var ErrNotFound = errors.New("not found")
+
+//go:embed migrations
+var migrationFS embed.FS
+
+// Store is an open SQLite or PostgreSQL store. It is safe for concurrent use.
+type Store struct {
+	db      *sql.DB
+	backend Backend
+}
+
+// OpenSQLite opens (creating if needed) the SQLite store at path, usually
+// STATEDIR/interlock.db, and migrates it. The file is opened in WAL mode with
+// a busy timeout, and every transaction begins IMMEDIATE, so concurrent
+// writers queue on the database lock instead of failing with SQLITE_BUSY
+// half-way through a read-modify-write.
+func OpenSQLite(ctx context.Context, path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	// One writer at a time is all SQLite allows; a small pool keeps readers
+	// (the web page, the CLI) from queuing behind it.
+	db.SetMaxOpenConns(4)
+	return open(ctx, db, SQLite)
+}
+
+// OpenPostgres connects to the PostgreSQL store named by dsn (a libpq URL or
+// key=value string) and migrates it. Several daemons may open the same
+// database at once; migrations take an advisory lock.
+func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(8)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	return open(ctx, db, PostgreSQL)
+}
+
+// Open opens the store named by a daemon's configuration: a DSN starting with
+// postgres:// or postgresql:// (or containing "host=") selects PostgreSQL;
+// anything else is a SQLite file path.
+func Open(ctx context.Context, dsnOrPath string) (*Store, error) {
+	if strings.HasPrefix(dsnOrPath, "postgres://") || strings.HasPrefix(dsnOrPath, "postgresql://") ||
+		strings.Contains(dsnOrPath, "host=") {
+		return OpenPostgres(ctx, dsnOrPath)
+	}
+	return OpenSQLite(ctx, dsnOrPath)
+}
+
+func open(ctx context.Context, db *sql.DB, b Backend) (*Store, error) {
+	s := &Store{db: db, backend: b}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect %s store: %w", b, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Backend reports which engine the store runs on.
+func (s *Store) Backend() Backend { return s.backend }
+
+// Close releases the store's connections.
+func (s *Store) Close() error { return s.db.Close() }
+
+// DB exposes the underlying handle for tests and tools that need raw SQL
+// (for example, proving that a tampered audit row is detected). Daemon code
+// uses the typed methods.
+func (s *Store) DB() *sql.DB { return s.db }
+
+// Rebind rewrites '?' placeholders to the backend's syntax ($1, $2, ... on
+// PostgreSQL), so each statement is written once for both backends. Queries
+// in this package never contain a literal '?'.
+func (s *Store) Rebind(query string) string {
+	if s.backend != PostgreSQL {
+		return query
+	}
+	var b strings.Builder
+	b.Grow(len(query) + 8)
+	n := 0
+	for i := 0; i < len(query); i++ {
+		if query[i] == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteByte(query[i])
+	}
+	return b.String()
+}
+
+// Migration is one forward schema step.
+type Migration struct {
+	Version int
+	Name    string
+	SQL     string
+}
+
+// Migrations returns the embedded migrations for backend b in order.
+func Migrations(b Backend) ([]Migration, error) {
+	dir := "migrations/" + string(b)
+	ents, err := fs.ReadDir(migrationFS, dir)
+	if err != nil {
+		return nil, fmt.Errorf("read migrations: %w", err)
+	}
+	var ms []Migration
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".sql") {
+			continue
+		}
+		num, _, ok := strings.Cut(name, "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("parse migration name %q: want NNNN_name.sql", name)
+		}
+		body, err := fs.ReadFile(migrationFS, dir+"/"+name)
+		if err != nil {
+			return nil, fmt.Errorf("read migration %s: %w", name, err)
+		}
+		ms = append(ms, Migration{Version: v, Name: strings.TrimSuffix(name, ".sql"), SQL: string(body)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Version < ms[j].Version })
+	return ms, nil
+}
+
+// migrationLockKey is the PostgreSQL advisory lock that serializes schema
+// changes between daemons starting at the same time.
+const migrationLockKey = 0x696e746c6b01 // "intlk" + 1
+
+func (s *Store) migrate(ctx context.Context) error {
+	ms, err := Migrations(s.backend)
+	if err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin migration: %w", err)
+	}
+	defer tx.Rollback()
+	if s.backend == PostgreSQL {
+		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", int64(migrationLockKey)); err != nil {
+			return fmt.Errorf("lock migrations: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ns BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	applied := map[int]bool{}
+	rows, err := tx.QueryContext(ctx, "SELECT version FROM schema_migrations")
+	if err != nil {
+		return fmt.Errorf("read schema_migrations: %w", err)
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return fmt.Errorf("read schema_migrations: %w", err)
+		}
+		applied[v] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read schema_migrations: %w", err)
+	}
+	for _, m := range ms {
+		if applied[m.Version] {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+			return fmt.Errorf("apply migration %s: %w", m.Name, err)
+		}
+		if _, err := tx.ExecContext(ctx, s.Rebind("INSERT INTO schema_migrations (version, name, applied_ns) VALUES (?, ?, ?)"),
+			m.Version, m.Name, time.Now().UnixNano()); err != nil {
+			return fmt.Errorf("record migration %s: %w", m.Name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit migrations: %w", err)
+	}
+	return nil
+}
+
+// SchemaVersion returns the highest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, "SELECT MAX(version) FROM schema_migrations").Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return int(v.Int64), nil
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// NewID returns a 16-character identifier that sorts by creation time (the
+// first 48 bits are Unix milliseconds) and carries 32 random bits, so IDs made
+// on different hosts do not collide in practice. Sessions and approvals use
+// it; it is short enough to type in `interlock approve ID`.
+func NewID() string {
+	var b [10]byte
+	ms := uint64(time.Now().UnixMilli())
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
+	rand.Read(b[6:]) // never fails: crypto/rand panics instead
+	return idEncoding.EncodeToString(b[:])
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func nullNanos(t time.Time) sql.NullInt64 {
+	if t.IsZero() {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixNano(), Valid: true}
+}

@@ -1,0 +1,339 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/agent/store/storetest"
+)
+
+// The whole suite runs once per backend, as the issue demands: every
+// behaviour below must hold on SQLite and on PostgreSQL alike.
+func TestStore(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, open storetest.Open) {
+		t.Run("migrations", func(t *testing.T) { testMigrations(t, open) })
+		t.Run("sessions", func(t *testing.T) { testSessions(t, open) })
+		t.Run("approvals", func(t *testing.T) { testApprovals(t, open) })
+		t.Run("approval quorum race", func(t *testing.T) { testQuorumRace(t, open) })
+		t.Run("approval expiry", func(t *testing.T) { testExpiry(t, open) })
+		t.Run("audit append race", func(t *testing.T) { testAuditRace(t, open) })
+	})
+}
+
+func testMigrations(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	ms, err := store.Migrations(store.SQLite)
+	if err != nil || len(ms) == 0 {
+		t.Fatalf("migrations: %v %v", ms, err)
+	}
+	// Two daemons starting at once must both end up on the latest schema
+	// without tripping over each other.
+	var wg sync.WaitGroup
+	stores := make([]*store.Store, 3)
+	for i := range stores {
+		wg.Go(func() { stores[i] = open(t) })
+	}
+	wg.Wait()
+	for _, s := range stores {
+		v, err := s.SchemaVersion(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != ms[len(ms)-1].Version {
+			t.Fatalf("schema version %d, want %d", v, ms[len(ms)-1].Version)
+		}
+	}
+	var n int
+	if err := stores[0].DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM schema_migrations").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != len(ms) {
+		t.Fatalf("schema_migrations has %d rows, want %d (a migration ran twice?)", n, len(ms))
+	}
+}
+
+func testSessions(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	s := open(t)
+	base := time.Date(2026, 11, 26, 5, 0, 0, 0, time.UTC)
+	mk := func(identity, target string, at time.Duration) store.Session {
+		ss := store.Session{Host: "h1", Identity: identity, PID: 42, UID: 1000, Exe: "/usr/bin/psql",
+			Cgroup: "/interlock/ci", Target: target, Protocol: "postgresql", ClientAddr: "127.0.0.1:40000",
+			UpstreamAddr: "10.1.2.3:5432", Started: base.Add(at)}
+		if err := s.CreateSession(ctx, &ss); err != nil {
+			t.Fatal(err)
+		}
+		return ss
+	}
+	a := mk("ci", "orders", 0)
+	b := mk("ci", "billing", time.Minute)
+	c := mk("bot", "orders", 2*time.Minute)
+
+	if err := s.AddDecisions(ctx, []store.Decision{
+		{SessionID: a.ID, Seq: 3, Time: base, Action: "allow", Rule: "read", Enforced: true, Statement: "SELECT 1"},
+		{SessionID: a.ID, Seq: 7, Time: base, Action: "deny", Rule: "no-drop", Enforced: true, Statement: "DROP TABLE t"},
+		{SessionID: c.ID, Seq: 2, Time: base, Action: "deny", Rule: "no-drop", Enforced: false, Statement: "DROP TABLE u"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	end := store.SessionEnd{Ended: base.Add(time.Hour), BytesIn: 10, BytesOut: 20, Messages: 9, Outcome: "closed",
+		RecordingSHA256: "ab", RecordingSize: 99}
+	if err := s.EndSession(ctx, a.ID, end); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EndSession(ctx, a.ID, end); err == nil {
+		t.Fatal("ending a session twice succeeded; the sealed hash could be overwritten")
+	}
+	got, err := s.Session(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := a
+	want.Ended, want.BytesIn, want.BytesOut, want.Messages, want.Outcome = end.Ended, 10, 20, 9, "closed"
+	want.RecordingSHA256, want.RecordingSize = "ab", 99
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("session round trip:\n got %+v\nwant %+v", got, want)
+	}
+	if _, err := s.Session(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing session: %v", err)
+	}
+
+	ids := func(f store.SessionFilter) string {
+		t.Helper()
+		ss, err := s.ListSessions(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, x := range ss {
+			switch x.ID {
+			case a.ID:
+				out = append(out, "a")
+			case b.ID:
+				out = append(out, "b")
+			case c.ID:
+				out = append(out, "c")
+			}
+		}
+		return fmt.Sprint(out)
+	}
+	for _, tc := range []struct {
+		f    store.SessionFilter
+		want string
+	}{
+		{store.SessionFilter{}, "[c b a]"},
+		{store.SessionFilter{Identity: "ci"}, "[b a]"},
+		{store.SessionFilter{Target: "orders"}, "[c a]"},
+		{store.SessionFilter{Since: base.Add(time.Minute)}, "[c b]"},
+		{store.SessionFilter{Since: base, Until: base.Add(2 * time.Minute)}, "[b a]"},
+		{store.SessionFilter{Action: "deny"}, "[c a]"},
+		{store.SessionFilter{Action: "deny", Identity: "bot"}, "[c]"},
+		{store.SessionFilter{Action: "mask"}, "[]"},
+		{store.SessionFilter{OpenOnly: true}, "[c b]"},
+		{store.SessionFilter{Limit: 1}, "[c]"},
+		{store.SessionFilter{Host: "h2"}, "[]"},
+	} {
+		if got := ids(tc.f); got != tc.want {
+			t.Errorf("ListSessions(%+v) = %s, want %s", tc.f, got, tc.want)
+		}
+	}
+	ds, err := s.Decisions(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 2 || ds[0].Seq != 3 || ds[1].Action != "deny" || ds[1].Rule != "no-drop" || !ds[1].Enforced {
+		t.Fatalf("decisions of a: %+v", ds)
+	}
+	if ds, _ := s.Decisions(ctx, c.ID); len(ds) != 1 || ds[0].Enforced {
+		t.Fatalf("audit-mode decision of c: %+v", ds)
+	}
+}
+
+func testApprovals(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	hostA, hostB := open(t), open(t) // two daemons sharing one store
+	now := time.Now().UTC()
+	a := store.Approval{Host: "a", SessionID: "s1", Identity: "ci", PID: 7, Exe: "/usr/bin/psql", Target: "orders",
+		Statement: "DELETE FROM orders", Rule: "hold-deletes", Reviewers: []string{"alice", "bob", "carol"},
+		Quorum: 2, Deadline: now.Add(time.Hour)}
+	if err := hostA.CreateApproval(ctx, &a); err != nil {
+		t.Fatal(err)
+	}
+	// Host B lists what host A holds.
+	list, err := hostB.ListApprovals(ctx, store.ApprovalFilter{State: store.Pending})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].ID != a.ID || list[0].Statement != a.Statement || list[0].Quorum != 2 ||
+		fmt.Sprint(list[0].Reviewers) != "[alice bob carol]" || list[0].Host != "a" {
+		t.Fatalf("host B sees %+v", list)
+	}
+
+	got, err := hostB.Vote(ctx, a.ID, store.Vote{Reviewer: "alice", Approve: true, Comment: "ok"})
+	if err != nil || got.State != store.Pending || len(got.Votes) != 1 {
+		t.Fatalf("first vote: %+v %v", got, err)
+	}
+	if _, err := hostA.Vote(ctx, a.ID, store.Vote{Reviewer: "alice", Approve: true}); !errors.Is(err, store.ErrDuplicateVote) {
+		t.Fatalf("second vote by alice: %v, want ErrDuplicateVote (quorum counts distinct reviewers)", err)
+	}
+
+	// Host A waits; host B casts the deciding vote.
+	done := make(chan store.Approval, 1)
+	go func() {
+		w, err := hostA.WaitApproval(ctx, a.ID, 20*time.Millisecond)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- w
+	}()
+	time.Sleep(50 * time.Millisecond)
+	got, err = hostB.Vote(ctx, a.ID, store.Vote{Reviewer: "bob", Approve: true, Comment: "fine by me"})
+	if err != nil || got.State != store.Approved {
+		t.Fatalf("quorum vote: %+v %v", got, err)
+	}
+	select {
+	case w := <-done:
+		if w.State != store.Approved || len(w.Votes) != 2 || w.Votes[1].Comment != "fine by me" {
+			t.Fatalf("host A saw %+v", w)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("host A never saw the decision")
+	}
+	// Final: a later deny does not flip it.
+	if got, err := hostA.Vote(ctx, a.ID, store.Vote{Reviewer: "carol", Approve: false}); !errors.Is(err, store.ErrDecided) || got.State != store.Approved {
+		t.Fatalf("vote after decision: %+v %v", got.State, err)
+	}
+
+	// One deny decides at once, whatever the quorum.
+	d := store.Approval{Host: "a", Identity: "ci", Target: "orders", Statement: "DROP TABLE x", Rule: "r",
+		Quorum: 3, Deadline: now.Add(time.Hour)}
+	if err := hostA.CreateApproval(ctx, &d); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := hostB.Vote(ctx, d.ID, store.Vote{Reviewer: "bob", Approve: false, Comment: "no"}); err != nil || got.State != store.Denied {
+		t.Fatalf("deny vote: %+v %v", got.State, err)
+	}
+	if err := hostA.CancelApproval(ctx, d.ID, time.Now()); !errors.Is(err, store.ErrDecided) {
+		t.Fatalf("cancel after deny: %v", err)
+	}
+	if _, err := hostA.Vote(ctx, "missing", store.Vote{Reviewer: "x", Approve: true}); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("vote on missing approval: %v", err)
+	}
+	if l, _ := hostB.ListApprovals(ctx, store.ApprovalFilter{State: store.Pending}); len(l) != 0 {
+		t.Fatalf("pending after decisions: %+v", l)
+	}
+}
+
+// Many reviewers on two hosts vote at once on a quorum-3 request: exactly
+// three approvals are accepted, the rest see a final decision.
+func testQuorumRace(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	hosts := []*store.Store{open(t), open(t)}
+	a := store.Approval{Host: "a", Identity: "ci", Target: "t", Statement: "UPDATE t SET x = 1", Rule: "r",
+		Quorum: 3, Deadline: time.Now().Add(time.Hour)}
+	if err := hosts[0].CreateApproval(ctx, &a); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		accepted int
+		decided  int
+	)
+	for i := range 12 {
+		wg.Go(func() {
+			_, err := hosts[i%2].Vote(ctx, a.ID, store.Vote{Reviewer: fmt.Sprintf("r%d", i), Approve: true})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				accepted++
+			case errors.Is(err, store.ErrDecided):
+				decided++
+			default:
+				t.Errorf("vote r%d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	final, err := hosts[1].Approval(ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accepted != 3 || decided != 9 || len(final.Votes) != 3 || final.State != store.Approved {
+		t.Fatalf("accepted %d, decided %d, votes %d, state %s; want 3, 9, 3, approved", accepted, decided, len(final.Votes), final.State)
+	}
+}
+
+func testExpiry(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	s := open(t)
+	now := time.Now().UTC()
+	past := store.Approval{Host: "a", Identity: "ci", Target: "t", Statement: "s", Rule: "r", Deadline: now.Add(-time.Second)}
+	future := store.Approval{Host: "a", Identity: "ci", Target: "t", Statement: "s", Rule: "r", Deadline: now.Add(time.Hour)}
+	other := store.Approval{Host: "b", Identity: "ci", Target: "t", Statement: "s", Rule: "r", Deadline: now.Add(-time.Second)}
+	for _, a := range []*store.Approval{&past, &future, &other} {
+		if err := s.CreateApproval(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.Vote(ctx, past.ID, store.Vote{Reviewer: "alice", Approve: true}); !errors.Is(err, store.ErrDecided) || got.State != store.Expired {
+		t.Fatalf("vote after deadline: %v %v, want expired", got.State, err)
+	}
+	exp, err := s.ExpireApprovals(ctx, "b", now)
+	if err != nil || len(exp) != 1 || exp[0].ID != other.ID {
+		t.Fatalf("expire host b: %+v %v", exp, err)
+	}
+	if exp, _ := s.ExpireApprovals(ctx, "a", now); len(exp) != 0 {
+		t.Fatalf("expired again or too early: %+v", exp)
+	}
+	w, err := s.WaitApproval(ctx, past.ID, time.Millisecond)
+	if err != nil || w.State != store.Expired {
+		t.Fatalf("wait on expired: %v %v", w.State, err)
+	}
+	if err := s.CreateApproval(ctx, &store.Approval{Host: "a", Statement: "x"}); err == nil {
+		t.Fatal("approval without a deadline accepted; it would hold forever")
+	}
+}
+
+func testAuditRace(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	hosts := []*store.Store{open(t), open(t)}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			_, err := hosts[i%2].AppendAudit(ctx, "h", func(head store.AuditHead) (store.AuditRecord, error) {
+				return store.AuditRecord{Host: "h", Seq: head.Seq + 1, Time: time.Now(), Kind: "k", Payload: "{}",
+					PrevHash: head.Hash, Hash: fmt.Sprintf("hash-%d", head.Seq+1)}, nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	var seqs []uint64
+	prev := ""
+	err := hosts[0].AuditRecords(ctx, "h", 0, func(r store.AuditRecord) error {
+		if r.PrevHash != prev {
+			return fmt.Errorf("record %d links to %q, want %q (forked chain)", r.Seq, r.PrevHash, prev)
+		}
+		prev = r.Hash
+		seqs = append(seqs, r.Seq)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seqs) != 20 || seqs[19] != 20 {
+		t.Fatalf("seqs %v", seqs)
+	}
+	if hs, err := hosts[1].AuditHosts(ctx); err != nil || fmt.Sprint(hs) != "[h]" {
+		t.Fatalf("audit hosts %v %v", hs, err)
+	}
+}
