@@ -1,0 +1,391 @@
+package credentials
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+	"sync"
+	"time"
+)
+
+// backend is one configured source as the Manager drives it.
+type backend interface {
+	// issue mints a credential. It calls commit with the handle revocation
+	// will need (a role name, a Vault lease id) as soon as that is known
+	// and before the credential is used: for sources that can choose the
+	// handle, before the credential exists, so a crash cannot orphan it.
+	// When commit fails, issue undoes what it did and returns the error.
+	issue(ctx context.Context, req Request, commit func(handle string) error) (grant, error)
+	// renew extends the credential by ttl and returns its new expiry.
+	renew(ctx context.Context, handle string, ttl time.Duration) (time.Time, error)
+	// revoke makes the credential stop working; revoking what no longer
+	// exists succeeds.
+	revoke(ctx context.Context, handle string) error
+	close() error
+}
+
+// grant is what a backend issued.
+type grant struct {
+	cred   Credential
+	handle string // "" when there is nothing to revoke
+	// renewTTL is the increment asked for at each renewal; zero when the
+	// credential is not renewable.
+	renewTTL time.Duration
+}
+
+// Manager issues, renews and revokes credentials for proxied sessions. It is
+// safe for concurrent use and is itself a Source.
+type Manager struct {
+	cfg      Config
+	def      string
+	backends map[string]backend
+	journal  *journal
+	orphans  []record // outstanding leases of earlier runs, until Recover
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	open   map[string]*lease
+	pools  map[string]*pool
+	closed bool
+}
+
+// NewManager builds the configured sources and opens the lease journal in
+// stateDir (created 0700 if missing; locked against a second daemon). It
+// does not contact PostgreSQL or Vault: connections and the Vault login
+// happen on first use. Call Recover before serving.
+func NewManager(cfg Config, stateDir string) (*Manager, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("check credentials config: %w", err)
+	}
+	m := &Manager{
+		cfg:      cfg,
+		def:      cfg.Default,
+		backends: map[string]backend{},
+		open:     map[string]*lease{},
+		pools:    map[string]*pool{},
+	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	fail := func(err error) (*Manager, error) {
+		m.cancel()
+		for _, b := range m.backends {
+			b.close()
+		}
+		return nil, err
+	}
+	for name, s := range cfg.Static {
+		b, err := newStatic(s)
+		if err != nil {
+			return fail(fmt.Errorf("configure static source %q: %w", name, err))
+		}
+		m.backends[name] = b
+	}
+	for name, e := range cfg.Embedded {
+		b, err := newEmbedded(e)
+		if err != nil {
+			return fail(fmt.Errorf("configure embedded source %q: %w", name, err))
+		}
+		m.backends[name] = b
+	}
+	if cfg.Vault != nil {
+		b, err := newVault(m.ctx, *cfg.Vault)
+		if err != nil {
+			return fail(fmt.Errorf("configure vault source: %w", err))
+		}
+		m.backends[vaultSourceName] = b
+	}
+	if m.def == "" && len(m.backends) == 1 {
+		for name := range m.backends {
+			m.def = name
+		}
+	}
+	j, orphans, err := openJournal(stateDir)
+	if err != nil {
+		return fail(err)
+	}
+	m.journal, m.orphans = j, orphans
+	return m, nil
+}
+
+// Outstanding returns how many leases of earlier runs are still journaled as
+// not revoked (Recover's work).
+func (m *Manager) Outstanding() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.orphans)
+}
+
+// Recover revokes every lease an earlier run journaled and did not revoke
+// (Vault leases through sys/leases/revoke, embedded roles by terminating
+// their backends and dropping them). The daemon calls it before serving.
+// Leases it cannot revoke stay journaled; the error names them, and a later
+// Recover (or the next start) tries again.
+func (m *Manager) Recover(ctx context.Context) error {
+	m.mu.Lock()
+	orphans := m.orphans
+	m.mu.Unlock()
+	var errs []error
+	var left []record
+	for _, r := range orphans {
+		b, ok := m.backends[r.Source]
+		if !ok {
+			errs = append(errs, fmt.Errorf("revoke lease %s (%s): source %q is no longer configured", r.ID, r.Handle, r.Source))
+			left = append(left, r)
+			continue
+		}
+		if err := b.revoke(ctx, r.Handle); err != nil {
+			errs = append(errs, fmt.Errorf("revoke lease %s (%s) from %q: %w", r.ID, r.Handle, r.Source, err))
+			left = append(left, r)
+			continue
+		}
+		if err := m.journal.append(record{Op: opRevoke, ID: r.ID}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	m.mu.Lock()
+	m.orphans = left
+	m.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// Issue mints the credential for one session: from the pool when the target
+// has one with a credential ready, otherwise from the source the Ref names.
+// The lease is renewed in the background until it is closed. Every error
+// wraps ErrNotIssued and never contains a password.
+func (m *Manager) Issue(ctx context.Context, req Request) (Lease, error) {
+	name, b, err := m.backend(req.Ref.Source)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotIssued, err)
+	}
+	req.Ref.Source = name
+	if p := m.pool(req); p != nil {
+		if l := p.take(req); l != nil {
+			return l, nil
+		}
+	}
+	l, err := m.issue(ctx, name, b, req)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (m *Manager) backend(source string) (string, backend, error) {
+	if source == "" {
+		source = m.def
+	}
+	if source == "" {
+		return "", nil, errors.New("no credential source named and no default configured")
+	}
+	b, ok := m.backends[source]
+	if !ok {
+		names := make([]string, 0, len(m.backends))
+		for n := range m.backends {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return "", nil, fmt.Errorf("credential source %q is not configured (have %v)", source, names)
+	}
+	return source, b, nil
+}
+
+// issue mints a fresh credential, journals it and starts its renewal.
+func (m *Manager) issue(ctx context.Context, name string, b backend, req Request) (*lease, error) {
+	m.mu.Lock()
+	closed := m.closed
+	m.mu.Unlock()
+	if closed {
+		return nil, fmt.Errorf("%w: credential manager is closed", ErrNotIssued)
+	}
+	id := newID()
+	var journaled string
+	commit := func(handle string) error {
+		if handle == "" {
+			return nil
+		}
+		err := m.journal.append(record{Op: opIssue, ID: id, Source: name, Handle: handle,
+			Target: req.Target, Session: req.Session, Identity: req.Identity})
+		if err == nil {
+			journaled = handle
+		}
+		return err
+	}
+	g, err := b.issue(ctx, req, commit)
+	if err != nil {
+		if journaled != "" {
+			// The backend may have half-created it; make sure it is gone
+			// and say so in the journal, or leave it for Recover.
+			if b.revoke(context.WithoutCancel(ctx), journaled) == nil {
+				m.journal.append(record{Op: opRevoke, ID: id})
+			}
+		}
+		return nil, fmt.Errorf("%w: source %q for target %q: %w", ErrNotIssued, name, req.Target, err)
+	}
+	l := &lease{m: m, id: id, source: name, b: b, handle: g.handle, renewTTL: g.renewTTL,
+		cred: g.cred, done: make(chan struct{})}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		l.revoke(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("%w: credential manager is closed", ErrNotIssued)
+	}
+	m.open[id] = l
+	m.mu.Unlock()
+	var rctx context.Context
+	rctx, l.stop = context.WithCancel(m.ctx)
+	if g.renewTTL > 0 && g.handle != "" && !g.cred.Expires.IsZero() {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			defer close(l.done)
+			l.renewLoop(rctx)
+		}()
+	} else {
+		close(l.done)
+	}
+	return l, nil
+}
+
+// Close drains the pools, revokes every lease still open (the daemon's
+// sessions end with it), stops renewals, closes the sources and the journal.
+// Leases it cannot revoke stay journaled for the next Recover.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	pools := m.pools
+	m.mu.Unlock()
+	for _, p := range pools {
+		p.stop()
+	}
+	m.mu.Lock()
+	open := make([]*lease, 0, len(m.open))
+	for _, l := range m.open {
+		open = append(open, l)
+	}
+	m.mu.Unlock()
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, l := range open {
+		if err := l.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	m.cancel()
+	m.wg.Wait()
+	for _, b := range m.backends {
+		if err := b.close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := m.journal.close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// lease is a Manager-issued Lease.
+type lease struct {
+	m        *Manager
+	id       string
+	source   string
+	b        backend
+	handle   string
+	renewTTL time.Duration
+	stop     context.CancelFunc
+	done     chan struct{} // closed when the renewal loop has ended
+
+	mu   sync.Mutex
+	cred Credential
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func (l *lease) Credential() Credential {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cred
+}
+
+func (l *lease) Close(ctx context.Context) error {
+	l.closeOnce.Do(func() {
+		l.stop()
+		<-l.done
+		l.closeErr = l.revoke(ctx)
+	})
+	return l.closeErr
+}
+
+// revoke revokes the credential, journals it and forgets the lease.
+func (l *lease) revoke(ctx context.Context) error {
+	if l.handle != "" {
+		if err := l.b.revoke(ctx, l.handle); err != nil {
+			return fmt.Errorf("revoke lease %s from %q: %w", l.id, l.source, err)
+		}
+		if err := l.m.journal.append(record{Op: opRevoke, ID: l.id}); err != nil {
+			return err
+		}
+	}
+	l.m.mu.Lock()
+	delete(l.m.open, l.id)
+	l.m.mu.Unlock()
+	return nil
+}
+
+// renewLoop renews at half the remaining lifetime. Failures (Vault or
+// PostgreSQL unreachable) are retried every tenth of the TTL: a session is
+// never ended because renewal failed, only the credential's expiry bounds it.
+// It stops when renewal no longer extends the lease (a maximum TTL reached).
+func (l *lease) renewLoop(ctx context.Context) {
+	retry := max(l.renewTTL/10, 100*time.Millisecond)
+	retry = min(retry, 10*time.Second)
+	t := time.NewTimer(l.nextRenewal())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		prev := l.Credential().Expires
+		exp, err := l.b.renew(ctx, l.handle, l.renewTTL)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			t.Reset(retry)
+			continue
+		}
+		l.mu.Lock()
+		l.cred.Expires = exp
+		l.mu.Unlock()
+		if !exp.After(prev) {
+			return
+		}
+		t.Reset(l.nextRenewal())
+	}
+}
+
+func (l *lease) nextRenewal() time.Duration {
+	return max(time.Until(l.Credential().Expires)/2, 10*time.Millisecond)
+}
+
+func newID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// sameRef reports whether two refs ask for the same kind of credential.
+func sameRef(a, b Ref) bool { return reflect.DeepEqual(a, b) }

@@ -1,0 +1,94 @@
+package credentials
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestStaticSource(t *testing.T) {
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	os.WriteFile(pwFile, []byte("s3cret\n"), 0o600)
+	m, err := NewManager(Config{Static: map[string]StaticConfig{
+		"legacy": {Username: "app", PasswordFile: pwFile},
+	}}, filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	l, err := m.Issue(t.Context(), Request{Target: "legacy-db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := l.Credential(); c.Username != "app" || c.Password != "s3cret" || !c.Expires.IsZero() {
+		t.Errorf("credential %+v", c)
+	}
+	if err := l.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Issue(t.Context(), Request{Ref: Ref{Source: "vault"}, Target: "x"})
+	if !errors.Is(err, ErrNotIssued) || !strings.Contains(err.Error(), `"vault" is not configured`) {
+		t.Errorf("unknown source: %v", err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for name, cfg := range map[string]Config{
+		"static without user": {Static: map[string]StaticConfig{"a": {}}},
+		"embedded both dsns":  {Embedded: map[string]EmbeddedConfig{"a": {AdminDSN: "x", AdminDSNFile: "y"}}},
+		"duplicate names": {Static: map[string]StaticConfig{"a": {Username: "u"}},
+			Embedded: map[string]EmbeddedConfig{"a": {AdminDSN: "x"}}},
+		"unknown default": {Default: "b", Static: map[string]StaticConfig{"a": {Username: "u"}}},
+		"vault no auth":   {Vault: &VaultConfig{Address: "http://127.0.0.1:1"}},
+		"pool too big":    {Pool: map[string]int{"t": 1000}},
+	} {
+		if _, err := NewManager(cfg, t.TempDir()); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestJournalTornLastLine(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, journalName)
+	content := `{"op":"issue","id":"a","source":"embedded","handle":"r_a"}
+{"op":"issue","id":"b","source":"embedded","handle":"r_b"}
+{"op":"revoke","id":"a"}
+{"op":"issue","id":"c","source":"embedded","han`
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, out, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 || out[0].Handle != "r_b" {
+		t.Fatalf("outstanding %+v, want only r_b", out)
+	}
+	if err := j.append(record{Op: opRevoke, ID: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	// A second daemon on the same state dir is refused.
+	if _, _, err := openJournal(dir); err == nil {
+		t.Error("second openJournal on a locked state dir succeeded")
+	}
+	j.close()
+	_, out, err = openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 0 {
+		t.Errorf("outstanding after revoke: %+v", out)
+	}
+}
+
+func TestJournalCorruptMiddleLine(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, journalName), []byte("{\"op\":\"issue\"\ngarbage\n"), 0o600)
+	if _, _, err := openJournal(dir); err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Errorf("corrupt journal: %v", err)
+	}
+}
