@@ -1,0 +1,911 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Action is what the relay does with a statement.
+type Action uint8
+
+const (
+	// Forward sends the statement to the server.
+	Forward Action = iota
+	// Deny answers the agent with an ErrorResponse (SQLSTATE 42501) instead;
+	// the session goes on.
+	Deny
+	// Hold tells the agent the statement awaits approval (a NoticeResponse),
+	// calls Verdict.Wait, then forwards or denies it.
+	Hold
+)
+
+// Verdict is an Enforcer's answer for one statement.
+type Verdict struct {
+	Action Action
+	// Rule names the policy rule that decided; a denial names it to the agent.
+	Rule string
+	// Message, when set, is added to the denial the agent sees.
+	Message string
+	// Mask, when set, rewrites the rows the statement returns.
+	Mask ColumnMasker
+	// ApprovalID names the pending approval of a Hold.
+	ApprovalID string
+	// Wait blocks until the approval is decided or ctx ends and reports the
+	// outcome; a reason accompanies a refusal. It blocks only this session.
+	// A nil Wait refuses.
+	Wait func(ctx context.Context) (approved bool, reason string)
+}
+
+// Enforcer decides about statements. The relay calls it from the goroutine
+// that reads the agent, once per Query, Parse, in order, before the
+// statement goes upstream; it blocks that direction of this session only.
+type Enforcer interface {
+	// Query is called with the SQL text of a Query message (possibly several
+	// statements; one verdict covers the whole message) or of a Parse.
+	Query(ctx context.Context, sql string) Verdict
+}
+
+// EnforcerFunc adapts a function to Enforcer.
+type EnforcerFunc func(ctx context.Context, sql string) Verdict
+
+// Query calls f.
+func (f EnforcerFunc) Query(ctx context.Context, sql string) Verdict { return f(ctx, sql) }
+
+// Column describes one column of a result set, from its RowDescription.
+type Column struct {
+	Name         string
+	TableOID     uint32
+	TableAttr    uint16
+	TypeOID      uint32
+	TypeSize     int16
+	TypeModifier int32
+	// Format is 0 for text, 1 for binary.
+	Format int16
+}
+
+// ColumnMasker decides how to rewrite the rows of one statement's results.
+// It is called from the goroutine that reads the server.
+type ColumnMasker interface {
+	// Plan is called once per result set with its columns; it returns nil
+	// when nothing in this result set is to be masked. cols is only valid
+	// during the call.
+	Plan(cols []Column) RowMasker
+}
+
+// RowMasker rewrites field values of one result set.
+type RowMasker interface {
+	// MaskValue returns the value the agent sees instead of v for column col
+	// (v is nil for SQL NULL; returning nil sends NULL). It may return v
+	// itself. The result must be valid in the column's format (text or
+	// binary, see Column.Format); the relay fixes up lengths. v is only valid
+	// during the call, and so is a returned slice the masker reuses.
+	MaskValue(col int, v []byte) []byte
+}
+
+// Message is one protocol message as it passed through the relay.
+type Message struct {
+	// FromClient is true for agent to server.
+	FromClient bool
+	// Type is the message type byte.
+	Type byte
+	// Body is the message body without type and length. For client
+	// messages it is what the agent sent; for server messages it is what the
+	// agent received (masked rows, the relay's own errors). A message too
+	// large for the relay's buffer is streamed, and Body holds only its
+	// first part.
+	Body []byte
+	// Size is the full body length.
+	Size int
+	// Time is when the relay handled the message.
+	Time time.Time
+}
+
+// Recorder sees every message. It is called from both relay goroutines
+// concurrently and must not retain m or m.Body after returning.
+type Recorder interface {
+	Record(m *Message)
+}
+
+// RelayConfig configures Relay.
+type RelayConfig struct {
+	// Enforcer decides about every statement; required.
+	Enforcer Enforcer
+	// Recorder, when set, sees every message both ways.
+	Recorder Recorder
+	// MaxMessageSize caps a message body, in bytes; a larger message from
+	// the agent ends the session with a protocol violation. Messages the
+	// relay must inspect whole (Query, Parse, Bind, masked rows) are
+	// buffered up to this size; others are streamed. Default 64 MiB.
+	MaxMessageSize int
+	// AllowFunctionCall lets FunctionCall messages through. They bypass SQL
+	// policy (they call a function by OID), so by default they are denied.
+	AllowFunctionCall bool
+}
+
+const (
+	defaultMaxMessage = 64 << 20
+	bufSize           = 16 << 10
+	flushAt           = 32 << 10
+	// deniedSQL replaces a denied statement upstream: the server fails it
+	// with a syntax error at the same point of the protocol the statement
+	// would have been, so it does everything a server does on an error
+	// (rolls back the implicit transaction, marks a transaction block
+	// failed, skips the extended-protocol messages until Sync) and the
+	// relay only swaps the error the agent sees for its own.
+	deniedSQL = "interlock_statement_denied_by_policy"
+)
+
+// Relay copies one session between agent and upstream until either side
+// ends it, asking cfg.Enforcer about every statement. It takes ownership of
+// both connections and closes them when it returns. It returns nil when the
+// agent terminated or either side closed the connection, a *ProtocolError
+// when the agent broke the protocol (the agent is told first, with SQLSTATE
+// 08P01), and other errors for I/O or server failures.
+//
+// Relay runs one goroutine per direction and waits for both. Each reads into
+// a reused buffer, forwards the raw bytes of messages it does not change, and
+// writes once its input is drained, not once per message.
+func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error {
+	if cfg.Enforcer == nil {
+		agent.Close()
+		upstream.Close()
+		return errors.New("relay: no enforcer")
+	}
+	if cfg.MaxMessageSize <= 0 {
+		cfg.MaxMessageSize = defaultMaxMessage
+	}
+	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
+	r.q.buf = make([]entry, 16)
+	var once sync.Once
+	closeBoth := func() {
+		once.Do(func() {
+			agent.Close()
+			upstream.Close()
+		})
+	}
+	stop := context.AfterFunc(ctx, closeBoth)
+	defer stop()
+	errc := make(chan error, 2)
+	go func() { errc <- r.serverLoop() }()
+	go func() { errc <- r.clientLoop() }()
+	first := <-errc
+	closeBoth()
+	<-errc
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return first
+}
+
+// entry kinds: what the server goroutine expects as answers, in order.
+const (
+	kQuery      = iota // Query or allowed FunctionCall: results until ReadyForQuery
+	kDenyQuery         // injected failing Query: its error is replaced, then ReadyForQuery
+	kDenyParse         // injected failing Parse: its error is replaced
+	kDescribe          // Describe: RowDescription or NoData
+	kInjDescribe       // the relay's Describe before a masked Execute: answer dropped
+	kExecute           // masked Execute: rows until CommandComplete/PortalSuspended/EmptyQuery
+	kSync              // Sync: ReadyForQuery
+)
+
+type entry struct {
+	kind uint8
+	mask ColumnMasker
+	deny []byte // encoded ErrorResponse that replaces the server's
+}
+
+// queue is a FIFO ring of entries shared by the two goroutines under mu.
+type queue struct {
+	mu   sync.Mutex
+	buf  []entry
+	head int
+	n    int
+}
+
+func (q *queue) push(e entry) {
+	q.mu.Lock()
+	if q.n == len(q.buf) {
+		nb := make([]entry, 2*len(q.buf))
+		for i := 0; i < q.n; i++ {
+			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = e
+	q.n++
+	q.mu.Unlock()
+}
+
+// peek returns the i-th entry; the caller holds mu.
+func (q *queue) peek(i int) *entry {
+	if i >= q.n {
+		return nil
+	}
+	return &q.buf[(q.head+i)%len(q.buf)]
+}
+
+// pop drops the head; the caller holds mu.
+func (q *queue) pop() {
+	q.buf[q.head] = entry{}
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+}
+
+type relay struct {
+	cfg             RelayConfig
+	ctx             context.Context
+	agent, upstream net.Conn
+	// agentMu serialises writes to the agent: the server goroutine's, and
+	// the notices the client goroutine sends while holding a statement.
+	agentMu sync.Mutex
+	q       queue
+}
+
+// reader is a reusable input buffer over a connection.
+type reader struct {
+	conn net.Conn
+	buf  []byte
+	r, w int
+}
+
+// fill reads at least one more byte, compacting or growing the buffer so
+// that need bytes fit.
+func (rd *reader) fill(need int) error {
+	if need > len(rd.buf) {
+		nb := make([]byte, need)
+		rd.w = copy(nb, rd.buf[rd.r:rd.w])
+		rd.r = 0
+		rd.buf = nb
+	} else if rd.r > 0 && (rd.r+need > len(rd.buf) || rd.r == rd.w) {
+		rd.w = copy(rd.buf, rd.buf[rd.r:rd.w])
+		rd.r = 0
+	}
+	n, err := rd.conn.Read(rd.buf[rd.w:])
+	rd.w += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// shrink gives back a buffer grown for one large message.
+func (rd *reader) shrink() {
+	if len(rd.buf) > 4*bufSize && rd.w-rd.r <= bufSize {
+		nb := make([]byte, bufSize)
+		rd.w = copy(nb, rd.buf[rd.r:rd.w])
+		rd.r = 0
+		rd.buf = nb
+	}
+}
+
+// stmtState is the client goroutine's view of prepared statements and
+// portals whose results are masked.
+type stmtState struct {
+	stmts   map[string]ColumnMasker
+	portals map[string]ColumnMasker
+}
+
+func (r *relay) clientLoop() error {
+	in := &reader{conn: r.agent, buf: make([]byte, bufSize)}
+	out := make([]byte, 0, flushAt+bufSize)
+	st := stmtState{stmts: map[string]ColumnMasker{}, portals: map[string]ColumnMasker{}}
+	var rec Message
+	rec.FromClient = true
+	skip := 0 // bytes of a streamed message still to forward
+	flush := func() error {
+		if len(out) == 0 {
+			return nil
+		}
+		_, err := r.upstream.Write(out)
+		out = out[:0]
+		if err != nil {
+			return fmt.Errorf("write upstream: %w", err)
+		}
+		return nil
+	}
+	for {
+		avail := in.w - in.r
+		if skip > 0 {
+			if avail == 0 {
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := in.fill(1); err != nil {
+					return clientEOF(err)
+				}
+				continue
+			}
+			k := min(skip, avail)
+			out = append(out, in.buf[in.r:in.r+k]...)
+			in.r += k
+			skip -= k
+			if len(out) >= flushAt {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if avail < 5 {
+			if err := flush(); err != nil {
+				return err
+			}
+			in.shrink()
+			if err := in.fill(5); err != nil {
+				return clientEOF(err)
+			}
+			continue
+		}
+		typ := in.buf[in.r]
+		n := int(binary.BigEndian.Uint32(in.buf[in.r+1:]))
+		if n < 4 || n-4 > r.cfg.MaxMessageSize {
+			return r.violation(flush, fmt.Sprintf("invalid message length %d for message type %q", n, typ))
+		}
+		total := 1 + n
+		whole := typ == 'Q' || typ == 'P' || typ == 'F' || typ == 'X' || typ == 'E' || typ == 'C' ||
+			(typ == 'B' && (len(st.stmts) > 0 || len(st.portals) > 0))
+		if avail < total {
+			if whole || total <= len(in.buf) {
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := in.fill(total); err != nil {
+					return clientEOF(err)
+				}
+				continue
+			}
+			// Stream a large message (CopyData, Bind) without buffering it.
+			if r.cfg.Recorder != nil {
+				rec.Type, rec.Body, rec.Size, rec.Time = typ, in.buf[in.r+5:in.w], n-4, time.Now()
+				r.cfg.Recorder.Record(&rec)
+			}
+			out = append(out, in.buf[in.r:in.w]...)
+			skip = total - avail
+			in.r = in.w
+			continue
+		}
+		msg := in.buf[in.r : in.r+total]
+		in.r += total
+		if r.cfg.Recorder != nil {
+			rec.Type, rec.Body, rec.Size, rec.Time = typ, msg[5:], n-4, time.Now()
+			r.cfg.Recorder.Record(&rec)
+		}
+		var err error
+		switch typ {
+		case 'Q':
+			out, err = r.onQuery(out, msg, flush)
+		case 'P':
+			out, err = r.onParse(out, msg, &st, flush)
+		case 'B':
+			if err = st.onBind(msg[5:]); err == nil {
+				out = append(out, msg...)
+			}
+		case 'E':
+			out, err = r.onExecute(out, msg, &st)
+		case 'D':
+			r.q.push(entry{kind: kDescribe})
+			out = append(out, msg...)
+		case 'S':
+			r.q.push(entry{kind: kSync})
+			out = append(out, msg...)
+		case 'C':
+			if err = st.onClose(msg[5:]); err == nil {
+				out = append(out, msg...)
+			}
+		case 'F':
+			if r.cfg.AllowFunctionCall {
+				r.q.push(entry{kind: kQuery})
+				out = append(out, msg...)
+			} else {
+				out = r.deny(out, kDenyQuery, "", Verdict{Rule: "function-call", Message: "FunctionCall messages are not allowed"})
+			}
+		case 'X':
+			out = append(out, msg...)
+			if err := flush(); err != nil {
+				return err
+			}
+			return nil
+		default:
+			out = append(out, msg...)
+		}
+		if err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				return r.violation(flush, pe.Msg)
+			}
+			return err
+		}
+		if len(out) >= flushAt {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// clientEOF turns the agent closing its connection into a clean end.
+func clientEOF(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return fmt.Errorf("read agent: %w", err)
+}
+
+// violation ends the session for bad agent input: the messages before it
+// go upstream, the agent gets a FATAL protocol_violation, the server a
+// Terminate.
+func (r *relay) violation(flush func() error, msg string) error {
+	flush()
+	pe := &ProtocolError{Msg: msg}
+	b, _ := pe.Response().Encode(nil)
+	r.agentMu.Lock()
+	r.agent.Write(b)
+	r.agentMu.Unlock()
+	r.upstream.Write([]byte{'X', 0, 0, 0, 4})
+	return pe
+}
+
+// decide asks the enforcer and resolves a hold.
+func (r *relay) decide(sql string, flush func() error) (Verdict, error) {
+	v := r.cfg.Enforcer.Query(r.ctx, sql)
+	if v.Action != Hold {
+		return v, nil
+	}
+	// What the agent pipelined before this statement goes upstream first,
+	// so its results are not held too.
+	if err := flush(); err != nil {
+		return v, err
+	}
+	notice, err := (&pgproto3.NoticeResponse{
+		Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "01000",
+		Message: "interlock: statement held for approval " + v.ApprovalID,
+		Detail:  "rule " + v.Rule,
+	}).Encode(nil)
+	if err != nil {
+		return v, fmt.Errorf("encode hold notice: %w", err)
+	}
+	r.agentMu.Lock()
+	_, err = r.agent.Write(notice)
+	r.agentMu.Unlock()
+	if err != nil {
+		return v, fmt.Errorf("write agent: %w", err)
+	}
+	approved, reason := false, "no approver"
+	if v.Wait != nil {
+		approved, reason = v.Wait(r.ctx)
+	}
+	if approved {
+		v.Action = Forward
+	} else {
+		v.Action = Deny
+		v.Message = "approval " + v.ApprovalID + " refused"
+		if reason != "" {
+			v.Message += ": " + reason
+		}
+	}
+	return v, nil
+}
+
+// deny queues the agent's denial and appends the failing substitute
+// statement for the server.
+func (r *relay) deny(out []byte, kind uint8, stmt string, v Verdict) []byte {
+	text := "interlock: permission denied by rule \"" + v.Rule + "\""
+	if v.Message != "" {
+		text += ": " + v.Message
+	}
+	e, _ := (&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: text}).Encode(nil)
+	r.q.push(entry{kind: kind, deny: e})
+	if kind == kDenyQuery {
+		out, _ = (&pgproto3.Query{String: deniedSQL}).Encode(out)
+		return out
+	}
+	out, _ = (&pgproto3.Parse{Name: stmt, Query: deniedSQL}).Encode(out)
+	return out
+}
+
+func (r *relay) onQuery(out, msg []byte, flush func() error) ([]byte, error) {
+	body := msg[5:]
+	if len(body) == 0 || body[len(body)-1] != 0 {
+		return out, &ProtocolError{Msg: "malformed Query message"}
+	}
+	v, err := r.decide(string(body[:len(body)-1]), flush)
+	if err != nil {
+		return out, err
+	}
+	if v.Action != Forward {
+		return r.deny(out, kDenyQuery, "", v), nil
+	}
+	r.q.push(entry{kind: kQuery, mask: v.Mask})
+	return append(out, msg...), nil
+}
+
+func (r *relay) onParse(out, msg []byte, st *stmtState, flush func() error) ([]byte, error) {
+	body := msg[5:]
+	name, rest, ok := cbytes(body)
+	if !ok {
+		return out, &ProtocolError{Msg: "malformed Parse message"}
+	}
+	sql, rest, ok := cbytes(rest)
+	if !ok || len(rest) < 2 || len(rest) != 2+4*int(binary.BigEndian.Uint16(rest)) {
+		return out, &ProtocolError{Msg: "malformed Parse message"}
+	}
+	v, err := r.decide(string(sql), flush)
+	if err != nil {
+		return out, err
+	}
+	if v.Action != Forward {
+		return r.deny(out, kDenyParse, string(name), v), nil
+	}
+	if v.Mask != nil {
+		st.stmts[string(name)] = v.Mask
+	} else if len(st.stmts) > 0 {
+		delete(st.stmts, string(name))
+	}
+	return append(out, msg...), nil
+}
+
+func (st *stmtState) onBind(body []byte) error {
+	if len(st.stmts) == 0 && len(st.portals) == 0 {
+		return nil
+	}
+	portal, rest, ok := cbytes(body)
+	if !ok {
+		return &ProtocolError{Msg: "malformed Bind message"}
+	}
+	stmt, _, ok := cbytes(rest)
+	if !ok {
+		return &ProtocolError{Msg: "malformed Bind message"}
+	}
+	if m := st.stmts[string(stmt)]; m != nil {
+		st.portals[string(portal)] = m
+	} else {
+		delete(st.portals, string(portal))
+	}
+	return nil
+}
+
+func (st *stmtState) onClose(body []byte) error {
+	if len(body) < 2 || (body[0] != 'S' && body[0] != 'P') || body[len(body)-1] != 0 {
+		return &ProtocolError{Msg: "malformed Close message"}
+	}
+	name := body[1 : len(body)-1]
+	if body[0] == 'S' {
+		if len(st.stmts) > 0 {
+			delete(st.stmts, string(name))
+		}
+	} else if len(st.portals) > 0 {
+		delete(st.portals, string(name))
+	}
+	return nil
+}
+
+func (r *relay) onExecute(out, msg []byte, st *stmtState) ([]byte, error) {
+	portal, rest, ok := cbytes(msg[5:])
+	if !ok || len(rest) != 4 {
+		return out, &ProtocolError{Msg: "malformed Execute message"}
+	}
+	if len(st.portals) > 0 {
+		if m := st.portals[string(portal)]; m != nil {
+			// Execute carries no column descriptions; ask for them right
+			// before it and keep the answer from the agent.
+			r.q.push(entry{kind: kInjDescribe})
+			r.q.push(entry{kind: kExecute, mask: m})
+			out, _ = (&pgproto3.Describe{ObjectType: 'P', Name: string(portal)}).Encode(out)
+		}
+	}
+	return append(out, msg...), nil
+}
+
+// cbytes splits a NUL-terminated string off b without allocating.
+func cbytes(b []byte) ([]byte, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+// serverState is the server goroutine's view of the result in progress.
+type serverState struct {
+	rows    RowMasker // masks the DataRows of the current result set
+	execing bool      // a masked Execute's rows are flowing
+	cols    []Column
+}
+
+func (r *relay) serverLoop() error {
+	in := &reader{conn: r.upstream, buf: make([]byte, bufSize)}
+	out := make([]byte, 0, flushAt+bufSize)
+	var ss serverState
+	var rec Message
+	skip := 0
+	locked := false // agentMu held across a streamed message
+	flush := func() error {
+		if len(out) == 0 {
+			return nil
+		}
+		if !locked {
+			r.agentMu.Lock()
+		}
+		_, err := r.agent.Write(out)
+		out = out[:0]
+		locked = skip > 0
+		if !locked {
+			r.agentMu.Unlock()
+		}
+		if err != nil {
+			return fmt.Errorf("write agent: %w", err)
+		}
+		return nil
+	}
+	defer func() {
+		if locked {
+			r.agentMu.Unlock()
+		}
+	}()
+	for {
+		avail := in.w - in.r
+		if skip > 0 {
+			if avail == 0 {
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := in.fill(1); err != nil {
+					return serverEOF(err)
+				}
+				continue
+			}
+			k := min(skip, avail)
+			out = append(out, in.buf[in.r:in.r+k]...)
+			in.r += k
+			skip -= k
+			if len(out) >= flushAt || skip == 0 && locked {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if avail < 5 {
+			if err := flush(); err != nil {
+				return err
+			}
+			in.shrink()
+			if err := in.fill(5); err != nil {
+				return serverEOF(err)
+			}
+			continue
+		}
+		typ := in.buf[in.r]
+		n := int(binary.BigEndian.Uint32(in.buf[in.r+1:]))
+		if n < 4 || n-4 > r.cfg.MaxMessageSize {
+			return &ProtocolError{Msg: fmt.Sprintf("invalid message length %d for message type %q from server", n, typ)}
+		}
+		total := 1 + n
+		whole := typ != 'd' && (typ != 'D' || ss.rows != nil)
+		if avail < total {
+			if whole || total <= len(in.buf) {
+				if err := flush(); err != nil {
+					return err
+				}
+				if err := in.fill(total); err != nil {
+					return serverEOF(err)
+				}
+				continue
+			}
+			if r.cfg.Recorder != nil {
+				rec.Type, rec.Body, rec.Size, rec.Time = typ, in.buf[in.r+5:in.w], n-4, time.Now()
+				r.cfg.Recorder.Record(&rec)
+			}
+			out = append(out, in.buf[in.r:in.w]...)
+			skip = total - avail
+			in.r = in.w
+			continue
+		}
+		msg := in.buf[in.r : in.r+total]
+		in.r += total
+		start := len(out)
+		var err error
+		switch typ {
+		case 'D':
+			if ss.rows != nil {
+				out, err = maskRow(out, msg, ss.rows)
+			} else {
+				out = append(out, msg...)
+			}
+		case 'T':
+			out, err = r.onRowDescription(out, msg, &ss)
+		case 'n':
+			out = r.onNoData(out, msg, &ss)
+		case 'C', 's', 'I':
+			ss.rows = nil
+			if ss.execing {
+				ss.execing = false
+				r.q.mu.Lock()
+				if e := r.q.peek(0); e != nil && e.kind == kExecute {
+					r.q.pop()
+				}
+				r.q.mu.Unlock()
+			}
+			out = append(out, msg...)
+		case 'E':
+			out = r.onError(out, msg, &ss)
+		case 'Z':
+			ss.rows, ss.execing = nil, false
+			r.q.mu.Lock()
+			for e := r.q.peek(0); e != nil; e = r.q.peek(0) {
+				k := e.kind
+				r.q.pop()
+				if k == kSync || k == kQuery || k == kDenyQuery {
+					break
+				}
+			}
+			r.q.mu.Unlock()
+			out = append(out, msg...)
+		default:
+			out = append(out, msg...)
+		}
+		if err != nil {
+			return err
+		}
+		if r.cfg.Recorder != nil && len(out) > start {
+			b := out[start:]
+			rec.Type, rec.Body, rec.Size, rec.Time = b[0], b[5:], len(b)-5, time.Now()
+			r.cfg.Recorder.Record(&rec)
+		}
+		if len(out) >= flushAt {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func serverEOF(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return fmt.Errorf("read upstream: %w", err)
+}
+
+func (r *relay) onRowDescription(out, msg []byte, ss *serverState) ([]byte, error) {
+	r.q.mu.Lock()
+	e := r.q.peek(0)
+	var kind uint8 = 255
+	var mask ColumnMasker
+	if e != nil {
+		kind, mask = e.kind, e.mask
+		switch kind {
+		case kDescribe:
+			r.q.pop()
+		case kInjDescribe:
+			r.q.pop()
+			if next := r.q.peek(0); next != nil && next.kind == kExecute {
+				mask = next.mask
+			}
+		}
+	}
+	r.q.mu.Unlock()
+	if (kind == kQuery || kind == kInjDescribe) && mask != nil {
+		cols, err := parseRowDescription(ss.cols[:0], msg[5:])
+		if err != nil {
+			return out, err
+		}
+		ss.cols = cols
+		ss.rows = mask.Plan(cols)
+	}
+	if kind == kInjDescribe {
+		ss.execing = true
+		return out, nil
+	}
+	return append(out, msg...), nil
+}
+
+func (r *relay) onNoData(out, msg []byte, ss *serverState) []byte {
+	r.q.mu.Lock()
+	e := r.q.peek(0)
+	injected := e != nil && e.kind == kInjDescribe
+	if e != nil && (e.kind == kDescribe || injected) {
+		r.q.pop()
+	}
+	r.q.mu.Unlock()
+	if injected {
+		ss.rows, ss.execing = nil, true
+		return out
+	}
+	return append(out, msg...)
+}
+
+var deniedMarker = []byte(deniedSQL)
+
+func (r *relay) onError(out, msg []byte, ss *serverState) []byte {
+	ss.rows, ss.execing = nil, false
+	r.q.mu.Lock()
+	defer r.q.mu.Unlock()
+	if e := r.q.peek(0); e != nil && (e.kind == kDenyQuery || e.kind == kDenyParse) &&
+		bytes.Contains(msg, []byte("C42601\x00")) && bytes.Contains(msg, deniedMarker) {
+		out = append(out, e.deny...)
+	} else {
+		out = append(out, msg...)
+	}
+	// The server skips the rest of the extended-protocol batch until Sync.
+	for e := r.q.peek(0); e != nil; e = r.q.peek(0) {
+		if e.kind == kSync || e.kind == kQuery || e.kind == kDenyQuery {
+			break
+		}
+		r.q.pop()
+	}
+	return out
+}
+
+// parseRowDescription decodes a RowDescription body into cols.
+func parseRowDescription(cols []Column, b []byte) ([]Column, error) {
+	if len(b) < 2 {
+		return cols, &ProtocolError{Msg: "malformed RowDescription from server"}
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for i := 0; i < n; i++ {
+		name, rest, ok := cbytes(b)
+		if !ok || len(rest) < 18 {
+			return cols, &ProtocolError{Msg: "malformed RowDescription from server"}
+		}
+		cols = append(cols, Column{
+			Name:         string(name),
+			TableOID:     binary.BigEndian.Uint32(rest),
+			TableAttr:    binary.BigEndian.Uint16(rest[4:]),
+			TypeOID:      binary.BigEndian.Uint32(rest[6:]),
+			TypeSize:     int16(binary.BigEndian.Uint16(rest[10:])),
+			TypeModifier: int32(binary.BigEndian.Uint32(rest[12:])),
+			Format:       int16(binary.BigEndian.Uint16(rest[16:])),
+		})
+		b = rest[18:]
+	}
+	return cols, nil
+}
+
+// maskRow appends msg, a DataRow, with its fields rewritten by m.
+func maskRow(out, msg []byte, m RowMasker) ([]byte, error) {
+	b := msg[5:]
+	if len(b) < 2 {
+		return out, &ProtocolError{Msg: "malformed DataRow from server"}
+	}
+	start := len(out)
+	out = append(out, 'D', 0, 0, 0, 0, b[0], b[1])
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for i := 0; i < n; i++ {
+		if len(b) < 4 {
+			return out[:start], &ProtocolError{Msg: "malformed DataRow from server"}
+		}
+		l := int32(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		var v []byte
+		if l >= 0 {
+			if int(l) > len(b) {
+				return out[:start], &ProtocolError{Msg: "malformed DataRow from server"}
+			}
+			v, b = b[:int(l):int(l)], b[int(l):]
+		}
+		nv := m.MaskValue(i, v)
+		if nv == nil {
+			out = binary.BigEndian.AppendUint32(out, 0xffffffff)
+			continue
+		}
+		out = binary.BigEndian.AppendUint32(out, uint32(len(nv)))
+		out = append(out, nv...)
+	}
+	binary.BigEndian.PutUint32(out[start+1:], uint32(len(out)-start-1))
+	return out, nil
+}

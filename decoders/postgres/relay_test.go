@@ -1,0 +1,200 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+func connect(t *testing.T, p *testProxy) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, p.DSN(""))
+	if err != nil {
+		t.Fatalf("connect through proxy: %v", err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func wantPgError(t *testing.T, err error, code, contains string) {
+	t.Helper()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		t.Fatalf("want PostgreSQL error %s, got %v", code, err)
+	}
+	if pe.Code != code || !strings.Contains(pe.Message, contains) {
+		t.Fatalf("want error %s containing %q, got %s %q", code, contains, pe.Code, pe.Message)
+	}
+}
+
+func TestRelayQueries(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	pg.Psql(t, "CREATE TABLE t (i int PRIMARY KEY, s text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 5000) g")
+	p := startProxy(t, pg, func() RelayConfig { return RelayConfig{Enforcer: allowAll} })
+	c := connect(t, p)
+	ctx := context.Background()
+
+	// Simple protocol, several statements in one message.
+	res, err := c.PgConn().Exec(ctx, "SELECT 1; SELECT count(*) FROM t").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 || string(res[1].Rows[0][0]) != "5000" {
+		t.Fatalf("multi-statement results: %+v", res)
+	}
+	// Extended protocol with parameters, binary results, a large result.
+	var s string
+	if err := c.QueryRow(ctx, "SELECT s FROM t WHERE i = $1", 42).Scan(&s); err != nil || s != "row 42" {
+		t.Fatalf("extended query: %q, %v", s, err)
+	}
+	rows, _ := c.Query(ctx, "SELECT i, s FROM t ORDER BY i")
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if rows.Err() != nil || n != 5000 {
+		t.Fatalf("large result: %d rows, %v", n, rows.Err())
+	}
+	// Pipelined batch.
+	b := &pgx.Batch{}
+	b.Queue("SELECT 1")
+	b.Queue("SELECT s FROM t WHERE i = $1", 7)
+	b.Queue("SELECT count(*) FROM t WHERE i < $1", 10)
+	br := c.SendBatch(ctx, b)
+	var one, cnt int
+	if err := br.QueryRow().Scan(&one); err != nil || one != 1 {
+		t.Fatalf("batch 1: %v", err)
+	}
+	if err := br.QueryRow().Scan(&s); err != nil || s != "row 7" {
+		t.Fatalf("batch 2: %v", err)
+	}
+	if err := br.QueryRow().Scan(&cnt); err != nil || cnt != 9 {
+		t.Fatalf("batch 3: %v", err)
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A value larger than the relay's buffers, both ways.
+	big := strings.Repeat("x", 3<<20)
+	var got string
+	if err := c.QueryRow(ctx, "SELECT $1::text", big).Scan(&got); err != nil || got != big {
+		t.Fatalf("large value round trip: len %d, %v", len(got), err)
+	}
+}
+
+func TestRelayDeny(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	pg.Psql(t, "CREATE TABLE t (i int PRIMARY KEY)")
+	p := startProxy(t, pg, func() RelayConfig { return RelayConfig{Enforcer: denyContaining("secret", "no-secrets")} })
+	c := connect(t, p)
+	ctx := context.Background()
+	pc := c.PgConn()
+
+	// Simple protocol: the whole message is denied, the session goes on.
+	_, err := pc.Exec(ctx, "SELECT 1; SELECT 'secret'").ReadAll()
+	wantPgError(t, err, "42501", `"no-secrets"`)
+	if pc.TxStatus() != 'I' {
+		t.Fatalf("tx status after deny outside a transaction: %q", pc.TxStatus())
+	}
+	// Extended protocol: Parse is denied.
+	_, err = c.Exec(ctx, "SELECT $1::text || 'secret'", "x")
+	wantPgError(t, err, "42501", `"no-secrets"`)
+	var one int
+	if err := c.QueryRow(ctx, "SELECT $1::int", 1).Scan(&one); err != nil || one != 1 {
+		t.Fatalf("query after deny: %v", err)
+	}
+
+	// Inside a transaction block the deny fails the block, as a server does.
+	if _, err := pc.Exec(ctx, "BEGIN; INSERT INTO t VALUES (1)").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pc.Exec(ctx, "SELECT 'secret'").ReadAll()
+	wantPgError(t, err, "42501", "no-secrets")
+	if pc.TxStatus() != 'E' {
+		t.Fatalf("tx status after deny in a transaction: %q, want E", pc.TxStatus())
+	}
+	_, err = pc.Exec(ctx, "SELECT 1").ReadAll()
+	wantPgError(t, err, "25P02", "")
+	if _, err := pc.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	// Extended protocol inside a transaction.
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tx.Exec(ctx, "INSERT INTO t VALUES ($1) -- secret", 2)
+	wantPgError(t, err, "42501", "no-secrets")
+	if pc.TxStatus() != 'E' {
+		t.Fatalf("tx status after extended deny in a transaction: %q, want E", pc.TxStatus())
+	}
+	tx.Rollback(ctx)
+
+	// Pipelined: a denied statement in the middle of an implicit transaction
+	// rolls back what came before and skips what follows, as a server error
+	// does.
+	pl := pc.StartPipeline(ctx)
+	pl.SendQueryParams("INSERT INTO t VALUES (10)", nil, nil, nil, nil)
+	pl.SendQueryParams("SELECT 'secret'", nil, nil, nil, nil)
+	pl.SendQueryParams("INSERT INTO t VALUES (11)", nil, nil, nil, nil)
+	pl.SendPipelineSync()
+	pl.SendQueryParams("INSERT INTO t VALUES (12)", nil, nil, nil, nil)
+	pl.SendPipelineSync()
+	if err := pl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var errs []error
+	for {
+		r, err := pl.GetResults()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if r == nil {
+			break
+		}
+		if rr, ok := r.(*pgconn.ResultReader); ok {
+			if _, err := rr.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := pl.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) != 1 {
+		t.Fatalf("pipeline errors: %q", errs)
+	}
+	wantPgError(t, errs[0], "42501", "no-secrets")
+	if got := pg.Psql(t, "SELECT string_agg(i::text, ',' ORDER BY i) FROM t"); got != "12" {
+		t.Fatalf("rows after pipelined deny: %q, want 12", got)
+	}
+
+	// FunctionCall is denied by default.
+	// psql sees the relay's error text.
+	out, err := exec.Command("psql", "-X", "-d", p.DSN(""), "-c", "SELECT 'secret'").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `permission denied by rule "no-secrets"`) {
+		t.Fatalf("psql: %v\n%s", err, out)
+	}
+	if got := strings.TrimSpace(string(mustPsql(t, p, "SELECT 40 + 2"))); got != "42" {
+		t.Fatalf("psql through proxy: %q", got)
+	}
+}
+
+func mustPsql(t *testing.T, p *testProxy, sql string) []byte {
+	t.Helper()
+	out, err := exec.Command("psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", p.DSN(""), "-c", sql).CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql %q: %v\n%s", sql, err, out)
+	}
+	return out
+}
