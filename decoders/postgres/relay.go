@@ -188,13 +188,13 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 
 // entry kinds: what the server goroutine expects as answers, in order.
 const (
-	kQuery      = iota // Query or allowed FunctionCall: results until ReadyForQuery
-	kDenyQuery         // injected failing Query: its error is replaced, then ReadyForQuery
-	kDenyParse         // injected failing Parse: its error is replaced
-	kDescribe          // Describe: RowDescription or NoData
-	kInjDescribe       // the relay's Describe before a masked Execute: answer dropped
-	kExecute           // masked Execute: rows until CommandComplete/PortalSuspended/EmptyQuery
-	kSync              // Sync: ReadyForQuery
+	kQuery       = iota // Query or allowed FunctionCall: results until ReadyForQuery
+	kDenyQuery          // injected failing Query: its error is replaced, then ReadyForQuery
+	kDenyParse          // injected failing Parse: its error is replaced
+	kDescribe           // Describe: RowDescription or NoData
+	kInjDescribe        // the relay's Describe before a masked Execute: answer dropped
+	kExecute            // masked Execute: rows until CommandComplete/PortalSuspended/EmptyQuery
+	kSync               // Sync: ReadyForQuery
 )
 
 type entry struct {
