@@ -1,0 +1,356 @@
+// Package datapath loads Interlock's eBPF programs (package bpf), attaches
+// them to a cgroup v2 subtree with pinned bpf_links, and gives the daemon
+// what it needs from the kernel: tagging cgroups with an identity, intercept
+// rules, the record of each redirected connection and deny events.
+//
+// Enforcement lives in the pins, not in the process: closing a Datapath, or
+// the daemon dying, leaves the programs attached, so tagged connects fail
+// closed (nothing listens on the proxy port) instead of escaping. Uninstall
+// is the only way to detach.
+//
+// Everything here needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for
+// cgroup attach), a cgroup v2 mount and a kernel at or above KernelFloor.
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/bpf"
+)
+
+// ErrUnsupported is returned (wrapped) by calls the running kernel cannot
+// enforce, such as SetDenyUnix below 6.7. The daemon should log it as a
+// known gap, not fail.
+var ErrUnsupported = errors.New("not supported by this kernel")
+
+// ErrNotFound is returned (wrapped) by Lookup when the kernel holds no record
+// for a connection: it was not redirected, or its record was consumed.
+var ErrNotFound = errors.New("no record")
+
+// ErrClosed is returned (wrapped) by ReadDenyEvent once the Datapath is closed.
+var ErrClosed = os.ErrClosed
+
+// MaxRules bounds SetRules and SetUDPAllow per identity.
+const MaxRules = 16
+
+// MaxResolvers bounds Config.Resolvers.
+const MaxResolvers = 8
+
+// MaxUnixPaths bounds SetDenyUnix.
+const MaxUnixPaths = 64
+
+// Config says where the programs attach, where they pin, and where they send
+// tagged traffic.
+type Config struct {
+	// CgroupRoot is the absolute cgroup v2 directory the programs attach
+	// at: the mount's root in production, a private subtree in tests.
+	CgroupRoot string
+	// PinDir is a directory on a bpffs (created if missing) holding the
+	// pinned links and maps, e.g. /sys/fs/bpf/interlock.
+	PinDir string
+	// Proxy4 receives redirected IPv4 (and IPv4-mapped IPv6) connects,
+	// e.g. 127.0.0.1:15001. Zero: tagged IPv4 TCP is refused.
+	Proxy4 netip.AddrPort
+	// Proxy6 receives redirected IPv6 connects, e.g. [::1]:15001. Zero:
+	// tagged IPv6 TCP is refused.
+	Proxy6 netip.AddrPort
+	// SelfCgroupID is interlockd's own cgroup: tasks in it or below it are
+	// never tagged. It must not be the cgroup2 root (see EnterOwnCgroup).
+	// Zero exempts nobody.
+	SelfCgroupID uint64
+	// Resolvers are the DNS servers tagged tasks may reach over UDP.
+	Resolvers []netip.AddrPort
+}
+
+// program is one attached program: its name in the object, attach type, and
+// whether it needs a newer kernel than the floor.
+type program struct {
+	name   string
+	attach ebpf.AttachType
+	unix   bool
+}
+
+// programs lists every program in attach order: sockops and getpeername
+// before the connect hooks, so no redirected socket ever lacks them.
+var programs = []program{
+	{bpf.InterlockProgSockOps, ebpf.AttachCGroupSockOps, false},
+	{bpf.InterlockProgGetpeername4, ebpf.AttachCgroupInet4GetPeername, false},
+	{bpf.InterlockProgGetpeername6, ebpf.AttachCgroupInet6GetPeername, false},
+	{bpf.InterlockProgSockCreate, ebpf.AttachCGroupInetSockCreate, false},
+	{bpf.InterlockProgSendmsg4, ebpf.AttachCGroupUDP4Sendmsg, false},
+	{bpf.InterlockProgSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, false},
+	{bpf.InterlockProgConnect4, ebpf.AttachCGroupInet4Connect, false},
+	{bpf.InterlockProgConnect6, ebpf.AttachCGroupInet6Connect, false},
+	{bpf.InterlockProgConnectUnix, ebpf.AttachCgroupUnixConnect, true},
+}
+
+// mapNames lists every pinned map, for Uninstall and MapFill.
+var mapNames = []string{
+	bpf.InterlockMapTaggedCgroups, bpf.InterlockMapTcpRules, bpf.InterlockMapUdpRules,
+	bpf.InterlockMapConfigMap, bpf.InterlockMapSockOrigins, bpf.InterlockMapConnOrigins,
+	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents,
+}
+
+func linkPin(pinDir, prog string) string { return filepath.Join(pinDir, "link_"+prog) }
+
+// Datapath is a loaded, attached data path. Its methods are safe for
+// concurrent use; ReadDenyEvent may be called by one goroutine at a time.
+type Datapath struct {
+	maps        bpf.InterlockMaps
+	progs       map[string]*ebpf.Program
+	links       []link.Link
+	events      *ringbuf.Reader
+	netnsCookie uint64
+	unixSupport bool
+}
+
+// Open loads the programs and attaches them at cfg.CgroupRoot, or re-adopts
+// the links already pinned under cfg.PinDir by swapping in the new programs
+// (so enforcement never lapses across a restart or upgrade). Maps are reused
+// from their pins, so tags and rules survive. The global settings (proxy
+// addresses, own cgroup, resolvers) are rewritten on every Open.
+func Open(cfg Config) (*Datapath, error) {
+	if err := CheckKernel(); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(cfg.CgroupRoot) {
+		return nil, fmt.Errorf("open datapath: cgroup root %q is not absolute", cfg.CgroupRoot)
+	}
+	rootID, err := CgroupID(cfg.CgroupRoot)
+	if err != nil {
+		return nil, fmt.Errorf("open datapath: %w", err)
+	}
+	if mount, err := CgroupMount(); err == nil && cfg.SelfCgroupID != 0 {
+		if id, err := CgroupID(mount); err == nil && id == cfg.SelfCgroupID {
+			return nil, errors.New("open datapath: own cgroup is the cgroup2 root, which would exempt every task; move interlockd into its own cgroup")
+		}
+	}
+	if err := os.MkdirAll(cfg.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin dir: %w", err)
+	}
+	if err := checkBPFFS(cfg.PinDir); err != nil {
+		return nil, err
+	}
+	netns, err := netnsCookie()
+	if err != nil {
+		return nil, err
+	}
+
+	spec, err := bpf.LoadInterlock()
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns, unixSupport: UnixConnectSupported()}
+	if !d.unixSupport {
+		delete(spec.Programs, bpf.InterlockProgConnectUnix)
+	}
+	// Maps come from their pins when present (tags and records survive),
+	// and are created and pinned otherwise.
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}})
+	if err != nil {
+		return nil, fmt.Errorf("load programs: %w", verbose(err))
+	}
+	if err := coll.Assign(&d.maps); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("assign maps: %w", err)
+	}
+	for name := range coll.Programs {
+		d.progs[name] = coll.DetachProgram(name)
+	}
+	coll.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
+	if err := d.writeConfig(cfg); err != nil {
+		return nil, err
+	}
+
+	cg, err := os.Open(cfg.CgroupRoot)
+	if err != nil {
+		return nil, fmt.Errorf("open cgroup root: %w", err)
+	}
+	defer cg.Close()
+	for _, p := range programs {
+		if p.unix && !d.unixSupport {
+			continue
+		}
+		l, err := adoptOrAttach(cfg.PinDir, p, d.progs[p.name], cg, rootID)
+		if err != nil {
+			return nil, err
+		}
+		d.links = append(d.links, l)
+	}
+
+	d.events, err = ringbuf.NewReader(d.maps.DenyEvents)
+	if err != nil {
+		return nil, fmt.Errorf("open deny events: %w", err)
+	}
+	ok = true
+	return d, nil
+}
+
+// adoptOrAttach re-adopts the link pinned for p, swapping in prog, or
+// attaches a new link at the cgroup and pins it.
+func adoptOrAttach(pinDir string, p program, prog *ebpf.Program, cg *os.File, rootID uint64) (link.Link, error) {
+	path := linkPin(pinDir, p.name)
+	l, err := link.LoadPinnedLink(path, nil)
+	if err == nil {
+		info, err := l.Info()
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("inspect pinned link %s: %w", path, err)
+		}
+		if c := info.Cgroup(); c == nil || c.CgroupId != rootID {
+			l.Close()
+			return nil, fmt.Errorf("re-adopt %s: pinned link is attached to another cgroup; run uninstall first", path)
+		}
+		if err := l.Update(prog); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("update %s: %w", p.name, err)
+		}
+		return l, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	l, err = link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: prog, Attach: p.attach})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", p.name, err)
+	}
+	if err := l.Pin(path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("pin %s: %w", p.name, err)
+	}
+	return l, nil
+}
+
+func verbose(err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("%+v", ve)
+	}
+	return err
+}
+
+func checkBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs pin dir: %w", err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("pin dir %s is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)", dir)
+	}
+	return nil
+}
+
+// netnsCookie returns the cookie of the calling thread's network namespace,
+// the one the proxy listens in.
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open socket: %w", err)
+	}
+	defer unix.Close(fd)
+	v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("get netns cookie: %w", err)
+	}
+	return v, nil
+}
+
+func (d *Datapath) writeConfig(cfg Config) error {
+	var c bpf.InterlockConfig
+	if len(cfg.Resolvers) > MaxResolvers {
+		return fmt.Errorf("write config: %d resolvers, at most %d", len(cfg.Resolvers), MaxResolvers)
+	}
+	if cfg.Proxy4.IsValid() {
+		if !cfg.Proxy4.Addr().Unmap().Is4() {
+			return fmt.Errorf("write config: proxy4 %s is not IPv4", cfg.Proxy4)
+		}
+		c.Proxy4.W = words(cfg.Proxy4.Addr())
+		c.Proxy4Port = cfg.Proxy4.Port()
+	}
+	if cfg.Proxy6.IsValid() {
+		if cfg.Proxy6.Addr().Is4() || cfg.Proxy6.Addr().Is4In6() {
+			return fmt.Errorf("write config: proxy6 %s is not IPv6", cfg.Proxy6)
+		}
+		c.Proxy6.W = words(cfg.Proxy6.Addr())
+		c.Proxy6Port = cfg.Proxy6.Port()
+	}
+	c.SelfCgroup = cfg.SelfCgroupID
+	for i, r := range cfg.Resolvers {
+		c.Resolvers[i].Addr.W = words(r.Addr())
+		c.Resolvers[i].Port = r.Port()
+	}
+	c.ResolverCount = uint32(len(cfg.Resolvers))
+	if err := d.maps.ConfigMap.Put(uint32(0), &c); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	return nil
+}
+
+// Close releases the loader's file descriptors and stops ReadDenyEvent. The
+// pinned links and maps, and so enforcement, stay.
+func (d *Datapath) Close() error {
+	var errs []error
+	if d.events != nil {
+		errs = append(errs, d.events.Close())
+	}
+	for _, l := range d.links {
+		errs = append(errs, l.Close())
+	}
+	for _, p := range d.progs {
+		errs = append(errs, p.Close())
+	}
+	errs = append(errs, d.maps.Close())
+	return errors.Join(errs...)
+}
+
+// Uninstall detaches every link pinned under pinDir and removes the pins of
+// links and maps: the only way to stop enforcement. Missing pins are not an
+// error, so it can be repeated.
+func Uninstall(pinDir string) error {
+	var errs []error
+	for _, p := range programs {
+		path := linkPin(pinDir, p.name)
+		l, err := link.LoadPinnedLink(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
+			continue
+		}
+		// Detach first: a running daemon may still hold the link open.
+		if err := l.Detach(); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", p.name, err))
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", p.name, err))
+		}
+		l.Close()
+	}
+	for _, name := range mapNames {
+		if err := os.Remove(filepath.Join(pinDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpin map %s: %w", name, err))
+		}
+	}
+	// The directory goes too unless it is a mount point or holds others' pins.
+	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) &&
+		!errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+		errs = append(errs, fmt.Errorf("remove pin dir: %w", err))
+	}
+	return errors.Join(errs...)
+}

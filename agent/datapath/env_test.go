@@ -1,0 +1,354 @@
+package datapath
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// The test binary re-executes itself as the "agent": a child placed in a
+// cgroup of the test's own subtree that performs one network operation and
+// prints what happened as JSON.
+const helperEnv = "INTERLOCK_DATAPATH_HELPER"
+
+func TestMain(m *testing.M) {
+	if action := os.Getenv(helperEnv); action != "" {
+		os.Exit(runHelper(action, os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+// result is what a helper reports.
+type result struct {
+	Err   string // "" on success
+	Errno int    // the syscall errno behind Err, if any
+	Peer  string // getpeername of the connected socket
+	Local string // getsockname
+	Data  string // first line read from the connection
+	PID   int
+	UID   int
+}
+
+func errResult(err error) result {
+	r := result{Err: err.Error(), PID: os.Getpid(), UID: os.Getuid()}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		r.Errno = int(errno)
+	}
+	return r
+}
+
+func runHelper(action, arg string) int {
+	var r result
+	switch action {
+	case "tcp", "tcp6":
+		r = helperTCP(action, arg)
+	case "udp", "udp6":
+		c, err := net.Dial(action, arg)
+		if err == nil {
+			_, err = c.Write([]byte("ping"))
+			c.Close()
+		}
+		if err != nil {
+			r = errResult(err)
+		}
+	case "sendto":
+		// An unconnected UDP send: the sendmsg hook decides.
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err == nil {
+			ap := netip.MustParseAddrPort(arg)
+			err = unix.Sendto(fd, []byte("ping"), 0, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()})
+			unix.Close(fd)
+		}
+		if err != nil {
+			r = errResult(err)
+		}
+	case "raw":
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+		if err != nil {
+			r = errResult(err)
+		} else {
+			unix.Close(fd)
+		}
+	case "packet":
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		if err != nil {
+			r = errResult(err)
+		} else {
+			unix.Close(fd)
+		}
+	case "unix":
+		c, err := net.Dial("unix", arg)
+		if err != nil {
+			r = errResult(err)
+		} else {
+			c.Close()
+		}
+	case "loop":
+		return helperLoop(arg)
+	default:
+		r = result{Err: "unknown action " + action}
+	}
+	if r.PID == 0 {
+		r.PID, r.UID = os.Getpid(), os.Getuid()
+	}
+	json.NewEncoder(os.Stdout).Encode(r)
+	return 0
+}
+
+func helperTCP(network, addr string) result {
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		return errResult(err)
+	}
+	defer c.Close()
+	r := result{PID: os.Getpid(), UID: os.Getuid(), Local: c.LocalAddr().String()}
+	// Ask the kernel directly rather than trusting net's cached address.
+	raw, _ := c.(*net.TCPConn).SyscallConn()
+	raw.Control(func(fd uintptr) {
+		sa, err := unix.Getpeername(int(fd))
+		if err != nil {
+			r.Peer = "error: " + err.Error()
+			return
+		}
+		r.Peer = sockaddrString(sa)
+	})
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		r.Err = "read: " + err.Error()
+	}
+	r.Data = strings.TrimSpace(line)
+	return r
+}
+
+// helperLoop connects to addr over and over until stdin closes, printing one
+// line per attempt: what the first line read was, or the error.
+func helperLoop(addr string) int {
+	stop := make(chan struct{})
+	go func() {
+		buf := make([]byte, 1)
+		os.Stdin.Read(buf)
+		close(stop)
+	}()
+	for {
+		select {
+		case <-stop:
+			return 0
+		default:
+		}
+		r := helperTCP("tcp", addr)
+		if r.Err != "" {
+			fmt.Println("error", r.Errno)
+		} else {
+			fmt.Println("ok", r.Data)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func sockaddrString(sa unix.Sockaddr) string {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+	}
+	return fmt.Sprintf("%T", sa)
+}
+
+// env is one test's private world: a cgroup subtree the programs attach
+// at, a bpffs instance for the pins, a loaded Datapath.
+type env struct {
+	t      *testing.T
+	mount  string // cgroup2 mount
+	root   string // the test's cgroup subtree
+	pinDir string
+	cfg    Config
+	dp     *Datapath
+}
+
+func randomName(prefix string) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// newEnv sets up the subtree and pin dir; it does not Open.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	testenv.Privileged(t)
+	if err := CheckKernel(); err != nil {
+		testenv.Unavailable(t, "%v", err)
+	}
+	mount, err := CgroupMount()
+	if err != nil {
+		testenv.Unavailable(t, "%v", err)
+	}
+	e := &env{t: t, mount: mount}
+	e.root = filepath.Join(mount, randomName("interlock-test-"))
+	if err := os.Mkdir(e.root, 0o755); err != nil {
+		t.Fatalf("create test cgroup: %v", err)
+	}
+	t.Cleanup(func() { removeCgroupTree(t, e.root) })
+
+	e.pinDir = t.TempDir()
+	if err := unix.Mount("bpf", e.pinDir, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() {
+		// Uninstall first: the links must be detached, not just unpinned.
+		if err := Uninstall(e.pinDir); err != nil {
+			t.Errorf("uninstall: %v", err)
+		}
+		if err := unix.Unmount(e.pinDir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount bpffs: %v", err)
+		}
+	})
+	e.cfg = Config{CgroupRoot: e.root, PinDir: filepath.Join(e.pinDir, "interlock")}
+	return e
+}
+
+// open opens the Datapath with e.cfg and closes it at cleanup.
+func (e *env) open() *Datapath {
+	e.t.Helper()
+	dp, err := Open(e.cfg)
+	if err != nil {
+		e.t.Fatalf("open: %v", err)
+	}
+	e.dp = dp
+	e.t.Cleanup(func() { dp.Close() })
+	return dp
+}
+
+// cgroup creates a cgroup below the test subtree (rel may be nested) and
+// returns its path and id.
+func (e *env) cgroup(rel string) (string, uint64) {
+	e.t.Helper()
+	dir := filepath.Join(e.root, rel)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.t.Fatalf("create cgroup: %v", err)
+	}
+	id, err := CgroupID(dir)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return dir, id
+}
+
+// removeCgroupTree kills what still runs in the tree and removes it, deepest
+// first.
+func removeCgroupTree(t *testing.T, root string) {
+	var dirs []string
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.WriteFile(filepath.Join(dirs[i], "cgroup.kill"), []byte("1"), 0)
+		var err error
+		for try := 0; try < 100; try++ {
+			if err = os.Remove(dirs[i]); err == nil || errors.Is(err, os.ErrNotExist) {
+				err = nil
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("remove cgroup %s: %v", dirs[i], err)
+		}
+	}
+}
+
+// helperCmd builds a helper child that starts in the cgroup at dir.
+func helperCmd(t *testing.T, dir, action, arg string) (*exec.Cmd, func()) {
+	t.Helper()
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatalf("open cgroup: %v", err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$", arg)
+	cmd.Env = append(os.Environ(), helperEnv+"="+action)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	return cmd, func() { cg.Close() }
+}
+
+// run runs one helper action in the cgroup at dir and returns its result.
+func run(t *testing.T, dir, action, arg string) result {
+	t.Helper()
+	cmd, done := helperCmd(t, dir, action, arg)
+	defer done()
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper %s %s: %v\n%s", action, arg, err, out)
+	}
+	var r result
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("helper %s output %q: %v", action, out, err)
+	}
+	return r
+}
+
+// server is a loopback TCP listener that greets every connection with its
+// name and counts accepts.
+type server struct {
+	ln      net.Listener
+	name    string
+	accepts atomic.Int64
+	// onAccept, if set, is called with each connection before the greeting
+	// and returns the greeting.
+	onAccept func(net.Conn) string
+}
+
+func listen(t testing.TB, network, addr, name string, onAccept func(net.Conn) string) *server {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatalf("listen %s: %v", addr, err)
+	}
+	s := &server{ln: ln, name: name, onAccept: onAccept}
+	t.Cleanup(func() { ln.Close() })
+	go s.serve()
+	return s
+}
+
+func (s *server) serve() {
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		s.accepts.Add(1)
+		go func() {
+			defer c.Close()
+			greeting := s.name
+			if s.onAccept != nil {
+				greeting = s.onAccept(c)
+			}
+			fmt.Fprintln(c, greeting)
+		}()
+	}
+}
+
+func (s *server) addrPort() netip.AddrPort {
+	return s.ln.Addr().(*net.TCPAddr).AddrPort()
+}

@@ -1,0 +1,316 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/bpf"
+)
+
+// words returns a as the programs store addresses: 16 bytes, IPv4 mapped
+// into IPv6, as four words whose memory holds network byte order.
+func words(a netip.Addr) [4]uint32 {
+	b := a.As16()
+	var w [4]uint32
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return w
+}
+
+// fromWords undoes words, unmapping IPv4-mapped addresses.
+func fromWords(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i := range w {
+		binary.NativeEndian.PutUint32(b[4*i:], w[i])
+	}
+	return netip.AddrFrom16(b).Unmap()
+}
+
+// Tag makes the cgroup with the given id, and every cgroup below it, run as
+// identity: their TCP connects follow the identity's rules (redirect by
+// default) and their other ways out are restricted. The deepest tagged
+// cgroup names a task's identity; tags more than 32 levels below the cgroup2
+// root are not seen (other than on the task's own cgroup).
+func (d *Datapath) Tag(cgroupID uint64, identity uint32) error {
+	if err := d.maps.TaggedCgroups.Put(cgroupID, identity); err != nil {
+		return fmt.Errorf("tag cgroup %d: %w", cgroupID, err)
+	}
+	return nil
+}
+
+// Untag removes a tag; connections already open keep going (the proxy
+// re-checks identity per request). Untagging an untagged cgroup is no error.
+func (d *Datapath) Untag(cgroupID uint64) error {
+	if err := d.maps.TaggedCgroups.Delete(cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("untag cgroup %d: %w", cgroupID, err)
+	}
+	return nil
+}
+
+// Tagged returns every tagged cgroup id and its identity.
+func (d *Datapath) Tagged() (map[uint64]uint32, error) {
+	out := map[uint64]uint32{}
+	var (
+		id    uint64
+		ident uint32
+	)
+	it := d.maps.TaggedCgroups.Iterate()
+	for it.Next(&id, &ident) {
+		out[id] = ident
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list tagged cgroups: %w", err)
+	}
+	return out, nil
+}
+
+// TaggedPath reports whether the cgroup at rel (relative to the cgroup2
+// mount, as in the "0::/a/b" line of /proc/PID/cgroup) or one of its
+// ancestors is tagged, and with which identity (the deepest tag wins, as in
+// the kernel).
+func (d *Datapath) TaggedPath(mount, rel string) (identity uint32, tagged bool, err error) {
+	rel = path.Clean("/" + rel)
+	for {
+		id, err := CgroupID(filepath.Join(mount, rel))
+		if err != nil {
+			return 0, false, fmt.Errorf("check tagged path: %w", err)
+		}
+		var ident uint32
+		err = d.maps.TaggedCgroups.Lookup(id, &ident)
+		if err == nil {
+			return ident, true, nil
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, false, fmt.Errorf("check tagged path: %w", err)
+		}
+		if rel == "/" {
+			return 0, false, nil
+		}
+		rel = path.Dir(rel)
+	}
+}
+
+// Verdict is what a tagged TCP connect matching a Rule does.
+type Verdict uint8
+
+const (
+	// Redirect sends the connect to the proxy: the default.
+	Redirect Verdict = iota
+	// Deny fails the connect with EPERM and sends a deny event.
+	Deny
+	// Pass lets the connect reach its destination directly.
+	Pass
+)
+
+// Rule matches a destination: an address in Prefix (IPv4 prefixes match
+// IPv4-mapped IPv6 destinations too) and a port in [PortMin, PortMax];
+// PortMax 0 means 65535.
+type Rule struct {
+	Prefix           netip.Prefix
+	PortMin, PortMax uint16
+	Verdict          Verdict
+}
+
+func ruleSet(rules []Rule) (bpf.InterlockRuleSet, error) {
+	var s bpf.InterlockRuleSet
+	if len(rules) > MaxRules {
+		return s, fmt.Errorf("%d rules, at most %d", len(rules), MaxRules)
+	}
+	for i, r := range rules {
+		if !r.Prefix.IsValid() {
+			return s, fmt.Errorf("rule %d: invalid prefix", i)
+		}
+		max := r.PortMax
+		if max == 0 {
+			max = 65535
+		}
+		if r.PortMin > max {
+			return s, fmt.Errorf("rule %d: port range %d-%d is empty", i, r.PortMin, max)
+		}
+		var v bpf.InterlockVerdict
+		switch r.Verdict {
+		case Redirect:
+			v = bpf.InterlockVerdictVERDICT_REDIRECT
+		case Deny:
+			v = bpf.InterlockVerdictVERDICT_DENY
+		case Pass:
+			v = bpf.InterlockVerdictVERDICT_PASS
+		default:
+			return s, fmt.Errorf("rule %d: unknown verdict %d", i, r.Verdict)
+		}
+		p := r.Prefix.Masked()
+		bits := p.Bits()
+		if p.Addr().Is4() {
+			bits += 96
+		}
+		var mask [16]byte
+		for b := 0; b < bits; b++ {
+			mask[b/8] |= 0x80 >> (b % 8)
+		}
+		s.Rules[i].Addr.W = words(p.Addr())
+		s.Rules[i].Mask.W = words(netip.AddrFrom16(mask))
+		s.Rules[i].PortMin = r.PortMin
+		s.Rules[i].PortMax = max
+		s.Rules[i].Verdict = uint32(v)
+	}
+	s.Count = uint32(len(rules))
+	return s, nil
+}
+
+func setRules(m *ebpf.Map, identity uint32, rules []Rule) error {
+	if len(rules) == 0 {
+		if err := m.Delete(identity); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+		return nil
+	}
+	s, err := ruleSet(rules)
+	if err != nil {
+		return err
+	}
+	return m.Put(identity, &s)
+}
+
+// SetRules replaces the ordered TCP intercept rules of an identity (at most
+// MaxRules; first match wins; no match redirects). The change applies to the
+// next connect; a nil slice restores the default.
+func (d *Datapath) SetRules(identity uint32, rules []Rule) error {
+	if err := setRules(d.maps.TcpRules, identity, rules); err != nil {
+		return fmt.Errorf("set tcp rules of %d: %w", identity, err)
+	}
+	return nil
+}
+
+// SetUDPAllow replaces the UDP destinations an identity may reach besides
+// the resolvers' DNS ports: a matching rule allows unless its Verdict is
+// Deny. At most MaxRules.
+func (d *Datapath) SetUDPAllow(identity uint32, rules []Rule) error {
+	if err := setRules(d.maps.UdpRules, identity, rules); err != nil {
+		return fmt.Errorf("set udp rules of %d: %w", identity, err)
+	}
+	return nil
+}
+
+// SetDenyUnix replaces the unix socket paths tagged tasks may not connect
+// to (at most MaxUnixPaths). Paths match exactly as the caller passes them,
+// so list absolute paths; relative paths, symlinks and abstract sockets are
+// not recognised. Below kernel 6.7 it returns an error wrapping
+// ErrUnsupported.
+func (d *Datapath) SetDenyUnix(paths []string) error {
+	if !d.unixSupport {
+		return fmt.Errorf("deny unix connects: cgroup/connect_unix needs kernel %d.%d: %w",
+			UnixConnectFloor[0], UnixConnectFloor[1], ErrUnsupported)
+	}
+	if len(paths) > MaxUnixPaths {
+		return fmt.Errorf("deny unix connects: %d paths, at most %d", len(paths), MaxUnixPaths)
+	}
+	want := map[bpf.InterlockUnixPath]bool{}
+	for _, p := range paths {
+		if p == "" || len(p) > len(bpf.InterlockUnixPath{}.Path)-1 {
+			return fmt.Errorf("deny unix connects: path %q is empty or too long", p)
+		}
+		var k bpf.InterlockUnixPath
+		for i := 0; i < len(p); i++ {
+			k.Path[i] = int8(p[i])
+		}
+		want[k] = true
+	}
+	var (
+		k     bpf.InterlockUnixPath
+		v     uint8
+		stale []bpf.InterlockUnixPath
+	)
+	it := d.maps.DeniedUnix.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("deny unix connects: %w", err)
+	}
+	for k := range want {
+		if err := d.maps.DeniedUnix.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("deny unix connects: %w", err)
+		}
+	}
+	for _, k := range stale {
+		if err := d.maps.DeniedUnix.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("deny unix connects: %w", err)
+		}
+	}
+	return nil
+}
+
+// Origin is what the kernel recorded when a tagged task connected.
+type Origin struct {
+	Dst         netip.AddrPort // original destination; IPv4-mapped IPv6 is unmapped to IPv4
+	PID         uint32         // thread group id
+	UID, GID    uint32
+	CgroupID    uint64 // the task's own cgroup (possibly below the tagged one)
+	Identity    uint32
+	Comm        string
+	NetnsCookie uint64
+	Time        time.Time
+}
+
+func (d *Datapath) origin(o *bpf.InterlockOrigin) Origin {
+	comm := make([]byte, 0, len(o.Comm))
+	for _, c := range o.Comm {
+		if c == 0 {
+			break
+		}
+		comm = append(comm, byte(c))
+	}
+	return Origin{
+		Dst:         netip.AddrPortFrom(fromWords(o.Dst.W), o.DstPort),
+		PID:         o.Pid,
+		UID:         o.Uid,
+		GID:         o.Gid,
+		CgroupID:    o.CgroupId,
+		Identity:    o.Identity,
+		Comm:        string(comm),
+		NetnsCookie: o.NetnsCookie,
+		Time:        monoToTime(o.TimeNs),
+	}
+}
+
+// monoToTime converts a bpf_ktime_get_ns (CLOCK_MONOTONIC) stamp to wall
+// time.
+func monoToTime(ns uint64) time.Time {
+	var ts unix.Timespec
+	now := time.Now()
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil || ns == 0 {
+		return time.Time{}
+	}
+	return now.Add(-time.Duration(uint64(ts.Nano()) - ns))
+}
+
+// Lookup returns and removes the record of a redirected connection, found
+// by the tuple the proxy sees at accept: peer is the connection's remote
+// address (the agent socket), local the accepted socket's local address (the
+// listener's). Both IPv4 and IPv6 listeners work, including IPv4-mapped
+// peers on dual-stack ones. Each connection can be looked up once; an error
+// wrapping ErrNotFound means it was not redirected in this network namespace.
+func (d *Datapath) Lookup(peer, local netip.AddrPort) (Origin, error) {
+	k := bpf.InterlockTuple{NetnsCookie: d.netnsCookie, LocalPort: peer.Port(), RemotePort: local.Port()}
+	k.Local.W = words(peer.Addr())
+	k.Remote.W = words(local.Addr())
+	var o bpf.InterlockOrigin
+	if err := d.maps.ConnOrigins.LookupAndDelete(&k, &o); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Origin{}, fmt.Errorf("look up %s -> %s: %w", peer, local, ErrNotFound)
+		}
+		return Origin{}, fmt.Errorf("look up %s -> %s: %w", peer, local, err)
+	}
+	return d.origin(&o), nil
+}

@@ -1,0 +1,514 @@
+//go:build ignore
+
+/* Interlock's data path: cgroup programs that steer the sockets of tagged
+ * cgroups into interlockd's proxy and refuse every other way out.
+ *
+ * A task is tagged when its cgroup or one of its ancestors is in
+ * tagged_cgroups; interlockd's own cgroup (and its descendants) never is.
+ * Tagged TCP connects are redirected to the proxy (or denied or passed, per
+ * the identity's rules); what the kernel knew at connect time is recorded by
+ * socket cookie, and sockops re-keys it by the 4-tuple the proxy sees. */
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "interlock.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define AF_PACKET 17
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define SOCK_RAW 3
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+
+#define ALLOW 1
+#define REFUSE 0
+
+/* Maps are pinned by name under the loader's pin directory, so tags, rules and
+ * records survive a daemon restart. */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);   /* cgroup id */
+	__type(value, __u32); /* identity */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tagged_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* identity */
+	__type(value, struct rule_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tcp_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* identity */
+	__type(value, struct rule_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} udp_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config_map SEC(".maps");
+
+/* Redirected sockets by socket cookie: read by getpeername, re-keyed by
+ * sockops, removed when the socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sock_origins SEC(".maps");
+
+/* Redirected connections by the 4-tuple the proxy sees at accept. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tuple);
+	__type(value, struct origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conn_origins SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct unix_path);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} denied_unix SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} deny_events SEC(".maps");
+
+/* Force BTF for the types the loader generates with bpf2go -type. */
+const struct deny_event *unused_deny_event __attribute__((unused));
+const enum verdict *unused_verdict __attribute__((unused));
+const enum deny_reason *unused_deny_reason __attribute__((unused));
+
+static __always_inline struct config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config_map, &zero);
+}
+
+/* tagged reports whether the current task runs in a tagged cgroup or below
+ * one, and which identity: the deepest tagged ancestor names it. A task in
+ * interlockd's own cgroup, or below it, is never tagged. */
+static __always_inline int tagged(struct config *cfg, __u32 *identity)
+{
+	int found = 0;
+
+	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			break;
+		if (cfg && cfg->self_cgroup == id)
+			return 0;
+		__u32 *ident = bpf_map_lookup_elem(&tagged_cgroups, &id);
+		if (ident) {
+			*identity = *ident;
+			found = 1;
+		}
+	}
+	return found;
+}
+
+static __always_inline void fill_origin(struct origin *o, __u32 identity)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	o->pid = pid_tgid >> 32;
+	o->uid = (__u32)uid_gid;
+	o->gid = uid_gid >> 32;
+	o->identity = identity;
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->time_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline void set_v4mapped(struct addr *a, __u32 ip4)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0xffff);
+	a->w[3] = ip4;
+}
+
+static __always_inline int is_v4mapped(const struct addr *a)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int rule_matches(const struct rule *r, const struct addr *dst, __u16 port)
+{
+	for (int i = 0; i < 4; i++)
+		if ((dst->w[i] & r->mask.w[i]) != r->addr.w[i])
+			return 0;
+	return port >= r->port_min && port <= r->port_max;
+}
+
+/* match returns the verdict of the first rule in set matching dst:port, or
+ * -1 when none does. */
+static __always_inline int match(const struct rule_set *set, const struct addr *dst, __u16 port)
+{
+	if (!set)
+		return -1;
+	for (int i = 0; i < MAX_RULES; i++) {
+		if (i >= set->count)
+			break;
+		if (rule_matches(&set->rules[i], dst, port))
+			return set->rules[i].verdict;
+	}
+	return -1;
+}
+
+static __always_inline void emit_deny(void *ctx, __u32 identity, const struct addr *dst, __u16 port,
+				      __u32 family, __u32 reason, __u32 sock_type, __u32 protocol)
+{
+	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	fill_origin(&e->origin, identity);
+	if (dst)
+		e->origin.dst = *dst;
+	e->origin.dst_port = port;
+	e->origin.family = family;
+	e->origin.netns_cookie = bpf_get_netns_cookie(ctx);
+	e->reason = reason;
+	e->sock_type = sock_type;
+	e->protocol = protocol;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* udp_verdict lets tagged UDP reach the resolvers' DNS ports and whatever
+ * the identity's UDP rules allow; everything else is refused. */
+static __always_inline int udp_verdict(struct bpf_sock_addr *ctx, struct config *cfg, __u32 identity,
+				       const struct addr *dst, __u16 port)
+{
+	if (cfg) {
+		for (int i = 0; i < MAX_RESOLVERS; i++) {
+			if (i >= cfg->resolver_count)
+				break;
+			struct resolver *r = &cfg->resolvers[i];
+			if (r->port == port && r->addr.w[0] == dst->w[0] && r->addr.w[1] == dst->w[1] &&
+			    r->addr.w[2] == dst->w[2] && r->addr.w[3] == dst->w[3])
+				return ALLOW;
+		}
+	}
+	int v = match(bpf_map_lookup_elem(&udp_rules, &identity), dst, port);
+	if (v >= 0 && v != VERDICT_DENY)
+		return ALLOW;
+	emit_deny(ctx, identity, dst, port, ctx->family, DENY_UDP, ctx->type, ctx->protocol);
+	return REFUSE;
+}
+
+/* connect_common decides a tagged connect and, for a TCP redirect, records
+ * the origin and returns 1 with *proxy and *proxy_port set. */
+static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struct addr *dst, __u16 port,
+					  int *redirect, struct addr *proxy, __u16 *proxy_port)
+{
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+
+	*redirect = 0;
+	if (!tagged(cfg, &identity))
+		return ALLOW;
+	if (ctx->type == SOCK_DGRAM)
+		return udp_verdict(ctx, cfg, identity, dst, port);
+	if (ctx->type != SOCK_STREAM) {
+		emit_deny(ctx, identity, dst, port, ctx->family, DENY_SOCK_TYPE, ctx->type, ctx->protocol);
+		return REFUSE;
+	}
+
+	int v = match(bpf_map_lookup_elem(&tcp_rules, &identity), dst, port);
+	if (v == VERDICT_PASS)
+		return ALLOW;
+	if (v == VERDICT_DENY) {
+		emit_deny(ctx, identity, dst, port, ctx->family, DENY_TCP_RULE, ctx->type, ctx->protocol);
+		return REFUSE;
+	}
+
+	/* Redirect. An IPv4-mapped destination is an IPv4 connection: it goes
+	 * to the IPv4 listener, mapped. */
+	if (!cfg) {
+		emit_deny(ctx, identity, dst, port, ctx->family, DENY_NO_PROXY, ctx->type, ctx->protocol);
+		return REFUSE;
+	}
+	if (is_v4mapped(dst)) {
+		*proxy = cfg->proxy4;
+		*proxy_port = cfg->proxy4_port;
+	} else {
+		*proxy = cfg->proxy6;
+		*proxy_port = cfg->proxy6_port;
+	}
+	if (*proxy_port == 0) {
+		emit_deny(ctx, identity, dst, port, ctx->family, DENY_NO_PROXY, ctx->type, ctx->protocol);
+		return REFUSE;
+	}
+
+	struct origin o = {};
+	fill_origin(&o, identity);
+	o.dst = *dst;
+	o.dst_port = port;
+	o.family = ctx->family;
+	o.netns_cookie = bpf_get_netns_cookie(ctx);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	/* Without a record the proxy could not tell who is calling: refuse
+	 * rather than redirect anonymously. */
+	if (bpf_map_update_elem(&sock_origins, &cookie, &o, BPF_ANY))
+		return REFUSE;
+	*redirect = 1;
+	return ALLOW;
+}
+
+SEC("cgroup/connect4")
+int connect4(struct bpf_sock_addr *ctx)
+{
+	struct addr dst, proxy = {};
+	__u16 proxy_port = 0;
+	int redirect;
+
+	set_v4mapped(&dst, ctx->user_ip4);
+	int ret = connect_common(ctx, &dst, bpf_ntohs(ctx->user_port), &redirect, &proxy, &proxy_port);
+	if (ret == ALLOW && redirect) {
+		ctx->user_ip4 = proxy.w[3];
+		ctx->user_port = bpf_htons(proxy_port);
+	}
+	return ret;
+}
+
+SEC("cgroup/connect6")
+int connect6(struct bpf_sock_addr *ctx)
+{
+	struct addr dst, proxy = {};
+	__u16 proxy_port = 0;
+	int redirect;
+
+	dst.w[0] = ctx->user_ip6[0];
+	dst.w[1] = ctx->user_ip6[1];
+	dst.w[2] = ctx->user_ip6[2];
+	dst.w[3] = ctx->user_ip6[3];
+	int ret = connect_common(ctx, &dst, bpf_ntohs(ctx->user_port), &redirect, &proxy, &proxy_port);
+	if (ret == ALLOW && redirect) {
+		ctx->user_ip6[0] = proxy.w[0];
+		ctx->user_ip6[1] = proxy.w[1];
+		ctx->user_ip6[2] = proxy.w[2];
+		ctx->user_ip6[3] = proxy.w[3];
+		ctx->user_port = bpf_htons(proxy_port);
+	}
+	return ret;
+}
+
+SEC("cgroup/sendmsg4")
+int sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+	struct addr dst;
+
+	if (!tagged(cfg, &identity))
+		return ALLOW;
+	set_v4mapped(&dst, ctx->user_ip4);
+	return udp_verdict(ctx, cfg, identity, &dst, bpf_ntohs(ctx->user_port));
+}
+
+SEC("cgroup/sendmsg6")
+int sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+	struct addr dst;
+
+	if (!tagged(cfg, &identity))
+		return ALLOW;
+	dst.w[0] = ctx->user_ip6[0];
+	dst.w[1] = ctx->user_ip6[1];
+	dst.w[2] = ctx->user_ip6[2];
+	dst.w[3] = ctx->user_ip6[3];
+	return udp_verdict(ctx, cfg, identity, &dst, bpf_ntohs(ctx->user_port));
+}
+
+/* getpeername shows a redirected socket's original peer, so the agent sees
+ * the address it asked for rather than the proxy. */
+SEC("cgroup/getpeername4")
+int getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct origin *o = bpf_map_lookup_elem(&sock_origins, &cookie);
+
+	if (o && is_v4mapped(&o->dst)) {
+		ctx->user_ip4 = o->dst.w[3];
+		ctx->user_port = bpf_htons(o->dst_port);
+	}
+	return ALLOW;
+}
+
+SEC("cgroup/getpeername6")
+int getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct origin *o = bpf_map_lookup_elem(&sock_origins, &cookie);
+
+	if (o) {
+		ctx->user_ip6[0] = o->dst.w[0];
+		ctx->user_ip6[1] = o->dst.w[1];
+		ctx->user_ip6[2] = o->dst.w[2];
+		ctx->user_ip6[3] = o->dst.w[3];
+		ctx->user_port = bpf_htons(o->dst_port);
+	}
+	return ALLOW;
+}
+
+static __always_inline void sockops_tuple(struct bpf_sock_ops *skops, struct tuple *k)
+{
+	struct addr remote6 = {
+		.w = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3]},
+	};
+
+	k->netns_cookie = bpf_get_netns_cookie(skops);
+	/* An IPv4-mapped connection on an AF_INET6 socket is IPv4 underneath;
+	 * its IPv6 source may not be filled in yet at TCP_CONNECT_CB. */
+	if (skops->family == AF_INET || is_v4mapped(&remote6)) {
+		set_v4mapped(&k->local, skops->local_ip4);
+		set_v4mapped(&k->remote, skops->remote_ip4);
+	} else {
+		k->local.w[0] = skops->local_ip6[0];
+		k->local.w[1] = skops->local_ip6[1];
+		k->local.w[2] = skops->local_ip6[2];
+		k->local.w[3] = skops->local_ip6[3];
+		k->remote = remote6;
+	}
+	k->local_port = skops->local_port;
+	/* remote_port holds the network-order port in its upper 16 bits on
+	 * little-endian hosts. */
+	k->remote_port = bpf_ntohl(skops->remote_port);
+}
+
+/* sockops re-keys a redirected socket's record by the 4-tuple once the
+ * source port is chosen, and cleans up when the socket closes. */
+SEC("sockops")
+int sock_ops(struct bpf_sock_ops *skops)
+{
+	__u64 cookie;
+	struct origin *o;
+	struct tuple k = {};
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		o = bpf_map_lookup_elem(&sock_origins, &cookie);
+		if (!o)
+			break;
+		sockops_tuple(skops, &k);
+		bpf_map_update_elem(&conn_origins, &k, o, BPF_ANY);
+		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			break;
+		cookie = bpf_get_socket_cookie(skops);
+		bpf_map_delete_elem(&sock_origins, &cookie);
+		/* A connection that was never established will never be
+		 * accepted; one that was stays until the proxy's Lookup
+		 * consumes it (it may close before the proxy accepts) or the
+		 * LRU evicts it. */
+		if (skops->args[0] == BPF_TCP_SYN_SENT) {
+			sockops_tuple(skops, &k);
+			bpf_map_delete_elem(&conn_origins, &k);
+		}
+		break;
+	}
+	return 1;
+}
+
+/* sock_create refuses tagged tasks the sockets that would bypass the
+ * connect hooks: raw and packet sockets, and inet protocols other than TCP
+ * and UDP (SCTP, ICMP ping sockets, MPTCP...). */
+SEC("cgroup/sock_create")
+int sock_create(struct bpf_sock *sk)
+{
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+
+	if (!tagged(cfg, &identity))
+		return ALLOW;
+	__u32 family = sk->family, type = sk->type, protocol = sk->protocol;
+	if (family == AF_PACKET ||
+	    ((family == AF_INET || family == AF_INET6) &&
+	     (type == SOCK_RAW || (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)))) {
+		emit_deny(sk, identity, 0, 0, family, DENY_SOCKET, type, protocol);
+		return REFUSE;
+	}
+	return ALLOW;
+}
+
+/* The kernel's context behind struct bpf_sock_addr (include/linux/filter.h);
+ * field offsets are relocated against the running kernel's BTF. */
+struct bpf_sock_addr_kern {
+	void *sk;
+	void *uaddr;
+	__u64 tmp_reg;
+	void *t_ctx;
+	__u32 uaddrlen;
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* connect_unix (kernel 6.7 and later) refuses tagged connects to the unix
+ * socket paths in denied_unix. The path is compared exactly as the caller
+ * passed it: a relative path, a symlink or another mount of the same socket
+ * is not recognised. */
+SEC("cgroup/connect_unix")
+int connect_unix(struct bpf_sock_addr *ctx)
+{
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+	struct unix_path key = {};
+
+	if (!tagged(cfg, &identity))
+		return ALLOW;
+	struct bpf_sock_addr_kern *sa = bpf_cast_to_kern_ctx(ctx);
+	__u32 len = sa->uaddrlen;
+	char *uaddr = sa->uaddr;
+	/* sun_path follows the 2-byte sun_family. */
+	if (len <= 2)
+		return ALLOW;
+	len -= 2;
+	if (len > UNIX_PATH_LEN - 1)
+		len = UNIX_PATH_LEN - 1;
+	bpf_probe_read_kernel_str(key.path, len + 1, uaddr + 2);
+	if (!bpf_map_lookup_elem(&denied_unix, &key))
+		return ALLOW;
+
+	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		fill_origin(&e->origin, identity);
+		e->origin.family = 1; /* AF_UNIX */
+		e->origin.netns_cookie = bpf_get_netns_cookie(ctx);
+		e->reason = DENY_UNIX_PATH;
+		e->sock_type = ctx->type;
+		__builtin_memcpy(e->path, key.path, sizeof(e->path));
+		bpf_ringbuf_submit(e, 0);
+	}
+	return REFUSE;
+}
