@@ -1,4 +1,4 @@
-package credentials
+package pgrole
 
 import (
 	"crypto/hmac"
@@ -37,9 +37,9 @@ func hmacSHA256(key []byte, msg string) []byte {
 	return h.Sum(nil)
 }
 
-// randomPassword returns 256 random bits, URL-safe base64 encoded: no
+// RandomPassword returns 256 random bits, URL-safe base64 encoded: no
 // quoting is ever needed and no client mangles it.
-func randomPassword() string {
+func RandomPassword() string {
 	b := make([]byte, 32)
 	rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)

@@ -1,0 +1,218 @@
+// Package pgrole creates, extends and drops short-lived PostgreSQL login
+// roles from an admin connection. The embedded issuer and the
+// Vault-compatible test server share it.
+//
+// The admin role needs CREATEROLE (PostgreSQL 16+: with ADMIN OPTION on the
+// roles granted) and pg_signal_backend, or simply superuser.
+package pgrole
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Admin holds up to a fixed number of admin connections, dialed on demand.
+// It is safe for concurrent use.
+type Admin struct {
+	cfg   *pgx.ConnConfig
+	idle  chan *pgx.Conn // open connections not in use
+	slots chan struct{}  // one token per connection that may be open
+}
+
+// New returns an Admin that connects with cfg and keeps at most maxConns
+// connections (at least 1). It does not connect yet.
+func New(cfg *pgx.ConnConfig, maxConns int) *Admin {
+	maxConns = max(maxConns, 1)
+	return &Admin{cfg: cfg, idle: make(chan *pgx.Conn, maxConns), slots: make(chan struct{}, maxConns)}
+}
+
+// withConn runs fn on an admin connection, dialing when none is idle. A
+// connection that was idle may have died with a server restart; fn is then
+// run once more on a fresh one.
+func (a *Admin) withConn(ctx context.Context, fn func(*pgx.Conn) error) error {
+	select {
+	case a.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-a.slots }()
+	var conn *pgx.Conn
+	select {
+	case conn = <-a.idle:
+	default:
+	}
+	if conn != nil {
+		err := fn(conn)
+		if !conn.IsClosed() {
+			a.idle <- conn
+			return err
+		}
+	}
+	conn, err := pgx.ConnectConfig(ctx, a.cfg)
+	if err != nil {
+		return fmt.Errorf("connect admin: %w", err)
+	}
+	err = fn(conn)
+	if !conn.IsClosed() {
+		a.idle <- conn
+	}
+	return err
+}
+
+func (a *Admin) exec(ctx context.Context, sql string) error {
+	return a.withConn(ctx, func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
+		return err
+	})
+}
+
+// Create creates login role name with password, valid until validUntil, a
+// member (with INHERIT) of memberOf. Only a SCRAM-SHA-256 verifier of the
+// password is sent, so it appears in no server log.
+func (a *Admin) Create(ctx context.Context, name, password string, validUntil time.Time, memberOf ...string) error {
+	verifier, err := scramVerifier(password)
+	if err != nil {
+		return err
+	}
+	stmt := fmt.Sprintf("CREATE ROLE %s LOGIN INHERIT PASSWORD %s VALID UNTIL %s",
+		QuoteIdent(name), QuoteLiteral(verifier), QuoteLiteral(pgTime(validUntil)))
+	if len(memberOf) > 0 {
+		q := make([]string, len(memberOf))
+		for i, r := range memberOf {
+			q[i] = QuoteIdent(r)
+		}
+		stmt += " IN ROLE " + strings.Join(q, ", ")
+	}
+	if err := a.exec(ctx, stmt); err != nil {
+		return fmt.Errorf("create role %s: %w", name, err)
+	}
+	return nil
+}
+
+// Extend moves the role's VALID UNTIL. Sessions already logged in are not
+// affected by VALID UNTIL either way; it bounds new logins.
+func (a *Admin) Extend(ctx context.Context, name string, validUntil time.Time) error {
+	stmt := fmt.Sprintf("ALTER ROLE %s VALID UNTIL %s", QuoteIdent(name), QuoteLiteral(pgTime(validUntil)))
+	if err := a.exec(ctx, stmt); err != nil {
+		return fmt.Errorf("extend role %s: %w", name, err)
+	}
+	return nil
+}
+
+// Drop locks the role out, terminates its backends (waiting up to a second
+// each), hands the objects it owns in any database to reassignTo (empty:
+// the admin role) dropping its privileges, and drops it. Dropping a role
+// that does not exist succeeds.
+func (a *Admin) Drop(ctx context.Context, name, reassignTo string) error {
+	var dbs []string
+	var exists bool
+	err := a.withConn(ctx, func(c *pgx.Conn) error {
+		if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", name).Scan(&exists); err != nil {
+			return fmt.Errorf("look up role: %w", err)
+		}
+		if !exists {
+			return nil
+		}
+		if _, err := c.Exec(ctx, "ALTER ROLE "+QuoteIdent(name)+" NOLOGIN"); err != nil {
+			return fmt.Errorf("lock role: %w", err)
+		}
+		if _, err := c.Exec(ctx, "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity WHERE usename = $1", name); err != nil {
+			return fmt.Errorf("terminate backends: %w", err)
+		}
+		rows, err := c.Query(ctx, `SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+			WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = $1)
+			AND d.datname <> current_database() AND d.datallowconn`, name)
+		if err != nil {
+			return fmt.Errorf("find owned objects: %w", err)
+		}
+		dbs, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("find owned objects: %w", err)
+		}
+		return nil
+	})
+	if err != nil || !exists {
+		if err != nil {
+			return fmt.Errorf("drop role %s: %w", name, err)
+		}
+		return nil
+	}
+	dropOwned := fmt.Sprintf("REASSIGN OWNED BY %[1]s TO %[2]s; DROP OWNED BY %[1]s", QuoteIdent(name), reassignTarget(reassignTo))
+	// REASSIGN and DROP OWNED only see the database they run in.
+	for _, db := range dbs {
+		if err := a.inDatabase(ctx, db, dropOwned); err != nil {
+			return fmt.Errorf("drop role %s: %w", name, err)
+		}
+	}
+	err = a.withConn(ctx, func(c *pgx.Conn) error {
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback(ctx)
+		if _, err := tx.Exec(ctx, dropOwned); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "DROP ROLE IF EXISTS "+QuoteIdent(name)); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	})
+	if err != nil {
+		return fmt.Errorf("drop role %s: %w", name, err)
+	}
+	return nil
+}
+
+func reassignTarget(role string) string {
+	if role == "" {
+		return "CURRENT_USER"
+	}
+	return QuoteIdent(role)
+}
+
+// inDatabase runs sql on a one-off admin connection to database db.
+func (a *Admin) inDatabase(ctx context.Context, db, sql string) error {
+	cc := a.cfg.Copy()
+	cc.Database = db
+	c, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("connect admin to database %s: %w", db, err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("in database %s: %w", db, err)
+	}
+	return nil
+}
+
+// Close closes the open connections; call it once no other call runs.
+func (a *Admin) Close() {
+	for {
+		select {
+		case c := <-a.idle:
+			c.Close(context.Background())
+		default:
+			return
+		}
+	}
+}
+
+func pgTime(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000000") + "+00" }
+
+// QuoteIdent quotes a PostgreSQL identifier.
+func QuoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+// QuoteLiteral quotes a string constant the way PostgreSQL's quote_literal
+// does, correct whatever standard_conforming_strings says.
+func QuoteLiteral(s string) string {
+	s = strings.ReplaceAll(s, "'", "''")
+	if strings.Contains(s, `\`) {
+		return `E'` + strings.ReplaceAll(s, `\`, `\\`) + `'`
+	}
+	return "'" + s + "'"
+}
