@@ -227,3 +227,280 @@ func TestLookupUnknown(t *testing.T) {
 		t.Errorf("Lookup of an unknown tuple: %v, want ErrNotFound", err)
 	}
 }
+
+// collectEvents reads deny events into a channel until the Datapath closes.
+func collectEvents(t *testing.T, dp *Datapath) <-chan DenyEvent {
+	ch := make(chan DenyEvent, 64)
+	go func() {
+		for {
+			ev, err := dp.ReadDenyEvent()
+			if err != nil {
+				if !errors.Is(err, ErrClosed) {
+					t.Errorf("read deny event: %v", err)
+				}
+				close(ch)
+				return
+			}
+			ch <- ev
+		}
+	}()
+	return ch
+}
+
+func nextEvent(t *testing.T, ch <-chan DenyEvent) DenyEvent {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("deny events closed")
+		}
+		return ev
+	case <-time.After(5 * time.Second):
+		t.Fatal("no deny event")
+	}
+	return DenyEvent{}
+}
+
+func TestRules(t *testing.T) {
+	e := newEnv(t)
+	denied := listen(t, "tcp", "127.0.0.1:0", "denied", nil)
+	passed := listen(t, "tcp", "127.0.0.2:0", "passed", nil)
+	other := listen(t, "tcp", "127.0.0.2:0", "other", nil)
+	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	e.cfg.Proxy4 = proxy.addrPort()
+	dp := e.open()
+	events := collectEvents(t, dp)
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 3); err != nil {
+		t.Fatal(err)
+	}
+	dport := denied.addrPort().Port()
+	err := dp.SetRules(3, []Rule{
+		{Prefix: netip.MustParsePrefix("127.0.0.1/32"), PortMin: dport, PortMax: dport, Verdict: Deny},
+		{Prefix: netip.MustParsePrefix("127.0.0.2/32"), PortMin: passed.addrPort().Port(), PortMax: passed.addrPort().Port(), Verdict: Pass},
+		{Prefix: netip.MustParsePrefix("127.0.0.0/8"), PortMin: 1, PortMax: 0, Verdict: Redirect},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := run(t, agent, "tcp", denied.addrPort().String())
+	if r.Errno != int(syscall.EPERM) {
+		t.Errorf("connect matching a deny rule: %+v, want EPERM", r)
+	}
+	ev := nextEvent(t, events)
+	if ev.Reason != ReasonTCPRule || ev.Dst != denied.addrPort() || ev.PID != uint32(r.PID) ||
+		ev.Identity != 3 || ev.CgroupID != agentID || ev.Comm != comm() {
+		t.Errorf("deny event = %+v", ev)
+	}
+	if r := run(t, agent, "tcp", passed.addrPort().String()); r.Data != "passed" {
+		t.Errorf("connect matching a pass rule: %+v, want the target directly", r)
+	}
+	if r := run(t, agent, "tcp", other.addrPort().String()); r.Data != "proxy" {
+		t.Errorf("connect matching a redirect rule: %+v, want the proxy", r)
+	}
+	proxy.origin(t)
+	if denied.accepts.Load() != 0 || other.accepts.Load() != 0 {
+		t.Errorf("targets reached: denied %d, other %d", denied.accepts.Load(), other.accepts.Load())
+	}
+
+	// Bounds are checked.
+	if err := dp.SetRules(3, make([]Rule, MaxRules+1)); err == nil {
+		t.Error("SetRules accepted more than MaxRules rules")
+	}
+	if err := dp.SetRules(3, []Rule{{Prefix: netip.MustParsePrefix("::/0"), PortMin: 10, PortMax: 5}}); err == nil {
+		t.Error("SetRules accepted an empty port range")
+	}
+	// Clearing the rules restores redirect-all.
+	if err := dp.SetRules(3, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, agent, "tcp", passed.addrPort().String()); r.Data != "proxy" {
+		t.Errorf("after clearing rules: %+v, want the proxy", r)
+	}
+	proxy.origin(t)
+}
+
+func TestRedirectIPv6(t *testing.T) {
+	e := newEnv(t)
+	target6 := listen(t, "tcp6", "[::1]:0", "target6", nil)
+	target4 := listen(t, "tcp4", "127.0.0.1:0", "target4", nil)
+	proxy6 := newProxy(t, "tcp6", "[::1]:0", &e.dp)
+	proxy4 := newProxy(t, "tcp4", "127.0.0.1:0", &e.dp)
+	e.cfg.Proxy4 = proxy4.addrPort()
+	e.cfg.Proxy6 = proxy6.addrPort()
+	dp := e.open()
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 9); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("ipv6", func(t *testing.T) {
+		r := run(t, agent, "tcp6", target6.addrPort().String())
+		if r.Err != "" || r.Data != "proxy" {
+			t.Fatalf("tagged IPv6 connect: %+v, want the IPv6 proxy", r)
+		}
+		if r.Peer != target6.addrPort().String() {
+			t.Errorf("getpeername = %s, want %s", r.Peer, target6.addrPort())
+		}
+		checkOrigin(t, proxy6.origin(t), r, agentID, 9, target6.addrPort())
+	})
+	t.Run("ipv4-mapped", func(t *testing.T) {
+		// An AF_INET6 socket connecting to ::ffff:127.0.0.1.
+		mapped := netip.AddrPortFrom(netip.AddrFrom16(target4.addrPort().Addr().As16()), target4.addrPort().Port())
+		r := run(t, agent, "tcp-mapped", mapped.String())
+		if r.Err != "" || r.Data != "proxy" {
+			t.Fatalf("tagged v4-mapped connect: %+v, want the IPv4 proxy", r)
+		}
+		if r.Peer != mapped.String() {
+			t.Errorf("getpeername = %s, want %s", r.Peer, mapped)
+		}
+		checkOrigin(t, proxy4.origin(t), r, agentID, 9, target4.addrPort())
+	})
+	if target6.accepts.Load()+target4.accepts.Load() != 0 {
+		t.Error("a tagged connect reached a target directly")
+	}
+}
+
+func TestSelfCgroupExempt(t *testing.T) {
+	e := newEnv(t)
+	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	e.cfg.Proxy4 = proxy.addrPort()
+	_, agentID := e.cgroup("agent")
+	self, selfID := e.cgroup("agent/daemon")
+	e.cfg.SelfCgroupID = selfID
+	dp := e.open()
+	if err := dp.Tag(agentID, 1); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, self, "tcp", target.addrPort().String()); r.Data != "target" {
+		t.Errorf("connect from the daemon's own cgroup: %+v, want the target directly", r)
+	}
+	// The cgroup2 root would exempt everyone.
+	rootID, err := CgroupID(e.mount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.cfg
+	cfg.SelfCgroupID = rootID
+	if _, err := Open(cfg); err == nil {
+		t.Error("Open accepted the cgroup2 root as the daemon's own cgroup")
+	}
+}
+
+func TestOtherWaysOut(t *testing.T) {
+	e := newEnv(t)
+	resolver, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resolver.Close()
+	allowed, err := net.ListenPacket("udp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer allowed.Close()
+	resolverAddr := resolver.LocalAddr().(*net.UDPAddr).AddrPort()
+	allowedAddr := allowed.LocalAddr().(*net.UDPAddr).AddrPort()
+	e.cfg.Resolvers = []netip.AddrPort{resolverAddr}
+	dp := e.open()
+	events := collectEvents(t, dp)
+	agent, agentID := e.cgroup("agent")
+	plain, _ := e.cgroup("plain")
+	if err := dp.Tag(agentID, 4); err != nil {
+		t.Fatal(err)
+	}
+	other := netip.AddrPortFrom(resolverAddr.Addr(), resolverAddr.Port()+1).String()
+
+	expectDeny := func(t *testing.T, r result, reason DenyReason) {
+		t.Helper()
+		if r.Errno != int(syscall.EPERM) {
+			t.Errorf("got %+v, want EPERM", r)
+		}
+		if ev := nextEvent(t, events); ev.Reason != reason || ev.PID != uint32(r.PID) || ev.Identity != 4 {
+			t.Errorf("deny event = %+v, want %s from pid %d", ev, reason, r.PID)
+		}
+	}
+	t.Run("udp", func(t *testing.T) {
+		if r := run(t, agent, "udp", resolverAddr.String()); r.Err != "" {
+			t.Errorf("UDP to the resolver: %+v", r)
+		}
+		expectDeny(t, run(t, agent, "udp", other), ReasonUDP)
+		expectDeny(t, run(t, agent, "sendto", other), ReasonUDP)
+		expectDeny(t, run(t, agent, "udp6", "[::1]:53"), ReasonUDP)
+		expectDeny(t, run(t, agent, "udp", allowedAddr.String()), ReasonUDP)
+		if r := run(t, plain, "udp", other); r.Err != "" {
+			t.Errorf("untagged UDP: %+v", r)
+		}
+		err := dp.SetUDPAllow(4, []Rule{{Prefix: netip.PrefixFrom(allowedAddr.Addr(), 32), PortMin: allowedAddr.Port(), PortMax: allowedAddr.Port()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := run(t, agent, "udp", allowedAddr.String()); r.Err != "" {
+			t.Errorf("UDP to an allowed destination: %+v", r)
+		}
+		if r := run(t, agent, "sendto", allowedAddr.String()); r.Err != "" {
+			t.Errorf("unconnected UDP to an allowed destination: %+v", r)
+		}
+	})
+	t.Run("raw", func(t *testing.T) {
+		expectDeny(t, run(t, agent, "raw", "-"), ReasonSocket)
+		expectDeny(t, run(t, agent, "packet", "-"), ReasonSocket)
+		if r := run(t, plain, "raw", "-"); r.Err != "" {
+			t.Errorf("untagged raw socket as root: %+v", r)
+		}
+	})
+	t.Run("unix", func(t *testing.T) {
+		dir := t.TempDir()
+		deniedPath, okPath := filepath.Join(dir, "denied.sock"), filepath.Join(dir, "ok.sock")
+		for _, p := range []string{deniedPath, okPath} {
+			ln, err := net.Listen("unix", p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+		}
+		err := dp.SetDenyUnix([]string{deniedPath})
+		if !UnixConnectSupported() {
+			if !errors.Is(err, ErrUnsupported) {
+				t.Fatalf("SetDenyUnix below 6.7: %v, want ErrUnsupported", err)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := run(t, agent, "unix", deniedPath)
+		expectDenyPath := func() {
+			if r.Errno != int(syscall.EPERM) {
+				t.Errorf("unix connect to a denied path: %+v, want EPERM", r)
+			}
+			if ev := nextEvent(t, events); ev.Reason != ReasonUnixPath || ev.Path != deniedPath || ev.PID != uint32(r.PID) {
+				t.Errorf("deny event = %+v", ev)
+			}
+		}
+		expectDenyPath()
+		if r := run(t, agent, "unix", okPath); r.Err != "" {
+			t.Errorf("unix connect to another path: %+v", r)
+		}
+		if r := run(t, plain, "unix", deniedPath); r.Err != "" {
+			t.Errorf("untagged unix connect: %+v", r)
+		}
+		if err := dp.SetDenyUnix(nil); err != nil {
+			t.Fatal(err)
+		}
+		if r := run(t, agent, "unix", deniedPath); r.Err != "" {
+			t.Errorf("unix connect after clearing the list: %+v", r)
+		}
+	})
+}

@@ -60,6 +60,8 @@ func runHelper(action, arg string) int {
 	switch action {
 	case "tcp", "tcp6":
 		r = helperTCP(action, arg)
+	case "tcp-mapped":
+		r = helperMapped(arg)
 	case "udp", "udp6":
 		c, err := net.Dial(action, arg)
 		if err == nil {
@@ -132,6 +134,35 @@ func helperTCP(network, addr string) result {
 	})
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		r.Err = "read: " + err.Error()
+	}
+	r.Data = strings.TrimSpace(line)
+	return r
+}
+
+// helperMapped connects an AF_INET6 socket to an IPv4-mapped address, which
+// Go's net package would not do.
+func helperMapped(addr string) result {
+	ap := netip.MustParseAddrPort(addr)
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return errResult(err)
+	}
+	f := os.NewFile(uintptr(fd), "tcp6")
+	defer f.Close()
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
+		return errResult(err)
+	}
+	r := result{PID: os.Getpid(), UID: os.Getuid()}
+	if sa, err := unix.Getpeername(fd); err == nil {
+		r.Peer = sockaddrString(sa)
+	}
+	if sa, err := unix.Getsockname(fd); err == nil {
+		r.Local = sockaddrString(sa)
+	}
+	f.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(f).ReadString('\n')
 	if err != nil {
 		r.Err = "read: " + err.Error()
 	}
