@@ -26,42 +26,45 @@ type AuditHead struct {
 	Hash string
 }
 
-// AppendAudit appends one record to host's chain. It locks the chain (a
+// AppendAudit appends records to host's chain. It locks the chain (a
 // transaction-scoped advisory lock per host on PostgreSQL, the database
 // write lock on SQLite), reads the head, calls build with it and inserts
 // what build returns, all in one transaction, so two writers (goroutines or
-// daemons) never fork the chain. build must return a record with Seq =
-// head.Seq+1 and PrevHash = head.Hash; the (host, seq) primary key rejects
-// anything else.
-func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHead) (AuditRecord, error)) (AuditRecord, error) {
+// daemons) never fork the chain. build must return records that continue
+// the chain: the first with Seq = head.Seq+1 and PrevHash = head.Hash; the
+// (host, seq) primary key rejects a fork.
+func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHead) ([]AuditRecord, error)) ([]AuditRecord, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return AuditRecord{}, fmt.Errorf("append audit: %w", err)
+		return nil, fmt.Errorf("append audit: %w", err)
 	}
 	defer tx.Rollback()
 	if s.backend == PostgreSQL {
 		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('interlock-audit:' || $1, 0))", host); err != nil {
-			return AuditRecord{}, fmt.Errorf("lock audit chain %s: %w", host, err)
+			return nil, fmt.Errorf("lock audit chain %s: %w", host, err)
 		}
 	}
 	var head AuditHead
 	err = tx.QueryRowContext(ctx, s.Rebind("SELECT seq, hash FROM audit_records WHERE host = ? ORDER BY seq DESC LIMIT 1"), host).
 		Scan(&head.Seq, &head.Hash)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return AuditRecord{}, fmt.Errorf("read audit head %s: %w", host, err)
+		return nil, fmt.Errorf("read audit head %s: %w", host, err)
 	}
-	r, err := build(head)
+	rs, err := build(head)
 	if err != nil {
-		return AuditRecord{}, err
+		return nil, err
 	}
-	if _, err := tx.ExecContext(ctx, s.Rebind(`INSERT INTO audit_records (host, seq, time_ns, kind, payload, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`), r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash); err != nil {
-		return AuditRecord{}, fmt.Errorf("insert audit record %s/%d: %w", r.Host, r.Seq, err)
+	ins := s.Rebind(`INSERT INTO audit_records (host, seq, time_ns, kind, payload, prev_hash, hash)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	for _, r := range rs {
+		if _, err := tx.ExecContext(ctx, ins, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash); err != nil {
+			return nil, fmt.Errorf("insert audit record %s/%d: %w", r.Host, r.Seq, err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
-		return AuditRecord{}, fmt.Errorf("commit audit record %s/%d: %w", r.Host, r.Seq, err)
+		return nil, fmt.Errorf("commit audit records %s: %w", host, err)
 	}
-	return r, nil
+	return rs, nil
 }
 
 // AuditRecords calls fn for host's records with seq > after, in seq order,

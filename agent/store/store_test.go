@@ -307,9 +307,9 @@ func testAuditRace(t *testing.T, open storetest.Open) {
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
-			_, err := hosts[i%2].AppendAudit(ctx, "h", func(head store.AuditHead) (store.AuditRecord, error) {
-				return store.AuditRecord{Host: "h", Seq: head.Seq + 1, Time: time.Now(), Kind: "k", Payload: "{}",
-					PrevHash: head.Hash, Hash: fmt.Sprintf("hash-%d", head.Seq+1)}, nil
+			_, err := hosts[i%2].AppendAudit(ctx, "h", func(head store.AuditHead) ([]store.AuditRecord, error) {
+				return []store.AuditRecord{{Host: "h", Seq: head.Seq + 1, Time: time.Now(), Kind: "k", Payload: "{}",
+					PrevHash: head.Hash, Hash: fmt.Sprintf("hash-%d", head.Seq+1)}}, nil
 			})
 			if err != nil {
 				t.Error(err)

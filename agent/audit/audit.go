@@ -1,0 +1,363 @@
+// Package audit writes and checks Interlock's tamper-evident audit trail.
+//
+// Every record belongs to one host's chain and carries seq (1, 2, ...), time,
+// host, kind, a JSON payload, the previous record's hash and its own hash:
+//
+//	hash = SHA-256("interlock-audit-v1\x00" || be64(seq) || be64(time_ns) ||
+//	               lp(host) || lp(kind) || lp(payload) || lp(prev_hash))
+//
+// where lp(x) is be32(len(x)) || x, time_ns is Unix nanoseconds, and hashes
+// are lowercase hex; the first record's prev_hash is 64 zeros. Changing,
+// inserting or deleting any record but the newest breaks the chain at that
+// record, and Verify names it. The chain lives in the store (SQLite or the
+// shared PostgreSQL, one chain per host); the optional zerolog hook copies
+// every record, with its hash, to the daemon's log, which is an independent
+// witness of the head (truncating the newest records is only detectable
+// against such a copy).
+//
+// Events are typed (see Event): none can carry a secret or a masked value.
+package audit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/agent/store"
+)
+
+// GenesisHash is the prev_hash of every chain's first record.
+var GenesisHash = strings.Repeat("0", 64)
+
+// Log appends events to one host's chain. It is safe for concurrent use;
+// appends from one Log are serialized in process, and the store's chain lock
+// serializes them against other processes writing the same host's chain.
+type Log struct {
+	st     *store.Store
+	host   string
+	logger *zerolog.Logger
+	now    func() time.Time
+
+	mu sync.Mutex // serializes appends: one writer per chain in this process
+
+	queue   chan pending
+	stop    chan struct{}
+	stopped sync.WaitGroup
+	closed  sync.Once
+
+	errMu    sync.Mutex
+	asyncErr error
+}
+
+type pending struct {
+	ev   Event
+	at   time.Time
+	done chan error // nil for Post
+}
+
+// Option configures a Log.
+type Option func(*Log)
+
+// WithLogger copies every appended record to l as one JSON log line (message
+// "audit", fields host, seq, kind, hash, event), after it is committed.
+func WithLogger(l zerolog.Logger) Option {
+	return func(a *Log) { a.logger = &l }
+}
+
+// WithClock replaces time.Now for record times (tests).
+func WithClock(now func() time.Time) Option {
+	return func(a *Log) { a.now = now }
+}
+
+// New returns a Log writing host's chain in st and starts the background
+// writer used by Post. Close it to drain Post's queue.
+func New(st *store.Store, host string, opts ...Option) *Log {
+	l := &Log{st: st, host: host, now: time.Now, queue: make(chan pending, 4096), stop: make(chan struct{})}
+	for _, o := range opts {
+		o(l)
+	}
+	l.stopped.Add(1)
+	go l.writeLoop()
+	return l
+}
+
+// Host returns the chain this Log writes.
+func (l *Log) Host() string { return l.host }
+
+// Append writes ev as the next record of the chain and returns it once it is
+// committed. Use it where the caller must not go on before the record is
+// durable (approval decisions, credential issue); use Post on the proxy's
+// hot path.
+func (l *Log) Append(ctx context.Context, ev Event) (store.AuditRecord, error) {
+	rs, err := l.append(ctx, []pending{{ev: ev, at: l.now()}})
+	if err != nil {
+		return store.AuditRecord{}, err
+	}
+	return rs[0], nil
+}
+
+// Post queues ev for the background writer, which appends queued events in
+// batches (one transaction each) and so keeps the proxy from waiting on a
+// database commit per statement. Post blocks only when the queue (4096
+// events) is full: events are never dropped. A write error is kept and
+// returned by Flush or Close. Post must not be called after Close.
+func (l *Log) Post(ev Event) {
+	l.queue <- pending{ev: ev, at: l.now()}
+}
+
+// Flush waits until every event posted before it is committed and returns
+// the first background write error since the last Flush.
+func (l *Log) Flush(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case l.queue <- pending{done: done}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	l.errMu.Lock()
+	defer l.errMu.Unlock()
+	err := l.asyncErr
+	l.asyncErr = nil
+	return err
+}
+
+// Close drains the queue and stops the background writer. It does not close
+// the store.
+func (l *Log) Close() error {
+	var err error
+	l.closed.Do(func() {
+		err = l.Flush(context.Background())
+		close(l.stop)
+		l.stopped.Wait()
+	})
+	return err
+}
+
+func (l *Log) writeLoop() {
+	defer l.stopped.Done()
+	batch := make([]pending, 0, 256)
+	for {
+		select {
+		case p := <-l.queue:
+			batch = append(batch[:0], p)
+		drain:
+			for len(batch) < cap(batch) {
+				select {
+				case p := <-l.queue:
+					batch = append(batch, p)
+				default:
+					break drain
+				}
+			}
+			l.writeBatch(batch)
+		case <-l.stop:
+			return
+		}
+	}
+}
+
+func (l *Log) writeBatch(batch []pending) {
+	var evs []pending
+	for _, p := range batch {
+		if p.ev != nil {
+			evs = append(evs, p)
+		}
+	}
+	if len(evs) > 0 {
+		if _, err := l.append(context.Background(), evs); err != nil {
+			l.errMu.Lock()
+			if l.asyncErr == nil {
+				l.asyncErr = err
+			}
+			l.errMu.Unlock()
+			if l.logger != nil {
+				l.logger.Error().Err(err).Int("events", len(evs)).Msg("audit append failed")
+			}
+		}
+	}
+	for _, p := range batch {
+		if p.done != nil {
+			p.done <- nil
+		}
+	}
+}
+
+func (l *Log) append(ctx context.Context, ps []pending) ([]store.AuditRecord, error) {
+	payloads := make([]string, len(ps))
+	for i, p := range ps {
+		b, err := json.Marshal(p.ev)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s event: %w", p.ev.Kind(), err)
+		}
+		payloads[i] = string(b)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rs, err := l.st.AppendAudit(ctx, l.host, func(head store.AuditHead) ([]store.AuditRecord, error) {
+		prev, seq := head.Hash, head.Seq
+		if seq == 0 {
+			prev = GenesisHash
+		}
+		out := make([]store.AuditRecord, len(ps))
+		for i, p := range ps {
+			seq++
+			r := store.AuditRecord{Host: l.host, Seq: seq, Time: p.at.UTC(), Kind: string(p.ev.Kind()),
+				Payload: payloads[i], PrevHash: prev}
+			r.Hash = Hash(r)
+			out[i], prev = r, r.Hash
+		}
+		return out, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("append audit record: %w", err)
+	}
+	if l.logger != nil {
+		for _, r := range rs {
+			l.logger.Info().Str("host", r.Host).Uint64("seq", r.Seq).Str("kind", r.Kind).
+				Str("hash", r.Hash).RawJSON("event", []byte(r.Payload)).Msg("audit")
+		}
+	}
+	return rs, nil
+}
+
+// Hash computes a record's hash from its seq, time, host, kind, payload and
+// prev_hash (the Hash field is ignored), as documented on the package.
+func Hash(r store.AuditRecord) string {
+	h := sha256.New()
+	var buf [8]byte
+	h.Write([]byte("interlock-audit-v1\x00"))
+	binary.BigEndian.PutUint64(buf[:], r.Seq)
+	h.Write(buf[:])
+	binary.BigEndian.PutUint64(buf[:], uint64(r.Time.UnixNano()))
+	h.Write(buf[:])
+	for _, s := range []string{r.Host, r.Kind, r.Payload, r.PrevHash} {
+		binary.BigEndian.PutUint32(buf[:4], uint32(len(s)))
+		h.Write(buf[:4])
+		io.WriteString(h, s)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Break describes the first record at which a chain fails verification.
+type Break struct {
+	Host   string
+	Seq    uint64
+	Reason string // "hash mismatch", "prev-hash mismatch" or "gap"
+	Detail string
+}
+
+func (b *Break) Error() string {
+	return fmt.Sprintf("audit chain %s broken at seq %d: %s (%s)", b.Host, b.Seq, b.Reason, b.Detail)
+}
+
+// Result is the outcome of verifying one chain.
+type Result struct {
+	Host    string
+	Records uint64
+	Head    store.AuditHead // last record checked
+	Broken  *Break          // nil when the chain is intact
+}
+
+// Verify walks host's chain from seq 1 and stops at the first record that
+// does not check out: a missing seq ("gap", naming the first missing seq), a
+// prev_hash that is not the previous record's hash ("prev-hash mismatch"),
+// or a hash that does not match the record's content ("hash mismatch", which
+// is what editing any field of a stored record gives). The error return is
+// for failures to read the store, not for a broken chain.
+func Verify(ctx context.Context, st *store.Store, host string) (Result, error) {
+	res := Result{Host: host}
+	prev, want := GenesisHash, uint64(1)
+	errStop := errors.New("stop")
+	err := st.AuditRecords(ctx, host, 0, func(r store.AuditRecord) error {
+		switch {
+		case r.Seq != want:
+			res.Broken = &Break{Host: host, Seq: want, Reason: "gap",
+				Detail: fmt.Sprintf("record %d missing; next stored record is %d", want, r.Seq)}
+		case r.PrevHash != prev:
+			res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "prev-hash mismatch",
+				Detail: fmt.Sprintf("prev_hash %.16s..., previous record's hash %.16s...", r.PrevHash, prev)}
+		case Hash(r) != r.Hash:
+			res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "hash mismatch",
+				Detail: "record content does not match its hash"}
+		}
+		if res.Broken != nil {
+			return errStop
+		}
+		res.Records++
+		res.Head = store.AuditHead{Seq: r.Seq, Hash: r.Hash}
+		prev, want = r.Hash, r.Seq+1
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return res, fmt.Errorf("verify audit chain %s: %w", host, err)
+	}
+	return res, nil
+}
+
+// VerifyAll verifies every host's chain in the store.
+func VerifyAll(ctx context.Context, st *store.Store) ([]Result, error) {
+	hosts, err := st.AuditHosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Result, 0, len(hosts))
+	for _, h := range hosts {
+		r, err := Verify(ctx, st, h)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// ExportedRecord is one line of Export's output.
+type ExportedRecord struct {
+	Host     string          `json:"host"`
+	Seq      uint64          `json:"seq"`
+	Time     time.Time       `json:"time"`
+	Kind     string          `json:"kind"`
+	Payload  json.RawMessage `json:"payload"`
+	PrevHash string          `json:"prev_hash"`
+	Hash     string          `json:"hash"`
+}
+
+// Export writes host's chain (every host's when host is "") to w as JSON
+// lines, one ExportedRecord each, in seq order. The payload is the stored
+// bytes, so a reader can recompute every hash from the export alone.
+func Export(ctx context.Context, st *store.Store, host string, w io.Writer) error {
+	hosts := []string{host}
+	if host == "" {
+		var err error
+		if hosts, err = st.AuditHosts(ctx); err != nil {
+			return err
+		}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // the payload must stay byte-identical to what was hashed
+	for _, h := range hosts {
+		err := st.AuditRecords(ctx, h, 0, func(r store.AuditRecord) error {
+			return enc.Encode(ExportedRecord{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
+				Payload: json.RawMessage(r.Payload), PrevHash: r.PrevHash, Hash: r.Hash})
+		})
+		if err != nil {
+			return fmt.Errorf("export audit chain %s: %w", h, err)
+		}
+	}
+	return nil
+}

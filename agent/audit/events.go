@@ -1,0 +1,342 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Kind names what an audit record is about.
+type Kind string
+
+// The kinds of audit record, one per Event type.
+const (
+	KindDaemonStarted     Kind = "daemon.started"
+	KindConnectionOpened  Kind = "connection.opened"
+	KindConnectionClosed  Kind = "connection.closed"
+	KindDecision          Kind = "decision"
+	KindApprovalRequested Kind = "approval.requested"
+	KindApprovalDecided   Kind = "approval.decided"
+	KindCredentialIssued  Kind = "credential.issued"
+	KindCredentialRevoked Kind = "credential.revoked"
+	KindPolicyReloaded    Kind = "policy.reloaded"
+	KindRecordingSealed   Kind = "recording.sealed"
+	KindProtocolError     Kind = "protocol.error"
+)
+
+// Event is one typed audit event. The set is closed: only the types in this
+// package implement it, and none of them has a field that can hold a
+// credential, a password or a response value. Request text enters only as a
+// Statement, whose constructors strip literals, so a masked value or a
+// password in a statement never reaches the trail.
+type Event interface {
+	Kind() Kind
+	auditEvent()
+}
+
+// Statement is request text fit for the audit trail. Build it with
+// SQLStatement or OpaqueStatement; there is no way to put raw text in one.
+type Statement struct{ text string }
+
+// String returns the redacted text.
+func (s Statement) String() string { return s.text }
+
+// MarshalJSON encodes the redacted text as a JSON string.
+func (s Statement) MarshalJSON() ([]byte, error) { return json.Marshal(s.text) }
+
+// SQLStatement redacts a SQL statement for the audit trail: every literal
+// (quoted strings, E'' and dollar-quoted strings, bit strings, numbers) becomes
+// '?', and comments are dropped, keeping the statement's shape, tables and
+// columns. "ALTER ROLE app PASSWORD 'hunter2'" becomes
+// "ALTER ROLE app PASSWORD ?". Identifiers, including quoted ones, are kept.
+func SQLStatement(sql string) Statement {
+	var b strings.Builder
+	b.Grow(len(sql))
+	lit := func() { b.WriteByte('?') }
+	for i := 0; i < len(sql); {
+		c := sql[i]
+		switch {
+		case c == '\'':
+			i = skipQuoted(sql, i+1, false)
+			lit()
+		case (c == 'E' || c == 'e') && i+1 < len(sql) && sql[i+1] == '\'' && !identByte(prev(sql, i)):
+			i = skipQuoted(sql, i+2, true)
+			lit()
+		case (c == 'B' || c == 'b' || c == 'X' || c == 'x' || c == 'U' || c == 'u' || c == 'N' || c == 'n') &&
+			i+1 < len(sql) && sql[i+1] == '\'' && !identByte(prev(sql, i)):
+			i = skipQuoted(sql, i+2, false)
+			lit()
+		case c == '$' && !identByte(prev(sql, i)):
+			if end, ok := dollarQuoted(sql, i); ok {
+				i = end
+				lit()
+			} else {
+				// $1 parameters stay: they are placeholders, not values.
+				b.WriteByte(c)
+				i++
+			}
+		case c == '-' && i+1 < len(sql) && sql[i+1] == '-':
+			for i < len(sql) && sql[i] != '\n' {
+				i++
+			}
+		case c == '/' && i+1 < len(sql) && sql[i+1] == '*':
+			i = skipBlockComment(sql, i+2)
+			b.WriteByte(' ')
+		case c == '"':
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == '"' {
+					if j+1 < len(sql) && sql[j+1] == '"' {
+						j += 2
+						continue
+					}
+					j++
+					break
+				}
+				j++
+			}
+			b.WriteString(sql[i:j])
+			i = j
+		case (c >= '0' && c <= '9' || c == '.' && i+1 < len(sql) && sql[i+1] >= '0' && sql[i+1] <= '9') && !identByte(prev(sql, i)):
+			j := i
+			for j < len(sql) && (identByte(sql[j]) || sql[j] == '.' ||
+				(sql[j] == '+' || sql[j] == '-') && (sql[j-1] == 'e' || sql[j-1] == 'E')) {
+				j++
+			}
+			i = j
+			lit()
+		default:
+			b.WriteByte(c)
+			i++
+		}
+	}
+	return Statement{text: strings.TrimSpace(b.String())}
+}
+
+// OpaqueStatement keeps only a fingerprint of text (a SHA-256 prefix and the
+// length), for requests whose literals cannot be told apart from their
+// shape. Equal requests still have equal fingerprints.
+func OpaqueStatement(text string) Statement {
+	sum := sha256.Sum256([]byte(text))
+	return Statement{text: "sha256:" + hex.EncodeToString(sum[:8]) + " (" + strconv.Itoa(len(text)) + " bytes)"}
+}
+
+func prev(s string, i int) byte {
+	if i == 0 {
+		return ' '
+	}
+	return s[i-1]
+}
+
+func identByte(c byte) bool {
+	return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80 || c == '$'
+}
+
+// skipQuoted returns the index after the closing quote of a literal whose
+// body starts at i; '' is an escaped quote and, with backslash, so is \'.
+func skipQuoted(s string, i int, backslash bool) int {
+	for i < len(s) {
+		switch {
+		case backslash && s[i] == '\\':
+			i += 2
+		case s[i] == '\'':
+			if i+1 < len(s) && s[i+1] == '\'' {
+				i += 2
+				continue
+			}
+			return i + 1
+		default:
+			i++
+		}
+	}
+	return len(s)
+}
+
+// dollarQuoted recognizes $tag$...$tag$ starting at i.
+func dollarQuoted(s string, i int) (int, bool) {
+	j := i + 1
+	for j < len(s) && s[j] != '$' {
+		c := s[j]
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80 || j > i+1 && c >= '0' && c <= '9') {
+			return 0, false
+		}
+		j++
+	}
+	if j >= len(s) {
+		return 0, false
+	}
+	tag := s[i : j+1]
+	end := strings.Index(s[j+1:], tag)
+	if end < 0 {
+		return len(s), true
+	}
+	return j + 1 + end + len(tag), true
+}
+
+func skipBlockComment(s string, i int) int {
+	depth := 1
+	for i < len(s) && depth > 0 {
+		switch {
+		case strings.HasPrefix(s[i:], "/*"):
+			depth++
+			i += 2
+		case strings.HasPrefix(s[i:], "*/"):
+			depth--
+			i += 2
+		default:
+			i++
+		}
+	}
+	return i
+}
+
+// DaemonStarted is written once when interlockd starts.
+type DaemonStarted struct {
+	Version string `json:"version"`
+	PID     int    `json:"pid"`
+}
+
+// ConnectionOpened is a session accepted by the proxy.
+type ConnectionOpened struct {
+	Session  string `json:"session"`
+	Identity string `json:"identity"`
+	PID      int32  `json:"pid"`
+	UID      uint32 `json:"uid"`
+	Exe      string `json:"exe"`
+	Cgroup   string `json:"cgroup"`
+	Target   string `json:"target"`
+	Protocol string `json:"protocol"`
+	Client   string `json:"client"`
+	Upstream string `json:"upstream"`
+}
+
+// ConnectionClosed is the end of a session.
+type ConnectionClosed struct {
+	Session  string        `json:"session"`
+	Identity string        `json:"identity"`
+	Target   string        `json:"target"`
+	Outcome  string        `json:"outcome"`
+	BytesIn  int64         `json:"bytes_in"`
+	BytesOut int64         `json:"bytes_out"`
+	Messages int64         `json:"messages"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Decision is the policy's verdict on one request. Enforced is false in
+// audit mode ("would deny").
+type Decision struct {
+	Session   string    `json:"session"`
+	Identity  string    `json:"identity"`
+	Target    string    `json:"target"`
+	Action    string    `json:"action"`
+	Rule      string    `json:"rule"`
+	Enforced  bool      `json:"enforced"`
+	Operation string    `json:"operation,omitempty"` // "SELECT", "GET", ...
+	Tables    []string  `json:"tables,omitempty"`
+	Statement Statement `json:"statement"`
+}
+
+// ApprovalRequested is a request held for reviewers.
+type ApprovalRequested struct {
+	Approval  string    `json:"approval"`
+	Session   string    `json:"session"`
+	Identity  string    `json:"identity"`
+	Target    string    `json:"target"`
+	Rule      string    `json:"rule"`
+	Reviewers []string  `json:"reviewers"`
+	Quorum    int       `json:"quorum"`
+	Deadline  time.Time `json:"deadline"`
+	Statement Statement `json:"statement"`
+}
+
+// ApprovalVote is one reviewer's verdict inside ApprovalDecided.
+type ApprovalVote struct {
+	Reviewer string `json:"reviewer"`
+	Approve  bool   `json:"approve"`
+	Comment  string `json:"comment,omitempty"`
+}
+
+// ApprovalDecided is the final state of an approval: approved, denied,
+// expired or cancelled.
+type ApprovalDecided struct {
+	Approval string         `json:"approval"`
+	Session  string         `json:"session"`
+	State    string         `json:"state"`
+	Votes    []ApprovalVote `json:"votes"`
+}
+
+// CredentialIssued is a just-in-time credential handed to a session's
+// upstream connection. It names the credential (user name, lease); the
+// secret itself has no field here.
+type CredentialIssued struct {
+	Session  string        `json:"session"`
+	Target   string        `json:"target"`
+	Source   string        `json:"source"` // "vault", "embedded", "static"
+	Username string        `json:"username,omitempty"`
+	LeaseID  string        `json:"lease_id,omitempty"`
+	TTL      time.Duration `json:"ttl_ns,omitempty"`
+}
+
+// CredentialRevoked is the end of a credential's life; Error is set when
+// revocation failed (the lease journal retries it).
+type CredentialRevoked struct {
+	Session  string `json:"session"`
+	Target   string `json:"target"`
+	Source   string `json:"source"`
+	Username string `json:"username,omitempty"`
+	LeaseID  string `json:"lease_id,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// PolicyReloaded is a policy swap (or a rejected one, with Error).
+type PolicyReloaded struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Rules  int    `json:"rules"`
+	Error  string `json:"error,omitempty"`
+}
+
+// RecordingSealed binds a session recording's content hash into the chain,
+// so editing the recording file is detectable from the trail alone.
+type RecordingSealed struct {
+	Session  string `json:"session"`
+	SHA256   string `json:"sha256"`
+	Size     int64  `json:"size"`
+	Messages int64  `json:"messages"`
+}
+
+// ProtocolError is a session ended for malformed or oversized input. Error
+// is the decoder's message, which describes framing, never content.
+type ProtocolError struct {
+	Session  string `json:"session"`
+	Identity string `json:"identity"`
+	Target   string `json:"target"`
+	Error    string `json:"error"`
+}
+
+func (DaemonStarted) Kind() Kind     { return KindDaemonStarted }
+func (ConnectionOpened) Kind() Kind  { return KindConnectionOpened }
+func (ConnectionClosed) Kind() Kind  { return KindConnectionClosed }
+func (Decision) Kind() Kind          { return KindDecision }
+func (ApprovalRequested) Kind() Kind { return KindApprovalRequested }
+func (ApprovalDecided) Kind() Kind   { return KindApprovalDecided }
+func (CredentialIssued) Kind() Kind  { return KindCredentialIssued }
+func (CredentialRevoked) Kind() Kind { return KindCredentialRevoked }
+func (PolicyReloaded) Kind() Kind    { return KindPolicyReloaded }
+func (RecordingSealed) Kind() Kind   { return KindRecordingSealed }
+func (ProtocolError) Kind() Kind     { return KindProtocolError }
+
+func (DaemonStarted) auditEvent()     {}
+func (ConnectionOpened) auditEvent()  {}
+func (ConnectionClosed) auditEvent()  {}
+func (Decision) auditEvent()          {}
+func (ApprovalRequested) auditEvent() {}
+func (ApprovalDecided) auditEvent()   {}
+func (CredentialIssued) auditEvent()  {}
+func (CredentialRevoked) auditEvent() {}
+func (PolicyReloaded) auditEvent()    {}
+func (RecordingSealed) auditEvent()   {}
+func (ProtocolError) auditEvent()     {}
