@@ -48,7 +48,7 @@ func (s Statement) String() string { return s.text }
 func (s Statement) MarshalJSON() ([]byte, error) { return json.Marshal(s.text) }
 
 // SQLStatement redacts a SQL statement for the audit trail: every literal
-// (quoted strings, E” and dollar-quoted strings, bit strings, numbers) becomes
+// (quoted strings, E-strings, dollar-quoted strings, bit strings, numbers) becomes
 // '?', and comments are dropped, keeping the statement's shape, tables and
 // columns. "ALTER ROLE app PASSWORD 'hunter2'" becomes
 // "ALTER ROLE app PASSWORD ?". Identifiers, including quoted ones, are kept.
@@ -136,7 +136,8 @@ func identByte(c byte) bool {
 }
 
 // skipQuoted returns the index after the closing quote of a literal whose
-// body starts at i; ” is an escaped quote and, with backslash, so is \'.
+// body starts at i; a doubled quote is an escaped quote and, with backslash,
+// so is a backslash-quote.
 func skipQuoted(s string, i int, backslash bool) int {
 	for i < len(s) {
 		switch {
