@@ -7,13 +7,13 @@ package sqlclass
 // key.
 //
 // It is deliberately conservative: whenever the lexical structure is not
-// certain (backslashes in strings, prefixed strings such as E” or U&”,
+// certain (backslashes in strings, prefixed strings such as E'x' or U&'x',
 // numbers glued to identifiers, unterminated quotes or comments, a NUL byte)
 // it returns false and the caller keys by the exact text. A wrong key would
 // let one statement borrow another's classification, so when in doubt, no.
 //
-// Empty strings keep a marker of their own, because ” is the one literal
-// value a classification could notice.
+// An empty string literal keeps a marker of its own, because emptiness is
+// the one property of a literal a classification could notice.
 func pgShapeKey(dst []byte, text string) ([]byte, bool) {
 	dst = dst[:0]
 	n := len(text)
