@@ -512,3 +512,32 @@ int connect_unix(struct bpf_sock_addr *ctx)
 	}
 	return REFUSE;
 }
+
+/* socket_create (cgroup LSM, kernel 6.0 and later with the bpf LSM active)
+ * refuses tagged tasks packet sockets, which never pass through
+ * cgroup/sock_create (it only sees AF_INET and AF_INET6). Arguments: family,
+ * type, protocol, kern. Returning 0 fails socket(2) with EPERM. */
+SEC("lsm_cgroup/socket_create")
+int socket_create(unsigned long long *ctx)
+{
+	int family = ctx[0], type = ctx[1], protocol = ctx[2], kern = ctx[3];
+	struct config *cfg;
+	__u32 identity = 0;
+
+	if (kern || family != AF_PACKET)
+		return ALLOW;
+	cfg = get_config();
+	if (!tagged(cfg, &identity))
+		return ALLOW;
+	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		fill_origin(&e->origin, identity);
+		e->origin.family = family;
+		e->reason = DENY_SOCKET;
+		e->sock_type = type;
+		e->protocol = protocol;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return REFUSE;
+}

@@ -153,6 +153,7 @@ const (
 	InterlockProgSendmsg6        = "sendmsg6"
 	InterlockProgSockCreate      = "sock_create"
 	InterlockProgSockOps         = "sock_ops"
+	InterlockProgSocketCreate    = "socket_create"
 	InterlockVarUnusedDenyEvent  = "unused_deny_event"
 	InterlockVarUnusedDenyReason = "unused_deny_reason"
 	InterlockVarUnusedVerdict    = "unused_verdict"
@@ -209,6 +210,7 @@ type InterlockProgramSpecs struct {
 	Sendmsg6     *ebpf.ProgramSpec `ebpf:"sendmsg6"`
 	SockCreate   *ebpf.ProgramSpec `ebpf:"sock_create"`
 	SockOps      *ebpf.ProgramSpec `ebpf:"sock_ops"`
+	SocketCreate *ebpf.ProgramSpec `ebpf:"socket_create"`
 }
 
 // InterlockMapSpecs contains maps before they are loaded into the kernel.
@@ -299,6 +301,7 @@ type InterlockPrograms struct {
 	Sendmsg6     *ebpf.Program `ebpf:"sendmsg6"`
 	SockCreate   *ebpf.Program `ebpf:"sock_create"`
 	SockOps      *ebpf.Program `ebpf:"sock_ops"`
+	SocketCreate *ebpf.Program `ebpf:"socket_create"`
 }
 
 func (p *InterlockPrograms) Close() error {
@@ -312,6 +315,7 @@ func (p *InterlockPrograms) Close() error {
 		p.Sendmsg6,
 		p.SockCreate,
 		p.SockOps,
+		p.SocketCreate,
 	)
 }
 

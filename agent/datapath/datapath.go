@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -71,26 +72,39 @@ type Config struct {
 	Resolvers []netip.AddrPort
 }
 
-// program is one attached program: its name in the object, attach type, and
-// whether it needs a newer kernel than the floor.
+// program is one attached program: its name in the object and attach type.
+// An optional program needs more than KernelFloor: minKernel, and for LSM
+// programs an active bpf LSM; without it the data path runs with a gap.
 type program struct {
-	name   string
-	attach ebpf.AttachType
-	unix   bool
+	name      string
+	attach    ebpf.AttachType
+	optional  bool
+	minKernel [2]int
+	gap       string // what goes unenforced without it
 }
 
 // programs lists every program in attach order: sockops and getpeername
 // before the connect hooks, so no redirected socket ever lacks them.
 var programs = []program{
-	{bpf.InterlockProgSockOps, ebpf.AttachCGroupSockOps, false},
-	{bpf.InterlockProgGetpeername4, ebpf.AttachCgroupInet4GetPeername, false},
-	{bpf.InterlockProgGetpeername6, ebpf.AttachCgroupInet6GetPeername, false},
-	{bpf.InterlockProgSockCreate, ebpf.AttachCGroupInetSockCreate, false},
-	{bpf.InterlockProgSendmsg4, ebpf.AttachCGroupUDP4Sendmsg, false},
-	{bpf.InterlockProgSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, false},
-	{bpf.InterlockProgConnect4, ebpf.AttachCGroupInet4Connect, false},
-	{bpf.InterlockProgConnect6, ebpf.AttachCGroupInet6Connect, false},
-	{bpf.InterlockProgConnectUnix, ebpf.AttachCgroupUnixConnect, true},
+	{name: bpf.InterlockProgSockOps, attach: ebpf.AttachCGroupSockOps},
+	{name: bpf.InterlockProgGetpeername4, attach: ebpf.AttachCgroupInet4GetPeername},
+	{name: bpf.InterlockProgGetpeername6, attach: ebpf.AttachCgroupInet6GetPeername},
+	{name: bpf.InterlockProgSockCreate, attach: ebpf.AttachCGroupInetSockCreate},
+	{name: bpf.InterlockProgSendmsg4, attach: ebpf.AttachCGroupUDP4Sendmsg},
+	{name: bpf.InterlockProgSendmsg6, attach: ebpf.AttachCGroupUDP6Sendmsg},
+	{name: bpf.InterlockProgConnect4, attach: ebpf.AttachCGroupInet4Connect},
+	{name: bpf.InterlockProgConnect6, attach: ebpf.AttachCGroupInet6Connect},
+	{
+		name: bpf.InterlockProgConnectUnix, attach: ebpf.AttachCgroupUnixConnect,
+		optional: true, minKernel: UnixConnectFloor,
+		gap: "unix socket connects are not filtered (cgroup/connect_unix needs kernel 6.7)",
+	},
+	{
+		name: bpf.InterlockProgSocketCreate, attach: ebpf.AttachLSMCgroup,
+		optional: true, minKernel: [2]int{6, 0},
+		gap: "packet sockets are not refused (needs kernel 6.0 with the bpf LSM enabled); " +
+			"run agents without CAP_NET_RAW",
+	},
 }
 
 // mapNames lists every pinned map, for Uninstall and MapFill.
@@ -110,7 +124,7 @@ type Datapath struct {
 	links       []link.Link
 	events      *ringbuf.Reader
 	netnsCookie uint64
-	unixSupport bool
+	gaps        []string
 }
 
 // Open loads the programs and attaches them at cfg.CgroupRoot, or re-adopts
@@ -149,13 +163,17 @@ func Open(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
-	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns, unixSupport: UnixConnectSupported()}
-	if !d.unixSupport {
-		delete(spec.Programs, bpf.InterlockProgConnectUnix)
-	}
+	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns}
 	// Maps come from their pins when present (tags and records survive),
 	// and are created and pinned otherwise.
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}})
+	opts := ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
+	core := spec.Copy()
+	for _, p := range programs {
+		if p.optional {
+			delete(core.Programs, p.name)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(core, opts)
 	if err != nil {
 		return nil, fmt.Errorf("load programs: %w", verbose(err))
 	}
@@ -167,6 +185,27 @@ func Open(cfg Config) (*Datapath, error) {
 		d.progs[name] = coll.DetachProgram(name)
 	}
 	coll.Close()
+	for _, p := range programs {
+		if !p.optional {
+			continue
+		}
+		prog, err := loadOptional(spec, p, opts)
+		if err != nil && p.attach != ebpf.AttachLSMCgroup {
+			d.Close()
+			return nil, err
+		}
+		if err != nil {
+			// Kernels may refuse LSM programs outright (lockdown,
+			// hardening patches) although the bpf LSM is active.
+			d.gaps = append(d.gaps, fmt.Sprintf("%s: %v", p.gap, err))
+			continue
+		}
+		if prog == nil {
+			d.gaps = append(d.gaps, p.gap)
+			continue
+		}
+		d.progs[p.name] = prog
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -183,7 +222,7 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	defer cg.Close()
 	for _, p := range programs {
-		if p.unix && !d.unixSupport {
+		if d.progs[p.name] == nil {
 			continue
 		}
 		l, err := adoptOrAttach(cfg.PinDir, p, d.progs[p.name], cg, rootID)
@@ -200,6 +239,45 @@ func Open(cfg Config) (*Datapath, error) {
 	ok = true
 	return d, nil
 }
+
+// loadOptional loads one optional program against the pinned maps, or
+// returns nil when the kernel lacks what it needs.
+func loadOptional(spec *ebpf.CollectionSpec, p program, opts ebpf.CollectionOptions) (*ebpf.Program, error) {
+	if rel, err := kernelRelease(); err != nil || !atLeast(rel, p.minKernel) {
+		return nil, nil
+	}
+	if p.attach == ebpf.AttachLSMCgroup && !bpfLSMActive() {
+		return nil, nil
+	}
+	one := spec.Copy()
+	one.Programs = map[string]*ebpf.ProgramSpec{p.name: one.Programs[p.name]}
+	coll, err := ebpf.NewCollectionWithOptions(one, opts)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", p.name, verbose(err))
+	}
+	defer coll.Close()
+	return coll.DetachProgram(p.name), nil
+}
+
+// bpfLSMActive reports whether the bpf LSM is in the kernel's active list;
+// when securityfs is not mounted it cannot tell and assumes so (attaching
+// still succeeds, the test suite checks enforcement).
+func bpfLSMActive() bool {
+	b, err := os.ReadFile("/sys/kernel/security/lsm")
+	if err != nil {
+		return true
+	}
+	for _, name := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		if name == "bpf" {
+			return true
+		}
+	}
+	return false
+}
+
+// Gaps lists, in words fit for a log, what the running kernel cannot
+// enforce; empty when everything is.
+func (d *Datapath) Gaps() []string { return d.gaps }
 
 // adoptOrAttach re-adopts the link pinned for p, swapping in prog, or
 // attaches a new link at the cgroup and pins it.

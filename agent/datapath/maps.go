@@ -206,7 +206,7 @@ func (d *Datapath) SetUDPAllow(identity uint32, rules []Rule) error {
 // not recognised. Below kernel 6.7 it returns an error wrapping
 // ErrUnsupported.
 func (d *Datapath) SetDenyUnix(paths []string) error {
-	if !d.unixSupport {
+	if d.progs[bpf.InterlockProgConnectUnix] == nil {
 		return fmt.Errorf("deny unix connects: cgroup/connect_unix needs kernel %d.%d: %w",
 			UnixConnectFloor[0], UnixConnectFloor[1], ErrUnsupported)
 	}
