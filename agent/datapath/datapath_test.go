@@ -1,15 +1,20 @@
 package datapath
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf/link"
 )
 
 // recordingProxy is a fake interlockd proxy: it looks every accepted
@@ -521,4 +526,141 @@ func packetGap(dp *Datapath) string {
 		}
 	}
 	return ""
+}
+
+// linkIDs returns the kernel ids of the pinned links and of the programs they
+// run, by program name.
+func linkIDs(t *testing.T, pinDir string) (links, progs map[string]uint32) {
+	t.Helper()
+	links, progs = map[string]uint32{}, map[string]uint32{}
+	for _, p := range programs {
+		l, err := link.LoadPinnedLink(linkPin(pinDir, p.name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		links[p.name], progs[p.name] = uint32(info.ID), uint32(info.Program)
+	}
+	return links, progs
+}
+
+func TestRestartKeepsEnforcement(t *testing.T) {
+	e := newEnv(t)
+	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+	var dp atomic.Pointer[Datapath]
+	lookup := func(c net.Conn) string {
+		_, err := dp.Load().Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort())
+		if err != nil {
+			return "proxy-unknown"
+		}
+		return "proxy"
+	}
+	proxy1 := listen(t, "tcp", "127.0.0.1:0", "proxy", lookup)
+	e.cfg.Proxy4 = proxy1.addrPort()
+	dp1, err := Open(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp.Store(dp1)
+	agent, agentID := e.cgroup("agent")
+	if err := dp1.Tag(agentID, 5); err != nil {
+		t.Fatal(err)
+	}
+	links1, progs1 := linkIDs(t, e.cfg.PinDir)
+
+	cmd, done := helperCmd(t, agent, "loop", target.addrPort().String())
+	defer done()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 100000)
+	go func() {
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+		close(lines)
+	}()
+	counts := map[string]int{}
+	// waitFor reads loop lines until want has been seen n more times.
+	waitFor := func(want string, n int) {
+		t.Helper()
+		deadline := time.After(10 * time.Second)
+		for seen := 0; seen < n; {
+			select {
+			case l := <-lines:
+				counts[l]++
+				if l == want {
+					seen++
+				}
+			case <-deadline:
+				t.Fatalf("waiting for %q: saw %v", want, counts)
+			}
+		}
+	}
+	waitFor("ok proxy", 5)
+
+	// The daemon dies: its listener and file descriptors go.
+	proxy1.ln.Close()
+	if err := dp1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(fmt.Sprintf("error %d", syscall.ECONNREFUSED), 5)
+
+	// It comes back and re-adopts the pinned links.
+	dp2, err := Open(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp2.Close() })
+	dp.Store(dp2)
+	ln, err := net.Listen("tcp", proxy1.addrPort().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy2 := &server{ln: ln, name: "proxy", onAccept: lookup}
+	t.Cleanup(func() { ln.Close() })
+	go proxy2.serve()
+	waitFor("ok proxy", 5)
+
+	stdin.Close()
+	for l := range lines {
+		counts[l]++
+	}
+	cmd.Wait()
+	if n := target.accepts.Load(); n != 0 || counts["ok target"] != 0 {
+		t.Errorf("the target was reached directly %d times across the restart (loop: %v)", n, counts)
+	}
+	if counts["ok proxy-unknown"] != 0 {
+		t.Errorf("the proxy could not identify %d connections (loop: %v)", counts["ok proxy-unknown"], counts)
+	}
+	links2, progs2 := linkIDs(t, e.cfg.PinDir)
+	for name, id := range links1 {
+		if links2[name] != id {
+			t.Errorf("link %s was replaced (%d -> %d), not re-adopted", name, id, links2[name])
+		}
+		if progs2[name] == progs1[name] {
+			t.Errorf("link %s still runs the old program %d", name, progs1[name])
+		}
+	}
+	if tags, err := dp2.Tagged(); err != nil || tags[agentID] != 5 {
+		t.Errorf("tags after restart = %v, %v; want the tag kept", tags, err)
+	}
+	t.Logf("loop across the restart: %v", counts)
 }

@@ -103,6 +103,8 @@ func runHelper(action, arg string) int {
 		} else {
 			c.Close()
 		}
+	case "bench":
+		return helperBench(arg)
 	case "loop":
 		return helperLoop(arg)
 	default:
@@ -208,7 +210,7 @@ func sockaddrString(sa unix.Sockaddr) string {
 // env is one test's private world: a cgroup subtree the programs attach
 // at, a bpffs instance for the pins, a loaded Datapath.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	mount  string // cgroup2 mount
 	root   string // the test's cgroup subtree
 	pinDir string
@@ -223,7 +225,7 @@ func randomName(prefix string) string {
 }
 
 // newEnv sets up the subtree and pin dir; it does not Open.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	testenv.Privileged(t)
 	if err := CheckKernel(); err != nil {
@@ -286,7 +288,7 @@ func (e *env) cgroup(rel string) (string, uint64) {
 
 // removeCgroupTree kills what still runs in the tree and removes it, deepest
 // first.
-func removeCgroupTree(t *testing.T, root string) {
+func removeCgroupTree(t testing.TB, root string) {
 	var dirs []string
 	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
@@ -311,7 +313,7 @@ func removeCgroupTree(t *testing.T, root string) {
 }
 
 // helperCmd builds a helper child that starts in the cgroup at dir.
-func helperCmd(t *testing.T, dir, action, arg string) (*exec.Cmd, func()) {
+func helperCmd(t testing.TB, dir, action, arg string) (*exec.Cmd, func()) {
 	t.Helper()
 	cg, err := os.Open(dir)
 	if err != nil {
@@ -324,7 +326,7 @@ func helperCmd(t *testing.T, dir, action, arg string) (*exec.Cmd, func()) {
 }
 
 // run runs one helper action in the cgroup at dir and returns its result.
-func run(t *testing.T, dir, action, arg string) result {
+func run(t testing.TB, dir, action, arg string) result {
 	t.Helper()
 	cmd, done := helperCmd(t, dir, action, arg)
 	defer done()

@@ -1,0 +1,125 @@
+package datapath
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// helperBench connects to addr n times, reading the first byte each time,
+// and prints the total nanoseconds. The connection is reset on close so
+// that ports do not pile up in TIME_WAIT.
+func helperBench(arg string) int {
+	addr, count, _ := strings.Cut(arg, ",")
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	buf := make([]byte, 1)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}
+	fmt.Println(time.Since(start).Nanoseconds())
+	return 0
+}
+
+// relay is the trivial proxy of the benchmark: identify the caller, dial
+// its original destination, copy both ways.
+func relay(dp *Datapath, c net.Conn) {
+	defer c.Close()
+	o, err := dp.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		return
+	}
+	up, err := net.Dial("tcp", o.Dst.String())
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	<-done
+	<-done
+}
+
+// BenchmarkConnectFirstByte measures connect() plus the first byte from a
+// loopback server, from an untagged cgroup (direct) and from a tagged one
+// (redirected through a trivial relaying proxy that looks the connection
+// up), and reports both and their ratio. Each op is one connection in each.
+func BenchmarkConnectFirstByte(b *testing.B) {
+	e := newEnv(b)
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer target.Close()
+	go func() {
+		for {
+			c, err := target.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte{'!'})
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	proxy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer proxy.Close()
+	e.cfg.Proxy4 = proxy.Addr().(*net.TCPAddr).AddrPort()
+	dp := e.open()
+	go func() {
+		for {
+			c, err := proxy.Accept()
+			if err != nil {
+				return
+			}
+			go relay(dp, c)
+		}
+	}()
+	plain, _ := e.cgroup("plain")
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 1); err != nil {
+		b.Fatal(err)
+	}
+
+	measure := func(dir string) time.Duration {
+		cmd, done := helperCmd(b, dir, "bench", fmt.Sprintf("%s,%d", target.Addr(), b.N))
+		defer done()
+		out, err := cmd.Output()
+		if err != nil {
+			b.Fatalf("bench helper: %v\n%s", err, out)
+		}
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+		if err != nil {
+			b.Fatalf("bench helper: %s", out)
+		}
+		return time.Duration(ns)
+	}
+	b.ResetTimer()
+	direct := measure(plain)
+	tagged := measure(agent)
+	b.StopTimer()
+	b.ReportMetric(float64(direct.Nanoseconds())/float64(b.N), "direct-ns/conn")
+	b.ReportMetric(float64(tagged.Nanoseconds())/float64(b.N), "tagged-ns/conn")
+	b.ReportMetric(float64(tagged)/float64(direct), "tagged/direct")
+}
