@@ -53,10 +53,10 @@ func Find(name string, s []byte) (start, end int, ok bool) {
 	return start, end, true
 }
 
-func isDigit(b byte) bool { return b >= '0' && b <= '9' }
-func isUpper(b byte) bool { return b >= 'A' && b <= 'Z' }
-func isAlpha(b byte) bool { return isUpper(b) || (b >= 'a' && b <= 'z') }
-func isAlnum(b byte) bool { return isAlpha(b) || isDigit(b) }
+func isDigit(b byte) bool  { return b >= '0' && b <= '9' }
+func isUpper(b byte) bool  { return b >= 'A' && b <= 'Z' }
+func isAlpha(b byte) bool  { return isUpper(b) || (b >= 'a' && b <= 'z') }
+func isAlnum(b byte) bool  { return isAlpha(b) || isDigit(b) }
 func isB64URL(b byte) bool { return isAlnum(b) || b == '-' || b == '_' }
 
 // boundary reports whether s[i] (if it exists) is not an alphanumeric, so a
