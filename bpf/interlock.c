@@ -199,10 +199,9 @@ static __always_inline void emit_deny(void *ctx, __u32 identity, const struct ad
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* udp_verdict lets tagged UDP reach the resolvers' DNS ports and whatever
- * the identity's UDP rules allow; everything else is refused. */
-static __always_inline int udp_verdict(struct bpf_sock_addr *ctx, struct config *cfg, __u32 identity,
-				       const struct addr *dst, __u16 port)
+/* udp_allowed reports whether an identity may send UDP to dst:port: the
+ * resolvers' DNS ports, and whatever its UDP rules allow. */
+static __always_inline int udp_allowed(struct config *cfg, __u32 identity, const struct addr *dst, __u16 port)
 {
 	if (cfg) {
 		for (int i = 0; i < MAX_RESOLVERS; i++) {
@@ -211,11 +210,26 @@ static __always_inline int udp_verdict(struct bpf_sock_addr *ctx, struct config 
 			struct resolver *r = &cfg->resolvers[i];
 			if (r->port == port && r->addr.w[0] == dst->w[0] && r->addr.w[1] == dst->w[1] &&
 			    r->addr.w[2] == dst->w[2] && r->addr.w[3] == dst->w[3])
-				return ALLOW;
+				return 1;
 		}
 	}
 	int v = match(bpf_map_lookup_elem(&udp_rules, &identity), dst, port);
-	if (v >= 0 && v != VERDICT_DENY)
+	return v >= 0 && v != VERDICT_DENY;
+}
+
+/* tcp_verdict is the first matching TCP rule's verdict of an identity;
+ * without a match, redirect. */
+static __always_inline int tcp_verdict(__u32 identity, const struct addr *dst, __u16 port)
+{
+	int v = match(bpf_map_lookup_elem(&tcp_rules, &identity), dst, port);
+	return v < 0 ? VERDICT_REDIRECT : v;
+}
+
+/* udp_verdict refuses tagged UDP that udp_allowed does not allow. */
+static __always_inline int udp_verdict(struct bpf_sock_addr *ctx, struct config *cfg, __u32 identity,
+				       const struct addr *dst, __u16 port)
+{
+	if (udp_allowed(cfg, identity, dst, port))
 		return ALLOW;
 	emit_deny(ctx, identity, dst, port, ctx->family, DENY_UDP, ctx->type, ctx->protocol);
 	return REFUSE;
@@ -239,7 +253,7 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 		return REFUSE;
 	}
 
-	int v = match(bpf_map_lookup_elem(&tcp_rules, &identity), dst, port);
+	int v = tcp_verdict(identity, dst, port);
 	if (v == VERDICT_PASS)
 		return ALLOW;
 	if (v == VERDICT_DENY) {
@@ -278,6 +292,19 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 		return REFUSE;
 	*redirect = 1;
 	return ALLOW;
+}
+
+/* verdict_probe is never attached: it runs the rule and resolver logic the
+ * hooks share under BPF_PROG_TEST_RUN, which the cgroup program types do not
+ * support. */
+SEC("syscall")
+int verdict_probe(struct verdict_query *q)
+{
+	if (q->udp)
+		q->result = udp_allowed(get_config(), q->identity, &q->dst, q->port);
+	else
+		q->result = tcp_verdict(q->identity, &q->dst, q->port);
+	return 0;
 }
 
 SEC("cgroup/connect4")

@@ -108,3 +108,13 @@ struct deny_event {
 struct unix_path {
 	char path[UNIX_PATH_LEN];
 };
+
+/* Input and output of the verdict_probe test program. */
+struct verdict_query {
+	struct addr dst;
+	__u16 port;     /* host byte order */
+	__u16 udp;      /* 1: ask udp_allowed, 0: tcp_verdict */
+	__u32 identity;
+	__s32 result;   /* udp: 1 allowed, 0 refused; tcp: enum verdict */
+	__u32 pad;
+};

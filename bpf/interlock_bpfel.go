@@ -132,6 +132,19 @@ const (
 	InterlockVerdictVERDICT_PASS     InterlockVerdict = 2
 )
 
+type InterlockVerdictQuery struct {
+	_   structs.HostLayout
+	Dst struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Port     uint16
+	Udp      uint16
+	Identity uint32
+	Result   int32
+	Pad      uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -154,6 +167,7 @@ const (
 	InterlockProgSockCreate      = "sock_create"
 	InterlockProgSockOps         = "sock_ops"
 	InterlockProgSocketCreate    = "socket_create"
+	InterlockProgVerdictProbe    = "verdict_probe"
 	InterlockVarUnusedDenyEvent  = "unused_deny_event"
 	InterlockVarUnusedDenyReason = "unused_deny_reason"
 	InterlockVarUnusedVerdict    = "unused_verdict"
@@ -211,6 +225,7 @@ type InterlockProgramSpecs struct {
 	SockCreate   *ebpf.ProgramSpec `ebpf:"sock_create"`
 	SockOps      *ebpf.ProgramSpec `ebpf:"sock_ops"`
 	SocketCreate *ebpf.ProgramSpec `ebpf:"socket_create"`
+	VerdictProbe *ebpf.ProgramSpec `ebpf:"verdict_probe"`
 }
 
 // InterlockMapSpecs contains maps before they are loaded into the kernel.
@@ -302,6 +317,7 @@ type InterlockPrograms struct {
 	SockCreate   *ebpf.Program `ebpf:"sock_create"`
 	SockOps      *ebpf.Program `ebpf:"sock_ops"`
 	SocketCreate *ebpf.Program `ebpf:"socket_create"`
+	VerdictProbe *ebpf.Program `ebpf:"verdict_probe"`
 }
 
 func (p *InterlockPrograms) Close() error {
@@ -316,6 +332,7 @@ func (p *InterlockPrograms) Close() error {
 		p.SockCreate,
 		p.SockOps,
 		p.SocketCreate,
+		p.VerdictProbe,
 	)
 }
 

@@ -168,6 +168,7 @@ func Open(cfg Config) (*Datapath, error) {
 	// and are created and pinned otherwise.
 	opts := ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
 	core := spec.Copy()
+	delete(core.Programs, bpf.InterlockProgVerdictProbe) // tests only
 	for _, p := range programs {
 		if p.optional {
 			delete(core.Programs, p.name)
