@@ -1,0 +1,479 @@
+// Package recording keeps a per-session recording of every protocol message
+// in both directions, with timestamps and the policy verdict beside each
+// request, and turns recordings back into a readable transcript (`interlock
+// replay`) or a pcap that Wireshark and tshark decode as the real protocol
+// (`interlock export --pcap`).
+//
+// A recording is a file in the state directory (one per session, written
+// through a buffer, flushed periodically and at session end) plus an index
+// row in the store (store.Session). At session end the file is sealed: its
+// SHA-256 goes into the session row and, when the recorder has an audit log,
+// into the audit chain, so editing a recording afterwards is detectable
+// (Verify).
+//
+// What is recorded is what crossed the proxy's client side, after masking:
+// the transcript shows values as the agent saw them. For PostgreSQL the
+// client's password messages ('p') are recorded without their body, so the
+// agent's own password or SCRAM proof never lands on disk.
+package recording
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/store"
+)
+
+// Recorder starts and seals session recordings under one directory. It is
+// safe for concurrent use; one background goroutine flushes open recordings
+// and their verdicts every FlushInterval.
+type Recorder struct {
+	st     *store.Store
+	dir    string
+	host   string
+	audit  *audit.Log
+	logger zerolog.Logger
+	every  time.Duration
+
+	mu     sync.Mutex
+	active map[string]*Session
+
+	stop    chan struct{}
+	stopped sync.WaitGroup
+	once    sync.Once
+}
+
+// Option configures a Recorder.
+type Option func(*Recorder)
+
+// WithAudit makes the recorder post the session's audit events to l:
+// ConnectionOpened at Start, a Decision per verdict (statement redacted),
+// and RecordingSealed and ConnectionClosed at Finish.
+func WithAudit(l *audit.Log) Option { return func(r *Recorder) { r.audit = l } }
+
+// WithLogger sets where background flush errors are logged.
+func WithLogger(l zerolog.Logger) Option { return func(r *Recorder) { r.logger = l } }
+
+// WithFlushInterval sets how often open recordings are flushed to disk and
+// their verdicts to the store (default 1s). A crash loses at most this much.
+func WithFlushInterval(d time.Duration) Option { return func(r *Recorder) { r.every = d } }
+
+// NewRecorder returns a recorder writing files under dir (created 0700) and
+// index rows for host into st.
+func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create recording directory: %w", err)
+	}
+	r := &Recorder{st: st, dir: dir, host: host, logger: zerolog.Nop(), every: time.Second,
+		active: map[string]*Session{}, stop: make(chan struct{})}
+	for _, o := range opts {
+		o(r)
+	}
+	r.stopped.Add(1)
+	go r.flushLoop()
+	return r, nil
+}
+
+// Close flushes every open recording and stops the background flusher. Open
+// sessions are not sealed; SealAbandoned seals them on the next start.
+func (r *Recorder) Close() error {
+	r.once.Do(func() { close(r.stop) })
+	r.stopped.Wait()
+	return r.flushAll(context.Background())
+}
+
+func (r *Recorder) flushLoop() {
+	defer r.stopped.Done()
+	t := time.NewTicker(r.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+			if err := r.flushAll(context.Background()); err != nil {
+				r.logger.Error().Err(err).Msg("flush recordings")
+			}
+		}
+	}
+}
+
+func (r *Recorder) flushAll(ctx context.Context) error {
+	r.mu.Lock()
+	sessions := make([]*Session, 0, len(r.active))
+	for _, s := range r.active {
+		sessions = append(sessions, s)
+	}
+	r.mu.Unlock()
+	var (
+		ds   []store.Decision
+		errs []error
+	)
+	for _, s := range sessions {
+		d, err := s.flush()
+		ds = append(ds, d...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := r.st.AddDecisions(ctx, ds); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Session is one open recording. Message and Decide are safe to call from
+// the proxy's two copy loops at once.
+type Session struct {
+	r     *Recorder
+	meta  store.Session
+	start time.Time
+
+	dropPasswords bool // PostgreSQL: record 'p' messages without their body
+
+	mu        sync.Mutex
+	f         *os.File
+	sum       hash.Hash
+	w         *bufio.Writer
+	scratch   [32]byte
+	vbuf      []byte // verdict encoding, reused
+	seq       int64
+	bytesIn   int64
+	bytesOut  int64
+	size      int64
+	pending   []store.Decision
+	err       error
+	finished  bool
+	auditSess audit.Decision // identity/target/session filled once
+}
+
+// Start creates the recording file and the open session row for meta (whose
+// ID is assigned when empty; Host defaults to the recorder's host and
+// Started to now) and returns the open recording.
+func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, error) {
+	if meta.ID == "" {
+		meta.ID = store.NewID()
+	}
+	if meta.Host == "" {
+		meta.Host = r.host
+	}
+	if meta.Started.IsZero() {
+		meta.Started = time.Now().UTC()
+	}
+	meta.Recording = filepath.Join(r.dir, meta.ID+".ilrec")
+	f, err := os.OpenFile(meta.Recording, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create recording: %w", err)
+	}
+	s := &Session{r: r, meta: meta, start: meta.Started, f: f, sum: sha256.New(),
+		dropPasswords: meta.Protocol == "postgresql"}
+	s.w = bufio.NewWriterSize(hashedFile{f: f, h: s.sum, n: &s.size}, 64<<10)
+	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
+		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
+	s.w.WriteString(magic)
+	s.w.Write(binary.AppendUvarint(nil, uint64(len(hdr))))
+	s.w.Write(hdr)
+	if err := s.w.Flush(); err != nil {
+		f.Close()
+		os.Remove(meta.Recording)
+		return nil, fmt.Errorf("write recording header: %w", err)
+	}
+	if err := r.st.CreateSession(ctx, &meta); err != nil {
+		f.Close()
+		os.Remove(meta.Recording)
+		return nil, err
+	}
+	s.meta = meta
+	s.auditSess = audit.Decision{Session: meta.ID, Identity: meta.Identity, Target: meta.Target}
+	r.mu.Lock()
+	r.active[meta.ID] = s
+	r.mu.Unlock()
+	if r.audit != nil {
+		r.audit.Post(audit.ConnectionOpened{Session: meta.ID, Identity: meta.Identity, PID: meta.PID, UID: meta.UID,
+			Exe: meta.Exe, Cgroup: meta.Cgroup, Target: meta.Target, Protocol: meta.Protocol,
+			Client: meta.ClientAddr, Upstream: meta.UpstreamAddr})
+	}
+	return s, nil
+}
+
+// ID returns the session's ID.
+func (s *Session) ID() string { return s.meta.ID }
+
+// Message records one protocol message and returns its seq (the number to
+// pass to Decide), or -1 after Finish. fromClient tells the direction; typ
+// is the protocol's message type byte (PostgreSQL: the tag; 0 for the
+// untyped startup-phase messages, whose body then starts at the protocol
+// code, and, from the server, for raw bytes such as the one-byte SSL answer);
+// body is the message without type and length, and is copied before
+// Message returns. t is when the message crossed the proxy (zero: now).
+//
+// Message does not allocate and does no I/O except when its 64 KiB buffer
+// fills; a write error is kept and returned by Finish.
+func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) int64 {
+	if t.IsZero() {
+		t = time.Now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished {
+		return -1
+	}
+	if s.dropPasswords && fromClient && typ == 'p' {
+		body = nil
+	}
+	kind := byte(kindServer)
+	if fromClient {
+		kind = kindClient
+		s.bytesIn += int64(len(body)) + 5
+	} else {
+		s.bytesOut += int64(len(body)) + 5
+	}
+	h := append(s.scratch[:0], kind, typ)
+	h = binary.AppendVarint(h, int64(t.Sub(s.start)))
+	h = binary.AppendUvarint(h, uint64(len(body)))
+	if _, err := s.w.Write(h); err != nil && s.err == nil {
+		s.err = err
+	}
+	if _, err := s.w.Write(body); err != nil && s.err == nil {
+		s.err = err
+	}
+	seq := s.seq
+	s.seq++
+	return seq
+}
+
+// Decide records the verdict on request seq (a value Message returned). The
+// verdict goes into the file now and into the store's decisions table with
+// the next flush; with an audit log, a Decision event is posted with the
+// statement redacted.
+func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
+	if t.IsZero() {
+		t = time.Now()
+	}
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	s.vbuf = appendVerdict(s.vbuf[:0], seq, int64(t.Sub(s.start)), v)
+	if _, err := s.w.Write(s.vbuf); err != nil && s.err == nil {
+		s.err = err
+	}
+	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Seq: seq, Time: t.UTC(), Action: v.Action,
+		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
+	s.mu.Unlock()
+	if a := s.r.audit; a != nil {
+		ev := s.auditSess
+		ev.Action, ev.Rule, ev.Enforced = v.Action, v.Rule, v.Enforced
+		if s.meta.Protocol == "postgresql" {
+			ev.Statement = audit.SQLStatement(v.Statement)
+		} else {
+			ev.Statement = audit.OpaqueStatement(v.Statement)
+		}
+		a.Post(ev)
+	}
+}
+
+// flush writes buffered frames to the file and hands back the verdicts
+// waiting for the store.
+func (s *Session) flush() ([]store.Decision, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished {
+		return nil, nil
+	}
+	if err := s.w.Flush(); err != nil && s.err == nil {
+		s.err = err
+	}
+	ds := s.pending
+	s.pending = nil
+	return ds, s.err
+}
+
+// End is what the proxy knows when a session closes.
+type End struct {
+	Outcome string // "closed", "client error", "protocol violation", ...
+	// BytesIn and BytesOut, when non-zero, replace the recorder's own count
+	// (message bodies plus 5 bytes of framing each).
+	BytesIn, BytesOut int64
+	Time              time.Time // zero: now
+}
+
+// Finish seals the recording: it flushes and fsyncs the file, writes the
+// verdicts, ends the session row with the file's SHA-256 and size, and posts
+// RecordingSealed and ConnectionClosed to the audit log. It returns the
+// final session row. Message and Decide after Finish are ignored.
+func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	s.mu.Lock()
+	if s.finished {
+		s.mu.Unlock()
+		return s.meta, fmt.Errorf("finish session %s: already finished", s.meta.ID)
+	}
+	s.finished = true
+	err := s.err
+	if ferr := s.w.Flush(); err == nil {
+		err = ferr
+	}
+	if serr := s.f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := s.f.Close(); err == nil {
+		err = cerr
+	}
+	sum := hex.EncodeToString(s.sum.Sum(nil))
+	ds := s.pending
+	s.pending = nil
+	in, out, msgs, size := s.bytesIn, s.bytesOut, s.seq, s.size
+	s.mu.Unlock()
+
+	s.r.mu.Lock()
+	delete(s.r.active, s.meta.ID)
+	s.r.mu.Unlock()
+
+	if e.BytesIn != 0 || e.BytesOut != 0 {
+		in, out = e.BytesIn, e.BytesOut
+	}
+	if err != nil {
+		err = fmt.Errorf("write recording %s: %w", s.meta.ID, err)
+	}
+	if derr := s.r.st.AddDecisions(ctx, ds); derr != nil {
+		err = errors.Join(err, derr)
+	}
+	end := store.SessionEnd{Ended: e.Time.UTC(), BytesIn: in, BytesOut: out, Messages: msgs, Outcome: e.Outcome,
+		RecordingSHA256: sum, RecordingSize: size}
+	if eerr := s.r.st.EndSession(ctx, s.meta.ID, end); eerr != nil {
+		err = errors.Join(err, eerr)
+	}
+	m := s.meta
+	m.Ended, m.BytesIn, m.BytesOut, m.Messages, m.Outcome = end.Ended, in, out, msgs, e.Outcome
+	m.RecordingSHA256, m.RecordingSize = sum, size
+	if a := s.r.audit; a != nil {
+		a.Post(audit.RecordingSealed{Session: m.ID, SHA256: sum, Size: size, Messages: msgs})
+		a.Post(audit.ConnectionClosed{Session: m.ID, Identity: m.Identity, Target: m.Target, Outcome: e.Outcome,
+			BytesIn: in, BytesOut: out, Messages: msgs, Duration: m.Ended.Sub(m.Started)})
+	}
+	return m, err
+}
+
+// SealAbandoned seals recordings of this host's sessions that a crashed or
+// killed daemon left open: it hashes each file as it is, ends the session
+// with outcome "abandoned" and posts RecordingSealed. Call it once at start,
+// before accepting connections. It returns how many it sealed.
+func (r *Recorder) SealAbandoned(ctx context.Context) (int, error) {
+	open, err := r.st.ListSessions(ctx, store.SessionFilter{Host: r.host, OpenOnly: true, Limit: 100000})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, ss := range open {
+		r.mu.Lock()
+		_, live := r.active[ss.ID]
+		r.mu.Unlock()
+		if live {
+			continue
+		}
+		sum, size, msgs, err := hashFile(ss.Recording)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+			r.logger.Warn().Err(err).Str("session", ss.ID).Msg("abandoned recording unreadable")
+		}
+		if err := r.st.EndSession(ctx, ss.ID, store.SessionEnd{Ended: time.Now().UTC(), Outcome: "abandoned",
+			Messages: msgs, RecordingSHA256: sum, RecordingSize: size}); err != nil {
+			return n, err
+		}
+		if r.audit != nil {
+			r.audit.Post(audit.RecordingSealed{Session: ss.ID, SHA256: sum, Size: size, Messages: msgs})
+		}
+		n++
+	}
+	return n, nil
+}
+
+// hashFile returns the SHA-256 and size of a recording and how many whole
+// messages it holds.
+func hashFile(path string) (string, int64, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("open recording: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("hash recording: %w", err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return sum, size, 0, err
+	}
+	rd, err := NewReader(f)
+	if err != nil {
+		return sum, size, 0, err
+	}
+	var msgs int64
+	for {
+		fr, err := rd.Next()
+		if err == io.EOF {
+			return sum, size, msgs, nil
+		}
+		if err != nil {
+			return sum, size, msgs, err
+		}
+		if !fr.IsVerdict {
+			msgs++
+		}
+	}
+}
+
+// Verify recomputes the SHA-256 of session id's recording and compares it
+// with the hash sealed in the store. It fails for an open session.
+func Verify(ctx context.Context, st *store.Store, id string) error {
+	ss, err := st.Session(ctx, id)
+	if err != nil {
+		return err
+	}
+	if ss.RecordingSHA256 == "" {
+		return fmt.Errorf("verify recording %s: not sealed", id)
+	}
+	sum, size, _, err := hashFile(ss.Recording)
+	if err != nil && sum == "" {
+		return fmt.Errorf("verify recording %s: %w", id, err)
+	}
+	if sum != ss.RecordingSHA256 || size != ss.RecordingSize {
+		return fmt.Errorf("verify recording %s: file %s has sha256 %s (%d bytes), sealed %s (%d bytes)",
+			id, ss.Recording, sum, size, ss.RecordingSHA256, ss.RecordingSize)
+	}
+	return nil
+}
+
+// hashedFile writes to the file and the running hash, so sealing never
+// rereads the file.
+type hashedFile struct {
+	f *os.File
+	h hash.Hash
+	n *int64
+}
+
+func (w hashedFile) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	*w.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,670 @@
+package recording_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/agent/store/storetest"
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// relay is a minimal PostgreSQL-aware proxy for the test: it frames the
+// protocol both ways, records every message, denies statements containing
+// DROP the way interlockd does (ErrorResponse 42501, session goes on) and
+// allows the rest. It lets real clients produce a real recording.
+type relay struct {
+	t     *testing.T
+	ln    net.Listener
+	sock  string // upstream unix socket (trust auth)
+	addr  string // upstream TCP address, recorded as the session's upstream
+	rec   *recording.Recorder
+	ended chan store.Session
+	wg    sync.WaitGroup
+}
+
+func startRelay(t *testing.T, pg *testenv.Postgres, rec *recording.Recorder) *relay {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{t: t, ln: ln, sock: filepath.Join(pg.SocketDir, ".s.PGSQL."+strconv.Itoa(pg.Port)), addr: pg.Addr(),
+		rec: rec, ended: make(chan store.Session, 16)}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				r.handle(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); r.wg.Wait() })
+	return r
+}
+
+func readMsg(rd io.Reader, typed bool) (byte, []byte, error) {
+	var hdr [5]byte
+	h := hdr[1:]
+	if typed {
+		h = hdr[:]
+	}
+	if _, err := io.ReadFull(rd, h); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n < 4 || n > 64<<20 {
+		return 0, nil, fmt.Errorf("bad length %d", n)
+	}
+	body := make([]byte, n-4)
+	_, err := io.ReadFull(rd, body)
+	return hdr[0], body, err
+}
+
+func writeMsg(w io.Writer, typ byte, body []byte) error {
+	var b []byte
+	if typ != 0 {
+		b = append(b, typ)
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(body)+4))
+	_, err := w.Write(append(b, body...))
+	return err
+}
+
+func (r *relay) handle(c net.Conn) {
+	defer c.Close()
+	ctx := context.Background()
+	up, err := net.Dial("unix", r.sock)
+	if err != nil {
+		r.t.Error(err)
+		return
+	}
+	defer up.Close()
+	sess, err := r.rec.Start(ctx, store.Session{Identity: "ci", PID: int32(os.Getpid()), UID: 0, Exe: "/usr/bin/test",
+		Cgroup: "/interlock/ci", Target: "orders", Protocol: "postgresql",
+		ClientAddr: c.RemoteAddr().String(), UpstreamAddr: r.addr})
+	if err != nil {
+		r.t.Error(err)
+		return
+	}
+	_, startup, err := readMsg(c, false)
+	if err != nil {
+		r.t.Error(err)
+		return
+	}
+	sess.Message(true, 0, startup, time.Time{})
+	writeMsg(up, 0, startup)
+
+	var mu sync.Mutex // serializes writes to the client from both loops
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			typ, body, err := readMsg(up, true)
+			if err != nil {
+				return
+			}
+			sess.Message(false, typ, body, time.Time{})
+			mu.Lock()
+			writeMsg(c, typ, body)
+			mu.Unlock()
+		}
+	}()
+	discard := false // after a denied extended-protocol message, until Sync
+	for {
+		typ, body, err := readMsg(c, true)
+		if err != nil {
+			break
+		}
+		seq := sess.Message(true, typ, body, time.Time{})
+		var stmt string
+		switch typ {
+		case 'Q':
+			var q pgproto3.Query
+			q.Decode(body)
+			stmt = q.String
+		case 'P':
+			var p pgproto3.Parse
+			p.Decode(body)
+			stmt = p.Query
+		case 'S':
+			discard = false
+		}
+		if discard {
+			continue
+		}
+		if stmt != "" {
+			if strings.Contains(stmt, "DROP") {
+				sess.Decide(seq, recording.Verdict{Action: "deny", Rule: "no-drop", Enforced: true, Statement: stmt}, time.Time{})
+				er := (&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42501", Message: "denied by interlock rule no-drop"}).Encode
+				eb, _ := er(nil)
+				rb, _ := (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(nil)
+				mu.Lock()
+				sess.Message(false, eb[0], eb[5:], time.Time{})
+				c.Write(eb)
+				if typ == 'Q' {
+					sess.Message(false, rb[0], rb[5:], time.Time{})
+					c.Write(rb)
+				} else {
+					discard = true
+				}
+				mu.Unlock()
+				continue
+			}
+			sess.Decide(seq, recording.Verdict{Action: "allow", Rule: "read-write", Enforced: true, Statement: stmt}, time.Time{})
+		}
+		writeMsg(up, typ, body)
+		if typ == 'X' {
+			break
+		}
+	}
+	up.Close()
+	<-done
+	ss, err := sess.Finish(ctx, recording.End{Outcome: "closed"})
+	if err != nil {
+		r.t.Error(err)
+	}
+	r.ended <- ss
+}
+
+func (r *relay) port() int { return r.ln.Addr().(*net.TCPAddr).Port }
+
+func (r *relay) waitEnd(t *testing.T) store.Session {
+	t.Helper()
+	select {
+	case ss := <-r.ended:
+		return ss
+	case <-time.After(30 * time.Second):
+		t.Fatal("session never ended")
+		return store.Session{}
+	}
+}
+
+var (
+	bigQuery  = "SELECT length('" + strings.Repeat("q", 150000) + "') AS big_query"
+	bigResult = 200000
+)
+
+// A real pgx session through the recording relay: the transcript, the store
+// rows, the audit events and the pcap (checked with the real tshark) must all
+// show what happened.
+func TestRecordRealSession(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	if _, err := exec.LookPath("tshark"); err != nil {
+		testenv.Unavailable(t, "tshark not installed (apt-get install tshark)")
+	}
+	storetest.Run(t, func(t *testing.T, open storetest.Open) {
+		ctx := context.Background()
+		st := open(t)
+		al := audit.New(st, "host-a")
+		t.Cleanup(func() { al.Close() })
+		dir := t.TempDir()
+		rec, err := recording.NewRecorder(st, dir, "host-a", recording.WithAudit(al), recording.WithFlushInterval(50*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { rec.Close() })
+		r := startRelay(t, pg, rec)
+
+		dsn := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", r.port())
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		simple := pgx.QueryExecModeSimpleProtocol
+		for _, q := range []string{
+			"CREATE TEMP TABLE patients (id int, name text, ssn text)",
+			"INSERT INTO patients VALUES (1, 'alice', '123-45-6789'), (2, 'bob', '987-65-4321'), (3, 'carol', NULL)",
+			"DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$",
+		} {
+			if _, err := conn.Exec(ctx, q, simple); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		rows, _ := conn.Query(ctx, "SELECT id, name, ssn FROM patients ORDER BY id", simple)
+		if _, err := pgx.CollectRows(rows, pgx.RowToMap); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "DROP TABLE patients", simple); err == nil || !strings.Contains(err.Error(), "42501") {
+			t.Fatalf("DROP through the relay: %v, want 42501", err)
+		}
+		var name string
+		if err := conn.QueryRow(ctx, "SELECT name FROM patients WHERE id = $1", 2).Scan(&name); err != nil || name != "bob" {
+			t.Fatalf("extended query: %q %v", name, err)
+		}
+		var n int
+		if err := conn.QueryRow(ctx, bigQuery, simple).Scan(&n); err != nil || n != 150000 {
+			t.Fatalf("big query: %d %v", n, err)
+		}
+		var big string
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT repeat('y', %d)", bigResult), simple).Scan(&big); err != nil || len(big) != bigResult {
+			t.Fatalf("big result: %d %v", len(big), err)
+		}
+		// While the session is open, the periodic flush puts its verdicts
+		// in the store.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			l, err := st.ListSessions(ctx, store.SessionFilter{Action: "deny", OpenOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(l) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("deny verdict of the open session never reached the store")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		conn.Close(ctx)
+		ss := r.waitEnd(t)
+
+		if ss.RecordingSHA256 == "" || ss.Outcome != "closed" || ss.Messages < 20 || ss.BytesIn < 150000 || ss.BytesOut < int64(bigResult) {
+			t.Fatalf("sealed session: %+v", ss)
+		}
+		if err := recording.Verify(ctx, st, ss.ID); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.ListSessions(ctx, store.SessionFilter{Identity: "ci", Target: "orders", Action: "deny"})
+		if err != nil || len(got) != 1 || got[0].ID != ss.ID {
+			t.Fatalf("filter by deny: %+v %v", got, err)
+		}
+		ds, err := st.Decisions(ctx, ss.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var denied []string
+		for _, d := range ds {
+			if d.Action == "deny" {
+				denied = append(denied, d.Rule+": "+d.Statement)
+			}
+		}
+		if fmt.Sprint(denied) != "[no-drop: DROP TABLE patients]" || len(ds) != 8 {
+			t.Fatalf("decisions: %d, denied %v", len(ds), denied)
+		}
+
+		// Transcript.
+		var tr bytes.Buffer
+		if err := recording.Replay(ctx, st, ss.ID, &tr); err != nil {
+			t.Fatal(err)
+		}
+		transcript := tr.String()
+		for _, want := range []string{
+			"session " + ss.ID + "  ci -> orders (postgresql) on host-a",
+			"(verified)",
+			"-> startup protocol 3.0",
+			"user=postgres",
+			"<- authentication ok",
+			"-> query: INSERT INTO patients VALUES (1, 'alice', '123-45-6789')",
+			"decision: allow by rule read-write",
+			"<- INSERT 0 3",
+			"<- NOTICE 00000: hello from plpgsql",
+			"-> query: SELECT id, name, ssn FROM patients ORDER BY id",
+			"<- columns: id, name, ssn",
+			"<- row: 1 | alice | 123-45-6789",
+			"<- row: 3 | carol | NULL",
+			"<- SELECT 3, 3 rows",
+			"-> query: DROP TABLE patients",
+			"decision: deny by rule no-drop",
+			"<- ERROR 42501: denied by interlock rule no-drop",
+			"-> parse stmtcache_", // pgx's statement cache names it
+			": SELECT name FROM patients WHERE id = $1",
+			`($1=\x00000002)`, // pgx binds the int4 parameter in binary
+			"<- row: bob",
+			"<- SELECT 1, 1 rows",
+			"<- row: yyyyyyyy",
+			"-> terminate",
+		} {
+			if !strings.Contains(transcript, want) {
+				t.Errorf("transcript lacks %q", want)
+			}
+		}
+		if t.Failed() {
+			t.Fatalf("transcript:\n%s", transcript)
+		}
+		t.Logf("transcript (head):\n%s", head(transcript, 40))
+
+		// Pcap, read back by the real tshark.
+		pcap := filepath.Join(t.TempDir(), "session.pcap")
+		f, err := os.Create(pcap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := recording.ExportPcap(ctx, st, ss.ID, f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		upPort := strconv.Itoa(pg.Port)
+		out := tshark(t, "-r", pcap, "-d", "tcp.port=="+upPort+",pgsql", "-Y", "pgsql.query", "-T", "fields", "-e", "pgsql.query")
+		var queries []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			queries = append(queries, l)
+		}
+		want := []string{
+			"CREATE TEMP TABLE patients (id int, name text, ssn text)",
+			"INSERT INTO patients VALUES (1, 'alice', '123-45-6789'), (2, 'bob', '987-65-4321'), (3, 'carol', NULL)",
+			"DO $$ BEGIN RAISE NOTICE 'hello from plpgsql'; END $$",
+			"SELECT id, name, ssn FROM patients ORDER BY id",
+			"DROP TABLE patients",
+			"SELECT name FROM patients WHERE id = $1",
+			bigQuery,
+			fmt.Sprintf("SELECT repeat('y', %d)", bigResult),
+		}
+		if len(queries) != len(want) {
+			t.Fatalf("tshark found %d queries, want %d:\n%s", len(queries), len(want), head(out, 20))
+		}
+		for i := range want {
+			if queries[i] != want[i] {
+				t.Errorf("tshark query %d = %.100q, want %.100q", i, queries[i], want[i])
+			}
+		}
+		// The synthesized TCP stream is clean: no retransmissions, lost
+		// segments or malformed packets as far as tshark can tell.
+		if bad := tshark(t, "-r", pcap, "-d", "tcp.port=="+upPort+",pgsql", "-Y", "_ws.malformed || tcp.analysis.flags || _ws.expert.severity >= error"); strings.TrimSpace(bad) != "" {
+			t.Fatalf("tshark flags problems:\n%s", head(bad, 20))
+		}
+		// The big result crossed in several segments of at most 64 KiB.
+		lens := tshark(t, "-r", pcap, "-T", "fields", "-e", "tcp.len")
+		maxLen, segs := 0, 0
+		for _, l := range strings.Fields(lens) {
+			n, _ := strconv.Atoi(l)
+			maxLen = max(maxLen, n)
+			if n == recording.MaxSegment {
+				segs++
+			}
+		}
+		if maxLen != recording.MaxSegment || segs < 4 {
+			t.Fatalf("largest segment %d (full segments %d), want splits at %d", maxLen, segs, recording.MaxSegment)
+		}
+		// DataRow of the masked-as-seen values decodes too.
+		if rows := tshark(t, "-r", pcap, "-d", "tcp.port=="+upPort+",pgsql", "-Y", "pgsql.type == \"Data row\"", "-T", "fields", "-e", "pgsql.val.data"); !strings.Contains(rows, "616c696365") {
+			t.Fatalf("tshark data rows lack alice:\n%s", head(rows, 10))
+		}
+
+		// Audit: the session's connection, verdicts and seal are in the
+		// chain, which verifies, and the SSN literal is not.
+		if err := al.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		res, err := audit.Verify(ctx, st, "host-a")
+		if err != nil || res.Broken != nil {
+			t.Fatalf("audit chain: %+v %v", res, err)
+		}
+		var exp bytes.Buffer
+		if err := audit.Export(ctx, st, "host-a", &exp); err != nil {
+			t.Fatal(err)
+		}
+		trail := exp.String()
+		for _, want := range []string{`"kind":"connection.opened"`, `"kind":"recording.sealed"`, `"sha256":"` + ss.RecordingSHA256,
+			`"kind":"connection.closed"`, `"rule":"no-drop"`, `"statement":"DROP TABLE patients"`,
+			`"statement":"INSERT INTO patients VALUES (?, ?, ?), (?, ?, ?), (?, ?, NULL)"`} {
+			if !strings.Contains(trail, want) {
+				t.Errorf("audit trail lacks %s", want)
+			}
+		}
+		if strings.Contains(trail, "123-45-6789") {
+			t.Errorf("a value reached the audit trail")
+		}
+
+		// Tampering with the sealed recording is detected.
+		b, err := os.ReadFile(ss.Recording)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.Index(b, []byte("987-65-4321"))
+		if i < 0 {
+			t.Fatal("recording lacks bob's row")
+		}
+		b[i] = '0'
+		if err := os.WriteFile(ss.Recording, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := recording.Verify(ctx, st, ss.ID); err == nil {
+			t.Fatal("edited recording verifies")
+		}
+		tr.Reset()
+		recording.Replay(ctx, st, ss.ID, &tr)
+		if !strings.Contains(tr.String(), "TAMPERED") {
+			t.Fatalf("replay of an edited recording does not say so:\n%s", head(tr.String(), 8))
+		}
+	})
+}
+
+func tshark(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("tshark", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tshark %v: %v\n%s", args, err, stderr.String())
+	}
+	return string(out)
+}
+
+func head(s string, lines int) string {
+	l := strings.SplitN(s, "\n", lines+1)
+	if len(l) > lines {
+		l = l[:lines]
+	}
+	return strings.Join(l, "\n")
+}
+
+func newSQLiteRecorder(t testing.TB) (*store.Store, *recording.Recorder) {
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "interlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	rec, err := recording.NewRecorder(st, filepath.Join(t.TempDir(), "recordings"), "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	return st, rec
+}
+
+// The agent's password (or SCRAM proof) never lands in a recording.
+func TestPasswordNotRecorded(t *testing.T) {
+	ctx := context.Background()
+	_, rec := newSQLiteRecorder(t)
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Message(true, 'p', []byte("hunter2\x00"), time.Time{})
+	ss, err := s.Finish(ctx, recording.End{Outcome: "closed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(ss.Recording)
+	if bytes.Contains(b, []byte("hunter2")) {
+		t.Fatal("password message body recorded")
+	}
+}
+
+// A daemon that dies leaves open sessions; the next start seals them, and a
+// recording cut inside a frame still reads up to the cut.
+func TestSealAbandoned(t *testing.T) {
+	ctx := context.Background()
+	st, rec := newSQLiteRecorder(t)
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
+	s.Message(true, 'Q', q[5:], time.Time{})
+	s.Message(true, 'Q', q[5:], time.Time{})
+	if err := rec.Close(); err != nil { // flushes; the session stays open
+		t.Fatal(err)
+	}
+	ss, _ := st.Session(ctx, s.ID())
+	b, _ := os.ReadFile(ss.Recording)
+	os.WriteFile(ss.Recording, b[:len(b)-3], 0o600) // cut inside the last frame
+
+	rec2, err := recording.NewRecorder(st, filepath.Dir(ss.Recording), "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec2.Close()
+	n, err := rec2.SealAbandoned(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("sealed %d: %v", n, err)
+	}
+	ss, _ = st.Session(ctx, s.ID())
+	if ss.Outcome != "abandoned" || ss.Messages != 1 || ss.Ended.IsZero() {
+		t.Fatalf("abandoned session: %+v", ss)
+	}
+	if err := recording.Verify(ctx, st, s.ID()); err != nil {
+		t.Fatal(err)
+	}
+	var tr bytes.Buffer
+	if err := recording.Replay(ctx, st, s.ID(), &tr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tr.String(), "query: SELECT 1") || !strings.Contains(tr.String(), "cut short") {
+		t.Fatalf("transcript of a cut recording:\n%s", tr.String())
+	}
+	if _, err := rec2.SealAbandoned(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ss2, _ := st.Session(ctx, s.ID()); ss2.RecordingSHA256 != ss.RecordingSHA256 {
+		t.Fatal("sealed twice")
+	}
+}
+
+func FuzzReader(f *testing.F) {
+	dir := f.TempDir()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer st.Close()
+	rec, err := recording.NewRecorder(st, dir, "h")
+	if err != nil {
+		f.Fatal(err)
+	}
+	s, _ := rec.Start(context.Background(), store.Session{Protocol: "postgresql"})
+	s.Message(true, 'Q', []byte("SELECT 1\x00"), time.Time{})
+	s.Decide(0, recording.Verdict{Action: "deny", Rule: "r"}, time.Time{})
+	s.Message(false, 'E', []byte("SERROR\x00C42501\x00Mno\x00\x00"), time.Time{})
+	ss, _ := s.Finish(context.Background(), recording.End{})
+	rec.Close()
+	seed, _ := os.ReadFile(ss.Recording)
+	f.Add(seed)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rd, err := recording.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		recording.Transcript(io.Discard, store.Session{Protocol: "postgresql"}, "", rd)
+		rd, _ = recording.NewReader(bytes.NewReader(b))
+		recording.WritePcap(io.Discard, store.Session{Protocol: "postgresql"}, rd)
+	})
+}
+
+// FuzzTranscriptMessage renders arbitrary PostgreSQL messages in both
+// directions: the transcript never panics on what a broken client sent.
+func FuzzTranscriptMessage(f *testing.F) {
+	for _, m := range []pgproto3.Message{
+		&pgproto3.Query{String: "SELECT 1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("x"), nil}, ParameterFormatCodes: []int16{1}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("a"), nil}}, &pgproto3.ErrorResponse{Severity: "ERROR", Code: "42501"},
+		&pgproto3.StartupMessage{ProtocolVersion: 196608, Parameters: map[string]string{"user": "u"}},
+	} {
+		b, _ := m.Encode(nil)
+		if _, ok := m.(*pgproto3.StartupMessage); ok {
+			f.Add(true, byte(0), b[4:])
+			continue
+		}
+		f.Add(true, b[0], b[5:])
+		f.Add(false, b[0], b[5:])
+	}
+	f.Fuzz(func(t *testing.T, fromClient bool, typ byte, body []byte) {
+		var file bytes.Buffer
+		file.WriteString("ILREC1\n")
+		hdr := []byte(`{"v":1,"protocol":"postgresql"}`)
+		file.Write(binary.AppendUvarint(nil, uint64(len(hdr))))
+		file.Write(hdr)
+		kind := byte(2)
+		if fromClient {
+			kind = 1
+		}
+		file.Write([]byte{kind, typ, 0})
+		file.Write(binary.AppendUvarint(nil, uint64(len(body))))
+		file.Write(body)
+		rd, err := recording.NewReader(&file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := recording.Transcript(io.Discard, store.Session{Protocol: "postgresql"}, "", rd); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatal(err)
+		}
+	})
+}
+
+func BenchmarkMessage(b *testing.B) {
+	for _, size := range []int{64, 1024, 16384} {
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			_, rec := newSQLiteRecorder(b)
+			s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			body := bytes.Repeat([]byte("x"), size)
+			now := time.Now()
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				s.Message(false, 'D', body, now)
+			}
+			b.StopTimer()
+			if _, err := s.Finish(context.Background(), recording.End{}); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	_, rec := newSQLiteRecorder(b)
+	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := recording.Verdict{Action: "allow", Rule: "read", Enforced: true, Statement: "SELECT abalance FROM pgbench_accounts WHERE aid = $1"}
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		seq := s.Message(true, 'Q', []byte("SELECT 1\x00"), now)
+		s.Decide(seq, v, now)
+	}
+	b.StopTimer()
+	if _, err := s.Finish(context.Background(), recording.End{}); err != nil {
+		b.Fatal(err)
+	}
+}
