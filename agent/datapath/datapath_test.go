@@ -664,3 +664,69 @@ func TestRestartKeepsEnforcement(t *testing.T) {
 	}
 	t.Logf("loop across the restart: %v", counts)
 }
+
+func TestFastOpenRedirected(t *testing.T) {
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fastopen"); err != nil || (len(b) > 0 && (b[0]-'0')&1 == 0) {
+		t.Logf("TCP Fast Open client side is off (%q); sendto(MSG_FASTOPEN) then connects normally", b)
+	}
+	e := newEnv(t)
+	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	e.cfg.Proxy4 = proxy.addrPort()
+	dp := e.open()
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 2); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, agent, "tfo", target.addrPort().String())
+	if r.Err != "" || r.Data != "proxy" {
+		t.Fatalf("tagged sendto(MSG_FASTOPEN): %+v, want the proxy", r)
+	}
+	checkOrigin(t, proxy.origin(t), r, agentID, 2, target.addrPort())
+	if target.accepts.Load() != 0 {
+		t.Error("a fast-open connect reached the target directly")
+	}
+}
+
+func TestNoProxyForFamily(t *testing.T) {
+	e := newEnv(t)
+	target := listen(t, "tcp6", "[::1]:0", "target", nil)
+	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	e.cfg.Proxy4 = proxy.addrPort() // no Proxy6
+	dp := e.open()
+	events := collectEvents(t, dp)
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 2); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, agent, "tcp6", target.addrPort().String())
+	if r.Errno != int(syscall.EPERM) {
+		t.Errorf("tagged IPv6 connect with no IPv6 proxy: %+v, want EPERM", r)
+	}
+	if ev := nextEvent(t, events); ev.Reason != ReasonNoProxy || ev.Dst != target.addrPort() {
+		t.Errorf("deny event = %+v, want no-proxy to %s", ev, target.addrPort())
+	}
+	if target.accepts.Load() != 0 {
+		t.Error("the target was reached")
+	}
+}
+
+func TestMapFill(t *testing.T) {
+	e := newEnv(t)
+	dp := e.open()
+	for i := uint64(1); i <= 3; i++ {
+		if err := dp.Tag(1000+i, uint32(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill, err := dp.MapFill()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := fill["tagged_cgroups"]; f != [2]int{3, 4096} {
+		t.Errorf("tagged_cgroups fill = %v, want [3 4096]", f)
+	}
+	if _, ok := fill["conn_origins"]; !ok {
+		t.Errorf("MapFill lacks conn_origins: %v", fill)
+	}
+}

@@ -60,6 +60,8 @@ func runHelper(action, arg string) int {
 	switch action {
 	case "tcp", "tcp6":
 		r = helperTCP(action, arg)
+	case "tfo":
+		r = helperFastOpen(arg)
 	case "tcp-mapped":
 		r = helperMapped(arg)
 	case "udp", "udp6":
@@ -162,6 +164,32 @@ func helperMapped(addr string) result {
 	}
 	if sa, err := unix.Getsockname(fd); err == nil {
 		r.Local = sockaddrString(sa)
+	}
+	f.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(f).ReadString('\n')
+	if err != nil {
+		r.Err = "read: " + err.Error()
+	}
+	r.Data = strings.TrimSpace(line)
+	return r
+}
+
+// helperFastOpen connects with TCP Fast Open: sendto(MSG_FASTOPEN) instead
+// of connect(2).
+func helperFastOpen(addr string) result {
+	ap := netip.MustParseAddrPort(addr)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return errResult(err)
+	}
+	f := os.NewFile(uintptr(fd), "tfo")
+	defer f.Close()
+	if err := unix.Sendto(fd, []byte("hello\n"), unix.MSG_FASTOPEN, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		return errResult(err)
+	}
+	r := result{PID: os.Getpid(), UID: os.Getuid()}
+	if sa, err := unix.Getpeername(fd); err == nil {
+		r.Peer = sockaddrString(sa)
 	}
 	f.SetReadDeadline(time.Now().Add(5 * time.Second))
 	line, err := bufio.NewReader(f).ReadString('\n')
