@@ -3,10 +3,12 @@ package credentials
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -211,9 +213,49 @@ func TestEmbeddedBadTemplate(t *testing.T) {
 // orphaned role.
 func TestRecoverAfterCrash(t *testing.T) {
 	pg := startPG(t)
+	cfg := Config{Embedded: map[string]EmbeddedConfig{
+		"embedded": {AdminDSN: pg.AdminDSN(), Template: "agent_readonly"},
+	}}
 	state := t.TempDir()
+	user := issueAndCrash(t, cfg, state, Ref{})
+	if !roleExists(t, pg, user) {
+		t.Fatalf("role %s missing before the crash", user)
+	}
+	m, err := NewManager(cfg, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if n := m.Outstanding(); n != 1 {
+		t.Fatalf("%d outstanding leases after the crash, want 1", n)
+	}
+	if err := m.Recover(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if roleExists(t, pg, user) {
+		t.Fatalf("orphaned role %s survived Recover", user)
+	}
+	if n := m.Outstanding(); n != 0 {
+		t.Errorf("%d outstanding after Recover", n)
+	}
+	m.Close()
+	// A third start finds nothing left to do.
+	if orphans, err := readJournal(filepath.Join(state, journalName)); err != nil || len(orphans) != 0 {
+		t.Errorf("journal after recovery: %v outstanding, err %v", orphans, err)
+	}
+}
+
+// issueAndCrash runs TestCrashHelper in a child process that builds a
+// Manager from cfg on state, issues ref's credential, reports its username
+// and is then killed with SIGKILL.
+func issueAndCrash(t *testing.T, cfg Config, state string, ref Ref) string {
+	t.Helper()
+	spec, err := json.Marshal(crashSpec{Config: cfg, State: state, Ref: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$")
-	cmd.Env = append(os.Environ(), "CRED_CRASH_HELPER_DSN="+pg.AdminDSN(), "CRED_CRASH_HELPER_STATE="+state)
+	cmd.Env = append(os.Environ(), "CRED_CRASH_HELPER="+string(spec))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -234,53 +276,33 @@ func TestRecoverAfterCrash(t *testing.T) {
 	if user == "" {
 		t.Fatal("helper did not issue a credential")
 	}
-	if !roleExists(t, pg, user) {
-		t.Fatalf("role %s missing before the crash", user)
-	}
 	cmd.Process.Signal(os.Kill)
 	cmd.Wait()
-
-	m := embeddedManager(t, pg, state, nil)
-	if n := m.Outstanding(); n != 1 {
-		t.Fatalf("%d outstanding leases after the crash, want 1", n)
-	}
-	if err := m.Recover(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	if roleExists(t, pg, user) {
-		t.Fatalf("orphaned role %s survived Recover", user)
-	}
-	if n := m.Outstanding(); n != 0 {
-		t.Errorf("%d outstanding after Recover", n)
-	}
-	m.Close()
-	// A third start finds nothing left to do.
-	_, orphans, err := readJournalFile(state)
-	if err != nil || len(orphans) != 0 {
-		t.Errorf("journal after recovery: %v outstanding, err %v", orphans, err)
-	}
+	return user
 }
 
-func readJournalFile(dir string) (string, []record, error) {
-	path := dir + "/" + journalName
-	recs, err := readJournal(path)
-	return path, recs, err
+type crashSpec struct {
+	Config Config
+	State  string
+	Ref    Ref
 }
 
-// TestCrashHelper is the child of TestRecoverAfterCrash; it does nothing
-// unless that test started it.
+// TestCrashHelper is the child of issueAndCrash; it does nothing unless
+// started by it.
 func TestCrashHelper(t *testing.T) {
-	dsn := os.Getenv("CRED_CRASH_HELPER_DSN")
-	if dsn == "" {
+	env := os.Getenv("CRED_CRASH_HELPER")
+	if env == "" {
 		return
 	}
-	m, err := NewManager(Config{Embedded: map[string]EmbeddedConfig{
-		"embedded": {AdminDSN: dsn, Template: "agent_readonly"},
-	}}, os.Getenv("CRED_CRASH_HELPER_STATE"))
+	var spec crashSpec
+	if err := json.Unmarshal([]byte(env), &spec); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewManager(spec.Config, spec.State)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := m.Issue(t.Context(), Request{Target: "orders-db", Session: "doomed"})
+	l, err := m.Issue(t.Context(), Request{Ref: spec.Ref, Target: "orders-db", Session: "doomed"})
 	if err != nil {
 		t.Fatal(err)
 	}
