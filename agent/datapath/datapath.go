@@ -164,6 +164,12 @@ func Open(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
 	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns}
+	ok := false
+	defer func() {
+		if !ok {
+			d.Close()
+		}
+	}()
 	// Maps come from their pins when present (tags and records survive),
 	// and are created and pinned otherwise.
 	opts := ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
@@ -192,7 +198,6 @@ func Open(cfg Config) (*Datapath, error) {
 		}
 		prog, err := loadOptional(spec, p, opts)
 		if err != nil && p.attach != ebpf.AttachLSMCgroup {
-			d.Close()
 			return nil, err
 		}
 		if err != nil {
@@ -207,12 +212,6 @@ func Open(cfg Config) (*Datapath, error) {
 		}
 		d.progs[p.name] = prog
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			d.Close()
-		}
-	}()
 	if err := d.writeConfig(cfg); err != nil {
 		return nil, err
 	}
