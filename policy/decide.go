@@ -1,0 +1,409 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/interlock-dev/interlock/policy/mask"
+	"github.com/interlock-dev/interlock/policy/sqlclass"
+)
+
+// Policy is a compiled policy. It is immutable after load (target
+// addresses aside, which ResolveTargets swaps atomically) and safe for
+// concurrent use.
+type Policy struct {
+	name, path    string
+	identities    []*Identity
+	identityIndex map[string]*Identity
+	targets       []*Target
+	targetIndex   map[string]*Target
+	masks         map[string]*mask.Masker
+	rules         []*rule
+	tests         []*Test
+	denyUnix      []string
+	readOnlyFuncs map[string]bool
+	needsHash     bool
+	warnings      []string
+}
+
+// rule is a compiled rule: every set is precomputed so matching is a few
+// comparisons and no allocation.
+type rule struct {
+	name        string
+	index       int
+	pos         Pos
+	identities  bitset
+	anyIdentity bool
+	targets     bitset
+	anyTarget   bool
+	protocols   []string
+	kind        OpKind // meaningful unless any
+	any         bool   // no operation matcher: matches every operation
+	sql         *sqlMatch
+	methods     []string
+	patterns    []string // HTTP paths, Redis commands, SSH commands
+	decision    Decision
+}
+
+type sqlMatch struct {
+	classes                              uint16 // bit per sqlclass.Class; 0 = any
+	commands                             []string
+	tables, onlyTables, functions        []string
+	hasOnly                              bool
+	destructive, lock, unknowable, multi int8 // 0 any, 1 must, -1 must not
+}
+
+// Name returns the file name the policy was loaded from.
+func (p *Policy) Name() string { return p.name }
+
+// Path returns the file the policy was loaded from, "" if parsed from text.
+func (p *Policy) Path() string { return p.path }
+
+// Warnings lists problems that do not stop the policy from loading, such
+// as a target host name that did not resolve.
+func (p *Policy) Warnings() []string { return p.warnings }
+
+// NeedsExeHash reports whether some identity selects on exe_sha256, so the
+// daemon must hash executables at accept (and only then).
+func (p *Policy) NeedsExeHash() bool { return p.needsHash }
+
+// Identity returns the identity named name, or nil.
+func (p *Policy) Identity(name string) *Identity { return p.identityIndex[name] }
+
+// Target returns the target named name, or nil.
+func (p *Policy) Target(name string) *Target { return p.targetIndex[name] }
+
+// Targets returns every target in file order.
+func (p *Policy) Targets() []*Target { return p.targets }
+
+// Identities appends to dst the names of the identities s matches, in file
+// order.
+func (p *Policy) Identities(dst []string, s *Subject) []string {
+	for _, id := range p.identities {
+		if id.matches(s) {
+			dst = append(dst, id.Name)
+		}
+	}
+	return dst
+}
+
+func (p *Policy) identitySet(s *Subject) bitset {
+	var b bitset
+	if s == nil {
+		return b
+	}
+	for _, id := range p.identities {
+		if id.matches(s) {
+			b.set(id.index)
+		}
+	}
+	return b
+}
+
+// TargetFor returns the target that the original destination a:port
+// belongs to (first in file order), or nil when it is not a known target.
+func (p *Policy) TargetFor(a netip.Addr, port uint16) *Target {
+	a = a.Unmap()
+	for _, t := range p.targets {
+		if (t.Port == 0 || t.Port == port) && t.contains(a) {
+			return t
+		}
+	}
+	return nil
+}
+
+// ResolveTargets resolves every target host name with r and swaps in the
+// new addresses atomically, target by target. A host that fails keeps its
+// previous addresses; the errors say which. The daemon calls it
+// periodically; Load calls it once.
+func (p *Policy) ResolveTargets(ctx context.Context, r Resolver) []error {
+	return p.resolve(ctx, r)
+}
+
+func (p *Policy) resolve(ctx context.Context, r Resolver) []error {
+	var errs []error
+	for _, t := range p.targets {
+		if len(t.Hosts) == 0 {
+			continue
+		}
+		var out []netip.Prefix
+		failed := false
+		for _, h := range t.Hosts {
+			addrs, err := r.LookupNetIP(ctx, "ip", h)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: target %q: resolve %s: %w", t.pos, t.Name, h, err))
+				failed = true
+				continue
+			}
+			for _, a := range addrs {
+				a = a.Unmap()
+				out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+		if failed && len(out) == 0 {
+			continue
+		}
+		t.resolved.Store(&out)
+	}
+	return errs
+}
+
+// Intercept returns the kernel network rules for cgroups tagged tag: the
+// intercept entries of every identity with that tag, in file order, then
+// redirect-everything for IPv4 and IPv6 (the default for a tagged cgroup).
+// First match wins.
+func (p *Policy) Intercept(tag string) []InterceptRule {
+	var out []InterceptRule
+	for _, id := range p.identities {
+		if id.Tag == tag {
+			out = append(out, id.intercept...)
+		}
+	}
+	return append(out,
+		InterceptRule{Prefix: netip.MustParsePrefix("0.0.0.0/0"), PortMin: 1, PortMax: 65535, Action: "redirect"},
+		InterceptRule{Prefix: netip.MustParsePrefix("::/0"), PortMin: 1, PortMax: 65535, Action: "redirect"})
+}
+
+// UDPAllow returns the UDP destinations cgroups tagged tag may send to
+// besides DNS to the host's resolvers (which the daemon adds itself);
+// everything else is denied.
+func (p *Policy) UDPAllow(tag string) []InterceptRule {
+	var out []InterceptRule
+	for _, id := range p.identities {
+		if id.Tag == tag {
+			out = append(out, id.udpAllow...)
+		}
+	}
+	return out
+}
+
+// DenyUnixPaths lists unix socket paths tagged processes may not connect to.
+func (p *Policy) DenyUnixPaths() []string { return p.denyUnix }
+
+// Decide returns the decision for one request: the first rule in file
+// order that matches wins; none matching is "default-deny". It does not
+// allocate.
+func (p *Policy) Decide(in *Input) Decision {
+	ids := p.identitySet(in.Subject)
+	return p.decide(&ids, in)
+}
+
+var defaultDeny = Decision{Action: Deny, Rule: "default-deny", Message: "no policy rule allows this"}
+
+func (p *Policy) decide(ids *bitset, in *Input) Decision {
+	proto := in.Protocol
+	if proto == "" && in.Target != nil {
+		proto = in.Target.Protocol
+	}
+	for _, r := range p.rules {
+		if r.matches(p, ids, in, proto) {
+			return r.decision
+		}
+	}
+	return defaultDeny
+}
+
+func (r *rule) matches(p *Policy, ids *bitset, in *Input, proto string) bool {
+	if !r.anyIdentity && !r.identities.intersects(ids) {
+		return false
+	}
+	if !r.anyTarget && (in.Target == nil || !r.targets.has(in.Target.index)) {
+		return false
+	}
+	if len(r.protocols) > 0 && !containsString(r.protocols, proto) {
+		return false
+	}
+	if r.any {
+		return true
+	}
+	if r.kind != in.Op.Kind {
+		return false
+	}
+	switch r.kind {
+	case OpSQL:
+		return in.Op.SQL != nil && r.sql.matches(p, in.Op.SQL)
+	case OpHTTP:
+		if len(r.methods) > 0 && !containsString(r.methods, in.Op.Method) {
+			return false
+		}
+		return matchAny(r.patterns, in.Op.Path)
+	case OpRedis:
+		return matchAnyFold(r.patterns, in.Op.Command)
+	case OpSSH:
+		return matchAny(r.patterns, in.Op.Command)
+	}
+	return false
+}
+
+func matchAny(patterns []string, s string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if globMatch(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func matchAnyFold(upperPatterns []string, s string) bool {
+	if len(upperPatterns) == 0 {
+		return true
+	}
+	for _, p := range upperPatterns {
+		if strings.EqualFold(p, s) || (strings.ContainsAny(p, "*?") && globMatch(p, strings.ToUpper(s))) {
+			return true
+		}
+	}
+	return false
+}
+
+// effectiveClass is the statement's class, using BaseClass when every
+// function the classifier did not know is declared read-only by the policy.
+func (p *Policy) effectiveClass(st *sqlclass.Statement) sqlclass.Class {
+	if len(st.UnknownFunctions) == 0 || len(p.readOnlyFuncs) == 0 {
+		return st.Class
+	}
+	for _, f := range st.UnknownFunctions {
+		if !p.readOnlyFuncs[f] {
+			return st.Class
+		}
+	}
+	return st.BaseClass
+}
+
+func (m *sqlMatch) matches(p *Policy, st *sqlclass.Statement) bool {
+	if m.classes != 0 && m.classes&(1<<p.effectiveClass(st)) == 0 {
+		return false
+	}
+	if len(m.commands) > 0 && !containsString(m.commands, st.Command) {
+		return false
+	}
+	if !triMatch(m.destructive, st.Destructive) || !triMatch(m.lock, st.Lock) ||
+		!triMatch(m.unknowable, st.Unknowable) || !triMatch(m.multi, st.Multi) {
+		return false
+	}
+	if len(m.tables) > 0 && !anyName(m.tables, st.Tables) {
+		return false
+	}
+	if m.hasOnly {
+		for _, t := range st.Tables {
+			if !nameMatches(m.onlyTables, t) {
+				return false
+			}
+		}
+	}
+	if len(m.functions) > 0 && !anyName(m.functions, st.Functions) {
+		return false
+	}
+	return true
+}
+
+func triMatch(want int8, got bool) bool {
+	return want == 0 || (want == 1) == got
+}
+
+// anyName reports whether some name matches some pattern. A pattern with no
+// '.' is matched against the part after the last '.' (the bare table or
+// function name), so "users" matches "public.users".
+func anyName(patterns, names []string) bool {
+	for _, n := range names {
+		if nameMatches(patterns, n) {
+			return true
+		}
+	}
+	return false
+}
+
+func nameMatches(patterns []string, name string) bool {
+	bare := name
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		bare = name[i+1:]
+	}
+	for _, pat := range patterns {
+		subject := name
+		if strings.IndexByte(pat, '.') < 0 {
+			subject = bare
+		}
+		if globMatch(pat, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+// sqlClassifiers holds one cached classifier per SQL dialect. Parsing does
+// not depend on the policy, so the cache survives policy reloads.
+var sqlClassifiers = map[string]*sqlclass.Classifier{
+	"postgres": sqlclass.NewClassifier(sqlclass.Postgres{}, 16384),
+}
+
+// Classifier returns the shared cached classifier for a protocol ("postgres"),
+// or nil when the protocol has no SQL dialect yet.
+func Classifier(protocol string) *sqlclass.Classifier { return sqlClassifiers[protocol] }
+
+// DecideSQL classifies query (through the shared parse cache) and decides
+// each statement, combining them with the precedence deny > approve > mask
+// > allow: one denied statement denies the whole message, and the decision
+// names the rule of the statement that decided. Text that does not parse is
+// denied by the rule "unparseable"; an empty query is allowed as
+// "empty-query". The Query is shared through the cache: do not modify it.
+func (p *Policy) DecideSQL(s *Subject, t *Target, query string) (Decision, *sqlclass.Query) {
+	ids := p.identitySet(s)
+	return p.decideSQL(&ids, s, t, query)
+}
+
+var unparseable = Decision{Action: Deny, Rule: "unparseable", Message: "statement could not be parsed; denied"}
+
+func (p *Policy) decideSQL(ids *bitset, s *Subject, t *Target, query string) (Decision, *sqlclass.Query) {
+	proto := "postgres"
+	if t != nil && t.Protocol != "" && t.Protocol != "tcp" {
+		proto = t.Protocol
+	}
+	c := sqlClassifiers[proto]
+	if c == nil {
+		return Decision{Action: Deny, Rule: "unsupported-sql", Message: "no SQL parser for protocol " + proto}, nil
+	}
+	q := c.Classify(query)
+	if q.Err != nil {
+		return unparseable, q
+	}
+	if len(q.Statements) == 0 {
+		return Decision{Action: Allow, Rule: "empty-query"}, q
+	}
+	in := Input{Subject: s, Target: t, Protocol: proto, Op: Operation{Kind: OpSQL}}
+	var best Decision
+	for i := range q.Statements {
+		in.Op.SQL = &q.Statements[i]
+		d := p.decide(ids, &in)
+		if i == 0 || precedence(d.Action) > precedence(best.Action) {
+			best = d
+		}
+		if d.Action == Deny {
+			break
+		}
+	}
+	return best, q
+}
+
+// DecideStatement decides one already classified statement, for decoders
+// that apply a decision per statement of a multi-statement message.
+func (p *Policy) DecideStatement(s *Subject, t *Target, st *sqlclass.Statement) Decision {
+	in := Input{Subject: s, Target: t, Op: Operation{Kind: OpSQL, SQL: st}}
+	return p.Decide(&in)
+}
+
+func precedence(a Action) int {
+	switch a {
+	case Deny:
+		return 3
+	case Approve:
+		return 2
+	case Mask:
+		return 1
+	}
+	return 0
+}

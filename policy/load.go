@@ -1,0 +1,785 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/interlock-dev/interlock/policy/mask"
+	"github.com/interlock-dev/interlock/policy/sqlclass"
+)
+
+// rawPolicy mirrors the file; README.md documents every key.
+type rawPolicy struct {
+	Version       int           `yaml:"version"`
+	Identities    []rawIdentity `yaml:"identities"`
+	Targets       []rawTarget   `yaml:"targets"`
+	Masks         []rawMask     `yaml:"masks"`
+	Rules         []rawRule     `yaml:"rules"`
+	DenyUnixPaths []string      `yaml:"deny_unix_paths"`
+	SQL           rawSQL        `yaml:"sql"`
+	Tests         []rawTest     `yaml:"tests"`
+	Pos           Pos
+	Keys          keyPos
+}
+
+type rawSQL struct {
+	ReadOnlyFunctions []string `yaml:"readonly_functions"`
+	Pos               Pos
+}
+
+type rawIdentity struct {
+	Name      string       `yaml:"name"`
+	Tag       string       `yaml:"tag"`
+	Unit      []string     `yaml:"unit"`
+	UID       []uint32     `yaml:"uid"`
+	GID       []uint32     `yaml:"gid"`
+	Exe       []string     `yaml:"exe"`
+	ExeSHA256 []string     `yaml:"exe_sha256"`
+	Comm      []string     `yaml:"comm"`
+	Intercept []rawNetRule `yaml:"intercept"`
+	UDPAllow  []rawNetRule `yaml:"udp_allow"`
+	Pos       Pos
+	Keys      keyPos
+}
+
+type rawNetRule struct {
+	To     []string `yaml:"to"`
+	Ports  string   `yaml:"ports"`
+	Action string   `yaml:"action"`
+	Pos    Pos
+	Keys   keyPos
+}
+
+type rawTarget struct {
+	Name       string         `yaml:"name"`
+	Protocol   string         `yaml:"protocol"`
+	Addresses  []string       `yaml:"addresses"`
+	Port       uint16         `yaml:"port"`
+	Upstream   string         `yaml:"upstream"`
+	Credential map[string]any `yaml:"credential"`
+	Pos        Pos
+	Keys       keyPos
+}
+
+type rawMask struct {
+	Name      string     `yaml:"name"`
+	Columns   orderedMap `yaml:"columns"`
+	Detectors orderedMap `yaml:"detectors"`
+	HashKey   string     `yaml:"hash_key"`
+	Pos       Pos
+	Keys      keyPos
+}
+
+type rawRule struct {
+	Name     string      `yaml:"name"`
+	Identity []string    `yaml:"identity"`
+	Target   []string    `yaml:"target"`
+	Protocol []string    `yaml:"protocol"`
+	SQL      *rawSQLOp   `yaml:"sql"`
+	HTTP     *rawHTTPOp  `yaml:"http"`
+	Redis    *rawCmdOp   `yaml:"redis"`
+	SSH      *rawCmdOp   `yaml:"ssh"`
+	Action   string      `yaml:"action"`
+	Message  string      `yaml:"message"`
+	Mask     string      `yaml:"mask"`
+	Approve  *rawApprove `yaml:"approve"`
+	Pos      Pos
+	Keys     keyPos
+}
+
+type rawSQLOp struct {
+	Class       []string `yaml:"class"`
+	Command     []string `yaml:"command"`
+	Tables      []string `yaml:"tables"`
+	OnlyTables  []string `yaml:"only_tables"`
+	Functions   []string `yaml:"functions"`
+	Destructive *bool    `yaml:"destructive"`
+	Lock        *bool    `yaml:"lock"`
+	Unknowable  *bool    `yaml:"unknowable"`
+	Multi       *bool    `yaml:"multi"`
+	Pos         Pos
+	Keys        keyPos
+}
+
+type rawHTTPOp struct {
+	Method []string `yaml:"method"`
+	Path   []string `yaml:"path"`
+	Pos    Pos
+}
+
+type rawCmdOp struct {
+	Command []string `yaml:"command"`
+	Pos     Pos
+}
+
+type rawApprove struct {
+	Reviewers []string      `yaml:"reviewers"`
+	Quorum    int           `yaml:"quorum"`
+	Timeout   time.Duration `yaml:"timeout"`
+	Pos       Pos
+	Keys      keyPos
+}
+
+type rawTest struct {
+	Name     string         `yaml:"name"`
+	Identity string         `yaml:"identity"`
+	Subject  *rawSubject    `yaml:"subject"`
+	Target   string         `yaml:"target"`
+	SQL      string         `yaml:"sql"`
+	HTTP     *rawHTTPTest   `yaml:"http"`
+	Redis    string         `yaml:"redis"`
+	SSH      string         `yaml:"ssh"`
+	Expect   rawExpectation `yaml:"expect"`
+	Pos      Pos
+	Keys     keyPos
+}
+
+type rawSubject struct {
+	Tag       string `yaml:"tag"`
+	Unit      string `yaml:"unit"`
+	UID       uint32 `yaml:"uid"`
+	GID       uint32 `yaml:"gid"`
+	Exe       string `yaml:"exe"`
+	ExeSHA256 string `yaml:"exe_sha256"`
+	Comm      string `yaml:"comm"`
+	Pos       Pos
+}
+
+type rawHTTPTest struct {
+	Method string `yaml:"method"`
+	Path   string `yaml:"path"`
+	Pos    Pos
+}
+
+type rawExpectation struct {
+	Action string `yaml:"action"`
+	Rule   string `yaml:"rule"`
+	Pos    Pos
+}
+
+//go:embed default.yaml
+var defaultPolicy []byte
+
+// DefaultName is the file name errors and decisions use for the embedded
+// default policy.
+const DefaultName = "<default policy>"
+
+// Default returns the embedded default policy (README.md describes it). It
+// panics only if the embedded file is invalid, which a test prevents.
+func Default() *Policy {
+	p, err := ParseWith(DefaultName, defaultPolicy, Options{})
+	if err != nil {
+		panic(fmt.Sprintf("policy: embedded default policy is invalid: %v", err))
+	}
+	return p
+}
+
+// DefaultSource returns the embedded default policy's YAML text.
+func DefaultSource() []byte { return bytes.Clone(defaultPolicy) }
+
+// Resolver looks up a host name's addresses; *net.Resolver satisfies it.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Options tune loading.
+type Options struct {
+	// Resolver resolves target host names at load; nil uses
+	// net.DefaultResolver.
+	Resolver Resolver
+	// ResolveTimeout bounds resolution at load (default 2s). A host name
+	// that does not resolve is a warning, not an error: the target matches
+	// no address until a later ResolveTargets succeeds.
+	ResolveTimeout time.Duration
+}
+
+// Load reads, validates and compiles the policy file at path. Tests in a
+// sibling file named like path with "_test" before the extension
+// (ci.yaml -> ci_test.yaml) are loaded too. Errors are an ErrorList of
+// "file:line:col: what is wrong".
+func Load(path string) (*Policy, error) {
+	return LoadWith(path, Options{})
+}
+
+// LoadWith is Load with options.
+func LoadWith(file string, opts Options) (*Policy, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read policy: %w", err)
+	}
+	p, err := ParseWith(file, data, opts)
+	if err != nil {
+		return nil, err
+	}
+	ext := filepath.Ext(file)
+	sibling := strings.TrimSuffix(file, ext) + "_test" + ext
+	if tdata, err := os.ReadFile(sibling); err == nil {
+		if err := p.addTests(sibling, tdata); err != nil {
+			return nil, err
+		}
+	}
+	p.path = file
+	return p, nil
+}
+
+// Parse compiles policy text; name is used in error positions.
+func Parse(name string, data []byte) (*Policy, error) {
+	return ParseWith(name, data, Options{})
+}
+
+// ParseWith is Parse with options.
+func ParseWith(name string, data []byte, opts Options) (*Policy, error) {
+	raw, errs := decodeFile[rawPolicy](name, data)
+	if errs != nil {
+		return nil, errs
+	}
+	c := &compiler{file: name, p: &Policy{
+		name:          name,
+		identityIndex: map[string]*Identity{},
+		targetIndex:   map[string]*Target{},
+		masks:         map[string]*mask.Masker{},
+		readOnlyFuncs: map[string]bool{},
+	}}
+	c.compile(raw)
+	if len(c.errs) > 0 {
+		sort.SliceStable(c.errs, func(i, j int) bool {
+			if c.errs[i].Pos.Line != c.errs[j].Pos.Line {
+				return c.errs[i].Pos.Line < c.errs[j].Pos.Line
+			}
+			return c.errs[i].Pos.Col < c.errs[j].Pos.Col
+		})
+		return nil, c.errs
+	}
+	r := opts.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	timeout := opts.ResolveTimeout
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for _, err := range c.p.resolve(ctx, r) {
+		c.p.warnings = append(c.p.warnings, err.Error())
+	}
+	return c.p, nil
+}
+
+// decodeFile parses YAML text into T with positioned, strict decoding.
+func decodeFile[T any](name string, data []byte) (*T, ErrorList) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, ErrorList{yamlSyntaxError(name, err)}
+	}
+	out := new(T)
+	if doc.Kind == 0 {
+		return out, nil // empty file
+	}
+	d := &decoder{file: name}
+	d.decode(&doc, reflect.ValueOf(out).Elem())
+	if len(d.errs) > 0 {
+		return nil, d.errs
+	}
+	return out, nil
+}
+
+var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a positioned
+// error (yaml.v3 reports no column for syntax errors; column 1 is used).
+func yamlSyntaxError(name string, err error) *Error {
+	m := yamlLine.FindStringSubmatch(err.Error())
+	if m == nil {
+		return &Error{Pos: Pos{File: name, Line: 1, Col: 1}, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+	}
+	line, _ := strconv.Atoi(m[1])
+	return &Error{Pos: Pos{File: name, Line: line, Col: 1}, Msg: "invalid YAML: " + m[2]}
+}
+
+type compiler struct {
+	file string
+	p    *Policy
+	errs ErrorList
+}
+
+func (c *compiler) errorf(pos Pos, format string, args ...any) {
+	c.errs = append(c.errs, &Error{Pos: pos, Msg: fmt.Sprintf(format, args...)})
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+// Protocols a target may name.
+var protocols = []string{"postgres", "mysql", "http", "redis", "ssh", "tcp"}
+
+func (c *compiler) compile(raw *rawPolicy) {
+	if raw.Version != 0 && raw.Version != 1 {
+		c.errorf(raw.Keys.at("version", raw.Pos), "version %d is not supported (use 1)", raw.Version)
+	}
+	c.p.denyUnix = raw.DenyUnixPaths
+	for _, u := range raw.DenyUnixPaths {
+		if !strings.HasPrefix(u, "/") && !strings.HasPrefix(u, "@") {
+			c.errorf(raw.Keys.at("deny_unix_paths", raw.Pos), "deny_unix_paths: %q is not an absolute path or @abstract name", u)
+		}
+	}
+	for _, f := range raw.SQL.ReadOnlyFunctions {
+		c.p.readOnlyFuncs[strings.ToLower(f)] = true
+	}
+	for i := range raw.Identities {
+		c.identity(&raw.Identities[i])
+	}
+	if len(c.p.identities) > maxNamed {
+		c.errorf(raw.Pos, "%d identities: at most %d are supported", len(c.p.identities), maxNamed)
+	}
+	for i := range raw.Targets {
+		c.target(&raw.Targets[i])
+	}
+	if len(c.p.targets) > maxNamed {
+		c.errorf(raw.Pos, "%d targets: at most %d are supported", len(c.p.targets), maxNamed)
+	}
+	for i := range raw.Masks {
+		c.mask(&raw.Masks[i])
+	}
+	names := map[string]Pos{}
+	for i := range raw.Rules {
+		r := &raw.Rules[i]
+		if prev, dup := names[r.Name]; dup && r.Name != "" {
+			c.errorf(r.Pos, "rule name %q already used at %s", r.Name, prev)
+		}
+		names[r.Name] = r.Pos
+		c.rule(r)
+	}
+	for i := range raw.Tests {
+		c.test(&raw.Tests[i])
+	}
+}
+
+func (c *compiler) checkName(pos Pos, what, name string) {
+	switch {
+	case name == "":
+		c.errorf(pos, "%s needs a name", what)
+	case !nameRE.MatchString(name):
+		c.errorf(pos, "%s name %q: use letters, digits, '.', '_' and '-'", what, name)
+	}
+}
+
+func (c *compiler) identity(r *rawIdentity) {
+	c.checkName(r.Pos, "identity", r.Name)
+	if _, dup := c.p.identityIndex[r.Name]; dup {
+		c.errorf(r.Pos, "identity %q defined twice", r.Name)
+		return
+	}
+	id := &Identity{Name: r.Name, Tag: r.Tag, Units: r.Unit, UIDs: r.UID, GIDs: r.GID,
+		Exes: r.Exe, Comms: r.Comm, index: len(c.p.identities), pos: r.Pos}
+	if id.Tag == "" && len(r.Unit)+len(r.UID)+len(r.GID)+len(r.Exe)+len(r.ExeSHA256)+len(r.Comm) == 0 {
+		id.Tag = r.Name // no selector at all: the cgroup tag of the same name
+	}
+	for _, e := range r.Exe {
+		if !strings.HasPrefix(e, "/") {
+			c.errorf(r.Keys.at("exe", r.Pos), "identity %q: exe %q must be an absolute path or glob", r.Name, e)
+		}
+	}
+	for _, h := range r.ExeSHA256 {
+		h = strings.ToLower(h)
+		if len(h) != 64 || strings.Trim(h, "0123456789abcdef") != "" {
+			c.errorf(r.Keys.at("exe_sha256", r.Pos), "identity %q: exe_sha256 %q is not 64 hex digits", r.Name, h)
+		}
+		id.ExeSHA256 = append(id.ExeSHA256, h)
+	}
+	if len(id.ExeSHA256) > 0 {
+		c.p.needsHash = true
+	}
+	id.intercept = c.netRules(r.Name, r.Intercept, true)
+	id.udpAllow = c.netRules(r.Name, r.UDPAllow, false)
+	c.p.identities = append(c.p.identities, id)
+	c.p.identityIndex[id.Name] = id
+}
+
+func (c *compiler) netRules(identity string, raw []rawNetRule, tcp bool) []InterceptRule {
+	var out []InterceptRule
+	for _, r := range raw {
+		action := r.Action
+		if action == "" {
+			action = "redirect"
+			if !tcp {
+				action = "pass"
+			}
+		}
+		if tcp && action != "redirect" && action != "deny" && action != "pass" {
+			c.errorf(r.Keys.at("action", r.Pos), "identity %q: intercept action %q: use redirect, deny or pass", identity, action)
+		}
+		if !tcp && action != "pass" {
+			c.errorf(r.Keys.at("action", r.Pos), "identity %q: udp_allow entries only pass; drop the action", identity)
+		}
+		lo, hi, err := parsePorts(r.Ports)
+		if err != nil {
+			c.errorf(r.Keys.at("ports", r.Pos), "identity %q: ports %q: %v", identity, r.Ports, err)
+		}
+		if len(r.To) == 0 {
+			c.errorf(r.Pos, "identity %q: network rule needs to: (a CIDR or address)", identity)
+		}
+		for _, to := range r.To {
+			p, err := parsePrefix(to)
+			if err != nil {
+				c.errorf(r.Keys.at("to", r.Pos), "identity %q: to %q: %v (network rules need literal addresses)", identity, to, err)
+				continue
+			}
+			out = append(out, InterceptRule{Prefix: p, PortMin: lo, PortMax: hi, Action: action})
+		}
+	}
+	return out
+}
+
+func parsePorts(s string) (uint16, uint16, error) {
+	if s == "" || s == "*" {
+		return 1, 65535, nil
+	}
+	lo, hi, found := strings.Cut(s, "-")
+	a, err := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	if err != nil || a == 0 {
+		return 0, 0, fmt.Errorf("not a port or range like 5432 or 8000-8099")
+	}
+	b := a
+	if found {
+		if b, err = strconv.ParseUint(strings.TrimSpace(hi), 10, 16); err != nil || b < a {
+			return 0, 0, fmt.Errorf("not a port range like 8000-8099")
+		}
+	}
+	return uint16(a), uint16(b), nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("not a CIDR")
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("not an IP address")
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$`)
+
+func (c *compiler) target(r *rawTarget) {
+	c.checkName(r.Pos, "target", r.Name)
+	if _, dup := c.p.targetIndex[r.Name]; dup {
+		c.errorf(r.Pos, "target %q defined twice", r.Name)
+		return
+	}
+	if !containsString(protocols, r.Protocol) {
+		c.errorf(r.Keys.at("protocol", r.Pos), "target %q: protocol %q: use one of %s", r.Name, r.Protocol, strings.Join(protocols, ", "))
+	}
+	t := &Target{Name: r.Name, Protocol: r.Protocol, Port: r.Port, Upstream: r.Upstream, index: len(c.p.targets), pos: r.Pos}
+	if len(r.Addresses) == 0 {
+		c.errorf(r.Pos, "target %q needs addresses (IPs, CIDRs or host names)", r.Name)
+	}
+	for _, a := range r.Addresses {
+		if p, err := parsePrefix(a); err == nil {
+			t.static = append(t.static, p)
+			continue
+		}
+		if strings.Contains(a, "/") || !hostRE.MatchString(a) {
+			c.errorf(r.Keys.at("addresses", r.Pos), "target %q: address %q is not an IP, a CIDR or a host name", r.Name, a)
+			continue
+		}
+		t.Hosts = append(t.Hosts, strings.TrimSuffix(a, "."))
+	}
+	if r.Upstream != "" {
+		if _, _, err := net.SplitHostPort(r.Upstream); err != nil {
+			c.errorf(r.Keys.at("upstream", r.Pos), "target %q: upstream %q is not host:port", r.Name, r.Upstream)
+		}
+	}
+	if r.Credential != nil {
+		t.Credential.Params = r.Credential
+		t.Credential.Source, _ = r.Credential["source"].(string)
+		t.Credential.Role, _ = r.Credential["role"].(string)
+		t.Credential.Path, _ = r.Credential["path"].(string)
+		if t.Credential.Source == "" {
+			c.errorf(r.Keys.at("credential", r.Pos), "target %q: credential needs a source (vault, embedded, static ...)", r.Name)
+		}
+	}
+	c.p.targets = append(c.p.targets, t)
+	c.p.targetIndex[t.Name] = t
+}
+
+func (c *compiler) mask(r *rawMask) {
+	c.checkName(r.Pos, "mask", r.Name)
+	if _, dup := c.p.masks[r.Name]; dup {
+		c.errorf(r.Pos, "mask %q defined twice", r.Name)
+		return
+	}
+	var cols []mask.ColumnRule
+	for _, e := range r.Columns {
+		m, ok := mask.ParseMethod(e.Value)
+		if !ok {
+			c.errorf(e.Pos, "mask %q: column %q: method %q: use redact, partial or hash", r.Name, e.Key, e.Value)
+			continue
+		}
+		if _, err := path.Match(strings.ToLower(e.Key), ""); err != nil {
+			c.errorf(e.Pos, "mask %q: column pattern %q is not a valid glob", r.Name, e.Key)
+			continue
+		}
+		cols = append(cols, mask.ColumnRule{Pattern: e.Key, Method: m})
+	}
+	var dets []mask.DetectorRule
+	for _, e := range r.Detectors {
+		m, ok := mask.ParseMethod(e.Value)
+		if !ok {
+			c.errorf(e.Pos, "mask %q: detector %q: method %q: use redact, partial or hash", r.Name, e.Key, e.Value)
+			continue
+		}
+		if !containsString(mask.DetectorNames(), e.Key) {
+			c.errorf(e.Pos, "mask %q: unknown detector %q%s", r.Name, e.Key, suggest(e.Key, mask.DetectorNames()))
+			continue
+		}
+		dets = append(dets, mask.DetectorRule{Detector: e.Key, Method: m})
+	}
+	if len(r.Columns)+len(r.Detectors) == 0 {
+		c.errorf(r.Pos, "mask %q masks nothing: give columns or detectors", r.Name)
+	}
+	m, err := mask.New(r.Name, cols, dets, []byte(r.HashKey))
+	if err != nil {
+		c.errorf(r.Pos, "mask %q: %v", r.Name, err)
+		return
+	}
+	c.p.masks[r.Name] = m
+}
+
+// refs resolves names against known ones, reporting each unknown name.
+func refs[T any](c *compiler, pos Pos, rule, what string, names []string, known map[string]T) []T {
+	var out []T
+	for _, n := range names {
+		v, ok := known[n]
+		if !ok {
+			var k []string
+			for name := range known {
+				k = append(k, name)
+			}
+			c.errorf(pos, "rule %q: unknown %s %q%s", rule, what, n, suggest(n, k))
+			continue
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func (c *compiler) rule(r *rawRule) {
+	c.checkName(r.Pos, "rule", r.Name)
+	cr := &rule{name: r.Name, pos: r.Pos}
+	for _, id := range refs(c, r.Keys.at("identity", r.Pos), r.Name, "identity", r.Identity, c.p.identityIndex) {
+		cr.identities.set(id.index)
+	}
+	cr.anyIdentity = len(r.Identity) == 0
+	for _, t := range refs(c, r.Keys.at("target", r.Pos), r.Name, "target", r.Target, c.p.targetIndex) {
+		cr.targets.set(t.index)
+	}
+	cr.anyTarget = len(r.Target) == 0
+	for _, p := range r.Protocol {
+		if !containsString(protocols, p) {
+			c.errorf(r.Keys.at("protocol", r.Pos), "rule %q: protocol %q: use one of %s", r.Name, p, strings.Join(protocols, ", "))
+		}
+	}
+	cr.protocols = r.Protocol
+	ops := 0
+	if r.SQL != nil {
+		ops++
+		cr.kind = OpSQL
+		cr.sql = c.sqlMatch(r.Name, r.SQL)
+	}
+	if r.HTTP != nil {
+		ops++
+		cr.kind = OpHTTP
+		for _, m := range r.HTTP.Method {
+			cr.methods = append(cr.methods, strings.ToUpper(m))
+		}
+		cr.patterns = r.HTTP.Path
+	}
+	if r.Redis != nil {
+		ops++
+		cr.kind = OpRedis
+		for _, m := range r.Redis.Command {
+			cr.patterns = append(cr.patterns, strings.ToUpper(m))
+		}
+	}
+	if r.SSH != nil {
+		ops++
+		cr.kind = OpSSH
+		cr.patterns = r.SSH.Command
+	}
+	if ops > 1 {
+		c.errorf(r.Pos, "rule %q: give at most one of sql, http, redis, ssh (make one rule per protocol)", r.Name)
+	}
+	cr.any = ops == 0
+	action, ok := parseAction(r.Action)
+	if !ok {
+		c.errorf(r.Keys.at("action", r.Pos), "rule %q: action %q: use allow, deny, mask or approve", r.Name, r.Action)
+	}
+	cr.decision = Decision{Action: action, Rule: r.Name}
+	switch action {
+	case Deny:
+		cr.decision.Message = r.Message
+		if cr.decision.Message == "" {
+			cr.decision.Message = "denied by policy rule " + r.Name
+		}
+	case Mask:
+		if r.Mask == "" {
+			c.errorf(r.Keys.at("action", r.Pos), "rule %q: action mask needs mask: <name of a masks entry>", r.Name)
+		} else if m, ok := c.p.masks[r.Mask]; ok {
+			cr.decision.Mask = m
+		} else {
+			var k []string
+			for n := range c.p.masks {
+				k = append(k, n)
+			}
+			c.errorf(r.Keys.at("mask", r.Pos), "rule %q: unknown mask %q%s", r.Name, r.Mask, suggest(r.Mask, k))
+		}
+	case Approve:
+		a := r.Approve
+		if a == nil || len(a.Reviewers) == 0 {
+			c.errorf(r.Keys.at("action", r.Pos), "rule %q: action approve needs approve: {reviewers: [...]}", r.Name)
+			break
+		}
+		spec := &ApprovalSpec{Reviewers: a.Reviewers, Quorum: a.Quorum, Timeout: a.Timeout}
+		if spec.Quorum == 0 {
+			spec.Quorum = 1
+		}
+		if spec.Quorum < 1 || spec.Quorum > len(spec.Reviewers) {
+			c.errorf(a.Keys.at("quorum", a.Pos), "rule %q: quorum %d: must be between 1 and the %d reviewers", r.Name, spec.Quorum, len(spec.Reviewers))
+		}
+		if spec.Timeout == 0 {
+			spec.Timeout = 5 * time.Minute
+		}
+		cr.decision.Approval = spec
+	}
+	if action != Deny && r.Message != "" {
+		c.errorf(r.Keys.at("message", r.Pos), "rule %q: message is only shown for deny", r.Name)
+	}
+	if action != Mask && r.Mask != "" {
+		c.errorf(r.Keys.at("mask", r.Pos), "rule %q: mask is only used with action mask", r.Name)
+	}
+	if action != Approve && r.Approve != nil {
+		c.errorf(r.Keys.at("approve", r.Pos), "rule %q: approve is only used with action approve", r.Name)
+	}
+	cr.index = len(c.p.rules)
+	c.p.rules = append(c.p.rules, cr)
+}
+
+func (c *compiler) sqlMatch(rule string, r *rawSQLOp) *sqlMatch {
+	m := &sqlMatch{destructive: tri(r.Destructive), lock: tri(r.Lock), unknowable: tri(r.Unknowable), multi: tri(r.Multi)}
+	for _, cl := range r.Class {
+		k, ok := sqlclass.ParseClass(cl)
+		if !ok {
+			c.errorf(r.Keys.at("class", r.Pos), "rule %q: sql class %q: use %s", rule, cl, strings.Join(sqlclass.ClassNames(), ", "))
+			continue
+		}
+		m.classes |= 1 << k
+	}
+	for _, cmd := range r.Command {
+		m.commands = append(m.commands, strings.ToUpper(cmd))
+	}
+	for _, t := range r.Tables {
+		m.tables = append(m.tables, strings.ToLower(t))
+	}
+	for _, t := range r.OnlyTables {
+		m.onlyTables = append(m.onlyTables, strings.ToLower(t))
+	}
+	m.hasOnly = r.OnlyTables != nil
+	for _, f := range r.Functions {
+		m.functions = append(m.functions, strings.ToLower(f))
+	}
+	return m
+}
+
+func tri(b *bool) int8 {
+	switch {
+	case b == nil:
+		return 0
+	case *b:
+		return 1
+	}
+	return -1
+}
+
+func (c *compiler) test(r *rawTest) {
+	t := &Test{Name: r.Name, Pos: r.Pos, SQL: r.SQL, Redis: r.Redis, SSH: r.SSH}
+	if t.Name == "" {
+		t.Name = fmt.Sprintf("test at line %d", r.Pos.Line)
+	}
+	switch {
+	case r.Identity != "" && r.Subject != nil:
+		c.errorf(r.Pos, "test %q: give identity or subject, not both", t.Name)
+	case r.Identity != "":
+		if _, ok := c.p.identityIndex[r.Identity]; !ok {
+			c.errorf(r.Keys.at("identity", r.Pos), "test %q: unknown identity %q", t.Name, r.Identity)
+		}
+		t.Identity = r.Identity
+	case r.Subject != nil:
+		s := r.Subject
+		t.Subject = &Subject{Tag: s.Tag, Unit: s.Unit, UID: s.UID, GID: s.GID, Exe: s.Exe, ExeSHA256: strings.ToLower(s.ExeSHA256), Comm: s.Comm}
+	default:
+		c.errorf(r.Pos, "test %q: needs identity or subject", t.Name)
+	}
+	if r.Target != "" {
+		if _, ok := c.p.targetIndex[r.Target]; !ok {
+			c.errorf(r.Keys.at("target", r.Pos), "test %q: unknown target %q", t.Name, r.Target)
+		}
+	}
+	t.Target = r.Target
+	if r.HTTP != nil {
+		t.HTTPMethod, t.HTTPPath = strings.ToUpper(r.HTTP.Method), r.HTTP.Path
+	}
+	n := 0
+	for _, set := range []bool{r.SQL != "", r.HTTP != nil, r.Redis != "", r.SSH != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		c.errorf(r.Pos, "test %q: give one of sql, http, redis, ssh", t.Name)
+	}
+	a, ok := parseAction(r.Expect.Action)
+	if !ok {
+		c.errorf(r.Expect.Pos, "test %q: expect.action %q: use allow, deny, mask or approve", t.Name, r.Expect.Action)
+	}
+	t.WantAction, t.WantRule = a, r.Expect.Rule
+	c.p.tests = append(c.p.tests, t)
+}
+
+// addTests compiles tests from a sibling file against p.
+func (p *Policy) addTests(name string, data []byte) error {
+	raw, errs := decodeFile[struct {
+		Tests []rawTest `yaml:"tests"`
+	}](name, data)
+	if errs != nil {
+		return errs
+	}
+	c := &compiler{file: name, p: p}
+	for i := range raw.Tests {
+		c.test(&raw.Tests[i])
+	}
+	if len(c.errs) > 0 {
+		return c.errs
+	}
+	return nil
+}

@@ -1,0 +1,478 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func mustParse(t testing.TB, src string) *Policy {
+	t.Helper()
+	p, err := ParseWith("test.yaml", []byte(src), Options{Resolver: fakeResolver{}})
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	return p
+}
+
+func runShipped(t *testing.T, p *Policy) {
+	t.Helper()
+	res := p.RunTests()
+	if len(res) == 0 {
+		t.Fatal("policy ships no tests")
+	}
+	for _, r := range res {
+		if !r.Pass {
+			t.Error(r)
+		}
+	}
+}
+
+func TestDefaultPolicy(t *testing.T) {
+	p := Default()
+	if len(p.Warnings()) > 0 {
+		t.Errorf("warnings: %v", p.Warnings())
+	}
+	runShipped(t, p)
+}
+
+func TestExamplePolicies(t *testing.T) {
+	files, _ := filepath.Glob("examples/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no example policies")
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.yaml") {
+			continue
+		}
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			p, err := Load(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runShipped(t, p)
+		})
+	}
+}
+
+// TestLoadErrors checks that each mistake is reported at its position with
+// a message that says what is wrong.
+func TestLoadErrors(t *testing.T) {
+	cases := []struct{ src, want string }{
+		{"rules: [", "test.yaml:1:1: invalid YAML"},
+		{"identities:\n  - name: a\n    tga: x\n", `test.yaml:3:5: unknown key "tga"; did you mean "tag"?`},
+		{"identities:\n  - name: a\n    uid: -1\n", `test.yaml:3:10: expected a whole number from 0 to 4294967295, got "-1"`},
+		{"identities:\n  - name: a\n  - name: a\n", `test.yaml:3:5: identity "a" defined twice`},
+		{"targets:\n  - name: db\n    protocol: oracle\n    addresses: [10.0.0.1]\n", `test.yaml:3:15: target "db": protocol "oracle": use one of postgres`},
+		{"targets:\n  - name: db\n    protocol: postgres\n    addresses: [10.0.0.1/99]\n", `test.yaml:4:16: target "db": address "10.0.0.1/99" is not an IP, a CIDR or a host name`},
+		{"targets:\n  - name: db\n    protocol: postgres\n    addresses: [10.0.0.1]\n    port: 70000\n", `test.yaml:5:11: expected a whole number from 0 to 65535, got "70000"`},
+		{"rules:\n  - name: r\n    action: allow\n    identity: ghost\n", `test.yaml:4:15: rule "r": unknown identity "ghost" (none defined)`},
+		{"rules:\n  - name: r\n    action: permit\n", `test.yaml:3:13: rule "r": action "permit": use allow, deny, mask or approve`},
+		{"rules:\n  - name: r\n    action: allow\n    sql: {class: [reads]}\n", `test.yaml:4:18: rule "r": sql class "reads": use read, session`},
+		{"rules:\n  - name: r\n    action: mask\n", `test.yaml:3:13: rule "r": action mask needs mask:`},
+		{"rules:\n  - name: r\n    action: approve\n    approve: {reviewers: [a], quorum: 2}\n", `test.yaml:4:39: rule "r": quorum 2: must be between 1 and the 1 reviewers`},
+		{"rules:\n  - name: r\n    action: approve\n    approve: {reviewers: [a], timeout: soon}\n", `test.yaml:4:40: "soon" is not a duration`},
+		{"rules:\n  - name: r\n    action: allow\n  - name: r\n    action: deny\n", `test.yaml:4:5: rule name "r" already used at test.yaml:2:5`},
+		{"masks:\n  - name: m\n    detectors: {passport: redact}\n", `test.yaml:3:17: mask "m": unknown detector "passport"`},
+		{"masks:\n  - name: m\n    columns: {email: blur}\n", `test.yaml:3:15: mask "m": column "email": method "blur": use redact, partial or hash`},
+		{"identities:\n  - name: a\n    intercept: [{to: 10.0.0.0/8, ports: 9-1}]\n", `test.yaml:3:41: identity "a": ports "9-1": not a port range`},
+		{"identities:\n  - name: a\n    exe_sha256: abc\n", `test.yaml:3:17: identity "a": exe_sha256 "abc" is not 64 hex digits`},
+		{"tests:\n  - name: t\n    identity: nobody\n    expect: {action: allow}\n", `test.yaml:3:15: test "t": unknown identity "nobody"`},
+		{"rules: {}\n", "test.yaml:1:8: expected a list, got a mapping"},
+		{"version: 2\n", "test.yaml:1:10: version 2 is not supported"},
+	}
+	for _, c := range cases {
+		_, err := ParseWith("test.yaml", []byte(c.src), Options{Resolver: fakeResolver{}})
+		if err == nil {
+			t.Errorf("%q: accepted, want error %q", c.src, c.want)
+			continue
+		}
+		var list ErrorList
+		if !errors.As(err, &list) {
+			t.Errorf("%q: error %v is not an ErrorList", c.src, err)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q:\n got: %v\nwant: %s", c.src, err, c.want)
+		}
+	}
+}
+
+const selectorPolicy = `
+identities:
+  - name: by-tag
+    tag: agents
+  - name: by-uid
+    uid: [1001, 1002]
+  - name: by-exe
+    exe: /usr/bin/ps*
+  - name: by-unit-and-tag
+    tag: agents
+    unit: runner.service
+  - name: by-hash
+    exe_sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08
+`
+
+func TestIdentities(t *testing.T) {
+	p := mustParse(t, selectorPolicy)
+	if !p.NeedsExeHash() {
+		t.Error("NeedsExeHash false with an exe_sha256 selector")
+	}
+	cases := []struct {
+		s    Subject
+		want string
+	}{
+		{Subject{Tag: "agents"}, "by-tag"},
+		{Subject{Tag: "agents", Unit: "runner.service"}, "by-tag,by-unit-and-tag"},
+		{Subject{Tag: "x", UID: 1002, Exe: "/usr/bin/psql"}, "by-uid,by-exe"},
+		{Subject{Tag: "x", Exe: "/usr/local/bin/psql"}, ""},
+		{Subject{Tag: "x", ExeSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}, "by-hash"},
+		{Subject{Tag: "x"}, ""},
+	}
+	for _, c := range cases {
+		got := strings.Join(p.Identities(nil, &c.s), ",")
+		if got != c.want {
+			t.Errorf("%+v: identities %q, want %q", c.s, got, c.want)
+		}
+	}
+}
+
+type fakeResolver map[string][]netip.Addr
+
+func (f fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	if a, ok := f[host]; ok {
+		return a, nil
+	}
+	return nil, errors.New("no such host")
+}
+
+func TestTargetsAndResolution(t *testing.T) {
+	src := `
+targets:
+  - name: db
+    protocol: postgres
+    addresses: [10.0.0.0/24, "2001:db8::5", db.internal]
+    port: 5432
+  - name: anyport
+    protocol: tcp
+    addresses: [192.0.2.1]
+`
+	r := fakeResolver{"db.internal": {netip.MustParseAddr("198.51.100.7")}}
+	p, err := ParseWith("t.yaml", []byte(src), Options{Resolver: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(addr string, port uint16, want string) {
+		t.Helper()
+		got := ""
+		if tg := p.TargetFor(netip.MustParseAddr(addr), port); tg != nil {
+			got = tg.Name
+		}
+		if got != want {
+			t.Errorf("TargetFor(%s, %d) = %q, want %q", addr, port, got, want)
+		}
+	}
+	check("10.0.0.9", 5432, "db")
+	check("::ffff:10.0.0.9", 5432, "db") // IPv4-mapped
+	check("2001:db8::5", 5432, "db")
+	check("198.51.100.7", 5432, "db")
+	check("10.0.0.9", 5433, "")
+	check("192.0.2.1", 22, "anyport")
+	check("203.0.113.1", 5432, "")
+
+	// A refresh moves the host name; a failed refresh keeps the old answer.
+	r["db.internal"] = []netip.Addr{netip.MustParseAddr("198.51.100.8")}
+	if errs := p.ResolveTargets(context.Background(), r); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	check("198.51.100.8", 5432, "db")
+	check("198.51.100.7", 5432, "")
+	if errs := p.ResolveTargets(context.Background(), fakeResolver{}); len(errs) != 1 {
+		t.Errorf("failed refresh: %d errors, want 1", len(errs))
+	}
+	check("198.51.100.8", 5432, "db")
+
+	// An unresolvable name at load is a warning, not an error.
+	p2, err := ParseWith("t.yaml", []byte(src), Options{Resolver: fakeResolver{}})
+	if err != nil || len(p2.Warnings()) != 1 {
+		t.Errorf("unresolvable host: err %v, warnings %v", err, p2.Warnings())
+	}
+}
+
+func TestNetworkRules(t *testing.T) {
+	p := mustParse(t, `
+identities:
+  - name: a
+    tag: ci
+    intercept:
+      - {to: [10.0.0.0/8, "fd00::/8"], ports: 5432, action: redirect}
+      - {to: 169.254.169.254, action: deny}
+    udp_allow:
+      - {to: 10.0.0.53, ports: 53}
+deny_unix_paths: [/var/run/docker.sock]
+`)
+	got := p.Intercept("ci")
+	if len(got) != 5 || got[0].PortMin != 5432 || got[0].PortMax != 5432 || got[2].Action != "deny" ||
+		got[2].PortMin != 1 || got[3].Prefix.String() != "0.0.0.0/0" || got[4].Prefix.String() != "::/0" {
+		t.Errorf("Intercept = %+v", got)
+	}
+	if other := p.Intercept("nope"); len(other) != 2 || other[0].Action != "redirect" {
+		t.Errorf("default intercept = %+v", other)
+	}
+	if u := p.UDPAllow("ci"); len(u) != 1 || u[0].PortMin != 53 || u[0].Action != "pass" {
+		t.Errorf("UDPAllow = %+v", u)
+	}
+	if d := p.DenyUnixPaths(); len(d) != 1 {
+		t.Errorf("DenyUnixPaths = %v", d)
+	}
+}
+
+const rulesPolicy = `
+identities:
+  - name: bot
+  - name: admin
+targets:
+  - name: db
+    protocol: postgres
+    addresses: [10.0.0.1]
+    port: 5432
+  - name: api
+    protocol: http
+    addresses: [10.0.0.2]
+  - name: cache
+    protocol: redis
+    addresses: [10.0.0.3]
+  - name: host
+    protocol: ssh
+    addresses: [10.0.0.4]
+masks:
+  - name: m
+    columns: {email: partial}
+rules:
+  - name: no-drop
+    sql: {command: [DROP, TRUNCATE]}
+    action: deny
+  - name: admin-anything
+    identity: admin
+    action: allow
+  - name: bot-reads-public
+    identity: bot
+    target: db
+    sql: {class: read, only_tables: [public_*, "reporting.*"]}
+    action: allow
+  - name: bot-reads-masked
+    identity: bot
+    target: db
+    sql: {class: read}
+    action: mask
+    mask: m
+  - name: bot-writes-approved
+    identity: bot
+    target: db
+    sql: {class: write, tables: [orders]}
+    action: approve
+    approve: {reviewers: [alice]}
+  - name: bot-api-get
+    identity: bot
+    http: {method: [GET, HEAD], path: ["/v1/*"]}
+    action: allow
+  - name: bot-redis-read
+    identity: bot
+    redis: {command: [GET, "H*"]}
+    action: allow
+  - name: bot-ssh-uptime
+    identity: bot
+    ssh: {command: ["uptime", "systemctl status *"]}
+    action: allow
+`
+
+func TestDecide(t *testing.T) {
+	p := mustParse(t, rulesPolicy)
+	bot, admin := &Subject{Tag: "bot"}, &Subject{Tag: "admin"}
+	db, api := p.Target("db"), p.Target("api")
+	sqlCases := []struct {
+		s      *Subject
+		sql    string
+		action Action
+		rule   string
+	}{
+		{bot, "SELECT * FROM public_stats", Allow, "bot-reads-public"},
+		{bot, "SELECT * FROM reporting.daily", Allow, "bot-reads-public"},
+		{bot, "SELECT * FROM public_stats JOIN customers USING (id)", Mask, "bot-reads-masked"},
+		{bot, "SELECT 1", Allow, "bot-reads-public"}, // no table: only_tables holds
+		{bot, "UPDATE orders SET x = 1 WHERE id = 2", Approve, "bot-writes-approved"},
+		{bot, "UPDATE users SET x = 1 WHERE id = 2", Deny, "default-deny"},
+		{bot, "DROP TABLE x", Deny, "no-drop"},
+		{admin, "DROP TABLE x", Deny, "no-drop"}, // first match wins
+		{admin, "ALTER TABLE x ADD y int", Allow, "admin-anything"},
+		{&Subject{Tag: "stranger"}, "SELECT 1", Deny, "default-deny"},
+		{nil, "SELECT 1", Deny, "default-deny"},
+		// Precedence across statements: deny > approve > mask > allow.
+		{bot, "SELECT 1; SELECT * FROM customers", Mask, "bot-reads-masked"},
+		{bot, "SELECT * FROM customers; UPDATE orders SET a = 1 WHERE b = 2", Approve, "bot-writes-approved"},
+		{bot, "UPDATE orders SET a = 1 WHERE b = 2; TRUNCATE t; SELECT 1", Deny, "no-drop"},
+		{bot, "SELEC 1", Deny, "unparseable"},
+		{bot, "", Allow, "empty-query"},
+		{bot, " ; ", Allow, "empty-query"},
+	}
+	for _, c := range sqlCases {
+		d, _ := p.DecideSQL(c.s, db, c.sql)
+		if d.Action != c.action || d.Rule != c.rule {
+			t.Errorf("%+v %q: got %v by %s, want %v by %s", c.s, c.sql, d.Action, d.Rule, c.action, c.rule)
+		}
+		if d.Action == Mask && d.Mask == nil || d.Action == Approve && (d.Approval == nil || d.Approval.Quorum != 1 || d.Approval.Timeout == 0) {
+			t.Errorf("%q: decision %+v lacks its details", c.sql, d)
+		}
+	}
+	opCases := []struct {
+		in   Input
+		want string
+	}{
+		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, Method: "GET", Path: "/v1/users/7"}}, "bot-api-get"},
+		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, Method: "DELETE", Path: "/v1/users/7"}}, "default-deny"},
+		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, Method: "GET", Path: "/admin"}}, "default-deny"},
+		{Input{Subject: bot, Target: p.Target("cache"), Op: Operation{Kind: OpRedis, Command: "hgetall"}}, "bot-redis-read"},
+		{Input{Subject: bot, Target: p.Target("cache"), Op: Operation{Kind: OpRedis, Command: "FLUSHALL"}}, "default-deny"},
+		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, Command: "systemctl status nginx"}}, "bot-ssh-uptime"},
+		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, Command: "rm -rf /"}}, "default-deny"},
+		{Input{Subject: bot, Target: db, Op: Operation{Kind: OpConnect}}, "default-deny"},
+		{Input{Subject: admin, Target: nil, Op: Operation{Kind: OpConnect}}, "admin-anything"},
+	}
+	for _, c := range opCases {
+		if d := p.Decide(&c.in); d.Rule != c.want {
+			t.Errorf("%+v: rule %s, want %s", c.in.Op, d.Rule, c.want)
+		}
+	}
+}
+
+func TestReadOnlyFunctions(t *testing.T) {
+	src := `
+identities: [{name: bot}]
+sql: {readonly_functions: [app.total]}
+rules:
+  - {name: reads, identity: bot, sql: {class: read}, action: allow}
+`
+	p := mustParse(t, src)
+	s := &Subject{Tag: "bot"}
+	if d, _ := p.DecideSQL(s, nil, "SELECT app.total(1)"); d.Rule != "reads" {
+		t.Errorf("declared read-only function: %s", d.Rule)
+	}
+	if d, _ := p.DecideSQL(s, nil, "SELECT app.total(1), app.wipe()"); d.Rule != "default-deny" {
+		t.Errorf("undeclared function: %s", d.Rule)
+	}
+}
+
+func TestEngineReload(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "p.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("identities: [{name: a}]\nrules: [{name: r1, action: allow}]\n")
+	e := NewEngine(nil)
+	if e.Current().Name() != DefaultName {
+		t.Fatal("NewEngine(nil) does not start on the default policy")
+	}
+	if _, err := e.Reload(file); err != nil {
+		t.Fatal(err)
+	}
+	first := e.Current()
+	write("rules: [{name: r1, action: allw}]\n")
+	if _, err := e.Reload(file); err == nil || !strings.Contains(err.Error(), "p.yaml:1:28") {
+		t.Errorf("invalid policy: err %v", err)
+	}
+	if e.Current() != first {
+		t.Error("an invalid policy replaced the one in force")
+	}
+	write("identities: [{name: a}]\nrules: [{name: r1, action: deny}]\ntests: [{identity: a, expect: {action: allow}}]\n")
+	if _, err := e.Reload(file); err == nil || !strings.Contains(err.Error(), "shipped test failed") {
+		t.Errorf("policy failing its tests: err %v", err)
+	}
+	if e.Current() != first {
+		t.Error("a policy failing its own tests replaced the one in force")
+	}
+	// Concurrent readers always see a whole policy.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := e.Current().Decide(&Input{Subject: &Subject{Tag: "a"}})
+				if d.Rule != "r1" && d.Rule != "r2" {
+					t.Errorf("torn decision %+v", d)
+					return
+				}
+			}
+		}()
+	}
+	for i := range 50 {
+		name := []string{"r1", "r2"}[i%2]
+		e.Swap(mustParse(t, "identities: [{name: a}]\nrules: [{name: "+name+", action: allow}]\n"))
+	}
+	close(stop)
+	wg.Wait()
+}
+
+func TestSiblingTests(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.yaml"), []byte("identities: [{name: a}]\nrules: [{name: r, identity: a, action: allow}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "p_test.yaml"), []byte("tests:\n  - {identity: a, expect: {action: allow, rule: r}}\n  - {identity: b, expect: {action: deny}}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(filepath.Join(dir, "p.yaml"))
+	if err == nil || !strings.Contains(err.Error(), `p_test.yaml:3:16: test "test at line 3": unknown identity "b"`) {
+		t.Fatalf("sibling test errors: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "p_test.yaml"), []byte("tests:\n  - {identity: a, expect: {action: allow, rule: r}}\n"), 0o600)
+	p, err := Load(filepath.Join(dir, "p.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := p.RunTests(); len(res) != 1 || !res[0].Pass {
+		t.Errorf("sibling tests: %v", res)
+	}
+}
+
+func TestGlobMatch(t *testing.T) {
+	for _, c := range []struct {
+		p, s string
+		want bool
+	}{
+		{"*", "", true}, {"a*", "abc", true}, {"*c", "abc", true}, {"a*c", "abbbc", true},
+		{"a?c", "abc", true}, {"a?c", "ac", false}, {"/usr/bin/*", "/usr/bin/x/y", true},
+		{"public_*", "publicx", false}, {"*_credentials", "service_credentials", true},
+		{"a*b*c", "aXbYc", true}, {"a*b*c", "aXbY", false}, {"", "", true}, {"", "a", false},
+	} {
+		if got := globMatch(c.p, c.s); got != c.want {
+			t.Errorf("globMatch(%q, %q) = %v", c.p, c.s, got)
+		}
+	}
+}
+
+// TestDecideNoAlloc holds the hot path to zero allocations.
+func TestDecideNoAlloc(t *testing.T) {
+	p := mustParse(t, rulesPolicy)
+	q := Classifier("postgres").Classify("SELECT * FROM customers WHERE id = 1")
+	in := &Input{Subject: &Subject{Tag: "bot"}, Target: p.Target("db"), Op: Operation{Kind: OpSQL, SQL: &q.Statements[0]}}
+	if n := testing.AllocsPerRun(100, func() { p.Decide(in) }); n != 0 {
+		t.Errorf("Decide allocates %v times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { p.DecideSQL(in.Subject, in.Target, "SELECT * FROM customers WHERE id = 2") }); n != 0 {
+		t.Errorf("DecideSQL (cached) allocates %v times", n)
+	}
+}

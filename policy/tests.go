@@ -1,0 +1,91 @@
+package policy
+
+import (
+	"fmt"
+
+	"github.com/interlock-dev/interlock/policy/sqlclass"
+)
+
+// Test is one test case shipped with a policy (under tests: in the file, or
+// in a sibling file ci_test.yaml for ci.yaml): a request and the decision
+// expected for it.
+type Test struct {
+	Name string
+	Pos  Pos
+	// Identity names the identity the caller has; Subject, when given
+	// instead, is matched against the identities as the kernel's would be.
+	Identity string
+	Subject  *Subject
+	Target   string
+	// One of SQL, HTTPMethod/HTTPPath, Redis, SSH; none is a connection.
+	SQL                  string
+	HTTPMethod, HTTPPath string
+	Redis, SSH           string
+	WantAction           Action
+	// WantRule, if set, must be the deciding rule's name.
+	WantRule string
+}
+
+// TestResult is the outcome of one Test.
+type TestResult struct {
+	Test *Test
+	Got  Decision
+	// Query is the SQL classification, for SQL tests.
+	Query *sqlclass.Query
+	Pass  bool
+}
+
+// String renders the result as "PASS name" or "FAIL file:line: name: got
+// ..., want ...".
+func (r TestResult) String() string {
+	if r.Pass {
+		return "PASS " + r.Test.Name
+	}
+	want := r.Test.WantAction.String()
+	if r.Test.WantRule != "" {
+		want += " by " + r.Test.WantRule
+	}
+	return fmt.Sprintf("FAIL %s: %s: got %s by %s, want %s", r.Test.Pos, r.Test.Name, r.Got.Action, r.Got.Rule, want)
+}
+
+// Tests returns the policy's test cases in file order.
+func (p *Policy) Tests() []*Test { return p.tests }
+
+// RunTests decides every shipped test case and reports each result.
+func (p *Policy) RunTests() []TestResult {
+	out := make([]TestResult, 0, len(p.tests))
+	for _, t := range p.tests {
+		d, q := p.Explain(t)
+		pass := d.Action == t.WantAction && (t.WantRule == "" || d.Rule == t.WantRule)
+		out = append(out, TestResult{Test: t, Got: d, Query: q, Pass: pass})
+	}
+	return out
+}
+
+// Explain decides the request a Test describes, without checking the
+// expectation: what `interlock policy explain` prints.
+func (p *Policy) Explain(t *Test) (Decision, *sqlclass.Query) {
+	var ids bitset
+	subject := t.Subject
+	if t.Identity != "" {
+		if id := p.identityIndex[t.Identity]; id != nil {
+			ids.set(id.index)
+		}
+		subject = &Subject{Tag: t.Identity}
+	} else if subject != nil {
+		ids = p.identitySet(subject)
+	}
+	target := p.targetIndex[t.Target]
+	in := Input{Subject: subject, Target: target}
+	switch {
+	case t.SQL != "":
+		return p.decideSQL(&ids, subject, target, t.SQL)
+	case t.HTTPMethod != "" || t.HTTPPath != "":
+		in.Op = Operation{Kind: OpHTTP, Method: t.HTTPMethod, Path: t.HTTPPath}
+	case t.Redis != "":
+		in.Op = Operation{Kind: OpRedis, Command: t.Redis}
+	case t.SSH != "":
+		in.Op = Operation{Kind: OpSSH, Command: t.SSH}
+	}
+	return p.decide(&ids, &in), nil
+}
