@@ -730,3 +730,57 @@ func TestMapFill(t *testing.T) {
 		t.Errorf("MapFill lacks conn_origins: %v", fill)
 	}
 }
+
+// A client may close before the proxy gets to accept: the record must
+// still be there, or the proxy could not tell who sent the bytes it holds.
+func TestLookupAfterAgentClosed(t *testing.T) {
+	e := newEnv(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	e.cfg.Proxy4 = ln.Addr().(*net.TCPAddr).AddrPort()
+	dp := e.open()
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 6); err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.MustParseAddrPort("192.0.2.1:5432")
+	if r := run(t, agent, "hit-and-run", dst.String()); r.Err != "" {
+		t.Fatalf("hit-and-run: %+v", r)
+	}
+	// The helper has exited: its socket is closed.
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	o, err := dp.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		t.Fatalf("lookup after the agent closed: %v", err)
+	}
+	if o.Dst != dst || o.Identity != 6 {
+		t.Errorf("origin = %+v, want dst %s identity 6", o, dst)
+	}
+	// Each connection is looked up once.
+	if _, err := dp.Lookup(c.RemoteAddr().(*net.TCPAddr).AddrPort(), c.LocalAddr().(*net.TCPAddr).AddrPort()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second lookup: %v, want ErrNotFound", err)
+	}
+	// The socket-cookie record goes when the agent's socket reaches
+	// TCP_CLOSE, a moment after the process exits.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fill, err := dp.MapFill()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fill["sock_origins"][0] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sock_origins still holds %d records after the socket closed", fill["sock_origins"][0])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -62,6 +62,15 @@ func runHelper(action, arg string) int {
 		r = helperTCP(action, arg)
 	case "tfo":
 		r = helperFastOpen(arg)
+	case "hit-and-run":
+		// Connect, send, close at once: gone before the proxy accepts.
+		c, err := net.Dial("tcp", arg)
+		if err != nil {
+			r = errResult(err)
+		} else {
+			c.Write([]byte("bye\n"))
+			c.Close()
+		}
 	case "tcp-mapped":
 		r = helperMapped(arg)
 	case "udp", "udp6":
