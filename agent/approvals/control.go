@@ -1,0 +1,197 @@
+package approvals
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/store"
+)
+
+// ControlPrefix is where the daemon mounts ControlHandler on the control
+// socket (both the prefix itself and the prefix followed by a slash).
+const ControlPrefix = "/v1/approvals"
+
+// View is an approval as the control API and the web page show it.
+type View struct {
+	ID        string     `json:"id"`
+	Host      string     `json:"host"`
+	Session   string     `json:"session"`
+	Identity  string     `json:"identity"`
+	PID       int32      `json:"pid"`
+	Exe       string     `json:"exe"`
+	Target    string     `json:"target"`
+	Statement string     `json:"statement"`
+	Rule      string     `json:"rule"`
+	Reviewers []string   `json:"reviewers"`
+	Quorum    int        `json:"quorum"`
+	Requested time.Time  `json:"requested"`
+	Deadline  time.Time  `json:"deadline"`
+	State     string     `json:"state"`
+	Decided   *time.Time `json:"decided,omitempty"`
+	Votes     []VoteView `json:"votes"`
+}
+
+// VoteView is one reviewer's vote in a View.
+type VoteView struct {
+	Reviewer string    `json:"reviewer"`
+	Approve  bool      `json:"approve"`
+	Comment  string    `json:"comment,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// Approvals counts approving votes.
+func (v View) Approvals() int {
+	n := 0
+	for _, vt := range v.Votes {
+		if vt.Approve {
+			n++
+		}
+	}
+	return n
+}
+
+// NewView converts a stored approval.
+func NewView(a store.Approval) View {
+	v := View{ID: a.ID, Host: a.Host, Session: a.SessionID, Identity: a.Identity, PID: a.PID, Exe: a.Exe,
+		Target: a.Target, Statement: a.Statement, Rule: a.Rule, Reviewers: a.Reviewers, Quorum: a.Quorum,
+		Requested: a.Requested, Deadline: a.Deadline, State: string(a.State), Votes: []VoteView{}}
+	if v.Reviewers == nil {
+		v.Reviewers = []string{}
+	}
+	if !a.Decided.IsZero() {
+		d := a.Decided
+		v.Decided = &d
+	}
+	for _, vt := range a.Votes {
+		v.Votes = append(v.Votes, VoteView{Reviewer: vt.Reviewer, Approve: vt.Approve, Comment: vt.Comment, Time: vt.Time})
+	}
+	return v
+}
+
+// DecideRequest is the body of POST .../approve and .../deny.
+type DecideRequest struct {
+	Comment string `json:"comment,omitempty"`
+}
+
+// ControlHandler serves the CLI's approval commands on the control socket,
+// at ControlPrefix:
+//
+//	GET  /v1/approvals[?state=pending|approved|...&host=H&limit=N]  -> []View
+//	GET  /v1/approvals/{id}                                         -> View
+//	POST /v1/approvals/{id}/approve  DecideRequest                  -> View
+//	POST /v1/approvals/{id}/deny     DecideRequest                  -> View
+//
+// The reviewer is the caller's kernel credentials (control.PeerFrom): a
+// request without them is refused. The daemon's middleware must already
+// refuse callers in tagged cgroups; this handler adds the policy's reviewer
+// list and the requester check.
+func (s *Service) ControlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+ControlPrefix, s.handleList)
+	mux.HandleFunc("GET "+ControlPrefix+"/{id}", s.handleGet)
+	mux.HandleFunc("POST "+ControlPrefix+"/{id}/approve", func(w http.ResponseWriter, r *http.Request) {
+		s.handleControlDecide(w, r, true)
+	})
+	mux.HandleFunc("POST "+ControlPrefix+"/{id}/deny", func(w http.ResponseWriter, r *http.Request) {
+		s.handleControlDecide(w, r, false)
+	})
+	return mux
+}
+
+func (s *Service) handleList(w http.ResponseWriter, r *http.Request) {
+	f, err := filterOf(r)
+	if err != nil {
+		control.WriteError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	as, err := s.List(r.Context(), f)
+	if err != nil {
+		control.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	out := make([]View, 0, len(as))
+	for _, a := range as {
+		out = append(out, NewView(a))
+	}
+	control.WriteJSON(w, http.StatusOK, out)
+}
+
+func filterOf(r *http.Request) (store.ApprovalFilter, error) {
+	q := r.URL.Query()
+	f := store.ApprovalFilter{Host: q.Get("host"), State: store.ApprovalState(q.Get("state"))}
+	switch f.State {
+	case "", store.Pending, store.Approved, store.Denied, store.Expired, store.Cancelled:
+	default:
+		return f, errors.New("state: want pending, approved, denied, expired or cancelled")
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 1000 {
+			return f, errors.New("limit: want 1 to 1000")
+		}
+		f.Limit = n
+	}
+	return f, nil
+}
+
+func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
+	a, err := s.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeDecideError(w, err)
+		return
+	}
+	control.WriteJSON(w, http.StatusOK, NewView(a))
+}
+
+func (s *Service) handleControlDecide(w http.ResponseWriter, r *http.Request, approve bool) {
+	p, ok := control.PeerFrom(r.Context())
+	if !ok {
+		control.WriteError(w, http.StatusForbidden, "refused: the caller's credentials could not be read")
+		return
+	}
+	var in DecideRequest
+	if !decodeBody(w, r, &in) {
+		return
+	}
+	s.decideAndAnswer(r.Context(), w, r.PathValue("id"), PeerReviewer(p.PID, p.UID, p.GID), approve, in.Comment)
+}
+
+func (s *Service) decideAndAnswer(ctx context.Context, w http.ResponseWriter, id string, rv Reviewer, approve bool, comment string) {
+	a, err := s.Decide(ctx, id, rv, approve, comment)
+	if err != nil {
+		writeDecideError(w, err)
+		return
+	}
+	control.WriteJSON(w, http.StatusOK, NewView(a))
+}
+
+// writeDecideError maps the service's errors to HTTP statuses.
+func writeDecideError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, errComment):
+		status = http.StatusBadRequest
+	case errors.Is(err, store.ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrNotReviewer), errors.Is(err, ErrRequester), errors.Is(err, ErrUnknownRequester):
+		status = http.StatusForbidden
+	case errors.Is(err, store.ErrDecided), errors.Is(err, store.ErrDuplicateVote):
+		status = http.StatusConflict
+	}
+	control.WriteError(w, status, "%v", err)
+}
+
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		control.WriteError(w, http.StatusBadRequest, "bad request: %v", err)
+		return false
+	}
+	return true
+}
