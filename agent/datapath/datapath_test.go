@@ -171,16 +171,8 @@ func TestFailClosedWithoutProxy(t *testing.T) {
 		t.Errorf("target accepted %d connections, want 0", n)
 	}
 	// The refused connection's records are gone.
-	fill, err := dp.MapFill()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f := fill["conn_origins"]; f[0] != 0 {
-		t.Errorf("conn_origins holds %d records after a refused connect", f[0])
-	}
-	if f := fill["sock_origins"]; f[0] != 0 {
-		t.Errorf("sock_origins holds %d records after a refused connect", f[0])
-	}
+	waitEmpty(t, dp, "conn_origins")
+	waitEmpty(t, dp, "sock_origins")
 }
 
 func TestOpenRefusesNonBPFFS(t *testing.T) {
@@ -769,17 +761,24 @@ func TestLookupAfterAgentClosed(t *testing.T) {
 	}
 	// The socket-cookie record goes when the agent's socket reaches
 	// TCP_CLOSE, a moment after the process exits.
+	waitEmpty(t, dp, "sock_origins")
+}
+
+// waitEmpty waits for the map to empty: records go when sockets close,
+// which may trail the process that owned them by a moment.
+func waitEmpty(t *testing.T, dp *Datapath, name string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		fill, err := dp.MapFill()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fill["sock_origins"][0] == 0 {
-			break
+		if fill[name][0] == 0 {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("sock_origins still holds %d records after the socket closed", fill["sock_origins"][0])
+			t.Fatalf("%s still holds %d records after the sockets closed", name, fill[name][0])
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
