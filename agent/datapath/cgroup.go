@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,7 +34,13 @@ func CgroupMount() (string, error) {
 		return "", fmt.Errorf("open mountinfo: %w", err)
 	}
 	defer f.Close()
-	s := bufio.NewScanner(f)
+	return cgroup2Mount(f)
+}
+
+// cgroup2Mount returns the mount point of the first cgroup2 filesystem
+// mounted from its root in a mountinfo listing.
+func cgroup2Mount(r io.Reader) (string, error) {
+	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 64*1024), 1024*1024)
 	for s.Scan() {
 		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
