@@ -46,11 +46,13 @@ type Verdict struct {
 }
 
 // Enforcer decides about statements. The relay calls it from the goroutine
-// that reads the agent, once per Query, Parse, in order, before the
-// statement goes upstream; it blocks that direction of this session only.
+// that reads the agent, in order, before the statement goes upstream; it
+// blocks that direction of this session only.
 type Enforcer interface {
 	// Query is called with the SQL text of a Query message (possibly several
-	// statements; one verdict covers the whole message) or of a Parse.
+	// statements; one verdict covers the whole message), of a Parse, and of
+	// the prepared statement each later Bind executes again (the first Bind
+	// after a Parse reuses the Parse's verdict).
 	Query(ctx context.Context, sql string) Verdict
 }
 
@@ -129,6 +131,11 @@ type RelayConfig struct {
 	// AllowFunctionCall lets FunctionCall messages through. They bypass SQL
 	// policy (they call a function by OID), so by default they are denied.
 	AllowFunctionCall bool
+	// NetpollIO keeps plain sockets on Go's netpoller instead of switching
+	// them to blocking system calls (see endpoint). Blocking I/O costs an OS
+	// thread per direction per session while it waits and gives the lowest
+	// latency; netpoll scales to more idle sessions.
+	NetpollIO bool
 }
 
 const (
@@ -163,23 +170,25 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = defaultMaxMessage
 	}
-	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
+	r := &relay{cfg: cfg, ctx: ctx, agent: newEndpoint(agent, !cfg.NetpollIO), upstream: newEndpoint(upstream, !cfg.NetpollIO)}
 	r.q.buf = make([]entry, 16)
 	var once sync.Once
-	closeBoth := func() {
+	shutdown := func() {
 		once.Do(func() {
-			agent.Close()
-			upstream.Close()
+			r.agent.shutdown()
+			r.upstream.shutdown()
 		})
 	}
-	stop := context.AfterFunc(ctx, closeBoth)
+	stop := context.AfterFunc(ctx, shutdown)
 	defer stop()
 	errc := make(chan error, 2)
 	go func() { errc <- r.serverLoop() }()
 	go func() { errc <- r.clientLoop() }()
 	first := <-errc
-	closeBoth()
+	shutdown()
 	<-errc
+	agent.Close()
+	upstream.Close()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -243,7 +252,7 @@ func (q *queue) pop() {
 type relay struct {
 	cfg             RelayConfig
 	ctx             context.Context
-	agent, upstream net.Conn
+	agent, upstream *endpoint
 	// agentMu serialises writes to the agent: the server goroutine's, and
 	// the notices the client goroutine sends while holding a statement.
 	agentMu sync.Mutex
@@ -252,7 +261,7 @@ type relay struct {
 
 // reader is a reusable input buffer over a connection.
 type reader struct {
-	conn net.Conn
+	conn io.Reader
 	buf  []byte
 	r, w int
 }
@@ -290,17 +299,27 @@ func (rd *reader) shrink() {
 	}
 }
 
-// stmtState is the client goroutine's view of prepared statements and
-// portals whose results are masked.
+// stmtState is the client goroutine's view of the agent's prepared
+// statements and of the portals whose results are masked.
 type stmtState struct {
-	stmts   map[string]ColumnMasker
+	stmts   map[string]*stmtInfo
 	portals map[string]ColumnMasker
+}
+
+// stmtInfo is one prepared statement. Every execution (Bind) is decided
+// again, so a policy change or an expired approval applies to statements
+// prepared before it; the first Bind after a Parse reuses the Parse's
+// verdict, so one query is decided once.
+type stmtInfo struct {
+	sql   string
+	fresh bool
+	mask  ColumnMasker
 }
 
 func (r *relay) clientLoop() error {
 	in := &reader{conn: r.agent, buf: make([]byte, bufSize)}
 	out := make([]byte, 0, flushAt+bufSize)
-	st := stmtState{stmts: map[string]ColumnMasker{}, portals: map[string]ColumnMasker{}}
+	st := stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}}
 	var rec Message
 	rec.FromClient = true
 	skip := 0 // bytes of a streamed message still to forward
@@ -354,8 +373,7 @@ func (r *relay) clientLoop() error {
 			return r.violation(flush, fmt.Sprintf("invalid message length %d for message type %q", n, typ))
 		}
 		total := 1 + n
-		whole := typ == 'Q' || typ == 'P' || typ == 'F' || typ == 'X' || typ == 'E' || typ == 'C' ||
-			(typ == 'B' && (len(st.stmts) > 0 || len(st.portals) > 0))
+		whole := typ == 'Q' || typ == 'P' || typ == 'B' || typ == 'F' || typ == 'X' || typ == 'E' || typ == 'C'
 		if avail < total {
 			if whole || total <= len(in.buf) {
 				if err := flush(); err != nil {
@@ -389,9 +407,7 @@ func (r *relay) clientLoop() error {
 		case 'P':
 			out, err = r.onParse(out, msg, &st, flush)
 		case 'B':
-			if err = st.onBind(msg[5:]); err == nil {
-				out = append(out, msg...)
-			}
+			out, err = r.onBind(out, msg, &st, flush)
 		case 'E':
 			out, err = r.onExecute(out, msg, &st)
 		case 'D':
@@ -437,7 +453,7 @@ func (r *relay) clientLoop() error {
 
 // clientEOF turns the agent closing its connection into a clean end.
 func clientEOF(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+	if isClosed(err) {
 		return nil
 	}
 	return fmt.Errorf("read agent: %w", err)
@@ -541,39 +557,61 @@ func (r *relay) onParse(out, msg []byte, st *stmtState, flush func() error) ([]b
 	if !ok || len(rest) < 2 || len(rest) != 2+4*int(binary.BigEndian.Uint16(rest)) {
 		return out, &ProtocolError{Msg: "malformed Parse message"}
 	}
-	v, err := r.decide(string(sql), flush)
+	text := string(sql)
+	v, err := r.decide(text, flush)
 	if err != nil {
 		return out, err
 	}
 	if v.Action != Forward {
 		return r.deny(out, kDenyParse, string(name), v), nil
 	}
-	if v.Mask != nil {
-		st.stmts[string(name)] = v.Mask
-	} else if len(st.stmts) > 0 {
-		delete(st.stmts, string(name))
+	if info := st.stmts[string(name)]; info != nil {
+		info.sql, info.fresh, info.mask = text, true, v.Mask
+	} else {
+		st.stmts[string(name)] = &stmtInfo{sql: text, fresh: true, mask: v.Mask}
 	}
 	return append(out, msg...), nil
 }
 
-func (st *stmtState) onBind(body []byte) error {
-	if len(st.stmts) == 0 && len(st.portals) == 0 {
-		return nil
-	}
-	portal, rest, ok := cbytes(body)
+func (r *relay) onBind(out, msg []byte, st *stmtState, flush func() error) ([]byte, error) {
+	portal, rest, ok := cbytes(msg[5:])
 	if !ok {
-		return &ProtocolError{Msg: "malformed Bind message"}
+		return out, &ProtocolError{Msg: "malformed Bind message"}
 	}
 	stmt, _, ok := cbytes(rest)
 	if !ok {
-		return &ProtocolError{Msg: "malformed Bind message"}
+		return out, &ProtocolError{Msg: "malformed Bind message"}
 	}
-	if m := st.stmts[string(stmt)]; m != nil {
-		st.portals[string(portal)] = m
-	} else {
+	var mask ColumnMasker
+	// A statement the relay has not seen parsed was prepared with SQL
+	// PREPARE, which went through the enforcer as a Query; the server
+	// rejects a Bind to a statement that does not exist.
+	if info := st.stmts[string(stmt)]; info != nil {
+		if info.fresh {
+			info.fresh = false
+			mask = info.mask
+		} else {
+			v, err := r.decide(info.sql, flush)
+			if err != nil {
+				return out, err
+			}
+			if v.Action != Forward {
+				if len(st.portals) > 0 {
+					delete(st.portals, string(portal))
+				}
+				// A failing Parse of a statement name nobody uses makes
+				// the server fail at this point, as a failed Bind does.
+				return r.deny(out, kDenyParse, deniedSQL, v), nil
+			}
+			mask = v.Mask
+		}
+	}
+	if mask != nil {
+		st.portals[string(portal)] = mask
+	} else if len(st.portals) > 0 {
 		delete(st.portals, string(portal))
 	}
-	return nil
+	return append(out, msg...), nil
 }
 
 func (st *stmtState) onClose(body []byte) error {
@@ -582,9 +620,7 @@ func (st *stmtState) onClose(body []byte) error {
 	}
 	name := body[1 : len(body)-1]
 	if body[0] == 'S' {
-		if len(st.stmts) > 0 {
-			delete(st.stmts, string(name))
-		}
+		delete(st.stmts, string(name))
 	} else if len(st.portals) > 0 {
 		delete(st.portals, string(name))
 	}
@@ -773,7 +809,7 @@ func (r *relay) serverLoop() error {
 }
 
 func serverEOF(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+	if isClosed(err) {
 		return nil
 	}
 	return fmt.Errorf("read upstream: %w", err)

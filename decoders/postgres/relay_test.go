@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -179,7 +180,6 @@ func TestRelayDeny(t *testing.T) {
 		t.Fatalf("rows after pipelined deny: %q, want 12", got)
 	}
 
-	// FunctionCall is denied by default.
 	// psql sees the relay's error text.
 	out, err := exec.Command("psql", "-X", "-d", p.DSN(""), "-c", "SELECT 'secret'").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `permission denied by rule "no-secrets"`) {
@@ -187,6 +187,35 @@ func TestRelayDeny(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(mustPsql(t, p, "SELECT 40 + 2"))); got != "42" {
 		t.Fatalf("psql through proxy: %q", got)
+	}
+}
+
+// A policy change applies to statements prepared before it.
+func TestRelayDenyPreparedAfterPolicyChange(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	var denied atomic.Bool
+	p := startProxy(t, pg, func() RelayConfig {
+		return RelayConfig{Enforcer: EnforcerFunc(func(context.Context, string) Verdict {
+			if denied.Load() {
+				return Verdict{Action: Deny, Rule: "revoked"}
+			}
+			return Verdict{}
+		})}
+	})
+	c := connect(t, p)
+	ctx := context.Background()
+	var n int
+	for range 2 {
+		if err := c.QueryRow(ctx, "SELECT $1::int", 3).Scan(&n); err != nil || n != 3 {
+			t.Fatalf("allowed prepared statement: %v", err)
+		}
+	}
+	denied.Store(true)
+	err := c.QueryRow(ctx, "SELECT $1::int", 3).Scan(&n)
+	wantPgError(t, err, "42501", "revoked")
+	denied.Store(false)
+	if err := c.QueryRow(ctx, "SELECT $1::int", 4).Scan(&n); err != nil || n != 4 {
+		t.Fatalf("prepared statement after the policy allows again: %v", err)
 	}
 }
 

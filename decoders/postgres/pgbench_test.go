@@ -1,0 +1,138 @@
+package postgres
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// nopRecorder makes the relay take its recording path without storing.
+type nopRecorder struct{}
+
+func (nopRecorder) Record(*Message) {}
+
+// BenchmarkPgbench runs real pgbench against a throwaway PostgreSQL, directly
+// and through the relay (trivial enforcer, no-op recorder), alternating the
+// two, one pgbench run of each per iteration; use -benchtime=3x for medians
+// of 3. It reports both TPS, their ratio and the median transaction latency
+// of each.
+//
+//	go test ./decoders/postgres -run=NONE -bench=Pgbench -benchtime=3x
+func BenchmarkPgbench(b *testing.B) {
+	if _, err := exec.LookPath("pgbench"); err != nil {
+		testenv.Unavailable(b, "pgbench not installed (apt-get install postgresql-client)")
+	}
+	pg := testenv.StartPostgres(b)
+	if out, err := exec.Command("pgbench", "-i", "-q", "-s", "10", "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", pg.Superuser, "postgres").CombinedOutput(); err != nil {
+		b.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	proxies := []*testProxy{
+		startProxy(b, pg, func() RelayConfig { return RelayConfig{Enforcer: allowAll, Recorder: nopRecorder{}} }),
+		startProxy(b, pg, func() RelayConfig {
+			return RelayConfig{Enforcer: allowAll, Recorder: nopRecorder{}, NetpollIO: true}
+		}),
+	}
+	names := []string{"relay", "netpoll"}
+	seconds := 5
+	if s := os.Getenv("INTERLOCK_PGBENCH_SECONDS"); s != "" {
+		seconds, _ = strconv.Atoi(s)
+	}
+	for _, sc := range []struct {
+		name string
+		args []string
+	}{
+		{"select-only-1client", []string{"-S", "-c", "1", "-j", "1"}},
+		{"select-only-16clients", []string{"-S", "-c", "16", "-j", "2"}},
+		{"tpcb-like-16clients", []string{"-c", "16", "-j", "2"}},
+	} {
+		b.Run(sc.name, func(b *testing.B) {
+			var direct []pgbenchResult
+			relayed := make([][]pgbenchResult, len(proxies))
+			for i := 0; i < b.N; i++ {
+				direct = append(direct, runPgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.args))
+				for j, p := range proxies {
+					_, port, _ := strings.Cut(p.Addr(), ":")
+					pp, _ := strconv.Atoi(port)
+					relayed[j] = append(relayed[j], runPgbench(b, "127.0.0.1", pp, "agent", "", seconds, sc.args))
+				}
+			}
+			d := median(direct)
+			b.ReportMetric(d.tps, "direct-tps")
+			b.ReportMetric(d.p50, "direct-p50-µs")
+			for j, name := range names {
+				r := median(relayed[j])
+				b.ReportMetric(r.tps, name+"-tps")
+				b.ReportMetric(100*r.tps/d.tps, name+"-%")
+				b.ReportMetric(r.p50-d.p50, name+"-added-p50-µs")
+			}
+		})
+	}
+}
+
+type pgbenchResult struct{ tps, p50 float64 }
+
+// median returns the median TPS and the median p50 of runs.
+func median(runs []pgbenchResult) pgbenchResult {
+	tps := make([]float64, len(runs))
+	p50 := make([]float64, len(runs))
+	for i, r := range runs {
+		tps[i], p50[i] = r.tps, r.p50
+	}
+	slices.Sort(tps)
+	slices.Sort(p50)
+	return pgbenchResult{tps[len(tps)/2], p50[len(p50)/2]}
+}
+
+var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+// runPgbench runs one pgbench and returns its TPS and the median latency of
+// its transactions, from the per-transaction log.
+func runPgbench(b *testing.B, host string, port int, user, password string, seconds int, args []string) pgbenchResult {
+	b.Helper()
+	dir := b.TempDir()
+	args = append([]string{"-n", "-h", host, "-p", strconv.Itoa(port), "-U", user, "-T", strconv.Itoa(seconds),
+		"-l", "--log-prefix", filepath.Join(dir, "log")}, args...)
+	cmd := exec.Command("pgbench", append(args, "postgres")...)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+password, "PGSSLMODE=disable")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("pgbench %v: %v\n%s", args, err, out)
+	}
+	m := tpsRE.FindSubmatch(out)
+	if m == nil {
+		b.Fatalf("no tps in pgbench output:\n%s", out)
+	}
+	tps, _ := strconv.ParseFloat(string(m[1]), 64)
+	logs, _ := filepath.Glob(filepath.Join(dir, "log*"))
+	var lat []float64
+	for _, l := range logs {
+		f, err := os.Open(l)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			// client_id transaction_no time script_no time_epoch time_us
+			fields := strings.Fields(sc.Text())
+			if len(fields) >= 3 {
+				v, _ := strconv.ParseFloat(fields[2], 64)
+				lat = append(lat, v)
+			}
+		}
+		f.Close()
+	}
+	if len(lat) == 0 {
+		b.Fatal(fmt.Errorf("no pgbench transaction log in %s", dir))
+	}
+	slices.Sort(lat)
+	return pgbenchResult{tps: tps, p50: lat[len(lat)/2]}
+}
