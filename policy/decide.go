@@ -50,7 +50,7 @@ type rule struct {
 type sqlMatch struct {
 	classes                              uint16 // bit per sqlclass.Class; 0 = any
 	commands                             []string
-	tables, onlyTables, functions        []string
+	tables, onlyTables, functions        []namePattern
 	hasOnly                              bool
 	destructive, lock, unknowable, multi int8 // 0 any, 1 must, -1 must not
 }
@@ -306,10 +306,8 @@ func triMatch(want int8, got bool) bool {
 	return want == 0 || (want == 1) == got
 }
 
-// anyName reports whether some name matches some pattern. A pattern with no
-// '.' is matched against the part after the last '.' (the bare table or
-// function name), so "users" matches "public.users".
-func anyName(patterns, names []string) bool {
+// anyName reports whether some name matches some pattern.
+func anyName(patterns []namePattern, names []string) bool {
 	for _, n := range names {
 		if nameMatches(patterns, n) {
 			return true
@@ -318,17 +316,40 @@ func anyName(patterns, names []string) bool {
 	return false
 }
 
-func nameMatches(patterns []string, name string) bool {
+// namePattern is a compiled table or function pattern. A pattern with no
+// '.' is matched against the part after the last '.' of a name (the bare
+// table or function name), so "users" matches "public.users".
+type namePattern struct {
+	pat       string
+	literal   bool // no wildcard: compare, do not glob
+	qualified bool // contains '.': match the whole name
+}
+
+func compileNamePatterns(pats []string) []namePattern {
+	out := make([]namePattern, 0, len(pats))
+	for _, p := range pats {
+		p = strings.ToLower(p)
+		out = append(out, namePattern{pat: p, literal: !strings.ContainsAny(p, "*?"), qualified: strings.Contains(p, ".")})
+	}
+	return out
+}
+
+func nameMatches(patterns []namePattern, name string) bool {
 	bare := name
 	if i := strings.LastIndexByte(name, '.'); i >= 0 {
 		bare = name[i+1:]
 	}
-	for _, pat := range patterns {
-		subject := name
-		if strings.IndexByte(pat, '.') < 0 {
-			subject = bare
+	for i := range patterns {
+		p := &patterns[i]
+		subject := bare
+		if p.qualified {
+			subject = name
 		}
-		if globMatch(pat, subject) {
+		if p.literal {
+			if p.pat == subject {
+				return true
+			}
+		} else if globMatch(p.pat, subject) {
 			return true
 		}
 	}

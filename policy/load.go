@@ -698,16 +698,10 @@ func (c *compiler) sqlMatch(rule string, r *rawSQLOp) *sqlMatch {
 	for _, cmd := range r.Command {
 		m.commands = append(m.commands, strings.ToUpper(cmd))
 	}
-	for _, t := range r.Tables {
-		m.tables = append(m.tables, strings.ToLower(t))
-	}
-	for _, t := range r.OnlyTables {
-		m.onlyTables = append(m.onlyTables, strings.ToLower(t))
-	}
+	m.tables = compileNamePatterns(r.Tables)
+	m.onlyTables = compileNamePatterns(r.OnlyTables)
 	m.hasOnly = r.OnlyTables != nil
-	for _, f := range r.Functions {
-		m.functions = append(m.functions, strings.ToLower(f))
-	}
+	m.functions = compileNamePatterns(r.Functions)
 	return m
 }
 
