@@ -38,8 +38,8 @@ func fromWords(w [4]uint32) netip.Addr {
 // Tag makes the cgroup with the given id, and every cgroup below it, run as
 // identity: their TCP connects follow the identity's rules (redirect by
 // default) and their other ways out are restricted. The deepest tagged
-// cgroup names a task's identity; tags more than 32 levels below the cgroup2
-// root are not seen (other than on the task's own cgroup).
+// cgroup names a task's identity; the kernel walks 32 levels from the cgroup2
+// root, so a tag on a cgroup deeper than that is not seen.
 func (d *Datapath) Tag(cgroupID uint64, identity uint32) error {
 	if err := d.maps.TaggedCgroups.Put(cgroupID, identity); err != nil {
 		return fmt.Errorf("tag cgroup %d: %w", cgroupID, err)
