@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -30,8 +31,11 @@ type notifier struct {
 	backoff  time.Duration
 	log      zerolog.Logger
 	queue    chan string
-	stop     chan struct{}
+	ctx      context.Context // ends in-flight requests and backoff waits when close gives up
+	stop     context.CancelFunc
 	done     chan struct{}
+	mu       sync.Mutex // orders post against close
+	closed   bool
 }
 
 func newNotifier(cfg Config, log zerolog.Logger) *notifier {
@@ -51,7 +55,7 @@ func newNotifier(cfg Config, log zerolog.Logger) *notifier {
 		n.backoff = 500 * time.Millisecond
 	}
 	n.queue = make(chan string, webhookQueue)
-	n.stop = make(chan struct{})
+	n.ctx, n.stop = context.WithCancel(context.Background())
 	go n.run()
 	return n
 }
@@ -61,6 +65,11 @@ func (n *notifier) post(text string) {
 	if n.queue == nil {
 		return
 	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
 	select {
 	case n.queue <- text:
 	default:
@@ -68,17 +77,23 @@ func (n *notifier) post(text string) {
 	}
 }
 
-// close lets queued messages go out until ctx ends, then stops.
+// close lets queued messages go out until ctx ends, then stops. Messages
+// posted after close are dropped.
 func (n *notifier) close(ctx context.Context) error {
 	if n.queue == nil {
 		return nil
 	}
-	close(n.queue)
+	n.mu.Lock()
+	if !n.closed {
+		n.closed = true
+		close(n.queue)
+	}
+	n.mu.Unlock()
 	select {
 	case <-n.done:
 		return nil
 	case <-ctx.Done():
-		close(n.stop)
+		n.stop()
 		<-n.done
 		return fmt.Errorf("flush webhook messages: %w", ctx.Err())
 	}
@@ -86,7 +101,11 @@ func (n *notifier) close(ctx context.Context) error {
 
 func (n *notifier) run() {
 	defer close(n.done)
+	defer n.stop()
 	for text := range n.queue {
+		if n.ctx.Err() != nil {
+			continue // close gave up: drain without sending
+		}
 		if err := n.deliver(text); err != nil {
 			n.log.Warn().Err(err).Str("event", "webhook_failed").Msg("webhook message not delivered")
 		}
@@ -112,7 +131,7 @@ func (n *notifier) deliver(text string) error {
 		}
 		select {
 		case <-time.After(delay):
-		case <-n.stop:
+		case <-n.ctx.Done():
 			return fmt.Errorf("post webhook: stopped after %d attempts: %w", attempt, err)
 		}
 		delay = min(delay*2, 30*time.Second)
@@ -120,7 +139,7 @@ func (n *notifier) deliver(text string) error {
 }
 
 func (n *notifier) send(body []byte) (retry bool, err error) {
-	req, err := http.NewRequest(http.MethodPost, n.url, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(n.ctx, http.MethodPost, n.url, bytes.NewReader(body))
 	if err != nil {
 		return false, err
 	}
