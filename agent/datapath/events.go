@@ -64,12 +64,7 @@ func (d *Datapath) ReadDenyEvent() (DenyEvent, error) {
 		SockType: e.SockType,
 		Protocol: e.Protocol,
 	}
-	for _, c := range e.Path {
-		if c == 0 {
-			break
-		}
-		ev.Path += string(rune(byte(c)))
-	}
+	ev.Path = cString(e.Path[:])
 	if ev.Reason == "" {
 		ev.Reason = DenyReason(fmt.Sprintf("unknown-%d", e.Reason))
 	}

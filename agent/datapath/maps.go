@@ -264,13 +264,6 @@ type Origin struct {
 }
 
 func (d *Datapath) origin(o *bpf.InterlockOrigin) Origin {
-	comm := make([]byte, 0, len(o.Comm))
-	for _, c := range o.Comm {
-		if c == 0 {
-			break
-		}
-		comm = append(comm, byte(c))
-	}
 	return Origin{
 		Dst:         netip.AddrPortFrom(fromWords(o.Dst.W), o.DstPort),
 		PID:         o.Pid,
@@ -278,10 +271,22 @@ func (d *Datapath) origin(o *bpf.InterlockOrigin) Origin {
 		GID:         o.Gid,
 		CgroupID:    o.CgroupId,
 		Identity:    o.Identity,
-		Comm:        string(comm),
+		Comm:        cString(o.Comm[:]),
 		NetnsCookie: o.NetnsCookie,
 		Time:        monoToTime(o.TimeNs),
 	}
+}
+
+// cString returns the bytes of a NUL-terminated C char array.
+func cString(cs []int8) string {
+	b := make([]byte, 0, len(cs))
+	for _, c := range cs {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
 }
 
 // monoToTime converts a bpf_ktime_get_ns (CLOCK_MONOTONIC) stamp to wall
