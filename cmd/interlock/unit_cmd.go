@@ -1,0 +1,207 @@
+package main
+
+// Tagging systemd units. `interlock tag --unit NAME --identity ID` writes a
+// drop-in that makes the unit tag its own cgroup every time it starts:
+//
+//	[Unit]
+//	Requires=interlock.service
+//	After=interlock.service
+//	[Service]
+//	ExecStartPre=+/usr/bin/interlock tag --unit %n --identity ID
+//
+// Why ExecStartPre=+ and not interlockd following the unit: systemd creates
+// a fresh cgroup (a new cgroup id) on every start, and only a synchronous
+// step inside the start job can tag it before ExecStart= runs, so the main
+// process is enforced from its first connection. If interlockd is down the
+// tag call fails, the start job fails, and the unit never runs untagged.
+// Requires=/After= order the unit after interlockd has armed the data path
+// (interlockd is Type=notify and reports READY=1 only then), and an
+// explicit stop of interlockd stops the unit with it. A crash of interlockd
+// leaves a running unit's cgroup tagged in the pinned maps: its connections
+// fail (ECONNREFUSED) until interlockd is back.
+//
+// Run from that ExecStartPre, the same command recognises the unit's own
+// start (INVOCATION_ID equals the unit's InvocationID) and only tags; run
+// by an operator it writes the drop-in, reloads systemd when the drop-in
+// changed, and tags the unit's current cgroup if it is running.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/daemon"
+)
+
+// systemdUnitDir is where drop-ins are written; a variable so tests can
+// point it at a temporary directory.
+var systemdUnitDir = "/etc/systemd/system"
+
+// dropInName is the drop-in file inside NAME.d/.
+const dropInName = "50-interlock.conf"
+
+var (
+	// unitNamePattern accepts the characters systemd allows in unit names.
+	unitNamePattern = regexp.MustCompile(`^[A-Za-z0-9:_.@\\-]+\.(service|slice)$`)
+	// identityPattern mirrors the daemon's rule; checked here too because
+	// the identity is written into a unit file and must not carry syntax.
+	identityPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+)
+
+// runTagUnit tags a systemd service now (if it is running) and on every
+// start, or a slice now. It needs root: it writes under /etc/systemd/system
+// and talks to systemd with systemctl.
+func runTagUnit(ctx context.Context, c *control.Client, unit, identity string, stdout io.Writer) error {
+	if !unitNamePattern.MatchString(unit) {
+		return fmt.Errorf("tag unit %q: want NAME.service or NAME.slice", unit)
+	}
+	if !identityPattern.MatchString(identity) {
+		return fmt.Errorf("tag unit %s: identity %q: use letters, digits, '-', '_' and '.' (at most 64)", unit, identity)
+	}
+	if inv := os.Getenv("INVOCATION_ID"); inv != "" {
+		if own, err := unitProperty(ctx, unit, "InvocationID"); err == nil && own == inv {
+			// We are the unit's own ExecStartPre: tag the cgroup systemd
+			// just created and let ExecStart run.
+			return tagUnitCgroup(ctx, c, unit, identity, stdout)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find interlock binary: %w", err)
+	}
+	changed, err := writeDropIn(systemdUnitDir, unit, dropIn(unit, identity, self))
+	if err != nil {
+		return err
+	}
+	if changed {
+		if err := systemctl(ctx, "daemon-reload"); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s\n", filepath.Join(systemdUnitDir, unit+".d", dropInName))
+	}
+	cg, err := unitProperty(ctx, unit, "ControlGroup")
+	if err != nil {
+		return err
+	}
+	if cg == "" {
+		if strings.HasSuffix(unit, ".slice") {
+			return fmt.Errorf("tag unit %s: the slice has no cgroup now (start a unit in it first)", unit)
+		}
+		fmt.Fprintf(stdout, "%s is not running; it will be tagged as %s when it starts\n", unit, identity)
+		return nil
+	}
+	return tagUnitCgroup(ctx, c, unit, identity, stdout)
+}
+
+// runUntagUnit removes the drop-in runTagUnit wrote and untags the unit's
+// current cgroup, if any.
+func runUntagUnit(ctx context.Context, c *control.Client, unit string, stdout io.Writer) error {
+	if !unitNamePattern.MatchString(unit) {
+		return fmt.Errorf("untag unit %q: want NAME.service or NAME.slice", unit)
+	}
+	path := filepath.Join(systemdUnitDir, unit+".d", dropInName)
+	switch err := os.Remove(path); {
+	case err == nil:
+		if err := systemctl(ctx, "daemon-reload"); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "removed %s\n", path)
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("remove drop-in: %w", err)
+	}
+	cg, err := unitProperty(ctx, unit, "ControlGroup")
+	if err != nil || cg == "" {
+		return err
+	}
+	var out daemon.TagEntry
+	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: cg}, &out); err != nil {
+		return fmt.Errorf("untag %s: %w", unit, err)
+	}
+	fmt.Fprintf(stdout, "untagged %s (%s)\n", unit, out.Cgroup)
+	return nil
+}
+
+// tagUnitCgroup tags the unit's current cgroup through the control API.
+func tagUnitCgroup(ctx context.Context, c *control.Client, unit, identity string, stdout io.Writer) error {
+	cg, err := unitProperty(ctx, unit, "ControlGroup")
+	if err != nil {
+		return err
+	}
+	if cg == "" {
+		return fmt.Errorf("tag unit %s: systemd reports no cgroup for it", unit)
+	}
+	var out daemon.TagEntry
+	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: cg, Identity: identity}, &out); err != nil {
+		return fmt.Errorf("tag unit %s: %w", unit, err)
+	}
+	fmt.Fprintf(stdout, "tagged %s (%s) as %s\n", unit, out.Cgroup, out.Identity)
+	return nil
+}
+
+// dropIn renders the drop-in for unit. A slice cannot run commands, so its
+// drop-in only orders it after interlockd; its cgroup is tagged while it
+// exists (see runTagUnit).
+func dropIn(unit, identity, interlock string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by `interlock tag --unit %s --identity %s`.\n", unit, identity)
+	fmt.Fprintf(&b, "# Remove with `interlock untag --unit %s`.\n", unit)
+	b.WriteString("[Unit]\nRequires=interlock.service\nAfter=interlock.service\n")
+	if strings.HasSuffix(unit, ".service") {
+		// '+': full privileges whatever User= the unit runs as, so the
+		// control socket sees root. %n is the unit's own name.
+		fmt.Fprintf(&b, "\n[Service]\nExecStartPre=+%s tag --unit %%n --identity %s\n", interlock, identity)
+	}
+	return b.String()
+}
+
+// writeDropIn writes content to DIR/UNIT.d/50-interlock.conf unless it is
+// already there, and reports whether it changed anything.
+func writeDropIn(dir, unit, content string) (bool, error) {
+	path := filepath.Join(dir, unit+".d", dropInName)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, []byte(content)) {
+		return false, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return false, fmt.Errorf("create drop-in dir: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return false, fmt.Errorf("write drop-in: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return false, fmt.Errorf("install drop-in: %w", err)
+	}
+	return true, nil
+}
+
+// unitProperty returns one property of unit as systemd reports it.
+func unitProperty(ctx context.Context, unit, prop string) (string, error) {
+	out, err := exec.CommandContext(ctx, "systemctl", "show", "--property", prop, "--value", "--", unit).Output()
+	if err != nil {
+		return "", fmt.Errorf("read %s of %s: %w%s", prop, unit, err, stderrOf(err))
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func systemctl(ctx context.Context, args ...string) error {
+	if out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("systemctl %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func stderrOf(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+		return ": " + string(bytes.TrimSpace(ee.Stderr))
+	}
+	return ""
+}
