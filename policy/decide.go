@@ -185,6 +185,12 @@ func (p *Policy) DenyUnixPaths() []string { return p.denyUnix }
 // Decide returns the decision for one request: the first rule in file
 // order that matches wins; none matching is "default-deny". It does not
 // allocate.
+//
+// For OpConnect (a connection before any request, or a target without a
+// decoder) a rule without an operation matcher decides as written; a rule
+// with one (sql:, http: ...) that is not a deny allows the connection under
+// its name, because some requests on it may be allowed and each is decided
+// when it comes. Deny rules with operation matchers are passed over.
 func (p *Policy) Decide(in *Input) Decision {
 	ids := p.identitySet(in.Subject)
 	return p.decide(&ids, in)
@@ -198,26 +204,41 @@ func (p *Policy) decide(ids *bitset, in *Input) Decision {
 		proto = in.Target.Protocol
 	}
 	for _, r := range p.rules {
-		if r.matches(p, ids, in, proto) {
+		if !r.matchesCaller(ids, in, proto) {
+			continue
+		}
+		if r.any {
+			return r.decision
+		}
+		if in.Op.Kind == OpConnect {
+			// A connection is let in when the first rule that could
+			// apply to its requests does not simply deny them; each
+			// request is then decided on its own.
+			if r.decision.Action != Deny {
+				return Decision{Action: Allow, Rule: r.name}
+			}
+			continue
+		}
+		if r.matchesOp(p, in) {
 			return r.decision
 		}
 	}
 	return defaultDeny
 }
 
-func (r *rule) matches(p *Policy, ids *bitset, in *Input, proto string) bool {
+// matchesCaller checks identity, target and protocol.
+func (r *rule) matchesCaller(ids *bitset, in *Input, proto string) bool {
 	if !r.anyIdentity && !r.identities.intersects(ids) {
 		return false
 	}
 	if !r.anyTarget && (in.Target == nil || !r.targets.has(in.Target.index)) {
 		return false
 	}
-	if len(r.protocols) > 0 && !containsString(r.protocols, proto) {
-		return false
-	}
-	if r.any {
-		return true
-	}
+	return len(r.protocols) == 0 || containsString(r.protocols, proto)
+}
+
+// matchesOp checks the operation matcher of a rule that has one.
+func (r *rule) matchesOp(p *Policy, in *Input) bool {
 	if r.kind != in.Op.Kind {
 		return false
 	}

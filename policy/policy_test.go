@@ -339,7 +339,8 @@ func TestDecide(t *testing.T) {
 		{Input{Subject: bot, Target: p.Target("cache"), Op: Operation{Kind: OpRedis, Command: "FLUSHALL"}}, "default-deny"},
 		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, Command: "systemctl status nginx"}}, "bot-ssh-uptime"},
 		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, Command: "rm -rf /"}}, "default-deny"},
-		{Input{Subject: bot, Target: db, Op: Operation{Kind: OpConnect}}, "default-deny"},
+		{Input{Subject: bot, Target: db, Op: Operation{Kind: OpConnect}}, "bot-reads-public"},
+		{Input{Subject: &Subject{Tag: "x"}, Target: db, Op: Operation{Kind: OpConnect}}, "default-deny"},
 		{Input{Subject: admin, Target: nil, Op: Operation{Kind: OpConnect}}, "admin-anything"},
 	}
 	for _, c := range opCases {
