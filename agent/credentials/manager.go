@@ -377,6 +377,13 @@ func (l *lease) renewLoop(ctx context.Context) {
 	}
 }
 
+// fresh reports whether the credential has more than a quarter of its TTL
+// left (or does not expire).
+func (l *lease) fresh() bool {
+	exp := l.Credential().Expires
+	return exp.IsZero() || l.renewTTL == 0 || time.Until(exp) > l.renewTTL/4
+}
+
 func (l *lease) nextRenewal() time.Duration {
 	return max(time.Until(l.Credential().Expires)/2, 10*time.Millisecond)
 }

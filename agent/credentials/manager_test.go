@@ -92,3 +92,17 @@ func TestJournalCorruptMiddleLine(t *testing.T) {
 		t.Errorf("corrupt journal: %v", err)
 	}
 }
+
+// BenchmarkJournalAppend is the fsync each issued lease pays.
+func BenchmarkJournalAppend(b *testing.B) {
+	j, _, err := openJournal(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer j.close()
+	for b.Loop() {
+		if err := j.append(record{Op: opIssue, ID: "x", Source: "embedded", Handle: "interlock_bench"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

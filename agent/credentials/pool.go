@@ -2,6 +2,7 @@ package credentials
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -16,6 +17,9 @@ type pool struct {
 	size int
 	ch   chan *lease
 	kick chan struct{}
+
+	mu    sync.Mutex
+	stale []*lease // taken out as too close to expiry, to revoke
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -57,11 +61,21 @@ func (p *pool) take(req Request) *lease {
 		return nil
 	}
 	defer p.refill()
-	select {
-	case l := <-p.ch:
-		return l
-	default:
-		return nil
+	for {
+		select {
+		case l := <-p.ch:
+			if l.fresh() {
+				return l
+			}
+			// Renewal failed for most of its life (source down): it may
+			// be dead by the time the session logs in. The filler
+			// revokes it, off the connect path.
+			p.mu.Lock()
+			p.stale = append(p.stale, l)
+			p.mu.Unlock()
+		default:
+			return nil
+		}
 	}
 }
 
@@ -99,6 +113,13 @@ func (p *pool) fill() {
 		case <-p.ctx.Done():
 			return
 		case <-p.kick:
+		}
+		p.mu.Lock()
+		stale := p.stale
+		p.stale = nil
+		p.mu.Unlock()
+		for _, l := range stale {
+			l.Close(p.ctx) // on failure it stays journaled for Recover
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -182,6 +183,23 @@ func (v *vaultSource) issue(ctx context.Context, req Request, commit func(string
 	if err := v.login(ctx); err != nil {
 		return grant{}, err
 	}
+	g, err := v.issueKind(ctx, req, commit)
+	var re *vault.ResponseError
+	if err != nil && errors.As(err, &re) && re.StatusCode == http.StatusForbidden && v.cfg.Auth.Method != "token" {
+		// The token died under us (revoked, or expired while Vault was
+		// unreachable): log in again once.
+		v.mu.Lock()
+		lerr := v.authenticate(ctx)
+		v.mu.Unlock()
+		if lerr != nil {
+			return grant{}, errors.Join(err, lerr)
+		}
+		return v.issueKind(ctx, req, commit)
+	}
+	return g, err
+}
+
+func (v *vaultSource) issueKind(ctx context.Context, req Request, commit func(string) error) (grant, error) {
 	switch req.Ref.Kind {
 	case "", "database":
 		return v.issueDatabase(ctx, req, commit)

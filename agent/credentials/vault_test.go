@@ -179,6 +179,35 @@ func TestVaultUnreachable(t *testing.T) {
 	}
 }
 
+// TestVaultRenewalRetriesWhileDown stops the server across a renewal: the
+// failed renewal is retried, not fatal, and the lease lives on once the
+// server is back.
+func TestVaultRenewalRetriesWhileDown(t *testing.T) {
+	pg := startPG(t)
+	srv := startVault(t, pg, func(c *vaultcompat.Config) {
+		c.Database.Roles["readonly"] = vaultcompat.DatabaseRole{Grants: []string{"agent_readonly"}, DefaultTTL: 4 * time.Second, MaxTTL: time.Hour}
+	})
+	m := vaultManager(t, tokenAuth(srv))
+	ctx := t.Context()
+	l, err := m.Issue(ctx, Request{Ref: readonly, Target: "orders-db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close(ctx)
+	addr := srv.Addr()
+	srv.Stop()
+	time.Sleep(2500 * time.Millisecond) // the renewal due at 2s fails
+	if err := srv.Start(addr); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(6 * time.Second) // past the original expiry at 4s
+	conn, _, err := login(ctx, pg, l.Credential())
+	if err != nil {
+		t.Fatalf("lease did not survive an outage shorter than its TTL: %v", err)
+	}
+	conn.Close(ctx)
+}
+
 func TestVaultRecoverAfterCrash(t *testing.T) {
 	pg := startPG(t)
 	srv := startVault(t, pg, nil)

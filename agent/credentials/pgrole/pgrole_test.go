@@ -30,3 +30,13 @@ func TestScramVerifierShape(t *testing.T) {
 		t.Errorf("verifier %q", v)
 	}
 }
+
+// BenchmarkScramVerifier is the client-side key derivation per role.
+func BenchmarkScramVerifier(b *testing.B) {
+	pw := RandomPassword()
+	for b.Loop() {
+		if _, err := scramVerifier(pw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
