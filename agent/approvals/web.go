@@ -199,7 +199,9 @@ func (s *Service) guard(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("Referrer-Policy", "no-referrer")
+		// same-origin, not no-referrer: with no-referrer browsers send "Origin: null"
+		// on form POSTs, and the Origin check below needs the real one.
+		h.Set("Referrer-Policy", "same-origin")
 		if !s.allowedHost(r.Host) {
 			control.WriteError(w, http.StatusMisdirectedRequest, "refused: host %q is not this page's address", r.Host)
 			return
