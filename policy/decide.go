@@ -282,9 +282,10 @@ func matchAnyFold(upperPatterns []string, s string) bool {
 	return false
 }
 
-// effectiveClass is the statement's class, using BaseClass when every
-// function the classifier did not know is declared read-only by the policy.
-func (p *Policy) effectiveClass(st *sqlclass.Statement) sqlclass.Class {
+// EffectiveClass is the class rules see for st: its Class, or its
+// BaseClass when every function the classifier did not know is declared
+// read-only by the policy (sql.readonly_functions).
+func (p *Policy) EffectiveClass(st *sqlclass.Statement) sqlclass.Class {
 	if len(st.UnknownFunctions) == 0 || len(p.readOnlyFuncs) == 0 {
 		return st.Class
 	}
@@ -297,7 +298,7 @@ func (p *Policy) effectiveClass(st *sqlclass.Statement) sqlclass.Class {
 }
 
 func (m *sqlMatch) matches(p *Policy, st *sqlclass.Statement) bool {
-	if m.classes != 0 && m.classes&(1<<p.effectiveClass(st)) == 0 {
+	if m.classes != 0 && m.classes&(1<<p.EffectiveClass(st)) == 0 {
 		return false
 	}
 	if len(m.commands) > 0 && !containsString(m.commands, st.Command) {

@@ -65,17 +65,7 @@ func (p *Policy) RunTests() []TestResult {
 // Explain decides the request a Test describes, without checking the
 // expectation: what `interlock policy explain` prints.
 func (p *Policy) Explain(t *Test) (Decision, *sqlclass.Query) {
-	var ids bitset
-	subject := t.Subject
-	if t.Identity != "" {
-		if id := p.identityIndex[t.Identity]; id != nil {
-			ids.set(id.index)
-		}
-		subject = &Subject{Tag: t.Identity}
-	} else if subject != nil {
-		ids = p.identitySet(subject)
-	}
-	target := p.targetIndex[t.Target]
+	ids, subject, target := p.caller(t)
 	in := Input{Subject: subject, Target: target}
 	switch {
 	case t.SQL != "":
@@ -88,4 +78,26 @@ func (p *Policy) Explain(t *Test) (Decision, *sqlclass.Query) {
 		in.Op = Operation{Kind: OpSSH, Command: t.SSH}
 	}
 	return p.decide(&ids, &in), nil
+}
+
+// ExplainStatement decides one classified statement for the caller and
+// target a Test names, so explain can show each statement's own rule.
+func (p *Policy) ExplainStatement(t *Test, st *sqlclass.Statement) Decision {
+	ids, subject, target := p.caller(t)
+	return p.decide(&ids, &Input{Subject: subject, Target: target, Op: Operation{Kind: OpSQL, SQL: st}})
+}
+
+// caller resolves a Test's identity or subject and target.
+func (p *Policy) caller(t *Test) (bitset, *Subject, *Target) {
+	var ids bitset
+	subject := t.Subject
+	if t.Identity != "" {
+		if id := p.identityIndex[t.Identity]; id != nil {
+			ids.set(id.index)
+		}
+		subject = &Subject{Tag: t.Identity}
+	} else if subject != nil {
+		ids = p.identitySet(subject)
+	}
+	return ids, subject, p.targetIndex[t.Target]
 }
