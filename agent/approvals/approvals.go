@@ -126,6 +126,10 @@ type Config struct {
 	HTTPClient *http.Client
 	// Logger receives webhook failures and audit write errors; nil is silent.
 	Logger *zerolog.Logger
+	// Observe, when set, is called once per held request when its wait
+	// ends, with the final state and how long the session was held (for
+	// the approval wait-time metric). It must not block.
+	Observe func(state store.ApprovalState, held time.Duration)
 }
 
 // Token is a web reviewer's credential: whoever presents Secret acts as
@@ -233,6 +237,9 @@ func (s *Service) Hold(ctx context.Context, r Request) (string, func(ctx context
 	wait := func(ctx context.Context) (bool, string) {
 		defer s.forget(a.ID)
 		final := s.wait(ctx, h, a)
+		if s.cfg.Observe != nil {
+			s.cfg.Observe(final.State, time.Since(a.Requested))
+		}
 		return final.State == store.Approved, reason(final)
 	}
 	return a.ID, wait, nil

@@ -173,7 +173,15 @@ func checkAudit(t *testing.T, st *store.Store, host string) string {
 // One deny decides at once, whatever the quorum.
 func testDeny(t *testing.T, st *store.Store) {
 	ctx := context.Background()
-	s, _ := newService(t, st, "h-deny")
+	observed := make(chan store.ApprovalState, 1)
+	s, _ := newService(t, st, "h-deny", func(c *Config) {
+		c.Observe = func(st store.ApprovalState, held time.Duration) {
+			if held <= 0 {
+				t.Errorf("held for %v", held)
+			}
+			observed <- st
+		}
+	})
 	id, wait, err := s.Hold(ctx, request([]string{"alice", "bob", "carol"}, 3, time.Minute))
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +196,9 @@ func testDeny(t *testing.T, st *store.Store) {
 	r := receive(t, done)
 	if r.approved || !strings.Contains(r.reason, "denied by carol (not during business hours)") {
 		t.Fatalf("wait = %+v", r)
+	}
+	if st := <-observed; st != store.Denied {
+		t.Fatalf("observed %s", st)
 	}
 }
 
