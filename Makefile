@@ -1,0 +1,47 @@
+# Interlock. `make test` is what CI runs (as root, INTERLOCK_TEST_PRIVILEGED=1).
+GO      ?= go
+BIN     ?= bin
+PKGS    ?= ./...
+# Privileged tests share the kernel; -p 2 keeps two packages at a time on
+# this 2-core class of machine without starving PostgreSQL under test.
+TESTFLAGS ?= -count=1 -p 2 -timeout 40m
+
+.PHONY: all build generate check-generated test bench fuzz vet vm-test clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# Regenerate the BPF objects and Go bindings (needs clang, llvm-strip,
+# libbpf-dev). The output is committed so `go build` needs no clang.
+generate:
+	$(GO) generate ./bpf/...
+
+# Prove the committed objects are what the sources compile to.
+check-generated: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed objects differ from the sources; run make generate and commit"; exit 1; }
+	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "bpf/: untracked generated files"; exit 1; }
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet $(PKGS)
+
+test: vet
+	$(GO) test $(TESTFLAGS) $(PKGS)
+
+# Benchmarks: figures are written to bench/results.txt and quoted in the README.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 $(PKGS)
+
+# Short fuzzing of every fuzz target (the seed corpora also run in `make test`).
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+clean:
+	rm -rf $(BIN)

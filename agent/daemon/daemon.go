@@ -1,0 +1,331 @@
+// Package daemon is interlockd: it arms the data path, serves the control
+// socket and runs the proxy. Run is the whole lifecycle; cmd/interlockd only
+// parses flags and handles signals.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/agent/config"
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/policy"
+)
+
+// execDir is the child of the cgroup root under which `interlock exec`
+// creates one cgroup per command.
+const execDir = "interlock-exec"
+
+// Daemon is one running interlockd. Its methods are safe for concurrent use.
+type Daemon struct {
+	cfg   config.Config
+	log   zerolog.Logger
+	audit zerolog.Logger
+
+	mount      string // cgroup2 mount point
+	root       string // absolute cgroup dir the programs are attached at
+	dp         *datapath.Datapath
+	ids        *identities
+	policy     *policy.Engine
+	policySrc  string
+	proxy      *proxy.Server
+	listeners  []net.Listener
+	ctl        *http.Server
+	controlGID int // -1: only root may use the control API
+	started    time.Time
+	creds      *credentials.Manager
+	cancels    cancelKeys
+	// tagGen counts untags; open sessions re-check their identity when it
+	// moves, so an untag applies to their next statement.
+	tagGen atomic.Uint64
+
+	uninstalled chan struct{}
+	once        sync.Once
+}
+
+// New prepares a daemon: it checks the kernel, finds the cgroup hierarchy
+// and loads the policy, but arms nothing yet.
+func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
+	if err := datapath.CheckKernel(); err != nil {
+		return nil, err
+	}
+	mount, err := datapath.CgroupMount()
+	if err != nil {
+		return nil, err
+	}
+	root := cfg.CgroupRoot
+	if root == "" {
+		root = mount
+	}
+	root = filepath.Clean(root)
+	if root != mount && !strings.HasPrefix(root, mount+"/") {
+		return nil, fmt.Errorf("cgroup root %s is not inside the cgroup2 mount %s", root, mount)
+	}
+	if st, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil || st.IsDir() {
+		return nil, fmt.Errorf("cgroup root %s is not a cgroup2 directory", root)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	ids, err := loadIdentities(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		cfg: cfg, log: log, audit: log.With().Str("component", "audit").Logger(),
+		mount: mount, root: root, ids: ids, controlGID: -1, started: time.Now(),
+		uninstalled: make(chan struct{}),
+	}
+	if cfg.ControlGroup != "" {
+		gid, err := lookupGroup(cfg.ControlGroup)
+		if err != nil {
+			return nil, err
+		}
+		d.controlGID = gid
+	}
+	pol, src, err := loadPolicy(cfg.Policy)
+	if err != nil {
+		return nil, err
+	}
+	d.policy, d.policySrc = policy.NewEngine(pol), src
+	if d.creds, err = credentials.NewManager(cfg.Credentials, cfg.StateDir); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func loadPolicy(path string) (*policy.Policy, string, error) {
+	if path == "" {
+		return policy.Default(), "embedded default", nil
+	}
+	p, err := policy.Load(path)
+	if err != nil {
+		return nil, "", err
+	}
+	return p, path, nil
+}
+
+// Run arms the data path and serves until ctx ends or the data path is
+// uninstalled. When it returns, the pinned programs stay in force (fail
+// closed) unless `interlock uninstall` removed them.
+func (d *Daemon) Run(ctx context.Context, ready func()) error {
+	port := d.cfg.ListenPort
+	for _, a := range []string{"127.0.0.1", "::1"} {
+		l, err := net.Listen("tcp", net.JoinHostPort(a, fmt.Sprint(port)))
+		if err != nil {
+			d.closeListeners()
+			return fmt.Errorf("listen proxy: %w", err)
+		}
+		d.listeners = append(d.listeners, l)
+	}
+	defer d.closeListeners()
+
+	selfID, err := d.selfCgroup()
+	if err != nil {
+		return err
+	}
+	d.dp, err = datapath.Open(datapath.Config{
+		CgroupRoot:   d.root,
+		PinDir:       d.cfg.BPFFS,
+		Proxy4:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
+		Proxy6:       netip.AddrPortFrom(netip.IPv6Loopback(), port),
+		SelfCgroupID: selfID,
+		Resolvers:    resolvers("/etc/resolv.conf"),
+	})
+	if err != nil {
+		return fmt.Errorf("arm data path: %w", err)
+	}
+	defer d.dp.Close()
+	if err := d.applyNetworkPolicy(d.policy.Current()); err != nil {
+		return err
+	}
+
+	// Credentials a crashed predecessor left behind are revoked before any
+	// new session can start.
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	err = d.creds.Recover(rctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("recover credentials: %w", err)
+	}
+	defer d.creds.Close()
+
+	ctlL, err := control.Listen(d.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	d.ctl = control.NewServer(d.routes())
+	go d.ctl.Serve(ctlL)
+	defer func() {
+		// Graceful: the answer to the request that stopped us (uninstall)
+		// still reaches its caller.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		d.ctl.Shutdown(sctx)
+	}()
+
+	d.proxy = proxy.NewServer(d, proxy.HandlerFunc(d.handle), d.log.With().Str("component", "proxy").Logger())
+	for _, l := range d.listeners {
+		go d.proxy.Serve(l)
+	}
+	go d.readDenyEvents()
+	go d.collectExecCgroups(ctx)
+
+	d.log.Info().Str("cgroup_root", d.root).Str("bpffs", d.cfg.BPFFS).Uint16("port", port).
+		Str("socket", d.cfg.Socket).Str("policy", d.policySrc).Msg("data path armed; serving")
+	if ready != nil {
+		ready()
+	}
+	select {
+	case <-ctx.Done():
+	case <-d.uninstalled:
+	}
+	d.closeListeners()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d.proxy.Shutdown(sctx)
+	d.log.Info().Msg("stopped")
+	return nil
+}
+
+func (d *Daemon) closeListeners() {
+	for _, l := range d.listeners {
+		l.Close()
+	}
+}
+
+// selfCgroup returns the cgroup whose sockets the programs must leave
+// alone: interlockd's own, when it lies inside the attached subtree (on a
+// systemd host, interlock.service under the root). Outside the subtree the
+// programs never see the daemon, and 0 exempts nothing. A daemon sitting in
+// the subtree's root cgroup itself would exempt every task, so it moves into
+// a child cgroup of its own first.
+func (d *Daemon) selfCgroup() (uint64, error) {
+	rel, err := control.CgroupOf(os.Getpid())
+	if err != nil {
+		return 0, err
+	}
+	abs := filepath.Join(d.mount, rel)
+	switch {
+	case abs == d.root:
+		id, err := datapath.EnterOwnCgroup(d.root, "interlockd")
+		if err != nil {
+			return 0, fmt.Errorf("leave the cgroup root: %w", err)
+		}
+		return id, nil
+	case d.isUnderRoot(rel):
+		return datapath.CgroupID(abs)
+	}
+	return 0, nil
+}
+
+// isUnderRoot reports whether a cgroup path relative to the mount lies in
+// the attached subtree.
+func (d *Daemon) isUnderRoot(rel string) bool {
+	abs := filepath.Join(d.mount, rel)
+	return abs == d.root || strings.HasPrefix(abs, d.root+"/")
+}
+
+// Reload replaces the policy from its file. An invalid file is refused and
+// the policy in force stays.
+func (d *Daemon) Reload() error {
+	pol, src, err := loadPolicy(d.cfg.Policy)
+	if err != nil {
+		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
+		return err
+	}
+	if err := d.applyNetworkPolicy(pol); err != nil {
+		return err
+	}
+	d.policy.Swap(pol)
+	d.policySrc = src
+	d.audit.Info().Str("event", "policy_reload").Str("policy", src).Msg("policy reloaded")
+	return nil
+}
+
+// applyNetworkPolicy pushes the kernel's share of the policy (per-identity
+// intercept rules, UDP allowances, denied unix sockets) into the maps.
+func (d *Daemon) applyNetworkPolicy(p *policy.Policy) error {
+	for name, id := range d.ids.all() {
+		if err := d.applyIdentityRules(p, name, id); err != nil {
+			return err
+		}
+	}
+	if err := d.dp.SetDenyUnix(p.DenyUnixPaths()); err != nil {
+		if errors.Is(err, datapath.ErrUnsupported) {
+			d.log.Warn().Err(err).Msg("unix socket deny rules are not enforced on this kernel")
+		} else {
+			return fmt.Errorf("set unix deny rules: %w", err)
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) applyIdentityRules(p *policy.Policy, name string, id uint32) error {
+	conv := func(rs []policy.InterceptRule) []datapath.Rule {
+		out := make([]datapath.Rule, 0, len(rs))
+		for _, r := range rs {
+			v := datapath.Redirect
+			switch r.Action {
+			case "deny":
+				v = datapath.Deny
+			case "pass":
+				v = datapath.Pass
+			}
+			out = append(out, datapath.Rule{Prefix: r.Prefix, PortMin: r.PortMin, PortMax: r.PortMax, Verdict: v})
+		}
+		return out
+	}
+	if err := d.dp.SetRules(id, conv(p.Intercept(name))); err != nil {
+		return fmt.Errorf("set intercept rules of %s: %w", name, err)
+	}
+	if err := d.dp.SetUDPAllow(id, conv(p.UDPAllow(name))); err != nil {
+		return fmt.Errorf("set udp rules of %s: %w", name, err)
+	}
+	return nil
+}
+
+func (d *Daemon) readDenyEvents() {
+	for {
+		ev, err := d.dp.ReadDenyEvent()
+		if err != nil {
+			return
+		}
+		d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
+			Str("identity", d.ids.name(ev.Identity)).Uint32("pid", ev.PID).Uint32("uid", ev.UID).
+			Str("comm", ev.Comm).Str("dst", ev.Dst.String()).Msg("denied in kernel")
+	}
+}
+
+// resolvers returns the DNS servers of a resolv.conf, port 53.
+func resolvers(path string) []netip.AddrPort {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []netip.AddrPort
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil {
+				out = append(out, netip.AddrPortFrom(a.Unmap(), 53))
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,556 @@
+package daemon_test
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/agent/daemontest"
+)
+
+// The test binary doubles as the "legacy agent": run under `interlock exec`
+// with clientEnv set, it does one network operation and prints a JSON
+// report, so every check below runs through the real CLI, daemon and kernel.
+const clientEnv = "INTERLOCK_E2E_CLIENT"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(clientEnv); mode != "" {
+		os.Exit(client(mode, os.Args[len(os.Args)-1]))
+	}
+	os.Exit(m.Run())
+}
+
+type report struct {
+	PID   int    `json:"pid"`
+	UID   int    `json:"uid"`
+	Peer  string `json:"peer"`  // getpeername
+	Local string `json:"local"` // getsockname
+	Line  string `json:"line"`  // first line the server sent
+	Err   string `json:"err"`
+	Errno int    `json:"errno"`
+	// Locals lists the local address of every connection a loop made.
+	Locals []string `json:"locals"`
+	OK     int      `json:"ok"`
+}
+
+func client(mode, arg string) int {
+	r := report{PID: os.Getpid(), UID: os.Getuid()}
+	fail := func(err error) {
+		r.Err = err.Error()
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			r.Errno = int(errno)
+		}
+	}
+	switch mode {
+	case "tcp":
+		c, err := net.DialTimeout("tcp", arg, 5*time.Second)
+		if err != nil {
+			fail(err)
+			break
+		}
+		r.Peer, r.Local = c.RemoteAddr().String(), c.LocalAddr().String()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fail(err)
+		}
+		r.Line = strings.TrimSpace(line)
+		c.Close()
+	case "loop":
+		// Connect repeatedly for a few seconds, across a daemon restart.
+		for end := time.Now().Add(6 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			c, err := net.DialTimeout("tcp", arg, time.Second)
+			if err != nil {
+				continue
+			}
+			r.Locals = append(r.Locals, c.LocalAddr().String())
+			c.SetDeadline(time.Now().Add(time.Second))
+			if line, _ := bufio.NewReader(c).ReadString('\n'); strings.HasPrefix(line, "hello") {
+				r.OK++
+			}
+			c.Close()
+		}
+	case "udp":
+		c, err := net.Dial("udp", arg)
+		if err == nil {
+			_, err = c.Write([]byte("ping"))
+			c.Close()
+		}
+		if err != nil {
+			fail(err)
+		}
+	case "raw":
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+		if err != nil {
+			fail(err)
+		} else {
+			unix.Close(fd)
+		}
+	case "unix":
+		c, err := net.Dial("unix", arg)
+		if err != nil {
+			fail(err)
+		} else {
+			c.Close()
+		}
+	}
+	json.NewEncoder(os.Stdout).Encode(r)
+	return 0
+}
+
+// target is a TCP server that greets every connection and remembers the
+// remote address of each, to tell relayed connections from direct ones.
+type target struct {
+	l       net.Listener
+	mu      sync.Mutex
+	remotes []string
+}
+
+func newTarget(t *testing.T, network, addr string) *target {
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &target{l: l}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			tg.mu.Lock()
+			tg.remotes = append(tg.remotes, c.RemoteAddr().String())
+			tg.mu.Unlock()
+			go func() {
+				defer c.Close()
+				io.WriteString(c, "hello from target\n")
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return tg
+}
+
+func (tg *target) addr() string { return tg.l.Addr().String() }
+
+func (tg *target) accepted() []string {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return append([]string(nil), tg.remotes...)
+}
+
+const testPolicy = `version: 1
+identities:
+  - name: ci-bot
+    intercept:
+      - {to: [127.0.0.3/32], ports: "1-65535", action: deny}
+  - name: other
+deny_unix_paths: [%s]
+rules:
+  - name: ci-bot-tcp
+    identity: ci-bot
+    protocol: tcp
+    action: allow
+  - name: other-tcp
+    identity: other
+    protocol: tcp
+    action: allow
+`
+
+// agentBinary copies the test binary where any uid may execute it, so the
+// agent can also run as an unprivileged user.
+func agentBinary(t *testing.T) string {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "interlock-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	dst := filepath.Join(dir, "legacy-agent")
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+type fixture struct {
+	d         *daemontest.Daemon
+	agent     string
+	deniedSoc string
+}
+
+func start(t *testing.T) *fixture {
+	dir := t.TempDir()
+	denied := filepath.Join(dir, "denied.sock")
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(testPolicy, denied)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol})
+	return &fixture{d: d, agent: agentBinary(t), deniedSoc: denied}
+}
+
+// run runs the agent in mode under `interlock exec --identity id`, with an
+// optional prefix (e.g. setpriv to drop privileges), and decodes its report.
+func (f *fixture) run(t *testing.T, id, mode, arg string, prefix ...string) report {
+	t.Helper()
+	argv := append(append([]string{}, prefix...), f.agent, arg)
+	cmd := f.d.Command(t.Context(), append([]string{"exec", "--identity", id, "--"}, argv...)...)
+	cmd.Env = append(os.Environ(), clientEnv+"="+mode)
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("interlock exec %s %s: %v\n%s%s", mode, arg, err, out, stderr)
+	}
+	var r report
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("agent report %q: %v", out, err)
+	}
+	return r
+}
+
+// runIn runs the agent directly (no interlock exec) inside cgroup dir.
+func (f *fixture) runIn(t *testing.T, dir, mode, arg string) report {
+	t.Helper()
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	cmd := exec.CommandContext(t.Context(), f.agent, arg)
+	cmd.Env = append(os.Environ(), clientEnv+"="+mode)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("agent in %s: %v\n%s", dir, err, out)
+	}
+	var r report
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("agent report %q: %v", out, err)
+	}
+	return r
+}
+
+// auditEvents returns the daemon's audit log lines of one event kind.
+func auditEvents(d *daemontest.Daemon, event string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(d.Logs(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["event"] == event {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// waitEvent waits for an audit event matching pred.
+func waitEvent(t *testing.T, d *daemontest.Daemon, event string, pred func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, e := range auditEvents(d, event) {
+			if pred(e) {
+				return e
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s event matched; log:\n%s", event, d.Logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestUntaggedUnaffected(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp", "127.0.0.1:0")
+	r := f.runIn(t, f.d.Cgroup("untagged"), "tcp", tg.addr())
+	if r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("untagged agent: %+v", r)
+	}
+	if got := tg.accepted(); len(got) != 1 || got[0] != r.Local {
+		t.Fatalf("target saw %v, want the agent's own address %s (a direct connection)", got, r.Local)
+	}
+	if ev := auditEvents(f.d, "connection_open"); len(ev) != 0 {
+		t.Fatalf("untagged connection went through the proxy: %v", ev)
+	}
+	// The same with real curl, as a user would check.
+	cmd := exec.Command("curl", "-sS", "--max-time", "5", "telnet://"+tg.addr())
+	cg, _ := os.Open(f.d.Cgroup("untagged"))
+	defer cg.Close()
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if out, err := cmd.CombinedOutput(); !strings.Contains(string(out), "hello from target") {
+		t.Fatalf("untagged curl: %v %s", err, out)
+	}
+}
+
+func TestExecIsRedirectedAndIdentified(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp", "127.0.0.1:0")
+	// Unprivileged, as agents usually are: setpriv keeps the pid (it execs).
+	r := f.run(t, "ci-bot", "tcp", tg.addr(), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--")
+	if r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("agent: %+v\n%s", r, f.d.Logs())
+	}
+	if r.Peer != tg.addr() {
+		t.Errorf("getpeername = %s, want the original peer %s", r.Peer, tg.addr())
+	}
+	if got := tg.accepted(); len(got) != 1 || got[0] == r.Local {
+		t.Errorf("target saw %v; the agent is %s: want one relayed connection", got, r.Local)
+	}
+	ev := waitEvent(t, f.d, "connection_open", func(m map[string]any) bool { return m["pid"] == float64(r.PID) })
+	want := map[string]any{
+		"identity": "ci-bot", "uid": float64(65534), "gid": float64(65534), "comm": "legacy-agent",
+		"exe": f.agent, "dst": tg.addr(),
+	}
+	for k, v := range want {
+		if ev[k] != v {
+			t.Errorf("audit %s = %v, want %v", k, ev[k], v)
+		}
+	}
+	if cg, _ := ev["cgroup"].(string); !strings.HasPrefix(cg, strings.TrimPrefix(f.d.Root, f.d.Mount)+"/interlock-exec/ci-bot-") {
+		t.Errorf("audit cgroup = %q, want an exec cgroup under %s", cg, f.d.Root)
+	}
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+		return m["conn"] == ev["conn"] && m["bytes_received"] == float64(len("hello from target\n"))
+	})
+}
+
+func TestChildOfTaggedCgroupIsCovered(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp", "127.0.0.1:0")
+	parent := f.d.Cgroup("runner")
+	if _, stderr, err := f.d.CLI("tag", parent, "--identity", "ci-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	child := f.d.Cgroup("runner/job-1/step")
+	r := f.runIn(t, child, "tcp", tg.addr())
+	if r.Err != "" || r.Line != "hello from target" || r.Peer != tg.addr() {
+		t.Fatalf("agent in child cgroup: %+v", r)
+	}
+	waitEvent(t, f.d, "connection_open", func(m map[string]any) bool {
+		return m["pid"] == float64(r.PID) && m["identity"] == "ci-bot"
+	})
+	if out, _, _ := f.d.CLI("status"); !strings.Contains(out, "ci-bot") || !strings.Contains(out, "/runner") {
+		t.Errorf("status does not list the tag:\n%s", out)
+	}
+	// Untag: the same child connects directly again.
+	if _, stderr, err := f.d.CLI("untag", parent); err != nil {
+		t.Fatalf("untag: %v %s", err, stderr)
+	}
+	r = f.runIn(t, child, "tcp", tg.addr())
+	if got := tg.accepted(); r.Err != "" || got[len(got)-1] != r.Local {
+		t.Fatalf("after untag: %+v, target saw %v", r, got)
+	}
+}
+
+func TestFailClosedAcrossKillAndRestart(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp", "127.0.0.1:0")
+	cg := f.d.Cgroup("agent")
+	if _, stderr, err := f.d.CLI("tag", cg, "--identity", "ci-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	f.d.Kill()
+	r := f.runIn(t, cg, "tcp", tg.addr())
+	if r.Errno != int(syscall.ECONNREFUSED) {
+		t.Fatalf("tagged connect with interlockd dead: %+v, want ECONNREFUSED", r)
+	}
+	if got := tg.accepted(); len(got) != 0 {
+		t.Fatalf("target accepted %v with interlockd dead", got)
+	}
+
+	// A loop of connects across a restart: some fail while the daemon is
+	// down, the rest are relayed, none reaches the target directly.
+	done := make(chan report, 1)
+	go func() { done <- f.runIn(t, cg, "loop", tg.addr()) }()
+	time.Sleep(1500 * time.Millisecond)
+	f.d.Restart()
+	r = <-done
+	if r.OK == 0 {
+		t.Fatalf("no connection succeeded after the restart: %+v\n%s", r, f.d.Logs())
+	}
+	direct := map[string]bool{}
+	for _, l := range r.Locals {
+		direct[l] = true
+	}
+	for _, remote := range tg.accepted() {
+		if direct[remote] {
+			t.Fatalf("connection from %s reached the target directly", remote)
+		}
+	}
+	t.Logf("%d connects relayed after restart; none direct", r.OK)
+}
+
+func TestDenyRuleGivesEPERMAndEvent(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp", "127.0.0.3:0")
+	r := f.run(t, "ci-bot", "tcp", tg.addr())
+	if r.Errno != int(syscall.EPERM) {
+		t.Fatalf("connect to a denied prefix: %+v, want EPERM", r)
+	}
+	waitEvent(t, f.d, "kernel_deny", func(m map[string]any) bool {
+		return m["reason"] == "tcp-rule" && m["dst"] == tg.addr() && m["identity"] == "ci-bot"
+	})
+	if len(tg.accepted()) != 0 {
+		t.Fatal("denied connect reached the target")
+	}
+}
+
+func TestIPv6AndMapped(t *testing.T) {
+	f := start(t)
+	tg6 := newTarget(t, "tcp6", "[::1]:0")
+	r := f.run(t, "ci-bot", "tcp", tg6.addr())
+	if r.Err != "" || r.Line != "hello from target" || r.Peer != tg6.addr() {
+		t.Fatalf("IPv6 agent: %+v\n%s", r, f.d.Logs())
+	}
+	// An IPv4 destination written as IPv4-mapped IPv6 on an AF_INET6 socket.
+	tg4 := newTarget(t, "tcp4", "127.0.0.1:0")
+	_, port, _ := net.SplitHostPort(tg4.addr())
+	r = f.run(t, "ci-bot", "tcp", "[::ffff:127.0.0.1]:"+port)
+	if r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("v4-mapped agent: %+v\n%s", r, f.d.Logs())
+	}
+	if got := tg4.accepted(); len(got) != 1 || strings.Contains(r.Local, got[0]) {
+		t.Fatalf("v4-mapped: target saw %v, agent %s", got, r.Local)
+	}
+}
+
+func TestOtherWaysOutAreClosed(t *testing.T) {
+	f := start(t)
+	// UDP to anything but the resolvers.
+	if r := f.run(t, "ci-bot", "udp", "127.0.0.9:9999"); r.Errno != int(syscall.EPERM) {
+		t.Errorf("tagged UDP send: %+v, want EPERM", r)
+	}
+	if r := f.run(t, "ci-bot", "raw", "-"); r.Errno != int(syscall.EPERM) && r.Errno != int(syscall.EACCES) {
+		t.Errorf("tagged raw socket: %+v, want EPERM", r)
+	}
+	l, err := net.Listen("unix", f.deniedSoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	os.Chmod(f.deniedSoc, 0o777)
+	r := f.run(t, "ci-bot", "unix", f.deniedSoc)
+	if r.Err == "" {
+		t.Errorf("tagged connect to denied unix socket %s succeeded", f.deniedSoc)
+	}
+	// Untagged, the same socket works: the denial is the tag's doing.
+	if r := f.runIn(t, f.d.Cgroup("untagged"), "unix", f.deniedSoc); r.Err != "" {
+		t.Errorf("untagged unix connect: %+v", r)
+	}
+}
+
+func TestTaggedCallerCannotUntagItself(t *testing.T) {
+	f := start(t)
+	// The agent runs the CLI against the daemon on its own cgroup: refused,
+	// although it runs as root.
+	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "sh", "-c",
+		fmt.Sprintf(`%s --socket %s untag "$(sed -n 's/^0:://p' /proc/self/cgroup)"`,
+			filepath.Join(f.d.Bin, "interlock"), f.d.Socket))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "refused") {
+		t.Fatalf("tagged untag: err=%v\n%s", err, out)
+	}
+	// And exec from inside, and uninstall, likewise.
+	cmd = f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--",
+		filepath.Join(f.d.Bin, "interlock"), "--socket", f.d.Socket, "uninstall")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "refused") {
+		t.Fatalf("tagged uninstall: err=%v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(f.d.BPFFS)); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, f.d, "control_refused", func(m map[string]any) bool { return m["identity"] == "ci-bot" })
+}
+
+func TestExecPassesExitCodeStdioAndSignals(t *testing.T) {
+	f := start(t)
+	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "sh", "-c", "cat; echo err >&2; exit 7")
+	cmd.Stdin = strings.NewReader("from stdin\n")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if cmd.ProcessState.ExitCode() != 7 || stdout.String() != "from stdin\n" || stderr.String() != "err\n" {
+		t.Fatalf("exit %d (%v), stdout %q, stderr %q", cmd.ProcessState.ExitCode(), err, stdout.String(), stderr.String())
+	}
+	// A signal sent to interlock reaches the command; its death by signal
+	// is reported as 128+signal, as a shell does.
+	cmd = f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	if got := cmd.ProcessState.ExitCode(); got != 128+int(syscall.SIGTERM) {
+		t.Fatalf("exit after SIGTERM = %d, want %d", got, 128+int(syscall.SIGTERM))
+	}
+	// The exec cgroups are released once their command exits.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var dirs []string
+		entries, _ := os.ReadDir(filepath.Join(f.d.Root, "interlock-exec"))
+		for _, e := range entries {
+			if e.IsDir() {
+				dirs = append(dirs, e.Name())
+			}
+		}
+		if len(dirs) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exec cgroups left behind: %v", dirs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestUninstallRemovesEnforcement(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp", "127.0.0.1:0")
+	cg := f.d.Cgroup("agent")
+	if _, stderr, err := f.d.CLI("tag", cg, "--identity", "ci-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	if out, stderr, err := f.d.CLI("uninstall"); err != nil {
+		t.Fatalf("uninstall: %v %s %s", err, out, stderr)
+	}
+	entries, _ := os.ReadDir(f.d.BPFFS)
+	for _, e := range entries {
+		// maps.debug and progs.debug come with every bpffs mount (bpf_preload).
+		if !strings.HasSuffix(e.Name(), ".debug") {
+			t.Fatalf("pin left after uninstall: %s", e.Name())
+		}
+	}
+	r := f.runIn(t, cg, "tcp", tg.addr())
+	if r.Err != "" || tg.accepted()[0] != r.Local {
+		t.Fatalf("after uninstall the agent should connect directly: %+v", r)
+	}
+}

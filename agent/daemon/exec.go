@@ -1,0 +1,147 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/proxy"
+)
+
+// handleExec creates a fresh cgroup under the root, tags it and moves the
+// caller's waiting child into it. The daemon moves the process rather than
+// the CLI because moving needs write access to the common ancestor's
+// cgroup.procs, which only root has; the child must be the caller's own so
+// that nobody can pull a stranger's process into an identity.
+func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
+	var req ExecRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	p, _ := control.PeerFrom(r.Context())
+	if ppid, err := parentOf(req.PID); err != nil || ppid != int(p.PID) {
+		control.WriteError(w, http.StatusForbidden, "refused: pid %d is not a child of the caller (pid %d)", req.PID, p.PID)
+		return
+	}
+	if !validIdentity(req.Identity) {
+		control.WriteError(w, http.StatusBadRequest, "identity %q: use letters, digits, '-', '_' and '.' (at most 64)", req.Identity)
+		return
+	}
+	abs := filepath.Join(d.root, execDir, req.Identity+"-"+proxy.NewID())
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		control.WriteError(w, http.StatusInternalServerError, "create cgroup: %v", err)
+		return
+	}
+	rel := strings.TrimPrefix(abs, d.mount)
+	if err := d.tag(abs, rel, req.Identity); err != nil {
+		os.Remove(abs)
+		control.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	if err := os.WriteFile(filepath.Join(abs, "cgroup.procs"), []byte(strconv.Itoa(req.PID)), 0); err != nil {
+		d.releaseExec(abs, rel)
+		control.WriteError(w, http.StatusInternalServerError, "move pid %d into %s: %v", req.PID, rel, err)
+		return
+	}
+	d.audit.Info().Str("event", "exec").Str("identity", req.Identity).Int("pid", req.PID).
+		Uint32("by_uid", p.UID).Str("cgroup", rel).Msg("command started in tagged cgroup")
+	control.WriteJSON(w, http.StatusOK, ExecAnswer{Cgroup: rel})
+}
+
+func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
+	var req TagRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	abs, rel, err := d.cgroupDir(req.Cgroup)
+	if err != nil || filepath.Dir(abs) != filepath.Join(d.root, execDir) {
+		control.WriteError(w, http.StatusBadRequest, "%s is not an exec cgroup", req.Cgroup)
+		return
+	}
+	if populated(abs) {
+		control.WriteError(w, http.StatusConflict, "cgroup %s still has processes", rel)
+		return
+	}
+	d.releaseExec(abs, rel)
+	control.WriteJSON(w, http.StatusOK, TagEntry{Cgroup: rel})
+}
+
+// releaseExec untags and removes an exec cgroup. Untag comes after the
+// cgroup is empty and before rmdir, so no process of it ever runs untagged.
+func (d *Daemon) releaseExec(abs, rel string) {
+	if err := d.tag(abs, rel, ""); err != nil {
+		d.log.Warn().Err(err).Str("cgroup", rel).Msg("untag exec cgroup")
+	}
+	if err := os.Remove(abs); err != nil && !os.IsNotExist(err) {
+		d.log.Warn().Err(err).Str("cgroup", rel).Msg("remove exec cgroup")
+	}
+}
+
+// collectExecCgroups removes exec cgroups whose processes have all exited
+// but whose CLI never released them (it was killed).
+func (d *Daemon) collectExecCgroups(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.uninstalled:
+			return
+		case <-t.C:
+		}
+		dirs, _ := filepath.Glob(filepath.Join(d.root, execDir, "*"))
+		for _, abs := range dirs {
+			if st, err := os.Stat(abs); err == nil && st.IsDir() && !populated(abs) &&
+				time.Since(st.ModTime()) > 10*time.Second {
+				d.releaseExec(abs, strings.TrimPrefix(abs, d.mount))
+			}
+		}
+	}
+}
+
+// removeExecCgroups is part of uninstall: exec cgroups hold agents that
+// would otherwise keep running in a tree nobody enforces; they stay
+// (processes cannot be orphaned from a cgroup) but lose their tags.
+func (d *Daemon) removeExecCgroups() {
+	dirs, _ := filepath.Glob(filepath.Join(d.root, execDir, "*"))
+	for _, abs := range dirs {
+		rel := strings.TrimPrefix(abs, d.mount)
+		if !populated(abs) {
+			d.releaseExec(abs, rel)
+		}
+	}
+	os.Remove(filepath.Join(d.root, execDir))
+}
+
+func populated(abs string) bool {
+	data, err := os.ReadFile(filepath.Join(abs, "cgroup.events"))
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(data), "populated 1")
+}
+
+func parentOf(pid int) (int, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name in parentheses may hold spaces; fields start after it.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return strconv.Atoi(f[1])
+}

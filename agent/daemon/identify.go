@@ -1,0 +1,32 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/proxy"
+)
+
+// Identify implements proxy.Identifier: the kernel's record of the connect
+// gives the identity and the original destination; /proc adds the
+// executable and cgroup path while the process is still there.
+func (d *Daemon) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.AddrPort, error) {
+	o, err := d.dp.Lookup(peer, local)
+	if err != nil {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("look up %s -> %s: %w", peer, local, err)
+	}
+	name := d.ids.name(o.Identity)
+	if name == "" {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)
+	}
+	id := proxy.Identity{
+		Name: name, PID: o.PID, UID: o.UID, GID: o.GID, Comm: o.Comm,
+		CgroupID: o.CgroupID, NetnsCookie: o.NetnsCookie,
+	}
+	// The process may already be gone; the kernel's fields still stand.
+	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
+	id.Cgroup, _ = control.CgroupOf(int(o.PID))
+	return id, o.Dst, nil
+}

@@ -1,0 +1,321 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/decoders/postgres"
+	"github.com/interlock-dev/interlock/policy"
+	"github.com/interlock-dev/interlock/policy/mask"
+)
+
+// handshakeTimeout bounds everything before the first query: the agent's
+// startup, issuing the credential, the upstream login.
+const handshakeTimeout = 30 * time.Second
+
+// cancelKeys maps the cancel keys interlockd hands agents to the upstream
+// backends they stand for, so a CancelRequest through the proxy cancels the
+// right query without the agent ever learning the server's key.
+type cancelKeys struct {
+	mu sync.Mutex
+	m  map[uint32]cancelTarget
+}
+
+type cancelTarget struct {
+	secret   [4]byte
+	upstream string
+	key      postgres.CancelKey
+	identity string
+}
+
+func (k *cancelKeys) add(t cancelTarget) postgres.CancelKey {
+	var b [8]byte
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil {
+		k.m = map[uint32]cancelTarget{}
+	}
+	for {
+		rand.Read(b[:])
+		pid := binary.BigEndian.Uint32(b[:4]) &^ (1 << 31)
+		if _, taken := k.m[pid]; pid == 0 || taken {
+			continue
+		}
+		copy(t.secret[:], b[4:])
+		k.m[pid] = t
+		return postgres.CancelKey{ProcessID: pid, SecretKey: b[4:8:8]}
+	}
+}
+
+func (k *cancelKeys) remove(pid uint32) {
+	k.mu.Lock()
+	delete(k.m, pid)
+	k.mu.Unlock()
+}
+
+func (k *cancelKeys) find(key postgres.CancelKey) (cancelTarget, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	t, ok := k.m[key.ProcessID]
+	if !ok || len(key.SecretKey) != 4 || [4]byte(key.SecretKey) != t.secret {
+		return cancelTarget{}, false
+	}
+	return t, true
+}
+
+// servePostgres runs one PostgreSQL session: the agent's startup is
+// answered by interlockd, the upstream login uses a credential issued for
+// this session alone, and every statement goes through the policy.
+func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *policy.Target, subj *policy.Subject, log zerolog.Logger) {
+	defer c.Client.Close()
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	hello, err := postgres.AcceptClient(hctx, c.Client, postgres.ClientConfig{})
+	if err != nil {
+		d.refusePG(c, target, nil, "handshake", err)
+		return
+	}
+	agent := hello.Conn
+	if hello.Cancel != nil {
+		d.forwardCancel(c, *hello.Cancel, log)
+		return
+	}
+	pol := d.policy.Current()
+	if dec := pol.Decide(&policy.Input{Subject: subj, Target: target, Protocol: "postgres", Op: policy.Operation{Kind: policy.OpConnect}}); dec.Action == policy.Deny {
+		d.auditDecision(c, target, "connect", dec)
+		d.refusePG(c, target, agent, "denied", pgError("42501", fmt.Sprintf("interlock: connection denied by policy rule %q%s", dec.Rule, suffix(dec.Message))))
+		return
+	}
+	lease, err := d.creds.Issue(hctx, credentials.Request{
+		Ref: credentialRef(target.Credential), Target: target.Name, Session: c.ID, Identity: c.Identity.Name,
+	})
+	if err != nil {
+		log.Warn().Err(err).Str("target", target.Name).Msg("credential not issued")
+		d.refusePG(c, target, agent, "credential not issued", pgError("08004",
+			fmt.Sprintf("interlock: the credential for target %q could not be issued; try again later", target.Name)))
+		return
+	}
+	d.auditCredential(c, target, "credential_issued")
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := lease.Close(rctx); err != nil {
+			log.Error().Err(err).Msg("revoke credential; the journal keeps it for the next recovery")
+		}
+		d.auditCredential(c, target, "credential_revoked")
+	}()
+	cred := lease.Credential()
+	upAddr := upstreamAddr(c, target)
+	var dialer net.Dialer
+	upConn, err := dialer.DialContext(hctx, "tcp", upAddr)
+	if err != nil {
+		d.refusePG(c, target, agent, "upstream unreachable", pgError("08001", fmt.Sprintf("interlock: cannot reach %s: %v", target.Name, err)))
+		return
+	}
+	up, err := postgres.ConnectUpstream(hctx, upConn, postgres.UpstreamConfig{
+		User: cred.Username, Password: cred.Password, Database: hello.Startup.Database,
+		Parameters: hello.Startup.ForwardParameters(),
+	})
+	if err != nil {
+		upConn.Close()
+		var se *postgres.ServerError
+		if errors.As(err, &se) {
+			d.refusePG(c, target, agent, "upstream refused", se)
+			return
+		}
+		d.refusePG(c, target, agent, "upstream login failed", pgError("08006", "interlock: upstream login failed: "+err.Error()))
+		return
+	}
+	key := d.cancels.add(cancelTarget{upstream: upAddr, key: up.Key, identity: c.Identity.Name})
+	defer d.cancels.remove(key.ProcessID)
+	if err := postgres.GreetClient(agent, hello.Startup, up, key); err != nil {
+		up.Conn.Close()
+		d.auditClose(c, target, "agent gone", 0, 0)
+		return
+	}
+	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log}
+	err = postgres.Relay(ctx, agent, up.Conn, postgres.RelayConfig{Enforcer: s})
+	outcome := "closed"
+	var pe *postgres.ProtocolError
+	if errors.As(err, &pe) {
+		outcome = "protocol violation"
+		d.audit.Warn().Str("event", "protocol_violation").Str("conn", c.ID).Str("identity", c.Identity.Name).
+			Str("error", pe.Msg).Msg("session ended on malformed input")
+	} else if err != nil {
+		outcome = "error"
+		log.Debug().Err(err).Msg("relay ended")
+	}
+	d.auditClose(c, target, outcome, 0, 0)
+}
+
+func suffix(msg string) string {
+	if msg == "" {
+		return ""
+	}
+	return ": " + msg
+}
+
+func pgError(code, msg string) error {
+	return &postgres.ServerError{Response: &pgproto3.ErrorResponse{Severity: "FATAL", Code: code, Message: msg}}
+}
+
+// refusePG tells the agent why its session cannot start (when it is still
+// listening) and audits it.
+func (d *Daemon) refusePG(c *proxy.Conn, t *policy.Target, agent net.Conn, outcome string, err error) {
+	var se *postgres.ServerError
+	if agent != nil && errors.As(err, &se) {
+		agent.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		postgres.WriteError(agent, se.Response)
+	}
+	d.audit.Warn().Str("event", "session_refused").Str("conn", c.ID).Str("identity", c.Identity.Name).
+		Str("target", targetName(t)).Str("reason", outcome).Str("error", err.Error()).Msg("postgres session refused")
+	d.auditClose(c, t, outcome, 0, 0)
+}
+
+func (d *Daemon) forwardCancel(c *proxy.Conn, key postgres.CancelKey, log zerolog.Logger) {
+	t, ok := d.cancels.find(key)
+	if !ok || t.identity != c.Identity.Name {
+		// As a server does: an unknown key is ignored silently.
+		return
+	}
+	conn, err := net.DialTimeout("tcp", t.upstream, dialTimeout)
+	if err != nil {
+		log.Warn().Err(err).Msg("forward cancel")
+		return
+	}
+	defer conn.Close()
+	postgres.SendCancel(conn, t.key)
+}
+
+// credentialRef turns a policy target's credential block into the
+// credentials package's reference.
+func credentialRef(r policy.CredentialRef) credentials.Ref {
+	ref := credentials.Ref{Source: r.Source, Role: r.Role, Path: r.Path}
+	str := func(k string) string { s, _ := r.Params[k].(string); return s }
+	ref.Kind, ref.Template = str("kind"), str("template")
+	if ttl, err := time.ParseDuration(str("ttl")); err == nil {
+		ref.TTL = ttl
+	}
+	if ps, ok := r.Params["principals"].([]any); ok {
+		for _, p := range ps {
+			if s, ok := p.(string); ok {
+				ref.Principals = append(ref.Principals, s)
+			}
+		}
+	}
+	return ref
+}
+
+// pgSession decides the statements of one PostgreSQL session.
+type pgSession struct {
+	d          *Daemon
+	c          *proxy.Conn
+	targetName string
+	subj       *policy.Subject
+	log        zerolog.Logger
+	// gen is the untag generation taggedOK was computed at.
+	gen      uint64
+	checked  bool
+	taggedOK bool
+}
+
+// tagged reports whether the session's cgroup still carries its identity.
+// It asks the kernel maps only after an untag somewhere, so the common
+// statement costs one atomic load.
+func (s *pgSession) tagged() bool {
+	if g := s.d.tagGen.Load(); !s.checked || g != s.gen {
+		id, ok, err := s.d.dp.TaggedPath(s.d.mount, s.c.Identity.Cgroup)
+		s.gen, s.checked = g, true
+		s.taggedOK = err == nil && ok && s.d.ids.name(id) == s.c.Identity.Name
+	}
+	return s.taggedOK
+}
+
+// Query implements postgres.Enforcer. The policy in force is read per
+// statement, so a reload (or an untag) applies to sessions already open.
+func (s *pgSession) Query(ctx context.Context, sql string) postgres.Verdict {
+	pol := s.d.policy.Current()
+	target := pol.Target(s.targetName)
+	if !s.tagged() {
+		dec := policy.Decision{Action: policy.Deny, Rule: "identity-revoked", Message: "the agent's cgroup is no longer tagged"}
+		s.d.auditDecision(s.c, target, sql, dec)
+		return postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+	}
+	dec, _ := pol.DecideSQL(s.subj, target, sql)
+	s.d.auditDecision(s.c, target, sql, dec)
+	switch dec.Action {
+	case policy.Allow:
+		return postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule}
+	case policy.Mask:
+		return postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule, Mask: columnMasker{dec.Mask}}
+	case policy.Approve:
+		return s.d.hold(ctx, s.c, target, sql, dec)
+	}
+	return postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+}
+
+// columnMasker adapts the policy's masker to the decoder's interface.
+type columnMasker struct{ m *mask.Masker }
+
+func (cm columnMasker) Plan(cols []postgres.Column) postgres.RowMasker {
+	if cm.m == nil {
+		return nil
+	}
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = c.Name
+	}
+	p := cm.m.Plan(names)
+	if !p.Active() {
+		return nil
+	}
+	rm := &rowMasker{plan: p, binary: make([]bool, len(cols))}
+	for i, c := range cols {
+		rm.binary[i] = c.Format == 1 && !textual(c.TypeOID)
+	}
+	return rm
+}
+
+type rowMasker struct {
+	plan   *mask.Plan
+	binary []bool // binary format of a type whose wire form is not its text
+	buf    []byte
+}
+
+// MaskValue masks one field. A binary-format value of a non-text type cannot
+// carry a masked string, so a field that would change is sent as NULL.
+func (rm *rowMasker) MaskValue(col int, v []byte) []byte {
+	if v == nil {
+		return nil
+	}
+	out, changed := rm.plan.Mask(rm.buf[:0], col, v)
+	if !changed {
+		return v
+	}
+	rm.buf = out
+	if col < len(rm.binary) && rm.binary[col] {
+		return nil
+	}
+	return out
+}
+
+// textual reports whether a type's binary wire form is its text: text,
+// varchar, bpchar, name, unknown, json, xml and citext-like domains over them.
+func textual(oid uint32) bool {
+	switch oid {
+	case 25, 1043, 1042, 19, 705, 114, 142:
+		return true
+	}
+	return false
+}

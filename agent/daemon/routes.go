@@ -1,0 +1,245 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/datapath"
+)
+
+// The control API's requests and answers. The CLI uses the same types.
+type (
+	// TagRequest tags (or, with Identity empty, untags) a cgroup.
+	TagRequest struct {
+		Cgroup   string `json:"cgroup"`
+		Identity string `json:"identity,omitempty"`
+	}
+	// ExecRequest asks for a fresh tagged cgroup holding PID, a child of the
+	// caller that has not yet executed the command.
+	ExecRequest struct {
+		Identity string `json:"identity"`
+		PID      int    `json:"pid"`
+	}
+	// ExecAnswer names the cgroup created for an exec.
+	ExecAnswer struct {
+		Cgroup string `json:"cgroup"`
+	}
+	// Status is what `interlock status` shows.
+	Status struct {
+		PID         int               `json:"pid"`
+		Started     time.Time         `json:"started"`
+		CgroupMount string            `json:"cgroup_mount"`
+		CgroupRoot  string            `json:"cgroup_root"`
+		BPFFS       string            `json:"bpffs"`
+		ListenPort  uint16            `json:"listen_port"`
+		Policy      string            `json:"policy"`
+		Tagged      []TagEntry        `json:"tagged"`
+		Active      int               `json:"active_connections"`
+		Maps        map[string][2]int `json:"maps,omitempty"`
+	}
+)
+
+func (d *Daemon) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", d.handleStatus)
+	mux.HandleFunc("POST /v1/tag", d.handleTag)
+	mux.HandleFunc("POST /v1/exec", d.handleExec)
+	mux.HandleFunc("POST /v1/exec/release", d.handleExecRelease)
+	mux.HandleFunc("POST /v1/policy/reload", d.handleReload)
+	mux.HandleFunc("POST /v1/uninstall", d.handleUninstall)
+	return d.authorize(mux)
+}
+
+// authorize admits root and members of the control group, and refuses any
+// caller that runs inside a tagged cgroup whatever its uid: an agent must
+// never be able to untag, approve or reload for itself.
+func (d *Daemon) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, ok := control.PeerFrom(r.Context())
+		if !ok {
+			control.WriteError(w, http.StatusForbidden, "refused: the caller's credentials could not be read")
+			return
+		}
+		if id, tagged, err := d.dp.TaggedPath(d.mount, p.Cgroup); err != nil || tagged {
+			if err != nil {
+				control.WriteError(w, http.StatusForbidden, "refused: cannot check the caller's cgroup %s: %v", p.Cgroup, err)
+				return
+			}
+			d.audit.Warn().Str("event", "control_refused").Uint32("pid", p.PID).Uint32("uid", p.UID).
+				Str("cgroup", p.Cgroup).Str("identity", d.ids.name(id)).Str("path", r.URL.Path).Msg("tagged caller refused")
+			control.WriteError(w, http.StatusForbidden, "refused: pid %d runs in tagged cgroup %s (identity %q); agents cannot control interlock", p.PID, p.Cgroup, d.ids.name(id))
+			return
+		}
+		if p.UID != 0 && !d.inControlGroup(p) {
+			control.WriteError(w, http.StatusForbidden, "refused: uid %d is neither root nor in the control group", p.UID)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (d *Daemon) inControlGroup(p control.Peer) bool {
+	if d.controlGID < 0 {
+		return false
+	}
+	if int(p.GID) == d.controlGID {
+		return true
+	}
+	// Supplementary groups are not in SO_PEERCRED; read them from /proc.
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
+			for _, g := range strings.Fields(rest) {
+				if g == strconv.Itoa(d.controlGID) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func lookupGroup(name string) (int, error) {
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("control group: %w", err)
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		control.WriteError(w, http.StatusBadRequest, "bad request: %v", err)
+		return false
+	}
+	return true
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
+	fill, _ := d.dp.MapFill()
+	control.WriteJSON(w, http.StatusOK, Status{
+		PID: os.Getpid(), Started: d.started, CgroupMount: d.mount, CgroupRoot: d.root,
+		BPFFS: d.cfg.BPFFS, ListenPort: d.cfg.ListenPort, Policy: d.policySrc,
+		Tagged: d.ids.tags(), Active: d.proxy.Active(), Maps: fill,
+	})
+}
+
+// cgroupDir resolves a cgroup given as an absolute directory or as a path
+// relative to the mount, and requires it to lie inside the attached subtree:
+// a tag outside it would not be enforced, so it is refused rather than
+// silently ignored.
+func (d *Daemon) cgroupDir(arg string) (abs, rel string, err error) {
+	if arg == "" {
+		return "", "", fmt.Errorf("no cgroup given")
+	}
+	abs = filepath.Clean(arg)
+	if !strings.HasPrefix(abs, d.mount+"/") && abs != d.mount {
+		abs = filepath.Join(d.mount, arg)
+	}
+	if abs != d.root && !strings.HasPrefix(abs, d.root+"/") {
+		return "", "", fmt.Errorf("cgroup %s is outside the enforced subtree %s", arg, d.root)
+	}
+	if st, err := os.Stat(abs); err != nil || !st.IsDir() {
+		return "", "", fmt.Errorf("cgroup %s does not exist", abs)
+	}
+	rel = strings.TrimPrefix(abs, d.mount)
+	if rel == "" {
+		rel = "/"
+	}
+	return abs, rel, nil
+}
+
+func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
+	var req TagRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	abs, rel, err := d.cgroupDir(req.Cgroup)
+	if err != nil {
+		control.WriteError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if err := d.tag(abs, rel, req.Identity); err != nil {
+		control.WriteError(w, http.StatusInternalServerError, "%v", err)
+		return
+	}
+	control.WriteJSON(w, http.StatusOK, TagEntry{Cgroup: rel, Identity: req.Identity})
+}
+
+// tag tags (identity non-empty) or untags the cgroup at abs.
+func (d *Daemon) tag(abs, rel, identity string) error {
+	cgid, err := datapath.CgroupID(abs)
+	if err != nil {
+		return err
+	}
+	if identity == "" {
+		if err := d.dp.Untag(cgid); err != nil {
+			return fmt.Errorf("untag %s: %w", rel, err)
+		}
+		d.tagGen.Add(1)
+		d.audit.Info().Str("event", "untag").Str("cgroup", rel).Msg("cgroup untagged")
+		return d.ids.setTag(rel, "")
+	}
+	if !validIdentity(identity) {
+		return fmt.Errorf("identity %q: use letters, digits, '-', '_' and '.' (at most 64)", identity)
+	}
+	id, err := d.ids.id(identity)
+	if err != nil {
+		return err
+	}
+	// Rules first, then the tag: the first connect of a newly tagged cgroup
+	// must already see its identity's rules.
+	if err := d.applyIdentityRules(d.policy.Current(), identity, id); err != nil {
+		return err
+	}
+	if err := d.dp.Tag(cgid, id); err != nil {
+		return fmt.Errorf("tag %s: %w", rel, err)
+	}
+	d.audit.Info().Str("event", "tag").Str("cgroup", rel).Str("identity", identity).Msg("cgroup tagged")
+	return d.ids.setTag(rel, identity)
+}
+
+func validIdentity(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {
+	if err := d.Reload(); err != nil {
+		control.WriteError(w, http.StatusBadRequest, "policy reload refused, previous policy stays in force: %v", err)
+		return
+	}
+	control.WriteJSON(w, http.StatusOK, map[string]string{"policy": d.policySrc})
+}
+
+func (d *Daemon) handleUninstall(w http.ResponseWriter, r *http.Request) {
+	p, _ := control.PeerFrom(r.Context())
+	d.removeExecCgroups()
+	if err := datapath.Uninstall(d.cfg.BPFFS); err != nil {
+		control.WriteError(w, http.StatusInternalServerError, "uninstall: %v", err)
+		return
+	}
+	d.audit.Warn().Str("event", "uninstall").Uint32("uid", p.UID).Uint32("pid", p.PID).Msg("data path removed; enforcement is off")
+	control.WriteJSON(w, http.StatusOK, map[string]string{"removed": d.cfg.BPFFS})
+	d.once.Do(func() { close(d.uninstalled) })
+}

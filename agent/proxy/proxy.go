@@ -1,0 +1,176 @@
+// Package proxy accepts the connections the data path redirects to
+// interlockd, attaches the kernel-attested identity and original destination
+// to each, and hands it to a Handler. It tracks every connection so shutdown
+// closes them all.
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Identity is who opened a redirected connection, as the kernel recorded it
+// at connect() and as /proc showed it at accept.
+type Identity struct {
+	// Name is the identity the caller's cgroup (or an ancestor) is tagged with.
+	Name     string `json:"identity"`
+	PID      uint32 `json:"pid"`
+	UID      uint32 `json:"uid"`
+	GID      uint32 `json:"gid"`
+	Comm     string `json:"comm"`
+	Exe      string `json:"exe"`
+	CgroupID uint64 `json:"cgroup_id"`
+	// Cgroup is the caller's cgroup path relative to the cgroup2 mount.
+	Cgroup string `json:"cgroup"`
+	// NetnsCookie identifies the caller's network namespace.
+	NetnsCookie uint64 `json:"netns_cookie"`
+}
+
+// Conn is one accepted, identified agent connection.
+type Conn struct {
+	// ID names the connection in logs, audit records and recordings.
+	ID       string
+	Identity Identity
+	// Dst is where the agent was connecting before the redirect.
+	Dst      netip.AddrPort
+	Client   *net.TCPConn
+	Accepted time.Time
+}
+
+// Identifier resolves a redirected connection from the 4-tuple the proxy sees.
+type Identifier interface {
+	Identify(peer, local netip.AddrPort) (Identity, netip.AddrPort, error)
+}
+
+// Handler serves one connection until it ends. It owns c.Client and must
+// close it.
+type Handler interface {
+	Handle(ctx context.Context, c *Conn)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, c *Conn)
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, c *Conn) { f(ctx, c) }
+
+// Server accepts redirected connections on one or more listeners. It is safe
+// for concurrent use.
+type Server struct {
+	Identifier Identifier
+	Handler    Handler
+	Log        zerolog.Logger
+
+	mu     sync.Mutex
+	conns  map[*net.TCPConn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// NewServer returns a server that identifies with id and serves with h.
+func NewServer(id Identifier, h Handler, log zerolog.Logger) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{Identifier: id, Handler: h, Log: log, conns: map[*net.TCPConn]struct{}{}, ctx: ctx, cancel: cancel}
+}
+
+// Serve accepts on l until l is closed or the server shuts down.
+func (s *Server) Serve(l net.Listener) error {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		tc := c.(*net.TCPConn)
+		if !s.track(tc) {
+			tc.Close()
+			return nil
+		}
+		s.wg.Add(1)
+		go s.serveConn(tc)
+	}
+}
+
+func (s *Server) track(c *net.TCPConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *net.TCPConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *Server) serveConn(c *net.TCPConn) {
+	defer s.wg.Done()
+	defer s.untrack(c)
+	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	id, dst, err := s.Identifier.Identify(peer, local)
+	if err != nil {
+		// Not redirected by our programs (or the record is gone): nobody we
+		// can vouch for, so nothing is relayed.
+		s.Log.Warn().Err(err).Str("peer", peer.String()).Msg("refusing unidentified connection")
+		c.Close()
+		return
+	}
+	c.SetNoDelay(true)
+	s.Handler.Handle(s.ctx, &Conn{ID: NewID(), Identity: id, Dst: dst, Client: c, Accepted: time.Now()})
+}
+
+// Shutdown stops handlers (their context is cancelled), closes every tracked
+// connection and waits for the handlers to return or ctx to end.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Active returns the number of connections being served.
+func (s *Server) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// NewID returns a random 16-hex-digit identifier.
+func NewID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

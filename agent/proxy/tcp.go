@@ -1,0 +1,39 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"sync/atomic"
+)
+
+// Relay copies bytes both ways between the agent and upstream until both
+// directions end, and returns the byte counts (agent to upstream, upstream
+// to agent). Each direction half-closes its destination when its source
+// ends, so protocols that shut down one side keep working.
+func Relay(client, upstream *net.TCPConn) (sent, received int64) {
+	var r relay
+	errc := make(chan error, 2)
+	go r.copyUp(client, upstream, errc)
+	go r.copyDown(upstream, client, errc)
+	<-errc
+	<-errc
+	return r.up.Load(), r.down.Load()
+}
+
+type relay struct{ up, down atomic.Int64 }
+
+// copyUp and copyDown are separate methods so stack traces say which way a
+// stuck copy was going.
+func (r *relay) copyUp(src, dst *net.TCPConn, errc chan<- error) {
+	n, err := io.Copy(dst, src) // splice(2) between TCP sockets on Linux
+	r.up.Add(n)
+	dst.CloseWrite()
+	errc <- err
+}
+
+func (r *relay) copyDown(src, dst *net.TCPConn, errc chan<- error) {
+	n, err := io.Copy(dst, src)
+	r.down.Add(n)
+	dst.CloseWrite()
+	errc <- err
+}

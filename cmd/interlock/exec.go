@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/daemon"
+)
+
+// shimCommand is the hidden first argument of the child that becomes the
+// user's command. The child waits on a pipe until interlockd has moved it
+// into its tagged cgroup, then execs the command in place: the command's
+// first instruction already runs tagged, and its pid is the one interlockd
+// moved.
+const shimCommand = "__exec-shim"
+
+// forwarded are the signals relayed to the command. Terminal-generated
+// signals reach it directly when it owns the terminal; these cover signals
+// sent to interlock itself (by a CI runner's timeout, by kill).
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
+
+func execCommand(ctx context.Context, c *control.Client, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	identity := fs.String("identity", "", "identity the command acts as")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	argv := fs.Args()
+	if *identity == "" || len(argv) == 0 {
+		fmt.Fprintln(stderr, "usage: interlock exec --identity NAME -- CMD [ARGS...]")
+		return 2
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "interlock: %v\n", err)
+		return 127
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "interlock: %v\n", err)
+		return exitInterlock
+	}
+	gate, release, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintf(stderr, "interlock: %v\n", err)
+		return exitInterlock
+	}
+	cmd := exec.Command(self, append([]string{shimCommand, path}, argv[1:]...)...)
+	cmd.Args[0] = argv[0]
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{gate}
+	// Its own process group, in the terminal's foreground when there is one:
+	// ^C then reaches the command alone and is not delivered twice.
+	tty := isTerminal(os.Stdin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Foreground: tty}
+	signals := make(chan os.Signal, 8)
+	signal.Notify(signals, forwarded...)
+	defer signal.Stop(signals)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "interlock: start %s: %v\n", argv[0], err)
+		return exitInterlock
+	}
+	if tty {
+		// Taking the terminal back afterwards sends SIGTTOU to a background
+		// group. Ignored only after the fork: an ignored signal would stay
+		// ignored in the command.
+		signal.Ignore(syscall.SIGTTOU)
+		defer reclaimTerminal()
+	}
+	gate.Close()
+	var ans daemon.ExecAnswer
+	if err := c.Call(ctx, "/v1/exec", daemon.ExecRequest{Identity: *identity, PID: cmd.Process.Pid}, &ans); err != nil {
+		release.Close() // the shim sees EOF and exits without running the command
+		cmd.Wait()
+		fmt.Fprintf(stderr, "interlock: %v\n", err)
+		return exitInterlock
+	}
+	release.Write([]byte{1})
+	release.Close()
+
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var waitErr error
+wait:
+	for {
+		select {
+		case s := <-signals:
+			cmd.Process.Signal(s)
+		case waitErr = <-done:
+			break wait
+		}
+	}
+	if err := c.Call(ctx, "/v1/exec/release", daemon.TagRequest{Cgroup: ans.Cgroup}, nil); err != nil {
+		// Not fatal: interlockd collects empty exec cgroups itself.
+		fmt.Fprintf(stderr, "interlock: release %s: %v\n", ans.Cgroup, err)
+	}
+	return exitCode(cmd, waitErr)
+}
+
+// exitCode passes the command's status through the way a shell reports it:
+// its exit code, or 128+signal when a signal ended it.
+func exitCode(cmd *exec.Cmd, err error) int {
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return exitInterlock
+	}
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok {
+		return cmd.ProcessState.ExitCode()
+	}
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// execShim runs in the child: wait for the go-ahead on fd 3, then become
+// the command.
+func execShim(args []string) int {
+	gate := os.NewFile(3, "gate")
+	var b [1]byte
+	if n, _ := gate.Read(b[:]); n != 1 {
+		return exitInterlock // interlock refused or died: never run untagged
+	}
+	gate.Close()
+	if len(args) == 0 {
+		return exitInterlock
+	}
+	err := syscall.Exec(args[0], append([]string{os.Args[0]}, args[1:]...), os.Environ())
+	fmt.Fprintf(os.Stderr, "interlock: exec %s: %v\n", args[0], err)
+	return 126
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func reclaimTerminal() {
+	unix.IoctlSetPointerInt(int(os.Stdin.Fd()), unix.TIOCSPGRP, unix.Getpgrp())
+}
