@@ -49,6 +49,7 @@ type Daemon struct {
 	controlGID int // -1: only root may use the control API
 	started    time.Time
 	creds      *credentials.Manager
+	resolvers  []netip.AddrPort
 	cancels    cancelKeys
 	// tagGen counts untags; open sessions re-check their identity when it
 	// moves, so an untag applies to their next statement.
@@ -135,6 +136,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}
 	defer d.closeListeners()
 
+	d.resolvers = resolvers("/etc/resolv.conf")
 	selfID, err := d.selfCgroup()
 	if err != nil {
 		return err
@@ -145,12 +147,15 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		Proxy4:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
 		Proxy6:       netip.AddrPortFrom(netip.IPv6Loopback(), port),
 		SelfCgroupID: selfID,
-		Resolvers:    resolvers("/etc/resolv.conf"),
+		Resolvers:    d.resolvers,
 	})
 	if err != nil {
 		return fmt.Errorf("arm data path: %w", err)
 	}
 	defer d.dp.Close()
+	for _, gap := range d.dp.Gaps() {
+		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
+	}
 	if err := d.applyNetworkPolicy(d.policy.Current()); err != nil {
 		return err
 	}
@@ -291,7 +296,13 @@ func (d *Daemon) applyIdentityRules(p *policy.Policy, name string, id uint32) er
 		}
 		return out
 	}
-	if err := d.dp.SetRules(id, conv(p.Intercept(name))); err != nil {
+	// DNS over TCP to the host's resolvers goes direct, like DNS over UDP:
+	// name resolution is not something agents should need a rule for.
+	rules := make([]datapath.Rule, 0, 8)
+	for _, r := range d.resolvers {
+		rules = append(rules, datapath.Rule{Prefix: netip.PrefixFrom(r.Addr(), r.Addr().BitLen()), PortMin: 53, PortMax: 53, Verdict: datapath.Pass})
+	}
+	if err := d.dp.SetRules(id, append(rules, conv(p.Intercept(name))...)); err != nil {
 		return fmt.Errorf("set intercept rules of %s: %w", name, err)
 	}
 	if err := d.dp.SetUDPAllow(id, conv(p.UDPAllow(name))); err != nil {

@@ -17,6 +17,11 @@ func (d *Daemon) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.Add
 	if err != nil {
 		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("look up %s -> %s: %w", peer, local, err)
 	}
+	if o.Dst.Port() == d.cfg.ListenPort && o.Dst.Addr().Unmap().IsLoopback() {
+		// An agent dialing the proxy port itself would have interlockd
+		// connect to itself.
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s targets the proxy itself", peer)
+	}
 	name := d.ids.name(o.Identity)
 	if name == "" {
 		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)

@@ -29,9 +29,13 @@ var (
 )
 
 // Binaries builds interlockd and interlock once per test process and
-// returns the directory holding them.
+// returns the directory holding them. INTERLOCK_BIN_DIR names a directory
+// of binaries built beforehand instead (the Makefile's, or an installed set).
 func Binaries(t testing.TB) string {
 	t.Helper()
+	if dir := os.Getenv("INTERLOCK_BIN_DIR"); dir != "" {
+		return dir
+	}
 	buildOnce.Do(func() {
 		binDir, buildErr = os.MkdirTemp("", "interlock-bin-")
 		if buildErr != nil {
