@@ -18,7 +18,6 @@
 package recording
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -56,6 +55,27 @@ type Recorder struct {
 	stop    chan struct{}
 	stopped sync.WaitGroup
 	once    sync.Once
+
+	// The writer goroutine does all file I/O, so Message never waits on a
+	// write(2). Full buffers travel to it over writes and come back
+	// through free.
+	writes     chan writeReq
+	free       chan []byte
+	writerDone chan struct{}
+	closeMu    sync.RWMutex
+	closed     bool
+}
+
+// bufSize is the size of a session's write buffer; a full buffer is handed
+// to the writer goroutine and replaced from the free list.
+const bufSize = 64 << 10
+
+// writeReq is a buffer to write for s, or, with done set, a barrier that is
+// closed once everything queued before it is written.
+type writeReq struct {
+	s    *Session
+	buf  []byte
+	done chan struct{}
 }
 
 // Option configures a Recorder.
@@ -80,21 +100,77 @@ func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, 
 		return nil, fmt.Errorf("create recording directory: %w", err)
 	}
 	r := &Recorder{st: st, dir: dir, host: host, logger: zerolog.Nop(), every: time.Second,
-		active: map[string]*Session{}, stop: make(chan struct{})}
+		active: map[string]*Session{}, stop: make(chan struct{}),
+		writes: make(chan writeReq, 256), free: make(chan []byte, 64), writerDone: make(chan struct{})}
 	for _, o := range opts {
 		o(r)
 	}
 	r.stopped.Add(1)
 	go r.flushLoop()
+	go r.writeLoop()
 	return r, nil
 }
 
-// Close flushes every open recording and stops the background flusher. Open
-// sessions are not sealed; SealAbandoned seals them on the next start.
+// Close flushes every open recording to disk and stops the background
+// goroutines. Open sessions are not sealed (SealAbandoned seals them on the
+// next start); if they go on recording, their writes become synchronous.
 func (r *Recorder) Close() error {
-	r.once.Do(func() { close(r.stop) })
-	r.stopped.Wait()
-	return r.flushAll(context.Background())
+	var err error
+	r.once.Do(func() {
+		close(r.stop)
+		r.stopped.Wait()
+		err = r.flushAll(context.Background())
+		r.closeMu.Lock()
+		r.closed = true
+		close(r.writes)
+		r.closeMu.Unlock()
+		<-r.writerDone
+	})
+	return err
+}
+
+func (r *Recorder) writeLoop() {
+	defer close(r.writerDone)
+	for req := range r.writes {
+		if req.buf != nil {
+			req.s.writeOut(req.buf)
+			select {
+			case r.free <- req.buf[:0]:
+			default:
+			}
+		}
+		if req.done != nil {
+			close(req.done)
+		}
+	}
+}
+
+// send queues req for the writer goroutine; after Close it does the work
+// itself, once the writer has drained what was queued before.
+func (r *Recorder) send(req writeReq) {
+	r.closeMu.RLock()
+	if !r.closed {
+		r.writes <- req
+		r.closeMu.RUnlock()
+		return
+	}
+	r.closeMu.RUnlock()
+	<-r.writerDone
+	if req.buf != nil {
+		req.s.writeOut(req.buf)
+	}
+	if req.done != nil {
+		close(req.done)
+	}
+}
+
+func (r *Recorder) getBuf() []byte {
+	select {
+	case b := <-r.free:
+		return b
+	default:
+		return make([]byte, 0, bufSize)
+	}
 }
 
 func (r *Recorder) flushLoop() {
@@ -120,21 +196,11 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 		sessions = append(sessions, s)
 	}
 	r.mu.Unlock()
-	var (
-		ds   []store.Decision
-		errs []error
-	)
+	var ds []store.Decision
 	for _, s := range sessions {
-		d, err := s.flush()
-		ds = append(ds, d...)
-		if err != nil {
-			errs = append(errs, err)
-		}
+		ds = append(ds, s.flush()...)
 	}
-	if err := r.st.AddDecisions(ctx, ds); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return r.st.AddDecisions(ctx, ds)
 }
 
 // Session is one open recording. Message and Decide are safe to call from
@@ -147,19 +213,21 @@ type Session struct {
 	dropPasswords bool // PostgreSQL: record 'p' messages without their body
 
 	mu        sync.Mutex
-	f         *os.File
-	sum       hash.Hash
-	w         *bufio.Writer
+	buf       []byte // frames not yet handed to the writer
 	scratch   [32]byte
 	vbuf      []byte // verdict encoding, reused
 	seq       int64
 	bytesIn   int64
 	bytesOut  int64
-	size      int64
 	pending   []store.Decision
-	err       error
 	finished  bool
 	auditSess audit.Decision // identity/target/session filled once
+
+	// Owned by the writer goroutine (and by Finish after a barrier).
+	f    *os.File
+	sum  hash.Hash
+	size int64
+	werr error
 }
 
 // Start creates the recording file and the open session row for meta (whose
@@ -181,17 +249,15 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, err
 		return nil, fmt.Errorf("create recording: %w", err)
 	}
 	s := &Session{r: r, meta: meta, start: meta.Started, f: f, sum: sha256.New(),
-		dropPasswords: meta.Protocol == "postgresql"}
-	s.w = bufio.NewWriterSize(hashedFile{f: f, h: s.sum, n: &s.size}, 64<<10)
+		dropPasswords: meta.Protocol == "postgresql", buf: r.getBuf()}
 	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
 		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
-	s.w.WriteString(magic)
-	s.w.Write(binary.AppendUvarint(nil, uint64(len(hdr))))
-	s.w.Write(hdr)
-	if err := s.w.Flush(); err != nil {
+	head := append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...)
+	s.writeOut(append(head, hdr...))
+	if s.werr != nil {
 		f.Close()
 		os.Remove(meta.Recording)
-		return nil, fmt.Errorf("write recording header: %w", err)
+		return nil, fmt.Errorf("write recording header: %w", s.werr)
 	}
 	if err := r.st.CreateSession(ctx, &meta); err != nil {
 		f.Close()
@@ -222,8 +288,10 @@ func (s *Session) ID() string { return s.meta.ID }
 // body is the message without type and length, and is copied before
 // Message returns. t is when the message crossed the proxy (zero: now).
 //
-// Message does not allocate and does no I/O except when its 64 KiB buffer
-// fills; a write error is kept and returned by Finish.
+// Message does not allocate and does no I/O: it copies into a 64 KiB
+// buffer, and a full buffer goes to the recorder's writer goroutine (Message
+// waits only if 256 buffers are already queued). A write error is kept and
+// returned by Finish.
 func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) int64 {
 	if t.IsZero() {
 		t = time.Now()
@@ -246,12 +314,8 @@ func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) i
 	h := append(s.scratch[:0], kind, typ)
 	h = binary.AppendVarint(h, int64(t.Sub(s.start)))
 	h = binary.AppendUvarint(h, uint64(len(body)))
-	if _, err := s.w.Write(h); err != nil && s.err == nil {
-		s.err = err
-	}
-	if _, err := s.w.Write(body); err != nil && s.err == nil {
-		s.err = err
-	}
+	s.put(h)
+	s.put(body)
 	seq := s.seq
 	s.seq++
 	return seq
@@ -271,9 +335,7 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 		return
 	}
 	s.vbuf = appendVerdict(s.vbuf[:0], seq, int64(t.Sub(s.start)), v)
-	if _, err := s.w.Write(s.vbuf); err != nil && s.err == nil {
-		s.err = err
-	}
+	s.put(s.vbuf)
 	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Seq: seq, Time: t.UTC(), Action: v.Action,
 		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
 	s.mu.Unlock()
@@ -289,20 +351,54 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 	}
 }
 
-// flush writes buffered frames to the file and hands back the verdicts
+// put copies p into the session buffer, handing full buffers to the writer.
+// The caller holds s.mu.
+func (s *Session) put(p []byte) {
+	for len(p) > 0 {
+		if len(s.buf) == cap(s.buf) {
+			s.handoff()
+		}
+		n := copy(s.buf[len(s.buf):cap(s.buf)], p)
+		s.buf = s.buf[:len(s.buf)+n]
+		p = p[n:]
+	}
+}
+
+// handoff queues the buffered frames for writing. The caller holds s.mu,
+// which keeps this session's buffers in order on the queue.
+func (s *Session) handoff() {
+	if len(s.buf) == 0 {
+		return
+	}
+	s.r.send(writeReq{s: s, buf: s.buf})
+	s.buf = s.r.getBuf()
+}
+
+// writeOut writes b to the file and the running hash, so sealing never
+// rereads the file. Only the writer goroutine calls it once the session is
+// running.
+func (s *Session) writeOut(b []byte) {
+	if s.werr != nil {
+		return
+	}
+	n, err := s.f.Write(b)
+	s.sum.Write(b[:n])
+	s.size += int64(n)
+	s.werr = err
+}
+
+// flush queues buffered frames for writing and hands back the verdicts
 // waiting for the store.
-func (s *Session) flush() ([]store.Decision, error) {
+func (s *Session) flush() []store.Decision {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.finished {
-		return nil, nil
+		return nil
 	}
-	if err := s.w.Flush(); err != nil && s.err == nil {
-		s.err = err
-	}
+	s.handoff()
 	ds := s.pending
 	s.pending = nil
-	return ds, s.err
+	return ds
 }
 
 // End is what the proxy knows when a session closes.
@@ -328,10 +424,13 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		return s.meta, fmt.Errorf("finish session %s: already finished", s.meta.ID)
 	}
 	s.finished = true
-	err := s.err
-	if ferr := s.w.Flush(); err == nil {
-		err = ferr
-	}
+	s.handoff()
+	done := make(chan struct{})
+	s.r.send(writeReq{done: done})
+	s.mu.Unlock()
+	<-done // everything this session queued is written
+	s.mu.Lock()
+	err := s.werr
 	if serr := s.f.Sync(); err == nil {
 		err = serr
 	}
@@ -461,19 +560,4 @@ func Verify(ctx context.Context, st *store.Store, id string) error {
 			id, ss.Recording, sum, size, ss.RecordingSHA256, ss.RecordingSize)
 	}
 	return nil
-}
-
-// hashedFile writes to the file and the running hash, so sealing never
-// rereads the file.
-type hashedFile struct {
-	f *os.File
-	h hash.Hash
-	n *int64
-}
-
-func (w hashedFile) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
-	*w.n += int64(n)
-	return n, err
 }
