@@ -5,19 +5,22 @@ import (
 )
 
 // FuzzClassify feeds arbitrary text to the parser, the classifier and the
-// shape key: none may panic, and two texts with one shape key that both
-// parse must classify alike.
+// shape key: none may panic, two texts with one shape key that both parse
+// must classify alike, and the summary fast path must agree with the full
+// parse whenever it answers.
 func FuzzClassify(f *testing.F) {
 	for _, s := range []string{
 		"SELECT 1", "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
 		"COPY t TO PROGRAM 'x'", "DO $$ BEGIN END $$", "EXPLAIN ANALYZE DELETE FROM t",
 		"SELECT pg_read_file('x'); DROP TABLE t", "SELECT 'a''b', 1.5, $1 -- c",
 		"SELECT * FROM t FOR UPDATE", "/* nested /* */ */ SELECT 1",
+		"SELECT CASE WHEN a THEN f(1) END, (SELECT g() FROM t) FROM u JOIN v ON h()",
 	} {
 		f.Add(s)
 	}
 	c := NewClassifier(Postgres{}, 256)
 	f.Fuzz(func(t *testing.T, s string) {
+		checkFastPath(t, s)
 		q := c.Classify(s)
 		if q == nil {
 			t.Fatal("nil query")

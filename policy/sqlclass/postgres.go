@@ -28,11 +28,19 @@ func (Postgres) Classify(text string) (q *Query, err error) {
 			q, err = nil, fmt.Errorf("classify sql: internal error: %v", r)
 		}
 	}()
+	if st, ok := pgFastSelect(text); ok {
+		return &Query{ShapeSafe: true, Statements: []Statement{st}}, nil
+	}
 	tree, err := pg.Parse(text)
 	if err != nil {
 		return nil, fmt.Errorf("parse sql: %w", err)
 	}
-	q = &Query{ShapeSafe: true, Statements: make([]Statement, 0, len(tree.Stmts))}
+	return fullQuery(tree), nil
+}
+
+// fullQuery classifies every statement of a full parse tree.
+func fullQuery(tree *pg.ParseResult) *Query {
+	q := &Query{ShapeSafe: true, Statements: make([]Statement, 0, len(tree.Stmts))}
 	for _, raw := range tree.Stmts {
 		c := &pgClassifier{}
 		c.statement(raw.GetStmt())
@@ -52,7 +60,7 @@ func (Postgres) Classify(text string) (q *Query, err error) {
 			q.Statements[i].Multi = true
 		}
 	}
-	return q, nil
+	return q
 }
 
 // ShapeKey implements [Dialect] with the PostgreSQL lexical rules.

@@ -1,0 +1,97 @@
+package sqlclass
+
+import (
+	pg "github.com/pganalyze/pg_query_go/v6"
+)
+
+// pgFastSelect classifies a plain single SELECT from pg_query's summary
+// (tables, functions, statement types, gathered in C) instead of the full
+// tree, which pg_query hands over through a protobuf round trip five times
+// as costly. It only answers when the summary provably says everything the
+// full classifier would look at, and returns false otherwise so the caller
+// takes the full path:
+//
+//   - the text is one statement starting with SELECT, and contains none of
+//     the words FOR (locking clauses), INTO (SELECT INTO) or WITH (CTEs,
+//     which the summary reports differently), anywhere, even inside
+//     literals or comments: the check is lexical and errs towards the
+//     full path;
+//   - the summary's only statement type is SelectStmt (a nested
+//     data-modifying statement would add its own);
+//   - every table is read (context Select) and every function is called
+//     (context Call).
+//
+// FuzzClassify and TestFastPathAgrees hold the two paths to the same
+// answer.
+func pgFastSelect(text string) (Statement, bool) {
+	if !fastEligible(text) {
+		return Statement{}, false
+	}
+	sum, err := pg.Summary(text, 0)
+	if err != nil || len(sum.StatementTypes) != 1 || sum.StatementTypes[0] != "SelectStmt" {
+		return Statement{}, false
+	}
+	c := &pgClassifier{}
+	c.command("SelectStmt", "SELECT")
+	c.raise(Read, "")
+	for _, t := range sum.Tables {
+		if t.Context != pg.SummaryResult_Select {
+			return Statement{}, false
+		}
+		name := t.TableName
+		if t.SchemaName != "" {
+			name = t.SchemaName + "." + name
+		}
+		c.st.Tables = appendOnce(c.st.Tables, name)
+	}
+	for _, f := range sum.Functions {
+		if f.Context != pg.SummaryResult_Call {
+			return Statement{}, false
+		}
+		c.function(f.Name)
+	}
+	return c.finish(), true
+}
+
+// fastEligible is the lexical gate of pgFastSelect.
+func fastEligible(text string) bool {
+	i := 0
+	for i < len(text) && isSpace(text[i]) {
+		i++
+	}
+	if !wordAt(text, i, "select") {
+		return false
+	}
+	for j := 0; j < len(text); j++ {
+		c := text[j]
+		if c == ';' {
+			for _, r := range []byte(text[j:]) {
+				if r != ';' && !isSpace(r) {
+					return false
+				}
+			}
+			return true
+		}
+		if (c|0x20 == 'f' || c|0x20 == 'i' || c|0x20 == 'w') && (j == 0 || !identByte(text[j-1])) &&
+			(wordAt(text, j, "for") || wordAt(text, j, "into") || wordAt(text, j, "with")) {
+			return false
+		}
+	}
+	return true
+}
+
+// wordAt reports whether text holds the lower-case word w at i,
+// case-insensitively, not followed by an identifier byte.
+func wordAt(text string, i int, w string) bool {
+	if i+len(w) > len(text) {
+		return false
+	}
+	for k := 0; k < len(w); k++ {
+		if text[i+k]|0x20 != w[k] {
+			return false
+		}
+	}
+	return i+len(w) == len(text) || !(identByte(text[i+len(w)]) || text[i+len(w)] == '$')
+}
+
+func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\f' || b == '\v' }
