@@ -94,4 +94,6 @@ func wordAt(text string, i int, w string) bool {
 	return i+len(w) == len(text) || !(identByte(text[i+len(w)]) || text[i+len(w)] == '$')
 }
 
-func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\f' || b == '\v' }
+func isSpace(b byte) bool {
+	return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\f' || b == '\v'
+}

@@ -97,6 +97,8 @@ func TestFastPathAgrees(t *testing.T) {
 		"SELECT pg_catalog.set_config('role', 'x', false)",
 		"SELECT merge_action() FROM t",
 		"SELECT GROUPING(a) FROM t GROUP BY ROLLUP (a, evil())",
+		"SELECT CAST('x' AS numeric(evil(), 2))",
+		"SELECT * FROM t TABLESAMPLE SYSTEM (evil()) REPEATABLE (evil2())",
 	} {
 		if checkFastPath(t, s) {
 			fast++
