@@ -10,7 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/interlock-dev/interlock/agent/testenv"
 )
@@ -62,7 +64,10 @@ func BenchmarkPgbench(b *testing.B) {
 				for j, p := range proxies {
 					_, port, _ := strings.Cut(p.Addr(), ":")
 					pp, _ := strconv.Atoi(port)
-					relayed[j] = append(relayed[j], runPgbench(b, "127.0.0.1", pp, "agent", "", seconds, sc.args))
+					before := cpuTime()
+					r := runPgbench(b, "127.0.0.1", pp, "agent", "", seconds, sc.args)
+					r.cpuPerTxn = (cpuTime() - before).Seconds() * 1e6 / (r.tps * float64(seconds))
+					relayed[j] = append(relayed[j], r)
 				}
 			}
 			d := median(direct)
@@ -73,23 +78,32 @@ func BenchmarkPgbench(b *testing.B) {
 				b.ReportMetric(r.tps, name+"-tps")
 				b.ReportMetric(100*r.tps/d.tps, name+"-%")
 				b.ReportMetric(r.p50-d.p50, name+"-added-p50-µs")
+				b.ReportMetric(r.cpuPerTxn, name+"-cpu-µs/txn")
 			}
 		})
 	}
 }
 
-type pgbenchResult struct{ tps, p50 float64 }
+// pgbenchResult is one run: TPS, median latency, and the relay's CPU time
+// (user+system of this process) per transaction, which is what the relay
+// costs independent of how loaded the machine is.
+type pgbenchResult struct{ tps, p50, cpuPerTxn float64 }
 
-// median returns the median TPS and the median p50 of runs.
+// median returns the median of each figure over runs.
 func median(runs []pgbenchResult) pgbenchResult {
-	tps := make([]float64, len(runs))
-	p50 := make([]float64, len(runs))
-	for i, r := range runs {
-		tps[i], p50[i] = r.tps, r.p50
+	var tps, p50, cpu []float64
+	for _, r := range runs {
+		tps, p50, cpu = append(tps, r.tps), append(p50, r.p50), append(cpu, r.cpuPerTxn)
 	}
-	slices.Sort(tps)
-	slices.Sort(p50)
-	return pgbenchResult{tps[len(tps)/2], p50[len(p50)/2]}
+	m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	return pgbenchResult{m(tps), m(p50), m(cpu)}
+}
+
+// cpuTime returns this process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)

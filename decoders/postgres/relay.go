@@ -181,12 +181,41 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	}
 	stop := context.AfterFunc(ctx, shutdown)
 	defer stop()
-	errc := make(chan error, 2)
-	go func() { errc <- r.serverLoop() }()
-	go func() { errc <- r.clientLoop() }()
-	first := <-errc
-	shutdown()
-	<-errc
+	serverDone := make(chan error, 1)
+	clientDone := make(chan error, 1)
+	go func() { serverDone <- r.serverLoop() }()
+	go func() { clientDone <- r.clientLoop() }()
+	var first error
+	select {
+	case first = <-serverDone:
+		shutdown()
+		<-clientDone
+	case first = <-clientDone:
+		var pe *ProtocolError
+		if errors.As(first, &pe) {
+			// End the server side first, so the agent's connection has a
+			// single writer again, then tell the agent why.
+			r.upstream.Write([]byte{'X', 0, 0, 0, 4})
+			r.upstream.shutdown()
+			select {
+			case <-serverDone:
+				if b, err := pe.Response().Encode(nil); err == nil {
+					r.agent.Write(b)
+				}
+				shutdown()
+			case <-time.After(time.Second):
+				// The server goroutine is stuck writing to an agent that
+				// does not read.
+				shutdown()
+				<-serverDone
+			}
+			break
+		}
+		shutdown()
+		<-serverDone
+	}
+	// Hold notices may still be on their way; their sockets are shut down.
+	r.bg.Wait()
 	agent.Close()
 	upstream.Close()
 	if ctx.Err() != nil {
@@ -257,6 +286,7 @@ type relay struct {
 	// the notices the client goroutine sends while holding a statement.
 	agentMu sync.Mutex
 	q       queue
+	bg      sync.WaitGroup // hold notices being written
 }
 
 // reader is a reusable input buffer over a connection.
@@ -460,17 +490,11 @@ func clientEOF(err error) error {
 }
 
 // violation ends the session for bad agent input: the messages before it
-// go upstream, the agent gets a FATAL protocol_violation, the server a
-// Terminate.
+// go upstream; Relay then tells the agent (FATAL protocol_violation) and
+// terminates the server session.
 func (r *relay) violation(flush func() error, msg string) error {
 	flush()
-	pe := &ProtocolError{Msg: msg}
-	b, _ := pe.Response().Encode(nil)
-	r.agentMu.Lock()
-	r.agent.Write(b)
-	r.agentMu.Unlock()
-	r.upstream.Write([]byte{'X', 0, 0, 0, 4})
-	return pe
+	return &ProtocolError{Msg: msg}
 }
 
 // decide asks the enforcer and resolves a hold.
@@ -492,12 +516,17 @@ func (r *relay) decide(sql string, flush func() error) (Verdict, error) {
 	if err != nil {
 		return v, fmt.Errorf("encode hold notice: %w", err)
 	}
-	r.agentMu.Lock()
-	_, err = r.agent.Write(notice)
-	r.agentMu.Unlock()
-	if err != nil {
-		return v, fmt.Errorf("write agent: %w", err)
-	}
+	// The server goroutine may be in the middle of streaming a large
+	// message to the agent and keeps the agent's connection until it is
+	// complete; the notice waits for that without blocking this goroutine,
+	// which has to notice the session ending.
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		r.agentMu.Lock()
+		r.agent.Write(notice)
+		r.agentMu.Unlock()
+	}()
 	approved, reason := false, "no approver"
 	if v.Wait != nil {
 		approved, reason = v.Wait(r.ctx)
