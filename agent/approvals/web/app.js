@@ -82,7 +82,7 @@ function pendingRow(a) {
     el("td", {}, who(a)),
     el("td", {}, a.target, el("br"), el("span", {class: "muted"}, "rule " + a.rule)),
     el("td", {}, el("code", {}, a.statement)),
-    el("td", {class: "votes"}),
+    el("td", {}, el("span", {class: "votes"}), el("br"), el("span", {class: "muted"}, "reviewers: " + a.reviewers.join(", "))),
     el("td", {class: "left"}),
     el("td", {}, comment, " ", approve, " ", deny, msg));
   updatePending(tr, a);
