@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strings"
@@ -26,6 +27,8 @@ type testProxy struct {
 	errs    []error
 	keys    sync.Map // agent-visible process id -> upstream CancelKey
 	nextPID atomic.Uint32
+	// clientTLS, when set, terminates agent TLS.
+	clientTLS atomic.Pointer[tls.Config]
 }
 
 func startProxy(t testing.TB, pg *testenv.Postgres, cfg func() RelayConfig) *testProxy {
@@ -80,7 +83,7 @@ func (p *testProxy) serve() {
 func (p *testProxy) session(c net.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, err := AcceptClient(ctx, c, ClientConfig{})
+	h, err := AcceptClient(ctx, c, ClientConfig{TLS: p.clientTLS.Load()})
 	if err != nil {
 		c.Close()
 		return err
