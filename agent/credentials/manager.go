@@ -64,6 +64,9 @@ func NewManager(cfg Config, stateDir string) (*Manager, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("check credentials config: %w", err)
 	}
+	if stateDir == "" {
+		return nil, errors.New("open lease journal: no state dir")
+	}
 	m := &Manager{
 		cfg:      cfg,
 		def:      cfg.Default,

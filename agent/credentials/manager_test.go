@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestStaticSource(t *testing.T) {
@@ -104,5 +107,36 @@ func BenchmarkJournalAppend(b *testing.B) {
 		if err := j.append(record{Op: opIssue, ID: "x", Source: "embedded", Handle: "interlock_bench"}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestExampleConfig keeps the documented daemon config block parseable and
+// valid.
+func TestExampleConfig(t *testing.T) {
+	b, err := os.ReadFile("testdata/daemon-credentials.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Credentials Config `yaml:"credentials"`
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatal(err)
+	}
+	c := doc.Credentials
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Embedded["local"].TTL != 15*time.Minute || c.Pool["orders-db"] != 2 || c.Vault.Auth.Method != "approle" {
+		t.Errorf("parsed %+v", c)
+	}
+	var ref Ref
+	if err := yaml.Unmarshal([]byte("{source: vault, kind: database, role: readonly, ttl: 2m}"), &ref); err != nil {
+		t.Fatal(err)
+	}
+	if !sameRef(ref, Ref{Source: "vault", Kind: "database", Role: "readonly", TTL: 2 * time.Minute}) {
+		t.Errorf("ref %+v", ref)
 	}
 }
