@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/credentials"
 )
 
@@ -44,6 +46,19 @@ type Config struct {
 	Store string `yaml:"store"`
 	// Credentials configures where upstream credentials come from.
 	Credentials credentials.Config `yaml:"credentials"`
+	// Approvals configures the reviewers' web page and notifications.
+	Approvals Approvals `yaml:"approvals"`
+}
+
+// Approvals configures how reviewers learn about and decide held requests.
+type Approvals struct {
+	// WebListen is the loopback address of the reviewer web page, e.g.
+	// 127.0.0.1:15002; empty serves no page (the CLI still works).
+	WebListen string `yaml:"web_listen"`
+	// Webhook is a Slack-compatible incoming-webhook URL.
+	Webhook string `yaml:"webhook"`
+	// ReviewerTokens sign reviewers in to the web page.
+	ReviewerTokens []approvals.Token `yaml:"reviewer_tokens"`
 }
 
 // Default returns the embedded default configuration.
@@ -84,6 +99,12 @@ func (c Config) Validate() error {
 		return errors.New("config: bpffs is empty")
 	case c.ListenPort == 0:
 		return errors.New("config: listen_port is 0")
+	}
+	if c.Approvals.WebListen != "" {
+		host, _, err := net.SplitHostPort(c.Approvals.WebListen)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("config: approvals.web_listen %q must be a loopback address and port", c.Approvals.WebListen)
+		}
 	}
 	return nil
 }

@@ -166,29 +166,52 @@ func (c *Client) Call(ctx context.Context, path string, in, out any) error {
 		}
 		method, body = http.MethodPost, bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://interlockd"+path, body)
+	resp, err := c.do(ctx, method, path, body)
 	if err != nil {
 		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Stream GETs path and copies the answer's body to w (transcripts, pcaps,
+// JSON lines). A non-2xx answer becomes an error, and nothing is written.
+func (c *Client) Stream(ctx context.Context, path string, w io.Writer) error {
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// do sends one request and turns transport failures and non-2xx answers
+// into errors; on success the caller closes the body.
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://interlockd"+path, body)
+	if err != nil {
+		return nil, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {
-			return fmt.Errorf("%w (socket %s: %v)", ErrNotRunning, c.Socket, op.Err)
+			return nil, fmt.Errorf("%w (socket %s: %v)", ErrNotRunning, c.Socket, op.Err)
 		}
-		return err
+		return nil, err
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
 		var e Error
 		data, _ := io.ReadAll(resp.Body)
 		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return nil, errors.New(e.Error)
 		}
-		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(data)))
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(data)))
 	}
-	if out == nil {
-		return nil
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return resp, nil
 }

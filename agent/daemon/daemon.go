@@ -19,13 +19,21 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/interlock-dev/interlock/agent/approvals"
+	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/config"
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/agent/datapath"
 	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/policy"
 )
+
+// Version is interlockd's version, set at build time with
+// -ldflags "-X github.com/interlock-dev/interlock/agent/daemon.Version=...".
+var Version = "dev"
 
 // execDir is the child of the cgroup root under which `interlock exec`
 // creates one cgroup per command.
@@ -49,6 +57,11 @@ type Daemon struct {
 	controlGID int // -1: only root may use the control API
 	started    time.Time
 	creds      *credentials.Manager
+	host       string
+	store      *store.Store
+	chain      *audit.Log // the hash-chained audit trail in the store
+	recorder   *recording.Recorder
+	approvals  *approvals.Service
 	resolvers  []netip.AddrPort
 	cancels    cancelKeys
 	// tagGen counts untags; open sessions re-check their identity when it
@@ -56,7 +69,9 @@ type Daemon struct {
 	tagGen atomic.Uint64
 
 	uninstalled chan struct{}
-	once        sync.Once
+	// stopping is closed when Run begins to shut down.
+	stopping chan struct{}
+	once     sync.Once
 }
 
 // New prepares a daemon: it checks the kernel, finds the cgroup hierarchy
@@ -90,7 +105,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	d := &Daemon{
 		cfg: cfg, log: log, audit: log.With().Str("component", "audit").Logger(),
 		mount: mount, root: root, ids: ids, controlGID: -1, started: time.Now(),
-		uninstalled: make(chan struct{}),
+		uninstalled: make(chan struct{}), stopping: make(chan struct{}),
 	}
 	if cfg.ControlGroup != "" {
 		gid, err := lookupGroup(cfg.ControlGroup)
@@ -105,6 +120,10 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	}
 	d.policy, d.policySrc = policy.NewEngine(pol), src
 	if d.creds, err = credentials.NewManager(cfg.Credentials, cfg.StateDir); err != nil {
+		return nil, err
+	}
+	if err := d.openStore(); err != nil {
+		d.creds.Close()
 		return nil, err
 	}
 	return d, nil
@@ -163,12 +182,24 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	// Credentials a crashed predecessor left behind are revoked before any
 	// new session can start.
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
-	err = d.creds.Recover(rctx)
-	cancel()
-	if err != nil {
+	defer cancel()
+	if err := d.creds.Recover(rctx); err != nil {
 		return fmt.Errorf("recover credentials: %w", err)
 	}
 	defer d.creds.Close()
+	defer d.closeStore()
+	if n, err := d.recorder.SealAbandoned(rctx); err != nil {
+		d.log.Warn().Err(err).Msg("seal recordings of a previous run")
+	} else if n > 0 {
+		d.log.Info().Int("sessions", n).Msg("sealed recordings a previous run left open")
+	}
+	if n, err := d.approvals.CancelOrphans(rctx); err == nil && n > 0 {
+		d.log.Info().Int("approvals", n).Msg("cancelled approvals a previous run left pending")
+	}
+	if err := d.serveWeb(); err != nil {
+		return err
+	}
+	d.chain.Post(audit.DaemonStarted{Version: Version, PID: os.Getpid()})
 
 	ctlL, err := control.Listen(d.cfg.Socket)
 	if err != nil {
@@ -200,6 +231,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	case <-ctx.Done():
 	case <-d.uninstalled:
 	}
+	close(d.stopping)
 	d.closeListeners()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -506,7 +506,8 @@ func TestExecPassesExitCodeStdioAndSignals(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// Signal once the command runs tagged (interlock handles signals by then).
+	waitEvent(t, f.d, "exec", func(m map[string]any) bool { return true })
 	cmd.Process.Signal(syscall.SIGTERM)
 	cmd.Wait()
 	if got := cmd.ProcessState.ExitCode(); got != 128+int(syscall.SIGTERM) {

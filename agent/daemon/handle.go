@@ -7,6 +7,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/policy"
 )
@@ -37,25 +39,42 @@ func (d *Daemon) handle(ctx context.Context, c *proxy.Conn) {
 // and, if allowed, a plain relay with byte counts.
 func (d *Daemon) serveTCP(c *proxy.Conn, pol *policy.Policy, target *policy.Target, subj *policy.Subject, log zerolog.Logger) {
 	defer c.Client.Close()
+	var (
+		outcome    string
+		sent, recv int64
+	)
 	dec := pol.Decide(&policy.Input{Subject: subj, Target: target, Protocol: "tcp", Op: policy.Operation{Kind: policy.OpConnect}})
 	d.auditDecision(c, target, "connect", dec)
+	// Plain TCP has no recording to carry its audit records; post them here.
+	d.chain.Post(audit.ConnectionOpened{Session: c.ID, Identity: c.Identity.Name, PID: int32(c.Identity.PID),
+		UID: c.Identity.UID, Exe: c.Identity.Exe, Cgroup: c.Identity.Cgroup, Target: targetName(target),
+		Protocol: "tcp", Client: c.Client.RemoteAddr().String(), Upstream: upstreamAddr(c, target)})
+	d.chain.Post(audit.Decision{Session: c.ID, Identity: c.Identity.Name, Target: targetName(target),
+		Action: dec.Action.String(), Rule: dec.Rule, Enforced: true, Operation: "CONNECT"})
+	defer func(start time.Time) {
+		d.chain.Post(audit.ConnectionClosed{Session: c.ID, Identity: c.Identity.Name, Target: targetName(target),
+			Outcome: outcome, BytesIn: sent, BytesOut: recv, Duration: time.Since(start)})
+	}(c.Accepted)
 	if dec.Action != policy.Allow {
 		// A reset, not a clean close: the agent must not mistake a refusal
 		// for a server that hung up.
 		c.Client.SetLinger(0)
-		d.auditClose(c, target, "denied", 0, 0)
+		outcome = "denied"
+		d.auditClose(c, target, outcome, 0, 0)
 		return
 	}
 	up, err := net.DialTimeout("tcp", upstreamAddr(c, target), dialTimeout)
 	if err != nil {
 		log.Warn().Err(err).Msg("upstream connect failed")
 		c.Client.SetLinger(0)
-		d.auditClose(c, target, "upstream unreachable", 0, 0)
+		outcome = "upstream unreachable"
+		d.auditClose(c, target, outcome, 0, 0)
 		return
 	}
 	defer up.Close()
-	sent, recv := proxy.Relay(c.Client, up.(*net.TCPConn))
-	d.auditClose(c, target, "closed", sent, recv)
+	sent, recv = proxy.Relay(c.Client, up.(*net.TCPConn))
+	outcome = "closed"
+	d.auditClose(c, target, outcome, sent, recv)
 }
 
 // upstreamAddr is where interlockd connects for c: the target's configured
@@ -103,7 +122,21 @@ func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome string, sen
 		Dur("duration", time.Since(c.Accepted)).Msg("connection closed")
 }
 
-func (d *Daemon) auditCredential(c *proxy.Conn, t *policy.Target, event string) {
-	d.audit.Info().Str("event", event).Str("conn", c.ID).Str("identity", c.Identity.Name).
-		Str("target", targetName(t)).Msg(event)
+// auditCredential records a credential's issue or revocation (revokeErr
+// set when revocation failed and the journal keeps the lease).
+func (d *Daemon) auditCredential(c *proxy.Conn, t *policy.Target, cred credentials.Credential, issued bool, revokeErr error) {
+	source := t.Credential.Source
+	if issued {
+		d.chain.Post(audit.CredentialIssued{Session: c.ID, Target: t.Name, Source: source, Username: cred.Username})
+		d.audit.Info().Str("event", "credential_issued").Str("conn", c.ID).Str("identity", c.Identity.Name).
+			Str("target", t.Name).Str("username", cred.Username).Msg("credential issued")
+		return
+	}
+	ev := audit.CredentialRevoked{Session: c.ID, Target: t.Name, Source: source, Username: cred.Username}
+	if revokeErr != nil {
+		ev.Error = revokeErr.Error()
+	}
+	d.chain.Post(ev)
+	d.audit.Info().Str("event", "credential_revoked").Str("conn", c.ID).Str("identity", c.Identity.Name).
+		Str("target", t.Name).Str("username", cred.Username).AnErr("error", revokeErr).Msg("credential revoked")
 }

@@ -17,10 +17,11 @@ func (d *Daemon) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.Add
 	if err != nil {
 		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("look up %s -> %s: %w", peer, local, err)
 	}
-	if o.Dst.Port() == d.cfg.ListenPort && o.Dst.Addr().Unmap().IsLoopback() {
-		// An agent dialing the proxy port itself would have interlockd
-		// connect to itself.
-		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s targets the proxy itself", peer)
+	if d.isOwnEndpoint(o.Dst) {
+		// interlockd's own listeners are never reachable through the proxy:
+		// an agent must not reach the reviewers' page, nor loop the proxy
+		// into itself.
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s targets interlockd itself (%s)", peer, o.Dst)
 	}
 	name := d.ids.name(o.Identity)
 	if name == "" {
@@ -34,4 +35,17 @@ func (d *Daemon) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.Add
 	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
 	id.Cgroup, _ = control.CgroupOf(int(o.PID))
 	return id, o.Dst, nil
+}
+
+func (d *Daemon) isOwnEndpoint(dst netip.AddrPort) bool {
+	if !dst.Addr().Unmap().IsLoopback() && !dst.Addr().IsUnspecified() {
+		return false
+	}
+	if dst.Port() == d.cfg.ListenPort {
+		return true
+	}
+	if w, err := netip.ParseAddrPort(d.cfg.Approvals.WebListen); err == nil && w.Port() == dst.Port() {
+		return true
+	}
+	return false
 }

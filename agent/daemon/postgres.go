@@ -13,8 +13,11 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/rs/zerolog"
 
+	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/policy"
 	"github.com/interlock-dev/interlock/policy/mask"
@@ -106,16 +109,17 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 			fmt.Sprintf("interlock: the credential for target %q could not be issued; try again later", target.Name)))
 		return
 	}
-	d.auditCredential(c, target, "credential_issued")
+	cred := lease.Credential()
+	d.auditCredential(c, target, cred, true, nil)
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := lease.Close(rctx); err != nil {
+		err := lease.Close(rctx)
+		if err != nil {
 			log.Error().Err(err).Msg("revoke credential; the journal keeps it for the next recovery")
 		}
-		d.auditCredential(c, target, "credential_revoked")
+		d.auditCredential(c, target, cred, false, err)
 	}()
-	cred := lease.Credential()
 	upAddr := upstreamAddr(c, target)
 	var dialer net.Dialer
 	upConn, err := dialer.DialContext(hctx, "tcp", upAddr)
@@ -144,19 +148,38 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		d.auditClose(c, target, "agent gone", 0, 0)
 		return
 	}
-	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log}
-	err = postgres.Relay(ctx, agent, up.Conn, postgres.RelayConfig{Enforcer: s})
+	rec, err := d.recorder.Start(ctx, store.Session{
+		ID: c.ID, Identity: c.Identity.Name, PID: int32(c.Identity.PID), UID: c.Identity.UID,
+		Exe: c.Identity.Exe, Cgroup: c.Identity.Cgroup, Target: target.Name, Protocol: "postgresql",
+		ClientAddr: c.Client.RemoteAddr().String(), UpstreamAddr: upAddr,
+	})
+	if err != nil {
+		// Unrecorded traffic is unaccountable traffic: refuse rather than relay.
+		up.Conn.Close()
+		log.Error().Err(err).Msg("start recording")
+		d.refusePG(c, target, agent, "recording unavailable", pgError("58000", "interlock: the session cannot be recorded; try again later"))
+		return
+	}
+	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log, rec: rec}
+	err = postgres.Relay(ctx, agent, up.Conn, postgres.RelayConfig{Enforcer: s, Recorder: s})
 	outcome := "closed"
 	var pe *postgres.ProtocolError
 	if errors.As(err, &pe) {
 		outcome = "protocol violation"
+		d.chain.Post(audit.ProtocolError{Session: c.ID, Identity: c.Identity.Name, Target: target.Name, Error: pe.Msg})
 		d.audit.Warn().Str("event", "protocol_violation").Str("conn", c.ID).Str("identity", c.Identity.Name).
 			Str("error", pe.Msg).Msg("session ended on malformed input")
 	} else if err != nil {
 		outcome = "error"
 		log.Debug().Err(err).Msg("relay ended")
 	}
-	d.auditClose(c, target, outcome, 0, 0)
+	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ss, err := rec.Finish(fctx, recording.End{Outcome: outcome})
+	if err != nil {
+		log.Error().Err(err).Msg("seal recording")
+	}
+	d.auditClose(c, target, outcome, ss.BytesIn, ss.BytesOut)
 }
 
 func suffix(msg string) string {
@@ -224,6 +247,11 @@ type pgSession struct {
 	targetName string
 	subj       *policy.Subject
 	log        zerolog.Logger
+	rec        *recording.Session
+	// lastSeq is the recording sequence number of the agent's latest
+	// message. Record and Query for agent messages run on the same
+	// goroutine, Record first, so Query finds its statement's number here.
+	lastSeq int64
 	// gen is the untag generation taggedOK was computed at.
 	gen      uint64
 	checked  bool
@@ -242,27 +270,40 @@ func (s *pgSession) tagged() bool {
 	return s.taggedOK
 }
 
+// Record implements postgres.Recorder.
+func (s *pgSession) Record(m *postgres.Message) {
+	seq := s.rec.Message(m.FromClient, m.Type, m.Body, m.Time)
+	if m.FromClient {
+		s.lastSeq = seq
+	}
+}
+
 // Query implements postgres.Enforcer. The policy in force is read per
 // statement, so a reload (or an untag) applies to sessions already open.
 func (s *pgSession) Query(ctx context.Context, sql string) postgres.Verdict {
+	seq := s.lastSeq
 	pol := s.d.policy.Current()
 	target := pol.Target(s.targetName)
-	if !s.tagged() {
-		dec := policy.Decision{Action: policy.Deny, Rule: "identity-revoked", Message: "the agent's cgroup is no longer tagged"}
-		s.d.auditDecision(s.c, target, sql, dec)
-		return postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+	var dec policy.Decision
+	if s.tagged() {
+		dec, _ = pol.DecideSQL(s.subj, target, sql)
+	} else {
+		dec = policy.Decision{Action: policy.Deny, Rule: "identity-revoked", Message: "the agent's cgroup is no longer tagged"}
 	}
-	dec, _ := pol.DecideSQL(s.subj, target, sql)
 	s.d.auditDecision(s.c, target, sql, dec)
+	v := postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+	approvalID := ""
 	switch dec.Action {
 	case policy.Allow:
-		return postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule}
+		v = postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule}
 	case policy.Mask:
-		return postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule, Mask: columnMasker{dec.Mask}}
+		v = postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule, Mask: columnMasker{dec.Mask}}
 	case policy.Approve:
-		return s.d.hold(ctx, s.c, target, sql, dec)
+		v, approvalID = s.hold(ctx, target, sql, dec)
 	}
-	return postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+	s.rec.Decide(seq, recording.Verdict{Action: dec.Action.String(), Rule: dec.Rule, Reason: dec.Message,
+		Enforced: true, ApprovalID: approvalID, Statement: sql}, time.Now())
+	return v
 }
 
 // columnMasker adapts the policy's masker to the decoder's interface.

@@ -55,6 +55,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/exec/release", d.handleExecRelease)
 	mux.HandleFunc("POST /v1/policy/reload", d.handleReload)
 	mux.HandleFunc("POST /v1/uninstall", d.handleUninstall)
+	d.sessionRoutes(mux)
 	return d.authorize(mux)
 }
 

@@ -26,9 +26,18 @@ const usage = `usage: interlock [--socket PATH] COMMAND [ARGS]
 commands:
   status                           show the daemon, the tagged cgroups, the maps
   tag CGROUP --identity NAME       tag a cgroup (and its descendants)
-  untag CGROUP                     remove a cgroup's tag
+  tag --unit UNIT --identity NAME  tag a systemd unit or slice, now and at every start
+  untag CGROUP | --unit UNIT       remove a tag
   exec --identity NAME -- CMD ...  run CMD in a fresh cgroup tagged NAME
   uninstall [--bpffs DIR]          detach the programs and remove the pins
+  approvals [--state S|all]        list held requests
+  approve ID [--comment TEXT]      approve a held request
+  deny ID [--comment TEXT]         deny a held request
+  sessions [--identity --target --since --decision]
+                                   list recorded sessions
+  replay ID                        print a session's transcript
+  export ID --pcap FILE            write a session as a pcap
+  audit verify | export            check or dump the hash-chained audit trail
   policy check FILE                validate a policy file
   policy test FILE                 run the test cases a policy ships with
   policy explain ...               show the decision for one request
@@ -71,6 +80,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = untag(ctx, c, rest, stdout)
 	case "exec":
 		return execCommand(ctx, c, rest, stderr)
+	case "approvals", "approve", "deny":
+		return runApprovals(ctx, c, cmd, rest, stdout, stderr)
+	case "sessions":
+		err = sessions(ctx, c, rest, stdout)
+	case "replay":
+		err = replay(ctx, c, rest, stdout)
+	case "export":
+		err = export(ctx, c, rest, stdout)
+	case "audit":
+		err = auditCommand(ctx, c, rest, stdout)
 	case "uninstall":
 		err = uninstall(ctx, c, rest, stdout)
 	case "policy":
@@ -158,12 +177,16 @@ func status(ctx context.Context, c *control.Client, args []string, w io.Writer) 
 func tag(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
 	fs := flag.NewFlagSet("tag", flag.ContinueOnError)
 	identity := fs.String("identity", "", "identity name the cgroup's processes act as")
+	unit := fs.String("unit", "", "a systemd unit or slice instead of a cgroup path")
 	pos, err := interleaved(fs, args)
 	if err != nil {
 		return err
 	}
+	if *unit != "" && len(pos) == 0 && *identity != "" {
+		return runTagUnit(ctx, c, *unit, *identity, w)
+	}
 	if len(pos) != 1 || *identity == "" {
-		return errors.New("usage: interlock tag CGROUP --identity NAME")
+		return errors.New("usage: interlock tag CGROUP --identity NAME | --unit UNIT --identity NAME")
 	}
 	var out daemon.TagEntry
 	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: pos[0], Identity: *identity}, &out); err != nil {
@@ -174,8 +197,11 @@ func tag(ctx context.Context, c *control.Client, args []string, w io.Writer) err
 }
 
 func untag(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
+	if len(args) == 2 && args[0] == "--unit" {
+		return runUntagUnit(ctx, c, args[1], w)
+	}
 	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
-		return errors.New("usage: interlock untag CGROUP")
+		return errors.New("usage: interlock untag CGROUP | --unit UNIT")
 	}
 	var out daemon.TagEntry
 	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: args[0]}, &out); err != nil {

@@ -1,0 +1,96 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/approvals"
+	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/store"
+)
+
+// openStore opens the store (SQLite in the state directory unless a fleet
+// PostgreSQL is configured) and the parts built on it: the audit chain, the
+// session recorder and the approval service.
+func (d *Daemon) openStore() error {
+	d.host = d.cfg.Host
+	if d.host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("host name: %w", err)
+		}
+		d.host = h
+	}
+	where := d.cfg.Store
+	if where == "" {
+		where = filepath.Join(d.cfg.StateDir, "interlock.db")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := store.Open(ctx, where)
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	d.store = st
+	d.chain = audit.New(st, d.host)
+	d.recorder, err = recording.NewRecorder(st, filepath.Join(d.cfg.StateDir, "recordings"), d.host,
+		recording.WithAudit(d.chain), recording.WithLogger(d.log.With().Str("component", "recording").Logger()))
+	if err != nil {
+		d.chain.Close()
+		st.Close()
+		return fmt.Errorf("open recorder: %w", err)
+	}
+	alog := d.log.With().Str("component", "approvals").Logger()
+	webURL := ""
+	if d.cfg.Approvals.WebListen != "" {
+		webURL = "http://" + d.cfg.Approvals.WebListen + "/"
+	}
+	d.approvals, err = approvals.New(approvals.Config{
+		Store: st, Audit: d.chain, Host: d.host, Logger: &alog,
+		Webhook: d.cfg.Approvals.Webhook, WebURL: webURL, Tokens: d.cfg.Approvals.ReviewerTokens,
+	})
+	if err != nil {
+		d.recorder.Close()
+		d.chain.Close()
+		st.Close()
+		return fmt.Errorf("start approvals: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) closeStore() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d.approvals.Close(ctx)
+	if err := d.recorder.Close(); err != nil {
+		d.log.Error().Err(err).Msg("close recorder")
+	}
+	if err := d.chain.Close(); err != nil {
+		d.log.Error().Err(err).Msg("close audit chain")
+	}
+	d.store.Close()
+}
+
+// serveWeb starts the reviewers' page when configured.
+func (d *Daemon) serveWeb() error {
+	if d.cfg.Approvals.WebListen == "" {
+		return nil
+	}
+	l, err := net.Listen("tcp", d.cfg.Approvals.WebListen)
+	if err != nil {
+		return fmt.Errorf("listen web page: %w", err)
+	}
+	srv := &http.Server{Handler: d.approvals.WebHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	go func() {
+		<-d.stopping
+		srv.Close()
+	}()
+	return nil
+}
