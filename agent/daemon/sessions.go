@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -87,9 +88,11 @@ func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]AuditVerdict, 0, len(results))
 	for _, res := range results {
-		v := AuditVerdict{Host: res.Host, Records: res.Records, OK: res.Broken == nil, Summary: res.String()}
+		v := AuditVerdict{Host: res.Host, Records: res.Records, OK: res.Broken == nil,
+			Summary: fmt.Sprintf("%s: ok, %d records", res.Host, res.Records)}
 		if res.Broken != nil {
 			v.BrokenSeq = res.Broken.Seq
+			v.Summary = res.Broken.Error()
 		}
 		out = append(out, v)
 	}
