@@ -1,0 +1,181 @@
+#!/bin/bash
+# guest-test.sh: runs inside the VM guest as root (interlock-vm-run.service),
+# output on the host's stdout. Installs Interlock from the package, tags a
+# systemd unit that runs a legacy client (psql) and checks that its
+# statements are decided and recorded, and that it fails closed while
+# interlockd is down. Every failure prints the guest journal.
+set -uo pipefail
+export LC_ALL=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0
+share=/mnt/vmshare
+pglog=/var/log/postgresql/postgresql-15-main.log
+t0=$(date +%s)
+
+step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
+dump() {
+  echo "--- systemctl --failed"; systemctl --failed --no-legend
+  echo "--- journal: interlock.service"; journalctl -b --no-pager -o short-monotonic -u interlock.service | tail -n 60
+  echo "--- journal: legacy units"; journalctl -b --no-pager -o short-monotonic -u legacy-psql.service -u legacy-loop.service | tail -n 60
+  echo "--- journal: errors"; journalctl -b --no-pager -p warning | tail -n 40
+  echo "--- postgresql log"; tail -n 30 "$pglog"
+}
+fail() { echo "VM-TEST FAIL: $*"; dump; exit 1; }
+# wait_for SECONDS CMD...: poll CMD once a second.
+wait_for() {
+  local n=$1; shift
+  for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
+  return 1
+}
+as_postgres() { runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -q "$@"; }
+pg_connections() { grep -c 'connection received: host=127.0.0.1' "$pglog"; }
+
+step "guest"
+echo "guest kernel: $(uname -r) ($(uname -v))"
+echo "host name: $(hostname), systemd $(systemctl --version | head -n1 | cut -d' ' -f2), cgroup: $(stat -fc %T /sys/fs/cgroup)"
+
+step "install the package"
+dpkg -i "$share/interlock.deb" || fail "dpkg -i"
+systemd-analyze verify /lib/systemd/system/interlock.service || fail "systemd-analyze verify interlock.service"
+echo "systemd-analyze verify interlock.service: ok"
+wait_for 60 systemctl is-active interlock.service || fail "interlock.service is not active after install"
+echo "interlock.service: $(systemctl is-active interlock.service) (Type=notify: ready means the data path is armed)"
+
+step "PostgreSQL 15 in the guest"
+wait_for 120 pg_isready -q -h 127.0.0.1 || fail "PostgreSQL did not start"
+as_postgres <<'SQL' || fail "set up the database"
+ALTER ROLE postgres PASSWORD 'vm-admin';
+CREATE ROLE interlock_demo NOLOGIN;
+CREATE DATABASE app;
+\c app
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');
+GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO interlock_demo;
+SQL
+# interlockd issues a short-lived role per session from this admin login
+# (the embedded issuer); the client never has a password.
+install -m 0600 /dev/null /etc/interlock/pg-admin.dsn
+echo "host=127.0.0.1 port=5432 user=postgres password=vm-admin dbname=postgres" >/etc/interlock/pg-admin.dsn
+cat >>/etc/interlock/interlockd.yaml <<'YAML'
+credentials:
+  embedded:
+    embedded:
+      admin_dsn_file: /etc/interlock/pg-admin.dsn
+      ttl: 5m
+YAML
+systemctl restart interlock.service || fail "restart interlock.service with the credentials block"
+interlock status || fail "interlock status"
+
+step "a legacy client unit, tagged"
+useradd --system --no-create-home --shell /usr/sbin/nologin agent
+cat >/usr/local/bin/legacy-client <<'SH'
+#!/bin/sh
+# Knows nothing of Interlock and has no password.
+export PGCONNECT_TIMEOUT=20
+psql -h 127.0.0.1 -U app -d app -w -X -c 'SELECT id, name FROM customers ORDER BY id'
+echo "legacy-client: SELECT exit $?"
+psql -h 127.0.0.1 -U app -d app -w -X -c 'DROP TABLE customers'
+echo "legacy-client: DROP exit $?"
+SH
+cat >/usr/local/bin/legacy-loop <<'SH'
+#!/bin/sh
+while :; do
+  if out=$(PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -U app -d app -w -X -Atc "SELECT 'loop'" 2>&1); then
+    echo "attempt ok"
+  else
+    echo "attempt failed: $(echo "$out" | head -n1)"
+  fi
+  sleep 2
+done
+SH
+chmod 755 /usr/local/bin/legacy-client /usr/local/bin/legacy-loop
+cat >/etc/systemd/system/legacy-psql.service <<'UNIT'
+[Unit]
+Description=Legacy client: psql against the local PostgreSQL (one shot)
+
+[Service]
+Type=oneshot
+User=agent
+ExecStart=/usr/local/bin/legacy-client
+UNIT
+cat >/etc/systemd/system/legacy-loop.service <<'UNIT'
+[Unit]
+Description=Legacy client: psql in a loop
+
+[Service]
+User=agent
+ExecStart=/usr/local/bin/legacy-loop
+UNIT
+systemctl daemon-reload
+interlock tag --unit legacy-psql.service --identity demo || fail "interlock tag --unit legacy-psql.service"
+interlock tag --unit legacy-loop.service --identity demo || fail "interlock tag --unit legacy-loop.service"
+systemd-analyze verify /etc/systemd/system/legacy-psql.service || fail "systemd-analyze verify legacy-psql.service with its drop-in"
+echo "--- the unit being enforced:"
+systemctl cat legacy-psql.service
+
+step "run the tagged unit"
+systemctl start legacy-psql.service
+rc=$?
+journalctl -b --no-pager -o cat -u legacy-psql.service
+[ $rc = 0 ] || fail "legacy-psql.service failed"
+cg=$(journalctl -b --no-pager -o cat -u legacy-psql.service | sed -n 's/^tagged legacy-psql.service (\(.*\)) as demo$/\1/p' | tail -n1)
+[ -n "$cg" ] || fail "the unit's ExecStartPre did not tag its cgroup"
+echo "enforced: legacy-psql.service, cgroup $cg, identity demo"
+journalctl -b --no-pager -o cat -u legacy-psql.service | grep -q 'legacy-client: SELECT exit 0' || fail "the allowed SELECT did not succeed through the proxy"
+journalctl -b --no-pager -o cat -u legacy-psql.service | grep -q 'legacy-client: DROP exit 0' && fail "DROP TABLE was not denied"
+
+step "decided and recorded"
+audit=$(journalctl -b --no-pager -o cat -u interlock.service)
+open=$(grep '"event":"connection_open"' <<<"$audit" | grep -F "\"cgroup\":\"$cg\"" | head -n1)
+[ -n "$open" ] || fail "no connection_open audit event for $cg"
+echo "audit connection_open: $open"
+deny=$(grep '"event":"decision"' <<<"$audit" | grep '"action":"deny"' | grep -i 'drop' | head -n1)
+[ -n "$deny" ] || fail "no deny decision for DROP TABLE in the audit log"
+echo "denied statement: DROP TABLE customers"
+echo "audit decision: $deny"
+allow=$(grep '"event":"decision"' <<<"$audit" | grep -v '"action":"deny"' | head -n1)
+echo "audit decision: $allow"
+[ "$(as_postgres -d app -Atc 'SELECT count(*) FROM customers')" = 2 ] || fail "customers changed: the DROP reached PostgreSQL"
+echo "PostgreSQL still has the customers table (2 rows)"
+
+step "fail closed: interlockd killed, a running tagged unit reaches nothing"
+systemctl start legacy-loop.service || fail "start legacy-loop.service"
+wait_for 60 sh -c 'journalctl -b -o cat -u legacy-loop.service | grep -q "attempt ok"' || fail "the loop never got through the proxy"
+# Keep systemd from restarting interlockd for this check.
+mkdir -p /run/systemd/system/interlock.service.d
+printf '[Service]\nRestart=no\n' >/run/systemd/system/interlock.service.d/zz-vm-test.conf
+systemctl daemon-reload
+n0=$(pg_connections)
+since=$(date '+%Y-%m-%d %H:%M:%S')
+sleep 1
+systemctl kill --signal=SIGKILL interlock.service
+wait_for 20 sh -c '! systemctl is-active -q interlock.service' || fail "interlockd did not die"
+echo "interlock.service: $(systemctl is-active interlock.service)"
+sleep 10
+systemctl is-active -q legacy-loop.service || fail "legacy-loop.service stopped; expected it to keep running, enforced"
+attempts=$(journalctl -b --no-pager -o cat -u legacy-loop.service --since "$since" | grep '^attempt' | tail -n +2)
+echo "$attempts"
+[ "$(grep -c 'attempt failed' <<<"$attempts")" -ge 2 ] || fail "fewer than two failed attempts while interlockd was down"
+grep -q 'attempt ok' <<<"$attempts" && fail "a tagged connection succeeded while interlockd was down"
+n1=$(pg_connections)
+[ "$n0" = "$n1" ] || fail "PostgreSQL received $((n1 - n0)) connection(s) while interlockd was down"
+echo "fail-closed: ok: every attempt failed and PostgreSQL received no connection ($n0 before, $n1 after)"
+# A tagged unit cannot start while interlockd cannot: its ExecStartPre fails.
+systemctl mask --runtime interlock.service >/dev/null
+if systemctl start legacy-psql.service 2>/dev/null; then fail "legacy-psql.service started while interlockd was down"; fi
+echo "fail-closed: legacy-psql.service refused to start while interlockd is down"
+systemctl unmask --runtime interlock.service >/dev/null
+
+step "interlockd back: enforcement resumes"
+rm /run/systemd/system/interlock.service.d/zz-vm-test.conf
+systemctl daemon-reload
+systemctl start interlock.service || fail "restart interlockd"
+since=$(date '+%Y-%m-%d %H:%M:%S')
+wait_for 60 sh -c "journalctl -b -o cat -u legacy-loop.service --since '$since' | grep -q 'attempt ok'" || fail "the loop did not get through after interlockd came back"
+echo "legacy-loop.service gets through again"
+systemctl stop legacy-loop.service
+
+step "uninstall"
+interlock untag --unit legacy-psql.service 2>/dev/null || true
+dpkg --purge interlock || fail "dpkg --purge"
+[ ! -e /sys/fs/bpf/interlock ] || fail "pins left after dpkg --purge: $(ls /sys/fs/bpf/interlock)"
+echo "dpkg --purge: programs detached, pins removed"
+echo "VM-TEST PASS ($(( $(date +%s) - t0 ))s in the guest)"

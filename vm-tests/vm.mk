@@ -1,0 +1,50 @@
+# Install, package and VM-test targets; included by the top-level Makefile.
+#
+#   make install     binaries, unit, /etc/interlock defaults (PREFIX=/usr, DESTDIR=)
+#   make deb         bin/interlock_VERSION_amd64.deb (dpkg-deb)
+#   make vm-image    the Debian 12 guest (debootstrap), cached in VM_CACHE
+#   make vm-test     boot the guest under QEMU, install the .deb, tag a unit,
+#                    check decisions, audit and fail-closed
+.PHONY: install deb vm-image vm-test vm-unit-verify
+
+PREFIX  ?= /usr
+DESTDIR ?=
+VM_CACHE ?= /var/cache/interlock-vm
+# The image is rebuilt when any file that goes into it changes.
+VM_IMAGE_INPUTS := vm-tests/build-image.sh vm-tests/provision.sh vm-tests/vm-run vm-tests/interlock-vm-run.service
+VM_IMAGE_KEY = $(shell cat $(VM_IMAGE_INPUTS) | sha256sum | cut -c1-16)
+VM_IMAGE = $(VM_CACHE)/debian12-$(VM_IMAGE_KEY)
+# Debian versions must start with a digit: 0.0~git<date>.<commit>.
+DEB_VERSION ?= $(shell git log -1 --format='0.0~git%cd.%h' --date=format:%Y%m%d 2>/dev/null || echo 0.0)
+DEB = $(BIN)/interlock_$(DEB_VERSION)_amd64.deb
+
+install: build
+	install -D -m 0755 $(BIN)/interlockd $(DESTDIR)$(PREFIX)/bin/interlockd
+	install -D -m 0755 $(BIN)/interlock $(DESTDIR)$(PREFIX)/bin/interlock
+	install -d $(DESTDIR)/lib/systemd/system
+	sed 's#/usr/bin/#$(PREFIX)/bin/#g' packaging/interlock.service >$(DESTDIR)/lib/systemd/system/interlock.service
+	chmod 0644 $(DESTDIR)/lib/systemd/system/interlock.service
+	install -d -m 0755 $(DESTDIR)/etc/interlock
+	@# Never overwrite an operator's configuration.
+	test -e $(DESTDIR)/etc/interlock/interlockd.yaml || install -m 0644 packaging/interlockd.yaml $(DESTDIR)/etc/interlock/interlockd.yaml
+	test -e $(DESTDIR)/etc/interlock/policy.yaml || install -m 0644 policy/default.yaml $(DESTDIR)/etc/interlock/policy.yaml
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+deb: build
+	rm -rf $(BIN)/deb && mkdir -p $(BIN)/deb/DEBIAN
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/$(BIN)/deb PREFIX=/usr
+	sed 's/@VERSION@/$(DEB_VERSION)/' packaging/debian/control.in >$(BIN)/deb/DEBIAN/control
+	install -m 0644 packaging/debian/conffiles $(BIN)/deb/DEBIAN/conffiles
+	install -m 0755 packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm $(BIN)/deb/DEBIAN/
+	dpkg-deb --root-owner-group -Zgzip --build $(BIN)/deb $(DEB)
+	@echo "built $(DEB)"
+
+vm-image:
+	@mkdir -p $(VM_CACHE)
+	@flock $(VM_CACHE)/.lock sh -c 'test -s $(VM_IMAGE)/rootfs.img || { \
+	  echo "vm-image: building $(VM_IMAGE) (debootstrap; a few minutes, cached afterwards)"; \
+	  vm-tests/build-image.sh $(VM_IMAGE); }'
+	@echo "vm-image: $(VM_IMAGE)"
+
+vm-test: deb vm-image
+	vm-tests/run-vm.sh $(VM_IMAGE) $(DEB)
