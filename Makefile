@@ -45,3 +45,6 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# install, deb, vm-image, vm-test: packaging and the VM test (vm-tests/).
+include vm-tests/vm.mk
