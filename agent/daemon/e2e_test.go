@@ -507,7 +507,7 @@ func TestExecPassesExitCodeStdioAndSignals(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Signal once the command runs tagged (interlock handles signals by then).
-	waitEvent(t, f.d, "exec", func(m map[string]any) bool { return true })
+	waitEvent(t, f.d, "exec", func(map[string]any) bool { return len(auditEvents(f.d, "exec")) == 2 })
 	cmd.Process.Signal(syscall.SIGTERM)
 	cmd.Wait()
 	if got := cmd.ProcessState.ExitCode(); got != 128+int(syscall.SIGTERM) {
