@@ -273,6 +273,15 @@ type Result struct {
 	Broken  *Break          // nil when the chain is intact
 }
 
+// String is the one-line verdict `interlock audit verify` prints per host.
+func (r Result) String() string {
+	if r.Broken != nil {
+		return fmt.Sprintf("%s: BROKEN at seq %d: %s (%s); %d records verified before it",
+			r.Host, r.Broken.Seq, r.Broken.Reason, r.Broken.Detail, r.Records)
+	}
+	return fmt.Sprintf("%s: ok, %d records, head seq %d hash %s", r.Host, r.Records, r.Head.Seq, r.Head.Hash)
+}
+
 // Verify walks host's chain from seq 1 and stops at the first record that
 // does not check out: a missing seq ("gap", naming the first missing seq), a
 // prev_hash that is not the previous record's hash ("prev-hash mismatch"),

@@ -137,7 +137,10 @@ func TestChain(t *testing.T) {
 			if res.Records != seq-1 {
 				t.Fatalf("verified %d records before the break at %d", res.Records, seq)
 			}
-			t.Logf("detected: %v", res.Broken)
+			if !strings.Contains(res.String(), fmt.Sprintf("BROKEN at seq %d: %s", seq, reason)) {
+				t.Fatalf("verdict line %q", res.String())
+			}
+			t.Logf("detected: %v", res)
 		}
 
 		// Edit one payload: that record's hash no longer matches.
