@@ -418,8 +418,11 @@ func utilityClass(node string) (Class, string, bool) {
 }
 
 // adminSettings are parameters whose change alters how the server reads
-// later statements or bypasses protections; setting them is Admin.
+// later statements (search_path decides which function an unqualified name
+// calls, so a read-looking SELECT could run a schema's look-alike) or
+// bypasses protections; setting them is Admin.
 var adminSettings = map[string]bool{
+	"search_path":                 true,
 	"standard_conforming_strings": true, "backslash_quote": true,
 	"session_replication_role": true, "session_preload_libraries": true,
 	"local_preload_libraries": true, "row_security": true, "allow_system_table_mods": true,
