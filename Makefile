@@ -6,9 +6,19 @@ PKGS    ?= ./...
 # this 2-core class of machine without starving PostgreSQL under test.
 TESTFLAGS ?= -count=1 -p 2 -timeout 40m
 
-.PHONY: all build generate check-generated test bench fuzz vet vm-test clean
+.PHONY: all deps build generate check-generated test bench fuzz vet clean
 
 all: build
+
+# Debian packages the build, the tests and the benchmarks use (as root).
+DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
+  iproute2 procps util-linux netcat-openbsd \
+  postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
+  tshark chromium \
+  debootstrap qemu-system-x86 qemu-utils
+deps:
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
@@ -27,8 +37,9 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet $(PKGS)
 
-test: vet
-	$(GO) test $(TESTFLAGS) $(PKGS)
+# The end-to-end tests run the binaries built here.
+test: vet build
+	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test $(TESTFLAGS) $(PKGS)
 
 # Benchmarks: figures are written to bench/results.txt and quoted in the README.
 bench:

@@ -160,6 +160,12 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if err != nil {
 		return err
 	}
+	if err := ensureBPFFS(d.cfg.BPFFS); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(d.cfg.BPFFS, 0o700); err != nil {
+		return fmt.Errorf("create pin dir: %w", err)
+	}
 	d.dp, err = datapath.Open(datapath.Config{
 		CgroupRoot:   d.root,
 		PinDir:       d.cfg.BPFFS,
