@@ -39,11 +39,8 @@ func BenchmarkPgbench(b *testing.B) {
 	}
 	proxies := []*testProxy{
 		startProxy(b, pg, func() RelayConfig { return RelayConfig{Enforcer: allowAll, Recorder: nopRecorder{}} }),
-		startProxy(b, pg, func() RelayConfig {
-			return RelayConfig{Enforcer: allowAll, Recorder: nopRecorder{}, NetpollIO: true}
-		}),
 	}
-	names := []string{"relay", "netpoll"}
+	names := []string{"relay"}
 	seconds := 5
 	if s := os.Getenv("INTERLOCK_PGBENCH_SECONDS"); s != "" {
 		seconds, _ = strconv.Atoi(s)

@@ -131,11 +131,6 @@ type RelayConfig struct {
 	// AllowFunctionCall lets FunctionCall messages through. They bypass SQL
 	// policy (they call a function by OID), so by default they are denied.
 	AllowFunctionCall bool
-	// NetpollIO keeps plain sockets on Go's netpoller instead of switching
-	// them to blocking system calls (see endpoint). Blocking I/O costs an OS
-	// thread per direction per session while it waits and gives the lowest
-	// latency; netpoll scales to more idle sessions.
-	NetpollIO bool
 }
 
 const (
@@ -170,13 +165,13 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = defaultMaxMessage
 	}
-	r := &relay{cfg: cfg, ctx: ctx, agent: newEndpoint(agent, !cfg.NetpollIO), upstream: newEndpoint(upstream, !cfg.NetpollIO)}
+	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
 	r.q.buf = make([]entry, 16)
 	var once sync.Once
 	shutdown := func() {
 		once.Do(func() {
-			r.agent.shutdown()
-			r.upstream.shutdown()
+			agent.Close()
+			upstream.Close()
 		})
 	}
 	stop := context.AfterFunc(ctx, shutdown)
@@ -196,7 +191,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 			// End the server side first, so the agent's connection has a
 			// single writer again, then tell the agent why.
 			r.upstream.Write([]byte{'X', 0, 0, 0, 4})
-			r.upstream.shutdown()
+			upstream.Close()
 			select {
 			case <-serverDone:
 				if b, err := pe.Response().Encode(nil); err == nil {
@@ -214,10 +209,8 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		shutdown()
 		<-serverDone
 	}
-	// Hold notices may still be on their way; their sockets are shut down.
+	// Hold notices may still be on their way; their sockets are closed.
 	r.bg.Wait()
-	agent.Close()
-	upstream.Close()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -281,7 +274,7 @@ func (q *queue) pop() {
 type relay struct {
 	cfg             RelayConfig
 	ctx             context.Context
-	agent, upstream *endpoint
+	agent, upstream net.Conn
 	// agentMu serialises writes to the agent: the server goroutine's, and
 	// the notices the client goroutine sends while holding a statement.
 	agentMu sync.Mutex
@@ -291,7 +284,7 @@ type relay struct {
 
 // reader is a reusable input buffer over a connection.
 type reader struct {
-	conn io.Reader
+	conn net.Conn
 	buf  []byte
 	r, w int
 }
@@ -483,7 +476,7 @@ func (r *relay) clientLoop() error {
 
 // clientEOF turns the agent closing its connection into a clean end.
 func clientEOF(err error) error {
-	if isClosed(err) {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return fmt.Errorf("read agent: %w", err)
@@ -838,7 +831,7 @@ func (r *relay) serverLoop() error {
 }
 
 func serverEOF(err error) error {
-	if isClosed(err) {
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return fmt.Errorf("read upstream: %w", err)
