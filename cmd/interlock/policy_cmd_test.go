@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// examplePolicy is the CI-runner example shipped in policy/examples.
+func examplePolicy(t *testing.T) string {
+	t.Helper()
+	_, here, _, _ := runtime.Caller(0)
+	p := filepath.Join(filepath.Dir(here), "..", "..", "policy", "examples", "ci-runner.yaml")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("example policy: %v", err)
+	}
+	return p
+}
+
+func runPolicyCmd(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := runPolicy(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestPolicyCheck(t *testing.T) {
+	code, out, errOut := runPolicyCmd("check", examplePolicy(t))
+	if code != 0 || !strings.Contains(out, "ci-runner.yaml: ok") {
+		t.Fatalf("check example: code %d, out %q, err %q", code, out, errOut)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("rules:\n  - name: r\n    action: alow\n  - name: s\n    action: allow\n    identity: ghost\n"), 0o600)
+	code, _, errOut = runPolicyCmd("check", bad)
+	if code != 1 {
+		t.Errorf("check bad: code %d", code)
+	}
+	for _, want := range []string{bad + `:3:13: rule "r": action "alow"`, bad + `:6:15: rule "s": unknown identity "ghost"`} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("check bad: stderr %q lacks %q", errOut, want)
+		}
+	}
+	if code, _, _ := runPolicyCmd("check"); code != 2 {
+		t.Errorf("check without file: code %d, want 2", code)
+	}
+}
+
+func TestPolicyTest(t *testing.T) {
+	code, out, _ := runPolicyCmd("test", "-v", examplePolicy(t))
+	if code != 0 || !strings.Contains(out, "PASS runner reads orders with PII masked") || !strings.Contains(out, "ok 18 tests") {
+		t.Fatalf("test example: code %d, out %q", code, out)
+	}
+	failing := filepath.Join(t.TempDir(), "f.yaml")
+	os.WriteFile(failing, []byte("identities: [{name: a}]\nrules: [{name: r, identity: a, action: deny}]\ntests:\n  - name: wrong\n    identity: a\n    expect: {action: allow}\n"), 0o600)
+	code, out, _ = runPolicyCmd("test", failing)
+	if code != 1 || !strings.Contains(out, "FAIL "+failing+":4:5: wrong: got deny by r, want allow") {
+		t.Errorf("failing test: code %d, out %q", code, out)
+	}
+}
+
+func TestPolicyExplain(t *testing.T) {
+	code, out, errOut := runPolicyCmd("explain", "--policy", examplePolicy(t), "--identity", "ci-runner", "--target", "prod-db",
+		"--sql", "SELECT email FROM customers; DELETE FROM orders")
+	if code != 0 {
+		t.Fatalf("explain: code %d, err %q", code, errOut)
+	}
+	for _, want := range []string{
+		"statement 1: read SELECT", "decided:   mask by read-masked",
+		"statement 2: write DELETE [destructive, multi]", "decided:   deny by deny-destructive",
+		"decision:  deny by rule deny-destructive", "message:   destructive statements are never allowed on production",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = runPolicyCmd("explain", "--policy", examplePolicy(t), "--identity", "migrator", "--target", "prod-db",
+		"--sql", "ALTER TABLE orders ADD COLUMN x int", "--json")
+	var ex explanation
+	if code != 0 || json.Unmarshal([]byte(out), &ex) != nil || ex.Action != "approve" || ex.Approval == nil || ex.Approval.Quorum != 1 {
+		t.Errorf("explain --json: code %d, %q", code, out)
+	}
+	// The default policy, a subject given by tag.
+	code, out, _ = runPolicyCmd("explain", "--tag", "demo", "--target", "local-postgres", "--sql", "SELECT pg_read_file('/etc/passwd')")
+	if code != 0 || !strings.Contains(out, "identities matched: demo") || !strings.Contains(out, "because:   calls pg_read_file") ||
+		!strings.Contains(out, "decision:  deny by rule default-deny") {
+		t.Errorf("explain default: code %d:\n%s", code, out)
+	}
+	if code, _, _ := runPolicyCmd("explain", "--identity", "nobody", "--sql", "SELECT 1"); code != 1 {
+		t.Errorf("unknown identity: code %d, want 1", code)
+	}
+	if code, _, _ := runPolicyCmd("explain", "--sql", "SELECT 1"); code != 2 {
+		t.Errorf("no caller: code %d, want 2", code)
+	}
+}
+
+func TestPolicyDefaultAndUsage(t *testing.T) {
+	code, out, _ := runPolicyCmd("default")
+	if code != 0 || !strings.Contains(out, "name: demo") {
+		t.Errorf("default: code %d", code)
+	}
+	if code, _, _ := runPolicyCmd("frobnicate"); code != 2 {
+		t.Errorf("unknown subcommand: code %d", code)
+	}
+}
