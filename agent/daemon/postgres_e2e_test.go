@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -176,5 +177,209 @@ func TestPgbenchThroughInterlock(t *testing.T) {
 	}
 	if strings.Contains(string(out), "aborted") && !strings.Contains(string(out), "number of failed transactions: 0") {
 		t.Fatalf("pgbench had failures:\n%s", out)
+	}
+}
+
+const approvePolicy = `version: 1
+identities:
+  - name: ci-bot
+targets:
+  - name: appdb
+    protocol: postgres
+    addresses: [127.0.0.1]
+    port: %d
+    credential: {source: embedded, template: agent_rw}
+rules:
+  - name: ddl-needs-review
+    identity: ci-bot
+    target: appdb
+    sql: {class: ddl}
+    action: approve
+    approve: {reviewers: [root], quorum: 1, timeout: 60s}
+  - name: read
+    identity: ci-bot
+    target: appdb
+    sql: {class: [read, session, transaction]}
+    action: allow
+`
+
+// startPGWith is startPG with another policy.
+func startPGWith(t *testing.T, policyFmt string) *pgFixture {
+	f := startPG(t)
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(policyFmt, f.pg.Port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.d.Policy = pol
+	f.d.Stop()
+	f.d.Restart()
+	return f
+}
+
+func TestHeldStatementApprovedFromCLI(t *testing.T) {
+	f := startPGWith(t, approvePolicy)
+	f.pg.Psql(t, "GRANT CREATE ON SCHEMA public TO agent_rw")
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// The agent runs unprivileged: its own user could never approve.
+		out, err := f.psqlAs(t, []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"},
+			"CREATE TABLE reviewed (a int)")
+		done <- result{out, err}
+	}()
+	var pending []struct {
+		ID        string
+		Statement string
+		State     string
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(pending) == 0 {
+		out, stderr, err := f.d.CLI("approvals", "--json")
+		if err != nil {
+			t.Fatalf("interlock approvals: %v %s", err, stderr)
+		}
+		if err := json.Unmarshal([]byte(out), &pending); err != nil {
+			t.Fatalf("approvals --json: %v\n%s", err, out)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no pending approval appeared\n%s", f.d.Logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(pending[0].Statement, "CREATE TABLE reviewed") {
+		t.Fatalf("pending approval: %+v", pending[0])
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("held statement finished before approval: %v\n%s", r.err, r.out)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if out, stderr, err := f.d.CLI("approve", pending[0].ID, "--comment", "looks fine"); err != nil {
+		t.Fatalf("approve: %v\n%s%s", err, out, stderr)
+	}
+	r := <-done
+	if r.err != nil || !strings.Contains(r.out, pending[0].ID) {
+		t.Fatalf("held psql after approval: %v\n%s", r.err, r.out)
+	}
+	if got := f.pg.Psql(t, "SELECT count(*) FROM pg_tables WHERE tablename = 'reviewed'"); got != "1" {
+		t.Fatal("approved CREATE TABLE did not run")
+	}
+
+	// A second hold, denied: the statement never runs and psql gets 42501.
+	go func() {
+		out, err := f.psqlAs(t, []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"},
+			"CREATE TABLE refused (a int)")
+		done <- result{out, err}
+	}()
+	var id string
+	for deadline := time.Now().Add(20 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out, _, _ := f.d.CLI("approvals", "--json")
+		var ps []struct{ ID, Statement string }
+		json.Unmarshal([]byte(out), &ps)
+		for _, p := range ps {
+			if strings.Contains(p.Statement, "refused") {
+				id = p.ID
+			}
+		}
+	}
+	if out, stderr, err := f.d.CLI("deny", id, "--comment", "no"); err != nil {
+		t.Fatalf("deny %q: %v\n%s%s", id, err, out, stderr)
+	}
+	r = <-done
+	if r.err == nil || !strings.Contains(r.out, "42501") && !strings.Contains(r.out, "denied") {
+		t.Fatalf("denied psql: %v\n%s", r.err, r.out)
+	}
+	if got := f.pg.Psql(t, "SELECT count(*) FROM pg_tables WHERE tablename = 'refused'"); got != "0" {
+		t.Fatal("denied CREATE TABLE ran")
+	}
+}
+
+func TestTaggedProcessCannotApprove(t *testing.T) {
+	f := startPGWith(t, approvePolicy)
+	go f.psqlAs(t, []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}, "CREATE TABLE sneaky (a int)")
+	var id string
+	for deadline := time.Now().Add(20 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out, _, _ := f.d.CLI("approvals", "--json")
+		var ps []struct{ ID string }
+		json.Unmarshal([]byte(out), &ps)
+		if len(ps) > 0 {
+			id = ps[0].ID
+		}
+	}
+	if id == "" {
+		t.Fatalf("no pending approval\n%s", f.d.Logs())
+	}
+	// Root, but inside a tagged cgroup: refused.
+	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--",
+		filepath.Join(f.d.Bin, "interlock"), "--socket", f.d.Socket, "approve", id)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "refused") {
+		t.Fatalf("tagged approve: err=%v\n%s", err, out)
+	}
+	out, _, _ := f.d.CLI("approvals", "--json")
+	if !strings.Contains(out, "pending") {
+		t.Fatalf("approval no longer pending after a refused vote:\n%s", out)
+	}
+}
+
+func (f *pgFixture) psqlAs(t *testing.T, prefix []string, sql string) (string, error) {
+	args := []string{"exec", "--identity", "ci-bot", "--"}
+	args = append(args, prefix...)
+	args = append(args, "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
+		"-p", strconv.Itoa(f.pg.Port), "-U", "agent", "-d", "postgres", "-c", sql)
+	cmd := f.d.Command(t.Context(), args...)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10", "HOME=/tmp")
+	out, err := cmd.CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func TestRecordingReplayPcapAndAudit(t *testing.T) {
+	f := startPG(t)
+	if out, err := f.psql(t, "SELECT id, email FROM customers WHERE id = 1"); err != nil {
+		t.Fatalf("psql: %v\n%s", err, out)
+	}
+	f.psql(t, "DROP TABLE customers")
+	var sessions []struct{ ID string }
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		out, stderr, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
+		if err != nil {
+			t.Fatalf("sessions: %v %s", err, stderr)
+		}
+		json.Unmarshal([]byte(out), &sessions)
+		if len(sessions) >= 2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(sessions) < 2 {
+		t.Fatalf("want 2 recorded sessions, got %d", len(sessions))
+	}
+	// Newest first: the DROP session, then the SELECT.
+	out, stderr, err := f.d.CLI("replay", sessions[0].ID)
+	if err != nil || !strings.Contains(out, "DROP TABLE customers") || !strings.Contains(out, "no-destructive") {
+		t.Fatalf("replay of the denied session: %v %s\n%s", err, stderr, out)
+	}
+	out, _, err = f.d.CLI("replay", sessions[1].ID)
+	if err != nil || !strings.Contains(out, "SELECT id, email") || strings.Contains(out, "ada@example.com") {
+		t.Fatalf("replay of the masked session (must show what the agent saw): %v\n%s", err, out)
+	}
+
+	pcap := filepath.Join(t.TempDir(), "s.pcap")
+	if out, stderr, err := f.d.CLI("export", sessions[1].ID, "--pcap", pcap); err != nil {
+		t.Fatalf("export: %v\n%s%s", err, out, stderr)
+	}
+	ts, err := exec.Command("tshark", "-r", pcap, "-d", fmt.Sprintf("tcp.port==%d,pgsql", f.pg.Port),
+		"-Y", "pgsql.query", "-T", "fields", "-e", "pgsql.query").CombinedOutput()
+	if err != nil || !strings.Contains(string(ts), "SELECT id, email FROM customers WHERE id = 1") {
+		t.Fatalf("tshark on the exported pcap: %v\n%s", err, ts)
+	}
+
+	if out, stderr, err := f.d.CLI("audit", "verify"); err != nil || !strings.Contains(out, "ok") {
+		t.Fatalf("audit verify on an intact chain: %v\n%s%s", err, out, stderr)
+	}
+	out, _, _ = f.d.CLI("audit", "export")
+	if strings.Contains(out, "ada@example.com") || !strings.Contains(out, "credential.issued") && !strings.Contains(out, "credential_issued") {
+		t.Fatalf("audit export:\n%s", out)
 	}
 }
