@@ -542,7 +542,10 @@ func hashFile(path string) (string, int64, int64, error) {
 }
 
 // Verify recomputes the SHA-256 of session id's recording and compares it
-// with the hash sealed in the store. It fails for an open session.
+// with the hash sealed in the store and, when the audit trail holds a
+// RecordingSealed record for the session, with that record too, so editing
+// both the file and the session row is still caught (the audit record itself
+// is protected by the chain: run audit.Verify). It fails for an open session.
 func Verify(ctx context.Context, st *store.Store, id string) error {
 	ss, err := st.Session(ctx, id)
 	if err != nil {
@@ -559,5 +562,15 @@ func Verify(ctx context.Context, st *store.Store, id string) error {
 		return fmt.Errorf("verify recording %s: file %s has sha256 %s (%d bytes), sealed %s (%d bytes)",
 			id, ss.Recording, sum, size, ss.RecordingSHA256, ss.RecordingSize)
 	}
-	return nil
+	return st.FindAudit(ctx, ss.Host, string(audit.KindRecordingSealed), `"session":"`+id+`"`, func(r store.AuditRecord) error {
+		var seal audit.RecordingSealed
+		if err := json.Unmarshal([]byte(r.Payload), &seal); err != nil {
+			return fmt.Errorf("verify recording %s: decode audit record %d: %w", id, r.Seq, err)
+		}
+		if seal.Session == id && (seal.SHA256 != sum || seal.Size != size) {
+			return fmt.Errorf("verify recording %s: file has sha256 %s (%d bytes), audit record %d sealed %s (%d bytes)",
+				id, sum, size, r.Seq, seal.SHA256, seal.Size)
+		}
+		return nil
+	})
 }

@@ -3,7 +3,9 @@ package recording_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -445,6 +447,16 @@ func TestRecordRealSession(t *testing.T) {
 		}
 		if err := recording.Verify(ctx, st, ss.ID); err == nil {
 			t.Fatal("edited recording verifies")
+		}
+		// Re-sealing the edited file in the session row is caught by the
+		// audit trail's RecordingSealed record.
+		sum := sha256.Sum256(b)
+		if _, err := st.DB().ExecContext(ctx, st.Rebind("UPDATE sessions SET recording_sha256 = ? WHERE id = ?"),
+			hex.EncodeToString(sum[:]), ss.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := recording.Verify(ctx, st, ss.ID); err == nil || !strings.Contains(err.Error(), "audit record") {
+			t.Fatalf("re-sealed edited recording: %v, want a mismatch with the audit record", err)
 		}
 		tr.Reset()
 		recording.Replay(ctx, st, ss.ID, &tr)

@@ -125,3 +125,34 @@ func (s *Store) AuditHosts(ctx context.Context) ([]string, error) {
 	}
 	return out, rows.Err()
 }
+
+// FindAudit calls fn for host's records of kind whose payload contains
+// substr (an exact substring, no wildcards), in seq order. It finds, for
+// example, the RecordingSealed record of one session without walking the
+// chain; the caller verifies the chain separately.
+func (s *Store) FindAudit(ctx context.Context, host, kind, substr string, fn func(AuditRecord) error) error {
+	contains := "instr(payload, ?) > 0"
+	if s.backend == PostgreSQL {
+		contains = "strpos(payload, ?) > 0"
+	}
+	rows, err := s.db.QueryContext(ctx, s.Rebind(`SELECT host, seq, time_ns, kind, payload, prev_hash, hash
+		FROM audit_records WHERE host = ? AND kind = ? AND `+contains+` ORDER BY seq`), host, kind, substr)
+	if err != nil {
+		return fmt.Errorf("find audit records: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			r           AuditRecord
+			seq, timeNs int64
+		)
+		if err := rows.Scan(&r.Host, &seq, &timeNs, &r.Kind, &r.Payload, &r.PrevHash, &r.Hash); err != nil {
+			return fmt.Errorf("find audit records: %w", err)
+		}
+		r.Seq, r.Time = uint64(seq), time.Unix(0, timeNs).UTC()
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
