@@ -288,3 +288,19 @@ func (h *half) ReassemblyComplete(ac reassembly.AssemblerContext) bool { return 
 func (s *tcpStream) finish() {
 	sort.SliceStable(s.Segments, func(i, j int) bool { return s.Segments[i].Time.Before(s.Segments[j].Time) })
 }
+
+// ClientTime returns when the client sent the byte at offset in
+// ClientBytes (the time of the segment holding it); the zero time when
+// offset is out of range.
+func (s *Stream) ClientTime(offset int) time.Time {
+	for _, seg := range s.Segments {
+		if !seg.FromClient {
+			continue
+		}
+		if offset < len(seg.Data) {
+			return seg.Time
+		}
+		offset -= len(seg.Data)
+	}
+	return time.Time{}
+}

@@ -129,6 +129,10 @@ func TestReadReassembles(t *testing.T) {
 			if string(s.ClientBytes()) != "helloworldagain" || string(s.ServerBytes()) != "answer" {
 				t.Fatalf("sides: %q %q", s.ClientBytes(), s.ServerBytes())
 			}
+			first, again := s.ClientTime(0), s.ClientTime(len("helloworld"))
+			if first.IsZero() || !again.After(first) || !s.ClientTime(100).IsZero() {
+				t.Fatalf("client times: %v %v %v", first, again, s.ClientTime(100))
+			}
 		})
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/interlock-dev/interlock/decoders/capture"
 )
@@ -50,14 +52,27 @@ func TestCorpus(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got []string
+			// Queries of concurrent sessions are merged in the order they
+			// were sent.
+			type sent struct {
+				sql string
+				at  time.Time
+			}
+			var all []sent
 			var errs []error
 			for _, s := range streams {
-				q, err := ExtractQueries(s.ClientBytes(), s.ServerBytes())
-				got = append(got, q...)
+				qs, err := DecodeQueries(s.ClientBytes(), s.ServerBytes())
+				for _, q := range qs {
+					all = append(all, sent{q.SQL, s.ClientTime(q.Offset)})
+				}
 				if err != nil {
 					errs = append(errs, err)
 				}
+			}
+			sort.SliceStable(all, func(i, j int) bool { return all[i].at.Before(all[j].at) })
+			var got []string
+			for _, q := range all {
+				got = append(got, q.sql)
 			}
 			if strings.Join(got, "\n") != strings.Join(want, "\n") {
 				t.Errorf("queries:\n got %q\nwant %q", got, want)

@@ -16,7 +16,25 @@ var ErrGSSEncryption = errors.New("switched to GSSAPI encryption, not decoded")
 // maxCapturedMessage bounds a message body in a capture, as PostgreSQL does.
 const maxCapturedMessage = 1<<30 - 1
 
-// ExtractQueries returns the SQL texts of the Query and Parse messages in a
+// Query is one statement text found in a recorded session.
+type Query struct {
+	SQL string
+	// Offset is where the message carrying it starts in the client's bytes,
+	// to find when it was sent.
+	Offset int
+}
+
+// ExtractQueries returns the SQL texts of DecodeQueries' result.
+func ExtractQueries(client, server []byte) ([]string, error) {
+	qs, err := DecodeQueries(client, server)
+	var out []string
+	for _, q := range qs {
+		out = append(out, q.SQL)
+	}
+	return out, err
+}
+
+// DecodeQueries returns the SQL texts of the Query and Parse messages in a
 // recorded session, in order: client holds the bytes the client sent, server
 // the bytes the server sent (used only to learn how the server answered an
 // SSLRequest or GSSENCRequest). A capture that begins after the startup is
@@ -24,11 +42,12 @@ const maxCapturedMessage = 1<<30 - 1
 // ErrTLS; input that is not PostgreSQL or breaks the protocol ends with a
 // *ProtocolError; the queries found before an error are returned with it. A
 // message cut off at the end of the capture ends the extraction quietly.
-func ExtractQueries(client, server []byte) ([]string, error) {
-	var queries []string
+func DecodeQueries(client, server []byte) ([]Query, error) {
+	var queries []Query
 	if len(client) == 0 {
 		return nil, nil
 	}
+	total := len(client)
 	if !looksTyped(client) {
 		var err error
 		client, err = skipStartup(client, server)
@@ -37,6 +56,7 @@ func ExtractQueries(client, server []byte) ([]string, error) {
 		}
 	}
 	for len(client) >= 5 {
+		offset := total - len(client)
 		typ := client[0]
 		n := binary.BigEndian.Uint32(client[1:])
 		if n < 4 || n-4 > maxCapturedMessage {
@@ -55,14 +75,14 @@ func ExtractQueries(client, server []byte) ([]string, error) {
 			if len(body) == 0 || body[len(body)-1] != 0 {
 				return queries, &ProtocolError{Msg: "malformed Query message"}
 			}
-			queries = append(queries, string(body[:len(body)-1]))
+			queries = append(queries, Query{string(body[:len(body)-1]), offset})
 		case 'P':
 			_, rest, ok := cbytes(body)
 			sql, _, ok2 := cbytes(rest)
 			if !ok || !ok2 {
 				return queries, &ProtocolError{Msg: "malformed Parse message"}
 			}
-			queries = append(queries, string(sql))
+			queries = append(queries, Query{string(sql), offset})
 		}
 	}
 	return queries, nil

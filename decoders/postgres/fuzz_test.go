@@ -21,15 +21,18 @@ func FuzzExtractQueries(f *testing.F) {
 	f.Add(msgs, []byte{})
 	f.Add([]byte{0, 0, 0, 3, 0, 3, 0, 0}, []byte{})
 	f.Fuzz(func(t *testing.T, client, server []byte) {
-		q, err := ExtractQueries(client, server)
-		total := 0
-		for _, s := range q {
-			total += len(s)
+		qs, _ := DecodeQueries(client, server)
+		total, last := 0, -1
+		for _, q := range qs {
+			total += len(q.SQL)
+			if q.Offset <= last || q.Offset+len(q.SQL) > len(client) {
+				t.Fatalf("query %q at offset %d after %d in %d bytes", q.SQL, q.Offset, last, len(client))
+			}
+			last = q.Offset
 		}
 		if total > len(client) {
 			t.Fatalf("extracted %d bytes of SQL from %d bytes", total, len(client))
 		}
-		_ = err
 	})
 }
 
