@@ -81,7 +81,7 @@ func policyCheck(files []string, stdout, stderr io.Writer) int {
 		for _, w := range p.Warnings() {
 			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
-		fmt.Fprintf(stdout, "%s: ok (%d targets, %d tests)\n", f, len(p.Targets()), len(p.Tests()))
+		fmt.Fprintf(stdout, "%s: ok (targets: %d, tests: %d)\n", f, len(p.Targets()), len(p.Tests()))
 	}
 	return code
 }
