@@ -116,6 +116,16 @@ func TestRelayMask(t *testing.T) {
 	if got := strings.Join(seen, " "); got != "ParseComplete BindComplete D:**** PortalSuspended D: PortalSuspended ReadyForQuery" {
 		t.Fatalf("chunked masked portal: %s", got)
 	}
+	// COPY out of a masked statement cannot be masked: the session ends
+	// before any row leaves.
+	var copied bytes.Buffer
+	c2 := connect(t, p)
+	_, err = c2.PgConn().CopyTo(ctx, &copied, "COPY people TO STDOUT")
+	wantPgError(t, err, "42501", "COPY")
+	if bytes.Contains(copied.Bytes(), []byte("example.com")) {
+		t.Fatalf("masked COPY leaked %q", copied.Bytes())
+	}
+
 	// The recording shows the rows as the agent saw them.
 	rec.mu.Lock()
 	defer rec.mu.Unlock()

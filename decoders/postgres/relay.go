@@ -151,7 +151,7 @@ const (
 // both connections and closes them when it returns. It returns nil when the
 // agent terminated or either side closed the connection, a *ProtocolError
 // when the agent broke the protocol (the agent is told first, with SQLSTATE
-// 08P01), and other errors for I/O or server failures.
+// 08P01), ErrMaskedCopy, and other errors for I/O or server failures.
 //
 // Relay runs one goroutine per direction and waits for both. Each reads into
 // a reused buffer, forwards the raw bytes of messages it does not change, and
@@ -216,6 +216,11 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	}
 	return first
 }
+
+// ErrMaskedCopy ends a session whose masked statement turned out to copy
+// rows out (COPY ... TO STDOUT): CopyData has no columns to mask, so the
+// session is ended before a row reaches the agent.
+var ErrMaskedCopy = errors.New("COPY out of a masked statement cannot be masked")
 
 // entry kinds: what the server goroutine expects as answers, in order.
 const (
@@ -799,6 +804,16 @@ func (r *relay) serverLoop() error {
 			out = append(out, msg...)
 		case 'E':
 			out = r.onError(out, msg, &ss)
+		case 'H', 'W':
+			// CopyData rows have no columns to mask; a masked statement
+			// that copies out ends the session rather than leak them.
+			if r.maskedCopy(ss.execing) {
+				out, _ = (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "42501",
+					Message: "interlock: " + ErrMaskedCopy.Error()}).Encode(out[:start])
+				flush()
+				return ErrMaskedCopy
+			}
+			out = append(out, msg...)
 		case 'Z':
 			ss.rows, ss.execing = nil, false
 			r.q.mu.Lock()
@@ -868,6 +883,15 @@ func (r *relay) onRowDescription(out, msg []byte, ss *serverState) ([]byte, erro
 		return out, nil
 	}
 	return append(out, msg...), nil
+}
+
+// maskedCopy reports whether the result now starting belongs to a masked
+// statement.
+func (r *relay) maskedCopy(execing bool) bool {
+	r.q.mu.Lock()
+	defer r.q.mu.Unlock()
+	e := r.q.peek(0)
+	return e != nil && e.mask != nil && (e.kind == kQuery || (e.kind == kExecute && execing))
 }
 
 func (r *relay) onNoData(out, msg []byte, ss *serverState) []byte {
