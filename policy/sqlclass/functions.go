@@ -148,6 +148,7 @@ var readOnlyList = []string{
 	"netmask", "masklen", "isempty", "lower_inc", "upper_inc", "pg_get_partkeydef",
 	"pg_get_statisticsobjdef", "pg_get_ruledef", "pg_get_function_arguments",
 	"pg_get_function_result", "pg_get_function_identity_arguments", "pg_index_column_has_property",
-	"array_to_tsvector", "to_tsvector", "to_tsquery", "plainto_tsquery", "phraseto_tsquery",
+	"is_normalized", "pg_collation_for", "xmlexists", "xpath", "xpath_exists",
+	"xml_is_well_formed", "system_user", "array_to_tsvector", "to_tsvector", "to_tsquery", "plainto_tsquery", "phraseto_tsquery",
 	"websearch_to_tsquery", "ts_rank", "ts_rank_cd", "ts_headline",
 }
