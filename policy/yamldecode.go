@@ -31,12 +31,14 @@ type Error struct {
 	Msg string
 }
 
+// Error renders "file:line:col: message".
 func (e *Error) Error() string { return e.Pos.String() + ": " + e.Msg }
 
 // ErrorList is every problem found in one file, in file order. Load returns
 // it so `interlock policy check` can show them all at once.
 type ErrorList []*Error
 
+// Error renders one error per line.
 func (l ErrorList) Error() string {
 	var b strings.Builder
 	for i, e := range l {
