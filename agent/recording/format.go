@@ -79,7 +79,7 @@ type Frame struct {
 // Reader reads a recording file frame by frame. It is not safe for
 // concurrent use.
 type Reader struct {
-	f      *os.File
+	c      io.Closer
 	r      *bufio.Reader
 	header Header
 	start  time.Time
@@ -97,7 +97,7 @@ func OpenFile(path string) (*Reader, error) {
 		f.Close()
 		return nil, err
 	}
-	r.f = f
+	r.c = f
 	return r, nil
 }
 
@@ -126,12 +126,12 @@ func NewReader(rd io.Reader) (*Reader, error) {
 // Header returns the file's header.
 func (r *Reader) Header() Header { return r.header }
 
-// Close closes the file opened by OpenFile.
+// Close closes the file opened by OpenFile or Open.
 func (r *Reader) Close() error {
-	if r.f == nil {
+	if r.c == nil {
 		return nil
 	}
-	return r.f.Close()
+	return r.c.Close()
 }
 
 // Next returns the next frame; io.EOF after the last whole frame, and

@@ -30,7 +30,7 @@ func ExportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) er
 	if err != nil {
 		return err
 	}
-	rd, err := OpenFile(ss.Recording)
+	rd, err := Open(ctx, st, ss)
 	if err != nil {
 		return err
 	}

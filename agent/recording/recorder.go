@@ -48,6 +48,7 @@ type Recorder struct {
 	audit  *audit.Log
 	logger zerolog.Logger
 	every  time.Duration
+	upload bool
 
 	mu     sync.Mutex
 	active map[string]*Session
@@ -89,6 +90,12 @@ func WithAudit(l *audit.Log) Option { return func(r *Recorder) { r.audit = l } }
 // WithLogger sets where background flush errors are logged.
 func WithLogger(l zerolog.Logger) Option { return func(r *Recorder) { r.logger = l } }
 
+// WithUpload sets whether Finish copies each sealed recording into the store
+// (store.PutRecording), so that any host sharing the store can replay and
+// export it. The default is on for a PostgreSQL (fleet) store and off for
+// SQLite, where the file in the state directory is all there is.
+func WithUpload(on bool) Option { return func(r *Recorder) { r.upload = on } }
+
 // WithFlushInterval sets how often open recordings are flushed to disk and
 // their verdicts to the store (default 1s). A crash loses at most this much.
 func WithFlushInterval(d time.Duration) Option { return func(r *Recorder) { r.every = d } }
@@ -101,7 +108,8 @@ func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, 
 	}
 	r := &Recorder{st: st, dir: dir, host: host, logger: zerolog.Nop(), every: time.Second,
 		active: map[string]*Session{}, stop: make(chan struct{}),
-		writes: make(chan writeReq, 256), free: make(chan []byte, 64), writerDone: make(chan struct{})}
+		writes: make(chan writeReq, 256), free: make(chan []byte, 64), writerDone: make(chan struct{}),
+		upload: st.Backend() == store.PostgreSQL}
 	for _, o := range opts {
 		o(r)
 	}
@@ -461,6 +469,14 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	if eerr := s.r.st.EndSession(ctx, s.meta.ID, end); eerr != nil {
 		err = errors.Join(err, eerr)
 	}
+	if s.r.upload && err == nil {
+		if f, oerr := os.Open(s.meta.Recording); oerr != nil {
+			err = fmt.Errorf("upload recording %s: %w", s.meta.ID, oerr)
+		} else {
+			err = s.r.st.PutRecording(ctx, s.meta.ID, f)
+			f.Close()
+		}
+	}
 	m := s.meta
 	m.Ended, m.BytesIn, m.BytesOut, m.Messages, m.Outcome = end.Ended, in, out, msgs, e.Outcome
 	m.RecordingSHA256, m.RecordingSize = sum, size
@@ -541,6 +557,40 @@ func hashFile(path string) (string, int64, int64, error) {
 	}
 }
 
+// Open opens session ss's recording: the file in the state directory when
+// this host has it, otherwise the copy in the store (fleet mode, see
+// WithUpload).
+func Open(ctx context.Context, st *store.Store, ss store.Session) (*Reader, error) {
+	src, _, err := openSource(ctx, st, ss)
+	if err != nil {
+		return nil, err
+	}
+	rd, err := NewReader(src)
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	rd.c = src
+	return rd, nil
+}
+
+// openSource returns the raw bytes of ss's recording and says where they
+// come from.
+func openSource(ctx context.Context, st *store.Store, ss store.Session) (io.ReadCloser, string, error) {
+	f, err := os.Open(ss.Recording)
+	if err == nil {
+		return f, "file " + ss.Recording, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, "", fmt.Errorf("open recording: %w", err)
+	}
+	r, serr := st.OpenRecording(ctx, ss.ID)
+	if serr != nil {
+		return nil, "", fmt.Errorf("open recording: %w (and no copy in the store: %w)", err, serr)
+	}
+	return io.NopCloser(r), "the store's copy", nil
+}
+
 // Verify recomputes the SHA-256 of session id's recording and compares it
 // with the hash sealed in the store and, when the audit trail holds a
 // RecordingSealed record for the session, with that record too, so editing
@@ -554,13 +604,20 @@ func Verify(ctx context.Context, st *store.Store, id string) error {
 	if ss.RecordingSHA256 == "" {
 		return fmt.Errorf("verify recording %s: not sealed", id)
 	}
-	sum, size, _, err := hashFile(ss.Recording)
-	if err != nil && sum == "" {
+	src, where, err := openSource(ctx, st, ss)
+	if err != nil {
 		return fmt.Errorf("verify recording %s: %w", id, err)
 	}
+	h := sha256.New()
+	size, err := io.Copy(h, src)
+	src.Close()
+	if err != nil {
+		return fmt.Errorf("verify recording %s: %w", id, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
 	if sum != ss.RecordingSHA256 || size != ss.RecordingSize {
-		return fmt.Errorf("verify recording %s: file %s has sha256 %s (%d bytes), sealed %s (%d bytes)",
-			id, ss.Recording, sum, size, ss.RecordingSHA256, ss.RecordingSize)
+		return fmt.Errorf("verify recording %s: %s has sha256 %s (%d bytes), sealed %s (%d bytes)",
+			id, where, sum, size, ss.RecordingSHA256, ss.RecordingSize)
 	}
 	return st.FindAudit(ctx, ss.Host, string(audit.KindRecordingSealed), `"session":"`+id+`"`, func(r store.AuditRecord) error {
 		var seal audit.RecordingSealed

@@ -680,3 +680,66 @@ func BenchmarkDecide(b *testing.B) {
 		b.Fatal(err)
 	}
 }
+
+// Fleet mode: a session recorded on host A is replayed, exported and
+// verified from host B, which has only the shared store.
+func TestReplayFromAnotherHost(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, open storetest.Open) {
+		ctx := context.Background()
+		stA, stB := open(t), open(t)
+		recA, err := recording.NewRecorder(stA, t.TempDir(), "host-a", recording.WithUpload(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer recA.Close()
+		s, err := recA.Start(ctx, store.Session{Identity: "ci", Target: "orders", Protocol: "postgresql",
+			ClientAddr: "[::1]:40000", UpstreamAddr: "[::1]:5432"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, _ := (&pgproto3.Query{String: "SELECT 'from host a'"}).Encode(nil)
+		seq := s.Message(true, q[0], q[5:], time.Time{})
+		s.Decide(seq, recording.Verdict{Action: "allow", Rule: "r", Enforced: true, Statement: "SELECT 'from host a'"}, time.Time{})
+		// Enough data for several stored parts.
+		row, _ := (&pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte("z"), 100000)}}).Encode(nil)
+		for range 30 {
+			s.Message(false, row[0], row[5:], time.Time{})
+		}
+		cc, _ := (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 30")}).Encode(nil)
+		s.Message(false, cc[0], cc[5:], time.Time{})
+		ss, err := s.Finish(ctx, recording.End{Outcome: "closed"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(ss.Recording); err != nil { // host B has no such file
+			t.Fatal(err)
+		}
+		var tr bytes.Buffer
+		if err := recording.Replay(ctx, stB, ss.ID, &tr); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(tr.String(), "-> query: SELECT 'from host a'") || !strings.Contains(tr.String(), "(verified)") ||
+			!strings.Contains(tr.String(), "... 25 more rows") || !strings.Contains(tr.String(), "<- SELECT 30, 30 rows") {
+			t.Fatalf("replay on host B:\n%s", head(tr.String(), 20))
+		}
+		var pcap bytes.Buffer
+		if err := recording.ExportPcap(ctx, stB, ss.ID, &pcap); err != nil || pcap.Len() < 3000000 {
+			t.Fatalf("pcap from host B: %d bytes, %v", pcap.Len(), err)
+		}
+		if _, err := exec.LookPath("tshark"); err == nil { // IPv6 addresses, port 5432: no -d needed
+			pf := filepath.Join(t.TempDir(), "v6.pcap")
+			os.WriteFile(pf, pcap.Bytes(), 0o600)
+			out := tshark(t, "-r", pf, "-Y", "pgsql.query", "-T", "fields", "-e", "ipv6.src", "-e", "pgsql.query")
+			if strings.TrimSpace(out) != "::1\tSELECT 'from host a'" {
+				t.Fatalf("tshark on the IPv6 export: %q", out)
+			}
+		}
+		if _, err := stB.DB().ExecContext(ctx, stB.Rebind("UPDATE recording_parts SET data = ? WHERE session_id = ? AND part = 1"),
+			bytes.Repeat([]byte("z"), 1<<20), ss.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := recording.Verify(ctx, stB, ss.ID); err == nil || !strings.Contains(err.Error(), "the store's copy") {
+			t.Fatalf("verify of an edited stored copy: %v", err)
+		}
+	})
+}

@@ -28,7 +28,7 @@ func Replay(ctx context.Context, st *store.Store, id string, w io.Writer) error 
 	if err != nil {
 		return err
 	}
-	rd, err := OpenFile(ss.Recording)
+	rd, err := Open(ctx, st, ss)
 	if err != nil {
 		return err
 	}
@@ -147,7 +147,13 @@ type pgRenderer struct {
 	copied  int64
 }
 
-func (p *pgRenderer) finish() []string { return nil }
+// finish reports rows of a result the recording ends in the middle of.
+func (p *pgRenderer) finish() []string {
+	if p.rows > p.shown {
+		return []string{fmt.Sprintf("... %d more rows (no command tag: the session ended mid-result)", p.rows-p.shown)}
+	}
+	return nil
+}
 
 func (p *pgRenderer) render(fr Frame) []string {
 	if fr.FromClient {

@@ -1,0 +1,8 @@
+-- Sealed recordings copied into the store in 1 MiB parts, so that in fleet
+-- mode any host can replay or export a session recorded on another.
+CREATE TABLE recording_parts (
+    session_id TEXT NOT NULL REFERENCES sessions (id),
+    part       BIGINT NOT NULL,
+    data       BYTEA NOT NULL,
+    PRIMARY KEY (session_id, part)
+);
