@@ -72,13 +72,17 @@ rules:
 	os.WriteFile(cfg, []byte(fmt.Sprintf("credentials:\n  static:\n    legacy: {username: legacy_app, password_file: %s}\n", pwFile)), 0o600)
 	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg})
 
+	// psql reads its statements from a pipe, so its session stays open
+	// until the test closes it.
 	cmd := d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
-		"-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres", "-c", "SELECT current_user, pg_sleep(3)")
+		"-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	stdin, _ := cmd.StdinPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	fmt.Fprintln(stdin, "SELECT current_user;")
 	var pids []int
 	waitFor(t, "the agent's session", func() bool {
 		pids = execPIDs(d)
@@ -95,7 +99,8 @@ rules:
 			t.Errorf("could not read any memory of agent pid %d", pid)
 		}
 	}
-	if err := cmd.Wait(); err != nil || !strings.HasPrefix(out.String(), "legacy_app|") {
+	stdin.Close()
+	if err := cmd.Wait(); err != nil || !strings.HasPrefix(out.String(), "legacy_app") {
 		t.Fatalf("psql with the static credential: %v\n%s", err, out.String())
 	}
 	// The recordings hold every byte the agent sent and received.
@@ -146,11 +151,14 @@ func scanMemory(pid int, needle []byte) (int, bool) {
 func TestOrphanedRoleRevokedAfterCrash(t *testing.T) {
 	f := startPG(t)
 	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
-		"-p", strconv.Itoa(f.pg.Port), "-U", "agent", "-d", "postgres", "-c", "SELECT pg_sleep(30)")
+		"-p", strconv.Itoa(f.pg.Port), "-U", "agent", "-d", "postgres")
+	stdin, _ := cmd.StdinPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
+	defer stdin.Close()
+	fmt.Fprintln(stdin, "SELECT 1;")
 	waitFor(t, "the session's role", func() bool { return len(sessionRoles(t, f.pg)) == 1 })
 	role := sessionRoles(t, f.pg)[0]
 	f.d.Kill()
@@ -184,7 +192,7 @@ rules:
 	// UNTIL has passed, so it works only if the credential was renewed.
 	cmd := d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
 		"-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres",
-		"-c", "SELECT pg_sleep(6)", "-c", "SELECT rolvaliduntil > now() FROM pg_roles WHERE rolname = current_user")
+		"-c", "SELECT 1", "-c", `\! sleep 6`, "-c", "SELECT rolvaliduntil > now() FROM pg_roles WHERE rolname = current_user")
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "t") {
 		t.Fatalf("session past its TTL: %v\n%s\n%s", err, out, d.Logs())
