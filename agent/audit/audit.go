@@ -109,14 +109,16 @@ func (l *Log) Append(ctx context.Context, ev Event) (store.AuditRecord, error) {
 // Post queues ev for the background writer, which appends queued events in
 // batches (one transaction each) and so keeps the proxy from waiting on a
 // database commit per statement. Post blocks only when the queue (4096
-// events) is full: events are never dropped. A write error is kept and
-// returned by Flush or Close. Post must not be called after Close.
+// events) is full; a failed write is retried, not dropped (see writeBatch),
+// and the first error is returned by Flush or Close. Post must not be called
+// after Close.
 func (l *Log) Post(ev Event) {
 	l.queue <- pending{ev: ev, at: l.now()}
 }
 
-// Flush waits until every event posted before it is committed and returns
-// the first background write error since the last Flush.
+// Flush waits until every event posted before it is committed. While the
+// store is failing it keeps waiting (the writer retries), so give it a
+// deadline; it returns ctx's error then.
 func (l *Log) Flush(ctx context.Context) error {
 	done := make(chan error, 1)
 	select {
@@ -136,41 +138,59 @@ func (l *Log) Flush(ctx context.Context) error {
 	return err
 }
 
-// Close drains the queue and stops the background writer. It does not close
-// the store.
+// Close drains the queue and stops the background writer. While closing, a
+// batch the store keeps refusing is tried once more and then given up, and
+// Close reports how many events were lost. It does not close the store.
 func (l *Log) Close() error {
-	var err error
 	l.closed.Do(func() {
-		err = l.Flush(context.Background())
 		close(l.stop)
 		l.stopped.Wait()
 	})
+	l.errMu.Lock()
+	defer l.errMu.Unlock()
+	err := l.asyncErr
+	l.asyncErr = nil
 	return err
 }
 
 func (l *Log) writeLoop() {
 	defer l.stopped.Done()
 	batch := make([]pending, 0, 256)
+	take := func(p pending) {
+		batch = append(batch[:0], p)
+		for len(batch) < cap(batch) {
+			select {
+			case p := <-l.queue:
+				batch = append(batch, p)
+			default:
+				return
+			}
+		}
+	}
 	for {
 		select {
 		case p := <-l.queue:
-			batch = append(batch[:0], p)
-		drain:
-			for len(batch) < cap(batch) {
-				select {
-				case p := <-l.queue:
-					batch = append(batch, p)
-				default:
-					break drain
-				}
-			}
+			take(p)
 			l.writeBatch(batch)
 		case <-l.stop:
-			return
+			for {
+				select {
+				case p := <-l.queue:
+					take(p)
+					l.writeBatch(batch)
+				default:
+					return
+				}
+			}
 		}
 	}
 }
 
+// writeBatch appends the batch's events in one transaction. A failure (the
+// fleet store unreachable, say) is retried with backoff rather than dropping
+// events; meanwhile Post blocks once the queue is full, so the proxy slows
+// down instead of acting unrecorded. Once Close has been called, a failing
+// batch is given up after one more try.
 func (l *Log) writeBatch(batch []pending) {
 	var evs []pending
 	for _, p := range batch {
@@ -178,16 +198,25 @@ func (l *Log) writeBatch(batch []pending) {
 			evs = append(evs, p)
 		}
 	}
-	if len(evs) > 0 {
-		if _, err := l.append(context.Background(), evs); err != nil {
-			l.errMu.Lock()
-			if l.asyncErr == nil {
-				l.asyncErr = err
+	backoff := 50 * time.Millisecond
+	for len(evs) > 0 {
+		_, err := l.append(context.Background(), evs)
+		if err == nil {
+			break
+		}
+		if l.logger != nil {
+			l.logger.Error().Err(err).Int("events", len(evs)).Dur("retry_in", backoff).Msg("audit append failed")
+		}
+		select {
+		case <-l.stop:
+			if _, err := l.append(context.Background(), evs); err != nil {
+				l.errMu.Lock()
+				l.asyncErr = errors.Join(l.asyncErr, fmt.Errorf("%d audit events lost at shutdown: %w", len(evs), err))
+				l.errMu.Unlock()
 			}
-			l.errMu.Unlock()
-			if l.logger != nil {
-				l.logger.Error().Err(err).Int("events", len(evs)).Msg("audit append failed")
-			}
+			evs = nil
+		case <-time.After(backoff):
+			backoff = min(2*backoff, 5*time.Second)
 		}
 	}
 	for _, p := range batch {

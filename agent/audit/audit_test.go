@@ -219,6 +219,42 @@ func TestConcurrentAppend(t *testing.T) {
 	})
 }
 
+// A store outage delays posted events; it never drops them.
+func TestPostSurvivesOutage(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, open storetest.Open) {
+		ctx := context.Background()
+		st := open(t)
+		l := audit.New(st, "h")
+		t.Cleanup(func() { l.Close() })
+		if _, err := l.Append(ctx, audit.DaemonStarted{Version: "v"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.DB().ExecContext(ctx, "ALTER TABLE audit_records RENAME TO audit_records_away"); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 10 {
+			l.Post(audit.PolicyReloaded{Path: fmt.Sprint(i)})
+		}
+		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		if err := l.Flush(short); err == nil {
+			t.Fatal("flush succeeded while the audit table was gone")
+		}
+		if _, err := st.DB().ExecContext(ctx, "ALTER TABLE audit_records_away RENAME TO audit_records"); err != nil {
+			t.Fatal(err)
+		}
+		long, cancel2 := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel2()
+		if err := l.Flush(long); err != nil {
+			t.Fatal(err)
+		}
+		res, err := audit.Verify(ctx, st, "h")
+		if err != nil || res.Broken != nil || res.Records != 11 {
+			t.Fatalf("after the outage: %v %v", res, err)
+		}
+	})
+}
+
 func TestSQLStatementRedacts(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"SELECT * FROM patients WHERE ssn = '123-45-6789'", "SELECT * FROM patients WHERE ssn = ?"},
