@@ -23,10 +23,17 @@ type AuditVerdict struct {
 	BrokenSeq uint64 `json:"broken_seq,omitempty"`
 }
 
+// SessionDecisions is one recorded session and the decisions made in it.
+type SessionDecisions struct {
+	Session   store.Session    `json:"session"`
+	Decisions []store.Decision `json:"decisions"`
+}
+
 func (d *Daemon) sessionRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/sessions", d.handleSessions)
 	mux.HandleFunc("GET /v1/sessions/{id}/transcript", d.handleTranscript)
 	mux.HandleFunc("GET /v1/sessions/{id}/pcap", d.handlePcap)
+	mux.HandleFunc("GET /v1/decisions", d.handleDecisions)
 	mux.HandleFunc("GET /v1/audit/verify", d.handleAuditVerify)
 	mux.HandleFunc("GET /v1/audit/export", d.handleAuditExport)
 	h := d.approvals.ControlHandler()
@@ -57,6 +64,52 @@ func (d *Daemon) handleSessions(w http.ResponseWriter, r *http.Request) {
 		ss = []store.Session{}
 	}
 	control.WriteJSON(w, http.StatusOK, ss)
+}
+
+// handleDecisions returns the recorded decisions of one session (?session=ID)
+// or of every session started within ?since= (e.g. 24h), oldest first, so a
+// new policy can be tried against real traffic (`interlock policy replay`).
+func (d *Daemon) handleDecisions(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var ids []string
+	switch {
+	case q.Get("session") != "":
+		ids = []string{q.Get("session")}
+	case q.Get("since") != "":
+		dur, err := time.ParseDuration(q.Get("since"))
+		if err != nil {
+			control.WriteError(w, http.StatusBadRequest, "since: %v", err)
+			return
+		}
+		ss, err := d.store.ListSessions(r.Context(), store.SessionFilter{Since: time.Now().Add(-dur), Identity: q.Get("identity"), Limit: 10000})
+		if err != nil {
+			control.WriteError(w, http.StatusInternalServerError, "list sessions: %v", err)
+			return
+		}
+		for i := len(ss) - 1; i >= 0; i-- {
+			ids = append(ids, ss[i].ID)
+		}
+	default:
+		control.WriteError(w, http.StatusBadRequest, "give session=ID or since=DURATION")
+		return
+	}
+	// Decisions still buffered in the recorder belong in the answer.
+	d.recorder.Flush(r.Context())
+	out := []SessionDecisions{}
+	for _, id := range ids {
+		sess, err := d.store.Session(r.Context(), id)
+		if err != nil {
+			control.WriteError(w, http.StatusNotFound, "session %s: %v", id, err)
+			return
+		}
+		ds, err := d.store.Decisions(r.Context(), id)
+		if err != nil {
+			control.WriteError(w, http.StatusInternalServerError, "decisions of %s: %v", id, err)
+			return
+		}
+		out = append(out, SessionDecisions{Session: sess, Decisions: ds})
+	}
+	control.WriteJSON(w, http.StatusOK, out)
 }
 
 func (d *Daemon) handleTranscript(w http.ResponseWriter, r *http.Request) {
