@@ -350,7 +350,8 @@ func (r *relay) clientLoop() error {
 	st := stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}}
 	var rec Message
 	rec.FromClient = true
-	skip := 0 // bytes of a streamed message still to forward
+	skip := 0         // bytes of a streamed message still to forward
+	dropping := false // the streamed message is denied: drop, not forward
 	flush := func() error {
 		if len(out) == 0 {
 			return nil
@@ -375,7 +376,9 @@ func (r *relay) clientLoop() error {
 				continue
 			}
 			k := min(skip, avail)
-			out = append(out, in.buf[in.r:in.r+k]...)
+			if !dropping {
+				out = append(out, in.buf[in.r:in.r+k]...)
+			}
 			in.r += k
 			skip -= k
 			if len(out) >= flushAt {
@@ -401,9 +404,16 @@ func (r *relay) clientLoop() error {
 			return r.violation(flush, fmt.Sprintf("invalid message length %d for message type %q", n, typ))
 		}
 		total := 1 + n
-		whole := typ == 'Q' || typ == 'P' || typ == 'B' || typ == 'F' || typ == 'X' || typ == 'E' || typ == 'C'
+		whole := typ == 'Q' || typ == 'P' || typ == 'F' || typ == 'X' || typ == 'E' || typ == 'C'
 		if avail < total {
-			if whole || total <= len(in.buf) {
+			var portal, stmt []byte
+			bindHead := false
+			if typ == 'B' && total > len(in.buf) {
+				// A Bind too large for the buffer (big parameters) is
+				// decided on its names and streamed.
+				portal, stmt, bindHead = bindNames(in.buf[in.r+5 : in.w])
+			}
+			if whole || total <= len(in.buf) || (typ == 'B' && !bindHead) {
 				if err := flush(); err != nil {
 					return err
 				}
@@ -417,8 +427,17 @@ func (r *relay) clientLoop() error {
 				rec.Type, rec.Body, rec.Size, rec.Time = typ, in.buf[in.r+5:in.w], n-4, time.Now()
 				r.cfg.Recorder.Record(&rec)
 			}
-			out = append(out, in.buf[in.r:in.w]...)
-			skip = total - avail
+			forward := true
+			if bindHead {
+				var err error
+				if out, forward, err = r.onBind(out, portal, stmt, &st, flush); err != nil {
+					return err
+				}
+			}
+			if forward {
+				out = append(out, in.buf[in.r:in.w]...)
+			}
+			skip, dropping = total-avail, !forward
 			in.r = in.w
 			continue
 		}
@@ -435,7 +454,15 @@ func (r *relay) clientLoop() error {
 		case 'P':
 			out, err = r.onParse(out, msg, &st, flush)
 		case 'B':
-			out, err = r.onBind(out, msg, &st, flush)
+			portal, stmt, ok := bindNames(msg[5:])
+			if !ok {
+				err = &ProtocolError{Msg: "malformed Bind message"}
+				break
+			}
+			var forward bool
+			if out, forward, err = r.onBind(out, portal, stmt, &st, flush); forward {
+				out = append(out, msg...)
+			}
 		case 'E':
 			out, err = r.onExecute(out, msg, &st)
 		case 'D':
@@ -600,15 +627,19 @@ func (r *relay) onParse(out, msg []byte, st *stmtState, flush func() error) ([]b
 	return append(out, msg...), nil
 }
 
-func (r *relay) onBind(out, msg []byte, st *stmtState, flush func() error) ([]byte, error) {
-	portal, rest, ok := cbytes(msg[5:])
+// bindNames returns the portal and statement names that start a Bind body.
+func bindNames(body []byte) (portal, stmt []byte, ok bool) {
+	portal, rest, ok := cbytes(body)
 	if !ok {
-		return out, &ProtocolError{Msg: "malformed Bind message"}
+		return nil, nil, false
 	}
-	stmt, _, ok := cbytes(rest)
-	if !ok {
-		return out, &ProtocolError{Msg: "malformed Bind message"}
-	}
+	stmt, _, ok = cbytes(rest)
+	return portal, stmt, ok
+}
+
+// onBind decides about a Bind, given the names it starts with; the caller
+// forwards the message when forward is true.
+func (r *relay) onBind(out, portal, stmt []byte, st *stmtState, flush func() error) (_ []byte, forward bool, _ error) {
 	var mask ColumnMasker
 	// A statement the relay has not seen parsed was prepared with SQL
 	// PREPARE, which went through the enforcer as a Query; the server
@@ -620,7 +651,7 @@ func (r *relay) onBind(out, msg []byte, st *stmtState, flush func() error) ([]by
 		} else {
 			v, err := r.decide(info.sql, flush)
 			if err != nil {
-				return out, err
+				return out, false, err
 			}
 			if v.Action != Forward {
 				if len(st.portals) > 0 {
@@ -628,7 +659,7 @@ func (r *relay) onBind(out, msg []byte, st *stmtState, flush func() error) ([]by
 				}
 				// A failing Parse of a statement name nobody uses makes
 				// the server fail at this point, as a failed Bind does.
-				return r.deny(out, kDenyParse, deniedSQL, v), nil
+				return r.deny(out, kDenyParse, deniedSQL, v), false, nil
 			}
 			mask = v.Mask
 		}
@@ -638,7 +669,7 @@ func (r *relay) onBind(out, msg []byte, st *stmtState, flush func() error) ([]by
 	} else if len(st.portals) > 0 {
 		delete(st.portals, string(portal))
 	}
-	return append(out, msg...), nil
+	return out, true, nil
 }
 
 func (st *stmtState) onClose(body []byte) error {

@@ -217,6 +217,19 @@ func TestRelayDenyPreparedAfterPolicyChange(t *testing.T) {
 	if err := c.QueryRow(ctx, "SELECT $1::int", 4).Scan(&n); err != nil || n != 4 {
 		t.Fatalf("prepared statement after the policy allows again: %v", err)
 	}
+	// The same with a Bind too large for the relay's buffer, which is
+	// decided on its names and streamed (or dropped).
+	big := strings.Repeat("b", 1<<20)
+	if err := c.QueryRow(ctx, "SELECT length($1::text)", big).Scan(&n); err != nil || n != len(big) {
+		t.Fatalf("large bind: %d %v", n, err)
+	}
+	denied.Store(true)
+	err = c.QueryRow(ctx, "SELECT length($1::text)", big).Scan(&n)
+	wantPgError(t, err, "42501", "revoked")
+	denied.Store(false)
+	if err := c.QueryRow(ctx, "SELECT length($1::text)", big+"b").Scan(&n); err != nil || n != len(big)+1 {
+		t.Fatalf("large bind after a dropped one: %d %v", n, err)
+	}
 }
 
 func mustPsql(t *testing.T, p *testProxy, sql string) []byte {
