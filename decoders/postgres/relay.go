@@ -39,9 +39,12 @@ type Verdict struct {
 	Mask ColumnMasker
 	// ApprovalID names the pending approval of a Hold.
 	ApprovalID string
-	// Wait blocks until the approval is decided or ctx ends and reports the
-	// outcome; a reason accompanies a refusal. It blocks only this session.
-	// A nil Wait refuses.
+	// Wait blocks until the approval is decided or ctx (Relay's) ends and
+	// reports the outcome; a reason accompanies a refusal. It blocks only
+	// this session's agent-to-server direction; results still flow back.
+	// The relay does not read the agent meanwhile, so an agent that goes
+	// away is noticed when Wait returns: give approvals a timeout. A nil
+	// Wait refuses.
 	Wait func(ctx context.Context) (approved bool, reason string)
 }
 
@@ -123,10 +126,11 @@ type RelayConfig struct {
 	Enforcer Enforcer
 	// Recorder, when set, sees every message both ways.
 	Recorder Recorder
-	// MaxMessageSize caps a message body, in bytes; a larger message from
-	// the agent ends the session with a protocol violation. Messages the
-	// relay must inspect whole (Query, Parse, Bind, masked rows) are
-	// buffered up to this size; others are streamed. Default 64 MiB.
+	// MaxMessageSize caps a message body, in bytes, both ways; a larger
+	// message ends the session (from the agent, as a protocol violation).
+	// Messages the relay inspects whole (Query, Parse, RowDescription,
+	// ErrorResponse, masked DataRows) are buffered up to this size; others,
+	// and large Binds after their names, are streamed. Default 64 MiB.
 	MaxMessageSize int
 	// AllowFunctionCall lets FunctionCall messages through. They bypass SQL
 	// policy (they call a function by OID), so by default they are denied.
