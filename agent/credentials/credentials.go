@@ -65,6 +65,8 @@ type Request struct {
 
 // Credential is what the proxy presents upstream. It never reaches the agent.
 type Credential struct {
+	// Username and Password log in upstream (database credentials, or a
+	// KV secret's "username" and "password" fields).
 	Username string
 	Password string
 	// Certificate is the signed OpenSSH certificate (authorized_keys
@@ -87,8 +89,10 @@ type Lease interface {
 	// Close stops renewal, revokes the credential (for the embedded issuer:
 	// terminates the role's backends and drops it) and records the
 	// revocation in the journal. It is idempotent: later calls return the
-	// first call's result. When revocation fails, the lease stays in the
-	// journal and the next Recover retries it.
+	// first call's result. Revocation goes ahead even when ctx is already
+	// cancelled (a session's context typically is by then), bounded by its
+	// own timeout. When revocation fails, the lease stays in the journal
+	// and the next Recover retries it.
 	Close(ctx context.Context) error
 }
 

@@ -224,26 +224,37 @@ func (m *Manager) issue(ctx context.Context, name string, b backend, req Request
 		if journaled != "" {
 			// The backend may have half-created it; make sure it is gone
 			// and say so in the journal, or leave it for Recover.
-			if b.revoke(context.WithoutCancel(ctx), journaled) == nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+			if b.revoke(rctx, journaled) == nil {
 				m.journal.append(record{Op: opRevoke, ID: id})
 			}
+			cancel()
 		}
 		return nil, fmt.Errorf("%w: source %q for target %q: %w", ErrNotIssued, name, req.Target, err)
 	}
 	l := &lease{m: m, id: id, source: name, b: b, handle: g.handle, renewTTL: g.renewTTL,
 		cred: g.cred, done: make(chan struct{})}
+	var rctx context.Context
+	rctx, l.stop = context.WithCancel(m.ctx)
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		l.revoke(context.WithoutCancel(ctx))
+		l.stop()
+		// Closed while this was being issued: Close did not see it.
+		revokeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+		l.revoke(revokeCtx)
+		cancel()
 		return nil, fmt.Errorf("%w: credential manager is closed", ErrNotIssued)
 	}
 	m.open[id] = l
-	m.mu.Unlock()
-	var rctx context.Context
-	rctx, l.stop = context.WithCancel(m.ctx)
-	if g.renewTTL > 0 && g.handle != "" && !g.cred.Expires.IsZero() {
+	// Added under m.mu so that Close, once it has seen l, waits for the
+	// loop through l.done before it waits for m.wg.
+	renews := g.renewTTL > 0 && g.handle != "" && !g.cred.Expires.IsZero()
+	if renews {
 		m.wg.Add(1)
+	}
+	m.mu.Unlock()
+	if renews {
 		go func() {
 			defer m.wg.Done()
 			defer close(l.done)
@@ -321,11 +332,19 @@ func (l *lease) Credential() Credential {
 	return l.cred
 }
 
+// revokeTimeout bounds one revocation in Close.
+const revokeTimeout = 30 * time.Second
+
+// Close ignores ctx's cancellation: it is usually called as the session's
+// context ends, and revocation must happen all the same. It gives up after
+// revokeTimeout.
 func (l *lease) Close(ctx context.Context) error {
 	l.closeOnce.Do(func() {
 		l.stop()
 		<-l.done
-		l.closeErr = l.revoke(ctx)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+		defer cancel()
+		l.closeErr = l.revoke(rctx)
 	})
 	return l.closeErr
 }

@@ -227,6 +227,8 @@ func (v *vaultSource) issueDatabase(ctx context.Context, req Request, commit fun
 	pass, _ := s.Data["password"].(string)
 	if s.LeaseID != "" {
 		if err := commit(s.LeaseID); err != nil {
+			// The lease was never journaled: revoke it now or it lives
+			// to its TTL.
 			v.client.Sys().RevokeWithContext(context.WithoutCancel(ctx), s.LeaseID)
 			return grant{}, err
 		}

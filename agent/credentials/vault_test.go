@@ -112,7 +112,9 @@ func TestVaultDatabaseLease(t *testing.T) {
 func TestVaultRenewalOutlivesTTL(t *testing.T) {
 	pg := startPG(t)
 	srv := startVault(t, pg, func(c *vaultcompat.Config) {
-		c.Database.Roles["readonly"] = vaultcompat.DatabaseRole{Grants: []string{"agent_readonly"}, DefaultTTL: 2 * time.Second, MaxTTL: time.Hour}
+		// Vault leases count in whole seconds; 3s leaves a renewal
+		// 1.5s to complete on a loaded machine.
+		c.Database.Roles["readonly"] = vaultcompat.DatabaseRole{Grants: []string{"agent_readonly"}, DefaultTTL: 3 * time.Second, MaxTTL: time.Hour}
 	})
 	m := vaultManager(t, tokenAuth(srv))
 	ctx := t.Context()
@@ -121,9 +123,9 @@ func TestVaultRenewalOutlivesTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close(ctx)
-	time.Sleep(6 * time.Second)
+	time.Sleep(9 * time.Second)
 	// Without renewal the server's reaper would have dropped the role
-	// after 2s.
+	// after 3s.
 	conn, _, err := login(ctx, pg, l.Credential())
 	if err != nil {
 		t.Fatalf("log in after 3x TTL: %v", err)

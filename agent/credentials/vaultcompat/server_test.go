@@ -56,16 +56,25 @@ func TestDatabaseLeaseExpires(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	pg.Psql(t, "CREATE ROLE reader NOLOGIN")
 	srv, client := start(t, Config{Database: &Database{AdminDSN: pg.AdminDSN(), Roles: map[string]DatabaseRole{
-		"ro": {Grants: []string{"reader"}, DefaultTTL: time.Second, MaxTTL: 3 * time.Second},
+		"ro": {Grants: []string{"reader"}, DefaultTTL: 3 * time.Second, MaxTTL: 5 * time.Second},
 	}}})
 	ctx := t.Context()
 	s, err := client.Logical().ReadWithContext(ctx, "database/creds/ro")
 	if err != nil {
 		t.Fatal(err)
 	}
+	issued := time.Now()
 	user, pass := s.Data["username"].(string), s.Data["password"].(string)
-	if s.LeaseID == "" || !s.Renewable || s.LeaseDuration != 1 {
+	if s.LeaseID == "" || !s.Renewable || s.LeaseDuration != 3 {
 		t.Errorf("lease %q renewable %v duration %d", s.LeaseID, s.Renewable, s.LeaseDuration)
+	}
+	// Renewal is capped by max_ttl.
+	r, err := client.Sys().RenewWithContext(ctx, s.LeaseID, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.LeaseDuration < 3 || r.LeaseDuration > 5 {
+		t.Errorf("renewed for %ds, want capped at max_ttl 5s", r.LeaseDuration)
 	}
 	c, err := pgx.Connect(ctx, pg.DSN(user, pass, "postgres"))
 	if err != nil {
@@ -75,21 +84,15 @@ func TestDatabaseLeaseExpires(t *testing.T) {
 	if got := pg.Psql(t, "SELECT pg_has_role('"+user+"', 'reader', 'MEMBER')"); got != "t" {
 		t.Errorf("issued role not a member of reader")
 	}
-	// Renewal is capped by max_ttl.
-	r, err := client.Sys().RenewWithContext(ctx, s.LeaseID, 3600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.LeaseDuration < 2 || r.LeaseDuration > 3 {
-		t.Errorf("renewed for %ds, want capped at max_ttl 3s", r.LeaseDuration)
-	}
 	// Past max_ttl the reaper revokes it: the role is dropped.
-	deadline := time.Now().Add(5 * time.Second)
 	for roleCount(t, pg, user) != "0" {
-		if time.Now().After(deadline) {
+		if time.Since(issued) > 10*time.Second {
 			t.Fatalf("role %s outlived its lease", user)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	if time.Since(issued) < 4*time.Second {
+		t.Errorf("role dropped %v after issue, before the renewed lease ended", time.Since(issued))
 	}
 	if len(srv.Leases()) != 0 {
 		t.Errorf("expired lease still listed")
