@@ -124,6 +124,17 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+func TestSettingClass(t *testing.T) {
+	for name, want := range map[string]Class{
+		"application_name": Session, "search_path": Admin, "ROLE": DCL, "session_authorization": DCL,
+		"standard_conforming_strings": Admin, "statement_timeout": Session, "transaction_isolation": Transaction,
+	} {
+		if got := SettingClass(name); got != want {
+			t.Errorf("SettingClass(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
 // TestNeverRead holds the security property directly, independent of the
 // golden file: none of these may ever be classified as a plain read.
 func TestNeverRead(t *testing.T) {

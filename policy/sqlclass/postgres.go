@@ -433,11 +433,25 @@ var adminSettings = map[string]bool{
 func setClass(s *pg.VariableSetStmt) Class {
 	name := strings.ToLower(s.Name)
 	switch {
-	case name == "role" || name == "session_authorization":
-		return DCL
 	case s.Kind == pg.VariableSetKind_VAR_RESET_ALL:
 		return Session
-	case name == "transaction" || name == "session characteristics" || name == "transaction_isolation":
+	case name == "transaction" || name == "session characteristics":
+		return Transaction
+	}
+	return SettingClass(name)
+}
+
+// SettingClass is the class of changing the run-time parameter name, the
+// same whether by SET, by set_config or in a StartupMessage: a decoder
+// should refuse startup parameters (and "-c name=value" in the options
+// parameter) above Session, which would otherwise change the session
+// without any statement to decide.
+func SettingClass(name string) Class {
+	name = strings.ToLower(name)
+	switch {
+	case name == "role" || name == "session_authorization":
+		return DCL
+	case name == "transaction_isolation":
 		return Transaction
 	case adminSettings[name]:
 		return Admin
