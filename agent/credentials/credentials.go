@@ -28,7 +28,9 @@ var ErrNotIssued = errors.New("credential could not be issued")
 //	{Source: "embedded", Template: "agent_readonly"}         embedded PostgreSQL role
 //	{Source: "legacy"}                                       a static source named legacy
 type Ref struct {
-	// Source names a configured source; empty means the configured default.
+	// Source names a configured source; empty means the configured
+	// default. A kind (static, embedded) also works when exactly one source
+	// of that kind is configured.
 	Source string `yaml:"source" json:"source,omitempty"`
 	// Kind is the Vault secrets engine: database (default), ssh or kv.
 	Kind string `yaml:"kind" json:"kind,omitempty"`

@@ -43,6 +43,7 @@ type Manager struct {
 	cfg      Config
 	def      string
 	backends map[string]backend
+	kinds    map[string]string // source name -> static, embedded or vault
 	journal  *journal
 	orphans  []record // outstanding leases of earlier runs, until Recover
 
@@ -71,6 +72,7 @@ func NewManager(cfg Config, stateDir string) (*Manager, error) {
 		cfg:      cfg,
 		def:      cfg.Default,
 		backends: map[string]backend{},
+		kinds:    map[string]string{},
 		open:     map[string]*lease{},
 		pools:    map[string]*pool{},
 	}
@@ -87,21 +89,21 @@ func NewManager(cfg Config, stateDir string) (*Manager, error) {
 		if err != nil {
 			return fail(fmt.Errorf("configure static source %q: %w", name, err))
 		}
-		m.backends[name] = b
+		m.backends[name], m.kinds[name] = b, "static"
 	}
 	for name, e := range cfg.Embedded {
 		b, err := newEmbedded(e)
 		if err != nil {
 			return fail(fmt.Errorf("configure embedded source %q: %w", name, err))
 		}
-		m.backends[name] = b
+		m.backends[name], m.kinds[name] = b, "embedded"
 	}
 	if cfg.Vault != nil {
 		b, err := newVault(m.ctx, *cfg.Vault)
 		if err != nil {
 			return fail(fmt.Errorf("configure vault source: %w", err))
 		}
-		m.backends[vaultSourceName] = b
+		m.backends[vaultSourceName], m.kinds[vaultSourceName] = b, "vault"
 	}
 	if m.def == "" && len(m.backends) == 1 {
 		for name := range m.backends {
@@ -188,6 +190,19 @@ func (m *Manager) backend(source string) (string, backend, error) {
 	}
 	b, ok := m.backends[source]
 	if !ok {
+		// A policy may name the kind of source rather than its name:
+		// "embedded" means the one embedded source, if there is one.
+		var only string
+		n := 0
+		for name, kind := range m.kinds {
+			if kind == source {
+				only = name
+				n++
+			}
+		}
+		if n == 1 {
+			return only, m.backends[only], nil
+		}
 		names := make([]string, 0, len(m.backends))
 		for n := range m.backends {
 			names = append(names, n)

@@ -32,6 +32,10 @@ func TestStaticSource(t *testing.T) {
 	if err := l.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	// The kind names the only static source.
+	if l, err := m.Issue(t.Context(), Request{Ref: Ref{Source: "static"}}); err != nil || l.Credential().Username != "app" {
+		t.Errorf("source by kind: %v", err)
+	}
 	_, err = m.Issue(t.Context(), Request{Ref: Ref{Source: "vault"}, Target: "x"})
 	if !errors.Is(err, ErrNotIssued) || !strings.Contains(err.Error(), `"vault" is not configured`) {
 		t.Errorf("unknown source: %v", err)
