@@ -26,6 +26,7 @@ type Policy struct {
 	readOnlyFuncs map[string]bool
 	needsHash     bool
 	warnings      []string
+	modes         modeTable
 }
 
 // rule is a compiled rule: every set is precomputed so matching is a few

@@ -26,6 +26,7 @@ import (
 // rawPolicy mirrors the file; README.md documents every key.
 type rawPolicy struct {
 	Version       int           `yaml:"version"`
+	Mode          string        `yaml:"mode"`
 	Identities    []rawIdentity `yaml:"identities"`
 	Targets       []rawTarget   `yaml:"targets"`
 	Masks         []rawMask     `yaml:"masks"`
@@ -51,6 +52,7 @@ type rawIdentity struct {
 	Exe       []string     `yaml:"exe"`
 	ExeSHA256 []string     `yaml:"exe_sha256"`
 	Comm      []string     `yaml:"comm"`
+	Mode      string       `yaml:"mode"`
 	Intercept []rawNetRule `yaml:"intercept"`
 	UDPAllow  []rawNetRule `yaml:"udp_allow"`
 	Pos       Pos
@@ -72,6 +74,7 @@ type rawTarget struct {
 	Port       uint16         `yaml:"port"`
 	Upstream   string         `yaml:"upstream"`
 	Credential map[string]any `yaml:"credential"`
+	Mode       string         `yaml:"mode"`
 	Pos        Pos
 	Keys       keyPos
 }
@@ -352,6 +355,7 @@ func (c *compiler) compile(raw *rawPolicy) {
 	if len(c.p.targets) > maxNamed {
 		c.errorf(raw.Pos, "%d targets: at most %d are supported", len(c.p.targets), maxNamed)
 	}
+	c.compileModes(raw)
 	for i := range raw.Masks {
 		c.mask(&raw.Masks[i])
 	}
