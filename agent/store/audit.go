@@ -54,10 +54,16 @@ func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHe
 	if err != nil {
 		return nil, err
 	}
-	ins := s.Rebind(`INSERT INTO audit_records (host, seq, time_ns, kind, payload, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	// One prepared statement per batch: parsing the INSERT per record was a
+	// quarter of the cost of an append on SQLite.
+	ins, err := tx.PrepareContext(ctx, s.Rebind(`INSERT INTO audit_records (host, seq, time_ns, kind, payload, prev_hash, hash)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`))
+	if err != nil {
+		return nil, fmt.Errorf("prepare audit insert: %w", err)
+	}
+	defer ins.Close()
 	for _, r := range rs {
-		if _, err := tx.ExecContext(ctx, ins, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash); err != nil {
+		if _, err := ins.ExecContext(ctx, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash); err != nil {
 			return nil, fmt.Errorf("insert audit record %s/%d: %w", r.Host, r.Seq, err)
 		}
 	}
