@@ -129,6 +129,9 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
+// loadPolicy loads the policy file (or the embedded default), resolves its
+// host-name targets and runs the tests it ships: a policy that contradicts
+// its own tests is not what its author meant, so it is refused.
 func loadPolicy(path string) (*policy.Policy, string, error) {
 	if path == "" {
 		return policy.Default(), "embedded default", nil
@@ -137,7 +140,36 @@ func loadPolicy(path string) (*policy.Policy, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
+	for _, r := range p.RunTests() {
+		if !r.Pass {
+			return nil, "", fmt.Errorf("policy %s: shipped test failed: %s", path, r)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if errs := p.ResolveTargets(ctx, net.DefaultResolver); len(errs) > 0 {
+		return nil, "", fmt.Errorf("policy %s: resolve targets: %w", path, errors.Join(errs...))
+	}
 	return p, path, nil
+}
+
+// refreshTargets re-resolves host-name targets, so a database that moves
+// keeps being recognised; a failed lookup keeps the last addresses.
+func (d *Daemon) refreshTargets(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stopping:
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		for _, err := range d.policy.Current().ResolveTargets(rctx, net.DefaultResolver) {
+			d.log.Warn().Err(err).Msg("refresh policy target")
+		}
+		cancel()
+	}
 }
 
 // Run arms the data path and serves until ctx ends or the data path is
@@ -227,6 +259,10 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}
 	go d.readDenyEvents()
 	go d.collectExecCgroups(ctx)
+	go d.refreshTargets(ctx)
+	for _, w := range d.policy.Current().Warnings() {
+		d.log.Warn().Str("policy", d.policySrc).Msg(w)
+	}
 
 	d.log.Info().Str("cgroup_root", d.root).Str("bpffs", d.cfg.BPFFS).Uint16("port", port).
 		Str("socket", d.cfg.Socket).Str("policy", d.policySrc).Msg("data path armed; serving")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,6 +45,8 @@ type report struct {
 	// Locals lists the local address of every connection a loop made.
 	Locals []string `json:"locals"`
 	OK     int      `json:"ok"`
+	// P50 is the median connect+first-byte latency in µs (mode latency).
+	P50 float64 `json:"p50_us"`
 }
 
 func client(mode, arg string) int {
@@ -84,6 +87,30 @@ func client(mode, arg string) int {
 			}
 			c.Close()
 		}
+	case "latency":
+		// connect() + first byte, repeated; the median in microseconds.
+		var us []float64
+		for i := 0; i < 2000; i++ {
+			start := time.Now()
+			c, err := net.DialTimeout("tcp", arg, 5*time.Second)
+			if err != nil {
+				fail(err)
+				break
+			}
+			var b [1]byte
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = c.Read(b[:])
+			us = append(us, float64(time.Since(start).Nanoseconds())/1e3)
+			c.Close()
+			if err != nil {
+				fail(err)
+				break
+			}
+		}
+		slices.Sort(us)
+		if len(us) > 0 {
+			r.P50 = us[len(us)/2]
+		}
 	case "udp":
 		c, err := net.Dial("udp", arg)
 		if err == nil {
@@ -120,7 +147,7 @@ type target struct {
 	remotes []string
 }
 
-func newTarget(t *testing.T, network, addr string) *target {
+func newTarget(t testing.TB, network, addr string) *target {
 	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +202,7 @@ rules:
 
 // agentBinary copies the test binary where any uid may execute it, so the
 // agent can also run as an unprivileged user.
-func agentBinary(t *testing.T) string {
+func agentBinary(t testing.TB) string {
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -203,7 +230,7 @@ type fixture struct {
 	deniedSoc string
 }
 
-func start(t *testing.T) *fixture {
+func start(t testing.TB) *fixture {
 	dir := t.TempDir()
 	denied := filepath.Join(dir, "denied.sock")
 	pol := filepath.Join(dir, "policy.yaml")
@@ -237,7 +264,7 @@ func (f *fixture) run(t *testing.T, id, mode, arg string, prefix ...string) repo
 }
 
 // runIn runs the agent directly (no interlock exec) inside cgroup dir.
-func (f *fixture) runIn(t *testing.T, dir, mode, arg string) report {
+func (f *fixture) runIn(t testing.TB, dir, mode, arg string) report {
 	t.Helper()
 	cg, err := os.Open(dir)
 	if err != nil {
@@ -554,4 +581,34 @@ func TestUninstallRemovesEnforcement(t *testing.T) {
 	if r.Err != "" || tg.accepted()[0] != r.Local {
 		t.Fatalf("after uninstall the agent should connect directly: %+v", r)
 	}
+}
+
+// BenchmarkConnectFirstByte measures what the redirect costs an agent:
+// connect() until the first byte of the server's greeting, from a tagged
+// cgroup through interlockd's proxy (policy decision, upstream dial, relay)
+// and from an untagged sibling cgroup directly, in the same run. Each
+// iteration is 2000 connects per side; the figures are medians.
+func BenchmarkConnectFirstByte(b *testing.B) {
+	f := start(b)
+	tg := newTarget(b, "tcp", "127.0.0.1:0")
+	tagged := f.d.Cgroup("tagged")
+	if _, stderr, err := f.d.CLI("tag", tagged, "--identity", "ci-bot"); err != nil {
+		b.Fatalf("tag: %v %s", err, stderr)
+	}
+	direct := f.d.Cgroup("direct")
+	var viaProxy, plain []float64
+	for i := 0; i < b.N; i++ {
+		r := f.runIn(b, tagged, "latency", tg.addr())
+		d := f.runIn(b, direct, "latency", tg.addr())
+		if r.Err != "" || d.Err != "" {
+			b.Fatalf("latency runs: tagged %+v, direct %+v", r, d)
+		}
+		viaProxy, plain = append(viaProxy, r.P50), append(plain, d.P50)
+	}
+	slices.Sort(viaProxy)
+	slices.Sort(plain)
+	p, q := viaProxy[len(viaProxy)/2], plain[len(plain)/2]
+	b.ReportMetric(q, "direct-p50-µs")
+	b.ReportMetric(p, "interlock-p50-µs")
+	b.ReportMetric(p/q, "ratio")
 }

@@ -100,6 +100,13 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		d.refusePG(c, target, agent, "denied", pgError("42501", fmt.Sprintf("interlock: connection denied by policy rule %q%s", dec.Rule, suffix(dec.Message))))
 		return
 	}
+	params := hello.Startup.ForwardParameters()
+	if err := checkStartupParameters(hello.Startup.Parameters); err != nil {
+		dec := policy.Decision{Action: policy.Deny, Rule: "startup-parameters", Message: err.Error()}
+		d.auditDecision(c, target, "startup", dec)
+		d.refusePG(c, target, agent, "denied", pgError("42501", "interlock: "+err.Error()))
+		return
+	}
 	lease, err := d.creds.Issue(hctx, credentials.Request{
 		Ref: credentialRef(target.Credential), Target: target.Name, Session: c.ID, Identity: c.Identity.Name,
 	})
@@ -129,7 +136,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	}
 	up, err := postgres.ConnectUpstream(hctx, upConn, postgres.UpstreamConfig{
 		User: cred.Username, Password: cred.Password, Database: hello.Startup.Database,
-		Parameters: hello.Startup.ForwardParameters(),
+		Parameters: params,
 	})
 	if err != nil {
 		upConn.Close()
