@@ -144,3 +144,26 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("ref %+v", ref)
 	}
 }
+
+// FuzzReadJournal: whatever a crash or a disk leaves in the journal, reading
+// it returns records or an error, never a panic.
+func FuzzReadJournal(f *testing.F) {
+	f.Add([]byte("{\"op\":\"issue\",\"id\":\"a\",\"source\":\"embedded\",\"handle\":\"r\"}\n{\"op\":\"revoke\",\"id\":\"a\"}\n"))
+	f.Add([]byte("{\"op\":\"issue\",\"id\":\"a\"}\n{\"op\":\"iss"))
+	f.Add([]byte("\n\n{}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(t.TempDir(), journalName)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := readJournal(path)
+		if err != nil {
+			return
+		}
+		for _, r := range recs {
+			if r.Op != opIssue {
+				t.Fatalf("outstanding record with op %q", r.Op)
+			}
+		}
+	})
+}
