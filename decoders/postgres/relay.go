@@ -199,7 +199,9 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 			select {
 			case <-serverDone:
 				if b, err := pe.Response().Encode(nil); err == nil {
+					r.agentMu.Lock()
 					r.agent.Write(b)
+					r.agentMu.Unlock()
 				}
 				shutdown()
 			case <-time.After(time.Second):
