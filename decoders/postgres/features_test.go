@@ -116,6 +116,11 @@ func TestRelayMask(t *testing.T) {
 	if got := strings.Join(seen, " "); got != "ParseComplete BindComplete D:**** PortalSuspended D: PortalSuspended ReadyForQuery" {
 		t.Fatalf("chunked masked portal: %s", got)
 	}
+	// psql sees the masked values too.
+	if got := strings.TrimSpace(string(mustPsql(t, p, "SELECT name, email FROM people ORDER BY name"))); got != "ann|****\nbob|" {
+		t.Fatalf("psql through the masking relay: %q", got)
+	}
+
 	// COPY out of a masked statement cannot be masked: the session ends
 	// before any row leaves.
 	var copied bytes.Buffer
