@@ -137,39 +137,49 @@ func (v *vaultSource) authenticate(ctx context.Context) error {
 // failure once it has expired.
 func (v *vaultSource) tokenLoop() {
 	defer close(v.loopDone)
+	v.mu.Lock()
+	ttl := v.tokenTTL
+	v.mu.Unlock()
+	if ttl <= 0 {
+		return // a token without expiry (root, or periodic without TTL)
+	}
+	wait := ttl / 2
 	for {
-		v.mu.Lock()
-		ttl := v.tokenTTL
-		v.mu.Unlock()
-		if ttl <= 0 {
-			return // a token without expiry (root, periodic without TTL)
-		}
-		wait := ttl / 2
 		select {
 		case <-v.ctx.Done():
 			return
 		case <-time.After(wait):
 		}
 		ctx, cancel := context.WithTimeout(v.ctx, v.cfg.Timeout)
-		err := v.renewToken(ctx, ttl)
+		err := v.renewToken(ctx)
 		cancel()
+		v.mu.Lock()
+		ttl = v.tokenTTL
+		v.mu.Unlock()
 		if err != nil {
-			// Try again soon; the token may still have half its life.
-			v.mu.Lock()
-			v.tokenTTL = max(min(ttl/5, 30*time.Second), time.Second)
-			v.mu.Unlock()
+			// Try again soon: the token may still have half its life.
+			wait = max(min(ttl/5, 30*time.Second), time.Second)
+			continue
 		}
+		wait = max(ttl/2, time.Second)
 	}
 }
 
-func (v *vaultSource) renewToken(ctx context.Context, ttl time.Duration) error {
-	s, err := v.client.Auth().Token().RenewSelfWithContext(ctx, int(ttl/time.Second))
+// renewToken asks for another tokenTTL, or logs in again when renewal
+// fails or falls short.
+func (v *vaultSource) renewToken(ctx context.Context) error {
+	v.mu.Lock()
+	inc := v.tokenTTL
+	v.mu.Unlock()
+	s, err := v.client.Auth().Token().RenewSelfWithContext(ctx, int(inc/time.Second))
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if err == nil && s != nil && s.Auth != nil {
 		got := time.Duration(s.Auth.LeaseDuration) * time.Second
-		if got >= ttl/2 || v.cfg.Auth.Method == "token" {
-			v.tokenTTL = got
+		if got >= inc/2 || v.cfg.Auth.Method == "token" {
+			if got > 0 {
+				v.tokenTTL = got
+			}
 			return nil
 		}
 	}

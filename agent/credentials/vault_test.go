@@ -236,6 +236,7 @@ func TestVaultAppRole(t *testing.T) {
 	pg := startPG(t)
 	srv := startVault(t, pg, func(c *vaultcompat.Config) {
 		c.AppRoles["interlockd"] = vaultcompat.AppRole{RoleID: "role-1", SecretID: "secret-1", TokenTTL: 2 * time.Second}
+		c.TokenMaxTTL = 3 * time.Second
 	})
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "secret-id"), []byte("secret-1\n"), 0o600)
@@ -246,8 +247,9 @@ func TestVaultAppRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close(ctx)
-	// The login token lives 2s; the Manager keeps it alive.
-	time.Sleep(5 * time.Second)
+	// The login token lives 2s, renewable up to 3s; the Manager renews it
+	// and then logs in again.
+	time.Sleep(7 * time.Second)
 	l, err = m.Issue(ctx, Request{Ref: readonly, Target: "orders-db"})
 	if err != nil {
 		t.Fatalf("Issue after the token's first TTL: %v", err)
