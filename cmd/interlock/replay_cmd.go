@@ -1,0 +1,501 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/daemon"
+	"github.com/interlock-dev/interlock/decoders/capture"
+	"github.com/interlock-dev/interlock/decoders/postgres"
+	"github.com/interlock-dev/interlock/policy"
+)
+
+const replayUsage = `usage:
+  interlock policy replay --policy FILE --pcap FILE [--identity NAME] [--target NAME]
+                          [--port-map PORT=PROTOCOL ...] [--json]
+      decode every request in a pcap or pcapng capture and show the decision the
+      policy would give it; streams that cannot be decoded are reported and skipped
+  interlock policy replay --policy FILE (--session ID | --since DURATION [--identity NAME]) [--json]
+      re-decide the statements interlockd recorded under FILE and show what would
+      change: newly denied, newly allowed, newly held, newly masked
+`
+
+// replayPorts maps well-known server ports to the protocol spoken there,
+// before the policy's targets and --port-map are applied.
+var replayPorts = map[uint16]string{5432: "postgres", 15432: "postgres"}
+
+// knownPorts names the protocols of other well-known ports, so an
+// unsupported stream is reported by what it most likely is.
+var knownPorts = map[uint16]string{
+	22: "ssh", 80: "http", 443: "tls", 3306: "mysql", 6379: "redis", 8080: "http", 27017: "mongodb",
+}
+
+// decoders lists the protocols replay can decode.
+var replayDecoders = map[string]bool{"postgres": true}
+
+// runPolicyReplay implements `interlock policy replay`. It returns the exit
+// code: 0 when the input was read (undecodable streams are reported, not
+// failures), 1 when the policy is invalid or the capture or the daemon's
+// records cannot be read, 2 for a usage error.
+func runPolicyReplay(ctx context.Context, c *control.Client, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("policy replay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, replayUsage) }
+	file := fs.String("policy", "", "policy file to decide with")
+	pcap := fs.String("pcap", "", "pcap or pcapng capture to replay")
+	session := fs.String("session", "", "recorded session to re-decide")
+	since := fs.String("since", "", "re-decide every session started within this duration (e.g. 24h)")
+	identity := fs.String("identity", "", "identity of the caller (capture) or sessions to select (--since)")
+	target := fs.String("target", "", "target every captured stream is decided for (default: by address)")
+	asJSON := fs.Bool("json", false, "print one JSON object per line")
+	ports := portMap{}
+	fs.Var(ports, "port-map", "PORT=PROTOCOL: decode streams to PORT as PROTOCOL (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	sources := 0
+	for _, s := range []string{*pcap, *session, *since} {
+		if s != "" {
+			sources++
+		}
+	}
+	if fs.NArg() > 0 || *file == "" || sources != 1 {
+		fmt.Fprint(stderr, "interlock policy replay: give --policy and one of --pcap, --session or --since\n", replayUsage)
+		return 2
+	}
+	p, err := policy.Load(*file)
+	if err != nil {
+		printLoadError(stderr, err)
+		return 1
+	}
+	if *pcap != "" {
+		return replayCapture(p, *pcap, captureReplay{identity: *identity, target: *target, ports: ports, json: *asJSON}, stdout, stderr)
+	}
+	if *target != "" || len(ports) > 0 {
+		fmt.Fprint(stderr, "interlock policy replay: --target and --port-map apply to --pcap only\n")
+		return 2
+	}
+	q := url.Values{}
+	if *session != "" {
+		if *identity != "" {
+			fmt.Fprint(stderr, "interlock policy replay: --identity selects sessions with --since only\n")
+			return 2
+		}
+		q.Set("session", *session)
+	} else {
+		if _, err := time.ParseDuration(*since); err != nil {
+			fmt.Fprintf(stderr, "interlock policy replay: --since %q: %v\n", *since, err)
+			return 2
+		}
+		q.Set("since", *since)
+		if *identity != "" {
+			q.Set("identity", *identity)
+		}
+	}
+	var recorded []daemon.SessionDecisions
+	if err := c.Call(ctx, "/v1/decisions?"+q.Encode(), nil, &recorded); err != nil {
+		fmt.Fprintf(stderr, "interlock policy replay: fetch recorded decisions: %v\n", err)
+		return 1
+	}
+	return replaySessions(p, recorded, *asJSON, stdout, stderr)
+}
+
+// portMap is the --port-map flag: server port to protocol.
+type portMap map[uint16]string
+
+func (m portMap) String() string {
+	var parts []string
+	for port, proto := range m {
+		parts = append(parts, fmt.Sprintf("%d=%s", port, proto))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func (m portMap) Set(s string) error {
+	for _, item := range strings.Split(s, ",") {
+		port, proto, ok := strings.Cut(strings.TrimSpace(item), "=")
+		n, err := strconv.ParseUint(port, 10, 16)
+		if !ok || err != nil || n == 0 || proto == "" {
+			return fmt.Errorf("%q is not PORT=PROTOCOL (like 6432=postgres)", item)
+		}
+		m[uint16(n)] = proto
+	}
+	return nil
+}
+
+type captureReplay struct {
+	identity, target string
+	ports            portMap
+	json             bool
+}
+
+// replayedRequest is one decided request of a capture; its JSON form is
+// what --json prints for it.
+type replayedRequest struct {
+	Type     string    `json:"type"` // "request"
+	Time     time.Time `json:"time"`
+	Stream   string    `json:"stream"`
+	Protocol string    `json:"protocol"`
+	Identity string    `json:"identity,omitempty"`
+	Target   string    `json:"target,omitempty"`
+	SQL      string    `json:"sql"`
+	Action   string    `json:"action"`
+	Rule     string    `json:"rule"`
+	Message  string    `json:"message,omitempty"`
+	// Mode is the mode the policy gives the request; Verdict reads the
+	// action under it ("would deny" in audit mode).
+	Mode    string `json:"mode"`
+	Verdict string `json:"verdict"`
+}
+
+// replayedStream reports what became of one TCP connection of a capture.
+type replayedStream struct {
+	Type     string `json:"type"` // "stream"
+	Stream   string `json:"stream"`
+	Protocol string `json:"protocol,omitempty"`
+	// Status is "decoded", "unsupported" (no decoder for the protocol),
+	// "encrypted" (TLS or GSSAPI), "malformed" or "empty".
+	Status   string `json:"status"`
+	Requests int    `json:"requests"`
+	Error    string `json:"error,omitempty"`
+	// Incomplete is set when the capture missed or dropped bytes.
+	Incomplete string `json:"incomplete,omitempty"`
+}
+
+func replayCapture(p *policy.Policy, path string, o captureReplay, stdout, stderr io.Writer) int {
+	for port, proto := range o.ports {
+		if !replayDecoders[proto] {
+			fmt.Fprintf(stderr, "warning: --port-map %d=%s: no decoder for %s; those streams are reported as unsupported\n", port, proto, proto)
+		}
+	}
+	var subject *policy.Subject
+	if o.identity != "" {
+		if p.Identity(o.identity) == nil {
+			fmt.Fprintf(stderr, "interlock policy replay: %s has no identity %q\n", p.Name(), o.identity)
+			return 1
+		}
+		subject = &policy.Subject{Tag: o.identity}
+	} else {
+		subject = &policy.Subject{}
+		fmt.Fprint(stderr, "note: no --identity: requests are decided for a caller that matches no tag\n")
+	}
+	var fixed *policy.Target
+	if o.target != "" {
+		if fixed = p.Target(o.target); fixed == nil {
+			fmt.Fprintf(stderr, "interlock policy replay: %s has no target %q\n", p.Name(), o.target)
+			return 1
+		}
+	}
+	streams, err := capture.ReadFile(path, capture.Options{})
+	if err != nil {
+		fmt.Fprintf(stderr, "interlock policy replay: %v\n", err)
+		return 1
+	}
+	var reqs []replayedRequest
+	reports := make([]replayedStream, 0, len(streams))
+	for _, s := range streams {
+		rs := replayedStream{Type: "stream", Stream: s.Client.String() + " -> " + s.Server.String()}
+		switch {
+		case s.Gaps && s.Truncated:
+			rs.Incomplete = "bytes missing from the capture; stream cut at the size limit"
+		case s.Gaps:
+			rs.Incomplete = "bytes missing from the capture"
+		case s.Truncated:
+			rs.Incomplete = "stream cut at the size limit"
+		}
+		client, server := s.ClientBytes(), s.ServerBytes()
+		rs.Protocol = streamProtocol(p, o.ports, s, client)
+		if len(client) == 0 {
+			rs.Status = "empty"
+			reports = append(reports, rs)
+			continue
+		}
+		if !replayDecoders[rs.Protocol] {
+			rs.Status = "unsupported"
+			if rs.Protocol == "" {
+				rs.Error = fmt.Sprintf("unknown protocol on port %d (use --port-map)", s.Server.Port())
+			} else {
+				rs.Error = "no decoder for " + rs.Protocol
+			}
+			reports = append(reports, rs)
+			continue
+		}
+		t := fixed
+		if t == nil {
+			t = targetFor(p, s.Server, rs.Protocol)
+		}
+		qs, err := postgres.DecodeQueries(client, server)
+		for _, q := range qs {
+			d, _ := p.DecideSQL(subject, t, q.SQL)
+			mode := p.Mode(subject, t)
+			r := replayedRequest{Type: "request", Time: s.ClientTime(q.Offset), Stream: rs.Stream, Protocol: rs.Protocol,
+				Identity: o.identity, SQL: q.SQL, Action: d.Action.String(), Rule: d.Rule, Message: d.Message,
+				Mode: mode.String(), Verdict: mode.Describe(d.Action)}
+			if t != nil {
+				r.Target = t.Name
+			}
+			reqs = append(reqs, r)
+		}
+		rs.Requests = len(qs)
+		switch {
+		case errors.Is(err, postgres.ErrTLS) || errors.Is(err, postgres.ErrGSSEncryption):
+			rs.Status, rs.Error = "encrypted", err.Error()
+		case err != nil:
+			rs.Status, rs.Error = "malformed", err.Error()
+		default:
+			rs.Status = "decoded"
+		}
+		reports = append(reports, rs)
+	}
+	// Requests of concurrent connections are shown in the order they were
+	// sent, as a server would have seen them.
+	sort.SliceStable(reqs, func(i, j int) bool { return reqs[i].Time.Before(reqs[j].Time) })
+	if o.json {
+		enc := json.NewEncoder(stdout)
+		for _, r := range reqs {
+			enc.Encode(r)
+		}
+		for _, r := range reports {
+			enc.Encode(r)
+		}
+		return 0
+	}
+	for _, r := range reqs {
+		target := r.Target
+		if target == "" {
+			target = "no target"
+		}
+		fmt.Fprintf(stdout, "%s %s [%s] %s by %s: %s\n", r.Time.UTC().Format("15:04:05.000000"), r.Stream, target,
+			r.Verdict, r.Rule, oneLine(r.SQL))
+	}
+	counts := map[string]int{}
+	for _, r := range reqs {
+		counts[r.Verdict]++
+	}
+	fmt.Fprintf(stdout, "%d requests (%s) in %d streams\n", len(reqs), countSummary(counts), len(reports))
+	for _, r := range reports {
+		if r.Status == "decoded" && r.Incomplete == "" {
+			continue
+		}
+		fmt.Fprintf(stdout, "stream %s: %s", r.Stream, r.Status)
+		if r.Protocol != "" {
+			fmt.Fprintf(stdout, " (%s)", r.Protocol)
+		}
+		if r.Error != "" {
+			fmt.Fprintf(stdout, ": %s", r.Error)
+		}
+		if r.Incomplete != "" {
+			fmt.Fprintf(stdout, "; %s", r.Incomplete)
+		}
+		if r.Requests > 0 {
+			fmt.Fprintf(stdout, "; %d requests decoded before", r.Requests)
+		}
+		fmt.Fprintln(stdout)
+	}
+	return 0
+}
+
+// streamProtocol picks a stream's protocol: --port-map first, then the
+// policy's targets that name a port, then well-known ports, then a look at
+// the first bytes (a PostgreSQL startup packet is recognisable anywhere).
+// It returns the likely protocol of an unsupported stream too, or "".
+func streamProtocol(p *policy.Policy, ports portMap, s *capture.Stream, client []byte) string {
+	port := s.Server.Port()
+	if proto, ok := ports[port]; ok {
+		return proto
+	}
+	if t := p.TargetFor(s.Server.Addr(), port); t != nil && t.Port == port && t.Protocol != "tcp" {
+		return t.Protocol
+	}
+	if proto, ok := replayPorts[port]; ok {
+		return proto
+	}
+	if looksLikePostgresStartup(client) {
+		return "postgres"
+	}
+	return knownPorts[port]
+}
+
+// looksLikePostgresStartup reports whether b opens with a PostgreSQL
+// StartupMessage (protocol 3.x), SSLRequest or GSSENCRequest.
+func looksLikePostgresStartup(b []byte) bool {
+	if len(b) < 8 {
+		return false
+	}
+	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	code := uint32(b[4])<<24 | uint32(b[5])<<16 | uint32(b[6])<<8 | uint32(b[7])
+	switch {
+	case n == 8 && (code == 80877103 || code == 80877104): // SSLRequest, GSSENCRequest
+		return true
+	case n >= 8 && n <= 10000 && code>>16 == 3:
+		return true
+	}
+	return false
+}
+
+// targetFor finds the target a captured stream went to: by its server
+// address, else the policy's only target of the protocol.
+func targetFor(p *policy.Policy, server netip.AddrPort, proto string) *policy.Target {
+	if t := p.TargetFor(server.Addr(), server.Port()); t != nil {
+		return t
+	}
+	var only *policy.Target
+	for _, t := range p.Targets() {
+		if t.Protocol != proto {
+			continue
+		}
+		if only != nil {
+			return nil
+		}
+		only = t
+	}
+	return only
+}
+
+// oneLine renders SQL on one line: quoted when it holds line breaks or
+// other control characters, as is otherwise.
+func oneLine(s string) string {
+	for _, r := range s {
+		if r < ' ' || r == 0x7f {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+func countSummary(counts map[string]int) string {
+	if len(counts) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, counts[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Kinds of change replaySessions reports.
+const (
+	newlyDenied  = "newly denied"
+	newlyAllowed = "newly allowed"
+	newlyHeld    = "newly held"
+	newlyMasked  = "newly masked"
+)
+
+// changedDecision is one recorded statement whose decision would change;
+// its JSON form is what --json prints for it.
+type changedDecision struct {
+	Change    string    `json:"change"`
+	Session   string    `json:"session"`
+	Identity  string    `json:"identity"`
+	Target    string    `json:"target"`
+	Seq       int64     `json:"seq"`
+	Time      time.Time `json:"time"`
+	Statement string    `json:"statement"`
+	OldAction string    `json:"old_action"`
+	OldRule   string    `json:"old_rule"`
+	// OldEnforced is false when the old decision was only audited.
+	OldEnforced bool   `json:"old_enforced"`
+	NewAction   string `json:"new_action"`
+	NewRule     string `json:"new_rule"`
+	// NewMode is the mode the new policy gives the statement.
+	NewMode string `json:"new_mode"`
+}
+
+// changeOf names how a decision changes from old to new, "" when the
+// action stays the same.
+func changeOf(old string, now policy.Action) string {
+	if old == now.String() {
+		return ""
+	}
+	switch now {
+	case policy.Deny:
+		return newlyDenied
+	case policy.Approve:
+		return newlyHeld
+	case policy.Mask:
+		return newlyMasked
+	}
+	return newlyAllowed
+}
+
+// replaySessions re-decides every recorded SQL statement under p and prints
+// the ones whose action would change, then a count per kind of change.
+// Decisions that no policy made (an untagged cgroup, a connect) are left
+// out: a policy change cannot alter them.
+func replaySessions(p *policy.Policy, recorded []daemon.SessionDecisions, asJSON bool, stdout, stderr io.Writer) int {
+	var changes []changedDecision
+	total, ruleOnly := 0, 0
+	for _, sd := range recorded {
+		sess := &sd.Session
+		subject := &policy.Subject{Tag: sess.Identity, UID: sess.UID, PID: int(sess.PID), Exe: sess.Exe, CgroupPath: sess.Cgroup}
+		t := p.Target(sess.Target)
+		if t == nil {
+			if ap, err := netip.ParseAddrPort(sess.UpstreamAddr); err == nil {
+				t = p.TargetFor(ap.Addr(), ap.Port())
+			}
+		}
+		for _, d := range sd.Decisions {
+			if d.Statement == "" || d.Rule == "identity-revoked" || strings.EqualFold(d.Statement, "connect") {
+				continue
+			}
+			total++
+			now, _ := p.DecideSQL(subject, t, d.Statement)
+			change := changeOf(d.Action, now.Action)
+			if change == "" {
+				if d.Rule != now.Rule {
+					ruleOnly++
+				}
+				continue
+			}
+			c := changedDecision{Change: change, Session: sess.ID, Identity: sess.Identity, Target: sess.Target,
+				Seq: d.Seq, Time: d.Time, Statement: d.Statement, OldAction: d.Action, OldRule: d.Rule,
+				OldEnforced: d.Enforced, NewAction: now.Action.String(), NewRule: now.Rule, NewMode: p.Mode(subject, t).String()}
+			if t != nil {
+				c.Target = t.Name
+			}
+			changes = append(changes, c)
+		}
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		for _, c := range changes {
+			enc.Encode(c)
+		}
+		return 0
+	}
+	counts := map[string]int{}
+	for _, c := range changes {
+		counts[c.Change]++
+		old := c.OldAction
+		if !c.OldEnforced {
+			old += " (audit)"
+		}
+		now := c.NewAction
+		if c.NewMode == policy.Audit.String() {
+			now += " (audit)"
+		}
+		fmt.Fprintf(stdout, "%s: session %s seq %d (%s -> %s): %s by %s -> %s by %s: %s\n", c.Change, c.Session, c.Seq,
+			c.Identity, c.Target, old, c.OldRule, now, c.NewRule, oneLine(c.Statement))
+	}
+	fmt.Fprintf(stdout, "%d statements in %d sessions re-decided: %d would change (%s), %d keep their action under another rule\n",
+		total, len(recorded), len(changes), countSummary(counts), ruleOnly)
+	return 0
+}
