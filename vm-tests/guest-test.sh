@@ -59,6 +59,7 @@ credentials:
   embedded:
     embedded:
       admin_dsn_file: /etc/interlock/pg-admin.dsn
+      template: interlock_demo
       ttl: 5m
 YAML
 systemctl restart interlock.service || fail "restart interlock.service with the credentials block"

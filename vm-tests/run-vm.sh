@@ -55,7 +55,7 @@ set +e
 timeout "$timeout_s" "$qemu" "${accel_args[@]}" -smp 2 -m 1536 \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-  -append "root=/dev/vda rw console=ttyS0 panic=-1 quiet loglevel=4 systemd.show_status=0 net.ifnames=0" \
+  -append "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0" \
   -drive "file=$run/root.qcow2,if=virtio,format=qcow2,cache=unsafe" \
   -drive "file=$run/share.img,if=virtio,format=raw,readonly=on" \
   -serial "file:$run/console.log" -serial stdio \
