@@ -215,3 +215,27 @@ func (m Mode) Describe(a Action) string {
 	}
 	return a.String()
 }
+
+// ExplainMode returns the mode the request a Test describes would get:
+// what `interlock policy explain` shows beside the decision. It follows the
+// rules of Mode, with the Test's identity taken as matched.
+func (p *Policy) ExplainMode(t *Test) Mode {
+	ids, subject, target := p.caller(t)
+	if target != nil {
+		if ms := p.modes.targets[target.index]; ms.set {
+			return ms.mode
+		}
+	}
+	if t.Identity == "" {
+		return p.Mode(subject, nil)
+	}
+	m := p.modes.def
+	for _, id := range p.identities {
+		if ids.has(id.index) {
+			if ms := p.modes.identities[id.index]; ms.set {
+				m = ms.mode
+			}
+		}
+	}
+	return m
+}

@@ -198,3 +198,22 @@ func BenchmarkMode(b *testing.B) {
 		p.Mode(s, tg)
 	}
 }
+
+func TestExplainMode(t *testing.T) {
+	p := mustParse(t, modePolicy)
+	for _, c := range []struct {
+		test *Test
+		want Mode
+	}{
+		{&Test{Identity: "ci", Target: "prod"}, Enforce},
+		{&Test{Identity: "ci", Target: "sandbox"}, Audit},
+		{&Test{Identity: "bot", Target: "prod"}, Audit},
+		{&Test{Identity: "bot", Target: "staging"}, Enforce},
+		{&Test{Subject: &Subject{Tag: "ci", UID: 1000}}, Enforce},
+		{&Test{Subject: &Subject{Tag: "reporter"}}, Audit},
+	} {
+		if got := p.ExplainMode(c.test); got != c.want {
+			t.Errorf("ExplainMode(%+v) = %s, want %s", c.test, got, c.want)
+		}
+	}
+}

@@ -138,9 +138,13 @@ type explanation struct {
 	ParseError string          `json:"parse_error,omitempty"`
 	Action     string          `json:"action"`
 	Rule       string          `json:"rule"`
-	Message    string          `json:"message,omitempty"`
-	Mask       string          `json:"mask,omitempty"`
-	Approval   *approvalJSON   `json:"approval,omitempty"`
+	// Mode is "enforce" or "audit"; Verdict reads Action under it
+	// ("would deny" in audit mode).
+	Mode     string        `json:"mode"`
+	Verdict  string        `json:"verdict"`
+	Message  string        `json:"message,omitempty"`
+	Mask     string        `json:"mask,omitempty"`
+	Approval *approvalJSON `json:"approval,omitempty"`
 }
 
 type explainedStmt struct {
@@ -211,7 +215,9 @@ func policyExplain(args []string, stdout, stderr io.Writer) int {
 		t.HTTPMethod, t.HTTPPath = strings.ToUpper(m), strings.TrimSpace(path)
 	}
 	d, q := p.Explain(t)
-	ex := explanation{Policy: name, Identity: *identity, Target: *target, Action: d.Action.String(), Rule: d.Rule, Message: d.Message}
+	mode := p.ExplainMode(t)
+	ex := explanation{Policy: name, Identity: *identity, Target: *target, Action: d.Action.String(), Rule: d.Rule,
+		Mode: mode.String(), Verdict: mode.Describe(d.Action), Message: d.Message}
 	if t.Subject != nil {
 		ex.Identities = p.Identities(nil, t.Subject)
 	}
@@ -291,7 +297,11 @@ func printExplanation(w io.Writer, ex *explanation) {
 		}
 		fmt.Fprintf(w, "    decided:   %s by %s\n", s.Action, s.Rule)
 	}
-	fmt.Fprintf(w, "decision:  %s by rule %s\n", ex.Action, ex.Rule)
+	if ex.Mode == policy.Audit.String() {
+		fmt.Fprintf(w, "decision:  %s by rule %s (audit mode: the agent is not blocked)\n", ex.Verdict, ex.Rule)
+	} else {
+		fmt.Fprintf(w, "decision:  %s by rule %s\n", ex.Action, ex.Rule)
+	}
 	if ex.Message != "" {
 		fmt.Fprintf(w, "message:   %s\n", ex.Message)
 	}

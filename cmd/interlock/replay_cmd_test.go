@@ -483,3 +483,17 @@ func TestReplaySessionsText(t *testing.T) {
 		t.Errorf("no daemon: exit %d, stderr %q", code, errOut)
 	}
 }
+
+// explain says what an audited identity's request would get.
+func TestPolicyExplainAuditMode(t *testing.T) {
+	pol := writePolicy(t, replayPolicy)
+	code, out, errOut := runPolicyCmd("explain", "--policy", pol, "--identity", "reporter", "--target", "db", "--sql", "DROP TABLE t")
+	if code != 0 || !strings.Contains(out, "decision:  would deny by rule no-destruction (audit mode: the agent is not blocked)\n") {
+		t.Errorf("explain as reporter: exit %d, out %q, err %q", code, out, errOut)
+	}
+	code, out, _ = runPolicyCmd("explain", "--policy", pol, "--identity", "ci", "--target", "db", "--sql", "DROP TABLE t", "--json")
+	var ex explanation
+	if err := json.Unmarshal([]byte(out), &ex); code != 0 || err != nil || ex.Mode != "enforce" || ex.Verdict != "deny" || ex.Rule != "no-destruction" {
+		t.Errorf("explain --json as ci: exit %d, %+v, %v", code, ex, err)
+	}
+}
