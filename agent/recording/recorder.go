@@ -225,6 +225,7 @@ type Session struct {
 	scratch   [32]byte
 	vbuf      []byte // verdict encoding, reused
 	seq       int64
+	decided   int64 // verdicts so far: the next store.Decision.Index
 	bytesIn   int64
 	bytesOut  int64
 	pending   []store.Decision
@@ -344,8 +345,9 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 	}
 	s.vbuf = appendVerdict(s.vbuf[:0], seq, int64(t.Sub(s.start)), v)
 	s.put(s.vbuf)
-	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Seq: seq, Time: t.UTC(), Action: v.Action,
+	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Index: s.decided, Seq: seq, Time: t.UTC(), Action: v.Action,
 		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
+	s.decided++
 	s.mu.Unlock()
 	if a := s.r.audit; a != nil {
 		ev := s.auditSess

@@ -700,6 +700,8 @@ func TestReplayFromAnotherHost(t *testing.T) {
 		q, _ := (&pgproto3.Query{String: "SELECT 'from host a'"}).Encode(nil)
 		seq := s.Message(true, q[0], q[5:], time.Time{})
 		s.Decide(seq, recording.Verdict{Action: "allow", Rule: "r", Enforced: true, Statement: "SELECT 'from host a'"}, time.Time{})
+		// A second statement of the same message gets its own decision.
+		s.Decide(seq, recording.Verdict{Action: "deny", Rule: "r2", Enforced: true, Statement: "DROP TABLE x"}, time.Time{})
 		// Enough data for several stored parts.
 		row, _ := (&pgproto3.DataRow{Values: [][]byte{bytes.Repeat([]byte("z"), 100000)}}).Encode(nil)
 		for range 30 {
@@ -710,6 +712,9 @@ func TestReplayFromAnotherHost(t *testing.T) {
 		ss, err := s.Finish(ctx, recording.End{Outcome: "closed"})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if ds, err := stB.Decisions(ctx, ss.ID); err != nil || len(ds) != 2 || ds[0].Seq != ds[1].Seq || ds[1].Action != "deny" {
+			t.Fatalf("two decisions on one request: %+v %v", ds, err)
 		}
 		if err := os.Remove(ss.Recording); err != nil { // host B has no such file
 			t.Fatal(err)

@@ -195,9 +195,12 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]Session, e
 
 // Decision is the policy verdict on one request of a session. Seq is the
 // request's message index in the session recording, so a transcript can put
-// the decision beside the statement it judged.
+// the decision beside the statement it judged; one message can carry several
+// statements, so several decisions can share a Seq. Index numbers the
+// session's decisions from 0 and is their key: the recorder assigns it.
 type Decision struct {
 	SessionID string
+	Index     int64
 	Seq       int64
 	Time      time.Time
 	Action    string // "allow", "deny", "mask", "approve"
@@ -210,28 +213,38 @@ type Decision struct {
 	ApprovalID string
 }
 
-// AddDecisions inserts decisions in one transaction. The recorder batches
-// them so the proxy never waits for a database write per statement.
+// AddDecisions inserts decisions, in transactions of at most 500 rows so a
+// large backlog never holds the SQLite write lock long enough to time out
+// other writers. The recorder batches verdicts this way so the proxy never
+// waits for a database write per statement.
 func (s *Store) AddDecisions(ctx context.Context, ds []Decision) error {
-	if len(ds) == 0 {
-		return nil
+	for len(ds) > 0 {
+		n := min(len(ds), 500)
+		if err := s.addDecisions(ctx, ds[:n]); err != nil {
+			return err
+		}
+		ds = ds[n:]
 	}
+	return nil
+}
+
+func (s *Store) addDecisions(ctx context.Context, ds []Decision) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("insert decisions: %w", err)
 	}
 	defer tx.Rollback()
 	stmt, err := tx.PrepareContext(ctx, s.Rebind(`INSERT INTO decisions
-		(session_id, seq, time_ns, action, rule, reason, enforced, statement, approval_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`))
+		(session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
 	if err != nil {
 		return fmt.Errorf("insert decisions: %w", err)
 	}
 	defer stmt.Close()
 	for _, d := range ds {
-		if _, err := stmt.ExecContext(ctx, d.SessionID, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
+		if _, err := stmt.ExecContext(ctx, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
 			d.Enforced, d.Statement, d.ApprovalID); err != nil {
-			return fmt.Errorf("insert decision %s/%d: %w", d.SessionID, d.Seq, err)
+			return fmt.Errorf("insert decision %s/%d: %w", d.SessionID, d.Index, err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
@@ -240,10 +253,10 @@ func (s *Store) AddDecisions(ctx context.Context, ds []Decision) error {
 	return nil
 }
 
-// Decisions returns the decisions of session id in request order.
+// Decisions returns the decisions of session id in the order they were made.
 func (s *Store) Decisions(ctx context.Context, sessionID string) ([]Decision, error) {
-	rows, err := s.db.QueryContext(ctx, s.Rebind(`SELECT session_id, seq, time_ns, action, rule, reason, enforced,
-		statement, approval_id FROM decisions WHERE session_id = ? ORDER BY seq`), sessionID)
+	rows, err := s.db.QueryContext(ctx, s.Rebind(`SELECT session_id, idx, seq, time_ns, action, rule, reason, enforced,
+		statement, approval_id FROM decisions WHERE session_id = ? ORDER BY idx`), sessionID)
 	if err != nil {
 		return nil, fmt.Errorf("list decisions: %w", err)
 	}
@@ -254,7 +267,7 @@ func (s *Store) Decisions(ctx context.Context, sessionID string) ([]Decision, er
 			d  Decision
 			ns int64
 		)
-		if err := rows.Scan(&d.SessionID, &d.Seq, &ns, &d.Action, &d.Rule, &d.Reason, &d.Enforced,
+		if err := rows.Scan(&d.SessionID, &d.Index, &d.Seq, &ns, &d.Action, &d.Rule, &d.Reason, &d.Enforced,
 			&d.Statement, &d.ApprovalID); err != nil {
 			return nil, fmt.Errorf("list decisions: %w", err)
 		}

@@ -17,6 +17,7 @@ import (
 func TestStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, open storetest.Open) {
 		t.Run("migrations", func(t *testing.T) { testMigrations(t, open) })
+		t.Run("upgrade from v1", func(t *testing.T) { testUpgrade(t, open) })
 		t.Run("sessions", func(t *testing.T) { testSessions(t, open) })
 		t.Run("approvals", func(t *testing.T) { testApprovals(t, open) })
 		t.Run("approval quorum race", func(t *testing.T) { testQuorumRace(t, open) })
@@ -57,6 +58,40 @@ func testMigrations(t *testing.T, open storetest.Open) {
 	}
 }
 
+// A store created at schema version 1, with data, is brought to the latest
+// version by the next Open, and its data survives.
+func testUpgrade(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	s := open(t)
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := s.DB().ExecContext(ctx, s.Rebind(q), args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for _, tbl := range []string{"recording_parts", "decisions", "approval_votes", "approvals", "audit_records", "sessions", "schema_migrations"} {
+		exec("DROP TABLE " + tbl)
+	}
+	ms, _ := store.Migrations(s.Backend())
+	exec(`CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ns BIGINT NOT NULL)`)
+	exec(ms[0].SQL)
+	exec("INSERT INTO schema_migrations VALUES (?, ?, ?)", ms[0].Version, ms[0].Name, 1)
+	exec("INSERT INTO sessions (id, host, identity, target, protocol, started_ns) VALUES ('old', 'h', 'ci', 't', 'postgresql', 1)")
+	exec("INSERT INTO decisions (session_id, seq, time_ns, action, rule) VALUES ('old', 4, 2, 'deny', 'r')")
+
+	s2 := open(t)
+	if v, err := s2.SchemaVersion(ctx); err != nil || v != ms[len(ms)-1].Version {
+		t.Fatalf("after upgrade: version %d %v", v, err)
+	}
+	ds, err := s2.Decisions(ctx, "old")
+	if err != nil || len(ds) != 1 || ds[0].Seq != 4 || ds[0].Index != 4 || ds[0].Action != "deny" {
+		t.Fatalf("v1 decision after upgrade: %+v %v", ds, err)
+	}
+	if err := s2.AddDecisions(ctx, []store.Decision{{SessionID: "old", Index: 5, Seq: 4, Action: "allow"}}); err != nil {
+		t.Fatalf("second decision on one seq after upgrade: %v", err)
+	}
+}
+
 func testSessions(t *testing.T, open storetest.Open) {
 	ctx := context.Background()
 	s := open(t)
@@ -75,9 +110,11 @@ func testSessions(t *testing.T, open storetest.Open) {
 	c := mk("bot", "orders", 2*time.Minute)
 
 	if err := s.AddDecisions(ctx, []store.Decision{
-		{SessionID: a.ID, Seq: 3, Time: base, Action: "allow", Rule: "read", Enforced: true, Statement: "SELECT 1"},
-		{SessionID: a.ID, Seq: 7, Time: base, Action: "deny", Rule: "no-drop", Enforced: true, Statement: "DROP TABLE t"},
-		{SessionID: c.ID, Seq: 2, Time: base, Action: "deny", Rule: "no-drop", Enforced: false, Statement: "DROP TABLE u"},
+		{SessionID: a.ID, Index: 0, Seq: 3, Time: base, Action: "allow", Rule: "read", Enforced: true, Statement: "SELECT 1"},
+		// One Query message with two statements: two decisions, one seq.
+		{SessionID: a.ID, Index: 1, Seq: 7, Time: base, Action: "allow", Rule: "read", Enforced: true, Statement: "SELECT 2"},
+		{SessionID: a.ID, Index: 2, Seq: 7, Time: base, Action: "deny", Rule: "no-drop", Enforced: true, Statement: "DROP TABLE t"},
+		{SessionID: c.ID, Index: 0, Seq: 2, Time: base, Action: "deny", Rule: "no-drop", Enforced: false, Statement: "DROP TABLE u"},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +183,8 @@ func testSessions(t *testing.T, open storetest.Open) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ds) != 2 || ds[0].Seq != 3 || ds[1].Action != "deny" || ds[1].Rule != "no-drop" || !ds[1].Enforced {
+	if len(ds) != 3 || ds[0].Seq != 3 || ds[1].Seq != 7 || ds[2].Seq != 7 || ds[2].Index != 2 ||
+		ds[2].Action != "deny" || ds[2].Rule != "no-drop" || !ds[2].Enforced {
 		t.Fatalf("decisions of a: %+v", ds)
 	}
 	if ds, _ := s.Decisions(ctx, c.ID); len(ds) != 1 || ds[0].Enforced {
