@@ -310,7 +310,9 @@ func replayCapture(p *policy.Policy, path string, o captureReplay, stdout, stder
 // streamProtocol picks a stream's protocol: --port-map first, then the
 // policy's targets that name a port, then well-known ports, then a look at
 // the first bytes (a PostgreSQL startup packet is recognisable anywhere).
-// It returns the likely protocol of an unsupported stream too, or "".
+// It returns the likely protocol of an unsupported stream too, or "". On a
+// port it does not know, a stream opening with a PostgreSQL Query message
+// is taken for PostgreSQL as well.
 func streamProtocol(p *policy.Policy, ports portMap, s *capture.Stream, client []byte) string {
 	port := s.Server.Port()
 	if proto, ok := ports[port]; ok {
@@ -325,7 +327,24 @@ func streamProtocol(p *policy.Policy, ports portMap, s *capture.Stream, client [
 	if looksLikePostgresStartup(client) {
 		return "postgres"
 	}
-	return knownPorts[port]
+	if proto, ok := knownPorts[port]; ok {
+		return proto
+	}
+	if looksLikePostgresQuery(client) {
+		return "postgres" // a capture that began mid-session
+	}
+	return ""
+}
+
+// looksLikePostgresQuery reports whether b opens with a complete simple
+// Query message: 'Q', a length that fits, and the NUL ending the text
+// exactly there.
+func looksLikePostgresQuery(b []byte) bool {
+	if len(b) < 6 || b[0] != 'Q' {
+		return false
+	}
+	n := uint32(b[1])<<24 | uint32(b[2])<<16 | uint32(b[3])<<8 | uint32(b[4])
+	return n >= 5 && uint64(len(b)) >= 1+uint64(n) && b[n] == 0
 }
 
 // looksLikePostgresStartup reports whether b opens with a PostgreSQL
@@ -442,9 +461,16 @@ func changeOf(old string, now policy.Action) string {
 // out: a policy change cannot alter them.
 func replaySessions(p *policy.Policy, recorded []daemon.SessionDecisions, asJSON bool, stdout, stderr io.Writer) int {
 	var changes []changedDecision
-	total, ruleOnly := 0, 0
+	total, ruleOnly, otherProtocol := 0, 0, 0
 	for _, sd := range recorded {
 		sess := &sd.Session
+		switch sess.Protocol {
+		case "postgresql", "postgres", "":
+		default:
+			// Only SQL statements are recorded with their text today.
+			otherProtocol++
+			continue
+		}
 		subject := &policy.Subject{Tag: sess.Identity, UID: sess.UID, PID: int(sess.PID), Exe: sess.Exe, CgroupPath: sess.Cgroup}
 		t := p.Target(sess.Target)
 		if t == nil {
@@ -479,6 +505,9 @@ func replaySessions(p *policy.Policy, recorded []daemon.SessionDecisions, asJSON
 		for _, c := range changes {
 			enc.Encode(c)
 		}
+		if otherProtocol > 0 {
+			fmt.Fprintf(stderr, "note: %d sessions of other protocols skipped: replay re-decides SQL only\n", otherProtocol)
+		}
 		return 0
 	}
 	counts := map[string]int{}
@@ -496,6 +525,9 @@ func replaySessions(p *policy.Policy, recorded []daemon.SessionDecisions, asJSON
 			c.Identity, c.Target, old, c.OldRule, now, c.NewRule, oneLine(c.Statement))
 	}
 	fmt.Fprintf(stdout, "%d statements in %d sessions re-decided: %d would change (%s), %d keep their action under another rule\n",
-		total, len(recorded), len(changes), countSummary(counts), ruleOnly)
+		total, len(recorded)-otherProtocol, len(changes), countSummary(counts), ruleOnly)
+	if otherProtocol > 0 {
+		fmt.Fprintf(stdout, "%d sessions of other protocols skipped: replay re-decides SQL only\n", otherProtocol)
+	}
 	return 0
 }

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -15,6 +17,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
 
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/daemon"
@@ -385,6 +391,9 @@ func recordedSessions() []daemon.SessionDecisions {
 			dec("s-2", 7, "SELECT 1", "allow", "reads", true),
 			dec("s-2", 9, "INSERT INTO orders VALUES (2)", "deny", "identity-revoked", true),
 		}},
+		{Session: func() store.Session { s := sess("s-3"); s.Protocol = "http"; return s }(), Decisions: []store.Decision{
+			dec("s-3", 1, "DELETE /v1/orders", "allow", "api", true),
+		}},
 	}
 }
 
@@ -431,6 +440,9 @@ func TestReplaySessions(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
+	if !strings.Contains(errOut, "1 sessions of other protocols skipped") {
+		t.Errorf("the HTTP session is not reported as skipped: %q", errOut)
+	}
 	if q := asked(); len(q) != 1 || q[0] != "identity=ci&since=24h" {
 		t.Errorf("daemon asked %q", q)
 	}
@@ -467,7 +479,8 @@ func TestReplaySessionsText(t *testing.T) {
 	}
 	want := "newly denied: session s-2 seq 3 (ci -> db): allow (audit) by writes -> deny by no-writes: UPDATE orders SET n = 2 WHERE id = 1\n" +
 		"newly held: session s-2 seq 5 (ci -> db): allow by writes -> approve by audit-log-deletes: DELETE FROM audit_log WHERE id = 3\n" +
-		"3 statements in 1 sessions re-decided: 2 would change (newly denied 1, newly held 1), 0 keep their action under another rule\n"
+		"3 statements in 1 sessions re-decided: 2 would change (newly denied 1, newly held 1), 0 keep their action under another rule\n" +
+		"1 sessions of other protocols skipped: replay re-decides SQL only\n"
 	if out != want {
 		t.Errorf("output:\n%s\nwant\n%s", out, want)
 	}
@@ -495,5 +508,123 @@ func TestPolicyExplainAuditMode(t *testing.T) {
 	var ex explanation
 	if err := json.Unmarshal([]byte(out), &ex); code != 0 || err != nil || ex.Mode != "enforce" || ex.Verdict != "deny" || ex.Rule != "no-destruction" {
 		t.Errorf("explain --json as ci: exit %d, %+v, %v", code, ex, err)
+	}
+}
+
+// synthConn builds the packets of one TCP connection of a synthetic
+// capture, tracking sequence numbers per direction.
+type synthConn struct {
+	client, server       netip.AddrPort
+	clientSeq, serverSeq uint32
+}
+
+type synthPacket struct {
+	at   time.Duration
+	data []byte
+}
+
+func (c *synthConn) packet(t *testing.T, at time.Duration, fromClient, syn, ack bool, payload []byte) synthPacket {
+	t.Helper()
+	src, dst, seq := c.client, c.server, &c.clientSeq
+	if !fromClient {
+		src, dst, seq = c.server, c.client, &c.serverSeq
+	}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: *seq, SYN: syn, ACK: ack, PSH: len(payload) > 0, Window: 65535}
+	tcp.SetNetworkLayerForChecksum(ip)
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	*seq += uint32(len(payload))
+	if syn {
+		*seq++
+	}
+	return synthPacket{at, buf.Bytes()}
+}
+
+func pgMessage(typ byte, body string) []byte {
+	b := []byte{typ, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[1:], uint32(4+len(body)))
+	return append(b, body...)
+}
+
+func pgStartup(user string) []byte {
+	body := "\x00\x03\x00\x00user\x00" + user + "\x00\x00"
+	b := make([]byte, 4, 4+len(body))
+	binary.BigEndian.PutUint32(b, uint32(4+len(body)))
+	return append(b, body...)
+}
+
+// A capture of PostgreSQL on ports replay has never heard of, one connection
+// from its SYN and one that began mid-session, interleaved with a stream of
+// something else: both PostgreSQL streams are recognised, their queries
+// come out in the order they were sent, and the rest is reported.
+func TestReplayCaptureUnknownPorts(t *testing.T) {
+	a := &synthConn{client: netip.MustParseAddrPort("10.0.0.1:40001"), server: netip.MustParseAddrPort("10.0.0.9:6543"), clientSeq: 1000, serverSeq: 5000}
+	b := &synthConn{client: netip.MustParseAddrPort("10.0.0.1:40002"), server: netip.MustParseAddrPort("10.0.0.9:7777"), clientSeq: 2000, serverSeq: 7000}
+	c := &synthConn{client: netip.MustParseAddrPort("10.0.0.1:40003"), server: netip.MustParseAddrPort("10.0.0.9:9999"), clientSeq: 3000, serverSeq: 9000}
+	ready := pgMessage('Z', "I")
+	ms := time.Millisecond
+	pkts := []synthPacket{
+		a.packet(t, 0*ms, true, true, false, nil),
+		a.packet(t, 1*ms, false, true, true, nil),
+		a.packet(t, 2*ms, true, false, true, nil),
+		a.packet(t, 10*ms, true, false, true, pgStartup("ci")),
+		a.packet(t, 11*ms, false, false, true, append(pgMessage('R', "\x00\x00\x00\x00"), ready...)),
+		a.packet(t, 20*ms, true, false, true, pgMessage('Q', "SELECT 1\x00")),
+		a.packet(t, 21*ms, false, false, true, ready),
+		b.packet(t, 30*ms, true, false, true, pgMessage('Q', "SELECT 2\x00")),
+		b.packet(t, 31*ms, false, false, true, ready),
+		c.packet(t, 35*ms, true, false, true, []byte("HELLO there\r\n")),
+		a.packet(t, 40*ms, true, false, true, pgMessage('Q', "DELETE FROM t\x00")),
+		a.packet(t, 41*ms, false, false, true, ready),
+		b.packet(t, 50*ms, true, false, true, []byte("\x01garbage that is no message")),
+	}
+	var out bytes.Buffer
+	w, err := pcapgo.NewNgWriter(&out, layers.LinkTypeEthernet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
+	for _, p := range pkts {
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: start.Add(p.at), CaptureLength: len(p.data), Length: len(p.data)}, p.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "odd-ports.pcapng")
+	if err := os.WriteFile(path, out.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol := writePolicy(t, replayPolicy)
+	code, stdout, errOut := runReplay(t, nil, "--policy", pol, "--pcap", path, "--identity", "ci", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	reqs, streams := jsonLines(t, stdout)
+	var got []string
+	for _, r := range reqs {
+		got = append(got, r.SQL+" "+r.Verdict+" by "+r.Rule)
+	}
+	want := []string{"SELECT 1 allow by reads", "SELECT 2 allow by reads", "DELETE FROM t deny by no-destruction"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("requests:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	status := map[string]string{}
+	for _, s := range streams {
+		status[s.Stream] = s.Status + " " + s.Protocol
+	}
+	for stream, want := range map[string]string{
+		"10.0.0.1:40001 -> 10.0.0.9:6543": "decoded postgres",
+		"10.0.0.1:40002 -> 10.0.0.9:7777": "malformed postgres",
+		"10.0.0.1:40003 -> 10.0.0.9:9999": "unsupported ",
+	} {
+		if status[stream] != want {
+			t.Errorf("stream %s: %q, want %q (all: %v)", stream, status[stream], want, status)
+		}
 	}
 }
