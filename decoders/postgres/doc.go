@@ -6,8 +6,8 @@
 //
 // Framing and message encoding come from jackc/pgx's pgproto3. The relay's hot
 // path scans message headers itself over reused buffers and forwards the raw
-// bytes of every message it does not change, so a session costs no allocation
-// per message.
+// bytes of every message it does not change, so a session allocates nothing
+// per message beyond the SQL text it hands the Enforcer.
 //
 // The package is pure: it never logs, never touches the kernel and holds no
 // secrets beyond the credential a caller passes to ConnectUpstream. It returns
