@@ -30,6 +30,25 @@ func (m Mode) String() string {
 	return "unknown"
 }
 
+// MarshalText encodes m as its policy-file name, so JSON (the control API's
+// status) carries "enforce" or "audit".
+func (m Mode) MarshalText() ([]byte, error) {
+	if int(m) >= len(modeNames) {
+		return nil, fmt.Errorf("marshal mode: unknown mode %d", m)
+	}
+	return []byte(modeNames[m]), nil
+}
+
+// UnmarshalText decodes a policy-file mode name.
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, ok := parseMode(string(b))
+	if !ok {
+		return fmt.Errorf("unmarshal mode: %q: use enforce or audit", b)
+	}
+	*m = v
+	return nil
+}
+
 // parseMode maps a policy-file name to a Mode.
 func parseMode(s string) (Mode, bool) {
 	for i, n := range modeNames {
@@ -149,15 +168,15 @@ func (p *Policy) DefaultMode() Mode { return p.modes.def }
 // IdentityMode is how one identity's requests are treated, for
 // `interlock status`.
 type IdentityMode struct {
-	Identity string
+	Identity string `json:"identity"`
 	// Mode applies to every target not listed in Exceptions.
-	Mode Mode
+	Mode Mode `json:"mode"`
 	// FromDefault is true when the identity sets no mode and Mode is the
 	// policy's top-level one.
-	FromDefault bool
+	FromDefault bool `json:"from_default"`
 	// Exceptions are the targets whose own mode: differs from Mode, in
 	// file order; on them the identity gets the other mode.
-	Exceptions []string
+	Exceptions []string `json:"exceptions,omitempty"`
 }
 
 // String renders m as "NAME MODE" plus "(default)" and the targets where

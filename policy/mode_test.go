@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
@@ -215,5 +216,29 @@ func TestExplainMode(t *testing.T) {
 		if got := p.ExplainMode(c.test); got != c.want {
 			t.Errorf("ExplainMode(%+v) = %s, want %s", c.test, got, c.want)
 		}
+	}
+}
+
+func TestModeJSON(t *testing.T) {
+	p := mustParse(t, modePolicy)
+	b, err := json.Marshal(p.Modes()[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `[{"identity":"ci","mode":"enforce","from_default":false,"exceptions":["sandbox"]},` +
+		`{"identity":"bot","mode":"audit","from_default":true,"exceptions":["staging"]}]`
+	if string(b) != want {
+		t.Errorf("JSON:\n%s\nwant\n%s", b, want)
+	}
+	var back []IdentityMode
+	if err := json.Unmarshal(b, &back); err != nil || back[1].Mode != Audit {
+		t.Errorf("round trip: %+v, %v", back, err)
+	}
+	var m Mode
+	if err := json.Unmarshal([]byte(`"watch"`), &m); err == nil {
+		t.Error("unknown mode name accepted")
+	}
+	if _, err := json.Marshal(Mode(7)); err == nil {
+		t.Error("unknown mode marshalled")
 	}
 }
