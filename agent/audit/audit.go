@@ -153,16 +153,26 @@ func (l *Log) Close() error {
 	return err
 }
 
+// batchLinger is how long the writer waits to fill a batch of posted events.
+const batchLinger = 5 * time.Millisecond
+
 func (l *Log) writeLoop() {
 	defer l.stopped.Done()
 	batch := make([]pending, 0, 256)
+	// take starts a batch with p and lingers up to batchLinger for more: at
+	// proxy rates one transaction then carries many records, which is most
+	// of what an append costs.
 	take := func(p pending) {
 		batch = append(batch[:0], p)
+		linger := time.NewTimer(batchLinger)
+		defer linger.Stop()
 		for len(batch) < cap(batch) {
 			select {
 			case p := <-l.queue:
 				batch = append(batch, p)
-			default:
+			case <-linger.C:
+				return
+			case <-l.stop:
 				return
 			}
 		}

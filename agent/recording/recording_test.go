@@ -748,3 +748,38 @@ func TestReplayFromAnotherHost(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkDecideAudited is the proxy's per-statement recording cost with
+// everything on: the request message, its verdict, the decisions row and
+// the audit Decision event (both written in the background).
+func BenchmarkDecideAudited(b *testing.B) {
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(b.TempDir(), "interlock.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	al := audit.New(st, "h")
+	rec, err := recording.NewRecorder(st, b.TempDir(), "h", recording.WithAudit(al))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	v := recording.Verdict{Action: "allow", Rule: "read", Enforced: true, Statement: "SELECT abalance FROM pgbench_accounts WHERE aid = 42"}
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		seq := s.Message(true, 'Q', []byte("SELECT abalance FROM pgbench_accounts WHERE aid = 42\x00"), now)
+		s.Decide(seq, v, now)
+	}
+	if _, err := s.Finish(context.Background(), recording.End{}); err != nil {
+		b.Fatal(err)
+	}
+	if err := al.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	rec.Close()
+}
