@@ -32,6 +32,35 @@ func startPG(t *testing.T) *testenv.Postgres {
 	return pg
 }
 
+// TestWithPostgres runs every test that needs PostgreSQL as a subtest
+// against one throwaway cluster: starting a cluster takes seconds, more on
+// a loaded machine. Each subtest cleans up the roles it creates.
+func TestWithPostgres(t *testing.T) {
+	pg := startPG(t)
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T, *testenv.Postgres)
+	}{
+		{"EmbeddedLeaseLifecycle", testEmbeddedLeaseLifecycle},
+		{"EmbeddedRenewalOutlivesTTL", testEmbeddedRenewalOutlivesTTL},
+		{"EmbeddedRevokeOwnedObjects", testEmbeddedRevokeOwnedObjects},
+		{"EmbeddedBadTemplate", testEmbeddedBadTemplate},
+		{"RecoverAfterCrash", testRecoverAfterCrash},
+		{"VaultDatabaseLease", testVaultDatabaseLease},
+		{"VaultRenewalOutlivesTTL", testVaultRenewalOutlivesTTL},
+		{"VaultUnreachable", testVaultUnreachable},
+		{"VaultRenewalRetriesWhileDown", testVaultRenewalRetriesWhileDown},
+		{"VaultRecoverAfterCrash", testVaultRecoverAfterCrash},
+		{"VaultAppRole", testVaultAppRole},
+		{"VaultCertLogin", testVaultCertLogin},
+		{"VaultSSHCertificate", testVaultSSHCertificate},
+		{"VaultKV", testVaultKV},
+		{"PoolHandsOutEachCredentialOnce", testPoolHandsOutEachCredentialOnce},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, pg) })
+	}
+}
+
 func embeddedManager(t *testing.T, pg *testenv.Postgres, stateDir string, pool map[string]int) *Manager {
 	t.Helper()
 	m, err := NewManager(Config{
@@ -66,8 +95,7 @@ func login(ctx context.Context, pg *testenv.Postgres, cred Credential) (*pgx.Con
 	return c, n, nil
 }
 
-func TestEmbeddedLeaseLifecycle(t *testing.T) {
-	pg := startPG(t)
+func testEmbeddedLeaseLifecycle(t *testing.T, pg *testenv.Postgres) {
 	m := embeddedManager(t, pg, t.TempDir(), nil)
 	ctx := t.Context()
 	if err := m.Recover(ctx); err != nil {
@@ -133,8 +161,7 @@ func TestEmbeddedLeaseLifecycle(t *testing.T) {
 	}
 }
 
-func TestEmbeddedRenewalOutlivesTTL(t *testing.T) {
-	pg := startPG(t)
+func testEmbeddedRenewalOutlivesTTL(t *testing.T, pg *testenv.Postgres) {
 	m := embeddedManager(t, pg, t.TempDir(), nil)
 	ctx := t.Context()
 	const ttl = 2 * time.Second
@@ -160,8 +187,7 @@ func TestEmbeddedRenewalOutlivesTTL(t *testing.T) {
 	}
 }
 
-func TestEmbeddedRevokeOwnedObjects(t *testing.T) {
-	pg := startPG(t)
+func testEmbeddedRevokeOwnedObjects(t *testing.T, pg *testenv.Postgres) {
 	pg.Psql(t, "CREATE DATABASE other")
 	pg.Psql(t, "GRANT CREATE ON DATABASE other TO agent_writer")
 	m := embeddedManager(t, pg, t.TempDir(), nil)
@@ -196,8 +222,7 @@ func TestEmbeddedRevokeOwnedObjects(t *testing.T) {
 	}
 }
 
-func TestEmbeddedBadTemplate(t *testing.T) {
-	pg := startPG(t)
+func testEmbeddedBadTemplate(t *testing.T, pg *testenv.Postgres) {
 	m := embeddedManager(t, pg, t.TempDir(), nil)
 	_, err := m.Issue(t.Context(), Request{Ref: Ref{Template: "no_such_role"}, Target: "orders-db"})
 	if !errors.Is(err, ErrNotIssued) {
@@ -214,8 +239,7 @@ func TestEmbeddedBadTemplate(t *testing.T) {
 // TestRecoverAfterCrash issues a credential in a child process, kills it
 // with SIGKILL and checks that a new Manager on the same state dir drops the
 // orphaned role.
-func TestRecoverAfterCrash(t *testing.T) {
-	pg := startPG(t)
+func testRecoverAfterCrash(t *testing.T, pg *testenv.Postgres) {
 	cfg := Config{Embedded: map[string]EmbeddedConfig{
 		"embedded": {AdminDSN: pg.AdminDSN(), Template: "agent_readonly"},
 	}}

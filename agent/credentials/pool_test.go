@@ -32,8 +32,7 @@ func countIssued(t *testing.T, pg *testenv.Postgres) string {
 	return pg.Psql(t, "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'interlock_%'")
 }
 
-func TestPoolHandsOutEachCredentialOnce(t *testing.T) {
-	pg := startPG(t)
+func testPoolHandsOutEachCredentialOnce(t *testing.T, pg *testenv.Postgres) {
 	m := embeddedManager(t, pg, t.TempDir(), map[string]int{"orders-db": 2})
 	ctx := t.Context()
 	req := Request{Target: "orders-db", Session: "s1", Identity: "bot"}

@@ -68,8 +68,7 @@ func tokenAuth(srv *vaultcompat.Server) VaultConfig {
 
 var readonly = Ref{Source: "vault", Kind: "database", Role: "readonly"}
 
-func TestVaultDatabaseLease(t *testing.T) {
-	pg := startPG(t)
+func testVaultDatabaseLease(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, nil)
 	m := vaultManager(t, tokenAuth(srv))
 	ctx := t.Context()
@@ -109,8 +108,7 @@ func TestVaultDatabaseLease(t *testing.T) {
 	}
 }
 
-func TestVaultRenewalOutlivesTTL(t *testing.T) {
-	pg := startPG(t)
+func testVaultRenewalOutlivesTTL(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, func(c *vaultcompat.Config) {
 		// Vault leases count in whole seconds; 3s leaves a renewal
 		// 1.5s to complete on a loaded machine.
@@ -136,8 +134,7 @@ func TestVaultRenewalOutlivesTTL(t *testing.T) {
 	}
 }
 
-func TestVaultUnreachable(t *testing.T) {
-	pg := startPG(t)
+func testVaultUnreachable(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, nil)
 	m := vaultManager(t, tokenAuth(srv))
 	ctx := t.Context()
@@ -184,8 +181,7 @@ func TestVaultUnreachable(t *testing.T) {
 // TestVaultRenewalRetriesWhileDown stops the server across a renewal: the
 // failed renewal is retried, not fatal, and the lease lives on once the
 // server is back.
-func TestVaultRenewalRetriesWhileDown(t *testing.T) {
-	pg := startPG(t)
+func testVaultRenewalRetriesWhileDown(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, func(c *vaultcompat.Config) {
 		c.Database.Roles["readonly"] = vaultcompat.DatabaseRole{Grants: []string{"agent_readonly"}, DefaultTTL: 4 * time.Second, MaxTTL: time.Hour}
 	})
@@ -210,8 +206,7 @@ func TestVaultRenewalRetriesWhileDown(t *testing.T) {
 	conn.Close(ctx)
 }
 
-func TestVaultRecoverAfterCrash(t *testing.T) {
-	pg := startPG(t)
+func testVaultRecoverAfterCrash(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, nil)
 	cfg := Config{Vault: &VaultConfig{Address: srv.URL(), Auth: VaultAuth{Method: "approle", RoleID: "role-1", SecretID: "secret-1"}}}
 	state := t.TempDir()
@@ -232,8 +227,7 @@ func TestVaultRecoverAfterCrash(t *testing.T) {
 	}
 }
 
-func TestVaultAppRole(t *testing.T) {
-	pg := startPG(t)
+func testVaultAppRole(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, func(c *vaultcompat.Config) {
 		c.AppRoles["interlockd"] = vaultcompat.AppRole{RoleID: "role-1", SecretID: "secret-1", TokenTTL: 2 * time.Second}
 		c.TokenMaxTTL = 3 * time.Second
@@ -262,8 +256,7 @@ func TestVaultAppRole(t *testing.T) {
 	}
 }
 
-func TestVaultCertLogin(t *testing.T) {
-	pg := startPG(t)
+func testVaultCertLogin(t *testing.T, pg *testenv.Postgres) {
 	dir := t.TempDir()
 	files := writeTestPKI(t, dir)
 	srv := startVault(t, pg, func(c *vaultcompat.Config) {
@@ -288,8 +281,7 @@ func TestVaultCertLogin(t *testing.T) {
 	}
 }
 
-func TestVaultSSHCertificate(t *testing.T) {
-	pg := startPG(t)
+func testVaultSSHCertificate(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, nil)
 	m := vaultManager(t, tokenAuth(srv))
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
@@ -338,8 +330,7 @@ func TestVaultSSHCertificate(t *testing.T) {
 	}
 }
 
-func TestVaultKV(t *testing.T) {
-	pg := startPG(t)
+func testVaultKV(t *testing.T, pg *testenv.Postgres) {
 	srv := startVault(t, pg, nil)
 	m := vaultManager(t, tokenAuth(srv))
 	l, err := m.Issue(t.Context(), Request{Ref: Ref{Source: "vault", Kind: "kv", Path: "secret/data/app"}, Target: "legacy"})
