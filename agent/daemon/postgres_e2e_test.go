@@ -383,3 +383,74 @@ func TestRecordingReplayPcapAndAudit(t *testing.T) {
 		t.Fatalf("audit export:\n%s", out)
 	}
 }
+
+const benchPolicy = `version: 1
+identities:
+  - name: bench
+targets:
+  - name: appdb
+    protocol: postgres
+    addresses: [127.0.0.1]
+    port: %d
+    credential: {source: embedded, template: agent_rw}
+rules:
+  - name: pgbench
+    identity: bench
+    target: appdb
+    sql: {class: [read, write, transaction, session]}
+    action: allow
+`
+
+// BenchmarkPgbench runs real pgbench from a tagged cgroup through the whole
+// of interlockd (eBPF redirect, per-session credential, pgproto3 decoding,
+// policy on every statement, recording and the audit chain), against the
+// same PostgreSQL directly and through PgBouncer in session mode, in turn
+// within each iteration; -benchtime=3x gives medians of 3.
+//
+//	sudo go test ./agent/daemon -run '^$' -bench Pgbench -benchtime 3x
+func BenchmarkPgbench(b *testing.B) {
+	testenv.Privileged(b)
+	pg := testenv.StartPostgres(b)
+	if out, err := exec.Command("pgbench", "-i", "-q", "-s", "10", "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", pg.Superuser, "postgres").CombinedOutput(); err != nil {
+		b.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	pg.Psql(b, `CREATE ROLE agent_rw NOLOGIN; GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO agent_rw`)
+	dir := b.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(pol, []byte(fmt.Sprintf(benchPolicy, pg.Port)), 0o644)
+	cfg := filepath.Join(dir, "interlockd.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\ncredentials:\n  embedded:\n    embedded: {admin_dsn: %q}\n", pg.AdminDSN())), 0o600)
+	d := daemontest.Start(b, daemontest.Options{Policy: pol, Config: cfg})
+	agent := d.Cgroup("bench")
+	if _, stderr, err := d.CLI("tag", agent, "--identity", "bench"); err != nil {
+		b.Fatalf("tag: %v %s", err, stderr)
+	}
+	bouncer := testenv.StartPgBouncer(b, pg)
+	seconds := 5
+	if s := os.Getenv("INTERLOCK_PGBENCH_SECONDS"); s != "" {
+		seconds, _ = strconv.Atoi(s)
+	}
+	for _, sc := range []struct {
+		name string
+		args []string
+	}{
+		{"select-only-1client", []string{"-S", "-c", "1", "-j", "1"}},
+		{"select-only-16clients", []string{"-S", "-c", "16", "-j", "2"}},
+		{"tpcb-like-16clients", []string{"-c", "16", "-j", "2"}},
+	} {
+		b.Run(sc.name, func(b *testing.B) {
+			var direct, via, pgb []testenv.PgbenchResult
+			for i := 0; i < b.N; i++ {
+				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.args))
+				via = append(via, testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.args))
+				pgb = append(pgb, testenv.Pgbench(b, "127.0.0.1", bouncer, "agent", "", seconds, sc.args))
+			}
+			dm, im, bm := testenv.MedianPgbench(direct), testenv.MedianPgbench(via), testenv.MedianPgbench(pgb)
+			b.ReportMetric(dm.TPS, "direct-tps")
+			b.ReportMetric(100*im.TPS/dm.TPS, "interlock-%")
+			b.ReportMetric(100*bm.TPS/dm.TPS, "pgbouncer-%")
+			b.ReportMetric(im.P50-dm.P50, "interlock-added-p50-µs")
+			b.ReportMetric(bm.P50-dm.P50, "pgbouncer-added-p50-µs")
+		})
+	}
+}

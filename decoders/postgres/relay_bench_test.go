@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // fakeServer answers every Query with one row, like pgbench -S, without
@@ -54,8 +56,8 @@ func roundTrips(b *testing.B, c net.Conn) {
 	buf := make([]byte, 4096)
 	b.ReportAllocs()
 	b.ResetTimer()
-	before := cpuTime()
-	defer func() { b.ReportMetric(float64((cpuTime()-before).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
+	before := testenv.CPUTime()
+	defer func() { b.ReportMetric(float64((testenv.CPUTime()-before).Nanoseconds())/float64(b.N), "cpu-ns/op") }()
 	for i := 0; i < b.N; i++ {
 		if _, err := c.Write(q); err != nil {
 			b.Fatal(err)

@@ -1,0 +1,156 @@
+package testenv
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// PgbenchResult is one pgbench run: TPS, median transaction latency in µs,
+// and (filled by callers that measure it) CPU time per transaction.
+type PgbenchResult struct{ TPS, P50, CPUPerTxn float64 }
+
+// MedianPgbench returns the median of each figure over runs.
+func MedianPgbench(runs []PgbenchResult) PgbenchResult {
+	var tps, p50, cpu []float64
+	for _, r := range runs {
+		tps, p50, cpu = append(tps, r.TPS), append(p50, r.P50), append(cpu, r.CPUPerTxn)
+	}
+	m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	return PgbenchResult{m(tps), m(p50), m(cpu)}
+}
+
+// CPUTime returns this process's user+system CPU time so far.
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+// Pgbench runs one pgbench and returns its TPS and the median latency of
+// its transactions, from the per-transaction log.
+func Pgbench(b testing.TB, host string, port int, user, password string, seconds int, args []string) PgbenchResult {
+	b.Helper()
+	return PgbenchIn(b, "", host, port, user, password, seconds, args)
+}
+
+// PgbenchIn is Pgbench run inside the cgroup directory cgroup (when not
+// empty), as an agent in a tagged cgroup runs.
+func PgbenchIn(b testing.TB, cgroup, host string, port int, user, password string, seconds int, args []string) PgbenchResult {
+	b.Helper()
+	dir := b.TempDir()
+	args = append([]string{"-n", "-h", host, "-p", strconv.Itoa(port), "-U", user, "-T", strconv.Itoa(seconds),
+		"-l", "--log-prefix", filepath.Join(dir, "log")}, args...)
+	cmd := exec.Command("pgbench", append(args, "postgres")...)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+password, "PGSSLMODE=disable")
+	if cgroup != "" {
+		cg, err := os.Open(cgroup)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("pgbench %v: %v\n%s", args, err, out)
+	}
+	m := tpsRE.FindSubmatch(out)
+	if m == nil {
+		b.Fatalf("no tps in pgbench output:\n%s", out)
+	}
+	tps, _ := strconv.ParseFloat(string(m[1]), 64)
+	logs, _ := filepath.Glob(filepath.Join(dir, "log*"))
+	var lat []float64
+	for _, l := range logs {
+		f, err := os.Open(l)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			// client_id transaction_no time script_no time_epoch time_us
+			fields := strings.Fields(sc.Text())
+			if len(fields) >= 3 {
+				v, _ := strconv.ParseFloat(fields[2], 64)
+				lat = append(lat, v)
+			}
+		}
+		f.Close()
+	}
+	if len(lat) == 0 {
+		b.Fatal(fmt.Errorf("no pgbench transaction log in %s", dir))
+	}
+	slices.Sort(lat)
+	return PgbenchResult{TPS: tps, P50: lat[len(lat)/2]}
+}
+
+// StartPgBouncer runs PgBouncer in session mode in front of pg, accepting
+// any client as "agent" like the relay does, and returns its port.
+func StartPgBouncer(b testing.TB, pg *Postgres) int {
+	b.Helper()
+	dir, err := os.MkdirTemp("", "interlock-pgbouncer-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	port := FreePort(b)
+	conf := fmt.Sprintf(`[databases]
+postgres = host=%s port=%d user=%s password=%s dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %d
+unix_socket_dir =
+auth_type = any
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = %s/pgbouncer.log
+pidfile = %s/pgbouncer.pid
+`, pg.Host, pg.Port, pg.Superuser, pg.Password, port, dir, dir)
+	ini := filepath.Join(dir, "pgbouncer.ini")
+	if err := os.WriteFile(ini, []byte(conf), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	args := []string{ini}
+	if os.Geteuid() == 0 {
+		// PgBouncer refuses to run as root.
+		if out, err := exec.Command("chown", "-R", "postgres", dir).CombinedOutput(); err != nil {
+			b.Fatalf("chown: %v %s", err, out)
+		}
+		args = []string{"-u", "postgres", ini}
+	}
+	cmd := exec.Command("pgbouncer", args...)
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("start pgbouncer: %v", err)
+	}
+	b.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			return port
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
+			b.Fatalf("pgbouncer did not start: %v\n%s", err, log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
