@@ -266,6 +266,19 @@ func TestRecordRealSession(t *testing.T) {
 		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT repeat('y', %d)", bigResult), simple).Scan(&big); err != nil || len(big) != bigResult {
 			t.Fatalf("big result: %d %v", len(big), err)
 		}
+		// Notifications and COPY in both directions.
+		for _, q := range []string{"LISTEN interlock_test", "NOTIFY interlock_test, 'ping'"} {
+			if _, err := conn.Exec(ctx, q, simple); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		var copied bytes.Buffer
+		if _, err := conn.PgConn().CopyTo(ctx, &copied, "COPY patients TO STDOUT"); err != nil || !strings.Contains(copied.String(), "alice") {
+			t.Fatalf("copy out: %q %v", copied.String(), err)
+		}
+		if tag, err := conn.PgConn().CopyFrom(ctx, strings.NewReader("4\tdave\t\\N\n5\terin\t555\n"), "COPY patients FROM STDIN"); err != nil || tag.RowsAffected() != 2 {
+			t.Fatalf("copy in: %v %v", tag, err)
+		}
 		// While the session is open, the periodic flush puts its verdicts
 		// in the store.
 		deadline := time.Now().Add(5 * time.Second)
@@ -305,7 +318,7 @@ func TestRecordRealSession(t *testing.T) {
 				denied = append(denied, d.Rule+": "+d.Statement)
 			}
 		}
-		if fmt.Sprint(denied) != "[no-drop: DROP TABLE patients]" || len(ds) != 8 {
+		if fmt.Sprint(denied) != "[no-drop: DROP TABLE patients]" || len(ds) != 12 {
 			t.Fatalf("decisions: %d, denied %v", len(ds), denied)
 		}
 
@@ -339,6 +352,15 @@ func TestRecordRealSession(t *testing.T) {
 			"<- row: bob",
 			"<- SELECT 1, 1 rows",
 			"<- row: yyyyyyyy",
+			"<- notification on interlock_test from pid",
+			": ping",
+			"-> query: COPY patients TO STDOUT",
+			"<- copy out started",
+			"<- copy done (",
+			"<- COPY 3",
+			"<- copy in started",
+			"-> copy done (21 bytes sent)",
+			"<- COPY 2",
 			"-> terminate",
 		} {
 			if !strings.Contains(transcript, want) {
@@ -375,6 +397,10 @@ func TestRecordRealSession(t *testing.T) {
 			"SELECT name FROM patients WHERE id = $1",
 			bigQuery,
 			fmt.Sprintf("SELECT repeat('y', %d)", bigResult),
+			"LISTEN interlock_test",
+			"NOTIFY interlock_test, 'ping'",
+			"COPY patients TO STDOUT",
+			"COPY patients FROM STDIN",
 		}
 		if len(queries) != len(want) {
 			t.Fatalf("tshark found %d queries, want %d:\n%s", len(queries), len(want), head(out, 20))
