@@ -492,7 +492,8 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 
 // SealAbandoned seals recordings of this host's sessions that a crashed or
 // killed daemon left open: it hashes each file as it is, ends the session
-// with outcome "abandoned" and posts RecordingSealed. Call it once at start,
+// with outcome "abandoned", uploads the file when uploading is on, and posts
+// RecordingSealed. Call it once at start,
 // before accepting connections. It returns how many it sealed.
 func (r *Recorder) SealAbandoned(ctx context.Context) (int, error) {
 	open, err := r.st.ListSessions(ctx, store.SessionFilter{Host: r.host, OpenOnly: true, Limit: 100000})
@@ -514,6 +515,15 @@ func (r *Recorder) SealAbandoned(ctx context.Context) (int, error) {
 		if err := r.st.EndSession(ctx, ss.ID, store.SessionEnd{Ended: time.Now().UTC(), Outcome: "abandoned",
 			Messages: msgs, RecordingSHA256: sum, RecordingSize: size}); err != nil {
 			return n, err
+		}
+		if r.upload && sum != "" {
+			if f, err := os.Open(ss.Recording); err == nil {
+				err = r.st.PutRecording(ctx, ss.ID, f)
+				f.Close()
+				if err != nil {
+					return n, err
+				}
+			}
 		}
 		if r.audit != nil {
 			r.audit.Post(audit.RecordingSealed{Session: ss.ID, SHA256: sum, Size: size, Messages: msgs})
