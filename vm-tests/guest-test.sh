@@ -174,6 +174,35 @@ wait_for 60 sh -c "journalctl -b -o cat -u legacy-loop.service --since '$since' 
 echo "legacy-loop.service gets through again"
 systemctl stop legacy-loop.service
 
+if [ -e "$share/caps-probe" ]; then
+  # Which of the unit's capabilities does interlockd really use? Drop one at
+  # a time, load the data path from scratch and proxy a tagged psql session
+  # (which needs the executable of another user's process).
+  step "capability probe (INTERLOCK_VM_CAPS_PROBE=1; informational)"
+  caps=$(sed -n 's/^CapabilityBoundingSet=//p' /lib/systemd/system/interlock.service)
+  for cap in $caps; do
+    printf '[Service]\nCapabilityBoundingSet=~%s\n' "$cap" >/run/systemd/system/interlock.service.d/zz-cap.conf
+    systemctl daemon-reload
+    interlock uninstall >/dev/null 2>&1
+    since=$(date '+%Y-%m-%d %H:%M:%S')
+    if ! timeout 90 systemctl restart interlock.service 2>/dev/null; then
+      why=$(journalctl -b -o cat -u interlock.service --since "$since" | grep -m1 '"level":"error"' | cut -c1-160)
+      echo "without $cap: NEEDED: interlockd does not start: $why"
+      continue
+    fi
+    systemctl start legacy-psql.service 2>/dev/null
+    if journalctl -b -o cat -u legacy-psql.service --since "$since" | grep -q 'SELECT exit 0' &&
+       journalctl -b -o cat -u interlock.service --since "$since" | grep '"event":"connection_open"' | grep -q '"exe":"/usr/lib/postgresql/15/bin/psql"'; then
+      echo "without $cap: not needed for start, tagging and a proxied session"
+    else
+      echo "without $cap: NEEDED for a proxied session: $(journalctl -b -o cat -u interlock.service --since "$since" | grep -m1 -E '"level":"(warn|error)"' | cut -c1-200)"
+    fi
+  done
+  rm -f /run/systemd/system/interlock.service.d/zz-cap.conf
+  systemctl daemon-reload
+  systemctl restart interlock.service || fail "interlockd does not start with its full capability set"
+fi
+
 step "uninstall"
 interlock untag --unit legacy-psql.service 2>/dev/null || true
 dpkg --purge interlock || fail "dpkg --purge"

@@ -47,6 +47,8 @@ qemu-img create -q -f qcow2 -F raw -b "$img/rootfs.img" "$run/root.qcow2"
 mkdir "$run/share"
 cp "$deb" "$run/share/interlock.deb"
 cp "$here/guest-test.sh" "$run/share/"
+# INTERLOCK_VM_CAPS_PROBE=1: also find which capabilities interlockd uses.
+[ "${INTERLOCK_VM_CAPS_PROBE:-}" = 1 ] && touch "$run/share/caps-probe"
 mkfs.ext4 -q -L vmshare -d "$run/share" "$run/share.img" 128M
 
 echo "run-vm: booting $img ($accel, timeout ${timeout_s}s)"
