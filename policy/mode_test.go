@@ -242,3 +242,44 @@ func TestModeJSON(t *testing.T) {
 		t.Error("unknown mode marshalled")
 	}
 }
+
+// FuzzMode loads arbitrary policies with mode keys and asks every mode
+// question the daemon and CLI ask: none may panic, and a policy's modes
+// must agree with Modes().
+func FuzzMode(f *testing.F) {
+	f.Add([]byte(modePolicy))
+	f.Add([]byte("mode: audit\nidentities: [{name: a, mode: enforce}, {name: b}]\ntargets: [{name: t, protocol: tcp, addresses: [10.0.0.0/8], mode: audit}]"))
+	f.Add([]byte("identities: [{name: a, mode: audit}, {name: a, mode: enforce}]\ntests: [{identity: a, expect: {action: deny}}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParseWith("fuzz.yaml", data, Options{Resolver: fakeResolver{}})
+		if err != nil {
+			return
+		}
+		modes := p.Modes()
+		for _, im := range modes {
+			id := p.Identity(im.Identity)
+			s := &Subject{Tag: id.Tag}
+			if id.Tag == "" || len(p.Identities(nil, s)) != 1 {
+				continue // the subject would match other identities too
+			}
+			if got := p.Mode(s, nil); got != im.Mode {
+				t.Errorf("identity %s: Mode %s, Modes says %s", im.Identity, got, im.Mode)
+			}
+			for _, tg := range p.Targets() {
+				want := im.Mode
+				for _, e := range im.Exceptions {
+					if e == tg.Name {
+						want = 1 - im.Mode
+					}
+				}
+				if got := p.Mode(s, tg); got != want {
+					t.Errorf("identity %s, target %s: Mode %s, Modes says %s", im.Identity, tg.Name, got, want)
+				}
+			}
+		}
+		for _, tc := range p.Tests() {
+			p.ExplainMode(tc)
+		}
+		p.Mode(nil, nil)
+	})
+}
