@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/interlock-dev/interlock/agent/credentials/vaultcompat"
 	"github.com/interlock-dev/interlock/agent/daemontest"
 	"github.com/interlock-dev/interlock/agent/testenv"
 )
@@ -197,4 +199,87 @@ rules:
 	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(out)), "t") {
 		t.Fatalf("session past its TTL: %v\n%s\n%s", err, out, d.Logs())
 	}
+}
+
+// TestVaultUnreachable runs interlockd against the in-tree
+// Vault-API-compatible test server: sessions get database/creds leases;
+// with the server stopped a new session gets a clear PostgreSQL error while
+// the one already open goes on.
+func TestVaultUnreachable(t *testing.T) {
+	testenv.Privileged(t)
+	pg := testenv.StartPostgres(t)
+	pg.Psql(t, "CREATE ROLE agent_ro NOLOGIN")
+	vault, err := vaultcompat.New(vaultcompat.Config{Database: &vaultcompat.Database{
+		AdminDSN: pg.AdminDSN(),
+		Roles:    map[string]vaultcompat.DatabaseRole{"readonly": {Grants: []string{"agent_ro"}, DefaultTTL: time.Minute}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vault.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vault.Close() })
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
+identities: [{name: ci-bot}]
+targets:
+  - {name: appdb, protocol: postgres, addresses: [127.0.0.1], port: %d, credential: {source: vault, kind: database, role: readonly}}
+rules:
+  - {name: read, identity: ci-bot, target: appdb, sql: {class: [read, session]}, action: allow}
+`, pg.Port)), 0o644)
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte(vault.RootToken()), 0o600)
+	cfg := filepath.Join(dir, "interlockd.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    timeout: 3s\n    auth: {method: token, token_file: %s}\n", vault.URL(), tokenFile)), 0o600)
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg})
+
+	psql := func() (*lockedBuffer, func(string), func() error) {
+		cmd := d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
+			"-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres")
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+		stdin, _ := cmd.StdinPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return out, func(sql string) { fmt.Fprintln(stdin, sql) }, func() error { stdin.Close(); return cmd.Wait() }
+	}
+	openOut, send, closeOpen := psql()
+	send("SELECT 'first ' || current_user;")
+	waitFor(t, "the open session's first answer", func() bool { return strings.Contains(openOut.String(), "first ") })
+	if len(vault.Leases()) != 1 {
+		t.Fatalf("leases while a session is open: %v", vault.Leases())
+	}
+
+	vault.Stop()
+	out, err := d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
+		"-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres", "-c", "SELECT 1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "could not be issued") {
+		t.Fatalf("new session with Vault down: err=%v\n%s", err, out)
+	}
+	send("SELECT 'still ' || 'open';")
+	if err := closeOpen(); err != nil || !strings.Contains(openOut.String(), "still open") {
+		t.Fatalf("open session with Vault down: %v\n%s", err, openOut.String())
+	}
+}
+
+// lockedBuffer collects a running command's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
