@@ -41,7 +41,7 @@ var knownPorts = map[uint16]string{
 	22: "ssh", 80: "http", 443: "tls", 3306: "mysql", 6379: "redis", 8080: "http", 27017: "mongodb",
 }
 
-// decoders lists the protocols replay can decode.
+// replayDecoders lists the protocols replay can decode.
 var replayDecoders = map[string]bool{"postgres": true}
 
 // runPolicyReplay implements `interlock policy replay`. It returns the exit
