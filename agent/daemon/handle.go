@@ -44,18 +44,19 @@ func (d *Daemon) serveTCP(c *proxy.Conn, pol *policy.Policy, target *policy.Targ
 		sent, recv int64
 	)
 	dec := pol.Decide(&policy.Input{Subject: subj, Target: target, Protocol: "tcp", Op: policy.Operation{Kind: policy.OpConnect}})
-	d.auditDecision(c, target, "connect", dec)
+	mode := pol.Mode(subj, target)
+	d.auditDecisionMode(c, target, "connect", dec, mode)
 	// Plain TCP has no recording to carry its audit records; post them here.
 	d.chain.Post(audit.ConnectionOpened{Session: c.ID, Identity: c.Identity.Name, PID: int32(c.Identity.PID),
 		UID: c.Identity.UID, Exe: c.Identity.Exe, Cgroup: c.Identity.Cgroup, Target: targetName(target),
 		Protocol: "tcp", Client: c.Client.RemoteAddr().String(), Upstream: upstreamAddr(c, target)})
 	d.chain.Post(audit.Decision{Session: c.ID, Identity: c.Identity.Name, Target: targetName(target),
-		Action: dec.Action.String(), Rule: dec.Rule, Enforced: true, Operation: "CONNECT"})
+		Action: dec.Action.String(), Rule: dec.Rule, Enforced: mode == policy.Enforce, Operation: "CONNECT"})
 	defer func(start time.Time) {
 		d.chain.Post(audit.ConnectionClosed{Session: c.ID, Identity: c.Identity.Name, Target: targetName(target),
 			Outcome: outcome, BytesIn: sent, BytesOut: recv, Duration: time.Since(start)})
 	}(c.Accepted)
-	if dec.Action != policy.Allow {
+	if dec.Action != policy.Allow && mode == policy.Enforce {
 		// A reset, not a clean close: the agent must not mistake a refusal
 		// for a server that hung up.
 		c.Client.SetLinger(0)
@@ -110,9 +111,15 @@ func (d *Daemon) auditOpen(c *proxy.Conn, t *policy.Target) {
 }
 
 func (d *Daemon) auditDecision(c *proxy.Conn, t *policy.Target, op string, dec policy.Decision) {
+	d.auditDecisionMode(c, t, op, dec, policy.Enforce)
+}
+
+// auditDecisionMode logs a decision; in audit mode its action reads
+// "would deny", "would hold" or "would mask".
+func (d *Daemon) auditDecisionMode(c *proxy.Conn, t *policy.Target, op string, dec policy.Decision, mode policy.Mode) {
 	d.audit.Info().Str("event", "decision").Str("conn", c.ID).Str("identity", c.Identity.Name).
-		Str("target", targetName(t)).Str("op", op).Str("action", dec.Action.String()).
-		Str("rule", dec.Rule).Str("message", dec.Message).Msg("decided")
+		Str("target", targetName(t)).Str("op", op).Str("action", mode.Describe(dec.Action)).
+		Str("mode", mode.String()).Str("rule", dec.Rule).Str("message", dec.Message).Msg("decided")
 }
 
 func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome string, sent, recv int64) {

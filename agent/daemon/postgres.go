@@ -96,9 +96,12 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	}
 	pol := d.policy.Current()
 	if dec := pol.Decide(&policy.Input{Subject: subj, Target: target, Protocol: "postgres", Op: policy.Operation{Kind: policy.OpConnect}}); dec.Action == policy.Deny {
-		d.auditDecision(c, target, "connect", dec)
-		d.refusePG(c, target, agent, "denied", pgError("42501", fmt.Sprintf("interlock: connection denied by policy rule %q%s", dec.Rule, suffix(dec.Message))))
-		return
+		mode := pol.Mode(subj, target)
+		d.auditDecisionMode(c, target, "connect", dec, mode)
+		if mode == policy.Enforce {
+			d.refusePG(c, target, agent, "denied", pgError("42501", fmt.Sprintf("interlock: connection denied by policy rule %q%s", dec.Rule, suffix(dec.Message))))
+			return
+		}
 	}
 	params := hello.Startup.ForwardParameters()
 	if err := checkStartupParameters(hello.Startup.Parameters); err != nil {
@@ -297,19 +300,25 @@ func (s *pgSession) Query(ctx context.Context, sql string) postgres.Verdict {
 	} else {
 		dec = policy.Decision{Action: policy.Deny, Rule: "identity-revoked", Message: "the agent's cgroup is no longer tagged"}
 	}
-	s.d.auditDecision(s.c, target, sql, dec)
-	v := postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+	// Audit mode decides and records exactly as enforcement does, and then
+	// lets the statement through untouched ("would deny").
+	mode := pol.Mode(s.subj, target)
+	enforced := mode == policy.Enforce
+	s.d.auditDecisionMode(s.c, target, sql, dec, mode)
+	v := postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule}
 	approvalID := ""
-	switch dec.Action {
-	case policy.Allow:
-		v = postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule}
-	case policy.Mask:
-		v = postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule, Mask: columnMasker{dec.Mask}}
-	case policy.Approve:
-		v, approvalID = s.hold(ctx, target, sql, dec)
+	if enforced {
+		switch dec.Action {
+		case policy.Deny:
+			v = postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+		case policy.Mask:
+			v.Mask = columnMasker{dec.Mask}
+		case policy.Approve:
+			v, approvalID = s.hold(ctx, target, sql, dec)
+		}
 	}
 	s.rec.Decide(seq, recording.Verdict{Action: dec.Action.String(), Rule: dec.Rule, Reason: dec.Message,
-		Enforced: true, ApprovalID: approvalID, Statement: sql}, time.Now())
+		Enforced: enforced, ApprovalID: approvalID, Statement: sql}, time.Now())
 	return v
 }
 

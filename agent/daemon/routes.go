@@ -13,6 +13,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/policy"
 )
 
 // The control API's requests and answers. The CLI uses the same types.
@@ -44,6 +45,9 @@ type (
 		Tagged      []TagEntry        `json:"tagged"`
 		Active      int               `json:"active_connections"`
 		Maps        map[string][2]int `json:"maps,omitempty"`
+		// Modes says which identities are enforced and which audited.
+		Modes       []policy.IdentityMode `json:"modes"`
+		DefaultMode policy.Mode           `json:"default_mode"`
 	}
 )
 
@@ -135,6 +139,7 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 		PID: os.Getpid(), Started: d.started, CgroupMount: d.mount, CgroupRoot: d.root,
 		BPFFS: d.cfg.BPFFS, ListenPort: d.cfg.ListenPort, Policy: d.policySrc,
 		Tagged: d.ids.tags(), Active: d.proxy.Active(), Maps: fill,
+		Modes: d.policy.Current().Modes(), DefaultMode: d.policy.Current().DefaultMode(),
 	})
 }
 

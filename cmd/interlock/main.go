@@ -42,6 +42,8 @@ commands:
   policy test FILE                 run the test cases a policy ships with
   policy explain ...               show the decision for one request
   policy reload                    make the daemon reload its policy file
+  policy replay --policy FILE --pcap FILE | --session ID | --since DUR
+                                   what a policy would decide on captured or recorded traffic
 `
 
 // exitInterlock is the exit code for failures of interlock itself, as
@@ -93,6 +95,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "uninstall":
 		err = uninstall(ctx, c, rest, stdout)
 	case "policy":
+		if len(rest) > 0 && rest[0] == "replay" {
+			return runPolicyReplay(ctx, c, rest[1:], stdout, stderr)
+		}
 		if len(rest) > 0 && rest[0] == "reload" {
 			var out map[string]string
 			if err = c.Call(ctx, "/v1/policy/reload", struct{}{}, &out); err == nil {
@@ -161,6 +166,10 @@ func status(ctx context.Context, c *control.Client, args []string, w io.Writer) 
 	fmt.Fprintf(tw, "proxy\t127.0.0.1:%d [::1]:%d\n", st.ListenPort, st.ListenPort)
 	fmt.Fprintf(tw, "policy\t%s\n", st.Policy)
 	fmt.Fprintf(tw, "connections\t%d active\n", st.Active)
+	fmt.Fprintf(tw, "default mode\t%s\n", st.DefaultMode)
+	for _, m := range st.Modes {
+		fmt.Fprintf(tw, "identity\t%s\n", m)
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	if len(st.Tagged) == 0 {
