@@ -74,11 +74,6 @@ func WithLogger(l zerolog.Logger) Option {
 	return func(a *Log) { a.logger = &l }
 }
 
-// WithClock replaces time.Now for record times (tests).
-func WithClock(now func() time.Time) Option {
-	return func(a *Log) { a.now = now }
-}
-
 // New returns a Log writing host's chain in st and starts the background
 // writer used by Post. Close it to drain Post's queue.
 func New(st *store.Store, host string, opts ...Option) *Log {

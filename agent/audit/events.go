@@ -318,17 +318,38 @@ type ProtocolError struct {
 	Error    string `json:"error"`
 }
 
-func (DaemonStarted) Kind() Kind     { return KindDaemonStarted }
-func (ConnectionOpened) Kind() Kind  { return KindConnectionOpened }
-func (ConnectionClosed) Kind() Kind  { return KindConnectionClosed }
-func (Decision) Kind() Kind          { return KindDecision }
+// Kind implements Event.
+func (DaemonStarted) Kind() Kind { return KindDaemonStarted }
+
+// Kind implements Event.
+func (ConnectionOpened) Kind() Kind { return KindConnectionOpened }
+
+// Kind implements Event.
+func (ConnectionClosed) Kind() Kind { return KindConnectionClosed }
+
+// Kind implements Event.
+func (Decision) Kind() Kind { return KindDecision }
+
+// Kind implements Event.
 func (ApprovalRequested) Kind() Kind { return KindApprovalRequested }
-func (ApprovalDecided) Kind() Kind   { return KindApprovalDecided }
-func (CredentialIssued) Kind() Kind  { return KindCredentialIssued }
+
+// Kind implements Event.
+func (ApprovalDecided) Kind() Kind { return KindApprovalDecided }
+
+// Kind implements Event.
+func (CredentialIssued) Kind() Kind { return KindCredentialIssued }
+
+// Kind implements Event.
 func (CredentialRevoked) Kind() Kind { return KindCredentialRevoked }
-func (PolicyReloaded) Kind() Kind    { return KindPolicyReloaded }
-func (RecordingSealed) Kind() Kind   { return KindRecordingSealed }
-func (ProtocolError) Kind() Kind     { return KindProtocolError }
+
+// Kind implements Event.
+func (PolicyReloaded) Kind() Kind { return KindPolicyReloaded }
+
+// Kind implements Event.
+func (RecordingSealed) Kind() Kind { return KindRecordingSealed }
+
+// Kind implements Event.
+func (ProtocolError) Kind() Kind { return KindProtocolError }
 
 func (DaemonStarted) auditEvent()     {}
 func (ConnectionOpened) auditEvent()  {}
