@@ -46,6 +46,9 @@ type Config struct {
 	Store string `yaml:"store"`
 	// Credentials configures where upstream credentials come from.
 	Credentials credentials.Config `yaml:"credentials"`
+	// MetricsListen is the address of the Prometheus endpoint (/metrics),
+	// e.g. 127.0.0.1:9464; empty serves none.
+	MetricsListen string `yaml:"metrics_listen"`
 	// Approvals configures the reviewers' web page and notifications.
 	Approvals Approvals `yaml:"approvals"`
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/metrics"
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/agent/store"
@@ -62,6 +63,7 @@ type Daemon struct {
 	chain      *audit.Log // the hash-chained audit trail in the store
 	recorder   *recording.Recorder
 	approvals  *approvals.Service
+	metrics    *metrics.Metrics
 	resolvers  []netip.AddrPort
 	cancels    cancelKeys
 	// tagGen counts untags; open sessions re-check their identity when it
@@ -119,6 +121,13 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d.policy, d.policySrc = policy.NewEngine(pol), src
+	// Map fill is read at scrape time, once the data path is open.
+	d.metrics = metrics.New(func() (map[string][2]int, error) {
+		if d.dp == nil {
+			return nil, nil
+		}
+		return d.dp.MapFill()
+	})
 	if d.creds, err = credentials.NewManager(cfg.Credentials, cfg.StateDir); err != nil {
 		return nil, err
 	}
@@ -235,6 +244,9 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		d.log.Info().Int("approvals", n).Msg("cancelled approvals a previous run left pending")
 	}
 	if err := d.serveWeb(); err != nil {
+		return err
+	}
+	if err := d.serveMetrics(); err != nil {
 		return err
 	}
 	d.chain.Post(audit.DaemonStarted{Version: Version, PID: os.Getpid()})

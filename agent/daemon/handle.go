@@ -27,6 +27,8 @@ func (d *Daemon) handle(ctx context.Context, c *proxy.Conn) {
 	}
 	log := d.log.With().Str("conn", c.ID).Str("identity", c.Identity.Name).Logger()
 	d.auditOpen(c, target)
+	d.metrics.Active.Inc()
+	defer d.metrics.Active.Dec()
 	switch {
 	case target != nil && target.Protocol == "postgres":
 		d.servePostgres(ctx, c, target, &subj, log)
@@ -46,6 +48,7 @@ func (d *Daemon) serveTCP(c *proxy.Conn, pol *policy.Policy, target *policy.Targ
 	dec := pol.Decide(&policy.Input{Subject: subj, Target: target, Protocol: "tcp", Op: policy.Operation{Kind: policy.OpConnect}})
 	mode := pol.Mode(subj, target)
 	d.auditDecisionMode(c, target, "connect", dec, mode)
+	d.metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
 	// Plain TCP has no recording to carry its audit records; post them here.
 	d.chain.Post(audit.ConnectionOpened{Session: c.ID, Identity: c.Identity.Name, PID: int32(c.Identity.PID),
 		UID: c.Identity.UID, Exe: c.Identity.Exe, Cgroup: c.Identity.Cgroup, Target: targetName(target),
@@ -123,6 +126,11 @@ func (d *Daemon) auditDecisionMode(c *proxy.Conn, t *policy.Target, op string, d
 }
 
 func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome string, sent, recv int64) {
+	proto := "tcp"
+	if t != nil && t.Protocol != "" {
+		proto = t.Protocol
+	}
+	d.metrics.Connections.WithLabelValues(proto, outcome).Inc()
 	d.audit.Info().Str("event", "connection_close").Str("conn", c.ID).Str("identity", c.Identity.Name).
 		Str("target", targetName(t)).Str("dst", c.Dst.String()).Str("outcome", outcome).
 		Int64("bytes_sent", sent).Int64("bytes_received", recv).

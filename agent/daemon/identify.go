@@ -44,8 +44,10 @@ func (d *Daemon) isOwnEndpoint(dst netip.AddrPort) bool {
 	if dst.Port() == d.cfg.ListenPort {
 		return true
 	}
-	if w, err := netip.ParseAddrPort(d.cfg.Approvals.WebListen); err == nil && w.Port() == dst.Port() {
-		return true
+	for _, own := range []string{d.cfg.Approvals.WebListen, d.cfg.MetricsListen} {
+		if w, err := netip.ParseAddrPort(own); err == nil && w.Port() == dst.Port() {
+			return true
+		}
 	}
 	return false
 }

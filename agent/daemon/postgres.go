@@ -15,6 +15,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/agent/metrics"
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/agent/store"
@@ -110,9 +111,11 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		d.refusePG(c, target, agent, "denied", pgError("42501", "interlock: "+err.Error()))
 		return
 	}
+	issueStart := time.Now()
 	lease, err := d.creds.Issue(hctx, credentials.Request{
 		Ref: credentialRef(target.Credential), Target: target.Name, Session: c.ID, Identity: c.Identity.Name,
 	})
+	d.metrics.CredentialLat.WithLabelValues(target.Credential.Source, outcomeOf(err)).Observe(metrics.Since(issueStart))
 	if err != nil {
 		log.Warn().Err(err).Str("target", target.Name).Msg("credential not issued")
 		d.refusePG(c, target, agent, "credential not issued", pgError("08004",
@@ -170,6 +173,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		d.refusePG(c, target, agent, "recording unavailable", pgError("58000", "interlock: the session cannot be recorded; try again later"))
 		return
 	}
+	d.metrics.ConnectSetup.WithLabelValues("postgres").Observe(metrics.Since(c.Accepted))
 	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log, rec: rec}
 	err = postgres.Relay(ctx, agent, up.Conn, postgres.RelayConfig{Enforcer: s, Recorder: s})
 	outcome := "closed"
@@ -294,15 +298,18 @@ func (s *pgSession) Query(ctx context.Context, sql string) postgres.Verdict {
 	seq := s.lastSeq
 	pol := s.d.policy.Current()
 	target := pol.Target(s.targetName)
-	var dec policy.Decision
+	// Audit mode decides and records exactly as enforcement does, and then
+	// lets the statement through untouched ("would deny"). A revoked
+	// identity is not a policy verdict: it is always enforced.
+	dec := policy.Decision{Action: policy.Deny, Rule: "identity-revoked", Message: "the agent's cgroup is no longer tagged"}
+	mode := policy.Enforce
+	start := time.Now()
 	if s.tagged() {
 		dec, _ = pol.DecideSQL(s.subj, target, sql)
-	} else {
-		dec = policy.Decision{Action: policy.Deny, Rule: "identity-revoked", Message: "the agent's cgroup is no longer tagged"}
+		mode = pol.Mode(s.subj, target)
 	}
-	// Audit mode decides and records exactly as enforcement does, and then
-	// lets the statement through untouched ("would deny").
-	mode := pol.Mode(s.subj, target)
+	s.d.metrics.DecideLatency.Observe(metrics.Since(start))
+	s.d.metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
 	enforced := mode == policy.Enforce
 	s.d.auditDecisionMode(s.c, target, sql, dec, mode)
 	v := postgres.Verdict{Action: postgres.Forward, Rule: dec.Rule}
@@ -375,4 +382,11 @@ func textual(oid uint32) bool {
 		return true
 	}
 	return false
+}
+
+func outcomeOf(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
 }

@@ -2,6 +2,8 @@ package daemon_test
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"fmt"
 	"os"
 	"os/exec"
@@ -56,7 +58,8 @@ rules:
 
 type pgFixture struct {
 	*fixture
-	pg *testenv.Postgres
+	pg          *testenv.Postgres
+	metricsPort int
 }
 
 // startPG starts PostgreSQL with a customers table and an agent_rw
@@ -74,16 +77,18 @@ func startPG(t *testing.T) *pgFixture {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`credentials:
+	metricsPort := testenv.FreePort(t)
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`metrics_listen: 127.0.0.1:%d
+credentials:
   embedded:
     embedded:
       admin_dsn: %q
       ttl: 1m
-`, pg.AdminDSN())), 0o600); err != nil {
+`, metricsPort, pg.AdminDSN())), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg})
-	return &pgFixture{fixture: &fixture{d: d}, pg: pg}
+	return &pgFixture{fixture: &fixture{d: d}, pg: pg, metricsPort: metricsPort}
 }
 
 // psql runs psql under `interlock exec` as a legacy agent would: no
@@ -133,6 +138,24 @@ func TestPsqlThroughInterlock(t *testing.T) {
 		t.Fatalf("UPDATE did not land: %q", got)
 	}
 	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "no-destructive" && m["action"] == "deny" })
+
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", f.metricsPort))
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`interlock_decisions_total{action="deny",mode="enforce",rule="no-destructive"} 1`,
+		`interlock_connections_total{outcome="closed",protocol="postgres"}`,
+		`interlock_credential_issue_seconds_count{outcome="ok",source="embedded"}`,
+		`interlock_bpf_map_entries{map=`,
+		`interlock_decision_seconds_bucket`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }
 
 func TestSessionRoleIsEphemeral(t *testing.T) {

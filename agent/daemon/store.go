@@ -54,6 +54,9 @@ func (d *Daemon) openStore() error {
 	d.approvals, err = approvals.New(approvals.Config{
 		Store: st, Audit: d.chain, Host: d.host, Logger: &alog,
 		Webhook: d.cfg.Approvals.Webhook, WebURL: webURL, Tokens: d.cfg.Approvals.ReviewerTokens,
+		Observe: func(state store.ApprovalState, held time.Duration) {
+			d.metrics.ApprovalWait.WithLabelValues(string(state)).Observe(held.Seconds())
+		},
 	})
 	if err != nil {
 		d.recorder.Close()
@@ -87,6 +90,26 @@ func (d *Daemon) serveWeb() error {
 		return fmt.Errorf("listen web page: %w", err)
 	}
 	srv := &http.Server{Handler: d.approvals.WebHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	go func() {
+		<-d.stopping
+		srv.Close()
+	}()
+	return nil
+}
+
+// serveMetrics starts the Prometheus endpoint when configured.
+func (d *Daemon) serveMetrics() error {
+	if d.cfg.MetricsListen == "" {
+		return nil
+	}
+	l, err := net.Listen("tcp", d.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("listen metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", d.metrics.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	go func() {
 		<-d.stopping
