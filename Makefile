@@ -47,8 +47,8 @@ test: vet build
 # iterations each and report medians. Output also goes to bin/bench.txt.
 bench: build
 	@mkdir -p $(BIN)
-	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -skip 'Pgbench|ConnectFirstByte' -benchtime 2s -count 1 $(PKGS) | tee $(BIN)/bench.txt
-	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench 'Pgbench|ConnectFirstByte' -benchtime 3x -count 1 -timeout 60m ./agent/daemon ./agent/datapath ./decoders/postgres | tee -a $(BIN)/bench.txt
+	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -skip '^Benchmark(Pgbench|ProxyConnectFirstByte)$$' -benchtime 2s -count 1 $(PKGS) | tee $(BIN)/bench.txt
+	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench '^Benchmark(Pgbench|ProxyConnectFirstByte)$$' -benchtime 3x -count 1 -timeout 60m ./agent/daemon ./decoders/postgres | tee -a $(BIN)/bench.txt
 
 # Short fuzzing of every fuzz target (the seed corpora also run in `make test`).
 FUZZTIME ?= 30s

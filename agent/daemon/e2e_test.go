@@ -587,12 +587,12 @@ func TestUninstallRemovesEnforcement(t *testing.T) {
 	}
 }
 
-// BenchmarkConnectFirstByte measures what the redirect costs an agent:
+// BenchmarkProxyConnectFirstByte measures what the redirect costs an agent:
 // connect() until the first byte of the server's greeting, from a tagged
 // cgroup through interlockd's proxy (policy decision, upstream dial, relay)
 // and from an untagged sibling cgroup directly, in the same run. Each
 // iteration is 2000 connects per side; the figures are medians.
-func BenchmarkConnectFirstByte(b *testing.B) {
+func BenchmarkProxyConnectFirstByte(b *testing.B) {
 	f := start(b)
 	tg := newTarget(b, "tcp", "127.0.0.1:0")
 	tagged := f.d.Cgroup("tagged")
