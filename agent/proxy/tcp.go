@@ -9,13 +9,19 @@ import (
 // Relay copies bytes both ways between the agent and upstream until both
 // directions end, and returns the byte counts (agent to upstream, upstream
 // to agent). Each direction half-closes its destination when its source
-// ends, so protocols that shut down one side keep working.
+// ends, so protocols that shut down one side keep working; an error on
+// either side closes both.
 func Relay(client, upstream *net.TCPConn) (sent, received int64) {
 	var r relay
 	errc := make(chan error, 2)
 	go r.copyUp(client, upstream, errc)
 	go r.copyDown(upstream, client, errc)
-	<-errc
+	if err := <-errc; err != nil {
+		// A reset or failure on one side ends the relay: the other copy
+		// would otherwise wait on a peer that is never told.
+		client.Close()
+		upstream.Close()
+	}
 	<-errc
 	return r.up.Load(), r.down.Load()
 }
