@@ -120,7 +120,14 @@ func (d *Daemon) auditDecision(c *proxy.Conn, t *policy.Target, op string, dec p
 // auditDecisionMode logs a decision; in audit mode its action reads
 // "would deny", "would hold" or "would mask".
 func (d *Daemon) auditDecisionMode(c *proxy.Conn, t *policy.Target, op string, dec policy.Decision, mode policy.Mode) {
-	d.audit.Info().Str("event", "decision").Str("conn", c.ID).Str("identity", c.Identity.Name).
+	// Every decision is in the hash-chained trail and the recording; the
+	// log carries the ones an operator acts on, and allows only at debug
+	// level, so a busy session does not cost a log write per statement.
+	ev := d.audit.Info()
+	if dec.Action == policy.Allow {
+		ev = d.audit.Debug()
+	}
+	ev.Str("event", "decision").Str("conn", c.ID).Str("identity", c.Identity.Name).
 		Str("target", targetName(t)).Str("op", op).Str("action", mode.Describe(dec.Action)).
 		Str("mode", mode.String()).Str("rule", dec.Rule).Str("message", dec.Message).Msg("decided")
 }
