@@ -191,11 +191,12 @@ if [ -e "$share/caps-probe" ]; then
       continue
     fi
     systemctl start legacy-psql.service 2>/dev/null
-    if journalctl -b -o cat -u legacy-psql.service --since "$since" | grep -q 'SELECT exit 0' &&
-       journalctl -b -o cat -u interlock.service --since "$since" | grep '"event":"connection_open"' | grep -q '"exe":"/usr/lib/postgresql/15/bin/psql"'; then
+    select=$(journalctl -b -o cat -u legacy-psql.service --since "$since" | grep -m1 'SELECT exit')
+    exe=$(journalctl -b -o cat -u interlock.service --since "$since" | grep -m1 '"event":"connection_open"' | grep -o '"exe":"[^"]*"')
+    if [ "$select" = "legacy-client: SELECT exit 0" ] && [ "$exe" = '"exe":"/usr/lib/postgresql/15/bin/psql"' ]; then
       echo "without $cap: not needed for start, tagging and a proxied session"
     else
-      echo "without $cap: NEEDED for a proxied session: $(journalctl -b -o cat -u interlock.service --since "$since" | grep -m1 -E '"level":"(warn|error)"' | cut -c1-200)"
+      echo "without $cap: NEEDED for a proxied session (${select:-no SELECT}; connection_open ${exe:-without exe})"
     fi
   done
   rm -f /run/systemd/system/interlock.service.d/zz-cap.conf
