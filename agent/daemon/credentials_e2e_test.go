@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -235,10 +234,10 @@ rules:
 	os.WriteFile(cfg, []byte(fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    timeout: 3s\n    auth: {method: token, token_file: %s}\n", vault.URL(), tokenFile)), 0o600)
 	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg})
 
-	psql := func() (*lockedBuffer, func(string), func() error) {
+	psql := func() (*daemontest.Buffer, func(string), func() error) {
 		cmd := d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
 			"-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres")
-		out := &lockedBuffer{}
+		out := &daemontest.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
 		stdin, _ := cmd.StdinPipe()
@@ -264,22 +263,4 @@ rules:
 	if err := closeOpen(); err != nil || !strings.Contains(openOut.String(), "still open") {
 		t.Fatalf("open session with Vault down: %v\n%s", err, openOut.String())
 	}
-}
-
-// lockedBuffer collects a running command's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

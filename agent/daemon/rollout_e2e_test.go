@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/interlock-dev/interlock/agent/daemontest"
 )
 
 // modePolicy is pgPolicy's rules with the ci-bot identity in a given mode.
@@ -30,7 +32,7 @@ func TestAuditModeThenEnforce(t *testing.T) {
 
 	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
 		"-p", fmt.Sprint(f.pg.Port), "-U", "agent", "-d", "postgres")
-	out := &lockedBuffer{}
+	out := &daemontest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	stdin, _ := cmd.StdinPipe()
 	if err := cmd.Start(); err != nil {

@@ -70,7 +70,7 @@ type Daemon struct {
 	args   []string
 	cmd    *exec.Cmd
 	exited chan struct{}
-	logs   *syncBuffer
+	logs   *Buffer
 }
 
 // Options adjust a daemon before it starts.
@@ -98,7 +98,7 @@ func Start(t testing.TB, o Options) *Daemon {
 		Socket:   filepath.Join(base, "interlock.sock"),
 		StateDir: filepath.Join(base, "state"),
 		Port:     testenv.FreePort(t),
-		logs:     &syncBuffer{},
+		logs:     &Buffer{},
 	}
 	if err := os.Mkdir(d.Root, 0o755); err != nil {
 		t.Fatalf("create cgroup subtree: %v", err)
@@ -264,18 +264,22 @@ func removeCgroupTree(t testing.TB, root string) {
 	}
 }
 
-type syncBuffer struct {
+// Buffer collects the output of a running process while a test reads it.
+// It is safe for concurrent use.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (s *Buffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+// String returns everything written so far.
+func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return strings.Clone(s.b.String())
