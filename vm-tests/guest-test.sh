@@ -123,6 +123,12 @@ echo "enforced: legacy-psql.service, cgroup $cg, identity demo"
 journalctl -b --no-pager -o cat -u legacy-psql.service | grep -q 'legacy-client: SELECT exit 0' || fail "the allowed SELECT did not succeed through the proxy"
 journalctl -b --no-pager -o cat -u legacy-psql.service | grep -q 'legacy-client: DROP exit 0' && fail "DROP TABLE was not denied"
 
+step "interlock exec: a one-off command under an identity"
+n=$(interlock exec --identity demo -- psql -h 127.0.0.1 -U app -d app -w -X -Atc 'SELECT count(*) FROM customers') ||
+  fail "interlock exec --identity demo -- psql"
+[ "$n" = 2 ] || fail "interlock exec psql returned $n, want 2"
+echo "interlock exec --identity demo -- psql: $n rows"
+
 step "decided and recorded"
 audit=$(journalctl -b --no-pager -o cat -u interlock.service)
 open=$(grep '"event":"connection_open"' <<<"$audit" | grep -F "\"cgroup\":\"$cg\"" | head -n1)
