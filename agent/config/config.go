@@ -103,10 +103,14 @@ func (c Config) Validate() error {
 	case c.ListenPort == 0:
 		return errors.New("config: listen_port is 0")
 	}
-	if c.Approvals.WebListen != "" {
-		host, _, err := net.SplitHostPort(c.Approvals.WebListen)
+	for key, addr := range map[string]string{"metrics_listen": c.MetricsListen, "approvals.web_listen": c.Approvals.WebListen} {
+		if addr == "" {
+			continue
+		}
+		// Both serve operators only; never expose them beyond the host.
+		host, _, err := net.SplitHostPort(addr)
 		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
-			return fmt.Errorf("config: approvals.web_listen %q must be a loopback address and port", c.Approvals.WebListen)
+			return fmt.Errorf("config: %s %q must be a loopback address and port", key, addr)
 		}
 	}
 	return nil
