@@ -201,10 +201,11 @@ if [ -e "$share/caps-probe" ]; then
     systemctl start legacy-psql.service 2>/dev/null
     select=$(journalctl -b -o cat -u legacy-psql.service --since "$since" | grep -m1 'SELECT exit')
     exe=$(journalctl -b -o cat -u interlock.service --since "$since" | grep -m1 '"event":"connection_open"' | grep -o '"exe":"[^"]*"')
-    if [ "$select" = "legacy-client: SELECT exit 0" ] && [ "$exe" = '"exe":"/usr/lib/postgresql/15/bin/psql"' ]; then
-      echo "without $cap: not needed for start, tagging and a proxied session"
+    execd=$(interlock exec --identity demo -- true 2>&1 && echo ok)
+    if [ "$select" = "legacy-client: SELECT exit 0" ] && [ "$exe" = '"exe":"/usr/lib/postgresql/15/bin/psql"' ] && [ "$execd" = ok ]; then
+      echo "without $cap: not needed for start, tagging, a proxied session and exec"
     else
-      echo "without $cap: NEEDED for a proxied session (${select:-no SELECT}; connection_open ${exe:-without exe})"
+      echo "without $cap: NEEDED (${select:-no SELECT}; connection_open ${exe:-without exe}; exec: $execd)"
     fi
   done
   rm -f /run/systemd/system/interlock.service.d/zz-cap.conf
