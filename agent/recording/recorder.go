@@ -333,7 +333,7 @@ func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) i
 // Decide records the verdict on request seq (a value Message returned). The
 // verdict goes into the file now and into the store's decisions table with
 // the next flush; with an audit log, a Decision event is posted with the
-// statement redacted.
+// statement redacted, for every verdict but an enforced allow.
 func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 	if t.IsZero() {
 		t = time.Now()
@@ -349,6 +349,14 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
 	s.decided++
 	s.mu.Unlock()
+	// The chain gets its own record for every decision that changed or
+	// would have changed what the agent got. Enforced allows are chained
+	// through the recording they are written into, whose SHA-256 the seal
+	// puts in the chain: one record per allowed statement would cost a
+	// hashed database append on every query of a busy session.
+	if v.Action == "allow" && v.Enforced {
+		return
+	}
 	if a := s.r.audit; a != nil {
 		ev := s.auditSess
 		ev.Action, ev.Rule, ev.Enforced = v.Action, v.Rule, v.Enforced
