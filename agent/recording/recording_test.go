@@ -448,11 +448,15 @@ func TestRecordRealSession(t *testing.T) {
 		}
 		trail := exp.String()
 		for _, want := range []string{`"kind":"connection.opened"`, `"kind":"recording.sealed"`, `"sha256":"` + ss.RecordingSHA256,
-			`"kind":"connection.closed"`, `"rule":"no-drop"`, `"statement":"DROP TABLE patients"`,
-			`"statement":"INSERT INTO patients VALUES (?, ?, ?), (?, ?, ?), (?, ?, NULL)"`} {
+			`"kind":"connection.closed"`, `"rule":"no-drop"`, `"statement":"DROP TABLE patients"`} {
 			if !strings.Contains(trail, want) {
 				t.Errorf("audit trail lacks %s", want)
 			}
+		}
+		// Enforced allows are chained through the sealed recording, not
+		// one record each (literal redaction is audit's own test).
+		if strings.Contains(trail, "INSERT INTO patients") {
+			t.Errorf("an enforced allow has its own audit record")
 		}
 		if strings.Contains(trail, "123-45-6789") {
 			t.Errorf("a value reached the audit trail")
