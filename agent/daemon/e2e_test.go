@@ -616,3 +616,28 @@ func BenchmarkProxyConnectFirstByte(b *testing.B) {
 	b.ReportMetric(p, "interlock-p50-µs")
 	b.ReportMetric(p/q, "ratio")
 }
+
+// TestRemovedCgroupLosesItsTag: a systemd unit gets a fresh cgroup at every
+// start; the tags of the removed ones must not pile up in the kernel map.
+func TestRemovedCgroupLosesItsTag(t *testing.T) {
+	f := start(t)
+	cg := f.d.Cgroup("unit-run-1")
+	if _, stderr, err := f.d.CLI("tag", cg, "--identity", "ci-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	if err := os.Remove(cg); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _, _ := f.d.CLI("status", "--json")
+		if !strings.Contains(out, "unit-run-1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tag of a removed cgroup still listed:\n%s", out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	waitEvent(t, f.d, "untag", func(m map[string]any) bool { return m["reason"] == "cgroup removed" })
+}

@@ -84,7 +84,8 @@ func (d *Daemon) releaseExec(abs, rel string) {
 }
 
 // collectExecCgroups removes exec cgroups whose processes have all exited
-// but whose CLI never released them (it was killed).
+// but whose CLI never released them (it was killed), and drops the tags of
+// cgroups that no longer exist.
 func (d *Daemon) collectExecCgroups(ctx context.Context) {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
@@ -103,6 +104,7 @@ func (d *Daemon) collectExecCgroups(ctx context.Context) {
 				d.releaseExec(abs, strings.TrimPrefix(abs, d.mount))
 			}
 		}
+		d.pruneRemovedCgroups()
 	}
 }
 
@@ -144,4 +146,22 @@ func parentOf(pid int) (int, error) {
 		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
 	}
 	return strconv.Atoi(f[1])
+}
+
+// pruneRemovedCgroups drops the tags of cgroups that were removed (a
+// systemd unit gets a fresh cgroup at every start), so the kernel map does
+// not fill up with ids no task can have any more. A cgroup id is never
+// reused, so a tag whose directory is gone is dead.
+func (d *Daemon) pruneRemovedCgroups() {
+	for rel, id := range d.ids.taggedIDs() {
+		if _, err := os.Stat(filepath.Join(d.mount, rel)); !os.IsNotExist(err) {
+			continue
+		}
+		if err := d.dp.Untag(id); err != nil {
+			d.log.Warn().Err(err).Str("cgroup", rel).Msg("drop the tag of a removed cgroup")
+			continue
+		}
+		d.ids.setTag(rel, id, "")
+		d.audit.Info().Str("event", "untag").Str("cgroup", rel).Str("reason", "cgroup removed").Msg("cgroup untagged")
+	}
 }

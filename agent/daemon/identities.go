@@ -21,11 +21,14 @@ type identities struct {
 	IDs  map[string]uint32 `json:"ids"`
 	// Tags maps a cgroup path (relative to the cgroup2 mount) to its identity.
 	Tags map[string]string `json:"tags"`
+	// CgroupIDs maps the same paths to the cgroup ids in the kernel map, so
+	// the tag of a cgroup that has since been removed can be dropped.
+	CgroupIDs map[string]uint64 `json:"cgroup_ids"`
 }
 
 func loadIdentities(stateDir string) (*identities, error) {
 	ids := &identities{path: filepath.Join(stateDir, "identities.json"), Next: 1,
-		IDs: map[string]uint32{}, Tags: map[string]string{}}
+		IDs: map[string]uint32{}, Tags: map[string]string{}, CgroupIDs: map[string]uint64{}}
 	data, err := os.ReadFile(ids.path)
 	if os.IsNotExist(err) {
 		return ids, nil
@@ -41,6 +44,9 @@ func loadIdentities(stateDir string) (*identities, error) {
 	}
 	if ids.Tags == nil {
 		ids.Tags = map[string]string{}
+	}
+	if ids.CgroupIDs == nil {
+		ids.CgroupIDs = map[string]uint64{}
 	}
 	return ids, nil
 }
@@ -80,15 +86,28 @@ func (s *identities) all() map[string]uint32 {
 	return m
 }
 
-func (s *identities) setTag(cgroup, name string) error {
+func (s *identities) setTag(cgroup string, id uint64, name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if name == "" {
 		delete(s.Tags, cgroup)
+		delete(s.CgroupIDs, cgroup)
 	} else {
 		s.Tags[cgroup] = name
+		s.CgroupIDs[cgroup] = id
 	}
 	return s.saveLocked()
+}
+
+// taggedIDs returns the cgroup id of every tagged path.
+func (s *identities) taggedIDs() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[string]uint64, len(s.CgroupIDs))
+	for k, v := range s.CgroupIDs {
+		m[k] = v
+	}
+	return m
 }
 
 // TagEntry is one tagged cgroup as status reports it.

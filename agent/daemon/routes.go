@@ -197,7 +197,7 @@ func (d *Daemon) tag(abs, rel, identity string) error {
 		}
 		d.tagGen.Add(1)
 		d.audit.Info().Str("event", "untag").Str("cgroup", rel).Msg("cgroup untagged")
-		return d.ids.setTag(rel, "")
+		return d.ids.setTag(rel, cgid, "")
 	}
 	if !validIdentity(identity) {
 		return fmt.Errorf("identity %q: use letters, digits, '-', '_' and '.' (at most 64)", identity)
@@ -215,7 +215,7 @@ func (d *Daemon) tag(abs, rel, identity string) error {
 		return fmt.Errorf("tag %s: %w", rel, err)
 	}
 	d.audit.Info().Str("event", "tag").Str("cgroup", rel).Str("identity", identity).Msg("cgroup tagged")
-	return d.ids.setTag(rel, identity)
+	return d.ids.setTag(rel, cgid, identity)
 }
 
 func validIdentity(s string) bool {
