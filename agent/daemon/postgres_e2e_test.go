@@ -449,24 +449,14 @@ func BenchmarkPgbench(b *testing.B) {
 		b.Fatalf("tag: %v %s", err, stderr)
 	}
 	bouncer := testenv.StartPgBouncer(b, pg)
-	seconds := 5
-	if s := os.Getenv("INTERLOCK_PGBENCH_SECONDS"); s != "" {
-		seconds, _ = strconv.Atoi(s)
-	}
-	for _, sc := range []struct {
-		name string
-		args []string
-	}{
-		{"select-only-1client", []string{"-S", "-c", "1", "-j", "1"}},
-		{"select-only-16clients", []string{"-S", "-c", "16", "-j", "2"}},
-		{"tpcb-like-16clients", []string{"-c", "16", "-j", "2"}},
-	} {
-		b.Run(sc.name, func(b *testing.B) {
+	seconds := testenv.PgbenchSeconds()
+	for _, sc := range testenv.PgbenchScenarios {
+		b.Run(sc.Name, func(b *testing.B) {
 			var direct, via, pgb []testenv.PgbenchResult
 			for i := 0; i < b.N; i++ {
-				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.args))
-				via = append(via, testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.args))
-				pgb = append(pgb, testenv.Pgbench(b, "127.0.0.1", bouncer, "agent", "", seconds, sc.args))
+				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.Args))
+				via = append(via, testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.Args))
+				pgb = append(pgb, testenv.Pgbench(b, "127.0.0.1", bouncer, "agent", "", seconds, sc.Args))
 			}
 			dm, im, bm := testenv.MedianPgbench(direct), testenv.MedianPgbench(via), testenv.MedianPgbench(pgb)
 			b.ReportMetric(dm.TPS, "direct-tps")

@@ -154,3 +154,26 @@ pidfile = %s/pgbouncer.pid
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// PgbenchScenario is one pgbench workload of the project's benchmarks.
+type PgbenchScenario struct {
+	Name string
+	Args []string
+}
+
+// PgbenchScenarios are the workloads every PostgreSQL benchmark compares:
+// select-only at 1 and 16 clients, and the tpcb-like mix at 16 clients.
+var PgbenchScenarios = []PgbenchScenario{
+	{"select-only-1client", []string{"-S", "-c", "1", "-j", "1"}},
+	{"select-only-16clients", []string{"-S", "-c", "16", "-j", "2"}},
+	{"tpcb-like-16clients", []string{"-c", "16", "-j", "2"}},
+}
+
+// PgbenchSeconds is how long each pgbench run lasts: 5 s, or
+// INTERLOCK_PGBENCH_SECONDS.
+func PgbenchSeconds() int {
+	if s, err := strconv.Atoi(os.Getenv("INTERLOCK_PGBENCH_SECONDS")); err == nil && s > 0 {
+		return s
+	}
+	return 5
+}

@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -42,26 +41,16 @@ func BenchmarkPgbench(b *testing.B) {
 	} else {
 		b.Log("pgbouncer not installed: no reference figures")
 	}
-	seconds := 5
-	if s := os.Getenv("INTERLOCK_PGBENCH_SECONDS"); s != "" {
-		seconds, _ = strconv.Atoi(s)
-	}
-	for _, sc := range []struct {
-		name string
-		args []string
-	}{
-		{"select-only-1client", []string{"-S", "-c", "1", "-j", "1"}},
-		{"select-only-16clients", []string{"-S", "-c", "16", "-j", "2"}},
-		{"tpcb-like-16clients", []string{"-c", "16", "-j", "2"}},
-	} {
-		b.Run(sc.name, func(b *testing.B) {
+	seconds := testenv.PgbenchSeconds()
+	for _, sc := range testenv.PgbenchScenarios {
+		b.Run(sc.Name, func(b *testing.B) {
 			var direct []testenv.PgbenchResult
 			relayed := make([][]testenv.PgbenchResult, len(ports))
 			for i := 0; i < b.N; i++ {
-				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.args))
+				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.Args))
 				for j, port := range ports {
 					before := testenv.CPUTime()
-					r := testenv.Pgbench(b, "127.0.0.1", port, "agent", "", seconds, sc.args)
+					r := testenv.Pgbench(b, "127.0.0.1", port, "agent", "", seconds, sc.Args)
 					r.CPUPerTxn = (testenv.CPUTime() - before).Seconds() * 1e6 / (r.TPS * float64(seconds))
 					relayed[j] = append(relayed[j], r)
 				}
