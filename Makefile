@@ -1,4 +1,7 @@
 # Interlock. `make test` is what CI runs (as root, INTERLOCK_TEST_PRIVILEGED=1).
+# bash with pipefail: a failing benchmark piped through tee still fails.
+SHELL        := /bin/bash
+.SHELLFLAGS  := -o pipefail -c
 GO      ?= go
 BIN     ?= bin
 PKGS    ?= ./...
