@@ -302,20 +302,25 @@ func (c *pgClassifier) walk(m protoreflect.Message, top bool) {
 			c.raise(DDL, "SELECT INTO creates a table")
 		}
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Message() == nil || fd.IsMap() {
-			return true
+	// Walk fields in declaration order, not with m.Range: protobuf-go
+	// randomizes Range's order per binary, and the tables a statement names
+	// must come out the same in every build.
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.Message() == nil || fd.IsMap() || !m.Has(fd) {
+			continue
 		}
+		v := m.Get(fd)
 		if fd.IsList() {
 			l := v.List()
-			for i := 0; i < l.Len(); i++ {
-				c.walk(l.Get(i).Message(), false)
+			for j := 0; j < l.Len(); j++ {
+				c.walk(l.Get(j).Message(), false)
 			}
-			return true
+			continue
 		}
 		c.walk(v.Message(), false)
-		return true
-	})
+	}
 }
 
 // function records a call and what it is known to do.
