@@ -427,8 +427,10 @@ rules:
 // BenchmarkPgbench runs real pgbench from a tagged cgroup through the whole
 // of interlockd (eBPF redirect, per-session credential, pgproto3 decoding,
 // policy on every statement, recording and the audit chain), against the
-// same PostgreSQL directly and through PgBouncer in session mode, in turn
-// within each iteration; -benchtime=3x gives medians of 3.
+// same PostgreSQL directly, through PgBouncer in session mode and through
+// HAProxy as a plain TCP relay, in turn within each iteration; -benchtime=3x
+// gives medians of 3. Each proxy's context switches per transaction are
+// reported beside its figures.
 //
 //	sudo go test ./agent/daemon -run '^$' -bench Pgbench -benchtime 3x
 func BenchmarkPgbench(b *testing.B) {
@@ -448,22 +450,37 @@ func BenchmarkPgbench(b *testing.B) {
 	if _, stderr, err := d.CLI("tag", agent, "--identity", "bench"); err != nil {
 		b.Fatalf("tag: %v %s", err, stderr)
 	}
-	bouncer := testenv.StartPgBouncer(b, pg)
+	baselines := testenv.StartBaselines(b, pg)
 	seconds := testenv.PgbenchSeconds()
 	for _, sc := range testenv.PgbenchScenarios {
 		b.Run(sc.Name, func(b *testing.B) {
-			var direct, via, pgb []testenv.PgbenchResult
+			var direct, via []testenv.PgbenchResult
+			others := make([][]testenv.PgbenchResult, len(baselines))
 			for i := 0; i < b.N; i++ {
 				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.Args))
-				via = append(via, testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.Args))
-				pgb = append(pgb, testenv.Pgbench(b, "127.0.0.1", bouncer, "agent", "", seconds, sc.Args))
+				sw := testenv.ContextSwitches(d.PID())
+				r := testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.Args)
+				r.Switches = float64(testenv.ContextSwitches(d.PID())-sw) / r.Transactions(seconds)
+				via = append(via, r)
+				for j, bl := range baselines {
+					sw := testenv.ContextSwitches(bl.PID)
+					r := testenv.Pgbench(b, "127.0.0.1", bl.Port, bl.User, bl.Password, seconds, sc.Args)
+					r.Switches = float64(testenv.ContextSwitches(bl.PID)-sw) / r.Transactions(seconds)
+					others[j] = append(others[j], r)
+				}
 			}
-			dm, im, bm := testenv.MedianPgbench(direct), testenv.MedianPgbench(via), testenv.MedianPgbench(pgb)
+			dm := testenv.MedianPgbench(direct)
 			b.ReportMetric(dm.TPS, "direct-tps")
-			b.ReportMetric(100*im.TPS/dm.TPS, "interlock-%")
-			b.ReportMetric(100*bm.TPS/dm.TPS, "pgbouncer-%")
-			b.ReportMetric(im.P50-dm.P50, "interlock-added-p50-µs")
-			b.ReportMetric(bm.P50-dm.P50, "pgbouncer-added-p50-µs")
+			report := func(name string, runs []testenv.PgbenchResult) {
+				m := testenv.MedianPgbench(runs)
+				b.ReportMetric(100*m.TPS/dm.TPS, name+"-%")
+				b.ReportMetric(m.P50-dm.P50, name+"-added-p50-µs")
+				b.ReportMetric(m.Switches, name+"-switches/txn")
+			}
+			report("interlock", via)
+			for j, bl := range baselines {
+				report(bl.Name, others[j])
+			}
 		})
 	}
 }

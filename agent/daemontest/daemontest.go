@@ -192,6 +192,9 @@ func (d *Daemon) Stop() {
 // Logs returns everything interlockd printed so far.
 func (d *Daemon) Logs() string { return d.logs.String() }
 
+// PID returns the running interlockd's process id.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
 // CLI runs `interlock --socket S args...` and returns stdout, stderr.
 func (d *Daemon) CLI(args ...string) (string, string, error) {
 	cmd := exec.Command(filepath.Join(d.Bin, "interlock"), append([]string{"--socket", d.Socket}, args...)...)

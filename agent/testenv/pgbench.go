@@ -17,17 +17,22 @@ import (
 )
 
 // PgbenchResult is one pgbench run: TPS, median transaction latency in µs,
-// and (filled by callers that measure it) CPU time per transaction.
-type PgbenchResult struct{ TPS, P50, CPUPerTxn float64 }
+// and (filled by callers that measure them) the proxy's CPU time and context
+// switches per transaction.
+type PgbenchResult struct{ TPS, P50, CPUPerTxn, Switches float64 }
+
+// Transactions is how many transactions a run of seconds made.
+func (r PgbenchResult) Transactions(seconds int) float64 { return r.TPS * float64(seconds) }
 
 // MedianPgbench returns the median of each figure over runs.
 func MedianPgbench(runs []PgbenchResult) PgbenchResult {
-	var tps, p50, cpu []float64
+	var tps, p50, cpu, sw []float64
 	for _, r := range runs {
-		tps, p50, cpu = append(tps, r.TPS), append(p50, r.P50), append(cpu, r.CPUPerTxn)
+		tps, p50 = append(tps, r.TPS), append(p50, r.P50)
+		cpu, sw = append(cpu, r.CPUPerTxn), append(sw, r.Switches)
 	}
 	m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
-	return PgbenchResult{m(tps), m(p50), m(cpu)}
+	return PgbenchResult{m(tps), m(p50), m(cpu), m(sw)}
 }
 
 // CPUTime returns this process's user+system CPU time so far.
@@ -97,9 +102,19 @@ func PgbenchIn(b testing.TB, cgroup, host string, port int, user, password strin
 	return PgbenchResult{TPS: tps, P50: lat[len(lat)/2]}
 }
 
+// Baseline is a reference proxy a benchmark runs beside Interlock.
+type Baseline struct {
+	Name string
+	Port int
+	PID  int
+	// User and Password log in through it: a pooler authenticates the
+	// client itself, a TCP relay passes the server's authentication through.
+	User, Password string
+}
+
 // StartPgBouncer runs PgBouncer in session mode in front of pg, accepting
-// any client as "agent" like the relay does, and returns its port.
-func StartPgBouncer(b testing.TB, pg *Postgres) int {
+// any client as "agent" like the relay does.
+func StartPgBouncer(b testing.TB, pg *Postgres) Baseline {
 	b.Helper()
 	dir, err := os.MkdirTemp("", "interlock-pgbouncer-")
 	if err != nil {
@@ -140,19 +155,108 @@ pidfile = %s/pgbouncer.pid
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	waitListening(b, port, "pgbouncer", filepath.Join(dir, "pgbouncer.log"))
+	return Baseline{Name: "pgbouncer", Port: port, PID: cmd.Process.Pid, User: "agent"}
+}
+
+// StartHAProxy runs HAProxy as a plain TCP relay in front of pg (one thread
+// per CPU, its default): the cost of any user-space proxy on the path, with
+// nothing decoded.
+func StartHAProxy(b testing.TB, pg *Postgres) Baseline {
+	b.Helper()
+	dir := b.TempDir()
+	port := FreePort(b)
+	conf := fmt.Sprintf(`global
+  maxconn 1000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+listen postgres
+  bind 127.0.0.1:%d
+  server pg %s
+`, port, pg.Addr())
+	cfgPath := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "haproxy.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("haproxy", "-db", "-f", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("start haproxy: %v", err)
+	}
+	b.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	waitListening(b, port, "haproxy", logPath)
+	return Baseline{Name: "haproxy", Port: port, PID: cmd.Process.Pid, User: pg.Superuser, Password: pg.Password}
+}
+
+// StartBaselines starts every reference proxy that is installed; a missing
+// one is logged, and its figures are left out.
+func StartBaselines(b testing.TB, pg *Postgres) []Baseline {
+	b.Helper()
+	var out []Baseline
+	for _, s := range []struct {
+		bin   string
+		start func(testing.TB, *Postgres) Baseline
+	}{{"pgbouncer", StartPgBouncer}, {"haproxy", StartHAProxy}} {
+		if _, err := exec.LookPath(s.bin); err != nil {
+			b.Logf("%s not installed: no figures for it", s.bin)
+			continue
+		}
+		out = append(out, s.start(b, pg))
+	}
+	return out
+}
+
+func waitListening(b testing.TB, port int, name, logPath string) {
+	b.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			c.Close()
-			return port
+			return
 		}
 		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
-			b.Fatalf("pgbouncer did not start: %v\n%s", err, log)
+			log, _ := os.ReadFile(logPath)
+			b.Fatalf("%s did not start: %v\n%s", name, err, log)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// ContextSwitches returns how many times the threads of process pid have
+// been switched out so far (voluntary and not), from /proc. On a virtual
+// machine where a switch costs more than the work a proxy does per message,
+// switches per transaction explain a proxy's latency better than its CPU
+// profile.
+func ContextSwitches(pid int) int64 {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // PgbenchScenario is one pgbench workload of the project's benchmarks.

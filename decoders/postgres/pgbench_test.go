@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -16,10 +17,11 @@ func (nopRecorder) Record(*Message) {}
 
 // BenchmarkPgbench runs real pgbench against a throwaway PostgreSQL directly,
 // through the relay (trivial enforcer, no-op recorder) and, when installed,
-// through PgBouncer in session mode for reference, one pgbench run of each
-// per iteration in turn; use -benchtime=3x for medians of 3. It reports TPS,
-// the ratio to direct, the p50 latency added over direct, and the relay's CPU
-// time per transaction.
+// through PgBouncer in session mode and HAProxy as a TCP relay for reference,
+// one pgbench run of each per iteration in turn; use -benchtime=3x for
+// medians of 3. It reports TPS,
+// the ratio to direct, the p50 latency added over direct, each proxy's
+// context switches per transaction and the relay's CPU time per transaction.
 //
 //	go test ./decoders/postgres -run=NONE -bench=Pgbench -benchtime=3x
 func BenchmarkPgbench(b *testing.B) {
@@ -33,38 +35,33 @@ func BenchmarkPgbench(b *testing.B) {
 	relay := startProxy(b, pg, func() RelayConfig { return RelayConfig{Enforcer: allowAll, Recorder: nopRecorder{}} })
 	_, port, _ := strings.Cut(relay.Addr(), ":")
 	relayPort, _ := strconv.Atoi(port)
-	ports := []int{relayPort}
-	names := []string{"relay"}
-	if _, err := exec.LookPath("pgbouncer"); err == nil {
-		ports = append(ports, testenv.StartPgBouncer(b, pg))
-		names = append(names, "pgbouncer")
-	} else {
-		b.Log("pgbouncer not installed: no reference figures")
-	}
+	proxies := append([]testenv.Baseline{{Name: "relay", Port: relayPort, PID: os.Getpid(), User: "agent"}}, testenv.StartBaselines(b, pg)...)
 	seconds := testenv.PgbenchSeconds()
 	for _, sc := range testenv.PgbenchScenarios {
 		b.Run(sc.Name, func(b *testing.B) {
 			var direct []testenv.PgbenchResult
-			relayed := make([][]testenv.PgbenchResult, len(ports))
+			relayed := make([][]testenv.PgbenchResult, len(proxies))
 			for i := 0; i < b.N; i++ {
 				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.Args))
-				for j, port := range ports {
-					before := testenv.CPUTime()
-					r := testenv.Pgbench(b, "127.0.0.1", port, "agent", "", seconds, sc.Args)
-					r.CPUPerTxn = (testenv.CPUTime() - before).Seconds() * 1e6 / (r.TPS * float64(seconds))
+				for j, p := range proxies {
+					before, sw := testenv.CPUTime(), testenv.ContextSwitches(p.PID)
+					r := testenv.Pgbench(b, "127.0.0.1", p.Port, p.User, p.Password, seconds, sc.Args)
+					r.Switches = float64(testenv.ContextSwitches(p.PID)-sw) / r.Transactions(seconds)
+					r.CPUPerTxn = (testenv.CPUTime() - before).Seconds() * 1e6 / r.Transactions(seconds)
 					relayed[j] = append(relayed[j], r)
 				}
 			}
 			d := testenv.MedianPgbench(direct)
 			b.ReportMetric(d.TPS, "direct-tps")
 			b.ReportMetric(d.P50, "direct-p50-µs")
-			for j, name := range names {
+			for j, p := range proxies {
 				r := testenv.MedianPgbench(relayed[j])
-				b.ReportMetric(r.TPS, name+"-tps")
-				b.ReportMetric(100*r.TPS/d.TPS, name+"-%")
-				b.ReportMetric(r.P50-d.P50, name+"-added-p50-µs")
-				if name == "relay" {
-					b.ReportMetric(r.CPUPerTxn, name+"-cpu-µs/txn")
+				b.ReportMetric(r.TPS, p.Name+"-tps")
+				b.ReportMetric(100*r.TPS/d.TPS, p.Name+"-%")
+				b.ReportMetric(r.P50-d.P50, p.Name+"-added-p50-µs")
+				b.ReportMetric(r.Switches, p.Name+"-switches/txn")
+				if p.Name == "relay" {
+					b.ReportMetric(r.CPUPerTxn, p.Name+"-cpu-µs/txn")
 				}
 			}
 		})
