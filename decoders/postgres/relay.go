@@ -169,6 +169,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = defaultMaxMessage
 	}
+	agent, upstream = rawSocket(agent), rawSocket(upstream)
 	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
 	r.q.buf = make([]entry, 16)
 	var once sync.Once

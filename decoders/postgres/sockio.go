@@ -1,0 +1,100 @@
+package postgres
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// rawSocket returns c with Read and Write that enter the kernel with raw
+// system calls when c is a plain TCP or Unix socket, and c itself otherwise
+// (TLS, pipes in tests).
+//
+// Why: the runtime's ordinary syscall entry wakes its monitor thread
+// (sysmon) whenever it finds it parked, and a session that waits on its
+// peers between messages lets it park every time. On a 1-client round trip
+// that cost two extra thread switches per transaction, which on a virtual
+// machine with expensive switches doubled the latency the relay added. The
+// sockets are non-blocking, so a raw read or write never blocks: waiting is
+// still done by the runtime's poller (syscall.RawConn), with deadlines and
+// Close working as for any net.Conn.
+func rawSocket(c net.Conn) net.Conn {
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return c
+	}
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return c
+	}
+	return &rawConn{Conn: c, rc: rc}
+}
+
+type rawConn struct {
+	net.Conn
+	rc syscall.RawConn
+}
+
+func (c *rawConn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			if e == syscall.EINTR {
+				continue
+			}
+			n, errno = int(r), e
+			return e != syscall.EAGAIN
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, c.opError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (c *rawConn) Write(b []byte) (int, error) {
+	done := 0
+	for done < len(b) {
+		var n int
+		var errno syscall.Errno
+		err := c.rc.Write(func(fd uintptr) bool {
+			for {
+				// send(2) with MSG_NOSIGNAL: a peer that went away is an
+				// EPIPE error here, never a signal.
+				r, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&b[done])), uintptr(len(b)-done),
+					syscall.MSG_NOSIGNAL, 0, 0)
+				if e == syscall.EINTR {
+					continue
+				}
+				n, errno = int(r), e
+				return e != syscall.EAGAIN
+			}
+		})
+		if err != nil {
+			return done, err
+		}
+		if errno != 0 {
+			return done, c.opError("write", errno)
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (c *rawConn) opError(op string, errno syscall.Errno) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(),
+		Err: os.NewSyscallError(op, errno)}
+}
