@@ -228,24 +228,45 @@ func (s *Store) AddDecisions(ctx context.Context, ds []Decision) error {
 	return nil
 }
 
+// decisionRows is how many decisions one INSERT carries: a statement per
+// row cost more than the row itself on a busy proxy (10 parameters a row,
+// far below SQLite's and PostgreSQL's limits).
+const decisionRows = 64
+
 func (s *Store) addDecisions(ctx context.Context, ds []Decision) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("insert decisions: %w", err)
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, s.Rebind(`INSERT INTO decisions
-		(session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
-	if err != nil {
-		return fmt.Errorf("insert decisions: %w", err)
-	}
-	defer stmt.Close()
-	for _, d := range ds {
-		if _, err := stmt.ExecContext(ctx, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
-			d.Enforced, d.Statement, d.ApprovalID); err != nil {
-			return fmt.Errorf("insert decision %s/%d: %w", d.SessionID, d.Index, err)
+	stmts := map[int]*sql.Stmt{}
+	defer func() {
+		for _, st := range stmts {
+			st.Close()
 		}
+	}()
+	args := make([]any, 0, 10*decisionRows)
+	for len(ds) > 0 {
+		n := min(len(ds), decisionRows)
+		stmt := stmts[n]
+		if stmt == nil {
+			q := `INSERT INTO decisions
+		(session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id) VALUES ` +
+				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", n), ", ")
+			if stmt, err = tx.PrepareContext(ctx, s.Rebind(q)); err != nil {
+				return fmt.Errorf("insert decisions: %w", err)
+			}
+			stmts[n] = stmt
+		}
+		args = args[:0]
+		for _, d := range ds[:n] {
+			args = append(args, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
+				d.Enforced, d.Statement, d.ApprovalID)
+		}
+		if _, err := stmt.ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("insert decisions %s/%d..%d: %w", ds[0].SessionID, ds[0].Index, ds[n-1].Index, err)
+		}
+		ds = ds[n:]
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("insert decisions: %w", err)

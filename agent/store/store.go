@@ -34,7 +34,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
-	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite"               // also registers the "sqlite" database/sql driver
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 // Backend names a storage engine.
@@ -110,7 +111,7 @@ func Open(ctx context.Context, dsnOrPath string) (*Store, error) {
 
 func open(ctx context.Context, db *sql.DB, b Backend) (*Store, error) {
 	s := &Store{db: db, backend: b}
-	if err := db.PingContext(ctx); err != nil {
+	if err := ping(ctx, db); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("connect %s store: %w", b, err)
 	}
@@ -119,6 +120,27 @@ func open(ctx context.Context, db *sql.DB, b Backend) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// ping opens the first connection. On SQLite that runs the connection
+// pragmas, and switching a new file to WAL fails with SQLITE_BUSY, without
+// waiting for the busy timeout, while another process opens the same file
+// (two daemons, or the CLI, starting at once): that is retried for as long
+// as the busy timeout would have waited.
+func ping(ctx context.Context, db *sql.DB) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+		err := db.PingContext(ctx)
+		var se *sqlite.Error
+		if err == nil || !errors.As(err, &se) || se.Code() != sqlite3.SQLITE_BUSY || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+	}
 }
 
 // Backend reports which engine the store runs on.

@@ -19,6 +19,7 @@ func TestStore(t *testing.T) {
 		t.Run("migrations", func(t *testing.T) { testMigrations(t, open) })
 		t.Run("upgrade from v1", func(t *testing.T) { testUpgrade(t, open) })
 		t.Run("sessions", func(t *testing.T) { testSessions(t, open) })
+		t.Run("many decisions", func(t *testing.T) { testManyDecisions(t, open) })
 		t.Run("approvals", func(t *testing.T) { testApprovals(t, open) })
 		t.Run("approval quorum race", func(t *testing.T) { testQuorumRace(t, open) })
 		t.Run("approval expiry", func(t *testing.T) { testExpiry(t, open) })
@@ -41,6 +42,9 @@ func testMigrations(t *testing.T, open storetest.Open) {
 	}
 	wg.Wait()
 	for _, s := range stores {
+		if s == nil {
+			t.Fatal("a concurrent open failed (logged above)")
+		}
 		v, err := s.SchemaVersion(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -89,6 +93,42 @@ func testUpgrade(t *testing.T, open storetest.Open) {
 	}
 	if err := s2.AddDecisions(ctx, []store.Decision{{SessionID: "old", Index: 5, Seq: 4, Action: "allow"}}); err != nil {
 		t.Fatalf("second decision on one seq after upgrade: %v", err)
+	}
+}
+
+// testManyDecisions stores more decisions than one INSERT and one
+// transaction carry and reads every one back in order.
+func testManyDecisions(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	s := open(t)
+	ss := store.Session{Host: "h1", Identity: "ci", Target: "orders", Protocol: "postgresql", Started: time.Now().UTC()}
+	if err := s.CreateSession(ctx, &ss); err != nil {
+		t.Fatal(err)
+	}
+	const n = 1100
+	var ds []store.Decision
+	for i := range n {
+		ds = append(ds, store.Decision{SessionID: ss.ID, Index: int64(i), Seq: int64(2 * i), Time: ss.Started,
+			Action: "allow", Rule: "read", Enforced: i%3 != 0, Statement: fmt.Sprintf("SELECT %d", i)})
+	}
+	if err := s.AddDecisions(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Decisions(ctx, ss.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Fatalf("read back %d decisions, stored %d", len(got), n)
+	}
+	for i, d := range got {
+		if d.Index != int64(i) || d.Seq != int64(2*i) || d.Enforced != (i%3 != 0) || d.Statement != fmt.Sprintf("SELECT %d", i) {
+			t.Fatalf("decision %d read back as %+v", i, d)
+		}
+	}
+	// A duplicate key fails the batch it is in, naming the rows.
+	if err := s.AddDecisions(ctx, ds[100:101]); err == nil {
+		t.Fatal("a decision stored twice was accepted")
 	}
 }
 
