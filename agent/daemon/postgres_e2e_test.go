@@ -424,13 +424,23 @@ rules:
     action: allow
 `
 
+// measured runs one pgbench through the proxy process pid and adds the
+// proxy's context switches and CPU time per transaction to its result.
+func measured(pid, seconds int, run func() testenv.PgbenchResult) testenv.PgbenchResult {
+	sw, cpu := testenv.ContextSwitches(pid), testenv.ProcessCPU(pid)
+	r := run()
+	r.Switches = float64(testenv.ContextSwitches(pid)-sw) / r.Transactions(seconds)
+	r.CPUPerTxn = (testenv.ProcessCPU(pid) - cpu).Seconds() * 1e6 / r.Transactions(seconds)
+	return r
+}
+
 // BenchmarkPgbench runs real pgbench from a tagged cgroup through the whole
 // of interlockd (eBPF redirect, per-session credential, pgproto3 decoding,
 // policy on every statement, recording and the audit chain), against the
 // same PostgreSQL directly, through PgBouncer in session mode and through
 // HAProxy as a plain TCP relay, in turn within each iteration; -benchtime=3x
-// gives medians of 3. Each proxy's context switches per transaction are
-// reported beside its figures.
+// gives medians of 3. Each proxy's context switches and CPU time per
+// transaction are reported beside its figures.
 //
 //	sudo go test ./agent/daemon -run '^$' -bench Pgbench -benchtime 3x
 func BenchmarkPgbench(b *testing.B) {
@@ -458,15 +468,13 @@ func BenchmarkPgbench(b *testing.B) {
 			others := make([][]testenv.PgbenchResult, len(baselines))
 			for i := 0; i < b.N; i++ {
 				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.Args))
-				sw := testenv.ContextSwitches(d.PID())
-				r := testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.Args)
-				r.Switches = float64(testenv.ContextSwitches(d.PID())-sw) / r.Transactions(seconds)
-				via = append(via, r)
+				via = append(via, measured(d.PID(), seconds, func() testenv.PgbenchResult {
+					return testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.Args)
+				}))
 				for j, bl := range baselines {
-					sw := testenv.ContextSwitches(bl.PID)
-					r := testenv.Pgbench(b, "127.0.0.1", bl.Port, bl.User, bl.Password, seconds, sc.Args)
-					r.Switches = float64(testenv.ContextSwitches(bl.PID)-sw) / r.Transactions(seconds)
-					others[j] = append(others[j], r)
+					others[j] = append(others[j], measured(bl.PID, seconds, func() testenv.PgbenchResult {
+						return testenv.Pgbench(b, "127.0.0.1", bl.Port, bl.User, bl.Password, seconds, sc.Args)
+					}))
 				}
 			}
 			dm := testenv.MedianPgbench(direct)
@@ -476,6 +484,7 @@ func BenchmarkPgbench(b *testing.B) {
 				b.ReportMetric(100*m.TPS/dm.TPS, name+"-%")
 				b.ReportMetric(m.P50-dm.P50, name+"-added-p50-µs")
 				b.ReportMetric(m.Switches, name+"-switches/txn")
+				b.ReportMetric(m.CPUPerTxn, name+"-cpu-µs/txn")
 			}
 			report("interlock", via)
 			for j, bl := range baselines {
