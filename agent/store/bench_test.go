@@ -1,0 +1,42 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/store"
+)
+
+// BenchmarkAddDecisions stores the verdicts of a busy session the way the
+// recorder flushes them, 1000 at a time, in the embedded SQLite store, and
+// reports the cost per decision.
+func BenchmarkAddDecisions(b *testing.B) {
+	ctx := context.Background()
+	s, err := store.OpenSQLite(ctx, filepath.Join(b.TempDir(), "interlock.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ss := store.Session{Host: "h1", Identity: "ci", Target: "orders", Protocol: "postgresql", Started: time.Now().UTC()}
+	if err := s.CreateSession(ctx, &ss); err != nil {
+		b.Fatal(err)
+	}
+	const batch = 1000
+	ds := make([]store.Decision, batch)
+	idx := int64(0)
+	b.ResetTimer()
+	for range b.N {
+		for i := range ds {
+			ds[i] = store.Decision{SessionID: ss.ID, Index: idx, Seq: 2 * idx, Time: ss.Started, Action: "allow",
+				Rule: "pgbench", Enforced: true, Statement: fmt.Sprintf("SELECT abalance FROM pgbench_accounts WHERE aid = %d;", idx)}
+			idx++
+		}
+		if err := s.AddDecisions(ctx, ds); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/decision")
+}
