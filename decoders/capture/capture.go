@@ -9,6 +9,7 @@ package capture
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -121,15 +122,28 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 	if _, err := io.ReadFull(r, magic[:]); err != nil {
 		return nil, fmt.Errorf("read capture header: %w", err)
 	}
-	r = io.MultiReader(bytes.NewReader(magic[:]), r)
 	var src packetSource
+	mixed := false
 	if magic == [4]byte{0x0a, 0x0d, 0x0d, 0x0a} {
-		ng, err := pcapgo.NewNgReader(&ngGuard{r: r}, pcapgo.DefaultNgReaderOptions)
+		r = io.MultiReader(bytes.NewReader(magic[:]), r)
+		// Interfaces of one pcapng may differ in link type (dumpcap -i lo
+		// -i any); each packet is decoded by its own interface's.
+		ngOpts := pcapgo.DefaultNgReaderOptions
+		ngOpts.WantMixedLinkType = true
+		mixed = true
+		ng, err := pcapgo.NewNgReader(&ngGuard{r: r}, ngOpts)
 		if err != nil {
 			return nil, fmt.Errorf("read pcapng: %w", err)
 		}
 		src = ng
 	} else {
+		var hdr [24]byte
+		copy(hdr[:], magic[:])
+		n, _ := io.ReadFull(r, hdr[4:])
+		r = io.MultiReader(bytes.NewReader(hdr[:4+n]), r)
+		if n == 20 && pcapLinkType(hdr) > 0xff && pcapLinkType(hdr) != 276 {
+			return nil, fmt.Errorf("read capture: link type %d is not supported", pcapLinkType(hdr))
+		}
 		pr, err := pcapgo.NewReader(r)
 		if err != nil {
 			return nil, fmt.Errorf("read pcap: %w", err)
@@ -142,15 +156,14 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 		src = pr
 	}
 	lt := src.LinkType()
-	switch lt {
-	case layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeRaw, layers.LinkTypeNull,
-		layers.LinkTypeLoop, layers.LinkTypeIPv4, layers.LinkTypeIPv6:
-	default:
-		if lt != 12 { // some tools write raw IP as 12
-			return nil, fmt.Errorf("read capture: link type %v is not supported", lt)
+	if !mixed {
+		if lt = linkType(lt); lt == 0 {
+			return nil, fmt.Errorf("read capture: link type %v is not supported", src.LinkType())
 		}
-		lt = layers.LinkTypeRaw
 	}
+	// A pcapng whose every packet comes from unsupported interfaces is as
+	// unreadable as a pcap of an unsupported link type.
+	decodable, unsupported := false, layers.LinkType(0)
 	f := &factory{opts: opts}
 	pool := reassembly.NewStreamPool(f)
 	asm := reassembly.NewAssembler(pool)
@@ -167,7 +180,23 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 			}
 			break // a damaged tail: keep what came before
 		}
-		pkt := gopacket.NewPacket(data, lt, gopacket.DecodeOptions{Lazy: true, NoCopy: true})
+		plt := lt
+		if mixed {
+			if len(ci.AncillaryData) > 0 {
+				plt, _ = ci.AncillaryData[0].(layers.LinkType)
+			}
+			if linkType(plt) == 0 {
+				// An interface of a kind that carries no IP.
+				unsupported = plt
+				continue
+			}
+			plt = linkType(plt)
+		}
+		decodable = true
+		pkt := decodePacket(data, plt)
+		if pkt == nil {
+			continue
+		}
 		tcp, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
 		nl := pkt.NetworkLayer()
 		if tcp == nil || nl == nil {
@@ -176,12 +205,64 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 		asm.AssembleWithContext(nl.NetworkFlow(), tcp, &captureContext{ci})
 	}
 	asm.FlushAll()
+	if !decodable && unsupported != 0 {
+		return nil, fmt.Errorf("read capture: link type %v is not supported", unsupported)
+	}
 	out := make([]*Stream, 0, len(f.streams))
 	for _, s := range f.streams {
 		s.finish()
 		out = append(out, &s.Stream)
 	}
 	return out, nil
+}
+
+// linkTypeLinuxSLL2 is tcpdump's "-i any" header since libpcap 1.10
+// (LINKTYPE_LINUX_SLL2, 276), which this gopacket does not decode. pcapgo
+// keeps link types in a byte, so it arrives as 276 & 0xff: 20, which is no
+// assigned link type (a classic pcap's header is checked for the full value).
+const linkTypeLinuxSLL2 layers.LinkType = 276 & 0xff
+
+// linkType returns the link type to decode lt's packets as, or 0 when
+// packets of that type cannot carry the TCP this package reads.
+func linkType(lt layers.LinkType) layers.LinkType {
+	switch lt {
+	case layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeRaw, layers.LinkTypeNull,
+		layers.LinkTypeLoop, layers.LinkTypeIPv4, layers.LinkTypeIPv6, linkTypeLinuxSLL2:
+		return lt
+	case 12: // raw IP as some tools write it
+		return layers.LinkTypeRaw
+	}
+	return 0
+}
+
+// pcapLinkType returns the link type a classic pcap header names, in the
+// byte order its magic number gives (the top bits carry FCS information).
+func pcapLinkType(hdr [24]byte) uint32 {
+	v := binary.LittleEndian.Uint32(hdr[20:])
+	if hdr[0] == 0xa1 { // big-endian magic, µs or ns
+		v = binary.BigEndian.Uint32(hdr[20:])
+	}
+	return v & 0x0fffffff
+}
+
+// decodePacket decodes one packet lazily; nil when it carries no IP.
+func decodePacket(data []byte, lt layers.LinkType) gopacket.Packet {
+	opts := gopacket.DecodeOptions{Lazy: true, NoCopy: true}
+	if lt != linkTypeLinuxSLL2 {
+		return gopacket.NewPacket(data, lt, opts)
+	}
+	// SLL2: protocol (2 bytes), reserved (2), interface index (4), ARPHRD
+	// type (2), packet type (1), address length (1), address (8).
+	if len(data) < 20 {
+		return nil
+	}
+	switch layers.EthernetType(binary.BigEndian.Uint16(data)) {
+	case layers.EthernetTypeIPv4:
+		return gopacket.NewPacket(data[20:], layers.LayerTypeIPv4, opts)
+	case layers.EthernetTypeIPv6:
+		return gopacket.NewPacket(data[20:], layers.LayerTypeIPv6, opts)
+	}
+	return nil
 }
 
 type captureContext struct{ ci gopacket.CaptureInfo }

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"os"
@@ -168,6 +169,97 @@ func TestReadBounded(t *testing.T) {
 	}
 	if len(streams) != 1 || !streams[0].Truncated || len(streams[0].ClientBytes()) > 4500 {
 		t.Fatalf("cap not applied: truncated=%v len=%d", streams[0].Truncated, len(streams[0].ClientBytes()))
+	}
+}
+
+// sll2 reframes an Ethernet packet of encode with the 20-byte header
+// tcpdump -i any writes since libpcap 1.10.
+func sll2(eth []byte) []byte {
+	h := make([]byte, 20, 20+len(eth)-14)
+	copy(h, eth[12:14]) // protocol: the Ethernet type
+	binary.BigEndian.PutUint32(h[4:], 1)
+	binary.BigEndian.PutUint16(h[8:], 1) // ARPHRD_ETHER
+	h[11] = 6
+	copy(h[12:], eth[6:12])
+	return append(h, eth[14:]...)
+}
+
+// rawIP strips an encoded packet's Ethernet header.
+func rawIP(eth []byte) []byte { return eth[14:] }
+
+func TestReadOtherLinkTypes(t *testing.T) {
+	start := time.Unix(1700000000, 0)
+	ci := func(i int, data []byte) gopacket.CaptureInfo {
+		return gopacket.CaptureInfo{Timestamp: start.Add(time.Duration(i) * time.Millisecond), CaptureLength: len(data), Length: len(data)}
+	}
+	// A classic pcap of LINKTYPE_LINUX_SLL2 (276), which pcapgo's writer
+	// cannot name: its header is written by hand.
+	var sllPcap bytes.Buffer
+	hdr := make([]byte, 24)
+	binary.LittleEndian.PutUint32(hdr, 0xa1b2c3d4)
+	binary.LittleEndian.PutUint16(hdr[4:], 2)
+	binary.LittleEndian.PutUint16(hdr[6:], 4)
+	binary.LittleEndian.PutUint32(hdr[16:], 65535)
+	binary.LittleEndian.PutUint32(hdr[20:], 276)
+	sllPcap.Write(hdr)
+	w := pcapgo.NewWriter(&sllPcap)
+	for i, p := range conversation {
+		data := sll2(encode(t, p))
+		if err := w.WritePacket(ci(i, data), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A pcapng whose packets come from two interfaces of different link
+	// types (Ethernet and raw IP), and one of an SLL2 interface.
+	mixedNg := func(second layers.LinkType, frame func([]byte) []byte) []byte {
+		var out bytes.Buffer
+		w, err := pcapgo.NewNgWriter(&out, layers.LinkTypeEthernet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := w.AddInterface(pcapgo.NgInterface{LinkType: second, SnapLength: 65535})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, p := range conversation {
+			data, c := encode(t, p), ci(i, nil)
+			if i%2 == 1 {
+				data, c.InterfaceIndex = frame(data), id
+			}
+			c.CaptureLength, c.Length = len(data), len(data)
+			if err := w.WritePacket(c, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return out.Bytes()
+	}
+	for name, data := range map[string][]byte{
+		"pcap sll2":            sllPcap.Bytes(),
+		"pcapng ethernet+raw":  mixedNg(layers.LinkTypeRaw, rawIP),
+		"pcapng ethernet+sll2": mixedNg(linkTypeLinuxSLL2, sll2),
+	} {
+		t.Run(name, func(t *testing.T) {
+			streams, err := Read(bytes.NewReader(data), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(streams) != 1 {
+				t.Fatalf("want 1 stream, got %d", len(streams))
+			}
+			s := streams[0]
+			if s.Client != clientAP || s.Server != serverAP || string(s.ClientBytes()) != "helloworldagain" || string(s.ServerBytes()) != "answer" {
+				t.Fatalf("stream %v -> %v: %q / %q", s.Client, s.Server, s.ClientBytes(), s.ServerBytes())
+			}
+		})
+	}
+	// A link type beyond a byte that is not SLL2 is refused, not read as
+	// whatever its low byte names.
+	binary.LittleEndian.PutUint32(hdr[20:], 0x100+1)
+	if _, err := Read(bytes.NewReader(hdr), Options{}); err == nil || !strings.Contains(err.Error(), "link type 257") {
+		t.Fatalf("link type 257: %v", err)
 	}
 }
 
