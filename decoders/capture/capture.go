@@ -141,12 +141,12 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 		copy(hdr[:], magic[:])
 		n, _ := io.ReadFull(r, hdr[4:])
 		r = io.MultiReader(bytes.NewReader(hdr[:4+n]), r)
-		if n == 20 && pcapLinkType(hdr) > 0xff && pcapLinkType(hdr) != 276 {
-			return nil, fmt.Errorf("read capture: link type %d is not supported", pcapLinkType(hdr))
-		}
 		pr, err := pcapgo.NewReader(r)
 		if err != nil {
 			return nil, fmt.Errorf("read pcap: %w", err)
+		}
+		if lt := pcapLinkType(hdr); lt > 0xff && lt != 276 {
+			return nil, fmt.Errorf("read capture: link type %d is not supported", lt)
 		}
 		// pcapgo allocates up to the snap length the file claims; a larger
 		// packet ends the capture as damaged.
@@ -157,13 +157,14 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 	}
 	lt := src.LinkType()
 	if !mixed {
-		if lt = linkType(lt); lt == 0 {
+		var ok bool
+		if lt, ok = linkType(lt); !ok {
 			return nil, fmt.Errorf("read capture: link type %v is not supported", src.LinkType())
 		}
 	}
 	// A pcapng whose every packet comes from unsupported interfaces is as
 	// unreadable as a pcap of an unsupported link type.
-	decodable, unsupported := false, layers.LinkType(0)
+	decodable, someUnsupported, unsupported := false, false, layers.LinkType(0)
 	f := &factory{opts: opts}
 	pool := reassembly.NewStreamPool(f)
 	asm := reassembly.NewAssembler(pool)
@@ -185,12 +186,12 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 			if len(ci.AncillaryData) > 0 {
 				plt, _ = ci.AncillaryData[0].(layers.LinkType)
 			}
-			if linkType(plt) == 0 {
+			var ok bool
+			if plt, ok = linkType(plt); !ok {
 				// An interface of a kind that carries no IP.
-				unsupported = plt
+				unsupported, someUnsupported = plt, true
 				continue
 			}
-			plt = linkType(plt)
 		}
 		decodable = true
 		pkt := decodePacket(data, plt)
@@ -205,7 +206,7 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 		asm.AssembleWithContext(nl.NetworkFlow(), tcp, &captureContext{ci})
 	}
 	asm.FlushAll()
-	if !decodable && unsupported != 0 {
+	if !decodable && someUnsupported {
 		return nil, fmt.Errorf("read capture: link type %v is not supported", unsupported)
 	}
 	out := make([]*Stream, 0, len(f.streams))
@@ -222,17 +223,17 @@ func Read(r io.Reader, opts Options) (streams []*Stream, err error) {
 // assigned link type (a classic pcap's header is checked for the full value).
 const linkTypeLinuxSLL2 layers.LinkType = 276 & 0xff
 
-// linkType returns the link type to decode lt's packets as, or 0 when
+// linkType returns the link type to decode lt's packets as; false when
 // packets of that type cannot carry the TCP this package reads.
-func linkType(lt layers.LinkType) layers.LinkType {
+func linkType(lt layers.LinkType) (layers.LinkType, bool) {
 	switch lt {
 	case layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeRaw, layers.LinkTypeNull,
 		layers.LinkTypeLoop, layers.LinkTypeIPv4, layers.LinkTypeIPv6, linkTypeLinuxSLL2:
-		return lt
+		return lt, true
 	case 12: // raw IP as some tools write it
-		return layers.LinkTypeRaw
+		return layers.LinkTypeRaw, true
 	}
-	return 0
+	return lt, false
 }
 
 // pcapLinkType returns the link type a classic pcap header names, in the

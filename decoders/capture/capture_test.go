@@ -236,7 +236,20 @@ func TestReadOtherLinkTypes(t *testing.T) {
 		}
 		return out.Bytes()
 	}
+	// BSD loopback (link type 0, the Null type): a 4-byte address family.
+	var nullPcap bytes.Buffer
+	nw := pcapgo.NewWriter(&nullPcap)
+	if err := nw.WriteFileHeader(65535, layers.LinkTypeNull); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range conversation {
+		data := append([]byte{2, 0, 0, 0}, rawIP(encode(t, p))...)
+		if err := nw.WritePacket(ci(i, data), data); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for name, data := range map[string][]byte{
+		"pcap null":            nullPcap.Bytes(),
 		"pcap sll2":            sllPcap.Bytes(),
 		"pcapng ethernet+raw":  mixedNg(layers.LinkTypeRaw, rawIP),
 		"pcapng ethernet+sll2": mixedNg(linkTypeLinuxSLL2, sll2),
