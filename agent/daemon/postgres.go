@@ -175,7 +175,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	}
 	d.metrics.ConnectSetup.WithLabelValues("postgres").Observe(metrics.Since(c.Accepted))
 	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log, rec: rec}
-	err = postgres.Relay(ctx, agent, up.Conn, postgres.RelayConfig{Enforcer: s, Recorder: s})
+	err = postgres.Relay(ctx, proxy.RawSocket(agent), proxy.RawSocket(up.Conn), postgres.RelayConfig{Enforcer: s, Recorder: s})
 	outcome := "closed"
 	var pe *postgres.ProtocolError
 	if errors.As(err, &pe) {

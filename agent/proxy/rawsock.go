@@ -1,4 +1,4 @@
-package postgres
+package proxy
 
 import (
 	"io"
@@ -8,19 +8,19 @@ import (
 	"unsafe"
 )
 
-// rawSocket returns c with Read and Write that enter the kernel with raw
+// RawSocket returns c with Read and Write that enter the kernel with raw
 // system calls when c is a plain TCP or Unix socket, and c itself otherwise
-// (TLS, pipes in tests).
+// (TLS, pipes in tests). Relays wrap both of their sockets with it.
 //
 // Why: the runtime's ordinary syscall entry wakes its monitor thread
 // (sysmon) whenever it finds it parked, and a session that waits on its
 // peers between messages lets it park every time. On a 1-client round trip
 // that cost two extra thread switches per transaction, which on a virtual
-// machine with expensive switches doubled the latency the relay added. The
+// machine with expensive switches doubled the latency a relay added. The
 // sockets are non-blocking, so a raw read or write never blocks: waiting is
 // still done by the runtime's poller (syscall.RawConn), with deadlines and
 // Close working as for any net.Conn.
-func rawSocket(c net.Conn) net.Conn {
+func RawSocket(c net.Conn) net.Conn {
 	switch c.(type) {
 	case *net.TCPConn, *net.UnixConn:
 	default:

@@ -1,4 +1,4 @@
-package postgres
+package proxy
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 )
 
 // tcpPair returns the two ends of a loopback TCP connection, the first
-// wrapped by rawSocket.
+// wrapped by RawSocket.
 func tcpPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -33,9 +33,9 @@ func tcpPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 	if p == nil {
 		t.Fatal("accept failed")
 	}
-	raw = rawSocket(c)
+	raw = RawSocket(c)
 	if _, ok := raw.(*rawConn); !ok {
-		t.Fatalf("rawSocket(%T) did not wrap it", c)
+		t.Fatalf("RawSocket(%T) did not wrap it", c)
 	}
 	t.Cleanup(func() { raw.Close(); p.Close() })
 	return raw, p
@@ -45,7 +45,7 @@ func TestRawSocketLeavesOtherConnsAlone(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if rawSocket(a) != a {
+	if RawSocket(a) != a {
 		t.Fatal("a net.Pipe was wrapped")
 	}
 }
