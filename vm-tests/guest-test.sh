@@ -182,6 +182,33 @@ wait_for 60 sh -c "journalctl -b -o cat -u legacy-loop.service --since '$since' 
 echo "legacy-loop.service gets through again"
 systemctl stop legacy-loop.service
 
+step "a tagged unit restarted while its old processes live on (KillMode=process)"
+# The GitHub Actions runner's unit uses KillMode=process: a stop leaves the
+# children, so the next start's ExecStartPre runs in the still-tagged cgroup.
+cat >/etc/systemd/system/legacy-runner.service <<'UNIT'
+[Unit]
+Description=Legacy client that leaves a child behind when stopped
+
+[Service]
+User=agent
+KillMode=process
+ExecStart=/bin/sh -c 'sleep 600 & exec /usr/local/bin/legacy-loop'
+UNIT
+systemctl daemon-reload
+interlock tag --unit legacy-runner.service --identity demo || fail "interlock tag --unit legacy-runner.service"
+systemctl start legacy-runner.service || fail "start legacy-runner.service"
+systemctl stop legacy-runner.service
+pgrep -u agent -x sleep >/dev/null || fail "KillMode=process left no process behind; the test proves nothing"
+since=$(date '+%Y-%m-%d %H:%M:%S')
+systemctl start legacy-runner.service || fail "restart of legacy-runner.service with its old processes alive failed"
+wait_for 60 sh -c "journalctl -b -o cat -u legacy-runner.service --since '$since' | grep -q 'attempt ok'" ||
+  fail "the restarted unit did not get through the proxy"
+journalctl -b -o cat -u legacy-runner.service --since "$since" | grep -q '^tagged legacy-runner.service' ||
+  fail "the restarted unit's ExecStartPre did not re-tag it"
+echo "legacy-runner.service restarted with its old child alive, enforced as demo"
+systemctl kill --kill-whom=all legacy-runner.service
+systemctl stop legacy-runner.service
+
 if [ -e "$share/caps-probe" ]; then
   # Which of the unit's capabilities does interlockd really use? Drop one at
   # a time, load the data path from scratch and proxy a tagged psql session

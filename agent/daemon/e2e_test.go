@@ -521,6 +521,34 @@ func TestTaggedCallerCannotUntagItself(t *testing.T) {
 	waitEvent(t, f.d, "control_refused", func(m map[string]any) bool { return m["identity"] == "ci-bot" })
 }
 
+// TestTaggedCallerMayReapplyItsOwnTag is the restart of a unit whose old
+// processes outlived it (KillMode=process): its ExecStartPre runs
+// `interlock tag` from the still-tagged cgroup. Re-applying the identity the
+// cgroup already has is allowed; any other identity is refused.
+func TestTaggedCallerMayReapplyItsOwnTag(t *testing.T) {
+	f := start(t)
+	tagSelf := func(identity string) (string, error) {
+		cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "sh", "-c",
+			fmt.Sprintf(`%s --socket %s tag "$(sed -n 's/^0:://p' /proc/self/cgroup)" --identity %s`,
+				filepath.Join(f.d.Bin, "interlock"), f.d.Socket, identity))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := tagSelf("ci-bot"); err != nil {
+		t.Fatalf("re-applying its own identity: %v\n%s", err, out)
+	}
+	if out, err := tagSelf("someone-else"); err == nil || !strings.Contains(out, "refused") {
+		t.Fatalf("a tagged caller re-tagged itself as another identity: err=%v\n%s", err, out)
+	}
+	// Nor may it tag a cgroup that is not already held to its identity.
+	other := f.d.Cgroup("not-yet-tagged")
+	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--",
+		filepath.Join(f.d.Bin, "interlock"), "--socket", f.d.Socket, "tag", other, "--identity", "ci-bot")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "refused") {
+		t.Fatalf("a tagged caller tagged another cgroup: err=%v\n%s", err, out)
+	}
+}
+
 func TestExecPassesExitCodeStdioAndSignals(t *testing.T) {
 	f := start(t)
 	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "sh", "-c", "cat; echo err >&2; exit 7")

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -73,22 +74,42 @@ func (d *Daemon) authorize(next http.Handler) http.Handler {
 			control.WriteError(w, http.StatusForbidden, "refused: the caller's credentials could not be read")
 			return
 		}
-		if id, tagged, err := d.dp.TaggedPath(d.mount, p.Cgroup); err != nil || tagged {
-			if err != nil {
-				control.WriteError(w, http.StatusForbidden, "refused: cannot check the caller's cgroup %s: %v", p.Cgroup, err)
-				return
-			}
-			d.audit.Warn().Str("event", "control_refused").Uint32("pid", p.PID).Uint32("uid", p.UID).
-				Str("cgroup", p.Cgroup).Str("identity", d.ids.name(id)).Str("path", r.URL.Path).Msg("tagged caller refused")
-			control.WriteError(w, http.StatusForbidden, "refused: pid %d runs in tagged cgroup %s (identity %q); agents cannot control interlock", p.PID, p.Cgroup, d.ids.name(id))
+		id, tagged, err := d.dp.TaggedPath(d.mount, p.Cgroup)
+		if err != nil {
+			control.WriteError(w, http.StatusForbidden, "refused: cannot check the caller's cgroup %s: %v", p.Cgroup, err)
+			return
+		}
+		// A tagged caller may only ask to tag (handleTag narrows that to
+		// re-applying its own identity): the ExecStartPre of a tagged unit
+		// whose old processes outlived it (KillMode=process, as the GitHub
+		// Actions runner's unit has) starts in its still-tagged cgroup.
+		if tagged && !(r.Method == http.MethodPost && r.URL.Path == "/v1/tag") {
+			d.refuseTagged(w, p, id, r.URL.Path)
 			return
 		}
 		if p.UID != 0 && !d.inControlGroup(p) {
 			control.WriteError(w, http.StatusForbidden, "refused: uid %d is neither root nor in the control group", p.UID)
 			return
 		}
+		if tagged {
+			r = r.WithContext(context.WithValue(r.Context(), taggedCallerKey{}, taggedCaller{peer: p, id: id}))
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// taggedCaller is a control request from a process in a tagged cgroup.
+type taggedCaller struct {
+	peer control.Peer
+	id   uint32
+}
+
+type taggedCallerKey struct{}
+
+func (d *Daemon) refuseTagged(w http.ResponseWriter, p control.Peer, id uint32, path string) {
+	d.audit.Warn().Str("event", "control_refused").Uint32("pid", p.PID).Uint32("uid", p.UID).
+		Str("cgroup", p.Cgroup).Str("identity", d.ids.name(id)).Str("path", path).Msg("tagged caller refused")
+	control.WriteError(w, http.StatusForbidden, "refused: pid %d runs in tagged cgroup %s (identity %q); agents cannot control interlock", p.PID, p.Cgroup, d.ids.name(id))
 }
 
 func (d *Daemon) inControlGroup(p control.Peer) bool {
@@ -177,6 +198,16 @@ func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		control.WriteError(w, http.StatusBadRequest, "%v", err)
 		return
+	}
+	if tc, ok := r.Context().Value(taggedCallerKey{}).(taggedCaller); ok {
+		// Only what changes nothing: the caller's own identity on a cgroup
+		// that already carries it (itself or inherited). Untagging or
+		// another identity could loosen what the caller is held to.
+		target, targetTagged, err := d.dp.TaggedPath(d.mount, rel)
+		if err != nil || !targetTagged || target != tc.id || req.Identity != d.ids.name(tc.id) {
+			d.refuseTagged(w, tc.peer, tc.id, r.URL.Path)
+			return
+		}
 	}
 	if err := d.tag(abs, rel, req.Identity); err != nil {
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
