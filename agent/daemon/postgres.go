@@ -17,6 +17,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/agent/metrics"
 	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/rawsock"
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/decoders/postgres"
@@ -175,7 +176,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	}
 	d.metrics.ConnectSetup.WithLabelValues("postgres").Observe(metrics.Since(c.Accepted))
 	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log, rec: rec}
-	err = postgres.Relay(ctx, proxy.RawSocket(agent), proxy.RawSocket(up.Conn), postgres.RelayConfig{Enforcer: s, Recorder: s})
+	err = postgres.Relay(ctx, rawsock.Wrap(agent), rawsock.Wrap(up.Conn), postgres.RelayConfig{Enforcer: s, Recorder: s})
 	outcome := "closed"
 	var pe *postgres.ProtocolError
 	if errors.As(err, &pe) {

@@ -4,6 +4,8 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
+
+	"github.com/interlock-dev/interlock/agent/rawsock"
 )
 
 // Relay copies bytes both ways between the agent and upstream until both
@@ -44,12 +46,12 @@ func (r *relay) copyDown(src, dst *net.TCPConn, errc chan<- error) {
 	errc <- err
 }
 
-// copyRaw copies with RawSocket reads and writes rather than io.Copy's
+// copyRaw copies with rawsock reads and writes rather than io.Copy's
 // splice(2): agents' traffic is mostly small requests and answers, where a
 // splice costs two system calls and a pipe per chunk and the runtime's
-// syscall entry adds thread switches (see RawSocket), while the copy it
+// syscall entry adds thread switches (see rawsock.Wrap), while the copy it
 // saves is cheap.
 func copyRaw(dst, src *net.TCPConn) (int64, error) {
 	buf := make([]byte, 32<<10)
-	return io.CopyBuffer(RawSocket(dst), RawSocket(src), buf)
+	return io.CopyBuffer(rawsock.Wrap(dst), rawsock.Wrap(src), buf)
 }

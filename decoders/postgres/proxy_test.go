@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/rawsock"
 	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
@@ -130,7 +130,7 @@ func (p *testProxy) session(c net.Conn) error {
 		return err
 	}
 	// Wrapped as interlockd wraps them, so the benchmark measures its path.
-	return Relay(context.Background(), proxy.RawSocket(h.Conn), proxy.RawSocket(up.Conn), p.cfg())
+	return Relay(context.Background(), rawsock.Wrap(h.Conn), rawsock.Wrap(up.Conn), p.cfg())
 }
 
 // allowAll forwards everything.

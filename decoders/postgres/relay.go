@@ -161,7 +161,7 @@ const (
 // a reused buffer, forwards the raw bytes of messages it does not change, and
 // writes once its input is drained, not once per message. Every read and
 // write is a system call on the session's critical path: interlockd passes
-// sockets wrapped by agent/proxy.RawSocket, which halves the thread switches
+// sockets wrapped by agent/rawsock, which halves the thread switches
 // per round trip.
 func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error {
 	if cfg.Enforcer == nil {

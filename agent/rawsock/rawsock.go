@@ -1,4 +1,7 @@
-package proxy
+// Package rawsock gives relays socket reads and writes that cost no more
+// than the system call itself. It depends on the standard library only, so
+// the decoders' tests can use it.
+package rawsock
 
 import (
 	"io"
@@ -8,9 +11,9 @@ import (
 	"unsafe"
 )
 
-// RawSocket returns c with Read and Write that enter the kernel with raw
-// system calls when c is a plain TCP or Unix socket, and c itself otherwise
-// (TLS, pipes in tests). Relays wrap both of their sockets with it.
+// Wrap returns c with Read and Write that enter the kernel with raw system
+// calls when c is a plain TCP or Unix socket, and c itself otherwise (TLS,
+// pipes in tests). Relays wrap both of their sockets with it.
 //
 // Why: the runtime's ordinary syscall entry wakes its monitor thread
 // (sysmon) whenever it finds it parked, and a session that waits on its
@@ -20,7 +23,7 @@ import (
 // sockets are non-blocking, so a raw read or write never blocks: waiting is
 // still done by the runtime's poller (syscall.RawConn), with deadlines and
 // Close working as for any net.Conn.
-func RawSocket(c net.Conn) net.Conn {
+func Wrap(c net.Conn) net.Conn {
 	switch c.(type) {
 	case *net.TCPConn, *net.UnixConn:
 	default:

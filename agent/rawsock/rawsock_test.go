@@ -1,4 +1,4 @@
-package proxy
+package rawsock
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 )
 
 // tcpPair returns the two ends of a loopback TCP connection, the first
-// wrapped by RawSocket.
+// wrapped by Wrap.
 func tcpPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -33,24 +33,24 @@ func tcpPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 	if p == nil {
 		t.Fatal("accept failed")
 	}
-	raw = RawSocket(c)
+	raw = Wrap(c)
 	if _, ok := raw.(*rawConn); !ok {
-		t.Fatalf("RawSocket(%T) did not wrap it", c)
+		t.Fatalf("Wrap(%T) did not wrap it", c)
 	}
 	t.Cleanup(func() { raw.Close(); p.Close() })
 	return raw, p
 }
 
-func TestRawSocketLeavesOtherConnsAlone(t *testing.T) {
+func TestWrapLeavesOtherConnsAlone(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	if RawSocket(a) != a {
+	if Wrap(a) != a {
 		t.Fatal("a net.Pipe was wrapped")
 	}
 }
 
-func TestRawSocketCopiesBothWays(t *testing.T) {
+func TestWrapCopiesBothWays(t *testing.T) {
 	raw, peer := tcpPair(t)
 	// Larger than the socket buffers, so writes meet EAGAIN and wait for
 	// the poller, and reads come back in pieces.
@@ -91,7 +91,7 @@ func TestRawSocketCopiesBothWays(t *testing.T) {
 	}
 }
 
-func TestRawSocketDeadlineAndClose(t *testing.T) {
+func TestWrapDeadlineAndClose(t *testing.T) {
 	raw, _ := tcpPair(t)
 	raw.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := raw.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -115,7 +115,7 @@ func TestRawSocketDeadlineAndClose(t *testing.T) {
 	}
 }
 
-func TestRawSocketWriteToGonePeerIsAnError(t *testing.T) {
+func TestWrapWriteToGonePeerIsAnError(t *testing.T) {
 	raw, peer := tcpPair(t)
 	// Unread data makes close send a reset.
 	raw.Write([]byte("unread"))
