@@ -336,6 +336,111 @@ func (rd *reader) shrink() {
 	}
 }
 
+// framer splits one direction's input into messages and collects what
+// goes out. A message that fits the buffer, or that keepWhole asks for, is
+// returned whole (keepWhole ones up to max bytes); a larger one is streamed:
+// next returns its first part, which the caller forwards or marks dropped,
+// and passes the rest on itself as it arrives.
+type framer struct {
+	in   reader
+	out  []byte
+	skip int  // bytes of a streamed message still to pass
+	drop bool // the streamed message is dropped, not passed
+	max  int
+	// write sends out; eof turns a read error into the loop's result (nil
+	// for a clean end); from names the sender in length errors.
+	write func([]byte) error
+	eof   func(error) error
+	from  string
+}
+
+func (f *framer) flush() error {
+	if len(f.out) == 0 {
+		return nil
+	}
+	err := f.write(f.out)
+	f.out = f.out[:0]
+	return err
+}
+
+// readError is next's error for a failed read: io.EOF when the input ended
+// cleanly.
+func (f *framer) readError(err error) error {
+	if err = f.eof(err); err == nil {
+		return io.EOF
+	}
+	return err
+}
+
+// next returns the next message (type byte, length and body) and its body
+// size; streamed means msg holds only the message's first part. keepWhole
+// is asked about a message larger than the buffer, with the part of its
+// body read so far. At the clean end of the input it returns io.EOF.
+func (f *framer) next(keepWhole func(typ byte, head []byte) bool) (typ byte, msg []byte, size int, streamed bool, err error) {
+	for {
+		avail := f.in.w - f.in.r
+		if f.skip > 0 {
+			if avail == 0 {
+				if err := f.flush(); err != nil {
+					return 0, nil, 0, false, err
+				}
+				if err := f.in.fill(1); err != nil {
+					return 0, nil, 0, false, f.readError(err)
+				}
+				continue
+			}
+			k := min(f.skip, avail)
+			if !f.drop {
+				f.out = append(f.out, f.in.buf[f.in.r:f.in.r+k]...)
+			}
+			f.in.r += k
+			f.skip -= k
+			// The end of a streamed message goes out at once: the server
+			// side keeps the agent's connection to itself until then.
+			if len(f.out) >= flushAt || f.skip == 0 {
+				if err := f.flush(); err != nil {
+					return 0, nil, 0, false, err
+				}
+			}
+			continue
+		}
+		if avail < 5 {
+			if err := f.flush(); err != nil {
+				return 0, nil, 0, false, err
+			}
+			f.in.shrink()
+			if err := f.in.fill(5); err != nil {
+				return 0, nil, 0, false, f.readError(err)
+			}
+			continue
+		}
+		typ = f.in.buf[f.in.r]
+		n := int(binary.BigEndian.Uint32(f.in.buf[f.in.r+1:]))
+		if n < 4 || n-4 > f.max {
+			return typ, nil, 0, false, &ProtocolError{Msg: fmt.Sprintf("invalid message length %d for message type %q%s", n, typ, f.from)}
+		}
+		total := 1 + n
+		if avail < total {
+			if total <= len(f.in.buf) || keepWhole(typ, f.in.buf[f.in.r+5:f.in.w]) {
+				if err := f.flush(); err != nil {
+					return 0, nil, 0, false, err
+				}
+				if err := f.in.fill(total); err != nil {
+					return 0, nil, 0, false, f.readError(err)
+				}
+				continue
+			}
+			msg = f.in.buf[f.in.r:f.in.w]
+			f.skip, f.drop = total-avail, false
+			f.in.r = f.in.w
+			return typ, msg, n - 4, true, nil
+		}
+		msg = f.in.buf[f.in.r : f.in.r+total]
+		f.in.r += total
+		return typ, msg, n - 4, false, nil
+	}
+}
+
 // stmtState is the client goroutine's view of the agent's prepared
 // statements and of the portals whose results are masked.
 type stmtState struct {
@@ -354,114 +459,65 @@ type stmtInfo struct {
 }
 
 func (r *relay) clientLoop() error {
-	in := &reader{conn: r.agent, buf: make([]byte, bufSize)}
-	out := make([]byte, 0, flushAt+bufSize)
-	st := stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}}
-	var rec Message
-	rec.FromClient = true
-	skip := 0         // bytes of a streamed message still to forward
-	dropping := false // the streamed message is denied: drop, not forward
-	flush := func() error {
-		if len(out) == 0 {
-			return nil
-		}
-		_, err := r.upstream.Write(out)
-		out = out[:0]
-		if err != nil {
+	f := &framer{in: reader{conn: r.agent, buf: make([]byte, bufSize)}, out: make([]byte, 0, flushAt+bufSize),
+		max: r.cfg.MaxMessageSize, eof: clientEOF}
+	f.write = func(b []byte) error {
+		if _, err := r.upstream.Write(b); err != nil {
 			return fmt.Errorf("write upstream: %w", err)
 		}
 		return nil
 	}
+	// Statements are decided on their whole text; a Bind too large for the
+	// buffer (big parameters) is decided on its names and streamed.
+	keepWhole := func(typ byte, head []byte) bool {
+		switch typ {
+		case 'Q', 'P', 'F', 'X', 'E', 'C':
+			return true
+		case 'B':
+			_, _, ok := bindNames(head)
+			return !ok
+		}
+		return false
+	}
+	st := stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}}
+	var rec Message
+	rec.FromClient = true
 	for {
-		avail := in.w - in.r
-		if skip > 0 {
-			if avail == 0 {
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := in.fill(1); err != nil {
-					return clientEOF(err)
-				}
-				continue
-			}
-			k := min(skip, avail)
-			if !dropping {
-				out = append(out, in.buf[in.r:in.r+k]...)
-			}
-			in.r += k
-			skip -= k
-			if len(out) >= flushAt {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-			continue
+		typ, msg, size, streamed, err := f.next(keepWhole)
+		if err == io.EOF {
+			return nil
 		}
-		if avail < 5 {
-			if err := flush(); err != nil {
-				return err
+		if err != nil {
+			var pe *ProtocolError
+			if errors.As(err, &pe) {
+				return r.violation(f.flush, pe.Msg)
 			}
-			in.shrink()
-			if err := in.fill(5); err != nil {
-				return clientEOF(err)
-			}
-			continue
+			return err
 		}
-		typ := in.buf[in.r]
-		n := int(binary.BigEndian.Uint32(in.buf[in.r+1:]))
-		if n < 4 || n-4 > r.cfg.MaxMessageSize {
-			return r.violation(flush, fmt.Sprintf("invalid message length %d for message type %q", n, typ))
+		if r.cfg.Recorder != nil {
+			rec.Type, rec.Body, rec.Size, rec.Time = typ, msg[5:], size, time.Now()
+			r.cfg.Recorder.Record(&rec)
 		}
-		total := 1 + n
-		whole := typ == 'Q' || typ == 'P' || typ == 'F' || typ == 'X' || typ == 'E' || typ == 'C'
-		if avail < total {
-			var portal, stmt []byte
-			bindHead := false
-			if typ == 'B' && total > len(in.buf) {
-				// A Bind too large for the buffer (big parameters) is
-				// decided on its names and streamed.
-				portal, stmt, bindHead = bindNames(in.buf[in.r+5 : in.w])
-			}
-			if whole || total <= len(in.buf) || (typ == 'B' && !bindHead) {
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := in.fill(total); err != nil {
-					return clientEOF(err)
-				}
-				continue
-			}
-			// Stream a large message (CopyData, Bind) without buffering it.
-			if r.cfg.Recorder != nil {
-				rec.Type, rec.Body, rec.Size, rec.Time = typ, in.buf[in.r+5:in.w], n-4, time.Now()
-				r.cfg.Recorder.Record(&rec)
-			}
+		if streamed {
 			forward := true
-			if bindHead {
-				var err error
-				if out, forward, err = r.onBind(out, portal, stmt, &st, flush); err != nil {
+			if typ == 'B' {
+				portal, stmt, _ := bindNames(msg[5:])
+				if f.out, forward, err = r.onBind(f.out, portal, stmt, &st, f.flush); err != nil {
 					return err
 				}
 			}
 			if forward {
-				out = append(out, in.buf[in.r:in.w]...)
+				f.out = append(f.out, msg...)
+			} else {
+				f.drop = true
 			}
-			skip, dropping = total-avail, !forward
-			in.r = in.w
 			continue
 		}
-		msg := in.buf[in.r : in.r+total]
-		in.r += total
-		if r.cfg.Recorder != nil {
-			rec.Type, rec.Body, rec.Size, rec.Time = typ, msg[5:], n-4, time.Now()
-			r.cfg.Recorder.Record(&rec)
-		}
-		var err error
 		switch typ {
 		case 'Q':
-			out, err = r.onQuery(out, msg, flush)
+			f.out, err = r.onQuery(f.out, msg, f.flush)
 		case 'P':
-			out, err = r.onParse(out, msg, &st, flush)
+			f.out, err = r.onParse(f.out, msg, &st, f.flush)
 		case 'B':
 			portal, stmt, ok := bindNames(msg[5:])
 			if !ok {
@@ -469,46 +525,43 @@ func (r *relay) clientLoop() error {
 				break
 			}
 			var forward bool
-			if out, forward, err = r.onBind(out, portal, stmt, &st, flush); forward {
-				out = append(out, msg...)
+			if f.out, forward, err = r.onBind(f.out, portal, stmt, &st, f.flush); forward {
+				f.out = append(f.out, msg...)
 			}
 		case 'E':
-			out, err = r.onExecute(out, msg, &st)
+			f.out, err = r.onExecute(f.out, msg, &st)
 		case 'D':
 			r.q.push(entry{kind: kDescribe})
-			out = append(out, msg...)
+			f.out = append(f.out, msg...)
 		case 'S':
 			r.q.push(entry{kind: kSync})
-			out = append(out, msg...)
+			f.out = append(f.out, msg...)
 		case 'C':
 			if err = st.onClose(msg[5:]); err == nil {
-				out = append(out, msg...)
+				f.out = append(f.out, msg...)
 			}
 		case 'F':
 			if r.cfg.AllowFunctionCall {
 				r.q.push(entry{kind: kQuery})
-				out = append(out, msg...)
+				f.out = append(f.out, msg...)
 			} else {
-				out = r.deny(out, kDenyQuery, "", Verdict{Rule: "function-call", Message: "FunctionCall messages are not allowed"})
+				f.out = r.deny(f.out, kDenyQuery, "", Verdict{Rule: "function-call", Message: "FunctionCall messages are not allowed"})
 			}
 		case 'X':
-			out = append(out, msg...)
-			if err := flush(); err != nil {
-				return err
-			}
-			return nil
+			f.out = append(f.out, msg...)
+			return f.flush()
 		default:
-			out = append(out, msg...)
+			f.out = append(f.out, msg...)
 		}
 		if err != nil {
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
-				return r.violation(flush, pe.Msg)
+				return r.violation(f.flush, pe.Msg)
 			}
 			return err
 		}
-		if len(out) >= flushAt {
-			if err := flush(); err != nil {
+		if len(f.out) >= flushAt {
+			if err := f.flush(); err != nil {
 				return err
 			}
 		}
@@ -728,22 +781,15 @@ type serverState struct {
 }
 
 func (r *relay) serverLoop() error {
-	in := &reader{conn: r.upstream, buf: make([]byte, bufSize)}
-	out := make([]byte, 0, flushAt+bufSize)
-	var ss serverState
-	var rec Message
-	skip := 0
+	f := &framer{in: reader{conn: r.upstream, buf: make([]byte, bufSize)}, out: make([]byte, 0, flushAt+bufSize),
+		max: r.cfg.MaxMessageSize, eof: serverEOF, from: " from server"}
 	locked := false // agentMu held across a streamed message
-	flush := func() error {
-		if len(out) == 0 {
-			return nil
-		}
+	f.write = func(b []byte) error {
 		if !locked {
 			r.agentMu.Lock()
 		}
-		_, err := r.agent.Write(out)
-		out = out[:0]
-		locked = skip > 0
+		_, err := r.agent.Write(b)
+		locked = f.skip > 0
 		if !locked {
 			r.agentMu.Unlock()
 		}
@@ -757,80 +803,39 @@ func (r *relay) serverLoop() error {
 			r.agentMu.Unlock()
 		}
 	}()
+	var ss serverState
+	var rec Message
+	// Rows are streamed unless they are masked; everything else the relay
+	// may have to read or replace is kept whole.
+	keepWhole := func(typ byte, _ []byte) bool { return typ != 'd' && (typ != 'D' || ss.rows != nil) }
 	for {
-		avail := in.w - in.r
-		if skip > 0 {
-			if avail == 0 {
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := in.fill(1); err != nil {
-					return serverEOF(err)
-				}
-				continue
-			}
-			k := min(skip, avail)
-			out = append(out, in.buf[in.r:in.r+k]...)
-			in.r += k
-			skip -= k
-			if len(out) >= flushAt || skip == 0 && locked {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-			continue
+		typ, msg, size, streamed, err := f.next(keepWhole)
+		if err == io.EOF {
+			return nil
 		}
-		if avail < 5 {
-			if err := flush(); err != nil {
-				return err
-			}
-			in.shrink()
-			if err := in.fill(5); err != nil {
-				return serverEOF(err)
-			}
-			continue
+		if err != nil {
+			return err
 		}
-		typ := in.buf[in.r]
-		n := int(binary.BigEndian.Uint32(in.buf[in.r+1:]))
-		if n < 4 || n-4 > r.cfg.MaxMessageSize {
-			return &ProtocolError{Msg: fmt.Sprintf("invalid message length %d for message type %q from server", n, typ)}
-		}
-		total := 1 + n
-		whole := typ != 'd' && (typ != 'D' || ss.rows != nil)
-		if avail < total {
-			if whole || total <= len(in.buf) {
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := in.fill(total); err != nil {
-					return serverEOF(err)
-				}
-				continue
-			}
+		if streamed {
 			if r.cfg.Recorder != nil {
-				rec.Type, rec.Body, rec.Size, rec.Time = typ, in.buf[in.r+5:in.w], n-4, time.Now()
+				rec.Type, rec.Body, rec.Size, rec.Time = typ, msg[5:], size, time.Now()
 				r.cfg.Recorder.Record(&rec)
 			}
-			out = append(out, in.buf[in.r:in.w]...)
-			skip = total - avail
-			in.r = in.w
+			f.out = append(f.out, msg...)
 			continue
 		}
-		msg := in.buf[in.r : in.r+total]
-		in.r += total
-		start := len(out)
-		var err error
+		start := len(f.out)
 		switch typ {
 		case 'D':
 			if ss.rows != nil {
-				out, err = maskRow(out, msg, ss.rows)
+				f.out, err = maskRow(f.out, msg, ss.rows)
 			} else {
-				out = append(out, msg...)
+				f.out = append(f.out, msg...)
 			}
 		case 'T':
-			out, err = r.onRowDescription(out, msg, &ss)
+			f.out, err = r.onRowDescription(f.out, msg, &ss)
 		case 'n':
-			out = r.onNoData(out, msg, &ss)
+			f.out = r.onNoData(f.out, msg, &ss)
 		case 'C', 's', 'I':
 			ss.rows = nil
 			if ss.execing {
@@ -841,19 +846,19 @@ func (r *relay) serverLoop() error {
 				}
 				r.q.mu.Unlock()
 			}
-			out = append(out, msg...)
+			f.out = append(f.out, msg...)
 		case 'E':
-			out = r.onError(out, msg, &ss)
+			f.out = r.onError(f.out, msg, &ss)
 		case 'H', 'W':
 			// CopyData rows have no columns to mask; a masked statement
-			// that copies out ends the session rather than leak them.
+			// that copies f.out ends the session rather than leak them.
 			if r.maskedCopy(ss.execing) {
-				out, _ = (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "42501",
-					Message: "interlock: " + ErrMaskedCopy.Error()}).Encode(out[:start])
-				flush()
+				f.out, _ = (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "42501",
+					Message: "interlock: " + ErrMaskedCopy.Error()}).Encode(f.out[:start])
+				f.flush()
 				return ErrMaskedCopy
 			}
-			out = append(out, msg...)
+			f.out = append(f.out, msg...)
 		case 'Z':
 			ss.rows, ss.execing = nil, false
 			r.q.mu.Lock()
@@ -865,20 +870,20 @@ func (r *relay) serverLoop() error {
 				}
 			}
 			r.q.mu.Unlock()
-			out = append(out, msg...)
+			f.out = append(f.out, msg...)
 		default:
-			out = append(out, msg...)
+			f.out = append(f.out, msg...)
 		}
 		if err != nil {
 			return err
 		}
-		if r.cfg.Recorder != nil && len(out) > start {
-			b := out[start:]
+		if r.cfg.Recorder != nil && len(f.out) > start {
+			b := f.out[start:]
 			rec.Type, rec.Body, rec.Size, rec.Time = b[0], b[5:], len(b)-5, time.Now()
 			r.cfg.Recorder.Record(&rec)
 		}
-		if len(out) >= flushAt {
-			if err := flush(); err != nil {
+		if len(f.out) >= flushAt {
+			if err := f.flush(); err != nil {
 				return err
 			}
 		}
