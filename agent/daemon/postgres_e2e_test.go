@@ -424,16 +424,6 @@ rules:
     action: allow
 `
 
-// measured runs one pgbench through the proxy process pid and adds the
-// proxy's context switches and CPU time per transaction to its result.
-func measured(pid, seconds int, run func() testenv.PgbenchResult) testenv.PgbenchResult {
-	sw, cpu := testenv.ContextSwitches(pid), testenv.ProcessCPU(pid)
-	r := run()
-	r.Switches = float64(testenv.ContextSwitches(pid)-sw) / r.Transactions(seconds)
-	r.CPUPerTxn = (testenv.ProcessCPU(pid) - cpu).Seconds() * 1e6 / r.Transactions(seconds)
-	return r
-}
-
 // BenchmarkPgbench runs real pgbench from a tagged cgroup through the whole
 // of interlockd (eBPF redirect, per-session credential, pgproto3 decoding,
 // policy on every statement, recording and the audit chain), against the
@@ -468,11 +458,11 @@ func BenchmarkPgbench(b *testing.B) {
 			others := make([][]testenv.PgbenchResult, len(baselines))
 			for i := 0; i < b.N; i++ {
 				direct = append(direct, testenv.Pgbench(b, pg.Host, pg.Port, pg.Superuser, pg.Password, seconds, sc.Args))
-				via = append(via, measured(d.PID(), seconds, func() testenv.PgbenchResult {
+				via = append(via, testenv.MeasureProxy(d.PID(), seconds, func() testenv.PgbenchResult {
 					return testenv.PgbenchIn(b, agent, "127.0.0.1", pg.Port, "agent", "", seconds, sc.Args)
 				}))
 				for j, bl := range baselines {
-					others[j] = append(others[j], measured(bl.PID, seconds, func() testenv.PgbenchResult {
+					others[j] = append(others[j], testenv.MeasureProxy(bl.PID, seconds, func() testenv.PgbenchResult {
 						return testenv.Pgbench(b, "127.0.0.1", bl.Port, bl.User, bl.Password, seconds, sc.Args)
 					}))
 				}

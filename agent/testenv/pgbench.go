@@ -236,6 +236,16 @@ func waitListening(b testing.TB, port int, name, logPath string) {
 	}
 }
 
+// MeasureProxy runs one pgbench through the proxy process pid and adds the
+// proxy's context switches and CPU time per transaction to its result.
+func MeasureProxy(pid, seconds int, run func() PgbenchResult) PgbenchResult {
+	sw, cpu := ContextSwitches(pid), ProcessCPU(pid)
+	r := run()
+	r.Switches = float64(ContextSwitches(pid)-sw) / r.Transactions(seconds)
+	r.CPUPerTxn = (ProcessCPU(pid) - cpu).Seconds() * 1e6 / r.Transactions(seconds)
+	return r
+}
+
 // ProcessCPU returns the user+system CPU time process pid has used so far,
 // from /proc (clock-tick resolution: sum it over runs of seconds).
 func ProcessCPU(pid int) time.Duration {
