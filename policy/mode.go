@@ -81,25 +81,14 @@ type modeTable struct {
 // after identities and targets are compiled, so indexes line up.
 func (c *compiler) compileModes(raw *rawPolicy) {
 	t := modeTable{}
-	if raw.Mode != "" {
-		m, ok := parseMode(raw.Mode)
-		if !ok {
-			c.errorf(raw.Keys.at("mode", raw.Pos), "mode %q: use enforce or audit", raw.Mode)
-		}
+	if m, ok := c.modeKey("", raw.Mode, raw.Keys, raw.Pos); ok {
 		t.def = m
 	}
 	t.identities = make([]modeSetting, len(c.p.identities))
 	for i := range raw.Identities {
 		r := &raw.Identities[i]
-		if r.Mode == "" {
-			continue
-		}
-		m, ok := parseMode(r.Mode)
-		if !ok {
-			c.errorf(r.Keys.at("mode", r.Pos), "identity %q: mode %q: use enforce or audit", r.Name, r.Mode)
-			continue
-		}
-		if id := c.p.identityIndex[r.Name]; id != nil && id.pos == r.Pos {
+		m, ok := c.modeKey(fmt.Sprintf("identity %q: ", r.Name), r.Mode, r.Keys, r.Pos)
+		if id := c.p.identityIndex[r.Name]; ok && id != nil && id.pos == r.Pos {
 			t.identities[id.index] = modeSetting{set: true, mode: m}
 			t.anyIdentity = true
 		}
@@ -107,19 +96,25 @@ func (c *compiler) compileModes(raw *rawPolicy) {
 	t.targets = make([]modeSetting, len(c.p.targets))
 	for i := range raw.Targets {
 		r := &raw.Targets[i]
-		if r.Mode == "" {
-			continue
-		}
-		m, ok := parseMode(r.Mode)
-		if !ok {
-			c.errorf(r.Keys.at("mode", r.Pos), "target %q: mode %q: use enforce or audit", r.Name, r.Mode)
-			continue
-		}
-		if tg := c.p.targetIndex[r.Name]; tg != nil && tg.pos == r.Pos {
+		m, ok := c.modeKey(fmt.Sprintf("target %q: ", r.Name), r.Mode, r.Keys, r.Pos)
+		if tg := c.p.targetIndex[r.Name]; ok && tg != nil && tg.pos == r.Pos {
 			t.targets[tg.index] = modeSetting{set: true, mode: m}
 		}
 	}
 	c.p.modes = t
+}
+
+// modeKey parses one mode: key; ok is false when it is absent or invalid
+// (reported, prefixed with where it stands).
+func (c *compiler) modeKey(where, value string, keys keyPos, pos Pos) (Mode, bool) {
+	if value == "" {
+		return Enforce, false
+	}
+	m, ok := parseMode(value)
+	if !ok {
+		c.errorf(keys.at("mode", pos), "%smode %q: use enforce or audit", where, value)
+	}
+	return m, ok
 }
 
 // Mode returns whether requests of subject s to target t (nil when the
