@@ -286,33 +286,77 @@ func ParseWith(name string, data []byte, opts Options) (*Policy, error) {
 
 // decodeFile parses YAML text into T with positioned, strict decoding.
 func decodeFile[T any](name string, data []byte) (*T, ErrorList) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, ErrorList{yamlSyntaxError(name, err)}
-	}
 	out := new(T)
-	if doc.Kind == 0 {
-		return out, nil // empty file
-	}
-	d := &decoder{file: name}
-	d.decode(&doc, reflect.ValueOf(out).Elem())
-	if len(d.errs) > 0 {
-		return nil, d.errs
+	if errs := decodeInto(name, data, reflect.ValueOf(out).Elem()); errs != nil {
+		return nil, errs
 	}
 	return out, nil
+}
+
+// Decode fills v, a pointer to a struct with yaml tags, from YAML text with
+// the policy loader's strictness and messages: a syntax error, an unknown
+// key (with "did you mean"), a wrong type or a key given twice is an
+// ErrorList of "name:line:col: what is wrong". Keys the text does not name
+// keep v's values, so v may hold defaults. interlockd.yaml is read with it,
+// so every file Interlock reads reports its errors alike.
+func Decode(name string, data []byte, v any) error {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return fmt.Errorf("decode %s: need a non-nil pointer, got %T", name, v)
+	}
+	if errs := decodeInto(name, data, rv.Elem()); errs != nil {
+		return errs
+	}
+	return nil
+}
+
+func decodeInto(name string, data []byte, v reflect.Value) ErrorList {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return ErrorList{yamlSyntaxError(name, data, err)}
+	}
+	if doc.Kind == 0 {
+		return nil // empty file
+	}
+	d := &decoder{file: name}
+	d.decode(&doc, v)
+	if len(d.errs) > 0 {
+		return d.errs
+	}
+	return nil
 }
 
 var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 // yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a positioned
-// error (yaml.v3 reports no column for syntax errors; column 1 is used).
-func yamlSyntaxError(name string, err error) *Error {
+// error. yaml.v3 gives the line where the enclosing block began (its
+// context mark), not the line that broke it: a key indented one space too
+// little under a mapping is reported at the mapping's first key, lines
+// early. The line that broke the document is the first one at or after
+// that whose prefix of the file fails with the same problem; a prefix cut
+// inside a quoted or flow scalar fails with another problem and is passed
+// over. The column is that line's first character (yaml.v3 reports none).
+func yamlSyntaxError(name string, data []byte, err error) *Error {
 	m := yamlLine.FindStringSubmatch(err.Error())
 	if m == nil {
 		return &Error{Pos: Pos{File: name, Line: 1, Col: 1}, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
 	}
 	line, _ := strconv.Atoi(m[1])
-	return &Error{Pos: Pos{File: name, Line: line, Col: 1}, Msg: "invalid YAML: " + m[2]}
+	lines := strings.SplitAfter(string(data), "\n")
+	for k := max(line, 1); k <= len(lines); k++ {
+		var n yaml.Node
+		perr := yaml.Unmarshal([]byte(strings.Join(lines[:k], "")), &n)
+		if pm := yamlLine.FindStringSubmatch(fmt.Sprint(perr)); pm != nil && pm[2] == m[2] {
+			line = k
+			break
+		}
+	}
+	col := 1
+	if line-1 < len(lines) {
+		text := lines[line-1]
+		col += len(text) - len(strings.TrimLeft(text, " \t"))
+	}
+	return &Error{Pos: Pos{File: name, Line: line, Col: col}, Msg: "invalid YAML: " + m[2]}
 }
 
 type compiler struct {

@@ -155,6 +155,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value) {
 		v.Set(p)
 	case reflect.Struct:
 		d.decodeStruct(n, v)
+	case reflect.Map:
+		d.decodeMap(n, v)
 	case reflect.Slice:
 		if n.Kind == yaml.ScalarNode && t.Elem().Kind() != reflect.Struct {
 			// A single value where a list is expected: a list of one.
@@ -265,6 +267,32 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value) {
 		keys[k.Value] = d.pos(val)
 		d.decode(val, v.Field(idx))
 	}
+}
+
+// decodeMap fills a map keyed by name (credential sources, pool sizes).
+func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value) {
+	t := v.Type()
+	if t.Key().Kind() != reflect.String {
+		d.errorf(n, "internal: cannot decode into %s", t)
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		d.errorf(n, "expected a mapping of name: value, got %s", kindName(n))
+		return
+	}
+	m := reflect.MakeMapWithSize(t, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		key := reflect.ValueOf(k.Value).Convert(t.Key())
+		if m.MapIndex(key).IsValid() {
+			d.errorf(k, "key %q given twice", k.Value)
+			continue
+		}
+		e := reflect.New(t.Elem()).Elem()
+		d.decode(val, e)
+		m.SetMapIndex(key, e)
+	}
+	v.Set(m)
 }
 
 func kindName(n *yaml.Node) string {

@@ -4,17 +4,14 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/policy"
 )
 
 // Config is the daemon configuration. Zero values are filled by Default.
@@ -76,17 +73,17 @@ func Default() Config {
 }
 
 // Load reads a YAML configuration file over the defaults. Unknown keys are
-// errors, so a typo never silently leaves a default in force.
+// errors, so a typo never silently leaves a default in force. It decodes
+// like the policy loader: every error is "file:line:col: what is wrong",
+// an unknown key with the closest known one.
 func Load(path string) (Config, error) {
 	cfg := Default()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return cfg, fmt.Errorf("read config: %w", err)
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("parse config %s: %w", path, err)
+	if err := policy.Decode(path, data, &cfg); err != nil {
+		return cfg, err
 	}
 	return cfg, cfg.Validate()
 }
