@@ -210,7 +210,7 @@ func (l *Log) writeBatch(batch []pending) {
 			break
 		}
 		if l.logger != nil {
-			l.logger.Error().Err(err).Int("events", len(evs)).Dur("retry_in", backoff).Msg("audit append failed")
+			l.logger.Error().Err(err).Int("events", len(evs)).Int64("retry_in_ms", backoff.Milliseconds()).Msg("audit append failed")
 		}
 		select {
 		case <-l.stop:

@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 
+	"github.com/rs/zerolog"
+
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/policy"
@@ -35,6 +37,10 @@ type Config struct {
 	ControlGroup string `yaml:"control_group"`
 	// LogLevel is a zerolog level name.
 	LogLevel string `yaml:"log_level"`
+	// LogFormat is "json" (the default, one object a line, for journald
+	// and log pipelines) or "console" (aligned, coloured text for a
+	// terminal).
+	LogFormat string `yaml:"log_format"`
 	// Host names this daemon in the store and the audit chain; default the
 	// machine's hostname.
 	Host string `yaml:"host"`
@@ -69,6 +75,7 @@ func Default() Config {
 		BPFFS:      "/sys/fs/bpf/interlock",
 		ListenPort: 15001,
 		LogLevel:   "info",
+		LogFormat:  "json",
 	}
 }
 
@@ -99,6 +106,11 @@ func (c Config) Validate() error {
 		return errors.New("config: bpffs is empty")
 	case c.ListenPort == 0:
 		return errors.New("config: listen_port is 0")
+	case c.LogFormat != "json" && c.LogFormat != "console":
+		return fmt.Errorf("config: log_format %q is neither json nor console", c.LogFormat)
+	}
+	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
+		return fmt.Errorf("config: log_level %q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
 	for key, addr := range map[string]string{"metrics_listen": c.MetricsListen, "approvals.web_listen": c.Approvals.WebListen} {
 		if addr == "" {

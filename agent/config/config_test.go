@@ -19,6 +19,9 @@ func TestLoad(t *testing.T) {
 		{"metrics on loopback", "metrics_listen: 127.0.0.1:9464\n", ""},
 		{"metrics beyond the host", "metrics_listen: 0.0.0.0:9464\n", "loopback"},
 		{"web page beyond the host", "approvals: {web_listen: \"10.0.0.1:80\"}\n", "loopback"},
+		{"console logs", "log_format: console\n", ""},
+		{"unknown log format", "log_format: text\n", "log_format"},
+		{"unknown log level", "log_level: verbose\n", "log_level"},
 		{"credentials block", "credentials:\n  static:\n    legacy: {username: app, password: x}\n", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

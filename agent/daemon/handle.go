@@ -127,9 +127,12 @@ func (d *Daemon) auditDecisionMode(c *proxy.Conn, t *policy.Target, op string, d
 	if dec.Action == policy.Allow {
 		ev = d.audit.Debug()
 	}
+	// op is SQL for a statement: the log gets it with its literals removed,
+	// as the audit trail does; the full text is only in the recording,
+	// which is 0600 under the state directory.
 	ev.Str("event", "decision").Str("conn", c.ID).Str("identity", c.Identity.Name).
-		Str("target", targetName(t)).Str("op", op).Str("action", mode.Describe(dec.Action)).
-		Str("mode", mode.String()).Str("rule", dec.Rule).Str("message", dec.Message).Msg("decided")
+		Str("target", targetName(t)).Stringer("op", audit.SQLStatement(op)).Str("action", mode.Describe(dec.Action)).
+		Str("mode", mode.String()).Str("rule", dec.Rule).Str("reason", dec.Message).Msg("decided")
 }
 
 func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome string, sent, recv int64) {
@@ -141,7 +144,7 @@ func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome string, sen
 	d.audit.Info().Str("event", "connection_close").Str("conn", c.ID).Str("identity", c.Identity.Name).
 		Str("target", targetName(t)).Str("dst", c.Dst.String()).Str("outcome", outcome).
 		Int64("bytes_sent", sent).Int64("bytes_received", recv).
-		Dur("duration", time.Since(c.Accepted)).Msg("connection closed")
+		Int64("duration_ms", time.Since(c.Accepted).Milliseconds()).Msg("connection closed")
 }
 
 // auditCredential records a credential's issue or revocation (revokeErr

@@ -7,10 +7,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -19,24 +22,39 @@ import (
 )
 
 func main() {
-	os.Exit(run())
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run() int {
-	cfgPath := flag.String("config", "", "configuration file (YAML); empty: embedded default")
-	socket := flag.String("socket", "", "control socket (overrides the config)")
-	stateDir := flag.String("state-dir", "", "state directory (overrides the config)")
-	cgroupRoot := flag.String("cgroup-root", "", "cgroup subtree to attach at and create exec cgroups under (default: the cgroup2 mount root)")
-	bpffs := flag.String("bpffs", "", "bpffs directory to pin links and maps in (overrides the config)")
-	port := flag.Uint("listen-port", 0, "proxy port on 127.0.0.1 and [::1] (overrides the config)")
-	policyPath := flag.String("policy", "", "policy file (overrides the config; empty: embedded default policy)")
-	flag.Parse()
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("interlockd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file (YAML); empty: embedded default")
+	socket := fs.String("socket", "", "control socket (overrides the config)")
+	stateDir := fs.String("state-dir", "", "state directory (overrides the config)")
+	cgroupRoot := fs.String("cgroup-root", "", "cgroup subtree to attach at and create exec cgroups under (default: the cgroup2 mount root)")
+	bpffs := fs.String("bpffs", "", "bpffs directory to pin links and maps in (overrides the config)")
+	port := fs.Uint("listen-port", 0, "proxy port on 127.0.0.1 and [::1] (overrides the config)")
+	policyPath := fs.String("policy", "", "policy file (overrides the config; empty: embedded default policy)")
+	showVersion := fs.Bool("version", false, "print the version and commit, then exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "interlockd %s (commit %s)\n", daemon.Version, revision())
+		return 0
+	}
+	// A stray word (`interlockd version`) must never arm the data path
+	// with the defaults: interlockd takes flags only.
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "interlockd: unexpected argument %q (interlockd takes flags only; --version prints the version)\n", fs.Arg(0))
+		return 2
+	}
 
 	cfg := config.Default()
 	if *cfgPath != "" {
 		var err error
 		if cfg, err = config.Load(*cfgPath); err != nil {
-			fmt.Fprintf(os.Stderr, "interlockd: %v\n", err)
+			fmt.Fprintf(stderr, "interlockd: %v\n", err)
 			return 2
 		}
 	}
@@ -54,16 +72,11 @@ func run() int {
 		cfg.ListenPort = uint16(*port)
 	}
 
-	level, err := zerolog.ParseLevel(cfg.LogLevel)
-	if err != nil {
-		level = zerolog.InfoLevel
-	}
-	log := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "interlockd").Logger()
-
+	log := newLogger(cfg, stderr)
 	d, err := daemon.New(cfg, log)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start")
-		fmt.Fprintf(os.Stderr, "interlockd: %v\n", err)
+		fmt.Fprintf(stderr, "interlockd: %v\n", err)
 		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -77,10 +90,51 @@ func run() int {
 	}()
 	if err := d.Run(ctx, notifyReady); err != nil {
 		log.Error().Err(err).Msg("stopped on error")
-		fmt.Fprintf(os.Stderr, "interlockd: %v\n", err)
+		fmt.Fprintf(stderr, "interlockd: %v\n", err)
 		return 1
 	}
 	return 0
+}
+
+// newLogger builds the one logger every part of the daemon gets a child of:
+// JSON lines by default (journald, log pipelines), zerolog's console
+// writer with log_format: console. Durations are logged in milliseconds,
+// and fields that carry one end in _ms.
+func newLogger(cfg config.Config, w io.Writer) zerolog.Logger {
+	level, err := zerolog.ParseLevel(cfg.LogLevel)
+	if err != nil {
+		level = zerolog.InfoLevel
+	}
+	if cfg.LogFormat == "console" {
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Str("service", "interlockd").Logger()
+}
+
+// commit is set by `make build` (-ldflags "-X main.commit=...").
+var commit string
+
+// revision is the commit the binary was built from, "+dirty" when the tree
+// had changes: as make stamped it, else as Go's build info recorded it,
+// else "unknown".
+func revision() string {
+	if commit != "" {
+		return commit
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	rev, dirty := "unknown", ""
+	for _, s := range info.Settings {
+		switch {
+		case s.Key == "vcs.revision":
+			rev = s.Value
+		case s.Key == "vcs.modified" && s.Value == "true":
+			dirty = "+dirty"
+		}
+	}
+	return rev + dirty
 }
 
 // notifyReady tells systemd (Type=notify) that the data path is armed, so
