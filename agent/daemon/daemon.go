@@ -100,6 +100,11 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
+	if n, err := secureStateDir(cfg.StateDir); err != nil {
+		return nil, err
+	} else if n > 0 {
+		log.Warn().Str("state_dir", cfg.StateDir).Int("modes_changed", n).Msg("state was readable by others; now owner only")
+	}
 	ids, err := loadIdentities(cfg.StateDir)
 	if err != nil {
 		return nil, err

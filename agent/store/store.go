@@ -69,6 +69,9 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
+	if err := ownerOnly(path); err != nil {
+		return nil, err
+	}
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "journal_mode(WAL)")
@@ -84,6 +87,25 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	// (the web page, the CLI) from queuing behind it.
 	db.SetMaxOpenConns(4)
 	return open(ctx, db, SQLite)
+}
+
+// ownerOnly creates the database file 0600 before SQLite does (SQLite
+// would create it 0644 under the usual umask, and gives its -wal and -shm
+// files the database file's mode), and brings an existing database and
+// its -wal and -shm files back to 0600: the store holds every identity's
+// sessions and statements.
+func ownerOnly(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("create sqlite %s: %w", path, err)
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("chmod %s: %w", p, err)
+		}
+	}
+	return nil
 }
 
 // OpenPostgres connects to the PostgreSQL store named by dsn (a libpq URL or
