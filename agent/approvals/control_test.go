@@ -19,7 +19,7 @@ import (
 func serveControl(t *testing.T, s *Service) *control.Client {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "interlock.sock")
-	l, err := control.Listen(sock)
+	l, err := control.Listen(sock, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,8 +41,11 @@ func PeerFrom(ctx context.Context) (Peer, bool) {
 }
 
 // Listen removes a stale socket file, listens on path with mode 0660 and
-// returns the listener. The directory is created 0755.
-func Listen(path string) (net.Listener, error) {
+// returns the listener. With gid >= 0 the socket belongs to that group (the
+// daemon's control_group), so its members can connect; the kernel checks
+// the socket file's write permission at connect, before SO_PEERCRED is
+// ever read. The directory is created 0755.
+func Listen(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket dir: %w", err)
 	}
@@ -51,6 +57,12 @@ func Listen(path string) (net.Listener, error) {
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("chown %s: %w", path, err)
+		}
 	}
 	if err := os.Chmod(path, 0o660); err != nil {
 		l.Close()
@@ -154,6 +166,10 @@ func NewClient(socket string) *Client {
 // ErrNotRunning means nothing answers on the control socket.
 var ErrNotRunning = errors.New("interlockd is not running")
 
+// ErrPermission means the caller may not connect to the control socket:
+// interlockd may well be running.
+var ErrPermission = errors.New("permission denied")
+
 // Call sends in as JSON to path (POST, or GET when in is nil) and decodes the
 // answer into out (may be nil). A non-2xx answer becomes an error carrying
 // the daemon's message.
@@ -200,6 +216,9 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader) (*
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {
+			if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+				return nil, fmt.Errorf("%w on the control socket %s: %s", ErrPermission, c.Socket, whoMay(c.Socket))
+			}
 			return nil, fmt.Errorf("%w (socket %s: %v)", ErrNotRunning, c.Socket, op.Err)
 		}
 		return nil, err
@@ -214,4 +233,22 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader) (*
 		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(data)))
 	}
 	return resp, nil
+}
+
+// whoMay says who may use the socket at path, from its owner, group and
+// mode, for a caller that was refused.
+func whoMay(path string) string {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		// Refused on a directory on the way: nothing more to name.
+		return fmt.Sprintf("cannot reach it (%v); run as root", err)
+	}
+	group := strconv.Itoa(int(st.Gid))
+	if g, err := user.LookupGroupId(group); err == nil {
+		group = g.Name
+	}
+	if st.Gid == 0 {
+		return fmt.Sprintf("only root may use it (mode %04o, group %s); set control_group in interlockd.yaml to let a group's members in", st.Mode&0o7777, group)
+	}
+	return fmt.Sprintf("root and members of group %s may use it (mode %04o); add the user to group %s (then log in again)", group, st.Mode&0o7777, group)
 }

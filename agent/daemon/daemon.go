@@ -256,7 +256,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}
 	d.chain.Post(audit.DaemonStarted{Version: Version, PID: os.Getpid()})
 
-	ctlL, err := control.Listen(d.cfg.Socket)
+	ctlL, err := control.Listen(d.cfg.Socket, d.controlGID)
 	if err != nil {
 		return err
 	}

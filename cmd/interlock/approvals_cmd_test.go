@@ -31,7 +31,7 @@ func approvalsDaemon(t *testing.T) (*approvals.Service, *control.Client) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "interlock.sock")
-	l, err := control.Listen(sock)
+	l, err := control.Listen(sock, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
