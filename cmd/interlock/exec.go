@@ -34,12 +34,13 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	identity := fs.String("identity", "", "identity the command acts as")
+	asUser := fs.String("user", "", "run the command as this user (its groups and HOME, as a login sets them)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	argv := fs.Args()
 	if *identity == "" || len(argv) == 0 {
-		fmt.Fprintln(stderr, "usage: interlock exec --identity NAME -- CMD [ARGS...]")
+		fmt.Fprintln(stderr, "usage: interlock exec --identity NAME [--user USER] -- CMD [ARGS...]")
 		return 2
 	}
 	path, err := exec.LookPath(argv[0])
@@ -65,6 +66,17 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 	// ^C then reaches the command alone and is not delivered twice.
 	tty := isTerminal(os.Stdin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Foreground: tty}
+	if *asUser != "" {
+		// The shim is the user from its first instruction: a root agent in
+		// a tagged cgroup could move itself out through cgroup.procs.
+		l, err := lookupLogin(*asUser)
+		if err != nil {
+			fmt.Fprintf(stderr, "interlock: %v\n", err)
+			return exitInterlock
+		}
+		cmd.SysProcAttr.Credential = l.cred
+		cmd.Env = l.environ(cmd.Environ())
+	}
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, forwarded...)
 	defer signal.Stop(signals)

@@ -28,7 +28,8 @@ commands:
   tag CGROUP --identity NAME       tag a cgroup (and its descendants)
   tag --unit UNIT --identity NAME  tag a systemd unit or slice, now and at every start
   untag CGROUP | --unit UNIT       remove a tag
-  exec --identity NAME -- CMD ...  run CMD in a fresh cgroup tagged NAME
+  exec --identity NAME [--user U] -- CMD ...
+                                   run CMD (as user U) in a fresh cgroup tagged NAME
   uninstall [--bpffs DIR]          detach the programs and remove the pins
   approvals [--state S|all]        list held requests
   approve ID [--comment TEXT]      approve a held request

@@ -1,0 +1,66 @@
+package daemon_test
+
+import (
+	"fmt"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/daemontest"
+)
+
+// tempUser creates a real system user with its own group and a
+// supplementary group, and removes them after the test.
+func tempUser(t *testing.T, group string) *user.User {
+	t.Helper()
+	name := fmt.Sprintf("ilkagent%d", time.Now().UnixNano()%1e6)
+	home := filepath.Join(t.TempDir(), name)
+	if out, err := exec.Command("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", home,
+		"--groups", group, "--shell", "/bin/sh", name).CombinedOutput(); err != nil {
+		t.Fatalf("useradd %s: %v\n%s", name, err, out)
+	}
+	t.Cleanup(func() { exec.Command("userdel", name).Run() })
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// TestExecUser: `interlock exec --user NAME` runs the command tagged, as
+// that user with its supplementary groups and HOME, so it cannot move
+// itself out of its cgroup through the root-owned cgroup.procs.
+func TestExecUser(t *testing.T) {
+	group, gid := tempGroup(t)
+	u := tempUser(t, group)
+	d := daemontest.Start(t, daemontest.Options{})
+	script := fmt.Sprintf(`id -u; id -G; echo "home=$HOME user=$USER logname=$LOGNAME"; grep "^0::" /proc/self/cgroup
+echo $$ > %s/cgroup.procs && echo ESCAPED`, d.Root)
+	cmd := d.Command(t.Context(), "exec", "--identity", "demo", "--user", u.Username, "--", "sh", "-c", script)
+	cmd.Env = append(cmd.Environ(), "HOME=/root", "USER=root", "SUDO_USER=root")
+	outb, _ := cmd.CombinedOutput()
+	out := string(outb)
+	lines := strings.Split(out, "\n")
+	if len(lines) < 4 {
+		t.Fatalf("exec --user printed:\n%s", out)
+	}
+	if lines[0] != u.Uid {
+		t.Errorf("uid %q, want %s (%s)", lines[0], u.Uid, u.Username)
+	}
+	groups := strings.Fields(lines[1])
+	if len(groups) == 0 || groups[0] != u.Gid || !strings.Contains(" "+lines[1]+" ", fmt.Sprintf(" %d ", gid)) {
+		t.Errorf("groups %q, want primary %s and supplementary %d (%s)", lines[1], u.Gid, gid, group)
+	}
+	if want := fmt.Sprintf("home=%s user=%s logname=%s", u.HomeDir, u.Username, u.Username); lines[2] != want {
+		t.Errorf("environment %q, want %q", lines[2], want)
+	}
+	if !strings.Contains(lines[3], "/interlock-exec/demo-") {
+		t.Errorf("command ran in cgroup %q, not a tagged exec cgroup", lines[3])
+	}
+	if strings.Contains(out, "ESCAPED") {
+		t.Errorf("the command moved itself out of its tagged cgroup:\n%s", out)
+	}
+}
