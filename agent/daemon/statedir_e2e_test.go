@@ -4,6 +4,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -58,4 +59,10 @@ func TestStateOwnerOnly(t *testing.T) {
 		t.Fatalf("psql after restart: %v\n%s", err, out)
 	}
 	check("repaired at start")
+
+	// Days are a unit operators use for --since.
+	out, errOut, err := f.d.CLI("sessions", "--since", "1d")
+	if err != nil || !strings.Contains(out, "ci-bot") {
+		t.Fatalf("sessions --since 1d: %v\n%s%s", err, out, errOut)
+	}
 }

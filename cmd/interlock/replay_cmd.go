@@ -55,7 +55,7 @@ func runPolicyReplay(ctx context.Context, c *control.Client, args []string, stdo
 	file := fs.String("policy", "", "policy file to decide with")
 	pcap := fs.String("pcap", "", "pcap or pcapng capture to replay")
 	session := fs.String("session", "", "recorded session to re-decide")
-	since := fs.String("since", "", "re-decide every session started within this duration (e.g. 24h)")
+	since := fs.String("since", "", "re-decide every session started within this duration (e.g. 24h, 7d)")
 	identity := fs.String("identity", "", "identity of the caller (capture) or sessions to select (--since)")
 	target := fs.String("target", "", "target every captured stream is decided for (default: by address)")
 	asJSON := fs.Bool("json", false, "print one JSON object per line")
@@ -94,11 +94,12 @@ func runPolicyReplay(ctx context.Context, c *control.Client, args []string, stdo
 		}
 		q.Set("session", *session)
 	} else {
-		if _, err := time.ParseDuration(*since); err != nil {
-			fmt.Fprintf(stderr, "interlock policy replay: --since %q: %v\n", *since, err)
+		dur, err := parseSince(*since)
+		if err != nil {
+			fmt.Fprintf(stderr, "interlock policy replay: %v\n", err)
 			return 2
 		}
-		q.Set("since", *since)
+		q.Set("since", dur.String())
 		if *identity != "" {
 			q.Set("identity", *identity)
 		}

@@ -436,14 +436,14 @@ func stubDaemon(t *testing.T, answer []daemon.SessionDecisions) (*control.Client
 func TestReplaySessions(t *testing.T) {
 	c, asked := stubDaemon(t, recordedSessions())
 	pol := writePolicy(t, stricterPolicy)
-	code, out, errOut := runReplay(t, c, "--policy", pol, "--since", "24h", "--identity", "ci", "--json")
+	code, out, errOut := runReplay(t, c, "--policy", pol, "--since", "1d", "--identity", "ci", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	if !strings.Contains(errOut, "1 sessions of other protocols skipped") {
 		t.Errorf("the HTTP session is not reported as skipped: %q", errOut)
 	}
-	if q := asked(); len(q) != 1 || q[0] != "identity=ci&since=24h" {
+	if q := asked(); len(q) != 1 || q[0] != "identity=ci&since=24h0m0s" {
 		t.Errorf("daemon asked %q", q)
 	}
 	var got []string

@@ -21,7 +21,8 @@ func sessions(ctx context.Context, c *control.Client, args []string, w io.Writer
 	fs := flag.NewFlagSet("sessions", flag.ContinueOnError)
 	identity := fs.String("identity", "", "only this identity")
 	target := fs.String("target", "", "only this target")
-	since := fs.Duration("since", 0, "only sessions started within this long (e.g. 24h)")
+	var since sinceFlag
+	fs.Var(&since, "since", "only sessions started within this long (e.g. 24h, 7d)")
 	decision := fs.String("decision", "", "only sessions with a decision of this action (deny, mask, approve, allow)")
 	host := fs.String("host", "", "only this host (fleet store)")
 	limit := fs.Int("limit", 50, "at most this many, newest first")
@@ -35,7 +36,7 @@ func sessions(ctx context.Context, c *control.Client, args []string, w io.Writer
 			q.Set(k, v)
 		}
 	}
-	if *since > 0 {
+	if since > 0 {
 		q.Set("since", since.String())
 	}
 	q.Set("limit", fmt.Sprint(*limit))
