@@ -97,9 +97,8 @@ func (d *Daemon) collectExecCgroups(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		dirs, _ := filepath.Glob(filepath.Join(d.root, execDir, "*"))
-		for _, abs := range dirs {
-			if st, err := os.Stat(abs); err == nil && st.IsDir() && !populated(abs) &&
+		for _, abs := range d.execCgroups() {
+			if st, err := os.Stat(abs); err == nil && !populated(abs) &&
 				time.Since(st.ModTime()) > 10*time.Second {
 				d.releaseExec(abs, strings.TrimPrefix(abs, d.mount))
 			}
@@ -112,14 +111,27 @@ func (d *Daemon) collectExecCgroups(ctx context.Context) {
 // would otherwise keep running in a tree nobody enforces; they stay
 // (processes cannot be orphaned from a cgroup) but lose their tags.
 func (d *Daemon) removeExecCgroups() {
-	dirs, _ := filepath.Glob(filepath.Join(d.root, execDir, "*"))
-	for _, abs := range dirs {
+	for _, abs := range d.execCgroups() {
 		rel := strings.TrimPrefix(abs, d.mount)
 		if !populated(abs) {
 			d.releaseExec(abs, rel)
 		}
 	}
 	os.Remove(filepath.Join(d.root, execDir))
+}
+
+// execCgroups lists the exec cgroups: the directories under execDir. The
+// files beside them (cgroup.procs, memory.pressure, ...) are the parent
+// cgroup's own and can never be removed.
+func (d *Daemon) execCgroups() []string {
+	entries, _ := os.ReadDir(filepath.Join(d.root, execDir))
+	var dirs []string
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, filepath.Join(d.root, execDir, e.Name()))
+		}
+	}
+	return dirs
 }
 
 func populated(abs string) bool {

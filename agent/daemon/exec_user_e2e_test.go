@@ -64,3 +64,25 @@ echo $$ > %s/cgroup.procs && echo ESCAPED`, d.Root)
 		t.Errorf("the command moved itself out of its tagged cgroup:\n%s", out)
 	}
 }
+
+// TestUninstallQuiet: uninstall removes exec cgroups (directories) only,
+// with no warning about the cgroup files beside them.
+func TestUninstallQuiet(t *testing.T) {
+	d := daemontest.Start(t, daemontest.Options{})
+	if out, code := d.Exec("demo", "true"); code != 0 {
+		t.Fatalf("exec: %d\n%s", code, out)
+	}
+	out, errOut, err := d.CLI("uninstall")
+	if err != nil || errOut != "" {
+		t.Fatalf("uninstall: %v\n%s%s", err, out, errOut)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.Logs(), `"message":"stopped"`) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, line := range strings.Split(d.Logs(), "\n") {
+		if strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "cgroup") {
+			t.Errorf("uninstall warned: %s", line)
+		}
+	}
+}
