@@ -323,33 +323,57 @@ func (r Result) String() string {
 // is what editing any field of a stored record gives). The error return is
 // for failures to read the store, not for a broken chain.
 func Verify(ctx context.Context, st *store.Store, host string) (Result, error) {
-	res := Result{Host: host}
-	prev, want := GenesisHash, uint64(1)
+	c := newChainCheck(host)
 	errStop := errors.New("stop")
 	err := st.AuditRecords(ctx, host, 0, func(r store.AuditRecord) error {
-		switch {
-		case r.Seq != want:
-			res.Broken = &Break{Host: host, Seq: want, Reason: "gap",
-				Detail: fmt.Sprintf("record %d missing; next stored record is %d", want, r.Seq)}
-		case r.PrevHash != prev:
-			res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "prev-hash mismatch",
-				Detail: fmt.Sprintf("prev_hash %.16s..., previous record's hash %.16s...", r.PrevHash, prev)}
-		case Hash(r) != r.Hash:
-			res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "hash mismatch",
-				Detail: "record content does not match its hash"}
-		}
-		if res.Broken != nil {
+		if !c.next(r) {
 			return errStop
 		}
-		res.Records++
-		res.Head = store.AuditHead{Seq: r.Seq, Hash: r.Hash}
-		prev, want = r.Hash, r.Seq+1
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStop) {
-		return res, fmt.Errorf("verify audit chain %s: %w", host, err)
+		return c.res, fmt.Errorf("verify audit chain %s: %w", host, err)
 	}
-	return res, nil
+	return c.res, nil
+}
+
+// chainCheck verifies one host's records in seq order, wherever they are
+// read from (the store, an export).
+type chainCheck struct {
+	res  Result
+	prev string
+	want uint64
+}
+
+func newChainCheck(host string) *chainCheck {
+	return &chainCheck{res: Result{Host: host}, prev: GenesisHash, want: 1}
+}
+
+// next checks r against the records before it and reports whether the
+// chain still holds; after the first break it stays broken.
+func (c *chainCheck) next(r store.AuditRecord) bool {
+	if c.res.Broken != nil {
+		return false
+	}
+	host := c.res.Host
+	switch {
+	case r.Seq != c.want:
+		c.res.Broken = &Break{Host: host, Seq: c.want, Reason: "gap",
+			Detail: fmt.Sprintf("record %d missing; next stored record is %d", c.want, r.Seq)}
+	case r.PrevHash != c.prev:
+		c.res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "prev-hash mismatch",
+			Detail: fmt.Sprintf("prev_hash %.16s..., previous record's hash %.16s...", r.PrevHash, c.prev)}
+	case Hash(r) != r.Hash:
+		c.res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "hash mismatch",
+			Detail: "record content does not match its hash"}
+	}
+	if c.res.Broken != nil {
+		return false
+	}
+	c.res.Records++
+	c.res.Head = store.AuditHead{Seq: r.Seq, Hash: r.Hash}
+	c.prev, c.want = r.Hash, r.Seq+1
+	return true
 }
 
 // VerifyAll verifies every host's chain in the store.

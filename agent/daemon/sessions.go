@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bytes"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -21,6 +20,10 @@ type AuditVerdict struct {
 	Summary string `json:"summary"`
 	// BrokenSeq is the first record that fails the check (0 when OK).
 	BrokenSeq uint64 `json:"broken_seq,omitempty"`
+	// HeadSeq and HeadHash are the last record that checked out, to be
+	// anchored outside the host.
+	HeadSeq  uint64 `json:"head_seq"`
+	HeadHash string `json:"head_hash"`
 }
 
 // SessionDecisions is one recorded session and the decisions made in it.
@@ -142,10 +145,9 @@ func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request) {
 	out := make([]AuditVerdict, 0, len(results))
 	for _, res := range results {
 		v := AuditVerdict{Host: res.Host, Records: res.Records, OK: res.Broken == nil,
-			Summary: fmt.Sprintf("%s: ok, %d records", res.Host, res.Records)}
+			Summary: res.String(), HeadSeq: res.Head.Seq, HeadHash: res.Head.Hash}
 		if res.Broken != nil {
 			v.BrokenSeq = res.Broken.Seq
-			v.Summary = res.Broken.Error()
 		}
 		out = append(out, v)
 	}

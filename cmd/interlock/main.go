@@ -38,7 +38,8 @@ commands:
                                    list recorded sessions
   replay ID                        print a session's transcript
   export ID --pcap FILE            write a session as a pcap
-  audit verify | export            check or dump the hash-chained audit trail
+  audit verify [--store P | --export F] | export
+                                   check (offline too) or dump the hash-chained audit trail
   policy check FILE                validate a policy file
   policy test FILE                 run the test cases a policy ships with
   policy explain ...               show the decision for one request

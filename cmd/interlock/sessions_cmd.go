@@ -9,9 +9,11 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/daemon"
 	"github.com/interlock-dev/interlock/agent/store"
@@ -108,10 +110,22 @@ func dirOf(path string) string {
 // auditCommand runs `interlock audit verify` and `interlock audit export`.
 func auditCommand(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: interlock audit verify | export [--host H]")
+		return errors.New("usage: interlock audit verify [--store PATH|URL | --export FILE] | export [--host H]")
 	}
 	switch args[0] {
 	case "verify":
+		fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
+		storePath := fs.String("store", "", "verify this store (SQLite file or postgres:// URL) without the daemon")
+		exportPath := fs.String("export", "", "verify this `interlock audit export` file without the daemon")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *storePath != "" && *exportPath != "" || fs.NArg() > 0 {
+			return errors.New("usage: interlock audit verify [--store PATH|URL | --export FILE]")
+		}
+		if *storePath != "" || *exportPath != "" {
+			return verifyOffline(ctx, *storePath, *exportPath, w)
+		}
 		var vs []daemon.AuditVerdict
 		if err := c.Call(ctx, "/v1/audit/verify", nil, &vs); err != nil {
 			return err
@@ -134,4 +148,48 @@ func auditCommand(ctx context.Context, c *control.Client, args []string, w io.Wr
 		return c.Stream(ctx, "/v1/audit/export?host="+url.QueryEscape(*host), w)
 	}
 	return fmt.Errorf("unknown audit command %q", args[0])
+}
+
+// verifyOffline verifies a store or an export file directly: the trail can
+// be checked on a copy, on another machine, or with interlockd down.
+func verifyOffline(ctx context.Context, storePath, exportPath string, w io.Writer) error {
+	var results []audit.Result
+	if exportPath != "" {
+		f, err := os.Open(exportPath)
+		if err != nil {
+			return fmt.Errorf("open export: %w", err)
+		}
+		defer f.Close()
+		if results, err = audit.VerifyExport(f); err != nil {
+			return err
+		}
+	} else {
+		if !strings.Contains(storePath, "://") && !strings.Contains(storePath, "host=") {
+			// Opening a SQLite path that does not exist would create an
+			// empty store and report nothing to verify.
+			if _, err := os.Stat(storePath); err != nil {
+				return fmt.Errorf("open store: %w", err)
+			}
+		}
+		st, err := store.Open(ctx, storePath)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		if results, err = audit.VerifyAll(ctx, st); err != nil {
+			return err
+		}
+	}
+	if len(results) == 0 {
+		return errors.New("no audit records to verify")
+	}
+	broken := false
+	for _, r := range results {
+		fmt.Fprintln(w, r)
+		broken = broken || r.Broken != nil
+	}
+	if broken {
+		return errors.New("audit chain is broken")
+	}
+	return nil
 }
