@@ -29,6 +29,12 @@ func TestAuditVerifyOffline(t *testing.T) {
 	if err := os.WriteFile(exportFile, []byte(export), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Without --policy, explain decides with the running daemon's policy
+	// (the embedded default knows no ci-bot).
+	out, errOut, err := f.d.CLI("policy", "explain", "--identity", "ci-bot", "--target", "appdb", "--sql", "DROP TABLE customers")
+	if err != nil || !strings.Contains(out, "policy of the running interlockd: "+f.d.Policy) || !strings.Contains(out, "no-destructive") {
+		t.Errorf("policy explain without --policy: %v\n%s%s", err, out, errOut)
+	}
 	f.d.Stop()
 	for _, args := range [][]string{
 		{"audit", "verify", "--store", filepath.Join(f.d.StateDir, "interlock.db")},

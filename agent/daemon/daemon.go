@@ -52,6 +52,7 @@ type Daemon struct {
 	ids        *identities
 	policy     *policy.Engine
 	policySrc  string
+	policyText atomic.Pointer[PolicyText] // what `policy explain` decides with
 	proxy      *proxy.Server
 	listeners  []net.Listener
 	ctl        *http.Server
@@ -121,11 +122,12 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 		}
 		d.controlGID = gid
 	}
-	pol, src, err := loadPolicy(cfg.Policy)
+	pol, text, err := loadPolicy(cfg.Policy)
 	if err != nil {
 		return nil, err
 	}
-	d.policy, d.policySrc = policy.NewEngine(pol), src
+	d.policy, d.policySrc = policy.NewEngine(pol), text.Policy
+	d.policyText.Store(text)
 	// Map fill is read at scrape time, once the data path is open.
 	d.metrics = metrics.New(func() (map[string][2]int, error) {
 		if d.dp == nil {
@@ -145,26 +147,31 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 
 // loadPolicy loads the policy file (or the embedded default), resolves its
 // host-name targets and runs the tests it ships: a policy that contradicts
-// its own tests is not what its author meant, so it is refused.
-func loadPolicy(path string) (*policy.Policy, string, error) {
+// its own tests is not what its author meant, so it is refused. It also
+// returns the text it compiled, for `interlock policy explain`.
+func loadPolicy(path string) (*policy.Policy, *PolicyText, error) {
 	if path == "" {
-		return policy.Default(), "embedded default", nil
+		return policy.Default(), &PolicyText{Policy: "embedded default", Text: string(policy.DefaultSource())}, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read policy: %w", err)
 	}
 	p, err := policy.Load(path)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	for _, r := range p.RunTests() {
 		if !r.Pass {
-			return nil, "", fmt.Errorf("policy %s: shipped test failed: %s", path, r)
+			return nil, nil, fmt.Errorf("policy %s: shipped test failed: %s", path, r)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if errs := p.ResolveTargets(ctx, net.DefaultResolver); len(errs) > 0 {
-		return nil, "", fmt.Errorf("policy %s: resolve targets: %w", path, errors.Join(errs...))
+		return nil, nil, fmt.Errorf("policy %s: resolve targets: %w", path, errors.Join(errs...))
 	}
-	return p, path, nil
+	return p, &PolicyText{Policy: path, Text: string(data)}, nil
 }
 
 // refreshTargets re-resolves host-name targets, so a database that moves
@@ -340,7 +347,7 @@ func (d *Daemon) isUnderRoot(rel string) bool {
 // Reload replaces the policy from its file. An invalid file is refused and
 // the policy in force stays.
 func (d *Daemon) Reload() error {
-	pol, src, err := loadPolicy(d.cfg.Policy)
+	pol, text, err := loadPolicy(d.cfg.Policy)
 	if err != nil {
 		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
 		return err
@@ -349,8 +356,9 @@ func (d *Daemon) Reload() error {
 		return err
 	}
 	d.policy.Swap(pol)
-	d.policySrc = src
-	d.audit.Info().Str("event", "policy_reload").Str("policy", src).Msg("policy reloaded")
+	d.policySrc = text.Policy
+	d.policyText.Store(text)
+	d.audit.Info().Str("event", "policy_reload").Str("policy", text.Policy).Msg("policy reloaded")
 	return nil
 }
 

@@ -59,6 +59,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/exec", d.handleExec)
 	mux.HandleFunc("POST /v1/exec/release", d.handleExecRelease)
 	mux.HandleFunc("POST /v1/policy/reload", d.handleReload)
+	mux.HandleFunc("GET /v1/policy", d.handlePolicy)
 	mux.HandleFunc("POST /v1/uninstall", d.handleUninstall)
 	d.sessionRoutes(mux)
 	return d.authorize(mux)
@@ -267,6 +268,18 @@ func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	control.WriteJSON(w, http.StatusOK, map[string]string{"policy": d.policySrc})
+}
+
+// PolicyText is the policy in force as GET /v1/policy returns it: where it
+// came from and the text that was compiled, so `interlock policy explain`
+// decides with exactly what the daemon decides with.
+type PolicyText struct {
+	Policy string `json:"policy"`
+	Text   string `json:"text"`
+}
+
+func (d *Daemon) handlePolicy(w http.ResponseWriter, r *http.Request) {
+	control.WriteJSON(w, http.StatusOK, d.policyText.Load())
 }
 
 func (d *Daemon) handleUninstall(w http.ResponseWriter, r *http.Request) {

@@ -107,7 +107,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 			break
 		}
-		return runPolicy(rest, stdout, stderr)
+		return runPolicy(ctx, c, rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -8,6 +9,8 @@ import (
 	"io"
 	"strings"
 
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/daemon"
 	"github.com/interlock-dev/interlock/policy"
 	"github.com/interlock-dev/interlock/policy/sqlclass"
 )
@@ -20,16 +23,17 @@ const policyUsage = `usage:
   interlock policy explain [--policy FILE] (--identity NAME | --tag TAG [--uid N] [--exe PATH])
                            [--target NAME] (--sql TEXT | --http 'METHOD PATH' | --redis CMD | --ssh CMD) [--json]
       show how a request is classified and decided, and by which rule
-      (without --policy: the embedded default policy)
+      (without --policy: the running interlockd's policy, else the embedded default; it says which)
   interlock policy default
       print the embedded default policy
 `
 
 // runPolicy implements the offline policy commands: check, test, explain
-// and default. It returns the process exit code: 0 success, 1 a policy
-// problem or failed test, 2 a usage error. (`policy reload` talks to the
-// daemon and lives with the other control commands.)
-func runPolicy(args []string, stdout, stderr io.Writer) int {
+// and default; explain without --policy asks the daemon for its policy. It
+// returns the process exit code: 0 success, 1 a policy problem or failed
+// test, 2 a usage error. (`policy reload` talks to the daemon and lives
+// with the other control commands.)
+func runPolicy(ctx context.Context, c *control.Client, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, policyUsage)
 		return 2
@@ -40,7 +44,7 @@ func runPolicy(args []string, stdout, stderr io.Writer) int {
 	case "test":
 		return policyTest(rest, stdout, stderr)
 	case "explain":
-		return policyExplain(rest, stdout, stderr)
+		return policyExplain(ctx, c, rest, stdout, stderr)
 	case "default":
 		stdout.Write(policy.DefaultSource())
 		return 0
@@ -165,10 +169,10 @@ type approvalJSON struct {
 	Timeout   string   `json:"timeout"`
 }
 
-func policyExplain(args []string, stdout, stderr io.Writer) int {
+func policyExplain(ctx context.Context, c *control.Client, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("policy explain", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	file := fs.String("policy", "", "policy file (default: the embedded default policy)")
+	file := fs.String("policy", "", "policy file (default: the running interlockd's policy, else the embedded default)")
 	identity := fs.String("identity", "", "identity name the caller has")
 	tag := fs.String("tag", "", "cgroup tag of the caller (instead of --identity)")
 	uid := fs.Uint("uid", 0, "caller's uid (with --tag)")
@@ -187,9 +191,13 @@ func policyExplain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var p *policy.Policy
-	name := "embedded default policy"
+	var name string
 	if *file == "" {
-		p = policy.Default()
+		var err error
+		if p, name, err = daemonPolicy(ctx, c); err != nil {
+			printLoadError(stderr, err)
+			return 1
+		}
 	} else {
 		var err error
 		if p, err = policy.Load(*file); err != nil {
@@ -252,6 +260,26 @@ func policyExplain(args []string, stdout, stderr io.Writer) int {
 	}
 	printExplanation(stdout, &ex)
 	return 0
+}
+
+// daemonPolicy is the policy explain decides with when none is named: the
+// running interlockd's, else the embedded default. The name says which,
+// and why when it is the default, so an answer never silently comes from a
+// policy the daemon does not enforce.
+func daemonPolicy(ctx context.Context, c *control.Client) (*policy.Policy, string, error) {
+	var pt daemon.PolicyText
+	err := c.Call(ctx, "/v1/policy", nil, &pt)
+	switch {
+	case errors.Is(err, control.ErrNotRunning):
+		return policy.Default(), "embedded default policy (interlockd is not running at " + c.Socket + "; give --policy FILE for another)", nil
+	case err != nil:
+		return policy.Default(), fmt.Sprintf("embedded default policy (could not ask interlockd for its policy: %v)", err), nil
+	}
+	p, err := policy.Parse(pt.Policy, []byte(pt.Text))
+	if err != nil {
+		return nil, "", err
+	}
+	return p, "policy of the running interlockd: " + pt.Policy, nil
 }
 
 func flags(st *sqlclass.Statement) []string {

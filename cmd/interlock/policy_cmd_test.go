@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/interlock-dev/interlock/agent/control"
 )
 
 // examplePolicy is the CI-runner example shipped in policy/examples.
@@ -23,7 +26,10 @@ func examplePolicy(t *testing.T) string {
 
 func runPolicyCmd(args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
-	code := runPolicy(args, &out, &errb)
+	// No daemon answers here: explain without --policy falls back to the
+	// embedded default and says so.
+	c := control.NewClient(filepath.Join(os.TempDir(), "interlock-no-daemon.sock"))
+	code := runPolicy(context.Background(), c, args, &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -85,7 +91,8 @@ func TestPolicyExplain(t *testing.T) {
 	// The default policy, a subject given by tag.
 	code, out, _ = runPolicyCmd("explain", "--tag", "demo", "--target", "local-postgres", "--sql", "SELECT pg_read_file('/etc/passwd')")
 	if code != 0 || !strings.Contains(out, "identities matched: demo") || !strings.Contains(out, "because:   calls pg_read_file") ||
-		!strings.Contains(out, "decision:  deny by rule default-deny") {
+		!strings.Contains(out, "decision:  deny by rule default-deny") ||
+		!strings.Contains(out, "policy:    embedded default policy (interlockd is not running") {
 		t.Errorf("explain default: code %d:\n%s", code, out)
 	}
 	if code, _, _ := runPolicyCmd("explain", "--identity", "nobody", "--sql", "SELECT 1"); code != 1 {
