@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/rs/zerolog"
+	"gopkg.in/yaml.v3"
 
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/credentials"
@@ -92,25 +94,38 @@ func Load(path string) (Config, error) {
 	if err := policy.Decode(path, data, &cfg); err != nil {
 		return cfg, err
 	}
-	return cfg, cfg.Validate()
+	return cfg, positioned(path, data, cfg.Validate())
 }
 
-// Validate reports the first setting that cannot work.
+// KeyError is a setting that cannot work, named by its dotted key
+// ("approvals.web_listen").
+type KeyError struct {
+	Key, Msg string
+}
+
+// Error renders "config: key: message".
+func (e *KeyError) Error() string { return "config: " + e.Key + ": " + e.Msg }
+
+func keyErrorf(key, format string, args ...any) *KeyError {
+	return &KeyError{Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Validate reports the first setting that cannot work, as a *KeyError.
 func (c Config) Validate() error {
 	switch {
 	case c.Socket == "":
-		return errors.New("config: socket is empty")
+		return keyErrorf("socket", "is empty")
 	case c.StateDir == "":
-		return errors.New("config: state_dir is empty")
+		return keyErrorf("state_dir", "is empty")
 	case c.BPFFS == "":
-		return errors.New("config: bpffs is empty")
+		return keyErrorf("bpffs", "is empty")
 	case c.ListenPort == 0:
-		return errors.New("config: listen_port is 0")
+		return keyErrorf("listen_port", "is 0")
 	case c.LogFormat != "json" && c.LogFormat != "console":
-		return fmt.Errorf("config: log_format %q is neither json nor console", c.LogFormat)
+		return keyErrorf("log_format", "%q is neither json nor console", c.LogFormat)
 	}
 	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
-		return fmt.Errorf("config: log_level %q is not one of trace, debug, info, warn, error", c.LogLevel)
+		return keyErrorf("log_level", "%q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
 	for key, addr := range map[string]string{"metrics_listen": c.MetricsListen, "approvals.web_listen": c.Approvals.WebListen} {
 		if addr == "" {
@@ -119,8 +134,36 @@ func (c Config) Validate() error {
 		// Both serve operators only; never expose them beyond the host.
 		host, _, err := net.SplitHostPort(addr)
 		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
-			return fmt.Errorf("config: %s %q must be a loopback address and port", key, addr)
+			return keyErrorf(key, "%q must be a loopback address and port", addr)
 		}
 	}
 	return nil
+}
+
+// positioned turns a *KeyError into "file:line:col: key: message" at the
+// key's value in the file; other errors, and keys the file does not set
+// (a default that cannot work), are returned as they are.
+func positioned(path string, data []byte, err error) error {
+	var ke *KeyError
+	if !errors.As(err, &ke) {
+		return err
+	}
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return err
+	}
+	n := doc.Content[0]
+	for _, part := range strings.Split(ke.Key, ".") {
+		var next *yaml.Node
+		for i := 0; n.Kind == yaml.MappingNode && i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == part {
+				next = n.Content[i+1]
+			}
+		}
+		if next == nil {
+			return err
+		}
+		n = next
+	}
+	return fmt.Errorf("%s:%d:%d: %s: %s", path, n.Line, n.Column, ke.Key, ke.Msg)
 }

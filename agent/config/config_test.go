@@ -17,10 +17,10 @@ func TestLoad(t *testing.T) {
 		{"wrong type", "listen_port: many\n", `c.yaml:1:14: expected a whole number from 0 to 65535, got "many"`},
 		{"indentation error at its line", "socket: /x\napprovals:\n  web_listen: 127.0.0.1:1\n  webhook: http://h/\n reviewer_tokens: []\n", "c.yaml:5:2: invalid YAML"},
 		{"metrics on loopback", "metrics_listen: 127.0.0.1:9464\n", ""},
-		{"metrics beyond the host", "metrics_listen: 0.0.0.0:9464\n", "loopback"},
-		{"web page beyond the host", "approvals: {web_listen: \"10.0.0.1:80\"}\n", "loopback"},
+		{"metrics beyond the host", "metrics_listen: 0.0.0.0:9464\n", `c.yaml:1:17: metrics_listen: "0.0.0.0:9464" must be a loopback address and port`},
+		{"web page beyond the host", "socket: /s\napprovals:\n  web_listen: \"10.0.0.1:80\"\n", `c.yaml:3:15: approvals.web_listen: "10.0.0.1:80" must be`},
 		{"console logs", "log_format: console\n", ""},
-		{"unknown log format", "log_format: text\n", "log_format"},
+		{"unknown log format", "log_format: text\n", `c.yaml:1:13: log_format: "text" is neither json nor console`},
 		{"unknown log level", "log_level: verbose\n", "log_level"},
 		{"credentials block", "credentials:\n  static:\n    legacy: {username: app, password: x}\n", ""},
 	} {
