@@ -456,3 +456,22 @@ func fileOwner(st os.FileInfo) uint32 {
 	}
 	return ^uint32(0)
 }
+
+// ReadCertificate returns the certificate of the authority kept in dir,
+// PEM-encoded, without loading its key: what `interlock ca export` prints
+// when no daemon is running. Reading it takes the daemon user's rights.
+func ReadCertificate(dir string) ([]byte, error) {
+	data, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("read ca: %w", err)
+	}
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return nil, fmt.Errorf("read ca: no certificate in %s", filepath.Join(dir, KeyFile))
+		}
+		if b.Type == "CERTIFICATE" {
+			return pem.EncodeToMemory(b), nil
+		}
+	}
+}

@@ -60,6 +60,8 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/exec/release", d.handleExecRelease)
 	mux.HandleFunc("POST /v1/policy/reload", d.handleReload)
 	mux.HandleFunc("POST /v1/uninstall", d.handleUninstall)
+	mux.HandleFunc("GET /v1/ca", d.handleCA)
+	mux.HandleFunc("POST /v1/ca/rotate", d.handleCARotate)
 	d.sessionRoutes(mux)
 	return d.authorize(mux)
 }
