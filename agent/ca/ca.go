@@ -236,8 +236,16 @@ func (a *Authority) publish(g *generation) error {
 	if a.cfg.PublicCert == "" {
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(a.cfg.PublicCert), 0o755); err != nil {
+	dir := filepath.Dir(a.cfg.PublicCert)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create public ca dir: %w", err)
+	}
+	// Agents verify servers against this file: whoever could replace it
+	// could make them trust any server.
+	if st, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("stat public ca dir: %w", err)
+	} else if st.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("publish ca certificate: %s is writable by others (mode %04o)", dir, st.Mode().Perm())
 	}
 	if err := writeFile(a.cfg.PublicCert, g.certPEM, 0o644); err != nil {
 		return fmt.Errorf("publish ca certificate: %w", err)

@@ -99,6 +99,17 @@ func TestOpenRefusesExposedKey(t *testing.T) {
 	}
 }
 
+func TestPublishRefusesSharedDir(t *testing.T) {
+	shared := t.TempDir()
+	if err := os.Chmod(shared, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(Config{Dir: t.TempDir(), PublicCert: filepath.Join(shared, "ca.crt")})
+	if err == nil || !strings.Contains(err.Error(), "writable by others") {
+		t.Fatalf("published the CA where anyone may replace it: %v", err)
+	}
+}
+
 func TestOpenRefusesMismatchedKey(t *testing.T) {
 	dir := t.TempDir()
 	open(t, Config{Dir: dir})
