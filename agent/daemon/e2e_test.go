@@ -127,7 +127,7 @@ func client(mode, arg string) int {
 		} else {
 			unix.Close(fd)
 		}
-	case "pgx", "pgx-gssenc":
+	case "pgx", "pgx-gssenc", "pgx-connect":
 		line, err := pgxClient(mode, arg)
 		r.Line = line
 		if err != nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,16 +21,23 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/ca"
 	"github.com/interlock-dev/interlock/agent/daemon"
+	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // pgxClient is the legacy agent's pgx mode: it connects to dsn with the
 // environment `interlock exec` gave it (PGSSLROOTCERT), runs one query and
 // describes the connection. In mode pgx-gssenc it first asks for GSSAPI
 // encryption on the new connection, as libpq does with gssencmode=prefer
-// when it holds Kerberos credentials, and on 'N' goes on as pgx would.
+// when it holds Kerberos credentials, and on 'N' goes on as pgx would. In
+// mode pgx-connect it reports the median time of a connection and its
+// first query.
 func pgxClient(mode, dsn string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	if mode == "pgx-connect" {
+		return pgxConnectLatency(ctx, dsn)
+	}
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return "", err
@@ -68,6 +76,26 @@ func pgxClient(mode, dsn string) (string, error) {
 	}
 	st := tc.ConnectionState()
 	return fmt.Sprintf("tls %s alpn=%q %s", tls.VersionName(st.Version), st.NegotiatedProtocol, name), nil
+}
+
+func pgxConnectLatency(ctx context.Context, dsn string) (string, error) {
+	var us []float64
+	for range 50 {
+		start := time.Now()
+		c, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			return "", err
+		}
+		var one int
+		err = c.QueryRow(ctx, "SELECT 1").Scan(&one)
+		us = append(us, float64(time.Since(start).Microseconds()))
+		c.Close(ctx)
+		if err != nil {
+			return "", err
+		}
+	}
+	slices.Sort(us)
+	return strconv.FormatFloat(us[len(us)/2], 'f', 0, 64), nil
 }
 
 // openForAgents lets an unprivileged agent reach the daemon's published CA
@@ -270,4 +298,56 @@ func TestCAExportAndRotate(t *testing.T) {
 	if _, _, err := f.d.CLI("ca", "rotate"); err == nil {
 		t.Fatal("ca rotate without a daemon succeeded")
 	}
+}
+
+// BenchmarkPostgresTLSConnect is what TLS from the agent adds to a new
+// session through interlockd: the median of 50 pgx connections, each with
+// its first query, plain and with sslmode=require (a P-256 leaf, cached
+// after the first), beside the same connections straight to the server.
+//
+//	sudo go test ./agent/daemon -run '^$' -bench PostgresTLSConnect -benchtime 3x
+func BenchmarkPostgresTLSConnect(b *testing.B) {
+	testenv.Privileged(b)
+	pg := testenv.StartPostgres(b)
+	pg.Psql(b, "CREATE ROLE agent_rw NOLOGIN")
+	dir := b.TempDir()
+	pol := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(pol, []byte(fmt.Sprintf(pgPolicy, pg.Port)), 0o644)
+	cfg := filepath.Join(dir, "interlockd.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\ncredentials:\n  embedded:\n    embedded: {admin_dsn: %q}\n", pg.AdminDSN())), 0o600)
+	d := daemontest.Start(b, daemontest.Options{Policy: pol, Config: cfg})
+	cg := d.Cgroup("bench")
+	if _, stderr, err := d.CLI("tag", cg, "--identity", "ci-bot"); err != nil {
+		b.Fatalf("tag: %v %s", err, stderr)
+	}
+	f := &fixture{d: d, agent: agentBinary(b)}
+	// The agent in the tagged cgroup; straight to the server from here.
+	median := func(tagged bool, dsn string) float64 {
+		var line, failure string
+		if tagged {
+			r := f.runIn(b, cg, "pgx-connect", dsn)
+			line, failure = r.Line, r.Err
+		} else if l, err := pgxConnectLatency(b.Context(), dsn); err != nil {
+			failure = err.Error()
+		} else {
+			line = l
+		}
+		us, err := strconv.ParseFloat(line, 64)
+		if failure != "" || err != nil {
+			b.Fatalf("%s: %s %q", dsn, failure, line)
+		}
+		return us
+	}
+	direct := fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/postgres?sslmode=disable", pg.Superuser, pg.Password, pg.Port)
+	via := fmt.Sprintf("postgres://agent@127.0.0.1:%d/postgres?sslmode=", pg.Port)
+	var dm, pm, tm []float64
+	for b.Loop() {
+		dm = append(dm, median(false, direct))
+		pm = append(pm, median(true, via+"disable"))
+		tm = append(tm, median(true, via+"require"))
+	}
+	mid := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	b.ReportMetric(mid(dm), "direct-µs")
+	b.ReportMetric(mid(pm), "interlock-plain-µs")
+	b.ReportMetric(mid(tm), "interlock-tls-µs")
 }
