@@ -74,10 +74,11 @@ type ClientConfig struct {
 
 // AcceptClient reads the opening packets of an agent's connection: it
 // answers SSLRequest and GSSENCRequest (always 'N'), terminates TLS when
-// asked, and returns at the StartupMessage or CancelRequest. It does not authenticate the agent (identity comes from the
-// kernel); the caller answers with GreetClient or WriteError. The deadline of
-// ctx bounds the exchange. It reads exactly the bytes of the packets, so the
-// connection can be relayed afterwards without loss.
+// asked, and returns at the StartupMessage or CancelRequest. It does not
+// authenticate the agent (identity comes from the kernel); the caller
+// answers with GreetClient or WriteError. The deadline of ctx bounds the
+// exchange. It reads exactly the bytes of the packets, so the connection can
+// be relayed afterwards without loss.
 func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello, error) {
 	stop := watchContext(ctx, conn)
 	defer stop()
@@ -193,6 +194,7 @@ func cstring(b []byte) (string, []byte, bool) {
 // could be another protocol's, relayed here by an attacker.
 func (h *Hello) startTLS(ctx context.Context, conn net.Conn, cfg ClientConfig, direct bool) error {
 	if cfg.TLS == nil {
+		// Only a direct negotiation gets here without a configuration.
 		return &ProtocolError{Msg: "direct TLS negotiation is not accepted here"}
 	}
 	tcfg := cfg.TLS.Clone()

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -183,4 +184,39 @@ func TestPgxDirectTLS(t *testing.T) {
 	if st.NegotiatedProtocol != "postgresql" {
 		t.Fatalf("ALPN %q", st.NegotiatedProtocol)
 	}
+}
+
+// scriptedConn is an agent that sends input and then hangs up; what the
+// proxy writes is dropped.
+type scriptedConn struct {
+	net.Conn // nil: only the methods below are used
+	in       *bytes.Reader
+}
+
+func (c *scriptedConn) Read(b []byte) (int, error)       { return c.in.Read(b) }
+func (c *scriptedConn) Write(b []byte) (int, error)      { return len(b), nil }
+func (c *scriptedConn) Close() error                     { return nil }
+func (c *scriptedConn) SetDeadline(time.Time) error      { return nil }
+func (c *scriptedConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *scriptedConn) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzAcceptClient feeds the unauthenticated start of a connection,
+// encryption requests and TLS records included, to AcceptClient: it must
+// end with a hello or an error, never panic.
+func FuzzAcceptClient(f *testing.F) {
+	ca := newTestCA(f)
+	cfg := ClientConfig{TLS: &tls.Config{Certificates: []tls.Certificate{ca.cert}}}
+	f.Add(untyped(gssEncRequestCode))
+	f.Add(append(untyped(gssEncRequestCode), untyped(sslRequestCode)...))
+	f.Add(append(untyped(sslRequestCode), 0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0))
+	f.Add([]byte{0x16, 3, 1, 0, 0x30, 1, 0, 0, 0x2c, 3, 3})
+	f.Add(untyped(cancelRequestCode))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		h, err := AcceptClient(ctx, &scriptedConn{in: bytes.NewReader(in)}, cfg)
+		if err == nil && h.Startup == nil && h.Cancel == nil {
+			t.Fatal("no error and nothing accepted")
+		}
+	})
 }
