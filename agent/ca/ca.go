@@ -107,15 +107,19 @@ func Open(cfg Config) (*Authority, error) {
 	a := &Authority{cfg: cfg}
 	g, err := load(filepath.Join(cfg.Dir, KeyFile), cfg.CacheSize)
 	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return a, a.Rotate()
+	case errors.Is(err, os.ErrNotExist) || err == nil && time.Now().Add(LeafLifetime).After(g.cert.NotAfter):
+		if err := a.Rotate(); err != nil {
+			return nil, err
+		}
+		return a, nil
 	case err != nil:
 		return nil, err
-	case time.Now().Add(LeafLifetime).After(g.cert.NotAfter):
-		return a, a.Rotate()
 	}
 	a.current.Store(g)
-	return a, a.publish(g)
+	if err := a.publish(g); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
 
 // load reads a key file, refusing one that others could read or that
