@@ -267,6 +267,11 @@ func TestCAExportAndRotate(t *testing.T) {
 	if err := os.WriteFile(oldCA, []byte(exported), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A leaf for localhost is minted and cached before the rotation.
+	const query = "SELECT name FROM customers WHERE id = 2"
+	if out, err := f.psqlTLS(t, "localhost", []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + oldCA}, query); err != nil || out != "Bob" {
+		t.Fatalf("verify-full before rotation: %v\n%s", err, out)
+	}
 	if out, stderr, err := f.d.CLI("ca", "rotate"); err != nil || !strings.Contains(out, "new certificate authority") {
 		t.Fatalf("ca rotate: %v %s\n%s", err, stderr, out)
 	}
@@ -275,7 +280,6 @@ func TestCAExportAndRotate(t *testing.T) {
 	if rotated == exported || !strings.HasPrefix(rotated, "-----BEGIN CERTIFICATE-----") {
 		t.Fatalf("rotation kept the CA:\n%s", rotated)
 	}
-	const query = "SELECT name FROM customers WHERE id = 2"
 	if out, err := f.psqlTLS(t, "localhost", []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + oldCA}, query); err == nil || !strings.Contains(out, "certificate verify failed") {
 		t.Fatalf("a leaf of the old CA after rotation: err=%v\n%s", err, out)
 	}
