@@ -21,6 +21,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/ca"
 	"github.com/interlock-dev/interlock/agent/config"
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/credentials"
@@ -59,6 +60,7 @@ type Daemon struct {
 	controlGID int // -1: only root may use the control API
 	started    time.Time
 	creds      *credentials.Manager
+	ca         *ca.Authority // signs the certificates agents' TLS ends at
 	host       string
 	store      *store.Store
 	chain      *audit.Log // the hash-chained audit trail in the store
@@ -124,6 +126,9 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	}
 	pol, text, err := loadPolicy(cfg.Policy)
 	if err != nil {
+		return nil, err
+	}
+	if err := d.openCA(); err != nil {
 		return nil, err
 	}
 	d.policy, d.policySrc = policy.NewEngine(pol), text.Policy

@@ -127,6 +127,12 @@ func client(mode, arg string) int {
 		} else {
 			unix.Close(fd)
 		}
+	case "pgx", "pgx-gssenc", "pgx-connect":
+		line, err := pgxClient(mode, arg)
+		r.Line = line
+		if err != nil {
+			fail(err)
+		}
 	case "unix":
 		c, err := net.Dial("unix", arg)
 		if err != nil {

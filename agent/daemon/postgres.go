@@ -86,7 +86,9 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	defer c.Client.Close()
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	hello, err := postgres.AcceptClient(hctx, c.Client, postgres.ClientConfig{})
+	// TLS ends here with a leaf for the name the agent dialed (its SNI, or
+	// the address it connected to); the upstream connection is separate.
+	hello, err := postgres.AcceptClient(hctx, c.Client, postgres.ClientConfig{TLS: d.ca.ServerConfig(c.Dst.Addr())})
 	if err != nil {
 		d.refusePG(c, target, nil, "handshake", err)
 		return

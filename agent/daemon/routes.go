@@ -61,6 +61,8 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/policy/reload", d.handleReload)
 	mux.HandleFunc("GET /v1/policy", d.handlePolicy)
 	mux.HandleFunc("POST /v1/uninstall", d.handleUninstall)
+	mux.HandleFunc("GET /v1/ca", d.handleCA)
+	mux.HandleFunc("POST /v1/ca/rotate", d.handleCARotate)
 	d.sessionRoutes(mux)
 	return d.authorize(mux)
 }

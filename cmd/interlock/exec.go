@@ -53,6 +53,11 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 		fmt.Fprintf(stderr, "interlock: %v\n", err)
 		return exitInterlock
 	}
+	env, err := caEnv(ctx, c, os.Environ())
+	if err != nil {
+		fmt.Fprintf(stderr, "interlock: %v\n", err)
+		return exitInterlock
+	}
 	gate, release, err := os.Pipe()
 	if err != nil {
 		fmt.Fprintf(stderr, "interlock: %v\n", err)
@@ -61,6 +66,7 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 	cmd := exec.Command(self, append([]string{shimCommand, path}, argv[1:]...)...)
 	cmd.Args[0] = argv[0]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = env
 	cmd.ExtraFiles = []*os.File{gate}
 	// Its own process group, in the terminal's foreground when there is one:
 	// ^C then reaches the command alone and is not delivered twice.

@@ -31,6 +31,8 @@ commands:
   exec --identity NAME [--user U] -- CMD ...
                                    run CMD (as user U) in a fresh cgroup tagged NAME
   uninstall [--bpffs DIR]          detach the programs and remove the pins
+  ca export [--state-dir DIR]      print Interlock's CA certificate (PEM)
+  ca rotate                        replace the CA; new leaves are signed by the new one
   approvals [--state S|all]        list held requests
   approve ID [--comment TEXT]      approve a held request
   deny ID [--comment TEXT]         deny a held request
@@ -96,6 +98,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = auditCommand(ctx, c, rest, stdout)
 	case "uninstall":
 		err = uninstall(ctx, c, rest, stdout)
+	case "ca":
+		err = caCommand(ctx, c, rest, stdout, stderr)
 	case "policy":
 		if len(rest) > 0 && rest[0] == "replay" {
 			return runPolicyReplay(ctx, c, rest[1:], stdout, stderr)

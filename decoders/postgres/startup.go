@@ -19,6 +19,13 @@ const (
 	cancelRequestCode = 80877102
 )
 
+// tlsHandshakeRecord is the first byte of a TLS ClientHello; a startup
+// packet's length word never starts with it (at most maxStartupPacket).
+const tlsHandshakeRecord = 0x16
+
+// alpnProtocol is PostgreSQL's ALPN protocol name.
+const alpnProtocol = "postgresql"
+
 // maxStartupPacket bounds the untyped packets of the connection start, as
 // PostgreSQL does (MAX_STARTUP_PACKET_LENGTH).
 const maxStartupPacket = 10000
@@ -58,24 +65,40 @@ type Hello struct {
 // ClientConfig configures AcceptClient.
 type ClientConfig struct {
 	// TLS, when set, answers an SSLRequest with 'S' and terminates TLS with
-	// this configuration; when nil the answer is 'N' and the agent goes on
-	// in plain text (or gives up if it requires TLS).
+	// this configuration, and accepts direct TLS (PostgreSQL 17's
+	// sslnegotiation=direct); ALPN is set to "postgresql" here. When nil the
+	// answer is 'N' and the agent goes on in plain text (or gives up if it
+	// requires TLS).
 	TLS *tls.Config
 }
 
 // AcceptClient reads the opening packets of an agent's connection: it
-// answers SSLRequest and GSSENCRequest, and returns at the StartupMessage or
-// CancelRequest. It does not authenticate the agent (identity comes from the
-// kernel); the caller answers with GreetClient or WriteError. The deadline of
-// ctx bounds the exchange. It reads exactly the bytes of the packets, so the
-// connection can be relayed afterwards without loss.
+// answers SSLRequest and GSSENCRequest (always 'N'), terminates TLS when
+// asked, and returns at the StartupMessage or CancelRequest. It does not
+// authenticate the agent (identity comes from the kernel); the caller
+// answers with GreetClient or WriteError. The deadline of ctx bounds the
+// exchange. It reads exactly the bytes of the packets, so the connection can
+// be relayed afterwards without loss.
 func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello, error) {
 	stop := watchContext(ctx, conn)
 	defer stop()
 	h := &Hello{Conn: conn}
 	negotiated := false
 	for {
-		body, err := readStartupPacket(h.Conn)
+		hdr, err := readHeader(h.Conn)
+		if err != nil {
+			return nil, ctxErr(ctx, err)
+		}
+		if hdr[0] == tlsHandshakeRecord && !negotiated {
+			// PostgreSQL 17's direct negotiation (sslnegotiation=direct):
+			// the ClientHello comes first, with no SSLRequest.
+			if err := h.startTLS(ctx, &prefixConn{Conn: h.Conn, prefix: hdr[:]}, cfg, true); err != nil {
+				return nil, err
+			}
+			negotiated = true
+			continue
+		}
+		body, err := readBody(h.Conn, hdr)
 		if err != nil {
 			return nil, ctxErr(ctx, err)
 		}
@@ -85,6 +108,8 @@ func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello,
 			if negotiated || len(body) != 4 {
 				return nil, &ProtocolError{Msg: "unexpected encryption request"}
 			}
+			// GSSAPI encryption is always refused: the client falls back
+			// to TLS or plain text, which interlockd can read.
 			answer := byte('N')
 			if code == sslRequestCode && cfg.TLS != nil {
 				answer = 'S'
@@ -93,12 +118,11 @@ func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello,
 				return nil, ctxErr(ctx, fmt.Errorf("answer encryption request: %w", err))
 			}
 			if answer == 'S' {
-				tc := tls.Server(h.Conn, cfg.TLS)
-				if err := tc.HandshakeContext(ctx); err != nil {
-					return nil, fmt.Errorf("tls handshake with agent: %w", err)
+				if err := h.startTLS(ctx, h.Conn, cfg, false); err != nil {
+					return nil, err
 				}
-				h.Conn, h.TLS, negotiated = tc, true, true
 			}
+			negotiated = answer == 'S'
 		case cancelRequestCode:
 			var m pgproto3.CancelRequest
 			if err := m.Decode(body); err != nil {
@@ -165,12 +189,54 @@ func cstring(b []byte) (string, []byte, bool) {
 	return "", nil, false
 }
 
-// readStartupPacket reads one untyped packet (length, then body) exactly.
-func readStartupPacket(r io.Reader) ([]byte, error) {
+// startTLS terminates the agent's TLS on conn. A direct negotiation must
+// name PostgreSQL in ALPN, as PostgreSQL 17 requires: without it the bytes
+// could be another protocol's, relayed here by an attacker.
+func (h *Hello) startTLS(ctx context.Context, conn net.Conn, cfg ClientConfig, direct bool) error {
+	if cfg.TLS == nil {
+		// Only a direct negotiation gets here without a configuration.
+		return &ProtocolError{Msg: "direct TLS negotiation is not accepted here"}
+	}
+	tcfg := cfg.TLS.Clone()
+	tcfg.NextProtos = []string{alpnProtocol}
+	tc := tls.Server(conn, tcfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("tls handshake with agent: %w", err)
+	}
+	if direct && tc.ConnectionState().NegotiatedProtocol != alpnProtocol {
+		return &ProtocolError{Msg: "direct TLS negotiation without ALPN " + alpnProtocol}
+	}
+	h.Conn, h.TLS = tc, true
+	return nil
+}
+
+// prefixConn replays bytes already read from a connection before the rest.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// readHeader reads the length word of an untyped packet, which the caller
+// inspects before reading the body: a TLS record instead means direct TLS.
+func readHeader(r io.Reader) ([4]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return nil, fmt.Errorf("read startup packet: %w", err)
+		return hdr, fmt.Errorf("read startup packet: %w", err)
 	}
+	return hdr, nil
+}
+
+// readBody reads the body of the untyped packet whose length word is hdr.
+func readBody(r io.Reader, hdr [4]byte) ([]byte, error) {
 	n := binary.BigEndian.Uint32(hdr[:])
 	if n < 8 || n > maxStartupPacket {
 		return nil, &ProtocolError{Msg: fmt.Sprintf("invalid startup packet length %d", n)}

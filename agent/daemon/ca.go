@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/ca"
+	"github.com/interlock-dev/interlock/agent/control"
+)
+
+// CAInfo describes Interlock's certificate authority: what `interlock ca
+// export` prints and where `interlock exec` points PGSSLROOTCERT.
+type CAInfo struct {
+	// PEM is the authority's certificate.
+	PEM string `json:"pem"`
+	// Path is a world-readable file holding the certificate alone.
+	Path        string    `json:"path"`
+	Subject     string    `json:"subject"`
+	Fingerprint string    `json:"sha256"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+// CADir returns where the authority of a daemon with state directory
+// stateDir keeps its key.
+func CADir(stateDir string) string { return filepath.Join(stateDir, "ca") }
+
+// openCA loads the authority, creating it at first start. Its certificate is
+// published beside the control socket, whose directory every local user can
+// read, so agents of any user can trust it.
+func (d *Daemon) openCA() error {
+	host := d.cfg.Host
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	a, err := ca.Open(ca.Config{
+		Dir:        CADir(d.cfg.StateDir),
+		PublicCert: filepath.Join(filepath.Dir(d.cfg.Socket), "ca.crt"),
+		Subject:    host,
+	})
+	if err != nil {
+		return fmt.Errorf("open certificate authority: %w", err)
+	}
+	d.ca = a
+	return nil
+}
+
+func (d *Daemon) caInfo() CAInfo {
+	c := d.ca.Certificate()
+	return CAInfo{PEM: string(d.ca.CertificatePEM()), Path: d.ca.PublicCertPath(), Subject: c.Subject.CommonName,
+		Fingerprint: ca.Fingerprint(c), NotAfter: c.NotAfter}
+}
+
+func (d *Daemon) handleCA(w http.ResponseWriter, r *http.Request) {
+	control.WriteJSON(w, http.StatusOK, d.caInfo())
+}
+
+func (d *Daemon) handleCARotate(w http.ResponseWriter, r *http.Request) {
+	old := ca.Fingerprint(d.ca.Certificate())
+	if err := d.ca.Rotate(); err != nil {
+		control.WriteError(w, http.StatusInternalServerError, "rotate ca: %v", err)
+		return
+	}
+	info := d.caInfo()
+	p, _ := control.PeerFrom(r.Context())
+	d.audit.Warn().Str("event", "ca_rotate").Uint32("uid", p.UID).Uint32("pid", p.PID).
+		Str("old_sha256", old).Str("new_sha256", info.Fingerprint).Msg("certificate authority replaced")
+	control.WriteJSON(w, http.StatusOK, info)
+}
