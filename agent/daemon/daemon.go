@@ -53,7 +53,7 @@ type Daemon struct {
 	policy     *policy.Engine
 	policySrc  string
 	proxy      *proxy.Server
-	listeners  []net.Listener
+	listeners  []*net.TCPListener // bound to ephemeral ports, served the proxy port by the data path
 	ctl        *http.Server
 	controlGID int // -1: only root may use the control API
 	started    time.Time
@@ -186,11 +186,19 @@ func (d *Daemon) refreshTargets(ctx context.Context) {
 // closed) unless `interlock uninstall` removed them.
 func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	port := d.cfg.ListenPort
-	for _, a := range []string{"127.0.0.1", "::1"} {
-		l, err := net.Listen("tcp", net.JoinHostPort(a, fmt.Sprint(port)))
+	// The listeners take ephemeral ports, which no other process can hold:
+	// the data path delivers 127.0.0.1:port and [::1]:port to them, so a
+	// process squatting the proxy port can neither keep interlockd from
+	// starting nor receive a single redirected connection.
+	for _, network := range []string{"tcp4", "tcp6"} {
+		addr := "127.0.0.1:0"
+		if network == "tcp6" {
+			addr = "[::1]:0"
+		}
+		l, err := proxy.Listen(ctx, network, addr)
 		if err != nil {
 			d.closeListeners()
-			return fmt.Errorf("listen proxy: %w", err)
+			return err
 		}
 		d.listeners = append(d.listeners, l)
 	}
@@ -219,6 +227,11 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		return fmt.Errorf("arm data path: %w", err)
 	}
 	defer d.dp.Close()
+	for _, l := range d.listeners {
+		if err := d.dp.ServeListener(l); err != nil {
+			return fmt.Errorf("arm data path: %w", err)
+		}
+	}
 	for _, gap := range d.dp.Gaps() {
 		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
 	}

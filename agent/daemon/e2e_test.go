@@ -134,6 +134,8 @@ func client(mode, arg string) int {
 		} else {
 			c.Close()
 		}
+	case "squat":
+		return squat(arg)
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
 	return 0

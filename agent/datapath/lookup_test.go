@@ -1,0 +1,174 @@
+package datapath
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// dial connects from the test process (outside the tagged subtree, like any
+// other local process) and returns the first line the server sends.
+func dial(network, addr string) (string, error) {
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return line, err
+}
+
+// freeAddr returns an address on ip whose port was free a moment ago.
+func freeAddr(t *testing.T, network, ip string) netip.AddrPort {
+	t.Helper()
+	ln := tcpListen(t, network, net.JoinHostPort(ip, "0"))
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// A process that binds the proxy address (here with SO_REUSEADDR, Go's
+// default for listeners) receives nothing: connections to the proxy address
+// go to the socket the daemon served, or are refused while there is none.
+func TestProxyAddressSquatted(t *testing.T) {
+	e := newEnv(t)
+	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+	target6 := listen(t, "tcp6", "[::1]:0", "target6", nil)
+	e.cfg.Proxy4 = freeAddr(t, "tcp4", "127.0.0.1")
+	e.cfg.Proxy6 = freeAddr(t, "tcp6", "::1")
+	squat4 := listen(t, "tcp4", e.cfg.Proxy4.String(), "squatter", nil)
+	squat6 := listen(t, "tcp6", e.cfg.Proxy6.String(), "squatter", nil)
+	dp := e.open()
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 3); err != nil {
+		t.Fatal(err)
+	}
+	squatted := func(t *testing.T) {
+		t.Helper()
+		if n := squat4.accepts.Load() + squat6.accepts.Load(); n != 0 {
+			t.Fatalf("the squatter accepted %d connections", n)
+		}
+	}
+
+	t.Run("no proxy listening", func(t *testing.T) {
+		for _, c := range []struct{ action, dst string }{
+			{"tcp", target.addrPort().String()}, {"tcp6", target6.addrPort().String()},
+		} {
+			if r := run(t, agent, c.action, c.dst); r.Errno != int(syscall.ECONNREFUSED) {
+				t.Errorf("tagged %s connect: %+v, want ECONNREFUSED", c.action, r)
+			}
+		}
+		for _, a := range []netip.AddrPort{e.cfg.Proxy4, e.cfg.Proxy6} {
+			if _, err := dial("tcp", a.String()); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("untagged connect to the proxy address %s: %v, want ECONNREFUSED", a, err)
+			}
+		}
+		squatted(t)
+	})
+
+	// The proxy listens where nobody else can bind (an ephemeral port) and
+	// still receives the proxy address.
+	proxy4 := newProxy(t, e, "tcp4", "127.0.0.1:0")
+	proxy6 := newProxy(t, e, "tcp6", "[::1]:0")
+	for _, p := range []*recordingProxy{proxy4, proxy6} {
+		if err := dp.ServeListener(p.ln); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("proxy listening elsewhere", func(t *testing.T) {
+		for _, c := range []struct {
+			action string
+			dst    netip.AddrPort
+			proxy  *recordingProxy
+		}{{"tcp", target.addrPort(), proxy4}, {"tcp6", target6.addrPort(), proxy6}} {
+			r := run(t, agent, c.action, c.dst.String())
+			if r.Err != "" || r.Data != "proxy" {
+				t.Fatalf("tagged %s connect: %+v, want the proxy", c.action, r)
+			}
+			if r.Peer != c.dst.String() {
+				t.Errorf("getpeername = %s, want %s", r.Peer, c.dst)
+			}
+			// Lookup found the record by the tuple the accepted socket
+			// shows: its local address is the proxy address.
+			checkOrigin(t, c.proxy.origin(t), r, agentID, 3, c.dst)
+		}
+		squatted(t)
+		if n := target.accepts.Load() + target6.accepts.Load(); n != 0 {
+			t.Errorf("the targets were reached directly %d times", n)
+		}
+	})
+
+	t.Run("other lookups untouched", func(t *testing.T) {
+		if line, err := dial("tcp", target.addrPort().String()); err != nil || line != "target\n" {
+			t.Errorf("untagged connect to another port: %q, %v", line, err)
+		}
+		// UDP on the proxy port is not the proxy's.
+		u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(e.cfg.Proxy4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(e.cfg.Proxy4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte("ping"))
+		u.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 8)
+		if n, _, err := u.ReadFromUDP(buf); err != nil || string(buf[:n]) != "ping" {
+			t.Errorf("UDP to the proxy port: %q, %v; want it delivered to its own socket", buf[:n], err)
+		}
+	})
+
+	// The daemon dies: its sockets close and leave the map.
+	proxy4.ln.Close()
+	proxy6.ln.Close()
+	t.Run("proxy gone", func(t *testing.T) {
+		if r := run(t, agent, "tcp", target.addrPort().String()); r.Errno != int(syscall.ECONNREFUSED) {
+			t.Errorf("tagged connect after the proxy closed: %+v, want ECONNREFUSED", r)
+		}
+		if _, err := dial("tcp", e.cfg.Proxy6.String()); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("connect to the IPv6 proxy address after the proxy closed: %v, want ECONNREFUSED", err)
+		}
+		squatted(t)
+	})
+}
+
+// Data paths with different proxy ports share the network namespace (test
+// daemons do): each steers its own proxy address and passes the other's.
+func TestTwoDataPathsShareNamespace(t *testing.T) {
+	var envs [2]*env
+	var proxies [2]*recordingProxy
+	for i := range envs {
+		e := newEnv(t)
+		proxies[i] = newProxy(t, e, "tcp4", "127.0.0.1:0")
+		e.cfg.Proxy4 = freeAddr(t, "tcp4", "127.0.0.1")
+		e.open()
+		envs[i] = e
+	}
+	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+	for i, e := range envs {
+		agent, agentID := e.cgroup("agent")
+		if err := e.dp.Tag(agentID, uint32(10+i)); err != nil {
+			t.Fatal(err)
+		}
+		r := run(t, agent, "tcp", target.addrPort().String())
+		if r.Err != "" || r.Data != "proxy" {
+			t.Fatalf("data path %d: tagged connect %+v, want its proxy", i, r)
+		}
+		if o := proxies[i].origin(t); o.Identity != uint32(10+i) {
+			t.Errorf("data path %d: its proxy got identity %d", i, o.Identity)
+		}
+		if line, err := dial("tcp", e.cfg.Proxy4.String()); err != nil || line != "proxy-unknown\n" {
+			t.Errorf("data path %d: untagged connect to its proxy address: %q, %v", i, line, err)
+		}
+	}
+	if target.accepts.Load() != 0 {
+		t.Errorf("the target was reached directly")
+	}
+}
