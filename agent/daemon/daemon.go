@@ -416,9 +416,18 @@ func (d *Daemon) readDenyEvents() {
 		if err != nil {
 			return
 		}
-		d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
+		e := d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
 			Str("identity", d.ids.name(ev.Identity)).Uint32("pid", ev.PID).Uint32("uid", ev.UID).
-			Str("comm", ev.Comm).Str("dst", ev.Dst.String()).Msg("denied in kernel")
+			Str("comm", ev.Comm)
+		// Socket creations and unix connects have no address; a unix
+		// connect has its path instead.
+		if ev.Dst.IsValid() {
+			e = e.Str("dst", ev.Dst.String())
+		}
+		if ev.Path != "" {
+			e = e.Str("path", ev.Path)
+		}
+		e.Msg("denied in kernel")
 	}
 }
 
