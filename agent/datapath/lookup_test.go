@@ -5,9 +5,15 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/bpf"
 )
 
 // dial connects from the test process (outside the tagged subtree, like any
@@ -170,5 +176,119 @@ func TestTwoDataPathsShareNamespace(t *testing.T) {
 	}
 	if target.accepts.Load() != 0 {
 		t.Errorf("the target was reached directly")
+	}
+}
+
+// skLookup is struct bpf_sk_lookup, the context BPF_PROG_TEST_RUN takes
+// and returns for sk_lookup programs; Cookie comes back as the selected
+// socket's cookie, 0 for none.
+type skLookup struct {
+	Cookie         uint64
+	Family         uint32
+	Protocol       uint32
+	RemoteIP4      uint32
+	RemoteIP6      [4]uint32
+	RemotePort     uint16 // network byte order
+	_              uint16
+	LocalIP4       uint32
+	LocalIP6       [4]uint32
+	LocalPort      uint32 // host byte order
+	IngressIfindex uint32
+	_              uint32
+}
+
+// TestProxyLookupVerdicts runs proxy_lookup on lookups near the proxy
+// address: only TCP to exactly the proxy address and port is steered (to
+// the served socket, or dropped while none is served); everything else
+// passes with no socket selected, so the kernel's own lookup proceeds.
+func TestProxyLookupVerdicts(t *testing.T) {
+	e := newEnv(t)
+	// A port nobody uses: the program is attached to the host's namespace
+	// while the test runs.
+	port := freeAddr(t, "tcp4", "127.0.0.1").Port()
+	e.cfg.Proxy4 = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	e.cfg.Proxy6 = netip.AddrPortFrom(netip.IPv6Loopback(), port)
+	dp := e.open()
+	prog := dp.progs[bpf.InterlockProgProxyLookup]
+
+	const (
+		skDrop = 0
+		skPass = 1
+	)
+	type want struct {
+		verdict uint32
+		socket  int // 0: none, 4: the IPv4 listener, 6: the IPv6 one
+	}
+	// at is ip at the proxy port plus delta.
+	at := func(ip string, delta int) string { return net.JoinHostPort(ip, strconv.Itoa(int(port)+delta)) }
+	cases := []struct {
+		name     string
+		proto    uint32
+		dst      string
+		served   want // with both listeners served
+		unserved want // with none
+	}{
+		{"ipv4 proxy", unix.IPPROTO_TCP, at("127.0.0.1", 0), want{skPass, 4}, want{skDrop, 0}},
+		{"ipv6 proxy", unix.IPPROTO_TCP, at("::1", 0), want{skPass, 6}, want{skDrop, 0}},
+		{"ipv4 other port", unix.IPPROTO_TCP, at("127.0.0.1", 1), want{skPass, 0}, want{skPass, 0}},
+		{"ipv4 other address", unix.IPPROTO_TCP, at("127.0.0.2", 0), want{skPass, 0}, want{skPass, 0}},
+		{"ipv6 other port", unix.IPPROTO_TCP, at("::1", -1), want{skPass, 0}, want{skPass, 0}},
+		{"ipv6 other address", unix.IPPROTO_TCP, at("::2", 0), want{skPass, 0}, want{skPass, 0}},
+		{"ipv4-mapped in ipv6", unix.IPPROTO_TCP, at("::ffff:127.0.0.1", 0), want{skPass, 0}, want{skPass, 0}},
+		{"udp to the proxy address", unix.IPPROTO_UDP, at("127.0.0.1", 0), want{skPass, 0}, want{skPass, 0}},
+		{"udp6 to the proxy address", unix.IPPROTO_UDP, at("::1", 0), want{skPass, 0}, want{skPass, 0}},
+	}
+	lookup := func(t *testing.T, proto uint32, dst string) (uint32, uint64) {
+		t.Helper()
+		ap := netip.MustParseAddrPort(dst)
+		in := skLookup{Protocol: proto, LocalPort: uint32(ap.Port()), RemotePort: 0x3930} // port 12345
+		if ap.Addr().Is4() {
+			in.Family = unix.AF_INET
+			in.LocalIP4 = words(ap.Addr())[3]
+			in.RemoteIP4 = in.LocalIP4
+		} else {
+			in.Family = unix.AF_INET6
+			in.LocalIP6 = words(ap.Addr())
+			in.RemoteIP6 = in.LocalIP6
+		}
+		var out skLookup
+		verdict, err := prog.Run(&ebpf.RunOptions{Context: in, ContextOut: &out})
+		if err != nil {
+			t.Fatalf("run proxy_lookup on %s: %v", dst, err)
+		}
+		return verdict, out.Cookie
+	}
+
+	for _, c := range cases {
+		t.Run("unserved/"+c.name, func(t *testing.T) {
+			if v, cookie := lookup(t, c.proto, c.dst); v != c.unserved.verdict || cookie != 0 {
+				t.Errorf("verdict %d socket %d, want verdict %d and no socket", v, cookie, c.unserved.verdict)
+			}
+		})
+	}
+
+	l4 := tcpListen(t, "tcp4", "127.0.0.1:0")
+	l6 := tcpListen(t, "tcp6", "[::1]:0")
+	cookies := map[int]uint64{}
+	for fam, l := range map[int]*net.TCPListener{4: l4, 6: l6} {
+		if err := dp.ServeListener(l); err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := l.SyscallConn()
+		raw.Control(func(fd uintptr) {
+			c, err := unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cookies[fam] = c
+		})
+	}
+	for _, c := range cases {
+		t.Run("served/"+c.name, func(t *testing.T) {
+			v, cookie := lookup(t, c.proto, c.dst)
+			if v != c.served.verdict || cookie != cookies[c.served.socket] {
+				t.Errorf("verdict %d socket %d, want verdict %d and socket %d", v, cookie, c.served.verdict, cookies[c.served.socket])
+			}
+		})
 	}
 }
