@@ -397,7 +397,9 @@ func adoptOrAttachNetns(pinDir string, prog *ebpf.Program) (link.Link, error) {
 // fail to start by holding the proxy address. The accepted connections'
 // local address is the proxy address the client dialed. A later call for
 // the same family replaces the socket; a closed socket leaves the map, and
-// then connections to the proxy address are refused.
+// then connections to the proxy address are refused. The map does not keep
+// l alive: the caller holds it for as long as it serves (an unreachable
+// listener is closed by its finalizer).
 func (d *Datapath) ServeListener(l *net.TCPListener) error {
 	raw, err := l.SyscallConn()
 	if err != nil {

@@ -400,7 +400,6 @@ func listen(t testing.TB, network, addr, name string, onAccept func(net.Conn) st
 	t.Helper()
 	ln := tcpListen(t, network, addr)
 	s := &server{ln: ln, name: name, onAccept: onAccept}
-	t.Cleanup(func() { ln.Close() })
 	go s.serve()
 	return s
 }
@@ -415,6 +414,9 @@ func tcpListen(t testing.TB, network, addr string) *net.TCPListener {
 	if err != nil {
 		t.Fatalf("listen %s: %v", addr, err)
 	}
+	// The cleanup also keeps the listener reachable: once served, nothing
+	// else may refer to it, and its finalizer would close the socket.
+	t.Cleanup(func() { ln.Close() })
 	return ln.(*net.TCPListener)
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/interlock-dev/interlock/agent/testenv"
 	"github.com/interlock-dev/interlock/bpf"
 )
 
@@ -288,6 +289,39 @@ func TestProxyLookupVerdicts(t *testing.T) {
 			v, cookie := lookup(t, c.proto, c.dst)
 			if v != c.served.verdict || cookie != cookies[c.served.socket] {
 				t.Errorf("verdict %d socket %d, want verdict %d and socket %d", v, cookie, c.served.verdict, cookies[c.served.socket])
+			}
+		})
+	}
+}
+
+// BenchmarkProxyLookup is what proxy_lookup adds to every listener lookup
+// in the namespace (every TCP SYN and unconnected UDP datagram on the
+// host): a lookup it passes (another port) and one it steers to the served
+// listener. The kernel runs the program b.N times in one BPF_PROG_TEST_RUN.
+func BenchmarkProxyLookup(b *testing.B) {
+	e := newEnv(b)
+	port := uint32(testenv.FreePort(b))
+	e.cfg.Proxy4 = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+	dp := e.open()
+	l := tcpListen(b, "tcp4", "127.0.0.1:0")
+	if err := dp.ServeListener(l); err != nil {
+		b.Fatal(err)
+	}
+	prog := dp.progs[bpf.InterlockProgProxyLookup]
+	loopback := words(netip.MustParseAddr("127.0.0.1"))[3]
+	for _, c := range []struct {
+		name string
+		port uint32
+		want uint32
+	}{{"pass", port + 1, 1}, {"steer", port, 1}} {
+		b.Run(c.name, func(b *testing.B) {
+			in := skLookup{Family: unix.AF_INET, Protocol: unix.IPPROTO_TCP, LocalIP4: loopback, RemoteIP4: loopback,
+				LocalPort: c.port, RemotePort: 0x3930}
+			var out skLookup
+			b.ResetTimer()
+			v, err := prog.Run(&ebpf.RunOptions{Context: in, ContextOut: &out, Repeat: uint32(b.N)})
+			if err != nil || v != c.want {
+				b.Fatalf("run: %d, %v", v, err)
 			}
 		})
 	}
