@@ -116,6 +116,8 @@ func runHelper(action, arg string) int {
 		}
 	case "bench":
 		return helperBench(arg)
+	case "open":
+		return helperOpen(arg)
 	case "loop":
 		return helperLoop(arg)
 	default:

@@ -2,15 +2,22 @@ package datapath
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/testenv"
@@ -324,5 +331,109 @@ func BenchmarkProxyLookup(b *testing.B) {
 				b.Fatalf("run: %d, %v", v, err)
 			}
 		})
+	}
+}
+
+// helperOpen opens a Datapath with the JSON Config in arg, says "open",
+// and holds it until stdin closes: a daemon in another network namespace.
+func helperOpen(arg string) int {
+	var cfg Config
+	if err := json.Unmarshal([]byte(arg), &cfg); err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	dp, err := Open(cfg)
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	defer dp.Close()
+	fmt.Println("open")
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// The proxy_lookup link is pinned for the namespace it steers. A daemon
+// started in another namespace while that one lives is refused (it would
+// leave the first unguarded); once that namespace is gone, so is the link's
+// attachment, and the next Open attaches anew in its own.
+func TestReadoptAcrossNetworkNamespaces(t *testing.T) {
+	e := newEnv(t)
+	cfg, err := json.Marshal(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("unshare", "--net", "--", os.Args[0], "-test.run=^$", string(cfg))
+	cmd.Env = append(os.Environ(), helperEnv+"=open")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "open\n" {
+		t.Fatalf("helper in a new network namespace: %q, %v", line, err)
+	}
+
+	if _, err := Open(e.cfg); err == nil || !strings.Contains(err.Error(), "another network namespace") {
+		t.Fatalf("Open while the pinned link guards another live namespace: %v, want refused", err)
+	}
+
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	// The kernel tears a namespace down asynchronously.
+	path := linkPin(e.cfg.PinDir, bpf.InterlockProgProxyLookup)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NetNs().NetnsInode == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the helper's namespace still holds the link after 10 s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	proxy := newProxy(t, e, "tcp4", "127.0.0.1:0")
+	e.cfg.Proxy4 = freeAddr(t, "tcp4", "127.0.0.1")
+	e.open()
+	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+	agent, agentID := e.cgroup("agent")
+	if err := e.dp.Tag(agentID, 4); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, agent, "tcp", target.addrPort().String()); r.Err != "" || r.Data != "proxy" {
+		t.Fatalf("tagged connect after re-attaching: %+v, want the proxy", r)
+	}
+	proxy.origin(t)
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if info, err := l.Info(); err != nil || uint64(info.NetNs().NetnsInode) != st.Ino {
+		t.Errorf("pinned link after re-attaching: %+v, %v; want this namespace %d", info.NetNs(), err, st.Ino)
 	}
 }
