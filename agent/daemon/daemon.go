@@ -289,8 +289,12 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		d.log.Warn().Str("policy", d.policySrc).Msg(w)
 	}
 
+	bound := make([]string, 0, len(d.listeners))
+	for _, l := range d.listeners {
+		bound = append(bound, l.Addr().String())
+	}
 	d.log.Info().Str("cgroup_root", d.root).Str("bpffs", d.cfg.BPFFS).Uint16("port", port).
-		Str("socket", d.cfg.Socket).Str("policy", d.policySrc).Msg("data path armed; serving")
+		Strs("listeners", bound).Str("socket", d.cfg.Socket).Str("policy", d.policySrc).Msg("data path armed; serving")
 	if ready != nil {
 		ready()
 	}

@@ -207,3 +207,31 @@ func TestPortSquatterGetsNothing(t *testing.T) {
 		t.Errorf("after uninstall the squatter accepted %v, want the two direct connects", got)
 	}
 }
+
+// TestOwnListenersUnreachableThroughProxy: interlockd's listeners sit on
+// ephemeral ports besides the proxy port; a tagged agent dialing any of
+// them is refused at identification, never relayed into interlockd itself.
+func TestOwnListenersUnreachableThroughProxy(t *testing.T) {
+	f := start(t)
+	var own []string
+	for _, line := range strings.Split(f.d.Logs(), "\n") {
+		var m struct {
+			Message   string   `json:"message"`
+			Listeners []string `json:"listeners"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.Message == "data path armed; serving" {
+			own = m.Listeners
+		}
+	}
+	if len(own) != 2 {
+		t.Fatalf("listeners in the start line: %v\n%s", own, f.d.Logs())
+	}
+	for _, dst := range append(own, net.JoinHostPort("127.0.0.1", strconv.Itoa(f.d.Port))) {
+		f.run(t, "ci-bot", "tcp", dst)
+		want := "targets interlockd itself (" + dst + ")"
+		waitFor(t, "the refusal of "+dst, func() bool { return strings.Contains(f.d.Logs(), want) })
+	}
+	for _, e := range auditEvents(f.d, "connection_open") {
+		t.Errorf("a connection to interlockd itself was relayed: %v", e)
+	}
+}
