@@ -146,6 +146,8 @@ type Datapath struct {
 // (so enforcement never lapses across a restart or upgrade). Maps are reused
 // from their pins, so tags and rules survive. The global settings (proxy
 // addresses, own cgroup, resolvers) are rewritten on every Open.
+// Connections to the proxy addresses are refused until ServeListener gives
+// the data path the proxy's listening sockets.
 func Open(cfg Config) (*Datapath, error) {
 	if err := CheckKernel(); err != nil {
 		return nil, err
@@ -414,8 +416,13 @@ func (d *Datapath) ServeListener(l *net.TCPListener) error {
 		}
 		// Go listens with MPTCP by default where the kernel has it, and a
 		// SOCKMAP holds plain TCP sockets only.
-		if proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || proto != unix.IPPROTO_TCP {
-			opErr = fmt.Errorf("socket protocol is %d, not TCP (listen with net.ListenConfig.SetMultipathTCP(false)): %v", proto, err)
+		proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		if err != nil {
+			opErr = fmt.Errorf("get socket protocol: %w", err)
+			return
+		}
+		if proto != unix.IPPROTO_TCP {
+			opErr = fmt.Errorf("socket protocol is %d, not TCP (listen with net.ListenConfig.SetMultipathTCP(false))", proto)
 			return
 		}
 		key := uint32(0) // PROXY_LISTENER_V4
