@@ -153,6 +153,7 @@ const (
 	InterlockMapConnOrigins      = "conn_origins"
 	InterlockMapDeniedUnix       = "denied_unix"
 	InterlockMapDenyEvents       = "deny_events"
+	InterlockMapProxyListeners   = "proxy_listeners"
 	InterlockMapSockOrigins      = "sock_origins"
 	InterlockMapTaggedCgroups    = "tagged_cgroups"
 	InterlockMapTcpRules         = "tcp_rules"
@@ -162,6 +163,7 @@ const (
 	InterlockProgConnectUnix     = "connect_unix"
 	InterlockProgGetpeername4    = "getpeername4"
 	InterlockProgGetpeername6    = "getpeername6"
+	InterlockProgProxyLookup     = "proxy_lookup"
 	InterlockProgSendmsg4        = "sendmsg4"
 	InterlockProgSendmsg6        = "sendmsg6"
 	InterlockProgSockCreate      = "sock_create"
@@ -220,6 +222,7 @@ type InterlockProgramSpecs struct {
 	ConnectUnix  *ebpf.ProgramSpec `ebpf:"connect_unix"`
 	Getpeername4 *ebpf.ProgramSpec `ebpf:"getpeername4"`
 	Getpeername6 *ebpf.ProgramSpec `ebpf:"getpeername6"`
+	ProxyLookup  *ebpf.ProgramSpec `ebpf:"proxy_lookup"`
 	Sendmsg4     *ebpf.ProgramSpec `ebpf:"sendmsg4"`
 	Sendmsg6     *ebpf.ProgramSpec `ebpf:"sendmsg6"`
 	SockCreate   *ebpf.ProgramSpec `ebpf:"sock_create"`
@@ -232,14 +235,15 @@ type InterlockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type InterlockMapSpecs struct {
-	ConfigMap     *ebpf.MapSpec `ebpf:"config_map"`
-	ConnOrigins   *ebpf.MapSpec `ebpf:"conn_origins"`
-	DeniedUnix    *ebpf.MapSpec `ebpf:"denied_unix"`
-	DenyEvents    *ebpf.MapSpec `ebpf:"deny_events"`
-	SockOrigins   *ebpf.MapSpec `ebpf:"sock_origins"`
-	TaggedCgroups *ebpf.MapSpec `ebpf:"tagged_cgroups"`
-	TcpRules      *ebpf.MapSpec `ebpf:"tcp_rules"`
-	UdpRules      *ebpf.MapSpec `ebpf:"udp_rules"`
+	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
+	ConnOrigins    *ebpf.MapSpec `ebpf:"conn_origins"`
+	DeniedUnix     *ebpf.MapSpec `ebpf:"denied_unix"`
+	DenyEvents     *ebpf.MapSpec `ebpf:"deny_events"`
+	ProxyListeners *ebpf.MapSpec `ebpf:"proxy_listeners"`
+	SockOrigins    *ebpf.MapSpec `ebpf:"sock_origins"`
+	TaggedCgroups  *ebpf.MapSpec `ebpf:"tagged_cgroups"`
+	TcpRules       *ebpf.MapSpec `ebpf:"tcp_rules"`
+	UdpRules       *ebpf.MapSpec `ebpf:"udp_rules"`
 }
 
 // InterlockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -271,14 +275,15 @@ func (o *InterlockObjects) Close() error {
 //
 // It can be passed to LoadInterlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type InterlockMaps struct {
-	ConfigMap     *ebpf.Map `ebpf:"config_map"`
-	ConnOrigins   *ebpf.Map `ebpf:"conn_origins"`
-	DeniedUnix    *ebpf.Map `ebpf:"denied_unix"`
-	DenyEvents    *ebpf.Map `ebpf:"deny_events"`
-	SockOrigins   *ebpf.Map `ebpf:"sock_origins"`
-	TaggedCgroups *ebpf.Map `ebpf:"tagged_cgroups"`
-	TcpRules      *ebpf.Map `ebpf:"tcp_rules"`
-	UdpRules      *ebpf.Map `ebpf:"udp_rules"`
+	ConfigMap      *ebpf.Map `ebpf:"config_map"`
+	ConnOrigins    *ebpf.Map `ebpf:"conn_origins"`
+	DeniedUnix     *ebpf.Map `ebpf:"denied_unix"`
+	DenyEvents     *ebpf.Map `ebpf:"deny_events"`
+	ProxyListeners *ebpf.Map `ebpf:"proxy_listeners"`
+	SockOrigins    *ebpf.Map `ebpf:"sock_origins"`
+	TaggedCgroups  *ebpf.Map `ebpf:"tagged_cgroups"`
+	TcpRules       *ebpf.Map `ebpf:"tcp_rules"`
+	UdpRules       *ebpf.Map `ebpf:"udp_rules"`
 }
 
 func (m *InterlockMaps) Close() error {
@@ -287,6 +292,7 @@ func (m *InterlockMaps) Close() error {
 		m.ConnOrigins,
 		m.DeniedUnix,
 		m.DenyEvents,
+		m.ProxyListeners,
 		m.SockOrigins,
 		m.TaggedCgroups,
 		m.TcpRules,
@@ -312,6 +318,7 @@ type InterlockPrograms struct {
 	ConnectUnix  *ebpf.Program `ebpf:"connect_unix"`
 	Getpeername4 *ebpf.Program `ebpf:"getpeername4"`
 	Getpeername6 *ebpf.Program `ebpf:"getpeername6"`
+	ProxyLookup  *ebpf.Program `ebpf:"proxy_lookup"`
 	Sendmsg4     *ebpf.Program `ebpf:"sendmsg4"`
 	Sendmsg6     *ebpf.Program `ebpf:"sendmsg6"`
 	SockCreate   *ebpf.Program `ebpf:"sock_create"`
@@ -327,6 +334,7 @@ func (p *InterlockPrograms) Close() error {
 		p.ConnectUnix,
 		p.Getpeername4,
 		p.Getpeername6,
+		p.ProxyLookup,
 		p.Sendmsg4,
 		p.Sendmsg6,
 		p.SockCreate,

@@ -55,7 +55,7 @@ type Daemon struct {
 	policySrc  string
 	policyText atomic.Pointer[PolicyText] // what `policy explain` decides with
 	proxy      *proxy.Server
-	listeners  []net.Listener
+	listeners  []*net.TCPListener // bound to ephemeral ports, served the proxy port by the data path
 	ctl        *http.Server
 	controlGID int // -1: only root may use the control API
 	started    time.Time
@@ -203,11 +203,19 @@ func (d *Daemon) refreshTargets(ctx context.Context) {
 // closed) unless `interlock uninstall` removed them.
 func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	port := d.cfg.ListenPort
-	for _, a := range []string{"127.0.0.1", "::1"} {
-		l, err := net.Listen("tcp", net.JoinHostPort(a, fmt.Sprint(port)))
+	// The listeners take ephemeral ports, which no other process can hold:
+	// the data path delivers 127.0.0.1:port and [::1]:port to them, so a
+	// process squatting the proxy port can neither keep interlockd from
+	// starting nor receive a single redirected connection.
+	for _, network := range []string{"tcp4", "tcp6"} {
+		addr := "127.0.0.1:0"
+		if network == "tcp6" {
+			addr = "[::1]:0"
+		}
+		l, err := proxy.Listen(ctx, network, addr)
 		if err != nil {
 			d.closeListeners()
-			return fmt.Errorf("listen proxy: %w", err)
+			return err
 		}
 		d.listeners = append(d.listeners, l)
 	}
@@ -236,6 +244,11 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		return fmt.Errorf("arm data path: %w", err)
 	}
 	defer d.dp.Close()
+	for _, l := range d.listeners {
+		if err := d.dp.ServeListener(l); err != nil {
+			return fmt.Errorf("arm data path: %w", err)
+		}
+	}
 	for _, gap := range d.dp.Gaps() {
 		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
 	}
@@ -293,8 +306,12 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		d.log.Warn().Str("policy", d.policySrc).Msg(w)
 	}
 
+	bound := make([]string, 0, len(d.listeners))
+	for _, l := range d.listeners {
+		bound = append(bound, l.Addr().String())
+	}
 	d.log.Info().Str("cgroup_root", d.root).Str("bpffs", d.cfg.BPFFS).Uint16("port", port).
-		Str("socket", d.cfg.Socket).Str("policy", d.policySrc).Msg("data path armed; serving")
+		Strs("listeners", bound).Str("socket", d.cfg.Socket).Str("policy", d.policySrc).Msg("data path armed; serving")
 	if ready != nil {
 		ready()
 	}
@@ -421,9 +438,18 @@ func (d *Daemon) readDenyEvents() {
 		if err != nil {
 			return
 		}
-		d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
+		e := d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
 			Str("identity", d.ids.name(ev.Identity)).Uint32("pid", ev.PID).Uint32("uid", ev.UID).
-			Str("comm", ev.Comm).Str("dst", ev.Dst.String()).Msg("denied in kernel")
+			Str("comm", ev.Comm)
+		// Socket creations and unix connects have no address; a unix
+		// connect has its path instead.
+		if ev.Dst.IsValid() {
+			e = e.Str("dst", ev.Dst.String())
+		}
+		if ev.Path != "" {
+			e = e.Str("path", ev.Path)
+		}
+		e.Msg("denied in kernel")
 	}
 }
 

@@ -140,6 +140,8 @@ func client(mode, arg string) int {
 		} else {
 			c.Close()
 		}
+	case "squat":
+		return squat(arg)
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
 	return 0
@@ -497,6 +499,11 @@ func TestOtherWaysOutAreClosed(t *testing.T) {
 	r := f.run(t, "ci-bot", "unix", f.deniedSoc)
 	if r.Err == "" {
 		t.Errorf("tagged connect to denied unix socket %s succeeded", f.deniedSoc)
+	}
+	// The audit line names the path, and no address it does not have.
+	ev := waitEvent(t, f.d, "kernel_deny", func(m map[string]any) bool { return m["reason"] == "unix-path" })
+	if ev["path"] != f.deniedSoc || ev["dst"] != nil {
+		t.Errorf("unix deny event %v: want path %s and no dst", ev, f.deniedSoc)
 	}
 	// Untagged, the same socket works: the denial is the tag's doing.
 	if r := f.runIn(t, f.d.Cgroup("untagged"), "unix", f.deniedSoc); r.Err != "" {

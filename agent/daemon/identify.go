@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 
@@ -43,6 +44,11 @@ func (d *Daemon) isOwnEndpoint(dst netip.AddrPort) bool {
 	}
 	if dst.Port() == d.cfg.ListenPort {
 		return true
+	}
+	for _, l := range d.listeners {
+		if l.Addr().(*net.TCPAddr).AddrPort().Port() == dst.Port() {
+			return true
+		}
 	}
 	for _, own := range []string{d.cfg.Approvals.WebListen, d.cfg.MetricsListen} {
 		if w, err := netip.ParseAddrPort(own); err == nil && w.Port() == dst.Port() {

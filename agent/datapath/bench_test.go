@@ -97,12 +97,10 @@ func BenchmarkConnectFirstByte(b *testing.B) {
 	}
 	answerSelf := closed.Addr().(*net.TCPAddr).AddrPort()
 	closed.Close()
-	proxy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
+	proxy := tcpListen(b, "tcp", "127.0.0.1:0")
 	defer proxy.Close()
 	e.cfg.Proxy4 = proxy.Addr().(*net.TCPAddr).AddrPort()
+	e.listeners = append(e.listeners, proxy)
 	dp := e.open()
 	go func() {
 		for {

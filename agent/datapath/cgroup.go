@@ -21,6 +21,10 @@ import (
 // bpf_get_netns_cookie (5.15) to key records per network namespace, the
 // proxy side needs SO_NETNS_COOKIE (5.14) and lookup-and-delete on hash maps
 // (5.14); it is also the LTS every mainstream distribution ships or exceeds.
+// Below that floor already: sk_lookup programs on a network namespace with a
+// pinnable bpf_link and SOCKMAP lookups from them (5.9), which steer the
+// proxy address to interlockd's own listener so that no process squatting
+// the port can receive a redirected connection.
 var KernelFloor = [2]int{5, 15}
 
 // UnixConnectFloor is the first kernel with cgroup/connect_unix (6.7).

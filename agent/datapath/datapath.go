@@ -5,8 +5,11 @@
 //
 // Enforcement lives in the pins, not in the process: closing a Datapath, or
 // the daemon dying, leaves the programs attached, so tagged connects fail
-// closed (nothing listens on the proxy port) instead of escaping. Uninstall
-// is the only way to detach.
+// closed instead of escaping. The proxy address is not a port anyone may
+// bind: an sk_lookup program on the network namespace delivers every
+// connection for it to the listening sockets given to ServeListener, and
+// refuses it while there are none, even if another process has bound that
+// address meanwhile. Uninstall is the only way to detach.
 //
 // Everything here needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for
 // cgroup attach), a cgroup v2 mount and a kernel at or above KernelFloor.
@@ -15,6 +18,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -111,7 +115,17 @@ var programs = []program{
 var mapNames = []string{
 	bpf.InterlockMapTaggedCgroups, bpf.InterlockMapTcpRules, bpf.InterlockMapUdpRules,
 	bpf.InterlockMapConfigMap, bpf.InterlockMapSockOrigins, bpf.InterlockMapConnOrigins,
-	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents,
+	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents, bpf.InterlockMapProxyListeners,
+}
+
+// linkNames lists every pinned link by program name, for Uninstall: the
+// cgroup programs and proxy_lookup, attached to the network namespace.
+func linkNames() []string {
+	names := []string{bpf.InterlockProgProxyLookup}
+	for _, p := range programs {
+		names = append(names, p.name)
+	}
+	return names
 }
 
 func linkPin(pinDir, prog string) string { return filepath.Join(pinDir, "link_"+prog) }
@@ -132,6 +146,8 @@ type Datapath struct {
 // (so enforcement never lapses across a restart or upgrade). Maps are reused
 // from their pins, so tags and rules survive. The global settings (proxy
 // addresses, own cgroup, resolvers) are rewritten on every Open.
+// Connections to the proxy addresses are refused until ServeListener gives
+// the data path the proxy's listening sockets.
 func Open(cfg Config) (*Datapath, error) {
 	if err := CheckKernel(); err != nil {
 		return nil, err
@@ -215,6 +231,14 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := d.writeConfig(cfg); err != nil {
 		return nil, err
 	}
+
+	// The proxy address is steered before any connect is redirected to
+	// it, so on a first install no squatter sees a single connection.
+	l, err := adoptOrAttachNetns(cfg.PinDir, d.progs[bpf.InterlockProgProxyLookup])
+	if err != nil {
+		return nil, err
+	}
+	d.links = append(d.links, l)
 
 	cg, err := os.Open(cfg.CgroupRoot)
 	if err != nil {
@@ -314,6 +338,108 @@ func adoptOrAttach(pinDir string, p program, prog *ebpf.Program, cg *os.File, ro
 	return l, nil
 }
 
+// adoptOrAttachNetns re-adopts the pinned proxy_lookup link, swapping in
+// prog, or attaches prog to the calling process's network namespace (the
+// one the proxy listens in) and pins the link.
+func adoptOrAttachNetns(pinDir string, prog *ebpf.Program) (link.Link, error) {
+	path := linkPin(pinDir, bpf.InterlockProgProxyLookup)
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		return nil, fmt.Errorf("stat network namespace: %w", err)
+	}
+	l, err := link.LoadPinnedLink(path, nil)
+	switch {
+	case err == nil:
+		info, err := l.Info()
+		if err != nil {
+			l.Close()
+			return nil, fmt.Errorf("inspect pinned link %s: %w", path, err)
+		}
+		ns := info.NetNs()
+		if ns != nil && uint64(ns.NetnsInode) == st.Ino {
+			if err := l.Update(prog); err != nil {
+				l.Close()
+				return nil, fmt.Errorf("update %s: %w", bpf.InterlockProgProxyLookup, err)
+			}
+			return l, nil
+		}
+		if ns == nil || ns.NetnsInode != 0 {
+			l.Close()
+			return nil, fmt.Errorf("re-adopt %s: pinned link is attached to another network namespace; run uninstall first", path)
+		}
+		// The namespace it was attached to is gone, and the link with it.
+		err = l.Unpin()
+		l.Close()
+		if err != nil {
+			return nil, fmt.Errorf("unpin %s: %w", path, err)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	ns, err := os.Open("/proc/self/ns/net")
+	if err != nil {
+		return nil, fmt.Errorf("open network namespace: %w", err)
+	}
+	defer ns.Close()
+	nl, err := link.AttachNetNs(int(ns.Fd()), prog)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", bpf.InterlockProgProxyLookup, err)
+	}
+	if err := nl.Pin(path); err != nil {
+		nl.Close()
+		return nil, fmt.Errorf("pin %s: %w", bpf.InterlockProgProxyLookup, err)
+	}
+	return nl, nil
+}
+
+// ServeListener makes l, a listening socket of the proxy, the one every TCP
+// connection to Config.Proxy4 (l is IPv4) or Config.Proxy6 (l is IPv6) is
+// delivered to, whatever address l is bound to: bind it where no other
+// process can take it (127.0.0.1:0), so that nobody can make interlockd
+// fail to start by holding the proxy address. The accepted connections'
+// local address is the proxy address the client dialed. A later call for
+// the same family replaces the socket; a closed socket leaves the map, and
+// then connections to the proxy address are refused. The map does not keep
+// l alive: the caller holds it for as long as it serves (an unreachable
+// listener is closed by its finalizer).
+func (d *Datapath) ServeListener(l *net.TCPListener) error {
+	raw, err := l.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("serve listener: %w", err)
+	}
+	var opErr error
+	err = raw.Control(func(fd uintptr) {
+		domain, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+		if err != nil {
+			opErr = fmt.Errorf("get socket domain: %w", err)
+			return
+		}
+		// Go listens with MPTCP by default where the kernel has it, and a
+		// SOCKMAP holds plain TCP sockets only.
+		proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
+		if err != nil {
+			opErr = fmt.Errorf("get socket protocol: %w", err)
+			return
+		}
+		if proto != unix.IPPROTO_TCP {
+			opErr = fmt.Errorf("socket protocol is %d, not TCP (listen with net.ListenConfig.SetMultipathTCP(false))", proto)
+			return
+		}
+		key := uint32(0) // PROXY_LISTENER_V4
+		if domain == unix.AF_INET6 {
+			key = 1 // PROXY_LISTENER_V6
+		}
+		opErr = d.maps.ProxyListeners.Put(key, uint64(fd))
+	})
+	if err == nil {
+		err = opErr
+	}
+	if err != nil {
+		return fmt.Errorf("serve listener %s: %w", l.Addr(), err)
+	}
+	return nil
+}
+
 func verbose(err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
@@ -401,8 +527,8 @@ func (d *Datapath) Close() error {
 // error, so it can be repeated.
 func Uninstall(pinDir string) error {
 	var errs []error
-	for _, p := range programs {
-		path := linkPin(pinDir, p.name)
+	for _, name := range linkNames() {
+		path := linkPin(pinDir, name)
 		l, err := link.LoadPinnedLink(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -413,10 +539,10 @@ func Uninstall(pinDir string) error {
 		}
 		// Detach first: a running daemon may still hold the link open.
 		if err := l.Detach(); err != nil {
-			errs = append(errs, fmt.Errorf("detach %s: %w", p.name, err))
+			errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
 		}
 		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin %s: %w", p.name, err))
+			errs = append(errs, fmt.Errorf("unpin %s: %w", name, err))
 		}
 		l.Close()
 	}

@@ -25,12 +25,13 @@ type recordingProxy struct {
 	errs    chan error
 }
 
-func newProxy(t *testing.T, network, addr string, dp **Datapath) *recordingProxy {
+// newProxy listens on addr; e.open serves the proxy address with it.
+func newProxy(t *testing.T, e *env, network, addr string) *recordingProxy {
 	p := &recordingProxy{origins: make(chan Origin, 16), errs: make(chan error, 16)}
 	p.server = listen(t, network, addr, "proxy", func(c net.Conn) string {
 		peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-		o, err := (*dp).Lookup(peer, local)
+		o, err := e.dp.Lookup(peer, local)
 		if err != nil {
 			p.errs <- err
 			return "proxy-unknown"
@@ -38,6 +39,7 @@ func newProxy(t *testing.T, network, addr string, dp **Datapath) *recordingProxy
 		p.origins <- o
 		return "proxy"
 	})
+	e.listeners = append(e.listeners, p.ln)
 	return p
 }
 
@@ -89,7 +91,7 @@ func checkOrigin(t *testing.T, o Origin, r result, cgroupID uint64, identity uin
 func TestRedirectIPv4(t *testing.T) {
 	e := newEnv(t)
 	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
-	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
 	e.cfg.Proxy4 = proxy.addrPort()
 	dp := e.open()
 
@@ -187,7 +189,7 @@ func TestOpenRefusesNonBPFFS(t *testing.T) {
 func TestUninstallStopsRedirect(t *testing.T) {
 	e := newEnv(t)
 	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
-	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
 	e.cfg.Proxy4 = proxy.addrPort()
 	dp := e.open()
 	agent, agentID := e.cgroup("agent")
@@ -263,7 +265,7 @@ func TestRules(t *testing.T) {
 	denied := listen(t, "tcp", "127.0.0.1:0", "denied", nil)
 	passed := listen(t, "tcp", "127.0.0.2:0", "passed", nil)
 	other := listen(t, "tcp", "127.0.0.2:0", "other", nil)
-	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
 	e.cfg.Proxy4 = proxy.addrPort()
 	dp := e.open()
 	events := collectEvents(t, dp)
@@ -322,8 +324,8 @@ func TestRedirectIPv6(t *testing.T) {
 	e := newEnv(t)
 	target6 := listen(t, "tcp6", "[::1]:0", "target6", nil)
 	target4 := listen(t, "tcp4", "127.0.0.1:0", "target4", nil)
-	proxy6 := newProxy(t, "tcp6", "[::1]:0", &e.dp)
-	proxy4 := newProxy(t, "tcp4", "127.0.0.1:0", &e.dp)
+	proxy6 := newProxy(t, e, "tcp6", "[::1]:0")
+	proxy4 := newProxy(t, e, "tcp4", "127.0.0.1:0")
 	e.cfg.Proxy4 = proxy4.addrPort()
 	e.cfg.Proxy6 = proxy6.addrPort()
 	dp := e.open()
@@ -362,7 +364,7 @@ func TestRedirectIPv6(t *testing.T) {
 func TestSelfCgroupExempt(t *testing.T) {
 	e := newEnv(t)
 	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
-	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
 	e.cfg.Proxy4 = proxy.addrPort()
 	_, agentID := e.cgroup("agent")
 	self, selfID := e.cgroup("agent/daemon")
@@ -525,8 +527,8 @@ func packetGap(dp *Datapath) string {
 func linkIDs(t *testing.T, pinDir string) (links, progs map[string]uint32) {
 	t.Helper()
 	links, progs = map[string]uint32{}, map[string]uint32{}
-	for _, p := range programs {
-		l, err := link.LoadPinnedLink(linkPin(pinDir, p.name), nil)
+	for _, name := range linkNames() {
+		l, err := link.LoadPinnedLink(linkPin(pinDir, name), nil)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
@@ -538,7 +540,7 @@ func linkIDs(t *testing.T, pinDir string) (links, progs map[string]uint32) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		links[p.name], progs[p.name] = uint32(info.ID), uint32(info.Program)
+		links[name], progs[name] = uint32(info.ID), uint32(info.Program)
 	}
 	return links, progs
 }
@@ -561,6 +563,9 @@ func TestRestartKeepsEnforcement(t *testing.T) {
 		t.Fatal(err)
 	}
 	dp.Store(dp1)
+	if err := dp1.ServeListener(proxy1.ln); err != nil {
+		t.Fatal(err)
+	}
 	agent, agentID := e.cgroup("agent")
 	if err := dp1.Tag(agentID, 5); err != nil {
 		t.Fatal(err)
@@ -622,13 +627,11 @@ func TestRestartKeepsEnforcement(t *testing.T) {
 	}
 	t.Cleanup(func() { dp2.Close() })
 	dp.Store(dp2)
-	ln, err := net.Listen("tcp", proxy1.addrPort().String())
-	if err != nil {
+	// Its new listener is bound elsewhere and still gets the proxy address.
+	proxy2 := listen(t, "tcp", "127.0.0.1:0", "proxy", lookup)
+	if err := dp2.ServeListener(proxy2.ln); err != nil {
 		t.Fatal(err)
 	}
-	proxy2 := &server{ln: ln, name: "proxy", onAccept: lookup}
-	t.Cleanup(func() { ln.Close() })
-	go proxy2.serve()
 	waitFor("ok proxy", 5)
 
 	stdin.Close()
@@ -663,7 +666,7 @@ func TestFastOpenRedirected(t *testing.T) {
 	}
 	e := newEnv(t)
 	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
-	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
 	e.cfg.Proxy4 = proxy.addrPort()
 	dp := e.open()
 	agent, agentID := e.cgroup("agent")
@@ -683,7 +686,7 @@ func TestFastOpenRedirected(t *testing.T) {
 func TestNoProxyForFamily(t *testing.T) {
 	e := newEnv(t)
 	target := listen(t, "tcp6", "[::1]:0", "target", nil)
-	proxy := newProxy(t, "tcp", "127.0.0.1:0", &e.dp)
+	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
 	e.cfg.Proxy4 = proxy.addrPort() // no Proxy6
 	dp := e.open()
 	events := collectEvents(t, dp)
@@ -727,12 +730,10 @@ func TestMapFill(t *testing.T) {
 // still be there, or the proxy could not tell who sent the bytes it holds.
 func TestLookupAfterAgentClosed(t *testing.T) {
 	e := newEnv(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := tcpListen(t, "tcp", "127.0.0.1:0")
 	defer ln.Close()
 	e.cfg.Proxy4 = ln.Addr().(*net.TCPAddr).AddrPort()
+	e.listeners = append(e.listeners, ln)
 	dp := e.open()
 	agent, agentID := e.cgroup("agent")
 	if err := dp.Tag(agentID, 6); err != nil {

@@ -116,6 +116,8 @@ func runHelper(action, arg string) int {
 		}
 	case "bench":
 		return helperBench(arg)
+	case "open":
+		return helperOpen(arg)
 	case "loop":
 		return helperLoop(arg)
 	default:
@@ -253,6 +255,8 @@ type env struct {
 	pinDir string
 	cfg    Config
 	dp     *Datapath
+	// listeners are the fake proxy's sockets, served by open.
+	listeners []*net.TCPListener
 }
 
 func randomName(prefix string) string {
@@ -305,6 +309,11 @@ func (e *env) open() *Datapath {
 	}
 	e.dp = dp
 	e.t.Cleanup(func() { dp.Close() })
+	for _, l := range e.listeners {
+		if err := dp.ServeListener(l); err != nil {
+			e.t.Fatal(err)
+		}
+	}
 	return dp
 }
 
@@ -381,7 +390,7 @@ func run(t testing.TB, dir, action, arg string) result {
 // server is a loopback TCP listener that greets every connection with its
 // name and counts accepts.
 type server struct {
-	ln      net.Listener
+	ln      *net.TCPListener
 	name    string
 	accepts atomic.Int64
 	// onAccept, if set, is called with each connection before the greeting
@@ -391,14 +400,26 @@ type server struct {
 
 func listen(t testing.TB, network, addr, name string, onAccept func(net.Conn) string) *server {
 	t.Helper()
-	ln, err := net.Listen(network, addr)
+	ln := tcpListen(t, network, addr)
+	s := &server{ln: ln, name: name, onAccept: onAccept}
+	go s.serve()
+	return s
+}
+
+// tcpListen listens with plain TCP, not Go's default MPTCP: a proxy's
+// listener goes into a SOCKMAP, which holds TCP sockets only.
+func tcpListen(t testing.TB, network, addr string) *net.TCPListener {
+	t.Helper()
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(t.Context(), network, addr)
 	if err != nil {
 		t.Fatalf("listen %s: %v", addr, err)
 	}
-	s := &server{ln: ln, name: name, onAccept: onAccept}
+	// The cleanup also keeps the listener reachable: once served, nothing
+	// else may refer to it, and its finalizer would close the socket.
 	t.Cleanup(func() { ln.Close() })
-	go s.serve()
-	return s
+	return ln.(*net.TCPListener)
 }
 
 func (s *server) serve() {

@@ -84,6 +84,20 @@ func NewServer(id Identifier, h Handler, log zerolog.Logger) *Server {
 	return &Server{Identifier: id, Handler: h, Log: log, conns: map[*net.TCPConn]struct{}{}, ctx: ctx, cancel: cancel}
 }
 
+// Listen opens a plain TCP listener (Go would use MPTCP where the kernel
+// has it) on addr, such as 127.0.0.1:0: the data path delivers the proxy
+// address's connections to it through a SOCKMAP, which holds TCP sockets
+// only, so it can be bound where no other process can take it.
+func Listen(ctx context.Context, network, addr string) (*net.TCPListener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	l, err := lc.Listen(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen proxy: %w", err)
+	}
+	return l.(*net.TCPListener), nil
+}
+
 // Serve accepts on l until l is closed or the server shuts down.
 func (s *Server) Serve(l net.Listener) error {
 	for {
