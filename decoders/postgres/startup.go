@@ -74,6 +74,9 @@ func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello,
 	defer stop()
 	h := &Hello{Conn: conn}
 	negotiated := false
+	// Each kind of encryption request is answered once, as a server does:
+	// an agent repeating them cannot keep the handshake (and a core) busy.
+	asked := map[uint32]bool{}
 	for {
 		body, err := readStartupPacket(h.Conn)
 		if err != nil {
@@ -82,9 +85,10 @@ func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello,
 		code := binary.BigEndian.Uint32(body)
 		switch code {
 		case sslRequestCode, gssEncRequestCode:
-			if negotiated || len(body) != 4 {
+			if negotiated || asked[code] || len(body) != 4 {
 				return nil, &ProtocolError{Msg: "unexpected encryption request"}
 			}
+			asked[code] = true
 			answer := byte('N')
 			if code == sslRequestCode && cfg.TLS != nil {
 				answer = 'S'
