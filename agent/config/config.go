@@ -51,6 +51,8 @@ type Config struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	// Approvals configures the reviewers' web page and notifications.
 	Approvals Approvals `yaml:"approvals"`
+	// Limits bounds each identity's sessions and their memory.
+	Limits Limits `yaml:"limits"`
 }
 
 // Approvals configures how reviewers learn about and decide held requests.
@@ -72,6 +74,7 @@ func Default() Config {
 		BPFFS:      "/sys/fs/bpf/interlock",
 		ListenPort: 15001,
 		LogLevel:   "info",
+		Limits:     DefaultLimits(),
 	}
 }
 
@@ -102,6 +105,9 @@ func (c Config) Validate() error {
 		return errors.New("config: bpffs is empty")
 	case c.ListenPort == 0:
 		return errors.New("config: listen_port is 0")
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return err
 	}
 	for key, addr := range map[string]string{"metrics_listen": c.MetricsListen, "approvals.web_listen": c.Approvals.WebListen} {
 		if addr == "" {

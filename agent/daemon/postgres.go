@@ -88,6 +88,10 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	defer cancel()
 	hello, err := postgres.AcceptClient(hctx, c.Client, postgres.ClientConfig{})
 	if err != nil {
+		var pe *postgres.ProtocolError
+		if errors.As(err, &pe) {
+			d.chain.Post(audit.ProtocolError{Session: c.ID, Identity: c.Identity.Name, Target: target.Name, Error: pe.Msg})
+		}
 		d.refusePG(c, target, nil, "handshake", err)
 		return
 	}
@@ -112,6 +116,16 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		d.refusePG(c, target, agent, "denied", pgError("42501", "interlock: "+err.Error()))
 		return
 	}
+	// Counted once the session is known to be one (a cancel request is
+	// not, and must work at the cap) and before it costs a credential.
+	lim := d.cfg.Limits.For(c.Identity.Name)
+	if !d.limits.acquire(c.Identity.Name, lim.Sessions) {
+		msg := fmt.Sprintf("identity %q already has %d sessions open, its limit", c.Identity.Name, lim.Sessions)
+		d.auditLimit(c, target, "sessions", msg)
+		d.refusePG(c, target, agent, "session limit", pgError("53300", "interlock: sorry, too many sessions: "+msg))
+		return
+	}
+	defer d.limits.release(c.Identity.Name)
 	issueStart := time.Now()
 	lease, err := d.creds.Issue(hctx, credentials.Request{
 		Ref: credentialRef(target.Credential), Target: target.Name, Session: c.ID, Identity: c.Identity.Name,
@@ -159,7 +173,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	defer d.cancels.remove(key.ProcessID)
 	if err := postgres.GreetClient(agent, hello.Startup, up, key); err != nil {
 		up.Conn.Close()
-		d.auditClose(c, target, "agent gone", 0, 0)
+		d.auditClose(c, target, "agent gone", "", 0, 0)
 		return
 	}
 	rec, err := d.recorder.Start(ctx, store.Session{
@@ -176,10 +190,18 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	}
 	d.metrics.ConnectSetup.WithLabelValues("postgres").Observe(metrics.Since(c.Accepted))
 	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log, rec: rec}
-	err = postgres.Relay(ctx, rawsock.Wrap(agent), rawsock.Wrap(up.Conn), postgres.RelayConfig{Enforcer: s, Recorder: s})
+	rc := postgres.RelayConfig{Enforcer: s, Recorder: s, MaxBuffered: int(lim.SessionBuffer), MessageTimeout: lim.MessageTimeout}
+	if lim.IdentityBuffer > 0 {
+		rc.Budget = d.limits.budget(c.Identity.Name, int64(lim.IdentityBuffer))
+	}
+	err = postgres.Relay(ctx, rawsock.Wrap(agent), rawsock.Wrap(up.Conn), rc)
 	outcome := "closed"
 	var pe *postgres.ProtocolError
-	if errors.As(err, &pe) {
+	var le *postgres.LimitError
+	if errors.As(err, &le) {
+		outcome = "limit exceeded"
+		d.auditLimit(c, target, le.Limit, le.Msg)
+	} else if errors.As(err, &pe) {
 		outcome = "protocol violation"
 		d.chain.Post(audit.ProtocolError{Session: c.ID, Identity: c.Identity.Name, Target: target.Name, Error: pe.Msg})
 		d.audit.Warn().Str("event", "protocol_violation").Str("conn", c.ID).Str("identity", c.Identity.Name).
@@ -194,7 +216,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	if err != nil {
 		log.Error().Err(err).Msg("seal recording")
 	}
-	d.auditClose(c, target, outcome, ss.BytesIn, ss.BytesOut)
+	d.auditClose(c, target, outcome, "", ss.BytesIn, ss.BytesOut)
 }
 
 func suffix(msg string) string {
@@ -218,7 +240,7 @@ func (d *Daemon) refusePG(c *proxy.Conn, t *policy.Target, agent net.Conn, outco
 	}
 	d.audit.Warn().Str("event", "session_refused").Str("conn", c.ID).Str("identity", c.Identity.Name).
 		Str("target", targetName(t)).Str("reason", outcome).Str("error", err.Error()).Msg("postgres session refused")
-	d.auditClose(c, t, outcome, 0, 0)
+	d.auditClose(c, t, outcome, err.Error(), 0, 0)
 }
 
 func (d *Daemon) forwardCancel(c *proxy.Conn, key postgres.CancelKey, log zerolog.Logger) {
