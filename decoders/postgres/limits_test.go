@@ -115,7 +115,7 @@ func TestRelayMessageCap(t *testing.T) {
 		if code := wantFatal(t, fe); code != "54000" {
 			t.Fatalf("declared 63 MiB statement: SQLSTATE %s, want 54000", code)
 		}
-		if d := time.Since(start); d > 2*time.Second {
+		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("the oversized statement took %v to refuse", d)
 		}
 		if le := lastLimit(t, p, i+1); le.Limit != LimitMessage {
@@ -218,7 +218,7 @@ func TestRelayBudgetShared(t *testing.T) {
 // session after the timeout; an idle session between messages does not.
 func TestRelayMessageTimeout(t *testing.T) {
 	pg := testenv.StartPostgres(t)
-	const timeout = 400 * time.Millisecond
+	const timeout = time.Second
 	p := startProxy(t, pg, func() RelayConfig { return RelayConfig{Enforcer: allowAll, MessageTimeout: timeout} })
 
 	idle := connect(t, p)
@@ -228,7 +228,7 @@ func TestRelayMessageTimeout(t *testing.T) {
 	if code := wantFatal(t, fe); code != "08P01" {
 		t.Fatalf("unfinished message: SQLSTATE %s, want 08P01", code)
 	}
-	if d := time.Since(start); d < timeout || d > timeout+2*time.Second {
+	if d := time.Since(start); d < timeout || d > timeout+5*time.Second {
 		t.Fatalf("unfinished message ended the session after %v, want about %v", d, timeout)
 	}
 	if le := lastLimit(t, p, 1); le.Limit != LimitMessageTimeout {
@@ -239,7 +239,7 @@ func TestRelayMessageTimeout(t *testing.T) {
 	conn, fe = rawAgent(t, p)
 	for _, part := range [][]byte{{'Q', 0, 0}, {0, 13, 'S', 'E', 'L'}, []byte("ECT 1\x00")} {
 		conn.Write(part)
-		time.Sleep(timeout / 4)
+		time.Sleep(timeout / 8)
 	}
 	for {
 		m, err := fe.Receive()

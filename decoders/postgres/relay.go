@@ -139,7 +139,8 @@ type RelayConfig struct {
 	// MaxBuffered caps, in bytes, a message the relay has to read whole
 	// (see MaxMessageSize), both ways: a larger one ends the session with
 	// SQLSTATE 54000 before anything is allocated for it. Streamed messages
-	// are not affected. Default MaxMessageSize.
+	// are not affected. Default MaxMessageSize; at least 16 KiB, the
+	// relay's standard buffer.
 	MaxBuffered int
 	// Budget, when set, is reserved from before a buffer grows beyond the
 	// relay's standard 16 KiB and released when it shrinks back or the
@@ -192,6 +193,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	if cfg.MaxBuffered <= 0 || cfg.MaxBuffered > cfg.MaxMessageSize {
 		cfg.MaxBuffered = cfg.MaxMessageSize
 	}
+	cfg.MaxBuffered = max(cfg.MaxBuffered, bufSize)
 	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
 	r.q.buf = make([]entry, 16)
 	var once sync.Once
