@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/interlock-dev/interlock/agent/testenv"
@@ -311,5 +312,68 @@ func TestAcceptClientEncryptionRequestsOnce(t *testing.T) {
 	h, err := AcceptClient(ctx, a, ClientConfig{})
 	if err != nil || h.Startup == nil || h.Startup.User != "u" {
 		t.Fatalf("SSLRequest, GSSENCRequest, startup: %+v, %v", h, err)
+	}
+}
+
+// TestRelayPipelineWithoutReading: an agent that sends Sync after Sync and
+// reads nothing meets back-pressure, as from a server, instead of growing
+// the relay's memory by an entry per message; once it reads, every Sync is
+// answered in order. A real client's batch larger than the bound works.
+func TestRelayPipelineWithoutReading(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	p := startProxy(t, pg, func() RelayConfig { return RelayConfig{Enforcer: allowAll} })
+	conn, fe := rawAgent(t, p)
+	conn.SetDeadline(time.Time{})
+	const syncs = 1 << 20
+	before := heapInUse()
+	wrote := make(chan error, 1)
+	go func() {
+		batch := make([]byte, 0, 5<<12)
+		for len(batch) < cap(batch) {
+			batch = append(batch, 'S', 0, 0, 0, 4)
+		}
+		for sent := 0; sent < syncs; sent += 1 << 12 {
+			if _, err := conn.Write(batch); err != nil {
+				wrote <- err
+				return
+			}
+		}
+		wrote <- nil
+	}()
+	// Long enough for every buffer on the way to fill.
+	time.Sleep(3 * time.Second)
+	grown := int64(heapInUse()) - int64(before)
+	t.Logf("heap in use grew by %d KiB while the agent read nothing", grown>>10)
+	if grown > 16<<20 {
+		t.Fatalf("heap grew by %d bytes", grown)
+	}
+	conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for n := 0; n < syncs; {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatalf("after %d answers: %v", n, err)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			n++
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+
+	c := connect(t, p)
+	b := &pgx.Batch{}
+	for i := 0; i < 3*maxPending; i++ {
+		b.Queue("SELECT $1::int", i)
+	}
+	br := c.SendBatch(context.Background(), b)
+	for i := 0; i < 3*maxPending; i++ {
+		var got int
+		if err := br.QueryRow().Scan(&got); err != nil || got != i {
+			t.Fatalf("batch query %d: %d, %v", i, got, err)
+		}
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

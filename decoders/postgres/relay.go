@@ -196,6 +196,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	cfg.MaxBuffered = max(cfg.MaxBuffered, bufSize)
 	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
 	r.q.buf = make([]entry, 16)
+	r.q.room.L = &r.q.mu
 	var once sync.Once
 	shutdown := func() {
 		once.Do(func() {
@@ -282,6 +283,44 @@ type queue struct {
 	buf  []entry
 	head int
 	n    int
+	// room is signalled when a queue that reached maxPending has drained
+	// to half of it (waiting), or when the server side has ended (done).
+	room    sync.Cond
+	waiting bool
+	done    bool
+}
+
+// maxPending bounds the requests awaiting the server's answers. An agent
+// that pipelines without reading them would otherwise grow the queue by an
+// entry (48 bytes) per 5-byte Sync for as long as the sockets on the way
+// take its input: 100 MB for one session, measured. At the bound the
+// agent's side waits for answers, as a server's input does.
+const maxPending = 1 << 14
+
+// full reports whether the queue reached maxPending.
+func (q *queue) full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n >= maxPending
+}
+
+// waitRoom blocks until the queue has drained to half of maxPending or the
+// server side has ended.
+func (q *queue) waitRoom() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.n >= maxPending/2 && !q.done {
+		q.waiting = true
+		q.room.Wait()
+	}
+}
+
+// close wakes a waitRoom for good: no answers will come.
+func (q *queue) close() {
+	q.mu.Lock()
+	q.done = true
+	q.room.Broadcast()
+	q.mu.Unlock()
 }
 
 func (q *queue) push(e entry) {
@@ -311,6 +350,10 @@ func (q *queue) pop() {
 	q.buf[q.head] = entry{}
 	q.head = (q.head + 1) % len(q.buf)
 	q.n--
+	if q.waiting && q.n < maxPending/2 {
+		q.waiting = false
+		q.room.Broadcast()
+	}
 }
 
 type relay struct {
@@ -665,6 +708,13 @@ func (r *relay) clientLoop() error {
 				return err
 			}
 		}
+		if r.q.full() {
+			// What is queued must reach the server for answers to come.
+			if err := f.flush(); err != nil {
+				return err
+			}
+			r.q.waitRoom()
+		}
 	}
 }
 
@@ -904,6 +954,7 @@ func (r *relay) serverLoop() error {
 			r.agentMu.Unlock()
 		}
 	}()
+	defer r.q.close()
 	var ss serverState
 	var rec Message
 	// Rows are streamed unless they are masked; everything else the relay
