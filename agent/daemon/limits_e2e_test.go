@@ -37,11 +37,13 @@ func init() {
 // hostileReport is what a hostile agent saw: per connection, the SQLSTATE
 // that ended it ("" for a connection still open).
 type hostileReport struct {
-	Codes     []string `json:"codes"`
-	Open      int      `json:"open"`
-	Answers   int      `json:"answers"`
-	ElapsedMS int64    `json:"elapsed_ms"`
-	Err       string   `json:"err"`
+	Codes   []string `json:"codes"`
+	Open    int      `json:"open"`
+	Answers int      `json:"answers"`
+	// Cancelled is the SQLSTATE of a statement cancelled at the cap.
+	Cancelled string `json:"cancelled"`
+	ElapsedMS int64  `json:"elapsed_ms"`
+	Err       string `json:"err"`
 }
 
 func hostile(mode string, args []string) int {
@@ -51,8 +53,10 @@ func hostile(mode string, args []string) int {
 	addr := args[0]
 	switch mode {
 	case "sessions":
-		// Real client sessions, opened one after another and kept idle.
+		// Real client sessions, opened one after another and kept idle;
+		// then, at the cap, the first one's long statement is cancelled.
 		n, _ := strconv.Atoi(args[1])
+		var first *pgconn.PgConn
 		for i := 0; i < n; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			c, err := pgconn.Connect(ctx, "postgres://agent@"+addr+"/postgres?sslmode=disable")
@@ -60,6 +64,9 @@ func hostile(mode string, args []string) int {
 			var pe *pgconn.PgError
 			switch {
 			case err == nil:
+				if first == nil {
+					first = c
+				}
 				r.Open++
 				r.Codes = append(r.Codes, "")
 				closers = append(closers, closerFunc(func() error { return c.Close(context.Background()) }))
@@ -68,6 +75,18 @@ func hostile(mode string, args []string) int {
 			default:
 				r.Codes = append(r.Codes, "error")
 				r.Err = err.Error()
+			}
+		}
+		if first != nil {
+			res := first.Exec(context.Background(), "SELECT count(*) FROM generate_series(1, 2000000000)")
+			time.Sleep(300 * time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			first.CancelRequest(ctx)
+			cancel()
+			_, err := res.ReadAll()
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) {
+				r.Cancelled = pe.Code
 			}
 		}
 	case "declare":
@@ -118,6 +137,50 @@ func hostile(mode string, args []string) int {
 		conn.Write(append([]byte{'Q', 0, 0, 0, 104}, "SELECT"...))
 		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 		r.Codes = append(r.Codes, fatalCode(fe))
+	case "pipeline":
+		// Sync after Sync for a few seconds, never reading an answer.
+		conn, _, err := rawSession(addr)
+		if err != nil {
+			r.Err = err.Error()
+			break
+		}
+		closers = append(closers, conn)
+		batch := make([]byte, 0, 5<<12)
+		for len(batch) < cap(batch) {
+			batch = append(batch, 'S', 0, 0, 0, 4)
+		}
+		conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		for {
+			n, err := conn.Write(batch)
+			r.Answers += n / 5
+			if err != nil {
+				break
+			}
+		}
+	case "idle":
+		// n connections that never send a byte; how long until the last
+		// is closed.
+		n, _ := strconv.Atoi(args[1])
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i := 0; i < n; i++ {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				r.Err = err.Error()
+				break
+			}
+			closers = append(closers, conn)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn.SetReadDeadline(time.Now().Add(40 * time.Second))
+				io.Copy(io.Discard, conn)
+				mu.Lock()
+				r.Codes = append(r.Codes, "closed")
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
 	case "sslflood":
 		// SSLRequests as fast as they are taken, counting the answers.
 		conn, err := net.Dial("tcp", addr)
@@ -274,8 +337,9 @@ const limitsConfig = `limits:
 `
 
 // TestSessionCapPerIdentity: an agent opening idle sessions gets three, its
-// limit; the fourth and fifth are refused with 53300 and an audit event,
-// and a slot freed is a slot usable again.
+// limit; the fourth and fifth are refused with 53300 and an audit event, a
+// cancel request still works, silent connections over the cap are closed
+// quickly, and a slot freed is a slot usable again.
 func TestSessionCapPerIdentity(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
 	agent := agentBinary(t)
@@ -284,11 +348,22 @@ func TestSessionCapPerIdentity(t *testing.T) {
 	if r.Open != 3 || len(r.Codes) != 5 || r.Codes[3] != "53300" || r.Codes[4] != "53300" {
 		t.Fatalf("5 sessions against a cap of 3: %+v\n%s", r, f.d.Logs())
 	}
+	// A cancel request needs no slot: it works at the cap.
+	if r.Cancelled != "57014" {
+		t.Fatalf("statement cancelled at the cap: %q, want 57014 (query_canceled)", r.Cancelled)
+	}
 	// The server holds the three, not five.
 	if n := f.pg.Psql(t, "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'interlock%'"); n != "3" {
 		t.Fatalf("%s server connections for the identity, want 3", n)
 	}
 	waitEvent(t, f.d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "sessions" && m["identity"] == "ci-bot" })
+	// At the cap, connections that never send their startup are closed
+	// after the short over-cap handshake, not the 30 s one.
+	_, idle := startAttack(t, f.d, agent, "idle", addr, "20")
+	if len(idle.Codes) != 20 || idle.ElapsedMS > 6000 {
+		t.Fatalf("20 silent connections at the cap: %+v", idle)
+	}
+	t.Logf("20 silent connections at the cap closed after %d ms", idle.ElapsedMS)
 	a.stop()
 	// Slots are given back when sessions end.
 	deadline := time.Now().Add(10 * time.Second)
@@ -311,7 +386,8 @@ func TestSessionCapPerIdentity(t *testing.T) {
 // TestBufferCapsBoundMemory: sessions declaring statements far larger than
 // a session may buffer are refused at once with 54000; below the session
 // cap, the identity's shared budget admits what fits and refuses the rest
-// with 53200; interlockd's resident memory stays within the budget.
+// with 53200; a session pipelining without reading meets back-pressure;
+// interlockd's resident memory stays within the budget.
 func TestBufferCapsBoundMemory(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
 	agent := agentBinary(t)
@@ -346,10 +422,15 @@ func TestBufferCapsBoundMemory(t *testing.T) {
 	grownHeld := rssKiB(t, f.d.PID()) - before
 	a.stop()
 	waitEvent(t, f.d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "buffer_budget" })
-	t.Logf("interlockd RSS %d KiB before; +%d KiB with three 63 MiB statements refused, +%d KiB with a 3.5 MiB one held and two refused",
-		before, grown63, grownHeld)
-	if grown63 > 16<<10 || grownHeld > 24<<10 {
-		t.Fatalf("memory not bounded: +%d KiB, +%d KiB", grown63, grownHeld)
+	// Syncs for 5 s without reading an answer: back-pressure, not a queue
+	// growing by an entry per message.
+	a, r = startAttack(t, f.d, agent, "pipeline", addr)
+	grownPipe := rssKiB(t, f.d.PID()) - before
+	a.stop()
+	t.Logf("interlockd RSS %d KiB before; +%d KiB with three 63 MiB statements refused, +%d KiB with a 3.5 MiB one held and two refused, +%d KiB after %d Syncs never answered",
+		before, grown63, grownHeld, grownPipe, r.Answers)
+	if grown63 > 16<<10 || grownHeld > 24<<10 || grownPipe > 24<<10 {
+		t.Fatalf("memory not bounded: +%d KiB, +%d KiB, +%d KiB", grown63, grownHeld, grownPipe)
 	}
 }
 

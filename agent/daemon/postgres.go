@@ -29,6 +29,11 @@ import (
 // startup, issuing the credential, the upstream login.
 const handshakeTimeout = 30 * time.Second
 
+// overCapHandshake bounds the handshake of a connection over its identity's
+// session cap: long enough for a client on this host to send its startup
+// and be told, too short for half-open connections to pile up.
+const overCapHandshake = 2 * time.Second
+
 // cancelKeys maps the cancel keys interlockd hands agents to the upstream
 // backends they stand for, so a CancelRequest through the proxy cancels the
 // right query without the agent ever learning the server's key.
@@ -84,7 +89,20 @@ func (k *cancelKeys) find(key postgres.CancelKey) (cancelTarget, bool) {
 // this session alone, and every statement goes through the policy.
 func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *policy.Target, subj *policy.Subject, log zerolog.Logger) {
 	defer c.Client.Close()
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	// The slot is taken before the handshake, so connections left half-open
+	// count too. A connection over the cap still gets a short handshake: it
+	// may be a cancel request, which needs no slot, and a session is told
+	// as a full server tells it.
+	lim := d.cfg.Limits.For(c.Identity.Name)
+	slot := d.limits.acquire(c.Identity.Name, lim.Sessions)
+	if slot {
+		defer d.limits.release(c.Identity.Name)
+	}
+	timeout := handshakeTimeout
+	if !slot {
+		timeout = overCapHandshake
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	hello, err := postgres.AcceptClient(hctx, c.Client, postgres.ClientConfig{})
 	if err != nil {
@@ -116,16 +134,12 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		d.refusePG(c, target, agent, "denied", pgError("42501", "interlock: "+err.Error()))
 		return
 	}
-	// Counted once the session is known to be one (a cancel request is
-	// not, and must work at the cap) and before it costs a credential.
-	lim := d.cfg.Limits.For(c.Identity.Name)
-	if !d.limits.acquire(c.Identity.Name, lim.Sessions) {
+	if !slot {
 		msg := fmt.Sprintf("identity %q already has %d sessions open, its limit", c.Identity.Name, lim.Sessions)
 		d.auditLimit(c, target, "sessions", msg)
 		d.refusePG(c, target, agent, "session limit", pgError("53300", "interlock: sorry, too many sessions: "+msg))
 		return
 	}
-	defer d.limits.release(c.Identity.Name)
 	issueStart := time.Now()
 	lease, err := d.creds.Issue(hctx, credentials.Request{
 		Ref: credentialRef(target.Credential), Target: target.Name, Session: c.ID, Identity: c.Identity.Name,
