@@ -39,13 +39,6 @@ func (l *sessionLimits) release(identity string) {
 	}
 }
 
-// open returns how many sessions identity has open.
-func (l *sessionLimits) open(identity string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.sessions[identity]
-}
-
 // budget returns identity's shared buffer budget of size bytes. The
 // configuration does not change while interlockd runs, so the first size
 // asked for is the size.
