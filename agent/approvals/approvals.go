@@ -417,17 +417,7 @@ func (s *Service) wake(id string) {
 // known (the held process's uid comes from this process's hold, or from the
 // session row when another host holds it), and by user name.
 func (s *Service) checkRequester(ctx context.Context, a store.Approval, rv Reviewer) error {
-	s.mu.Lock()
-	h := s.holds[a.ID]
-	s.mu.Unlock()
-	uid, known := uint32(0), false
-	if h != nil {
-		uid, known = h.uid, true
-	} else if a.SessionID != "" {
-		if ss, err := s.st.Session(ctx, a.SessionID); err == nil {
-			uid, known = ss.UID, true
-		}
-	}
+	uid, known := s.requesterUID(ctx, a)
 	if !known {
 		if rv.HasUID {
 			return ErrUnknownRequester
@@ -441,6 +431,23 @@ func (s *Service) checkRequester(ctx context.Context, a store.Approval, rv Revie
 		return fmt.Errorf("%w (user %s)", ErrRequester, name)
 	}
 	return nil
+}
+
+// requesterUID returns the held process's uid: from this process's hold,
+// or from the session row when another host holds it.
+func (s *Service) requesterUID(ctx context.Context, a store.Approval) (uint32, bool) {
+	s.mu.Lock()
+	h := s.holds[a.ID]
+	s.mu.Unlock()
+	if h != nil {
+		return h.uid, true
+	}
+	if a.SessionID != "" {
+		if ss, err := s.st.Session(ctx, a.SessionID); err == nil {
+			return ss.UID, true
+		}
+	}
+	return 0, false
 }
 
 // mayReview reports whether rv is named by reviewers: an entry "user:NAME"

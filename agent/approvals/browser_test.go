@@ -38,7 +38,7 @@ func startBrowser(t *testing.T) *browser {
 	profile := t.TempDir()
 	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-default-apps", "--disable-extensions", "--window-size=1400,1000",
+		"--disable-default-apps", "--disable-extensions", "--window-size=1400,1000", "--lang=en-US",
 		"--user-data-dir="+profile, "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
 		"--remote-allow-origins=http://127.0.0.1", "about:blank")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

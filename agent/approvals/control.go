@@ -18,11 +18,15 @@ const ControlPrefix = "/v1/approvals"
 
 // View is an approval as the control API and the web page show it.
 type View struct {
-	ID        string     `json:"id"`
-	Host      string     `json:"host"`
-	Session   string     `json:"session"`
-	Identity  string     `json:"identity"`
-	PID       int32      `json:"pid"`
+	ID       string `json:"id"`
+	Host     string `json:"host"`
+	Session  string `json:"session"`
+	Identity string `json:"identity"`
+	PID      int32  `json:"pid"`
+	// UID is the held process's uid and User its user name, when known:
+	// that user can never decide the request.
+	UID       *uint32    `json:"uid,omitempty"`
+	User      string     `json:"user,omitempty"`
 	Exe       string     `json:"exe"`
 	Target    string     `json:"target"`
 	Statement string     `json:"statement"`
@@ -73,6 +77,16 @@ func NewView(a store.Approval) View {
 	return v
 }
 
+// view is NewView with what the service knows besides the stored row: the
+// requester's uid and user name.
+func (s *Service) view(ctx context.Context, a store.Approval) View {
+	v := NewView(a)
+	if uid, ok := s.requesterUID(ctx, a); ok {
+		v.UID, v.User = &uid, s.lookup(uid)
+	}
+	return v
+}
+
 // DecideRequest is the body of POST .../approve and .../deny.
 type DecideRequest struct {
 	Comment string `json:"comment,omitempty"`
@@ -116,7 +130,7 @@ func (s *Service) handleList(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]View, 0, len(as))
 	for _, a := range as {
-		out = append(out, NewView(a))
+		out = append(out, s.view(r.Context(), a))
 	}
 	control.WriteJSON(w, http.StatusOK, out)
 }
@@ -145,7 +159,7 @@ func (s *Service) handleGet(w http.ResponseWriter, r *http.Request) {
 		writeDecideError(w, err)
 		return
 	}
-	control.WriteJSON(w, http.StatusOK, NewView(a))
+	control.WriteJSON(w, http.StatusOK, s.view(r.Context(), a))
 }
 
 func (s *Service) handleControlDecide(w http.ResponseWriter, r *http.Request, approve bool) {
@@ -167,7 +181,7 @@ func (s *Service) decideAndAnswer(ctx context.Context, w http.ResponseWriter, id
 		writeDecideError(w, err)
 		return
 	}
-	control.WriteJSON(w, http.StatusOK, NewView(a))
+	control.WriteJSON(w, http.StatusOK, s.view(ctx, a))
 }
 
 // writeDecideError maps the service's errors to HTTP statuses.

@@ -89,11 +89,23 @@ func TestBrowserApprove(t *testing.T) {
 	// Held after the page loaded: it must appear by itself.
 	id, done := f.hold(t, "alice")
 	b.waitFor("the held request", `document.querySelector('`+row(id)+`')`)
-	for _, want := range []string{"ci-runner", "orders-db", "hold-writes", secretStatement, "0/1"} {
+	for _, want := range []string{"ci-runner", "orders-db", "hold-writes", secretStatement, "0/1", "uid 4242 (agent-user)"} {
 		if got := b.text(row(id)); !strings.Contains(got, want) {
 			t.Errorf("row lacks %q: %s", want, got)
 		}
 	}
+	// On the 24-hour clock, as the CLI shows it, though the browser's
+	// locale (en-US) writes 12-hour times.
+	held, err := f.svc.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := b.text(row(id)+" time"), held.Requested.Local().Format("15:04:05"); got != want {
+		t.Errorf("requested at %q, want %q", got, want)
+	}
+	// The held session's messages so far, on request.
+	b.click(row(id) + " details.so-far summary")
+	b.waitFor("the session so far", `document.querySelector('`+row(id)+` pre.so-far').innerText.includes("UPDATE accounts")`)
 
 	// A comment being typed survives the page's refreshes.
 	b.typeInto(row(id)+" input.comment", "ticket OPS-1 checked")
@@ -127,6 +139,52 @@ func TestBrowserApprove(t *testing.T) {
 	if tr := b.text("#transcript"); !strings.Contains(tr, "ci-runner") || !strings.Contains(tr, "verified") {
 		t.Fatalf("transcript:\n%s", tr)
 	}
+}
+
+// In real Chromium: Deny takes a second click, and Cancel takes the first
+// back; only the confirmed deny releases the session, denied.
+func TestBrowserDenyNeedsConfirmation(t *testing.T) {
+	f := newWebFixture(t)
+	id, done := f.hold(t, "alice")
+	b := startBrowser(t)
+	b.navigate(f.url + "/")
+	b.waitFor("the sign-in form", `!document.getElementById("login").hidden`)
+	b.typeInto("#token", aliceToken)
+	b.click("#login-submit")
+	b.waitFor("the held request", `document.querySelector('`+row(id)+`')`)
+
+	notReleased := func(after string) {
+		t.Helper()
+		// Longer than a few of the page's refreshes.
+		time.Sleep(300 * time.Millisecond)
+		select {
+		case r := <-done:
+			t.Fatalf("released after %s: %+v", after, r)
+		default:
+		}
+		if a, _ := f.svc.Get(context.Background(), id); a.State != store.Pending || len(a.Votes) != 0 {
+			t.Fatalf("after %s: %s %+v", after, a.State, a.Votes)
+		}
+	}
+	b.click(row(id) + " button.deny")
+	b.waitFor("the confirmation", `document.querySelector('`+row(id)+` button.deny.confirm')`)
+	if got := b.text(row(id) + " button.deny"); got != "Really deny" {
+		t.Fatalf("deny button after one click: %q", got)
+	}
+	notReleased("one click on Deny")
+	b.click(row(id) + " button.cancel")
+	b.waitFor("the confirmation withdrawn", `!document.querySelector('`+row(id)+` button.deny.confirm') && document.querySelector('`+row(id)+` button.cancel').hidden`)
+	notReleased("Deny and Cancel")
+
+	b.typeInto(row(id)+" input.comment", "not during the freeze")
+	b.click(row(id) + " button.deny")
+	b.waitFor("the confirmation", `document.querySelector('`+row(id)+` button.deny.confirm')`)
+	b.click(row(id) + " button.deny")
+	r := receive(t, done)
+	if r.approved || !strings.Contains(r.reason, "not during the freeze") {
+		t.Fatalf("held session got %+v", r)
+	}
+	b.waitFor("the decided row", `document.querySelector('#decided tr[data-id="`+id+`"][data-state="denied"]')`)
 }
 
 // In real Chromium: a wrong token does not sign in, and a valid token whose

@@ -25,6 +25,7 @@ const (
 	KindPolicyReloaded    Kind = "policy.reloaded"
 	KindRecordingSealed   Kind = "recording.sealed"
 	KindProtocolError     Kind = "protocol.error"
+	KindLimitExceeded     Kind = "limit.exceeded"
 )
 
 // Event is one typed audit event. The set is closed: only the types in this
@@ -216,10 +217,14 @@ type ConnectionOpened struct {
 
 // ConnectionClosed is the end of a session.
 type ConnectionClosed struct {
-	Session  string        `json:"session"`
-	Identity string        `json:"identity"`
-	Target   string        `json:"target"`
-	Outcome  string        `json:"outcome"`
+	Session  string `json:"session"`
+	Identity string `json:"identity"`
+	Target   string `json:"target"`
+	Outcome  string `json:"outcome"`
+	// Reason says why a connection was refused or failed: an identity the
+	// policy does not know, no rule for the destination, the rule that
+	// denied it, or the upstream's connect error.
+	Reason   string        `json:"reason,omitempty"`
 	BytesIn  int64         `json:"bytes_in"`
 	BytesOut int64         `json:"bytes_out"`
 	Messages int64         `json:"messages"`
@@ -318,6 +323,17 @@ type ProtocolError struct {
 	Error    string `json:"error"`
 }
 
+// LimitExceeded is a session refused or ended because its identity went
+// over a configured limit (sessions, buffered bytes, message timeout).
+// Error describes sizes and counts, never content.
+type LimitExceeded struct {
+	Session  string `json:"session"`
+	Identity string `json:"identity"`
+	Target   string `json:"target"`
+	Limit    string `json:"limit"`
+	Error    string `json:"error"`
+}
+
 // Kind implements Event.
 func (DaemonStarted) Kind() Kind { return KindDaemonStarted }
 
@@ -351,6 +367,9 @@ func (RecordingSealed) Kind() Kind { return KindRecordingSealed }
 // Kind implements Event.
 func (ProtocolError) Kind() Kind { return KindProtocolError }
 
+// Kind implements Event.
+func (LimitExceeded) Kind() Kind { return KindLimitExceeded }
+
 func (DaemonStarted) auditEvent()     {}
 func (ConnectionOpened) auditEvent()  {}
 func (ConnectionClosed) auditEvent()  {}
@@ -362,3 +381,4 @@ func (CredentialRevoked) auditEvent() {}
 func (PolicyReloaded) auditEvent()    {}
 func (RecordingSealed) auditEvent()   {}
 func (ProtocolError) auditEvent()     {}
+func (LimitExceeded) auditEvent()     {}

@@ -56,6 +56,8 @@ type Config struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	// Approvals configures the reviewers' web page and notifications.
 	Approvals Approvals `yaml:"approvals"`
+	// Limits bounds each identity's sessions and their memory.
+	Limits Limits `yaml:"limits"`
 }
 
 // Approvals configures how reviewers learn about and decide held requests.
@@ -78,6 +80,7 @@ func Default() Config {
 		ListenPort: 15001,
 		LogLevel:   "info",
 		LogFormat:  "json",
+		Limits:     DefaultLimits(),
 	}
 }
 
@@ -126,6 +129,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
 		return keyErrorf("log_level", "%q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return err
 	}
 	for key, addr := range map[string]string{"metrics_listen": c.MetricsListen, "approvals.web_listen": c.Approvals.WebListen} {
 		if addr == "" {

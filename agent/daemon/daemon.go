@@ -69,6 +69,7 @@ type Daemon struct {
 	metrics    *metrics.Metrics
 	resolvers  []netip.AddrPort
 	cancels    cancelKeys
+	limits     sessionLimits
 	// tagGen counts untags; open sessions re-check their identity when it
 	// moves, so an untag applies to their next statement.
 	tagGen atomic.Uint64

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"time"
 
@@ -55,30 +56,46 @@ func (d *Daemon) serveTCP(c *proxy.Conn, pol *policy.Policy, target *policy.Targ
 		Protocol: "tcp", Client: c.Client.RemoteAddr().String(), Upstream: upstreamAddr(c, target)})
 	d.chain.Post(audit.Decision{Session: c.ID, Identity: c.Identity.Name, Target: targetName(target),
 		Action: dec.Action.String(), Rule: dec.Rule, Enforced: mode == policy.Enforce, Operation: "CONNECT"})
+	// The agent sees a reset whatever the cause; reason tells the operator
+	// which it was.
+	var reason string
 	defer func(start time.Time) {
 		d.chain.Post(audit.ConnectionClosed{Session: c.ID, Identity: c.Identity.Name, Target: targetName(target),
-			Outcome: outcome, BytesIn: sent, BytesOut: recv, Duration: time.Since(start)})
+			Outcome: outcome, Reason: reason, BytesIn: sent, BytesOut: recv, Duration: time.Since(start)})
 	}(c.Accepted)
 	if dec.Action != policy.Allow && mode == policy.Enforce {
 		// A reset, not a clean close: the agent must not mistake a refusal
 		// for a server that hung up.
 		c.Client.SetLinger(0)
-		outcome = "denied"
-		d.auditClose(c, target, outcome, 0, 0)
+		outcome, reason = "denied", denyReason(pol, subj, dec)
+		d.auditClose(c, target, outcome, reason, 0, 0)
 		return
 	}
 	up, err := net.DialTimeout("tcp", upstreamAddr(c, target), dialTimeout)
 	if err != nil {
 		log.Warn().Err(err).Msg("upstream connect failed")
 		c.Client.SetLinger(0)
-		outcome = "upstream unreachable"
-		d.auditClose(c, target, outcome, 0, 0)
+		outcome, reason = "upstream unreachable", err.Error()
+		d.auditClose(c, target, outcome, reason, 0, 0)
 		return
 	}
 	defer up.Close()
 	sent, recv = proxy.Relay(c.Client, up.(*net.TCPConn))
 	outcome = "closed"
-	d.auditClose(c, target, outcome, sent, recv)
+	d.auditClose(c, target, outcome, "", sent, recv)
+}
+
+// denyReason says why the policy refused a connection: the identity is not
+// one the policy knows, no rule allows this destination, or a rule denies
+// it.
+func denyReason(pol *policy.Policy, subj *policy.Subject, dec policy.Decision) string {
+	switch {
+	case dec.Rule != "default-deny":
+		return fmt.Sprintf("denied by rule %q%s", dec.Rule, suffix(dec.Message))
+	case len(pol.Identities(nil, subj)) == 0:
+		return fmt.Sprintf("unknown identity: no identity of the policy matches tag %q", subj.Tag)
+	}
+	return "no rule allows this destination (default-deny)"
 }
 
 // upstreamAddr is where interlockd connects for c: the target's configured
@@ -135,14 +152,16 @@ func (d *Daemon) auditDecisionMode(c *proxy.Conn, t *policy.Target, op string, d
 		Str("mode", mode.String()).Str("rule", dec.Rule).Str("reason", dec.Message).Msg("decided")
 }
 
-func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome string, sent, recv int64) {
+// auditClose logs a connection's end; reason, when set, says why it was
+// refused or failed.
+func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome, reason string, sent, recv int64) {
 	proto := "tcp"
 	if t != nil && t.Protocol != "" {
 		proto = t.Protocol
 	}
 	d.metrics.Connections.WithLabelValues(proto, outcome).Inc()
 	d.audit.Info().Str("event", "connection_close").Str("conn", c.ID).Str("identity", c.Identity.Name).
-		Str("target", targetName(t)).Str("dst", c.Dst.String()).Str("outcome", outcome).
+		Str("target", targetName(t)).Str("dst", c.Dst.String()).Str("outcome", outcome).Str("reason", reason).
 		Int64("bytes_sent", sent).Int64("bytes_received", recv).
 		Int64("duration_ms", time.Since(c.Accepted).Milliseconds()).Msg("connection closed")
 }

@@ -29,6 +29,11 @@ import (
 // startup, issuing the credential, the upstream login.
 const handshakeTimeout = 30 * time.Second
 
+// overCapHandshake bounds the handshake of a connection over its identity's
+// session cap: long enough for a client on this host to send its startup
+// and be told, too short for half-open connections to pile up.
+const overCapHandshake = 2 * time.Second
+
 // cancelKeys maps the cancel keys interlockd hands agents to the upstream
 // backends they stand for, so a CancelRequest through the proxy cancels the
 // right query without the agent ever learning the server's key.
@@ -84,12 +89,29 @@ func (k *cancelKeys) find(key postgres.CancelKey) (cancelTarget, bool) {
 // this session alone, and every statement goes through the policy.
 func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *policy.Target, subj *policy.Subject, log zerolog.Logger) {
 	defer c.Client.Close()
-	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	// The slot is taken before the handshake, so connections left half-open
+	// count too. A connection over the cap still gets a short handshake: it
+	// may be a cancel request, which needs no slot, and a session is told
+	// as a full server tells it.
+	lim := d.cfg.Limits.For(c.Identity.Name)
+	slot := d.limits.acquire(c.Identity.Name, lim.Sessions)
+	if slot {
+		defer d.limits.release(c.Identity.Name)
+	}
+	timeout := handshakeTimeout
+	if !slot {
+		timeout = overCapHandshake
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// TLS ends here with a leaf for the name the agent dialed (its SNI, or
 	// the address it connected to); the upstream connection is separate.
 	hello, err := postgres.AcceptClient(hctx, c.Client, postgres.ClientConfig{TLS: d.ca.ServerConfig(c.Dst.Addr())})
 	if err != nil {
+		var pe *postgres.ProtocolError
+		if errors.As(err, &pe) {
+			d.chain.Post(audit.ProtocolError{Session: c.ID, Identity: c.Identity.Name, Target: target.Name, Error: pe.Msg})
+		}
 		d.refusePG(c, target, nil, "handshake", err)
 		return
 	}
@@ -112,6 +134,12 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		dec := policy.Decision{Action: policy.Deny, Rule: "startup-parameters", Message: err.Error()}
 		d.auditDecision(c, target, "startup", dec)
 		d.refusePG(c, target, agent, "denied", pgError("42501", "interlock: "+err.Error()))
+		return
+	}
+	if !slot {
+		msg := fmt.Sprintf("identity %q already has %d sessions open, its limit", c.Identity.Name, lim.Sessions)
+		d.auditLimit(c, target, "sessions", msg)
+		d.refusePG(c, target, agent, "session limit", pgError("53300", "interlock: sorry, too many sessions: "+msg))
 		return
 	}
 	issueStart := time.Now()
@@ -161,7 +189,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	defer d.cancels.remove(key.ProcessID)
 	if err := postgres.GreetClient(agent, hello.Startup, up, key); err != nil {
 		up.Conn.Close()
-		d.auditClose(c, target, "agent gone", 0, 0)
+		d.auditClose(c, target, "agent gone", "", 0, 0)
 		return
 	}
 	rec, err := d.recorder.Start(ctx, store.Session{
@@ -178,10 +206,18 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	}
 	d.metrics.ConnectSetup.WithLabelValues("postgres").Observe(metrics.Since(c.Accepted))
 	s := &pgSession{d: d, c: c, targetName: target.Name, subj: subj, log: log, rec: rec}
-	err = postgres.Relay(ctx, rawsock.Wrap(agent), rawsock.Wrap(up.Conn), postgres.RelayConfig{Enforcer: s, Recorder: s})
+	rc := postgres.RelayConfig{Enforcer: s, Recorder: s, MaxBuffered: int(lim.SessionBuffer), MessageTimeout: lim.MessageTimeout}
+	if lim.IdentityBuffer > 0 {
+		rc.Budget = d.limits.budget(c.Identity.Name, int64(lim.IdentityBuffer))
+	}
+	err = postgres.Relay(ctx, rawsock.Wrap(agent), rawsock.Wrap(up.Conn), rc)
 	outcome := "closed"
 	var pe *postgres.ProtocolError
-	if errors.As(err, &pe) {
+	var le *postgres.LimitError
+	if errors.As(err, &le) {
+		outcome = "limit exceeded"
+		d.auditLimit(c, target, le.Limit, le.Msg)
+	} else if errors.As(err, &pe) {
 		outcome = "protocol violation"
 		d.chain.Post(audit.ProtocolError{Session: c.ID, Identity: c.Identity.Name, Target: target.Name, Error: pe.Msg})
 		d.audit.Warn().Str("event", "protocol_violation").Str("conn", c.ID).Str("identity", c.Identity.Name).
@@ -196,7 +232,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	if err != nil {
 		log.Error().Err(err).Msg("seal recording")
 	}
-	d.auditClose(c, target, outcome, ss.BytesIn, ss.BytesOut)
+	d.auditClose(c, target, outcome, "", ss.BytesIn, ss.BytesOut)
 }
 
 func suffix(msg string) string {
@@ -220,7 +256,7 @@ func (d *Daemon) refusePG(c *proxy.Conn, t *policy.Target, agent net.Conn, outco
 	}
 	d.audit.Warn().Str("event", "session_refused").Str("conn", c.ID).Str("identity", c.Identity.Name).
 		Str("target", targetName(t)).Str("reason", outcome).Str("error", err.Error()).Msg("postgres session refused")
-	d.auditClose(c, t, outcome, 0, 0)
+	d.auditClose(c, t, outcome, err.Error(), 0, 0)
 }
 
 func (d *Daemon) forwardCancel(c *proxy.Conn, key postgres.CancelKey, log zerolog.Logger) {

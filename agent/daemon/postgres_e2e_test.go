@@ -63,8 +63,9 @@ type pgFixture struct {
 }
 
 // startPG starts PostgreSQL with a customers table and an agent_rw
-// template role, and interlockd with the embedded issuer pointed at it.
-func startPG(t *testing.T) *pgFixture {
+// template role, and interlockd with the embedded issuer pointed at it;
+// extraConfig is added to interlockd.yaml.
+func startPG(t *testing.T, extraConfig ...string) *pgFixture {
 	testenv.Privileged(t)
 	pg := testenv.StartPostgres(t)
 	pg.Psql(t, `CREATE ROLE agent_rw NOLOGIN;
@@ -84,7 +85,7 @@ credentials:
     embedded:
       admin_dsn: %q
       ttl: 1m
-`, metricsPort, pg.AdminDSN())), 0o600); err != nil {
+%s`, metricsPort, pg.AdminDSN(), strings.Join(extraConfig, ""))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg})

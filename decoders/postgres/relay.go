@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -135,6 +136,21 @@ type RelayConfig struct {
 	// AllowFunctionCall lets FunctionCall messages through. They bypass SQL
 	// policy (they call a function by OID), so by default they are denied.
 	AllowFunctionCall bool
+	// MaxBuffered caps, in bytes, a message the relay has to read whole
+	// (see MaxMessageSize), both ways: a larger one ends the session with
+	// SQLSTATE 54000 before anything is allocated for it. Streamed messages
+	// are not affected. Default MaxMessageSize; at least 16 KiB, the
+	// relay's standard buffer.
+	MaxBuffered int
+	// Budget, when set, is reserved from before a buffer grows beyond the
+	// relay's standard 16 KiB and released when it shrinks back or the
+	// session ends; shared by sessions, it bounds their memory together. A
+	// refused reservation ends the session with SQLSTATE 53200.
+	Budget Budget
+	// MessageTimeout bounds how long the agent may take to send the rest of
+	// a message once its first bytes arrived; past it the session ends with
+	// SQLSTATE 08P01. Waiting between messages is not bounded. 0: no limit.
+	MessageTimeout time.Duration
 }
 
 const (
@@ -155,7 +171,9 @@ const (
 // both connections and closes them when it returns. It returns nil when the
 // agent terminated or either side closed the connection, a *ProtocolError
 // when the agent broke the protocol (the agent is told first, with SQLSTATE
-// 08P01), ErrMaskedCopy, and other errors for I/O or server failures.
+// 08P01), a *LimitError when the session went over one of cfg's limits
+// (the agent is told too), ErrMaskedCopy, and other errors for I/O or
+// server failures.
 //
 // Relay runs one goroutine per direction and waits for both. Each reads into
 // a reused buffer, forwards the raw bytes of messages it does not change, and
@@ -172,8 +190,13 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	if cfg.MaxMessageSize <= 0 {
 		cfg.MaxMessageSize = defaultMaxMessage
 	}
+	if cfg.MaxBuffered <= 0 || cfg.MaxBuffered > cfg.MaxMessageSize {
+		cfg.MaxBuffered = cfg.MaxMessageSize
+	}
+	cfg.MaxBuffered = max(cfg.MaxBuffered, bufSize)
 	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
 	r.q.buf = make([]entry, 16)
+	r.q.room.L = &r.q.mu
 	var once sync.Once
 	shutdown := func() {
 		once.Do(func() {
@@ -193,7 +216,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		shutdown()
 		<-clientDone
 	case first = <-clientDone:
-		var pe *ProtocolError
+		var pe agentError
 		if errors.As(first, &pe) {
 			// End the server side first, so the agent's connection has a
 			// single writer again, then tell the agent why.
@@ -226,6 +249,12 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	return first
 }
 
+// agentError is an error the agent is told about before its session ends.
+type agentError interface {
+	error
+	Response() *pgproto3.ErrorResponse
+}
+
 // ErrMaskedCopy ends a session whose masked statement turned out to copy
 // rows out (COPY ... TO STDOUT): CopyData has no columns to mask, so the
 // session is ended before a row reaches the agent.
@@ -254,6 +283,44 @@ type queue struct {
 	buf  []entry
 	head int
 	n    int
+	// room is signalled when a queue that reached maxPending has drained
+	// to half of it (waiting), or when the server side has ended (done).
+	room    sync.Cond
+	waiting bool
+	done    bool
+}
+
+// maxPending bounds the requests awaiting the server's answers. An agent
+// that pipelines without reading them would otherwise grow the queue by an
+// entry (48 bytes) per 5-byte Sync for as long as the sockets on the way
+// take its input: 100 MB for one session, measured. At the bound the
+// agent's side waits for answers, as a server's input does.
+const maxPending = 1 << 14
+
+// full reports whether the queue reached maxPending.
+func (q *queue) full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n >= maxPending
+}
+
+// waitRoom blocks until the queue has drained to half of maxPending or the
+// server side has ended.
+func (q *queue) waitRoom() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.n >= maxPending/2 && !q.done {
+		q.waiting = true
+		q.room.Wait()
+	}
+}
+
+// close wakes a waitRoom for good: no answers will come.
+func (q *queue) close() {
+	q.mu.Lock()
+	q.done = true
+	q.room.Broadcast()
+	q.mu.Unlock()
 }
 
 func (q *queue) push(e entry) {
@@ -283,6 +350,10 @@ func (q *queue) pop() {
 	q.buf[q.head] = entry{}
 	q.head = (q.head + 1) % len(q.buf)
 	q.n--
+	if q.waiting && q.n < maxPending/2 {
+		q.waiting = false
+		q.room.Broadcast()
+	}
 }
 
 type relay struct {
@@ -301,6 +372,33 @@ type reader struct {
 	conn net.Conn
 	buf  []byte
 	r, w int
+	// budget, when set, accounts for held, the bytes buf has beyond
+	// bufSize.
+	budget Budget
+	held   int
+}
+
+// reserve makes sure the budget covers a buffer of need bytes before fill
+// allocates it.
+func (rd *reader) reserve(need int) error {
+	extra := need - bufSize
+	if rd.budget == nil || extra <= rd.held {
+		return nil
+	}
+	if !rd.budget.Reserve(extra - rd.held) {
+		return &LimitError{Limit: LimitBudget, Code: "53200",
+			Msg: fmt.Sprintf("a %d-byte message does not fit in the memory left to this identity's sessions", need-5)}
+	}
+	rd.held = extra
+	return nil
+}
+
+// release gives back what the buffer holds of the budget.
+func (rd *reader) release() {
+	if rd.budget != nil && rd.held > 0 {
+		rd.budget.Release(rd.held)
+	}
+	rd.held = 0
 }
 
 // fill reads at least one more byte, compacting or growing the buffer so
@@ -333,6 +431,7 @@ func (rd *reader) shrink() {
 		rd.w = copy(nb, rd.buf[rd.r:rd.w])
 		rd.r = 0
 		rd.buf = nb
+		rd.release()
 	}
 }
 
@@ -347,6 +446,13 @@ type framer struct {
 	skip int  // bytes of a streamed message still to pass
 	drop bool // the streamed message is dropped, not passed
 	max  int
+	// maxWhole caps a message kept whole; timeout bounds the wait for the
+	// rest of a begun message (0: none). deadline is set while the input
+	// has a read deadline; timed while that deadline is the current
+	// message's.
+	maxWhole        int
+	timeout         time.Duration
+	deadline, timed bool
 	// write sends out; eof turns a read error into the loop's result (nil
 	// for a clean end); from names the sender in length errors.
 	write func([]byte) error
@@ -363,9 +469,29 @@ func (f *framer) flush() error {
 	return err
 }
 
-// readError is next's error for a failed read: io.EOF when the input ended
-// cleanly.
-func (f *framer) readError(err error) error {
+// fill reads more input. begun says a message is partly read: with a
+// timeout, the rest of it must arrive within the timeout, measured from the
+// first wait for it. The deadline costs no system call, and the common case
+// (whole messages, waiting between them) never sets one.
+func (f *framer) fill(need int, begun bool) error {
+	if f.timeout > 0 {
+		switch {
+		case begun && !f.timed:
+			f.in.conn.SetReadDeadline(time.Now().Add(f.timeout))
+			f.deadline, f.timed = true, true
+		case !begun && f.deadline:
+			f.in.conn.SetReadDeadline(time.Time{})
+			f.deadline, f.timed = false, false
+		}
+	}
+	err := f.in.fill(need)
+	if err == nil {
+		return nil
+	}
+	if f.timed && errors.Is(err, os.ErrDeadlineExceeded) {
+		return &LimitError{Limit: LimitMessageTimeout, Code: "08P01",
+			Msg: fmt.Sprintf("incomplete message: its rest did not arrive within %v", f.timeout)}
+	}
 	if err = f.eof(err); err == nil {
 		return io.EOF
 	}
@@ -384,8 +510,8 @@ func (f *framer) next(keepWhole func(typ byte, head []byte) bool) (typ byte, msg
 				if err := f.flush(); err != nil {
 					return 0, nil, 0, false, err
 				}
-				if err := f.in.fill(1); err != nil {
-					return 0, nil, 0, false, f.readError(err)
+				if err := f.fill(1, true); err != nil {
+					return 0, nil, 0, false, err
 				}
 				continue
 			}
@@ -395,6 +521,9 @@ func (f *framer) next(keepWhole func(typ byte, head []byte) bool) (typ byte, msg
 			}
 			f.in.r += k
 			f.skip -= k
+			if f.skip == 0 {
+				f.timed = false
+			}
 			// The end of a streamed message goes out at once: the server
 			// side keeps the agent's connection to itself until then.
 			if len(f.out) >= flushAt || f.skip == 0 {
@@ -409,8 +538,8 @@ func (f *framer) next(keepWhole func(typ byte, head []byte) bool) (typ byte, msg
 				return 0, nil, 0, false, err
 			}
 			f.in.shrink()
-			if err := f.in.fill(5); err != nil {
-				return 0, nil, 0, false, f.readError(err)
+			if err := f.fill(5, avail > 0); err != nil {
+				return 0, nil, 0, false, err
 			}
 			continue
 		}
@@ -422,21 +551,30 @@ func (f *framer) next(keepWhole func(typ byte, head []byte) bool) (typ byte, msg
 		total := 1 + n
 		if avail < total {
 			if total <= len(f.in.buf) || keepWhole(typ, f.in.buf[f.in.r+5:f.in.w]) {
+				if n-4 > f.maxWhole {
+					return typ, nil, 0, false, &LimitError{Limit: LimitMessage, Code: "54000",
+						Msg: fmt.Sprintf("message %q of %d bytes%s is larger than the %d bytes a session may buffer", typ, n-4, f.from, f.maxWhole)}
+				}
+				if err := f.in.reserve(total); err != nil {
+					return typ, nil, 0, false, err
+				}
 				if err := f.flush(); err != nil {
 					return 0, nil, 0, false, err
 				}
-				if err := f.in.fill(total); err != nil {
-					return 0, nil, 0, false, f.readError(err)
+				if err := f.fill(total, true); err != nil {
+					return 0, nil, 0, false, err
 				}
 				continue
 			}
 			msg = f.in.buf[f.in.r:f.in.w]
 			f.skip, f.drop = total-avail, false
 			f.in.r = f.in.w
+			f.timed = false
 			return typ, msg, n - 4, true, nil
 		}
 		msg = f.in.buf[f.in.r : f.in.r+total]
 		f.in.r += total
+		f.timed = false
 		return typ, msg, n - 4, false, nil
 	}
 }
@@ -459,8 +597,9 @@ type stmtInfo struct {
 }
 
 func (r *relay) clientLoop() error {
-	f := &framer{in: reader{conn: r.agent, buf: make([]byte, bufSize)}, out: make([]byte, 0, flushAt+bufSize),
-		max: r.cfg.MaxMessageSize, eof: clientEOF}
+	f := &framer{in: reader{conn: r.agent, buf: make([]byte, bufSize), budget: r.cfg.Budget}, out: make([]byte, 0, flushAt+bufSize),
+		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, timeout: r.cfg.MessageTimeout, eof: clientEOF}
+	defer f.in.release()
 	f.write = func(b []byte) error {
 		if _, err := r.upstream.Write(b); err != nil {
 			return fmt.Errorf("write upstream: %w", err)
@@ -491,6 +630,10 @@ func (r *relay) clientLoop() error {
 			var pe *ProtocolError
 			if errors.As(err, &pe) {
 				return r.violation(f.flush, pe.Msg)
+			}
+			var le *LimitError
+			if errors.As(err, &le) {
+				f.flush()
 			}
 			return err
 		}
@@ -564,6 +707,13 @@ func (r *relay) clientLoop() error {
 			if err := f.flush(); err != nil {
 				return err
 			}
+		}
+		if r.q.full() {
+			// What is queued must reach the server for answers to come.
+			if err := f.flush(); err != nil {
+				return err
+			}
+			r.q.waitRoom()
 		}
 	}
 }
@@ -781,8 +931,9 @@ type serverState struct {
 }
 
 func (r *relay) serverLoop() error {
-	f := &framer{in: reader{conn: r.upstream, buf: make([]byte, bufSize)}, out: make([]byte, 0, flushAt+bufSize),
-		max: r.cfg.MaxMessageSize, eof: serverEOF, from: " from server"}
+	f := &framer{in: reader{conn: r.upstream, buf: make([]byte, bufSize), budget: r.cfg.Budget}, out: make([]byte, 0, flushAt+bufSize),
+		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, eof: serverEOF, from: " from server"}
+	defer f.in.release()
 	locked := false // agentMu held across a streamed message
 	f.write = func(b []byte) error {
 		if !locked {
@@ -803,6 +954,7 @@ func (r *relay) serverLoop() error {
 			r.agentMu.Unlock()
 		}
 	}()
+	defer r.q.close()
 	var ss serverState
 	var rec Message
 	// Rows are streamed unless they are masked; everything else the relay
@@ -814,6 +966,13 @@ func (r *relay) serverLoop() error {
 			return nil
 		}
 		if err != nil {
+			var le *LimitError
+			if errors.As(err, &le) {
+				// What the server sent before stays; the agent learns why
+				// nothing follows.
+				f.out, _ = le.Response().Encode(f.out)
+				f.flush()
+			}
 			return err
 		}
 		if streamed {

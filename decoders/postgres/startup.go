@@ -84,6 +84,9 @@ func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello,
 	defer stop()
 	h := &Hello{Conn: conn}
 	negotiated := false
+	// Each kind of encryption request is answered once, as a server does:
+	// an agent repeating them cannot keep the handshake (and a core) busy.
+	asked := map[uint32]bool{}
 	for {
 		hdr, err := readHeader(h.Conn)
 		if err != nil {
@@ -105,9 +108,10 @@ func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello,
 		code := binary.BigEndian.Uint32(body)
 		switch code {
 		case sslRequestCode, gssEncRequestCode:
-			if negotiated || len(body) != 4 {
+			if negotiated || asked[code] || len(body) != 4 {
 				return nil, &ProtocolError{Msg: "unexpected encryption request"}
 			}
+			asked[code] = true
 			// GSSAPI encryption is always refused: the client falls back
 			// to TLS or plain text, which interlockd can read.
 			answer := byte('N')

@@ -36,8 +36,20 @@ function showLogin() {
   document.getElementById("who").hidden = true;
 }
 
+// when shows a time of day on the 24-hour clock, as the CLI does, whatever
+// the browser's locale.
 function when(ts) {
-  return new Date(ts).toLocaleTimeString();
+  const d = new Date(ts);
+  const p = n => String(n).padStart(2, "0");
+  return p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds());
+}
+
+// whenEl is when(ts) with the full local date and time on hover.
+function whenEl(ts) {
+  const d = new Date(ts);
+  const p = n => String(n).padStart(2, "0");
+  const full = d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate()) + " " + when(ts);
+  return el("time", {datetime: d.toISOString(), title: full}, when(ts));
 }
 
 function left(deadline) {
@@ -45,8 +57,36 @@ function left(deadline) {
   return s >= 120 ? Math.round(s / 60) + " min" : s + " s";
 }
 
+// requester names the user the held process runs as: that user can never
+// decide its own request.
+function requester(a) {
+  if (a.uid === undefined) return "uid unknown";
+  return "uid " + a.uid + (a.user ? " (" + a.user + ")" : " (no user name)");
+}
+
 function who(a) {
-  return el("span", {}, a.identity, el("br"), el("span", {class: "muted"}, "pid " + a.pid + " " + a.exe + " on " + a.host));
+  return el("span", {}, a.identity, el("br"), el("span", {class: "requester"}, requester(a)), el("br"),
+    el("span", {class: "muted"}, "pid " + a.pid + " " + a.exe + " on " + a.host));
+}
+
+// soFar is a collapsed view of the held session's messages so far, loaded
+// each time it is opened.
+function soFar(a) {
+  const pre = el("pre", {class: "so-far"});
+  const box = el("details", {class: "so-far"}, el("summary", {}, "session so far"), pre);
+  box.addEventListener("toggle", async () => {
+    if (!box.open) return;
+    pre.textContent = "loading\u2026";
+    pre.textContent = await transcript(a.session);
+  });
+  return box;
+}
+
+async function transcript(id) {
+  const r = await fetch("/api/sessions/" + encodeURIComponent(id) + "/transcript");
+  if (r.ok) return r.text();
+  const body = await r.json().catch(() => ({}));
+  return "cannot show the session: " + (body.error || r.statusText);
 }
 
 function votes(a) {
@@ -59,8 +99,19 @@ function pendingRow(a) {
   const comment = el("input", {class: "comment", type: "text", placeholder: "comment", maxlength: "1000"});
   const approve = el("button", {class: "approve", type: "button"}, "Approve");
   const deny = el("button", {class: "deny", type: "button"}, "Deny");
+  const cancel = el("button", {class: "cancel", type: "button", hidden: ""}, "Cancel");
   const msg = el("span", {class: "msg"});
+  // Deny fails the agent's statement at once and cannot be taken back, so
+  // it takes a second click.
+  const confirming = (on) => {
+    deny.classList.toggle("confirm", on);
+    deny.textContent = on ? "Really deny" : "Deny";
+    cancel.hidden = !on;
+    msg.className = "msg";
+    msg.textContent = on ? "the statement will fail with a permission error" : "";
+  };
   const decide = async (verb) => {
+    cancel.hidden = true;
     approve.disabled = deny.disabled = true;
     msg.className = "msg";
     msg.textContent = "sending\u2026";
@@ -70,21 +121,25 @@ function pendingRow(a) {
       msg.textContent = "you " + (verb === "approve" ? "approved" : "denied") + "; now " + res.state;
       refresh();
     } catch (e) {
+      confirming(false);
       msg.className = "msg error";
       msg.textContent = e.message;
       approve.disabled = deny.disabled = false;
     }
   };
   approve.addEventListener("click", () => decide("approve"));
-  deny.addEventListener("click", () => decide("deny"));
+  deny.addEventListener("click", () => {
+    if (deny.classList.contains("confirm")) decide("deny"); else confirming(true);
+  });
+  cancel.addEventListener("click", () => confirming(false));
   const tr = el("tr", {"data-id": a.id},
-    el("td", {}, when(a.requested), el("br"), el("span", {class: "muted"}, a.id)),
+    el("td", {}, whenEl(a.requested), el("br"), el("span", {class: "muted"}, a.id)),
     el("td", {}, who(a)),
     el("td", {}, a.target, el("br"), el("span", {class: "muted"}, "rule " + a.rule)),
-    el("td", {}, el("code", {}, a.statement)),
+    el("td", {}, el("code", {}, a.statement), soFar(a)),
     el("td", {}, el("span", {class: "votes"}), el("br"), el("span", {class: "muted"}, "reviewers: " + a.reviewers.join(", "))),
     el("td", {class: "left"}),
-    el("td", {}, comment, " ", approve, " ", deny, msg));
+    el("td", {}, comment, " ", approve, " ", deny, " ", cancel, msg));
   updatePending(tr, a);
   return tr;
 }
@@ -96,7 +151,7 @@ function updatePending(tr, a) {
 
 function decidedRow(a) {
   return el("tr", {"data-id": a.id, "data-state": a.state},
-    el("td", {}, when(a.requested), el("br"), el("span", {class: "muted"}, a.id)),
+    el("td", {}, whenEl(a.requested), el("br"), el("span", {class: "muted"}, a.id)),
     el("td", {}, who(a)),
     el("td", {}, a.target, el("br"), el("span", {class: "muted"}, "rule " + a.rule)),
     el("td", {}, el("code", {}, a.statement)),
@@ -112,7 +167,7 @@ async function refresh() {
     document.getElementById("status").textContent = "cannot load the queue: " + e.message;
     return;
   }
-  document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
+  document.getElementById("status").textContent = "updated " + when(Date.now());
   const pending = document.getElementById("pending");
   const seen = new Set();
   for (const a of list.filter(a => a.state === "pending").reverse()) {
@@ -141,7 +196,7 @@ async function loadSessions() {
     const b = el("button", {type: "button", class: "show"}, "transcript");
     b.addEventListener("click", () => showTranscript(s.id));
     return el("tr", {"data-id": s.id},
-      el("td", {}, when(s.started)), el("td", {}, s.identity), el("td", {}, s.target + " (" + s.protocol + ")"),
+      el("td", {}, whenEl(s.started)), el("td", {}, s.identity), el("td", {}, s.target + " (" + s.protocol + ")"),
       el("td", {}, s.host), el("td", {}, String(s.messages)), el("td", {}, s.ended ? s.outcome : "open"), el("td", {}, b));
   }));
 }
@@ -151,13 +206,7 @@ async function showTranscript(id) {
   const pre = document.getElementById("transcript");
   document.getElementById("transcript-id").textContent = id;
   box.hidden = false;
-  const r = await fetch("/api/sessions/" + encodeURIComponent(id) + "/transcript");
-  if (r.ok) {
-    pre.textContent = await r.text();
-  } else {
-    const body = await r.json().catch(() => ({}));
-    pre.textContent = "cannot show the transcript: " + (body.error || r.statusText);
-  }
+  pre.textContent = await transcript(id);
 }
 
 async function start() {

@@ -1,0 +1,459 @@
+package daemon_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/interlock-dev/interlock/agent/daemontest"
+)
+
+// hostileEnv makes the test binary a hostile agent: it attacks interlockd
+// from a tagged cgroup, prints one JSON report, holds its connections
+// until its stdin closes, and exits.
+const hostileEnv = "INTERLOCK_HOSTILE_CLIENT"
+
+func init() {
+	if mode := os.Getenv(hostileEnv); mode != "" {
+		os.Exit(hostile(mode, os.Args[1:]))
+	}
+}
+
+// hostileReport is what a hostile agent saw: per connection, the SQLSTATE
+// that ended it ("" for a connection still open).
+type hostileReport struct {
+	Codes   []string `json:"codes"`
+	Open    int      `json:"open"`
+	Answers int      `json:"answers"`
+	// Cancelled is the SQLSTATE of a statement cancelled at the cap.
+	Cancelled string `json:"cancelled"`
+	ElapsedMS int64  `json:"elapsed_ms"`
+	Err       string `json:"err"`
+}
+
+func hostile(mode string, args []string) int {
+	var r hostileReport
+	var closers []io.Closer
+	start := time.Now()
+	addr := args[0]
+	switch mode {
+	case "sessions":
+		// Real client sessions, opened one after another and kept idle;
+		// then, at the cap, the first one's long statement is cancelled.
+		n, _ := strconv.Atoi(args[1])
+		var first *pgconn.PgConn
+		for i := 0; i < n; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			c, err := pgconn.Connect(ctx, "postgres://agent@"+addr+"/postgres?sslmode=disable")
+			cancel()
+			var pe *pgconn.PgError
+			switch {
+			case err == nil:
+				if first == nil {
+					first = c
+				}
+				r.Open++
+				r.Codes = append(r.Codes, "")
+				closers = append(closers, closerFunc(func() error { return c.Close(context.Background()) }))
+			case errors.As(err, &pe):
+				r.Codes = append(r.Codes, pe.Code)
+			default:
+				r.Codes = append(r.Codes, "error")
+				r.Err = err.Error()
+			}
+		}
+		if first != nil {
+			res := first.Exec(context.Background(), "SELECT count(*) FROM generate_series(1, 2000000000)")
+			time.Sleep(300 * time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			first.CancelRequest(ctx)
+			cancel()
+			_, err := res.ReadAll()
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) {
+				r.Cancelled = pe.Code
+			}
+		}
+	case "declare":
+		// n sessions each declare a Query of size bytes and send part of
+		// it at once, then stall.
+		n, _ := strconv.Atoi(args[1])
+		size, _ := strconv.Atoi(args[2])
+		part, _ := strconv.Atoi(args[3])
+		r.Codes = make([]string, n)
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i := 0; i < n; i++ {
+			conn, fe, err := rawSession(addr)
+			if err != nil {
+				r.Err = err.Error()
+				break
+			}
+			closers = append(closers, conn)
+			msg := binary.BigEndian.AppendUint32([]byte{'Q'}, uint32(size+4))
+			msg = append(msg, make([]byte, part)...)
+			for j := 5; j < len(msg); j++ {
+				msg[j] = ' '
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn.Write(msg)
+				conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+				code := fatalCode(fe)
+				mu.Lock()
+				r.Codes[i] = code
+				if code == "" {
+					r.Open++
+				}
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	case "slow":
+		// One statement begun and never finished.
+		conn, fe, err := rawSession(addr)
+		if err != nil {
+			r.Err = err.Error()
+			break
+		}
+		closers = append(closers, conn)
+		start = time.Now()
+		conn.Write(append([]byte{'Q', 0, 0, 0, 104}, "SELECT"...))
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		r.Codes = append(r.Codes, fatalCode(fe))
+	case "pipeline":
+		// Sync after Sync for a few seconds, never reading an answer.
+		conn, _, err := rawSession(addr)
+		if err != nil {
+			r.Err = err.Error()
+			break
+		}
+		closers = append(closers, conn)
+		batch := make([]byte, 0, 5<<12)
+		for len(batch) < cap(batch) {
+			batch = append(batch, 'S', 0, 0, 0, 4)
+		}
+		conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		for {
+			n, err := conn.Write(batch)
+			r.Answers += n / 5
+			if err != nil {
+				break
+			}
+		}
+	case "idle":
+		// n connections that never send a byte; how long until the last
+		// is closed.
+		n, _ := strconv.Atoi(args[1])
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i := 0; i < n; i++ {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				r.Err = err.Error()
+				break
+			}
+			closers = append(closers, conn)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				conn.SetReadDeadline(time.Now().Add(40 * time.Second))
+				io.Copy(io.Discard, conn)
+				mu.Lock()
+				r.Codes = append(r.Codes, "closed")
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+	case "sslflood":
+		// SSLRequests as fast as they are taken, counting the answers.
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			r.Err = err.Error()
+			break
+		}
+		closers = append(closers, conn)
+		go func() {
+			req := []byte{0, 0, 0, 8, 4, 210, 22, 47}
+			for i := 0; i < 100000; i++ {
+				if _, err := conn.Write(req); err != nil {
+					return
+				}
+			}
+		}()
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		var b [1]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				break
+			}
+			r.Answers++
+		}
+	}
+	r.ElapsedMS = time.Since(start).Milliseconds()
+	json.NewEncoder(os.Stdout).Encode(r)
+	io.Copy(io.Discard, os.Stdin)
+	for _, c := range closers {
+		c.Close()
+	}
+	return 0
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// rawSession starts a session by hand up to its first ReadyForQuery.
+func rawSession(addr string) (net.Conn, *pgproto3.Frontend, error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(conn, conn)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "agent", "database": "postgres"}})
+	if err := fe.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("startup: %w", err)
+		}
+		if e, ok := m.(*pgproto3.ErrorResponse); ok {
+			conn.Close()
+			return nil, nil, fmt.Errorf("startup: %s %s", e.Code, e.Message)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			conn.SetDeadline(time.Time{})
+			return conn, fe, nil
+		}
+	}
+}
+
+// fatalCode waits for the ErrorResponse that ends a session and returns its
+// SQLSTATE: "" when the session stayed open until the read deadline, "eof"
+// when it ended without one.
+func fatalCode(fe *pgproto3.Frontend) string {
+	for {
+		m, err := fe.Receive()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return ""
+		}
+		if err != nil {
+			return "eof"
+		}
+		if e, ok := m.(*pgproto3.ErrorResponse); ok {
+			return e.Code
+		}
+	}
+}
+
+// attack is a hostile agent running unprivileged under `interlock exec`.
+type attack struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+func startAttack(t *testing.T, d *daemontest.Daemon, agent, mode string, args ...string) (*attack, hostileReport) {
+	t.Helper()
+	argv := append([]string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", agent}, args...)
+	cmd := d.Command(t.Context(), argv...)
+	cmd.Env = append(os.Environ(), hostileEnv+"="+mode)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &attack{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
+	t.Cleanup(a.stop)
+	line, err := a.out.ReadBytes('\n')
+	var r hostileReport
+	if err != nil || json.Unmarshal(line, &r) != nil {
+		t.Fatalf("hostile agent %s: %v %q\n%s", mode, err, line, d.Logs())
+	}
+	return a, r
+}
+
+// stop lets the agent close its connections and waits for it.
+func (a *attack) stop() {
+	if a.stdin != nil {
+		a.stdin.Close()
+		a.stdin = nil
+		a.cmd.Wait()
+	}
+}
+
+// rssKiB is a process's resident set size.
+func rssKiB(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// limitsConfig is the limits block of the tests, with a message timeout.
+const limitsConfig = `limits:
+  sessions: 3
+  session_buffer: 4MiB
+  identity_buffer: 6MiB
+  message_timeout: %s
+`
+
+// TestSessionCapPerIdentity: an agent opening idle sessions gets three, its
+// limit; the fourth and fifth are refused with 53300 and an audit event, a
+// cancel request still works, silent connections over the cap are closed
+// quickly, and a slot freed is a slot usable again.
+func TestSessionCapPerIdentity(t *testing.T) {
+	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
+	agent := agentBinary(t)
+	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
+	a, r := startAttack(t, f.d, agent, "sessions", addr, "5")
+	if r.Open != 3 || len(r.Codes) != 5 || r.Codes[3] != "53300" || r.Codes[4] != "53300" {
+		t.Fatalf("5 sessions against a cap of 3: %+v\n%s", r, f.d.Logs())
+	}
+	// A cancel request needs no slot: it works at the cap.
+	if r.Cancelled != "57014" {
+		t.Fatalf("statement cancelled at the cap: %q, want 57014 (query_canceled)", r.Cancelled)
+	}
+	// The server holds the three, not five.
+	if n := f.pg.Psql(t, "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'interlock%'"); n != "3" {
+		t.Fatalf("%s server connections for the identity, want 3", n)
+	}
+	waitEvent(t, f.d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "sessions" && m["identity"] == "ci-bot" })
+	// At the cap, connections that never send their startup are closed
+	// after the short over-cap handshake, not the 30 s one.
+	_, idle := startAttack(t, f.d, agent, "idle", addr, "20")
+	if len(idle.Codes) != 20 || idle.ElapsedMS > 6000 {
+		t.Fatalf("20 silent connections at the cap: %+v", idle)
+	}
+	t.Logf("20 silent connections at the cap closed after %d ms", idle.ElapsedMS)
+	a.stop()
+	// Slots are given back when sessions end.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := f.psql(t, "SELECT 'again'")
+		if err == nil && out == "again" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no session after the others ended: %v %s", err, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	out, _, _ := f.d.CLI("audit", "export")
+	if !strings.Contains(out, "limit.exceeded") {
+		t.Fatalf("no limit.exceeded record in the audit chain:\n%s", out)
+	}
+}
+
+// TestBufferCapsBoundMemory: sessions declaring statements far larger than
+// a session may buffer are refused at once with 54000; below the session
+// cap, the identity's shared budget admits what fits and refuses the rest
+// with 53200; a session pipelining without reading meets back-pressure;
+// interlockd's resident memory stays within the budget.
+func TestBufferCapsBoundMemory(t *testing.T) {
+	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
+	agent := agentBinary(t)
+	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
+	before := rssKiB(t, f.d.PID())
+
+	// Three 63 MiB statements, as in the issue: refused before any allocation.
+	a, r := startAttack(t, f.d, agent, "declare", addr, "3", strconv.Itoa(63<<20), strconv.Itoa(1<<20))
+	for _, code := range r.Codes {
+		if code != "54000" {
+			t.Fatalf("declared 63 MiB statements: %+v\n%s", r, f.d.Logs())
+		}
+	}
+	grown63 := rssKiB(t, f.d.PID()) - before
+	a.stop()
+	waitEvent(t, f.d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "message_buffer" })
+
+	// Three 3.5 MiB statements, all but their last byte sent and held: the
+	// 6 MiB budget admits one.
+	a, r = startAttack(t, f.d, agent, "declare", addr, "3", strconv.Itoa(7<<19), strconv.Itoa(7<<19-1))
+	refused := 0
+	for _, code := range r.Codes {
+		if code == "53200" {
+			refused++
+		} else if code != "" {
+			t.Fatalf("3.5 MiB statements: %+v\n%s", r, f.d.Logs())
+		}
+	}
+	if r.Open != 1 || refused != 2 {
+		t.Fatalf("3.5 MiB statements against a 6 MiB budget: %+v", r)
+	}
+	grownHeld := rssKiB(t, f.d.PID()) - before
+	a.stop()
+	waitEvent(t, f.d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "buffer_budget" })
+	// Syncs for 5 s without reading an answer: back-pressure, not a queue
+	// growing by an entry per message.
+	a, r = startAttack(t, f.d, agent, "pipeline", addr)
+	grownPipe := rssKiB(t, f.d.PID()) - before
+	a.stop()
+	t.Logf("interlockd RSS %d KiB before; +%d KiB with three 63 MiB statements refused, +%d KiB with a 3.5 MiB one held and two refused, +%d KiB after %d Syncs never answered",
+		before, grown63, grownHeld, grownPipe, r.Answers)
+	if grown63 > 16<<10 || grownHeld > 24<<10 || grownPipe > 24<<10 {
+		t.Fatalf("memory not bounded: +%d KiB, +%d KiB, +%d KiB", grown63, grownHeld, grownPipe)
+	}
+}
+
+// TestSlowMessageAndHandshakeFlood: a statement begun and never finished
+// ends its session after message_timeout; an endless SSLRequest stream gets
+// one answer and the connection closes at once.
+func TestSlowMessageAndHandshakeFlood(t *testing.T) {
+	f := startPG(t, fmt.Sprintf(limitsConfig, "2s"))
+	agent := agentBinary(t)
+	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
+	_, r := startAttack(t, f.d, agent, "slow", addr)
+	if len(r.Codes) != 1 || r.Codes[0] != "08P01" || r.ElapsedMS < 2000 || r.ElapsedMS > 5000 {
+		t.Fatalf("unfinished statement: %+v, want 08P01 after about 2 s\n%s", r, f.d.Logs())
+	}
+	waitEvent(t, f.d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "message_timeout" })
+	slowMS := r.ElapsedMS
+
+	_, r = startAttack(t, f.d, agent, "sslflood", addr)
+	if r.Answers != 1 || r.ElapsedMS > 2000 {
+		t.Fatalf("SSLRequest flood: %+v, want one answer and a prompt close", r)
+	}
+	waitEvent(t, f.d, "session_refused", func(m map[string]any) bool {
+		return m["reason"] == "handshake" && strings.Contains(fmt.Sprint(m["error"]), "encryption request")
+	})
+	t.Logf("unfinished statement ended after %d ms; SSLRequest flood: %d answer, closed after %d ms", slowMS, r.Answers, r.ElapsedMS)
+}
