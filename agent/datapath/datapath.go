@@ -49,6 +49,10 @@ const MaxResolvers = 8
 // MaxUnixPaths bounds SetDenyUnix.
 const MaxUnixPaths = 64
 
+// MaxAllowedUnixPaths bounds the paths of all identities' SetAllowUnix
+// lists together.
+const MaxAllowedUnixPaths = 1024
+
 // Config says where the programs attach, where they pin, and where they send
 // tagged traffic.
 type Config struct {
@@ -90,6 +94,16 @@ var programs = []program{
 	{name: bpf.InterlockProgGetpeername4, attach: ebpf.AttachCgroupInet4GetPeername},
 	{name: bpf.InterlockProgGetpeername6, attach: ebpf.AttachCgroupInet6GetPeername},
 	{name: bpf.InterlockProgSockCreate, attach: ebpf.AttachCGroupInetSockCreate},
+	{name: bpf.InterlockProgEgress, attach: ebpf.AttachCGroupInetEgress},
+	{name: bpf.InterlockProgIngress, attach: ebpf.AttachCGroupInetIngress},
+	{name: bpf.InterlockProgBind4, attach: ebpf.AttachCGroupInet4Bind},
+	{name: bpf.InterlockProgBind6, attach: ebpf.AttachCGroupInet6Bind},
+	{
+		name: bpf.InterlockProgSetSockopt, attach: ebpf.AttachCGroupSetsockopt,
+		optional: true, minKernel: SetsockoptFloor,
+		gap: "setsockopt(IP_OPTIONS, IPV6_RTHDR...) is not refused at the call (cgroup/setsockopt needs kernel 6.1 " +
+			"to see the cgroup); packets carrying source routes are still dropped",
+	},
 	{name: bpf.InterlockProgSendmsg4, attach: ebpf.AttachCGroupUDP4Sendmsg},
 	{name: bpf.InterlockProgSendmsg6, attach: ebpf.AttachCGroupUDP6Sendmsg},
 	{name: bpf.InterlockProgConnect4, attach: ebpf.AttachCGroupInet4Connect},
@@ -98,6 +112,11 @@ var programs = []program{
 		name: bpf.InterlockProgConnectUnix, attach: ebpf.AttachCgroupUnixConnect,
 		optional: true, minKernel: UnixConnectFloor,
 		gap: "unix socket connects are not filtered (cgroup/connect_unix needs kernel 6.7)",
+	},
+	{
+		name: bpf.InterlockProgSendmsgUnix, attach: ebpf.AttachCgroupUnixSendmsg,
+		optional: true, minKernel: UnixConnectFloor,
+		gap: "unix datagram sendto() is not filtered (cgroup/sendmsg_unix needs kernel 6.7)",
 	},
 	{
 		name: bpf.InterlockProgSocketCreate, attach: ebpf.AttachLSMCgroup,
@@ -111,7 +130,8 @@ var programs = []program{
 var mapNames = []string{
 	bpf.InterlockMapTaggedCgroups, bpf.InterlockMapTcpRules, bpf.InterlockMapUdpRules,
 	bpf.InterlockMapConfigMap, bpf.InterlockMapSockOrigins, bpf.InterlockMapConnOrigins,
-	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents,
+	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents, bpf.InterlockMapListenRules,
+	bpf.InterlockMapPendingAccepts, bpf.InterlockMapUnixAllowOn, bpf.InterlockMapUnixAllowed,
 }
 
 func linkPin(pinDir, prog string) string { return filepath.Join(pinDir, "link_"+prog) }
