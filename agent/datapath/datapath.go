@@ -85,6 +85,9 @@ type program struct {
 	optional  bool
 	minKernel [2]int
 	gap       string // what goes unenforced without it
+	// gapOnError: a kernel that refuses the program (a verifier older
+	// than the one it was tested on) leaves a gap rather than failing.
+	gapOnError bool
 }
 
 // programs lists every program in attach order: sockops and getpeername
@@ -100,7 +103,7 @@ var programs = []program{
 	{name: bpf.InterlockProgBind6, attach: ebpf.AttachCGroupInet6Bind},
 	{
 		name: bpf.InterlockProgSetSockopt, attach: ebpf.AttachCGroupSetsockopt,
-		optional: true, minKernel: SetsockoptFloor,
+		optional: true, minKernel: SetsockoptFloor, gapOnError: true,
 		gap: "setsockopt(IP_OPTIONS, IPV6_RTHDR...) is not refused at the call (cgroup/setsockopt needs kernel 6.1 " +
 			"to see the cgroup); packets carrying source routes are still dropped",
 	},
@@ -120,7 +123,7 @@ var programs = []program{
 	},
 	{
 		name: bpf.InterlockProgSocketCreate, attach: ebpf.AttachLSMCgroup,
-		optional: true, minKernel: [2]int{6, 0},
+		optional: true, minKernel: [2]int{6, 0}, gapOnError: true,
 		gap: "packet sockets are not refused (needs kernel 6.0 with the bpf LSM enabled); " +
 			"run agents without CAP_NET_RAW",
 	},
@@ -217,7 +220,7 @@ func Open(cfg Config) (*Datapath, error) {
 			continue
 		}
 		prog, err := loadOptional(spec, p, opts)
-		if err != nil && p.attach != ebpf.AttachLSMCgroup {
+		if err != nil && !p.gapOnError {
 			return nil, err
 		}
 		if err != nil {

@@ -125,6 +125,8 @@ func runHelper(action, arg string) int {
 		return helperListen(arg)
 	case "unixgram":
 		r = helperUnixgram(arg)
+	case "udpself":
+		return helperUDPSelf(arg)
 	case "bench":
 		return helperBench(arg)
 	case "loop":

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -741,4 +743,78 @@ func TestUnixPaths(t *testing.T) {
 			t.Errorf("unix_allowed after switching off: %v, %v", fill["unix_allowed"], err)
 		}
 	})
+}
+
+// helperUDPSelf sends arg datagrams over loopback between two sockets of
+// its own, so that each one passes egress and ingress once.
+func helperUDPSelf(arg string) int {
+	n, err := strconv.Atoi(arg)
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	rx, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	defer rx.Close()
+	tx, err := net.Dial("udp4", rx.LocalAddr().String())
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	defer tx.Close()
+	buf := make([]byte, 64)
+	for i := 0; i < n; i++ {
+		if _, err := tx.Write(buf[:32]); err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		if _, _, err := rx.ReadFrom(buf); err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+	}
+	fmt.Println("ok")
+	return 0
+}
+
+// BenchmarkPacketHooks reports what the egress and ingress programs cost
+// per packet of an untagged socket, which, attached at the cgroup root, is
+// every packet of the host's own traffic: the kernel's run-time statistics
+// (BPF_ENABLE_STATS, on only while the benchmark runs) divided by runs.
+func BenchmarkPacketHooks(b *testing.B) {
+	e := newEnv(b)
+	dp := e.open()
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable bpf stats: %v", err)
+	}
+	defer stats.Close()
+	plain, _ := e.cgroup("plain")
+	before := map[string]*ebpf.ProgramStats{}
+	for _, name := range []string{"egress", "ingress"} {
+		if before[name], err = dp.progs[name].Stats(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cmd, done := helperCmd(b, plain, "udpself", strconv.Itoa(b.N))
+	defer done()
+	b.ResetTimer()
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "ok" {
+		b.Fatalf("udpself: %v %s", err, out)
+	}
+	b.StopTimer()
+	for _, name := range []string{"egress", "ingress"} {
+		s, err := dp.progs[name].Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		runs := s.RunCount - before[name].RunCount
+		if runs == 0 {
+			b.Fatalf("%s never ran", name)
+		}
+		b.ReportMetric(float64(s.Runtime-before[name].Runtime)/float64(runs), name+"-ns/packet")
+	}
 }
