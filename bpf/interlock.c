@@ -899,60 +899,29 @@ int egress(struct __sk_buff *skb)
 	return REFUSE;
 }
 
-/* ingress drops SYNs from other hosts to tagged listeners that no listen
- * rule allows: bind4/6 refuse the bind, but listen() on an unbound socket
- * binds the wildcard without calling them, and a socket bound before its
- * cgroup was tagged never met them. SYNs a rule allows are recorded so that
- * sockops can audit the connection once established. */
-SEC("cgroup_skb/ingress")
-int ingress(struct __sk_buff *skb)
+/* packet_addrs reads a packet's source and destination addresses (IPv4
+ * mapped). Returns 0 on success. */
+static __always_inline int packet_addrs(struct __sk_buff *skb, struct addr *src, struct addr *dst)
 {
-	struct config *cfg;
-	__u32 identity = 0, off;
-	__u8 proto, flags;
-	int routed;
-	struct tuple k = {};
-
-	if (!ip_layout(skb, &proto, &off, &routed) || proto != NEXTHDR_TCP)
-		return ALLOW;
-	if (bpf_skb_load_bytes(skb, off + 13, &flags, 1))
-		return ALLOW;
-	/* SYN without ACK: a connection request. */
-	if ((flags & 0x12) != 0x02)
-		return ALLOW;
-	struct bpf_sock *sk = skb->sk;
-	if (!sk)
-		return ALLOW;
-	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->state != BPF_TCP_LISTEN)
-		return ALLOW;
-	cfg = get_config();
-	if (!skb_tagged(cfg, skb, &identity))
-		return ALLOW;
-
-	__be16 ports[2];
-	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
-		return ALLOW;
-	/* Addresses from the packet: the listener has no peer. */
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		__u32 a[2];
 		if (bpf_skb_load_bytes(skb, 12, a, sizeof(a)))
-			return ALLOW;
-		set_v4mapped(&k.remote, a[0]);
-		set_v4mapped(&k.local, a[1]);
-	} else {
-		if (bpf_skb_load_bytes(skb, 8, &k.remote, sizeof(k.remote)) ||
-		    bpf_skb_load_bytes(skb, 24, &k.local, sizeof(k.local)))
-			return ALLOW;
+			return -1;
+		set_v4mapped(src, a[0]);
+		set_v4mapped(dst, a[1]);
+		return 0;
 	}
-	k.remote_port = bpf_ntohs(ports[0]);
-	k.local_port = bpf_ntohs(ports[1]);
-	if (is_loopback(&k.remote))
-		return ALLOW;
+	if (bpf_skb_load_bytes(skb, 8, src, sizeof(*src)) || bpf_skb_load_bytes(skb, 24, dst, sizeof(*dst)))
+		return -1;
+	return 0;
+}
 
-	/* The listener's own address: the wildcard when it bound none. Each
-	 * field is loaded on its own: the verifier refuses arithmetic on a
-	 * socket pointer, which a shared base for src_ip4 and src_ip6 is. */
+/* listen_allowed reports whether a socket's bound address and port match a
+ * listen rule of the identity: the wildcard when it bound none. Each field
+ * is loaded on its own: the verifier refuses arithmetic on a socket
+ * pointer, which a shared base for src_ip4 and src_ip6 is. */
+static __always_inline int listen_allowed(struct bpf_sock *sk, __u32 identity)
+{
 	struct addr bound = {};
 	__u32 sk_family = sk->family, sport = sk->src_port;
 	__u32 s4 = sk->src_ip4;
@@ -974,7 +943,59 @@ int ingress(struct __sk_buff *skb)
 		bound.w[3] = s6_3;
 	}
 	int v = match(bpf_map_lookup_elem(&listen_rules, &identity), &bound, sport);
-	if (v < 0 || v == VERDICT_DENY) {
+	return v >= 0 && v != VERDICT_DENY;
+}
+
+/* ingress closes the ways in that bind4/6 cannot: listen() on an unbound
+ * socket binds the wildcard without calling them, a socket bound before
+ * its cgroup was tagged never met them, and a UDP socket's first sendto()
+ * binds the wildcard too. From other hosts (loopback sources pass), a
+ * tagged socket gets no SYN unless a listen rule allows its address and
+ * port, and no datagram unless that, or the sender is one it may send to
+ * (a resolver, udp_allow: the replies). SYNs that pass are recorded so
+ * that sockops can audit the connection once established. */
+SEC("cgroup_skb/ingress")
+int ingress(struct __sk_buff *skb)
+{
+	struct config *cfg;
+	__u32 identity = 0, off;
+	__u8 proto, flags;
+	int routed;
+	struct tuple k = {};
+	__be16 ports[2];
+
+	if (!ip_layout(skb, &proto, &off, &routed) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+		return ALLOW;
+	if (proto == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, off + 13, &flags, 1))
+			return ALLOW;
+		/* SYN without ACK: a connection request. */
+		if ((flags & 0x12) != 0x02)
+			return ALLOW;
+	}
+	if (packet_addrs(skb, &k.remote, &k.local) || is_loopback(&k.remote))
+		return ALLOW;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return ALLOW;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || (proto == IPPROTO_TCP && sk->state != BPF_TCP_LISTEN))
+		return ALLOW;
+	cfg = get_config();
+	if (!skb_tagged(cfg, skb, &identity))
+		return ALLOW;
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		return ALLOW;
+	k.remote_port = bpf_ntohs(ports[0]);
+	k.local_port = bpf_ntohs(ports[1]);
+
+	if (proto == IPPROTO_UDP) {
+		if (udp_allowed(cfg, identity, &k.remote, k.remote_port) || listen_allowed(sk, identity))
+			return ALLOW;
+		skb_event(skb, identity, DENY_UDP, &k.remote, k.remote_port, IPPROTO_UDP);
+		return REFUSE;
+	}
+	if (!listen_allowed(sk, identity)) {
 		skb_event(skb, identity, DENY_BIND, &k.remote, k.remote_port, IPPROTO_TCP);
 		return REFUSE;
 	}

@@ -25,7 +25,7 @@ enum verdict {
 /* Why a tagged operation was refused; sent with every deny_event. */
 enum deny_reason {
 	DENY_TCP_RULE = 1,   /* a rule of the identity denied the TCP connect */
-	DENY_UDP = 2,        /* UDP to a destination that is neither a resolver nor allowed */
+	DENY_UDP = 2,        /* UDP to (or, inbound, from) an address that is neither a resolver nor allowed */
 	DENY_SOCKET = 3,     /* raw, packet or non-TCP/UDP inet socket */
 	DENY_UNIX_PATH = 4,  /* connect to a denied unix socket path */
 	DENY_NO_PROXY = 5,   /* no proxy address configured for this family */

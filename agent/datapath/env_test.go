@@ -127,6 +127,8 @@ func runHelper(action, arg string) int {
 		r = helperUnixgram(arg)
 	case "udpself":
 		return helperUDPSelf(arg)
+	case "udprecv":
+		return helperUDPRecv(arg)
 	case "bench":
 		return helperBench(arg)
 	case "loop":

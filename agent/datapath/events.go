@@ -18,7 +18,7 @@ type DenyReason string
 // The reasons a deny event carries.
 const (
 	ReasonTCPRule  DenyReason = "tcp-rule"  // an identity's rule denied a TCP connect
-	ReasonUDP      DenyReason = "udp"       // UDP to neither a resolver nor an allowed destination
+	ReasonUDP      DenyReason = "udp"       // UDP to (or, inbound, from) neither a resolver nor an allowed address
 	ReasonSocket   DenyReason = "socket"    // a raw, packet or non-TCP/UDP inet socket
 	ReasonUnixPath DenyReason = "unix-path" // a connect to a denied unix socket path
 	ReasonNoProxy  DenyReason = "no-proxy"  // no proxy address is configured for the family

@@ -171,6 +171,29 @@ func helperListen(arg string) int {
 	return 0
 }
 
+// helperUDPRecv binds a UDP socket to the wildcard, port 0, prints its
+// port as a first result line, then the first datagram it receives within
+// a second in a second line.
+func helperUDPRecv(string) int {
+	out := json.NewEncoder(os.Stdout)
+	pc, err := net.ListenPacket("udp4", "0.0.0.0:0")
+	if err != nil {
+		out.Encode(errResult(err))
+		return 0
+	}
+	defer pc.Close()
+	out.Encode(result{PID: os.Getpid(), UID: os.Getuid(), Local: pc.LocalAddr().String()})
+	pc.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 64)
+	n, from, err := pc.ReadFrom(buf)
+	if err != nil {
+		out.Encode(errResult(err))
+		return 0
+	}
+	out.Encode(result{PID: os.Getpid(), UID: os.Getuid(), Peer: from.String(), Data: string(buf[:n])})
+	return 0
+}
+
 // helperUnixgram sends one datagram from an unbound unix datagram socket
 // to the path in arg with sendto(), no connect().
 func helperUnixgram(arg string) result {
@@ -567,6 +590,57 @@ func TestBindRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 		expectDeny(t, "tcp|0.0.0.0:18081")
+	}
+	// UDP: a wildcard socket (bound to port 0, or autobound by a sendto)
+	// hears from other hosts only those it may send to.
+	{
+		sender, err := net.ListenPacket("udp4", "10.99.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sender.Close()
+		from := sender.LocalAddr().(*net.UDPAddr).AddrPort()
+		receive := func(dir string) result {
+			t.Helper()
+			cmd := agentCmd(t, bin, dir, "udprecv", "-")
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer cmd.Wait()
+			dec := json.NewDecoder(stdout)
+			var first, second result
+			if err := dec.Decode(&first); err != nil || first.Err != "" {
+				t.Fatalf("udp receiver: %+v, %v", first, err)
+			}
+			to := netip.AddrPortFrom(netip.MustParseAddr("10.99.0.1"), netip.MustParseAddrPort(first.Local).Port())
+			if _, err := sender.WriteTo([]byte("inbound"), net.UDPAddrFromAddrPort(to)); err != nil {
+				t.Fatal(err)
+			}
+			if err := dec.Decode(&second); err != nil {
+				t.Fatalf("udp receiver's second line: %v", err)
+			}
+			return second
+		}
+		if r := receive(plain); r.Data != "inbound" {
+			t.Fatalf("untagged UDP receiver: %+v", r)
+		}
+		if r := receive(agent); r.Data != "" {
+			t.Errorf("tagged UDP receiver heard from %s: %+v", from, r)
+		}
+		if ev := nextEvent(t, events); ev.Reason != ReasonUDP || ev.Dst != from || ev.Identity != 13 {
+			t.Errorf("deny event = %+v, want udp from %s", ev, from)
+		}
+		err = dp.SetUDPAllow(13, []Rule{{Prefix: netip.PrefixFrom(from.Addr(), 32), PortMin: from.Port(), PortMax: from.Port()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := receive(agent); r.Data != "inbound" {
+			t.Errorf("tagged UDP receiver, sender allowed: %+v", r)
+		}
 	}
 }
 
