@@ -43,6 +43,8 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IPV6_RTHDRDSTOPTS 55
 #define IPV6_RTHDR 57
 #define IPV6_DSTOPTS 59
+/* The largest option value a sockopt program is given (PAGE_SIZE). */
+#define SOCKOPT_PAGE 4096
 
 /* IPv6 next-header values of the extension headers walked below. */
 #define NEXTHDR_HOP 0
@@ -773,11 +775,20 @@ int set_sockopt(struct bpf_sockopt *ctx)
 	__u32 identity = 0;
 	int level = ctx->level, optname = ctx->optname;
 
-	if (!is_routing_opt(level, optname))
-		return ALLOW;
-	cfg = get_config();
-	if (!tagged(cfg, &identity))
-		return ALLOW;
+	if (is_routing_opt(level, optname)) {
+		cfg = get_config();
+		if (tagged(cfg, &identity))
+			goto refuse;
+	}
+	/* The program runs for every setsockopt on the host. Kernels before
+	 * 6.5 fail a call whose value is over a page (iptables' are) with
+	 * EFAULT unless the program sets optlen to 0: "use the caller's own
+	 * buffer, unchanged". */
+	if (ctx->optlen > SOCKOPT_PAGE)
+		ctx->optlen = 0;
+	return ALLOW;
+
+refuse:;
 	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
 	if (e) {
 		__builtin_memset(e, 0, sizeof(*e));

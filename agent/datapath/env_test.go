@@ -129,6 +129,8 @@ func runHelper(action, arg string) int {
 		return helperUDPSelf(arg)
 	case "udprecv":
 		return helperUDPRecv(arg)
+	case "bigsockopt":
+		r = helperBigSockopt(arg)
 	case "bench":
 		return helperBench(arg)
 	case "loop":

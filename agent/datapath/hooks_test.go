@@ -194,6 +194,20 @@ func helperUDPRecv(string) int {
 	return 0
 }
 
+// helperBigSockopt sets SO_BINDTODEVICE with an 8 KiB value: the kernel
+// reads 15 bytes of it and finds no such device.
+func helperBigSockopt(string) result {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return errResult(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, strings.Repeat("x", 8192)); err != nil {
+		return errResult(err)
+	}
+	return result{PID: os.Getpid(), UID: os.Getuid()}
+}
+
 // helperUnixgram sends one datagram from an unbound unix datagram socket
 // to the path in arg with sendto(), no connect().
 func helperUnixgram(arg string) result {
@@ -465,6 +479,25 @@ func TestSourceRoutesRefused(t *testing.T) {
 			if ev := nextEvent(t, events); ev.Reason != ReasonSourceRoute || ev.Identity != 12 {
 				t.Errorf("%s: deny event = %+v, want source-route", c.mode, ev)
 			}
+		}
+	}
+}
+
+// TestLargeSockoptPasses: the setsockopt program sees every call on the
+// host; one whose value is over a page must still reach the kernel's own
+// handler (before 6.5, unless the program says so, it failed with EFAULT).
+func TestLargeSockoptPasses(t *testing.T) {
+	e := newEnv(t)
+	dp := e.open()
+	agent, agentID := e.cgroup("agent")
+	plain, _ := e.cgroup("plain")
+	if err := dp.Tag(agentID, 15); err != nil {
+		t.Fatal(err)
+	}
+	bin := agentBinary(t)
+	for _, dir := range []string{plain, agent} {
+		if r := runAgent(t, bin, dir, "bigsockopt", "-"); r.Errno != int(syscall.ENODEV) {
+			t.Errorf("setsockopt with 8 KiB in %s: %+v, want the kernel's own ENODEV", filepath.Base(dir), r)
 		}
 	}
 }
