@@ -589,7 +589,7 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
 /* unix_norm is the state of normalising one unix socket path. */
 struct unix_norm {
-	char raw[UNIX_PATH_LEN];
+	char raw[UNIX_PATH_LEN + 4]; /* all of sun_path, NUL-padded */
 	char out[UNIX_PATH_LEN];
 	__u32 j;    /* bytes written to out */
 	__u32 prev; /* the last byte written */
@@ -600,7 +600,7 @@ struct unix_norm {
  * rather than every path through 107 of them. */
 static long unix_norm_step(__u64 i, struct unix_norm *n)
 {
-	if (i >= UNIX_PATH_LEN - 1)
+	if (i >= UNIX_PATH_LEN)
 		return 1;
 	char c = n->raw[i];
 	if (c == 0)
@@ -630,19 +630,21 @@ static __always_inline void read_unix_path(struct bpf_sock_addr *ctx, struct uni
 	__u32 len = sa->uaddrlen;
 	char *uaddr = sa->uaddr;
 
-	/* sun_path follows the 2-byte sun_family. */
+	/* sun_path follows the 2-byte sun_family. All of it is read: a path
+	 * may fill sun_path without a NUL, and a slash-padded one normalises
+	 * to a listed path only once its last byte is in. */
 	if (len <= 2)
 		return;
 	len -= 2;
-	if (len > UNIX_PATH_LEN - 1)
-		len = UNIX_PATH_LEN - 1;
+	if (len > UNIX_PATH_LEN)
+		len = UNIX_PATH_LEN;
 	bpf_probe_read_kernel(n.raw, len, uaddr + 2);
 	if (n.raw[0] == 0) {
 		key->path[0] = '@';
 		__builtin_memcpy(key->path + 1, n.raw + 1, UNIX_PATH_LEN - 2);
 		return;
 	}
-	bpf_loop(UNIX_PATH_LEN - 1, unix_norm_step, &n, 0);
+	bpf_loop(UNIX_PATH_LEN, unix_norm_step, &n, 0);
 	__builtin_memcpy(key->path, n.out, UNIX_PATH_LEN - 1);
 }
 

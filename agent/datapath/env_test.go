@@ -131,6 +131,8 @@ func runHelper(action, arg string) int {
 		return helperUDPRecv(arg)
 	case "bigsockopt":
 		r = helperBigSockopt(arg)
+	case "unixfull":
+		r = helperUnixFull(arg)
 	case "bench":
 		return helperBench(arg)
 	case "loop":

@@ -208,6 +208,28 @@ func helperBigSockopt(string) result {
 	return result{PID: os.Getpid(), UID: os.Getuid()}
 }
 
+// helperUnixFull connects to a path that fills all 108 bytes of sun_path,
+// with no NUL: the kernel accepts it, the net package would not.
+func helperUnixFull(arg string) result {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return errResult(err)
+	}
+	defer unix.Close(fd)
+	sa := unix.RawSockaddrUnix{Family: unix.AF_UNIX}
+	if len(arg) != len(sa.Path) {
+		return result{Err: fmt.Sprintf("path of %d bytes, want %d", len(arg), len(sa.Path))}
+	}
+	for i := range sa.Path {
+		sa.Path[i] = int8(arg[i])
+	}
+	_, _, errno := unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	if errno != 0 {
+		return errResult(errno)
+	}
+	return result{PID: os.Getpid(), UID: os.Getuid()}
+}
+
 // helperUnixgram sends one datagram from an unbound unix datagram socket
 // to the path in arg with sendto(), no connect().
 func helperUnixgram(arg string) result {
@@ -788,6 +810,12 @@ func TestUnixPaths(t *testing.T) {
 			}
 			expectDeny(t, runAgent(t, bin, agent, "unix", p), deniedSock)
 		}
+		// Padded with slashes to fill sun_path, without a NUL.
+		full := strings.Repeat("/", 108-len(deniedSock)) + deniedSock
+		if r := runAgent(t, bin, plain, "unixfull", full); r.Err != "" {
+			t.Fatalf("untagged connect to a full sun_path: %+v", r)
+		}
+		expectDeny(t, runAgent(t, bin, agent, "unixfull", full), deniedSock)
 	})
 	t.Run("sendto", func(t *testing.T) {
 		if r := runAgent(t, bin, plain, "unixgram", deniedGram); r.Err != "" {
