@@ -531,6 +531,9 @@ func TestLargeSockoptPasses(t *testing.T) {
 func TestBindRefused(t *testing.T) {
 	e := newEnv(t)
 	enterNetns(t, "10.99.0.1/32", "fd00::1/128")
+	// No proxy listens here; its port is what matters.
+	e.cfg.Proxy4 = netip.MustParseAddrPort("127.0.0.1:18099")
+	e.cfg.Proxy6 = netip.MustParseAddrPort("[::1]:18099")
 	dp := e.open()
 	events := collectEvents(t, dp)
 	agent, agentID := e.cgroup("agent")
@@ -553,7 +556,9 @@ func TestBindRefused(t *testing.T) {
 	// No subtests: they would run on other threads, outside the namespace.
 	{
 		for _, arg := range []string{"tcp|0.0.0.0:18080", "tcp|[::]:18080", "tcp|10.99.0.1:18080", "tcp|[fd00::1]:18080",
-			"tcp|0.0.0.0:0", "udp|0.0.0.0:18080", "udp|[::]:18080"} {
+			"tcp|0.0.0.0:0", "udp|0.0.0.0:18080", "udp|[::]:18080",
+			// The proxy's port, where other identities' connects go.
+			"tcp|127.0.0.1:18099", "tcp|[::1]:18099", "udp|127.0.0.1:18099"} {
 			expectDeny(t, arg)
 			if r := runAgent(t, bin, plain, "bind", arg); r.Err != "" {
 				t.Errorf("untagged bind %s: %+v", arg, r)
