@@ -48,7 +48,6 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* IPv6 next-header values of the extension headers walked below. */
 #define NEXTHDR_HOP 0
-#define NEXTHDR_TCP 6
 #define NEXTHDR_ROUTING 43
 #define NEXTHDR_DEST 60
 #define MAX_EXT_HEADERS 4
@@ -155,6 +154,18 @@ struct {
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } unix_allowed SEC(".maps");
+
+/* When this CPU last reported an inbound packet it dropped: other hosts
+ * decide how many arrive, so their events are limited (inbound_allowed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} inbound_reported SEC(".maps");
+
+/* At most one inbound drop event per CPU in this many nanoseconds. */
+#define INBOUND_EVENT_GAP_NS 10000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -597,7 +608,7 @@ struct unix_norm {
 
 /* unix_norm_step handles byte i of a path: it drops a '/' after a '/' and a
  * "." segment. A bpf_loop callback, so that the verifier checks one step
- * rather than every path through 107 of them. */
+ * rather than every path through all 108 of them. */
 static long unix_norm_step(__u64 i, struct unix_norm *n)
 {
 	if (i >= UNIX_PATH_LEN)
@@ -751,8 +762,9 @@ int bind6(struct bpf_sock_addr *ctx)
 /* is_routing_opt reports whether a socket option sets IP options (source
  * routes among them) or IPv6 extension headers: a type-4 routing header set
  * with IPV6_RTHDR, unprivileged, sends the packets to its first segment
- * rather than to the address the connect and sendmsg hooks checked. The
- * header options need CAP_NET_RAW, but refusing them costs nothing. */
+ * rather than to the address the connect and sendmsg hooks checked. IPv4
+ * options and the other IPv6 headers need CAP_NET_RAW on current kernels,
+ * but an agent may have kept it, and refusing them costs nothing. */
 static __always_inline int is_routing_opt(int level, int optname)
 {
 	if (level == SOL_IP)
@@ -917,6 +929,20 @@ int egress(struct __sk_buff *skb)
 	return REFUSE;
 }
 
+/* inbound_report reports whether an inbound drop may be sent as an event:
+ * a flood from another host must not become a flood of audit records. */
+static __always_inline int inbound_report(void)
+{
+	__u32 zero = 0;
+	__u64 *last = bpf_map_lookup_elem(&inbound_reported, &zero);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!last || now - *last < INBOUND_EVENT_GAP_NS)
+		return 0;
+	*last = now;
+	return 1;
+}
+
 /* packet_addrs reads a packet's source and destination addresses (IPv4
  * mapped). Returns 0 on success. */
 static __always_inline int packet_addrs(struct __sk_buff *skb, struct addr *src, struct addr *dst)
@@ -1010,11 +1036,13 @@ int ingress(struct __sk_buff *skb)
 	if (proto == IPPROTO_UDP) {
 		if (udp_allowed(cfg, identity, &k.remote, k.remote_port) || listen_allowed(sk, identity))
 			return ALLOW;
-		skb_event(skb, identity, DENY_UDP, &k.remote, k.remote_port, IPPROTO_UDP);
+		if (inbound_report())
+			skb_event(skb, identity, DENY_UDP, &k.remote, k.remote_port, IPPROTO_UDP);
 		return REFUSE;
 	}
 	if (!listen_allowed(sk, identity)) {
-		skb_event(skb, identity, DENY_BIND, &k.remote, k.remote_port, IPPROTO_TCP);
+		if (inbound_report())
+			skb_event(skb, identity, DENY_BIND, &k.remote, k.remote_port, IPPROTO_TCP);
 		return REFUSE;
 	}
 	struct origin o = {};

@@ -163,6 +163,7 @@ const (
 	InterlockMapConnOrigins        = "conn_origins"
 	InterlockMapDeniedUnix         = "denied_unix"
 	InterlockMapDenyEvents         = "deny_events"
+	InterlockMapInboundReported    = "inbound_reported"
 	InterlockMapListenRules        = "listen_rules"
 	InterlockMapPendingAccepts     = "pending_accepts"
 	InterlockMapSockOrigins        = "sock_origins"
@@ -259,18 +260,19 @@ type InterlockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type InterlockMapSpecs struct {
-	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
-	ConnOrigins    *ebpf.MapSpec `ebpf:"conn_origins"`
-	DeniedUnix     *ebpf.MapSpec `ebpf:"denied_unix"`
-	DenyEvents     *ebpf.MapSpec `ebpf:"deny_events"`
-	ListenRules    *ebpf.MapSpec `ebpf:"listen_rules"`
-	PendingAccepts *ebpf.MapSpec `ebpf:"pending_accepts"`
-	SockOrigins    *ebpf.MapSpec `ebpf:"sock_origins"`
-	TaggedCgroups  *ebpf.MapSpec `ebpf:"tagged_cgroups"`
-	TcpRules       *ebpf.MapSpec `ebpf:"tcp_rules"`
-	UdpRules       *ebpf.MapSpec `ebpf:"udp_rules"`
-	UnixAllowOn    *ebpf.MapSpec `ebpf:"unix_allow_on"`
-	UnixAllowed    *ebpf.MapSpec `ebpf:"unix_allowed"`
+	ConfigMap       *ebpf.MapSpec `ebpf:"config_map"`
+	ConnOrigins     *ebpf.MapSpec `ebpf:"conn_origins"`
+	DeniedUnix      *ebpf.MapSpec `ebpf:"denied_unix"`
+	DenyEvents      *ebpf.MapSpec `ebpf:"deny_events"`
+	InboundReported *ebpf.MapSpec `ebpf:"inbound_reported"`
+	ListenRules     *ebpf.MapSpec `ebpf:"listen_rules"`
+	PendingAccepts  *ebpf.MapSpec `ebpf:"pending_accepts"`
+	SockOrigins     *ebpf.MapSpec `ebpf:"sock_origins"`
+	TaggedCgroups   *ebpf.MapSpec `ebpf:"tagged_cgroups"`
+	TcpRules        *ebpf.MapSpec `ebpf:"tcp_rules"`
+	UdpRules        *ebpf.MapSpec `ebpf:"udp_rules"`
+	UnixAllowOn     *ebpf.MapSpec `ebpf:"unix_allow_on"`
+	UnixAllowed     *ebpf.MapSpec `ebpf:"unix_allowed"`
 }
 
 // InterlockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -303,18 +305,19 @@ func (o *InterlockObjects) Close() error {
 //
 // It can be passed to LoadInterlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type InterlockMaps struct {
-	ConfigMap      *ebpf.Map `ebpf:"config_map"`
-	ConnOrigins    *ebpf.Map `ebpf:"conn_origins"`
-	DeniedUnix     *ebpf.Map `ebpf:"denied_unix"`
-	DenyEvents     *ebpf.Map `ebpf:"deny_events"`
-	ListenRules    *ebpf.Map `ebpf:"listen_rules"`
-	PendingAccepts *ebpf.Map `ebpf:"pending_accepts"`
-	SockOrigins    *ebpf.Map `ebpf:"sock_origins"`
-	TaggedCgroups  *ebpf.Map `ebpf:"tagged_cgroups"`
-	TcpRules       *ebpf.Map `ebpf:"tcp_rules"`
-	UdpRules       *ebpf.Map `ebpf:"udp_rules"`
-	UnixAllowOn    *ebpf.Map `ebpf:"unix_allow_on"`
-	UnixAllowed    *ebpf.Map `ebpf:"unix_allowed"`
+	ConfigMap       *ebpf.Map `ebpf:"config_map"`
+	ConnOrigins     *ebpf.Map `ebpf:"conn_origins"`
+	DeniedUnix      *ebpf.Map `ebpf:"denied_unix"`
+	DenyEvents      *ebpf.Map `ebpf:"deny_events"`
+	InboundReported *ebpf.Map `ebpf:"inbound_reported"`
+	ListenRules     *ebpf.Map `ebpf:"listen_rules"`
+	PendingAccepts  *ebpf.Map `ebpf:"pending_accepts"`
+	SockOrigins     *ebpf.Map `ebpf:"sock_origins"`
+	TaggedCgroups   *ebpf.Map `ebpf:"tagged_cgroups"`
+	TcpRules        *ebpf.Map `ebpf:"tcp_rules"`
+	UdpRules        *ebpf.Map `ebpf:"udp_rules"`
+	UnixAllowOn     *ebpf.Map `ebpf:"unix_allow_on"`
+	UnixAllowed     *ebpf.Map `ebpf:"unix_allowed"`
 }
 
 func (m *InterlockMaps) Close() error {
@@ -323,6 +326,7 @@ func (m *InterlockMaps) Close() error {
 		m.ConnOrigins,
 		m.DeniedUnix,
 		m.DenyEvents,
+		m.InboundReported,
 		m.ListenRules,
 		m.PendingAccepts,
 		m.SockOrigins,

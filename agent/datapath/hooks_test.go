@@ -660,7 +660,7 @@ func TestBindRefused(t *testing.T) {
 		}
 		defer sender.Close()
 		from := sender.LocalAddr().(*net.UDPAddr).AddrPort()
-		receive := func(dir string) result {
+		receive := func(dir string, count int) result {
 			t.Helper()
 			cmd := agentCmd(t, bin, dir, "udprecv", "-")
 			stdout, err := cmd.StdoutPipe()
@@ -677,28 +677,47 @@ func TestBindRefused(t *testing.T) {
 				t.Fatalf("udp receiver: %+v, %v", first, err)
 			}
 			to := netip.AddrPortFrom(netip.MustParseAddr("10.99.0.1"), netip.MustParseAddrPort(first.Local).Port())
-			if _, err := sender.WriteTo([]byte("inbound"), net.UDPAddrFromAddrPort(to)); err != nil {
-				t.Fatal(err)
+			for i := 0; i < count; i++ {
+				if _, err := sender.WriteTo([]byte("inbound"), net.UDPAddrFromAddrPort(to)); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if err := dec.Decode(&second); err != nil {
 				t.Fatalf("udp receiver's second line: %v", err)
 			}
 			return second
 		}
-		if r := receive(plain); r.Data != "inbound" {
+		if r := receive(plain, 1); r.Data != "inbound" {
 			t.Fatalf("untagged UDP receiver: %+v", r)
 		}
-		if r := receive(agent); r.Data != "" {
+		// Another host decides how many arrive: 2000 dropped datagrams
+		// must not become 2000 audit records.
+		start := time.Now()
+		if r := receive(agent, 2000); r.Data != "" {
 			t.Errorf("tagged UDP receiver heard from %s: %+v", from, r)
 		}
 		if ev := nextEvent(t, events); ev.Reason != ReasonUDP || ev.Dst != from || ev.Identity != 13 {
 			t.Errorf("deny event = %+v, want udp from %s", ev, from)
 		}
+		reported := 1
+		for quiet := false; !quiet; {
+			select {
+			case <-events:
+				reported++
+			case <-time.After(300 * time.Millisecond):
+				quiet = true
+			}
+		}
+		// One event per CPU per 10 ms at most.
+		if limit := runtime.NumCPU() * (int(time.Since(start)/(10*time.Millisecond)) + 1); reported > limit {
+			t.Errorf("%d events for a flood of 2000 datagrams over %s, want at most %d", reported, time.Since(start), limit)
+		}
+		t.Logf("2000 dropped datagrams: %d events", reported)
 		err = dp.SetUDPAllow(13, []Rule{{Prefix: netip.PrefixFrom(from.Addr(), 32), PortMin: from.Port(), PortMax: from.Port()}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r := receive(agent); r.Data != "inbound" {
+		if r := receive(agent, 1); r.Data != "inbound" {
 			t.Errorf("tagged UDP receiver, sender allowed: %+v", r)
 		}
 	}
