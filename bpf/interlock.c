@@ -718,11 +718,13 @@ static __always_inline int is_loopback(const struct addr *a)
 }
 
 /* bind_common refuses a tagged bind to any address but loopback, the
- * wildcard included, unless a listen rule of the identity allows it. A
- * datagram socket may bind the wildcard with port 0: that is what its first
- * sendto() does anyway (autobind, which never calls the bind hooks). The
- * proxy's port is refused on every address: a tagged task holding it while
- * interlockd is down would receive other identities' redirected connects. */
+ * wildcard included, unless a listen rule of the identity allows it. Port 0
+ * passes (clients choosing a source address bind that way): it is what a
+ * connect() or a first sendto() does anyway without calling the bind hooks,
+ * so the ingress program, not this one, keeps such sockets from hearing
+ * other hosts. The proxy's port is refused on every address: a tagged task
+ * holding it while interlockd is down would receive other identities'
+ * redirected connects. */
 static __always_inline int bind_common(struct bpf_sock_addr *ctx, const struct addr *a, __u16 port)
 {
 	struct config *cfg = get_config();
@@ -732,7 +734,7 @@ static __always_inline int bind_common(struct bpf_sock_addr *ctx, const struct a
 		return ALLOW;
 	if (cfg && port != 0 && (port == cfg->proxy4_port || port == cfg->proxy6_port))
 		goto refuse;
-	if (is_loopback(a) || (ctx->type == SOCK_DGRAM && port == 0))
+	if (is_loopback(a) || port == 0)
 		return ALLOW;
 	int v = match(bpf_map_lookup_elem(&listen_rules, &identity), a, port);
 	if (v >= 0 && v != VERDICT_DENY)

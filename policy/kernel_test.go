@@ -20,7 +20,7 @@ identities:
 `)
 	l := p.Listen("web")
 	if len(l) != 3 || l[0].Prefix.String() != "0.0.0.0/32" || l[1].Prefix.String() != "::/128" ||
-		l[0].PortMin != 8080 || l[0].PortMax != 8080 || l[2].PortMin != 0 || l[2].PortMax != 65535 || l[2].Action != "pass" {
+		l[0].PortMin != 8080 || l[0].PortMax != 8080 || l[2].PortMin != 1 || l[2].PortMax != 65535 || l[2].Action != "pass" {
 		t.Errorf("Listen(web) = %+v", l)
 	}
 	if l := p.Listen("plain"); len(l) != 0 {

@@ -490,17 +490,14 @@ func (c *compiler) unixPath(pos Pos, what, u string) {
 }
 
 // listenRules compiles an identity's listen entries: literal addresses or
-// CIDRs (0.0.0.0 and :: are the wildcards, each its own family) and ports;
-// without ports, any port, including 0 (the kernel picks one).
+// CIDRs (0.0.0.0 and :: are the wildcards, each its own family) and ports
+// (default all).
 func (c *compiler) listenRules(identity string, raw []rawListen) []InterceptRule {
 	var out []InterceptRule
 	for _, r := range raw {
 		lo, hi, err := parsePorts(r.Ports)
 		if err != nil {
 			c.errorf(r.Keys.at("ports", r.Pos), "identity %q: listen ports %q: %v", identity, r.Ports, err)
-		}
-		if r.Ports == "" || r.Ports == "*" {
-			lo = 0
 		}
 		if len(r.Addresses) == 0 {
 			c.errorf(r.Pos, "identity %q: listen entry needs addresses: (0.0.0.0, ::, an address or CIDR)", identity)

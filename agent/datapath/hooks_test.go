@@ -524,10 +524,10 @@ func TestLargeSockoptPasses(t *testing.T) {
 	}
 }
 
-// TestBindRefused: tagged tasks bind loopback only unless a listen rule
-// allows more; a listener that got around bind() (listen() on an unbound
-// socket) gets no SYN from another host; an allowed listener's accepted
-// connections are audited.
+// TestBindRefused: tagged tasks bind loopback (or port 0) only unless a
+// listen rule allows more; a listener that got around bind() (listen() on
+// an unbound socket, or on port 0) gets no SYN from another host; an
+// allowed listener's accepted connections are audited.
 func TestBindRefused(t *testing.T) {
 	e := newEnv(t)
 	enterNetns(t, "10.99.0.1/32", "fd00::1/128")
@@ -556,7 +556,7 @@ func TestBindRefused(t *testing.T) {
 	// No subtests: they would run on other threads, outside the namespace.
 	{
 		for _, arg := range []string{"tcp|0.0.0.0:18080", "tcp|[::]:18080", "tcp|10.99.0.1:18080", "tcp|[fd00::1]:18080",
-			"tcp|0.0.0.0:0", "udp|0.0.0.0:18080", "udp|[::]:18080",
+			"udp|0.0.0.0:18080", "udp|[::]:18080",
 			// The proxy's port, where other identities' connects go.
 			"tcp|127.0.0.1:18099", "tcp|[::1]:18099", "udp|127.0.0.1:18099"} {
 			expectDeny(t, arg)
@@ -564,7 +564,10 @@ func TestBindRefused(t *testing.T) {
 				t.Errorf("untagged bind %s: %+v", arg, r)
 			}
 		}
-		for _, arg := range []string{"tcp|127.0.0.1:18080", "tcp|127.0.0.2:0", "tcp|[::1]:18080", "udp|127.0.0.1:18080", "udp|0.0.0.0:0"} {
+		// Port 0 is what connect() and sendto() bind anyway; a listener
+		// bound so hears no other host (below).
+		for _, arg := range []string{"tcp|127.0.0.1:18080", "tcp|127.0.0.2:0", "tcp|[::1]:18080", "udp|127.0.0.1:18080",
+			"udp|0.0.0.0:0", "tcp|0.0.0.0:0", "tcp|10.99.0.1:0", "udp|[fd00::1]:0"} {
 			if r := runAgent(t, bin, agent, "bind", arg); r.Err != "" {
 				t.Errorf("tagged bind %s: %+v, want it allowed", arg, r)
 			}
@@ -609,10 +612,10 @@ func TestBindRefused(t *testing.T) {
 		}
 		return second, dialErr
 	}
-	{
-		r, err := listenAndDial(t, "-")
+	for _, addr := range []string{"-", "0.0.0.0:0"} {
+		r, err := listenAndDial(t, addr)
 		if err == nil || r.Data == "hello" {
-			t.Errorf("a SYN from 10.99.0.1 reached a tagged listener that never bound: dial %v, listener %+v", err, r)
+			t.Errorf("a SYN from 10.99.0.1 reached a tagged listener on %s: dial %v, listener %+v", addr, err, r)
 		}
 		if ev := nextEvent(t, events); ev.Reason != ReasonBind || ev.Dst.Addr() != netip.MustParseAddr("10.99.0.1") {
 			t.Errorf("deny event = %+v, want bind from 10.99.0.1", ev)

@@ -253,8 +253,9 @@ func (d *Datapath) SetDenyUnix(paths []string) error {
 // besides loopback (at most MaxRules): a matching rule allows unless its
 // Verdict is Deny. Without one, bind() to any non-loopback address, the
 // wildcard included, fails with EPERM, and SYNs from other hosts to the
-// identity's listeners are dropped. A rule covering port 0 allows binds that
-// let the kernel pick the port. A nil slice allows no listening.
+// identity's listeners are dropped. Binds to port 0 pass whatever the
+// rules: a listener bound so hears no other host unless a rule names its
+// address and the port it got. A nil slice allows no listening.
 func (d *Datapath) SetListen(identity uint32, rules []Rule) error {
 	if err := setRules(d.maps.ListenRules, identity, rules); err != nil {
 		return fmt.Errorf("set listen rules of %d: %w", identity, err)
