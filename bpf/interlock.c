@@ -17,6 +17,7 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define AF_PACKET 17
@@ -25,6 +26,31 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define SOCK_RAW 3
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
+/* Socket options that put IP options or IPv6 extension headers on a
+ * socket's packets (linux/in.h, linux/in6.h). */
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define IP_OPTIONS 4
+#define IP_RETOPTS 7
+#define IPV6_2292HOPOPTS 3
+#define IPV6_2292DSTOPTS 4
+#define IPV6_2292RTHDR 5
+#define IPV6_2292PKTOPTIONS 6
+#define IPV6_HOPOPTS 54
+#define IPV6_RTHDRDSTOPTS 55
+#define IPV6_RTHDR 57
+#define IPV6_DSTOPTS 59
+/* The largest option value a sockopt program is given (PAGE_SIZE). */
+#define SOCKOPT_PAGE 4096
+
+/* IPv6 next-header values of the extension headers walked below. */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_DEST 60
+#define MAX_EXT_HEADERS 4
 
 #define ALLOW 1
 #define REFUSE 0
@@ -91,6 +117,56 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } denied_unix SEC(".maps");
 
+/* Per identity, the addresses and ports its tasks may bind (listen on)
+ * besides loopback; verdicts other than deny allow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* identity */
+	__type(value, struct rule_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} listen_rules SEC(".maps");
+
+/* Inbound connections a tagged listener let in, by the tuple sockops sees
+ * once they are established (netns_cookie 0): the ingress program records
+ * the SYN, sockops turns it into an accept event. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tuple);
+	__type(value, struct origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pending_accepts SEC(".maps");
+
+/* Identities whose unix connects and sends are limited to unix_allowed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* identity */
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} unix_allow_on SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct unix_allow_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} unix_allowed SEC(".maps");
+
+/* When this CPU last reported an inbound packet it dropped: other hosts
+ * decide how many arrive, so their events are limited (inbound_allowed). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} inbound_reported SEC(".maps");
+
+/* At most one inbound drop event per CPU in this many nanoseconds. */
+#define INBOUND_EVENT_GAP_NS 10000000ULL
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -99,6 +175,7 @@ struct {
 
 /* Force BTF for the types the loader generates with bpf2go -type. */
 const struct deny_event *unused_deny_event __attribute__((unused));
+const struct unix_allow_key *unused_unix_allow_key __attribute__((unused));
 const enum verdict *unused_verdict __attribute__((unused));
 const enum deny_reason *unused_deny_reason __attribute__((unused));
 
@@ -440,6 +517,27 @@ int sock_ops(struct bpf_sock_ops *skops)
 	struct tuple k = {};
 
 	switch (skops->op) {
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* A connection a tagged listener accepted from another host
+		 * (the ingress program recorded its SYN): audit it. */
+		sockops_tuple(skops, &k);
+		k.netns_cookie = 0;
+		o = bpf_map_lookup_elem(&pending_accepts, &k);
+		if (!o)
+			break;
+		struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+		if (e) {
+			__builtin_memset(e, 0, sizeof(*e));
+			e->origin = *o;
+			e->origin.time_ns = bpf_ktime_get_ns();
+			e->origin.netns_cookie = bpf_get_netns_cookie(skops);
+			e->reason = EVENT_ACCEPT;
+			e->sock_type = SOCK_STREAM;
+			e->protocol = IPPROTO_TCP;
+			bpf_ringbuf_submit(e, 0);
+		}
+		bpf_map_delete_elem(&pending_accepts, &k);
+		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		cookie = bpf_get_socket_cookie(skops);
 		o = bpf_map_lookup_elem(&sock_origins, &cookie);
@@ -500,44 +598,463 @@ struct bpf_sock_addr_kern {
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
-/* connect_unix (kernel 6.7 and later) refuses tagged connects to the unix
- * socket paths in denied_unix. The path is compared exactly as the caller
- * passed it: a relative path, a symlink or another mount of the same socket
- * is not recognised. */
-SEC("cgroup/connect_unix")
-int connect_unix(struct bpf_sock_addr *ctx)
+/* unix_norm is the state of normalising one unix socket path. */
+struct unix_norm {
+	char raw[UNIX_PATH_LEN + 4]; /* all of sun_path, NUL-padded */
+	char out[UNIX_PATH_LEN];
+	__u32 j;    /* bytes written to out */
+	__u32 prev; /* the last byte written */
+};
+
+/* unix_norm_step handles byte i of a path: it drops a '/' after a '/' and a
+ * "." segment. A bpf_loop callback, so that the verifier checks one step
+ * rather than every path through all 108 of them. */
+static long unix_norm_step(__u64 i, struct unix_norm *n)
+{
+	if (i >= UNIX_PATH_LEN)
+		return 1;
+	char c = n->raw[i];
+	if (c == 0)
+		return 1;
+	if (c == '/' && n->prev == '/')
+		return 0;
+	if (c == '.' && n->prev == '/' && (n->raw[i + 1] == '/' || n->raw[i + 1] == 0))
+		return 0;
+	__u32 j = n->j;
+	if (j >= UNIX_PATH_LEN - 1)
+		return 1;
+	n->out[j] = c;
+	n->j = j + 1;
+	n->prev = c;
+	return 0;
+}
+
+/* read_unix_path fills key with the socket address of a unix connect or
+ * send: an abstract name as '@' and its bytes, a path with repeated slashes
+ * and "." segments removed, so that //x and /./x match /x. What cannot be
+ * resolved here (relative paths, symlinks, "..", other mounts of the same
+ * socket) stays as given; the allow-list refuses it. */
+static __always_inline void read_unix_path(struct bpf_sock_addr *ctx, struct unix_path *key)
+{
+	struct bpf_sock_addr_kern *sa = bpf_cast_to_kern_ctx(ctx);
+	struct unix_norm n = {};
+	__u32 len = sa->uaddrlen;
+	char *uaddr = sa->uaddr;
+
+	/* sun_path follows the 2-byte sun_family. All of it is read: a path
+	 * may fill sun_path without a NUL, and a slash-padded one normalises
+	 * to a listed path only once its last byte is in. */
+	if (len <= 2)
+		return;
+	len -= 2;
+	if (len > UNIX_PATH_LEN)
+		len = UNIX_PATH_LEN;
+	bpf_probe_read_kernel(n.raw, len, uaddr + 2);
+	if (n.raw[0] == 0) {
+		key->path[0] = '@';
+		__builtin_memcpy(key->path + 1, n.raw + 1, UNIX_PATH_LEN - 2);
+		return;
+	}
+	bpf_loop(UNIX_PATH_LEN, unix_norm_step, &n, 0);
+	__builtin_memcpy(key->path, n.out, UNIX_PATH_LEN - 1);
+}
+
+/* unix_decide refuses a tagged task's unix connect or send to a path in
+ * denied_unix, or, when its identity has an allow-list, to any path (or
+ * abstract name) not on it. */
+static __always_inline int unix_decide(struct bpf_sock_addr *ctx)
 {
 	struct config *cfg = get_config();
 	__u32 identity = 0;
-	struct unix_path key = {};
+	struct unix_allow_key ak = {};
 
 	if (!tagged(cfg, &identity))
 		return ALLOW;
-	struct bpf_sock_addr_kern *sa = bpf_cast_to_kern_ctx(ctx);
-	__u32 len = sa->uaddrlen;
-	char *uaddr = sa->uaddr;
-	/* sun_path follows the 2-byte sun_family. */
-	if (len <= 2)
-		return ALLOW;
-	len -= 2;
-	if (len > UNIX_PATH_LEN - 1)
-		len = UNIX_PATH_LEN - 1;
-	bpf_probe_read_kernel_str(key.path, len + 1, uaddr + 2);
-	if (!bpf_map_lookup_elem(&denied_unix, &key))
-		return ALLOW;
+	read_unix_path(ctx, (struct unix_path *)ak.path);
+	if (!bpf_map_lookup_elem(&denied_unix, ak.path)) {
+		if (!bpf_map_lookup_elem(&unix_allow_on, &identity))
+			return ALLOW;
+		ak.identity = identity;
+		if (bpf_map_lookup_elem(&unix_allowed, &ak))
+			return ALLOW;
+	}
 
 	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
 	if (e) {
 		__builtin_memset(e, 0, sizeof(*e));
 		fill_origin(&e->origin, identity);
-		e->origin.family = 1; /* AF_UNIX */
+		e->origin.family = AF_UNIX;
 		e->origin.netns_cookie = bpf_get_netns_cookie(ctx);
 		e->reason = DENY_UNIX_PATH;
 		e->sock_type = ctx->type;
-		__builtin_memcpy(e->path, key.path, sizeof(e->path));
+		__builtin_memcpy(e->path, ak.path, sizeof(e->path));
 		bpf_ringbuf_submit(e, 0);
 	}
 	return REFUSE;
+}
+
+/* connect_unix (kernel 6.7 and later) applies unix_decide to connect(). */
+SEC("cgroup/connect_unix")
+int connect_unix(struct bpf_sock_addr *ctx)
+{
+	return unix_decide(ctx);
+}
+
+/* sendmsg_unix (kernel 6.7 and later) applies unix_decide to sendto() and
+ * sendmsg() with an address on unconnected datagram sockets, which never
+ * pass through connect_unix. */
+SEC("cgroup/sendmsg_unix")
+int sendmsg_unix(struct bpf_sock_addr *ctx)
+{
+	return unix_decide(ctx);
+}
+
+/* is_loopback reports whether a is 127.0.0.0/8 (mapped) or ::1. */
+static __always_inline int is_loopback(const struct addr *a)
+{
+	if (is_v4mapped(a))
+		return (bpf_ntohl(a->w[3]) >> 24) == 127;
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 && a->w[3] == bpf_htonl(1);
+}
+
+/* bind_common refuses a tagged bind to any address but loopback, the
+ * wildcard included, unless a listen rule of the identity allows it. Port 0
+ * passes (clients choosing a source address bind that way): it is what a
+ * connect() or a first sendto() does anyway without calling the bind hooks,
+ * so the ingress program, not this one, keeps such sockets from hearing
+ * other hosts. The proxy's port is refused on every address: a tagged task
+ * holding it while interlockd is down would receive other identities'
+ * redirected connects. */
+static __always_inline int bind_common(struct bpf_sock_addr *ctx, const struct addr *a, __u16 port)
+{
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+
+	if (!tagged(cfg, &identity))
+		return ALLOW;
+	if (cfg && port != 0 && (port == cfg->proxy4_port || port == cfg->proxy6_port))
+		goto refuse;
+	if (is_loopback(a) || port == 0)
+		return ALLOW;
+	int v = match(bpf_map_lookup_elem(&listen_rules, &identity), a, port);
+	if (v >= 0 && v != VERDICT_DENY)
+		return ALLOW;
+refuse:
+	emit_deny(ctx, identity, a, port, ctx->family, DENY_BIND, ctx->type, ctx->protocol);
+	return REFUSE;
+}
+
+SEC("cgroup/bind4")
+int bind4(struct bpf_sock_addr *ctx)
+{
+	struct addr a;
+
+	set_v4mapped(&a, ctx->user_ip4);
+	return bind_common(ctx, &a, bpf_ntohs(ctx->user_port));
+}
+
+SEC("cgroup/bind6")
+int bind6(struct bpf_sock_addr *ctx)
+{
+	struct addr a = {.w = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]}};
+
+	return bind_common(ctx, &a, bpf_ntohs(ctx->user_port));
+}
+
+/* is_routing_opt reports whether a socket option sets IP options (source
+ * routes among them) or IPv6 extension headers: a type-4 routing header set
+ * with IPV6_RTHDR, unprivileged, sends the packets to its first segment
+ * rather than to the address the connect and sendmsg hooks checked. IPv4
+ * options and the other IPv6 headers need CAP_NET_RAW on current kernels,
+ * but an agent may have kept it, and refusing them costs nothing. */
+static __always_inline int is_routing_opt(int level, int optname)
+{
+	if (level == SOL_IP)
+		return optname == IP_OPTIONS || optname == IP_RETOPTS;
+	if (level != SOL_IPV6)
+		return 0;
+	switch (optname) {
+	case IPV6_2292HOPOPTS:
+	case IPV6_2292DSTOPTS:
+	case IPV6_2292RTHDR:
+	case IPV6_2292PKTOPTIONS:
+	case IPV6_HOPOPTS:
+	case IPV6_RTHDRDSTOPTS:
+	case IPV6_RTHDR:
+	case IPV6_DSTOPTS:
+		return 1;
+	}
+	return 0;
+}
+
+/* set_sockopt (kernel 6.1 and later, for the cgroup walk in sockopt
+ * programs) refuses tagged tasks the options is_routing_opt names. */
+SEC("cgroup/setsockopt")
+int set_sockopt(struct bpf_sockopt *ctx)
+{
+	struct config *cfg;
+	__u32 identity = 0;
+	int level = ctx->level, optname = ctx->optname;
+
+	if (is_routing_opt(level, optname)) {
+		cfg = get_config();
+		if (tagged(cfg, &identity))
+			goto refuse;
+	}
+	/* The program runs for every setsockopt on the host. Kernels before
+	 * 6.5 fail a call whose value is over a page (iptables' are) with
+	 * EFAULT unless the program sets optlen to 0: "use the caller's own
+	 * buffer, unchanged". */
+	if (ctx->optlen > SOCKOPT_PAGE)
+		ctx->optlen = 0;
+	return ALLOW;
+
+refuse:;
+	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		fill_origin(&e->origin, identity);
+		e->reason = DENY_SOCKOPT;
+		e->detail = (__u32)level << 16 | (__u32)optname;
+		struct bpf_sock *sk = ctx->sk;
+		if (sk) {
+			e->origin.family = sk->family;
+			e->sock_type = sk->type;
+			e->protocol = sk->protocol;
+		}
+		bpf_ringbuf_submit(e, 0);
+	}
+	return REFUSE;
+}
+
+/* skb_tagged is tagged for the socket a packet belongs to, for programs
+ * that may run outside the task's context (softirq). */
+static __always_inline int skb_tagged(struct config *cfg, struct __sk_buff *skb, __u32 *identity)
+{
+	int found = 0;
+
+	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, level);
+		if (!id)
+			break;
+		if (cfg && cfg->self_cgroup == id)
+			return 0;
+		__u32 *ident = bpf_map_lookup_elem(&tagged_cgroups, &id);
+		if (ident) {
+			*identity = *ident;
+			found = 1;
+		}
+	}
+	return found;
+}
+
+/* skb_event sends an event about a tagged socket's packet; no task context
+ * is at hand, so only the socket's cgroup names who. */
+static __always_inline void skb_event(struct __sk_buff *skb, __u32 identity, __u32 reason, const struct addr *peer,
+				      __u16 port, __u32 protocol)
+{
+	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->origin.identity = identity;
+	e->origin.cgroup_id = bpf_skb_cgroup_id(skb);
+	e->origin.time_ns = bpf_ktime_get_ns();
+	e->origin.family = skb->family;
+	if (peer)
+		e->origin.dst = *peer;
+	e->origin.dst_port = port;
+	e->reason = reason;
+	e->protocol = protocol;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* ip_layout finds a packet's transport header: its protocol and offset,
+ * past at most MAX_EXT_HEADERS IPv6 hop-by-hop and destination options
+ * headers. *routed is set when an IPv6 routing header or IPv4 options are
+ * present. Returns 0 when the packet is neither IPv4 nor IPv6. */
+static __always_inline int ip_layout(struct __sk_buff *skb, __u8 *proto, __u32 *off, int *routed)
+{
+	__u8 b[2];
+
+	*routed = 0;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (bpf_skb_load_bytes(skb, 0, b, 1))
+			return 0;
+		*off = (b[0] & 0x0f) * 4;
+		*routed = *off > 20;
+		if (bpf_skb_load_bytes(skb, 9, proto, 1))
+			return 0;
+		return 1;
+	}
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return 0;
+	if (bpf_skb_load_bytes(skb, 6, proto, 1))
+		return 0;
+	*off = 40;
+	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+		if (*proto == NEXTHDR_ROUTING) {
+			*routed = 1;
+			return 1;
+		}
+		if (*proto != NEXTHDR_HOP && *proto != NEXTHDR_DEST)
+			return 1;
+		if (bpf_skb_load_bytes(skb, *off, b, 2))
+			return 0;
+		*proto = b[0];
+		*off += ((__u32)b[1] + 1) * 8;
+	}
+	/* More extension headers than walked: treat as routed. */
+	*routed = 1;
+	return 1;
+}
+
+/* egress drops tagged sockets' packets that carry IPv4 options or an IPv6
+ * routing header, however they got there: set_sockopt refuses the socket
+ * options, but sendmsg() control messages (IP_RETOPTS with a source route,
+ * IPV6_RTHDR type 2 where CONFIG_IPV6_MIP6 is built) pass no cgroup hook.
+ * The sender gets EPERM. */
+SEC("cgroup_skb/egress")
+int egress(struct __sk_buff *skb)
+{
+	struct config *cfg;
+	__u32 identity = 0, off;
+	__u8 proto;
+	int routed;
+
+	if (!ip_layout(skb, &proto, &off, &routed) || !routed)
+		return ALLOW;
+	cfg = get_config();
+	if (!skb_tagged(cfg, skb, &identity))
+		return ALLOW;
+	skb_event(skb, identity, DENY_SOURCE_ROUTE, 0, 0, proto);
+	return REFUSE;
+}
+
+/* inbound_report reports whether an inbound drop may be sent as an event:
+ * a flood from another host must not become a flood of audit records. */
+static __always_inline int inbound_report(void)
+{
+	__u32 zero = 0;
+	__u64 *last = bpf_map_lookup_elem(&inbound_reported, &zero);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!last || now - *last < INBOUND_EVENT_GAP_NS)
+		return 0;
+	*last = now;
+	return 1;
+}
+
+/* packet_addrs reads a packet's source and destination addresses (IPv4
+ * mapped). Returns 0 on success. */
+static __always_inline int packet_addrs(struct __sk_buff *skb, struct addr *src, struct addr *dst)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u32 a[2];
+		if (bpf_skb_load_bytes(skb, 12, a, sizeof(a)))
+			return -1;
+		set_v4mapped(src, a[0]);
+		set_v4mapped(dst, a[1]);
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, 8, src, sizeof(*src)) || bpf_skb_load_bytes(skb, 24, dst, sizeof(*dst)))
+		return -1;
+	return 0;
+}
+
+/* listen_allowed reports whether a socket's bound address and port match a
+ * listen rule of the identity: the wildcard when it bound none. Each field
+ * is loaded on its own: the verifier refuses arithmetic on a socket
+ * pointer, which a shared base for src_ip4 and src_ip6 is. */
+static __always_inline int listen_allowed(struct bpf_sock *sk, __u32 identity)
+{
+	struct addr bound = {};
+	__u32 sk_family = sk->family, sport = sk->src_port;
+	__u32 s4 = sk->src_ip4;
+	barrier_var(s4);
+	__u32 s6_0 = sk->src_ip6[0];
+	barrier_var(s6_0);
+	__u32 s6_1 = sk->src_ip6[1];
+	barrier_var(s6_1);
+	__u32 s6_2 = sk->src_ip6[2];
+	barrier_var(s6_2);
+	__u32 s6_3 = sk->src_ip6[3];
+	barrier_var(s6_3);
+	if (sk_family == AF_INET) {
+		set_v4mapped(&bound, s4);
+	} else {
+		bound.w[0] = s6_0;
+		bound.w[1] = s6_1;
+		bound.w[2] = s6_2;
+		bound.w[3] = s6_3;
+	}
+	int v = match(bpf_map_lookup_elem(&listen_rules, &identity), &bound, sport);
+	return v >= 0 && v != VERDICT_DENY;
+}
+
+/* ingress closes the ways in that bind4/6 cannot: listen() on an unbound
+ * socket binds the wildcard without calling them, a socket bound before
+ * its cgroup was tagged never met them, and a UDP socket's first sendto()
+ * binds the wildcard too. From other hosts (loopback sources pass), a
+ * tagged socket gets no SYN unless a listen rule allows its address and
+ * port, and no datagram unless that, or the sender is one it may send to
+ * (a resolver, udp_allow: the replies). SYNs that pass are recorded so
+ * that sockops can audit the connection once established. */
+SEC("cgroup_skb/ingress")
+int ingress(struct __sk_buff *skb)
+{
+	struct config *cfg;
+	__u32 identity = 0, off;
+	__u8 proto, flags;
+	int routed;
+	struct tuple k = {};
+	__be16 ports[2];
+
+	if (!ip_layout(skb, &proto, &off, &routed) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+		return ALLOW;
+	if (proto == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, off + 13, &flags, 1))
+			return ALLOW;
+		/* SYN without ACK: a connection request. */
+		if ((flags & 0x12) != 0x02)
+			return ALLOW;
+	}
+	if (packet_addrs(skb, &k.remote, &k.local) || is_loopback(&k.remote))
+		return ALLOW;
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return ALLOW;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk || (proto == IPPROTO_TCP && sk->state != BPF_TCP_LISTEN))
+		return ALLOW;
+	cfg = get_config();
+	if (!skb_tagged(cfg, skb, &identity))
+		return ALLOW;
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		return ALLOW;
+	k.remote_port = bpf_ntohs(ports[0]);
+	k.local_port = bpf_ntohs(ports[1]);
+
+	if (proto == IPPROTO_UDP) {
+		if (udp_allowed(cfg, identity, &k.remote, k.remote_port) || listen_allowed(sk, identity))
+			return ALLOW;
+		if (inbound_report())
+			skb_event(skb, identity, DENY_UDP, &k.remote, k.remote_port, IPPROTO_UDP);
+		return REFUSE;
+	}
+	if (!listen_allowed(sk, identity)) {
+		if (inbound_report())
+			skb_event(skb, identity, DENY_BIND, &k.remote, k.remote_port, IPPROTO_TCP);
+		return REFUSE;
+	}
+	struct origin o = {};
+	o.identity = identity;
+	o.cgroup_id = bpf_skb_cgroup_id(skb);
+	o.family = skb->family;
+	o.dst = k.remote;
+	o.dst_port = k.remote_port;
+	bpf_map_update_elem(&pending_accepts, &k, &o, BPF_ANY);
+	return ALLOW;
 }
 
 /* socket_create (cgroup LSM, kernel 6.0 and later with the bpf LSM active)

@@ -25,11 +25,15 @@ enum verdict {
 /* Why a tagged operation was refused; sent with every deny_event. */
 enum deny_reason {
 	DENY_TCP_RULE = 1,   /* a rule of the identity denied the TCP connect */
-	DENY_UDP = 2,        /* UDP to a destination that is neither a resolver nor allowed */
+	DENY_UDP = 2,        /* UDP to (or, inbound, from) an address that is neither a resolver nor allowed */
 	DENY_SOCKET = 3,     /* raw, packet or non-TCP/UDP inet socket */
 	DENY_UNIX_PATH = 4,  /* connect to a denied unix socket path */
 	DENY_NO_PROXY = 5,   /* no proxy address configured for this family */
 	DENY_SOCK_TYPE = 6,  /* connect on an inet socket that is neither stream nor datagram */
+	DENY_BIND = 7,       /* bind to a non-loopback address no listen rule allows, or a SYN to such a listener */
+	DENY_SOCKOPT = 8,    /* a socket option that sets IP options or IPv6 extension headers */
+	DENY_SOURCE_ROUTE = 9, /* a packet carrying IPv4 options or an IPv6 routing header */
+	EVENT_ACCEPT = 10,   /* not a refusal: a connection accepted on a listener a rule allows */
 };
 
 /* An IP address as four 32-bit words in network byte order; IPv4 is stored
@@ -101,11 +105,17 @@ struct deny_event {
 	__u32 reason;    /* enum deny_reason */
 	__u32 sock_type; /* SOCK_STREAM, SOCK_DGRAM, SOCK_RAW... */
 	__u32 protocol;
-	__u32 pad;
+	__u32 detail;    /* DENY_SOCKOPT: level << 16 | optname */
 	char path[UNIX_PATH_LEN]; /* unix path for DENY_UNIX_PATH */
 };
 
 struct unix_path {
+	char path[UNIX_PATH_LEN];
+};
+
+/* A unix socket path an identity may reach when its allow-list is on. */
+struct unix_allow_key {
+	__u32 identity;
 	char path[UNIX_PATH_LEN];
 };
 

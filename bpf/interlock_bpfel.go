@@ -36,7 +36,7 @@ type InterlockDenyEvent struct {
 	Reason   uint32
 	SockType uint32
 	Protocol uint32
-	Pad      uint32
+	Detail   uint32
 	Path     [108]int8
 	_        [4]byte
 }
@@ -44,12 +44,16 @@ type InterlockDenyEvent struct {
 type InterlockDenyReason uint32
 
 const (
-	InterlockDenyReasonDENY_TCP_RULE  InterlockDenyReason = 1
-	InterlockDenyReasonDENY_UDP       InterlockDenyReason = 2
-	InterlockDenyReasonDENY_SOCKET    InterlockDenyReason = 3
-	InterlockDenyReasonDENY_UNIX_PATH InterlockDenyReason = 4
-	InterlockDenyReasonDENY_NO_PROXY  InterlockDenyReason = 5
-	InterlockDenyReasonDENY_SOCK_TYPE InterlockDenyReason = 6
+	InterlockDenyReasonDENY_TCP_RULE     InterlockDenyReason = 1
+	InterlockDenyReasonDENY_UDP          InterlockDenyReason = 2
+	InterlockDenyReasonDENY_SOCKET       InterlockDenyReason = 3
+	InterlockDenyReasonDENY_UNIX_PATH    InterlockDenyReason = 4
+	InterlockDenyReasonDENY_NO_PROXY     InterlockDenyReason = 5
+	InterlockDenyReasonDENY_SOCK_TYPE    InterlockDenyReason = 6
+	InterlockDenyReasonDENY_BIND         InterlockDenyReason = 7
+	InterlockDenyReasonDENY_SOCKOPT      InterlockDenyReason = 8
+	InterlockDenyReasonDENY_SOURCE_ROUTE InterlockDenyReason = 9
+	InterlockDenyReasonEVENT_ACCEPT      InterlockDenyReason = 10
 )
 
 type InterlockOrigin struct {
@@ -119,6 +123,12 @@ type InterlockTuple struct {
 	Pad        uint32
 }
 
+type InterlockUnixAllowKey struct {
+	_        structs.HostLayout
+	Identity uint32
+	Path     [108]int8
+}
+
 type InterlockUnixPath struct {
 	_    structs.HostLayout
 	Path [108]int8
@@ -149,30 +159,42 @@ type InterlockVerdictQuery struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	InterlockMapConfigMap        = "config_map"
-	InterlockMapConnOrigins      = "conn_origins"
-	InterlockMapDeniedUnix       = "denied_unix"
-	InterlockMapDenyEvents       = "deny_events"
-	InterlockMapProxyListeners   = "proxy_listeners"
-	InterlockMapSockOrigins      = "sock_origins"
-	InterlockMapTaggedCgroups    = "tagged_cgroups"
-	InterlockMapTcpRules         = "tcp_rules"
-	InterlockMapUdpRules         = "udp_rules"
-	InterlockProgConnect4        = "connect4"
-	InterlockProgConnect6        = "connect6"
-	InterlockProgConnectUnix     = "connect_unix"
-	InterlockProgGetpeername4    = "getpeername4"
-	InterlockProgGetpeername6    = "getpeername6"
-	InterlockProgProxyLookup     = "proxy_lookup"
-	InterlockProgSendmsg4        = "sendmsg4"
-	InterlockProgSendmsg6        = "sendmsg6"
-	InterlockProgSockCreate      = "sock_create"
-	InterlockProgSockOps         = "sock_ops"
-	InterlockProgSocketCreate    = "socket_create"
-	InterlockProgVerdictProbe    = "verdict_probe"
-	InterlockVarUnusedDenyEvent  = "unused_deny_event"
-	InterlockVarUnusedDenyReason = "unused_deny_reason"
-	InterlockVarUnusedVerdict    = "unused_verdict"
+	InterlockMapConfigMap          = "config_map"
+	InterlockMapConnOrigins        = "conn_origins"
+	InterlockMapDeniedUnix         = "denied_unix"
+	InterlockMapDenyEvents         = "deny_events"
+	InterlockMapInboundReported    = "inbound_reported"
+	InterlockMapListenRules        = "listen_rules"
+	InterlockMapPendingAccepts     = "pending_accepts"
+	InterlockMapProxyListeners     = "proxy_listeners"
+	InterlockMapSockOrigins        = "sock_origins"
+	InterlockMapTaggedCgroups      = "tagged_cgroups"
+	InterlockMapTcpRules           = "tcp_rules"
+	InterlockMapUdpRules           = "udp_rules"
+	InterlockMapUnixAllowOn        = "unix_allow_on"
+	InterlockMapUnixAllowed        = "unix_allowed"
+	InterlockProgBind4             = "bind4"
+	InterlockProgBind6             = "bind6"
+	InterlockProgConnect4          = "connect4"
+	InterlockProgConnect6          = "connect6"
+	InterlockProgConnectUnix       = "connect_unix"
+	InterlockProgEgress            = "egress"
+	InterlockProgGetpeername4      = "getpeername4"
+	InterlockProgGetpeername6      = "getpeername6"
+	InterlockProgIngress           = "ingress"
+	InterlockProgProxyLookup       = "proxy_lookup"
+	InterlockProgSendmsg4          = "sendmsg4"
+	InterlockProgSendmsg6          = "sendmsg6"
+	InterlockProgSendmsgUnix       = "sendmsg_unix"
+	InterlockProgSetSockopt        = "set_sockopt"
+	InterlockProgSockCreate        = "sock_create"
+	InterlockProgSockOps           = "sock_ops"
+	InterlockProgSocketCreate      = "socket_create"
+	InterlockProgVerdictProbe      = "verdict_probe"
+	InterlockVarUnusedDenyEvent    = "unused_deny_event"
+	InterlockVarUnusedDenyReason   = "unused_deny_reason"
+	InterlockVarUnusedUnixAllowKey = "unused_unix_allow_key"
+	InterlockVarUnusedVerdict      = "unused_verdict"
 )
 
 // LoadInterlock returns the embedded CollectionSpec for Interlock.
@@ -217,14 +239,20 @@ type InterlockSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type InterlockProgramSpecs struct {
+	Bind4        *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6        *ebpf.ProgramSpec `ebpf:"bind6"`
 	Connect4     *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6     *ebpf.ProgramSpec `ebpf:"connect6"`
 	ConnectUnix  *ebpf.ProgramSpec `ebpf:"connect_unix"`
+	Egress       *ebpf.ProgramSpec `ebpf:"egress"`
 	Getpeername4 *ebpf.ProgramSpec `ebpf:"getpeername4"`
 	Getpeername6 *ebpf.ProgramSpec `ebpf:"getpeername6"`
+	Ingress      *ebpf.ProgramSpec `ebpf:"ingress"`
 	ProxyLookup  *ebpf.ProgramSpec `ebpf:"proxy_lookup"`
 	Sendmsg4     *ebpf.ProgramSpec `ebpf:"sendmsg4"`
 	Sendmsg6     *ebpf.ProgramSpec `ebpf:"sendmsg6"`
+	SendmsgUnix  *ebpf.ProgramSpec `ebpf:"sendmsg_unix"`
+	SetSockopt   *ebpf.ProgramSpec `ebpf:"set_sockopt"`
 	SockCreate   *ebpf.ProgramSpec `ebpf:"sock_create"`
 	SockOps      *ebpf.ProgramSpec `ebpf:"sock_ops"`
 	SocketCreate *ebpf.ProgramSpec `ebpf:"socket_create"`
@@ -235,24 +263,30 @@ type InterlockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type InterlockMapSpecs struct {
-	ConfigMap      *ebpf.MapSpec `ebpf:"config_map"`
-	ConnOrigins    *ebpf.MapSpec `ebpf:"conn_origins"`
-	DeniedUnix     *ebpf.MapSpec `ebpf:"denied_unix"`
-	DenyEvents     *ebpf.MapSpec `ebpf:"deny_events"`
-	ProxyListeners *ebpf.MapSpec `ebpf:"proxy_listeners"`
-	SockOrigins    *ebpf.MapSpec `ebpf:"sock_origins"`
-	TaggedCgroups  *ebpf.MapSpec `ebpf:"tagged_cgroups"`
-	TcpRules       *ebpf.MapSpec `ebpf:"tcp_rules"`
-	UdpRules       *ebpf.MapSpec `ebpf:"udp_rules"`
+	ConfigMap       *ebpf.MapSpec `ebpf:"config_map"`
+	ConnOrigins     *ebpf.MapSpec `ebpf:"conn_origins"`
+	DeniedUnix      *ebpf.MapSpec `ebpf:"denied_unix"`
+	DenyEvents      *ebpf.MapSpec `ebpf:"deny_events"`
+	InboundReported *ebpf.MapSpec `ebpf:"inbound_reported"`
+	ListenRules     *ebpf.MapSpec `ebpf:"listen_rules"`
+	PendingAccepts  *ebpf.MapSpec `ebpf:"pending_accepts"`
+	ProxyListeners  *ebpf.MapSpec `ebpf:"proxy_listeners"`
+	SockOrigins     *ebpf.MapSpec `ebpf:"sock_origins"`
+	TaggedCgroups   *ebpf.MapSpec `ebpf:"tagged_cgroups"`
+	TcpRules        *ebpf.MapSpec `ebpf:"tcp_rules"`
+	UdpRules        *ebpf.MapSpec `ebpf:"udp_rules"`
+	UnixAllowOn     *ebpf.MapSpec `ebpf:"unix_allow_on"`
+	UnixAllowed     *ebpf.MapSpec `ebpf:"unix_allowed"`
 }
 
 // InterlockVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type InterlockVariableSpecs struct {
-	UnusedDenyEvent  *ebpf.VariableSpec `ebpf:"unused_deny_event"`
-	UnusedDenyReason *ebpf.VariableSpec `ebpf:"unused_deny_reason"`
-	UnusedVerdict    *ebpf.VariableSpec `ebpf:"unused_verdict"`
+	UnusedDenyEvent    *ebpf.VariableSpec `ebpf:"unused_deny_event"`
+	UnusedDenyReason   *ebpf.VariableSpec `ebpf:"unused_deny_reason"`
+	UnusedUnixAllowKey *ebpf.VariableSpec `ebpf:"unused_unix_allow_key"`
+	UnusedVerdict      *ebpf.VariableSpec `ebpf:"unused_verdict"`
 }
 
 // InterlockObjects contains all objects after they have been loaded into the kernel.
@@ -275,15 +309,20 @@ func (o *InterlockObjects) Close() error {
 //
 // It can be passed to LoadInterlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type InterlockMaps struct {
-	ConfigMap      *ebpf.Map `ebpf:"config_map"`
-	ConnOrigins    *ebpf.Map `ebpf:"conn_origins"`
-	DeniedUnix     *ebpf.Map `ebpf:"denied_unix"`
-	DenyEvents     *ebpf.Map `ebpf:"deny_events"`
-	ProxyListeners *ebpf.Map `ebpf:"proxy_listeners"`
-	SockOrigins    *ebpf.Map `ebpf:"sock_origins"`
-	TaggedCgroups  *ebpf.Map `ebpf:"tagged_cgroups"`
-	TcpRules       *ebpf.Map `ebpf:"tcp_rules"`
-	UdpRules       *ebpf.Map `ebpf:"udp_rules"`
+	ConfigMap       *ebpf.Map `ebpf:"config_map"`
+	ConnOrigins     *ebpf.Map `ebpf:"conn_origins"`
+	DeniedUnix      *ebpf.Map `ebpf:"denied_unix"`
+	DenyEvents      *ebpf.Map `ebpf:"deny_events"`
+	InboundReported *ebpf.Map `ebpf:"inbound_reported"`
+	ListenRules     *ebpf.Map `ebpf:"listen_rules"`
+	PendingAccepts  *ebpf.Map `ebpf:"pending_accepts"`
+	ProxyListeners  *ebpf.Map `ebpf:"proxy_listeners"`
+	SockOrigins     *ebpf.Map `ebpf:"sock_origins"`
+	TaggedCgroups   *ebpf.Map `ebpf:"tagged_cgroups"`
+	TcpRules        *ebpf.Map `ebpf:"tcp_rules"`
+	UdpRules        *ebpf.Map `ebpf:"udp_rules"`
+	UnixAllowOn     *ebpf.Map `ebpf:"unix_allow_on"`
+	UnixAllowed     *ebpf.Map `ebpf:"unix_allowed"`
 }
 
 func (m *InterlockMaps) Close() error {
@@ -292,11 +331,16 @@ func (m *InterlockMaps) Close() error {
 		m.ConnOrigins,
 		m.DeniedUnix,
 		m.DenyEvents,
+		m.InboundReported,
+		m.ListenRules,
+		m.PendingAccepts,
 		m.ProxyListeners,
 		m.SockOrigins,
 		m.TaggedCgroups,
 		m.TcpRules,
 		m.UdpRules,
+		m.UnixAllowOn,
+		m.UnixAllowed,
 	)
 }
 
@@ -304,23 +348,30 @@ func (m *InterlockMaps) Close() error {
 //
 // It can be passed to LoadInterlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type InterlockVariables struct {
-	UnusedDenyEvent  *ebpf.Variable `ebpf:"unused_deny_event"`
-	UnusedDenyReason *ebpf.Variable `ebpf:"unused_deny_reason"`
-	UnusedVerdict    *ebpf.Variable `ebpf:"unused_verdict"`
+	UnusedDenyEvent    *ebpf.Variable `ebpf:"unused_deny_event"`
+	UnusedDenyReason   *ebpf.Variable `ebpf:"unused_deny_reason"`
+	UnusedUnixAllowKey *ebpf.Variable `ebpf:"unused_unix_allow_key"`
+	UnusedVerdict      *ebpf.Variable `ebpf:"unused_verdict"`
 }
 
 // InterlockPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadInterlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type InterlockPrograms struct {
+	Bind4        *ebpf.Program `ebpf:"bind4"`
+	Bind6        *ebpf.Program `ebpf:"bind6"`
 	Connect4     *ebpf.Program `ebpf:"connect4"`
 	Connect6     *ebpf.Program `ebpf:"connect6"`
 	ConnectUnix  *ebpf.Program `ebpf:"connect_unix"`
+	Egress       *ebpf.Program `ebpf:"egress"`
 	Getpeername4 *ebpf.Program `ebpf:"getpeername4"`
 	Getpeername6 *ebpf.Program `ebpf:"getpeername6"`
+	Ingress      *ebpf.Program `ebpf:"ingress"`
 	ProxyLookup  *ebpf.Program `ebpf:"proxy_lookup"`
 	Sendmsg4     *ebpf.Program `ebpf:"sendmsg4"`
 	Sendmsg6     *ebpf.Program `ebpf:"sendmsg6"`
+	SendmsgUnix  *ebpf.Program `ebpf:"sendmsg_unix"`
+	SetSockopt   *ebpf.Program `ebpf:"set_sockopt"`
 	SockCreate   *ebpf.Program `ebpf:"sock_create"`
 	SockOps      *ebpf.Program `ebpf:"sock_ops"`
 	SocketCreate *ebpf.Program `ebpf:"socket_create"`
@@ -329,14 +380,20 @@ type InterlockPrograms struct {
 
 func (p *InterlockPrograms) Close() error {
 	return _InterlockClose(
+		p.Bind4,
+		p.Bind6,
 		p.Connect4,
 		p.Connect6,
 		p.ConnectUnix,
+		p.Egress,
 		p.Getpeername4,
 		p.Getpeername6,
+		p.Ingress,
 		p.ProxyLookup,
 		p.Sendmsg4,
 		p.Sendmsg6,
+		p.SendmsgUnix,
+		p.SetSockopt,
 		p.SockCreate,
 		p.SockOps,
 		p.SocketCreate,

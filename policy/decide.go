@@ -180,6 +180,34 @@ func (p *Policy) UDPAllow(tag string) []InterceptRule {
 	return out
 }
 
+// Listen returns where cgroups tagged tag may bind besides loopback (every
+// rule's Action is "pass"); empty, they may listen on loopback only.
+func (p *Policy) Listen(tag string) []InterceptRule {
+	var out []InterceptRule
+	for _, id := range p.identities {
+		if id.Tag == tag {
+			out = append(out, id.listen...)
+		}
+	}
+	return out
+}
+
+// AllowUnixPaths returns the unix socket paths and @abstract names cgroups
+// tagged tag may reach, and whether any identity with that tag set
+// allow_unix_paths: when on, every other unix socket is refused.
+func (p *Policy) AllowUnixPaths(tag string) (paths []string, on bool) {
+	for _, id := range p.identities {
+		if id.Tag == tag && id.allowUnix != nil {
+			paths = append(paths, id.allowUnix...)
+			on = true
+		}
+	}
+	if on && paths == nil {
+		paths = []string{}
+	}
+	return paths, on
+}
+
 // DenyUnixPaths lists unix socket paths tagged processes may not connect to.
 func (p *Policy) DenyUnixPaths() []string { return p.denyUnix }
 

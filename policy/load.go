@@ -55,6 +55,19 @@ type rawIdentity struct {
 	Mode      string       `yaml:"mode"`
 	Intercept []rawNetRule `yaml:"intercept"`
 	UDPAllow  []rawNetRule `yaml:"udp_allow"`
+	Listen    []rawListen  `yaml:"listen"`
+	// AllowUnixPaths, when given (even empty), is the only unix sockets
+	// the identity's tasks may reach.
+	AllowUnixPaths []string `yaml:"allow_unix_paths"`
+	Pos            Pos
+	Keys           keyPos
+}
+
+// rawListen is one entry of an identity's listen: where its tasks may bind
+// besides loopback.
+type rawListen struct {
+	Addresses []string `yaml:"addresses"`
+	Ports     string   `yaml:"ports"`
 	Pos       Pos
 	Keys      keyPos
 }
@@ -388,9 +401,7 @@ func (c *compiler) compile(raw *rawPolicy) {
 	}
 	c.p.denyUnix = raw.DenyUnixPaths
 	for _, u := range raw.DenyUnixPaths {
-		if !strings.HasPrefix(u, "/") && !strings.HasPrefix(u, "@") {
-			c.errorf(raw.Keys.at("deny_unix_paths", raw.Pos), "deny_unix_paths: %q is not an absolute path or @abstract name", u)
-		}
+		c.unixPath(raw.Keys.at("deny_unix_paths", raw.Pos), "deny_unix_paths", u)
 	}
 	for _, f := range raw.SQL.ReadOnlyFunctions {
 		c.p.readOnlyFuncs[strings.ToLower(f)] = true
@@ -462,6 +473,13 @@ func (c *compiler) identity(r *rawIdentity) {
 	}
 	id.intercept = c.netRules(r.Name, r.Intercept, true)
 	id.udpAllow = c.netRules(r.Name, r.UDPAllow, false)
+	id.listen = c.listenRules(r.Name, r.Listen)
+	if _, set := r.Keys["allow_unix_paths"]; set {
+		id.allowUnix = append([]string{}, r.AllowUnixPaths...)
+		for _, u := range r.AllowUnixPaths {
+			c.unixPath(r.Keys.at("allow_unix_paths", r.Pos), fmt.Sprintf("identity %q: allow_unix_paths", r.Name), u)
+		}
+	}
 	c.p.identities = append(c.p.identities, id)
 	c.p.identityIndex[id.Name] = id
 }
@@ -496,6 +514,53 @@ func (c *compiler) netRules(identity string, raw []rawNetRule, tcp bool) []Inter
 				continue
 			}
 			out = append(out, InterceptRule{Prefix: p, PortMin: lo, PortMax: hi, Action: action})
+		}
+	}
+	return out
+}
+
+// maxUnixPath is the longest unix socket path the kernel side compares
+// (sun_path less its terminating NUL).
+const maxUnixPath = 107
+
+// unixPath checks one unix socket path of a policy: absolute or @abstract,
+// short enough, and in the form the kernel compares (no repeated slashes,
+// no "." or ".." segments), since any other spelling would never match.
+func (c *compiler) unixPath(pos Pos, what, u string) {
+	switch {
+	case strings.HasPrefix(u, "@"):
+		if len(u) < 2 || len(u) > maxUnixPath {
+			c.errorf(pos, "%s: abstract name %q is empty or longer than %d bytes", what, u, maxUnixPath-1)
+		}
+	case !strings.HasPrefix(u, "/"):
+		c.errorf(pos, "%s: %q is not an absolute path or @abstract name", what, u)
+	case len(u) > maxUnixPath:
+		c.errorf(pos, "%s: %q is longer than %d bytes", what, u, maxUnixPath)
+	case path.Clean(u) != u:
+		c.errorf(pos, "%s: %q would never match; write it as %q", what, u, path.Clean(u))
+	}
+}
+
+// listenRules compiles an identity's listen entries: literal addresses or
+// CIDRs (0.0.0.0 and :: are the wildcards, each its own family) and ports
+// (default all).
+func (c *compiler) listenRules(identity string, raw []rawListen) []InterceptRule {
+	var out []InterceptRule
+	for _, r := range raw {
+		lo, hi, err := parsePorts(r.Ports)
+		if err != nil {
+			c.errorf(r.Keys.at("ports", r.Pos), "identity %q: listen ports %q: %v", identity, r.Ports, err)
+		}
+		if len(r.Addresses) == 0 {
+			c.errorf(r.Pos, "identity %q: listen entry needs addresses: (0.0.0.0, ::, an address or CIDR)", identity)
+		}
+		for _, a := range r.Addresses {
+			p, err := parsePrefix(a)
+			if err != nil {
+				c.errorf(r.Keys.at("addresses", r.Pos), "identity %q: listen address %q: %v", identity, a, err)
+				continue
+			}
+			out = append(out, InterceptRule{Prefix: p, PortMin: lo, PortMax: hi, Action: "pass"})
 		}
 	}
 	return out

@@ -226,6 +226,8 @@ type Identity struct {
 	Comms      []string
 	intercept  []InterceptRule
 	udpAllow   []InterceptRule
+	listen     []InterceptRule
+	allowUnix  []string // nil: no allow-list
 	index      int
 	pos        Pos
 }

@@ -430,6 +430,21 @@ func (d *Daemon) applyIdentityRules(p *policy.Policy, name string, id uint32) er
 	if err := d.dp.SetUDPAllow(id, conv(p.UDPAllow(name))); err != nil {
 		return fmt.Errorf("set udp rules of %s: %w", name, err)
 	}
+	if err := d.dp.SetListen(id, conv(p.Listen(name))); err != nil {
+		return fmt.Errorf("set listen rules of %s: %w", name, err)
+	}
+	paths, on := p.AllowUnixPaths(name)
+	if !on {
+		paths = nil
+	}
+	if err := d.dp.SetAllowUnix(id, paths); err != nil {
+		if !errors.Is(err, datapath.ErrUnsupported) {
+			return fmt.Errorf("set unix allow-list of %s: %w", name, err)
+		}
+		if on {
+			d.log.Warn().Err(err).Str("identity", name).Msg("unix socket allow-list is not enforced on this kernel")
+		}
+	}
 	return nil
 }
 
@@ -438,6 +453,11 @@ func (d *Daemon) readDenyEvents() {
 		ev, err := d.dp.ReadDenyEvent()
 		if err != nil {
 			return
+		}
+		if ev.Reason == datapath.ReasonAccepted {
+			d.audit.Info().Str("event", "kernel_accept").Str("identity", d.ids.name(ev.Identity)).
+				Uint64("cgroup", ev.CgroupID).Str("peer", ev.Dst.String()).Msg("inbound connection accepted")
+			continue
 		}
 		e := d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
 			Str("identity", d.ids.name(ev.Identity)).Uint32("pid", ev.PID).Uint32("uid", ev.UID).
@@ -449,6 +469,9 @@ func (d *Daemon) readDenyEvents() {
 		}
 		if ev.Path != "" {
 			e = e.Str("path", ev.Path)
+		}
+		if ev.Reason == datapath.ReasonSockopt {
+			e = e.Uint32("level", ev.Detail>>16).Uint32("optname", ev.Detail&0xffff)
 		}
 		e.Msg("denied in kernel")
 	}

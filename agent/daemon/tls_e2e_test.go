@@ -122,8 +122,6 @@ func callerEnv(extra ...string) []string {
 	return append(append(env, "PGCONNECT_TIMEOUT=10", "HOME=/tmp"), extra...)
 }
 
-var unprivileged = []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}
-
 // psqlTLS runs psql as an unprivileged agent under `interlock exec`,
 // connecting to host, with env added to the caller's environment.
 func (f *pgFixture) psqlTLS(t *testing.T, host string, env []string, sql ...string) (string, error) {

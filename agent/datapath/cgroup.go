@@ -27,8 +27,14 @@ import (
 // the port can receive a redirected connection.
 var KernelFloor = [2]int{5, 15}
 
-// UnixConnectFloor is the first kernel with cgroup/connect_unix (6.7).
+// UnixConnectFloor is the first kernel with cgroup/connect_unix and
+// cgroup/sendmsg_unix (6.7).
 var UnixConnectFloor = [2]int{6, 7}
+
+// SetsockoptFloor is the first kernel whose cgroup/setsockopt programs may
+// call bpf_get_current_ancestor_cgroup_id (6.1), which the tagged check
+// needs; older ones run without the program.
+var SetsockoptFloor = [2]int{6, 1}
 
 // CgroupMount finds the cgroup v2 mount point from /proc/self/mountinfo:
 // /sys/fs/cgroup on a systemd host, /sys/fs/cgroup/unified on a hybrid one.

@@ -53,6 +53,10 @@ const MaxResolvers = 8
 // MaxUnixPaths bounds SetDenyUnix.
 const MaxUnixPaths = 64
 
+// MaxAllowedUnixPaths bounds the paths of all identities' SetAllowUnix
+// lists together.
+const MaxAllowedUnixPaths = 1024
+
 // Config says where the programs attach, where they pin, and where they send
 // tagged traffic.
 type Config struct {
@@ -85,6 +89,9 @@ type program struct {
 	optional  bool
 	minKernel [2]int
 	gap       string // what goes unenforced without it
+	// gapOnError: a kernel that refuses the program (a verifier older
+	// than the one it was tested on) leaves a gap rather than failing.
+	gapOnError bool
 }
 
 // programs lists every program in attach order: sockops and getpeername
@@ -94,6 +101,16 @@ var programs = []program{
 	{name: bpf.InterlockProgGetpeername4, attach: ebpf.AttachCgroupInet4GetPeername},
 	{name: bpf.InterlockProgGetpeername6, attach: ebpf.AttachCgroupInet6GetPeername},
 	{name: bpf.InterlockProgSockCreate, attach: ebpf.AttachCGroupInetSockCreate},
+	{name: bpf.InterlockProgEgress, attach: ebpf.AttachCGroupInetEgress},
+	{name: bpf.InterlockProgIngress, attach: ebpf.AttachCGroupInetIngress},
+	{name: bpf.InterlockProgBind4, attach: ebpf.AttachCGroupInet4Bind},
+	{name: bpf.InterlockProgBind6, attach: ebpf.AttachCGroupInet6Bind},
+	{
+		name: bpf.InterlockProgSetSockopt, attach: ebpf.AttachCGroupSetsockopt,
+		optional: true, minKernel: SetsockoptFloor, gapOnError: true,
+		gap: "setsockopt(IP_OPTIONS, IPV6_RTHDR...) is not refused at the call (cgroup/setsockopt needs kernel 6.1 " +
+			"to see the cgroup); packets carrying source routes are still dropped",
+	},
 	{name: bpf.InterlockProgSendmsg4, attach: ebpf.AttachCGroupUDP4Sendmsg},
 	{name: bpf.InterlockProgSendmsg6, attach: ebpf.AttachCGroupUDP6Sendmsg},
 	{name: bpf.InterlockProgConnect4, attach: ebpf.AttachCGroupInet4Connect},
@@ -104,8 +121,13 @@ var programs = []program{
 		gap: "unix socket connects are not filtered (cgroup/connect_unix needs kernel 6.7)",
 	},
 	{
+		name: bpf.InterlockProgSendmsgUnix, attach: ebpf.AttachCgroupUnixSendmsg,
+		optional: true, minKernel: UnixConnectFloor,
+		gap: "unix datagram sendto() is not filtered (cgroup/sendmsg_unix needs kernel 6.7)",
+	},
+	{
 		name: bpf.InterlockProgSocketCreate, attach: ebpf.AttachLSMCgroup,
-		optional: true, minKernel: [2]int{6, 0},
+		optional: true, minKernel: [2]int{6, 0}, gapOnError: true,
 		gap: "packet sockets are not refused (needs kernel 6.0 with the bpf LSM enabled); " +
 			"run agents without CAP_NET_RAW",
 	},
@@ -116,6 +138,8 @@ var mapNames = []string{
 	bpf.InterlockMapTaggedCgroups, bpf.InterlockMapTcpRules, bpf.InterlockMapUdpRules,
 	bpf.InterlockMapConfigMap, bpf.InterlockMapSockOrigins, bpf.InterlockMapConnOrigins,
 	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents, bpf.InterlockMapProxyListeners,
+	bpf.InterlockMapListenRules, bpf.InterlockMapPendingAccepts, bpf.InterlockMapUnixAllowOn,
+	bpf.InterlockMapUnixAllowed,
 }
 
 // linkNames lists every pinned link by program name, for Uninstall: the
@@ -213,7 +237,7 @@ func Open(cfg Config) (*Datapath, error) {
 			continue
 		}
 		prog, err := loadOptional(spec, p, opts)
-		if err != nil && p.attach != ebpf.AttachLSMCgroup {
+		if err != nil && !p.gapOnError {
 			return nil, err
 		}
 		if err != nil {

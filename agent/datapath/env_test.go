@@ -44,6 +44,9 @@ type result struct {
 	Data  string // first line read from the connection
 	PID   int
 	UID   int
+	// SetupErrno is the errno of a step before the operation (a
+	// setsockopt, a bind), if it failed.
+	SetupErrno int
 }
 
 func errResult(err error) result {
@@ -114,6 +117,22 @@ func runHelper(action, arg string) int {
 		} else {
 			c.Close()
 		}
+	case "srcroute":
+		r = helperSourceRoute(arg)
+	case "bind":
+		r = helperBind(arg)
+	case "listen":
+		return helperListen(arg)
+	case "unixgram":
+		r = helperUnixgram(arg)
+	case "udpself":
+		return helperUDPSelf(arg)
+	case "udprecv":
+		return helperUDPRecv(arg)
+	case "bigsockopt":
+		r = helperBigSockopt(arg)
+	case "unixfull":
+		r = helperUnixFull(arg)
 	case "bench":
 		return helperBench(arg)
 	case "open":

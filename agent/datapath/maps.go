@@ -201,10 +201,11 @@ func (d *Datapath) SetUDPAllow(identity uint32, rules []Rule) error {
 }
 
 // SetDenyUnix replaces the unix socket paths tagged tasks may not connect
-// to (at most MaxUnixPaths). Paths match exactly as the caller passes them,
-// so list absolute paths; relative paths, symlinks and abstract sockets are
-// not recognised. Below kernel 6.7 it returns an error wrapping
-// ErrUnsupported.
+// to or send datagrams to (at most MaxUnixPaths). The kernel side drops
+// repeated slashes and "." segments before comparing, so //x and /./x match
+// /x; relative paths, symlinks and ".." are not resolved (SetAllowUnix is
+// the answer to those). Abstract names are written "@name". Below kernel
+// 6.7 it returns an error wrapping ErrUnsupported.
 func (d *Datapath) SetDenyUnix(paths []string) error {
 	if d.progs[bpf.InterlockProgConnectUnix] == nil {
 		return fmt.Errorf("deny unix connects: cgroup/connect_unix needs kernel %d.%d: %w",
@@ -215,14 +216,11 @@ func (d *Datapath) SetDenyUnix(paths []string) error {
 	}
 	want := map[bpf.InterlockUnixPath]bool{}
 	for _, p := range paths {
-		if p == "" || len(p) > len(bpf.InterlockUnixPath{}.Path)-1 {
-			return fmt.Errorf("deny unix connects: path %q is empty or too long", p)
+		k, err := unixKey(p)
+		if err != nil {
+			return fmt.Errorf("deny unix connects: %w", err)
 		}
-		var k bpf.InterlockUnixPath
-		for i := 0; i < len(p); i++ {
-			k.Path[i] = int8(p[i])
-		}
-		want[k] = true
+		want[bpf.InterlockUnixPath{Path: k}] = true
 	}
 	var (
 		k     bpf.InterlockUnixPath
@@ -246,6 +244,94 @@ func (d *Datapath) SetDenyUnix(paths []string) error {
 	for _, k := range stale {
 		if err := d.maps.DeniedUnix.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deny unix connects: %w", err)
+		}
+	}
+	return nil
+}
+
+// SetListen replaces the addresses and ports an identity's tasks may bind
+// besides loopback (at most MaxRules): a matching rule allows unless its
+// Verdict is Deny. Without one, bind() to any non-loopback address, the
+// wildcard included, fails with EPERM, and SYNs from other hosts to the
+// identity's listeners are dropped. Binds to port 0 pass whatever the
+// rules: a listener bound so hears no other host unless a rule names its
+// address and the port it got. A nil slice allows no listening.
+func (d *Datapath) SetListen(identity uint32, rules []Rule) error {
+	if err := setRules(d.maps.ListenRules, identity, rules); err != nil {
+		return fmt.Errorf("set listen rules of %d: %w", identity, err)
+	}
+	return nil
+}
+
+// unixKey returns the map form of a unix socket path: the bytes as given,
+// NUL-padded; an abstract name is written "@name".
+func unixKey(p string) ([len(bpf.InterlockUnixPath{}.Path)]int8, error) {
+	var k [len(bpf.InterlockUnixPath{}.Path)]int8
+	if p == "" || len(p) > len(k)-1 {
+		return k, fmt.Errorf("path %q is empty or too long", p)
+	}
+	for i := 0; i < len(p); i++ {
+		k[i] = int8(p[i])
+	}
+	return k, nil
+}
+
+// SetAllowUnix turns an identity's unix allow-list on (paths non-nil) or
+// off (nil): while on, its tasks' unix connects and datagram sends reach
+// only the listed paths and abstract names ("@name"); everything else,
+// relative paths included, fails with EPERM. Paths are compared after the
+// kernel side drops repeated slashes and "." segments, so list them in that
+// form. Below kernel 6.7 it returns an error wrapping ErrUnsupported.
+func (d *Datapath) SetAllowUnix(identity uint32, paths []string) error {
+	if d.progs[bpf.InterlockProgConnectUnix] == nil {
+		return fmt.Errorf("allow unix paths: cgroup/connect_unix needs kernel %d.%d: %w",
+			UnixConnectFloor[0], UnixConnectFloor[1], ErrUnsupported)
+	}
+	want := map[bpf.InterlockUnixAllowKey]bool{}
+	for _, p := range paths {
+		k, err := unixKey(p)
+		if err != nil {
+			return fmt.Errorf("allow unix paths of %d: %w", identity, err)
+		}
+		want[bpf.InterlockUnixAllowKey{Identity: identity, Path: k}] = true
+	}
+	var (
+		k     bpf.InterlockUnixAllowKey
+		v     uint8
+		stale []bpf.InterlockUnixAllowKey
+		n     int
+	)
+	it := d.maps.UnixAllowed.Iterate()
+	for it.Next(&k, &v) {
+		if k.Identity == identity && !want[k] {
+			stale = append(stale, k)
+		} else if k.Identity != identity {
+			n++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("allow unix paths of %d: %w", identity, err)
+	}
+	if n+len(want) > MaxAllowedUnixPaths {
+		return fmt.Errorf("allow unix paths of %d: %d paths in all, at most %d", identity, n+len(want), MaxAllowedUnixPaths)
+	}
+	// Paths go in before the mode is switched on, and the mode goes off
+	// before they are removed, so no moment refuses a listed path.
+	for k := range want {
+		if err := d.maps.UnixAllowed.Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("allow unix paths of %d: %w", identity, err)
+		}
+	}
+	if paths != nil {
+		if err := d.maps.UnixAllowOn.Put(identity, uint8(1)); err != nil {
+			return fmt.Errorf("allow unix paths of %d: %w", identity, err)
+		}
+	} else if err := d.maps.UnixAllowOn.Delete(identity); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("allow unix paths of %d: %w", identity, err)
+	}
+	for _, k := range stale {
+		if err := d.maps.UnixAllowed.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("allow unix paths of %d: %w", identity, err)
 		}
 	}
 	return nil
