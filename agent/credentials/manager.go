@@ -1,6 +1,7 @@
 package credentials
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -173,6 +174,20 @@ func NewManager(cfg Config, stateDir string, opts ...Option) (*Manager, error) {
 	m.wg.Add(1)
 	go m.retryRevocations()
 	return m, nil
+}
+
+// Configured reports whether any source is configured.
+func (m *Manager) Configured() bool { return len(m.backends) > 0 }
+
+// SourceName is the configured source a Ref's Source resolves to (the
+// default for "", the only source of a kind for a kind), or the name as
+// written ("none" for "") when none does: a label for metrics and audit
+// records.
+func (m *Manager) SourceName(source string) string {
+	if name, _, err := m.backend(source); err == nil {
+		return name
+	}
+	return cmp.Or(source, "none")
 }
 
 // CheckRef reports what ref lacks to be issued by the source it names (a

@@ -122,13 +122,17 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	}
 	d.policy, d.policySrc = policy.NewEngine(pol), src
 	// Map fill is read at scrape time, once the data path is open.
-	d.metrics = metrics.New(func() (map[string][2]int, error) {
+	d.metrics = metrics.New(Version, func() (map[string][2]int, error) {
 		if d.dp == nil {
 			return nil, nil
 		}
 		return d.dp.MapFill()
 	})
-	if d.creds, err = credentials.NewManager(cfg.Credentials, cfg.StateDir); err != nil {
+	if d.creds, err = d.openCredentials(); err != nil {
+		return nil, err
+	}
+	if err := d.checkCredentials(context.Background(), pol); err != nil {
+		d.creds.Close()
 		return nil, err
 	}
 	if err := d.openStore(); err != nil {
@@ -340,6 +344,10 @@ func (d *Daemon) Reload() error {
 		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
 		return err
 	}
+	if err := d.checkCredentials(context.Background(), pol); err != nil {
+		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
+		return err
+	}
 	if err := d.applyNetworkPolicy(pol); err != nil {
 		return err
 	}
@@ -403,6 +411,7 @@ func (d *Daemon) readDenyEvents() {
 		if err != nil {
 			return
 		}
+		d.metrics.KernelDenials.WithLabelValues(string(ev.Reason)).Inc()
 		d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
 			Str("identity", d.ids.name(ev.Identity)).Uint32("pid", ev.PID).Uint32("uid", ev.UID).
 			Str("comm", ev.Comm).Str("dst", ev.Dst.String()).Msg("denied in kernel")
