@@ -117,7 +117,7 @@ func testAdminWithoutCreaterole(t *testing.T, pg *testenv.Postgres) {
 	if !errors.Is(err, ErrPrivileges) {
 		t.Fatalf("CheckAccess: %v, want ErrPrivileges", err)
 	}
-	for _, want := range []string{`credential source "pg"`, `"weak_admin"`, "CREATEROLE (ALTER ROLE", `"no_such_template", which does not exist`} {
+	for _, want := range []string{`credential source "pg"`, `admin role "weak_admin" lacks CREATEROLE (ALTER ROLE "weak_admin" CREATEROLE)`, `template role "no_such_template" does not exist`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

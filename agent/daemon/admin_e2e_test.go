@@ -136,6 +136,20 @@ credentials:
 	if strings.Contains(body, `source=""`) || strings.Contains(body, "interlock_credential_revoke_failures_total{") {
 		t.Errorf("metrics:\n%s", body)
 	}
+
+	// A reload is checked like a start: a template that does not exist is
+	// refused and the policy in force stays.
+	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
+identities: [{name: ci-bot}]
+targets:
+  - {name: appdb, protocol: postgres, addresses: [127.0.0.1], port: %d, credential: {source: pg, template: no_such_role}}
+`, pg.Port)), 0o644)
+	if _, stderr, err := d.CLI("policy", "reload"); err == nil || !strings.Contains(stderr, `template role "no_such_role" does not exist`) {
+		t.Errorf("reload with a missing template role: %v\n%s", err, stderr)
+	}
+	if out, err := psql("127.0.0.1"); err != nil || !strings.HasSuffix(out, "|2") {
+		t.Errorf("session after the refused reload: %v\n%s", err, out)
+	}
 }
 
 // TestCredentialConfigRefusedAtStart: interlockd refuses to start, before
@@ -155,7 +169,7 @@ func TestCredentialConfigRefusedAtStart(t *testing.T) {
 		want         []string
 	}{
 		{"admin without CREATEROLE", fmt.Sprintf("{admin_dsn: %q, template: agent_readonly}", pg.DSN("weak_admin", "weak", "postgres")),
-			[]string{`credential source "pg"`, `admin role "weak_admin" needs CREATEROLE (ALTER ROLE "weak_admin" CREATEROLE)`}},
+			[]string{`credential source "pg"`, `admin role "weak_admin" lacks CREATEROLE (ALTER ROLE "weak_admin" CREATEROLE)`}},
 		{"missing template", fmt.Sprintf("{admin_dsn: %q}", pg.AdminDSN()),
 			[]string{`policy.yaml:4:5: target "appdb": credential source "pg": no template role`, "credentials.embedded.pg.template"}},
 	} {

@@ -116,15 +116,15 @@ func (a *Admin) Create(ctx context.Context, name, password string, validUntil ti
 // ErrPrivileges is wrapped by CheckAdmin's error when the admin role cannot
 // do what issuing or revoking needs; other errors (the server unreachable)
 // do not wrap it.
-var ErrPrivileges = errors.New("admin role lacks privileges")
+var ErrPrivileges = errors.New("admin role cannot issue and revoke credentials")
 
 // CheckAdmin reports whether the admin role can create roles that join each
 // of templates and drop them again, handing their objects to reassignTo
-// (empty: the admin). The error wraps ErrPrivileges and names every missing
-// privilege with the statement that grants it.
+// (empty: the admin). The error wraps ErrPrivileges and names every problem,
+// with the statement that grants a missing privilege.
 func (a *Admin) CheckAdmin(ctx context.Context, templates []string, reassignTo string) error {
 	var admin string
-	var missing []string
+	var problems []string
 	err := a.withConn(ctx, func(c *pgx.Conn) error {
 		var super, createrole, inherit bool
 		err := c.QueryRow(ctx, "SELECT rolname, rolsuper, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = current_user").
@@ -134,11 +134,11 @@ func (a *Admin) CheckAdmin(ctx context.Context, templates []string, reassignTo s
 		}
 		major := serverMajor(c)
 		if !super && !createrole {
-			missing = append(missing, "CREATEROLE (ALTER ROLE "+QuoteIdent(admin)+" CREATEROLE)")
+			problems = append(problems, fmt.Sprintf("admin role %[1]s lacks CREATEROLE (ALTER ROLE %[1]s CREATEROLE)", QuoteIdent(admin)))
 		}
 		// From 16 on, Drop's membership says INHERIT itself.
 		if !super && major < 16 && !inherit {
-			missing = append(missing, "INHERIT, needed to act as the roles it drops (ALTER ROLE "+QuoteIdent(admin)+" INHERIT)")
+			problems = append(problems, fmt.Sprintf("admin role %[1]s lacks INHERIT, needed to act as the roles it drops (ALTER ROLE %[1]s INHERIT)", QuoteIdent(admin)))
 		}
 		for _, t := range templates {
 			var found, tsuper, admins bool
@@ -146,13 +146,13 @@ func (a *Admin) CheckAdmin(ctx context.Context, templates []string, reassignTo s
 				FROM pg_roles WHERE rolname = $1`, t).Scan(&found, &tsuper, &admins)
 			switch {
 			case errors.Is(err, pgx.ErrNoRows):
-				missing = append(missing, fmt.Sprintf("template role %s, which does not exist", QuoteIdent(t)))
+				problems = append(problems, fmt.Sprintf("template role %s does not exist", QuoteIdent(t)))
 			case err != nil:
 				return fmt.Errorf("look up template role %s: %w", t, err)
 			case tsuper && !super:
-				missing = append(missing, fmt.Sprintf("the right to grant template role %s, a superuser role", QuoteIdent(t)))
+				problems = append(problems, fmt.Sprintf("template role %s is a superuser role, which only a superuser may grant", QuoteIdent(t)))
 			case major >= 16 && !admins:
-				missing = append(missing, fmt.Sprintf("ADMIN OPTION on template role %[1]s (GRANT %[1]s TO %[2]s WITH ADMIN OPTION)", QuoteIdent(t), QuoteIdent(admin)))
+				problems = append(problems, fmt.Sprintf("admin role %[2]s lacks ADMIN OPTION on template role %[1]s (GRANT %[1]s TO %[2]s WITH ADMIN OPTION)", QuoteIdent(t), QuoteIdent(admin)))
 			}
 		}
 		if reassignTo != "" {
@@ -160,11 +160,11 @@ func (a *Admin) CheckAdmin(ctx context.Context, templates []string, reassignTo s
 			err := c.QueryRow(ctx, "SELECT pg_has_role(current_user, oid, 'USAGE') FROM pg_roles WHERE rolname = $1", reassignTo).Scan(&has)
 			switch {
 			case errors.Is(err, pgx.ErrNoRows):
-				missing = append(missing, fmt.Sprintf("reassign_to role %s, which does not exist", QuoteIdent(reassignTo)))
+				problems = append(problems, fmt.Sprintf("reassign_to role %s does not exist", QuoteIdent(reassignTo)))
 			case err != nil:
 				return fmt.Errorf("look up reassign_to role %s: %w", reassignTo, err)
 			case !has:
-				missing = append(missing, fmt.Sprintf("the privileges of reassign_to role %[1]s (GRANT %[1]s TO %[2]s)", QuoteIdent(reassignTo), QuoteIdent(admin)))
+				problems = append(problems, fmt.Sprintf("admin role %[2]s lacks the privileges of reassign_to role %[1]s (GRANT %[1]s TO %[2]s)", QuoteIdent(reassignTo), QuoteIdent(admin)))
 			}
 		}
 		return nil
@@ -172,8 +172,8 @@ func (a *Admin) CheckAdmin(ctx context.Context, templates []string, reassignTo s
 	if err != nil {
 		return fmt.Errorf("check admin role: %w", err)
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%w: admin role %s needs %s", ErrPrivileges, QuoteIdent(admin), strings.Join(missing, "; "))
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s", ErrPrivileges, strings.Join(problems, "; "))
 	}
 	return nil
 }
