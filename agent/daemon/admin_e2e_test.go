@@ -209,3 +209,77 @@ targets:
 		})
 	}
 }
+
+// pgCtl runs pg_ctl action on pg's cluster as its owner.
+func pgCtl(t *testing.T, pg *testenv.Postgres, action string) {
+	t.Helper()
+	out, err := exec.Command("runuser", "-u", "postgres", "--", filepath.Join(testenv.PGBin(t), "pg_ctl"),
+		"-D", pg.Dir, "-w", "-m", "fast", "-l", filepath.Join(filepath.Dir(pg.Dir), "server.log"), action).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pg_ctl %s: %v\n%s", action, err, out)
+	}
+}
+
+// TestRevocationRetriedWhileRunning: the server goes down under an open
+// session, so the session ends and its role cannot be dropped. interlockd
+// logs that at error level, counts it, and drops the role once the server
+// is back, without a restart.
+func TestRevocationRetriedWhileRunning(t *testing.T) {
+	testenv.Privileged(t)
+	pg := testenv.StartPostgres(t)
+	pg.Psql(t, "CREATE ROLE agent_readonly NOLOGIN")
+	dir := t.TempDir()
+	dsnFile := readmeAdmin(t, pg, dir, "agent_readonly")
+	pol := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
+identities: [{name: ci-bot}]
+targets:
+  - {name: appdb, protocol: postgres, addresses: [127.0.0.1], port: %d}
+rules:
+  - {name: read, identity: ci-bot, target: appdb, sql: {class: [read, session]}, action: allow}
+`, pg.Port)), 0o644)
+	metricsPort := testenv.FreePort(t)
+	cfg := filepath.Join(dir, "interlockd.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("metrics_listen: 127.0.0.1:%d\ncredentials:\n  embedded:\n    pg: {admin_dsn_file: %s, template: agent_readonly}\n",
+		metricsPort, dsnFile)), 0o600)
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg})
+
+	cmd := d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"psql", "-X", "-At", "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres", "-c", "SELECT 1", "-c", `\! sleep 60`)
+	cmd.Env = append(os.Environ(), "HOME=/tmp")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	var user string
+	waitFor(t, "the session's role", func() bool {
+		user = pg.Psql(t, `SELECT usename FROM pg_stat_activity WHERE usename LIKE 'interlock\_ci\_bot\_%'`)
+		return user != ""
+	})
+	pgCtl(t, pg, "stop")
+	restarted := false
+	defer func() {
+		if !restarted {
+			pgCtl(t, pg, "start")
+		}
+	}()
+	waitFor(t, "the failed revocation's log line", func() bool {
+		return strings.Contains(d.Logs(), `"level":"error"`) && strings.Contains(d.Logs(), "credential not revoked; retrying")
+	})
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `interlock_credential_revoke_failures_total{source="pg"}`) {
+		t.Errorf("no revoke failure counted:\n%s", body)
+	}
+	pgCtl(t, pg, "start")
+	restarted = true
+	waitFor(t, "the retry to drop "+user, func() bool {
+		return pg.Psql(t, fmt.Sprintf("SELECT count(*) FROM pg_roles WHERE rolname = '%s'", user)) == "0"
+	})
+	waitFor(t, "the retry's log line", func() bool { return strings.Contains(d.Logs(), "credential revoked on retry") })
+}
