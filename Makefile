@@ -23,8 +23,13 @@ deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)
 
+# The commit interlock_build_info reports: the go command's own VCS stamp
+# finds no git worktree (.git is a file there) and is off where GOFLAGS
+# says -buildvcs=false.
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '-X github.com/interlock-dev/interlock/agent/daemon.Commit=$(COMMIT)' -o $(BIN)/ ./cmd/...
 
 # Regenerate the BPF objects and Go bindings (needs clang, llvm-strip,
 # libbpf-dev). The output is committed so `go build` needs no clang.

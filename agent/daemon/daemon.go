@@ -36,6 +36,11 @@ import (
 // -ldflags "-X github.com/interlock-dev/interlock/agent/daemon.Version=...".
 var Version = "dev"
 
+// Commit is the VCS revision interlockd was built from, set at build time
+// like Version (the Makefile does); empty means the go command's VCS stamp,
+// if any.
+var Commit = ""
+
 // execDir is the child of the cgroup root under which `interlock exec`
 // creates one cgroup per command.
 const execDir = "interlock-exec"
@@ -122,7 +127,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	}
 	d.policy, d.policySrc = policy.NewEngine(pol), src
 	// Map fill is read at scrape time, once the data path is open.
-	d.metrics = metrics.New(Version, func() (map[string][2]int, error) {
+	d.metrics = metrics.New(Version, Commit, func() (map[string][2]int, error) {
 		if d.dp == nil {
 			return nil, nil
 		}

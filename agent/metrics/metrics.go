@@ -32,10 +32,11 @@ type Metrics struct {
 	ConnectSetup  *prometheus.HistogramVec // accept to first byte relayed, by protocol
 }
 
-// New registers the collectors. version is interlockd's version for
-// interlock_build_info; mapFill is called at scrape time and returns entries
-// and capacity per BPF map.
-func New(version string, mapFill func() (map[string][2]int, error)) *Metrics {
+// New registers the collectors. version and commit are interlockd's for
+// interlock_build_info (an empty commit: the go command's VCS stamp);
+// mapFill is called at scrape time and returns entries and capacity per BPF
+// map.
+func New(version, commit string, mapFill func() (map[string][2]int, error)) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		reg: reg,
@@ -75,17 +76,20 @@ func New(version string, mapFill func() (map[string][2]int, error)) *Metrics {
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "interlock_build_info", Help: "Always 1; the labels say which interlockd build is running.",
 	}, []string{"version", "commit", "go_version"})
-	build.WithLabelValues(version, commit(), runtime.Version()).Set(1)
+	if commit == "" {
+		commit = vcsRevision()
+	}
+	build.WithLabelValues(version, commit, runtime.Version()).Set(1)
 	reg.MustRegister(m.Connections, m.Active, m.Decisions, m.ApprovalWait, m.CredentialLat, m.RevokeFails,
 		m.KernelDenials, m.DecideLatency, m.ConnectSetup, build, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &mapCollector{fill: mapFill})
 	return m
 }
 
-// commit is the VCS revision the go command stamped into the binary
+// vcsRevision is the VCS revision the go command stamped into the binary
 // (suffixed -dirty when the tree had changes), or "unknown" when it built
 // outside a checkout or with -buildvcs=false.
-func commit() string {
+func vcsRevision() string {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
