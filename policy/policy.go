@@ -178,6 +178,9 @@ type Target struct {
 	pos      Pos
 }
 
+// Pos is where the target is defined in its policy file.
+func (t *Target) Pos() Pos { return t.pos }
+
 // Prefixes returns the target's literal prefixes and its host names'
 // addresses as last resolved.
 func (t *Target) Prefixes() []netip.Prefix {

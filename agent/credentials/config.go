@@ -18,6 +18,7 @@ import (
 //	  embedded:
 //	    local:
 //	      admin_dsn_file: /etc/interlock/pg-admin.dsn
+//	      template: agent_readonly
 //	      ttl: 15m
 //	  vault:
 //	    address: https://vault.internal:8200
@@ -55,7 +56,9 @@ type StaticConfig struct {
 // EmbeddedConfig configures the embedded PostgreSQL issuer.
 type EmbeddedConfig struct {
 	// AdminDSN (or AdminDSNFile) is a libpq URL or key=value string for a
-	// role with CREATEROLE (or a superuser) on the target server.
+	// role with CREATEROLE (or a superuser) on the target server; on
+	// PostgreSQL 16 and later it also needs ADMIN OPTION on the templates.
+	// Manager.CheckAccess tells what it lacks.
 	AdminDSN     string `yaml:"admin_dsn"`
 	AdminDSNFile string `yaml:"admin_dsn_file"`
 	// RolePrefix starts every issued role's name; default "interlock_".
@@ -63,7 +66,8 @@ type EmbeddedConfig struct {
 	RolePrefix string `yaml:"role_prefix"`
 	// TTL is the default VALID UNTIL distance; default 15m.
 	TTL time.Duration `yaml:"ttl"`
-	// Template is the role granted when a Ref names none.
+	// Template is the role granted when a Ref names none; a Ref that names
+	// none with no Template here fails Manager.CheckRef.
 	Template string `yaml:"template"`
 	// ReassignTo receives objects a session's role created before it is
 	// dropped; default the admin role itself.

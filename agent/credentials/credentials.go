@@ -93,8 +93,9 @@ type Lease interface {
 	// revocation in the journal. It is idempotent: later calls return the
 	// first call's result. Revocation goes ahead even when ctx is already
 	// cancelled (a session's context typically is by then), bounded by its
-	// own timeout. When revocation fails, the lease stays in the journal
-	// and the next Recover retries it.
+	// own timeout. When revocation fails, the Manager retries it in the
+	// background while it runs, and the lease stays in the journal until
+	// it succeeds, for the next start's Recover if the daemon stops first.
 	Close(ctx context.Context) error
 }
 

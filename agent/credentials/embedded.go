@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 // template role; renewal moves VALID UNTIL; revocation terminates the role's
 // backends, hands its objects over and drops it.
 type embedded struct {
+	name       string // the source's name in the config
 	admin      *pgrole.Admin
 	prefix     string
 	ttl        time.Duration
@@ -23,7 +26,7 @@ type embedded struct {
 	reassignTo string
 }
 
-func newEmbedded(c EmbeddedConfig) (*embedded, error) {
+func newEmbedded(name string, c EmbeddedConfig) (*embedded, error) {
 	dsn, err := secret(c.AdminDSN, c.AdminDSNFile)
 	if err != nil {
 		return nil, err
@@ -34,6 +37,7 @@ func newEmbedded(c EmbeddedConfig) (*embedded, error) {
 		return nil, errors.New("parse admin_dsn: invalid connection string")
 	}
 	e := &embedded{
+		name:   name,
 		admin:  pgrole.New(cc, max(c.MaxConns, 2)),
 		prefix: c.RolePrefix, ttl: c.TTL, template: c.Template, reassignTo: c.ReassignTo,
 	}
@@ -46,14 +50,39 @@ func newEmbedded(c EmbeddedConfig) (*embedded, error) {
 	return e, nil
 }
 
+// templateOf is the role a session of ref joins.
+func (e *embedded) templateOf(ref Ref) string {
+	if ref.Template != "" {
+		return ref.Template
+	}
+	return e.template
+}
+
+func (e *embedded) checkRef(ref Ref) error {
+	if e.templateOf(ref) == "" {
+		return fmt.Errorf("no template role: set template in the target's credential block or credentials.embedded.%s.template", e.name)
+	}
+	return nil
+}
+
+// checkAccess checks the admin role against the templates refs join: a
+// CREATEROLE admin that could create roles but not drop them again would
+// leave every session's role behind.
+func (e *embedded) checkAccess(ctx context.Context, refs []Ref) error {
+	var templates []string
+	for _, r := range refs {
+		if t := e.templateOf(r); t != "" && !slices.Contains(templates, t) {
+			templates = append(templates, t)
+		}
+	}
+	return e.admin.CheckAdmin(ctx, templates, e.reassignTo)
+}
+
 func (e *embedded) issue(ctx context.Context, req Request, commit func(string) error) (grant, error) {
-	template := req.Ref.Template
-	if template == "" {
-		template = e.template
+	if err := e.checkRef(req.Ref); err != nil {
+		return grant{}, err
 	}
-	if template == "" {
-		return grant{}, errors.New("no template role: set template in the target's credential block or the embedded source")
-	}
+	template := e.templateOf(req.Ref)
 	ttl := req.Ref.TTL
 	if ttl <= 0 {
 		ttl = e.ttl

@@ -1,6 +1,7 @@
 package credentials
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,6 +11,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/interlock-dev/interlock/agent/credentials/pgrole"
 )
 
 // backend is one configured source as the Manager drives it.
@@ -25,6 +28,13 @@ type backend interface {
 	// revoke makes the credential stop working; revoking what no longer
 	// exists succeeds.
 	revoke(ctx context.Context, handle string) error
+	// checkRef reports, without touching the network, what ref lacks
+	// for this source to issue it.
+	checkRef(ref Ref) error
+	// checkAccess reports whether the source lets interlockd issue refs
+	// and revoke what it issued; the error wraps ErrPrivileges when a
+	// privilege is missing.
+	checkAccess(ctx context.Context, refs []Ref) error
 	close() error
 }
 
@@ -47,6 +57,10 @@ type Manager struct {
 	journal  *journal
 	orphans  []record // outstanding leases of earlier runs, until Recover
 
+	onRevokeFailure func(RevokeFailure)
+	onRevokeRetried func(RevokeFailure)
+	retryKick       chan struct{}
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -54,14 +68,52 @@ type Manager struct {
 	mu     sync.Mutex
 	open   map[string]*lease
 	pools  map[string]*pool
+	retry  []pendingRevoke // revocations that failed while running, retried by retryRevocations
 	closed bool
 }
+
+// RevokeFailure is a revocation that failed (or, for OnRevokeRetried, one
+// that failed before and has now succeeded).
+type RevokeFailure struct {
+	// Source is the configured source's name, Handle what it revokes (a
+	// role name, a Vault lease id), Lease the journal's lease id.
+	Source, Handle, Lease string
+	Err                   error
+}
+
+// Option configures a Manager.
+type Option func(*Manager)
+
+// OnRevokeFailure has fn called after every failed revocation attempt, the
+// retries included; the Manager keeps retrying while it runs. fn must not
+// block.
+func OnRevokeFailure(fn func(RevokeFailure)) Option {
+	return func(m *Manager) { m.onRevokeFailure = fn }
+}
+
+// OnRevokeRetried has fn called when a revocation that had failed succeeds
+// on a retry (Err is the last failure). fn must not block.
+func OnRevokeRetried(fn func(RevokeFailure)) Option {
+	return func(m *Manager) { m.onRevokeRetried = fn }
+}
+
+// ErrPrivileges is wrapped by CheckAccess's error when a source's account
+// lacks a privilege that issuing or revoking needs.
+var ErrPrivileges = pgrole.ErrPrivileges
+
+// Bounds of the wait between retries of failed revocations: the first
+// retry comes soon (a connection the role still had, a restarting server),
+// later ones back off so an unreachable server is not hammered.
+const (
+	retryMin = time.Second
+	retryMax = time.Minute
+)
 
 // NewManager builds the configured sources and opens the lease journal in
 // stateDir (created 0700 if missing; locked against a second daemon). It
 // does not contact PostgreSQL or Vault: connections and the Vault login
-// happen on first use. Call Recover before serving.
-func NewManager(cfg Config, stateDir string) (*Manager, error) {
+// happen on first use; CheckAccess tests them. Call Recover before serving.
+func NewManager(cfg Config, stateDir string, opts ...Option) (*Manager, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("check credentials config: %w", err)
 	}
@@ -69,12 +121,16 @@ func NewManager(cfg Config, stateDir string) (*Manager, error) {
 		return nil, errors.New("open lease journal: no state dir")
 	}
 	m := &Manager{
-		cfg:      cfg,
-		def:      cfg.Default,
-		backends: map[string]backend{},
-		kinds:    map[string]string{},
-		open:     map[string]*lease{},
-		pools:    map[string]*pool{},
+		cfg:       cfg,
+		def:       cfg.Default,
+		backends:  map[string]backend{},
+		kinds:     map[string]string{},
+		open:      map[string]*lease{},
+		pools:     map[string]*pool{},
+		retryKick: make(chan struct{}, 1),
+	}
+	for _, o := range opts {
+		o(m)
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	fail := func(err error) (*Manager, error) {
@@ -92,7 +148,7 @@ func NewManager(cfg Config, stateDir string) (*Manager, error) {
 		m.backends[name], m.kinds[name] = b, "static"
 	}
 	for name, e := range cfg.Embedded {
-		b, err := newEmbedded(e)
+		b, err := newEmbedded(name, e)
 		if err != nil {
 			return fail(fmt.Errorf("configure embedded source %q: %w", name, err))
 		}
@@ -115,7 +171,161 @@ func NewManager(cfg Config, stateDir string) (*Manager, error) {
 		return fail(err)
 	}
 	m.journal, m.orphans = j, orphans
+	m.wg.Add(1)
+	go m.retryRevocations()
 	return m, nil
+}
+
+// Configured reports whether any source is configured.
+func (m *Manager) Configured() bool { return len(m.backends) > 0 }
+
+// SourceName is the configured source a Ref's Source resolves to (the
+// default for "", the only source of a kind for a kind), or the name as
+// written ("none" for "") when none does: a label for metrics and audit
+// records.
+func (m *Manager) SourceName(source string) string {
+	if name, _, err := m.backend(source); err == nil {
+		return name
+	}
+	return cmp.Or(source, "none")
+}
+
+// CheckRef reports what ref lacks to be issued by the source it names (a
+// missing template, Vault role or path), without touching the network, so
+// that a configuration that can never work is refused at start rather than
+// failing each session.
+func (m *Manager) CheckRef(ref Ref) error {
+	name, b, err := m.backend(ref.Source)
+	if err != nil {
+		return err
+	}
+	if err := b.checkRef(ref); err != nil {
+		return fmt.Errorf("credential source %q: %w", name, err)
+	}
+	return nil
+}
+
+// CheckAccess connects to the sources refs name and reports whether
+// interlockd may issue those credentials and revoke them again (for the
+// embedded issuer: the admin role's attributes and memberships on this
+// server version). When a privilege is missing the error wraps
+// ErrPrivileges and names it; other errors (a server unreachable) do not.
+func (m *Manager) CheckAccess(ctx context.Context, refs []Ref) error {
+	bySource := map[string][]Ref{}
+	for _, r := range refs {
+		name, _, err := m.backend(r.Source)
+		if err != nil {
+			return err
+		}
+		bySource[name] = append(bySource[name], r)
+	}
+	names := make([]string, 0, len(bySource))
+	for n := range bySource {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, n := range names {
+		if err := m.backends[n].checkAccess(ctx, bySource[n]); err != nil {
+			errs = append(errs, fmt.Errorf("credential source %q: %w", n, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Pending returns how many revocations failed while running and wait for
+// their retry.
+func (m *Manager) Pending() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.retry)
+}
+
+// pendingRevoke is a journaled lease whose revocation failed, with the
+// latest failure.
+type pendingRevoke struct {
+	rec record
+	err error
+}
+
+func (p pendingRevoke) failure() RevokeFailure {
+	return RevokeFailure{Source: p.rec.Source, Handle: p.rec.Handle, Lease: p.rec.ID, Err: p.err}
+}
+
+// revokeFailed reports a failed revocation and queues it for retry.
+func (m *Manager) revokeFailed(r record, err error) {
+	p := pendingRevoke{rec: r, err: err}
+	if m.onRevokeFailure != nil {
+		m.onRevokeFailure(p.failure())
+	}
+	m.mu.Lock()
+	m.retry = append(m.retry, p)
+	m.mu.Unlock()
+	select {
+	case m.retryKick <- struct{}{}:
+	default:
+	}
+}
+
+// retryRevocations retries failed revocations until they succeed or the
+// Manager closes, waiting retryMin and doubling up to retryMax while some
+// keep failing. What is still pending at Close stays journaled for the
+// next start's Recover.
+func (m *Manager) retryRevocations() {
+	defer m.wg.Done()
+	delay := retryMin
+	for {
+		if m.Pending() == 0 {
+			delay = retryMin
+			select {
+			case <-m.ctx.Done():
+				return
+			case <-m.retryKick:
+			}
+			continue
+		}
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		m.mu.Lock()
+		batch := m.retry
+		m.retry = nil
+		m.mu.Unlock()
+		var left []pendingRevoke
+		for i, p := range batch {
+			if m.ctx.Err() != nil {
+				left = append(left, batch[i:]...)
+				break
+			}
+			ctx, cancel := context.WithTimeout(m.ctx, revokeTimeout)
+			err := m.backends[p.rec.Source].revoke(ctx, p.rec.Handle)
+			cancel()
+			if err != nil {
+				if m.ctx.Err() != nil {
+					left = append(left, batch[i:]...)
+					break
+				}
+				p.err = fmt.Errorf("revoke lease %s from %q: %w", p.rec.ID, p.rec.Source, err)
+				left = append(left, p)
+				if m.onRevokeFailure != nil {
+					m.onRevokeFailure(p.failure())
+				}
+				continue
+			}
+			m.journal.append(record{Op: opRevoke, ID: p.rec.ID})
+			if m.onRevokeRetried != nil {
+				m.onRevokeRetried(p.failure())
+			}
+		}
+		m.mu.Lock()
+		m.retry = append(left, m.retry...)
+		m.mu.Unlock()
+		if len(left) > 0 {
+			delay = min(2*delay, retryMax)
+		}
+	}
 }
 
 // Outstanding returns how many leases of earlier runs are still journaled as
@@ -145,7 +355,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 			continue
 		}
 		if err := b.revoke(ctx, r.Handle); err != nil {
-			errs = append(errs, fmt.Errorf("revoke lease %s (%s) from %q: %w", r.ID, r.Handle, r.Source, err))
+			err = fmt.Errorf("revoke lease %s (%s) from %q: %w", r.ID, r.Handle, r.Source, err)
+			if m.onRevokeFailure != nil {
+				m.onRevokeFailure(pendingRevoke{rec: r, err: err}.failure())
+			}
+			errs = append(errs, err)
 			left = append(left, r)
 			continue
 		}
@@ -240,7 +454,9 @@ func (m *Manager) issue(ctx context.Context, name string, b backend, req Request
 			// The backend may have half-created it; make sure it is gone
 			// and say so in the journal, or leave it for Recover.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
-			if b.revoke(rctx, journaled) == nil {
+			if err := b.revoke(rctx, journaled); err != nil {
+				m.revokeFailed(record{ID: id, Source: name, Handle: journaled}, fmt.Errorf("revoke lease %s from %q: %w", id, name, err))
+			} else {
 				m.journal.append(record{Op: opRevoke, ID: id})
 			}
 			cancel()
@@ -364,20 +580,23 @@ func (l *lease) Close(ctx context.Context) error {
 	return l.closeErr
 }
 
-// revoke revokes the credential, journals it and forgets the lease.
+// revoke revokes the credential, journals it and forgets the lease. When
+// revocation fails, the Manager retries it in the background.
 func (l *lease) revoke(ctx context.Context) error {
-	if l.handle != "" {
-		if err := l.b.revoke(ctx, l.handle); err != nil {
-			return fmt.Errorf("revoke lease %s from %q: %w", l.id, l.source, err)
-		}
-		if err := l.m.journal.append(record{Op: opRevoke, ID: l.id}); err != nil {
-			return err
-		}
+	defer func() {
+		l.m.mu.Lock()
+		delete(l.m.open, l.id)
+		l.m.mu.Unlock()
+	}()
+	if l.handle == "" {
+		return nil
 	}
-	l.m.mu.Lock()
-	delete(l.m.open, l.id)
-	l.m.mu.Unlock()
-	return nil
+	if err := l.b.revoke(ctx, l.handle); err != nil {
+		err = fmt.Errorf("revoke lease %s from %q: %w", l.id, l.source, err)
+		l.m.revokeFailed(record{ID: l.id, Source: l.source, Handle: l.handle}, err)
+		return err
+	}
+	return l.m.journal.append(record{Op: opRevoke, ID: l.id})
 }
 
 // renewLoop renews at half the remaining lifetime. Failures (Vault or

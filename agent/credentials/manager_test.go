@@ -167,3 +167,35 @@ func FuzzReadJournal(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckRef: what a target's credential lacks is found without touching
+// the network, with the missing key named.
+func TestCheckRef(t *testing.T) {
+	m, err := NewManager(Config{
+		Embedded: map[string]EmbeddedConfig{"pg": {AdminDSN: "postgres://a@127.0.0.1:1/postgres"}},
+		Vault:    &VaultConfig{Address: "http://127.0.0.1:1", Auth: VaultAuth{Method: "token", Token: "t"}},
+	}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, tc := range []struct {
+		ref  Ref
+		want string // "" when the ref is complete
+	}{
+		{Ref{Source: "pg"}, `credential source "pg": no template role: set template in the target's credential block or credentials.embedded.pg.template`},
+		{Ref{Source: "embedded", Template: "agent_readonly"}, ""},
+		{Ref{Source: "vault"}, "vault database credential: role is required"},
+		{Ref{Source: "vault", Kind: "ssh"}, "vault ssh credential: role is required"},
+		{Ref{Source: "vault", Kind: "kv"}, "vault kv credential: path is required"},
+		{Ref{Source: "vault", Kind: "kv", Path: "secret/data/app"}, ""},
+		{Ref{Source: "vault", Kind: "aws", Role: "x"}, `kind "aws": want database, ssh or kv`},
+		{Ref{Source: "legacy"}, `credential source "legacy" is not configured (have [pg vault])`},
+		{Ref{}, "no credential source named and no default configured"},
+	} {
+		err := m.CheckRef(tc.ref)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("CheckRef(%+v) = %v, want %q", tc.ref, err, tc.want)
+		}
+	}
+}

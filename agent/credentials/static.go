@@ -25,5 +25,7 @@ func (s *static) renew(context.Context, string, time.Duration) (time.Time, error
 	return time.Time{}, nil
 }
 
-func (s *static) revoke(context.Context, string) error { return nil }
-func (s *static) close() error                         { return nil }
+func (s *static) revoke(context.Context, string) error     { return nil }
+func (s *static) checkRef(Ref) error                       { return nil }
+func (s *static) checkAccess(context.Context, []Ref) error { return nil }
+func (s *static) close() error                             { return nil }

@@ -1,6 +1,7 @@
 package credentials
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -208,6 +209,26 @@ func (v *vaultSource) issue(ctx context.Context, req Request, commit func(string
 	}
 	return g, err
 }
+
+func (v *vaultSource) checkRef(ref Ref) error {
+	switch ref.Kind {
+	case "", "database", "ssh":
+		if ref.Role == "" {
+			return fmt.Errorf("vault %s credential: role is required", cmp.Or(ref.Kind, "database"))
+		}
+	case "kv":
+		if ref.Path == "" {
+			return errors.New("vault kv credential: path is required")
+		}
+	default:
+		return fmt.Errorf("vault credential kind %q: want database, ssh or kv", ref.Kind)
+	}
+	return nil
+}
+
+// checkAccess checks nothing: what a Vault role may do is Vault's policy,
+// which only an issue request tests, and that would mint a credential.
+func (v *vaultSource) checkAccess(context.Context, []Ref) error { return nil }
 
 func (v *vaultSource) issueKind(ctx context.Context, req Request, commit func(string) error) (grant, error) {
 	switch req.Ref.Kind {

@@ -37,6 +37,11 @@ import (
 // -ldflags "-X github.com/interlock-dev/interlock/agent/daemon.Version=...".
 var Version = "dev"
 
+// Commit is the VCS revision interlockd was built from, set at build time
+// like Version (the Makefile does); empty means the go command's VCS stamp,
+// if any.
+var Commit = ""
+
 // execDir is the child of the cgroup root under which `interlock exec`
 // creates one cgroup per command.
 const execDir = "interlock-exec"
@@ -135,13 +140,17 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	d.policy, d.policySrc = policy.NewEngine(pol), text.Policy
 	d.policyText.Store(text)
 	// Map fill is read at scrape time, once the data path is open.
-	d.metrics = metrics.New(func() (map[string][2]int, error) {
+	d.metrics = metrics.New(Version, Commit, func() (map[string][2]int, error) {
 		if d.dp == nil {
 			return nil, nil
 		}
 		return d.dp.MapFill()
 	})
-	if d.creds, err = credentials.NewManager(cfg.Credentials, cfg.StateDir); err != nil {
+	if d.creds, err = d.openCredentials(); err != nil {
+		return nil, err
+	}
+	if err := d.checkCredentials(context.Background(), pol); err != nil {
+		d.creds.Close()
 		return nil, err
 	}
 	if err := d.openStore(); err != nil {
@@ -375,6 +384,10 @@ func (d *Daemon) Reload() error {
 		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
 		return err
 	}
+	if err := d.checkCredentials(context.Background(), pol); err != nil {
+		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
+		return err
+	}
 	if err := d.applyNetworkPolicy(pol); err != nil {
 		return err
 	}
@@ -459,6 +472,7 @@ func (d *Daemon) readDenyEvents() {
 				Uint64("cgroup", ev.CgroupID).Str("peer", ev.Dst.String()).Msg("inbound connection accepted")
 			continue
 		}
+		d.metrics.KernelDenials.WithLabelValues(string(ev.Reason)).Inc()
 		e := d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
 			Str("identity", d.ids.name(ev.Identity)).Uint32("pid", ev.PID).Uint32("uid", ev.UID).
 			Str("comm", ev.Comm)

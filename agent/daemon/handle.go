@@ -169,7 +169,7 @@ func (d *Daemon) auditClose(c *proxy.Conn, t *policy.Target, outcome, reason str
 // auditCredential records a credential's issue or revocation (revokeErr
 // set when revocation failed and the journal keeps the lease).
 func (d *Daemon) auditCredential(c *proxy.Conn, t *policy.Target, cred credentials.Credential, issued bool, revokeErr error) {
-	source := t.Credential.Source
+	source := d.creds.SourceName(t.Credential.Source)
 	if issued {
 		d.chain.Post(audit.CredentialIssued{Session: c.ID, Target: t.Name, Source: source, Username: cred.Username})
 		d.audit.Info().Str("event", "credential_issued").Str("conn", c.ID).Str("identity", c.Identity.Name).
@@ -181,6 +181,11 @@ func (d *Daemon) auditCredential(c *proxy.Conn, t *policy.Target, cred credentia
 		ev.Error = revokeErr.Error()
 	}
 	d.chain.Post(ev)
+	if revokeErr != nil {
+		d.audit.Error().Str("event", "credential_revoked").Str("conn", c.ID).Str("identity", c.Identity.Name).
+			Str("target", t.Name).Str("username", cred.Username).Err(revokeErr).Msg("credential not revoked; retrying")
+		return
+	}
 	d.audit.Info().Str("event", "credential_revoked").Str("conn", c.ID).Str("identity", c.Identity.Name).
-		Str("target", t.Name).Str("username", cred.Username).AnErr("error", revokeErr).Msg("credential revoked")
+		Str("target", t.Name).Str("username", cred.Username).Msg("credential revoked")
 }

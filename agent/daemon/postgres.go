@@ -146,7 +146,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	lease, err := d.creds.Issue(hctx, credentials.Request{
 		Ref: credentialRef(target.Credential), Target: target.Name, Session: c.ID, Identity: c.Identity.Name,
 	})
-	d.metrics.CredentialLat.WithLabelValues(target.Credential.Source, outcomeOf(err)).Observe(metrics.Since(issueStart))
+	d.metrics.CredentialLat.WithLabelValues(d.creds.SourceName(target.Credential.Source), outcomeOf(err)).Observe(metrics.Since(issueStart))
 	if err != nil {
 		log.Warn().Err(err).Str("target", target.Name).Msg("credential not issued")
 		d.refusePG(c, target, agent, "credential not issued", pgError("08004",
@@ -158,11 +158,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 	defer func() {
 		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		err := lease.Close(rctx)
-		if err != nil {
-			log.Error().Err(err).Msg("revoke credential; the journal keeps it for the next recovery")
-		}
-		d.auditCredential(c, target, cred, false, err)
+		d.auditCredential(c, target, cred, false, lease.Close(rctx))
 	}()
 	upAddr := upstreamAddr(c, target)
 	var dialer net.Dialer

@@ -1,10 +1,13 @@
 // Package metrics is interlockd's Prometheus endpoint: connections,
-// sessions, decisions, approval waits, credential issue latency, proxy
-// latency and how full the kernel maps are.
+// sessions, decisions, approval waits, credential issue latency and
+// revocation failures, kernel denials, proxy latency, how full the kernel
+// maps are and which build is running.
 package metrics
 
 import (
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,13 +26,17 @@ type Metrics struct {
 	Decisions     *prometheus.CounterVec   // by action, rule, mode
 	ApprovalWait  *prometheus.HistogramVec // by final state
 	CredentialLat *prometheus.HistogramVec // by source, outcome
+	RevokeFails   *prometheus.CounterVec   // failed revocation attempts, by source
+	KernelDenials *prometheus.CounterVec   // by reason
 	DecideLatency prometheus.Histogram     // policy decision per statement
 	ConnectSetup  *prometheus.HistogramVec // accept to first byte relayed, by protocol
 }
 
-// New registers the collectors. mapFill is called at scrape time and
-// returns entries and capacity per BPF map.
-func New(mapFill func() (map[string][2]int, error)) *Metrics {
+// New registers the collectors. version and commit are interlockd's for
+// interlock_build_info (an empty commit: the go command's VCS stamp);
+// mapFill is called at scrape time and returns entries and capacity per BPF
+// map.
+func New(version, commit string, mapFill func() (map[string][2]int, error)) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
 		reg: reg,
@@ -50,6 +57,13 @@ func New(mapFill func() (map[string][2]int, error)) *Metrics {
 			Name: "interlock_credential_issue_seconds", Help: "Credential issue latency, by source and outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"source", "outcome"}),
+		RevokeFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "interlock_credential_revoke_failures_total",
+			Help: "Failed credential revocation attempts (each is retried until it succeeds), by source.",
+		}, []string{"source"}),
+		KernelDenials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "interlock_kernel_denials_total", Help: "Connects and sockets the kernel programs refused, by reason.",
+		}, []string{"reason"}),
 		DecideLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "interlock_decision_seconds", Help: "Policy decision latency per request (parse included).",
 			Buckets: prometheus.ExponentialBuckets(1e-7, 2, 16),
@@ -59,10 +73,42 @@ func New(mapFill func() (map[string][2]int, error)) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"protocol"}),
 	}
-	reg.MustRegister(m.Connections, m.Active, m.Decisions, m.ApprovalWait, m.CredentialLat, m.DecideLatency,
-		m.ConnectSetup, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		&mapCollector{fill: mapFill})
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "interlock_build_info", Help: "Always 1; the labels say which interlockd build is running.",
+	}, []string{"version", "commit", "go_version"})
+	if commit == "" {
+		commit = vcsRevision()
+	}
+	build.WithLabelValues(version, commit, runtime.Version()).Set(1)
+	reg.MustRegister(m.Connections, m.Active, m.Decisions, m.ApprovalWait, m.CredentialLat, m.RevokeFails,
+		m.KernelDenials, m.DecideLatency, m.ConnectSetup, build, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &mapCollector{fill: mapFill})
 	return m
+}
+
+// vcsRevision is the VCS revision the go command stamped into the binary
+// (suffixed -dirty when the tree had changes), or "unknown" when it built
+// outside a checkout or with -buildvcs=false.
+func vcsRevision() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	var rev, dirty string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	if rev == "" {
+		return "unknown"
+	}
+	return rev + dirty
 }
 
 // Handler serves the metrics in the Prometheus text format.

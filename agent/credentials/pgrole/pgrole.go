@@ -2,12 +2,32 @@
 // roles from an admin connection. The embedded issuer and the
 // Vault-compatible test server share it.
 //
-// The admin role needs CREATEROLE (PostgreSQL 16+: with ADMIN OPTION on the
-// roles granted) and pg_signal_backend, or simply superuser.
+// The admin role needs CREATEROLE, or is a superuser. A CREATEROLE admin
+// that is not a superuser may not end another role's backends nor hand over
+// or drop its objects, so Drop first grants the admin membership in the
+// role it is about to drop (with INHERIT): that makes the admin hold the
+// role's privileges, which is what pg_terminate_backend, REASSIGN OWNED and
+// DROP OWNED check. The membership goes with the role. What each version
+// allows:
+//
+//   - PostgreSQL 15 and older: CREATEROLE may grant membership in any
+//     role that is not a superuser, to anyone, itself included; the admin
+//     role must have INHERIT (the default) for a membership to confer the
+//     role's privileges.
+//   - PostgreSQL 16 and later: CREATEROLE may only create roles, grant
+//     memberships and drop roles where it holds ADMIN OPTION. Creating a
+//     role gives its creator ADMIN OPTION on it, so minted roles are
+//     covered; the template roles a minted role joins need ADMIN OPTION
+//     granted to the admin (GRANT template TO admin WITH ADMIN OPTION). The
+//     membership Drop grants says WITH INHERIT TRUE, whatever the admin
+//     role's own INHERIT attribute.
+//
+// CheckAdmin tells at start whether all of that holds.
 package pgrole
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -93,6 +113,71 @@ func (a *Admin) Create(ctx context.Context, name, password string, validUntil ti
 	return nil
 }
 
+// ErrPrivileges is wrapped by CheckAdmin's error when the admin role cannot
+// do what issuing or revoking needs; other errors (the server unreachable)
+// do not wrap it.
+var ErrPrivileges = errors.New("admin role cannot issue and revoke credentials")
+
+// CheckAdmin reports whether the admin role can create roles that join each
+// of templates and drop them again, handing their objects to reassignTo
+// (empty: the admin). The error wraps ErrPrivileges and names every problem,
+// with the statement that grants a missing privilege.
+func (a *Admin) CheckAdmin(ctx context.Context, templates []string, reassignTo string) error {
+	var admin string
+	var problems []string
+	err := a.withConn(ctx, func(c *pgx.Conn) error {
+		var super, createrole, inherit bool
+		err := c.QueryRow(ctx, "SELECT rolname, rolsuper, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = current_user").
+			Scan(&admin, &super, &createrole, &inherit)
+		if err != nil {
+			return fmt.Errorf("look up admin role: %w", err)
+		}
+		major := serverMajor(c)
+		if !super && !createrole {
+			problems = append(problems, fmt.Sprintf("admin role %[1]s lacks CREATEROLE (ALTER ROLE %[1]s CREATEROLE)", QuoteIdent(admin)))
+		}
+		// From 16 on, Drop's membership says INHERIT itself.
+		if !super && major < 16 && !inherit {
+			problems = append(problems, fmt.Sprintf("admin role %[1]s lacks INHERIT, needed to act as the roles it drops (ALTER ROLE %[1]s INHERIT)", QuoteIdent(admin)))
+		}
+		for _, t := range templates {
+			var found, tsuper, admins bool
+			err := c.QueryRow(ctx, `SELECT true, rolsuper, pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION')
+				FROM pg_roles WHERE rolname = $1`, t).Scan(&found, &tsuper, &admins)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				problems = append(problems, fmt.Sprintf("template role %s does not exist", QuoteIdent(t)))
+			case err != nil:
+				return fmt.Errorf("look up template role %s: %w", t, err)
+			case tsuper && !super:
+				problems = append(problems, fmt.Sprintf("template role %s is a superuser role, which only a superuser may grant", QuoteIdent(t)))
+			case major >= 16 && !admins:
+				problems = append(problems, fmt.Sprintf("admin role %[2]s lacks ADMIN OPTION on template role %[1]s (GRANT %[1]s TO %[2]s WITH ADMIN OPTION)", QuoteIdent(t), QuoteIdent(admin)))
+			}
+		}
+		if reassignTo != "" {
+			var has bool
+			err := c.QueryRow(ctx, "SELECT pg_has_role(current_user, oid, 'USAGE') FROM pg_roles WHERE rolname = $1", reassignTo).Scan(&has)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				problems = append(problems, fmt.Sprintf("reassign_to role %s does not exist", QuoteIdent(reassignTo)))
+			case err != nil:
+				return fmt.Errorf("look up reassign_to role %s: %w", reassignTo, err)
+			case !has:
+				problems = append(problems, fmt.Sprintf("admin role %[2]s lacks the privileges of reassign_to role %[1]s (GRANT %[1]s TO %[2]s)", QuoteIdent(reassignTo), QuoteIdent(admin)))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("check admin role: %w", err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s", ErrPrivileges, strings.Join(problems, "; "))
+	}
+	return nil
+}
+
 // Extend moves the role's VALID UNTIL. Sessions already logged in are not
 // affected by VALID UNTIL either way; it bounds new logins.
 func (a *Admin) Extend(ctx context.Context, name string, validUntil time.Time) error {
@@ -116,6 +201,11 @@ func (a *Admin) Drop(ctx context.Context, name, reassignTo string) error {
 		}
 		if !exists {
 			return nil
+		}
+		// Committed on its own before the rest: the privilege checks of
+		// what follows see only committed memberships of this session.
+		if _, err := c.Exec(ctx, grantSelf(c, name)); err != nil {
+			return fmt.Errorf("grant admin membership: %w", err)
 		}
 		if _, err := c.Exec(ctx, "ALTER ROLE "+QuoteIdent(name)+" NOLOGIN"); err != nil {
 			return fmt.Errorf("lock role: %w", err)
@@ -166,6 +256,24 @@ func (a *Admin) Drop(ctx context.Context, name, reassignTo string) error {
 		return fmt.Errorf("drop role %s: %w", name, err)
 	}
 	return nil
+}
+
+// grantSelf returns the statement that makes the admin a member of role,
+// inheriting its privileges, in the dialect of c's server version.
+func grantSelf(c *pgx.Conn, role string) string {
+	stmt := "GRANT " + QuoteIdent(role) + " TO CURRENT_USER"
+	if serverMajor(c) >= 16 {
+		stmt += " WITH INHERIT TRUE"
+	}
+	return stmt
+}
+
+// serverMajor is the major version the server reported at login
+// (server_version, e.g. "15.8 (Debian 15.8-0+deb12u1)"), 0 if unknown.
+func serverMajor(c *pgx.Conn) int {
+	var major int
+	fmt.Sscanf(c.PgConn().ParameterStatus("server_version"), "%d", &major)
+	return major
 }
 
 func reassignTarget(role string) string {

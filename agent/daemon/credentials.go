@@ -1,0 +1,73 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/policy"
+)
+
+// credentialCheckTimeout bounds the start-up check of the credential
+// sources (one admin login and a few catalog queries per source).
+const credentialCheckTimeout = 15 * time.Second
+
+// openCredentials builds the credential manager, reporting every failed
+// revocation at error level and in interlock_credential_revoke_failures_total
+// (the manager retries it), and every retry that then succeeded.
+func (d *Daemon) openCredentials() (*credentials.Manager, error) {
+	return credentials.NewManager(d.cfg.Credentials, d.cfg.StateDir,
+		credentials.OnRevokeFailure(func(f credentials.RevokeFailure) {
+			d.metrics.RevokeFails.WithLabelValues(f.Source).Inc()
+			d.log.Error().Err(f.Err).Str("source", f.Source).Str("handle", f.Handle).Str("lease", f.Lease).
+				Msg("credential not revoked; retrying")
+		}),
+		credentials.OnRevokeRetried(func(f credentials.RevokeFailure) {
+			d.log.Info().Str("source", f.Source).Str("handle", f.Handle).Str("lease", f.Lease).
+				Msg("credential revoked on retry")
+		}))
+}
+
+// checkCredentials refuses a policy whose sessions could never get their
+// credential: a target whose credential block lacks what its source needs
+// (an embedded source's template, a Vault role or path), a source that is
+// not configured, or an embedded issuer's admin role that could create a
+// session's role but not drop it again. Without any source configured
+// nothing is checked: PostgreSQL sessions then end with 08004, as the
+// README says. A source that cannot be reached now is logged and not held
+// against the start.
+func (d *Daemon) checkCredentials(ctx context.Context, p *policy.Policy) error {
+	if !d.creds.Configured() {
+		return nil
+	}
+	var errs []error
+	var refs []credentials.Ref
+	for _, t := range p.Targets() {
+		// PostgreSQL sessions always need a credential; other targets
+		// only when their block asks for one.
+		if t.Protocol != "postgres" && t.Credential.Params == nil {
+			continue
+		}
+		ref := credentialRef(t.Credential)
+		if err := d.creds.CheckRef(ref); err != nil {
+			errs = append(errs, fmt.Errorf("%s: target %q: %w", t.Pos(), t.Name, err))
+			continue
+		}
+		refs = append(refs, ref)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("check credentials: %w", errors.Join(errs...))
+	}
+	cctx, cancel := context.WithTimeout(ctx, credentialCheckTimeout)
+	defer cancel()
+	err := d.creds.CheckAccess(cctx, refs)
+	switch {
+	case errors.Is(err, credentials.ErrPrivileges):
+		return fmt.Errorf("check credentials: %w", err)
+	case err != nil:
+		d.log.Warn().Err(err).Msg("credential source not checked: unreachable now; its sessions fail until it is reachable")
+	}
+	return nil
+}
