@@ -103,6 +103,16 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value) {
 		}
 		n = n.Content[0]
 	}
+	// A type that decodes itself (a size with units, say) gets its node,
+	// and its error is reported at the node's position.
+	if v.CanAddr() {
+		if u, ok := v.Addr().Interface().(yaml.Unmarshaler); ok {
+			if err := u.UnmarshalYAML(n); err != nil {
+				d.errorf(n, "%v", err)
+			}
+			return
+		}
+	}
 	t := v.Type()
 	switch {
 	case t == durationType:

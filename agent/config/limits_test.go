@@ -44,7 +44,7 @@ func TestLimits(t *testing.T) {
 		"tiny session buffer":        {"limits: {session_buffer: 1KiB}\n", "below 64KiB"},
 		"identity below session":     {"limits: {session_buffer: 8MiB, identity_buffer: 4MiB}\n", "smaller than session_buffer"},
 		"override breaks the rule":   {"limits: {identities: {ci: {identity_buffer: 1MiB}}}\n", "limits.identities.ci"},
-		"negative timeout":           {"limits: {message_timeout: -1s}\n", "message_timeout"},
+		"negative timeout":           {"limits: {message_timeout: -1s}\n", "c.yaml:1:27: \"-1s\" is not a duration"},
 		"unknown key in an override": {"limits: {identities: {ci: {sesions: 3}}}\n", "sesions"},
 	} {
 		t.Run(name, func(t *testing.T) {
