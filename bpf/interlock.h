@@ -30,6 +30,9 @@ enum deny_reason {
 	DENY_UNIX_PATH = 4,  /* connect to a denied unix socket path */
 	DENY_NO_PROXY = 5,   /* no proxy address configured for this family */
 	DENY_SOCK_TYPE = 6,  /* connect on an inet socket that is neither stream nor datagram */
+	DENY_PTRACE = 20,    /* ptrace of a task outside the caller's identity (bpf LSM) */
+	DENY_CGROUP_MOVE = 21, /* cgroup.procs/threads opened for write, or CLONE_INTO_CGROUP (bpf LSM) */
+	DENY_BPF = 22,       /* the bpf() system call (bpf LSM) */
 };
 
 /* An IP address as four 32-bit words in network byte order; IPv4 is stored

@@ -44,12 +44,15 @@ type InterlockDenyEvent struct {
 type InterlockDenyReason uint32
 
 const (
-	InterlockDenyReasonDENY_TCP_RULE  InterlockDenyReason = 1
-	InterlockDenyReasonDENY_UDP       InterlockDenyReason = 2
-	InterlockDenyReasonDENY_SOCKET    InterlockDenyReason = 3
-	InterlockDenyReasonDENY_UNIX_PATH InterlockDenyReason = 4
-	InterlockDenyReasonDENY_NO_PROXY  InterlockDenyReason = 5
-	InterlockDenyReasonDENY_SOCK_TYPE InterlockDenyReason = 6
+	InterlockDenyReasonDENY_TCP_RULE    InterlockDenyReason = 1
+	InterlockDenyReasonDENY_UDP         InterlockDenyReason = 2
+	InterlockDenyReasonDENY_SOCKET      InterlockDenyReason = 3
+	InterlockDenyReasonDENY_UNIX_PATH   InterlockDenyReason = 4
+	InterlockDenyReasonDENY_NO_PROXY    InterlockDenyReason = 5
+	InterlockDenyReasonDENY_SOCK_TYPE   InterlockDenyReason = 6
+	InterlockDenyReasonDENY_PTRACE      InterlockDenyReason = 20
+	InterlockDenyReasonDENY_CGROUP_MOVE InterlockDenyReason = 21
+	InterlockDenyReasonDENY_BPF         InterlockDenyReason = 22
 )
 
 type InterlockOrigin struct {
@@ -149,28 +152,32 @@ type InterlockVerdictQuery struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	InterlockMapConfigMap        = "config_map"
-	InterlockMapConnOrigins      = "conn_origins"
-	InterlockMapDeniedUnix       = "denied_unix"
-	InterlockMapDenyEvents       = "deny_events"
-	InterlockMapSockOrigins      = "sock_origins"
-	InterlockMapTaggedCgroups    = "tagged_cgroups"
-	InterlockMapTcpRules         = "tcp_rules"
-	InterlockMapUdpRules         = "udp_rules"
-	InterlockProgConnect4        = "connect4"
-	InterlockProgConnect6        = "connect6"
-	InterlockProgConnectUnix     = "connect_unix"
-	InterlockProgGetpeername4    = "getpeername4"
-	InterlockProgGetpeername6    = "getpeername6"
-	InterlockProgSendmsg4        = "sendmsg4"
-	InterlockProgSendmsg6        = "sendmsg6"
-	InterlockProgSockCreate      = "sock_create"
-	InterlockProgSockOps         = "sock_ops"
-	InterlockProgSocketCreate    = "socket_create"
-	InterlockProgVerdictProbe    = "verdict_probe"
-	InterlockVarUnusedDenyEvent  = "unused_deny_event"
-	InterlockVarUnusedDenyReason = "unused_deny_reason"
-	InterlockVarUnusedVerdict    = "unused_verdict"
+	InterlockMapConfigMap          = "config_map"
+	InterlockMapConnOrigins        = "conn_origins"
+	InterlockMapDeniedUnix         = "denied_unix"
+	InterlockMapDenyEvents         = "deny_events"
+	InterlockMapSockOrigins        = "sock_origins"
+	InterlockMapTaggedCgroups      = "tagged_cgroups"
+	InterlockMapTcpRules           = "tcp_rules"
+	InterlockMapUdpRules           = "udp_rules"
+	InterlockProgBpfSyscall        = "bpf_syscall"
+	InterlockProgConnect4          = "connect4"
+	InterlockProgConnect6          = "connect6"
+	InterlockProgConnectUnix       = "connect_unix"
+	InterlockProgFileOpen          = "file_open"
+	InterlockProgGetpeername4      = "getpeername4"
+	InterlockProgGetpeername6      = "getpeername6"
+	InterlockProgPtraceAccessCheck = "ptrace_access_check"
+	InterlockProgSendmsg4          = "sendmsg4"
+	InterlockProgSendmsg6          = "sendmsg6"
+	InterlockProgSockCreate        = "sock_create"
+	InterlockProgSockOps           = "sock_ops"
+	InterlockProgSocketCreate      = "socket_create"
+	InterlockProgTaskAlloc         = "task_alloc"
+	InterlockProgVerdictProbe      = "verdict_probe"
+	InterlockVarUnusedDenyEvent    = "unused_deny_event"
+	InterlockVarUnusedDenyReason   = "unused_deny_reason"
+	InterlockVarUnusedVerdict      = "unused_verdict"
 )
 
 // LoadInterlock returns the embedded CollectionSpec for Interlock.
@@ -215,17 +222,21 @@ type InterlockSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type InterlockProgramSpecs struct {
-	Connect4     *ebpf.ProgramSpec `ebpf:"connect4"`
-	Connect6     *ebpf.ProgramSpec `ebpf:"connect6"`
-	ConnectUnix  *ebpf.ProgramSpec `ebpf:"connect_unix"`
-	Getpeername4 *ebpf.ProgramSpec `ebpf:"getpeername4"`
-	Getpeername6 *ebpf.ProgramSpec `ebpf:"getpeername6"`
-	Sendmsg4     *ebpf.ProgramSpec `ebpf:"sendmsg4"`
-	Sendmsg6     *ebpf.ProgramSpec `ebpf:"sendmsg6"`
-	SockCreate   *ebpf.ProgramSpec `ebpf:"sock_create"`
-	SockOps      *ebpf.ProgramSpec `ebpf:"sock_ops"`
-	SocketCreate *ebpf.ProgramSpec `ebpf:"socket_create"`
-	VerdictProbe *ebpf.ProgramSpec `ebpf:"verdict_probe"`
+	BpfSyscall        *ebpf.ProgramSpec `ebpf:"bpf_syscall"`
+	Connect4          *ebpf.ProgramSpec `ebpf:"connect4"`
+	Connect6          *ebpf.ProgramSpec `ebpf:"connect6"`
+	ConnectUnix       *ebpf.ProgramSpec `ebpf:"connect_unix"`
+	FileOpen          *ebpf.ProgramSpec `ebpf:"file_open"`
+	Getpeername4      *ebpf.ProgramSpec `ebpf:"getpeername4"`
+	Getpeername6      *ebpf.ProgramSpec `ebpf:"getpeername6"`
+	PtraceAccessCheck *ebpf.ProgramSpec `ebpf:"ptrace_access_check"`
+	Sendmsg4          *ebpf.ProgramSpec `ebpf:"sendmsg4"`
+	Sendmsg6          *ebpf.ProgramSpec `ebpf:"sendmsg6"`
+	SockCreate        *ebpf.ProgramSpec `ebpf:"sock_create"`
+	SockOps           *ebpf.ProgramSpec `ebpf:"sock_ops"`
+	SocketCreate      *ebpf.ProgramSpec `ebpf:"socket_create"`
+	TaskAlloc         *ebpf.ProgramSpec `ebpf:"task_alloc"`
+	VerdictProbe      *ebpf.ProgramSpec `ebpf:"verdict_probe"`
 }
 
 // InterlockMapSpecs contains maps before they are loaded into the kernel.
@@ -307,31 +318,39 @@ type InterlockVariables struct {
 //
 // It can be passed to LoadInterlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type InterlockPrograms struct {
-	Connect4     *ebpf.Program `ebpf:"connect4"`
-	Connect6     *ebpf.Program `ebpf:"connect6"`
-	ConnectUnix  *ebpf.Program `ebpf:"connect_unix"`
-	Getpeername4 *ebpf.Program `ebpf:"getpeername4"`
-	Getpeername6 *ebpf.Program `ebpf:"getpeername6"`
-	Sendmsg4     *ebpf.Program `ebpf:"sendmsg4"`
-	Sendmsg6     *ebpf.Program `ebpf:"sendmsg6"`
-	SockCreate   *ebpf.Program `ebpf:"sock_create"`
-	SockOps      *ebpf.Program `ebpf:"sock_ops"`
-	SocketCreate *ebpf.Program `ebpf:"socket_create"`
-	VerdictProbe *ebpf.Program `ebpf:"verdict_probe"`
+	BpfSyscall        *ebpf.Program `ebpf:"bpf_syscall"`
+	Connect4          *ebpf.Program `ebpf:"connect4"`
+	Connect6          *ebpf.Program `ebpf:"connect6"`
+	ConnectUnix       *ebpf.Program `ebpf:"connect_unix"`
+	FileOpen          *ebpf.Program `ebpf:"file_open"`
+	Getpeername4      *ebpf.Program `ebpf:"getpeername4"`
+	Getpeername6      *ebpf.Program `ebpf:"getpeername6"`
+	PtraceAccessCheck *ebpf.Program `ebpf:"ptrace_access_check"`
+	Sendmsg4          *ebpf.Program `ebpf:"sendmsg4"`
+	Sendmsg6          *ebpf.Program `ebpf:"sendmsg6"`
+	SockCreate        *ebpf.Program `ebpf:"sock_create"`
+	SockOps           *ebpf.Program `ebpf:"sock_ops"`
+	SocketCreate      *ebpf.Program `ebpf:"socket_create"`
+	TaskAlloc         *ebpf.Program `ebpf:"task_alloc"`
+	VerdictProbe      *ebpf.Program `ebpf:"verdict_probe"`
 }
 
 func (p *InterlockPrograms) Close() error {
 	return _InterlockClose(
+		p.BpfSyscall,
 		p.Connect4,
 		p.Connect6,
 		p.ConnectUnix,
+		p.FileOpen,
 		p.Getpeername4,
 		p.Getpeername6,
+		p.PtraceAccessCheck,
 		p.Sendmsg4,
 		p.Sendmsg6,
 		p.SockCreate,
 		p.SockOps,
 		p.SocketCreate,
+		p.TaskAlloc,
 		p.VerdictProbe,
 	)
 }

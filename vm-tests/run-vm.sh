@@ -43,6 +43,11 @@ tcg) accel_args=(-accel tcg,thread=multi,tb-size=256 -cpu max) ;;
 *) echo "run-vm: INTERLOCK_VM_ACCEL=$accel: want kvm or tcg" >&2; exit 2 ;;
 esac
 
+# The guest boots with the bpf LSM active (Debian's kernels build it in but
+# leave it off), so the cgroup LSM programs are loaded and their refusals
+# proven there; the host suite covers the kernels without it.
+lsm=${INTERLOCK_VM_LSM:-lockdown,capability,landlock,yama,apparmor,bpf}
+
 qemu-img create -q -f qcow2 -F raw -b "$img/rootfs.img" "$run/root.qcow2"
 mkdir "$run/share"
 cp "$deb" "$run/share/interlock.deb"
@@ -57,7 +62,7 @@ set +e
 timeout "$timeout_s" "$qemu" "${accel_args[@]}" -smp 2 -m 1536 \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-  -append "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0" \
+  -append "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0 lsm=$lsm" \
   -drive "file=$run/root.qcow2,if=virtio,format=qcow2,cache=unsafe" \
   -drive "file=$run/share.img,if=virtio,format=raw,readonly=on" \
   -serial "file:$run/console.log" -serial stdio \

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -81,6 +82,9 @@ type program struct {
 	optional  bool
 	minKernel [2]int
 	gap       string // what goes unenforced without it
+	// covered, when set, reports that the host closes the gap another way
+	// while the program cannot load.
+	covered func() bool
 }
 
 // programs lists every program in attach order: sockops and getpeername
@@ -102,8 +106,33 @@ var programs = []program{
 	{
 		name: bpf.InterlockProgSocketCreate, attach: ebpf.AttachLSMCgroup,
 		optional: true, minKernel: [2]int{6, 0},
-		gap: "packet sockets are not refused (needs kernel 6.0 with the bpf LSM enabled); " +
-			"run agents without CAP_NET_RAW",
+		gap: "socket families other than inet, inet6, unix and netlink route (packet, vsock...) " +
+			"are not refused (needs kernel 6.0 with the bpf LSM enabled); run agents without CAP_NET_RAW",
+	},
+	{
+		name: bpf.InterlockProgPtraceAccessCheck, attach: ebpf.AttachLSMCgroup,
+		optional: true, minKernel: [2]int{6, 0},
+		gap: "ptrace by tagged tasks of same-uid processes outside their identity is not refused " +
+			"(needs kernel 6.0 with the bpf LSM enabled); set kernel.yama.ptrace_scope to 1 or more",
+		covered: yamaRestrictsPtrace,
+	},
+	{
+		name: bpf.InterlockProgFileOpen, attach: ebpf.AttachLSMCgroup,
+		optional: true, minKernel: [2]int{6, 0},
+		gap: "a tagged task running as root can move itself out by writing cgroup.procs " +
+			"(needs kernel 6.0 with the bpf LSM enabled); run agents unprivileged (interlock exec --user)",
+	},
+	{
+		name: bpf.InterlockProgTaskAlloc, attach: ebpf.AttachLSMCgroup,
+		optional: true, minKernel: [2]int{6, 0},
+		gap: "a tagged task running as root can start a child in another cgroup with " +
+			"clone3(CLONE_INTO_CGROUP) (needs kernel 6.0 with the bpf LSM enabled)",
+	},
+	{
+		name: bpf.InterlockProgBpfSyscall, attach: ebpf.AttachLSMCgroup,
+		optional: true, minKernel: [2]int{6, 0},
+		gap: "the bpf() system call is not refused to tagged tasks (needs kernel 6.0 with the " +
+			"bpf LSM enabled); run agents without CAP_BPF and CAP_SYS_ADMIN",
 	},
 }
 
@@ -200,6 +229,9 @@ func Open(cfg Config) (*Datapath, error) {
 		if err != nil && p.attach != ebpf.AttachLSMCgroup {
 			return nil, err
 		}
+		if prog == nil && p.covered != nil && p.covered() {
+			continue
+		}
 		if err != nil {
 			// Kernels may refuse LSM programs outright (lockdown,
 			// hardening patches) although the bpf LSM is active.
@@ -273,6 +305,18 @@ func bpfLSMActive() bool {
 		}
 	}
 	return false
+}
+
+// yamaRestrictsPtrace reports whether Yama limits ptrace to descendants or
+// stricter (ptrace_scope 1 to 3): a tagged task's descendants are tagged
+// too, so it can then trace nothing outside its identity.
+func yamaRestrictsPtrace() bool {
+	b, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	if err != nil {
+		return false
+	}
+	scope, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && scope >= 1
 }
 
 // Gaps lists, in words fit for a log, what the running kernel cannot

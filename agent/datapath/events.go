@@ -17,21 +17,27 @@ type DenyReason string
 
 // The reasons a deny event carries.
 const (
-	ReasonTCPRule  DenyReason = "tcp-rule"  // an identity's rule denied a TCP connect
-	ReasonUDP      DenyReason = "udp"       // UDP to neither a resolver nor an allowed destination
-	ReasonSocket   DenyReason = "socket"    // a raw, packet or non-TCP/UDP inet socket
-	ReasonUnixPath DenyReason = "unix-path" // a connect to a denied unix socket path
-	ReasonNoProxy  DenyReason = "no-proxy"  // no proxy address is configured for the family
-	ReasonSockType DenyReason = "sock-type" // a connect on an inet socket neither stream nor datagram
+	ReasonTCPRule    DenyReason = "tcp-rule"    // an identity's rule denied a TCP connect
+	ReasonUDP        DenyReason = "udp"         // UDP to neither a resolver nor an allowed destination
+	ReasonSocket     DenyReason = "socket"      // a raw, packet or non-TCP/UDP inet socket
+	ReasonUnixPath   DenyReason = "unix-path"   // a connect to a denied unix socket path
+	ReasonNoProxy    DenyReason = "no-proxy"    // no proxy address is configured for the family
+	ReasonSockType   DenyReason = "sock-type"   // a connect on an inet socket neither stream nor datagram
+	ReasonPtrace     DenyReason = "ptrace"      // ptrace of a task outside the caller's identity (bpf LSM)
+	ReasonCgroupMove DenyReason = "cgroup-move" // cgroup.procs opened for write, or CLONE_INTO_CGROUP (bpf LSM)
+	ReasonBPF        DenyReason = "bpf"         // the bpf() system call (bpf LSM)
 )
 
 var reasons = map[bpf.InterlockDenyReason]DenyReason{
-	bpf.InterlockDenyReasonDENY_TCP_RULE:  ReasonTCPRule,
-	bpf.InterlockDenyReasonDENY_UDP:       ReasonUDP,
-	bpf.InterlockDenyReasonDENY_SOCKET:    ReasonSocket,
-	bpf.InterlockDenyReasonDENY_UNIX_PATH: ReasonUnixPath,
-	bpf.InterlockDenyReasonDENY_NO_PROXY:  ReasonNoProxy,
-	bpf.InterlockDenyReasonDENY_SOCK_TYPE: ReasonSockType,
+	bpf.InterlockDenyReasonDENY_TCP_RULE:    ReasonTCPRule,
+	bpf.InterlockDenyReasonDENY_UDP:         ReasonUDP,
+	bpf.InterlockDenyReasonDENY_SOCKET:      ReasonSocket,
+	bpf.InterlockDenyReasonDENY_UNIX_PATH:   ReasonUnixPath,
+	bpf.InterlockDenyReasonDENY_NO_PROXY:    ReasonNoProxy,
+	bpf.InterlockDenyReasonDENY_SOCK_TYPE:   ReasonSockType,
+	bpf.InterlockDenyReasonDENY_PTRACE:      ReasonPtrace,
+	bpf.InterlockDenyReasonDENY_CGROUP_MOVE: ReasonCgroupMove,
+	bpf.InterlockDenyReasonDENY_BPF:         ReasonBPF,
 }
 
 // DenyEvent is one refusal by the kernel. Origin.Dst is zero for socket
