@@ -18,7 +18,7 @@ DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
   iproute2 procps util-linux netcat-openbsd \
   postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
   tshark chromium \
-  debootstrap qemu-system-x86 qemu-utils
+  debootstrap qemu-system-x86 qemu-utils busybox-static cpio xz-utils
 deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)

@@ -12,6 +12,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 #include "interlock.h"
 
@@ -20,7 +21,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
+#define AF_NETLINK 16
 #define AF_PACKET 17
+#define NETLINK_ROUTE 0
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
 #define SOCK_RAW 3
@@ -54,6 +57,10 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define ALLOW 1
 #define REFUSE 0
+/* LSM programs (lsm/) return an errno instead: 0 lets the operation go on. */
+#define EPERM 1
+#define LSM_ALLOW 0
+#define LSM_REFUSE (-EPERM)
 
 /* Maps are pinned by name under the loader's pin directory, so tags, rules and
  * records survive a daemon restart. */
@@ -1057,22 +1064,30 @@ int ingress(struct __sk_buff *skb)
 	return ALLOW;
 }
 
-/* socket_create (cgroup LSM, kernel 6.0 and later with the bpf LSM active)
- * refuses tagged tasks packet sockets, which never pass through
- * cgroup/sock_create (it only sees AF_INET and AF_INET6). Arguments: family,
- * type, protocol, kern. Returning 0 fails socket(2) with EPERM. */
-SEC("lsm_cgroup/socket_create")
+/* The programs from here on are bpf LSM programs (lsm/, the bpf LSM active):
+ * they run for every task and act only on tagged ones. cilium/ebpf cannot load
+ * the cgroup-scoped lsm_cgroup/ flavour (it does not resolve their hook's BTF
+ * id), and interlockd attaches at the cgroup root in production anyway.
+ *
+ * socket_create gives tagged tasks an allow-list of socket families: inet and inet6 (which
+ * cgroup/sock_create and the connect hooks then police), unix, and netlink
+ * route (getaddrinfo asks it for the host's addresses). Everything else,
+ * packet, vsock, bluetooth, can, xdp, other netlink families..., never passes
+ * through a hook that knows where it goes, so it is refused. Arguments:
+ * family, type, protocol, kern. */
+SEC("lsm/socket_create")
 int socket_create(unsigned long long *ctx)
 {
 	int family = ctx[0], type = ctx[1], protocol = ctx[2], kern = ctx[3];
 	struct config *cfg;
 	__u32 identity = 0;
 
-	if (kern || family != AF_PACKET)
-		return ALLOW;
+	if (kern || family == AF_INET || family == AF_INET6 || family == AF_UNIX ||
+	    (family == AF_NETLINK && protocol == NETLINK_ROUTE))
+		return LSM_ALLOW;
 	cfg = get_config();
 	if (!tagged(cfg, &identity))
-		return ALLOW;
+		return LSM_ALLOW;
 	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
 	if (e) {
 		__builtin_memset(e, 0, sizeof(*e));
@@ -1083,7 +1098,7 @@ int socket_create(unsigned long long *ctx)
 		e->protocol = protocol;
 		bpf_ringbuf_submit(e, 0);
 	}
-	return REFUSE;
+	return LSM_REFUSE;
 }
 
 /* interlockd's listening sockets, IPv4 at PROXY_LISTENER_V4 and IPv6 at
@@ -1139,4 +1154,219 @@ int proxy_lookup(struct bpf_sk_lookup *ctx)
 	long err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return err ? SK_DROP : SK_PASS;
+}
+
+/* The kernel structures the LSM programs below read; offsets are relocated
+ * against the running kernel's BTF (CO-RE), so only the fields used appear. */
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+	int level;
+	struct cgroup *ancestors[];
+} __attribute__((preserve_access_index));
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct css_set *cgroups;
+} __attribute__((preserve_access_index));
+
+struct super_block {
+	unsigned long s_magic;
+} __attribute__((preserve_access_index));
+
+struct qstr {
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	void *i_private;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct qstr d_name;
+	struct super_block *d_sb;
+	struct dentry *d_parent;
+	struct inode *d_inode;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct path f_path;
+	unsigned int f_mode;
+} __attribute__((preserve_access_index));
+
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#define FMODE_WRITE 0x2
+#define CLONE_INTO_CGROUP 0x200000000ULL
+
+/* same_name compares n bytes, the terminating NUL included; BPF has no
+ * memcmp to call, so the loop is unrolled. */
+static __always_inline int same_name(const char *a, const char *b, int n)
+{
+#pragma unroll
+	for (int i = 0; i < 16; i++) {
+		if (i >= n)
+			break;
+		if (a[i] != b[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* lsm_deny sends a deny event for the current task and refuses. */
+static __always_inline int lsm_deny(__u32 identity, __u32 reason, __u32 detail)
+{
+	struct deny_event *e = bpf_ringbuf_reserve(&deny_events, sizeof(*e), 0);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		fill_origin(&e->origin, identity);
+		e->reason = reason;
+		e->protocol = detail;
+		bpf_ringbuf_submit(e, 0);
+	}
+	return LSM_REFUSE;
+}
+
+/* task_identity is tagged() for another task: its cgroup's deepest tagged
+ * ancestor names the identity; 0 when it has none, or when it runs in
+ * interlockd's cgroup or below. Identities are numbered from 1. */
+static __always_inline __u32 task_identity(struct config *cfg, struct task_struct *task)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	__u32 found = 0;
+	int level;
+
+	if (!cgrp)
+		return 0;
+	level = BPF_CORE_READ(cgrp, level);
+	for (int l = 0; l < MAX_CGROUP_DEPTH; l++) {
+		struct cgroup *anc = 0;
+		if (l > level)
+			break;
+		bpf_core_read(&anc, sizeof(anc), &cgrp->ancestors[l]);
+		if (!anc)
+			break;
+		__u64 id = BPF_CORE_READ(anc, kn, id);
+		if (cfg && cfg->self_cgroup == id)
+			return 0;
+		__u32 *ident = bpf_map_lookup_elem(&tagged_cgroups, &id);
+		if (ident)
+			found = *ident;
+	}
+	return found;
+}
+
+/* ptrace_access_check refuses a tagged tracer
+ * any task that is not of its own identity: with ptrace of a same-uid process
+ * outside the cgroup (Yama off or in mode 0), an agent makes that process
+ * connect for it. Covers PTRACE_ATTACH/SEIZE and /proc/PID/mem and similar
+ * access checks; process_vm_writev goes through the same check. Arguments:
+ * child, mode. */
+SEC("lsm/ptrace_access_check")
+int ptrace_access_check(unsigned long long *ctx)
+{
+	struct task_struct *child = (void *)ctx[0];
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+
+	if (!tagged(cfg, &identity))
+		return LSM_ALLOW;
+	if (task_identity(cfg, child) == identity)
+		return LSM_ALLOW;
+	return lsm_deny(identity, DENY_PTRACE, 0);
+}
+
+/* cgroup_dir_identity is tagged() for a cgroup2 directory: each directory's
+ * kernfs node (the inode's i_private) has the cgroup's id, and the walk goes
+ * up through the dentries, the deepest tagged one naming the identity. 0 when
+ * none is tagged, or when the directory is interlockd's cgroup or below. */
+static __always_inline __u32 cgroup_dir_identity(struct config *cfg, struct dentry *d)
+{
+	__u32 found = 0;
+
+	for (int i = 0; i < MAX_CGROUP_DEPTH; i++) {
+		struct kernfs_node *kn = BPF_CORE_READ(d, d_inode, i_private);
+		__u64 id = BPF_CORE_READ(kn, id);
+		if (cfg && cfg->self_cgroup == id)
+			return 0;
+		__u32 *ident = bpf_map_lookup_elem(&tagged_cgroups, &id);
+		if (ident && !found)
+			found = *ident;
+		struct dentry *parent = BPF_CORE_READ(d, d_parent);
+		if (!parent || parent == d)
+			break;
+		d = parent;
+	}
+	return found;
+}
+
+/* file_open refuses a tagged task opening for writing the cgroup.procs or
+ * cgroup.threads of a cgroup outside its identity: root in a tagged cgroup,
+ * even with no capability, could otherwise move itself out. Moves within the
+ * identity stay allowed: systemd's forked child attaches itself to its
+ * unit's cgroup again after the parent already put it there. The
+ * superblock check comes first, so opens elsewhere cost two loads. */
+SEC("lsm/file_open")
+int file_open(unsigned long long *ctx)
+{
+	struct file *f = (void *)ctx[0];
+	char name[16] = {};
+	struct config *cfg;
+	__u32 identity = 0;
+
+	if (BPF_CORE_READ(f, f_path.dentry, d_sb, s_magic) != CGROUP2_SUPER_MAGIC)
+		return LSM_ALLOW;
+	if (!(BPF_CORE_READ(f, f_mode) & FMODE_WRITE))
+		return LSM_ALLOW;
+	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(f, f_path.dentry, d_name.name));
+	if (!same_name(name, "cgroup.procs", 13) && !same_name(name, "cgroup.threads", 15))
+		return LSM_ALLOW;
+	cfg = get_config();
+	if (!tagged(cfg, &identity))
+		return LSM_ALLOW;
+	if (cgroup_dir_identity(cfg, BPF_CORE_READ(f, f_path.dentry, d_parent)) == identity)
+		return LSM_ALLOW;
+	return lsm_deny(identity, DENY_CGROUP_MOVE, 0);
+}
+
+/* task_alloc refuses clone3(CLONE_INTO_CGROUP)
+ * from a tagged task: the child would start in another cgroup, and the
+ * kernel checks only the target's cgroup.procs permissions, not an open.
+ * Arguments: task, clone_flags. */
+SEC("lsm/task_alloc")
+int task_alloc(unsigned long long *ctx)
+{
+	__u64 flags = ctx[1];
+	struct config *cfg;
+	__u32 identity = 0;
+
+	if (!(flags & CLONE_INTO_CGROUP))
+		return LSM_ALLOW;
+	cfg = get_config();
+	if (!tagged(cfg, &identity))
+		return LSM_ALLOW;
+	return lsm_deny(identity, DENY_CGROUP_MOVE, 1);
+}
+
+/* bpf refuses the bpf() system call to tagged
+ * tasks: with CAP_BPF or root an agent could detach or rewrite the programs
+ * and maps that enforce it. Arguments: cmd, attr, size. */
+SEC("lsm/bpf")
+int bpf_syscall(unsigned long long *ctx)
+{
+	struct config *cfg = get_config();
+	__u32 identity = 0;
+
+	if (!tagged(cfg, &identity))
+		return LSM_ALLOW;
+	return lsm_deny(identity, DENY_BPF, (__u32)ctx[0]);
 }

@@ -34,6 +34,9 @@ enum deny_reason {
 	DENY_SOCKOPT = 8,    /* a socket option that sets IP options or IPv6 extension headers */
 	DENY_SOURCE_ROUTE = 9, /* a packet carrying IPv4 options or an IPv6 routing header */
 	EVENT_ACCEPT = 10,   /* not a refusal: a connection accepted on a listener a rule allows */
+	DENY_PTRACE = 11,    /* ptrace of a task outside the caller's identity (bpf LSM) */
+	DENY_CGROUP_MOVE = 12, /* cgroup.procs/threads of another identity opened for write, or CLONE_INTO_CGROUP (bpf LSM) */
+	DENY_BPF = 13,       /* the bpf() system call (bpf LSM) */
 };
 
 /* An IP address as four 32-bit words in network byte order; IPv4 is stored

@@ -54,6 +54,9 @@ const (
 	InterlockDenyReasonDENY_SOCKOPT      InterlockDenyReason = 8
 	InterlockDenyReasonDENY_SOURCE_ROUTE InterlockDenyReason = 9
 	InterlockDenyReasonEVENT_ACCEPT      InterlockDenyReason = 10
+	InterlockDenyReasonDENY_PTRACE       InterlockDenyReason = 11
+	InterlockDenyReasonDENY_CGROUP_MOVE  InterlockDenyReason = 12
+	InterlockDenyReasonDENY_BPF          InterlockDenyReason = 13
 )
 
 type InterlockOrigin struct {
@@ -175,14 +178,17 @@ const (
 	InterlockMapUnixAllowed        = "unix_allowed"
 	InterlockProgBind4             = "bind4"
 	InterlockProgBind6             = "bind6"
+	InterlockProgBpfSyscall        = "bpf_syscall"
 	InterlockProgConnect4          = "connect4"
 	InterlockProgConnect6          = "connect6"
 	InterlockProgConnectUnix       = "connect_unix"
 	InterlockProgEgress            = "egress"
+	InterlockProgFileOpen          = "file_open"
 	InterlockProgGetpeername4      = "getpeername4"
 	InterlockProgGetpeername6      = "getpeername6"
 	InterlockProgIngress           = "ingress"
 	InterlockProgProxyLookup       = "proxy_lookup"
+	InterlockProgPtraceAccessCheck = "ptrace_access_check"
 	InterlockProgSendmsg4          = "sendmsg4"
 	InterlockProgSendmsg6          = "sendmsg6"
 	InterlockProgSendmsgUnix       = "sendmsg_unix"
@@ -190,6 +196,7 @@ const (
 	InterlockProgSockCreate        = "sock_create"
 	InterlockProgSockOps           = "sock_ops"
 	InterlockProgSocketCreate      = "socket_create"
+	InterlockProgTaskAlloc         = "task_alloc"
 	InterlockProgVerdictProbe      = "verdict_probe"
 	InterlockVarUnusedDenyEvent    = "unused_deny_event"
 	InterlockVarUnusedDenyReason   = "unused_deny_reason"
@@ -239,24 +246,28 @@ type InterlockSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type InterlockProgramSpecs struct {
-	Bind4        *ebpf.ProgramSpec `ebpf:"bind4"`
-	Bind6        *ebpf.ProgramSpec `ebpf:"bind6"`
-	Connect4     *ebpf.ProgramSpec `ebpf:"connect4"`
-	Connect6     *ebpf.ProgramSpec `ebpf:"connect6"`
-	ConnectUnix  *ebpf.ProgramSpec `ebpf:"connect_unix"`
-	Egress       *ebpf.ProgramSpec `ebpf:"egress"`
-	Getpeername4 *ebpf.ProgramSpec `ebpf:"getpeername4"`
-	Getpeername6 *ebpf.ProgramSpec `ebpf:"getpeername6"`
-	Ingress      *ebpf.ProgramSpec `ebpf:"ingress"`
-	ProxyLookup  *ebpf.ProgramSpec `ebpf:"proxy_lookup"`
-	Sendmsg4     *ebpf.ProgramSpec `ebpf:"sendmsg4"`
-	Sendmsg6     *ebpf.ProgramSpec `ebpf:"sendmsg6"`
-	SendmsgUnix  *ebpf.ProgramSpec `ebpf:"sendmsg_unix"`
-	SetSockopt   *ebpf.ProgramSpec `ebpf:"set_sockopt"`
-	SockCreate   *ebpf.ProgramSpec `ebpf:"sock_create"`
-	SockOps      *ebpf.ProgramSpec `ebpf:"sock_ops"`
-	SocketCreate *ebpf.ProgramSpec `ebpf:"socket_create"`
-	VerdictProbe *ebpf.ProgramSpec `ebpf:"verdict_probe"`
+	Bind4             *ebpf.ProgramSpec `ebpf:"bind4"`
+	Bind6             *ebpf.ProgramSpec `ebpf:"bind6"`
+	BpfSyscall        *ebpf.ProgramSpec `ebpf:"bpf_syscall"`
+	Connect4          *ebpf.ProgramSpec `ebpf:"connect4"`
+	Connect6          *ebpf.ProgramSpec `ebpf:"connect6"`
+	ConnectUnix       *ebpf.ProgramSpec `ebpf:"connect_unix"`
+	Egress            *ebpf.ProgramSpec `ebpf:"egress"`
+	FileOpen          *ebpf.ProgramSpec `ebpf:"file_open"`
+	Getpeername4      *ebpf.ProgramSpec `ebpf:"getpeername4"`
+	Getpeername6      *ebpf.ProgramSpec `ebpf:"getpeername6"`
+	Ingress           *ebpf.ProgramSpec `ebpf:"ingress"`
+	ProxyLookup       *ebpf.ProgramSpec `ebpf:"proxy_lookup"`
+	PtraceAccessCheck *ebpf.ProgramSpec `ebpf:"ptrace_access_check"`
+	Sendmsg4          *ebpf.ProgramSpec `ebpf:"sendmsg4"`
+	Sendmsg6          *ebpf.ProgramSpec `ebpf:"sendmsg6"`
+	SendmsgUnix       *ebpf.ProgramSpec `ebpf:"sendmsg_unix"`
+	SetSockopt        *ebpf.ProgramSpec `ebpf:"set_sockopt"`
+	SockCreate        *ebpf.ProgramSpec `ebpf:"sock_create"`
+	SockOps           *ebpf.ProgramSpec `ebpf:"sock_ops"`
+	SocketCreate      *ebpf.ProgramSpec `ebpf:"socket_create"`
+	TaskAlloc         *ebpf.ProgramSpec `ebpf:"task_alloc"`
+	VerdictProbe      *ebpf.ProgramSpec `ebpf:"verdict_probe"`
 }
 
 // InterlockMapSpecs contains maps before they are loaded into the kernel.
@@ -358,38 +369,45 @@ type InterlockVariables struct {
 //
 // It can be passed to LoadInterlockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type InterlockPrograms struct {
-	Bind4        *ebpf.Program `ebpf:"bind4"`
-	Bind6        *ebpf.Program `ebpf:"bind6"`
-	Connect4     *ebpf.Program `ebpf:"connect4"`
-	Connect6     *ebpf.Program `ebpf:"connect6"`
-	ConnectUnix  *ebpf.Program `ebpf:"connect_unix"`
-	Egress       *ebpf.Program `ebpf:"egress"`
-	Getpeername4 *ebpf.Program `ebpf:"getpeername4"`
-	Getpeername6 *ebpf.Program `ebpf:"getpeername6"`
-	Ingress      *ebpf.Program `ebpf:"ingress"`
-	ProxyLookup  *ebpf.Program `ebpf:"proxy_lookup"`
-	Sendmsg4     *ebpf.Program `ebpf:"sendmsg4"`
-	Sendmsg6     *ebpf.Program `ebpf:"sendmsg6"`
-	SendmsgUnix  *ebpf.Program `ebpf:"sendmsg_unix"`
-	SetSockopt   *ebpf.Program `ebpf:"set_sockopt"`
-	SockCreate   *ebpf.Program `ebpf:"sock_create"`
-	SockOps      *ebpf.Program `ebpf:"sock_ops"`
-	SocketCreate *ebpf.Program `ebpf:"socket_create"`
-	VerdictProbe *ebpf.Program `ebpf:"verdict_probe"`
+	Bind4             *ebpf.Program `ebpf:"bind4"`
+	Bind6             *ebpf.Program `ebpf:"bind6"`
+	BpfSyscall        *ebpf.Program `ebpf:"bpf_syscall"`
+	Connect4          *ebpf.Program `ebpf:"connect4"`
+	Connect6          *ebpf.Program `ebpf:"connect6"`
+	ConnectUnix       *ebpf.Program `ebpf:"connect_unix"`
+	Egress            *ebpf.Program `ebpf:"egress"`
+	FileOpen          *ebpf.Program `ebpf:"file_open"`
+	Getpeername4      *ebpf.Program `ebpf:"getpeername4"`
+	Getpeername6      *ebpf.Program `ebpf:"getpeername6"`
+	Ingress           *ebpf.Program `ebpf:"ingress"`
+	ProxyLookup       *ebpf.Program `ebpf:"proxy_lookup"`
+	PtraceAccessCheck *ebpf.Program `ebpf:"ptrace_access_check"`
+	Sendmsg4          *ebpf.Program `ebpf:"sendmsg4"`
+	Sendmsg6          *ebpf.Program `ebpf:"sendmsg6"`
+	SendmsgUnix       *ebpf.Program `ebpf:"sendmsg_unix"`
+	SetSockopt        *ebpf.Program `ebpf:"set_sockopt"`
+	SockCreate        *ebpf.Program `ebpf:"sock_create"`
+	SockOps           *ebpf.Program `ebpf:"sock_ops"`
+	SocketCreate      *ebpf.Program `ebpf:"socket_create"`
+	TaskAlloc         *ebpf.Program `ebpf:"task_alloc"`
+	VerdictProbe      *ebpf.Program `ebpf:"verdict_probe"`
 }
 
 func (p *InterlockPrograms) Close() error {
 	return _InterlockClose(
 		p.Bind4,
 		p.Bind6,
+		p.BpfSyscall,
 		p.Connect4,
 		p.Connect6,
 		p.ConnectUnix,
 		p.Egress,
+		p.FileOpen,
 		p.Getpeername4,
 		p.Getpeername6,
 		p.Ingress,
 		p.ProxyLookup,
+		p.PtraceAccessCheck,
 		p.Sendmsg4,
 		p.Sendmsg6,
 		p.SendmsgUnix,
@@ -397,6 +415,7 @@ func (p *InterlockPrograms) Close() error {
 		p.SockCreate,
 		p.SockOps,
 		p.SocketCreate,
+		p.TaskAlloc,
 		p.VerdictProbe,
 	)
 }

@@ -129,6 +129,73 @@ n=$(interlock exec --identity demo -- psql -h 127.0.0.1 -U app -d app -w -X -Atc
 [ "$n" = 2 ] || fail "interlock exec psql returned $n, want 2"
 echo "interlock exec --identity demo -- psql: $n rows"
 
+step "the bpf LSM: ways out a tagged task does not get"
+lsms=$(cat /sys/kernel/security/lsm)
+echo "active LSMs: $lsms"
+grep -qw bpf <<<"${lsms//,/ }" || fail "the guest did not boot with the bpf LSM (lsm=...,bpf)"
+# 6.1 has no cgroup/connect_unix (6.7): that gap is the kernel's, not the LSM's.
+gaps=$(journalctl -b --no-pager -o cat -u interlock.service | grep '"not enforced on this kernel"' | grep -v 'connect_unix needs kernel 6.7')
+[ -z "$gaps" ] || fail "interlockd reports gaps with the bpf LSM active: $gaps"
+echo "interlockd reports no LSM gap"
+# try WHAT CMD...: run CMD tagged as demo; it must fail with EPERM.
+refused() {
+  local what=$1; shift
+  local out
+  if out=$(interlock exec --identity demo -- "$@" 2>&1); then fail "$what: a tagged task succeeded: $out"; fi
+  grep -q 'Operation not permitted' <<<"$out" || fail "$what: refused, but not with EPERM: $out"
+  echo "refused (EPERM): $what"
+}
+# works WHAT CMD...: the same untagged, so each refusal above proves the hook.
+works() {
+  local what=$1; shift
+  local out
+  out=$("$@" 2>&1) || fail "$what: fails even untagged, so the tagged refusal proves nothing: $out"
+  echo "untagged: $what: $out"
+}
+as_agent=(setpriv --reuid=agent --regid=agent --init-groups --)
+# Socket families beyond inet, inet6, unix and netlink route.
+sock='use Socket; socket(my $s, $ARGV[0], $ARGV[1], $ARGV[2]) or die "socket: $!\n"; print "created\n"'
+works "AF_VSOCK socket" perl -e "$sock" 40 1 0
+refused "AF_VSOCK socket" "${as_agent[@]}" perl -e "$sock" 40 1 0
+works "netlink sock_diag socket" perl -e "$sock" 16 3 4
+refused "netlink sock_diag socket" "${as_agent[@]}" perl -e "$sock" 16 3 4
+interlock exec --identity demo -- "${as_agent[@]}" ip -o link show lo >/dev/null ||
+  fail "netlink route (ip link) refused to a tagged task; getaddrinfo needs it"
+echo "allowed: netlink route (ip link)"
+# ptrace of a same-uid process outside the cgroup, with Yama out of the way.
+sysctl -qw kernel.yama.ptrace_scope=0
+"${as_agent[@]}" sleep 600 &
+victim=$!
+sleep 0.5
+attach='my $r = syscall(101, 16, $ARGV[0] + 0, 0, 0); die "ptrace: $!\n" if $r < 0; print "attached\n"'
+works "ptrace attach by the same uid" "${as_agent[@]}" perl -e "$attach" "$victim"
+refused "ptrace attach of a same-uid process outside the identity" "${as_agent[@]}" perl -e "$attach" "$victim"
+out=$(interlock exec --identity demo -- "${as_agent[@]}" sh -c 'sleep 600 & perl -e "$1" $!; r=$?; kill $!; exit $r' sh "$attach" 2>&1) ||
+  fail "ptrace inside the identity (a debugger on its own child) refused: $out"
+echo "allowed: ptrace of a task of the same identity ($out)"
+kill "$victim"
+# Root in a tagged cgroup, even with no capability, moving itself out.
+refused "write cgroup.procs (root)" sh -c 'echo $$ >/sys/fs/cgroup/cgroup.procs'
+refused "write cgroup.procs (root, no capabilities)" setpriv --inh-caps=-all --bounding-set=-all -- sh -c 'echo $$ >/sys/fs/cgroup/cgroup.procs'
+refused "write cgroup.threads (root)" sh -c 'echo $$ >/sys/fs/cgroup/cgroup.threads'
+# clone3(CLONE_INTO_CGROUP) into the root cgroup.
+clone='use POSIX; sysopen(my $d, "/sys/fs/cgroup", O_RDONLY|O_DIRECTORY) or die "open: $!\n";
+  my $args = pack("Q11", 0x200000000, 0, 0, 0, 17, 0, 0, 0, 0, 0, fileno($d));
+  my $pid = syscall(435, $args, length $args); die "clone3: $!\n" if $pid < 0;
+  POSIX::_exit(0) if $pid == 0; waitpid($pid, 0); print "child $pid in another cgroup\n"'
+works "clone3(CLONE_INTO_CGROUP)" perl -e "$clone"
+refused "clone3(CLONE_INTO_CGROUP) (root)" perl -e "$clone"
+# bpf(): BPF_PROG_GET_NEXT_ID as root.
+bpfcall='my $a = pack("L4", 0, 0, 0, 0); my $r = syscall(321, 11, $a, length $a); die "bpf: $!\n" if $r < 0; print "next prog id ", unpack("L", substr($a, 4, 4)), "\n"'
+works "bpf(BPF_PROG_GET_NEXT_ID)" perl -e "$bpfcall"
+refused "bpf(BPF_PROG_GET_NEXT_ID) (root)" perl -e "$bpfcall"
+sleep 1
+audit=$(journalctl -b --no-pager -o cat -u interlock.service)
+for reason in socket ptrace cgroup-move bpf; do
+  grep '"event":"kernel_deny"' <<<"$audit" | grep -q "\"reason\":\"$reason\"" || fail "no kernel_deny audit event with reason $reason"
+done
+echo "each refusal is a kernel_deny audit event (socket, ptrace, cgroup-move, bpf)"
+
 step "decided and recorded"
 audit=$(journalctl -b --no-pager -o cat -u interlock.service)
 open=$(grep '"event":"connection_open"' <<<"$audit" | grep -F "\"cgroup\":\"$cg\"" | head -n1)

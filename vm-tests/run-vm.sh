@@ -43,6 +43,16 @@ tcg) accel_args=(-accel tcg,thread=multi,tb-size=256 -cpu max) ;;
 *) echo "run-vm: INTERLOCK_VM_ACCEL=$accel: want kvm or tcg" >&2; exit 2 ;;
 esac
 
+# Device units wait up to 10 min: under TCG on a loaded host, udev can take
+# longer than systemd's default 90 s to announce the second disk, and
+# no_timer_check skips the IO-APIC timer test that a starved TCG guest fails
+# ("IO-APIC + timer doesn't work" panics at boot).
+# The guest boots with the bpf LSM active (named explicitly, so the test
+# does not hang on a kernel's default list), so the LSM programs load
+# and their refusals are proven there; the host suite covers kernels
+# without it.
+lsm=${INTERLOCK_VM_LSM:-lockdown,capability,landlock,yama,apparmor,bpf}
+
 qemu-img create -q -f qcow2 -F raw -b "$img/rootfs.img" "$run/root.qcow2"
 mkdir "$run/share"
 cp "$deb" "$run/share/interlock.deb"
@@ -57,7 +67,7 @@ set +e
 timeout "$timeout_s" "$qemu" "${accel_args[@]}" -smp 2 -m 1536 \
   -nodefaults -no-user-config -display none -no-reboot \
   -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-  -append "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0" \
+  -append "root=/dev/vda rw console=ttyS0 panic=-1 loglevel=4 systemd.show_status=1 net.ifnames=0 systemd.default_device_timeout_sec=600 no_timer_check lsm=$lsm" \
   -drive "file=$run/root.qcow2,if=virtio,format=qcow2,cache=unsafe" \
   -drive "file=$run/share.img,if=virtio,format=raw,readonly=on" \
   -serial "file:$run/console.log" -serial stdio \

@@ -3,8 +3,10 @@
 #   make install     binaries, unit, /etc/interlock defaults (PREFIX=/usr, DESTDIR=)
 #   make deb         bin/interlock_VERSION_amd64.deb (dpkg-deb)
 #   make vm-image    the Debian 12 guest (debootstrap), cached in VM_CACHE
-#   make vm-test     boot the guest under QEMU, install the .deb, tag a unit,
-#                    check decisions, audit and fail-closed
+#   make vm-test     boot the guest under QEMU (bpf LSM on), install the .deb,
+#                    tag a unit, check decisions, audit, fail-closed and the
+#                    LSM refusals; then boot Debian 11's 5.10 kernel (below the
+#                    floor) and check that interlockd refuses to start
 .PHONY: install deb vm-image vm-test vm-unit-verify
 
 PREFIX  ?= /usr
@@ -48,3 +50,4 @@ vm-image:
 
 vm-test: deb vm-image
 	vm-tests/run-vm.sh $(VM_IMAGE) $(DEB)
+	vm-tests/floor-test.sh $(VM_CACHE) $(BIN)/interlockd

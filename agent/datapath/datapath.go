@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -92,6 +93,9 @@ type program struct {
 	// gapOnError: a kernel that refuses the program (a verifier older
 	// than the one it was tested on) leaves a gap rather than failing.
 	gapOnError bool
+	// covered, when set, reports that the host closes the gap another way
+	// while the program cannot load.
+	covered func() bool
 }
 
 // programs lists every program in attach order: sockops and getpeername
@@ -126,10 +130,35 @@ var programs = []program{
 		gap: "unix datagram sendto() is not filtered (cgroup/sendmsg_unix needs kernel 6.7)",
 	},
 	{
-		name: bpf.InterlockProgSocketCreate, attach: ebpf.AttachLSMCgroup,
+		name: bpf.InterlockProgSocketCreate, attach: ebpf.AttachLSMMac,
+		optional: true, minKernel: KernelFloor, gapOnError: true,
+		gap: "socket families other than inet, inet6, unix and netlink route (packet, vsock...) " +
+			"are not refused (needs the bpf LSM active); run agents without CAP_NET_RAW",
+	},
+	{
+		name: bpf.InterlockProgPtraceAccessCheck, attach: ebpf.AttachLSMMac,
 		optional: true, minKernel: [2]int{6, 0}, gapOnError: true,
-		gap: "packet sockets are not refused (needs kernel 6.0 with the bpf LSM enabled); " +
-			"run agents without CAP_NET_RAW",
+		gap: "ptrace by tagged tasks of same-uid processes outside their identity is not refused " +
+			"(needs kernel 6.0 with the bpf LSM active); set kernel.yama.ptrace_scope to 1 or more",
+		covered: yamaRestrictsPtrace,
+	},
+	{
+		name: bpf.InterlockProgFileOpen, attach: ebpf.AttachLSMMac,
+		optional: true, minKernel: KernelFloor, gapOnError: true,
+		gap: "a tagged task running as root can move itself out by writing cgroup.procs " +
+			"(needs the bpf LSM active); run agents unprivileged (interlock exec --user)",
+	},
+	{
+		name: bpf.InterlockProgTaskAlloc, attach: ebpf.AttachLSMMac,
+		optional: true, minKernel: KernelFloor, gapOnError: true,
+		gap: "a tagged task running as root can start a child in another cgroup with " +
+			"clone3(CLONE_INTO_CGROUP) (needs the bpf LSM active)",
+	},
+	{
+		name: bpf.InterlockProgBpfSyscall, attach: ebpf.AttachLSMMac,
+		optional: true, minKernel: KernelFloor, gapOnError: true,
+		gap: "the bpf() system call is not refused to tagged tasks (needs the bpf LSM active); " +
+			"run agents without CAP_BPF and CAP_SYS_ADMIN",
 	},
 }
 
@@ -240,6 +269,9 @@ func Open(cfg Config) (*Datapath, error) {
 		if err != nil && !p.gapOnError {
 			return nil, err
 		}
+		if prog == nil && p.covered != nil && p.covered() {
+			continue
+		}
 		if err != nil {
 			// Kernels may refuse LSM programs outright (lockdown,
 			// hardening patches) although the bpf LSM is active.
@@ -294,7 +326,7 @@ func loadOptional(spec *ebpf.CollectionSpec, p program, opts ebpf.CollectionOpti
 	if rel, err := kernelRelease(); err != nil || !atLeast(rel, p.minKernel) {
 		return nil, nil
 	}
-	if p.attach == ebpf.AttachLSMCgroup && !bpfLSMActive() {
+	if p.attach == ebpf.AttachLSMMac && !bpfLSMActive() {
 		return nil, nil
 	}
 	one := spec.Copy()
@@ -323,6 +355,18 @@ func bpfLSMActive() bool {
 	return false
 }
 
+// yamaRestrictsPtrace reports whether Yama limits ptrace to descendants or
+// stricter (ptrace_scope 1 to 3): a tagged task's descendants are tagged
+// too, so it can then trace nothing outside its identity.
+func yamaRestrictsPtrace() bool {
+	b, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope")
+	if err != nil {
+		return false
+	}
+	scope, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && scope >= 1
+}
+
 // Gaps lists, in words fit for a log, what the running kernel cannot
 // enforce; empty when everything is.
 func (d *Datapath) Gaps() []string { return d.gaps }
@@ -331,6 +375,9 @@ func (d *Datapath) Gaps() []string { return d.gaps }
 // attaches a new link at the cgroup and pins it.
 func adoptOrAttach(pinDir string, p program, prog *ebpf.Program, cg *os.File, rootID uint64) (link.Link, error) {
 	path := linkPin(pinDir, p.name)
+	if p.attach == ebpf.AttachLSMMac {
+		return replaceLSM(path, p, prog)
+	}
 	l, err := link.LoadPinnedLink(path, nil)
 	if err == nil {
 		info, err := l.Info()
@@ -546,6 +593,51 @@ func (d *Datapath) Close() error {
 	return errors.Join(errs...)
 }
 
+// replaceLSM attaches prog to its LSM hook and pins the link in place of the
+// one a predecessor pinned. LSM links cannot swap their program, so for a
+// moment both run: the new link is pinned under a second name first, then
+// takes the old one's name, so at every moment one of them is pinned.
+func replaceLSM(path string, p program, prog *ebpf.Program) (link.Link, error) {
+	old, err := link.LoadPinnedLink(path, nil)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("load pinned link %s: %w", path, err)
+	}
+	if old != nil {
+		defer old.Close()
+	}
+	l, err := link.AttachLSM(link.LSMOptions{Program: prog})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: %w", p.name, err)
+	}
+	if old == nil {
+		if err := l.Pin(path); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("pin %s at %s: %w", p.name, path, err)
+		}
+		return l, nil
+	}
+	tmp := path + "_new"
+	os.Remove(tmp)
+	if err := l.Pin(tmp); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("pin %s at %s: %w", p.name, tmp, err)
+	}
+	if err := old.Unpin(); err != nil {
+		l.Unpin()
+		l.Close()
+		return nil, fmt.Errorf("unpin the previous %s: %w", p.name, err)
+	}
+	// A link may be pinned under several names: pin it at path, then drop
+	// the second name.
+	if err := l.Pin(path); err != nil {
+		l.Unpin()
+		l.Close()
+		return nil, fmt.Errorf("pin %s at %s: %w", p.name, path, err)
+	}
+	os.Remove(tmp)
+	return l, nil
+}
+
 // Uninstall detaches every link pinned under pinDir and removes the pins of
 // links and maps: the only way to stop enforcement. Missing pins are not an
 // error, so it can be repeated.
@@ -562,7 +654,9 @@ func Uninstall(pinDir string) error {
 			continue
 		}
 		// Detach first: a running daemon may still hold the link open.
-		if err := l.Detach(); err != nil {
+		// Kernels before 6.x cannot detach an LSM link; it goes when
+		// its pin and the daemon's handle are gone.
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
 			errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
 		}
 		if err := l.Unpin(); err != nil {

@@ -110,6 +110,13 @@ func runHelper(action, arg string) int {
 		} else {
 			unix.Close(fd)
 		}
+	case "vsock":
+		fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM, 0)
+		if err != nil {
+			r = errResult(err)
+		} else {
+			unix.Close(fd)
+		}
 	case "unix":
 		c, err := net.Dial("unix", arg)
 		if err != nil {

@@ -35,6 +35,13 @@ const (
 	// ReasonAccepted is no refusal: a tagged listener that a listen rule
 	// allows accepted a connection from another host; Dst is the peer.
 	ReasonAccepted DenyReason = "accepted"
+	// ReasonPtrace: ptrace of a task outside the caller's identity (bpf LSM).
+	ReasonPtrace DenyReason = "ptrace"
+	// ReasonCgroupMove: cgroup.procs or cgroup.threads of a cgroup outside
+	// the identity opened for writing, or clone3(CLONE_INTO_CGROUP) (bpf LSM).
+	ReasonCgroupMove DenyReason = "cgroup-move"
+	// ReasonBPF: the bpf() system call (bpf LSM).
+	ReasonBPF DenyReason = "bpf"
 )
 
 var reasons = map[bpf.InterlockDenyReason]DenyReason{
@@ -48,6 +55,9 @@ var reasons = map[bpf.InterlockDenyReason]DenyReason{
 	bpf.InterlockDenyReasonDENY_SOCKOPT:      ReasonSockopt,
 	bpf.InterlockDenyReasonDENY_SOURCE_ROUTE: ReasonSourceRoute,
 	bpf.InterlockDenyReasonEVENT_ACCEPT:      ReasonAccepted,
+	bpf.InterlockDenyReasonDENY_PTRACE:       ReasonPtrace,
+	bpf.InterlockDenyReasonDENY_CGROUP_MOVE:  ReasonCgroupMove,
+	bpf.InterlockDenyReasonDENY_BPF:          ReasonBPF,
 }
 
 // DenyEvent is one refusal by the kernel, or an accepted inbound
