@@ -342,6 +342,8 @@ const limitsConfig = `limits:
 // quickly, and a slot freed is a slot usable again.
 func TestSessionCapPerIdentity(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
+	// pgx reads the CA that `interlock exec` names, even with sslmode=disable.
+	openForAgents(t, f)
 	agent := agentBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
 	a, r := startAttack(t, f.d, agent, "sessions", addr, "5")
@@ -390,6 +392,8 @@ func TestSessionCapPerIdentity(t *testing.T) {
 // interlockd's resident memory stays within the budget.
 func TestBufferCapsBoundMemory(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
+	// pgx reads the CA that `interlock exec` names, even with sslmode=disable.
+	openForAgents(t, f)
 	agent := agentBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
 	before := rssKiB(t, f.d.PID())
@@ -439,6 +443,8 @@ func TestBufferCapsBoundMemory(t *testing.T) {
 // one answer and the connection closes at once.
 func TestSlowMessageAndHandshakeFlood(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "2s"))
+	// pgx reads the CA that `interlock exec` names, even with sslmode=disable.
+	openForAgents(t, f)
 	agent := agentBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
 	_, r := startAttack(t, f.d, agent, "slow", addr)
@@ -452,8 +458,10 @@ func TestSlowMessageAndHandshakeFlood(t *testing.T) {
 	if r.Answers != 1 || r.ElapsedMS > 2000 {
 		t.Fatalf("SSLRequest flood: %+v, want one answer and a prompt close", r)
 	}
+	// interlockd offers TLS, so the answer is 'S' and the second
+	// SSLRequest fails as the TLS handshake it should have been.
 	waitEvent(t, f.d, "session_refused", func(m map[string]any) bool {
-		return m["reason"] == "handshake" && strings.Contains(fmt.Sprint(m["error"]), "encryption request")
+		return m["reason"] == "handshake" && strings.Contains(fmt.Sprint(m["error"]), "tls handshake with agent")
 	})
 	t.Logf("unfinished statement ended after %d ms; SSLRequest flood: %d answer, closed after %d ms", slowMS, r.Answers, r.ElapsedMS)
 }
