@@ -86,3 +86,41 @@ func TestUninstallQuiet(t *testing.T) {
 		}
 	}
 }
+
+// TestExecWarnsPtraceExposure: where the kernel cannot refuse ptrace across
+// identities, `interlock exec --user` warns when that user owns processes
+// outside the command's cgroup (the agent could attach to one and connect
+// through it), and stays quiet for a user that owns none.
+func TestExecWarnsPtraceExposure(t *testing.T) {
+	group, _ := tempGroup(t)
+	u := tempUser(t, group)
+	d := daemontest.Start(t, daemontest.Options{})
+	status, _, err := d.CLI("status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gap := strings.Contains(status, "ptrace")
+	run := func() string {
+		cmd := d.Command(t.Context(), "exec", "--identity", "demo", "--user", u.Username, "--", "true")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("exec: %v\n%s", err, stderr.String())
+		}
+		return stderr.String()
+	}
+	warning := fmt.Sprintf("uid %s owns 1 process(es) outside", u.Uid)
+	if out := run(); strings.Contains(out, "uid "+u.Uid+" owns") {
+		t.Errorf("warned for a user that owns no other process:\n%s", out)
+	}
+	victim := exec.Command("setpriv", "--reuid="+u.Uid, "--regid="+u.Gid, "--clear-groups", "--", "sleep", "60")
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { victim.Process.Kill(); victim.Wait() })
+	out := run()
+	if gap != strings.Contains(out, warning) {
+		t.Errorf("ptrace gap %v, stderr:\n%s\nwant the warning %q exactly when there is a gap", gap, out, warning)
+	}
+	t.Logf("ptrace gap on this kernel: %v; exec said: %s", gap, strings.TrimSpace(out))
+}

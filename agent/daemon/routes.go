@@ -49,6 +49,8 @@ type (
 		// Modes says which identities are enforced and which audited.
 		Modes       []policy.IdentityMode `json:"modes"`
 		DefaultMode policy.Mode           `json:"default_mode"`
+		// Gaps says what this kernel does not enforce (Datapath.Gaps).
+		Gaps []string `json:"gaps,omitempty"`
 	}
 )
 
@@ -164,6 +166,7 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 		BPFFS: d.cfg.BPFFS, ListenPort: d.cfg.ListenPort, Policy: d.policySrc,
 		Tagged: d.ids.tags(), Active: d.proxy.Active(), Maps: fill,
 		Modes: d.policy.Current().Modes(), DefaultMode: d.policy.Current().DefaultMode(),
+		Gaps: d.dp.Gaps(),
 	})
 }
 

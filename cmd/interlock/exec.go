@@ -107,6 +107,11 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 	}
 	release.Write([]byte{1})
 	release.Close()
+	uid := uint32(os.Getuid())
+	if cmd.SysProcAttr.Credential != nil {
+		uid = cmd.SysProcAttr.Credential.Uid
+	}
+	warnPtraceExposure(ctx, c, ans.Cgroup, []uint32{uid}, stderr)
 
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

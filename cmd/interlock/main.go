@@ -176,6 +176,9 @@ func status(ctx context.Context, c *control.Client, args []string, w io.Writer) 
 	for _, m := range st.Modes {
 		fmt.Fprintf(tw, "identity\t%s\n", m)
 	}
+	for _, g := range st.Gaps {
+		fmt.Fprintf(tw, "not enforced\t%s\n", g)
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	if len(st.Tagged) == 0 {
@@ -208,6 +211,7 @@ func tag(ctx context.Context, c *control.Client, args []string, w io.Writer) err
 		return err
 	}
 	fmt.Fprintf(w, "tagged %s as %s\n", out.Cgroup, out.Identity)
+	warnPtraceExposure(ctx, c, out.Cgroup, nil, os.Stderr)
 	return nil
 }
 

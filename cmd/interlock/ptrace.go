@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/daemon"
+)
+
+// warnPtraceExposure warns when the kernel cannot refuse ptrace across
+// identities (no bpf LSM, Yama off) and uid owns processes outside the
+// tagged cgroup rel: the agent, running as uid, could attach to one of them
+// and make it connect for it, unseen. uids nil means the uids of the
+// processes in the cgroup now. Best effort: it never fails the command it
+// warns about.
+func warnPtraceExposure(ctx context.Context, c *control.Client, rel string, uids []uint32, stderr io.Writer) {
+	var st daemon.Status
+	if err := c.Call(ctx, "/v1/status", nil, &st); err != nil || !ptraceGap(st.Gaps) {
+		return
+	}
+	if uids == nil {
+		uids = cgroupUIDs(filepath.Join(st.CgroupMount, rel))
+	}
+	for _, uid := range uids {
+		if n := processesOutside(rel, uid); n > 0 {
+			fmt.Fprintf(stderr, "interlock: warning: uid %d owns %d process(es) outside %s, and this kernel "+
+				"cannot refuse ptrace across identities (no bpf LSM, kernel.yama.ptrace_scope 0): the agent "+
+				"could make one of them connect for it; run the agent as a user of its own (--user)\n", uid, n, rel)
+		}
+	}
+}
+
+func ptraceGap(gaps []string) bool {
+	for _, g := range gaps {
+		if strings.Contains(g, "ptrace") {
+			return true
+		}
+	}
+	return false
+}
+
+// processesOutside counts the processes of uid (real uid) whose cgroup is
+// neither rel nor below it, as /proc shows them.
+func processesOutside(rel string, uid uint32) int {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	n := 0
+	for _, dir := range dirs {
+		if u, ok := realUID(dir); !ok || u != uid {
+			continue
+		}
+		cg, err := os.ReadFile(filepath.Join(dir, "cgroup"))
+		if err != nil {
+			continue
+		}
+		path := ""
+		for _, line := range strings.Split(string(cg), "\n") {
+			if p, ok := strings.CutPrefix(line, "0::"); ok {
+				path = p
+			}
+		}
+		if path != "" && path != rel && !strings.HasPrefix(path, rel+"/") {
+			n++
+		}
+	}
+	return n
+}
+
+// realUID reads the real uid from /proc/PID/status.
+func realUID(dir string) (uint32, bool) {
+	f, err := os.Open(filepath.Join(dir, "status"))
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) == 0 {
+				return 0, false
+			}
+			u, err := strconv.ParseUint(fields[0], 10, 32)
+			return uint32(u), err == nil
+		}
+	}
+	return 0, false
+}
+
+// cgroupUIDs lists the real uids of the processes in the cgroup dir.
+func cgroupUIDs(dir string) []uint32 {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	seen := map[uint32]bool{}
+	var uids []uint32
+	for _, pid := range strings.Fields(string(b)) {
+		if u, ok := realUID(filepath.Join("/proc", pid)); ok && !seen[u] {
+			seen[u] = true
+			uids = append(uids, u)
+		}
+	}
+	return uids
+}
