@@ -41,6 +41,23 @@ func TestDefaultPolicy(t *testing.T) {
 	runShipped(t, p)
 }
 
+// TestDefaultPolicyMasksColumnsByName: the embedded default masks columns
+// named like SSNs, e-mail addresses and cards whatever their values look
+// like, and leaves other columns to the value detectors.
+func TestDefaultPolicyMasksColumnsByName(t *testing.T) {
+	p := Default()
+	d, _ := p.DecideSQL(&Subject{Tag: "demo"}, p.Target("local-postgres"), "SELECT * FROM customers")
+	if d.Action != Mask || d.Mask == nil {
+		t.Fatalf("demo's read: %+v, want a mask decision", d)
+	}
+	plan := d.Mask.Plan([]string{"customer_ssn", "Contact_Email", "card_number", "name", "discard"})
+	for i, want := range []bool{true, true, true, false, false} {
+		if got := plan.Column(i) != 0; got != want {
+			t.Errorf("column %d masked by name: %v, want %v", i, got, want)
+		}
+	}
+}
+
 func TestExamplePolicies(t *testing.T) {
 	files, _ := filepath.Glob("examples/*.yaml")
 	if len(files) == 0 {
