@@ -1,6 +1,8 @@
 package sqlclass
 
 import (
+	"unicode/utf8"
+
 	pg "github.com/pganalyze/pg_query_go/v6"
 )
 
@@ -11,6 +13,9 @@ import (
 // full classifier would look at, and returns false otherwise so the caller
 // takes the full path:
 //
+//   - the text is valid UTF-8: the summary reads any bytes, but the full
+//     parse refuses invalid UTF-8 in a literal or a name (and accepts it in
+//     a comment), which only the full path can tell apart;
 //   - the text is one statement starting with SELECT, and contains none of
 //     the words FOR (locking clauses), INTO (SELECT INTO) or WITH (CTEs,
 //     which the summary reports differently), anywhere, even inside
@@ -55,6 +60,9 @@ func pgFastSelect(text string) (Statement, bool) {
 
 // fastEligible is the lexical gate of pgFastSelect.
 func fastEligible(text string) bool {
+	if !utf8.ValidString(text) {
+		return false
+	}
 	i := 0
 	for i < len(text) && isSpace(text[i]) {
 		i++
