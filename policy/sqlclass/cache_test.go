@@ -2,6 +2,7 @@ package sqlclass
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -148,4 +149,21 @@ func replaceLiterals(s, num, str string) string {
 		out = append(out, k[i])
 	}
 	return string(out)
+}
+
+// SQL text given to a function is in a literal: two texts that differ only
+// there must not share a classification through the shape cache.
+func TestCacheSQLTextLiterals(t *testing.T) {
+	c := NewClassifier(Postgres{}, 256)
+	for _, tc := range []struct{ sql, table string }{
+		{"SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases') FROM docs WHERE id = 1", "aliases"},
+		{"SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM secrets') FROM docs WHERE id = 2", "secrets"},
+		{"SELECT table_to_xml('public_docs', true, false, '')", "public_docs"},
+		{"SELECT table_to_xml('secrets', true, false, '')", "secrets"},
+	} {
+		q := c.Classify(tc.sql)
+		if q.Err != nil || !slices.Contains(q.Statements[0].Tables, tc.table) {
+			t.Errorf("%q: %v %q, want table %s", tc.sql, q.Err, describe(q), tc.table)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package sqlclass
 
 import (
+	"strings"
 	"unicode/utf8"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
@@ -24,7 +25,8 @@ import (
 //   - the summary's only statement type is SelectStmt (a nested
 //     data-modifying statement would add its own);
 //   - every table is read (context Select) and every function is called
-//     (context Call).
+//     (context Call), and none runs SQL given as text, which only the full
+//     tree holds.
 //
 // FuzzClassify and TestFastPathAgrees hold the two paths to the same
 // answer.
@@ -50,7 +52,7 @@ func pgFastSelect(text string) (Statement, bool) {
 		c.st.Tables = appendOnce(c.st.Tables, name)
 	}
 	for _, f := range sum.Functions {
-		if f.Context != pg.SummaryResult_Call {
+		if f.Context != pg.SummaryResult_Call || runsText(f.Name) {
 			return Statement{}, false
 		}
 		c.function(f.Name)
@@ -104,4 +106,14 @@ func wordAt(text string, i int, w string) bool {
 
 func isSpace(b byte) bool {
 	return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\f' || b == '\v'
+}
+
+// runsText reports whether the function name (qualified or not) takes SQL
+// text or a relation name to classify.
+func runsText(name string) bool {
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		name = name[i+1:]
+	}
+	_, ok := sqlTextArgs[name]
+	return ok
 }
