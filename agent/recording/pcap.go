@@ -23,7 +23,7 @@ import (
 // consecutive sequence numbers, and dissectors reassemble them.
 const MaxSegment = 65535 - 40
 
-// ExportPcap writes session id's recording as a pcap file (`interlock export
+// ExportPcap writes session id's recording as a pcapng file (`interlock export
 // ID --pcap FILE`).
 func ExportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) error {
 	ss, err := st.Session(ctx, id)
