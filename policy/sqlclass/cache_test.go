@@ -167,3 +167,15 @@ func TestCacheSQLTextLiterals(t *testing.T) {
 		}
 	}
 }
+
+// A literal with bytes that are not UTF-8 does not parse: it must not
+// borrow the classification of a text of the same shape that did.
+func TestCacheInvalidUTF8Literal(t *testing.T) {
+	c := NewClassifier(Postgres{}, 256)
+	if q := c.Classify("SELECT 'ok'"); q.Err != nil {
+		t.Fatal(q.Err)
+	}
+	if q := c.Classify("SELECT '\xe8'"); q.Err == nil {
+		t.Fatalf("invalid UTF-8 in a literal classified as %q", describe(q))
+	}
+}
