@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +22,7 @@ import (
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/policy"
 	"github.com/interlock-dev/interlock/policy/mask"
+	"github.com/interlock-dev/interlock/policy/sqlclass"
 )
 
 // handshakeTimeout bounds everything before the first query: the agent's
@@ -36,52 +36,59 @@ const overCapHandshake = 2 * time.Second
 
 // cancelKeys maps the cancel keys interlockd hands agents to the upstream
 // backends they stand for, so a CancelRequest through the proxy cancels the
-// right query without the agent ever learning the server's key.
+// right query without the agent ever learning the server's secret. The
+// agent's key carries the backend's real process ID, which the agent sees
+// anyway (pg_backend_pid(), pg_stat_activity), and a secret of interlockd's
+// own; two servers may have backends with one PID, so the pair is the key.
 type cancelKeys struct {
 	mu sync.Mutex
-	m  map[uint32]cancelTarget
+	m  map[cancelID]cancelTarget
+}
+
+type cancelID struct {
+	pid    uint32
+	secret [4]byte
 }
 
 type cancelTarget struct {
-	secret   [4]byte
 	upstream string
 	key      postgres.CancelKey
 	identity string
 }
 
+// add registers t and returns the key to give the agent: t's process ID
+// with a fresh random secret.
 func (k *cancelKeys) add(t cancelTarget) postgres.CancelKey {
-	var b [8]byte
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.m == nil {
-		k.m = map[uint32]cancelTarget{}
+		k.m = map[cancelID]cancelTarget{}
 	}
+	id := cancelID{pid: t.key.ProcessID}
 	for {
-		rand.Read(b[:])
-		pid := binary.BigEndian.Uint32(b[:4]) &^ (1 << 31)
-		if _, taken := k.m[pid]; pid == 0 || taken {
-			continue
+		rand.Read(id.secret[:])
+		if _, taken := k.m[id]; !taken {
+			break
 		}
-		copy(t.secret[:], b[4:])
-		k.m[pid] = t
-		return postgres.CancelKey{ProcessID: pid, SecretKey: b[4:8:8]}
 	}
+	k.m[id] = t
+	return postgres.CancelKey{ProcessID: id.pid, SecretKey: append([]byte(nil), id.secret[:]...)}
 }
 
-func (k *cancelKeys) remove(pid uint32) {
+func (k *cancelKeys) remove(key postgres.CancelKey) {
 	k.mu.Lock()
-	delete(k.m, pid)
+	delete(k.m, cancelID{pid: key.ProcessID, secret: [4]byte(key.SecretKey)})
 	k.mu.Unlock()
 }
 
 func (k *cancelKeys) find(key postgres.CancelKey) (cancelTarget, bool) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	t, ok := k.m[key.ProcessID]
-	if !ok || len(key.SecretKey) != 4 || [4]byte(key.SecretKey) != t.secret {
+	if len(key.SecretKey) != 4 {
 		return cancelTarget{}, false
 	}
-	return t, true
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	t, ok := k.m[cancelID{pid: key.ProcessID, secret: [4]byte(key.SecretKey)}]
+	return t, ok
 }
 
 // servePostgres runs one PostgreSQL session: the agent's startup is
@@ -130,7 +137,8 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		}
 	}
 	params := hello.Startup.ForwardParameters()
-	if err := checkStartupParameters(hello.Startup.Parameters); err != nil {
+	settings, err := startupSettings(hello.Startup.Parameters)
+	if err != nil {
 		dec := policy.Decision{Action: policy.Deny, Rule: "startup-parameters", Message: err.Error()}
 		d.auditDecision(c, target, "startup", dec)
 		d.refusePG(c, target, agent, "denied", pgError("42501", "interlock: "+err.Error()))
@@ -141,6 +149,15 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		d.auditLimit(c, target, "sessions", msg)
 		d.refusePG(c, target, agent, "session limit", pgError("53300", "interlock: sorry, too many sessions: "+msg))
 		return
+	}
+	mode := pol.Mode(subj, target)
+	for _, v := range decideStartup(pol, subj, target, settings) {
+		d.auditDecisionMode(c, target, "startup parameter "+v.name, v.decision, mode)
+		if v.decision.Action == policy.Deny && mode == policy.Enforce {
+			d.refusePG(c, target, agent, "denied", pgError("42501", fmt.Sprintf(
+				"interlock: startup parameter %q denied by policy rule %q%s", v.name, v.decision.Rule, suffix(v.decision.Message))))
+			return
+		}
 	}
 	issueStart := time.Now()
 	lease, err := d.creds.Issue(hctx, credentials.Request{
@@ -182,7 +199,7 @@ func (d *Daemon) servePostgres(ctx context.Context, c *proxy.Conn, target *polic
 		return
 	}
 	key := d.cancels.add(cancelTarget{upstream: upAddr, key: up.Key, identity: c.Identity.Name})
-	defer d.cancels.remove(key.ProcessID)
+	defer d.cancels.remove(key)
 	if err := postgres.GreetClient(agent, hello.Startup, up, key); err != nil {
 		up.Conn.Close()
 		d.auditClose(c, target, "agent gone", "", 0, 0)
@@ -339,9 +356,17 @@ func (s *pgSession) Query(ctx context.Context, sql string) postgres.Verdict {
 	dec := policy.Decision{Action: policy.Deny, Rule: "identity-revoked", Message: "the agent's cgroup is no longer tagged"}
 	mode := policy.Enforce
 	start := time.Now()
+	var parseErr *sqlclass.ParseError
 	if s.tagged() {
-		dec, _ = pol.DecideSQL(s.subj, target, sql)
+		var q *sqlclass.Query
+		dec, q = pol.DecideSQL(s.subj, target, sql)
 		mode = pol.Mode(s.subj, target)
+		if q != nil && q.Err != nil {
+			// Say what could not be classified, in the audit trail and
+			// to the agent.
+			dec.Message = q.Err.Error()
+			errors.As(q.Err, &parseErr)
+		}
 	}
 	s.d.metrics.DecideLatency.Observe(metrics.Since(start))
 	s.d.metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
@@ -353,6 +378,11 @@ func (s *pgSession) Query(ctx context.Context, sql string) postgres.Verdict {
 		switch dec.Action {
 		case policy.Deny:
 			v = postgres.Verdict{Action: postgres.Deny, Rule: dec.Rule, Message: dec.Message}
+			if parseErr != nil {
+				// The server would refuse it the same way: the agent
+				// sees the server's error, not a policy's.
+				v.Code, v.Message, v.Position = parseErr.Code, parseErr.Message, int32(parseErr.Position)
+			}
 		case policy.Mask:
 			v.Mask = columnMasker{dec.Mask}
 		case policy.Approve:

@@ -23,7 +23,7 @@ import (
 // consecutive sequence numbers, and dissectors reassemble them.
 const MaxSegment = 65535 - 40
 
-// ExportPcap writes session id's recording as a pcap file (`interlock export
+// ExportPcap writes session id's recording as a pcapng file (`interlock export
 // ID --pcap FILE`).
 func ExportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) error {
 	ss, err := st.Session(ctx, id)
@@ -38,19 +38,23 @@ func ExportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) er
 	return WritePcap(w, ss, rd)
 }
 
+// pgPort is the port Wireshark's PostgreSQL dissector is registered on. It
+// has no heuristic, so a capture on any other port is decoded as PostgreSQL
+// only when the reader says so (-d tcp.port==PORT,pgsql).
+const pgPort = 5432
+
 // WritePcap writes the messages of a recording as an Ethernet/IP/TCP packet
-// capture (gopacket's pcapgo): a SYN, SYN-ACK, ACK handshake between the
-// session's real client and upstream addresses, each direction's messages
-// re-framed as on the wire (PostgreSQL: type, length, body) in segments of
-// at most MaxSegment bytes with correct sequence and acknowledgement
-// numbers, and a FIN exchange at the end. Wireshark and tshark decode it as
-// the real protocol (for PostgreSQL on a port other than 5432, tell them
-// with -d tcp.port==PORT,pgsql).
+// capture in pcapng (gopacket's pcapgo): a SYN, SYN-ACK, ACK handshake
+// between the session's real client and upstream addresses, each
+// direction's messages re-framed as on the wire (PostgreSQL: type, length,
+// body) in segments of at most MaxSegment bytes with correct sequence and
+// acknowledgement numbers, and a FIN exchange at the end. Wireshark and
+// tshark decode it as the real protocol with no option: a PostgreSQL
+// session's server port is written as 5432, whatever the upstream's was,
+// and the file's comment (pcapng section comment, shown by capinfos and
+// Wireshark's capture file properties) names the session and its real
+// upstream address.
 func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
-	pw := pcapgo.NewWriter(w)
-	if err := pw.WriteFileHeader(262144, layers.LinkTypeEthernet); err != nil {
-		return fmt.Errorf("write pcap header: %w", err)
-	}
 	h := rd.Header()
 	client := endpoint(firstNonEmpty(ss.ClientAddr, h.Client), netip.MustParseAddrPort("10.0.0.1:40000"))
 	server := endpoint(firstNonEmpty(ss.UpstreamAddr, h.Upstream), netip.MustParseAddrPort("10.0.0.2:5432"))
@@ -59,6 +63,32 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 		client = netip.AddrPortFrom(netip.AddrFrom16(client.Addr().As16()), client.Port())
 		server = netip.AddrPortFrom(netip.AddrFrom16(server.Addr().As16()), server.Port())
 	}
+	protocol := firstNonEmpty(ss.Protocol, h.Protocol)
+	comment := fmt.Sprintf("interlock session %s: identity %s, target %s, %s from %s to %s",
+		firstNonEmpty(ss.ID, h.Session), ss.Identity, ss.Target, protocol, client, server)
+	if protocol == "postgresql" && server.Port() != pgPort {
+		comment += fmt.Sprintf("; the server port %d is written as %d so that dissectors decode PostgreSQL without options",
+			server.Port(), pgPort)
+		server = netip.AddrPortFrom(server.Addr(), pgPort)
+	}
+	pw, err := pcapgo.NewNgWriterInterface(w, pcapgo.NgInterface{
+		Name: "interlock", LinkType: layers.LinkTypeEthernet, SnapLength: 262144, TimestampResolution: 9,
+	}, pcapgo.NgWriterOptions{SectionInfo: pcapgo.NgSectionInfo{Application: "interlock", Comment: comment}})
+	if err != nil {
+		return fmt.Errorf("write pcapng header: %w", err)
+	}
+	if err := writeConversation(pw, ss, rd, protocol, client, server); err != nil {
+		return err
+	}
+	if err := pw.Flush(); err != nil {
+		return fmt.Errorf("write pcapng: %w", err)
+	}
+	return nil
+}
+
+// writeConversation writes the recording's messages as one TCP connection.
+func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader, protocol string, client, server netip.AddrPort) error {
+	h := rd.Header()
 	start := ss.Started
 	if start.IsZero() {
 		start = time.Unix(0, h.Started)
@@ -81,7 +111,6 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 		pending = pending[:0]
 		return err
 	}
-	protocol := firstNonEmpty(ss.Protocol, h.Protocol)
 	for {
 		fr, err := rd.Next()
 		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -132,7 +161,7 @@ func appendWire(dst []byte, protocol string, fr Frame) []byte {
 }
 
 type tcpConv struct {
-	pw           *pcapgo.Writer
+	pw           *pcapgo.NgWriter
 	client       netip.AddrPort
 	server       netip.AddrPort
 	cseq, sseq   uint32 // next sequence number of each side

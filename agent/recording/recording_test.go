@@ -382,8 +382,9 @@ func TestRecordRealSession(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.Close()
-		upPort := strconv.Itoa(pg.Port)
-		out := tshark(t, "-r", pcap, "-d", "tcp.port=="+upPort+",pgsql", "-Y", "pgsql.query", "-T", "fields", "-e", "pgsql.query")
+		// No -d option: the server port is written as 5432, and the
+		// file says which it really was.
+		out := tshark(t, "-r", pcap, "-Y", "pgsql.query", "-T", "fields", "-e", "pgsql.query")
 		var queries []string
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			queries = append(queries, l)
@@ -410,9 +411,14 @@ func TestRecordRealSession(t *testing.T) {
 				t.Errorf("tshark query %d = %.100q, want %.100q", i, queries[i], want[i])
 			}
 		}
+		info, err := exec.Command("capinfos", "-k", pcap).CombinedOutput()
+		if err != nil || !strings.Contains(string(info), fmt.Sprintf("the server port %d is written as 5432", pg.Port)) ||
+			!strings.Contains(string(info), "interlock session "+ss.ID) {
+			t.Fatalf("capinfos -k: %v\n%s", err, info)
+		}
 		// The synthesized TCP stream is clean: no retransmissions, lost
 		// segments or malformed packets as far as tshark can tell.
-		if bad := tshark(t, "-r", pcap, "-d", "tcp.port=="+upPort+",pgsql", "-Y", "_ws.malformed || tcp.analysis.flags || _ws.expert.severity >= error"); strings.TrimSpace(bad) != "" {
+		if bad := tshark(t, "-r", pcap, "-Y", "_ws.malformed || tcp.analysis.flags || _ws.expert.severity >= error"); strings.TrimSpace(bad) != "" {
 			t.Fatalf("tshark flags problems:\n%s", head(bad, 20))
 		}
 		// The big result crossed in several segments of at most 64 KiB.
@@ -429,7 +435,7 @@ func TestRecordRealSession(t *testing.T) {
 			t.Fatalf("largest segment %d (full segments %d), want splits at %d", maxLen, segs, recording.MaxSegment)
 		}
 		// DataRow of the masked-as-seen values decodes too.
-		if rows := tshark(t, "-r", pcap, "-d", "tcp.port=="+upPort+",pgsql", "-Y", "pgsql.type == \"Data row\"", "-T", "fields", "-e", "pgsql.val.data"); !strings.Contains(rows, "616c696365") {
+		if rows := tshark(t, "-r", pcap, "-Y", "pgsql.type == \"Data row\"", "-T", "fields", "-e", "pgsql.val.data"); !strings.Contains(rows, "616c696365") {
 			t.Fatalf("tshark data rows lack alice:\n%s", head(rows, 10))
 		}
 

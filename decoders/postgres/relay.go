@@ -21,8 +21,8 @@ type Action uint8
 const (
 	// Forward sends the statement to the server.
 	Forward Action = iota
-	// Deny answers the agent with an ErrorResponse (SQLSTATE 42501) instead;
-	// the session goes on.
+	// Deny answers the agent with an ErrorResponse instead (SQLSTATE 42501
+	// unless the Verdict gives another); the session goes on.
 	Deny
 	// Hold tells the agent the statement awaits approval (a NoticeResponse),
 	// calls Verdict.Wait, then forwards or denies it.
@@ -36,6 +36,14 @@ type Verdict struct {
 	Rule string
 	// Message, when set, is added to the denial the agent sees.
 	Message string
+	// Code, when set, makes a denial the error the server itself would
+	// have answered, e.g. 42601 for a statement that does not parse: the
+	// agent sees Code, Message as the whole text and Position, as if the
+	// statement had reached the server, and no mention of a rule.
+	Code string
+	// Position is the 1-based character offset of the error in the
+	// statement (the ErrorResponse's P field), 0 for none; only with Code.
+	Position int32
 	// Mask, when set, rewrites the rows the statement returns.
 	Mask ColumnMasker
 	// ApprovalID names the pending approval of a Hold.
@@ -783,11 +791,14 @@ func (r *relay) decide(sql string, flush func() error) (Verdict, error) {
 // deny queues the agent's denial and appends the failing substitute
 // statement for the server.
 func (r *relay) deny(out []byte, kind uint8, stmt string, v Verdict) []byte {
-	text := "interlock: permission denied by rule \"" + v.Rule + "\""
-	if v.Message != "" {
-		text += ": " + v.Message
+	resp := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: v.Code, Message: v.Message, Position: v.Position}
+	if v.Code == "" {
+		resp.Code, resp.Message, resp.Position = "42501", "interlock: permission denied by rule \""+v.Rule+"\"", 0
+		if v.Message != "" {
+			resp.Message += ": " + v.Message
+		}
 	}
-	e, _ := (&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: text}).Encode(nil)
+	e, _ := resp.Encode(nil)
 	r.q.push(entry{kind: kind, deny: e})
 	if kind == kDenyQuery {
 		out, _ = (&pgproto3.Query{String: deniedSQL}).Encode(out)

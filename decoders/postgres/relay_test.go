@@ -190,6 +190,56 @@ func TestRelayDeny(t *testing.T) {
 	}
 }
 
+// A denial that stands for a server error (a statement that does not
+// parse) reaches the agent as that error, simple and extended protocol, with
+// the transaction state a server error leaves.
+func TestRelayDenyAsServerError(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	const msg = `syntax error at or near "FRM"`
+	p := startProxy(t, pg, func() RelayConfig {
+		return RelayConfig{Enforcer: EnforcerFunc(func(_ context.Context, sql string) Verdict {
+			if i := strings.Index(sql, "FRM"); i >= 0 {
+				return Verdict{Action: Deny, Rule: "unparseable", Message: msg, Code: "42601", Position: int32(i + 1)}
+			}
+			return Verdict{}
+		})}
+	})
+	c := connect(t, p)
+	ctx := context.Background()
+	pc := c.PgConn()
+	wantSyntax := func(err error, pos int32) {
+		t.Helper()
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "42601" || pe.Message != msg || pe.Position != pos || pe.Severity != "ERROR" {
+			t.Fatalf("want 42601 %q at %d, got %#v", msg, pos, err)
+		}
+	}
+	_, err := pc.Exec(ctx, "SELECT * FRM t").ReadAll()
+	wantSyntax(err, 10)
+	_, err = c.Exec(ctx, "SELECT $1::int FRM t", 1)
+	wantSyntax(err, 16)
+	if _, err := pc.Exec(ctx, "BEGIN").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pc.Exec(ctx, "SELECT FRM").ReadAll()
+	wantSyntax(err, 8)
+	if pc.TxStatus() != 'E' {
+		t.Fatalf("tx status after a syntax error in a transaction: %q, want E", pc.TxStatus())
+	}
+	if _, err := pc.Exec(ctx, "ROLLBACK").ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := c.QueryRow(ctx, "SELECT $1::int", 5).Scan(&n); err != nil || n != 5 {
+		t.Fatalf("session after the errors: %d %v", n, err)
+	}
+	// psql places its caret from the position, as it does for the server.
+	out, _ := exec.Command("psql", "-X", "-d", p.DSN(""), "-c", "SELECT * FRM t").CombinedOutput()
+	if !strings.Contains(string(out), "ERROR:  "+msg) || !strings.Contains(string(out), "LINE 1: SELECT * FRM t\n                 ^") {
+		t.Fatalf("psql:\n%s", out)
+	}
+}
+
 // A policy change applies to statements prepared before it.
 func TestRelayDenyPreparedAfterPolicyChange(t *testing.T) {
 	pg := testenv.StartPostgres(t)

@@ -254,8 +254,10 @@ func readBody(r io.Reader, hdr [4]byte) ([]byte, error) {
 
 // GreetClient completes the agent's startup after the upstream session is
 // established: AuthenticationOk, the upstream's ParameterStatus values,
-// BackendKeyData with the proxy's own key (so a cancel comes to the proxy,
-// never straight to the server), and ReadyForQuery. When the agent asked for
+// BackendKeyData with key, and ReadyForQuery. The key is the caller's: the
+// server's process ID, so that pg_backend_pid() and pg_stat_activity agree
+// with it, and a secret of the proxy's own, so a cancel comes to the proxy
+// and never straight to the server. When the agent asked for
 // a newer protocol minor version or for protocol options, it first sends
 // NegotiateProtocolVersion for 3.0, as a PostgreSQL 15 server does.
 func GreetClient(w io.Writer, st *Startup, up *Upstream, key CancelKey) error {

@@ -2,6 +2,7 @@ package sqlclass
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -148,4 +149,33 @@ func replaceLiterals(s, num, str string) string {
 		out = append(out, k[i])
 	}
 	return string(out)
+}
+
+// SQL text given to a function is in a literal: two texts that differ only
+// there must not share a classification through the shape cache.
+func TestCacheSQLTextLiterals(t *testing.T) {
+	c := NewClassifier(Postgres{}, 256)
+	for _, tc := range []struct{ sql, table string }{
+		{"SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases') FROM docs WHERE id = 1", "aliases"},
+		{"SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM secrets') FROM docs WHERE id = 2", "secrets"},
+		{"SELECT table_to_xml('public_docs', true, false, '')", "public_docs"},
+		{"SELECT table_to_xml('secrets', true, false, '')", "secrets"},
+	} {
+		q := c.Classify(tc.sql)
+		if q.Err != nil || !slices.Contains(q.Statements[0].Tables, tc.table) {
+			t.Errorf("%q: %v %q, want table %s", tc.sql, q.Err, describe(q), tc.table)
+		}
+	}
+}
+
+// A literal with bytes that are not UTF-8 does not parse: it must not
+// borrow the classification of a text of the same shape that did.
+func TestCacheInvalidUTF8Literal(t *testing.T) {
+	c := NewClassifier(Postgres{}, 256)
+	if q := c.Classify("SELECT 'ok'"); q.Err != nil {
+		t.Fatal(q.Err)
+	}
+	if q := c.Classify("SELECT '\xe8'"); q.Err == nil {
+		t.Fatalf("invalid UTF-8 in a literal classified as %q", describe(q))
+	}
 }

@@ -1,6 +1,9 @@
 package sqlclass
 
 import (
+	"strings"
+	"unicode/utf8"
+
 	pg "github.com/pganalyze/pg_query_go/v6"
 )
 
@@ -11,6 +14,9 @@ import (
 // full classifier would look at, and returns false otherwise so the caller
 // takes the full path:
 //
+//   - the text is valid UTF-8: the summary reads any bytes, but the full
+//     parse refuses invalid UTF-8 in a literal or a name (and accepts it in
+//     a comment), which only the full path can tell apart;
 //   - the text is one statement starting with SELECT, and contains none of
 //     the words FOR (locking clauses), INTO (SELECT INTO) or WITH (CTEs,
 //     which the summary reports differently), anywhere, even inside
@@ -19,7 +25,8 @@ import (
 //   - the summary's only statement type is SelectStmt (a nested
 //     data-modifying statement would add its own);
 //   - every table is read (context Select) and every function is called
-//     (context Call).
+//     (context Call), and none runs SQL given as text, which only the full
+//     tree holds.
 //
 // FuzzClassify and TestFastPathAgrees hold the two paths to the same
 // answer.
@@ -45,7 +52,7 @@ func pgFastSelect(text string) (Statement, bool) {
 		c.st.Tables = appendOnce(c.st.Tables, name)
 	}
 	for _, f := range sum.Functions {
-		if f.Context != pg.SummaryResult_Call {
+		if f.Context != pg.SummaryResult_Call || runsText(f.Name) {
 			return Statement{}, false
 		}
 		c.function(f.Name)
@@ -55,6 +62,9 @@ func pgFastSelect(text string) (Statement, bool) {
 
 // fastEligible is the lexical gate of pgFastSelect.
 func fastEligible(text string) bool {
+	if !utf8.ValidString(text) {
+		return false
+	}
 	i := 0
 	for i < len(text) && isSpace(text[i]) {
 		i++
@@ -96,4 +106,14 @@ func wordAt(text string, i int, w string) bool {
 
 func isSpace(b byte) bool {
 	return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\f' || b == '\v'
+}
+
+// runsText reports whether the function name (qualified or not) takes SQL
+// text or a relation name to classify.
+func runsText(name string) bool {
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		name = name[i+1:]
+	}
+	_, ok := sqlTextArgs[name]
+	return ok
 }

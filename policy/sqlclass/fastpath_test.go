@@ -15,7 +15,7 @@ func classifyFull(text string) (*Query, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fullQuery(tree), nil
+	return fullQuery(tree, 0)
 }
 
 // comparable renders what a policy can see of a statement, with lists

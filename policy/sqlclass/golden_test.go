@@ -2,6 +2,7 @@ package sqlclass
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -62,7 +63,11 @@ func readGolden(t *testing.T, path string) (header []string, cases []goldenCase)
 // describe renders a classification in the golden file's notation.
 func describe(q *Query) []string {
 	if q.Err != nil {
-		return []string{"error"}
+		var pe *ParseError
+		if errors.As(q.Err, &pe) {
+			return []string{fmt.Sprintf("error %s at %d: %s", pe.Code, pe.Position, pe.Message)}
+		}
+		return []string{"error: " + q.Err.Error()}
 	}
 	var out []string
 	for _, s := range q.Statements {
@@ -131,6 +136,22 @@ func TestSettingClass(t *testing.T) {
 	} {
 		if got := SettingClass(name); got != want {
 			t.Errorf("SettingClass(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestSettingStatement holds a startup parameter to the classification of
+// the SET it stands for.
+func TestSettingStatement(t *testing.T) {
+	for _, name := range []string{"application_name", "search_path", "Search_Path", "role",
+		"session_authorization", "statement_timeout", "transaction_isolation", "DateStyle", "row_security"} {
+		q, err := Postgres{}.Classify(fmt.Sprintf("SET %q = 'x'", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := SettingStatement(name)
+		if got, want := comparable(st)+" "+strings.Join(st.Reasons, ","), comparable(q.Statements[0])+" "+strings.Join(q.Statements[0].Reasons, ","); got != want {
+			t.Errorf("%s:\n got: %s\nwant: %s", name, got, want)
 		}
 	}
 }

@@ -1,10 +1,13 @@
 package sqlclass
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	pg "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -28,22 +31,95 @@ func (Postgres) Classify(text string) (q *Query, err error) {
 			q, err = nil, fmt.Errorf("classify sql: internal error: %v", r)
 		}
 	}()
+	return classifyText(text, 0)
+}
+
+// classifyText classifies text found at depth: 0 for a message, 1 for SQL
+// text given to a function in it, and so on.
+func classifyText(text string, depth int) (*Query, error) {
 	if st, ok := pgFastSelect(text); ok {
 		return &Query{ShapeSafe: true, Statements: []Statement{st}}, nil
 	}
 	tree, err := pg.Parse(text)
 	if err != nil {
-		return nil, fmt.Errorf("parse sql: %w", err)
+		return nil, parseError(text, err)
 	}
-	return fullQuery(tree), nil
+	return fullQuery(tree, depth)
+}
+
+// ParseError is text the server would refuse before running any of it,
+// described as the server would describe it, so a client that is denied the
+// statement sees the error it would have seen without the proxy.
+type ParseError struct {
+	// Code is the SQLSTATE: 42601 (syntax_error), or 22021
+	// (character_not_in_repertoire) for bytes that are not UTF-8.
+	Code string
+	// Message is the server's message, e.g. `syntax error at or near "FRM"`.
+	Message string
+	// Position is the 1-based character offset of the error in the text,
+	// as in an ErrorResponse's P field; 0 when there is none.
+	Position int
+}
+
+func (e *ParseError) Error() string {
+	if e.Position > 0 {
+		return fmt.Sprintf("parse sql: %s at character %d", e.Message, e.Position)
+	}
+	return "parse sql: " + e.Message
+}
+
+// parseError turns pg_query's error into a ParseError. pg_query reports
+// the grammar's own message and cursor position; text with bytes that are
+// not UTF-8 fails in its protobuf encoding instead, where a UTF8 server
+// refuses the message with 22021 before parsing.
+func parseError(text string, err error) error {
+	if !utf8.ValidString(text) {
+		return &ParseError{Code: "22021", Message: invalidUTF8Message(text)}
+	}
+	var pe *parser.Error
+	if errors.As(err, &pe) {
+		return &ParseError{Code: "42601", Message: pe.Message, Position: pe.Cursorpos}
+	}
+	return fmt.Errorf("parse sql: %w", err)
+}
+
+// invalidUTF8Message words the server's message for the first invalid
+// sequence: the lead byte and the continuation bytes its length implies.
+func invalidUTF8Message(text string) string {
+	i := 0
+	for i < len(text) {
+		r, n := utf8.DecodeRuneInString(text[i:])
+		if r == utf8.RuneError && n <= 1 {
+			break
+		}
+		i += n
+	}
+	n := 1 // as pg_utf_mblen
+	switch b := text[i]; {
+	case b&0xe0 == 0xc0:
+		n = 2
+	case b&0xf0 == 0xe0:
+		n = 3
+	case b&0xf8 == 0xf0:
+		n = 4
+	}
+	var sb strings.Builder
+	sb.WriteString(`invalid byte sequence for encoding "UTF8":`)
+	for k := i; k < min(i+n, len(text)); k++ {
+		fmt.Fprintf(&sb, " 0x%02x", text[k])
+	}
+	return sb.String()
 }
 
 // fullQuery classifies every statement of a full parse tree.
-func fullQuery(tree *pg.ParseResult) *Query {
+func fullQuery(tree *pg.ParseResult, depth int) (*Query, error) {
 	q := &Query{ShapeSafe: true, Statements: make([]Statement, 0, len(tree.Stmts))}
 	for _, raw := range tree.Stmts {
-		c := &pgClassifier{}
+		c := &pgClassifier{depth: depth}
 		c.statement(raw.GetStmt())
+		if c.err != nil {
+			return nil, c.err
+		}
 		st := c.finish()
 		switch st.Node {
 		case "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt":
@@ -53,6 +129,10 @@ func fullQuery(tree *pg.ParseResult) *Query {
 			// by exact text.
 			q.ShapeSafe = false
 		}
+		if c.literal {
+			// SQL text in a literal: its own tables and effects.
+			q.ShapeSafe = false
+		}
 		q.Statements = append(q.Statements, st)
 	}
 	if len(q.Statements) > 1 {
@@ -60,7 +140,7 @@ func fullQuery(tree *pg.ParseResult) *Query {
 			q.Statements[i].Multi = true
 		}
 	}
-	return q
+	return q, nil
 }
 
 // ShapeKey implements [Dialect] with the PostgreSQL lexical rules.
@@ -74,6 +154,13 @@ type pgClassifier struct {
 	base Class // class ignoring unknown functions
 	full Class // class counting unknown functions as Write
 	set  bool  // Command and Node already set by the outermost statement
+	// depth is how deep in SQL text given to functions this statement is.
+	depth int
+	// literal is set when the classification depends on a literal: a
+	// function's SQL text argument.
+	literal bool
+	// err refuses the statement: SQL text that cannot be classified.
+	err error
 }
 
 func (c *pgClassifier) finish() Statement {
@@ -145,8 +232,12 @@ func (c *pgClassifier) statement(n *pg.Node) {
 			return
 		}
 		// Plain EXPLAIN only plans: keep what it names, not what it would do.
-		inner := &pgClassifier{set: true}
+		inner := &pgClassifier{set: true, depth: c.depth}
 		inner.statement(x.ExplainStmt.Query)
+		c.literal = c.literal || inner.literal
+		if inner.err != nil {
+			c.fail(inner.err)
+		}
 		c.raise(Read, "")
 		c.st.Tables = appendOnce(c.st.Tables, inner.st.Tables...)
 		c.st.Functions = appendOnce(c.st.Functions, inner.st.Functions...)
@@ -282,7 +373,9 @@ func (c *pgClassifier) walk(m protoreflect.Message, top bool) {
 		}
 		c.st.Tables = appendOnce(c.st.Tables, name)
 	case *pg.FuncCall:
-		c.function(joinNames(x.Funcname))
+		name := joinNames(x.Funcname)
+		c.function(name)
+		c.textArguments(name, x.Args)
 	case *pg.InsertStmt, *pg.UpdateStmt, *pg.DeleteStmt, *pg.MergeStmt:
 		if !top {
 			c.raise(Write, "data-modifying statement inside WITH")
@@ -446,11 +539,19 @@ func setClass(s *pg.VariableSetStmt) Class {
 	return SettingClass(name)
 }
 
+// SettingStatement is the classification of "SET name = value", the
+// statement a startup parameter (or "-c name=value" in the options
+// parameter) stands for, so a policy decides it exactly as that SET.
+func SettingStatement(name string) Statement {
+	c := &pgClassifier{}
+	c.statement(&pg.Node{Node: &pg.Node_VariableSetStmt{VariableSetStmt: &pg.VariableSetStmt{
+		Kind: pg.VariableSetKind_VAR_SET_VALUE, Name: strings.ToLower(name),
+	}}})
+	return c.finish()
+}
+
 // SettingClass is the class of changing the run-time parameter name, the
-// same whether by SET, by set_config or in a StartupMessage: a decoder
-// should refuse startup parameters (and "-c name=value" in the options
-// parameter) above Session, which would otherwise change the session
-// without any statement to decide.
+// same whether by SET, by set_config or in a StartupMessage.
 func SettingClass(name string) Class {
 	name = strings.ToLower(name)
 	switch {

@@ -1,5 +1,7 @@
 package sqlclass
 
+import "unicode/utf8"
+
 // pgShapeKey appends to dst a key for text in which every plain numeric and
 // string literal is replaced by a marker, so "SELECT * FROM t WHERE id = 1"
 // and "... id = 2" share one cache entry. The markers start with NUL, which
@@ -8,14 +10,18 @@ package sqlclass
 //
 // It is deliberately conservative: whenever the lexical structure is not
 // certain (backslashes in strings, prefixed strings such as E'x' or U&'x',
-// numbers glued to identifiers, unterminated quotes or comments, a NUL byte)
-// it returns false and the caller keys by the exact text. A wrong key would
+// numbers glued to identifiers, unterminated quotes or comments, a NUL byte,
+// bytes that are not UTF-8, which the parser refuses in a literal but not in
+// a comment) it returns false and the caller keys by the exact text. A wrong key would
 // let one statement borrow another's classification, so when in doubt, no.
 //
 // An empty string literal keeps a marker of its own, because emptiness is
 // the one property of a literal a classification could notice.
 func pgShapeKey(dst []byte, text string) ([]byte, bool) {
 	dst = dst[:0]
+	if !utf8.ValidString(text) {
+		return dst, false
+	}
 	n := len(text)
 	for i := 0; i < n; {
 		c := text[i]
