@@ -29,6 +29,11 @@ func warnPtraceExposure(ctx context.Context, c *control.Client, rel string, uids
 		uids = cgroupUIDs(filepath.Join(st.CgroupMount, rel))
 	}
 	for _, uid := range uids {
+		// Root owns most of the host and has worse ways out than ptrace
+		// without the bpf LSM; the start log and status say so already.
+		if uid == 0 {
+			continue
+		}
 		if n := processesOutside(rel, uid); n > 0 {
 			fmt.Fprintf(stderr, "interlock: warning: uid %d owns %d process(es) outside %s, and this kernel "+
 				"cannot refuse ptrace across identities (no bpf LSM, kernel.yama.ptrace_scope 0): the agent "+
