@@ -81,7 +81,9 @@ func TestUninstallQuiet(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	for _, line := range strings.Split(d.Logs(), "\n") {
-		if strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "cgroup") {
+		// The start's gap warnings may name cgroups; uninstall's may not.
+		if strings.Contains(line, `"level":"warn"`) && strings.Contains(line, "cgroup") &&
+			!strings.Contains(line, "not enforced on this kernel") {
 			t.Errorf("uninstall warned: %s", line)
 		}
 	}

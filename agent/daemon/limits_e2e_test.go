@@ -342,8 +342,6 @@ const limitsConfig = `limits:
 // quickly, and a slot freed is a slot usable again.
 func TestSessionCapPerIdentity(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
-	// pgx reads the CA that `interlock exec` names, even with sslmode=disable.
-	openForAgents(t, f)
 	agent := agentBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
 	a, r := startAttack(t, f.d, agent, "sessions", addr, "5")
@@ -392,8 +390,6 @@ func TestSessionCapPerIdentity(t *testing.T) {
 // interlockd's resident memory stays within the budget.
 func TestBufferCapsBoundMemory(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "30s"))
-	// pgx reads the CA that `interlock exec` names, even with sslmode=disable.
-	openForAgents(t, f)
 	agent := agentBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
 	before := rssKiB(t, f.d.PID())
@@ -443,8 +439,6 @@ func TestBufferCapsBoundMemory(t *testing.T) {
 // one answer and the connection closes at once.
 func TestSlowMessageAndHandshakeFlood(t *testing.T) {
 	f := startPG(t, fmt.Sprintf(limitsConfig, "2s"))
-	// pgx reads the CA that `interlock exec` names, even with sslmode=disable.
-	openForAgents(t, f)
 	agent := agentBinary(t)
 	addr := "127.0.0.1:" + strconv.Itoa(f.pg.Port)
 	_, r := startAttack(t, f.d, agent, "slow", addr)

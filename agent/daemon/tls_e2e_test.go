@@ -98,18 +98,6 @@ func pgxConnectLatency(ctx context.Context, dsn string) (string, error) {
 	return strconv.FormatFloat(us[len(us)/2], 'f', 0, 64), nil
 }
 
-// openForAgents lets an unprivileged agent reach the daemon's published CA
-// certificate: a real install publishes it in /run/interlock (0755); the
-// test daemon's socket lives in a private temporary directory.
-func openForAgents(t *testing.T, f *pgFixture) {
-	t.Helper()
-	for dir := filepath.Dir(f.d.Socket); dir != os.TempDir() && dir != "/"; dir = filepath.Dir(dir) {
-		if err := os.Chmod(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // callerEnv is the environment a test runs `interlock exec` with: the
 // test's own, minus any PGSSLROOTCERT, so the one exec sets is used.
 func callerEnv(extra ...string) []string {
@@ -160,7 +148,6 @@ func otherCA(t *testing.T) string {
 // session is decided and recorded as a plain one is.
 func TestPostgresTLSFromAgent(t *testing.T) {
 	f := startPG(t)
-	openForAgents(t, f)
 	const query = "SELECT name FROM customers WHERE id = 2"
 	for _, tc := range []struct{ name, host, mode string }{
 		{"require by address", "127.0.0.1", "require"},
@@ -240,7 +227,6 @@ func TestPostgresTLSFromAgent(t *testing.T) {
 // it with or without a daemon, and `ca rotate` replaces it for good.
 func TestCAExportAndRotate(t *testing.T) {
 	f := startPG(t)
-	openForAgents(t, f)
 	dir := daemon.CADir(f.d.StateDir)
 	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, ca.KeyFile): 0o600} {
 		if st, err := os.Stat(path); err != nil || st.Mode().Perm() != want {

@@ -91,6 +91,15 @@ func Start(t testing.TB, o Options) *Daemon {
 		testenv.Unavailable(t, "no cgroup2 mount: %v", err)
 	}
 	base := t.TempDir()
+	// Agents run unprivileged and read the CA certificate published beside
+	// the socket (PGSSLROOTCERT from `interlock exec`): open the way to it
+	// as a real install's /run/interlock (0755) is. The state directory
+	// inside stays interlockd's own (0700).
+	for dir := base; dir != os.TempDir() && dir != "/"; dir = filepath.Dir(dir) {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	d := &Daemon{
 		t: t, Mount: mount, Bin: bin, Policy: o.Policy,
 		Root:     filepath.Join(mount, fmt.Sprintf("interlock-test-%d-%d", os.Getpid(), time.Now().UnixNano())),
