@@ -65,7 +65,9 @@ func TestPgxSuiteThroughInterlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(cfg, []byte("credentials:\n  static:\n    pgx: {username: agent, password: pgx-suite}\n"), 0o600); err != nil {
+	// pgx's concurrency tests open more sessions at once than the default
+	// per-identity cap (32).
+	if err := os.WriteFile(cfg, []byte("credentials:\n  static:\n    pgx: {username: agent, password: pgx-suite}\nlimits: {sessions: 200}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg})
@@ -96,7 +98,8 @@ func TestPgxSuiteThroughInterlock(t *testing.T) {
 			if err != nil {
 				t.Fatalf("go list %s: %v", path, err)
 			}
-			cmd := d.Command(t.Context(), "exec", "--identity", "pgx", "--",
+			// pgx's tests set up their own TLS and root certificates.
+			cmd := d.Command(t.Context(), "exec", "--identity", "pgx", "--no-ca-env", "--",
 				"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
 				bin, "-test.count=1", "-test.timeout=20m", "-test.skip", skip)
 			cmd.Dir = strings.TrimSpace(string(src))

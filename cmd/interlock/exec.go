@@ -35,6 +35,7 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 	fs.SetOutput(stderr)
 	identity := fs.String("identity", "", "identity the command acts as")
 	asUser := fs.String("user", "", "run the command as this user (its groups and HOME, as a login sets them)")
+	noCAEnv := fs.Bool("no-ca-env", false, "leave the environment's CA settings (PGSSLROOTCERT) as they are")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -53,10 +54,12 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 		fmt.Fprintf(stderr, "interlock: %v\n", err)
 		return exitInterlock
 	}
-	env, err := caEnv(ctx, c, os.Environ())
-	if err != nil {
-		fmt.Fprintf(stderr, "interlock: %v\n", err)
-		return exitInterlock
+	env := os.Environ()
+	if !*noCAEnv {
+		if env, err = caEnv(ctx, c, env); err != nil {
+			fmt.Fprintf(stderr, "interlock: %v\n", err)
+			return exitInterlock
+		}
 	}
 	gate, release, err := os.Pipe()
 	if err != nil {
