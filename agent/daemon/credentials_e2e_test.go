@@ -149,18 +149,25 @@ func scanMemory(pid int, needle []byte) (int, bool) {
 	return total, false
 }
 
-func TestOrphanedRoleRevokedAfterCrash(t *testing.T) {
-	f := startPG(t)
+// holdSession starts psql under `interlock exec` as ci-bot, sends one
+// statement and keeps the session open until the test ends, and waits
+// until the session's role exists.
+func (f *pgFixture) holdSession(t *testing.T) {
+	t.Helper()
 	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
 		"-p", strconv.Itoa(f.pg.Port), "-U", "agent", "-d", "postgres")
 	stdin, _ := cmd.StdinPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
-	defer stdin.Close()
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
 	fmt.Fprintln(stdin, "SELECT 1;")
 	waitFor(t, "the session's role", func() bool { return len(sessionRoles(t, f.pg)) == 1 })
+}
+
+func TestOrphanedRoleRevokedAfterCrash(t *testing.T) {
+	f := startPG(t)
+	f.holdSession(t)
 	role := sessionRoles(t, f.pg)[0]
 	f.d.Kill()
 	if got := sessionRoles(t, f.pg); len(got) != 1 {

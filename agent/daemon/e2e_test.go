@@ -274,12 +274,19 @@ func (f *fixture) run(t *testing.T, id, mode, arg string, prefix ...string) repo
 // runIn runs the agent directly (no interlock exec) inside cgroup dir.
 func (f *fixture) runIn(t testing.TB, dir, mode, arg string) report {
 	t.Helper()
+	return f.runArgvIn(t, dir, mode, f.agent, arg)
+}
+
+// runArgvIn runs argv (the agent, or the agent behind a wrapper such as
+// setpriv) inside cgroup dir and decodes the agent's report.
+func (f *fixture) runArgvIn(t testing.TB, dir, mode string, argv ...string) report {
+	t.Helper()
 	cg, err := os.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cg.Close()
-	cmd := exec.CommandContext(t.Context(), f.agent, arg)
+	cmd := exec.CommandContext(t.Context(), argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), clientEnv+"="+mode)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
 	out, err := cmd.Output()

@@ -113,23 +113,7 @@ func (s *squatter) accepted() []string {
 // exec: interlockd may be down) and decodes its report.
 func (f *fixture) runUnprivileged(t *testing.T, dir, mode, arg string) report {
 	t.Helper()
-	cg, err := os.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cg.Close()
-	cmd := exec.CommandContext(t.Context(), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, arg)
-	cmd.Env = append(os.Environ(), clientEnv+"="+mode)
-	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("agent in %s: %v\n%s", dir, err, out)
-	}
-	var r report
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("agent report %q: %v", out, err)
-	}
-	return r
+	return f.runArgvIn(t, dir, mode, append(append([]string{}, unprivileged...), f.agent, arg)...)
 }
 
 // TestPortSquatterGetsNothing: while interlockd is down, an unprivileged
@@ -147,16 +131,7 @@ func TestPortSquatterGetsNothing(t *testing.T) {
 	pgAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(f.pg.Port))
 
 	// A session whose role the journal holds when interlockd dies.
-	cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
-		"-p", strconv.Itoa(f.pg.Port), "-U", "agent", "-d", "postgres")
-	stdin, _ := cmd.StdinPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	defer stdin.Close()
-	fmt.Fprintln(stdin, "SELECT 1;")
-	waitFor(t, "the session's role", func() bool { return len(sessionRoles(t, f.pg)) == 1 })
+	f.holdSession(t)
 	f.d.Kill()
 
 	sq := startSquatter(t, f.agent, f.d.Port)
