@@ -297,19 +297,20 @@ func TestAcceptClientEncryptionRequestsOnce(t *testing.T) {
 		t.Fatalf("%d answers to 1000 SSLRequests, want 1", n)
 	}
 
-	// One of each, then the startup: accepted as a server would.
-	a, b = net.Pipe()
-	defer a.Close()
+	// One of each, then the startup: accepted as a server would. A pipe of
+	// its own: the flood's writer above may still hold b.
+	server, client := net.Pipe()
+	defer server.Close()
 	go func() {
 		var buf [1]byte
 		for _, m := range [][]byte{ssl, gss} {
-			b.Write(m)
-			b.Read(buf[:])
+			client.Write(m)
+			client.Read(buf[:])
 		}
 		st, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "u"}}).Encode(nil)
-		b.Write(st)
+		client.Write(st)
 	}()
-	h, err := AcceptClient(ctx, a, ClientConfig{})
+	h, err := AcceptClient(ctx, server, ClientConfig{})
 	if err != nil || h.Startup == nil || h.Startup.User != "u" {
 		t.Fatalf("SSLRequest, GSSENCRequest, startup: %+v, %v", h, err)
 	}
