@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -237,6 +238,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 					r.agent.Write(b)
 					r.agentMu.Unlock()
 				}
+				drainAgent(r.agent)
 				shutdown()
 			case <-time.After(time.Second):
 				// The server goroutine is stuck writing to an agent that
@@ -255,6 +257,26 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		return ctx.Err()
 	}
 	return first
+}
+
+// drainAgent reads and discards what the agent is still sending, for a
+// moment, before its connection is closed. An agent refused in the middle
+// of a large message is usually still writing it: closing with its bytes
+// unread would reset the connection, and its client would report "connection
+// reset" instead of the error it was just sent.
+func drainAgent(agent net.Conn) {
+	const lingerFor, lingerBytes = time.Second, 64 << 20
+	if agent.SetReadDeadline(time.Now().Add(lingerFor)) != nil {
+		return
+	}
+	buf := make([]byte, 32<<10)
+	for total := 0; total < lingerBytes; {
+		n, err := agent.Read(buf)
+		total += n
+		if err != nil {
+			return
+		}
+	}
 }
 
 // agentError is an error the agent is told about before its session ends.
@@ -296,6 +318,9 @@ type queue struct {
 	room    sync.Cond
 	waiting bool
 	done    bool
+	// reached is set by push when the queue reaches maxPending, so the
+	// agent's side checks it per message without taking mu again.
+	reached atomic.Bool
 }
 
 // maxPending bounds the requests awaiting the server's answers. An agent
@@ -305,12 +330,8 @@ type queue struct {
 // agent's side waits for answers, as a server's input does.
 const maxPending = 1 << 14
 
-// full reports whether the queue reached maxPending.
-func (q *queue) full() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.n >= maxPending
-}
+// full reports whether the queue reached maxPending since the last wait.
+func (q *queue) full() bool { return q.reached.Load() }
 
 // waitRoom blocks until the queue has drained to half of maxPending or the
 // server side has ended.
@@ -321,6 +342,7 @@ func (q *queue) waitRoom() {
 		q.waiting = true
 		q.room.Wait()
 	}
+	q.reached.Store(false)
 }
 
 // close wakes a waitRoom for good: no answers will come.
@@ -342,6 +364,9 @@ func (q *queue) push(e entry) {
 	}
 	q.buf[(q.head+q.n)%len(q.buf)] = e
 	q.n++
+	if q.n >= maxPending {
+		q.reached.Store(true)
+	}
 	q.mu.Unlock()
 }
 
