@@ -76,6 +76,9 @@ func (p *Policy) Identity(name string) *Identity { return p.identityIndex[name] 
 // Target returns the target named name, or nil.
 func (p *Policy) Target(name string) *Target { return p.targetIndex[name] }
 
+// RuleCount returns how many rules the policy has.
+func (p *Policy) RuleCount() int { return len(p.rules) }
+
 // Targets returns every target in file order.
 func (p *Policy) Targets() []*Target { return p.targets }
 

@@ -478,7 +478,7 @@ func (s *Service) audit(ctx context.Context, ev audit.Event) {
 	if s.cfg.Audit == nil {
 		return
 	}
-	if _, err := s.cfg.Audit.Append(ctx, ev); err != nil {
+	if _, err := s.cfg.Audit.RecordNow(ctx, ev); err != nil {
 		s.log.Error().Err(err).Str("kind", string(ev.Kind())).Msg("write approval audit record")
 	}
 }

@@ -45,7 +45,8 @@ var GenesisHash = strings.Repeat("0", 64)
 type Log struct {
 	st     *store.Store
 	host   string
-	logger *zerolog.Logger
+	logger *zerolog.Logger // witness: committed records with their hashes
+	events *zerolog.Logger // event log: every event as it is recorded
 	now    func() time.Time
 
 	mu sync.Mutex // serializes appends: one writer per chain in this process
@@ -62,11 +63,18 @@ type Log struct {
 type pending struct {
 	ev   Event
 	at   time.Time
-	done chan error // nil for Post
+	done chan error // nil for Record
 }
 
 // Option configures a Log.
 type Option func(*Log)
+
+// WithEventLog writes every event Record and RecordNow are given to l, as
+// one line at the event's level (message and fields per kind, "event"
+// naming it), before it enters the chain: the log an operator watches.
+func WithEventLog(l zerolog.Logger) Option {
+	return func(a *Log) { a.events = &l }
+}
 
 // WithLogger copies every appended record to l as one JSON log line (message
 // "audit", fields host, seq, kind, hash, event), after it is committed.
@@ -75,7 +83,7 @@ func WithLogger(l zerolog.Logger) Option {
 }
 
 // New returns a Log writing host's chain in st and starts the background
-// writer used by Post. Close it to drain Post's queue.
+// writer used by Record. Close it to drain Record's queue.
 func New(st *store.Store, host string, opts ...Option) *Log {
 	l := &Log{st: st, host: host, now: time.Now, queue: make(chan pending, 4096), stop: make(chan struct{})}
 	for _, o := range opts {
@@ -89,11 +97,12 @@ func New(st *store.Store, host string, opts ...Option) *Log {
 // Host returns the chain this Log writes.
 func (l *Log) Host() string { return l.host }
 
-// Append writes ev as the next record of the chain and returns it once it is
-// committed. Use it where the caller must not go on before the record is
-// durable (approval decisions, credential issue); use Post on the proxy's
-// hot path.
-func (l *Log) Append(ctx context.Context, ev Event) (store.AuditRecord, error) {
+// RecordNow writes ev to every sink, as Record does, and returns the chain
+// record once it is committed. Use it where the caller must not go on
+// before the record is durable (approval decisions); use Record on the
+// proxy's hot path.
+func (l *Log) RecordNow(ctx context.Context, ev Event) (store.AuditRecord, error) {
+	l.logEvent(ev)
 	rs, err := l.append(ctx, []pending{{ev: ev, at: l.now()}})
 	if err != nil {
 		return store.AuditRecord{}, err
@@ -101,17 +110,30 @@ func (l *Log) Append(ctx context.Context, ev Event) (store.AuditRecord, error) {
 	return rs[0], nil
 }
 
-// Post queues ev for the background writer, which appends queued events in
-// batches (one transaction each) and so keeps the proxy from waiting on a
-// database commit per statement. Post blocks only when the queue (4096
-// events) is full; a failed write is retried, not dropped (see writeBatch),
-// and the first error is returned by Flush or Close. Post must not be called
-// after Close.
-func (l *Log) Post(ev Event) {
+// Record writes ev to every sink: the event log (WithEventLog) at once, as
+// one line, and the chain through the background writer, which appends
+// queued events in batches (one transaction each) and so keeps the proxy
+// from waiting on a database commit per statement. It is the one way an
+// event is written, so the log and the chain cannot disagree.
+//
+// The one exception is an enforced allow (a Decision that let a request
+// through untouched): it goes to the log only, at debug level, because the
+// recording it is written into is sealed into the chain (RecordingSealed),
+// and one hashed append per allowed statement would cost a busy session
+// more than the statement.
+//
+// Record blocks only when the queue (4096 events) is full; a failed write is
+// retried, not dropped (see writeBatch), and the first error is returned by
+// Flush or Close. Record must not be called after Close.
+func (l *Log) Record(ev Event) {
+	l.logEvent(ev)
+	if d, ok := ev.(Decision); ok && d.Enforced && d.Action == "allow" {
+		return
+	}
 	l.queue <- pending{ev: ev, at: l.now()}
 }
 
-// Flush waits until every event posted before it is committed. While the
+// Flush waits until every event recorded before it is committed. While the
 // store is failing it keeps waiting (the writer retries), so give it a
 // deadline; it returns ctx's error then.
 func (l *Log) Flush(ctx context.Context) error {
@@ -193,7 +215,7 @@ func (l *Log) writeLoop() {
 
 // writeBatch appends the batch's events in one transaction. A failure (the
 // fleet store unreachable, say) is retried with backoff rather than dropping
-// events; meanwhile Post blocks once the queue is full, so the proxy slows
+// events; meanwhile Record blocks once the queue is full, so the proxy slows
 // down instead of acting unrecorded. Once Close has been called, a failing
 // batch is given up after one more try.
 func (l *Log) writeBatch(batch []pending) {

@@ -49,12 +49,12 @@ func TestChain(t *testing.T) {
 		t.Cleanup(func() { l.Close() })
 		evs := sampleEvents()
 		for _, ev := range evs[:5] {
-			if _, err := l.Append(ctx, ev); err != nil {
+			if _, err := l.RecordNow(ctx, ev); err != nil {
 				t.Fatal(err)
 			}
 		}
 		for _, ev := range evs[5:] {
-			l.Post(ev)
+			l.Record(ev)
 		}
 		if err := l.Flush(ctx); err != nil {
 			t.Fatal(err)
@@ -62,7 +62,7 @@ func TestChain(t *testing.T) {
 		// Another host's chain in the same store is independent.
 		lb := audit.New(open(t), "host-b")
 		t.Cleanup(func() { lb.Close() })
-		if _, err := lb.Append(ctx, audit.DaemonStarted{Version: "b"}); err != nil {
+		if _, err := lb.RecordNow(ctx, audit.DaemonStarted{Version: "b"}); err != nil {
 			t.Fatal(err)
 		}
 
@@ -197,11 +197,11 @@ func TestConcurrentAppend(t *testing.T) {
 			wg.Go(func() {
 				ev := audit.Decision{Session: fmt.Sprint(i), Action: "allow", Statement: audit.SQLStatement("SELECT 1")}
 				if i%2 == 0 {
-					if _, err := logs[i%2].Append(ctx, ev); err != nil {
+					if _, err := logs[i%2].RecordNow(ctx, ev); err != nil {
 						t.Error(err)
 					}
 				} else {
-					logs[i%2].Post(ev)
+					logs[i%2].Record(ev)
 				}
 			})
 		}
@@ -226,14 +226,14 @@ func TestPostSurvivesOutage(t *testing.T) {
 		st := open(t)
 		l := audit.New(st, "h")
 		t.Cleanup(func() { l.Close() })
-		if _, err := l.Append(ctx, audit.DaemonStarted{Version: "v"}); err != nil {
+		if _, err := l.RecordNow(ctx, audit.DaemonStarted{Version: "v"}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.DB().ExecContext(ctx, "ALTER TABLE audit_records RENAME TO audit_records_away"); err != nil {
 			t.Fatal(err)
 		}
 		for i := range 10 {
-			l.Post(audit.PolicyReloaded{Path: fmt.Sprint(i)})
+			l.Record(audit.PolicyReloaded{Path: fmt.Sprint(i)})
 		}
 		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
@@ -290,7 +290,7 @@ func TestSecretsNeverStored(t *testing.T) {
 			audit.ApprovalRequested{Approval: "a", Statement: audit.SQLStatement("ALTER USER x WITH PASSWORD 'hunter2'")},
 			audit.Decision{Action: "deny", Statement: audit.SQLStatement("UPDATE cards SET n = 4111111111111111")},
 		} {
-			if _, err := l.Append(ctx, ev); err != nil {
+			if _, err := l.RecordNow(ctx, ev); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -354,11 +354,11 @@ func BenchmarkAppend(b *testing.B) {
 			b.ResetTimer()
 			for b.Loop() {
 				if mode == "Append" {
-					if _, err := l.Append(context.Background(), ev); err != nil {
+					if _, err := l.RecordNow(context.Background(), ev); err != nil {
 						b.Fatal(err)
 					}
 				} else {
-					l.Post(ev)
+					l.Record(ev)
 				}
 			}
 			if err := l.Close(); err != nil {

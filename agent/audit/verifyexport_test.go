@@ -22,7 +22,7 @@ func TestVerifyExport(t *testing.T) {
 	defer st.Close()
 	l := audit.New(st, "host-a")
 	for _, ev := range sampleEvents() {
-		if _, err := l.Append(ctx, ev); err != nil {
+		if _, err := l.RecordNow(ctx, ev); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/interlock-dev/interlock/policy"
 )
 
 // ErrNotIssued is wrapped by every error Issue returns: the credential could
@@ -110,3 +112,21 @@ type SourceFunc func(ctx context.Context, req Request) (Lease, error)
 
 // Issue calls f.
 func (f SourceFunc) Issue(ctx context.Context, req Request) (Lease, error) { return f(ctx, req) }
+
+// RefOf turns a policy target's credential block into a Ref.
+func RefOf(r policy.CredentialRef) Ref {
+	ref := Ref{Source: r.Source, Role: r.Role, Path: r.Path}
+	str := func(k string) string { s, _ := r.Params[k].(string); return s }
+	ref.Kind, ref.Template = str("kind"), str("template")
+	if ttl, err := time.ParseDuration(str("ttl")); err == nil {
+		ref.TTL = ttl
+	}
+	if ps, ok := r.Params["principals"].([]any); ok {
+		for _, p := range ps {
+			if s, ok := p.(string); ok {
+				ref.Principals = append(ref.Principals, s)
+			}
+		}
+	}
+	return ref
+}

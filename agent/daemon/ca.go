@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/ca"
 	"github.com/interlock-dev/interlock/agent/control"
 )
@@ -65,7 +66,6 @@ func (d *Daemon) handleCARotate(w http.ResponseWriter, r *http.Request) {
 	}
 	info := d.caInfo()
 	p, _ := control.PeerFrom(r.Context())
-	d.audit.Warn().Str("event", "ca_rotate").Uint32("uid", p.UID).Uint32("pid", p.PID).
-		Str("old_sha256", old).Str("new_sha256", info.Fingerprint).Msg("certificate authority replaced")
+	d.chain.Record(audit.CARotated{UID: p.UID, PID: p.PID, Old: old, New: info.Fingerprint})
 	control.WriteJSON(w, http.StatusOK, info)
 }

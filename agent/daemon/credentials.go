@@ -50,7 +50,7 @@ func (d *Daemon) checkCredentials(ctx context.Context, p *policy.Policy) error {
 		if t.Protocol != "postgres" && t.Credential.Params == nil {
 			continue
 		}
-		ref := credentialRef(t.Credential)
+		ref := credentials.RefOf(t.Credential)
 		if err := d.creds.CheckRef(ref); err != nil {
 			errs = append(errs, fmt.Errorf("%s: target %q: %w", t.Pos(), t.Name, err))
 			continue

@@ -5,6 +5,9 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -29,6 +32,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/metrics"
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/session"
 	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/policy"
 )
@@ -48,9 +52,8 @@ const execDir = "interlock-exec"
 
 // Daemon is one running interlockd. Its methods are safe for concurrent use.
 type Daemon struct {
-	cfg   config.Config
-	log   zerolog.Logger
-	audit zerolog.Logger
+	cfg config.Config
+	log zerolog.Logger
 
 	mount      string // cgroup2 mount point
 	root       string // absolute cgroup dir the programs are attached at
@@ -68,13 +71,12 @@ type Daemon struct {
 	ca         *ca.Authority // signs the certificates agents' TLS ends at
 	host       string
 	store      *store.Store
-	chain      *audit.Log // the hash-chained audit trail in the store
+	chain      *audit.Log // every audit event: the event log and the hash chain in the store
 	recorder   *recording.Recorder
 	approvals  *approvals.Service
 	metrics    *metrics.Metrics
 	resolvers  []netip.AddrPort
-	cancels    cancelKeys
-	limits     sessionLimits
+	sessions   *session.Pipeline
 	// tagGen counts untags; open sessions re-check their identity when it
 	// moves, so an untag applies to their next statement.
 	tagGen atomic.Uint64
@@ -119,7 +121,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{
-		cfg: cfg, log: log, audit: log.With().Str("component", "audit").Logger(),
+		cfg: cfg, log: log,
 		mount: mount, root: root, ids: ids, controlGID: -1, started: time.Now(),
 		uninstalled: make(chan struct{}), stopping: make(chan struct{}),
 	}
@@ -289,7 +291,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if err := d.serveMetrics(); err != nil {
 		return err
 	}
-	d.chain.Post(audit.DaemonStarted{Version: Version, PID: os.Getpid()})
+	d.chain.Record(audit.DaemonStarted{Version: Version, PID: os.Getpid()})
 
 	ctlL, err := control.Listen(d.cfg.Socket, d.controlGID)
 	if err != nil {
@@ -305,7 +307,13 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		d.ctl.Shutdown(sctx)
 	}()
 
-	d.proxy = proxy.NewServer(d, proxy.HandlerFunc(d.handle), d.log.With().Str("component", "proxy").Logger())
+	d.sessions = session.New(session.Config{
+		Policy: d.policy, Credentials: d.creds, Recorder: d.recorder, Approvals: d.approvals,
+		Audit: d.chain, Metrics: d.metrics, Tags: tagTable{d}, Limits: d.cfg.Limits, Own: d.isOwnEndpoint,
+		TLS: func(addr netip.Addr) *tls.Config { return d.ca.ServerConfig(addr) },
+		Log: d.log.With().Str("component", "session").Logger(),
+	})
+	d.proxy = proxy.NewServer(d.sessions, d.sessions, d.log.With().Str("component", "proxy").Logger())
 	for _, l := range d.listeners {
 		go d.proxy.Serve(l)
 	}
@@ -380,21 +388,21 @@ func (d *Daemon) isUnderRoot(rel string) bool {
 // the policy in force stays.
 func (d *Daemon) Reload() error {
 	pol, text, err := loadPolicy(d.cfg.Policy)
+	if err == nil {
+		err = d.checkCredentials(context.Background(), pol)
+	}
+	if err == nil {
+		err = d.applyNetworkPolicy(pol)
+	}
 	if err != nil {
-		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
-		return err
-	}
-	if err := d.checkCredentials(context.Background(), pol); err != nil {
-		d.log.Error().Err(err).Msg("policy reload refused; previous policy stays in force")
-		return err
-	}
-	if err := d.applyNetworkPolicy(pol); err != nil {
+		d.chain.Record(audit.PolicyReloaded{Path: d.cfg.Policy, Error: err.Error()})
 		return err
 	}
 	d.policy.Swap(pol)
 	d.policySrc = text.Policy
 	d.policyText.Store(text)
-	d.audit.Info().Str("event", "policy_reload").Str("policy", text.Policy).Msg("policy reloaded")
+	sum := sha256.Sum256([]byte(text.Text))
+	d.chain.Record(audit.PolicyReloaded{Path: text.Policy, SHA256: hex.EncodeToString(sum[:]), Rules: pol.RuleCount()})
 	return nil
 }
 
@@ -468,26 +476,20 @@ func (d *Daemon) readDenyEvents() {
 			return
 		}
 		if ev.Reason == datapath.ReasonAccepted {
-			d.audit.Info().Str("event", "kernel_accept").Str("identity", d.ids.name(ev.Identity)).
-				Uint64("cgroup", ev.CgroupID).Str("peer", ev.Dst.String()).Msg("inbound connection accepted")
+			d.chain.Record(audit.KernelAccepted{Identity: d.ids.name(ev.Identity), CgroupID: ev.CgroupID, Peer: ev.Dst.String()})
 			continue
 		}
 		d.metrics.KernelDenials.WithLabelValues(string(ev.Reason)).Inc()
-		e := d.audit.Warn().Str("event", "kernel_deny").Str("reason", string(ev.Reason)).
-			Str("identity", d.ids.name(ev.Identity)).Uint32("pid", ev.PID).Uint32("uid", ev.UID).
-			Str("comm", ev.Comm)
-		// Socket creations and unix connects have no address; a unix
-		// connect has its path instead.
+		e := audit.KernelDenied{Reason: string(ev.Reason), Identity: d.ids.name(ev.Identity),
+			PID: ev.PID, UID: ev.UID, Comm: ev.Comm, Path: ev.Path}
+		// Socket creations and unix connects have no address.
 		if ev.Dst.IsValid() {
-			e = e.Str("dst", ev.Dst.String())
-		}
-		if ev.Path != "" {
-			e = e.Str("path", ev.Path)
+			e.Dst = ev.Dst.String()
 		}
 		if ev.Reason == datapath.ReasonSockopt {
-			e = e.Uint32("level", ev.Detail>>16).Uint32("optname", ev.Detail&0xffff)
+			e.Level, e.Optname = ev.Detail>>16, ev.Detail&0xffff
 		}
-		e.Msg("denied in kernel")
+		d.chain.Record(e)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/proxy"
 )
@@ -39,7 +40,7 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rel := strings.TrimPrefix(abs, d.mount)
-	if err := d.tag(abs, rel, req.Identity); err != nil {
+	if err := d.tag(abs, rel, req.Identity, "", req.PID); err != nil {
 		os.Remove(abs)
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -49,8 +50,6 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "move pid %d into %s: %v", req.PID, rel, err)
 		return
 	}
-	d.audit.Info().Str("event", "exec").Str("identity", req.Identity).Int("pid", req.PID).
-		Uint32("by_uid", p.UID).Str("cgroup", rel).Msg("command started in tagged cgroup")
 	control.WriteJSON(w, http.StatusOK, ExecAnswer{Cgroup: rel})
 }
 
@@ -75,7 +74,7 @@ func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
 // releaseExec untags and removes an exec cgroup. Untag comes after the
 // cgroup is empty and before rmdir, so no process of it ever runs untagged.
 func (d *Daemon) releaseExec(abs, rel string) {
-	if err := d.tag(abs, rel, ""); err != nil {
+	if err := d.tag(abs, rel, "", "exec ended", 0); err != nil {
 		d.log.Warn().Err(err).Str("cgroup", rel).Msg("untag exec cgroup")
 	}
 	if err := os.Remove(abs); err != nil && !os.IsNotExist(err) {
@@ -174,6 +173,6 @@ func (d *Daemon) pruneRemovedCgroups() {
 			continue
 		}
 		d.ids.setTag(rel, id, "")
-		d.audit.Info().Str("event", "untag").Str("cgroup", rel).Str("reason", "cgroup removed").Msg("cgroup untagged")
+		d.chain.Record(audit.Untagged{Cgroup: rel, Reason: "cgroup removed"})
 	}
 }

@@ -1,43 +1,35 @@
 package daemon
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
 
-	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/datapath"
 )
 
-// Identify implements proxy.Identifier: the kernel's record of the connect
-// gives the identity and the original destination; /proc adds the
-// executable and cgroup path while the process is still there.
-func (d *Daemon) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.AddrPort, error) {
-	o, err := d.dp.Lookup(peer, local)
+// tagTable is the session pipeline's view of the tags (session.Tags): the
+// kernel's maps, named through the identity table.
+type tagTable struct{ d *Daemon }
+
+func (t tagTable) Origin(peer, local netip.AddrPort) (datapath.Origin, string, error) {
+	o, err := t.d.dp.Lookup(peer, local)
 	if err != nil {
-		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("look up %s -> %s: %w", peer, local, err)
+		return datapath.Origin{}, "", err
 	}
-	if d.isOwnEndpoint(o.Dst) {
-		// interlockd's own listeners are never reachable through the proxy:
-		// an agent must not reach the reviewers' page, nor loop the proxy
-		// into itself.
-		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s targets interlockd itself (%s)", peer, o.Dst)
-	}
-	name := d.ids.name(o.Identity)
-	if name == "" {
-		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)
-	}
-	id := proxy.Identity{
-		Name: name, PID: o.PID, UID: o.UID, GID: o.GID, Comm: o.Comm,
-		CgroupID: o.CgroupID, NetnsCookie: o.NetnsCookie,
-	}
-	// The process may already be gone; the kernel's fields still stand.
-	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
-	id.Cgroup, _ = control.CgroupOf(int(o.PID))
-	return id, o.Dst, nil
+	return o, t.d.ids.name(o.Identity), nil
 }
 
+func (t tagTable) IdentityOf(cgroup string) string {
+	id, ok, err := t.d.dp.TaggedPath(t.d.mount, cgroup)
+	if err != nil || !ok {
+		return ""
+	}
+	return t.d.ids.name(id)
+}
+
+func (t tagTable) Generation() uint64 { return t.d.tagGen.Load() }
+
+// isOwnEndpoint reports whether dst is one of interlockd's own listeners.
 func (d *Daemon) isOwnEndpoint(dst netip.AddrPort) bool {
 	if !dst.Addr().Unmap().IsLoopback() && !dst.Addr().IsUnspecified() {
 		return false

@@ -454,8 +454,8 @@ func TestSlowMessageAndHandshakeFlood(t *testing.T) {
 	}
 	// interlockd offers TLS, so the answer is 'S' and the second
 	// SSLRequest fails as the TLS handshake it should have been.
-	waitEvent(t, f.d, "session_refused", func(m map[string]any) bool {
-		return m["reason"] == "handshake" && strings.Contains(fmt.Sprint(m["error"]), "tls handshake with agent")
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+		return m["outcome"] == "handshake" && strings.Contains(fmt.Sprint(m["reason"]), "tls handshake with agent")
 	})
 	t.Logf("unfinished statement ended after %d ms; SSLRequest flood: %d answer, closed after %d ms", slowMS, r.Answers, r.ElapsedMS)
 }

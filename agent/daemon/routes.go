@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/datapath"
 	"github.com/interlock-dev/interlock/policy"
@@ -112,8 +113,8 @@ type taggedCaller struct {
 type taggedCallerKey struct{}
 
 func (d *Daemon) refuseTagged(w http.ResponseWriter, p control.Peer, id uint32, path string) {
-	d.audit.Warn().Str("event", "control_refused").Uint32("pid", p.PID).Uint32("uid", p.UID).
-		Str("cgroup", p.Cgroup).Str("identity", d.ids.name(id)).Str("path", path).Msg("tagged caller refused")
+	d.chain.Record(audit.ControlRefused{UID: p.UID, PID: p.PID, Path: path,
+		Reason: fmt.Sprintf("caller runs in tagged cgroup %s (identity %q)", p.Cgroup, d.ids.name(id))})
 	control.WriteError(w, http.StatusForbidden, "refused: pid %d runs in tagged cgroup %s (identity %q); agents cannot control interlock", p.PID, p.Cgroup, d.ids.name(id))
 }
 
@@ -215,7 +216,7 @@ func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := d.tag(abs, rel, req.Identity); err != nil {
+	if err := d.tag(abs, rel, req.Identity, "", 0); err != nil {
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
@@ -223,7 +224,9 @@ func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
 }
 
 // tag tags (identity non-empty) or untags the cgroup at abs.
-func (d *Daemon) tag(abs, rel, identity string) error {
+// why says what removed a tag ("" for an operator's untag); pid names the
+// process an exec cgroup is made for (0 for none).
+func (d *Daemon) tag(abs, rel, identity, why string, pid int) error {
 	cgid, err := datapath.CgroupID(abs)
 	if err != nil {
 		return err
@@ -233,7 +236,7 @@ func (d *Daemon) tag(abs, rel, identity string) error {
 			return fmt.Errorf("untag %s: %w", rel, err)
 		}
 		d.tagGen.Add(1)
-		d.audit.Info().Str("event", "untag").Str("cgroup", rel).Msg("cgroup untagged")
+		d.chain.Record(audit.Untagged{Cgroup: rel, Reason: why})
 		return d.ids.setTag(rel, cgid, "")
 	}
 	if !validIdentity(identity) {
@@ -251,7 +254,7 @@ func (d *Daemon) tag(abs, rel, identity string) error {
 	if err := d.dp.Tag(cgid, id); err != nil {
 		return fmt.Errorf("tag %s: %w", rel, err)
 	}
-	d.audit.Info().Str("event", "tag").Str("cgroup", rel).Str("identity", identity).Msg("cgroup tagged")
+	d.chain.Record(audit.Tagged{Cgroup: rel, Identity: identity, PID: pid})
 	return d.ids.setTag(rel, cgid, identity)
 }
 
@@ -294,7 +297,7 @@ func (d *Daemon) handleUninstall(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "uninstall: %v", err)
 		return
 	}
-	d.audit.Warn().Str("event", "uninstall").Uint32("uid", p.UID).Uint32("pid", p.PID).Msg("data path removed; enforcement is off")
+	d.chain.Record(audit.Uninstalled{UID: p.UID, PID: p.PID})
 	control.WriteJSON(w, http.StatusOK, map[string]string{"removed": d.cfg.BPFFS})
 	d.once.Do(func() { close(d.uninstalled) })
 }

@@ -39,7 +39,7 @@ func (d *Daemon) openStore() error {
 		return fmt.Errorf("open store: %w", err)
 	}
 	d.store = st
-	d.chain = audit.New(st, d.host)
+	d.chain = audit.New(st, d.host, audit.WithEventLog(d.log.With().Str("component", "audit").Logger()))
 	d.recorder, err = recording.NewRecorder(st, filepath.Join(d.cfg.StateDir, "recordings"), d.host,
 		recording.WithAudit(d.chain), recording.WithLogger(d.log.With().Str("component", "recording").Logger()))
 	if err != nil {

@@ -55,7 +55,7 @@ func Example() {
 	}
 
 	// Daemon-wide events, and the operator side.
-	trail.Post(audit.PolicyReloaded{Path: "/etc/interlock/policy.yaml", Rules: 12})
+	trail.Record(audit.PolicyReloaded{Path: "/etc/interlock/policy.yaml", Rules: 12})
 	if err := trail.Flush(ctx); err != nil {
 		log.Fatal(err)
 	}

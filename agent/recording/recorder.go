@@ -82,9 +82,9 @@ type writeReq struct {
 // Option configures a Recorder.
 type Option func(*Recorder)
 
-// WithAudit makes the recorder post the session's audit events to l:
-// ConnectionOpened at Start, a Decision per verdict (statement redacted),
-// and RecordingSealed and ConnectionClosed at Finish.
+// WithAudit makes the recorder record RecordingSealed in l when it seals a
+// recording, binding the file's hash into the chain. The session's other
+// events (its opening, decisions, end) are the session pipeline's.
 func WithAudit(l *audit.Log) Option { return func(r *Recorder) { r.audit = l } }
 
 // WithLogger sets where background flush errors are logged.
@@ -230,7 +230,6 @@ type Session struct {
 	bytesOut  int64
 	pending   []store.Decision
 	finished  bool
-	auditSess audit.Decision // identity/target/session filled once
 
 	// Owned by the writer goroutine (and by Finish after a barrier).
 	f    *os.File
@@ -274,15 +273,9 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, err
 		return nil, err
 	}
 	s.meta = meta
-	s.auditSess = audit.Decision{Session: meta.ID, Identity: meta.Identity, Target: meta.Target}
 	r.mu.Lock()
 	r.active[meta.ID] = s
 	r.mu.Unlock()
-	if r.audit != nil {
-		r.audit.Post(audit.ConnectionOpened{Session: meta.ID, Identity: meta.Identity, PID: meta.PID, UID: meta.UID,
-			Exe: meta.Exe, Cgroup: meta.Cgroup, Target: meta.Target, Protocol: meta.Protocol,
-			Client: meta.ClientAddr, Upstream: meta.UpstreamAddr})
-	}
 	return s, nil
 }
 
@@ -332,8 +325,8 @@ func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) i
 
 // Decide records the verdict on request seq (a value Message returned). The
 // verdict goes into the file now and into the store's decisions table with
-// the next flush; with an audit log, a Decision event is posted with the
-// statement redacted, for every verdict but an enforced allow.
+// the next flush. (The audit trail's Decision events are the session
+// pipeline's: it records them as it decides.)
 func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 	if t.IsZero() {
 		t = time.Now()
@@ -349,24 +342,6 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
 	s.decided++
 	s.mu.Unlock()
-	// The chain gets its own record for every decision that changed or
-	// would have changed what the agent got. Enforced allows are chained
-	// through the recording they are written into, whose SHA-256 the seal
-	// puts in the chain: one record per allowed statement would cost a
-	// hashed database append on every query of a busy session.
-	if v.Action == "allow" && v.Enforced {
-		return
-	}
-	if a := s.r.audit; a != nil {
-		ev := s.auditSess
-		ev.Action, ev.Rule, ev.Enforced = v.Action, v.Rule, v.Enforced
-		if s.meta.Protocol == "postgresql" {
-			ev.Statement = audit.SQLStatement(v.Statement)
-		} else {
-			ev.Statement = audit.OpaqueStatement(v.Statement)
-		}
-		a.Post(ev)
-	}
 }
 
 // put copies p into the session buffer, handing full buffers to the writer.
@@ -430,7 +405,7 @@ type End struct {
 
 // Finish seals the recording: it flushes and fsyncs the file, writes the
 // verdicts, ends the session row with the file's SHA-256 and size, and posts
-// RecordingSealed and ConnectionClosed to the audit log. It returns the
+// RecordingSealed to the audit log. It returns the
 // final session row. Message and Decide after Finish are ignored.
 func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	if e.Time.IsZero() {
@@ -491,9 +466,7 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	m.Ended, m.BytesIn, m.BytesOut, m.Messages, m.Outcome = end.Ended, in, out, msgs, e.Outcome
 	m.RecordingSHA256, m.RecordingSize = sum, size
 	if a := s.r.audit; a != nil {
-		a.Post(audit.RecordingSealed{Session: m.ID, SHA256: sum, Size: size, Messages: msgs})
-		a.Post(audit.ConnectionClosed{Session: m.ID, Identity: m.Identity, Target: m.Target, Outcome: e.Outcome,
-			BytesIn: in, BytesOut: out, Messages: msgs, Duration: m.Ended.Sub(m.Started)})
+		a.Record(audit.RecordingSealed{Session: m.ID, SHA256: sum, Size: size, Messages: msgs})
 	}
 	return m, err
 }
@@ -534,7 +507,7 @@ func (r *Recorder) SealAbandoned(ctx context.Context) (int, error) {
 			}
 		}
 		if r.audit != nil {
-			r.audit.Post(audit.RecordingSealed{Session: ss.ID, SHA256: sum, Size: size, Messages: msgs})
+			r.audit.Record(audit.RecordingSealed{Session: ss.ID, SHA256: sum, Size: size, Messages: msgs})
 		}
 		n++
 	}

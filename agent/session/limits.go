@@ -1,14 +1,10 @@
-package daemon
+package session
 
 import (
 	"sync"
-
-	"github.com/interlock-dev/interlock/agent/audit"
-	"github.com/interlock-dev/interlock/agent/proxy"
-	"github.com/interlock-dev/interlock/policy"
 )
 
-// sessionLimits counts each identity's open PostgreSQL sessions and keeps
+// sessionLimits counts each identity's open sessions and keeps
 // the buffer budget its sessions share. It is safe for concurrent use.
 type sessionLimits struct {
 	mu       sync.Mutex
@@ -56,7 +52,7 @@ func (l *sessionLimits) budget(identity string, size int64) *budget {
 	return b
 }
 
-// budget implements postgres.Budget: bytes one identity's sessions may
+// budget implements protocol.Budget: bytes one identity's sessions may
 // buffer together.
 type budget struct {
 	mu         sync.Mutex
@@ -77,12 +73,4 @@ func (b *budget) Release(n int) {
 	b.mu.Lock()
 	b.used -= int64(n)
 	b.mu.Unlock()
-}
-
-// auditLimit records a session refused or ended by one of its identity's
-// limits, in the log and the hash chain.
-func (d *Daemon) auditLimit(c *proxy.Conn, t *policy.Target, limit, msg string) {
-	d.chain.Post(audit.LimitExceeded{Session: c.ID, Identity: c.Identity.Name, Target: targetName(t), Limit: limit, Error: msg})
-	d.audit.Warn().Str("event", "limit_exceeded").Str("conn", c.ID).Str("identity", c.Identity.Name).
-		Str("target", targetName(t)).Str("limit", limit).Str("error", msg).Msg("session over its identity's limit")
 }

@@ -1,0 +1,60 @@
+package session
+
+import (
+	"context"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/metrics"
+	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/decoders/protocol"
+)
+
+// finishTimeout bounds sealing a session's recording.
+const finishTimeout = 10 * time.Second
+
+// recorder records one session (protocol.Recorder).
+type recorder struct {
+	p       *Pipeline
+	c       *conn
+	session *recording.Session
+	// lastSeq is the recording sequence number of the agent's latest
+	// message. Decoders record a request before they ask the Enforcer
+	// about it, on the same goroutine, so the decision finds its request
+	// here.
+	lastSeq int64
+}
+
+// Start implements protocol.Recorder.
+func (r *recorder) Start(ctx context.Context) error {
+	s, err := r.p.cfg.Recorder.Start(ctx, r.c.storeSession())
+	if err != nil {
+		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("start recording")
+		return err
+	}
+	r.session, r.c.begun = s, true
+	r.p.cfg.Metrics.ConnectSetup.WithLabelValues(r.c.protocol()).Observe(metrics.Since(r.c.accepted))
+	return nil
+}
+
+// Record implements protocol.Recorder.
+func (r *recorder) Record(m protocol.Message) {
+	seq := r.session.Message(m.FromClient, m.Type, m.Body, m.Time)
+	if m.FromClient {
+		r.lastSeq = seq
+	}
+}
+
+// finish seals the recording, if the session began, and returns its row.
+func (r *recorder) finish(outcome string) *store.Session {
+	if r.session == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
+	defer cancel()
+	ss, err := r.session.Finish(ctx, recording.End{Outcome: outcome})
+	if err != nil {
+		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("seal recording")
+	}
+	return &ss
+}

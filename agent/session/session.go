@@ -1,0 +1,301 @@
+// Package session is the connection path: it owns one redirected
+// connection from accept to close, whatever its protocol.
+//
+//	proxy.Server accept
+//	  -> Identify        the kernel's record of the connect (Tags): identity,
+//	                     pid/uid/gid/comm, original destination; /proc adds
+//	                     the executable and cgroup path
+//	  -> Serve           one connection record (conn): the policy subject,
+//	                     the store session, the approval request and every
+//	                     audit event are built from it
+//	       target        policy.TargetFor(original destination)
+//	       L4 decision   policy.Decide(OpConnect), audited; audit mode lets
+//	                     a "would deny" through
+//	       limits        the identity's session slot and buffer budget
+//	       decoder       decoders[target.Protocol].Serve(protocol.Session):
+//	                       Upstream   dial the target; Credential issues the
+//	                                  session's credential (audited, revoked
+//	                                  at the end)
+//	                       Enforcer   a decision per request: the policy in
+//	                                  force now, the identity as tagged now,
+//	                                  approvals held here; audited
+//	                       Recorder   the session's recording, started when
+//	                                  the decoder says the session began
+//	       or relay      a target with no decoder gets the plain TCP relay
+//	  -> close           seal the recording, revoke, audit the outcome
+//
+// Every audit event goes through audit.Log.Record, which writes the event
+// log and the hash chain together. A protocol plugs in by implementing
+// protocol.Decoder (decoders/protocol) and being listed in New.
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/agent/approvals"
+	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/config"
+	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/metrics"
+	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/rawsock"
+	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/decoders/postgres"
+	"github.com/interlock-dev/interlock/decoders/protocol"
+	"github.com/interlock-dev/interlock/policy"
+)
+
+// handshakeTimeout bounds everything before a session's first request: the
+// agent's handshake, issuing the credential, the upstream login.
+const handshakeTimeout = 30 * time.Second
+
+// dialTimeout bounds the upstream connect; the agent's own connect already
+// succeeded (to the proxy), so this is the only wait it sees.
+const dialTimeout = 10 * time.Second
+
+// Tags is the tag table as the kernel holds it.
+type Tags interface {
+	// Origin returns the kernel's record of the redirected connect from
+	// peer to local and the name of the identity it was made under ("" if
+	// the identity is unknown).
+	Origin(peer, local netip.AddrPort) (datapath.Origin, string, error)
+	// IdentityOf returns the identity the cgroup (a path relative to the
+	// cgroup2 mount) carries now, through itself or an ancestor; "" if none.
+	IdentityOf(cgroup string) string
+	// Generation changes whenever a tag is removed, so sessions know when
+	// to ask IdentityOf again.
+	Generation() uint64
+}
+
+// Config is what the pipeline depends on.
+type Config struct {
+	Policy      *policy.Engine
+	Credentials *credentials.Manager
+	Recorder    *recording.Recorder
+	Approvals   *approvals.Service
+	Audit       *audit.Log
+	Metrics     *metrics.Metrics
+	Tags        Tags
+	// TLS returns the configuration that terminates an agent's TLS, with
+	// certificates for the name it asked for (addr when it sent none).
+	TLS    func(addr netip.Addr) *tls.Config
+	Limits config.Limits
+	// Own reports whether a destination is one of interlockd's own
+	// endpoints, which no agent may reach through the proxy.
+	Own func(dst netip.AddrPort) bool
+	Log zerolog.Logger
+}
+
+// Pipeline serves redirected connections. It implements proxy.Identifier
+// and proxy.Handler. Safe for concurrent use.
+type Pipeline struct {
+	cfg      Config
+	decoders map[string]protocol.Decoder
+	limits   sessionLimits
+}
+
+// New returns a pipeline with the decoders of this build.
+func New(cfg Config) *Pipeline {
+	return &Pipeline{cfg: cfg, decoders: map[string]protocol.Decoder{
+		"postgres": &postgres.Decoder{},
+	}}
+}
+
+// Protocols lists the protocols the pipeline decodes: those of its
+// decoders, and "tcp", the plain relay.
+func (p *Pipeline) Protocols() []string {
+	out := []string{"tcp"}
+	for name := range p.decoders {
+		out = append(out, name)
+	}
+	return out
+}
+
+// Identify implements proxy.Identifier: the kernel's record of the connect
+// gives the identity and the original destination; /proc adds the
+// executable and cgroup path while the process is still there.
+func (p *Pipeline) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.AddrPort, error) {
+	o, name, err := p.cfg.Tags.Origin(peer, local)
+	if err != nil {
+		return proxy.Identity{}, netip.AddrPort{}, err
+	}
+	if p.cfg.Own != nil && p.cfg.Own(o.Dst) {
+		// interlockd's own listeners are never reachable through the proxy:
+		// an agent must not reach the reviewers' page, nor loop the proxy
+		// into itself.
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s targets interlockd itself (%s)", peer, o.Dst)
+	}
+	if name == "" {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)
+	}
+	id := proxy.Identity{
+		Name: name, PID: o.PID, UID: o.UID, GID: o.GID, Comm: o.Comm,
+		CgroupID: o.CgroupID, NetnsCookie: o.NetnsCookie,
+	}
+	// The process may already be gone; the kernel's fields still stand.
+	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
+	id.Cgroup, _ = control.CgroupOf(int(o.PID))
+	return id, o.Dst, nil
+}
+
+// Handle implements proxy.Handler: it serves one connection until it ends.
+func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
+	defer pc.Client.Close()
+	m := p.cfg.Metrics
+	m.Active.Inc()
+	defer m.Active.Dec()
+	pol := p.cfg.Policy.Current()
+	c := newConn(pc, pol)
+	p.record(c.opened())
+	dec := pol.Decide(&policy.Input{Subject: &c.subject, Target: c.target, Protocol: c.protocol(), Op: policy.Operation{Kind: policy.OpConnect}})
+	mode := pol.Mode(&c.subject, c.target)
+	m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
+	p.record(c.decision("CONNECT", "", dec, mode == policy.Enforce))
+	decoder := p.decoders[c.protocol()]
+	if decoder == nil {
+		p.relay(c, pol, dec, mode)
+		return
+	}
+	connect := protocol.Verdict{Action: protocol.Allow}
+	if mode == policy.Enforce {
+		connect = verdictOf(dec)
+	}
+	// The slot is taken before the handshake, so connections left half-open
+	// count too.
+	lim := p.cfg.Limits.For(c.identity.Name)
+	var refuse *protocol.LimitError
+	if p.limits.acquire(c.identity.Name, lim.Sessions) {
+		defer p.limits.release(c.identity.Name)
+	} else {
+		refuse = &protocol.LimitError{Limit: "sessions",
+			Msg: fmt.Sprintf("identity %q already has %d sessions open, its limit", c.identity.Name, lim.Sessions)}
+	}
+	up := &upstream{p: p, c: c}
+	rec := &recorder{p: p, c: c}
+	s := &protocol.Session{
+		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.target.Name,
+		TLS: p.cfg.TLS(pc.Dst.Addr()), Connect: connect, Refuse: refuse, Handshake: handshakeTimeout,
+		Limits:   protocol.Limits{MaxBuffered: int(lim.SessionBuffer), MessageTimeout: lim.MessageTimeout},
+		Upstream: up, Enforcer: &enforcer{p: p, c: c, rec: rec}, Recorder: rec,
+	}
+	if lim.IdentityBuffer > 0 {
+		s.Limits.Budget = p.limits.budget(c.identity.Name, int64(lim.IdentityBuffer))
+	}
+	err := decoder.Serve(ctx, s)
+	end := c.closed(err)
+	if rs := rec.finish(end.Outcome); rs != nil {
+		end.BytesIn, end.BytesOut, end.Messages = rs.BytesIn, rs.BytesOut, rs.Messages
+	}
+	up.revoke()
+	p.end(c, end)
+}
+
+// closed turns how a decoder's session ended into its audit outcome; end
+// records the events the error warrants.
+func (c *conn) closed(err error) audit.ConnectionClosed {
+	end := c.end("closed", "")
+	var (
+		refused   *protocol.RefusedError
+		violation *protocol.ViolationError
+		limit     *protocol.LimitError
+	)
+	switch {
+	case err == nil:
+	case errors.As(err, &limit):
+		end.Outcome, end.Reason = "limit exceeded", limit.Msg
+		if !c.begun {
+			end.Outcome = "session limit"
+		}
+	case errors.As(err, &violation):
+		end.Outcome, end.Reason = "protocol violation", violation.Msg
+		if !c.begun {
+			end.Outcome = "handshake"
+		}
+	case errors.As(err, &refused):
+		end.Outcome, end.Reason = refused.Outcome, refused.Err.Error()
+	default:
+		end.Outcome, end.Reason = "error", err.Error()
+		if !c.begun {
+			end.Outcome = "handshake"
+		}
+	}
+	c.ending = err
+	return end
+}
+
+// end records a connection's close: the ProtocolError or LimitExceeded that
+// ended it, if one did, then ConnectionClosed.
+func (p *Pipeline) end(c *conn, end audit.ConnectionClosed) {
+	var (
+		violation *protocol.ViolationError
+		limit     *protocol.LimitError
+	)
+	switch {
+	case errors.As(c.ending, &limit):
+		p.record(audit.LimitExceeded{Session: c.id, Identity: c.identity.Name, Target: c.targetName(), Limit: limit.Limit, Error: limit.Msg})
+	case errors.As(c.ending, &violation):
+		p.record(audit.ProtocolError{Session: c.id, Identity: c.identity.Name, Target: c.targetName(), Error: violation.Msg})
+	}
+	end.Duration = time.Since(c.accepted)
+	p.cfg.Metrics.Connections.WithLabelValues(c.protocol(), end.Outcome).Inc()
+	p.record(end)
+}
+
+// record writes ev to the event log and the audit chain.
+func (p *Pipeline) record(ev audit.Event) { p.cfg.Audit.Record(ev) }
+
+// relay gives a connection without a protocol decoder its L4 decision and,
+// if allowed, a plain relay with byte counts.
+func (p *Pipeline) relay(c *conn, pol *policy.Policy, dec policy.Decision, mode policy.Mode) {
+	client := c.client
+	if dec.Action != policy.Allow && mode == policy.Enforce {
+		// A reset, not a clean close: the agent must not mistake a refusal
+		// for a server that hung up.
+		client.SetLinger(0)
+		p.end(c, c.end("denied", denyReason(pol, &c.subject, dec)))
+		return
+	}
+	up, err := net.DialTimeout("tcp", c.upstreamAddr(), dialTimeout)
+	if err != nil {
+		p.cfg.Log.Warn().Err(err).Str("conn", c.id).Msg("upstream connect failed")
+		client.SetLinger(0)
+		p.end(c, c.end("upstream unreachable", err.Error()))
+		return
+	}
+	defer up.Close()
+	sent, recv := proxy.Relay(client, up.(*net.TCPConn))
+	end := c.end("closed", "")
+	end.BytesIn, end.BytesOut = sent, recv
+	p.end(c, end)
+}
+
+// denyReason says why the policy refused a connection: the identity is not
+// one the policy knows, no rule allows this destination, or a rule denies
+// it.
+func denyReason(pol *policy.Policy, subj *policy.Subject, dec policy.Decision) string {
+	switch {
+	case dec.Rule != "default-deny":
+		return fmt.Sprintf("denied by rule %q%s", dec.Rule, suffix(dec.Message))
+	case len(pol.Identities(nil, subj)) == 0:
+		return fmt.Sprintf("unknown identity: no identity of the policy matches tag %q", subj.Tag)
+	}
+	return "no rule allows this destination (default-deny)"
+}
+
+func suffix(msg string) string {
+	if msg == "" {
+		return ""
+	}
+	return ": " + msg
+}

@@ -1,0 +1,369 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
+)
+
+// SQLSTATEs the decoder answers with when it, not the server, refuses.
+const (
+	codeInsufficientPrivilege = "42501"
+	codeTooManyConnections    = "53300"
+	codeRejectedConnection    = "08004"
+	codeUnableToConnect       = "08001"
+	codeConnectionFailure     = "08006"
+	codeSystemError           = "58000"
+)
+
+// overCapHandshake bounds the handshake of a connection over its identity's
+// session cap: long enough for a client on this host to send its startup
+// and be told, too short for half-open connections to pile up.
+const overCapHandshake = 2 * time.Second
+
+// Decoder serves PostgreSQL sessions (protocol.Decoder). It answers the
+// agent's startup itself, logs in upstream with the session's credential
+// and relays, asking the session's Enforcer about every statement. It holds
+// the cancel keys of every session it serves, so a CancelRequest through
+// the proxy reaches the right backend. The zero value is ready to use.
+type Decoder struct {
+	cancels cancelKeys
+}
+
+// Serve implements protocol.Decoder.
+func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
+	defer s.Agent.Close()
+	timeout := s.Handshake
+	if s.Refuse != nil {
+		// A connection over the cap still gets a short handshake: it may be
+		// a cancel request, which needs no slot, and a session is told as
+		// a full server tells it.
+		timeout = overCapHandshake
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	// TLS ends here with a leaf for the name the agent dialed; the
+	// upstream connection is separate.
+	hello, err := AcceptClient(hctx, s.Agent, ClientConfig{TLS: s.TLS})
+	if err != nil {
+		if pe := (*ProtocolError)(nil); errors.As(err, &pe) {
+			return &protocol.ViolationError{Msg: pe.Msg}
+		}
+		return &protocol.RefusedError{Outcome: "handshake", Err: err}
+	}
+	agent := hello.Conn
+	if hello.Cancel != nil {
+		return d.forwardCancel(s.Identity, *hello.Cancel)
+	}
+	if v := s.Connect; v.Action == protocol.Deny {
+		return refuse(agent, "denied", codeInsufficientPrivilege,
+			fmt.Sprintf("interlock: connection denied by policy rule %q%s", v.Rule, suffix(v.Message)))
+	}
+	settings, err := startupSettings(hello.Startup.Parameters)
+	if err != nil {
+		// Not a policy's verdict: these cannot be decided at all.
+		return refuse(agent, "denied", codeInsufficientPrivilege, "interlock: "+err.Error())
+	}
+	if s.Refuse != nil {
+		refuse(agent, "session limit", codeTooManyConnections, "interlock: sorry, too many sessions: "+s.Refuse.Msg)
+		return s.Refuse
+	}
+	for _, name := range settings {
+		// A setting in the StartupMessage changes the session as SET would,
+		// with no statement to decide later.
+		if v := s.Enforcer.Decide(hctx, protocol.Request{Operation: protocol.OpStartup, Text: name}); v.Action == protocol.Deny {
+			return refuse(agent, "denied", codeInsufficientPrivilege, fmt.Sprintf(
+				"interlock: startup parameter %q denied by policy rule %q%s", name, v.Rule, suffix(v.Message)))
+		}
+	}
+	cred, err := s.Upstream.Credential(hctx)
+	if err != nil {
+		return refuse(agent, "credential not issued", codeRejectedConnection,
+			fmt.Sprintf("interlock: the credential for target %q could not be issued; try again later", s.Target))
+	}
+	upConn, err := s.Upstream.Dial(hctx)
+	if err != nil {
+		return refuse(agent, "upstream unreachable", codeUnableToConnect, fmt.Sprintf("interlock: cannot reach %s: %v", s.Target, err))
+	}
+	up, err := ConnectUpstream(hctx, upConn, UpstreamConfig{
+		User: cred.Username, Password: cred.Password, Database: hello.Startup.Database,
+		Parameters: hello.Startup.ForwardParameters(),
+	})
+	if err != nil {
+		upConn.Close()
+		if se := (*ServerError)(nil); errors.As(err, &se) {
+			tell(agent, se.Response)
+			return &protocol.RefusedError{Outcome: "upstream refused", Err: err}
+		}
+		return refuse(agent, "upstream login failed", codeConnectionFailure, "interlock: upstream login failed: "+err.Error())
+	}
+	key := d.cancels.add(cancelTarget{upstream: s.Upstream.Addr(), key: up.Key, identity: s.Identity})
+	defer d.cancels.remove(key)
+	if err := GreetClient(agent, hello.Startup, up, key); err != nil {
+		up.Conn.Close()
+		return &protocol.RefusedError{Outcome: "agent gone", Err: err}
+	}
+	if err := s.Recorder.Start(ctx); err != nil {
+		up.Conn.Close()
+		return refuse(agent, "recording unavailable", codeSystemError, "interlock: the session cannot be recorded; try again later")
+	}
+	rc := RelayConfig{
+		Enforcer: enforcer{s.Enforcer}, Recorder: recorder{s.Recorder},
+		MaxBuffered: s.Limits.MaxBuffered, MessageTimeout: s.Limits.MessageTimeout,
+	}
+	if s.Limits.Budget != nil {
+		rc.Budget = s.Limits.Budget
+	}
+	err = Relay(ctx, agent, up.Conn, rc)
+	var pe *ProtocolError
+	var le *LimitError
+	switch {
+	case errors.As(err, &le):
+		return &protocol.LimitError{Limit: le.Limit, Msg: le.Msg}
+	case errors.As(err, &pe):
+		return &protocol.ViolationError{Msg: pe.Msg}
+	}
+	return err
+}
+
+// refuse tells the agent, with a FATAL ErrorResponse, why its session
+// cannot start, and returns the refusal for the pipeline to audit.
+func refuse(agent net.Conn, outcome, code, msg string) error {
+	resp := &pgproto3.ErrorResponse{Severity: "FATAL", Code: code, Message: msg}
+	tell(agent, resp)
+	return &protocol.RefusedError{Outcome: outcome, Err: errors.New(msg)}
+}
+
+func tell(agent net.Conn, resp *pgproto3.ErrorResponse) {
+	agent.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	WriteError(agent, resp)
+}
+
+func suffix(msg string) string {
+	if msg == "" {
+		return ""
+	}
+	return ": " + msg
+}
+
+// enforcer adapts the session's Enforcer to the relay's: every statement
+// is a protocol.OpQuery request.
+type enforcer struct{ e protocol.Enforcer }
+
+func (e enforcer) Query(ctx context.Context, sql string) Verdict {
+	v := e.e.Decide(ctx, protocol.Request{Operation: protocol.OpQuery, Text: sql})
+	out := Verdict{Action: Forward, Rule: v.Rule, Message: v.Message, ApprovalID: v.ApprovalID, Wait: v.Wait}
+	switch v.Action {
+	case protocol.Deny:
+		out.Action, out.Code, out.Position = Deny, v.Code, int32(v.Position)
+	case protocol.Hold:
+		out.Action = Hold
+	case protocol.Mask:
+		if v.Mask != nil {
+			out.Mask = columnMasker{v.Mask}
+		}
+	}
+	return out
+}
+
+// recorder adapts the session's Recorder to the relay's.
+type recorder struct{ r protocol.Recorder }
+
+func (r recorder) Record(m *Message) {
+	r.r.Record(protocol.Message{FromClient: m.FromClient, Type: m.Type, Body: m.Body, Time: m.Time})
+}
+
+// columnMasker plans a result set's masking by its column names.
+type columnMasker struct{ m protocol.Masker }
+
+func (cm columnMasker) Plan(cols []Column) RowMasker {
+	names := make([]string, len(cols))
+	for i, c := range cols {
+		names[i] = c.Name
+	}
+	fm := cm.m.Plan(names)
+	if fm == nil {
+		return nil
+	}
+	rm := &rowMasker{fm: fm, binary: make([]bool, len(cols))}
+	for i, c := range cols {
+		rm.binary[i] = c.Format == 1 && !textual(c.TypeOID)
+	}
+	return rm
+}
+
+type rowMasker struct {
+	fm     protocol.FieldMasker
+	binary []bool // binary format of a type whose wire form is not its text
+	buf    []byte
+}
+
+// MaskValue masks one field. A binary-format value of a non-text type cannot
+// carry a masked string, so a field that would change is sent as NULL.
+func (rm *rowMasker) MaskValue(col int, v []byte) []byte {
+	if v == nil {
+		return nil
+	}
+	out, changed := rm.fm.Mask(rm.buf[:0], col, v)
+	if !changed {
+		return v
+	}
+	rm.buf = out
+	if col < len(rm.binary) && rm.binary[col] {
+		return nil
+	}
+	return out
+}
+
+// textual reports whether a type's binary wire form is its text: text,
+// varchar, bpchar, name, unknown, json, xml and citext-like domains over them.
+func textual(oid uint32) bool {
+	switch oid {
+	case 25, 1043, 1042, 19, 705, 114, 142:
+		return true
+	}
+	return false
+}
+
+// cancelKeys maps the cancel keys interlockd hands agents to the upstream
+// backends they stand for, so a CancelRequest through the proxy cancels the
+// right query without the agent ever learning the server's secret. The
+// agent's key carries the backend's real process ID, which the agent sees
+// anyway (pg_backend_pid(), pg_stat_activity), and a secret of interlockd's
+// own; two servers may have backends with one PID, so the pair is the key.
+type cancelKeys struct {
+	mu sync.Mutex
+	m  map[cancelID]cancelTarget
+}
+
+type cancelID struct {
+	pid    uint32
+	secret [4]byte
+}
+
+type cancelTarget struct {
+	upstream string
+	key      CancelKey
+	identity string
+}
+
+// add registers t and returns the key to give the agent: t's process ID
+// with a fresh random secret.
+func (k *cancelKeys) add(t cancelTarget) CancelKey {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil {
+		k.m = map[cancelID]cancelTarget{}
+	}
+	id := cancelID{pid: t.key.ProcessID}
+	for {
+		rand.Read(id.secret[:])
+		if _, taken := k.m[id]; !taken {
+			break
+		}
+	}
+	k.m[id] = t
+	return CancelKey{ProcessID: id.pid, SecretKey: append([]byte(nil), id.secret[:]...)}
+}
+
+func (k *cancelKeys) remove(key CancelKey) {
+	k.mu.Lock()
+	delete(k.m, cancelID{pid: key.ProcessID, secret: [4]byte(key.SecretKey)})
+	k.mu.Unlock()
+}
+
+func (k *cancelKeys) find(key CancelKey) (cancelTarget, bool) {
+	if len(key.SecretKey) != 4 {
+		return cancelTarget{}, false
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	t, ok := k.m[cancelID{pid: key.ProcessID, secret: [4]byte(key.SecretKey)}]
+	return t, ok
+}
+
+// cancelDialTimeout bounds the connect of a forwarded cancel request.
+const cancelDialTimeout = 10 * time.Second
+
+// forwardCancel sends a CancelRequest upstream for the backend key stands
+// for. As a server does, it ignores a key it does not know, or one another
+// identity was given.
+func (d *Decoder) forwardCancel(identity string, key CancelKey) error {
+	t, ok := d.cancels.find(key)
+	if !ok || t.identity != identity {
+		return nil
+	}
+	conn, err := net.DialTimeout("tcp", t.upstream, cancelDialTimeout)
+	if err != nil {
+		return fmt.Errorf("forward cancel: %w", err)
+	}
+	defer conn.Close()
+	return SendCancel(conn, t.key)
+}
+
+// startupSettings lists the run-time parameters a StartupMessage sets: its
+// parameters other than user and database (protocol options, _pq_.*, are
+// the decoder's), and the settings the options parameter gives with
+// "-c name=value" or "--name=value". Anything else in options is an error,
+// since it could carry a setting in a form not parsed here; so is a
+// replication connection, which no statement policy can decide.
+func startupSettings(params map[string]string) ([]string, error) {
+	var names []string
+	for _, name := range slices.Sorted(maps.Keys(params)) {
+		value := params[name]
+		switch strings.ToLower(name) {
+		case "user", "database":
+			continue
+		case "replication":
+			return nil, fmt.Errorf("replication connections are not allowed through interlock")
+		case "options":
+			opts, err := optionSettings(value)
+			if err != nil {
+				return nil, err
+			}
+			names = append(names, opts...)
+			continue
+		}
+		if strings.HasPrefix(name, "_pq_.") {
+			continue
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+func optionSettings(options string) ([]string, error) {
+	var names []string
+	f := strings.Fields(options)
+	for i := 0; i < len(f); i++ {
+		var setting string
+		switch {
+		case f[i] == "-c" && i+1 < len(f):
+			i++
+			setting = f[i]
+		case strings.HasPrefix(f[i], "-c"):
+			setting = f[i][2:]
+		case strings.HasPrefix(f[i], "--"):
+			setting = f[i][2:]
+		default:
+			return nil, fmt.Errorf("startup option %q is not allowed through interlock", f[i])
+		}
+		name, _, ok := strings.Cut(setting, "=")
+		if !ok {
+			return nil, fmt.Errorf("startup option %q is not allowed through interlock", f[i])
+		}
+		names = append(names, strings.ReplaceAll(name, "-", "_"))
+	}
+	return names, nil
+}
