@@ -1,0 +1,433 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/agent/approvals"
+	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/config"
+	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/metrics"
+	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/decoders/protocol"
+	"github.com/interlock-dev/interlock/policy"
+)
+
+const testPolicy = `version: 1
+identities:
+  - name: ci
+  - name: admin
+  - name: reviewed
+targets:
+  - name: db
+    protocol: postgres
+    addresses: [127.0.0.1]
+    port: 5432
+    credential: {source: app}
+  - name: web
+    protocol: tcp
+    addresses: [127.0.0.2]
+    port: 80
+rules:
+  - name: reads
+    identity: ci
+    target: db
+    sql: {class: [read, session]}
+    action: allow
+  - name: admin-bot-all
+    identity: admin
+    target: db
+    sql: {class: [read, session, transaction, admin]}
+    action: allow
+  - name: reviewed-admin
+    identity: reviewed
+    target: db
+    sql: {class: admin}
+    action: approve
+    approve: {reviewers: [root], timeout: 1m}
+`
+
+// lockedBuffer is the event log: written by the pipeline's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) lines() []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// tags is a tag table where every cgroup carries one identity.
+type tags struct{ identity string }
+
+func (t tags) Origin(peer, local netip.AddrPort) (datapath.Origin, string, error) {
+	return datapath.Origin{}, t.identity, nil
+}
+func (t tags) IdentityOf(string) string { return t.identity }
+func (t tags) Generation() uint64       { return 0 }
+
+// fakeDecoder plays a protocol: it runs script with the session it is
+// handed and returns what script returns.
+type fakeDecoder struct {
+	script func(ctx context.Context, s *protocol.Session) error
+}
+
+func (f fakeDecoder) Serve(ctx context.Context, s *protocol.Session) error {
+	defer s.Agent.Close()
+	return f.script(ctx, s)
+}
+
+type env struct {
+	p     *Pipeline
+	st    *store.Store
+	trail *audit.Log
+	log   *lockedBuffer
+}
+
+func newEnv(t *testing.T, decoder protocol.Decoder) *env {
+	t.Helper()
+	dir := t.TempDir()
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(dir, "interlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	logBuf := &lockedBuffer{}
+	trail := audit.New(st, "host-a", audit.WithEventLog(zerolog.New(logBuf).Level(zerolog.DebugLevel)))
+	t.Cleanup(func() { trail.Close() })
+	rec, err := recording.NewRecorder(st, filepath.Join(dir, "recordings"), "host-a", recording.WithAudit(trail))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	nop := zerolog.Nop()
+	appr, err := approvals.New(approvals.Config{Store: st, Audit: trail, Host: "host-a", Logger: &nop})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { appr.Close(context.Background()) })
+	os.WriteFile(filepath.Join(dir, "pw"), []byte("secret\n"), 0o600)
+	creds, err := credentials.NewManager(credentials.Config{Static: map[string]credentials.StaticConfig{
+		"app": {Username: "app", PasswordFile: filepath.Join(dir, "pw")}}}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { creds.Close() })
+	pol, err := policy.Parse("test.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(Config{
+		Policy: policy.NewEngine(pol), Credentials: creds, Recorder: rec, Approvals: appr, Audit: trail,
+		Metrics: metrics.New("test", "", nil), Tags: tags{"ci"}, Limits: config.Limits{Sessions: 1},
+		TLS: func(netip.Addr) *tls.Config { return nil }, Log: nop,
+	})
+	p.decoders["postgres"] = decoder
+	return &env{p: p, st: st, trail: trail, log: logBuf}
+}
+
+// serve runs one connection to dst through the pipeline and returns the
+// agent's end of it.
+func (e *env) serve(t *testing.T, id string, dst string) (agent net.Conn, done chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	agent, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Close() })
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		e.p.Handle(context.Background(), &proxy.Conn{ID: id, Identity: proxy.Identity{Name: "ci", PID: uint32(os.Getpid())},
+			Dst: netip.MustParseAddrPort(dst), Client: server.(*net.TCPConn), Accepted: time.Now()})
+	}()
+	return agent, done
+}
+
+// chain returns the kinds of the chain's records, in order, after checking
+// that it verifies.
+func (e *env) chain(t *testing.T) []map[string]any {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.trail.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := audit.Verify(ctx, e.st, "host-a"); err != nil || res.Broken != nil {
+		t.Fatalf("audit verify: %+v, %v", res, err)
+	}
+	var buf bytes.Buffer
+	if err := audit.Export(ctx, e.st, "host-a", &buf); err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("export line %q: %v", line, err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// logName is the event log's name for each chained kind.
+var logName = map[string]string{
+	"connection.opened": "connection_open", "connection.closed": "connection_close", "decision": "decision",
+	"credential.issued": "credential_issued", "credential.revoked": "credential_revoked",
+	"recording.sealed": "recording_sealed", "protocol.error": "protocol_violation", "limit.exceeded": "limit_exceeded",
+	"approval.requested": "approval_requested", "approval.decided": "approval_decided",
+}
+
+// sameEvents checks that the event log and the chain hold the same events:
+// every chained record once in the log, and every logged event in the
+// chain but for the enforced allows, which only the log and the sealed
+// recording hold.
+func sameEvents(t *testing.T, e *env) (chain []string) {
+	t.Helper()
+	recs := e.chain(t)
+	logged := map[string]int{}
+	for _, l := range e.log.lines() {
+		if l["event"] == "decision" && l["action"] == "allow" && l["mode"] == "enforce" {
+			continue
+		}
+		logged[l["event"].(string)]++
+	}
+	chained := map[string]int{}
+	for _, r := range recs {
+		kind := r["kind"].(string)
+		chain = append(chain, kind)
+		name, ok := logName[kind]
+		if !ok {
+			t.Fatalf("chain kind %q has no log name in the test", kind)
+		}
+		chained[name]++
+	}
+	for name, n := range chained {
+		if logged[name] != n {
+			t.Errorf("%s: %d in the chain, %d in the log", name, n, logged[name])
+		}
+	}
+	for name, n := range logged {
+		if chained[name] != n {
+			t.Errorf("%s: %d in the log, %d in the chain", name, n, chained[name])
+		}
+	}
+	return chain
+}
+
+func TestPipelineRecordsEachEventOnceInLogAndChain(t *testing.T) {
+	var verdicts []protocol.Verdict
+	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
+		if s.Connect.Action != protocol.Allow || s.Refuse != nil {
+			t.Errorf("connect %+v, refuse %v; want allowed", s.Connect, s.Refuse)
+		}
+		cred, err := s.Upstream.Credential(ctx)
+		if err != nil || cred.Username != "app" || cred.Password != "secret" {
+			t.Errorf("credential %+v, %v", cred, err)
+		}
+		if err := s.Recorder.Start(ctx); err != nil {
+			return err
+		}
+		for _, sql := range []string{"SELECT 1", "DROP TABLE patients", "SELECT * FROM t WHERE ssn = '123-45-6789'"} {
+			s.Recorder.Record(protocol.Message{FromClient: true, Type: 'Q', Body: []byte(sql + "\x00")})
+			verdicts = append(verdicts, s.Enforcer.Decide(ctx, protocol.Request{Operation: protocol.OpQuery, Text: sql}))
+		}
+		// A request the policy language cannot express is refused.
+		verdicts = append(verdicts, s.Enforcer.Decide(ctx, protocol.Request{Operation: "FROBNICATE", Text: "x"}))
+		return nil
+	}})
+	_, done := e.serve(t, "s1", "127.0.0.1:5432")
+	<-done
+	want := []protocol.Action{protocol.Allow, protocol.Deny, protocol.Allow, protocol.Deny}
+	for i, v := range verdicts {
+		if v.Action != want[i] {
+			t.Errorf("verdict %d: %+v, want action %d", i, v, want[i])
+		}
+	}
+	chain := sameEvents(t, e)
+	if got := strings.Join(chain, " "); got != "connection.opened credential.issued decision decision recording.sealed credential.revoked connection.closed" {
+		t.Errorf("chain: %s", got)
+	}
+	var buf bytes.Buffer
+	audit.Export(context.Background(), e.st, "host-a", &buf)
+	if strings.Contains(buf.String(), "123-45-6789") || strings.Contains(buf.String(), "secret") {
+		t.Errorf("a literal or the credential reached the chain:\n%s", buf.String())
+	}
+	for _, l := range e.log.lines() {
+		if strings.Contains(fmt.Sprint(l), "123-45-6789") || strings.Contains(fmt.Sprint(l), "secret") {
+			t.Errorf("a literal or the credential reached the log: %v", l)
+		}
+	}
+}
+
+// TestPipelineEndings: each way a decoder's session can end is audited once,
+// in the log and the chain, with the outcome an operator reads.
+func TestPipelineEndings(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		err     error
+		begin   bool
+		outcome string
+		chain   string
+	}{
+		{"violation", &protocol.ViolationError{Msg: "message type 0x00"}, true, "protocol violation",
+			"connection.opened recording.sealed protocol.error connection.closed"},
+		{"handshake violation", &protocol.ViolationError{Msg: "startup packet too long"}, false, "handshake",
+			"connection.opened protocol.error connection.closed"},
+		{"limit", &protocol.LimitError{Limit: "message_buffer", Msg: "message of 9 MiB over the 8 MiB cap"}, true, "limit exceeded",
+			"connection.opened recording.sealed limit.exceeded connection.closed"},
+		{"refused", &protocol.RefusedError{Outcome: "upstream unreachable", Err: errors.New("connection refused")}, false, "upstream unreachable",
+			"connection.opened connection.closed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
+				if tc.begin {
+					if err := s.Recorder.Start(ctx); err != nil {
+						return err
+					}
+				}
+				return tc.err
+			}})
+			_, done := e.serve(t, "s-"+strings.ReplaceAll(tc.name, " ", "-"), "127.0.0.1:5432")
+			<-done
+			if got := strings.Join(sameEvents(t, e), " "); got != tc.chain {
+				t.Errorf("chain: %s, want %s", got, tc.chain)
+			}
+			var closed map[string]any
+			for _, l := range e.log.lines() {
+				if l["event"] == "connection_close" {
+					closed = l
+				}
+			}
+			if closed["outcome"] != tc.outcome {
+				t.Errorf("connection_close %v, want outcome %q", closed, tc.outcome)
+			}
+		})
+	}
+}
+
+// TestPipelineSessionCap: a session over its identity's cap reaches its
+// decoder with Refuse set, and the refusal is audited as the limit.
+func TestPipelineSessionCap(t *testing.T) {
+	hold := make(chan struct{})
+	var refused *protocol.LimitError
+	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
+		if s.Refuse != nil {
+			refused = s.Refuse
+			return s.Refuse
+		}
+		<-hold
+		return nil
+	}})
+	_, first := e.serve(t, "s1", "127.0.0.1:5432")
+	_, second := e.serve(t, "s2", "127.0.0.1:5432")
+	<-second
+	close(hold)
+	<-first
+	if refused == nil || refused.Limit != "sessions" {
+		t.Fatalf("second session: refuse %+v, want the sessions limit", refused)
+	}
+	if got := strings.Join(sameEvents(t, e), " "); !strings.Contains(got, "limit.exceeded") {
+		t.Errorf("chain lacks the limit: %s", got)
+	}
+}
+
+// TestPipelineRelayDenied: a destination with no decoder and no rule gets
+// the plain relay's refusal, a reset, with the reason in the audit.
+func TestPipelineRelayDenied(t *testing.T) {
+	e := newEnv(t, fakeDecoder{func(context.Context, *protocol.Session) error {
+		t.Error("the decoder was called for a tcp target")
+		return nil
+	}})
+	agent, done := e.serve(t, "s1", "127.0.0.2:80")
+	<-done
+	agent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := agent.Read(make([]byte, 1)); err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("agent read: %v, want a reset", err)
+	}
+	if got := strings.Join(sameEvents(t, e), " "); got != "connection.opened decision connection.closed" {
+		t.Errorf("chain: %s", got)
+	}
+	for _, l := range e.log.lines() {
+		if l["event"] == "connection_close" && (l["outcome"] != "denied" || !strings.Contains(fmt.Sprint(l["reason"]), "default-deny")) {
+			t.Errorf("connection_close %v, want denied by default-deny", l)
+		}
+	}
+}
+
+// TestDecideStartup: a startup parameter gets the decision of the SET it
+// stands for (issue 12: search_path was refused "as admin" under a policy
+// allowing admin).
+func TestDecideStartup(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, tc := range []struct {
+		identity string
+		names    []string
+		want     string // rule and action of each refused or decided name, in order
+	}{
+		{"ci", []string{"application_name", "client_encoding", "statement_timeout"}, ""},
+		{"ci", []string{"search_path"}, "search_path:default-deny:1"},
+		{"admin", []string{"search_path", "standard_conforming_strings"}, "search_path:admin-bot-all:0 standard_conforming_strings:admin-bot-all:0"},
+		{"admin", []string{"role"}, "role:default-deny:1"},
+		// A connection cannot wait for an approval: it is refused instead.
+		{"reviewed", []string{"search_path"}, "search_path:reviewed-admin:1"},
+	} {
+		pol := e.p.cfg.Policy.Current()
+		c := &conn{id: "s", identity: proxy.Identity{Name: tc.identity}, target: pol.Target("db"),
+			subject: policy.Subject{Tag: tc.identity}}
+		en := &enforcer{p: e.p, c: c, rec: &recorder{p: e.p, c: c}}
+		var got []string
+		for _, name := range tc.names {
+			v := en.Decide(context.Background(), protocol.Request{Operation: protocol.OpStartup, Text: name})
+			if v.Rule != "" {
+				got = append(got, fmt.Sprintf("%s:%s:%d", name, v.Rule, v.Action))
+			}
+		}
+		if s := strings.Join(got, " "); s != tc.want {
+			t.Errorf("%s %v: %q, want %q", tc.identity, tc.names, s, tc.want)
+		}
+	}
+}

@@ -1,0 +1,28 @@
+package postgres
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestStartupSettings(t *testing.T) {
+	for _, tc := range []struct {
+		params map[string]string
+		want   []string // nil with ok false: refused
+		ok     bool
+	}{
+		{map[string]string{"user": "a", "database": "b", "application_name": "psql", "client_encoding": "UTF8", "DateStyle": "ISO"},
+			[]string{"DateStyle", "application_name", "client_encoding"}, true},
+		{map[string]string{"options": "-c statement_timeout=5s --lock-timeout=1s -csearch_path=evil"},
+			[]string{"statement_timeout", "lock_timeout", "search_path"}, true},
+		{map[string]string{"_pq_.command_batching": "on", "search_path": "x"}, []string{"search_path"}, true},
+		{map[string]string{"options": "-B 100"}, nil, false},
+		{map[string]string{"options": "-c role"}, nil, false},
+		{map[string]string{"replication": "database"}, nil, false},
+	} {
+		got, err := startupSettings(tc.params)
+		if (err == nil) != tc.ok || !slices.Equal(got, tc.want) {
+			t.Errorf("%v: %q, %v; want %q ok=%v", tc.params, got, err, tc.want, tc.ok)
+		}
+	}
+}
