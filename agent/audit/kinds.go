@@ -27,6 +27,7 @@ const (
 	KindKernelAccepted    Kind = "kernel.accepted"
 	KindTagged            Kind = "cgroup.tagged"
 	KindUntagged          Kind = "cgroup.untagged"
+	KindExec              Kind = "exec.started"
 	KindUninstalled       Kind = "datapath.uninstalled"
 	KindControlRefused    Kind = "control.refused"
 	KindCARotated         Kind = "ca.rotated"
@@ -224,11 +225,18 @@ type KernelAccepted struct {
 }
 
 // Tagged is a cgroup given an identity (`interlock tag`, `interlock exec`).
-// PID is the process an exec cgroup was made for.
 type Tagged struct {
 	Cgroup   string `json:"cgroup"`
 	Identity string `json:"identity"`
-	PID      int    `json:"pid,omitempty"`
+}
+
+// Exec is a command started by `interlock exec`: process PID, a child of
+// the caller ByUID, moved into the fresh cgroup tagged for it.
+type Exec struct {
+	Identity string `json:"identity"`
+	PID      int    `json:"pid"`
+	ByUID    uint32 `json:"by_uid"`
+	Cgroup   string `json:"cgroup"`
 }
 
 // Untagged is a cgroup's identity removed, by an operator or because the
@@ -247,10 +255,12 @@ type Uninstalled struct {
 
 // ControlRefused is a control API call refused to its caller.
 type ControlRefused struct {
-	UID    uint32 `json:"uid"`
-	PID    uint32 `json:"pid"`
-	Path   string `json:"path"`
-	Reason string `json:"reason"`
+	UID      uint32 `json:"uid"`
+	PID      uint32 `json:"pid"`
+	Path     string `json:"path"`
+	Cgroup   string `json:"cgroup,omitempty"`
+	Identity string `json:"identity,omitempty"`
+	Reason   string `json:"reason"`
 }
 
 // CARotated is Interlock's CA replaced; certificates signed by the old one
@@ -310,6 +320,9 @@ func (Tagged) Kind() Kind { return KindTagged }
 
 // Kind implements Event.
 func (Untagged) Kind() Kind { return KindUntagged }
+
+// Kind implements Event.
+func (Exec) Kind() Kind { return KindExec }
 
 // Kind implements Event.
 func (Uninstalled) Kind() Kind { return KindUninstalled }
@@ -447,11 +460,12 @@ func (e KernelAccepted) logTo(l *zerolog.Logger) {
 }
 
 func (e Tagged) logTo(l *zerolog.Logger) {
-	ev := l.Info().Str("event", "tag").Str("cgroup", e.Cgroup).Str("identity", e.Identity)
-	if e.PID != 0 {
-		ev = ev.Int("pid", e.PID)
-	}
-	ev.Msg("cgroup tagged")
+	l.Info().Str("event", "tag").Str("cgroup", e.Cgroup).Str("identity", e.Identity).Msg("cgroup tagged")
+}
+
+func (e Exec) logTo(l *zerolog.Logger) {
+	l.Info().Str("event", "exec").Str("identity", e.Identity).Int("pid", e.PID).
+		Uint32("by_uid", e.ByUID).Str("cgroup", e.Cgroup).Msg("command started in tagged cgroup")
 }
 
 func (e Untagged) logTo(l *zerolog.Logger) {
@@ -464,8 +478,8 @@ func (e Uninstalled) logTo(l *zerolog.Logger) {
 }
 
 func (e ControlRefused) logTo(l *zerolog.Logger) {
-	l.Warn().Str("event", "control_refused").Uint32("pid", e.PID).Uint32("uid", e.UID).
-		Str("path", e.Path).Str("reason", e.Reason).Msg("control request refused")
+	l.Warn().Str("event", "control_refused").Uint32("pid", e.PID).Uint32("uid", e.UID).Str("cgroup", e.Cgroup).
+		Str("identity", e.Identity).Str("path", e.Path).Str("reason", e.Reason).Msg("control request refused")
 }
 
 func (e CARotated) logTo(l *zerolog.Logger) {

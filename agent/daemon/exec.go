@@ -40,7 +40,7 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rel := strings.TrimPrefix(abs, d.mount)
-	if err := d.tag(abs, rel, req.Identity, "", req.PID); err != nil {
+	if err := d.tag(abs, rel, req.Identity, ""); err != nil {
 		os.Remove(abs)
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
@@ -50,6 +50,7 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "move pid %d into %s: %v", req.PID, rel, err)
 		return
 	}
+	d.chain.Record(audit.Exec{Identity: req.Identity, PID: req.PID, ByUID: p.UID, Cgroup: rel})
 	control.WriteJSON(w, http.StatusOK, ExecAnswer{Cgroup: rel})
 }
 
@@ -74,7 +75,7 @@ func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
 // releaseExec untags and removes an exec cgroup. Untag comes after the
 // cgroup is empty and before rmdir, so no process of it ever runs untagged.
 func (d *Daemon) releaseExec(abs, rel string) {
-	if err := d.tag(abs, rel, "", "exec ended", 0); err != nil {
+	if err := d.tag(abs, rel, "", "exec ended"); err != nil {
 		d.log.Warn().Err(err).Str("cgroup", rel).Msg("untag exec cgroup")
 	}
 	if err := os.Remove(abs); err != nil && !os.IsNotExist(err) {

@@ -113,8 +113,8 @@ type taggedCaller struct {
 type taggedCallerKey struct{}
 
 func (d *Daemon) refuseTagged(w http.ResponseWriter, p control.Peer, id uint32, path string) {
-	d.chain.Record(audit.ControlRefused{UID: p.UID, PID: p.PID, Path: path,
-		Reason: fmt.Sprintf("caller runs in tagged cgroup %s (identity %q)", p.Cgroup, d.ids.name(id))})
+	d.chain.Record(audit.ControlRefused{UID: p.UID, PID: p.PID, Path: path, Cgroup: p.Cgroup, Identity: d.ids.name(id),
+		Reason: "the caller runs in a tagged cgroup"})
 	control.WriteError(w, http.StatusForbidden, "refused: pid %d runs in tagged cgroup %s (identity %q); agents cannot control interlock", p.PID, p.Cgroup, d.ids.name(id))
 }
 
@@ -216,7 +216,7 @@ func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if err := d.tag(abs, rel, req.Identity, "", 0); err != nil {
+	if err := d.tag(abs, rel, req.Identity, ""); err != nil {
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
@@ -224,9 +224,8 @@ func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
 }
 
 // tag tags (identity non-empty) or untags the cgroup at abs.
-// why says what removed a tag ("" for an operator's untag); pid names the
-// process an exec cgroup is made for (0 for none).
-func (d *Daemon) tag(abs, rel, identity, why string, pid int) error {
+// why says what removed a tag ("" for an operator's untag).
+func (d *Daemon) tag(abs, rel, identity, why string) error {
 	cgid, err := datapath.CgroupID(abs)
 	if err != nil {
 		return err
@@ -254,7 +253,7 @@ func (d *Daemon) tag(abs, rel, identity, why string, pid int) error {
 	if err := d.dp.Tag(cgid, id); err != nil {
 		return fmt.Errorf("tag %s: %w", rel, err)
 	}
-	d.chain.Record(audit.Tagged{Cgroup: rel, Identity: identity, PID: pid})
+	d.chain.Record(audit.Tagged{Cgroup: rel, Identity: identity})
 	return d.ids.setTag(rel, cgid, identity)
 }
 

@@ -218,18 +218,16 @@ type Session struct {
 	meta  store.Session
 	start time.Time
 
-	dropPasswords bool // PostgreSQL: record 'p' messages without their body
-
-	mu        sync.Mutex
-	buf       []byte // frames not yet handed to the writer
-	scratch   [32]byte
-	vbuf      []byte // verdict encoding, reused
-	seq       int64
-	decided   int64 // verdicts so far: the next store.Decision.Index
-	bytesIn   int64
-	bytesOut  int64
-	pending   []store.Decision
-	finished  bool
+	mu       sync.Mutex
+	buf      []byte // frames not yet handed to the writer
+	scratch  [32]byte
+	vbuf     []byte // verdict encoding, reused
+	seq      int64
+	decided  int64 // verdicts so far: the next store.Decision.Index
+	bytesIn  int64
+	bytesOut int64
+	pending  []store.Decision
+	finished bool
 
 	// Owned by the writer goroutine (and by Finish after a barrier).
 	f    *os.File
@@ -256,8 +254,7 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, err
 	if err != nil {
 		return nil, fmt.Errorf("create recording: %w", err)
 	}
-	s := &Session{r: r, meta: meta, start: meta.Started, f: f, sum: sha256.New(),
-		dropPasswords: meta.Protocol == "postgresql", buf: r.getBuf()}
+	s := &Session{r: r, meta: meta, start: meta.Started, f: f, sum: sha256.New(), buf: r.getBuf()}
 	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
 		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
 	head := append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...)
@@ -302,9 +299,6 @@ func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) i
 	defer s.mu.Unlock()
 	if s.finished {
 		return -1
-	}
-	if s.dropPasswords && fromClient && typ == 'p' {
-		body = nil
 	}
 	kind := byte(kindServer)
 	if fromClient {

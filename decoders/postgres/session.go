@@ -181,7 +181,12 @@ func (e enforcer) Query(ctx context.Context, sql string) Verdict {
 type recorder struct{ r protocol.Recorder }
 
 func (r recorder) Record(m *Message) {
-	r.r.Record(protocol.Message{FromClient: m.FromClient, Type: m.Type, Body: m.Body, Time: m.Time})
+	body := m.Body
+	if m.FromClient && m.Type == 'p' {
+		// The agent's password (or SCRAM proof) never lands in a recording.
+		body = nil
+	}
+	r.r.Record(protocol.Message{FromClient: m.FromClient, Type: m.Type, Body: body, Time: m.Time})
 }
 
 // columnMasker plans a result set's masking by its column names.

@@ -1,8 +1,12 @@
 package postgres
 
 import (
+	"bytes"
+	"context"
 	"slices"
 	"testing"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
 func TestStartupSettings(t *testing.T) {
@@ -24,5 +28,24 @@ func TestStartupSettings(t *testing.T) {
 		if (err == nil) != tc.ok || !slices.Equal(got, tc.want) {
 			t.Errorf("%v: %q, %v; want %q ok=%v", tc.params, got, err, tc.want, tc.ok)
 		}
+	}
+}
+
+type messages []protocol.Message
+
+func (m *messages) Start(context.Context) error { return nil }
+func (m *messages) Record(msg protocol.Message) {
+	msg.Body = bytes.Clone(msg.Body)
+	*m = append(*m, msg)
+}
+
+// The agent's password (or SCRAM proof) never lands in a recording.
+func TestPasswordNotRecorded(t *testing.T) {
+	var got messages
+	r := recorder{&got}
+	r.Record(&Message{FromClient: true, Type: 'p', Body: []byte("hunter2\x00")})
+	r.Record(&Message{FromClient: true, Type: 'Q', Body: []byte("SELECT 1\x00")})
+	if len(got) != 2 || got[0].Body != nil || string(got[1].Body) != "SELECT 1\x00" {
+		t.Fatalf("recorded %+v; want the password message without its body, the query whole", got)
 	}
 }
