@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-func FuzzExtractQueries(f *testing.F) {
+func FuzzDecodeQueries(f *testing.F) {
 	startup, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "u"}}).Encode(nil)
 	ssl, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 	msgs := frontendScript()
