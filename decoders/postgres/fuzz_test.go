@@ -96,7 +96,7 @@ var fuzzEnforcer = EnforcerFunc(func(_ context.Context, sql string) Verdict {
 	case strings.Contains(sql, "x"):
 		return Verdict{Action: Deny, Rule: "x"}
 	case strings.Contains(sql, "y"):
-		return Verdict{Mask: MaskColumns("y", "n")}
+		return Verdict{Mask: redactColumns("y", "n")}
 	case strings.Contains(sql, "z"):
 		return Verdict{Action: Hold, ApprovalID: "a", Wait: func(context.Context) (bool, string) { return false, "no" }}
 	}
