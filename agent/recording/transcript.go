@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/interlock-dev/interlock/agent/store"
-	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/decoders/transcript"
 )
 
@@ -39,7 +38,7 @@ func Replay(ctx context.Context, st *store.Store, id string, w io.Writer) error 
 
 // Transcript writes a readable account of a recording: a header from the
 // session row, then the decisions with their rule and, for each message,
-// the lines its protocol's describer gives (see describers), each with its
+// the lines its protocol's describer gives (see readBacks), each with its
 // seq and its offset from the session start. seal describes the
 // recording's integrity for the header.
 func Transcript(w io.Writer, ss store.Session, seal string, rd *Reader) error {
@@ -108,19 +107,12 @@ func Transcript(w io.Writer, ss store.Session, seal string, rd *Reader) error {
 	return bw.Flush()
 }
 
-// describers maps a session's protocol to a constructor of its decoder's
-// transcript describer. A protocol without one is shown by
-// transcript.Generic.
-var describers = map[string]func() transcript.Describer{
-	"postgresql": func() transcript.Describer { return new(postgres.Transcript) },
-}
-
 // describer returns a fresh describer for the first protocol, of the
-// session row's and the recording header's, that has one.
+// session row's and the recording header's, whose decoder has one.
 func describer(protocols ...string) transcript.Describer {
 	for _, p := range protocols {
-		if mk, ok := describers[p]; ok {
-			return mk()
+		if rb, ok := readBacks[p]; ok {
+			return rb.describer()
 		}
 	}
 	return transcript.Generic{}
