@@ -464,13 +464,6 @@ func (p *Policy) decideSQL(ids *bitset, s *Subject, t *Target, query string) (De
 	return best, q
 }
 
-// DecideStatement decides one already classified statement, for decoders
-// that apply a decision per statement of a multi-statement message.
-func (p *Policy) DecideStatement(s *Subject, t *Target, st *sqlclass.Statement) Decision {
-	in := Input{Subject: s, Target: t, Op: Operation{Kind: OpSQL, SQL: st}}
-	return p.Decide(&in)
-}
-
 func precedence(a Action) int {
 	switch a {
 	case Deny:

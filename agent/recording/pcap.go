@@ -2,7 +2,6 @@ package recording
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -38,11 +37,6 @@ func ExportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) er
 	return WritePcap(w, ss, rd)
 }
 
-// pgPort is the port Wireshark's PostgreSQL dissector is registered on. It
-// has no heuristic, so a capture on any other port is decoded as PostgreSQL
-// only when the reader says so (-d tcp.port==PORT,pgsql).
-const pgPort = 5432
-
 // WritePcap writes the messages of a recording as an Ethernet/IP/TCP packet
 // capture in pcapng (gopacket's pcapgo): a SYN, SYN-ACK, ACK handshake
 // between the session's real client and upstream addresses, each
@@ -66,10 +60,11 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 	protocol := firstNonEmpty(ss.Protocol, h.Protocol)
 	comment := fmt.Sprintf("interlock session %s: identity %s, target %s, %s from %s to %s",
 		firstNonEmpty(ss.ID, h.Session), ss.Identity, ss.Target, protocol, client, server)
-	if protocol == "postgresql" && server.Port() != pgPort {
-		comment += fmt.Sprintf("; the server port %d is written as %d so that dissectors decode PostgreSQL without options",
-			server.Port(), pgPort)
-		server = netip.AddrPortFrom(server.Addr(), pgPort)
+	rb, known := readBacks[protocol]
+	if known && server.Port() != rb.port {
+		comment += fmt.Sprintf("; the server port %d is written as %d so that dissectors decode %s without options",
+			server.Port(), rb.port, rb.name)
+		server = netip.AddrPortFrom(server.Addr(), rb.port)
 	}
 	pw, err := pcapgo.NewNgWriterInterface(w, pcapgo.NgInterface{
 		Name: "interlock", LinkType: layers.LinkTypeEthernet, SnapLength: 262144, TimestampResolution: 9,
@@ -77,7 +72,7 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 	if err != nil {
 		return fmt.Errorf("write pcapng header: %w", err)
 	}
-	if err := writeConversation(pw, ss, rd, protocol, client, server); err != nil {
+	if err := writeConversation(pw, ss, rd, rb.appendWire, client, server); err != nil {
 		return err
 	}
 	if err := pw.Flush(); err != nil {
@@ -86,8 +81,10 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 	return nil
 }
 
-// writeConversation writes the recording's messages as one TCP connection.
-func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader, protocol string, client, server netip.AddrPort) error {
+// writeConversation writes the recording's messages as one TCP connection,
+// each re-framed by appendWire (nil: its body is the bytes sent).
+func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader,
+	appendWire func(dst []byte, fromClient bool, typ byte, body []byte) []byte, client, server netip.AddrPort) error {
 	h := rd.Header()
 	start := ss.Started
 	if start.IsZero() {
@@ -132,7 +129,11 @@ func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader, protoc
 		if len(pending) == 0 {
 			fromCl, firstTime = fr.FromClient, fr.Time
 		}
-		pending = appendWire(pending, protocol, fr)
+		if appendWire != nil {
+			pending = appendWire(pending, fr.FromClient, fr.Type, fr.Body)
+		} else {
+			pending = append(pending, fr.Body...)
+		}
 		last = fr.Time
 	}
 	if err := flush(); err != nil {
@@ -143,21 +144,6 @@ func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader, protoc
 		end = last
 	}
 	return c.close(end)
-}
-
-// appendWire re-frames a recorded message as it crossed the wire.
-func appendWire(dst []byte, protocol string, fr Frame) []byte {
-	if protocol != "postgresql" {
-		return append(dst, fr.Body...)
-	}
-	switch {
-	case fr.Type != 0:
-		dst = append(dst, fr.Type)
-	case !fr.FromClient:
-		return append(dst, fr.Body...) // raw bytes, such as the SSL answer
-	}
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(fr.Body)+4))
-	return append(dst, fr.Body...)
 }
 
 type tcpConv struct {

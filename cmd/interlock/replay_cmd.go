@@ -325,44 +325,16 @@ func streamProtocol(p *policy.Policy, ports portMap, s *capture.Stream, client [
 	if proto, ok := replayPorts[port]; ok {
 		return proto
 	}
-	if looksLikePostgresStartup(client) {
+	if postgres.LooksLikeStartup(client) {
 		return "postgres"
 	}
 	if proto, ok := knownPorts[port]; ok {
 		return proto
 	}
-	if looksLikePostgresQuery(client) {
+	if postgres.LooksLikeQuery(client) {
 		return "postgres" // a capture that began mid-session
 	}
 	return ""
-}
-
-// looksLikePostgresQuery reports whether b opens with a complete simple
-// Query message: 'Q', a length that fits, and the NUL ending the text
-// exactly there.
-func looksLikePostgresQuery(b []byte) bool {
-	if len(b) < 6 || b[0] != 'Q' {
-		return false
-	}
-	n := uint32(b[1])<<24 | uint32(b[2])<<16 | uint32(b[3])<<8 | uint32(b[4])
-	return n >= 5 && uint64(len(b)) >= 1+uint64(n) && b[n] == 0
-}
-
-// looksLikePostgresStartup reports whether b opens with a PostgreSQL
-// StartupMessage (protocol 3.x), SSLRequest or GSSENCRequest.
-func looksLikePostgresStartup(b []byte) bool {
-	if len(b) < 8 {
-		return false
-	}
-	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	code := uint32(b[4])<<24 | uint32(b[5])<<16 | uint32(b[6])<<8 | uint32(b[7])
-	switch {
-	case n == 8 && (code == 80877103 || code == 80877104): // SSLRequest, GSSENCRequest
-		return true
-	case n >= 8 && n <= 10000 && code>>16 == 3:
-		return true
-	}
-	return false
 }
 
 // targetFor finds the target a captured stream went to: by its server

@@ -31,8 +31,8 @@ func isProtocolError(err error) bool {
 }
 
 // TestCorpus replays every capture in the shared corpus through the capture
-// reader and ExtractQueries: the queries must equal the .queries.jsonl beside
-// each capture.
+// reader and DecodeQueries, as `interlock policy replay --pcap` does: the
+// queries must equal the .queries.jsonl beside each capture.
 func TestCorpus(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(corpusDir, "*.pcap*"))
 	var pcaps []string

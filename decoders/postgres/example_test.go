@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/interlock-dev/interlock/decoders/postgres"
+	"github.com/interlock-dev/interlock/policy/mask"
 )
 
 // Example shows one proxied session: accept the agent without its password,
@@ -48,12 +49,21 @@ func Example() {
 		server.Close()
 		return
 	}
+	// Masking: policy/mask decides what each value becomes; MaskText
+	// carries it in the PostgreSQL wire format.
+	pii, _ := mask.New("pii", []mask.ColumnRule{{Pattern: "email", Method: mask.Partial}, {Pattern: "ssn", Method: mask.Redact}}, nil, nil)
+	maskPII := postgres.MaskText(func(columns []string) postgres.TextMasker {
+		if p := pii.Plan(columns); p.Active() {
+			return p
+		}
+		return nil
+	})
 	enforcer := postgres.EnforcerFunc(func(ctx context.Context, sql string) postgres.Verdict {
 		switch {
 		case strings.Contains(sql, "DROP"):
 			return postgres.Verdict{Action: postgres.Deny, Rule: "no-ddl"}
 		case strings.Contains(sql, "customers"):
-			return postgres.Verdict{Rule: "mask-pii", Mask: postgres.MaskColumns("email", "ssn")}
+			return postgres.Verdict{Rule: "mask-pii", Mask: maskPII}
 		}
 		return postgres.Verdict{Rule: "default-allow"}
 	})

@@ -24,16 +24,6 @@ type Query struct {
 	Offset int
 }
 
-// ExtractQueries returns the SQL texts of DecodeQueries' result.
-func ExtractQueries(client, server []byte) ([]string, error) {
-	qs, err := DecodeQueries(client, server)
-	var out []string
-	for _, q := range qs {
-		out = append(out, q.SQL)
-	}
-	return out, err
-}
-
 // DecodeQueries returns the SQL texts of the Query and Parse messages in a
 // recorded session, in order: client holds the bytes the client sent, server
 // the bytes the server sent (used only to learn how the server answered an

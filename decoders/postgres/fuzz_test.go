@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
-func FuzzExtractQueries(f *testing.F) {
+func FuzzDecodeQueries(f *testing.F) {
 	startup, _ := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: map[string]string{"user": "u"}}).Encode(nil)
 	ssl, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 	msgs := frontendScript()
@@ -96,7 +96,7 @@ var fuzzEnforcer = EnforcerFunc(func(_ context.Context, sql string) Verdict {
 	case strings.Contains(sql, "x"):
 		return Verdict{Action: Deny, Rule: "x"}
 	case strings.Contains(sql, "y"):
-		return Verdict{Mask: MaskColumns("y", "n")}
+		return Verdict{Mask: redactColumns("y", "n")}
 	case strings.Contains(sql, "z"):
 		return Verdict{Action: Hold, ApprovalID: "a", Wait: func(context.Context) (bool, string) { return false, "no" }}
 	}

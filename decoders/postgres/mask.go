@@ -1,106 +1,71 @@
 package postgres
 
-// MaskColumns returns a ColumnMasker that replaces every non-NULL value of
-// the columns with one of the given names by Redact's stand-in. It is safe
-// for concurrent use.
-func MaskColumns(names ...string) ColumnMasker {
-	set := make(map[string]bool, len(names))
-	for _, n := range names {
-		set[n] = true
-	}
-	return columnSet(set)
+import "github.com/jackc/pgx/v5/pgtype"
+
+// TextMasker masks the values of one result set as text; policy/mask's
+// *Plan is one. Mask appends the masked form of value (from column col) to
+// dst and reports whether it differs from value.
+type TextMasker interface {
+	Mask(dst []byte, col int, value []byte) ([]byte, bool)
 }
 
-type columnSet map[string]bool
+// MaskText returns a ColumnMasker that masks each result set with the
+// TextMasker plan returns for its column names; plan returns nil when no
+// value of that result can change. A binary-format value of a type whose
+// binary form is not its text cannot carry a masked string, so a field of
+// such a column that would change is sent as NULL. The ColumnMasker is safe
+// for concurrent use when plan is.
+func MaskText(plan func(columns []string) TextMasker) ColumnMasker {
+	return textMasker(plan)
+}
 
-func (s columnSet) Plan(cols []Column) RowMasker {
-	var rm *redactRow
+type textMasker func(columns []string) TextMasker
+
+func (tm textMasker) Plan(cols []Column) RowMasker {
+	names := make([]string, len(cols))
 	for i, c := range cols {
-		if s[c.Name] {
-			if rm == nil {
-				rm = &redactRow{cols: make([]*Column, len(cols))}
-			}
-			c := c
-			rm.cols[i] = &c
-		}
+		names[i] = c.Name
 	}
-	if rm == nil {
+	p := tm(names)
+	if p == nil {
 		return nil
+	}
+	rm := &rowMasker{plan: p, binary: make([]bool, len(cols))}
+	for i, c := range cols {
+		rm.binary[i] = c.Format == 1 && !textual(c.TypeOID)
 	}
 	return rm
 }
 
-type redactRow struct{ cols []*Column }
-
-func (r *redactRow) MaskValue(col int, v []byte) []byte {
-	if col >= len(r.cols) || r.cols[col] == nil || v == nil {
-		return v
-	}
-	return Redact(*r.cols[col], v)
+type rowMasker struct {
+	plan   TextMasker
+	binary []bool // binary format of a type whose wire form is not its text
+	buf    []byte
 }
 
-// Type OIDs Redact knows.
-const (
-	oidBool    = 16
-	oidName    = 19
-	oidInt8    = 20
-	oidInt2    = 21
-	oidInt4    = 23
-	oidText    = 25
-	oidJSON    = 114
-	oidFloat4  = 700
-	oidFloat8  = 701
-	oidBPChar  = 1042
-	oidVarchar = 1043
-	oidNumeric = 1700
-	oidJSONB   = 3802
-)
-
-var (
-	redactedText = []byte("****")
-	redactedJSON = []byte(`"****"`)
-	zeroText     = []byte("0")
-	falseText    = []byte("f")
-	zeroBinary   = make([]byte, 8)
-	// numeric 0 in binary: ndigits 0, weight 0, sign positive, dscale 0.
-	numericZero = []byte{0, 0, 0, 0, 0, 0, 0, 0}
-	jsonbString = []byte("\x01\"****\"")
-)
-
-// Redact returns a stand-in for v, a non-NULL value of column c, that a
-// client can still decode as the column's type in the column's format:
-// "****" for strings, zero for numbers, false for booleans, a JSON string
-// for json; NULL (nil) for types it does not know. It never returns v.
-func Redact(c Column, v []byte) []byte {
-	binary := c.Format == 1
-	switch c.TypeOID {
-	case oidText, oidVarchar, oidBPChar, oidName:
-		return redactedText
-	case oidJSON:
-		return redactedJSON
-	case oidJSONB:
-		if binary {
-			return jsonbString
-		}
-		return redactedJSON
-	case oidInt2, oidInt4, oidInt8, oidFloat4, oidFloat8:
-		if binary {
-			return zeroBinary[:min(len(v), len(zeroBinary))]
-		}
-		return zeroText
-	case oidNumeric:
-		if binary {
-			return numericZero
-		}
-		return zeroText
-	case oidBool:
-		if binary {
-			return zeroBinary[:1]
-		}
-		return falseText
+// MaskValue masks one field. A binary-format value of a non-text type cannot
+// carry a masked string, so a field that would change is sent as NULL.
+func (rm *rowMasker) MaskValue(col int, v []byte) []byte {
+	if v == nil {
+		return nil
 	}
-	if !binary {
-		return redactedText
+	out, changed := rm.plan.Mask(rm.buf[:0], col, v)
+	if !changed {
+		return v
 	}
-	return nil
+	rm.buf = out
+	if col < len(rm.binary) && rm.binary[col] {
+		return nil
+	}
+	return out
+}
+
+// textual reports whether a type's binary wire form is its text: text,
+// varchar, bpchar, name, unknown, json and xml.
+func textual(oid uint32) bool {
+	switch oid {
+	case pgtype.TextOID, pgtype.VarcharOID, pgtype.BPCharOID, pgtype.NameOID, pgtype.UnknownOID, pgtype.JSONOID, pgtype.XMLOID:
+		return true
+	}
+	return false
 }

@@ -170,8 +170,13 @@ func (e enforcer) Query(ctx context.Context, sql string) Verdict {
 	case protocol.Hold:
 		out.Action = Hold
 	case protocol.Mask:
-		if v.Mask != nil {
-			out.Mask = columnMasker{v.Mask}
+		if m := v.Mask; m != nil {
+			out.Mask = MaskText(func(cols []string) TextMasker {
+				if fm := m.Plan(cols); fm != nil {
+					return fm
+				}
+				return nil
+			})
 		}
 	}
 	return out
@@ -187,58 +192,6 @@ func (r recorder) Record(m *Message) {
 		body = nil
 	}
 	r.r.Record(protocol.Message{FromClient: m.FromClient, Type: m.Type, Body: body, Time: m.Time})
-}
-
-// columnMasker plans a result set's masking by its column names.
-type columnMasker struct{ m protocol.Masker }
-
-func (cm columnMasker) Plan(cols []Column) RowMasker {
-	names := make([]string, len(cols))
-	for i, c := range cols {
-		names[i] = c.Name
-	}
-	fm := cm.m.Plan(names)
-	if fm == nil {
-		return nil
-	}
-	rm := &rowMasker{fm: fm, binary: make([]bool, len(cols))}
-	for i, c := range cols {
-		rm.binary[i] = c.Format == 1 && !textual(c.TypeOID)
-	}
-	return rm
-}
-
-type rowMasker struct {
-	fm     protocol.FieldMasker
-	binary []bool // binary format of a type whose wire form is not its text
-	buf    []byte
-}
-
-// MaskValue masks one field. A binary-format value of a non-text type cannot
-// carry a masked string, so a field that would change is sent as NULL.
-func (rm *rowMasker) MaskValue(col int, v []byte) []byte {
-	if v == nil {
-		return nil
-	}
-	out, changed := rm.fm.Mask(rm.buf[:0], col, v)
-	if !changed {
-		return v
-	}
-	rm.buf = out
-	if col < len(rm.binary) && rm.binary[col] {
-		return nil
-	}
-	return out
-}
-
-// textual reports whether a type's binary wire form is its text: text,
-// varchar, bpchar, name, unknown, json, xml and citext-like domains over them.
-func textual(oid uint32) bool {
-	switch oid {
-	case 25, 1043, 1042, 19, 705, 114, 142:
-		return true
-	}
-	return false
 }
 
 // cancelKeys maps the cancel keys interlockd hands agents to the upstream

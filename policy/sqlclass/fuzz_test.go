@@ -6,8 +6,8 @@ import (
 
 // FuzzClassify feeds arbitrary text to the parser, the classifier and the
 // shape key: none may panic, two texts with one shape key that both parse
-// must classify alike, and the summary fast path must agree with the full
-// parse whenever it answers.
+// must classify alike and redact alike, and the summary fast path must
+// agree with the full parse whenever it answers.
 func FuzzClassify(f *testing.F) {
 	for _, s := range []string{
 		"SELECT 1", "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
@@ -21,6 +21,7 @@ func FuzzClassify(f *testing.F) {
 	c := NewClassifier(Postgres{}, 256)
 	f.Fuzz(func(t *testing.T, s string) {
 		checkFastPath(t, s)
+		checkRedactionAgrees(t, s)
 		q := c.Classify(s)
 		if q == nil {
 			t.Fatal("nil query")
