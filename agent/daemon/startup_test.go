@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -63,7 +64,7 @@ rules:
 // stands for (issue 12: search_path was refused "as admin" under a policy
 // allowing admin).
 func TestDecideStartup(t *testing.T) {
-	pol, err := policy.Parse("startup.yaml", []byte(startupPolicy))
+	pol, err := policy.Load(context.Background(), policy.Source{Name: "startup.yaml", Text: []byte(startupPolicy)}, policy.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
