@@ -249,7 +249,9 @@ type Options struct {
 // one accepts the others accept too. It
 //
 //  1. reads the policy (src);
-//  2. compiles it, refusing every mistake with its file:line:col;
+//  2. compiles it, refusing every mistake with its file:line:col, and
+//     refusing targets and rules for a protocol this build has no decoder
+//     for (their rules would never fire);
 //  3. runs the test cases it ships: one that fails refuses the policy, since
 //     a policy that contradicts its own tests is not what its author meant;
 //  4. resolves its targets' host names once, with opts.Resolver, within
@@ -287,7 +289,7 @@ func Load(ctx context.Context, src Source, opts Options) (*Policy, error) {
 	case src.Text == nil:
 		name, text = DefaultName, defaultPolicy
 	}
-	p, errs := compile(name, text)
+	p, errs := compile(name, text, decoded)
 	if errs != nil {
 		return nil, errs
 	}
@@ -318,13 +320,15 @@ func Load(ctx context.Context, src Source, opts Options) (*Policy, error) {
 }
 
 // compile decodes and compiles policy text; name is used in error
-// positions.
-func compile(name string, data []byte) (*Policy, ErrorList) {
+// positions. Targets and rules for a protocol not in decoders are errors;
+// Load passes the protocols this build decodes, and only the package's own
+// tests of the language pass every protocol it knows.
+func compile(name string, data []byte, decoders []string) (*Policy, ErrorList) {
 	raw, errs := decodeFile[rawPolicy](name, data)
 	if errs != nil {
 		return nil, errs
 	}
-	c := &compiler{file: name, p: &Policy{
+	c := &compiler{file: name, decoders: decoders, p: &Policy{
 		name:          name,
 		identityIndex: map[string]*Identity{},
 		targetIndex:   map[string]*Target{},
@@ -432,6 +436,8 @@ type compiler struct {
 	file string
 	p    *Policy
 	errs ErrorList
+	// decoders are the protocols requests are decoded for (see decoded).
+	decoders []string
 }
 
 func (c *compiler) errorf(pos Pos, format string, args ...any) {
@@ -440,8 +446,16 @@ func (c *compiler) errorf(pos Pos, format string, args ...any) {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
-// Protocols a target may name.
+// protocols are the protocols the language knows: a target may name them
+// and rules have matchers for their requests.
 var protocols = []string{"postgres", "mysql", "http", "redis", "ssh", "tcp"}
+
+// decoded lists the protocols this build can enforce: postgres
+// (decoders/postgres decides each statement) and tcp (a plain relay decided
+// at connect). Knowing the others keeps their rules parsing, so the error is
+// specific; Load refuses a target or rule that needs one of them until its
+// decoder exists and is added here.
+var decoded = []string{"postgres", "tcp"}
 
 func (c *compiler) compile(raw *rawPolicy) {
 	if raw.Version != 0 && raw.Version != 1 {
@@ -656,8 +670,12 @@ func (c *compiler) target(r *rawTarget) {
 		c.errorf(r.Pos, "target %q defined twice", r.Name)
 		return
 	}
-	if !containsString(protocols, r.Protocol) {
+	switch {
+	case !containsString(protocols, r.Protocol):
 		c.errorf(r.Keys.at("protocol", r.Pos), "target %q: protocol %q: use one of %s", r.Name, r.Protocol, strings.Join(protocols, ", "))
+	case !containsString(c.decoders, r.Protocol):
+		c.errorf(r.Keys.at("protocol", r.Pos), "target %q: protocol %q is not supported yet by this interlockd (supported: %s)",
+			r.Name, r.Protocol, strings.Join(c.decoders, ", "))
 	}
 	t := &Target{Name: r.Name, Protocol: r.Protocol, Port: r.Port, Upstream: r.Upstream, index: len(c.p.targets), pos: r.Pos}
 	if len(r.Addresses) == 0 {
@@ -765,8 +783,12 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	cr.anyTarget = len(r.Target) == 0
 	for _, p := range r.Protocol {
-		if !containsString(protocols, p) {
+		switch {
+		case !containsString(protocols, p):
 			c.errorf(r.Keys.at("protocol", r.Pos), "rule %q: protocol %q: use one of %s", r.Name, p, strings.Join(protocols, ", "))
+		case !containsString(c.decoders, p):
+			c.errorf(r.Keys.at("protocol", r.Pos), "rule %q: protocol %q is not supported yet by this interlockd (supported: %s)",
+				r.Name, p, strings.Join(c.decoders, ", "))
 		}
 	}
 	cr.protocols = r.Protocol
@@ -778,6 +800,7 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	if r.HTTP != nil {
 		ops++
+		c.needDecoder(r.Keys.at("http", r.Pos), r.Name, "http")
 		cr.kind = OpHTTP
 		for _, m := range r.HTTP.Method {
 			cr.methods = append(cr.methods, strings.ToUpper(m))
@@ -786,6 +809,7 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	if r.Redis != nil {
 		ops++
+		c.needDecoder(r.Keys.at("redis", r.Pos), r.Name, "redis")
 		cr.kind = OpRedis
 		for _, m := range r.Redis.Command {
 			cr.patterns = append(cr.patterns, strings.ToUpper(m))
@@ -793,6 +817,7 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	if r.SSH != nil {
 		ops++
+		c.needDecoder(r.Keys.at("ssh", r.Pos), r.Name, "ssh")
 		cr.kind = OpSSH
 		cr.patterns = r.SSH.Command
 	}
@@ -852,6 +877,17 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	cr.index = len(c.p.rules)
 	c.p.rules = append(c.p.rules, cr)
+}
+
+// needDecoder refuses a rule's operation matcher that only requests of
+// protocol can fill when this build has no decoder for protocol: no target
+// could be of that protocol, so the rule would never match. (SQL matchers
+// need no check: postgres is always decoded.)
+func (c *compiler) needDecoder(pos Pos, rule, protocol string) {
+	if !containsString(c.decoders, protocol) {
+		c.errorf(pos, "rule %q: %s requests are not decoded by this interlockd yet, so the rule would never match (supported: %s)",
+			rule, protocol, strings.Join(c.decoders, ", "))
+	}
 }
 
 func (c *compiler) sqlMatch(rule string, r *rawSQLOp) *sqlMatch {

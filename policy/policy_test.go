@@ -13,11 +13,12 @@ import (
 	"testing"
 )
 
-// mustParse compiles src at the language level: no shipped tests run and
-// no names resolve. Tests of loading use load.
+// mustParse compiles src at the language level: every protocol the
+// language knows, so rules for protocols with no decoder yet can be tested;
+// no shipped tests run and no names resolve. Tests of loading use load.
 func mustParse(t testing.TB, src string) *Policy {
 	t.Helper()
-	p, err := compile("test.yaml", []byte(src))
+	p, err := compile("test.yaml", []byte(src), protocols)
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
@@ -285,6 +286,37 @@ rules: [{name: bot-db, identity: bot, target: db, action: allow}]
 			t.Errorf("%s: the refresh that resolves the name: target %v, want db", how, tg)
 		}
 		delete(r, "db.internal")
+	}
+}
+
+// TestUndecodedProtocolsRefused: the language knows http, ssh, redis and
+// mysql, but this build decodes none of them, so a target or rule that
+// needs one would never match: Load refuses it at the line that names it.
+func TestUndecodedProtocolsRefused(t *testing.T) {
+	cases := []struct{ src, want string }{
+		{"targets:\n  - name: forge\n    protocol: http\n    addresses: [10.0.0.1]\n",
+			`test.yaml:3:15: target "forge": protocol "http" is not supported yet by this interlockd (supported: postgres, tcp)`},
+		{"targets:\n  - {name: cache, protocol: redis, addresses: [10.0.0.1]}\n", `test.yaml:2:29: target "cache": protocol "redis" is not supported yet`},
+		{"targets:\n  - {name: box, protocol: ssh, addresses: [10.0.0.1]}\n", `target "box": protocol "ssh" is not supported yet`},
+		{"targets:\n  - {name: shop, protocol: mysql, addresses: [10.0.0.1]}\n", `target "shop": protocol "mysql" is not supported yet`},
+		{"rules:\n  - name: r\n    http: {method: [GET]}\n    action: allow\n",
+			`test.yaml:3:11: rule "r": http requests are not decoded by this interlockd yet, so the rule would never match (supported: postgres, tcp)`},
+		{"rules:\n  - {name: r, redis: {command: [GET]}, action: allow}\n", `test.yaml:2:22: rule "r": redis requests are not decoded`},
+		{"rules:\n  - {name: r, ssh: {command: [uptime]}, action: allow}\n", `test.yaml:2:20: rule "r": ssh requests are not decoded`},
+		{"rules:\n  - {name: r, protocol: [postgres, ssh], action: allow}\n", `test.yaml:2:25: rule "r": protocol "ssh" is not supported yet`},
+	}
+	for _, c := range cases {
+		_, err := load("test.yaml", c.src, fakeResolver{})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q:\n got: %v\nwant: %s", c.src, err, c.want)
+		}
+		// The language itself accepts them: the refusal is this build's.
+		if _, err := compile("test.yaml", []byte(c.src), protocols); err != nil {
+			t.Errorf("%q: the language refuses it: %v", c.src, err)
+		}
+	}
+	if _, err := load("test.yaml", "targets:\n  - {name: db, protocol: postgres, addresses: [10.0.0.1]}\n  - {name: raw, protocol: tcp, addresses: [10.0.0.2]}\nrules:\n  - {name: r, protocol: [tcp], action: allow}\n", fakeResolver{}); err != nil {
+		t.Errorf("postgres and tcp targets: %v", err)
 	}
 }
 
