@@ -14,7 +14,10 @@ import (
 // addresses aside, which ResolveTargets swaps atomically) and safe for
 // concurrent use.
 type Policy struct {
-	name, path    string
+	name          string
+	text          []byte
+	sha256        string
+	resolver      Resolver
 	identities    []*Identity
 	identityIndex map[string]*Identity
 	targets       []*Target
@@ -56,14 +59,21 @@ type sqlMatch struct {
 	destructive, lock, unknowable, multi int8 // 0 any, 1 must, -1 must not
 }
 
-// Name returns the file name the policy was loaded from.
+// Name returns the file name the policy was loaded from (DefaultName for
+// the embedded default).
 func (p *Policy) Name() string { return p.name }
 
-// Path returns the file the policy was loaded from, "" if parsed from text.
-func (p *Policy) Path() string { return p.path }
+// Text returns the policy text that was compiled (without a sibling test
+// file's), for `interlock policy explain` to decide with exactly what the
+// daemon decides with. The caller must not modify it.
+func (p *Policy) Text() []byte { return p.text }
 
-// Warnings lists problems that do not stop the policy from loading, such
-// as a target host name that did not resolve.
+// SHA256 returns the hex SHA-256 of Text: which policy was in force, for
+// the audit trail.
+func (p *Policy) SHA256() string { return p.sha256 }
+
+// Warnings lists problems that do not stop the policy from loading: a
+// target host name that did not resolve at load (see Load).
 func (p *Policy) Warnings() []string { return p.warnings }
 
 // NeedsExeHash reports whether some identity selects on exe_sha256, so the
@@ -118,15 +128,17 @@ func (p *Policy) TargetFor(a netip.Addr, port uint16) *Target {
 	return nil
 }
 
-// ResolveTargets resolves every target host name with r and swaps in the
-// new addresses atomically, target by target. A host that fails keeps its
-// previous addresses; the errors say which. The daemon calls it
-// periodically; Load calls it once.
-func (p *Policy) ResolveTargets(ctx context.Context, r Resolver) []error {
-	return p.resolve(ctx, r)
-}
-
-func (p *Policy) resolve(ctx context.Context, r Resolver) []error {
+// ResolveTargets resolves every target host name with the Resolver the
+// policy was loaded with, within ResolveTimeout, and swaps in the new
+// addresses atomically, target by target. A target whose host names all
+// fail keeps its previous addresses (none, right after Load); the errors
+// name the target and the host. Load calls it once; interlockd calls it
+// every minute, so a database that moves keeps being recognised and a name
+// that did not resolve at load is picked up once it does.
+func (p *Policy) ResolveTargets(ctx context.Context) []error {
+	ctx, cancel := context.WithTimeout(ctx, ResolveTimeout)
+	defer cancel()
+	r := p.resolver
 	var errs []error
 	for _, t := range p.targets {
 		if len(t.Hosts) == 0 {

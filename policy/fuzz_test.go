@@ -21,7 +21,7 @@ func FuzzLoad(f *testing.F) {
 	f.Add([]byte("identities: [{name: a, uid: 1, intercept: [{to: 10.0.0.0/8, ports: 1-2}]}]"))
 	f.Add([]byte("a: &x [*x]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := ParseWith("fuzz.yaml", data, Options{Resolver: fakeResolver{}})
+		p, err := load("fuzz.yaml", string(data), fakeResolver{})
 		if err != nil {
 			if _, ok := err.(ErrorList); !ok {
 				t.Fatalf("error is %T, want ErrorList: %v", err, err)

@@ -50,7 +50,7 @@ func TestListenAndUnixAllowErrors(t *testing.T) {
 		{"identities:\n  - name: a\n    allow_unix_paths: [/" + strings.Repeat("x", 107) + "]\n", `is longer than 107 bytes`},
 		{"deny_unix_paths: [/var/run//docker.sock]\n", `deny_unix_paths: "/var/run//docker.sock" would never match`},
 	} {
-		_, err := Parse("test.yaml", []byte(c.src))
+		_, err := load("test.yaml", c.src, fakeResolver{})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: error %v, want %q", c.src, err, c.want)
 		}

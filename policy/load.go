@@ -3,8 +3,12 @@ package policy
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -12,6 +16,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -191,14 +196,15 @@ type rawExpectation struct {
 //go:embed default.yaml
 var defaultPolicy []byte
 
-// DefaultName is the file name errors and decisions use for the embedded
+// DefaultName is the name errors, decisions and explain give the embedded
 // default policy.
 const DefaultName = "<default policy>"
 
-// Default returns the embedded default policy (README.md describes it). It
-// panics only if the embedded file is invalid, which a test prevents.
+// Default returns the embedded default policy (README.md describes it),
+// loaded like any other. It panics only if the embedded file does not load,
+// which a test prevents.
 func Default() *Policy {
-	p, err := ParseWith(DefaultName, defaultPolicy, Options{})
+	p, err := Load(context.Background(), Source{}, Options{})
 	if err != nil {
 		panic(fmt.Sprintf("policy: embedded default policy is invalid: %v", err))
 	}
@@ -208,68 +214,128 @@ func Default() *Policy {
 // DefaultSource returns the embedded default policy's YAML text.
 func DefaultSource() []byte { return bytes.Clone(defaultPolicy) }
 
+// Source says which policy Load loads. The zero Source is the embedded
+// default policy.
+type Source struct {
+	// Path is a policy file. Test cases in a sibling file named like it
+	// with "_test" before the extension (ci.yaml -> ci_test.yaml) are
+	// loaded with it.
+	Path string
+	// Name and Text, when Path is empty and Text is not nil, are a policy
+	// that is not read from a file: the text a running interlockd loaded,
+	// which `interlock policy explain` asks it for. Name is what positions
+	// and Policy.Name report.
+	Name string
+	Text []byte
+}
+
 // Resolver looks up a host name's addresses; *net.Resolver satisfies it.
 type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
-// Options tune loading.
+// ResolveTimeout bounds one pass over a policy's target host names, at load
+// and on every Policy.ResolveTargets.
+const ResolveTimeout = 10 * time.Second
+
+// Options tune Load.
 type Options struct {
-	// Resolver resolves target host names at load; nil uses
-	// net.DefaultResolver.
+	// Resolver resolves target host names, at load and on every later
+	// Policy.ResolveTargets; nil uses net.DefaultResolver.
 	Resolver Resolver
-	// ResolveTimeout bounds resolution at load (default 2s). A host name
-	// that does not resolve is a warning, not an error: the target matches
-	// no address until a later ResolveTargets succeeds.
-	ResolveTimeout time.Duration
 }
 
-// Load reads, validates and compiles the policy file at path. Tests in a
-// sibling file named like path with "_test" before the extension
-// (ci.yaml -> ci_test.yaml) are loaded too. Errors are an ErrorList of
-// "file:line:col: what is wrong".
-func Load(path string) (*Policy, error) {
-	return LoadWith(path, Options{})
-}
-
-// LoadWith is Load with options.
-func LoadWith(file string, opts Options) (*Policy, error) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("read policy: %w", err)
+// Load is the one way a policy is loaded for use: interlockd at start and
+// on reload, and every `interlock policy` command, load with it, so a policy
+// one accepts the others accept too. It
+//
+//  1. reads the policy (src);
+//  2. compiles it, refusing every mistake with its file:line:col, and
+//     refusing targets and rules for a protocol this build has no decoder
+//     for (their rules would never fire);
+//  3. runs the test cases it ships: one that fails refuses the policy, since
+//     a policy that contradicts its own tests is not what its author meant;
+//  4. resolves its targets' host names once, with opts.Resolver, within
+//     ResolveTimeout.
+//
+// Errors are an ErrorList of "file:line:col: what is wrong" (a failing test
+// at the test), except for a file that cannot be read.
+//
+// A host name that does not resolve is not an error, at start and at reload
+// alike: the policy loads, Warnings names the target and the host, and the
+// target matches no address of that host until a later ResolveTargets
+// resolves it (interlockd calls it every minute). This fails closed: a
+// connection to such an address has no target, so no rule naming the
+// target applies, and default-deny refuses it unless a rule without
+// targets allows it.
+//
+// The policy carries its name, its text and that text's SHA-256, so what a
+// daemon enforces can be shown and identified exactly.
+func Load(ctx context.Context, src Source, opts Options) (*Policy, error) {
+	name, text := src.Name, src.Text
+	var testsName string
+	var tests []byte
+	switch {
+	case src.Path != "":
+		var err error
+		if text, err = os.ReadFile(src.Path); err != nil {
+			return nil, fmt.Errorf("read policy: %w", err)
+		}
+		name = src.Path
+		ext := filepath.Ext(src.Path)
+		testsName = strings.TrimSuffix(src.Path, ext) + "_test" + ext
+		if tests, err = os.ReadFile(testsName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("read policy tests: %w", err)
+		}
+	case src.Text == nil:
+		name, text = DefaultName, defaultPolicy
 	}
-	p, err := ParseWith(file, data, opts)
-	if err != nil {
-		return nil, err
+	p, errs := compile(name, text, decoded)
+	if errs != nil {
+		return nil, errs
 	}
-	ext := filepath.Ext(file)
-	sibling := strings.TrimSuffix(file, ext) + "_test" + ext
-	if tdata, err := os.ReadFile(sibling); err == nil {
-		if err := p.addTests(sibling, tdata); err != nil {
+	if tests != nil {
+		if err := p.addTests(testsName, tests); err != nil {
 			return nil, err
 		}
 	}
-	p.path = file
+	var failed ErrorList
+	for _, r := range p.RunTests() {
+		if !r.Pass {
+			failed = append(failed, &Error{Pos: r.Test.Pos, Msg: fmt.Sprintf("test %q: %s", r.Test.Name, r.mismatch())})
+		}
+	}
+	if failed != nil {
+		return nil, failed
+	}
+	p.text = bytes.Clone(text)
+	sum := sha256.Sum256(text)
+	p.sha256 = hex.EncodeToString(sum[:])
+	if opts.Resolver != nil {
+		p.resolver = opts.Resolver
+	}
+	for _, err := range p.ResolveTargets(ctx) {
+		p.warnings = append(p.warnings, err.Error()+" (the target matches no address of this host until it resolves)")
+	}
 	return p, nil
 }
 
-// Parse compiles policy text; name is used in error positions.
-func Parse(name string, data []byte) (*Policy, error) {
-	return ParseWith(name, data, Options{})
-}
-
-// ParseWith is Parse with options.
-func ParseWith(name string, data []byte, opts Options) (*Policy, error) {
+// compile decodes and compiles policy text; name is used in error
+// positions. Targets and rules for a protocol not in decoders are errors;
+// Load passes the protocols this build decodes, and only the package's own
+// tests of the language pass every protocol it knows.
+func compile(name string, data []byte, decoders []string) (*Policy, ErrorList) {
 	raw, errs := decodeFile[rawPolicy](name, data)
 	if errs != nil {
 		return nil, errs
 	}
-	c := &compiler{file: name, p: &Policy{
+	c := &compiler{file: name, decoders: decoders, p: &Policy{
 		name:          name,
 		identityIndex: map[string]*Identity{},
 		targetIndex:   map[string]*Target{},
 		masks:         map[string]*mask.Masker{},
 		readOnlyFuncs: map[string]bool{},
+		resolver:      net.DefaultResolver,
 	}}
 	c.compile(raw)
 	if len(c.errs) > 0 {
@@ -280,19 +346,6 @@ func ParseWith(name string, data []byte, opts Options) (*Policy, error) {
 			return c.errs[i].Pos.Col < c.errs[j].Pos.Col
 		})
 		return nil, c.errs
-	}
-	r := opts.Resolver
-	if r == nil {
-		r = net.DefaultResolver
-	}
-	timeout := opts.ResolveTimeout
-	if timeout == 0 {
-		timeout = 2 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	for _, err := range c.p.resolve(ctx, r) {
-		c.p.warnings = append(c.p.warnings, err.Error())
 	}
 	return c.p, nil
 }
@@ -384,6 +437,8 @@ type compiler struct {
 	file string
 	p    *Policy
 	errs ErrorList
+	// decoders are the protocols requests are decoded for (see decoded).
+	decoders []string
 }
 
 func (c *compiler) errorf(pos Pos, format string, args ...any) {
@@ -392,8 +447,20 @@ func (c *compiler) errorf(pos Pos, format string, args ...any) {
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
-// Protocols a target may name.
+// protocols are the protocols the language knows: a target may name them
+// and rules have matchers for their requests.
 var protocols = []string{"postgres", "mysql", "http", "redis", "ssh", "tcp"}
+
+// decoded lists the protocols this build can enforce: postgres
+// (decoders/postgres decides each statement) and tcp (a plain relay decided
+// at connect). Knowing the others keeps their rules parsing, so the error is
+// specific; Load refuses a target or rule that needs one of them until its
+// decoder exists and is added here.
+var decoded = []string{"postgres", "tcp"}
+
+// Decoded returns the protocols this build can enforce. The session
+// pipeline's tests hold its decoders to this list.
+func Decoded() []string { return slices.Clone(decoded) }
 
 func (c *compiler) compile(raw *rawPolicy) {
 	if raw.Version != 0 && raw.Version != 1 {
@@ -608,8 +675,12 @@ func (c *compiler) target(r *rawTarget) {
 		c.errorf(r.Pos, "target %q defined twice", r.Name)
 		return
 	}
-	if !containsString(protocols, r.Protocol) {
+	switch {
+	case !containsString(protocols, r.Protocol):
 		c.errorf(r.Keys.at("protocol", r.Pos), "target %q: protocol %q: use one of %s", r.Name, r.Protocol, strings.Join(protocols, ", "))
+	case !containsString(c.decoders, r.Protocol):
+		c.errorf(r.Keys.at("protocol", r.Pos), "target %q: protocol %q is not supported yet by this interlockd (supported: %s)",
+			r.Name, r.Protocol, strings.Join(c.decoders, ", "))
 	}
 	t := &Target{Name: r.Name, Protocol: r.Protocol, Port: r.Port, Upstream: r.Upstream, index: len(c.p.targets), pos: r.Pos}
 	if len(r.Addresses) == 0 {
@@ -717,8 +788,12 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	cr.anyTarget = len(r.Target) == 0
 	for _, p := range r.Protocol {
-		if !containsString(protocols, p) {
+		switch {
+		case !containsString(protocols, p):
 			c.errorf(r.Keys.at("protocol", r.Pos), "rule %q: protocol %q: use one of %s", r.Name, p, strings.Join(protocols, ", "))
+		case !containsString(c.decoders, p):
+			c.errorf(r.Keys.at("protocol", r.Pos), "rule %q: protocol %q is not supported yet by this interlockd (supported: %s)",
+				r.Name, p, strings.Join(c.decoders, ", "))
 		}
 	}
 	cr.protocols = r.Protocol
@@ -730,6 +805,7 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	if r.HTTP != nil {
 		ops++
+		c.needDecoder(r.Keys.at("http", r.Pos), r.Name, "http")
 		cr.kind = OpHTTP
 		for _, m := range r.HTTP.Method {
 			cr.methods = append(cr.methods, strings.ToUpper(m))
@@ -738,6 +814,7 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	if r.Redis != nil {
 		ops++
+		c.needDecoder(r.Keys.at("redis", r.Pos), r.Name, "redis")
 		cr.kind = OpRedis
 		for _, m := range r.Redis.Command {
 			cr.patterns = append(cr.patterns, strings.ToUpper(m))
@@ -745,6 +822,7 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	if r.SSH != nil {
 		ops++
+		c.needDecoder(r.Keys.at("ssh", r.Pos), r.Name, "ssh")
 		cr.kind = OpSSH
 		cr.patterns = r.SSH.Command
 	}
@@ -804,6 +882,17 @@ func (c *compiler) rule(r *rawRule) {
 	}
 	cr.index = len(c.p.rules)
 	c.p.rules = append(c.p.rules, cr)
+}
+
+// needDecoder refuses a rule's operation matcher that only requests of
+// protocol can fill when this build has no decoder for protocol: no target
+// could be of that protocol, so the rule would never match. (SQL matchers
+// need no check: postgres is always decoded.)
+func (c *compiler) needDecoder(pos Pos, rule, protocol string) {
+	if !containsString(c.decoders, protocol) {
+		c.errorf(pos, "rule %q: %s requests are not decoded by this interlockd yet, so the rule would never match (supported: %s)",
+			rule, protocol, strings.Join(c.decoders, ", "))
+	}
 }
 
 func (c *compiler) sqlMatch(rule string, r *rawSQLOp) *sqlMatch {

@@ -124,7 +124,7 @@ func TestModes(t *testing.T) {
 }
 
 func TestModeErrors(t *testing.T) {
-	_, err := Parse("m.yaml", []byte(`mode: watch
+	_, err := load("m.yaml", `mode: watch
 identities:
   - name: ci
     mode: enforced
@@ -133,7 +133,7 @@ targets:
     protocol: postgres
     addresses: [10.0.0.1]
     mode: 3
-`))
+`, fakeResolver{})
 	if err == nil {
 		t.Fatal("invalid modes accepted")
 	}
@@ -251,7 +251,7 @@ func FuzzMode(f *testing.F) {
 	f.Add([]byte("mode: audit\nidentities: [{name: a, mode: enforce}, {name: b}]\ntargets: [{name: t, protocol: tcp, addresses: [10.0.0.0/8], mode: audit}]"))
 	f.Add([]byte("identities: [{name: a, mode: audit}, {name: a, mode: enforce}]\ntests: [{identity: a, expect: {action: deny}}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := ParseWith("fuzz.yaml", data, Options{Resolver: fakeResolver{}})
+		p, err := load("fuzz.yaml", string(data), fakeResolver{})
 		if err != nil {
 			return
 		}

@@ -2,6 +2,8 @@ package policy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/netip"
 	"os"
@@ -11,13 +13,21 @@ import (
 	"testing"
 )
 
+// mustParse compiles src at the language level: every protocol the
+// language knows, so rules for protocols with no decoder yet can be tested;
+// no shipped tests run and no names resolve. Tests of loading use load.
 func mustParse(t testing.TB, src string) *Policy {
 	t.Helper()
-	p, err := ParseWith("test.yaml", []byte(src), Options{Resolver: fakeResolver{}})
+	p, err := compile("test.yaml", []byte(src), protocols)
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
 	return p
+}
+
+// load loads src as interlockd would, with r resolving host names.
+func load(name, src string, r Resolver) (*Policy, error) {
+	return Load(context.Background(), Source{Name: name, Text: []byte(src)}, Options{Resolver: r})
 }
 
 func runShipped(t *testing.T, p *Policy) {
@@ -68,7 +78,7 @@ func TestExamplePolicies(t *testing.T) {
 			continue
 		}
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			p, err := Load(f)
+			p, err := Load(context.Background(), Source{Path: f}, Options{Resolver: fakeResolver{}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -104,7 +114,7 @@ func TestLoadErrors(t *testing.T) {
 		{"version: 2\n", "test.yaml:1:10: version 2 is not supported"},
 	}
 	for _, c := range cases {
-		_, err := ParseWith("test.yaml", []byte(c.src), Options{Resolver: fakeResolver{}})
+		_, err := load("test.yaml", c.src, fakeResolver{})
 		if err == nil {
 			t.Errorf("%q: accepted, want error %q", c.src, c.want)
 			continue
@@ -179,7 +189,7 @@ targets:
     addresses: [192.0.2.1]
 `
 	r := fakeResolver{"db.internal": {netip.MustParseAddr("198.51.100.7")}}
-	p, err := ParseWith("t.yaml", []byte(src), Options{Resolver: r})
+	p, err := load("t.yaml", src, r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,20 +213,142 @@ targets:
 
 	// A refresh moves the host name; a failed refresh keeps the old answer.
 	r["db.internal"] = []netip.Addr{netip.MustParseAddr("198.51.100.8")}
-	if errs := p.ResolveTargets(context.Background(), r); len(errs) != 0 {
+	if errs := p.ResolveTargets(context.Background()); len(errs) != 0 {
 		t.Fatal(errs)
 	}
 	check("198.51.100.8", 5432, "db")
 	check("198.51.100.7", 5432, "")
-	if errs := p.ResolveTargets(context.Background(), fakeResolver{}); len(errs) != 1 {
+	delete(r, "db.internal")
+	if errs := p.ResolveTargets(context.Background()); len(errs) != 1 {
 		t.Errorf("failed refresh: %d errors, want 1", len(errs))
 	}
 	check("198.51.100.8", 5432, "db")
+}
 
-	// An unresolvable name at load is a warning, not an error.
-	p2, err := ParseWith("t.yaml", []byte(src), Options{Resolver: fakeResolver{}})
-	if err != nil || len(p2.Warnings()) != 1 {
-		t.Errorf("unresolvable host: err %v, warnings %v", err, p2.Warnings())
+// TestUnresolvedHost: a target host name that does not resolve is the same
+// at start and at reload (both are Load): the policy loads, a warning names
+// the target and the host, the target matches none of the host's
+// addresses (so a connection there gets no target and is denied by
+// default), and the next ResolveTargets that resolves it makes it match.
+func TestUnresolvedHost(t *testing.T) {
+	src := `
+identities: [{name: bot}]
+targets:
+  - name: db
+    protocol: postgres
+    addresses: [10.0.0.1, db.internal]
+rules: [{name: bot-db, identity: bot, target: db, action: allow}]
+`
+	addr := netip.MustParseAddr("198.51.100.7")
+	r := fakeResolver{"db.internal": {addr}}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(file, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	started, err := Load(context.Background(), Source{Path: file}, Options{Resolver: r})
+	if err != nil || len(started.Warnings()) != 0 || started.TargetFor(addr, 5432) == nil {
+		t.Fatalf("resolvable host: err %v, warnings %v", err, started.Warnings())
+	}
+	e := NewEngine(started)
+
+	// The name stops resolving, and the policy is loaded again: at start
+	// (a new engine) and at reload (a swap) alike.
+	delete(r, "db.internal")
+	for _, how := range []string{"start", "reload"} {
+		p, err := Load(context.Background(), Source{Path: file}, Options{Resolver: r})
+		if err != nil {
+			t.Fatalf("%s: unresolvable host refused the policy: %v", how, err)
+		}
+		if how == "start" {
+			e = NewEngine(p)
+		} else {
+			e.Swap(p)
+		}
+		want := file + `:4:5: target "db": resolve db.internal: no such host (the target matches no address of this host until it resolves)`
+		if w := p.Warnings(); len(w) != 1 || w[0] != want {
+			t.Errorf("%s: warnings %q, want %q", how, w, want)
+		}
+		if tg := e.Current().TargetFor(addr, 5432); tg != nil {
+			t.Errorf("%s: %s matches target %s before its name resolves", how, addr, tg.Name)
+		}
+		if d := e.Current().Decide(&Input{Subject: &Subject{Tag: "bot"}, Target: e.Current().TargetFor(addr, 5432)}); d.Action != Deny {
+			t.Errorf("%s: a connection to the unresolved address: %v by %s, want deny", how, d.Action, d.Rule)
+		}
+		if e.Current().TargetFor(netip.MustParseAddr("10.0.0.1"), 5432) == nil {
+			t.Errorf("%s: the literal address stopped matching", how)
+		}
+		r["db.internal"] = []netip.Addr{addr}
+		if errs := e.Current().ResolveTargets(context.Background()); len(errs) != 0 {
+			t.Fatal(errs)
+		}
+		if tg := e.Current().TargetFor(addr, 5432); tg == nil || tg.Name != "db" {
+			t.Errorf("%s: the refresh that resolves the name: target %v, want db", how, tg)
+		}
+		delete(r, "db.internal")
+	}
+}
+
+// TestUndecodedProtocolsRefused: the language knows http, ssh, redis and
+// mysql, but this build decodes none of them, so a target or rule that
+// needs one would never match: Load refuses it at the line that names it.
+func TestUndecodedProtocolsRefused(t *testing.T) {
+	cases := []struct{ src, want string }{
+		{"targets:\n  - name: forge\n    protocol: http\n    addresses: [10.0.0.1]\n",
+			`test.yaml:3:15: target "forge": protocol "http" is not supported yet by this interlockd (supported: postgres, tcp)`},
+		{"targets:\n  - {name: cache, protocol: redis, addresses: [10.0.0.1]}\n", `test.yaml:2:29: target "cache": protocol "redis" is not supported yet`},
+		{"targets:\n  - {name: box, protocol: ssh, addresses: [10.0.0.1]}\n", `target "box": protocol "ssh" is not supported yet`},
+		{"targets:\n  - {name: shop, protocol: mysql, addresses: [10.0.0.1]}\n", `target "shop": protocol "mysql" is not supported yet`},
+		{"rules:\n  - name: r\n    http: {method: [GET]}\n    action: allow\n",
+			`test.yaml:3:11: rule "r": http requests are not decoded by this interlockd yet, so the rule would never match (supported: postgres, tcp)`},
+		{"rules:\n  - {name: r, redis: {command: [GET]}, action: allow}\n", `test.yaml:2:22: rule "r": redis requests are not decoded`},
+		{"rules:\n  - {name: r, ssh: {command: [uptime]}, action: allow}\n", `test.yaml:2:20: rule "r": ssh requests are not decoded`},
+		{"rules:\n  - {name: r, protocol: [postgres, ssh], action: allow}\n", `test.yaml:2:25: rule "r": protocol "ssh" is not supported yet`},
+	}
+	for _, c := range cases {
+		_, err := load("test.yaml", c.src, fakeResolver{})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q:\n got: %v\nwant: %s", c.src, err, c.want)
+		}
+		// The language itself accepts them: the refusal is this build's.
+		if _, err := compile("test.yaml", []byte(c.src), protocols); err != nil {
+			t.Errorf("%q: the language refuses it: %v", c.src, err)
+		}
+	}
+	if _, err := load("test.yaml", "targets:\n  - {name: db, protocol: postgres, addresses: [10.0.0.1]}\n  - {name: raw, protocol: tcp, addresses: [10.0.0.2]}\nrules:\n  - {name: r, protocol: [tcp], action: allow}\n", fakeResolver{}); err != nil {
+		t.Errorf("postgres and tcp targets: %v", err)
+	}
+}
+
+// TestLoadSources: a file, its text given by name, and the embedded default
+// load alike and carry their text and its SHA-256.
+func TestLoadSources(t *testing.T) {
+	file := filepath.Join("examples", "ci-runner.yaml")
+	text, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromFile, err := Load(context.Background(), Source{Path: file}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromText, err := Load(context.Background(), Source{Name: file, Text: text}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(text)
+	for _, p := range []*Policy{fromFile, fromText} {
+		if p.Name() != file || string(p.Text()) != string(text) || p.SHA256() != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: name %q, sha256 %s, text of %d bytes", file, p.Name(), p.SHA256(), len(p.Text()))
+		}
+	}
+	def := Default()
+	sum = sha256.Sum256(DefaultSource())
+	if def.Name() != DefaultName || string(def.Text()) != string(DefaultSource()) || def.SHA256() != hex.EncodeToString(sum[:]) {
+		t.Errorf("default: name %q, sha256 %s", def.Name(), def.SHA256())
+	}
+	if _, err := Load(context.Background(), Source{Path: filepath.Join(t.TempDir(), "missing.yaml")}, Options{}); err == nil {
+		t.Error("a missing file loaded")
 	}
 }
 
@@ -384,7 +516,9 @@ rules:
 	}
 }
 
-func TestEngineReload(t *testing.T) {
+// TestLoadRefusesAndSwap: a policy that does not load (invalid, or failing
+// its shipped tests) never reaches the engine; a swap is atomic for readers.
+func TestLoadRefusesAndSwap(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "p.yaml")
 	write := func(s string) {
@@ -392,30 +526,25 @@ func TestEngineReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("identities: [{name: a}]\nrules: [{name: r1, action: allow}]\n")
 	e := NewEngine(nil)
 	if e.Current().Name() != DefaultName {
 		t.Fatal("NewEngine(nil) does not start on the default policy")
 	}
-	if _, err := e.Reload(file); err != nil {
-		t.Fatal(err)
-	}
-	first := e.Current()
 	write("rules: [{name: r1, action: allw}]\n")
-	if _, err := e.Reload(file); err == nil || !strings.Contains(err.Error(), "p.yaml:1:28") {
+	if _, err := Load(context.Background(), Source{Path: file}, Options{}); err == nil || !strings.Contains(err.Error(), "p.yaml:1:28") {
 		t.Errorf("invalid policy: err %v", err)
 	}
-	if e.Current() != first {
-		t.Error("an invalid policy replaced the one in force")
-	}
-	write("identities: [{name: a}]\nrules: [{name: r1, action: deny}]\ntests: [{identity: a, expect: {action: allow}}]\n")
-	if _, err := e.Reload(file); err == nil || !strings.Contains(err.Error(), "shipped test failed") {
+	write("identities: [{name: a}]\nrules: [{name: r1, action: deny}]\ntests:\n  - {identity: a, expect: {action: allow}}\n")
+	_, err := Load(context.Background(), Source{Path: file}, Options{})
+	var list ErrorList
+	if !errors.As(err, &list) || len(list) != 1 || list[0].Error() != file+`:4:5: test "test at line 4": got deny by r1, want allow` {
 		t.Errorf("policy failing its tests: err %v", err)
 	}
-	if e.Current() != first {
-		t.Error("a policy failing its own tests replaced the one in force")
+	if e.Current().Name() != DefaultName {
+		t.Error("a refused policy replaced the one in force")
 	}
 	// Concurrent readers always see a whole policy.
+	e.Swap(mustParse(t, "identities: [{name: a}]\nrules: [{name: r1, action: allow}]\n"))
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for range 2 {
@@ -452,12 +581,12 @@ func TestSiblingTests(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "p_test.yaml"), []byte("tests:\n  - {identity: a, expect: {action: allow, rule: r}}\n  - {identity: b, expect: {action: deny}}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Load(filepath.Join(dir, "p.yaml"))
+	_, err := Load(context.Background(), Source{Path: filepath.Join(dir, "p.yaml")}, Options{})
 	if err == nil || !strings.Contains(err.Error(), `p_test.yaml:3:16: test "test at line 3": unknown identity "b"`) {
 		t.Fatalf("sibling test errors: %v", err)
 	}
 	os.WriteFile(filepath.Join(dir, "p_test.yaml"), []byte("tests:\n  - {identity: a, expect: {action: allow, rule: r}}\n"), 0o600)
-	p, err := Load(filepath.Join(dir, "p.yaml"))
+	p, err := Load(context.Background(), Source{Path: filepath.Join(dir, "p.yaml")}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

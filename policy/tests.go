@@ -41,11 +41,17 @@ func (r TestResult) String() string {
 	if r.Pass {
 		return "PASS " + r.Test.Name
 	}
+	return fmt.Sprintf("FAIL %s: %s: %s", r.Test.Pos, r.Test.Name, r.mismatch())
+}
+
+// mismatch says how a failed result differs from the expectation: "got
+// deny by r, want allow".
+func (r TestResult) mismatch() string {
 	want := r.Test.WantAction.String()
 	if r.Test.WantRule != "" {
 		want += " by " + r.Test.WantRule
 	}
-	return fmt.Sprintf("FAIL %s: %s: got %s by %s, want %s", r.Test.Pos, r.Test.Name, r.Got.Action, r.Got.Rule, want)
+	return fmt.Sprintf("got %s by %s, want %s", r.Got.Action, r.Got.Rule, want)
 }
 
 // Tests returns the policy's test cases in file order.

@@ -5,9 +5,7 @@ package daemon
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -162,37 +160,20 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
-// loadPolicy loads the policy file (or the embedded default), resolves its
-// host-name targets and runs the tests it ships: a policy that contradicts
-// its own tests is not what its author meant, so it is refused. It also
-// returns the text it compiled, for `interlock policy explain`.
+// loadPolicy loads the policy file (or the embedded default) the one way
+// policy.Load documents, at start and on reload alike. It also returns the
+// text it compiled, for `interlock policy explain`.
 func loadPolicy(path string) (*policy.Policy, *PolicyText, error) {
-	if path == "" {
-		return policy.Default(), &PolicyText{Policy: "embedded default", Text: string(policy.DefaultSource())}, nil
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read policy: %w", err)
-	}
-	p, err := policy.Load(path)
+	p, err := policy.Load(context.Background(), policy.Source{Path: path}, policy.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, r := range p.RunTests() {
-		if !r.Pass {
-			return nil, nil, fmt.Errorf("policy %s: shipped test failed: %s", path, r)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if errs := p.ResolveTargets(ctx, net.DefaultResolver); len(errs) > 0 {
-		return nil, nil, fmt.Errorf("policy %s: resolve targets: %w", path, errors.Join(errs...))
-	}
-	return p, &PolicyText{Policy: path, Text: string(data)}, nil
+	return p, &PolicyText{Policy: p.Name(), Text: string(p.Text())}, nil
 }
 
 // refreshTargets re-resolves host-name targets, so a database that moves
-// keeps being recognised; a failed lookup keeps the last addresses.
+// keeps being recognised and a name that did not resolve at load is picked
+// up once it does; a failed lookup keeps the last addresses.
 func (d *Daemon) refreshTargets(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
@@ -202,11 +183,9 @@ func (d *Daemon) refreshTargets(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		for _, err := range d.policy.Current().ResolveTargets(rctx, net.DefaultResolver) {
+		for _, err := range d.policy.Current().ResolveTargets(ctx) {
 			d.log.Warn().Err(err).Msg("refresh policy target")
 		}
-		cancel()
 	}
 }
 
@@ -401,8 +380,10 @@ func (d *Daemon) Reload() error {
 	d.policy.Swap(pol)
 	d.policySrc = text.Policy
 	d.policyText.Store(text)
-	sum := sha256.Sum256([]byte(text.Text))
-	d.chain.Record(audit.PolicyReloaded{Path: text.Policy, SHA256: hex.EncodeToString(sum[:]), Rules: pol.RuleCount()})
+	for _, w := range pol.Warnings() {
+		d.log.Warn().Str("policy", d.policySrc).Msg(w)
+	}
+	d.chain.Record(audit.PolicyReloaded{Path: text.Policy, SHA256: pol.SHA256(), Rules: pol.RuleCount()})
 	return nil
 }
 

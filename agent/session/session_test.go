@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -147,7 +148,7 @@ func newEnv(t *testing.T, decoder protocol.Decoder) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { creds.Close() })
-	pol, err := policy.Parse("test.yaml", []byte(testPolicy))
+	pol, err := policy.Load(context.Background(), policy.Source{Name: "test.yaml", Text: []byte(testPolicy)}, policy.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,5 +430,14 @@ func TestDecideStartup(t *testing.T) {
 		if s := strings.Join(got, " "); s != tc.want {
 			t.Errorf("%s %v: %q, want %q", tc.identity, tc.names, s, tc.want)
 		}
+	}
+}
+
+// TestDecodersMatchPolicy: the policy accepts targets of exactly the
+// protocols the pipeline serves, so no rule can silently never fire.
+func TestDecodersMatchPolicy(t *testing.T) {
+	p := New(Config{})
+	if got, want := slices.Sorted(slices.Values(p.Protocols())), slices.Sorted(slices.Values(policy.Decoded())); !slices.Equal(got, want) {
+		t.Fatalf("pipeline serves %v, policy accepts %v", got, want)
 	}
 }

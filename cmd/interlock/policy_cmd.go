@@ -76,7 +76,7 @@ func policyCheck(files []string, stdout, stderr io.Writer) int {
 	}
 	code := 0
 	for _, f := range files {
-		p, err := policy.Load(f)
+		p, err := policy.Load(context.Background(), policy.Source{Path: f}, policy.Options{})
 		if err != nil {
 			printLoadError(stderr, err)
 			code = 1
@@ -103,7 +103,7 @@ func policyTest(args []string, stdout, stderr io.Writer) int {
 	}
 	code := 0
 	for _, f := range fs.Args() {
-		p, err := policy.Load(f)
+		p, err := policy.Load(context.Background(), policy.Source{Path: f}, policy.Options{})
 		if err != nil {
 			printLoadError(stderr, err)
 			code = 1
@@ -200,7 +200,7 @@ func policyExplain(ctx context.Context, c *control.Client, args []string, stdout
 		}
 	} else {
 		var err error
-		if p, err = policy.Load(*file); err != nil {
+		if p, err = policy.Load(ctx, policy.Source{Path: *file}, policy.Options{}); err != nil {
 			printLoadError(stderr, err)
 			return 1
 		}
@@ -275,7 +275,7 @@ func daemonPolicy(ctx context.Context, c *control.Client) (*policy.Policy, strin
 	case err != nil:
 		return policy.Default(), fmt.Sprintf("embedded default policy (could not ask interlockd for its policy: %v)", err), nil
 	}
-	p, err := policy.Parse(pt.Policy, []byte(pt.Text))
+	p, err := policy.Load(ctx, policy.Source{Name: pt.Policy, Text: []byte(pt.Text)}, policy.Options{})
 	if err != nil {
 		return nil, "", err
 	}

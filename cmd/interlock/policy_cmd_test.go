@@ -61,9 +61,10 @@ func TestPolicyTest(t *testing.T) {
 	}
 	failing := filepath.Join(t.TempDir(), "f.yaml")
 	os.WriteFile(failing, []byte("identities: [{name: a}]\nrules: [{name: r, identity: a, action: deny}]\ntests:\n  - name: wrong\n    identity: a\n    expect: {action: allow}\n"), 0o600)
-	code, out, _ = runPolicyCmd("test", failing)
-	if code != 1 || !strings.Contains(out, "FAIL "+failing+":4:5: wrong: got deny by r, want allow") {
-		t.Errorf("failing test: code %d, out %q", code, out)
+	// A failing shipped test refuses the policy, as interlockd would.
+	code, _, errOut := runPolicyCmd("test", failing)
+	if code != 1 || !strings.Contains(errOut, failing+`:4:5: test "wrong": got deny by r, want allow`) {
+		t.Errorf("failing test: code %d, stderr %q", code, errOut)
 	}
 }
 

@@ -74,7 +74,7 @@ func runPolicyReplay(ctx context.Context, c *control.Client, args []string, stdo
 		fmt.Fprint(stderr, "interlock policy replay: give --policy and one of --pcap, --session or --since\n", replayUsage)
 		return 2
 	}
-	p, err := policy.Load(*file)
+	p, err := policy.Load(ctx, policy.Source{Path: *file}, policy.Options{})
 	if err != nil {
 		printLoadError(stderr, err)
 		return 1
