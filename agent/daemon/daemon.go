@@ -30,17 +30,9 @@ import (
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/agent/version"
 	"github.com/interlock-dev/interlock/policy"
 )
-
-// Version is interlockd's version, set at build time with
-// -ldflags "-X github.com/interlock-dev/interlock/agent/daemon.Version=...".
-var Version = "dev"
-
-// Commit is the VCS revision interlockd was built from, set at build time
-// like Version (the Makefile does); empty means the go command's VCS stamp,
-// if any.
-var Commit = ""
 
 // execDir is the child of the cgroup root under which `interlock exec`
 // creates one cgroup per command.
@@ -140,7 +132,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	d.policy, d.policySrc = policy.NewEngine(pol), text.Policy
 	d.policyText.Store(text)
 	// Map fill is read at scrape time, once the data path is open.
-	d.metrics = metrics.New(Version, Commit, func() (map[string][2]int, error) {
+	d.metrics = metrics.New(version.Version, version.Revision(), func() (map[string][2]int, error) {
 		if d.dp == nil {
 			return nil, nil
 		}
@@ -289,7 +281,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if err := d.serveMetrics(); err != nil {
 		return err
 	}
-	d.chain.Post(audit.DaemonStarted{Version: Version, PID: os.Getpid()})
+	d.chain.Post(audit.DaemonStarted{Version: version.Version, PID: os.Getpid()})
 
 	ctlL, err := control.Listen(d.cfg.Socket, d.controlGID)
 	if err != nil {
