@@ -50,7 +50,7 @@ type Daemon struct {
 	ids        *identities
 	policy     *policy.Engine
 	policySrc  string
-	policyText atomic.Pointer[PolicyText] // what `policy explain` decides with
+	policyText atomic.Pointer[control.PolicyText] // what `policy explain` decides with
 	proxy      *proxy.Server
 	listeners  []*net.TCPListener // bound to ephemeral ports, served the proxy port by the data path
 	ctl        *http.Server
@@ -156,9 +156,9 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 // host-name targets and runs the tests it ships: a policy that contradicts
 // its own tests is not what its author meant, so it is refused. It also
 // returns the text it compiled, for `interlock policy explain`.
-func loadPolicy(path string) (*policy.Policy, *PolicyText, error) {
+func loadPolicy(path string) (*policy.Policy, *control.PolicyText, error) {
 	if path == "" {
-		return policy.Default(), &PolicyText{Policy: "embedded default", Text: string(policy.DefaultSource())}, nil
+		return policy.Default(), &control.PolicyText{Policy: "embedded default", Text: string(policy.DefaultSource())}, nil
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -178,7 +178,7 @@ func loadPolicy(path string) (*policy.Policy, *PolicyText, error) {
 	if errs := p.ResolveTargets(ctx, net.DefaultResolver); len(errs) > 0 {
 		return nil, nil, fmt.Errorf("policy %s: resolve targets: %w", path, errors.Join(errs...))
 	}
-	return p, &PolicyText{Policy: path, Text: string(data)}, nil
+	return p, &control.PolicyText{Policy: path, Text: string(data)}, nil
 }
 
 // refreshTargets re-resolves host-name targets, so a database that moves
