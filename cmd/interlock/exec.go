@@ -48,12 +48,13 @@ removed when the command ends.
 exec passes the command's exit code through (128+N when signal N ended it),
 relays the signals interlock receives, and exits 125 when interlock itself
 fails, 127 when CMD is not found. Everything after -- is the command's,
-flags included. Unless --no-ca-env is given, PGSSLROOTCERT points at
-Interlock's certificate authority, so clients with sslmode=verify-full trust
-interlockd. With --user, the command runs as that user, with its groups and
+flags included. PGSSLROOTCERT points at Interlock's certificate authority,
+so clients with sslmode=verify-full trust interlockd, unless it is set
+already or --no-ca-env is given. With --user, the command runs as that user, with its groups and
 HOME, as a login sets them.`,
 		Example: `  interlock exec --identity ci-bot -- psql -h db.internal -c 'SELECT 1'
   interlock exec --identity ci-bot --user runner -- ./deploy.sh --dry-run`,
+		DisableFlagsInUseLine: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return exitWith(execCommand(cmd.Context(), a.client(), o, args, a.stderr))
 		},

@@ -246,10 +246,11 @@ identity: their connections are steered through interlockd and decided by the
 policy's rules for that identity. CGROUP is a directory under the cgroup2
 mount or a path relative to it, inside the subtree interlockd enforces.
 
-With --unit, tag writes a systemd drop-in (/etc/systemd/system/UNIT.d/
-50-interlock.conf) that tags the unit's fresh cgroup before its ExecStart runs,
-on every start, and orders the unit after interlockd; a running unit is tagged
-at once. A slice is tagged while its cgroup exists. Needs root.`,
+With --unit, tag writes a systemd drop-in,
+/etc/systemd/system/UNIT.d/50-interlock.conf, that tags the unit's fresh
+cgroup before its ExecStart runs, on every start, and orders the unit after
+interlockd; a running unit is tagged at once. A slice is tagged while its
+cgroup exists. Needs root.`,
 		Example: `  interlock tag /sys/fs/cgroup/ci/runner --identity ci-bot
   interlock tag ci/runner --identity ci-bot
   interlock tag --unit github-runner.service --identity ci-bot`,
