@@ -86,8 +86,9 @@ type AuditVerdict struct {
 }
 
 // Session is one recorded session as GET /v1/sessions lists it: the
-// store's row (store.Session converts to it field for field, so the two
-// cannot drift apart unnoticed). The field names are the JSON names, as
+// store's row. interlockd converts a store.Session to it, a conversion
+// the compiler accepts only while the two have the same fields, so they
+// cannot drift apart unnoticed. The field names are the JSON names, as
 // they have always been on the wire.
 type Session struct {
 	ID       string
