@@ -113,6 +113,11 @@ func TestCompletion(t *testing.T) {
 			t.Errorf("completion %s: exit %d, %d bytes, stderr %q", shell, code, len(out), errOut)
 		}
 	}
+	for _, args := range [][]string{{"completion"}, {"completion", "tcsh"}} {
+		if code, out, errOut := cliRun(args...); code != 2 || out != "" || !strings.Contains(errOut, "interlock completion: ") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+	}
 	// The scripts ask the binary; commands, flags and flag values complete.
 	for args, want := range map[string]string{
 		"__complete pol":                      "policy",

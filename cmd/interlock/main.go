@@ -163,6 +163,13 @@ The policy commands also work offline, on files.`,
 		newApprovalsCmd(a), newDecideCmd(a, true), newDecideCmd(a, false),
 		newSessionsCmd(a), newReplayCmd(a), newExportCmd(a), newAuditCmd(a), newPolicyCmd(a),
 	)
+	// cobra's completion command, alone or with a shell it does not know,
+	// prints its help and succeeds: a profile sourcing its output deserves
+	// an error instead.
+	root.InitDefaultCompletionCmd()
+	if completion, _, err := root.Find([]string{"completion"}); err == nil && completion != root {
+		group(completion)
+	}
 	return root
 }
 
