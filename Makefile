@@ -23,11 +23,12 @@ deps:
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES)
 
-# The commit `interlockd --version` and interlock_build_info name; stamped here
-# because GOFLAGS may turn Go's own VCS stamping off.
+# The commit `interlock --version`, `interlockd --version` and
+# interlock_build_info name; stamped here because GOFLAGS may turn Go's own
+# VCS stamping off.
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo +dirty)
 build:
-	$(GO) build -ldflags "-X main.commit=$(COMMIT) -X github.com/interlock-dev/interlock/agent/daemon.Commit=$(COMMIT)" -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "-X github.com/interlock-dev/interlock/agent/version.Commit=$(COMMIT)" -o $(BIN)/ ./cmd/...
 
 # Regenerate the BPF objects and Go bindings (needs clang, llvm-strip,
 # libbpf-dev). The output is committed so `go build` needs no clang.

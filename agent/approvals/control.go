@@ -6,64 +6,16 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/store"
 )
 
-// ControlPrefix is where the daemon mounts ControlHandler on the control
-// socket (both the prefix itself and the prefix followed by a slash).
-const ControlPrefix = "/v1/approvals"
-
-// View is an approval as the control API and the web page show it.
-type View struct {
-	ID       string `json:"id"`
-	Host     string `json:"host"`
-	Session  string `json:"session"`
-	Identity string `json:"identity"`
-	PID      int32  `json:"pid"`
-	// UID is the held process's uid and User its user name, when known:
-	// that user can never decide the request.
-	UID       *uint32    `json:"uid,omitempty"`
-	User      string     `json:"user,omitempty"`
-	Exe       string     `json:"exe"`
-	Target    string     `json:"target"`
-	Statement string     `json:"statement"`
-	Rule      string     `json:"rule"`
-	Reviewers []string   `json:"reviewers"`
-	Quorum    int        `json:"quorum"`
-	Requested time.Time  `json:"requested"`
-	Deadline  time.Time  `json:"deadline"`
-	State     string     `json:"state"`
-	Decided   *time.Time `json:"decided,omitempty"`
-	Votes     []VoteView `json:"votes"`
-}
-
-// VoteView is one reviewer's vote in a View.
-type VoteView struct {
-	Reviewer string    `json:"reviewer"`
-	Approve  bool      `json:"approve"`
-	Comment  string    `json:"comment,omitempty"`
-	Time     time.Time `json:"time"`
-}
-
-// Approvals counts approving votes.
-func (v View) Approvals() int {
-	n := 0
-	for _, vt := range v.Votes {
-		if vt.Approve {
-			n++
-		}
-	}
-	return n
-}
-
 // NewView converts a stored approval.
-func NewView(a store.Approval) View {
-	v := View{ID: a.ID, Host: a.Host, Session: a.SessionID, Identity: a.Identity, PID: a.PID, Exe: a.Exe,
+func NewView(a store.Approval) control.ApprovalView {
+	v := control.ApprovalView{ID: a.ID, Host: a.Host, Session: a.SessionID, Identity: a.Identity, PID: a.PID, Exe: a.Exe,
 		Target: a.Target, Statement: a.Statement, Rule: a.Rule, Reviewers: a.Reviewers, Quorum: a.Quorum,
-		Requested: a.Requested, Deadline: a.Deadline, State: string(a.State), Votes: []VoteView{}}
+		Requested: a.Requested, Deadline: a.Deadline, State: string(a.State), Votes: []control.VoteView{}}
 	if v.Reviewers == nil {
 		v.Reviewers = []string{}
 	}
@@ -72,14 +24,14 @@ func NewView(a store.Approval) View {
 		v.Decided = &d
 	}
 	for _, vt := range a.Votes {
-		v.Votes = append(v.Votes, VoteView{Reviewer: vt.Reviewer, Approve: vt.Approve, Comment: vt.Comment, Time: vt.Time})
+		v.Votes = append(v.Votes, control.VoteView{Reviewer: vt.Reviewer, Approve: vt.Approve, Comment: vt.Comment, Time: vt.Time})
 	}
 	return v
 }
 
 // view is NewView with what the service knows besides the stored row: the
 // requester's uid and user name.
-func (s *Service) view(ctx context.Context, a store.Approval) View {
+func (s *Service) view(ctx context.Context, a store.Approval) control.ApprovalView {
 	v := NewView(a)
 	if uid, ok := s.requesterUID(ctx, a); ok {
 		v.UID, v.User = &uid, s.lookup(uid)
@@ -87,18 +39,13 @@ func (s *Service) view(ctx context.Context, a store.Approval) View {
 	return v
 }
 
-// DecideRequest is the body of POST .../approve and .../deny.
-type DecideRequest struct {
-	Comment string `json:"comment,omitempty"`
-}
-
 // ControlHandler serves the CLI's approval commands on the control socket,
-// at ControlPrefix:
+// at control.ApprovalsPrefix:
 //
-//	GET  /v1/approvals[?state=pending|approved|...&host=H&limit=N]  -> []View
-//	GET  /v1/approvals/{id}                                         -> View
-//	POST /v1/approvals/{id}/approve  DecideRequest                  -> View
-//	POST /v1/approvals/{id}/deny     DecideRequest                  -> View
+//	GET  /v1/approvals[?state=pending|approved|...&host=H&limit=N]  -> []ApprovalView
+//	GET  /v1/approvals/{id}                                         -> ApprovalView
+//	POST /v1/approvals/{id}/approve  DecideRequest                  -> ApprovalView
+//	POST /v1/approvals/{id}/deny     DecideRequest                  -> ApprovalView
 //
 // The reviewer is the caller's kernel credentials (control.PeerFrom): a
 // request without them is refused. The daemon's middleware must already
@@ -106,12 +53,12 @@ type DecideRequest struct {
 // list and the requester check.
 func (s *Service) ControlHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+ControlPrefix, s.handleList)
-	mux.HandleFunc("GET "+ControlPrefix+"/{id}", s.handleGet)
-	mux.HandleFunc("POST "+ControlPrefix+"/{id}/approve", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+control.ApprovalsPrefix, s.handleList)
+	mux.HandleFunc("GET "+control.ApprovalsPrefix+"/{id}", s.handleGet)
+	mux.HandleFunc("POST "+control.ApprovalsPrefix+"/{id}/approve", func(w http.ResponseWriter, r *http.Request) {
 		s.handleControlDecide(w, r, true)
 	})
-	mux.HandleFunc("POST "+ControlPrefix+"/{id}/deny", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+control.ApprovalsPrefix+"/{id}/deny", func(w http.ResponseWriter, r *http.Request) {
 		s.handleControlDecide(w, r, false)
 	})
 	return mux
@@ -128,7 +75,7 @@ func (s *Service) handleList(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	out := make([]View, 0, len(as))
+	out := make([]control.ApprovalView, 0, len(as))
 	for _, a := range as {
 		out = append(out, s.view(r.Context(), a))
 	}
@@ -168,7 +115,7 @@ func (s *Service) handleControlDecide(w http.ResponseWriter, r *http.Request, ap
 		control.WriteError(w, http.StatusForbidden, "refused: the caller's credentials could not be read")
 		return
 	}
-	var in DecideRequest
+	var in control.DecideRequest
 	if !decodeBody(w, r, &in) {
 		return
 	}

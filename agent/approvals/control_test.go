@@ -24,8 +24,8 @@ func serveControl(t *testing.T, s *Service) *control.Client {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(ControlPrefix, s.ControlHandler())
-	mux.Handle(ControlPrefix+"/", s.ControlHandler())
+	mux.Handle(control.ApprovalsPrefix, s.ControlHandler())
+	mux.Handle(control.ApprovalsPrefix+"/", s.ControlHandler())
 	srv := control.NewServer(mux)
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
@@ -45,7 +45,7 @@ func TestControlAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.Call(ctx, ControlPrefix+"/"+ownID+"/approve", DecideRequest{}, nil)
+	err = c.Call(ctx, control.ApprovalsPrefix+"/"+ownID+"/approve", control.DecideRequest{}, nil)
 	if err == nil || !strings.Contains(err.Error(), ErrRequester.Error()) {
 		t.Fatalf("approve own request: %v, want %q", err, ErrRequester)
 	}
@@ -55,7 +55,7 @@ func TestControlAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Call(ctx, ControlPrefix+"/"+other+"/deny", DecideRequest{}, nil); err == nil ||
+	if err := c.Call(ctx, control.ApprovalsPrefix+"/"+other+"/deny", control.DecideRequest{}, nil); err == nil ||
 		!strings.Contains(err.Error(), ErrNotReviewer.Error()) {
 		t.Fatalf("deny as a non-reviewer: %v", err)
 	}
@@ -66,12 +66,12 @@ func TestControlAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := waitAsync(ctx, wait)
-	var pending []View
-	if err := c.Call(ctx, ControlPrefix+"?state=pending", nil, &pending); err != nil || len(pending) != 3 {
+	var pending []control.ApprovalView
+	if err := c.Call(ctx, control.ApprovalsPrefix+"?state=pending", nil, &pending); err != nil || len(pending) != 3 {
 		t.Fatalf("list pending: %d %v", len(pending), err)
 	}
-	var v View
-	if err := c.Call(ctx, ControlPrefix+"/"+id+"/approve", DecideRequest{Comment: "checked"}, &v); err != nil {
+	var v control.ApprovalView
+	if err := c.Call(ctx, control.ApprovalsPrefix+"/"+id+"/approve", control.DecideRequest{Comment: "checked"}, &v); err != nil {
 		t.Fatal(err)
 	}
 	if v.State != "approved" || len(v.Votes) != 1 || v.Votes[0].Reviewer != me.Name || v.Votes[0].Comment != "checked" {
@@ -80,20 +80,20 @@ func TestControlAPI(t *testing.T) {
 	if r := receive(t, done); !r.approved {
 		t.Fatalf("wait = %+v", r)
 	}
-	if err := c.Call(ctx, ControlPrefix+"/"+id+"/deny", DecideRequest{}, nil); err == nil ||
+	if err := c.Call(ctx, control.ApprovalsPrefix+"/"+id+"/deny", control.DecideRequest{}, nil); err == nil ||
 		!strings.Contains(err.Error(), "already decided") {
 		t.Fatalf("deny after approval: %v", err)
 	}
-	if err := c.Call(ctx, ControlPrefix+"/nope", nil, &v); err == nil || !strings.Contains(err.Error(), "not found") {
+	if err := c.Call(ctx, control.ApprovalsPrefix+"/nope", nil, &v); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("get missing: %v", err)
 	}
-	if err := c.Call(ctx, ControlPrefix+"?state=bogus", nil, &pending); err == nil {
+	if err := c.Call(ctx, control.ApprovalsPrefix+"?state=bogus", nil, &pending); err == nil {
 		t.Fatal("bad state filter accepted")
 	}
 
 	// Without kernel credentials (not a unix socket), nobody decides.
 	rec := httptest.NewRecorder()
-	req := httptest.NewRequest(http.MethodPost, ControlPrefix+"/"+other+"/approve", strings.NewReader("{}"))
+	req := httptest.NewRequest(http.MethodPost, control.ApprovalsPrefix+"/"+other+"/approve", strings.NewReader("{}"))
 	s.ControlHandler().ServeHTTP(rec, req)
 	if rec.Code != http.StatusForbidden {
 		t.Fatalf("decide without peer credentials: %d %s", rec.Code, rec.Body)

@@ -146,8 +146,8 @@ func (a *webAuth) authenticate(r *http.Request) (caller, bool) {
 //	POST /login   form field "token"        sets the session cookie
 //	POST /logout
 //	GET  /api/me                            {"reviewer", "groups", "csrf"}
-//	GET  /api/approvals[?state=&limit=]     []View, every host's
-//	POST /api/approvals/{id}/approve|deny   DecideRequest -> View
+//	GET  /api/approvals[?state=&limit=]     []control.ApprovalView, every host's
+//	POST /api/approvals/{id}/approve|deny   control.DecideRequest -> control.ApprovalView
 //	GET  /api/sessions[?limit=]             []SessionView
 //	GET  /api/sessions/{id}/transcript      text/plain
 //
@@ -299,7 +299,7 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleWebDecide(w http.ResponseWriter, r *http.Request, c caller, approve bool) {
-	var in DecideRequest
+	var in control.DecideRequest
 	if !decodeBody(w, r, &in) {
 		return
 	}

@@ -469,6 +469,11 @@ func fileOwner(st os.FileInfo) uint32 {
 	return ^uint32(0)
 }
 
+// Dir returns where interlockd, with state directory stateDir, keeps its
+// authority: the daemon opens it there and `interlock ca export` reads it
+// there when the daemon is down.
+func Dir(stateDir string) string { return filepath.Join(stateDir, "ca") }
+
 // ReadCertificate returns the certificate of the authority kept in dir,
 // PEM-encoded, without loading its key: what `interlock ca export` prints
 // when no daemon is running. Reading it takes the daemon user's rights.

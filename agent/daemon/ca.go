@@ -5,28 +5,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/ca"
 	"github.com/interlock-dev/interlock/agent/control"
 )
-
-// CAInfo describes Interlock's certificate authority: what `interlock ca
-// export` prints and where `interlock exec` points PGSSLROOTCERT.
-type CAInfo struct {
-	// PEM is the authority's certificate.
-	PEM string `json:"pem"`
-	// Path is a world-readable file holding the certificate alone.
-	Path        string    `json:"path"`
-	Subject     string    `json:"subject"`
-	Fingerprint string    `json:"sha256"`
-	NotAfter    time.Time `json:"not_after"`
-}
-
-// CADir returns where the authority of a daemon with state directory
-// stateDir keeps its key.
-func CADir(stateDir string) string { return filepath.Join(stateDir, "ca") }
 
 // openCA loads the authority, creating it at first start. Its certificate is
 // published beside the control socket, whose directory every local user can
@@ -37,7 +20,7 @@ func (d *Daemon) openCA() error {
 		host, _ = os.Hostname()
 	}
 	a, err := ca.Open(ca.Config{
-		Dir:        CADir(d.cfg.StateDir),
+		Dir:        ca.Dir(d.cfg.StateDir),
 		PublicCert: filepath.Join(filepath.Dir(d.cfg.Socket), "ca.crt"),
 		Subject:    host,
 	})
@@ -48,9 +31,9 @@ func (d *Daemon) openCA() error {
 	return nil
 }
 
-func (d *Daemon) caInfo() CAInfo {
+func (d *Daemon) caInfo() control.CAInfo {
 	c := d.ca.Certificate()
-	return CAInfo{PEM: string(d.ca.CertificatePEM()), Path: d.ca.PublicCertPath(), Subject: c.Subject.CommonName,
+	return control.CAInfo{PEM: string(d.ca.CertificatePEM()), Path: d.ca.PublicCertPath(), Subject: c.Subject.CommonName,
 		Fingerprint: ca.Fingerprint(c), NotAfter: c.NotAfter}
 }
 

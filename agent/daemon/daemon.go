@@ -32,17 +32,9 @@ import (
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/agent/session"
 	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/agent/version"
 	"github.com/interlock-dev/interlock/policy"
 )
-
-// Version is interlockd's version, set at build time with
-// -ldflags "-X github.com/interlock-dev/interlock/agent/daemon.Version=...".
-var Version = "dev"
-
-// Commit is the VCS revision interlockd was built from, set at build time
-// like Version (the Makefile does); empty means the go command's VCS stamp,
-// if any.
-var Commit = ""
 
 // execDir is the child of the cgroup root under which `interlock exec`
 // creates one cgroup per command.
@@ -59,7 +51,7 @@ type Daemon struct {
 	ids        *identities
 	policy     *policy.Engine
 	policySrc  string
-	policyText atomic.Pointer[PolicyText] // what `policy explain` decides with
+	policyText atomic.Pointer[control.PolicyText] // what `policy explain` decides with
 	proxy      *proxy.Server
 	listeners  []*net.TCPListener // bound to ephemeral ports, served the proxy port by the data path
 	ctl        *http.Server
@@ -140,7 +132,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	d.policy, d.policySrc = policy.NewEngine(pol), text.Policy
 	d.policyText.Store(text)
 	// Map fill is read at scrape time, once the data path is open.
-	d.metrics = metrics.New(Version, Commit, func() (map[string][2]int, error) {
+	d.metrics = metrics.New(version.Version, version.Revision(), func() (map[string][2]int, error) {
 		if d.dp == nil {
 			return nil, nil
 		}
@@ -163,12 +155,12 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 // loadPolicy loads the policy file (or the embedded default) the one way
 // policy.Load documents, at start and on reload alike. It also returns the
 // text it compiled, for `interlock policy explain`.
-func loadPolicy(path string) (*policy.Policy, *PolicyText, error) {
+func loadPolicy(path string) (*policy.Policy, *control.PolicyText, error) {
 	p, err := policy.Load(context.Background(), policy.Source{Path: path}, policy.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
-	return p, &PolicyText{Policy: p.Name(), Text: string(p.Text())}, nil
+	return p, &control.PolicyText{Policy: p.Name(), Text: string(p.Text())}, nil
 }
 
 // refreshTargets re-resolves host-name targets, so a database that moves
@@ -270,7 +262,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if err := d.serveMetrics(); err != nil {
 		return err
 	}
-	d.chain.Record(audit.DaemonStarted{Version: Version, PID: os.Getpid()})
+	d.chain.Record(audit.DaemonStarted{Version: version.Version, PID: os.Getpid()})
 
 	ctlL, err := control.Listen(d.cfg.Socket, d.controlGID)
 	if err != nil {

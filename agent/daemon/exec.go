@@ -21,7 +21,7 @@ import (
 // cgroup.procs, which only root has; the child must be the caller's own so
 // that nobody can pull a stranger's process into an identity.
 func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
-	var req ExecRequest
+	var req control.ExecRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -51,11 +51,11 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.chain.Record(audit.Exec{Identity: req.Identity, PID: req.PID, ByUID: p.UID, Cgroup: rel})
-	control.WriteJSON(w, http.StatusOK, ExecAnswer{Cgroup: rel})
+	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel})
 }
 
 func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
-	var req TagRequest
+	var req control.TagRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -69,7 +69,7 @@ func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.releaseExec(abs, rel)
-	control.WriteJSON(w, http.StatusOK, TagEntry{Cgroup: rel})
+	control.WriteJSON(w, http.StatusOK, control.TagEntry{Cgroup: rel})
 }
 
 // releaseExec untags and removes an exec cgroup. Untag comes after the

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+
+	"github.com/interlock-dev/interlock/agent/control"
 )
 
 // identities maps identity names to the small integers the kernel maps hold,
@@ -110,18 +112,12 @@ func (s *identities) taggedIDs() map[string]uint64 {
 	return m
 }
 
-// TagEntry is one tagged cgroup as status reports it.
-type TagEntry struct {
-	Cgroup   string `json:"cgroup"`
-	Identity string `json:"identity"`
-}
-
-func (s *identities) tags() []TagEntry {
+func (s *identities) tags() []control.TagEntry {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]TagEntry, 0, len(s.Tags))
+	out := make([]control.TagEntry, 0, len(s.Tags))
 	for c, n := range s.Tags {
-		out = append(out, TagEntry{Cgroup: c, Identity: n})
+		out = append(out, control.TagEntry{Cgroup: c, Identity: n})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Cgroup < out[j].Cgroup })
 	return out

@@ -10,49 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/datapath"
-	"github.com/interlock-dev/interlock/policy"
-)
-
-// The control API's requests and answers. The CLI uses the same types.
-type (
-	// TagRequest tags (or, with Identity empty, untags) a cgroup.
-	TagRequest struct {
-		Cgroup   string `json:"cgroup"`
-		Identity string `json:"identity,omitempty"`
-	}
-	// ExecRequest asks for a fresh tagged cgroup holding PID, a child of the
-	// caller that has not yet executed the command.
-	ExecRequest struct {
-		Identity string `json:"identity"`
-		PID      int    `json:"pid"`
-	}
-	// ExecAnswer names the cgroup created for an exec.
-	ExecAnswer struct {
-		Cgroup string `json:"cgroup"`
-	}
-	// Status is what `interlock status` shows.
-	Status struct {
-		PID         int               `json:"pid"`
-		Started     time.Time         `json:"started"`
-		CgroupMount string            `json:"cgroup_mount"`
-		CgroupRoot  string            `json:"cgroup_root"`
-		BPFFS       string            `json:"bpffs"`
-		ListenPort  uint16            `json:"listen_port"`
-		Policy      string            `json:"policy"`
-		Tagged      []TagEntry        `json:"tagged"`
-		Active      int               `json:"active_connections"`
-		Maps        map[string][2]int `json:"maps,omitempty"`
-		// Modes says which identities are enforced and which audited.
-		Modes       []policy.IdentityMode `json:"modes"`
-		DefaultMode policy.Mode           `json:"default_mode"`
-		// Gaps says what this kernel does not enforce (Datapath.Gaps).
-		Gaps []string `json:"gaps,omitempty"`
-	}
 )
 
 func (d *Daemon) routes() http.Handler {
@@ -162,7 +123,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 	fill, _ := d.dp.MapFill()
-	control.WriteJSON(w, http.StatusOK, Status{
+	control.WriteJSON(w, http.StatusOK, control.Status{
 		PID: os.Getpid(), Started: d.started, CgroupMount: d.mount, CgroupRoot: d.root,
 		BPFFS: d.cfg.BPFFS, ListenPort: d.cfg.ListenPort, Policy: d.policySrc,
 		Tagged: d.ids.tags(), Active: d.proxy.Active(), Maps: fill,
@@ -197,7 +158,7 @@ func (d *Daemon) cgroupDir(arg string) (abs, rel string, err error) {
 }
 
 func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
-	var req TagRequest
+	var req control.TagRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -220,7 +181,7 @@ func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	control.WriteJSON(w, http.StatusOK, TagEntry{Cgroup: rel, Identity: req.Identity})
+	control.WriteJSON(w, http.StatusOK, control.TagEntry{Cgroup: rel, Identity: req.Identity})
 }
 
 // tag tags (identity non-empty) or untags the cgroup at abs.
@@ -275,14 +236,6 @@ func (d *Daemon) handleReload(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	control.WriteJSON(w, http.StatusOK, map[string]string{"policy": d.policySrc})
-}
-
-// PolicyText is the policy in force as GET /v1/policy returns it: where it
-// came from and the text that was compiled, so `interlock policy explain`
-// decides with exactly what the daemon decides with.
-type PolicyText struct {
-	Policy string `json:"policy"`
-	Text   string `json:"text"`
 }
 
 func (d *Daemon) handlePolicy(w http.ResponseWriter, r *http.Request) {

@@ -2,8 +2,12 @@ package daemon
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/interlock-dev/interlock/agent/audit"
@@ -11,26 +15,6 @@ import (
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/agent/store"
 )
-
-// AuditVerdict is one host's chain as `interlock audit verify` reports it.
-type AuditVerdict struct {
-	Host    string `json:"host"`
-	Records uint64 `json:"records"`
-	OK      bool   `json:"ok"`
-	Summary string `json:"summary"`
-	// BrokenSeq is the first record that fails the check (0 when OK).
-	BrokenSeq uint64 `json:"broken_seq,omitempty"`
-	// HeadSeq and HeadHash are the last record that checked out, to be
-	// anchored outside the host.
-	HeadSeq  uint64 `json:"head_seq"`
-	HeadHash string `json:"head_hash"`
-}
-
-// SessionDecisions is one recorded session and the decisions made in it.
-type SessionDecisions struct {
-	Session   store.Session    `json:"session"`
-	Decisions []store.Decision `json:"decisions"`
-}
 
 func (d *Daemon) sessionRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/sessions", d.handleSessions)
@@ -40,8 +24,8 @@ func (d *Daemon) sessionRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/audit/verify", d.handleAuditVerify)
 	mux.HandleFunc("GET /v1/audit/export", d.handleAuditExport)
 	h := d.approvals.ControlHandler()
-	mux.Handle("/v1/approvals", h)
-	mux.Handle("/v1/approvals/", h)
+	mux.Handle(control.ApprovalsPrefix, h)
+	mux.Handle(control.ApprovalsPrefix+"/", h)
 }
 
 func (d *Daemon) handleSessions(w http.ResponseWriter, r *http.Request) {
@@ -63,10 +47,11 @@ func (d *Daemon) handleSessions(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "list sessions: %v", err)
 		return
 	}
-	if ss == nil {
-		ss = []store.Session{}
+	out := make([]control.Session, len(ss))
+	for i, s := range ss {
+		out[i] = control.Session(s)
 	}
-	control.WriteJSON(w, http.StatusOK, ss)
+	control.WriteJSON(w, http.StatusOK, out)
 }
 
 // handleDecisions returns the recorded decisions of one session (?session=ID)
@@ -98,7 +83,7 @@ func (d *Daemon) handleDecisions(w http.ResponseWriter, r *http.Request) {
 	}
 	// Decisions still buffered in the recorder belong in the answer.
 	d.recorder.Flush(r.Context())
-	out := []SessionDecisions{}
+	out := []control.SessionDecisions{}
 	for _, id := range ids {
 		sess, err := d.store.Session(r.Context(), id)
 		if err != nil {
@@ -110,7 +95,11 @@ func (d *Daemon) handleDecisions(w http.ResponseWriter, r *http.Request) {
 			control.WriteError(w, http.StatusInternalServerError, "decisions of %s: %v", id, err)
 			return
 		}
-		out = append(out, SessionDecisions{Session: sess, Decisions: ds})
+		sd := control.SessionDecisions{Session: control.Session(sess), Decisions: make([]control.Decision, len(ds))}
+		for i, x := range ds {
+			sd.Decisions[i] = control.Decision(x)
+		}
+		out = append(out, sd)
 	}
 	control.WriteJSON(w, http.StatusOK, out)
 }
@@ -142,16 +131,7 @@ func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "verify: %v", err)
 		return
 	}
-	out := make([]AuditVerdict, 0, len(results))
-	for _, res := range results {
-		v := AuditVerdict{Host: res.Host, Records: res.Records, OK: res.Broken == nil,
-			Summary: res.String(), HeadSeq: res.Head.Seq, HeadHash: res.Head.Hash}
-		if res.Broken != nil {
-			v.BrokenSeq = res.Broken.Seq
-		}
-		out = append(out, v)
-	}
-	control.WriteJSON(w, http.StatusOK, out)
+	control.WriteJSON(w, http.StatusOK, verdicts(results))
 }
 
 func (d *Daemon) handleAuditExport(w http.ResponseWriter, r *http.Request) {
@@ -164,4 +144,55 @@ func (d *Daemon) handleAuditExport(w http.ResponseWriter, r *http.Request) {
 	if err := audit.Export(r.Context(), d.store, host, w); err != nil {
 		control.WriteError(w, http.StatusInternalServerError, "export: %v", err)
 	}
+}
+
+// VerifyAudit verifies the audit chains of a store (a SQLite file or a
+// postgres:// URL) or of an `interlock audit export` file, with no daemon
+// running: the trail can be checked on a copy, on another machine, or with
+// interlockd down. Exactly one of storePath and exportPath is set. It runs
+// in interlockd (`interlockd --audit-verify-store`), which links the store,
+// for `interlock audit verify --store|--export`.
+func VerifyAudit(ctx context.Context, storePath, exportPath string) ([]control.AuditVerdict, error) {
+	var results []audit.Result
+	if exportPath != "" {
+		f, err := os.Open(exportPath)
+		if err != nil {
+			return nil, fmt.Errorf("open export: %w", err)
+		}
+		defer f.Close()
+		if results, err = audit.VerifyExport(f); err != nil {
+			return nil, err
+		}
+	} else {
+		if !strings.Contains(storePath, "://") && !strings.Contains(storePath, "host=") {
+			// Opening a SQLite path that does not exist would create an
+			// empty store and report nothing to verify.
+			if _, err := os.Stat(storePath); err != nil {
+				return nil, fmt.Errorf("open store: %w", err)
+			}
+		}
+		st, err := store.Open(ctx, storePath)
+		if err != nil {
+			return nil, err
+		}
+		defer st.Close()
+		if results, err = audit.VerifyAll(ctx, st); err != nil {
+			return nil, err
+		}
+	}
+	return verdicts(results), nil
+}
+
+// verdicts renders verified chains as the control API reports them.
+func verdicts(results []audit.Result) []control.AuditVerdict {
+	out := make([]control.AuditVerdict, 0, len(results))
+	for _, res := range results {
+		v := control.AuditVerdict{Host: res.Host, Records: res.Records, OK: res.Broken == nil,
+			Summary: res.String(), HeadSeq: res.Head.Seq, HeadHash: res.Head.Hash}
+		if res.Broken != nil {
+			v.BrokenSeq = res.Broken.Seq
+		}
+		out = append(out, v)
+	}
+	return out
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/interlock-dev/interlock/agent/ca"
-	"github.com/interlock-dev/interlock/agent/daemon"
 	"github.com/interlock-dev/interlock/agent/daemontest"
 	"github.com/interlock-dev/interlock/agent/testenv"
 )
@@ -227,7 +226,7 @@ func TestPostgresTLSFromAgent(t *testing.T) {
 // it with or without a daemon, and `ca rotate` replaces it for good.
 func TestCAExportAndRotate(t *testing.T) {
 	f := startPG(t)
-	dir := daemon.CADir(f.d.StateDir)
+	dir := ca.Dir(f.d.StateDir)
 	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, ca.KeyFile): 0o600} {
 		if st, err := os.Stat(path); err != nil || st.Mode().Perm() != want {
 			t.Fatalf("%s: %v, want mode %04o", path, st, want)

@@ -7,7 +7,6 @@ package metrics
 import (
 	"net/http"
 	"runtime"
-	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,7 +32,7 @@ type Metrics struct {
 }
 
 // New registers the collectors. version and commit are interlockd's for
-// interlock_build_info (an empty commit: the go command's VCS stamp);
+// interlock_build_info;
 // mapFill is called at scrape time and returns entries and capacity per BPF
 // map.
 func New(version, commit string, mapFill func() (map[string][2]int, error)) *Metrics {
@@ -76,39 +75,11 @@ func New(version, commit string, mapFill func() (map[string][2]int, error)) *Met
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "interlock_build_info", Help: "Always 1; the labels say which interlockd build is running.",
 	}, []string{"version", "commit", "go_version"})
-	if commit == "" {
-		commit = vcsRevision()
-	}
 	build.WithLabelValues(version, commit, runtime.Version()).Set(1)
 	reg.MustRegister(m.Connections, m.Active, m.Decisions, m.ApprovalWait, m.CredentialLat, m.RevokeFails,
 		m.KernelDenials, m.DecideLatency, m.ConnectSetup, build, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &mapCollector{fill: mapFill})
 	return m
-}
-
-// vcsRevision is the VCS revision the go command stamped into the binary
-// (suffixed -dirty when the tree had changes), or "unknown" when it built
-// outside a checkout or with -buildvcs=false.
-func vcsRevision() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	var rev, dirty string
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "-dirty"
-			}
-		}
-	}
-	if rev == "" {
-		return "unknown"
-	}
-	return rev + dirty
 }
 
 // Handler serves the metrics in the Prometheus text format.

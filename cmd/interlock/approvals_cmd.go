@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
@@ -13,77 +10,98 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/interlock-dev/interlock/agent/approvals"
+	"github.com/spf13/cobra"
+
 	"github.com/interlock-dev/interlock/agent/control"
 )
 
-const approvalsUsage = `usage:
-  interlock approvals [--state pending|approved|denied|expired|cancelled|all] [--host H] [--limit N] [--json]
-  interlock approve ID [--comment TEXT]
-  interlock deny ID [--comment TEXT]
-`
-
-// runApprovals runs the approval commands: "approvals" lists the queue
-// (pending requests of every host sharing the store, by default), "approve"
-// and "deny" vote on one request as the calling user, whom the daemon
-// identifies from the socket's kernel credentials. It returns the exit code:
-// 0 done, 1 refused or failed, 2 usage.
-func runApprovals(ctx context.Context, c *control.Client, cmd string, args []string, stdout, stderr io.Writer) int {
-	var err error
-	switch cmd {
-	case "approvals":
-		err = listApprovals(ctx, c, args, stdout, stderr)
-	case "approve", "deny":
-		err = decideApproval(ctx, c, cmd == "approve", args, stdout, stderr)
-	default:
-		err = errUsage
-	}
-	switch {
-	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
-		fmt.Fprint(stderr, approvalsUsage)
-		return 2
-	case err != nil:
-		fmt.Fprintf(stderr, "interlock %s: %v\n", cmd, err)
-		return 1
-	}
-	return 0
+// approvalOptions are the approvals command's flags.
+type approvalOptions struct {
+	state, host string
+	limit       int
+	json        bool
 }
 
-var errUsage = errors.New("usage")
+func newApprovalsCmd(a *cli) *cobra.Command {
+	var o approvalOptions
+	cmd := &cobra.Command{
+		Use:   "approvals",
+		Short: "List requests held for a reviewer's approval",
+		Long: `approvals lists the requests a policy's approve rules hold, newest first:
+by default the pending ones of every host sharing the store, each with its
+votes so far and the time left before the request is denied.`,
+		Example: `  interlock approvals
+  interlock approvals --state all --host db-1 --limit 20
+  interlock approvals --json | jq -r '.[].id'`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return reportAs(a, "approvals", listApprovals(cmd.Context(), a.client(), o, a.stdout))
+		},
+	}
+	cmd.Flags().StringVar(&o.state, "state", "pending", "which approvals: pending, approved, denied, expired, cancelled or all")
+	cmd.Flags().StringVar(&o.host, "host", "", "only approvals held on this host")
+	cmd.Flags().IntVar(&o.limit, "limit", 100, "at most this many, newest first")
+	cmd.Flags().BoolVar(&o.json, "json", false, "print JSON")
+	cmd.RegisterFlagCompletionFunc("state", oneOf("pending", "approved", "denied", "expired", "cancelled", "all"))
+	return cmd
+}
 
-func listApprovals(ctx context.Context, c *control.Client, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("approvals", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	state := fs.String("state", "pending", "which approvals: pending, approved, denied, expired, cancelled or all")
-	host := fs.String("host", "", "only approvals held on this host")
-	limit := fs.Int("limit", 100, "at most this many, newest first")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		fmt.Fprintf(stderr, "interlock approvals: %v\n", err)
-		return errUsage
+// newDecideCmd returns approve or deny: a vote on one held request as the
+// calling user, whom the daemon identifies from the socket's kernel
+// credentials.
+func newDecideCmd(a *cli, approve bool) *cobra.Command {
+	name, verb := "deny", "Deny"
+	if approve {
+		name, verb = "approve", "Approve"
 	}
-	if fs.NArg() > 0 {
-		return errUsage
+	var comment string
+	cmd := &cobra.Command{
+		Use:   name + " ID [--comment TEXT]",
+		Short: verb + " a held request",
+		Long: name + ` votes on a held request as the calling user, whom interlockd knows from
+the control socket's kernel credentials: the user must be one of the rule's
+reviewers, and never the user the held process runs as. A request is
+approved once its quorum of reviewers approve, and denied by one deny. The
+vote and its comment enter the audit trail.`,
+		Example: "  interlock " + name + " 01JD2Y8M4X --comment 'ticket OPS-1234'",
+		Args:    usage(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return reportAs(a, name, decideApproval(cmd.Context(), a.client(), approve, args[0], comment, a.stdout))
+		},
+		ValidArgsFunction: noFiles,
 	}
+	cmd.Flags().StringVar(&comment, "comment", "", "why, recorded with the vote and in the audit trail")
+	return cmd
+}
+
+// reportAs prints a failed approval command's error under its own name, as
+// "interlock approve: ...", and exits 1.
+func reportAs(a *cli, name string, err error) error {
+	if err != nil {
+		fmt.Fprintf(a.stderr, "interlock %s: %v\n", name, err)
+		return exitStatus(1)
+	}
+	return nil
+}
+
+func listApprovals(ctx context.Context, c *control.Client, o approvalOptions, stdout io.Writer) error {
 	q := url.Values{}
-	if *state != "all" {
-		q.Set("state", *state)
+	if o.state != "all" {
+		q.Set("state", o.state)
 	}
-	if *host != "" {
-		q.Set("host", *host)
+	if o.host != "" {
+		q.Set("host", o.host)
 	}
-	q.Set("limit", strconv.Itoa(*limit))
-	var list []approvals.View
-	if err := c.Call(ctx, approvals.ControlPrefix+"?"+q.Encode(), nil, &list); err != nil {
+	q.Set("limit", strconv.Itoa(o.limit))
+	var list []control.ApprovalView
+	if err := c.Call(ctx, control.ApprovalsPrefix+"?"+q.Encode(), nil, &list); err != nil {
 		return err
 	}
-	if *asJSON {
-		e := json.NewEncoder(stdout)
-		e.SetIndent("", "  ")
-		return e.Encode(list)
+	if o.json {
+		return printJSON(stdout, list)
 	}
 	if len(list) == 0 {
-		fmt.Fprintf(stdout, "no %s approvals\n", strings.TrimPrefix(*state, "all"))
+		fmt.Fprintf(stdout, "no %s approvals\n", strings.TrimPrefix(o.state, "all"))
 		return nil
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -100,25 +118,14 @@ func listApprovals(ctx context.Context, c *control.Client, args []string, stdout
 	return tw.Flush()
 }
 
-func decideApproval(ctx context.Context, c *control.Client, approve bool, args []string, stdout, stderr io.Writer) error {
+func decideApproval(ctx context.Context, c *control.Client, approve bool, id, comment string, stdout io.Writer) error {
 	name := "deny"
 	if approve {
 		name = "approve"
 	}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	comment := fs.String("comment", "", "why, recorded with the vote and in the audit trail")
-	pos, err := interleaved(fs, args)
-	if err != nil {
-		fmt.Fprintf(stderr, "interlock %s: %v\n", name, err)
-		return errUsage
-	}
-	if len(pos) != 1 {
-		return errUsage
-	}
-	var v approvals.View
-	if err := c.Call(ctx, approvals.ControlPrefix+"/"+url.PathEscape(pos[0])+"/"+name,
-		approvals.DecideRequest{Comment: *comment}, &v); err != nil {
+	var v control.ApprovalView
+	if err := c.Call(ctx, control.ApprovalsPrefix+"/"+url.PathEscape(id)+"/"+name,
+		control.DecideRequest{Comment: comment}, &v); err != nil {
 		return err
 	}
 	switch v.State {

@@ -36,8 +36,8 @@ func approvalsDaemon(t *testing.T) (*approvals.Service, *control.Client) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(approvals.ControlPrefix, s.ControlHandler())
-	mux.Handle(approvals.ControlPrefix+"/", s.ControlHandler())
+	mux.Handle(control.ApprovalsPrefix, s.ControlHandler())
+	mux.Handle(control.ApprovalsPrefix+"/", s.ControlHandler())
 	srv := control.NewServer(mux)
 	go srv.Serve(l)
 	t.Cleanup(func() {
@@ -52,7 +52,7 @@ func approvalsDaemon(t *testing.T) (*approvals.Service, *control.Client) {
 func runCLI(t *testing.T, c *control.Client, cmd string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code := runApprovals(context.Background(), c, cmd, args, &out, &errOut)
+	code := run(append([]string{"--socket", c.Socket, cmd}, args...), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -11,10 +10,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
 )
 
 // shimCommand is the hidden first argument of the child that becomes the
@@ -30,17 +29,48 @@ const shimCommand = "__exec-shim"
 var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
 	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
 
-func execCommand(ctx context.Context, c *control.Client, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	identity := fs.String("identity", "", "identity the command acts as")
-	asUser := fs.String("user", "", "run the command as this user (its groups and HOME, as a login sets them)")
-	noCAEnv := fs.Bool("no-ca-env", false, "leave the environment's CA settings (PGSSLROOTCERT) as they are")
-	if err := fs.Parse(args); err != nil {
-		return 2
+// execOptions are exec's flags.
+type execOptions struct {
+	identity, user string
+	noCAEnv        bool
+}
+
+func newExecCmd(a *cli) *cobra.Command {
+	var o execOptions
+	cmd := &cobra.Command{
+		Use:   "exec --identity NAME [--user USER] [--no-ca-env] -- CMD [ARGS...]",
+		Short: "Run a command in a fresh cgroup tagged with an identity",
+		Long: `exec runs CMD in a new cgroup that interlockd creates and tags with the
+identity: the command's first instruction already runs tagged, so every
+connection it and its children make is decided by the policy. The cgroup is
+removed when the command ends.
+
+exec passes the command's exit code through (128+N when signal N ended it),
+relays the signals interlock receives, and exits 125 when interlock itself
+fails, 127 when CMD is not found. Everything after -- is the command's,
+flags included. PGSSLROOTCERT points at Interlock's certificate authority,
+so clients with sslmode=verify-full trust interlockd, unless it is set
+already or --no-ca-env is given. With --user, the command runs as that user, with its groups and
+HOME, as a login sets them.`,
+		Example: `  interlock exec --identity ci-bot -- psql -h db.internal -c 'SELECT 1'
+  interlock exec --identity ci-bot --user runner -- ./deploy.sh --dry-run`,
+		DisableFlagsInUseLine: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitWith(execCommand(cmd.Context(), a.client(), o, args, a.stderr))
+		},
 	}
-	argv := fs.Args()
-	if *identity == "" || len(argv) == 0 {
+	// The command's own flags are never interlock's: flag parsing stops at
+	// CMD, with or without --.
+	cmd.Flags().SetInterspersed(false)
+	cmd.Flags().StringVar(&o.identity, "identity", "", "identity the command acts as")
+	cmd.Flags().StringVar(&o.user, "user", "", "run the command as this user (its groups and HOME, as a login sets them)")
+	cmd.Flags().BoolVar(&o.noCAEnv, "no-ca-env", false, "leave the environment's CA settings (PGSSLROOTCERT) as they are")
+	return cmd
+}
+
+// execCommand runs argv as exec does and returns the exit code.
+func execCommand(ctx context.Context, c *control.Client, o execOptions, argv []string, stderr io.Writer) int {
+	if o.identity == "" || len(argv) == 0 {
 		fmt.Fprintln(stderr, "usage: interlock exec --identity NAME [--user USER] -- CMD [ARGS...]")
 		return 2
 	}
@@ -55,7 +85,7 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 		return exitInterlock
 	}
 	env := os.Environ()
-	if !*noCAEnv {
+	if !o.noCAEnv {
 		if env, err = caEnv(ctx, c, env); err != nil {
 			fmt.Fprintf(stderr, "interlock: %v\n", err)
 			return exitInterlock
@@ -75,10 +105,10 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 	// ^C then reaches the command alone and is not delivered twice.
 	tty := isTerminal(os.Stdin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Foreground: tty}
-	if *asUser != "" {
+	if o.user != "" {
 		// The shim is the user from its first instruction: a root agent in
 		// a tagged cgroup could move itself out through cgroup.procs.
-		l, err := lookupLogin(*asUser)
+		l, err := lookupLogin(o.user)
 		if err != nil {
 			fmt.Fprintf(stderr, "interlock: %v\n", err)
 			return exitInterlock
@@ -101,8 +131,8 @@ func execCommand(ctx context.Context, c *control.Client, args []string, stderr i
 		defer reclaimTerminal()
 	}
 	gate.Close()
-	var ans daemon.ExecAnswer
-	if err := c.Call(ctx, "/v1/exec", daemon.ExecRequest{Identity: *identity, PID: cmd.Process.Pid}, &ans); err != nil {
+	var ans control.ExecAnswer
+	if err := c.Call(ctx, "/v1/exec", control.ExecRequest{Identity: o.identity, PID: cmd.Process.Pid}, &ans); err != nil {
 		release.Close() // the shim sees EOF and exits without running the command
 		cmd.Wait()
 		fmt.Fprintf(stderr, "interlock: %v\n", err)
@@ -128,7 +158,7 @@ wait:
 			break wait
 		}
 	}
-	if err := c.Call(ctx, "/v1/exec/release", daemon.TagRequest{Cgroup: ans.Cgroup}, nil); err != nil {
+	if err := c.Call(ctx, "/v1/exec/release", control.TagRequest{Cgroup: ans.Cgroup}, nil); err != nil {
 		// Not fatal: interlockd collects empty exec cgroups itself.
 		fmt.Fprintf(stderr, "interlock: release %s: %v\n", ans.Cgroup, err)
 	}

@@ -2,13 +2,16 @@
 // commands under an identity, inspect and control the daemon, and check
 // policies offline. Everything that changes the daemon goes through its
 // control socket, where the kernel says who is asking.
+//
+// It speaks the control API with the types of agent/control and links
+// nothing of the daemon itself (Vault, the store's SQLite, Prometheus);
+// deps_test.go holds that fence.
 package main
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,39 +19,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
 	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/version"
 )
-
-const usage = `usage: interlock [--socket PATH] COMMAND [ARGS]
-
-commands:
-  status                           show the daemon, the tagged cgroups, the maps
-  tag CGROUP --identity NAME       tag a cgroup (and its descendants)
-  tag --unit UNIT --identity NAME  tag a systemd unit or slice, now and at every start
-  untag CGROUP | --unit UNIT       remove a tag
-  exec --identity NAME [--user U] -- CMD ...
-                                   run CMD (as user U) in a fresh cgroup tagged NAME
-  uninstall [--bpffs DIR]          detach the programs and remove the pins
-  ca export [--state-dir DIR]      print Interlock's CA certificate (PEM)
-  ca rotate                        replace the CA; new leaves are signed by the new one
-  approvals [--state S|all]        list held requests
-  approve ID [--comment TEXT]      approve a held request
-  deny ID [--comment TEXT]         deny a held request
-  sessions [--identity --target --since --decision]
-                                   list recorded sessions
-  replay ID                        print a session's transcript
-  export ID --pcap FILE            write a session as a pcap
-  audit verify [--store P | --export F] | export
-                                   check (offline too) or dump the hash-chained audit trail
-  policy check FILE                validate a policy file
-  policy test FILE                 run the test cases a policy ships with
-  policy explain ...               show the decision for one request
-  policy reload                    make the daemon reload its policy file
-  policy replay --policy FILE --pcap FILE | --session ID | --since DUR
-                                   what a policy would decide on captured or recorded traffic
-`
 
 // exitInterlock is the exit code for failures of interlock itself, as
 // opposed to the command it runs (the convention of docker run and env).
@@ -58,72 +34,143 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// run runs the command line args and returns the exit code: 0 done, 1 the
+// command failed (the reason is on stderr), 2 a usage error; exec passes
+// its command's code through.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == shimCommand {
 		return execShim(args[1:])
 	}
-	fs := flag.NewFlagSet("interlock", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	socket := fs.String("socket", envOr("INTERLOCK_SOCKET", "/run/interlock/interlock.sock"), "control socket of interlockd")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	args = fs.Args()
-	if len(args) == 0 {
-		fs.Usage()
-		return 2
-	}
-	c := control.NewClient(*socket)
-	ctx := context.Background()
-	var err error
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "status":
-		err = status(ctx, c, rest, stdout)
-	case "tag":
-		err = tag(ctx, c, rest, stdout)
-	case "untag":
-		err = untag(ctx, c, rest, stdout)
-	case "exec":
-		return execCommand(ctx, c, rest, stderr)
-	case "approvals", "approve", "deny":
-		return runApprovals(ctx, c, cmd, rest, stdout, stderr)
-	case "sessions":
-		err = sessions(ctx, c, rest, stdout)
-	case "replay":
-		err = replay(ctx, c, rest, stdout)
-	case "export":
-		err = export(ctx, c, rest, stdout)
-	case "audit":
-		err = auditCommand(ctx, c, rest, stdout)
-	case "uninstall":
-		err = uninstall(ctx, c, rest, stdout)
-	case "ca":
-		err = caCommand(ctx, c, rest, stdout, stderr)
-	case "policy":
-		if len(rest) > 0 && rest[0] == "replay" {
-			return runPolicyReplay(ctx, c, rest[1:], stdout, stderr)
-		}
-		if len(rest) > 0 && rest[0] == "reload" {
-			var out map[string]string
-			if err = c.Call(ctx, "/v1/policy/reload", struct{}{}, &out); err == nil {
-				fmt.Fprintf(stdout, "policy reloaded from %s\n", out["policy"])
-			}
-			break
-		}
-		return runPolicy(ctx, c, rest, stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+	root := newRoot(&cli{stdout: stdout, stderr: stderr})
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	var code exitStatus
+	var usage *usageError
+	switch {
+	case err == nil:
 		return 0
-	default:
-		fmt.Fprintf(stderr, "interlock: unknown command %q\n%s", cmd, usage)
+	case errors.As(err, &code):
+		return int(code)
+	case errors.As(err, &usage):
+		path := usage.cmd.CommandPath()
+		fmt.Fprintf(stderr, "%s: %v\n", path, usage.err)
+		if !usage.cmd.HasSubCommands() {
+			fmt.Fprintf(stderr, "usage: %s\n", usage.cmd.UseLine())
+		}
+		fmt.Fprintf(stderr, "Run '%s --help' for more.\n", path)
 		return 2
-	}
-	if err != nil {
+	default:
 		fmt.Fprintf(stderr, "interlock: %v\n", err)
 		return 1
 	}
-	return 0
+}
+
+// cli is what every command shares: the daemon's socket (the --socket
+// flag) and where output goes.
+type cli struct {
+	socket         string
+	stdout, stderr io.Writer
+}
+
+// client returns a client for the daemon on the --socket socket.
+func (a *cli) client() *control.Client { return control.NewClient(a.socket) }
+
+// exitStatus ends interlock with a code once the command has printed why
+// (or, for exec, passes the command's own code through).
+type exitStatus int
+
+func (c exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
+
+// exitWith returns nil for 0 and the code as an error otherwise, for
+// commands written as functions that return an exit code.
+func exitWith(code int) error {
+	if code == 0 {
+		return nil
+	}
+	return exitStatus(code)
+}
+
+// usageError is a command line a command cannot run: run prints it with
+// the command's usage and exits 2.
+type usageError struct {
+	cmd *cobra.Command
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+
+// usage wraps an argument validator so that what it refuses is a usage
+// error.
+func usage(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return &usageError{cmd, err}
+		}
+		return nil
+	}
+}
+
+// group makes cmd a command that only holds subcommands: alone it prints
+// its usage and fails, and an unknown subcommand is a usage error (cobra
+// would print the help and succeed).
+func group(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.SuggestionsMinimumDistance = 2
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return &usageError{cmd, errors.New("missing command")}
+		}
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			return &usageError{cmd, fmt.Errorf("unknown command %q (did you mean %s?)", args[0], strings.Join(s, " or "))}
+		}
+		return &usageError{cmd, fmt.Errorf("unknown command %q", args[0])}
+	}
+	return cmd
+}
+
+func newRoot(a *cli) *cobra.Command {
+	root := group(&cobra.Command{
+		Use:   "interlock",
+		Short: "Control interlockd: tag agents, run commands under an identity, review, audit, check policies",
+		Long: `interlock is the operator's CLI for interlockd, the Interlock daemon.
+
+Agents are identified by the cgroup they run in: tag a cgroup or a systemd
+unit, or start a command in a fresh tagged cgroup with exec, and every
+connection it makes is steered through interlockd, decided by the policy and
+recorded. Everything that changes the daemon goes through its control socket
+(--socket), where the kernel says who is asking: root and members of the
+control group may use it, and never a process inside a tagged cgroup.
+
+The policy commands also work offline, on files.`,
+		Example: `  interlock status
+  interlock exec --identity ci-bot -- psql -h db.internal -c 'SELECT 1'
+  interlock tag --unit github-runner.service --identity ci-bot
+  interlock approvals
+  interlock policy check /etc/interlock/policy.yaml
+  source <(interlock completion bash)`,
+		Version:       version.String(),
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	})
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	root.SetVersionTemplate("interlock {{.Version}}\n")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return &usageError{cmd, err} })
+	root.PersistentFlags().StringVar(&a.socket, "socket", envOr("INTERLOCK_SOCKET", "/run/interlock/interlock.sock"),
+		"control socket of interlockd (env INTERLOCK_SOCKET)")
+	root.AddCommand(
+		newStatusCmd(a), newTagCmd(a), newUntagCmd(a), newExecCmd(a), newUninstallCmd(a), newCACmd(a),
+		newApprovalsCmd(a), newDecideCmd(a, true), newDecideCmd(a, false),
+		newSessionsCmd(a), newReplayCmd(a), newExportCmd(a), newAuditCmd(a), newPolicyCmd(a),
+	)
+	// cobra's completion command, alone or with a shell it does not know,
+	// prints its help and succeeds: a profile sourcing its output deserves
+	// an error instead.
+	root.InitDefaultCompletionCmd()
+	if completion, _, err := root.Find([]string{"completion"}); err == nil && completion != root {
+		group(completion)
+	}
+	return root
 }
 
 func envOr(k, def string) string {
@@ -133,37 +180,41 @@ func envOr(k, def string) string {
 	return def
 }
 
-// interleaved parses flags that may come before or after positional args
-// (`tag CGROUP --identity x` and `tag --identity x CGROUP` both work).
-func interleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
+// printJSON writes v as indented JSON, the form of every --json listing
+// but the streamed ones.
+func printJSON(w io.Writer, v any) error {
+	e := json.NewEncoder(w)
+	e.SetIndent("", "  ")
+	return e.Encode(v)
 }
 
-func status(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newStatusCmd(a *cli) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the daemon, its policy, the tagged cgroups and what this kernel does not enforce",
+		Long: `status shows the running interlockd: its pid and uptime, the cgroup subtree it
+enforces, its pins and proxy port, the policy in force and each identity's
+mode (enforce or audit), the tagged cgroups with their identities, and the
+protections this kernel cannot give ("not enforced").`,
+		Example: `  interlock status
+  interlock status --json | jq '.tagged[]'`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return status(cmd.Context(), a.client(), asJSON, a.stdout)
+		},
 	}
-	var st daemon.Status
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	return cmd
+}
+
+func status(ctx context.Context, c *control.Client, asJSON bool, w io.Writer) error {
+	var st control.Status
 	if err := c.Call(ctx, "/v1/status", nil, &st); err != nil {
 		return err
 	}
-	if *asJSON {
-		e := json.NewEncoder(w)
-		e.SetIndent("", "  ")
-		return e.Encode(st)
+	if asJSON {
+		return printJSON(w, st)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "interlockd\tpid %d, up %s\n", st.PID, time.Since(st.Started).Round(time.Second))
@@ -192,59 +243,112 @@ func status(ctx context.Context, c *control.Client, args []string, w io.Writer) 
 	return tw.Flush()
 }
 
-func tag(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	fs := flag.NewFlagSet("tag", flag.ContinueOnError)
-	identity := fs.String("identity", "", "identity name the cgroup's processes act as")
-	unit := fs.String("unit", "", "a systemd unit or slice instead of a cgroup path")
-	pos, err := interleaved(fs, args)
-	if err != nil {
-		return err
+func newTagCmd(a *cli) *cobra.Command {
+	var identity, unit string
+	cmd := &cobra.Command{
+		Use:   "tag (CGROUP | --unit UNIT) --identity NAME",
+		Short: "Tag a cgroup (and its descendants), or a systemd unit at every start, with an identity",
+		Long: `tag makes every process of a cgroup, and of the cgroups below it, act as an
+identity: their connections are steered through interlockd and decided by the
+policy's rules for that identity. CGROUP is a directory under the cgroup2
+mount or a path relative to it, inside the subtree interlockd enforces.
+
+With --unit, tag writes a systemd drop-in,
+/etc/systemd/system/UNIT.d/50-interlock.conf, that tags the unit's fresh
+cgroup before its ExecStart runs, on every start, and orders the unit after
+interlockd; a running unit is tagged at once. A slice is tagged while its
+cgroup exists. Needs root.`,
+		Example: `  interlock tag /sys/fs/cgroup/ci/runner --identity ci-bot
+  interlock tag ci/runner --identity ci-bot
+  interlock tag --unit github-runner.service --identity ci-bot`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return tag(cmd.Context(), a.client(), args, identity, unit, a.stdout, a.stderr)
+		},
 	}
-	if *unit != "" && len(pos) == 0 && *identity != "" {
-		return runTagUnit(ctx, c, *unit, *identity, w)
+	cmd.Flags().StringVar(&identity, "identity", "", "identity name the cgroup's processes act as")
+	cmd.Flags().StringVar(&unit, "unit", "", "a systemd unit or slice instead of a cgroup path")
+	return cmd
+}
+
+func tag(ctx context.Context, c *control.Client, pos []string, identity, unit string, w, stderr io.Writer) error {
+	if unit != "" && len(pos) == 0 && identity != "" {
+		return runTagUnit(ctx, c, unit, identity, w)
 	}
-	if len(pos) != 1 || *identity == "" {
+	if len(pos) != 1 || identity == "" {
 		return errors.New("usage: interlock tag CGROUP --identity NAME | --unit UNIT --identity NAME")
 	}
-	var out daemon.TagEntry
-	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: pos[0], Identity: *identity}, &out); err != nil {
+	var out control.TagEntry
+	if err := c.Call(ctx, "/v1/tag", control.TagRequest{Cgroup: pos[0], Identity: identity}, &out); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "tagged %s as %s\n", out.Cgroup, out.Identity)
-	warnPtraceExposure(ctx, c, out.Cgroup, nil, os.Stderr)
+	warnPtraceExposure(ctx, c, out.Cgroup, nil, stderr)
 	return nil
 }
 
-func untag(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	if len(args) == 2 && args[0] == "--unit" {
-		return runUntagUnit(ctx, c, args[1], w)
+func newUntagCmd(a *cli) *cobra.Command {
+	var unit string
+	cmd := &cobra.Command{
+		Use:   "untag (CGROUP | --unit UNIT)",
+		Short: "Remove a cgroup's tag, or a systemd unit's drop-in and tag",
+		Long: `untag removes the tag of a cgroup: its processes connect as untagged processes
+again. With --unit it removes the drop-in that tag --unit wrote (and reloads
+systemd) and untags the unit's current cgroup, if it is running.`,
+		Example: `  interlock untag ci/runner
+  interlock untag --unit github-runner.service`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return untag(cmd.Context(), a.client(), args, unit, a.stdout)
+		},
 	}
-	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+	cmd.Flags().StringVar(&unit, "unit", "", "a systemd unit or slice instead of a cgroup path")
+	return cmd
+}
+
+func untag(ctx context.Context, c *control.Client, args []string, unit string, w io.Writer) error {
+	if unit != "" && len(args) == 0 {
+		return runUntagUnit(ctx, c, unit, w)
+	}
+	if len(args) != 1 || unit != "" {
 		return errors.New("usage: interlock untag CGROUP | --unit UNIT")
 	}
-	var out daemon.TagEntry
-	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: args[0]}, &out); err != nil {
+	var out control.TagEntry
+	if err := c.Call(ctx, "/v1/tag", control.TagRequest{Cgroup: args[0]}, &out); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "untagged %s\n", out.Cgroup)
 	return nil
 }
 
-func uninstall(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
-	bpffs := fs.String("bpffs", "/sys/fs/bpf/interlock", "pin directory, used when the daemon is not running")
-	if err := fs.Parse(args); err != nil {
-		return err
+func newUninstallCmd(a *cli) *cobra.Command {
+	var bpffs string
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Detach Interlock's programs and remove its pins: enforcement stops",
+		Long: `uninstall asks interlockd to detach its eBPF programs, remove their pins and
+stop. Tagged cgroups then connect directly again. The pins outlive the daemon
+(a crashed or stopped interlockd still fails tagged connections closed), so
+with interlockd down, uninstall removes the pins under --bpffs itself, as root.`,
+		Example: `  interlock uninstall
+  interlock uninstall --bpffs /sys/fs/bpf/interlock`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return uninstall(cmd.Context(), a.client(), bpffs, a.stdout)
+		},
 	}
+	cmd.Flags().StringVar(&bpffs, "bpffs", "/sys/fs/bpf/interlock", "pin directory, used when the daemon is not running")
+	return cmd
+}
+
+func uninstall(ctx context.Context, c *control.Client, bpffs string, w io.Writer) error {
 	var out map[string]string
 	err := c.Call(ctx, "/v1/uninstall", struct{}{}, &out)
 	if errors.Is(err, control.ErrNotRunning) {
 		// With the daemon down the pins still enforce (fail closed); root
 		// removes them directly.
-		if err := datapath.Uninstall(*bpffs); err != nil {
+		if err := datapath.Uninstall(bpffs); err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "interlockd not running; removed the programs pinned under %s\n", *bpffs)
+		fmt.Fprintf(w, "interlockd not running; removed the programs pinned under %s\n", bpffs)
 		return nil
 	}
 	if err != nil {
@@ -252,4 +356,16 @@ func uninstall(ctx context.Context, c *control.Client, args []string, w io.Write
 	}
 	fmt.Fprintf(w, "removed the programs pinned under %s; interlockd has stopped\n", out["removed"])
 	return nil
+}
+
+// oneOf returns a flag completion offering the given values.
+func oneOf(values ...string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return values, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// noFiles is the completion of commands whose arguments are not files.
+func noFiles(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return nil, cobra.ShellCompDirectiveNoFileComp
 }

@@ -4,56 +4,133 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
 	"github.com/interlock-dev/interlock/policy"
 	"github.com/interlock-dev/interlock/policy/sqlclass"
 )
 
-const policyUsage = `usage:
-  interlock policy check FILE...
-      validate policy files; errors are FILE:LINE:COL: what is wrong
-  interlock policy test [-v] FILE...
-      run the test cases each file ships (tests: inside, or FILE_test.yaml beside it)
-  interlock policy explain [--policy FILE] (--identity NAME | --tag TAG [--uid N] [--exe PATH])
-                           [--target NAME] (--sql TEXT | --http 'METHOD PATH' | --redis CMD | --ssh CMD) [--json]
-      show how a request is classified and decided, and by which rule
-      (without --policy: the running interlockd's policy, else the embedded default; it says which)
-  interlock policy default
-      print the embedded default policy
-`
+func newPolicyCmd(a *cli) *cobra.Command {
+	cmd := group(&cobra.Command{
+		Use:   "policy",
+		Short: "Check, test and explain policies; reload the daemon's",
+		Long: `A policy names identities, targets and rules; every request gets the action of
+the first rule that matches (allow, deny, mask or approve), else it is denied.
+check, test, explain, default and replay work on files, with no daemon;
+reload makes the running interlockd load its policy file again.`,
+	})
+	cmd.AddCommand(newPolicyCheckCmd(a), newPolicyTestCmd(a), newPolicyExplainCmd(a), newPolicyDefaultCmd(a),
+		newPolicyReloadCmd(a), newPolicyReplayCmd(a))
+	return cmd
+}
 
-// runPolicy implements the offline policy commands: check, test, explain
-// and default; explain without --policy asks the daemon for its policy. It
-// returns the process exit code: 0 success, 1 a policy problem or failed
-// test, 2 a usage error. (`policy reload` talks to the daemon and lives
-// with the other control commands.)
-func runPolicy(ctx context.Context, c *control.Client, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, policyUsage)
-		return 2
+func newPolicyCheckCmd(a *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "check FILE...",
+		Short: "Validate policy files",
+		Long: `check loads each policy file as interlockd would and reports every problem as
+FILE:LINE:COL: what is wrong (with a suggestion for a misspelt name), and
+warnings such as a host name that does not resolve. It fails when a file has
+errors.`,
+		Example: `  interlock policy check /etc/interlock/policy.yaml`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitWith(policyCheck(args, a.stdout, a.stderr))
+		},
 	}
-	switch cmd, rest := args[0], args[1:]; cmd {
-	case "check":
-		return policyCheck(rest, stdout, stderr)
-	case "test":
-		return policyTest(rest, stdout, stderr)
-	case "explain":
-		return policyExplain(ctx, c, rest, stdout, stderr)
-	case "default":
-		stdout.Write(policy.DefaultSource())
-		return 0
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, policyUsage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "interlock policy: unknown command %q\n%s", cmd, policyUsage)
-		return 2
+}
+
+func newPolicyTestCmd(a *cli) *cobra.Command {
+	var verbose, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "test [-v] FILE...",
+		Short: "Run the test cases policy files ship with",
+		Long: `test decides every test case a policy ships with (tests: inside the file, or
+FILE_test.yaml beside it) and compares the decision with what the case
+expects. It prints the failures (every case with -v) and a summary per file,
+and fails when a case fails.`,
+		Example: `  interlock policy test policy.yaml
+  interlock policy test -v policy.yaml
+  interlock policy test --json policy.yaml | jq '.[] | select(.pass | not)'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitWith(policyTest(args, verbose, asJSON, a.stdout, a.stderr))
+		},
+	}
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "print passing tests too")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print every test's result as JSON")
+	return cmd
+}
+
+func newPolicyExplainCmd(a *cli) *cobra.Command {
+	var o explainOptions
+	cmd := &cobra.Command{
+		Use:   "explain (--identity NAME | --tag TAG [--uid N] [--exe PATH]) [--target NAME] (--sql TEXT | --http 'METHOD PATH' | --redis CMD | --ssh CMD)",
+		Short: "Show how one request is classified and decided, and by which rule",
+		Long: `explain decides one request the way interlockd would and shows the work: the
+identities a caller matches, each SQL statement's class, tables, functions
+and flags, the rule that decided each, and the decision with its mode,
+message, mask or approval.
+
+Without --policy it decides with the running interlockd's policy, else with
+the embedded default, and says which.`,
+		Example: `  interlock policy explain --identity ci-bot --target orders --sql 'DELETE FROM orders'
+  interlock policy explain --policy policy.yaml --tag ci --uid 1000 --exe /usr/bin/psql --sql 'SELECT 1'
+  interlock policy explain --identity ci-bot --http 'GET /v1/orders' --json`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitWith(policyExplain(cmd.Context(), a.client(), o, args, a.stdout, a.stderr))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.file, "policy", "", "policy file (default: the running interlockd's policy, else the embedded default)")
+	f.StringVar(&o.identity, "identity", "", "identity name the caller has")
+	f.StringVar(&o.tag, "tag", "", "cgroup tag of the caller (instead of --identity)")
+	f.UintVar(&o.uid, "uid", 0, "caller's uid (with --tag)")
+	f.StringVar(&o.exe, "exe", "", "caller's executable path (with --tag)")
+	f.StringVar(&o.target, "target", "", "target name")
+	f.StringVar(&o.sql, "sql", "", "SQL text of the request")
+	f.StringVar(&o.http, "http", "", "HTTP request as 'METHOD PATH'")
+	f.StringVar(&o.redis, "redis", "", "Redis command name")
+	f.StringVar(&o.ssh, "ssh", "", "SSH command line")
+	f.BoolVar(&o.json, "json", false, "print JSON")
+	return cmd
+}
+
+func newPolicyDefaultCmd(a *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "default",
+		Short: "Print the embedded default policy",
+		Long: `default prints the policy interlockd enforces when its configuration names
+none: a starting point to copy and edit.`,
+		Example: `  interlock policy default > /etc/interlock/policy.yaml`,
+		Args:    usage(cobra.NoArgs),
+		RunE: func(*cobra.Command, []string) error {
+			_, err := a.stdout.Write(policy.DefaultSource())
+			return err
+		},
+	}
+}
+
+func newPolicyReloadCmd(a *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reload",
+		Short: "Make interlockd load its policy file again",
+		Long: `reload makes the running interlockd read, check and compile its policy file and
+swap it in; open sessions are decided by the new policy from their next
+request. A policy that does not load is refused, and the one in force stays.`,
+		Example: `  interlock policy check policy.yaml && interlock policy reload`,
+		Args:    usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var out map[string]string
+			if err := a.client().Call(cmd.Context(), "/v1/policy/reload", struct{}{}, &out); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "policy reloaded from %s\n", out["policy"])
+			return nil
+		},
 	}
 }
 
@@ -90,19 +167,26 @@ func policyCheck(files []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-func policyTest(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("policy test", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	verbose := fs.Bool("v", false, "print passing tests too")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() == 0 {
+// testedCase is one test case's result as `policy test --json` prints it.
+type testedCase struct {
+	File       string `json:"file"`
+	Test       string `json:"test"`
+	Position   string `json:"position"`
+	Pass       bool   `json:"pass"`
+	Action     string `json:"action"`
+	Rule       string `json:"rule"`
+	WantAction string `json:"want_action"`
+	WantRule   string `json:"want_rule,omitempty"`
+}
+
+func policyTest(files []string, verbose, asJSON bool, stdout, stderr io.Writer) int {
+	if len(files) == 0 {
 		fmt.Fprint(stderr, "usage: interlock policy test [-v] FILE...\n")
 		return 2
 	}
 	code := 0
-	for _, f := range fs.Args() {
+	cases := []testedCase{}
+	for _, f := range files {
 		p, err := policy.Load(context.Background(), policy.Source{Path: f}, policy.Options{})
 		if err != nil {
 			printLoadError(stderr, err)
@@ -114,10 +198,19 @@ func policyTest(args []string, stdout, stderr io.Writer) int {
 		for _, r := range results {
 			if !r.Pass {
 				failed++
-				fmt.Fprintln(stdout, r)
-			} else if *verbose {
+			}
+			if asJSON {
+				cases = append(cases, testedCase{File: f, Test: r.Test.Name, Position: r.Test.Pos.String(), Pass: r.Pass,
+					Action: r.Got.Action.String(), Rule: r.Got.Rule, WantAction: r.Test.WantAction.String(), WantRule: r.Test.WantRule})
+			} else if !r.Pass || verbose {
 				fmt.Fprintln(stdout, r)
 			}
+		}
+		if asJSON {
+			if failed > 0 {
+				code = 1
+			}
+			continue
 		}
 		switch {
 		case len(results) == 0:
@@ -127,6 +220,12 @@ func policyTest(args []string, stdout, stderr io.Writer) int {
 			code = 1
 		default:
 			fmt.Fprintf(stdout, "%s: ok %d tests\n", f, len(results))
+		}
+	}
+	if asJSON {
+		if err := printJSON(stdout, cases); err != nil {
+			fmt.Fprintf(stderr, "interlock policy test: %v\n", err)
+			return 1
 		}
 	}
 	return code
@@ -169,30 +268,21 @@ type approvalJSON struct {
 	Timeout   string   `json:"timeout"`
 }
 
-func policyExplain(ctx context.Context, c *control.Client, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("policy explain", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	file := fs.String("policy", "", "policy file (default: the running interlockd's policy, else the embedded default)")
-	identity := fs.String("identity", "", "identity name the caller has")
-	tag := fs.String("tag", "", "cgroup tag of the caller (instead of --identity)")
-	uid := fs.Uint("uid", 0, "caller's uid (with --tag)")
-	exe := fs.String("exe", "", "caller's executable path (with --tag)")
-	target := fs.String("target", "", "target name")
-	sql := fs.String("sql", "", "SQL text of the request")
-	httpReq := fs.String("http", "", "HTTP request as 'METHOD PATH'")
-	redis := fs.String("redis", "", "Redis command name")
-	ssh := fs.String("ssh", "", "SSH command line")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() > 0 || (*identity == "") == (*tag == "") {
+// explainOptions are policy explain's flags.
+type explainOptions struct {
+	file, identity, tag, exe, target, sql, http, redis, ssh string
+	uid                                                     uint
+	json                                                    bool
+}
+
+func policyExplain(ctx context.Context, c *control.Client, o explainOptions, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 || (o.identity == "") == (o.tag == "") {
 		fmt.Fprint(stderr, "interlock policy explain: give exactly one of --identity or --tag\n")
 		return 2
 	}
 	var p *policy.Policy
 	var name string
-	if *file == "" {
+	if o.file == "" {
 		var err error
 		if p, name, err = daemonPolicy(ctx, c); err != nil {
 			printLoadError(stderr, err)
@@ -200,31 +290,31 @@ func policyExplain(ctx context.Context, c *control.Client, args []string, stdout
 		}
 	} else {
 		var err error
-		if p, err = policy.Load(ctx, policy.Source{Path: *file}, policy.Options{}); err != nil {
+		if p, err = policy.Load(ctx, policy.Source{Path: o.file}, policy.Options{}); err != nil {
 			printLoadError(stderr, err)
 			return 1
 		}
-		name = *file
+		name = o.file
 	}
-	t := &policy.Test{Identity: *identity, Target: *target, SQL: *sql, Redis: *redis, SSH: *ssh}
-	if *identity != "" && p.Identity(*identity) == nil {
-		fmt.Fprintf(stderr, "interlock policy explain: %s has no identity %q\n", name, *identity)
+	t := &policy.Test{Identity: o.identity, Target: o.target, SQL: o.sql, Redis: o.redis, SSH: o.ssh}
+	if o.identity != "" && p.Identity(o.identity) == nil {
+		fmt.Fprintf(stderr, "interlock policy explain: %s has no identity %q\n", name, o.identity)
 		return 1
 	}
-	if *tag != "" {
-		t.Subject = &policy.Subject{Tag: *tag, UID: uint32(*uid), Exe: *exe}
+	if o.tag != "" {
+		t.Subject = &policy.Subject{Tag: o.tag, UID: uint32(o.uid), Exe: o.exe}
 	}
-	if *target != "" && p.Target(*target) == nil {
-		fmt.Fprintf(stderr, "interlock policy explain: %s has no target %q\n", name, *target)
+	if o.target != "" && p.Target(o.target) == nil {
+		fmt.Fprintf(stderr, "interlock policy explain: %s has no target %q\n", name, o.target)
 		return 1
 	}
-	if *httpReq != "" {
-		m, path, _ := strings.Cut(strings.TrimSpace(*httpReq), " ")
+	if o.http != "" {
+		m, path, _ := strings.Cut(strings.TrimSpace(o.http), " ")
 		t.HTTPMethod, t.HTTPPath = strings.ToUpper(m), strings.TrimSpace(path)
 	}
 	d, q := p.Explain(t)
 	mode := p.ExplainMode(t)
-	ex := explanation{Policy: name, Identity: *identity, Target: *target, Action: d.Action.String(), Rule: d.Rule,
+	ex := explanation{Policy: name, Identity: o.identity, Target: o.target, Action: d.Action.String(), Rule: d.Rule,
 		Mode: mode.String(), Verdict: mode.Describe(d.Action), Message: d.Message}
 	if t.Subject != nil {
 		ex.Identities = p.Identities(nil, t.Subject)
@@ -249,7 +339,7 @@ func policyExplain(ctx context.Context, c *control.Client, args []string, stdout
 			})
 		}
 	}
-	if *asJSON {
+	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(ex); err != nil {
@@ -267,7 +357,7 @@ func policyExplain(ctx context.Context, c *control.Client, args []string, stdout
 // and why when it is the default, so an answer never silently comes from a
 // policy the daemon does not enforce.
 func daemonPolicy(ctx context.Context, c *control.Client) (*policy.Policy, string, error) {
-	var pt daemon.PolicyText
+	var pt control.PolicyText
 	err := c.Call(ctx, "/v1/policy", nil, &pt)
 	switch {
 	case errors.Is(err, control.ErrNotRunning):

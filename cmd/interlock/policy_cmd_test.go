@@ -2,15 +2,12 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
-
-	"github.com/interlock-dev/interlock/agent/control"
 )
 
 // examplePolicy is the CI-runner example shipped in policy/examples.
@@ -28,8 +25,8 @@ func runPolicyCmd(args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
 	// No daemon answers here: explain without --policy falls back to the
 	// embedded default and says so.
-	c := control.NewClient(filepath.Join(os.TempDir(), "interlock-no-daemon.sock"))
-	code := runPolicy(context.Background(), c, args, &out, &errb)
+	sock := filepath.Join(os.TempDir(), "interlock-no-daemon.sock")
+	code := run(append([]string{"--socket", sock, "policy"}, args...), &out, &errb)
 	return code, out.String(), errb.String()
 }
 

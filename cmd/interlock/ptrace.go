@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
 )
 
 // warnPtraceExposure warns when the kernel cannot refuse ptrace across
@@ -21,7 +20,7 @@ import (
 // processes in the cgroup now. Best effort: it never fails the command it
 // warns about.
 func warnPtraceExposure(ctx context.Context, c *control.Client, rel string, uids []uint32, stderr io.Writer) {
-	var st daemon.Status
+	var st control.Status
 	if err := c.Call(ctx, "/v1/status", nil, &st); err != nil || !ptraceGap(st.Gaps) {
 		return
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/netip"
@@ -14,22 +13,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
 	"github.com/interlock-dev/interlock/decoders/capture"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/policy"
 )
-
-const replayUsage = `usage:
-  interlock policy replay --policy FILE --pcap FILE [--identity NAME] [--target NAME]
-                          [--port-map PORT=PROTOCOL ...] [--json]
-      decode every request in a pcap or pcapng capture and show the decision the
-      policy would give it; streams that cannot be decoded are reported and skipped
-  interlock policy replay --policy FILE (--session ID | --since DURATION [--identity NAME]) [--json]
-      re-decide the statements interlockd recorded under FILE and show what would
-      change: newly denied, newly allowed, newly held, newly masked
-`
 
 // replayPorts maps well-known server ports to the protocol spoken there,
 // before the policy's targets and --port-map are applied.
@@ -44,72 +34,102 @@ var knownPorts = map[uint16]string{
 // replayDecoders lists the protocols replay can decode.
 var replayDecoders = map[string]bool{"postgres": true}
 
+// replayOptions are policy replay's flags.
+type replayOptions struct {
+	file, pcap, session, since, identity, target string
+	ports                                        portMap
+	json                                         bool
+}
+
+func newPolicyReplayCmd(a *cli) *cobra.Command {
+	o := replayOptions{ports: portMap{}}
+	cmd := &cobra.Command{
+		Use:   "replay --policy FILE (--pcap FILE | --session ID | --since DURATION) [--json]",
+		Short: "Show what a policy would decide on captured or recorded traffic",
+		Long: `replay tries a policy on real traffic before it is enforced.
+
+With --pcap it decodes every request in a pcap or pcapng capture and shows
+the decision the policy would give it; streams that cannot be decoded are
+reported and skipped. A stream's protocol comes from --port-map, the
+policy's targets, well-known ports, or its first bytes; its target from
+--target or its server address.
+
+With --session or --since it re-decides the statements interlockd recorded
+under FILE and shows what would change: newly denied, newly allowed, newly
+held, newly masked.
+
+--json prints one JSON object per line.`,
+		Example: `  interlock policy replay --policy new.yaml --pcap capture.pcapng --identity ci-bot
+  interlock policy replay --policy new.yaml --pcap capture.pcap --port-map 6432=postgres --json
+  interlock policy replay --policy new.yaml --since 7d --identity ci-bot
+  interlock policy replay --policy new.yaml --session 01JD2Y8M4XQ6`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return exitWith(runPolicyReplay(cmd.Context(), a.client(), o, args, a.stdout, a.stderr))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.file, "policy", "", "policy file to decide with")
+	f.StringVar(&o.pcap, "pcap", "", "pcap or pcapng capture to replay")
+	f.StringVar(&o.session, "session", "", "recorded session to re-decide")
+	f.StringVar(&o.since, "since", "", "re-decide every session started within this duration (e.g. 24h, 7d)")
+	f.StringVar(&o.identity, "identity", "", "identity of the caller (capture) or sessions to select (--since)")
+	f.StringVar(&o.target, "target", "", "target every captured stream is decided for (default: by address)")
+	f.BoolVar(&o.json, "json", false, "print one JSON object per line")
+	f.Var(o.ports, "port-map", "PORT=PROTOCOL: decode streams to PORT as PROTOCOL (repeatable)")
+	return cmd
+}
+
 // runPolicyReplay implements `interlock policy replay`. It returns the exit
 // code: 0 when the input was read (undecodable streams are reported, not
 // failures), 1 when the policy is invalid or the capture or the daemon's
 // records cannot be read, 2 for a usage error.
-func runPolicyReplay(ctx context.Context, c *control.Client, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("policy replay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, replayUsage) }
-	file := fs.String("policy", "", "policy file to decide with")
-	pcap := fs.String("pcap", "", "pcap or pcapng capture to replay")
-	session := fs.String("session", "", "recorded session to re-decide")
-	since := fs.String("since", "", "re-decide every session started within this duration (e.g. 24h, 7d)")
-	identity := fs.String("identity", "", "identity of the caller (capture) or sessions to select (--since)")
-	target := fs.String("target", "", "target every captured stream is decided for (default: by address)")
-	asJSON := fs.Bool("json", false, "print one JSON object per line")
-	ports := portMap{}
-	fs.Var(ports, "port-map", "PORT=PROTOCOL: decode streams to PORT as PROTOCOL (repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
+func runPolicyReplay(ctx context.Context, c *control.Client, o replayOptions, args []string, stdout, stderr io.Writer) int {
 	sources := 0
-	for _, s := range []string{*pcap, *session, *since} {
+	for _, s := range []string{o.pcap, o.session, o.since} {
 		if s != "" {
 			sources++
 		}
 	}
-	if fs.NArg() > 0 || *file == "" || sources != 1 {
-		fmt.Fprint(stderr, "interlock policy replay: give --policy and one of --pcap, --session or --since\n", replayUsage)
+	if len(args) > 0 || o.file == "" || sources != 1 {
+		fmt.Fprint(stderr, "interlock policy replay: give --policy and one of --pcap, --session or --since\n")
 		return 2
 	}
-	p, err := policy.Load(ctx, policy.Source{Path: *file}, policy.Options{})
+	p, err := policy.Load(ctx, policy.Source{Path: o.file}, policy.Options{})
 	if err != nil {
 		printLoadError(stderr, err)
 		return 1
 	}
-	if *pcap != "" {
-		return replayCapture(p, *pcap, captureReplay{identity: *identity, target: *target, ports: ports, json: *asJSON}, stdout, stderr)
+	if o.pcap != "" {
+		return replayCapture(p, o.pcap, captureReplay{identity: o.identity, target: o.target, ports: o.ports, json: o.json}, stdout, stderr)
 	}
-	if *target != "" || len(ports) > 0 {
+	if o.target != "" || len(o.ports) > 0 {
 		fmt.Fprint(stderr, "interlock policy replay: --target and --port-map apply to --pcap only\n")
 		return 2
 	}
 	q := url.Values{}
-	if *session != "" {
-		if *identity != "" {
+	if o.session != "" {
+		if o.identity != "" {
 			fmt.Fprint(stderr, "interlock policy replay: --identity selects sessions with --since only\n")
 			return 2
 		}
-		q.Set("session", *session)
+		q.Set("session", o.session)
 	} else {
-		dur, err := parseSince(*since)
+		dur, err := parseSince(o.since)
 		if err != nil {
 			fmt.Fprintf(stderr, "interlock policy replay: %v\n", err)
 			return 2
 		}
 		q.Set("since", dur.String())
-		if *identity != "" {
-			q.Set("identity", *identity)
+		if o.identity != "" {
+			q.Set("identity", o.identity)
 		}
 	}
-	var recorded []daemon.SessionDecisions
+	var recorded []control.SessionDecisions
 	if err := c.Call(ctx, "/v1/decisions?"+q.Encode(), nil, &recorded); err != nil {
 		fmt.Fprintf(stderr, "interlock policy replay: fetch recorded decisions: %v\n", err)
 		return 1
 	}
-	return replaySessions(p, recorded, *asJSON, stdout, stderr)
+	return replaySessions(p, recorded, o.json, stdout, stderr)
 }
 
 // portMap is the --port-map flag: server port to protocol.
@@ -123,6 +143,9 @@ func (m portMap) String() string {
 	sort.Strings(parts)
 	return strings.Join(parts, ",")
 }
+
+// Type names the value in help.
+func (m portMap) Type() string { return "PORT=PROTOCOL" }
 
 func (m portMap) Set(s string) error {
 	for _, item := range strings.Split(s, ",") {
@@ -432,7 +455,7 @@ func changeOf(old string, now policy.Action) string {
 // the ones whose action would change, then a count per kind of change.
 // Decisions that no policy made (an untagged cgroup, a connect) are left
 // out: a policy change cannot alter them.
-func replaySessions(p *policy.Policy, recorded []daemon.SessionDecisions, asJSON bool, stdout, stderr io.Writer) int {
+func replaySessions(p *policy.Policy, recorded []control.SessionDecisions, asJSON bool, stdout, stderr io.Writer) int {
 	var changes []changedDecision
 	total, ruleOnly, otherProtocol := 0, 0, 0
 	for _, sd := range recorded {

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"net"
@@ -23,8 +22,6 @@ import (
 	"github.com/google/gopacket/pcapgo"
 
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
-	"github.com/interlock-dev/interlock/agent/store"
 )
 
 // replayPolicy lets the identity ci read and denies destructive statements;
@@ -111,7 +108,11 @@ func corpusRoot(t *testing.T) string {
 func runReplay(t *testing.T, c *control.Client, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code := runPolicyReplay(context.Background(), c, args, &out, &errOut)
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	if c != nil {
+		sock = c.Socket
+	}
+	code := run(append([]string{"--socket", sock, "policy", "replay"}, args...), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -365,19 +366,19 @@ func TestReplayFailures(t *testing.T) {
 
 // recordedSessions is what GET /v1/decisions answers for two sessions of
 // ci against the db target under the old, permissive policy.
-func recordedSessions() []daemon.SessionDecisions {
+func recordedSessions() []control.SessionDecisions {
 	t0 := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
-	sess := func(id string) store.Session {
-		return store.Session{ID: id, Host: "host-1", Identity: "ci", PID: 4242, UID: 1000, Exe: "/usr/bin/psql",
+	sess := func(id string) control.Session {
+		return control.Session{ID: id, Host: "host-1", Identity: "ci", PID: 4242, UID: 1000, Exe: "/usr/bin/psql",
 			Cgroup: "/interlock/ci-job", Target: "db", Protocol: "postgresql", ClientAddr: "127.0.0.1:40190",
 			UpstreamAddr: "127.0.0.1:5432", Started: t0, Ended: t0.Add(time.Minute), Outcome: "closed"}
 	}
-	dec := func(id string, seq int64, stmt, action, rule string, enforced bool) store.Decision {
-		return store.Decision{SessionID: id, Seq: seq, Time: t0.Add(time.Duration(seq) * time.Second), Action: action,
+	dec := func(id string, seq int64, stmt, action, rule string, enforced bool) control.Decision {
+		return control.Decision{SessionID: id, Seq: seq, Time: t0.Add(time.Duration(seq) * time.Second), Action: action,
 			Rule: rule, Enforced: enforced, Statement: stmt}
 	}
-	return []daemon.SessionDecisions{
-		{Session: sess("s-1"), Decisions: []store.Decision{
+	return []control.SessionDecisions{
+		{Session: sess("s-1"), Decisions: []control.Decision{
 			dec("s-1", 3, "SELECT id FROM orders", "allow", "reads", true),
 			dec("s-1", 5, "INSERT INTO orders VALUES (1)", "allow", "writes", true),
 			dec("s-1", 7, "SELECT email FROM customers", "allow", "reads", true),
@@ -385,13 +386,13 @@ func recordedSessions() []daemon.SessionDecisions {
 			dec("s-1", 10, "SELECT * FROM secrets", "deny", "no-secrets", true),
 			dec("s-1", 11, "connect", "allow", "reads", true),
 		}},
-		{Session: sess("s-2"), Decisions: []store.Decision{
+		{Session: sess("s-2"), Decisions: []control.Decision{
 			dec("s-2", 3, "UPDATE orders SET n = 2 WHERE id = 1", "allow", "writes", false),
 			dec("s-2", 5, "DELETE FROM audit_log WHERE id = 3", "allow", "writes", true),
 			dec("s-2", 7, "SELECT 1", "allow", "reads", true),
 			dec("s-2", 9, "INSERT INTO orders VALUES (2)", "deny", "identity-revoked", true),
 		}},
-		{Session: func() store.Session { s := sess("s-3"); s.Protocol = "http"; return s }(), Decisions: []store.Decision{
+		{Session: func() control.Session { s := sess("s-3"); s.Protocol = "http"; return s }(), Decisions: []control.Decision{
 			dec("s-3", 1, "DELETE /v1/orders", "allow", "api", true),
 		}},
 	}
@@ -399,7 +400,7 @@ func recordedSessions() []daemon.SessionDecisions {
 
 // stubDaemon serves GET /v1/decisions on a unix socket as interlockd does
 // and records the queries it was asked.
-func stubDaemon(t *testing.T, answer []daemon.SessionDecisions) (*control.Client, func() []string) {
+func stubDaemon(t *testing.T, answer []control.SessionDecisions) (*control.Client, func() []string) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "interlock.sock")
 	l, err := net.Listen("unix", sock)

@@ -1,52 +1,77 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/spf13/cobra"
+
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
-	"github.com/interlock-dev/interlock/agent/store"
 )
 
-func sessions(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	fs := flag.NewFlagSet("sessions", flag.ContinueOnError)
-	identity := fs.String("identity", "", "only this identity")
-	target := fs.String("target", "", "only this target")
-	var since sinceFlag
-	fs.Var(&since, "since", "only sessions started within this long (e.g. 24h, 7d)")
-	decision := fs.String("decision", "", "only sessions with a decision of this action (deny, mask, approve, allow)")
-	host := fs.String("host", "", "only this host (fleet store)")
-	limit := fs.Int("limit", 50, "at most this many, newest first")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
+// sessionOptions are the sessions command's flags.
+type sessionOptions struct {
+	identity, target, decision, host string
+	since                            sinceFlag
+	limit                            int
+	json                             bool
+}
+
+func newSessionsCmd(a *cli) *cobra.Command {
+	var o sessionOptions
+	cmd := &cobra.Command{
+		Use:   "sessions",
+		Short: "List recorded sessions",
+		Long: `sessions lists the connections interlockd proxied and recorded, newest first:
+who made them (identity, pid, executable), where they went, how long they
+lasted and how they ended. Give a session's ID to replay or export.`,
+		Example: `  interlock sessions --identity ci-bot --since 1d
+  interlock sessions --decision deny --limit 10
+  interlock sessions --json | jq -r '.[].ID'`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return sessions(cmd.Context(), a.client(), o, a.stdout)
+		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&o.identity, "identity", "", "only this identity")
+	f.StringVar(&o.target, "target", "", "only this target")
+	f.Var(&o.since, "since", "only sessions started within this long (e.g. 24h, 7d)")
+	f.StringVar(&o.decision, "decision", "", "only sessions with a decision of this action (deny, mask, approve, allow)")
+	f.StringVar(&o.host, "host", "", "only this host (fleet store)")
+	f.IntVar(&o.limit, "limit", 50, "at most this many, newest first")
+	f.BoolVar(&o.json, "json", false, "print JSON")
+	cmd.RegisterFlagCompletionFunc("decision", oneOf("deny", "mask", "approve", "allow"))
+	return cmd
+}
+
+func sessions(ctx context.Context, c *control.Client, o sessionOptions, w io.Writer) error {
 	q := url.Values{}
-	for k, v := range map[string]string{"identity": *identity, "target": *target, "decision": *decision, "host": *host} {
+	for k, v := range map[string]string{"identity": o.identity, "target": o.target, "decision": o.decision, "host": o.host} {
 		if v != "" {
 			q.Set(k, v)
 		}
 	}
-	if since > 0 {
-		q.Set("since", since.String())
+	if o.since > 0 {
+		q.Set("since", o.since.String())
 	}
-	q.Set("limit", fmt.Sprint(*limit))
-	var ss []store.Session
+	q.Set("limit", fmt.Sprint(o.limit))
+	var ss []control.Session
 	if err := c.Call(ctx, "/v1/sessions?"+q.Encode(), nil, &ss); err != nil {
 		return err
 	}
-	if *asJSON {
+	if o.json {
 		return json.NewEncoder(w).Encode(ss)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -62,39 +87,61 @@ func sessions(ctx context.Context, c *control.Client, args []string, w io.Writer
 	return tw.Flush()
 }
 
-func replay(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	if len(args) != 1 {
-		return errors.New("usage: interlock replay SESSION-ID")
+func newReplayCmd(a *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "replay SESSION-ID",
+		Short: "Print a recorded session's transcript",
+		Long: `replay prints what happened in a recorded session, message by message: each
+request the agent sent, the decision on it and by which rule, and what the
+server answered (masked as the agent saw it).`,
+		Example: `  interlock replay 01JD2Y8M4XQ6`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return errors.New("usage: interlock replay SESSION-ID")
+			}
+			return a.client().Stream(cmd.Context(), "/v1/sessions/"+url.PathEscape(args[0])+"/transcript", a.stdout)
+		},
+		ValidArgsFunction: noFiles,
 	}
-	return c.Stream(ctx, "/v1/sessions/"+url.PathEscape(args[0])+"/transcript", w)
 }
 
-func export(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	fs := flag.NewFlagSet("export", flag.ContinueOnError)
-	pcap := fs.String("pcap", "", "write the session as a pcap file (Wireshark, tshark)")
-	pos, err := interleaved(fs, args)
-	if err != nil {
-		return err
+func newExportCmd(a *cli) *cobra.Command {
+	var pcap string
+	cmd := &cobra.Command{
+		Use:   "export SESSION-ID --pcap FILE",
+		Short: "Write a recorded session as a pcap file",
+		Long: `export writes a recorded session as a pcap file that Wireshark and tshark open:
+the conversation between the agent and interlockd, as the agent saw it. The
+file appears whole or not at all.`,
+		Example: `  interlock export 01JD2Y8M4XQ6 --pcap session.pcap && tshark -r session.pcap`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 || pcap == "" {
+				return errors.New("usage: interlock export SESSION-ID --pcap FILE")
+			}
+			return export(cmd.Context(), a.client(), args[0], pcap, a.stdout)
+		},
 	}
-	if len(pos) != 1 || *pcap == "" {
-		return errors.New("usage: interlock export SESSION-ID --pcap FILE")
-	}
-	f, err := os.CreateTemp(dirOf(*pcap), ".interlock-export-*")
+	cmd.Flags().StringVar(&pcap, "pcap", "", "write the session as a pcap file (Wireshark, tshark)")
+	return cmd
+}
+
+func export(ctx context.Context, c *control.Client, id, pcap string, w io.Writer) error {
+	f, err := os.CreateTemp(dirOf(pcap), ".interlock-export-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if err := c.Stream(ctx, "/v1/sessions/"+url.PathEscape(pos[0])+"/pcap", f); err != nil {
+	if err := c.Stream(ctx, "/v1/sessions/"+url.PathEscape(id)+"/pcap", f); err != nil {
 		f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(f.Name(), *pcap); err != nil {
+	if err := os.Rename(f.Name(), pcap); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "wrote %s\n", *pcap)
+	fmt.Fprintf(w, "wrote %s\n", pcap)
 	return nil
 }
 
@@ -107,89 +154,135 @@ func dirOf(path string) string {
 	return "."
 }
 
-// auditCommand runs `interlock audit verify` and `interlock audit export`.
-func auditCommand(ctx context.Context, c *control.Client, args []string, w io.Writer) error {
-	if len(args) == 0 {
-		return errors.New("usage: interlock audit verify [--store PATH|URL | --export FILE] | export [--host H]")
+// newAuditCmd returns `interlock audit verify` and `interlock audit export`.
+func newAuditCmd(a *cli) *cobra.Command {
+	cmd := group(&cobra.Command{
+		Use:   "audit",
+		Short: "Check or dump the hash-chained audit trail",
+		Long: `Every event interlockd audits (decisions, approvals, tags, policy reloads...)
+is a record in its host's hash chain: changing, inserting or deleting any
+record but the newest breaks the chain at that record.`,
+	})
+	var storePath, exportPath string
+	var asJSON bool
+	verify := &cobra.Command{
+		Use:   "verify [--store PATH|URL | --export FILE]",
+		Short: "Check every host's audit chain, through the daemon or offline",
+		Long: `verify recomputes every record's hash and prints one verdict per host: the
+number of records and the head (seq and hash) to anchor outside the host, or
+the first record that does not check out. It fails when a chain is broken.
+
+Without flags it asks the running interlockd. --store verifies a store
+directly (a SQLite file, or the fleet's postgres:// URL) and --export an
+audit export file, with interlockd down, on a copy or on another machine;
+both run interlockd --audit-verify-*, which reads the store, so interlockd
+must be installed beside interlock or on the PATH.`,
+		Example: `  interlock audit verify
+  interlock audit verify --store /var/lib/interlock/interlock.db
+  interlock audit export > trail.jsonl && interlock audit verify --export trail.jsonl
+  interlock audit verify --json | jq '.[] | {host, head_hash}'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if storePath != "" && exportPath != "" || len(args) > 0 {
+				return errors.New("usage: interlock audit verify [--store PATH|URL | --export FILE]")
+			}
+			return auditVerify(cmd.Context(), a.client(), storePath, exportPath, asJSON, a.stdout)
+		},
 	}
-	switch args[0] {
-	case "verify":
-		fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
-		storePath := fs.String("store", "", "verify this store (SQLite file or postgres:// URL) without the daemon")
-		exportPath := fs.String("export", "", "verify this `interlock audit export` file without the daemon")
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if *storePath != "" && *exportPath != "" || fs.NArg() > 0 {
-			return errors.New("usage: interlock audit verify [--store PATH|URL | --export FILE]")
-		}
-		if *storePath != "" || *exportPath != "" {
-			return verifyOffline(ctx, *storePath, *exportPath, w)
-		}
-		var vs []daemon.AuditVerdict
-		if err := c.Call(ctx, "/v1/audit/verify", nil, &vs); err != nil {
-			return err
-		}
-		broken := false
-		for _, v := range vs {
-			fmt.Fprintln(w, v.Summary)
-			broken = broken || !v.OK
-		}
-		if broken {
-			return errors.New("audit chain is broken")
-		}
-		return nil
-	case "export":
-		fs := flag.NewFlagSet("audit export", flag.ContinueOnError)
-		host := fs.String("host", "", "chain of this host (default: the daemon's)")
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		return c.Stream(ctx, "/v1/audit/export?host="+url.QueryEscape(*host), w)
+	verify.Flags().StringVar(&storePath, "store", "", "verify this store (SQLite file or postgres:// URL) without the daemon")
+	verify.Flags().StringVar(&exportPath, "export", "", "verify this file, written by interlock audit export, without the daemon")
+	verify.Flags().BoolVar(&asJSON, "json", false, "print the verdicts as JSON")
+	var host string
+	exportCmd := &cobra.Command{
+		Use:   "export [--host HOST]",
+		Short: "Print a host's audit chain as JSON lines",
+		Long: `export prints a host's chain, one record per line, with the exact bytes that
+were hashed, so audit verify --export can check a copy kept elsewhere.`,
+		Example: `  interlock audit export > trail.jsonl
+  interlock audit export --host db-1 | jq -c 'select(.kind == "decision")'`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.client().Stream(cmd.Context(), "/v1/audit/export?host="+url.QueryEscape(host), a.stdout)
+		},
 	}
-	return fmt.Errorf("unknown audit command %q", args[0])
+	exportCmd.Flags().StringVar(&host, "host", "", "chain of this host (default: the daemon's)")
+	cmd.AddCommand(verify, exportCmd)
+	return cmd
 }
 
-// verifyOffline verifies a store or an export file directly: the trail can
-// be checked on a copy, on another machine, or with interlockd down.
-func verifyOffline(ctx context.Context, storePath, exportPath string, w io.Writer) error {
-	var results []audit.Result
-	if exportPath != "" {
-		f, err := os.Open(exportPath)
-		if err != nil {
-			return fmt.Errorf("open export: %w", err)
-		}
-		defer f.Close()
-		if results, err = audit.VerifyExport(f); err != nil {
+// auditVerify verifies the chains through the daemon, or offline through
+// interlockd, and prints the verdicts.
+func auditVerify(ctx context.Context, c *control.Client, storePath, exportPath string, asJSON bool, w io.Writer) error {
+	var vs []control.AuditVerdict
+	if storePath != "" || exportPath != "" {
+		var err error
+		if vs, err = verifyOffline(ctx, storePath, exportPath); err != nil {
 			return err
 		}
-	} else {
-		if !strings.Contains(storePath, "://") && !strings.Contains(storePath, "host=") {
-			// Opening a SQLite path that does not exist would create an
-			// empty store and report nothing to verify.
-			if _, err := os.Stat(storePath); err != nil {
-				return fmt.Errorf("open store: %w", err)
-			}
+		if len(vs) == 0 {
+			return errors.New("no audit records to verify")
 		}
-		st, err := store.Open(ctx, storePath)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		if results, err = audit.VerifyAll(ctx, st); err != nil {
-			return err
-		}
+	} else if err := c.Call(ctx, "/v1/audit/verify", nil, &vs); err != nil {
+		return err
 	}
-	if len(results) == 0 {
-		return errors.New("no audit records to verify")
+	if asJSON {
+		if err := printJSON(w, vs); err != nil {
+			return err
+		}
 	}
 	broken := false
-	for _, r := range results {
-		fmt.Fprintln(w, r)
-		broken = broken || r.Broken != nil
+	for _, v := range vs {
+		if !asJSON {
+			fmt.Fprintln(w, v.Summary)
+		}
+		broken = broken || !v.OK
 	}
 	if broken {
 		return errors.New("audit chain is broken")
 	}
 	return nil
+}
+
+// verifyOffline verifies a store or an export file with no daemon, by
+// running interlockd --audit-verify-store|--audit-verify-export: reading
+// the store takes SQLite and the PostgreSQL driver, which interlock does
+// not link.
+func verifyOffline(ctx context.Context, storePath, exportPath string) ([]control.AuditVerdict, error) {
+	bin, err := interlockd()
+	if err != nil {
+		return nil, err
+	}
+	arg := "--audit-verify-store=" + storePath
+	if exportPath != "" {
+		arg = "--audit-verify-export=" + exportPath
+	}
+	var out, errOut bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, arg)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		if msg := strings.TrimPrefix(strings.TrimSpace(errOut.String()), "interlockd: "); msg != "" {
+			return nil, errors.New(msg)
+		}
+		return nil, fmt.Errorf("%s: %w", bin, err)
+	}
+	var vs []control.AuditVerdict
+	if err := json.Unmarshal(out.Bytes(), &vs); err != nil {
+		return nil, fmt.Errorf("read the verdicts of %s: %w", bin, err)
+	}
+	return vs, nil
+}
+
+// interlockd finds the interlockd binary: beside this one (the two are
+// installed together), else on the PATH.
+func interlockd() (string, error) {
+	if self, err := os.Executable(); err == nil {
+		bin := filepath.Join(filepath.Dir(self), "interlockd")
+		if _, err := os.Stat(bin); err == nil {
+			return bin, nil
+		}
+	}
+	bin, err := exec.LookPath("interlockd")
+	if err != nil {
+		return "", errors.New("verifying offline needs interlockd, which reads the store: not found beside interlock or on the PATH")
+	}
+	return bin, nil
 }

@@ -46,3 +46,6 @@ func (f *sinceFlag) Set(s string) error {
 	*f = sinceFlag(d)
 	return err
 }
+
+// Type names the value in help.
+func (f *sinceFlag) Type() string { return "duration" }

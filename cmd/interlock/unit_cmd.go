@@ -38,7 +38,6 @@ import (
 	"strings"
 
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/daemon"
 )
 
 // systemdUnitDir is where drop-ins are written; a variable so tests can
@@ -121,8 +120,8 @@ func runUntagUnit(ctx context.Context, c *control.Client, unit string, stdout io
 	if err != nil || cg == "" {
 		return err
 	}
-	var out daemon.TagEntry
-	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: cg}, &out); err != nil {
+	var out control.TagEntry
+	if err := c.Call(ctx, "/v1/tag", control.TagRequest{Cgroup: cg}, &out); err != nil {
 		return fmt.Errorf("untag %s: %w", unit, err)
 	}
 	fmt.Fprintf(stdout, "untagged %s (%s)\n", unit, out.Cgroup)
@@ -138,8 +137,8 @@ func tagUnitCgroup(ctx context.Context, c *control.Client, unit, identity string
 	if cg == "" {
 		return fmt.Errorf("tag unit %s: systemd reports no cgroup for it", unit)
 	}
-	var out daemon.TagEntry
-	if err := c.Call(ctx, "/v1/tag", daemon.TagRequest{Cgroup: cg, Identity: identity}, &out); err != nil {
+	var out control.TagEntry
+	if err := c.Call(ctx, "/v1/tag", control.TagRequest{Cgroup: cg, Identity: identity}, &out); err != nil {
 		return fmt.Errorf("tag unit %s: %w", unit, err)
 	}
 	fmt.Fprintf(stdout, "tagged %s (%s) as %s\n", unit, out.Cgroup, out.Identity)

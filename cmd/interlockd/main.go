@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/config"
 	"github.com/interlock-dev/interlock/agent/daemon"
+	"github.com/interlock-dev/interlock/agent/version"
 )
 
 func main() {
@@ -36,11 +36,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	port := fs.Uint("listen-port", 0, "proxy port on 127.0.0.1 and [::1] (overrides the config)")
 	policyPath := fs.String("policy", "", "policy file (overrides the config; empty: embedded default policy)")
 	showVersion := fs.Bool("version", false, "print the version and commit, then exit")
+	auditStore := fs.String("audit-verify-store", "", "verify the audit chains in this store (SQLite file or postgres:// URL), print the verdicts as JSON, then exit")
+	auditExport := fs.String("audit-verify-export", "", "verify the audit chains in this FILE, written by interlock audit export, print the verdicts as JSON, then exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *showVersion {
-		fmt.Fprintf(stdout, "interlockd %s (commit %s)\n", daemon.Version, revision())
+		fmt.Fprintf(stdout, "interlockd %s\n", version.String())
 		return 0
 	}
 	// A stray word (`interlockd version`) must never arm the data path
@@ -48,6 +50,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "interlockd: unexpected argument %q (interlockd takes flags only; --version prints the version)\n", fs.Arg(0))
 		return 2
+	}
+	if *auditStore != "" || *auditExport != "" {
+		return verifyAudit(*auditStore, *auditExport, stdout, stderr)
 	}
 
 	cfg := config.Default()
@@ -109,32 +114,6 @@ func newLogger(cfg config.Config, w io.Writer) zerolog.Logger {
 		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime}
 	}
 	return zerolog.New(w).Level(level).With().Timestamp().Str("service", "interlockd").Logger()
-}
-
-// commit is set by `make build` (-ldflags "-X main.commit=...").
-var commit string
-
-// revision is the commit the binary was built from, "+dirty" when the tree
-// had changes: as make stamped it, else as Go's build info recorded it,
-// else "unknown".
-func revision() string {
-	if commit != "" {
-		return commit
-	}
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	rev, dirty := "unknown", ""
-	for _, s := range info.Settings {
-		switch {
-		case s.Key == "vcs.revision":
-			rev = s.Value
-		case s.Key == "vcs.modified" && s.Value == "true":
-			dirty = "+dirty"
-		}
-	}
-	return rev + dirty
 }
 
 // notifyReady tells systemd (Type=notify) that the data path is armed, so

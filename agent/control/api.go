@@ -1,0 +1,194 @@
+package control
+
+import (
+	"time"
+
+	"github.com/interlock-dev/interlock/policy"
+)
+
+// The control API's requests and answers. interlockd answers with them and
+// the CLI decodes them; they live here, beside the socket, so the CLI
+// needs nothing of the daemon to speak the API.
+type (
+	// TagRequest tags (or, with Identity empty, untags) a cgroup.
+	TagRequest struct {
+		Cgroup   string `json:"cgroup"`
+		Identity string `json:"identity,omitempty"`
+	}
+	// ExecRequest asks for a fresh tagged cgroup holding PID, a child of the
+	// caller that has not yet executed the command.
+	ExecRequest struct {
+		Identity string `json:"identity"`
+		PID      int    `json:"pid"`
+	}
+	// ExecAnswer names the cgroup created for an exec.
+	ExecAnswer struct {
+		Cgroup string `json:"cgroup"`
+	}
+	// Status is what `interlock status` shows.
+	Status struct {
+		PID         int               `json:"pid"`
+		Started     time.Time         `json:"started"`
+		CgroupMount string            `json:"cgroup_mount"`
+		CgroupRoot  string            `json:"cgroup_root"`
+		BPFFS       string            `json:"bpffs"`
+		ListenPort  uint16            `json:"listen_port"`
+		Policy      string            `json:"policy"`
+		Tagged      []TagEntry        `json:"tagged"`
+		Active      int               `json:"active_connections"`
+		Maps        map[string][2]int `json:"maps,omitempty"`
+		// Modes says which identities are enforced and which audited.
+		Modes       []policy.IdentityMode `json:"modes"`
+		DefaultMode policy.Mode           `json:"default_mode"`
+		// Gaps says what this kernel does not enforce (Datapath.Gaps).
+		Gaps []string `json:"gaps,omitempty"`
+	}
+)
+
+// TagEntry is one tagged cgroup as status reports it.
+type TagEntry struct {
+	Cgroup   string `json:"cgroup"`
+	Identity string `json:"identity"`
+}
+
+// PolicyText is the policy in force as GET /v1/policy returns it: where it
+// came from and the text that was compiled, so `interlock policy explain`
+// decides with exactly what the daemon decides with.
+type PolicyText struct {
+	Policy string `json:"policy"`
+	Text   string `json:"text"`
+}
+
+// CAInfo describes Interlock's certificate authority: what `interlock ca
+// export` prints and where `interlock exec` points PGSSLROOTCERT.
+type CAInfo struct {
+	// PEM is the authority's certificate.
+	PEM string `json:"pem"`
+	// Path is a world-readable file holding the certificate alone.
+	Path        string    `json:"path"`
+	Subject     string    `json:"subject"`
+	Fingerprint string    `json:"sha256"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+// AuditVerdict is one host's chain as `interlock audit verify` reports it.
+type AuditVerdict struct {
+	Host    string `json:"host"`
+	Records uint64 `json:"records"`
+	OK      bool   `json:"ok"`
+	Summary string `json:"summary"`
+	// BrokenSeq is the first record that fails the check (0 when OK).
+	BrokenSeq uint64 `json:"broken_seq,omitempty"`
+	// HeadSeq and HeadHash are the last record that checked out, to be
+	// anchored outside the host.
+	HeadSeq  uint64 `json:"head_seq"`
+	HeadHash string `json:"head_hash"`
+}
+
+// Session is one recorded session as GET /v1/sessions lists it: the
+// store's row. interlockd converts a store.Session to it, a conversion
+// the compiler accepts only while the two have the same fields, so they
+// cannot drift apart unnoticed. The field names are the JSON names, as
+// they have always been on the wire.
+type Session struct {
+	ID       string
+	Host     string
+	Identity string
+	PID      int32
+	UID      uint32
+	Exe      string
+	Cgroup   string
+	Target   string
+	Protocol string // "postgresql", "http", ...
+	// ClientAddr is the agent's side of the connection and UpstreamAddr the
+	// server's (the original destination), both host:port.
+	ClientAddr   string
+	UpstreamAddr string
+	Started      time.Time
+	Ended        time.Time // zero while the session is open
+	BytesIn      int64     // from the agent
+	BytesOut     int64     // to the agent
+	Messages     int64
+	Outcome      string // "closed", "client error", "protocol violation", ...
+	// Recording is the path of the session's recording file;
+	// RecordingSHA256 (hex) and RecordingSize are set when it is sealed.
+	Recording       string
+	RecordingSHA256 string
+	RecordingSize   int64
+}
+
+// Decision is one recorded decision of a session (store.Decision, field
+// for field, like Session).
+type Decision struct {
+	SessionID string
+	Index     int64
+	Seq       int64
+	Time      time.Time
+	Action    string // "allow", "deny", "mask", "approve"
+	Rule      string
+	Reason    string
+	// Enforced is false in audit mode: the action is what the policy would
+	// have done ("would deny"), not what happened.
+	Enforced   bool
+	Statement  string // the request as the agent sent it
+	ApprovalID string
+}
+
+// SessionDecisions is one recorded session and the decisions made in it.
+type SessionDecisions struct {
+	Session   Session    `json:"session"`
+	Decisions []Decision `json:"decisions"`
+}
+
+// ApprovalsPrefix is where interlockd serves the approval queue on the
+// control socket (both the prefix itself and the prefix followed by a
+// slash).
+const ApprovalsPrefix = "/v1/approvals"
+
+// ApprovalView is an approval as the control API and the web page show it.
+type ApprovalView struct {
+	ID       string `json:"id"`
+	Host     string `json:"host"`
+	Session  string `json:"session"`
+	Identity string `json:"identity"`
+	PID      int32  `json:"pid"`
+	// UID is the held process's uid and User its user name, when known:
+	// that user can never decide the request.
+	UID       *uint32    `json:"uid,omitempty"`
+	User      string     `json:"user,omitempty"`
+	Exe       string     `json:"exe"`
+	Target    string     `json:"target"`
+	Statement string     `json:"statement"`
+	Rule      string     `json:"rule"`
+	Reviewers []string   `json:"reviewers"`
+	Quorum    int        `json:"quorum"`
+	Requested time.Time  `json:"requested"`
+	Deadline  time.Time  `json:"deadline"`
+	State     string     `json:"state"`
+	Decided   *time.Time `json:"decided,omitempty"`
+	Votes     []VoteView `json:"votes"`
+}
+
+// VoteView is one reviewer's vote in an ApprovalView.
+type VoteView struct {
+	Reviewer string    `json:"reviewer"`
+	Approve  bool      `json:"approve"`
+	Comment  string    `json:"comment,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// Approvals counts approving votes.
+func (v ApprovalView) Approvals() int {
+	n := 0
+	for _, vt := range v.Votes {
+		if vt.Approve {
+			n++
+		}
+	}
+	return n
+}
+
+// DecideRequest is the body of POST .../approve and .../deny.
+type DecideRequest struct {
+	Comment string `json:"comment,omitempty"`
+}
