@@ -265,7 +265,7 @@ func TestPipelineRecordsEachEventOnceInLogAndChain(t *testing.T) {
 		if s.Connect.Action != protocol.Allow || s.Refuse != nil {
 			t.Errorf("connect %+v, refuse %v; want allowed", s.Connect, s.Refuse)
 		}
-		cred, err := s.Upstream.Credential(ctx)
+		cred, err := s.Upstream.Credential(ctx, protocol.CredentialRequest{})
 		if err != nil || cred.Username != "app" || cred.Password != "secret" {
 			t.Errorf("credential %+v, %v", cred, err)
 		}

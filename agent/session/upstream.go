@@ -45,7 +45,7 @@ func (u *upstream) Dial(ctx context.Context) (net.Conn, error) {
 
 // Credential implements protocol.Upstream: the first call issues the
 // session's credential, audited; revoke ends it.
-func (u *upstream) Credential(ctx context.Context) (protocol.Credential, error) {
+func (u *upstream) Credential(ctx context.Context, r protocol.CredentialRequest) (protocol.Credential, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.lease != nil || u.err != nil {
@@ -56,6 +56,7 @@ func (u *upstream) Credential(ctx context.Context) (protocol.Credential, error) 
 	start := time.Now()
 	lease, err := u.p.cfg.Credentials.Issue(ctx, credentials.Request{
 		Ref: credentials.RefOf(t.Credential), Target: t.Name, Session: u.c.id, Identity: u.c.identity.Name,
+		PublicKey: r.PublicKey,
 	})
 	u.p.cfg.Metrics.CredentialLat.WithLabelValues(source, outcomeOf(err)).Observe(metrics.Since(start))
 	if err != nil {

@@ -87,7 +87,7 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 				"interlock: startup parameter %q denied by policy rule %q%s", name, v.Rule, suffix(v.Message)))
 		}
 	}
-	cred, err := s.Upstream.Credential(hctx)
+	cred, err := s.Upstream.Credential(hctx, protocol.CredentialRequest{})
 	if err != nil {
 		return refuse(agent, "credential not issued", codeRejectedConnection,
 			fmt.Sprintf("interlock: the credential for target %q could not be issued; try again later", s.Target))

@@ -135,7 +135,15 @@ type Upstream interface {
 	// Credential issues the session's credential the first time it is
 	// called and returns the same one after; the pipeline revokes it when
 	// the session ends. The agent never sees it.
-	Credential(ctx context.Context) (Credential, error)
+	Credential(ctx context.Context, r CredentialRequest) (Credential, error)
+}
+
+// CredentialRequest is what a decoder brings to the issue of a credential.
+type CredentialRequest struct {
+	// PublicKey, for a certificate credential (SSH), is the key the
+	// certificate is issued for, in authorized_keys form; the decoder made
+	// the pair for this session and holds the private key.
+	PublicKey []byte
 }
 
 // Credential is what a decoder authenticates upstream with.
