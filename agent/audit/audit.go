@@ -20,24 +20,18 @@ package audit
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/agent/store"
 )
-
-// GenesisHash is the prev_hash of every chain's first record.
-var GenesisHash = strings.Repeat("0", 64)
 
 // Log appends events to one host's chain. It is safe for concurrent use;
 // appends from one Log are serialized in process, and the store's chain lock
@@ -267,14 +261,14 @@ func (l *Log) append(ctx context.Context, ps []pending) ([]store.AuditRecord, er
 	rs, err := l.st.AppendAudit(ctx, l.host, func(head store.AuditHead) ([]store.AuditRecord, error) {
 		prev, seq := head.Hash, head.Seq
 		if seq == 0 {
-			prev = GenesisHash
+			prev = chain.GenesisHash
 		}
 		out := make([]store.AuditRecord, len(ps))
 		for i, p := range ps {
 			seq++
 			r := store.AuditRecord{Host: l.host, Seq: seq, Time: p.at.UTC(), Kind: string(p.ev.Kind()),
 				Payload: payloads[i], PrevHash: prev}
-			r.Hash = Hash(r)
+			r.Hash = chain.Hash(r)
 			out[i], prev = r, r.Hash
 		}
 		return out, nil
@@ -291,120 +285,34 @@ func (l *Log) append(ctx context.Context, ps []pending) ([]store.AuditRecord, er
 	return rs, nil
 }
 
-// Hash computes a record's hash from its seq, time, host, kind, payload and
-// prev_hash (the Hash field is ignored), as documented on the package.
-func Hash(r store.AuditRecord) string {
-	h := sha256.New()
-	var buf [8]byte
-	h.Write([]byte("interlock-audit-v1\x00"))
-	binary.BigEndian.PutUint64(buf[:], r.Seq)
-	h.Write(buf[:])
-	binary.BigEndian.PutUint64(buf[:], uint64(r.Time.UnixNano()))
-	h.Write(buf[:])
-	for _, s := range []string{r.Host, r.Kind, r.Payload, r.PrevHash} {
-		binary.BigEndian.PutUint32(buf[:4], uint32(len(s)))
-		h.Write(buf[:4])
-		io.WriteString(h, s)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// Break describes the first record at which a chain fails verification.
-type Break struct {
-	Host   string
-	Seq    uint64
-	Reason string // "hash mismatch", "prev-hash mismatch" or "gap"
-	Detail string
-}
-
-func (b *Break) Error() string {
-	return fmt.Sprintf("audit chain %s broken at seq %d: %s (%s)", b.Host, b.Seq, b.Reason, b.Detail)
-}
-
-// Result is the outcome of verifying one chain.
-type Result struct {
-	Host    string
-	Records uint64
-	Head    store.AuditHead // last record checked
-	Broken  *Break          // nil when the chain is intact
-}
-
-// String is the one-line verdict `interlock audit verify` prints per host.
-func (r Result) String() string {
-	if r.Broken != nil {
-		return fmt.Sprintf("%s: BROKEN at seq %d: %s (%s); %d records verified before it",
-			r.Host, r.Broken.Seq, r.Broken.Reason, r.Broken.Detail, r.Records)
-	}
-	return fmt.Sprintf("%s: ok, %d records, head seq %d hash %s", r.Host, r.Records, r.Head.Seq, r.Head.Hash)
-}
-
 // Verify walks host's chain from seq 1 and stops at the first record that
 // does not check out: a missing seq ("gap", naming the first missing seq), a
 // prev_hash that is not the previous record's hash ("prev-hash mismatch"),
 // or a hash that does not match the record's content ("hash mismatch", which
 // is what editing any field of a stored record gives). The error return is
 // for failures to read the store, not for a broken chain.
-func Verify(ctx context.Context, st *store.Store, host string) (Result, error) {
-	c := newChainCheck(host)
+func Verify(ctx context.Context, st *store.Store, host string) (chain.Result, error) {
+	c := chain.NewCheck(host)
 	errStop := errors.New("stop")
 	err := st.AuditRecords(ctx, host, 0, func(r store.AuditRecord) error {
-		if !c.next(r) {
+		if !c.Next(r) {
 			return errStop
 		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStop) {
-		return c.res, fmt.Errorf("verify audit chain %s: %w", host, err)
+		return c.Result(), fmt.Errorf("verify audit chain %s: %w", host, err)
 	}
-	return c.res, nil
-}
-
-// chainCheck verifies one host's records in seq order, wherever they are
-// read from (the store, an export).
-type chainCheck struct {
-	res  Result
-	prev string
-	want uint64
-}
-
-func newChainCheck(host string) *chainCheck {
-	return &chainCheck{res: Result{Host: host}, prev: GenesisHash, want: 1}
-}
-
-// next checks r against the records before it and reports whether the
-// chain still holds; after the first break it stays broken.
-func (c *chainCheck) next(r store.AuditRecord) bool {
-	if c.res.Broken != nil {
-		return false
-	}
-	host := c.res.Host
-	switch {
-	case r.Seq != c.want:
-		c.res.Broken = &Break{Host: host, Seq: c.want, Reason: "gap",
-			Detail: fmt.Sprintf("record %d missing; next stored record is %d", c.want, r.Seq)}
-	case r.PrevHash != c.prev:
-		c.res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "prev-hash mismatch",
-			Detail: fmt.Sprintf("prev_hash %.16s..., previous record's hash %.16s...", r.PrevHash, c.prev)}
-	case Hash(r) != r.Hash:
-		c.res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "hash mismatch",
-			Detail: "record content does not match its hash"}
-	}
-	if c.res.Broken != nil {
-		return false
-	}
-	c.res.Records++
-	c.res.Head = store.AuditHead{Seq: r.Seq, Hash: r.Hash}
-	c.prev, c.want = r.Hash, r.Seq+1
-	return true
+	return c.Result(), nil
 }
 
 // VerifyAll verifies every host's chain in the store.
-func VerifyAll(ctx context.Context, st *store.Store) ([]Result, error) {
+func VerifyAll(ctx context.Context, st *store.Store) ([]chain.Result, error) {
 	hosts, err := st.AuditHosts(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Result, 0, len(hosts))
+	out := make([]chain.Result, 0, len(hosts))
 	for _, h := range hosts {
 		r, err := Verify(ctx, st, h)
 		if err != nil {
@@ -413,17 +321,6 @@ func VerifyAll(ctx context.Context, st *store.Store) ([]Result, error) {
 		out = append(out, r)
 	}
 	return out, nil
-}
-
-// ExportedRecord is one line of Export's output.
-type ExportedRecord struct {
-	Host     string          `json:"host"`
-	Seq      uint64          `json:"seq"`
-	Time     time.Time       `json:"time"`
-	Kind     string          `json:"kind"`
-	Payload  json.RawMessage `json:"payload"`
-	PrevHash string          `json:"prev_hash"`
-	Hash     string          `json:"hash"`
 }
 
 // Export writes host's chain (every host's when host is "") to w as JSON
@@ -441,7 +338,7 @@ func Export(ctx context.Context, st *store.Store, host string, w io.Writer) erro
 	enc.SetEscapeHTML(false) // the payload must stay byte-identical to what was hashed
 	for _, h := range hosts {
 		err := st.AuditRecords(ctx, h, 0, func(r store.AuditRecord) error {
-			return enc.Encode(ExportedRecord{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
+			return enc.Encode(chain.ExportedRecord{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
 				Payload: json.RawMessage(r.Payload), PrevHash: r.PrevHash, Hash: r.Hash})
 		})
 		if err != nil {

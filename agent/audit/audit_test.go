@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/agent/store/storetest"
 )
@@ -103,12 +104,12 @@ func TestChain(t *testing.T) {
 		sc := bufio.NewScanner(&out)
 		n := 0
 		for sc.Scan() {
-			var r audit.ExportedRecord
+			var r chain.ExportedRecord
 			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 				t.Fatal(err)
 			}
 			n++
-			got := audit.Hash(store.AuditRecord{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
+			got := chain.Hash(store.AuditRecord{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
 				Payload: string(r.Payload), PrevHash: r.PrevHash})
 			if got != r.Hash || r.Seq != uint64(n) {
 				t.Fatalf("exported record %d does not recompute: %s", n, sc.Text())
@@ -171,7 +172,7 @@ func TestChain(t *testing.T) {
 		})
 		forged := r3
 		forged.Payload = strings.Replace(r3.Payload, "embedded", "vault", 1)
-		forged.Hash = audit.Hash(forged)
+		forged.Hash = chain.Hash(forged)
 		exec("UPDATE audit_records SET payload = ?, hash = ? WHERE host = ? AND seq = 3", forged.Payload, forged.Hash, "host-a")
 		expectBreak(4, "prev-hash mismatch")
 		exec("UPDATE audit_records SET payload = ?, hash = ? WHERE host = ? AND seq = 3", r3.Payload, r3.Hash, "host-a")

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/agent/store"
 )
 
@@ -35,7 +36,7 @@ func TestVerifyExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := audit.VerifyExport(bytes.NewReader(buf.Bytes()))
+	got, err := chain.VerifyExport(bytes.NewReader(buf.Bytes()))
 	if err != nil || len(got) != 1 || got[0].Broken != nil || got[0].Head != want.Head || got[0].Records != want.Records {
 		t.Fatalf("intact export: %+v, %v; want %+v", got, err, want)
 	}
@@ -43,16 +44,16 @@ func TestVerifyExport(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	edited := strings.Join(lines, "\n")
 	edited = strings.Replace(edited, `"alice"`, `"mallory"`, 1)
-	got, err = audit.VerifyExport(strings.NewReader(edited))
+	got, err = chain.VerifyExport(strings.NewReader(edited))
 	if err != nil || got[0].Broken == nil || got[0].Broken.Reason != "hash mismatch" {
 		t.Fatalf("edited export: %+v, %v", got, err)
 	}
 	dropped := strings.Join(append(append([]string{}, lines[:3]...), lines[4:]...), "\n")
-	got, err = audit.VerifyExport(strings.NewReader(dropped))
+	got, err = chain.VerifyExport(strings.NewReader(dropped))
 	if err != nil || got[0].Broken == nil || got[0].Broken.Reason != "gap" || got[0].Broken.Seq != 4 {
 		t.Fatalf("export with a line removed: %+v, %v", got, err)
 	}
-	if _, err := audit.VerifyExport(strings.NewReader("not json\n")); err == nil {
+	if _, err := chain.VerifyExport(strings.NewReader("not json\n")); err == nil {
 		t.Fatal("a file that is not an export verified")
 	}
 }

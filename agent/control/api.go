@@ -3,6 +3,7 @@ package control
 import (
 	"time"
 
+	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/policy"
 )
 
@@ -83,6 +84,16 @@ type AuditVerdict struct {
 	// anchored outside the host.
 	HeadSeq  uint64 `json:"head_seq"`
 	HeadHash string `json:"head_hash"`
+}
+
+// VerdictOf renders one verified chain as the control API reports it.
+func VerdictOf(res chain.Result) AuditVerdict {
+	v := AuditVerdict{Host: res.Host, Records: res.Records, OK: res.Broken == nil,
+		Summary: res.String(), HeadSeq: res.Head.Seq, HeadHash: res.Head.Hash}
+	if res.Broken != nil {
+		v.BrokenSeq = res.Broken.Seq
+	}
+	return v
 }
 
 // Session is one recorded session as GET /v1/sessions lists it: the

@@ -131,7 +131,11 @@ func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "verify: %v", err)
 		return
 	}
-	control.WriteJSON(w, http.StatusOK, verdicts(results))
+	vs := make([]control.AuditVerdict, 0, len(results))
+	for _, res := range results {
+		vs = append(vs, control.VerdictOf(res))
+	}
+	control.WriteJSON(w, http.StatusOK, vs)
 }
 
 func (d *Daemon) handleAuditExport(w http.ResponseWriter, r *http.Request) {
@@ -146,53 +150,31 @@ func (d *Daemon) handleAuditExport(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// VerifyAudit verifies the audit chains of a store (a SQLite file or a
-// postgres:// URL) or of an `interlock audit export` file, with no daemon
-// running: the trail can be checked on a copy, on another machine, or with
-// interlockd down. Exactly one of storePath and exportPath is set. It runs
-// in interlockd (`interlockd --audit-verify-store`), which links the store,
-// for `interlock audit verify --store|--export`.
-func VerifyAudit(ctx context.Context, storePath, exportPath string) ([]control.AuditVerdict, error) {
-	var results []audit.Result
-	if exportPath != "" {
-		f, err := os.Open(exportPath)
-		if err != nil {
-			return nil, fmt.Errorf("open export: %w", err)
-		}
-		defer f.Close()
-		if results, err = audit.VerifyExport(f); err != nil {
-			return nil, err
-		}
-	} else {
-		if !strings.Contains(storePath, "://") && !strings.Contains(storePath, "host=") {
-			// Opening a SQLite path that does not exist would create an
-			// empty store and report nothing to verify.
-			if _, err := os.Stat(storePath); err != nil {
-				return nil, fmt.Errorf("open store: %w", err)
-			}
-		}
-		st, err := store.Open(ctx, storePath)
-		if err != nil {
-			return nil, err
-		}
-		defer st.Close()
-		if results, err = audit.VerifyAll(ctx, st); err != nil {
-			return nil, err
+// VerifyAuditStore verifies the audit chains of a store (a SQLite file or
+// a postgres:// URL) with no daemon running: the trail can be checked on a
+// copy, on another machine, or with interlockd down. It runs in interlockd
+// (`interlockd --audit-verify-store`), which links the store, for
+// `interlock audit verify --store`.
+func VerifyAuditStore(ctx context.Context, storePath string) ([]control.AuditVerdict, error) {
+	if !strings.Contains(storePath, "://") && !strings.Contains(storePath, "host=") {
+		// Opening a SQLite path that does not exist would create an
+		// empty store and report nothing to verify.
+		if _, err := os.Stat(storePath); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
 		}
 	}
-	return verdicts(results), nil
-}
-
-// verdicts renders verified chains as the control API reports them.
-func verdicts(results []audit.Result) []control.AuditVerdict {
+	st, err := store.Open(ctx, storePath)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	results, err := audit.VerifyAll(ctx, st)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]control.AuditVerdict, 0, len(results))
 	for _, res := range results {
-		v := control.AuditVerdict{Host: res.Host, Records: res.Records, OK: res.Broken == nil,
-			Summary: res.String(), HeadSeq: res.Head.Seq, HeadHash: res.Head.Hash}
-		if res.Broken != nil {
-			v.BrokenSeq = res.Broken.Seq
-		}
-		out = append(out, v)
+		out = append(out, control.VerdictOf(res))
 	}
-	return out
+	return out, nil
 }

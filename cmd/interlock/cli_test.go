@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/agent/control"
 )
 
@@ -202,14 +203,15 @@ func TestJSONListings(t *testing.T) {
 	}
 }
 
-// audit verify --store and --export run interlockd, found on the PATH
-// here, and report its verdicts and its errors as their own.
-func TestAuditVerifyOfflineRunsInterlockd(t *testing.T) {
+// audit verify --store runs interlockd, found on the PATH here, and reports
+// its verdicts and its errors as its own; --export is verified by interlock
+// itself.
+func TestAuditVerifyOffline(t *testing.T) {
 	dir := t.TempDir()
 	script := `#!/bin/sh
 case "$1" in
---audit-verify-export=good) echo '[{"host":"h1","records":3,"ok":true,"summary":"h1: ok, 3 records"}]' ;;
---audit-verify-export=broken) echo '[{"host":"h1","records":1,"ok":false,"summary":"h1: BROKEN at seq 2"}]' ;;
+--audit-verify-store=good) echo '[{"host":"h1","records":3,"ok":true,"summary":"h1: ok, 3 records"}]' ;;
+--audit-verify-store=broken) echo '[{"host":"h1","records":1,"ok":false,"summary":"h1: BROKEN at seq 2"}]' ;;
 *) echo "interlockd: open store: $1" >&2; exit 1 ;;
 esac
 `
@@ -218,12 +220,12 @@ esac
 	}
 	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	none := filepath.Join(t.TempDir(), "none.sock")
-	if code, out, errOut := cliRun("--socket", none, "audit", "verify", "--export", "good"); code != 0 || out != "h1: ok, 3 records\n" {
-		t.Errorf("good export: exit %d, %q %q", code, out, errOut)
+	if code, out, errOut := cliRun("--socket", none, "audit", "verify", "--store", "good"); code != 0 || out != "h1: ok, 3 records\n" {
+		t.Errorf("good store: exit %d, %q %q", code, out, errOut)
 	}
-	code, out, errOut := cliRun("--socket", none, "audit", "verify", "--export", "broken")
+	code, out, errOut := cliRun("--socket", none, "audit", "verify", "--store", "broken")
 	if code != 1 || out != "h1: BROKEN at seq 2\n" || errOut != "interlock: audit chain is broken\n" {
-		t.Errorf("broken export: exit %d, %q %q", code, out, errOut)
+		t.Errorf("broken store: exit %d, %q %q", code, out, errOut)
 	}
 	code, _, errOut = cliRun("--socket", none, "audit", "verify", "--store", "/nowhere/interlock.db")
 	if code != 1 || errOut != "interlock: open store: --audit-verify-store=/nowhere/interlock.db\n" {
@@ -231,6 +233,31 @@ esac
 	}
 	if code, _, errOut := cliRun("audit", "verify", "--store", "a", "--export", "b"); code != 1 || !strings.Contains(errOut, "usage:") {
 		t.Errorf("both sources: exit %d, %q", code, errOut)
+	}
+
+	// An export of two records, then the same with the first edited.
+	var export strings.Builder
+	prev := chain.GenesisHash
+	for seq := uint64(1); seq <= 2; seq++ {
+		r := chain.Record{Host: "h1", Seq: seq, Time: time.Unix(int64(seq), 0).UTC(), Kind: "decision",
+			Payload: `{"rule":"r"}`, PrevHash: prev}
+		r.Hash = chain.Hash(r)
+		line, _ := json.Marshal(chain.ExportedRecord{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
+			Payload: json.RawMessage(r.Payload), PrevHash: r.PrevHash, Hash: r.Hash})
+		export.Write(append(line, '\n'))
+		prev = r.Hash
+	}
+	good := filepath.Join(dir, "good.jsonl")
+	os.WriteFile(good, []byte(export.String()), 0o600)
+	code, out, errOut = cliRun("--socket", none, "audit", "verify", "--export", good)
+	if code != 0 || !strings.HasPrefix(out, "h1: ok, 2 records, head seq 2 hash "+prev) {
+		t.Errorf("good export: exit %d, %q %q", code, out, errOut)
+	}
+	tampered := filepath.Join(dir, "tampered.jsonl")
+	os.WriteFile(tampered, []byte(strings.Replace(export.String(), `"rule":"r"`, `"rule":"x"`, 1)), 0o600)
+	code, out, _ = cliRun("--socket", none, "audit", "verify", "--export", tampered)
+	if code != 1 || !strings.HasPrefix(out, "h1: BROKEN at seq 1: hash mismatch") {
+		t.Errorf("tampered export: exit %d, %q", code, out)
 	}
 }
 

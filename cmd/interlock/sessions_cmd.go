@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/agent/control"
 )
 
@@ -174,9 +175,10 @@ the first record that does not check out. It fails when a chain is broken.
 
 Without flags it asks the running interlockd. --store verifies a store
 directly (a SQLite file, or the fleet's postgres:// URL) and --export an
-audit export file, with interlockd down, on a copy or on another machine;
-both run interlockd --audit-verify-*, which reads the store, so interlockd
-must be installed beside interlock or on the PATH.`,
+audit export file, with interlockd down, on a copy or on another machine.
+An export is verified by interlock itself; a store is read by interlockd
+--audit-verify-store (it links the store's drivers), so --store needs
+interlockd beside interlock or on the PATH.`,
 		Example: `  interlock audit verify
   interlock audit verify --store /var/lib/interlock/interlock.db
   interlock audit export > trail.jsonl && interlock audit verify --export trail.jsonl
@@ -213,16 +215,32 @@ were hashed, so audit verify --export can check a copy kept elsewhere.`,
 // interlockd, and prints the verdicts.
 func auditVerify(ctx context.Context, c *control.Client, storePath, exportPath string, asJSON bool, w io.Writer) error {
 	var vs []control.AuditVerdict
-	if storePath != "" || exportPath != "" {
-		var err error
-		if vs, err = verifyOffline(ctx, storePath, exportPath); err != nil {
+	switch {
+	case exportPath != "":
+		f, err := os.Open(exportPath)
+		if err != nil {
+			return fmt.Errorf("open export: %w", err)
+		}
+		defer f.Close()
+		results, err := chain.VerifyExport(f)
+		if err != nil {
 			return err
 		}
-		if len(vs) == 0 {
-			return errors.New("no audit records to verify")
+		for _, res := range results {
+			vs = append(vs, control.VerdictOf(res))
 		}
-	} else if err := c.Call(ctx, "/v1/audit/verify", nil, &vs); err != nil {
-		return err
+	case storePath != "":
+		var err error
+		if vs, err = verifyStore(ctx, storePath); err != nil {
+			return err
+		}
+	default:
+		if err := c.Call(ctx, "/v1/audit/verify", nil, &vs); err != nil {
+			return err
+		}
+	}
+	if len(vs) == 0 && (storePath != "" || exportPath != "") {
+		return errors.New("no audit records to verify")
 	}
 	if asJSON {
 		if err := printJSON(w, vs); err != nil {
@@ -242,21 +260,16 @@ func auditVerify(ctx context.Context, c *control.Client, storePath, exportPath s
 	return nil
 }
 
-// verifyOffline verifies a store or an export file with no daemon, by
-// running interlockd --audit-verify-store|--audit-verify-export: reading
-// the store takes SQLite and the PostgreSQL driver, which interlock does
-// not link.
-func verifyOffline(ctx context.Context, storePath, exportPath string) ([]control.AuditVerdict, error) {
+// verifyStore verifies a store with no daemon, by running interlockd
+// --audit-verify-store: reading the store takes SQLite and the PostgreSQL
+// driver, which interlock does not link.
+func verifyStore(ctx context.Context, storePath string) ([]control.AuditVerdict, error) {
 	bin, err := interlockd()
 	if err != nil {
 		return nil, err
 	}
-	arg := "--audit-verify-store=" + storePath
-	if exportPath != "" {
-		arg = "--audit-verify-export=" + exportPath
-	}
 	var out, errOut bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, arg)
+	cmd := exec.CommandContext(ctx, bin, "--audit-verify-store="+storePath)
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
 		if msg := strings.TrimPrefix(strings.TrimSpace(errOut.String()), "interlockd: "); msg != "" {
@@ -282,7 +295,7 @@ func interlockd() (string, error) {
 	}
 	bin, err := exec.LookPath("interlockd")
 	if err != nil {
-		return "", errors.New("verifying offline needs interlockd, which reads the store: not found beside interlock or on the PATH")
+		return "", errors.New("verifying a store needs interlockd, which reads it: not found beside interlock or on the PATH")
 	}
 	return bin, nil
 }

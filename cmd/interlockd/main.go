@@ -37,7 +37,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	policyPath := fs.String("policy", "", "policy file (overrides the config; empty: embedded default policy)")
 	showVersion := fs.Bool("version", false, "print the version and commit, then exit")
 	auditStore := fs.String("audit-verify-store", "", "verify the audit chains in this store (SQLite file or postgres:// URL), print the verdicts as JSON, then exit")
-	auditExport := fs.String("audit-verify-export", "", "verify the audit chains in this FILE, written by interlock audit export, print the verdicts as JSON, then exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -51,8 +50,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "interlockd: unexpected argument %q (interlockd takes flags only; --version prints the version)\n", fs.Arg(0))
 		return 2
 	}
-	if *auditStore != "" || *auditExport != "" {
-		return verifyAudit(*auditStore, *auditExport, stdout, stderr)
+	if *auditStore != "" {
+		return verifyAudit(*auditStore, stdout, stderr)
 	}
 
 	cfg := config.Default()
