@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/config"
 	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/agent/daemontest"
 	"github.com/interlock-dev/interlock/agent/datapath"
 	"github.com/interlock-dev/interlock/agent/metrics"
 	"github.com/interlock-dev/interlock/agent/proxy"
@@ -66,23 +66,12 @@ rules:
     approve: {reviewers: [root], timeout: 1m}
 `
 
-// lockedBuffer is the event log: written by the pipeline's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// eventLog is the event log: written by the pipeline's goroutines.
+type eventLog struct{ daemontest.Buffer }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) lines() []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+func (l *eventLog) lines() []map[string]any {
 	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) == nil {
 			out = append(out, m)
@@ -115,7 +104,7 @@ type env struct {
 	p     *Pipeline
 	st    *store.Store
 	trail *audit.Log
-	log   *lockedBuffer
+	log   *eventLog
 }
 
 func newEnv(t *testing.T, decoder protocol.Decoder) *env {
@@ -127,7 +116,7 @@ func newEnv(t *testing.T, decoder protocol.Decoder) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	logBuf := &lockedBuffer{}
+	logBuf := &eventLog{}
 	trail := audit.New(st, "host-a", audit.WithEventLog(zerolog.New(logBuf).Level(zerolog.DebugLevel)))
 	t.Cleanup(func() { trail.Close() })
 	rec, err := recording.NewRecorder(st, filepath.Join(dir, "recordings"), "host-a", recording.WithAudit(trail))
