@@ -268,7 +268,7 @@ func (l *Log) append(ctx context.Context, ps []pending) ([]store.AuditRecord, er
 			seq++
 			r := store.AuditRecord{Host: l.host, Seq: seq, Time: p.at.UTC(), Kind: string(p.ev.Kind()),
 				Payload: payloads[i], PrevHash: prev}
-			r.Hash = chain.Hash(r)
+			r.Hash = chain.Hash(chain.Record(r))
 			out[i], prev = r, r.Hash
 		}
 		return out, nil
@@ -295,7 +295,7 @@ func Verify(ctx context.Context, st *store.Store, host string) (chain.Result, er
 	c := chain.NewCheck(host)
 	errStop := errors.New("stop")
 	err := st.AuditRecords(ctx, host, 0, func(r store.AuditRecord) error {
-		if !c.Next(r) {
+		if !c.Next(chain.Record(r)) {
 			return errStop
 		}
 		return nil

@@ -109,7 +109,7 @@ func TestChain(t *testing.T) {
 				t.Fatal(err)
 			}
 			n++
-			got := chain.Hash(store.AuditRecord{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
+			got := chain.Hash(chain.Record{Host: r.Host, Seq: r.Seq, Time: r.Time, Kind: r.Kind,
 				Payload: string(r.Payload), PrevHash: r.PrevHash})
 			if got != r.Hash || r.Seq != uint64(n) {
 				t.Fatalf("exported record %d does not recompute: %s", n, sc.Text())
@@ -172,7 +172,7 @@ func TestChain(t *testing.T) {
 		})
 		forged := r3
 		forged.Payload = strings.Replace(r3.Payload, "embedded", "vault", 1)
-		forged.Hash = chain.Hash(forged)
+		forged.Hash = chain.Hash(chain.Record(forged))
 		exec("UPDATE audit_records SET payload = ?, hash = ? WHERE host = ? AND seq = 3", forged.Payload, forged.Hash, "host-a")
 		expectBreak(4, "prev-hash mismatch")
 		exec("UPDATE audit_records SET payload = ?, hash = ? WHERE host = ? AND seq = 3", r3.Payload, r3.Hash, "host-a")

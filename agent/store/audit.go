@@ -6,16 +6,25 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/interlock-dev/interlock/agent/audit/chain"
 )
 
 // AuditRecord is one stored link of a host's audit chain. The store keeps
 // the rows; package audit builds, hashes and verifies them.
-type AuditRecord = chain.Record
+type AuditRecord struct {
+	Host     string
+	Seq      uint64
+	Time     time.Time
+	Kind     string
+	Payload  string // canonical JSON, stored as text so its bytes never change
+	PrevHash string // hex
+	Hash     string // hex
+}
 
 // AuditHead is the last record of a chain, or Seq 0 for an empty chain.
-type AuditHead = chain.Head
+type AuditHead struct {
+	Seq  uint64
+	Hash string
+}
 
 // AppendAudit appends records to host's chain. It locks the chain (a
 // transaction-scoped advisory lock per host on PostgreSQL, the database
