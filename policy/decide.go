@@ -166,16 +166,37 @@ func (p *Policy) ResolveTargets(ctx context.Context) []error {
 	return errs
 }
 
-// Intercept returns the kernel network rules for cgroups tagged tag: the
-// intercept entries of every identity with that tag, in file order, then
-// redirect-everything for IPv4 and IPv6 (the default for a tagged cgroup).
-// First match wins.
-func (p *Policy) Intercept(tag string) []InterceptRule {
+// Intercept returns the kernel's TCP rules for cgroups tagged tag, at most
+// max of them (the room the caller's own rules leave); first match wins:
+//
+//  1. the intercept entries of every identity with that tag, in file order;
+//  2. a redirect for every destination some request of the tag could be
+//     allowed to reach (see reachable), then deny for every other IPv4 and
+//     IPv6 destination, with Reason saying why: the agent gets EPERM at
+//     connect() instead of a connection interlockd could only reset;
+//  3. or, when the kernel cannot decide for the tag (an identity that may
+//     be audited, a rule that allows destinations that are no target) or
+//     the redirects of 2 do not fit in max, redirect everything.
+//
+// What Intercept derives only ever redirects or denies: only an entry an
+// identity's intercept list writes can let a connection bypass interlockd.
+func (p *Policy) Intercept(tag string, max int) []InterceptRule {
 	var out []InterceptRule
 	for _, id := range p.identities {
 		if id.Tag == tag {
 			out = append(out, id.intercept...)
 		}
+	}
+	reach, bounded, known := p.reachable(tag)
+	if bounded && len(out)+len(reach)+2 <= max {
+		why := RefuseNoRule
+		if !known {
+			why = RefuseUnknownIdentity
+		}
+		out = append(out, reach...)
+		return append(out,
+			InterceptRule{Prefix: netip.MustParsePrefix("0.0.0.0/0"), PortMin: 1, PortMax: 65535, Action: "deny", Reason: why},
+			InterceptRule{Prefix: netip.MustParsePrefix("::/0"), PortMin: 1, PortMax: 65535, Action: "deny", Reason: why})
 	}
 	return append(out,
 		InterceptRule{Prefix: netip.MustParsePrefix("0.0.0.0/0"), PortMin: 1, PortMax: 65535, Action: "redirect"},

@@ -6,8 +6,9 @@ import "fmt"
 // what the policy would have done (Audit). Audit mode exists for rollouts:
 // operators watch a policy's verdicts on real agents before enforcing it,
 // identity by identity. It softens only the verdict: requests are decoded,
-// decided and recorded exactly as under enforcement, and the kernel still
-// redirects every tagged connection.
+// decided and recorded exactly as under enforcement, and the kernel refuses
+// no connect that the policy would only deny (see Policy.Intercept): every
+// one reaches interlockd to be recorded as "would deny".
 type Mode uint8
 
 // Modes. The zero value is Enforce so a forgotten field fails closed.

@@ -215,7 +215,21 @@ type InterceptRule struct {
 	Prefix           netip.Prefix
 	PortMin, PortMax uint16
 	Action           string
+	// Reason is set on the deny rules Intercept derives from the policy's
+	// rules (RefuseNoRule, RefuseUnknownIdentity), so a kernel refusal can
+	// be told from one an intercept entry wrote (Reason empty).
+	Reason string
 }
+
+// Why a deny rule Intercept derived refuses a connect.
+const (
+	// RefuseNoRule: no rule could allow any request of the identity to
+	// the destination; interlockd would refuse it by default-deny.
+	RefuseNoRule = "no-rule-allows"
+	// RefuseUnknownIdentity: no identity of the policy can match the tag,
+	// and no rule for every identity allows the destination.
+	RefuseUnknownIdentity = "unknown-identity"
+)
 
 // Identity is a named set of selectors over a Subject. All selectors given
 // must match (lists match any of their values).

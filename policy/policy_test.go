@@ -364,13 +364,16 @@ identities:
       - {to: 10.0.0.53, ports: 53}
 deny_unix_paths: [/var/run/docker.sock]
 `)
-	got := p.Intercept("ci")
+	got := p.Intercept("ci", 16)
 	if len(got) != 5 || got[0].PortMin != 5432 || got[0].PortMax != 5432 || got[2].Action != "deny" ||
 		got[2].PortMin != 1 || got[3].Prefix.String() != "0.0.0.0/0" || got[4].Prefix.String() != "::/0" {
 		t.Errorf("Intercept = %+v", got)
 	}
-	if other := p.Intercept("nope"); len(other) != 2 || other[0].Action != "redirect" {
-		t.Errorf("default intercept = %+v", other)
+	if got[3].Action != "deny" || got[3].Reason != RefuseNoRule {
+		t.Errorf("no rule allows ci anything, yet Intercept = %+v", got)
+	}
+	if other := p.Intercept("nope", 16); len(other) != 2 || other[0].Action != "deny" || other[0].Reason != RefuseUnknownIdentity {
+		t.Errorf("intercept of an unknown tag = %+v", other)
 	}
 	if u := p.UDPAllow("ci"); len(u) != 1 || u[0].PortMin != 53 || u[0].Action != "pass" {
 		t.Errorf("UDPAllow = %+v", u)

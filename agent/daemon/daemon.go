@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,15 @@ type Daemon struct {
 	metrics    *metrics.Metrics
 	resolvers  []netip.AddrPort
 	sessions   *session.Pipeline
+	// netMu serialises pushing the policy's network rules into the kernel
+	// maps (start, reload, tag, target refresh), so a refresh or a tag never
+	// overwrites a reload's rules with those of the policy it replaced. It
+	// guards tcpRules.
+	netMu sync.Mutex
+	// tcpRules is what each identity's TCP rule map holds, to tell a refusal
+	// no rule allows from one an intercept entry wrote, and a refresh that
+	// moved a target's addresses from one that did not.
+	tcpRules map[uint32]tcpRuleSet
 	// tagGen counts untags; open sessions re-check their identity when it
 	// moves, so an untag applies to their next statement.
 	tagGen atomic.Uint64
@@ -112,7 +122,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	}
 	d := &Daemon{
 		cfg: cfg, log: log,
-		mount: mount, root: root, ids: ids, controlGID: -1, started: time.Now(),
+		mount: mount, root: root, ids: ids, controlGID: -1, started: time.Now(), tcpRules: map[uint32]tcpRuleSet{},
 		uninstalled: make(chan struct{}), stopping: make(chan struct{}),
 	}
 	if cfg.ControlGroup != "" {
@@ -178,6 +188,11 @@ func (d *Daemon) refreshTargets(ctx context.Context) {
 		for _, err := range d.policy.Current().ResolveTargets(ctx) {
 			d.log.Warn().Err(err).Msg("refresh policy target")
 		}
+		// The kernel redirects a target's addresses and refuses the rest:
+		// addresses that moved must move there too.
+		if err := d.refreshTCPRules(); err != nil {
+			d.log.Error().Err(err).Msg("refresh kernel rules")
+		}
 	}
 }
 
@@ -235,7 +250,10 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	for _, gap := range d.dp.Gaps() {
 		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
 	}
-	if err := d.applyNetworkPolicy(d.policy.Current()); err != nil {
+	d.netMu.Lock()
+	err = d.applyNetworkPolicy(d.policy.Current())
+	d.netMu.Unlock()
+	if err != nil {
 		return err
 	}
 
@@ -363,13 +381,16 @@ func (d *Daemon) Reload() error {
 		err = d.checkCredentials(context.Background(), pol)
 	}
 	if err == nil {
-		err = d.applyNetworkPolicy(pol)
+		d.netMu.Lock()
+		if err = d.applyNetworkPolicy(pol); err == nil {
+			d.policy.Swap(pol)
+		}
+		d.netMu.Unlock()
 	}
 	if err != nil {
 		d.chain.Record(audit.PolicyReloaded{Path: d.cfg.Policy, Error: err.Error()})
 		return err
 	}
-	d.policy.Swap(pol)
 	d.policySrc = text.Policy
 	d.policyText.Store(text)
 	for _, w := range pol.Warnings() {
@@ -380,7 +401,8 @@ func (d *Daemon) Reload() error {
 }
 
 // applyNetworkPolicy pushes the kernel's share of the policy (per-identity
-// intercept rules, UDP allowances, denied unix sockets) into the maps.
+// intercept rules, UDP allowances, denied unix sockets) into the maps. The
+// caller holds netMu.
 func (d *Daemon) applyNetworkPolicy(p *policy.Policy) error {
 	for name, id := range d.ids.all() {
 		if err := d.applyIdentityRules(p, name, id); err != nil {
@@ -397,34 +419,101 @@ func (d *Daemon) applyNetworkPolicy(p *policy.Policy) error {
 	return nil
 }
 
-func (d *Daemon) applyIdentityRules(p *policy.Policy, name string, id uint32) error {
-	conv := func(rs []policy.InterceptRule) []datapath.Rule {
-		out := make([]datapath.Rule, 0, len(rs))
-		for _, r := range rs {
-			v := datapath.Redirect
-			switch r.Action {
-			case "deny":
-				v = datapath.Deny
-			case "pass":
-				v = datapath.Pass
-			}
-			out = append(out, datapath.Rule{Prefix: r.Prefix, PortMin: r.PortMin, PortMax: r.PortMax, Verdict: v})
+// convRules turns the policy's kernel rules into the data path's.
+func convRules(rs []policy.InterceptRule) []datapath.Rule {
+	out := make([]datapath.Rule, 0, len(rs))
+	for _, r := range rs {
+		v := datapath.Redirect
+		switch r.Action {
+		case "deny":
+			v = datapath.Deny
+		case "pass":
+			v = datapath.Pass
 		}
-		return out
+		out = append(out, datapath.Rule{Prefix: r.Prefix, PortMin: r.PortMin, PortMax: r.PortMax, Verdict: v})
 	}
+	return out
+}
+
+// tcpRuleSet is an identity's TCP rules as pushed to the kernel, with the
+// reason each rule the policy derived denies for (empty for the others).
+type tcpRuleSet struct {
+	rules   []datapath.Rule
+	reasons []string
+}
+
+// tcpRulesOf computes the TCP rules of the identity name under p: DNS to
+// the host's resolvers, then what p.Intercept gives in the room left.
+func (d *Daemon) tcpRulesOf(p *policy.Policy, name string) tcpRuleSet {
 	// DNS over TCP to the host's resolvers goes direct, like DNS over UDP:
 	// name resolution is not something agents should need a rule for.
-	rules := make([]datapath.Rule, 0, 8)
+	var s tcpRuleSet
 	for _, r := range d.resolvers {
-		rules = append(rules, datapath.Rule{Prefix: netip.PrefixFrom(r.Addr(), r.Addr().BitLen()), PortMin: 53, PortMax: 53, Verdict: datapath.Pass})
+		s.rules = append(s.rules, datapath.Rule{Prefix: netip.PrefixFrom(r.Addr(), r.Addr().BitLen()), PortMin: 53, PortMax: 53, Verdict: datapath.Pass})
+		s.reasons = append(s.reasons, "")
 	}
-	if err := d.dp.SetRules(id, append(rules, conv(p.Intercept(name))...)); err != nil {
+	pr := p.Intercept(name, datapath.MaxRules-len(s.rules))
+	s.rules = append(s.rules, convRules(pr)...)
+	for _, r := range pr {
+		s.reasons = append(s.reasons, r.Reason)
+	}
+	return s
+}
+
+// setTCPRules pushes s as the identity's TCP rules. The caller holds netMu.
+func (d *Daemon) setTCPRules(name string, id uint32, s tcpRuleSet) error {
+	if err := d.dp.SetRules(id, s.rules); err != nil {
 		return fmt.Errorf("set intercept rules of %s: %w", name, err)
 	}
-	if err := d.dp.SetUDPAllow(id, conv(p.UDPAllow(name))); err != nil {
+	d.tcpRules[id] = s
+	return nil
+}
+
+// refreshTCPRules pushes again the TCP rules of every identity whose rules
+// changed under the policy in force: after a refresh moved a host-name
+// target's addresses.
+func (d *Daemon) refreshTCPRules() error {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	p := d.policy.Current()
+	for name, id := range d.ids.all() {
+		s := d.tcpRulesOf(p, name)
+		if old, ok := d.tcpRules[id]; ok && slices.Equal(old.rules, s.rules) && slices.Equal(old.reasons, s.reasons) {
+			continue
+		}
+		if err := d.setTCPRules(name, id, s); err != nil {
+			return err
+		}
+		d.log.Info().Str("identity", name).Msg("kernel rules follow the targets' refreshed addresses")
+	}
+	return nil
+}
+
+// tcpDenyReason says why the kernel refused a TCP connect of identity to
+// dst: the reason of the rule the policy derived ("no-rule-allows",
+// "unknown-identity"), or "tcp-rule" for an intercept entry. It matches the
+// rules pushed last; a connect refused just before a reload changed them
+// may be explained by the new ones.
+func (d *Daemon) tcpDenyReason(identity uint32, dst netip.AddrPort) string {
+	d.netMu.Lock()
+	defer d.netMu.Unlock()
+	s := d.tcpRules[identity]
+	if i := datapath.Match(s.rules, dst); i >= 0 && s.rules[i].Verdict == datapath.Deny && s.reasons[i] != "" {
+		return s.reasons[i]
+	}
+	return string(datapath.ReasonTCPRule)
+}
+
+// applyIdentityRules pushes every kernel rule of the identity name under p.
+// The caller holds netMu.
+func (d *Daemon) applyIdentityRules(p *policy.Policy, name string, id uint32) error {
+	if err := d.setTCPRules(name, id, d.tcpRulesOf(p, name)); err != nil {
+		return err
+	}
+	if err := d.dp.SetUDPAllow(id, convRules(p.UDPAllow(name))); err != nil {
 		return fmt.Errorf("set udp rules of %s: %w", name, err)
 	}
-	if err := d.dp.SetListen(id, conv(p.Listen(name))); err != nil {
+	if err := d.dp.SetListen(id, convRules(p.Listen(name))); err != nil {
 		return fmt.Errorf("set listen rules of %s: %w", name, err)
 	}
 	paths, on := p.AllowUnixPaths(name)
@@ -452,8 +541,12 @@ func (d *Daemon) readDenyEvents() {
 			d.chain.Record(audit.KernelAccepted{Identity: d.ids.name(ev.Identity), CgroupID: ev.CgroupID, Peer: ev.Dst.String()})
 			continue
 		}
-		d.metrics.KernelDenials.WithLabelValues(string(ev.Reason)).Inc()
-		e := audit.KernelDenied{Reason: string(ev.Reason), Identity: d.ids.name(ev.Identity),
+		reason := string(ev.Reason)
+		if ev.Reason == datapath.ReasonTCPRule {
+			reason = d.tcpDenyReason(ev.Identity, ev.Dst)
+		}
+		d.metrics.KernelDenials.WithLabelValues(reason).Inc()
+		e := audit.KernelDenied{Reason: reason, Identity: d.ids.name(ev.Identity),
 			PID: ev.PID, UID: ev.UID, Comm: ev.Comm, Path: ev.Path}
 		// Socket creations and unix connects have no address.
 		if ev.Dst.IsValid() {

@@ -12,9 +12,16 @@ import (
 	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
+// reasonPolicy's uid-4242 identity may match a task of any tag (the
+// kernel does not know the uid at connect), and may reach any address: so
+// the kernel refuses nothing and every refusal below is interlockd's (the
+// tests run as root, not uid 4242). TestNoRuleAllowsGivesEPERM has the
+// kernel refuse.
 const reasonPolicy = `version: 1
 identities:
   - name: ci-bot
+  - name: uid-4242
+    uid: [4242]
 targets:
   - {name: blocked, protocol: tcp, addresses: [127.0.0.1], port: %d}
   - {name: open, protocol: tcp, addresses: [127.0.0.1], port: %d}
@@ -29,12 +36,16 @@ rules:
     identity: ci-bot
     target: [open, closed]
     action: allow
+  - name: uid-4242-anywhere
+    identity: uid-4242
+    protocol: [tcp]
+    action: allow
 `
 
-// TestTCPRefusalReasons: a plain TCP agent sees a reset for an identity
-// the policy does not know, for a destination no rule allows, for a deny
-// rule and for an upstream that refuses; the audit line and the chain say
-// which.
+// TestTCPRefusalReasons: where the kernel cannot refuse, a plain TCP agent
+// sees a reset for an identity the policy does not know, for a destination
+// no rule allows, for a deny rule and for an upstream that refuses; the
+// audit line and the chain say which.
 func TestTCPRefusalReasons(t *testing.T) {
 	blocked := newTarget(t, "tcp", "127.0.0.1:0")
 	open := newTarget(t, "tcp", "127.0.0.1:0")

@@ -208,7 +208,10 @@ func (d *Daemon) tag(abs, rel, identity, why string) error {
 	}
 	// Rules first, then the tag: the first connect of a newly tagged cgroup
 	// must already see its identity's rules.
-	if err := d.applyIdentityRules(d.policy.Current(), identity, id); err != nil {
+	d.netMu.Lock()
+	err = d.applyIdentityRules(d.policy.Current(), identity, id)
+	d.netMu.Unlock()
+	if err != nil {
 		return err
 	}
 	if err := d.dp.Tag(cgid, id); err != nil {

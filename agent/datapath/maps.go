@@ -120,6 +120,28 @@ type Rule struct {
 	Verdict          Verdict
 }
 
+// Match returns the index of the first of rules that dst matches, as the
+// programs evaluate them (IPv4 held IPv4-mapped, so ::/0 matches IPv4 too),
+// or -1 when none does: which rule decided a connect, for a deny event to
+// say why.
+func Match(rules []Rule, dst netip.AddrPort) int {
+	a := netip.AddrFrom16(dst.Addr().As16())
+	for i, r := range rules {
+		p := r.Prefix.Masked()
+		if p.Addr().Is4() {
+			p = netip.PrefixFrom(netip.AddrFrom16(p.Addr().As16()), p.Bits()+96)
+		}
+		max := r.PortMax
+		if max == 0 {
+			max = 65535
+		}
+		if p.Contains(a) && dst.Port() >= r.PortMin && dst.Port() <= max {
+			return i
+		}
+	}
+	return -1
+}
+
 func ruleSet(rules []Rule) (bpf.InterlockRuleSet, error) {
 	var s bpf.InterlockRuleSet
 	if len(rules) > MaxRules {

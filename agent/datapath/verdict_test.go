@@ -59,14 +59,14 @@ func runProbe(t *testing.T, prog *ebpf.Program, udp bool, identity uint32, dst s
 func TestTCPVerdicts(t *testing.T) {
 	d, prog := probe(t)
 	pfx := netip.MustParsePrefix
-	err := d.SetRules(1, []Rule{
+	first := []Rule{
 		{Prefix: pfx("10.0.0.0/8"), PortMin: 5432, PortMax: 5432, Verdict: Deny},
 		{Prefix: pfx("10.1.0.0/16"), Verdict: Pass},
 		{Prefix: pfx("::1/128"), PortMin: 80, PortMax: 90, Verdict: Pass},
 		{Prefix: pfx("2001:db8::/32"), Verdict: Deny},
 		{Prefix: pfx("0.0.0.0/0"), PortMin: 22, PortMax: 22, Verdict: Deny},
-	})
-	if err != nil {
+	}
+	if err := d.SetRules(1, first); err != nil {
 		t.Fatal(err)
 	}
 	// Identity 3: the last of MaxRules rules is reachable.
@@ -78,6 +78,18 @@ func TestTCPVerdicts(t *testing.T) {
 	if err := d.SetRules(3, many); err != nil {
 		t.Fatal(err)
 	}
+	// Identity 4: the shape policy.Intercept derives, redirects for what
+	// some rule could allow, then deny for the rest.
+	refuse := []Rule{
+		{Prefix: pfx("10.0.0.5/32"), PortMin: 5432, PortMax: 5432, Verdict: Redirect},
+		{Prefix: pfx("2001:db8::/64"), PortMin: 443, PortMax: 443, Verdict: Redirect},
+		{Prefix: pfx("0.0.0.0/0"), PortMin: 1, PortMax: 65535, Verdict: Deny},
+		{Prefix: pfx("::/0"), PortMin: 1, PortMax: 65535, Verdict: Deny},
+	}
+	if err := d.SetRules(4, refuse); err != nil {
+		t.Fatal(err)
+	}
+	sets := map[uint32][]Rule{1: first, 3: many, 4: refuse}
 	const (
 		redirect = int32(bpf.InterlockVerdictVERDICT_REDIRECT)
 		deny     = int32(bpf.InterlockVerdictVERDICT_DENY)
@@ -103,9 +115,25 @@ func TestTCPVerdicts(t *testing.T) {
 		{2, "10.2.3.4:5432", redirect},    // no rules: redirect everything
 		{3, "198.51.100.7:443", pass},
 		{3, "192.0.2.1:443", deny},
+		{4, "10.0.0.5:5432", redirect},
+		{4, "[::ffff:10.0.0.5]:5432", redirect},
+		{4, "10.0.0.5:5433", deny},
+		{4, "10.0.0.6:5432", deny},
+		{4, "[2001:db8::1]:443", redirect},
+		{4, "[2001:db8:1::1]:443", deny},
+		{4, "203.0.113.9:80", deny},
 	} {
-		if got := runProbe(t, prog, false, c.identity, c.dst); got != c.want {
+		got := runProbe(t, prog, false, c.identity, c.dst)
+		if got != c.want {
 			t.Errorf("tcp identity %d to %s: verdict %d, want %d", c.identity, c.dst, got, c.want)
+		}
+		// Match, which deny events are explained with, agrees.
+		want := redirect
+		if i := Match(sets[c.identity], netip.MustParseAddrPort(c.dst)); i >= 0 {
+			want = map[Verdict]int32{Redirect: redirect, Deny: deny, Pass: pass}[sets[c.identity][i].Verdict]
+		}
+		if got != want {
+			t.Errorf("tcp identity %d to %s: the kernel's verdict %d, Match's %d", c.identity, c.dst, got, want)
 		}
 	}
 }
