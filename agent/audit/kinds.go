@@ -352,10 +352,11 @@ func (e ConnectionOpened) logTo(l *zerolog.Logger) {
 
 func (e ConnectionClosed) logTo(l *zerolog.Logger) {
 	// A session that did not end normally is something an operator looks at.
-	ev, msg := l.Info(), "connection closed"
+	level, msg := zerolog.InfoLevel, "connection closed"
 	if e.Outcome != "closed" {
-		ev, msg = l.Warn(), "connection refused or failed"
+		level, msg = zerolog.WarnLevel, "connection refused or failed"
 	}
+	ev := l.WithLevel(level)
 	ev.Str("event", "connection_close").Str("conn", e.Session).Str("identity", e.Identity).
 		Str("target", e.Target).Str("dst", e.Dst).Str("outcome", e.Outcome).Str("reason", e.Reason).
 		Int64("bytes_sent", e.BytesIn).Int64("bytes_received", e.BytesOut).
@@ -365,10 +366,11 @@ func (e ConnectionClosed) logTo(l *zerolog.Logger) {
 func (e Decision) logTo(l *zerolog.Logger) {
 	// Allows are logged at debug level only: a busy session must not cost
 	// a log write per statement.
-	ev := l.Info()
+	level := zerolog.InfoLevel
 	if e.Action == "allow" {
-		ev = l.Debug()
+		level = zerolog.DebugLevel
 	}
+	ev := l.WithLevel(level)
 	action, mode := e.Action, "enforce"
 	if !e.Enforced {
 		mode = "audit"
