@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -428,5 +429,38 @@ func TestDecodersMatchPolicy(t *testing.T) {
 	p := New(Config{})
 	if got, want := slices.Sorted(slices.Values(p.Protocols())), slices.Sorted(slices.Values(policy.Decoded())); !slices.Equal(got, want) {
 		t.Fatalf("pipeline serves %v, policy accepts %v", got, want)
+	}
+}
+
+// BenchmarkDecide is what the pipeline adds to each statement of a session
+// beyond the policy's own decision: identity check, metrics, the audit
+// event (an enforced allow goes to the log at debug level only) and the
+// recording's verdict.
+func BenchmarkDecide(b *testing.B) {
+	t := &testing.T{}
+	e := newEnv(t, nil)
+	e.p.cfg.Audit = audit.New(e.st, "host-b", audit.WithEventLog(zerolog.New(io.Discard).Level(zerolog.InfoLevel)))
+	pc := &proxy.Conn{ID: "bench", Identity: proxy.Identity{Name: "ci"}, Dst: netip.MustParseAddrPort("127.0.0.1:5432")}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	client, _ := net.Dial("tcp", ln.Addr().String())
+	defer client.Close()
+	server, _ := ln.Accept()
+	pc.Client = server.(*net.TCPConn)
+	c := newConn(pc, e.p.cfg.Policy.Current())
+	rec := &recorder{p: e.p, c: c}
+	if err := rec.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	defer rec.finish("closed")
+	en := &enforcer{p: e.p, c: c, rec: rec}
+	req := protocol.Request{Operation: protocol.OpQuery, Text: "SELECT id, name FROM customers WHERE id = 42"}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if v := en.Decide(ctx, req); v.Action != protocol.Allow {
+			b.Fatalf("verdict %+v", v)
+		}
 	}
 }
