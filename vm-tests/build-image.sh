@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# build-image.sh OUTDIR: build the Debian 12 guest for the VM test from
-# Debian's packages with debootstrap, and leave in OUTDIR
+# build-image.sh OUTDIR [SUITE]: build a guest for the VM test from Debian's
+# packages with debootstrap (SUITE bookworm, the default, or trixie), and
+# leave in OUTDIR
 #   rootfs.img   raw ext4 root filesystem (booted read-only through a qcow2 overlay)
-#   vmlinuz      Debian's linux-image-cloud-amd64 kernel (6.1)
+#   vmlinuz      Debian's linux-image-cloud-amd64 kernel (6.1 in bookworm, 6.12 in trixie)
 #   initrd.img   its initramfs
 # Needs root, debootstrap and e2fsprogs; no loop devices or mounts of the
 # image (mkfs.ext4 -d fills the filesystem from a directory).
 set -euo pipefail
-out=${1:?usage: build-image.sh OUTDIR}
+out=${1:?usage: build-image.sh OUTDIR [SUITE]}
+suite=${2:-bookworm}
 here=$(cd "$(dirname "$0")" && pwd)
-suite=bookworm
 
-# The host's Debian mirror, so this works where only that mirror is reachable.
+# The host's Debian mirror, so this works where only that mirror is
+# reachable; it serves every suite, whichever one the host runs.
 mirror=${INTERLOCK_VM_MIRROR:-}
 if [ -z "$mirror" ]; then
   mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)

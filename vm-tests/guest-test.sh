@@ -5,42 +5,13 @@
 # statements are decided and recorded, and that it fails closed while
 # interlockd is down. Every failure prints the guest journal.
 set -uo pipefail
-export LC_ALL=C.UTF-8 SYSTEMD_PAGER= SYSTEMD_COLORS=0
-share=/mnt/vmshare
-pglog=/var/log/postgresql/postgresql-15-main.log
-t0=$(date +%s)
-
-step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
-dump() {
-  echo "--- systemctl --failed"; systemctl --failed --no-legend
-  echo "--- journal: interlock.service"; journalctl -b --no-pager -o short-monotonic -u interlock.service | tail -n 60
-  echo "--- journal: legacy units"; journalctl -b --no-pager -o short-monotonic -u legacy-psql.service -u legacy-loop.service | tail -n 60
-  echo "--- journal: errors"; journalctl -b --no-pager -p warning | tail -n 40
-  echo "--- postgresql log"; tail -n 30 "$pglog"
-}
-fail() { echo "VM-TEST FAIL: $*"; dump; exit 1; }
-# wait_for SECONDS CMD...: poll CMD once a second.
-wait_for() {
-  local n=$1; shift
-  for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0; sleep 1; done
-  return 1
-}
-as_postgres() { runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -q "$@"; }
+. /mnt/vmshare/guest-lib.sh
+dump_units=(legacy-psql.service legacy-loop.service)
 pg_connections() { grep -c 'connection received: host=127.0.0.1' "$pglog"; }
 
-step "guest"
-echo "guest kernel: $(uname -r) ($(uname -v))"
-echo "host name: $(hostname), systemd $(systemctl --version | head -n1 | cut -d' ' -f2), cgroup: $(stat -fc %T /sys/fs/cgroup)"
-
-step "install the package"
-dpkg -i "$share/interlock.deb" || fail "dpkg -i"
-systemd-analyze verify /lib/systemd/system/interlock.service || fail "systemd-analyze verify interlock.service"
-echo "systemd-analyze verify interlock.service: ok"
-wait_for 60 systemctl is-active interlock.service || fail "interlock.service is not active after install"
-echo "interlock.service: $(systemctl is-active interlock.service) (Type=notify: ready means the data path is armed)"
-
-step "PostgreSQL 15 in the guest"
-wait_for 120 pg_isready -q -h 127.0.0.1 || fail "PostgreSQL did not start"
+guest_info
+install_package
+wait_postgres
 as_postgres <<'SQL' || fail "set up the database"
 ALTER ROLE postgres PASSWORD 'vm-admin';
 CREATE ROLE interlock_demo NOLOGIN;
@@ -50,19 +21,7 @@ CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
 INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');
 GRANT SELECT, INSERT, UPDATE, DELETE ON customers TO interlock_demo;
 SQL
-# interlockd issues a short-lived role per session from this admin login
-# (the embedded issuer); the client never has a password.
-install -m 0600 /dev/null /etc/interlock/pg-admin.dsn
-echo "host=127.0.0.1 port=5432 user=postgres password=vm-admin dbname=postgres" >/etc/interlock/pg-admin.dsn
-cat >>/etc/interlock/interlockd.yaml <<'YAML'
-credentials:
-  embedded:
-    embedded:
-      admin_dsn_file: /etc/interlock/pg-admin.dsn
-      template: interlock_demo
-      ttl: 5m
-YAML
-systemctl restart interlock.service || fail "restart interlock.service with the credentials block"
+embedded_issuer postgres vm-admin interlock_demo
 interlock status || fail "interlock status"
 
 step "a legacy client unit, tagged"
@@ -130,14 +89,9 @@ n=$(interlock exec --identity demo -- psql -h 127.0.0.1 -U app -d app -w -X -Atc
 echo "interlock exec --identity demo -- psql: $n rows"
 
 step "the bpf LSM: ways out a tagged task does not get"
-lsms=$(cat /sys/kernel/security/lsm)
-echo "active LSMs: $lsms"
-grep -qw bpf <<<"${lsms//,/ }" || fail "the guest did not boot with the bpf LSM (lsm=...,bpf)"
 # 6.1 has no cgroup/connect_unix or sendmsg_unix (6.7): those gaps are the
 # kernel's, not the LSM's; any other gap fails the test.
-gaps=$(journalctl -b --no-pager -o cat -u interlock.service | grep '"not enforced on this kernel"' | grep -v 'needs kernel 6.7')
-[ -z "$gaps" ] || fail "interlockd reports gaps with the bpf LSM active: $gaps"
-echo "interlockd reports no LSM gap"
+check_gaps 'needs kernel 6.7'
 # try WHAT CMD...: run CMD tagged as demo; it must fail with EPERM.
 refused() {
   local what=$1; shift
@@ -297,7 +251,7 @@ if [ -e "$share/caps-probe" ]; then
     select=$(journalctl -b -o cat -u legacy-psql.service --since "$since" | grep -m1 'SELECT exit')
     exe=$(journalctl -b -o cat -u interlock.service --since "$since" | grep -m1 '"event":"connection_open"' | grep -o '"exe":"[^"]*"')
     execd=$(interlock exec --identity demo -- true 2>&1 && echo ok)
-    if [ "$select" = "legacy-client: SELECT exit 0" ] && [ "$exe" = '"exe":"/usr/lib/postgresql/15/bin/psql"' ] && [ "$execd" = ok ]; then
+    if [ "$select" = "legacy-client: SELECT exit 0" ] && [ "$exe" = "\"exe\":\"/usr/lib/postgresql/$pgver/bin/psql\"" ] && [ "$execd" = ok ]; then
       echo "without $cap: not needed for start, tagging, a proxied session and exec"
     else
       echo "without $cap: NEEDED (${select:-no SELECT}; connection_open ${exe:-without exe}; exec: $execd)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# provision.sh MODE: make a Debian 12 system an Interlock test guest.
+# provision.sh MODE: make a Debian 12 or 13 system an Interlock test guest.
 #
 # Shared by the two ways the guest is built, so they cannot drift apart:
 #   image    run by build-image.sh inside the debootstrapped chroot (no
@@ -11,10 +11,10 @@ set -euo pipefail
 mode=${1:?usage: provision.sh image|vagrant}
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 
-# What every guest has: systemd as init, Debian's own 6.1 kernel, a
-# PostgreSQL 15 server with the legacy client psql, and the tools the guest
-# test uses. Keep the list in step with build-image.sh's hash (it is: the
-# hash covers this file).
+# What every guest has: systemd as init, Debian's own kernel (6.1 in 12,
+# 6.12 in 13), the release's PostgreSQL server (15 in 12, 17 in 13) with
+# the legacy client psql, and the tools the guest test uses. Keep the list
+# in step with build-image.sh's hash (it is: the hash covers this file).
 guest_packages=(
   systemd systemd-sysv udev dbus kmod procps iproute2 util-linux e2fsprogs
   linux-image-cloud-amd64 initramfs-tools
@@ -34,7 +34,9 @@ apt-get install -y -q --no-install-recommends "${guest_packages[@]}"
 
 # PostgreSQL records every connection it receives: the fail-closed check
 # proves from the server's own log that a tagged client reached nothing.
-pgconf=/etc/postgresql/15/main/conf.d/interlock-vm.conf
+pgmain=(/etc/postgresql/*/main)
+[ "${#pgmain[@]}" = 1 ] && [ -d "${pgmain[0]}" ] || { echo "provision.sh: want one PostgreSQL cluster, have: ${pgmain[*]}" >&2; exit 1; }
+pgconf=${pgmain[0]}/conf.d/interlock-vm.conf
 mkdir -p "$(dirname "$pgconf")"
 cat >"$pgconf" <<'PGCONF'
 log_connections = on

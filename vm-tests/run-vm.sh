@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# run-vm.sh IMAGE_DIR DEB: boot the cached Debian 12 guest (build-image.sh)
+# run-vm.sh IMAGE_DIR DEB [GUEST_TEST]: boot a cached guest (build-image.sh)
 # under QEMU with a throwaway copy-on-write overlay, hand it the package and
-# guest-test.sh on a second disk, and stream the test's output (the guest's
-# second serial port) to stdout. Exit 0 only if the guest test passed.
+# the guest test (default guest-test.sh; the image runs it as guest-test.sh)
+# with guest-lib.sh on a second disk, and stream the test's output (the
+# guest's second serial port) to stdout. Exit 0 only if the guest test passed.
 #
 # Acceleration: KVM when a short probe boots a kernel with it (nested KVM
 # fails on some CI machines), else TCG. INTERLOCK_VM_ACCEL=kvm|tcg forces it.
 set -euo pipefail
-img=${1:?usage: run-vm.sh IMAGE_DIR DEB}
-deb=${2:?usage: run-vm.sh IMAGE_DIR DEB}
+img=${1:?usage: run-vm.sh IMAGE_DIR DEB [GUEST_TEST]}
+deb=${2:?usage: run-vm.sh IMAGE_DIR DEB [GUEST_TEST]}
 here=$(cd "$(dirname "$0")" && pwd)
+guest_test=${3:-$here/guest-test.sh}
 timeout_s=${INTERLOCK_VM_TIMEOUT:-1200}
 qemu=${QEMU:-qemu-system-x86_64}
 
@@ -56,12 +58,13 @@ lsm=${INTERLOCK_VM_LSM:-lockdown,capability,landlock,yama,apparmor,bpf}
 qemu-img create -q -f qcow2 -F raw -b "$img/rootfs.img" "$run/root.qcow2"
 mkdir "$run/share"
 cp "$deb" "$run/share/interlock.deb"
-cp "$here/guest-test.sh" "$run/share/"
+cp "$guest_test" "$run/share/guest-test.sh"
+cp "$here/guest-lib.sh" "$run/share/"
 # INTERLOCK_VM_CAPS_PROBE=1: also find which capabilities interlockd uses.
 [ "${INTERLOCK_VM_CAPS_PROBE:-}" = 1 ] && touch "$run/share/caps-probe"
 mkfs.ext4 -q -L vmshare -d "$run/share" "$run/share.img" 128M
 
-echo "run-vm: booting $img ($accel, timeout ${timeout_s}s)"
+echo "run-vm: booting $img with $(basename "$guest_test") ($accel, timeout ${timeout_s}s)"
 start=$(date +%s)
 set +e
 timeout "$timeout_s" "$qemu" "${accel_args[@]}" -smp 2 -m 1536 \

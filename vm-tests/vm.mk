@@ -2,20 +2,24 @@
 #
 #   make install     binaries, unit, /etc/interlock defaults (PREFIX=/usr, DESTDIR=)
 #   make deb         bin/interlock_VERSION_amd64.deb (dpkg-deb)
-#   make vm-image    the Debian 12 guest (debootstrap), cached in VM_CACHE
-#   make vm-test     boot the guest under QEMU (bpf LSM on), install the .deb,
-#                    tag a unit, check decisions, audit, fail-closed and the
-#                    LSM refusals; then boot Debian 11's 5.10 kernel (below the
-#                    floor) and check that interlockd refuses to start
-.PHONY: install deb vm-image vm-test vm-unit-verify
+#   make vm-image    the Debian 12 and 13 guests (debootstrap), cached in VM_CACHE
+#   make vm-test     boot the Debian 12 guest under QEMU (bpf LSM on), install
+#                    the .deb, tag a unit, check decisions, audit, fail-closed
+#                    and the LSM refusals; boot the Debian 13 guest (6.12,
+#                    PostgreSQL 17) and check that a CREATEROLE admin drops
+#                    each session's role (vm-test-trixie); then boot Debian
+#                    11's 5.10 kernel (below the floor) and check that
+#                    interlockd refuses to start
+.PHONY: install deb vm-image vm-test vm-test-bookworm vm-test-trixie vm-unit-verify
 
 PREFIX  ?= /usr
 DESTDIR ?=
 VM_CACHE ?= /var/cache/interlock-vm
-# The image is rebuilt when any file that goes into it changes.
+# An image is rebuilt when any file that goes into it, or its suite, changes.
 VM_IMAGE_INPUTS := vm-tests/build-image.sh vm-tests/provision.sh vm-tests/vm-run vm-tests/interlock-vm-run.service
-VM_IMAGE_KEY = $(shell cat $(VM_IMAGE_INPUTS) | sha256sum | cut -c1-16)
-VM_IMAGE = $(VM_CACHE)/debian12-$(VM_IMAGE_KEY)
+vm_image_key = $(shell { cat $(VM_IMAGE_INPUTS); echo $(1); } | sha256sum | cut -c1-16)
+VM_IMAGE = $(VM_CACHE)/debian12-$(call vm_image_key,bookworm)
+VM_IMAGE_TRIXIE = $(VM_CACHE)/debian13-$(call vm_image_key,trixie)
 # Debian versions must start with a digit: 0.0~git<date>.<commit>.
 DEB_VERSION ?= $(shell git log -1 --format='0.0~git%cd.%h' --date=format:%Y%m%d 2>/dev/null || echo 0.0)
 DEB = $(BIN)/interlock_$(DEB_VERSION)_amd64.deb
@@ -41,13 +45,24 @@ deb: build
 	dpkg-deb --root-owner-group -Zgzip --build $(BIN)/deb $(DEB)
 	@echo "built $(DEB)"
 
-vm-image:
+# vm_build DIR SUITE: build the image into DIR unless it is cached.
+define vm_build
 	@mkdir -p $(VM_CACHE)
-	@flock $(VM_CACHE)/.lock sh -c 'test -s $(VM_IMAGE)/rootfs.img || { \
-	  echo "vm-image: building $(VM_IMAGE) (debootstrap; a few minutes, cached afterwards)"; \
-	  vm-tests/build-image.sh $(VM_IMAGE); }'
-	@echo "vm-image: $(VM_IMAGE)"
+	@flock $(VM_CACHE)/.lock sh -c 'test -s $(1)/rootfs.img || { \
+	  echo "vm-image: building $(1) (debootstrap $(2); several minutes, cached afterwards)"; \
+	  vm-tests/build-image.sh $(1) $(2); }'
+	@echo "vm-image: $(1)"
+endef
 
-vm-test: deb vm-image
-	vm-tests/run-vm.sh $(VM_IMAGE) $(DEB)
+vm-image: $(VM_IMAGE)/rootfs.img $(VM_IMAGE_TRIXIE)/rootfs.img
+$(VM_IMAGE)/rootfs.img:
+	$(call vm_build,$(VM_IMAGE),bookworm)
+$(VM_IMAGE_TRIXIE)/rootfs.img:
+	$(call vm_build,$(VM_IMAGE_TRIXIE),trixie)
+
+vm-test: vm-test-bookworm vm-test-trixie
 	vm-tests/floor-test.sh $(VM_CACHE) $(BIN)/interlockd
+vm-test-bookworm: deb $(VM_IMAGE)/rootfs.img
+	vm-tests/run-vm.sh $(VM_IMAGE) $(DEB) vm-tests/guest-test.sh
+vm-test-trixie: deb $(VM_IMAGE_TRIXIE)/rootfs.img
+	vm-tests/run-vm.sh $(VM_IMAGE_TRIXIE) $(DEB) vm-tests/guest-test-trixie.sh
