@@ -94,6 +94,10 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	s.Agent.SetDeadline(time.Time{})
 	defer c.closeUpstream()
 	defer sconn.Close()
+	// The session ends with interlockd: closing the connection ends its
+	// channels, and they their commands' upstream channels.
+	stop := context.AfterFunc(ctx, func() { sconn.Close() })
+	defer stop()
 	go c.globalRequests(ctx, reqs)
 	var wg sync.WaitGroup
 	defer wg.Wait()
