@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -143,7 +144,13 @@ rules:
     target: web-1
     ssh: {exec: ["uname *", "cat", "cat %s/*", "ls *", "printenv *"]}
     action: allow
-`, f.port, knownUp, dir), 0o644)
+  - name: touch-reviewed
+    identity: ci-bot
+    target: web-1
+    ssh: {exec: ["touch %s/*"]}
+    action: approve
+    approve: {reviewers: [root], quorum: 1, timeout: 60s}
+`, f.port, knownUp, dir, dir), 0o644)
 	token := write("token", vault.RootToken(), 0o600)
 	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n", vault.URL(), token), 0o600)
 	f.d = daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
@@ -170,19 +177,25 @@ func (f *sshFixture) ssh(t *testing.T, stdin string, args ...string) (string, st
 	f.runs++
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
+	out, errOut, status, err := f.runSSH(ctx, stdin, args...)
+	if err != nil {
+		t.Fatalf("ssh %v: %v", args, err)
+	}
+	return out, errOut, status
+}
+
+// runSSH runs the agent's ssh; err is set only when it could not run.
+func (f *sshFixture) runSSH(ctx context.Context, stdin string, args ...string) (string, string, int, error) {
 	argv := append([]string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
 		"ssh", "-F", f.clientFF, "-p", strconv.Itoa(f.port)}, args...)
 	cmd := f.d.Command(ctx, argv...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr, cmd.Stdin = &out, &errb, strings.NewReader(stdin)
 	err := cmd.Run()
-	status := 0
 	if ee, ok := err.(*exec.ExitError); ok {
-		status = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("ssh %v: %v", args, err)
+		return out.String(), errb.String(), ee.ExitCode(), nil
 	}
-	return out.String(), errb.String(), status
+	return out.String(), errb.String(), 0, err
 }
 
 // TestSSHExec: exec requests through interlockd to a real sshd, decided
@@ -301,5 +314,43 @@ func TestSSHForwardingRefused(t *testing.T) {
 		if !strings.Contains(f.d.Logs(), "interlock cannot decide ssh "+op+" requests") {
 			t.Errorf("no decision on %s in the audit log", op)
 		}
+	}
+}
+
+// TestSSHHeldCommandApproved: a command a rule holds prints its approval id
+// on stderr, waits, and runs once a reviewer approves it with the CLI.
+func TestSSHHeldCommandApproved(t *testing.T) {
+	f := startSSH(t)
+	marker := filepath.Join(f.dir, "reviewed")
+	type result struct {
+		stderr string
+		status int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, errOut, st, err := f.runSSH(t.Context(), "", "127.0.0.1", "touch "+marker)
+		done <- result{errOut, st, err}
+	}()
+	var pending []struct{ ID, Statement string }
+	waitFor(t, "the held command's approval", func() bool {
+		out, _, err := f.d.CLI("approvals", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &pending) == nil && len(pending) > 0
+	})
+	if pending[0].Statement != "touch "+marker {
+		t.Fatalf("pending approval: %+v", pending[0])
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the held command ran before its approval")
+	}
+	if out, stderr, err := f.d.CLI("approve", pending[0].ID, "--comment", "fine"); err != nil {
+		t.Fatalf("approve: %v\n%s%s", err, out, stderr)
+	}
+	r := <-done
+	if r.err != nil || r.status != 0 || !strings.Contains(r.stderr, "held for approval "+pending[0].ID) {
+		t.Fatalf("held ssh after approval: %v, status %d\n%s", r.err, r.status, r.stderr)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the approved command did not run: %v", err)
 	}
 }
