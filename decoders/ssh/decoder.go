@@ -29,6 +29,10 @@ const (
 // open at once when Decoder.MaxChannels is 0: OpenSSH's MaxSessions.
 const DefaultMaxChannels = 10
 
+// overCapHandshake bounds the handshake of a connection refused for its
+// identity's session cap.
+const overCapHandshake = 2 * time.Second
+
 // deniedStatus is the exit status of a denied command: the shell's "found
 // but cannot execute".
 const deniedStatus = 126
@@ -61,7 +65,14 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	if err != nil {
 		return &protocol.RefusedError{Outcome: "target", Err: err}
 	}
-	hctx, cancel := context.WithTimeout(ctx, s.Handshake)
+	timeout := s.Handshake
+	if s.Refuse != nil {
+		// A connection over its identity's cap is only told so: long
+		// enough for a client on this host, too short for half-open
+		// connections to pile up.
+		timeout = overCapHandshake
+	}
+	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c := &conn{s: s, t: t, maxChannels: d.MaxChannels}
 	if c.maxChannels <= 0 {
@@ -87,7 +98,7 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 			return c.refused
 		}
 		if hctx.Err() != nil {
-			err = fmt.Errorf("the SSH handshake took longer than %s: %w", s.Handshake, err)
+			err = fmt.Errorf("the SSH handshake took longer than %s: %w", timeout, err)
 		}
 		return &protocol.RefusedError{Outcome: "handshake", Err: err}
 	}

@@ -585,3 +585,22 @@ func TestUserFromTarget(t *testing.T) {
 		t.Errorf("%q", out)
 	}
 }
+
+// TestSessionLimit: a connection over its identity's cap is told so and
+// gets the limit back as its outcome, with nothing issued.
+func TestSessionLimit(t *testing.T) {
+	f := newFixture(t)
+	limit := &protocol.LimitError{Limit: "sessions", Msg: "identity \"ci\" already has 2 sessions open, its limit"}
+	f.session = func(s *protocol.Session) { s.Refuse = limit }
+	nc, done := f.serve()
+	var banner string
+	if _, err := f.dial(nc, "deploy", &banner); err == nil {
+		t.Fatal("login allowed over the cap")
+	}
+	if err := <-done; err != limit || !strings.Contains(banner, "too many sessions") {
+		t.Errorf("Serve: %v, banner %q", err, banner)
+	}
+	if f.issued != 0 {
+		t.Error("a credential was issued over the cap")
+	}
+}
