@@ -34,6 +34,7 @@ type sshFixture struct {
 	sshdLog  *daemontest.Buffer
 	vaultCA  ssh.PublicKey
 	clientFF string // the agent's ssh_config
+	knownUp  string // interlockd's known_hosts for sshd
 	// runs counts the ssh clients run, each one connection.
 	runs int
 }
@@ -121,7 +122,7 @@ X11Forwarding no
 	waitFor(t, "sshd to listen", func() bool { return strings.Contains(f.sshdLog.String(), "Server listening") })
 
 	// interlockd verifies sshd's host key against this file.
-	knownUp := write("upstream_known_hosts", knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, hostSigner.PublicKey())+"\n", 0o644)
+	f.knownUp = write("upstream_known_hosts", knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, hostSigner.PublicKey())+"\n", 0o644)
 	pol := write("policy.yaml", fmt.Sprintf(`version: 1
 identities: [{name: ci-bot}]
 targets:
@@ -150,7 +151,7 @@ rules:
     ssh: {exec: ["touch %s/*"]}
     action: approve
     approve: {reviewers: [root], quorum: 1, timeout: 60s}
-`, f.port, knownUp, dir, dir), 0o644)
+`, f.port, f.knownUp, dir, dir), 0o644)
 	token := write("token", vault.RootToken(), 0o600)
 	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n", vault.URL(), token), 0o600)
 	f.d = daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
@@ -352,5 +353,28 @@ func TestSSHHeldCommandApproved(t *testing.T) {
 	}
 	if _, err := os.Stat(marker); err != nil {
 		t.Fatalf("the approved command did not run: %v", err)
+	}
+}
+
+// TestSSHUpstreamHostKeyMismatch: when sshd's host key is not the one
+// interlockd's known_hosts holds, no certificate is presented to it and the
+// agent is told why.
+func TestSSHUpstreamHostKeyMismatch(t *testing.T) {
+	f := startSSH(t)
+	_, k, _ := ed25519.GenerateKey(rand.Reader)
+	other, _ := ssh.NewSignerFromKey(k)
+	line := knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, other.PublicKey())
+	if err := os.WriteFile(f.knownUp, []byte(line+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, st := f.ssh(t, "", "127.0.0.1", "uname")
+	if st != 255 || !strings.Contains(errOut, "is not the one "+f.knownUp+" holds for it") {
+		t.Errorf("status %d, stderr %q", st, errOut)
+	}
+	if strings.Contains(f.sshdLog.String(), "Accepted") {
+		t.Errorf("sshd accepted a login:\n%s", f.sshdLog.String())
+	}
+	if !strings.Contains(f.d.Logs(), `"outcome":"upstream host key"`) {
+		t.Errorf("no session closed with outcome upstream host key in the audit log")
 	}
 }
