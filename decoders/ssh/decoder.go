@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	xssh "golang.org/x/crypto/ssh"
@@ -23,7 +24,15 @@ const (
 	MsgGlobalRequest  = 'g'
 	MsgInterlock      = 'i'
 	MsgExit           = 'x'
+	MsgStdin          = 'w'
+	MsgStdout         = 'd'
+	MsgStderr         = 'e'
+	MsgBytes          = 'n'
 )
+
+// MaxRecordedStream caps, per command and stream (stdin, stdout, stderr),
+// the bytes the recording keeps; the counts are always recorded.
+const MaxRecordedStream = 64 << 10
 
 // DefaultMaxChannels bounds the session channels one connection may have
 // open at once when Decoder.MaxChannels is 0: OpenSSH's MaxSessions.
@@ -541,13 +550,24 @@ type relay struct {
 	c     *conn
 	agent xssh.Channel
 	up    xssh.Channel
+	// in, out and errs count the command's stdin, stdout and stderr.
+	in, out, errs *stream
+}
+
+// stream is one of a command's byte streams as the recording sees it.
+type stream struct {
+	typ        byte
+	fromClient bool
+	n          atomic.Int64
 }
 
 func (r relay) run(ctx context.Context, agentReqs, upReqs <-chan *xssh.Request) {
+	r.in = &stream{typ: MsgStdin, fromClient: true}
+	r.out, r.errs = &stream{typ: MsgStdout}, &stream{typ: MsgStderr}
 	var out sync.WaitGroup
 	out.Add(2)
-	go func() { defer out.Done(); r.copyDown(r.agent, r.up) }()
-	go func() { defer out.Done(); r.copyDown(r.agent.Stderr(), r.up.Stderr()) }()
+	go func() { defer out.Done(); r.copyDown(r.agent, r.up, r.out) }()
+	go func() { defer out.Done(); r.copyDown(r.agent.Stderr(), r.up.Stderr(), r.errs) }()
 	go r.copyUp()
 	go r.agentRequests(ctx, agentReqs)
 	// The server's requests end when its channel closes; how the command
@@ -563,19 +583,36 @@ func (r relay) run(ctx context.Context, agentReqs, upReqs <-chan *xssh.Request) 
 		}
 	}
 	out.Wait()
+	r.c.s.Recorder.Record(protocol.Message{Type: MsgBytes, Time: time.Now(), Body: fmt.Appendf(nil,
+		"stdin %d, stdout %d, stderr %d bytes", r.in.n.Load(), r.out.n.Load(), r.errs.n.Load())})
 	for _, q := range exits {
 		r.c.exit(r.agent, q.Type, q.Payload)
 	}
 	r.agent.CloseWrite()
 }
 
+// keep counts p on s and records what of it falls within
+// MaxRecordedStream.
+func (r relay) keep(s *stream, p []byte) {
+	if kept := s.n.Add(int64(len(p))) - int64(len(p)); kept < MaxRecordedStream {
+		m := protocol.Message{FromClient: s.fromClient, Type: s.typ, Body: p[:min(int64(len(p)), MaxRecordedStream-kept)], Time: time.Now()}
+		if s.fromClient {
+			// The agent's messages are filed in order with its requests.
+			r.c.decide.Lock()
+			defer r.c.decide.Unlock()
+		}
+		r.c.s.Recorder.Record(m)
+	}
+}
+
 // copyDown copies the server's output to the agent; if the agent is gone,
 // the server's channel is closed so the command is not left writing.
-func (r relay) copyDown(dst interface{ Write([]byte) (int, error) }, src interface{ Read([]byte) (int, error) }) {
+func (r relay) copyDown(dst interface{ Write([]byte) (int, error) }, src interface{ Read([]byte) (int, error) }, s *stream) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			r.keep(s, buf[:n])
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				r.up.Close()
 				return
@@ -593,6 +630,7 @@ func (r relay) copyUp() {
 	for {
 		n, err := r.agent.Read(buf)
 		if n > 0 {
+			r.keep(r.in, buf[:n])
 			if _, werr := r.up.Write(buf[:n]); werr != nil {
 				return
 			}

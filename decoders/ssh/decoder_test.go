@@ -328,6 +328,19 @@ func (r *recorder) has(typ byte, body string) bool {
 	return false
 }
 
+// bytes returns how many bytes of type typ were recorded.
+func (r *recorder) bytes(typ byte) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if m.Type == typ {
+			n += len(m.Body)
+		}
+	}
+	return n
+}
+
 // exec runs command on a new session of c with stdin and returns stdout,
 // stderr and the exit status.
 func exec(t *testing.T, c *xssh.Client, command, stdin string) (string, string, int) {
@@ -395,6 +408,13 @@ func TestExec(t *testing.T) {
 	}
 	if !f.rec.has(MsgExit, "exit-status 3") || !f.rec.has(MsgExit, "exit-status 126") {
 		t.Error("recording lacks the exit statuses")
+	}
+	// Output is recorded up to the cap, and counted whole.
+	if !f.rec.has(MsgStdout, "hello world\n") || !f.rec.has(MsgStderr, "oops\n") || !f.rec.has(MsgBytes, "stdin 0, stdout 3000000, stderr 0 bytes") {
+		t.Error("recording lacks the commands' output or counts")
+	}
+	if got := f.rec.bytes(MsgStdout); got != 12+MaxRecordedStream+MaxRecordedStream+len("still here\n") {
+		t.Errorf("recorded %d bytes of stdout", got)
 	}
 }
 

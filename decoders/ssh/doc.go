@@ -26,6 +26,10 @@
 //	            subsystem or variable name
 //	'g' agent   a global request (tcpip-forward, ...): its type
 //	'i' proxy   what interlockd told the agent itself (a denial on stderr)
+//	'w' agent   a command's stdin        } each up to MaxRecordedStream
+//	'd' server  a command's stdout       } bytes per command, in the
+//	'e' server  a command's stderr       } chunks they crossed in
+//	'n' server  a command's byte counts: "stdin N, stdout N, stderr N bytes"
 //	'x' server  how a command ended: "exit-status N" or "exit-signal NAME"
 //
 // The package is pure: it never logs, never touches the kernel and holds
