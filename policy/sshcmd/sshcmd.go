@@ -104,8 +104,11 @@ func parse(line string) (*syntax.File, error) {
 	if len(line) > MaxLine {
 		return nil, fmt.Errorf("command line of %d bytes is longer than %d", len(line), MaxLine)
 	}
-	if strings.IndexByte(line, 0) >= 0 {
-		return nil, errors.New("command line holds a NUL byte")
+	// The parser and the server's shell need not agree on control
+	// characters (mvdan.cc/sh drops a \r that bash keeps in the word):
+	// a line with one is not decided.
+	if i := strings.IndexFunc(line, func(r rune) bool { return r < 0x20 && r != '\t' && r != '\n' || r == 0x7f }); i >= 0 {
+		return nil, fmt.Errorf("command line holds control character %q", line[i])
 	}
 	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(strings.NewReader(line), "")
 	if err != nil {
@@ -162,7 +165,15 @@ func expansion(w *syntax.Word) string {
 				return "brace expansion"
 			}
 		case *syntax.SglQuoted:
+			if p.Dollar {
+				// $'...' is bash's; sh and dash read a $ and a quoted
+				// string, so the word depends on the server's shell.
+				return "$'...' quoting"
+			}
 		case *syntax.DblQuoted:
+			if p.Dollar {
+				return `$"..." quoting`
+			}
 			for _, q := range p.Parts {
 				if _, ok := q.(*syntax.Lit); !ok {
 					return describe(q)

@@ -50,6 +50,8 @@ func TestSplit(t *testing.T) {
 		{"while true; do rm x; done", []cmd{{Args: []string{"true"}}, {Args: []string{"rm", "x"}}}},
 		{"echo ${X:-$(rm x)}", []cmd{{Args: []string{"echo"}, Undecidable: "parameter expansion"}, {Args: []string{"rm", "x"}}}},
 		{"uname $(id) -a", []cmd{{Args: []string{"uname"}, Undecidable: "command substitution"}, {Args: []string{"id"}}}},
+		{`cat $'/etc/shadow'`, []cmd{{Args: []string{"cat"}, Undecidable: "$'...' quoting"}}},
+		{`cat $"x"`, []cmd{{Args: []string{"cat"}, Undecidable: `$"..." quoting`}}},
 		{"! uname", []cmd{{Args: []string{"uname"}}}},
 		{"", nil},
 		{"   # only a comment", nil},
@@ -85,6 +87,8 @@ func TestSplitRefuses(t *testing.T) {
 		"coproc rm x",
 		"{ uname; } > /tmp/x",
 		"uname\x00; rm -rf /",
+		"uname\r",
+		"uname\x1b[2K",
 		strings.Repeat("a", MaxLine+1),
 	} {
 		if cmds, err := Split(line); err == nil {
