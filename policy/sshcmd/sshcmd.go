@@ -152,10 +152,12 @@ func call(c *syntax.CallExpr, redir string) Command {
 // expansion says which expansion the shell would make in w, "" for none:
 // w is then its own value once quotes are removed.
 func expansion(w *syntax.Word) string {
-	for i, p := range w.Parts {
+	for _, p := range w.Parts {
 		switch p := p.(type) {
 		case *syntax.Lit:
-			if i == 0 && strings.HasPrefix(p.Value, "~") {
+			// bash expands ~ at a word's start and, outside POSIX mode,
+			// after = and : in words that look like assignments.
+			if strings.Contains(p.Value, "~") {
 				return "tilde expansion"
 			}
 			if strings.ContainsAny(p.Value, "*?[") {

@@ -41,6 +41,8 @@ func TestSplit(t *testing.T) {
 		{"ls *", []cmd{{Args: []string{"ls"}, Undecidable: "pathname expansion (glob)"}}},
 		{"ls '*'", []cmd{{Args: []string{"ls", "*"}}}},
 		{"ls ~root", []cmd{{Args: []string{"ls"}, Undecidable: "tilde expansion"}}},
+		{"cat x=~/secret", []cmd{{Args: []string{"cat"}, Undecidable: "tilde expansion"}}},
+		{"git log 'HEAD~1'", []cmd{{Args: []string{"git", "log", "HEAD~1"}}}},
 		{"echo {a,b}", []cmd{{Args: []string{"echo"}, Undecidable: "brace expansion"}}},
 		{"LD_PRELOAD=/tmp/x.so uname", []cmd{{Args: []string{"uname"}, Undecidable: "variable assignment LD_PRELOAD="}}},
 		{"PATH=/tmp", []cmd{{Undecidable: "variable assignment PATH="}}},
