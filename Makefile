@@ -15,7 +15,7 @@ all: build
 
 # Debian packages the build, the tests and the benchmarks use (as root).
 DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
-  iproute2 procps util-linux netcat-openbsd \
+  iproute2 procps util-linux netcat-openbsd openssh-client openssh-server \
   postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
   tshark chromium \
   debootstrap qemu-system-x86 qemu-utils busybox-static cpio xz-utils

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/interlock-dev/interlock/policy/mask"
 	"github.com/interlock-dev/interlock/policy/sqlclass"
+	"github.com/interlock-dev/interlock/policy/sshcmd"
 )
 
 // Policy is a compiled policy. It is immutable after load (target
@@ -47,8 +49,28 @@ type rule struct {
 	any         bool   // no operation matcher: matches every operation
 	sql         *sqlMatch
 	methods     []string
-	patterns    []string // HTTP paths, Redis commands, SSH commands
+	patterns    []string // HTTP paths, Redis commands
+	ssh         *sshMatch
 	decision    Decision
+}
+
+type sshMatch struct {
+	exec  []sshcmd.Pattern
+	shell bool
+}
+
+func (m *sshMatch) matches(op *Operation) bool {
+	switch op.SSH {
+	case "shell":
+		return m.shell
+	case "exec":
+		for _, p := range m.exec {
+			if p.Match(op.Args) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 type sqlMatch struct {
@@ -318,7 +340,7 @@ func (r *rule) matchesOp(p *Policy, in *Input) bool {
 	case OpRedis:
 		return matchAnyFold(r.patterns, in.Op.Command)
 	case OpSSH:
-		return matchAny(r.patterns, in.Op.Command)
+		return r.ssh.matches(&in.Op)
 	}
 	return false
 }
@@ -507,4 +529,59 @@ func precedence(a Action) int {
 		return 1
 	}
 	return 0
+}
+
+// DecideSSH decides an SSH request: "shell" as a whole; "exec" per simple
+// command of its line (sshcmd.Split), combined as DecideSQL combines
+// statements, so a line is as allowed as the least allowed command it
+// runs. A line that cannot be split is denied by "unparseable", a command
+// whose words are not what it would run (an expansion, a redirection) by
+// "shell-syntax", an empty line by "empty-command". Any other request is
+// denied by "unsupported-operation".
+func (p *Policy) DecideSSH(s *Subject, t *Target, request, line string) Decision {
+	ids := p.identitySet(s)
+	return p.decideSSH(&ids, s, t, request, line)
+}
+
+func (p *Policy) decideSSH(ids *bitset, s *Subject, t *Target, request, line string) Decision {
+	in := Input{Subject: s, Target: t, Protocol: "ssh", Op: Operation{Kind: OpSSH, SSH: request}}
+	switch request {
+	case "shell":
+		return p.decide(ids, &in)
+	case "exec":
+	default:
+		return Decision{Action: Deny, Rule: "unsupported-operation", Message: "interlock cannot decide ssh " + request + " requests"}
+	}
+	cmds, err := sshcmd.Split(line)
+	if err != nil {
+		return Decision{Action: Deny, Rule: "unparseable", Message: err.Error()}
+	}
+	if len(cmds) == 0 {
+		return Decision{Action: Deny, Rule: "empty-command", Message: "the command line runs no command"}
+	}
+	var best Decision
+	for i, c := range cmds {
+		if c.Undecidable != "" {
+			return Decision{Action: Deny, Rule: "shell-syntax", Message: fmt.Sprintf(
+				"command %d (%s) has a %s; rules decide literal words only", i+1, commandName(c), c.Undecidable)}
+		}
+		in.Op.Args = c.Args
+		d := p.decide(ids, &in)
+		if i == 0 || precedence(d.Action) > precedence(best.Action) {
+			best = d
+		}
+		if d.Action == Deny {
+			break
+		}
+	}
+	return best
+}
+
+// commandName names a command in a message: its first word, which the
+// line's author wrote and a denial may repeat.
+func commandName(c sshcmd.Command) string {
+	if len(c.Args) == 0 {
+		return "no literal name"
+	}
+	return strconv.Quote(c.Args[0])
 }

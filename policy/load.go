@@ -26,6 +26,7 @@ import (
 
 	"github.com/interlock-dev/interlock/policy/mask"
 	"github.com/interlock-dev/interlock/policy/sqlclass"
+	"github.com/interlock-dev/interlock/policy/sshcmd"
 )
 
 // rawPolicy mirrors the file; README.md documents every key.
@@ -93,6 +94,9 @@ type rawTarget struct {
 	Upstream   string         `yaml:"upstream"`
 	Credential map[string]any `yaml:"credential"`
 	Mode       string         `yaml:"mode"`
+	Hosts      []string       `yaml:"hosts"`
+	KnownHosts string         `yaml:"known_hosts"`
+	User       string         `yaml:"user"`
 	Pos        Pos
 	Keys       keyPos
 }
@@ -114,7 +118,7 @@ type rawRule struct {
 	SQL      *rawSQLOp   `yaml:"sql"`
 	HTTP     *rawHTTPOp  `yaml:"http"`
 	Redis    *rawCmdOp   `yaml:"redis"`
-	SSH      *rawCmdOp   `yaml:"ssh"`
+	SSH      *rawSSHOp   `yaml:"ssh"`
 	Action   string      `yaml:"action"`
 	Message  string      `yaml:"message"`
 	Mask     string      `yaml:"mask"`
@@ -146,6 +150,13 @@ type rawHTTPOp struct {
 type rawCmdOp struct {
 	Command []string `yaml:"command"`
 	Pos     Pos
+}
+
+type rawSSHOp struct {
+	Exec  []string `yaml:"exec"`
+	Shell bool     `yaml:"shell"`
+	Pos   Pos
+	Keys  keyPos
 }
 
 type rawApprove struct {
@@ -452,11 +463,11 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 var protocols = []string{"postgres", "mysql", "http", "redis", "ssh", "tcp"}
 
 // decoded lists the protocols this build can enforce: postgres
-// (decoders/postgres decides each statement) and tcp (a plain relay decided
-// at connect). Knowing the others keeps their rules parsing, so the error is
+// (decoders/postgres decides each statement), ssh (decoders/ssh decides
+// each exec and shell request) and tcp (a plain relay decided at connect). Knowing the others keeps their rules parsing, so the error is
 // specific; Load refuses a target or rule that needs one of them until its
 // decoder exists and is added here.
-var decoded = []string{"postgres", "tcp"}
+var decoded = []string{"postgres", "ssh", "tcp"}
 
 // Decoded returns the protocols this build can enforce. The session
 // pipeline's tests hold its decoders to this list.
@@ -702,6 +713,7 @@ func (c *compiler) target(r *rawTarget) {
 			c.errorf(r.Keys.at("upstream", r.Pos), "target %q: upstream %q is not host:port", r.Name, r.Upstream)
 		}
 	}
+	c.sshTarget(r, t)
 	if r.Credential != nil {
 		t.Credential.Params = r.Credential
 		t.Credential.Source, _ = r.Credential["source"].(string)
@@ -713,6 +725,37 @@ func (c *compiler) target(r *rawTarget) {
 	}
 	c.p.targets = append(c.p.targets, t)
 	c.p.targetIndex[t.Name] = t
+}
+
+// sshTarget checks the keys only SSH targets have: hosts (the names agents
+// use, which interlockd's host certificate names), known_hosts (required:
+// the upstream host key is always verified) and user.
+func (c *compiler) sshTarget(r *rawTarget, t *Target) {
+	if r.Protocol != "ssh" {
+		for _, k := range []struct {
+			key string
+			set bool
+		}{{"hosts", r.Hosts != nil}, {"known_hosts", r.KnownHosts != ""}, {"user", r.User != ""}} {
+			if k.set {
+				c.errorf(r.Keys.at(k.key, r.Pos), "target %q: %s is only for ssh targets", r.Name, k.key)
+			}
+		}
+		return
+	}
+	for _, h := range r.Hosts {
+		if !hostRE.MatchString(h) {
+			c.errorf(r.Keys.at("hosts", r.Pos), "target %q: hosts entry %q is not a host name", r.Name, h)
+			continue
+		}
+		t.Names = append(t.Names, strings.ToLower(strings.TrimSuffix(h, ".")))
+	}
+	switch {
+	case r.KnownHosts == "":
+		c.errorf(r.Pos, "target %q: an ssh target needs known_hosts: (a file with the server's host key)", r.Name)
+	case !filepath.IsAbs(r.KnownHosts):
+		c.errorf(r.Keys.at("known_hosts", r.Pos), "target %q: known_hosts %q is not an absolute path", r.Name, r.KnownHosts)
+	}
+	t.KnownHosts, t.User = r.KnownHosts, r.User
 }
 
 func (c *compiler) mask(r *rawMask) {
@@ -824,7 +867,7 @@ func (c *compiler) rule(r *rawRule) {
 		ops++
 		c.needDecoder(r.Keys.at("ssh", r.Pos), r.Name, "ssh")
 		cr.kind = OpSSH
-		cr.patterns = r.SSH.Command
+		cr.ssh = c.sshMatch(r.Name, r.SSH)
 	}
 	if ops > 1 {
 		c.errorf(r.Pos, "rule %q: give at most one of sql, http, redis, ssh (make one rule per protocol)", r.Name)
@@ -893,6 +936,24 @@ func (c *compiler) needDecoder(pos Pos, rule, protocol string) {
 		c.errorf(pos, "rule %q: %s requests are not decoded by this interlockd yet, so the rule would never match (supported: %s)",
 			rule, protocol, strings.Join(c.decoders, ", "))
 	}
+}
+
+// sshMatch compiles a rule's ssh: matcher: exec patterns (see
+// sshcmd.ParsePattern) and whether it matches interactive shells.
+func (c *compiler) sshMatch(rule string, r *rawSSHOp) *sshMatch {
+	m := &sshMatch{shell: r.Shell}
+	for _, e := range r.Exec {
+		p, err := sshcmd.ParsePattern(e)
+		if err != nil {
+			c.errorf(r.Keys.at("exec", r.Pos), "rule %q: ssh exec pattern %q: %v", rule, e, err)
+			continue
+		}
+		m.exec = append(m.exec, p)
+	}
+	if len(r.Exec) == 0 && !r.Shell {
+		c.errorf(r.Pos, "rule %q: ssh needs exec: [patterns] or shell: true", rule)
+	}
+	return m
 }
 
 func (c *compiler) sqlMatch(rule string, r *rawSQLOp) *sqlMatch {

@@ -120,7 +120,8 @@ const (
 	OpHTTP
 	// OpRedis is one Redis command.
 	OpRedis
-	// OpSSH is one SSH exec or shell request.
+	// OpSSH is one simple command of an SSH exec request, or a shell
+	// request.
 	OpSSH
 )
 
@@ -131,8 +132,12 @@ type Operation struct {
 	SQL *sqlclass.Statement
 	// Method and Path are the HTTP request's.
 	Method, Path string
-	// Command is the Redis command name or the SSH command line.
+	// Command is the Redis command name.
 	Command string
+	// SSH is the SSH request for OpSSH ("exec", "shell"); Args are the
+	// words of one simple command of an exec request's line.
+	SSH  string
+	Args []string
 }
 
 // Input is one request to decide.
@@ -168,6 +173,12 @@ type Target struct {
 	// of the original destination.
 	Upstream   string
 	Credential CredentialRef
+	// Names are the host names agents use for an ssh target (hosts:):
+	// interlockd's host certificate is issued for them.
+	Names []string
+	// KnownHosts is the file the upstream SSH host key is verified
+	// against; User, when set, is the SSH login user upstream.
+	KnownHosts, User string
 	// Hosts are the host names to resolve; static are the literal
 	// addresses and prefixes.
 	Hosts  []string

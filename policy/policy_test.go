@@ -289,21 +289,19 @@ rules: [{name: bot-db, identity: bot, target: db, action: allow}]
 	}
 }
 
-// TestUndecodedProtocolsRefused: the language knows http, ssh, redis and
+// TestUndecodedProtocolsRefused: the language knows http, redis and
 // mysql, but this build decodes none of them, so a target or rule that
 // needs one would never match: Load refuses it at the line that names it.
 func TestUndecodedProtocolsRefused(t *testing.T) {
 	cases := []struct{ src, want string }{
 		{"targets:\n  - name: forge\n    protocol: http\n    addresses: [10.0.0.1]\n",
-			`test.yaml:3:15: target "forge": protocol "http" is not supported yet by this interlockd (supported: postgres, tcp)`},
+			`test.yaml:3:15: target "forge": protocol "http" is not supported yet by this interlockd (supported: postgres, ssh, tcp)`},
 		{"targets:\n  - {name: cache, protocol: redis, addresses: [10.0.0.1]}\n", `test.yaml:2:29: target "cache": protocol "redis" is not supported yet`},
-		{"targets:\n  - {name: box, protocol: ssh, addresses: [10.0.0.1]}\n", `target "box": protocol "ssh" is not supported yet`},
 		{"targets:\n  - {name: shop, protocol: mysql, addresses: [10.0.0.1]}\n", `target "shop": protocol "mysql" is not supported yet`},
 		{"rules:\n  - name: r\n    http: {method: [GET]}\n    action: allow\n",
-			`test.yaml:3:11: rule "r": http requests are not decoded by this interlockd yet, so the rule would never match (supported: postgres, tcp)`},
+			`test.yaml:3:11: rule "r": http requests are not decoded by this interlockd yet, so the rule would never match (supported: postgres, ssh, tcp)`},
 		{"rules:\n  - {name: r, redis: {command: [GET]}, action: allow}\n", `test.yaml:2:22: rule "r": redis requests are not decoded`},
-		{"rules:\n  - {name: r, ssh: {command: [uptime]}, action: allow}\n", `test.yaml:2:20: rule "r": ssh requests are not decoded`},
-		{"rules:\n  - {name: r, protocol: [postgres, ssh], action: allow}\n", `test.yaml:2:25: rule "r": protocol "ssh" is not supported yet`},
+		{"rules:\n  - {name: r, protocol: [postgres, mysql], action: allow}\n", `test.yaml:2:25: rule "r": protocol "mysql" is not supported yet`},
 	}
 	for _, c := range cases {
 		_, err := load("test.yaml", c.src, fakeResolver{})
@@ -401,6 +399,7 @@ targets:
   - name: host
     protocol: ssh
     addresses: [10.0.0.4]
+    known_hosts: /etc/interlock/known_hosts
 masks:
   - name: m
     columns: {email: partial}
@@ -436,9 +435,13 @@ rules:
     identity: bot
     redis: {command: [GET, "H*"]}
     action: allow
+  - name: bot-ssh-no-rm
+    identity: bot
+    ssh: {exec: ["rm *"]}
+    action: deny
   - name: bot-ssh-uptime
     identity: bot
-    ssh: {command: ["uptime", "systemctl status *"]}
+    ssh: {exec: ["uptime", "systemctl status *"]}
     action: allow
 `
 
@@ -489,8 +492,10 @@ func TestDecide(t *testing.T) {
 		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, Method: "GET", Path: "/admin"}}, "default-deny"},
 		{Input{Subject: bot, Target: p.Target("cache"), Op: Operation{Kind: OpRedis, Command: "hgetall"}}, "bot-redis-read"},
 		{Input{Subject: bot, Target: p.Target("cache"), Op: Operation{Kind: OpRedis, Command: "FLUSHALL"}}, "default-deny"},
-		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, Command: "systemctl status nginx"}}, "bot-ssh-uptime"},
-		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, Command: "rm -rf /"}}, "default-deny"},
+		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, SSH: "exec", Args: []string{"systemctl", "status", "nginx"}}}, "bot-ssh-uptime"},
+		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, SSH: "exec", Args: []string{"rm", "-rf", "/"}}}, "bot-ssh-no-rm"},
+		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, SSH: "exec", Args: []string{"reboot"}}}, "default-deny"},
+		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, SSH: "shell"}}, "default-deny"},
 		{Input{Subject: bot, Target: db, Op: Operation{Kind: OpConnect}}, "bot-reads-public"},
 		{Input{Subject: &Subject{Tag: "x"}, Target: db, Op: Operation{Kind: OpConnect}}, "default-deny"},
 		{Input{Subject: admin, Target: nil, Op: Operation{Kind: OpConnect}}, "admin-anything"},

@@ -17,7 +17,8 @@ type Test struct {
 	Identity string
 	Subject  *Subject
 	Target   string
-	// One of SQL, HTTPMethod/HTTPPath, Redis, SSH; none is a connection.
+	// One of SQL, HTTPMethod/HTTPPath, Redis, SSH (an exec command line);
+	// none is a connection.
 	SQL                  string
 	HTTPMethod, HTTPPath string
 	Redis, SSH           string
@@ -81,7 +82,7 @@ func (p *Policy) Explain(t *Test) (Decision, *sqlclass.Query) {
 	case t.Redis != "":
 		in.Op = Operation{Kind: OpRedis, Command: t.Redis}
 	case t.SSH != "":
-		in.Op = Operation{Kind: OpSSH, Command: t.SSH}
+		return p.decideSSH(&ids, subject, target, "exec", t.SSH), nil
 	}
 	return p.decide(&ids, &in), nil
 }

@@ -72,6 +72,16 @@ type CAInfo struct {
 	NotAfter    time.Time `json:"not_after"`
 }
 
+// SSHInfo describes Interlock's SSH host CA: what `interlock ssh
+// known-hosts` prints.
+type SSHInfo struct {
+	// KnownHosts is the known_hosts line that trusts the CA's host
+	// certificates: "@cert-authority * ssh-ed25519 ...".
+	KnownHosts string `json:"known_hosts"`
+	// Fingerprint is the CA public key's SHA256 fingerprint.
+	Fingerprint string `json:"fingerprint"`
+}
+
 // AuditVerdict is one host's chain as `interlock audit verify` reports it.
 type AuditVerdict struct {
 	Host    string `json:"host"`

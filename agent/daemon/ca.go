@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/ca"
 	"github.com/interlock-dev/interlock/agent/control"
@@ -28,6 +30,10 @@ func (d *Daemon) openCA() error {
 		return fmt.Errorf("open certificate authority: %w", err)
 	}
 	d.ca = a
+	// The SSH host CA lives beside it, created at first start too.
+	if d.sshHost, err = ca.OpenSSHHost(ca.Dir(d.cfg.StateDir)); err != nil {
+		return fmt.Errorf("open ssh host ca: %w", err)
+	}
 	return nil
 }
 
@@ -51,4 +57,10 @@ func (d *Daemon) handleCARotate(w http.ResponseWriter, r *http.Request) {
 	p, _ := control.PeerFrom(r.Context())
 	d.chain.Record(audit.CARotated{UID: p.UID, PID: p.PID, Old: old, New: info.Fingerprint})
 	control.WriteJSON(w, http.StatusOK, info)
+}
+
+// handleSSH answers what `interlock ssh known-hosts` prints.
+func (d *Daemon) handleSSH(w http.ResponseWriter, r *http.Request) {
+	control.WriteJSON(w, http.StatusOK, control.SSHInfo{KnownHosts: d.sshHost.KnownHostsLine(),
+		Fingerprint: ssh.FingerprintSHA256(d.sshHost.PublicKey())})
 }

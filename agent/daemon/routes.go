@@ -27,6 +27,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/uninstall", d.handleUninstall)
 	mux.HandleFunc("GET /v1/ca", d.handleCA)
 	mux.HandleFunc("POST /v1/ca/rotate", d.handleCARotate)
+	mux.HandleFunc("GET /v1/ssh", d.handleSSH)
 	d.sessionRoutes(mux)
 	return d.authorize(mux)
 }

@@ -56,8 +56,8 @@ func (e *enforcer) Decide(ctx context.Context, r protocol.Request) protocol.Verd
 	var op string
 	if e.tagged() {
 		mode = pol.Mode(&e.c.subject, target)
-		switch r.Operation {
-		case protocol.OpQuery:
+		switch {
+		case r.Operation == protocol.OpQuery:
 			var q *sqlclass.Query
 			dec, q = pol.DecideSQL(&e.c.subject, target, r.Text)
 			if q != nil && q.Err != nil {
@@ -66,6 +66,11 @@ func (e *enforcer) Decide(ctx context.Context, r protocol.Request) protocol.Verd
 				dec.Message = q.Err.Error()
 				errors.As(q.Err, &parseErr)
 			}
+		case e.c.protocol() == "ssh":
+			// exec and shell are decided; any other SSH request is denied
+			// as unsupported-operation.
+			op = r.Operation
+			dec = pol.DecideSSH(&e.c.subject, target, r.Operation, r.Text)
 		default:
 			// A request this build's policy cannot express is refused,
 			// never let through undecided.

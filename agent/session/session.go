@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/audit"
@@ -53,6 +54,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/decoders/protocol"
+	"github.com/interlock-dev/interlock/decoders/ssh"
 	"github.com/interlock-dev/interlock/policy"
 )
 
@@ -94,7 +96,11 @@ type Config struct {
 	// Own reports whether a destination is one of interlockd's own
 	// endpoints, which no agent may reach through the proxy.
 	Own func(dst netip.AddrPort) bool
-	Log zerolog.Logger
+	// SSHHost returns a host key certified by Interlock's SSH host CA for
+	// principals, which interlockd presents to agents it terminates SSH
+	// for.
+	SSHHost func(principals []string) (gossh.Signer, error)
+	Log     zerolog.Logger
 }
 
 // Pipeline serves redirected connections. It implements proxy.Identifier
@@ -107,9 +113,12 @@ type Pipeline struct {
 
 // New returns a pipeline with the decoders of this build.
 func New(cfg Config) *Pipeline {
-	return &Pipeline{cfg: cfg, decoders: map[string]protocol.Decoder{
+	p := &Pipeline{cfg: cfg}
+	p.decoders = map[string]protocol.Decoder{
 		"postgres": &postgres.Decoder{},
-	}}
+		"ssh":      &ssh.Decoder{Target: p.sshTarget},
+	}
+	return p
 }
 
 // Protocols lists the protocols the pipeline decodes: those of its

@@ -161,7 +161,7 @@ The policy commands also work offline, on files.`,
 	root.AddCommand(
 		newStatusCmd(a), newTagCmd(a), newUntagCmd(a), newExecCmd(a), newUninstallCmd(a), newCACmd(a),
 		newApprovalsCmd(a), newDecideCmd(a, true), newDecideCmd(a, false),
-		newSessionsCmd(a), newReplayCmd(a), newExportCmd(a), newAuditCmd(a), newPolicyCmd(a),
+		newSessionsCmd(a), newReplayCmd(a), newExportCmd(a), newAuditCmd(a), newPolicyCmd(a), newSSHCmd(a),
 	)
 	// cobra's completion command, alone or with a shell it does not know,
 	// prints its help and succeeds: a profile sourcing its output deserves

@@ -1,0 +1,125 @@
+package ca
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+const (
+	// SSHHostKeyFile is the file in the authority's directory holding the
+	// SSH host CA's private key (OpenSSH format). It never leaves that
+	// directory.
+	SSHHostKeyFile = "ssh-host-ca"
+	// SSHHostCertLifetime is how long a host certificate interlockd
+	// presents is valid: one is made for each session, and a client checks
+	// it only during the key exchange.
+	SSHHostCertLifetime = time.Hour
+)
+
+// SSHHostAuthority is Interlock's SSH host CA: it certifies the host keys
+// interlockd presents to agents when it terminates their SSH, so a client
+// that trusts it (one @cert-authority line in known_hosts) accepts
+// interlockd for the servers it stands in for. Safe for concurrent use.
+type SSHHostAuthority struct {
+	signer ssh.Signer
+}
+
+// OpenSSHHost loads the SSH host CA kept in dir (ca.Dir of the state
+// directory), creating it at first use. Like the X.509 authority's, a key
+// file that others could read or that another user owns is refused.
+func OpenSSHHost(dir string) (*SSHHostAuthority, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create ca dir: %w", err)
+	}
+	path := filepath.Join(dir, SSHHostKeyFile)
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return createSSHHost(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open ssh host ca key: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("stat ssh host ca key: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("ssh host ca key %s has mode %04o; it must be 0600", path, st.Mode().Perm())
+	}
+	if uid := fileOwner(st); uid != uint32(os.Geteuid()) {
+		return nil, fmt.Errorf("ssh host ca key %s is owned by uid %d, not by the daemon's uid %d", path, uid, os.Geteuid())
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read ssh host ca key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("parse ssh host ca key %s: %w", path, err)
+	}
+	return &SSHHostAuthority{signer: signer}, nil
+}
+
+func createSSHHost(path string) (*SSHHostAuthority, error) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate ssh host ca key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(key, "interlock ssh host ca")
+	if err != nil {
+		return nil, fmt.Errorf("encode ssh host ca key: %w", err)
+	}
+	if err := writeFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		return nil, fmt.Errorf("write ssh host ca key: %w", err)
+	}
+	signer, err := ssh.NewSignerFromKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("ssh host ca: %w", err)
+	}
+	return &SSHHostAuthority{signer: signer}, nil
+}
+
+// PublicKey returns the CA's public key.
+func (a *SSHHostAuthority) PublicKey() ssh.PublicKey { return a.signer.PublicKey() }
+
+// KnownHostsLine returns the line a known_hosts file needs to trust every
+// host certificate of the CA: "@cert-authority * ssh-ed25519 ...".
+func (a *SSHHostAuthority) KnownHostsLine() string {
+	return "@cert-authority * " + strings.TrimSpace(string(ssh.MarshalAuthorizedKey(a.PublicKey()))) + " interlock"
+}
+
+// HostSigner makes a fresh host key and returns it with a certificate for
+// principals (host names and addresses), valid for SSHHostCertLifetime.
+func (a *SSHHostAuthority) HostSigner(principals []string) (ssh.Signer, error) {
+	_, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate ssh host key: %w", err)
+	}
+	signer, err := ssh.NewSignerFromKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("ssh host key: %w", err)
+	}
+	var serial [8]byte
+	rand.Read(serial[:])
+	now := time.Now()
+	cert := &ssh.Certificate{
+		Key: signer.PublicKey(), Serial: binary.BigEndian.Uint64(serial[:]), CertType: ssh.HostCert,
+		KeyId: "interlock " + strings.Join(principals, ","), ValidPrincipals: principals,
+		ValidAfter: uint64(now.Add(-clockSkew).Unix()), ValidBefore: uint64(now.Add(SSHHostCertLifetime).Unix()),
+	}
+	if err := cert.SignCert(rand.Reader, a.signer); err != nil {
+		return nil, fmt.Errorf("sign ssh host certificate: %w", err)
+	}
+	return ssh.NewCertSigner(cert, signer)
+}

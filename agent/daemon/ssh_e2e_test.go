@@ -1,0 +1,380 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/interlock-dev/interlock/agent/credentials/vaultcompat"
+	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// sshFixture is a real sshd on a loopback port that trusts the Vault test
+// server's SSH CA, and interlockd in front of it with an ssh target.
+type sshFixture struct {
+	d        *daemontest.Daemon
+	dir      string
+	port     int
+	sshdLog  *daemontest.Buffer
+	vaultCA  ssh.PublicKey
+	clientFF string // the agent's ssh_config
+	knownUp  string // interlockd's known_hosts for sshd
+	// runs counts the ssh clients run, each one connection.
+	runs int
+}
+
+func startSSH(t *testing.T) *sshFixture {
+	testenv.Privileged(t)
+	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
+		testenv.Unavailable(t, "no sshd (apt-get install openssh-server): %v", err)
+	}
+	dir := t.TempDir()
+	// The agent runs as nobody and reads its ssh_config and known_hosts
+	// here.
+	for p := dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &sshFixture{dir: dir, port: testenv.FreePort(t), sshdLog: &daemontest.Buffer{}}
+
+	vault, err := vaultcompat.New(vaultcompat.Config{SSH: &vaultcompat.SSH{Roles: map[string]vaultcompat.SSHRole{
+		"agents": {AllowedUsers: []string{"interlock-agents"}, DefaultUser: "interlock-agents", DefaultTTL: 5 * time.Minute},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vault.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vault.Close() })
+	f.vaultCA = vault.CAPublicKey()
+
+	// sshd: its own host key, the Vault CA for user certificates, root may
+	// log in with a certificate for the principal interlock-agents.
+	_, hostKey, _ := ed25519.GenerateKey(rand.Reader)
+	block, err := ssh.MarshalPrivateKey(hostKey, "test sshd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	hostKeyFile := write("sshd_host_key", string(pem.EncodeToMemory(block)), 0o600)
+	hostSigner, _ := ssh.NewSignerFromKey(hostKey)
+	caFile := write("user_ca.pub", string(ssh.MarshalAuthorizedKey(f.vaultCA)), 0o644)
+	principals := write("principals", "interlock-agents\n", 0o644)
+	cfg := write("sshd_config", fmt.Sprintf(`Port %d
+ListenAddress 127.0.0.1
+HostKey %s
+PidFile none
+TrustedUserCAKeys %s
+AuthorizedPrincipalsFile %s
+AuthorizedKeysFile none
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin prohibit-password
+StrictModes no
+LogLevel VERBOSE
+AllowTcpForwarding yes
+AllowAgentForwarding yes
+X11Forwarding no
+`, f.port, hostKeyFile, caFile, principals), 0o644)
+	// sshd refuses to start without its privilege separation directory,
+	// which the package's service would create.
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sshd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", cfg)
+	sshd.Stdout, sshd.Stderr = f.sshdLog, f.sshdLog
+	if err := sshd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sshd.Process.Kill()
+		sshd.Wait()
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", f.sshdLog.String())
+		}
+	})
+	waitFor(t, "sshd to listen", func() bool { return strings.Contains(f.sshdLog.String(), "Server listening") })
+
+	// interlockd verifies sshd's host key against this file.
+	f.knownUp = write("upstream_known_hosts", knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, hostSigner.PublicKey())+"\n", 0o644)
+	pol := write("policy.yaml", fmt.Sprintf(`version: 1
+identities: [{name: ci-bot}]
+targets:
+  - name: web-1
+    protocol: ssh
+    hosts: [web-1.internal]
+    addresses: [127.0.0.1]
+    port: %d
+    known_hosts: %s
+    user: root
+    credential: {source: vault, kind: ssh, role: agents}
+rules:
+  - name: no-rm
+    identity: ci-bot
+    target: web-1
+    ssh: {exec: ["rm *"]}
+    action: deny
+  - name: inspect
+    identity: ci-bot
+    target: web-1
+    ssh: {exec: ["uname *", "cat", "cat %s/*", "ls *", "printenv *"]}
+    action: allow
+  - name: touch-reviewed
+    identity: ci-bot
+    target: web-1
+    ssh: {exec: ["touch %s/*"]}
+    action: approve
+    approve: {reviewers: [root], quorum: 1, timeout: 60s}
+`, f.port, f.knownUp, dir, dir), 0o644)
+	token := write("token", vault.RootToken(), 0o600)
+	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n", vault.URL(), token), 0o600)
+	f.d = daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+
+	// The agent's known_hosts: Interlock's @cert-authority line, and the
+	// real server's plain key, which a user who logged in before has.
+	caLine, _, err := f.d.CLI("ssh", "known-hosts")
+	if err != nil || !strings.HasPrefix(caLine, "@cert-authority * ssh-ed25519 ") {
+		t.Fatalf("interlock ssh known-hosts: %v %q", err, caLine)
+	}
+	known := write("known_hosts", caLine+knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, hostSigner.PublicKey())+"\n", 0o644)
+	f.clientFF = write("ssh_config", fmt.Sprintf(`UserKnownHostsFile %s
+GlobalKnownHostsFile /dev/null
+StrictHostKeyChecking yes
+BatchMode yes
+`, known), 0o644)
+	return f
+}
+
+// ssh runs the real ssh client as nobody under `interlock exec` and returns
+// its stdout, stderr and exit status.
+func (f *sshFixture) ssh(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	f.runs++
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	out, errOut, status, err := f.runSSH(ctx, stdin, args...)
+	if err != nil {
+		t.Fatalf("ssh %v: %v", args, err)
+	}
+	return out, errOut, status
+}
+
+// runSSH runs the agent's ssh; err is set only when it could not run.
+func (f *sshFixture) runSSH(ctx context.Context, stdin string, args ...string) (string, string, int, error) {
+	argv := append([]string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"ssh", "-F", f.clientFF, "-p", strconv.Itoa(f.port)}, args...)
+	cmd := f.d.Command(ctx, argv...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr, cmd.Stdin = &out, &errb, strings.NewReader(stdin)
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return out.String(), errb.String(), ee.ExitCode(), nil
+	}
+	return out.String(), errb.String(), 0, err
+}
+
+// TestSSHExec: exec requests through interlockd to a real sshd, decided
+// per simple command, logged in upstream with a certificate Vault signed
+// for the session.
+func TestSSHExec(t *testing.T) {
+	f := startSSH(t)
+	victim := filepath.Join(f.dir, "victim")
+	if err := os.Mkdir(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	out, errOut, st := f.ssh(t, "", "-v", "127.0.0.1", "uname -a")
+	if st != 0 || !strings.HasPrefix(out, "Linux ") {
+		t.Fatalf("uname -a: status %d\n%s\n%s\n%s", st, out, errOut, f.d.Logs())
+	}
+	// The agent authenticated with nothing: it holds no key.
+	if !strings.Contains(errOut, `using "none"`) {
+		t.Errorf("the agent authenticated with something other than none:\n%s", errOut)
+	}
+
+	// A host name of the target's hosts is in the certificate too.
+	if out, errOut, st := f.ssh(t, "", "-o", "HostKeyAlias=web-1.internal", "127.0.0.1", "uname"); st != 0 || out != "Linux\n" {
+		t.Errorf("as web-1.internal: status %d %q %s", st, out, errOut)
+	}
+
+	for _, line := range []string{"rm -rf " + victim, "uname; rm -rf " + victim, "uname && rm -rf " + victim} {
+		out, errOut, st := f.ssh(t, "", "127.0.0.1", line)
+		if st != 126 || out != "" || !strings.Contains(errOut, `denied by policy rule "no-rm"`) {
+			t.Errorf("%q: status %d, stdout %q, stderr %q", line, st, out, errOut)
+		}
+	}
+	for _, line := range []string{"uname $(rm -rf " + victim + ")", "uname > " + victim + "/x", "uname `rm -rf " + victim + "`"} {
+		if _, errOut, st := f.ssh(t, "", "127.0.0.1", line); st != 126 || !strings.Contains(errOut, "shell-syntax") {
+			t.Errorf("%q: status %d, stderr %q", line, st, errOut)
+		}
+	}
+	if _, errOut, st := f.ssh(t, "", "127.0.0.1", "reboot"); st != 126 || !strings.Contains(errOut, `"default-deny"`) {
+		t.Errorf("reboot: status %d, stderr %q", st, errOut)
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Fatalf("a denied command ran: %v", err)
+	}
+
+	// stdin reaches the command and its end is EOF.
+	if out, errOut, st := f.ssh(t, "hi\n", "127.0.0.1", "cat"); st != 0 || out != "hi\n" {
+		t.Errorf("echo hi | ssh host cat: status %d %q %s", st, out, errOut)
+	}
+	// Lots of output arrives whole.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB
+	os.WriteFile(filepath.Join(f.dir, "big"), big, 0o644)
+	if out, _, st := f.ssh(t, "", "127.0.0.1", "cat "+filepath.Join(f.dir, "big")); st != 0 || out != string(big) {
+		t.Errorf("cat big: status %d, %d bytes of %d", st, len(out), len(big))
+	}
+	// A failing command's status comes back.
+	if _, _, st := f.ssh(t, "", "127.0.0.1", "ls /nonexistent-interlock"); st != 2 {
+		t.Errorf("ls of a missing file: status %d, want 2", st)
+	}
+
+	// Every login upstream used a certificate of the Vault CA, a new one
+	// for each session.
+	accepted := regexp.MustCompile(`Accepted publickey for root from \S+ port \d+ ssh2: ED25519-CERT \S+ ID (\S+) \(serial (\d+)\) CA ED25519 (\S+)`).
+		FindAllStringSubmatch(f.sshdLog.String(), -1)
+	sessions := f.runs
+	if len(accepted) != sessions {
+		t.Fatalf("sshd accepted %d certificate logins, want %d\n%s", len(accepted), sessions, f.sshdLog.String())
+	}
+	serials := map[string]bool{}
+	for _, m := range accepted {
+		if m[3] != ssh.FingerprintSHA256(f.vaultCA) {
+			t.Errorf("certificate signed by %s, not the Vault CA", m[3])
+		}
+		serials[m[2]] = true
+	}
+	if len(serials) != sessions {
+		t.Errorf("%d distinct certificates for %d sessions", len(serials), sessions)
+	}
+	// The audit trail has each session's credential.
+	issued := strings.Count(f.d.Logs(), `"event":"credential_issued"`)
+	if issued < sessions {
+		t.Errorf("%d credentials issued in the audit log, want %d", issued, sessions)
+	}
+}
+
+// TestSSHForwardingRefused: port and agent forwarding never reach the
+// server.
+func TestSSHForwardingRefused(t *testing.T) {
+	f := startSSH(t)
+	// -W opens a direct-tcpip channel.
+	if _, errOut, st := f.ssh(t, "", "-W", fmt.Sprintf("127.0.0.1:%d", f.port), "127.0.0.1"); st != 255 || !strings.Contains(errOut, "direct-tcpip channels are not allowed") {
+		t.Errorf("ssh -W: status %d, %s", st, errOut)
+	}
+	// -R asks the server to listen.
+	lport := testenv.FreePort(t)
+	if _, errOut, st := f.ssh(t, "", "-o", "ExitOnForwardFailure=yes", "-R", fmt.Sprintf("0:127.0.0.1:%d", lport), "127.0.0.1", "uname"); st != 255 || !strings.Contains(errOut, "remote port forwarding failed") {
+		t.Errorf("ssh -R: status %d, %s", st, errOut)
+	}
+	// -A with an agent holding a key: the command upstream has no
+	// SSH_AUTH_SOCK (printenv exits 1), so no agent was forwarded.
+	keyFile := filepath.Join(f.dir, "agent_key")
+	_, k, _ := ed25519.GenerateKey(rand.Reader)
+	block, _ := ssh.MarshalPrivateKey(k, "")
+	os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600)
+	os.Chown(keyFile, 65534, 65534)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	script := fmt.Sprintf(`ssh-add %s 2>/dev/null && ssh -A -F %s -p %d 127.0.0.1 'printenv SSH_AUTH_SOCK'; echo "status $?"`, keyFile, f.clientFF, f.port)
+	cmd := f.d.Command(ctx, "exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"ssh-agent", "sh", "-c", script)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "status 1") {
+		t.Errorf("ssh -A: %v\n%s", err, out)
+	}
+	// The refusals are in the audit trail.
+	for _, op := range []string{"direct-tcpip", "tcpip-forward", "auth-agent-req@openssh.com"} {
+		if !strings.Contains(f.d.Logs(), "interlock cannot decide ssh "+op+" requests") {
+			t.Errorf("no decision on %s in the audit log", op)
+		}
+	}
+}
+
+// TestSSHHeldCommandApproved: a command a rule holds prints its approval id
+// on stderr, waits, and runs once a reviewer approves it with the CLI.
+func TestSSHHeldCommandApproved(t *testing.T) {
+	f := startSSH(t)
+	marker := filepath.Join(f.dir, "reviewed")
+	type result struct {
+		stderr string
+		status int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		_, errOut, st, err := f.runSSH(t.Context(), "", "127.0.0.1", "touch "+marker)
+		done <- result{errOut, st, err}
+	}()
+	var pending []struct{ ID, Statement string }
+	waitFor(t, "the held command's approval", func() bool {
+		out, _, err := f.d.CLI("approvals", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &pending) == nil && len(pending) > 0
+	})
+	if pending[0].Statement != "touch "+marker {
+		t.Fatalf("pending approval: %+v", pending[0])
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the held command ran before its approval")
+	}
+	if out, stderr, err := f.d.CLI("approve", pending[0].ID, "--comment", "fine"); err != nil {
+		t.Fatalf("approve: %v\n%s%s", err, out, stderr)
+	}
+	r := <-done
+	if r.err != nil || r.status != 0 || !strings.Contains(r.stderr, "held for approval "+pending[0].ID) {
+		t.Fatalf("held ssh after approval: %v, status %d\n%s", r.err, r.status, r.stderr)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the approved command did not run: %v", err)
+	}
+}
+
+// TestSSHUpstreamHostKeyMismatch: when sshd's host key is not the one
+// interlockd's known_hosts holds, no certificate is presented to it and the
+// agent is told why.
+func TestSSHUpstreamHostKeyMismatch(t *testing.T) {
+	f := startSSH(t)
+	_, k, _ := ed25519.GenerateKey(rand.Reader)
+	other, _ := ssh.NewSignerFromKey(k)
+	line := knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, other.PublicKey())
+	if err := os.WriteFile(f.knownUp, []byte(line+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, st := f.ssh(t, "", "127.0.0.1", "uname")
+	if st != 255 || !strings.Contains(errOut, "is not the one "+f.knownUp+" holds for it") {
+		t.Errorf("status %d, stderr %q", st, errOut)
+	}
+	if strings.Contains(f.sshdLog.String(), "Accepted") {
+		t.Errorf("sshd accepted a login:\n%s", f.sshdLog.String())
+	}
+	if !strings.Contains(f.d.Logs(), `"outcome":"upstream host key"`) {
+		t.Errorf("no session closed with outcome upstream host key in the audit log")
+	}
+}

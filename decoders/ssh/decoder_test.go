@@ -1,0 +1,626 @@
+package ssh
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	xssh "golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
+)
+
+func newSigner(t testing.TB) xssh.Signer {
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := xssh.NewSignerFromKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// server is an SSH server standing in for sshd: it trusts certificates of
+// userCA for principal "deploy" and runs a few commands of its own.
+type server struct {
+	addr   string
+	hostPK xssh.PublicKey
+	mu     sync.Mutex
+	certs  []*xssh.Certificate // the certificates it accepted
+}
+
+func startServer(t *testing.T, userCA xssh.PublicKey) *server {
+	host := newSigner(t)
+	srv := &server{hostPK: host.PublicKey()}
+	checker := &xssh.CertChecker{IsUserAuthority: func(k xssh.PublicKey) bool { return bytes.Equal(k.Marshal(), userCA.Marshal()) }}
+	cfg := &xssh.ServerConfig{PublicKeyCallback: func(m xssh.ConnMetadata, k xssh.PublicKey) (*xssh.Permissions, error) {
+		p, err := checker.Authenticate(m, k)
+		if err == nil {
+			srv.mu.Lock()
+			srv.certs = append(srv.certs, k.(*xssh.Certificate))
+			srv.mu.Unlock()
+		}
+		return p, err
+	}}
+	cfg.AddHostKey(host)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	srv.addr = l.Addr().String()
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go srv.serve(nc, cfg)
+		}
+	}()
+	return srv
+}
+
+func (srv *server) serve(nc net.Conn, cfg *xssh.ServerConfig) {
+	defer nc.Close()
+	sc, chans, reqs, err := xssh.NewServerConn(nc, cfg)
+	if err != nil {
+		return
+	}
+	defer sc.Close()
+	go xssh.DiscardRequests(reqs)
+	for ch := range chans {
+		if ch.ChannelType() != "session" {
+			ch.Reject(xssh.Prohibited, "no")
+			continue
+		}
+		c, creqs, err := ch.Accept()
+		if err != nil {
+			continue
+		}
+		go func() {
+			defer c.Close()
+			for r := range creqs {
+				switch r.Type {
+				case "pty-req":
+					r.Reply(true, nil)
+				case "exec":
+					var e struct{ Command string }
+					xssh.Unmarshal(r.Payload, &e)
+					r.Reply(true, nil)
+					status := run(c, e.Command)
+					c.SendRequest("exit-status", false, xssh.Marshal(&struct{ Status uint32 }{status}))
+					return
+				case "shell":
+					r.Reply(true, nil)
+					io.WriteString(c, "shell\n")
+					c.SendRequest("exit-status", false, xssh.Marshal(&struct{ Status uint32 }{0}))
+					return
+				default:
+					r.Reply(false, nil)
+				}
+			}
+		}()
+	}
+}
+
+// run runs one of the server's commands: echo, cat (stdin to stdout), big N
+// (N bytes), stderr TEXT, exit N.
+func run(c xssh.Channel, command string) uint32 {
+	f := strings.Fields(command)
+	switch f[0] {
+	case "echo":
+		io.WriteString(c, strings.Join(f[1:], " ")+"\n")
+	case "cat":
+		io.Copy(c, c)
+	case "big":
+		n, _ := strconv.Atoi(f[1])
+		c.Write(bytes.Repeat([]byte("x"), n))
+	case "stderr":
+		io.WriteString(c.Stderr(), strings.Join(f[1:], " ")+"\n")
+	case "exit":
+		n, _ := strconv.Atoi(f[1])
+		return uint32(n)
+	}
+	return 0
+}
+
+// fixture is a decoder in front of a server, with fakes for the pipeline.
+type fixture struct {
+	t        *testing.T
+	srv      *server
+	userCA   xssh.Signer
+	hostCA   xssh.Signer
+	dec      *Decoder
+	session  func(*protocol.Session)
+	rec      *recorder
+	enforcer *enforcer
+	known    string
+	issued   int
+}
+
+func newFixture(t *testing.T) *fixture {
+	f := &fixture{t: t, userCA: newSigner(t), hostCA: newSigner(t), rec: &recorder{}, enforcer: &enforcer{}}
+	f.srv = startServer(t, f.userCA.PublicKey())
+	f.known = filepath.Join(t.TempDir(), "known_hosts")
+	os.WriteFile(f.known, []byte(knownhosts.Line([]string{f.srv.addr}, f.srv.hostPK)+"\n"), 0o644)
+	f.dec = &Decoder{Target: func(s *protocol.Session) (Target, error) {
+		return Target{HostKey: hostCert(t, f.hostCA, "web-1", s.Dst.Addr().String()), KnownHosts: f.known}, nil
+	}}
+	return f
+}
+
+func hostCert(t testing.TB, ca xssh.Signer, principals ...string) xssh.Signer {
+	key := newSigner(t)
+	cert := &xssh.Certificate{Key: key.PublicKey(), CertType: xssh.HostCert, ValidPrincipals: principals,
+		ValidAfter: uint64(time.Now().Add(-time.Minute).Unix()), ValidBefore: uint64(time.Now().Add(time.Hour).Unix())}
+	if err := cert.SignCert(rand.Reader, ca); err != nil {
+		t.Fatal(err)
+	}
+	s, err := xssh.NewCertSigner(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// serve starts the decoder on one agent connection and returns the
+// agent's end and the channel Serve's result arrives on.
+func (f *fixture) serve() (net.Conn, chan error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer l.Close()
+	agentSide, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	proxySide, err := l.Accept()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	s := &protocol.Session{
+		ID: "s1", Identity: "ci", Agent: proxySide, Target: "web-1", Dst: netip.MustParseAddrPort("127.0.0.1:22"),
+		Connect: protocol.Verdict{Action: protocol.Allow}, Handshake: 5 * time.Second,
+		Upstream: &upstream{f: f}, Enforcer: f.enforcer, Recorder: f.rec,
+	}
+	if f.session != nil {
+		f.session(s)
+	}
+	done, finished := make(chan error, 1), make(chan struct{})
+	go func() { done <- f.dec.Serve(context.Background(), s); close(finished) }()
+	f.t.Cleanup(func() { agentSide.Close(); <-finished })
+	return agentSide, done
+}
+
+// connect logs the agent in as user through the decoder.
+func (f *fixture) connect(user string) (*xssh.Client, chan error) {
+	nc, done := f.serve()
+	c, err := f.dial(nc, user, nil)
+	if err != nil {
+		f.t.Fatalf("agent login: %v", err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	return c, done
+}
+
+func (f *fixture) dial(nc net.Conn, user string, banner *string) (*xssh.Client, error) {
+	checker := &xssh.CertChecker{IsHostAuthority: func(k xssh.PublicKey, _ string) bool {
+		return bytes.Equal(k.Marshal(), f.hostCA.PublicKey().Marshal())
+	}}
+	cfg := &xssh.ClientConfig{User: user, HostKeyCallback: checker.CheckHostKey, Timeout: 5 * time.Second,
+		BannerCallback: func(msg string) error {
+			if banner != nil {
+				*banner += msg
+			}
+			return nil
+		}}
+	cc, chans, reqs, err := xssh.NewClientConn(nc, "web-1:22", cfg)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return xssh.NewClient(cc, chans, reqs), nil
+}
+
+type upstream struct{ f *fixture }
+
+func (u *upstream) Addr() string { return u.f.srv.addr }
+
+func (u *upstream) Dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", u.f.srv.addr)
+}
+
+func (u *upstream) Credential(_ context.Context, r protocol.CredentialRequest) (protocol.Credential, error) {
+	u.f.issued++
+	pub, _, _, _, err := xssh.ParseAuthorizedKey(r.PublicKey)
+	if err != nil {
+		return protocol.Credential{}, err
+	}
+	cert := &xssh.Certificate{Key: pub, CertType: xssh.UserCert, KeyId: "session-s1", ValidPrincipals: []string{"deploy"},
+		ValidAfter: uint64(time.Now().Add(-time.Minute).Unix()), ValidBefore: uint64(time.Now().Add(time.Hour).Unix())}
+	if err := cert.SignCert(rand.Reader, u.f.userCA); err != nil {
+		return protocol.Credential{}, err
+	}
+	return protocol.Credential{Certificate: xssh.MarshalAuthorizedKey(cert)}, nil
+}
+
+// enforcer denies exec lines that start with "rm" (rule no-rm), holds
+// those that start with "deploy", and allows the rest.
+type enforcer struct {
+	mu   sync.Mutex
+	seen []protocol.Request
+	wait func(context.Context) (bool, string)
+}
+
+func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdict {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seen = append(e.seen, r)
+	switch {
+	case r.Operation == "exec" && strings.HasPrefix(r.Text, "rm"):
+		return protocol.Verdict{Action: protocol.Deny, Rule: "no-rm", Message: "no removing"}
+	case r.Operation == "exec" && strings.HasPrefix(r.Text, "deploy"):
+		return protocol.Verdict{Action: protocol.Hold, Rule: "deploys", ApprovalID: "a-1", Wait: e.wait}
+	case r.Operation == "exec", r.Operation == "shell":
+		return protocol.Verdict{Action: protocol.Allow, Rule: "ok"}
+	}
+	return protocol.Verdict{Action: protocol.Deny, Rule: "unsupported-operation"}
+}
+
+func (e *enforcer) ops() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for _, r := range e.seen {
+		out = append(out, strings.TrimSpace(r.Operation+" "+r.Text))
+	}
+	return out
+}
+
+type recorder struct {
+	mu      sync.Mutex
+	started bool
+	msgs    []protocol.Message
+}
+
+func (r *recorder) Start(context.Context) error {
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *recorder) Record(m protocol.Message) {
+	r.mu.Lock()
+	m.Body = bytes.Clone(m.Body)
+	r.msgs = append(r.msgs, m)
+	r.mu.Unlock()
+}
+
+func (r *recorder) has(typ byte, body string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.msgs {
+		if m.Type == typ && string(m.Body) == body {
+			return true
+		}
+	}
+	return false
+}
+
+// bytes returns how many bytes of type typ were recorded.
+func (r *recorder) bytes(typ byte) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if m.Type == typ {
+			n += len(m.Body)
+		}
+	}
+	return n
+}
+
+// exec runs command on a new session of c with stdin and returns stdout,
+// stderr and the exit status.
+func exec(t *testing.T, c *xssh.Client, command, stdin string) (string, string, int) {
+	t.Helper()
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatalf("new session: %v", err)
+	}
+	defer s.Close()
+	var out, errb bytes.Buffer
+	s.Stdout, s.Stderr, s.Stdin = &out, &errb, strings.NewReader(stdin)
+	err = s.Run(command)
+	status := 0
+	var ee *xssh.ExitError
+	switch {
+	case errors.As(err, &ee):
+		status = ee.ExitStatus()
+	case err != nil:
+		t.Fatalf("run %q: %v", command, err)
+	}
+	return out.String(), errb.String(), status
+}
+
+func TestExec(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.connect("deploy")
+	if out, _, st := exec(t, c, "echo hello world", ""); out != "hello world\n" || st != 0 {
+		t.Errorf("echo: %q, status %d", out, st)
+	}
+	in := strings.Repeat("stdin line\n", 10000)
+	if out, _, st := exec(t, c, "cat", in); out != in || st != 0 {
+		t.Errorf("cat: %d bytes back of %d, status %d", len(out), len(in), st)
+	}
+	if out, _, st := exec(t, c, "big 3000000", ""); len(out) != 3000000 || st != 0 {
+		t.Errorf("big: %d bytes, status %d", len(out), st)
+	}
+	if _, errOut, st := exec(t, c, "stderr oops", ""); errOut != "oops\n" || st != 0 {
+		t.Errorf("stderr: %q, status %d", errOut, st)
+	}
+	if _, _, st := exec(t, c, "exit 3", ""); st != 3 {
+		t.Errorf("exit 3: status %d", st)
+	}
+	// A denial ends its channel with 126 and the rule; the connection goes
+	// on and the next command runs.
+	out, errOut, st := exec(t, c, "rm -rf /tmp/x", "")
+	if st != 126 || out != "" || !strings.Contains(errOut, `denied by policy rule "no-rm": no removing`) {
+		t.Errorf("rm: status %d, stdout %q, stderr %q", st, out, errOut)
+	}
+	if out, _, st := exec(t, c, "echo still here", ""); out != "still here\n" || st != 0 {
+		t.Errorf("after a denial: %q, status %d", out, st)
+	}
+	if f.issued != 1 {
+		t.Errorf("credentials issued: %d, want one for the connection", f.issued)
+	}
+	f.srv.mu.Lock()
+	certs := f.srv.certs
+	f.srv.mu.Unlock()
+	if len(certs) != 1 || certs[0].KeyId != "session-s1" {
+		t.Errorf("the server accepted %d certificates, want the session's one", len(certs))
+	}
+	for _, want := range []string{"exec echo hello world", "exec rm -rf /tmp/x"} {
+		if !f.rec.has(MsgChannelRequest, want) {
+			t.Errorf("recording lacks request %q", want)
+		}
+	}
+	if !f.rec.has(MsgExit, "exit-status 3") || !f.rec.has(MsgExit, "exit-status 126") {
+		t.Error("recording lacks the exit statuses")
+	}
+	// Output is recorded up to the cap, and counted whole.
+	if !f.rec.has(MsgStdout, "hello world\n") || !f.rec.has(MsgStderr, "oops\n") || !f.rec.has(MsgBytes, "stdin 0, stdout 3000000, stderr 0 bytes") {
+		t.Error("recording lacks the commands' output or counts")
+	}
+	if got := f.rec.bytes(MsgStdout); got != 12+MaxRecordedStream+MaxRecordedStream+len("still here\n") {
+		t.Errorf("recorded %d bytes of stdout", got)
+	}
+}
+
+func TestShellAndPty(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.connect("deploy")
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	s.Stdout = &out
+	if err := s.RequestPty("xterm", 24, 80, xssh.TerminalModes{}); err != nil {
+		t.Fatalf("pty: %v", err)
+	}
+	if err := s.Shell(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Wait(); err != nil || out.String() != "shell\n" {
+		t.Errorf("shell: %v, %q", err, out.String())
+	}
+}
+
+// TestRefused: what the decoder cannot police is refused, decided for the
+// audit trail and recorded, and never reaches the server.
+func TestRefused(t *testing.T) {
+	f := newFixture(t)
+	c, _ := f.connect("deploy")
+	if _, err := c.Dial("tcp", "127.0.0.1:5432"); err == nil {
+		t.Error("direct-tcpip: allowed")
+	}
+	if _, err := c.Listen("tcp", "127.0.0.1:0"); err == nil {
+		t.Error("tcpip-forward: allowed")
+	}
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.RequestAgentForwarding(s); err == nil {
+		t.Error("agent forwarding: allowed")
+	}
+	if ok, err := s.SendRequest("x11-req", true, xssh.Marshal(&struct {
+		Single        bool
+		Proto, Cookie string
+		Screen        uint32
+	}{false, "MIT-MAGIC-COOKIE-1", "00", 0})); ok || err != nil {
+		t.Errorf("x11: %v %v", ok, err)
+	}
+	if err := s.Setenv("LD_PRELOAD", "/tmp/x.so"); err == nil {
+		t.Error("env: allowed")
+	}
+	if err := s.RequestSubsystem("sftp"); err == nil {
+		t.Error("sftp: allowed")
+	}
+	s.Close()
+	want := []string{"direct-tcpip direct-tcpip 127.0.0.1:5432", "tcpip-forward", "auth-agent-req@openssh.com", "x11-req", "env LD_PRELOAD", "subsystem sftp"}
+	if got := f.enforcer.ops(); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("decided %q, want %q", got, want)
+	}
+	// The connection still serves what is allowed.
+	if out, _, _ := exec(t, c, "echo ok", ""); out != "ok\n" {
+		t.Errorf("after refusals: %q", out)
+	}
+}
+
+func TestHold(t *testing.T) {
+	f := newFixture(t)
+	approved := make(chan bool, 1)
+	f.enforcer.wait = func(context.Context) (bool, string) {
+		ok := <-approved
+		return ok, "alice said no"
+	}
+	c, _ := f.connect("deploy")
+	approved <- true
+	out, errOut, st := exec(t, c, "deploy now", "")
+	if st != 0 || !strings.Contains(errOut, "held for approval a-1") {
+		t.Errorf("approved: %q %q %d", out, errOut, st)
+	}
+	approved <- false
+	_, errOut, st = exec(t, c, "deploy again", "")
+	if st != 126 || !strings.Contains(errOut, "not approved: alice said no") {
+		t.Errorf("refused: %q %d", errOut, st)
+	}
+}
+
+// TestHostKeyMismatch: a server whose key is not the one known_hosts holds
+// is never logged in to; the agent is told why.
+func TestHostKeyMismatch(t *testing.T) {
+	f := newFixture(t)
+	os.WriteFile(f.known, []byte(knownhosts.Line([]string{f.srv.addr}, newSigner(t).PublicKey())+"\n"), 0o644)
+	nc, done := f.serve()
+	var banner string
+	if _, err := f.dial(nc, "deploy", &banner); err == nil {
+		t.Fatal("login through a server with the wrong host key")
+	}
+	err := <-done
+	var re *protocol.RefusedError
+	if !errors.As(err, &re) || re.Outcome != "upstream host key" {
+		t.Errorf("Serve: %v", err)
+	}
+	if !strings.Contains(banner, "is not the one "+f.known+" holds") {
+		t.Errorf("banner: %q", banner)
+	}
+	if len(f.srv.certs) != 0 {
+		t.Error("the certificate was presented to the wrong server")
+	}
+}
+
+func TestConnectDenied(t *testing.T) {
+	f := newFixture(t)
+	f.session = func(s *protocol.Session) {
+		s.Connect = protocol.Verdict{Action: protocol.Deny, Rule: "no-ssh"}
+	}
+	nc, done := f.serve()
+	var banner string
+	if _, err := f.dial(nc, "deploy", &banner); err == nil {
+		t.Fatal("login allowed")
+	}
+	var re *protocol.RefusedError
+	if err := <-done; !errors.As(err, &re) || re.Outcome != "denied" || !strings.Contains(banner, `policy rule "no-ssh"`) {
+		t.Errorf("Serve: %v, banner %q", err, banner)
+	}
+	if f.issued != 0 {
+		t.Error("a credential was issued for a denied connection")
+	}
+}
+
+// TestStalledHandshake: a client that never speaks is cut off.
+func TestStalledHandshake(t *testing.T) {
+	f := newFixture(t)
+	f.session = func(s *protocol.Session) { s.Handshake = 200 * time.Millisecond }
+	_, done := f.serve()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Serve returned nil for a stalled client")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a stalled client held the session past its handshake bound")
+	}
+}
+
+func TestChannelBound(t *testing.T) {
+	f := newFixture(t)
+	f.dec.MaxChannels = 2
+	c, _ := f.connect("deploy")
+	var sessions []*xssh.Session
+	for i := range 3 {
+		s, err := c.NewSession()
+		if i < 2 && err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		if i == 2 {
+			if err == nil {
+				t.Fatal("a third channel was opened")
+			}
+			break
+		}
+		sessions = append(sessions, s)
+	}
+	sessions[0].Close()
+	// Once one is closed, a new one fits.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s, err := c.NewSession()
+		if err == nil {
+			s.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(fmt.Errorf("no channel after closing one: %w", err))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestUserFromTarget: the target's user replaces the agent's.
+func TestUserFromTarget(t *testing.T) {
+	f := newFixture(t)
+	target := f.dec.Target
+	f.dec.Target = func(s *protocol.Session) (Target, error) {
+		tg, err := target(s)
+		tg.User = "deploy"
+		return tg, err
+	}
+	c, _ := f.connect("root")
+	if out, _, _ := exec(t, c, "echo as deploy", ""); out != "as deploy\n" {
+		t.Errorf("%q", out)
+	}
+}
+
+// TestSessionLimit: a connection over its identity's cap is told so and
+// gets the limit back as its outcome, with nothing issued.
+func TestSessionLimit(t *testing.T) {
+	f := newFixture(t)
+	limit := &protocol.LimitError{Limit: "sessions", Msg: "identity \"ci\" already has 2 sessions open, its limit"}
+	f.session = func(s *protocol.Session) { s.Refuse = limit }
+	nc, done := f.serve()
+	var banner string
+	if _, err := f.dial(nc, "deploy", &banner); err == nil {
+		t.Fatal("login allowed over the cap")
+	}
+	if err := <-done; err != limit || !strings.Contains(banner, "too many sessions") {
+		t.Errorf("Serve: %v, banner %q", err, banner)
+	}
+	if f.issued != 0 {
+		t.Error("a credential was issued over the cap")
+	}
+}
