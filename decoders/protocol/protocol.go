@@ -186,7 +186,11 @@ type Request struct {
 
 // Enforcer decides requests. A decoder calls it before a request goes
 // upstream; it may block (an approval), so it is called from the goroutine
-// that serves that request alone.
+// that serves that request alone. The decision is recorded beside the
+// message the decoder recorded last from the agent: record a request, then
+// decide it, on one goroutine, and a decoder that serves requests
+// concurrently (SSH channels, HTTP/2 streams) holds each record-and-decide
+// pair under one lock of its session.
 type Enforcer interface {
 	Decide(ctx context.Context, r Request) Verdict
 }
@@ -249,7 +253,8 @@ type FieldMasker interface {
 
 // Recorder records a session. Start is called once, when the session is
 // established (PostgreSQL: logged in upstream, before the agent is told);
-// Record is called for every message after, from any goroutine.
+// Record is called for every message after, from any goroutine (but see
+// Enforcer for the agent's requests).
 type Recorder interface {
 	// Start begins the recording. An error means the session must not go
 	// on: unrecorded traffic is unaccountable traffic.
