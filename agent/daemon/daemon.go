@@ -6,14 +6,12 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,15 +67,9 @@ type Daemon struct {
 	metrics    *metrics.Metrics
 	resolvers  []netip.AddrPort
 	sessions   *session.Pipeline
-	// netMu serialises pushing the policy's network rules into the kernel
-	// maps (start, reload, tag, target refresh), so a refresh or a tag never
-	// overwrites a reload's rules with those of the policy it replaced. It
-	// guards tcpRules.
-	netMu sync.Mutex
-	// tcpRules is what each identity's TCP rule map holds, to tell a refusal
-	// no rule allows from one an intercept entry wrote, and a refresh that
-	// moved a target's addresses from one that did not.
-	tcpRules map[uint32]tcpRuleSet
+	// rules keeps the policy's kernel rules in the maps (start, reload,
+	// tag, target refresh) and explains the refusals they make.
+	rules *datapath.PolicyRules
 	// tagGen counts untags; open sessions re-check their identity when it
 	// moves, so an untag applies to their next statement.
 	tagGen atomic.Uint64
@@ -123,7 +115,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	}
 	d := &Daemon{
 		cfg: cfg, log: log,
-		mount: mount, root: root, ids: ids, controlGID: -1, started: time.Now(), tcpRules: map[uint32]tcpRuleSet{},
+		mount: mount, root: root, ids: ids, controlGID: -1, started: time.Now(),
 		uninstalled: make(chan struct{}), stopping: make(chan struct{}),
 	}
 	if cfg.ControlGroup != "" {
@@ -191,8 +183,12 @@ func (d *Daemon) refreshTargets(ctx context.Context) {
 		}
 		// The kernel redirects a target's addresses and refuses the rest:
 		// addresses that moved must move there too.
-		if err := d.refreshTCPRules(); err != nil {
+		changed, err := d.rules.Refresh(d.policy.Current, d.ids.all())
+		if err != nil {
 			d.log.Error().Err(err).Msg("refresh kernel rules")
+		}
+		for _, name := range changed {
+			d.log.Info().Str("identity", name).Msg("kernel rules follow the targets' refreshed addresses")
 		}
 	}
 }
@@ -251,10 +247,8 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	for _, gap := range d.dp.Gaps() {
 		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
 	}
-	d.netMu.Lock()
-	err = d.applyNetworkPolicy(d.policy.Current())
-	d.netMu.Unlock()
-	if err != nil {
+	d.rules = datapath.NewPolicyRules(d.dp, d.resolvers)
+	if err := d.applyNetworkPolicy(d.policy.Current(), nil); err != nil {
 		return err
 	}
 
@@ -382,11 +376,9 @@ func (d *Daemon) Reload() error {
 		err = d.checkCredentials(context.Background(), pol)
 	}
 	if err == nil {
-		d.netMu.Lock()
-		if err = d.applyNetworkPolicy(pol); err == nil {
-			d.policy.Swap(pol)
-		}
-		d.netMu.Unlock()
+		// Swapped while the rules are held: a refresh or a tag after it
+		// pushes the new policy's rules, never the old one's.
+		err = d.applyNetworkPolicy(pol, func() { d.policy.Swap(pol) })
 	}
 	if err != nil {
 		d.chain.Record(audit.PolicyReloaded{Path: d.cfg.Policy, Error: err.Error()})
@@ -401,135 +393,25 @@ func (d *Daemon) Reload() error {
 	return nil
 }
 
-// applyNetworkPolicy pushes the kernel's share of the policy (per-identity
-// intercept rules, UDP allowances, denied unix sockets) into the maps. The
-// caller holds netMu.
-func (d *Daemon) applyNetworkPolicy(p *policy.Policy) error {
-	for name, id := range d.ids.all() {
-		if err := d.applyIdentityRules(p, name, id); err != nil {
-			return err
-		}
+// applyNetworkPolicy pushes the kernel's share of p into the maps for
+// every identity, then calls then (nil for none) before any other push;
+// what this kernel cannot enforce is logged.
+func (d *Daemon) applyNetworkPolicy(p *policy.Policy, then func()) error {
+	unenforced, err := d.rules.Apply(p, d.ids.all(), then)
+	for _, w := range unenforced {
+		d.log.Warn().Err(w).Msg("not enforced on this kernel")
 	}
-	if err := d.dp.SetDenyUnix(p.DenyUnixPaths()); err != nil {
-		if errors.Is(err, datapath.ErrUnsupported) {
-			d.log.Warn().Err(err).Msg("unix socket deny rules are not enforced on this kernel")
-		} else {
-			return fmt.Errorf("set unix deny rules: %w", err)
-		}
-	}
-	return nil
+	return err
 }
 
-// convRules turns the policy's kernel rules into the data path's.
-func convRules(rs []policy.InterceptRule) []datapath.Rule {
-	out := make([]datapath.Rule, 0, len(rs))
-	for _, r := range rs {
-		v := datapath.Redirect
-		switch r.Action {
-		case "deny":
-			v = datapath.Deny
-		case "pass":
-			v = datapath.Pass
-		}
-		out = append(out, datapath.Rule{Prefix: r.Prefix, PortMin: r.PortMin, PortMax: r.PortMax, Verdict: v})
+// applyIdentityRules pushes the kernel rules of one identity under the
+// policy in force.
+func (d *Daemon) applyIdentityRules(name string, id uint32) error {
+	unenforced, err := d.rules.ApplyIdentity(d.policy.Current, name, id)
+	for _, w := range unenforced {
+		d.log.Warn().Err(w).Str("identity", name).Msg("not enforced on this kernel")
 	}
-	return out
-}
-
-// tcpRuleSet is an identity's TCP rules as pushed to the kernel, with the
-// reason each rule the policy derived denies for (empty for the others).
-type tcpRuleSet struct {
-	rules   []datapath.Rule
-	reasons []string
-}
-
-// tcpRulesOf computes the TCP rules of the identity name under p: DNS to
-// the host's resolvers, then what p.Intercept gives in the room left.
-func (d *Daemon) tcpRulesOf(p *policy.Policy, name string) tcpRuleSet {
-	// DNS over TCP to the host's resolvers goes direct, like DNS over UDP:
-	// name resolution is not something agents should need a rule for.
-	var s tcpRuleSet
-	for _, r := range d.resolvers {
-		s.rules = append(s.rules, datapath.Rule{Prefix: netip.PrefixFrom(r.Addr(), r.Addr().BitLen()), PortMin: 53, PortMax: 53, Verdict: datapath.Pass})
-		s.reasons = append(s.reasons, "")
-	}
-	pr := p.Intercept(name, datapath.MaxRules-len(s.rules))
-	s.rules = append(s.rules, convRules(pr)...)
-	for _, r := range pr {
-		s.reasons = append(s.reasons, r.Reason)
-	}
-	return s
-}
-
-// setTCPRules pushes s as the identity's TCP rules. The caller holds netMu.
-func (d *Daemon) setTCPRules(name string, id uint32, s tcpRuleSet) error {
-	if err := d.dp.SetRules(id, s.rules); err != nil {
-		return fmt.Errorf("set intercept rules of %s: %w", name, err)
-	}
-	d.tcpRules[id] = s
-	return nil
-}
-
-// refreshTCPRules pushes again the TCP rules of every identity whose rules
-// changed under the policy in force: after a refresh moved a host-name
-// target's addresses.
-func (d *Daemon) refreshTCPRules() error {
-	d.netMu.Lock()
-	defer d.netMu.Unlock()
-	p := d.policy.Current()
-	for name, id := range d.ids.all() {
-		s := d.tcpRulesOf(p, name)
-		if old, ok := d.tcpRules[id]; ok && slices.Equal(old.rules, s.rules) && slices.Equal(old.reasons, s.reasons) {
-			continue
-		}
-		if err := d.setTCPRules(name, id, s); err != nil {
-			return err
-		}
-		d.log.Info().Str("identity", name).Msg("kernel rules follow the targets' refreshed addresses")
-	}
-	return nil
-}
-
-// tcpDenyReason says why the kernel refused a TCP connect of identity to
-// dst: the reason of the rule the policy derived ("no-rule-allows",
-// "unknown-identity"), or "tcp-rule" for an intercept entry. It matches the
-// rules pushed last; a connect refused just before a reload changed them
-// may be explained by the new ones.
-func (d *Daemon) tcpDenyReason(identity uint32, dst netip.AddrPort) string {
-	d.netMu.Lock()
-	defer d.netMu.Unlock()
-	s := d.tcpRules[identity]
-	if i := datapath.Match(s.rules, dst); i >= 0 && s.rules[i].Verdict == datapath.Deny && s.reasons[i] != "" {
-		return s.reasons[i]
-	}
-	return string(datapath.ReasonTCPRule)
-}
-
-// applyIdentityRules pushes every kernel rule of the identity name under p.
-// The caller holds netMu.
-func (d *Daemon) applyIdentityRules(p *policy.Policy, name string, id uint32) error {
-	if err := d.setTCPRules(name, id, d.tcpRulesOf(p, name)); err != nil {
-		return err
-	}
-	if err := d.dp.SetUDPAllow(id, convRules(p.UDPAllow(name))); err != nil {
-		return fmt.Errorf("set udp rules of %s: %w", name, err)
-	}
-	if err := d.dp.SetListen(id, convRules(p.Listen(name))); err != nil {
-		return fmt.Errorf("set listen rules of %s: %w", name, err)
-	}
-	paths, on := p.AllowUnixPaths(name)
-	if !on {
-		paths = nil
-	}
-	if err := d.dp.SetAllowUnix(id, paths); err != nil {
-		if !errors.Is(err, datapath.ErrUnsupported) {
-			return fmt.Errorf("set unix allow-list of %s: %w", name, err)
-		}
-		if on {
-			d.log.Warn().Err(err).Str("identity", name).Msg("unix socket allow-list is not enforced on this kernel")
-		}
-	}
-	return nil
+	return err
 }
 
 func (d *Daemon) readDenyEvents() {
@@ -544,7 +426,7 @@ func (d *Daemon) readDenyEvents() {
 		}
 		reason := string(ev.Reason)
 		if ev.Reason == datapath.ReasonTCPRule {
-			reason = d.tcpDenyReason(ev.Identity, ev.Dst)
+			reason = d.rules.DenyReason(ev.Identity, ev.Dst)
 		}
 		d.metrics.KernelDenials.WithLabelValues(reason).Inc()
 		e := audit.KernelDenied{Reason: reason, Identity: d.ids.name(ev.Identity),

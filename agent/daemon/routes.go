@@ -209,10 +209,7 @@ func (d *Daemon) tag(abs, rel, identity, why string) error {
 	}
 	// Rules first, then the tag: the first connect of a newly tagged cgroup
 	// must already see its identity's rules.
-	d.netMu.Lock()
-	err = d.applyIdentityRules(d.policy.Current(), identity, id)
-	d.netMu.Unlock()
-	if err != nil {
+	if err := d.applyIdentityRules(identity, id); err != nil {
 		return err
 	}
 	if err := d.dp.Tag(cgid, id); err != nil {
