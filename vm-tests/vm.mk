@@ -45,20 +45,22 @@ deb: build
 	dpkg-deb --root-owner-group -Zgzip --build $(BIN)/deb $(DEB)
 	@echo "built $(DEB)"
 
-# vm_build DIR SUITE: build the image into DIR unless it is cached.
+# vm_build DIR SUITE NAME: build the image into DIR unless it is cached; a
+# new build removes the images of older inputs (NAME-*), 3 GB each.
 define vm_build
 	@mkdir -p $(VM_CACHE)
 	@flock $(VM_CACHE)/.lock sh -c 'test -s $(1)/rootfs.img || { \
 	  echo "vm-image: building $(1) (debootstrap $(2); several minutes, cached afterwards)"; \
-	  vm-tests/build-image.sh $(1) $(2); }'
+	  vm-tests/build-image.sh $(1) $(2) && \
+	  for old in $(VM_CACHE)/$(3)-*; do [ "$$old" = "$(1)" ] || rm -rf "$$old"; done; }'
 	@echo "vm-image: $(1)"
 endef
 
 vm-image: $(VM_IMAGE)/rootfs.img $(VM_IMAGE_TRIXIE)/rootfs.img
 $(VM_IMAGE)/rootfs.img:
-	$(call vm_build,$(VM_IMAGE),bookworm)
+	$(call vm_build,$(VM_IMAGE),bookworm,debian12)
 $(VM_IMAGE_TRIXIE)/rootfs.img:
-	$(call vm_build,$(VM_IMAGE_TRIXIE),trixie)
+	$(call vm_build,$(VM_IMAGE_TRIXIE),trixie,debian13)
 
 vm-test: vm-test-bookworm vm-test-trixie
 	vm-tests/floor-test.sh $(VM_CACHE) $(BIN)/interlockd
