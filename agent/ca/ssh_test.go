@@ -1,11 +1,15 @@
 package ca
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -67,3 +71,52 @@ func TestSSHHostAuthorityRefusesExposedKey(t *testing.T) {
 		t.Errorf("exposed key: %v", err)
 	}
 }
+
+// The user CA certifies a session key for one login, briefly, and keeps
+// its key across restarts.
+func TestSSHUserCA(t *testing.T) {
+	dir := t.TempDir()
+	a, err := OpenSSHUser(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(key)
+	raw, err := a.SignUser(ssh.MarshalAuthorizedKey(signer.PublicKey()), "deploy", "interlock session s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := pub.(*ssh.Certificate)
+	checker := ssh.CertChecker{IsUserAuthority: func(k ssh.PublicKey) bool {
+		return bytes.Equal(k.Marshal(), a.PublicKey().Marshal())
+	}}
+	if _, err := checker.Authenticate(connMeta("deploy"), cert); err != nil {
+		t.Errorf("the certificate does not log in deploy: %v", err)
+	}
+	if _, err := checker.Authenticate(connMeta("root"), cert); err == nil {
+		t.Error("the certificate logs in root too")
+	}
+	if life := time.Until(time.Unix(int64(cert.ValidBefore), 0)); life > SSHUserCertLifetime {
+		t.Errorf("valid for %v, want at most %v", life, SSHUserCertLifetime)
+	}
+	if _, err := a.SignUser(ssh.MarshalAuthorizedKey(signer.PublicKey()), "", "x"); err == nil {
+		t.Error("a certificate for no login user was signed")
+	}
+	again, err := OpenSSHUser(dir)
+	if err != nil || !bytes.Equal(again.PublicKey().Marshal(), a.PublicKey().Marshal()) {
+		t.Errorf("reopened user CA differs: %v", err)
+	}
+}
+
+type connMeta string
+
+func (c connMeta) User() string        { return string(c) }
+func (connMeta) SessionID() []byte     { return nil }
+func (connMeta) ClientVersion() []byte { return nil }
+func (connMeta) ServerVersion() []byte { return nil }
+func (connMeta) RemoteAddr() net.Addr  { return &net.TCPAddr{} }
+func (connMeta) LocalAddr() net.Addr   { return &net.TCPAddr{} }

@@ -72,14 +72,17 @@ type CAInfo struct {
 	NotAfter    time.Time `json:"not_after"`
 }
 
-// SSHInfo describes Interlock's SSH host CA: what `interlock ssh
-// known-hosts` prints.
+// SSHInfo describes Interlock's SSH CAs: what `interlock ssh known-hosts`
+// and `interlock ssh user-ca` print.
 type SSHInfo struct {
 	// KnownHosts is the known_hosts line that trusts the CA's host
 	// certificates: "@cert-authority * ssh-ed25519 ...".
 	KnownHosts string `json:"known_hosts"`
-	// Fingerprint is the CA public key's SHA256 fingerprint.
+	// Fingerprint is the host CA public key's SHA256 fingerprint.
 	Fingerprint string `json:"fingerprint"`
+	// UserCA is the user CA's public key in authorized_keys form, for a
+	// server's TrustedUserCAKeys.
+	UserCA string `json:"user_ca"`
 }
 
 // AuditVerdict is one host's chain as `interlock audit verify` reports it.

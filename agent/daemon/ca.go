@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/crypto/ssh"
 
@@ -30,9 +31,12 @@ func (d *Daemon) openCA() error {
 		return fmt.Errorf("open certificate authority: %w", err)
 	}
 	d.ca = a
-	// The SSH host CA lives beside it, created at first start too.
+	// The SSH host and user CAs live beside it, created at first start too.
 	if d.sshHost, err = ca.OpenSSHHost(ca.Dir(d.cfg.StateDir)); err != nil {
 		return fmt.Errorf("open ssh host ca: %w", err)
+	}
+	if d.sshUser, err = ca.OpenSSHUser(ca.Dir(d.cfg.StateDir)); err != nil {
+		return fmt.Errorf("open ssh user ca: %w", err)
 	}
 	return nil
 }
@@ -59,8 +63,10 @@ func (d *Daemon) handleCARotate(w http.ResponseWriter, r *http.Request) {
 	control.WriteJSON(w, http.StatusOK, info)
 }
 
-// handleSSH answers what `interlock ssh known-hosts` prints.
+// handleSSH answers what `interlock ssh known-hosts` and `interlock ssh
+// user-ca` print.
 func (d *Daemon) handleSSH(w http.ResponseWriter, r *http.Request) {
 	control.WriteJSON(w, http.StatusOK, control.SSHInfo{KnownHosts: d.sshHost.KnownHostsLine(),
-		Fingerprint: ssh.FingerprintSHA256(d.sshHost.PublicKey())})
+		Fingerprint: ssh.FingerprintSHA256(d.sshHost.PublicKey()),
+		UserCA:      strings.TrimSpace(string(ssh.MarshalAuthorizedKey(d.sshUser.PublicKey()))) + " interlock-user-ca"})
 }

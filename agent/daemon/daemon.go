@@ -59,6 +59,7 @@ type Daemon struct {
 	creds      *credentials.Manager
 	ca         *ca.Authority        // signs the certificates agents' TLS ends at
 	sshHost    *ca.SSHHostAuthority // certifies the host keys agents' SSH ends at
+	sshUser    *ca.SSHUserAuthority // certifies the session keys interlockd logs in upstream with
 	host       string
 	store      *store.Store
 	chain      *audit.Log // every audit event: the event log and the hash chain in the store
@@ -292,7 +293,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}()
 
 	d.sessions = session.New(session.Config{
-		Policy: d.policy, Credentials: d.creds, Recorder: d.recorder, Approvals: d.approvals, SSHHost: d.sshHost.HostSigner,
+		Policy: d.policy, Credentials: d.creds, Recorder: d.recorder, Approvals: d.approvals, SSHHost: d.sshHost.HostSigner, SSHUser: d.sshUser.SignUser,
 		Audit: d.chain, Metrics: d.metrics, Tags: tagTable{d}, Limits: d.cfg.Limits, Own: d.isOwnEndpoint,
 		TLS: func(addr netip.Addr) *tls.Config { return d.ca.ServerConfig(addr) },
 		Log: d.log.With().Str("component", "session").Logger(),

@@ -33,13 +33,19 @@ type sshFixture struct {
 	port     int
 	sshdLog  *daemontest.Buffer
 	vaultCA  ssh.PublicKey
+	caFile   string // sshd's TrustedUserCAKeys
 	clientFF string // the agent's ssh_config
 	knownUp  string // interlockd's known_hosts for sshd
 	// runs counts the ssh clients run, each one connection.
 	runs int
 }
 
-func startSSH(t *testing.T) *sshFixture {
+func startSSH(t *testing.T) *sshFixture { return startSSHWith(t, true) }
+
+// startSSHWith starts the fixture; without vaultCredential the target names
+// no credential, so interlockd logs in with its own SSH user CA, which
+// sshd then trusts too.
+func startSSHWith(t *testing.T, vaultCredential bool) *sshFixture {
 	testenv.Privileged(t)
 	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
 		testenv.Unavailable(t, "no sshd (apt-get install openssh-server): %v", err)
@@ -83,7 +89,10 @@ func startSSH(t *testing.T) *sshFixture {
 	hostKeyFile := write("sshd_host_key", string(pem.EncodeToMemory(block)), 0o600)
 	hostSigner, _ := ssh.NewSignerFromKey(hostKey)
 	caFile := write("user_ca.pub", string(ssh.MarshalAuthorizedKey(f.vaultCA)), 0o644)
-	principals := write("principals", "interlock-agents\n", 0o644)
+	f.caFile = caFile
+	// Vault's role certifies interlock-agents; Interlock's user CA the
+	// login user itself.
+	principals := write("principals", "interlock-agents\nroot\n", 0o644)
 	cfg := write("sshd_config", fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %s
@@ -123,6 +132,10 @@ X11Forwarding no
 
 	// interlockd verifies sshd's host key against this file.
 	f.knownUp = write("upstream_known_hosts", knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, hostSigner.PublicKey())+"\n", 0o644)
+	credential := "    credential: {source: vault, kind: ssh, role: agents}"
+	if !vaultCredential {
+		credential = ""
+	}
 	pol := write("policy.yaml", fmt.Sprintf(`version: 1
 identities: [{name: ci-bot}]
 targets:
@@ -133,7 +146,7 @@ targets:
     port: %d
     known_hosts: %s
     user: root
-    credential: {source: vault, kind: ssh, role: agents}
+%s
 rules:
   - name: no-rm
     identity: ci-bot
@@ -151,7 +164,7 @@ rules:
     ssh: {exec: ["touch %s/*"]}
     action: approve
     approve: {reviewers: [root], quorum: 1, timeout: 60s}
-`, f.port, f.knownUp, dir, dir), 0o644)
+`, f.port, f.knownUp, credential, dir, dir), 0o644)
 	token := write("token", vault.RootToken(), 0o600)
 	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n", vault.URL(), token), 0o600)
 	f.d = daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
@@ -376,5 +389,54 @@ func TestSSHUpstreamHostKeyMismatch(t *testing.T) {
 	}
 	if !strings.Contains(f.d.Logs(), `"outcome":"upstream host key"`) {
 		t.Errorf("no session closed with outcome upstream host key in the audit log")
+	}
+}
+
+// TestSSHInterlockUserCA: an ssh target with no credential block logs in
+// with a certificate from Interlock's own SSH user CA (what `interlock ssh
+// user-ca` prints for the server's TrustedUserCAKeys), made for the
+// session's key and its login user.
+func TestSSHInterlockUserCA(t *testing.T) {
+	f := startSSHWith(t, false)
+	userCA, errOut, err := f.d.CLI("ssh", "user-ca")
+	if err != nil || !strings.HasPrefix(userCA, "ssh-ed25519 ") {
+		t.Fatalf("interlock ssh user-ca: %v %q %s", err, userCA, errOut)
+	}
+	caKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(userCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// sshd reads TrustedUserCAKeys at each login.
+	if err := os.WriteFile(f.caFile, []byte(userCA), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if out, errOut, st := f.ssh(t, "", "127.0.0.1", "uname"); st != 0 || out != "Linux\n" {
+			t.Fatalf("uname: status %d %q\n%s\n%s", st, out, errOut, f.d.Logs())
+		}
+	}
+	if _, errOut, st := f.ssh(t, "", "127.0.0.1", "rm -rf /tmp/x"); st != 126 || !strings.Contains(errOut, `"no-rm"`) {
+		t.Errorf("rm: status %d, stderr %q", st, errOut)
+	}
+	accepted := regexp.MustCompile(`Accepted publickey for root from \S+ port \d+ ssh2: ED25519-CERT \S+ ID (.+) \(serial (\d+)\) CA ED25519 (\S+)`).
+		FindAllStringSubmatch(f.sshdLog.String(), -1)
+	if len(accepted) != f.runs {
+		t.Fatalf("sshd accepted %d certificate logins, want %d\n%s", len(accepted), f.runs, f.sshdLog.String())
+	}
+	serials := map[string]bool{}
+	for _, m := range accepted {
+		if m[3] != ssh.FingerprintSHA256(caKey) {
+			t.Errorf("certificate signed by %s, not Interlock's user CA %s", m[3], ssh.FingerprintSHA256(caKey))
+		}
+		if !strings.Contains(m[1], "identity ci-bot") {
+			t.Errorf("certificate ID %q does not name the session's identity", m[1])
+		}
+		serials[m[2]] = true
+	}
+	if len(serials) != f.runs {
+		t.Errorf("%d distinct certificates for %d sessions", len(serials), f.runs)
+	}
+	if n := strings.Count(f.d.Logs(), `"source":"interlock-ssh-ca"`); n != f.runs {
+		t.Errorf("%d credential_issued events from interlock-ssh-ca, want %d", n, f.runs)
 	}
 }

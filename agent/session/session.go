@@ -100,6 +100,11 @@ type Config struct {
 	// principals, which interlockd presents to agents it terminates SSH
 	// for.
 	SSHHost func(principals []string) (gossh.Signer, error)
+	// SSHUser certifies a session's public key (authorized_keys form) for
+	// one login user with Interlock's SSH user CA, the credential of an
+	// SSH target that names none; keyID names the session. It returns the
+	// certificate in authorized_keys form.
+	SSHUser func(publicKey []byte, user, keyID string) ([]byte, error)
 	Log     zerolog.Logger
 }
 

@@ -2,6 +2,8 @@ package session
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -22,10 +24,11 @@ type upstream struct {
 	p *Pipeline
 	c *conn
 
-	mu    sync.Mutex
-	lease credentials.Lease
-	cred  protocol.Credential
-	err   error
+	mu     sync.Mutex
+	issued bool
+	lease  credentials.Lease // nil for a credential with nothing to revoke
+	cred   protocol.Credential
+	err    error
 }
 
 // Addr implements protocol.Upstream.
@@ -48,10 +51,13 @@ func (u *upstream) Dial(ctx context.Context) (net.Conn, error) {
 func (u *upstream) Credential(ctx context.Context, r protocol.CredentialRequest) (protocol.Credential, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.lease != nil || u.err != nil {
+	if u.issued || u.err != nil {
 		return u.cred, u.err
 	}
 	t := u.c.target
+	if t.Protocol == "ssh" && t.Credential.Params == nil {
+		return u.sshCertificate(r)
+	}
 	source := u.p.cfg.Credentials.SourceName(t.Credential.Source)
 	start := time.Now()
 	lease, err := u.p.cfg.Credentials.Issue(ctx, credentials.Request{
@@ -65,9 +71,35 @@ func (u *upstream) Credential(ctx context.Context, r protocol.CredentialRequest)
 		return u.cred, err
 	}
 	cred := lease.Credential()
-	u.lease = lease
+	u.issued, u.lease = true, lease
 	u.cred = protocol.Credential{Username: cred.Username, Password: cred.Password, Certificate: cred.Certificate, Fields: cred.Data}
 	u.p.record(audit.CredentialIssued{Session: u.c.id, Identity: u.c.identity.Name, Target: t.Name, Source: source, Username: cred.Username})
+	return u.cred, nil
+}
+
+// sshUserCA names Interlock's SSH user CA as a credential source.
+const sshUserCA = "interlock-ssh-ca"
+
+// sshCertificate is the credential of an SSH target that names none:
+// Interlock's user CA certifies the session's key for its login user alone,
+// valid for minutes, so there is nothing to revoke. The caller holds u.mu.
+func (u *upstream) sshCertificate(r protocol.CredentialRequest) (protocol.Credential, error) {
+	start := time.Now()
+	var cert []byte
+	err := errors.New("this interlockd has no SSH user CA")
+	if sign := u.p.cfg.SSHUser; sign != nil {
+		cert, err = sign(r.PublicKey, r.User, fmt.Sprintf("interlock session %s identity %s", u.c.id, u.c.identity.Name))
+	}
+	u.p.cfg.Metrics.CredentialLat.WithLabelValues(sshUserCA, outcomeOf(err)).Observe(metrics.Since(start))
+	if err != nil {
+		u.p.cfg.Log.Warn().Err(err).Str("conn", u.c.id).Str("target", u.c.target.Name).Msg("credential not issued")
+		u.err = err
+		return u.cred, err
+	}
+	u.issued = true
+	u.cred = protocol.Credential{Username: r.User, Certificate: cert}
+	u.p.record(audit.CredentialIssued{Session: u.c.id, Identity: u.c.identity.Name, Target: u.c.target.Name,
+		Source: sshUserCA, Username: r.User})
 	return u.cred, nil
 }
 

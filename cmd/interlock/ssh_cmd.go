@@ -32,7 +32,26 @@ server's key.`,
 			return sshKnownHosts(cmd.Context(), a.client(), a.stdout)
 		},
 	}
-	cmd.AddCommand(knownHosts)
+	userCA := &cobra.Command{
+		Use:   "user-ca",
+		Short: "Print Interlock's SSH user CA, for a server's TrustedUserCAKeys",
+		Long: `user-ca prints the public key of Interlock's SSH user CA from the running
+interlockd. An ssh target with no credential block logs in with a certificate
+from it, made for the session's own key and its login user, valid for five
+minutes. A server trusts it with TrustedUserCAKeys.`,
+		Example: `  interlock ssh user-ca > /etc/ssh/interlock_user_ca.pub
+  echo 'TrustedUserCAKeys /etc/ssh/interlock_user_ca.pub' >> /etc/ssh/sshd_config`,
+		Args: usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var info control.SSHInfo
+			if err := a.client().Call(cmd.Context(), "/v1/ssh", nil, &info); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(a.stdout, info.UserCA)
+			return err
+		},
+	}
+	cmd.AddCommand(knownHosts, userCA)
 	return cmd
 }
 

@@ -144,6 +144,9 @@ type CredentialRequest struct {
 	// certificate is issued for, in authorized_keys form; the decoder made
 	// the pair for this session and holds the private key.
 	PublicKey []byte
+	// User is the login the credential is for (SSH: the user the session
+	// logs in as, the certificate's principal), "" when the source decides.
+	User string
 }
 
 // Credential is what a decoder authenticates upstream with.

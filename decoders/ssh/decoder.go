@@ -207,7 +207,7 @@ func (c *conn) loginUpstream(ctx context.Context, user string) error {
 	if err != nil {
 		return c.refuse("credential not issued", "no key could be made for the session", err)
 	}
-	cred, err := s.Upstream.Credential(ctx, protocol.CredentialRequest{PublicKey: xssh.MarshalAuthorizedKey(signer.PublicKey())})
+	cred, err := s.Upstream.Credential(ctx, protocol.CredentialRequest{PublicKey: xssh.MarshalAuthorizedKey(signer.PublicKey()), User: user})
 	if err != nil {
 		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q could not be issued; try again later", s.Target), err)
 	}
