@@ -291,3 +291,24 @@ func TestExecPassesArguments(t *testing.T) {
 		t.Errorf("missing command: exit %d, want 127", code)
 	}
 }
+
+// ssh setup adds the host CA's line once, keeps the file's other lines and
+// replaces a line of an earlier Interlock CA.
+func TestTrustHostCA(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "ssh", "ssh_known_hosts")
+	line := "@cert-authority * ssh-ed25519 AAAAnew interlock"
+	if added, err := trustHostCA(file, line); !added || err != nil {
+		t.Fatalf("first: %v %v", added, err)
+	}
+	if added, err := trustHostCA(file, line); added || err != nil {
+		t.Fatalf("again: %v %v", added, err)
+	}
+	os.WriteFile(file, []byte("web-1 ssh-ed25519 AAAAweb\n@cert-authority * ssh-ed25519 AAAAold interlock\n"), 0o644)
+	if added, err := trustHostCA(file, line); !added || err != nil {
+		t.Fatalf("replace: %v %v", added, err)
+	}
+	got, _ := os.ReadFile(file)
+	if want := "web-1 ssh-ed25519 AAAAweb\n" + line + "\n"; string(got) != want {
+		t.Errorf("file:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -51,8 +55,64 @@ minutes. A server trusts it with TrustedUserCAKeys.`,
 			return err
 		},
 	}
-	cmd.AddCommand(knownHosts, userCA)
+	var file string
+	setup := &cobra.Command{
+		Use:   "setup [--file PATH]",
+		Short: "Trust Interlock's SSH host CA for every user of this host",
+		Long: `setup adds the @cert-authority line of interlock ssh known-hosts to the
+system-wide known_hosts (/etc/ssh/ssh_known_hosts), once: running it again
+changes nothing, and a line of an earlier CA (before the state directory was
+made anew) is replaced.`,
+		Example: `  sudo interlock ssh setup`,
+		Args:    usage(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var info control.SSHInfo
+			if err := a.client().Call(cmd.Context(), "/v1/ssh", nil, &info); err != nil {
+				return err
+			}
+			added, err := trustHostCA(file, info.KnownHosts)
+			if err != nil {
+				return err
+			}
+			if added {
+				fmt.Fprintf(a.stdout, "added Interlock's SSH host CA to %s\n", file)
+			} else {
+				fmt.Fprintf(a.stdout, "%s already trusts Interlock's SSH host CA\n", file)
+			}
+			return nil
+		},
+	}
+	setup.Flags().StringVar(&file, "file", "/etc/ssh/ssh_known_hosts", "the known_hosts file to add the line to")
+	cmd.AddCommand(knownHosts, userCA, setup)
 	return cmd
+}
+
+// trustHostCA makes file hold line, the CA's @cert-authority line, once:
+// it keeps every other line, drops Interlock's lines of other CAs (they end
+// in " interlock"), and reports whether it changed the file.
+func trustHostCA(file, line string) (bool, error) {
+	data, err := os.ReadFile(file)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	var keep []string
+	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		if l == line {
+			return false, nil
+		}
+		if l == "" && len(keep) == 0 {
+			continue
+		}
+		if strings.HasPrefix(l, "@cert-authority ") && strings.HasSuffix(l, " interlock") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	keep = append(keep, line)
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return false, err
+	}
+	return true, os.WriteFile(file, []byte(strings.Join(keep, "\n")+"\n"), 0o644)
 }
 
 // sshKnownHosts prints the @cert-authority line of interlockd's SSH host
