@@ -3,6 +3,7 @@ package datapath
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/interlock-dev/interlock/bpf"
@@ -70,18 +71,11 @@ func TestPolicyRules(t *testing.T) {
 	}
 	// A policy that opens the destination: a refresh pushes only the
 	// identities whose rules changed.
-	p2 := load(`version: 1
-identities:
-  - name: ci
-    intercept:
-      - {to: [10.9.0.0/16], action: deny}
-  - name: other
-targets:
-  - {name: db, protocol: postgres, addresses: [10.1.0.5], port: 5432}
-  - {name: web, protocol: tcp, addresses: [192.0.2.7], port: 443}
-rules:
-  - {name: r, identity: ci, target: [db, web], action: allow}
-`)
+	p2 := load(strings.NewReplacer(
+		"  - {name: db, protocol: postgres, addresses: [10.1.0.5], port: 5432}\n",
+		"  - {name: db, protocol: postgres, addresses: [10.1.0.5], port: 5432}\n  - {name: web, protocol: tcp, addresses: [192.0.2.7], port: 443}\n",
+		"target: db,", "target: [db, web],",
+	).Replace(rulesPolicy))
 	changed, err := r.Refresh(func() *policy.Policy { return p2 }, map[string]uint32{"ci": 1, "nobody": 2})
 	if err != nil || len(changed) != 1 || changed[0] != "ci" {
 		t.Fatalf("refresh: changed %v, %v; want [ci]", changed, err)
