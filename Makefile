@@ -52,19 +52,9 @@ vet:
 #   at interlockd's listener, which then closes it, so the agent sees a reset.
 PGX_SUITE_SKIP ?= ^TestConnectFailsWithResolveFailureAndFailedConnectionAttempts$$
 
-# The end-to-end tests run the binaries built here. agent/datapath's tests
-# attach sk_lookup programs to the host's network namespace and assert what
-# a connect to their own proxy address does; they run first and alone: run
-# beside the agent/daemon tests, whose interlockd instances attach theirs to
-# the same namespace, three of them failed in two of six full runs (cause not
-# yet found; alone they pass every time).
-SOLO_PKGS = /agent/datapath$$
+# The end-to-end tests run the binaries built here.
 test: vet build
-	@pkgs=$$($(GO) list $(PKGS)) && solo=$$(grep '$(SOLO_PKGS)' <<<"$$pkgs" || true) && \
-	rest=$$(grep -v '$(SOLO_PKGS)' <<<"$$pkgs" || true) && \
-	export INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) PGX_SUITE_SKIP='$(PGX_SUITE_SKIP)' && \
-	{ [ -z "$$solo" ] || $(GO) test $(TESTFLAGS) $$solo; } && \
-	{ [ -z "$$rest" ] || $(GO) test $(TESTFLAGS) $$rest; }
+	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) PGX_SUITE_SKIP='$(PGX_SUITE_SKIP)' $(GO) test $(TESTFLAGS) $(PKGS)
 
 # Benchmarks. The micro-benchmarks run for a time each; the comparisons
 # against a baseline measured in the same run (pgbench direct / through

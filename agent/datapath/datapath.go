@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -223,6 +224,13 @@ func Open(cfg Config) (*Datapath, error) {
 	if err := checkBPFFS(cfg.PinDir); err != nil {
 		return nil, err
 	}
+	// The namespace the proxy listens in is the calling thread's. /proc/self
+	// names the thread group leader's, which differs once any thread of
+	// the process has entered another namespace (and Go keeps a main thread
+	// wedged in it if a locked goroutine exits there): the cookie, the
+	// pinned link's check and the attach all ask this one thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	netns, err := netnsCookie()
 	if err != nil {
 		return nil, err
@@ -410,12 +418,12 @@ func adoptOrAttach(pinDir string, p program, prog *ebpf.Program, cg *os.File, ro
 }
 
 // adoptOrAttachNetns re-adopts the pinned proxy_lookup link, swapping in
-// prog, or attaches prog to the calling process's network namespace (the
-// one the proxy listens in) and pins the link.
+// prog, or attaches prog to the calling thread's network namespace (the
+// one the proxy listens in) and pins the link. The caller holds its thread.
 func adoptOrAttachNetns(pinDir string, prog *ebpf.Program) (link.Link, error) {
 	path := linkPin(pinDir, bpf.InterlockProgProxyLookup)
 	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+	if err := unix.Stat(threadNetns, &st); err != nil {
 		return nil, fmt.Errorf("stat network namespace: %w", err)
 	}
 	l, err := link.LoadPinnedLink(path, nil)
@@ -447,7 +455,7 @@ func adoptOrAttachNetns(pinDir string, prog *ebpf.Program) (link.Link, error) {
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("load pinned link %s: %w", path, err)
 	}
-	ns, err := os.Open("/proc/self/ns/net")
+	ns, err := os.Open(threadNetns)
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace: %w", err)
 	}
@@ -529,6 +537,9 @@ func checkBPFFS(dir string) error {
 	}
 	return nil
 }
+
+// threadNetns is the calling thread's network namespace.
+const threadNetns = "/proc/thread-self/ns/net"
 
 // netnsCookie returns the cookie of the calling thread's network namespace,
 // the one the proxy listens in.

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -424,8 +425,10 @@ func TestReadoptAcrossNetworkNamespaces(t *testing.T) {
 		t.Fatalf("tagged connect after re-attaching: %+v, want the proxy", r)
 	}
 	proxy.origin(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+	if err := unix.Stat(threadNetns, &st); err != nil {
 		t.Fatal(err)
 	}
 	l, err := link.LoadPinnedLink(path, nil)
@@ -436,4 +439,49 @@ func TestReadoptAcrossNetworkNamespaces(t *testing.T) {
 	if info, err := l.Info(); err != nil || uint64(info.NetNs().NetnsInode) != st.Ino {
 		t.Errorf("pinned link after re-attaching: %+v, %v; want this namespace %d", info.NetNs(), err, st.Ino)
 	}
+}
+
+// A data path opened from a thread in another network namespace than the
+// process's first thread steers that thread's namespace, where its proxy
+// listens. (Test binaries get there when a test that entered a namespace
+// ends on the main thread, which Go then keeps wedged in it.)
+func TestOpenSteersCallersNamespace(t *testing.T) {
+	// Hold this thread, which may be the first, so that the subtest runs
+	// on another one and the two namespaces differ.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	t.Run("opener off the first thread", func(t *testing.T) {
+		e := newEnv(t)
+		enterNetns(t)
+		var self, first unix.Stat_t
+		if err := unix.Stat(threadNetns, &self); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Stat("/proc/self/ns/net", &first); err != nil {
+			t.Fatal(err)
+		}
+		if self.Ino == first.Ino {
+			t.Fatalf("the subtest shares the first thread's namespace %d", self.Ino)
+		}
+		proxy := newProxy(t, e, "tcp4", "127.0.0.1:0")
+		e.cfg.Proxy4 = freeAddr(t, "tcp4", "127.0.0.1")
+		e.open()
+		target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+		agent, agentID := e.cgroup("agent")
+		if err := e.dp.Tag(agentID, 5); err != nil {
+			t.Fatal(err)
+		}
+		if r := run(t, agent, "tcp", target.addrPort().String()); r.Err != "" || r.Data != "proxy" {
+			t.Fatalf("tagged connect in the opener's namespace: %+v, want the proxy", r)
+		}
+		proxy.origin(t)
+		l, err := link.LoadPinnedLink(linkPin(e.cfg.PinDir, bpf.InterlockProgProxyLookup), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if info, err := l.Info(); err != nil || uint64(info.NetNs().NetnsInode) != self.Ino {
+			t.Errorf("proxy_lookup attached to %+v, %v; want the opener's namespace %d, not the first thread's %d", info.NetNs(), err, self.Ino, first.Ino)
+		}
+	})
 }
