@@ -248,7 +248,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	for _, gap := range d.dp.Gaps() {
 		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
 	}
-	d.rules = datapath.NewPolicyRules(d.dp, d.resolvers)
+	d.rules = datapath.NewPolicyRules(d.dp)
 	if err := d.applyNetworkPolicy(d.policy.Current(), nil); err != nil {
 		return err
 	}

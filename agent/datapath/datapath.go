@@ -78,8 +78,18 @@ type Config struct {
 	// never tagged. It must not be the cgroup2 root (see EnterOwnCgroup).
 	// Zero exempts nobody.
 	SelfCgroupID uint64
-	// Resolvers are the DNS servers tagged tasks may reach over UDP.
+	// Resolvers are DNS servers whose address and port, besides port 53
+	// of any address, are tagged DNS: it never reaches them directly.
+	// UDP to them goes to DNS4 or DNS6, TCP to the proxy (whatever the
+	// identity's rules say).
 	Resolvers []netip.AddrPort
+	// DNS4 receives tagged UDP DNS to IPv4 (and IPv4-mapped) addresses,
+	// e.g. 127.0.0.1:15001: a UDP socket bound there answers in the
+	// resolver's place (recvmsg shows its replies as the resolver's), and
+	// looks the caller up with LookupDNS. Zero: tagged IPv4 DNS is refused.
+	DNS4 netip.AddrPort
+	// DNS6 is DNS4 for IPv6. Zero: tagged IPv6 DNS is refused.
+	DNS6 netip.AddrPort
 }
 
 // program is one attached program: its name in the object and attach type.
@@ -99,8 +109,9 @@ type program struct {
 	covered func() bool
 }
 
-// programs lists every program in attach order: sockops and getpeername
-// before the connect hooks, so no redirected socket ever lacks them.
+// programs lists every program in attach order: sockops, getpeername and
+// recvmsg before the connect and sendmsg hooks, so no redirected socket
+// ever lacks them.
 var programs = []program{
 	{name: bpf.InterlockProgSockOps, attach: ebpf.AttachCGroupSockOps},
 	{name: bpf.InterlockProgGetpeername4, attach: ebpf.AttachCgroupInet4GetPeername},
@@ -116,6 +127,8 @@ var programs = []program{
 		gap: "setsockopt(IP_OPTIONS, IPV6_RTHDR...) is not refused at the call (cgroup/setsockopt needs kernel 6.1 " +
 			"to see the cgroup); packets carrying source routes are still dropped",
 	},
+	{name: bpf.InterlockProgRecvmsg4, attach: ebpf.AttachCGroupUDP4Recvmsg},
+	{name: bpf.InterlockProgRecvmsg6, attach: ebpf.AttachCGroupUDP6Recvmsg},
 	{name: bpf.InterlockProgSendmsg4, attach: ebpf.AttachCGroupUDP4Sendmsg},
 	{name: bpf.InterlockProgSendmsg6, attach: ebpf.AttachCGroupUDP6Sendmsg},
 	{name: bpf.InterlockProgConnect4, attach: ebpf.AttachCGroupInet4Connect},
@@ -169,7 +182,7 @@ var mapNames = []string{
 	bpf.InterlockMapConfigMap, bpf.InterlockMapSockOrigins, bpf.InterlockMapConnOrigins,
 	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents, bpf.InterlockMapProxyListeners,
 	bpf.InterlockMapListenRules, bpf.InterlockMapPendingAccepts, bpf.InterlockMapUnixAllowOn,
-	bpf.InterlockMapUnixAllowed,
+	bpf.InterlockMapUnixAllowed, bpf.InterlockMapDnsOrigins,
 }
 
 // linkNames lists every pinned link by program name, for Uninstall: the
@@ -574,6 +587,21 @@ func (d *Datapath) writeConfig(cfg Config) error {
 		}
 		c.Proxy6.W = words(cfg.Proxy6.Addr())
 		c.Proxy6Port = cfg.Proxy6.Port()
+	}
+	for _, p := range []struct {
+		ap   netip.AddrPort
+		v4   bool
+		addr *[4]uint32
+		port *uint16
+	}{{cfg.DNS4, true, &c.Dns4.W, &c.Dns4Port}, {cfg.DNS6, false, &c.Dns6.W, &c.Dns6Port}} {
+		if !p.ap.IsValid() {
+			continue
+		}
+		if a := p.ap.Addr(); a.Unmap().Is4() != p.v4 {
+			return fmt.Errorf("write config: DNS proxy address %s is of the other family", p.ap)
+		}
+		*p.addr = words(p.ap.Addr())
+		*p.port = p.ap.Port()
 	}
 	c.SelfCgroup = cfg.SelfCgroupID
 	for i, r := range cfg.Resolvers {

@@ -132,6 +132,8 @@ func runHelper(action, arg string) int {
 		return helperListen(arg)
 	case "unixgram":
 		r = helperUnixgram(arg)
+	case "dns":
+		r = helperDNS(arg)
 	case "udpself":
 		return helperUDPSelf(arg)
 	case "udprecv":
