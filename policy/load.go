@@ -65,8 +65,10 @@ type rawIdentity struct {
 	// AllowUnixPaths, when given (even empty), is the only unix sockets
 	// the identity's tasks may reach.
 	AllowUnixPaths []string `yaml:"allow_unix_paths"`
-	Pos            Pos
-	Keys           keyPos
+	// DNS decides the identity's look-ups (dns.go).
+	DNS  *rawDNS `yaml:"dns"`
+	Pos  Pos
+	Keys keyPos
 }
 
 // rawListen is one entry of an identity's listen: where its tasks may bind
@@ -509,6 +511,7 @@ func (c *compiler) compile(raw *rawPolicy) {
 		names[r.Name] = r.Pos
 		c.rule(r)
 	}
+	c.p.finishDNS()
 	for i := range raw.Tests {
 		c.test(&raw.Tests[i])
 	}
@@ -552,6 +555,7 @@ func (c *compiler) identity(r *rawIdentity) {
 	id.intercept = c.netRules(r.Name, r.Intercept, true)
 	id.udpAllow = c.netRules(r.Name, r.UDPAllow, false)
 	id.listen = c.listenRules(r.Name, r.Listen)
+	id.dns = c.dnsPolicy(r.Name, r.DNS)
 	if _, set := r.Keys["allow_unix_paths"]; set {
 		id.allowUnix = append([]string{}, r.AllowUnixPaths...)
 		for _, u := range r.AllowUnixPaths {

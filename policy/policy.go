@@ -256,6 +256,7 @@ type Identity struct {
 	udpAllow   []InterceptRule
 	listen     []InterceptRule
 	allowUnix  []string // nil: no allow-list
+	dns        *dnsPolicy
 	index      int
 	pos        Pos
 }
