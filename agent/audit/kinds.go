@@ -219,8 +219,9 @@ type KernelDenied struct {
 
 // DNSQuestion is one DNS question a tagged task asked, as interlockd
 // decided and answered it: Action "allow" (forwarded to Resolver) or
-// "deny" (answered REFUSED, no resolver saw it), Rcode the answer's code,
-// Answers the answer section in presentation form (at most 16 records).
+// "deny" (answered REFUSED, no resolver saw it; in audit mode, Enforced
+// false, forwarded all the same), Rcode the answer's code, Answers the
+// answer section in presentation form (at most 16 records).
 type DNSQuestion struct {
 	Identity  string   `json:"identity"`
 	PID       uint32   `json:"pid"`
@@ -231,6 +232,7 @@ type DNSQuestion struct {
 	Name      string   `json:"name"`
 	Type      string   `json:"type"`
 	Action    string   `json:"action"`
+	Enforced  bool     `json:"enforced"`
 	Reason    string   `json:"reason,omitempty"`
 	Resolver  string   `json:"resolver,omitempty"`
 	Rcode     string   `json:"rcode"`
@@ -487,7 +489,11 @@ func (e DNSQuestion) logTo(l *zerolog.Logger) {
 	if e.Action != "allow" || e.Error != "" {
 		ev = l.Warn()
 	}
-	ev.Str("event", "dns_query").Str("identity", e.Identity).Uint32("pid", e.PID).Uint32("uid", e.UID).
+	mode := "enforce"
+	if !e.Enforced {
+		mode = "audit"
+	}
+	ev.Str("event", "dns_query").Str("mode", mode).Str("identity", e.Identity).Uint32("pid", e.PID).Uint32("uid", e.UID).
 		Str("comm", e.Comm).Str("transport", e.Transport).Str("dst", e.Dst).Str("name", e.Name).
 		Str("type", e.Type).Str("action", e.Action).Str("reason", e.Reason).Str("resolver", e.Resolver).
 		Str("rcode", e.Rcode).Strs("answers", e.Answers).Str("error", e.Error).Msg("dns question")

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/daemontest"
@@ -86,6 +87,20 @@ func client(mode, arg string) int {
 				r.OK++
 			}
 			c.Close()
+		}
+	case "dns":
+		// One question: arg is "NET|ADDR|NAME|TYPE"; Line is the answer's
+		// rcode and records.
+		f := strings.Split(arg, "|")
+		m := new(dns.Msg).SetQuestion(dns.Fqdn(f[2]), dns.StringToType[f[3]])
+		resp, _, err := (&dns.Client{Net: f[0], Timeout: 3 * time.Second}).Exchange(m, f[1])
+		if err != nil {
+			fail(err)
+			break
+		}
+		r.Line = dns.RcodeToString[resp.Rcode]
+		for _, rr := range resp.Answer {
+			r.Line += " " + strings.ReplaceAll(rr.String(), "\t", " ")
 		}
 	case "latency":
 		// connect() + first byte, repeated; the median in microseconds.

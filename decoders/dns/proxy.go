@@ -32,7 +32,8 @@ type Question struct {
 // Verdict is the decision on one question.
 type Verdict struct {
 	Allow bool
-	// Reason says why a question is refused.
+	// Reason says why a question is refused, or, on an allowed one (a
+	// policy in audit mode), why it would have been.
 	Reason string
 }
 
@@ -46,7 +47,8 @@ type Exchange struct {
 	Question Question
 	// Allowed is true when the question was forwarded.
 	Allowed bool
-	// Reason says why the question was refused, or why the message was.
+	// Reason says why the question was refused, or why the message was;
+	// on an allowed question, the Verdict's Reason.
 	Reason string
 	// Resolver is the resolver that answered an allowed question.
 	Resolver netip.AddrPort
@@ -112,7 +114,7 @@ func (p *Proxy) Answer(ctx context.Context, query []byte, udp bool, decide Decid
 		ex.Reason = v.Reason
 		return p.reply(&ex, refusal(req, dns.RcodeRefused), udp, size)
 	}
-	ex.Allowed = true
+	ex.Allowed, ex.Reason = true, v.Reason
 	resp, resolver, err := p.forward(ctx, req, udp)
 	if err != nil {
 		ex.Err = err

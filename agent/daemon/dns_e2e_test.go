@@ -1,0 +1,157 @@
+package daemon_test
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/interlock-dev/interlock/agent/daemontest"
+)
+
+// testResolver is a DNS server on loopback (UDP and TCP, one port), the
+// resolver interlockd forwards to: it answers A questions with 192.0.2.10
+// and remembers every name it was asked.
+type testResolver struct {
+	addr string
+	mu   sync.Mutex
+	seen []string
+}
+
+func startResolver(t *testing.T) *testResolver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &testResolver{addr: pc.LocalAddr().String()}
+	ln, err := net.Listen("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) {
+		r.mu.Lock()
+		r.seen = append(r.seen, strings.ToLower(m.Question[0].Name))
+		r.mu.Unlock()
+		resp := new(dns.Msg).SetReply(m)
+		if m.Question[0].Qtype == dns.TypeA {
+			rr, _ := dns.NewRR(m.Question[0].Name + " 60 IN A 192.0.2.10")
+			resp.Answer = append(resp.Answer, rr)
+		}
+		w.WriteMsg(resp)
+	})
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		go s.ActivateAndServe()
+		t.Cleanup(func() { s.Shutdown() })
+	}
+	return r
+}
+
+// asked reports whether the resolver was ever asked about a name
+// containing part.
+func (r *testResolver) asked(part string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range r.seen {
+		if strings.Contains(n, part) {
+			return true
+		}
+	}
+	return false
+}
+
+const dnsPolicy = `version: 1
+identities:
+  - name: ci-bot
+    dns:
+      allow: [allowed.example.test, "*.svc.example.test"]
+      refuse_encoded_labels: true
+rules:
+  - {name: ci-bot-tcp, identity: ci-bot, protocol: tcp, action: allow}
+`
+
+// TestDNSThroughInterlock: a tagged agent's look-ups, by getent (the libc
+// resolver, to /etc/resolv.conf's nameserver) and by a DNS client asking
+// any address over UDP or TCP, all reach interlockd, which forwards the
+// allowed names to the resolver dns_resolvers names and answers the rest
+// REFUSED: the resolver never sees them, and the audit trail does.
+func TestDNSThroughInterlock(t *testing.T) {
+	res := startResolver(t)
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(dnsPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+	f := &fixture{d: d, agent: agentBinary(t)}
+
+	getent := func(name string) (string, int) {
+		t.Helper()
+		return d.Exec("ci-bot", "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "getent", "hosts", name)
+	}
+	if out, code := getent("allowed.example.test"); code != 0 || !strings.Contains(out, "192.0.2.10") {
+		t.Errorf("getent hosts allowed.example.test: exit %d, %q; want 192.0.2.10", code, out)
+	}
+	if out, code := getent("api.svc.example.test"); code != 0 || !strings.Contains(out, "192.0.2.10") {
+		t.Errorf("getent hosts api.svc.example.test: exit %d, %q", code, out)
+	}
+	if out, code := getent("denied.example.test"); code == 0 {
+		t.Errorf("getent hosts denied.example.test: %q, want no answer", out)
+	}
+
+	for _, c := range []struct {
+		arg, want string
+	}{
+		// Another address than any resolver, over UDP and TCP.
+		{"udp|192.0.2.99:53|allowed.example.test|A", "NOERROR allowed.example.test. 60 IN A 192.0.2.10"},
+		{"tcp|192.0.2.99:53|allowed.example.test|A", "NOERROR allowed.example.test. 60 IN A 192.0.2.10"},
+		{"udp|192.0.2.99:53|secret.example.test|A", "REFUSED"},
+		{"tcp|192.0.2.99:53|secret-tcp.example.test|A", "REFUSED"},
+		{"udp|[2001:db8::53]:53|secret6.example.test|A", "REFUSED"},
+		// The resolver itself, directly.
+		{"udp|" + res.addr + "|direct.example.test|A", "REFUSED"},
+		{"tcp|" + res.addr + "|direct-tcp.example.test|A", "REFUSED"},
+		// An allowed name, a type the policy does not allow.
+		{"udp|192.0.2.99:53|allowed.example.test|TXT", "REFUSED"},
+	} {
+		r := f.run(t, "ci-bot", "dns", c.arg, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+		if r.Err != "" || r.Line != c.want {
+			t.Errorf("%s: %+v, want %q", c.arg, r, c.want)
+		}
+	}
+
+	// Data encoded into look-ups gets nothing to the resolver.
+	chunk := "4a6f686e20536d6974682c2031323320"
+	for i := 0; i < 5; i++ {
+		arg := fmt.Sprintf("udp|192.0.2.99:53|%s%02d.svc.example.test|A", chunk, i)
+		if r := f.run(t, "ci-bot", "dns", arg); r.Line != "REFUSED" {
+			t.Errorf("exfiltration look-up %d: %+v, want REFUSED", i, r)
+		}
+	}
+
+	for _, name := range []string{"denied.example.test", "secret", "direct", "4a6f686e"} {
+		if res.asked(name) {
+			t.Errorf("the resolver was asked about %s", name)
+		}
+	}
+	if !res.asked("allowed.example.test") {
+		t.Error("the resolver never saw the allowed name")
+	}
+	logs := d.Logs()
+	for _, want := range []string{
+		`"name":"secret.example.test"`, `"reason":"name-not-allowed"`, `"reason":"encoded-label"`,
+		`"reason":"type-not-allowed"`, `"transport":"tcp"`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("interlockd log lacks %s", want)
+		}
+	}
+}
