@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -145,8 +146,10 @@ func (s *dnsServer) decider(id proxy.Identity) dnsdec.Decide {
 	}
 }
 
-// record writes one question's audit event.
+// record learns what an answer's addresses stand for and writes the
+// question's audit event; it runs before the answer goes to the agent.
 func (s *dnsServer) record(id proxy.Identity, transport string, dst netip.AddrPort, ex dnsdec.Exchange) {
+	s.learn(ex)
 	e := audit.DNSQuestion{
 		Identity: id.Name, PID: id.PID, UID: id.UID, Comm: id.Comm, Transport: transport, Dst: dst.String(),
 		Name: ex.Question.Name, Type: ex.Question.Type, Action: "allow", Enforced: true,
@@ -166,6 +169,27 @@ func (s *dnsServer) record(id proxy.Identity, transport string, dst netip.AddrPo
 		e.Error = ex.Err.Error()
 	}
 	s.d.chain.Record(e)
+}
+
+// learn tells the policy in force which addresses an allowed answer gave
+// its name, so a target named by that host matches them; when a target
+// gained one, the kernel rules are pushed again first, so the agent's
+// connect to it is redirected, not refused, from the first try.
+func (s *dnsServer) learn(ex dnsdec.Exchange) {
+	if !ex.Allowed || len(ex.Addresses) == 0 {
+		return
+	}
+	now := time.Now()
+	bs := make([]policy.Binding, 0, len(ex.Addresses))
+	for _, a := range ex.Addresses {
+		bs = append(bs, policy.Binding{Addr: a.Addr, Expires: now.Add(a.TTL)})
+	}
+	if !s.d.policy.Current().Learn(ex.Question.Name, bs) {
+		return
+	}
+	if _, err := s.d.rules.Refresh(s.d.policy.Current, s.d.ids.all()); err != nil {
+		s.log.Error().Err(err).Str("name", ex.Question.Name).Msg("push kernel rules for learned addresses")
+	}
 }
 
 // dnsResolvers are the resolvers interlockd forwards to: dns_resolvers, or

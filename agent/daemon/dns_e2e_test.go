@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -15,12 +16,13 @@ import (
 )
 
 // testResolver is a DNS server on loopback (UDP and TCP, one port), the
-// resolver interlockd forwards to: it answers A questions with 192.0.2.10
-// and remembers every name it was asked.
+// resolver interlockd forwards to: it answers A questions with the address
+// in a, or 192.0.2.10, and remembers every name it was asked.
 type testResolver struct {
 	addr string
 	mu   sync.Mutex
 	seen []string
+	a    map[string]string // name (with final dot) -> address
 }
 
 func startResolver(t *testing.T) *testResolver {
@@ -29,7 +31,7 @@ func startResolver(t *testing.T) *testResolver {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &testResolver{addr: pc.LocalAddr().String()}
+	r := &testResolver{addr: pc.LocalAddr().String(), a: map[string]string{}}
 	ln, err := net.Listen("tcp", r.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -37,10 +39,14 @@ func startResolver(t *testing.T) *testResolver {
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) {
 		r.mu.Lock()
 		r.seen = append(r.seen, strings.ToLower(m.Question[0].Name))
+		addr := r.a[strings.ToLower(m.Question[0].Name)]
 		r.mu.Unlock()
+		if addr == "" {
+			addr = "192.0.2.10"
+		}
 		resp := new(dns.Msg).SetReply(m)
 		if m.Question[0].Qtype == dns.TypeA {
-			rr, _ := dns.NewRR(m.Question[0].Name + " 60 IN A 192.0.2.10")
+			rr, _ := dns.NewRR(m.Question[0].Name + " 60 IN A " + addr)
 			resp.Answer = append(resp.Answer, rr)
 		}
 		w.WriteMsg(resp)
@@ -153,5 +159,49 @@ func TestDNSThroughInterlock(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("interlockd log lacks %s", want)
 		}
+	}
+}
+
+const learnPolicy = `version: 1
+identities:
+  - name: ci-bot
+targets:
+  - {name: web, protocol: tcp, addresses: [web.example.test], port: %s}
+rules:
+  - {name: ci-bot-web, identity: ci-bot, target: web, action: allow}
+`
+
+// TestDNSLearnsTargetAddresses: a target named by a host name the host's
+// own resolver does not know matches the address interlockd relayed to the
+// agent for that name, and the kernel redirects it before the agent has the
+// answer: refused at connect() before the look-up, served right after.
+func TestDNSLearnsTargetAddresses(t *testing.T) {
+	res := startResolver(t)
+	tg := newTarget(t, "tcp4", "127.0.0.7:0")
+	_, port, _ := net.SplitHostPort(tg.addr())
+	res.a["web.example.test."] = "127.0.0.7"
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(learnPolicy, port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+	f := &fixture{d: d, agent: agentBinary(t)}
+
+	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Errno != int(syscall.EPERM) {
+		t.Fatalf("connect before the look-up: %+v, want EPERM", r)
+	}
+	if r := f.run(t, "ci-bot", "dns", "udp|192.0.2.99:53|web.example.test|A"); r.Line != "NOERROR web.example.test. 60 IN A 127.0.0.7" {
+		t.Fatalf("look-up: %+v", r)
+	}
+	r := f.run(t, "ci-bot", "tcp", tg.addr())
+	if r.Err != "" || r.Line != "hello from target" || r.Peer != tg.addr() {
+		t.Fatalf("connect after the look-up: %+v", r)
+	}
+	if !strings.Contains(d.Logs(), `"target":"web"`) {
+		t.Errorf("the connection was not decided as target web:\n%s", d.Logs())
 	}
 }

@@ -57,9 +57,19 @@ type Exchange struct {
 	// Answers are the answer records the agent got, in presentation form,
 	// at most MaxAnswers.
 	Answers []string
+	// Addresses are the A and AAAA records of the answer the agent got,
+	// all of them: what the question's name stands for, CNAMEs followed
+	// by the resolver.
+	Addresses []Address
 	// Err is why no resolver answered an allowed question (the agent got
 	// SERVFAIL).
 	Err error
+}
+
+// Address is an address an answer gave, for as long as its TTL.
+type Address struct {
+	Addr netip.Addr
+	TTL  time.Duration
 }
 
 // Proxy answers query messages. Safe for concurrent use.
@@ -148,10 +158,19 @@ func (p *Proxy) reply(ex *Exchange, resp *dns.Msg, udp bool, size int) ([]byte, 
 	}
 	ex.Rcode = dns.RcodeToString[resp.Rcode]
 	for _, rr := range resp.Answer {
-		if len(ex.Answers) == MaxAnswers {
-			break
+		var ip net.IP
+		switch rr := rr.(type) {
+		case *dns.A:
+			ip = rr.A
+		case *dns.AAAA:
+			ip = rr.AAAA
 		}
-		ex.Answers = append(ex.Answers, strings.ReplaceAll(rr.String(), "\t", " "))
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			ex.Addresses = append(ex.Addresses, Address{Addr: a.Unmap(), TTL: time.Duration(rr.Header().Ttl) * time.Second})
+		}
+		if len(ex.Answers) < MaxAnswers {
+			ex.Answers = append(ex.Answers, strings.ReplaceAll(rr.String(), "\t", " "))
+		}
 	}
 	b, err := resp.Pack()
 	if err != nil {
@@ -159,7 +178,7 @@ func (p *Proxy) reply(ex *Exchange, resp *dns.Msg, udp bool, size int) ([]byte, 
 		// server failed rather than nothing.
 		ex.Err = fmt.Errorf("pack answer: %w", err)
 		fail := refusal(resp, dns.RcodeServerFailure)
-		ex.Rcode, ex.Answers = dns.RcodeToString[fail.Rcode], nil
+		ex.Rcode, ex.Answers, ex.Addresses = dns.RcodeToString[fail.Rcode], nil, nil
 		b, _ = fail.Pack()
 	}
 	return b, *ex

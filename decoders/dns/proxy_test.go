@@ -99,7 +99,8 @@ func TestAnswer(t *testing.T) {
 	resp, ex := ask(t, p, q, true)
 	if resp.Rcode != dns.RcodeSuccess || len(resp.Answer) != 1 || !ex.Allowed || ex.Resolver != r.addr ||
 		ex.Question != (Question{Name: "api.example.com", Type: "A"}) || ex.Rcode != "NOERROR" ||
-		len(ex.Answers) != 1 || !strings.Contains(ex.Answers[0], "192.0.2.1") {
+		len(ex.Answers) != 1 || !strings.Contains(ex.Answers[0], "192.0.2.1") ||
+		len(ex.Addresses) != 1 || ex.Addresses[0] != (Address{netip.MustParseAddr("192.0.2.1"), time.Minute}) {
 		t.Errorf("allowed question: %v\n%+v", resp, ex)
 	}
 

@@ -1,0 +1,124 @@
+package policy
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// LearnGrace is how long past its TTL an address learned from a DNS answer
+// still counts for its target: clients keep addresses longer than the TTL
+// says (connection pools, runtimes that cache look-ups).
+const LearnGrace = 2 * time.Minute
+
+// MaxLearned bounds the addresses a target holds from DNS answers; when it
+// is full the one that expires first makes room.
+const MaxLearned = 256
+
+// Binding is an address a DNS answer gave a name, valid until Expires.
+type Binding struct {
+	Addr    netip.Addr
+	Expires time.Time
+}
+
+// learned is a target's addresses from DNS answers, with their expiry
+// (LearnGrace included), guarded by mu.
+type learned struct {
+	mu    sync.Mutex
+	addrs map[netip.Addr]time.Time
+}
+
+// Learn records the addresses an answer interlockd relayed gave name (any
+// case, with or without the final dot): every target whose host names
+// (addresses:, hosts:) include name then matches them, until their expiry
+// plus LearnGrace, as it matches the addresses ResolveTargets finds. It
+// reports whether some target gained an address it did not hold, so that
+// the caller pushes the kernel rules again before the agent can connect
+// to it. Safe for concurrent use.
+func (p *Policy) Learn(name string, bs []Binding) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	grew := false
+	for _, t := range p.targets {
+		if t.namesHost(name) && t.learn(bs) {
+			grew = true
+		}
+	}
+	return grew
+}
+
+// namesHost reports whether name is one of t's host names.
+func (t *Target) namesHost(name string) bool {
+	for _, h := range slices.Concat(t.Hosts, t.Names) {
+		if NameMatches(strings.ToLower(strings.TrimSuffix(h, ".")), name) {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *Target) learn(bs []Binding) bool {
+	t.learned.mu.Lock()
+	defer t.learned.mu.Unlock()
+	now := time.Now()
+	next := make(map[netip.Addr]time.Time, len(t.learned.addrs)+len(bs))
+	for a, exp := range t.learned.addrs {
+		if exp.After(now) {
+			next[a] = exp
+		}
+	}
+	grew := false
+	for _, b := range bs {
+		a, exp := b.Addr.Unmap(), b.Expires.Add(LearnGrace)
+		old, ok := next[a]
+		if !ok {
+			grew = true
+			if len(next) >= MaxLearned {
+				evictFirst(next)
+			}
+		}
+		if !ok || exp.After(old) {
+			next[a] = exp
+		}
+	}
+	t.learned.addrs = next
+	return grew
+}
+
+// evictFirst removes the address that expires first.
+func evictFirst(m map[netip.Addr]time.Time) {
+	var (
+		first netip.Addr
+		when  time.Time
+	)
+	for a, exp := range m {
+		if !first.IsValid() || exp.Before(when) {
+			first, when = a, exp
+		}
+	}
+	delete(m, first)
+}
+
+// learnedAddrs returns t's learned addresses that have not expired.
+func (t *Target) learnedAddrs() []netip.Addr {
+	t.learned.mu.Lock()
+	defer t.learned.mu.Unlock()
+	now := time.Now()
+	var out []netip.Addr
+	for a, exp := range t.learned.addrs {
+		if exp.After(now) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// hasLearned reports whether t learned a and it has not expired.
+func (t *Target) hasLearned(a netip.Addr) bool {
+	t.learned.mu.Lock()
+	defer t.learned.mu.Unlock()
+	exp, ok := t.learned.addrs[a]
+	return ok && exp.After(time.Now())
+}
