@@ -20,7 +20,7 @@ type resolver struct {
 	seen []*dns.Msg
 }
 
-func newResolver(t *testing.T) *resolver {
+func newResolver(t testing.TB) *resolver {
 	t.Helper()
 	r := &resolver{}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
