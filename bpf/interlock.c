@@ -1291,24 +1291,68 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_listeners SEC(".maps");
 
+/* interlockd's DNS proxy sockets (UDP), IPv4 at PROXY_LISTENER_V4 and IPv6
+ * at PROXY_LISTENER_V6; empty while interlockd is down. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_listeners SEC(".maps");
+
+/* dns_lookup is proxy_lookup for UDP: a datagram to the DNS proxy address
+ * (config dns4/dns6 and port) goes to interlockd's socket in dns_listeners
+ * and to nothing else, so a steered question never reaches another process
+ * that bound that address (with SO_REUSEPORT, or while interlockd is down). */
+static __always_inline int dns_lookup(struct bpf_sk_lookup *ctx, struct config *cfg)
+{
+	__u32 key;
+
+	if (ctx->family == AF_INET) {
+		if (!cfg->dns4_port || ctx->local_port != cfg->dns4_port || ctx->local_ip4 != cfg->dns4.w[3])
+			return SK_PASS;
+		key = PROXY_LISTENER_V4;
+	} else if (ctx->family == AF_INET6) {
+		if (!cfg->dns6_port || ctx->local_port != cfg->dns6_port ||
+		    ctx->local_ip6[0] != cfg->dns6.w[0] || ctx->local_ip6[1] != cfg->dns6.w[1] ||
+		    ctx->local_ip6[2] != cfg->dns6.w[2] || ctx->local_ip6[3] != cfg->dns6.w[3])
+			return SK_PASS;
+		key = PROXY_LISTENER_V6;
+	} else {
+		return SK_PASS;
+	}
+	struct bpf_sock *sk = bpf_map_lookup_elem(&dns_listeners, &key);
+	if (!sk)
+		return SK_DROP;
+	/* No reuseport selection: a socket that joined interlockd's group
+	 * would otherwise get its share of the questions. */
+	long err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
+}
+
 /* proxy_lookup (sk_lookup, kernel 5.9 and later) runs for every listener
  * lookup in interlockd's network namespace. A TCP lookup for the proxy
  * address (config proxy4/proxy6 and port) goes to interlockd's own listening
  * socket in proxy_listeners, and to nothing else: with the slot empty
  * (interlockd down) it is dropped, so the connect is refused even when
  * another process has bound that address; a squatter never receives a
- * redirected connection. Every other lookup passes untouched, so several
- * data paths with different proxy ports can share a namespace. */
+ * redirected connection. UDP to the DNS proxy address is handled alike
+ * (dns_lookup). Every other lookup passes untouched, so several data paths
+ * with different proxy ports can share a namespace. */
 SEC("sk_lookup")
 int proxy_lookup(struct bpf_sk_lookup *ctx)
 {
 	struct config *cfg;
 	__u32 key;
 
-	if (ctx->protocol != IPPROTO_TCP)
-		return SK_PASS;
 	cfg = get_config();
 	if (!cfg)
+		return SK_PASS;
+	if (ctx->protocol == IPPROTO_UDP)
+		return dns_lookup(ctx, cfg);
+	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	if (ctx->family == AF_INET) {
 		if (!cfg->proxy4_port || ctx->local_port != cfg->proxy4_port || ctx->local_ip4 != cfg->proxy4.w[3])

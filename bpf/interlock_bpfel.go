@@ -177,6 +177,7 @@ const (
 	InterlockMapConnOrigins        = "conn_origins"
 	InterlockMapDeniedUnix         = "denied_unix"
 	InterlockMapDenyEvents         = "deny_events"
+	InterlockMapDnsListeners       = "dns_listeners"
 	InterlockMapDnsOrigins         = "dns_origins"
 	InterlockMapInboundReported    = "inbound_reported"
 	InterlockMapListenRules        = "listen_rules"
@@ -294,6 +295,7 @@ type InterlockMapSpecs struct {
 	ConnOrigins     *ebpf.MapSpec `ebpf:"conn_origins"`
 	DeniedUnix      *ebpf.MapSpec `ebpf:"denied_unix"`
 	DenyEvents      *ebpf.MapSpec `ebpf:"deny_events"`
+	DnsListeners    *ebpf.MapSpec `ebpf:"dns_listeners"`
 	DnsOrigins      *ebpf.MapSpec `ebpf:"dns_origins"`
 	InboundReported *ebpf.MapSpec `ebpf:"inbound_reported"`
 	ListenRules     *ebpf.MapSpec `ebpf:"listen_rules"`
@@ -341,6 +343,7 @@ type InterlockMaps struct {
 	ConnOrigins     *ebpf.Map `ebpf:"conn_origins"`
 	DeniedUnix      *ebpf.Map `ebpf:"denied_unix"`
 	DenyEvents      *ebpf.Map `ebpf:"deny_events"`
+	DnsListeners    *ebpf.Map `ebpf:"dns_listeners"`
 	DnsOrigins      *ebpf.Map `ebpf:"dns_origins"`
 	InboundReported *ebpf.Map `ebpf:"inbound_reported"`
 	ListenRules     *ebpf.Map `ebpf:"listen_rules"`
@@ -360,6 +363,7 @@ func (m *InterlockMaps) Close() error {
 		m.ConnOrigins,
 		m.DeniedUnix,
 		m.DenyEvents,
+		m.DnsListeners,
 		m.DnsOrigins,
 		m.InboundReported,
 		m.ListenRules,

@@ -255,6 +255,9 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 			return fmt.Errorf("arm data path: %w", err)
 		}
 	}
+	if err := d.dns.arm(d.dp); err != nil {
+		return fmt.Errorf("arm data path: %w", err)
+	}
 	for _, gap := range d.dp.Gaps() {
 		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
 	}

@@ -56,6 +56,17 @@ func (d *Daemon) listenDNS(port uint16, resolvers []netip.AddrPort) (*dnsServer,
 	return s, nil
 }
 
+// arm makes the sockets the only ones the data path delivers the DNS
+// proxy addresses' datagrams to.
+func (s *dnsServer) arm(dp *datapath.Datapath) error {
+	for _, c := range s.conns {
+		if err := dp.ServeDNS(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // addrs returns the DNS proxy's IPv4 and IPv6 addresses.
 func (s *dnsServer) addrs() (v4, v6 netip.AddrPort) {
 	return s.conns[0].LocalAddr().(*net.UDPAddr).AddrPort(), s.conns[1].LocalAddr().(*net.UDPAddr).AddrPort()

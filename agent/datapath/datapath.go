@@ -182,7 +182,7 @@ var mapNames = []string{
 	bpf.InterlockMapConfigMap, bpf.InterlockMapSockOrigins, bpf.InterlockMapConnOrigins,
 	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents, bpf.InterlockMapProxyListeners,
 	bpf.InterlockMapListenRules, bpf.InterlockMapPendingAccepts, bpf.InterlockMapUnixAllowOn,
-	bpf.InterlockMapUnixAllowed, bpf.InterlockMapDnsOrigins,
+	bpf.InterlockMapUnixAllowed, bpf.InterlockMapDnsOrigins, bpf.InterlockMapDnsListeners,
 }
 
 // linkNames lists every pinned link by program name, for Uninstall: the
@@ -528,6 +528,41 @@ func (d *Datapath) ServeListener(l *net.TCPListener) error {
 	}
 	if err != nil {
 		return fmt.Errorf("serve listener %s: %w", l.Addr(), err)
+	}
+	return nil
+}
+
+// ServeDNS makes c, a UDP socket of the DNS proxy bound at Config.DNS4 (c
+// is IPv4) or Config.DNS6, the one every datagram to that address is
+// delivered to. Bind it at that very address (its answers must come from
+// it); the data path then delivers nothing there to any other socket, and
+// while no socket is served (interlockd down) such datagrams are dropped,
+// so a process that binds the address with SO_REUSEPORT, or once
+// interlockd is gone, never hears a question. A closed socket leaves the
+// map; the map does not keep c alive.
+func (d *Datapath) ServeDNS(c *net.UDPConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("serve dns: %w", err)
+	}
+	var opErr error
+	err = raw.Control(func(fd uintptr) {
+		domain, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+		if err != nil {
+			opErr = fmt.Errorf("get socket domain: %w", err)
+			return
+		}
+		key := uint32(0) // PROXY_LISTENER_V4
+		if domain == unix.AF_INET6 {
+			key = 1 // PROXY_LISTENER_V6
+		}
+		opErr = d.maps.DnsListeners.Put(key, uint64(fd))
+	})
+	if err == nil {
+		err = opErr
+	}
+	if err != nil {
+		return fmt.Errorf("serve dns %s: %w", c.LocalAddr(), err)
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // helperDNS sends one datagram as arg says ("sendto,ADDR": unconnected,
@@ -85,6 +87,7 @@ func newDNSProxy(t *testing.T, e *env, network, addr string) *dnsProxy {
 	}
 	t.Cleanup(func() { c.Close() })
 	p := &dnsProxy{conn: c, seen: make(chan Origin, 16)}
+	e.dnsConns = append(e.dnsConns, c)
 	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	go func() {
 		buf := make([]byte, 512)
@@ -220,6 +223,79 @@ func TestDNSSteered(t *testing.T) {
 	select {
 	case q := <-heard:
 		t.Errorf("the resolver heard a tagged question %q", q)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// reusePort binds UDP at addr with SO_REUSEPORT, as a squatter sharing the
+// DNS proxy's address would.
+func reusePort(t *testing.T, addr string) *net.UDPConn {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		c.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+		return err
+	}}
+	pc, err := lc.ListenPacket(t.Context(), "udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc.(*net.UDPConn)
+}
+
+// TestDNSSquatterHearsNothing: a process sharing the DNS proxy's address
+// (SO_REUSEPORT), or holding it while interlockd is down, never receives a
+// steered question: with no socket served they are dropped, and once one
+// is, they all go to it.
+func TestDNSSquatterHearsNothing(t *testing.T) {
+	e := newEnv(t)
+	squatter := reusePort(t, "127.0.0.1:0")
+	addr := squatter.LocalAddr().(*net.UDPAddr).AddrPort()
+	heard := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := squatter.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			heard <- string(buf[:n])
+			squatter.WriteToUDPAddrPort([]byte("squatter"), from)
+		}
+	}()
+	e.cfg.DNS4 = addr
+	dp := e.open()
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 3); err != nil {
+		t.Fatal(err)
+	}
+	if r := run(t, agent, "dns", "sendto,192.0.2.1:53"); r.Err == "" {
+		t.Errorf("question with no DNS proxy served: %+v, want no answer", r)
+	}
+	// interlockd comes up on the same address.
+	proxy := &dnsProxy{conn: reusePort(t, addr.String()), seen: make(chan Origin, 16)}
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := proxy.conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			proxy.conn.WriteToUDPAddrPort([]byte("proxy"), from)
+		}
+	}()
+	if err := dp.ServeDNS(proxy.conn); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		if r := run(t, agent, "dns", "sendto,192.0.2.1:53"); r.Err != "" || r.Data != "proxy" {
+			t.Errorf("question %d: %+v, want the proxy's answer", i, r)
+		}
+	}
+	select {
+	case q := <-heard:
+		t.Errorf("the squatter heard %q", q)
 	case <-time.After(200 * time.Millisecond):
 	}
 }
