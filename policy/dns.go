@@ -118,13 +118,19 @@ func (c *compiler) dnsPolicy(identity string, r *rawDNS) *dnsPolicy {
 
 // finishDNS gives every identity without dns.allow its default: the host
 // names (addresses: and hosts:) of the targets a rule that could allow it
-// reaches, as reachable counts them.
+// reaches, as reachable counts them, and those of its intercept entries
+// that redirect or pass.
 func (p *Policy) finishDNS() {
 	for _, id := range p.identities {
 		if id.dns.explicit {
 			continue
 		}
 		var names []string
+		for _, r := range id.intercept {
+			if r.Host != "" && r.Action != "deny" && !slices.Contains(names, r.Host) {
+				names = append(names, r.Host)
+			}
+		}
 		for _, r := range p.rules {
 			if r.decision.Action == Deny || (!r.anyIdentity && !r.identities.has(id.index)) {
 				continue

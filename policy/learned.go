@@ -41,11 +41,58 @@ func (p *Policy) Learn(name string, bs []Binding) bool {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	grew := false
 	for _, t := range p.targets {
-		if t.namesHost(name) && t.learn(bs) {
+		if t.namesHost(name) && t.learned.learn(bs) {
+			grew = true
+		}
+	}
+	for pattern, l := range p.interceptHosts {
+		if NameMatches(pattern, name) && l.learn(bs) {
 			grew = true
 		}
 	}
 	return grew
+}
+
+// isHostPattern reports whether s is a host name or a *.domain pattern.
+func isHostPattern(s string) bool {
+	return hostRE.MatchString(strings.TrimPrefix(s, "*.")) && s != "*"
+}
+
+// hostPattern is s as patterns are compared: lower case, no final dot.
+func hostPattern(s string) string { return strings.ToLower(strings.TrimSuffix(s, ".")) }
+
+// expandHosts returns intercept entries with each entry by host name
+// replaced by one rule per address its pattern has learned (the latest to
+// expire first), as many as fit in max beside the entries by address; an
+// entry by name that has learned nothing yet gives no rule.
+func (p *Policy) expandHosts(entries []InterceptRule, max int) []InterceptRule {
+	room := max
+	for _, r := range entries {
+		if r.Host == "" {
+			room--
+		}
+	}
+	var out []InterceptRule
+	for _, r := range entries {
+		if r.Host == "" {
+			out = append(out, r)
+			continue
+		}
+		l := p.interceptHosts[r.Host]
+		if l == nil {
+			continue
+		}
+		for _, a := range l.latest() {
+			if room <= 0 {
+				break
+			}
+			room--
+			e := r
+			e.Prefix = netip.PrefixFrom(a, a.BitLen())
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // namesHost reports whether name is one of t's host names.
@@ -58,12 +105,14 @@ func (t *Target) namesHost(name string) bool {
 	return false
 }
 
-func (t *Target) learn(bs []Binding) bool {
-	t.learned.mu.Lock()
-	defer t.learned.mu.Unlock()
+// learn adds bindings (LearnGrace added to each), and reports whether an
+// address was new.
+func (l *learned) learn(bs []Binding) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	now := time.Now()
-	next := make(map[netip.Addr]time.Time, len(t.learned.addrs)+len(bs))
-	for a, exp := range t.learned.addrs {
+	next := make(map[netip.Addr]time.Time, len(l.addrs)+len(bs))
+	for a, exp := range l.addrs {
 		if exp.After(now) {
 			next[a] = exp
 		}
@@ -82,8 +131,29 @@ func (t *Target) learn(bs []Binding) bool {
 			next[a] = exp
 		}
 	}
-	t.learned.addrs = next
+	l.addrs = next
 	return grew
+}
+
+// latest returns the addresses that have not expired, the latest to
+// expire first.
+func (l *learned) latest() []netip.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	var out []netip.Addr
+	for a, exp := range l.addrs {
+		if exp.After(now) {
+			out = append(out, a)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Addr) int {
+		if c := l.addrs[b].Compare(l.addrs[a]); c != 0 {
+			return c
+		}
+		return a.Compare(b)
+	})
+	return out
 }
 
 // evictFirst removes the address that expires first.

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -67,5 +68,56 @@ rules:
 	}
 	if p.TargetFor(bs[len(bs)-1].Addr, 443) == nil {
 		t.Error("the latest address was evicted")
+	}
+}
+
+// TestInterceptByName: an intercept entry by host name becomes one kernel
+// rule per address relayed answers gave the name, in its place, from the
+// answer on; before any, it gives none.
+func TestInterceptByName(t *testing.T) {
+	p := mustParse(t, `
+identities:
+  - name: ci
+    intercept:
+      - {to: [blocked.example.test], action: deny}
+      - {to: ["*.cdn.example.test"], ports: "443", action: pass}
+      - {to: [10.9.0.0/16], action: deny}
+rules:
+  - {name: ci-tcp, identity: ci, protocol: tcp, action: allow}
+`)
+	rules := func() []InterceptRule { return p.Intercept("ci", 16) }
+	if r := rules(); len(r) != 3 || r[0].Prefix != netip.MustParsePrefix("10.9.0.0/16") {
+		t.Fatalf("before any answer: %+v", r)
+	}
+	now := time.Now()
+	blocked := netip.MustParseAddr("192.0.2.8")
+	if !p.Learn("blocked.example.test", []Binding{{blocked, now.Add(time.Minute)}}) {
+		t.Error("learning a deny entry's address did not say so")
+	}
+	p.Learn("a.cdn.example.test", []Binding{{netip.MustParseAddr("2001:db8::7"), now.Add(time.Minute)}})
+	r := rules()
+	if len(r) != 5 || r[0].Prefix != netip.PrefixFrom(blocked, 32) || r[0].Action != "deny" ||
+		r[1].Prefix != netip.MustParsePrefix("2001:db8::7/128") || r[1].Action != "pass" || r[1].PortMin != 443 {
+		t.Fatalf("after answers: %+v", r)
+	}
+	// The pass entry's names may be looked up by default; the deny one's not.
+	if d := p.DecideDNS(&Subject{Tag: "ci"}, "img.cdn.example.test", "A"); !d.Allow {
+		t.Errorf("pass entry's name refused: %+v", d)
+	}
+	if d := p.DecideDNS(&Subject{Tag: "ci"}, "blocked.example.test", "A"); d.Allow {
+		t.Errorf("deny entry's name allowed: %+v", d)
+	}
+	// Many addresses: the entries stay within the kernel's rules.
+	var bs []Binding
+	for i := 0; i < 40; i++ {
+		bs = append(bs, Binding{netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), now.Add(time.Duration(i) * time.Second)})
+	}
+	p.Learn("blocked.example.test", bs)
+	if r := rules(); len(r) > 16 {
+		t.Errorf("%d rules, at most 16", len(r))
+	}
+	if _, err := compile("t.yaml", []byte("identities:\n  - name: a\n    udp_allow: [{to: [ntp.example.test], ports: \"123\"}]\n"), protocols); err == nil ||
+		!strings.Contains(err.Error(), "udp_allow needs literal addresses") {
+		t.Errorf("udp_allow by name: %v", err)
 	}
 }

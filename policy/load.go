@@ -349,6 +349,8 @@ func compile(name string, data []byte, decoders []string) (*Policy, ErrorList) {
 		masks:         map[string]*mask.Masker{},
 		readOnlyFuncs: map[string]bool{},
 		resolver:      net.DefaultResolver,
+
+		interceptHosts: map[string]*learned{},
 	}}
 	c.compile(raw)
 	if len(c.errs) > 0 {
@@ -591,8 +593,14 @@ func (c *compiler) netRules(identity string, raw []rawNetRule, tcp bool) []Inter
 		}
 		for _, to := range r.To {
 			p, err := parsePrefix(to)
+			if err != nil && tcp && isHostPattern(to) {
+				// A host name: the addresses relayed answers give it (dns.go).
+				out = append(out, InterceptRule{Host: hostPattern(to), PortMin: lo, PortMax: hi, Action: action})
+				c.p.interceptHosts[hostPattern(to)] = &learned{}
+				continue
+			}
 			if err != nil {
-				c.errorf(r.Keys.at("to", r.Pos), "identity %q: to %q: %v (network rules need literal addresses)", identity, to, err)
+				c.errorf(r.Keys.at("to", r.Pos), "identity %q: to %q: %v (udp_allow needs literal addresses; intercept takes host names too)", identity, to, err)
 				continue
 			}
 			out = append(out, InterceptRule{Prefix: p, PortMin: lo, PortMax: hi, Action: action})

@@ -229,7 +229,11 @@ func (t *Target) contains(a netip.Addr) bool {
 // "redirect" (through interlockd), "deny" (EPERM at connect) or "pass"
 // (direct, not inspected).
 type InterceptRule struct {
-	Prefix           netip.Prefix
+	Prefix netip.Prefix
+	// Host, on an identity's intercept entry by name (Prefix invalid), is
+	// the host name or *.domain pattern; Intercept gives one rule per
+	// address relayed answers gave it (Learn).
+	Host             string
 	PortMin, PortMax uint16
 	Action           string
 	// Reason is set on the deny rules Intercept derives from the policy's

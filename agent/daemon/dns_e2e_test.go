@@ -205,3 +205,47 @@ func TestDNSLearnsTargetAddresses(t *testing.T) {
 		t.Errorf("the connection was not decided as target web:\n%s", d.Logs())
 	}
 }
+
+const denyByNamePolicy = `version: 1
+identities:
+  - name: ci-bot
+    intercept:
+      - {to: [blocked.example.test], action: deny}
+    dns:
+      allow: [blocked.example.test]
+rules:
+  - {name: ci-bot-tcp, identity: ci-bot, protocol: tcp, action: allow}
+`
+
+// TestDNSInterceptDenyByName: a deny intercept entry by host name refuses
+// the agent's connect to the address the name resolved to with EPERM at
+// connect(), from the first try after the look-up; before it, the address
+// is nothing the policy names and the connect is relayed.
+func TestDNSInterceptDenyByName(t *testing.T) {
+	res := startResolver(t)
+	tg := newTarget(t, "tcp4", "127.0.0.8:0")
+	res.a["blocked.example.test."] = "127.0.0.8"
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(denyByNamePolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+	f := &fixture{d: d, agent: agentBinary(t)}
+
+	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("connect before the look-up: %+v, want it relayed", r)
+	}
+	if r := f.run(t, "ci-bot", "dns", "udp|192.0.2.99:53|blocked.example.test|A"); r.Line != "NOERROR blocked.example.test. 60 IN A 127.0.0.8" {
+		t.Fatalf("look-up: %+v", r)
+	}
+	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Errno != int(syscall.EPERM) {
+		t.Fatalf("connect after the look-up: %+v, want EPERM", r)
+	}
+	if n := len(tg.accepted()); n != 1 {
+		t.Errorf("the target accepted %d connections, want 1 (before the look-up)", n)
+	}
+}
