@@ -505,7 +505,7 @@ func TestIPv6AndMapped(t *testing.T) {
 
 func TestOtherWaysOutAreClosed(t *testing.T) {
 	f := start(t)
-	// UDP to anything but the resolvers.
+	// UDP that is neither DNS nor in udp_allow.
 	if r := f.run(t, "ci-bot", "udp", "127.0.0.9:9999"); r.Errno != int(syscall.EPERM) {
 		t.Errorf("tagged UDP send: %+v, want EPERM", r)
 	}
