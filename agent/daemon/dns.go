@@ -87,8 +87,8 @@ func (s *dnsServer) serve(ctx context.Context) {
 
 func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn) {
 	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	buf := make([]byte, 65535)
 	for {
-		buf := make([]byte, 65535)
 		n, from, err := c.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
@@ -101,9 +101,10 @@ func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn) {
 		default:
 			continue
 		}
+		msg := slices.Clone(buf[:n])
 		go func() {
 			defer func() { <-s.slots }()
-			s.answerUDP(ctx, c, local, from, buf[:n])
+			s.answerUDP(ctx, c, local, from, msg)
 		}()
 	}
 }

@@ -84,9 +84,10 @@ type Config struct {
 	// identity's rules say).
 	Resolvers []netip.AddrPort
 	// DNS4 receives tagged UDP DNS to IPv4 (and IPv4-mapped) addresses,
-	// e.g. 127.0.0.1:15001: a UDP socket bound there answers in the
-	// resolver's place (recvmsg shows its replies as the resolver's), and
-	// looks the caller up with LookupDNS. Zero: tagged IPv4 DNS is refused.
+	// e.g. 127.0.0.1:15001: the UDP socket bound there and given to
+	// ServeDNS answers in the resolver's place (recvmsg shows its replies
+	// as the resolver's) and looks the caller up with LookupDNS. Zero:
+	// tagged IPv4 DNS is refused.
 	DNS4 netip.AddrPort
 	// DNS6 is DNS4 for IPv6. Zero: tagged IPv6 DNS is refused.
 	DNS6 netip.AddrPort
