@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -23,6 +24,8 @@ type testResolver struct {
 	mu   sync.Mutex
 	seen []string
 	a    map[string]string // name (with final dot) -> address
+	// rotate, when set, gives the address and TTL of every A answer.
+	rotate func() (string, int)
 }
 
 func startResolver(t *testing.T) *testResolver {
@@ -39,14 +42,17 @@ func startResolver(t *testing.T) *testResolver {
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) {
 		r.mu.Lock()
 		r.seen = append(r.seen, strings.ToLower(m.Question[0].Name))
-		addr := r.a[strings.ToLower(m.Question[0].Name)]
+		addr, ttl := r.a[strings.ToLower(m.Question[0].Name)], 60
+		if r.rotate != nil {
+			addr, ttl = r.rotate()
+		}
 		r.mu.Unlock()
 		if addr == "" {
 			addr = "192.0.2.10"
 		}
 		resp := new(dns.Msg).SetReply(m)
 		if m.Question[0].Qtype == dns.TypeA {
-			rr, _ := dns.NewRR(m.Question[0].Name + " 60 IN A " + addr)
+			rr, _ := dns.NewRR(fmt.Sprintf("%s %d IN A %s", m.Question[0].Name, ttl, addr))
 			resp.Answer = append(resp.Answer, rr)
 		}
 		w.WriteMsg(resp)
@@ -247,5 +253,62 @@ func TestDNSInterceptDenyByName(t *testing.T) {
 	}
 	if n := len(tg.accepted()); n != 1 {
 		t.Errorf("the target accepted %d connections, want 1 (before the look-up)", n)
+	}
+}
+
+const rotatePolicy = `version: 1
+identities:
+  - name: ci-bot
+targets:
+  - {name: web, protocol: tcp, addresses: [rot.example.test], port: %s}
+rules:
+  - {name: ci-bot-web, identity: ci-bot, target: web, action: allow}
+`
+
+// TestDNSRotatingAddresses: a target whose name the resolver answers with
+// another address every second (TTL 1) is reached on each of 1 000 connects
+// the agent makes to the address it was just given, and only there; an
+// address no answer gave stays refused.
+func TestDNSRotatingAddresses(t *testing.T) {
+	res := startResolver(t)
+	first := newTarget(t, "tcp4", "127.0.0.20:0")
+	_, port, _ := net.SplitHostPort(first.addr())
+	targets := []*target{first}
+	for i := 21; i < 30; i++ {
+		targets = append(targets, newTarget(t, "tcp4", fmt.Sprintf("127.0.0.%d:%s", i, port)))
+	}
+	never := newTarget(t, "tcp4", "127.0.0.39:"+port)
+	start := time.Now()
+	res.rotate = func() (string, int) {
+		return fmt.Sprintf("127.0.0.%d", 20+int(time.Since(start)/time.Second)%10), 1
+	}
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(rotatePolicy, port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+	f := &fixture{d: d, agent: agentBinary(t)}
+
+	const n = 1000
+	r := f.run(t, "ci-bot", "dnsloop", fmt.Sprintf("%d|rot.example.test|%s", n, port))
+	if r.Err != "" || r.OK != n {
+		t.Fatalf("%d of %d connects served; %s", r.OK, n, r.Err)
+	}
+	accepted := 0
+	for _, tg := range targets {
+		accepted += len(tg.accepted())
+	}
+	if accepted != n {
+		t.Errorf("the targets accepted %d connections, want %d", accepted, n)
+	}
+	if got := never.accepted(); len(got) != 0 {
+		t.Errorf("an address no answer gave got %d connections", len(got))
+	}
+	if r := f.run(t, "ci-bot", "tcp", never.addr()); r.Err == "" {
+		t.Errorf("connect to an address no answer gave: %+v, want refused", r)
 	}
 }

@@ -102,6 +102,34 @@ func client(mode, arg string) int {
 		for _, rr := range resp.Answer {
 			r.Line += " " + strings.ReplaceAll(rr.String(), "\t", " ")
 		}
+	case "dnsloop":
+		// Look a name up and connect to the address the answer gave, N
+		// times: arg is "N|NAME|PORT". OK counts connects that got the
+		// target's greeting, Locals the addresses connected to, Err the
+		// first failure.
+		f := strings.Split(arg, "|")
+		var n int
+		fmt.Sscan(f[0], &n)
+		client := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+		for i := 0; i < n; i++ {
+			resp, _, err := client.Exchange(new(dns.Msg).SetQuestion(dns.Fqdn(f[1]), dns.TypeA), "192.0.2.99:53")
+			if err != nil || len(resp.Answer) == 0 {
+				fail(fmt.Errorf("look-up %d: %v %v", i, resp, err))
+				break
+			}
+			dst := net.JoinHostPort(resp.Answer[0].(*dns.A).A.String(), f[2])
+			r.Locals = append(r.Locals, dst)
+			c, err := net.DialTimeout("tcp", dst, 5*time.Second)
+			if err != nil {
+				fail(fmt.Errorf("connect %d to %s: %w", i, dst, err))
+				break
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if line, _ := bufio.NewReader(c).ReadString('\n'); strings.HasPrefix(line, "hello") {
+				r.OK++
+			}
+			c.Close()
+		}
 	case "latency":
 		// connect() + first byte, repeated; the median in microseconds.
 		var us []float64
