@@ -73,6 +73,8 @@ func TestDNSLoadErrors(t *testing.T) {
 		{"identities:\n  - name: a\n    dns:\n      types: [\"T-X\"]\n", `test.yaml:4:14: identity "a": dns type "T-X"`},
 		{"identities:\n  - name: a\n    dns:\n      max_name_length: 300\n", `test.yaml:4:24: identity "a": dns max_name_length 300: use 1 to 253`},
 		{"identities:\n  - name: a\n    dns:\n      alow: [x.example]\n", `test.yaml:4:7: unknown key "alow"; did you mean "allow"?`},
+		{"identities:\n  - name: a\n    udp_allow: [{to: 10.0.0.53, ports: \"53\"}]\n", `test.yaml:3:40: identity "a": port 53 is DNS, which always goes through interlockd`},
+		{"identities:\n  - name: a\n    intercept: [{to: 10.0.0.53, ports: 53, action: pass}]\n", `identity "a": port 53 is DNS`},
 	} {
 		_, err := compile("test.yaml", []byte(c.src), protocols)
 		if err == nil || !strings.Contains(err.Error(), c.err) {

@@ -587,6 +587,9 @@ func (c *compiler) netRules(identity string, raw []rawNetRule, tcp bool) []Inter
 		lo, hi, err := parsePorts(r.Ports)
 		if err != nil {
 			c.errorf(r.Keys.at("ports", r.Pos), "identity %q: ports %q: %v", identity, r.Ports, err)
+		} else if lo == 53 && hi == 53 {
+			// The kernel sends DNS to interlockd before it reads the rules.
+			c.errorf(r.Keys.at("ports", r.Pos), "identity %q: port 53 is DNS, which always goes through interlockd: decide it with dns:", identity)
 		}
 		if len(r.To) == 0 {
 			c.errorf(r.Pos, "identity %q: network rule needs to: (a CIDR or address)", identity)
