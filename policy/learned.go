@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -191,4 +192,32 @@ func (t *Target) hasLearned(a netip.Addr) bool {
 	defer t.learned.mu.Unlock()
 	exp, ok := t.learned.addrs[a]
 	return ok && exp.After(time.Now())
+}
+
+// KeepLearned carries the addresses old learned from answers over to p, a
+// policy about to replace it: to each target of the same name that still
+// names a host, and to each intercept host pattern p shares with it, so a
+// reload does not refuse the connects of agents that resolved before it.
+func (p *Policy) KeepLearned(old *Policy) {
+	for _, t := range p.targets {
+		o := old.targetIndex[t.Name]
+		if o != nil && len(t.Hosts)+len(t.Names) > 0 {
+			t.learned.copyFrom(&o.learned)
+		}
+	}
+	for pattern, l := range p.interceptHosts {
+		if o := old.interceptHosts[pattern]; o != nil {
+			l.copyFrom(o)
+		}
+	}
+}
+
+// copyFrom replaces l's addresses with o's.
+func (l *learned) copyFrom(o *learned) {
+	o.mu.Lock()
+	addrs := maps.Clone(o.addrs)
+	o.mu.Unlock()
+	l.mu.Lock()
+	l.addrs = addrs
+	l.mu.Unlock()
 }

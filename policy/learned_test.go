@@ -121,3 +121,34 @@ rules:
 		t.Errorf("udp_allow by name: %v", err)
 	}
 }
+
+// TestKeepLearned: a reloaded policy keeps what the one it replaces
+// learned, for the targets and intercept patterns it still has.
+func TestKeepLearned(t *testing.T) {
+	src := `
+identities:
+  - name: ci
+    intercept: [{to: [blocked.example.test], action: deny}]
+targets:
+  - {name: api, protocol: tcp, addresses: [api.example.test], port: 443}
+rules:
+  - {name: ci-api, identity: ci, target: api, action: allow}
+`
+	old := mustParse(t, src)
+	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	old.Learn("api.example.test", []Binding{{a, time.Now().Add(time.Minute)}})
+	old.Learn("blocked.example.test", []Binding{{b, time.Now().Add(time.Minute)}})
+	p := mustParse(t, src)
+	p.KeepLearned(old)
+	if p.TargetFor(a, 443) == nil {
+		t.Error("the reloaded policy lost api's learned address")
+	}
+	if r := p.Intercept("ci", 16); len(r) == 0 || r[0].Prefix != netip.PrefixFrom(b, 32) || r[0].Action != "deny" {
+		t.Errorf("the reloaded policy lost the deny entry's address: %+v", r)
+	}
+	// Learning in one does not change the other.
+	p.Learn("api.example.test", []Binding{{netip.MustParseAddr("192.0.2.3"), time.Now().Add(time.Minute)}})
+	if old.TargetFor(netip.MustParseAddr("192.0.2.3"), 443) != nil {
+		t.Error("the policies share their learned sets")
+	}
+}

@@ -392,6 +392,9 @@ func (d *Daemon) Reload() error {
 		err = d.checkCredentials(context.Background(), pol)
 	}
 	if err == nil {
+		// What relayed DNS answers taught the policy in force carries
+		// over, so connects to those addresses keep their target.
+		pol.KeepLearned(d.policy.Current())
 		// Swapped while the rules are held: a refresh or a tag after it
 		// pushes the new policy's rules, never the old one's.
 		err = d.applyNetworkPolicy(pol, func() { d.policy.Swap(pol) })

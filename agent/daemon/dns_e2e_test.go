@@ -181,7 +181,8 @@ rules:
 // TestDNSLearnsTargetAddresses: a target named by a host name the host's
 // own resolver does not know matches the address interlockd relayed to the
 // agent for that name, and the kernel redirects it before the agent has the
-// answer: refused at connect() before the look-up, served right after.
+// answer: refused at connect() before the look-up, served right after,
+// and after a policy reload too.
 func TestDNSLearnsTargetAddresses(t *testing.T) {
 	res := startResolver(t)
 	tg := newTarget(t, "tcp4", "127.0.0.7:0")
@@ -210,6 +211,13 @@ func TestDNSLearnsTargetAddresses(t *testing.T) {
 	}
 	if !strings.Contains(d.Logs(), `"target":"web"`) {
 		t.Errorf("the connection was not decided as target web:\n%s", d.Logs())
+	}
+	// A reload keeps what the answers taught.
+	if _, stderr, err := d.CLI("policy", "reload"); err != nil {
+		t.Fatalf("reload: %v %s", err, stderr)
+	}
+	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("connect after a reload: %+v", r)
 	}
 }
 
