@@ -264,6 +264,9 @@ func Open(cfg Config) (*Datapath, error) {
 	// Maps come from their pins when present (tags and records survive),
 	// and are created and pinned otherwise.
 	opts := ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
+	if err := unpinStaleConfig(cfg.PinDir, spec); err != nil {
+		return nil, err
+	}
 	core := spec.Copy()
 	delete(core.Programs, bpf.InterlockProgVerdictProbe) // tests only
 	for _, p := range programs {
@@ -340,6 +343,29 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	ok = true
 	return d, nil
+}
+
+// unpinStaleConfig removes a pinned config map whose layout is not this
+// build's (an upgrade that added settings): it holds nothing but what Open
+// writes anew, and the running programs keep the old one until their links
+// are updated, so enforcement does not lapse.
+func unpinStaleConfig(pinDir string, spec *ebpf.CollectionSpec) error {
+	path := filepath.Join(pinDir, bpf.InterlockMapConfigMap)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load pinned config map: %w", err)
+	}
+	defer m.Close()
+	if m.ValueSize() == spec.Maps[bpf.InterlockMapConfigMap].ValueSize {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("unpin the previous config map: %w", err)
+	}
+	return nil
 }
 
 // loadOptional loads one optional program against the pinned maps, or

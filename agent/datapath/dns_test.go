@@ -4,12 +4,17 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/bpf"
 )
 
 // helperDNS sends one datagram as arg says ("sendto,ADDR": unconnected,
@@ -297,5 +302,29 @@ func TestDNSSquatterHearsNothing(t *testing.T) {
 	case q := <-heard:
 		t.Errorf("the squatter heard %q", q)
 	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// TestOpenReplacesOlderConfig: pins left by a build whose settings were
+// laid out otherwise (before the DNS proxy addresses) do not keep Open
+// from arming the data path.
+func TestOpenReplacesOlderConfig(t *testing.T) {
+	e := newEnv(t)
+	if err := os.MkdirAll(e.cfg.PinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 208, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(e.cfg.PinDir, bpf.InterlockMapConfigMap)); err != nil {
+		t.Fatal(err)
+	}
+	e.cfg.DNS4 = netip.MustParseAddrPort("127.0.0.1:15053")
+	dp := e.open()
+	var c bpf.InterlockConfig
+	if err := dp.maps.ConfigMap.Lookup(uint32(0), &c); err != nil || c.Dns4Port != 15053 {
+		t.Errorf("config after Open: %+v, %v", c, err)
 	}
 }
