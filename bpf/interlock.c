@@ -7,7 +7,10 @@
  * tagged_cgroups; interlockd's own cgroup (and its descendants) never is.
  * Tagged TCP connects are redirected to the proxy (or denied or passed, per
  * the identity's rules); what the kernel knew at connect time is recorded by
- * socket cookie, and sockops re-keys it by the 4-tuple the proxy sees. */
+ * socket cookie, and sockops re-keys it by the 4-tuple the proxy sees.
+ * Tagged DNS (port 53 of any address, and the configured resolvers) goes
+ * to interlockd whatever the rules say: TCP to the proxy, UDP to its DNS
+ * proxy, recorded by socket cookie and re-keyed by the egress program. */
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -106,6 +109,19 @@ struct {
 	__type(value, struct origin);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sock_origins SEC(".maps");
+
+/* Steered UDP DNS sockets by the tuple interlockd's DNS proxy sees a
+ * datagram come from (local: the agent socket, remote: the DNS proxy; the
+ * netns cookie is the agent's): the egress program writes it from the
+ * socket's sock_origins record for every datagram, the DNS proxy reads it.
+ * A socket keeps its entry until the LRU evicts it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tuple);
+	__type(value, struct origin);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_origins SEC(".maps");
 
 /* Redirected connections by the 4-tuple the proxy sees at accept. */
 struct {
@@ -283,20 +299,34 @@ static __always_inline void emit_deny(void *ctx, __u32 identity, const struct ad
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* udp_allowed reports whether an identity may send UDP to dst:port: the
- * resolvers' DNS ports, and whatever its UDP rules allow. */
-static __always_inline int udp_allowed(struct config *cfg, __u32 identity, const struct addr *dst, __u16 port)
+static __always_inline int same_addr(const struct addr *a, const struct addr *b)
 {
-	if (cfg) {
-		for (int i = 0; i < MAX_RESOLVERS; i++) {
-			if (i >= cfg->resolver_count)
-				break;
-			struct resolver *r = &cfg->resolvers[i];
-			if (r->port == port && r->addr.w[0] == dst->w[0] && r->addr.w[1] == dst->w[1] &&
-			    r->addr.w[2] == dst->w[2] && r->addr.w[3] == dst->w[3])
-				return 1;
-		}
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] && a->w[3] == b->w[3];
+}
+
+/* is_dns reports whether dst:port is DNS that interlockd decides: port 53
+ * of any address, or a configured resolver's address and port. Rules never
+ * see it, so no rule can open a direct path to a resolver. */
+static __always_inline int is_dns(struct config *cfg, const struct addr *dst, __u16 port)
+{
+	if (port == DNS_PORT)
+		return 1;
+	if (!cfg)
+		return 0;
+	for (int i = 0; i < MAX_RESOLVERS; i++) {
+		if (i >= cfg->resolver_count)
+			break;
+		struct resolver *r = &cfg->resolvers[i];
+		if (r->port == port && same_addr(&r->addr, dst))
+			return 1;
 	}
+	return 0;
+}
+
+/* udp_allowed reports whether an identity may send UDP to dst:port
+ * directly: what its UDP rules allow. */
+static __always_inline int udp_allowed(__u32 identity, const struct addr *dst, __u16 port)
+{
 	int v = match(bpf_map_lookup_elem(&udp_rules, &identity), dst, port);
 	return v >= 0 && v != VERDICT_DENY;
 }
@@ -313,10 +343,48 @@ static __always_inline int tcp_verdict(__u32 identity, const struct addr *dst, _
 static __always_inline int udp_verdict(struct bpf_sock_addr *ctx, struct config *cfg, __u32 identity,
 				       const struct addr *dst, __u16 port)
 {
-	if (udp_allowed(cfg, identity, dst, port))
+	if (udp_allowed(identity, dst, port))
 		return ALLOW;
 	emit_deny(ctx, identity, dst, port, ctx->family, DENY_UDP, ctx->type, ctx->protocol);
 	return REFUSE;
+}
+
+/* record_origin records what the kernel knows of a steered socket by its
+ * cookie; 0 when the map refused it. */
+static __always_inline int record_origin(struct bpf_sock_addr *ctx, __u32 identity, const struct addr *dst, __u16 port)
+{
+	struct origin o = {};
+	fill_origin(&o, identity);
+	o.dst = *dst;
+	o.dst_port = port;
+	o.family = ctx->family;
+	o.netns_cookie = bpf_get_netns_cookie(ctx);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	return bpf_map_update_elem(&sock_origins, &cookie, &o, BPF_ANY) == 0;
+}
+
+/* dns_steer sends a tagged UDP DNS datagram (or connect) to interlockd's
+ * DNS proxy of dst's family, recording the original resolver and the
+ * caller by socket cookie. With no DNS proxy for the family, or no record,
+ * it refuses: DNS never goes out directly. */
+static __always_inline int dns_steer(struct bpf_sock_addr *ctx, struct config *cfg, __u32 identity,
+				     const struct addr *dst, __u16 port, struct addr *proxy, __u16 *proxy_port)
+{
+	*proxy_port = 0;
+	if (cfg && is_v4mapped(dst)) {
+		*proxy = cfg->dns4;
+		*proxy_port = cfg->dns4_port;
+	} else if (cfg) {
+		*proxy = cfg->dns6;
+		*proxy_port = cfg->dns6_port;
+	}
+	if (*proxy_port == 0) {
+		emit_deny(ctx, identity, dst, port, ctx->family, DENY_NO_PROXY, ctx->type, ctx->protocol);
+		return REFUSE;
+	}
+	if (!record_origin(ctx, identity, dst, port))
+		return REFUSE;
+	return ALLOW;
 }
 
 /* connect_common decides a tagged connect and, for a TCP redirect, records
@@ -330,14 +398,26 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 	*redirect = 0;
 	if (!tagged(cfg, &identity))
 		return ALLOW;
-	if (ctx->type == SOCK_DGRAM)
-		return udp_verdict(ctx, cfg, identity, dst, port);
+	int dns = is_dns(cfg, dst, port);
+	if (ctx->type == SOCK_DGRAM) {
+		if (!dns)
+			return udp_verdict(ctx, cfg, identity, dst, port);
+		/* A connected UDP socket: its sends pass no sendmsg hook, so it
+		 * is steered here, and the egress program keys its record by
+		 * the tuple once the kernel has picked its source port. */
+		if (dns_steer(ctx, cfg, identity, dst, port, proxy, proxy_port) == REFUSE)
+			return REFUSE;
+		*redirect = 1;
+		return ALLOW;
+	}
 	if (ctx->type != SOCK_STREAM) {
 		emit_deny(ctx, identity, dst, port, ctx->family, DENY_SOCK_TYPE, ctx->type, ctx->protocol);
 		return REFUSE;
 	}
 
-	int v = tcp_verdict(identity, dst, port);
+	/* TCP DNS goes to the proxy whatever the rules say: its DNS decoder
+	 * decides each question. */
+	int v = dns ? VERDICT_REDIRECT : tcp_verdict(identity, dst, port);
 	if (v == VERDICT_PASS)
 		return ALLOW;
 	if (v == VERDICT_DENY) {
@@ -363,16 +443,9 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 		return REFUSE;
 	}
 
-	struct origin o = {};
-	fill_origin(&o, identity);
-	o.dst = *dst;
-	o.dst_port = port;
-	o.family = ctx->family;
-	o.netns_cookie = bpf_get_netns_cookie(ctx);
-	__u64 cookie = bpf_get_socket_cookie(ctx);
 	/* Without a record the proxy could not tell who is calling: refuse
 	 * rather than redirect anonymously. */
-	if (bpf_map_update_elem(&sock_origins, &cookie, &o, BPF_ANY))
+	if (!record_origin(ctx, identity, dst, port))
 		return REFUSE;
 	*redirect = 1;
 	return ALLOW;
@@ -384,8 +457,10 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 SEC("syscall")
 int verdict_probe(struct verdict_query *q)
 {
-	if (q->udp)
-		q->result = udp_allowed(get_config(), q->identity, &q->dst, q->port);
+	if (q->udp == 2)
+		q->result = is_dns(get_config(), &q->dst, q->port);
+	else if (q->udp)
+		q->result = udp_allowed(q->identity, &q->dst, q->port);
 	else
 		q->result = tcp_verdict(q->identity, &q->dst, q->port);
 	return 0;
@@ -429,17 +504,28 @@ int connect6(struct bpf_sock_addr *ctx)
 	return ret;
 }
 
+/* sendmsg4 and sendmsg6 decide tagged datagrams sent with an address
+ * (sendto, sendmsg): DNS goes to interlockd's DNS proxy, the rest only
+ * where the UDP rules allow. inet_sendmsg has bound the socket before the
+ * hook runs, so the egress program sees the source port the proxy will. */
 SEC("cgroup/sendmsg4")
 int sendmsg4(struct bpf_sock_addr *ctx)
 {
 	struct config *cfg = get_config();
 	__u32 identity = 0;
-	struct addr dst;
+	struct addr dst, proxy = {};
+	__u16 port = bpf_ntohs(ctx->user_port), proxy_port;
 
 	if (!tagged(cfg, &identity))
 		return ALLOW;
 	set_v4mapped(&dst, ctx->user_ip4);
-	return udp_verdict(ctx, cfg, identity, &dst, bpf_ntohs(ctx->user_port));
+	if (!is_dns(cfg, &dst, port))
+		return udp_verdict(ctx, cfg, identity, &dst, port);
+	if (dns_steer(ctx, cfg, identity, &dst, port, &proxy, &proxy_port) == REFUSE)
+		return REFUSE;
+	ctx->user_ip4 = proxy.w[3];
+	ctx->user_port = bpf_htons(proxy_port);
+	return ALLOW;
 }
 
 SEC("cgroup/sendmsg6")
@@ -447,7 +533,8 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 {
 	struct config *cfg = get_config();
 	__u32 identity = 0;
-	struct addr dst;
+	struct addr dst, proxy = {};
+	__u16 port = bpf_ntohs(ctx->user_port), proxy_port;
 
 	if (!tagged(cfg, &identity))
 		return ALLOW;
@@ -455,7 +542,61 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	dst.w[1] = ctx->user_ip6[1];
 	dst.w[2] = ctx->user_ip6[2];
 	dst.w[3] = ctx->user_ip6[3];
-	return udp_verdict(ctx, cfg, identity, &dst, bpf_ntohs(ctx->user_port));
+	if (!is_dns(cfg, &dst, port))
+		return udp_verdict(ctx, cfg, identity, &dst, port);
+	if (dns_steer(ctx, cfg, identity, &dst, port, &proxy, &proxy_port) == REFUSE)
+		return REFUSE;
+	ctx->user_ip6[0] = proxy.w[0];
+	ctx->user_ip6[1] = proxy.w[1];
+	ctx->user_ip6[2] = proxy.w[2];
+	ctx->user_ip6[3] = proxy.w[3];
+	ctx->user_port = bpf_htons(proxy_port);
+	return ALLOW;
+}
+
+/* recvmsg4 and recvmsg6 show a steered socket's DNS replies as coming from
+ * the resolver it asked, not from interlockd's DNS proxy: resolvers in libc
+ * drop answers from an address they did not ask. A socket that asked two
+ * resolvers at once sees both answers from the last one it asked. */
+SEC("cgroup/recvmsg4")
+int recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct config *cfg = get_config();
+
+	if (!cfg || !cfg->dns4_port || ctx->user_ip4 != cfg->dns4.w[3] ||
+	    ctx->user_port != bpf_htons(cfg->dns4_port))
+		return ALLOW;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct origin *o = bpf_map_lookup_elem(&sock_origins, &cookie);
+	if (o && is_v4mapped(&o->dst)) {
+		ctx->user_ip4 = o->dst.w[3];
+		ctx->user_port = bpf_htons(o->dst_port);
+	}
+	return ALLOW;
+}
+
+SEC("cgroup/recvmsg6")
+int recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct config *cfg = get_config();
+	struct addr src = {.w = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]}};
+	__u16 port = bpf_ntohs(ctx->user_port);
+
+	if (!cfg)
+		return ALLOW;
+	if (!(cfg->dns4_port && port == cfg->dns4_port && same_addr(&src, &cfg->dns4)) &&
+	    !(cfg->dns6_port && port == cfg->dns6_port && same_addr(&src, &cfg->dns6)))
+		return ALLOW;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct origin *o = bpf_map_lookup_elem(&sock_origins, &cookie);
+	if (o) {
+		ctx->user_ip6[0] = o->dst.w[0];
+		ctx->user_ip6[1] = o->dst.w[1];
+		ctx->user_ip6[2] = o->dst.w[2];
+		ctx->user_ip6[3] = o->dst.w[3];
+		ctx->user_port = bpf_htons(o->dst_port);
+	}
+	return ALLOW;
 }
 
 /* getpeername shows a redirected socket's original peer, so the agent sees
@@ -729,9 +870,9 @@ static __always_inline int is_loopback(const struct addr *a)
  * passes (clients choosing a source address bind that way): it is what a
  * connect() or a first sendto() does anyway without calling the bind hooks,
  * so the ingress program, not this one, keeps such sockets from hearing
- * other hosts. The proxy's port is refused on every address: a tagged task
- * holding it while interlockd is down would receive other identities'
- * redirected connects. */
+ * other hosts. The proxy's and DNS proxy's ports are refused on every
+ * address: a tagged task holding one while interlockd is down would receive
+ * other identities' redirected connects or questions. */
 static __always_inline int bind_common(struct bpf_sock_addr *ctx, const struct addr *a, __u16 port)
 {
 	struct config *cfg = get_config();
@@ -739,7 +880,8 @@ static __always_inline int bind_common(struct bpf_sock_addr *ctx, const struct a
 
 	if (!tagged(cfg, &identity))
 		return ALLOW;
-	if (cfg && port != 0 && (port == cfg->proxy4_port || port == cfg->proxy6_port))
+	if (cfg && port != 0 && (port == cfg->proxy4_port || port == cfg->proxy6_port ||
+				 port == cfg->dns4_port || port == cfg->dns6_port))
 		goto refuse;
 	if (is_loopback(a) || port == 0)
 		return ALLOW;
@@ -916,11 +1058,56 @@ static __always_inline int ip_layout(struct __sk_buff *skb, __u8 *proto, __u32 *
 	return 1;
 }
 
+/* packet_addrs reads a packet's source and destination addresses (IPv4
+ * mapped). Returns 0 on success. */
+static __always_inline int packet_addrs(struct __sk_buff *skb, struct addr *src, struct addr *dst)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u32 a[2];
+		if (bpf_skb_load_bytes(skb, 12, a, sizeof(a)))
+			return -1;
+		set_v4mapped(src, a[0]);
+		set_v4mapped(dst, a[1]);
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, 8, src, sizeof(*src)) || bpf_skb_load_bytes(skb, 24, dst, sizeof(*dst)))
+		return -1;
+	return 0;
+}
+
+/* dns_rekey copies a steered socket's record (by cookie) to dns_origins,
+ * keyed by the tuple of a datagram it sends to the DNS proxy: the tuple is
+ * what the proxy sees, and only here is the source port always known
+ * (connect() on UDP binds after its hook runs). */
+static __always_inline void dns_rekey(struct __sk_buff *skb, __u32 off)
+{
+	struct config *cfg = get_config();
+	struct tuple k = {};
+	__be16 ports[2];
+
+	if (!cfg || (!cfg->dns4_port && !cfg->dns6_port))
+		return;
+	if (packet_addrs(skb, &k.local, &k.remote) || bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		return;
+	k.local_port = bpf_ntohs(ports[0]);
+	k.remote_port = bpf_ntohs(ports[1]);
+	if (!(cfg->dns4_port && k.remote_port == cfg->dns4_port && same_addr(&k.remote, &cfg->dns4)) &&
+	    !(cfg->dns6_port && k.remote_port == cfg->dns6_port && same_addr(&k.remote, &cfg->dns6)))
+		return;
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct origin *o = bpf_map_lookup_elem(&sock_origins, &cookie);
+	if (!o)
+		return;
+	k.netns_cookie = o->netns_cookie;
+	bpf_map_update_elem(&dns_origins, &k, o, BPF_ANY);
+}
+
 /* egress drops tagged sockets' packets that carry IPv4 options or an IPv6
  * routing header, however they got there: set_sockopt refuses the socket
  * options, but sendmsg() control messages (IP_RETOPTS with a source route,
  * IPV6_RTHDR type 2 where CONFIG_IPV6_MIP6 is built) pass no cgroup hook.
- * The sender gets EPERM. */
+ * The sender gets EPERM. It also keys steered DNS datagrams for the DNS
+ * proxy (dns_rekey). */
 SEC("cgroup_skb/egress")
 int egress(struct __sk_buff *skb)
 {
@@ -929,8 +1116,13 @@ int egress(struct __sk_buff *skb)
 	__u8 proto;
 	int routed;
 
-	if (!ip_layout(skb, &proto, &off, &routed) || !routed)
+	if (!ip_layout(skb, &proto, &off, &routed))
 		return ALLOW;
+	if (!routed) {
+		if (proto == IPPROTO_UDP)
+			dns_rekey(skb, off);
+		return ALLOW;
+	}
 	cfg = get_config();
 	if (!skb_tagged(cfg, skb, &identity))
 		return ALLOW;
@@ -950,23 +1142,6 @@ static __always_inline int inbound_report(void)
 		return 0;
 	*last = now;
 	return 1;
-}
-
-/* packet_addrs reads a packet's source and destination addresses (IPv4
- * mapped). Returns 0 on success. */
-static __always_inline int packet_addrs(struct __sk_buff *skb, struct addr *src, struct addr *dst)
-{
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		__u32 a[2];
-		if (bpf_skb_load_bytes(skb, 12, a, sizeof(a)))
-			return -1;
-		set_v4mapped(src, a[0]);
-		set_v4mapped(dst, a[1]);
-		return 0;
-	}
-	if (bpf_skb_load_bytes(skb, 8, src, sizeof(*src)) || bpf_skb_load_bytes(skb, 24, dst, sizeof(*dst)))
-		return -1;
-	return 0;
 }
 
 /* listen_allowed reports whether a socket's bound address and port match a
@@ -1004,8 +1179,9 @@ static __always_inline int listen_allowed(struct bpf_sock *sk, __u32 identity)
  * its cgroup was tagged never met them, and a UDP socket's first sendto()
  * binds the wildcard too. From other hosts (loopback sources pass), a
  * tagged socket gets no SYN unless a listen rule allows its address and
- * port, and no datagram unless that, or the sender is one it may send to
- * (a resolver, udp_allow: the replies). SYNs that pass are recorded so
+ * port, and no datagram unless that, or the sender is one its UDP rules
+ * let it send to (the replies); DNS answers come from interlockd, on
+ * loopback. SYNs that pass are recorded so
  * that sockops can audit the connection once established. */
 SEC("cgroup_skb/ingress")
 int ingress(struct __sk_buff *skb)
@@ -1043,7 +1219,7 @@ int ingress(struct __sk_buff *skb)
 	k.local_port = bpf_ntohs(ports[1]);
 
 	if (proto == IPPROTO_UDP) {
-		if (udp_allowed(cfg, identity, &k.remote, k.remote_port) || listen_allowed(sk, identity))
+		if (udp_allowed(identity, &k.remote, k.remote_port) || listen_allowed(sk, identity))
 			return ALLOW;
 		if (inbound_report())
 			skb_event(skb, identity, DENY_UDP, &k.remote, k.remote_port, IPPROTO_UDP);
@@ -1115,24 +1291,68 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_listeners SEC(".maps");
 
+/* interlockd's DNS proxy sockets (UDP), IPv4 at PROXY_LISTENER_V4 and IPv6
+ * at PROXY_LISTENER_V6; empty while interlockd is down. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_listeners SEC(".maps");
+
+/* dns_lookup is proxy_lookup for UDP: a datagram to the DNS proxy address
+ * (config dns4/dns6 and port) goes to interlockd's socket in dns_listeners
+ * and to nothing else, so a steered question never reaches another process
+ * that bound that address (with SO_REUSEPORT, or while interlockd is down). */
+static __always_inline int dns_lookup(struct bpf_sk_lookup *ctx, struct config *cfg)
+{
+	__u32 key;
+
+	if (ctx->family == AF_INET) {
+		if (!cfg->dns4_port || ctx->local_port != cfg->dns4_port || ctx->local_ip4 != cfg->dns4.w[3])
+			return SK_PASS;
+		key = PROXY_LISTENER_V4;
+	} else if (ctx->family == AF_INET6) {
+		if (!cfg->dns6_port || ctx->local_port != cfg->dns6_port ||
+		    ctx->local_ip6[0] != cfg->dns6.w[0] || ctx->local_ip6[1] != cfg->dns6.w[1] ||
+		    ctx->local_ip6[2] != cfg->dns6.w[2] || ctx->local_ip6[3] != cfg->dns6.w[3])
+			return SK_PASS;
+		key = PROXY_LISTENER_V6;
+	} else {
+		return SK_PASS;
+	}
+	struct bpf_sock *sk = bpf_map_lookup_elem(&dns_listeners, &key);
+	if (!sk)
+		return SK_DROP;
+	/* No reuseport selection: a socket that joined interlockd's group
+	 * would otherwise get its share of the questions. */
+	long err = bpf_sk_assign(ctx, sk, BPF_SK_LOOKUP_F_NO_REUSEPORT);
+	bpf_sk_release(sk);
+	return err ? SK_DROP : SK_PASS;
+}
+
 /* proxy_lookup (sk_lookup, kernel 5.9 and later) runs for every listener
  * lookup in interlockd's network namespace. A TCP lookup for the proxy
  * address (config proxy4/proxy6 and port) goes to interlockd's own listening
  * socket in proxy_listeners, and to nothing else: with the slot empty
  * (interlockd down) it is dropped, so the connect is refused even when
  * another process has bound that address; a squatter never receives a
- * redirected connection. Every other lookup passes untouched, so several
- * data paths with different proxy ports can share a namespace. */
+ * redirected connection. UDP to the DNS proxy address is handled alike
+ * (dns_lookup). Every other lookup passes untouched, so several data paths
+ * with different proxy ports can share a namespace. */
 SEC("sk_lookup")
 int proxy_lookup(struct bpf_sk_lookup *ctx)
 {
 	struct config *cfg;
 	__u32 key;
 
-	if (ctx->protocol != IPPROTO_TCP)
-		return SK_PASS;
 	cfg = get_config();
 	if (!cfg)
+		return SK_PASS;
+	if (ctx->protocol == IPPROTO_UDP)
+		return dns_lookup(ctx, cfg);
+	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
 	if (ctx->family == AF_INET) {
 		if (!cfg->proxy4_port || ctx->local_port != cfg->proxy4_port || ctx->local_ip4 != cfg->proxy4.w[3])

@@ -10,8 +10,10 @@
 #define MAX_CGROUP_DEPTH 32
 /* Ordered intercept rules per identity, first match wins. */
 #define MAX_RULES 16
-/* DNS servers a tagged process may reach over UDP. */
+/* DNS servers whose port, besides 53, is steered to interlockd's DNS proxy. */
 #define MAX_RESOLVERS 8
+/* The DNS port: UDP and TCP to it, on any address, go to interlockd. */
+#define DNS_PORT 53
 /* Length of sun_path in struct sockaddr_un. */
 #define UNIX_PATH_LEN 108
 
@@ -28,7 +30,7 @@ enum deny_reason {
 	DENY_UDP = 2,        /* UDP to (or, inbound, from) an address that is neither a resolver nor allowed */
 	DENY_SOCKET = 3,     /* raw, packet or non-TCP/UDP inet socket */
 	DENY_UNIX_PATH = 4,  /* connect to a denied unix socket path */
-	DENY_NO_PROXY = 5,   /* no proxy address configured for this family */
+	DENY_NO_PROXY = 5,   /* no proxy (or DNS proxy) address configured for this family */
 	DENY_SOCK_TYPE = 6,  /* connect on an inet socket that is neither stream nor datagram */
 	DENY_BIND = 7,       /* bind to a non-loopback address no listen rule allows, or a SYN to such a listener */
 	DENY_SOCKOPT = 8,    /* a socket option that sets IP options or IPv6 extension headers */
@@ -101,6 +103,11 @@ struct config {
 	__u32 resolver_count;
 	__u64 self_cgroup;    /* interlockd's cgroup: it and its descendants pass */
 	struct resolver resolvers[MAX_RESOLVERS];
+	struct addr dns4;     /* IPv4-mapped: interlockd's UDP DNS proxy */
+	struct addr dns6;
+	__u16 dns4_port;      /* host byte order; 0 = none, tagged IPv4 UDP DNS is refused */
+	__u16 dns6_port;      /* host byte order; 0 = none, tagged IPv6 UDP DNS is refused */
+	__u32 pad;
 };
 
 struct deny_event {
@@ -126,8 +133,8 @@ struct unix_allow_key {
 struct verdict_query {
 	struct addr dst;
 	__u16 port;     /* host byte order */
-	__u16 udp;      /* 1: ask udp_allowed, 0: tcp_verdict */
+	__u16 udp;      /* 1: ask udp_allowed, 0: tcp_verdict, 2: is_dns */
 	__u32 identity;
-	__s32 result;   /* udp: 1 allowed, 0 refused; tcp: enum verdict */
+	__s32 result;   /* udp: 1 allowed, 0 refused; tcp: enum verdict; dns: 1 steered */
 	__u32 pad;
 };

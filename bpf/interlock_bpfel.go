@@ -28,6 +28,17 @@ type InterlockConfig struct {
 	ResolverCount uint32
 	SelfCgroup    uint64
 	Resolvers     [8]InterlockResolver
+	Dns4          struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Dns6 struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Dns4Port uint16
+	Dns6Port uint16
+	Pad      uint32
 }
 
 type InterlockDenyEvent struct {
@@ -166,6 +177,8 @@ const (
 	InterlockMapConnOrigins        = "conn_origins"
 	InterlockMapDeniedUnix         = "denied_unix"
 	InterlockMapDenyEvents         = "deny_events"
+	InterlockMapDnsListeners       = "dns_listeners"
+	InterlockMapDnsOrigins         = "dns_origins"
 	InterlockMapInboundReported    = "inbound_reported"
 	InterlockMapListenRules        = "listen_rules"
 	InterlockMapPendingAccepts     = "pending_accepts"
@@ -189,6 +202,8 @@ const (
 	InterlockProgIngress           = "ingress"
 	InterlockProgProxyLookup       = "proxy_lookup"
 	InterlockProgPtraceAccessCheck = "ptrace_access_check"
+	InterlockProgRecvmsg4          = "recvmsg4"
+	InterlockProgRecvmsg6          = "recvmsg6"
 	InterlockProgSendmsg4          = "sendmsg4"
 	InterlockProgSendmsg6          = "sendmsg6"
 	InterlockProgSendmsgUnix       = "sendmsg_unix"
@@ -259,6 +274,8 @@ type InterlockProgramSpecs struct {
 	Ingress           *ebpf.ProgramSpec `ebpf:"ingress"`
 	ProxyLookup       *ebpf.ProgramSpec `ebpf:"proxy_lookup"`
 	PtraceAccessCheck *ebpf.ProgramSpec `ebpf:"ptrace_access_check"`
+	Recvmsg4          *ebpf.ProgramSpec `ebpf:"recvmsg4"`
+	Recvmsg6          *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4          *ebpf.ProgramSpec `ebpf:"sendmsg4"`
 	Sendmsg6          *ebpf.ProgramSpec `ebpf:"sendmsg6"`
 	SendmsgUnix       *ebpf.ProgramSpec `ebpf:"sendmsg_unix"`
@@ -278,6 +295,8 @@ type InterlockMapSpecs struct {
 	ConnOrigins     *ebpf.MapSpec `ebpf:"conn_origins"`
 	DeniedUnix      *ebpf.MapSpec `ebpf:"denied_unix"`
 	DenyEvents      *ebpf.MapSpec `ebpf:"deny_events"`
+	DnsListeners    *ebpf.MapSpec `ebpf:"dns_listeners"`
+	DnsOrigins      *ebpf.MapSpec `ebpf:"dns_origins"`
 	InboundReported *ebpf.MapSpec `ebpf:"inbound_reported"`
 	ListenRules     *ebpf.MapSpec `ebpf:"listen_rules"`
 	PendingAccepts  *ebpf.MapSpec `ebpf:"pending_accepts"`
@@ -324,6 +343,8 @@ type InterlockMaps struct {
 	ConnOrigins     *ebpf.Map `ebpf:"conn_origins"`
 	DeniedUnix      *ebpf.Map `ebpf:"denied_unix"`
 	DenyEvents      *ebpf.Map `ebpf:"deny_events"`
+	DnsListeners    *ebpf.Map `ebpf:"dns_listeners"`
+	DnsOrigins      *ebpf.Map `ebpf:"dns_origins"`
 	InboundReported *ebpf.Map `ebpf:"inbound_reported"`
 	ListenRules     *ebpf.Map `ebpf:"listen_rules"`
 	PendingAccepts  *ebpf.Map `ebpf:"pending_accepts"`
@@ -342,6 +363,8 @@ func (m *InterlockMaps) Close() error {
 		m.ConnOrigins,
 		m.DeniedUnix,
 		m.DenyEvents,
+		m.DnsListeners,
+		m.DnsOrigins,
 		m.InboundReported,
 		m.ListenRules,
 		m.PendingAccepts,
@@ -382,6 +405,8 @@ type InterlockPrograms struct {
 	Ingress           *ebpf.Program `ebpf:"ingress"`
 	ProxyLookup       *ebpf.Program `ebpf:"proxy_lookup"`
 	PtraceAccessCheck *ebpf.Program `ebpf:"ptrace_access_check"`
+	Recvmsg4          *ebpf.Program `ebpf:"recvmsg4"`
+	Recvmsg6          *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4          *ebpf.Program `ebpf:"sendmsg4"`
 	Sendmsg6          *ebpf.Program `ebpf:"sendmsg6"`
 	SendmsgUnix       *ebpf.Program `ebpf:"sendmsg_unix"`
@@ -408,6 +433,8 @@ func (p *InterlockPrograms) Close() error {
 		p.Ingress,
 		p.ProxyLookup,
 		p.PtraceAccessCheck,
+		p.Recvmsg4,
+		p.Recvmsg6,
 		p.Sendmsg4,
 		p.Sendmsg6,
 		p.SendmsgUnix,

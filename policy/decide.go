@@ -32,6 +32,9 @@ type Policy struct {
 	needsHash     bool
 	warnings      []string
 	modes         modeTable
+	// interceptHosts holds, per host pattern of an intercept entry, the
+	// addresses relayed answers gave it (Learn).
+	interceptHosts map[string]*learned
 }
 
 // rule is a compiled rule: every set is precomputed so matching is a few
@@ -203,12 +206,13 @@ func (p *Policy) ResolveTargets(ctx context.Context) []error {
 // What Intercept derives only ever redirects or denies: only an entry an
 // identity's intercept list writes can let a connection bypass interlockd.
 func (p *Policy) Intercept(tag string, max int) []InterceptRule {
-	var out []InterceptRule
+	var written []InterceptRule
 	for _, id := range p.identities {
 		if id.Tag == tag {
-			out = append(out, id.intercept...)
+			written = append(written, id.intercept...)
 		}
 	}
+	out := p.expandHosts(written, max-2)
 	reach, bounded, known := p.reachable(tag)
 	if bounded && len(out)+len(reach)+2 <= max {
 		why := RefuseNoRule

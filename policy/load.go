@@ -65,8 +65,10 @@ type rawIdentity struct {
 	// AllowUnixPaths, when given (even empty), is the only unix sockets
 	// the identity's tasks may reach.
 	AllowUnixPaths []string `yaml:"allow_unix_paths"`
-	Pos            Pos
-	Keys           keyPos
+	// DNS decides the identity's look-ups (dns.go).
+	DNS  *rawDNS `yaml:"dns"`
+	Pos  Pos
+	Keys keyPos
 }
 
 // rawListen is one entry of an identity's listen: where its tasks may bind
@@ -347,6 +349,8 @@ func compile(name string, data []byte, decoders []string) (*Policy, ErrorList) {
 		masks:         map[string]*mask.Masker{},
 		readOnlyFuncs: map[string]bool{},
 		resolver:      net.DefaultResolver,
+
+		interceptHosts: map[string]*learned{},
 	}}
 	c.compile(raw)
 	if len(c.errs) > 0 {
@@ -509,6 +513,7 @@ func (c *compiler) compile(raw *rawPolicy) {
 		names[r.Name] = r.Pos
 		c.rule(r)
 	}
+	c.p.finishDNS()
 	for i := range raw.Tests {
 		c.test(&raw.Tests[i])
 	}
@@ -552,6 +557,7 @@ func (c *compiler) identity(r *rawIdentity) {
 	id.intercept = c.netRules(r.Name, r.Intercept, true)
 	id.udpAllow = c.netRules(r.Name, r.UDPAllow, false)
 	id.listen = c.listenRules(r.Name, r.Listen)
+	id.dns = c.dnsPolicy(r.Name, r.DNS)
 	if _, set := r.Keys["allow_unix_paths"]; set {
 		id.allowUnix = append([]string{}, r.AllowUnixPaths...)
 		for _, u := range r.AllowUnixPaths {
@@ -581,14 +587,23 @@ func (c *compiler) netRules(identity string, raw []rawNetRule, tcp bool) []Inter
 		lo, hi, err := parsePorts(r.Ports)
 		if err != nil {
 			c.errorf(r.Keys.at("ports", r.Pos), "identity %q: ports %q: %v", identity, r.Ports, err)
+		} else if lo == 53 && hi == 53 {
+			// The kernel sends DNS to interlockd before it reads the rules.
+			c.errorf(r.Keys.at("ports", r.Pos), "identity %q: port 53 is DNS, which always goes through interlockd: decide it with dns:", identity)
 		}
 		if len(r.To) == 0 {
 			c.errorf(r.Pos, "identity %q: network rule needs to: (a CIDR or address)", identity)
 		}
 		for _, to := range r.To {
 			p, err := parsePrefix(to)
+			if err != nil && tcp && isHostPattern(to) {
+				// A host name: the addresses relayed answers give it (dns.go).
+				out = append(out, InterceptRule{Host: hostPattern(to), PortMin: lo, PortMax: hi, Action: action})
+				c.p.interceptHosts[hostPattern(to)] = &learned{}
+				continue
+			}
 			if err != nil {
-				c.errorf(r.Keys.at("to", r.Pos), "identity %q: to %q: %v (network rules need literal addresses)", identity, to, err)
+				c.errorf(r.Keys.at("to", r.Pos), "identity %q: to %q: %v (udp_allow needs literal addresses; intercept takes host names too)", identity, to, err)
 				continue
 			}
 			out = append(out, InterceptRule{Prefix: p, PortMin: lo, PortMax: hi, Action: action})

@@ -187,17 +187,23 @@ type Target struct {
 	resolved atomic.Pointer[[]netip.Prefix]
 	index    int
 	pos      Pos
+
+	// learned holds the addresses DNS answers gave its host names (Learn).
+	learned learned
 }
 
 // Pos is where the target is defined in its policy file.
 func (t *Target) Pos() Pos { return t.pos }
 
-// Prefixes returns the target's literal prefixes and its host names'
-// addresses as last resolved.
+// Prefixes returns the target's literal prefixes, its host names'
+// addresses as last resolved, and those DNS answers gave them (Learn).
 func (t *Target) Prefixes() []netip.Prefix {
 	out := append([]netip.Prefix(nil), t.static...)
 	if r := t.resolved.Load(); r != nil {
 		out = append(out, *r...)
+	}
+	for _, a := range t.learnedAddrs() {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out
 }
@@ -215,7 +221,7 @@ func (t *Target) contains(a netip.Addr) bool {
 			}
 		}
 	}
-	return false
+	return t.hasLearned(a)
 }
 
 // InterceptRule is a kernel-enforced network rule for a tagged cgroup:
@@ -223,7 +229,11 @@ func (t *Target) contains(a netip.Addr) bool {
 // "redirect" (through interlockd), "deny" (EPERM at connect) or "pass"
 // (direct, not inspected).
 type InterceptRule struct {
-	Prefix           netip.Prefix
+	Prefix netip.Prefix
+	// Host, on an identity's intercept entry by name (Prefix invalid), is
+	// the host name or *.domain pattern; Intercept gives one rule per
+	// address relayed answers gave it (Learn).
+	Host             string
 	PortMin, PortMax uint16
 	Action           string
 	// Reason is set on the deny rules Intercept derives from the policy's
@@ -256,6 +266,7 @@ type Identity struct {
 	udpAllow   []InterceptRule
 	listen     []InterceptRule
 	allowUnix  []string // nil: no allow-list
+	dns        *dnsPolicy
 	index      int
 	pos        Pos
 }

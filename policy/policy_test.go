@@ -359,7 +359,7 @@ identities:
       - {to: [10.0.0.0/8, "fd00::/8"], ports: 5432, action: redirect}
       - {to: 169.254.169.254, action: deny}
     udp_allow:
-      - {to: 10.0.0.53, ports: 53}
+      - {to: 10.0.0.123, ports: 123}
 deny_unix_paths: [/var/run/docker.sock]
 `)
 	got := p.Intercept("ci", 16)
@@ -373,7 +373,7 @@ deny_unix_paths: [/var/run/docker.sock]
 	if other := p.Intercept("nope", 16); len(other) != 2 || other[0].Action != "deny" || other[0].Reason != RefuseUnknownIdentity {
 		t.Errorf("intercept of an unknown tag = %+v", other)
 	}
-	if u := p.UDPAllow("ci"); len(u) != 1 || u[0].PortMin != 53 || u[0].Action != "pass" {
+	if u := p.UDPAllow("ci"); len(u) != 1 || u[0].PortMin != 123 || u[0].Action != "pass" {
 		t.Errorf("UDPAllow = %+v", u)
 	}
 	if d := p.DenyUnixPaths(); len(d) != 1 {

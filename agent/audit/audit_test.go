@@ -37,6 +37,8 @@ func sampleEvents() []audit.Event {
 		audit.CredentialRevoked{Session: "s1", Target: "orders", Source: "embedded", Username: "il_s1"},
 		audit.ConnectionClosed{Session: "s1", Identity: "ci", Target: "orders", Outcome: "closed", Duration: time.Second},
 		audit.PolicyReloaded{Path: "/etc/interlock/policy.yaml", SHA256: "00", Rules: 3},
+		audit.DNSQuestion{Identity: "ci", PID: 42, Transport: "udp", Dst: "192.0.2.53:53", Name: "x.example",
+			Type: "A", Action: "deny", Reason: "name-not-allowed", Rcode: "REFUSED"},
 		audit.ProtocolError{Session: "s2", Identity: "ci", Target: "orders", Error: "message length 2000000000 over limit"},
 	}
 }

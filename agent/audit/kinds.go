@@ -31,6 +31,7 @@ const (
 	KindUninstalled       Kind = "datapath.uninstalled"
 	KindControlRefused    Kind = "control.refused"
 	KindCARotated         Kind = "ca.rotated"
+	KindDNSQuestion       Kind = "dns.question"
 )
 
 // Event is one typed audit event. The set is closed: only the types in this
@@ -216,6 +217,29 @@ type KernelDenied struct {
 	Optname  uint32 `json:"optname,omitempty"`
 }
 
+// DNSQuestion is one DNS question a tagged task asked, as interlockd
+// decided and answered it: Action "allow" (forwarded to Resolver) or
+// "deny" (answered REFUSED, no resolver saw it; in audit mode, Enforced
+// false, forwarded all the same), Rcode the answer's code, Answers the
+// answer section in presentation form (at most 16 records).
+type DNSQuestion struct {
+	Identity  string   `json:"identity"`
+	PID       uint32   `json:"pid"`
+	UID       uint32   `json:"uid"`
+	Comm      string   `json:"comm"`
+	Transport string   `json:"transport"` // udp | tcp
+	Dst       string   `json:"dst"`       // the resolver the agent asked
+	Name      string   `json:"name"`
+	Type      string   `json:"type"`
+	Action    string   `json:"action"`
+	Enforced  bool     `json:"enforced"`
+	Reason    string   `json:"reason,omitempty"`
+	Resolver  string   `json:"resolver,omitempty"`
+	Rcode     string   `json:"rcode"`
+	Answers   []string `json:"answers,omitempty"`
+	Error     string   `json:"error,omitempty"`
+}
+
 // KernelAccepted is an inbound connection a tagged listener accepted
 // because the policy lets it listen.
 type KernelAccepted struct {
@@ -332,6 +356,9 @@ func (ControlRefused) Kind() Kind { return KindControlRefused }
 
 // Kind implements Event.
 func (CARotated) Kind() Kind { return KindCARotated }
+
+// Kind implements Event.
+func (DNSQuestion) Kind() Kind { return KindDNSQuestion }
 
 // The event log's lines. Field names are the log's own (conn for the
 // session, as the rest of interlockd's log says), kept stable for log
@@ -454,6 +481,22 @@ func (e KernelDenied) logTo(l *zerolog.Logger) {
 		ev = ev.Uint32("level", e.Level).Uint32("optname", e.Optname)
 	}
 	ev.Msg("denied in kernel")
+}
+
+func (e DNSQuestion) logTo(l *zerolog.Logger) {
+	// Allowed look-ups are many: debug level only.
+	ev := l.Debug()
+	if e.Action != "allow" || e.Error != "" {
+		ev = l.Warn()
+	}
+	mode := "enforce"
+	if !e.Enforced {
+		mode = "audit"
+	}
+	ev.Str("event", "dns_query").Str("mode", mode).Str("identity", e.Identity).Uint32("pid", e.PID).Uint32("uid", e.UID).
+		Str("comm", e.Comm).Str("transport", e.Transport).Str("dst", e.Dst).Str("name", e.Name).
+		Str("type", e.Type).Str("action", e.Action).Str("reason", e.Reason).Str("resolver", e.Resolver).
+		Str("rcode", e.Rcode).Strs("answers", e.Answers).Str("error", e.Error).Msg("dns question")
 }
 
 func (e KernelAccepted) logTo(l *zerolog.Logger) {

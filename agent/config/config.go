@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/credentials"
+	"github.com/interlock-dev/interlock/agent/datapath"
 	"github.com/interlock-dev/interlock/policy"
 )
 
@@ -58,6 +60,11 @@ type Config struct {
 	Approvals Approvals `yaml:"approvals"`
 	// Limits bounds each identity's sessions and their memory.
 	Limits Limits `yaml:"limits"`
+	// DNSResolvers are the resolvers ("ADDR:PORT", at most
+	// datapath.MaxResolvers) interlockd forwards the DNS questions it
+	// allows to; tagged DNS to them (as to port 53 of any address) goes
+	// through interlockd. Empty: the nameservers of /etc/resolv.conf, port 53.
+	DNSResolvers []string `yaml:"dns_resolvers"`
 }
 
 // Approvals configures how reviewers learn about and decide held requests.
@@ -133,6 +140,9 @@ func (c Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		return err
 	}
+	if _, err := c.Resolvers(); err != nil {
+		return err
+	}
 	for key, addr := range map[string]string{"metrics_listen": c.MetricsListen, "approvals.web_listen": c.Approvals.WebListen} {
 		if addr == "" {
 			continue
@@ -144,6 +154,23 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// Resolvers returns DNSResolvers parsed; nil when none are set. Its error
+// is a *KeyError.
+func (c Config) Resolvers() ([]netip.AddrPort, error) {
+	if len(c.DNSResolvers) > datapath.MaxResolvers {
+		return nil, keyErrorf("dns_resolvers", "%d resolvers, at most %d", len(c.DNSResolvers), datapath.MaxResolvers)
+	}
+	var out []netip.AddrPort
+	for _, s := range c.DNSResolvers {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil || ap.Port() == 0 {
+			return nil, keyErrorf("dns_resolvers", "%q is not an address and port such as 127.0.0.53:53 or [::1]:53", s)
+		}
+		out = append(out, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	return out, nil
 }
 
 // positioned turns a *KeyError into "file:line:col: key: message" at the

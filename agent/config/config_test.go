@@ -23,6 +23,8 @@ func TestLoad(t *testing.T) {
 		{"unknown log format", "log_format: text\n", `c.yaml:1:13: log_format: "text" is neither json nor console`},
 		{"unknown log level", "log_level: verbose\n", "log_level"},
 		{"credentials block", "credentials:\n  static:\n    legacy: {username: app, password: x}\n", ""},
+		{"dns resolvers", "dns_resolvers: [127.0.0.1:5353, \"[::1]:53\"]\n", ""},
+		{"dns resolver without port", "dns_resolvers: [127.0.0.1]\n", `c.yaml:1:16: dns_resolvers: "127.0.0.1" is not an address and port`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "c.yaml")

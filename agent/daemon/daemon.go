@@ -66,7 +66,7 @@ type Daemon struct {
 	recorder   *recording.Recorder
 	approvals  *approvals.Service
 	metrics    *metrics.Metrics
-	resolvers  []netip.AddrPort
+	dns        *dnsServer // answers tagged DNS (dns.go)
 	sessions   *session.Pipeline
 	// rules keeps the policy's kernel rules in the maps (start, reload,
 	// tag, target refresh) and explains the refusals they make.
@@ -217,7 +217,15 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}
 	defer d.closeListeners()
 
-	d.resolvers = resolvers("/etc/resolv.conf")
+	configured, err := d.cfg.Resolvers()
+	if err != nil {
+		return err
+	}
+	if d.dns, err = d.listenDNS(port, dnsResolvers(configured)); err != nil {
+		return err
+	}
+	defer d.dns.close()
+	dns4, dns6 := d.dns.addrs()
 	selfID, err := d.selfCgroup()
 	if err != nil {
 		return err
@@ -234,7 +242,9 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		Proxy4:       netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),
 		Proxy6:       netip.AddrPortFrom(netip.IPv6Loopback(), port),
 		SelfCgroupID: selfID,
-		Resolvers:    d.resolvers,
+		Resolvers:    d.dns.resolvers,
+		DNS4:         dns4,
+		DNS6:         dns6,
 	})
 	if err != nil {
 		return fmt.Errorf("arm data path: %w", err)
@@ -245,10 +255,13 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 			return fmt.Errorf("arm data path: %w", err)
 		}
 	}
+	if err := d.dns.arm(d.dp); err != nil {
+		return fmt.Errorf("arm data path: %w", err)
+	}
 	for _, gap := range d.dp.Gaps() {
 		d.log.Warn().Str("gap", gap).Msg("not enforced on this kernel")
 	}
-	d.rules = datapath.NewPolicyRules(d.dp, d.resolvers)
+	d.rules = datapath.NewPolicyRules(d.dp)
 	if err := d.applyNetworkPolicy(d.policy.Current(), nil); err != nil {
 		return err
 	}
@@ -298,10 +311,11 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		TLS: func(addr netip.Addr) *tls.Config { return d.ca.ServerConfig(addr) },
 		Log: d.log.With().Str("component", "session").Logger(),
 	})
-	d.proxy = proxy.NewServer(d.sessions, d.sessions, d.log.With().Str("component", "proxy").Logger())
+	d.proxy = proxy.NewServer(d.sessions, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
 	for _, l := range d.listeners {
 		go d.proxy.Serve(l)
 	}
+	d.dns.serve(ctx)
 	go d.readDenyEvents()
 	go d.collectExecCgroups(ctx)
 	go d.refreshTargets(ctx)
@@ -324,6 +338,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}
 	close(d.stopping)
 	d.closeListeners()
+	d.dns.close()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	d.proxy.Shutdown(sctx)
@@ -377,6 +392,9 @@ func (d *Daemon) Reload() error {
 		err = d.checkCredentials(context.Background(), pol)
 	}
 	if err == nil {
+		// What relayed DNS answers taught the policy in force carries
+		// over, so connects to those addresses keep their target.
+		pol.KeepLearned(d.policy.Current())
 		// Swapped while the rules are held: a refresh or a tag after it
 		// pushes the new policy's rules, never the old one's.
 		err = d.applyNetworkPolicy(pol, func() { d.policy.Swap(pol) })

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/daemontest"
@@ -45,8 +46,10 @@ type report struct {
 	// Locals lists the local address of every connection a loop made.
 	Locals []string `json:"locals"`
 	OK     int      `json:"ok"`
-	// P50 is the median connect+first-byte latency in µs (mode latency).
+	// P50 is the median connect+first-byte latency in µs (mode latency),
+	// or look-up latency (mode dnslatency); P99 the 99th percentile.
 	P50 float64 `json:"p50_us"`
+	P99 float64 `json:"p99_us"`
 }
 
 func client(mode, arg string) int {
@@ -82,6 +85,66 @@ func client(mode, arg string) int {
 			}
 			r.Locals = append(r.Locals, c.LocalAddr().String())
 			c.SetDeadline(time.Now().Add(time.Second))
+			if line, _ := bufio.NewReader(c).ReadString('\n'); strings.HasPrefix(line, "hello") {
+				r.OK++
+			}
+			c.Close()
+		}
+	case "dns":
+		// One question: arg is "NET|ADDR|NAME|TYPE"; Line is the answer's
+		// rcode and records.
+		f := strings.Split(arg, "|")
+		m := new(dns.Msg).SetQuestion(dns.Fqdn(f[2]), dns.StringToType[f[3]])
+		resp, _, err := (&dns.Client{Net: f[0], Timeout: 3 * time.Second}).Exchange(m, f[1])
+		if err != nil {
+			fail(err)
+			break
+		}
+		r.Line = dns.RcodeToString[resp.Rcode]
+		for _, rr := range resp.Answer {
+			r.Line += " " + strings.ReplaceAll(rr.String(), "\t", " ")
+		}
+	case "dnslatency":
+		// 1 000 look-ups of one name: arg is "ADDR|NAME"; P50 and P99 in µs.
+		f := strings.Split(arg, "|")
+		client := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+		m := new(dns.Msg).SetQuestion(dns.Fqdn(f[1]), dns.TypeA)
+		var us []float64
+		for i := 0; i < 1000; i++ {
+			start := time.Now()
+			if _, _, err := client.Exchange(m, f[0]); err != nil {
+				fail(err)
+				break
+			}
+			us = append(us, float64(time.Since(start).Nanoseconds())/1e3)
+		}
+		slices.Sort(us)
+		if len(us) > 0 {
+			r.P50, r.P99 = us[len(us)/2], us[len(us)*99/100]
+		}
+	case "dnsloop":
+		// Look a name up and connect to the address the answer gave, N
+		// times: arg is "N|NAME|PORT". OK counts connects that got the
+		// target's greeting, Locals the addresses connected to, Err the
+		// first failure.
+		f := strings.Split(arg, "|")
+		var n int
+		fmt.Sscan(f[0], &n)
+		client := &dns.Client{Net: "udp", Timeout: 3 * time.Second}
+		for i := 0; i < n; i++ {
+			resp, _, err := client.Exchange(new(dns.Msg).SetQuestion(dns.Fqdn(f[1]), dns.TypeA), "192.0.2.99:53")
+			if err != nil || len(resp.Answer) == 0 {
+				fail(fmt.Errorf("look-up %d: %v %v", i, resp, err))
+				break
+			}
+			dst := net.JoinHostPort(resp.Answer[0].(*dns.A).A.String(), f[2])
+			r.Locals = append(r.Locals, dst)
+			c, err := net.DialTimeout("tcp", dst, 5*time.Second)
+			if err != nil {
+				fail(fmt.Errorf("connect %d to %s: %w", i, dst, err))
+				break
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
 			if line, _ := bufio.NewReader(c).ReadString('\n'); strings.HasPrefix(line, "hello") {
 				r.OK++
 			}
@@ -490,7 +553,7 @@ func TestIPv6AndMapped(t *testing.T) {
 
 func TestOtherWaysOutAreClosed(t *testing.T) {
 	f := start(t)
-	// UDP to anything but the resolvers.
+	// UDP that is neither DNS nor in udp_allow.
 	if r := f.run(t, "ci-bot", "udp", "127.0.0.9:9999"); r.Errno != int(syscall.EPERM) {
 		t.Errorf("tagged UDP send: %+v, want EPERM", r)
 	}

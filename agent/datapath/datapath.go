@@ -78,8 +78,19 @@ type Config struct {
 	// never tagged. It must not be the cgroup2 root (see EnterOwnCgroup).
 	// Zero exempts nobody.
 	SelfCgroupID uint64
-	// Resolvers are the DNS servers tagged tasks may reach over UDP.
+	// Resolvers are DNS servers whose address and port, besides port 53
+	// of any address, are tagged DNS: it never reaches them directly.
+	// UDP to them goes to DNS4 or DNS6, TCP to the proxy (whatever the
+	// identity's rules say).
 	Resolvers []netip.AddrPort
+	// DNS4 receives tagged UDP DNS to IPv4 (and IPv4-mapped) addresses,
+	// e.g. 127.0.0.1:15001: the UDP socket bound there and given to
+	// ServeDNS answers in the resolver's place (recvmsg shows its replies
+	// as the resolver's) and looks the caller up with LookupDNS. Zero:
+	// tagged IPv4 DNS is refused.
+	DNS4 netip.AddrPort
+	// DNS6 is DNS4 for IPv6. Zero: tagged IPv6 DNS is refused.
+	DNS6 netip.AddrPort
 }
 
 // program is one attached program: its name in the object and attach type.
@@ -99,8 +110,9 @@ type program struct {
 	covered func() bool
 }
 
-// programs lists every program in attach order: sockops and getpeername
-// before the connect hooks, so no redirected socket ever lacks them.
+// programs lists every program in attach order: sockops, getpeername and
+// recvmsg before the connect and sendmsg hooks, so no redirected socket
+// ever lacks them.
 var programs = []program{
 	{name: bpf.InterlockProgSockOps, attach: ebpf.AttachCGroupSockOps},
 	{name: bpf.InterlockProgGetpeername4, attach: ebpf.AttachCgroupInet4GetPeername},
@@ -116,6 +128,8 @@ var programs = []program{
 		gap: "setsockopt(IP_OPTIONS, IPV6_RTHDR...) is not refused at the call (cgroup/setsockopt needs kernel 6.1 " +
 			"to see the cgroup); packets carrying source routes are still dropped",
 	},
+	{name: bpf.InterlockProgRecvmsg4, attach: ebpf.AttachCGroupUDP4Recvmsg},
+	{name: bpf.InterlockProgRecvmsg6, attach: ebpf.AttachCGroupUDP6Recvmsg},
 	{name: bpf.InterlockProgSendmsg4, attach: ebpf.AttachCGroupUDP4Sendmsg},
 	{name: bpf.InterlockProgSendmsg6, attach: ebpf.AttachCGroupUDP6Sendmsg},
 	{name: bpf.InterlockProgConnect4, attach: ebpf.AttachCGroupInet4Connect},
@@ -169,7 +183,7 @@ var mapNames = []string{
 	bpf.InterlockMapConfigMap, bpf.InterlockMapSockOrigins, bpf.InterlockMapConnOrigins,
 	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents, bpf.InterlockMapProxyListeners,
 	bpf.InterlockMapListenRules, bpf.InterlockMapPendingAccepts, bpf.InterlockMapUnixAllowOn,
-	bpf.InterlockMapUnixAllowed,
+	bpf.InterlockMapUnixAllowed, bpf.InterlockMapDnsOrigins, bpf.InterlockMapDnsListeners,
 }
 
 // linkNames lists every pinned link by program name, for Uninstall: the
@@ -250,6 +264,9 @@ func Open(cfg Config) (*Datapath, error) {
 	// Maps come from their pins when present (tags and records survive),
 	// and are created and pinned otherwise.
 	opts := ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
+	if err := unpinStaleConfig(cfg.PinDir, spec); err != nil {
+		return nil, err
+	}
 	core := spec.Copy()
 	delete(core.Programs, bpf.InterlockProgVerdictProbe) // tests only
 	for _, p := range programs {
@@ -326,6 +343,29 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	ok = true
 	return d, nil
+}
+
+// unpinStaleConfig removes a pinned config map whose layout is not this
+// build's (an upgrade that added settings): it holds nothing but what Open
+// writes anew, and the running programs keep the old one until their links
+// are updated, so enforcement does not lapse.
+func unpinStaleConfig(pinDir string, spec *ebpf.CollectionSpec) error {
+	path := filepath.Join(pinDir, bpf.InterlockMapConfigMap)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load pinned config map: %w", err)
+	}
+	defer m.Close()
+	if m.ValueSize() == spec.Maps[bpf.InterlockMapConfigMap].ValueSize {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("unpin the previous config map: %w", err)
+	}
+	return nil
 }
 
 // loadOptional loads one optional program against the pinned maps, or
@@ -519,6 +559,41 @@ func (d *Datapath) ServeListener(l *net.TCPListener) error {
 	return nil
 }
 
+// ServeDNS makes c, a UDP socket of the DNS proxy bound at Config.DNS4 (c
+// is IPv4) or Config.DNS6, the one every datagram to that address is
+// delivered to. Bind it at that very address (its answers must come from
+// it); the data path then delivers nothing there to any other socket, and
+// while no socket is served (interlockd down) such datagrams are dropped,
+// so a process that binds the address with SO_REUSEPORT, or once
+// interlockd is gone, never hears a question. A closed socket leaves the
+// map; the map does not keep c alive.
+func (d *Datapath) ServeDNS(c *net.UDPConn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("serve dns: %w", err)
+	}
+	var opErr error
+	err = raw.Control(func(fd uintptr) {
+		domain, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+		if err != nil {
+			opErr = fmt.Errorf("get socket domain: %w", err)
+			return
+		}
+		key := uint32(0) // PROXY_LISTENER_V4
+		if domain == unix.AF_INET6 {
+			key = 1 // PROXY_LISTENER_V6
+		}
+		opErr = d.maps.DnsListeners.Put(key, uint64(fd))
+	})
+	if err == nil {
+		err = opErr
+	}
+	if err != nil {
+		return fmt.Errorf("serve dns %s: %w", c.LocalAddr(), err)
+	}
+	return nil
+}
+
 func verbose(err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
@@ -574,6 +649,21 @@ func (d *Datapath) writeConfig(cfg Config) error {
 		}
 		c.Proxy6.W = words(cfg.Proxy6.Addr())
 		c.Proxy6Port = cfg.Proxy6.Port()
+	}
+	for _, p := range []struct {
+		ap   netip.AddrPort
+		v4   bool
+		addr *[4]uint32
+		port *uint16
+	}{{cfg.DNS4, true, &c.Dns4.W, &c.Dns4Port}, {cfg.DNS6, false, &c.Dns6.W, &c.Dns6Port}} {
+		if !p.ap.IsValid() {
+			continue
+		}
+		if a := p.ap.Addr(); a.Unmap().Is4() != p.v4 {
+			return fmt.Errorf("write config: DNS proxy address %s is of the other family", p.ap)
+		}
+		*p.addr = words(p.ap.Addr())
+		*p.port = p.ap.Port()
 	}
 	c.SelfCgroup = cfg.SelfCgroupID
 	for i, r := range cfg.Resolvers {

@@ -132,6 +132,8 @@ func runHelper(action, arg string) int {
 		return helperListen(arg)
 	case "unixgram":
 		r = helperUnixgram(arg)
+	case "dns":
+		r = helperDNS(arg)
 	case "udpself":
 		return helperUDPSelf(arg)
 	case "udprecv":
@@ -283,6 +285,8 @@ type env struct {
 	dp     *Datapath
 	// listeners are the fake proxy's sockets, served by open.
 	listeners []*net.TCPListener
+	// dnsConns are the fake DNS proxy's sockets, served by open.
+	dnsConns []*net.UDPConn
 }
 
 func randomName(prefix string) string {
@@ -337,6 +341,11 @@ func (e *env) open() *Datapath {
 	e.t.Cleanup(func() { dp.Close() })
 	for _, l := range e.listeners {
 		if err := dp.ServeListener(l); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	for _, c := range e.dnsConns {
+		if err := dp.ServeDNS(c); err != nil {
 			e.t.Fatal(err)
 		}
 	}

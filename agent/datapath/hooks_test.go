@@ -415,7 +415,7 @@ func (c *canary) settle() int64 {
 
 // TestSourceRoutesRefused: a type-4 IPv6 segment list or an IPv4 loose
 // source route sends a redirected TCP connect, or a UDP datagram to an
-// allowed resolver, to another address than the one the hooks checked. The
+// allowed destination, to another address than the one the hooks checked. The
 // untagged control proves the routes work on this kernel (the canary sees
 // the packets); tagged, the options are refused and nothing reaches it.
 func TestSourceRoutesRefused(t *testing.T) {
@@ -437,12 +437,18 @@ func TestSourceRoutesRefused(t *testing.T) {
 	proxy6 := listen(t, "tcp6", "[::1]:0", "proxy", nil)
 	proxy4 := listen(t, "tcp4", "127.0.0.1:0", "proxy", nil)
 	e.cfg.Proxy6, e.cfg.Proxy4 = proxy6.addrPort(), proxy4.addrPort()
-	e.cfg.Resolvers = []netip.AddrPort{r6, r4}
 	dp := e.open()
 	events := collectEvents(t, dp)
 	agent, agentID := e.cgroup("agent")
 	plain, _ := e.cgroup("plain")
 	if err := dp.Tag(agentID, 12); err != nil {
+		t.Fatal(err)
+	}
+	err = dp.SetUDPAllow(12, []Rule{
+		{Prefix: netip.PrefixFrom(r6.Addr(), 128), PortMin: r6.Port(), PortMax: r6.Port()},
+		{Prefix: netip.PrefixFrom(r4.Addr(), 32), PortMin: r4.Port(), PortMax: r4.Port()},
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	bin := agentBinary(t)
@@ -490,7 +496,7 @@ func TestSourceRoutesRefused(t *testing.T) {
 				t.Errorf("%s: deny event = %+v, want sockopt %d/%d from pid %d", c.mode, ev, c.level, c.opt, r.PID)
 			}
 			if c.mode == "rthdr-udp" && r.Err != "" {
-				t.Errorf("%s: the datagram without the route: %+v, want it sent to the resolver", c.mode, r)
+				t.Errorf("%s: the datagram without the route: %+v, want it sent", c.mode, r)
 			}
 		case c.opt != 0:
 			t.Logf("%s: known gap on this kernel: setsockopt is not filtered; the packets are dropped instead (%+v)", c.mode, r)

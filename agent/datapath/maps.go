@@ -212,9 +212,9 @@ func (d *Datapath) SetRules(identity uint32, rules []Rule) error {
 	return nil
 }
 
-// SetUDPAllow replaces the UDP destinations an identity may reach besides
-// the resolvers' DNS ports: a matching rule allows unless its Verdict is
-// Deny. At most MaxRules.
+// SetUDPAllow replaces the UDP destinations an identity may reach directly:
+// a matching rule allows unless its Verdict is Deny. At most MaxRules. DNS
+// (port 53, Config.Resolvers) goes to interlockd whatever they say.
 func (d *Datapath) SetUDPAllow(identity uint32, rules []Rule) error {
 	if err := setRules(d.maps.UdpRules, identity, rules); err != nil {
 		return fmt.Errorf("set udp rules of %d: %w", identity, err)
@@ -424,6 +424,26 @@ func (d *Datapath) Lookup(peer, local netip.AddrPort) (Origin, error) {
 			return Origin{}, fmt.Errorf("look up %s -> %s: %w", peer, local, ErrNotFound)
 		}
 		return Origin{}, fmt.Errorf("look up %s -> %s: %w", peer, local, err)
+	}
+	return d.origin(&o), nil
+}
+
+// LookupDNS returns the record of the steered DNS socket a datagram came
+// from: peer is its source (the agent socket), local the DNS proxy address
+// it was sent to (Config.DNS4 or DNS6). Dst is the resolver the agent
+// asked. The record stays (a socket may ask many questions), refreshed by
+// every datagram it sends; an error wrapping ErrNotFound means the datagram
+// was not steered in this network namespace.
+func (d *Datapath) LookupDNS(peer, local netip.AddrPort) (Origin, error) {
+	k := bpf.InterlockTuple{NetnsCookie: d.netnsCookie, LocalPort: peer.Port(), RemotePort: local.Port()}
+	k.Local.W = words(peer.Addr())
+	k.Remote.W = words(local.Addr())
+	var o bpf.InterlockOrigin
+	if err := d.maps.DnsOrigins.Lookup(&k, &o); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Origin{}, fmt.Errorf("look up dns %s -> %s: %w", peer, local, ErrNotFound)
+		}
+		return Origin{}, fmt.Errorf("look up dns %s -> %s: %w", peer, local, err)
 	}
 	return d.origin(&o), nil
 }

@@ -11,14 +11,13 @@ import (
 )
 
 // PolicyRules keeps the kernel's share of the policy in the maps: each
-// identity's TCP rules (the host's DNS resolvers, then what
-// policy.Intercept derives), UDP allowances, listen entries and unix socket
+// identity's TCP rules (what policy.Intercept derives; DNS goes to
+// interlockd whatever they say), UDP allowances, listen entries and unix socket
 // lists. It remembers the TCP rules it pushed, to tell which rule refused a
 // connect. Every push is serialised, so a refresh or a tag never writes an
 // older policy's rules over a newer one's. Safe for concurrent use.
 type PolicyRules struct {
-	dp        *Datapath
-	resolvers []netip.AddrPort
+	dp *Datapath
 
 	mu  sync.Mutex
 	tcp map[uint32]tcpRuleSet
@@ -31,10 +30,9 @@ type tcpRuleSet struct {
 	reasons []string
 }
 
-// NewPolicyRules returns the policy's kernel rules for d; TCP DNS to
-// resolvers passes directly, as UDP DNS to them does.
-func NewPolicyRules(d *Datapath, resolvers []netip.AddrPort) *PolicyRules {
-	return &PolicyRules{dp: d, resolvers: resolvers, tcp: map[uint32]tcpRuleSet{}}
+// NewPolicyRules returns the policy's kernel rules for d.
+func NewPolicyRules(d *Datapath) *PolicyRules {
+	return &PolicyRules{dp: d, tcp: map[uint32]tcpRuleSet{}}
 }
 
 // Apply pushes p's rules for every identity of ids (name to id) and the
@@ -133,16 +131,12 @@ func (r *PolicyRules) DenyReason(identity uint32, dst netip.AddrPort) string {
 	return string(ReasonTCPRule)
 }
 
-// tcpRulesOf computes the TCP rules of the identity name under p: DNS to
-// the host's resolvers, then what p.Intercept gives in the room left.
+// tcpRulesOf computes the TCP rules of the identity name under p: what
+// p.Intercept gives. The kernel sends DNS to the proxy before it looks at
+// them, so agents need no rule for name resolution.
 func (r *PolicyRules) tcpRulesOf(p *policy.Policy, name string) tcpRuleSet {
-	// Name resolution is not something agents should need a rule for.
 	var s tcpRuleSet
-	for _, a := range r.resolvers {
-		s.rules = append(s.rules, Rule{Prefix: netip.PrefixFrom(a.Addr(), a.Addr().BitLen()), PortMin: 53, PortMax: 53, Verdict: Pass})
-		s.reasons = append(s.reasons, "")
-	}
-	pr := p.Intercept(name, MaxRules-len(s.rules))
+	pr := p.Intercept(name, MaxRules)
 	s.rules = append(s.rules, rulesOf(pr)...)
 	for _, rule := range pr {
 		s.reasons = append(s.reasons, rule.Reason)

@@ -140,10 +140,7 @@ func TestTCPVerdicts(t *testing.T) {
 
 func TestUDPVerdicts(t *testing.T) {
 	d, prog := probe(t)
-	err := d.writeConfig(Config{Resolvers: []netip.AddrPort{
-		netip.MustParseAddrPort("127.0.0.53:53"),
-		netip.MustParseAddrPort("[2001:4860:4860::8888]:53"),
-	}})
+	err := d.writeConfig(Config{Resolvers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,12 +156,10 @@ func TestUDPVerdicts(t *testing.T) {
 		dst      string
 		want     int32
 	}{
-		{1, "127.0.0.53:53", 1},
-		{2, "127.0.0.53:53", 1},
-		{1, "127.0.0.53:54", 0},
-		{1, "127.0.0.54:53", 0},
-		{1, "[2001:4860:4860::8888]:53", 1},
-		{1, "[2001:4860:4860::8844]:53", 0},
+		// A resolver is no direct destination any more: DNS goes to
+		// interlockd (TestDNSDestinations).
+		{1, "127.0.0.53:53", 0},
+		{2, "127.0.0.53:53", 0},
 		{1, "192.0.2.8:123", 1},
 		{1, "192.0.2.7:123", 0},
 		{1, "192.0.2.8:124", 0},
@@ -172,6 +167,47 @@ func TestUDPVerdicts(t *testing.T) {
 	} {
 		if got := runProbe(t, prog, true, c.identity, c.dst); got != c.want {
 			t.Errorf("udp identity %d to %s: allowed %d, want %d", c.identity, c.dst, got, c.want)
+		}
+	}
+}
+
+// TestDNSDestinations: port 53 of any address, and the configured
+// resolvers' address and port, are DNS the kernel steers to interlockd;
+// nothing else is.
+func TestDNSDestinations(t *testing.T) {
+	d, prog := probe(t)
+	err := d.writeConfig(Config{Resolvers: []netip.AddrPort{
+		netip.MustParseAddrPort("127.0.0.1:5353"),
+		netip.MustParseAddrPort("[2001:db8::53]:5300"),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		dst  string
+		want int32
+	}{
+		{"127.0.0.53:53", 1},
+		{"192.0.2.1:53", 1},
+		{"[2001:db8::1]:53", 1},
+		{"[::ffff:192.0.2.1]:53", 1},
+		{"127.0.0.1:5353", 1},
+		{"[::ffff:127.0.0.1]:5353", 1},
+		{"127.0.0.2:5353", 0},
+		{"127.0.0.1:5354", 0},
+		{"[2001:db8::53]:5300", 1},
+		{"[2001:db8::54]:5300", 0},
+		{"192.0.2.1:54", 0},
+	} {
+		ap := netip.MustParseAddrPort(c.dst)
+		q := bpf.InterlockVerdictQuery{Port: ap.Port(), Udp: 2, Result: -100}
+		q.Dst.W = words(ap.Addr())
+		var out bpf.InterlockVerdictQuery
+		if _, err := prog.Run(&ebpf.RunOptions{Context: q, ContextOut: &out}); err != nil {
+			t.Fatalf("run verdict_probe: %v", err)
+		}
+		if out.Result != c.want {
+			t.Errorf("%s: is DNS %d, want %d", c.dst, out.Result, c.want)
 		}
 	}
 }

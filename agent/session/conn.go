@@ -42,16 +42,23 @@ func newConn(pc *proxy.Conn, pol *policy.Policy) *conn {
 	id := pc.Identity
 	c := &conn{
 		id: pc.ID, identity: id, client: pc.Client, dst: pc.Dst.String(), accepted: pc.Accepted,
-		target: pol.TargetFor(pc.Dst.Addr(), pc.Dst.Port()),
-		subject: policy.Subject{
-			Tag: id.Name, UID: id.UID, GID: id.GID, PID: int(id.PID),
-			Comm: id.Comm, Exe: id.Exe, CgroupPath: id.Cgroup, Unit: unitOf(id.Cgroup),
-		},
-	}
-	if pol.NeedsExeHash() {
-		c.subject.ExeSHA256 = exeHash(id.PID)
+		target:  pol.TargetFor(pc.Dst.Addr(), pc.Dst.Port()),
+		subject: SubjectOf(id, pol),
 	}
 	return c
+}
+
+// SubjectOf is the policy subject of a caller under pol: what a session's
+// decisions take, and a DNS question's.
+func SubjectOf(id proxy.Identity, pol *policy.Policy) policy.Subject {
+	s := policy.Subject{
+		Tag: id.Name, UID: id.UID, GID: id.GID, PID: int(id.PID),
+		Comm: id.Comm, Exe: id.Exe, CgroupPath: id.Cgroup, Unit: unitOf(id.Cgroup),
+	}
+	if pol.NeedsExeHash() {
+		s.ExeSHA256 = exeHash(id.PID)
+	}
+	return s
 }
 
 // protocol is the protocol the connection is served with: its target's,

@@ -153,6 +153,14 @@ func (p *Pipeline) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.A
 	if name == "" {
 		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)
 	}
+	return IdentityOf(o, name), o.Dst, nil
+}
+
+// IdentityOf is the caller the kernel recorded in o, under the identity
+// name, with what /proc adds while the process is still there: the
+// executable and cgroup path. DNS questions, which are no sessions, are
+// identified with it too.
+func IdentityOf(o datapath.Origin, name string) proxy.Identity {
 	id := proxy.Identity{
 		Name: name, PID: o.PID, UID: o.UID, GID: o.GID, Comm: o.Comm,
 		CgroupID: o.CgroupID, NetnsCookie: o.NetnsCookie,
@@ -160,7 +168,7 @@ func (p *Pipeline) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.A
 	// The process may already be gone; the kernel's fields still stand.
 	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
 	id.Cgroup, _ = control.CgroupOf(int(o.PID))
-	return id, o.Dst, nil
+	return id
 }
 
 // Handle implements proxy.Handler: it serves one connection until it ends.

@@ -1,0 +1,218 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/session"
+	dnsdec "github.com/interlock-dev/interlock/decoders/dns"
+	"github.com/interlock-dev/interlock/policy"
+)
+
+// dnsInFlight bounds the UDP questions served at once; beyond it datagrams
+// are dropped (the agent's resolver asks again), so a flood of names costs
+// a bounded number of goroutines and buffers.
+const dnsInFlight = 256
+
+// dnsServer is interlockd's DNS proxy: the data path steers every tagged
+// UDP DNS datagram to its sockets and every tagged TCP DNS connection to
+// the proxy listeners, which hand them here (handler). One home for the
+// decision and the record of a question: answer.
+type dnsServer struct {
+	d     *Daemon
+	proxy *dnsdec.Proxy
+	// resolvers are the addresses whose DNS, besides port 53, is steered.
+	resolvers []netip.AddrPort
+	conns     []*net.UDPConn
+	slots     chan struct{}
+	log       zerolog.Logger
+}
+
+// listenDNS binds the DNS proxy's UDP sockets at 127.0.0.1:port and
+// [::1]:port, the addresses the data path sends tagged DNS to.
+func (d *Daemon) listenDNS(port uint16, resolvers []netip.AddrPort) (*dnsServer, error) {
+	s := &dnsServer{
+		d: d, proxy: &dnsdec.Proxy{Resolvers: resolvers}, resolvers: resolvers,
+		slots: make(chan struct{}, dnsInFlight), log: d.log.With().Str("component", "dns").Logger(),
+	}
+	for _, a := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
+		if err != nil {
+			s.close()
+			return nil, fmt.Errorf("listen dns: %w", err)
+		}
+		s.conns = append(s.conns, c)
+	}
+	return s, nil
+}
+
+// arm makes the sockets the only ones the data path delivers the DNS
+// proxy addresses' datagrams to.
+func (s *dnsServer) arm(dp *datapath.Datapath) error {
+	for _, c := range s.conns {
+		if err := dp.ServeDNS(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addrs returns the DNS proxy's IPv4 and IPv6 addresses.
+func (s *dnsServer) addrs() (v4, v6 netip.AddrPort) {
+	return s.conns[0].LocalAddr().(*net.UDPAddr).AddrPort(), s.conns[1].LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+func (s *dnsServer) close() {
+	for _, c := range s.conns {
+		c.Close()
+	}
+}
+
+// serve reads datagrams on every socket until they are closed.
+func (s *dnsServer) serve(ctx context.Context) {
+	for _, c := range s.conns {
+		go s.serveUDP(ctx, c)
+	}
+}
+
+func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn) {
+	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.log.Error().Err(err).Msg("read dns datagram")
+			}
+			return
+		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			continue
+		}
+		msg := slices.Clone(buf[:n])
+		go func() {
+			defer func() { <-s.slots }()
+			s.answerUDP(ctx, c, local, from, msg)
+		}()
+	}
+}
+
+// answerUDP answers one datagram of a steered socket. A datagram the kernel
+// did not steer has no record and gets no answer: nobody we can vouch for.
+func (s *dnsServer) answerUDP(ctx context.Context, c *net.UDPConn, local, from netip.AddrPort, msg []byte) {
+	o, err := s.d.dp.LookupDNS(from, local)
+	if err != nil {
+		s.log.Warn().Err(err).Str("peer", from.String()).Msg("dropping unidentified dns datagram")
+		return
+	}
+	id := session.IdentityOf(o, s.d.ids.name(o.Identity))
+	resp, ex := s.proxy.Answer(ctx, msg, true, s.decider(id))
+	s.record(id, "udp", o.Dst, ex)
+	if resp != nil {
+		c.WriteToUDPAddrPort(resp, from)
+	}
+}
+
+// handler returns next with tagged TCP DNS (to port 53, or to a resolver)
+// taken out of it and served here.
+func (s *dnsServer) handler(next proxy.Handler) proxy.Handler {
+	return proxy.HandlerFunc(func(ctx context.Context, c *proxy.Conn) {
+		if c.Dst.Port() != 53 && !slices.Contains(s.resolvers, c.Dst) {
+			next.Handle(ctx, c)
+			return
+		}
+		defer c.Client.Close()
+		err := s.proxy.ServeStream(ctx, c.Client, s.decider(c.Identity), func(ex dnsdec.Exchange) {
+			s.record(c.Identity, "tcp", c.Dst, ex)
+		})
+		if err != nil {
+			s.log.Warn().Err(err).Str("conn", c.ID).Msg("dns over tcp")
+		}
+	})
+}
+
+// decider decides the questions of id under the policy in force at each
+// one. In audit mode a refused question is forwarded all the same (record
+// says it would have been refused).
+func (s *dnsServer) decider(id proxy.Identity) dnsdec.Decide {
+	return func(q dnsdec.Question) dnsdec.Verdict {
+		pol := s.d.policy.Current()
+		subj := session.SubjectOf(id, pol)
+		d := pol.DecideDNS(&subj, q.Name, q.Type)
+		if !d.Allow && pol.Mode(&subj, nil) == policy.Audit {
+			return dnsdec.Verdict{Allow: true, Reason: d.Reason}
+		}
+		return dnsdec.Verdict{Allow: d.Allow, Reason: d.Reason}
+	}
+}
+
+// record learns what an answer's addresses stand for and writes the
+// question's audit event; it runs before the answer goes to the agent.
+func (s *dnsServer) record(id proxy.Identity, transport string, dst netip.AddrPort, ex dnsdec.Exchange) {
+	s.learn(ex)
+	e := audit.DNSQuestion{
+		Identity: id.Name, PID: id.PID, UID: id.UID, Comm: id.Comm, Transport: transport, Dst: dst.String(),
+		Name: ex.Question.Name, Type: ex.Question.Type, Action: "allow", Enforced: true,
+		Reason: ex.Reason, Rcode: ex.Rcode, Answers: ex.Answers,
+	}
+	switch {
+	case !ex.Allowed:
+		e.Action = "deny"
+	case ex.Reason != "":
+		// Forwarded in audit mode although the policy refuses it.
+		e.Action, e.Enforced = "deny", false
+	}
+	if ex.Resolver.IsValid() {
+		e.Resolver = ex.Resolver.String()
+	}
+	if ex.Err != nil {
+		e.Error = ex.Err.Error()
+	}
+	s.d.chain.Record(e)
+}
+
+// learn tells the policy in force which addresses an allowed answer gave
+// its name, so a target named by that host matches them; when a target
+// gained one, the kernel rules are pushed again first, so the agent's
+// connect to it is redirected, not refused, from the first try.
+func (s *dnsServer) learn(ex dnsdec.Exchange) {
+	if !ex.Allowed || len(ex.Addresses) == 0 {
+		return
+	}
+	now := time.Now()
+	bs := make([]policy.Binding, 0, len(ex.Addresses))
+	for _, a := range ex.Addresses {
+		bs = append(bs, policy.Binding{Addr: a.Addr, Expires: now.Add(a.TTL)})
+	}
+	if !s.d.policy.Current().Learn(ex.Question.Name, bs) {
+		return
+	}
+	if _, err := s.d.rules.Refresh(s.d.policy.Current, s.d.ids.all()); err != nil {
+		s.log.Error().Err(err).Str("name", ex.Question.Name).Msg("push kernel rules for learned addresses")
+	}
+}
+
+// dnsResolvers are the resolvers interlockd forwards to: dns_resolvers, or
+// /etc/resolv.conf's nameservers.
+func dnsResolvers(configured []netip.AddrPort) []netip.AddrPort {
+	if len(configured) > 0 {
+		return configured
+	}
+	r := resolvers("/etc/resolv.conf")
+	if len(r) > datapath.MaxResolvers {
+		r = r[:datapath.MaxResolvers]
+	}
+	return r
+}
