@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 )
 
 // systemRootFiles are where Linux distributions keep their trust store as
@@ -15,6 +17,12 @@ var systemRootFiles = []string{
 	"/etc/pki/tls/cacert.pem",                           // OpenELEC
 	"/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // CentOS/RHEL 7
 	"/etc/ssl/cert.pem",                                 // Alpine Linux
+}
+
+// IsSystemRoots reports whether path is one of the distributions' trust
+// store files, whose certificates the bundle holds already.
+func IsSystemRoots(path string) bool {
+	return slices.Contains(systemRootFiles, filepath.Clean(path))
 }
 
 // systemRoots returns the host's trust store as PEM: the file SSL_CERT_FILE

@@ -259,9 +259,14 @@ func TestCAExportAndRotate(t *testing.T) {
 		t.Fatalf("the agent's SSL_CERT_FILE is not the system roots and the CA:\n%s", b)
 	}
 	cmd = f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--no-ca-env", "--", "sh", "-c", `echo "${SSL_CERT_FILE-unset} ${NODE_EXTRA_CA_CERTS-unset}"`)
-	cmd.Env = callerEnv()
-	if out, err := cmd.Output(); err != nil || strings.TrimSpace(string(out)) != "unset unset" {
-		t.Fatalf("exec --no-ca-env set CA variables: %v %q", err, out)
+	cmd.Env = append(callerEnv(), "SSL_CERT_FILE=/etc/mine.pem")
+	for i, kv := range cmd.Env {
+		if strings.HasPrefix(kv, "NODE_EXTRA_CA_CERTS=") {
+			cmd.Env[i] = "INTERLOCK_TEST_UNSET=1"
+		}
+	}
+	if out, err := cmd.Output(); err != nil || strings.TrimSpace(string(out)) != "/etc/mine.pem unset" {
+		t.Fatalf("exec --no-ca-env changed CA variables: %v %q", err, out)
 	}
 
 	oldCA := filepath.Join(filepath.Dir(otherCA(t)), "old.crt")

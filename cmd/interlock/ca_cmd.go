@@ -178,9 +178,10 @@ func caEnv(ctx context.Context, c *control.Client, env []string, stderr io.Write
 	if err := c.Call(ctx, "/v1/ca", nil, &info); err != nil {
 		return nil, fmt.Errorf("get certificate authority: %w", err)
 	}
-	env, kept := withCAVars(env, caVars(info.Path, info.Bundle))
-	for _, k := range kept {
-		fmt.Fprintf(stderr, "interlock: keeping %s from the environment; clients reading it may not trust the certificates interlockd presents\n", k)
+	env, replaced := withCAVars(env, caVars(info.Path, info.Bundle))
+	for _, kv := range replaced {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(stderr, "interlock: %s was %s; it now names Interlock's CA (with the system roots); --no-ca-env keeps yours\n", k, v)
 	}
 	return env, nil
 }
@@ -199,27 +200,42 @@ func caVars(cert, bundle string) []string {
 		"CURL_CA_BUNDLE=" + bundle,     // curl
 		"NODE_EXTRA_CA_CERTS=" + cert,  // Node: added to its built-in roots
 		"GIT_SSL_CAINFO=" + bundle,     // git over HTTPS
+		"AWS_CA_BUNDLE=" + bundle,      // AWS CLI and SDKs (instead of certifi)
 	}
 }
 
-// withCAVars appends vars ("KEY=VALUE") to env, except those env sets
-// already: a caller that chose its own CA file keeps it. It returns the keys
-// it kept.
+// withCAVars sets vars ("KEY=VALUE") in env. PGSSLROOTCERT is kept when env
+// sets it (a verify-full client with a CA of its own). The others are
+// replaced: images and CI runners commonly point them at the system roots,
+// which the bundle holds already, and a value kept would leave intercepted
+// HTTPS unverifiable. It returns the replaced "KEY=OLD" that named something
+// other than a system trust store, which the caller may want to hear about.
 func withCAVars(env, vars []string) ([]string, []string) {
-	set := map[string]bool{}
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok && v != "" {
-			set[k] = true
-		}
-	}
-	var kept []string
+	want := map[string]string{}
 	for _, kv := range vars {
-		k, _, _ := strings.Cut(kv, "=")
-		if set[k] {
-			kept = append(kept, k)
+		k, v, _ := strings.Cut(kv, "=")
+		want[k] = v
+	}
+	var out, replaced []string
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, ours := want[k]; !ours {
+			out = append(out, kv)
 			continue
 		}
-		env = append(env, kv)
+		if k == "PGSSLROOTCERT" && v != "" {
+			out = append(out, kv)
+			delete(want, k)
+			continue
+		}
+		if v != "" && !ca.IsSystemRoots(v) {
+			replaced = append(replaced, kv)
+		}
 	}
-	return env, kept
+	for _, kv := range vars {
+		if k, _, _ := strings.Cut(kv, "="); want[k] != "" { // still wanted
+			out = append(out, kv)
+		}
+	}
+	return out, replaced
 }

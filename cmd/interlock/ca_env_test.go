@@ -19,19 +19,22 @@ import (
 )
 
 func TestWithCAVars(t *testing.T) {
-	env := []string{"PATH=/usr/bin", "CURL_CA_BUNDLE=/etc/mine.pem", "SSL_CERT_FILE="}
-	got, kept := withCAVars(env, caVars("/run/interlock/ca.crt", "/run/interlock/ca-bundle.crt"))
-	want := []string{"PATH=/usr/bin", "CURL_CA_BUNDLE=/etc/mine.pem", "SSL_CERT_FILE=",
-		"PGSSLROOTCERT=/run/interlock/ca.crt",
-		"SSL_CERT_FILE=/run/interlock/ca-bundle.crt", // set but empty: as good as unset
+	env := []string{"PATH=/usr/bin", "PGSSLROOTCERT=/etc/pg-ca.pem", "CURL_CA_BUNDLE=/etc/mine.pem",
+		"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt", "GIT_SSL_CAINFO="}
+	got, replaced := withCAVars(env, caVars("/run/interlock/ca.crt", "/run/interlock/ca-bundle.crt"))
+	want := []string{"PATH=/usr/bin", "PGSSLROOTCERT=/etc/pg-ca.pem", // a verify-full client's own CA is kept
+		"SSL_CERT_FILE=/run/interlock/ca-bundle.crt",
 		"REQUESTS_CA_BUNDLE=/run/interlock/ca-bundle.crt",
+		"CURL_CA_BUNDLE=/run/interlock/ca-bundle.crt",
 		"NODE_EXTRA_CA_CERTS=/run/interlock/ca.crt",
-		"GIT_SSL_CAINFO=/run/interlock/ca-bundle.crt"}
+		"GIT_SSL_CAINFO=/run/interlock/ca-bundle.crt",
+		"AWS_CA_BUNDLE=/run/interlock/ca-bundle.crt"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("env:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if strings.Join(kept, ",") != "CURL_CA_BUNDLE" {
-		t.Errorf("kept %v, want [CURL_CA_BUNDLE]", kept)
+	// The system roots are in the bundle: replacing them needs no word.
+	if strings.Join(replaced, ",") != "CURL_CA_BUNDLE=/etc/mine.pem" {
+		t.Errorf("replaced %v, want [CURL_CA_BUNDLE=/etc/mine.pem]", replaced)
 	}
 }
 

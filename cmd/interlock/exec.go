@@ -52,9 +52,11 @@ flags included. The runtimes' CA variables point at Interlock's certificate
 authority, so clients verify the certificates interlockd presents
 (PostgreSQL with sslmode=verify-full, intercepted HTTPS) with no flag of
 their own: PGSSLROOTCERT and NODE_EXTRA_CA_CERTS at the certificate,
-SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and GIT_SSL_CAINFO at a
-bundle of the system roots plus the certificate. A variable already set is
-kept (with a note on stderr); --no-ca-env leaves them all. With --user, the command runs as that user, with its groups and
+SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, GIT_SSL_CAINFO and
+AWS_CA_BUNDLE at a bundle of the system roots plus the certificate. A
+PGSSLROOTCERT already set is kept; the others are replaced (with a note on
+stderr when they named something other than the system roots). --no-ca-env
+leaves them all. With --user, the command runs as that user, with its groups and
 HOME, as a login sets them.`,
 		Example: `  interlock exec --identity ci-bot -- psql -h db.internal -c 'SELECT 1'
   interlock exec --identity ci-bot --user runner -- ./deploy.sh --dry-run`,
