@@ -110,6 +110,7 @@ LogLevel VERBOSE
 AllowTcpForwarding yes
 AllowAgentForwarding yes
 X11Forwarding no
+Subsystem sftp internal-sftp
 `, f.port, hostKeyFile, caFile, principals), 0o644)
 	// sshd refuses to start without its privilege separation directory,
 	// which the package's service would create.
@@ -164,7 +165,17 @@ rules:
     ssh: {exec: ["touch %s/*"]}
     action: approve
     approve: {reviewers: [root], quorum: 1, timeout: 60s}
-`, f.port, f.knownUp, credential, dir, dir), 0o644)
+  - name: files
+    identity: ci-bot
+    target: web-1
+    ssh: {sftp: {read: ["%s/share/**"], write: ["%s/upload/**"]}}
+    action: allow
+  - name: repos
+    identity: ci-bot
+    target: web-1
+    ssh: {git_fetch: ["%s/repos/acme/*"], git_push: ["%s/repos/acme/infra.git"]}
+    action: allow
+`, f.port, f.knownUp, credential, dir, dir, dir, dir, dir[1:], dir[1:]), 0o644)
 	token := write("token", vault.RootToken(), 0o600)
 	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n", vault.URL(), token), 0o600)
 	f.d = daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
@@ -291,6 +302,165 @@ func TestSSHExec(t *testing.T) {
 	issued := strings.Count(f.d.Logs(), `"event":"credential_issued"`)
 	if issued < sessions {
 		t.Errorf("%d credentials issued in the audit log, want %d", issued, sessions)
+	}
+}
+
+// agent runs argv as the agent (nobody, under interlock exec) in dir and
+// returns its combined output and exit status.
+func (f *sshFixture) agent(t *testing.T, env []string, argv ...string) (string, int) {
+	t.Helper()
+	f.runs++
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := f.d.Command(ctx, append([]string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}, argv...)...)
+	cmd.Dir = filepath.Join(f.dir, "agent")
+	cmd.Env = append(os.Environ(), append([]string{"HOME=" + cmd.Dir}, env...)...)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("%v: %v", argv, err)
+	}
+	return string(out), 0
+}
+
+// mkdirs makes directories of the fixture, open to the agent.
+func (f *sshFixture) mkdirs(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		p := filepath.Join(f.dir, n)
+		if err := os.MkdirAll(p, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, 0o777)
+	}
+}
+
+// TestSSHSFTP: sftp, scp over sftp and legacy scp through interlockd to a
+// real sshd, each operation decided on its path.
+func TestSSHSFTP(t *testing.T) {
+	f := startSSH(t)
+	f.mkdirs(t, "agent", "share", "upload", "other")
+	if err := os.WriteFile(filepath.Join(f.dir, "share", "notes.txt"), []byte("shared notes\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.dir, "agent", "report.txt"), []byte("agent report\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sftpBatch := func(batch string) (string, int) {
+		t.Helper()
+		b := filepath.Join(f.dir, "agent", "batch")
+		if err := os.WriteFile(b, []byte(batch), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f.agent(t, nil, "sftp", "-F", f.clientFF, "-P", strconv.Itoa(f.port), "-b", b, "127.0.0.1")
+	}
+	// Upload, download, list, rename and remove where the rules allow.
+	out, st := sftpBatch(fmt.Sprintf("put report.txt %[1]s/upload/report.txt\nrename %[1]s/upload/report.txt %[1]s/upload/r2.txt\nls %[1]s/share\nget %[1]s/share/notes.txt notes.txt\nmkdir %[1]s/upload/sub\nrmdir %[1]s/upload/sub\n", f.dir))
+	if st != 0 || !strings.Contains(out, "notes.txt") {
+		t.Fatalf("sftp batch: status %d\n%s\n%s", st, out, f.d.Logs())
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "upload", "r2.txt")); err != nil || string(b) != "agent report\n" {
+		t.Errorf("uploaded file: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "agent", "notes.txt")); err != nil || string(b) != "shared notes\n" {
+		t.Errorf("downloaded file: %q, %v", b, err)
+	}
+	// Each denied operation fails on its own, naming the rule.
+	for _, cmd := range []string{
+		fmt.Sprintf("put report.txt %s/other/report.txt", f.dir),
+		fmt.Sprintf("get %s/upload/r2.txt x.txt", f.dir), // write-only
+		fmt.Sprintf("rm %s/share/notes.txt", f.dir),      // read-only
+		fmt.Sprintf("rename %[1]s/upload/r2.txt %[1]s/other/r2.txt", f.dir),
+		"get /etc/shadow shadow",
+	} {
+		out, st := sftpBatch(cmd + "\n")
+		if st == 0 || !strings.Contains(out, `denied by policy rule "default-deny"`) {
+			t.Errorf("%s: status %d\n%s", cmd, st, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "other", "report.txt")); err == nil {
+		t.Error("a denied upload arrived")
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "share", "notes.txt")); err != nil {
+		t.Errorf("a denied remove removed: %v", err)
+	}
+
+	// scp: OpenSSH 9 runs it over sftp; -O is the legacy protocol, run as
+	// `scp -t PATH` on the server and decided as a write of PATH.
+	for _, legacy := range []bool{false, true} {
+		args := []string{"scp", "-F", f.clientFF, "-P", strconv.Itoa(f.port)}
+		if legacy {
+			args = append(args, "-O")
+		}
+		out, st := f.agent(t, nil, append(args, "report.txt", "127.0.0.1:"+f.dir+"/upload/")...)
+		if st != 0 {
+			t.Errorf("scp (legacy %v) to upload/: status %d\n%s", legacy, st, out)
+		}
+		out, st = f.agent(t, nil, append(args, "report.txt", "127.0.0.1:"+f.dir+"/other/")...)
+		if st == 0 || !strings.Contains(out, "denied by policy rule") {
+			t.Errorf("scp (legacy %v) to other/: status %d\n%s", legacy, st, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "upload", "report.txt")); err != nil {
+		t.Errorf("scp upload: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "other", "report.txt")); err == nil {
+		t.Error("a denied scp upload arrived")
+	}
+	// The denials are in the audit trail: one per refused batch and scp
+	// (a refused stat before a download counts too).
+	if n := strings.Count(f.d.Logs(), `"action":"deny","mode":"enforce","rule":"default-deny"`); n < 7 {
+		t.Errorf("%d sftp denials in the audit log, want 7 or more", n)
+	}
+}
+
+// TestSSHGit: git clone and push over SSH through interlockd to bare
+// repositories on a real sshd: fetch allowed from both, push to one.
+func TestSSHGit(t *testing.T) {
+	f := startSSH(t)
+	f.mkdirs(t, "agent", "repos/acme")
+	for _, name := range []string{"infra.git", "web.git"} {
+		repo := filepath.Join(f.dir, "repos", "acme", name)
+		if out, err := exec.Command("git", "init", "-q", "--bare", "-b", "main", repo).CombinedOutput(); err != nil {
+			t.Fatalf("git init: %v\n%s", err, out)
+		}
+	}
+	env := []string{"GIT_SSH_COMMAND=ssh -F " + f.clientFF, "GIT_AUTHOR_NAME=agent", "GIT_AUTHOR_EMAIL=agent@example.com",
+		"GIT_COMMITTER_NAME=agent", "GIT_COMMITTER_EMAIL=agent@example.com"}
+	url := func(name string) string {
+		return fmt.Sprintf("ssh://127.0.0.1:%d%s/repos/acme/%s", f.port, f.dir, name)
+	}
+	for _, name := range []string{"infra", "web"} {
+		if out, st := f.agent(t, env, "git", "clone", "-q", url(name+".git"), name); st != 0 {
+			t.Fatalf("git clone %s: status %d\n%s\n%s", name, st, out, f.d.Logs())
+		}
+		script := "cd " + name + " && echo hello > README && git add README && git commit -qm first && git push -q origin HEAD:main"
+		out, st := f.agent(t, env, "sh", "-c", script)
+		switch name {
+		case "infra":
+			if st != 0 {
+				t.Errorf("git push to infra: status %d\n%s", st, out)
+			}
+		case "web":
+			if st == 0 || !strings.Contains(out, `denied by policy rule "default-deny"`) {
+				t.Errorf("git push to web: status %d\n%s", st, out)
+			}
+		}
+	}
+	// The pushed commit is in infra; a fresh clone fetches it.
+	if out, st := f.agent(t, env, "git", "clone", "-q", url("infra.git"), "infra2"); st != 0 {
+		t.Fatalf("git clone infra again: status %d\n%s", st, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "agent", "infra2", "README")); err != nil || string(b) != "hello\n" {
+		t.Errorf("the pushed README: %q, %v", b, err)
+	}
+	if out, err := exec.Command("git", "-C", filepath.Join(f.dir, "repos", "acme", "web.git"), "rev-parse", "--verify", "-q", "main").CombinedOutput(); err == nil {
+		t.Errorf("the denied push reached web.git: %s", out)
+	}
+	if n := strings.Count(f.d.Logs(), `"action":"deny","mode":"enforce","rule":"default-deny"`); n != 1 {
+		t.Errorf("%d denials in the audit log, want the push to web.git alone", n)
 	}
 }
 

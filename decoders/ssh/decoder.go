@@ -383,6 +383,17 @@ func (c *conn) session(ctx context.Context, ch xssh.Channel, reqs <-chan *xssh.R
 			}
 			continue
 		case "exec", "shell":
+		case "subsystem":
+			if subsystem(r.Payload) != "sftp" {
+				c.refuseRequest(ctx, r)
+				continue
+			}
+			// Each sftp operation is decided on its own; the subsystem
+			// is only recorded.
+			c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgChannelRequest, Body: []byte("subsystem sftp"), Time: time.Now()})
+			go c.drainRequests(ctx, reqs)
+			c.serveSFTP(ctx, ch, r)
+			return
 		default:
 			c.refuseRequest(ctx, r)
 			continue
@@ -444,6 +455,23 @@ func resized(pty *xssh.Request, change []byte) *xssh.Request {
 	}
 	p.Cols, p.Rows, p.W, p.H = w.Cols, w.Rows, w.W, w.H
 	return &xssh.Request{Type: pty.Type, Payload: xssh.Marshal(&p)}
+}
+
+// subsystem returns the name a subsystem request asks for.
+func subsystem(payload []byte) string {
+	var name struct{ Name string }
+	if xssh.Unmarshal(payload, &name) != nil {
+		return ""
+	}
+	return name.Name
+}
+
+// drainRequests refuses a channel's further requests once it serves a
+// subsystem: a terminal or signal means nothing to one.
+func (c *conn) drainRequests(ctx context.Context, reqs <-chan *xssh.Request) {
+	for r := range reqs {
+		c.refuseRequest(ctx, r)
+	}
 }
 
 // refuseRequest records, decides (for the audit trail) and refuses a

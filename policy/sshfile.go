@@ -1,0 +1,218 @@
+package policy
+
+import (
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/interlock-dev/interlock/policy/sshcmd"
+)
+
+// The SSH requests on files and repositories, besides "exec" and "shell"
+// (Operation.SSH, DecideSSH's request). Args[0] is the path or repository.
+const (
+	// SFTPRead reads a file or lists a directory (sftp: read:).
+	SFTPRead = "sftp-read"
+	// SFTPWrite creates, writes, removes, renames, links or changes the
+	// attributes of a path (sftp: write:).
+	SFTPWrite = "sftp-write"
+	// SFTPStat reads a path's attributes: allowed where reading or writing
+	// is, since a client stats a directory before it writes into it.
+	SFTPStat = "sftp-stat"
+	// GitFetch is git-upload-pack (or git-upload-archive) on a repository
+	// (git_fetch:).
+	GitFetch = "git-fetch"
+	// GitPush is git-receive-pack on a repository (git_push:).
+	GitPush = "git-push"
+)
+
+// pathGlob is an sftp: path pattern: an absolute path.Match pattern, where
+// a final "/**" also matches the directory itself and everything under it.
+type pathGlob struct {
+	pattern string
+	// subtree is set for a final "/**"; pattern is then the directory.
+	subtree bool
+	depth   int // segments of pattern, for subtree
+}
+
+func (g pathGlob) match(p string) bool {
+	if !g.subtree {
+		ok, _ := path.Match(g.pattern, p)
+		return ok
+	}
+	if g.pattern == "/" {
+		return true
+	}
+	// The first depth segments of p must match the directory.
+	segs := strings.SplitN(p, "/", g.depth+2)
+	if len(segs) < g.depth+1 {
+		return false
+	}
+	ok, _ := path.Match(g.pattern, strings.Join(segs[:g.depth+1], "/"))
+	return ok
+}
+
+// sftpPaths compiles the path globs of an sftp: read: or write: list.
+func (c *compiler) sftpPaths(rule, key string, globs []string, pos Pos) []pathGlob {
+	var out []pathGlob
+	for _, g := range globs {
+		pg := pathGlob{pattern: g}
+		if base, ok := strings.CutSuffix(g, "/**"); ok {
+			pg.pattern, pg.subtree = base, true
+			if base == "" {
+				pg.pattern = "/"
+			}
+		}
+		if _, err := path.Match(pg.pattern, ""); err != nil || !path.IsAbs(pg.pattern) || path.Clean(pg.pattern) != pg.pattern || strings.Contains(pg.pattern, "**") {
+			c.errorf(pos, "rule %q: sftp %s path %q: want a clean absolute path glob (* within a name, a final /** for a whole tree)", rule, key, g)
+			continue
+		}
+		pg.depth = strings.Count(strings.TrimSuffix(pg.pattern, "/"), "/")
+		out = append(out, pg)
+	}
+	return out
+}
+
+// repoPatterns compiles git_fetch: or git_push: repository globs. A
+// repository is named as the git client sends it, without a leading "/"
+// ("acme/infra.git" for both host:acme/infra.git and ssh://host/acme/infra.git).
+func (c *compiler) repoPatterns(rule, key string, globs []string, pos Pos) []string {
+	var out []string
+	for _, g := range globs {
+		g = strings.TrimPrefix(g, "/")
+		if _, err := path.Match(g, ""); err != nil || g == "" {
+			c.errorf(pos, "rule %q: ssh %s repository %q: want a path glob", rule, key, g)
+			continue
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+func (m *sshMatch) matchesPath(op *Operation) bool {
+	if len(op.Args) != 1 {
+		return false
+	}
+	p := op.Args[0]
+	anyPath := func(globs []pathGlob) bool {
+		for _, g := range globs {
+			if g.match(p) {
+				return true
+			}
+		}
+		return false
+	}
+	anyRepo := func(globs []string) bool {
+		for _, g := range globs {
+			if ok, _ := path.Match(g, p); ok {
+				return true
+			}
+		}
+		return false
+	}
+	switch op.SSH {
+	case SFTPRead:
+		return anyPath(m.sftpRead)
+	case SFTPWrite:
+		return anyPath(m.sftpWrite)
+	case SFTPStat:
+		return anyPath(m.sftpRead) || anyPath(m.sftpWrite)
+	case GitFetch:
+		return anyRepo(m.gitFetch)
+	case GitPush:
+		return anyRepo(m.gitPush)
+	}
+	return false
+}
+
+// decideSFTP decides one sftp operation on p, which must be absolute and
+// clean: the decoder resolves the agent's relative paths.
+func (p *Policy) decideSFTP(ids *bitset, in *Input, file string) Decision {
+	if !path.IsAbs(file) || path.Clean(file) != file {
+		return Decision{Action: Deny, Rule: "sftp-path", Message: fmt.Sprintf("path %q is not absolute and clean", file)}
+	}
+	in.Op.Args = []string{file}
+	return p.decide(ids, in)
+}
+
+// decideFileCommand decides an exec line that is one command of git's or
+// legacy scp's, as the file or repository operation it is. ok is false for
+// any other line, which is decided as exec.
+func (p *Policy) decideFileCommand(ids *bitset, in *Input, cmds []sshcmd.Command) (Decision, bool) {
+	if len(cmds) != 1 || cmds[0].Undecidable != "" || len(cmds[0].Args) < 2 {
+		return Decision{}, false
+	}
+	args := cmds[0].Args
+	switch args[0] {
+	case "git-upload-pack", "git-upload-archive", "git-receive-pack":
+		if len(args) != 2 {
+			return Decision{}, false
+		}
+		in.Op.SSH = GitFetch
+		if args[0] == "git-receive-pack" {
+			in.Op.SSH = GitPush
+		}
+		in.Op.Args = []string{strings.TrimPrefix(args[1], "/")}
+		return p.decide(ids, in), true
+	case "scp":
+		return p.decideLegacySCP(ids, in, args[1:])
+	}
+	return Decision{}, false
+}
+
+// decideLegacySCP decides `scp -t PATH` (an upload: the client runs
+// `scp -O`, or an OpenSSH before 9) as a write of PATH and of a name in it,
+// which the client sends in-band, and `scp -f PATH` (a download) as a read
+// of PATH. Recursive copies (-r) name what they write in-band at any depth,
+// which no decision taken here could cover: they are refused, as are
+// relative paths, which the server resolves against a home directory the
+// policy does not know. Lines of other shapes are decided as exec.
+func (p *Policy) decideLegacySCP(ids *bitset, in *Input, args []string) (Decision, bool) {
+	var sink, source, recursive bool
+	for _, a := range args[:len(args)-1] {
+		if !strings.HasPrefix(a, "-") || len(a) < 2 {
+			return Decision{}, false
+		}
+		for _, f := range a[1:] {
+			switch f {
+			case 't':
+				sink = true
+			case 'f':
+				source = true
+			case 'r':
+				recursive = true
+			case 'd', 'p', 'v', 'q':
+			default:
+				return Decision{}, false
+			}
+		}
+	}
+	if sink == source {
+		return Decision{}, false
+	}
+	file := args[len(args)-1]
+	switch {
+	case recursive:
+		return Decision{Action: Deny, Rule: "scp-recursive", Message: "a recursive legacy scp names its files in-band; use scp without -O (sftp) or sftp"}, true
+	case !path.IsAbs(file):
+		return Decision{Action: Deny, Rule: "scp-relative-path", Message: fmt.Sprintf("legacy scp path %q is relative; give an absolute path, or use scp without -O (sftp)", file)}, true
+	}
+	dir := strings.HasSuffix(file, "/")
+	file = path.Clean(file)
+	if source {
+		in.Op.SSH = SFTPRead
+		return p.decideSFTP(ids, in, file), true
+	}
+	in.Op.SSH = SFTPWrite
+	// PATH is the file written, or a directory the client names the file
+	// in; a literal "*" stands for that name, so only a glob that allows
+	// any name in PATH matches it. A PATH ending in "/" is a directory.
+	d := p.decideSFTP(ids, in, path.Join(file, "*"))
+	if dir || d.Action == Deny {
+		return d, true
+	}
+	if self := p.decideSFTP(ids, in, file); precedence(self.Action) > precedence(d.Action) {
+		return self, true
+	}
+	return d, true
+}
