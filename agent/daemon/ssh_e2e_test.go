@@ -464,6 +464,43 @@ func TestSSHGit(t *testing.T) {
 	}
 }
 
+// TestSSHReplay: `interlock replay` prints an SSH session readably: the
+// command lines as prompts, their output, counts and exit statuses, the
+// decisions and denials, and sftp operations.
+func TestSSHReplay(t *testing.T) {
+	f := startSSH(t)
+	f.mkdirs(t, "agent", "upload")
+	os.WriteFile(filepath.Join(f.dir, "agent", "r.txt"), []byte("r\n"), 0o644)
+	if out, _, st := f.ssh(t, "", "127.0.0.1", "uname -s; rm -rf /srv/nothing"); st != 126 || out != "" {
+		t.Fatalf("denied line: status %d %q", st, out)
+	}
+	if out, _, st := f.ssh(t, "", "127.0.0.1", "uname -s"); st != 0 || out != "Linux\n" {
+		t.Fatalf("uname: status %d %q", st, out)
+	}
+	if out, st := f.agent(t, nil, "scp", "-F", f.clientFF, "-P", strconv.Itoa(f.port), "r.txt", "127.0.0.1:"+f.dir+"/upload/"); st != 0 {
+		t.Fatalf("scp: status %d\n%s", st, out)
+	}
+	var sessions []struct{ ID string }
+	waitFor(t, "three recorded sessions", func() bool {
+		out, _, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= 3
+	})
+	// Newest first: scp, uname, the denied line.
+	for i, want := range [][]string{
+		{"-> request subsystem sftp", "-> sftp open-write " + f.dir + "/upload/r.txt", "decision: allow by rule files", "exit-status 0"},
+		{"-> $ uname -s", "decision: allow by rule inspect", "<- | Linux", "<- stdin 0, stdout 6, stderr 0 bytes", "<- exit-status 0"},
+		{"-> $ uname -s; rm -rf /srv/nothing", `decision: deny by rule no-rm`, `<- interlock: denied by policy rule "no-rm"`, "<- exit-status 126"},
+	} {
+		out, stderr, err := f.d.CLI("replay", sessions[i].ID)
+		for _, w := range want {
+			if err != nil || !strings.Contains(out, w) {
+				t.Errorf("replay of session %d lacks %q: %v %s\n%s", i, w, err, stderr, out)
+				break
+			}
+		}
+	}
+}
+
 // TestSSHForwardingRefused: port and agent forwarding never reach the
 // server.
 func TestSSHForwardingRefused(t *testing.T) {
