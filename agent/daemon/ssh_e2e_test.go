@@ -28,24 +28,33 @@ import (
 // sshFixture is a real sshd on a loopback port that trusts the Vault test
 // server's SSH CA, and interlockd in front of it with an ssh target.
 type sshFixture struct {
-	d        *daemontest.Daemon
-	dir      string
-	port     int
-	sshdLog  *daemontest.Buffer
-	vaultCA  ssh.PublicKey
-	caFile   string // sshd's TrustedUserCAKeys
-	clientFF string // the agent's ssh_config
-	knownUp  string // interlockd's known_hosts for sshd
+	d       *daemontest.Daemon
+	dir     string
+	port    int
+	sshdLog *daemontest.Buffer
+	vaultCA ssh.PublicKey
+	// staticKey is the public half of the old-hosts source's key.
+	staticKey ssh.PublicKey
+	caFile    string // sshd's TrustedUserCAKeys
+	clientFF  string // the agent's ssh_config
+	knownUp   string // interlockd's known_hosts for sshd
 	// runs counts the ssh clients run, each one connection.
 	runs int
 }
 
-func startSSH(t *testing.T) *sshFixture { return startSSHWith(t, true) }
+func startSSH(t *testing.T) *sshFixture { return startSSHWith(t, vaultCredential) }
 
-// startSSHWith starts the fixture; without vaultCredential the target names
-// no credential, so interlockd logs in with its own SSH user CA, which
-// sshd then trusts too.
-func startSSHWith(t *testing.T, vaultCredential bool) *sshFixture {
+// The target's credential lines startSSHWith takes: Vault's SSH CA, and a
+// static key (sshd authorizes it for root in every fixture).
+const (
+	vaultCredential  = "    credential: {source: vault, kind: ssh, role: agents}"
+	staticCredential = "    credential: {source: old-hosts}"
+)
+
+// startSSHWith starts the fixture with the target's credential lines; with
+// none the target names no credential, so interlockd logs in with its own
+// SSH user CA, which sshd then trusts too.
+func startSSHWith(t *testing.T, credential string) *sshFixture {
 	testenv.Privileged(t)
 	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
 		testenv.Unavailable(t, "no sshd (apt-get install openssh-server): %v", err)
@@ -93,13 +102,23 @@ func startSSHWith(t *testing.T, vaultCredential bool) *sshFixture {
 	// Vault's role certifies interlock-agents; Interlock's user CA the
 	// login user itself.
 	principals := write("principals", "interlock-agents\nroot\n", 0o644)
+	// The static key of the old-hosts source, for hosts that trust no CA.
+	_, staticKey, _ := ed25519.GenerateKey(rand.Reader)
+	staticBlock, err := ssh.MarshalPrivateKey(staticKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	staticKeyFile := write("static_key", string(pem.EncodeToMemory(staticBlock)), 0o600)
+	staticSigner, _ := ssh.NewSignerFromKey(staticKey)
+	f.staticKey = staticSigner.PublicKey()
+	authorized := write("authorized_keys", string(ssh.MarshalAuthorizedKey(f.staticKey)), 0o644)
 	cfg := write("sshd_config", fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %s
 PidFile none
 TrustedUserCAKeys %s
 AuthorizedPrincipalsFile %s
-AuthorizedKeysFile none
+AuthorizedKeysFile %s
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -111,7 +130,7 @@ AllowTcpForwarding yes
 AllowAgentForwarding yes
 X11Forwarding no
 Subsystem sftp internal-sftp
-`, f.port, hostKeyFile, caFile, principals), 0o644)
+`, f.port, hostKeyFile, caFile, principals, authorized), 0o644)
 	// sshd refuses to start without its privilege separation directory,
 	// which the package's service would create.
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
@@ -133,10 +152,6 @@ Subsystem sftp internal-sftp
 
 	// interlockd verifies sshd's host key against this file.
 	f.knownUp = write("upstream_known_hosts", knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, hostSigner.PublicKey())+"\n", 0o644)
-	credential := "    credential: {source: vault, kind: ssh, role: agents}"
-	if !vaultCredential {
-		credential = ""
-	}
 	pol := write("policy.yaml", fmt.Sprintf(`version: 1
 identities: [{name: ci-bot}]
 targets:
@@ -177,7 +192,8 @@ rules:
     action: allow
 `, f.port, f.knownUp, credential, dir, dir, dir, dir, dir[1:], dir[1:]), 0o644)
 	token := write("token", vault.RootToken(), 0o600)
-	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n", vault.URL(), token), 0o600)
+	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n"+
+		"  static:\n    old-hosts: {private_key_file: %s}\n", vault.URL(), token, staticKeyFile), 0o600)
 	f.d = daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
 
 	// The agent's known_hosts: Interlock's @cert-authority line, and the
@@ -501,6 +517,28 @@ func TestSSHReplay(t *testing.T) {
 	}
 }
 
+// TestSSHStaticKey: a target whose credential is a static source's private
+// key logs in with that key, for hosts that trust no certificate authority;
+// the agent still holds nothing.
+func TestSSHStaticKey(t *testing.T) {
+	f := startSSHWith(t, staticCredential)
+	out, errOut, st := f.ssh(t, "", "127.0.0.1", "uname")
+	if st != 0 || out != "Linux\n" {
+		t.Fatalf("uname: status %d %q\n%s\n%s", st, out, errOut, f.d.Logs())
+	}
+	if _, errOut, st := f.ssh(t, "", "127.0.0.1", "rm -rf /tmp/x"); st != 126 || !strings.Contains(errOut, `"no-rm"`) {
+		t.Errorf("rm: status %d, stderr %q", st, errOut)
+	}
+	want := "Accepted publickey for root from 127.0.0.1 port "
+	fp := "ssh2: ED25519 " + ssh.FingerprintSHA256(f.staticKey)
+	if n := strings.Count(f.sshdLog.String(), fp); n != 2 || !strings.Contains(f.sshdLog.String(), want) {
+		t.Errorf("sshd accepted the static key %d times, want 2:\n%s", n, f.sshdLog.String())
+	}
+	if !strings.Contains(f.d.Logs(), `"source":"old-hosts"`) {
+		t.Errorf("no credential from old-hosts in the audit log")
+	}
+}
+
 // TestSSHForwardingRefused: port and agent forwarding never reach the
 // server.
 func TestSSHForwardingRefused(t *testing.T) {
@@ -604,7 +642,7 @@ func TestSSHUpstreamHostKeyMismatch(t *testing.T) {
 // user-ca` prints for the server's TrustedUserCAKeys), made for the
 // session's key and its login user.
 func TestSSHInterlockUserCA(t *testing.T) {
-	f := startSSHWith(t, false)
+	f := startSSHWith(t, "")
 	userCA, errOut, err := f.d.CLI("ssh", "user-ca")
 	if err != nil || !strings.HasPrefix(userCA, "ssh-ed25519 ") {
 		t.Fatalf("interlock ssh user-ca: %v %q %s", err, userCA, errOut)

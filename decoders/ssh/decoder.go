@@ -211,9 +211,9 @@ func (c *conn) loginUpstream(ctx context.Context, user string) error {
 	if err != nil {
 		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q could not be issued; try again later", s.Target), err)
 	}
-	certSigner, err := certificateSigner(cred.Certificate, signer)
+	certSigner, err := loginSigner(cred, signer)
 	if err != nil {
-		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q is not a certificate for the session's key", s.Target), err)
+		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q is neither a certificate for the session's key nor a private key", s.Target), err)
 	}
 	check, err := knownhosts.New(c.t.KnownHosts)
 	if err != nil {
@@ -263,6 +263,16 @@ func (c *conn) dial(ctx context.Context, cfg *xssh.ClientConfig) (*xssh.Client, 
 	}
 	nc.SetDeadline(time.Time{})
 	return xssh.NewClient(cc, chans, reqs), nil
+}
+
+// loginSigner is what logs in upstream: the session's key under the
+// credential's certificate, or a static private key for hosts that trust no
+// certificate authority.
+func loginSigner(cred protocol.Credential, key xssh.Signer) (xssh.Signer, error) {
+	if len(cred.PrivateKey) > 0 {
+		return xssh.ParsePrivateKey(cred.PrivateKey)
+	}
+	return certificateSigner(cred.Certificate, key)
 }
 
 // certificateSigner signs with key under the certificate cert (authorized
