@@ -161,12 +161,12 @@ func (p *Policy) decideFileCommand(ids *bitset, in *Input, cmds []sshcmd.Command
 }
 
 // decideLegacySCP decides `scp -t PATH` (an upload: the client runs
-// `scp -O`, or an OpenSSH before 9) as a write of PATH and of a name in it,
-// which the client sends in-band, and `scp -f PATH` (a download) as a read
-// of PATH. Recursive copies (-r) name what they write in-band at any depth,
-// which no decision taken here could cover: they are refused, as are
-// relative paths, which the server resolves against a home directory the
-// policy does not know. Lines of other shapes are decided as exec.
+// `scp -O`, or an OpenSSH before 9) as a write of PATH and of any name in
+// it, since the client sends the name in-band (decideAnyChild), and
+// `scp -f PATH` (a download) as a read of PATH. Recursive copies (-r) name
+// what they write in-band at any depth: they are refused, as are relative
+// paths, which the server resolves against a home directory the policy does
+// not know. Lines of other shapes are decided as exec.
 func (p *Policy) decideLegacySCP(ids *bitset, in *Input, args []string) (Decision, bool) {
 	var sink, source, recursive bool
 	for _, a := range args[:len(args)-1] {
@@ -205,9 +205,9 @@ func (p *Policy) decideLegacySCP(ids *bitset, in *Input, args []string) (Decisio
 	}
 	in.Op.SSH = SFTPWrite
 	// PATH is the file written, or a directory the client names the file
-	// in; a literal "*" stands for that name, so only a glob that allows
-	// any name in PATH matches it. A PATH ending in "/" is a directory.
-	d := p.decideSFTP(ids, in, path.Join(file, "*"))
+	// in: the name could be any, so the write must be allowed for every
+	// name in PATH. A PATH ending in "/" is a directory.
+	d := p.decideAnyChild(ids, in, file)
 	if dir || d.Action == Deny {
 		return d, true
 	}
@@ -215,4 +215,72 @@ func (p *Policy) decideLegacySCP(ids *bitset, in *Input, args []string) (Decisio
 		return self, true
 	}
 	return d, true
+}
+
+// decideAnyChild decides a write of a name in dir that is not known yet
+// (legacy scp's in-band file name) as the strictest decision any name
+// could get: the first rule that covers every name decides, unless an
+// earlier rule that is not a plain allow could match some name.
+func (p *Policy) decideAnyChild(ids *bitset, in *Input, dir string) Decision {
+	if !path.IsAbs(dir) || path.Clean(dir) != dir {
+		return Decision{Action: Deny, Rule: "sftp-path", Message: fmt.Sprintf("path %q is not absolute and clean", dir)}
+	}
+	proto := in.Protocol
+	if proto == "" && in.Target != nil {
+		proto = in.Target.Protocol
+	}
+	for _, r := range p.rules {
+		if !r.matchesCaller(ids, in, proto) {
+			continue
+		}
+		if r.any {
+			return r.decision
+		}
+		if r.kind != OpSSH || r.ssh == nil {
+			continue
+		}
+		every, some := false, false
+		for _, g := range r.ssh.sftpWrite {
+			every = every || g.coversChildren(dir)
+			some = some || g.matchesAChild(dir)
+		}
+		if every || some && r.decision.Action != Allow {
+			return r.decision
+		}
+	}
+	return defaultDeny
+}
+
+// segments counts the names of a clean absolute path ("/" has none).
+func segments(p string) int {
+	if p == "/" {
+		return 0
+	}
+	return strings.Count(p, "/")
+}
+
+// coversChildren reports whether g matches every name directly in dir.
+func (g pathGlob) coversChildren(dir string) bool {
+	n := segments(dir)
+	switch {
+	case g.subtree && n >= g.depth:
+		return g.match(dir)
+	case g.subtree && n+1 == g.depth, !g.subtree && n+1 == segments(g.pattern):
+		ok, _ := path.Match(path.Dir(g.pattern), dir)
+		return ok && path.Base(g.pattern) == "*"
+	}
+	return false
+}
+
+// matchesAChild reports whether g matches some name directly in dir.
+func (g pathGlob) matchesAChild(dir string) bool {
+	n := segments(dir)
+	switch {
+	case g.subtree && n >= g.depth:
+		return g.match(dir)
+	case g.subtree && n+1 == g.depth, !g.subtree && n+1 == segments(g.pattern):
+		ok, _ := path.Match(path.Dir(g.pattern), dir)
+		return ok
+	}
+	return false
 }

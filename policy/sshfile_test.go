@@ -14,6 +14,10 @@ targets:
     port: 22
     known_hosts: /etc/interlock/known_hosts
 rules:
+  - name: no-keys
+    target: web-1
+    ssh: {sftp: {write: ["/srv/upload/*.key"]}}
+    action: deny
   - name: no-secrets
     target: web-1
     ssh: {sftp: {read: ["/srv/share/secret/**"]}}
@@ -60,9 +64,13 @@ func TestDecideSSHFiles(t *testing.T) {
 		{"exec", "git-receive-pack 'acme/infra.git'", Allow, "repos"},
 		{"exec", "git-receive-pack 'acme/web.git'", Deny, "default-deny"},
 		{"exec", "git-receive-pack 'acme/infra.git'; rm -rf /", Deny, "default-deny"},
-		{"exec", "scp -t /srv/upload/", Allow, "files"},
+		{SFTPWrite, "/srv/upload/a.key", Deny, "no-keys"},
+		{"exec", "scp -t /srv/upload/", Deny, "no-keys"},      // the name sent could be a.key
+		{"exec", "scp -t /srv/upload/x/", Allow, "files"},     // no-keys names nothing in x/
+		{"exec", "scp -t /srv/upload/a.key", Deny, "no-keys"}, // PATH may be the file
 		{"exec", "scp -t /srv/upload/a.bin", Allow, "files"},
 		{"exec", "scp -t /etc/", Deny, "default-deny"},
+		{"exec", "scp -t /tmp/", Deny, "default-deny"},      // /tmp/*.txt allows some names only
 		{"exec", "scp -t /tmp/a.txt", Deny, "default-deny"}, // it may be a directory: /tmp/a.txt/* is not allowed
 		{"exec", "scp -f /var/log/app/app.log", Allow, "files"},
 		{"exec", "scp -f /etc/shadow", Deny, "default-deny"},
