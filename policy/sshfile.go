@@ -135,8 +135,8 @@ func (p *Policy) decideSFTP(ids *bitset, in *Input, file string) Decision {
 	return p.decide(ids, in)
 }
 
-// decideFileCommand decides an exec line that is one command of git's or
-// legacy scp's, as the file or repository operation it is. ok is false for
+// decideFileCommand decides an exec line that is one command of git's,
+// legacy scp's or rsync's, as the file or repository operation it is. ok is false for
 // any other line, which is decided as exec.
 func (p *Policy) decideFileCommand(ids *bitset, in *Input, cmds []sshcmd.Command) (Decision, bool) {
 	if len(cmds) != 1 || cmds[0].Undecidable != "" || len(cmds[0].Args) < 2 {
@@ -156,6 +156,8 @@ func (p *Policy) decideFileCommand(ids *bitset, in *Input, cmds []sshcmd.Command
 		return p.decide(ids, in), true
 	case "scp":
 		return p.decideLegacySCP(ids, in, args[1:])
+	case "rsync":
+		return p.decideRsync(ids, in, args[1:])
 	}
 	return Decision{}, false
 }
@@ -219,11 +221,20 @@ func (p *Policy) decideLegacySCP(ids *bitset, in *Input, args []string) (Decisio
 
 // decideAnyChild decides a write of a name in dir that is not known yet
 // (legacy scp's in-band file name) as the strictest decision any name
-// could get: the first rule that covers every name decides, unless an
-// earlier rule that is not a plain allow could match some name.
+// could get (decideCovering).
 func (p *Policy) decideAnyChild(ids *bitset, in *Input, dir string) Decision {
-	if !path.IsAbs(dir) || path.Clean(dir) != dir {
-		return Decision{Action: Deny, Rule: "sftp-path", Message: fmt.Sprintf("path %q is not absolute and clean", dir)}
+	return p.decideCovering(ids, in, dir, func(m *sshMatch) []pathGlob { return m.sftpWrite },
+		pathGlob.coversChildren, pathGlob.matchesAChild)
+}
+
+// decideCovering decides an operation on paths not known yet, all of them
+// related to root (every name in it, everything under it), as the
+// strictest decision any of them could get: the first rule with a glob
+// that covers every such path decides, unless an earlier rule that is not
+// a plain allow has a glob that could match one of them.
+func (p *Policy) decideCovering(ids *bitset, in *Input, root string, globs func(*sshMatch) []pathGlob, every, some func(pathGlob, string) bool) Decision {
+	if !path.IsAbs(root) || path.Clean(root) != root {
+		return Decision{Action: Deny, Rule: "sftp-path", Message: fmt.Sprintf("path %q is not absolute and clean", root)}
 	}
 	proto := in.Protocol
 	if proto == "" && in.Target != nil {
@@ -239,12 +250,12 @@ func (p *Policy) decideAnyChild(ids *bitset, in *Input, dir string) Decision {
 		if r.kind != OpSSH || r.ssh == nil {
 			continue
 		}
-		every, some := false, false
-		for _, g := range r.ssh.sftpWrite {
-			every = every || g.coversChildren(dir)
-			some = some || g.matchesAChild(dir)
+		all, any := false, false
+		for _, g := range globs(r.ssh) {
+			all = all || every(g, root)
+			any = any || some(g, root)
 		}
-		if every || some && r.decision.Action != Allow {
+		if all || any && r.decision.Action != Allow {
 			return r.decision
 		}
 	}
@@ -283,4 +294,93 @@ func (g pathGlob) matchesAChild(dir string) bool {
 		return ok
 	}
 	return false
+}
+
+// coversTree reports whether g matches root and everything under it.
+func (g pathGlob) coversTree(root string) bool {
+	return g.subtree && segments(root) >= g.depth && g.match(root)
+}
+
+// matchesInTree reports whether g matches root or something under it.
+func (g pathGlob) matchesInTree(root string) bool {
+	n, depth := segments(root), segments(g.pattern)
+	if g.subtree {
+		depth = g.depth
+	}
+	if !g.subtree && depth < n {
+		return false
+	}
+	// Compare the shorter of the two, name by name.
+	k := min(n, depth)
+	ok, _ := path.Match(firstNames(g.pattern, k), firstNames(root, k))
+	return ok
+}
+
+// firstNames returns the first k names of a clean absolute path, as a path.
+func firstNames(p string, k int) string {
+	if k == 0 {
+		return "/"
+	}
+	segs := strings.SplitN(p, "/", k+2)
+	return strings.Join(segs[:k+1], "/")
+}
+
+// rsyncOptions are the long options an rsync server may be given that act
+// only within the paths decided; any other (--log-file, --temp-dir,
+// --backup-dir, --remove-source-files, ...) reaches elsewhere, and the line
+// is refused.
+var rsyncOptions = map[string]bool{
+	"--delete": true, "--delete-before": true, "--delete-during": true, "--delete-delay": true,
+	"--delete-after": true, "--partial": true, "--inplace": true, "--append": true,
+	"--numeric-ids": true, "--safe-links": true, "--size-only": true, "--ignore-times": true,
+	"--existing": true, "--ignore-existing": true, "--mkpath": true, "--force": true,
+}
+
+// decideRsync decides `rsync --server ...`, what `rsync -e ssh` runs on the
+// server: as a sender (a download) a read of every path named and
+// everything under it; as a receiver (an upload) a write of the destination
+// and everything under it, since the file names travel in rsync's own
+// protocol. Relative paths and options that act outside the paths are
+// refused. Lines of other shapes are decided as exec.
+func (p *Policy) decideRsync(ids *bitset, in *Input, args []string) (Decision, bool) {
+	if args[0] != "--server" {
+		return Decision{}, false
+	}
+	sender, i := false, 1
+	for ; i < len(args) && args[i] != "."; i++ {
+		switch a := args[i]; {
+		case a == "--sender":
+			sender = true
+		case strings.HasPrefix(a, "--"):
+			if !rsyncOptions[a] {
+				return Decision{Action: Deny, Rule: "rsync-option", Message: fmt.Sprintf("rsync option %s acts outside the paths decided", a)}, true
+			}
+		case !strings.HasPrefix(a, "-"):
+			return Decision{}, false
+		}
+	}
+	paths := args[min(i+1, len(args)):]
+	if i == len(args) || len(paths) == 0 || !sender && len(paths) != 1 {
+		return Decision{}, false
+	}
+	in.Op.SSH = SFTPWrite
+	globs := func(m *sshMatch) []pathGlob { return m.sftpWrite }
+	if sender {
+		in.Op.SSH = SFTPRead
+		globs = func(m *sshMatch) []pathGlob { return m.sftpRead }
+	}
+	var best Decision
+	for i, f := range paths {
+		if !path.IsAbs(f) {
+			return Decision{Action: Deny, Rule: "rsync-relative-path", Message: fmt.Sprintf("rsync path %q is relative; give an absolute path", f)}, true
+		}
+		d := p.decideCovering(ids, in, path.Clean(f), globs, pathGlob.coversTree, pathGlob.matchesInTree)
+		if i == 0 || precedence(d.Action) > precedence(best.Action) {
+			best = d
+		}
+		if d.Action == Deny {
+			break
+		}
+	}
+	return best, true
 }

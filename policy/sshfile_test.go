@@ -76,6 +76,16 @@ func TestDecideSSHFiles(t *testing.T) {
 		{"exec", "scp -f /etc/shadow", Deny, "default-deny"},
 		{"exec", "scp -r -t /srv/upload", Deny, "scp-recursive"},
 		{"exec", "scp -t .", Deny, "scp-relative-path"},
+		{"exec", "rsync --server -vlogDtpre.iLsfxCIvu . /srv/upload/", Deny, "no-keys"}, // it could write /srv/upload/x.key
+		{"exec", "rsync --server -vlogDtpre.iLsfxCIvu --delete . /srv/upload/site", Allow, "files"},
+		{"exec", "rsync --server -vlogDtpre.iLsfxCIvu . /srv/", Deny, "no-keys"}, // /srv/upload/x.key is under /srv
+		{"exec", "rsync --server -vlogDtpre.iLsfxCIvu . /tmp/", Deny, "default-deny"},
+		{"exec", "rsync --server --sender -vlogDtpre.iLsfxCIvu . /srv/share/docs", Allow, "files"},
+		{"exec", "rsync --server --sender -vlogDtpre.iLsfxCIvu . /srv/share", Deny, "no-secrets"},      // secret/ is under it
+		{"exec", "rsync --server --sender -vlogDtpre.iLsfxCIvu . /var/log/app/", Deny, "default-deny"}, // only its files, not a tree
+		{"exec", "rsync --server --sender --remove-source-files -vlogDtpre.iLsfxCIvu . /srv/share/docs", Deny, "rsync-option"},
+		{"exec", "rsync --server -vlogDtpre.iLsfxCIvu --log-file=/etc/cron.d/x . /srv/upload/", Deny, "rsync-option"},
+		{"exec", "rsync --server -vlogDtpre.iLsfxCIvu . upload", Deny, "rsync-relative-path"},
 	} {
 		d := p.DecideSSH(ci, web, c.req, c.line)
 		if d.Action != c.action || d.Rule != c.rule {

@@ -422,6 +422,25 @@ func TestSSHSFTP(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(f.dir, "upload", "report.txt")); err != nil {
 		t.Errorf("scp upload: %v", err)
 	}
+
+	// rsync -e ssh runs `rsync --server` on the server: an upload is a
+	// write of its destination tree, a download a read of its source's.
+	rsh := fmt.Sprintf("ssh -F %s -p %d", f.clientFF, f.port)
+	if out, st := f.agent(t, nil, "rsync", "-a", "-e", rsh, "report.txt", "127.0.0.1:"+f.dir+"/upload/site/"); st != 0 {
+		t.Errorf("rsync to upload/site/: status %d\n%s", st, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "upload", "site", "report.txt")); err != nil || string(b) != "agent report\n" {
+		t.Errorf("rsync upload: %q, %v", b, err)
+	}
+	if out, st := f.agent(t, nil, "rsync", "-a", "-e", rsh, "127.0.0.1:"+f.dir+"/share/", "fetched/"); st != 0 {
+		t.Errorf("rsync from share/: status %d\n%s", st, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "agent", "fetched", "notes.txt")); err != nil || string(b) != "shared notes\n" {
+		t.Errorf("rsync download: %q, %v", b, err)
+	}
+	if out, st := f.agent(t, nil, "rsync", "-a", "-e", rsh, "report.txt", "127.0.0.1:"+f.dir+"/other/"); st == 0 || !strings.Contains(out, `denied by policy rule "default-deny"`) {
+		t.Errorf("rsync to other/: status %d\n%s", st, out)
+	}
 	if _, err := os.Stat(filepath.Join(f.dir, "other", "report.txt")); err == nil {
 		t.Error("a denied scp upload arrived")
 	}
