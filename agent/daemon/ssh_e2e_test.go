@@ -190,6 +190,11 @@ rules:
     target: web-1
     ssh: {git_fetch: ["%s/repos/acme/*"], git_push: ["%s/repos/acme/infra.git"]}
     action: allow
+  - name: shell
+    identity: ci-bot
+    target: web-1
+    ssh: {shell: true}
+    action: allow
 `, f.port, f.knownUp, credential, dir, dir, dir, dir, dir[1:], dir[1:]), 0o644)
 	token := write("token", vault.RootToken(), 0o600)
 	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n"+
@@ -555,6 +560,35 @@ func TestSSHStaticKey(t *testing.T) {
 	}
 	if !strings.Contains(f.d.Logs(), `"source":"old-hosts"`) {
 		t.Errorf("no credential from old-hosts in the audit log")
+	}
+}
+
+// TestSSHShellReplay: an interactive shell on a pseudo-terminal, allowed
+// as a whole, is recorded and replayed with what the agent typed and saw.
+func TestSSHShellReplay(t *testing.T) {
+	f := startSSH(t)
+	f.mkdirs(t, "agent")
+	// -tt: a terminal although stdin is not one; the shell reads the
+	// lines as typed.
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := f.d.Command(ctx, "exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"ssh", "-tt", "-F", f.clientFF, "-p", strconv.Itoa(f.port), "127.0.0.1")
+	cmd.Stdin = strings.NewReader("echo interlock-$((6*7))\nexit\n")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "interlock-42") {
+		t.Fatalf("ssh -tt: %v\n%s\n%s", err, out, f.d.Logs())
+	}
+	var sessions []struct{ ID string }
+	waitFor(t, "the recorded session", func() bool {
+		out, _, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= 1
+	})
+	replay, stderr, err := f.d.CLI("replay", sessions[0].ID)
+	for _, w := range []string{"-> request shell", "decision: allow by rule shell", "-> stdin echo interlock-$((6*7))", "interlock-42\n"} {
+		if err != nil || !strings.Contains(replay, w) {
+			t.Errorf("replay lacks %q: %v %s\n%s", w, err, stderr, replay)
+			break
+		}
 	}
 }
 

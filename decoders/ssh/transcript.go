@@ -72,7 +72,8 @@ func (t *Transcript) output(typ byte, text string) []string {
 	ls := strings.Split(t.partial[typ]+text, "\n")
 	t.partial[typ] = ls[len(ls)-1]
 	for _, l := range ls[:len(ls)-1] {
-		out = t.line(out, typ, mark, l)
+		// A terminal's lines end in CR LF.
+		out = t.line(out, typ, mark, strings.TrimSuffix(l, "\r"))
 	}
 	return out
 }

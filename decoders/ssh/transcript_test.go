@@ -49,7 +49,7 @@ func TestTranscript(t *testing.T) {
 
 func TestTranscriptEscapes(t *testing.T) {
 	var tr Transcript
-	got := tr.Describe(false, MsgStdout, []byte("\x1b]0;pwned\x07ok \"quoted\"\n"))
+	got := tr.Describe(false, MsgStdout, []byte("\x1b]0;pwned\x07ok \"quoted\"\r\n"))
 	if len(got) != 1 || got[0] != `| \x1b]0;pwned\aok "quoted"` {
 		t.Errorf("got %q", got)
 	}
