@@ -47,5 +47,6 @@
 //	'x' server  how a command ended: "exit-status N" or "exit-signal NAME"
 //
 // The package is pure: it never logs, never touches the kernel and holds
-// no secret beyond the session's key pair, which never leaves its memory.
+// no secret beyond the session's key pair (or a static key the credential
+// hands it), which never leaves its memory.
 package ssh
