@@ -584,11 +584,39 @@ func TestSSHShellReplay(t *testing.T) {
 		return err == nil && json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= 1
 	})
 	replay, stderr, err := f.d.CLI("replay", sessions[0].ID)
-	for _, w := range []string{"-> request shell", "decision: allow by rule shell", "-> stdin echo interlock-$((6*7))", "interlock-42\n"} {
+	for _, w := range []string{"-> request pty-req", "-> request shell", "decision: allow by rule shell", "-> stdin echo interlock-$((6*7))", "interlock-42\n"} {
 		if err != nil || !strings.Contains(replay, w) {
 			t.Errorf("replay lacks %q: %v %s\n%s", w, err, stderr, replay)
 			break
 		}
+	}
+
+	// The same session as an asciicast v2 file: a header, then events.
+	cast := filepath.Join(t.TempDir(), "s.cast")
+	if out, stderr, err := f.d.CLI("export", sessions[0].ID, "--asciicast", cast); err != nil {
+		t.Fatalf("export --asciicast: %v %s %s", err, out, stderr)
+	}
+	data, err := os.ReadFile(cast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	var h struct{ Version, Width, Height int }
+	if err := json.Unmarshal([]byte(lines[0]), &h); err != nil || h.Version != 2 || h.Width <= 0 || h.Height <= 0 {
+		t.Fatalf("asciicast header %s: %v", lines[0], err)
+	}
+	output := ""
+	for _, l := range lines[1:] {
+		var ev []any
+		if err := json.Unmarshal([]byte(l), &ev); err != nil || len(ev) != 3 {
+			t.Fatalf("asciicast event %s: %v", l, err)
+		}
+		if ev[1] == "o" {
+			output += ev[2].(string)
+		}
+	}
+	if !strings.Contains(output, "interlock-42") {
+		t.Errorf("the asciicast's output lacks the command's:\n%s", data)
 	}
 }
 

@@ -383,8 +383,10 @@ func (c *conn) session(ctx context.Context, ch xssh.Channel, reqs <-chan *xssh.R
 		switch r.Type {
 		case "pty-req":
 			// The terminal of the command decided next: it goes upstream
-			// with it, if that is allowed.
+			// with it, if that is allowed. Recorded with its size, which
+			// an asciicast of the session needs.
 			pty = r
+			c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgChannelRequest, Body: []byte(ptyBody(r.Payload)), Time: time.Now()})
 			r.Reply(true, nil)
 			continue
 		case "window-change":
@@ -450,6 +452,20 @@ func waitApproval(ctx context.Context, v protocol.Verdict) protocol.Verdict {
 		}
 	}
 	return protocol.Verdict{Action: protocol.Deny, Rule: v.Rule, Message: "not approved"}
+}
+
+// ptyBody is how the recording holds a pty request: "pty-req TERM
+// COLSxROWS".
+func ptyBody(payload []byte) string {
+	var p struct {
+		Term             string
+		Cols, Rows, W, H uint32
+		Modes            string
+	}
+	if xssh.Unmarshal(payload, &p) != nil {
+		return "pty-req"
+	}
+	return fmt.Sprintf("pty-req %s %dx%d", p.Term, p.Cols, p.Rows)
 }
 
 // resized returns the pty request with the size of a window-change.

@@ -35,7 +35,7 @@
 //
 //	'o' agent   a channel open: its type, and host:port for forwarding
 //	'q' agent   a channel request: its type, then the command line,
-//	            subsystem or variable name
+//	            subsystem or variable name ("pty-req TERM COLSxROWS")
 //	'g' agent   a global request (tcpip-forward, ...): its type
 //	'f' agent   an sftp operation and its paths: "open-read /p",
 //	            "open-write /p", "rename /a -> /b", "list /d", ...
