@@ -361,6 +361,9 @@ func (f *sshFixture) mkdirs(t *testing.T, names ...string) {
 // TestSSHSFTP: sftp, scp over sftp and legacy scp through interlockd to a
 // real sshd, each operation decided on its path.
 func TestSSHSFTP(t *testing.T) {
+	if _, err := exec.LookPath("rsync"); err != nil {
+		testenv.Unavailable(t, "rsync not installed (apt-get install rsync)")
+	}
 	f := startSSH(t)
 	f.mkdirs(t, "agent", "share", "upload", "other")
 	if err := os.WriteFile(filepath.Join(f.dir, "share", "notes.txt"), []byte("shared notes\n"), 0o644); err != nil {
