@@ -58,14 +58,18 @@ type rule struct {
 }
 
 type sshMatch struct {
-	exec  []sshcmd.Pattern
-	shell bool
+	exec                []sshcmd.Pattern
+	shell               bool
+	sftpRead, sftpWrite []pathGlob
+	gitFetch, gitPush   []string
 }
 
 func (m *sshMatch) matches(op *Operation) bool {
 	switch op.SSH {
 	case "shell":
 		return m.shell
+	case SFTPRead, SFTPWrite, SFTPStat, GitFetch, GitPush:
+		return m.matchesPath(op)
 	case "exec":
 		for _, p := range m.exec {
 			if p.Match(op.Args) {
@@ -552,6 +556,8 @@ func (p *Policy) decideSSH(ids *bitset, s *Subject, t *Target, request, line str
 	switch request {
 	case "shell":
 		return p.decide(ids, &in)
+	case SFTPRead, SFTPWrite, SFTPStat:
+		return p.decideSFTP(ids, &in, line)
 	case "exec":
 	default:
 		return Decision{Action: Deny, Rule: "unsupported-operation", Message: "interlock cannot decide ssh " + request + " requests"}
@@ -562,6 +568,9 @@ func (p *Policy) decideSSH(ids *bitset, s *Subject, t *Target, request, line str
 	}
 	if len(cmds) == 0 {
 		return Decision{Action: Deny, Rule: "empty-command", Message: "the command line runs no command"}
+	}
+	if d, ok := p.decideFileCommand(ids, &in, cmds); ok {
+		return d
 	}
 	var best Decision
 	for i, c := range cmds {

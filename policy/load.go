@@ -155,8 +155,18 @@ type rawCmdOp struct {
 }
 
 type rawSSHOp struct {
-	Exec  []string `yaml:"exec"`
-	Shell bool     `yaml:"shell"`
+	Exec     []string   `yaml:"exec"`
+	Shell    bool       `yaml:"shell"`
+	SFTP     *rawSFTPOp `yaml:"sftp"`
+	GitFetch []string   `yaml:"git_fetch"`
+	GitPush  []string   `yaml:"git_push"`
+	Pos      Pos
+	Keys     keyPos
+}
+
+type rawSFTPOp struct {
+	Read  []string `yaml:"read"`
+	Write []string `yaml:"write"`
 	Pos   Pos
 	Keys  keyPos
 }
@@ -965,8 +975,17 @@ func (c *compiler) sshMatch(rule string, r *rawSSHOp) *sshMatch {
 		}
 		m.exec = append(m.exec, p)
 	}
-	if len(r.Exec) == 0 && !r.Shell {
-		c.errorf(r.Pos, "rule %q: ssh needs exec: [patterns] or shell: true", rule)
+	if r.SFTP != nil {
+		m.sftpRead = c.sftpPaths(rule, "read", r.SFTP.Read, r.SFTP.Keys.at("read", r.SFTP.Pos))
+		m.sftpWrite = c.sftpPaths(rule, "write", r.SFTP.Write, r.SFTP.Keys.at("write", r.SFTP.Pos))
+		if len(r.SFTP.Read)+len(r.SFTP.Write) == 0 {
+			c.errorf(r.SFTP.Pos, "rule %q: sftp needs read: or write: [path globs]", rule)
+		}
+	}
+	m.gitFetch = c.repoPatterns(rule, "git_fetch", r.GitFetch, r.Keys.at("git_fetch", r.Pos))
+	m.gitPush = c.repoPatterns(rule, "git_push", r.GitPush, r.Keys.at("git_push", r.Pos))
+	if len(r.Exec) == 0 && !r.Shell && r.SFTP == nil && len(r.GitFetch)+len(r.GitPush) == 0 {
+		c.errorf(r.Pos, "rule %q: ssh needs exec: [patterns], shell: true, sftp: {read, write}, git_fetch: or git_push: [repositories]", rule)
 	}
 	return m
 }

@@ -98,10 +98,10 @@ func TestSSHPolicyErrors(t *testing.T) {
 		{"targets:\n  - {name: box, protocol: ssh, addresses: [10.0.0.1], known_hosts: /kh, hosts: [\"a b\"]}\n", `hosts entry "a b" is not a host name`},
 		{"targets:\n  - {name: db, protocol: postgres, addresses: [10.0.0.1], user: x}\n", `target "db": user is only for ssh targets`},
 		{"targets:\n  - {name: db, protocol: postgres, addresses: [10.0.0.1], hosts: [db]}\n", `target "db": hosts is only for ssh targets`},
-		{"rules:\n  - {name: r, ssh: {}, action: allow}\n", `rule "r": ssh needs exec: [patterns] or shell: true`},
+		{"rules:\n  - {name: r, ssh: {}, action: allow}\n", `rule "r": ssh needs exec: [patterns], shell: true, sftp: {read, write}, git_fetch: or git_push: [repositories]`},
 		{"rules:\n  - {name: r, ssh: {exec: [\"uname; rm\"]}, action: allow}\n", `rule "r": ssh exec pattern "uname; rm": a pattern is one simple command`},
 		{"rules:\n  - {name: r, ssh: {exec: [\"cat $(x)\"]}, action: allow}\n", `a pattern holds no command substitution`},
-		{"rules:\n  - {name: r, ssh: {command: [uptime]}, action: allow}\n", `unknown key "command" (known: exec, shell)`},
+		{"rules:\n  - {name: r, ssh: {command: [uptime]}, action: allow}\n", `unknown key "command" (known: exec, git_fetch, git_push, sftp, shell)`},
 	}
 	for _, c := range cases {
 		_, err := load("test.yaml", c.src, fakeResolver{})

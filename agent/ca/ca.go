@@ -64,8 +64,13 @@ type Config struct {
 	Dir string
 	// PublicCert, when set, is a file the authority keeps holding its
 	// certificate alone (mode 0644), for clients to trust: `interlock exec`
-	// points PGSSLROOTCERT at it.
+	// points PGSSLROOTCERT and NODE_EXTRA_CA_CERTS at it.
 	PublicCert string
+	// PublicBundle, when set, is a file (mode 0644) in the same directory
+	// holding the system roots followed by the certificate, rewritten with
+	// it: `interlock exec` points SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+	// CURL_CA_BUNDLE and GIT_SSL_CAINFO at it.
+	PublicBundle string
 	// CacheSize bounds the leaf certificates kept (DefaultCacheSize if 0).
 	CacheSize int
 	// Subject names the authority in new certificates (e.g. the host name),
@@ -235,7 +240,8 @@ func newGeneration(cfg Config) (*generation, error) {
 		leaves: newLeafCache(cfg.CacheSize)}, nil
 }
 
-// publish writes the certificate alone where clients read it.
+// publish writes the certificate alone, and the bundle, where clients read
+// them.
 func (a *Authority) publish(g *generation) error {
 	if a.cfg.PublicCert == "" {
 		return nil
@@ -253,6 +259,16 @@ func (a *Authority) publish(g *generation) error {
 	}
 	if err := writeFile(a.cfg.PublicCert, g.certPEM, 0o644); err != nil {
 		return fmt.Errorf("publish ca certificate: %w", err)
+	}
+	if a.cfg.PublicBundle == "" {
+		return nil
+	}
+	b, err := bundle(g.certPEM)
+	if err != nil {
+		return err
+	}
+	if err := writeFile(a.cfg.PublicBundle, b, 0o644); err != nil {
+		return fmt.Errorf("publish ca bundle: %w", err)
 	}
 	return nil
 }
@@ -292,6 +308,10 @@ func (a *Authority) Certificate() *x509.Certificate { return a.current.Load().ce
 // PublicCertPath returns the file holding the certificate for clients, or
 // "" when the authority publishes none.
 func (a *Authority) PublicCertPath() string { return a.cfg.PublicCert }
+
+// PublicBundlePath returns the file holding the system roots and the
+// certificate, or "" when the authority publishes none.
+func (a *Authority) PublicBundlePath() string { return a.cfg.PublicBundle }
 
 // Fingerprint returns the SHA-256 of a certificate's DER, in hex.
 func Fingerprint(c *x509.Certificate) string {

@@ -335,3 +335,48 @@ func BenchmarkHandshake(b *testing.B) {
 		s.Close()
 	}
 }
+
+// TestBundle checks that the bundle holds the system roots and the
+// authority, and follows a rotation.
+func TestBundle(t *testing.T) {
+	roots := filepath.Join(t.TempDir(), "roots.pem")
+	other := open(t, Config{Dir: t.TempDir()})
+	if err := os.WriteFile(roots, other.CertificatePEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SSL_CERT_FILE", roots)
+	run := filepath.Join(t.TempDir(), "run")
+	bundlePath := filepath.Join(run, "ca-bundle.crt")
+	a := open(t, Config{Dir: t.TempDir(), PublicCert: filepath.Join(run, "ca.crt"), PublicBundle: bundlePath})
+	check := func() {
+		t.Helper()
+		b, err := os.ReadFile(bundlePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(b, other.CertificatePEM()) || !bytes.HasSuffix(b, a.CertificatePEM()) {
+			t.Fatalf("bundle is not the system roots followed by the authority:\n%s", b)
+		}
+		if st, _ := os.Stat(bundlePath); st.Mode().Perm() != 0o644 {
+			t.Errorf("bundle has mode %04o, want 0644", st.Mode().Perm())
+		}
+		// Both verify: the public roots are kept, Interlock's is added.
+		p := x509.NewCertPool()
+		if !p.AppendCertsFromPEM(b) {
+			t.Fatal("bundle holds no certificate")
+		}
+		for _, c := range []*x509.Certificate{other.Certificate(), a.Certificate()} {
+			if _, err := c.Verify(x509.VerifyOptions{Roots: p}); err != nil {
+				t.Errorf("%s does not verify against the bundle: %v", c.Subject.CommonName, err)
+			}
+		}
+	}
+	check()
+	if err := a.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	if a.PublicBundlePath() != bundlePath {
+		t.Errorf("PublicBundlePath() = %q", a.PublicBundlePath())
+	}
+}

@@ -61,16 +61,28 @@ type PolicyText struct {
 }
 
 // CAInfo describes Interlock's certificate authority: what `interlock ca
-// export` prints and where `interlock exec` points PGSSLROOTCERT.
+// export` prints and where `interlock exec` points PGSSLROOTCERT and the
+// other runtimes' CA variables.
 type CAInfo struct {
 	// PEM is the authority's certificate.
 	PEM string `json:"pem"`
 	// Path is a world-readable file holding the certificate alone.
-	Path        string    `json:"path"`
+	Path string `json:"path"`
+	// Bundle is a world-readable file holding the system roots followed by
+	// the certificate, for clients that take a single CA file.
+	Bundle      string    `json:"bundle"`
 	Subject     string    `json:"subject"`
 	Fingerprint string    `json:"sha256"`
 	NotAfter    time.Time `json:"not_after"`
 }
+
+// The files interlockd publishes its CA in, beside the control socket
+// (whose directory every local user can read): the daemon writes them, and
+// `interlock tag --unit` names them in drop-ins written while it is down.
+const (
+	CACertFile   = "ca.crt"
+	CABundleFile = "ca-bundle.crt"
+)
 
 // SSHInfo describes Interlock's SSH CAs: what `interlock ssh known-hosts`
 // and `interlock ssh user-ca` print.

@@ -15,6 +15,7 @@ import (
 //	    orders-db: 2
 //	  static:
 //	    legacy: {username: app, password_file: /etc/interlock/legacy.pw}
+//	    old-hosts: {private_key_file: /etc/interlock/old-hosts.key}   # SSH
 //	  embedded:
 //	    local:
 //	      admin_dsn_file: /etc/interlock/pg-admin.dsn
@@ -44,13 +45,18 @@ type Config struct {
 	Vault *VaultConfig `yaml:"vault"`
 }
 
-// StaticConfig is a fixed username and password.
+// StaticConfig is a fixed username and password, or an SSH private key.
 type StaticConfig struct {
 	Username string `yaml:"username"`
 	// Password, or PasswordFile (preferred: keeps the secret out of the
 	// config file); the file's trailing newline is ignored.
 	Password     string `yaml:"password"`
 	PasswordFile string `yaml:"password_file"`
+	// PrivateKeyFile is an OpenSSH private key (no passphrase) that SSH
+	// targets naming this source log in with, for hosts that trust no
+	// certificate authority. The login user is the SSH target's, so
+	// Username is not needed.
+	PrivateKeyFile string `yaml:"private_key_file"`
 }
 
 // EmbeddedConfig configures the embedded PostgreSQL issuer.
@@ -132,6 +138,12 @@ func (c *Config) validate() error {
 	for name, s := range c.Static {
 		if err := add(name, "static"); err != nil {
 			return err
+		}
+		if s.PrivateKeyFile != "" {
+			if s.Username != "" || s.Password != "" || s.PasswordFile != "" {
+				return fmt.Errorf("static source %q: private_key_file stands alone (an SSH target names its login user)", name)
+			}
+			continue
 		}
 		if s.Username == "" {
 			return fmt.Errorf("static source %q: username is required", name)

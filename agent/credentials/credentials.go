@@ -76,6 +76,8 @@ type Credential struct {
 	// Certificate is the signed OpenSSH certificate (authorized_keys
 	// format) for Kind ssh.
 	Certificate []byte
+	// PrivateKey is a static source's SSH private key (OpenSSH PEM).
+	PrivateKey []byte
 	// Data holds every field of a KV secret as strings (Username and
 	// Password are also filled from its "username" and "password").
 	Data map[string]string

@@ -14,18 +14,20 @@ import (
 	"github.com/interlock-dev/interlock/agent/control"
 )
 
-// openCA loads the authority, creating it at first start. Its certificate is
-// published beside the control socket, whose directory every local user can
-// read, so agents of any user can trust it.
+// openCA loads the authority, creating it at first start. Its certificate,
+// alone and in a bundle with the system roots, is published beside the
+// control socket, whose directory every local user can read, so agents of
+// any user can trust it.
 func (d *Daemon) openCA() error {
 	host := d.cfg.Host
 	if host == "" {
 		host, _ = os.Hostname()
 	}
 	a, err := ca.Open(ca.Config{
-		Dir:        ca.Dir(d.cfg.StateDir),
-		PublicCert: filepath.Join(filepath.Dir(d.cfg.Socket), "ca.crt"),
-		Subject:    host,
+		Dir:          ca.Dir(d.cfg.StateDir),
+		PublicCert:   filepath.Join(filepath.Dir(d.cfg.Socket), control.CACertFile),
+		PublicBundle: filepath.Join(filepath.Dir(d.cfg.Socket), control.CABundleFile),
+		Subject:      host,
 	})
 	if err != nil {
 		return fmt.Errorf("open certificate authority: %w", err)
@@ -43,7 +45,7 @@ func (d *Daemon) openCA() error {
 
 func (d *Daemon) caInfo() control.CAInfo {
 	c := d.ca.Certificate()
-	return control.CAInfo{PEM: string(d.ca.CertificatePEM()), Path: d.ca.PublicCertPath(), Subject: c.Subject.CommonName,
+	return control.CAInfo{PEM: string(d.ca.CertificatePEM()), Path: d.ca.PublicCertPath(), Bundle: d.ca.PublicBundlePath(), Subject: c.Subject.CommonName,
 		Fingerprint: ca.Fingerprint(c), NotAfter: c.NotAfter}
 }
 

@@ -20,6 +20,7 @@ func (d *Daemon) sessionRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/sessions", d.handleSessions)
 	mux.HandleFunc("GET /v1/sessions/{id}/transcript", d.handleTranscript)
 	mux.HandleFunc("GET /v1/sessions/{id}/pcap", d.handlePcap)
+	mux.HandleFunc("GET /v1/sessions/{id}/asciicast", d.handleAsciicast)
 	mux.HandleFunc("GET /v1/decisions", d.handleDecisions)
 	mux.HandleFunc("GET /v1/audit/verify", d.handleAuditVerify)
 	mux.HandleFunc("GET /v1/audit/export", d.handleAuditExport)
@@ -120,6 +121,17 @@ func (d *Daemon) handlePcap(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
+	w.Write(buf.Bytes())
+}
+
+func (d *Daemon) handleAsciicast(w http.ResponseWriter, r *http.Request) {
+	// In memory first, as for a pcap.
+	var buf bytes.Buffer
+	if err := recording.ExportAsciicast(r.Context(), d.store, r.PathValue("id"), &buf); err != nil {
+		control.WriteError(w, http.StatusNotFound, "export %s: %v", r.PathValue("id"), err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-asciicast")
 	w.Write(buf.Bytes())
 }
 

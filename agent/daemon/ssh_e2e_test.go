@@ -28,24 +28,33 @@ import (
 // sshFixture is a real sshd on a loopback port that trusts the Vault test
 // server's SSH CA, and interlockd in front of it with an ssh target.
 type sshFixture struct {
-	d        *daemontest.Daemon
-	dir      string
-	port     int
-	sshdLog  *daemontest.Buffer
-	vaultCA  ssh.PublicKey
-	caFile   string // sshd's TrustedUserCAKeys
-	clientFF string // the agent's ssh_config
-	knownUp  string // interlockd's known_hosts for sshd
+	d       *daemontest.Daemon
+	dir     string
+	port    int
+	sshdLog *daemontest.Buffer
+	vaultCA ssh.PublicKey
+	// staticKey is the public half of the old-hosts source's key.
+	staticKey ssh.PublicKey
+	caFile    string // sshd's TrustedUserCAKeys
+	clientFF  string // the agent's ssh_config
+	knownUp   string // interlockd's known_hosts for sshd
 	// runs counts the ssh clients run, each one connection.
 	runs int
 }
 
-func startSSH(t *testing.T) *sshFixture { return startSSHWith(t, true) }
+func startSSH(t *testing.T) *sshFixture { return startSSHWith(t, vaultCredential) }
 
-// startSSHWith starts the fixture; without vaultCredential the target names
-// no credential, so interlockd logs in with its own SSH user CA, which
-// sshd then trusts too.
-func startSSHWith(t *testing.T, vaultCredential bool) *sshFixture {
+// The target's credential lines startSSHWith takes: Vault's SSH CA, and a
+// static key (sshd authorizes it for root in every fixture).
+const (
+	vaultCredential  = "    credential: {source: vault, kind: ssh, role: agents}"
+	staticCredential = "    credential: {source: old-hosts}"
+)
+
+// startSSHWith starts the fixture with the target's credential lines; with
+// none the target names no credential, so interlockd logs in with its own
+// SSH user CA, which sshd then trusts too.
+func startSSHWith(t *testing.T, credential string) *sshFixture {
 	testenv.Privileged(t)
 	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
 		testenv.Unavailable(t, "no sshd (apt-get install openssh-server): %v", err)
@@ -93,13 +102,23 @@ func startSSHWith(t *testing.T, vaultCredential bool) *sshFixture {
 	// Vault's role certifies interlock-agents; Interlock's user CA the
 	// login user itself.
 	principals := write("principals", "interlock-agents\nroot\n", 0o644)
+	// The static key of the old-hosts source, for hosts that trust no CA.
+	_, staticKey, _ := ed25519.GenerateKey(rand.Reader)
+	staticBlock, err := ssh.MarshalPrivateKey(staticKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	staticKeyFile := write("static_key", string(pem.EncodeToMemory(staticBlock)), 0o600)
+	staticSigner, _ := ssh.NewSignerFromKey(staticKey)
+	f.staticKey = staticSigner.PublicKey()
+	authorized := write("authorized_keys", string(ssh.MarshalAuthorizedKey(f.staticKey)), 0o644)
 	cfg := write("sshd_config", fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
 HostKey %s
 PidFile none
 TrustedUserCAKeys %s
 AuthorizedPrincipalsFile %s
-AuthorizedKeysFile none
+AuthorizedKeysFile %s
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -110,7 +129,8 @@ LogLevel VERBOSE
 AllowTcpForwarding yes
 AllowAgentForwarding yes
 X11Forwarding no
-`, f.port, hostKeyFile, caFile, principals), 0o644)
+Subsystem sftp internal-sftp
+`, f.port, hostKeyFile, caFile, principals, authorized), 0o644)
 	// sshd refuses to start without its privilege separation directory,
 	// which the package's service would create.
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
@@ -132,10 +152,6 @@ X11Forwarding no
 
 	// interlockd verifies sshd's host key against this file.
 	f.knownUp = write("upstream_known_hosts", knownhosts.Line([]string{fmt.Sprintf("127.0.0.1:%d", f.port)}, hostSigner.PublicKey())+"\n", 0o644)
-	credential := "    credential: {source: vault, kind: ssh, role: agents}"
-	if !vaultCredential {
-		credential = ""
-	}
 	pol := write("policy.yaml", fmt.Sprintf(`version: 1
 identities: [{name: ci-bot}]
 targets:
@@ -164,9 +180,25 @@ rules:
     ssh: {exec: ["touch %s/*"]}
     action: approve
     approve: {reviewers: [root], quorum: 1, timeout: 60s}
-`, f.port, f.knownUp, credential, dir, dir), 0o644)
+  - name: files
+    identity: ci-bot
+    target: web-1
+    ssh: {sftp: {read: ["%s/share/**"], write: ["%s/upload/**"]}}
+    action: allow
+  - name: repos
+    identity: ci-bot
+    target: web-1
+    ssh: {git_fetch: ["%s/repos/acme/*"], git_push: ["%s/repos/acme/infra.git"]}
+    action: allow
+  - name: shell
+    identity: ci-bot
+    target: web-1
+    ssh: {shell: true}
+    action: allow
+`, f.port, f.knownUp, credential, dir, dir, dir, dir, dir[1:], dir[1:]), 0o644)
 	token := write("token", vault.RootToken(), 0o600)
-	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n", vault.URL(), token), 0o600)
+	conf := write("interlockd.yaml", fmt.Sprintf("credentials:\n  vault:\n    address: %s\n    auth: {method: token, token_file: %s}\n"+
+		"  static:\n    old-hosts: {private_key_file: %s}\n", vault.URL(), token, staticKeyFile), 0o600)
 	f.d = daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
 
 	// The agent's known_hosts: Interlock's @cert-authority line, and the
@@ -294,6 +326,303 @@ func TestSSHExec(t *testing.T) {
 	}
 }
 
+// agent runs argv as the agent (nobody, under interlock exec) in dir and
+// returns its combined output and exit status.
+func (f *sshFixture) agent(t *testing.T, env []string, argv ...string) (string, int) {
+	t.Helper()
+	f.runs++
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := f.d.Command(ctx, append([]string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}, argv...)...)
+	cmd.Dir = filepath.Join(f.dir, "agent")
+	cmd.Env = append(os.Environ(), append([]string{"HOME=" + cmd.Dir}, env...)...)
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("%v: %v", argv, err)
+	}
+	return string(out), 0
+}
+
+// mkdirs makes directories of the fixture, open to the agent.
+func (f *sshFixture) mkdirs(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		p := filepath.Join(f.dir, n)
+		if err := os.MkdirAll(p, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, 0o777)
+	}
+}
+
+// TestSSHSFTP: sftp, scp over sftp and legacy scp through interlockd to a
+// real sshd, each operation decided on its path.
+func TestSSHSFTP(t *testing.T) {
+	if _, err := exec.LookPath("rsync"); err != nil {
+		testenv.Unavailable(t, "rsync not installed (apt-get install rsync)")
+	}
+	f := startSSH(t)
+	f.mkdirs(t, "agent", "share", "upload", "other")
+	if err := os.WriteFile(filepath.Join(f.dir, "share", "notes.txt"), []byte("shared notes\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.dir, "agent", "report.txt"), []byte("agent report\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sftpBatch := func(batch string) (string, int) {
+		t.Helper()
+		b := filepath.Join(f.dir, "agent", "batch")
+		if err := os.WriteFile(b, []byte(batch), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f.agent(t, nil, "sftp", "-F", f.clientFF, "-P", strconv.Itoa(f.port), "-b", b, "127.0.0.1")
+	}
+	// Upload, download, list, rename and remove where the rules allow.
+	out, st := sftpBatch(fmt.Sprintf("put report.txt %[1]s/upload/report.txt\nrename %[1]s/upload/report.txt %[1]s/upload/r2.txt\nls %[1]s/share\nget %[1]s/share/notes.txt notes.txt\nmkdir %[1]s/upload/sub\nrmdir %[1]s/upload/sub\n", f.dir))
+	if st != 0 || !strings.Contains(out, "notes.txt") {
+		t.Fatalf("sftp batch: status %d\n%s\n%s", st, out, f.d.Logs())
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "upload", "r2.txt")); err != nil || string(b) != "agent report\n" {
+		t.Errorf("uploaded file: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "agent", "notes.txt")); err != nil || string(b) != "shared notes\n" {
+		t.Errorf("downloaded file: %q, %v", b, err)
+	}
+	// Each denied operation fails on its own, naming the rule.
+	for _, cmd := range []string{
+		fmt.Sprintf("put report.txt %s/other/report.txt", f.dir),
+		fmt.Sprintf("get %s/upload/r2.txt x.txt", f.dir), // write-only
+		fmt.Sprintf("rm %s/share/notes.txt", f.dir),      // read-only
+		fmt.Sprintf("rename %[1]s/upload/r2.txt %[1]s/other/r2.txt", f.dir),
+		"get /etc/shadow shadow",
+	} {
+		out, st := sftpBatch(cmd + "\n")
+		if st == 0 || !strings.Contains(out, `denied by policy rule "default-deny"`) {
+			t.Errorf("%s: status %d\n%s", cmd, st, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "other", "report.txt")); err == nil {
+		t.Error("a denied upload arrived")
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "share", "notes.txt")); err != nil {
+		t.Errorf("a denied remove removed: %v", err)
+	}
+
+	// scp: OpenSSH 9 runs it over sftp; -O is the legacy protocol, run as
+	// `scp -t PATH` on the server and decided as a write of PATH.
+	for _, legacy := range []bool{false, true} {
+		args := []string{"scp", "-F", f.clientFF, "-P", strconv.Itoa(f.port)}
+		if legacy {
+			args = append(args, "-O")
+		}
+		out, st := f.agent(t, nil, append(args, "report.txt", "127.0.0.1:"+f.dir+"/upload/")...)
+		if st != 0 {
+			t.Errorf("scp (legacy %v) to upload/: status %d\n%s", legacy, st, out)
+		}
+		out, st = f.agent(t, nil, append(args, "report.txt", "127.0.0.1:"+f.dir+"/other/")...)
+		if st == 0 || !strings.Contains(out, "denied by policy rule") {
+			t.Errorf("scp (legacy %v) to other/: status %d\n%s", legacy, st, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "upload", "report.txt")); err != nil {
+		t.Errorf("scp upload: %v", err)
+	}
+
+	// rsync -e ssh runs `rsync --server` on the server: an upload is a
+	// write of its destination tree, a download a read of its source's.
+	rsh := fmt.Sprintf("ssh -F %s -p %d", f.clientFF, f.port)
+	if out, st := f.agent(t, nil, "rsync", "-a", "-e", rsh, "report.txt", "127.0.0.1:"+f.dir+"/upload/site/"); st != 0 {
+		t.Errorf("rsync to upload/site/: status %d\n%s", st, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "upload", "site", "report.txt")); err != nil || string(b) != "agent report\n" {
+		t.Errorf("rsync upload: %q, %v", b, err)
+	}
+	if out, st := f.agent(t, nil, "rsync", "-a", "-e", rsh, "127.0.0.1:"+f.dir+"/share/", "fetched/"); st != 0 {
+		t.Errorf("rsync from share/: status %d\n%s", st, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "agent", "fetched", "notes.txt")); err != nil || string(b) != "shared notes\n" {
+		t.Errorf("rsync download: %q, %v", b, err)
+	}
+	if out, st := f.agent(t, nil, "rsync", "-a", "-e", rsh, "report.txt", "127.0.0.1:"+f.dir+"/other/"); st == 0 || !strings.Contains(out, `denied by policy rule "default-deny"`) {
+		t.Errorf("rsync to other/: status %d\n%s", st, out)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "other", "report.txt")); err == nil {
+		t.Error("a denied scp upload arrived")
+	}
+	// The denials are in the audit trail: one per refused batch and scp
+	// (a refused stat before a download counts too).
+	if n := strings.Count(f.d.Logs(), `"action":"deny","mode":"enforce","rule":"default-deny"`); n < 7 {
+		t.Errorf("%d sftp denials in the audit log, want 7 or more", n)
+	}
+}
+
+// TestSSHGit: git clone and push over SSH through interlockd to bare
+// repositories on a real sshd: fetch allowed from both, push to one.
+func TestSSHGit(t *testing.T) {
+	f := startSSH(t)
+	f.mkdirs(t, "agent", "repos/acme")
+	for _, name := range []string{"infra.git", "web.git"} {
+		repo := filepath.Join(f.dir, "repos", "acme", name)
+		if out, err := exec.Command("git", "init", "-q", "--bare", "-b", "main", repo).CombinedOutput(); err != nil {
+			t.Fatalf("git init: %v\n%s", err, out)
+		}
+	}
+	env := []string{"GIT_SSH_COMMAND=ssh -F " + f.clientFF, "GIT_AUTHOR_NAME=agent", "GIT_AUTHOR_EMAIL=agent@example.com",
+		"GIT_COMMITTER_NAME=agent", "GIT_COMMITTER_EMAIL=agent@example.com"}
+	url := func(name string) string {
+		return fmt.Sprintf("ssh://127.0.0.1:%d%s/repos/acme/%s", f.port, f.dir, name)
+	}
+	for _, name := range []string{"infra", "web"} {
+		if out, st := f.agent(t, env, "git", "clone", "-q", url(name+".git"), name); st != 0 {
+			t.Fatalf("git clone %s: status %d\n%s\n%s", name, st, out, f.d.Logs())
+		}
+		script := "cd " + name + " && echo hello > README && git add README && git commit -qm first && git push -q origin HEAD:main"
+		out, st := f.agent(t, env, "sh", "-c", script)
+		switch name {
+		case "infra":
+			if st != 0 {
+				t.Errorf("git push to infra: status %d\n%s", st, out)
+			}
+		case "web":
+			if st == 0 || !strings.Contains(out, `denied by policy rule "default-deny"`) {
+				t.Errorf("git push to web: status %d\n%s", st, out)
+			}
+		}
+	}
+	// The pushed commit is in infra; a fresh clone fetches it.
+	if out, st := f.agent(t, env, "git", "clone", "-q", url("infra.git"), "infra2"); st != 0 {
+		t.Fatalf("git clone infra again: status %d\n%s", st, out)
+	}
+	if b, err := os.ReadFile(filepath.Join(f.dir, "agent", "infra2", "README")); err != nil || string(b) != "hello\n" {
+		t.Errorf("the pushed README: %q, %v", b, err)
+	}
+	if out, err := exec.Command("git", "-C", filepath.Join(f.dir, "repos", "acme", "web.git"), "rev-parse", "--verify", "-q", "main").CombinedOutput(); err == nil {
+		t.Errorf("the denied push reached web.git: %s", out)
+	}
+	if n := strings.Count(f.d.Logs(), `"action":"deny","mode":"enforce","rule":"default-deny"`); n != 1 {
+		t.Errorf("%d denials in the audit log, want the push to web.git alone", n)
+	}
+}
+
+// TestSSHReplay: `interlock replay` prints an SSH session readably: the
+// command lines as prompts, their output, counts and exit statuses, the
+// decisions and denials, and sftp operations.
+func TestSSHReplay(t *testing.T) {
+	f := startSSH(t)
+	f.mkdirs(t, "agent", "upload")
+	os.WriteFile(filepath.Join(f.dir, "agent", "r.txt"), []byte("r\n"), 0o644)
+	if out, _, st := f.ssh(t, "", "127.0.0.1", "uname -s; rm -rf /srv/nothing"); st != 126 || out != "" {
+		t.Fatalf("denied line: status %d %q", st, out)
+	}
+	if out, _, st := f.ssh(t, "", "127.0.0.1", "uname -s"); st != 0 || out != "Linux\n" {
+		t.Fatalf("uname: status %d %q", st, out)
+	}
+	if out, st := f.agent(t, nil, "scp", "-F", f.clientFF, "-P", strconv.Itoa(f.port), "r.txt", "127.0.0.1:"+f.dir+"/upload/"); st != 0 {
+		t.Fatalf("scp: status %d\n%s", st, out)
+	}
+	var sessions []struct{ ID string }
+	waitFor(t, "three recorded sessions", func() bool {
+		out, _, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= 3
+	})
+	// Newest first: scp, uname, the denied line.
+	for i, want := range [][]string{
+		{"-> request subsystem sftp", "-> sftp open-write " + f.dir + "/upload/r.txt", "decision: allow by rule files", "exit-status 0"},
+		{"-> $ uname -s", "decision: allow by rule inspect", "<- | Linux", "<- stdin 0, stdout 6, stderr 0 bytes", "<- exit-status 0"},
+		{"-> $ uname -s; rm -rf /srv/nothing", `decision: deny by rule no-rm`, `<- interlock: denied by policy rule "no-rm"`, "<- exit-status 126"},
+	} {
+		out, stderr, err := f.d.CLI("replay", sessions[i].ID)
+		for _, w := range want {
+			if err != nil || !strings.Contains(out, w) {
+				t.Errorf("replay of session %d lacks %q: %v %s\n%s", i, w, err, stderr, out)
+				break
+			}
+		}
+	}
+}
+
+// TestSSHStaticKey: a target whose credential is a static source's private
+// key logs in with that key, for hosts that trust no certificate authority;
+// the agent still holds nothing.
+func TestSSHStaticKey(t *testing.T) {
+	f := startSSHWith(t, staticCredential)
+	out, errOut, st := f.ssh(t, "", "127.0.0.1", "uname")
+	if st != 0 || out != "Linux\n" {
+		t.Fatalf("uname: status %d %q\n%s\n%s", st, out, errOut, f.d.Logs())
+	}
+	if _, errOut, st := f.ssh(t, "", "127.0.0.1", "rm -rf /tmp/x"); st != 126 || !strings.Contains(errOut, `"no-rm"`) {
+		t.Errorf("rm: status %d, stderr %q", st, errOut)
+	}
+	want := "Accepted publickey for root from 127.0.0.1 port "
+	fp := "ssh2: ED25519 " + ssh.FingerprintSHA256(f.staticKey)
+	if n := strings.Count(f.sshdLog.String(), fp); n != 2 || !strings.Contains(f.sshdLog.String(), want) {
+		t.Errorf("sshd accepted the static key %d times, want 2:\n%s", n, f.sshdLog.String())
+	}
+	if !strings.Contains(f.d.Logs(), `"source":"old-hosts"`) {
+		t.Errorf("no credential from old-hosts in the audit log")
+	}
+}
+
+// TestSSHShellReplay: an interactive shell on a pseudo-terminal, allowed
+// as a whole, is recorded and replayed with what the agent typed and saw.
+func TestSSHShellReplay(t *testing.T) {
+	f := startSSH(t)
+	f.mkdirs(t, "agent")
+	// -tt: a terminal although stdin is not one; the shell reads the
+	// lines as typed.
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := f.d.Command(ctx, "exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"ssh", "-tt", "-F", f.clientFF, "-p", strconv.Itoa(f.port), "127.0.0.1")
+	cmd.Stdin = strings.NewReader("echo interlock-$((6*7))\nexit\n")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "interlock-42") {
+		t.Fatalf("ssh -tt: %v\n%s\n%s", err, out, f.d.Logs())
+	}
+	var sessions []struct{ ID string }
+	waitFor(t, "the recorded session", func() bool {
+		out, _, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= 1
+	})
+	replay, stderr, err := f.d.CLI("replay", sessions[0].ID)
+	for _, w := range []string{"-> request pty-req", "-> request shell", "decision: allow by rule shell", "-> stdin echo interlock-$((6*7))", "interlock-42\n"} {
+		if err != nil || !strings.Contains(replay, w) {
+			t.Errorf("replay lacks %q: %v %s\n%s", w, err, stderr, replay)
+			break
+		}
+	}
+
+	// The same session as an asciicast v2 file: a header, then events.
+	cast := filepath.Join(t.TempDir(), "s.cast")
+	if out, stderr, err := f.d.CLI("export", sessions[0].ID, "--asciicast", cast); err != nil {
+		t.Fatalf("export --asciicast: %v %s %s", err, out, stderr)
+	}
+	data, err := os.ReadFile(cast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	var h struct{ Version, Width, Height int }
+	if err := json.Unmarshal([]byte(lines[0]), &h); err != nil || h.Version != 2 || h.Width <= 0 || h.Height <= 0 {
+		t.Fatalf("asciicast header %s: %v", lines[0], err)
+	}
+	output := ""
+	for _, l := range lines[1:] {
+		var ev []any
+		if err := json.Unmarshal([]byte(l), &ev); err != nil || len(ev) != 3 {
+			t.Fatalf("asciicast event %s: %v", l, err)
+		}
+		if ev[1] == "o" {
+			output += ev[2].(string)
+		}
+	}
+	if !strings.Contains(output, "interlock-42") {
+		t.Errorf("the asciicast's output lacks the command's:\n%s", data)
+	}
+}
+
 // TestSSHForwardingRefused: port and agent forwarding never reach the
 // server.
 func TestSSHForwardingRefused(t *testing.T) {
@@ -397,7 +726,7 @@ func TestSSHUpstreamHostKeyMismatch(t *testing.T) {
 // user-ca` prints for the server's TrustedUserCAKeys), made for the
 // session's key and its login user.
 func TestSSHInterlockUserCA(t *testing.T) {
-	f := startSSHWith(t, false)
+	f := startSSHWith(t, "")
 	userCA, errOut, err := f.d.CLI("ssh", "user-ca")
 	if err != nil || !strings.HasPrefix(userCA, "ssh-ed25519 ") {
 		t.Fatalf("interlock ssh user-ca: %v %q %s", err, userCA, errOut)

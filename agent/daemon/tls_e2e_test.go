@@ -245,6 +245,29 @@ func TestCAExportAndRotate(t *testing.T) {
 	if out, err := cmd.Output(); err != nil || strings.TrimSpace(string(out)) != "/etc/my-ca.pem" {
 		t.Fatalf("exec replaced the caller's PGSSLROOTCERT: %v %q", err, out)
 	}
+	// The other runtimes get the bundle: the system roots, then the CA.
+	bundleOf := func() string {
+		t.Helper()
+		b, code := f.d.Exec("ci-bot", "sh", "-c", `cat "$SSL_CERT_FILE" && test "$REQUESTS_CA_BUNDLE" = "$SSL_CERT_FILE" `+
+			`&& test "$CURL_CA_BUNDLE" = "$SSL_CERT_FILE" && test "$GIT_SSL_CAINFO" = "$SSL_CERT_FILE" && test "$NODE_EXTRA_CA_CERTS" = "$PGSSLROOTCERT"`)
+		if code != 0 {
+			t.Fatalf("the agent's CA variables (exit %d):\n%s", code, b)
+		}
+		return b
+	}
+	if b := bundleOf(); !strings.HasSuffix(b, exported) || !strings.Contains(strings.TrimSuffix(b, exported), "BEGIN CERTIFICATE") {
+		t.Fatalf("the agent's SSL_CERT_FILE is not the system roots and the CA:\n%s", b)
+	}
+	cmd = f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--no-ca-env", "--", "sh", "-c", `echo "${SSL_CERT_FILE-unset} ${NODE_EXTRA_CA_CERTS-unset}"`)
+	cmd.Env = append(callerEnv(), "SSL_CERT_FILE=/etc/mine.pem")
+	for i, kv := range cmd.Env {
+		if strings.HasPrefix(kv, "NODE_EXTRA_CA_CERTS=") {
+			cmd.Env[i] = "INTERLOCK_TEST_UNSET=1"
+		}
+	}
+	if out, err := cmd.Output(); err != nil || strings.TrimSpace(string(out)) != "/etc/mine.pem unset" {
+		t.Fatalf("exec --no-ca-env changed CA variables: %v %q", err, out)
+	}
 
 	oldCA := filepath.Join(filepath.Dir(otherCA(t)), "old.crt")
 	if err := os.WriteFile(oldCA, []byte(exported), 0o644); err != nil {
@@ -262,6 +285,9 @@ func TestCAExportAndRotate(t *testing.T) {
 	rotated, _, _ := f.d.CLI("ca", "export")
 	if rotated == exported || !strings.HasPrefix(rotated, "-----BEGIN CERTIFICATE-----") {
 		t.Fatalf("rotation kept the CA:\n%s", rotated)
+	}
+	if b := bundleOf(); !strings.HasSuffix(b, rotated) {
+		t.Fatalf("the bundle was not rewritten by the rotation:\n%s", b)
 	}
 	if out, err := f.psqlTLS(t, "localhost", []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + oldCA}, query); err == nil || !strings.Contains(out, "certificate verify failed") {
 		t.Fatalf("a leaf of the old CA after rotation: err=%v\n%s", err, out)

@@ -2,6 +2,7 @@ package recording
 
 import (
 	"github.com/interlock-dev/interlock/decoders/postgres"
+	"github.com/interlock-dev/interlock/decoders/ssh"
 	"github.com/interlock-dev/interlock/decoders/transcript"
 )
 
@@ -14,7 +15,9 @@ type readBack struct {
 	// appendWire re-frames a recorded message as it crossed the wire.
 	appendWire func(dst []byte, fromClient bool, typ byte, body []byte) []byte
 	// Dissectors decode the protocol (name, for the capture's comment)
-	// without options only on port.
+	// without options only on port; 0 when the export is not decodable
+	// as the protocol (an SSH recording holds what crossed inside the
+	// encryption).
 	name string
 	port uint16
 }
@@ -29,5 +32,8 @@ var readBacks = map[string]readBack{
 		appendWire: postgres.AppendWire,
 		name:       "PostgreSQL",
 		port:       postgres.DissectorPort,
+	},
+	"ssh": {
+		describer: func() transcript.Describer { return new(ssh.Transcript) },
 	},
 }

@@ -72,7 +72,7 @@ func (u *upstream) Credential(ctx context.Context, r protocol.CredentialRequest)
 	}
 	cred := lease.Credential()
 	u.issued, u.lease = true, lease
-	u.cred = protocol.Credential{Username: cred.Username, Password: cred.Password, Certificate: cred.Certificate, Fields: cred.Data}
+	u.cred = protocol.Credential{Username: cred.Username, Password: cred.Password, Certificate: cred.Certificate, PrivateKey: cred.PrivateKey, Fields: cred.Data}
 	u.p.record(audit.CredentialIssued{Session: u.c.id, Identity: u.c.identity.Name, Target: t.Name, Source: source, Username: cred.Username})
 	return u.cred, nil
 }

@@ -48,9 +48,15 @@ removed when the command ends.
 exec passes the command's exit code through (128+N when signal N ended it),
 relays the signals interlock receives, and exits 125 when interlock itself
 fails, 127 when CMD is not found. Everything after -- is the command's,
-flags included. PGSSLROOTCERT points at Interlock's certificate authority,
-so clients with sslmode=verify-full trust interlockd, unless it is set
-already or --no-ca-env is given. With --user, the command runs as that user, with its groups and
+flags included. The runtimes' CA variables point at Interlock's certificate
+authority, so clients verify the certificates interlockd presents
+(PostgreSQL with sslmode=verify-full, intercepted HTTPS) with no flag of
+their own: PGSSLROOTCERT and NODE_EXTRA_CA_CERTS at the certificate,
+SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, GIT_SSL_CAINFO and
+AWS_CA_BUNDLE at a bundle of the system roots plus the certificate. A
+PGSSLROOTCERT already set is kept; the others are replaced (with a note on
+stderr when they named something other than the system roots). --no-ca-env
+leaves them all. With --user, the command runs as that user, with its groups and
 HOME, as a login sets them.`,
 		Example: `  interlock exec --identity ci-bot -- psql -h db.internal -c 'SELECT 1'
   interlock exec --identity ci-bot --user runner -- ./deploy.sh --dry-run`,
@@ -64,7 +70,7 @@ HOME, as a login sets them.`,
 	cmd.Flags().SetInterspersed(false)
 	cmd.Flags().StringVar(&o.identity, "identity", "", "identity the command acts as")
 	cmd.Flags().StringVar(&o.user, "user", "", "run the command as this user (its groups and HOME, as a login sets them)")
-	cmd.Flags().BoolVar(&o.noCAEnv, "no-ca-env", false, "leave the environment's CA settings (PGSSLROOTCERT) as they are")
+	cmd.Flags().BoolVar(&o.noCAEnv, "no-ca-env", false, "leave the environment's CA variables (SSL_CERT_FILE, PGSSLROOTCERT, ...) as they are")
 	return cmd
 }
 
@@ -86,7 +92,7 @@ func execCommand(ctx context.Context, c *control.Client, o execOptions, argv []s
 	}
 	env := os.Environ()
 	if !o.noCAEnv {
-		if env, err = caEnv(ctx, c, env); err != nil {
+		if env, err = caEnv(ctx, c, env, stderr); err != nil {
 			fmt.Fprintf(stderr, "interlock: %v\n", err)
 			return exitInterlock
 		}

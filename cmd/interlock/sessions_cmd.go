@@ -107,42 +107,49 @@ server answered (masked as the agent saw it).`,
 }
 
 func newExportCmd(a *cli) *cobra.Command {
-	var pcap string
+	var pcap, cast string
 	cmd := &cobra.Command{
-		Use:   "export SESSION-ID --pcap FILE",
-		Short: "Write a recorded session as a pcap file",
+		Use:   "export SESSION-ID --pcap FILE | --asciicast FILE",
+		Short: "Write a recorded session as a pcap file or an asciicast",
 		Long: `export writes a recorded session as a pcap file that Wireshark and tshark open:
-the conversation between the agent and interlockd, as the agent saw it. The
-file appears whole or not at all.`,
-		Example: `  interlock export 01JD2Y8M4XQ6 --pcap session.pcap && tshark -r session.pcap`,
+the conversation between the agent and interlockd, as the agent saw it. With
+--asciicast it writes an SSH session's terminal as an asciicast v2 file that
+asciinema plays. The file appears whole or not at all.`,
+		Example: `  interlock export 01JD2Y8M4XQ6 --pcap session.pcap && tshark -r session.pcap
+  interlock export 01JD2Y8M4XQ6 --asciicast session.cast && asciinema play session.cast`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 || pcap == "" {
-				return errors.New("usage: interlock export SESSION-ID --pcap FILE")
+			if len(args) != 1 || (pcap == "") == (cast == "") {
+				return errors.New("usage: interlock export SESSION-ID --pcap FILE | --asciicast FILE")
 			}
-			return export(cmd.Context(), a.client(), args[0], pcap, a.stdout)
+			if cast != "" {
+				return export(cmd.Context(), a.client(), args[0], "asciicast", cast, a.stdout)
+			}
+			return export(cmd.Context(), a.client(), args[0], "pcap", pcap, a.stdout)
 		},
 	}
 	cmd.Flags().StringVar(&pcap, "pcap", "", "write the session as a pcap file (Wireshark, tshark)")
+	cmd.Flags().StringVar(&cast, "asciicast", "", "write an SSH session's terminal as an asciicast v2 file (asciinema)")
 	return cmd
 }
 
-func export(ctx context.Context, c *control.Client, id, pcap string, w io.Writer) error {
-	f, err := os.CreateTemp(dirOf(pcap), ".interlock-export-*")
+// export writes the session in format ("pcap", "asciicast") to path.
+func export(ctx context.Context, c *control.Client, id, format, path string, w io.Writer) error {
+	f, err := os.CreateTemp(dirOf(path), ".interlock-export-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if err := c.Stream(ctx, "/v1/sessions/"+url.PathEscape(id)+"/pcap", f); err != nil {
+	if err := c.Stream(ctx, "/v1/sessions/"+url.PathEscape(id)+"/"+format, f); err != nil {
 		f.Close()
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(f.Name(), pcap); err != nil {
+	if err := os.Rename(f.Name(), path); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "wrote %s\n", pcap)
+	fmt.Fprintf(w, "wrote %s\n", path)
 	return nil
 }
 

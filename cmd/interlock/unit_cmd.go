@@ -24,6 +24,11 @@ package main
 // start (INVOCATION_ID equals the unit's InvocationID) and only tags; run
 // by an operator it writes the drop-in, reloads systemd when the drop-in
 // changed, and tags the unit's current cgroup if it is running.
+//
+// The drop-in also sets the variables that make the unit's runtimes trust
+// Interlock's CA, as `interlock exec` does (see caVars):
+//
+//	Environment="SSL_CERT_FILE=/run/interlock/ca-bundle.crt"
 
 import (
 	"bytes"
@@ -76,7 +81,11 @@ func runTagUnit(ctx context.Context, c *control.Client, unit, identity string, s
 	if err != nil {
 		return fmt.Errorf("find interlock binary: %w", err)
 	}
-	changed, err := writeDropIn(systemdUnitDir, unit, dropIn(unit, identity, self))
+	// The files interlockd publishes beside its socket, named without asking
+	// it: the drop-in may be written while it is down.
+	run := filepath.Dir(c.Socket)
+	env := caVars(filepath.Join(run, control.CACertFile), filepath.Join(run, control.CABundleFile))
+	changed, err := writeDropIn(systemdUnitDir, unit, dropIn(unit, identity, self, env))
 	if err != nil {
 		return err
 	}
@@ -147,8 +156,11 @@ func tagUnitCgroup(ctx context.Context, c *control.Client, unit, identity string
 
 // dropIn renders the drop-in for unit. A slice cannot run commands, so its
 // drop-in only orders it after interlockd; its cgroup is tagged while it
-// exists (see runTagUnit).
-func dropIn(unit, identity, interlock string) string {
+// exists (see runTagUnit). A service also gets env ("KEY=VALUE", the CA
+// variables interlock exec sets) as Environment= lines; being read after
+// the unit file, they win over its own settings of the same variables (a
+// later drop-in, e.g. 60-ca.conf, can set them back).
+func dropIn(unit, identity, interlock string, env []string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by `interlock tag --unit %s --identity %s`.\n", unit, identity)
 	fmt.Fprintf(&b, "# Remove with `interlock untag --unit %s`.\n", unit)
@@ -157,6 +169,10 @@ func dropIn(unit, identity, interlock string) string {
 		// '+': full privileges whatever User= the unit runs as, so the
 		// control socket sees root. %n is the unit's own name.
 		fmt.Fprintf(&b, "\n[Service]\nExecStartPre=+%s tag --unit %%n --identity %s\n", interlock, identity)
+		for _, kv := range env {
+			// Quoted: systemd splits unquoted values at spaces.
+			fmt.Fprintf(&b, "Environment=%q\n", kv)
+		}
 	}
 	return b.String()
 }

@@ -41,7 +41,7 @@ func TestDropInVerifies(t *testing.T) {
 	}
 	write("interlock.service", strings.ReplaceAll(string(daemonUnit), "/usr/bin/interlockd", filepath.Join(fake, "interlockd")))
 	write("agent.service", "[Unit]\nDescription=sample agent\n\n[Service]\nUser=runner\nExecStart="+filepath.Join(fake, "agent")+"\n")
-	changed, err := writeDropIn(dir, "agent.service", dropIn("agent.service", "ci-bot", filepath.Join(fake, "interlock")))
+	changed, err := writeDropIn(dir, "agent.service", dropIn("agent.service", "ci-bot", filepath.Join(fake, "interlock"), caVars("/run/interlock/ca.crt", "/run/interlock/ca-bundle.crt")))
 	if err != nil || !changed {
 		t.Fatalf("writeDropIn = %v, %v; want true, nil", changed, err)
 	}
@@ -52,7 +52,7 @@ func TestDropInVerifies(t *testing.T) {
 	// The drop-in must really be loaded: pointed at a missing binary, the
 	// same verify fails on the drop-in's ExecStartPre.
 	missing := filepath.Join(dir, "missing", "interlock")
-	if _, err := writeDropIn(dir, "agent.service", dropIn("agent.service", "ci-bot", missing)); err != nil {
+	if _, err := writeDropIn(dir, "agent.service", dropIn("agent.service", "ci-bot", missing, nil)); err != nil {
 		t.Fatal(err)
 	}
 	out, err = exec.Command(analyze, "verify", filepath.Join(dir, "agent.service")).CombinedOutput()
@@ -62,16 +62,19 @@ func TestDropInVerifies(t *testing.T) {
 }
 
 func TestDropIn(t *testing.T) {
-	got := dropIn("runner.service", "ci-bot", "/usr/bin/interlock")
+	got := dropIn("runner.service", "ci-bot", "/usr/bin/interlock", caVars("/run/interlock/ca.crt", "/run/interlock/ca-bundle.crt"))
 	for _, want := range []string{
 		"\n[Unit]\nRequires=interlock.service\nAfter=interlock.service\n",
 		"\n[Service]\nExecStartPre=+/usr/bin/interlock tag --unit %n --identity ci-bot\n",
+		"\nEnvironment=\"SSL_CERT_FILE=/run/interlock/ca-bundle.crt\"\n",
+		"\nEnvironment=\"NODE_EXTRA_CA_CERTS=/run/interlock/ca.crt\"\n",
+		"\nEnvironment=\"GIT_SSL_CAINFO=/run/interlock/ca-bundle.crt\"\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("drop-in lacks %q:\n%s", want, got)
 		}
 	}
-	slice := dropIn("agents.slice", "ci-bot", "/usr/bin/interlock")
+	slice := dropIn("agents.slice", "ci-bot", "/usr/bin/interlock", nil)
 	if strings.Contains(slice, "ExecStartPre") || !strings.Contains(slice, "After=interlock.service") {
 		t.Errorf("slice drop-in:\n%s", slice)
 	}
@@ -79,7 +82,7 @@ func TestDropIn(t *testing.T) {
 
 func TestWriteDropInIdempotent(t *testing.T) {
 	dir := t.TempDir()
-	text := dropIn("runner.service", "ci-bot", "/usr/bin/interlock")
+	text := dropIn("runner.service", "ci-bot", "/usr/bin/interlock", nil)
 	if changed, err := writeDropIn(dir, "runner.service", text); err != nil || !changed {
 		t.Fatalf("first write = %v, %v", changed, err)
 	}
@@ -88,7 +91,7 @@ func TestWriteDropInIdempotent(t *testing.T) {
 	if changed, err := writeDropIn(dir, "runner.service", text); err != nil || changed {
 		t.Fatalf("second write = %v, %v; want false", changed, err)
 	}
-	if changed, err := writeDropIn(dir, "runner.service", dropIn("runner.service", "other", "/usr/bin/interlock")); err != nil || !changed {
+	if changed, err := writeDropIn(dir, "runner.service", dropIn("runner.service", "other", "/usr/bin/interlock", nil)); err != nil || !changed {
 		t.Fatalf("new identity = %v, %v; want true", changed, err)
 	}
 }

@@ -155,6 +155,10 @@ type Credential struct {
 	Username, Password string
 	// Certificate is a signed OpenSSH certificate (authorized_keys form).
 	Certificate []byte
+	// PrivateKey is an SSH private key (OpenSSH PEM) to log in with
+	// instead of a certificate for the session's key (static keys of
+	// legacy hosts).
+	PrivateKey []byte
 	// Fields holds a secret's named values (HTTP header templates).
 	Fields map[string]string
 }

@@ -211,9 +211,9 @@ func (c *conn) loginUpstream(ctx context.Context, user string) error {
 	if err != nil {
 		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q could not be issued; try again later", s.Target), err)
 	}
-	certSigner, err := certificateSigner(cred.Certificate, signer)
+	certSigner, err := loginSigner(cred, signer)
 	if err != nil {
-		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q is not a certificate for the session's key", s.Target), err)
+		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q is neither a certificate for the session's key nor a private key", s.Target), err)
 	}
 	check, err := knownhosts.New(c.t.KnownHosts)
 	if err != nil {
@@ -263,6 +263,16 @@ func (c *conn) dial(ctx context.Context, cfg *xssh.ClientConfig) (*xssh.Client, 
 	}
 	nc.SetDeadline(time.Time{})
 	return xssh.NewClient(cc, chans, reqs), nil
+}
+
+// loginSigner is what logs in upstream: the session's key under the
+// credential's certificate, or a static private key for hosts that trust no
+// certificate authority.
+func loginSigner(cred protocol.Credential, key xssh.Signer) (xssh.Signer, error) {
+	if len(cred.PrivateKey) > 0 {
+		return xssh.ParsePrivateKey(cred.PrivateKey)
+	}
+	return certificateSigner(cred.Certificate, key)
 }
 
 // certificateSigner signs with key under the certificate cert (authorized
@@ -373,8 +383,10 @@ func (c *conn) session(ctx context.Context, ch xssh.Channel, reqs <-chan *xssh.R
 		switch r.Type {
 		case "pty-req":
 			// The terminal of the command decided next: it goes upstream
-			// with it, if that is allowed.
+			// with it, if that is allowed. Recorded with its size, which
+			// an asciicast of the session needs.
 			pty = r
+			c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgChannelRequest, Body: []byte(ptyBody(r.Payload)), Time: time.Now()})
 			r.Reply(true, nil)
 			continue
 		case "window-change":
@@ -383,6 +395,17 @@ func (c *conn) session(ctx context.Context, ch xssh.Channel, reqs <-chan *xssh.R
 			}
 			continue
 		case "exec", "shell":
+		case "subsystem":
+			if subsystem(r.Payload) != "sftp" {
+				c.refuseRequest(ctx, r)
+				continue
+			}
+			// Each sftp operation is decided on its own; the subsystem
+			// is only recorded.
+			c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgChannelRequest, Body: []byte("subsystem sftp"), Time: time.Now()})
+			go c.drainRequests(ctx, reqs)
+			c.serveSFTP(ctx, ch, r)
+			return
 		default:
 			c.refuseRequest(ctx, r)
 			continue
@@ -431,6 +454,20 @@ func waitApproval(ctx context.Context, v protocol.Verdict) protocol.Verdict {
 	return protocol.Verdict{Action: protocol.Deny, Rule: v.Rule, Message: "not approved"}
 }
 
+// ptyBody is how the recording holds a pty request: "pty-req TERM
+// COLSxROWS".
+func ptyBody(payload []byte) string {
+	var p struct {
+		Term             string
+		Cols, Rows, W, H uint32
+		Modes            string
+	}
+	if xssh.Unmarshal(payload, &p) != nil {
+		return "pty-req"
+	}
+	return fmt.Sprintf("pty-req %s %dx%d", p.Term, p.Cols, p.Rows)
+}
+
 // resized returns the pty request with the size of a window-change.
 func resized(pty *xssh.Request, change []byte) *xssh.Request {
 	var p struct {
@@ -444,6 +481,23 @@ func resized(pty *xssh.Request, change []byte) *xssh.Request {
 	}
 	p.Cols, p.Rows, p.W, p.H = w.Cols, w.Rows, w.W, w.H
 	return &xssh.Request{Type: pty.Type, Payload: xssh.Marshal(&p)}
+}
+
+// subsystem returns the name a subsystem request asks for.
+func subsystem(payload []byte) string {
+	var name struct{ Name string }
+	if xssh.Unmarshal(payload, &name) != nil {
+		return ""
+	}
+	return name.Name
+}
+
+// drainRequests refuses a channel's further requests once it serves a
+// subsystem: a terminal or signal means nothing to one.
+func (c *conn) drainRequests(ctx context.Context, reqs <-chan *xssh.Request) {
+	for r := range reqs {
+		c.refuseRequest(ctx, r)
+	}
 }
 
 // refuseRequest records, decides (for the audit trail) and refuses a

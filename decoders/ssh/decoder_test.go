@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkg/sftp"
 	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -41,6 +42,7 @@ func newSigner(t testing.TB) xssh.Signer {
 // userCA for principal "deploy" and runs a few commands of its own.
 type server struct {
 	addr   string
+	root   string // the sftp subsystem's working directory
 	hostPK xssh.PublicKey
 	mu     sync.Mutex
 	certs  []*xssh.Certificate // the certificates it accepted
@@ -48,7 +50,7 @@ type server struct {
 
 func startServer(t *testing.T, userCA xssh.PublicKey) *server {
 	host := newSigner(t)
-	srv := &server{hostPK: host.PublicKey()}
+	srv := &server{hostPK: host.PublicKey(), root: t.TempDir()}
 	checker := &xssh.CertChecker{IsUserAuthority: func(k xssh.PublicKey) bool { return bytes.Equal(k.Marshal(), userCA.Marshal()) }}
 	cfg := &xssh.ServerConfig{PublicKeyCallback: func(m xssh.ConnMetadata, k xssh.PublicKey) (*xssh.Permissions, error) {
 		p, err := checker.Authenticate(m, k)
@@ -107,6 +109,15 @@ func (srv *server) serve(nc net.Conn, cfg *xssh.ServerConfig) {
 					r.Reply(true, nil)
 					status := run(c, e.Command)
 					c.SendRequest("exit-status", false, xssh.Marshal(&struct{ Status uint32 }{status}))
+					return
+				case "subsystem":
+					// sftp on the local file system, paths relative to
+					// the server's root.
+					r.Reply(true, nil)
+					go xssh.DiscardRequests(creqs)
+					if s, err := sftp.NewServer(c, sftp.WithServerWorkingDirectory(srv.root)); err == nil {
+						s.Serve()
+					}
 					return
 				case "shell":
 					r.Reply(true, nil)
@@ -283,6 +294,10 @@ func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdic
 		return protocol.Verdict{Action: protocol.Hold, Rule: "deploys", ApprovalID: "a-1", Wait: e.wait}
 	case r.Operation == "exec", r.Operation == "shell":
 		return protocol.Verdict{Action: protocol.Allow, Rule: "ok"}
+	case r.Operation == OpSFTPWrite && !strings.Contains(r.Text, "/up/"):
+		return protocol.Verdict{Action: protocol.Deny, Rule: "uploads-only"}
+	case r.Operation == OpSFTPRead, r.Operation == OpSFTPStat, r.Operation == OpSFTPWrite:
+		return protocol.Verdict{Action: protocol.Allow, Rule: "files"}
 	}
 	return protocol.Verdict{Action: protocol.Deny, Rule: "unsupported-operation"}
 }
@@ -466,11 +481,11 @@ func TestRefused(t *testing.T) {
 	if err := s.Setenv("LD_PRELOAD", "/tmp/x.so"); err == nil {
 		t.Error("env: allowed")
 	}
-	if err := s.RequestSubsystem("sftp"); err == nil {
-		t.Error("sftp: allowed")
+	if err := s.RequestSubsystem("netconf"); err == nil {
+		t.Error("netconf: allowed")
 	}
 	s.Close()
-	want := []string{"direct-tcpip direct-tcpip 127.0.0.1:5432", "tcpip-forward", "auth-agent-req@openssh.com", "x11-req", "env LD_PRELOAD", "subsystem sftp"}
+	want := []string{"direct-tcpip direct-tcpip 127.0.0.1:5432", "tcpip-forward", "auth-agent-req@openssh.com", "x11-req", "env LD_PRELOAD", "subsystem netconf"}
 	if got := f.enforcer.ops(); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("decided %q, want %q", got, want)
 	}
@@ -622,5 +637,131 @@ func TestSessionLimit(t *testing.T) {
 	}
 	if f.issued != 0 {
 		t.Error("a credential was issued over the cap")
+	}
+}
+
+// TestSFTP: the agent's sftp requests are decided on their paths, resolved
+// against the server's working directory, and carried out upstream.
+func TestSFTP(t *testing.T) {
+	f := newFixture(t)
+	root := f.srv.root
+	for _, d := range []string{"up", "docs"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "docs", "a.txt"), []byte("doc a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := f.connect("deploy")
+	// The client's own session, to read what interlockd says on stderr.
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr safeBuffer
+	errPipe, _ := s.StderrPipe()
+	go io.Copy(&stderr, errPipe)
+	in, _ := s.StdinPipe()
+	out, _ := s.StdoutPipe()
+	if err := s.RequestSubsystem("sftp"); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := sftp.NewClientPipe(out, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if wd, err := sc.Getwd(); err != nil || wd != root {
+		t.Errorf("working directory %q, %v; want the server's %q", wd, err, root)
+	}
+	// A relative path is the server's: up/b.txt is root/up/b.txt.
+	w, err := sc.Create("up/b.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("upload b\n")); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if b, err := os.ReadFile(filepath.Join(root, "up", "b.txt")); err != nil || string(b) != "upload b\n" {
+		t.Errorf("uploaded %q, %v", b, err)
+	}
+	if err := sc.Rename("up/b.txt", "up/c.txt"); err != nil {
+		t.Errorf("rename within up/: %v", err)
+	}
+	r, err := sc.Open("docs/a.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(r); err != nil || string(b) != "doc a\n" {
+		t.Errorf("read %q, %v", b, err)
+	}
+	r.Close()
+	if fis, err := sc.ReadDir("docs"); err != nil || len(fis) != 1 || fis[0].Name() != "a.txt" {
+		t.Errorf("list docs: %v, %v", fis, err)
+	}
+	// Denied operations fail with permission denied, naming the rule; the
+	// session goes on.
+	for name, op := range map[string]func() error{
+		"create docs/x":      func() error { _, err := sc.Create("docs/x"); return err },
+		"remove docs/a.txt":  func() error { return sc.Remove("docs/a.txt") },
+		"rename out of up/":  func() error { return sc.Rename("up/c.txt", "docs/c.txt") },
+		"mkdir docs/d":       func() error { return sc.Mkdir("docs/d") },
+		"chmod docs/a.txt":   func() error { return sc.Chmod("docs/a.txt", 0o777) },
+		"symlink into docs/": func() error { return sc.Symlink("../docs/a.txt", "up/link") },
+	} {
+		if err := op(); !errors.Is(err, os.ErrPermission) {
+			t.Errorf("%s: %v, want permission denied", name, err)
+		}
+	}
+	// Six denials, seven lines: pkg/sftp's Remove tries rmdir after remove.
+	waitUntil(t, func() bool { return strings.Count(stderr.String(), `denied by policy rule "uploads-only"`) == 7 }, &stderr)
+	if !strings.Contains(stderr.String(), "interlock: remove "+root+"/docs/a.txt: denied by policy rule \"uploads-only\"\n") {
+		t.Errorf("stderr:\n%s", stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(root, "docs", "a.txt")); err != nil {
+		t.Errorf("a denied remove removed: %v", err)
+	}
+	if _, err := sc.Stat("up/c.txt"); err != nil {
+		t.Errorf("stat after denials: %v", err)
+	}
+	for _, body := range []string{"open-write " + root + "/up/b.txt", "rename " + root + "/up/b.txt -> " + root + "/up/c.txt",
+		"open-read " + root + "/docs/a.txt", "remove " + root + "/docs/a.txt", "list " + root + "/docs"} {
+		if !f.rec.has(MsgSFTP, body) {
+			t.Errorf("the recording lacks %q", body)
+		}
+	}
+	if !f.rec.has(MsgInterlock, "interlock: mkdir "+root+"/docs/d: denied by policy rule \"uploads-only\"\n") {
+		t.Error("the recording lacks the denials")
+	}
+}
+
+// safeBuffer is a bytes.Buffer written by one goroutine and read by another.
+type safeBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *safeBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *safeBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// waitUntil polls cond for up to 5 s.
+func waitUntil(t *testing.T, cond func() bool, b *safeBuffer) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out:\n%s", b.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
