@@ -61,7 +61,7 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 	comment := fmt.Sprintf("interlock session %s: identity %s, target %s, %s from %s to %s",
 		firstNonEmpty(ss.ID, h.Session), ss.Identity, ss.Target, protocol, client, server)
 	rb, known := readBacks[protocol]
-	if known && server.Port() != rb.port {
+	if known && rb.port != 0 && server.Port() != rb.port {
 		comment += fmt.Sprintf("; the server port %d is written as %d so that dissectors decode %s without options",
 			server.Port(), rb.port, rb.name)
 		server = netip.AddrPortFrom(server.Addr(), rb.port)

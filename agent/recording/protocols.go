@@ -1,6 +1,7 @@
 package recording
 
 import (
+	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/decoders/transcript"
 )
@@ -14,7 +15,8 @@ type readBack struct {
 	// appendWire re-frames a recorded message as it crossed the wire.
 	appendWire func(dst []byte, fromClient bool, typ byte, body []byte) []byte
 	// Dissectors decode the protocol (name, for the capture's comment)
-	// without options only on port.
+	// without options only on port; 0 when the capture keeps the session's
+	// own port.
 	name string
 	port uint16
 }
@@ -29,5 +31,8 @@ var readBacks = map[string]readBack{
 		appendWire: postgres.AppendWire,
 		name:       "PostgreSQL",
 		port:       postgres.DissectorPort,
+	},
+	"http": {
+		describer: func() transcript.Describer { return http.Transcript{} },
 	},
 }
