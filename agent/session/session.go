@@ -212,7 +212,7 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	up := &upstream{p: p, c: c}
 	rec := &recorder{p: p, c: c}
 	s := &protocol.Session{
-		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.target.Name,
+		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.targetName(),
 		TLS: p.cfg.TLS(pc.Dst.Addr()), Connect: connect, Refuse: refuse, Handshake: handshakeTimeout,
 		Limits:   protocol.Limits{MaxBuffered: int(lim.SessionBuffer), MessageTimeout: lim.MessageTimeout},
 		Upstream: up, Enforcer: &enforcer{p: p, c: c, rec: rec}, Recorder: rec,

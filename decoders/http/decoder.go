@@ -146,6 +146,7 @@ type conn struct {
 	connect     protocol.Verdict
 	chosen      bool
 	transport   *nethttp.Transport
+	h2base      *nethttp.Server // an HTTP/2 connection's: see serveHTTP2
 	scheme      string
 
 	// mu pairs each request's record with its decision (protocol.Enforcer)
@@ -315,10 +316,10 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 		req, status, err := nextRequest(br)
 		switch {
 		case status == nethttp.StatusRequestHeaderFieldsTooLarge:
-			c.reply1(nil, errorResponse(status, "request head too large"))
+			c.refuse1(errorResponse(status, "request head too large"))
 			return &protocol.LimitError{Limit: "message_buffer", Msg: fmt.Sprintf("request head over %d bytes", c.maxHeader)}
 		case status != 0:
-			c.reply1(nil, errorResponse(status, err.Error()))
+			c.refuse1(errorResponse(status, err.Error()))
 			return &protocol.ViolationError{Msg: err.Error()}
 		case err != nil:
 			return nil // the agent closed, or stalled before a request
@@ -381,6 +382,25 @@ func nextRequest(br *bufio.Reader) (*nethttp.Request, int, error) {
 	return req, 0, nil
 }
 
+// refuse1 answers a request that ends the connection, then closes it as
+// net/http does: the sending side first, then what the agent still sends
+// is read and dropped for a moment, so that closing with unread bytes does
+// not reset the connection before the agent has read the answer.
+func (c *conn) refuse1(resp *nethttp.Response) {
+	if c.reply1(nil, resp) != nil {
+		return
+	}
+	closeWrite(c.agent)
+	c.agent.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, io.LimitReader(c.agent, lingerBytes))
+}
+
+// How long, and how much, refuse1 reads after its answer.
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 256 << 10
+)
+
 // reply1 writes resp to an HTTP/1.1 agent and closes its body.
 func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
 	defer resp.Body.Close()
@@ -398,11 +418,13 @@ func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
 // serveHTTP2 serves the agent's HTTP/2 connection, a stream per request.
 func (c *conn) serveHTTP2(ctx context.Context, tc *tls.Conn) {
 	srv := &http2.Server{MaxConcurrentStreams: orDefault(c.d.MaxConcurrentStreams, DefaultMaxConcurrentStreams)}
-	srv.ServeConn(tc, &http2.ServeConnOpts{
-		Context:    ctx,
-		BaseConfig: &nethttp.Server{MaxHeaderBytes: c.maxHeader},
-		Handler:    nethttp.HandlerFunc(c.serveStream),
-	})
+	// The base server's Shutdown ends the connection gracefully (GOAWAY,
+	// streams under way finish): see serveStream.
+	c.h2base = &nethttp.Server{MaxHeaderBytes: c.maxHeader}
+	if err := http2.ConfigureServer(c.h2base, srv); err != nil {
+		return
+	}
+	srv.ServeConn(tc, &http2.ServeConnOpts{Context: ctx, BaseConfig: c.h2base, Handler: nethttp.HandlerFunc(c.serveStream)})
 }
 
 // serveStream answers one HTTP/2 stream.
@@ -435,8 +457,8 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 		h[k] = v
 	}
 	if c.ended() != nil {
-		// The connection ends once this stream is answered.
-		go c.agent.Close()
+		// The connection ends once its streams are answered.
+		go c.h2base.Shutdown(context.Background())
 	}
 }
 

@@ -206,6 +206,11 @@ func TestIntercept(t *testing.T) {
 			if n := len(h.enf.seen); n != 3 || h.enf.seen[0].Host != "example.com" || h.enf.seen[0].Operation != "GET" {
 				t.Errorf("decided %+v", h.enf.seen)
 			}
+			// The last body is recorded once written, after the client
+			// may have read it.
+			for deadline := time.Now().Add(5 * time.Second); h.rec.types() != "hHBhihHB" && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
 			if ty := h.rec.types(); ty != "hHBhihHB" {
 				t.Errorf("recorded types %q, want hHBhihHB", ty)
 			}

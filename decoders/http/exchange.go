@@ -60,7 +60,7 @@ func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Resp
 	c.mu.Unlock()
 	switch v.Action {
 	case protocol.Deny:
-		return c.denied(v.Rule, describe(v))
+		return c.denied(v.Rule, v.Message)
 	case protocol.Mask:
 		return c.denied(v.Rule, "masking HTTP responses is not supported by this interlockd; the request is refused rather than answered unmasked")
 	case protocol.Hold:
@@ -146,7 +146,7 @@ func (c *conn) denied(rule, message string) *nethttp.Response {
 	body, _ := json.Marshal(struct {
 		Error   string `json:"error"`
 		Rule    string `json:"rule"`
-		Message string `json:"message"`
+		Message string `json:"message,omitempty"`
 	}{"denied by interlock", rule, message})
 	return c.ownBody(nethttp.StatusForbidden, body)
 }

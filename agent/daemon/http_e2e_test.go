@@ -1,0 +1,278 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/ca"
+	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// httpFixture is interlockd in front of real HTTPS servers on loopback:
+// one with a certificate of a test CA that interlockd's policy names
+// (upstream_ca), one whose certificate that CA did not sign, and a plain
+// HTTP one; the agent is the real curl, run as nobody under `interlock
+// exec`.
+type httpFixture struct {
+	d   *daemontest.Daemon
+	dir string
+	// upstreamCA is the test CA's certificate (the "public" CA the
+	// upstreams' certificates chain to); interlockCA is Interlock's.
+	upstreamCA, interlockCA     string
+	tlsPort, badPort, plainPort int
+	// hits counts the requests each upstream served.
+	hits, badHits, plainHits atomic.Int64
+}
+
+func startHTTP(t *testing.T) *httpFixture {
+	testenv.Privileged(t)
+	if _, err := exec.LookPath("curl"); err != nil {
+		testenv.Unavailable(t, "no curl (apt-get install curl): %v", err)
+	}
+	f := &httpFixture{dir: t.TempDir(), tlsPort: testenv.FreePort(t), badPort: testenv.FreePort(t), plainPort: testenv.FreePort(t)}
+	for p := f.dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The upstreams' CA, and another that signs the bad upstream.
+	f.upstreamCA = filepath.Join(f.dir, "upstream-ca.crt")
+	public, err := ca.Open(ca.Config{Dir: filepath.Join(f.dir, "public-ca"), PublicCert: f.upstreamCA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ca.Open(ca.Config{Dir: filepath.Join(f.dir, "other-ca"), PublicCert: filepath.Join(f.dir, "other-ca.crt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve := func(port int, tlsCA *ca.Authority, hits *atomic.Int64) {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hits.Add(1)
+			body, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "upstream %s %s %s host=%s body=%q\n", r.Proto, r.Method, r.URL.RequestURI(), r.Host, body)
+		})}
+		if tlsCA != nil {
+			srv.TLSConfig = &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return tlsCA.Leaf(h.ServerName) },
+				NextProtos: []string{"h2", "http/1.1"}}
+			ln = tls.NewListener(ln, srv.TLSConfig)
+		}
+		go srv.Serve(ln)
+		t.Cleanup(func() { srv.Close() })
+	}
+	serve(f.tlsPort, public, &f.hits)
+	serve(f.badPort, other, &f.badHits)
+	serve(f.plainPort, nil, &f.plainHits)
+
+	pol := filepath.Join(f.dir, "policy.yaml")
+	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
+identities: [{name: ci-bot}]
+targets:
+  - name: api
+    protocol: http
+    hosts: [api.test]
+    port: %[1]d
+    tls: intercept
+    upstream_ca: %[4]s
+  - name: mirror
+    protocol: http
+    hosts: [mirror.test]
+    port: %[1]d
+    tls: passthrough
+  - name: impostor
+    protocol: http
+    hosts: [impostor.test]
+    port: %[2]d
+    tls: intercept
+    upstream_ca: %[4]s
+  - name: intranet
+    protocol: http
+    hosts: [intranet.test]
+    port: %[3]d
+rules:
+  - {name: no-admin, identity: ci-bot, target: api, http: {paths: [/admin/]}, action: deny}
+  - {name: api-read, identity: ci-bot, target: api, http: {methods: [GET]}, action: allow}
+  - {name: mirror-ok, identity: ci-bot, target: mirror, action: allow}
+  - {name: impostor-read, identity: ci-bot, target: impostor, http: {methods: [GET]}, action: allow}
+  - {name: intranet-rw, identity: ci-bot, target: intranet, http: {methods: [GET, POST], paths: [/public/]}, action: allow}
+`, f.tlsPort, f.badPort, f.plainPort, f.upstreamCA)), 0o644)
+	f.d = daemontest.Start(t, daemontest.Options{Policy: pol})
+	f.interlockCA = filepath.Join(filepath.Dir(f.d.Socket), "ca.crt")
+	return f
+}
+
+// curl runs the real curl as nobody under `interlock exec`, every host
+// name of the test resolved to loopback, and returns its stdout, stderr
+// and exit status.
+func (f *httpFixture) curl(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	argv := []string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"curl", "-sS", "--max-time", "20"}
+	for _, h := range []string{"api.test", "mirror.test", "impostor.test", "intranet.test", "evil.test"} {
+		for _, p := range []int{f.tlsPort, f.badPort, f.plainPort} {
+			argv = append(argv, "--resolve", fmt.Sprintf("%s:%d:127.0.0.1", h, p))
+		}
+	}
+	cmd := f.d.Command(ctx, append(argv, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return out.String(), errb.String(), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("curl %v: %v", args, err)
+	}
+	return out.String(), errb.String(), 0
+}
+
+// replay returns `interlock replay` of the session a connection event
+// names.
+func (f *httpFixture) replay(t *testing.T, ev map[string]any) string {
+	t.Helper()
+	out, errOut, err := f.d.CLI("replay", fmt.Sprint(ev["conn"]))
+	if err != nil {
+		t.Fatalf("interlock replay: %v\n%s", err, errOut)
+	}
+	return out
+}
+
+// TestHTTPSIntercept: curl over HTTP/1.1 and HTTP/2 through interception
+// with a leaf of Interlock's CA: a denied path gets 403 naming the rule,
+// and the next request on the same connection goes through.
+func TestHTTPSIntercept(t *testing.T) {
+	f := startHTTP(t)
+	for _, version := range []string{"--http1.1", "--http2"} {
+		before := f.hits.Load()
+		url := fmt.Sprintf("https://api.test:%d", f.tlsPort)
+		out, errOut, st := f.curl(t, version, "-v", "--cacert", f.interlockCA, "-w", "status=%{http_code}\n",
+			url+"/admin/users", url+"/repos/acme?page=2")
+		if st != 0 {
+			t.Fatalf("%s: curl status %d\n%s\n%s", version, st, out, errOut)
+		}
+		if !strings.Contains(out, `"rule":"no-admin"`) || !strings.Contains(out, "status=403") {
+			t.Errorf("%s: the denied path:\n%s", version, out)
+		}
+		if !strings.Contains(out, "upstream HTTP/2.0 GET /repos/acme?page=2 host=api.test") || !strings.Contains(out, "status=200") {
+			t.Errorf("%s: the allowed path after the denial:\n%s", version, out)
+		}
+		// One connection carried both, and Interlock's CA signed its leaf.
+		if !strings.Contains(errOut, "Re-using existing") && !strings.Contains(errOut, "Reusing existing") {
+			t.Errorf("%s: curl did not reuse its connection:\n%s", version, errOut)
+		}
+		if version == "--http2" && !strings.Contains(errOut, "ALPN: server accepted h2") {
+			t.Errorf("--http2: interlockd did not speak h2 to curl:\n%s", errOut)
+		}
+		if got := f.hits.Load() - before; got != 1 {
+			t.Errorf("%s: the upstream served %d requests, want 1 (the denied one never left)", version, got)
+		}
+	}
+	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "no-admin" && m["action"] == "deny" })
+	// interlock replay prints each exchange with its decision.
+	closed := waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["target"] == "api" && m["outcome"] == "closed" })
+	tr := f.replay(t, closed)
+	for _, want := range []string{"GET /admin/users HTTP/", "decision: deny by rule no-admin", "interlock: HTTP/1.1 403 Forbidden", "GET /repos/acme?page=2 HTTP/", "HTTP/2.0 200 OK", "upstream HTTP/2.0 GET /repos/acme?page=2"} {
+		if !strings.Contains(tr, want) {
+			t.Errorf("replay lacks %q:\n%s", want, tr)
+		}
+	}
+	// Without Interlock's CA, curl refuses the leaf: it is no upstream's.
+	if _, _, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://api.test:%d/repos/acme", f.tlsPort)); st != 60 {
+		t.Errorf("intercepted with the upstream's CA only: curl status %d, want 60 (peer certificate not trusted)", st)
+	}
+}
+
+// TestHTTPSUpstreamMustVerify: an upstream whose certificate does not
+// chain to the target's CA gets the agent a 502 and an audit record, and
+// is never sent the request.
+func TestHTTPSUpstreamMustVerify(t *testing.T) {
+	f := startHTTP(t)
+	out, errOut, st := f.curl(t, "--cacert", f.interlockCA, "-w", "status=%{http_code}\n", fmt.Sprintf("https://impostor.test:%d/x", f.badPort))
+	if st != 0 || !strings.Contains(out, "status=502") || !strings.Contains(out, "does not verify") {
+		t.Fatalf("unverified upstream: curl status %d\n%s\n%s", st, out, errOut)
+	}
+	if f.badHits.Load() != 0 {
+		t.Errorf("the unverified upstream served %d requests", f.badHits.Load())
+	}
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+		return m["target"] == "impostor" && m["outcome"] == "upstream certificate" && strings.Contains(fmt.Sprint(m["reason"]), "certificate")
+	})
+}
+
+// TestHTTPSPassthrough: a passthrough target's agent sees the upstream's
+// own certificate; a server name no target has is refused before any
+// upstream hears of it.
+func TestHTTPSPassthrough(t *testing.T) {
+	f := startHTTP(t)
+	out, errOut, st := f.curl(t, "-v", "--cacert", f.upstreamCA, fmt.Sprintf("https://mirror.test:%d/pkg", f.tlsPort))
+	if st != 0 || !strings.Contains(out, "upstream HTTP/2.0 GET /pkg host=mirror.test") {
+		t.Fatalf("passthrough: curl status %d\n%s\n%s", st, out, errOut)
+	}
+	// Interlock's CA does not do: the certificate is the upstream's.
+	if _, _, st := f.curl(t, "--cacert", f.interlockCA, fmt.Sprintf("https://mirror.test:%d/pkg", f.tlsPort)); st != 60 {
+		t.Errorf("passthrough with Interlock's CA: curl status %d, want 60", st)
+	}
+	// The recording says what was relayed, and that it was not decrypted.
+	closed := waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["target"] == "mirror" && m["outcome"] == "closed" })
+	if tr := f.replay(t, closed); !strings.Contains(tr, "TLS passthrough to mirror.test, ALPN h2,http/1.1: not decrypted") {
+		t.Errorf("replay of the passthrough session:\n%s", tr)
+	}
+	before := f.hits.Load()
+	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://evil.test:%d/", f.tlsPort)); st == 0 {
+		t.Errorf("a server name no target has went through:\n%s", errOut)
+	}
+	if f.hits.Load() != before {
+		t.Error("the upstream heard of a refused server name")
+	}
+	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "unknown-host" })
+}
+
+// TestHTTPSmuggling: requests that two parsers would frame two ways get
+// 400 from interlockd and reach nothing.
+func TestHTTPSmuggling(t *testing.T) {
+	f := startHTTP(t)
+	out, errOut, st := f.curl(t, "-w", "status=%{http_code}\n", fmt.Sprintf("http://intranet.test:%d/public/x", f.plainPort))
+	if st != 0 || !strings.Contains(out, "upstream HTTP/1.1 GET /public/x host=intranet.test") {
+		t.Fatalf("plain request: curl status %d\n%s\n%s", st, out, errOut)
+	}
+	before := f.plainHits.Load()
+	for _, raw := range []string{
+		// CL.TE: the second request hides in what the front end takes for a body.
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nContent-Length: 49\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /private HTTP/1.1\r\nHost: intranet.test\r\n\r\n",
+		// TE.CL.
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n2c\r\nGET /private HTTP/1.1\r\nHost: intranet.test\r\n\r\n\r\n0\r\n\r\n",
+		// Two lengths, an obfuscated encoding, a folded header.
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nContent-Length: 0\r\nContent-Length: 44\r\n\r\nGET /private HTTP/1.1\r\nHost: intranet.test\r\n\r\n",
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nTransfer-Encoding: chunked\r\nTransfer-encoding: x\r\n\r\n0\r\n\r\n",
+		"GET /public/x HTTP/1.1\r\nHost: intranet.test\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n",
+	} {
+		script := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d; printf %%s "$1" >&3; timeout 5 cat <&3`, f.plainPort)
+		cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+			"bash", "-c", script, "smuggle", raw)
+		got, _ := cmd.CombinedOutput()
+		if !strings.HasPrefix(string(got), "HTTP/1.1 400 ") || strings.Count(string(got), "HTTP/1.1") != 1 {
+			t.Errorf("%q: got\n%s", raw, got)
+		}
+	}
+	if n := f.plainHits.Load() - before; n != 0 {
+		t.Errorf("the upstream served %d smuggled requests", n)
+	}
+}
