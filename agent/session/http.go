@@ -26,6 +26,7 @@ func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx 
 			t = pol.TargetForName(name, port)
 		}
 		op := "CONNECT " + name
+		c.target = t
 		if t == nil {
 			dec := policy.Decision{Action: policy.Deny, Rule: "unknown-host",
 				Message: fmt.Sprintf("no http target has host %q on port %d", name, port)}
@@ -33,7 +34,6 @@ func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx 
 			p.record(c.decision(op, "", dec, true))
 			return "", verdictOf(dec)
 		}
-		c.target = t
 		if t.TLS == policy.TLSPassthrough {
 			op += " (TLS passthrough: not decrypted)"
 		}

@@ -51,12 +51,25 @@ func (r *recorder) types() string {
 type enforcer struct {
 	mu   sync.Mutex
 	seen []protocol.Request
+	// release, when set, ends the wait of requests under /hold/, which are
+	// held for approval and then approved.
+	release chan struct{}
 }
 
 func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdict {
 	e.mu.Lock()
 	e.seen = append(e.seen, r)
 	e.mu.Unlock()
+	if strings.HasPrefix(r.Text, "/hold/") {
+		return protocol.Verdict{Action: protocol.Hold, Rule: "held", ApprovalID: "a1", Wait: func(ctx context.Context) (bool, string) {
+			select {
+			case <-e.release:
+				return true, ""
+			case <-ctx.Done():
+				return false, "gone"
+			}
+		}}
+	}
 	if strings.HasPrefix(r.Text, "/deny/") {
 		return protocol.Verdict{Action: protocol.Deny, Rule: "no-deny"}
 	}
@@ -355,5 +368,43 @@ func TestMalformedHello(t *testing.T) {
 	// The next connection is served as ever.
 	if resp, _ := get(t, h.client(true, false), "https://example.com/x"); resp.StatusCode != 200 {
 		t.Errorf("after a malformed hello: %d", resp.StatusCode)
+	}
+}
+
+// TestHoldHoldsOneStream: a request held for approval waits alone; another
+// stream of the same HTTP/2 connection completes meanwhile.
+func TestHoldHoldsOneStream(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	h.enf.release = make(chan struct{})
+	c := h.client(true, true)
+	held := make(chan string, 1)
+	go func() {
+		resp, body := get(t, c, "https://example.com/hold/deploy")
+		held <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		h.enf.mu.Lock()
+		n := len(h.enf.seen)
+		h.enf.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the held request was never decided")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, _ := get(t, c, "https://example.com/fast")
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("the other stream: %d %s", resp.StatusCode, resp.Proto)
+	}
+	select {
+	case r := <-held:
+		t.Fatalf("the held request answered before its approval: %s", r)
+	default:
+	}
+	close(h.enf.release)
+	if r := <-held; !strings.HasPrefix(r, "200 upstream GET /hold/deploy") {
+		t.Errorf("the approved request: %s", r)
 	}
 }
