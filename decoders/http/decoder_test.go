@@ -408,3 +408,24 @@ func TestHoldHoldsOneStream(t *testing.T) {
 		t.Errorf("the approved request: %s", r)
 	}
 }
+
+// TestGRPCDenied: a denied gRPC call gets PERMISSION_DENIED in gRPC's own
+// words, a trailers-only response.
+func TestGRPCDenied(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	req, _ := nethttp.NewRequest("POST", "https://example.com/deny/pkg.Service/Method", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := h.client(true, true).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "7" || !strings.Contains(resp.Header.Get("Grpc-Message"), "no-deny") {
+		t.Errorf("denied gRPC call: %d %v", resp.StatusCode, resp.Header)
+	}
+	if h.upstreamHits.Load() != 0 {
+		t.Error("the denied call reached the upstream")
+	}
+}

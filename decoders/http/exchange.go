@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	nethttp "net/http"
+	"net/url"
 	"path"
 	"strings"
 	"sync"
@@ -60,16 +61,16 @@ func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Resp
 	c.mu.Unlock()
 	switch v.Action {
 	case protocol.Deny:
-		return c.denied(v.Rule, v.Message)
+		return c.denied(req, v.Rule, v.Message)
 	case protocol.Mask:
-		return c.denied(v.Rule, "masking HTTP responses is not supported by this interlockd; the request is refused rather than answered unmasked")
+		return c.denied(req, v.Rule, "masking HTTP responses is not supported by this interlockd; the request is refused rather than answered unmasked")
 	case protocol.Hold:
 		ok, reason := false, "no approval could be awaited"
 		if v.Wait != nil {
 			ok, reason = v.Wait(ctx)
 		}
 		if !ok {
-			return c.denied(v.Rule, fmt.Sprintf("approval %s refused: %s", v.ApprovalID, reason))
+			return c.denied(req, v.Rule, fmt.Sprintf("approval %s refused: %s", v.ApprovalID, reason))
 		}
 	}
 	return c.forward(ctx, req, host)
@@ -140,9 +141,24 @@ func (c *conn) ended() error {
 	return c.ending
 }
 
+// grpcPermissionDenied is gRPC's status code PERMISSION_DENIED.
+const grpcPermissionDenied = "7"
+
 // denied is the 403 of a refused request: a small JSON body naming the
-// rule.
-func (c *conn) denied(rule, message string) *nethttp.Response {
+// rule. A gRPC call gets gRPC's own refusal instead: a trailers-only
+// response with status PERMISSION_DENIED.
+func (c *conn) denied(req *nethttp.Request, rule, message string) *nethttp.Response {
+	if strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
+		msg := "denied by interlock rule " + rule
+		if message != "" {
+			msg += ": " + message
+		}
+		resp := errorResponseBody(nethttp.StatusOK, nil)
+		resp.Header = nethttp.Header{"Content-Type": {"application/grpc"}, "Grpc-Status": {grpcPermissionDenied},
+			"Grpc-Message": {url.PathEscape(msg)}}
+		c.s.Recorder.Record(protocol.Message{Type: MsgInterlock, Time: time.Now(), Body: responseHead(resp)})
+		return resp
+	}
 	body, _ := json.Marshal(struct {
 		Error   string `json:"error"`
 		Rule    string `json:"rule"`
