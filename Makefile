@@ -17,7 +17,7 @@ all: build
 DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
   iproute2 procps util-linux netcat-openbsd openssh-client openssh-server \
   postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
-  tshark chromium \
+  tshark chromium nginx-light \
   debootstrap qemu-system-x86 qemu-utils busybox-static cpio xz-utils
 deps:
 	apt-get update -q

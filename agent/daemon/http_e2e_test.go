@@ -3,16 +3,14 @@ package daemon_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,11 +19,10 @@ import (
 	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
-// httpFixture is interlockd in front of real HTTPS servers on loopback:
-// one with a certificate of a test CA that interlockd's policy names
-// (upstream_ca), one whose certificate that CA did not sign, and a plain
-// HTTP one; the agent is the real curl, run as nobody under `interlock
-// exec`.
+// httpFixture is interlockd in front of nginx on loopback: HTTPS with
+// certificates of a test CA that interlockd's policy names (upstream_ca),
+// HTTPS with a certificate that CA did not sign, and plain HTTP; the agent
+// is the real curl, run as nobody under `interlock exec`.
 type httpFixture struct {
 	d   *daemontest.Daemon
 	dir string
@@ -33,14 +30,14 @@ type httpFixture struct {
 	// upstreams' certificates chain to); interlockCA is Interlock's.
 	upstreamCA, interlockCA     string
 	tlsPort, badPort, plainPort int
-	// hits counts the requests each upstream served.
-	hits, badHits, plainHits atomic.Int64
 }
 
 func startHTTP(t *testing.T) *httpFixture {
 	testenv.Privileged(t)
-	if _, err := exec.LookPath("curl"); err != nil {
-		testenv.Unavailable(t, "no curl (apt-get install curl): %v", err)
+	for _, bin := range []string{"curl", "nginx"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			testenv.Unavailable(t, "no %s (apt-get install curl nginx-light): %v", bin, err)
+		}
 	}
 	f := &httpFixture{dir: t.TempDir(), tlsPort: testenv.FreePort(t), badPort: testenv.FreePort(t), plainPort: testenv.FreePort(t)}
 	for p := f.dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
@@ -48,7 +45,7 @@ func startHTTP(t *testing.T) *httpFixture {
 			t.Fatal(err)
 		}
 	}
-	// The upstreams' CA, and another that signs the bad upstream.
+	// The upstreams' CA, and another that signs the impostor.
 	f.upstreamCA = filepath.Join(f.dir, "upstream-ca.crt")
 	public, err := ca.Open(ca.Config{Dir: filepath.Join(f.dir, "public-ca"), PublicCert: f.upstreamCA})
 	if err != nil {
@@ -58,27 +55,65 @@ func startHTTP(t *testing.T) *httpFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serve := func(port int, tlsCA *ca.Authority, hits *atomic.Int64) {
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			t.Fatal(err)
+	// Each server block: its name, port, certificate (none: plain HTTP).
+	var servers strings.Builder
+	for _, srv := range []struct {
+		name string
+		port int
+		ca   *ca.Authority
+	}{{"api.test", f.tlsPort, public}, {"mirror.test", f.tlsPort, public}, {"impostor.test", f.badPort, other}, {"intranet.test", f.plainPort, nil}} {
+		listen := fmt.Sprintf("127.0.0.1:%d", srv.port)
+		tlsConf := ""
+		if srv.ca != nil {
+			listen += " ssl http2"
+			crt, key := f.leafFiles(t, srv.ca, srv.name)
+			tlsConf = fmt.Sprintf("ssl_certificate %s;\n    ssl_certificate_key %s;", crt, key)
 		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			hits.Add(1)
-			body, _ := io.ReadAll(r.Body)
-			fmt.Fprintf(w, "upstream %s %s %s host=%s body=%q\n", r.Proto, r.Method, r.URL.RequestURI(), r.Host, body)
-		})}
-		if tlsCA != nil {
-			srv.TLSConfig = &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) { return tlsCA.Leaf(h.ServerName) },
-				NextProtos: []string{"h2", "http/1.1"}}
-			ln = tls.NewListener(ln, srv.TLSConfig)
-		}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
+		fmt.Fprintf(&servers, `  server {
+    listen %s;
+    server_name %s;
+    %s
+    access_log %s;
+    location / { return 200 "upstream $server_protocol $request_method $request_uri host=$host\n"; }
+  }
+`, listen, srv.name, tlsConf, filepath.Join(f.dir, srv.name+".log"))
 	}
-	serve(f.tlsPort, public, &f.hits)
-	serve(f.badPort, other, &f.badHits)
-	serve(f.plainPort, nil, &f.plainHits)
+	conf := filepath.Join(f.dir, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log;
+events {}
+http {
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  default_type text/plain;
+%[2]s}
+`, f.dir, servers.String())), 0o644)
+	nginx := exec.Command("nginx", "-c", conf, "-e", filepath.Join(f.dir, "nginx-error.log"))
+	nginxOut := &daemontest.Buffer{}
+	nginx.Stdout, nginx.Stderr = nginxOut, nginxOut
+	if err := nginx.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		nginx.Process.Kill()
+		nginx.Wait()
+		if t.Failed() {
+			errLog, _ := os.ReadFile(filepath.Join(f.dir, "nginx-error.log"))
+			t.Logf("nginx:\n%s\n%s", nginxOut.String(), errLog)
+		}
+	})
+	waitFor(t, "nginx to listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", f.plainPort))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 
 	pol := filepath.Join(f.dir, "policy.yaml")
 	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
@@ -115,6 +150,30 @@ rules:
 	f.d = daemontest.Start(t, daemontest.Options{Policy: pol})
 	f.interlockCA = filepath.Join(filepath.Dir(f.d.Socket), "ca.crt")
 	return f
+}
+
+// hits returns how many requests nginx served for a server name.
+func (f *httpFixture) hits(name string) int {
+	b, _ := os.ReadFile(filepath.Join(f.dir, name+".log"))
+	return bytes.Count(b, []byte("\n"))
+}
+
+// leafFiles writes a certificate of authority for name and its key where
+// nginx reads them.
+func (f *httpFixture) leafFiles(t *testing.T, authority *ca.Authority, name string) (crt, key string) {
+	t.Helper()
+	leaf, err := authority.Leaf(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key = filepath.Join(f.dir, name+".crt"), filepath.Join(f.dir, name+".key")
+	os.WriteFile(crt, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]}), 0o644)
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	return crt, key
 }
 
 // curl runs the real curl as nobody under `interlock exec`, every host
@@ -161,7 +220,7 @@ func (f *httpFixture) replay(t *testing.T, ev map[string]any) string {
 func TestHTTPSIntercept(t *testing.T) {
 	f := startHTTP(t)
 	for _, version := range []string{"--http1.1", "--http2"} {
-		before := f.hits.Load()
+		before := f.hits("api.test")
 		url := fmt.Sprintf("https://api.test:%d", f.tlsPort)
 		out, errOut, st := f.curl(t, version, "-v", "--cacert", f.interlockCA, "-w", "status=%{http_code}\n",
 			url+"/admin/users", url+"/repos/acme?page=2")
@@ -181,7 +240,7 @@ func TestHTTPSIntercept(t *testing.T) {
 		if version == "--http2" && !strings.Contains(errOut, "ALPN: server accepted h2") {
 			t.Errorf("--http2: interlockd did not speak h2 to curl:\n%s", errOut)
 		}
-		if got := f.hits.Load() - before; got != 1 {
+		if got := f.hits("api.test") - before; got != 1 {
 			t.Errorf("%s: the upstream served %d requests, want 1 (the denied one never left)", version, got)
 		}
 	}
@@ -209,8 +268,8 @@ func TestHTTPSUpstreamMustVerify(t *testing.T) {
 	if st != 0 || !strings.Contains(out, "status=502") || !strings.Contains(out, "does not verify") {
 		t.Fatalf("unverified upstream: curl status %d\n%s\n%s", st, out, errOut)
 	}
-	if f.badHits.Load() != 0 {
-		t.Errorf("the unverified upstream served %d requests", f.badHits.Load())
+	if n := f.hits("impostor.test"); n != 0 {
+		t.Errorf("the unverified upstream served %d requests", n)
 	}
 	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
 		return m["target"] == "impostor" && m["outcome"] == "upstream certificate" && strings.Contains(fmt.Sprint(m["reason"]), "certificate")
@@ -235,11 +294,11 @@ func TestHTTPSPassthrough(t *testing.T) {
 	if tr := f.replay(t, closed); !strings.Contains(tr, "TLS passthrough to mirror.test, ALPN h2,http/1.1: not decrypted") {
 		t.Errorf("replay of the passthrough session:\n%s", tr)
 	}
-	before := f.hits.Load()
+	before := f.hits("api.test") + f.hits("mirror.test")
 	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://evil.test:%d/", f.tlsPort)); st == 0 {
 		t.Errorf("a server name no target has went through:\n%s", errOut)
 	}
-	if f.hits.Load() != before {
+	if f.hits("api.test")+f.hits("mirror.test") != before {
 		t.Error("the upstream heard of a refused server name")
 	}
 	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "unknown-host" })
@@ -253,7 +312,7 @@ func TestHTTPSmuggling(t *testing.T) {
 	if st != 0 || !strings.Contains(out, "upstream HTTP/1.1 GET /public/x host=intranet.test") {
 		t.Fatalf("plain request: curl status %d\n%s\n%s", st, out, errOut)
 	}
-	before := f.plainHits.Load()
+	before := f.hits("intranet.test")
 	for _, raw := range []string{
 		// CL.TE: the second request hides in what the front end takes for a body.
 		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nContent-Length: 49\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /private HTTP/1.1\r\nHost: intranet.test\r\n\r\n",
@@ -272,7 +331,7 @@ func TestHTTPSmuggling(t *testing.T) {
 			t.Errorf("%q: got\n%s", raw, got)
 		}
 	}
-	if n := f.plainHits.Load() - before; n != 0 {
+	if n := f.hits("intranet.test") - before; n != 0 {
 		t.Errorf("the upstream served %d smuggled requests", n)
 	}
 }
