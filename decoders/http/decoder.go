@@ -37,6 +37,7 @@ const (
 	DefaultMaxRequestBody       = 1 << 30
 	DefaultMaxRecordedBody      = 64 << 10
 	DefaultMaxConcurrentStreams = 100
+	DefaultIdleTimeout          = 2 * time.Minute
 )
 
 // Mode is a target's TLS handling.
@@ -75,9 +76,13 @@ type Decoder struct {
 	// MaxConcurrentStreams bounds the HTTP/2 streams of one connection
 	// (DefaultMaxConcurrentStreams if 0).
 	MaxConcurrentStreams uint32
+	// IdleTimeout ends a connection that waits this long for its next
+	// request (DefaultIdleTimeout if 0): an idle connection still holds
+	// one of its identity's sessions.
+	IdleTimeout time.Duration
 }
 
-func orDefault[T int | int64 | uint32](v, def T) T {
+func orDefault[T int | int64 | uint32 | time.Duration](v, def T) T {
 	if v <= 0 {
 		return def
 	}
@@ -285,6 +290,8 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 		c.serveHTTP2(ctx, tc)
 		return c.ended()
 	}
+	// The first request is bounded as the handshake was.
+	c.s.Agent.SetReadDeadline(time.Now().Add(c.s.Handshake))
 	return c.serveHTTP1(ctx, bufio.NewReaderSize(tc, c.maxHeader))
 }
 
@@ -312,7 +319,10 @@ func (c *conn) newTransport() {
 // or the exchange ends the connection. Each head is checked for ambiguous
 // framing before net/http reads it.
 func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
-	for {
+	for first := true; ; first = false {
+		if !first {
+			c.agent.SetReadDeadline(time.Now().Add(orDefault(c.d.IdleTimeout, DefaultIdleTimeout)))
+		}
 		req, status, err := nextRequest(br)
 		switch {
 		case status == nethttp.StatusRequestHeaderFieldsTooLarge:
@@ -417,7 +427,8 @@ func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
 
 // serveHTTP2 serves the agent's HTTP/2 connection, a stream per request.
 func (c *conn) serveHTTP2(ctx context.Context, tc *tls.Conn) {
-	srv := &http2.Server{MaxConcurrentStreams: orDefault(c.d.MaxConcurrentStreams, DefaultMaxConcurrentStreams)}
+	srv := &http2.Server{MaxConcurrentStreams: orDefault(c.d.MaxConcurrentStreams, DefaultMaxConcurrentStreams),
+		IdleTimeout: orDefault(c.d.IdleTimeout, DefaultIdleTimeout)}
 	// The base server's Shutdown ends the connection gracefully (GOAWAY,
 	// streams under way finish): see serveStream.
 	c.h2base = &nethttp.Server{MaxHeaderBytes: c.maxHeader}

@@ -101,6 +101,7 @@ type harness struct {
 }
 
 type harnessOpts struct {
+	idle    time.Duration
 	mode    Mode
 	tls     bool // the upstream speaks TLS
 	roots   func(h *harness) *x509.CertPool
@@ -134,7 +135,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	}
 	h.ln = ln
 	t.Cleanup(func() { ln.Close() })
-	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }}
+	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle}
 	go func() {
 		for {
 			agent, err := ln.Accept()
@@ -427,5 +428,31 @@ func TestGRPCDenied(t *testing.T) {
 	}
 	if h.upstreamHits.Load() != 0 {
 		t.Error("the denied call reached the upstream")
+	}
+}
+
+// TestIdleConnectionEnds: a connection that waits past IdleTimeout for its
+// next request is closed, so it holds no session.
+func TestIdleConnectionEnds(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain, idle: 200 * time.Millisecond})
+	conn, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first request: %v %v", resp, err)
+	}
+	io.ReadAll(resp.Body)
+	select {
+	case err := <-h.errs:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the idle connection was kept")
 	}
 }
