@@ -351,6 +351,13 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 			defer c.transport.CloseIdleConnections()
 		}
 		c.agent.SetReadDeadline(time.Time{})
+		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") && req.Body != nethttp.NoBody {
+			// The agent waits for a go-ahead before it sends the body: it
+			// gets one when the body is first read, that is once the
+			// request has been allowed, as net/http's server does.
+			req.Header.Del("Expect")
+			req.Body = &continueBody{ReadCloser: req.Body, agent: c.agent}
+		}
 		resp := c.exchange(ctx, req)
 		// What the exchange did not read of the body is drained, up to a
 		// bound, so the next request starts where it should.
@@ -471,6 +478,25 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 		// The connection ends once its streams are answered.
 		go c.h2base.Shutdown(context.Background())
 	}
+}
+
+// continueBody sends an HTTP/1.1 agent "100 Continue" before the first
+// read of a body it holds back until told.
+type continueBody struct {
+	io.ReadCloser
+	agent net.Conn
+	sent  bool
+}
+
+func (b *continueBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		cont := &nethttp.Response{StatusCode: nethttp.StatusContinue, Status: "100 Continue", ProtoMajor: 1, ProtoMinor: 1, Header: nethttp.Header{}}
+		if err := cont.Write(b.agent); err != nil {
+			return 0, err
+		}
+	}
+	return b.ReadCloser.Read(p)
 }
 
 // hostOf is a Host or :authority without its port, lower case.

@@ -456,3 +456,42 @@ func TestIdleConnectionEnds(t *testing.T) {
 		t.Fatal("the idle connection was kept")
 	}
 }
+
+// TestExpectContinueAndRedaction: an agent that waits for 100 Continue
+// gets it once its request is allowed, and the recording keeps no
+// credential the agent sent.
+func TestExpectContinueAndRedaction(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain})
+	conn, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cr3t-token\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(conn)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 Continue") {
+		t.Fatalf("before the body: %q %v", line, err)
+	}
+	br.ReadString('\n')
+	io.WriteString(conn, "hello")
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `body="hello"`) {
+		t.Errorf("upload: %d %q", resp.StatusCode, body)
+	}
+	h.rec.mu.Lock()
+	defer h.rec.mu.Unlock()
+	for _, m := range h.rec.msgs {
+		if strings.Contains(string(m.Body), "s3cr3t") {
+			t.Errorf("the recording holds the agent's credential: %q", m.Body)
+		}
+	}
+	if !strings.Contains(string(h.rec.msgs[0].Body), "Authorization: [redacted, 19 bytes]") {
+		t.Errorf("recorded head: %q", h.rec.msgs[0].Body)
+	}
+}

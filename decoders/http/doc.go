@@ -31,7 +31,9 @@
 //
 // What the recording holds, by message type (protocol.Message.Type):
 //
-//	'h' agent   a request head, in HTTP/1.1 form (HTTP/2 too)
+//	'h' agent   a request head, in HTTP/1.1 form (HTTP/2 too); the values
+//	            of Authorization, Proxy-Authorization and Cookie (and a
+//	            response's Set-Cookie) are kept as their length only
 //	'b' agent   a request body, its first MaxRecordedBody bytes
 //	'H' server  a response head, in HTTP/1.1 form
 //	'B' server  a response body, its first MaxRecordedBody bytes

@@ -197,20 +197,43 @@ func errorResponseBody(status int, body []byte) *nethttp.Response {
 		ContentLength: int64(len(body)), Body: io.NopCloser(bytes.NewReader(body))}
 }
 
+// secretHeaders carry credentials: the recording keeps that they were
+// sent and how long they were, never their values.
+var secretHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie"}
+
 // requestHead renders a request's head in HTTP/1.1 form for the
-// recording, whichever version carried it.
+// recording, whichever version carried it, with credentials redacted.
 func requestHead(req *nethttp.Request, text string) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s %s HTTP/%d.%d\r\nHost: %s\r\n", req.Method, text, req.ProtoMajor, req.ProtoMinor, req.Host)
-	req.Header.Write(&b)
+	redacted(req.Header).Write(&b)
 	return b.Bytes()
+}
+
+// redacted is h with the values of secretHeaders replaced by their length.
+func redacted(h nethttp.Header) nethttp.Header {
+	out, cloned := h, false
+	for _, k := range secretHeaders {
+		vs, ok := h[k]
+		if !ok {
+			continue
+		}
+		if !cloned {
+			out, cloned = h.Clone(), true
+		}
+		out[k] = make([]string, len(vs))
+		for i, v := range vs {
+			out[k][i] = fmt.Sprintf("[redacted, %d bytes]", len(v))
+		}
+	}
+	return out
 }
 
 // responseHead renders a response's head in HTTP/1.1 form.
 func responseHead(resp *nethttp.Response) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "HTTP/%d.%d %s\r\n", resp.ProtoMajor, resp.ProtoMinor, resp.Status)
-	resp.Header.Write(&b)
+	redacted(resp.Header).Write(&b)
 	return b.Bytes()
 }
 
