@@ -153,7 +153,6 @@ func TestHTTPPolicyErrors(t *testing.T) {
 			`test.yaml:4:32: rule "r": target "p" is tls: passthrough`},
 		{"rules:\n  - {name: r, http: {paths: [repos]}, action: allow}\n", `rule "r": http path "repos" must start with /`},
 		{"rules:\n  - {name: r, http: {method: [GET]}, action: allow}\n", `unknown key "method"`},
-		{"masks: [{name: m, columns: {email: redact}}]\nrules:\n  - {name: r, http: {methods: [GET]}, action: mask, mask: m}\n", `rule "r": masking HTTP responses is not supported`},
 	}
 	for _, c := range cases {
 		_, err := load("test.yaml", c.src, fakeResolver{})

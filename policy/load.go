@@ -886,9 +886,6 @@ func (c *compiler) rule(r *rawRule) {
 		c.errorf(r.Keys.at("action", r.Pos), "rule %q: action %q: use allow, deny, mask or approve", r.Name, r.Action)
 	}
 	cr.decision = Decision{Action: action, Rule: r.Name}
-	if r.HTTP != nil && action == Mask {
-		c.errorf(r.Keys.at("action", r.Pos), "rule %q: masking HTTP responses is not supported by this interlockd yet; use allow or deny", r.Name)
-	}
 	switch action {
 	case Deny:
 		cr.decision.Message = r.Message

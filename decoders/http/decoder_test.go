@@ -2,6 +2,7 @@ package http
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -70,6 +71,9 @@ func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdic
 			}
 		}}
 	}
+	if strings.HasPrefix(r.Text, "/mask/") {
+		return protocol.Verdict{Action: protocol.Mask, Rule: "masked", Mask: emailMasker{}}
+	}
 	if strings.HasPrefix(r.Text, "/deny/") {
 		return protocol.Verdict{Action: protocol.Deny, Rule: "no-deny"}
 	}
@@ -112,6 +116,9 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	h := &harness{t: t, rec: &recorder{}, enf: &enforcer{}, errs: make(chan error, 16)}
 	h.up = httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		h.upstreamHits.Add(1)
+		if serveMaskable(w, r) {
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Upstream-Proto", r.Proto)
 		fmt.Fprintf(w, "upstream %s %s host=%s body=%q", r.Method, r.URL.RequestURI(), r.Host, body)
@@ -493,5 +500,112 @@ func TestExpectContinueAndRedaction(t *testing.T) {
 	}
 	if !strings.Contains(string(h.rec.msgs[0].Body), "Authorization: [redacted, 19 bytes]") {
 		t.Errorf("recorded head: %q", h.rec.msgs[0].Body)
+	}
+}
+
+// emailMasker masks fields whose path ends in "email" (protocol.Masker).
+type emailMasker struct{}
+
+func (emailMasker) Plan(fields []string) protocol.FieldMasker {
+	var idx []int
+	for i, f := range fields {
+		if strings.HasSuffix(f, "email") {
+			idx = append(idx, i)
+		}
+	}
+	if idx == nil {
+		return nil
+	}
+	return emailFields(idx)
+}
+
+type emailFields []int
+
+func (e emailFields) Mask(dst []byte, field int, v []byte) ([]byte, bool) {
+	for _, i := range e {
+		if i == field {
+			return append(dst, "***"...), true
+		}
+	}
+	return dst, false
+}
+
+const maskableDoc = `{"user":{"name":"ann","email":"ann@example.com"},"team":[{"email":"bob@example.com","id":7}],"ok":true}`
+
+// serveMaskable answers the upstream's /mask/ paths with maskableDoc:
+// gzip-encoded, or chunked in two writes.
+func serveMaskable(w nethttp.ResponseWriter, r *nethttp.Request) bool {
+	w.Header().Set("Content-Type", "application/json")
+	switch r.URL.Path {
+	case "/mask/gzip":
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, maskableDoc)
+		zw.Close()
+	case "/mask/chunked":
+		io.WriteString(w, maskableDoc[:20])
+		w.(nethttp.Flusher).Flush()
+		io.WriteString(w, maskableDoc[20:])
+	case "/mask/image":
+		w.Header().Set("Content-Type", "image/png")
+		io.WriteString(w, "ann@example.com")
+	default:
+		w.Header().Del("Content-Type")
+		return false
+	}
+	return true
+}
+
+// TestMaskJSON: masked fields arrive masked, in a gzip-encoded and in a
+// chunked response, with the length set anew; a response that cannot be
+// masked is refused.
+func TestMaskJSON(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	c := h.client(true, false)
+	want := `{"user":{"name":"ann","email":"***"},"team":[{"email":"***","id":7}],"ok":true}`
+	for _, path := range []string{"/mask/gzip", "/mask/chunked"} {
+		req, _ := nethttp.NewRequest("GET", "https://example.com"+path, nil)
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := c.Transport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := resp.Body
+		if resp.Header.Get("Content-Encoding") == "gzip" {
+			if body, err = gzip.NewReader(resp.Body); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _ := io.ReadAll(body)
+		resp.Body.Close()
+		if string(got) != want || resp.ContentLength < 0 {
+			t.Errorf("%s: length %d, %s", path, resp.ContentLength, got)
+		}
+		if path == "/mask/gzip" && resp.Header.Get("Content-Encoding") != "gzip" {
+			t.Errorf("%s: the encoding was not kept", path)
+		}
+	}
+	resp, body := get(t, c, "https://example.com/mask/image")
+	if resp.StatusCode != 502 || strings.Contains(body, "ann@") {
+		t.Errorf("unmaskable: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestMaskJSONShapes(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{`{"email":"a@b.c"}`, `{"email":"***"}`},
+		{`[{"email":1},{"x":{"email":null}}]`, `[{"email":"***"},{"x":{"email":null}}]`},
+		{` "plain" `, ` "plain" `}, // nothing to mask: as it was
+		{`{"a":[],"b":{},"email":[ "x" , 2.5e3 ]}`, `{"a":[],"b":{},"email":["***","***"]}`},
+	} {
+		got, err := maskJSON(emailMasker{}, []byte(c.in))
+		if err != nil || string(got) != c.want {
+			t.Errorf("%s: %s %v, want %s", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{`{"email":`, `{"a":1} {"b":2}`, `[1,]`} {
+		if _, err := maskJSON(emailMasker{}, []byte(bad)); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
 	}
 }

@@ -23,7 +23,8 @@
 // Every request (every HTTP/2 stream) is one Enforcer.Decide, made on the
 // request's own goroutine, so a request held for approval holds only
 // itself. A denial is a 403 whose small JSON body names the rule (a gRPC
-// call gets PERMISSION_DENIED), and the connection goes on. A Host that disagrees with the TLS server name (or,
+// call gets PERMISSION_DENIED), and the connection goes on. A Mask verdict
+// rewrites the response body (see maskResponse) or refuses it with 502. A Host that disagrees with the TLS server name (or,
 // in the clear, with the first request's) is a 421. HTTP/1.1 framing that
 // two parsers could read two ways (Content-Length with Transfer-Encoding,
 // repeated Content-Length, obsolete line folding, bare LF line ends) is a

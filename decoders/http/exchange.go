@@ -63,7 +63,9 @@ func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Resp
 	case protocol.Deny:
 		return c.denied(req, v.Rule, v.Message)
 	case protocol.Mask:
-		return c.denied(req, v.Rule, "masking HTTP responses is not supported by this interlockd; the request is refused rather than answered unmasked")
+		if v.Mask == nil {
+			return c.denied(req, v.Rule, "the mask could not be applied; the request is refused rather than answered unmasked")
+		}
 	case protocol.Hold:
 		ok, reason := false, "no approval could be awaited"
 		if v.Wait != nil {
@@ -73,7 +75,7 @@ func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Resp
 			return c.denied(req, v.Rule, fmt.Sprintf("approval %s refused: %s", v.ApprovalID, reason))
 		}
 	}
-	return c.forward(ctx, req, host)
+	return c.forward(ctx, req, host, v.Mask)
 }
 
 // cleanPath is p with dot segments resolved, keeping a trailing slash.
@@ -86,8 +88,8 @@ func cleanPath(p string) string {
 }
 
 // forward sends an allowed request upstream and returns the answer, its
-// head and body recorded.
-func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string) *nethttp.Response {
+// head and body recorded; with mask, the body as maskResponse rewrote it.
+func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, mask protocol.Masker) *nethttp.Response {
 	out := req.Clone(ctx)
 	out.RequestURI = ""
 	out.URL.Scheme, out.URL.Host = c.scheme, req.Host
@@ -116,6 +118,11 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string) *
 		return c.own(nethttp.StatusBadGateway, "upstream: "+err.Error())
 	}
 	removeHopHeaders(resp.Header)
+	if mask != nil {
+		if err := maskResponse(resp, mask); err != nil {
+			return c.own(nethttp.StatusBadGateway, "the response could not be masked: "+err.Error())
+		}
+	}
 	c.s.Recorder.Record(protocol.Message{Type: MsgResponse, Time: time.Now(), Body: responseHead(resp)})
 	resp.Body = &capture{r: resp.Body, closer: resp.Body, max: c.maxRecorded, limit: -1, done: func(b []byte, n int64) {
 		if n > 0 {

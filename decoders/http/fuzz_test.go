@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/json"
 	"net"
 	"net/textproto"
 	"testing"
@@ -77,5 +78,17 @@ func FuzzNextRequest(f *testing.F) {
 			t.Fatalf("ambiguous framing let through: %q", head)
 		}
 		req.Body.Close()
+	})
+}
+
+// FuzzMaskJSON: any document either fails or comes out as valid JSON.
+func FuzzMaskJSON(f *testing.F) {
+	f.Add([]byte(maskableDoc))
+	f.Add([]byte(`[{"email":1},{"x":{"email":null}}]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		out, err := maskJSON(emailMasker{}, data)
+		if err == nil && !json.Valid(out) {
+			t.Fatalf("masked %q into invalid JSON %q", data, out)
+		}
 	})
 }
