@@ -57,11 +57,19 @@ func startHTTP(t *testing.T) *httpFixture {
 	}
 	// Each server block: its name, port, certificate (none: plain HTTP).
 	var servers strings.Builder
+	// api.test also serves a JSON document, gzip-encoded (and so chunked
+	// over HTTP/1.1: nginx does not know its length up front).
+	customers := `location /customers/ {
+      default_type application/json;
+      gzip on; gzip_types application/json; gzip_min_length 1;
+      return 200 '{"id":7,"name":"Ann","email":"ann@example.com","orders":[{"email":"ann@example.com"}]}';
+    }`
 	for _, srv := range []struct {
-		name string
-		port int
-		ca   *ca.Authority
-	}{{"api.test", f.tlsPort, public}, {"mirror.test", f.tlsPort, public}, {"impostor.test", f.badPort, other}, {"intranet.test", f.plainPort, nil}} {
+		name  string
+		port  int
+		ca    *ca.Authority
+		extra string
+	}{{"api.test", f.tlsPort, public, customers}, {"mirror.test", f.tlsPort, public, ""}, {"impostor.test", f.badPort, other, ""}, {"intranet.test", f.plainPort, nil, ""}} {
 		listen := fmt.Sprintf("127.0.0.1:%d", srv.port)
 		tlsConf := ""
 		if srv.ca != nil {
@@ -75,8 +83,9 @@ func startHTTP(t *testing.T) *httpFixture {
     %s
     access_log %s;
     location / { return 200 "upstream $server_protocol $request_method $request_uri host=$host\n"; }
+    %s
   }
-`, listen, srv.name, tlsConf, filepath.Join(f.dir, srv.name+".log"))
+`, listen, srv.name, tlsConf, filepath.Join(f.dir, srv.name+".log"), srv.extra)
 	}
 	conf := filepath.Join(f.dir, "nginx.conf")
 	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
@@ -140,8 +149,11 @@ targets:
     protocol: http
     hosts: [intranet.test]
     port: %[3]d
+masks:
+  - {name: pii, columns: {"*email": redact}}
 rules:
   - {name: no-admin, identity: ci-bot, target: api, http: {paths: [/admin/]}, action: deny}
+  - {name: customers-masked, identity: ci-bot, target: api, http: {methods: [GET], paths: [/customers/]}, action: mask, mask: pii}
   - {name: api-read, identity: ci-bot, target: api, http: {methods: [GET]}, action: allow}
   - {name: mirror-ok, identity: ci-bot, target: mirror, action: allow}
   - {name: impostor-read, identity: ci-bot, target: impostor, http: {methods: [GET]}, action: allow}
@@ -333,5 +345,27 @@ func TestHTTPSmuggling(t *testing.T) {
 	}
 	if n := f.hits("intranet.test") - before; n != 0 {
 		t.Errorf("the upstream served %d smuggled requests", n)
+	}
+}
+
+// TestHTTPSMask: a masked JSON field arrives masked in a gzip-encoded,
+// chunked response, over HTTP/1.1 and HTTP/2, with the encoding kept.
+func TestHTTPSMask(t *testing.T) {
+	f := startHTTP(t)
+	for _, version := range []string{"--http1.1", "--http2"} {
+		out, errOut, st := f.curl(t, version, "--compressed", "-D", "-", "--cacert", f.interlockCA, fmt.Sprintf("https://api.test:%d/customers/7", f.tlsPort))
+		if st != 0 || strings.Contains(out, "ann@example.com") || !strings.Contains(out, `"name":"Ann"`) || !strings.Contains(out, `"id":7`) {
+			t.Fatalf("%s: curl status %d\n%s\n%s", version, st, out, errOut)
+		}
+		if !strings.Contains(strings.ToLower(out), "content-encoding: gzip") {
+			t.Errorf("%s: the gzip encoding was not kept:\n%s", version, out)
+		}
+	}
+	// Without interlock nginx gzips the document and chunks it: the
+	// masking above undid and redid both.
+	out, _ := exec.Command("curl", "-sS", "--http1.1", "-D", "-", "-o", "/dev/null", "-H", "Accept-Encoding: gzip", "--cacert", f.upstreamCA,
+		"--resolve", fmt.Sprintf("api.test:%d:127.0.0.1", f.tlsPort), fmt.Sprintf("https://api.test:%d/customers/7", f.tlsPort)).CombinedOutput()
+	if low := strings.ToLower(string(out)); !strings.Contains(low, "transfer-encoding: chunked") || !strings.Contains(low, "content-encoding: gzip") {
+		t.Errorf("nginx's own answer is not gzip and chunked:\n%s", out)
 	}
 }
