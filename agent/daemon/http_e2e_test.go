@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -153,6 +154,7 @@ masks:
   - {name: pii, columns: {"*email": redact}}
 rules:
   - {name: no-admin, identity: ci-bot, target: api, http: {paths: [/admin/]}, action: deny}
+  - {name: deploy-approved, identity: ci-bot, target: api, http: {methods: [GET], paths: [/deploy/]}, action: approve, approve: {reviewers: [root], timeout: 60s}}
   - {name: customers-masked, identity: ci-bot, target: api, http: {methods: [GET], paths: [/customers/]}, action: mask, mask: pii}
   - {name: api-read, identity: ci-bot, target: api, http: {methods: [GET]}, action: allow}
   - {name: mirror-ok, identity: ci-bot, target: mirror, action: allow}
@@ -195,14 +197,7 @@ func (f *httpFixture) curl(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	argv := []string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
-		"curl", "-sS", "--max-time", "20"}
-	for _, h := range []string{"api.test", "mirror.test", "impostor.test", "intranet.test", "evil.test"} {
-		for _, p := range []int{f.tlsPort, f.badPort, f.plainPort} {
-			argv = append(argv, "--resolve", fmt.Sprintf("%s:%d:127.0.0.1", h, p))
-		}
-	}
-	cmd := f.d.Command(ctx, append(argv, args...)...)
+	cmd := f.curlCommand(ctx, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -224,6 +219,18 @@ func (f *httpFixture) replay(t *testing.T, ev map[string]any) string {
 		t.Fatalf("interlock replay: %v\n%s", err, errOut)
 	}
 	return out
+}
+
+// curlCommand is the agent's curl under `interlock exec`, as nobody.
+func (f *httpFixture) curlCommand(ctx context.Context, args ...string) *exec.Cmd {
+	argv := []string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"curl", "-sS", "--max-time", "50"}
+	for _, h := range []string{"api.test", "mirror.test", "impostor.test", "intranet.test", "evil.test"} {
+		for _, p := range []int{f.tlsPort, f.badPort, f.plainPort} {
+			argv = append(argv, "--resolve", fmt.Sprintf("%s:%d:127.0.0.1", h, p))
+		}
+	}
+	return f.d.Command(ctx, append(argv, args...)...)
 }
 
 // TestHTTPSIntercept: curl over HTTP/1.1 and HTTP/2 through interception
@@ -367,5 +374,61 @@ func TestHTTPSMask(t *testing.T) {
 		"--resolve", fmt.Sprintf("api.test:%d:127.0.0.1", f.tlsPort), fmt.Sprintf("https://api.test:%d/customers/7", f.tlsPort)).CombinedOutput()
 	if low := strings.ToLower(string(out)); !strings.Contains(low, "transfer-encoding: chunked") || !strings.Contains(low, "content-encoding: gzip") {
 		t.Errorf("nginx's own answer is not gzip and chunked:\n%s", out)
+	}
+}
+
+// TestHTTPSHeldStream: a request held for approval waits while another
+// stream of the same HTTP/2 connection completes; approved, it goes
+// through.
+func TestHTTPSHeldStream(t *testing.T) {
+	f := startHTTP(t)
+	url := fmt.Sprintf("https://api.test:%d", f.tlsPort)
+	// curl, as nobody, writes each answer to its own file once it has it.
+	outDir := filepath.Join(f.dir, "out")
+	if err := os.Mkdir(outDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(outDir, 0o777)
+	held, fast := filepath.Join(outDir, "held"), filepath.Join(outDir, "fast")
+	cmd := f.curlCommand(t.Context(), "--http2", "--parallel", "--cacert", f.interlockCA, "-o", held, "-o", fast,
+		"-w", "%{url_effective} %{http_code}\n", url+"/deploy/web", url+"/repos/acme")
+	var stdout, stderr daemontest.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pending []struct{ ID, Statement string }
+	waitFor(t, "the held request's approval", func() bool {
+		out, _, err := f.d.CLI("approvals", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &pending) == nil && len(pending) > 0
+	})
+	if pending[0].Statement != "/deploy/web" {
+		t.Fatalf("pending approval: %+v", pending[0])
+	}
+	waitFor(t, "the other stream to complete while one is held", func() bool {
+		b, _ := os.ReadFile(fast)
+		return strings.Contains(string(b), "upstream HTTP/2.0 GET /repos/acme")
+	})
+	if b, _ := os.ReadFile(held); len(b) != 0 {
+		t.Fatalf("the held request was answered before its approval: %q", b)
+	}
+	if out, errOut, err := f.d.CLI("approve", pending[0].ID, "--comment", "fine"); err != nil {
+		t.Fatalf("approve: %v\n%s%s", err, out, errOut)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("curl: %v\n%s", err, stderr.String())
+	}
+	if b, _ := os.ReadFile(held); !strings.Contains(string(b), "upstream HTTP/2.0 GET /deploy/web") || !strings.Contains(stdout.String(), url+"/deploy/web 200") {
+		t.Errorf("the approved request: %q, curl: %s", b, stdout.String())
+	}
+	// Both streams rode one connection: one connection was decided.
+	n := 0
+	for _, e := range auditEvents(f.d, "connection_open") {
+		if e["comm"] == "curl" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("curl opened %d connections, want 1", n)
 	}
 }
