@@ -93,7 +93,7 @@ func (upstream) Credential(context.Context, protocol.CredentialRequest) (protoco
 
 // harness runs one Decoder session per connection to its listener.
 type harness struct {
-	t    *testing.T
+	t    testing.TB
 	ln   net.Listener
 	rec  *recorder
 	enf  *enforcer
@@ -112,7 +112,7 @@ type harnessOpts struct {
 	selectf func(ctx context.Context, name string) (string, protocol.Verdict)
 }
 
-func newHarness(t *testing.T, o harnessOpts) *harness {
+func newHarness(t testing.TB, o harnessOpts) *harness {
 	h := &harness{t: t, rec: &recorder{}, enf: &enforcer{}, errs: make(chan error, 16)}
 	h.up = httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		h.upstreamHits.Add(1)
