@@ -359,6 +359,9 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 			req.Body = &continueBody{ReadCloser: req.Body, agent: c.agent}
 		}
 		resp := c.exchange(ctx, req)
+		if resp.StatusCode == nethttp.StatusSwitchingProtocols {
+			return c.upgraded(resp, br)
+		}
 		// What the exchange did not read of the body is drained, up to a
 		// bound, so the next request starts where it should.
 		if n, _ := io.CopyN(io.Discard, req.Body, 1<<20); n == 1<<20 {

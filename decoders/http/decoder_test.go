@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/websocket"
+
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
@@ -117,6 +119,10 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	h.up = httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		h.upstreamHits.Add(1)
 		if serveMaskable(w, r) {
+			return
+		}
+		if r.URL.Path == "/ws" {
+			websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }).ServeHTTP(w, r)
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
@@ -607,5 +613,36 @@ func TestMaskJSONShapes(t *testing.T) {
 		if _, err := maskJSON(emailMasker{}, []byte(bad)); err == nil {
 			t.Errorf("%s: no error", bad)
 		}
+	}
+}
+
+// TestWebSocket: an allowed upgrade is passed on and the WebSocket relayed
+// both ways, its bytes recorded.
+func TestWebSocket(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain})
+	cfg, err := websocket.NewConfig("ws://"+h.ln.Addr().String()+"/ws", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := websocket.DialConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	for _, msg := range []string{"hello", "again"} {
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("echo: %q %v", got, err)
+		}
+	}
+	if ty := h.rec.types(); !strings.HasPrefix(ty, "hHwW") {
+		t.Errorf("recorded %q, want the upgrade then the WebSocket's bytes", ty)
+	}
+	if len(h.enf.seen) != 1 || h.enf.seen[0].Header["Upgrade"][0] != "websocket" {
+		t.Errorf("decided %+v", h.enf.seen)
 	}
 }

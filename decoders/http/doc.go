@@ -24,7 +24,9 @@
 // request's own goroutine, so a request held for approval holds only
 // itself. A denial is a 403 whose small JSON body names the rule (a gRPC
 // call gets PERMISSION_DENIED), and the connection goes on. A Mask verdict
-// rewrites the response body (see maskResponse) or refuses it with 502. A Host that disagrees with the TLS server name (or,
+// rewrites the response body (see maskResponse) or refuses it with 502.
+// An allowed HTTP/1.1 WebSocket upgrade is passed on, and the connection
+// becomes the WebSocket's relay (see upgraded). A Host that disagrees with the TLS server name (or,
 // in the clear, with the first request's) is a 421. HTTP/1.1 framing that
 // two parsers could read two ways (Content-Length with Transfer-Encoding,
 // repeated Content-Length, obsolete line folding, bare LF line ends) is a
@@ -39,6 +41,8 @@
 //	'H' server  a response head, in HTTP/1.1 form
 //	'B' server  a response body, its first MaxRecordedBody bytes
 //	'i' proxy   a response interlockd gave itself (403, 421, 400, 502)
+//	'w' agent   a WebSocket's bytes from the agent, its first MaxRecordedBody
+//	'W' server  a WebSocket's bytes from the server, its first MaxRecordedBody
 //	't' proxy   a passthrough connection: server name and ALPN, not decrypted
 //	'n' proxy   a passthrough connection's byte counts
 //

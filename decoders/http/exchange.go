@@ -95,6 +95,14 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 	out.URL.Scheme, out.URL.Host = c.scheme, req.Host
 	out.Header = req.Header.Clone()
 	removeHopHeaders(out.Header)
+	if isWebSocket(req) {
+		// The one upgrade passed on: the relay after it is upgraded's.
+		if mask != nil {
+			return c.denied(req, "", "a WebSocket's messages cannot be masked; the upgrade is refused")
+		}
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", "websocket")
+	}
 	if req.Body != nil && req.Body != nethttp.NoBody {
 		out.Body = &capture{r: io.LimitReader(req.Body, c.maxBody+1), max: c.maxRecorded, limit: c.maxBody,
 			done: func(b []byte, n int64) {
@@ -124,6 +132,9 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 		}
 	}
 	c.s.Recorder.Record(protocol.Message{Type: MsgResponse, Time: time.Now(), Body: responseHead(resp)})
+	if resp.StatusCode == nethttp.StatusSwitchingProtocols {
+		return resp // its body is the upgraded connection: see upgraded
+	}
 	resp.Body = &capture{r: resp.Body, closer: resp.Body, max: c.maxRecorded, limit: -1, done: func(b []byte, n int64) {
 		if n > 0 {
 			c.s.Recorder.Record(protocol.Message{Type: MsgResponseBody, Time: time.Now(), Body: b})

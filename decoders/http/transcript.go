@@ -29,6 +29,8 @@ func (Transcript) Describe(_ bool, typ byte, body []byte) []string {
 			lines = append(lines, "  "+transcript.Printable([]byte(rest), 200))
 		}
 		return lines
+	case MsgWebSocketUp, MsgWebSocketDown:
+		return []string{fmt.Sprintf("websocket %d bytes: %s", len(body), transcript.Printable(body, 200))}
 	case MsgRequestBody, MsgResponseBody:
 		return []string{fmt.Sprintf("body (first %d bytes): %s", len(body), transcript.Printable(body, 200))}
 	case MsgPassthrough, MsgPassthroughEnd:
