@@ -456,9 +456,6 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 	for k, v := range resp.Header {
 		h[k] = v
 	}
-	for k := range resp.Trailer {
-		h.Add("Trailer", k)
-	}
 	w.WriteHeader(resp.StatusCode)
 	rc := nethttp.NewResponseController(w)
 	buf := make([]byte, 32<<10)
@@ -474,8 +471,10 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 			break
 		}
 	}
+	// Trailers (gRPC's status) are known only once the body is read:
+	// sent undeclared, as net/http allows with TrailerPrefix.
 	for k, v := range resp.Trailer {
-		h[k] = v
+		h[nethttp.TrailerPrefix+k] = v
 	}
 	if c.ended() != nil {
 		// The connection ends once its streams are answered.

@@ -121,6 +121,11 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		if serveMaskable(w, r) {
 			return
 		}
+		if r.URL.Path == "/trailers" {
+			io.WriteString(w, "streamed")
+			w.Header().Set(nethttp.TrailerPrefix+"Grpc-Status", "0")
+			return
+		}
 		if r.URL.Path == "/ws" {
 			websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }).ServeHTTP(w, r)
 			return
@@ -644,5 +649,15 @@ func TestWebSocket(t *testing.T) {
 	}
 	if len(h.enf.seen) != 1 || h.enf.seen[0].Header["Upgrade"][0] != "websocket" {
 		t.Errorf("decided %+v", h.enf.seen)
+	}
+}
+
+// TestTrailers: trailers the upstream sends after its body (gRPC's status)
+// reach an HTTP/2 agent.
+func TestTrailers(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	resp, body := get(t, h.client(true, true), "https://example.com/trailers")
+	if resp.StatusCode != 200 || body != "streamed" || resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Errorf("trailers: %d %q %v", resp.StatusCode, body, resp.Trailer)
 	}
 }
