@@ -97,6 +97,7 @@ const tlsRecordHandshake = 0x16
 func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	defer s.Agent.Close()
 	if s.Refuse != nil {
+		refuseOverLimit(s)
 		return s.Refuse
 	}
 	c := &conn{d: d, s: s, maxHeader: orDefault(d.MaxHeaderBytes, DefaultMaxHeaderBytes),
@@ -135,6 +136,27 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	}
 	refuseTLS(agent)
 	return &protocol.RefusedError{Outcome: "handshake", Err: fmt.Errorf("target %s is plain HTTP and the agent sent TLS", c.target)}
+}
+
+// overLimitWait bounds how long a connection refused for its identity's
+// session limit is read from, to answer in its own protocol.
+const overLimitWait = 2 * time.Second
+
+// refuseOverLimit tells an agent over its identity's session limit so in
+// the protocol it speaks: a TLS alert, or a 503 to a plain request.
+func refuseOverLimit(s *protocol.Session) {
+	s.Agent.SetDeadline(time.Now().Add(overLimitWait))
+	br := bufio.NewReader(s.Agent)
+	first, err := br.Peek(1)
+	switch {
+	case err != nil:
+	case first[0] == tlsRecordHandshake:
+		refuseTLS(&replayConn{Conn: s.Agent, r: br})
+	default:
+		resp := errorResponse(nethttp.StatusServiceUnavailable, s.Refuse.Msg)
+		resp.Close = true
+		resp.Write(s.Agent)
+	}
 }
 
 // conn is one agent connection.

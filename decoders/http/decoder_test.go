@@ -107,6 +107,7 @@ type harness struct {
 }
 
 type harnessOpts struct {
+	refuse  *protocol.LimitError
 	idle    time.Duration
 	mode    Mode
 	tls     bool // the upstream speaks TLS
@@ -162,7 +163,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 			}
 			s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
 				Handshake: 5 * time.Second, Upstream: upstream{h.up.Listener.Addr().String()}, Enforcer: h.enf, Recorder: h.rec,
-				Select: o.selectf}
+				Select: o.selectf, Refuse: o.refuse}
 			if o.tls {
 				// The agent side presents the same certificate as the
 				// upstream: the test client trusts it.
@@ -659,5 +660,19 @@ func TestTrailers(t *testing.T) {
 	resp, body := get(t, h.client(true, true), "https://example.com/trailers")
 	if resp.StatusCode != 200 || body != "streamed" || resp.Trailer.Get("Grpc-Status") != "0" {
 		t.Errorf("trailers: %d %q %v", resp.StatusCode, body, resp.Trailer)
+	}
+}
+
+// TestOverSessionLimit: a connection over its identity's session limit is
+// told so in HTTP (503) and reaches nothing.
+func TestOverSessionLimit(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain, refuse: &protocol.LimitError{Limit: "sessions", Msg: "identity \"ci\" already has 1 sessions open, its limit"}})
+	resp, body := get(t, h.client(false, false), "http://intranet.test/x")
+	if resp.StatusCode != 503 || !strings.Contains(body, "its limit") || h.upstreamHits.Load() != 0 {
+		t.Errorf("over the limit: %d %q", resp.StatusCode, body)
+	}
+	var limit *protocol.LimitError
+	if err := <-h.errs; !errors.As(err, &limit) {
+		t.Errorf("Serve: %v", err)
 	}
 }
