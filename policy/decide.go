@@ -51,8 +51,8 @@ type rule struct {
 	kind        OpKind // meaningful unless any
 	any         bool   // no operation matcher: matches every operation
 	sql         *sqlMatch
-	methods     []string
-	patterns    []string // HTTP paths, Redis commands
+	http        *httpMatch
+	patterns    []string // Redis commands
 	ssh         *sshMatch
 	decision    Decision
 }
@@ -341,26 +341,11 @@ func (r *rule) matchesOp(p *Policy, in *Input) bool {
 	case OpSQL:
 		return in.Op.SQL != nil && r.sql.matches(p, in.Op.SQL)
 	case OpHTTP:
-		if len(r.methods) > 0 && !containsString(r.methods, in.Op.Method) {
-			return false
-		}
-		return matchAny(r.patterns, in.Op.Path)
+		return in.Op.HTTP != nil && r.http.matches(in.Op.HTTP)
 	case OpRedis:
 		return matchAnyFold(r.patterns, in.Op.Command)
 	case OpSSH:
 		return r.ssh.matches(&in.Op)
-	}
-	return false
-}
-
-func matchAny(patterns []string, s string) bool {
-	if len(patterns) == 0 {
-		return true
-	}
-	for _, p := range patterns {
-		if globMatch(p, s) {
-			return true
-		}
 	}
 	return false
 }

@@ -99,6 +99,8 @@ type rawTarget struct {
 	Hosts      []string       `yaml:"hosts"`
 	KnownHosts string         `yaml:"known_hosts"`
 	User       string         `yaml:"user"`
+	TLS        string         `yaml:"tls"`
+	UpstreamCA string         `yaml:"upstream_ca"`
 	Pos        Pos
 	Keys       keyPos
 }
@@ -144,9 +146,13 @@ type rawSQLOp struct {
 }
 
 type rawHTTPOp struct {
-	Method []string `yaml:"method"`
-	Path   []string `yaml:"path"`
-	Pos    Pos
+	Hosts   []string   `yaml:"hosts"`
+	Methods []string   `yaml:"methods"`
+	Paths   []string   `yaml:"paths"`
+	Query   orderedMap `yaml:"query"`
+	Headers []string   `yaml:"headers"`
+	Pos     Pos
+	Keys    keyPos
 }
 
 type rawCmdOp struct {
@@ -205,9 +211,11 @@ type rawSubject struct {
 }
 
 type rawHTTPTest struct {
-	Method string `yaml:"method"`
-	Path   string `yaml:"path"`
-	Pos    Pos
+	Method  string              `yaml:"method"`
+	Host    string              `yaml:"host"`
+	Path    string              `yaml:"path"`
+	Headers map[string][]string `yaml:"headers"`
+	Pos     Pos
 }
 
 type rawExpectation struct {
@@ -476,12 +484,13 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 // and rules have matchers for their requests.
 var protocols = []string{"postgres", "mysql", "http", "redis", "ssh", "tcp"}
 
-// decoded lists the protocols this build can enforce: postgres
-// (decoders/postgres decides each statement), ssh (decoders/ssh decides
-// each exec and shell request) and tcp (a plain relay decided at connect). Knowing the others keeps their rules parsing, so the error is
+// decoded lists the protocols this build can enforce: http (decoders/http
+// decides each request and HTTP/2 stream), postgres (decoders/postgres
+// decides each statement), ssh (decoders/ssh decides each exec and shell
+// request) and tcp (a plain relay decided at connect). Knowing the others keeps their rules parsing, so the error is
 // specific; Load refuses a target or rule that needs one of them until its
 // decoder exists and is added here.
-var decoded = []string{"postgres", "ssh", "tcp"}
+var decoded = []string{"http", "postgres", "ssh", "tcp"}
 
 // Decoded returns the protocols this build can enforce. The session
 // pipeline's tests hold its decoders to this list.
@@ -719,7 +728,7 @@ func (c *compiler) target(r *rawTarget) {
 			r.Name, r.Protocol, strings.Join(c.decoders, ", "))
 	}
 	t := &Target{Name: r.Name, Protocol: r.Protocol, Port: r.Port, Upstream: r.Upstream, index: len(c.p.targets), pos: r.Pos}
-	if len(r.Addresses) == 0 {
+	if len(r.Addresses) == 0 && (r.Protocol != "http" || len(r.Hosts) == 0) {
 		c.errorf(r.Pos, "target %q needs addresses (IPs, CIDRs or host names)", r.Name)
 	}
 	for _, a := range r.Addresses {
@@ -739,6 +748,7 @@ func (c *compiler) target(r *rawTarget) {
 		}
 	}
 	c.sshTarget(r, t)
+	c.httpTarget(r, t)
 	if r.Credential != nil {
 		t.Credential.Params = r.Credential
 		t.Credential.Source, _ = r.Credential["source"].(string)
@@ -758,11 +768,11 @@ func (c *compiler) target(r *rawTarget) {
 func (c *compiler) sshTarget(r *rawTarget, t *Target) {
 	if r.Protocol != "ssh" {
 		for _, k := range []struct {
-			key string
-			set bool
-		}{{"hosts", r.Hosts != nil}, {"known_hosts", r.KnownHosts != ""}, {"user", r.User != ""}} {
+			key, only string
+			set       bool
+		}{{"hosts", "ssh and http", r.Hosts != nil && r.Protocol != "http"}, {"known_hosts", "ssh", r.KnownHosts != ""}, {"user", "ssh", r.User != ""}} {
 			if k.set {
-				c.errorf(r.Keys.at(k.key, r.Pos), "target %q: %s is only for ssh targets", r.Name, k.key)
+				c.errorf(r.Keys.at(k.key, r.Pos), "target %q: %s is only for %s targets", r.Name, k.key, k.only)
 			}
 		}
 		return
@@ -875,10 +885,8 @@ func (c *compiler) rule(r *rawRule) {
 		ops++
 		c.needDecoder(r.Keys.at("http", r.Pos), r.Name, "http")
 		cr.kind = OpHTTP
-		for _, m := range r.HTTP.Method {
-			cr.methods = append(cr.methods, strings.ToUpper(m))
-		}
-		cr.patterns = r.HTTP.Path
+		cr.http = c.httpMatch(r.Name, r.HTTP)
+		c.notPassthrough(r.Keys.at("http", r.Pos), r.Name, r.Target)
 	}
 	if r.Redis != nil {
 		ops++
@@ -1047,6 +1055,7 @@ func (c *compiler) test(r *rawTest) {
 	t.Target = r.Target
 	if r.HTTP != nil {
 		t.HTTPMethod, t.HTTPPath = strings.ToUpper(r.HTTP.Method), r.HTTP.Path
+		t.HTTPHost, t.HTTPHeader = r.HTTP.Host, r.HTTP.Headers
 	}
 	n := 0
 	for _, set := range []bool{r.SQL != "", r.HTTP != nil, r.Redis != "", r.SSH != ""} {

@@ -130,8 +130,8 @@ type Operation struct {
 	Kind OpKind
 	// SQL is the classified statement for OpSQL.
 	SQL *sqlclass.Statement
-	// Method and Path are the HTTP request's.
-	Method, Path string
+	// HTTP is the request for OpHTTP.
+	HTTP *HTTPRequest
 	// Command is the Redis command name.
 	Command string
 	// SSH is the SSH request for OpSSH ("exec", "shell"); Args are the
@@ -173,12 +173,19 @@ type Target struct {
 	// of the original destination.
 	Upstream   string
 	Credential CredentialRef
-	// Names are the host names agents use for an ssh target (hosts:):
-	// interlockd's host certificate is issued for them.
+	// Names are the host names agents use (hosts:), lower case. An ssh
+	// target's host certificate is issued for them; an http target is
+	// chosen by them (see TargetForName), and "*.example.com" matches one
+	// label under example.com.
 	Names []string
 	// KnownHosts is the file the upstream SSH host key is verified
 	// against; User, when set, is the SSH login user upstream.
 	KnownHosts, User string
+	// TLS is an http target's TLS handling: TLSIntercept, TLSPassthrough,
+	// or "" for plain HTTP. UpstreamCA, when set, is the PEM file the
+	// upstream's certificate is verified against instead of the system
+	// roots.
+	TLS, UpstreamCA string
 	// Hosts are the host names to resolve; static are the literal
 	// addresses and prefixes.
 	Hosts  []string

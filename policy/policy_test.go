@@ -289,17 +289,13 @@ rules: [{name: bot-db, identity: bot, target: db, action: allow}]
 	}
 }
 
-// TestUndecodedProtocolsRefused: the language knows http, redis and
+// TestUndecodedProtocolsRefused: the language knows redis and
 // mysql, but this build decodes none of them, so a target or rule that
 // needs one would never match: Load refuses it at the line that names it.
 func TestUndecodedProtocolsRefused(t *testing.T) {
 	cases := []struct{ src, want string }{
-		{"targets:\n  - name: forge\n    protocol: http\n    addresses: [10.0.0.1]\n",
-			`test.yaml:3:15: target "forge": protocol "http" is not supported yet by this interlockd (supported: postgres, ssh, tcp)`},
 		{"targets:\n  - {name: cache, protocol: redis, addresses: [10.0.0.1]}\n", `test.yaml:2:29: target "cache": protocol "redis" is not supported yet`},
 		{"targets:\n  - {name: shop, protocol: mysql, addresses: [10.0.0.1]}\n", `target "shop": protocol "mysql" is not supported yet`},
-		{"rules:\n  - name: r\n    http: {method: [GET]}\n    action: allow\n",
-			`test.yaml:3:11: rule "r": http requests are not decoded by this interlockd yet, so the rule would never match (supported: postgres, ssh, tcp)`},
 		{"rules:\n  - {name: r, redis: {command: [GET]}, action: allow}\n", `test.yaml:2:22: rule "r": redis requests are not decoded`},
 		{"rules:\n  - {name: r, protocol: [postgres, mysql], action: allow}\n", `test.yaml:2:25: rule "r": protocol "mysql" is not supported yet`},
 	}
@@ -429,7 +425,7 @@ rules:
     approve: {reviewers: [alice]}
   - name: bot-api-get
     identity: bot
-    http: {method: [GET, HEAD], path: ["/v1/*"]}
+    http: {methods: [GET, HEAD], paths: ["/v1/*"]}
     action: allow
   - name: bot-redis-read
     identity: bot
@@ -487,9 +483,9 @@ func TestDecide(t *testing.T) {
 		in   Input
 		want string
 	}{
-		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, Method: "GET", Path: "/v1/users/7"}}, "bot-api-get"},
-		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, Method: "DELETE", Path: "/v1/users/7"}}, "default-deny"},
-		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, Method: "GET", Path: "/admin"}}, "default-deny"},
+		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, HTTP: &HTTPRequest{Method: "GET", URI: "/v1/users/7"}}}, "bot-api-get"},
+		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, HTTP: &HTTPRequest{Method: "DELETE", URI: "/v1/users/7"}}}, "default-deny"},
+		{Input{Subject: bot, Target: api, Op: Operation{Kind: OpHTTP, HTTP: &HTTPRequest{Method: "GET", URI: "/admin"}}}, "default-deny"},
 		{Input{Subject: bot, Target: p.Target("cache"), Op: Operation{Kind: OpRedis, Command: "hgetall"}}, "bot-redis-read"},
 		{Input{Subject: bot, Target: p.Target("cache"), Op: Operation{Kind: OpRedis, Command: "FLUSHALL"}}, "default-deny"},
 		{Input{Subject: bot, Target: p.Target("host"), Op: Operation{Kind: OpSSH, SSH: "exec", Args: []string{"systemctl", "status", "nginx"}}}, "bot-ssh-uptime"},

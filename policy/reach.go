@@ -18,7 +18,8 @@ package policy
 //     none) whose protocol it accepts, at the target's port (every port for
 //     port 0) and at every address the target has now: literal ones and the
 //     host names' addresses as last resolved, which is why interlockd asks
-//     again after each ResolveTargets;
+//     again after each ResolveTargets; an http target chosen by name
+//     (hosts:) is reached at its port on every address;
 //   - a rule that names no target and accepts tcp also reaches every
 //     destination that is no target (the session decides those with protocol
 //     tcp, the plain relay): nothing is bounded then;
@@ -86,6 +87,11 @@ func (p *Policy) reachable(tag string) (reach []InterceptRule, bounded, known bo
 		}
 		for _, pfx := range t.Prefixes() {
 			reach = addCovering(reach, InterceptRule{Prefix: pfx.Masked(), PortMin: lo, PortMax: hi, Action: "redirect"})
+		}
+		if t.Protocol == "http" && len(t.Names) > 0 {
+			for _, r := range byNameRedirects(t) {
+				reach = addCovering(reach, r)
+			}
 		}
 	}
 	return reach, true, known

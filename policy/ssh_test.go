@@ -97,7 +97,7 @@ func TestSSHPolicyErrors(t *testing.T) {
 		{"targets:\n  - {name: box, protocol: ssh, addresses: [10.0.0.1], known_hosts: kh}\n", `known_hosts "kh" is not an absolute path`},
 		{"targets:\n  - {name: box, protocol: ssh, addresses: [10.0.0.1], known_hosts: /kh, hosts: [\"a b\"]}\n", `hosts entry "a b" is not a host name`},
 		{"targets:\n  - {name: db, protocol: postgres, addresses: [10.0.0.1], user: x}\n", `target "db": user is only for ssh targets`},
-		{"targets:\n  - {name: db, protocol: postgres, addresses: [10.0.0.1], hosts: [db]}\n", `target "db": hosts is only for ssh targets`},
+		{"targets:\n  - {name: db, protocol: postgres, addresses: [10.0.0.1], hosts: [db]}\n", `target "db": hosts is only for ssh and http targets`},
 		{"rules:\n  - {name: r, ssh: {}, action: allow}\n", `rule "r": ssh needs exec: [patterns], shell: true, sftp: {read, write}, git_fetch: or git_push: [repositories]`},
 		{"rules:\n  - {name: r, ssh: {exec: [\"uname; rm\"]}, action: allow}\n", `rule "r": ssh exec pattern "uname; rm": a pattern is one simple command`},
 		{"rules:\n  - {name: r, ssh: {exec: [\"cat $(x)\"]}, action: allow}\n", `a pattern holds no command substitution`},

@@ -17,12 +17,14 @@ type Test struct {
 	Identity string
 	Subject  *Subject
 	Target   string
-	// One of SQL, HTTPMethod/HTTPPath, Redis, SSH (an exec command line);
+	// One of SQL, HTTPMethod/HTTPPath (a path with its query, and the Host
+	// and headers the request carries), Redis, SSH (an exec command line);
 	// none is a connection.
-	SQL                  string
-	HTTPMethod, HTTPPath string
-	Redis, SSH           string
-	WantAction           Action
+	SQL                            string
+	HTTPMethod, HTTPHost, HTTPPath string
+	HTTPHeader                     map[string][]string
+	Redis, SSH                     string
+	WantAction                     Action
 	// WantRule, if set, must be the deciding rule's name.
 	WantRule string
 }
@@ -78,7 +80,7 @@ func (p *Policy) Explain(t *Test) (Decision, *sqlclass.Query) {
 	case t.SQL != "":
 		return p.decideSQL(&ids, subject, target, t.SQL)
 	case t.HTTPMethod != "" || t.HTTPPath != "":
-		in.Op = Operation{Kind: OpHTTP, Method: t.HTTPMethod, Path: t.HTTPPath}
+		return p.decideHTTP(&ids, subject, target, HTTPRequest{Method: t.HTTPMethod, Host: t.HTTPHost, URI: t.HTTPPath, Header: t.HTTPHeader}), nil
 	case t.Redis != "":
 		in.Op = Operation{Kind: OpRedis, Command: t.Redis}
 	case t.SSH != "":

@@ -101,3 +101,10 @@ func (c *rawConn) opError(op string, errno syscall.Errno) error {
 	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(),
 		Err: os.NewSyscallError(op, errno)}
 }
+
+// CloseWrite shuts down the writing side of the socket (TCP and Unix
+// sockets have one), so a relay can pass on one side's end while the other
+// still talks.
+func (c *rawConn) CloseWrite() error {
+	return c.Conn.(interface{ CloseWrite() error }).CloseWrite()
+}

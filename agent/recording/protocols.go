@@ -1,6 +1,7 @@
 package recording
 
 import (
+	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/decoders/ssh"
 	"github.com/interlock-dev/interlock/decoders/transcript"
@@ -15,9 +16,9 @@ type readBack struct {
 	// appendWire re-frames a recorded message as it crossed the wire.
 	appendWire func(dst []byte, fromClient bool, typ byte, body []byte) []byte
 	// Dissectors decode the protocol (name, for the capture's comment)
-	// without options only on port; 0 when the export is not decodable
-	// as the protocol (an SSH recording holds what crossed inside the
-	// encryption).
+	// without options only on port; 0 when the capture keeps the session's
+	// own port, or when the export is not decodable as the protocol (an
+	// SSH recording holds what crossed inside the encryption).
 	name string
 	port uint16
 }
@@ -32,6 +33,9 @@ var readBacks = map[string]readBack{
 		appendWire: postgres.AppendWire,
 		name:       "PostgreSQL",
 		port:       postgres.DissectorPort,
+	},
+	"http": {
+		describer: func() transcript.Describer { return http.Transcript{} },
 	},
 	"ssh": {
 		describer: func() transcript.Describer { return new(ssh.Transcript) },

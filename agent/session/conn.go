@@ -30,7 +30,11 @@ type conn struct {
 	accepted time.Time
 	// target is the policy target at accept, nil for none; its name is
 	// looked up in the policy in force at each request.
-	target  *policy.Target
+	target *policy.Target
+	// byName is the protocol ("http") of a connection whose target is
+	// chosen by the server name its decoder reads; target is nil until
+	// then.
+	byName  string
 	subject policy.Subject
 	// begun is set once the decoder's session started (its recording did);
 	// ending is the error the session ended with.
@@ -64,6 +68,9 @@ func SubjectOf(id proxy.Identity, pol *policy.Policy) policy.Subject {
 // protocol is the protocol the connection is served with: its target's,
 // or "tcp" when it has no target.
 func (c *conn) protocol() string {
+	if c.byName != "" {
+		return c.byName
+	}
 	if c.target == nil || c.target.Protocol == "" {
 		return "tcp"
 	}

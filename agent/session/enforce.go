@@ -66,6 +66,9 @@ func (e *enforcer) Decide(ctx context.Context, r protocol.Request) protocol.Verd
 				dec.Message = q.Err.Error()
 				errors.As(q.Err, &parseErr)
 			}
+		case e.c.protocol() == "http":
+			op = r.Operation
+			dec = pol.DecideHTTP(&e.c.subject, target, policy.HTTPRequest{Method: r.Operation, Host: r.Host, URI: r.Text, Header: r.Header})
 		case e.c.protocol() == "ssh":
 			// exec and shell are decided; any other SSH request is denied
 			// as unsupported-operation.

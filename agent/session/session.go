@@ -8,7 +8,10 @@
 //	  -> Serve           one connection record (conn): the policy subject,
 //	                     the store session, the approval request and every
 //	                     audit event are built from it
-//	       target        policy.TargetFor(original destination)
+//	       target        policy.TargetFor(original destination); for an
+//	                     http target named by hosts, chosen later by the
+//	                     name the decoder reads (TLS server name, Host):
+//	                     protocol.Session.Select, see byName
 //	       L4 decision   policy.Decide(OpConnect), audited; audit mode lets
 //	                     a "would deny" through
 //	       limits        the identity's session slot and buffer budget
@@ -52,6 +55,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/rawsock"
 	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/decoders/protocol"
 	"github.com/interlock-dev/interlock/decoders/ssh"
@@ -122,6 +126,7 @@ func New(cfg Config) *Pipeline {
 	p.decoders = map[string]protocol.Decoder{
 		"postgres": &postgres.Decoder{},
 		"ssh":      &ssh.Decoder{Target: p.sshTarget},
+		"http":     &http.Decoder{Target: p.httpTarget},
 	}
 	return p
 }
@@ -179,20 +184,29 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	defer m.Active.Dec()
 	pol := p.cfg.Policy.Current()
 	c := newConn(pc, pol)
+	// A connection for an http target named by hosts is decided once its
+	// decoder has read the name (see byName); any other here.
+	var byAddr *policy.Target
+	if pol.ChoosesByName(c.target, pc.Dst.Port()) {
+		byAddr, c.target, c.byName = c.target, nil, "http"
+	}
 	p.record(c.opened())
-	dec := pol.Decide(&policy.Input{Subject: &c.subject, Target: c.target, Protocol: c.protocol(), Op: policy.Operation{Kind: policy.OpConnect}})
-	mode := pol.Mode(&c.subject, c.target)
-	m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
-	p.record(c.decision("CONNECT", "", dec, mode == policy.Enforce))
+	var connect protocol.Verdict
+	if c.byName == "" {
+		dec := pol.Decide(&policy.Input{Subject: &c.subject, Target: c.target, Protocol: c.protocol(), Op: policy.Operation{Kind: policy.OpConnect}})
+		mode := pol.Mode(&c.subject, c.target)
+		m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
+		p.record(c.decision("CONNECT", "", dec, mode == policy.Enforce))
+		if p.decoders[c.protocol()] == nil {
+			p.relay(c, pol, dec, mode)
+			return
+		}
+		connect = protocol.Verdict{Action: protocol.Allow}
+		if mode == policy.Enforce {
+			connect = verdictOf(dec)
+		}
+	}
 	decoder := p.decoders[c.protocol()]
-	if decoder == nil {
-		p.relay(c, pol, dec, mode)
-		return
-	}
-	connect := protocol.Verdict{Action: protocol.Allow}
-	if mode == policy.Enforce {
-		connect = verdictOf(dec)
-	}
 	// The slot is taken before the handshake, so connections left half-open
 	// count too.
 	lim := p.cfg.Limits.For(c.identity.Name)
@@ -206,13 +220,16 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	up := &upstream{p: p, c: c}
 	rec := &recorder{p: p, c: c}
 	s := &protocol.Session{
-		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.target.Name,
+		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.targetName(),
 		TLS: p.cfg.TLS(pc.Dst.Addr()), Connect: connect, Refuse: refuse, Handshake: handshakeTimeout,
 		Limits:   protocol.Limits{MaxBuffered: int(lim.SessionBuffer), MessageTimeout: lim.MessageTimeout},
 		Upstream: up, Enforcer: &enforcer{p: p, c: c, rec: rec}, Recorder: rec,
 	}
 	if lim.IdentityBuffer > 0 {
 		s.Limits.Budget = p.limits.budget(c.identity.Name, int64(lim.IdentityBuffer))
+	}
+	if c.byName != "" {
+		s.Select = p.byName(c, byAddr, pc.Dst.Port())
 	}
 	err := decoder.Serve(ctx, s)
 	end := c.closed(err)

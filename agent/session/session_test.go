@@ -48,7 +48,17 @@ targets:
     protocol: tcp
     addresses: [127.0.0.2]
     port: 80
+  - name: forge
+    protocol: http
+    hosts: [api.test]
+    port: 443
+    tls: intercept
 rules:
+  - name: forge-read
+    identity: ci
+    target: forge
+    http: {methods: [GET]}
+    action: allow
   - name: reads
     identity: ci
     target: db

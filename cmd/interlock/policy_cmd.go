@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -68,7 +70,7 @@ and fails when a case fails.`,
 func newPolicyExplainCmd(a *cli) *cobra.Command {
 	var o explainOptions
 	cmd := &cobra.Command{
-		Use:   "explain (--identity NAME | --tag TAG [--uid N] [--exe PATH]) [--target NAME] (--sql TEXT | --http 'METHOD PATH' | --redis CMD | --ssh CMD)",
+		Use:   "explain (--identity NAME | --tag TAG [--uid N] [--exe PATH]) [--target NAME] (--sql TEXT | --http 'METHOD PATH|URL' | --redis CMD | --ssh CMD)",
 		Short: "Show how one request is classified and decided, and by which rule",
 		Long: `explain decides one request the way interlockd would and shows the work: the
 identities a caller matches, each SQL statement's class, tables, functions
@@ -79,7 +81,8 @@ Without --policy it decides with the running interlockd's policy, else with
 the embedded default, and says which.`,
 		Example: `  interlock policy explain --identity ci-bot --target orders --sql 'DELETE FROM orders'
   interlock policy explain --policy policy.yaml --tag ci --uid 1000 --exe /usr/bin/psql --sql 'SELECT 1'
-  interlock policy explain --identity ci-bot --http 'GET /v1/orders' --json`,
+  interlock policy explain --identity ci-bot --http 'GET /v1/orders' --json
+  interlock policy explain --identity ci-bot --http 'GET https://api.example.com/repos/acme/web'`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return exitWith(policyExplain(cmd.Context(), a.client(), o, args, a.stdout, a.stderr))
 		},
@@ -92,7 +95,7 @@ the embedded default, and says which.`,
 	f.StringVar(&o.exe, "exe", "", "caller's executable path (with --tag)")
 	f.StringVar(&o.target, "target", "", "target name")
 	f.StringVar(&o.sql, "sql", "", "SQL text of the request")
-	f.StringVar(&o.http, "http", "", "HTTP request as 'METHOD PATH'")
+	f.StringVar(&o.http, "http", "", "HTTP request as 'METHOD PATH' or 'METHOD URL' (the URL's host chooses the target)")
 	f.StringVar(&o.redis, "redis", "", "Redis command name")
 	f.StringVar(&o.ssh, "ssh", "", "SSH command line")
 	f.BoolVar(&o.json, "json", false, "print JSON")
@@ -309,12 +312,14 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 		return 1
 	}
 	if o.http != "" {
-		m, path, _ := strings.Cut(strings.TrimSpace(o.http), " ")
-		t.HTTPMethod, t.HTTPPath = strings.ToUpper(m), strings.TrimSpace(path)
+		if err := explainHTTP(p, t, o.http); err != nil {
+			fmt.Fprintf(stderr, "interlock policy explain: --http: %v\n", err)
+			return 2
+		}
 	}
 	d, q := p.Explain(t)
 	mode := p.ExplainMode(t)
-	ex := explanation{Policy: name, Identity: o.identity, Target: o.target, Action: d.Action.String(), Rule: d.Rule,
+	ex := explanation{Policy: name, Identity: o.identity, Target: t.Target, Action: d.Action.String(), Rule: d.Rule,
 		Mode: mode.String(), Verdict: mode.Describe(d.Action), Message: d.Message}
 	if t.Subject != nil {
 		ex.Identities = p.Identities(nil, t.Subject)
@@ -350,6 +355,40 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 	}
 	printExplanation(stdout, &ex)
 	return 0
+}
+
+// explainHTTP fills t from --http: 'METHOD PATH', or 'METHOD URL', whose
+// host and port choose the target as the TLS server name or Host would
+// when --target does not name one.
+func explainHTTP(p *policy.Policy, t *policy.Test, req string) error {
+	m, rest, _ := strings.Cut(strings.TrimSpace(req), " ")
+	rest = strings.TrimSpace(rest)
+	t.HTTPMethod, t.HTTPPath = strings.ToUpper(m), rest
+	if strings.HasPrefix(rest, "/") {
+		return nil
+	}
+	u, err := url.Parse(rest)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is neither a path nor an http(s) URL", rest)
+	}
+	port := uint16(443)
+	if u.Scheme == "http" {
+		port = 80
+	}
+	if ps := u.Port(); ps != "" {
+		n, err := strconv.ParseUint(ps, 10, 16)
+		if err != nil {
+			return fmt.Errorf("port %q: %w", ps, err)
+		}
+		port = uint16(n)
+	}
+	t.HTTPHost, t.HTTPPath = u.Hostname(), u.RequestURI()
+	if t.Target == "" {
+		if tg := p.TargetForName(u.Hostname(), port); tg != nil {
+			t.Target = tg.Name
+		}
+	}
+	return nil
 }
 
 // daemonPolicy is the policy explain decides with when none is named: the

@@ -110,3 +110,26 @@ func TestPolicyDefaultAndUsage(t *testing.T) {
 		t.Errorf("unknown subcommand: code %d", code)
 	}
 }
+
+func TestPolicyExplainHTTP(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "http.yaml")
+	os.WriteFile(file, []byte(`
+identities: [{name: ci}]
+targets:
+  - {name: forge, protocol: http, hosts: ["*.example.com"], port: 443, tls: intercept}
+rules:
+  - {name: read-repos, identity: ci, target: forge, http: {methods: [GET], paths: [/repos/]}, action: allow}
+`), 0o600)
+	code, out, errOut := runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--http", "GET https://api.example.com/repos/acme?page=2")
+	if code != 0 || !strings.Contains(out, "target:    forge") || !strings.Contains(out, "decision:  allow by rule read-repos") {
+		t.Errorf("explain https URL: code %d, err %q:\n%s", code, errOut, out)
+	}
+	// Another port is no target's: default-deny.
+	code, out, _ = runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--http", "GET https://api.example.com:8443/repos/acme")
+	if code != 0 || strings.Contains(out, "target:") || !strings.Contains(out, "default-deny") {
+		t.Errorf("explain other port: code %d:\n%s", code, out)
+	}
+	if code, _, _ := runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--http", "GET ftp://x/y"); code != 2 {
+		t.Errorf("explain ftp URL: code %d, want 2", code)
+	}
+}

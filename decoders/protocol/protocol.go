@@ -81,6 +81,15 @@ type Session struct {
 	// TLS, when set, terminates TLS from the agent: its certificates are
 	// minted for the name the agent asked for, under Interlock's CA.
 	TLS *tls.Config
+	// Select, when set, means the target is chosen by the server name the
+	// agent asks for, which only the decoder can read (HTTP: the TLS server
+	// name, else the first request's Host); Target and Connect are then
+	// unset. The decoder calls it once, with that name ("" when the agent
+	// sent none), before anything goes upstream: the pipeline chooses the
+	// target, decides the connection to it (audited) and returns the
+	// target's name and that decision, which stand for Target and Connect
+	// from then on. A name no target has comes back as a Deny.
+	Select func(ctx context.Context, serverName string) (target string, connect Verdict)
 	// Connect is the decision on the connection itself, made before Serve
 	// (and already audited). A decoder with requests refuses the session
 	// when it is Deny, in its protocol's words and before anything goes

@@ -1,0 +1,434 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/ca"
+	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// httpFixture is interlockd in front of nginx on loopback: HTTPS with
+// certificates of a test CA that interlockd's policy names (upstream_ca),
+// HTTPS with a certificate that CA did not sign, and plain HTTP; the agent
+// is the real curl, run as nobody under `interlock exec`.
+type httpFixture struct {
+	d   *daemontest.Daemon
+	dir string
+	// upstreamCA is the test CA's certificate (the "public" CA the
+	// upstreams' certificates chain to); interlockCA is Interlock's.
+	upstreamCA, interlockCA     string
+	tlsPort, badPort, plainPort int
+}
+
+func startHTTP(t *testing.T) *httpFixture {
+	testenv.Privileged(t)
+	for _, bin := range []string{"curl", "nginx"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			testenv.Unavailable(t, "no %s (apt-get install curl nginx-light): %v", bin, err)
+		}
+	}
+	f := &httpFixture{dir: t.TempDir(), tlsPort: testenv.FreePort(t), badPort: testenv.FreePort(t), plainPort: testenv.FreePort(t)}
+	for p := f.dir; p != os.TempDir() && p != "/"; p = filepath.Dir(p) {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The upstreams' CA, and another that signs the impostor.
+	f.upstreamCA = filepath.Join(f.dir, "upstream-ca.crt")
+	public, err := ca.Open(ca.Config{Dir: filepath.Join(f.dir, "public-ca"), PublicCert: f.upstreamCA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ca.Open(ca.Config{Dir: filepath.Join(f.dir, "other-ca"), PublicCert: filepath.Join(f.dir, "other-ca.crt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each server block: its name, port, certificate (none: plain HTTP).
+	var servers strings.Builder
+	// api.test also serves a JSON document, gzip-encoded (and so chunked
+	// over HTTP/1.1: nginx does not know its length up front).
+	customers := `location /customers/ {
+      default_type application/json;
+      gzip on; gzip_types application/json; gzip_min_length 1;
+      return 200 '{"id":7,"name":"Ann","email":"ann@example.com","orders":[{"email":"ann@example.com"}]}';
+    }`
+	for _, srv := range []struct {
+		name  string
+		port  int
+		ca    *ca.Authority
+		extra string
+	}{{"api.test", f.tlsPort, public, customers}, {"mirror.test", f.tlsPort, public, ""}, {"impostor.test", f.badPort, other, ""}, {"intranet.test", f.plainPort, nil, ""}} {
+		listen := fmt.Sprintf("127.0.0.1:%d", srv.port)
+		tlsConf := ""
+		if srv.ca != nil {
+			listen += " ssl http2"
+			crt, key := f.leafFiles(t, srv.ca, srv.name)
+			tlsConf = fmt.Sprintf("ssl_certificate %s;\n    ssl_certificate_key %s;", crt, key)
+		}
+		fmt.Fprintf(&servers, `  server {
+    listen %s;
+    server_name %s;
+    %s
+    access_log %s;
+    location / { return 200 "upstream $server_protocol $request_method $request_uri host=$host\n"; }
+    %s
+  }
+`, listen, srv.name, tlsConf, filepath.Join(f.dir, srv.name+".log"), srv.extra)
+	}
+	conf := filepath.Join(f.dir, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
+master_process off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/nginx-error.log;
+events {}
+http {
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  default_type text/plain;
+%[2]s}
+`, f.dir, servers.String())), 0o644)
+	nginx := exec.Command("nginx", "-c", conf, "-e", filepath.Join(f.dir, "nginx-error.log"))
+	nginxOut := &daemontest.Buffer{}
+	nginx.Stdout, nginx.Stderr = nginxOut, nginxOut
+	if err := nginx.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		nginx.Process.Kill()
+		nginx.Wait()
+		if t.Failed() {
+			errLog, _ := os.ReadFile(filepath.Join(f.dir, "nginx-error.log"))
+			t.Logf("nginx:\n%s\n%s", nginxOut.String(), errLog)
+		}
+	})
+	waitFor(t, "nginx to listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", f.plainPort))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+
+	pol := filepath.Join(f.dir, "policy.yaml")
+	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
+identities: [{name: ci-bot}]
+targets:
+  - name: api
+    protocol: http
+    hosts: [api.test]
+    port: %[1]d
+    tls: intercept
+    upstream_ca: %[4]s
+  - name: mirror
+    protocol: http
+    hosts: [mirror.test]
+    port: %[1]d
+    tls: passthrough
+  - name: impostor
+    protocol: http
+    hosts: [impostor.test]
+    port: %[2]d
+    tls: intercept
+    upstream_ca: %[4]s
+  - name: intranet
+    protocol: http
+    hosts: [intranet.test]
+    port: %[3]d
+masks:
+  - {name: pii, columns: {"*email": redact}}
+rules:
+  - {name: no-admin, identity: ci-bot, target: api, http: {paths: [/admin/]}, action: deny}
+  - {name: deploy-approved, identity: ci-bot, target: api, http: {methods: [GET], paths: [/deploy/]}, action: approve, approve: {reviewers: [root], timeout: 60s}}
+  - {name: customers-masked, identity: ci-bot, target: api, http: {methods: [GET], paths: [/customers/]}, action: mask, mask: pii}
+  - {name: api-read, identity: ci-bot, target: api, http: {methods: [GET]}, action: allow}
+  - {name: mirror-ok, identity: ci-bot, target: mirror, action: allow}
+  - {name: impostor-read, identity: ci-bot, target: impostor, http: {methods: [GET]}, action: allow}
+  - {name: intranet-rw, identity: ci-bot, target: intranet, http: {methods: [GET, POST], paths: [/public/]}, action: allow}
+`, f.tlsPort, f.badPort, f.plainPort, f.upstreamCA)), 0o644)
+	f.d = daemontest.Start(t, daemontest.Options{Policy: pol})
+	f.interlockCA = filepath.Join(filepath.Dir(f.d.Socket), "ca.crt")
+	return f
+}
+
+// hits returns how many requests nginx served for a server name.
+func (f *httpFixture) hits(name string) int {
+	b, _ := os.ReadFile(filepath.Join(f.dir, name+".log"))
+	return bytes.Count(b, []byte("\n"))
+}
+
+// leafFiles writes a certificate of authority for name and its key where
+// nginx reads them.
+func (f *httpFixture) leafFiles(t *testing.T, authority *ca.Authority, name string) (crt, key string) {
+	t.Helper()
+	leaf, err := authority.Leaf(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key = filepath.Join(f.dir, name+".crt"), filepath.Join(f.dir, name+".key")
+	os.WriteFile(crt, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]}), 0o644)
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	return crt, key
+}
+
+// curl runs the real curl as nobody under `interlock exec`, every host
+// name of the test resolved to loopback, and returns its stdout, stderr
+// and exit status.
+func (f *httpFixture) curl(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := f.curlCommand(ctx, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return out.String(), errb.String(), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("curl %v: %v", args, err)
+	}
+	return out.String(), errb.String(), 0
+}
+
+// replay returns `interlock replay` of the session a connection event
+// names.
+func (f *httpFixture) replay(t *testing.T, ev map[string]any) string {
+	t.Helper()
+	out, errOut, err := f.d.CLI("replay", fmt.Sprint(ev["conn"]))
+	if err != nil {
+		t.Fatalf("interlock replay: %v\n%s", err, errOut)
+	}
+	return out
+}
+
+// curlCommand is the agent's curl under `interlock exec`, as nobody.
+func (f *httpFixture) curlCommand(ctx context.Context, args ...string) *exec.Cmd {
+	argv := []string{"exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		"curl", "-sS", "--max-time", "50"}
+	for _, h := range []string{"api.test", "mirror.test", "impostor.test", "intranet.test", "evil.test"} {
+		for _, p := range []int{f.tlsPort, f.badPort, f.plainPort} {
+			argv = append(argv, "--resolve", fmt.Sprintf("%s:%d:127.0.0.1", h, p))
+		}
+	}
+	return f.d.Command(ctx, append(argv, args...)...)
+}
+
+// TestHTTPSIntercept: curl over HTTP/1.1 and HTTP/2 through interception
+// with a leaf of Interlock's CA: a denied path gets 403 naming the rule,
+// and the next request on the same connection goes through.
+func TestHTTPSIntercept(t *testing.T) {
+	f := startHTTP(t)
+	for _, version := range []string{"--http1.1", "--http2"} {
+		before := f.hits("api.test")
+		url := fmt.Sprintf("https://api.test:%d", f.tlsPort)
+		out, errOut, st := f.curl(t, version, "-v", "--cacert", f.interlockCA, "-w", "status=%{http_code}\n",
+			url+"/admin/users", url+"/repos/acme?page=2")
+		if st != 0 {
+			t.Fatalf("%s: curl status %d\n%s\n%s", version, st, out, errOut)
+		}
+		if !strings.Contains(out, `"rule":"no-admin"`) || !strings.Contains(out, "status=403") {
+			t.Errorf("%s: the denied path:\n%s", version, out)
+		}
+		if !strings.Contains(out, "upstream HTTP/2.0 GET /repos/acme?page=2 host=api.test") || !strings.Contains(out, "status=200") {
+			t.Errorf("%s: the allowed path after the denial:\n%s", version, out)
+		}
+		// One connection carried both, and Interlock's CA signed its leaf.
+		if !strings.Contains(errOut, "Re-using existing") && !strings.Contains(errOut, "Reusing existing") {
+			t.Errorf("%s: curl did not reuse its connection:\n%s", version, errOut)
+		}
+		if version == "--http2" && !strings.Contains(errOut, "ALPN: server accepted h2") {
+			t.Errorf("--http2: interlockd did not speak h2 to curl:\n%s", errOut)
+		}
+		if got := f.hits("api.test") - before; got != 1 {
+			t.Errorf("%s: the upstream served %d requests, want 1 (the denied one never left)", version, got)
+		}
+	}
+	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "no-admin" && m["action"] == "deny" })
+	// interlock replay prints each exchange with its decision.
+	closed := waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["target"] == "api" && m["outcome"] == "closed" })
+	tr := f.replay(t, closed)
+	for _, want := range []string{"GET /admin/users HTTP/", "decision: deny by rule no-admin", "interlock: HTTP/1.1 403 Forbidden", "GET /repos/acme?page=2 HTTP/", "HTTP/2.0 200 OK", "upstream HTTP/2.0 GET /repos/acme?page=2"} {
+		if !strings.Contains(tr, want) {
+			t.Errorf("replay lacks %q:\n%s", want, tr)
+		}
+	}
+	// Without Interlock's CA, curl refuses the leaf: it is no upstream's.
+	if _, _, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://api.test:%d/repos/acme", f.tlsPort)); st != 60 {
+		t.Errorf("intercepted with the upstream's CA only: curl status %d, want 60 (peer certificate not trusted)", st)
+	}
+}
+
+// TestHTTPSUpstreamMustVerify: an upstream whose certificate does not
+// chain to the target's CA gets the agent a 502 and an audit record, and
+// is never sent the request.
+func TestHTTPSUpstreamMustVerify(t *testing.T) {
+	f := startHTTP(t)
+	out, errOut, st := f.curl(t, "--cacert", f.interlockCA, "-w", "status=%{http_code}\n", fmt.Sprintf("https://impostor.test:%d/x", f.badPort))
+	if st != 0 || !strings.Contains(out, "status=502") || !strings.Contains(out, "does not verify") {
+		t.Fatalf("unverified upstream: curl status %d\n%s\n%s", st, out, errOut)
+	}
+	if n := f.hits("impostor.test"); n != 0 {
+		t.Errorf("the unverified upstream served %d requests", n)
+	}
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+		return m["target"] == "impostor" && m["outcome"] == "upstream certificate" && strings.Contains(fmt.Sprint(m["reason"]), "certificate")
+	})
+}
+
+// TestHTTPSPassthrough: a passthrough target's agent sees the upstream's
+// own certificate; a server name no target has is refused before any
+// upstream hears of it.
+func TestHTTPSPassthrough(t *testing.T) {
+	f := startHTTP(t)
+	out, errOut, st := f.curl(t, "-v", "--cacert", f.upstreamCA, fmt.Sprintf("https://mirror.test:%d/pkg", f.tlsPort))
+	if st != 0 || !strings.Contains(out, "upstream HTTP/2.0 GET /pkg host=mirror.test") {
+		t.Fatalf("passthrough: curl status %d\n%s\n%s", st, out, errOut)
+	}
+	// Interlock's CA does not do: the certificate is the upstream's.
+	if _, _, st := f.curl(t, "--cacert", f.interlockCA, fmt.Sprintf("https://mirror.test:%d/pkg", f.tlsPort)); st != 60 {
+		t.Errorf("passthrough with Interlock's CA: curl status %d, want 60", st)
+	}
+	// The recording says what was relayed, and that it was not decrypted.
+	closed := waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["target"] == "mirror" && m["outcome"] == "closed" })
+	if tr := f.replay(t, closed); !strings.Contains(tr, "TLS passthrough to mirror.test, ALPN h2,http/1.1: not decrypted") {
+		t.Errorf("replay of the passthrough session:\n%s", tr)
+	}
+	before := f.hits("api.test") + f.hits("mirror.test")
+	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://evil.test:%d/", f.tlsPort)); st == 0 {
+		t.Errorf("a server name no target has went through:\n%s", errOut)
+	}
+	if f.hits("api.test")+f.hits("mirror.test") != before {
+		t.Error("the upstream heard of a refused server name")
+	}
+	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "unknown-host" })
+}
+
+// TestHTTPSmuggling: requests that two parsers would frame two ways get
+// 400 from interlockd and reach nothing.
+func TestHTTPSmuggling(t *testing.T) {
+	f := startHTTP(t)
+	out, errOut, st := f.curl(t, "-w", "status=%{http_code}\n", fmt.Sprintf("http://intranet.test:%d/public/x", f.plainPort))
+	if st != 0 || !strings.Contains(out, "upstream HTTP/1.1 GET /public/x host=intranet.test") {
+		t.Fatalf("plain request: curl status %d\n%s\n%s", st, out, errOut)
+	}
+	before := f.hits("intranet.test")
+	for _, raw := range []string{
+		// CL.TE: the second request hides in what the front end takes for a body.
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nContent-Length: 49\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /private HTTP/1.1\r\nHost: intranet.test\r\n\r\n",
+		// TE.CL.
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n2c\r\nGET /private HTTP/1.1\r\nHost: intranet.test\r\n\r\n\r\n0\r\n\r\n",
+		// Two lengths, an obfuscated encoding, a folded header.
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nContent-Length: 0\r\nContent-Length: 44\r\n\r\nGET /private HTTP/1.1\r\nHost: intranet.test\r\n\r\n",
+		"POST /public/x HTTP/1.1\r\nHost: intranet.test\r\nTransfer-Encoding: chunked\r\nTransfer-encoding: x\r\n\r\n0\r\n\r\n",
+		"GET /public/x HTTP/1.1\r\nHost: intranet.test\r\nX-A: b\r\n Transfer-Encoding: chunked\r\n\r\n",
+	} {
+		script := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d; printf %%s "$1" >&3; timeout 5 cat <&3`, f.plainPort)
+		cmd := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+			"bash", "-c", script, "smuggle", raw)
+		got, _ := cmd.CombinedOutput()
+		if !strings.HasPrefix(string(got), "HTTP/1.1 400 ") || strings.Count(string(got), "HTTP/1.1") != 1 {
+			t.Errorf("%q: got\n%s", raw, got)
+		}
+	}
+	if n := f.hits("intranet.test") - before; n != 0 {
+		t.Errorf("the upstream served %d smuggled requests", n)
+	}
+}
+
+// TestHTTPSMask: a masked JSON field arrives masked in a gzip-encoded,
+// chunked response, over HTTP/1.1 and HTTP/2, with the encoding kept.
+func TestHTTPSMask(t *testing.T) {
+	f := startHTTP(t)
+	for _, version := range []string{"--http1.1", "--http2"} {
+		out, errOut, st := f.curl(t, version, "--compressed", "-D", "-", "--cacert", f.interlockCA, fmt.Sprintf("https://api.test:%d/customers/7", f.tlsPort))
+		if st != 0 || strings.Contains(out, "ann@example.com") || !strings.Contains(out, `"name":"Ann"`) || !strings.Contains(out, `"id":7`) {
+			t.Fatalf("%s: curl status %d\n%s\n%s", version, st, out, errOut)
+		}
+		if !strings.Contains(strings.ToLower(out), "content-encoding: gzip") {
+			t.Errorf("%s: the gzip encoding was not kept:\n%s", version, out)
+		}
+	}
+	// Without interlock nginx gzips the document and chunks it: the
+	// masking above undid and redid both.
+	out, _ := exec.Command("curl", "-sS", "--http1.1", "-D", "-", "-o", "/dev/null", "-H", "Accept-Encoding: gzip", "--cacert", f.upstreamCA,
+		"--resolve", fmt.Sprintf("api.test:%d:127.0.0.1", f.tlsPort), fmt.Sprintf("https://api.test:%d/customers/7", f.tlsPort)).CombinedOutput()
+	if low := strings.ToLower(string(out)); !strings.Contains(low, "transfer-encoding: chunked") || !strings.Contains(low, "content-encoding: gzip") {
+		t.Errorf("nginx's own answer is not gzip and chunked:\n%s", out)
+	}
+}
+
+// TestHTTPSHeldStream: a request held for approval waits while another
+// stream of the same HTTP/2 connection completes; approved, it goes
+// through.
+func TestHTTPSHeldStream(t *testing.T) {
+	f := startHTTP(t)
+	url := fmt.Sprintf("https://api.test:%d", f.tlsPort)
+	// curl, as nobody, writes each answer to its own file once it has it.
+	outDir := filepath.Join(f.dir, "out")
+	if err := os.Mkdir(outDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(outDir, 0o777)
+	held, fast := filepath.Join(outDir, "held"), filepath.Join(outDir, "fast")
+	cmd := f.curlCommand(t.Context(), "--http2", "--parallel", "--cacert", f.interlockCA, "-o", held, "-o", fast,
+		"-w", "%{url_effective} %{http_code}\n", url+"/deploy/web", url+"/repos/acme")
+	var stdout, stderr daemontest.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pending []struct{ ID, Statement string }
+	waitFor(t, "the held request's approval", func() bool {
+		out, _, err := f.d.CLI("approvals", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &pending) == nil && len(pending) > 0
+	})
+	if pending[0].Statement != "/deploy/web" {
+		t.Fatalf("pending approval: %+v", pending[0])
+	}
+	waitFor(t, "the other stream to complete while one is held", func() bool {
+		b, _ := os.ReadFile(fast)
+		return strings.Contains(string(b), "upstream HTTP/2.0 GET /repos/acme")
+	})
+	if b, _ := os.ReadFile(held); len(b) != 0 {
+		t.Fatalf("the held request was answered before its approval: %q", b)
+	}
+	if out, errOut, err := f.d.CLI("approve", pending[0].ID, "--comment", "fine"); err != nil {
+		t.Fatalf("approve: %v\n%s%s", err, out, errOut)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("curl: %v\n%s", err, stderr.String())
+	}
+	if b, _ := os.ReadFile(held); !strings.Contains(string(b), "upstream HTTP/2.0 GET /deploy/web") || !strings.Contains(stdout.String(), url+"/deploy/web 200") {
+		t.Errorf("the approved request: %q, curl: %s", b, stdout.String())
+	}
+	// Both streams rode one connection: one connection was decided.
+	n := 0
+	for _, e := range auditEvents(f.d, "connection_open") {
+		if e["comm"] == "curl" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("curl opened %d connections, want 1", n)
+	}
+}

@@ -1,0 +1,77 @@
+package session
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"os"
+
+	"github.com/interlock-dev/interlock/decoders/http"
+	"github.com/interlock-dev/interlock/decoders/protocol"
+	"github.com/interlock-dev/interlock/policy"
+)
+
+// byName returns the Select of a connection whose http target is chosen by
+// the server name the decoder reads. This is the one place a target is
+// chosen by name: the policy in force picks the target for the name and
+// port (byAddr, the target of the address, when the agent sent no name),
+// the connection to it is decided and audited with the name, as a
+// connection chosen by address is at accept, and the connection record
+// takes the target for every later decision.
+func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx context.Context, name string) (string, protocol.Verdict) {
+	return func(_ context.Context, name string) (string, protocol.Verdict) {
+		pol := p.cfg.Policy.Current()
+		t := byAddr
+		if name != "" {
+			t = pol.TargetForName(name, port)
+		}
+		op := "CONNECT " + name
+		c.target = t
+		if t == nil {
+			dec := policy.Decision{Action: policy.Deny, Rule: "unknown-host",
+				Message: fmt.Sprintf("no http target has host %q on port %d", name, port)}
+			p.cfg.Metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, policy.Enforce.String()).Inc()
+			p.record(c.decision(op, "", dec, true))
+			return "", verdictOf(dec)
+		}
+		if t.TLS == policy.TLSPassthrough {
+			op += " (TLS passthrough: not decrypted)"
+		}
+		dec := pol.Decide(&policy.Input{Subject: &c.subject, Target: t, Protocol: "http", Op: policy.Operation{Kind: policy.OpConnect}})
+		mode := pol.Mode(&c.subject, t)
+		p.cfg.Metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
+		p.record(c.decision(op, "", dec, mode == policy.Enforce))
+		if mode != policy.Enforce {
+			return t.Name, protocol.Verdict{Action: protocol.Allow, Rule: dec.Rule}
+		}
+		return t.Name, verdictOf(dec)
+	}
+}
+
+// httpTarget gives the HTTP decoder a target's TLS handling and the roots
+// its upstream is verified against (the target's upstream_ca, read now so
+// a replaced file applies from the next connection; else the system's).
+func (p *Pipeline) httpTarget(name string) (http.Target, error) {
+	t := p.cfg.Policy.Current().Target(name)
+	if t == nil {
+		return http.Target{}, fmt.Errorf("target %q is no longer in the policy", name)
+	}
+	var out http.Target
+	switch t.TLS {
+	case policy.TLSIntercept:
+		out.Mode = http.Intercept
+	case policy.TLSPassthrough:
+		out.Mode = http.Passthrough
+	}
+	if t.UpstreamCA != "" {
+		pem, err := os.ReadFile(t.UpstreamCA)
+		if err != nil {
+			return http.Target{}, fmt.Errorf("target %q: upstream_ca: %w", name, err)
+		}
+		out.RootCAs = x509.NewCertPool()
+		if !out.RootCAs.AppendCertsFromPEM(pem) {
+			return http.Target{}, fmt.Errorf("target %q: upstream_ca %s holds no PEM certificate", name, t.UpstreamCA)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,533 @@
+package http
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	nethttp "net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
+)
+
+// Message types of the recording (see the package comment).
+const (
+	MsgRequest        = 'h'
+	MsgRequestBody    = 'b'
+	MsgResponse       = 'H'
+	MsgResponseBody   = 'B'
+	MsgInterlock      = 'i'
+	MsgPassthrough    = 't'
+	MsgPassthroughEnd = 'n'
+)
+
+// Defaults for the Decoder's zero fields.
+const (
+	DefaultMaxHeaderBytes       = 64 << 10
+	DefaultMaxRequestBody       = 1 << 30
+	DefaultMaxRecordedBody      = 64 << 10
+	DefaultMaxConcurrentStreams = 100
+	DefaultIdleTimeout          = 2 * time.Minute
+)
+
+// Mode is a target's TLS handling.
+type Mode uint8
+
+const (
+	// Plain is HTTP without TLS.
+	Plain Mode = iota
+	// Intercept terminates TLS and decides every request.
+	Intercept
+	// Passthrough decides the server name and relays the TLS bytes.
+	Passthrough
+)
+
+// Target is what a session's target says about HTTP.
+type Target struct {
+	Mode Mode
+	// RootCAs verify the upstream's certificate; nil: the system roots.
+	RootCAs *x509.CertPool
+}
+
+// Decoder serves HTTP sessions (protocol.Decoder). Safe for concurrent
+// use.
+type Decoder struct {
+	// Target returns the HTTP settings of the target a session was given.
+	Target func(target string) (Target, error)
+	// MaxHeaderBytes caps a request head, and an upstream's response head
+	// (DefaultMaxHeaderBytes if 0).
+	MaxHeaderBytes int
+	// MaxRequestBody caps a request body; a larger one is refused with 413
+	// (DefaultMaxRequestBody if 0).
+	MaxRequestBody int64
+	// MaxRecordedBody caps what the recording keeps of each body
+	// (DefaultMaxRecordedBody if 0).
+	MaxRecordedBody int
+	// MaxConcurrentStreams bounds the HTTP/2 streams of one connection
+	// (DefaultMaxConcurrentStreams if 0).
+	MaxConcurrentStreams uint32
+	// IdleTimeout ends a connection that waits this long for its next
+	// request (DefaultIdleTimeout if 0): an idle connection still holds
+	// one of its identity's sessions.
+	IdleTimeout time.Duration
+}
+
+func orDefault[T int | int64 | uint32 | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// tlsRecordHandshake is the first byte of a TLS connection: a record of
+// the handshake content type (RFC 8446, 5.1).
+const tlsRecordHandshake = 0x16
+
+// Serve implements protocol.Decoder.
+func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
+	defer s.Agent.Close()
+	if s.Refuse != nil {
+		refuseOverLimit(s)
+		return s.Refuse
+	}
+	c := &conn{d: d, s: s, maxHeader: orDefault(d.MaxHeaderBytes, DefaultMaxHeaderBytes),
+		maxBody: orDefault(d.MaxRequestBody, DefaultMaxRequestBody), maxRecorded: orDefault(d.MaxRecordedBody, DefaultMaxRecordedBody)}
+	stop := context.AfterFunc(ctx, func() { s.Agent.Close() })
+	defer stop()
+	s.Agent.SetReadDeadline(time.Now().Add(s.Handshake))
+	br := bufio.NewReaderSize(s.Agent, c.maxHeader)
+	first, err := br.Peek(1)
+	if err != nil {
+		return nil // gone before a byte
+	}
+	if first[0] != tlsRecordHandshake {
+		c.agent = &replayConn{Conn: s.Agent, r: br}
+		return c.serveHTTP1(ctx, br)
+	}
+	hello, peeked, err := peekHello(br)
+	if err != nil {
+		return &protocol.ViolationError{Msg: "malformed TLS ClientHello: " + err.Error()}
+	}
+	agent := &replayConn{Conn: s.Agent, r: io.MultiReader(bytes.NewReader(peeked), br)}
+	c.serverName = strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	if err := c.choose(ctx, c.serverName); err != nil {
+		refuseTLS(agent)
+		return err
+	}
+	switch c.t.Mode {
+	case Passthrough:
+		if c.connect.Action != protocol.Allow {
+			refuseTLS(agent)
+			return &protocol.RefusedError{Outcome: "denied", Err: fmt.Errorf("server name %q: a passthrough connection is allowed or refused as a whole (rule %s)", hello.ServerName, c.connect.Rule)}
+		}
+		return c.passthrough(ctx, agent, hello)
+	case Intercept:
+		return c.intercept(ctx, agent)
+	}
+	refuseTLS(agent)
+	return &protocol.RefusedError{Outcome: "handshake", Err: fmt.Errorf("target %s is plain HTTP and the agent sent TLS", c.target)}
+}
+
+// overLimitWait bounds how long a connection refused for its identity's
+// session limit is read from, to answer in its own protocol.
+const overLimitWait = 2 * time.Second
+
+// refuseOverLimit tells an agent over its identity's session limit so in
+// the protocol it speaks: a TLS alert, or a 503 to a plain request.
+func refuseOverLimit(s *protocol.Session) {
+	s.Agent.SetDeadline(time.Now().Add(overLimitWait))
+	br := bufio.NewReader(s.Agent)
+	first, err := br.Peek(1)
+	switch {
+	case err != nil:
+	case first[0] == tlsRecordHandshake:
+		refuseTLS(&replayConn{Conn: s.Agent, r: br})
+	default:
+		resp := errorResponse(nethttp.StatusServiceUnavailable, s.Refuse.Msg)
+		resp.Close = true
+		resp.Write(s.Agent)
+	}
+}
+
+// conn is one agent connection.
+type conn struct {
+	d           *Decoder
+	s           *protocol.Session
+	maxHeader   int
+	maxBody     int64
+	maxRecorded int
+	agent       net.Conn
+	serverName  string // the TLS server name, lower case
+	target      string
+	t           Target
+	connect     protocol.Verdict
+	chosen      bool
+	transport   *nethttp.Transport
+	h2base      *nethttp.Server // an HTTP/2 connection's: see serveHTTP2
+	scheme      string
+
+	// mu pairs each request's record with its decision (protocol.Enforcer)
+	// and orders every record from the agent.
+	mu sync.Mutex
+	// ending is why the session must end (an upstream that failed
+	// verification), set once; see end and ended.
+	endOnce sync.Once
+	endMu   sync.Mutex
+	ending  error
+}
+
+// choose settles the session's target: by name when the pipeline chooses
+// so, else the one it was given; and refuses the session when the
+// connection to it is denied.
+func (c *conn) choose(ctx context.Context, name string) error {
+	c.chosen = true
+	c.target, c.connect = c.s.Target, c.s.Connect
+	if c.s.Select != nil {
+		c.target, c.connect = c.s.Select(ctx, name)
+	}
+	if c.connect.Action == protocol.Deny {
+		return &protocol.RefusedError{Outcome: "denied", Err: fmt.Errorf("server name %q: %s", name, describe(c.connect))}
+	}
+	t, err := c.d.Target(c.target)
+	if err != nil {
+		return &protocol.RefusedError{Outcome: "target", Err: err}
+	}
+	c.t = t
+	return nil
+}
+
+// describe says why a verdict refuses, for errors and 403 bodies.
+func describe(v protocol.Verdict) string {
+	if v.Message != "" {
+		return fmt.Sprintf("denied by rule %s: %s", v.Rule, v.Message)
+	}
+	return "denied by rule " + v.Rule
+}
+
+// passthrough relays a connection whose server name was allowed, hello
+// and all, without decrypting it.
+func (c *conn) passthrough(ctx context.Context, agent net.Conn, hello Hello) error {
+	if err := c.s.Recorder.Start(ctx); err != nil {
+		return err
+	}
+	c.s.Recorder.Record(protocol.Message{Type: MsgPassthrough, Time: time.Now(), Body: fmt.Appendf(nil,
+		"TLS passthrough to %s, ALPN %s: not decrypted", orNone(hello.ServerName), orNone(strings.Join(hello.ALPN, ",")))})
+	up, err := c.s.Upstream.Dial(ctx)
+	if err != nil {
+		return &protocol.RefusedError{Outcome: "upstream unreachable", Err: err}
+	}
+	defer up.Close()
+	c.s.Agent.SetDeadline(time.Time{})
+	r := relay{agent: agent, up: up}
+	sent, recv := r.run()
+	c.s.Recorder.Record(protocol.Message{Type: MsgPassthroughEnd, Time: time.Now(),
+		Body: fmt.Appendf(nil, "agent sent %d bytes, server %d bytes", sent, recv)})
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// relay copies a passthrough connection both ways.
+type relay struct{ agent, up net.Conn }
+
+func (r relay) run() (sent, recv int64) {
+	done := make(chan int64, 2)
+	go func() { done <- r.copyUp() }()
+	recv = r.copyDown()
+	sent = <-done
+	return sent, recv
+}
+
+// copyUp copies the agent's bytes to the server; a stuck copy's stack
+// trace says which way.
+func (r relay) copyUp() int64 {
+	n, _ := io.Copy(r.up, r.agent)
+	closeWrite(r.up)
+	return n
+}
+
+// copyDown copies the server's bytes to the agent.
+func (r relay) copyDown() int64 {
+	n, _ := io.Copy(r.agent, r.up)
+	closeWrite(r.agent)
+	return n
+}
+
+// closeWrite half-closes c when it can, so each side sees the other's end.
+func closeWrite(c net.Conn) {
+	for {
+		switch x := c.(type) {
+		case interface{ CloseWrite() error }:
+			x.CloseWrite()
+			return
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		case *replayConn:
+			c = x.Conn
+		default:
+			c.Close()
+			return
+		}
+	}
+}
+
+// intercept terminates the agent's TLS with a leaf for the server name and
+// serves HTTP/2 or HTTP/1.1 as its ALPN asks.
+func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
+	if c.s.TLS == nil {
+		refuseTLS(agent)
+		return &protocol.RefusedError{Outcome: "handshake", Err: errors.New("no TLS configuration: this interlockd cannot terminate TLS")}
+	}
+	cfg := c.s.TLS.Clone()
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	tc := tls.Server(agent, cfg)
+	hctx, cancel := context.WithTimeout(ctx, c.s.Handshake)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return &protocol.RefusedError{Outcome: "handshake", Err: fmt.Errorf("agent TLS handshake: %w", err)}
+	}
+	c.s.Agent.SetDeadline(time.Time{})
+	c.agent = tc
+	if err := c.s.Recorder.Start(ctx); err != nil {
+		return err
+	}
+	c.newTransport()
+	defer c.transport.CloseIdleConnections()
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		c.serveHTTP2(ctx, tc)
+		return c.ended()
+	}
+	// The first request is bounded as the handshake was.
+	c.s.Agent.SetReadDeadline(time.Now().Add(c.s.Handshake))
+	return c.serveHTTP1(ctx, bufio.NewReaderSize(tc, c.maxHeader))
+}
+
+// newTransport makes the session's upstream client: every connection is
+// the Upstream's, TLS (when intercepting) verified for the agent's server
+// name, HTTP/2 when the server offers it.
+func (c *conn) newTransport() {
+	c.scheme = "http"
+	c.transport = &nethttp.Transport{
+		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return c.s.Upstream.Dial(ctx) },
+		MaxResponseHeaderBytes: int64(c.maxHeader),
+		TLSHandshakeTimeout:    c.s.Handshake,
+		// The agent's Accept-Encoding goes upstream as it is, and the
+		// answer comes back as it was encoded.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  true,
+	}
+	if c.t.Mode == Intercept {
+		c.scheme = "https"
+		c.transport.TLSClientConfig = &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12}
+	}
+}
+
+// serveHTTP1 serves HTTP/1.1 requests one after another until the agent
+// or the exchange ends the connection. Each head is checked for ambiguous
+// framing before net/http reads it.
+func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
+	for first := true; ; first = false {
+		if !first {
+			c.agent.SetReadDeadline(time.Now().Add(orDefault(c.d.IdleTimeout, DefaultIdleTimeout)))
+		}
+		req, status, err := nextRequest(br)
+		switch {
+		case status == nethttp.StatusRequestHeaderFieldsTooLarge:
+			c.refuse1(errorResponse(status, "request head too large"))
+			return &protocol.LimitError{Limit: "message_buffer", Msg: fmt.Sprintf("request head over %d bytes", c.maxHeader)}
+		case status != 0:
+			c.refuse1(errorResponse(status, err.Error()))
+			return &protocol.ViolationError{Msg: err.Error()}
+		case err != nil:
+			return nil // the agent closed, or stalled before a request
+		}
+		if !c.chosen {
+			if err := c.choose(ctx, hostOf(req.Host)); err != nil {
+				c.reply1(req, errorResponse(nethttp.StatusForbidden, err.Error()))
+				return err
+			}
+			if c.t.Mode != Plain {
+				c.reply1(req, errorResponse(nethttp.StatusBadRequest, "this target is reached over TLS"))
+				return &protocol.RefusedError{Outcome: "handshake", Err: fmt.Errorf("target %s speaks TLS and the agent sent plain HTTP", c.target)}
+			}
+			if err := c.s.Recorder.Start(ctx); err != nil {
+				return err
+			}
+			c.serverName = hostOf(req.Host)
+			c.newTransport()
+			defer c.transport.CloseIdleConnections()
+		}
+		c.agent.SetReadDeadline(time.Time{})
+		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") && req.Body != nethttp.NoBody {
+			// The agent waits for a go-ahead before it sends the body: it
+			// gets one when the body is first read, that is once the
+			// request has been allowed, as net/http's server does.
+			req.Header.Del("Expect")
+			req.Body = &continueBody{ReadCloser: req.Body, agent: c.agent}
+		}
+		resp := c.exchange(ctx, req)
+		if resp.StatusCode == nethttp.StatusSwitchingProtocols {
+			return c.upgraded(resp, br)
+		}
+		// What the exchange did not read of the body is drained, up to a
+		// bound, so the next request starts where it should.
+		if n, _ := io.CopyN(io.Discard, req.Body, 1<<20); n == 1<<20 {
+			resp.Close = true
+		}
+		req.Body.Close()
+		if err := c.reply1(req, resp); err != nil {
+			return nil
+		}
+		if err := c.ended(); err != nil {
+			return err
+		}
+		if req.Close || resp.Close {
+			return nil
+		}
+	}
+}
+
+// nextRequest reads the next HTTP/1.1 request from br after checking its
+// head for ambiguous framing. A request that must be refused comes back
+// with the status to refuse it with; an error and no status is the agent
+// gone or silent.
+func nextRequest(br *bufio.Reader) (*nethttp.Request, int, error) {
+	head, err := peekHead(br)
+	switch {
+	case errors.Is(err, errHeadTooLarge):
+		return nil, nethttp.StatusRequestHeaderFieldsTooLarge, err
+	case err != nil:
+		return nil, 0, err
+	}
+	if why := ambiguous(head); why != "" {
+		return nil, nethttp.StatusBadRequest, errors.New("ambiguous request framing: " + why)
+	}
+	req, err := nethttp.ReadRequest(br)
+	if err != nil {
+		return nil, nethttp.StatusBadRequest, fmt.Errorf("malformed request: %w", err)
+	}
+	return req, 0, nil
+}
+
+// refuse1 answers a request that ends the connection, then closes it as
+// net/http does: the sending side first, then what the agent still sends
+// is read and dropped for a moment, so that closing with unread bytes does
+// not reset the connection before the agent has read the answer.
+func (c *conn) refuse1(resp *nethttp.Response) {
+	if c.reply1(nil, resp) != nil {
+		return
+	}
+	closeWrite(c.agent)
+	c.agent.SetReadDeadline(time.Now().Add(lingerTime))
+	io.Copy(io.Discard, io.LimitReader(c.agent, lingerBytes))
+}
+
+// How long, and how much, refuse1 reads after its answer.
+const (
+	lingerTime  = 500 * time.Millisecond
+	lingerBytes = 256 << 10
+)
+
+// reply1 writes resp to an HTTP/1.1 agent and closes its body.
+func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
+	defer resp.Body.Close()
+	resp.Request = req
+	if req == nil {
+		resp.Close = true
+	}
+	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1
+	if resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 {
+		resp.TransferEncoding = []string{"chunked"}
+	}
+	return resp.Write(c.agent)
+}
+
+// serveHTTP2 serves the agent's HTTP/2 connection, a stream per request.
+func (c *conn) serveHTTP2(ctx context.Context, tc *tls.Conn) {
+	srv := &http2.Server{MaxConcurrentStreams: orDefault(c.d.MaxConcurrentStreams, DefaultMaxConcurrentStreams),
+		IdleTimeout: orDefault(c.d.IdleTimeout, DefaultIdleTimeout)}
+	// The base server's Shutdown ends the connection gracefully (GOAWAY,
+	// streams under way finish): see serveStream.
+	c.h2base = &nethttp.Server{MaxHeaderBytes: c.maxHeader}
+	if err := http2.ConfigureServer(c.h2base, srv); err != nil {
+		return
+	}
+	srv.ServeConn(tc, &http2.ServeConnOpts{Context: ctx, BaseConfig: c.h2base, Handler: nethttp.HandlerFunc(c.serveStream)})
+}
+
+// serveStream answers one HTTP/2 stream.
+func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
+	resp := c.exchange(req.Context(), req)
+	defer resp.Body.Close()
+	h := w.Header()
+	for k, v := range resp.Header {
+		h[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	rc := nethttp.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			rc.Flush()
+		}
+		if err != nil {
+			break
+		}
+	}
+	// Trailers (gRPC's status) are known only once the body is read:
+	// sent undeclared, as net/http allows with TrailerPrefix.
+	for k, v := range resp.Trailer {
+		h[nethttp.TrailerPrefix+k] = v
+	}
+	if c.ended() != nil {
+		// The connection ends once its streams are answered.
+		go c.h2base.Shutdown(context.Background())
+	}
+}
+
+// continueBody sends an HTTP/1.1 agent "100 Continue" before the first
+// read of a body it holds back until told.
+type continueBody struct {
+	io.ReadCloser
+	agent net.Conn
+	sent  bool
+}
+
+func (b *continueBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		cont := &nethttp.Response{StatusCode: nethttp.StatusContinue, Status: "100 Continue", ProtoMajor: 1, ProtoMinor: 1, Header: nethttp.Header{}}
+		if err := cont.Write(b.agent); err != nil {
+			return 0, err
+		}
+	}
+	return b.ReadCloser.Read(p)
+}
+
+// hostOf is a Host or :authority without its port, lower case.
+func hostOf(hostport string) string {
+	h := hostport
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		h = host
+	}
+	return strings.ToLower(strings.TrimSuffix(strings.Trim(h, "[]"), "."))
+}

@@ -1,0 +1,678 @@
+package http
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	nethttp "net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/websocket"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
+)
+
+// recorder keeps what a session recorded (protocol.Recorder).
+type recorder struct {
+	mu   sync.Mutex
+	msgs []protocol.Message
+}
+
+func (r *recorder) Start(context.Context) error { return nil }
+
+func (r *recorder) Record(m protocol.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m.Body = append([]byte(nil), m.Body...)
+	r.msgs = append(r.msgs, m)
+}
+
+func (r *recorder) types() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, m := range r.msgs {
+		b.WriteByte(m.Type)
+	}
+	return b.String()
+}
+
+// enforcer denies paths under /deny/ as rule "no-deny" and allows the
+// rest (protocol.Enforcer).
+type enforcer struct {
+	mu   sync.Mutex
+	seen []protocol.Request
+	// release, when set, ends the wait of requests under /hold/, which are
+	// held for approval and then approved.
+	release chan struct{}
+}
+
+func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdict {
+	e.mu.Lock()
+	e.seen = append(e.seen, r)
+	e.mu.Unlock()
+	if strings.HasPrefix(r.Text, "/hold/") {
+		return protocol.Verdict{Action: protocol.Hold, Rule: "held", ApprovalID: "a1", Wait: func(ctx context.Context) (bool, string) {
+			select {
+			case <-e.release:
+				return true, ""
+			case <-ctx.Done():
+				return false, "gone"
+			}
+		}}
+	}
+	if strings.HasPrefix(r.Text, "/mask/") {
+		return protocol.Verdict{Action: protocol.Mask, Rule: "masked", Mask: emailMasker{}}
+	}
+	if strings.HasPrefix(r.Text, "/deny/") {
+		return protocol.Verdict{Action: protocol.Deny, Rule: "no-deny"}
+	}
+	return protocol.Verdict{Action: protocol.Allow, Rule: "ok"}
+}
+
+type upstream struct{ addr string }
+
+func (u upstream) Addr() string { return u.addr }
+func (u upstream) Dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", u.addr)
+}
+func (upstream) Credential(context.Context, protocol.CredentialRequest) (protocol.Credential, error) {
+	return protocol.Credential{}, nil
+}
+
+// harness runs one Decoder session per connection to its listener.
+type harness struct {
+	t    testing.TB
+	ln   net.Listener
+	rec  *recorder
+	enf  *enforcer
+	errs chan error
+	// upstreamHits counts requests the upstream server saw.
+	upstreamHits atomic.Int64
+	up           *httptest.Server
+	roots        *x509.CertPool
+}
+
+type harnessOpts struct {
+	refuse  *protocol.LimitError
+	idle    time.Duration
+	mode    Mode
+	tls     bool // the upstream speaks TLS
+	roots   func(h *harness) *x509.CertPool
+	selectf func(ctx context.Context, name string) (string, protocol.Verdict)
+}
+
+func newHarness(t testing.TB, o harnessOpts) *harness {
+	h := &harness{t: t, rec: &recorder{}, enf: &enforcer{}, errs: make(chan error, 16)}
+	h.up = httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
+		h.upstreamHits.Add(1)
+		if serveMaskable(w, r) {
+			return
+		}
+		if r.URL.Path == "/trailers" {
+			io.WriteString(w, "streamed")
+			w.Header().Set(nethttp.TrailerPrefix+"Grpc-Status", "0")
+			return
+		}
+		if r.URL.Path == "/ws" {
+			websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }).ServeHTTP(w, r)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-Upstream-Proto", r.Proto)
+		fmt.Fprintf(w, "upstream %s %s host=%s body=%q", r.Method, r.URL.RequestURI(), r.Host, body)
+	}))
+	if o.tls {
+		h.up.EnableHTTP2 = true
+		h.up.StartTLS()
+		h.roots = x509.NewCertPool()
+		h.roots.AddCert(h.up.Certificate())
+	} else {
+		h.up.Start()
+	}
+	t.Cleanup(h.up.Close)
+	roots := h.roots
+	if o.roots != nil {
+		roots = o.roots(h)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ln = ln
+	t.Cleanup(func() { ln.Close() })
+	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle}
+	go func() {
+		for {
+			agent, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
+				Handshake: 5 * time.Second, Upstream: upstream{h.up.Listener.Addr().String()}, Enforcer: h.enf, Recorder: h.rec,
+				Select: o.selectf, Refuse: o.refuse}
+			if o.tls {
+				// The agent side presents the same certificate as the
+				// upstream: the test client trusts it.
+				s.TLS = &tls.Config{Certificates: h.up.TLS.Certificates}
+			}
+			go func() { h.errs <- d.Serve(context.Background(), s) }()
+		}
+	}()
+	return h
+}
+
+// client returns an HTTP client whose every connection reaches the
+// harness, over TLS for server name example.com when tls.
+func (h *harness) client(tlsOn, h2 bool) *nethttp.Client {
+	tr := &nethttp.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", h.ln.Addr().String())
+		},
+		ForceAttemptHTTP2: h2,
+		MaxConnsPerHost:   1,
+	}
+	if tlsOn {
+		tr.TLSClientConfig = &tls.Config{RootCAs: h.roots, ServerName: "example.com"}
+		if !h2 {
+			tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+		}
+	}
+	h.t.Cleanup(tr.CloseIdleConnections)
+	return &nethttp.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func get(t *testing.T, c *nethttp.Client, url string) (*nethttp.Response, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestIntercept(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
+			h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+			c := h.client(true, h2)
+			resp, body := get(t, c, "https://example.com/repos/x?y=1")
+			wantProto := "HTTP/1.1"
+			if h2 {
+				wantProto = "HTTP/2.0"
+			}
+			if resp.StatusCode != 200 || resp.Proto != wantProto || !strings.Contains(body, "upstream GET /repos/x?y=1 host=example.com") {
+				t.Fatalf("allowed: %d %s %q", resp.StatusCode, resp.Proto, body)
+			}
+			if up := resp.Header.Get("X-Upstream-Proto"); up != "HTTP/2.0" {
+				t.Errorf("upstream spoke %s, want HTTP/2.0 (the server offers it)", up)
+			}
+			resp, body = get(t, c, "https://example.com/deny/me")
+			var denial struct{ Rule string }
+			if resp.StatusCode != 403 || json.Unmarshal([]byte(body), &denial) != nil || denial.Rule != "no-deny" {
+				t.Fatalf("denied: %d %q", resp.StatusCode, body)
+			}
+			// The same connection goes on.
+			resp, _ = get(t, c, "https://example.com/after")
+			if resp.StatusCode != 200 {
+				t.Fatalf("after a denial: %d", resp.StatusCode)
+			}
+			if got := h.upstreamHits.Load(); got != 2 {
+				t.Errorf("upstream saw %d requests, want 2 (the denied one never went)", got)
+			}
+			if n := len(h.enf.seen); n != 3 || h.enf.seen[0].Host != "example.com" || h.enf.seen[0].Operation != "GET" {
+				t.Errorf("decided %+v", h.enf.seen)
+			}
+			// The last body is recorded once written, after the client
+			// may have read it.
+			for deadline := time.Now().Add(5 * time.Second); h.rec.types() != "hHBhihHB" && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if ty := h.rec.types(); ty != "hHBhihHB" {
+				t.Errorf("recorded types %q, want hHBhihHB", ty)
+			}
+		})
+	}
+}
+
+func TestHostMustMatchServerName(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	c := h.client(true, false)
+	req, _ := nethttp.NewRequest("GET", "https://example.com/x", nil)
+	req.Host = "other.example.com"
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != nethttp.StatusMisdirectedRequest || h.upstreamHits.Load() != 0 {
+		t.Errorf("Host other than SNI: %d, upstream hits %d", resp.StatusCode, h.upstreamHits.Load())
+	}
+}
+
+func TestUpstreamCertificateMustVerify(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true, roots: func(*harness) *x509.CertPool { return x509.NewCertPool() }})
+	resp, _ := get(t, h.client(true, false), "https://example.com/x")
+	if resp.StatusCode != nethttp.StatusBadGateway {
+		t.Fatalf("unverified upstream: %d, want 502", resp.StatusCode)
+	}
+	var refused *protocol.RefusedError
+	if err := <-h.errs; !errors.As(err, &refused) || refused.Outcome != "upstream certificate" {
+		t.Errorf("Serve: %v, want the upstream certificate refusal", err)
+	}
+}
+
+func TestPassthrough(t *testing.T) {
+	var asked atomic.Value
+	h := newHarness(t, harnessOpts{mode: Passthrough, tls: true, selectf: func(_ context.Context, name string) (string, protocol.Verdict) {
+		asked.Store(name)
+		if name == "example.com" {
+			return "api", protocol.Verdict{Action: protocol.Allow, Rule: "ok"}
+		}
+		return "", protocol.Verdict{Action: protocol.Deny, Rule: "unknown-host"}
+	}})
+	conn, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "example.com", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent sees the upstream's own certificate.
+	if !conn.ConnectionState().PeerCertificates[0].Equal(h.up.Certificate()) {
+		t.Error("passthrough: the agent did not get the upstream's certificate")
+	}
+	fmt.Fprintf(conn, "GET /deny/anything HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+	resp, err := nethttp.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("passthrough request: %v %v", resp, err)
+	}
+	conn.Close()
+	if err := <-h.errs; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	if ty := h.rec.types(); ty != "tn" || len(h.enf.seen) != 0 {
+		t.Errorf("recorded %q, decided %d requests: passthrough decides nothing inside", ty, len(h.enf.seen))
+	}
+	// A name no target has is refused in TLS's words.
+	_, err = tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "evil.test"})
+	if err == nil || !strings.Contains(err.Error(), "remote error") {
+		t.Errorf("denied server name: %v, want a TLS alert", err)
+	}
+	var refused *protocol.RefusedError
+	if err := <-h.errs; !errors.As(err, &refused) || refused.Outcome != "denied" || asked.Load() != "evil.test" {
+		t.Errorf("Serve: %v", err)
+	}
+}
+
+func TestPlainSelectsByHost(t *testing.T) {
+	var names []string
+	h := newHarness(t, harnessOpts{mode: Plain, selectf: func(_ context.Context, name string) (string, protocol.Verdict) {
+		names = append(names, name)
+		return "api", protocol.Verdict{Action: protocol.Allow}
+	}})
+	c := h.client(false, false)
+	resp, body := get(t, c, "http://intranet.test/x")
+	if resp.StatusCode != 200 || !strings.Contains(body, "host=intranet.test") {
+		t.Fatalf("plain: %d %q", resp.StatusCode, body)
+	}
+	req, _ := nethttp.NewRequest("GET", "http://intranet.test/y", nil)
+	req.Host = "elsewhere.test"
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != nethttp.StatusMisdirectedRequest || len(names) != 1 || names[0] != "intranet.test" {
+		t.Errorf("second Host on the connection: %d, selected %v", resp.StatusCode, names)
+	}
+}
+
+// TestAmbiguousFraming sends requests that parsers frame differently: each
+// gets 400 and nothing reaches the upstream.
+func TestAmbiguousFraming(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain})
+	for _, raw := range []string{
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /deny/x HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+		"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+		"GET / HTTP/1.1\nHost: a\n\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+		"GET /a/../deny/x HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 4\r\n\r\nabcd",
+	} {
+		conn, err := net.Dial("tcp", h.ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(conn, raw)
+		resp, err := nethttp.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != 400 {
+			t.Errorf("%q: %v %v, want 400", raw, resp, err)
+		}
+		conn.Close()
+	}
+	if n := h.upstreamHits.Load(); n != 0 {
+		t.Errorf("the upstream saw %d requests, want none", n)
+	}
+}
+
+func TestMalformedHello(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	conn, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte{0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0xff, 0xff, 0xff, 0xff})
+	var v *protocol.ViolationError
+	if err := <-h.errs; !errors.As(err, &v) {
+		t.Errorf("Serve: %v, want a violation", err)
+	}
+	conn.Close()
+	// The next connection is served as ever.
+	if resp, _ := get(t, h.client(true, false), "https://example.com/x"); resp.StatusCode != 200 {
+		t.Errorf("after a malformed hello: %d", resp.StatusCode)
+	}
+}
+
+// TestHoldHoldsOneStream: a request held for approval waits alone; another
+// stream of the same HTTP/2 connection completes meanwhile.
+func TestHoldHoldsOneStream(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	h.enf.release = make(chan struct{})
+	c := h.client(true, true)
+	held := make(chan string, 1)
+	go func() {
+		resp, body := get(t, c, "https://example.com/hold/deploy")
+		held <- fmt.Sprintf("%d %s", resp.StatusCode, body)
+	}()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		h.enf.mu.Lock()
+		n := len(h.enf.seen)
+		h.enf.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the held request was never decided")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, _ := get(t, c, "https://example.com/fast")
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Fatalf("the other stream: %d %s", resp.StatusCode, resp.Proto)
+	}
+	select {
+	case r := <-held:
+		t.Fatalf("the held request answered before its approval: %s", r)
+	default:
+	}
+	close(h.enf.release)
+	if r := <-held; !strings.HasPrefix(r, "200 upstream GET /hold/deploy") {
+		t.Errorf("the approved request: %s", r)
+	}
+}
+
+// TestGRPCDenied: a denied gRPC call gets PERMISSION_DENIED in gRPC's own
+// words, a trailers-only response.
+func TestGRPCDenied(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	req, _ := nethttp.NewRequest("POST", "https://example.com/deny/pkg.Service/Method", strings.NewReader("\x00\x00\x00\x00\x00"))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("Te", "trailers")
+	resp, err := h.client(true, true).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Grpc-Status") != "7" || !strings.Contains(resp.Header.Get("Grpc-Message"), "no-deny") {
+		t.Errorf("denied gRPC call: %d %v", resp.StatusCode, resp.Header)
+	}
+	if h.upstreamHits.Load() != 0 {
+		t.Error("the denied call reached the upstream")
+	}
+}
+
+// TestIdleConnectionEnds: a connection that waits past IdleTimeout for its
+// next request is closed, so it holds no session.
+func TestIdleConnectionEnds(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain, idle: 200 * time.Millisecond})
+	conn, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first request: %v %v", resp, err)
+	}
+	io.ReadAll(resp.Body)
+	select {
+	case err := <-h.errs:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the idle connection was kept")
+	}
+}
+
+// TestExpectContinueAndRedaction: an agent that waits for 100 Continue
+// gets it once its request is allowed, and the recording keeps no
+// credential the agent sent.
+func TestExpectContinueAndRedaction(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain})
+	conn, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cr3t-token\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	br := bufio.NewReader(conn)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 Continue") {
+		t.Fatalf("before the body: %q %v", line, err)
+	}
+	br.ReadString('\n')
+	io.WriteString(conn, "hello")
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `body="hello"`) {
+		t.Errorf("upload: %d %q", resp.StatusCode, body)
+	}
+	h.rec.mu.Lock()
+	defer h.rec.mu.Unlock()
+	for _, m := range h.rec.msgs {
+		if strings.Contains(string(m.Body), "s3cr3t") {
+			t.Errorf("the recording holds the agent's credential: %q", m.Body)
+		}
+	}
+	if !strings.Contains(string(h.rec.msgs[0].Body), "Authorization: [redacted, 19 bytes]") {
+		t.Errorf("recorded head: %q", h.rec.msgs[0].Body)
+	}
+}
+
+// emailMasker masks fields whose path ends in "email" (protocol.Masker).
+type emailMasker struct{}
+
+func (emailMasker) Plan(fields []string) protocol.FieldMasker {
+	var idx []int
+	for i, f := range fields {
+		if strings.HasSuffix(f, "email") {
+			idx = append(idx, i)
+		}
+	}
+	if idx == nil {
+		return nil
+	}
+	return emailFields(idx)
+}
+
+type emailFields []int
+
+func (e emailFields) Mask(dst []byte, field int, v []byte) ([]byte, bool) {
+	for _, i := range e {
+		if i == field {
+			return append(dst, "***"...), true
+		}
+	}
+	return dst, false
+}
+
+const maskableDoc = `{"user":{"name":"ann","email":"ann@example.com"},"team":[{"email":"bob@example.com","id":7}],"ok":true}`
+
+// serveMaskable answers the upstream's /mask/ paths with maskableDoc:
+// gzip-encoded, or chunked in two writes.
+func serveMaskable(w nethttp.ResponseWriter, r *nethttp.Request) bool {
+	w.Header().Set("Content-Type", "application/json")
+	switch r.URL.Path {
+	case "/mask/gzip":
+		w.Header().Set("Content-Encoding", "gzip")
+		zw := gzip.NewWriter(w)
+		io.WriteString(zw, maskableDoc)
+		zw.Close()
+	case "/mask/chunked":
+		io.WriteString(w, maskableDoc[:20])
+		w.(nethttp.Flusher).Flush()
+		io.WriteString(w, maskableDoc[20:])
+	case "/mask/image":
+		w.Header().Set("Content-Type", "image/png")
+		io.WriteString(w, "ann@example.com")
+	default:
+		w.Header().Del("Content-Type")
+		return false
+	}
+	return true
+}
+
+// TestMaskJSON: masked fields arrive masked, in a gzip-encoded and in a
+// chunked response, with the length set anew; a response that cannot be
+// masked is refused.
+func TestMaskJSON(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	c := h.client(true, false)
+	want := `{"user":{"name":"ann","email":"***"},"team":[{"email":"***","id":7}],"ok":true}`
+	for _, path := range []string{"/mask/gzip", "/mask/chunked"} {
+		req, _ := nethttp.NewRequest("GET", "https://example.com"+path, nil)
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := c.Transport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := resp.Body
+		if resp.Header.Get("Content-Encoding") == "gzip" {
+			if body, err = gzip.NewReader(resp.Body); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, _ := io.ReadAll(body)
+		resp.Body.Close()
+		if string(got) != want || resp.ContentLength < 0 {
+			t.Errorf("%s: length %d, %s", path, resp.ContentLength, got)
+		}
+		if path == "/mask/gzip" && resp.Header.Get("Content-Encoding") != "gzip" {
+			t.Errorf("%s: the encoding was not kept", path)
+		}
+	}
+	resp, body := get(t, c, "https://example.com/mask/image")
+	if resp.StatusCode != 502 || strings.Contains(body, "ann@") {
+		t.Errorf("unmaskable: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestMaskJSONShapes(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{`{"email":"a@b.c"}`, `{"email":"***"}`},
+		{`[{"email":1},{"x":{"email":null}}]`, `[{"email":"***"},{"x":{"email":null}}]`},
+		{` "plain" `, ` "plain" `}, // nothing to mask: as it was
+		{`{"a":[],"b":{},"email":[ "x" , 2.5e3 ]}`, `{"a":[],"b":{},"email":["***","***"]}`},
+	} {
+		got, err := maskJSON(emailMasker{}, []byte(c.in))
+		if err != nil || string(got) != c.want {
+			t.Errorf("%s: %s %v, want %s", c.in, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{`{"email":`, `{"a":1} {"b":2}`, `[1,]`} {
+		if _, err := maskJSON(emailMasker{}, []byte(bad)); err == nil {
+			t.Errorf("%s: no error", bad)
+		}
+	}
+}
+
+// TestWebSocket: an allowed upgrade is passed on and the WebSocket relayed
+// both ways, its bytes recorded.
+func TestWebSocket(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain})
+	cfg, err := websocket.NewConfig("ws://"+h.ln.Addr().String()+"/ws", "http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := websocket.DialConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	for _, msg := range []string{"hello", "again"} {
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("echo: %q %v", got, err)
+		}
+	}
+	if ty := h.rec.types(); !strings.HasPrefix(ty, "hHwW") {
+		t.Errorf("recorded %q, want the upgrade then the WebSocket's bytes", ty)
+	}
+	if len(h.enf.seen) != 1 || h.enf.seen[0].Header["Upgrade"][0] != "websocket" {
+		t.Errorf("decided %+v", h.enf.seen)
+	}
+}
+
+// TestTrailers: trailers the upstream sends after its body (gRPC's status)
+// reach an HTTP/2 agent.
+func TestTrailers(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	resp, body := get(t, h.client(true, true), "https://example.com/trailers")
+	if resp.StatusCode != 200 || body != "streamed" || resp.Trailer.Get("Grpc-Status") != "0" {
+		t.Errorf("trailers: %d %q %v", resp.StatusCode, body, resp.Trailer)
+	}
+}
+
+// TestOverSessionLimit: a connection over its identity's session limit is
+// told so in HTTP (503) and reaches nothing.
+func TestOverSessionLimit(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain, refuse: &protocol.LimitError{Limit: "sessions", Msg: "identity \"ci\" already has 1 sessions open, its limit"}})
+	resp, body := get(t, h.client(false, false), "http://intranet.test/x")
+	if resp.StatusCode != 503 || !strings.Contains(body, "its limit") || h.upstreamHits.Load() != 0 {
+		t.Errorf("over the limit: %d %q", resp.StatusCode, body)
+	}
+	var limit *protocol.LimitError
+	if err := <-h.errs; !errors.As(err, &limit) {
+		t.Errorf("Serve: %v", err)
+	}
+}

@@ -1,0 +1,313 @@
+package http
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	nethttp "net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
+)
+
+// hopHeaders are the hop-by-hop headers (RFC 9110, 7.6.1) a proxy must
+// not pass on.
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopHeaders drops the hop-by-hop headers of h, those its Connection
+// header names included.
+func removeHopHeaders(h nethttp.Header) {
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}
+
+// exchange decides one request and answers it: from upstream when it is
+// allowed, or with interlockd's own response. It never returns nil.
+func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Response {
+	host := hostOf(req.Host)
+	if c.serverName != "" && host != c.serverName {
+		return c.own(nethttp.StatusMisdirectedRequest, fmt.Sprintf("Host %q is not the server name %q this connection was opened for", host, c.serverName))
+	}
+	if p := req.URL.Path; !strings.HasPrefix(p, "/") || cleanPath(p) != p {
+		return c.own(nethttp.StatusBadRequest, "the request path is not in canonical form (dot segments or no leading /)")
+	}
+	if req.ContentLength > c.maxBody {
+		return c.own(nethttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", c.maxBody))
+	}
+	text := req.URL.Path
+	if req.URL.RawQuery != "" {
+		text += "?" + req.URL.RawQuery
+	}
+	c.mu.Lock()
+	c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgRequest, Time: time.Now(), Body: requestHead(req, text)})
+	v := c.s.Enforcer.Decide(ctx, protocol.Request{Operation: req.Method, Text: text, Host: host, Header: req.Header})
+	c.mu.Unlock()
+	switch v.Action {
+	case protocol.Deny:
+		return c.denied(req, v.Rule, v.Message)
+	case protocol.Mask:
+		if v.Mask == nil {
+			return c.denied(req, v.Rule, "the mask could not be applied; the request is refused rather than answered unmasked")
+		}
+	case protocol.Hold:
+		ok, reason := false, "no approval could be awaited"
+		if v.Wait != nil {
+			ok, reason = v.Wait(ctx)
+		}
+		if !ok {
+			return c.denied(req, v.Rule, fmt.Sprintf("approval %s refused: %s", v.ApprovalID, reason))
+		}
+	}
+	return c.forward(ctx, req, host, v.Mask)
+}
+
+// cleanPath is p with dot segments resolved, keeping a trailing slash.
+func cleanPath(p string) string {
+	cp := path.Clean(p)
+	if strings.HasSuffix(p, "/") && cp != "/" {
+		cp += "/"
+	}
+	return cp
+}
+
+// forward sends an allowed request upstream and returns the answer, its
+// head and body recorded; with mask, the body as maskResponse rewrote it.
+func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, mask protocol.Masker) *nethttp.Response {
+	out := req.Clone(ctx)
+	out.RequestURI = ""
+	out.URL.Scheme, out.URL.Host = c.scheme, req.Host
+	out.Header = req.Header.Clone()
+	removeHopHeaders(out.Header)
+	if isWebSocket(req) {
+		// The one upgrade passed on: the relay after it is upgraded's.
+		if mask != nil {
+			return c.denied(req, "", "a WebSocket's messages cannot be masked; the upgrade is refused")
+		}
+		out.Header.Set("Connection", "Upgrade")
+		out.Header.Set("Upgrade", "websocket")
+	}
+	if req.Body != nil && req.Body != nethttp.NoBody {
+		out.Body = &capture{r: io.LimitReader(req.Body, c.maxBody+1), max: c.maxRecorded, limit: c.maxBody,
+			done: func(b []byte, n int64) {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if n > 0 {
+					c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgRequestBody, Time: time.Now(), Body: b})
+				}
+			}}
+	}
+	resp, err := c.transport.RoundTrip(out)
+	if err != nil {
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			c.end(&protocol.RefusedError{Outcome: "upstream certificate", Err: fmt.Errorf("%s: %w", host, err)})
+			return c.own(nethttp.StatusBadGateway, fmt.Sprintf("the upstream certificate for %s does not verify", host))
+		}
+		if errors.Is(err, errBodyTooLarge) {
+			return c.own(nethttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", c.maxBody))
+		}
+		return c.own(nethttp.StatusBadGateway, "upstream: "+err.Error())
+	}
+	removeHopHeaders(resp.Header)
+	if mask != nil {
+		if err := maskResponse(resp, mask); err != nil {
+			return c.own(nethttp.StatusBadGateway, "the response could not be masked: "+err.Error())
+		}
+	}
+	c.s.Recorder.Record(protocol.Message{Type: MsgResponse, Time: time.Now(), Body: responseHead(resp)})
+	if resp.StatusCode == nethttp.StatusSwitchingProtocols {
+		return resp // its body is the upgraded connection: see upgraded
+	}
+	resp.Body = &capture{r: resp.Body, closer: resp.Body, max: c.maxRecorded, limit: -1, done: func(b []byte, n int64) {
+		if n > 0 {
+			c.s.Recorder.Record(protocol.Message{Type: MsgResponseBody, Time: time.Now(), Body: b})
+		}
+	}}
+	return resp
+}
+
+// end records why the session must end, the first time.
+func (c *conn) end(err error) {
+	c.endOnce.Do(func() {
+		c.endMu.Lock()
+		c.ending = err
+		c.endMu.Unlock()
+	})
+}
+
+// ended returns why the session must end, nil while it goes on.
+func (c *conn) ended() error {
+	c.endMu.Lock()
+	defer c.endMu.Unlock()
+	return c.ending
+}
+
+// grpcPermissionDenied is gRPC's status code PERMISSION_DENIED.
+const grpcPermissionDenied = "7"
+
+// denied is the 403 of a refused request: a small JSON body naming the
+// rule. A gRPC call gets gRPC's own refusal instead: a trailers-only
+// response with status PERMISSION_DENIED.
+func (c *conn) denied(req *nethttp.Request, rule, message string) *nethttp.Response {
+	if strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
+		msg := "denied by interlock rule " + rule
+		if message != "" {
+			msg += ": " + message
+		}
+		resp := errorResponseBody(nethttp.StatusOK, nil)
+		resp.Header = nethttp.Header{"Content-Type": {"application/grpc"}, "Grpc-Status": {grpcPermissionDenied},
+			"Grpc-Message": {url.PathEscape(msg)}}
+		c.s.Recorder.Record(protocol.Message{Type: MsgInterlock, Time: time.Now(), Body: responseHead(resp)})
+		return resp
+	}
+	body, _ := json.Marshal(struct {
+		Error   string `json:"error"`
+		Rule    string `json:"rule"`
+		Message string `json:"message,omitempty"`
+	}{"denied by interlock", rule, message})
+	return c.ownBody(nethttp.StatusForbidden, body)
+}
+
+// own is a response interlockd gives itself, recorded as such.
+func (c *conn) own(status int, message string) *nethttp.Response {
+	body, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{message})
+	return c.ownBody(status, body)
+}
+
+func (c *conn) ownBody(status int, body []byte) *nethttp.Response {
+	resp := errorResponseBody(status, body)
+	c.s.Recorder.Record(protocol.Message{Type: MsgInterlock, Time: time.Now(), Body: append(responseHead(resp), body...)})
+	return resp
+}
+
+// errorResponse is a JSON error response that goes unrecorded: one
+// answered before the session's recording starts.
+func errorResponse(status int, message string) *nethttp.Response {
+	body, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{message})
+	return errorResponseBody(status, body)
+}
+
+func errorResponseBody(status int, body []byte) *nethttp.Response {
+	h := nethttp.Header{"Content-Type": {"application/json"}}
+	return &nethttp.Response{StatusCode: status, Status: fmt.Sprintf("%d %s", status, nethttp.StatusText(status)),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: h,
+		ContentLength: int64(len(body)), Body: io.NopCloser(bytes.NewReader(body))}
+}
+
+// secretHeaders carry credentials: the recording keeps that they were
+// sent and how long they were, never their values.
+var secretHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie"}
+
+// requestHead renders a request's head in HTTP/1.1 form for the
+// recording, whichever version carried it, with credentials redacted.
+func requestHead(req *nethttp.Request, text string) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s %s HTTP/%d.%d\r\nHost: %s\r\n", req.Method, text, req.ProtoMajor, req.ProtoMinor, req.Host)
+	redacted(req.Header).Write(&b)
+	return b.Bytes()
+}
+
+// redacted is h with the values of secretHeaders replaced by their length.
+func redacted(h nethttp.Header) nethttp.Header {
+	out, cloned := h, false
+	for _, k := range secretHeaders {
+		vs, ok := h[k]
+		if !ok {
+			continue
+		}
+		if !cloned {
+			out, cloned = h.Clone(), true
+		}
+		out[k] = make([]string, len(vs))
+		for i, v := range vs {
+			out[k][i] = fmt.Sprintf("[redacted, %d bytes]", len(v))
+		}
+	}
+	return out
+}
+
+// responseHead renders a response's head in HTTP/1.1 form.
+func responseHead(resp *nethttp.Response) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/%d.%d %s\r\n", resp.ProtoMajor, resp.ProtoMinor, resp.Status)
+	redacted(resp.Header).Write(&b)
+	return b.Bytes()
+}
+
+// errBodyTooLarge is a request body over the decoder's cap.
+var errBodyTooLarge = errors.New("request body too large")
+
+// capture passes a body through, keeping its first max bytes, and hands
+// them to done once, at its end or close, with the whole length. A limit
+// of 0 or more fails the read past limit bytes.
+type capture struct {
+	// mu orders a transport's Close against a Read in progress.
+	mu     sync.Mutex
+	r      io.Reader
+	closer io.Closer
+	max    int
+	limit  int64
+	buf    []byte
+	n      int64
+	done   func(b []byte, n int64)
+	fired  bool
+}
+
+func (c *capture) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := c.r.Read(p)
+	if keep := min(n, c.max-len(c.buf)); keep > 0 {
+		c.buf = append(c.buf, p[:keep]...)
+	}
+	c.n += int64(n)
+	if c.limit >= 0 && c.n > c.limit {
+		return 0, errBodyTooLarge
+	}
+	if err != nil {
+		c.fire()
+	}
+	return n, err
+}
+
+func (c *capture) Close() error {
+	var err error
+	if c.closer != nil {
+		// Closed first: that ends a Read blocked on it.
+		err = c.closer.Close()
+	}
+	// A Read still blocked (on the agent's request body) fires at its end.
+	if c.mu.TryLock() {
+		c.fire()
+		c.mu.Unlock()
+	}
+	return err
+}
+
+func (c *capture) fire() {
+	if !c.fired {
+		c.fired = true
+		c.done(c.buf, c.n)
+	}
+}
