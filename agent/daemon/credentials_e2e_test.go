@@ -39,7 +39,7 @@ func execPIDs(d *daemontest.Daemon) []int {
 	return pids
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {

@@ -42,7 +42,7 @@ type sshFixture struct {
 	runs int
 }
 
-func startSSH(t *testing.T) *sshFixture { return startSSHWith(t, vaultCredential) }
+func startSSH(t testing.TB) *sshFixture { return startSSHWith(t, vaultCredential) }
 
 // The target's credential lines startSSHWith takes: Vault's SSH CA, and a
 // static key (sshd authorizes it for root in every fixture).
@@ -54,7 +54,7 @@ const (
 // startSSHWith starts the fixture with the target's credential lines; with
 // none the target names no credential, so interlockd logs in with its own
 // SSH user CA, which sshd then trusts too.
-func startSSHWith(t *testing.T, credential string) *sshFixture {
+func startSSHWith(t testing.TB, credential string) *sshFixture {
 	testenv.Privileged(t)
 	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
 		testenv.Unavailable(t, "no sshd (apt-get install openssh-server): %v", err)
@@ -172,7 +172,7 @@ rules:
   - name: inspect
     identity: ci-bot
     target: web-1
-    ssh: {exec: ["uname *", "cat", "cat %s/*", "ls *", "printenv *"]}
+    ssh: {exec: ["uname *", "cat", "cat %s/*", "ls *", "printenv *", "true"]}
     action: allow
   - name: touch-reviewed
     identity: ci-bot
@@ -328,7 +328,7 @@ func TestSSHExec(t *testing.T) {
 
 // agent runs argv as the agent (nobody, under interlock exec) in dir and
 // returns its combined output and exit status.
-func (f *sshFixture) agent(t *testing.T, env []string, argv ...string) (string, int) {
+func (f *sshFixture) agent(t testing.TB, env []string, argv ...string) (string, int) {
 	t.Helper()
 	f.runs++
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
@@ -347,7 +347,7 @@ func (f *sshFixture) agent(t *testing.T, env []string, argv ...string) (string, 
 }
 
 // mkdirs makes directories of the fixture, open to the agent.
-func (f *sshFixture) mkdirs(t *testing.T, names ...string) {
+func (f *sshFixture) mkdirs(t testing.TB, names ...string) {
 	t.Helper()
 	for _, n := range names {
 		p := filepath.Join(f.dir, n)
