@@ -25,6 +25,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -526,34 +527,19 @@ func (d *Datapath) ServeListener(l *net.TCPListener) error {
 	if err != nil {
 		return fmt.Errorf("serve listener: %w", err)
 	}
-	var opErr error
-	err = raw.Control(func(fd uintptr) {
-		domain, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+	// Go listens with MPTCP by default where the kernel has it, and a
+	// SOCKMAP holds plain TCP sockets only.
+	tcpOnly := func(fd int) error {
+		proto, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
 		if err != nil {
-			opErr = fmt.Errorf("get socket domain: %w", err)
-			return
-		}
-		// Go listens with MPTCP by default where the kernel has it, and a
-		// SOCKMAP holds plain TCP sockets only.
-		proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL)
-		if err != nil {
-			opErr = fmt.Errorf("get socket protocol: %w", err)
-			return
+			return fmt.Errorf("get socket protocol: %w", err)
 		}
 		if proto != unix.IPPROTO_TCP {
-			opErr = fmt.Errorf("socket protocol is %d, not TCP (listen with net.ListenConfig.SetMultipathTCP(false))", proto)
-			return
+			return fmt.Errorf("socket protocol is %d, not TCP (listen with net.ListenConfig.SetMultipathTCP(false))", proto)
 		}
-		key := uint32(0) // PROXY_LISTENER_V4
-		if domain == unix.AF_INET6 {
-			key = 1 // PROXY_LISTENER_V6
-		}
-		opErr = d.maps.ProxyListeners.Put(key, uint64(fd))
-	})
-	if err == nil {
-		err = opErr
+		return nil
 	}
-	if err != nil {
+	if err := putByFamily(raw, d.maps.ProxyListeners, tcpOnly); err != nil {
 		return fmt.Errorf("serve listener %s: %w", l.Addr(), err)
 	}
 	return nil
@@ -572,26 +558,38 @@ func (d *Datapath) ServeDNS(c *net.UDPConn) error {
 	if err != nil {
 		return fmt.Errorf("serve dns: %w", err)
 	}
+	if err := putByFamily(raw, d.maps.DnsListeners, nil); err != nil {
+		return fmt.Errorf("serve dns %s: %w", c.LocalAddr(), err)
+	}
+	return nil
+}
+
+// putByFamily puts the socket behind raw into m, a two-slot SOCKMAP keyed
+// by family (PROXY_LISTENER_V4 = 0, PROXY_LISTENER_V6 = 1), once check,
+// if any, accepts it.
+func putByFamily(raw syscall.RawConn, m *ebpf.Map, check func(fd int) error) error {
 	var opErr error
-	err = raw.Control(func(fd uintptr) {
+	err := raw.Control(func(fd uintptr) {
 		domain, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
 		if err != nil {
 			opErr = fmt.Errorf("get socket domain: %w", err)
 			return
 		}
+		if check != nil {
+			if opErr = check(int(fd)); opErr != nil {
+				return
+			}
+		}
 		key := uint32(0) // PROXY_LISTENER_V4
 		if domain == unix.AF_INET6 {
 			key = 1 // PROXY_LISTENER_V6
 		}
-		opErr = d.maps.DnsListeners.Put(key, uint64(fd))
+		opErr = m.Put(key, uint64(fd))
 	})
-	if err == nil {
-		err = opErr
-	}
 	if err != nil {
-		return fmt.Errorf("serve dns %s: %w", c.LocalAddr(), err)
+		return err
 	}
-	return nil
+	return opErr
 }
 
 func verbose(err error) error {
