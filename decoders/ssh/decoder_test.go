@@ -22,6 +22,7 @@ import (
 	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
+	"golang.org/x/sys/cpu"
 
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
@@ -48,7 +49,7 @@ type server struct {
 	certs  []*xssh.Certificate // the certificates it accepted
 }
 
-func startServer(t *testing.T, userCA xssh.PublicKey) *server {
+func startServer(t testing.TB, userCA xssh.PublicKey) *server {
 	host := newSigner(t)
 	srv := &server{hostPK: host.PublicKey(), root: t.TempDir()}
 	checker := &xssh.CertChecker{IsUserAuthority: func(k xssh.PublicKey) bool { return bytes.Equal(k.Marshal(), userCA.Marshal()) }}
@@ -155,7 +156,7 @@ func run(c xssh.Channel, command string) uint32 {
 
 // fixture is a decoder in front of a server, with fakes for the pipeline.
 type fixture struct {
-	t        *testing.T
+	t        testing.TB
 	srv      *server
 	userCA   xssh.Signer
 	hostCA   xssh.Signer
@@ -165,9 +166,11 @@ type fixture struct {
 	enforcer *enforcer
 	known    string
 	issued   int
+	// ciphers, when set, are the agent's, in its order of preference.
+	ciphers []string
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	f := &fixture{t: t, userCA: newSigner(t), hostCA: newSigner(t), rec: &recorder{}, enforcer: &enforcer{}}
 	f.srv = startServer(t, f.userCA.PublicKey())
 	f.known = filepath.Join(t.TempDir(), "known_hosts")
@@ -244,6 +247,7 @@ func (f *fixture) dial(nc net.Conn, user string, banner *string) (*xssh.Client, 
 			}
 			return nil
 		}}
+	cfg.Ciphers = f.ciphers
 	cc, chans, reqs, err := xssh.NewClientConn(nc, "web-1:22", cfg)
 	if err != nil {
 		nc.Close()
@@ -763,5 +767,30 @@ func waitUntil(t *testing.T, cond func() bool, b *safeBuffer) {
 			t.Fatalf("timed out:\n%s", b.String())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestAgentCiphers: on a CPU with AES-NI the agent is offered AES only, so
+// a client in OpenSSH's order (chacha20-poly1305 first) gets AES, and one
+// that accepts chacha20 alone is refused; elsewhere the library's defaults.
+func TestAgentCiphers(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range []struct {
+		ciphers []string
+		ok      bool
+	}{
+		{[]string{xssh.CipherChaCha20Poly1305, xssh.CipherAES128CTR, xssh.CipherAES128GCM}, true},
+		{[]string{xssh.CipherAES128GCM}, true},
+		{[]string{xssh.CipherChaCha20Poly1305}, !cpu.X86.HasAES || !cpu.X86.HasPCLMULQDQ},
+	} {
+		f.ciphers = c.ciphers
+		nc, _ := f.serve()
+		cl, err := f.dial(nc, "deploy", nil)
+		if (err == nil) != c.ok {
+			t.Errorf("agent offering %v: %v, want ok %v", c.ciphers, err, c.ok)
+		}
+		if err == nil {
+			cl.Close()
+		}
 	}
 }

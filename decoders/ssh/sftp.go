@@ -56,7 +56,12 @@ func (c *conn) serveSFTP(ctx context.Context, ch xssh.Channel, r *xssh.Request) 
 	}
 	r.Reply(true, nil)
 	h := &sftpHandlers{c: c, ctx: ctx, up: up, ch: ch}
-	srv := sftp.NewRequestServer(ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}, sftp.WithStartDirectory(home))
+	// Without the allocator every packet the agent sends is a new buffer,
+	// and collecting them made an upload cost 16.6 CPU-ms per MiB instead
+	// of 9.5 (BenchmarkSFTPUpload, the whole process). With it, a session
+	// keeps a 256 KiB page per packet it has read ahead and reuses them:
+	// about 8 MiB for an upload at OpenSSH's pace.
+	srv := sftp.NewRequestServer(ch, sftp.Handlers{FileGet: h, FilePut: h, FileCmd: h, FileList: h}, sftp.WithStartDirectory(home), sftp.WithRSAllocator())
 	defer srv.Close()
 	status := uint32(0)
 	if err := srv.Serve(); err != nil && !errors.Is(err, io.EOF) {
