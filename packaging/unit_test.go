@@ -99,3 +99,52 @@ func TestMaintainerScripts(t *testing.T) {
 		}
 	}
 }
+
+// TestPostinstSSHSetup runs postinst with systemctl and interlock stood in
+// for: a first install only says how to trust Interlock's SSH host CA; with
+// INTERLOCK_SSH_SETUP=yes it runs interlock ssh setup, on an upgrade too,
+// and a setup that fails (interlockd not running) fails nothing.
+func TestPostinstSSHSetup(t *testing.T) {
+	bin := t.TempDir()
+	log := filepath.Join(bin, "log")
+	for name, status := range map[string]string{"systemctl": "0", "interlock": "${INTERLOCK_FAKE_STATUS:-0}"} {
+		script := "#!/bin/sh\necho " + name + " \"$@\" >> " + log + "\nexit " + status + "\n"
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name, setup, status string
+		args                []string
+		ran                 bool
+		stdout, stderr      string
+	}{
+		{name: "first install", args: []string{"configure"}, stdout: "run: sudo interlock ssh setup"},
+		{name: "upgrade", args: []string{"configure", "1.0"}},
+		{name: "asked", setup: "yes", args: []string{"configure"}, ran: true},
+		{name: "asked on upgrade", setup: "yes", args: []string{"configure", "1.0"}, ran: true},
+		{name: "asked, daemon down", setup: "yes", status: "1", args: []string{"configure"}, ran: true, stderr: "interlock ssh setup failed"},
+		{name: "other value", setup: "1", args: []string{"configure", "1.0"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			os.Remove(log)
+			cmd := exec.Command("sh", append([]string{"debian/postinst"}, c.args...)...)
+			cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin", "INTERLOCK_SSH_SETUP=" + c.setup, "INTERLOCK_FAKE_STATUS=" + c.status}
+			var stdout, stderr strings.Builder
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("postinst %v: %v\n%s", c.args, err, stderr.String())
+			}
+			calls, _ := os.ReadFile(log)
+			if ran := strings.Contains(string(calls), "interlock ssh setup\n"); ran != c.ran {
+				t.Errorf("ran interlock ssh setup: %v, want %v\n%s", ran, c.ran, calls)
+			}
+			if !strings.Contains(stdout.String(), c.stdout) || (c.stdout == "" && strings.Contains(stdout.String(), "ssh setup")) {
+				t.Errorf("stdout %q, want %q", stdout.String(), c.stdout)
+			}
+			if !strings.Contains(stderr.String(), c.stderr) {
+				t.Errorf("stderr %q, want %q", stderr.String(), c.stderr)
+			}
+		})
+	}
+}
