@@ -145,12 +145,16 @@ func (p *Policy) identitySet(s *Subject) bitset {
 	return b
 }
 
-// TargetFor returns the target that the original destination a:port
-// belongs to (first in file order), or nil when it is not a known target.
-func (p *Policy) TargetFor(a netip.Addr, port uint16) *Target {
+// TargetFor returns the target that the original destination a:port of a
+// connection of the identity tagged tag belongs to (first in file order),
+// or nil when it is not a known target. An address counts as a target's
+// host name's when it is literal, resolved by interlockd, or given to
+// this identity by a DNS answer (Learn): an answer to another identity
+// does not make it one.
+func (p *Policy) TargetFor(tag string, a netip.Addr, port uint16) *Target {
 	a = a.Unmap()
 	for _, t := range p.targets {
-		if (t.Port == 0 || t.Port == port) && t.contains(a) {
+		if (t.Port == 0 || t.Port == port) && t.contains(tag, a) {
 			return t
 		}
 	}
@@ -216,7 +220,7 @@ func (p *Policy) Intercept(tag string, max int) []InterceptRule {
 			written = append(written, id.intercept...)
 		}
 	}
-	out := p.expandHosts(written, max-2)
+	out := p.expandHosts(tag, written, max-2)
 	reach, bounded, known := p.reachable(tag)
 	if bounded && len(out)+len(reach)+2 <= max {
 		why := RefuseNoRule

@@ -302,7 +302,7 @@ rules: [{name: r, identity: ci, target: [db, web, v6], action: allow}]`},
 // connecting to dst (enforced, denied at connect).
 func checkRefusal(t *testing.T, p *Policy, tag string, dst netip.AddrPort) {
 	t.Helper()
-	tg := p.TargetFor(dst.Addr(), dst.Port())
+	tg := p.TargetFor("", dst.Addr(), dst.Port())
 	proto := "tcp"
 	if tg != nil {
 		proto = tg.Protocol

@@ -184,7 +184,7 @@ func TestModeReloadSwitches(t *testing.T) {
 func TestModeNoAlloc(t *testing.T) {
 	p := mustParse(t, modePolicy)
 	s := &Subject{Tag: "reporter", UID: 1000}
-	tg := p.TargetFor(netip.MustParseAddr("10.0.0.1"), 5432)
+	tg := p.TargetFor("", netip.MustParseAddr("10.0.0.1"), 5432)
 	if n := testing.AllocsPerRun(100, func() { p.Mode(s, tg) }); n != 0 {
 		t.Errorf("Mode allocates %v times", n)
 	}

@@ -195,7 +195,8 @@ type Target struct {
 	index    int
 	pos      Pos
 
-	// learned holds the addresses DNS answers gave its host names (Learn).
+	// learned holds the addresses DNS answers gave its host names, per
+	// identity (Learn).
 	learned learned
 }
 
@@ -203,19 +204,20 @@ type Target struct {
 func (t *Target) Pos() Pos { return t.pos }
 
 // Prefixes returns the target's literal prefixes, its host names'
-// addresses as last resolved, and those DNS answers gave them (Learn).
-func (t *Target) Prefixes() []netip.Prefix {
+// addresses as last resolved, and those DNS answers to the identity tagged
+// tag gave them (Learn).
+func (t *Target) Prefixes(tag string) []netip.Prefix {
 	out := append([]netip.Prefix(nil), t.static...)
 	if r := t.resolved.Load(); r != nil {
 		out = append(out, *r...)
 	}
-	for _, a := range t.learnedAddrs() {
+	for _, a := range t.learnedAddrs(tag) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out
 }
 
-func (t *Target) contains(a netip.Addr) bool {
+func (t *Target) contains(tag string, a netip.Addr) bool {
 	for _, p := range t.static {
 		if p.Contains(a) {
 			return true
@@ -228,7 +230,7 @@ func (t *Target) contains(a netip.Addr) bool {
 			}
 		}
 	}
-	return t.hasLearned(a)
+	return t.hasLearned(tag, a)
 }
 
 // InterceptRule is a kernel-enforced network rule for a tagged cgroup:

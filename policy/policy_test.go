@@ -196,7 +196,7 @@ targets:
 	check := func(addr string, port uint16, want string) {
 		t.Helper()
 		got := ""
-		if tg := p.TargetFor(netip.MustParseAddr(addr), port); tg != nil {
+		if tg := p.TargetFor("", netip.MustParseAddr(addr), port); tg != nil {
 			got = tg.Name
 		}
 		if got != want {
@@ -247,7 +247,7 @@ rules: [{name: bot-db, identity: bot, target: db, action: allow}]
 		t.Fatal(err)
 	}
 	started, err := Load(context.Background(), Source{Path: file}, Options{Resolver: r})
-	if err != nil || len(started.Warnings()) != 0 || started.TargetFor(addr, 5432) == nil {
+	if err != nil || len(started.Warnings()) != 0 || started.TargetFor("", addr, 5432) == nil {
 		t.Fatalf("resolvable host: err %v, warnings %v", err, started.Warnings())
 	}
 	e := NewEngine(started)
@@ -269,20 +269,20 @@ rules: [{name: bot-db, identity: bot, target: db, action: allow}]
 		if w := p.Warnings(); len(w) != 1 || w[0] != want {
 			t.Errorf("%s: warnings %q, want %q", how, w, want)
 		}
-		if tg := e.Current().TargetFor(addr, 5432); tg != nil {
+		if tg := e.Current().TargetFor("", addr, 5432); tg != nil {
 			t.Errorf("%s: %s matches target %s before its name resolves", how, addr, tg.Name)
 		}
-		if d := e.Current().Decide(&Input{Subject: &Subject{Tag: "bot"}, Target: e.Current().TargetFor(addr, 5432)}); d.Action != Deny {
+		if d := e.Current().Decide(&Input{Subject: &Subject{Tag: "bot"}, Target: e.Current().TargetFor("", addr, 5432)}); d.Action != Deny {
 			t.Errorf("%s: a connection to the unresolved address: %v by %s, want deny", how, d.Action, d.Rule)
 		}
-		if e.Current().TargetFor(netip.MustParseAddr("10.0.0.1"), 5432) == nil {
+		if e.Current().TargetFor("", netip.MustParseAddr("10.0.0.1"), 5432) == nil {
 			t.Errorf("%s: the literal address stopped matching", how)
 		}
 		r["db.internal"] = []netip.Addr{addr}
 		if errs := e.Current().ResolveTargets(context.Background()); len(errs) != 0 {
 			t.Fatal(errs)
 		}
-		if tg := e.Current().TargetFor(addr, 5432); tg == nil || tg.Name != "db" {
+		if tg := e.Current().TargetFor("", addr, 5432); tg == nil || tg.Name != "db" {
 			t.Errorf("%s: the refresh that resolves the name: target %v, want db", how, tg)
 		}
 		delete(r, "db.internal")

@@ -85,7 +85,7 @@ func (p *Policy) reachable(tag string) (reach []InterceptRule, bounded, known bo
 		if t.Port != 0 {
 			lo, hi = t.Port, t.Port
 		}
-		for _, pfx := range t.Prefixes() {
+		for _, pfx := range t.Prefixes(tag) {
 			reach = addCovering(reach, InterceptRule{Prefix: pfx.Masked(), PortMin: lo, PortMax: hi, Action: "redirect"})
 		}
 		if t.Protocol == "http" && len(t.Names) > 0 {

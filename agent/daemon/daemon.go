@@ -142,6 +142,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 		}
 		return d.dp.MapFill()
 	})
+	d.metrics.WatchLearned(func() int { return d.policy.Current().Learned() })
 	if d.creds, err = d.openCredentials(); err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/metrics"
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/session"
 	dnsdec "github.com/interlock-dev/interlock/decoders/dns"
@@ -161,7 +162,7 @@ func (s *dnsServer) decider(id proxy.Identity) dnsdec.Decide {
 // record learns what an answer's addresses stand for and writes the
 // question's audit event; it runs before the answer goes to the agent.
 func (s *dnsServer) record(id proxy.Identity, transport string, dst netip.AddrPort, ex dnsdec.Exchange) {
-	s.learn(ex)
+	s.learn(id.Name, ex)
 	e := audit.DNSQuestion{
 		Identity: id.Name, PID: id.PID, UID: id.UID, Comm: id.Comm, Transport: transport, Dst: dst.String(),
 		Name: ex.Question.Name, Type: ex.Question.Type, Action: "allow", Enforced: true,
@@ -181,13 +182,28 @@ func (s *dnsServer) record(id proxy.Identity, transport string, dst netip.AddrPo
 		e.Error = ex.Err.Error()
 	}
 	s.d.chain.Record(e)
+	s.d.metrics.DNSQuestions.WithLabelValues(transport, dnsOutcome(ex)).Inc()
 }
 
-// learn tells the policy in force which addresses an allowed answer gave
-// its name, so a target named by that host matches them; when a target
-// gained one, the kernel rules are pushed again first, so the agent's
-// connect to it is redirected, not refused, from the first try.
-func (s *dnsServer) learn(ex dnsdec.Exchange) {
+// dnsOutcome is how an exchange counts in interlock_dns_questions_total.
+func dnsOutcome(ex dnsdec.Exchange) string {
+	switch {
+	case ex.Err != nil:
+		return metrics.DNSFailed
+	case ex.Allowed:
+		return metrics.DNSForwarded
+	case ex.Question.Name == "":
+		return metrics.DNSMalformed
+	}
+	return metrics.DNSRefused
+}
+
+// learn tells the policy in force which addresses an allowed answer to the
+// identity tagged tag gave its name, so a target named by that host
+// matches them for that identity; when a target gained one, the kernel
+// rules are pushed again first, so the agent's connect to it is
+// redirected, not refused, from the first try.
+func (s *dnsServer) learn(tag string, ex dnsdec.Exchange) {
 	if !ex.Allowed || len(ex.Addresses) == 0 {
 		return
 	}
@@ -196,7 +212,7 @@ func (s *dnsServer) learn(ex dnsdec.Exchange) {
 	for _, a := range ex.Addresses {
 		bs = append(bs, policy.Binding{Addr: a.Addr, Expires: now.Add(a.TTL)})
 	}
-	if !s.d.policy.Current().Learn(ex.Question.Name, bs) {
+	if !s.d.policy.Current().Learn(tag, ex.Question.Name, bs) {
 		return
 	}
 	if _, err := s.d.rules.Refresh(s.d.policy.Current, s.d.ids.all()); err != nil {

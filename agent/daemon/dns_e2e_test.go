@@ -2,7 +2,9 @@ package daemon_test
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // testResolver is a DNS server on loopback (UDP and TCP, one port), the
@@ -218,6 +221,65 @@ func TestDNSLearnsTargetAddresses(t *testing.T) {
 	}
 	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Err != "" || r.Line != "hello from target" {
 		t.Fatalf("connect after a reload: %+v", r)
+	}
+}
+
+const learnPerIdentityPolicy = `version: 1
+identities: [{name: ci-bot}, {name: other-bot}]
+targets:
+  - {name: web, protocol: tcp, addresses: [web.example.test], port: %s}
+rules:
+  - {name: web, identity: [ci-bot, other-bot], target: web, action: allow}
+`
+
+// TestDNSLearnedPerIdentity: what an answer to one identity taught is that
+// identity's: another that connects to the address without having looked
+// the name up is refused as for an unknown host (EPERM at connect), until
+// its own look-up gives it the address.
+func TestDNSLearnedPerIdentity(t *testing.T) {
+	res := startResolver(t)
+	tg := newTarget(t, "tcp4", "127.0.0.7:0")
+	_, port, _ := net.SplitHostPort(tg.addr())
+	res.a["web.example.test."] = "127.0.0.7"
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(learnPerIdentityPolicy, port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	metricsPort := testenv.FreePort(t)
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\nmetrics_listen: 127.0.0.1:%d\n", res.addr, metricsPort)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+	f := &fixture{d: d, agent: agentBinary(t)}
+
+	if r := f.run(t, "ci-bot", "dns", "udp|192.0.2.99:53|web.example.test|A"); r.Line != "NOERROR web.example.test. 60 IN A 127.0.0.7" {
+		t.Fatalf("ci-bot's look-up: %+v", r)
+	}
+	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("ci-bot's connect after its look-up: %+v", r)
+	}
+	if r := f.run(t, "other-bot", "tcp", tg.addr()); r.Errno != int(syscall.EPERM) {
+		t.Fatalf("other-bot's connect on ci-bot's answer: %+v, want EPERM", r)
+	}
+	if r := f.run(t, "other-bot", "dns", "udp|192.0.2.99:53|web.example.test|A"); r.Line != "NOERROR web.example.test. 60 IN A 127.0.0.7" {
+		t.Fatalf("other-bot's look-up: %+v", r)
+	}
+	if r := f.run(t, "other-bot", "tcp", tg.addr()); r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("other-bot's connect after its own look-up: %+v", r)
+	}
+	// The metrics count both questions and hold the address once per
+	// identity.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`interlock_dns_questions_total{outcome="forwarded",transport="udp"} 2`, "interlock_dns_learned_addresses 2"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 

@@ -1,7 +1,8 @@
 // Package metrics is interlockd's Prometheus endpoint: connections,
 // sessions, decisions, approval waits, credential issue latency and
-// revocation failures, kernel denials, proxy latency, how full the kernel
-// maps are and which build is running.
+// revocation failures, kernel denials, proxy latency, DNS questions and
+// the addresses their answers taught, how full the kernel maps are and
+// which build is running.
 package metrics
 
 import (
@@ -29,7 +30,21 @@ type Metrics struct {
 	KernelDenials *prometheus.CounterVec   // by reason
 	DecideLatency prometheus.Histogram     // policy decision per statement
 	ConnectSetup  *prometheus.HistogramVec // accept to first byte relayed, by protocol
+	DNSQuestions  *prometheus.CounterVec   // by transport, outcome (DNSOutcome)
 }
+
+// The outcomes of DNS questions (DNSQuestions' outcome label).
+const (
+	// DNSForwarded: a resolver was asked and its answer relayed (in audit
+	// mode, also a question the policy would refuse).
+	DNSForwarded = "forwarded"
+	// DNSRefused: the policy refused the question; no resolver saw it.
+	DNSRefused = "refused"
+	// DNSMalformed: the message held no question that could be decided.
+	DNSMalformed = "malformed"
+	// DNSFailed: an allowed question no resolver answered (SERVFAIL).
+	DNSFailed = "failed"
+)
 
 // New registers the collectors. version and commit are interlockd's for
 // interlock_build_info;
@@ -71,15 +86,28 @@ func New(version, commit string, mapFill func() (map[string][2]int, error)) *Met
 			Name: "interlock_session_setup_seconds", Help: "Accept to session ready (handshake, credential, upstream login), by protocol.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}, []string{"protocol"}),
+		DNSQuestions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "interlock_dns_questions_total", Help: "DNS questions of tagged agents, by transport (udp, tcp) and outcome (forwarded, refused, malformed, failed).",
+		}, []string{"transport", "outcome"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "interlock_build_info", Help: "Always 1; the labels say which interlockd build is running.",
 	}, []string{"version", "commit", "go_version"})
 	build.WithLabelValues(version, commit, runtime.Version()).Set(1)
 	reg.MustRegister(m.Connections, m.Active, m.Decisions, m.ApprovalWait, m.CredentialLat, m.RevokeFails,
-		m.KernelDenials, m.DecideLatency, m.ConnectSetup, build, collectors.NewGoCollector(),
+		m.KernelDenials, m.DecideLatency, m.ConnectSetup, m.DNSQuestions, build, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &mapCollector{fill: mapFill})
 	return m
+}
+
+// WatchLearned exports count, called at scrape time, as the number of
+// addresses interlockd holds from the DNS answers it relayed (the bounded
+// cache that lets targets and intercept entries name hosts). Call it once.
+func (m *Metrics) WatchLearned(count func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "interlock_dns_learned_addresses",
+		Help: "Addresses held from relayed DNS answers, counted once per target or intercept entry and identity.",
+	}, func() float64 { return float64(count()) }))
 }
 
 // Handler serves the metrics in the Prometheus text format.

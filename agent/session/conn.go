@@ -46,7 +46,7 @@ func newConn(pc *proxy.Conn, pol *policy.Policy) *conn {
 	id := pc.Identity
 	c := &conn{
 		id: pc.ID, identity: id, client: pc.Client, dst: pc.Dst.String(), accepted: pc.Accepted,
-		target:  pol.TargetFor(pc.Dst.Addr(), pc.Dst.Port()),
+		target:  pol.TargetFor(id.Name, pc.Dst.Addr(), pc.Dst.Port()),
 		subject: SubjectOf(id, pol),
 	}
 	return c

@@ -8,8 +8,8 @@
 //	  -> Serve           one connection record (conn): the policy subject,
 //	                     the store session, the approval request and every
 //	                     audit event are built from it
-//	       target        policy.TargetFor(original destination); for an
-//	                     http target named by hosts, chosen later by the
+//	       target        policy.TargetFor(identity, original destination);
+//	                     for an http target named by hosts, chosen later by the
 //	                     name the decoder reads (TLS server name, Host):
 //	                     protocol.Session.Select, see byName
 //	       L4 decision   policy.Decide(OpConnect), audited; audit mode lets

@@ -342,7 +342,7 @@ func streamProtocol(p *policy.Policy, ports portMap, s *capture.Stream, client [
 	if proto, ok := ports[port]; ok {
 		return proto
 	}
-	if t := p.TargetFor(s.Server.Addr(), port); t != nil && t.Port == port && t.Protocol != "tcp" {
+	if t := p.TargetFor("", s.Server.Addr(), port); t != nil && t.Port == port && t.Protocol != "tcp" {
 		return t.Protocol
 	}
 	if proto, ok := replayPorts[port]; ok {
@@ -363,7 +363,7 @@ func streamProtocol(p *policy.Policy, ports portMap, s *capture.Stream, client [
 // targetFor finds the target a captured stream went to: by its server
 // address, else the policy's only target of the protocol.
 func targetFor(p *policy.Policy, server netip.AddrPort, proto string) *policy.Target {
-	if t := p.TargetFor(server.Addr(), server.Port()); t != nil {
+	if t := p.TargetFor("", server.Addr(), server.Port()); t != nil {
 		return t
 	}
 	var only *policy.Target
@@ -471,7 +471,7 @@ func replaySessions(p *policy.Policy, recorded []control.SessionDecisions, asJSO
 		t := p.Target(sess.Target)
 		if t == nil {
 			if ap, err := netip.ParseAddrPort(sess.UpstreamAddr); err == nil {
-				t = p.TargetFor(ap.Addr(), ap.Port())
+				t = p.TargetFor(sess.Identity, ap.Addr(), ap.Port())
 			}
 		}
 		for _, d := range sd.Decisions {
