@@ -282,6 +282,31 @@ func TestHTTPSRuntimes(t *testing.T) {
 		})
 	}
 
+	// The Python session exported as pcap is HTTP that tshark decodes: the
+	// denied request with interlockd's 403, the POST with its JSON body
+	// and the upstream's answer.
+	closed := waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+		open := auditEvents(f.d, "connection_open")
+		for _, o := range open {
+			if o["conn"] == m["conn"] && o["comm"] == "python3" {
+				return true
+			}
+		}
+		return false
+	})
+	pcap := filepath.Join(f.dir, "python.pcap")
+	if out, stderr, err := f.d.CLI("export", fmt.Sprint(closed["conn"]), "--pcap", pcap); err != nil {
+		t.Fatalf("export: %v\n%s%s", err, out, stderr)
+	}
+	ts, err := exec.Command("tshark", "-r", pcap, "-Y", "http", "-T", "fields", "-e", "http.request.method", "-e", "http.request.uri",
+		"-e", "http.response.code", "-e", "http.file_data").Output()
+	lines := strings.Split(strings.TrimSpace(string(ts)), "\n")
+	if err != nil || len(lines) != 4 || !strings.HasPrefix(lines[0], "GET\t/admin/users\t\t") || !strings.HasPrefix(lines[1], "\t\t403\t") ||
+		!strings.Contains(lines[1], "no-admin") || !strings.HasPrefix(lines[2], "POST\t/repos/acme/issues\t\t") || !strings.Contains(lines[2], "title") ||
+		!strings.Contains(lines[3], "200\t") || !strings.Contains(lines[3], "upstream HTTP/2.0 POST") {
+		t.Errorf("tshark on the exported Python session: %v\n%s", err, ts)
+	}
+
 	work := filepath.Join(f.home, "work")
 	repo := fmt.Sprintf("https://git.test:%d/git/repo.git", f.port)
 	if out, st := f.agent(t, f.home, "git", "clone", repo, work); st != 0 {
