@@ -306,6 +306,11 @@ func TestHTTPSRuntimes(t *testing.T) {
 		!strings.Contains(lines[3], "200\t") || !strings.Contains(lines[3], "upstream HTTP/2.0 POST") {
 		t.Errorf("tshark on the exported Python session: %v\n%s", err, ts)
 	}
+	// policy replay decides the export as it would a plain-HTTP capture.
+	replayed, stderr, err := f.d.CLI("policy", "replay", "--policy", filepath.Join(f.dir, "policy.yaml"), "--pcap", pcap, "--identity", "ci-bot")
+	if err != nil || !strings.Contains(replayed, "[forge] deny by no-admin: GET /admin/users\n") || !strings.Contains(replayed, "[forge] allow by forge-rw: POST /repos/acme/issues\n") {
+		t.Errorf("policy replay of the export: %v %s\n%s", err, stderr, replayed)
+	}
 
 	work := filepath.Join(f.home, "work")
 	repo := fmt.Sprintf("https://git.test:%d/git/repo.git", f.port)
