@@ -141,7 +141,7 @@ func startRuntimes(t *testing.T) *runtimesFixture {
 
 // startNginx runs nginx in the foreground with the server blocks given,
 // its files under dir, until the test ends, and waits for port.
-func startNginx(t *testing.T, dir, servers string, port int) {
+func startNginx(t testing.TB, dir, servers string, port int) {
 	t.Helper()
 	conf := filepath.Join(dir, "nginx.conf")
 	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
