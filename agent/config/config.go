@@ -60,6 +60,8 @@ type Config struct {
 	Approvals Approvals `yaml:"approvals"`
 	// Limits bounds each identity's sessions and their memory.
 	Limits Limits `yaml:"limits"`
+	// HTTP bounds HTTP sessions' heads, bodies and streams.
+	HTTP HTTP `yaml:"http"`
 	// DNSResolvers are the resolvers ("ADDR:PORT", at most
 	// datapath.MaxResolvers) interlockd forwards the DNS questions it
 	// allows to; tagged DNS to them (as to port 53 of any address) goes
@@ -88,6 +90,7 @@ func Default() Config {
 		LogLevel:   "info",
 		LogFormat:  "json",
 		Limits:     DefaultLimits(),
+		HTTP:       DefaultHTTP(),
 	}
 }
 
@@ -138,6 +141,9 @@ func (c Config) Validate() error {
 		return keyErrorf("log_level", "%q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
 	if err := c.Limits.Validate(); err != nil {
+		return err
+	}
+	if err := c.HTTP.validate(); err != nil {
 		return err
 	}
 	if _, err := c.Resolvers(); err != nil {

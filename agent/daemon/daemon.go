@@ -308,7 +308,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 
 	d.sessions = session.New(session.Config{
 		Policy: d.policy, Credentials: d.creds, Recorder: d.recorder, Approvals: d.approvals, SSHHost: d.sshHost.HostSigner, SSHUser: d.sshUser.SignUser,
-		Audit: d.chain, Metrics: d.metrics, Tags: tagTable{d}, Limits: d.cfg.Limits, Own: d.isOwnEndpoint,
+		Audit: d.chain, Metrics: d.metrics, Tags: tagTable{d}, Limits: d.cfg.Limits, HTTP: d.cfg.HTTP, Own: d.isOwnEndpoint,
 		TLS: func(addr netip.Addr) *tls.Config { return d.ca.ServerConfig(addr) },
 		Log: d.log.With().Str("component", "session").Logger(),
 	})

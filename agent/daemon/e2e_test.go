@@ -190,6 +190,12 @@ func client(mode, arg string) int {
 		} else {
 			unix.Close(fd)
 		}
+	case "grpc":
+		line, err := grpcClient(arg)
+		r.Line = line
+		if err != nil {
+			fail(err)
+		}
 	case "pgx", "pgx-gssenc", "pgx-connect":
 		line, err := pgxClient(mode, arg)
 		r.Line = line

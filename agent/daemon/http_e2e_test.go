@@ -174,7 +174,7 @@ func (f *httpFixture) hits(name string) int {
 
 // leafFiles writes a certificate of authority for name and its key where
 // nginx reads them.
-func (f *httpFixture) leafFiles(t *testing.T, authority *ca.Authority, name string) (crt, key string) {
+func (f *httpFixture) leafFiles(t testing.TB, authority *ca.Authority, name string) (crt, key string) {
 	t.Helper()
 	leaf, err := authority.Leaf(name)
 	if err != nil {

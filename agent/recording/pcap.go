@@ -41,10 +41,11 @@ func ExportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) er
 // capture in pcapng (gopacket's pcapgo): a SYN, SYN-ACK, ACK handshake
 // between the session's real client and upstream addresses, each
 // direction's messages re-framed as on the wire (PostgreSQL: type, length,
-// body) in segments of at most MaxSegment bytes with correct sequence and
+// body; HTTP: HTTP/1.1 messages, see decoders/http.Wire) in segments of at most MaxSegment bytes with correct sequence and
 // acknowledgement numbers, and a FIN exchange at the end. Wireshark and
 // tshark decode it as the real protocol with no option: a PostgreSQL
-// session's server port is written as 5432, whatever the upstream's was,
+// session's server port is written as 5432 and an HTTP session's as 80,
+// whatever the upstream's was,
 // and the file's comment (pcapng section comment, shown by capinfos and
 // Wireshark's capture file properties) names the session and its real
 // upstream address.
@@ -72,7 +73,11 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 	if err != nil {
 		return fmt.Errorf("write pcapng header: %w", err)
 	}
-	if err := writeConversation(pw, ss, rd, rb.appendWire, client, server); err != nil {
+	var framer wire = generic{}
+	if known {
+		framer = rb.wire()
+	}
+	if err := writeConversation(pw, ss, rd, framer, client, server); err != nil {
 		return err
 	}
 	if err := pw.Flush(); err != nil {
@@ -82,9 +87,8 @@ func WritePcap(w io.Writer, ss store.Session, rd *Reader) error {
 }
 
 // writeConversation writes the recording's messages as one TCP connection,
-// each re-framed by appendWire (nil: its body is the bytes sent).
-func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader,
-	appendWire func(dst []byte, fromClient bool, typ byte, body []byte) []byte, client, server netip.AddrPort) error {
+// as w re-frames them.
+func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader, w wire, client, server netip.AddrPort) error {
 	h := rd.Header()
 	start := ss.Started
 	if start.IsZero() {
@@ -108,6 +112,23 @@ func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader,
 		pending = pending[:0]
 		return err
 	}
+	// Bytes in one direction that follow each other closely share a
+	// segment, as they would on the wire.
+	send := func(fromClient bool, b []byte, t time.Time) error {
+		if len(b) == 0 {
+			return nil
+		}
+		if len(pending) > 0 && (fromClient != fromCl || t.Sub(firstTime) > time.Millisecond) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if len(pending) == 0 {
+			fromCl, firstTime = fromClient, t
+		}
+		pending = append(pending, b...)
+		return nil
+	}
 	for {
 		fr, err := rd.Next()
 		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -119,22 +140,21 @@ func writeConversation(pw *pcapgo.NgWriter, ss store.Session, rd *Reader,
 		if fr.IsVerdict {
 			continue
 		}
-		// Messages in one direction that follow each other closely share a
-		// segment, as they would on the wire.
-		if len(pending) > 0 && (fr.FromClient != fromCl || fr.Time.Sub(firstTime) > time.Millisecond) {
-			if err := flush(); err != nil {
-				return err
-			}
+		cl, sv := w.Message(fr.FromClient, fr.Type, fr.Body)
+		if err := send(true, cl, fr.Time); err != nil {
+			return err
 		}
-		if len(pending) == 0 {
-			fromCl, firstTime = fr.FromClient, fr.Time
-		}
-		if appendWire != nil {
-			pending = appendWire(pending, fr.FromClient, fr.Type, fr.Body)
-		} else {
-			pending = append(pending, fr.Body...)
+		if err := send(false, sv, fr.Time); err != nil {
+			return err
 		}
 		last = fr.Time
+	}
+	cl, sv := w.Finish()
+	if err := send(true, cl, last); err != nil {
+		return err
+	}
+	if err := send(false, sv, last); err != nil {
+		return err
 	}
 	if err := flush(); err != nil {
 		return err

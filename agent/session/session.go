@@ -55,7 +55,6 @@ import (
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/rawsock"
 	"github.com/interlock-dev/interlock/agent/recording"
-	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/decoders/protocol"
 	"github.com/interlock-dev/interlock/decoders/ssh"
@@ -97,6 +96,8 @@ type Config struct {
 	// certificates for the name it asked for (addr when it sent none).
 	TLS    func(addr netip.Addr) *tls.Config
 	Limits config.Limits
+	// HTTP bounds the HTTP decoder's sessions.
+	HTTP config.HTTP
 	// Own reports whether a destination is one of interlockd's own
 	// endpoints, which no agent may reach through the proxy.
 	Own func(dst netip.AddrPort) bool
@@ -126,7 +127,7 @@ func New(cfg Config) *Pipeline {
 	p.decoders = map[string]protocol.Decoder{
 		"postgres": &postgres.Decoder{},
 		"ssh":      &ssh.Decoder{Target: p.sshTarget},
-		"http":     &http.Decoder{Target: p.httpTarget},
+		"http":     cfg.HTTP.Decoder(p.httpTarget),
 	}
 	return p
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/decoders/capture"
+	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/postgres"
 	"github.com/interlock-dev/interlock/policy"
 )
@@ -32,7 +33,7 @@ var knownPorts = map[uint16]string{
 }
 
 // replayDecoders lists the protocols replay can decode.
-var replayDecoders = map[string]bool{"postgres": true}
+var replayDecoders = map[string]bool{"postgres": true, "http": true}
 
 // replayOptions are policy replay's flags.
 type replayOptions struct {
@@ -48,8 +49,9 @@ func newPolicyReplayCmd(a *cli) *cobra.Command {
 		Short: "Show what a policy would decide on captured or recorded traffic",
 		Long: `replay tries a policy on real traffic before it is enforced.
 
-With --pcap it decodes every request in a pcap or pcapng capture and shows
-the decision the policy would give it; streams that cannot be decoded are
+With --pcap it decodes every request in a pcap or pcapng capture
+(PostgreSQL, and HTTP/1.x in clear) and shows the decision the policy would
+give it; streams that cannot be decoded are
 reported and skipped. A stream's protocol comes from --port-map, the
 policy's targets, well-known ports, or its first bytes; its target from
 --target or its server address.
@@ -174,10 +176,12 @@ type replayedRequest struct {
 	Protocol string    `json:"protocol"`
 	Identity string    `json:"identity,omitempty"`
 	Target   string    `json:"target,omitempty"`
-	SQL      string    `json:"sql"`
-	Action   string    `json:"action"`
-	Rule     string    `json:"rule"`
-	Message  string    `json:"message,omitempty"`
+	SQL      string    `json:"sql,omitempty"`
+	// HTTP is an HTTP request's method and target.
+	HTTP    string `json:"http,omitempty"`
+	Action  string `json:"action"`
+	Rule    string `json:"rule"`
+	Message string `json:"message,omitempty"`
 	// Mode is the mode the policy gives the request; Verdict reads the
 	// action under it ("would deny" in audit mode).
 	Mode    string `json:"mode"`
@@ -256,6 +260,11 @@ func replayCapture(p *policy.Policy, path string, o captureReplay, stdout, stder
 			reports = append(reports, rs)
 			continue
 		}
+		if rs.Protocol == "http" {
+			rs.Requests, rs.Status, rs.Error = replayHTTP(p, subject, fixed, s, client, o.identity, rs.Stream, &reqs)
+			reports = append(reports, rs)
+			continue
+		}
 		t := fixed
 		if t == nil {
 			t = targetFor(p, s.Server, rs.Protocol)
@@ -302,7 +311,7 @@ func replayCapture(p *policy.Policy, path string, o captureReplay, stdout, stder
 			target = "no target"
 		}
 		fmt.Fprintf(stdout, "%s %s [%s] %s by %s: %s\n", r.Time.UTC().Format("15:04:05.000000"), r.Stream, target,
-			r.Verdict, r.Rule, oneLine(r.SQL))
+			r.Verdict, r.Rule, oneLine(r.SQL+r.HTTP))
 	}
 	counts := map[string]int{}
 	for _, r := range reqs {
@@ -329,6 +338,41 @@ func replayCapture(p *policy.Policy, path string, o captureReplay, stdout, stder
 		fmt.Fprintln(stdout)
 	}
 	return 0
+}
+
+// replayHTTP decides the HTTP/1.x requests of one captured stream, each
+// for the target --target names or the one its Host chooses (else its
+// server address), appends them to reqs and returns how many there were
+// and the stream's status.
+func replayHTTP(p *policy.Policy, subject *policy.Subject, fixed *policy.Target, s *capture.Stream, client []byte,
+	identity, stream string, reqs *[]replayedRequest) (int, string, string) {
+	hs, err := http.DecodeRequests(client)
+	for _, h := range hs {
+		t := fixed
+		if t == nil {
+			if t = p.TargetForName(h.Host, s.Server.Port()); t == nil {
+				t = targetFor(p, s.Server, "http")
+			}
+		}
+		d := p.DecideHTTP(subject, t, policy.HTTPRequest{Method: h.Method, Host: h.Host, URI: h.URI, Header: h.Header})
+		mode := p.Mode(subject, t)
+		r := replayedRequest{Type: "request", Time: s.ClientTime(h.Offset), Stream: stream, Protocol: "http",
+			Identity: identity, HTTP: h.Method + " " + h.URI, Action: d.Action.String(), Rule: d.Rule, Message: d.Message,
+			Mode: mode.String(), Verdict: mode.Describe(d.Action)}
+		if t != nil {
+			r.Target = t.Name
+		}
+		*reqs = append(*reqs, r)
+	}
+	switch {
+	case errors.Is(err, http.ErrTLS):
+		return len(hs), "encrypted", err.Error()
+	case errors.Is(err, http.ErrHTTP2):
+		return len(hs), "unsupported", err.Error()
+	case err != nil:
+		return len(hs), "malformed", err.Error()
+	}
+	return len(hs), "decoded", ""
 }
 
 // streamProtocol picks a stream's protocol: --port-map first, then the

@@ -172,9 +172,19 @@ var wantStatus = map[string]string{
 	"postgresql/psql-aws-ssl-require.pcap":  "encrypted",
 }
 
+// wantHTTPRequests is how many requests some HTTP captures of the corpus
+// hold.
+var wantHTTPRequests = map[string]int{
+	"http/pipelined-requests.pcap": 5,
+	"http/post.pcap":               1,
+	"http/multipart.pcap":          1,
+	"http/x-gzip.pcap":             1,
+}
+
 // TestReplayCorpus replays every capture of the shared corpus: PostgreSQL
 // captures print exactly the queries of their .queries.jsonl, each decided;
-// MySQL and Redis captures report unsupported streams; all exit 0.
+// HTTP captures their requests in clear, each decided; MySQL and Redis
+// captures report unsupported streams; all exit 0.
 func TestReplayCorpus(t *testing.T) {
 	root := corpusRoot(t)
 	pol := writePolicy(t, replayPolicy)
@@ -218,6 +228,24 @@ func TestReplayCorpus(t *testing.T) {
 					if s.Status != status && s.Status != "empty" {
 						t.Errorf("stream %s: status %s (%s), want %s", s.Stream, s.Status, s.Error, status)
 					}
+				}
+			case "http":
+				// Requests in clear are decided (for a policy with no http
+				// target: default-deny, or unparseable for "*"); the
+				// corpus's deliberately broken requests end their stream
+				// as malformed, and streams on other ports stay unsupported.
+				for _, r := range reqs {
+					if r.HTTP == "" || r.Protocol != "http" || (r.Rule != "default-deny" && r.Rule != "unparseable") {
+						t.Errorf("request not fully decided: %+v", r)
+					}
+				}
+				for _, s := range streams {
+					if s.Status == "encrypted" {
+						t.Errorf("stream %s: status %s (%s)", s.Stream, s.Status, s.Error)
+					}
+				}
+				if n, ok := wantHTTPRequests[rel]; ok && len(reqs) != n {
+					t.Errorf("%d requests, want %d", len(reqs), n)
 				}
 			default:
 				if len(reqs) > 0 {

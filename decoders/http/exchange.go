@@ -195,7 +195,8 @@ func (c *conn) own(status int, message string) *nethttp.Response {
 
 func (c *conn) ownBody(status int, body []byte) *nethttp.Response {
 	resp := errorResponseBody(status, body)
-	c.s.Recorder.Record(protocol.Message{Type: MsgInterlock, Time: time.Now(), Body: append(responseHead(resp), body...)})
+	// Head, blank line, body: as Transcript and Wire split it.
+	c.s.Recorder.Record(protocol.Message{Type: MsgInterlock, Time: time.Now(), Body: append(append(responseHead(resp), "\r\n"...), body...)})
 	return resp
 }
 

@@ -1,0 +1,182 @@
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/ca"
+	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// httpsBenchLoads are the loads BenchmarkHTTPS puts on each path: wrk
+// (HTTP/1.1) and h2load (HTTP/2, 10 streams per connection) at 1 and 16
+// connections, and wrk with a new connection, TLS handshake and first
+// byte for every request.
+var httpsBenchLoads = []struct {
+	name string
+	argv func(url string) []string
+}{
+	{"wrk-c1", func(u string) []string { return []string{"wrk", "-t1", "-c1", "-d2s", u} }},
+	{"wrk-c16", func(u string) []string { return []string{"wrk", "-t2", "-c16", "-d2s", u} }},
+	{"h2load-c1", func(u string) []string { return []string{"h2load", "-t1", "-c1", "-m10", "-D2", u} }},
+	{"h2load-c16", func(u string) []string { return []string{"h2load", "-t2", "-c16", "-m10", "-D2", u} }},
+	{"connect", func(u string) []string { return []string{"wrk", "-t1", "-c1", "-d2s", "-H", "Connection: close", u} }},
+}
+
+// rateLine finds the requests per second in wrk's and h2load's reports.
+var rateLine = regexp.MustCompile(`(?:Requests/sec:\s+|finished in [0-9.]+m?s, )([0-9.]+)`)
+
+// BenchmarkHTTPS compares, in one run, HTTPS to nginx serving a small
+// body: direct; through interlockd intercepting (TLS terminated with a
+// leaf of Interlock's CA, each request decided and recorded, TLS again
+// upstream); through interlockd passing TLS through (SNI decided, bytes
+// relayed); through nginx as a TLS-terminating reverse proxy (keep-alive
+// upstream); through HAProxy in TCP mode. Each load is reported as
+// requests per second direct and as each path's ratio to direct (connect:
+// µs per new connection, TLS handshake and first byte, and its ratio);
+// medians of the iterations.
+//
+//	sudo go test ./agent/daemon -run '^$' -bench HTTPS -benchtime 3x
+func BenchmarkHTTPS(b *testing.B) {
+	testenv.Privileged(b)
+	for _, bin := range []string{"nginx", "haproxy", "wrk", "h2load", "unshare"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			testenv.Unavailable(b, "no %s (make deps): %v", bin, err)
+		}
+	}
+	dir := b.TempDir()
+	public, err := ca.Open(ca.Config{Dir: filepath.Join(dir, "public-ca"), PublicCert: filepath.Join(dir, "upstream-ca.crt")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	leaf := &httpFixture{dir: dir}
+	crt, key := leaf.leafFiles(b, public, "bench.test")
+	direct, passPort, proxyPort, haPort := testenv.FreePort(b), testenv.FreePort(b), testenv.FreePort(b), testenv.FreePort(b)
+	// The upstream and the reverse proxy are two nginx processes, one
+	// worker each, so that neither takes the other's CPU.
+	upDir, proxyDir := filepath.Join(dir, "upstream"), filepath.Join(dir, "proxy")
+	for _, d := range []string{upDir, proxyDir} {
+		os.Mkdir(d, 0o755)
+	}
+	startNginx(b, upDir, fmt.Sprintf(`  server {
+    listen 127.0.0.1:%d ssl http2;
+    listen 127.0.0.1:%d ssl http2;
+    server_name bench.test;
+    ssl_certificate %s;
+    ssl_certificate_key %s;
+    access_log off;
+    keepalive_requests 10000000;
+    location / { return 200 "hello from nginx\n"; }
+  }
+`, direct, passPort, crt, key), direct)
+	startNginx(b, proxyDir, fmt.Sprintf(`  upstream up { server 127.0.0.1:%[1]d; keepalive 32; }
+  server {
+    listen 127.0.0.1:%[2]d ssl http2;
+    server_name bench.test;
+    ssl_certificate %[3]s;
+    ssl_certificate_key %[4]s;
+    access_log off;
+    keepalive_requests 10000000;
+    location / {
+      proxy_pass https://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_server_name on;
+      proxy_ssl_name bench.test;
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate %[5]s;
+      proxy_ssl_session_reuse on;
+    }
+  }
+`, direct, proxyPort, crt, key, public.PublicCertPath()), proxyPort)
+	haCfg := filepath.Join(dir, "haproxy.cfg")
+	os.WriteFile(haCfg, []byte(fmt.Sprintf(`global
+  maxconn 1000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen tls
+  bind 127.0.0.1:%d
+  server up 127.0.0.1:%d
+`, haPort, direct)), 0o644)
+	ha := exec.Command("haproxy", "-db", "-f", haCfg)
+	haOut := &daemontest.Buffer{}
+	ha.Stdout, ha.Stderr = haOut, haOut
+	if err := ha.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ha.Process.Kill(); ha.Wait() })
+
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
+identities: [{name: ci-bot}]
+targets:
+  - {name: intercepted, protocol: http, hosts: [bench.test], port: %d, tls: intercept, upstream_ca: %s}
+  - {name: passed, protocol: http, hosts: [bench.test], port: %d, tls: passthrough}
+rules:
+  - {name: bench-get, identity: ci-bot, target: intercepted, http: {methods: [GET], paths: [/]}, action: allow}
+  - {name: bench-pass, identity: ci-bot, target: passed, action: allow}
+`, direct, public.PublicCertPath(), passPort)), 0o644)
+	os.WriteFile(conf, []byte("log_level: warn\n"), 0o600)
+	d := daemontest.Start(b, daemontest.Options{Policy: pol, Config: conf})
+	// The clients resolve bench.test from a hosts file of their own mount
+	// namespace: no DNS on the measured path.
+	hosts := filepath.Join(dir, "hosts")
+	os.WriteFile(hosts, []byte("127.0.0.1 localhost bench.test\n"), 0o644)
+	client := []string{"unshare", "-m", "--", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts}
+
+	paths := []struct {
+		name   string
+		port   int
+		tagged bool
+	}{{"direct", direct, false}, {"intercept", direct, true}, {"passthrough", passPort, true}, {"nginx", proxyPort, false}, {"haproxy", haPort, false}}
+	rates := map[string][]float64{} // load/path -> requests per second
+	for i := 0; i < b.N; i++ {
+		for _, load := range httpsBenchLoads {
+			for _, p := range paths {
+				argv := append(append([]string{}, client...), load.argv(fmt.Sprintf("https://bench.test:%d/", p.port))...)
+				ctx, cancel := context.WithTimeout(b.Context(), time.Minute)
+				cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+				if p.tagged {
+					cmd = d.Command(ctx, append([]string{"exec", "--identity", "ci-bot", "--"}, argv...)...)
+				}
+				cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+				out, err := cmd.CombinedOutput()
+				cancel()
+				m := rateLine.FindSubmatch(out)
+				if err != nil || m == nil {
+					b.Fatalf("%s %s: %v\n%s\n%s", load.name, p.name, err, out, haOut.String())
+				}
+				rps, _ := strconv.ParseFloat(string(m[1]), 64)
+				if rps == 0 {
+					b.Fatalf("%s %s: no request completed\n%s", load.name, p.name, out)
+				}
+				rates[load.name+"/"+p.name] = append(rates[load.name+"/"+p.name], rps)
+			}
+		}
+	}
+	mid := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
+	for _, load := range httpsBenchLoads {
+		base := mid(rates[load.name+"/direct"])
+		if load.name == "connect" {
+			b.ReportMetric(1e6/base, "connect-direct-µs")
+		} else {
+			b.ReportMetric(base, load.name+"-direct-req/s")
+		}
+		for _, p := range paths[1:] {
+			b.ReportMetric(mid(rates[load.name+"/"+p.name])/base, load.name+"-"+p.name+"-ratio")
+		}
+	}
+}
