@@ -749,6 +749,7 @@ func (c *compiler) target(r *rawTarget) {
 	}
 	c.sshTarget(r, t)
 	c.httpTarget(r, t)
+	c.httpCredential(r, t)
 	if r.Credential != nil {
 		t.Credential.Params = r.Credential
 		t.Credential.Source, _ = r.Credential["source"].(string)

@@ -27,6 +27,7 @@ var ErrNotIssued = errors.New("credential could not be issued")
 //	{Source: "vault", Kind: "database", Role: "readonly"}   Vault database/creds/readonly
 //	{Source: "vault", Kind: "ssh", Role: "agents"}           Vault ssh/sign/agents
 //	{Source: "vault", Kind: "kv", Path: "secret/data/app"}   Vault KV v2 read
+//	{Source: "vault", Kind: "kv", Path: "secret/data/ci/forge", Field: "token"}
 //	{Source: "embedded", Template: "agent_readonly"}         embedded PostgreSQL role
 //	{Source: "legacy"}                                       a static source named legacy
 type Ref struct {
@@ -40,6 +41,10 @@ type Ref struct {
 	Role string `yaml:"role" json:"role,omitempty"`
 	// Path is the full Vault API path of a KV v2 secret, e.g. secret/data/app.
 	Path string `yaml:"path" json:"path,omitempty"`
+	// Field, for Kind kv, names the secret's field that is the
+	// credential's Password (an HTTP target's .secret); without it,
+	// Password is the "password" field.
+	Field string `yaml:"field" json:"field,omitempty"`
 	// Template is the PostgreSQL role the embedded issuer grants to the
 	// session's role; the session's privileges are exactly the template's.
 	Template string `yaml:"template" json:"template,omitempty"`
@@ -119,7 +124,7 @@ func (f SourceFunc) Issue(ctx context.Context, req Request) (Lease, error) { ret
 func RefOf(r policy.CredentialRef) Ref {
 	ref := Ref{Source: r.Source, Role: r.Role, Path: r.Path}
 	str := func(k string) string { s, _ := r.Params[k].(string); return s }
-	ref.Kind, ref.Template = str("kind"), str("template")
+	ref.Kind, ref.Template, ref.Field = str("kind"), str("template"), str("field")
 	if ttl, err := time.ParseDuration(str("ttl")); err == nil {
 		ref.TTL = ttl
 	}

@@ -343,6 +343,13 @@ func (v *vaultSource) issueKV(ctx context.Context, req Request) (grant, error) {
 		cred.Data[k] = fmt.Sprint(val)
 	}
 	cred.Username, cred.Password = cred.Data["username"], cred.Data["password"]
+	if f := req.Ref.Field; f != "" {
+		v, ok := cred.Data[f]
+		if !ok {
+			return grant{}, fmt.Errorf("read %s: the secret has no field %q", req.Ref.Path, f)
+		}
+		cred.Password = v
+	}
 	return grant{cred: cred}, nil
 }
 

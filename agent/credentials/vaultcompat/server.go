@@ -18,8 +18,10 @@
 //	GET  /v1/database/creds/<role>        CREATE ROLE ... VALID UNTIL, member of the role's grants
 //	PUT  /v1/sys/leases/renew             {lease_id, increment}: ALTER ROLE ... VALID UNTIL
 //	PUT  /v1/sys/leases/revoke            {lease_id}: terminate backends, DROP ROLE
-//	GET  /v1/secret/data/<path>           KV v2 read
-//	PUT  /v1/secret/data/<path>           KV v2 write {data}
+//	GET  /v1/secret/data/<path>[?version=N]  KV v2 read (versions kept)
+//	PUT  /v1/secret/data/<path>           KV v2 write {data, options: {cas}}
+//	DELETE /v1/secret/data/<path>         KV v2 soft delete of the latest version
+//	GET  /v1/secret/metadata/<path>       KV v2 metadata: the versions
 //	PUT  /v1/ssh/sign/<role>              {public_key, valid_principals, ttl}
 //	GET  /v1/ssh/public_key               the CA public key
 //
@@ -129,7 +131,7 @@ type Server struct {
 	mu     sync.Mutex
 	tokens map[string]*token
 	leases map[string]*lease
-	kv     map[string]*kvEntry
+	kv     map[string]*kvSecret
 	ln     net.Listener
 	hs     *http.Server
 	addr   string
@@ -153,10 +155,18 @@ type lease struct {
 	maxExpiry time.Time
 }
 
+// kvSecret is one KV v2 path: every version written, the latest last.
+type kvSecret struct {
+	versions []*kvEntry
+	created  time.Time
+}
+
 type kvEntry struct {
-	data    map[string]any
-	version int
-	created time.Time
+	data      map[string]any
+	version   int
+	created   time.Time
+	deleted   time.Time // zero unless soft-deleted
+	destroyed bool
 }
 
 // New builds a server from cfg; Start makes it listen. It does not connect
@@ -166,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:    cfg,
 		tokens: map[string]*token{},
 		leases: map[string]*lease{},
-		kv:     map[string]*kvEntry{},
+		kv:     map[string]*kvSecret{},
 	}
 	if s.cfg.RootToken == "" {
 		s.cfg.RootToken = "root-" + randomHex(12)
@@ -193,7 +203,8 @@ func New(cfg Config) (*Server, error) {
 		s.ca = signer
 	}
 	for path, data := range cfg.KV {
-		s.kv[path] = &kvEntry{data: data, version: 1, created: time.Now()}
+		now := time.Now()
+		s.kv[path] = &kvSecret{versions: []*kvEntry{{data: data, version: 1, created: now}}, created: now}
 	}
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
