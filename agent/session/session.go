@@ -118,6 +118,9 @@ type Pipeline struct {
 	cfg      Config
 	decoders map[string]protocol.Decoder
 	limits   sessionLimits
+	// secrets are the credentials sessions hold now and the placeholders
+	// standing for them: the leak guard's (see httpGuard).
+	secrets secretSet
 }
 
 // New returns a pipeline with the decoders of this build.
@@ -126,7 +129,7 @@ func New(cfg Config) *Pipeline {
 	p.decoders = map[string]protocol.Decoder{
 		"postgres": &postgres.Decoder{},
 		"ssh":      &ssh.Decoder{Target: p.sshTarget},
-		"http":     &http.Decoder{Target: p.httpTarget},
+		"http":     &http.Decoder{Target: p.httpTarget, Guard: httpGuard{p}},
 	}
 	return p
 }
