@@ -24,6 +24,7 @@ const minSecretLen = 8
 type secretSet struct {
 	mu   sync.Mutex
 	regs map[*secret]struct{}
+	kept map[[2]string]bool // value and owner of what keep registered
 	snap atomic.Pointer[[]secret]
 }
 
@@ -48,6 +49,23 @@ func (s *secret) ownedBy(target string) bool { return slices.Contains(s.owners, 
 // than minSecretLen are not registered.
 func (s *secretSet) add(value, owner string) (release func()) {
 	return s.put(&secret{value: []byte(value), owners: []string{owner}, shown: bytes.Repeat([]byte("*"), len(value))})
+}
+
+// keep registers a secret of owner for as long as interlockd runs: one
+// that stays valid after the session (a static token, a KV secret), so
+// that it stays guarded after the session that read it.
+func (s *secretSet) keep(value, owner string) {
+	s.mu.Lock()
+	k := [2]string{value, owner}
+	done := s.kept[k]
+	if s.kept == nil {
+		s.kept = map[[2]string]bool{}
+	}
+	s.kept[k] = true
+	s.mu.Unlock()
+	if !done {
+		s.add(value, owner)
+	}
 }
 
 // addPlaceholder registers placeholder as standing for real, a secret of
