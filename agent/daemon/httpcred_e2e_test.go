@@ -37,7 +37,7 @@ const (
 type echoUpstream struct {
 	port int
 	mu   sync.Mutex
-	log  []string // "host authorization"
+	log  []string // "host path authorization x-token"
 }
 
 func (u *echoUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -46,7 +46,10 @@ func (u *echoUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// has seen all of it.
 	body, _ := io.ReadAll(r.Body)
 	u.mu.Lock()
-	u.log = append(u.log, r.Host+" "+r.Header.Get("Authorization"))
+	u.log = append(u.log, r.Host+" "+r.URL.Path+" "+r.Header.Get("Authorization")+" "+r.Header.Get("X-Token"))
+	if bytes.Contains(body, []byte(staticForgeToken)) {
+		u.log = append(u.log, "BODY WITH THE STATIC TOKEN")
+	}
 	u.mu.Unlock()
 	w.Header().Set("X-Echo-Authorization", r.Header.Get("Authorization"))
 	keys := make([]string, 0, len(r.Header))
@@ -219,7 +222,7 @@ func TestHTTPCredentialInjected(t *testing.T) {
 	if st != 0 || !strings.Contains(out, "status=200") {
 		t.Fatalf("static: curl %d\n%s\n%s", st, out, f.d.Logs())
 	}
-	if !strings.Contains(f.up.seen(), "api.forge.test:"+fmt.Sprint(f.up.port)+" Bearer "+staticForgeToken) {
+	if !strings.Contains(f.up.seen(), fmt.Sprintf("api.forge.test:%d /user Bearer %s ", f.up.port, staticForgeToken)) {
 		t.Errorf("the upstream did not see the static token:\n%s", f.up.seen())
 	}
 	stars := strings.Repeat("*", len(staticForgeToken))
@@ -233,7 +236,7 @@ func TestHTTPCredentialInjected(t *testing.T) {
 		t.Fatalf("kv: curl %d\n%s\n%s", st, out, f.d.Logs())
 	}
 	seen := f.up.seen()
-	if !strings.Contains(seen, "kv.forge.test:"+fmt.Sprint(f.up.port)+" \n") && !strings.HasSuffix(seen, "kv.forge.test:"+fmt.Sprint(f.up.port)+" ") {
+	if !strings.Contains(seen, fmt.Sprintf("kv.forge.test:%d /repos  ", f.up.port)) {
 		t.Errorf("the agent's Authorization reached the KV target:\n%s", seen)
 	}
 	if strings.Contains(out, kvForgeToken) || !strings.Contains(out, "X-Api-Key: ci-bot:"+strings.Repeat("*", len(kvForgeToken))) {
@@ -304,11 +307,61 @@ func TestHTTPSecretRefusedElsewhere(t *testing.T) {
 			return e["where"] == c.where && e["owner"] == "forge" && e["target"] == "other"
 		})
 	}
-	if strings.Contains(f.up.seen(), "other.test:"+fmt.Sprint(f.up.port)+" ") && strings.Contains(f.up.seen(), "/h") {
+	// The body's head went before the secret was found, never the secret.
+	if seen := f.up.seen(); strings.Contains(seen, " /h ") || strings.Contains(seen, " /q ") || strings.Contains(seen, "BODY WITH") {
 		t.Errorf("a refused request reached the upstream:\n%s", f.up.seen())
 	}
 	// The same token to its own target is its business.
 	if out, _ := f.curl(t, nil, "-H", "X-Token: "+staticForgeToken, f.url("api.forge.test", "/ok")); !strings.Contains(out, "status=200") {
 		t.Errorf("own target: %s", out)
 	}
+}
+
+// TestHTTPPlaceholder: `interlock exec --placeholder` gives the command a
+// fake of the token's shape; sent to its target it arrives as the real
+// token, sent to another host it is refused and audited; the credential
+// behind it is released when the command ends.
+func TestHTTPPlaceholder(t *testing.T) {
+	f := startCred(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	curl := fmt.Sprintf("curl -sS --max-time 50 -w 'status=%%{http_code}\\n' --resolve api.forge.test:%[1]d:127.0.0.1 --resolve other.test:%[1]d:127.0.0.1", f.up.port)
+	script := fmt.Sprintf(`echo "token=$FORGE_TOKEN"
+%[1]s -H "X-Token: $FORGE_TOKEN" %[2]s
+%[1]s -H "X-Token: $FORGE_TOKEN" %[3]s`, curl, f.url("api.forge.test", "/mine"), f.url("other.test", "/theirs"))
+	cmd := f.d.Command(ctx, "exec", "--identity", "ci-bot", "--placeholder", "FORGE_TOKEN=forge", "--",
+		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("exec: %v\n%s\n%s", err, out, f.d.Logs())
+	}
+	var placeholder string
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "token="); ok {
+			placeholder = v
+		}
+	}
+	if len(placeholder) != len(staticForgeToken) || !strings.HasPrefix(placeholder, "ghp_") || placeholder == staticForgeToken {
+		t.Fatalf("placeholder %q is not a fake of the token's shape\n%s", placeholder, out)
+	}
+	if strings.Contains(string(out), staticForgeToken) {
+		t.Errorf("the command read the real token:\n%s", out)
+	}
+	// Its own target got the real token; the echo shows the placeholder.
+	if !strings.Contains(string(out), "X-Token: "+placeholder) || !strings.Contains(string(out), "status=200") {
+		t.Errorf("the echo of its own target:\n%s", out)
+	}
+	if !strings.Contains(f.up.seen(), fmt.Sprintf("api.forge.test:%d /mine Bearer %s %s", f.up.port, staticForgeToken, staticForgeToken)) {
+		t.Errorf("its own target did not get the real token:\n%s", f.up.seen())
+	}
+	if strings.Contains(f.up.seen(), "theirs") {
+		t.Errorf("the placeholder reached another host:\n%s", f.up.seen())
+	}
+	if !strings.Contains(string(out), "status=403") || !strings.Contains(string(out), "a placeholder of target forge in its header X-Token") {
+		t.Errorf("the placeholder sent to another host:\n%s", out)
+	}
+	waitEvent(t, f.d, "secret_refused", func(e map[string]any) bool { return e["placeholder"] == true && e["target"] == "other" })
+	waitEvent(t, f.d, "credential_revoked", func(e map[string]any) bool {
+		return e["target"] == "forge" && strings.Contains(fmt.Sprint(e["conn"]), "interlock-exec")
+	})
 }

@@ -9,8 +9,10 @@ import (
 	nethttp "net/http"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
@@ -172,4 +174,43 @@ func hostOnly(hostport string) string {
 		return hostport[:i]
 	}
 	return hostport
+}
+
+// Placeholder issues target's credential for the commands of an `interlock
+// exec` (session names it in the lease journal) and returns a fake of its
+// secret's shape for the command's environment: on requests to target it
+// is swapped for the secret, sent anywhere else it is refused, and a
+// response shows it where the secret was. release forgets the placeholder
+// and revokes the credential; call it when the exec ends.
+func (p *Pipeline) Placeholder(ctx context.Context, identity, target, session string) (placeholder string, release func(), err error) {
+	t := p.cfg.Policy.Current().Target(target)
+	if t == nil || t.Inject == nil {
+		return "", nil, fmt.Errorf("target %q has no credential written into its requests (an http target with credential inject)", target)
+	}
+	source := p.cfg.Credentials.SourceName(t.Credential.Source)
+	lease, err := p.cfg.Credentials.Issue(ctx, credentials.Request{Ref: credentials.RefOf(t.Credential), Target: t.Name, Session: session, Identity: identity})
+	if err != nil {
+		p.record(audit.CredentialFailed{Session: session, Identity: identity, Target: t.Name, Source: source,
+			Role: cmp.Or(t.Credential.Role, t.Credential.Path), Error: err.Error()})
+		return "", nil, fmt.Errorf("the credential for target %s could not be issued", t.Name)
+	}
+	real := lease.Credential().Password
+	if len(real) < minSecretLen {
+		lease.Close(ctx)
+		return "", nil, fmt.Errorf("the secret of target %s is shorter than %d bytes: a placeholder for it would be found by chance", t.Name, minSecretLen)
+	}
+	p.record(audit.CredentialIssued{Session: session, Identity: identity, Target: t.Name, Source: source})
+	placeholder = newPlaceholder(real)
+	forget := p.secrets.addPlaceholder(placeholder, real, t.Name)
+	var once sync.Once
+	return placeholder, func() {
+		once.Do(func() {
+			forget()
+			ev := audit.CredentialRevoked{Session: session, Identity: identity, Target: t.Name, Source: source}
+			if err := lease.Close(context.Background()); err != nil {
+				ev.Error = err.Error()
+			}
+			p.record(ev)
+		})
+	}, nil
 }
