@@ -92,10 +92,11 @@ type VaultConfig struct {
 	// TLSServerName overrides the name checked in Vault's certificate.
 	TLSServerName string    `yaml:"tls_server_name"`
 	Auth          VaultAuth `yaml:"auth"`
-	// DatabaseMount, SSHMount are the secrets engines' mount paths;
-	// defaults "database" and "ssh".
+	// DatabaseMount, SSHMount, AWSMount are the secrets engines' mount
+	// paths; defaults "database", "ssh" and "aws".
 	DatabaseMount string `yaml:"database_mount"`
 	SSHMount      string `yaml:"ssh_mount"`
+	AWSMount      string `yaml:"aws_mount"`
 	// Timeout bounds each Vault request; default 10s.
 	Timeout time.Duration `yaml:"timeout"`
 }

@@ -28,6 +28,8 @@ var ErrNotIssued = errors.New("credential could not be issued")
 //	{Source: "vault", Kind: "ssh", Role: "agents"}           Vault ssh/sign/agents
 //	{Source: "vault", Kind: "kv", Path: "secret/data/app"}   Vault KV v2 read
 //	{Source: "vault", Kind: "kv", Path: "secret/data/ci/forge", Field: "token"}
+//	{Source: "vault", Kind: "aws", Role: "s3-rw"}            Vault aws/creds/s3-rw
+//	{Source: "vault", Kind: "aws", Path: "aws/sts/deploy"}   Vault aws/sts/deploy
 //	{Source: "embedded", Template: "agent_readonly"}         embedded PostgreSQL role
 //	{Source: "legacy"}                                       a static source named legacy
 type Ref struct {
@@ -35,7 +37,8 @@ type Ref struct {
 	// default. A kind (static, embedded) also works when exactly one source
 	// of that kind is configured.
 	Source string `yaml:"source" json:"source,omitempty"`
-	// Kind is the Vault secrets engine: database (default), ssh or kv.
+	// Kind is the Vault secrets engine: database (default), ssh, kv or
+	// aws.
 	Kind string `yaml:"kind" json:"kind,omitempty"`
 	// Role is the Vault role (database/creds/<role>, ssh/sign/<role>).
 	Role string `yaml:"role" json:"role,omitempty"`
@@ -75,7 +78,8 @@ type Request struct {
 // Credential is what the proxy presents upstream. It never reaches the agent.
 type Credential struct {
 	// Username and Password log in upstream (database credentials, or a
-	// KV secret's "username" and "password" fields).
+	// KV secret's "username" and "password" fields; an AWS access key id
+	// and secret key).
 	Username string
 	Password string
 	// Certificate is the signed OpenSSH certificate (authorized_keys

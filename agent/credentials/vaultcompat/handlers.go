@@ -1,6 +1,7 @@
 package vaultcompat
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
@@ -89,6 +90,10 @@ func (s *Server) routes() {
 	s.mux.Handle("DELETE /v1/secret/data/{path...}", s.wrap(s.kvDelete, true))
 	read("/v1/secret/metadata/{path...}", s.kvMetadata, true)
 	write("/v1/ssh/sign/{role}", s.sshSign, true)
+	for _, kind := range []string{"creds", "sts"} {
+		read("/v1/aws/"+kind+"/{role}", s.awsCreds, true)
+		write("/v1/aws/"+kind+"/{role}", s.awsCreds, true)
+	}
 }
 
 func (s *Server) wrap(h handler, auth bool) http.Handler {
@@ -291,7 +296,10 @@ func (s *Server) databaseCreds(r *http.Request, tok *token) (*response, error) {
 	}
 	id := "database/creds/" + roleName + "/" + randomHex(12)
 	s.mu.Lock()
-	s.leases[id] = &lease{role: user, ttl: ttl, expires: now.Add(ttl), maxExpiry: now.Add(maxTTL)}
+	s.leases[id] = &lease{
+		revoke:    func(ctx context.Context) error { return s.admin.Drop(ctx, user, "") },
+		extend:    func(ctx context.Context, until time.Time) error { return s.admin.Extend(ctx, user, until) },
+		renewable: true, ttl: ttl, expires: now.Add(ttl), maxExpiry: now.Add(maxTTL)}
 	s.mu.Unlock()
 	return &response{LeaseID: id, Renewable: true, LeaseDuration: seconds(ttl),
 		Data: map[string]any{"username": user, "password": password}}, nil
@@ -329,14 +337,20 @@ func (s *Server) renewLease(r *http.Request, _ *token) (*response, error) {
 		s.mu.Unlock()
 		return nil, errorf(http.StatusBadRequest, "lease not found")
 	}
+	if !l.renewable {
+		s.mu.Unlock()
+		return nil, errorf(http.StatusBadRequest, "lease is not renewable")
+	}
 	if inc <= 0 {
 		inc = l.ttl
 	}
 	exp := earlier(time.Now().Add(inc), l.maxExpiry)
-	role := l.role
+	extend := l.extend
 	s.mu.Unlock()
-	if err := s.admin.Extend(r.Context(), role, exp); err != nil {
-		return nil, errorf(http.StatusInternalServerError, "renew lease: %v", err)
+	if extend != nil {
+		if err := extend(r.Context(), exp); err != nil {
+			return nil, errorf(http.StatusInternalServerError, "renew lease: %v", err)
+		}
 	}
 	s.mu.Lock()
 	if l, ok := s.leases[body.LeaseID]; ok && exp.After(l.expires) {
@@ -360,7 +374,7 @@ func (s *Server) revokeLease(r *http.Request, _ *token) (*response, error) {
 		// Vault answers 204 for unknown leases too: revocation is idempotent.
 		return nil, nil
 	}
-	if err := s.admin.Drop(r.Context(), l.role, ""); err != nil {
+	if err := l.revoke(r.Context()); err != nil {
 		return nil, errorf(http.StatusInternalServerError, "revoke lease: %v", err)
 	}
 	s.mu.Lock()
@@ -559,7 +573,7 @@ func (s *Server) sshSign(r *http.Request, tok *token) (*response, error) {
 	}}, nil
 }
 
-// Leases returns the ids of the database leases currently live (tests).
+// Leases returns the ids of the leases currently live (tests).
 func (s *Server) Leases() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -23,6 +23,8 @@
 //	DELETE /v1/secret/data/<path>         KV v2 soft delete of the latest version
 //	GET  /v1/secret/metadata/<path>       KV v2 metadata: the versions
 //	PUT  /v1/ssh/sign/<role>              {public_key, valid_principals, ttl}
+//	GET  /v1/aws/creds/<role>             an access key (lease: renewable; revoked: deleted)
+//	GET  /v1/aws/sts/<role>               an access key with a session token (lease: not renewable)
 //	GET  /v1/ssh/public_key               the CA public key
 //
 // Leases and tokens expire as in Vault: an expired database lease is revoked
@@ -72,6 +74,8 @@ type Config struct {
 	SSH *SSH `yaml:"ssh"`
 	// KV seeds the KV v2 engine mounted at secret/: path -> data.
 	KV map[string]map[string]any `yaml:"kv"`
+	// AWS configures the AWS secrets engine.
+	AWS *AWS `yaml:"aws"`
 }
 
 // AppRole is one AppRole's credentials.
@@ -148,8 +152,13 @@ type token struct {
 	maxExpiry time.Time
 }
 
+// lease is a secret that expires unless renewed: revoke makes it stop
+// working (drops a PostgreSQL role, deletes an AWS key); extend, when set,
+// moves the expiry the secret itself carries (a role's VALID UNTIL).
 type lease struct {
-	role      string // PostgreSQL role
+	revoke    func(ctx context.Context) error
+	extend    func(ctx context.Context, until time.Time) error
+	renewable bool
 	ttl       time.Duration
 	expires   time.Time
 	maxExpiry time.Time
@@ -328,12 +337,12 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if s.admin != nil {
-		for _, l := range leases {
-			if e := s.admin.Drop(ctx, l.role, ""); e != nil {
-				err = errors.Join(err, e)
-			}
+	for _, l := range leases {
+		if e := l.revoke(ctx); e != nil {
+			err = errors.Join(err, e)
 		}
+	}
+	if s.admin != nil {
 		s.admin.Close()
 	}
 	return err
@@ -368,7 +377,7 @@ func (s *Server) reap(ctx context.Context) {
 		s.mu.Unlock()
 		for _, l := range expired {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			s.admin.Drop(dctx, l.role, "")
+			l.revoke(dctx)
 			cancel()
 		}
 	}
