@@ -18,7 +18,7 @@ DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
   iproute2 procps util-linux netcat-openbsd openssh-client openssh-server rsync \
   nodejs python3-requests \
   postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
-  tshark chromium nginx-light \
+  tshark chromium nginx-light awscli \
   debootstrap qemu-system-x86 qemu-utils busybox-static cpio xz-utils
 deps:
 	apt-get update -q

@@ -15,6 +15,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/protocol"
+	"github.com/interlock-dev/interlock/policy"
 )
 
 // httpGuard is the pipeline's http.Guard: it writes the session's
@@ -33,15 +34,18 @@ func (g httpGuard) Outbound(ctx context.Context, s *protocol.Session, target str
 		}
 	}
 	t := g.p.cfg.Policy.Current().Target(target)
-	if t == nil || t.Inject == nil || u == nil {
+	if t == nil || u == nil || t.Credential.Params == nil {
 		return nil
 	}
-	cred, err := u.Credential(ctx, protocol.CredentialRequest{})
+	if credentials.RefOf(t.Credential).Kind == "aws" {
+		return g.awsResign(ctx, u, target, req)
+	}
+	if t.Inject == nil {
+		return nil
+	}
+	cred, err := g.credential(ctx, u, target)
 	if err != nil {
-		g.p.record(audit.CredentialFailed{Session: u.c.id, Identity: u.c.identity.Name, Target: t.Name,
-			Source: g.p.cfg.Credentials.SourceName(t.Credential.Source), Role: cmp.Or(t.Credential.Role, t.Credential.Path), Error: err.Error()})
-		return &http.Refusal{Status: nethttp.StatusBadGateway,
-			Message: fmt.Sprintf("the credential for target %s could not be issued", t.Name)}
+		return err
 	}
 	var b strings.Builder
 	if err := t.Inject.Template.Execute(&b, templateData(cred)); err != nil {
@@ -53,6 +57,13 @@ func (g httpGuard) Outbound(ctx context.Context, s *protocol.Session, target str
 	req.Header.Del("Authorization")
 	req.Header.Set(t.Inject.Header, b.String())
 	return nil
+}
+
+// auditCredentialFailed is the audit event of a credential t's session u
+// could not get.
+func auditCredentialFailed(p *Pipeline, u *upstream, t *policy.Target, err error) audit.CredentialFailed {
+	return audit.CredentialFailed{Session: u.c.id, Identity: u.c.identity.Name, Target: t.Name,
+		Source: p.cfg.Credentials.SourceName(t.Credential.Source), Role: cmp.Or(t.Credential.Role, t.Credential.Path), Error: err.Error()}
 }
 
 // templateData is what an inject template sees: the secret's fields by

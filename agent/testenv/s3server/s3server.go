@@ -9,6 +9,7 @@ package s3server
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -40,13 +41,14 @@ type Server struct {
 	mu   sync.Mutex
 	keys map[string]key
 	seen map[string]int // accepted requests per access key id
+	last map[string]*http.Request
 }
 
 type key struct{ secret, token string }
 
 // New returns a server with no bucket and no key.
 func New() *Server {
-	return &Server{s3: gofakes3.New(s3mem.New()).Server(), keys: map[string]key{}, seen: map[string]int{}}
+	return &Server{s3: gofakes3.New(s3mem.New()).Server(), keys: map[string]key{}, seen: map[string]int{}, last: map[string]*http.Request{}}
 }
 
 // AddKey implements vaultcompat.AWSKeys.
@@ -75,6 +77,14 @@ func (s *Server) Seen() map[string]int {
 	return out
 }
 
+// Last returns the last accepted request without a body that was signed
+// with accessKeyID (its head, for a replay), nil if none.
+func (s *Server) Last(accessKeyID string) *http.Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last[accessKeyID]
+}
+
 // ServeHTTP checks the signature, then serves S3.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id, code, err := s.verify(r)
@@ -90,6 +100,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.seen[id]++
+	if r.ContentLength <= 0 {
+		s.last[id] = r.Clone(context.Background())
+	}
 	s.mu.Unlock()
 	s.s3.ServeHTTP(w, r)
 }
