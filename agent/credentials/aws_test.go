@@ -82,6 +82,29 @@ func TestVaultAWS(t *testing.T) {
 		t.Errorf("missing role: %v", err)
 	}
 
+	// A generic read of any path (a plugin's, here the AWS engine's) keeps
+	// its fields and its lease.
+	gen := Ref{Source: "vault", Kind: "generic", Path: "aws/sts/s3-rw", Field: "secret_key"}
+	l, err = m.Issue(ctx, Request{Ref: gen, Target: "api", Session: "s4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := l.Credential(); len(c.Password) != 40 || !keys.has(c.Data["access_key"]) || c.Data["security_token"] == "" {
+		t.Errorf("generic credential %+v", c)
+	} else {
+		l.Close(ctx)
+		if keys.has(c.Data["access_key"]) {
+			t.Error("the generic lease was not revoked")
+		}
+	}
+	gen.Field = "nope"
+	if _, err := m.Issue(ctx, Request{Ref: gen, Target: "api"}); err == nil || !strings.Contains(err.Error(), `no field "nope"`) {
+		t.Errorf("missing field: %v", err)
+	}
+	if len(srv.Leases()) != 0 {
+		t.Errorf("leases left: %v", srv.Leases())
+	}
+
 	// A daemon that dies holding a key: the next start deletes it.
 	dir := t.TempDir()
 	crashed, err := NewManager(Config{Vault: &vc}, dir)

@@ -30,6 +30,7 @@ var ErrNotIssued = errors.New("credential could not be issued")
 //	{Source: "vault", Kind: "kv", Path: "secret/data/ci/forge", Field: "token"}
 //	{Source: "vault", Kind: "aws", Role: "s3-rw"}            Vault aws/creds/s3-rw
 //	{Source: "vault", Kind: "aws", Path: "aws/sts/deploy"}   Vault aws/sts/deploy
+//	{Source: "vault", Kind: "generic", Path: "github/token", Field: "token"}  any Vault read
 //	{Source: "embedded", Template: "agent_readonly"}         embedded PostgreSQL role
 //	{Source: "legacy"}                                       a static source named legacy
 type Ref struct {
@@ -37,16 +38,16 @@ type Ref struct {
 	// default. A kind (static, embedded) also works when exactly one source
 	// of that kind is configured.
 	Source string `yaml:"source" json:"source,omitempty"`
-	// Kind is the Vault secrets engine: database (default), ssh, kv or
-	// aws.
+	// Kind is the Vault secrets engine: database (default), ssh, kv, aws,
+	// or generic (any path read, its fields kept).
 	Kind string `yaml:"kind" json:"kind,omitempty"`
 	// Role is the Vault role (database/creds/<role>, ssh/sign/<role>).
 	Role string `yaml:"role" json:"role,omitempty"`
 	// Path is the full Vault API path of a KV v2 secret, e.g. secret/data/app.
 	Path string `yaml:"path" json:"path,omitempty"`
-	// Field, for Kind kv, names the secret's field that is the
+	// Field, for Kind kv and generic, names the field that is the
 	// credential's Password (an HTTP target's .secret); without it,
-	// Password is the "password" field.
+	// Password is a KV secret's "password" field (generic: none).
 	Field string `yaml:"field" json:"field,omitempty"`
 	// Template is the PostgreSQL role the embedded issuer grants to the
 	// session's role; the session's privileges are exactly the template's.

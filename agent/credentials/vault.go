@@ -3,6 +3,7 @@ package credentials
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -227,8 +228,12 @@ func (v *vaultSource) checkRef(ref Ref) error {
 		if _, err := v.awsPath(ref); err != nil {
 			return err
 		}
+	case "generic":
+		if ref.Path == "" {
+			return errors.New("vault generic credential: path is required")
+		}
 	default:
-		return fmt.Errorf("vault credential kind %q: want database, ssh, kv or aws", ref.Kind)
+		return fmt.Errorf("vault credential kind %q: want database, ssh, kv, aws or generic", ref.Kind)
 	}
 	return nil
 }
@@ -264,8 +269,10 @@ func (v *vaultSource) issueKind(ctx context.Context, req Request, commit func(st
 		return v.issueKV(ctx, req)
 	case "aws":
 		return v.issueAWS(ctx, req, commit)
+	case "generic":
+		return v.issueGeneric(ctx, req, commit)
 	}
-	return grant{}, fmt.Errorf("vault credential kind %q: want database, ssh, kv or aws", req.Ref.Kind)
+	return grant{}, fmt.Errorf("vault credential kind %q: want database, ssh, kv, aws or generic", req.Ref.Kind)
 }
 
 func (v *vaultSource) issueDatabase(ctx context.Context, req Request, commit func(string) error) (grant, error) {
@@ -341,6 +348,55 @@ func (v *vaultSource) issueAWS(ctx context.Context, req Request, commit func(str
 		g.cred.Data["security_token"] = tok
 	}
 	if s.LeaseDuration > 0 {
+		lease := time.Duration(s.LeaseDuration) * time.Second
+		g.cred.Expires = time.Now().Add(lease)
+		if s.Renewable {
+			g.renewTTL = cmp.Or(req.Ref.TTL, lease)
+		}
+	}
+	return g, nil
+}
+
+// issueGeneric reads any Vault path (a plugin's token endpoint, say):
+// every field of the response is in Data (strings as they are, other
+// values as JSON), Password is the field the Ref names, and a lease the
+// response carries is journaled, renewed and revoked like any other.
+func (v *vaultSource) issueGeneric(ctx context.Context, req Request, commit func(string) error) (grant, error) {
+	path := req.Ref.Path
+	s, err := v.client.Logical().ReadWithContext(ctx, path)
+	if err != nil {
+		return grant{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	if s == nil || s.Data == nil {
+		return grant{}, fmt.Errorf("read %s: nothing there", path)
+	}
+	if s.LeaseID != "" {
+		if err := commit(s.LeaseID); err != nil {
+			v.client.Sys().RevokeWithContext(context.WithoutCancel(ctx), s.LeaseID)
+			return grant{}, err
+		}
+	}
+	cred := Credential{Data: make(map[string]string, len(s.Data))}
+	for k, val := range s.Data {
+		switch val := val.(type) {
+		case string:
+			cred.Data[k] = val
+		case nil:
+		default:
+			b, _ := json.Marshal(val)
+			cred.Data[k] = string(b)
+		}
+	}
+	cred.Username = cred.Data["username"]
+	if f := req.Ref.Field; f != "" {
+		val, ok := cred.Data[f]
+		if !ok {
+			return grant{}, fmt.Errorf("read %s: the response has no field %q", path, f)
+		}
+		cred.Password = val
+	}
+	g := grant{cred: cred, handle: s.LeaseID}
+	if s.LeaseDuration > 0 && s.LeaseID != "" {
 		lease := time.Duration(s.LeaseDuration) * time.Second
 		g.cred.Expires = time.Now().Add(lease)
 		if s.Renewable {
