@@ -198,7 +198,10 @@ func TestCheckRef(t *testing.T) {
 		{Ref{Source: "vault", Kind: "ssh"}, "vault ssh credential: role is required"},
 		{Ref{Source: "vault", Kind: "kv"}, "vault kv credential: path is required"},
 		{Ref{Source: "vault", Kind: "kv", Path: "secret/data/app"}, ""},
-		{Ref{Source: "vault", Kind: "aws", Role: "x"}, `kind "aws": want database, ssh or kv`},
+		{Ref{Source: "vault", Kind: "aws", Role: "x"}, ""},
+		{Ref{Source: "vault", Kind: "aws", Path: "aws/roles/x"}, `path "aws/roles/x": want aws/creds/ROLE or aws/sts/ROLE`},
+		{Ref{Source: "vault", Kind: "generic"}, "vault generic credential: path is required"},
+		{Ref{Source: "vault", Kind: "nomad", Role: "x"}, `kind "nomad": want database, ssh, kv, aws or generic`},
 		{Ref{Source: "legacy"}, `credential source "legacy" is not configured (have [pg vault])`},
 		{Ref{}, "no credential source named and no default configured"},
 	} {

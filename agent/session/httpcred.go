@@ -152,7 +152,8 @@ func (g httpGuard) Inbound(_ *protocol.Session, _ string, resp *nethttp.Response
 			vs[i], _ = replaceAll(v, secrets, show)
 		}
 	}
-	if resp.Body == nil || resp.Body == nethttp.NoBody {
+	if resp.Body == nil || resp.Body == nethttp.NoBody || resp.StatusCode == nethttp.StatusSwitchingProtocols {
+		// A 101's body is the upgraded connection, relayed as it is.
 		return nil
 	}
 	switch enc := strings.ToLower(resp.Header.Get("Content-Encoding")); enc {

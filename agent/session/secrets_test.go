@@ -1,8 +1,11 @@
 package session
 
 import (
+	"bytes"
+	"compress/gzip"
 	"errors"
 	"io"
+	nethttp "net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -74,4 +77,47 @@ func TestSecretSetPlaceholders(t *testing.T) {
 		t.Errorf("after one release: %+v", s)
 	}
 	r2()
+}
+
+// TestGuardInbound: held secrets are replaced in a response's head and
+// body, a gzip body is decompressed to be checked, an encoding that cannot
+// be checked is refused, and an upgrade's connection is left alone.
+func TestGuardInbound(t *testing.T) {
+	p := &Pipeline{}
+	p.secrets.add("s3cr3t-value-1", "forge")
+	g := httpGuard{p}
+	resp := func(enc string, body []byte) *nethttp.Response {
+		h := nethttp.Header{"X-Echo": {"Bearer s3cr3t-value-1"}}
+		if enc != "" {
+			h.Set("Content-Encoding", enc)
+		}
+		return &nethttp.Response{StatusCode: 200, Header: h, Body: io.NopCloser(bytes.NewReader(body)), ContentLength: int64(len(body))}
+	}
+	r := resp("", []byte(`{"token":"s3cr3t-value-1"}`))
+	if err := g.Inbound(nil, "other", r); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(r.Body); string(b) != `{"token":"**************"}` || r.Header.Get("X-Echo") != "Bearer **************" {
+		t.Errorf("scrubbed: %s %v", b, r.Header)
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte("echo s3cr3t-value-1"))
+	zw.Close()
+	r = resp("gzip", gz.Bytes())
+	if err := g.Inbound(nil, "other", r); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(r.Body); string(b) != "echo **************" || r.Header.Get("Content-Encoding") != "" || r.ContentLength != -1 {
+		t.Errorf("gzip: %q %v", b, r.Header)
+	}
+	if err := g.Inbound(nil, "other", resp("br", []byte("x"))); err == nil {
+		t.Error("a brotli body went unchecked")
+	}
+	up := resp("", nil)
+	up.StatusCode = nethttp.StatusSwitchingProtocols
+	body := up.Body
+	if err := g.Inbound(nil, "other", up); err != nil || up.Body != body {
+		t.Errorf("upgrade: %v", err)
+	}
 }
