@@ -61,3 +61,46 @@ func TestHTTPCredentialErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPAWSActions: rules name AWS actions by X-Amz-Target, and S3
+// operations by method and bucket path.
+func TestHTTPAWSActions(t *testing.T) {
+	src := `
+identities: [{name: ci}]
+targets:
+  - name: dynamo
+    protocol: http
+    hosts: [dynamodb.eu-west-1.amazonaws.com]
+    port: 443
+    tls: intercept
+    credential: {source: vault, kind: aws, role: reader}
+  - name: s3
+    protocol: http
+    hosts: [s3.eu-west-1.amazonaws.com]
+    port: 443
+    tls: intercept
+    credential: {source: vault, kind: aws, role: reader}
+rules:
+  - {name: dynamo-read, identity: ci, target: dynamo, http: {methods: [POST], aws_actions: ["DynamoDB_20120810.Get*", "DynamoDB_20120810.Query"]}, action: allow}
+  - {name: reports-read, identity: ci, target: s3, http: {methods: [GET, HEAD], paths: ["/reports/*"]}, action: allow}
+tests:
+  - {name: get-item, identity: ci, target: dynamo, http: {method: POST, path: /, headers: {X-Amz-Target: [DynamoDB_20120810.GetItem]}}, expect: {action: allow, rule: dynamo-read}}
+  - {name: delete-item, identity: ci, target: dynamo, http: {method: POST, path: /, headers: {X-Amz-Target: [DynamoDB_20120810.DeleteItem]}}, expect: {action: deny}}
+  - {name: no-target, identity: ci, target: dynamo, http: {method: POST, path: /}, expect: {action: deny}}
+  - {name: s3-get, identity: ci, target: s3, http: {method: GET, path: /reports/q3.txt}, expect: {action: allow, rule: reports-read}}
+  - {name: s3-put, identity: ci, target: s3, http: {method: PUT, path: /reports/q3.txt}, expect: {action: deny}}
+  - {name: s3-other-bucket, identity: ci, target: s3, http: {method: GET, path: /payroll/x}, expect: {action: deny}}
+`
+	p, err := load("test.yaml", src, fakeResolver{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(p.RunTests()); n != 6 {
+		t.Fatalf("%d tests ran", n)
+	}
+	for _, r := range p.RunTests() {
+		if !r.Pass {
+			t.Error(r)
+		}
+	}
+}
