@@ -292,15 +292,16 @@ func TestHTTPSecretRefusedElsewhere(t *testing.T) {
 		t.Fatalf("warm-up: %s", out)
 	}
 	for _, c := range []struct {
-		where string
-		args  []string
+		what, where string
+		args        []string
 	}{
-		{"header X-Token", []string{"-H", "X-Token: " + staticForgeToken, f.url("other.test", "/h")}},
-		{"url", []string{f.url("other.test", "/q?t="+staticForgeToken)}},
-		{"body", []string{"--data-binary", strings.Repeat("a", 100<<10) + staticForgeToken, f.url("other.test", "/b")}},
+		{"a secret", "header X-Token", []string{"-H", "X-Token: " + staticForgeToken, f.url("other.test", "/h")}},
+		{"a secret (base64)", "header Authorization", []string{"-u", "x-access-token:" + staticForgeToken, f.url("other.test", "/a")}},
+		{"a secret", "url", []string{f.url("other.test", "/q?t="+staticForgeToken)}},
+		{"a secret", "body", []string{"--data-binary", strings.Repeat("a", 100<<10) + staticForgeToken, f.url("other.test", "/b")}},
 	} {
 		out, _ := f.curl(t, nil, c.args...)
-		if !strings.Contains(out, "status=403") || !strings.Contains(out, "a secret of target forge in its "+c.where) {
+		if !strings.Contains(out, "status=403") || !strings.Contains(out, c.what+" of target forge in its "+c.where) {
 			t.Errorf("%s: %s", c.where, out)
 		}
 		waitEvent(t, f.d, "secret_refused", func(e map[string]any) bool {
@@ -308,7 +309,7 @@ func TestHTTPSecretRefusedElsewhere(t *testing.T) {
 		})
 	}
 	// The body's head went before the secret was found, never the secret.
-	if seen := f.up.seen(); strings.Contains(seen, " /h ") || strings.Contains(seen, " /q ") || strings.Contains(seen, "BODY WITH") {
+	if seen := f.up.seen(); strings.Contains(seen, " /h ") || strings.Contains(seen, " /a ") || strings.Contains(seen, " /q ") || strings.Contains(seen, "BODY WITH") {
 		t.Errorf("a refused request reached the upstream:\n%s", f.up.seen())
 	}
 	// The same token to its own target is its business.

@@ -91,14 +91,17 @@ func (g httpGuard) guardRequest(u *upstream, secrets []secret, target string, re
 			case s.ownedBy(target):
 				return s.value, nil
 			}
-			ev := audit.SecretRefused{Target: target, Host: hostOnly(req.Host), Owner: strings.Join(s.owners, ","), Where: where, Placeholder: s.real != nil}
+			ev := audit.SecretRefused{Target: target, Host: hostOnly(req.Host), Owner: strings.Join(s.owners, ","), Where: where, Placeholder: s.placeholder}
 			if u != nil {
 				ev.Session, ev.Identity = u.c.id, u.c.identity.Name
 			}
 			g.p.record(ev)
 			what := "a secret"
-			if s.real != nil {
+			if s.placeholder {
 				what = "a placeholder"
+			}
+			if s.encoded {
+				what += " (base64)"
 			}
 			return nil, &http.Refusal{Status: nethttp.StatusForbidden,
 				Message: fmt.Sprintf("refused by interlock: the request carries %s of target %s in its %s, and goes to %s", what, strings.Join(s.owners, ","), where, target)}
@@ -139,7 +142,7 @@ func (g httpGuard) guardRequest(u *upstream, secrets []secret, target string, re
 func (g httpGuard) Inbound(_ *protocol.Session, _ string, resp *nethttp.Response) error {
 	var secrets []secret
 	for _, s := range g.p.secrets.load() {
-		if s.real == nil {
+		if !s.placeholder {
 			secrets = append(secrets, s)
 		}
 	}

@@ -3,6 +3,7 @@ package session
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"io"
 	"math/big"
 	"slices"
@@ -40,6 +41,12 @@ type secret struct {
 	// placeholder when one stands for it, else asterisks; same length,
 	// so a body's Content-Length stays right.
 	shown []byte
+	// placeholder is set on a placeholder and on its encoded forms.
+	placeholder bool
+	// encoded marks a base64 form of a value (Basic auth carries tokens
+	// so): refused where the value is, let through unchanged to its
+	// owners, never swapped.
+	encoded bool
 }
 
 // ownedBy reports whether target may receive the value.
@@ -72,7 +79,7 @@ func (s *secretSet) keep(value, owner string) {
 // owner: on requests to owner it is swapped for real, elsewhere refused,
 // and responses show it where real was.
 func (s *secretSet) addPlaceholder(placeholder, real, owner string) (release func()) {
-	rel := s.put(&secret{value: []byte(placeholder), owners: []string{owner}, real: []byte(real), shown: []byte(placeholder)})
+	rel := s.put(&secret{value: []byte(placeholder), owners: []string{owner}, real: []byte(real), shown: []byte(placeholder), placeholder: true})
 	relReal := s.add(real, owner)
 	return func() { rel(); relReal() }
 }
@@ -127,11 +134,37 @@ func (s *secretSet) publish() {
 			e.real = r.real
 		}
 	}
-	snap := make([]secret, 0, len(byValue))
+	snap := make([]secret, 0, 7*len(byValue))
 	for _, e := range byValue {
 		snap = append(snap, *e)
 	}
+	for _, e := range byValue {
+		for _, form := range base64Forms(e.value) {
+			if _, ok := byValue[string(form)]; !ok {
+				snap = append(snap, secret{value: form, owners: e.owners, shown: bytes.Repeat([]byte("*"), len(form)),
+					placeholder: e.placeholder, encoded: true})
+			}
+		}
+	}
 	s.snap.Store(&snap)
+}
+
+// base64Forms returns the runs of base64 characters that v always
+// becomes inside any longer base64 text, standard and URL alphabets: v
+// can start at three offsets of a 3-byte group, and the characters at its
+// ends, which mix in the neighbouring bytes, are left out.
+func base64Forms(v []byte) [][]byte {
+	var forms [][]byte
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		for k := range 3 {
+			full := enc.EncodeToString(append(make([]byte, k), v...))
+			from, to := (8*k+5)/6, 8*(k+len(v))/6
+			if to-from >= minSecretLen {
+				forms = append(forms, []byte(full[from:to]))
+			}
+		}
+	}
+	return forms
 }
 
 // load returns the secrets known now.

@@ -3,6 +3,7 @@ package session
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/base64"
 	"errors"
 	"io"
 	nethttp "net/http"
@@ -30,6 +31,17 @@ func TestScannerReplacesAcrossReads(t *testing.T) {
 	}
 }
 
+// plain is secrets without their base64 forms.
+func plain(secrets []secret) []secret {
+	var out []secret
+	for _, s := range secrets {
+		if !s.encoded {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 func TestScannerRefusesBeforeTheSecretLeaves(t *testing.T) {
 	var set secretSet
 	set.add("s3cr3t-value-1", "forge")
@@ -53,7 +65,7 @@ func TestSecretSetPlaceholders(t *testing.T) {
 		t.Errorf("placeholder %q is not of the token's shape", ph)
 	}
 	relPH := set.addPlaceholder(ph, "ghp_RealToken123456", "forge")
-	secrets := set.load()
+	secrets := plain(set.load())
 	if len(secrets) != 2 {
 		t.Fatalf("%d entries", len(secrets))
 	}
@@ -69,11 +81,11 @@ func TestSecretSetPlaceholders(t *testing.T) {
 	}
 	// The same value held for two targets may go to either.
 	r1, r2 := set.add("shared-secret-1", "a"), set.add("shared-secret-1", "b")
-	if s := set.load(); len(s) != 1 || !s[0].ownedBy("a") || !s[0].ownedBy("b") {
+	if s := plain(set.load()); len(s) != 1 || !s[0].ownedBy("a") || !s[0].ownedBy("b") {
 		t.Errorf("shared secret: %+v", s)
 	}
 	r1()
-	if s := set.load(); len(s) != 1 || s[0].ownedBy("a") {
+	if s := plain(set.load()); len(s) != 1 || s[0].ownedBy("a") {
 		t.Errorf("after one release: %+v", s)
 	}
 	r2()
@@ -119,5 +131,25 @@ func TestGuardInbound(t *testing.T) {
 	body := up.Body
 	if err := g.Inbound(nil, "other", up); err != nil || up.Body != body {
 		t.Errorf("upgrade: %v", err)
+	}
+}
+
+// TestSecretFoundInBase64: a secret inside base64 text (Basic auth) is
+// found at each of the three offsets it can take, in both alphabets.
+func TestSecretFoundInBase64(t *testing.T) {
+	var set secretSet
+	set.add("ghp_StaticForgeToken0123456789abcdef", "forge")
+	errLeak := errors.New("leak")
+	found := func(*secret) ([]byte, error) { return nil, errLeak }
+	for _, user := range []string{"x", "xy", "xyz", "x-access-token"} {
+		raw := []byte(user + ":ghp_StaticForgeToken0123456789abcdef?>")
+		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+			if _, err := replaceAll("Basic "+enc.EncodeToString(raw), set.load(), found); !errors.Is(err, errLeak) {
+				t.Errorf("user %q: the base64 form went unseen", user)
+			}
+		}
+	}
+	if _, err := replaceAll("Basic "+base64.StdEncoding.EncodeToString([]byte("x:another-token-entirely")), set.load(), found); err != nil {
+		t.Errorf("another token: %v", err)
 	}
 }
