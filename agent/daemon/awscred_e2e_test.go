@@ -194,7 +194,10 @@ func TestAWSLeaseRevokedAfterKill(t *testing.T) {
 	}
 	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
 	fmt.Fprint(stdin, "first part")
-	waitFor(t, "the session's lease", func() bool { return len(f.vault.Leases()) == 1 })
+	// Once S3 has seen the key the session signs with, its lease is
+	// journaled (before the first use; Vault had issued it a moment
+	// before, and that moment is covered only by the lease's TTL).
+	waitFor(t, "the session's key at S3", func() bool { return len(f.s3.Seen()) == 1 && len(f.vault.Leases()) == 1 })
 	lease := f.vault.Leases()[0]
 	f.d.Kill()
 	if got := f.vault.Leases(); len(got) != 1 || got[0] != lease {
