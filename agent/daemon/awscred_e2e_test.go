@@ -117,7 +117,7 @@ func (f *awsFixture) agent(ctx context.Context, t *testing.T, script string) *ex
 
 // TestAWSCLIThroughInterlock: the real aws CLI, with no credential at
 // all (--no-sign-request), creates a bucket, copies a file in and lists
-// it through interlockd, which signs each request with keys Vault minted
+// it (and lists it again signing with dummy keys) through interlockd, which signs each request with keys Vault minted
 // for that session; the S3 server verified them. After the sessions the
 // keys are revoked: a request recorded with one fails when replayed.
 func TestAWSCLIThroughInterlock(t *testing.T) {
@@ -131,17 +131,18 @@ func TestAWSCLIThroughInterlock(t *testing.T) {
 aws --no-sign-request --endpoint-url %[1]s s3 mb s3://reports
 aws --no-sign-request --endpoint-url %[1]s s3 cp %[2]s s3://reports/q3/report.txt
 aws --no-sign-request --endpoint-url %[1]s s3 ls s3://reports/q3/
-aws --no-sign-request --endpoint-url %[1]s s3 cp s3://reports/q3/report.txt -`, endpoint, file)
+aws --no-sign-request --endpoint-url %[1]s s3 cp s3://reports/q3/report.txt -
+AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE AWS_SECRET_ACCESS_KEY=dummy aws --endpoint-url %[1]s s3 ls s3://reports/q3/ | sed 's/^/dummy-keys: /'`, endpoint, file)
 	out, err := f.agent(ctx, t, script).CombinedOutput()
 	if err != nil {
 		t.Fatalf("aws: %v\n%s\n%s", err, out, f.d.Logs())
 	}
-	if !strings.Contains(string(out), "report.txt") || !strings.Contains(string(out), "quarterly numbers") {
+	if !strings.Contains(string(out), "report.txt") || !strings.Contains(string(out), "quarterly numbers") || !strings.Contains(string(out), "dummy-keys: ") {
 		t.Errorf("aws output:\n%s", out)
 	}
 	seen := f.s3.Seen()
-	if len(seen) < 4 {
-		t.Errorf("the S3 server saw %d session keys for 4 commands: %v", len(seen), seen)
+	if len(seen) < 5 || seen["AKIAIOSFODNN7EXAMPLE"] != 0 {
+		t.Errorf("the S3 server saw %d session keys for 5 commands: %v", len(seen), seen)
 	}
 	// Each session's lease is revoked at its end, and its key with it.
 	waitFor(t, "the sessions' leases to be revoked", func() bool { return len(f.vault.Leases()) == 0 })
