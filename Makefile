@@ -18,7 +18,7 @@ DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
   iproute2 procps util-linux netcat-openbsd openssh-client openssh-server rsync \
   nodejs python3-requests webext-ublock-origin-firefox \
   postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
-  tshark chromium nginx-light fcgiwrap wrk nghttp2-client \
+  tshark chromium nginx-light fcgiwrap wrk nghttp2-client awscli \
   debootstrap qemu-system-x86 qemu-utils busybox-static cpio xz-utils
 deps:
 	apt-get update -q

@@ -41,6 +41,9 @@ type httpMatch struct {
 	query []kv // name: value glob; the parameter must have a matching value
 	// headers must be present (canonical names).
 	headers []string
+	// awsActions are globs one of the request's X-Amz-Target values must
+	// match.
+	awsActions []string
 }
 
 func (m *httpMatch) matches(r *HTTPRequest) bool {
@@ -70,7 +73,20 @@ func (m *httpMatch) matches(r *HTTPRequest) bool {
 			return false
 		}
 	}
+	if len(m.awsActions) > 0 && !anyGlobOf(m.awsActions, r.Header["X-Amz-Target"]) {
+		return false
+	}
 	return true
+}
+
+// anyGlobOf reports whether one of values matches one of patterns.
+func anyGlobOf(patterns, values []string) bool {
+	for _, p := range patterns {
+		if anyGlob(p, values) {
+			return true
+		}
+	}
+	return false
 }
 
 func anyGlob(pattern string, values []string) bool {
@@ -224,7 +240,7 @@ func (c *compiler) httpTarget(r *rawTarget, t *Target) {
 
 // httpMatch compiles a rule's http: matcher.
 func (c *compiler) httpMatch(rule string, r *rawHTTPOp) *httpMatch {
-	m := &httpMatch{paths: r.Paths, query: r.Query}
+	m := &httpMatch{paths: r.Paths, query: r.Query, awsActions: r.AWSActions}
 	for _, h := range r.Hosts {
 		bare := strings.TrimPrefix(h, "*.")
 		if !hostRE.MatchString(bare) {

@@ -151,8 +151,11 @@ type rawHTTPOp struct {
 	Paths   []string   `yaml:"paths"`
 	Query   orderedMap `yaml:"query"`
 	Headers []string   `yaml:"headers"`
-	Pos     Pos
-	Keys    keyPos
+	// AWSActions are globs of the AWS action a request names in
+	// X-Amz-Target ("DynamoDB_20120810.GetItem", "*.Describe*").
+	AWSActions []string `yaml:"aws_actions"`
+	Pos        Pos
+	Keys       keyPos
 }
 
 type rawCmdOp struct {
@@ -749,6 +752,7 @@ func (c *compiler) target(r *rawTarget) {
 	}
 	c.sshTarget(r, t)
 	c.httpTarget(r, t)
+	c.httpCredential(r, t)
 	if r.Credential != nil {
 		t.Credential.Params = r.Credential
 		t.Credential.Source, _ = r.Credential["source"].(string)

@@ -173,6 +173,9 @@ type Target struct {
 	// of the original destination.
 	Upstream   string
 	Credential CredentialRef
+	// Inject, for an http target with a credential, is the header the
+	// credential is written into (nil for aws keys, which re-sign).
+	Inject *Inject
 	// Names are the host names agents use (hosts:), lower case. An ssh
 	// target's host certificate is issued for them; an http target is
 	// chosen by them (see TargetForName), and "*.example.com" matches one

@@ -21,10 +21,15 @@ type (
 	ExecRequest struct {
 		Identity string `json:"identity"`
 		PID      int    `json:"pid"`
+		// Placeholders maps an environment variable to an http target
+		// whose credential it stands in for (exec --placeholder).
+		Placeholders map[string]string `json:"placeholders,omitempty"`
 	}
-	// ExecAnswer names the cgroup created for an exec.
+	// ExecAnswer names the cgroup created for an exec, and the
+	// placeholder environment (VAR=value) the command gets.
 	ExecAnswer struct {
-		Cgroup string `json:"cgroup"`
+		Cgroup string   `json:"cgroup"`
+		Env    []string `json:"env,omitempty"`
 	}
 	// Status is what `interlock status` shows.
 	Status struct {

@@ -15,6 +15,7 @@ import (
 //	    orders-db: 2
 //	  static:
 //	    legacy: {username: app, password_file: /etc/interlock/legacy.pw}
+//	    forge-token: {password_file: /etc/interlock/forge.token}      # an HTTP API token
 //	    old-hosts: {private_key_file: /etc/interlock/old-hosts.key}   # SSH
 //	  embedded:
 //	    local:
@@ -45,7 +46,8 @@ type Config struct {
 	Vault *VaultConfig `yaml:"vault"`
 }
 
-// StaticConfig is a fixed username and password, or an SSH private key.
+// StaticConfig is a fixed username and password (a token alone for an HTTP
+// API, written into requests as .secret), or an SSH private key.
 type StaticConfig struct {
 	Username string `yaml:"username"`
 	// Password, or PasswordFile (preferred: keeps the secret out of the
@@ -90,10 +92,11 @@ type VaultConfig struct {
 	// TLSServerName overrides the name checked in Vault's certificate.
 	TLSServerName string    `yaml:"tls_server_name"`
 	Auth          VaultAuth `yaml:"auth"`
-	// DatabaseMount, SSHMount are the secrets engines' mount paths;
-	// defaults "database" and "ssh".
+	// DatabaseMount, SSHMount, AWSMount are the secrets engines' mount
+	// paths; defaults "database", "ssh" and "aws".
 	DatabaseMount string `yaml:"database_mount"`
 	SSHMount      string `yaml:"ssh_mount"`
+	AWSMount      string `yaml:"aws_mount"`
 	// Timeout bounds each Vault request; default 10s.
 	Timeout time.Duration `yaml:"timeout"`
 }
@@ -145,8 +148,9 @@ func (c *Config) validate() error {
 			}
 			continue
 		}
-		if s.Username == "" {
-			return fmt.Errorf("static source %q: username is required", name)
+		// A token for an HTTP API has no user name; a database login has.
+		if s.Username == "" && s.Password == "" && s.PasswordFile == "" {
+			return fmt.Errorf("static source %q: username or password (password_file) is required", name)
 		}
 		if s.Password != "" && s.PasswordFile != "" {
 			return fmt.Errorf("static source %q: password and password_file are exclusive", name)

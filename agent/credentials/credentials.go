@@ -27,6 +27,10 @@ var ErrNotIssued = errors.New("credential could not be issued")
 //	{Source: "vault", Kind: "database", Role: "readonly"}   Vault database/creds/readonly
 //	{Source: "vault", Kind: "ssh", Role: "agents"}           Vault ssh/sign/agents
 //	{Source: "vault", Kind: "kv", Path: "secret/data/app"}   Vault KV v2 read
+//	{Source: "vault", Kind: "kv", Path: "secret/data/ci/forge", Field: "token"}
+//	{Source: "vault", Kind: "aws", Role: "s3-rw"}            Vault aws/creds/s3-rw
+//	{Source: "vault", Kind: "aws", Path: "aws/sts/deploy"}   Vault aws/sts/deploy
+//	{Source: "vault", Kind: "generic", Path: "github/token", Field: "token"}  any Vault read
 //	{Source: "embedded", Template: "agent_readonly"}         embedded PostgreSQL role
 //	{Source: "legacy"}                                       a static source named legacy
 type Ref struct {
@@ -34,12 +38,17 @@ type Ref struct {
 	// default. A kind (static, embedded) also works when exactly one source
 	// of that kind is configured.
 	Source string `yaml:"source" json:"source,omitempty"`
-	// Kind is the Vault secrets engine: database (default), ssh or kv.
+	// Kind is the Vault secrets engine: database (default), ssh, kv, aws,
+	// or generic (any path read, its fields kept).
 	Kind string `yaml:"kind" json:"kind,omitempty"`
 	// Role is the Vault role (database/creds/<role>, ssh/sign/<role>).
 	Role string `yaml:"role" json:"role,omitempty"`
 	// Path is the full Vault API path of a KV v2 secret, e.g. secret/data/app.
 	Path string `yaml:"path" json:"path,omitempty"`
+	// Field, for Kind kv and generic, names the field that is the
+	// credential's Password (an HTTP target's .secret); without it,
+	// Password is a KV secret's "password" field (generic: none).
+	Field string `yaml:"field" json:"field,omitempty"`
 	// Template is the PostgreSQL role the embedded issuer grants to the
 	// session's role; the session's privileges are exactly the template's.
 	Template string `yaml:"template" json:"template,omitempty"`
@@ -70,7 +79,8 @@ type Request struct {
 // Credential is what the proxy presents upstream. It never reaches the agent.
 type Credential struct {
 	// Username and Password log in upstream (database credentials, or a
-	// KV secret's "username" and "password" fields).
+	// KV secret's "username" and "password" fields; an AWS access key id
+	// and secret key).
 	Username string
 	Password string
 	// Certificate is the signed OpenSSH certificate (authorized_keys
@@ -119,7 +129,7 @@ func (f SourceFunc) Issue(ctx context.Context, req Request) (Lease, error) { ret
 func RefOf(r policy.CredentialRef) Ref {
 	ref := Ref{Source: r.Source, Role: r.Role, Path: r.Path}
 	str := func(k string) string { s, _ := r.Params[k].(string); return s }
-	ref.Kind, ref.Template = str("kind"), str("template")
+	ref.Kind, ref.Template, ref.Field = str("kind"), str("template"), str("field")
 	if ttl, err := time.ParseDuration(str("ttl")); err == nil {
 		ref.TTL = ttl
 	}

@@ -36,6 +36,15 @@ func TestStaticSource(t *testing.T) {
 	if l, err := m.Issue(t.Context(), Request{Ref: Ref{Source: "static"}}); err != nil || l.Credential().Username != "app" {
 		t.Errorf("source by kind: %v", err)
 	}
+	// A token for an HTTP API is a password without a user name.
+	tok, err := NewManager(Config{Static: map[string]StaticConfig{"forge-token": {PasswordFile: pwFile}}}, filepath.Join(dir, "state2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	if l, err := tok.Issue(t.Context(), Request{Ref: Ref{Source: "forge-token"}}); err != nil || l.Credential().Password != "s3cret" {
+		t.Errorf("token source: %v", err)
+	}
 	_, err = m.Issue(t.Context(), Request{Ref: Ref{Source: "vault"}, Target: "x"})
 	if !errors.Is(err, ErrNotIssued) || !strings.Contains(err.Error(), `"vault" is not configured`) {
 		t.Errorf("unknown source: %v", err)
@@ -44,7 +53,7 @@ func TestStaticSource(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	for name, cfg := range map[string]Config{
-		"static without user": {Static: map[string]StaticConfig{"a": {}}},
+		"static with nothing": {Static: map[string]StaticConfig{"a": {}}},
 		"embedded both dsns":  {Embedded: map[string]EmbeddedConfig{"a": {AdminDSN: "x", AdminDSNFile: "y"}}},
 		"duplicate names": {Static: map[string]StaticConfig{"a": {Username: "u"}},
 			Embedded: map[string]EmbeddedConfig{"a": {AdminDSN: "x"}}},
@@ -189,7 +198,10 @@ func TestCheckRef(t *testing.T) {
 		{Ref{Source: "vault", Kind: "ssh"}, "vault ssh credential: role is required"},
 		{Ref{Source: "vault", Kind: "kv"}, "vault kv credential: path is required"},
 		{Ref{Source: "vault", Kind: "kv", Path: "secret/data/app"}, ""},
-		{Ref{Source: "vault", Kind: "aws", Role: "x"}, `kind "aws": want database, ssh or kv`},
+		{Ref{Source: "vault", Kind: "aws", Role: "x"}, ""},
+		{Ref{Source: "vault", Kind: "aws", Path: "aws/roles/x"}, `path "aws/roles/x": want aws/creds/ROLE or aws/sts/ROLE`},
+		{Ref{Source: "vault", Kind: "generic"}, "vault generic credential: path is required"},
+		{Ref{Source: "vault", Kind: "nomad", Role: "x"}, `kind "nomad": want database, ssh, kv, aws or generic`},
 		{Ref{Source: "legacy"}, `credential source "legacy" is not configured (have [pg vault])`},
 		{Ref{}, "no credential source named and no default configured"},
 	} {

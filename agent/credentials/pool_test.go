@@ -99,7 +99,9 @@ func BenchmarkIssue(b *testing.B) {
 	pg := testenv.StartPostgres(b)
 	pg.Psql(b, "CREATE ROLE agent_readonly NOLOGIN")
 	srv, err := vaultcompat.New(vaultcompat.Config{Database: &vaultcompat.Database{AdminDSN: pg.AdminDSN(),
-		Roles: map[string]vaultcompat.DatabaseRole{"readonly": {Grants: []string{"agent_readonly"}}}}})
+		Roles: map[string]vaultcompat.DatabaseRole{"readonly": {Grants: []string{"agent_readonly"}}}},
+		KV:  map[string]map[string]any{"ci/forge": {"token": "kv-forge-token-0123456789"}},
+		AWS: &vaultcompat.AWS{Roles: map[string]vaultcompat.AWSRole{"s3-rw": {}}, Keys: &keyStore{keys: map[string]string{}}}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -107,11 +109,15 @@ func BenchmarkIssue(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { srv.Close() })
+	// The http targets' kinds beside the databases': a KV read (nothing
+	// to revoke) and an AWS key pair (a lease).
 	sources := map[string]Ref{
-		"embedded": {Source: "embedded", Template: "agent_readonly"},
-		"vault":    {Source: "vault", Kind: "database", Role: "readonly"},
+		"embedded":  {Source: "embedded", Template: "agent_readonly"},
+		"vault":     {Source: "vault", Kind: "database", Role: "readonly"},
+		"vault-kv":  {Source: "vault", Kind: "kv", Path: "secret/data/ci/forge", Field: "token"},
+		"vault-aws": {Source: "vault", Kind: "aws", Role: "s3-rw"},
 	}
-	for _, name := range []string{"embedded", "vault"} {
+	for _, name := range []string{"embedded", "vault", "vault-kv", "vault-aws"} {
 		for _, pooled := range []bool{false, true} {
 			label := name + "/fresh"
 			if pooled {

@@ -3,6 +3,7 @@ package credentials
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -35,6 +36,9 @@ func newVault(ctx context.Context, cfg VaultConfig) (*vaultSource, error) {
 	}
 	if cfg.SSHMount == "" {
 		cfg.SSHMount = "ssh"
+	}
+	if cfg.AWSMount == "" {
+		cfg.AWSMount = "aws"
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
@@ -220,10 +224,35 @@ func (v *vaultSource) checkRef(ref Ref) error {
 		if ref.Path == "" {
 			return errors.New("vault kv credential: path is required")
 		}
+	case "aws":
+		if _, err := v.awsPath(ref); err != nil {
+			return err
+		}
+	case "generic":
+		if ref.Path == "" {
+			return errors.New("vault generic credential: path is required")
+		}
 	default:
-		return fmt.Errorf("vault credential kind %q: want database, ssh or kv", ref.Kind)
+		return fmt.Errorf("vault credential kind %q: want database, ssh, kv, aws or generic", ref.Kind)
 	}
 	return nil
+}
+
+// awsPath is where an aws credential is read: the path the Ref names
+// (aws/creds/<role> or aws/sts/<role> under the AWS mount), or
+// aws/creds/<role>.
+func (v *vaultSource) awsPath(ref Ref) (string, error) {
+	if ref.Path == "" {
+		if ref.Role == "" {
+			return "", errors.New("vault aws credential: role (aws/creds/ROLE) or path (aws/sts/ROLE) is required")
+		}
+		return v.cfg.AWSMount + "/creds/" + ref.Role, nil
+	}
+	rest, ok := strings.CutPrefix(ref.Path, v.cfg.AWSMount+"/")
+	if kind, role, _ := strings.Cut(rest, "/"); !ok || (kind != "creds" && kind != "sts") || role == "" || strings.Contains(role, "/") {
+		return "", fmt.Errorf("vault aws credential: path %q: want %[2]s/creds/ROLE or %[2]s/sts/ROLE", ref.Path, v.cfg.AWSMount)
+	}
+	return ref.Path, nil
 }
 
 // checkAccess checks nothing: what a Vault role may do is Vault's policy,
@@ -238,8 +267,12 @@ func (v *vaultSource) issueKind(ctx context.Context, req Request, commit func(st
 		return v.issueSSH(ctx, req)
 	case "kv":
 		return v.issueKV(ctx, req)
+	case "aws":
+		return v.issueAWS(ctx, req, commit)
+	case "generic":
+		return v.issueGeneric(ctx, req, commit)
 	}
-	return grant{}, fmt.Errorf("vault credential kind %q: want database, ssh or kv", req.Ref.Kind)
+	return grant{}, fmt.Errorf("vault credential kind %q: want database, ssh, kv, aws or generic", req.Ref.Kind)
 }
 
 func (v *vaultSource) issueDatabase(ctx context.Context, req Request, commit func(string) error) (grant, error) {
@@ -279,6 +312,95 @@ func (v *vaultSource) issueDatabase(ctx context.Context, req Request, commit fun
 			if req.Ref.TTL > 0 {
 				g.renewTTL = req.Ref.TTL
 			}
+		}
+	}
+	return g, nil
+}
+
+// issueAWS reads an AWS key pair: Username is the access key id,
+// Password the secret key, Data["security_token"] the session token of
+// temporary keys. The lease is journaled before the keys are used.
+func (v *vaultSource) issueAWS(ctx context.Context, req Request, commit func(string) error) (grant, error) {
+	path, err := v.awsPath(req.Ref)
+	if err != nil {
+		return grant{}, err
+	}
+	s, err := v.client.Logical().ReadWithContext(ctx, path)
+	if err != nil {
+		return grant{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	if s == nil || s.Data == nil {
+		return grant{}, fmt.Errorf("read %s: no credential returned", path)
+	}
+	if s.LeaseID != "" {
+		if err := commit(s.LeaseID); err != nil {
+			v.client.Sys().RevokeWithContext(context.WithoutCancel(ctx), s.LeaseID)
+			return grant{}, err
+		}
+	}
+	access, _ := s.Data["access_key"].(string)
+	secretKey, _ := s.Data["secret_key"].(string)
+	if access == "" || secretKey == "" {
+		return grant{}, fmt.Errorf("read %s: response lacks access_key or secret_key", path)
+	}
+	g := grant{cred: Credential{Username: access, Password: secretKey, Data: map[string]string{}}, handle: s.LeaseID}
+	if tok, _ := s.Data["security_token"].(string); tok != "" {
+		g.cred.Data["security_token"] = tok
+	}
+	if s.LeaseDuration > 0 {
+		lease := time.Duration(s.LeaseDuration) * time.Second
+		g.cred.Expires = time.Now().Add(lease)
+		if s.Renewable {
+			g.renewTTL = cmp.Or(req.Ref.TTL, lease)
+		}
+	}
+	return g, nil
+}
+
+// issueGeneric reads any Vault path (a plugin's token endpoint, say):
+// every field of the response is in Data (strings as they are, other
+// values as JSON), Password is the field the Ref names, and a lease the
+// response carries is journaled, renewed and revoked like any other.
+func (v *vaultSource) issueGeneric(ctx context.Context, req Request, commit func(string) error) (grant, error) {
+	path := req.Ref.Path
+	s, err := v.client.Logical().ReadWithContext(ctx, path)
+	if err != nil {
+		return grant{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	if s == nil || s.Data == nil {
+		return grant{}, fmt.Errorf("read %s: nothing there", path)
+	}
+	if s.LeaseID != "" {
+		if err := commit(s.LeaseID); err != nil {
+			v.client.Sys().RevokeWithContext(context.WithoutCancel(ctx), s.LeaseID)
+			return grant{}, err
+		}
+	}
+	cred := Credential{Data: make(map[string]string, len(s.Data))}
+	for k, val := range s.Data {
+		switch val := val.(type) {
+		case string:
+			cred.Data[k] = val
+		case nil:
+		default:
+			b, _ := json.Marshal(val)
+			cred.Data[k] = string(b)
+		}
+	}
+	cred.Username = cred.Data["username"]
+	if f := req.Ref.Field; f != "" {
+		val, ok := cred.Data[f]
+		if !ok {
+			return grant{}, fmt.Errorf("read %s: the response has no field %q", path, f)
+		}
+		cred.Password = val
+	}
+	g := grant{cred: cred, handle: s.LeaseID}
+	if s.LeaseDuration > 0 && s.LeaseID != "" {
+		lease := time.Duration(s.LeaseDuration) * time.Second
+		g.cred.Expires = time.Now().Add(lease)
+		if s.Renewable {
+			g.renewTTL = cmp.Or(req.Ref.TTL, lease)
 		}
 	}
 	return g, nil
@@ -343,6 +465,13 @@ func (v *vaultSource) issueKV(ctx context.Context, req Request) (grant, error) {
 		cred.Data[k] = fmt.Sprint(val)
 	}
 	cred.Username, cred.Password = cred.Data["username"], cred.Data["password"]
+	if f := req.Ref.Field; f != "" {
+		v, ok := cred.Data[f]
+		if !ok {
+			return grant{}, fmt.Errorf("read %s: the secret has no field %q", req.Ref.Path, f)
+		}
+		cred.Password = v
+	}
 	return grant{cred: cred}, nil
 }
 

@@ -342,6 +342,18 @@ func testVaultKV(t *testing.T, pg *testenv.Postgres) {
 		t.Errorf("KV credential %+v", c)
 	}
 	l.Close(t.Context())
+	// A field names the secret an HTTP target's template calls .secret.
+	l, err = m.Issue(t.Context(), Request{Ref: Ref{Source: "vault", Kind: "kv", Path: "secret/data/app", Field: "region"}, Target: "api"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := l.Credential(); c.Password != "eu" || c.Username != "app" {
+		t.Errorf("KV credential with field: %+v", c)
+	}
+	l.Close(t.Context())
+	if _, err := m.Issue(t.Context(), Request{Ref: Ref{Source: "vault", Kind: "kv", Path: "secret/data/app", Field: "token"}}); !errors.Is(err, ErrNotIssued) || !strings.Contains(err.Error(), `no field "token"`) {
+		t.Errorf("missing KV field: %v", err)
+	}
 	if _, err := m.Issue(t.Context(), Request{Ref: Ref{Source: "vault", Kind: "kv", Path: "secret/data/missing"}}); !errors.Is(err, ErrNotIssued) {
 		t.Errorf("missing KV secret: %v", err)
 	}

@@ -68,6 +68,10 @@ type Daemon struct {
 	metrics    *metrics.Metrics
 	dns        *dnsServer // answers tagged DNS (dns.go)
 	sessions   *session.Pipeline
+	// placeholders are the releases of the credentials behind each exec
+	// cgroup's placeholders (exec.go).
+	placeholderMu sync.Mutex
+	placeholders  map[string][]func()
 	// rules keeps the policy's kernel rules in the maps (start, reload,
 	// tag, target refresh) and explains the refusals they make.
 	rules *datapath.PolicyRules

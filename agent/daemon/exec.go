@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -45,13 +47,19 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
+	env, err := d.execPlaceholders(r.Context(), rel, req)
+	if err != nil {
+		d.releaseExec(abs, rel)
+		control.WriteError(w, http.StatusBadGateway, "%v", err)
+		return
+	}
 	if err := os.WriteFile(filepath.Join(abs, "cgroup.procs"), []byte(strconv.Itoa(req.PID)), 0); err != nil {
 		d.releaseExec(abs, rel)
 		control.WriteError(w, http.StatusInternalServerError, "move pid %d into %s: %v", req.PID, rel, err)
 		return
 	}
 	d.chain.Record(audit.Exec{Identity: req.Identity, PID: req.PID, ByUID: p.UID, Cgroup: rel})
-	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel})
+	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel, Env: env})
 }
 
 func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
@@ -75,6 +83,7 @@ func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
 // releaseExec untags and removes an exec cgroup. Untag comes after the
 // cgroup is empty and before rmdir, so no process of it ever runs untagged.
 func (d *Daemon) releaseExec(abs, rel string) {
+	d.releasePlaceholders(rel)
 	if err := d.tag(abs, rel, "", "exec ended"); err != nil {
 		d.log.Warn().Err(err).Str("cgroup", rel).Msg("untag exec cgroup")
 	}
@@ -175,5 +184,54 @@ func (d *Daemon) pruneRemovedCgroups() {
 		}
 		d.ids.setTag(rel, id, "")
 		d.chain.Record(audit.Untagged{Cgroup: rel, Reason: "cgroup removed"})
+	}
+}
+
+// envName is an environment variable name a placeholder may take.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+
+// execPlaceholders issues the credential of each target an exec asked a
+// placeholder for and returns the command's VAR=placeholder environment;
+// the credentials last as long as the exec cgroup (releaseExec).
+func (d *Daemon) execPlaceholders(ctx context.Context, rel string, req control.ExecRequest) ([]string, error) {
+	if len(req.Placeholders) == 0 {
+		return nil, nil
+	}
+	vars := make([]string, 0, len(req.Placeholders))
+	for v := range req.Placeholders {
+		vars = append(vars, v)
+	}
+	sort.Strings(vars)
+	var env []string
+	for _, v := range vars {
+		if !envName.MatchString(v) {
+			d.releasePlaceholders(rel)
+			return nil, fmt.Errorf("placeholder %q: not an environment variable name", v)
+		}
+		ph, release, err := d.sessions.Placeholder(ctx, req.Identity, req.Placeholders[v], rel)
+		if err != nil {
+			d.releasePlaceholders(rel)
+			return nil, fmt.Errorf("placeholder %s: %w", v, err)
+		}
+		d.placeholderMu.Lock()
+		if d.placeholders == nil {
+			d.placeholders = map[string][]func(){}
+		}
+		d.placeholders[rel] = append(d.placeholders[rel], release)
+		d.placeholderMu.Unlock()
+		env = append(env, v+"="+ph)
+	}
+	return env, nil
+}
+
+// releasePlaceholders ends the placeholders of an exec cgroup: their
+// credentials are revoked, and the values are no longer swapped.
+func (d *Daemon) releasePlaceholders(rel string) {
+	d.placeholderMu.Lock()
+	releases := d.placeholders[rel]
+	delete(d.placeholders, rel)
+	d.placeholderMu.Unlock()
+	for _, release := range releases {
+		release()
 	}
 }

@@ -119,15 +119,22 @@ type Pipeline struct {
 	cfg      Config
 	decoders map[string]protocol.Decoder
 	limits   sessionLimits
+	// secrets are the credentials sessions hold now and the placeholders
+	// standing for them: the leak guard's (see httpGuard).
+	secrets secretSet
 }
 
 // New returns a pipeline with the decoders of this build.
 func New(cfg Config) *Pipeline {
 	p := &Pipeline{cfg: cfg}
+	// The HTTP decoder's caps come from interlockd.yaml; its guard is this
+	// pipeline's leak guard.
+	httpDec := cfg.HTTP.Decoder(p.httpTarget)
+	httpDec.Guard = httpGuard{p}
 	p.decoders = map[string]protocol.Decoder{
 		"postgres": &postgres.Decoder{},
 		"ssh":      &ssh.Decoder{Target: p.sshTarget},
-		"http":     cfg.HTTP.Decoder(p.httpTarget),
+		"http":     httpDec,
 	}
 	return p
 }

@@ -29,6 +29,9 @@ type upstream struct {
 	lease  credentials.Lease // nil for a credential with nothing to revoke
 	cred   protocol.Credential
 	err    error
+	// forget drops the credential's secret from the leak guard's set,
+	// once revoked; nil for a secret that outlives the session.
+	forget func()
 }
 
 // Addr implements protocol.Upstream.
@@ -73,6 +76,13 @@ func (u *upstream) Credential(ctx context.Context, r protocol.CredentialRequest)
 	cred := lease.Credential()
 	u.issued, u.lease = true, lease
 	u.cred = protocol.Credential{Username: cred.Username, Password: cred.Password, Certificate: cred.Certificate, PrivateKey: cred.PrivateKey, Fields: cred.Data}
+	if cred.Expires.IsZero() {
+		// It stays valid after the session (static, KV): guarded for
+		// good.
+		u.p.secrets.keep(cred.Password, t.Name)
+	} else {
+		u.forget = u.p.secrets.add(cred.Password, t.Name)
+	}
 	u.p.record(audit.CredentialIssued{Session: u.c.id, Identity: u.c.identity.Name, Target: t.Name, Source: source, Username: cred.Username})
 	return u.cred, nil
 }
@@ -108,6 +118,10 @@ func (u *upstream) sshCertificate(r protocol.CredentialRequest) (protocol.Creden
 func (u *upstream) revoke() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.forget != nil {
+		u.forget()
+		u.forget = nil
+	}
 	if u.lease == nil {
 		return
 	}

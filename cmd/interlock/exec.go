@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -33,12 +34,13 @@ var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, sys
 type execOptions struct {
 	identity, user string
 	noCAEnv        bool
+	placeholders   []string // VAR=target
 }
 
 func newExecCmd(a *cli) *cobra.Command {
 	var o execOptions
 	cmd := &cobra.Command{
-		Use:   "exec --identity NAME [--user USER] [--no-ca-env] -- CMD [ARGS...]",
+		Use:   "exec --identity NAME [--user USER] [--no-ca-env] [--placeholder VAR=TARGET]... -- CMD [ARGS...]",
 		Short: "Run a command in a fresh cgroup tagged with an identity",
 		Long: `exec runs CMD in a new cgroup that interlockd creates and tags with the
 identity: the command's first instruction already runs tagged, so every
@@ -57,8 +59,15 @@ AWS_CA_BUNDLE at a bundle of the system roots plus the certificate. A
 PGSSLROOTCERT already set is kept; the others are replaced (with a note on
 stderr when they named something other than the system roots). --no-ca-env
 leaves them all. With --user, the command runs as that user, with its groups and
-HOME, as a login sets them.`,
+HOME, as a login sets them.
+
+--placeholder VAR=TARGET sets VAR to a fake token of the shape of the secret
+interlockd injects for the http target TARGET, for tools that insist on a
+token in their environment: interlockd swaps it for the real secret on
+requests to TARGET only, refuses (and audits) any request that carries it
+elsewhere, and revokes the credential behind it when the command ends.`,
 		Example: `  interlock exec --identity ci-bot -- psql -h db.internal -c 'SELECT 1'
+  interlock exec --identity ci-bot --placeholder GITHUB_TOKEN=forge -- gh repo list
   interlock exec --identity ci-bot --user runner -- ./deploy.sh --dry-run`,
 		DisableFlagsInUseLine: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -71,6 +80,7 @@ HOME, as a login sets them.`,
 	cmd.Flags().StringVar(&o.identity, "identity", "", "identity the command acts as")
 	cmd.Flags().StringVar(&o.user, "user", "", "run the command as this user (its groups and HOME, as a login sets them)")
 	cmd.Flags().BoolVar(&o.noCAEnv, "no-ca-env", false, "leave the environment's CA variables (SSL_CERT_FILE, PGSSLROOTCERT, ...) as they are")
+	cmd.Flags().StringArrayVar(&o.placeholders, "placeholder", nil, "VAR=TARGET: set VAR to a placeholder of TARGET's injected secret (repeatable)")
 	return cmd
 }
 
@@ -79,6 +89,15 @@ func execCommand(ctx context.Context, c *control.Client, o execOptions, argv []s
 	if o.identity == "" || len(argv) == 0 {
 		fmt.Fprintln(stderr, "usage: interlock exec --identity NAME [--user USER] -- CMD [ARGS...]")
 		return 2
+	}
+	placeholders := map[string]string{}
+	for _, p := range o.placeholders {
+		v, target, ok := strings.Cut(p, "=")
+		if !ok || v == "" || target == "" {
+			fmt.Fprintf(stderr, "interlock: --placeholder %q: want VAR=TARGET\n", p)
+			return 2
+		}
+		placeholders[v] = target
 	}
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
@@ -138,13 +157,15 @@ func execCommand(ctx context.Context, c *control.Client, o execOptions, argv []s
 	}
 	gate.Close()
 	var ans control.ExecAnswer
-	if err := c.Call(ctx, "/v1/exec", control.ExecRequest{Identity: o.identity, PID: cmd.Process.Pid}, &ans); err != nil {
+	if err := c.Call(ctx, "/v1/exec", control.ExecRequest{Identity: o.identity, PID: cmd.Process.Pid, Placeholders: placeholders}, &ans); err != nil {
 		release.Close() // the shim sees EOF and exits without running the command
 		cmd.Wait()
 		fmt.Fprintf(stderr, "interlock: %v\n", err)
 		return exitInterlock
 	}
-	release.Write([]byte{1})
+	// The go-ahead, then the placeholders the command's environment gets
+	// (known only now: interlockd issued them for this exec).
+	release.Write(append([]byte{1}, strings.Join(ans.Env, "\x00")...))
 	release.Close()
 	uid := uint32(os.Getuid())
 	if cmd.SysProcAttr.Credential != nil {
@@ -192,15 +213,19 @@ func exitCode(cmd *exec.Cmd, err error) int {
 // the command.
 func execShim(args []string) int {
 	gate := os.NewFile(3, "gate")
-	var b [1]byte
-	if n, _ := gate.Read(b[:]); n != 1 {
+	msg, _ := io.ReadAll(gate)
+	if len(msg) == 0 || msg[0] != 1 {
 		return exitInterlock // interlock refused or died: never run untagged
 	}
 	gate.Close()
+	env := os.Environ()
+	if len(msg) > 1 {
+		env = append(env, strings.Split(string(msg[1:]), "\x00")...)
+	}
 	if len(args) == 0 {
 		return exitInterlock
 	}
-	err := syscall.Exec(args[0], append([]string{os.Args[0]}, args[1:]...), os.Environ())
+	err := syscall.Exec(args[0], append([]string{os.Args[0]}, args[1:]...), env)
 	fmt.Fprintf(os.Stderr, "interlock: exec %s: %v\n", args[0], err)
 	return 126
 }

@@ -80,6 +80,9 @@ type Decoder struct {
 	// request (DefaultIdleTimeout if 0): an idle connection still holds
 	// one of its identity's sessions.
 	IdleTimeout time.Duration
+	// Guard, when set, sees every allowed request and every response
+	// (credentials, the leak guard).
+	Guard Guard
 }
 
 func orDefault[T int | int64 | uint32 | time.Duration](v, def T) T {

@@ -113,9 +113,20 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 				}
 			}}
 	}
+	if c.d.Guard != nil {
+		if err := c.d.Guard.Outbound(ctx, c.s, c.target, out); err != nil {
+			return c.refused(err)
+		}
+	}
 	resp, err := c.transport.RoundTrip(out)
 	if err != nil {
-		var verr *tls.CertificateVerificationError
+		var (
+			verr *tls.CertificateVerificationError
+			ref  *Refusal
+		)
+		if errors.As(err, &ref) {
+			return c.refused(ref)
+		}
 		if errors.As(err, &verr) {
 			c.end(&protocol.RefusedError{Outcome: "upstream certificate", Err: fmt.Errorf("%s: %w", host, err)})
 			return c.own(nethttp.StatusBadGateway, fmt.Sprintf("the upstream certificate for %s does not verify", host))
@@ -126,6 +137,12 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 		return c.own(nethttp.StatusBadGateway, "upstream: "+err.Error())
 	}
 	removeHopHeaders(resp.Header)
+	if c.d.Guard != nil {
+		if err := c.d.Guard.Inbound(c.s, c.target, resp); err != nil {
+			resp.Body.Close()
+			return c.own(nethttp.StatusBadGateway, err.Error())
+		}
+	}
 	if mask != nil {
 		if err := maskResponse(resp, mask); err != nil {
 			return c.own(nethttp.StatusBadGateway, "the response could not be masked: "+err.Error())
@@ -141,6 +158,15 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 		}
 	}}
 	return resp
+}
+
+// refused answers a request a Guard refused.
+func (c *conn) refused(err error) *nethttp.Response {
+	var ref *Refusal
+	if errors.As(err, &ref) {
+		return c.own(ref.Status, ref.Message)
+	}
+	return c.own(nethttp.StatusBadGateway, err.Error())
 }
 
 // end records why the session must end, the first time.

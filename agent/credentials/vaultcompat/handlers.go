@@ -1,6 +1,7 @@
 package vaultcompat
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
@@ -86,7 +87,13 @@ func (s *Server) routes() {
 	write("/v1/sys/leases/revoke", s.revokeLease, true)
 	read("/v1/secret/data/{path...}", s.kvRead, true)
 	write("/v1/secret/data/{path...}", s.kvWrite, true)
+	s.mux.Handle("DELETE /v1/secret/data/{path...}", s.wrap(s.kvDelete, true))
+	read("/v1/secret/metadata/{path...}", s.kvMetadata, true)
 	write("/v1/ssh/sign/{role}", s.sshSign, true)
+	for _, kind := range []string{"creds", "sts"} {
+		read("/v1/aws/"+kind+"/{role}", s.awsCreds, true)
+		write("/v1/aws/"+kind+"/{role}", s.awsCreds, true)
+	}
 }
 
 func (s *Server) wrap(h handler, auth bool) http.Handler {
@@ -289,7 +296,10 @@ func (s *Server) databaseCreds(r *http.Request, tok *token) (*response, error) {
 	}
 	id := "database/creds/" + roleName + "/" + randomHex(12)
 	s.mu.Lock()
-	s.leases[id] = &lease{role: user, ttl: ttl, expires: now.Add(ttl), maxExpiry: now.Add(maxTTL)}
+	s.leases[id] = &lease{
+		revoke:    func(ctx context.Context) error { return s.admin.Drop(ctx, user, "") },
+		extend:    func(ctx context.Context, until time.Time) error { return s.admin.Extend(ctx, user, until) },
+		renewable: true, ttl: ttl, expires: now.Add(ttl), maxExpiry: now.Add(maxTTL)}
 	s.mu.Unlock()
 	return &response{LeaseID: id, Renewable: true, LeaseDuration: seconds(ttl),
 		Data: map[string]any{"username": user, "password": password}}, nil
@@ -327,14 +337,20 @@ func (s *Server) renewLease(r *http.Request, _ *token) (*response, error) {
 		s.mu.Unlock()
 		return nil, errorf(http.StatusBadRequest, "lease not found")
 	}
+	if !l.renewable {
+		s.mu.Unlock()
+		return nil, errorf(http.StatusBadRequest, "lease is not renewable")
+	}
 	if inc <= 0 {
 		inc = l.ttl
 	}
 	exp := earlier(time.Now().Add(inc), l.maxExpiry)
-	role := l.role
+	extend := l.extend
 	s.mu.Unlock()
-	if err := s.admin.Extend(r.Context(), role, exp); err != nil {
-		return nil, errorf(http.StatusInternalServerError, "renew lease: %v", err)
+	if extend != nil {
+		if err := extend(r.Context(), exp); err != nil {
+			return nil, errorf(http.StatusInternalServerError, "renew lease: %v", err)
+		}
 	}
 	s.mu.Lock()
 	if l, ok := s.leases[body.LeaseID]; ok && exp.After(l.expires) {
@@ -358,7 +374,7 @@ func (s *Server) revokeLease(r *http.Request, _ *token) (*response, error) {
 		// Vault answers 204 for unknown leases too: revocation is idempotent.
 		return nil, nil
 	}
-	if err := s.admin.Drop(r.Context(), l.role, ""); err != nil {
+	if err := l.revoke(r.Context()); err != nil {
 		return nil, errorf(http.StatusInternalServerError, "revoke lease: %v", err)
 	}
 	s.mu.Lock()
@@ -367,12 +383,33 @@ func (s *Server) revokeLease(r *http.Request, _ *token) (*response, error) {
 	return nil, nil
 }
 
+// kvVersion picks the version a read asks for (?version=N, 0 or absent:
+// the latest). Callers hold s.mu.
+func (s *Server) kvVersion(r *http.Request) (*kvSecret, *kvEntry, error) {
+	sec, ok := s.kv[r.PathValue("path")]
+	if !ok || len(sec.versions) == 0 {
+		return nil, nil, errorf(http.StatusNotFound, "")
+	}
+	n := len(sec.versions)
+	if v := r.URL.Query().Get("version"); v != "" && v != "0" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 || n > len(sec.versions) {
+			return nil, nil, errorf(http.StatusNotFound, "")
+		}
+	}
+	return sec, sec.versions[n-1], nil
+}
+
+// kvRead answers a KV v2 read: a deleted or destroyed version reads as
+// absent (404), as in Vault.
 func (s *Server) kvRead(r *http.Request, _ *token) (*response, error) {
-	path := r.PathValue("path")
 	s.mu.Lock()
-	e, ok := s.kv[path]
-	s.mu.Unlock()
-	if !ok {
+	defer s.mu.Unlock()
+	_, e, err := s.kvVersion(r)
+	if err != nil {
+		return nil, err
+	}
+	if e.destroyed || !e.deleted.IsZero() {
 		return nil, errorf(http.StatusNotFound, "")
 	}
 	return &response{Data: map[string]any{"data": e.data, "metadata": kvMeta(e)}}, nil
@@ -380,7 +417,10 @@ func (s *Server) kvRead(r *http.Request, _ *token) (*response, error) {
 
 func (s *Server) kvWrite(r *http.Request, _ *token) (*response, error) {
 	var body struct {
-		Data map[string]any `json:"data"`
+		Data    map[string]any `json:"data"`
+		Options struct {
+			CAS *int `json:"cas"`
+		} `json:"options"`
 	}
 	if err := decodeBody(r, &body); err != nil {
 		return nil, err
@@ -390,18 +430,62 @@ func (s *Server) kvWrite(r *http.Request, _ *token) (*response, error) {
 	}
 	path := r.PathValue("path")
 	s.mu.Lock()
-	e := &kvEntry{data: body.Data, version: 1, created: time.Now()}
-	if old, ok := s.kv[path]; ok {
-		e.version = old.version + 1
+	defer s.mu.Unlock()
+	sec, ok := s.kv[path]
+	if !ok {
+		sec = &kvSecret{created: time.Now()}
+		s.kv[path] = sec
 	}
-	s.kv[path] = e
-	s.mu.Unlock()
+	if body.Options.CAS != nil && *body.Options.CAS != len(sec.versions) {
+		return nil, errorf(http.StatusBadRequest, "check-and-set parameter did not match the current version")
+	}
+	e := &kvEntry{data: body.Data, version: len(sec.versions) + 1, created: time.Now()}
+	sec.versions = append(sec.versions, e)
 	return &response{Data: kvMeta(e)}, nil
 }
 
+// kvDelete soft-deletes the latest version, as DELETE secret/data/<path>
+// does in Vault: older versions stay readable with ?version=N.
+func (s *Server) kvDelete(r *http.Request, _ *token) (*response, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sec, ok := s.kv[r.PathValue("path")]
+	if ok && len(sec.versions) > 0 {
+		sec.versions[len(sec.versions)-1].deleted = time.Now()
+	}
+	return nil, nil
+}
+
+// kvMetadata lists a secret's versions (GET secret/metadata/<path>).
+func (s *Server) kvMetadata(r *http.Request, _ *token) (*response, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sec, ok := s.kv[r.PathValue("path")]
+	if !ok {
+		return nil, errorf(http.StatusNotFound, "")
+	}
+	versions := map[string]any{}
+	for _, e := range sec.versions {
+		m := kvMeta(e)
+		delete(m, "version")
+		delete(m, "custom_metadata")
+		versions[strconv.Itoa(e.version)] = m
+	}
+	last := sec.versions[len(sec.versions)-1]
+	return &response{Data: map[string]any{
+		"current_version": last.version, "oldest_version": 1, "max_versions": 0, "cas_required": false,
+		"created_time": sec.created.UTC().Format(time.RFC3339Nano), "updated_time": last.created.UTC().Format(time.RFC3339Nano),
+		"delete_version_after": "0s", "custom_metadata": nil, "versions": versions,
+	}}, nil
+}
+
 func kvMeta(e *kvEntry) map[string]any {
+	deleted := ""
+	if !e.deleted.IsZero() {
+		deleted = e.deleted.UTC().Format(time.RFC3339Nano)
+	}
 	return map[string]any{"version": e.version, "created_time": e.created.UTC().Format(time.RFC3339Nano),
-		"deletion_time": "", "destroyed": false, "custom_metadata": nil}
+		"deletion_time": deleted, "destroyed": e.destroyed, "custom_metadata": nil}
 }
 
 func (s *Server) sshSign(r *http.Request, tok *token) (*response, error) {
@@ -489,7 +573,7 @@ func (s *Server) sshSign(r *http.Request, tok *token) (*response, error) {
 	}}, nil
 }
 
-// Leases returns the ids of the database leases currently live (tests).
+// Leases returns the ids of the leases currently live (tests).
 func (s *Server) Leases() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -18,9 +18,13 @@
 //	GET  /v1/database/creds/<role>        CREATE ROLE ... VALID UNTIL, member of the role's grants
 //	PUT  /v1/sys/leases/renew             {lease_id, increment}: ALTER ROLE ... VALID UNTIL
 //	PUT  /v1/sys/leases/revoke            {lease_id}: terminate backends, DROP ROLE
-//	GET  /v1/secret/data/<path>           KV v2 read
-//	PUT  /v1/secret/data/<path>           KV v2 write {data}
+//	GET  /v1/secret/data/<path>[?version=N]  KV v2 read (versions kept)
+//	PUT  /v1/secret/data/<path>           KV v2 write {data, options: {cas}}
+//	DELETE /v1/secret/data/<path>         KV v2 soft delete of the latest version
+//	GET  /v1/secret/metadata/<path>       KV v2 metadata: the versions
 //	PUT  /v1/ssh/sign/<role>              {public_key, valid_principals, ttl}
+//	GET  /v1/aws/creds/<role>             an access key (lease: renewable; revoked: deleted)
+//	GET  /v1/aws/sts/<role>               an access key with a session token (lease: not renewable)
 //	GET  /v1/ssh/public_key               the CA public key
 //
 // Leases and tokens expire as in Vault: an expired database lease is revoked
@@ -70,6 +74,8 @@ type Config struct {
 	SSH *SSH `yaml:"ssh"`
 	// KV seeds the KV v2 engine mounted at secret/: path -> data.
 	KV map[string]map[string]any `yaml:"kv"`
+	// AWS configures the AWS secrets engine.
+	AWS *AWS `yaml:"aws"`
 }
 
 // AppRole is one AppRole's credentials.
@@ -129,7 +135,7 @@ type Server struct {
 	mu     sync.Mutex
 	tokens map[string]*token
 	leases map[string]*lease
-	kv     map[string]*kvEntry
+	kv     map[string]*kvSecret
 	ln     net.Listener
 	hs     *http.Server
 	addr   string
@@ -146,17 +152,30 @@ type token struct {
 	maxExpiry time.Time
 }
 
+// lease is a secret that expires unless renewed: revoke makes it stop
+// working (drops a PostgreSQL role, deletes an AWS key); extend, when set,
+// moves the expiry the secret itself carries (a role's VALID UNTIL).
 type lease struct {
-	role      string // PostgreSQL role
+	revoke    func(ctx context.Context) error
+	extend    func(ctx context.Context, until time.Time) error
+	renewable bool
 	ttl       time.Duration
 	expires   time.Time
 	maxExpiry time.Time
 }
 
+// kvSecret is one KV v2 path: every version written, the latest last.
+type kvSecret struct {
+	versions []*kvEntry
+	created  time.Time
+}
+
 type kvEntry struct {
-	data    map[string]any
-	version int
-	created time.Time
+	data      map[string]any
+	version   int
+	created   time.Time
+	deleted   time.Time // zero unless soft-deleted
+	destroyed bool
 }
 
 // New builds a server from cfg; Start makes it listen. It does not connect
@@ -166,7 +185,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:    cfg,
 		tokens: map[string]*token{},
 		leases: map[string]*lease{},
-		kv:     map[string]*kvEntry{},
+		kv:     map[string]*kvSecret{},
 	}
 	if s.cfg.RootToken == "" {
 		s.cfg.RootToken = "root-" + randomHex(12)
@@ -193,7 +212,8 @@ func New(cfg Config) (*Server, error) {
 		s.ca = signer
 	}
 	for path, data := range cfg.KV {
-		s.kv[path] = &kvEntry{data: data, version: 1, created: time.Now()}
+		now := time.Now()
+		s.kv[path] = &kvSecret{versions: []*kvEntry{{data: data, version: 1, created: now}}, created: now}
 	}
 	if cfg.TLSCert != "" || cfg.TLSKey != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -317,12 +337,12 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if s.admin != nil {
-		for _, l := range leases {
-			if e := s.admin.Drop(ctx, l.role, ""); e != nil {
-				err = errors.Join(err, e)
-			}
+	for _, l := range leases {
+		if e := l.revoke(ctx); e != nil {
+			err = errors.Join(err, e)
 		}
+	}
+	if s.admin != nil {
 		s.admin.Close()
 	}
 	return err
@@ -357,7 +377,7 @@ func (s *Server) reap(ctx context.Context) {
 		s.mu.Unlock()
 		for _, l := range expired {
 			dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			s.admin.Drop(dctx, l.role, "")
+			l.revoke(dctx)
 			cancel()
 		}
 	}

@@ -191,6 +191,27 @@ func TestKV(t *testing.T) {
 	if _, err := kv.Get(ctx, "missing"); !errors.Is(err, vault.ErrSecretNotFound) {
 		t.Errorf("missing secret: %v", err)
 	}
+	// Versions are kept: the first stays readable, and a write must name
+	// the current version when it asks for check-and-set.
+	if got, err := kv.GetVersion(ctx, "app/db", 1); err != nil || got.Data["password"] != "p1" {
+		t.Errorf("version 1: %+v %v", got, err)
+	}
+	if _, err := kv.Put(ctx, "app/db", map[string]any{"password": "p3"}, vault.WithCheckAndSet(1)); err == nil {
+		t.Error("stale check-and-set accepted")
+	}
+	if err := kv.Delete(ctx, "app/db"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, "app/db"); err == nil {
+		t.Error("deleted version still read")
+	}
+	if got, err := kv.GetVersion(ctx, "app/db", 1); err != nil || got.Data["password"] != "p1" {
+		t.Errorf("version 1 after delete: %+v %v", got, err)
+	}
+	meta, err := kv.GetMetadata(ctx, "app/db")
+	if err != nil || meta.CurrentVersion != 2 || len(meta.Versions) != 2 || meta.Versions["2"].DeletionTime.IsZero() {
+		t.Errorf("metadata: %+v %v", meta, err)
+	}
 }
 
 func TestSSHSignWithCAFile(t *testing.T) {
