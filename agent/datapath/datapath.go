@@ -207,7 +207,12 @@ type Datapath struct {
 	links       []link.Link
 	events      *ringbuf.Reader
 	netnsCookie uint64
+	netnsInode  uint64
 	gaps        []string
+	// spec and pinDir load and pin the proxy_lookup program of every
+	// other network namespace served (EnterNetns).
+	spec   *ebpf.CollectionSpec
+	pinDir string
 }
 
 // Open loads the programs and attaches them at cfg.CgroupRoot, or re-adopts
@@ -255,7 +260,11 @@ func Open(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
-	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns}
+	var st unix.Stat_t
+	if err := unix.Stat(threadNetns, &st); err != nil {
+		return nil, fmt.Errorf("stat network namespace: %w", err)
+	}
+	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns, netnsInode: st.Ino, spec: spec, pinDir: cfg.PinDir}
 	ok := false
 	defer func() {
 		if !ok {
@@ -741,7 +750,7 @@ func replaceLSM(path string, p program, prog *ebpf.Program) (link.Link, error) {
 // links and maps: the only way to stop enforcement. Missing pins are not an
 // error, so it can be repeated.
 func Uninstall(pinDir string) error {
-	var errs []error
+	errs := []error{uninstallNetns(pinDir)}
 	for _, name := range linkNames() {
 		path := linkPin(pinDir, name)
 		l, err := link.LoadPinnedLink(path, nil)
