@@ -46,6 +46,7 @@ type Daemon struct {
 
 	mount      string // cgroup2 mount point
 	root       string // absolute cgroup dir the programs are attached at
+	self       uint64 // interlockd's own cgroup when inside root: never tagged
 	dp         *datapath.Datapath
 	ids        *identities
 	policy     *policy.Engine
@@ -230,6 +231,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if err != nil {
 		return err
 	}
+	d.self = selfID
 	if err := ensureBPFFS(d.cfg.BPFFS); err != nil {
 		return err
 	}
@@ -315,6 +317,8 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	for _, l := range d.listeners {
 		go d.proxy.Serve(l)
 	}
+	namespacesDone := make(chan struct{})
+	go d.serveNamespaces(ctx, namespacesDone)
 	d.dns.serve(ctx)
 	go d.readDenyEvents()
 	go d.collectExecCgroups(ctx)
@@ -338,6 +342,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}
 	close(d.stopping)
 	d.closeListeners()
+	<-namespacesDone
 	d.dns.close()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -99,7 +99,12 @@ func Listen(ctx context.Context, network, addr string) (*net.TCPListener, error)
 }
 
 // Serve accepts on l until l is closed or the server shuts down.
-func (s *Server) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error { return s.ServeWith(l, s.Identifier) }
+
+// ServeWith is Serve with id identifying l's connections in place of the
+// server's Identifier: for a listener in another network namespace, whose
+// connections are recorded under that namespace.
+func (s *Server) ServeWith(l net.Listener, id Identifier) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -118,7 +123,7 @@ func (s *Server) Serve(l net.Listener) error {
 			return nil
 		}
 		s.wg.Add(1)
-		go s.serveConn(tc)
+		go s.serveConn(tc, id)
 	}
 }
 
@@ -138,12 +143,12 @@ func (s *Server) untrack(c *net.TCPConn) {
 	s.mu.Unlock()
 }
 
-func (s *Server) serveConn(c *net.TCPConn) {
+func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
 	defer s.wg.Done()
 	defer s.untrack(c)
 	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	id, dst, err := s.Identifier.Identify(peer, local)
+	id, dst, err := identifier.Identify(peer, local)
 	if err != nil {
 		// Not redirected by our programs (or the record is gone): nobody we
 		// can vouch for, so nothing is relayed.
