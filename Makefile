@@ -16,7 +16,7 @@ all: build
 # Debian packages the build, the tests and the benchmarks use (as root).
 DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
   iproute2 procps util-linux netcat-openbsd openssh-client openssh-server rsync \
-  nodejs python3-requests \
+  nodejs python3-requests docker.io \
   postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
   tshark chromium nginx-light \
   debootstrap qemu-system-x86 qemu-utils busybox-static cpio xz-utils

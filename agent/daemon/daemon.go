@@ -67,7 +67,8 @@ type Daemon struct {
 	recorder   *recording.Recorder
 	approvals  *approvals.Service
 	metrics    *metrics.Metrics
-	dns        *dnsServer // answers tagged DNS (dns.go)
+	dns        *dnsServer  // answers tagged DNS (dns.go)
+	containers *containers // asks the container runtime who a caller is (containers.go)
 	sessions   *session.Pipeline
 	// rules keeps the policy's kernel rules in the maps (start, reload,
 	// tag, target refresh) and explains the refusals they make.
@@ -313,7 +314,8 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		TLS: func(addr netip.Addr) *tls.Config { return d.ca.ServerConfig(addr) },
 		Log: d.log.With().Str("component", "session").Logger(),
 	})
-	d.proxy = proxy.NewServer(d.sessions, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
+	d.containers = newContainers(d.cfg.DockerSocket)
+	d.proxy = proxy.NewServer(containerIdentifier{d: d, next: d.sessions}, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
 	for _, l := range d.listeners {
 		go d.proxy.Serve(l)
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/policy"
 )
 
 // Identity is who opened a redirected connection, as the kernel recorded it
@@ -33,6 +35,10 @@ type Identity struct {
 	Cgroup string `json:"cgroup"`
 	// NetnsCookie identifies the caller's network namespace.
 	NetnsCookie uint64 `json:"netns_cookie"`
+	// Container is the container the caller's cgroup belongs to, as its
+	// runtime described it at accept; nil unless the policy selects on
+	// containers and the runtime could say.
+	Container *policy.Container `json:"container,omitempty"`
 }
 
 // Conn is one accepted, identified agent connection.
