@@ -94,6 +94,14 @@ func (d *Datapath) EnterNetns(path string) (*Netns, error) {
 	if n.link, err = n.adoptOrAttach(h); err != nil {
 		return nil, err
 	}
+	// Served now: SYNs the egress program held go through on their
+	// next retransmission.
+	if err := d.maps.ServedNetns.Put(n.Cookie, uint8(1)); err != nil {
+		return nil, fmt.Errorf("mark netns %d served: %w", n.Inode, err)
+	}
+	d.mu.Lock()
+	d.entered[n.Cookie] = true
+	d.mu.Unlock()
 	ok = true
 	return n, nil
 }
@@ -287,6 +295,12 @@ func (n *Netns) Release() error {
 	}
 	errs = append(errs, n.Close())
 	if n.Cookie != 0 {
+		n.d.mu.Lock()
+		delete(n.d.entered, n.Cookie)
+		n.d.mu.Unlock()
+		if err := n.d.maps.ServedNetns.Delete(n.Cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("unmark netns %d: %w", n.Inode, err))
+		}
 		errs = append(errs, n.d.forgetNetns(n.Cookie))
 	}
 	return errors.Join(errs...)
@@ -339,8 +353,12 @@ func (d *Datapath) NetnsRecords() (int, error) {
 
 // SweepNetns unpins the links of served namespaces that are not in keep
 // (by inode): those a previous interlockd served whose tagged tasks are
-// gone meanwhile. It returns how many pins remain.
+// gone meanwhile; and forgets, as served, the namespaces no EnterNetns of
+// this Datapath serves. It returns how many pins remain.
 func (d *Datapath) SweepNetns(keep map[uint64]bool) (int, error) {
+	if err := d.sweepServed(); err != nil {
+		return 0, err
+	}
 	dir := filepath.Join(d.pinDir, netnsPinDir)
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -360,6 +378,30 @@ func (d *Datapath) SweepNetns(keep map[uint64]bool) (int, error) {
 		errs = append(errs, unpinLink(filepath.Join(dir, e.Name())))
 	}
 	return left, errors.Join(errs...)
+}
+
+// sweepServed deletes from served_netns every namespace but interlockd's
+// own and those it entered.
+func (d *Datapath) sweepServed() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var k uint64
+	var stale []uint64
+	it := d.maps.ServedNetns.Iterate()
+	for it.Next(&k, nil) {
+		if k != d.netnsCookie && !d.entered[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("list served namespaces: %w", err)
+	}
+	for _, k := range stale {
+		if err := d.maps.ServedNetns.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("forget served namespace %d: %w", k, err)
+		}
+	}
+	return nil
 }
 
 // unpinLink detaches the link pinned at path and removes the pin.

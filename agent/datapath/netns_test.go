@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -38,6 +39,9 @@ func newNetns(t testing.TB, veth bool) *testNetns {
 	n.path = filepath.Join("/run/netns", n.name)
 	ip(t, "netns", "add", n.name)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.name).Run() })
+	// Up, as a container's is: in a namespace whose lo is down a connect
+	// to the proxy address fails (ENETUNREACH) until EnterNetns sets it up.
+	ip(t, "-n", n.name, "link", "set", "lo", "up")
 	if veth {
 		host := "ilh" + n.name[3:11]
 		ip(t, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", n.name)
@@ -109,10 +113,11 @@ func serveNetns(dp *Datapath, n *Netns, origins chan<- Origin, errs chan<- error
 }
 
 // TestNetnsServed: a tagged task in a namespace of its own, with a veth to
-// the host, connects to a host address. Before interlockd serves the
-// namespace the connect fails; once it does, the connect reaches
+// the host, connects to a host address. Once interlockd serves the
+// namespace, the connect reaches
 // interlockd's listener inside that namespace, identified by the
-// namespace's cookie, with getpeername showing the target; a deny rule
+// namespace's cookie, with getpeername showing the target (one made before
+// is held until then, not refused); a deny rule
 // still refuses. With the listeners closed (interlockd dead) the pinned
 // link refuses every connect, even to a process in the namespace that binds
 // the proxy address; released, the namespace is left as it was.
@@ -133,9 +138,24 @@ func TestNetnsServed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if r := ns.run(t, agent, "tcp", target.addrPort().String()); r.Err == "" {
-		t.Fatalf("tagged connect in an unserved namespace: %+v, want a failure", r)
+	// A connect made before interlockd serves the namespace is held (its
+	// SYN dropped until then), not refused: it completes once served.
+	cg, err := os.Open(agent)
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer cg.Close()
+	early := exec.Command("nsenter", "--net="+ns.path, "--",
+		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", os.Args[0], "-test.run=^$", target.addrPort().String())
+	early.Env = append(os.Environ(), helperEnv+"=tcp")
+	early.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	var earlyOut bytes.Buffer
+	early.Stdout = &earlyOut
+	started := time.Now()
+	if err := early.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
 
 	n, err := dp.EnterNetns(ns.path)
 	if err != nil {
@@ -146,6 +166,16 @@ func TestNetnsServed(t *testing.T) {
 	if n.Cookie == 0 || n.Cookie == dp.netnsCookie {
 		t.Fatalf("netns cookie %d, own %d", n.Cookie, dp.netnsCookie)
 	}
+
+	if err := early.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var held result
+	if err := json.Unmarshal(earlyOut.Bytes(), &held); err != nil || held.Data != "netns-proxy" {
+		t.Fatalf("connect made before the namespace was served: %q, %v; want it held, then at interlockd's listener", earlyOut.String(), err)
+	}
+	t.Logf("a connect made 300 ms before the namespace was served completed after %s", time.Since(started).Round(time.Millisecond))
+	<-origins
 
 	r := ns.run(t, agent, "tcp", target.addrPort().String())
 	if r.Err != "" || r.Data != "netns-proxy" {
