@@ -295,29 +295,7 @@ func TestNetnsChurn(t *testing.T) {
 	if _, stderr, err := d.CLI("tag", cg, "--identity", "ns-bot"); err != nil {
 		t.Fatalf("tag: %v %s", err, stderr)
 	}
-	fds := func() int {
-		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.PID()))
-		return len(ents)
-	}
-	goroutines := func() int {
-		// No keep-alive: a kept connection would count as a descriptor.
-		c := http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-		resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
-				n, _ := strconv.Atoi(v)
-				return n
-			}
-		}
-		t.Fatal("no go_goroutines metric")
-		return 0
-	}
-	fds0, g0 := fds(), goroutines()
+	fds0, g0 := daemonFDs(d), goroutines(t, metricsPort)
 	const rounds = 200
 	decided := 0
 	start := time.Now()
@@ -341,7 +319,7 @@ func TestNetnsChurn(t *testing.T) {
 	var fds1, g1, pins, records int
 	for {
 		ents, _ := os.ReadDir(filepath.Join(d.BPFFS, "netns"))
-		fds1, g1, pins, records = fds(), goroutines(), len(ents), netnsRecords(t, d)
+		fds1, g1, pins, records = daemonFDs(d), goroutines(t, metricsPort), len(ents), netnsRecords(t, d)
 		if (fds1 <= fds0 && g1 <= g0 && pins == 0 && records == 0) || time.Now().After(deadline) {
 			break
 		}
@@ -352,6 +330,34 @@ func TestNetnsChurn(t *testing.T) {
 	if decided != rounds || fds1 > fds0 || g1 > g0 || pins != 0 || records != 0 {
 		t.Errorf("leaked or undecided: see the figures above\n%s", d.Logs())
 	}
+}
+
+// daemonFDs counts interlockd's open file descriptors: its listeners among
+// them.
+func daemonFDs(d *daemontest.Daemon) int {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.PID()))
+	return len(ents)
+}
+
+// goroutines reads interlockd's go_goroutines from its metrics endpoint.
+func goroutines(t testing.TB, metricsPort int) int {
+	t.Helper()
+	// No keep-alive: a kept connection would count as a descriptor.
+	c := http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	t.Fatal("no go_goroutines metric")
+	return 0
 }
 
 // netnsRecords counts the connection records in d's pinned conn_origins map
@@ -373,9 +379,10 @@ func netnsRecords(t testing.TB, d *daemontest.Daemon) int {
 		t.Fatal(err)
 	}
 	var key bpf.InterlockTuple
+	var origin bpf.InterlockOrigin
 	n := 0
 	it := m.Iterate()
-	for it.Next(&key, nil) {
+	for it.Next(&key, &origin) {
 		if key.NetnsCookie != own {
 			n++
 		}

@@ -312,9 +312,10 @@ func (d *Datapath) forgetNetns(cookie uint64) error {
 	var errs []error
 	for _, m := range []*ebpf.Map{d.maps.ConnOrigins, d.maps.DnsOrigins} {
 		var k bpf.InterlockTuple
+		var v bpf.InterlockOrigin
 		var stale []bpf.InterlockTuple
 		it := m.Iterate()
-		for it.Next(&k, nil) {
+		for it.Next(&k, &v) {
 			if k.NetnsCookie == cookie {
 				stale = append(stale, k)
 			}
@@ -338,8 +339,9 @@ func (d *Datapath) NetnsRecords() (int, error) {
 	count := 0
 	for _, m := range []*ebpf.Map{d.maps.ConnOrigins, d.maps.DnsOrigins} {
 		var k bpf.InterlockTuple
+		var v bpf.InterlockOrigin
 		it := m.Iterate()
-		for it.Next(&k, nil) {
+		for it.Next(&k, &v) {
 			if k.NetnsCookie != d.netnsCookie {
 				count++
 			}
@@ -386,9 +388,10 @@ func (d *Datapath) sweepServed() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var k uint64
+	var v uint8
 	var stale []uint64
 	it := d.maps.ServedNetns.Iterate()
-	for it.Next(&k, nil) {
+	for it.Next(&k, &v) {
 		if k != d.netnsCookie && !d.entered[k] {
 			stale = append(stale, k)
 		}

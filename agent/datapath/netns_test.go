@@ -303,14 +303,23 @@ func TestNetnsChurn(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	fds1 := fds()
+	if _, err := dp.SweepNetns(nil); err != nil {
+		t.Fatal(err)
+	}
+	served := 0
+	var k uint64
+	var v uint8
+	for it := dp.maps.ServedNetns.Iterate(); it.Next(&k, &v); {
+		served++
+	}
 	pins, _ := os.ReadDir(filepath.Join(e.cfg.PinDir, netnsPinDir))
 	records, err := dp.NetnsRecords()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d namespaces in %s (%.1f ms each): %d connections decided; after: fds %d -> %d, goroutines %d -> %d, netns links pinned %d, netns connection records %d",
-		rounds, elapsed.Round(time.Millisecond), float64(elapsed.Milliseconds())/rounds, decided, fds0, fds1, g0, g1, len(pins), records)
-	if decided != rounds || fds1 > fds0 || g1 > g0 || len(pins) != 0 || records != 0 {
+	t.Logf("%d namespaces in %s (%.1f ms each): %d connections decided; after: fds %d -> %d, goroutines %d -> %d, netns links pinned %d, netns connection records %d, namespaces marked served %d (own)",
+		rounds, elapsed.Round(time.Millisecond), float64(elapsed.Milliseconds())/rounds, decided, fds0, fds1, g0, g1, len(pins), records, served)
+	if decided != rounds || fds1 > fds0 || g1 > g0 || len(pins) != 0 || records != 0 || served != 1 {
 		t.Errorf("leaked or undecided: see the figures above")
 	}
 }
