@@ -88,7 +88,7 @@ func (d *Daemon) scanNamespaces(served map[uint64]*datapath.Netns, failed map[ui
 		}
 		delete(failed, ino)
 		served[ino] = n
-		id := netnsIdentifier{d: d, cookie: n.Cookie}
+		id := containerIdentifier{d: d, next: netnsIdentifier{d: d, cookie: n.Cookie}}
 		addrs := make([]string, 0, len(n.Listeners))
 		for _, l := range n.Listeners {
 			addrs = append(addrs, l.Addr().String())
