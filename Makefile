@@ -16,7 +16,7 @@ all: build
 # Debian packages the build, the tests and the benchmarks use (as root).
 DEB_PACKAGES = clang llvm libbpf-dev bpftool linux-libc-dev make gcc git curl \
   iproute2 procps util-linux netcat-openbsd openssh-client openssh-server rsync \
-  nodejs python3-requests webext-ublock-origin-firefox \
+  nodejs python3-requests webext-ublock-origin-firefox docker.io \
   postgresql postgresql-client postgresql-contrib pgbouncer haproxy \
   tshark chromium nginx-light fcgiwrap wrk nghttp2-client awscli \
   debootstrap qemu-system-x86 qemu-utils busybox-static cpio xz-utils
@@ -65,11 +65,11 @@ test: vet build
 # Output also goes to bin/bench.txt.
 bench: build
 	@mkdir -p $(BIN)
-	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -skip '^Benchmark(Pgbench|ProxyConnectFirstByte|PostgresTLSConnect|DNSLookup|SSH|HTTPS|Issue|Connect)$$' -benchtime 2s -count 1 $(PKGS) | tee $(BIN)/bench.txt
+	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench . -skip '^Benchmark(Pgbench|ProxyConnectFirstByte|NetnsConnectFirstByte|PostgresTLSConnect|DNSLookup|SSH|HTTPS|Issue|Connect)$$' -benchtime 2s -count 1 $(PKGS) | tee $(BIN)/bench.txt
 # Every issued credential is a real role to create and drop: a time-based
 # run of the 30 µs pooled path would mint tens of thousands.
 	$(GO) test -run '^$$' -bench '^Benchmark(Issue|Connect)$$' -benchtime 200x -count 1 ./agent/credentials | tee -a $(BIN)/bench.txt
-	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench '^Benchmark(Pgbench|ProxyConnectFirstByte|PostgresTLSConnect|DNSLookup|SSH|HTTPS)$$' -benchtime 3x -count 1 -timeout 60m ./agent/daemon ./decoders/postgres | tee -a $(BIN)/bench.txt
+	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench '^Benchmark(Pgbench|ProxyConnectFirstByte|NetnsConnectFirstByte|PostgresTLSConnect|DNSLookup|SSH|HTTPS)$$' -benchtime 3x -count 1 -timeout 60m ./agent/daemon ./decoders/postgres | tee -a $(BIN)/bench.txt
 
 # Short fuzzing of every fuzz target (the seed corpora also run in `make test`).
 # Fuzzing runs on Go 1.27.3 (the go command fetches it from the module proxy,

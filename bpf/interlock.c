@@ -1102,12 +1102,46 @@ static __always_inline void dns_rekey(struct __sk_buff *skb, __u32 off)
 	bpf_map_update_elem(&dns_origins, &k, o, BPF_ANY);
 }
 
+/* The network namespaces interlockd serves, by netns cookie: its own and
+ * each it listens in (datapath.EnterNetns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} served_netns SEC(".maps");
+
+/* hold_unserved reports whether a TCP packet is the SYN of a redirected
+ * connection made in a network namespace interlockd does not serve yet (a
+ * container just started): dropped, it is sent again by TCP (after 1 s,
+ * then 3 s), by when interlockd listens there, so the agent's connect waits
+ * instead of being refused. Namespaces interlockd served before it died
+ * stay in the map, so their connects are still refused at once. */
+static __always_inline int hold_unserved(struct __sk_buff *skb, __u32 off)
+{
+	__u8 flags;
+
+	if (bpf_skb_load_bytes(skb, off + 13, &flags, 1))
+		return 0;
+	/* SYN without ACK: a connection request. */
+	if ((flags & 0x12) != 0x02)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct origin *o = bpf_map_lookup_elem(&sock_origins, &cookie);
+	if (!o)
+		return 0;
+	__u64 netns = o->netns_cookie;
+	return bpf_map_lookup_elem(&served_netns, &netns) == 0;
+}
+
 /* egress drops tagged sockets' packets that carry IPv4 options or an IPv6
  * routing header, however they got there: set_sockopt refuses the socket
  * options, but sendmsg() control messages (IP_RETOPTS with a source route,
  * IPV6_RTHDR type 2 where CONFIG_IPV6_MIP6 is built) pass no cgroup hook.
  * The sender gets EPERM. It also keys steered DNS datagrams for the DNS
- * proxy (dns_rekey). */
+ * proxy (dns_rekey), and holds the SYNs of redirected connections made in
+ * network namespaces not served yet (hold_unserved). */
 SEC("cgroup_skb/egress")
 int egress(struct __sk_buff *skb)
 {
@@ -1121,6 +1155,8 @@ int egress(struct __sk_buff *skb)
 	if (!routed) {
 		if (proto == IPPROTO_UDP)
 			dns_rekey(skb, off);
+		else if (proto == IPPROTO_TCP && hold_unserved(skb, off))
+			return REFUSE;
 		return ALLOW;
 	}
 	cfg = get_config();

@@ -183,6 +183,7 @@ const (
 	InterlockMapListenRules        = "listen_rules"
 	InterlockMapPendingAccepts     = "pending_accepts"
 	InterlockMapProxyListeners     = "proxy_listeners"
+	InterlockMapServedNetns        = "served_netns"
 	InterlockMapSockOrigins        = "sock_origins"
 	InterlockMapTaggedCgroups      = "tagged_cgroups"
 	InterlockMapTcpRules           = "tcp_rules"
@@ -301,6 +302,7 @@ type InterlockMapSpecs struct {
 	ListenRules     *ebpf.MapSpec `ebpf:"listen_rules"`
 	PendingAccepts  *ebpf.MapSpec `ebpf:"pending_accepts"`
 	ProxyListeners  *ebpf.MapSpec `ebpf:"proxy_listeners"`
+	ServedNetns     *ebpf.MapSpec `ebpf:"served_netns"`
 	SockOrigins     *ebpf.MapSpec `ebpf:"sock_origins"`
 	TaggedCgroups   *ebpf.MapSpec `ebpf:"tagged_cgroups"`
 	TcpRules        *ebpf.MapSpec `ebpf:"tcp_rules"`
@@ -349,6 +351,7 @@ type InterlockMaps struct {
 	ListenRules     *ebpf.Map `ebpf:"listen_rules"`
 	PendingAccepts  *ebpf.Map `ebpf:"pending_accepts"`
 	ProxyListeners  *ebpf.Map `ebpf:"proxy_listeners"`
+	ServedNetns     *ebpf.Map `ebpf:"served_netns"`
 	SockOrigins     *ebpf.Map `ebpf:"sock_origins"`
 	TaggedCgroups   *ebpf.Map `ebpf:"tagged_cgroups"`
 	TcpRules        *ebpf.Map `ebpf:"tcp_rules"`
@@ -369,6 +372,7 @@ func (m *InterlockMaps) Close() error {
 		m.ListenRules,
 		m.PendingAccepts,
 		m.ProxyListeners,
+		m.ServedNetns,
 		m.SockOrigins,
 		m.TaggedCgroups,
 		m.TcpRules,

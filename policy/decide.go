@@ -16,22 +16,23 @@ import (
 // addresses aside, which ResolveTargets swaps atomically) and safe for
 // concurrent use.
 type Policy struct {
-	name          string
-	text          []byte
-	sha256        string
-	resolver      Resolver
-	identities    []*Identity
-	identityIndex map[string]*Identity
-	targets       []*Target
-	targetIndex   map[string]*Target
-	masks         map[string]*mask.Masker
-	rules         []*rule
-	tests         []*Test
-	denyUnix      []string
-	readOnlyFuncs map[string]bool
-	needsHash     bool
-	warnings      []string
-	modes         modeTable
+	name           string
+	text           []byte
+	sha256         string
+	resolver       Resolver
+	identities     []*Identity
+	identityIndex  map[string]*Identity
+	targets        []*Target
+	targetIndex    map[string]*Target
+	masks          map[string]*mask.Masker
+	rules          []*rule
+	tests          []*Test
+	denyUnix       []string
+	readOnlyFuncs  map[string]bool
+	needsHash      bool
+	needsContainer bool
+	warnings       []string
+	modes          modeTable
 	// interceptHosts holds, per host pattern of an intercept entry, the
 	// addresses relayed answers gave it (Learn).
 	interceptHosts map[string]*learned
@@ -108,6 +109,10 @@ func (p *Policy) Warnings() []string { return p.warnings }
 // NeedsExeHash reports whether some identity selects on exe_sha256, so the
 // daemon must hash executables at accept (and only then).
 func (p *Policy) NeedsExeHash() bool { return p.needsHash }
+
+// NeedsContainer reports whether some identity selects on its container,
+// so the daemon must ask the container runtime at accept (and only then).
+func (p *Policy) NeedsContainer() bool { return p.needsContainer }
 
 // Identity returns the identity named name, or nil.
 func (p *Policy) Identity(name string) *Identity { return p.identityIndex[name] }

@@ -49,19 +49,29 @@ type rawSQL struct {
 	Pos               Pos
 }
 
+type rawContainer struct {
+	Runtime string            `yaml:"runtime"`
+	Image   string            `yaml:"image"`
+	Labels  map[string]string `yaml:"labels"`
+	Pos     Pos
+	Keys    keyPos
+}
+
 type rawIdentity struct {
-	Name      string       `yaml:"name"`
-	Tag       string       `yaml:"tag"`
-	Unit      []string     `yaml:"unit"`
-	UID       []uint32     `yaml:"uid"`
-	GID       []uint32     `yaml:"gid"`
-	Exe       []string     `yaml:"exe"`
-	ExeSHA256 []string     `yaml:"exe_sha256"`
-	Comm      []string     `yaml:"comm"`
-	Mode      string       `yaml:"mode"`
-	Intercept []rawNetRule `yaml:"intercept"`
-	UDPAllow  []rawNetRule `yaml:"udp_allow"`
-	Listen    []rawListen  `yaml:"listen"`
+	Name      string   `yaml:"name"`
+	Tag       string   `yaml:"tag"`
+	Unit      []string `yaml:"unit"`
+	UID       []uint32 `yaml:"uid"`
+	GID       []uint32 `yaml:"gid"`
+	Exe       []string `yaml:"exe"`
+	ExeSHA256 []string `yaml:"exe_sha256"`
+	Comm      []string `yaml:"comm"`
+	// Container narrows the identity to tasks of matching containers.
+	Container *rawContainer `yaml:"container"`
+	Mode      string        `yaml:"mode"`
+	Intercept []rawNetRule  `yaml:"intercept"`
+	UDPAllow  []rawNetRule  `yaml:"udp_allow"`
+	Listen    []rawListen   `yaml:"listen"`
 	// AllowUnixPaths, when given (even empty), is the only unix sockets
 	// the identity's tasks may reach.
 	AllowUnixPaths []string `yaml:"allow_unix_paths"`
@@ -575,6 +585,18 @@ func (c *compiler) identity(r *rawIdentity) {
 	}
 	if len(id.ExeSHA256) > 0 {
 		c.p.needsHash = true
+	}
+	if rc := r.Container; rc != nil {
+		switch rc.Runtime {
+		case "", "docker":
+		default:
+			c.errorf(rc.Keys.at("runtime", rc.Pos), "identity %q: container runtime %q: this build asks docker only", r.Name, rc.Runtime)
+		}
+		if rc.Runtime == "" && rc.Image == "" && len(rc.Labels) == 0 {
+			c.errorf(rc.Pos, "identity %q: container selects nothing: give runtime, image or labels", r.Name)
+		}
+		id.Container = &ContainerSelector{Runtime: rc.Runtime, Image: rc.Image, Labels: rc.Labels}
+		c.p.needsContainer = true
 	}
 	id.intercept = c.netRules(r.Name, r.Intercept, true)
 	id.udpAllow = c.netRules(r.Name, r.UDPAllow, false)

@@ -39,6 +39,51 @@ type Subject struct {
 	ExeSHA256 string
 	// CgroupPath is the cgroup v2 path relative to the mount.
 	CgroupPath string
+	// Container is what the container runtime says of the container the
+	// cgroup belongs to; nil when the policy does not ask (NeedsContainer),
+	// the cgroup is no container's, or the runtime could not say.
+	Container *Container
+}
+
+// Container is a container as its runtime describes it.
+type Container struct {
+	// Runtime names the runtime that answered, e.g. "docker".
+	Runtime string `json:"runtime"`
+	// ID is the runtime's full container id.
+	ID string `json:"id"`
+	// Image is the image the container was created from, as given
+	// (ghcr.io/acme/build:1); ImageID its digest (sha256:...).
+	Image   string `json:"image"`
+	ImageID string `json:"image_id,omitempty"`
+	// Labels are the container's labels, the image's included.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// ContainerSelector selects subjects by their container: all fields given
+// must match. Image and label values are globs; a label named must be set.
+type ContainerSelector struct {
+	Runtime string
+	Image   string
+	Labels  map[string]string
+}
+
+func (cs *ContainerSelector) matches(c *Container) bool {
+	if c == nil {
+		return false
+	}
+	if cs.Runtime != "" && c.Runtime != cs.Runtime {
+		return false
+	}
+	if cs.Image != "" && !globMatch(cs.Image, c.Image) {
+		return false
+	}
+	for k, g := range cs.Labels {
+		v, ok := c.Labels[k]
+		if !ok || !globMatch(g, v) {
+			return false
+		}
+	}
+	return true
 }
 
 // Action is what a decision does with a request.
@@ -274,13 +319,16 @@ type Identity struct {
 	Exes       []string // globs
 	ExeSHA256  []string
 	Comms      []string
-	intercept  []InterceptRule
-	udpAllow   []InterceptRule
-	listen     []InterceptRule
-	allowUnix  []string // nil: no allow-list
-	dns        *dnsPolicy
-	index      int
-	pos        Pos
+	// Container, when set, admits only tasks of a container its runtime
+	// describes so; a task the runtime says nothing of does not match.
+	Container *ContainerSelector
+	intercept []InterceptRule
+	udpAllow  []InterceptRule
+	listen    []InterceptRule
+	allowUnix []string // nil: no allow-list
+	dns       *dnsPolicy
+	index     int
+	pos       Pos
 }
 
 func (id *Identity) matches(s *Subject) bool {
@@ -312,6 +360,9 @@ func (id *Identity) matches(s *Subject) bool {
 		}
 	}
 	if len(id.ExeSHA256) > 0 && (s.ExeSHA256 == "" || !containsString(id.ExeSHA256, s.ExeSHA256)) {
+		return false
+	}
+	if id.Container != nil && !id.Container.matches(s.Container) {
 		return false
 	}
 	return true

@@ -109,6 +109,8 @@ func TestLoadErrors(t *testing.T) {
 		{"masks:\n  - name: m\n    columns: {email: blur}\n", `test.yaml:3:15: mask "m": column "email": method "blur": use redact, partial or hash`},
 		{"identities:\n  - name: a\n    intercept: [{to: 10.0.0.0/8, ports: 9-1}]\n", `test.yaml:3:41: identity "a": ports "9-1": not a port range`},
 		{"identities:\n  - name: a\n    exe_sha256: abc\n", `test.yaml:3:17: identity "a": exe_sha256 "abc" is not 64 hex digits`},
+		{"identities:\n  - name: a\n    container: {runtime: lxc}\n", `test.yaml:3:26: identity "a": container runtime "lxc": this build asks docker only`},
+		{"identities:\n  - name: a\n    container: {}\n", `identity "a": container selects nothing`},
 		{"tests:\n  - name: t\n    identity: nobody\n    expect: {action: allow}\n", `test.yaml:3:15: test "t": unknown identity "nobody"`},
 		{"rules: {}\n", "test.yaml:1:8: expected a list, got a mapping"},
 		{"version: 2\n", "test.yaml:1:10: version 2 is not supported"},
@@ -165,6 +167,42 @@ func TestIdentities(t *testing.T) {
 		if got != c.want {
 			t.Errorf("%+v: identities %q, want %q", c.s, got, c.want)
 		}
+	}
+}
+
+const containerPolicy = `
+identities:
+  - name: ci-containers
+    container: {runtime: docker, image: "ghcr.io/acme/*", labels: {ci.job: "*"}}
+`
+
+// TestContainerIdentities: a container selector narrows the identity of its
+// tag to tasks of matching containers; a task the runtime said nothing of
+// (Container nil) does not match.
+func TestContainerIdentities(t *testing.T) {
+	p := mustParse(t, containerPolicy)
+	if !p.NeedsContainer() {
+		t.Error("NeedsContainer false with a container selector")
+	}
+	job := map[string]string{"ci.job": "build-7"}
+	cases := []struct {
+		c    *Container
+		want string
+	}{
+		{&Container{Runtime: "docker", Image: "ghcr.io/acme/build:1", Labels: job}, "ci-containers"},
+		{&Container{Runtime: "docker", Image: "ghcr.io/acme/build:1"}, ""},
+		{&Container{Runtime: "docker", Image: "docker.io/library/alpine", Labels: job}, ""},
+		{&Container{Runtime: "podman", Image: "ghcr.io/acme/build:1", Labels: job}, ""},
+		{nil, ""},
+	}
+	for _, c := range cases {
+		s := Subject{Tag: "ci-containers", Container: c.c}
+		if got := strings.Join(p.Identities(nil, &s), ","); got != c.want {
+			t.Errorf("container %+v: identities %q, want %q", c.c, got, c.want)
+		}
+	}
+	if got := p.Identities(nil, &Subject{Tag: "other", Container: cases[0].c}); len(got) != 0 {
+		t.Errorf("another tag with a matching container: %v", got)
 	}
 }
 

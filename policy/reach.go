@@ -125,5 +125,5 @@ func covers(a, b InterceptRule) bool {
 // attributes interlockd learns at accept and the kernel does not hold at
 // connect.
 func (id *Identity) selectsAttributes() bool {
-	return len(id.Units)+len(id.UIDs)+len(id.GIDs)+len(id.Exes)+len(id.ExeSHA256)+len(id.Comms) > 0
+	return len(id.Units)+len(id.UIDs)+len(id.GIDs)+len(id.Exes)+len(id.ExeSHA256)+len(id.Comms) > 0 || id.Container != nil
 }

@@ -67,6 +67,10 @@ type Config struct {
 	// allows to; tagged DNS to them (as to port 53 of any address) goes
 	// through interlockd. Empty: the nameservers of /etc/resolv.conf, port 53.
 	DNSResolvers []string `yaml:"dns_resolvers"`
+	// DockerSocket is the Docker Engine API's unix socket, asked at accept
+	// about the container a caller's cgroup belongs to when an identity of
+	// the policy selects on its container.
+	DockerSocket string `yaml:"docker_socket"`
 }
 
 // Approvals configures how reviewers learn about and decide held requests.
@@ -83,14 +87,15 @@ type Approvals struct {
 // Default returns the embedded default configuration.
 func Default() Config {
 	return Config{
-		Socket:     "/run/interlock/interlock.sock",
-		StateDir:   "/var/lib/interlock",
-		BPFFS:      "/sys/fs/bpf/interlock",
-		ListenPort: 15001,
-		LogLevel:   "info",
-		LogFormat:  "json",
-		Limits:     DefaultLimits(),
-		HTTP:       DefaultHTTP(),
+		Socket:       "/run/interlock/interlock.sock",
+		StateDir:     "/var/lib/interlock",
+		BPFFS:        "/sys/fs/bpf/interlock",
+		ListenPort:   15001,
+		LogLevel:     "info",
+		LogFormat:    "json",
+		Limits:       DefaultLimits(),
+		HTTP:         DefaultHTTP(),
+		DockerSocket: "/run/docker.sock",
 	}
 }
 

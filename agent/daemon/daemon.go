@@ -46,6 +46,7 @@ type Daemon struct {
 
 	mount      string // cgroup2 mount point
 	root       string // absolute cgroup dir the programs are attached at
+	self       uint64 // interlockd's own cgroup when inside root: never tagged
 	dp         *datapath.Datapath
 	ids        *identities
 	policy     *policy.Engine
@@ -66,7 +67,8 @@ type Daemon struct {
 	recorder   *recording.Recorder
 	approvals  *approvals.Service
 	metrics    *metrics.Metrics
-	dns        *dnsServer // answers tagged DNS (dns.go)
+	dns        *dnsServer  // answers tagged DNS (dns.go)
+	containers *containers // asks the container runtime who a caller is (containers.go)
 	sessions   *session.Pipeline
 	// placeholders are the releases of the credentials behind each exec
 	// cgroup's placeholders (exec.go).
@@ -235,6 +237,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if err != nil {
 		return err
 	}
+	d.self = selfID
 	if err := ensureBPFFS(d.cfg.BPFFS); err != nil {
 		return err
 	}
@@ -316,10 +319,13 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		TLS: func(addr netip.Addr) *tls.Config { return d.ca.ServerConfig(addr) },
 		Log: d.log.With().Str("component", "session").Logger(),
 	})
-	d.proxy = proxy.NewServer(d.sessions, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
+	d.containers = newContainers(d.cfg.DockerSocket)
+	d.proxy = proxy.NewServer(containerIdentifier{d: d, next: d.sessions}, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
 	for _, l := range d.listeners {
 		go d.proxy.Serve(l)
 	}
+	namespacesDone := make(chan struct{})
+	go d.serveNamespaces(ctx, namespacesDone)
 	d.dns.serve(ctx)
 	go d.readDenyEvents()
 	go d.collectExecCgroups(ctx)
@@ -343,6 +349,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	}
 	close(d.stopping)
 	d.closeListeners()
+	<-namespacesDone
 	d.dns.close()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

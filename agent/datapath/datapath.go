@@ -25,6 +25,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -185,6 +186,7 @@ var mapNames = []string{
 	bpf.InterlockMapDeniedUnix, bpf.InterlockMapDenyEvents, bpf.InterlockMapProxyListeners,
 	bpf.InterlockMapListenRules, bpf.InterlockMapPendingAccepts, bpf.InterlockMapUnixAllowOn,
 	bpf.InterlockMapUnixAllowed, bpf.InterlockMapDnsOrigins, bpf.InterlockMapDnsListeners,
+	bpf.InterlockMapServedNetns,
 }
 
 // linkNames lists every pinned link by program name, for Uninstall: the
@@ -207,7 +209,16 @@ type Datapath struct {
 	links       []link.Link
 	events      *ringbuf.Reader
 	netnsCookie uint64
+	netnsInode  uint64
 	gaps        []string
+	// spec and pinDir load and pin the proxy_lookup program of every
+	// other network namespace served (EnterNetns).
+	spec   *ebpf.CollectionSpec
+	pinDir string
+	// entered holds the cookies of the namespaces EnterNetns serves, to
+	// drop the others from served_netns (SweepNetns).
+	mu      sync.Mutex
+	entered map[uint64]bool
 }
 
 // Open loads the programs and attaches them at cfg.CgroupRoot, or re-adopts
@@ -255,7 +266,12 @@ func Open(cfg Config) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
-	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns}
+	var st unix.Stat_t
+	if err := unix.Stat(threadNetns, &st); err != nil {
+		return nil, fmt.Errorf("stat network namespace: %w", err)
+	}
+	d := &Datapath{progs: map[string]*ebpf.Program{}, netnsCookie: netns, netnsInode: st.Ino, spec: spec, pinDir: cfg.PinDir,
+		entered: map[uint64]bool{}}
 	ok := false
 	defer func() {
 		if !ok {
@@ -312,6 +328,11 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	if err := d.writeConfig(cfg); err != nil {
 		return nil, err
+	}
+	// Redirected connects in this namespace are served (or refused by
+	// proxy_lookup), never held.
+	if err := d.maps.ServedNetns.Put(netns, uint8(1)); err != nil {
+		return nil, fmt.Errorf("mark own network namespace served: %w", err)
 	}
 
 	// The proxy address is steered before any connect is redirected to
@@ -741,7 +762,7 @@ func replaceLSM(path string, p program, prog *ebpf.Program) (link.Link, error) {
 // links and maps: the only way to stop enforcement. Missing pins are not an
 // error, so it can be repeated.
 func Uninstall(pinDir string) error {
-	var errs []error
+	errs := []error{uninstallNetns(pinDir)}
 	for _, name := range linkNames() {
 		path := linkPin(pinDir, name)
 		l, err := link.LoadPinnedLink(path, nil)

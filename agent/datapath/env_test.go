@@ -130,6 +130,8 @@ func runHelper(action, arg string) int {
 		r = helperBind(arg)
 	case "listen":
 		return helperListen(arg)
+	case "squat":
+		return helperSquat(arg)
 	case "unixgram":
 		r = helperUnixgram(arg)
 	case "dns":

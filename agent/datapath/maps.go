@@ -415,7 +415,13 @@ func monoToTime(ns uint64) time.Time {
 // peers on dual-stack ones. Each connection can be looked up once; an error
 // wrapping ErrNotFound means it was not redirected in this network namespace.
 func (d *Datapath) Lookup(peer, local netip.AddrPort) (Origin, error) {
-	k := bpf.InterlockTuple{NetnsCookie: d.netnsCookie, LocalPort: peer.Port(), RemotePort: local.Port()}
+	return d.LookupIn(d.netnsCookie, peer, local)
+}
+
+// LookupIn is Lookup for a connection accepted in the network namespace
+// whose cookie is netns: on the listeners of a Netns.
+func (d *Datapath) LookupIn(netns uint64, peer, local netip.AddrPort) (Origin, error) {
+	k := bpf.InterlockTuple{NetnsCookie: netns, LocalPort: peer.Port(), RemotePort: local.Port()}
 	k.Local.W = words(peer.Addr())
 	k.Remote.W = words(local.Addr())
 	var o bpf.InterlockOrigin

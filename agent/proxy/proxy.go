@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/policy"
 )
 
 // Identity is who opened a redirected connection, as the kernel recorded it
@@ -33,6 +35,10 @@ type Identity struct {
 	Cgroup string `json:"cgroup"`
 	// NetnsCookie identifies the caller's network namespace.
 	NetnsCookie uint64 `json:"netns_cookie"`
+	// Container is the container the caller's cgroup belongs to, as its
+	// runtime described it at accept; nil unless the policy selects on
+	// containers and the runtime could say.
+	Container *policy.Container `json:"container,omitempty"`
 }
 
 // Conn is one accepted, identified agent connection.
@@ -99,7 +105,12 @@ func Listen(ctx context.Context, network, addr string) (*net.TCPListener, error)
 }
 
 // Serve accepts on l until l is closed or the server shuts down.
-func (s *Server) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error { return s.ServeWith(l, s.Identifier) }
+
+// ServeWith is Serve with id identifying l's connections in place of the
+// server's Identifier: for a listener in another network namespace, whose
+// connections are recorded under that namespace.
+func (s *Server) ServeWith(l net.Listener, id Identifier) error {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -118,7 +129,7 @@ func (s *Server) Serve(l net.Listener) error {
 			return nil
 		}
 		s.wg.Add(1)
-		go s.serveConn(tc)
+		go s.serveConn(tc, id)
 	}
 }
 
@@ -138,12 +149,12 @@ func (s *Server) untrack(c *net.TCPConn) {
 	s.mu.Unlock()
 }
 
-func (s *Server) serveConn(c *net.TCPConn) {
+func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
 	defer s.wg.Done()
 	defer s.untrack(c)
 	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
-	id, dst, err := s.Identifier.Identify(peer, local)
+	id, dst, err := identifier.Identify(peer, local)
 	if err != nil {
 		// Not redirected by our programs (or the record is gone): nobody we
 		// can vouch for, so nothing is relayed.

@@ -58,6 +58,7 @@ func SubjectOf(id proxy.Identity, pol *policy.Policy) policy.Subject {
 	s := policy.Subject{
 		Tag: id.Name, UID: id.UID, GID: id.GID, PID: int(id.PID),
 		Comm: id.Comm, Exe: id.Exe, CgroupPath: id.Cgroup, Unit: unitOf(id.Cgroup),
+		Container: id.Container,
 	}
 	if pol.NeedsExeHash() {
 		s.ExeSHA256 = exeHash(id.PID)

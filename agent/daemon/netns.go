@@ -1,0 +1,205 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/session"
+)
+
+// netnsScanInterval is how often the tagged cgroups' tasks are scanned for
+// network namespaces to serve or release. A tagged task's connects in a
+// namespace not yet served are refused, so this bounds how long a fresh
+// container or `ip netns` sandbox waits before it reaches anything.
+const netnsScanInterval = 200 * time.Millisecond
+
+// netnsRetry is how long a namespace interlockd failed to enter is left
+// alone before the next attempt, so a failure is logged once, not at every
+// scan.
+const netnsRetry = 5 * time.Second
+
+// serveNamespaces serves every network namespace other than interlockd's
+// own that holds a task of a tagged cgroup, and releases those that no
+// longer do, until ctx ends or the daemon stops. On the way out the
+// namespaces are closed, not released: their pinned links keep tagged
+// connects there refused until interlockd is back.
+func (d *Daemon) serveNamespaces(ctx context.Context, done chan<- struct{}) {
+	defer close(done)
+	served := map[uint64]*datapath.Netns{}
+	failed := map[uint64]time.Time{}
+	defer func() {
+		for _, n := range served {
+			n.Close()
+		}
+	}()
+	t := time.NewTicker(netnsScanInterval)
+	defer t.Stop()
+	for {
+		d.scanNamespaces(served, failed)
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.stopping:
+			return
+		case <-d.uninstalled:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// scanNamespaces brings served in line with the namespaces tagged tasks
+// are in now.
+func (d *Daemon) scanNamespaces(served map[uint64]*datapath.Netns, failed map[uint64]time.Time) {
+	want, err := d.taggedNamespaces()
+	if err != nil {
+		d.log.Warn().Err(err).Msg("scan tagged tasks for network namespaces")
+		return
+	}
+	for ino, n := range served {
+		if _, ok := want[ino]; ok {
+			continue
+		}
+		delete(served, ino)
+		if err := n.Release(); err != nil {
+			d.log.Warn().Err(err).Uint64("netns", ino).Msg("release network namespace")
+		}
+		d.log.Info().Uint64("netns", ino).Uint64("netns_cookie", n.Cookie).Msg("network namespace released: no tagged task left in it")
+	}
+	for ino, path := range want {
+		if served[ino] != nil || time.Since(failed[ino]) < netnsRetry {
+			continue
+		}
+		n, err := d.dp.EnterNetns(path)
+		if err != nil {
+			failed[ino] = time.Now()
+			d.log.Warn().Err(err).Uint64("netns", ino).Str("path", path).Msg("serve network namespace: tagged connects there are refused")
+			continue
+		}
+		delete(failed, ino)
+		served[ino] = n
+		id := containerIdentifier{d: d, next: netnsIdentifier{d: d, cookie: n.Cookie}}
+		addrs := make([]string, 0, len(n.Listeners))
+		for _, l := range n.Listeners {
+			addrs = append(addrs, l.Addr().String())
+			go d.proxy.ServeWith(l, id)
+		}
+		d.log.Info().Uint64("netns", ino).Uint64("netns_cookie", n.Cookie).Str("path", path).Strs("listeners", addrs).
+			Msg("serving network namespace")
+	}
+	for ino := range failed {
+		if _, ok := want[ino]; !ok {
+			delete(failed, ino)
+		}
+	}
+	keep := make(map[uint64]bool, len(served))
+	for ino := range served {
+		keep[ino] = true
+	}
+	if _, err := d.dp.SweepNetns(keep); err != nil {
+		d.log.Warn().Err(err).Msg("drop the links of network namespaces no longer served")
+	}
+}
+
+// taggedNamespaces returns the network namespaces, by inode, that tasks of
+// tagged cgroups (and their descendants) are in, other than interlockd's
+// own, each with the /proc path of one such task's namespace.
+func (d *Daemon) taggedNamespaces() (map[uint64]string, error) {
+	tags, err := d.dp.Tagged()
+	if err != nil {
+		return nil, err
+	}
+	own := d.dp.OwnNetnsInode()
+	want := map[uint64]string{}
+	if len(tags) == 0 {
+		return want, nil
+	}
+	tagged := map[string]bool{}
+	err = filepath.WalkDir(d.root, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || !e.IsDir() {
+			// Cgroups come and go while they are walked.
+			return nil
+		}
+		info, err := e.Info()
+		if err != nil {
+			return nil
+		}
+		id := info.Sys().(*syscall.Stat_t).Ino
+		if id == d.self {
+			return fs.SkipDir
+		}
+		_, self := tags[id]
+		if !self && !tagged[filepath.Dir(path)] {
+			return nil
+		}
+		tagged[path] = true
+		for _, pid := range cgroupPIDs(path) {
+			p := "/proc/" + strconv.Itoa(pid) + "/ns/net"
+			var st syscall.Stat_t
+			if syscall.Stat(p, &st) == nil && st.Ino != own {
+				want[st.Ino] = p
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("walk %s: %w", d.root, err)
+	}
+	return want, nil
+}
+
+// cgroupPIDs lists the processes in one cgroup (not its descendants).
+func cgroupPIDs(dir string) []int {
+	f, err := os.Open(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var pids []int
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if pid, err := strconv.Atoi(sc.Text()); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// netnsIdentifier identifies the connections accepted on the listeners of
+// one served network namespace: the kernel keyed their records by that
+// namespace's cookie. Otherwise it decides as the session pipeline's
+// Identify does, whose tag table looks up interlockd's own namespace only.
+type netnsIdentifier struct {
+	d      *Daemon
+	cookie uint64
+}
+
+func (n netnsIdentifier) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.AddrPort, error) {
+	o, err := n.d.dp.LookupIn(n.cookie, peer, local)
+	if err != nil {
+		return proxy.Identity{}, netip.AddrPort{}, err
+	}
+	// The agent's loopback is its namespace's, not interlockd's, whose
+	// upstream connects leave from interlockd's own namespace: relaying
+	// would hand the agent the host's local services (interlockd's own
+	// listeners among them).
+	if a := o.Dst.Addr().Unmap(); a.IsLoopback() || a.IsUnspecified() || n.d.isOwnEndpoint(o.Dst) {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s in network namespace %d targets its own loopback (%s), which is not interlockd's",
+			peer, n.cookie, o.Dst)
+	}
+	name := n.d.ids.name(o.Identity)
+	if name == "" {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)
+	}
+	return session.IdentityOf(o, name), o.Dst, nil
+}
