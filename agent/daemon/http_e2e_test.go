@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -88,42 +87,7 @@ func startHTTP(t *testing.T) *httpFixture {
   }
 `, listen, srv.name, tlsConf, filepath.Join(f.dir, srv.name+".log"), srv.extra)
 	}
-	conf := filepath.Join(f.dir, "nginx.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`daemon off;
-master_process off;
-pid %[1]s/nginx.pid;
-error_log %[1]s/nginx-error.log;
-events {}
-http {
-  client_body_temp_path %[1]s/body;
-  proxy_temp_path %[1]s/proxy;
-  fastcgi_temp_path %[1]s/fastcgi;
-  uwsgi_temp_path %[1]s/uwsgi;
-  scgi_temp_path %[1]s/scgi;
-  default_type text/plain;
-%[2]s}
-`, f.dir, servers.String())), 0o644)
-	nginx := exec.Command("nginx", "-c", conf, "-e", filepath.Join(f.dir, "nginx-error.log"))
-	nginxOut := &daemontest.Buffer{}
-	nginx.Stdout, nginx.Stderr = nginxOut, nginxOut
-	if err := nginx.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		nginx.Process.Kill()
-		nginx.Wait()
-		if t.Failed() {
-			errLog, _ := os.ReadFile(filepath.Join(f.dir, "nginx-error.log"))
-			t.Logf("nginx:\n%s\n%s", nginxOut.String(), errLog)
-		}
-	})
-	waitFor(t, "nginx to listen", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", f.plainPort))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	startNginx(t, f.dir, servers.String(), f.plainPort)
 
 	pol := filepath.Join(f.dir, "policy.yaml")
 	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
