@@ -65,14 +65,17 @@ func boundary(s []byte, i int) bool { return i < 0 || i >= len(s) || !isAlnum(s[
 
 // findEmail matches local@domain.tld with a letters-only TLD of 2+.
 func findEmail(s []byte, from int) (int, int) {
+	from0 := from
 	for from < len(s) {
 		at := bytes.IndexByte(s[from:], '@')
 		if at < 0 {
 			return -1, -1
 		}
 		at += from
+		// The local part never reaches back before from: what lies there was
+		// matched (and masked) by another detector already.
 		start := at
-		for start > 0 && emailLocal(s[start-1]) {
+		for start > from0 && emailLocal(s[start-1]) {
 			start--
 		}
 		for start < at && (s[start] == '.' || s[start] == '-') {

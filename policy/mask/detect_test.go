@@ -74,6 +74,40 @@ func TestDetectors(t *testing.T) {
 	}
 }
 
+// TestFindersStartAtFrom holds every finder to its contract: a match starts at
+// or after from. The masker continues after each match, so a finder that
+// reached back (the email local part once did, over a secret the masker had
+// just replaced) made it slice the value backwards.
+func TestFindersStartAtFrom(t *testing.T) {
+	const key = "AKIAIOSFODNN7EXAMPLE" // AWS's documented example key
+	const pemTail = "-----BEGIN RSA PRIVATE KEY-----\nMII\n-----END RSA PRIVATE KEY-----x@b.io"
+	inputs := []string{
+		key + ".x@b.io",
+		key + "+a@b.io",
+		"a.b@c.io x@y.io",
+		"123-45-6789.z@b.io",
+		pemTail,
+	}
+	for _, in := range inputs {
+		for name, find := range detectors {
+			for from := range len(in) + 1 {
+				if s, e := find([]byte(in), from); s >= 0 && (s < from || e < s || e > len(in)) {
+					t.Errorf("%s(%q, from %d) = [%d, %d)", name, in, from, s, e)
+				}
+			}
+		}
+	}
+	m, err := New("x", nil, []DetectorRule{{Detector: "secrets", Method: Redact}, {Detector: "pii", Method: Redact}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key block ends inside what looks like an e-mail's local part.
+	out, _ := m.MaskValue(nil, []byte(pemTail))
+	if want := "[redacted:private_key][redacted:email]"; string(out) != want {
+		t.Errorf("masked %q, want %q", out, want)
+	}
+}
+
 // businessValue generates ordinary business data, one value per call,
 // deterministically from r: the sample the false-positive rates are
 // measured on. None of it is personal data or a secret.

@@ -72,7 +72,8 @@ func TestNewRejects(t *testing.T) {
 // valid UTF-8 in gives valid UTF-8 out.
 func FuzzMask(f *testing.F) {
 	for _, s := range []string{"a@b.io", "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32",
-		"-----BEGIN PRIVATE KEY-----", "eyJhbGciOiJub25lIn0.eyJhIjoxfQ.", "123-45-6789", "ü@é.de"} {
+		"-----BEGIN PRIVATE KEY-----", "eyJhbGciOiJub25lIn0.eyJhIjoxfQ.", "123-45-6789", "ü@é.de",
+		"-----END RSA PRIVATE KEY-----x@b.io"} {
 		f.Add(s)
 	}
 	var ms []*Masker
