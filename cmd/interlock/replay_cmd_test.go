@@ -573,6 +573,30 @@ func (c *synthConn) packet(t *testing.T, at time.Duration, fromClient, syn, ack 
 	return synthPacket{at, buf.Bytes()}
 }
 
+// writePcapng writes pkts, timed from start, as a pcapng file in a test
+// directory and returns its path.
+func writePcapng(t *testing.T, name string, start time.Time, pkts []synthPacket) string {
+	t.Helper()
+	var out bytes.Buffer
+	w, err := pcapgo.NewNgWriter(&out, layers.LinkTypeEthernet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pkts {
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: start.Add(p.at), CaptureLength: len(p.data), Length: len(p.data)}, p.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, out.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func pgMessage(typ byte, body string) []byte {
 	b := []byte{typ, 0, 0, 0, 0}
 	binary.BigEndian.PutUint32(b[1:], uint32(4+len(body)))
@@ -611,24 +635,7 @@ func TestReplayCaptureUnknownPorts(t *testing.T) {
 		a.packet(t, 41*ms, false, false, true, ready),
 		b.packet(t, 50*ms, true, false, true, []byte("\x01garbage that is no message")),
 	}
-	var out bytes.Buffer
-	w, err := pcapgo.NewNgWriter(&out, layers.LinkTypeEthernet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
-	for _, p := range pkts {
-		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: start.Add(p.at), CaptureLength: len(p.data), Length: len(p.data)}, p.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "odd-ports.pcapng")
-	if err := os.WriteFile(path, out.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := writePcapng(t, "odd-ports.pcapng", time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC), pkts)
 	pol := writePolicy(t, replayPolicy)
 	code, stdout, errOut := runReplay(t, nil, "--policy", pol, "--pcap", path, "--identity", "ci", "--json")
 	if code != 0 {

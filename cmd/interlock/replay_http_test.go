@@ -1,17 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
-	"github.com/google/gopacket/pcapgo"
 )
 
 const httpReplayPolicy = `
@@ -44,24 +37,7 @@ func TestReplayCaptureHTTP(t *testing.T) {
 		a.packet(t, 31*ms, false, false, true, ok),
 		b.packet(t, 40*ms, true, false, true, []byte{0x16, 3, 1, 0, 4, 1, 0, 0, 0}),
 	}
-	var out bytes.Buffer
-	w, err := pcapgo.NewNgWriter(&out, layers.LinkTypeEthernet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	for _, p := range pkts {
-		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: start.Add(p.at), CaptureLength: len(p.data), Length: len(p.data)}, p.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "http.pcapng")
-	if err := os.WriteFile(path, out.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path := writePcapng(t, "http.pcapng", time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC), pkts)
 	pol := writePolicy(t, httpReplayPolicy)
 	code, stdout, errOut := runReplay(t, nil, "--policy", pol, "--pcap", path, "--identity", "ci", "--json")
 	if code != 0 {
