@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -238,33 +237,7 @@ func startNetnsSquatter(t *testing.T, agent string, n *agentNetns, port int) *sq
 	t.Helper()
 	addrs := fmt.Sprintf("127.0.0.1:%d,[::1]:%d", port, port)
 	cmd := exec.CommandContext(t.Context(), "nsenter", n.enter(agent, addrs)[1:]...)
-	cmd.Env = append(os.Environ(), clientEnv+"=squat")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start squatter: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	s := &squatter{lines: make(chan string, 100)}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			s.lines <- sc.Text()
-		}
-		close(s.lines)
-	}()
-	select {
-	case l := <-s.lines:
-		if l != "listening" {
-			t.Fatalf("squatter: %s", l)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("squatter did not start")
-	}
-	return s
+	return runSquatter(t, cmd)
 }
 
 // TestNetnsChurn: 200 namespaces come and go, each with a tagged task in

@@ -65,6 +65,12 @@ func startSquatter(t *testing.T, agent string, port int) *squatter {
 	t.Helper()
 	addrs := fmt.Sprintf("127.0.0.1:%d,[::1]:%d", port, port)
 	cmd := exec.CommandContext(t.Context(), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", agent, addrs)
+	return runSquatter(t, cmd)
+}
+
+// runSquatter starts cmd, a squat client, and waits until it listens.
+func runSquatter(t *testing.T, cmd *exec.Cmd) *squatter {
+	t.Helper()
 	cmd.Env = append(os.Environ(), clientEnv+"=squat")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
