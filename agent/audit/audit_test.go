@@ -18,6 +18,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/agent/store/storetest"
+	"github.com/interlock-dev/interlock/policy"
 )
 
 func sampleEvents() []audit.Event {
@@ -256,6 +257,54 @@ func TestPostSurvivesOutage(t *testing.T) {
 			t.Fatalf("after the outage: %v %v", res, err)
 		}
 	})
+}
+
+// A caller's container reaches the event log and the chain with the
+// connection it opened: an identity matched by image and label is
+// auditable by them.
+func TestConnectionOpenedNamesContainer(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, t.TempDir()+"/audit.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var logBuf bytes.Buffer
+	l := audit.New(st, "h", audit.WithEventLog(zerolog.New(&logBuf)))
+	defer l.Close()
+	c := &policy.Container{Runtime: "docker", ID: strings.Repeat("ab", 32), Image: "ghcr.io/acme/clients:1",
+		ImageID: "sha256:" + strings.Repeat("cd", 32), Labels: map[string]string{"ci.job": "build-7"}}
+	if _, err := l.RecordNow(ctx, audit.ConnectionOpened{Session: "s1", Identity: "ci-containers", Container: c}); err != nil {
+		t.Fatal(err)
+	}
+	var line struct {
+		Event     string
+		Container *policy.Container
+	}
+	if err := json.Unmarshal(logBuf.Bytes(), &line); err != nil {
+		t.Fatalf("event log %q: %v", logBuf.String(), err)
+	}
+	if line.Event != "connection_open" || !reflect.DeepEqual(line.Container, c) {
+		t.Errorf("event log line %s: want container %+v", logBuf.String(), c)
+	}
+	var out bytes.Buffer
+	if err := audit.Export(ctx, st, "h", &out); err != nil {
+		t.Fatal(err)
+	}
+	var r chain.ExportedRecord
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatal(err)
+	}
+	var payload audit.ConnectionOpened
+	if err := json.Unmarshal(r.Payload, &payload); err != nil || !reflect.DeepEqual(payload.Container, c) {
+		t.Errorf("chain record %s: want container %+v (%v)", r.Payload, c, err)
+	}
+	// A caller in no container says nothing of one.
+	logBuf.Reset()
+	l.RecordNow(ctx, audit.ConnectionOpened{Session: "s2", Identity: "ci"})
+	if strings.Contains(logBuf.String(), "container") {
+		t.Errorf("event log of a caller in no container: %s", logBuf.String())
+	}
 }
 
 func TestSQLStatementRedacts(t *testing.T) {

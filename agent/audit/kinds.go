@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/interlock-dev/interlock/policy"
 )
 
 // Kind names what an audit record is about.
@@ -76,6 +78,11 @@ type ConnectionOpened struct {
 	Dst      string `json:"dst,omitempty"`
 	Client   string `json:"client"`
 	Upstream string `json:"upstream"`
+	// Container is the container the caller runs in, as its runtime
+	// described it at accept: what an identity's container: selected on.
+	// Nil when no identity selects on containers, the caller is in none,
+	// or the runtime could not say.
+	Container *policy.Container `json:"container,omitempty"`
 }
 
 // ConnectionClosed is the end of a session.
@@ -369,12 +376,16 @@ func (e DaemonStarted) logTo(l *zerolog.Logger) {
 }
 
 func (e ConnectionOpened) logTo(l *zerolog.Logger) {
-	l.Info().Str("event", "connection_open").Str("conn", e.Session).
+	ev := l.Info().Str("event", "connection_open").Str("conn", e.Session).
 		Str("identity", e.Identity).Int32("pid", e.PID).Uint32("uid", e.UID).
 		Uint32("gid", e.GID).Str("comm", e.Comm).Str("exe", e.Exe).
 		Str("cgroup", e.Cgroup).Uint64("cgroup_id", e.CgroupID).
-		Str("dst", e.Dst).Str("peer", e.Client).Str("target", e.Target).Str("protocol", e.Protocol).
-		Msg("connection opened")
+		Str("dst", e.Dst).Str("peer", e.Client).Str("target", e.Target).Str("protocol", e.Protocol)
+	if c := e.Container; c != nil {
+		ev.Dict("container", zerolog.Dict().Str("runtime", c.Runtime).Str("id", c.ID).
+			Str("image", c.Image).Str("image_id", c.ImageID).Interface("labels", c.Labels))
+	}
+	ev.Msg("connection opened")
 }
 
 func (e ConnectionClosed) logTo(l *zerolog.Logger) {

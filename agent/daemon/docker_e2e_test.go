@@ -156,24 +156,38 @@ func (d *dockerd) must(args ...string) string {
 // sleep, nc) and tags it with every name.
 func (d *dockerd) importImage(names ...string) {
 	d.t.Helper()
+	d.importRoot(busyboxRoot(d.t), names...)
+}
+
+// busyboxRoot returns a new image root holding busybox-static as /bin/sh,
+// sleep, nc and cat.
+func busyboxRoot(t testing.TB) string {
+	t.Helper()
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
-		testenv.Unavailable(d.t, "busybox-static not installed: %v", err)
+		testenv.Unavailable(t, "busybox-static not installed: %v", err)
 	}
-	root := d.t.TempDir()
+	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
 	data, err := os.ReadFile(busybox)
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(root, "bin", "busybox"), data, 0o755); err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
 	for _, c := range []string{"sh", "sleep", "nc", "cat"} {
 		os.Symlink("busybox", filepath.Join(root, "bin", c))
 	}
+	return root
+}
+
+// importRoot imports the image root with `docker import` and tags it with
+// every name.
+func (d *dockerd) importRoot(root string, names ...string) {
+	d.t.Helper()
 	tarball := filepath.Join(d.t.TempDir(), "root.tar")
 	if out, err := exec.Command("tar", "-C", root, "-cf", tarball, ".").CombinedOutput(); err != nil {
 		d.t.Fatalf("tar: %v %s", err, out)

@@ -107,7 +107,8 @@ func (c *conn) opened() audit.ConnectionOpened {
 	id := c.identity
 	return audit.ConnectionOpened{Session: c.id, Identity: id.Name, PID: int32(id.PID), UID: id.UID, GID: id.GID,
 		Comm: id.Comm, Exe: id.Exe, Cgroup: id.Cgroup, CgroupID: id.CgroupID, Target: c.targetName(),
-		Protocol: c.protocol(), Dst: c.dst, Client: c.client.RemoteAddr().String(), Upstream: c.upstreamAddr()}
+		Protocol: c.protocol(), Dst: c.dst, Client: c.client.RemoteAddr().String(), Upstream: c.upstreamAddr(),
+		Container: id.Container}
 }
 
 // decision is the audit event of one decision; op names the operation
