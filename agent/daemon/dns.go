@@ -82,11 +82,13 @@ func (s *dnsServer) close() {
 // serve reads datagrams on every socket until they are closed.
 func (s *dnsServer) serve(ctx context.Context) {
 	for _, c := range s.conns {
-		go s.serveUDP(ctx, c)
+		go s.serveUDP(ctx, c, s.d.dp.LookupDNS)
 	}
 }
 
-func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn) {
+// serveUDP answers the datagrams of one socket until it is closed; lookup
+// finds their senders' records in the socket's network namespace.
+func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn, lookup func(peer, local netip.AddrPort) (datapath.Origin, error)) {
 	local := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	buf := make([]byte, 65535)
 	for {
@@ -105,15 +107,15 @@ func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn) {
 		msg := slices.Clone(buf[:n])
 		go func() {
 			defer func() { <-s.slots }()
-			s.answerUDP(ctx, c, local, from, msg)
+			s.answerUDP(ctx, c, lookup, local, from, msg)
 		}()
 	}
 }
 
 // answerUDP answers one datagram of a steered socket. A datagram the kernel
 // did not steer has no record and gets no answer: nobody we can vouch for.
-func (s *dnsServer) answerUDP(ctx context.Context, c *net.UDPConn, local, from netip.AddrPort, msg []byte) {
-	o, err := s.d.dp.LookupDNS(from, local)
+func (s *dnsServer) answerUDP(ctx context.Context, c *net.UDPConn, lookup func(peer, local netip.AddrPort) (datapath.Origin, error), local, from netip.AddrPort, msg []byte) {
+	o, err := lookup(from, local)
 	if err != nil {
 		s.log.Warn().Err(err).Str("peer", from.String()).Msg("dropping unidentified dns datagram")
 		return

@@ -45,7 +45,7 @@ func (d *Daemon) serveNamespaces(ctx context.Context, done chan<- struct{}) {
 	t := time.NewTicker(netnsScanInterval)
 	defer t.Stop()
 	for {
-		d.scanNamespaces(served, failed)
+		d.scanNamespaces(ctx, served, failed)
 		select {
 		case <-ctx.Done():
 			return
@@ -60,7 +60,7 @@ func (d *Daemon) serveNamespaces(ctx context.Context, done chan<- struct{}) {
 
 // scanNamespaces brings served in line with the namespaces tagged tasks
 // are in now.
-func (d *Daemon) scanNamespaces(served map[uint64]*datapath.Netns, failed map[uint64]time.Time) {
+func (d *Daemon) scanNamespaces(ctx context.Context, served map[uint64]*datapath.Netns, failed map[uint64]time.Time) {
 	want, err := d.taggedNamespaces()
 	if err != nil {
 		d.log.Warn().Err(err).Msg("scan tagged tasks for network namespaces")
@@ -80,7 +80,8 @@ func (d *Daemon) scanNamespaces(served map[uint64]*datapath.Netns, failed map[ui
 		if served[ino] != nil || time.Since(failed[ino]) < netnsRetry {
 			continue
 		}
-		n, err := d.dp.EnterNetns(path)
+		dns4, dns6 := d.dns.addrs()
+		n, err := d.dp.EnterNetns(path, dns4, dns6)
 		if err != nil {
 			failed[ino] = time.Now()
 			d.log.Warn().Err(err).Uint64("netns", ino).Str("path", path).Msg("serve network namespace: tagged connects there are refused")
@@ -93,6 +94,16 @@ func (d *Daemon) scanNamespaces(served map[uint64]*datapath.Netns, failed map[ui
 		for _, l := range n.Listeners {
 			addrs = append(addrs, l.Addr().String())
 			go d.proxy.ServeWith(l, id)
+		}
+		cookie := n.Cookie
+		for _, c := range n.DNS {
+			addrs = append(addrs, "udp "+c.LocalAddr().String())
+			go d.dns.serveUDP(ctx, c, func(peer, local netip.AddrPort) (datapath.Origin, error) {
+				return d.dp.LookupDNSIn(cookie, peer, local)
+			})
+		}
+		if n.DNSErr != nil {
+			d.log.Warn().Err(n.DNSErr).Uint64("netns", ino).Msg("network namespace served without DNS for a family: its tagged DNS there is refused")
 		}
 		d.log.Info().Uint64("netns", ino).Uint64("netns_cookie", n.Cookie).Str("path", path).Strs("listeners", addrs).
 			Msg("serving network namespace")

@@ -230,6 +230,73 @@ func TestNetnsAgentThroughInterlockd(t *testing.T) {
 	}
 }
 
+const netnsDNSPolicy = `version: 1
+identities:
+  - name: ns-bot
+    dns:
+      allow: [allowed.example.test]
+rules:
+  - {name: ns-bot-tcp, identity: ns-bot, protocol: tcp, action: allow}
+`
+
+// TestNetnsDNS: a tagged agent in a network namespace of its own looks up
+// names as it would on the host, over UDP and TCP, IPv4 and IPv6, to any
+// resolver address: interlockd answers inside the namespace, forwards the
+// allowed name, refuses the rest and records each question with the
+// agent's identity. With interlockd killed no question is answered.
+func TestNetnsDNS(t *testing.T) {
+	testenv.Privileged(t)
+	res := startResolver(t)
+	ns := newAgentNetns(t, true)
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(netnsDNSPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+	f := &fixture{d: d, agent: agentBinary(t)}
+	cg := d.Cgroup("ns-dns")
+	if _, stderr, err := d.CLI("tag", cg, "--identity", "ns-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	since := len(d.Logs())
+	startIn(t, cg, nil, ns.enter("sleep", "600")...)
+	waitLog(t, d, since, "serving network namespace", ns)
+
+	const answer = "NOERROR allowed.example.test. 60 IN A 192.0.2.10"
+	for _, c := range []struct{ arg, want string }{
+		{"udp|192.0.2.99:53|allowed.example.test|A", answer},
+		{"udp|[2001:db8::53]:53|allowed.example.test|A", answer},
+		{"tcp|192.0.2.99:53|allowed.example.test|A", answer},
+		{"udp|" + nsHostAddr + ":53|secret.example.test|A", "REFUSED"},
+		{"tcp|192.0.2.99:53|secret-tcp.example.test|A", "REFUSED"},
+	} {
+		if r := f.runArgvIn(t, cg, "dns", ns.enter(f.agent, c.arg)...); r.Err != "" || r.Line != c.want {
+			t.Errorf("%s from the namespace: %+v, want %q", c.arg, r, c.want)
+		}
+	}
+	if res.asked("secret") {
+		t.Error("the resolver was asked about a refused name")
+	}
+	if !res.asked("allowed.example.test") {
+		t.Error("the resolver never saw the allowed name")
+	}
+	logs := d.Logs()
+	for _, want := range []string{`"name":"secret.example.test"`, `"reason":"name-not-allowed"`, `"identity":"ns-bot"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("interlockd log lacks %s", want)
+		}
+	}
+
+	d.Kill()
+	if r := f.runArgvIn(t, cg, "dns", ns.enter(f.agent, "udp|192.0.2.99:53|allowed.example.test|A")...); r.Err == "" {
+		t.Errorf("with interlockd killed, a look-up from the namespace was answered: %+v", r)
+	}
+}
+
 // startNetnsSquatter runs the squat client as nobody inside namespace n,
 // outside the daemon's subtree, on the proxy port of the namespace's
 // loopback.

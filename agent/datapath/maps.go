@@ -441,7 +441,13 @@ func (d *Datapath) LookupIn(netns uint64, peer, local netip.AddrPort) (Origin, e
 // every datagram it sends; an error wrapping ErrNotFound means the datagram
 // was not steered in this network namespace.
 func (d *Datapath) LookupDNS(peer, local netip.AddrPort) (Origin, error) {
-	k := bpf.InterlockTuple{NetnsCookie: d.netnsCookie, LocalPort: peer.Port(), RemotePort: local.Port()}
+	return d.LookupDNSIn(d.netnsCookie, peer, local)
+}
+
+// LookupDNSIn is LookupDNS for a datagram received in the network namespace
+// whose cookie is netns: on the DNS sockets of a Netns.
+func (d *Datapath) LookupDNSIn(netns uint64, peer, local netip.AddrPort) (Origin, error) {
+	k := bpf.InterlockTuple{NetnsCookie: netns, LocalPort: peer.Port(), RemotePort: local.Port()}
 	k.Local.W = words(peer.Addr())
 	k.Remote.W = words(local.Addr())
 	var o bpf.InterlockOrigin

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -42,6 +43,13 @@ type Netns struct {
 	// on 127.0.0.1 and, where the namespace has it, ::1: serve them with
 	// LookupIn(Cookie, ...) as the identifier.
 	Listeners []*net.TCPListener
+	// DNS are the DNS proxy's sockets inside the namespace, bound to the
+	// addresses EnterNetns was given (the DNS proxy's own, so the answers
+	// come from the address the agent's socket is connected to): serve
+	// them with LookupDNSIn(Cookie, ...).
+	DNS []*net.UDPConn
+	// DNSErr says why a DNS address given to EnterNetns has no socket.
+	DNSErr error
 
 	d         *Datapath
 	prog      *ebpf.Program
@@ -54,9 +62,12 @@ type Netns struct {
 // /proc/PID/ns/net): it brings the namespace's loopback up (the redirect
 // targets it), opens the proxy's listeners there on ephemeral ports, and
 // attaches, or re-adopts from the pin a previous interlockd left, a
-// proxy_lookup program that delivers the proxy address to them. Tagged UDP
-// DNS from the namespace stays refused: no DNS socket is served there.
-func (d *Datapath) EnterNetns(path string) (*Netns, error) {
+// proxy_lookup program that delivers the proxy address to them. With dns
+// (the DNS proxy's addresses, Config.DNS4 and DNS6) it also binds a UDP
+// socket at each there, which the program delivers the namespace's steered
+// DNS to; an address it cannot bind (the namespace has no ::1, or one of
+// its processes holds the port) leaves that family's DNS refused there.
+func (d *Datapath) EnterNetns(path string, dns ...netip.AddrPort) (*Netns, error) {
 	h, err := netns.GetFromPath(path)
 	if err != nil {
 		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
@@ -76,7 +87,14 @@ func (d *Datapath) EnterNetns(path string) (*Netns, error) {
 	if err := loopbackUp(h); err != nil {
 		return nil, err
 	}
-	if err := inNetns(h, n.listen); err != nil {
+	var dnsErr error
+	if err := inNetns(h, func() error {
+		if err := n.listen(); err != nil {
+			return err
+		}
+		dnsErr = n.listenDNS(dns)
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	if err := n.load(); err != nil {
@@ -91,6 +109,16 @@ func (d *Datapath) EnterNetns(path string) (*Netns, error) {
 			return nil, fmt.Errorf("serve listener %s in netns %d: %w", l.Addr(), n.Inode, err)
 		}
 	}
+	for _, c := range n.DNS {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("serve dns socket: %w", err)
+		}
+		if err := putByFamily(raw, n.dns, nil); err != nil {
+			return nil, fmt.Errorf("serve dns socket %s in netns %d: %w", c.LocalAddr(), n.Inode, err)
+		}
+	}
+	n.DNSErr = dnsErr
 	if n.link, err = n.adoptOrAttach(h); err != nil {
 		return nil, err
 	}
@@ -186,6 +214,22 @@ func (n *Netns) listen() error {
 	return nil
 }
 
+// listenDNS binds a UDP socket at each of addrs on the calling thread,
+// which is in the namespace. An address that cannot be bound is reported,
+// not fatal: TCP is served all the same.
+func (n *Netns) listenDNS(addrs []netip.AddrPort) error {
+	var errs []error
+	for _, a := range addrs {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(a))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("listen dns %s in network namespace: %w", a, err))
+			continue
+		}
+		n.DNS = append(n.DNS, c)
+	}
+	return errors.Join(errs...)
+}
+
 // load creates the namespace's listener maps (not pinned: the pinned link
 // holds the program, which holds them) and its proxy_lookup program, which
 // shares the pinned config map.
@@ -266,6 +310,10 @@ func (n *Netns) Close() error {
 		errs = append(errs, l.Close())
 	}
 	n.Listeners = nil
+	for _, c := range n.DNS {
+		errs = append(errs, c.Close())
+	}
+	n.DNS = nil
 	if n.link != nil {
 		errs = append(errs, n.link.Close())
 		n.link = nil
