@@ -18,12 +18,13 @@ import (
 	"github.com/aws/smithy-go/aws-http-auth/credentials"
 	"github.com/aws/smithy-go/aws-http-auth/sigv4"
 
+	"github.com/interlock-dev/interlock/agent/testenv/s3server"
 	"github.com/interlock-dev/interlock/decoders/http"
 )
 
 // frameChunks is an aws-chunked body of chunks and the final empty one,
 // each signed by sign.
-func frameChunks(t testing.TB, sign func([]byte) []byte, chunks ...[]byte) []byte {
+func frameChunks(sign func([]byte) []byte, chunks ...[]byte) []byte {
 	var b bytes.Buffer
 	for _, c := range append(chunks, nil) {
 		fmt.Fprintf(&b, "%x%s%x\r\n", len(c), chunkSignatureExt, sign(c))
@@ -93,24 +94,10 @@ func TestChunkSignaturesFollowTheSpec(t *testing.T) {
 // chunkedRequest is a PUT of an aws-chunked body of chunks that an agent
 // signed with dummy keys, head and chunks.
 func chunkedRequest(t testing.TB, chunks ...[]byte) *nethttp.Request {
-	at := time.Now()
-	dummy := aws.Credentials{AccessKeyID: "AKIADUMMY", SecretAccessKey: "dummy"}
 	req, _ := nethttp.NewRequest("PUT", "https://s3.eu-west-1.amazonaws.com/bucket/key", nil)
-	decoded := 0
-	for _, c := range chunks {
-		decoded += len(c)
-	}
-	req.Header.Set("X-Amz-Content-Sha256", streamingSigned)
-	req.Header.Set("Content-Encoding", "aws-chunked")
-	req.Header.Set("X-Amz-Decoded-Content-Length", strconv.Itoa(decoded))
-	// The length of the framed body, which does not depend on the keys.
-	req.ContentLength = int64(len(frameChunks(t, func([]byte) []byte { return make([]byte, 32) }, chunks...)))
-	if err := awsv4.NewSigner().SignHTTP(context.Background(), dummy, req, streamingSigned, "s3", "eu-west-1", at); err != nil {
+	if _, err := s3server.SignChunked(req, "AKIADUMMY", "dummy", "eu-west-1", time.Now(), chunks...); err != nil {
 		t.Fatal(err)
 	}
-	_, seed, _ := strings.Cut(req.Header.Get("Authorization"), "Signature=")
-	body := frameChunks(t, streamSign(t, awsv4.NewStreamSigner(dummy, "s3", "eu-west-1", mustHex(seed)), at), chunks...)
-	req.Body = io.NopCloser(bytes.NewReader(body))
 	return req
 }
 
@@ -143,7 +130,7 @@ func TestSignAWSChunked(t *testing.T) {
 	}
 	verifier := sigv4.NewEventStreamSigner(credentials.Credentials{AccessKeyID: benchCred.Username, SecretAccessKey: benchCred.Password},
 		"s3", "eu-west-1", mustHex(seed))
-	want := frameChunks(t, func(c []byte) []byte {
+	want := frameChunks(func(c []byte) []byte {
 		sig, err := verifier.SignMessage(nil, c, at)
 		if err != nil {
 			t.Fatal(err)
