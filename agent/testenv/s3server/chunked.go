@@ -81,6 +81,18 @@ func (s *Server) verifyChunked(r *http.Request, fields map[string]string, id, re
 			if _, err := body.ReadByte(); err != io.EOF {
 				return "IncompleteBody", errors.New("data after the final chunk")
 			}
+			// As S3 does, the object keeps its own encoding, not the
+			// upload's (gofakes3 would store and serve it).
+			var enc []string
+			for _, e := range strings.Split(r.Header.Get("Content-Encoding"), ",") {
+				if e = strings.TrimSpace(e); e != "" && e != "aws-chunked" {
+					enc = append(enc, e)
+				}
+			}
+			r.Header.Del("Content-Encoding")
+			if len(enc) > 0 {
+				r.Header.Set("Content-Encoding", strings.Join(enc, ","))
+			}
 			return "", nil
 		}
 	}
