@@ -216,8 +216,10 @@ func TestAWSLeaseRevokedAfterKill(t *testing.T) {
 // (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) signed with dummy keys, head and
 // chunks, goes through interlockd re-signed with the session's keys: the
 // S3 server checked the seed and every chunk's signature against the key
-// Vault minted, and stored the decoded object. A body whose framing is
-// broken is refused with 400 and audited, and nothing of it is stored.
+// Vault minted, and stored the decoded object. So does one of unsigned
+// chunks with a checksum trailer (STREAMING-UNSIGNED-PAYLOAD-TRAILER),
+// its head re-signed. A body whose framing is broken is refused with 400
+// and audited, and nothing of it is stored.
 func TestAWSChunkedUploadThroughInterlock(t *testing.T) {
 	f := startAWS(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
@@ -231,10 +233,13 @@ func TestAWSChunkedUploadThroughInterlock(t *testing.T) {
 	}
 	chunks = append(chunks, []byte("the last, short chunk\n"))
 	object = append(object, chunks[4]...)
+	signed := func(req *http.Request) ([]byte, error) {
+		return s3server.SignChunked(req, "AKIAIOSFODNN7EXAMPLE", "dummy", "eu-west-1", time.Now(), chunks...)
+	}
 	// curl sends the head and body an SDK would, as the agent built them.
-	upload := func(name string, edit func([]byte)) string {
+	upload := func(name string, sign func(*http.Request) ([]byte, error), edit func([]byte)) string {
 		req, _ := http.NewRequest("PUT", endpoint+"/chunked/"+name, nil)
-		body, err := s3server.SignChunked(req, "AKIAIOSFODNN7EXAMPLE", "dummy", "eu-west-1", time.Now(), chunks...)
+		body, err := sign(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -244,8 +249,10 @@ func TestAWSChunkedUploadThroughInterlock(t *testing.T) {
 		file := filepath.Join(f.dir, name)
 		os.WriteFile(file, body, 0o644)
 		cmd := fmt.Sprintf("curl -sS -o /dev/null -w '%%{http_code}' -T %s -H 'Expect:'", file)
-		for _, h := range []string{"Authorization", "X-Amz-Date", "X-Amz-Content-Sha256", "Content-Encoding", "X-Amz-Decoded-Content-Length"} {
-			cmd += fmt.Sprintf(" -H '%s: %s'", h, req.Header.Get(h))
+		for _, h := range []string{"Authorization", "X-Amz-Date", "X-Amz-Content-Sha256", "Content-Encoding", "X-Amz-Decoded-Content-Length", "X-Amz-Trailer"} {
+			if v := req.Header.Get(h); v != "" {
+				cmd += fmt.Sprintf(" -H '%s: %s'", h, v)
+			}
 		}
 		return cmd + " " + endpoint + "/chunked/" + name
 	}
@@ -253,17 +260,22 @@ func TestAWSChunkedUploadThroughInterlock(t *testing.T) {
 curl -sS -f -X PUT %[1]s/chunked
 echo "put: $(%[2]s)"
 echo "broken: $(%[3]s)"
+echo "trailer: $(%[4]s)"
 curl -sS -f %[1]s/chunked/object.bin | sha256sum
-curl -sS -o /dev/null -w 'broken object: %%{http_code}\n' %[1]s/chunked/broken.bin`, endpoint, upload("object.bin", nil),
+curl -sS -o /dev/null -w 'broken object: %%{http_code}\n' %[1]s/chunked/broken.bin
+curl -sS -f %[1]s/chunked/trailer.txt`, endpoint, upload("object.bin", signed, nil),
 		// The first chunk's size, 10000 in hex, made 10001: the body keeps
 		// its length and the chunk its signature, but the framing breaks.
-		upload("broken.bin", func(b []byte) { b[4] = '1' }))
+		upload("broken.bin", signed, func(b []byte) { b[4] = '1' }),
+		upload("trailer.txt", func(req *http.Request) ([]byte, error) {
+			return s3server.SignUnsignedTrailer(req, "AKIAIOSFODNN7EXAMPLE", "dummy", "eu-west-1", time.Now(), []byte("sent with a CRC32 trailer\n"))
+		}, nil))
 	out, err := f.agent(ctx, t, script).CombinedOutput()
 	if err != nil {
 		t.Fatalf("upload: %v\n%s\n%s", err, out, f.d.Logs())
 	}
 	sum := sha256.Sum256(object)
-	for _, want := range []string{"put: 200", "broken: 400", hex.EncodeToString(sum[:]), "broken object: 404"} {
+	for _, want := range []string{"put: 200", "broken: 400", "trailer: 200", hex.EncodeToString(sum[:]), "broken object: 404", "sent with a CRC32 trailer"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("no %q in the agent's output:\n%s", want, out)
 		}
