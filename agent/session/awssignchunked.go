@@ -36,7 +36,7 @@ const chunkSignatureExt = ";chunk-signature="
 const maxChunkLine = 128
 
 // maxChunk caps one chunk, the unit a re-signed aws-chunked body is held
-// in memory by: SDKs send 64 KiB to 8 MiB chunks.
+// in memory by; the SDKs' chunks are far smaller (64 KiB is common).
 const maxChunk = maxSignedBody
 
 // chunkResigner is an aws-chunked body (STREAMING-AWS4-HMAC-SHA256-PAYLOAD)
