@@ -3,7 +3,9 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -207,5 +209,82 @@ func TestAWSLeaseRevokedAfterKill(t *testing.T) {
 	f.d.Restart()
 	if got := f.vault.Leases(); len(got) != 0 {
 		t.Fatalf("lease %v survived the restart\n%s", got, f.d.Logs())
+	}
+}
+
+// TestAWSChunkedUploadThroughInterlock: an aws-chunked upload
+// (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) signed with dummy keys, head and
+// chunks, goes through interlockd re-signed with the session's keys: the
+// S3 server checked the seed and every chunk's signature against the key
+// Vault minted, and stored the decoded object. So does one of unsigned
+// chunks with a checksum trailer (STREAMING-UNSIGNED-PAYLOAD-TRAILER),
+// its head re-signed. A body whose framing is broken is refused with 400
+// and audited, and nothing of it is stored.
+func TestAWSChunkedUploadThroughInterlock(t *testing.T) {
+	f := startAWS(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	endpoint := fmt.Sprintf("https://%s:%d", s3Host, f.port)
+	var chunks [][]byte
+	var object []byte
+	for i := range 4 {
+		chunks = append(chunks, bytes.Repeat([]byte{'a' + byte(i)}, 64<<10))
+		object = append(object, chunks[i]...)
+	}
+	chunks = append(chunks, []byte("the last, short chunk\n"))
+	object = append(object, chunks[4]...)
+	signed := func(req *http.Request) ([]byte, error) {
+		return s3server.SignChunked(req, "AKIAIOSFODNN7EXAMPLE", "dummy", "eu-west-1", time.Now(), chunks...)
+	}
+	// curl sends the head and body an SDK would, as the agent built them.
+	upload := func(name string, sign func(*http.Request) ([]byte, error), edit func([]byte)) string {
+		req, _ := http.NewRequest("PUT", endpoint+"/chunked/"+name, nil)
+		body, err := sign(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if edit != nil {
+			edit(body)
+		}
+		file := filepath.Join(f.dir, name)
+		os.WriteFile(file, body, 0o644)
+		cmd := fmt.Sprintf("curl -sS -o /dev/null -w '%%{http_code}' -T %s -H 'Expect:'", file)
+		for _, h := range []string{"Authorization", "X-Amz-Date", "X-Amz-Content-Sha256", "Content-Encoding", "X-Amz-Decoded-Content-Length", "X-Amz-Trailer"} {
+			if v := req.Header.Get(h); v != "" {
+				cmd += fmt.Sprintf(" -H '%s: %s'", h, v)
+			}
+		}
+		return cmd + " " + endpoint + "/chunked/" + name
+	}
+	script := fmt.Sprintf(`set -e
+curl -sS -f -X PUT %[1]s/chunked
+echo "put: $(%[2]s)"
+echo "broken: $(%[3]s)"
+echo "trailer: $(%[4]s)"
+curl -sS -f %[1]s/chunked/object.bin | sha256sum
+curl -sS -o /dev/null -w 'broken object: %%{http_code}\n' %[1]s/chunked/broken.bin
+curl -sS -f %[1]s/chunked/trailer.txt`, endpoint, upload("object.bin", signed, nil),
+		// The first chunk's size, 10000 in hex, made 10001: the body keeps
+		// its length and the chunk its signature, but the framing breaks.
+		upload("broken.bin", signed, func(b []byte) { b[4] = '1' }),
+		upload("trailer.txt", func(req *http.Request) ([]byte, error) {
+			return s3server.SignUnsignedTrailer(req, "AKIAIOSFODNN7EXAMPLE", "dummy", "eu-west-1", time.Now(), []byte("sent with a CRC32 trailer\n"))
+		}, nil))
+	out, err := f.agent(ctx, t, script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("upload: %v\n%s\n%s", err, out, f.d.Logs())
+	}
+	sum := sha256.Sum256(object)
+	for _, want := range []string{"put: 200", "broken: 400", "trailer: 200", hex.EncodeToString(sum[:]), "broken object: 404", "sent with a CRC32 trailer"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("no %q in the agent's output:\n%s", want, out)
+		}
+	}
+	if logs := f.d.Logs(); !strings.Contains(logs, "protocol_violation") || !strings.Contains(logs, "malformed aws-chunked body: a chunk's data is not followed by CRLF") {
+		t.Errorf("the broken upload was not audited:\n%s", logs)
+	}
+	seen := f.s3.Seen()
+	if len(seen) == 0 || seen["AKIAIOSFODNN7EXAMPLE"] != 0 {
+		t.Errorf("keys the S3 server saw: %v", seen)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsv4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 
+	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
@@ -35,9 +36,10 @@ var awsRegion = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]$`)
 // aws-sdk-go-v2's signer), whatever the agent signed it with: the region
 // and service of the agent's own signature, else of the host name
 // (SERVICE.REGION.amazonaws.com). The payload hash the agent sent
-// (UNSIGNED-PAYLOAD or a SHA-256) is kept, since the server checks it
-// against the body; with none, the body is read (up to maxSignedBody) and
-// hashed.
+// (UNSIGNED-PAYLOAD, a SHA-256, or an aws-chunked upload's STREAMING-...)
+// is kept, since the server checks it against the body; with none, the
+// body is read (up to maxSignedBody) and hashed. A malformed aws-chunked
+// body is audited as a protocol error.
 func (g httpGuard) awsResign(ctx context.Context, u *upstream, target string, req *nethttp.Request) error {
 	region, service := awsScope(req)
 	if region == "" {
@@ -48,17 +50,26 @@ func (g httpGuard) awsResign(ctx context.Context, u *upstream, target string, re
 	if err != nil {
 		return err
 	}
-	return signAWS(ctx, req, cred, region, service)
+	return signAWS(ctx, req, cred, region, service, func(why string) {
+		g.p.record(audit.ProtocolError{Session: u.c.id, Identity: u.c.identity.Name, Target: target,
+			Error: fmt.Sprintf("%s %s: malformed aws-chunked body: %s", req.Method, req.URL.Path, why)})
+	})
 }
 
 // signAWS replaces req's signature with one of cred's keys for service
-// in region.
-func signAWS(ctx context.Context, req *nethttp.Request, cred protocol.Credential, region, service string) error {
+// in region. An aws-chunked body with signed chunks is re-signed chunk by
+// chunk as it streams, each malformed one reported to malformed.
+func signAWS(ctx context.Context, req *nethttp.Request, cred protocol.Credential, region, service string, malformed func(why string)) error {
 	hash := req.Header.Get("X-Amz-Content-Sha256")
 	switch {
+	case hash == streamingSigned || hash == streamingUnsignedTrailer:
 	case strings.HasPrefix(hash, "STREAMING-"):
+		// STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER's trailer is signed
+		// with an algorithm (AWS4-HMAC-SHA256-TRAILER) aws-sdk-go-v2's
+		// signer does not implement; the ECDSA ones are SigV4a.
 		return &http.Refusal{Status: nethttp.StatusNotImplemented,
-			Message: "aws-chunked uploads (x-amz-content-sha256 " + hash + ") are not re-signed by this interlockd: send UNSIGNED-PAYLOAD or a signed payload"}
+			Message: "aws-chunked uploads with x-amz-content-sha256 " + hash + " are not re-signed by this interlockd: send " +
+				streamingSigned + ", " + streamingUnsignedTrailer + ", UNSIGNED-PAYLOAD or a signed payload"}
 	case hash == "UNSIGNED-PAYLOAD" || isSHA256Hex(hash):
 	case req.Body == nil || req.Body == nethttp.NoBody || req.ContentLength == 0:
 		hash = emptySHA256
@@ -88,9 +99,20 @@ func signAWS(ctx context.Context, req *nethttp.Request, cred protocol.Credential
 		// S3 signs the path as sent; every other service escapes it again.
 		o.DisableURIPathEscaping = service == "s3"
 	})
-	if err := signer.SignHTTP(ctx, creds, req, hash, service, region, time.Now()); err != nil {
+	now := time.Now()
+	if err := signer.SignHTTP(ctx, creds, req, hash, service, region, now); err != nil {
 		return fmt.Errorf("sign the request for %s in %s: %w", service, region, err)
 	}
+	if hash != streamingSigned || req.Body == nil || req.Body == nethttp.NoBody {
+		return nil
+	}
+	// The head's signature seeds the chunks' chain.
+	_, sig, _ := strings.Cut(req.Header.Get("Authorization"), "Signature=")
+	seed, err := hex.DecodeString(sig)
+	if err != nil {
+		return fmt.Errorf("read the seed signature: %w", err)
+	}
+	req.Body = newChunkResigner(ctx, req.Body, awsv4.NewStreamSigner(creds, service, region, seed), now, malformed)
 	return nil
 }
 

@@ -15,6 +15,8 @@ import (
 
 var benchCred = protocol.Credential{Username: "AKIAEXAMPLE000000001", Password: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
 
+func noMalformed(string) {}
+
 func TestAWSScope(t *testing.T) {
 	for _, c := range []struct{ host, auth, region, service string }{
 		{"s3.eu-west-1.amazonaws.com", "", "eu-west-1", "s3"},
@@ -33,12 +35,13 @@ func TestAWSScope(t *testing.T) {
 }
 
 // TestSignAWS: the agent's signature is replaced; a body without a hash is
-// hashed (up to maxSignedBody: 413 above), aws-chunked is refused.
+// hashed (up to maxSignedBody: 413 above), aws-chunked with a signed
+// trailer is refused.
 func TestSignAWS(t *testing.T) {
 	req, _ := nethttp.NewRequest("PUT", "https://s3.eu-west-1.amazonaws.com/b/k", strings.NewReader("data"))
 	req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKIADUMMY/20261130/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00")
 	req.Header.Set("X-Amz-Security-Token", "agent's")
-	if err := signAWS(context.Background(), req, benchCred, "eu-west-1", "s3"); err != nil {
+	if err := signAWS(context.Background(), req, benchCred, "eu-west-1", "s3", noMalformed); err != nil {
 		t.Fatal(err)
 	}
 	if a := req.Header.Get("Authorization"); !strings.Contains(a, "Credential="+benchCred.Username+"/") || req.Header.Get("X-Amz-Security-Token") != "" ||
@@ -50,13 +53,13 @@ func TestSignAWS(t *testing.T) {
 	}
 	big, _ := nethttp.NewRequest("PUT", "https://s3.eu-west-1.amazonaws.com/b/k", bytes.NewReader(make([]byte, maxSignedBody+1)))
 	var ref *http.Refusal
-	if err := signAWS(context.Background(), big, benchCred, "eu-west-1", "s3"); !errors.As(err, &ref) || ref.Status != 413 {
+	if err := signAWS(context.Background(), big, benchCred, "eu-west-1", "s3", noMalformed); !errors.As(err, &ref) || ref.Status != 413 {
 		t.Errorf("body over the cap: %v", err)
 	}
 	chunked, _ := nethttp.NewRequest("PUT", "https://s3.eu-west-1.amazonaws.com/b/k", strings.NewReader("x"))
-	chunked.Header.Set("X-Amz-Content-Sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")
-	if err := signAWS(context.Background(), chunked, benchCred, "eu-west-1", "s3"); !errors.As(err, &ref) || ref.Status != 501 {
-		t.Errorf("aws-chunked: %v", err)
+	chunked.Header.Set("X-Amz-Content-Sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER")
+	if err := signAWS(context.Background(), chunked, benchCred, "eu-west-1", "s3", noMalformed); !errors.As(err, &ref) || ref.Status != 501 {
+		t.Errorf("aws-chunked with a signed trailer: %v", err)
 	}
 }
 
@@ -72,7 +75,7 @@ func BenchmarkAWSResign(b *testing.B) {
 		req.Header.Set("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD")
 		req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKIADUMMY/20261130/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00")
 		region, service := awsScope(req)
-		if err := signAWS(ctx, req, benchCred, region, service); err != nil {
+		if err := signAWS(ctx, req, benchCred, region, service, noMalformed); err != nil {
 			b.Fatal(err)
 		}
 	}

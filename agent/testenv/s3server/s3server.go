@@ -2,7 +2,11 @@
 // that checks every request's AWS Signature V4 with an implementation of
 // its own: smithy-go's aws-http-auth, not the aws-sdk-go-v2 signer that
 // interlockd re-signs requests with, so a signature both agree on is a
-// signature AWS would accept. It knows the key pairs the vault-compat
+// signature AWS would accept. An aws-chunked upload has its seed checked
+// with aws-sdk-go-v2's signer and every chunk's signature
+// (STREAMING-AWS4-HMAC-SHA256-PAYLOAD) or its trailing checksum
+// (STREAMING-UNSIGNED-PAYLOAD-TRAILER) checked too (see verifyStreaming).
+// It knows the key pairs the vault-compat
 // server's AWS engine mints (it is that engine's vaultcompat.AWSKeys) and
 // refuses them once their lease is revoked.
 package s3server
@@ -143,6 +147,11 @@ func (s *Server) verify(r *http.Request) (string, string, error) {
 	switch {
 	case hash == "UNSIGNED-PAYLOAD":
 		payload = []byte(hash)
+	case hash == streamingSigned || hash == streamingUnsignedTrailer:
+		if code, err := s.verifyStreaming(r, fields, hash, id, region, service, k, t); err != nil {
+			return "", code, err
+		}
+		return id, "", nil
 	default:
 		if payload, err = hex.DecodeString(hash); err != nil || len(payload) != sha256.Size {
 			return "", "InvalidArgument", fmt.Errorf("x-amz-content-sha256 %q is not a SHA-256 or UNSIGNED-PAYLOAD", hash)

@@ -1,6 +1,7 @@
 package s3server
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -79,5 +80,117 @@ func TestVerifiesSignatures(t *testing.T) {
 	}
 	if n := s.Seen()[id]; n != 3 {
 		t.Errorf("seen %d accepted requests, want 3", n)
+	}
+}
+
+// TestVerifiesChunkedUploads: an aws-chunked upload signed with a known
+// key is stored decoded; one with a chunk changed after signing, a chunk
+// signed with another key, a seed that is not the head's, or broken
+// framing is refused.
+func TestVerifiesChunkedUploads(t *testing.T) {
+	s := New()
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	const id, secret = "AKIATESTKEY0000001", "secret-key-of-forty-characters-000000000"
+	s.AddKey(id, secret, "")
+	if st, b := do(t, srv.URL, "PUT", "/bucket-1", "", id, secret, nil); st != 200 {
+		t.Fatalf("create bucket: %d %s", st, b)
+	}
+	chunks := [][]byte{[]byte(strings.Repeat("a", 8<<10)), []byte("the end")}
+	put := func(secret string, edit func(body []byte) []byte) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("PUT", srv.URL+"/bucket-1/chunked", nil)
+		body, err := SignChunked(req, id, secret, "eu-west-1", time.Now(), chunks...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if edit != nil {
+			body = edit(bytes.Clone(body))
+			req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, b := put(secret, nil); st != 200 {
+		t.Fatalf("chunked put: %d %s", st, b)
+	}
+	if st, b := do(t, srv.URL, "GET", "/bucket-1/chunked", "", id, secret, nil); st != 200 || b != strings.Repeat("a", 8<<10)+"the end" {
+		t.Fatalf("get the chunked object: %d %.40q", st, b)
+	}
+	// A second chain, from the same head and chunks with another secret:
+	// its chunk signatures are right for that secret only.
+	req, _ := http.NewRequest("PUT", srv.URL+"/bucket-1/chunked", nil)
+	at := time.Now()
+	other, _ := SignChunked(req, id, "another-secret-of-forty-characters-00000", "eu-west-1", at, chunks...)
+	for name, c := range map[string]struct {
+		edit func([]byte) []byte
+		code string
+	}{
+		"changed chunk": {func(b []byte) []byte { b[bytes.Index(b, []byte("the end"))] = 'T'; return b }, "SignatureDoesNotMatch"},
+		"chunk of another key": {func(b []byte) []byte {
+			// The first chunk's signature from the other chain.
+			i := bytes.Index(b, []byte("chunk-signature=")) + 16
+			copy(b[i:i+64], other[i:i+64])
+			return b
+		}, "SignatureDoesNotMatch"},
+		// Framing broken at the same length, which the head signs.
+		"wrong size":     {func(b []byte) []byte { b[3] = '1'; return b }, "IncompleteBody"},
+		"final not CRLF": {func(b []byte) []byte { copy(b[len(b)-2:], "XY"); return b }, "IncompleteBody"},
+	} {
+		if st, b := put(secret, c.edit); st != 403 || !strings.Contains(b, c.code) {
+			t.Errorf("%s: %d %s", name, st, b)
+		}
+	}
+	if st, b := put("another-secret-of-forty-characters-00000", nil); st != 403 || !strings.Contains(b, "SignatureDoesNotMatch") {
+		t.Errorf("seed of another key: %d %s", st, b)
+	}
+}
+
+// TestVerifiesUnsignedTrailerUploads: an aws-chunked upload of unsigned
+// chunks with a CRC32 trailer, its head signed with a known key, is
+// stored decoded; a wrong checksum or head signature is refused.
+func TestVerifiesUnsignedTrailerUploads(t *testing.T) {
+	s := New()
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	const id, secret = "AKIATESTKEY0000001", "secret-key-of-forty-characters-000000000"
+	s.AddKey(id, secret, "")
+	if st, b := do(t, srv.URL, "PUT", "/bucket-1", "", id, secret, nil); st != 200 {
+		t.Fatalf("create bucket: %d %s", st, b)
+	}
+	put := func(secret string, edit func([]byte)) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("PUT", srv.URL+"/bucket-1/trailer", nil)
+		body, err := SignUnsignedTrailer(req, id, secret, "eu-west-1", time.Now(), []byte("checked by its CRC32"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if edit != nil {
+			edit(body)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if st, b := put(secret, nil); st != 200 {
+		t.Fatalf("put: %d %s", st, b)
+	}
+	if st, b := do(t, srv.URL, "GET", "/bucket-1/trailer", "", id, secret, nil); st != 200 || b != "checked by its CRC32" {
+		t.Fatalf("get: %d %q", st, b)
+	}
+	if st, b := put(secret, func(b []byte) { b[bytes.Index(b, []byte("CRC32"))] = 'c' }); st != 403 || !strings.Contains(b, "BadDigest") {
+		t.Errorf("changed data: %d %s", st, b)
+	}
+	if st, b := put("another-secret-of-forty-characters-00000", nil); st != 403 || !strings.Contains(b, "SignatureDoesNotMatch") {
+		t.Errorf("another key: %d %s", st, b)
 	}
 }
