@@ -446,11 +446,15 @@ const (
 	lingerBytes = 256 << 10
 )
 
-// reply1 writes resp to an HTTP/1.1 agent and closes its body.
+// reply1 writes resp to an HTTP/1.1 agent and closes its body. A response
+// after which the connection ends says so ("Connection: close", RFC 9112,
+// 9.6), so the agent learns it from the answer, not from a reset of its
+// next request; the upstream's answer does not carry it ("close" is
+// hop-by-hop, and an HTTP/2 upstream has no such header).
 func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
 	defer resp.Body.Close()
 	resp.Request = req
-	if req == nil {
+	if req == nil || req.Close || c.ended() != nil {
 		resp.Close = true
 	}
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1

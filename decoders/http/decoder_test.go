@@ -676,3 +676,34 @@ func TestOverSessionLimit(t *testing.T) {
 		t.Errorf("Serve: %v", err)
 	}
 }
+
+// TestCloseIsAnnounced: an HTTP/1.1 request that asks for the connection
+// to close gets "Connection: close" in its answer, also from an HTTP/2
+// upstream, whose answer has no such header to pass on; and the
+// connection ends after it.
+func TestCloseIsAnnounced(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	conn, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "example.com", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Proto") != "HTTP/2.0" {
+		t.Fatalf("%d from upstream %s, want 200 over HTTP/2", resp.StatusCode, resp.Header.Get("X-Upstream-Proto"))
+	}
+	if !resp.Close {
+		t.Error("the answer to a request with Connection: close does not say the connection closes")
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("after the answer: read %d bytes, %v; want the connection closed", n, err)
+	}
+}
