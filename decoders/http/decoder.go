@@ -83,6 +83,40 @@ type Decoder struct {
 	// Guard, when set, sees every allowed request and every response
 	// (credentials, the leak guard).
 	Guard Guard
+
+	// sessions holds each target's upstream TLS sessions (target name ->
+	// *upstreamSessions), so an intercepted connection resumes the TLS
+	// session an earlier one opened instead of a full handshake.
+	sessions sync.Map
+}
+
+// upstreamSessionsPerTarget bounds the TLS sessions kept for one target's
+// upstream: one per server name it is reached by, so a target of many
+// names keeps its most recent.
+const upstreamSessionsPerTarget = 64
+
+// upstreamSessions are the TLS sessions of one target's upstream, which
+// were verified against roots. crypto/tls does not verify a resumed
+// session's certificate again, so these sessions serve only connections
+// verifying against the same roots; crypto/tls keys them by server name.
+type upstreamSessions struct {
+	roots *x509.CertPool // nil: the system roots
+	cache tls.ClientSessionCache
+}
+
+// sessionCache returns the TLS session cache of target's upstream for
+// connections that verify against roots. A target whose roots changed
+// (its upstream_ca replaced) starts a new cache: no session verified
+// against the old roots is resumed.
+func (d *Decoder) sessionCache(target string, roots *x509.CertPool) tls.ClientSessionCache {
+	if v, ok := d.sessions.Load(target); ok {
+		if s := v.(*upstreamSessions); s.roots.Equal(roots) {
+			return s.cache
+		}
+	}
+	s := &upstreamSessions{roots: roots, cache: tls.NewLRUClientSessionCache(upstreamSessionsPerTarget)}
+	d.sessions.Store(target, s)
+	return s.cache
 }
 
 func orDefault[T int | int64 | uint32 | time.Duration](v, def T) T {
@@ -322,7 +356,8 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 
 // newTransport makes the session's upstream client: every connection is
 // the Upstream's, TLS (when intercepting) verified for the agent's server
-// name, HTTP/2 when the server offers it.
+// name and resumed from the target's earlier connections when it can be,
+// HTTP/2 when the server offers it.
 func (c *conn) newTransport() {
 	c.scheme = "http"
 	c.transport = &nethttp.Transport{
@@ -336,7 +371,8 @@ func (c *conn) newTransport() {
 	}
 	if c.t.Mode == Intercept {
 		c.scheme = "https"
-		c.transport.TLSClientConfig = &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12}
+		c.transport.TLSClientConfig = &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12,
+			ClientSessionCache: c.d.sessionCache(c.target, c.t.RootCAs)}
 	}
 }
 
@@ -446,11 +482,15 @@ const (
 	lingerBytes = 256 << 10
 )
 
-// reply1 writes resp to an HTTP/1.1 agent and closes its body.
+// reply1 writes resp to an HTTP/1.1 agent and closes its body. A response
+// after which the connection ends says so ("Connection: close", RFC 9112,
+// 9.6), so the agent learns it from the answer, not from a reset of its
+// next request; the upstream's answer does not carry it ("close" is
+// hop-by-hop, and an HTTP/2 upstream has no such header).
 func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
 	defer resp.Body.Close()
 	resp.Request = req
-	if req == nil {
+	if req == nil || req.Close || c.ended() != nil {
 		resp.Close = true
 	}
 	resp.Proto, resp.ProtoMajor, resp.ProtoMinor = "HTTP/1.1", 1, 1

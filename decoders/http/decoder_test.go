@@ -4,15 +4,21 @@ import (
 	"bufio"
 	"compress/gzip"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	nethttp "net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -133,6 +139,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		}
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Upstream-Proto", r.Proto)
+		w.Header().Set("X-Upstream-Resumed", strconv.FormatBool(r.TLS != nil && r.TLS.DidResume))
 		fmt.Fprintf(w, "upstream %s %s host=%s body=%q", r.Method, r.URL.RequestURI(), r.Host, body)
 	}))
 	if o.tls {
@@ -674,5 +681,88 @@ func TestOverSessionLimit(t *testing.T) {
 	var limit *protocol.LimitError
 	if err := <-h.errs; !errors.As(err, &limit) {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+// TestCloseIsAnnounced: an HTTP/1.1 request that asks for the connection
+// to close gets "Connection: close" in its answer, also from an HTTP/2
+// upstream, whose answer has no such header to pass on; and the
+// connection ends after it.
+func TestCloseIsAnnounced(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	conn, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "example.com", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := nethttp.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Proto") != "HTTP/2.0" {
+		t.Fatalf("%d from upstream %s, want 200 over HTTP/2", resp.StatusCode, resp.Header.Get("X-Upstream-Proto"))
+	}
+	if !resp.Close {
+		t.Error("the answer to a request with Connection: close does not say the connection closes")
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("after the answer: read %d bytes, %v; want the connection closed", n, err)
+	}
+}
+
+// TestUpstreamSessionResumed: an intercepted connection resumes the
+// upstream TLS session an earlier connection to the same target opened.
+func TestUpstreamSessionResumed(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	for i, want := range []string{"false", "true"} {
+		// A client of its own each time: a new agent connection, and so a
+		// new upstream connection.
+		resp, _ := get(t, h.client(true, false), "https://example.com/x")
+		if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Resumed") != want {
+			t.Errorf("connection %d: %d, upstream TLS resumed %q, want %s", i+1, resp.StatusCode, resp.Header.Get("X-Upstream-Resumed"), want)
+		}
+	}
+}
+
+// TestUpstreamSessionsStayApart: TLS sessions are shared only by
+// connections to the same target verifying against the same roots.
+func TestUpstreamSessionsStayApart(t *testing.T) {
+	ca := func(name string) *x509.Certificate {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, IsCA: true,
+			BasicConstraintsValid: true, NotAfter: time.Now().Add(time.Hour)}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, _ := x509.ParseCertificate(der)
+		return cert
+	}
+	pool := func(certs ...*x509.Certificate) *x509.CertPool {
+		p := x509.NewCertPool()
+		for _, c := range certs {
+			p.AddCert(c)
+		}
+		return p
+	}
+	a, b := ca("a"), ca("b")
+	var d Decoder
+	first := d.sessionCache("api", pool(a))
+	if d.sessionCache("api", pool(a)) != first {
+		t.Error("the same target and equal roots got another cache")
+	}
+	if d.sessionCache("other", pool(a)) == first {
+		t.Error("another target shares the cache")
+	}
+	if d.sessionCache("api", pool(a, b)) == first || d.sessionCache("api", nil) == first {
+		t.Error("other roots share the cache")
+	}
+	if d.sessionCache("api", pool(a)) == first {
+		t.Error("a cache of roots replaced since is used again")
 	}
 }
