@@ -204,11 +204,13 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 		sessions = append(sessions, s)
 	}
 	r.mu.Unlock()
-	var ds []store.Decision
+	batches := make([][]store.Decision, 0, len(sessions))
 	for _, s := range sessions {
-		ds = append(ds, s.flush()...)
+		if ds := s.flush(); len(ds) > 0 {
+			batches = append(batches, ds)
+		}
 	}
-	return r.st.AddDecisions(ctx, ds)
+	return r.st.AddDecisions(ctx, batches...)
 }
 
 // Session is one open recording. Message and Decide are safe to call from
