@@ -204,11 +204,13 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 		sessions = append(sessions, s)
 	}
 	r.mu.Unlock()
-	var ds []store.Decision
+	batches := make([][]store.Decision, 0, len(sessions))
 	for _, s := range sessions {
-		ds = append(ds, s.flush()...)
+		if ds := s.flush(); len(ds) > 0 {
+			batches = append(batches, ds)
+		}
 	}
-	return r.st.AddDecisions(ctx, ds)
+	return r.st.AddDecisions(ctx, batches...)
 }
 
 // Session is one open recording. Message and Decide are safe to call from
@@ -218,8 +220,12 @@ type Session struct {
 	meta  store.Session
 	start time.Time
 
-	mu       sync.Mutex
-	buf      []byte // frames not yet handed to the writer
+	mu sync.Mutex
+	// buf holds frames not yet handed to the writer. It is taken from the
+	// free list when a frame arrives and handed over whole at each flush,
+	// so an idle session holds no buffer: at 64 KiB each, they were most
+	// of an idle session's memory.
+	buf      []byte
 	scratch  [32]byte
 	vbuf     []byte // verdict encoding, reused
 	seq      int64
@@ -254,7 +260,7 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, err
 	if err != nil {
 		return nil, fmt.Errorf("create recording: %w", err)
 	}
-	s := &Session{r: r, meta: meta, start: meta.Started, f: f, sum: sha256.New(), buf: r.getBuf()}
+	s := &Session{r: r, meta: meta, start: meta.Started, f: f, sum: sha256.New()}
 	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
 		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
 	head := append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...)
@@ -338,12 +344,14 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 	s.mu.Unlock()
 }
 
-// put copies p into the session buffer, handing full buffers to the writer.
+// put copies p into the session buffer, handing full buffers to the writer
+// and taking a buffer when it has none.
 // The caller holds s.mu.
 func (s *Session) put(p []byte) {
 	for len(p) > 0 {
 		if len(s.buf) == cap(s.buf) {
 			s.handoff()
+			s.buf = s.r.getBuf()
 		}
 		n := copy(s.buf[len(s.buf):cap(s.buf)], p)
 		s.buf = s.buf[:len(s.buf)+n]
@@ -358,7 +366,7 @@ func (s *Session) handoff() {
 		return
 	}
 	s.r.send(writeReq{s: s, buf: s.buf})
-	s.buf = s.r.getBuf()
+	s.buf = nil
 }
 
 // writeOut writes b to the file and the running hash, so sealing never

@@ -166,6 +166,12 @@ const (
 	defaultMaxMessage = 64 << 20
 	bufSize           = 16 << 10
 	flushAt           = 32 << 10
+	// startSize is where a session's input and output buffers start. Most
+	// sessions exchange messages of a few hundred bytes and many sit idle,
+	// so the buffers grow (input to bufSize, output as appended) only when
+	// the traffic asks for it: 128 KiB of buffers allocated up front were
+	// most of an idle session's memory.
+	startSize = 1 << 10
 	// deniedSQL replaces a denied statement upstream: the server fails it
 	// with a syntax error at the same point of the protocol the statement
 	// would have been, so it does everything a server does on an error
@@ -400,7 +406,8 @@ type relay struct {
 	bg      sync.WaitGroup // hold notices being written
 }
 
-// reader is a reusable input buffer over a connection.
+// reader is a reusable input buffer over a connection. It starts at
+// startSize and grows to bufSize once a message or a read needs more.
 type reader struct {
 	conn net.Conn
 	buf  []byte
@@ -438,7 +445,7 @@ func (rd *reader) release() {
 // that need bytes fit.
 func (rd *reader) fill(need int) error {
 	if need > len(rd.buf) {
-		nb := make([]byte, need)
+		nb := make([]byte, max(need, bufSize))
 		rd.w = copy(nb, rd.buf[rd.r:rd.w])
 		rd.r = 0
 		rd.buf = nb
@@ -448,6 +455,14 @@ func (rd *reader) fill(need int) error {
 	}
 	n, err := rd.conn.Read(rd.buf[rd.w:])
 	rd.w += n
+	if rd.w == len(rd.buf) && len(rd.buf) < bufSize {
+		// The read filled the buffer: more is probably waiting, and
+		// reads this small would each cost a system call.
+		nb := make([]byte, bufSize)
+		rd.w = copy(nb, rd.buf[rd.r:rd.w])
+		rd.r = 0
+		rd.buf = nb
+	}
 	if n > 0 {
 		return nil
 	}
@@ -583,7 +598,7 @@ func (f *framer) next(keepWhole func(typ byte, head []byte) bool) (typ byte, msg
 		}
 		total := 1 + n
 		if avail < total {
-			if total <= len(f.in.buf) || keepWhole(typ, f.in.buf[f.in.r+5:f.in.w]) {
+			if total <= max(len(f.in.buf), bufSize) || keepWhole(typ, f.in.buf[f.in.r+5:f.in.w]) {
 				if n-4 > f.maxWhole {
 					return typ, nil, 0, false, &LimitError{Limit: LimitMessage, Code: "54000",
 						Msg: fmt.Sprintf("message %q of %d bytes%s is larger than the %d bytes a session may buffer", typ, n-4, f.from, f.maxWhole)}
@@ -630,7 +645,7 @@ type stmtInfo struct {
 }
 
 func (r *relay) clientLoop() error {
-	f := &framer{in: reader{conn: r.agent, buf: make([]byte, bufSize), budget: r.cfg.Budget}, out: make([]byte, 0, flushAt+bufSize),
+	f := &framer{in: reader{conn: r.agent, buf: make([]byte, startSize), budget: r.cfg.Budget}, out: make([]byte, 0, startSize),
 		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, timeout: r.cfg.MessageTimeout, eof: clientEOF}
 	defer f.in.release()
 	f.write = func(b []byte) error {
@@ -967,7 +982,7 @@ type serverState struct {
 }
 
 func (r *relay) serverLoop() error {
-	f := &framer{in: reader{conn: r.upstream, buf: make([]byte, bufSize), budget: r.cfg.Budget}, out: make([]byte, 0, flushAt+bufSize),
+	f := &framer{in: reader{conn: r.upstream, buf: make([]byte, startSize), budget: r.cfg.Budget}, out: make([]byte, 0, startSize),
 		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, eof: serverEOF, from: " from server"}
 	defer f.in.release()
 	locked := false // agentMu held across a streamed message
