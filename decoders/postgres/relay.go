@@ -445,10 +445,7 @@ func (rd *reader) release() {
 // that need bytes fit.
 func (rd *reader) fill(need int) error {
 	if need > len(rd.buf) {
-		nb := make([]byte, max(need, bufSize))
-		rd.w = copy(nb, rd.buf[rd.r:rd.w])
-		rd.r = 0
-		rd.buf = nb
+		rd.grow(max(need, bufSize))
 	} else if rd.r > 0 && (rd.r+need > len(rd.buf) || rd.r == rd.w) {
 		rd.w = copy(rd.buf, rd.buf[rd.r:rd.w])
 		rd.r = 0
@@ -458,10 +455,7 @@ func (rd *reader) fill(need int) error {
 	if rd.w == len(rd.buf) && len(rd.buf) < bufSize {
 		// The read filled the buffer: more is probably waiting, and
 		// reads this small would each cost a system call.
-		nb := make([]byte, bufSize)
-		rd.w = copy(nb, rd.buf[rd.r:rd.w])
-		rd.r = 0
-		rd.buf = nb
+		rd.grow(bufSize)
 	}
 	if n > 0 {
 		return nil
@@ -470,6 +464,14 @@ func (rd *reader) fill(need int) error {
 		err = io.ErrNoProgress
 	}
 	return err
+}
+
+// grow moves the unread bytes into a new buffer of size bytes.
+func (rd *reader) grow(size int) {
+	nb := make([]byte, size)
+	rd.w = copy(nb, rd.buf[rd.r:rd.w])
+	rd.r = 0
+	rd.buf = nb
 }
 
 // shrink gives back a buffer grown for one large message.
