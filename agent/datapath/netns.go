@@ -87,12 +87,11 @@ func (d *Datapath) EnterNetns(path string, dns ...netip.AddrPort) (*Netns, error
 	if err := loopbackUp(h); err != nil {
 		return nil, err
 	}
-	var dnsErr error
 	if err := inNetns(h, func() error {
 		if err := n.listen(); err != nil {
 			return err
 		}
-		dnsErr = n.listenDNS(dns)
+		n.DNSErr = n.listenDNS(dns)
 		return nil
 	}); err != nil {
 		return nil, err
@@ -118,7 +117,6 @@ func (d *Datapath) EnterNetns(path string, dns ...netip.AddrPort) (*Netns, error
 			return nil, fmt.Errorf("serve dns socket %s in netns %d: %w", c.LocalAddr(), n.Inode, err)
 		}
 	}
-	n.DNSErr = dnsErr
 	if n.link, err = n.adoptOrAttach(h); err != nil {
 		return nil, err
 	}
