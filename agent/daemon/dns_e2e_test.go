@@ -34,15 +34,23 @@ type testResolver struct {
 
 func startResolver(t testing.TB) *testResolver {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// UDP and TCP share the port number; the one the kernel picks for UDP
+	// may be a TCP connection's local port already, so pick again.
+	var pc net.PacketConn
+	var ln net.Listener
+	for try := 0; ln == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
+			pc.Close()
+			if try == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	r := &testResolver{addr: pc.LocalAddr().String(), a: map[string]string{}}
-	ln, err := net.Listen("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) {
 		r.mu.Lock()
 		r.seen = append(r.seen, strings.ToLower(m.Question[0].Name))
