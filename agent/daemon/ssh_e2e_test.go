@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+	"golang.org/x/sys/cpu"
 
 	"github.com/interlock-dev/interlock/agent/credentials/vaultcompat"
 	"github.com/interlock-dev/interlock/agent/daemontest"
@@ -261,6 +262,11 @@ func TestSSHExec(t *testing.T) {
 	// The agent authenticated with nothing: it holds no key.
 	if !strings.Contains(errOut, `using "none"`) {
 		t.Errorf("the agent authenticated with something other than none:\n%s", errOut)
+	}
+	// OpenSSH lists chacha20 and AES-CTR first; interlockd offered it only
+	// the cheapest cipher it accepts.
+	if cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ && !strings.Contains(errOut, "client->server cipher: aes128-gcm@openssh.com") {
+		t.Errorf("the agent's cipher is not AES-GCM:\n%s", errOut)
 	}
 
 	// A host name of the target's hosts is in the certificate too.

@@ -13,7 +13,6 @@ import (
 
 	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
-	"golang.org/x/sys/cpu"
 
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
@@ -46,21 +45,6 @@ const overCapHandshake = 2 * time.Second
 // deniedStatus is the exit status of a denied command: the shell's "found
 // but cannot execute".
 const deniedStatus = 126
-
-// agentCiphers are the ciphers offered to the agent. The client's order
-// decides (RFC 4253 7.1), and OpenSSH lists chacha20-poly1305 first, which
-// x/crypto runs in plain Go on amd64: a fifth of interlockd's CPU in an scp
-// upload, where AES with AES-NI costs little. Where the CPU has AES and
-// carry-less multiply, the agent is offered AES only: OpenSSH then picks
-// aes128-ctr (it lists CTR before GCM), other clients GCM; every OpenSSH
-// since 6.2 and the libraries agents use have one of them. Elsewhere the
-// library's defaults, chacha20 included.
-var agentCiphers = func() []string {
-	if !cpu.X86.HasAES || !cpu.X86.HasPCLMULQDQ {
-		return nil
-	}
-	return []string{xssh.CipherAES128GCM, xssh.CipherAES256GCM, xssh.CipherAES128CTR, xssh.CipherAES192CTR, xssh.CipherAES256CTR}
-}()
 
 // Target is what a session's target says about SSH.
 type Target struct {
@@ -111,13 +95,21 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 		MaxAuthTries:         3,
 		ServerVersion:        "SSH-2.0-Interlock",
 	}
-	cfg.Ciphers = agentCiphers
 	cfg.AddHostKey(t.HostKey)
 	// A client that stalls anywhere before the session starts (key
 	// exchange, authentication) is cut off with the handshake's bound.
 	deadline, _ := hctx.Deadline()
 	s.Agent.SetDeadline(deadline)
-	sconn, chans, reqs, err := xssh.NewServerConn(s.Agent, cfg)
+	agent, ciphers, err := peekClientKexInit(s.Agent, cfg.ServerVersion)
+	cfg.Ciphers = ciphers
+	var (
+		sconn *xssh.ServerConn
+		chans <-chan xssh.NewChannel
+		reqs  <-chan *xssh.Request
+	)
+	if err == nil {
+		sconn, chans, reqs, err = xssh.NewServerConn(agent, cfg)
+	}
 	if err != nil {
 		c.closeUpstream()
 		if c.refused != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -770,27 +772,117 @@ func waitUntil(t *testing.T, cond func() bool, b *safeBuffer) {
 	}
 }
 
-// TestAgentCiphers: on a CPU with AES-NI the agent is offered AES only, so
-// a client in OpenSSH's order (chacha20-poly1305 first) gets AES, and one
-// that accepts chacha20 alone is refused; elsewhere the library's defaults.
+// TestAgentCiphers: the agent is offered the cheapest cipher it accepts,
+// whatever its order (OpenSSH's puts chacha20 and CTR first), and a client
+// that accepts one cipher only still gets in.
 func TestAgentCiphers(t *testing.T) {
 	f := newFixture(t)
+	aesni := cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ
+	openssh := []string{xssh.CipherChaCha20Poly1305, xssh.CipherAES128CTR, xssh.CipherAES192CTR, xssh.CipherAES256CTR, xssh.CipherAES128GCM, xssh.CipherAES256GCM}
 	for _, c := range []struct {
 		ciphers []string
-		ok      bool
+		want    string
 	}{
-		{[]string{xssh.CipherChaCha20Poly1305, xssh.CipherAES128CTR, xssh.CipherAES128GCM}, true},
-		{[]string{xssh.CipherAES128GCM}, true},
-		{[]string{xssh.CipherChaCha20Poly1305}, !cpu.X86.HasAES || !cpu.X86.HasPCLMULQDQ},
+		{openssh, map[bool]string{true: xssh.CipherAES128GCM, false: xssh.CipherChaCha20Poly1305}[aesni]},
+		{[]string{xssh.CipherAES256CTR, xssh.CipherAES128CTR}, xssh.CipherAES128CTR},
+		{[]string{xssh.CipherChaCha20Poly1305}, xssh.CipherChaCha20Poly1305},
+		{[]string{xssh.CipherAES256GCM}, xssh.CipherAES256GCM},
 	} {
+		if got := cipherFor(c.ciphers, c.ciphers); !slices.Equal(got, []string{c.want}) {
+			t.Errorf("client offering %v is offered %v, want %s", c.ciphers, got, c.want)
+		}
 		f.ciphers = c.ciphers
 		nc, _ := f.serve()
 		cl, err := f.dial(nc, "deploy", nil)
-		if (err == nil) != c.ok {
-			t.Errorf("agent offering %v: %v, want ok %v", c.ciphers, err, c.ok)
+		if err != nil {
+			t.Errorf("agent offering %v: %v", c.ciphers, err)
+			continue
 		}
-		if err == nil {
-			cl.Close()
+		// The session works past the handshake over the replayed bytes.
+		if out, _, st := exec(t, cl, "echo hello", ""); out != "hello\n" || st != 0 {
+			t.Errorf("agent offering %v: exec: %q, status %d", c.ciphers, out, st)
 		}
+		cl.Close()
+	}
+	// A cipher the client accepts one way only is not chosen.
+	if got := cipherFor([]string{xssh.CipherAES128GCM, xssh.CipherAES128CTR}, []string{xssh.CipherAES128CTR}); !slices.Equal(got, []string{xssh.CipherAES128CTR}) {
+		t.Errorf("asymmetric offer: %v", got)
+	}
+	// None in common: the whole list, and the library refuses.
+	if got := cipherFor([]string{"3des-cbc"}, []string{"3des-cbc"}); !slices.Equal(got, agentCiphers) {
+		t.Errorf("no cipher in common: %v", got)
 	}
 }
+
+// TestPeekClientKexInit: what is read before the library's handshake is
+// replayed byte for byte, and input that is not a client's SSH start gets
+// a clear error or is left to the library, never a guess.
+func TestPeekClientKexInit(t *testing.T) {
+	kexinit := func(ciphers ...string) []byte {
+		p := xssh.Marshal(&clientKexInit{KexAlgos: []string{"curve25519-sha256"}, HostKeyAlgos: []string{"ssh-ed25519"},
+			CiphersToSrv: ciphers, CiphersToCli: ciphers, MACsToSrv: []string{"hmac-sha2-256"}, MACsToCli: []string{"hmac-sha2-256"},
+			CompToSrv: []string{"none"}, CompToCli: []string{"none"}})
+		pad := 8 - (len(p)+5)%8 + 8
+		pkt := binary.BigEndian.AppendUint32(nil, uint32(len(p)+pad+1))
+		pkt = append(pkt, byte(pad))
+		pkt = append(pkt, p...)
+		return append(pkt, make([]byte, pad)...)
+	}
+	hello := []byte("SSH-2.0-OpenSSH_9.2p1\r\n")
+	for _, c := range []struct {
+		name    string
+		in      []byte
+		ciphers []string
+		err     string
+	}{
+		{"openssh", slices.Concat(hello, kexinit(xssh.CipherChaCha20Poly1305, xssh.CipherAES128CTR, xssh.CipherAES128GCM), []byte("next")), []string{agentCiphers[0]}, ""},
+		{"not ssh", []byte("GET / HTTP/1.1\r\n\r\n"), agentCiphers, ""},
+		{"not a kexinit", slices.Concat(hello, []byte{0, 0, 0, 12, 4, 21, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0}), agentCiphers, ""},
+		{"huge packet", slices.Concat(hello, []byte{0x7f, 0, 0, 0, 4}), nil, "claims"},
+		{"padding past the end", slices.Concat(hello, []byte{0, 0, 0, 4, 9}), nil, "claims"},
+		{"cut short", slices.Concat(hello, kexinit(xssh.CipherAES128GCM)[:40]), nil, "key exchange"},
+		{"no version", []byte("SSH-2.0-x"), nil, "version"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv, cli := net.Pipe()
+			defer cli.Close()
+			go func() {
+				io.Copy(io.Discard, cli)
+			}()
+			w := &peekConn{Conn: srv, r: bytes.NewReader(c.in)}
+			conn, ciphers, err := peekClientKexInit(w, "SSH-2.0-Interlock")
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("error %v, want one saying %q", err, c.err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(ciphers, c.ciphers) {
+				t.Fatalf("%v %v, want %v", ciphers, err, c.ciphers)
+			}
+			if !bytes.Equal(w.written.Bytes(), []byte("SSH-2.0-Interlock\r\n")) {
+				t.Errorf("the agent was sent %q", w.written.Bytes())
+			}
+			conn.Write([]byte("SSH-2.0-Interlock\r\n"))
+			conn.Write([]byte("kex"))
+			if got := w.written.String(); got != "SSH-2.0-Interlock\r\nkex" {
+				t.Errorf("after the library's writes the agent has %q", got)
+			}
+			replayed, _ := io.ReadAll(conn)
+			if !bytes.Equal(replayed, c.in) {
+				t.Errorf("replayed %q, want %q", replayed, c.in)
+			}
+		})
+	}
+}
+
+// peekConn is a connection that reads r to its end and keeps what is
+// written to it.
+type peekConn struct {
+	net.Conn
+	r       io.Reader
+	written bytes.Buffer
+}
+
+func (c *peekConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
+func (c *peekConn) Write(p []byte) (int, error) { return c.written.Write(p) }
