@@ -52,7 +52,7 @@ func FuzzSFTP(f *testing.F) {
 		}
 		go srv.Serve()
 		defer srv.Close()
-		up, err := sftp.NewClientPipe(upAgent, upAgent)
+		up, err := sftp.NewClientPipe(upAgent, &sftpRequests{newBatchWriter(upAgent, sftpWriteBatch), upAgent})
 		if err != nil {
 			t.Fatal(err)
 		}
