@@ -148,14 +148,14 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 		return nil // gone before a byte
 	}
 	if first[0] != tlsRecordHandshake {
-		c.agent = &replayConn{Conn: s.Agent, r: br}
+		c.agent = &protocol.ReplayConn{Conn: s.Agent, R: br}
 		return c.serveHTTP1(ctx, br)
 	}
 	hello, peeked, err := peekHello(br)
 	if err != nil {
 		return &protocol.ViolationError{Msg: "malformed TLS ClientHello: " + err.Error()}
 	}
-	agent := &replayConn{Conn: s.Agent, r: io.MultiReader(bytes.NewReader(peeked), br)}
+	agent := &protocol.ReplayConn{Conn: s.Agent, R: io.MultiReader(bytes.NewReader(peeked), br)}
 	c.serverName = strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
 	if err := c.choose(ctx, c.serverName); err != nil {
 		refuseTLS(agent)
@@ -188,7 +188,7 @@ func refuseOverLimit(s *protocol.Session) {
 	switch {
 	case err != nil:
 	case first[0] == tlsRecordHandshake:
-		refuseTLS(&replayConn{Conn: s.Agent, r: br})
+		refuseTLS(&protocol.ReplayConn{Conn: s.Agent, R: br})
 	default:
 		resp := errorResponse(nethttp.StatusServiceUnavailable, s.Refuse.Msg)
 		resp.Close = true
@@ -314,7 +314,7 @@ func closeWrite(c net.Conn) {
 			return
 		case interface{ NetConn() net.Conn }:
 			c = x.NetConn()
-		case *replayConn:
+		case *protocol.ReplayConn:
 			c = x.Conn
 		default:
 			c.Close()

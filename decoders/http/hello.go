@@ -67,15 +67,6 @@ func (c *recordingConn) SetDeadline(time.Time) error      { return nil }
 func (c *recordingConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
 
-// replayConn is the agent's connection with what was peeked read again
-// first.
-type replayConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
-
 // errRefused is what refuseTLS's handshake fails with.
 var errRefused = errors.New("server name refused")
 

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
 // Request codes of the untyped packets a client may open a connection with.
@@ -95,7 +98,7 @@ func AcceptClient(ctx context.Context, conn net.Conn, cfg ClientConfig) (*Hello,
 		if hdr[0] == tlsHandshakeRecord && !negotiated {
 			// PostgreSQL 17's direct negotiation (sslnegotiation=direct):
 			// the ClientHello comes first, with no SSLRequest.
-			if err := h.startTLS(ctx, &prefixConn{Conn: h.Conn, prefix: hdr[:]}, cfg, true); err != nil {
+			if err := h.startTLS(ctx, &protocol.ReplayConn{Conn: h.Conn, R: io.MultiReader(bytes.NewReader(hdr[:]), h.Conn)}, cfg, true); err != nil {
 				return nil, err
 			}
 			negotiated = true
@@ -212,21 +215,6 @@ func (h *Hello) startTLS(ctx context.Context, conn net.Conn, cfg ClientConfig, d
 	}
 	h.Conn, h.TLS = tc, true
 	return nil
-}
-
-// prefixConn replays bytes already read from a connection before the rest.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixConn) Read(b []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(b, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
 }
 
 // readHeader reads the length word of an untyped packet, which the caller

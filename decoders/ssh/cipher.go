@@ -12,6 +12,8 @@ import (
 
 	xssh "golang.org/x/crypto/ssh"
 	"golang.org/x/sys/cpu"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
 // agentCiphers is interlockd's order of preference for the agent's leg,
@@ -86,7 +88,7 @@ func peekClientKexInit(c net.Conn, version string) (net.Conn, []string, error) {
 	}
 	var seen bytes.Buffer
 	r := bufio.NewReaderSize(io.TeeReader(c, &seen), 4096)
-	replay := &replayConn{Conn: c, skip: []byte(line)}
+	replay := &replayConn{ReplayConn: protocol.ReplayConn{Conn: c}, skip: []byte(line)}
 	// Lines before the version are allowed of servers only (4.2), so
 	// anything else is left to the library to refuse.
 	v, err := r.ReadSlice('\n')
@@ -94,7 +96,7 @@ func peekClientKexInit(c net.Conn, version string) (net.Conn, []string, error) {
 		return nil, nil, fmt.Errorf("reading the client's version: %w", err)
 	}
 	if len(v) > maxVersionLine || !bytes.HasPrefix(v, []byte("SSH-")) {
-		replay.pending = seen.Bytes()
+		replay.replay(seen.Bytes())
 		return replay, agentCiphers, nil
 	}
 	var hdr [5]byte
@@ -111,7 +113,7 @@ func peekClientKexInit(c net.Conn, version string) (net.Conn, []string, error) {
 	}
 	// Everything the reader took from the connection is replayed, the
 	// bytes it buffered past the packet included.
-	replay.pending = seen.Bytes()
+	replay.replay(seen.Bytes())
 	var k clientKexInit
 	if err := xssh.Unmarshal(packet[:n-1-pad], &k); err != nil {
 		// Not a KEXINIT: the library says what is wrong with it.
@@ -120,21 +122,16 @@ func peekClientKexInit(c net.Conn, version string) (net.Conn, []string, error) {
 	return replay, cipherFor(k.CiphersToSrv, k.CiphersToCli), nil
 }
 
-// replayConn is a connection whose reads start with bytes already read and
-// whose first write is dropped if it is skip.
+// replayConn is a connection whose reads replay the bytes already read
+// and whose first write is dropped if it is skip.
 type replayConn struct {
-	net.Conn
-	pending []byte
-	skip    []byte
+	protocol.ReplayConn
+	skip []byte
 }
 
-func (c *replayConn) Read(p []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
+// replay sets what the connection's reads give first.
+func (c *replayConn) replay(read []byte) {
+	c.R = io.MultiReader(bytes.NewReader(read), c.Conn)
 }
 
 func (c *replayConn) Write(p []byte) (int, error) {
