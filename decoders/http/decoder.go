@@ -204,7 +204,8 @@ type conn struct {
 	maxBody     int64
 	maxRecorded int
 	agent       net.Conn
-	serverName  string // the TLS server name, lower case
+	out         *bufio.Writer // HTTP/1.1 answers to agent: see reply1
+	serverName  string        // the TLS server name, lower case
 	target      string
 	t           Target
 	connect     protocol.Verdict
@@ -497,7 +498,51 @@ func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
 	if resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 {
 		resp.TransferEncoding = []string{"chunked"}
 	}
-	return resp.Write(c.agent)
+	if c.out == nil {
+		c.out = bufio.NewWriterSize(c.agent, replyBuffer)
+	}
+	return writeResponse(c.out, resp)
+}
+
+// replyBuffer holds a response head and the start of its body: one TLS
+// record's worth.
+const replyBuffer = 16 << 10
+
+// writeResponse writes resp through w and flushes it. net/http writes a
+// head a line at a time, and on a TLS connection every write would be a
+// record and a system call of its own: the head goes out with the first
+// read of the body, and what is buffered goes out before every later read,
+// which may wait, so a streamed body is never held back. A body of unknown
+// length may wait for its first byte too (server-sent events), so its head
+// goes out before the first read.
+func writeResponse(w *bufio.Writer, resp *nethttp.Response) error {
+	if resp.Body != nil && resp.Body != nethttp.NoBody {
+		resp.Body = &flushingBody{ReadCloser: resp.Body, w: w, first: resp.ContentLength >= 0}
+	}
+	// Written through a plain Writer: bufio's ReadFrom would read the body
+	// into its own buffer, which the flush in flushingBody.Read moves under
+	// it.
+	if err := resp.Write(struct{ io.Writer }{w}); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// flushingBody flushes w before each read of the body it wraps but the
+// first of a body of known length.
+type flushingBody struct {
+	io.ReadCloser
+	w     *bufio.Writer
+	first bool
+}
+
+func (b *flushingBody) Read(p []byte) (int, error) {
+	if b.first {
+		b.first = false
+	} else if err := b.w.Flush(); err != nil {
+		return 0, err
+	}
+	return b.ReadCloser.Read(p)
 }
 
 // serveHTTP2 serves the agent's HTTP/2 connection, a stream per request.
