@@ -111,9 +111,10 @@ func (d *Daemon) serveMetrics() error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", d.metrics.Handler())
 	// Profiles on the same loopback-only listener, for finding what a busy
-	// proxy spends its time on.
+	// proxy spends its time on, and an execution trace for what it waits on.
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(l)
 	go func() {
