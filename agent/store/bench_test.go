@@ -40,3 +40,26 @@ func BenchmarkAddDecisions(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/decision")
 }
+
+// BenchmarkSessionLifecycle opens and ends a session the way every proxied
+// connection does, in the embedded SQLite store: the store's share of a
+// new connection's cost.
+func BenchmarkSessionLifecycle(b *testing.B) {
+	ctx := context.Background()
+	s, err := store.OpenSQLite(ctx, filepath.Join(b.TempDir(), "interlock.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	for range b.N {
+		ss := store.Session{Host: "h1", Identity: "ci", Target: "forge", Protocol: "http", ClientAddr: "127.0.0.1:40000",
+			UpstreamAddr: "127.0.0.1:443", Recording: "/var/lib/interlock/recordings/x.ilrec"}
+		if err := s.CreateSession(ctx, &ss); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.EndSession(ctx, ss.ID, store.SessionEnd{BytesIn: 100, BytesOut: 200, Messages: 2, Outcome: "closed",
+			RecordingSHA256: "00", RecordingSize: 300}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -48,10 +48,13 @@ func (s *Store) CreateSession(ctx context.Context, sess *Session) error {
 	if sess.Started.IsZero() {
 		sess.Started = time.Now().UTC()
 	}
-	_, err := s.db.ExecContext(ctx, s.Rebind(`INSERT INTO sessions
+	ins, err := s.prepared(ctx, `INSERT INTO sessions
 		(id, host, identity, pid, uid, exe, cgroup, target, protocol, client_addr, upstream_addr, started_ns, recording)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		sess.ID, sess.Host, sess.Identity, int64(sess.PID), int64(sess.UID), sess.Exe, sess.Cgroup,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return fmt.Errorf("insert session: %w", err)
+	}
+	_, err = ins.ExecContext(ctx, sess.ID, sess.Host, sess.Identity, int64(sess.PID), int64(sess.UID), sess.Exe, sess.Cgroup,
 		sess.Target, sess.Protocol, sess.ClientAddr, sess.UpstreamAddr, nanos(sess.Started), sess.Recording)
 	if err != nil {
 		return fmt.Errorf("insert session: %w", err)
@@ -76,10 +79,13 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 	if e.Ended.IsZero() {
 		e.Ended = time.Now().UTC()
 	}
-	res, err := s.db.ExecContext(ctx, s.Rebind(`UPDATE sessions SET ended_ns = ?, bytes_in = ?, bytes_out = ?,
+	upd, err := s.prepared(ctx, `UPDATE sessions SET ended_ns = ?, bytes_in = ?, bytes_out = ?,
 		messages = ?, outcome = ?, recording_sha256 = ?, recording_size = ?
-		WHERE id = ? AND ended_ns IS NULL`),
-		nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id)
+		WHERE id = ? AND ended_ns IS NULL`)
+	if err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	res, err := upd.ExecContext(ctx, nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id)
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
@@ -244,30 +250,31 @@ func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
 const decisionRows = 64
 
 func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
+	// One statement for each row count (decisionRows and the remainder),
+	// prepared before the transaction holds a connection: the first
+	// preparation takes one of its own.
+	prep := map[int]*sql.Stmt{}
+	for _, n := range []int{min(len(ds), decisionRows), len(ds) % decisionRows} {
+		if n == 0 || prep[n] != nil {
+			continue
+		}
+		st, err := s.prepared(ctx, `INSERT INTO decisions
+		(session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id) VALUES `+
+			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", n), ", "))
+		if err != nil {
+			return fmt.Errorf("insert decisions: %w", err)
+		}
+		prep[n] = st
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("insert decisions: %w", err)
 	}
 	defer tx.Rollback()
-	stmts := map[int]*sql.Stmt{}
-	defer func() {
-		for _, st := range stmts {
-			st.Close()
-		}
-	}()
 	args := make([]any, 0, 10*decisionRows)
 	for len(ds) > 0 {
 		n := min(len(ds), decisionRows)
-		stmt := stmts[n]
-		if stmt == nil {
-			q := `INSERT INTO decisions
-		(session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id) VALUES ` +
-				strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", n), ", ")
-			if stmt, err = tx.PrepareContext(ctx, s.Rebind(q)); err != nil {
-				return fmt.Errorf("insert decisions: %w", err)
-			}
-			stmts[n] = stmt
-		}
+		stmt := tx.StmtContext(ctx, prep[n])
 		args = args[:0]
 		for _, d := range ds[:n] {
 			args = append(args, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,

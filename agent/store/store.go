@@ -31,6 +31,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
@@ -58,6 +59,10 @@ var migrationFS embed.FS
 type Store struct {
 	db      *sql.DB
 	backend Backend
+	// stmts holds the statements every connection runs, prepared once
+	// (query -> *sql.Stmt): SQLite parses and plans an INSERT in about as
+	// long as it takes to run it.
+	stmts sync.Map
 }
 
 // OpenSQLite opens (creating if needed) the SQLite store at path, usually
@@ -169,8 +174,32 @@ func ping(ctx context.Context, db *sql.DB) error {
 // Backend reports which engine the store runs on.
 func (s *Store) Backend() Backend { return s.backend }
 
-// Close releases the store's connections.
-func (s *Store) Close() error { return s.db.Close() }
+// Close releases the store's statements and connections.
+func (s *Store) Close() error {
+	s.stmts.Range(func(_, st any) bool {
+		st.(*sql.Stmt).Close()
+		return true
+	})
+	return s.db.Close()
+}
+
+// prepared returns query, rebound for the backend, as a statement
+// prepared once for the life of the store; database/sql prepares it again
+// on each pooled connection the first time it runs there.
+func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(ctx, s.Rebind(query))
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
 
 // DB exposes the underlying handle for tests and tools that need raw SQL
 // (for example, proving that a tampered audit row is detected). Daemon code
