@@ -558,6 +558,10 @@ func (c *conn) serveHTTP2(ctx context.Context, tc *tls.Conn) {
 	srv.ServeConn(tc, &http2.ServeConnOpts{Context: ctx, BaseConfig: c.h2base, Handler: nethttp.HandlerFunc(c.serveStream)})
 }
 
+// streamBufs are serveStream's copy buffers: one per stream answered
+// was most of what a stream allocated.
+var streamBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // serveStream answers one HTTP/2 stream.
 func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 	resp := c.exchange(req.Context(), req)
@@ -568,17 +572,28 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	rc := nethttp.NewResponseController(w)
-	buf := make([]byte, 32<<10)
+	bp := streamBufs.Get().(*[]byte)
+	defer streamBufs.Put(bp)
+	buf := *bp
+	var sent int64
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
-			rc.Flush()
+			sent += int64(n)
 		}
 		if err != nil {
 			break
+		}
+		// The next read may wait for the upstream: what was written goes
+		// out first, unless the body is known to be whole, when the
+		// stream's end goes with it. Flushing after every write cost a
+		// frame write of its own per stream; left to the end, the server
+		// writes the streams answered together in one.
+		if resp.ContentLength < 0 || sent < resp.ContentLength {
+			rc.Flush()
 		}
 	}
 	// Trailers (gRPC's status) are known only once the body is read:
