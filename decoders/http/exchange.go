@@ -103,7 +103,12 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 		out.Header.Set("Connection", "Upgrade")
 		out.Header.Set("Upgrade", "websocket")
 	}
-	if req.Body != nil && req.Body != nethttp.NoBody {
+	if req.ContentLength == 0 {
+		// No body: an HTTP/2 request that ended with its headers still
+		// has a Body, which the client would send as an empty DATA frame
+		// of its own.
+		out.Body = nethttp.NoBody
+	} else if req.Body != nil && req.Body != nethttp.NoBody {
 		out.Body = &capture{r: io.LimitReader(req.Body, c.maxBody+1), max: c.maxRecorded, limit: c.maxBody,
 			done: func(b []byte, n int64) {
 				c.mu.Lock()
