@@ -211,6 +211,7 @@ type conn struct {
 	connect     protocol.Verdict
 	chosen      bool
 	transport   *nethttp.Transport
+	up1         upstream1       // an HTTP/1.1 agent's requests without a body
 	h2base      *nethttp.Server // an HTTP/2 connection's: see serveHTTP2
 	scheme      string
 
@@ -345,7 +346,7 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 		return err
 	}
 	c.newTransport()
-	defer c.transport.CloseIdleConnections()
+	defer c.closeUpstream()
 	if tc.ConnectionState().NegotiatedProtocol == "h2" {
 		c.serveHTTP2(ctx, tc)
 		return c.ended()
@@ -355,12 +356,19 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 	return c.serveHTTP1(ctx, bufio.NewReaderSize(tc, c.maxHeader))
 }
 
+// closeUpstream closes the session's connections upstream.
+func (c *conn) closeUpstream() {
+	c.up1.close()
+	c.transport.CloseIdleConnections()
+}
+
 // newTransport makes the session's upstream client: every connection is
 // the Upstream's, TLS (when intercepting) verified for the agent's server
 // name and resumed from the target's earlier connections when it can be,
 // HTTP/2 when the server offers it.
 func (c *conn) newTransport() {
 	c.scheme = "http"
+	c.up1.c = c
 	c.transport = &nethttp.Transport{
 		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return c.s.Upstream.Dial(ctx) },
 		MaxResponseHeaderBytes: int64(c.maxHeader),
@@ -410,7 +418,7 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 			}
 			c.serverName = hostOf(req.Host)
 			c.newTransport()
-			defer c.transport.CloseIdleConnections()
+			defer c.closeUpstream()
 		}
 		c.agent.SetReadDeadline(time.Time{})
 		if strings.EqualFold(req.Header.Get("Expect"), "100-continue") && req.Body != nethttp.NoBody {

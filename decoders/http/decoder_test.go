@@ -18,6 +18,7 @@ import (
 	"net"
 	nethttp "net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,10 +107,12 @@ type harness struct {
 	rec  *recorder
 	enf  *enforcer
 	errs chan error
-	// upstreamHits counts requests the upstream server saw.
-	upstreamHits atomic.Int64
-	up           *httptest.Server
-	roots        *x509.CertPool
+	// upstreamHits counts requests the upstream server saw, upstreamConns
+	// the connections it accepted.
+	upstreamHits  atomic.Int64
+	upstreamConns atomic.Int64
+	up            *httptest.Server
+	roots         *x509.CertPool
 }
 
 type harnessOpts struct {
@@ -119,6 +122,7 @@ type harnessOpts struct {
 	tls     bool // the upstream speaks TLS
 	roots   func(h *harness) *x509.CertPool
 	selectf func(ctx context.Context, name string) (string, protocol.Verdict)
+	upIdle  time.Duration // the upstream server's idle timeout
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -133,6 +137,13 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 			w.Header().Set(nethttp.TrailerPrefix+"Grpc-Status", "0")
 			return
 		}
+		if r.URL.Path == "/hints" {
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(nethttp.StatusEarlyHints)
+		}
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
 		if r.URL.Path == "/ws" {
 			websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }).ServeHTTP(w, r)
 			return
@@ -142,6 +153,12 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		w.Header().Set("X-Upstream-Resumed", strconv.FormatBool(r.TLS != nil && r.TLS.DidResume))
 		fmt.Fprintf(w, "upstream %s %s host=%s body=%q", r.Method, r.URL.RequestURI(), r.Host, body)
 	}))
+	h.up.Config.IdleTimeout = o.upIdle
+	h.up.Config.ConnState = func(_ net.Conn, s nethttp.ConnState) {
+		if s == nethttp.StateNew {
+			h.upstreamConns.Add(1)
+		}
+	}
 	if o.tls {
 		h.up.EnableHTTP2 = true
 		h.up.StartTLS()
@@ -227,8 +244,11 @@ func TestIntercept(t *testing.T) {
 			if resp.StatusCode != 200 || resp.Proto != wantProto || !strings.Contains(body, "upstream GET /repos/x?y=1 host=example.com") {
 				t.Fatalf("allowed: %d %s %q", resp.StatusCode, resp.Proto, body)
 			}
-			if up := resp.Header.Get("X-Upstream-Proto"); up != "HTTP/2.0" {
-				t.Errorf("upstream spoke %s, want HTTP/2.0 (the server offers it)", up)
+			// An HTTP/1.1 agent's requests without a body go over HTTP/1.1
+			// (see upstream1); everything else over HTTP/2, which the
+			// server offers.
+			if up := resp.Header.Get("X-Upstream-Proto"); up != wantProto {
+				t.Errorf("upstream spoke %s, want %s", up, wantProto)
 			}
 			resp, body = get(t, c, "https://example.com/deny/me")
 			var denial struct{ Rule string }
@@ -253,6 +273,15 @@ func TestIntercept(t *testing.T) {
 			}
 			if ty := h.rec.types(); ty != "hHBhihHB" {
 				t.Errorf("recorded types %q, want hHBhihHB", ty)
+			}
+			post, err := c.Post("https://example.com/repos/x", "text/plain", strings.NewReader("a body"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pb, _ := io.ReadAll(post.Body)
+			post.Body.Close()
+			if up := post.Header.Get("X-Upstream-Proto"); post.StatusCode != 200 || up != "HTTP/2.0" || !strings.Contains(string(pb), `body="a body"`) {
+				t.Errorf("POST: %d over %s upstream: %q", post.StatusCode, up, pb)
 			}
 		})
 	}
@@ -688,30 +717,142 @@ func TestOverSessionLimit(t *testing.T) {
 // to close gets "Connection: close" in its answer, also from an HTTP/2
 // upstream, whose answer has no such header to pass on; and the
 // connection ends after it.
+// TestCloseIsAnnounced: the answer to a request with Connection: close
+// says so, whether the request went upstream over HTTP/1.1 (no body) or
+// HTTP/2 (a body), which has no such header to pass on.
 func TestCloseIsAnnounced(t *testing.T) {
+	for _, tc := range []struct{ req, upstream string }{
+		{"GET /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n", "HTTP/1.1"},
+		{"POST /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi", "HTTP/2.0"},
+	} {
+		h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+		conn, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "example.com", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, tc.req)
+		br := bufio.NewReader(conn)
+		resp, err := nethttp.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Proto") != tc.upstream {
+			t.Fatalf("%d from upstream %s, want 200 over %s", resp.StatusCode, resp.Header.Get("X-Upstream-Proto"), tc.upstream)
+		}
+		if !resp.Close {
+			t.Error("the answer to a request with Connection: close does not say the connection closes")
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("after the answer: read %d bytes, %v; want the connection closed", n, err)
+		}
+	}
+}
+
+// TestUpstream1: an HTTP/1.1 agent's requests without a body share one
+// connection upstream, in order; a connection the server closed while idle
+// is replaced and the request sent again, once; an answer after which the
+// server closes is not followed by another request on that connection; a
+// 103 Early Hints is passed over for the answer that follows it.
+func TestUpstream1(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true, upIdle: 200 * time.Millisecond})
+	c := h.client(true, false)
+	for i := range 3 {
+		if resp, body := get(t, c, fmt.Sprintf("https://example.com/n/%d", i)); resp.StatusCode != 200 || !strings.Contains(body, fmt.Sprintf("GET /n/%d", i)) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	if n := h.upstreamConns.Load(); n != 1 {
+		t.Errorf("3 requests took %d upstream connections, want 1", n)
+	}
+	// The server closes the idle connection; the agent's stays open.
+	time.Sleep(600 * time.Millisecond)
+	if resp, body := get(t, c, "https://example.com/after-idle"); resp.StatusCode != 200 || !strings.Contains(body, "GET /after-idle") {
+		t.Fatalf("after the server closed its idle connection: %d %q", resp.StatusCode, body)
+	}
+	if n := h.upstreamConns.Load(); n != 2 {
+		t.Errorf("upstream connections %d, want 2", n)
+	}
+	if resp, _ := get(t, c, "https://example.com/close"); resp.StatusCode != 200 {
+		t.Fatalf("/close: %d", resp.StatusCode)
+	}
+	resp, body := get(t, c, "https://example.com/hints")
+	if resp.StatusCode != 200 || !strings.Contains(body, "GET /hints") {
+		t.Fatalf("after 103: %d %q", resp.StatusCode, body)
+	}
+	if n := h.upstreamConns.Load(); n != 3 {
+		t.Errorf("upstream connections %d, want 3 (a new one after the server's close)", n)
+	}
+	if got := h.upstreamHits.Load(); got != 6 {
+		t.Errorf("upstream saw %d requests, want 6 (each once)", got)
+	}
+}
+
+// TestUpstream1HTTP2Only: a server that refuses a client offering HTTP/1.1
+// alone still serves an HTTP/1.1 agent, over HTTP/2.
+func TestUpstream1HTTP2Only(t *testing.T) {
 	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
-	conn, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "example.com", NextProtos: []string{"http/1.1"}})
+	// In front of the upstream: a ClientHello without h2 gets the
+	// no_application_protocol alert of a strict HTTP/2-only server; the
+	// rest is relayed.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	fmt.Fprintf(conn, "GET /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
-	br := bufio.NewReader(conn)
-	resp, err := nethttp.ReadResponse(br, nil)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			agent, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer agent.Close()
+				br := bufio.NewReader(agent)
+				hello, peeked, err := peekHello(br)
+				if err != nil {
+					return
+				}
+				if !slices.Contains(hello.ALPN, "h2") {
+					agent.Write([]byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 120})
+					return
+				}
+				up, err := net.Dial("tcp", h.up.Listener.Addr().String())
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				up.Write(peeked)
+				go io.Copy(up, br)
+				io.Copy(agent, up)
+			}()
+		}
+	}()
+	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: Intercept, RootCAs: h.roots}, nil }}
+	agentLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Proto") != "HTTP/2.0" {
-		t.Fatalf("%d from upstream %s, want 200 over HTTP/2", resp.StatusCode, resp.Header.Get("X-Upstream-Proto"))
-	}
-	if !resp.Close {
-		t.Error("the answer to a request with Connection: close does not say the connection closes")
-	}
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if n, err := br.Read(make([]byte, 1)); n != 0 || err == nil {
-		t.Errorf("after the answer: read %d bytes, %v; want the connection closed", n, err)
+	t.Cleanup(func() { agentLn.Close() })
+	go func() {
+		for {
+			agent, err := agentLn.Accept()
+			if err != nil {
+				return
+			}
+			s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
+				Handshake: 5 * time.Second, Upstream: upstream{ln.Addr().String()}, Enforcer: h.enf, Recorder: h.rec,
+				TLS: &tls.Config{Certificates: h.up.TLS.Certificates}}
+			go d.Serve(context.Background(), s)
+		}
+	}()
+	strict := &harness{t: t, ln: agentLn, roots: h.roots}
+	resp, body := get(t, strict.client(true, false), "https://example.com/strict")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Proto") != "HTTP/2.0" || !strings.Contains(body, "GET /strict") {
+		t.Fatalf("%d over %s: %q", resp.StatusCode, resp.Header.Get("X-Upstream-Proto"), body)
 	}
 }
 

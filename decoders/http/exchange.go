@@ -123,7 +123,16 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 			return c.refused(err)
 		}
 	}
-	resp, err := c.transport.RoundTrip(out)
+	var (
+		resp *nethttp.Response
+		err  error = errNoHTTP1
+	)
+	if c.up1.direct(req, out) {
+		resp, err = c.up1.roundTrip(ctx, out)
+	}
+	if errors.Is(err, errNoHTTP1) {
+		resp, err = c.transport.RoundTrip(out)
+	}
 	if err != nil {
 		var (
 			verr *tls.CertificateVerificationError
