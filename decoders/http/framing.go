@@ -65,7 +65,9 @@ func ambiguous(head []byte) string {
 			return "obsolete line folding"
 		}
 	}
-	tp := textproto.NewReader(bufio.NewReader(bytes.NewReader(head)))
+	// A reader the head's size: bufio's default of 4 KiB per request was
+	// most of what a request allocated.
+	tp := textproto.NewReader(bufio.NewReaderSize(bytes.NewReader(head), len(head)))
 	if _, err := tp.ReadLine(); err != nil {
 		return "no request line"
 	}
