@@ -791,6 +791,63 @@ func TestUpstream1(t *testing.T) {
 	}
 }
 
+// TestUpstream1OutOfStep: bytes a server sends past an answer are not
+// taken for the answer to the agent's next request.
+func TestUpstream1OutOfStep(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var conns atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := nethttp.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					body := fmt.Sprintf("genuine %s on connection %d", req.URL.Path, n)
+					answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+					if n == 1 {
+						answer += "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+					}
+					io.WriteString(c, answer)
+				}
+			}()
+		}
+	}()
+	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: Plain}, nil }}
+	agent, server := net.Pipe()
+	defer agent.Close()
+	s := &protocol.Session{ID: "s", Identity: "ci", Agent: server, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
+		Handshake: 5 * time.Second, Upstream: upstream{ln.Addr().String()}, Enforcer: &enforcer{}, Recorder: &recorder{}}
+	go d.Serve(context.Background(), s)
+	br := bufio.NewReader(agent)
+	for _, path := range []string{"/one", "/two"} {
+		fmt.Fprintf(agent, "GET %s HTTP/1.1\r\nHost: example.com\r\n\r\n", path)
+		resp, err := nethttp.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if !strings.HasPrefix(string(b), "genuine "+path) {
+			t.Fatalf("%s: %q", path, b)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("%d upstream connections, want 2 (the one out of step not used again)", n)
+	}
+}
+
 // TestUpstream1HTTP2Only: a server that refuses a client offering HTTP/1.1
 // alone still serves an HTTP/1.1 agent, over HTTP/2.
 func TestUpstream1HTTP2Only(t *testing.T) {

@@ -172,7 +172,9 @@ func (b *body1) Read(p []byte) (int, error) {
 
 func (b *body1) Close() error {
 	err := b.ReadCloser.Close()
-	if !b.done || !b.keep {
+	// Bytes already past the answer would be read as the next request's:
+	// the server is out of step, and the connection is not used again.
+	if !b.done || !b.keep || b.u.br.Buffered() > 0 {
 		b.u.close()
 	}
 	return err
