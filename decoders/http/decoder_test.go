@@ -123,6 +123,9 @@ type harnessOpts struct {
 	roots   func(h *harness) *x509.CertPool
 	selectf func(ctx context.Context, name string) (string, protocol.Verdict)
 	upIdle  time.Duration // the upstream server's idle timeout
+	// front, when set, puts a server of its own between the decoder and
+	// the upstream server: it returns the address the decoder dials.
+	front func(t testing.TB, upstream string) string
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -172,31 +175,43 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if o.roots != nil {
 		roots = o.roots(h)
 	}
+	upAddr := h.up.Listener.Addr().String()
+	if o.front != nil {
+		upAddr = o.front(t, upAddr)
+	}
+	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle}
+	h.ln = serveEach(t, func(agent net.Conn) {
+		s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
+			Handshake: 5 * time.Second, Upstream: upstream{upAddr}, Enforcer: h.enf, Recorder: h.rec,
+			Select: o.selectf, Refuse: o.refuse}
+		if o.tls {
+			// The agent side presents the same certificate as the
+			// upstream: the test client trusts it.
+			s.TLS = &tls.Config{Certificates: h.up.TLS.Certificates}
+		}
+		h.errs <- d.Serve(context.Background(), s)
+	})
+	return h
+}
+
+// serveEach listens on loopback and runs serve on each connection, in a
+// goroutine of its own, until the test ends.
+func serveEach(t testing.TB, serve func(net.Conn)) net.Listener {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.ln = ln
 	t.Cleanup(func() { ln.Close() })
-	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle}
 	go func() {
 		for {
-			agent, err := ln.Accept()
+			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
-				Handshake: 5 * time.Second, Upstream: upstream{h.up.Listener.Addr().String()}, Enforcer: h.enf, Recorder: h.rec,
-				Select: o.selectf, Refuse: o.refuse}
-			if o.tls {
-				// The agent side presents the same certificate as the
-				// upstream: the test client trusts it.
-				s.TLS = &tls.Config{Certificates: h.up.TLS.Certificates}
-			}
-			go func() { h.errs <- d.Serve(context.Background(), s) }()
+			go serve(c)
 		}
 	}()
-	return h
+	return ln
 }
 
 // client returns an HTTP client whose every connection reaches the
@@ -794,37 +809,24 @@ func TestUpstream1(t *testing.T) {
 // TestUpstream1OutOfStep: bytes a server sends past an answer are not
 // taken for the answer to the agent's next request.
 func TestUpstream1OutOfStep(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var conns atomic.Int64
-	go func() {
+	ln := serveEach(t, func(c net.Conn) {
+		defer c.Close()
+		n := conns.Add(1)
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := nethttp.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			n := conns.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := nethttp.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					body := fmt.Sprintf("genuine %s on connection %d", req.URL.Path, n)
-					answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-					if n == 1 {
-						answer += "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
-					}
-					io.WriteString(c, answer)
-				}
-			}()
+			body := fmt.Sprintf("genuine %s on connection %d", req.URL.Path, n)
+			answer := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+			if n == 1 {
+				answer += "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+			}
+			io.WriteString(c, answer)
 		}
-	}()
+	})
 	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: Plain}, nil }}
 	agent, server := net.Pipe()
 	defer agent.Close()
@@ -851,63 +853,33 @@ func TestUpstream1OutOfStep(t *testing.T) {
 // TestUpstream1HTTP2Only: a server that refuses a client offering HTTP/1.1
 // alone still serves an HTTP/1.1 agent, over HTTP/2.
 func TestUpstream1HTTP2Only(t *testing.T) {
-	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
 	// In front of the upstream: a ClientHello without h2 gets the
 	// no_application_protocol alert of a strict HTTP/2-only server; the
 	// rest is relayed.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			agent, err := ln.Accept()
+	strict := func(t testing.TB, upstream string) string {
+		return serveEach(t, func(c net.Conn) {
+			defer c.Close()
+			br := bufio.NewReader(c)
+			hello, peeked, err := peekHello(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer agent.Close()
-				br := bufio.NewReader(agent)
-				hello, peeked, err := peekHello(br)
-				if err != nil {
-					return
-				}
-				if !slices.Contains(hello.ALPN, "h2") {
-					agent.Write([]byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 120})
-					return
-				}
-				up, err := net.Dial("tcp", h.up.Listener.Addr().String())
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				up.Write(peeked)
-				go io.Copy(up, br)
-				io.Copy(agent, up)
-			}()
-		}
-	}()
-	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: Intercept, RootCAs: h.roots}, nil }}
-	agentLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agentLn.Close() })
-	go func() {
-		for {
-			agent, err := agentLn.Accept()
+			if !slices.Contains(hello.ALPN, "h2") {
+				c.Write([]byte{0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 120})
+				return
+			}
+			up, err := net.Dial("tcp", upstream)
 			if err != nil {
 				return
 			}
-			s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
-				Handshake: 5 * time.Second, Upstream: upstream{ln.Addr().String()}, Enforcer: h.enf, Recorder: h.rec,
-				TLS: &tls.Config{Certificates: h.up.TLS.Certificates}}
-			go d.Serve(context.Background(), s)
-		}
-	}()
-	strict := &harness{t: t, ln: agentLn, roots: h.roots}
-	resp, body := get(t, strict.client(true, false), "https://example.com/strict")
+			defer up.Close()
+			up.Write(peeked)
+			go io.Copy(up, br)
+			io.Copy(c, up)
+		}).Addr().String()
+	}
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true, front: strict})
+	resp, body := get(t, h.client(true, false), "https://example.com/strict")
 	if resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Proto") != "HTTP/2.0" || !strings.Contains(body, "GET /strict") {
 		t.Fatalf("%d over %s: %q", resp.StatusCode, resp.Header.Get("X-Upstream-Proto"), body)
 	}
