@@ -94,6 +94,36 @@ type generation struct {
 	certPEM []byte
 	leaves  *leafCache
 	minting singleflight.Group
+	tickets ticketKeys
+}
+
+// ticketKeys are the TLS session ticket keys every server configuration of
+// a generation shares, so that an agent resumes a session another of its
+// connections began: crypto/tls makes keys of its own for each
+// configuration, and ServerConfig makes one per connection. A full
+// handshake costs interlockd a signature and the agent a certificate check.
+// A new key every ticketRotation, the previous one still accepted, so no
+// ticket outlives a leaf's lifetime; a new generation starts with new keys.
+type ticketKeys struct {
+	mu      sync.Mutex
+	keys    [][32]byte // the newest first
+	rotated time.Time
+}
+
+// ticketRotation is how long a ticket key is the one tickets are issued
+// with; tickets stay valid one more period.
+const ticketRotation = LeafLifetime / 2
+
+func (t *ticketKeys) get(now time.Time) [][32]byte {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.keys) == 0 || now.Sub(t.rotated) >= ticketRotation {
+		var k [32]byte
+		rand.Read(k[:])
+		t.keys = append([][32]byte{k}, t.keys...)[:min(len(t.keys)+1, 2)]
+		t.rotated = now
+	}
+	return t.keys
 }
 
 // Open loads the authority in cfg.Dir, creating it on first use. An
@@ -354,7 +384,7 @@ func (a *Authority) Leaf(name string) (*tls.Certificate, error) {
 // server name the client sends (SNI), or for fallback, the address it
 // connected to, when it sends none (clients send no SNI for IP addresses).
 func (a *Authority) ServerConfig(fallback netip.Addr, nextProtos ...string) *tls.Config {
-	return &tls.Config{
+	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		NextProtos: nextProtos,
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
@@ -367,6 +397,8 @@ func (a *Authority) ServerConfig(fallback netip.Addr, nextProtos ...string) *tls
 			return a.Leaf(fallback.Unmap().String())
 		},
 	}
+	cfg.SetSessionTicketKeys(a.current.Load().tickets.get(time.Now()))
+	return cfg
 }
 
 func (g *generation) mint(name string, ip netip.Addr, now time.Time) (*tls.Certificate, error) {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -283,6 +284,60 @@ func TestServerConfig(t *testing.T) {
 				t.Fatalf("ALPN %q", p)
 			}
 		})
+	}
+}
+
+// TestServerConfigResumes: an agent resumes, on a new connection (a new
+// configuration), the session an earlier connection began; not once the
+// authority is rotated.
+func TestServerConfigResumes(t *testing.T) {
+	a := open(t, Config{Dir: t.TempDir()})
+	cache := tls.NewLRUClientSessionCache(4)
+	handshake := func() bool {
+		t.Helper()
+		c, s := net.Pipe()
+		defer c.Close()
+		defer s.Close()
+		srv := tls.Server(s, a.ServerConfig(netip.Addr{}))
+		errc := make(chan error, 1)
+		go func() {
+			err := srv.Handshake()
+			if err == nil {
+				io.Copy(io.Discard, srv) // until the client closes
+			}
+			errc <- err
+		}()
+		tc := tls.Client(c, &tls.Config{RootCAs: pool(t, a.CertificatePEM()), ServerName: "api.test", ClientSessionCache: cache})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("client handshake: %v", err)
+		}
+		// The TLS 1.3 ticket comes after the handshake: a read takes it in.
+		tc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		tc.Read(make([]byte, 1))
+		resumed := tc.ConnectionState().DidResume
+		tc.Close()
+		c.Close()
+		if err := <-errc; err != nil {
+			t.Fatalf("server handshake: %v", err)
+		}
+		return resumed
+	}
+	if handshake() {
+		t.Fatal("the first connection resumed")
+	}
+	if !handshake() {
+		t.Fatal("the second connection made a full handshake")
+	}
+	if err := a.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	cache = tls.NewLRUClientSessionCache(4)
+	handshake()
+	if err := a.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if handshake() {
+		t.Error("a session of an authority rotated away was resumed")
 	}
 }
 
