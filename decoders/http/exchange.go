@@ -123,6 +123,7 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 			return c.refused(err)
 		}
 	}
+	// The Transport takes what upstream1 does not.
 	var (
 		resp *nethttp.Response
 		err  error = errNoHTTP1

@@ -100,8 +100,9 @@ func (u *upstream1) try(ctx context.Context, out *nethttp.Request) (*nethttp.Res
 	}
 }
 
-// dial opens the connection: TLS when intercepting, verified for the
-// agent's server name like the Transport's, offering HTTP/1.1 alone.
+// dial opens the connection: TLS when intercepting, with the Transport's
+// configuration (verified for the agent's server name, resumed from the
+// target's earlier connections) but offering HTTP/1.1 alone.
 func (u *upstream1) dial(ctx context.Context) error {
 	c := u.c
 	nc, err := c.s.Upstream.Dial(ctx)
@@ -109,8 +110,9 @@ func (u *upstream1) dial(ctx context.Context) error {
 		return err
 	}
 	if c.t.Mode == Intercept {
-		tc := tls.Client(nc, &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12,
-			ClientSessionCache: c.d.sessionCache(c.target, c.t.RootCAs), NextProtos: []string{"http/1.1"}})
+		cfg := c.transport.TLSClientConfig.Clone()
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(nc, cfg)
 		hctx, cancel := context.WithTimeout(ctx, c.s.Handshake)
 		err := tc.HandshakeContext(hctx)
 		cancel()
