@@ -29,7 +29,6 @@ type upstream1 struct {
 	nc   net.Conn // nil: none open
 	br   *bufio.Reader
 	bw   *bufio.Writer
-	used bool // an answer came over nc: it may since have been closed idle
 	stop func() bool
 	off  bool // the server does not speak HTTP/1.1
 }
@@ -43,7 +42,9 @@ func (u *upstream1) direct(agent *nethttp.Request, out *nethttp.Request) bool {
 // while idle is found when the request fails before any answer: a request
 // safe to repeat is then sent once more, over a new connection.
 func (u *upstream1) roundTrip(ctx context.Context, out *nethttp.Request) (*nethttp.Response, error) {
-	reused := u.nc != nil && u.used
+	// An open connection has answered before (a failure closes it), so
+	// the server may since have closed it idle.
+	reused := u.nc != nil
 	resp, err := u.try(ctx, out)
 	if err != nil && reused && ctx.Err() == nil && replayable(out) && staleConn(err) {
 		u.close()
@@ -81,7 +82,6 @@ func (u *upstream1) try(ctx context.Context, out *nethttp.Request) (*nethttp.Res
 			u.close()
 			return nil, err
 		}
-		u.used = true
 		switch {
 		case resp.StatusCode == nethttp.StatusSwitchingProtocols:
 			// Only a WebSocket is upgraded, and it goes through the
@@ -133,7 +133,7 @@ func (u *upstream1) dial(ctx context.Context) error {
 	}
 	// Closed with the session, which ends a read waiting on the server.
 	u.stop = context.AfterFunc(ctx, func() { nc.Close() })
-	u.nc, u.used = nc, false
+	u.nc = nc
 	u.br, u.bw = bufio.NewReaderSize(nc, c.maxHeader), bufio.NewWriterSize(nc, 4<<10)
 	return nil
 }
