@@ -15,11 +15,7 @@ import (
 // reports the cost per decision.
 func BenchmarkAddDecisions(b *testing.B) {
 	ctx := context.Background()
-	s, err := store.OpenSQLite(ctx, filepath.Join(b.TempDir(), "interlock.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := openBench(b)
 	ss := store.Session{Host: "h1", Identity: "ci", Target: "orders", Protocol: "postgresql", Started: time.Now().UTC()}
 	if err := s.CreateSession(ctx, &ss); err != nil {
 		b.Fatal(err)
@@ -46,11 +42,7 @@ func BenchmarkAddDecisions(b *testing.B) {
 // new connection's cost.
 func BenchmarkSessionLifecycle(b *testing.B) {
 	ctx := context.Background()
-	s, err := store.OpenSQLite(ctx, filepath.Join(b.TempDir(), "interlock.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := openBench(b)
 	for range b.N {
 		ss := store.Session{Host: "h1", Identity: "ci", Target: "forge", Protocol: "http", ClientAddr: "127.0.0.1:40000",
 			UpstreamAddr: "127.0.0.1:443", Recording: "/var/lib/interlock/recordings/x.ilrec"}
@@ -62,4 +54,14 @@ func BenchmarkSessionLifecycle(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// openBench opens an embedded SQLite store for a benchmark.
+func openBench(b *testing.B) *store.Store {
+	s, err := store.OpenSQLite(context.Background(), filepath.Join(b.TempDir(), "interlock.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
 }
