@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -107,4 +108,59 @@ func (c *rawConn) opError(op string, errno syscall.Errno) error {
 // still talks.
 func (c *rawConn) CloseWrite() error {
 	return c.Conn.(interface{ CloseWrite() error }).CloseWrite()
+}
+
+// copyBufs are WriteTo's buffers, shared by every relay of the process.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// WriteTo copies from c to w until c ends (io.EOF is no error) or either
+// side fails, and returns the bytes written: io.Copy from a wrapped socket
+// comes here. It holds a buffer only while bytes are flowing: when c has
+// nothing to read, the buffer goes back to a pool shared by every relay
+// before the goroutine parks, so an idle relay holds none and a short
+// connection allocates none.
+func (c *rawConn) WriteTo(w io.Writer) (int64, error) {
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			copyBufs.Put(bp)
+		}
+	}()
+	var written int64
+	for {
+		var n int
+		var errno syscall.Errno
+		err := c.rc.Read(func(fd uintptr) bool {
+			for {
+				if bp == nil {
+					bp = copyBufs.Get().(*[]byte)
+				}
+				b := *bp
+				r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+				switch e {
+				case syscall.EINTR:
+					continue
+				case syscall.EAGAIN:
+					copyBufs.Put(bp)
+					bp = nil
+					return false
+				}
+				n, errno = int(r), e
+				return true
+			}
+		})
+		switch {
+		case err != nil:
+			return written, err
+		case errno != 0:
+			return written, c.opError("read", errno)
+		case n == 0:
+			return written, nil
+		}
+		m, err := w.Write((*bp)[:n])
+		written += int64(m)
+		if err != nil {
+			return written, err
+		}
+	}
 }

@@ -321,7 +321,7 @@ func (p *Pipeline) relay(c *conn, pol *policy.Policy, dec policy.Decision, mode 
 		return
 	}
 	defer up.Close()
-	sent, recv := proxy.Relay(client, up.(*net.TCPConn))
+	sent, recv := protocol.Relay(rawsock.Wrap(client), rawsock.Wrap(up))
 	end := c.end("closed", "")
 	end.BytesIn, end.BytesOut = sent, recv
 	p.end(c, end)

@@ -167,7 +167,9 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 			refuseTLS(agent)
 			return &protocol.RefusedError{Outcome: "denied", Err: fmt.Errorf("server name %q: a passthrough connection is allowed or refused as a whole (rule %s)", hello.ServerName, c.connect.Rule)}
 		}
-		return c.passthrough(ctx, agent, hello)
+		// What the hello's read took beyond the hello goes on with it.
+		rest, _ := br.Peek(br.Buffered())
+		return c.passthrough(ctx, append(peeked, rest...), hello)
 	case Intercept:
 		return c.intercept(ctx, agent)
 	}
@@ -253,9 +255,10 @@ func describe(v protocol.Verdict) string {
 	return "denied by rule " + v.Rule
 }
 
-// passthrough relays a connection whose server name was allowed, hello
-// and all, without decrypting it.
-func (c *conn) passthrough(ctx context.Context, agent net.Conn, hello Hello) error {
+// passthrough relays a connection whose server name was allowed, without
+// decrypting it: first what was read of it (read: the hello, and whatever
+// came with it), then the agent's socket itself.
+func (c *conn) passthrough(ctx context.Context, read []byte, hello Hello) error {
 	if err := c.s.Recorder.Start(ctx); err != nil {
 		return err
 	}
@@ -267,8 +270,11 @@ func (c *conn) passthrough(ctx context.Context, agent net.Conn, hello Hello) err
 	}
 	defer up.Close()
 	c.s.Agent.SetDeadline(time.Time{})
-	r := relay{agent: agent, up: up}
-	sent, recv := r.run()
+	if _, err := up.Write(read); err != nil {
+		return &protocol.RefusedError{Outcome: "upstream unreachable", Err: err}
+	}
+	sent, recv := protocol.Relay(c.s.Agent, up)
+	sent += int64(len(read))
 	c.s.Recorder.Record(protocol.Message{Type: MsgPassthroughEnd, Time: time.Now(),
 		Body: fmt.Appendf(nil, "agent sent %d bytes, server %d bytes", sent, recv)})
 	return nil
@@ -279,50 +285,6 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
-}
-
-// relay copies a passthrough connection both ways.
-type relay struct{ agent, up net.Conn }
-
-func (r relay) run() (sent, recv int64) {
-	done := make(chan int64, 2)
-	go func() { done <- r.copyUp() }()
-	recv = r.copyDown()
-	sent = <-done
-	return sent, recv
-}
-
-// copyUp copies the agent's bytes to the server; a stuck copy's stack
-// trace says which way.
-func (r relay) copyUp() int64 {
-	n, _ := io.Copy(r.up, r.agent)
-	closeWrite(r.up)
-	return n
-}
-
-// copyDown copies the server's bytes to the agent.
-func (r relay) copyDown() int64 {
-	n, _ := io.Copy(r.agent, r.up)
-	closeWrite(r.agent)
-	return n
-}
-
-// closeWrite half-closes c when it can, so each side sees the other's end.
-func closeWrite(c net.Conn) {
-	for {
-		switch x := c.(type) {
-		case interface{ CloseWrite() error }:
-			x.CloseWrite()
-			return
-		case interface{ NetConn() net.Conn }:
-			c = x.NetConn()
-		case *protocol.ReplayConn:
-			c = x.Conn
-		default:
-			c.Close()
-			return
-		}
-	}
 }
 
 // intercept terminates the agent's TLS with a leaf for the server name and
@@ -480,7 +442,7 @@ func (c *conn) refuse1(resp *nethttp.Response) {
 	if c.reply1(nil, resp) != nil {
 		return
 	}
-	closeWrite(c.agent)
+	protocol.CloseWrite(c.agent)
 	c.agent.SetReadDeadline(time.Now().Add(lingerTime))
 	io.Copy(io.Discard, io.LimitReader(c.agent, lingerBytes))
 }

@@ -1,9 +1,13 @@
-package proxy
+package protocol
 
 import (
+	"bytes"
+	"crypto/rand"
 	"io"
 	"net"
 	"testing"
+
+	"github.com/interlock-dev/interlock/agent/rawsock"
 )
 
 // pair returns both ends of a loopback TCP connection.
@@ -31,7 +35,7 @@ func TestRelayCountsAndHalfCloses(t *testing.T) {
 	type counts struct{ sent, recv int64 }
 	done := make(chan counts, 1)
 	go func() {
-		s, r := Relay(agentSide, upSide)
+		s, r := Relay(rawsock.Wrap(agentSide), rawsock.Wrap(upSide))
 		done <- counts{s, r}
 	}()
 	// The server answers after the agent has finished sending: only works
@@ -56,7 +60,7 @@ func TestRelayResetClosesBoth(t *testing.T) {
 	agent, agentSide := pair(t)
 	upSide, server := pair(t)
 	done := make(chan struct{})
-	go func() { Relay(agentSide, upSide); close(done) }()
+	go func() { Relay(rawsock.Wrap(agentSide), rawsock.Wrap(upSide)); close(done) }()
 	// The server resets; the agent, which never closes, must be released.
 	server.SetLinger(0)
 	server.Close()
@@ -65,4 +69,35 @@ func TestRelayResetClosesBoth(t *testing.T) {
 		t.Fatal("agent read succeeded after the upstream reset")
 	}
 	<-done
+}
+
+// TestRelayLargeBothWays: more than one buffer each way, at once, arrives
+// intact (buffers go back to the pool between reads).
+func TestRelayLargeBothWays(t *testing.T) {
+	agent, agentSide := pair(t)
+	upSide, server := pair(t)
+	go Relay(rawsock.Wrap(agentSide), rawsock.Wrap(upSide))
+	up, down := make([]byte, 1<<20), make([]byte, 3<<20+7)
+	rand.Read(up)
+	rand.Read(down)
+	gotUp := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(server)
+		gotUp <- b
+	}()
+	go func() {
+		server.Write(down)
+		server.CloseWrite()
+	}()
+	go func() {
+		agent.Write(up)
+		agent.CloseWrite()
+	}()
+	gotDown, err := io.ReadAll(agent)
+	if err != nil || !bytes.Equal(gotDown, down) {
+		t.Fatalf("agent got %d bytes (%v), want the server's %d", len(gotDown), err, len(down))
+	}
+	if b := <-gotUp; !bytes.Equal(b, up) {
+		t.Fatalf("server got %d bytes, want the agent's %d", len(b), len(up))
+	}
 }

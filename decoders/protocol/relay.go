@@ -1,0 +1,66 @@
+package protocol
+
+import (
+	"io"
+	"net"
+)
+
+// Relay copies bytes both ways between a and b until both directions end,
+// and returns the byte counts (a to b, b to a): the plain TCP relay and the
+// TLS passthrough. Each direction half-closes its destination when its
+// source ends, so protocols that shut down one side keep working; an error
+// on either side closes both, since the other copy would otherwise wait on
+// a peer that is never told. One direction is copied on the calling
+// goroutine.
+func Relay(a, b net.Conn) (aToB, bToA int64) {
+	down := make(chan error, 1)
+	go func() {
+		var err error
+		bToA, err = copyDown(a, b)
+		if err != nil {
+			a.Close()
+			b.Close()
+		}
+		down <- err
+	}()
+	aToB, err := copyUp(b, a)
+	if err != nil {
+		a.Close()
+		b.Close()
+	}
+	<-down
+	return aToB, bToA
+}
+
+// copyUp and copyDown are separate functions so stack traces say which way
+// a stuck copy was going.
+func copyUp(dst, src net.Conn) (int64, error) {
+	n, err := io.Copy(dst, src)
+	CloseWrite(dst)
+	return n, err
+}
+
+func copyDown(dst, src net.Conn) (int64, error) {
+	n, err := io.Copy(dst, src)
+	CloseWrite(dst)
+	return n, err
+}
+
+// CloseWrite half-closes c when the connection under it can, so its peer
+// sees the end while the other direction goes on; otherwise it closes c.
+func CloseWrite(c net.Conn) {
+	for {
+		switch x := c.(type) {
+		case interface{ CloseWrite() error }:
+			x.CloseWrite()
+			return
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		case *ReplayConn:
+			c = x.Conn
+		default:
+			c.Close()
+			return
+		}
+	}
+}
