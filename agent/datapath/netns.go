@@ -187,9 +187,10 @@ func inNetns(h netns.NsHandle, fn func() error) error {
 // listen opens the listeners on the calling thread, which is in the
 // namespace, and reads the namespace's cookie from the first. IPv6 is
 // optional: a namespace without ::1 gets none, and its IPv6 connects to the
-// proxy address are refused.
+// proxy address are refused. Like proxy.Listen's, the listeners give their
+// connections no keepalive (the agents are local).
 func (n *Netns) listen() error {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAlive: -1}
 	lc.SetMultipathTCP(false)
 	l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
 	if err != nil {
