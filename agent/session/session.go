@@ -48,7 +48,6 @@ import (
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/config"
-	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/credentials"
 	"github.com/interlock-dev/interlock/agent/datapath"
 	"github.com/interlock-dev/interlock/agent/metrics"
@@ -180,7 +179,7 @@ func IdentityOf(o datapath.Origin, name string) proxy.Identity {
 	}
 	// The process may already be gone; the kernel's fields still stand.
 	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
-	id.Cgroup, _ = control.CgroupOf(int(o.PID))
+	id.Cgroup = cgroupOf(o.CgroupID, o.PID)
 	return id
 }
 
