@@ -105,14 +105,13 @@ rules:
 		t.Fatalf("psql with the static credential: %v\n%s", err, out.String())
 	}
 	// The recordings hold every byte the agent sent and received.
-	recs, _ := filepath.Glob(filepath.Join(d.StateDir, "recordings", "*"))
+	recs := d.Recordings(t)
 	if len(recs) == 0 {
 		t.Fatal("no recording written")
 	}
-	for _, r := range recs {
-		data, _ := os.ReadFile(r)
+	for id, data := range recs {
 		if bytes.Contains(data, []byte(password)) {
-			t.Errorf("password in the agent's traffic (%s)", r)
+			t.Errorf("password in the agent's traffic (session %s)", id)
 		}
 	}
 }

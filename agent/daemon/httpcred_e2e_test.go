@@ -242,14 +242,13 @@ func TestHTTPCredentialInjected(t *testing.T) {
 	if strings.Contains(out, kvForgeToken) || !strings.Contains(out, "X-Api-Key: ci-bot:"+strings.Repeat("*", len(kvForgeToken))) {
 		t.Errorf("kv: the agent read:\n%s", out)
 	}
-	recs, _ := filepath.Glob(filepath.Join(f.d.StateDir, "recordings", "*"))
+	recs := f.d.Recordings(t)
 	if len(recs) == 0 {
 		t.Fatal("no recording written")
 	}
-	for _, r := range recs {
-		data, _ := os.ReadFile(r)
+	for id, data := range recs {
 		if bytes.Contains(data, []byte(staticForgeToken)) || bytes.Contains(data, []byte(kvForgeToken)) {
-			t.Errorf("a secret in the recording %s", r)
+			t.Errorf("a secret in the recording of session %s", id)
 		}
 	}
 }

@@ -6,7 +6,9 @@ package daemontest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/interlock-dev/interlock/agent/datapath"
+	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
@@ -295,4 +298,51 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return strings.Clone(s.b.String())
+}
+
+// Recordings returns the raw bytes of every session recording of the
+// daemon, by session ID, once every session it has started has ended and
+// been sealed: a file in the state directory, or, for a session that ended
+// before its first flush, the store's copy.
+func (d *Daemon) Recordings(t testing.TB) map[string][]byte {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(d.StateDir, "interlock.db"))
+	if err != nil {
+		t.Fatalf("open the daemon's store: %v", err)
+	}
+	defer st.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		open, err := st.ListSessions(ctx, store.SessionFilter{OpenOnly: true, Limit: 100000})
+		if err != nil {
+			t.Fatalf("list sessions: %v", err)
+		}
+		if len(open) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions still open, e.g. %+v", len(open), open[0])
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	all, err := st.ListSessions(ctx, store.SessionFilter{Limit: 100000})
+	if err != nil {
+		t.Fatalf("list sessions: %v", err)
+	}
+	out := map[string][]byte{}
+	for _, ss := range all {
+		b, err := os.ReadFile(ss.Recording)
+		if errors.Is(err, os.ErrNotExist) {
+			var r io.Reader
+			if r, err = st.OpenRecording(ctx, ss.ID); err == nil {
+				b, err = io.ReadAll(r)
+			}
+		}
+		if err != nil {
+			t.Fatalf("recording of session %s: %v", ss.ID, err)
+		}
+		out[ss.ID] = b
+	}
+	return out
 }

@@ -6,10 +6,17 @@
 //
 // A recording is a file in the state directory (one per session, written
 // through a buffer, flushed periodically and at session end) plus an index
-// row in the store (store.Session). At session end the file is sealed: its
-// SHA-256 goes into the session row and, when the recorder has an audit log,
-// into the audit chain, so editing a recording afterwards is detectable
+// row in the store (store.Session). At session end the recording is sealed:
+// its SHA-256 goes into the session row and, when the recorder has an audit
+// log, into the audit chain, so editing a recording afterwards is detectable
 // (Verify).
+//
+// A session that ends before its first flush, with its recording still
+// whole in its buffer (up to 64 KiB), gets no file: its recording goes into
+// the store in the transaction that seals its row (store.SessionEnd), where
+// fleet mode puts every recording anyway. Short connections are most
+// connections, and creating, syncing and closing a file cost them more than
+// the rest of their recording; readers take either (Open).
 //
 // What is recorded is what crossed the proxy's client side, after masking:
 // the transcript shows values as the agent saw them. For PostgreSQL the
@@ -235,6 +242,10 @@ type Session struct {
 	pending  []store.Decision
 	finished bool
 
+	// filed says frames were handed to the writer, which creates the file
+	// with the first of them; until then the recording is all in buf.
+	filed bool
+
 	// Owned by the writer goroutine (and by Finish after a barrier).
 	f    *os.File
 	sum  hash.Hash
@@ -242,9 +253,9 @@ type Session struct {
 	werr error
 }
 
-// Start creates the recording file and the open session row for meta (whose
-// ID is assigned when empty; Host defaults to the recorder's host and
-// Started to now) and returns the open recording.
+// Start creates the open session row for meta (whose ID is assigned when
+// empty; Host defaults to the recorder's host and Started to now) and
+// returns the open recording. Its file is created with its first flush.
 func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, error) {
 	if meta.ID == "" {
 		meta.ID = store.NewID()
@@ -256,26 +267,14 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, err
 		meta.Started = time.Now().UTC()
 	}
 	meta.Recording = filepath.Join(r.dir, meta.ID+".ilrec")
-	f, err := os.OpenFile(meta.Recording, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("create recording: %w", err)
-	}
-	s := &Session{r: r, meta: meta, start: meta.Started, f: f, sum: sha256.New()}
-	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
-		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
-	head := append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...)
-	s.writeOut(append(head, hdr...))
-	if s.werr != nil {
-		f.Close()
-		os.Remove(meta.Recording)
-		return nil, fmt.Errorf("write recording header: %w", s.werr)
-	}
 	if err := r.st.CreateSession(ctx, &meta); err != nil {
-		f.Close()
-		os.Remove(meta.Recording)
 		return nil, err
 	}
-	s.meta = meta
+	s := &Session{r: r, meta: meta, start: meta.Started, sum: sha256.New()}
+	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
+		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
+	s.put(append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...))
+	s.put(hdr)
 	r.mu.Lock()
 	r.active[meta.ID] = s
 	r.mu.Unlock()
@@ -367,14 +366,22 @@ func (s *Session) handoff() {
 	}
 	s.r.send(writeReq{s: s, buf: s.buf})
 	s.buf = nil
+	s.filed = true
 }
 
-// writeOut writes b to the file and the running hash, so sealing never
-// rereads the file. Only the writer goroutine calls it once the session is
-// running.
+// writeOut writes b to the file, which its first call creates, and to the
+// running hash, so sealing never rereads the file. Only the writer
+// goroutine calls it (and the recorder after Close).
 func (s *Session) writeOut(b []byte) {
 	if s.werr != nil {
 		return
+	}
+	if s.f == nil {
+		s.f, s.werr = os.OpenFile(s.meta.Recording, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if s.werr != nil {
+			s.werr = fmt.Errorf("create recording: %w", s.werr)
+			return
+		}
 	}
 	n, err := s.f.Write(b)
 	s.sum.Write(b[:n])
@@ -405,10 +412,11 @@ type End struct {
 	Time              time.Time // zero: now
 }
 
-// Finish seals the recording: it flushes and fsyncs the file, writes the
-// verdicts, ends the session row with the file's SHA-256 and size, and posts
-// RecordingSealed to the audit log. It returns the
-// final session row. Message and Decide after Finish are ignored.
+// Finish seals the recording: it flushes and fsyncs the file (a recording
+// never flushed goes into the store with the session row), writes the verdicts,
+// ends the session row with the recording's SHA-256 and size, and posts
+// RecordingSealed to the audit log. It returns the final session row.
+// Message and Decide after Finish are ignored.
 func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
@@ -419,18 +427,28 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		return s.meta, fmt.Errorf("finish session %s: already finished", s.meta.ID)
 	}
 	s.finished = true
-	s.handoff()
-	done := make(chan struct{})
-	s.r.send(writeReq{done: done})
-	s.mu.Unlock()
-	<-done // everything this session queued is written
-	s.mu.Lock()
-	err := s.werr
-	if serr := s.f.Sync(); err == nil {
-		err = serr
-	}
-	if cerr := s.f.Close(); err == nil {
-		err = cerr
+	var (
+		inline []byte // the whole recording, when it has no file
+		err    error
+	)
+	if s.filed {
+		s.handoff()
+		done := make(chan struct{})
+		s.r.send(writeReq{done: done})
+		s.mu.Unlock()
+		<-done // everything this session queued is written
+		s.mu.Lock()
+		err = s.werr
+		if serr := s.f.Sync(); err == nil {
+			err = serr
+		}
+		if cerr := s.f.Close(); err == nil {
+			err = cerr
+		}
+	} else {
+		inline, s.buf = s.buf, nil
+		s.sum.Write(inline)
+		s.size = int64(len(inline))
 	}
 	sum := hex.EncodeToString(s.sum.Sum(nil))
 	ds := s.pending
@@ -453,10 +471,18 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	}
 	end := store.SessionEnd{Ended: e.Time.UTC(), BytesIn: in, BytesOut: out, Messages: msgs, Outcome: e.Outcome,
 		RecordingSHA256: sum, RecordingSize: size}
+	// A recording never flushed is stored with the row that seals it.
+	end.Recording = inline
 	if eerr := s.r.st.EndSession(ctx, s.meta.ID, end); eerr != nil {
 		err = errors.Join(err, eerr)
 	}
-	if s.r.upload && err == nil {
+	if inline != nil {
+		select {
+		case s.r.free <- inline[:0]:
+		default:
+		}
+	}
+	if s.r.upload && inline == nil && err == nil {
 		if f, oerr := os.Open(s.meta.Recording); oerr != nil {
 			err = fmt.Errorf("upload recording %s: %w", s.meta.ID, oerr)
 		} else {
@@ -492,7 +518,11 @@ func (r *Recorder) SealAbandoned(ctx context.Context) (int, error) {
 			continue
 		}
 		sum, size, msgs, err := hashFile(ss.Recording)
-		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			// It ended with the daemon before its first flush.
+			r.logger.Warn().Str("session", ss.ID).Msg("abandoned session has no recording: the daemon stopped before its first flush")
+		case err != nil && !errors.Is(err, io.ErrUnexpectedEOF):
 			r.logger.Warn().Err(err).Str("session", ss.ID).Msg("abandoned recording unreadable")
 		}
 		if err := r.st.EndSession(ctx, ss.ID, store.SessionEnd{Ended: time.Now().UTC(), Outcome: "abandoned",
@@ -580,7 +610,10 @@ func openSource(ctx context.Context, st *store.Store, ss store.Session) (io.Read
 		return nil, "", fmt.Errorf("open recording: %w", err)
 	}
 	r, serr := st.OpenRecording(ctx, ss.ID)
-	if serr != nil {
+	switch {
+	case serr != nil && ss.Ended.IsZero() && errors.Is(serr, store.ErrNotFound):
+		return nil, "", fmt.Errorf("open recording: session %s is open and has not been flushed yet (open recordings are flushed every second)", ss.ID)
+	case serr != nil:
 		return nil, "", fmt.Errorf("open recording: %w (and no copy in the store: %w)", err, serr)
 	}
 	return io.NopCloser(r), "the store's copy", nil

@@ -584,6 +584,86 @@ func TestSealAbandoned(t *testing.T) {
 	}
 }
 
+// A session that ends before its first flush gets no file: its recording
+// is sealed into the store, where replay and Verify read it, and editing it
+// there is caught like editing a file.
+func TestShortSessionSealedInStore(t *testing.T) {
+	ctx := context.Background()
+	st, rec := newSQLiteRecorder(t)
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := (&pgproto3.Query{String: "SELECT 'short'"}).Encode(nil)
+	seq := s.Message(true, 'Q', q[5:], time.Time{})
+	s.Decide(seq, recording.Verdict{Action: "allow", Rule: "r", Enforced: true}, time.Time{})
+	ss, err := s.Finish(ctx, recording.End{Outcome: "closed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(ss.Recording); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a short session has a file: %v", err)
+	}
+	if ss.RecordingSHA256 == "" || ss.RecordingSize == 0 || ss.Messages != 1 {
+		t.Fatalf("short session not sealed: %+v", ss)
+	}
+	if err := recording.Verify(ctx, st, ss.ID); err != nil {
+		t.Fatal(err)
+	}
+	var tr bytes.Buffer
+	if err := recording.Replay(ctx, st, ss.ID, &tr); err != nil || !strings.Contains(tr.String(), "query: SELECT 'short'") ||
+		!strings.Contains(tr.String(), "(verified)") {
+		t.Fatalf("replay: %v\n%s", err, tr.String())
+	}
+	if ds, err := st.Decisions(ctx, ss.ID); err != nil || len(ds) != 1 {
+		t.Fatalf("decisions: %+v %v", ds, err)
+	}
+	if _, err := st.DB().ExecContext(ctx, st.Rebind("UPDATE recording_parts SET data = replace(data, 'short', 'SHORT') WHERE session_id = ?"),
+		ss.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := recording.Verify(ctx, st, ss.ID); err == nil {
+		t.Fatal("an edited stored recording verifies")
+	}
+}
+
+// A session still whole in its buffer when the daemon dies has nothing on
+// disk; the next start seals it as abandoned without a recording.
+func TestSealAbandonedNeverFlushed(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "interlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	dir := filepath.Join(t.TempDir(), "recordings")
+	// A flush interval no test waits for: the session is never flushed
+	// before the "crash" (the recorder is dropped, not closed).
+	rec, err := recording.NewRecorder(st, dir, "h", recording.WithFlushInterval(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec2, err := recording.NewRecorder(st, dir, "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rec2.Close()
+	if n, err := rec2.SealAbandoned(ctx); err != nil || n != 1 {
+		t.Fatalf("sealed %d: %v", n, err)
+	}
+	ss, _ := st.Session(ctx, s.ID())
+	if ss.Outcome != "abandoned" || ss.Ended.IsZero() || ss.RecordingSHA256 != "" {
+		t.Fatalf("abandoned session: %+v", ss)
+	}
+	if err := recording.Verify(ctx, st, s.ID()); err == nil || !strings.Contains(err.Error(), "not sealed") {
+		t.Fatalf("verify of a lost recording: %v", err)
+	}
+}
+
 func FuzzReader(f *testing.F) {
 	dir := f.TempDir()
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(dir, "db"))
@@ -601,7 +681,11 @@ func FuzzReader(f *testing.F) {
 	s.Message(false, 'E', []byte("SERROR\x00C42501\x00Mno\x00\x00"), time.Time{})
 	ss, _ := s.Finish(context.Background(), recording.End{})
 	rec.Close()
-	seed, _ := os.ReadFile(ss.Recording)
+	stored, err := st.OpenRecording(context.Background(), ss.ID) // short: in the store
+	if err != nil {
+		f.Fatal(err)
+	}
+	seed, _ := io.ReadAll(stored)
 	f.Add(seed)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rd, err := recording.NewReader(bytes.NewReader(b))

@@ -32,8 +32,10 @@ type Session struct {
 	BytesOut     int64 // to the agent
 	Messages     int64
 	Outcome      string // "closed", "client error", "protocol violation", ...
-	// Recording is the path of the session's recording file;
-	// RecordingSHA256 (hex) and RecordingSize are set when it is sealed.
+	// Recording is the path of the session's recording file (a session
+	// sealed before its first flush has none: its recording is in the
+	// store, see PutRecording); RecordingSHA256 (hex) and RecordingSize are
+	// set when it is sealed.
 	Recording       string
 	RecordingSHA256 string
 	RecordingSize   int64
@@ -71,6 +73,10 @@ type SessionEnd struct {
 	Outcome         string
 	RecordingSHA256 string
 	RecordingSize   int64
+	// Recording, when set, is the whole recording, stored with the row in
+	// one transaction (as PutRecording would): a session sealed before its
+	// recording reached a file.
+	Recording []byte
 }
 
 // EndSession closes session id. A session ends once; ending it again
@@ -85,7 +91,40 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	res, err := upd.ExecContext(ctx, nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id)
+	args := []any{nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id}
+	if len(e.Recording) == 0 {
+		res, err := upd.ExecContext(ctx, args...)
+		return ended(id, res, err)
+	}
+	part, err := s.prepared(ctx, "INSERT INTO recording_parts (session_id, part, data) VALUES (?, ?, ?)")
+	if err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	defer tx.Rollback()
+	ins := tx.StmtContext(ctx, part)
+	for i, rest := 0, e.Recording; len(rest) > 0; i++ {
+		n := min(len(rest), recordingPart)
+		if _, err := ins.ExecContext(ctx, id, i, rest[:n]); err != nil {
+			return fmt.Errorf("store recording %s part %d: %w", id, i, err)
+		}
+		rest = rest[n:]
+	}
+	res, err := tx.StmtContext(ctx, upd).ExecContext(ctx, args...)
+	if err := ended(id, res, err); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	return nil
+}
+
+// ended is the outcome of the UPDATE that ends session id.
+func ended(id string, res sql.Result, err error) error {
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -229,6 +230,23 @@ func testSessions(t *testing.T, open storetest.Open) {
 	}
 	if ds, _ := s.Decisions(ctx, c.ID); len(ds) != 1 || ds[0].Enforced {
 		t.Fatalf("audit-mode decision of c: %+v", ds)
+	}
+	// A recording sealed with its row is stored with it, and only if the
+	// row could be ended.
+	d := mk("bot", "billing", 3*time.Minute)
+	endD := end
+	endD.Recording = []byte("the whole recording of d")
+	if err := s.EndSession(ctx, d.ID, endD); err != nil {
+		t.Fatal(err)
+	}
+	endD.Recording = []byte("a forged second recording")
+	if err := s.EndSession(ctx, d.ID, endD); err == nil {
+		t.Fatal("ending d twice succeeded")
+	}
+	if r, err := s.OpenRecording(ctx, d.ID); err != nil {
+		t.Fatal(err)
+	} else if got, _ := io.ReadAll(r); string(got) != "the whole recording of d" {
+		t.Fatalf("d's stored recording: %q", got)
 	}
 }
 
