@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -37,20 +38,27 @@ func BenchmarkAddDecisions(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/decision")
 }
 
-// BenchmarkSessionLifecycle opens and ends a session the way every proxied
-// connection does, in the embedded SQLite store: the store's share of a
-// new connection's cost.
+// BenchmarkSessionLifecycle opens and ends a session the way every short
+// proxied connection does (one decided request, a recording sealed with its
+// row), in the embedded SQLite store: the store's share of a new
+// connection's cost.
 func BenchmarkSessionLifecycle(b *testing.B) {
 	ctx := context.Background()
 	s := openBench(b)
+	recording := bytes.Repeat([]byte("r"), 600)
 	for range b.N {
 		ss := store.Session{Host: "h1", Identity: "ci", Target: "forge", Protocol: "http", ClientAddr: "127.0.0.1:40000",
 			UpstreamAddr: "127.0.0.1:443", Recording: "/var/lib/interlock/recordings/x.ilrec"}
 		if err := s.CreateSession(ctx, &ss); err != nil {
 			b.Fatal(err)
 		}
+		if err := s.AddDecisions(ctx,
+			[]store.Decision{{SessionID: ss.ID, Seq: 1, Time: time.Now(), Action: "allow", Rule: "read", Enforced: true,
+				Statement: "GET /repos/acme/x"}}); err != nil {
+			b.Fatal(err)
+		}
 		if err := s.EndSession(ctx, ss.ID, store.SessionEnd{BytesIn: 100, BytesOut: 200, Messages: 2, Outcome: "closed",
-			RecordingSHA256: "00", RecordingSize: 300}); err != nil {
+			RecordingSHA256: "00", RecordingSize: 300, Recording: recording}); err != nil {
 			b.Fatal(err)
 		}
 	}
