@@ -444,7 +444,9 @@ func BenchmarkPgbench(b *testing.B) {
 	pol := filepath.Join(dir, "policy.yaml")
 	os.WriteFile(pol, []byte(fmt.Sprintf(benchPolicy, pg.Port)), 0o644)
 	cfg := filepath.Join(dir, "interlockd.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\ncredentials:\n  embedded:\n    embedded: {admin_dsn: %q}\n", pg.AdminDSN())), 0o600)
+	// Pooled credentials, as the connect goal has it: a session's
+	// login does not wait for its role to be created.
+	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\ncredentials:\n  pool: {appdb: 16}\n  embedded:\n    embedded: {admin_dsn: %q}\n", pg.AdminDSN())), 0o600)
 	d := daemontest.Start(b, daemontest.Options{Policy: pol, Config: cfg})
 	agent := d.Cgroup("bench")
 	if _, stderr, err := d.CLI("tag", agent, "--identity", "bench"); err != nil {

@@ -43,7 +43,9 @@ func CPUTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+// tpsRE reads pgbench's rate; with -C (a connection per transaction) it
+// includes the connections.
+var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)`)
 
 // Pgbench runs one pgbench and returns its TPS and the median latency of
 // its transactions, from the per-transaction log.
@@ -300,11 +302,14 @@ type PgbenchScenario struct {
 }
 
 // PgbenchScenarios are the workloads every PostgreSQL benchmark compares:
-// select-only at 1 and 16 clients, and the tpcb-like mix at 16 clients.
+// select-only and the tpcb-like mix at 1 and 16 clients, and select-only
+// with a new connection per transaction (-C: startup to first result).
 var PgbenchScenarios = []PgbenchScenario{
 	{"select-only-1client", []string{"-S", "-c", "1", "-j", "1"}},
 	{"select-only-16clients", []string{"-S", "-c", "16", "-j", "2"}},
+	{"tpcb-like-1client", []string{"-c", "1", "-j", "1"}},
 	{"tpcb-like-16clients", []string{"-c", "16", "-j", "2"}},
+	{"select-only-connect-1client", []string{"-S", "-C", "-c", "1", "-j", "1"}},
 }
 
 // PgbenchSeconds is how long each pgbench run lasts: 5 s, or
