@@ -103,6 +103,9 @@ func (c *rawConn) opError(op string, errno syscall.Errno) error {
 		Err: os.NewSyscallError(op, errno)}
 }
 
+// SyscallConn gives the socket itself, as the wrapped connection does.
+func (c *rawConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
 // CloseWrite shuts down the writing side of the socket (TCP and Unix
 // sockets have one), so a relay can pass on one side's end while the other
 // still talks.

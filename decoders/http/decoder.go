@@ -88,6 +88,9 @@ type Decoder struct {
 	// *upstreamSessions), so an intercepted connection resumes the TLS
 	// session an earlier one opened instead of a full handshake.
 	sessions sync.Map
+	// idle holds upstream HTTP/1.1 connections between an identity's
+	// sessions.
+	idle idle1
 }
 
 // upstreamSessionsPerTarget bounds the TLS sessions kept for one target's
@@ -109,14 +112,21 @@ type upstreamSessions struct {
 // (its upstream_ca replaced) starts a new cache: no session verified
 // against the old roots is resumed.
 func (d *Decoder) sessionCache(target string, roots *x509.CertPool) tls.ClientSessionCache {
+	return d.upstreamOf(target, roots).cache
+}
+
+// upstreamOf returns what target's upstream connections verified against
+// roots share: the same value for as long as the roots are equal (a
+// target's upstream_ca is read again for every connection).
+func (d *Decoder) upstreamOf(target string, roots *x509.CertPool) *upstreamSessions {
 	if v, ok := d.sessions.Load(target); ok {
 		if s := v.(*upstreamSessions); s.roots.Equal(roots) {
-			return s.cache
+			return s
 		}
 	}
 	s := &upstreamSessions{roots: roots, cache: tls.NewLRUClientSessionCache(upstreamSessionsPerTarget)}
 	d.sessions.Store(target, s)
-	return s.cache
+	return s
 }
 
 func orDefault[T int | int64 | uint32 | time.Duration](v, def T) T {
@@ -318,9 +328,11 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 	return c.serveHTTP1(ctx, bufio.NewReaderSize(tc, c.maxHeader))
 }
 
-// closeUpstream closes the session's connections upstream.
+// closeUpstream closes the session's connections upstream, but for an
+// HTTP/1.1 connection in step with its server, kept for the identity's
+// next session (idle1).
 func (c *conn) closeUpstream() {
-	c.up1.close()
+	c.up1.keep()
 	c.transport.CloseIdleConnections()
 }
 

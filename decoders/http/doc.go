@@ -17,7 +17,9 @@
 //     upstream over TLS verified for the same name against the system
 //     roots or Target.RootCAs. An upstream that fails verification gets the
 //     agent a 502 and ends the session with a RefusedError, never a weaker
-//     connection.
+//     connection. An HTTP/1.1 upstream connection left in step when its
+//     session ends serves the identity's next session to the same upstream
+//     (idle1).
 //   - Plain: HTTP/1.1 without TLS.
 //
 // Every request (every HTTP/2 stream) is one Enforcer.Decide, made on the

@@ -95,6 +95,10 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 	out.URL.Scheme, out.URL.Host = c.scheme, req.Host
 	out.Header = req.Header.Clone()
 	removeHopHeaders(out.Header)
+	// The agent's "Connection: close" is about its own connection, which
+	// closes after this answer; the upstream connection stays open for
+	// the identity's next (idle1).
+	out.Close = false
 	if isWebSocket(req) {
 		// The one upgrade passed on: the relay after it is upgraded's.
 		if mask != nil {

@@ -43,8 +43,12 @@ func (u *upstream1) direct(agent *nethttp.Request, out *nethttp.Request) bool {
 // safe to repeat is then sent once more, over a new connection.
 func (u *upstream1) roundTrip(ctx context.Context, out *nethttp.Request) (*nethttp.Response, error) {
 	// An open connection has answered before (a failure closes it), so
-	// the server may since have closed it idle.
+	// the server may since have closed it idle. A connection an earlier
+	// session kept is taken only for a request that may be sent again.
 	reused := u.nc != nil
+	if !reused && replayable(out) {
+		reused = u.takeIdle(ctx)
+	}
 	resp, err := u.try(ctx, out)
 	if err != nil && reused && ctx.Err() == nil && replayable(out) && staleConn(err) {
 		u.close()
@@ -144,6 +148,42 @@ const maxInformational = 5
 
 // errNoHTTP1 sends a request to the Transport: see dial.
 var errNoHTTP1 = errors.New("the server does not speak HTTP/1.1")
+
+// takeIdle takes a connection an earlier session of the identity kept
+// (idle1), and reports whether it got one.
+func (u *upstream1) takeIdle(ctx context.Context) bool {
+	ic := u.c.d.idle.take(u.key())
+	if ic == nil {
+		return false
+	}
+	u.nc, u.br, u.bw = ic.nc, ic.br, ic.bw
+	u.stop = context.AfterFunc(ctx, func() { ic.nc.Close() })
+	return true
+}
+
+// keep ends the session's use of the connection: one still in step with
+// its server (every answer read to its end, nothing past it; a failure or
+// a server's close has closed it already) is kept for the identity's next
+// session, any other closed.
+func (u *upstream1) keep() {
+	if u.nc == nil || u.br.Buffered() > 0 || !u.stop() {
+		// stop false: the session's context closed it.
+		u.close()
+		return
+	}
+	u.c.d.idle.put(u.key(), u.nc, u.br, u.bw)
+	u.nc = nil
+}
+
+// key is what the session's upstream connections may be reused for.
+func (u *upstream1) key() idleKey {
+	c := u.c
+	k := idleKey{identity: c.s.Identity, target: c.target, serverName: c.serverName, addr: c.s.Upstream.Addr(), mode: c.t.Mode}
+	if c.t.Mode == Intercept {
+		k.verified = c.d.upstreamOf(c.target, c.t.RootCAs)
+	}
+	return k
+}
 
 // close drops the connection; the next request opens another.
 func (u *upstream1) close() {

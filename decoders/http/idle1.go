@@ -1,0 +1,154 @@
+package http
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// idle1 keeps the upstream HTTP/1.1 connections of sessions that ended in
+// step with their server, for the next session of the same identity to
+// the same upstream, as a reverse proxy keeps its upstream connections
+// alive: a new agent connection then costs no TCP and TLS handshake
+// upstream. A connection serves one identity only (key), and is verified
+// for the same server name against the same roots as the session that
+// takes it would have verified.
+type idle1 struct {
+	mu    sync.Mutex
+	conns map[idleKey][]*idleConn
+	n     int // connections kept, all keys
+}
+
+// idleKey is what a kept connection may be reused for.
+type idleKey struct {
+	identity, target, serverName, addr string
+	mode                               Mode
+	// verified is what the connection was verified against (Decoder.upstreamOf):
+	// other roots are another key. nil in the clear.
+	verified *upstreamSessions
+}
+
+type idleConn struct {
+	nc    net.Conn
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	timer *time.Timer
+}
+
+// idlePerKey bounds the connections kept for one key and idleMax those
+// kept in all, and idleFor is how long one is kept: well under the idle
+// timeouts of common servers (nginx 75 s), so most are still open when
+// taken.
+const (
+	idlePerKey = 8
+	idleMax    = 256
+	idleFor    = 30 * time.Second
+)
+
+// put keeps nc for key; the oldest kept connection of the key is closed
+// when it has idlePerKey already, and nc itself when idleMax are kept.
+func (p *idle1) put(key idleKey, nc net.Conn, br *bufio.Reader, bw *bufio.Writer) {
+	ic := &idleConn{nc: nc, br: br, bw: bw}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		p.conns = map[idleKey][]*idleConn{}
+	}
+	list := p.conns[key]
+	switch {
+	case len(list) >= idlePerKey:
+		list[0].timer.Stop()
+		list[0].nc.Close()
+		list = list[1:]
+	case p.n >= idleMax:
+		nc.Close()
+		return
+	default:
+		p.n++
+	}
+	ic.timer = time.AfterFunc(idleFor, func() {
+		if p.remove(key, ic) {
+			nc.Close()
+		}
+	})
+	p.conns[key] = append(list, ic)
+}
+
+// remove takes ic out of the pool; false if a session took it first.
+func (p *idle1) remove(key idleKey, ic *idleConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.conns[key]
+	for i, x := range list {
+		if x == ic {
+			p.conns[key] = append(list[:i:i], list[i+1:]...)
+			if len(p.conns[key]) == 0 {
+				delete(p.conns, key)
+			}
+			p.n--
+			return true
+		}
+	}
+	return false
+}
+
+// take returns the most recently kept connection of key that is still
+// quiet, closing those the server has closed or written to while idle (an
+// answer nobody asked for would be read as the next request's); nil if
+// there is none.
+func (p *idle1) take(key idleKey) *idleConn {
+	for {
+		p.mu.Lock()
+		list := p.conns[key]
+		if len(list) == 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		ic := list[len(list)-1]
+		p.conns[key] = list[:len(list)-1]
+		if len(p.conns[key]) == 0 {
+			delete(p.conns, key)
+		}
+		p.n--
+		p.mu.Unlock()
+		ic.timer.Stop()
+		if quiet(ic) {
+			return ic
+		}
+		ic.nc.Close()
+	}
+}
+
+// quiet reports whether nothing arrived on ic while it was idle, not even
+// the server's end: the socket under it has nothing to read now (a peek
+// that would wait). A connection whose socket cannot be asked is not
+// reused.
+func quiet(ic *idleConn) bool {
+	if ic.br.Buffered() > 0 {
+		return false
+	}
+	nc := ic.nc
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var peek error
+	if err := rc.Control(func(fd uintptr) {
+		var b [1]byte
+		_, _, peek = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	}); err != nil {
+		return false
+	}
+	return errors.Is(peek, syscall.EAGAIN)
+}
