@@ -82,18 +82,25 @@ func (p *idle1) put(key idleKey, nc net.Conn, br *bufio.Reader, bw *bufio.Writer
 func (p *idle1) remove(key idleKey, ic *idleConn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	list := p.conns[key]
-	for i, x := range list {
+	for i, x := range p.conns[key] {
 		if x == ic {
-			p.conns[key] = append(list[:i:i], list[i+1:]...)
-			if len(p.conns[key]) == 0 {
-				delete(p.conns, key)
-			}
-			p.n--
+			p.drop(key, i)
 			return true
 		}
 	}
 	return false
+}
+
+// drop takes the i-th kept connection of key out of the pool. The caller
+// holds p.mu.
+func (p *idle1) drop(key idleKey, i int) {
+	list := p.conns[key]
+	if list = append(list[:i:i], list[i+1:]...); len(list) == 0 {
+		delete(p.conns, key)
+	} else {
+		p.conns[key] = list
+	}
+	p.n--
 }
 
 // take returns the most recently kept connection of key that is still
@@ -109,11 +116,7 @@ func (p *idle1) take(key idleKey) *idleConn {
 			return nil
 		}
 		ic := list[len(list)-1]
-		p.conns[key] = list[:len(list)-1]
-		if len(p.conns[key]) == 0 {
-			delete(p.conns, key)
-		}
-		p.n--
+		p.drop(key, len(list)-1)
 		p.mu.Unlock()
 		ic.timer.Stop()
 		if quiet(ic) {

@@ -161,12 +161,12 @@ func (u *upstream1) takeIdle(ctx context.Context) bool {
 	return true
 }
 
-// keep ends the session's use of the connection: one still in step with
-// its server (every answer read to its end, nothing past it; a failure or
-// a server's close has closed it already) is kept for the identity's next
-// session, any other closed.
+// keep ends the session's use of the connection: one still open is in
+// step with its server (body1.Close closes it otherwise, as does every
+// failure and a server's close) and is kept for the identity's next
+// session.
 func (u *upstream1) keep() {
-	if u.nc == nil || u.br.Buffered() > 0 || !u.stop() {
+	if u.nc == nil || !u.stop() {
 		// stop false: the session's context closed it.
 		u.close()
 		return
