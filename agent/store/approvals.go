@@ -87,7 +87,7 @@ func (s *Store) CreateApproval(ctx context.Context, a *Approval) error {
 	if a.Reviewers == nil {
 		reviewers = []byte("[]")
 	}
-	_, err = s.db.ExecContext(ctx, s.Rebind(`INSERT INTO approvals
+	_, err = s.w.ExecContext(ctx, s.Rebind(`INSERT INTO approvals
 		(id, host, session_id, identity, pid, exe, target, statement, rule, reviewers, quorum, requested_ns, deadline_ns, state)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		a.ID, a.Host, a.SessionID, a.Identity, int64(a.PID), a.Exe, a.Target, a.Statement, a.Rule,
@@ -241,7 +241,7 @@ func (s *Store) Vote(ctx context.Context, id string, v Vote) (Approval, error) {
 	if v.Time.IsZero() {
 		v.Time = time.Now().UTC()
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return Approval{}, fmt.Errorf("vote on %s: %w", id, err)
 	}
@@ -319,7 +319,7 @@ func (s *Store) ExpireApprovals(ctx context.Context, host string, now time.Time)
 		if now.Before(a.Deadline) {
 			continue
 		}
-		res, err := s.db.ExecContext(ctx, s.Rebind("UPDATE approvals SET state = ?, decided_ns = ? WHERE id = ? AND state = ?"),
+		res, err := s.w.ExecContext(ctx, s.Rebind("UPDATE approvals SET state = ?, decided_ns = ? WHERE id = ? AND state = ?"),
 			string(Expired), nanos(a.Deadline), a.ID, string(Pending))
 		if err != nil {
 			return out, fmt.Errorf("expire approval %s: %w", a.ID, err)
@@ -335,7 +335,7 @@ func (s *Store) ExpireApprovals(ctx context.Context, host string, now time.Time)
 // CancelApproval marks a pending approval Cancelled (the holding session went
 // away). It returns ErrDecided if a decision was made first.
 func (s *Store) CancelApproval(ctx context.Context, id string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, s.Rebind("UPDATE approvals SET state = ?, decided_ns = ? WHERE id = ? AND state = ?"),
+	res, err := s.w.ExecContext(ctx, s.Rebind("UPDATE approvals SET state = ?, decided_ns = ? WHERE id = ? AND state = ?"),
 		string(Cancelled), nanos(at), id, string(Pending))
 	if err != nil {
 		return fmt.Errorf("cancel approval %s: %w", id, err)

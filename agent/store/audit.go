@@ -46,7 +46,7 @@ func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHe
 	if err != nil {
 		return nil, fmt.Errorf("prepare audit insert: %w", err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("append audit: %w", err)
 	}

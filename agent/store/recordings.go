@@ -18,7 +18,7 @@ const recordingPart = 1 << 20
 // in one transaction. In fleet mode this is what lets another host replay
 // or export the session.
 func (s *Store) PutRecording(ctx context.Context, sessionID string, r io.Reader) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store recording %s: %w", sessionID, err)
 	}

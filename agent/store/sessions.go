@@ -100,7 +100,7 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
@@ -305,7 +305,7 @@ func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
 		}
 		prep[n] = st
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("insert decisions: %w", err)
 	}

@@ -57,7 +57,13 @@ var migrationFS embed.FS
 
 // Store is an open SQLite or PostgreSQL store. It is safe for concurrent use.
 type Store struct {
-	db      *sql.DB
+	// db serves reads; w every write and every transaction. On SQLite w is
+	// one connection: each connection keeps its own page cache and drops
+	// all of it when it sees that another connection wrote, so writes
+	// spread over a pool reread the pages they change from the WAL every
+	// time (a fifth of a short session's CPU). Writers queue for it, as
+	// they queued for SQLite's write lock. On PostgreSQL w is db.
+	db, w   *sql.DB
 	backend Backend
 	// stmts holds the statements every connection runs, prepared once
 	// (query -> *sql.Stmt): SQLite parses and plans an INSERT in about as
@@ -84,14 +90,22 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "temp_store(MEMORY)")
 	q.Set("_txlock", "immediate")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	w, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	// One writer at a time is all SQLite allows; a small pool keeps readers
-	// (the web page, the CLI) from queuing behind it.
+	w.SetMaxOpenConns(1)
+	// A small pool of readers keeps the web page and the CLI from queuing
+	// behind the writer; query_only makes a write sent to them fail
+	// instead of taking the database lock from the writer.
+	q.Add("_pragma", "query_only(1)")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
 	db.SetMaxOpenConns(4)
-	return open(ctx, db, SQLite)
+	return open(ctx, db, w, SQLite)
 }
 
 // ownerOnly creates the database file 0600 before SQLite does (SQLite
@@ -123,7 +137,7 @@ func OpenPostgres(ctx context.Context, dsn string) (*Store, error) {
 	}
 	db.SetMaxOpenConns(8)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	return open(ctx, db, PostgreSQL)
+	return open(ctx, db, db, PostgreSQL)
 }
 
 // Open opens the store named by a daemon's configuration: a DSN starting with
@@ -137,14 +151,15 @@ func Open(ctx context.Context, dsnOrPath string) (*Store, error) {
 	return OpenSQLite(ctx, dsnOrPath)
 }
 
-func open(ctx context.Context, db *sql.DB, b Backend) (*Store, error) {
-	s := &Store{db: db, backend: b}
-	if err := ping(ctx, db); err != nil {
-		db.Close()
+func open(ctx context.Context, db, w *sql.DB, b Backend) (*Store, error) {
+	s := &Store{db: db, w: w, backend: b}
+	// The writer first: its first connection switches a new file to WAL.
+	if err := ping(ctx, w); err != nil {
+		s.close()
 		return nil, fmt.Errorf("connect %s store: %w", b, err)
 	}
 	if err := s.migrate(ctx); err != nil {
-		db.Close()
+		s.close()
 		return nil, err
 	}
 	return s, nil
@@ -180,17 +195,25 @@ func (s *Store) Close() error {
 		st.(*sql.Stmt).Close()
 		return true
 	})
-	return s.db.Close()
+	return s.close()
 }
 
-// prepared returns query, rebound for the backend, as a statement
-// prepared once for the life of the store; database/sql prepares it again
-// on each pooled connection the first time it runs there.
+func (s *Store) close() error {
+	err := s.w.Close()
+	if s.db != s.w {
+		err = errors.Join(err, s.db.Close())
+	}
+	return err
+}
+
+// prepared returns query, rebound for the backend, as a statement of the
+// writer prepared once for the life of the store; database/sql prepares it
+// again on each pooled connection the first time it runs there.
 func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
 	if st, ok := s.stmts.Load(query); ok {
 		return st.(*sql.Stmt), nil
 	}
-	st, err := s.db.PrepareContext(ctx, s.Rebind(query))
+	st, err := s.w.PrepareContext(ctx, s.Rebind(query))
 	if err != nil {
 		return nil, err
 	}
@@ -201,10 +224,10 @@ func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
 	return st, nil
 }
 
-// DB exposes the underlying handle for tests and tools that need raw SQL
+// DB exposes the writer's handle for tests and tools that need raw SQL
 // (for example, proving that a tampered audit row is detected). Daemon code
 // uses the typed methods.
-func (s *Store) DB() *sql.DB { return s.db }
+func (s *Store) DB() *sql.DB { return s.w }
 
 // Rebind rewrites '?' placeholders to the backend's syntax ($1, $2, ... on
 // PostgreSQL), so each statement is written once for both backends. Queries
@@ -272,7 +295,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin migration: %w", err)
 	}
