@@ -466,14 +466,20 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	if err != nil {
 		err = fmt.Errorf("write recording %s: %w", s.meta.ID, err)
 	}
-	if derr := s.r.st.AddDecisions(ctx, ds); derr != nil {
-		err = errors.Join(err, derr)
-	}
 	end := store.SessionEnd{Ended: e.Time.UTC(), BytesIn: in, BytesOut: out, Messages: msgs, Outcome: e.Outcome,
 		RecordingSHA256: sum, RecordingSize: size}
-	// A recording never flushed is stored with the row that seals it.
-	end.Recording = inline
+	// A recording never flushed, and the verdicts not yet stored, are
+	// stored with the row that seals them.
+	end.Recording, end.Decisions = inline, ds
 	if eerr := s.r.st.EndSession(ctx, s.meta.ID, end); eerr != nil {
+		if len(ds) > 0 {
+			// The verdicts may be what the store refused; they are in the
+			// recording too, which must still be sealed.
+			end.Decisions = nil
+			if s.r.st.EndSession(ctx, s.meta.ID, end) == nil {
+				eerr = fmt.Errorf("store the verdicts of %s: %w", s.meta.ID, eerr)
+			}
+		}
 		err = errors.Join(err, eerr)
 	}
 	if inline != nil {

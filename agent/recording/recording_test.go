@@ -627,6 +627,37 @@ func TestShortSessionSealedInStore(t *testing.T) {
 	}
 }
 
+// A session's last verdicts are stored with the row that seals it; a store
+// that refuses them still gets the session sealed, and Finish says what was
+// lost.
+func TestFinishSealsWhenVerdictsRefused(t *testing.T) {
+	ctx := context.Background()
+	st, rec := newSQLiteRecorder(t)
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
+	seq := s.Message(true, 'Q', q[5:], time.Time{})
+	s.Decide(seq, recording.Verdict{Action: "allow", Rule: "r", Enforced: true}, time.Time{})
+	// The verdict's key, taken: its insert fails.
+	if err := st.AddDecisions(ctx, []store.Decision{{SessionID: s.ID(), Index: 0, Seq: seq, Time: time.Now(),
+		Action: "deny", Rule: "squatter"}}); err != nil {
+		t.Fatal(err)
+	}
+	ss, err := s.Finish(ctx, recording.End{Outcome: "closed"})
+	if err == nil || !strings.Contains(err.Error(), "store the verdicts of "+ss.ID) {
+		t.Fatalf("Finish: %v, want the verdicts' failure", err)
+	}
+	got, err := st.Session(ctx, ss.ID)
+	if err != nil || got.Ended.IsZero() || got.RecordingSHA256 != ss.RecordingSHA256 || got.Outcome != "closed" {
+		t.Fatalf("session not sealed: %+v %v", got, err)
+	}
+	if err := recording.Verify(ctx, st, ss.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A session still whole in its buffer when the daemon dies has nothing on
 // disk; the next start seals it as abandoned without a recording.
 func TestSealAbandonedNeverFlushed(t *testing.T) {

@@ -77,6 +77,9 @@ type SessionEnd struct {
 	// one transaction (as PutRecording would): a session sealed before its
 	// recording reached a file.
 	Recording []byte
+	// Decisions are the session's verdicts not yet stored, inserted with
+	// the row (as AddDecisions would): a transaction less per session.
+	Decisions []Decision
 }
 
 // EndSession closes session id. A session ends once; ending it again
@@ -92,9 +95,25 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	args := []any{nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id}
-	if len(e.Recording) == 0 {
+	if len(e.Recording) == 0 && len(e.Decisions) == 0 {
 		res, err := upd.ExecContext(ctx, args...)
 		return ended(id, res, err)
+	}
+	// All but the last of AddDecisions' transactions' worth go first, in
+	// theirs, so the row's transaction holds the writer no longer than one.
+	ds := make([]*Decision, len(e.Decisions))
+	for i := range e.Decisions {
+		ds[i] = &e.Decisions[i]
+	}
+	for len(ds) > decisionChunk {
+		if err := s.addDecisions(ctx, ds[:decisionChunk]); err != nil {
+			return fmt.Errorf("end session %s: %w", id, err)
+		}
+		ds = ds[decisionChunk:]
+	}
+	insDecisions, err := s.decisionsInsert(ctx, len(ds))
+	if err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	part, err := s.prepared(ctx, "INSERT INTO recording_parts (session_id, part, data) VALUES (?, ?, ?)")
 	if err != nil {
@@ -105,13 +124,18 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	defer tx.Rollback()
-	ins := tx.StmtContext(ctx, part)
-	for i, rest := 0, e.Recording; len(rest) > 0; i++ {
-		n := min(len(rest), recordingPart)
-		if _, err := ins.ExecContext(ctx, id, i, rest[:n]); err != nil {
-			return fmt.Errorf("store recording %s part %d: %w", id, i, err)
+	if err := insDecisions(tx, ds); err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
+	}
+	if len(e.Recording) > 0 {
+		ins := tx.StmtContext(ctx, part)
+		for i, rest := 0, e.Recording; len(rest) > 0; i++ {
+			n := min(len(rest), recordingPart)
+			if _, err := ins.ExecContext(ctx, id, i, rest[:n]); err != nil {
+				return fmt.Errorf("store recording %s part %d: %w", id, i, err)
+			}
+			rest = rest[n:]
 		}
-		rest = rest[n:]
 	}
 	res, err := tx.StmtContext(ctx, upd).ExecContext(ctx, args...)
 	if err := ended(id, res, err); err != nil {
@@ -265,7 +289,7 @@ type Decision struct {
 // each session's verdicts as a batch of their own, since copying them into
 // one slice first cost the busy proxy a tenth of this call.
 func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
-	chunk := make([]*Decision, 0, 500)
+	chunk := make([]*Decision, 0, decisionChunk)
 	for _, ds := range batches {
 		for i := range ds {
 			chunk = append(chunk, &ds[i])
@@ -283,17 +307,40 @@ func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
 	return s.addDecisions(ctx, chunk)
 }
 
+// decisionChunk is how many decisions one transaction carries at most.
+const decisionChunk = 500
+
 // decisionRows is how many decisions one INSERT carries: a statement per
 // row cost more than the row itself on a busy proxy (10 parameters a row,
 // far below SQLite's and PostgreSQL's limits).
 const decisionRows = 64
 
 func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
-	// One statement for each row count (decisionRows and the remainder),
-	// prepared before the transaction holds a connection: the first
-	// preparation takes one of its own.
+	ins, err := s.decisionsInsert(ctx, len(ds))
+	if err != nil {
+		return err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("insert decisions: %w", err)
+	}
+	defer tx.Rollback()
+	if err := ins(tx, ds); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("insert decisions: %w", err)
+	}
+	return nil
+}
+
+// decisionsInsert returns what inserts n decisions in a transaction. Its
+// statements (one for each row count: decisionRows and the remainder) are
+// prepared here, before the transaction holds the writer: the first
+// preparation takes a connection of its own.
+func (s *Store) decisionsInsert(ctx context.Context, n int) (func(*sql.Tx, []*Decision) error, error) {
 	prep := map[int]*sql.Stmt{}
-	for _, n := range []int{min(len(ds), decisionRows), len(ds) % decisionRows} {
+	for _, n := range []int{min(n, decisionRows), n % decisionRows} {
 		if n == 0 || prep[n] != nil {
 			continue
 		}
@@ -301,33 +348,27 @@ func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
 		(session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id) VALUES `+
 			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", n), ", "))
 		if err != nil {
-			return fmt.Errorf("insert decisions: %w", err)
+			return nil, fmt.Errorf("insert decisions: %w", err)
 		}
 		prep[n] = st
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("insert decisions: %w", err)
-	}
-	defer tx.Rollback()
-	args := make([]any, 0, 10*decisionRows)
-	for len(ds) > 0 {
-		n := min(len(ds), decisionRows)
-		stmt := tx.StmtContext(ctx, prep[n])
-		args = args[:0]
-		for _, d := range ds[:n] {
-			args = append(args, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
-				d.Enforced, d.Statement, d.ApprovalID)
+	return func(tx *sql.Tx, ds []*Decision) error {
+		args := make([]any, 0, 10*min(len(ds), decisionRows))
+		for len(ds) > 0 {
+			n := min(len(ds), decisionRows)
+			stmt := tx.StmtContext(ctx, prep[n])
+			args = args[:0]
+			for _, d := range ds[:n] {
+				args = append(args, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
+					d.Enforced, d.Statement, d.ApprovalID)
+			}
+			if _, err := stmt.ExecContext(ctx, args...); err != nil {
+				return fmt.Errorf("insert decisions %s/%d..%d: %w", ds[0].SessionID, ds[0].Index, ds[n-1].Index, err)
+			}
+			ds = ds[n:]
 		}
-		if _, err := stmt.ExecContext(ctx, args...); err != nil {
-			return fmt.Errorf("insert decisions %s/%d..%d: %w", ds[0].SessionID, ds[0].Index, ds[n-1].Index, err)
-		}
-		ds = ds[n:]
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("insert decisions: %w", err)
-	}
-	return nil
+		return nil
+	}, nil
 }
 
 // Decisions returns the decisions of session id in the order they were made.

@@ -131,6 +131,24 @@ func testManyDecisions(t *testing.T, open storetest.Open) {
 	if err := s.AddDecisions(ctx, ds[100:101]); err == nil {
 		t.Fatal("a decision stored twice was accepted")
 	}
+
+	// The same, stored by the session's end with its row.
+	ended := store.Session{Host: "h1", Identity: "ci", Target: "orders", Protocol: "postgresql", Started: time.Now().UTC()}
+	if err := s.CreateSession(ctx, &ended); err != nil {
+		t.Fatal(err)
+	}
+	for i := range ds {
+		ds[i].SessionID = ended.ID
+	}
+	if err := s.EndSession(ctx, ended.ID, store.SessionEnd{Outcome: "closed", Decisions: ds}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Decisions(ctx, ended.ID); err != nil || len(got) != n || got[n-1].Statement != fmt.Sprintf("SELECT %d", n-1) {
+		t.Fatalf("decisions stored with the row: %d, %v", len(got), err)
+	}
+	if got, err := s.Session(ctx, ended.ID); err != nil || got.Ended.IsZero() {
+		t.Fatalf("session not ended: %+v %v", got, err)
+	}
 }
 
 func testSessions(t *testing.T, open storetest.Open) {
