@@ -46,33 +46,31 @@ func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHe
 	if err != nil {
 		return nil, fmt.Errorf("prepare audit insert: %w", err)
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, fmt.Errorf("append audit: %w", err)
-	}
-	defer tx.Rollback()
-	if s.backend == PostgreSQL {
-		if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('interlock-audit:' || $1, 0))", host); err != nil {
-			return nil, fmt.Errorf("lock audit chain %s: %w", host, err)
+	var rs []AuditRecord
+	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if s.backend == PostgreSQL {
+			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('interlock-audit:' || $1, 0))", host); err != nil {
+				return fmt.Errorf("lock audit chain %s: %w", host, err)
+			}
 		}
-	}
-	var head AuditHead
-	err = tx.StmtContext(ctx, headQ).QueryRowContext(ctx, host).Scan(&head.Seq, &head.Hash)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("read audit head %s: %w", host, err)
-	}
-	rs, err := build(head)
-	if err != nil {
-		return nil, err
-	}
-	ins := tx.StmtContext(ctx, insQ)
-	for _, r := range rs {
-		if _, err := ins.ExecContext(ctx, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash); err != nil {
-			return nil, fmt.Errorf("insert audit record %s/%d: %w", r.Host, r.Seq, err)
+		var head AuditHead
+		err := tx.StmtContext(ctx, headQ).QueryRowContext(ctx, host).Scan(&head.Seq, &head.Hash)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("read audit head %s: %w", host, err)
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit audit records %s: %w", host, err)
+		if rs, err = build(head); err != nil {
+			return err
+		}
+		ins := tx.StmtContext(ctx, insQ)
+		for _, r := range rs {
+			if _, err := ins.ExecContext(ctx, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash); err != nil {
+				return fmt.Errorf("insert audit record %s/%d: %w", r.Host, r.Seq, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("append audit records %s: %w", host, err)
 	}
 	return rs, nil
 }

@@ -43,24 +43,36 @@ func BenchmarkAddDecisions(b *testing.B) {
 // row), in the embedded SQLite store: the store's share of a new
 // connection's cost.
 func BenchmarkSessionLifecycle(b *testing.B) {
-	ctx := context.Background()
 	s := openBench(b)
-	recording := bytes.Repeat([]byte("r"), 600)
 	for range b.N {
-		ss := store.Session{Host: "h1", Identity: "ci", Target: "forge", Protocol: "http", ClientAddr: "127.0.0.1:40000",
-			UpstreamAddr: "127.0.0.1:443", Recording: "/var/lib/interlock/recordings/x.ilrec"}
-		if err := s.CreateSession(ctx, &ss); err != nil {
-			b.Fatal(err)
+		sessionLifecycle(b, s)
+	}
+}
+
+// BenchmarkSessionLifecycleParallel is BenchmarkSessionLifecycle with
+// sessions overlapping, as a daemon's do.
+func BenchmarkSessionLifecycleParallel(b *testing.B) {
+	s := openBench(b)
+	b.SetParallelism(4)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			sessionLifecycle(b, s)
 		}
-		if err := s.AddDecisions(ctx,
-			[]store.Decision{{SessionID: ss.ID, Seq: 1, Time: time.Now(), Action: "allow", Rule: "read", Enforced: true,
-				Statement: "GET /repos/acme/x"}}); err != nil {
-			b.Fatal(err)
-		}
-		if err := s.EndSession(ctx, ss.ID, store.SessionEnd{BytesIn: 100, BytesOut: 200, Messages: 2, Outcome: "closed",
-			RecordingSHA256: "00", RecordingSize: 300, Recording: recording}); err != nil {
-			b.Fatal(err)
-		}
+	})
+}
+
+func sessionLifecycle(b *testing.B, s *store.Store) {
+	ctx := context.Background()
+	ss := store.Session{Host: "h1", Identity: "ci", Target: "forge", Protocol: "http", ClientAddr: "127.0.0.1:40000",
+		UpstreamAddr: "127.0.0.1:443", Recording: "/var/lib/interlock/recordings/x.ilrec"}
+	if err := s.CreateSession(ctx, &ss); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.EndSession(ctx, ss.ID, store.SessionEnd{BytesIn: 100, BytesOut: 200, Messages: 2, Outcome: "closed",
+		RecordingSHA256: "00", RecordingSize: 300, Recording: bytes.Repeat([]byte("r"), 600),
+		Decisions: []store.Decision{{SessionID: ss.ID, Seq: 1, Time: time.Now(), Action: "allow", Rule: "read", Enforced: true,
+			Statement: "GET /repos/acme/x"}}}); err != nil {
+		b.Fatal(err)
 	}
 }
 

@@ -56,8 +56,11 @@ func (s *Store) CreateSession(ctx context.Context, sess *Session) error {
 	if err != nil {
 		return fmt.Errorf("insert session: %w", err)
 	}
-	_, err = ins.ExecContext(ctx, sess.ID, sess.Host, sess.Identity, int64(sess.PID), int64(sess.UID), sess.Exe, sess.Cgroup,
-		sess.Target, sess.Protocol, sess.ClientAddr, sess.UpstreamAddr, nanos(sess.Started), sess.Recording)
+	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.StmtContext(ctx, ins).ExecContext(ctx, sess.ID, sess.Host, sess.Identity, int64(sess.PID), int64(sess.UID),
+			sess.Exe, sess.Cgroup, sess.Target, sess.Protocol, sess.ClientAddr, sess.UpstreamAddr, nanos(sess.Started), sess.Recording)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("insert session: %w", err)
 	}
@@ -95,10 +98,6 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	args := []any{nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id}
-	if len(e.Recording) == 0 && len(e.Decisions) == 0 {
-		res, err := upd.ExecContext(ctx, args...)
-		return ended(id, res, err)
-	}
 	// All but the last of AddDecisions' transactions' worth go first, in
 	// theirs, so the row's transaction holds the writer no longer than one.
 	ds := make([]*Decision, len(e.Decisions))
@@ -119,44 +118,35 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("end session %s: %w", id, err)
-	}
-	defer tx.Rollback()
-	if err := insDecisions(tx, ds); err != nil {
-		return fmt.Errorf("end session %s: %w", id, err)
-	}
-	if len(e.Recording) > 0 {
+	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		if err := insDecisions(ctx, tx, ds); err != nil {
+			return err
+		}
 		ins := tx.StmtContext(ctx, part)
 		for i, rest := 0, e.Recording; len(rest) > 0; i++ {
 			n := min(len(rest), recordingPart)
 			if _, err := ins.ExecContext(ctx, id, i, rest[:n]); err != nil {
-				return fmt.Errorf("store recording %s part %d: %w", id, i, err)
+				return fmt.Errorf("store recording part %d: %w", i, err)
 			}
 			rest = rest[n:]
 		}
-	}
-	res, err := tx.StmtContext(ctx, upd).ExecContext(ctx, args...)
-	if err := ended(id, res, err); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
+		res, err := tx.StmtContext(ctx, upd).ExecContext(ctx, args...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return errNotOpen
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	return nil
 }
 
-// ended is the outcome of the UPDATE that ends session id.
-func ended(id string, res sql.Result, err error) error {
-	if err != nil {
-		return fmt.Errorf("end session %s: %w", id, err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return fmt.Errorf("end session %s: not open", id)
-	}
-	return nil
-}
+// errNotOpen is ending a session that is not open.
+var errNotOpen = errors.New("not open")
 
 const sessionColumns = `id, host, identity, pid, uid, exe, cgroup, target, protocol, client_addr, upstream_addr,
 	started_ns, ended_ns, bytes_in, bytes_out, messages, outcome, recording, recording_sha256, recording_size`
@@ -320,25 +310,14 @@ func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
 	if err != nil {
 		return err
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("insert decisions: %w", err)
-	}
-	defer tx.Rollback()
-	if err := ins(tx, ds); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("insert decisions: %w", err)
-	}
-	return nil
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error { return ins(ctx, tx, ds) })
 }
 
 // decisionsInsert returns what inserts n decisions in a transaction. Its
 // statements (one for each row count: decisionRows and the remainder) are
 // prepared here, before the transaction holds the writer: the first
 // preparation takes a connection of its own.
-func (s *Store) decisionsInsert(ctx context.Context, n int) (func(*sql.Tx, []*Decision) error, error) {
+func (s *Store) decisionsInsert(ctx context.Context, n int) (func(context.Context, *sql.Tx, []*Decision) error, error) {
 	prep := map[int]*sql.Stmt{}
 	for _, n := range []int{min(n, decisionRows), n % decisionRows} {
 		if n == 0 || prep[n] != nil {
@@ -352,7 +331,7 @@ func (s *Store) decisionsInsert(ctx context.Context, n int) (func(*sql.Tx, []*De
 		}
 		prep[n] = st
 	}
-	return func(tx *sql.Tx, ds []*Decision) error {
+	return func(ctx context.Context, tx *sql.Tx, ds []*Decision) error {
 		args := make([]any, 0, 10*min(len(ds), decisionRows))
 		for len(ds) > 0 {
 			n := min(len(ds), decisionRows)

@@ -65,6 +65,9 @@ type Store struct {
 	// they queued for SQLite's write lock. On PostgreSQL w is db.
 	db, w   *sql.DB
 	backend Backend
+	// writer, on SQLite, runs the writes of sessions, decisions and the
+	// audit chain in shared transactions.
+	writer *writer
 	// stmts holds the statements every connection runs, prepared once
 	// (query -> *sql.Stmt): SQLite parses and plans an INSERT in about as
 	// long as it takes to run it.
@@ -162,6 +165,12 @@ func open(ctx context.Context, db, w *sql.DB, b Backend) (*Store, error) {
 		s.close()
 		return nil, err
 	}
+	if b == SQLite {
+		if err := s.startWriter(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -189,8 +198,10 @@ func ping(ctx context.Context, db *sql.DB) error {
 // Backend reports which engine the store runs on.
 func (s *Store) Backend() Backend { return s.backend }
 
-// Close releases the store's statements and connections.
+// Close waits for the write in progress, then releases the store's
+// statements and connections.
 func (s *Store) Close() error {
+	s.stopWriter()
 	s.stmts.Range(func(_, st any) bool {
 		st.(*sql.Stmt).Close()
 		return true
