@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -435,7 +436,9 @@ rules:
 //	sudo go test ./agent/daemon -run '^$' -bench Pgbench -benchtime 3x
 func BenchmarkPgbench(b *testing.B) {
 	testenv.Privileged(b)
-	pg := testenv.StartPostgres(b)
+	// Room for the idle sessions twice: PgBouncer keeps its server
+	// connections when its clients leave.
+	pg := testenv.StartPostgres(b, "max_connections = 1000")
 	if out, err := exec.Command("pgbench", "-i", "-q", "-s", "10", "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", pg.Superuser, "postgres").CombinedOutput(); err != nil {
 		b.Fatalf("pgbench -i: %v\n%s", err, out)
 	}
@@ -446,7 +449,9 @@ func BenchmarkPgbench(b *testing.B) {
 	cfg := filepath.Join(dir, "interlockd.yaml")
 	// Pooled credentials, as the connect goal has it: a session's
 	// login does not wait for its role to be created.
-	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\ncredentials:\n  pool: {appdb: 16}\n  embedded:\n    embedded: {admin_dsn: %q}\n", pg.AdminDSN())), 0o600)
+	// The session cap lifted for the idle sessions.
+	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\nlimits: {sessions: %d}\ncredentials:\n  pool: {appdb: 16}\n  embedded:\n    embedded: {admin_dsn: %q}\n",
+		idleSessions+8, pg.AdminDSN())), 0o600)
 	d := daemontest.Start(b, daemontest.Options{Policy: pol, Config: cfg})
 	agent := d.Cgroup("bench")
 	if _, stderr, err := d.CLI("tag", agent, "--identity", "bench"); err != nil {
@@ -484,4 +489,33 @@ func BenchmarkPgbench(b *testing.B) {
 			}
 		})
 	}
+	// Idle sessions: the proxy's memory per session, and how long a new
+	// session takes to start with them open, as a multiple of its time
+	// without.
+	b.Run(fmt.Sprintf("idle-%dsessions", idleSessions), func(b *testing.B) {
+		type result struct{ kib, slower []float64 }
+		measure := func(r *result, cgroup string, pid, port int, user, password string) {
+			kib, unloaded, loaded := testenv.IdleSessions(b, cgroup, pid, "127.0.0.1", port, user, password, idleSessions)
+			r.kib, r.slower = append(r.kib, kib), append(r.slower, float64(loaded)/float64(unloaded))
+		}
+		var via result
+		others := make([]result, len(baselines))
+		for i := 0; i < b.N; i++ {
+			measure(&via, agent, d.PID(), pg.Port, "agent", "")
+			for j, bl := range baselines {
+				measure(&others[j], "", bl.PID, bl.Port, bl.User, bl.Password)
+			}
+		}
+		m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+		b.ReportMetric(m(via.kib), "interlock-KiB/session")
+		b.ReportMetric(m(via.slower), "interlock-start-x")
+		for j, bl := range baselines {
+			b.ReportMetric(m(others[j].kib), bl.Name+"-KiB/session")
+			b.ReportMetric(m(others[j].slower), bl.Name+"-start-x")
+		}
+	})
 }
+
+// idleSessions is how many idle sessions BenchmarkPgbench holds open at
+// once: what PostgreSQL's max_connections leaves (each is a backend).
+const idleSessions = 300

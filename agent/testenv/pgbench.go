@@ -133,8 +133,8 @@ listen_port = %d
 unix_socket_dir =
 auth_type = any
 pool_mode = session
-max_client_conn = 200
-default_pool_size = 50
+max_client_conn = 500
+default_pool_size = 400
 logfile = %s/pgbouncer.log
 pidfile = %s/pgbouncer.pid
 `, pg.Host, pg.Port, pg.Superuser, pg.Password, port, dir, dir)
@@ -310,6 +310,99 @@ var PgbenchScenarios = []PgbenchScenario{
 	{"tpcb-like-1client", []string{"-c", "1", "-j", "1"}},
 	{"tpcb-like-16clients", []string{"-c", "16", "-j", "2"}},
 	{"select-only-connect-1client", []string{"-S", "-C", "-c", "1", "-j", "1"}},
+}
+
+// IdleSessions opens n sessions through the proxy process pid, listening
+// at host:port, from the cgroup directory cgroup (when not empty): each
+// logs in, runs one query and stays idle. It returns how much the proxy's
+// resident memory grew per session once all n are open, and how long a new
+// session (startup to first result, the mean of pgbench -C for a few
+// seconds) took before them and with them open.
+func IdleSessions(b testing.TB, cgroup string, pid int, host string, port int, user, password string, n int) (kibPerSession float64, unloaded, loaded time.Duration) {
+	b.Helper()
+	start := func() time.Duration {
+		r := PgbenchIn(b, cgroup, host, port, user, password, 3, []string{"-S", "-C", "-c", "1", "-j", "1"})
+		return time.Duration(float64(time.Second) / r.TPS)
+	}
+	unloaded = start()
+	script := filepath.Join(b.TempDir(), "idle.sql")
+	if err := os.WriteFile(script, []byte("SELECT 1;\n\\sleep 600 s\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	sockets0, rss0 := Sockets(pid), RSSKiB(pid)
+	cmd := exec.Command("pgbench", "-n", "-h", host, "-p", strconv.Itoa(port), "-U", user, "-c", strconv.Itoa(n), "-j", "2",
+		"-T", "600", "-f", script, "postgres")
+	// No GSSAPI negotiation: libkrb5 aborts pgbench when many of its
+	// connections fail at once.
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+password, "PGSSLMODE=disable", "PGGSSENCMODE=disable")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if cgroup != "" {
+		cg, err := os.Open(cgroup)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("pgbench: %v", err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+	defer stop()
+	// Each session holds two sockets of the proxy: the client's and the
+	// server's. A few of the proxy's own (a credential pool's admin
+	// connection) come and go meanwhile.
+	deadline := time.Now().Add(2 * time.Minute)
+	for Sockets(pid) < sockets0+2*n-4 {
+		if time.Now().After(deadline) {
+			held := Sockets(pid)
+			stop()
+			b.Fatalf("%d idle sessions: the proxy held %d sockets, had %d before\n%s", n, held, sockets0, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // the last logins' garbage, collected
+	kibPerSession = float64(RSSKiB(pid)-rss0) / float64(n)
+	loaded = start()
+	stop()
+	// The sessions' ends (a revoked credential each, through Interlock)
+	// are not the next measurement's.
+	for deadline := time.Now().Add(time.Minute); Sockets(pid) > sockets0+4 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	return kibPerSession, unloaded, loaded
+}
+
+// RSSKiB returns process pid's resident memory in KiB, from /proc.
+func RSSKiB(pid int) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// Sockets counts the sockets process pid has open.
+func Sockets(pid int) int {
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
 }
 
 // PgbenchSeconds is how long each pgbench run lasts: 5 s, or
