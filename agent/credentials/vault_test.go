@@ -9,10 +9,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -121,7 +123,20 @@ func testVaultRenewalOutlivesTTL(t *testing.T, pg *testenv.Postgres) {
 		t.Fatal(err)
 	}
 	defer l.Close(ctx)
+	// A lease waiting for its renewal holds no goroutine (and so no
+	// stack): 20 more leases, renewed meanwhile, leave the count as it was.
+	before := runtime.NumGoroutine()
+	for i := range 20 {
+		l, err := m.Issue(ctx, Request{Ref: readonly, Target: "orders-db", Session: fmt.Sprintf("more%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close(ctx)
+	}
 	time.Sleep(9 * time.Second)
+	if n := runtime.NumGoroutine(); n-before >= 10 {
+		t.Errorf("%d goroutines with 20 more leases waiting for renewal, %d before", n, before)
+	}
 	// Without renewal the server's reaper would have dropped the role
 	// after 3s.
 	conn, _, err := login(ctx, pg, l.Credential())
@@ -129,8 +144,8 @@ func testVaultRenewalOutlivesTTL(t *testing.T, pg *testenv.Postgres) {
 		t.Fatalf("log in after 3x TTL: %v", err)
 	}
 	conn.Close(ctx)
-	if len(srv.Leases()) != 1 {
-		t.Errorf("lease gone from the server: %v", srv.Leases())
+	if len(srv.Leases()) != 21 {
+		t.Errorf("leases gone from the server: %v", srv.Leases())
 	}
 }
 
