@@ -221,41 +221,30 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	}
 	stop := context.AfterFunc(ctx, shutdown)
 	defer stop()
-	serverDone := make(chan error, 1)
+	// The server side runs on this goroutine, which already has the stack
+	// the login grew, and the client side on one more: a goroutine less per
+	// session, idle sessions included. Whichever side ends first ends the
+	// session.
+	const serverFirst, clientFirst = 1, 2
+	var ended atomic.Int32
+	serverDone := make(chan struct{})
 	clientDone := make(chan error, 1)
-	go func() { serverDone <- r.serverLoop() }()
-	go func() { clientDone <- r.clientLoop() }()
-	var first error
-	select {
-	case first = <-serverDone:
-		shutdown()
-		<-clientDone
-	case first = <-clientDone:
-		var pe agentError
-		if errors.As(first, &pe) {
-			// End the server side first, so the agent's connection has a
-			// single writer again, then tell the agent why.
-			r.upstream.Write([]byte{'X', 0, 0, 0, 4})
-			upstream.Close()
-			select {
-			case <-serverDone:
-				if b, err := pe.Response().Encode(nil); err == nil {
-					r.agentMu.Lock()
-					r.agent.Write(b)
-					r.agentMu.Unlock()
-				}
-				drainAgent(r.agent)
-				shutdown()
-			case <-time.After(time.Second):
-				// The server goroutine is stuck writing to an agent that
-				// does not read.
-				shutdown()
-				<-serverDone
-			}
-			break
+	go func() {
+		err := r.clientLoop()
+		if ended.CompareAndSwap(0, clientFirst) {
+			r.clientEnded(err, serverDone, shutdown)
 		}
+		clientDone <- err
+	}()
+	serverErr := r.serverLoop()
+	close(serverDone)
+	if ended.CompareAndSwap(0, serverFirst) {
 		shutdown()
-		<-serverDone
+	}
+	clientErr := <-clientDone
+	first := clientErr
+	if ended.Load() == serverFirst {
+		first = serverErr
 	}
 	// Hold notices may still be on their way; their sockets are closed.
 	r.bg.Wait()
@@ -263,6 +252,33 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		return ctx.Err()
 	}
 	return first
+}
+
+// clientEnded ends a session whose agent side ended first, with err, while
+// the server side (serverDone) may still run.
+func (r *relay) clientEnded(err error, serverDone <-chan struct{}, shutdown func()) {
+	var pe agentError
+	if !errors.As(err, &pe) {
+		shutdown()
+		return
+	}
+	// End the server side first, so the agent's connection has a single
+	// writer again, then tell the agent why.
+	r.upstream.Write([]byte{'X', 0, 0, 0, 4})
+	r.upstream.Close()
+	select {
+	case <-serverDone:
+		if b, err := pe.Response().Encode(nil); err == nil {
+			r.agentMu.Lock()
+			r.agent.Write(b)
+			r.agentMu.Unlock()
+		}
+		drainAgent(r.agent)
+		shutdown()
+	case <-time.After(time.Second):
+		// The server side is stuck writing to an agent that does not read.
+		shutdown()
+	}
 }
 
 // drainAgent reads and discards what the agent is still sending, for a
