@@ -590,13 +590,7 @@ func TestSealAbandoned(t *testing.T) {
 func TestShortSessionSealedInStore(t *testing.T) {
 	ctx := context.Background()
 	st, rec := newSQLiteRecorder(t)
-	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, _ := (&pgproto3.Query{String: "SELECT 'short'"}).Encode(nil)
-	seq := s.Message(true, 'Q', q[5:], time.Time{})
-	s.Decide(seq, recording.Verdict{Action: "allow", Rule: "r", Enforced: true}, time.Time{})
+	s, _ := startAllowed(t, rec, "SELECT 'short'")
 	ss, err := s.Finish(ctx, recording.End{Outcome: "closed"})
 	if err != nil {
 		t.Fatal(err)
@@ -627,19 +621,27 @@ func TestShortSessionSealedInStore(t *testing.T) {
 	}
 }
 
+// startAllowed starts a session whose one query, sql, was allowed; it
+// returns the session and the query's seq.
+func startAllowed(t *testing.T, rec *recording.Recorder, sql string) (*recording.Session, int64) {
+	t.Helper()
+	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	seq := s.Message(true, 'Q', q[5:], time.Time{})
+	s.Decide(seq, recording.Verdict{Action: "allow", Rule: "r", Enforced: true}, time.Time{})
+	return s, seq
+}
+
 // A session's last verdicts are stored with the row that seals it; a store
 // that refuses them still gets the session sealed, and Finish says what was
 // lost.
 func TestFinishSealsWhenVerdictsRefused(t *testing.T) {
 	ctx := context.Background()
 	st, rec := newSQLiteRecorder(t)
-	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
-	seq := s.Message(true, 'Q', q[5:], time.Time{})
-	s.Decide(seq, recording.Verdict{Action: "allow", Rule: "r", Enforced: true}, time.Time{})
+	s, seq := startAllowed(t, rec, "SELECT 1")
 	// The verdict's key, taken: its insert fails.
 	if err := st.AddDecisions(ctx, []store.Decision{{SessionID: s.ID(), Index: 0, Seq: seq, Time: time.Now(),
 		Action: "deny", Rule: "squatter"}}); err != nil {

@@ -61,16 +61,8 @@ func PgbenchIn(b testing.TB, cgroup, host string, port int, user, password strin
 	dir := b.TempDir()
 	args = append([]string{"-n", "-h", host, "-p", strconv.Itoa(port), "-U", user, "-T", strconv.Itoa(seconds),
 		"-l", "--log-prefix", filepath.Join(dir, "log")}, args...)
-	cmd := exec.Command("pgbench", append(args, "postgres")...)
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+password, "PGSSLMODE=disable")
-	if cgroup != "" {
-		cg, err := os.Open(cgroup)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer cg.Close()
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	}
+	cmd, done := pgbenchCmd(b, cgroup, password, append(args, "postgres"))
+	defer done()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		b.Fatalf("pgbench %v: %v\n%s", args, err, out)
@@ -103,6 +95,25 @@ func PgbenchIn(b testing.TB, cgroup, host string, port int, user, password strin
 	}
 	slices.Sort(lat)
 	return PgbenchResult{TPS: tps, P50: lat[len(lat)/2]}
+}
+
+// pgbenchCmd is pgbench with args, logging in with password, started in
+// the cgroup directory cgroup when not empty; done releases the cgroup.
+func pgbenchCmd(b testing.TB, cgroup, password string, args []string) (cmd *exec.Cmd, done func()) {
+	b.Helper()
+	cmd = exec.Command("pgbench", args...)
+	// No GSSAPI negotiation: libkrb5 aborts pgbench when many of its
+	// connections fail at once.
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+password, "PGSSLMODE=disable", "PGGSSENCMODE=disable")
+	if cgroup == "" {
+		return cmd, func() {}
+	}
+	cg, err := os.Open(cgroup)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	return cmd, func() { cg.Close() }
 }
 
 // Baseline is a reference proxy a benchmark runs beside Interlock.
@@ -312,39 +323,38 @@ var PgbenchScenarios = []PgbenchScenario{
 	{"select-only-connect-1client", []string{"-S", "-C", "-c", "1", "-j", "1"}},
 }
 
-// IdleSessions opens n sessions through the proxy process pid, listening
-// at host:port, from the cgroup directory cgroup (when not empty): each
-// logs in, runs one query and stays idle. It returns how much the proxy's
-// resident memory grew per session once all n are open, and how long a new
-// session (startup to first result, the mean of pgbench -C for a few
-// seconds) took before them and with them open.
-func IdleSessions(b testing.TB, cgroup string, pid int, host string, port int, user, password string, n int) (kibPerSession float64, unloaded, loaded time.Duration) {
+// IdleSessions opens n sessions through the proxy listening at
+// 127.0.0.1:port, from the cgroup directory cgroup (when not empty): each
+// logs in, runs one query and stays idle. It returns the resident memory of
+// the proxy process pid once all n are open (a proxy keeps what it
+// allocated for the first round for the next, so growth is measured from
+// before the first), and how long a new session (startup to first result,
+// the mean of pgbench -C for a few seconds) took before them and with them
+// open.
+func IdleSessions(b testing.TB, pg *Postgres, cgroup string, pid, port int, user, password string, n int) (rssKiB int64, unloaded, loaded time.Duration) {
 	b.Helper()
 	start := func() time.Duration {
-		r := PgbenchIn(b, cgroup, host, port, user, password, 3, []string{"-S", "-C", "-c", "1", "-j", "1"})
+		r := PgbenchIn(b, cgroup, "127.0.0.1", port, user, password, 3, []string{"-S", "-C", "-c", "1", "-j", "1"})
 		return time.Duration(float64(time.Second) / r.TPS)
+	}
+	// The server's view of the sessions: backends that ran the script's
+	// query and wait for the next.
+	const query = "SELECT 'interlock-idle';"
+	idle := func() int {
+		v, _ := strconv.Atoi(pg.Psql(b, "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle' AND query = '"+
+			strings.ReplaceAll(query, "'", "''")+"'"))
+		return v
 	}
 	unloaded = start()
 	script := filepath.Join(b.TempDir(), "idle.sql")
-	if err := os.WriteFile(script, []byte("SELECT 1;\n\\sleep 600 s\n"), 0o644); err != nil {
+	if err := os.WriteFile(script, []byte(query+"\n\\sleep 600 s\n"), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	sockets0, rss0 := Sockets(pid), RSSKiB(pid)
-	cmd := exec.Command("pgbench", "-n", "-h", host, "-p", strconv.Itoa(port), "-U", user, "-c", strconv.Itoa(n), "-j", "2",
-		"-T", "600", "-f", script, "postgres")
-	// No GSSAPI negotiation: libkrb5 aborts pgbench when many of its
-	// connections fail at once.
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+password, "PGSSLMODE=disable", "PGGSSENCMODE=disable")
+	cmd, done := pgbenchCmd(b, cgroup, password, []string{"-n", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", user,
+		"-c", strconv.Itoa(n), "-j", "2", "-T", "600", "-f", script, "postgres"})
+	defer done()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if cgroup != "" {
-		cg, err := os.Open(cgroup)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer cg.Close()
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	}
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("pgbench: %v", err)
 	}
@@ -357,28 +367,25 @@ func IdleSessions(b testing.TB, cgroup string, pid int, host string, port int, u
 		}
 	}
 	defer stop()
-	// Each session holds two sockets of the proxy: the client's and the
-	// server's. A few of the proxy's own (a credential pool's admin
-	// connection) come and go meanwhile.
 	deadline := time.Now().Add(2 * time.Minute)
-	for Sockets(pid) < sockets0+2*n-4 {
+	for idle() < n {
 		if time.Now().After(deadline) {
-			held := Sockets(pid)
+			got := idle()
 			stop()
-			b.Fatalf("%d idle sessions: the proxy held %d sockets, had %d before\n%s", n, held, sockets0, out.String())
+			b.Fatalf("%d idle sessions: %d open\n%s", n, got, out.String())
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 	}
-	time.Sleep(2 * time.Second) // the last logins' garbage, collected
-	kibPerSession = float64(RSSKiB(pid)-rss0) / float64(n)
+	time.Sleep(time.Second)
+	rssKiB = RSSKiB(pid)
 	loaded = start()
 	stop()
 	// The sessions' ends (a revoked credential each, through Interlock)
 	// are not the next measurement's.
-	for deadline := time.Now().Add(time.Minute); Sockets(pid) > sockets0+4 && time.Now().Before(deadline); {
-		time.Sleep(100 * time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); idle() > 0 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
 	}
-	return kibPerSession, unloaded, loaded
+	return rssKiB, unloaded, loaded
 }
 
 // RSSKiB returns process pid's resident memory in KiB, from /proc.
@@ -391,18 +398,6 @@ func RSSKiB(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-// Sockets counts the sockets process pid has open.
-func Sockets(pid int) int {
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	n := 0
-	for _, fd := range fds {
-		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:") {
-			n++
-		}
-	}
-	return n
 }
 
 // PgbenchSeconds is how long each pgbench run lasts: 5 s, or
