@@ -92,7 +92,8 @@ func (a *Admin) exec(ctx context.Context, sql string) error {
 
 // Create creates login role name with password, valid until validUntil, a
 // member (with INHERIT) of memberOf. Only a SCRAM-SHA-256 verifier of the
-// password is sent, so it appears in no server log.
+// password is sent, so it appears in no server log. The password must be one
+// RandomPassword returned: the verifier takes no stretching (scramIterations).
 func (a *Admin) Create(ctx context.Context, name, password string, validUntil time.Time, memberOf ...string) error {
 	verifier, err := scramVerifier(password)
 	if err != nil {

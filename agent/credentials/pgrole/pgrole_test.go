@@ -26,7 +26,7 @@ func TestScramVerifierShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	parts := strings.FieldsFunc(v, func(r rune) bool { return r == '$' || r == ':' })
-	if len(parts) != 5 || parts[0] != "SCRAM-SHA-256" || parts[1] != "4096" {
+	if len(parts) != 5 || parts[0] != "SCRAM-SHA-256" || parts[1] != "1" {
 		t.Errorf("verifier %q", v)
 	}
 }
