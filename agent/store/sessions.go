@@ -44,6 +44,21 @@ type Session struct {
 // CreateSession inserts an open session. It assigns s.ID with NewID when it
 // is empty and s.Started with the current time when it is zero.
 func (s *Store) CreateSession(ctx context.Context, sess *Session) error {
+	return s.createSession(ctx, sess, nil)
+}
+
+// BeginSession inserts an open session as CreateSession does, but on SQLite
+// returns once the row is queued for the writer's next transaction, which
+// may wait a little for other writes to share it (see writeLinger): a new
+// connection's first byte does not wait for a commit. refused is called,
+// from the writer, if that transaction refuses the row; writes queued after
+// the row (the session's verdicts and end) come after it. On PostgreSQL the
+// row is inserted before BeginSession returns and refused is not called.
+func (s *Store) BeginSession(ctx context.Context, sess *Session, refused func(error)) error {
+	return s.createSession(ctx, sess, refused)
+}
+
+func (s *Store) createSession(ctx context.Context, sess *Session, refused func(error)) error {
 	if sess.ID == "" {
 		sess.ID = NewID()
 	}
@@ -56,11 +71,18 @@ func (s *Store) CreateSession(ctx context.Context, sess *Session) error {
 	if err != nil {
 		return fmt.Errorf("insert session: %w", err)
 	}
-	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		_, err := tx.StmtContext(ctx, ins).ExecContext(ctx, sess.ID, sess.Host, sess.Identity, int64(sess.PID), int64(sess.UID),
-			sess.Exe, sess.Cgroup, sess.Target, sess.Protocol, sess.ClientAddr, sess.UpstreamAddr, nanos(sess.Started), sess.Recording)
+	args := []any{sess.ID, sess.Host, sess.Identity, int64(sess.PID), int64(sess.UID),
+		sess.Exe, sess.Cgroup, sess.Target, sess.Protocol, sess.ClientAddr, sess.UpstreamAddr, nanos(sess.Started), sess.Recording}
+	insert := func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.StmtContext(ctx, ins).ExecContext(ctx, args...)
 		return err
-	})
+	}
+	if refused != nil && s.writer != nil {
+		id := sess.ID
+		err = s.queue(ctx, insert, func(err error) { refused(fmt.Errorf("insert session %s: %w", id, err)) })
+	} else {
+		err = s.write(ctx, insert)
+	}
 	if err != nil {
 		return fmt.Errorf("insert session: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // errClosed is what a write gets once the store is closed.
@@ -14,11 +15,18 @@ var errClosed = errors.New("store closed")
 // maxBatch bounds how many writes share one SQLite transaction.
 const maxBatch = 64
 
+// writeLinger is how long queued writes (see queue) wait for others to share
+// their transaction. Nothing waits on them; a write that is waited on ends
+// the wait.
+const writeLinger = 5 * time.Millisecond
+
 // writeOp is one caller's write, run by the writer in a transaction it may
-// share with others.
+// share with others. done gets the outcome of a write the caller waits on;
+// refused is told the error of a queued one.
 type writeOp struct {
-	fn   func(ctx context.Context, tx *sql.Tx) error
-	done chan error
+	fn      func(ctx context.Context, tx *sql.Tx) error
+	done    chan error
+	refused func(error)
 }
 
 // writer commits SQLite's writes: the writes that arrive while a
@@ -31,6 +39,13 @@ type writer struct {
 	ops  chan *writeOp
 	quit chan struct{}
 	done sync.WaitGroup
+	// queued holds the writes nobody waits on, in order; kick wakes the
+	// writer for them. closed refuses more once the writer has taken the
+	// last of them.
+	mu     sync.Mutex
+	queued []*writeOp
+	closed bool
+	kick   chan struct{}
 	// savepoint, rollback, release isolate each write of a shared
 	// transaction: one that fails is undone alone.
 	savepoint, rollback, release *sql.Stmt
@@ -39,7 +54,7 @@ type writer struct {
 // startWriter starts s's writer; PostgreSQL has none (its writes run in
 // transactions of their own, concurrently).
 func (s *Store) startWriter(ctx context.Context) error {
-	w := &writer{ops: make(chan *writeOp), quit: make(chan struct{})}
+	w := &writer{ops: make(chan *writeOp), quit: make(chan struct{}), kick: make(chan struct{}, 1)}
 	for _, st := range []struct {
 		p *(*sql.Stmt)
 		q string
@@ -100,14 +115,64 @@ func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx *sql.T
 	return tx.Commit()
 }
 
+// queue hands fn to the writer and returns without waiting for it; refused
+// is called with the error if its transaction refuses it. Writes queued
+// before a write that is waited on go in the same transaction or an earlier
+// one.
+func (s *Store) queue(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error, refused func(error)) error {
+	w := s.writer
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return errClosed
+	}
+	w.queued = append(w.queued, &writeOp{fn: fn, refused: refused})
+	w.mu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// take appends the queued writes to batch; last refuses any more.
+func (w *writer) take(batch []*writeOp, last bool) []*writeOp {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	batch = append(batch, w.queued...)
+	clear(w.queued)
+	w.queued = w.queued[:0]
+	w.closed = last
+	return batch
+}
+
 func (s *Store) writeLoop() {
 	w := s.writer
 	defer w.done.Done()
 	batch := make([]*writeOp, 0, maxBatch)
 	for {
+		var first *writeOp
 		select {
-		case op := <-w.ops:
-			batch = append(batch[:0], op)
+		case first = <-w.ops:
+		case <-w.kick:
+			t := time.NewTimer(writeLinger)
+			select {
+			case first = <-w.ops:
+			case <-t.C:
+			case <-w.quit:
+			}
+			t.Stop()
+		case <-w.quit:
+			if batch = w.take(batch[:0], true); len(batch) > 0 {
+				s.commit(batch)
+			}
+			return
+		}
+		// The queued writes first: a write waited on may depend on them
+		// (a session's end on its start), never the other way round.
+		batch = w.take(batch[:0], false)
+		if first != nil {
+			batch = append(batch, first)
 		more:
 			for len(batch) < maxBatch {
 				select {
@@ -117,9 +182,9 @@ func (s *Store) writeLoop() {
 					break more
 				}
 			}
+		}
+		if len(batch) > 0 {
 			s.commit(batch)
-		case <-w.quit:
-			return
 		}
 	}
 }
@@ -128,7 +193,7 @@ func (s *Store) writeLoop() {
 func (s *Store) commit(batch []*writeOp) {
 	ctx := context.Background()
 	if len(batch) == 1 {
-		batch[0].done <- s.inTx(ctx, batch[0].fn)
+		batch[0].tell(s.inTx(ctx, batch[0].fn))
 		return
 	}
 	errs := make([]error, len(batch))
@@ -161,6 +226,16 @@ func (s *Store) commit(batch []*writeOp) {
 		if errs[i] == nil {
 			errs[i] = err
 		}
-		op.done <- errs[i]
+		op.tell(errs[i])
+	}
+}
+
+// tell gives op its outcome.
+func (op *writeOp) tell(err error) {
+	switch {
+	case op.done != nil:
+		op.done <- err
+	case err != nil:
+		op.refused(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -77,5 +78,78 @@ func TestConcurrentWritesThenClose(t *testing.T) {
 	s.Close()
 	if err := s.CreateSession(ctx, &Session{Host: "h", Identity: "ci", Target: "t", Protocol: "tcp"}); !errors.Is(err, errClosed) {
 		t.Fatalf("write after Close: %v", err)
+	}
+}
+
+// A queued session row (BeginSession) comes before the writes made after it
+// that are waited on: a session ended at once finds its row. A row the store
+// refuses is reported to its caller alone, and Close stores what is queued.
+func TestQueuedRows(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "interlock.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	var wg sync.WaitGroup
+	refusals := make(chan error, n+1)
+	refused := func(err error) { refusals <- err }
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ss := &Session{Host: "h", Identity: "ci", Target: "t", Protocol: "tcp"}
+			if err := s.BeginSession(ctx, ss, refused); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := s.EndSession(ctx, ss.ID, SessionEnd{Outcome: "closed"}); err != nil {
+				t.Errorf("end a session just begun: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	// The same ID again: its row is refused, the rows queued beside it are
+	// not.
+	dup := &Session{Host: "h", Identity: "ci", Target: "t", Protocol: "tcp"}
+	if err := s.CreateSession(ctx, dup); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.BeginSession(ctx, &Session{ID: dup.ID, Host: "h", Identity: "ci", Target: "t", Protocol: "tcp"}, refused); err != nil {
+		t.Fatal(err)
+	}
+	last := &Session{Host: "h", Identity: "ci", Target: "t", Protocol: "tcp"}
+	if err := s.BeginSession(ctx, last, refused); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	close(refusals)
+	var got []error
+	for err := range refusals {
+		got = append(got, err)
+	}
+	if len(got) != 1 || !strings.Contains(got[0].Error(), dup.ID) {
+		t.Errorf("refusals %v, want one, of %s", got, dup.ID)
+	}
+	if err := s.BeginSession(ctx, &Session{Host: "h", Identity: "ci", Target: "t", Protocol: "tcp"}, refused); !errors.Is(err, errClosed) {
+		t.Errorf("queue after Close: %v", err)
+	}
+	s, err = OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ss, err := s.ListSessions(ctx, SessionFilter{Limit: 2 * n})
+	if err != nil || len(ss) != n+2 {
+		t.Fatalf("%d sessions stored, want %d: %v", len(ss), n+2, err)
+	}
+	for _, x := range ss {
+		if x.ID != dup.ID && x.ID != last.ID && x.Ended.IsZero() {
+			t.Errorf("session %s not ended", x.ID)
+		}
+	}
+	if _, err := s.Session(ctx, last.ID); err != nil {
+		t.Errorf("the row queued before Close: %v", err)
 	}
 }
