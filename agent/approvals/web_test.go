@@ -40,7 +40,7 @@ func newWebFixture(t *testing.T) *webFixture {
 	}
 	t.Cleanup(func() { rec.Close() })
 	rs, err := rec.Start(ctx, store.Session{Identity: "ci-runner", PID: 1234, UID: requesterUID, Exe: "/usr/bin/psql",
-		Target: "orders-db", Protocol: "postgresql", ClientAddr: "127.0.0.1:40000", UpstreamAddr: "10.0.0.5:5432"})
+		Target: "orders-db", Protocol: "postgresql", ClientAddr: "127.0.0.1:40000", UpstreamAddr: "10.0.0.5:5432"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

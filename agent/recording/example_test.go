@@ -41,7 +41,7 @@ func Example() {
 
 	// Per session, in the proxy.
 	sess, err := rec.Start(ctx, store.Session{Identity: "ci", PID: 4242, Exe: "/usr/bin/psql",
-		Target: "orders", Protocol: "postgresql", ClientAddr: "127.0.0.1:40000", UpstreamAddr: "10.0.0.5:5432"})
+		Target: "orders", Protocol: "postgresql", ClientAddr: "127.0.0.1:40000", UpstreamAddr: "10.0.0.5:5432"}, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

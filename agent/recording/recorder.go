@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -59,6 +60,9 @@ type Recorder struct {
 
 	mu     sync.Mutex
 	active map[string]*Session
+	// refusing says the store refused a session row Start did not wait
+	// for: Starts wait for theirs until one is stored again.
+	refusing atomic.Bool
 
 	stop    chan struct{}
 	stopped sync.WaitGroup
@@ -256,7 +260,13 @@ type Session struct {
 // Start creates the open session row for meta (whose ID is assigned when
 // empty; Host defaults to the recorder's host and Started to now) and
 // returns the open recording. Its file is created with its first flush.
-func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, error) {
+//
+// With lost nil, Start returns once the row is stored. Otherwise it returns
+// once the row is queued (see store.BeginSession), so the session goes on
+// meanwhile, and lost is called if the store refuses the row: the caller
+// must end the session then. After such a refusal Starts wait for their
+// rows, and so refuse sessions, until the store takes one again.
+func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(error)) (*Session, error) {
 	if meta.ID == "" {
 		meta.ID = store.NewID()
 	}
@@ -267,7 +277,18 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session) (*Session, err
 		meta.Started = time.Now().UTC()
 	}
 	meta.Recording = filepath.Join(r.dir, meta.ID+".ilrec")
-	if err := r.st.CreateSession(ctx, &meta); err != nil {
+	var err error
+	if lost == nil || r.refusing.Load() {
+		if err = r.st.CreateSession(ctx, &meta); err == nil {
+			r.refusing.Store(false)
+		}
+	} else {
+		err = r.st.BeginSession(ctx, &meta, func(err error) {
+			r.refusing.Store(true)
+			lost(err)
+		})
+	}
+	if err != nil {
 		return nil, err
 	}
 	s := &Session{r: r, meta: meta, start: meta.Started, sum: sha256.New()}

@@ -108,7 +108,7 @@ func (r *relay) handle(c net.Conn) {
 	defer up.Close()
 	sess, err := r.rec.Start(ctx, store.Session{Identity: "ci", PID: int32(os.Getpid()), UID: 0, Exe: "/usr/bin/test",
 		Cgroup: "/interlock/ci", Target: "orders", Protocol: "postgresql",
-		ClientAddr: c.RemoteAddr().String(), UpstreamAddr: r.addr})
+		ClientAddr: c.RemoteAddr().String(), UpstreamAddr: r.addr}, nil)
 	if err != nil {
 		r.t.Error(err)
 		return
@@ -534,12 +534,57 @@ func newSQLiteRecorder(t testing.TB) (*store.Store, *recording.Recorder) {
 	return st, rec
 }
 
+// A refused row that Start did not wait for is reported to its session;
+// Starts then wait for their rows, refusing sessions, until one is stored.
+func TestStartAfterRefusedRow(t *testing.T) {
+	ctx := context.Background()
+	st, rec := newSQLiteRecorder(t)
+	refuse := func(on bool) {
+		q := "DROP TRIGGER refuse_sessions"
+		if on {
+			q = "CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+		}
+		if _, err := st.DB().Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	meta := store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}
+	refuse(true)
+	lost := make(chan error, 1)
+	if _, err := rec.Start(ctx, meta, func(err error) { lost <- err }); err != nil {
+		t.Fatalf("Start queues the row: %v", err)
+	}
+	if err := <-lost; !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("lost: %v", err)
+	}
+	never := func(err error) { t.Errorf("lost called for a row Start waited for: %v", err) }
+	if _, err := rec.Start(ctx, meta, never); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("Start after a refusal: %v, want the refusal", err)
+	}
+	refuse(false)
+	s, err := rec.Start(ctx, meta, never)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Session(ctx, s.ID()); err != nil {
+		t.Errorf("the row Start waited for: %v", err)
+	}
+	// Stored again: the next Start queues its row.
+	s, err = rec.Start(ctx, meta, never)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Finish(ctx, recording.End{Outcome: "closed"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A daemon that dies leaves open sessions; the next start seals them, and a
 // recording cut inside a frame still reads up to the cut.
 func TestSealAbandoned(t *testing.T) {
 	ctx := context.Background()
 	st, rec := newSQLiteRecorder(t)
-	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -625,7 +670,7 @@ func TestShortSessionSealedInStore(t *testing.T) {
 // returns the session and the query's seq.
 func startAllowed(t *testing.T, rec *recording.Recorder, sql string) (*recording.Session, int64) {
 	t.Helper()
-	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -676,7 +721,7 @@ func TestSealAbandonedNeverFlushed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -708,7 +753,7 @@ func FuzzReader(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	s, _ := rec.Start(context.Background(), store.Session{Protocol: "postgresql"})
+	s, _ := rec.Start(context.Background(), store.Session{Protocol: "postgresql"}, nil)
 	s.Message(true, 'Q', []byte("SELECT 1\x00"), time.Time{})
 	s.Decide(0, recording.Verdict{Action: "deny", Rule: "r"}, time.Time{})
 	s.Message(false, 'E', []byte("SERROR\x00C42501\x00Mno\x00\x00"), time.Time{})
@@ -774,7 +819,7 @@ func BenchmarkMessage(b *testing.B) {
 	for _, size := range []int{64, 1024, 16384} {
 		b.Run(strconv.Itoa(size), func(b *testing.B) {
 			_, rec := newSQLiteRecorder(b)
-			s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+			s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -796,7 +841,7 @@ func BenchmarkMessage(b *testing.B) {
 
 func BenchmarkDecide(b *testing.B) {
 	_, rec := newSQLiteRecorder(b)
-	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -825,7 +870,7 @@ func TestReplayFromAnotherHost(t *testing.T) {
 		}
 		defer recA.Close()
 		s, err := recA.Start(ctx, store.Session{Identity: "ci", Target: "orders", Protocol: "postgresql",
-			ClientAddr: "[::1]:40000", UpstreamAddr: "[::1]:5432"})
+			ClientAddr: "[::1]:40000", UpstreamAddr: "[::1]:5432"}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -895,7 +940,7 @@ func BenchmarkDecideAudited(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"})
+	s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

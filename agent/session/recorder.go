@@ -18,6 +18,8 @@ type recorder struct {
 	p       *Pipeline
 	c       *conn
 	session *recording.Session
+	// cut ends the session with its cause.
+	cut context.CancelCauseFunc
 	// lastSeq is the recording sequence number of the agent's latest
 	// message. Decoders record a request before they ask the Enforcer
 	// about it, on the same goroutine, so the decision finds its request
@@ -27,7 +29,10 @@ type recorder struct {
 
 // Start implements protocol.Recorder.
 func (r *recorder) Start(ctx context.Context) error {
-	s, err := r.p.cfg.Recorder.Start(ctx, r.c.storeSession())
+	s, err := r.p.cfg.Recorder.Start(ctx, r.c.storeSession(), func(err error) {
+		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("the store refused the session's row: ending it")
+		r.cut(&protocol.RefusedError{Outcome: "store refused", Err: err})
+	})
 	if err != nil {
 		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("start recording")
 		return err

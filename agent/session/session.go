@@ -225,7 +225,11 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 			Msg: fmt.Sprintf("identity %q already has %d sessions open, its limit", c.identity.Name, lim.Sessions)}
 	}
 	up := &upstream{p: p, c: c}
-	rec := &recorder{p: p, c: c}
+	// The session's row is written while it goes on; a store that refuses
+	// the row ends it (recorder.Start).
+	ctx, cut := context.WithCancelCause(ctx)
+	defer cut(nil)
+	rec := &recorder{p: p, c: c, cut: cut}
 	s := &protocol.Session{
 		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.targetName(),
 		TLS: p.cfg.TLS(pc.Dst.Addr()), Connect: connect, Refuse: refuse, Handshake: handshakeTimeout,
@@ -239,6 +243,10 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 		s.Select = p.byName(c, byAddr, pc.Dst.Port())
 	}
 	err := decoder.Serve(ctx, s)
+	var refused *protocol.RefusedError
+	if cause := context.Cause(ctx); errors.As(cause, &refused) {
+		err = cause
+	}
 	end := c.closed(err)
 	if rs := rec.finish(end.Outcome); rs != nil {
 		end.BytesIn, end.BytesOut, end.Messages = rs.BytesIn, rs.BytesOut, rs.Messages

@@ -350,6 +350,49 @@ func TestPipelineEndings(t *testing.T) {
 	}
 }
 
+// TestPipelineEndsSessionWhoseRowIsRefused: a session goes on while its
+// row is written; a store that refuses the row ends it, and the sessions
+// after wait for their rows, so a store that keeps refusing refuses them.
+func TestPipelineEndsSessionWhoseRowIsRefused(t *testing.T) {
+	var cut, second error
+	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
+		if err := s.Recorder.Start(ctx); err != nil {
+			second = err
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			cut = context.Cause(ctx)
+		case <-time.After(10 * time.Second):
+			t.Error("the session went on after the store refused its row")
+		}
+		return nil
+	}})
+	if _, err := e.st.DB().Exec(`CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions
+		BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END`); err != nil {
+		t.Fatal(err)
+	}
+	_, done := e.serve(t, "s-refused", "127.0.0.1:5432")
+	<-done
+	if cut == nil || !strings.Contains(cut.Error(), "disk quota exceeded") {
+		t.Errorf("session ended by %v, want the store's refusal", cut)
+	}
+	_, done = e.serve(t, "s-after", "127.0.0.1:5432")
+	<-done
+	if second == nil || !strings.Contains(second.Error(), "disk quota exceeded") {
+		t.Errorf("the next session's Start: %v, want the store's refusal", second)
+	}
+	var outcomes []any
+	for _, l := range e.log.lines() {
+		if l["event"] == "connection_close" {
+			outcomes = append(outcomes, l["outcome"])
+		}
+	}
+	if fmt.Sprint(outcomes) != "[store refused handshake]" {
+		t.Errorf("outcomes %v, want [store refused handshake]", outcomes)
+	}
+}
+
 // TestPipelineSessionCap: a session over its identity's cap reaches its
 // decoder with Refuse set, and the refusal is audited as the limit.
 func TestPipelineSessionCap(t *testing.T) {
