@@ -79,7 +79,7 @@ func (s *Store) createSession(ctx context.Context, sess *Session, refused func(e
 	}
 	if refused != nil && s.writer != nil {
 		id := sess.ID
-		err = s.queue(ctx, insert, func(err error) { refused(fmt.Errorf("insert session %s: %w", id, err)) })
+		err = s.queue(insert, func(err error) { refused(fmt.Errorf("insert session %s: %w", id, err)) })
 	} else {
 		err = s.write(ctx, insert)
 	}

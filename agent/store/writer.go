@@ -119,7 +119,7 @@ func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx *sql.T
 // is called with the error if its transaction refuses it. Writes queued
 // before a write that is waited on go in the same transaction or an earlier
 // one.
-func (s *Store) queue(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error, refused func(error)) error {
+func (s *Store) queue(fn func(ctx context.Context, tx *sql.Tx) error, refused func(error)) error {
 	w := s.writer
 	w.mu.Lock()
 	if w.closed {
