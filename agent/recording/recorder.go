@@ -492,12 +492,12 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	// A recording never flushed, and the verdicts not yet stored, are
 	// stored with the row that seals them.
 	end.Recording, end.Decisions = inline, ds
-	if eerr := s.r.st.EndSession(ctx, s.meta.ID, end); eerr != nil {
+	if eerr := s.r.st.EndSessionShared(ctx, s.meta.ID, end); eerr != nil {
 		if len(ds) > 0 {
 			// The verdicts may be what the store refused; they are in the
 			// recording too, which must still be sealed.
 			end.Decisions = nil
-			if s.r.st.EndSession(ctx, s.meta.ID, end) == nil {
+			if s.r.st.EndSessionShared(ctx, s.meta.ID, end) == nil {
 				eerr = fmt.Errorf("store the verdicts of %s: %w", s.meta.ID, eerr)
 			}
 		}

@@ -110,6 +110,21 @@ type SessionEnd struct {
 // EndSession closes session id. A session ends once; ending it again
 // returns an error so a sealed recording hash is never overwritten.
 func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
+	return s.endSession(ctx, id, e, s.write)
+}
+
+// EndSessionShared closes session id as EndSession does, but on SQLite its
+// transaction may wait up to writeLinger for other writes to share it: the
+// sessions a busy proxy ends then take one commit among several.
+func (s *Store) EndSessionShared(ctx context.Context, id string, e SessionEnd) error {
+	write := s.write
+	if s.writer != nil {
+		write = s.writeShared
+	}
+	return s.endSession(ctx, id, e, write)
+}
+
+func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write func(context.Context, func(context.Context, *sql.Tx) error) error) error {
 	if e.Ended.IsZero() {
 		e.Ended = time.Now().UTC()
 	}
@@ -140,7 +155,7 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	err = s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err = write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if err := insDecisions(ctx, tx, ds); err != nil {
 			return err
 		}

@@ -15,14 +15,14 @@ var errClosed = errors.New("store closed")
 // maxBatch bounds how many writes share one SQLite transaction.
 const maxBatch = 64
 
-// writeLinger is how long queued writes (see queue) wait for others to share
-// their transaction. Nothing waits on them; a write that is waited on ends
-// the wait.
+// writeLinger is how long queued writes (see queue and writeShared) wait
+// for others to share their transaction; a write made with write ends the
+// wait.
 const writeLinger = 5 * time.Millisecond
 
 // writeOp is one caller's write, run by the writer in a transaction it may
 // share with others. done gets the outcome of a write the caller waits on;
-// refused is told the error of a queued one.
+// refused is told the error of one nobody waits on.
 type writeOp struct {
 	fn      func(ctx context.Context, tx *sql.Tx) error
 	done    chan error
@@ -39,9 +39,9 @@ type writer struct {
 	ops  chan *writeOp
 	quit chan struct{}
 	done sync.WaitGroup
-	// queued holds the writes nobody waits on, in order; kick wakes the
-	// writer for them. closed refuses more once the writer has taken the
-	// last of them.
+	// queued holds the writes that may wait for company (queue,
+	// writeShared), in order; kick wakes the writer for them. closed
+	// refuses more once the writer has taken the last of them.
 	mu     sync.Mutex
 	queued []*writeOp
 	closed bool
@@ -115,18 +115,37 @@ func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx *sql.T
 	return tx.Commit()
 }
 
+// writeShared runs fn as write does, but as a queued write: its
+// transaction waits up to writeLinger for others to share it.
+func (s *Store) writeShared(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	op := &writeOp{fn: fn, done: make(chan error, 1)}
+	if err := s.writer.enqueue(op); err != nil {
+		return err
+	}
+	select {
+	case err := <-op.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // queue hands fn to the writer and returns without waiting for it; refused
 // is called with the error if its transaction refuses it. Writes queued
 // before a write that is waited on go in the same transaction or an earlier
 // one.
 func (s *Store) queue(fn func(ctx context.Context, tx *sql.Tx) error, refused func(error)) error {
-	w := s.writer
+	return s.writer.enqueue(&writeOp{fn: fn, refused: refused})
+}
+
+// enqueue adds op to the queued writes and wakes the writer.
+func (w *writer) enqueue(op *writeOp) error {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		return errClosed
 	}
-	w.queued = append(w.queued, &writeOp{fn: fn, refused: refused})
+	w.queued = append(w.queued, op)
 	w.mu.Unlock()
 	select {
 	case w.kick <- struct{}{}:
@@ -168,8 +187,9 @@ func (s *Store) writeLoop() {
 			}
 			return
 		}
-		// The queued writes first: a write waited on may depend on them
-		// (a session's end on its start), never the other way round.
+		// The queued writes first: a write made with write may depend on
+		// them (a session's verdicts on its start), never the other way
+		// round.
 		batch = w.take(batch[:0], false)
 		if first != nil {
 			batch = append(batch, first)

@@ -81,8 +81,8 @@ func TestConcurrentWritesThenClose(t *testing.T) {
 	}
 }
 
-// A queued session row (BeginSession) comes before the writes made after it
-// that are waited on: a session ended at once finds its row. A row the store
+// A queued session row (BeginSession) comes before the writes made after it:
+// a session ended at once (EndSession, EndSessionShared) finds its row. A row the store
 // refuses is reported to its caller alone, and Close stores what is queued.
 func TestQueuedRows(t *testing.T) {
 	ctx := context.Background()
@@ -95,7 +95,7 @@ func TestQueuedRows(t *testing.T) {
 	var wg sync.WaitGroup
 	refusals := make(chan error, n+1)
 	refused := func(err error) { refusals <- err }
-	for range n {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -104,7 +104,11 @@ func TestQueuedRows(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			if err := s.EndSession(ctx, ss.ID, SessionEnd{Outcome: "closed"}); err != nil {
+			end := s.EndSession
+			if i%2 == 1 {
+				end = s.EndSessionShared
+			}
+			if err := end(ctx, ss.ID, SessionEnd{Outcome: "closed"}); err != nil {
 				t.Errorf("end a session just begun: %v", err)
 			}
 		}()
