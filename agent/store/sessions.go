@@ -117,11 +117,7 @@ func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
 // transaction may wait up to writeLinger for other writes to share it: the
 // sessions a busy proxy ends then take one commit among several.
 func (s *Store) EndSessionShared(ctx context.Context, id string, e SessionEnd) error {
-	write := s.write
-	if s.writer != nil {
-		write = s.writeShared
-	}
-	return s.endSession(ctx, id, e, write)
+	return s.endSession(ctx, id, e, s.writeShared)
 }
 
 func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write func(context.Context, func(context.Context, *sql.Tx) error) error) error {

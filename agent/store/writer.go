@@ -118,6 +118,9 @@ func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx *sql.T
 // writeShared runs fn as write does, but as a queued write: its
 // transaction waits up to writeLinger for others to share it.
 func (s *Store) writeShared(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	if s.writer == nil {
+		return s.inTx(ctx, fn)
+	}
 	op := &writeOp{fn: fn, done: make(chan error, 1)}
 	if err := s.writer.enqueue(op); err != nil {
 		return err
