@@ -93,9 +93,12 @@ func NewServer(id Identifier, h Handler, log zerolog.Logger) *Server {
 // Listen opens a plain TCP listener (Go would use MPTCP where the kernel
 // has it) on addr, such as 127.0.0.1:0: the data path delivers the proxy
 // address's connections to it through a SOCKMAP, which holds TCP sockets
-// only, so it can be bound where no other process can take it.
+// only, so it can be bound where no other process can take it. Its
+// connections get no TCP keepalive: their peers are local processes, whose
+// ends close when they exit, and Go's default probes cost four setsockopt
+// calls per connection.
 func Listen(ctx context.Context, network, addr string) (*net.TCPListener, error) {
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAlive: -1}
 	lc.SetMultipathTCP(false)
 	l, err := lc.Listen(ctx, network, addr)
 	if err != nil {
@@ -162,7 +165,6 @@ func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
 		c.Close()
 		return
 	}
-	c.SetNoDelay(true)
 	s.Handler.Handle(s.ctx, &Conn{ID: NewID(), Identity: id, Dst: dst, Client: c, Accepted: time.Now()})
 }
 

@@ -37,7 +37,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -205,7 +204,7 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 		m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
 		p.record(c.decision("CONNECT", "", dec, mode == policy.Enforce))
 		if p.decoders[c.protocol()] == nil {
-			p.relay(c, pol, dec, mode)
+			p.relay(ctx, c, pol, dec, mode)
 			return
 		}
 		connect = protocol.Verdict{Action: protocol.Allow}
@@ -311,7 +310,7 @@ func (p *Pipeline) record(ev audit.Event) { p.cfg.Audit.Record(ev) }
 
 // relay gives a connection without a protocol decoder its L4 decision and,
 // if allowed, a plain relay with byte counts.
-func (p *Pipeline) relay(c *conn, pol *policy.Policy, dec policy.Decision, mode policy.Mode) {
+func (p *Pipeline) relay(ctx context.Context, c *conn, pol *policy.Policy, dec policy.Decision, mode policy.Mode) {
 	client := c.client
 	if dec.Action != policy.Allow && mode == policy.Enforce {
 		// A reset, not a clean close: the agent must not mistake a refusal
@@ -320,7 +319,7 @@ func (p *Pipeline) relay(c *conn, pol *policy.Policy, dec policy.Decision, mode 
 		p.end(c, c.end("denied", denyReason(pol, &c.subject, dec)))
 		return
 	}
-	up, err := net.DialTimeout("tcp", c.upstreamAddr(), dialTimeout)
+	up, err := dialUpstream(ctx, c.upstreamAddr())
 	if err != nil {
 		p.cfg.Log.Warn().Err(err).Str("conn", c.id).Msg("upstream connect failed")
 		client.SetLinger(0)
@@ -328,7 +327,7 @@ func (p *Pipeline) relay(c *conn, pol *policy.Policy, dec policy.Decision, mode 
 		return
 	}
 	defer up.Close()
-	sent, recv := protocol.Relay(rawsock.Wrap(client), rawsock.Wrap(up))
+	sent, recv := protocol.Relay(rawsock.Wrap(client), up)
 	end := c.end("closed", "")
 	end.BytesIn, end.BytesOut = sent, recv
 	p.end(c, end)

@@ -13,11 +13,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/approvals"
 	"github.com/interlock-dev/interlock/agent/audit"
@@ -515,5 +518,38 @@ func BenchmarkDecide(b *testing.B) {
 		if v := en.Decide(ctx, req); v.Action != protocol.Allow {
 			b.Fatalf("verdict %+v", v)
 		}
+	}
+}
+
+// TestDialUpstreamKeepalive: an upstream socket has keepalive on with the
+// host's timers, and Nagle off.
+func TestDialUpstreamKeepalive(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := dialUpstream(context.Background(), l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	host, err := os.ReadFile("/proc/sys/net/ipv4/tcp_keepalive_time")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keepalive, idle, nodelay int
+	rc.Control(func(fd uintptr) {
+		keepalive, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+		idle, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE)
+		nodelay, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY)
+	})
+	if keepalive == 0 || strconv.Itoa(idle) != strings.TrimSpace(string(host)) || nodelay == 0 {
+		t.Errorf("upstream socket: SO_KEEPALIVE %d, TCP_KEEPIDLE %d (host: %s), TCP_NODELAY %d; want keepalive on the host's timers, no Nagle",
+			keepalive, idle, strings.TrimSpace(string(host)), nodelay)
 	}
 }

@@ -38,9 +38,16 @@ type upstream struct {
 func (u *upstream) Addr() string { return u.c.upstreamAddr() }
 
 // Dial implements protocol.Upstream.
-func (u *upstream) Dial(ctx context.Context) (net.Conn, error) {
-	d := net.Dialer{Timeout: dialTimeout}
-	conn, err := d.DialContext(ctx, "tcp", u.Addr())
+func (u *upstream) Dial(ctx context.Context) (net.Conn, error) { return dialUpstream(ctx, u.Addr()) }
+
+// dialUpstream connects a session to its upstream: the one dial of the
+// pipeline, for decoders and plain relays alike.
+func dialUpstream(ctx context.Context, addr string) (net.Conn, error) {
+	// Keepalive finds an upstream that vanished under an idle session, with
+	// the host's timers (net.ipv4.tcp_keepalive_*), as PgBouncer does: Go's
+	// own 15 s probes would cost three more setsockopt calls per session.
+	d := net.Dialer{Timeout: dialTimeout, KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}}
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
