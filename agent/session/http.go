@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io/fs"
 	"os"
+	"sync"
+	"syscall"
 
 	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/decoders/protocol"
@@ -49,8 +52,9 @@ func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx 
 }
 
 // httpTarget gives the HTTP decoder a target's TLS handling and the roots
-// its upstream is verified against (the target's upstream_ca, read now so
-// a replaced file applies from the next connection; else the system's).
+// its upstream is verified against (the target's upstream_ca, as the file is
+// now, so a replaced file applies from the next connection; else the
+// system's).
 func (p *Pipeline) httpTarget(name string) (http.Target, error) {
 	t := p.cfg.Policy.Current().Target(name)
 	if t == nil {
@@ -64,14 +68,66 @@ func (p *Pipeline) httpTarget(name string) (http.Target, error) {
 		out.Mode = http.Passthrough
 	}
 	if t.UpstreamCA != "" {
-		pem, err := os.ReadFile(t.UpstreamCA)
+		pool, err := p.caFiles.pool(t.UpstreamCA)
 		if err != nil {
 			return http.Target{}, fmt.Errorf("target %q: upstream_ca: %w", name, err)
 		}
-		out.RootCAs = x509.NewCertPool()
-		if !out.RootCAs.AppendCertsFromPEM(pem) {
-			return http.Target{}, fmt.Errorf("target %q: upstream_ca %s holds no PEM certificate", name, t.UpstreamCA)
-		}
+		out.RootCAs = pool
 	}
 	return out, nil
+}
+
+// caFiles holds the certificate pools of the upstream_ca files, each
+// beside the identity and times of the file it was parsed from. A
+// connection costs a stat of the file, not reading and parsing it (90 µs of
+// CPU per intercepted connection in BenchmarkHTTPS's); a file replaced,
+// rewritten or touched is parsed again. One entry per path a policy has
+// named.
+type caFiles struct {
+	mu sync.Mutex
+	m  map[string]caFile
+}
+
+type caFile struct {
+	stamp caStamp
+	pool  *x509.CertPool
+}
+
+// caStamp is what changes when a file is replaced (device, inode) or
+// written (size, modification and change times).
+type caStamp struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
+}
+
+func (f *caFiles) pool(path string) (*x509.CertPool, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	stamp := caStamp{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+	f.mu.Lock()
+	c, ok := f.m[path]
+	f.mu.Unlock()
+	if ok && c.stamp == stamp {
+		return c.pool, nil
+	}
+	// Written between the stat and the read, the file is parsed as it is
+	// now under the older stamp, which the next connection's stat no
+	// longer matches: it is parsed once more.
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	f.mu.Lock()
+	if f.m == nil {
+		f.m = map[string]caFile{}
+	}
+	f.m[path] = caFile{stamp: stamp, pool: pool}
+	f.mu.Unlock()
+	return pool, nil
 }

@@ -2,10 +2,16 @@ package session
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/interlock-dev/interlock/agent/ca"
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
@@ -60,5 +66,66 @@ func TestSelectByName(t *testing.T) {
 	}
 	if s := strings.Join(ops, ","); s != "POST@forge,CONNECT evil.test@" {
 		t.Errorf("decisions chained: %s", s)
+	}
+}
+
+// TestCAFilesFollowTheFile: an upstream_ca file is parsed once while it
+// stays as it is, and again once it is rewritten or replaced; a file gone
+// or holding no certificate is an error.
+func TestCAFilesFollowTheFile(t *testing.T) {
+	// Certificates of three CAs made as interlockd makes its own.
+	var pems [3][]byte
+	for i := range pems {
+		a, err := ca.Open(ca.Config{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pems[i] = a.CertificatePEM()
+	}
+	holds := func(pool *x509.CertPool, i int) bool {
+		want := x509.NewCertPool()
+		want.AppendCertsFromPEM(pems[i])
+		return pool.Equal(want)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(path, pems[0], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var f caFiles
+	p1, err := f.pool(path)
+	if err != nil || !holds(p1, 0) {
+		t.Fatalf("pool: %v; want the first CA", err)
+	}
+	if p, err := f.pool(path); err != nil || p != p1 {
+		t.Fatalf("unchanged file parsed again (%v)", err)
+	}
+	// Rewritten in place.
+	if err := os.WriteFile(path, pems[1], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := f.pool(path); err != nil || !holds(p, 1) {
+		t.Fatalf("after a rewrite: %v; want the second CA alone", err)
+	}
+	// Replaced by a rename, as configuration tools do.
+	next := filepath.Join(dir, "next.pem")
+	if err := os.WriteFile(next, pems[2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, path); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := f.pool(path); err != nil || !holds(p, 2) {
+		t.Fatalf("after a rename: %v; want the third CA", err)
+	}
+	if err := os.WriteFile(path, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool(path); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Fatalf("a file with no certificate: %v", err)
+	}
+	os.Remove(path)
+	if _, err := f.pool(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a removed file: %v", err)
 	}
 }

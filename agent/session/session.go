@@ -120,6 +120,8 @@ type Pipeline struct {
 	// secrets are the credentials sessions hold now and the placeholders
 	// standing for them: the leak guard's (see httpGuard).
 	secrets secretSet
+	// caFiles are the targets' upstream_ca files, parsed.
+	caFiles caFiles
 }
 
 // New returns a pipeline with the decoders of this build.

@@ -117,7 +117,7 @@ func (d *Decoder) sessionCache(target string, roots *x509.CertPool) tls.ClientSe
 
 // upstreamOf returns what target's upstream connections verified against
 // roots share: the same value for as long as the roots are equal (a
-// target's upstream_ca is read again for every connection).
+// target's upstream_ca may be replaced while interlockd runs).
 func (d *Decoder) upstreamOf(target string, roots *x509.CertPool) *upstreamSessions {
 	if v, ok := d.sessions.Load(target); ok {
 		if s := v.(*upstreamSessions); s.roots.Equal(roots) {
