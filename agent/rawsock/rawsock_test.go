@@ -2,6 +2,7 @@ package rawsock
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,11 +18,15 @@ import (
 // wrapped by Wrap. Its waits are bounded: a handshake that does not
 // complete fails the test with the kernel's view of the port rather than
 // holding the package until its timeout (CI once saw an accept wait 40
-// minutes here).
+// minutes here, on an MPTCP listener).
 func tcpPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 	t.Helper()
 	const wait = 10 * time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Plain TCP, as interlockd's listeners are: net.Listen's would be MPTCP
+	// where the kernel has it, and this machine's does.
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
