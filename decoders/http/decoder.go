@@ -136,6 +136,10 @@ func orDefault[T int | int64 | uint32 | time.Duration](v, def T) T {
 	return v
 }
 
+// helloBuffer is the buffer a connection's first bytes are read through:
+// a ClientHello is read, not peeked, through it, so it need not fit.
+const helloBuffer = 4 << 10
+
 // tlsRecordHandshake is the first byte of a TLS connection: a record of
 // the handshake content type (RFC 8446, 5.1).
 const tlsRecordHandshake = 0x16
@@ -152,14 +156,20 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	stop := context.AfterFunc(ctx, func() { s.Agent.Close() })
 	defer stop()
 	s.Agent.SetReadDeadline(time.Now().Add(s.Handshake))
-	br := bufio.NewReaderSize(s.Agent, c.maxHeader)
+	// Small: a TLS connection only reads its ClientHello through it, and a
+	// plain request's head is read through a reader of the head's cap
+	// around it, so no connection allocates a cap-sized buffer it never
+	// fills. (Never larger than the cap: a reader of the cap around one as
+	// large is that one.)
+	br := bufio.NewReaderSize(s.Agent, min(helloBuffer, c.maxHeader))
 	first, err := br.Peek(1)
 	if err != nil {
 		return nil // gone before a byte
 	}
 	if first[0] != tlsRecordHandshake {
-		c.agent = &protocol.ReplayConn{Conn: s.Agent, R: br}
-		return c.serveHTTP1(ctx, br)
+		hr := bufio.NewReaderSize(br, c.maxHeader)
+		c.agent = &protocol.ReplayConn{Conn: s.Agent, R: hr}
+		return c.serveHTTP1(ctx, hr)
 	}
 	hello, peeked, err := peekHello(br)
 	if err != nil {

@@ -126,6 +126,8 @@ type harnessOpts struct {
 	// front, when set, puts a server of its own between the decoder and
 	// the upstream server: it returns the address the decoder dials.
 	front func(t testing.TB, upstream string) string
+	// maxHeader is the decoder's MaxHeaderBytes (0: the default).
+	maxHeader int
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -179,7 +181,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if o.front != nil {
 		upAddr = o.front(t, upAddr)
 	}
-	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle}
+	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle,
+		MaxHeaderBytes: o.maxHeader}
 	h.ln = serveEach(t, func(agent net.Conn) {
 		s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
 			Handshake: 5 * time.Second, Upstream: upstream{upAddr}, Enforcer: h.enf, Recorder: h.rec,
@@ -421,6 +424,59 @@ func TestAmbiguousFraming(t *testing.T) {
 	}
 	if n := h.upstreamHits.Load(); n != 0 {
 		t.Errorf("the upstream saw %d requests, want none", n)
+	}
+}
+
+// TestHeadCap: a request head up to the decoder's cap goes through, one
+// over it gets 431 and reaches nothing, plain and intercepted, with caps
+// below and above the buffer a connection's first bytes are read through.
+func TestHeadCap(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		maxHeader int
+		tls       bool
+	}{
+		{"plain, small cap", 1 << 10, false},
+		{"plain, default cap", 0, false},
+		{"intercept, small cap", 1 << 10, true},
+		{"intercept, default cap", 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			mode := Plain
+			if c.tls {
+				mode = Intercept
+			}
+			h := newHarness(t, harnessOpts{mode: mode, tls: c.tls, maxHeader: c.maxHeader})
+			limit := orDefault(c.maxHeader, DefaultMaxHeaderBytes)
+			client := h.client(c.tls, false)
+			url := "http://example.com/"
+			if c.tls {
+				url = "https://example.com/"
+			}
+			do := func(pad int) int {
+				req, _ := nethttp.NewRequest("GET", url, nil)
+				req.Header.Set("X-Pad", strings.Repeat("p", pad))
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatalf("head with %d bytes of padding: %v", pad, err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			// Go's client adds Host, User-Agent and Accept-Encoding: well
+			// under 200 bytes besides the padding.
+			if got := do(limit - 300); got != 200 {
+				t.Errorf("head just under the %d-byte cap: %d, want 200", limit, got)
+			}
+			hits := h.upstreamHits.Load()
+			if got := do(limit); got != nethttp.StatusRequestHeaderFieldsTooLarge {
+				t.Errorf("head over the %d-byte cap: %d, want 431", limit, got)
+			}
+			if n := h.upstreamHits.Load(); n != hits {
+				t.Errorf("a head over the cap reached the upstream")
+			}
+		})
 	}
 }
 
