@@ -136,9 +136,17 @@ func orDefault[T int | int64 | uint32 | time.Duration](v, def T) T {
 	return v
 }
 
-// helloBuffer is the buffer a connection's first bytes are read through:
-// a ClientHello is read, not peeked, through it, so it need not fit.
-const helloBuffer = 4 << 10
+// headBuffer is the buffer an agent's bytes are first read through: a
+// ClientHello is read, not peeked, through it, so it need not fit, and a
+// request head that does not fit grows it to the head cap (serveHTTP1). A
+// buffer of the cap for every connection (64 KiB by default) was most of
+// the bytes an HTTPS connection allocated.
+const headBuffer = 4 << 10
+
+// headReader returns the reader an agent's bytes are first read through.
+func (c *conn) headReader(r io.Reader) *bufio.Reader {
+	return bufio.NewReaderSize(r, min(headBuffer, c.maxHeader))
+}
 
 // tlsRecordHandshake is the first byte of a TLS connection: a record of
 // the handshake content type (RFC 8446, 5.1).
@@ -156,20 +164,14 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	stop := context.AfterFunc(ctx, func() { s.Agent.Close() })
 	defer stop()
 	s.Agent.SetReadDeadline(time.Now().Add(s.Handshake))
-	// Small: a TLS connection only reads its ClientHello through it, and a
-	// plain request's head is read through a reader of the head's cap
-	// around it, so no connection allocates a cap-sized buffer it never
-	// fills. (Never larger than the cap: a reader of the cap around one as
-	// large is that one.)
-	br := bufio.NewReaderSize(s.Agent, min(helloBuffer, c.maxHeader))
+	br := c.headReader(s.Agent)
 	first, err := br.Peek(1)
 	if err != nil {
 		return nil // gone before a byte
 	}
 	if first[0] != tlsRecordHandshake {
-		hr := bufio.NewReaderSize(br, c.maxHeader)
-		c.agent = &protocol.ReplayConn{Conn: s.Agent, R: hr}
-		return c.serveHTTP1(ctx, hr)
+		c.agent = &protocol.ReplayConn{Conn: s.Agent, R: br}
+		return c.serveHTTP1(ctx, br)
 	}
 	hello, peeked, err := peekHello(br)
 	if err != nil {
@@ -335,7 +337,7 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 	}
 	// The first request is bounded as the handshake was.
 	c.s.Agent.SetReadDeadline(time.Now().Add(c.s.Handshake))
-	return c.serveHTTP1(ctx, bufio.NewReaderSize(tc, c.maxHeader))
+	return c.serveHTTP1(ctx, c.headReader(tc))
 }
 
 // closeUpstream closes the session's connections upstream, but for an
@@ -378,6 +380,12 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 			c.agent.SetReadDeadline(time.Now().Add(orDefault(c.d.IdleTimeout, DefaultIdleTimeout)))
 		}
 		req, status, err := nextRequest(br)
+		if errors.Is(err, errHeadTooLarge) && br.Size() < c.maxHeader {
+			// A head longer than the buffer: read on through one of the
+			// cap, around what the first holds.
+			br = bufio.NewReaderSize(br, c.maxHeader)
+			req, status, err = nextRequest(br)
+		}
 		switch {
 		case status == nethttp.StatusRequestHeaderFieldsTooLarge:
 			c.refuse1(errorResponse(status, "request head too large"))

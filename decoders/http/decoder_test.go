@@ -478,6 +478,28 @@ func TestHeadCap(t *testing.T) {
 			}
 		})
 	}
+	// A head that grows the buffer, sent with the next request behind it:
+	// both arrive whole, in order.
+	h := newHarness(t, harnessOpts{mode: Plain})
+	conn, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	big := "GET /first HTTP/1.1\r\nHost: a\r\nX-Pad: " + strings.Repeat("p", 3*headBuffer) + "\r\n\r\n"
+	io.WriteString(conn, big+"POST /second HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody")
+	br := bufio.NewReader(conn)
+	for _, want := range []string{`upstream GET /first host=a body=""`, `upstream POST /second host=a body="body"`} {
+		resp, err := nethttp.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("pipelined after a long head: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != want {
+			t.Errorf("pipelined after a long head: %d %q, want 200 %q", resp.StatusCode, body, want)
+		}
+	}
 }
 
 func TestMalformedHello(t *testing.T) {
