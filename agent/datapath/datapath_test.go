@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/link"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // recordingProxy is a fake interlockd proxy: it looks every accepted
@@ -153,13 +155,9 @@ func TestRedirectIPv4(t *testing.T) {
 func TestFailClosedWithoutProxy(t *testing.T) {
 	e := newEnv(t)
 	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
-	// A port nothing listens on: the daemon is down.
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.cfg.Proxy4 = dead.Addr().(*net.TCPAddr).AddrPort()
-	dead.Close()
+	// A port nothing listens on: the daemon is down. Not an ephemeral
+	// one: another process could be given it meanwhile (testenv.ProxyPort).
+	e.cfg.Proxy4 = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(testenv.ProxyPort(t)))
 	dp := e.open()
 	agent, agentID := e.cgroup("agent")
 	if err := dp.Tag(agentID, 1); err != nil {

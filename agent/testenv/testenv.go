@@ -7,6 +7,7 @@ package testenv
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -50,6 +51,71 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// ProxyPort returns a port for a test interlockd's --listen-port: below the
+// kernel's ephemeral range, and free on loopback for TCP and UDP a moment
+// ago. interlockd never binds its proxy port for TCP: its sk_lookup program
+// hands every connection to 127.0.0.1 and [::1] on that port, in the whole
+// network namespace, to its own listener. A port from the ephemeral range
+// may meanwhile become another process's port 0, and that process's
+// connections to its own listener would be taken (CI saw a test of another
+// package wait for an accept that interlockd had been given). A running
+// interlockd binds the port for UDP (its DNS proxy), so a second test
+// daemon does not pick it.
+func ProxyPort(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Fatalf("proxy port: %v", err)
+	}
+	var ephemeral int
+	if _, err := fmt.Sscan(string(b), &ephemeral); err != nil {
+		t.Fatalf("proxy port: ip_local_port_range %q: %v", b, err)
+	}
+	const lowest = 10000
+	if ephemeral <= lowest+1000 {
+		t.Fatalf("proxy port: the ephemeral range starts at %d, leaving no room below it above %d", ephemeral, lowest)
+	}
+	for i := 0; i < 200; i++ {
+		port := lowest + rand.IntN(ephemeral-lowest)
+		if loopbackFree(port) {
+			return port
+		}
+	}
+	t.Fatalf("proxy port: no free port found in %d-%d", lowest, ephemeral-1)
+	return 0
+}
+
+// loopbackFree reports whether port can be bound for TCP and UDP on
+// 127.0.0.1, and on ::1 where the host has it.
+func loopbackFree(port int) bool {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			if host == "::1" && !hasIPv6Loopback() {
+				continue
+			}
+			return false
+		}
+		l.Close()
+		c, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+	}
+	return true
+}
+
+func hasIPv6Loopback() bool {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 // PGBin returns the directory of PostgreSQL's server binaries (Debian layout).
