@@ -108,6 +108,9 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 	if st, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil || st.IsDir() {
 		return nil, fmt.Errorf("cgroup root %s is not a cgroup2 directory", root)
 	}
+	if err := checkProxyPort(cfg.ListenPort); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
