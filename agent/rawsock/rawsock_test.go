@@ -18,7 +18,8 @@ import (
 // wrapped by Wrap. Its waits are bounded: a handshake that does not
 // complete fails the test with the kernel's view of the port rather than
 // holding the package until its timeout (CI once saw an accept wait 40
-// minutes here, on an MPTCP listener).
+// minutes here: a test interlockd of another package had been given the
+// port's connections; see testenv.ProxyPort).
 func tcpPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 	t.Helper()
 	const wait = 10 * time.Second
