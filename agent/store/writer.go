@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 )
@@ -46,25 +45,12 @@ type writer struct {
 	queued []*writeOp
 	closed bool
 	kick   chan struct{}
-	// savepoint, rollback, release isolate each write of a shared
-	// transaction: one that fails is undone alone.
-	savepoint, rollback, release *sql.Stmt
 }
 
 // startWriter starts s's writer; PostgreSQL has none (its writes run in
 // transactions of their own, concurrently).
 func (s *Store) startWriter(ctx context.Context) error {
 	w := &writer{ops: make(chan *writeOp), quit: make(chan struct{}), kick: make(chan struct{}, 1)}
-	for _, st := range []struct {
-		p *(*sql.Stmt)
-		q string
-	}{{&w.savepoint, "SAVEPOINT write"}, {&w.rollback, "ROLLBACK TO write"}, {&w.release, "RELEASE write"}} {
-		p, err := s.prepared(ctx, st.q)
-		if err != nil {
-			return fmt.Errorf("prepare %s: %w", st.q, err)
-		}
-		*st.p = p
-	}
 	s.writer = w
 	w.done.Add(1)
 	go s.writeLoop()
@@ -213,44 +199,46 @@ func (s *Store) writeLoop() {
 }
 
 // commit runs batch in one transaction and tells each write its outcome.
+// Writes are isolated without a savepoint each (two more statements per
+// write, and SQLite copying every page a write changes into a statement
+// journal): a write that fails rolls the transaction back, the writes
+// before it are committed again without it, it gets its error, and the
+// writes after it go on in a transaction of their own. Failures are rare;
+// a write is then run more than once, so a write's fn does nothing but
+// its statements.
 func (s *Store) commit(batch []*writeOp) {
+	for len(batch) > 0 {
+		failed, err := s.tryCommit(batch)
+		if failed < 0 {
+			// Every write ran: the commit's outcome is theirs.
+			for _, op := range batch {
+				op.tell(err)
+			}
+			return
+		}
+		s.commit(batch[:failed])
+		batch[failed].tell(err)
+		batch = batch[failed+1:]
+	}
+}
+
+// tryCommit runs batch in one transaction. It returns the index of the
+// write that failed and its error, the transaction rolled back; or -1 and
+// the error of beginning or committing the transaction, which is every
+// write's.
+func (s *Store) tryCommit(batch []*writeOp) (int, error) {
 	ctx := context.Background()
-	if len(batch) == 1 {
-		batch[0].tell(s.inTx(ctx, batch[0].fn))
-		return
-	}
-	errs := make([]error, len(batch))
 	tx, err := s.w.BeginTx(ctx, nil)
-	if err == nil {
-		defer tx.Rollback()
-		w := s.writer
-		for i, op := range batch {
-			if _, err := tx.StmtContext(ctx, w.savepoint).ExecContext(ctx); err != nil {
-				errs[i] = err
-				continue
-			}
-			if errs[i] = op.fn(ctx, tx); errs[i] != nil {
-				_, err = tx.StmtContext(ctx, w.rollback).ExecContext(ctx)
-			}
-			if _, rerr := tx.StmtContext(ctx, w.release).ExecContext(ctx); err == nil {
-				err = rerr
-			}
-			if err != nil {
-				// The transaction cannot isolate this write: give up on
-				// all of it rather than commit what it left.
-				break
-			}
-		}
-		if err == nil {
-			err = tx.Commit()
-		}
+	if err != nil {
+		return -1, err
 	}
+	defer tx.Rollback()
 	for i, op := range batch {
-		if errs[i] == nil {
-			errs[i] = err
+		if err := op.fn(ctx, tx); err != nil {
+			return i, err
 		}
-		op.tell(errs[i])
 	}
+	return -1, tx.Commit()
 }
 
 // tell gives op its outcome.
