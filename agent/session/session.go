@@ -219,9 +219,8 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	// count too.
 	lim := p.cfg.Limits.For(c.identity.Name)
 	var refuse *protocol.LimitError
-	if p.limits.acquire(c.identity.Name, lim.Sessions) {
-		defer p.limits.release(c.identity.Name)
-	} else {
+	slot := p.limits.acquire(c.identity.Name, lim.Sessions)
+	if !slot {
 		refuse = &protocol.LimitError{Limit: "sessions",
 			Msg: fmt.Sprintf("identity %q already has %d sessions open, its limit", c.identity.Name, lim.Sessions)}
 	}
@@ -244,6 +243,12 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 		s.Select = p.byName(c, byAddr, pc.Dst.Port())
 	}
 	err := decoder.Serve(ctx, s)
+	// The decoder closed the agent's connection: its slot is free now, not
+	// once its end is stored, which may wait for a commit shared with other
+	// writes (store.EndSessionShared).
+	if slot {
+		p.limits.release(c.identity.Name)
+	}
 	var refused *protocol.RefusedError
 	if cause := context.Cause(ctx); errors.As(cause, &refused) {
 		err = cause

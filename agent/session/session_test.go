@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -117,6 +119,7 @@ func (f fakeDecoder) Serve(ctx context.Context, s *protocol.Session) error {
 type env struct {
 	p     *Pipeline
 	st    *store.Store
+	db    string // the store's SQLite file
 	trail *audit.Log
 	log   *eventLog
 }
@@ -161,7 +164,7 @@ func newEnv(t *testing.T, decoder protocol.Decoder) *env {
 		TLS: func(netip.Addr) *tls.Config { return nil }, Log: nop,
 	})
 	p.decoders["postgres"] = decoder
-	return &env{p: p, st: st, trail: trail, log: logBuf}
+	return &env{p: p, st: st, db: filepath.Join(dir, "interlock.db"), trail: trail, log: logBuf}
 }
 
 // serve runs one connection to dst through the pipeline and returns the
@@ -552,4 +555,67 @@ func TestDialUpstreamKeepalive(t *testing.T) {
 		t.Errorf("upstream socket: SO_KEEPALIVE %d, TCP_KEEPIDLE %d (host: %s), TCP_NODELAY %d; want keepalive on the host's timers, no Nagle",
 			keepalive, idle, strings.TrimSpace(string(host)), nodelay)
 	}
+}
+
+// TestSessionSlotFreedAtClose: an identity's session slot is free once its
+// connection closes, not once its end is stored, which waits for a commit:
+// with a limit of one and the database locked by another process, an agent
+// whose connection ended is let in again.
+func TestSessionSlotFreedAtClose(t *testing.T) {
+	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
+		if s.Refuse != nil {
+			s.Agent.Write([]byte(s.Refuse.Error()))
+			return s.Refuse
+		}
+		if err := s.Recorder.Start(ctx); err != nil {
+			return err
+		}
+		s.Agent.Write([]byte("bye\n"))
+		return nil
+	}})
+	ctx := context.Background()
+	db, err := sql.Open("sqlite", e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	lock, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	unlock := sync.OnceFunc(func() { lock.ExecContext(ctx, "ROLLBACK"); lock.Close() })
+	defer unlock()
+	var dones []chan struct{}
+	for i := range 2 {
+		agent, done := e.serve(t, fmt.Sprintf("s%d", i), "127.0.0.1:5432")
+		dones = append(dones, done)
+		if got, _ := io.ReadAll(agent); string(got) != "bye\n" {
+			t.Fatalf("session %d: the agent read %q, want the session's own bye", i, got)
+		}
+		// The slot is given back just after the close the agent saw.
+		for deadline := time.Now().Add(5 * time.Second); openSessions(&e.p.limits, "ci") > 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("session %d: its slot still taken 5 s after its connection closed", i)
+			}
+		}
+		select {
+		case <-done:
+			t.Fatalf("session %d: its end was stored with the database locked", i)
+		default:
+		}
+	}
+	unlock()
+	for _, done := range dones {
+		<-done
+	}
+}
+
+// openSessions is how many sessions identity has open in l.
+func openSessions(l *sessionLimits, identity string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sessions[identity]
 }
