@@ -165,7 +165,10 @@ func (l *Log) Close() error {
 }
 
 // batchLinger is how long the writer waits to fill a batch of posted events.
-const batchLinger = 5 * time.Millisecond
+// A batch is appended with a waited write, which commits the store's queued
+// writes with it: as long as the store's own linger (store.writeLinger), so
+// that neither cuts the other's batches short.
+const batchLinger = 20 * time.Millisecond
 
 func (l *Log) writeLoop() {
 	defer l.stopped.Done()
