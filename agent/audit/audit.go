@@ -261,7 +261,7 @@ func (l *Log) append(ctx context.Context, ps []pending) ([]store.AuditRecord, er
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rs, err := l.st.AppendAudit(ctx, l.host, func(head store.AuditHead) ([]store.AuditRecord, error) {
+	rs, err := l.st.AppendAudit(ctx, l.host, len(ps), func(head store.AuditHead) ([]store.AuditRecord, error) {
 		prev, seq := head.Hash, head.Seq
 		if seq == 0 {
 			prev = chain.GenesisHash

@@ -30,10 +30,10 @@ type AuditHead struct {
 // transaction-scoped advisory lock per host on PostgreSQL, the database
 // write lock on SQLite), reads the head, calls build with it and inserts
 // what build returns, all in one transaction, so two writers (goroutines or
-// daemons) never fork the chain. build must return records that continue
+// daemons) never fork the chain. build must return n records that continue
 // the chain: the first with Seq = head.Seq+1 and PrevHash = head.Hash; the
 // (host, seq) primary key rejects a fork.
-func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHead) ([]AuditRecord, error)) ([]AuditRecord, error) {
+func (s *Store) AppendAudit(ctx context.Context, host string, n int, build func(AuditHead) ([]AuditRecord, error)) ([]AuditRecord, error) {
 	// Prepared once, and before the transaction holds a connection (the
 	// first preparation takes one of its own): parsing the INSERT per
 	// record was a quarter of the cost of an append on SQLite.
@@ -41,8 +41,7 @@ func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHe
 	if err != nil {
 		return nil, fmt.Errorf("read audit head %s: %w", host, err)
 	}
-	insQ, err := s.prepared(ctx, `INSERT INTO audit_records (host, seq, time_ns, kind, payload, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`)
+	ins, err := s.rowsInsert(ctx, "audit_records", "host, seq, time_ns, kind, payload, prev_hash, hash", n)
 	if err != nil {
 		return nil, fmt.Errorf("prepare audit insert: %w", err)
 	}
@@ -61,11 +60,18 @@ func (s *Store) AppendAudit(ctx context.Context, host string, build func(AuditHe
 		if rs, err = build(head); err != nil {
 			return err
 		}
-		ins := tx.StmtContext(ctx, insQ)
-		for _, r := range rs {
-			if _, err := ins.ExecContext(ctx, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash); err != nil {
-				return fmt.Errorf("insert audit record %s/%d: %w", r.Host, r.Seq, err)
-			}
+		if len(rs) != n {
+			return fmt.Errorf("%d audit records built, %d announced", len(rs), n)
+		}
+		if n == 0 {
+			return nil
+		}
+		err = ins(ctx, tx, func(args []any, i int) []any {
+			r := rs[i]
+			return append(args, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash)
+		})
+		if err != nil {
+			return fmt.Errorf("insert audit records %s/%d..%d: %w", host, rs[0].Seq, rs[n-1].Seq, err)
 		}
 		return nil
 	})

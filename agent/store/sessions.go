@@ -333,11 +333,6 @@ func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
 // decisionChunk is how many decisions one transaction carries at most.
 const decisionChunk = 500
 
-// decisionRows is how many decisions one INSERT carries: a statement per
-// row cost more than the row itself on a busy proxy (10 parameters a row,
-// far below SQLite's and PostgreSQL's limits).
-const decisionRows = 64
-
 func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
 	ins, err := s.decisionsInsert(ctx, len(ds))
 	if err != nil {
@@ -346,38 +341,21 @@ func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
 	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error { return ins(ctx, tx, ds) })
 }
 
-// decisionsInsert returns what inserts n decisions in a transaction. Its
-// statements (one for each row count: decisionRows and the remainder) are
-// prepared here, before the transaction holds the writer: the first
-// preparation takes a connection of its own.
+// decisionsInsert returns what inserts n decisions in a transaction; its
+// statements are prepared here (see rowsInsert).
 func (s *Store) decisionsInsert(ctx context.Context, n int) (func(context.Context, *sql.Tx, []*Decision) error, error) {
-	prep := map[int]*sql.Stmt{}
-	for _, n := range []int{min(n, decisionRows), n % decisionRows} {
-		if n == 0 || prep[n] != nil {
-			continue
-		}
-		st, err := s.prepared(ctx, `INSERT INTO decisions
-		(session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id) VALUES `+
-			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?), ", n), ", "))
-		if err != nil {
-			return nil, fmt.Errorf("insert decisions: %w", err)
-		}
-		prep[n] = st
+	ins, err := s.rowsInsert(ctx, "decisions", "session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id", n)
+	if err != nil {
+		return nil, fmt.Errorf("insert decisions: %w", err)
 	}
 	return func(ctx context.Context, tx *sql.Tx, ds []*Decision) error {
-		args := make([]any, 0, 10*min(len(ds), decisionRows))
-		for len(ds) > 0 {
-			n := min(len(ds), decisionRows)
-			stmt := tx.StmtContext(ctx, prep[n])
-			args = args[:0]
-			for _, d := range ds[:n] {
-				args = append(args, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
-					d.Enforced, d.Statement, d.ApprovalID)
-			}
-			if _, err := stmt.ExecContext(ctx, args...); err != nil {
-				return fmt.Errorf("insert decisions %s/%d..%d: %w", ds[0].SessionID, ds[0].Index, ds[n-1].Index, err)
-			}
-			ds = ds[n:]
+		err := ins(ctx, tx, func(args []any, i int) []any {
+			d := ds[i]
+			return append(args, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
+				d.Enforced, d.Statement, d.ApprovalID)
+		})
+		if err != nil {
+			return fmt.Errorf("insert decisions %s/%d..%d: %w", ds[0].SessionID, ds[0].Index, ds[len(ds)-1].Index, err)
 		}
 		return nil
 	}, nil

@@ -235,6 +235,49 @@ func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
 	return st, nil
 }
 
+// insertRows is how many rows one INSERT of rowsInsert carries: a
+// statement per row cost more than the row itself on a busy proxy
+// (decisions have 10 columns, audit records 7: far below SQLite's and
+// PostgreSQL's limits on parameters).
+const insertRows = 64
+
+// rowsInsert returns what inserts n rows of cols into table in a
+// transaction, insertRows to a statement. Its statements (one for each row
+// count: insertRows and the remainder) are prepared here, before the
+// transaction holds the writer: the first preparation takes a connection
+// of its own. The function it returns asks row to append the values of the
+// i-th row to args.
+func (s *Store) rowsInsert(ctx context.Context, table, cols string, n int) (func(ctx context.Context, tx *sql.Tx, row func(args []any, i int) []any) error, error) {
+	width := strings.Count(cols, ",") + 1
+	values := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
+	prep := map[int]*sql.Stmt{}
+	for _, k := range []int{min(n, insertRows), n % insertRows} {
+		if k == 0 || prep[k] != nil {
+			continue
+		}
+		st, err := s.prepared(ctx, "INSERT INTO "+table+" ("+cols+") VALUES "+strings.TrimSuffix(strings.Repeat(values+", ", k), ", "))
+		if err != nil {
+			return nil, err
+		}
+		prep[k] = st
+	}
+	return func(ctx context.Context, tx *sql.Tx, row func(args []any, i int) []any) error {
+		args := make([]any, 0, width*min(n, insertRows))
+		for done := 0; done < n; {
+			k := min(n-done, insertRows)
+			args = args[:0]
+			for i := done; i < done+k; i++ {
+				args = row(args, i)
+			}
+			if _, err := tx.StmtContext(ctx, prep[k]).ExecContext(ctx, args...); err != nil {
+				return err
+			}
+			done += k
+		}
+		return nil
+	}, nil
+}
+
 // DB exposes the writer's handle for tests and tools that need raw SQL
 // (for example, proving that a tampered audit row is detected). Daemon code
 // uses the typed methods.

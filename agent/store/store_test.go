@@ -25,6 +25,7 @@ func TestStore(t *testing.T) {
 		t.Run("approval quorum race", func(t *testing.T) { testQuorumRace(t, open) })
 		t.Run("approval expiry", func(t *testing.T) { testExpiry(t, open) })
 		t.Run("audit append race", func(t *testing.T) { testAuditRace(t, open) })
+		t.Run("audit append batch", func(t *testing.T) { testAuditBatch(t, open) })
 	})
 }
 
@@ -421,7 +422,7 @@ func testAuditRace(t *testing.T, open storetest.Open) {
 	var wg sync.WaitGroup
 	for i := range 20 {
 		wg.Go(func() {
-			_, err := hosts[i%2].AppendAudit(ctx, "h", func(head store.AuditHead) ([]store.AuditRecord, error) {
+			_, err := hosts[i%2].AppendAudit(ctx, "h", 1, func(head store.AuditHead) ([]store.AuditRecord, error) {
 				return []store.AuditRecord{{Host: "h", Seq: head.Seq + 1, Time: time.Now(), Kind: "k", Payload: "{}",
 					PrevHash: head.Hash, Hash: fmt.Sprintf("hash-%d", head.Seq+1)}}, nil
 			})
@@ -449,5 +450,46 @@ func testAuditRace(t *testing.T, open storetest.Open) {
 	}
 	if hs, err := hosts[1].AuditHosts(ctx); err != nil || fmt.Sprint(hs) != "[h]" {
 		t.Fatalf("audit hosts %v %v", hs, err)
+	}
+}
+
+// testAuditBatch: one append of more records than an INSERT carries stores
+// them all, in order, with their fields; an append whose records are not
+// the number it announced stores none.
+func testAuditBatch(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	s := open(t)
+	const n = 150
+	at := time.Unix(1700000000, 123456789).UTC()
+	build := func(head store.AuditHead) ([]store.AuditRecord, error) {
+		rs := make([]store.AuditRecord, n)
+		prev := head.Hash
+		for i := range rs {
+			seq := head.Seq + uint64(i) + 1
+			rs[i] = store.AuditRecord{Host: "batch", Seq: seq, Time: at.Add(time.Duration(i)), Kind: fmt.Sprintf("k%d", seq),
+				Payload: fmt.Sprintf(`{"n":%d}`, seq), PrevHash: prev, Hash: fmt.Sprintf("hash-%d", seq)}
+			prev = rs[i].Hash
+		}
+		return rs, nil
+	}
+	if _, err := s.AppendAudit(ctx, "batch", n+1, build); err == nil {
+		t.Fatal("an append of 150 records announced as 151 succeeded")
+	}
+	if _, err := s.AppendAudit(ctx, "batch", n, build); err != nil {
+		t.Fatal(err)
+	}
+	var got []store.AuditRecord
+	if err := s.AuditRecords(ctx, "batch", 0, func(r store.AuditRecord) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := build(store.AuditHead{})
+	if len(got) != n {
+		t.Fatalf("%d records stored, want %d", len(got), n)
+	}
+	for i := range want {
+		if g := got[i]; g.Seq != want[i].Seq || !g.Time.Equal(want[i].Time) || g.Kind != want[i].Kind || g.Payload != want[i].Payload ||
+			g.PrevHash != want[i].PrevHash || g.Hash != want[i].Hash {
+			t.Fatalf("record %d: %+v, want %+v", i, g, want[i])
+		}
 	}
 }
