@@ -487,3 +487,19 @@ func TestOpenSteersCallersNamespace(t *testing.T) {
 		}
 	})
 }
+
+// TestMonoToTime: a kernel stamp (CLOCK_MONOTONIC) a second old is a wall
+// time a second ago, without a clock_gettime per conversion.
+func TestMonoToTime(t *testing.T) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	got, want := monoToTime(uint64(ts.Nano())-uint64(time.Second)), time.Now().Add(-time.Second)
+	if d := got.Sub(want); d < -5*time.Millisecond || d > 5*time.Millisecond {
+		t.Errorf("a stamp a second old converts to %v, %v from a second ago", got, d)
+	}
+	if !monoToTime(0).IsZero() {
+		t.Error("no stamp converts to a time")
+	}
+}

@@ -400,13 +400,29 @@ func cString(cs []int8) string {
 // monoToTime converts a bpf_ktime_get_ns (CLOCK_MONOTONIC) stamp to wall
 // time.
 func monoToTime(ns uint64) time.Time {
-	var ts unix.Timespec
-	now := time.Now()
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil || ns == 0 {
+	if ns == 0 || monoBase.mono == 0 {
 		return time.Time{}
 	}
-	return now.Add(-time.Duration(uint64(ts.Nano()) - ns))
+	// Go's monotonic clock is CLOCK_MONOTONIC too: the time since the base
+	// gives the clock's reading now without a system call (clock_gettime
+	// is one through x/sys/unix, and was a sixth of a lookup).
+	now := time.Now()
+	mono := monoBase.mono + uint64(now.Sub(monoBase.at))
+	return now.Add(-time.Duration(mono - ns))
 }
+
+// monoBase is a CLOCK_MONOTONIC reading and the time.Now taken with it.
+var monoBase = func() (b struct {
+	at   time.Time
+	mono uint64
+}) {
+	var ts unix.Timespec
+	b.at = time.Now()
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) == nil {
+		b.mono = uint64(ts.Nano())
+	}
+	return b
+}()
 
 // Lookup returns and removes the record of a redirected connection, found
 // by the tuple the proxy sees at accept: peer is the connection's remote
