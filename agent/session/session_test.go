@@ -559,7 +559,7 @@ func TestDialUpstreamKeepalive(t *testing.T) {
 
 // TestSessionSlotFreedAtClose: an identity's session slot is free once its
 // connection closes, not once its end is stored, which waits for a commit:
-// with a limit of one and the database locked by another process, an agent
+// with a limit of one and the database locked by another connection, an agent
 // whose connection ended is let in again.
 func TestSessionSlotFreedAtClose(t *testing.T) {
 	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {

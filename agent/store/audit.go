@@ -63,9 +63,6 @@ func (s *Store) AppendAudit(ctx context.Context, host string, n int, build func(
 		if len(rs) != n {
 			return fmt.Errorf("%d audit records built, %d announced", len(rs), n)
 		}
-		if n == 0 {
-			return nil
-		}
 		err = ins(ctx, tx, func(args []any, i int) []any {
 			r := rs[i]
 			return append(args, r.Host, int64(r.Seq), r.Time.UnixNano(), r.Kind, r.Payload, r.PrevHash, r.Hash)
