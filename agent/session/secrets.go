@@ -21,12 +21,20 @@ const minSecretLen = 8
 // secretSet is every secret interlockd holds for a session now (what it
 // injects, what it logs in upstream with) and every placeholder standing
 // for one, so that the leak guard can find them in what crosses an HTTP
-// session. Safe for concurrent use; reads take no lock.
+// session. Safe for concurrent use; reads take no lock but the first after
+// a change, which builds the snapshot readers share.
+//
+// Why a change only marks the snapshot stale: every session that logs in
+// with a credential registers it and forgets it at its end, and building
+// the snapshot is linear in the secrets held. Built at every change, 300
+// open PostgreSQL sessions (which never read it) cost each new one 500 KiB
+// of garbage and the time to make it.
 type secretSet struct {
-	mu   sync.Mutex
-	regs map[*secret]struct{}
-	kept map[[2]string]bool // value and owner of what keep registered
-	snap atomic.Pointer[[]secret]
+	mu    sync.Mutex
+	regs  map[*secret]struct{}
+	kept  map[[2]string]bool // value and owner of what keep registered
+	stale atomic.Bool        // regs changed since snap was built
+	snap  atomic.Pointer[[]secret]
 }
 
 // secret is one value the leak guard knows.
@@ -47,6 +55,9 @@ type secret struct {
 	// so): refused where the value is, let through unchanged to its
 	// owners, never swapped.
 	encoded bool
+	// forms are the value's base64 forms (base64Forms), made once when
+	// it is registered.
+	forms [][]byte
 }
 
 // ownedBy reports whether target may receive the value.
@@ -88,18 +99,19 @@ func (s *secretSet) put(v *secret) (release func()) {
 	if len(v.value) < minSecretLen {
 		return func() {}
 	}
+	v.forms = base64Forms(v.value)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.regs == nil {
 		s.regs = map[*secret]struct{}{}
 	}
 	s.regs[v] = struct{}{}
-	s.publish()
+	s.stale.Store(true)
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		delete(s.regs, v)
-		s.publish()
+		s.stale.Store(true)
 	}
 }
 
@@ -139,7 +151,7 @@ func (s *secretSet) publish() {
 		snap = append(snap, *e)
 	}
 	for _, e := range byValue {
-		for _, form := range base64Forms(e.value) {
+		for _, form := range e.forms {
 			if _, ok := byValue[string(form)]; !ok {
 				snap = append(snap, secret{value: form, owners: e.owners, shown: bytes.Repeat([]byte("*"), len(form)),
 					placeholder: e.placeholder, encoded: true})
@@ -167,8 +179,17 @@ func base64Forms(v []byte) [][]byte {
 	return forms
 }
 
-// load returns the secrets known now.
+// load returns the secrets known now, building their snapshot if they
+// changed since the last.
 func (s *secretSet) load() []secret {
+	if s.stale.Load() {
+		s.mu.Lock()
+		if s.stale.Load() {
+			s.publish()
+			s.stale.Store(false)
+		}
+		s.mu.Unlock()
+	}
 	if p := s.snap.Load(); p != nil {
 		return *p
 	}

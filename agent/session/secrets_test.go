@@ -5,9 +5,11 @@ import (
 	"compress/gzip"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	nethttp "net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -151,5 +153,27 @@ func TestSecretFoundInBase64(t *testing.T) {
 	}
 	if _, err := replaceAll("Basic "+base64.StdEncoding.EncodeToString([]byte("x:another-token-entirely")), set.load(), found); err != nil {
 		t.Errorf("another token: %v", err)
+	}
+}
+
+// TestSecretSetChangeCostsNoRebuild: registering a session's credential
+// and forgetting it cost the same with thousands held, until something
+// reads the set; a read after changes sees all of them.
+func TestSecretSetChangeCostsNoRebuild(t *testing.T) {
+	var set secretSet
+	for i := range 2000 {
+		set.add(fmt.Sprintf("held-secret-%06d", i), "db")
+	}
+	allocs := testing.AllocsPerRun(50, func() { set.add("one-more-secret", "db")() })
+	if allocs > 40 {
+		t.Fatalf("registering and forgetting a secret with 2000 held: %.0f allocations", allocs)
+	}
+	forget := set.add("latest-secret", "db")
+	if got := set.load(); len(got) != 7*2001 || !slices.ContainsFunc(got, func(s secret) bool { return string(s.value) == "latest-secret" }) {
+		t.Fatalf("after the changes the set holds %d entries (want the 2001 values and their 6 base64 forms each)", len(got))
+	}
+	forget()
+	if slices.ContainsFunc(set.load(), func(s secret) bool { return string(s.value) == "latest-secret" }) {
+		t.Fatal("a forgotten secret is still looked for")
 	}
 }
