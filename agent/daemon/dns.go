@@ -136,14 +136,21 @@ func (s *dnsServer) handler(next proxy.Handler) proxy.Handler {
 			next.Handle(ctx, c)
 			return
 		}
-		defer c.Client.Close()
-		err := s.proxy.ServeStream(ctx, c.Client, s.decider(c.Identity), func(ex dnsdec.Exchange) {
-			s.record(c.Identity, "tcp", c.Dst, ex)
-		})
-		if err != nil {
-			s.log.Warn().Err(err).Str("conn", c.ID).Msg("dns over tcp")
-		}
+		s.serveStream(ctx, c)
 	})
+}
+
+// serveStream serves one tagged DNS over TCP connection. It is a function
+// of its own so that every other connection's goroutine, which parks in
+// next.Handle for as long as its session lasts, carries none of its locals.
+func (s *dnsServer) serveStream(ctx context.Context, c *proxy.Conn) {
+	defer c.Client.Close()
+	err := s.proxy.ServeStream(ctx, c.Client, s.decider(c.Identity), func(ex dnsdec.Exchange) {
+		s.record(c.Identity, "tcp", c.Dst, ex)
+	})
+	if err != nil {
+		s.log.Warn().Err(err).Str("conn", c.ID).Msg("dns over tcp")
+	}
 }
 
 // decider decides the questions of id under the policy in force at each

@@ -155,6 +155,17 @@ func (s *Server) untrack(c *net.TCPConn) {
 func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
 	defer s.wg.Done()
 	defer s.untrack(c)
+	// The handler parks this goroutine for as long as the session lasts;
+	// identifying is a function of its own so that its locals are not on
+	// the stack meanwhile (see session.Pipeline.Handle).
+	if conn := s.identify(c, identifier); conn != nil {
+		s.Handler.Handle(s.ctx, conn)
+	}
+}
+
+// identify returns c as the connection of the caller the kernel recorded,
+// or closes it and returns nil.
+func (s *Server) identify(c *net.TCPConn, identifier Identifier) *Conn {
 	peer := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	id, dst, err := identifier.Identify(peer, local)
@@ -163,9 +174,9 @@ func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
 		// can vouch for, so nothing is relayed.
 		s.Log.Warn().Err(err).Str("peer", peer.String()).Msg("refusing unidentified connection")
 		c.Close()
-		return
+		return nil
 	}
-	s.Handler.Handle(s.ctx, &Conn{ID: NewID(), Identity: id, Dst: dst, Client: c, Accepted: time.Now()})
+	return &Conn{ID: NewID(), Identity: id, Dst: dst, Client: c, Accepted: time.Now()}
 }
 
 // Shutdown stops handlers (their context is cancelled), closes every tracked

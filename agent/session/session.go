@@ -190,6 +190,37 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	m := p.cfg.Metrics
 	m.Active.Inc()
 	defer m.Active.Dec()
+	// What comes before the decoder and after it are functions of their
+	// own, so that their locals are off this goroutine's stack while the
+	// decoder serves: an idle session parks it there, and the runtime
+	// halves a parked goroutine's stack only while it uses under a quarter.
+	sv, ok := p.open(ctx, pc)
+	if !ok {
+		return
+	}
+	defer sv.cut(nil)
+	sv.finish(sv.decoder.Serve(sv.ctx, sv.s))
+}
+
+// served is a connection handed to its decoder: what serving it needs
+// after the decoder returns.
+type served struct {
+	p       *Pipeline
+	c       *conn
+	decoder protocol.Decoder
+	s       *protocol.Session
+	ctx     context.Context
+	cut     context.CancelCauseFunc
+	rec     *recorder
+	up      *upstream
+	slot    bool // the identity's session slot is held
+}
+
+// open decides the connection and, for a protocol with a decoder, sets up
+// its session; ok is false when the connection was served here (the plain
+// relay) or refused.
+func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv served, ok bool) {
+	m := p.cfg.Metrics
 	pol := p.cfg.Policy.Current()
 	c := newConn(pc, pol)
 	// A connection for an http target named by hosts is decided once its
@@ -207,7 +238,7 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 		p.record(c.decision("CONNECT", "", dec, mode == policy.Enforce))
 		if p.decoders[c.protocol()] == nil {
 			p.relay(ctx, c, pol, dec, mode)
-			return
+			return served{}, false
 		}
 		connect = protocol.Verdict{Action: protocol.Allow}
 		if mode == policy.Enforce {
@@ -228,7 +259,6 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	// The session's row is written while it goes on; a store that refuses
 	// the row ends it (recorder.Start).
 	ctx, cut := context.WithCancelCause(ctx)
-	defer cut(nil)
 	rec := &recorder{p: p, c: c, cut: cut}
 	s := &protocol.Session{
 		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.targetName(),
@@ -242,22 +272,27 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	if c.byName != "" {
 		s.Select = p.byName(c, byAddr, pc.Dst.Port())
 	}
-	err := decoder.Serve(ctx, s)
+	return served{p: p, c: c, decoder: decoder, s: s, ctx: ctx, cut: cut, rec: rec, up: up, slot: slot}, true
+}
+
+// finish ends a session its decoder has served; err is how Serve ended.
+func (sv *served) finish(err error) {
+	p, c := sv.p, sv.c
 	// The decoder closed the agent's connection: its slot is free now, not
 	// once its end is stored, which may wait for a commit shared with other
 	// writes (store.EndSessionShared).
-	if slot {
+	if sv.slot {
 		p.limits.release(c.identity.Name)
 	}
 	var refused *protocol.RefusedError
-	if cause := context.Cause(ctx); errors.As(cause, &refused) {
+	if cause := context.Cause(sv.ctx); errors.As(cause, &refused) {
 		err = cause
 	}
 	end := c.closed(err)
-	if rs := rec.finish(end.Outcome); rs != nil {
+	if rs := sv.rec.finish(end.Outcome); rs != nil {
 		end.BytesIn, end.BytesOut, end.Messages = rs.BytesIn, rs.BytesOut, rs.Messages
 	}
-	up.revoke()
+	sv.up.revoke()
 	p.end(c, end)
 }
 
