@@ -118,10 +118,9 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 
 // WriteTo copies from c to w until c ends (io.EOF is no error) or either
 // side fails, and returns the bytes written: io.Copy from a wrapped socket
-// comes here. It holds a buffer only while bytes are flowing: when c has
-// nothing to read, the buffer goes back to a pool shared by every relay
-// before the goroutine parks, so an idle relay holds none and a short
-// connection allocates none.
+// comes here. It holds a buffer only while bytes are flowing (see
+// ReadPooled), so an idle relay holds none and a short connection
+// allocates none.
 func (c *rawConn) WriteTo(w io.Writer) (int64, error) {
 	var bp *[]byte
 	defer func() {
@@ -131,34 +130,12 @@ func (c *rawConn) WriteTo(w io.Writer) (int64, error) {
 	}()
 	var written int64
 	for {
-		var n int
-		var errno syscall.Errno
-		err := c.rc.Read(func(fd uintptr) bool {
-			for {
-				if bp == nil {
-					bp = copyBufs.Get().(*[]byte)
-				}
-				b := *bp
-				r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-				switch e {
-				case syscall.EINTR:
-					continue
-				case syscall.EAGAIN:
-					copyBufs.Put(bp)
-					bp = nil
-					return false
-				}
-				n, errno = int(r), e
-				return true
-			}
-		})
-		switch {
-		case err != nil:
-			return written, err
-		case errno != 0:
-			return written, c.opError("read", errno)
-		case n == 0:
+		n, err := c.ReadPooled(&copyBufs, &bp)
+		if err == io.EOF {
 			return written, nil
+		}
+		if err != nil {
+			return written, err
 		}
 		m, err := w.Write((*bp)[:n])
 		written += int64(m)
@@ -166,4 +143,48 @@ func (c *rawConn) WriteTo(w io.Writer) (int64, error) {
 			return written, err
 		}
 	}
+}
+
+// ReadPooled implements the decoders' pooled read (protocol.ReadPooled):
+// it reads into the buffer *bp points to, which may be nil or a buffer the
+// caller holds with nothing in it it still needs. The buffer is taken from
+// pool only once there are bytes to read, and goes back to pool, leaving
+// *bp nil, whenever the read must wait: a connection waiting for its peer
+// holds no buffer. When nothing was read, *bp is nil. pool holds *[]byte of
+// non-zero length.
+func (c *rawConn) ReadPooled(pool *sync.Pool, bp **[]byte) (int, error) {
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Read(func(fd uintptr) bool {
+		for {
+			if *bp == nil {
+				*bp = pool.Get().(*[]byte)
+			}
+			b := **bp
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			switch e {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				pool.Put(*bp)
+				*bp = nil
+				return false
+			}
+			n, errno = int(r), e
+			return true
+		}
+	})
+	if n <= 0 && *bp != nil {
+		pool.Put(*bp)
+		*bp = nil
+	}
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, c.opError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
 // Action is what the relay does with a statement.
@@ -166,12 +168,9 @@ const (
 	defaultMaxMessage = 64 << 20
 	bufSize           = 16 << 10
 	flushAt           = 32 << 10
-	// startSize is where a session's input and output buffers start. Most
-	// sessions exchange messages of a few hundred bytes and many sit idle,
-	// so the buffers grow (input to bufSize, output as appended) only when
-	// the traffic asks for it: 128 KiB of buffers allocated up front were
-	// most of an idle session's memory.
-	startSize = 1 << 10
+	// maxPooledOut is the largest output buffer kept for other sessions;
+	// one grown past it for a large result is let go.
+	maxPooledOut = 2 * flushAt
 	// deniedSQL replaces a denied statement upstream: the server fails it
 	// with a syntax error at the same point of the protocol the statement
 	// would have been, so it does everything a server does on an error
@@ -210,7 +209,9 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	}
 	cfg.MaxBuffered = max(cfg.MaxBuffered, bufSize)
 	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
-	r.q.buf = make([]entry, 16)
+	// Room for a statement's few extended-protocol messages; pipelining
+	// agents grow it.
+	r.q.buf = make([]entry, 4)
 	r.q.room.L = &r.q.mu
 	var once sync.Once
 	shutdown := func() {
@@ -422,10 +423,22 @@ type relay struct {
 	bg      sync.WaitGroup // hold notices being written
 }
 
-// reader is a reusable input buffer over a connection. It starts at
-// startSize and grows to bufSize once a message or a read needs more.
+// inBufs and outBufs hold the relays' buffers (*[]byte) while no session
+// needs them: a direction with nothing unread and nothing to send gives
+// both back before it waits for its peer (protocol.ReadPooled), so an idle
+// session holds none. Buffers held across waits were most of an idle
+// session's memory: 4 KiB for one that had sent a statement, 16 to 64 KiB
+// more for one that had read results.
+var (
+	inBufs  = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+	outBufs = sync.Pool{New: func() any { b := make([]byte, 0, bufSize); return &b }}
+)
+
+// reader is an input buffer over a connection: a pooled one of bufSize
+// while it holds unread bytes (bp), or one grown for a larger message.
 type reader struct {
 	conn net.Conn
+	bp   *[]byte // buf came from inBufs
 	buf  []byte
 	r, w int
 	// budget, when set, accounts for held, the bytes buf has beyond
@@ -458,24 +471,43 @@ func (rd *reader) release() {
 }
 
 // fill reads at least one more byte, compacting or growing the buffer so
-// that need bytes fit.
+// that need bytes fit. With nothing unread, the read is a pooled one.
 func (rd *reader) fill(need int) error {
+	if rd.r == rd.w && need <= bufSize {
+		return rd.fillPooled()
+	}
 	if need > len(rd.buf) {
 		rd.grow(max(need, bufSize))
-	} else if rd.r > 0 && (rd.r+need > len(rd.buf) || rd.r == rd.w) {
+	} else if rd.r > 0 && rd.r+need > len(rd.buf) {
 		rd.w = copy(rd.buf, rd.buf[rd.r:rd.w])
 		rd.r = 0
 	}
 	n, err := rd.conn.Read(rd.buf[rd.w:])
 	rd.w += n
-	if rd.w == len(rd.buf) && len(rd.buf) < bufSize {
-		// The read filled the buffer: more is probably waiting, and
-		// reads this small would each cost a system call.
-		rd.grow(bufSize)
-	}
 	if n > 0 {
 		return nil
 	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// fillPooled reads with nothing unread: into a pooled buffer, which goes
+// back to the pool while the read waits. A buffer grown for a large
+// message is let go.
+func (rd *reader) fillPooled() error {
+	if rd.bp == nil {
+		rd.buf = nil
+		rd.release()
+	}
+	rd.r, rd.w = 0, 0
+	n, err := protocol.ReadPooled(rd.conn, &inBufs, &rd.bp)
+	if n > 0 {
+		rd.buf, rd.w = *rd.bp, n
+		return nil
+	}
+	rd.buf = nil
 	if err == nil {
 		err = io.ErrNoProgress
 	}
@@ -488,17 +520,34 @@ func (rd *reader) grow(size int) {
 	rd.w = copy(nb, rd.buf[rd.r:rd.w])
 	rd.r = 0
 	rd.buf = nb
+	rd.putBuf()
+}
+
+// putBuf gives the pooled buffer back; the caller no longer reads from it.
+func (rd *reader) putBuf() {
+	if rd.bp != nil {
+		inBufs.Put(rd.bp)
+		rd.bp = nil
+	}
 }
 
 // shrink gives back a buffer grown for one large message.
 func (rd *reader) shrink() {
 	if len(rd.buf) > 4*bufSize && rd.w-rd.r <= bufSize {
-		nb := make([]byte, bufSize)
-		rd.w = copy(nb, rd.buf[rd.r:rd.w])
+		bp := inBufs.Get().(*[]byte)
+		rd.w = copy(*bp, rd.buf[rd.r:rd.w])
 		rd.r = 0
-		rd.buf = nb
+		rd.bp, rd.buf = bp, *bp
 		rd.release()
 	}
+}
+
+// close gives back what the reader holds: its pooled buffer and its
+// budget.
+func (rd *reader) close() {
+	rd.putBuf()
+	rd.buf = nil
+	rd.release()
 }
 
 // framer splits one direction's input into messages and collects what
@@ -509,8 +558,9 @@ func (rd *reader) shrink() {
 type framer struct {
 	in   reader
 	out  []byte
-	skip int  // bytes of a streamed message still to pass
-	drop bool // the streamed message is dropped, not passed
+	outp *[]byte // out's pooled buffer (outBufs)
+	skip int     // bytes of a streamed message still to pass
+	drop bool    // the streamed message is dropped, not passed
 	max  int
 	// maxWhole caps a message kept whole; timeout bounds the wait for the
 	// rest of a begun message (0: none). deadline is set while the input
@@ -524,6 +574,22 @@ type framer struct {
 	write func([]byte) error
 	eof   func(error) error
 	from  string
+}
+
+// putOut gives the output buffer back to the pool, when it is one the
+// pool may keep; the caller has nothing in it.
+func (f *framer) putOut() {
+	if f.outp != nil && cap(f.out) <= maxPooledOut {
+		*f.outp = f.out[:0]
+		outBufs.Put(f.outp)
+	}
+	f.out, f.outp = nil, nil
+}
+
+// close gives back the framer's buffers when its loop ends.
+func (f *framer) close() {
+	f.putOut()
+	f.in.close()
 }
 
 func (f *framer) flush() error {
@@ -550,7 +616,14 @@ func (f *framer) fill(need int, begun bool) error {
 			f.deadline, f.timed = false, false
 		}
 	}
+	if f.in.r == f.in.w && len(f.out) == 0 {
+		f.putOut() // nothing to send while the read waits
+	}
 	err := f.in.fill(need)
+	if f.outp == nil && f.out == nil {
+		f.outp = outBufs.Get().(*[]byte)
+		f.out = *f.outp
+	}
 	if err == nil {
 		return nil
 	}
@@ -663,9 +736,9 @@ type stmtInfo struct {
 }
 
 func (r *relay) clientLoop() error {
-	f := &framer{in: reader{conn: r.agent, buf: make([]byte, startSize), budget: r.cfg.Budget}, out: make([]byte, 0, startSize),
+	f := &framer{in: reader{conn: r.agent, budget: r.cfg.Budget},
 		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, timeout: r.cfg.MessageTimeout, eof: clientEOF}
-	defer f.in.release()
+	defer f.close()
 	f.write = func(b []byte) error {
 		if _, err := r.upstream.Write(b); err != nil {
 			return fmt.Errorf("write upstream: %w", err)
@@ -1000,9 +1073,9 @@ type serverState struct {
 }
 
 func (r *relay) serverLoop() error {
-	f := &framer{in: reader{conn: r.upstream, buf: make([]byte, startSize), budget: r.cfg.Budget}, out: make([]byte, 0, startSize),
+	f := &framer{in: reader{conn: r.upstream, budget: r.cfg.Budget},
 		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, eof: serverEOF, from: " from server"}
-	defer f.in.release()
+	defer f.close()
 	locked := false // agentMu held across a streamed message
 	f.write = func(b []byte) error {
 		if !locked {
@@ -1035,14 +1108,7 @@ func (r *relay) serverLoop() error {
 			return nil
 		}
 		if err != nil {
-			var le *LimitError
-			if errors.As(err, &le) {
-				// What the server sent before stays; the agent learns why
-				// nothing follows.
-				f.out, _ = le.Response().Encode(f.out)
-				f.flush()
-			}
-			return err
+			return serverFailed(f, err)
 		}
 		if streamed {
 			if r.cfg.Recorder != nil {
@@ -1052,63 +1118,8 @@ func (r *relay) serverLoop() error {
 			f.out = append(f.out, msg...)
 			continue
 		}
-		start := len(f.out)
-		switch typ {
-		case 'D':
-			if ss.rows != nil {
-				f.out, err = maskRow(f.out, msg, ss.rows)
-			} else {
-				f.out = append(f.out, msg...)
-			}
-		case 'T':
-			f.out, err = r.onRowDescription(f.out, msg, &ss)
-		case 'n':
-			f.out = r.onNoData(f.out, msg, &ss)
-		case 'C', 's', 'I':
-			ss.rows = nil
-			if ss.execing {
-				ss.execing = false
-				r.q.mu.Lock()
-				if e := r.q.peek(0); e != nil && e.kind == kExecute {
-					r.q.pop()
-				}
-				r.q.mu.Unlock()
-			}
-			f.out = append(f.out, msg...)
-		case 'E':
-			f.out = r.onError(f.out, msg, &ss)
-		case 'H', 'W':
-			// CopyData rows have no columns to mask; a masked statement
-			// that copies f.out ends the session rather than leak them.
-			if r.maskedCopy(ss.execing) {
-				f.out, _ = (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "42501",
-					Message: "interlock: " + ErrMaskedCopy.Error()}).Encode(f.out[:start])
-				f.flush()
-				return ErrMaskedCopy
-			}
-			f.out = append(f.out, msg...)
-		case 'Z':
-			ss.rows, ss.execing = nil, false
-			r.q.mu.Lock()
-			for e := r.q.peek(0); e != nil; e = r.q.peek(0) {
-				k := e.kind
-				r.q.pop()
-				if k == kSync || k == kQuery || k == kDenyQuery {
-					break
-				}
-			}
-			r.q.mu.Unlock()
-			f.out = append(f.out, msg...)
-		default:
-			f.out = append(f.out, msg...)
-		}
-		if err != nil {
+		if err := r.serverMessage(f, &ss, &rec, typ, msg); err != nil {
 			return err
-		}
-		if r.cfg.Recorder != nil && len(f.out) > start {
-			b := f.out[start:]
-			rec.Type, rec.Body, rec.Size, rec.Time = b[0], b[5:], len(b)-5, time.Now()
-			r.cfg.Recorder.Record(&rec)
 		}
 		if len(f.out) >= flushAt {
 			if err := f.flush(); err != nil {
@@ -1116,6 +1127,87 @@ func (r *relay) serverLoop() error {
 			}
 		}
 	}
+}
+
+// serverMessage passes on one whole message from the server, masked or
+// replaced as the statement it answers asks. It is a function of its own
+// so that its locals are off the stack while serverLoop waits for the
+// next: an idle session parks there (see session.Pipeline.Handle).
+func (r *relay) serverMessage(f *framer, ss *serverState, rec *Message, typ byte, msg []byte) error {
+	var err error
+	start := len(f.out)
+	switch typ {
+	case 'D':
+		if ss.rows != nil {
+			f.out, err = maskRow(f.out, msg, ss.rows)
+		} else {
+			f.out = append(f.out, msg...)
+		}
+	case 'T':
+		f.out, err = r.onRowDescription(f.out, msg, ss)
+	case 'n':
+		f.out = r.onNoData(f.out, msg, ss)
+	case 'C', 's', 'I':
+		ss.rows = nil
+		if ss.execing {
+			ss.execing = false
+			r.q.mu.Lock()
+			if e := r.q.peek(0); e != nil && e.kind == kExecute {
+				r.q.pop()
+			}
+			r.q.mu.Unlock()
+		}
+		f.out = append(f.out, msg...)
+	case 'E':
+		f.out = r.onError(f.out, msg, ss)
+	case 'H', 'W':
+		// CopyData rows have no columns to mask; a masked statement
+		// that copies f.out ends the session rather than leak them.
+		if r.maskedCopy(ss.execing) {
+			f.out, _ = (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "42501",
+				Message: "interlock: " + ErrMaskedCopy.Error()}).Encode(f.out[:start])
+			f.flush()
+			return ErrMaskedCopy
+		}
+		f.out = append(f.out, msg...)
+	case 'Z':
+		ss.rows, ss.execing = nil, false
+		r.q.mu.Lock()
+		for e := r.q.peek(0); e != nil; e = r.q.peek(0) {
+			k := e.kind
+			r.q.pop()
+			if k == kSync || k == kQuery || k == kDenyQuery {
+				break
+			}
+		}
+		r.q.mu.Unlock()
+		f.out = append(f.out, msg...)
+	default:
+		f.out = append(f.out, msg...)
+	}
+	if err != nil {
+		return err
+	}
+	if r.cfg.Recorder != nil && len(f.out) > start {
+		b := f.out[start:]
+		rec.Type, rec.Body, rec.Size, rec.Time = b[0], b[5:], len(b)-5, time.Now()
+		r.cfg.Recorder.Record(rec)
+	}
+	if len(f.out) >= flushAt {
+		return f.flush()
+	}
+	return nil
+}
+
+// serverFailed ends the server side on a read that failed: what the server
+// sent before stays, and an agent over a limit learns why nothing follows.
+func serverFailed(f *framer, err error) error {
+	var le *LimitError
+	if errors.As(err, &le) {
+		f.out, _ = le.Response().Encode(f.out)
+		f.flush()
+	}
+	return err
 }
 
 func serverEOF(err error) error {

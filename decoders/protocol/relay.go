@@ -3,6 +3,7 @@ package protocol
 import (
 	"io"
 	"net"
+	"sync"
 )
 
 // Relay copies bytes both ways between a and b until both directions end,
@@ -63,4 +64,29 @@ func CloseWrite(c net.Conn) {
 			return
 		}
 	}
+}
+
+// ReadPooled reads from c, as Read does, into the buffer *bp points to,
+// for a reader that may wait long between messages: *bp may be nil, or a
+// buffer the caller holds with nothing in it it still needs. A connection
+// that can (the pipeline's sockets, see agent/rawsock) takes the buffer
+// from pool only once there are bytes to read and gives it back, leaving
+// *bp nil, before it waits, so a session waiting for its peer holds no
+// buffer; any other (TLS) takes one before its read. When nothing was
+// read, *bp is nil. pool holds *[]byte of non-zero length.
+func ReadPooled(c net.Conn, pool *sync.Pool, bp **[]byte) (int, error) {
+	if pc, ok := c.(interface {
+		ReadPooled(*sync.Pool, **[]byte) (int, error)
+	}); ok {
+		return pc.ReadPooled(pool, bp)
+	}
+	if *bp == nil {
+		*bp = pool.Get().(*[]byte)
+	}
+	n, err := c.Read(**bp)
+	if n == 0 {
+		pool.Put(*bp)
+		*bp = nil
+	}
+	return n, err
 }
