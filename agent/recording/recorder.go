@@ -78,9 +78,22 @@ type Recorder struct {
 	closed     bool
 }
 
-// bufSize is the size of a session's write buffer; a full buffer is handed
-// to the writer goroutine and replaced from the free list.
+// bufSize is the largest of a session's write buffers; a full buffer is
+// handed to the writer goroutine and replaced, at this size from the free
+// list.
 const bufSize = 64 << 10
+
+// minBufSize is a session's first buffer, and the first after each flush
+// while the session stays this quiet: room for a header, a login and a few
+// statements. Each buffer a session fills doubles its next, up to bufSize.
+// Why: every session used to take a full buffer at its start and a fresh one
+// for each second it said anything, so 300 sessions with a statement each
+// made 19 MiB of buffers the heap kept room for long after.
+const minBufSize = 4 << 10
+
+// freeBufs is how many full-size buffers the free list keeps for the next
+// busy sessions.
+const freeBufs = 16
 
 // writeReq is a buffer to write for s, or, with done set, a barrier that is
 // closed once everything queued before it is written.
@@ -119,7 +132,7 @@ func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, 
 	}
 	r := &Recorder{st: st, dir: dir, host: host, logger: zerolog.Nop(), every: time.Second,
 		active: map[string]*Session{}, stop: make(chan struct{}),
-		writes: make(chan writeReq, 256), free: make(chan []byte, 64), writerDone: make(chan struct{}),
+		writes: make(chan writeReq, 256), free: make(chan []byte, freeBufs), writerDone: make(chan struct{}),
 		upload: st.Backend() == store.PostgreSQL}
 	for _, o := range opts {
 		o(r)
@@ -153,10 +166,7 @@ func (r *Recorder) writeLoop() {
 	for req := range r.writes {
 		if req.buf != nil {
 			req.s.writeOut(req.buf)
-			select {
-			case r.free <- req.buf[:0]:
-			default:
-			}
+			r.putBuf(req.buf)
 		}
 		if req.done != nil {
 			close(req.done)
@@ -183,12 +193,27 @@ func (r *Recorder) send(req writeReq) {
 	}
 }
 
-func (r *Recorder) getBuf() []byte {
+// getBuf returns an empty buffer of capacity size.
+func (r *Recorder) getBuf(size int) []byte {
+	if size == bufSize {
+		select {
+		case b := <-r.free:
+			return b
+		default:
+		}
+	}
+	return make([]byte, 0, size)
+}
+
+// putBuf keeps a written full-size buffer for the next getBuf, while the
+// free list has room; the garbage collector takes the others.
+func (r *Recorder) putBuf(b []byte) {
+	if cap(b) != bufSize {
+		return
+	}
 	select {
-	case b := <-r.free:
-		return b
+	case r.free <- b[:0]:
 	default:
-		return make([]byte, 0, bufSize)
 	}
 }
 
@@ -237,6 +262,7 @@ type Session struct {
 	// so an idle session holds no buffer: at 64 KiB each, they were most
 	// of an idle session's memory.
 	buf      []byte
+	bufCap   int // the capacity of the next buffer buf takes
 	scratch  [32]byte
 	vbuf     []byte // verdict encoding, reused
 	seq      int64
@@ -291,7 +317,7 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(erro
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{r: r, meta: meta, start: meta.Started, sum: sha256.New()}
+	s := &Session{r: r, meta: meta, start: meta.Started, sum: sha256.New(), bufCap: minBufSize}
 	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
 		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
 	s.put(append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...))
@@ -313,9 +339,9 @@ func (s *Session) ID() string { return s.meta.ID }
 // body is the message without type and length, and is copied before
 // Message returns. t is when the message crossed the proxy (zero: now).
 //
-// Message does not allocate and does no I/O: it copies into a 64 KiB
-// buffer, and a full buffer goes to the recorder's writer goroutine (Message
-// waits only if 256 buffers are already queued). A write error is kept and
+// Message does no I/O: it copies into the session's buffer (4 to 64 KiB,
+// growing with its traffic), and a full buffer goes to the recorder's
+// writer goroutine (Message waits only if 256 buffers are already queued). A write error is kept and
 // returned by Finish.
 func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) int64 {
 	if t.IsZero() {
@@ -365,13 +391,16 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 }
 
 // put copies p into the session buffer, handing full buffers to the writer
-// and taking a buffer when it has none.
+// and taking a buffer when it has none, twice the size of one it filled.
 // The caller holds s.mu.
 func (s *Session) put(p []byte) {
 	for len(p) > 0 {
 		if len(s.buf) == cap(s.buf) {
+			if cap(s.buf) > 0 {
+				s.bufCap = min(2*cap(s.buf), bufSize)
+			}
 			s.handoff()
-			s.buf = s.r.getBuf()
+			s.buf = s.r.getBuf(s.bufCap)
 		}
 		n := copy(s.buf[len(s.buf):cap(s.buf)], p)
 		s.buf = s.buf[:len(s.buf)+n]
@@ -504,10 +533,7 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		err = errors.Join(err, eerr)
 	}
 	if inline != nil {
-		select {
-		case s.r.free <- inline[:0]:
-		default:
-		}
+		s.r.putBuf(inline)
 	}
 	if s.r.upload && inline == nil && err == nil {
 		if f, oerr := os.Open(s.meta.Recording); oerr != nil {
