@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -959,4 +960,40 @@ func BenchmarkDecideAudited(b *testing.B) {
 	}
 	b.StopTimer()
 	rec.Close()
+}
+
+// TestQuietSessionsTakeSmallBuffers: a session that says little holds a
+// buffer the size of what it said, not a full one, until it is flushed.
+func TestQuietSessionsTakeSmallBuffers(t *testing.T) {
+	const sessions = 200
+	_, rec := newSQLiteRecorder(t)
+	heap := func() int64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	before := heap()
+	var open []*recording.Session
+	for range sessions {
+		s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Message(true, 'Q', []byte("SELECT 1"), time.Time{})
+		open = append(open, s)
+	}
+	if per := (heap() - before) / sessions; per > 8<<10 {
+		t.Fatalf("%d bytes per quiet open session: it holds a full buffer", per)
+	}
+	// Together: each waits for a commit it may share (store.EndSessionShared).
+	var wg sync.WaitGroup
+	for _, s := range open {
+		wg.Go(func() {
+			if _, err := s.Finish(context.Background(), recording.End{}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
 }
