@@ -619,3 +619,33 @@ func openSessions(l *sessionLimits, identity string) int {
 	defer l.mu.Unlock()
 	return l.sessions[identity]
 }
+
+// TestDialUpstream: the upstream dial, which starts its connect before the
+// runtime's (connectEarly), connects over IPv4 and IPv6 and reports a
+// refused connect as the runtime would.
+func TestDialUpstream(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				c.Write([]byte("hi"))
+				c.Close()
+			}
+		}()
+		c, err := dialUpstream(context.Background(), ln.Addr().String())
+		if err != nil {
+			t.Fatalf("dial %s: %v", ln.Addr(), err)
+		}
+		if b, err := io.ReadAll(c); err != nil || string(b) != "hi" {
+			t.Fatalf("read from %s: %q, %v", ln.Addr(), b, err)
+		}
+		c.Close()
+		ln.Close()
+		if _, err := dialUpstream(context.Background(), ln.Addr().String()); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial to a closed port %s: %v, want connection refused", ln.Addr(), err)
+		}
+	}
+}

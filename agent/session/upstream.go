@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/interlock-dev/interlock/agent/audit"
@@ -46,7 +48,8 @@ func dialUpstream(ctx context.Context, addr string) (net.Conn, error) {
 	// Keepalive finds an upstream that vanished under an idle session, with
 	// the host's timers (net.ipv4.tcp_keepalive_*), as PgBouncer does: Go's
 	// own 15 s probes would cost three more setsockopt calls per session.
-	d := net.Dialer{Timeout: dialTimeout, KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}}
+	d := net.Dialer{Timeout: dialTimeout, KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1},
+		ControlContext: connectEarly}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -54,6 +57,33 @@ func dialUpstream(ctx context.Context, addr string) (net.Conn, error) {
 	// Every read and write of a relay is a system call on the session's
 	// critical path; see rawsock.
 	return rawsock.Wrap(conn), nil
+}
+
+// connectEarly is the upstream dial's Control: it starts the connect
+// before the runtime does. On loopback, where a host's databases and local
+// services listen, the kernel completes the handshake within that call (the
+// peer's SYN-ACK is processed as connect releases the socket), so the
+// runtime's own connect finds the socket connected (EISCONN) and returns at
+// once instead of parking the dial until the poller reports the socket
+// writable: a scheduling round trip, a deadline timer and a context callback
+// on every new connection's path. Anywhere else the runtime's connect gets
+// EALREADY and waits as it would have; a connect that failed fails again in
+// the runtime's call, which reports it as before.
+func connectEarly(_ context.Context, network, address string, c syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil || ap.Addr().Zone() != "" {
+		return nil
+	}
+	var sa syscall.Sockaddr
+	switch network {
+	case "tcp4":
+		sa = &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	case "tcp6":
+		sa = &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	default:
+		return nil
+	}
+	return c.Control(func(fd uintptr) { syscall.Connect(int(fd), sa) })
 }
 
 // Credential implements protocol.Upstream: the first call issues the
