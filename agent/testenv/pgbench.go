@@ -337,6 +337,21 @@ func IdleSessions(b testing.TB, pg *Postgres, cgroup string, pid, port int, user
 		r := PgbenchIn(b, cgroup, "127.0.0.1", port, user, password, 3, []string{"-S", "-C", "-c", "1", "-j", "1"})
 		return time.Duration(float64(time.Second) / r.TPS)
 	}
+	unloaded = start()
+	stop := OpenIdleSessions(b, pg, cgroup, port, user, password, n)
+	defer stop()
+	time.Sleep(time.Second)
+	rssKiB = RSSKiB(pid)
+	loaded = start()
+	return rssKiB, unloaded, loaded
+}
+
+// OpenIdleSessions opens n PostgreSQL sessions through port with pgbench
+// (from cgroup, unless ""), each of which runs one query and waits, and
+// returns once the server has all n waiting. stop ends them and waits for
+// their ends to be done with, so that they are not the next measurement's.
+func OpenIdleSessions(b testing.TB, pg *Postgres, cgroup string, port int, user, password string, n int) (stop func()) {
+	b.Helper()
 	// The server's view of the sessions: backends that ran the script's
 	// query and wait for the next.
 	const query = "SELECT 'interlock-idle';"
@@ -345,47 +360,50 @@ func IdleSessions(b testing.TB, pg *Postgres, cgroup string, pid, port int, user
 			strings.ReplaceAll(query, "'", "''")+"'"))
 		return v
 	}
-	unloaded = start()
 	script := filepath.Join(b.TempDir(), "idle.sql")
 	if err := os.WriteFile(script, []byte(query+"\n\\sleep 600 s\n"), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	cmd, done := pgbenchCmd(b, cgroup, password, []string{"-n", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", user,
 		"-c", strconv.Itoa(n), "-j", "2", "-T", "600", "-f", script, "postgres"})
-	defer done()
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
+		done()
 		b.Fatalf("pgbench: %v", err)
 	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cmd.Process.Kill()
-			cmd.Wait()
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cmd.Process.Kill()
+		<-exited
+		done()
+		// The sessions' ends (a revoked credential each, through
+		// Interlock) are not the next measurement's.
+		for deadline := time.Now().Add(time.Minute); idle() > 0 && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
 		}
 	}
-	defer stop()
 	deadline := time.Now().Add(2 * time.Minute)
 	for idle() < n {
+		select {
+		case <-exited:
+			stop()
+			b.Fatalf("%d idle sessions: pgbench ended\n%s", n, out.String())
+		case <-time.After(200 * time.Millisecond):
+		}
 		if time.Now().After(deadline) {
 			got := idle()
 			stop()
 			b.Fatalf("%d idle sessions: %d open\n%s", n, got, out.String())
 		}
-		time.Sleep(200 * time.Millisecond)
 	}
-	time.Sleep(time.Second)
-	rssKiB = RSSKiB(pid)
-	loaded = start()
-	stop()
-	// The sessions' ends (a revoked credential each, through Interlock)
-	// are not the next measurement's.
-	for deadline := time.Now().Add(time.Minute); idle() > 0 && time.Now().Before(deadline); {
-		time.Sleep(200 * time.Millisecond)
-	}
-	return rssKiB, unloaded, loaded
+	return stop
 }
 
 // RSSKiB returns process pid's resident memory in KiB, from /proc.
