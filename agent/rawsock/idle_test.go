@@ -4,22 +4,15 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"runtime"
 	"testing"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // TestCopyIdleHoldsNoBuffer: io.Copy from a wrapped socket waiting on a quiet socket has given its
 // buffer back, so idle relays cost no buffer memory.
 func TestCopyIdleHoldsNoBuffer(t *testing.T) {
 	const copies = 100
-	heap := func() uint64 {
-		// Two collections empty the pool (its victim cache survives one).
-		runtime.GC()
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return m.HeapAlloc
-	}
 	type ends struct{ src, dst, in, out net.Conn }
 	var all []ends
 	for i := 0; i < copies; i++ {
@@ -27,7 +20,7 @@ func TestCopyIdleHoldsNoBuffer(t *testing.T) {
 		dst, out := tcpPair(t)
 		all = append(all, ends{src, dst, in, out})
 	}
-	before := heap()
+	before := testenv.LiveHeap()
 	for _, e := range all {
 		go io.Copy(e.dst, e.src)
 	}
@@ -41,8 +34,8 @@ func TestCopyIdleHoldsNoBuffer(t *testing.T) {
 			t.Fatalf("copy delivered %q, %v", got, err)
 		}
 	}
-	after := heap()
-	if grew := int64(after) - int64(before); grew > copies*4<<10 {
+	after := testenv.LiveHeap()
+	if grew := after - before; grew > copies*4<<10 {
 		t.Fatalf("heap grew by %d bytes for %d idle copies (%d each): they hold their buffers", grew, copies, grew/copies)
 	}
 }

@@ -58,6 +58,12 @@ func (c *rawConn) Read(b []byte) (int, error) {
 			return e != syscall.EAGAIN
 		}
 	})
+	return c.readResult(n, errno, err)
+}
+
+// readResult is Read's answer for a raw read of n bytes that ended with
+// errno, or for err from the poller.
+func (c *rawConn) readResult(n int, errno syscall.Errno, err error) (int, error) {
 	switch {
 	case err != nil:
 		return 0, err
@@ -178,13 +184,5 @@ func (c *rawConn) ReadPooled(pool *sync.Pool, bp **[]byte) (int, error) {
 		pool.Put(*bp)
 		*bp = nil
 	}
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, c.opError("read", errno)
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
+	return c.readResult(n, errno, err)
 }

@@ -2,78 +2,27 @@ package rawsock
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection, the first
-// wrapped by Wrap. Its waits are bounded: a handshake that does not
-// complete fails the test with the kernel's view of the port rather than
-// holding the package until its timeout (CI once saw an accept wait 40
-// minutes here: a test interlockd of another package had been given the
-// port's connections; see testenv.ProxyPort).
+// wrapped by Wrap.
 func tcpPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 	t.Helper()
-	const wait = 10 * time.Second
-	// Plain TCP, as interlockd's listeners are: net.Listen's would be MPTCP
-	// where the kernel has it, and this machine's does.
-	var lc net.ListenConfig
-	lc.SetMultipathTCP(false)
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ln.(*net.TCPListener).SetDeadline(time.Now().Add(wait))
-	type accept struct {
-		c   net.Conn
-		err error
-	}
-	accepted := make(chan accept, 1)
-	go func() {
-		c, err := ln.Accept()
-		accepted <- accept{c, err}
-	}()
-	c, err := net.DialTimeout("tcp", ln.Addr().String(), wait)
-	if err != nil {
-		t.Fatalf("dial %s: %v\n%s", ln.Addr(), err, sockets(ln.Addr()))
-	}
-	a := <-accepted
-	if a.err != nil {
-		c.Close()
-		t.Fatalf("accept on %s, dialled from %s: %v\n%s", ln.Addr(), c.LocalAddr(), a.err, sockets(ln.Addr()))
-	}
-	p := a.c
-	if p.RemoteAddr().String() != c.LocalAddr().String() {
-		c.Close()
-		p.Close()
-		t.Fatalf("accepted %s, but dialled from %s", p.RemoteAddr(), c.LocalAddr())
-	}
+	c, peer := testenv.TCPPair(t)
 	raw = Wrap(c)
 	if _, ok := raw.(*rawConn); !ok {
 		t.Fatalf("Wrap(%T) did not wrap it", c)
 	}
-	t.Cleanup(func() { raw.Close(); p.Close() })
-	return raw, p
-}
-
-// sockets is what ss(8) shows of the sockets on addr's port, for a failure
-// message.
-func sockets(addr net.Addr) string {
-	port := addr.(*net.TCPAddr).Port
-	out, err := exec.Command("ss", "-tanoie", fmt.Sprintf("( sport = :%d or dport = :%d )", port, port)).CombinedOutput()
-	if err != nil {
-		return fmt.Sprintf("ss: %v\n%s", err, out)
-	}
-	return string(out)
+	return raw, peer
 }
 
 func TestWrapLeavesOtherConnsAlone(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -967,13 +966,7 @@ func BenchmarkDecideAudited(b *testing.B) {
 func TestQuietSessionsTakeSmallBuffers(t *testing.T) {
 	const sessions = 200
 	_, rec := newSQLiteRecorder(t)
-	heap := func() int64 {
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapAlloc)
-	}
-	before := heap()
+	before := testenv.LiveHeap()
 	var open []*recording.Session
 	for range sessions {
 		s, err := rec.Start(context.Background(), store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
@@ -983,7 +976,7 @@ func TestQuietSessionsTakeSmallBuffers(t *testing.T) {
 		s.Message(true, 'Q', []byte("SELECT 1"), time.Time{})
 		open = append(open, s)
 	}
-	if per := (heap() - before) / sessions; per > 8<<10 {
+	if per := (testenv.LiveHeap() - before) / sessions; per > 8<<10 {
 		t.Fatalf("%d bytes per quiet open session: it holds a full buffer", per)
 	}
 	// Together: each waits for a commit it may share (store.EndSessionShared).

@@ -6,12 +6,14 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,4 +241,72 @@ func StartPostgres(t testing.TB, extraConf ...string) *Postgres {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return p
+}
+
+// TCPPair returns the two ends of a loopback TCP connection: the dialled
+// one and the accepted one, closed when the test ends. Its waits are
+// bounded: a handshake that does not complete fails the test with the
+// kernel's view of the port rather than holding the package until its
+// timeout (CI once saw an accept wait 40 minutes: a test interlockd of
+// another package had been given the port's connections; see ProxyPort).
+func TCPPair(t testing.TB) (dialled, accepted net.Conn) {
+	t.Helper()
+	const wait = 10 * time.Second
+	// Plain TCP, as interlockd's listeners are: net.Listen's would be MPTCP
+	// where the kernel has it, and this machine's does.
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(wait))
+	type accept struct {
+		c   net.Conn
+		err error
+	}
+	done := make(chan accept, 1)
+	go func() {
+		c, err := ln.Accept()
+		done <- accept{c, err}
+	}()
+	c, err := net.DialTimeout("tcp", ln.Addr().String(), wait)
+	if err != nil {
+		t.Fatalf("dial %s: %v\n%s", ln.Addr(), err, sockets(ln.Addr()))
+	}
+	a := <-done
+	if a.err != nil {
+		c.Close()
+		t.Fatalf("accept on %s, dialled from %s: %v\n%s", ln.Addr(), c.LocalAddr(), a.err, sockets(ln.Addr()))
+	}
+	if a.c.RemoteAddr().String() != c.LocalAddr().String() {
+		c.Close()
+		a.c.Close()
+		t.Fatalf("accepted %s, but dialled from %s", a.c.RemoteAddr(), c.LocalAddr())
+	}
+	t.Cleanup(func() { c.Close(); a.c.Close() })
+	return c, a.c
+}
+
+// sockets is what ss(8) shows of the sockets on addr's port, for a failure
+// message.
+func sockets(addr net.Addr) string {
+	port := addr.(*net.TCPAddr).Port
+	out, err := exec.Command("ss", "-tanoie", fmt.Sprintf("( sport = :%d or dport = :%d )", port, port)).CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("ss: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// LiveHeap returns the bytes of live heap of this process after two
+// collections: the second empties sync.Pools, whose victim caches survive
+// one.
+func LiveHeap() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
 }

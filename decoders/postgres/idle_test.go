@@ -4,34 +4,14 @@ import (
 	"context"
 	"io"
 	"net"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/interlock-dev/interlock/agent/rawsock"
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
-
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
 
 // TestIdleRelayHoldsNoBuffers: a session that ran a statement with a large
 // result and then waits for the agent's next holds none of the buffers it
@@ -39,21 +19,13 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // and more.
 func TestIdleRelayHoldsNoBuffers(t *testing.T) {
 	const sessions = 50
-	heap := func() uint64 {
-		// Two collections empty the pools (their victim caches survive one).
-		runtime.GC()
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return m.HeapAlloc
-	}
 	type ends struct{ agent, server net.Conn }
 	var all []ends
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for i := 0; i < sessions; i++ {
-		agent, agentSide := tcpPair(t)
-		upSide, server := tcpPair(t)
+		agent, agentSide := testenv.TCPPair(t)
+		upSide, server := testenv.TCPPair(t)
 		all = append(all, ends{agent, server})
 		go Relay(ctx, rawsock.Wrap(agentSide), rawsock.Wrap(upSide), RelayConfig{Enforcer: allowAll})
 	}
@@ -83,10 +55,10 @@ func TestIdleRelayHoldsNoBuffers(t *testing.T) {
 	}
 	// The relays' own structures are allocated as they start.
 	time.Sleep(100 * time.Millisecond)
-	before := heap()
+	before := testenv.LiveHeap()
 	run()
-	after := heap()
-	if grew := int64(after) - int64(before); grew > sessions*1<<10 {
+	after := testenv.LiveHeap()
+	if grew := after - before; grew > sessions*1<<10 {
 		t.Fatalf("heap grew by %d bytes for %d idle sessions (%d each): they hold their buffers", grew, sessions, grew/sessions)
 	}
 }

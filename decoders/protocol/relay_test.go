@@ -8,30 +8,12 @@ import (
 	"testing"
 
 	"github.com/interlock-dev/interlock/agent/rawsock"
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
-// pair returns both ends of a loopback TCP connection.
-func pair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
-
 func TestRelayCountsAndHalfCloses(t *testing.T) {
-	agent, agentSide := pair(t)
-	upSide, server := pair(t)
+	agent, agentSide := testenv.TCPPair(t)
+	upSide, server := testenv.TCPPair(t)
 	type counts struct{ sent, recv int64 }
 	done := make(chan counts, 1)
 	go func() {
@@ -43,10 +25,10 @@ func TestRelayCountsAndHalfCloses(t *testing.T) {
 	go func() {
 		req, _ := io.ReadAll(server)
 		server.Write(append([]byte("echo:"), req...))
-		server.CloseWrite()
+		server.(*net.TCPConn).CloseWrite()
 	}()
 	agent.Write([]byte("hello"))
-	agent.CloseWrite()
+	agent.(*net.TCPConn).CloseWrite()
 	resp, err := io.ReadAll(agent)
 	if err != nil || string(resp) != "echo:hello" {
 		t.Fatalf("agent got %q, %v", resp, err)
@@ -57,12 +39,12 @@ func TestRelayCountsAndHalfCloses(t *testing.T) {
 }
 
 func TestRelayResetClosesBoth(t *testing.T) {
-	agent, agentSide := pair(t)
-	upSide, server := pair(t)
+	agent, agentSide := testenv.TCPPair(t)
+	upSide, server := testenv.TCPPair(t)
 	done := make(chan struct{})
 	go func() { Relay(rawsock.Wrap(agentSide), rawsock.Wrap(upSide)); close(done) }()
 	// The server resets; the agent, which never closes, must be released.
-	server.SetLinger(0)
+	server.(*net.TCPConn).SetLinger(0)
 	server.Close()
 	buf := make([]byte, 1)
 	if _, err := agent.Read(buf); err == nil {
@@ -74,8 +56,8 @@ func TestRelayResetClosesBoth(t *testing.T) {
 // TestRelayLargeBothWays: more than one buffer each way, at once, arrives
 // intact (buffers go back to the pool between reads).
 func TestRelayLargeBothWays(t *testing.T) {
-	agent, agentSide := pair(t)
-	upSide, server := pair(t)
+	agent, agentSide := testenv.TCPPair(t)
+	upSide, server := testenv.TCPPair(t)
 	go Relay(rawsock.Wrap(agentSide), rawsock.Wrap(upSide))
 	up, down := make([]byte, 1<<20), make([]byte, 3<<20+7)
 	rand.Read(up)
@@ -87,11 +69,11 @@ func TestRelayLargeBothWays(t *testing.T) {
 	}()
 	go func() {
 		server.Write(down)
-		server.CloseWrite()
+		server.(*net.TCPConn).CloseWrite()
 	}()
 	go func() {
 		agent.Write(up)
-		agent.CloseWrite()
+		agent.(*net.TCPConn).CloseWrite()
 	}()
 	gotDown, err := io.ReadAll(agent)
 	if err != nil || !bytes.Equal(gotDown, down) {
