@@ -341,8 +341,8 @@ func (s *Session) ID() string { return s.meta.ID }
 //
 // Message does no I/O: it copies into the session's buffer (4 to 64 KiB,
 // growing with its traffic), and a full buffer goes to the recorder's
-// writer goroutine (Message waits only if 256 buffers are already queued). A write error is kept and
-// returned by Finish.
+// writer goroutine (Message waits only if 256 buffers are already
+// queued). A write error is kept and returned by Finish.
 func (s *Session) Message(fromClient bool, typ byte, body []byte, t time.Time) int64 {
 	if t.IsZero() {
 		t = time.Now()
