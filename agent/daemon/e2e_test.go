@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // The test binary doubles as the "legacy agent": run under `interlock exec`
@@ -706,9 +707,11 @@ func TestUninstallRemovesEnforcement(t *testing.T) {
 
 // BenchmarkProxyConnectFirstByte measures what the redirect costs an agent:
 // connect() until the first byte of the server's greeting, from a tagged
-// cgroup through interlockd's proxy (policy decision, upstream dial, relay)
-// and from an untagged sibling cgroup directly, in the same run. Each
-// iteration is 2000 connects per side; the figures are medians.
+// cgroup through interlockd's proxy (policy decision, upstream dial, relay),
+// from an untagged sibling cgroup directly and through HAProxy in TCP mode
+// (a proxy that decides nothing: what any user-space relay costs here), in
+// the same run, alternating. Each iteration is 2000 connects per path; the
+// figures are medians.
 func BenchmarkProxyConnectFirstByte(b *testing.B) {
 	f := start(b)
 	tg := newTarget(b, "tcp", "127.0.0.1:0")
@@ -717,21 +720,35 @@ func BenchmarkProxyConnectFirstByte(b *testing.B) {
 		b.Fatalf("tag: %v %s", err, stderr)
 	}
 	direct := f.d.Cgroup("direct")
-	var viaProxy, plain []float64
-	for i := 0; i < b.N; i++ {
-		r := f.runIn(b, tagged, "latency", tg.addr())
-		d := f.runIn(b, direct, "latency", tg.addr())
-		if r.Err != "" || d.Err != "" {
-			b.Fatalf("latency runs: tagged %+v, direct %+v", r, d)
-		}
-		viaProxy, plain = append(viaProxy, r.P50), append(plain, d.P50)
+	paths := []struct{ name, cgroup, addr string }{
+		{"interlock", tagged, tg.addr()}, {"direct", direct, tg.addr()},
 	}
-	slices.Sort(viaProxy)
-	slices.Sort(plain)
-	p, q := viaProxy[len(viaProxy)/2], plain[len(plain)/2]
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		b.Logf("haproxy not installed: no figures for it")
+	} else {
+		port, _ := testenv.HAProxyTCP(b, tg.addr())
+		paths = append(paths, struct{ name, cgroup, addr string }{"haproxy", direct, fmt.Sprintf("127.0.0.1:%d", port)})
+	}
+	p50s := map[string][]float64{}
+	for i := 0; i < b.N; i++ {
+		for _, p := range paths {
+			r := f.runIn(b, p.cgroup, "latency", p.addr)
+			if r.Err != "" {
+				b.Fatalf("latency through %s: %+v", p.name, r)
+			}
+			p50s[p.name] = append(p50s[p.name], r.P50)
+		}
+	}
+	mid := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	q := mid(p50s["direct"])
 	b.ReportMetric(q, "direct-p50-µs")
-	b.ReportMetric(p, "interlock-p50-µs")
-	b.ReportMetric(p/q, "ratio")
+	for _, p := range paths {
+		if p.name != "direct" {
+			m := mid(p50s[p.name])
+			b.ReportMetric(m, p.name+"-p50-µs")
+			b.ReportMetric(m/q, p.name+"-ratio")
+		}
+	}
 }
 
 // TestRemovedCgroupLosesItsTag: a systemd unit gets a fresh cgroup at every

@@ -61,7 +61,7 @@ func BenchmarkHTTPS(b *testing.B) {
 	}
 	leaf := &httpFixture{dir: dir}
 	crt, key := leaf.leafFiles(b, public, "bench.test")
-	direct, passPort, proxyPort, haPort := testenv.FreePort(b), testenv.FreePort(b), testenv.FreePort(b), testenv.FreePort(b)
+	direct, passPort, proxyPort := testenv.FreePort(b), testenv.FreePort(b), testenv.FreePort(b)
 	// The upstream and the reverse proxy are two nginx processes, one
 	// worker each, so that neither takes the other's CPU.
 	upDir, proxyDir := filepath.Join(dir, "upstream"), filepath.Join(dir, "proxy")
@@ -99,25 +99,7 @@ func BenchmarkHTTPS(b *testing.B) {
     }
   }
 `, direct, proxyPort, crt, key, public.PublicCertPath()), proxyPort)
-	haCfg := filepath.Join(dir, "haproxy.cfg")
-	os.WriteFile(haCfg, []byte(fmt.Sprintf(`global
-  maxconn 1000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-listen tls
-  bind 127.0.0.1:%d
-  server up 127.0.0.1:%d
-`, haPort, direct)), 0o644)
-	ha := exec.Command("haproxy", "-db", "-f", haCfg)
-	haOut := &daemontest.Buffer{}
-	ha.Stdout, ha.Stderr = haOut, haOut
-	if err := ha.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ha.Process.Kill(); ha.Wait() })
+	haPort, _ := testenv.HAProxyTCP(b, fmt.Sprintf("127.0.0.1:%d", direct))
 
 	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
 	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
@@ -157,7 +139,7 @@ rules:
 				cancel()
 				m := rateLine.FindSubmatch(out)
 				if err != nil || m == nil {
-					b.Fatalf("%s %s: %v\n%s\n%s", load.name, p.name, err, out, haOut.String())
+					b.Fatalf("%s %s: %v\n%s", load.name, p.name, err, out)
 				}
 				rps, _ := strconv.ParseFloat(string(m[1]), 64)
 				if rps == 0 {

@@ -173,13 +173,22 @@ pidfile = %s/pgbouncer.pid
 	return Baseline{Name: "pgbouncer", Port: port, PID: cmd.Process.Pid, User: "agent"}
 }
 
-// StartHAProxy runs HAProxy as a plain TCP relay in front of pg (one thread
-// per CPU, its default): the cost of any user-space proxy on the path, with
-// nothing decoded.
+// StartHAProxy runs HAProxy as a plain TCP relay in front of pg: the cost
+// of any user-space proxy on the path, with nothing decoded.
 func StartHAProxy(b testing.TB, pg *Postgres) Baseline {
 	b.Helper()
+	port, pid := HAProxyTCP(b, pg.Addr())
+	return Baseline{Name: "haproxy", Port: port, PID: pid, User: pg.Superuser, Password: pg.Password}
+}
+
+// HAProxyTCP runs HAProxy in TCP mode (one thread per CPU, its default)
+// relaying a loopback port to upstream, the peer every benchmark of a relay
+// is measured against, and returns the port and its process ID. It is
+// stopped when b ends.
+func HAProxyTCP(b testing.TB, upstream string) (port, pid int) {
+	b.Helper()
 	dir := b.TempDir()
-	port := FreePort(b)
+	port = FreePort(b)
 	conf := fmt.Sprintf(`global
   maxconn 1000
 defaults
@@ -187,10 +196,10 @@ defaults
   timeout connect 5s
   timeout client 1h
   timeout server 1h
-listen postgres
+listen relay
   bind 127.0.0.1:%d
-  server pg %s
-`, port, pg.Addr())
+  server up %s
+`, port, upstream)
 	cfgPath := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
 		b.Fatal(err)
@@ -211,7 +220,7 @@ listen postgres
 		cmd.Wait()
 	})
 	waitListening(b, port, "haproxy", logPath)
-	return Baseline{Name: "haproxy", Port: port, PID: cmd.Process.Pid, User: pg.Superuser, Password: pg.Password}
+	return port, cmd.Process.Pid
 }
 
 // StartBaselines starts every reference proxy that is installed; a missing
