@@ -426,8 +426,10 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 		}
 		// What the exchange did not read of the body is drained, up to a
 		// bound, so the next request starts where it should.
-		if n, _ := io.CopyN(io.Discard, req.Body, 1<<20); n == 1<<20 {
-			resp.Close = true
+		if req.Body != nethttp.NoBody {
+			if n, _ := io.CopyN(io.Discard, req.Body, 1<<20); n == 1<<20 {
+				resp.Close = true
+			}
 		}
 		req.Body.Close()
 		if err := c.reply1(req, resp); err != nil {
@@ -519,14 +521,20 @@ func writeResponse(w *bufio.Writer, resp *nethttp.Response) error {
 	if resp.Body != nil && resp.Body != nethttp.NoBody {
 		resp.Body = &flushingBody{ReadCloser: resp.Body, w: w, first: resp.ContentLength >= 0}
 	}
-	// Written through a plain Writer: bufio's ReadFrom would read the body
-	// into its own buffer, which the flush in flushingBody.Read moves under
-	// it.
-	if err := resp.Write(struct{ io.Writer }{w}); err != nil {
+	if err := resp.Write(noReadFrom{w}); err != nil {
 		return err
 	}
 	return w.Flush()
 }
+
+// noReadFrom is a bufio.Writer without ReadFrom, which would read a body
+// into the Writer's own buffer, under the flush in flushingBody.Read. It
+// keeps WriteString: net/http writes a head's lines with it, and without
+// it each line was copied to a new slice.
+type noReadFrom struct{ w *bufio.Writer }
+
+func (n noReadFrom) Write(p []byte) (int, error)       { return n.w.Write(p) }
+func (n noReadFrom) WriteString(s string) (int, error) { return n.w.WriteString(s) }
 
 // flushingBody flushes w before each read of the body it wraps but the
 // first of a body of known length.
