@@ -11,6 +11,7 @@ import (
 	nethttp "net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -56,7 +57,9 @@ func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Resp
 		text += "?" + req.URL.RawQuery
 	}
 	c.mu.Lock()
-	c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgRequest, Time: time.Now(), Body: requestHead(req, text)})
+	b := headBuf()
+	requestHead(b, req, text)
+	c.recordHead(true, MsgRequest, b)
 	v := c.s.Enforcer.Decide(ctx, protocol.Request{Operation: req.Method, Text: text, Host: host, Header: req.Header})
 	c.mu.Unlock()
 	switch v.Action {
@@ -90,10 +93,10 @@ func cleanPath(p string) string {
 // forward sends an allowed request upstream and returns the answer, its
 // head and body recorded; with mask, the body as maskResponse rewrote it.
 func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, mask protocol.Masker) *nethttp.Response {
+	// A deep copy: its URL and Header are changed below.
 	out := req.Clone(ctx)
 	out.RequestURI = ""
 	out.URL.Scheme, out.URL.Host = c.scheme, req.Host
-	out.Header = req.Header.Clone()
 	removeHopHeaders(out.Header)
 	// The agent's "Connection: close" is about its own connection, which
 	// closes after this answer; the upstream connection stays open for
@@ -167,7 +170,9 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 			return c.own(nethttp.StatusBadGateway, "the response could not be masked: "+err.Error())
 		}
 	}
-	c.s.Recorder.Record(protocol.Message{Type: MsgResponse, Time: time.Now(), Body: responseHead(resp)})
+	b := headBuf()
+	responseHead(b, resp)
+	c.recordHead(false, MsgResponse, b)
 	if resp.StatusCode == nethttp.StatusSwitchingProtocols {
 		return resp // its body is the upgraded connection: see upgraded
 	}
@@ -219,7 +224,9 @@ func (c *conn) denied(req *nethttp.Request, rule, message string) *nethttp.Respo
 		resp := errorResponseBody(nethttp.StatusOK, nil)
 		resp.Header = nethttp.Header{"Content-Type": {"application/grpc"}, "Grpc-Status": {grpcPermissionDenied},
 			"Grpc-Message": {url.PathEscape(msg)}}
-		c.s.Recorder.Record(protocol.Message{Type: MsgInterlock, Time: time.Now(), Body: responseHead(resp)})
+		b := headBuf()
+		responseHead(b, resp)
+		c.recordHead(false, MsgInterlock, b)
 		return resp
 	}
 	body, _ := json.Marshal(struct {
@@ -241,7 +248,11 @@ func (c *conn) own(status int, message string) *nethttp.Response {
 func (c *conn) ownBody(status int, body []byte) *nethttp.Response {
 	resp := errorResponseBody(status, body)
 	// Head, blank line, body: as Transcript and Wire split it.
-	c.s.Recorder.Record(protocol.Message{Type: MsgInterlock, Time: time.Now(), Body: append(append(responseHead(resp), "\r\n"...), body...)})
+	b := headBuf()
+	responseHead(b, resp)
+	b.WriteString("\r\n")
+	b.Write(body)
+	c.recordHead(false, MsgInterlock, b)
 	return resp
 }
 
@@ -267,11 +278,45 @@ var secretHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "
 
 // requestHead renders a request's head in HTTP/1.1 form for the
 // recording, whichever version carried it, with credentials redacted.
-func requestHead(req *nethttp.Request, text string) []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s %s HTTP/%d.%d\r\nHost: %s\r\n", req.Method, text, req.ProtoMajor, req.ProtoMinor, req.Host)
-	redacted(req.Header).Write(&b)
-	return b.Bytes()
+func requestHead(b *bytes.Buffer, req *nethttp.Request, text string) {
+	b.WriteString(req.Method)
+	b.WriteByte(' ')
+	b.WriteString(text)
+	protoVersion(b, " HTTP/", req.ProtoMajor, req.ProtoMinor)
+	b.WriteString("\r\nHost: ")
+	b.WriteString(req.Host)
+	b.WriteString("\r\n")
+	redacted(req.Header).Write(b)
+}
+
+// protoVersion writes prefix and the version major.minor.
+func protoVersion(b *bytes.Buffer, prefix string, major, minor int) {
+	b.WriteString(prefix)
+	b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(major), 10))
+	b.WriteByte('.')
+	b.Write(strconv.AppendInt(b.AvailableBuffer(), int64(minor), 10))
+}
+
+// headBufs are the buffers heads are rendered into for the recording,
+// which copies what it keeps (protocol.Recorder): rendering a head was a
+// few allocations of every request and answer.
+var headBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledHead is the largest head buffer kept for other heads.
+const maxPooledHead = 64 << 10
+
+func headBuf() *bytes.Buffer {
+	b := headBufs.Get().(*bytes.Buffer)
+	b.Reset()
+	return b
+}
+
+// recordHead records what b holds and gives b back.
+func (c *conn) recordHead(fromClient bool, typ byte, b *bytes.Buffer) {
+	c.s.Recorder.Record(protocol.Message{FromClient: fromClient, Type: typ, Time: time.Now(), Body: b.Bytes()})
+	if b.Cap() <= maxPooledHead {
+		headBufs.Put(b)
+	}
 }
 
 // redacted is h with the values of secretHeaders replaced by their length.
@@ -294,11 +339,12 @@ func redacted(h nethttp.Header) nethttp.Header {
 }
 
 // responseHead renders a response's head in HTTP/1.1 form.
-func responseHead(resp *nethttp.Response) []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "HTTP/%d.%d %s\r\n", resp.ProtoMajor, resp.ProtoMinor, resp.Status)
-	redacted(resp.Header).Write(&b)
-	return b.Bytes()
+func responseHead(b *bytes.Buffer, resp *nethttp.Response) {
+	protoVersion(b, "HTTP/", resp.ProtoMajor, resp.ProtoMinor)
+	b.WriteByte(' ')
+	b.WriteString(resp.Status)
+	b.WriteString("\r\n")
+	redacted(resp.Header).Write(b)
 }
 
 // errBodyTooLarge is a request body over the decoder's cap.
