@@ -262,7 +262,7 @@ func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv served, ok bool
 	rec := &recorder{p: p, c: c, cut: cut}
 	s := &protocol.Session{
 		ID: c.id, Identity: c.identity.Name, Agent: rawsock.Wrap(pc.Client), Dst: pc.Dst, Target: c.targetName(),
-		TLS: p.cfg.TLS(pc.Dst.Addr()), Connect: connect, Refuse: refuse, Handshake: handshakeTimeout,
+		TLS: p.agentTLS(pc.Dst.Addr()), Connect: connect, Refuse: refuse, Handshake: handshakeTimeout,
 		Limits:   protocol.Limits{MaxBuffered: int(lim.SessionBuffer), MessageTimeout: lim.MessageTimeout},
 		Upstream: up, Enforcer: &enforcer{p: p, c: c, rec: rec}, Recorder: rec,
 	}
@@ -273,6 +273,15 @@ func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv served, ok bool
 		s.Select = p.byName(c, byAddr, pc.Dst.Port())
 	}
 	return served{p: p, c: c, decoder: decoder, s: s, ctx: ctx, cut: cut, rec: rec, up: up, slot: slot}, true
+}
+
+// agentTLS is a session's protocol.Session.TLS: the configuration for
+// an agent that connected to addr, made when the decoder asks for it.
+func (p *Pipeline) agentTLS(addr netip.Addr) func() *tls.Config {
+	if p.cfg.TLS == nil {
+		return nil
+	}
+	return func() *tls.Config { return p.cfg.TLS(addr) }
 }
 
 // finish ends a session its decoder has served; err is how Serve ended.

@@ -312,11 +312,14 @@ func orNone(s string) string {
 // intercept terminates the agent's TLS with a leaf for the server name and
 // serves HTTP/2 or HTTP/1.1 as its ALPN asks.
 func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
-	if c.s.TLS == nil {
+	var cfg *tls.Config
+	if c.s.TLS != nil {
+		cfg = c.s.TLS()
+	}
+	if cfg == nil {
 		refuseTLS(agent)
 		return &protocol.RefusedError{Outcome: "handshake", Err: errors.New("no TLS configuration: this interlockd cannot terminate TLS")}
 	}
-	cfg := c.s.TLS.Clone()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	tc := tls.Server(agent, cfg)
 	hctx, cancel := context.WithTimeout(ctx, c.s.Handshake)

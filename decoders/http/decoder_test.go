@@ -190,7 +190,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		if o.tls {
 			// The agent side presents the same certificate as the
 			// upstream: the test client trusts it.
-			s.TLS = &tls.Config{Certificates: h.up.TLS.Certificates}
+			s.TLS = func() *tls.Config { return &tls.Config{Certificates: h.up.TLS.Certificates} }
 		}
 		h.errs <- d.Serve(context.Background(), s)
 	})

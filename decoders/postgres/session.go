@@ -90,8 +90,13 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (agent, up
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// TLS ends here with a leaf for the name the agent dialed; the
-	// upstream connection is separate.
-	hello, err := AcceptClient(hctx, s.Agent, ClientConfig{TLS: s.TLS})
+	// upstream connection is separate. The configuration is the
+	// handshake's: the session keeps only what its TLS connection holds.
+	var cc ClientConfig
+	if s.TLS != nil {
+		cc.TLS = s.TLS()
+	}
+	hello, err := AcceptClient(hctx, s.Agent, cc)
 	if err != nil {
 		if pe := (*ProtocolError)(nil); errors.As(err, &pe) {
 			return nil, nil, key, &protocol.ViolationError{Msg: pe.Msg}

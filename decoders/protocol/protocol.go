@@ -78,9 +78,12 @@ type Session struct {
 	Dst netip.AddrPort
 	// Target is the policy target the session is for.
 	Target string
-	// TLS, when set, terminates TLS from the agent: its certificates are
-	// minted for the name the agent asked for, under Interlock's CA.
-	TLS *tls.Config
+	// TLS, when set, returns a new configuration that terminates TLS from
+	// the agent, which the decoder may change: its certificates are minted
+	// for the name the agent asked for, under Interlock's CA. A decoder
+	// calls it when the agent asks for TLS, so a session that does not,
+	// or that waits long, holds none.
+	TLS func() *tls.Config
 	// Select, when set, means the target is chosen by the server name the
 	// agent asks for, which only the decoder can read (HTTP: the TLS server
 	// name, else the first request's Host); Target and Connect are then
