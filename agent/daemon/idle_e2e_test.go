@@ -92,8 +92,12 @@ func TestIdleSessionMemory(t *testing.T) {
 		t.Errorf("%d bytes of goroutine stack per idle session, want at most 23 KiB", stackPer)
 	}
 	// 6 to 10 KiB: the relay, the recording, the session's records and
-	// credential, its sockets. Buffers held while idle were 30 KiB more.
-	if heapPer > 24<<10 {
-		t.Errorf("%d bytes of live heap per idle session, want at most 24 KiB", heapPer)
+	// credential, its sockets. Buffers held while idle were 30 KiB more
+	// (35 to 39 in all). Some runs measure 20 to 24 KiB, 12 to 16 more
+	// (2026-12-02: four in 30, all within minutes of other heavy jobs,
+	// not reproduced since under CPU or disk load): the bound leaves them
+	// room and still fails the old code.
+	if heapPer > 28<<10 {
+		t.Errorf("%d bytes of live heap per idle session, want at most 28 KiB", heapPer)
 	}
 }
