@@ -81,8 +81,9 @@ type Session struct {
 	// TLS, when set, returns a new configuration that terminates TLS from
 	// the agent, which the decoder may change: its certificates are minted
 	// for the name the agent asked for, under Interlock's CA. A decoder
-	// calls it when the agent asks for TLS, so a session that does not,
-	// or that waits long, holds none.
+	// calls it when it may terminate TLS (HTTP: once the agent's hello
+	// asks for it; PostgreSQL: at the handshake, before the SSLRequest is
+	// read), so a session keeps none beyond what its TLS connection holds.
 	TLS func() *tls.Config
 	// Select, when set, means the target is chosen by the server name the
 	// agent asks for, which only the decoder can read (HTTP: the TLS server
