@@ -241,12 +241,18 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	batches := make([][]store.Decision, 0, len(sessions))
+	flushed := make([]*Session, 0, len(sessions))
 	for _, s := range sessions {
 		if ds := s.flush(); len(ds) > 0 {
 			batches = append(batches, ds)
+			flushed = append(flushed, s)
 		}
 	}
-	return r.st.AddDecisions(ctx, batches...)
+	err := r.st.AddDecisions(ctx, batches...)
+	for i, s := range flushed {
+		s.reuse(batches[i])
+	}
+	return err
 }
 
 // Session is one open recording. Message and Decide are safe to call from
@@ -270,6 +276,10 @@ type Session struct {
 	bytesIn  int64
 	bytesOut int64
 	pending  []store.Decision
+	// spare is the array of verdicts the last flush stored, for pending
+	// to fill next: a busy session's pending grew by doubling from nothing
+	// every flush interval, copying its verdicts a dozen times over.
+	spare    []store.Decision
 	finished bool
 
 	// filed says frames were handed to the writer, which creates the file
@@ -384,6 +394,9 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 	}
 	s.vbuf = appendVerdict(s.vbuf[:0], seq, int64(t.Sub(s.start)), v)
 	s.put(s.vbuf)
+	if s.pending == nil {
+		s.pending, s.spare = s.spare, nil
+	}
 	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Index: s.decided, Seq: seq, Time: t.UTC(), Action: v.Action,
 		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
 	s.decided++
@@ -450,7 +463,21 @@ func (s *Session) flush() []store.Decision {
 	s.handoff()
 	ds := s.pending
 	s.pending = nil
+	if len(ds) == 0 {
+		s.spare = nil // idle for a whole interval: it holds no array
+	}
 	return ds
+}
+
+// reuse takes back ds, the verdicts flush handed out, once they are
+// stored, as the array the next ones fill.
+func (s *Session) reuse(ds []store.Decision) {
+	clear(ds) // drop the statements it holds
+	s.mu.Lock()
+	if !s.finished && s.spare == nil {
+		s.spare = ds[:0]
+	}
+	s.mu.Unlock()
 }
 
 // End is what the proxy knows when a session closes.
@@ -502,7 +529,7 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	}
 	sum := hex.EncodeToString(s.sum.Sum(nil))
 	ds := s.pending
-	s.pending = nil
+	s.pending, s.spare = nil, nil
 	in, out, msgs, size := s.bytesIn, s.bytesOut, s.seq, s.size
 	s.mu.Unlock()
 

@@ -990,3 +990,47 @@ func TestQuietSessionsTakeSmallBuffers(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Verdicts stored over several flushes, while each flush's array is reused
+// for the next verdicts and the rate rises and falls, arrive in the store
+// whole and in order.
+func TestVerdictsAcrossFlushes(t *testing.T) {
+	ctx := context.Background()
+	st, rec := newSQLiteRecorder(t)
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for _, n := range []int{3, 40, 40, 1, 0, 0, 90, 2} {
+		for range n {
+			stmt := fmt.Sprintf("SELECT %d", want)
+			seq := s.Message(true, 'Q', []byte(stmt+"\x00"), time.Now())
+			s.Decide(seq, recording.Verdict{Action: "allow", Rule: "read", Enforced: true, Statement: stmt}, time.Now())
+			want++
+		}
+		if err := rec.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Decide(0, recording.Verdict{Action: "deny", Rule: "last", Statement: "DROP TABLE t"}, time.Now())
+	meta, err := s.Finish(ctx, recording.End{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := st.Decisions(ctx, meta.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != want+1 {
+		t.Fatalf("%d verdicts stored, want %d", len(ds), want+1)
+	}
+	for i, d := range ds[:want] {
+		if d.Index != int64(i) || d.Statement != fmt.Sprintf("SELECT %d", i) || d.Action != "allow" {
+			t.Fatalf("verdict %d stored as %+v", i, d)
+		}
+	}
+	if last := ds[want]; last.Statement != "DROP TABLE t" || last.Action != "deny" {
+		t.Fatalf("last verdict stored as %+v", last)
+	}
+}
