@@ -13,13 +13,14 @@ import (
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/recording/conversation"
 	"github.com/interlock-dev/interlock/agent/store"
 )
 
 func (d *Daemon) sessionRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/sessions", d.handleSessions)
 	mux.HandleFunc("GET /v1/sessions/{id}/transcript", d.handleTranscript)
-	mux.HandleFunc("GET /v1/sessions/{id}/pcap", d.handlePcap)
+	mux.HandleFunc("GET /v1/sessions/{id}/conversation", d.handleConversation)
 	mux.HandleFunc("GET /v1/sessions/{id}/asciicast", d.handleAsciicast)
 	mux.HandleFunc("GET /v1/decisions", d.handleDecisions)
 	mux.HandleFunc("GET /v1/audit/verify", d.handleAuditVerify)
@@ -112,16 +113,25 @@ func (d *Daemon) handleTranscript(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (d *Daemon) handlePcap(w http.ResponseWriter, r *http.Request) {
-	// Rendered in memory first: a failure half-way must not leave the
-	// caller a truncated file that looks valid.
-	var buf bytes.Buffer
-	if err := recording.ExportPcap(r.Context(), d.store, r.PathValue("id"), &buf); err != nil {
+// handleConversation sends a session's recording as the bytes each side
+// sent, which `interlock export --pcap` writes as packets (see package
+// conversation). A stream cut short lacks its end, so the command fails.
+func (d *Daemon) handleConversation(w http.ResponseWriter, r *http.Request) {
+	ss, err := d.store.Session(r.Context(), r.PathValue("id"))
+	if err != nil {
 		control.WriteError(w, http.StatusNotFound, "export %s: %v", r.PathValue("id"), err)
 		return
 	}
-	w.Header().Set("Content-Type", "application/vnd.tcpdump.pcap")
-	w.Write(buf.Bytes())
+	rd, err := recording.Open(r.Context(), d.store, ss)
+	if err != nil {
+		control.WriteError(w, http.StatusNotFound, "export %s: %v", ss.ID, err)
+		return
+	}
+	defer rd.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if err := recording.WriteConversation(ss, rd, conversation.NewEncoder(w)); err != nil {
+		d.log.Warn().Err(err).Str("session", ss.ID).Msg("export conversation")
+	}
 }
 
 func (d *Daemon) handleAsciicast(w http.ResponseWriter, r *http.Request) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/recording/pcap"
 	"github.com/interlock-dev/interlock/agent/store"
 )
 
@@ -65,7 +66,7 @@ func Example() {
 		Identity: "ci", Action: "deny", Since: time.Now().Add(-24 * time.Hour)})
 	_ = recording.Replay(ctx, st, ended.ID, os.Stdout) // interlock replay ID
 	f, _ := os.Create(filepath.Join(stateDir, "s.pcap"))
-	_ = recording.ExportPcap(ctx, st, ended.ID, f) // interlock export ID --pcap FILE
+	_ = recording.ExportConversation(ctx, st, ended.ID, pcap.NewWriter(f)) // interlock export ID --pcap FILE
 	f.Close()
 	_ = res
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/recording"
+	"github.com/interlock-dev/interlock/agent/recording/pcap"
 	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/agent/store/storetest"
 	"github.com/interlock-dev/interlock/agent/testenv"
@@ -373,18 +374,18 @@ func TestRecordRealSession(t *testing.T) {
 		t.Logf("transcript (head):\n%s", head(transcript, 40))
 
 		// Pcap, read back by the real tshark.
-		pcap := filepath.Join(t.TempDir(), "session.pcap")
-		f, err := os.Create(pcap)
+		capture := filepath.Join(t.TempDir(), "session.pcap")
+		f, err := os.Create(capture)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := recording.ExportPcap(ctx, st, ss.ID, f); err != nil {
+		if err := recording.ExportConversation(ctx, st, ss.ID, pcap.NewWriter(f)); err != nil {
 			t.Fatal(err)
 		}
 		f.Close()
 		// No -d option: the server port is written as 5432, and the
 		// file says which it really was.
-		out := tshark(t, "-r", pcap, "-Y", "pgsql.query", "-T", "fields", "-e", "pgsql.query")
+		out := tshark(t, "-r", capture, "-Y", "pgsql.query", "-T", "fields", "-e", "pgsql.query")
 		var queries []string
 		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 			queries = append(queries, l)
@@ -411,31 +412,31 @@ func TestRecordRealSession(t *testing.T) {
 				t.Errorf("tshark query %d = %.100q, want %.100q", i, queries[i], want[i])
 			}
 		}
-		info, err := exec.Command("capinfos", "-k", pcap).CombinedOutput()
+		info, err := exec.Command("capinfos", "-k", capture).CombinedOutput()
 		if err != nil || !strings.Contains(string(info), fmt.Sprintf("the server port %d is written as 5432", pg.Port)) ||
 			!strings.Contains(string(info), "interlock session "+ss.ID) {
 			t.Fatalf("capinfos -k: %v\n%s", err, info)
 		}
 		// The synthesized TCP stream is clean: no retransmissions, lost
 		// segments or malformed packets as far as tshark can tell.
-		if bad := tshark(t, "-r", pcap, "-Y", "_ws.malformed || tcp.analysis.flags || _ws.expert.severity >= error"); strings.TrimSpace(bad) != "" {
+		if bad := tshark(t, "-r", capture, "-Y", "_ws.malformed || tcp.analysis.flags || _ws.expert.severity >= error"); strings.TrimSpace(bad) != "" {
 			t.Fatalf("tshark flags problems:\n%s", head(bad, 20))
 		}
 		// The big result crossed in several segments of at most 64 KiB.
-		lens := tshark(t, "-r", pcap, "-T", "fields", "-e", "tcp.len")
+		lens := tshark(t, "-r", capture, "-T", "fields", "-e", "tcp.len")
 		maxLen, segs := 0, 0
 		for _, l := range strings.Fields(lens) {
 			n, _ := strconv.Atoi(l)
 			maxLen = max(maxLen, n)
-			if n == recording.MaxSegment {
+			if n == pcap.MaxSegment {
 				segs++
 			}
 		}
-		if maxLen != recording.MaxSegment || segs < 4 {
-			t.Fatalf("largest segment %d (full segments %d), want splits at %d", maxLen, segs, recording.MaxSegment)
+		if maxLen != pcap.MaxSegment || segs < 4 {
+			t.Fatalf("largest segment %d (full segments %d), want splits at %d", maxLen, segs, pcap.MaxSegment)
 		}
 		// DataRow of the masked-as-seen values decodes too.
-		if rows := tshark(t, "-r", pcap, "-Y", "pgsql.type == \"Data row\"", "-T", "fields", "-e", "pgsql.val.data"); !strings.Contains(rows, "616c696365") {
+		if rows := tshark(t, "-r", capture, "-Y", "pgsql.type == \"Data row\"", "-T", "fields", "-e", "pgsql.val.data"); !strings.Contains(rows, "616c696365") {
 			t.Fatalf("tshark data rows lack alice:\n%s", head(rows, 10))
 		}
 
@@ -772,7 +773,7 @@ func FuzzReader(f *testing.F) {
 		}
 		recording.Transcript(io.Discard, store.Session{Protocol: "postgresql"}, "", rd)
 		rd, _ = recording.NewReader(bytes.NewReader(b))
-		recording.WritePcap(io.Discard, store.Session{Protocol: "postgresql"}, rd)
+		recording.WriteConversation(store.Session{Protocol: "postgresql"}, rd, pcap.NewWriter(io.Discard))
 	})
 }
 
@@ -904,13 +905,13 @@ func TestReplayFromAnotherHost(t *testing.T) {
 			!strings.Contains(tr.String(), "... 25 more rows") || !strings.Contains(tr.String(), "<- SELECT 30, 30 rows") {
 			t.Fatalf("replay on host B:\n%s", head(tr.String(), 20))
 		}
-		var pcap bytes.Buffer
-		if err := recording.ExportPcap(ctx, stB, ss.ID, &pcap); err != nil || pcap.Len() < 3000000 {
-			t.Fatalf("pcap from host B: %d bytes, %v", pcap.Len(), err)
+		var capture bytes.Buffer
+		if err := recording.ExportConversation(ctx, stB, ss.ID, pcap.NewWriter(&capture)); err != nil || capture.Len() < 3000000 {
+			t.Fatalf("pcap from host B: %d bytes, %v", capture.Len(), err)
 		}
 		if _, err := exec.LookPath("tshark"); err == nil { // IPv6 addresses, port 5432: no -d needed
 			pf := filepath.Join(t.TempDir(), "v6.pcap")
-			os.WriteFile(pf, pcap.Bytes(), 0o600)
+			os.WriteFile(pf, capture.Bytes(), 0o600)
 			out := tshark(t, "-r", pf, "-Y", "pgsql.query", "-T", "fields", "-e", "ipv6.src", "-e", "pgsql.query")
 			if strings.TrimSpace(out) != "::1\tSELECT 'from host a'" {
 				t.Fatalf("tshark on the IPv6 export: %q", out)

@@ -19,6 +19,8 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit/chain"
 	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/recording/conversation"
+	"github.com/interlock-dev/interlock/agent/recording/pcap"
 )
 
 // sessionOptions are the sessions command's flags.
@@ -107,7 +109,7 @@ server answered (masked as the agent saw it).`,
 }
 
 func newExportCmd(a *cli) *cobra.Command {
-	var pcap, cast string
+	var pcapFile, castFile string
 	cmd := &cobra.Command{
 		Use:   "export SESSION-ID --pcap FILE | --asciicast FILE",
 		Short: "Write a recorded session as a pcap file or an asciicast",
@@ -118,28 +120,31 @@ asciinema plays. The file appears whole or not at all.`,
 		Example: `  interlock export 01JD2Y8M4XQ6 --pcap session.pcap && tshark -r session.pcap
   interlock export 01JD2Y8M4XQ6 --asciicast session.cast && asciinema play session.cast`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 || (pcap == "") == (cast == "") {
+			if len(args) != 1 || (pcapFile == "") == (castFile == "") {
 				return errors.New("usage: interlock export SESSION-ID --pcap FILE | --asciicast FILE")
 			}
-			if cast != "" {
-				return export(cmd.Context(), a.client(), args[0], "asciicast", cast, a.stdout)
+			ctx, c, id := cmd.Context(), a.client(), url.PathEscape(args[0])
+			if castFile != "" {
+				return export(castFile, a.stdout, func(f *os.File) error {
+					return c.Stream(ctx, "/v1/sessions/"+id+"/asciicast", f)
+				})
 			}
-			return export(cmd.Context(), a.client(), args[0], "pcap", pcap, a.stdout)
+			return export(pcapFile, a.stdout, func(f *os.File) error { return exportPcap(ctx, c, id, f) })
 		},
 	}
-	cmd.Flags().StringVar(&pcap, "pcap", "", "write the session as a pcap file (Wireshark, tshark)")
-	cmd.Flags().StringVar(&cast, "asciicast", "", "write an SSH session's terminal as an asciicast v2 file (asciinema)")
+	cmd.Flags().StringVar(&pcapFile, "pcap", "", "write the session as a pcap file (Wireshark, tshark)")
+	cmd.Flags().StringVar(&castFile, "asciicast", "", "write an SSH session's terminal as an asciicast v2 file (asciinema)")
 	return cmd
 }
 
-// export writes the session in format ("pcap", "asciicast") to path.
-func export(ctx context.Context, c *control.Client, id, format, path string, w io.Writer) error {
+// export writes path with render, whole or not at all.
+func export(path string, w io.Writer, render func(f *os.File) error) error {
 	f, err := os.CreateTemp(dirOf(path), ".interlock-export-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if err := c.Stream(ctx, "/v1/sessions/"+url.PathEscape(id)+"/"+format, f); err != nil {
+	if err := render(f); err != nil {
 		f.Close()
 		return err
 	}
@@ -152,6 +157,27 @@ func export(ctx context.Context, c *control.Client, id, format, path string, w i
 	fmt.Fprintf(w, "wrote %s\n", path)
 	return nil
 }
+
+// exportPcap writes session id as a packet capture to w: interlockd sends
+// what each side sent, and the packets are made here (see package
+// conversation).
+func exportPcap(ctx context.Context, c *control.Client, id string, w io.Writer) error {
+	pr, pw := io.Pipe()
+	streamed := make(chan error, 1)
+	go func() {
+		err := c.Stream(ctx, "/v1/sessions/"+id+"/conversation", pw)
+		pw.CloseWithError(err)
+		streamed <- err
+	}()
+	err := conversation.Decode(pr, pcap.NewWriter(w))
+	pr.CloseWithError(errExportEnded) // the stream stops if Decode did first
+	if serr := <-streamed; serr != nil && !errors.Is(serr, errExportEnded) {
+		return serr // the daemon's refusal, or the connection's failure
+	}
+	return err
+}
+
+var errExportEnded = errors.New("export ended")
 
 func dirOf(path string) string {
 	for i := len(path) - 1; i >= 0; i-- {

@@ -45,3 +45,20 @@ func TestPureDependencies(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonLinksNoPacketLibrary fails when interlockd links gopacket:
+// its layers package holds 5 MB of pointer tables that the garbage
+// collector scanned at every cycle, 5 % of the daemon's CPU on a proxied
+// PostgreSQL statement. Packet captures are written by the interlock
+// command (package agent/recording/pcap).
+func TestDaemonLinksNoPacketLibrary(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps: %v\n%s", err, out)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if strings.HasPrefix(dep, "github.com/google/gopacket") {
+			t.Errorf("interlockd depends on %s", dep)
+		}
+	}
+}
