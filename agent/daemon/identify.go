@@ -19,7 +19,15 @@ func (t tagTable) Origin(peer, local netip.AddrPort) (datapath.Origin, string, e
 	return o, t.d.ids.name(o.Identity), nil
 }
 
-func (t tagTable) IdentityOf(cgroup string) string {
+func (t tagTable) IdentityOf(cgroupID uint64, cgroup string) string {
+	// Most tags are on the agent's own cgroup (interlock exec's, a unit's,
+	// a container's): one map lookup by id, where the walk resolves each
+	// path to its id first (a name_to_handle_at through cgroupfs).
+	if cgroupID != 0 {
+		if id, ok, err := t.d.dp.TaggedID(cgroupID); err == nil && ok {
+			return t.d.ids.name(id)
+		}
+	}
 	id, ok, err := t.d.dp.TaggedPath(t.d.mount, cgroup)
 	if err != nil || !ok {
 		return ""

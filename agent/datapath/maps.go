@@ -73,6 +73,19 @@ func (d *Datapath) Tagged() (map[uint64]uint32, error) {
 	return out, nil
 }
 
+// TaggedID reports whether the cgroup with the kernel id id carries a tag
+// itself, and which identity.
+func (d *Datapath) TaggedID(id uint64) (identity uint32, tagged bool, err error) {
+	err = d.maps.TaggedCgroups.Lookup(id, &identity)
+	switch {
+	case err == nil:
+		return identity, true, nil
+	case errors.Is(err, ebpf.ErrKeyNotExist):
+		return 0, false, nil
+	}
+	return 0, false, fmt.Errorf("check tagged cgroup %d: %w", id, err)
+}
+
 // TaggedPath reports whether the cgroup at rel (relative to the cgroup2
 // mount, as in the "0::/a/b" line of /proc/PID/cgroup) or one of its
 // ancestors is tagged, and with which identity (the deepest tag wins, as in

@@ -33,7 +33,7 @@ func (e *enforcer) tagged() bool {
 	tags := e.p.cfg.Tags
 	if g := tags.Generation(); !e.checked || g != e.gen {
 		e.gen, e.checked = g, true
-		e.taggedOK = tags.IdentityOf(e.c.identity.Cgroup) == e.c.identity.Name
+		e.taggedOK = tags.IdentityOf(e.c.identity.CgroupID, e.c.identity.Cgroup) == e.c.identity.Name
 	}
 	return e.taggedOK
 }

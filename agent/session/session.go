@@ -73,9 +73,10 @@ type Tags interface {
 	// peer to local and the name of the identity it was made under ("" if
 	// the identity is unknown).
 	Origin(peer, local netip.AddrPort) (datapath.Origin, string, error)
-	// IdentityOf returns the identity the cgroup (a path relative to the
-	// cgroup2 mount) carries now, through itself or an ancestor; "" if none.
-	IdentityOf(cgroup string) string
+	// IdentityOf returns the identity the cgroup carries now, through
+	// itself or an ancestor; "" if none. cgroupID is its kernel id (0 if
+	// unknown), cgroup its path relative to the cgroup2 mount.
+	IdentityOf(cgroupID uint64, cgroup string) string
 	// Generation changes whenever a tag is removed, so sessions know when
 	// to ask IdentityOf again.
 	Generation() uint64
