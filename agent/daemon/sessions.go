@@ -117,14 +117,9 @@ func (d *Daemon) handleTranscript(w http.ResponseWriter, r *http.Request) {
 // sent, which `interlock export --pcap` writes as packets (see package
 // conversation). A stream cut short lacks its end, so the command fails.
 func (d *Daemon) handleConversation(w http.ResponseWriter, r *http.Request) {
-	ss, err := d.store.Session(r.Context(), r.PathValue("id"))
+	ss, rd, err := recording.OpenSession(r.Context(), d.store, r.PathValue("id"))
 	if err != nil {
 		control.WriteError(w, http.StatusNotFound, "export %s: %v", r.PathValue("id"), err)
-		return
-	}
-	rd, err := recording.Open(r.Context(), d.store, ss)
-	if err != nil {
-		control.WriteError(w, http.StatusNotFound, "export %s: %v", ss.ID, err)
 		return
 	}
 	defer rd.Close()

@@ -14,11 +14,7 @@ import (
 // ExportAsciicast writes the SSH session id's terminal as an asciicast v2
 // file (decoders/ssh.Asciicast).
 func ExportAsciicast(ctx context.Context, st *store.Store, id string, w io.Writer) error {
-	ss, err := st.Session(ctx, id)
-	if err != nil {
-		return err
-	}
-	rd, err := Open(ctx, st, ss)
+	ss, rd, err := OpenSession(ctx, st, id)
 	if err != nil {
 		return err
 	}

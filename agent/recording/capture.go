@@ -15,11 +15,7 @@ import (
 // ExportConversation gives c session id's recording, from the store st and
 // the files it names, as WriteConversation does (`interlock export --pcap`).
 func ExportConversation(ctx context.Context, st *store.Store, id string, c conversation.Conn) error {
-	ss, err := st.Session(ctx, id)
-	if err != nil {
-		return err
-	}
-	rd, err := Open(ctx, st, ss)
+	ss, rd, err := OpenSession(ctx, st, id)
 	if err != nil {
 		return err
 	}

@@ -679,6 +679,17 @@ func Open(ctx context.Context, st *store.Store, ss store.Session) (*Reader, erro
 	return rd, nil
 }
 
+// OpenSession returns session id's row and its recording, opened as Open
+// does.
+func OpenSession(ctx context.Context, st *store.Store, id string) (store.Session, *Reader, error) {
+	ss, err := st.Session(ctx, id)
+	if err != nil {
+		return store.Session{}, nil, err
+	}
+	rd, err := Open(ctx, st, ss)
+	return ss, rd, err
+}
+
 // openSource returns the raw bytes of ss's recording and says where they
 // come from.
 func openSource(ctx context.Context, st *store.Store, ss store.Session) (io.ReadCloser, string, error) {

@@ -16,11 +16,7 @@ import (
 // Replay writes the transcript of session id to w (`interlock replay ID`).
 // The header says whether the recording still matches its sealed hash.
 func Replay(ctx context.Context, st *store.Store, id string, w io.Writer) error {
-	ss, err := st.Session(ctx, id)
-	if err != nil {
-		return err
-	}
-	rd, err := Open(ctx, st, ss)
+	ss, rd, err := OpenSession(ctx, st, id)
 	if err != nil {
 		return err
 	}
