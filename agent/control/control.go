@@ -193,16 +193,26 @@ func (c *Client) Call(ctx context.Context, path string, in, out any) error {
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// Stream GETs path and copies the answer's body to w (transcripts, pcaps,
+// Stream GETs path and copies the answer's body to w (transcripts, asciicasts,
 // JSON lines). A non-2xx answer becomes an error, and nothing is written.
 func (c *Client) Stream(ctx context.Context, path string, w io.Writer) error {
-	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	body, err := c.Open(ctx, path)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	_, err = io.Copy(w, resp.Body)
+	defer body.Close()
+	_, err = io.Copy(w, body)
 	return err
+}
+
+// Open GETs path and returns the answer's body for the caller to read and
+// close. A non-2xx answer becomes an error.
+func (c *Client) Open(ctx context.Context, path string) (io.ReadCloser, error) {
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
 }
 
 // do sends one request and turns transport failures and non-2xx answers

@@ -97,13 +97,8 @@ func (d *Datapath) TaggedPath(mount, rel string) (identity uint32, tagged bool, 
 		if err != nil {
 			return 0, false, fmt.Errorf("check tagged path: %w", err)
 		}
-		var ident uint32
-		err = d.maps.TaggedCgroups.Lookup(id, &ident)
-		if err == nil {
-			return ident, true, nil
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return 0, false, fmt.Errorf("check tagged path: %w", err)
+		if ident, ok, err := d.TaggedID(id); err != nil || ok {
+			return ident, ok, err
 		}
 		if rel == "/" {
 			return 0, false, nil

@@ -1,7 +1,6 @@
 package recording
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,17 +10,6 @@ import (
 	"github.com/interlock-dev/interlock/agent/recording/conversation"
 	"github.com/interlock-dev/interlock/agent/store"
 )
-
-// ExportConversation gives c session id's recording, from the store st and
-// the files it names, as WriteConversation does (`interlock export --pcap`).
-func ExportConversation(ctx context.Context, st *store.Store, id string, c conversation.Conn) error {
-	ss, rd, err := OpenSession(ctx, st, id)
-	if err != nil {
-		return err
-	}
-	defer rd.Close()
-	return WriteConversation(ss, rd, c)
-}
 
 // WriteConversation gives c session ss's recording rd as one TCP
 // connection: between the session's client and upstream addresses, each

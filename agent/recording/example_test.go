@@ -66,7 +66,10 @@ func Example() {
 		Identity: "ci", Action: "deny", Since: time.Now().Add(-24 * time.Hour)})
 	_ = recording.Replay(ctx, st, ended.ID, os.Stdout) // interlock replay ID
 	f, _ := os.Create(filepath.Join(stateDir, "s.pcap"))
-	_ = recording.ExportConversation(ctx, st, ended.ID, pcap.NewWriter(f)) // interlock export ID --pcap FILE
+	if ss, rd, err := recording.OpenSession(ctx, st, ended.ID); err == nil { // interlock export ID --pcap FILE
+		_ = recording.WriteConversation(ss, rd, pcap.NewWriter(f))
+		rd.Close()
+	}
 	f.Close()
 	_ = res
 }

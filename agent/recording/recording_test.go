@@ -379,7 +379,7 @@ func TestRecordRealSession(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := recording.ExportConversation(ctx, st, ss.ID, pcap.NewWriter(f)); err != nil {
+		if err := exportPcap(ctx, st, ss.ID, f); err != nil {
 			t.Fatal(err)
 		}
 		f.Close()
@@ -906,7 +906,7 @@ func TestReplayFromAnotherHost(t *testing.T) {
 			t.Fatalf("replay on host B:\n%s", head(tr.String(), 20))
 		}
 		var capture bytes.Buffer
-		if err := recording.ExportConversation(ctx, stB, ss.ID, pcap.NewWriter(&capture)); err != nil || capture.Len() < 3000000 {
+		if err := exportPcap(ctx, stB, ss.ID, &capture); err != nil || capture.Len() < 3000000 {
 			t.Fatalf("pcap from host B: %d bytes, %v", capture.Len(), err)
 		}
 		if _, err := exec.LookPath("tshark"); err == nil { // IPv6 addresses, port 5432: no -d needed
@@ -1034,4 +1034,15 @@ func TestVerdictsAcrossFlushes(t *testing.T) {
 	if last := ds[want]; last.Statement != "DROP TABLE t" || last.Action != "deny" {
 		t.Fatalf("last verdict stored as %+v", last)
 	}
+}
+
+// exportPcap writes session id's recording as a packet capture, as
+// `interlock export --pcap` gets it from the daemon.
+func exportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) error {
+	ss, rd, err := recording.OpenSession(ctx, st, id)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	return recording.WriteConversation(ss, rd, pcap.NewWriter(w))
 }

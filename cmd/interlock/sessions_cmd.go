@@ -162,22 +162,13 @@ func export(path string, w io.Writer, render func(f *os.File) error) error {
 // what each side sent, and the packets are made here (see package
 // conversation).
 func exportPcap(ctx context.Context, c *control.Client, id string, w io.Writer) error {
-	pr, pw := io.Pipe()
-	streamed := make(chan error, 1)
-	go func() {
-		err := c.Stream(ctx, "/v1/sessions/"+id+"/conversation", pw)
-		pw.CloseWithError(err)
-		streamed <- err
-	}()
-	err := conversation.Decode(pr, pcap.NewWriter(w))
-	pr.CloseWithError(errExportEnded) // the stream stops if Decode did first
-	if serr := <-streamed; serr != nil && !errors.Is(serr, errExportEnded) {
-		return serr // the daemon's refusal, or the connection's failure
+	body, err := c.Open(ctx, "/v1/sessions/"+id+"/conversation")
+	if err != nil {
+		return err
 	}
-	return err
+	defer body.Close()
+	return conversation.Decode(body, pcap.NewWriter(w))
 }
-
-var errExportEnded = errors.New("export ended")
 
 func dirOf(path string) string {
 	for i := len(path) - 1; i >= 0; i-- {
