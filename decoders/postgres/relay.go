@@ -637,6 +637,21 @@ func (f *framer) fill(need int, begun bool) error {
 	return err
 }
 
+// await waits for the next message's first bytes when nothing is unread
+// and no streamed message is under way, sending what was collected first,
+// as next does: a caller that waits here, not in next, parks with next's
+// frames and its own off the stack (see clientSide).
+func (f *framer) await() error {
+	if f.skip > 0 || f.in.r < f.in.w {
+		return nil
+	}
+	if err := f.flush(); err != nil {
+		return err
+	}
+	f.in.shrink()
+	return f.fill(5, false)
+}
+
 // next returns the next message (type byte, length and body) and its body
 // size; streamed means msg holds only the message's first part. keepWhole
 // is asked about a message larger than the buffer, with the part of its
@@ -735,9 +750,26 @@ type stmtInfo struct {
 	mask  ColumnMasker
 }
 
+// clientSide is the client goroutine's state between the agent's messages.
+// It lives off the goroutine's stack so that the goroutine waits for the
+// next message under two small frames (clientLoop and the read), whatever
+// the deciding of the last one took: the runtime halves a parked
+// goroutine's stack only while it uses under a quarter of it, and the
+// decision's frames kept an idle session's client goroutine at 8 KiB.
+type clientSide struct {
+	f   framer
+	st  stmtState
+	rec Message
+}
+
 func (r *relay) clientLoop() error {
-	f := &framer{in: reader{conn: r.agent, budget: r.cfg.Budget},
-		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, timeout: r.cfg.MessageTimeout, eof: clientEOF}
+	c := &clientSide{
+		f: framer{in: reader{conn: r.agent, budget: r.cfg.Budget},
+			max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, timeout: r.cfg.MessageTimeout, eof: clientEOF},
+		st:  stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}},
+		rec: Message{FromClient: true},
+	}
+	f := &c.f
 	defer f.close()
 	f.write = func(b []byte) error {
 		if _, err := r.upstream.Write(b); err != nil {
@@ -745,116 +777,135 @@ func (r *relay) clientLoop() error {
 		}
 		return nil
 	}
-	// Statements are decided on their whole text; a Bind too large for the
-	// buffer (big parameters) is decided on its names and streamed.
-	keepWhole := func(typ byte, head []byte) bool {
-		switch typ {
-		case 'Q', 'P', 'F', 'X', 'E', 'C':
-			return true
-		case 'B':
-			_, _, ok := bindNames(head)
-			return !ok
-		}
-		return false
-	}
-	st := stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}}
-	var rec Message
-	rec.FromClient = true
 	for {
-		typ, msg, size, streamed, err := f.next(keepWhole)
-		if err == io.EOF {
-			return nil
+		// Between messages the wait is here, not in clientMessage.
+		if err := f.await(); err != nil {
+			return r.clientFailed(f, err)
 		}
-		if err != nil {
-			var pe *ProtocolError
-			if errors.As(err, &pe) {
-				return r.violation(f.flush, pe.Msg)
-			}
-			var le *LimitError
-			if errors.As(err, &le) {
-				f.flush()
-			}
+		if done, err := r.clientMessage(c); done || err != nil {
 			return err
-		}
-		if r.cfg.Recorder != nil {
-			rec.Type, rec.Body, rec.Size, rec.Time = typ, msg[5:], size, time.Now()
-			r.cfg.Recorder.Record(&rec)
-		}
-		if streamed {
-			forward := true
-			if typ == 'B' {
-				portal, stmt, _ := bindNames(msg[5:])
-				if f.out, forward, err = r.onBind(f.out, portal, stmt, &st, f.flush); err != nil {
-					return err
-				}
-			}
-			if forward {
-				f.out = append(f.out, msg...)
-			} else {
-				f.drop = true
-			}
-			continue
-		}
-		switch typ {
-		case 'Q':
-			f.out, err = r.onQuery(f.out, msg, f.flush)
-		case 'P':
-			f.out, err = r.onParse(f.out, msg, &st, f.flush)
-		case 'B':
-			portal, stmt, ok := bindNames(msg[5:])
-			if !ok {
-				err = &ProtocolError{Msg: "malformed Bind message"}
-				break
-			}
-			var forward bool
-			if f.out, forward, err = r.onBind(f.out, portal, stmt, &st, f.flush); forward {
-				f.out = append(f.out, msg...)
-			}
-		case 'E':
-			f.out, err = r.onExecute(f.out, msg, &st)
-		case 'D':
-			r.q.push(entry{kind: kDescribe})
-			f.out = append(f.out, msg...)
-		case 'S':
-			r.q.push(entry{kind: kSync})
-			f.out = append(f.out, msg...)
-		case 'C':
-			if err = st.onClose(msg[5:]); err == nil {
-				f.out = append(f.out, msg...)
-			}
-		case 'F':
-			if r.cfg.AllowFunctionCall {
-				r.q.push(entry{kind: kQuery})
-				f.out = append(f.out, msg...)
-			} else {
-				f.out = r.deny(f.out, kDenyQuery, "", Verdict{Rule: "function-call", Message: "FunctionCall messages are not allowed"})
-			}
-		case 'X':
-			f.out = append(f.out, msg...)
-			return f.flush()
-		default:
-			f.out = append(f.out, msg...)
-		}
-		if err != nil {
-			var pe *ProtocolError
-			if errors.As(err, &pe) {
-				return r.violation(f.flush, pe.Msg)
-			}
-			return err
-		}
-		if len(f.out) >= flushAt {
-			if err := f.flush(); err != nil {
-				return err
-			}
-		}
-		if r.q.full() {
-			// What is queued must reach the server for answers to come.
-			if err := f.flush(); err != nil {
-				return err
-			}
-			r.q.waitRoom()
 		}
 	}
+}
+
+// clientFailed is the client side's result for an error reading the
+// agent: nil at its clean end.
+func (r *relay) clientFailed(f *framer, err error) error {
+	if err == io.EOF {
+		return nil
+	}
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		return r.violation(f.flush, pe.Msg)
+	}
+	var le *LimitError
+	if errors.As(err, &le) {
+		f.flush()
+	}
+	return err
+}
+
+// keepWholeClient says which of the agent's messages are kept whole:
+// statements are decided on their whole text; a Bind too large for the
+// buffer (big parameters) is decided on its names and streamed.
+func keepWholeClient(typ byte, head []byte) bool {
+	switch typ {
+	case 'Q', 'P', 'F', 'X', 'E', 'C':
+		return true
+	case 'B':
+		_, _, ok := bindNames(head)
+		return !ok
+	}
+	return false
+}
+
+// clientMessage reads, decides and passes on (or answers) one message from
+// the agent; done reports the agent's Terminate.
+func (r *relay) clientMessage(c *clientSide) (done bool, err error) {
+	f, rec := &c.f, &c.rec
+	typ, msg, size, streamed, err := f.next(keepWholeClient)
+	if err != nil {
+		return true, r.clientFailed(f, err)
+	}
+	if r.cfg.Recorder != nil {
+		rec.Type, rec.Body, rec.Size, rec.Time = typ, msg[5:], size, time.Now()
+		r.cfg.Recorder.Record(rec)
+	}
+	if streamed {
+		forward := true
+		if typ == 'B' {
+			portal, stmt, _ := bindNames(msg[5:])
+			if f.out, forward, err = r.onBind(f.out, portal, stmt, &c.st, f.flush); err != nil {
+				return true, err
+			}
+		}
+		if forward {
+			f.out = append(f.out, msg...)
+		} else {
+			f.drop = true
+		}
+		return false, nil
+	}
+	switch typ {
+	case 'Q':
+		f.out, err = r.onQuery(f.out, msg, f.flush)
+	case 'P':
+		f.out, err = r.onParse(f.out, msg, &c.st, f.flush)
+	case 'B':
+		portal, stmt, ok := bindNames(msg[5:])
+		if !ok {
+			err = &ProtocolError{Msg: "malformed Bind message"}
+			break
+		}
+		var forward bool
+		if f.out, forward, err = r.onBind(f.out, portal, stmt, &c.st, f.flush); forward {
+			f.out = append(f.out, msg...)
+		}
+	case 'E':
+		f.out, err = r.onExecute(f.out, msg, &c.st)
+	case 'D':
+		r.q.push(entry{kind: kDescribe})
+		f.out = append(f.out, msg...)
+	case 'S':
+		r.q.push(entry{kind: kSync})
+		f.out = append(f.out, msg...)
+	case 'C':
+		if err = c.st.onClose(msg[5:]); err == nil {
+			f.out = append(f.out, msg...)
+		}
+	case 'F':
+		if r.cfg.AllowFunctionCall {
+			r.q.push(entry{kind: kQuery})
+			f.out = append(f.out, msg...)
+		} else {
+			f.out = r.deny(f.out, kDenyQuery, "", Verdict{Rule: "function-call", Message: "FunctionCall messages are not allowed"})
+		}
+	case 'X':
+		f.out = append(f.out, msg...)
+		return true, f.flush()
+	default:
+		f.out = append(f.out, msg...)
+	}
+	if err != nil {
+		var pe *ProtocolError
+		if errors.As(err, &pe) {
+			return true, r.violation(f.flush, pe.Msg)
+		}
+		return true, err
+	}
+	if len(f.out) >= flushAt {
+		if err := f.flush(); err != nil {
+			return true, err
+		}
+	}
+	if r.q.full() {
+		// What is queued must reach the server for answers to come.
+		if err := f.flush(); err != nil {
+			return true, err
+		}
+		r.q.waitRoom()
+	}
+	return false, nil
 }
 
 // clientEOF turns the agent closing its connection into a clean end.
