@@ -402,17 +402,21 @@ func TestPipelineEndsSessionWhoseRowIsRefused(t *testing.T) {
 // TestPipelineSessionCap: a session over its identity's cap reaches its
 // decoder with Refuse set, and the refusal is audited as the limit.
 func TestPipelineSessionCap(t *testing.T) {
-	hold := make(chan struct{})
+	hold, held := make(chan struct{}), make(chan struct{})
 	var refused *protocol.LimitError
 	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
 		if s.Refuse != nil {
 			refused = s.Refuse
 			return s.Refuse
 		}
+		close(held)
 		<-hold
 		return nil
 	}})
 	_, first := e.serve(t, "s1", "127.0.0.1:5432")
+	// The second starts once the first holds its slot: started together,
+	// either could be the one over the cap.
+	<-held
 	_, second := e.serve(t, "s2", "127.0.0.1:5432")
 	<-second
 	close(hold)
