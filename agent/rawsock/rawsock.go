@@ -40,6 +40,9 @@ func Wrap(c net.Conn) net.Conn {
 type rawConn struct {
 	net.Conn
 	rc syscall.RawConn
+	// watch is the token of the socket's watch (see Watch), 0 for none;
+	// guarded by the watcher's mutex.
+	watch int32
 }
 
 func (c *rawConn) Read(b []byte) (int, error) {

@@ -66,6 +66,20 @@ func CloseWrite(c net.Conn) {
 	}
 }
 
+// Watcher is a connection whose input can be awaited with no goroutine
+// parked on it (agent/rawsock's sockets): a relay whose agent went idle
+// hands its wait over and ends its goroutine, which would otherwise hold
+// a stack for as long as the session stays idle.
+type Watcher interface {
+	// Watch arranges for ready to be called, on a goroutine of its own,
+	// once the connection has input, an end or an error to report; false
+	// when it cannot (ready is then never called).
+	Watch(ready func()) bool
+	// Unwatch cancels the watch, before the connection closes, and
+	// reports whether ready will never be called.
+	Unwatch() bool
+}
+
 // ReadPooled reads from c, as Read does, into the buffer *bp points to,
 // for a reader that may wait long between messages: *bp may be nil, or a
 // buffer the caller holds with nothing in it it still needs. A connection
