@@ -162,6 +162,11 @@ type RelayConfig struct {
 	// a message once its first bytes arrived; past it the session ends with
 	// SQLSTATE 08P01. Waiting between messages is not bounded. 0: no limit.
 	MessageTimeout time.Duration
+	// IdleAfter is how long the agent may stay silent between messages
+	// before, when its connection is a protocol.Watcher, the wait for its
+	// next one is handed over and the client side's goroutine ends (an
+	// idle session then holds one goroutine, not two). 0: never.
+	IdleAfter time.Duration
 }
 
 const (
@@ -189,9 +194,11 @@ const (
 // (the agent is told too), ErrMaskedCopy, and other errors for I/O or
 // server failures.
 //
-// Relay runs one goroutine per direction and waits for both. Each reads into
-// a reused buffer, forwards the raw bytes of messages it does not change, and
-// writes once its input is drained, not once per message. Every read and
+// Relay runs one goroutine per direction and waits for both; while the
+// agent is silent past cfg.IdleAfter and its connection is a
+// protocol.Watcher, the client side has none (see suspend). Each reads
+// into a reused buffer, forwards the raw bytes of messages it does not
+// change, and writes once its input is drained, not once per message. Every read and
 // write is a system call on the session's critical path: interlockd passes
 // sockets wrapped by agent/rawsock, which halves the thread switches
 // per round trip.
@@ -208,43 +215,42 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		cfg.MaxBuffered = cfg.MaxMessageSize
 	}
 	cfg.MaxBuffered = max(cfg.MaxBuffered, bufSize)
-	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream}
+	r := &relay{cfg: cfg, ctx: ctx, agent: agent, upstream: upstream,
+		serverDone: make(chan struct{}), clientDone: make(chan error, 1)}
+	if w, ok := agent.(protocol.Watcher); ok && cfg.IdleAfter > 0 {
+		r.watcher = w
+	}
 	// Room for a statement's few extended-protocol messages; pipelining
 	// agents grow it.
 	r.q.buf = make([]entry, 4)
 	r.q.room.L = &r.q.mu
-	var once sync.Once
-	shutdown := func() {
-		once.Do(func() {
-			agent.Close()
-			upstream.Close()
-		})
-	}
-	stop := context.AfterFunc(ctx, shutdown)
+	stop := context.AfterFunc(ctx, r.shutdown)
 	defer stop()
 	// The server side runs on this goroutine, which already has the stack
 	// the login grew, and the client side on one more: a goroutine less per
 	// session, idle sessions included. Whichever side ends first ends the
 	// session.
-	const serverFirst, clientFirst = 1, 2
-	var ended atomic.Int32
-	serverDone := make(chan struct{})
-	clientDone := make(chan error, 1)
-	go func() {
-		err := r.clientLoop()
-		if ended.CompareAndSwap(0, clientFirst) {
-			r.clientEnded(err, serverDone, shutdown)
-		}
-		clientDone <- err
-	}()
+	c := r.newClientSide()
+	go r.runClient(c)
 	serverErr := r.serverLoop()
-	close(serverDone)
-	if ended.CompareAndSwap(0, serverFirst) {
-		shutdown()
+	close(r.serverDone)
+	if r.ended.CompareAndSwap(0, serverFirst) {
+		r.shutdown()
 	}
-	clientErr := <-clientDone
+	r.idle.Lock()
+	gone := r.clientGone
+	r.idle.Unlock()
+	var clientErr error
+	if gone {
+		// The client side was waiting on the watcher, which shutdown
+		// stopped: no goroutine of it is left to report, and it holds
+		// nothing but its framer's budget.
+		c.f.close()
+	} else {
+		clientErr = <-r.clientDone
+	}
 	first := clientErr
-	if ended.Load() == serverFirst {
+	if r.ended.Load() == serverFirst {
 		first = serverErr
 	}
 	// Hold notices may still be on their way; their sockets are closed.
@@ -253,6 +259,68 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		return ctx.Err()
 	}
 	return first
+}
+
+// Which side of a session ended it (relay.ended).
+const serverFirst, clientFirst = 1, 2
+
+// shutdown closes both connections, once; a client side waiting on the
+// watcher is stopped first, while its socket is still open.
+func (r *relay) shutdown() {
+	r.closeOnce.Do(func() {
+		r.idle.Lock()
+		r.closing = true
+		if r.suspended && r.watcher.Unwatch() {
+			r.clientGone = true
+		}
+		r.idle.Unlock()
+		r.agent.Close()
+		r.upstream.Close()
+	})
+}
+
+// runClient runs the client side until it ends or is suspended (see
+// suspend); resume runs it again.
+func (r *relay) runClient(c *clientSide) {
+	err := r.clientLoop(c)
+	if err == errSuspended {
+		return
+	}
+	c.f.close()
+	if r.ended.CompareAndSwap(0, clientFirst) {
+		r.clientEnded(err, r.serverDone, r.shutdown)
+	}
+	r.clientDone <- err
+}
+
+// errSuspended ends a client goroutine whose wait the watcher took over.
+var errSuspended = errors.New("client side suspended")
+
+// suspend hands the wait for the agent's next message to the watcher, and
+// reports whether it did: the client goroutine then ends, and resume runs
+// the client side on a new one once the agent sends, closes or fails.
+func (r *relay) suspend(c *clientSide) bool {
+	c.f.endIdle()
+	r.idle.Lock()
+	defer r.idle.Unlock()
+	if r.closing {
+		return false
+	}
+	if !r.watcher.Watch(func() { r.resume(c) }) {
+		// Not this socket (or not now): wait as a goroutine from now on.
+		c.f.idleAfter = 0
+		return false
+	}
+	r.suspended = true
+	return true
+}
+
+// resume continues a suspended client side, on the watcher's goroutine.
+func (r *relay) resume(c *clientSide) {
+	r.idle.Lock()
+	r.suspended = false
+	r.idle.Unlock()
+	r.runClient(c)
 }
 
 // clientEnded ends a session whose agent side ended first, with err, while
@@ -416,6 +484,21 @@ type relay struct {
 	cfg             RelayConfig
 	ctx             context.Context
 	agent, upstream net.Conn
+	closeOnce       sync.Once
+	// ended is which side ended the session first (serverFirst,
+	// clientFirst); serverDone is closed when the server side has, and
+	// clientDone gets the client side's result.
+	ended      atomic.Int32
+	serverDone chan struct{}
+	clientDone chan error
+	// watcher, when set, takes over the wait of an agent idle for
+	// cfg.IdleAfter (see suspend); idle guards the suspension's state.
+	watcher protocol.Watcher
+	idle    sync.Mutex
+	// suspended: the client side has no goroutine, the watcher will
+	// resume it; clientGone: shutdown stopped the watch before it did, so
+	// the client side never will; closing: shutdown has begun.
+	suspended, clientGone, closing bool
 	// agentMu serialises writes to the agent: the server goroutine's, and
 	// the notices the client goroutine sends while holding a statement.
 	agentMu sync.Mutex
@@ -569,6 +652,10 @@ type framer struct {
 	maxWhole        int
 	timeout         time.Duration
 	deadline, timed bool
+	// idleAfter, when set, bounds a wait for the next message's first
+	// bytes: past it fill returns errIdle, for the caller to wait some
+	// other way (relay.suspend).
+	idleAfter time.Duration
 	// write sends out; eof turns a read error into the loop's result (nil
 	// for a clean end); from names the sender in length errors.
 	write func([]byte) error
@@ -606,15 +693,23 @@ func (f *framer) flush() error {
 // first wait for it. The deadline costs no system call, and the common case
 // (whole messages, waiting between them) never sets one.
 func (f *framer) fill(need int, begun bool) error {
-	if f.timeout > 0 {
-		switch {
-		case begun && !f.timed:
+	switch {
+	case begun && !f.timed && (f.timeout > 0 || f.deadline):
+		// The rest of a begun message: within the timeout, or with no
+		// deadline (an idle one was the wait's for its first bytes).
+		if f.timeout > 0 {
 			f.in.conn.SetReadDeadline(time.Now().Add(f.timeout))
-			f.deadline, f.timed = true, true
-		case !begun && f.deadline:
+			f.deadline = true
+		} else {
 			f.in.conn.SetReadDeadline(time.Time{})
-			f.deadline, f.timed = false, false
+			f.deadline = false
 		}
+		f.timed = true
+	case !begun && f.idleAfter > 0:
+		f.in.conn.SetReadDeadline(time.Now().Add(f.idleAfter))
+		f.deadline, f.timed = true, false
+	case !begun && f.deadline:
+		f.endIdle()
 	}
 	if f.in.r == f.in.w && len(f.out) == 0 {
 		f.putOut() // nothing to send while the read waits
@@ -627,14 +722,32 @@ func (f *framer) fill(need int, begun bool) error {
 	if err == nil {
 		return nil
 	}
-	if f.timed && errors.Is(err, os.ErrDeadlineExceeded) {
-		return &LimitError{Limit: LimitMessageTimeout, Code: "08P01",
-			Msg: fmt.Sprintf("incomplete message: its rest did not arrive within %v", f.timeout)}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		switch {
+		case f.timed && f.timeout > 0:
+			return &LimitError{Limit: LimitMessageTimeout, Code: "08P01",
+				Msg: fmt.Sprintf("incomplete message: its rest did not arrive within %v", f.timeout)}
+		case !begun && f.idleAfter > 0:
+			f.putOut()
+			return errIdle
+		}
 	}
 	if err = f.eof(err); err == nil {
 		return io.EOF
 	}
 	return err
+}
+
+// errIdle is fill's answer when the next message did not begin within
+// idleAfter.
+var errIdle = errors.New("no message within the idle interval")
+
+// endIdle clears the input's deadline, which holds none after.
+func (f *framer) endIdle() {
+	if f.deadline {
+		f.in.conn.SetReadDeadline(time.Time{})
+	}
+	f.deadline, f.timed = false, false
 }
 
 // await waits for the next message's first bytes when nothing is unread
@@ -762,28 +875,44 @@ type clientSide struct {
 	rec Message
 }
 
-func (r *relay) clientLoop() error {
+func (r *relay) newClientSide() *clientSide {
 	c := &clientSide{
 		f: framer{in: reader{conn: r.agent, budget: r.cfg.Budget},
 			max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, timeout: r.cfg.MessageTimeout, eof: clientEOF},
 		st:  stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}},
 		rec: Message{FromClient: true},
 	}
-	f := &c.f
-	defer f.close()
-	f.write = func(b []byte) error {
+	if r.watcher != nil {
+		c.f.idleAfter = r.cfg.IdleAfter
+	}
+	c.f.write = func(b []byte) error {
 		if _, err := r.upstream.Write(b); err != nil {
 			return fmt.Errorf("write upstream: %w", err)
 		}
 		return nil
 	}
+	return c
+}
+
+// clientLoop runs the client side until the session ends (its result) or
+// the agent's wait is handed to the watcher (errSuspended).
+func (r *relay) clientLoop(c *clientSide) error {
 	for {
 		// Between messages the wait is here, not in clientMessage.
-		if err := f.await(); err != nil {
-			return r.clientFailed(f, err)
+		err := c.f.await()
+		if err == nil {
+			var done bool
+			if done, err = r.clientMessage(c); done {
+				return err
+			}
 		}
-		if done, err := r.clientMessage(c); done || err != nil {
-			return err
+		switch {
+		case err == errIdle:
+			if r.suspend(c) {
+				return errSuspended
+			}
+		case err != nil:
+			return r.clientFailed(&c.f, err)
 		}
 	}
 }
@@ -824,6 +953,10 @@ func keepWholeClient(typ byte, head []byte) bool {
 func (r *relay) clientMessage(c *clientSide) (done bool, err error) {
 	f, rec := &c.f, &c.rec
 	typ, msg, size, streamed, err := f.next(keepWholeClient)
+	if err == errIdle {
+		// A streamed message ended, and the next has yet to begin.
+		return false, err
+	}
 	if err != nil {
 		return true, r.clientFailed(f, err)
 	}

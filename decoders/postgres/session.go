@@ -56,6 +56,7 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	rc := RelayConfig{
 		Enforcer: enforcer{s.Enforcer}, Recorder: recorder{s.Recorder},
 		MaxBuffered: s.Limits.MaxBuffered, MessageTimeout: s.Limits.MessageTimeout,
+		IdleAfter: idleAfter,
 	}
 	if s.Limits.Budget != nil {
 		rc.Budget = s.Limits.Budget
@@ -71,6 +72,12 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	}
 	return err
 }
+
+// idleAfter is how long a session's agent stays silent before its relay's
+// client side gives its goroutine back (RelayConfig.IdleAfter): long
+// enough that a busy session never pays for it (a watch and a new
+// goroutine per idle spell).
+const idleAfter = time.Second
 
 // handshake answers the agent's startup, logs in upstream and greets the
 // agent as the server, then starts the session's recording. It returns the

@@ -1,0 +1,185 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/interlock-dev/interlock/agent/rawsock"
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
+
+// suspendAfter is the tests' RelayConfig.IdleAfter.
+const suspendAfter = 50 * time.Millisecond
+
+// idleSession is one relayed session over loopback sockets, the agent's
+// wrapped as interlockd's are (a protocol.Watcher).
+type idleSession struct {
+	agent, server net.Conn
+	done          chan error
+}
+
+func startIdleSessions(t *testing.T, ctx context.Context, n int) []idleSession {
+	t.Helper()
+	var all []idleSession
+	for range n {
+		agent, agentSide := testenv.TCPPair(t)
+		upSide, server := testenv.TCPPair(t)
+		s := idleSession{agent: agent, server: server, done: make(chan error, 1)}
+		go func() {
+			s.done <- Relay(ctx, rawsock.Wrap(agentSide), rawsock.Wrap(upSide), RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter})
+		}()
+		all = append(all, s)
+	}
+	return all
+}
+
+// roundTrip sends a query through s and its answer back.
+func (s idleSession) roundTrip(t *testing.T, sql string) {
+	t.Helper()
+	query, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	if _, err := s.agent.Write(query); err != nil {
+		t.Fatal(err)
+	}
+	s.expectServer(t, query)
+	s.answer(t)
+}
+
+func (s idleSession) expectServer(t *testing.T, want []byte) {
+	t.Helper()
+	s.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(s.server, got); err != nil || string(got) != string(want) {
+		t.Fatalf("server got %q, %v; want %q", got, err, want)
+	}
+}
+
+func (s idleSession) answer(t *testing.T) {
+	t.Helper()
+	result, _ := (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(nil)
+	result, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(result)
+	s.server.Write(result)
+	s.agent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, len(result))
+	if _, err := io.ReadFull(s.agent, got); err != nil || string(got) != string(result) {
+		t.Fatalf("agent got %q, %v", got, err)
+	}
+}
+
+// relayGoroutines counts the goroutines running relays' client and server
+// sides.
+func relayGoroutines() (client, server int) {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	return bytes.Count(buf, []byte("postgres.(*relay).clientLoop(")), bytes.Count(buf, []byte("postgres.(*relay).serverLoop("))
+}
+
+// expectGoroutines waits until relays run client and server goroutines.
+func expectGoroutines(t *testing.T, client, server int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, s := relayGoroutines()
+		if c == client && s == server {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d client and %d server goroutines, want %d and %d", what, c, s, client, server)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestIdleSessionGivesBackItsClientGoroutine: a session whose agent is
+// silent past IdleAfter keeps one goroutine (its server side), not two,
+// and carries on as before when the agent sends again, many times over.
+func TestIdleSessionGivesBackItsClientGoroutine(t *testing.T) {
+	const sessions = 40
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	all := startIdleSessions(t, ctx, sessions)
+	for range 3 {
+		for _, s := range all {
+			s.roundTrip(t, "SELECT 1")
+		}
+		expectGoroutines(t, 0, sessions, "idle sessions")
+	}
+	// A message whose first bytes came before an idle spell and its rest
+	// after it is not cut: the spell bounds the wait for a message's
+	// first bytes only.
+	s := all[0]
+	query, _ := (&pgproto3.Query{String: "SELECT 'split'"}).Encode(nil)
+	s.agent.Write(query[:3])
+	time.Sleep(4 * suspendAfter)
+	s.agent.Write(query[3:])
+	s.expectServer(t, query)
+	s.answer(t)
+	// Bytes that arrive as the client side is handed over are not lost:
+	// the agent sends the moment the idle spell ends, again and again.
+	for range 20 {
+		time.Sleep(suspendAfter + time.Duration(runtime.NumGoroutine()%3)*time.Millisecond)
+		s.roundTrip(t, "SELECT 2")
+	}
+	cancel()
+	for _, s := range all {
+		select {
+		case err := <-s.done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("relay ended with %v, want context.Canceled", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a relay did not end when its context did")
+		}
+	}
+	expectGoroutines(t, 0, 0, "after the sessions")
+}
+
+// TestIdleSessionEnds: a session whose client side is handed over still
+// ends as a busy one does, and promptly, when the agent leaves (cleanly or
+// not), when the server does, and when it is revoked, and leaves no
+// goroutine behind.
+func TestIdleSessionEnds(t *testing.T) {
+	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
+	for _, tc := range []struct {
+		name string
+		end  func(s idleSession, cancel context.CancelFunc)
+		want func(error) bool
+	}{
+		{"agent terminates", func(s idleSession, _ context.CancelFunc) { s.agent.Write(terminate) }, func(err error) bool { return err == nil }},
+		{"agent closes", func(s idleSession, _ context.CancelFunc) { s.agent.Close() }, func(err error) bool { return err == nil }},
+		{"server closes", func(s idleSession, _ context.CancelFunc) { s.server.Close() }, func(err error) bool { return err == nil }},
+		{"revoked", func(_ idleSession, cancel context.CancelFunc) { cancel() }, func(err error) bool { return errors.Is(err, context.Canceled) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s := startIdleSessions(t, ctx, 1)[0]
+			s.roundTrip(t, "SELECT 1")
+			expectGoroutines(t, 0, 1, "idle session")
+			tc.end(s, cancel)
+			select {
+			case err := <-s.done:
+				if !tc.want(err) {
+					t.Fatalf("relay ended with %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the idle session did not end")
+			}
+			expectGoroutines(t, 0, 0, "after the session")
+		})
+	}
+}
