@@ -349,7 +349,10 @@ func IdleSessions(b testing.TB, pg *Postgres, cgroup string, pid, port int, user
 	unloaded = start()
 	stop := OpenIdleSessions(b, pg, cgroup, port, user, password, n)
 	defer stop()
-	time.Sleep(time.Second)
+	// Idle for longer than interlockd's relay waits before it gives an
+	// idle session's client goroutine back (a second): the sessions are
+	// measured as they stay, not as they were at their last statement.
+	time.Sleep(3 * time.Second)
 	rssKiB = RSSKiB(pid)
 	loaded = start()
 	return rssKiB, unloaded, loaded
