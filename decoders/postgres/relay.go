@@ -288,7 +288,7 @@ func (r *relay) runClient(c *clientSide) {
 	}
 	c.f.close()
 	if r.ended.CompareAndSwap(0, clientFirst) {
-		r.clientEnded(err, r.serverDone, r.shutdown)
+		r.clientEnded(err)
 	}
 	r.clientDone <- err
 }
@@ -324,11 +324,11 @@ func (r *relay) resume(c *clientSide) {
 }
 
 // clientEnded ends a session whose agent side ended first, with err, while
-// the server side (serverDone) may still run.
-func (r *relay) clientEnded(err error, serverDone <-chan struct{}, shutdown func()) {
+// the server side may still run.
+func (r *relay) clientEnded(err error) {
 	var pe agentError
 	if !errors.As(err, &pe) {
-		shutdown()
+		r.shutdown()
 		return
 	}
 	// End the server side first, so the agent's connection has a single
@@ -336,17 +336,17 @@ func (r *relay) clientEnded(err error, serverDone <-chan struct{}, shutdown func
 	r.upstream.Write([]byte{'X', 0, 0, 0, 4})
 	r.upstream.Close()
 	select {
-	case <-serverDone:
+	case <-r.serverDone:
 		if b, err := pe.Response().Encode(nil); err == nil {
 			r.agentMu.Lock()
 			r.agent.Write(b)
 			r.agentMu.Unlock()
 		}
 		drainAgent(r.agent)
-		shutdown()
+		r.shutdown()
 	case <-time.After(time.Second):
 		// The server side is stuck writing to an agent that does not read.
-		shutdown()
+		r.shutdown()
 	}
 }
 
