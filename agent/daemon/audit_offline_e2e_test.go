@@ -16,6 +16,10 @@ func TestAuditVerifyOffline(t *testing.T) {
 	if out, err := f.psql(t, "DROP TABLE customers"); err == nil {
 		t.Fatalf("DROP TABLE was not denied:\n%s", out)
 	}
+	// psql is gone once its exec returns, but its session's end (the
+	// credential's revocation, then the close) is recorded after: the
+	// chain verified online must have it, as the one verified offline will.
+	waitEvent(t, f.d, "connection_close", func(map[string]any) bool { return true })
 	online, errOut, err := f.d.CLI("audit", "verify")
 	head := regexp.MustCompile(`: ok, \d+ records, head seq \d+ hash [0-9a-f]{64}`).FindString(online)
 	if err != nil || head == "" {
