@@ -382,6 +382,38 @@ func auditEvents(d *daemontest.Daemon, event string) []map[string]any {
 	return out
 }
 
+// listedSession is what the tests read of `interlock sessions --json`.
+type listedSession struct {
+	ID    string
+	Ended time.Time
+}
+
+// endedSessions waits until identity has at least n sessions listed and
+// the newest n of them have ended, and returns them, newest first. An
+// agent's command returns before interlockd records its session's end,
+// and an open session's recording cannot be replayed until its first
+// flush.
+func endedSessions(t *testing.T, d *daemontest.Daemon, identity string, n int) []listedSession {
+	t.Helper()
+	var sessions []listedSession
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, stderr, err := d.CLI("sessions", "--identity", identity, "--json")
+		if err != nil {
+			t.Fatalf("sessions: %v %s", err, stderr)
+		}
+		sessions = nil
+		if json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= n &&
+			!slices.ContainsFunc(sessions[:n], func(s listedSession) bool { return s.Ended.IsZero() }) {
+			return sessions
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want %d ended sessions of %s, got:\n%s", n, identity, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // waitEvent waits for an audit event matching pred.
 func waitEvent(t *testing.T, d *daemontest.Daemon, event string, pred func(map[string]any) bool) map[string]any {
 	t.Helper()

@@ -366,20 +366,7 @@ func TestRecordingReplayPcapAndAudit(t *testing.T) {
 		t.Fatalf("psql: %v\n%s", err, out)
 	}
 	f.psql(t, "DROP TABLE customers")
-	var sessions []struct{ ID string }
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		out, stderr, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
-		if err != nil {
-			t.Fatalf("sessions: %v %s", err, stderr)
-		}
-		json.Unmarshal([]byte(out), &sessions)
-		if len(sessions) >= 2 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if len(sessions) < 2 {
-		t.Fatalf("want 2 recorded sessions, got %d", len(sessions))
-	}
+	sessions := endedSessions(t, f.d, "ci-bot", 2)
 	// Newest first: the DROP session, then the SELECT.
 	out, stderr, err := f.d.CLI("replay", sessions[0].ID)
 	if err != nil || !strings.Contains(out, "DROP TABLE customers") || !strings.Contains(out, "no-destructive") {

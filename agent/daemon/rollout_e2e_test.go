@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/interlock-dev/interlock/agent/daemontest"
 )
@@ -74,13 +73,7 @@ func TestAuditModeThenEnforce(t *testing.T) {
 	cmd.Wait()
 
 	// The recording says what audit mode let through.
-	var id string
-	for deadline := time.Now().Add(10 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		o, _, _ := f.d.CLI("sessions", "--identity", "ci-bot")
-		if lines := strings.Split(strings.TrimSpace(o), "\n"); len(lines) > 1 {
-			id = strings.Fields(lines[1])[0]
-		}
-	}
+	id := endedSessions(t, f.d, "ci-bot", 1)[0].ID
 	transcript, _, err := f.d.CLI("replay", id)
 	if err != nil || !strings.Contains(transcript, "would deny") {
 		t.Fatalf("replay %s: %v\n%s", id, err, transcript)

@@ -529,11 +529,7 @@ func TestSSHReplay(t *testing.T) {
 	if out, st := f.agent(t, nil, "scp", "-F", f.clientFF, "-P", strconv.Itoa(f.port), "r.txt", "127.0.0.1:"+f.dir+"/upload/"); st != 0 {
 		t.Fatalf("scp: status %d\n%s", st, out)
 	}
-	var sessions []struct{ ID string }
-	waitFor(t, "three recorded sessions", func() bool {
-		out, _, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
-		return err == nil && json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= 3
-	})
+	sessions := endedSessions(t, f.d, "ci-bot", 3)
 	// Newest first: scp, uname, the denied line.
 	for i, want := range [][]string{
 		{"-> request subsystem sftp", "-> sftp open-write " + f.dir + "/upload/r.txt", "decision: allow by rule files", "exit-status 0"},
@@ -587,11 +583,7 @@ func TestSSHShellReplay(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "interlock-42") {
 		t.Fatalf("ssh -tt: %v\n%s\n%s", err, out, f.d.Logs())
 	}
-	var sessions []struct{ ID string }
-	waitFor(t, "the recorded session", func() bool {
-		out, _, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
-		return err == nil && json.Unmarshal([]byte(out), &sessions) == nil && len(sessions) >= 1
-	})
+	sessions := endedSessions(t, f.d, "ci-bot", 1)
 	replay, stderr, err := f.d.CLI("replay", sessions[0].ID)
 	for _, w := range []string{"-> request pty-req", "-> request shell", "decision: allow by rule shell", "-> stdin echo interlock-$((6*7))", "interlock-42\n"} {
 		if err != nil || !strings.Contains(replay, w) {

@@ -163,13 +163,7 @@ func TestPostgresTLSFromAgent(t *testing.T) {
 	}
 	// The recording holds the statements of a TLS session in clear.
 	// The newest is verify-full by address, TLS as \conninfo showed.
-	var sessions []struct{ ID string }
-	for deadline := time.Now().Add(10 * time.Second); len(sessions) < 3; time.Sleep(100 * time.Millisecond) {
-		out, stderr, err := f.d.CLI("sessions", "--identity", "ci-bot", "--json")
-		if err != nil || json.Unmarshal([]byte(out), &sessions) != nil || time.Now().After(deadline) {
-			t.Fatalf("sessions: %v %s\n%s", err, stderr, out)
-		}
-	}
+	sessions := endedSessions(t, f.d, "ci-bot", 3)
 	replay, _, err := f.d.CLI("replay", sessions[0].ID)
 	if err != nil || !strings.Contains(replay, query) {
 		t.Fatalf("replay of a TLS session: %v\n%s", err, replay)
