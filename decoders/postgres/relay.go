@@ -300,7 +300,7 @@ var errSuspended = errors.New("client side suspended")
 // reports whether it did: the client goroutine then ends, and resume runs
 // the client side on a new one once the agent sends, closes or fails.
 func (r *relay) suspend(c *clientSide) bool {
-	c.f.endIdle()
+	c.f.clearDeadline()
 	r.idle.Lock()
 	defer r.idle.Unlock()
 	if r.closing {
@@ -690,8 +690,10 @@ func (f *framer) flush() error {
 
 // fill reads more input. begun says a message is partly read: with a
 // timeout, the rest of it must arrive within the timeout, measured from the
-// first wait for it. The deadline costs no system call, and the common case
-// (whole messages, waiting between them) never sets one.
+// first wait for it. With idleAfter, a wait for a message's first bytes is
+// bounded too (one deadline per wait between messages, a timer's reset);
+// without, the common case (whole messages, waiting between them) sets
+// none. Deadlines cost no system call.
 func (f *framer) fill(need int, begun bool) error {
 	switch {
 	case begun && !f.timed && (f.timeout > 0 || f.deadline):
@@ -709,7 +711,7 @@ func (f *framer) fill(need int, begun bool) error {
 		f.in.conn.SetReadDeadline(time.Now().Add(f.idleAfter))
 		f.deadline, f.timed = true, false
 	case !begun && f.deadline:
-		f.endIdle()
+		f.clearDeadline()
 	}
 	if f.in.r == f.in.w && len(f.out) == 0 {
 		f.putOut() // nothing to send while the read waits
@@ -742,8 +744,8 @@ func (f *framer) fill(need int, begun bool) error {
 // idleAfter.
 var errIdle = errors.New("no message within the idle interval")
 
-// endIdle clears the input's deadline, which holds none after.
-func (f *framer) endIdle() {
+// clearDeadline clears the input's deadline, whichever was set.
+func (f *framer) clearDeadline() {
 	if f.deadline {
 		f.in.conn.SetReadDeadline(time.Time{})
 	}
