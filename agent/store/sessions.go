@@ -250,8 +250,15 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]Session, e
 	if !f.Until.IsZero() {
 		add("started_ns < ?", f.Until.UnixNano())
 	}
-	if f.Action != "" {
+	switch f.Action {
+	case "":
+	case "allow":
+		// Found in a session's first decisions through the primary key.
 		add("EXISTS (SELECT 1 FROM decisions d WHERE d.session_id = sessions.id AND d.action = ?)", f.Action)
+	default:
+		// The literal term lets the planner use decisions_action, which
+		// indexes only the decisions that did not allow.
+		add("EXISTS (SELECT 1 FROM decisions d WHERE d.session_id = sessions.id AND d.action <> 'allow' AND d.action = ?)", f.Action)
 	}
 	if f.OpenOnly {
 		where = append(where, "ended_ns IS NULL")

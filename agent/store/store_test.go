@@ -231,6 +231,7 @@ func testSessions(t *testing.T, open storetest.Open) {
 		{store.SessionFilter{Action: "deny"}, "[c a]"},
 		{store.SessionFilter{Action: "deny", Identity: "bot"}, "[c]"},
 		{store.SessionFilter{Action: "mask"}, "[]"},
+		{store.SessionFilter{Action: "allow"}, "[a]"},
 		{store.SessionFilter{OpenOnly: true}, "[c b]"},
 		{store.SessionFilter{Limit: 1}, "[c]"},
 		{store.SessionFilter{Host: "h2"}, "[]"},
