@@ -379,7 +379,10 @@ func (p *Pipeline) relay(ctx context.Context, c *conn, pol *policy.Policy, dec p
 		return
 	}
 	defer up.Close()
-	sent, recv := protocol.Relay(rawsock.Wrap(client), up)
+	// Both sides wrapped: the server's side read the plain way took a
+	// 32 KiB buffer of its own for every connection, and the runtime's
+	// syscall entry (see rawsock.Wrap) for every read.
+	sent, recv := protocol.Relay(rawsock.Wrap(client), rawsock.Wrap(up))
 	end := c.end("closed", "")
 	end.BytesIn, end.BytesOut = sent, recv
 	p.end(c, end)
