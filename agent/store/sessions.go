@@ -133,17 +133,17 @@ func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write f
 	args := []any{nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id}
 	// All but the last of AddDecisions' transactions' worth go first, in
 	// theirs, so the row's transaction holds the writer no longer than one.
-	ds := make([]*Decision, len(e.Decisions))
-	for i := range e.Decisions {
-		ds[i] = &e.Decisions[i]
+	rows, err := decisionRows([][]Decision{e.Decisions})
+	if err != nil {
+		return fmt.Errorf("end session %s: %w", id, err)
 	}
-	for len(ds) > decisionChunk {
-		if err := s.addDecisions(ctx, ds[:decisionChunk]); err != nil {
+	for len(rows) > insertRows {
+		if err := s.addDecisionRows(ctx, rows[:insertRows]); err != nil {
 			return fmt.Errorf("end session %s: %w", id, err)
 		}
-		ds = ds[decisionChunk:]
+		rows = rows[insertRows:]
 	}
-	insDecisions, err := s.decisionsInsert(ctx, len(ds))
+	insDecisions, err := s.decisionsInsert(ctx, len(rows))
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
@@ -152,7 +152,7 @@ func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write f
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	err = write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		if err := insDecisions(ctx, tx, ds); err != nil {
+		if err := insDecisions(ctx, tx, rows); err != nil {
 			return err
 		}
 		ins := tx.StmtContext(ctx, part)
@@ -250,15 +250,11 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]Session, e
 	if !f.Until.IsZero() {
 		add("started_ns < ?", f.Until.UnixNano())
 	}
-	switch f.Action {
-	case "":
-	case "allow":
-		// Found in a session's first decisions through the primary key.
-		add("EXISTS (SELECT 1 FROM decisions d WHERE d.session_id = sessions.id AND d.action = ?)", f.Action)
-	default:
-		// The literal term lets the planner use decisions_action, which
-		// indexes only the decisions that did not allow.
-		add("EXISTS (SELECT 1 FROM decisions d WHERE d.session_id = sessions.id AND d.action <> 'allow' AND d.action = ?)", f.Action)
+	if f.Action != "" {
+		// A batch lists its decisions' actions ("allow,deny"); a session
+		// has few batches, one a flush interval while busy.
+		add("EXISTS (SELECT 1 FROM decision_batches d WHERE d.session_id = sessions.id AND ',' || d.actions || ',' LIKE ?)",
+			"%,"+f.Action+",%")
 	}
 	if f.OpenOnly {
 		where = append(where, "ended_ns IS NULL")
@@ -288,109 +284,6 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]Session, e
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list sessions: %w", err)
-	}
-	return out, nil
-}
-
-// Decision is the policy verdict on one request of a session. Seq is the
-// request's message index in the session recording, so a transcript can put
-// the decision beside the statement it judged; one message can carry several
-// statements, so several decisions can share a Seq. Index numbers the
-// session's decisions from 0 and is their key: the recorder assigns it.
-type Decision struct {
-	SessionID string
-	Index     int64
-	Seq       int64
-	Time      time.Time
-	Action    string // "allow", "deny", "mask", "approve"
-	Rule      string
-	Reason    string
-	// Enforced is false in audit mode: the action is what the policy would
-	// have done ("would deny"), not what happened.
-	Enforced   bool
-	Statement  string // the request as the agent sent it
-	ApprovalID string
-}
-
-// AddDecisions inserts the decisions of every batch, in transactions of at
-// most 500 rows so a large backlog never holds the SQLite write lock long
-// enough to time out other writers. The recorder batches verdicts this way
-// so the proxy never waits for a database write per statement; it passes
-// each session's verdicts as a batch of their own, since copying them into
-// one slice first cost the busy proxy a tenth of this call.
-func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
-	chunk := make([]*Decision, 0, decisionChunk)
-	for _, ds := range batches {
-		for i := range ds {
-			chunk = append(chunk, &ds[i])
-			if len(chunk) == cap(chunk) {
-				if err := s.addDecisions(ctx, chunk); err != nil {
-					return err
-				}
-				chunk = chunk[:0]
-			}
-		}
-	}
-	if len(chunk) == 0 {
-		return nil
-	}
-	return s.addDecisions(ctx, chunk)
-}
-
-// decisionChunk is how many decisions one transaction carries at most.
-const decisionChunk = 500
-
-func (s *Store) addDecisions(ctx context.Context, ds []*Decision) error {
-	ins, err := s.decisionsInsert(ctx, len(ds))
-	if err != nil {
-		return err
-	}
-	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error { return ins(ctx, tx, ds) })
-}
-
-// decisionsInsert returns what inserts n decisions in a transaction; its
-// statements are prepared here (see rowsInsert).
-func (s *Store) decisionsInsert(ctx context.Context, n int) (func(context.Context, *sql.Tx, []*Decision) error, error) {
-	ins, err := s.rowsInsert(ctx, "decisions", "session_id, idx, seq, time_ns, action, rule, reason, enforced, statement, approval_id", n)
-	if err != nil {
-		return nil, fmt.Errorf("insert decisions: %w", err)
-	}
-	return func(ctx context.Context, tx *sql.Tx, ds []*Decision) error {
-		err := ins(ctx, tx, func(args []any, i int) []any {
-			d := ds[i]
-			return append(args, d.SessionID, d.Index, d.Seq, nanos(d.Time), d.Action, d.Rule, d.Reason,
-				d.Enforced, d.Statement, d.ApprovalID)
-		})
-		if err != nil {
-			return fmt.Errorf("insert decisions %s/%d..%d: %w", ds[0].SessionID, ds[0].Index, ds[len(ds)-1].Index, err)
-		}
-		return nil
-	}, nil
-}
-
-// Decisions returns the decisions of session id in the order they were made.
-func (s *Store) Decisions(ctx context.Context, sessionID string) ([]Decision, error) {
-	rows, err := s.db.QueryContext(ctx, s.Rebind(`SELECT session_id, idx, seq, time_ns, action, rule, reason, enforced,
-		statement, approval_id FROM decisions WHERE session_id = ? ORDER BY idx`), sessionID)
-	if err != nil {
-		return nil, fmt.Errorf("list decisions: %w", err)
-	}
-	defer rows.Close()
-	var out []Decision
-	for rows.Next() {
-		var (
-			d  Decision
-			ns int64
-		)
-		if err := rows.Scan(&d.SessionID, &d.Index, &d.Seq, &ns, &d.Action, &d.Rule, &d.Reason, &d.Enforced,
-			&d.Statement, &d.ApprovalID); err != nil {
-			return nil, fmt.Errorf("list decisions: %w", err)
-		}
-		d.Time = fromNanos(ns)
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list decisions: %w", err)
 	}
 	return out, nil
 }

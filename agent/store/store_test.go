@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,7 +76,7 @@ func testUpgrade(t *testing.T, open storetest.Open) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	for _, tbl := range []string{"recording_parts", "decisions", "approval_votes", "approvals", "audit_records", "sessions", "schema_migrations"} {
+	for _, tbl := range []string{"recording_parts", "decision_batches", "approval_votes", "approvals", "audit_records", "sessions", "schema_migrations"} {
 		exec("DROP TABLE " + tbl)
 	}
 	ms, _ := store.Migrations(s.Backend())
@@ -90,7 +91,8 @@ func testUpgrade(t *testing.T, open storetest.Open) {
 		t.Fatalf("after upgrade: version %d %v", v, err)
 	}
 	ds, err := s2.Decisions(ctx, "old")
-	if err != nil || len(ds) != 1 || ds[0].Seq != 4 || ds[0].Index != 4 || ds[0].Action != "deny" {
+	if err != nil || len(ds) != 1 || ds[0].Seq != 4 || ds[0].Index != 4 || ds[0].Action != "deny" || ds[0].Rule != "r" ||
+		!ds[0].Enforced || ds[0].Time != time.Unix(0, 2).UTC() {
 		t.Fatalf("v1 decision after upgrade: %+v %v", ds, err)
 	}
 	if err := s2.AddDecisions(ctx, []store.Decision{{SessionID: "old", Index: 5, Seq: 4, Action: "allow"}}); err != nil {
@@ -128,9 +130,10 @@ func testManyDecisions(t *testing.T, open storetest.Open) {
 			t.Fatalf("decision %d read back as %+v", i, d)
 		}
 	}
-	// A duplicate key fails the batch it is in, naming the rows.
-	if err := s.AddDecisions(ctx, ds[100:101]); err == nil {
-		t.Fatal("a decision stored twice was accepted")
+	// Decisions stored again from the same first one (a flush repeated)
+	// fail on the batch's key, naming them.
+	if err := s.AddDecisions(ctx, ds[:3]); err == nil || !strings.Contains(err.Error(), ss.ID+"/0..2") {
+		t.Fatalf("decisions stored twice: %v, want an error naming %s/0..2", err, ss.ID)
 	}
 
 	// The same, stored by the session's end with its row.
