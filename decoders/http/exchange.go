@@ -19,13 +19,22 @@ import (
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
-// hopHeaders are the hop-by-hop headers (RFC 9110, 7.6.1) a proxy must
-// not pass on.
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+// isHopHeader reports whether the canonical header name k is a hop-by-hop
+// header (RFC 9110, 7.6.1) a proxy must not forward.
+func isHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
 
 // removeHopHeaders drops the hop-by-hop headers of h, those its Connection
-// header names included.
+// header names included. The parsers store names in canonical form, so
+// one pass over h with a switch finds them: a Header.Del per hop-by-hop
+// name, each canonicalizing its name first, was 3 % of interlockd's CPU
+// under wrk through intercept.
 func removeHopHeaders(h nethttp.Header) {
 	for _, v := range h["Connection"] {
 		for _, name := range strings.Split(v, ",") {
@@ -34,8 +43,10 @@ func removeHopHeaders(h nethttp.Header) {
 			}
 		}
 	}
-	for _, name := range hopHeaders {
-		h.Del(name)
+	for k := range h {
+		if isHopHeader(k) {
+			delete(h, k)
+		}
 	}
 }
 

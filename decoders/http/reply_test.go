@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	nethttp "net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -105,5 +106,25 @@ func TestWriteResponseStreams(t *testing.T) {
 	body, _ := io.ReadAll(got.Body)
 	if string(body) != "data: one\n\ndata: two\n\n" {
 		t.Fatalf("body %q", body)
+	}
+}
+
+// TestRemoveHopHeaders: the hop-by-hop headers, and those the Connection
+// header names, never go on; the others do.
+func TestRemoveHopHeaders(t *testing.T) {
+	h := nethttp.Header{}
+	for _, k := range []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "X-Named", "Host", "Accept", "Authorization"} {
+		h.Set(k, "v")
+	}
+	h.Set("Connection", "x-named , keep-alive")
+	removeHopHeaders(h)
+	var left []string
+	for k := range h {
+		left = append(left, k)
+	}
+	slices.Sort(left)
+	if got := strings.Join(left, " "); got != "Accept Authorization Host" {
+		t.Fatalf("headers passed on: %s, want Accept Authorization Host", got)
 	}
 }
