@@ -307,6 +307,31 @@ func TestConnectionOpenedNamesContainer(t *testing.T) {
 	}
 }
 
+// TestAllowedStatementCostsNoAllocation: an enforced allow is the event of
+// nearly every statement a session runs; below debug level it is not
+// logged, and recording it must not allocate (it did twice: the decision
+// made an Event, its statement a fmt.Stringer for a log line never
+// written).
+func TestAllowedStatementCostsNoAllocation(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, t.TempDir()+"/audit.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var logBuf bytes.Buffer
+	l := audit.New(st, "h", audit.WithEventLog(zerolog.New(&logBuf).Level(zerolog.InfoLevel)))
+	defer l.Close()
+	d := audit.Decision{Session: "s1", Identity: "ci", Target: "db", Action: "allow", Rule: "read",
+		Enforced: true, Operation: "query", Statement: audit.SQLStatement("SELECT 1")}
+	if allocs := testing.AllocsPerRun(100, func() { l.Decided(d) }); allocs != 0 {
+		t.Errorf("%.1f allocations an allowed statement, want 0", allocs)
+	}
+	if logBuf.Len() != 0 {
+		t.Errorf("an allow was logged at info level: %s", logBuf.String())
+	}
+}
+
 func TestSQLStatementRedacts(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"SELECT * FROM patients WHERE ssn = '123-45-6789'", "SELECT * FROM patients WHERE ssn = ?"},

@@ -409,6 +409,11 @@ func (e Decision) logTo(l *zerolog.Logger) {
 		level = zerolog.DebugLevel
 	}
 	ev := l.WithLevel(level)
+	if ev == nil {
+		// Not logged at this level. Passing the statement on as a
+		// fmt.Stringer would still allocate, for every statement.
+		return
+	}
 	action, mode := e.Action, "enforce"
 	if !e.Enforced {
 		mode = "audit"

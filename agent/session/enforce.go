@@ -86,7 +86,7 @@ func (e *enforcer) Decide(ctx context.Context, r protocol.Request) protocol.Verd
 	m.DecideLatency.Observe(metrics.Since(start))
 	m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
 	enforced := mode == policy.Enforce
-	e.p.record(e.c.decision(op, r.Text, dec, enforced))
+	e.p.cfg.Audit.Decided(e.c.decision(op, r.Text, dec, enforced))
 	v := protocol.Verdict{Action: protocol.Allow, Rule: dec.Rule}
 	if enforced {
 		v = verdictOf(dec)
