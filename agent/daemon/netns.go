@@ -8,7 +8,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -125,6 +127,11 @@ func (d *Daemon) scanNamespaces(ctx context.Context, served map[uint64]*datapath
 // taggedNamespaces returns the network namespaces, by inode, that tasks of
 // tagged cgroups (and their descendants) are in, other than interlockd's
 // own, each with the /proc path of one such task's namespace.
+//
+// It walks the tagged cgroups' subtrees only. It walked the whole cgroup
+// root, a stat of every cgroup on the host five times a second for as long
+// as anything was tagged: CPU that grows with the host's cgroups (a
+// container host has thousands), spent while nothing happens.
 func (d *Daemon) taggedNamespaces() (map[uint64]string, error) {
 	tags, err := d.dp.Tagged()
 	if err != nil {
@@ -135,36 +142,57 @@ func (d *Daemon) taggedNamespaces() (map[uint64]string, error) {
 	if len(tags) == 0 {
 		return want, nil
 	}
-	tagged := map[string]bool{}
-	err = filepath.WalkDir(d.root, func(path string, e fs.DirEntry, err error) error {
-		if err != nil || !e.IsDir() {
-			// Cgroups come and go while they are walked.
-			return nil
+	// The kernel's tags are the truth; the identities file names their
+	// cgroups. A tag it cannot name (none should be) sends the walk over
+	// the whole root, as before.
+	var roots []string
+	named := map[uint64]bool{}
+	for rel, id := range d.ids.taggedIDs() {
+		if _, ok := tags[id]; ok {
+			roots = append(roots, filepath.Join(d.mount, rel))
+			named[id] = true
 		}
-		info, err := e.Info()
-		if err != nil {
-			return nil
-		}
-		id := info.Sys().(*syscall.Stat_t).Ino
-		if id == d.self {
-			return fs.SkipDir
-		}
-		_, self := tags[id]
-		if !self && !tagged[filepath.Dir(path)] {
-			return nil
-		}
-		tagged[path] = true
-		for _, pid := range cgroupPIDs(path) {
-			p := "/proc/" + strconv.Itoa(pid) + "/ns/net"
-			var st syscall.Stat_t
-			if syscall.Stat(p, &st) == nil && st.Ino != own {
-				want[st.Ino] = p
-			}
-		}
-		return nil
+	}
+	if len(named) < len(tags) {
+		roots = []string{d.root}
+	}
+	// A tagged cgroup under another is walked with it.
+	all := slices.Clone(roots)
+	roots = slices.DeleteFunc(roots, func(r string) bool {
+		return slices.ContainsFunc(all, func(a string) bool { return strings.HasPrefix(r, a+"/") })
 	})
-	if err != nil {
-		return nil, fmt.Errorf("walk %s: %w", d.root, err)
+	tagged := map[string]bool{}
+	for _, root := range roots {
+		err := filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
+			if err != nil || !e.IsDir() {
+				// Cgroups come and go while they are walked.
+				return nil
+			}
+			info, err := e.Info()
+			if err != nil {
+				return nil
+			}
+			id := info.Sys().(*syscall.Stat_t).Ino
+			if id == d.self {
+				return fs.SkipDir
+			}
+			_, self := tags[id]
+			if !self && !tagged[filepath.Dir(path)] {
+				return nil
+			}
+			tagged[path] = true
+			for _, pid := range cgroupPIDs(path) {
+				p := "/proc/" + strconv.Itoa(pid) + "/ns/net"
+				var st syscall.Stat_t
+				if syscall.Stat(p, &st) == nil && st.Ino != own {
+					want[st.Ino] = p
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("walk %s: %w", root, err)
+		}
 	}
 	return want, nil
 }
