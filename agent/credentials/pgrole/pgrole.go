@@ -239,21 +239,10 @@ func (a *Admin) Drop(ctx context.Context, name, reassignTo string) error {
 			return fmt.Errorf("drop role %s: %w", name, err)
 		}
 	}
-	err = a.withConn(ctx, func(c *pgx.Conn) error {
-		tx, err := c.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback(ctx)
-		if _, err := tx.Exec(ctx, dropOwned); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "DROP ROLE IF EXISTS "+QuoteIdent(name)); err != nil {
-			return err
-		}
-		return tx.Commit(ctx)
-	})
-	if err != nil {
+	// One simple query: its statements run as one transaction, so the
+	// role is dropped with its objects' new owner or not at all, in one
+	// round trip instead of four (BEGIN, the two, COMMIT).
+	if err := a.exec(ctx, dropOwned+"; DROP ROLE IF EXISTS "+QuoteIdent(name)); err != nil {
 		return fmt.Errorf("drop role %s: %w", name, err)
 	}
 	return nil
