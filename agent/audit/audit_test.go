@@ -259,19 +259,27 @@ func TestPostSurvivesOutage(t *testing.T) {
 	})
 }
 
+// withEventLog opens a store and a Log of chain "h" on it whose event log,
+// at level, is the buffer returned; both close when the test ends.
+func withEventLog(t *testing.T, level zerolog.Level) (*store.Store, *audit.Log, *bytes.Buffer) {
+	t.Helper()
+	st, err := store.OpenSQLite(context.Background(), t.TempDir()+"/audit.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	logBuf := new(bytes.Buffer)
+	l := audit.New(st, "h", audit.WithEventLog(zerolog.New(logBuf).Level(level)))
+	t.Cleanup(func() { l.Close() })
+	return st, l, logBuf
+}
+
 // A caller's container reaches the event log and the chain with the
 // connection it opened: an identity matched by image and label is
 // auditable by them.
 func TestConnectionOpenedNamesContainer(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, t.TempDir()+"/audit.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	var logBuf bytes.Buffer
-	l := audit.New(st, "h", audit.WithEventLog(zerolog.New(&logBuf)))
-	defer l.Close()
+	st, l, logBuf := withEventLog(t, zerolog.DebugLevel)
 	c := &policy.Container{Runtime: "docker", ID: strings.Repeat("ab", 32), Image: "ghcr.io/acme/clients:1",
 		ImageID: "sha256:" + strings.Repeat("cd", 32), Labels: map[string]string{"ci.job": "build-7"}}
 	if _, err := l.RecordNow(ctx, audit.ConnectionOpened{Session: "s1", Identity: "ci-containers", Container: c}); err != nil {
@@ -313,15 +321,7 @@ func TestConnectionOpenedNamesContainer(t *testing.T) {
 // made an Event, its statement a fmt.Stringer for a log line never
 // written).
 func TestAllowedStatementCostsNoAllocation(t *testing.T) {
-	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, t.TempDir()+"/audit.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	var logBuf bytes.Buffer
-	l := audit.New(st, "h", audit.WithEventLog(zerolog.New(&logBuf).Level(zerolog.InfoLevel)))
-	defer l.Close()
+	_, l, logBuf := withEventLog(t, zerolog.InfoLevel)
 	d := audit.Decision{Session: "s1", Identity: "ci", Target: "db", Action: "allow", Rule: "read",
 		Enforced: true, Operation: "query", Statement: audit.SQLStatement("SELECT 1")}
 	if allocs := testing.AllocsPerRun(100, func() { l.Decided(d) }); allocs != 0 {
