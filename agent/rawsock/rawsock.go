@@ -226,7 +226,8 @@ func (c *rawConn) ReadPooled(pool *sync.Pool, bp **[]byte) (int, error) {
 	r := &c.rd
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.pool, r.bp, r.n, r.errno = pool, bp, 0, 0
+	// No buffer of the caller's: the step reads into the pool's.
+	r.b, r.pool, r.bp, r.n, r.errno = nil, pool, bp, 0, 0
 	err := c.rc.Read(r.step)
 	n, errno := r.n, r.errno
 	r.pool, r.bp = nil, nil
