@@ -193,7 +193,7 @@ targets:
 			defer cancel()
 			cmd := exec.CommandContext(ctx, filepath.Join(bin, "interlockd"), "--config", cfg, "--policy", pol,
 				"--cgroup-root", root, "--bpffs", bpffs, "--socket", filepath.Join(dir, "interlock.sock"),
-				"--state-dir", filepath.Join(dir, "state"), "--listen-port", strconv.Itoa(testenv.ProxyPort(t)))
+				"--state-dir", filepath.Join(dir, "state"), "--listen-port", strconv.Itoa(testenv.FreePort(t)))
 			out, err := cmd.CombinedOutput()
 			if err == nil || ctx.Err() != nil {
 				t.Fatalf("interlockd started (or hung): %v\n%s", err, out)

@@ -109,7 +109,7 @@ func Start(t testing.TB, o Options) *Daemon {
 		BPFFS:    filepath.Join(base, "bpffs"),
 		Socket:   filepath.Join(base, "interlock.sock"),
 		StateDir: filepath.Join(base, "state"),
-		Port:     testenv.ProxyPort(t),
+		Port:     testenv.FreePort(t),
 		logs:     &Buffer{},
 	}
 	if err := os.Mkdir(d.Root, 0o755); err != nil {

@@ -156,8 +156,8 @@ func TestFailClosedWithoutProxy(t *testing.T) {
 	e := newEnv(t)
 	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
 	// A port nothing listens on: the daemon is down. Not an ephemeral
-	// one: another process could be given it meanwhile (testenv.ProxyPort).
-	e.cfg.Proxy4 = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(testenv.ProxyPort(t)))
+	// one: another process could be given it meanwhile (testenv.FreePort).
+	e.cfg.Proxy4 = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(testenv.FreePort(t)))
 	dp := e.open()
 	agent, agentID := e.cgroup("agent")
 	if err := dp.Tag(agentID, 1); err != nil {

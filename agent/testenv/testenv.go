@@ -44,40 +44,31 @@ func Unavailable(t testing.TB, format string, args ...any) {
 	t.Skip(msg)
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a port for a server a test starts later (PostgreSQL, a
+// metrics endpoint, interlockd's --listen-port): below the kernel's
+// ephemeral range, and free on loopback for TCP and UDP a moment ago. A
+// port from the ephemeral range may become another process's port 0
+// between the pick and the bind: CI saw interlockd fail to bind its
+// metrics port because a test in another package had connected from it.
+// For interlockd's proxy port the range matters twice: interlockd never
+// binds that port for TCP, its sk_lookup program hands every connection to
+// 127.0.0.1 and [::1] on it, in the whole network namespace, to its own
+// listener, so a process whose port 0 it became would lose its own
+// connections. A running interlockd binds the port for UDP (its DNS proxy),
+// so no second pick lands on it.
 func FreePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// ProxyPort returns a port for a test interlockd's --listen-port: below the
-// kernel's ephemeral range, and free on loopback for TCP and UDP a moment
-// ago. interlockd never binds its proxy port for TCP: its sk_lookup program
-// hands every connection to 127.0.0.1 and [::1] on that port, in the whole
-// network namespace, to its own listener. A port from the ephemeral range
-// may meanwhile become another process's port 0, and that process's
-// connections to its own listener would be taken (CI saw a test of another
-// package wait for an accept that interlockd had been given). A running
-// interlockd binds the port for UDP (its DNS proxy), so a second test
-// daemon does not pick it.
-func ProxyPort(t testing.TB) int {
 	t.Helper()
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
-		t.Fatalf("proxy port: %v", err)
+		t.Fatalf("free port: %v", err)
 	}
 	var ephemeral int
 	if _, err := fmt.Sscan(string(b), &ephemeral); err != nil {
-		t.Fatalf("proxy port: ip_local_port_range %q: %v", b, err)
+		t.Fatalf("free port: ip_local_port_range %q: %v", b, err)
 	}
 	const lowest = 10000
 	if ephemeral <= lowest+1000 {
-		t.Fatalf("proxy port: the ephemeral range starts at %d, leaving no room below it above %d", ephemeral, lowest)
+		t.Fatalf("free port: the ephemeral range starts at %d, leaving no room below it above %d", ephemeral, lowest)
 	}
 	for i := 0; i < 200; i++ {
 		port := lowest + rand.IntN(ephemeral-lowest)
@@ -85,7 +76,7 @@ func ProxyPort(t testing.TB) int {
 			return port
 		}
 	}
-	t.Fatalf("proxy port: no free port found in %d-%d", lowest, ephemeral-1)
+	t.Fatalf("free port: no free port found in %d-%d", lowest, ephemeral-1)
 	return 0
 }
 
@@ -248,7 +239,7 @@ func StartPostgres(t testing.TB, extraConf ...string) *Postgres {
 // bounded: a handshake that does not complete fails the test with the
 // kernel's view of the port rather than holding the package until its
 // timeout (CI once saw an accept wait 40 minutes: a test interlockd of
-// another package had been given the port's connections; see ProxyPort).
+// another package had been given the port's connections; see FreePort).
 func TCPPair(t testing.TB) (dialled, accepted net.Conn) {
 	t.Helper()
 	const wait = 10 * time.Second

@@ -14,9 +14,9 @@ func TestStartPostgres(t *testing.T) {
 	}
 }
 
-// TestProxyPort: the ports are below the ephemeral range, so no process's
+// TestFreePort: the ports are below the ephemeral range, so no process's
 // port 0 is ever one of them, and free on loopback.
-func TestProxyPort(t *testing.T) {
+func TestFreePort(t *testing.T) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
 		t.Fatal(err)
@@ -24,12 +24,12 @@ func TestProxyPort(t *testing.T) {
 	var low int
 	fmt.Sscan(string(b), &low)
 	for i := 0; i < 20; i++ {
-		p := ProxyPort(t)
+		p := FreePort(t)
 		if p < 10000 || p >= low {
-			t.Fatalf("ProxyPort = %d, want 10000 <= port < %d", p, low)
+			t.Fatalf("FreePort = %d, want 10000 <= port < %d", p, low)
 		}
 		if !loopbackFree(p) {
-			t.Fatalf("ProxyPort = %d, which is taken", p)
+			t.Fatalf("FreePort = %d, which is taken", p)
 		}
 	}
 }
