@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -54,8 +55,9 @@ func Unavailable(t testing.TB, format string, args ...any) {
 // binds that port for TCP, its sk_lookup program hands every connection to
 // 127.0.0.1 and [::1] on it, in the whole network namespace, to its own
 // listener, so a process whose port 0 it became would lose its own
-// connections. A running interlockd binds the port for UDP (its DNS proxy),
-// so no second pick lands on it.
+// connections. A port is also reserved for the test until it ends (see
+// reserve), so that no other test, of this package or another run beside
+// it, picks it before its server has bound it.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
@@ -72,12 +74,45 @@ func FreePort(t testing.TB) int {
 	}
 	for i := 0; i < 200; i++ {
 		port := lowest + rand.IntN(ephemeral-lowest)
-		if loopbackFree(port) {
+		if loopbackFree(port) && reserve(t, port) {
 			return port
 		}
 	}
 	t.Fatalf("free port: no free port found in %d-%d", lowest, ephemeral-1)
 	return 0
+}
+
+// portLocks is where FreePort's reservations are: a file per port, locked
+// by the test process that holds it. The kernel drops a lock with the
+// process that took it, so a test killed half-way leaves none behind. One
+// directory per user, which only its user can write to.
+var portLocks = filepath.Join(os.TempDir(), fmt.Sprintf("interlock-test-ports-%d", os.Getuid()))
+
+// reserve takes port for t until t ends, or reports that another test
+// (of any test process on the host) holds it. Between a pick and its
+// server's bind there is a window, a second or more for a PostgreSQL
+// cluster or an interlockd starting, in which the port is free on
+// loopback yet promised.
+func reserve(t testing.TB, port int) bool {
+	t.Helper()
+	if err := os.MkdirAll(portLocks, 0o700); err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	f, err := os.OpenFile(filepath.Join(portLocks, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	// flock's locks belong to the open file, so a second reservation of
+	// the port within this process is refused as one from another.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if err == syscall.EWOULDBLOCK {
+			return false
+		}
+		t.Fatalf("free port: lock %s: %v", f.Name(), err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return true
 }
 
 // loopbackFree reports whether port can be bound for TCP and UDP on

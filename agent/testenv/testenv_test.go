@@ -3,6 +3,9 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -15,7 +18,8 @@ func TestStartPostgres(t *testing.T) {
 }
 
 // TestFreePort: the ports are below the ephemeral range, so no process's
-// port 0 is ever one of them, and free on loopback.
+// port 0 is ever one of them, free on loopback, and reserved: no second
+// pick, here or in another test process, gets one while its test runs.
 func TestFreePort(t *testing.T) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
@@ -23,6 +27,7 @@ func TestFreePort(t *testing.T) {
 	}
 	var low int
 	fmt.Sscan(string(b), &low)
+	seen := map[int]bool{}
 	for i := 0; i < 20; i++ {
 		p := FreePort(t)
 		if p < 10000 || p >= low {
@@ -31,5 +36,21 @@ func TestFreePort(t *testing.T) {
 		if !loopbackFree(p) {
 			t.Fatalf("FreePort = %d, which is taken", p)
 		}
+		if seen[p] {
+			t.Fatalf("FreePort gave %d twice", p)
+		}
+		seen[p] = true
+		if reserve(t, p) {
+			t.Fatalf("port %d reserved twice", p)
+		}
+	}
+	// Another process, as another package's tests would be, is refused
+	// the reservation too.
+	for p := range seen {
+		cmd := exec.Command("flock", "-n", filepath.Join(portLocks, strconv.Itoa(p)), "true")
+		if err := cmd.Run(); err == nil {
+			t.Fatalf("another process took the reservation of port %d", p)
+		}
+		break
 	}
 }
