@@ -285,7 +285,7 @@ func (a *Authority) publish(g *generation) error {
 	if st, err := os.Stat(dir); err != nil {
 		return fmt.Errorf("stat public ca dir: %w", err)
 	} else if st.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("publish ca certificate: %s is writable by others (mode %04o)", dir, st.Mode().Perm())
+		return fmt.Errorf("publish ca certificate: %s is writable by others (mode %04o), who could replace the certificate agents trust", dir, st.Mode().Perm())
 	}
 	if err := writeFile(a.cfg.PublicCert, g.certPEM, 0o644); err != nil {
 		return fmt.Errorf("publish ca certificate: %w", err)

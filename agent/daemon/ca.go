@@ -30,7 +30,9 @@ func (d *Daemon) openCA() error {
 		Subject:      host,
 	})
 	if err != nil {
-		return fmt.Errorf("open certificate authority: %w", err)
+		// The socket's directory is named: a publishing error is about it,
+		// and nothing else says the certificate goes there.
+		return fmt.Errorf("open certificate authority (its certificate is published beside the control socket, in %s): %w", filepath.Dir(d.cfg.Socket), err)
 	}
 	d.ca = a
 	// The SSH host and user CAs live beside it, created at first start too.
