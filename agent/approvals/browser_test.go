@@ -2,6 +2,7 @@ package approvals
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -103,6 +104,17 @@ func startBrowser(t *testing.T) *browser {
 // call sends one CDP command and returns its result, skipping events.
 func (b *browser) call(method string, params any) json.RawMessage {
 	b.t.Helper()
+	res, err := b.try(method, params)
+	if err != nil {
+		b.t.Fatalf("cdp %s: %v", method, err)
+	}
+	return res
+}
+
+// try sends one CDP command and returns its result or the error Chromium
+// answered; a broken connection to Chromium fails the test.
+func (b *browser) try(method string, params any) (json.RawMessage, error) {
+	b.t.Helper()
 	b.next++
 	id := b.next
 	if err := websocket.JSON.Send(b.ws, map[string]any{"id": id, "method": method, "params": params}); err != nil {
@@ -124,9 +136,9 @@ func (b *browser) call(method string, params any) json.RawMessage {
 			continue
 		}
 		if msg.Error != nil {
-			b.t.Fatalf("cdp %s: %s", method, msg.Error.Message)
+			return nil, errors.New(msg.Error.Message)
 		}
-		return msg.Result
+		return msg.Result, nil
 	}
 }
 
@@ -134,7 +146,17 @@ func (b *browser) call(method string, params any) json.RawMessage {
 // out (may be nil). Exceptions fail the test.
 func (b *browser) eval(expr string, out any) {
 	b.t.Helper()
-	raw := b.call("Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": true})
+	b.decode(expr, b.call("Runtime.evaluate", evaluation(expr)), out)
+}
+
+func evaluation(expr string) map[string]any {
+	return map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": true}
+}
+
+// decode reads an evaluation's value into out (may be nil); an exception
+// fails the test.
+func (b *browser) decode(expr string, raw json.RawMessage, out any) {
+	b.t.Helper()
 	var res struct {
 		Result struct {
 			Value json.RawMessage `json:"value"`
@@ -170,14 +192,21 @@ func (b *browser) waitFor(what, expr string) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var ok bool
-		b.eval("(() => { try { return !!("+expr+"); } catch (e) { return false; } })()", &ok)
+		cond := "(() => { try { return !!(" + expr + "); } catch (e) { return false; } })()"
+		// A page that is navigating (a form posted, a reload) has no
+		// document to ask yet: Chromium answers with an error, and the
+		// condition is simply not true yet.
+		raw, err := b.try("Runtime.evaluate", evaluation(cond))
+		if err == nil {
+			b.decode(cond, raw, &ok)
+		}
 		if ok {
 			return
 		}
 		if time.Now().After(deadline) {
 			var body string
 			b.eval("document.body ? document.body.innerText : ''", &body)
-			b.t.Fatalf("timed out waiting for %s; the page shows:\n%s", what, body)
+			b.t.Fatalf("timed out waiting for %s (last evaluation: %v); the page shows:\n%s", what, err, body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
