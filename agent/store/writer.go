@@ -183,7 +183,9 @@ func (s *Store) writeLoop() {
 		}
 		// The queued writes first: a write made with write may depend on
 		// them (a session's verdicts on its start), never the other way
-		// round.
+		// round. So each write is taken after what was queued before it
+		// was sent: its caller may have queued a row it depends on since
+		// the last take.
 		batch = w.take(batch[:0], false)
 		if first != nil {
 			batch = append(batch, first)
@@ -191,7 +193,7 @@ func (s *Store) writeLoop() {
 			for len(batch) < maxBatch {
 				select {
 				case op := <-w.ops:
-					batch = append(batch, op)
+					batch = append(w.take(batch, false), op)
 				default:
 					break more
 				}

@@ -81,6 +81,40 @@ func TestConcurrentWritesThenClose(t *testing.T) {
 	}
 }
 
+// A write a caller waits on (EndSession, and AddDecisions, which the
+// recorder flushes while sessions begin) comes after the row the same
+// caller queued before it, however the writes of several callers
+// interleave: the writer once took a second waited-on write into a
+// transaction without the rows queued since its first, and the write found
+// no session.
+func TestWriteAfterItsQueuedRow(t *testing.T) {
+	ctx := context.Background()
+	s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "interlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				ss := &Session{Host: "h", Identity: "ci", Target: "t", Protocol: "tcp"}
+				if err := s.BeginSession(ctx, ss, func(err error) { t.Error(err) }); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := s.EndSession(ctx, ss.ID, SessionEnd{Outcome: "closed"}); err != nil {
+					t.Errorf("end a session just begun: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // A queued session row (BeginSession) comes before the writes made after it:
 // a session ended at once (EndSession, EndSessionShared) finds its row. A row the store
 // refuses is reported to its caller alone, and Close stores what is queued.
