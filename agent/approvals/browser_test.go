@@ -149,6 +149,7 @@ func (b *browser) eval(expr string, out any) {
 	b.decode(expr, b.call("Runtime.evaluate", evaluation(expr)), out)
 }
 
+// evaluation is Runtime.evaluate's parameters for expr.
 func evaluation(expr string) map[string]any {
 	return map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": true}
 }
@@ -190,15 +191,18 @@ func (b *browser) navigate(url string) {
 func (b *browser) waitFor(what, expr string) {
 	b.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
+	cond := "(() => { try { return !!(" + expr + "); } catch (e) { return false; } })()"
+	var refused error // Chromium's last error, if it answered one
 	for {
 		var ok bool
-		cond := "(() => { try { return !!(" + expr + "); } catch (e) { return false; } })()"
 		// A page that is navigating (a form posted, a reload) has no
 		// document to ask yet: Chromium answers with an error, and the
 		// condition is simply not true yet.
 		raw, err := b.try("Runtime.evaluate", evaluation(cond))
 		if err == nil {
 			b.decode(cond, raw, &ok)
+		} else {
+			refused = err
 		}
 		if ok {
 			return
@@ -206,7 +210,10 @@ func (b *browser) waitFor(what, expr string) {
 		if time.Now().After(deadline) {
 			var body string
 			b.eval("document.body ? document.body.innerText : ''", &body)
-			b.t.Fatalf("timed out waiting for %s (last evaluation: %v); the page shows:\n%s", what, err, body)
+			if refused != nil {
+				what += fmt.Sprintf(" (Chromium last refused to evaluate: %v)", refused)
+			}
+			b.t.Fatalf("timed out waiting for %s; the page shows:\n%s", what, body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
