@@ -23,14 +23,23 @@ type resolver struct {
 func newResolver(t testing.TB) *resolver {
 	t.Helper()
 	r := &resolver{}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	ln, err := net.Listen("tcp", r.addr.String())
-	if err != nil {
-		t.Fatal(err)
+	// The UDP socket's ephemeral port may be a TCP connection's local
+	// port at the same moment (tests running beside this one): try
+	// another then.
+	var pc net.PacketConn
+	var ln net.Listener
+	for try := 0; ln == nil; try++ {
+		var err error
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		r.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+		if ln, err = net.Listen("tcp", r.addr.String()); err != nil {
+			pc.Close()
+			if try == 20 {
+				t.Fatal(err)
+			}
+		}
 	}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) {
 		r.mu.Lock()
