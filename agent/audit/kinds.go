@@ -157,6 +157,10 @@ type CredentialIssued struct {
 	Username string        `json:"username,omitempty"`
 	LeaseID  string        `json:"lease_id,omitempty"`
 	TTL      time.Duration `json:"ttl_ns,omitempty"`
+	// ReusedFrom is set when no credential was issued: the session took
+	// over a server connection an ended session (this one) left logged
+	// in, and its credential with it.
+	ReusedFrom string `json:"reused_from,omitempty"`
 }
 
 // CredentialRevoked is the end of a credential's life; Error is set when
@@ -442,6 +446,12 @@ func (e ApprovalDecided) logTo(l *zerolog.Logger) {
 }
 
 func (e CredentialIssued) logTo(l *zerolog.Logger) {
+	if e.ReusedFrom != "" {
+		l.Info().Str("event", "credential_issued").Str("conn", e.Session).Str("identity", e.Identity).
+			Str("target", e.Target).Str("source", e.Source).Str("username", e.Username).Str("reused_from", e.ReusedFrom).
+			Msg("server connection of an ended session resumed, with its credential")
+		return
+	}
 	l.Info().Str("event", "credential_issued").Str("conn", e.Session).Str("identity", e.Identity).
 		Str("target", e.Target).Str("source", e.Source).Str("username", e.Username).Msg("credential issued")
 }

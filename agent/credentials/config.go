@@ -13,6 +13,8 @@ import (
 //	  default: local              # source for targets whose credential block names none
 //	  pool:                       # pre-issued credentials kept ready, per target
 //	    orders-db: 2
+//	  reuse:                      # logged-in server connections kept between sessions, per target
+//	    orders-db: {servers: 4, idle: 1m}
 //	  static:
 //	    legacy: {username: app, password_file: /etc/interlock/legacy.pw}
 //	    forge-token: {password_file: /etc/interlock/forge.token}      # an HTTP API token
@@ -37,6 +39,10 @@ type Config struct {
 	// name. Each pooled credential is handed to one session only; the pool
 	// refills in the background and is revoked at Close.
 	Pool map[string]int `yaml:"pool"`
+	// Reuse keeps, per target name, the logged-in server connections of
+	// ended sessions for the next sessions of the same identity (see
+	// ReuseConfig). Off for a target it does not name.
+	Reuse map[string]ReuseConfig `yaml:"reuse"`
 	// Static sources hand out one fixed credential (tests, legacy targets).
 	Static map[string]StaticConfig `yaml:"static"`
 	// Embedded sources create a PostgreSQL role per session from an admin
@@ -45,6 +51,27 @@ type Config struct {
 	// Vault, when set, is the source named "vault".
 	Vault *VaultConfig `yaml:"vault"`
 }
+
+// ReuseConfig keeps the server connections of a target's ended sessions,
+// as PgBouncer's session mode does, so that a new session starts without a
+// login upstream (for PostgreSQL: a backend's start and SCRAM, tens of
+// milliseconds). A kept connection is reset first (DISCARD ALL), serves
+// only the sessions of the identity whose session logged it in, with the
+// same database and startup settings, and only under the policy it was
+// opened under. Its credential lives as long as it does, not as long as
+// one session: it is revoked when the connection has been idle for Idle,
+// when more than Servers are idle, or when interlockd stops.
+type ReuseConfig struct {
+	// Servers caps the idle connections kept per identity; 1..64.
+	Servers int `yaml:"servers"`
+	// Idle is how long an idle connection is kept; default 1m, at most 1h.
+	Idle time.Duration `yaml:"idle"`
+}
+
+// defaultReuseIdle is ReuseConfig.Idle's default: long enough for agents
+// that connect per task, short enough that a credential an agent no longer
+// uses does not outlive it by much.
+const defaultReuseIdle = time.Minute
 
 // StaticConfig is a fixed username and password (a token alone for an HTTP
 // API, written into requests as .secret), or an SSH private key.
@@ -202,6 +229,14 @@ func (c *Config) validate() error {
 	for target, n := range c.Pool {
 		if n < 0 || n > 64 {
 			return fmt.Errorf("pool for target %q: size %d out of range 0..64", target, n)
+		}
+	}
+	for target, r := range c.Reuse {
+		if r.Servers < 1 || r.Servers > 64 {
+			return fmt.Errorf("reuse for target %q: servers %d out of range 1..64", target, r.Servers)
+		}
+		if r.Idle < 0 || r.Idle > time.Hour {
+			return fmt.Errorf("reuse for target %q: idle %v out of range 0..1h", target, r.Idle)
 		}
 	}
 	return nil

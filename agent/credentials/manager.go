@@ -176,6 +176,13 @@ func NewManager(cfg Config, stateDir string, opts ...Option) (*Manager, error) {
 	return m, nil
 }
 
+// Reuse is how target keeps the server connections of ended sessions
+// (Config.Reuse): servers is 0 when it keeps none.
+func (m *Manager) Reuse(target string) (servers int, idle time.Duration) {
+	r := m.cfg.Reuse[target]
+	return r.Servers, cmp.Or(r.Idle, defaultReuseIdle)
+}
+
 // Configured reports whether any source is configured.
 func (m *Manager) Configured() bool { return len(m.backends) > 0 }
 

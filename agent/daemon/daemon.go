@@ -322,6 +322,10 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		TLS: func(addr netip.Addr) *tls.Config { return d.ca.ServerConfig(addr) },
 		Log: d.log.With().Str("component", "session").Logger(),
 	})
+	// Before the credentials manager closes (deferred earlier, so it runs
+	// later): a parked server connection is closed before its role is
+	// dropped, as at any session's end.
+	defer d.sessions.Close()
 	d.containers = newContainers(d.cfg.DockerSocket)
 	d.proxy = proxy.NewServer(containerIdentifier{d: d, next: d.sessions}, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
 	for _, l := range d.listeners {

@@ -435,9 +435,10 @@ func BenchmarkPgbench(b *testing.B) {
 	os.WriteFile(pol, []byte(fmt.Sprintf(benchPolicy, pg.Port)), 0o644)
 	cfg := filepath.Join(dir, "interlockd.yaml")
 	// Pooled credentials, as the connect goal has it: a session's
-	// login does not wait for its role to be created.
+	// login does not wait for its role to be created. Server connections
+	// kept between sessions, as PgBouncer keeps them in session mode.
 	// The session cap lifted for the idle sessions.
-	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\nlimits: {sessions: %d}\ncredentials:\n  pool: {appdb: 16}\n  embedded:\n    embedded: {admin_dsn: %q}\n",
+	os.WriteFile(cfg, []byte(fmt.Sprintf("log_level: warn\nlimits: {sessions: %d}\ncredentials:\n  pool: {appdb: 16}\n  reuse: {appdb: {servers: 16}}\n  embedded:\n    embedded: {admin_dsn: %q}\n",
 		idleSessions+8, pg.AdminDSN())), 0o600)
 	d := daemontest.Start(b, daemontest.Options{Policy: pol, Config: cfg})
 	agent := d.Cgroup("bench")

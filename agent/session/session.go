@@ -123,6 +123,9 @@ type Pipeline struct {
 	secrets secretSet
 	// caFiles are the targets' upstream_ca files, parsed.
 	caFiles caFiles
+	// servers are the server connections ended sessions left for the
+	// next ones (credentials.ReuseConfig).
+	servers servers
 }
 
 // New returns a pipeline with the decoders of this build.

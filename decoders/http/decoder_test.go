@@ -92,6 +92,10 @@ func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdic
 type upstream struct{ addr string }
 
 func (u upstream) Addr() string { return u.addr }
+
+// The decoder keeps no server connections between sessions.
+func (upstream) Resume(string) (io.Closer, bool) { return nil, false }
+func (upstream) Park(string, io.Closer) bool     { return false }
 func (u upstream) Dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", u.addr)

@@ -167,6 +167,12 @@ type RelayConfig struct {
 	// next one is handed over and the client side's goroutine ends (an
 	// idle session then holds one goroutine, not two). 0: never.
 	IdleAfter time.Duration
+	// Keep, when set, is given the upstream connection, instead of its
+	// being closed, when the agent ended the session (Terminate, or its
+	// connection closed between messages) while the server owed no answer
+	// and had no transaction open. The server was not sent the Terminate;
+	// it is called before Relay returns, and owns the connection.
+	Keep func(upstream net.Conn)
 }
 
 const (
@@ -255,10 +261,31 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	}
 	// Hold notices may still be on their way; their sockets are closed.
 	r.bg.Wait()
+	if r.parking.Load() {
+		r.park()
+	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return first
+}
+
+// park ends a session the agent ended cleanly with cfg.Keep set: the
+// upstream goes to Keep if the server side stopped idle and shutdown (the
+// context) has not closed it meanwhile; otherwise both are closed.
+func (r *relay) park() {
+	kept := false
+	if r.serverIdle {
+		r.closeOnce.Do(func() { kept = true })
+	}
+	switch {
+	case kept && r.upstream.SetReadDeadline(time.Time{}) == nil:
+		r.cfg.Keep(r.upstream)
+	case kept:
+		r.upstream.Close()
+	default:
+		r.shutdown()
+	}
 }
 
 // Which side of a session ended it (relay.ended).
@@ -326,6 +353,16 @@ func (r *relay) resume(c *clientSide) {
 // clientEnded ends a session whose agent side ended first, with err, while
 // the server side may still run.
 func (r *relay) clientEnded(err error) {
+	if err == nil && r.cfg.Keep != nil {
+		// A clean end: the server side stops at its next read, with the
+		// upstream open, and Relay keeps it if it stopped between answers
+		// (serverIdle). Closing the agent ends a server side still
+		// writing to it, which then is not idle.
+		r.parking.Store(true)
+		r.agent.Close()
+		r.upstream.SetReadDeadline(time.Now())
+		return
+	}
 	var pe agentError
 	if !errors.As(err, &pe) {
 		r.shutdown()
@@ -436,6 +473,13 @@ func (q *queue) waitRoom() {
 	q.reached.Store(false)
 }
 
+// empty reports whether no answer is owed.
+func (q *queue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n == 0
+}
+
 // close wakes a waitRoom for good: no answers will come.
 func (q *queue) close() {
 	q.mu.Lock()
@@ -502,8 +546,13 @@ type relay struct {
 	// agentMu serialises writes to the agent: the server goroutine's, and
 	// the notices the client goroutine sends while holding a statement.
 	agentMu sync.Mutex
-	q       queue
-	bg      sync.WaitGroup // hold notices being written
+	// parking: the agent ended cleanly and cfg.Keep wants the upstream;
+	// serverIdle: the server side then stopped between answers, outside a
+	// transaction, with nothing unread (set on Relay's goroutine).
+	parking    atomic.Bool
+	serverIdle bool
+	q          queue
+	bg         sync.WaitGroup // hold notices being written
 }
 
 // inBufs and outBufs hold the relays' buffers (*[]byte) while no session
@@ -1016,7 +1065,10 @@ func (r *relay) clientMessage(c *clientSide) (done bool, err error) {
 			f.out = r.deny(f.out, kDenyQuery, "", Verdict{Rule: "function-call", Message: "FunctionCall messages are not allowed"})
 		}
 	case 'X':
-		f.out = append(f.out, msg...)
+		if r.cfg.Keep == nil {
+			// Kept, the server's session goes on for the next agent.
+			f.out = append(f.out, msg...)
+		}
 		return true, f.flush()
 	default:
 		f.out = append(f.out, msg...)
@@ -1256,6 +1308,7 @@ type serverState struct {
 	rows    RowMasker // masks the DataRows of the current result set
 	execing bool      // a masked Execute's rows are flowing
 	cols    []Column
+	status  byte // the last ReadyForQuery's transaction status
 }
 
 func (r *relay) serverLoop() error {
@@ -1283,7 +1336,7 @@ func (r *relay) serverLoop() error {
 		}
 	}()
 	defer r.q.close()
-	var ss serverState
+	ss := serverState{status: 'I'}
 	var rec Message
 	// Rows are streamed unless they are masked; everything else the relay
 	// may have to read or replace is kept whole.
@@ -1291,6 +1344,11 @@ func (r *relay) serverLoop() error {
 	for {
 		typ, msg, size, streamed, err := f.next(keepWhole)
 		if err == io.EOF {
+			return nil
+		}
+		if err != nil && r.parking.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+			// Stopped for Keep (clientEnded).
+			r.serverIdle = ss.status == 'I' && f.skip == 0 && f.in.r == f.in.w && r.q.empty()
 			return nil
 		}
 		if err != nil {
@@ -1358,6 +1416,9 @@ func (r *relay) serverMessage(f *framer, ss *serverState, rec *Message, typ byte
 		f.out = append(f.out, msg...)
 	case 'Z':
 		ss.rows, ss.execing = nil, false
+		if len(msg) > 5 {
+			ss.status = msg[5]
+		}
 		r.q.mu.Lock()
 		for e := r.q.peek(0); e != nil; e = r.q.peek(0) {
 			k := e.kind

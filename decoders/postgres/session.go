@@ -48,11 +48,11 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	// stack before the relay parks on it: the runtime halves an idle
 	// goroutine's stack only while it uses less than a quarter, and every
 	// idle session keeps this goroutine.
-	agent, up, key, err := d.handshake(ctx, s)
-	if agent == nil {
+	st, err := d.handshake(ctx, s)
+	if st.agent == nil {
 		return err
 	}
-	defer d.cancels.remove(key)
+	defer d.cancels.remove(st.key)
 	rc := RelayConfig{
 		Enforcer: enforcer{s.Enforcer}, Recorder: recorder{s.Recorder},
 		MaxBuffered: s.Limits.MaxBuffered, MessageTimeout: s.Limits.MessageTimeout,
@@ -61,7 +61,18 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	if s.Limits.Budget != nil {
 		rc.Budget = s.Limits.Budget
 	}
-	err = Relay(ctx, agent, up, rc)
+	kept := false
+	if st.keeps {
+		rc.Keep = func(net.Conn) { kept = true }
+	}
+	err = Relay(ctx, st.agent, st.up.Conn, rc)
+	if kept {
+		// The agent has gone; the server's session is left for the
+		// identity's next one.
+		if st.up.reset() != nil || !s.Upstream.Park(st.park, st.up) {
+			st.up.Close()
+		}
+	}
 	var pe *ProtocolError
 	var le *LimitError
 	switch {
@@ -79,14 +90,25 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 // goroutine per idle spell).
 const idleAfter = time.Second
 
-// handshake answers the agent's startup, logs in upstream and greets the
-// agent as the server, then starts the session's recording. It returns the
-// agent's connection (TLS or not), the logged-in upstream connection and
-// the cancel key the agent was given, registered. Without an agent
-// connection the session is over with err (nil for a cancel request
+// started is a session the handshake started: the agent's connection (TLS
+// or not), the logged-in upstream, the cancel key the agent was given,
+// registered, and the key the upstream may be parked under when the agent
+// leaves, if the target keeps connections (keeps).
+type started struct {
+	agent net.Conn
+	up    *Upstream
+	key   CancelKey
+	park  string
+	keeps bool
+}
+
+// handshake answers the agent's startup, logs in upstream (or resumes a
+// server session an ended one of the identity parked) and greets the
+// agent as the server, then starts the session's recording. Without an
+// agent connection the session is over with err (nil for a cancel request
 // forwarded): the agent has been told and nothing is left open but
 // s.Agent.
-func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (agent, upstream net.Conn, key CancelKey, err error) {
+func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st started, err error) {
 	timeout := s.Handshake
 	if s.Refuse != nil {
 		// A connection over the cap still gets a short handshake: it may be
@@ -106,68 +128,116 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (agent, up
 	hello, err := AcceptClient(hctx, s.Agent, cc)
 	if err != nil {
 		if pe := (*ProtocolError)(nil); errors.As(err, &pe) {
-			return nil, nil, key, &protocol.ViolationError{Msg: pe.Msg}
+			return st, &protocol.ViolationError{Msg: pe.Msg}
 		}
-		return nil, nil, key, &protocol.RefusedError{Outcome: "handshake", Err: err}
+		return st, &protocol.RefusedError{Outcome: "handshake", Err: err}
 	}
-	agent = hello.Conn
+	agent := hello.Conn
 	if hello.Cancel != nil {
-		return nil, nil, key, d.forwardCancel(s.Identity, *hello.Cancel)
+		return st, d.forwardCancel(s.Identity, *hello.Cancel)
 	}
 	if v := s.Connect; v.Action == protocol.Deny {
-		return nil, nil, key, refuse(agent, "denied", codeInsufficientPrivilege,
+		return st, refuse(agent, "denied", codeInsufficientPrivilege,
 			fmt.Sprintf("interlock: connection denied by policy rule %q%s", v.Rule, suffix(v.Message)))
 	}
 	settings, err := startupSettings(hello.Startup.Parameters)
 	if err != nil {
 		// Not a policy's verdict: these cannot be decided at all.
-		return nil, nil, key, refuse(agent, "denied", codeInsufficientPrivilege, "interlock: "+err.Error())
+		return st, refuse(agent, "denied", codeInsufficientPrivilege, "interlock: "+err.Error())
 	}
 	if s.Refuse != nil {
 		refuse(agent, "session limit", codeTooManyConnections, "interlock: sorry, too many sessions: "+s.Refuse.Msg)
-		return nil, nil, key, s.Refuse
+		return st, s.Refuse
 	}
 	for _, name := range settings {
 		// A setting in the StartupMessage changes the session as SET would,
 		// with no statement to decide later.
 		if v := s.Enforcer.Decide(hctx, protocol.Request{Operation: protocol.OpStartup, Text: name}); v.Action == protocol.Deny {
-			return nil, nil, key, refuse(agent, "denied", codeInsufficientPrivilege, fmt.Sprintf(
+			return st, refuse(agent, "denied", codeInsufficientPrivilege, fmt.Sprintf(
 				"interlock: startup parameter %q denied by policy rule %q%s", name, v.Rule, suffix(v.Message)))
 		}
 	}
-	cred, err := s.Upstream.Credential(hctx, protocol.CredentialRequest{})
+	park := reuseKey(hello.Startup)
+	up, keeps := d.resume(s, park)
+	if up == nil {
+		if up, err = d.login(hctx, s, agent, hello.Startup); err != nil {
+			return st, err
+		}
+	}
+	key := d.cancels.add(cancelTarget{upstream: s.Upstream.Addr(), key: up.Key, identity: s.Identity})
+	if err := GreetClient(agent, hello.Startup, up, key); err != nil {
+		d.cancels.remove(key)
+		up.Conn.Close()
+		return st, &protocol.RefusedError{Outcome: "agent gone", Err: err}
+	}
+	if err := s.Recorder.Start(ctx); err != nil {
+		d.cancels.remove(key)
+		up.Conn.Close()
+		return st, refuse(agent, "recording unavailable", codeSystemError, "interlock: the session cannot be recorded; try again later")
+	}
+	return started{agent: agent, up: up, key: key, park: park, keeps: keeps}, nil
+}
+
+// resume takes the server session an ended session of the identity parked
+// under park, if there is one the server has not ended meanwhile; keeps
+// reports whether the target keeps server sessions at all. A dead one is
+// closed, and the session logs in with its credential (already the
+// session's).
+func (d *Decoder) resume(s *protocol.Session, park string) (*Upstream, bool) {
+	c, keeps := s.Upstream.Resume(park)
+	if c == nil {
+		return nil, keeps
+	}
+	up, ok := c.(*Upstream)
+	if !ok || !up.quiet() {
+		c.Close()
+		return nil, keeps
+	}
+	return up, keeps
+}
+
+// login dials the target and logs in with the session's credential, for
+// the database and settings of the agent's startup. On failure the agent
+// has been told.
+func (d *Decoder) login(ctx context.Context, s *protocol.Session, agent net.Conn, startup *Startup) (*Upstream, error) {
+	cred, err := s.Upstream.Credential(ctx, protocol.CredentialRequest{})
 	if err != nil {
-		return nil, nil, key, refuse(agent, "credential not issued", codeRejectedConnection,
+		return nil, refuse(agent, "credential not issued", codeRejectedConnection,
 			fmt.Sprintf("interlock: the credential for target %q could not be issued; try again later", s.Target))
 	}
-	upConn, err := s.Upstream.Dial(hctx)
+	upConn, err := s.Upstream.Dial(ctx)
 	if err != nil {
-		return nil, nil, key, refuse(agent, "upstream unreachable", codeUnableToConnect, fmt.Sprintf("interlock: cannot reach %s: %v", s.Target, err))
+		return nil, refuse(agent, "upstream unreachable", codeUnableToConnect, fmt.Sprintf("interlock: cannot reach %s: %v", s.Target, err))
 	}
-	up, err := ConnectUpstream(hctx, upConn, UpstreamConfig{
-		User: cred.Username, Password: cred.Password, Database: hello.Startup.Database,
-		Parameters: hello.Startup.ForwardParameters(),
+	up, err := ConnectUpstream(ctx, upConn, UpstreamConfig{
+		User: cred.Username, Password: cred.Password, Database: startup.Database,
+		Parameters: startup.ForwardParameters(),
 	})
 	if err != nil {
 		upConn.Close()
 		if se := (*ServerError)(nil); errors.As(err, &se) {
 			tell(agent, se.Response)
-			return nil, nil, key, &protocol.RefusedError{Outcome: "upstream refused", Err: err}
+			return nil, &protocol.RefusedError{Outcome: "upstream refused", Err: err}
 		}
-		return nil, nil, key, refuse(agent, "upstream login failed", codeConnectionFailure, "interlock: upstream login failed: "+err.Error())
+		return nil, refuse(agent, "upstream login failed", codeConnectionFailure, "interlock: upstream login failed: "+err.Error())
 	}
-	key = d.cancels.add(cancelTarget{upstream: s.Upstream.Addr(), key: up.Key, identity: s.Identity})
-	if err := GreetClient(agent, hello.Startup, up, key); err != nil {
-		d.cancels.remove(key)
-		up.Conn.Close()
-		return nil, nil, key, &protocol.RefusedError{Outcome: "agent gone", Err: err}
+	return up, nil
+}
+
+// reuseKey is what a server session serves besides its identity and
+// target: the database and the settings of the startup it was opened
+// with, which DISCARD ALL returns it to.
+func reuseKey(st *Startup) string {
+	params := st.ForwardParameters()
+	var b strings.Builder
+	b.WriteString(st.Database)
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		b.WriteByte(0)
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(params[k])
 	}
-	if err := s.Recorder.Start(ctx); err != nil {
-		d.cancels.remove(key)
-		up.Conn.Close()
-		return nil, nil, key, refuse(agent, "recording unavailable", codeSystemError, "interlock: the session cannot be recorded; try again later")
-	}
-	return agent, up.Conn, key, nil
+	return b.String()
 }
 
 // refuse tells the agent, with a FATAL ErrorResponse, why its session

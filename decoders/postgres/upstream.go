@@ -6,10 +6,13 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"slices"
+	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -185,6 +188,89 @@ func ConnectUpstream(ctx context.Context, conn net.Conn, cfg UpstreamConfig) (*U
 			return nil, &ProtocolError{Msg: fmt.Sprintf("unexpected message %q from server during startup", typ)}
 		}
 	}
+}
+
+// Close closes the connection: a parked Upstream is an io.Closer
+// (protocol.Upstream.Park).
+func (u *Upstream) Close() error { return u.Conn.Close() }
+
+// resetTimeout bounds the reset of a session its agent has left.
+const resetTimeout = 5 * time.Second
+
+// reset returns a session its agent has left to the state of a new one, so
+// that another session can take it over: DISCARD ALL closes cursors and
+// prepared statements, drops temporary tables, resets every setting and
+// the role, releases advisory locks and stops listening, as PgBouncer's
+// server_reset_query does. The ParameterStatus values the server reports
+// on the way replace those of the login; the startup's notices are not
+// the next session's. It fails unless the server answers with nothing but
+// that, ending outside a transaction.
+func (u *Upstream) reset() error {
+	u.Conn.SetDeadline(time.Now().Add(resetTimeout))
+	defer u.Conn.SetDeadline(time.Time{})
+	q, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
+	if _, err := u.Conn.Write(q); err != nil {
+		return fmt.Errorf("reset server session: %w", err)
+	}
+	u.Notices = nil
+	r := &handshakeReader{r: u.Conn}
+	done := false
+	for {
+		typ, body, err := r.next()
+		if err != nil {
+			return fmt.Errorf("reset server session: %w", err)
+		}
+		switch typ {
+		case 'C':
+			done = true
+		case 'N', 'A':
+			// A notice or a notification that was on its way: the agent it
+			// was for has gone.
+		case 'S':
+			var m pgproto3.ParameterStatus
+			if err := m.Decode(body); err != nil {
+				return &ProtocolError{Msg: "malformed parameter status from server"}
+			}
+			i := slices.IndexFunc(u.Parameters, func(p Param) bool { return p.Name == m.Name })
+			if i < 0 {
+				u.Parameters = append(u.Parameters, Param{m.Name, m.Value})
+			} else {
+				u.Parameters[i].Value = m.Value
+			}
+		case 'Z':
+			if !done || len(body) != 1 || body[0] != 'I' {
+				return errors.New("reset server session: DISCARD ALL did not complete outside a transaction")
+			}
+			return nil
+		default:
+			// An ErrorResponse included: the session is not known to be
+			// clean.
+			return fmt.Errorf("reset server session: unexpected message %q", typ)
+		}
+	}
+}
+
+// quiet reports, without waiting, whether the server has sent nothing
+// since the connection was parked: a server that ended the session while
+// it was idle (a restart, pg_terminate_backend, idle_session_timeout) sent
+// an error, or at least closed it. A connection with no socket to look at
+// counts as quiet; its first statement would tell.
+func (u *Upstream) quiet() bool {
+	sc, ok := u.Conn.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	quiet := false
+	var b [1]byte
+	rc.Control(func(fd uintptr) {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		quiet = err == syscall.EAGAIN
+	})
+	return quiet
 }
 
 // SendCancel writes a CancelRequest for key on conn, a fresh connection to

@@ -23,7 +23,9 @@
 //     the server's own code when Verdict.Code is set) and the session goes
 //     on; Mask rewrites DataRow fields by column name; Hold sends a
 //     NoticeResponse and waits. The credential is a user name and password
-//     the decoder logs in upstream with.
+//     the decoder logs in upstream with; a server connection left idle
+//     and reset at a session's end can serve the identity's next session
+//     (Upstream.Park, Upstream.Resume).
 //   - HTTP: one Session is one agent connection, many requests. Each
 //     HTTP/1.1 request, and each HTTP/2 stream, is one Decide call
 //     (Operation the method, Text the path and query, Host the Host or
@@ -46,6 +48,7 @@ package protocol
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -149,6 +152,20 @@ type Upstream interface {
 	// called and returns the same one after; the pipeline revokes it when
 	// the session ends. The agent never sees it.
 	Credential(ctx context.Context, r CredentialRequest) (Credential, error)
+	// Resume returns a server connection an ended session of this
+	// identity parked under key (Park), and makes the credential it is
+	// logged in with this session's, in place of issuing one; nil when
+	// there is none. keeps reports whether the target keeps connections
+	// at all: only then is Park worth a reset. Key names what a connection
+	// was opened for (a database, startup settings) in the decoder's terms.
+	Resume(key string) (conn io.Closer, keeps bool)
+	// Park keeps conn, logged in with this session's credential and reset
+	// to the state of a new session, for a later session of the same
+	// identity and target that asks for key under the same policy. The
+	// credential then ends when the pipeline drops conn (idle too long,
+	// too many idle, interlockd stopping), not with this session. It
+	// reports false when conn is not kept; the caller closes it.
+	Park(key string, conn io.Closer) bool
 }
 
 // CredentialRequest is what a decoder brings to the issue of a credential.

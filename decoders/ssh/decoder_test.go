@@ -262,6 +262,10 @@ type upstream struct{ f *fixture }
 
 func (u *upstream) Addr() string { return u.f.srv.addr }
 
+// The decoder keeps no server connections between sessions.
+func (*upstream) Resume(string) (io.Closer, bool) { return nil, false }
+func (*upstream) Park(string, io.Closer) bool     { return false }
+
 func (u *upstream) Dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", u.f.srv.addr)
