@@ -14,7 +14,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
-	"github.com/interlock-dev/interlock/agent/proxy"
+	"github.com/interlock-dev/interlock/agent/store"
 )
 
 // handleExec creates a fresh cgroup under the root, tags it and moves the
@@ -36,7 +36,7 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusBadRequest, "identity %q: use letters, digits, '-', '_' and '.' (at most 64)", req.Identity)
 		return
 	}
-	abs := filepath.Join(d.root, execDir, req.Identity+"-"+proxy.NewID())
+	abs := filepath.Join(d.root, execDir, req.Identity+"-"+store.NewID())
 	if err := os.MkdirAll(abs, 0o755); err != nil {
 		control.WriteError(w, http.StatusInternalServerError, "create cgroup: %v", err)
 		return

@@ -6,8 +6,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/policy"
 )
 
@@ -176,7 +175,11 @@ func (s *Server) identify(c *net.TCPConn, identifier Identifier) *Conn {
 		c.Close()
 		return nil
 	}
-	return &Conn{ID: NewID(), Identity: id, Dst: dst, Client: c, Accepted: time.Now()}
+	// The connection's ID is its session's, in the store: IDs that sort by
+	// time keep the store's indexes on it growing at their end, where a
+	// random one put each new session (and its decisions) on a page of its
+	// own, written to SQLite's WAL at every commit.
+	return &Conn{ID: store.NewID(), Identity: id, Dst: dst, Client: c, Accepted: time.Now()}
 }
 
 // Shutdown stops handlers (their context is cancelled), closes every tracked
@@ -204,11 +207,4 @@ func (s *Server) Active() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
-}
-
-// NewID returns a random 16-hex-digit identifier.
-func NewID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
