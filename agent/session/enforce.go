@@ -116,10 +116,10 @@ func (e *enforcer) Decide(ctx context.Context, r protocol.Request) protocol.Verd
 // their SET would get; an approval becomes a denial, since a connection
 // cannot wait for one.
 func (e *enforcer) startup(name string) protocol.Verdict {
-	st := sqlclass.SettingStatement(name)
-	if st.Class <= sqlclass.Session {
+	if sqlclass.SettingStatementClass(name) <= sqlclass.Session {
 		return protocol.Verdict{Action: protocol.Allow}
 	}
+	st := sqlclass.SettingStatement(name)
 	pol := e.p.cfg.Policy.Current()
 	target := pol.Target(e.c.targetName())
 	dec := pol.Decide(&policy.Input{Subject: &e.c.subject, Target: target, Protocol: e.c.protocol(),

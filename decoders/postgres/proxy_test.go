@@ -84,7 +84,11 @@ func (p *testProxy) serve() {
 func (p *testProxy) session(c net.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	h, err := AcceptClient(ctx, c, ClientConfig{TLS: p.clientTLS.Load()})
+	var cc ClientConfig
+	if cfg := p.clientTLS.Load(); cfg != nil {
+		cc.TLS = func() *tls.Config { return cfg }
+	}
+	h, err := AcceptClient(ctx, c, cc)
 	if err != nil {
 		c.Close()
 		return err

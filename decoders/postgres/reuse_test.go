@@ -258,3 +258,61 @@ func TestParkedServerSessionThatEndedIsNotResumed(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// reset keeps a session only when the server answers DISCARD ALL with
+// nothing but its completion, reported settings and notices, ending
+// outside a transaction with nothing after.
+func TestResetAnswers(t *testing.T) {
+	enc := func(msgs ...pgproto3.BackendMessage) []byte {
+		var b []byte
+		for _, m := range msgs {
+			b, _ = m.Encode(b)
+		}
+		return b
+	}
+	ok := &pgproto3.CommandComplete{CommandTag: []byte("DISCARD ALL")}
+	idle := &pgproto3.ReadyForQuery{TxStatus: 'I'}
+	for _, tc := range []struct {
+		name   string
+		answer []byte
+		split  int // the answer comes in two writes, split here (0: one)
+		ok     bool
+	}{
+		{"clean", enc(ok, idle), 0, true},
+		{"clean, byte by byte", enc(ok, idle), 3, true},
+		{"settings and a notice", enc(&pgproto3.ParameterStatus{Name: "application_name", Value: "psql"},
+			&pgproto3.NoticeResponse{Message: "x"}, ok, idle), 20, true},
+		{"error", enc(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "25001", Message: "no"}, idle), 0, false},
+		{"in a transaction", enc(ok, &pgproto3.ReadyForQuery{TxStatus: 'T'}), 0, false},
+		{"no completion", enc(idle), 0, false},
+		{"more after", enc(ok, idle, &pgproto3.NoticeResponse{Message: "late"}), 0, false},
+		{"bad length", []byte{'C', 0, 0, 0, 1}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxy, server := net.Pipe()
+			defer proxy.Close()
+			go func() {
+				defer server.Close()
+				q := make([]byte, 17)
+				if _, err := io.ReadFull(server, q); err != nil || string(q[5:16]) != "DISCARD ALL" {
+					return
+				}
+				if tc.split > 0 {
+					server.Write(tc.answer[:tc.split])
+					time.Sleep(10 * time.Millisecond)
+					server.Write(tc.answer[tc.split:])
+				} else {
+					server.Write(tc.answer)
+				}
+			}()
+			up := &Upstream{Conn: proxy, Parameters: []Param{{"application_name", "pgbench"}}}
+			err := up.reset()
+			if (err == nil) != tc.ok {
+				t.Fatalf("reset: %v, want ok=%v", err, tc.ok)
+			}
+			if tc.ok && tc.split == 20 && up.Parameters[0].Value != "psql" {
+				t.Fatalf("parameters after reset: %v", up.Parameters)
+			}
+		})
+	}
+}

@@ -121,11 +121,7 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st starte
 	// TLS ends here with a leaf for the name the agent dialed; the
 	// upstream connection is separate. The configuration is the
 	// handshake's: the session keeps only what its TLS connection holds.
-	var cc ClientConfig
-	if s.TLS != nil {
-		cc.TLS = s.TLS()
-	}
-	hello, err := AcceptClient(hctx, s.Agent, cc)
+	hello, err := AcceptClient(hctx, s.Agent, ClientConfig{TLS: s.TLS})
 	if err != nil {
 		if pe := (*ProtocolError)(nil); errors.As(err, &pe) {
 			return st, &protocol.ViolationError{Msg: pe.Msg}

@@ -68,11 +68,13 @@ type Hello struct {
 // ClientConfig configures AcceptClient.
 type ClientConfig struct {
 	// TLS, when set, answers an SSLRequest with 'S' and terminates TLS with
-	// this configuration, and accepts direct TLS (PostgreSQL 17's
-	// sslnegotiation=direct); ALPN is set to "postgresql" here. When nil the
-	// answer is 'N' and the agent goes on in plain text (or gives up if it
+	// the configuration it returns, and accepts direct TLS (PostgreSQL 17's
+	// sslnegotiation=direct); ALPN is set to "postgresql" here. It is
+	// called only when the agent asks for TLS: a configuration costs key
+	// derivations a plain-text session need not pay. When nil the answer
+	// is 'N' and the agent goes on in plain text (or gives up if it
 	// requires TLS).
-	TLS *tls.Config
+	TLS func() *tls.Config
 }
 
 // AcceptClient reads the opening packets of an agent's connection: it
@@ -204,7 +206,7 @@ func (h *Hello) startTLS(ctx context.Context, conn net.Conn, cfg ClientConfig, d
 		// Only a direct negotiation gets here without a configuration.
 		return &ProtocolError{Msg: "direct TLS negotiation is not accepted here"}
 	}
-	tcfg := cfg.TLS.Clone()
+	tcfg := cfg.TLS().Clone()
 	tcfg.NextProtos = []string{alpnProtocol}
 	tc := tls.Server(conn, tcfg)
 	if err := tc.HandshakeContext(ctx); err != nil {

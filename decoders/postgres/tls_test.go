@@ -71,7 +71,7 @@ func readAnswer(t *testing.T, c net.Conn) byte {
 // startup arrives inside TLS.
 func TestGSSEncRefusedThenTLS(t *testing.T) {
 	ca := newTestCA(t)
-	agent, errc, hello := accept(t, ClientConfig{TLS: &tls.Config{Certificates: []tls.Certificate{ca.cert}}})
+	agent, errc, hello := accept(t, ClientConfig{TLS: func() *tls.Config { return &tls.Config{Certificates: []tls.Certificate{ca.cert}} }})
 	agent.Write(untyped(gssEncRequestCode))
 	if a := readAnswer(t, agent); a != 'N' {
 		t.Fatalf("GSSENCRequest answered %q, want 'N'", a)
@@ -119,7 +119,7 @@ func TestGSSEncRefusedWithoutTLS(t *testing.T) {
 // when no TLS is configured.
 func TestDirectTLSNeedsALPN(t *testing.T) {
 	ca := newTestCA(t)
-	cfg := ClientConfig{TLS: &tls.Config{Certificates: []tls.Certificate{ca.cert}}}
+	cfg := ClientConfig{TLS: func() *tls.Config { return &tls.Config{Certificates: []tls.Certificate{ca.cert}} }}
 	t.Run("alpn postgresql", func(t *testing.T) {
 		agent, errc, hello := accept(t, cfg)
 		tc := tls.Client(agent, &tls.Config{RootCAs: ca.pool, ServerName: "localhost", NextProtos: []string{"postgresql"}})
@@ -205,7 +205,7 @@ func (c *scriptedConn) SetWriteDeadline(time.Time) error { return nil }
 // end with a hello or an error, never panic.
 func FuzzAcceptClient(f *testing.F) {
 	ca := newTestCA(f)
-	cfg := ClientConfig{TLS: &tls.Config{Certificates: []tls.Certificate{ca.cert}}}
+	cfg := ClientConfig{TLS: func() *tls.Config { return &tls.Config{Certificates: []tls.Certificate{ca.cert}} }}
 	f.Add(untyped(gssEncRequestCode))
 	f.Add(append(untyped(gssEncRequestCode), untyped(sslRequestCode)...))
 	f.Add(append(untyped(sslRequestCode), 0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0))

@@ -213,39 +213,63 @@ func (u *Upstream) reset() error {
 		return fmt.Errorf("reset server session: %w", err)
 	}
 	u.Notices = nil
-	r := &handshakeReader{r: u.Conn}
+	// The answer usually comes in one read: it is read into a buffer, not
+	// message by message, and anything after its ReadyForQuery makes the
+	// session unfit to keep, so nothing read ahead is lost.
+	var buf []byte
 	done := false
 	for {
-		typ, body, err := r.next()
-		if err != nil {
-			return fmt.Errorf("reset server session: %w", err)
+		for len(buf) >= 5 {
+			n := binary.BigEndian.Uint32(buf[1:5])
+			if n < 4 || n-4 > maxHandshakeMessage {
+				return &ProtocolError{Msg: fmt.Sprintf("invalid message length %d from server", n)}
+			}
+			if len(buf) < 1+int(n) {
+				break
+			}
+			typ, body := buf[0], buf[5:1+n]
+			buf = buf[1+n:]
+			switch typ {
+			case 'C':
+				done = true
+			case 'N', 'A':
+				// A notice or a notification that was on its way: the
+				// agent it was for has gone.
+			case 'S':
+				var m pgproto3.ParameterStatus
+				if err := m.Decode(body); err != nil {
+					return &ProtocolError{Msg: "malformed parameter status from server"}
+				}
+				i := slices.IndexFunc(u.Parameters, func(p Param) bool { return p.Name == m.Name })
+				if i < 0 {
+					u.Parameters = append(u.Parameters, Param{m.Name, m.Value})
+				} else {
+					u.Parameters[i].Value = m.Value
+				}
+			case 'Z':
+				if !done || len(body) != 1 || body[0] != 'I' || len(buf) > 0 {
+					return errors.New("reset server session: DISCARD ALL did not end the server's answers outside a transaction")
+				}
+				return nil
+			default:
+				// An ErrorResponse included: the session is not known to
+				// be clean.
+				return fmt.Errorf("reset server session: unexpected message %q", typ)
+			}
 		}
-		switch typ {
-		case 'C':
-			done = true
-		case 'N', 'A':
-			// A notice or a notification that was on its way: the agent it
-			// was for has gone.
-		case 'S':
-			var m pgproto3.ParameterStatus
-			if err := m.Decode(body); err != nil {
-				return &ProtocolError{Msg: "malformed parameter status from server"}
-			}
-			i := slices.IndexFunc(u.Parameters, func(p Param) bool { return p.Name == m.Name })
-			if i < 0 {
-				u.Parameters = append(u.Parameters, Param{m.Name, m.Value})
-			} else {
-				u.Parameters[i].Value = m.Value
-			}
-		case 'Z':
-			if !done || len(body) != 1 || body[0] != 'I' {
-				return errors.New("reset server session: DISCARD ALL did not complete outside a transaction")
-			}
-			return nil
-		default:
-			// An ErrorResponse included: the session is not known to be
-			// clean.
-			return fmt.Errorf("reset server session: unexpected message %q", typ)
+		// What is left is the start of a message: move it to the front,
+		// with room for the rest.
+		need := 5
+		if len(buf) >= 5 {
+			need = 1 + int(binary.BigEndian.Uint32(buf[1:5]))
+		}
+		if cap(buf)-len(buf) < max(need-len(buf), 64) {
+			buf = append(make([]byte, 0, max(need, 256)), buf...)
+		}
+		n, err := u.Conn.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if n == 0 && err != nil {
+			return fmt.Errorf("reset server session: %w", err)
 		}
 	}
 }

@@ -154,6 +154,15 @@ func TestSettingStatement(t *testing.T) {
 			t.Errorf("%s:\n got: %s\nwant: %s", name, got, want)
 		}
 	}
+	// The shortcut the pipeline takes for the common startup parameters
+	// agrees with the statement, "transaction" (SET TRANSACTION) included.
+	for _, name := range []string{"application_name", "search_path", "Search_Path", "role", "transaction",
+		"session characteristics", "session_authorization", "statement_timeout", "transaction_isolation",
+		"DateStyle", "row_security", "client_encoding", "x.custom"} {
+		if got, want := SettingStatementClass(name), SettingStatement(name).Class; got != want {
+			t.Errorf("SettingStatementClass(%q) = %v, SettingStatement's class %v", name, got, want)
+		}
+	}
 }
 
 // TestNeverRead holds the security property directly, independent of the

@@ -550,6 +550,13 @@ func SettingStatement(name string) Statement {
 	return c.finish()
 }
 
+// SettingStatementClass is SettingStatement(name).Class, without building
+// the statement: most startups set only parameters of the session class,
+// which pass without a decision (the class alone says so).
+func SettingStatementClass(name string) Class {
+	return setClass(&pg.VariableSetStmt{Kind: pg.VariableSetKind_VAR_SET_VALUE, Name: name})
+}
+
 // SettingClass is the class of changing the run-time parameter name, the
 // same whether by SET, by set_config or in a StartupMessage.
 func SettingClass(name string) Class {
