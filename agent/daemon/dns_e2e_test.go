@@ -34,22 +34,7 @@ type testResolver struct {
 
 func startResolver(t testing.TB) *testResolver {
 	t.Helper()
-	// UDP and TCP share the port number; the one the kernel picks for UDP
-	// may be a TCP connection's local port already, so pick again.
-	var pc net.PacketConn
-	var ln net.Listener
-	for try := 0; ln == nil; try++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err != nil {
-			pc.Close()
-			if try == 20 {
-				t.Fatal(err)
-			}
-		}
-	}
+	pc, ln := testenv.ListenDNS(t)
 	r := &testResolver{addr: pc.LocalAddr().String(), a: map[string]string{}}
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) {
 		r.mu.Lock()

@@ -45,6 +45,29 @@ func Unavailable(t testing.TB, format string, args ...any) {
 	t.Skip(msg)
 }
 
+// ListenDNS opens a UDP and a TCP listener on one loopback port, as a DNS
+// server has, and closes both when the test ends. The port the kernel picks
+// for UDP may be a TCP connection's local port at that moment (tests running
+// beside this one), so it picks again then.
+func ListenDNS(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for try := 0; ; try++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			t.Cleanup(func() { pc.Close(); ln.Close() })
+			return pc, ln
+		}
+		pc.Close()
+		if try == 20 {
+			t.Fatal(err)
+		}
+	}
+}
+
 // FreePort returns a port for a server a test starts later (PostgreSQL, a
 // metrics endpoint, interlockd's --listen-port): below the kernel's
 // ephemeral range, and free on loopback for TCP and UDP a moment ago. A

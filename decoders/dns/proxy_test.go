@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // resolver is a test resolver on loopback (UDP and TCP, one port) that
@@ -23,24 +25,8 @@ type resolver struct {
 func newResolver(t testing.TB) *resolver {
 	t.Helper()
 	r := &resolver{}
-	// The UDP socket's ephemeral port may be a TCP connection's local
-	// port at the same moment (tests running beside this one): try
-	// another then.
-	var pc net.PacketConn
-	var ln net.Listener
-	for try := 0; ln == nil; try++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		r.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
-		if ln, err = net.Listen("tcp", r.addr.String()); err != nil {
-			pc.Close()
-			if try == 20 {
-				t.Fatal(err)
-			}
-		}
-	}
+	pc, ln := testenv.ListenDNS(t)
+	r.addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, m *dns.Msg) {
 		r.mu.Lock()
 		r.seen = append(r.seen, m.Copy())
