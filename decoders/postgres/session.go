@@ -171,6 +171,11 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st starte
 		up.Conn.Close()
 		return st, refuse(agent, "recording unavailable", codeSystemError, "interlock: the session cannot be recorded; try again later")
 	}
+	if !keeps {
+		// Only a connection to be parked needs what greeted the agent;
+		// an idle session should not hold it.
+		up.Parameters, up.Notices, park = nil, nil, ""
+	}
 	return started{agent: agent, up: up, key: key, park: park, keeps: keeps}, nil
 }
 
