@@ -7,9 +7,10 @@ import (
 	"github.com/interlock-dev/interlock/policy"
 )
 
-type closer struct{ closed bool }
+// closer stands for a parked connection; servers never closes one itself.
+type closer struct{}
 
-func (c *closer) Close() error { c.closed = true; return nil }
+func (closer) Close() error { return nil }
 
 // Parked connections are kept per identity, target and key, at most max
 // of a key, handed out last parked first, expired after their idle time
