@@ -194,18 +194,22 @@ func testRevokeRetried(t *testing.T, pg *testenv.Postgres) {
 	if !roleExists(t, pg, user) {
 		t.Fatal("role gone before the retry; the test proves nothing")
 	}
+	// The retry is reported after the journal says it is done: wait for
+	// the report too. mu is not held past here, since the report is made
+	// on the goroutine m.Close waits for.
+	retriedN := func() int { mu.Lock(); defer mu.Unlock(); return len(retried) }
 	deadline := time.Now().Add(20 * time.Second)
-	for roleExists(t, pg, user) || m.Pending() != 0 {
+	for roleExists(t, pg, user) || m.Pending() != 0 || retriedN() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("role %s not dropped by a retry within 20s (pending %d)", user, m.Pending())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	mu.Lock()
-	defer mu.Unlock()
 	if len(retried) != 1 || retried[0].Handle != user {
 		t.Errorf("retried: %+v", retried)
 	}
+	mu.Unlock()
 	// The journal says it is revoked: nothing is left for the next start.
 	m.Close()
 	if orphans, err := readJournal(filepath.Join(state, journalName)); err != nil || len(orphans) != 0 {
