@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/interlock-dev/interlock/agent/credentials"
@@ -70,4 +72,27 @@ func (d *Daemon) checkCredentials(ctx context.Context, p *policy.Policy) error {
 		d.log.Warn().Err(err).Msg("credential source not checked: unreachable now; its sessions fail until it is reachable")
 	}
 	return nil
+}
+
+// credentialWarnings says what of the credentials block p leaves without
+// effect, so that a typo in a target's name is not silent: a pool or reuse
+// entry naming no target of p, and reuse for a target whose protocol keeps
+// no server connections between sessions (only PostgreSQL's does; HTTP
+// keeps its own upstream connections, SSH has none to keep).
+func credentialWarnings(cfg credentials.Config, p *policy.Policy) []string {
+	var ws []string
+	for _, name := range slices.Sorted(maps.Keys(cfg.Pool)) {
+		if p.Target(name) == nil {
+			ws = append(ws, fmt.Sprintf("credentials.pool names target %q, which the policy does not have: nothing is issued ahead for it", name))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(cfg.Reuse)) {
+		switch t := p.Target(name); {
+		case t == nil:
+			ws = append(ws, fmt.Sprintf("credentials.reuse names target %q, which the policy does not have: no server connection is kept for it", name))
+		case t.Protocol != "postgres":
+			ws = append(ws, fmt.Sprintf("credentials.reuse names target %q of protocol %q: only postgres targets keep server connections between sessions", name, t.Protocol))
+		}
+	}
+	return ws
 }

@@ -337,9 +337,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	go d.readDenyEvents()
 	go d.collectExecCgroups(ctx)
 	go d.refreshTargets(ctx)
-	for _, w := range d.policy.Current().Warnings() {
-		d.log.Warn().Str("policy", d.policySrc).Msg(w)
-	}
+	d.warnPolicy(d.policy.Current())
 
 	bound := make([]string, 0, len(d.listeners))
 	for _, l := range d.listeners {
@@ -424,11 +422,20 @@ func (d *Daemon) Reload() error {
 	}
 	d.policySrc = text.Policy
 	d.policyText.Store(text)
-	for _, w := range pol.Warnings() {
-		d.log.Warn().Str("policy", d.policySrc).Msg(w)
-	}
+	d.warnPolicy(pol)
 	d.chain.Record(audit.PolicyReloaded{Path: text.Policy, SHA256: pol.SHA256(), Rules: pol.RuleCount()})
 	return nil
+}
+
+// warnPolicy logs what of the policy p in force, and of the credentials
+// block beside it, has no effect.
+func (d *Daemon) warnPolicy(p *policy.Policy) {
+	for _, w := range p.Warnings() {
+		d.log.Warn().Str("policy", d.policySrc).Msg(w)
+	}
+	for _, w := range credentialWarnings(d.cfg.Credentials, p) {
+		d.log.Warn().Str("policy", d.policySrc).Msg(w)
+	}
 }
 
 // applyNetworkPolicy pushes the kernel's share of p into the maps for
