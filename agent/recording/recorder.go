@@ -36,6 +36,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,12 @@ type Recorder struct {
 	stop    chan struct{}
 	stopped sync.WaitGroup
 	once    sync.Once
+
+	// flushMu serializes flushes (the ticker's, Flush's, Close's); held
+	// are the verdicts a flush could not store, which the next ones try
+	// again (see flushAll).
+	flushMu sync.Mutex
+	held    []heldVerdicts
 
 	// The writer goroutine does all file I/O, so Message never waits on a
 	// write(2). Full buffers travel to it over writes and come back
@@ -233,7 +240,25 @@ func (r *Recorder) flushLoop() {
 	}
 }
 
+// heldVerdicts is one session's verdicts that a flush could not store,
+// and how many flushes have failed to.
+type heldVerdicts struct {
+	ds    []store.Decision
+	tries int
+}
+
+// heldTries is how many flushes try a session's verdicts before they are
+// given up: about a minute at the default interval, for a fleet store that
+// is restarting or out of reach. They stay in the session's recording.
+const heldTries = 60
+
+// flushAll hands every open recording's buffer to the writer and stores
+// the verdicts since the last flush, with those earlier flushes could not
+// store: a store that fails for a while must not leave holes in the
+// decisions index (interlock sessions, the approvals' history).
 func (r *Recorder) flushAll(ctx context.Context) error {
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
 	r.mu.Lock()
 	sessions := make([]*Session, 0, len(r.active))
 	for _, s := range r.active {
@@ -248,7 +273,35 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 			flushed = append(flushed, s)
 		}
 	}
-	err := r.st.AddDecisions(ctx, batches...)
+	held := r.held
+	r.held = nil
+	all := make([][]store.Decision, 0, len(held)+len(batches))
+	for _, h := range held {
+		all = append(all, h.ds)
+	}
+	all = append(all, batches...)
+	err := r.st.AddDecisions(ctx, all...)
+	var failed *store.DecisionsError
+	if errors.As(err, &failed) {
+		var dropped int
+		for _, i := range failed.Unstored {
+			h := heldVerdicts{ds: all[i], tries: 1}
+			if i < len(held) {
+				h.tries = held[i].tries + 1
+			} else {
+				// The session takes its array back below.
+				h.ds = slices.Clone(h.ds)
+			}
+			if h.tries >= heldTries {
+				dropped += len(h.ds)
+				continue
+			}
+			r.held = append(r.held, h)
+		}
+		if dropped > 0 {
+			err = fmt.Errorf("%w; %d verdicts given up after %d flushes (they stay in their recordings)", err, dropped, heldTries)
+		}
+	}
 	for i, s := range flushed {
 		s.reuse(batches[i])
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -1045,4 +1046,92 @@ func exportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) er
 	}
 	defer rd.Close()
 	return recording.WriteConversation(ss, rd, pcap.NewWriter(w))
+}
+
+// A store that refuses verdicts for a while (a fleet store restarting)
+// leaves no hole in the decisions index: the next flushes store them. One
+// that keeps refusing gets them given up, said in the error; they stay in
+// the recording.
+func TestVerdictsHeldWhileStoreRefuses(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "interlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	// No flush but the test's.
+	rec, err := recording.NewRecorder(st, filepath.Join(t.TempDir(), "recordings"), "h", recording.WithFlushInterval(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	refuse := func(on bool) {
+		q := "DROP TRIGGER refuse_decisions"
+		if on {
+			q = "CREATE TRIGGER refuse_decisions BEFORE INSERT ON decision_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+		}
+		if _, err := st.DB().Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decide := func(s *recording.Session, stmt string) {
+		seq := s.Message(true, 'Q', []byte(stmt+"\x00"), time.Now())
+		s.Decide(seq, recording.Verdict{Action: "deny", Rule: "r", Enforced: true, Statement: stmt}, time.Now())
+	}
+	statements := func(id string) []string {
+		ds, err := st.Decisions(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, d := range ds {
+			got = append(got, d.Statement)
+		}
+		return got
+	}
+
+	s, _ := startAllowed(t, rec, "SELECT 1")
+	decide(s, "DROP TABLE a")
+	refuse(true)
+	if err := rec.Flush(ctx); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("flush while the store refuses: %v", err)
+	}
+	decide(s, "DROP TABLE b")
+	refuse(false)
+	if err := rec.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := statements(s.ID()), []string{"", "DROP TABLE a", "DROP TABLE b"}; !slices.Equal(got, want) {
+		t.Errorf("verdicts after the store came back: %q, want %q", got, want)
+	}
+
+	lost, _ := startAllowed(t, rec, "SELECT 2")
+	refuse(true)
+	for i := 1; ; i++ {
+		err := rec.Flush(ctx)
+		if err == nil {
+			t.Fatalf("flush %d stored while the store refuses", i)
+		}
+		if strings.Contains(err.Error(), "1 verdicts given up after") {
+			if i < 60 {
+				t.Fatalf("verdicts given up at flush %d: %v", i, err)
+			}
+			break
+		}
+		if i > 60 {
+			t.Fatalf("verdicts still held after %d flushes: %v", i, err)
+		}
+	}
+	refuse(false)
+	if err := rec.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := statements(lost.ID()); len(got) != 0 {
+		t.Errorf("verdicts given up were stored: %q", got)
+	}
+	for _, s := range []*recording.Session{s, lost} {
+		if _, err := s.Finish(ctx, recording.End{Outcome: "closed"}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

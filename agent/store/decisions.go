@@ -67,13 +67,12 @@ type decisionRow struct {
 }
 
 // decisionRows encodes batches into rows: a row for each run of one
-// session's decisions, decisionsPerRow at most.
-func decisionRows(batches [][]Decision) ([]decisionRow, error) {
-	var (
-		rows []decisionRow
-		enc  []decisionJSON
-	)
-	for _, ds := range batches {
+// session's decisions, decisionsPerRow at most. ends[i] is where the rows
+// of batches[i] end.
+func decisionRows(batches [][]Decision) (rows []decisionRow, ends []int, err error) {
+	var enc []decisionJSON
+	ends = make([]int, len(batches))
+	for b, ds := range batches {
 		for len(ds) > 0 {
 			n := 1
 			for n < len(ds) && n < decisionsPerRow && ds[n].SessionID == ds[0].SessionID {
@@ -93,36 +92,69 @@ func decisionRows(batches [][]Decision) ([]decisionRow, error) {
 			}
 			data, err := json.Marshal(enc)
 			if err != nil {
-				return nil, fmt.Errorf("encode decisions %s/%d..%d: %w", run[0].SessionID, run[0].Index, run[n-1].Index, err)
+				return nil, nil, fmt.Errorf("encode decisions %s/%d..%d: %w", run[0].SessionID, run[0].Index, run[n-1].Index, err)
 			}
 			rows = append(rows, decisionRow{session: run[0].SessionID, first: run[0].Index, last: run[n-1].Index,
 				actions: strings.Join(actions, ","), data: string(data)})
 		}
+		ends[b] = len(rows)
 	}
-	return rows, nil
+	return rows, ends, nil
 }
 
 // AddDecisions stores the decisions of every batch. The recorder batches
 // verdicts this way so the proxy never waits for a database write per
 // statement; it passes each session's verdicts as a batch of their own,
 // since copying them into one slice first cost the busy proxy a tenth of
-// this call. Each transaction carries one INSERT's rows (insertRows), so a
-// large backlog never holds the SQLite write lock long enough to time out
-// other writers; the rows are encoded before any is taken.
+// this call. Each transaction carries whole batches, about one INSERT's
+// rows (insertRows; a larger batch alone), so a large backlog never holds
+// the SQLite write lock long enough to time out other writers, and a batch
+// is stored whole or not at all; the rows are encoded before any is taken.
+// A transaction that fails does not stop the ones after it: the error is a
+// *DecisionsError naming the batches not stored, for the caller to try
+// again.
 func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
-	rows, err := decisionRows(batches)
+	rows, ends, err := decisionRows(batches)
 	if err != nil {
 		return err
 	}
-	for len(rows) > 0 {
-		n := min(len(rows), insertRows)
-		if err := s.addDecisionRows(ctx, rows[:n]); err != nil {
-			return err
+	var failed *DecisionsError
+	for b, start := 0, 0; b < len(batches); {
+		e := b + 1
+		for e < len(batches) && ends[e]-start <= insertRows {
+			e++
 		}
-		rows = rows[n:]
+		if ends[e-1] > start {
+			if err := s.addDecisionRows(ctx, rows[start:ends[e-1]]); err != nil {
+				if failed == nil {
+					failed = &DecisionsError{Err: err}
+				}
+				for i := b; i < e; i++ {
+					failed.Unstored = append(failed.Unstored, i)
+				}
+			}
+		}
+		b, start = e, ends[e-1]
+	}
+	if failed != nil {
+		return failed
 	}
 	return nil
 }
+
+// DecisionsError is how AddDecisions failed: Unstored are the indexes of
+// the batches it did not store (every other one is stored), Err the first
+// failure.
+type DecisionsError struct {
+	Unstored []int
+	Err      error
+}
+
+func (e *DecisionsError) Error() string {
+	return fmt.Sprintf("%d batches of decisions not stored: %v", len(e.Unstored), e.Err)
+}
+
+func (e *DecisionsError) Unwrap() error { return e.Err }
 
 func (s *Store) addDecisionRows(ctx context.Context, rows []decisionRow) error {
 	ins, err := s.decisionsInsert(ctx, len(rows))

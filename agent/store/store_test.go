@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -134,6 +135,31 @@ func testManyDecisions(t *testing.T, open storetest.Open) {
 	// fail on the batch's key, naming them.
 	if err := s.AddDecisions(ctx, ds[:3]); err == nil || !strings.Contains(err.Error(), ss.ID+"/0..2") {
 		t.Fatalf("decisions stored twice: %v, want an error naming %s/0..2", err, ss.ID)
+	}
+	// A transaction that fails stores none of its batches and stops none
+	// after it; the error names the batches not stored. The second batch
+	// alternates two sessions, a row per decision: more rows than one
+	// INSERT carries (64), so the first goes alone.
+	var x, y store.Session
+	for _, p := range []*store.Session{&x, &y} {
+		*p = store.Session{Host: "h1", Identity: "ci", Target: "orders", Protocol: "postgresql", Started: time.Now().UTC()}
+		if err := s.CreateSession(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var alternating []store.Decision
+	for i := range 200 {
+		alternating = append(alternating, store.Decision{SessionID: []string{x.ID, y.ID}[i%2], Index: int64(i / 2), Action: "allow"})
+	}
+	last := []store.Decision{{SessionID: x.ID, Index: 100, Action: "deny"}}
+	var failed *store.DecisionsError
+	if err := s.AddDecisions(ctx, ds[:3], alternating, last); !errors.As(err, &failed) || !slices.Equal(failed.Unstored, []int{0}) {
+		t.Fatalf("a batch stored twice beside two new ones: %v, want a DecisionsError naming batch 0", err)
+	}
+	for id, want := range map[string]int{x.ID: 101, y.ID: 100} {
+		if got, err := s.Decisions(ctx, id); err != nil || len(got) != want {
+			t.Errorf("decisions of %s after a failed transaction before them: %d, %v; want %d", id, len(got), err, want)
+		}
 	}
 
 	// The same, stored by the session's end with its row.
