@@ -280,6 +280,11 @@ func TestHTTPSPassthrough(t *testing.T) {
 	if tr := f.replay(t, closed); !strings.Contains(tr, "TLS passthrough to mirror.test, ALPN h2,http/1.1: not decrypted") {
 		t.Errorf("replay of the passthrough session:\n%s", tr)
 	}
+	// Its byte counts are what was relayed: a TLS session each way, not
+	// the recording's two notes.
+	if in, out := closed["bytes_sent"].(float64), closed["bytes_received"].(float64); in < 300 || out < 1000 {
+		t.Errorf("passthrough session closed with %v bytes sent and %v received, want a TLS session's: %v", in, out, closed)
+	}
 	before := f.hits("api.test") + f.hits("mirror.test")
 	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://evil.test:%d/", f.tlsPort)); st == 0 {
 		t.Errorf("a server name no target has went through:\n%s", errOut)

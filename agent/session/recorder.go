@@ -29,6 +29,9 @@ type recorder struct {
 	// about it, on the same goroutine, so the decision finds its request
 	// here.
 	lastSeq int64
+	// relayed are the bytes from and to the agent that the decoder relayed
+	// unrecorded (Relayed).
+	relayed [2]int64
 }
 
 // Start implements protocol.Recorder.
@@ -54,6 +57,12 @@ func (r *recorder) Record(m protocol.Message) {
 	}
 }
 
+// Relayed implements protocol.Recorder.
+func (r *recorder) Relayed(fromAgent, toAgent int64) {
+	r.relayed[0] += fromAgent
+	r.relayed[1] += toAgent
+}
+
 // finish seals the recording, if the session began, and returns its row.
 func (r *recorder) finish(outcome string) *store.Session {
 	if r.session == nil {
@@ -61,7 +70,7 @@ func (r *recorder) finish(outcome string) *store.Session {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), finishTimeout)
 	defer cancel()
-	ss, err := r.session.Finish(ctx, recording.End{Outcome: outcome})
+	ss, err := r.session.Finish(ctx, recording.End{Outcome: outcome, BytesIn: r.relayed[0], BytesOut: r.relayed[1]})
 	if err != nil {
 		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("seal recording")
 	}

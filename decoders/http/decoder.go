@@ -297,6 +297,7 @@ func (c *conn) passthrough(ctx context.Context, read []byte, hello Hello) error 
 	}
 	sent, recv := protocol.Relay(c.s.Agent, up)
 	sent += int64(len(read))
+	c.s.Recorder.Relayed(sent, recv)
 	c.s.Recorder.Record(protocol.Message{Type: MsgPassthroughEnd, Time: time.Now(),
 		Body: fmt.Appendf(nil, "agent sent %d bytes, server %d bytes", sent, recv)})
 	return nil

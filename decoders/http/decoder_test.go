@@ -33,8 +33,9 @@ import (
 
 // recorder keeps what a session recorded (protocol.Recorder).
 type recorder struct {
-	mu   sync.Mutex
-	msgs []protocol.Message
+	mu      sync.Mutex
+	msgs    []protocol.Message
+	relayed [2]int64
 }
 
 func (r *recorder) Start(context.Context) error { return nil }
@@ -44,6 +45,13 @@ func (r *recorder) Record(m protocol.Message) {
 	defer r.mu.Unlock()
 	m.Body = append([]byte(nil), m.Body...)
 	r.msgs = append(r.msgs, m)
+}
+
+func (r *recorder) Relayed(fromAgent, toAgent int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.relayed[0] += fromAgent
+	r.relayed[1] += toAgent
 }
 
 func (r *recorder) types() string {
@@ -364,6 +372,14 @@ func TestPassthrough(t *testing.T) {
 	}
 	if ty := h.rec.types(); ty != "tn" || len(h.enf.seen) != 0 {
 		t.Errorf("recorded %q, decided %d requests: passthrough decides nothing inside", ty, len(h.enf.seen))
+	}
+	// What it relayed is counted, though not recorded: a TLS handshake and
+	// a request each way, more than a few hundred bytes.
+	h.rec.mu.Lock()
+	relayed := h.rec.relayed
+	h.rec.mu.Unlock()
+	if relayed[0] < 300 || relayed[1] < 1000 {
+		t.Errorf("passthrough relayed %d bytes from the agent and %d to it, want a TLS session's", relayed[0], relayed[1])
 	}
 	// A name no target has is refused in TLS's words.
 	_, err = tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "evil.test"})

@@ -39,6 +39,9 @@ func (m *messages) Record(msg protocol.Message) {
 	*m = append(*m, msg)
 }
 
+// Relayed is never called: PostgreSQL sessions record every message.
+func (m *messages) Relayed(int64, int64) {}
+
 // The agent's password (or SCRAM proof) never lands in a recording.
 func TestPasswordNotRecorded(t *testing.T) {
 	var got messages

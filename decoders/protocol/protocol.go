@@ -298,6 +298,10 @@ type Recorder interface {
 	Start(ctx context.Context) error
 	// Record appends one message; it must not retain m.Body.
 	Record(m Message)
+	// Relayed reports the bytes a decoder relayed without recording them
+	// message by message (TLS passthrough), from and to the agent: the
+	// session's byte counts are these, not its messages'.
+	Relayed(fromAgent, toAgent int64)
 }
 
 // Message is one protocol message as it crossed the proxy.
