@@ -201,8 +201,17 @@ func (d *Daemon) Stop() {
 	d.cmd = nil
 }
 
-// Logs returns everything interlockd printed so far.
-func (d *Daemon) Logs() string { return d.logs.String() }
+// Logs returns everything interlockd printed so far. interlockd writes
+// its lines below warn level in batches, each within 10 ms of its first
+// line (cmd/interlockd's logWriter): Logs waits logSettle first, so that
+// every line logged before the call is in what it returns.
+func (d *Daemon) Logs() string {
+	time.Sleep(logSettle)
+	return d.logs.String()
+}
+
+// logSettle is interlockd's log batching (10 ms) with room for the pipe.
+const logSettle = 50 * time.Millisecond
 
 // PID returns the running interlockd's process id.
 func (d *Daemon) PID() int { return d.cmd.Process.Pid }

@@ -76,7 +76,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cfg.ListenPort = uint16(*port)
 	}
 
-	log := newLogger(cfg, stderr)
+	lw := newLogWriter(stderr)
+	defer lw.Flush()
+	log := newLogger(cfg, lw)
 	d, err := daemon.New(cfg, log)
 	if err != nil {
 		log.Error().Err(err).Msg("cannot start")
