@@ -19,14 +19,32 @@ import (
 // the credential's lifetime is the promise).
 const reuseMargin = 30 * time.Second
 
+// resumeWait bounds how long a session waits for a server connection that
+// an ended session of its identity is resetting (Parking) before it logs
+// in afresh. A reset is one round trip (DISCARD ALL) and takes well under
+// a millisecond; a server slower than this would be slow to log in to as
+// well.
+const resumeWait = 20 * time.Millisecond
+
 // servers holds the server connections ended sessions parked
 // (protocol.Upstream.Park) until a session of the same identity, target
 // and key takes one, or they are dropped with their credential
 // (credentials.ReuseConfig).
 type servers struct {
-	mu     sync.Mutex
-	idle   map[serverKey][]*parked
-	closed bool
+	mu   sync.Mutex
+	idle map[serverKey][]*parked
+	// resetting counts, per key, the connections ended sessions are
+	// resetting to park (Parking); sessions that find none idle wait for
+	// them.
+	resetting map[serverKey]*resets
+	closed    bool
+}
+
+// resets is how many connections of one key are being reset; settled is
+// closed, and replaced, each time one of them is parked or given up.
+type resets struct {
+	n       int
+	settled chan struct{}
 }
 
 // serverKey is what a parked connection may serve. The target is the
@@ -60,20 +78,37 @@ func (pk *parked) fresh() bool {
 	return exp.IsZero() || time.Until(exp) > reuseMargin
 }
 
-// Park implements protocol.Upstream: the session's credential goes with
-// conn, so revoke at the session's end has nothing left to do.
-func (u *upstream) Park(key string, conn io.Closer) bool {
+// Parking implements protocol.Upstream: sessions that ask for key wait
+// for the connection until park is called. The session's credential goes
+// with the connection, so revoke at the session's end has nothing left to
+// do.
+func (u *upstream) Parking(key string) func(conn io.Closer) bool {
 	n, idle := u.p.cfg.Credentials.Reuse(u.c.target.Name)
 	if n == 0 {
-		return false
+		return func(io.Closer) bool { return false }
 	}
+	k := serverKey{identity: u.c.identity.Name, target: u.c.target, key: key}
+	u.p.servers.reset(k)
+	var once sync.Once
+	return func(conn io.Closer) (kept bool) {
+		once.Do(func() {
+			// Settled after the connection is parked, so that a session
+			// woken by it finds it.
+			defer u.p.servers.settle(k)
+			kept = conn != nil && u.park(k, conn, n, idle)
+		})
+		return kept
+	}
+}
+
+// park parks conn under k with the session's credential.
+func (u *upstream) park(k serverKey, conn io.Closer, n int, idle time.Duration) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if !u.issued || u.err != nil {
 		return false
 	}
-	pk := &parked{k: serverKey{identity: u.c.identity.Name, target: u.c.target, key: key},
-		conn: conn, lease: u.lease, cred: u.cred, forget: u.forget, session: u.c.id}
+	pk := &parked{k: k, conn: conn, lease: u.lease, cred: u.cred, forget: u.forget, session: u.c.id}
 	if !pk.fresh() || !u.p.servers.put(pk, n, idle, u.p.expire) {
 		return false
 	}
@@ -83,6 +118,8 @@ func (u *upstream) Park(key string, conn io.Closer) bool {
 
 // Resume implements protocol.Upstream. A parked connection whose
 // credential is about to expire is dropped, off the session's path.
+// Without one idle, a connection being reset for key is waited for, up to
+// resumeWait.
 func (u *upstream) Resume(key string) (io.Closer, bool) {
 	if n, _ := u.p.cfg.Credentials.Reuse(u.c.target.Name); n == 0 {
 		return nil, false
@@ -93,10 +130,24 @@ func (u *upstream) Resume(key string) (io.Closer, bool) {
 		return nil, true
 	}
 	k := serverKey{identity: u.c.identity.Name, target: u.c.target, key: key}
+	var deadline <-chan time.Time
 	for {
-		pk := u.p.servers.take(k)
+		pk, settled := u.p.servers.take(k)
 		if pk == nil {
-			return nil, true
+			if settled == nil {
+				return nil, true
+			}
+			if deadline == nil {
+				t := time.NewTimer(resumeWait)
+				defer t.Stop()
+				deadline = t.C
+			}
+			select {
+			case <-settled:
+				continue
+			case <-deadline:
+				return nil, true
+			}
 		}
 		if !pk.fresh() {
 			go u.p.drop(pk)
@@ -127,13 +178,18 @@ func (s *servers) put(pk *parked, max int, idle time.Duration, expire func(*park
 }
 
 // take removes and returns the connection parked last under k (the one
-// most likely still warm; the others idle out first), or nil.
-func (s *servers) take(k serverKey) *parked {
+// most likely still warm; the others idle out first). With none parked, it
+// returns what is closed when a connection being reset for k settles (nil
+// when none is).
+func (s *servers) take(k serverKey) (*parked, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	list := s.idle[k]
 	if len(list) == 0 {
-		return nil
+		if r := s.resetting[k]; r != nil {
+			return nil, r.settled
+		}
+		return nil, nil
 	}
 	pk := list[len(list)-1]
 	list[len(list)-1] = nil
@@ -143,7 +199,35 @@ func (s *servers) take(k serverKey) *parked {
 		s.idle[k] = list[:len(list)-1]
 	}
 	pk.timer.Stop()
-	return pk
+	return pk, nil
+}
+
+// reset counts a connection being reset to be parked under k.
+func (s *servers) reset(k serverKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.resetting == nil {
+		s.resetting = map[serverKey]*resets{}
+	}
+	r := s.resetting[k]
+	if r == nil {
+		r = &resets{settled: make(chan struct{})}
+		s.resetting[k] = r
+	}
+	r.n++
+}
+
+// settle ends what reset counted, waking the sessions waiting on k.
+func (s *servers) settle(k serverKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.resetting[k]
+	close(r.settled)
+	if r.n--; r.n == 0 {
+		delete(s.resetting, k)
+	} else {
+		r.settled = make(chan struct{})
+	}
 }
 
 // remove takes pk out if it is still parked, reporting whether it was.

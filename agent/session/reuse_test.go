@@ -32,11 +32,11 @@ func TestParkedServers(t *testing.T) {
 		{identity: "ci", target: &policy.Target{Name: "db"}, key: "postgres"}, // the same name, reloaded
 		{identity: "ci", target: db, key: "other"},
 	} {
-		if pk := s.take(other); pk != nil {
+		if pk, _ := s.take(other); pk != nil {
 			t.Fatalf("take(%+v) got a connection parked under %+v", other, k)
 		}
 	}
-	if pk := s.take(k); pk != b {
+	if pk, _ := s.take(k); pk != b {
 		t.Fatal("take did not return the connection parked last")
 	}
 
@@ -63,5 +63,49 @@ func TestParkedServers(t *testing.T) {
 	}
 	if s.put(c, 2, time.Hour, never) {
 		t.Fatal("put accepted after close")
+	}
+}
+
+// A connection being reset to be parked is waited for: take says what
+// will be closed once it is parked (or given up), and nothing once none
+// is being reset.
+func TestResetServersWaitedFor(t *testing.T) {
+	var s servers
+	k := serverKey{identity: "ci", target: &policy.Target{Name: "db"}, key: "postgres"}
+	if pk, settled := s.take(k); pk != nil || settled != nil {
+		t.Fatal("take with nothing parked or being reset")
+	}
+	s.reset(k)
+	s.reset(k)
+	_, first := s.take(k)
+	if first == nil {
+		t.Fatal("take does not say a connection is being reset")
+	}
+	pk := &parked{k: k, conn: &closer{}}
+	go func() {
+		s.put(pk, 2, time.Hour, func(*parked) {})
+		s.settle(k)
+	}()
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not woken when the connection was parked")
+	}
+	if got, _ := s.take(k); got != pk {
+		t.Fatal("woken, but the connection parked is not there")
+	}
+	// The second reset is still going: waited for anew.
+	_, second := s.take(k)
+	if second == nil || second == first {
+		t.Fatal("the second reset is not waited for")
+	}
+	s.settle(k) // given up
+	select {
+	case <-second:
+	default:
+		t.Fatal("a reset given up wakes nobody")
+	}
+	if pk, settled := s.take(k); pk != nil || settled != nil {
+		t.Fatal("still waiting once every reset settled")
 	}
 }

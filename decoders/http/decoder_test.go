@@ -103,7 +103,9 @@ func (u upstream) Addr() string { return u.addr }
 
 // The decoder keeps no server connections between sessions.
 func (upstream) Resume(string) (io.Closer, bool) { return nil, false }
-func (upstream) Park(string, io.Closer) bool     { return false }
+func (upstream) Parking(string) func(io.Closer) bool {
+	return func(io.Closer) bool { return false }
+}
 func (u upstream) Dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", u.addr)

@@ -173,6 +173,9 @@ type RelayConfig struct {
 	// and had no transaction open. The server was not sent the Terminate;
 	// it is called before Relay returns, and owns the connection.
 	Keep func(upstream net.Conn)
+	// Parking, with Keep, is called as soon as the agent ended the session
+	// cleanly, before the server side has stopped: Keep may follow.
+	Parking func()
 }
 
 const (
@@ -359,6 +362,9 @@ func (r *relay) clientEnded(err error) {
 		// (serverIdle). Closing the agent ends a server side still
 		// writing to it, which then is not idle.
 		r.parking.Store(true)
+		if r.cfg.Parking != nil {
+			r.cfg.Parking()
+		}
 		r.agent.Close()
 		r.upstream.SetReadDeadline(time.Now())
 		return

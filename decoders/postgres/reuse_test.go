@@ -49,12 +49,17 @@ func (u *keepingUpstream) Resume(key string) (io.Closer, bool) {
 	u.parked[key] = list[:len(list)-1]
 	return list[len(list)-1], true
 }
-func (u *keepingUpstream) Park(key string, c io.Closer) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.parked[key] = append(u.parked[key], c)
-	u.parks++
-	return true
+func (u *keepingUpstream) Parking(key string) func(io.Closer) bool {
+	return func(c io.Closer) bool {
+		if c == nil {
+			return false
+		}
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		u.parked[key] = append(u.parked[key], c)
+		u.parks++
+		return true
+	}
 }
 
 func (u *keepingUpstream) parkCount() int {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"slices"
@@ -61,15 +62,23 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	if s.Limits.Budget != nil {
 		rc.Budget = s.Limits.Budget
 	}
-	kept := false
+	var (
+		park func(io.Closer) bool
+		kept bool
+	)
 	if st.keeps {
+		rc.Parking = func() { park = s.Upstream.Parking(st.park) }
 		rc.Keep = func(net.Conn) { kept = true }
 	}
 	err = Relay(ctx, st.agent, st.up.Conn, rc)
-	if kept {
+	if park != nil || kept {
 		// The agent has gone; the server's session is left for the
-		// identity's next one.
-		if st.up.reset() != nil || !s.Upstream.Park(st.park, st.up) {
+		// identity's next one. (Relay calls Parking before Keep.)
+		var reset io.Closer
+		if kept && st.up.reset() == nil {
+			reset = st.up
+		}
+		if (park == nil || !park(reset)) && kept {
 			st.up.Close()
 		}
 	}

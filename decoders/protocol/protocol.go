@@ -153,19 +153,25 @@ type Upstream interface {
 	// the session ends. The agent never sees it.
 	Credential(ctx context.Context, r CredentialRequest) (Credential, error)
 	// Resume returns a server connection an ended session of this
-	// identity parked under key (Park), and makes the credential it is
+	// identity parked under key (Parking), and makes the credential it is
 	// logged in with this session's, in place of issuing one; nil when
-	// there is none. keeps reports whether the target keeps connections
-	// at all: only then is Park worth a reset. Key names what a connection
-	// was opened for (a database, startup settings) in the decoder's terms.
+	// there is none. A connection that an ended session is still resetting
+	// for key is waited for, briefly: a client that reconnects at once
+	// must not log in afresh. keeps reports whether the target keeps
+	// connections at all: only then is a reset worth it. Key names what a
+	// connection was opened for (a database, startup settings) in the
+	// decoder's terms.
 	Resume(key string) (conn io.Closer, keeps bool)
-	// Park keeps conn, logged in with this session's credential and reset
-	// to the state of a new session, for a later session of the same
-	// identity and target that asks for key under the same policy. The
-	// credential then ends when the pipeline drops conn (idle too long,
-	// too many idle, interlockd stopping), not with this session. It
-	// reports false when conn is not kept; the caller closes it.
-	Park(key string, conn io.Closer) bool
+	// Parking announces, as soon as the agent has left, that this session's
+	// server connection is being reset to be kept under key; park then
+	// keeps conn, logged in with this session's credential and reset to
+	// the state of a new session, for a later session of the same identity
+	// and target that asks for key under the same policy. The credential
+	// then ends when the pipeline drops conn (idle too long, too many idle,
+	// interlockd stopping), not with this session. park must be called
+	// once: with nil when the reset failed. It reports false when conn is
+	// not kept; the caller closes it.
+	Parking(key string) (park func(conn io.Closer) bool)
 }
 
 // CredentialRequest is what a decoder brings to the issue of a credential.
