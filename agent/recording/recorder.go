@@ -252,6 +252,12 @@ type heldVerdicts struct {
 // is restarting or out of reach. They stay in the session's recording.
 const heldTries = 60
 
+// heldMax bounds the verdicts held for the next flushes: a busy proxy's
+// minute of them would be far more. Beyond it, a failed flush's verdicts
+// are given up at once (the oldest held are kept: their flushes come
+// first).
+const heldMax = 1 << 16
+
 // flushAll hands every open recording's buffer to the writer and stores
 // the verdicts since the last flush, with those earlier flushes could not
 // store: a store that fails for a while must not leave holes in the
@@ -283,23 +289,26 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 	err := r.st.AddDecisions(ctx, all...)
 	var failed *store.DecisionsError
 	if errors.As(err, &failed) {
-		var dropped int
+		var dropped, kept int
 		for _, i := range failed.Unstored {
 			h := heldVerdicts{ds: all[i], tries: 1}
 			if i < len(held) {
 				h.tries = held[i].tries + 1
-			} else {
-				// The session takes its array back below.
-				h.ds = slices.Clone(h.ds)
 			}
-			if h.tries >= heldTries {
+			if h.tries >= heldTries || kept+len(h.ds) > heldMax {
 				dropped += len(h.ds)
 				continue
 			}
+			if i >= len(held) {
+				// The session takes its array back below.
+				h.ds = slices.Clone(h.ds)
+			}
+			kept += len(h.ds)
 			r.held = append(r.held, h)
 		}
 		if dropped > 0 {
-			err = fmt.Errorf("%w; %d verdicts given up after %d flushes (they stay in their recordings)", err, dropped, heldTries)
+			err = fmt.Errorf("%w; %d verdicts given up, held for %d flushes or beyond %d held (they stay in their recordings)",
+				err, dropped, heldTries, heldMax)
 		}
 	}
 	for i, s := range flushed {
