@@ -27,7 +27,7 @@ const reuseMargin = 30 * time.Second
 const resumeWait = 20 * time.Millisecond
 
 // servers holds the server connections ended sessions parked
-// (protocol.Upstream.Park) until a session of the same identity, target
+// (protocol.Upstream.Parking) until a session of the same identity, target
 // and key takes one, or they are dropped with their credential
 // (credentials.ReuseConfig).
 type servers struct {

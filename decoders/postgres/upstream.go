@@ -191,7 +191,7 @@ func ConnectUpstream(ctx context.Context, conn net.Conn, cfg UpstreamConfig) (*U
 }
 
 // Close closes the connection: a parked Upstream is an io.Closer
-// (protocol.Upstream.Park).
+// (protocol.Upstream.Parking).
 func (u *Upstream) Close() error { return u.Conn.Close() }
 
 // resetTimeout bounds the reset of a session its agent has left.

@@ -25,7 +25,7 @@
 //     NoticeResponse and waits. The credential is a user name and password
 //     the decoder logs in upstream with; a server connection left idle
 //     and reset at a session's end can serve the identity's next session
-//     (Upstream.Park, Upstream.Resume).
+//     (Upstream.Parking, Upstream.Resume).
 //   - HTTP: one Session is one agent connection, many requests. Each
 //     HTTP/1.1 request, and each HTTP/2 stream, is one Decide call
 //     (Operation the method, Text the path and query, Host the Host or
