@@ -522,13 +522,13 @@ func head(s string, lines int) string {
 	return strings.Join(l, "\n")
 }
 
-func newSQLiteRecorder(t testing.TB) (*store.Store, *recording.Recorder) {
+func newSQLiteRecorder(t testing.TB, opts ...recording.Option) (*store.Store, *recording.Recorder) {
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "interlock.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	rec, err := recording.NewRecorder(st, filepath.Join(t.TempDir(), "recordings"), "h")
+	rec, err := recording.NewRecorder(st, filepath.Join(t.TempDir(), "recordings"), "h", opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -536,20 +536,25 @@ func newSQLiteRecorder(t testing.TB) (*store.Store, *recording.Recorder) {
 	return st, rec
 }
 
+// refuseInserts makes st refuse every insert into table, as a full disk
+// would, or stop refusing.
+func refuseInserts(t *testing.T, st *store.Store, table string, on bool) {
+	t.Helper()
+	q := "DROP TRIGGER refuse_" + table
+	if on {
+		q = "CREATE TRIGGER refuse_" + table + " BEFORE INSERT ON " + table + " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+	}
+	if _, err := st.DB().Exec(q); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A refused row that Start did not wait for is reported to its session;
 // Starts then wait for their rows, refusing sessions, until one is stored.
 func TestStartAfterRefusedRow(t *testing.T) {
 	ctx := context.Background()
 	st, rec := newSQLiteRecorder(t)
-	refuse := func(on bool) {
-		q := "DROP TRIGGER refuse_sessions"
-		if on {
-			q = "CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-		}
-		if _, err := st.DB().Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	refuse := func(on bool) { refuseInserts(t, st, "sessions", on) }
 	meta := store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}
 	refuse(true)
 	lost := make(chan error, 1)
@@ -1054,26 +1059,9 @@ func exportPcap(ctx context.Context, st *store.Store, id string, w io.Writer) er
 // the recording.
 func TestVerdictsHeldWhileStoreRefuses(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "interlock.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	// No flush but the test's.
-	rec, err := recording.NewRecorder(st, filepath.Join(t.TempDir(), "recordings"), "h", recording.WithFlushInterval(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Close() })
-	refuse := func(on bool) {
-		q := "DROP TRIGGER refuse_decisions"
-		if on {
-			q = "CREATE TRIGGER refuse_decisions BEFORE INSERT ON decision_batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-		}
-		if _, err := st.DB().Exec(q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st, rec := newSQLiteRecorder(t, recording.WithFlushInterval(time.Hour))
+	refuse := func(on bool) { refuseInserts(t, st, "decision_batches", on) }
 	decide := func(s *recording.Session, stmt string) {
 		seq := s.Message(true, 'Q', []byte(stmt+"\x00"), time.Now())
 		s.Decide(seq, recording.Verdict{Action: "deny", Rule: "r", Enforced: true, Statement: stmt}, time.Now())
