@@ -281,11 +281,14 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 	}
 	held := r.held
 	r.held = nil
-	all := make([][]store.Decision, 0, len(held)+len(batches))
-	for _, h := range held {
-		all = append(all, h.ds)
+	all := batches
+	if len(held) > 0 {
+		all = make([][]store.Decision, 0, len(held)+len(batches))
+		for _, h := range held {
+			all = append(all, h.ds)
+		}
+		all = append(all, batches...)
 	}
-	all = append(all, batches...)
 	err := r.st.AddDecisions(ctx, all...)
 	var failed *store.DecisionsError
 	if errors.As(err, &failed) {
