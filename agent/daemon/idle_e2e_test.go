@@ -19,8 +19,8 @@ import (
 // TestIdleSessionMemory opens PostgreSQL sessions through the whole path
 // that each run a statement and wait, and measures what interlockd holds
 // for each: its goroutines and their stacks, and its live heap (after a
-// collection). An idle session holds one goroutine parked at a shallow
-// depth, and no buffer: not its relay's, not its recording's.
+// collection). An idle session holds no goroutine and no buffer: not its
+// relay's, not its recording's.
 func TestIdleSessionMemory(t *testing.T) {
 	testenv.Privileged(t)
 	const sessions = 200
@@ -104,21 +104,20 @@ func TestIdleSessionMemory(t *testing.T) {
 	g1 := goroutines()
 	heapPer, stackPer := (heap1-heap0)/sessions, (stack1-stack0)/sessions
 	t.Logf("per idle session: %d bytes of live heap, %d of stack, %.2f goroutines", heapPer, stackPer, float64(g1-g0)/sessions)
-	// One goroutine, the session's (its relay's server side), parked at
-	// a shallow depth: the client side's wait went to the watcher
-	// (postgres.Relay's suspend). A few more of the daemon's own come and
-	// go.
-	if g1-g0 > sessions+sessions/20 {
-		t.Errorf("%d goroutines for %d idle sessions, want one each", g1-g0, sessions)
+	// No goroutine: both sides' waits went to the watcher (postgres.Relay's
+	// suspend and suspendServer, the session detached). A few of the
+	// daemon's own come and go.
+	if g1-g0 > sessions/20 {
+		t.Errorf("%d goroutines for %d idle sessions, want none", g1-g0, sessions)
 	}
-	// The session's goroutine of 8 KiB, and what the runtime keeps of the
-	// client sides' stacks once they ended, which it counts as stack
-	// (14.4 to 14.9 KiB measured). They were 16 and 8 KiB before the
-	// session's frames left the stack while it waits
-	// (session.Pipeline.Handle): 26.7 KiB measured; 8 and 8 before the
-	// client side's did, and while it kept a goroutine: 17 KiB.
-	if stackPer > 18<<10 {
-		t.Errorf("%d bytes of goroutine stack per idle session, want at most 18 KiB", stackPer)
+	// What the runtime keeps of the ended goroutines' stacks for the next
+	// ones, which it counts as stack (7 KiB measured). With the server
+	// side's goroutine parked it was 14.4 to 14.9 KiB; 26.7 KiB before
+	// the session's frames left that stack while it waits
+	// (session.Pipeline.Handle); 17 KiB while the client side kept a
+	// goroutine too.
+	if stackPer > 11<<10 {
+		t.Errorf("%d bytes of goroutine stack per idle session, want at most 11 KiB", stackPer)
 	}
 	// 6 to 10 KiB: the relay, the recording, the session's records and
 	// credential, its sockets. Buffers held while idle were 30 KiB more

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -49,6 +50,25 @@ type Conn struct {
 	Dst      netip.AddrPort
 	Client   *net.TCPConn
 	Accepted time.Time
+	// refs counts what keeps the connection served: its Handle call
+	// and each Hold; done untracks it once none is left (a Conn made
+	// outside a Server has none).
+	refs atomic.Int32
+	done func()
+}
+
+// Hold keeps c served after Handle returns, until release is called
+// (once): a handler whose session goes on with no goroutine of its own
+// (protocol.ErrDetached) returns while shutdown must still wait for it.
+func (c *Conn) Hold() (release func()) {
+	c.refs.Add(1)
+	return c.release
+}
+
+func (c *Conn) release() {
+	if c.refs.Add(-1) == 0 && c.done != nil {
+		c.done()
+	}
 }
 
 // Identifier resolves a redirected connection from the 4-tuple the proxy sees.
@@ -56,8 +76,8 @@ type Identifier interface {
 	Identify(peer, local netip.AddrPort) (Identity, netip.AddrPort, error)
 }
 
-// Handler serves one connection until it ends. It owns c.Client and must
-// close it.
+// Handler serves one connection until it ends, or until it returns having
+// called c.Hold. It owns c.Client and must close it.
 type Handler interface {
 	Handle(ctx context.Context, c *Conn)
 }
@@ -152,14 +172,23 @@ func (s *Server) untrack(c *net.TCPConn) {
 }
 
 func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
-	defer s.wg.Done()
-	defer s.untrack(c)
-	// The handler parks this goroutine for as long as the session lasts;
-	// identifying is a function of its own so that its locals are not on
-	// the stack meanwhile (see session.Pipeline.Handle).
-	if conn := s.identify(c, identifier); conn != nil {
-		s.Handler.Handle(s.ctx, conn)
+	done := func() {
+		s.untrack(c)
+		s.wg.Done()
 	}
+	// The handler parks this goroutine for as long as the session lasts,
+	// unless it holds the connection (Conn.Hold); identifying is a
+	// function of its own so that its locals are not on the stack
+	// meanwhile (see session.Pipeline.Handle).
+	conn := s.identify(c, identifier)
+	if conn == nil {
+		done()
+		return
+	}
+	conn.done = done
+	conn.refs.Store(1)
+	defer conn.release()
+	s.Handler.Handle(s.ctx, conn)
 }
 
 // identify returns c as the connection of the caller the kernel recorded,

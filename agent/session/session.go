@@ -190,26 +190,32 @@ func IdentityOf(o datapath.Origin, name string) proxy.Identity {
 
 // Handle implements proxy.Handler: it serves one connection until it ends.
 func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
-	defer pc.Client.Close()
-	m := p.cfg.Metrics
-	m.Active.Inc()
-	defer m.Active.Dec()
+	p.cfg.Metrics.Active.Inc()
 	// What comes before the decoder and after it are functions of their
 	// own, so that their locals are off this goroutine's stack while the
 	// decoder serves: an idle session parks it there, and the runtime
 	// halves a parked goroutine's stack only while it uses under a quarter.
 	sv, ok := p.open(ctx, pc)
 	if !ok {
+		p.cfg.Metrics.Active.Dec()
+		pc.Client.Close()
 		return
 	}
-	defer sv.cut(nil)
-	sv.finish(sv.decoder.Serve(sv.ctx, sv.s))
+	// A decoder that detaches (protocol.ErrDetached) ends the session
+	// later, on a goroutine of its own; the connection stays held.
+	sv.pc, sv.release = pc, pc.Hold()
+	sv.s.Finish = sv.end
+	if err := sv.decoder.Serve(sv.ctx, sv.s); err != protocol.ErrDetached {
+		sv.end(err)
+	}
 }
 
 // served is a connection handed to its decoder: what serving it needs
 // after the decoder returns.
 type served struct {
 	p       *Pipeline
+	pc      *proxy.Conn
+	release func() // of pc's Hold
 	c       *conn
 	decoder protocol.Decoder
 	s       *protocol.Session
@@ -220,10 +226,20 @@ type served struct {
 	slot    bool // the identity's session slot is held
 }
 
+// end ends a session its decoder has served, with how Serve ended (or
+// what it reported through protocol.Session.Finish).
+func (sv *served) end(err error) {
+	sv.finish(err)
+	sv.cut(nil)
+	sv.p.cfg.Metrics.Active.Dec()
+	sv.pc.Client.Close()
+	sv.release()
+}
+
 // open decides the connection and, for a protocol with a decoder, sets up
 // its session; ok is false when the connection was served here (the plain
 // relay) or refused.
-func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv served, ok bool) {
+func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv *served, ok bool) {
 	m := p.cfg.Metrics
 	pol := p.cfg.Policy.Current()
 	c := newConn(pc, pol)
@@ -242,7 +258,7 @@ func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv served, ok bool
 		p.record(c.decision("CONNECT", "", dec, mode == policy.Enforce))
 		if p.decoders[c.protocol()] == nil {
 			p.relay(ctx, c, pol, dec, mode)
-			return served{}, false
+			return nil, false
 		}
 		connect = protocol.Verdict{Action: protocol.Allow}
 		if mode == policy.Enforce {
@@ -276,7 +292,7 @@ func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv served, ok bool
 	if c.byName != "" {
 		s.Select = p.byName(c, byAddr, pc.Dst.Port())
 	}
-	return served{p: p, c: c, decoder: decoder, s: s, ctx: ctx, cut: cut, rec: rec, up: up, slot: slot}, true
+	return &served{p: p, c: c, decoder: decoder, s: s, ctx: ctx, cut: cut, rec: rec, up: up, slot: slot}, true
 }
 
 // agentTLS is a session's protocol.Session.TLS: the configuration for

@@ -165,7 +165,8 @@ type RelayConfig struct {
 	// IdleAfter is how long the agent may stay silent between messages
 	// before, when its connection is a protocol.Watcher, the wait for its
 	// next one is handed over and the client side's goroutine ends (an
-	// idle session then holds one goroutine, not two). 0: never.
+	// idle session then holds one goroutine, not two; none with
+	// Detached). 0: never.
 	IdleAfter time.Duration
 	// Keep, when set, is given the upstream connection, instead of its
 	// being closed, when the agent ended the session (Terminate, or its
@@ -176,6 +177,14 @@ type RelayConfig struct {
 	// Parking, with Keep, is called as soon as the agent ended the session
 	// cleanly, before the server side has stopped: Keep may follow.
 	Parking func()
+	// Detached, when set with IdleAfter and both connections
+	// protocol.Watchers, lets Relay return protocol.ErrDetached once the
+	// client side is suspended and the server side waits between
+	// messages too: its wait goes to the watcher as well, and the
+	// session holds no goroutine until either side has input. Relay
+	// then calls Detached once, on a goroutine of its own, with what it
+	// would have returned (after Keep).
+	Detached func(error)
 }
 
 const (
@@ -205,7 +214,10 @@ const (
 //
 // Relay runs one goroutine per direction and waits for both; while the
 // agent is silent past cfg.IdleAfter and its connection is a
-// protocol.Watcher, the client side has none (see suspend). Each reads
+// protocol.Watcher, the client side has none (see suspend), and with
+// cfg.Detached the server side then has none either once it waits
+// between messages (suspendServer): Relay returns protocol.ErrDetached
+// and reports the end through cfg.Detached. Each reads
 // into a reused buffer, forwards the raw bytes of messages it does not
 // change, and writes once its input is drained, not once per message. Every read and
 // write is a system call on the session's critical path: interlockd passes
@@ -228,20 +240,33 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		serverDone: make(chan struct{}), clientDone: make(chan error, 1)}
 	if w, ok := agent.(protocol.Watcher); ok && cfg.IdleAfter > 0 {
 		r.watcher = w
+		if uw, ok := upstream.(protocol.Watcher); ok && cfg.Detached != nil {
+			r.upWatcher = uw
+		}
 	}
 	// Room for a statement's few extended-protocol messages; pipelining
 	// agents grow it.
 	r.q.buf = make([]entry, 4)
 	r.q.room.L = &r.q.mu
-	stop := context.AfterFunc(ctx, r.shutdown)
-	defer stop()
+	r.stop = context.AfterFunc(ctx, r.shutdown)
 	// The server side runs on this goroutine, which already has the stack
 	// the login grew, and the client side on one more: a goroutine less per
 	// session, idle sessions included. Whichever side ends first ends the
 	// session.
-	c := r.newClientSide()
-	go r.runClient(c)
-	serverErr := r.serverLoop()
+	r.client = r.newClientSide()
+	r.server = r.newServerSide()
+	go r.runClient(r.client)
+	err := r.serverLoop(r.server)
+	if err == errSuspended {
+		return protocol.ErrDetached
+	}
+	return r.end(err)
+}
+
+// end ends the session once the server side has, with serverErr, and
+// returns Relay's result.
+func (r *relay) end(serverErr error) error {
+	r.serverEnded()
 	close(r.serverDone)
 	if r.ended.CompareAndSwap(0, serverFirst) {
 		r.shutdown()
@@ -254,7 +279,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 		// The client side was waiting on the watcher, which shutdown
 		// stopped: no goroutine of it is left to report, and it holds
 		// nothing but its framer's budget.
-		c.f.close()
+		r.client.f.close()
 	} else {
 		clientErr = <-r.clientDone
 	}
@@ -267,8 +292,9 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	if r.parking.Load() {
 		r.park()
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
+	r.stop()
+	if r.ctx.Err() != nil {
+		return r.ctx.Err()
 	}
 	return first
 }
@@ -303,10 +329,22 @@ func (r *relay) shutdown() {
 		if r.suspended && r.watcher.Unwatch() {
 			r.clientGone = true
 		}
+		r.wakeServer()
 		r.idle.Unlock()
 		r.agent.Close()
 		r.upstream.Close()
 	})
+}
+
+// wakeServer gives a suspended server side a goroutine again, with r.idle
+// held, before its socket is closed or given a deadline: its read then
+// fails as a waiting one's would. When the watcher has already taken the
+// event, the server side is resuming anyway.
+func (r *relay) wakeServer() {
+	if r.serverSuspended && r.upWatcher.Unwatch() {
+		r.serverSuspended = false
+		go r.resumeServer()
+	}
 }
 
 // runClient runs the client side until it ends or is suspended (see
@@ -323,7 +361,8 @@ func (r *relay) runClient(c *clientSide) {
 	r.clientDone <- err
 }
 
-// errSuspended ends a client goroutine whose wait the watcher took over.
+// errSuspended ends a client or server goroutine whose wait the watcher
+// took over.
 var errSuspended = errors.New("client side suspended")
 
 // suspend hands the wait for the agent's next message to the watcher, and
@@ -342,13 +381,58 @@ func (r *relay) suspend(c *clientSide) bool {
 		return false
 	}
 	r.suspended = true
+	r.clientIdle.Store(true)
+	if r.upWatcher != nil && !r.serverSuspended {
+		// A server side waiting for the server's next message learns
+		// that it may hand its wait over too (serverLoop).
+		r.upstream.SetReadDeadline(time.Now())
+	}
 	return true
+}
+
+// suspendServer hands the server side's wait to the watcher when the
+// client side is suspended and the session is not ending, and reports
+// whether it did: the server side's goroutine then ends, and resumeServer
+// runs it on a new one once the server sends, closes or fails. s is
+// between messages with nothing unread.
+func (r *relay) suspendServer(s *serverSide) bool {
+	r.idle.Lock()
+	defer r.idle.Unlock()
+	if !r.suspended || r.closing || r.parking.Load() {
+		return false
+	}
+	// An idle session holds no buffer; the resumed side takes them again
+	// as it reads.
+	s.f.putOut()
+	s.f.in.close()
+	s.f.in.r, s.f.in.w = 0, 0
+	// A deadline a poke left (suspend) would fail the first read.
+	r.upstream.SetReadDeadline(time.Time{})
+	if !r.upWatcher.Watch(r.resumeServer) {
+		return false
+	}
+	r.serverSuspended = true
+	return true
+}
+
+// resumeServer continues a suspended server side, on a goroutine of its
+// own, and ends the session (RelayConfig.Detached) when it does.
+func (r *relay) resumeServer() {
+	r.idle.Lock()
+	r.serverSuspended = false
+	r.idle.Unlock()
+	err := r.serverLoop(r.server)
+	if err == errSuspended {
+		return
+	}
+	r.cfg.Detached(r.end(err))
 }
 
 // resume continues a suspended client side, on the watcher's goroutine.
 func (r *relay) resume(c *clientSide) {
 	r.idle.Lock()
 	r.suspended = false
+	r.clientIdle.Store(false)
 	r.idle.Unlock()
 	r.runClient(c)
 }
@@ -366,6 +450,9 @@ func (r *relay) clientEnded(err error) {
 			r.cfg.Parking()
 		}
 		r.agent.Close()
+		r.idle.Lock()
+		r.wakeServer()
+		r.idle.Unlock()
 		r.upstream.SetReadDeadline(time.Now())
 		return
 	}
@@ -376,6 +463,9 @@ func (r *relay) clientEnded(err error) {
 	}
 	// End the server side first, so the agent's connection has a single
 	// writer again, then tell the agent why.
+	r.idle.Lock()
+	r.wakeServer()
+	r.idle.Unlock()
 	r.upstream.Write([]byte{'X', 0, 0, 0, 4})
 	r.upstream.Close()
 	select {
@@ -549,6 +639,17 @@ type relay struct {
 	// resume it; clientGone: shutdown stopped the watch before it did, so
 	// the client side never will; closing: shutdown has begun.
 	suspended, clientGone, closing bool
+	// upWatcher, when set, takes over the server side's wait while the
+	// client side is suspended (suspendServer); serverSuspended: the
+	// server side has no goroutine (guarded by idle).
+	upWatcher       protocol.Watcher
+	serverSuspended bool
+	// clientIdle is suspended, for the server side to read without the
+	// lock after every message.
+	clientIdle atomic.Bool
+	client     *clientSide
+	server     *serverSide
+	stop       func() bool // the context's AfterFunc
 	// agentMu serialises writes to the agent: the server goroutine's, and
 	// the notices the client goroutine sends while holding a statement.
 	agentMu sync.Mutex
@@ -1317,18 +1418,30 @@ type serverState struct {
 	status  byte // the last ReadyForQuery's transaction status
 }
 
-func (r *relay) serverLoop() error {
-	f := &framer{in: reader{conn: r.upstream, budget: r.cfg.Budget},
-		max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, eof: serverEOF, from: " from server"}
-	defer f.close()
-	locked := false // agentMu held across a streamed message
-	f.write = func(b []byte) error {
-		if !locked {
+// serverSide is the server side's state between the server's messages,
+// off its goroutine's stack: the goroutine ends while the server side is
+// suspended (suspendServer), and a new one resumes it.
+type serverSide struct {
+	f         framer
+	locked    bool // agentMu held across a streamed message
+	ss        serverState
+	rec       Message
+	keepWhole func(typ byte, head []byte) bool
+}
+
+func (r *relay) newServerSide() *serverSide {
+	s := &serverSide{
+		f: framer{in: reader{conn: r.upstream, budget: r.cfg.Budget},
+			max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, eof: serverEOF, from: " from server"},
+		ss: serverState{status: 'I'},
+	}
+	s.f.write = func(b []byte) error {
+		if !s.locked {
 			r.agentMu.Lock()
 		}
 		_, err := r.agent.Write(b)
-		locked = f.skip > 0
-		if !locked {
+		s.locked = s.f.skip > 0
+		if !s.locked {
 			r.agentMu.Unlock()
 		}
 		if err != nil {
@@ -1336,39 +1449,65 @@ func (r *relay) serverLoop() error {
 		}
 		return nil
 	}
-	defer func() {
-		if locked {
-			r.agentMu.Unlock()
-		}
-	}()
-	defer r.q.close()
-	ss := serverState{status: 'I'}
-	var rec Message
 	// Rows are streamed unless they are masked; everything else the relay
 	// may have to read or replace is kept whole.
-	keepWhole := func(typ byte, _ []byte) bool { return typ != 'd' && (typ != 'D' || ss.rows != nil) }
+	s.keepWhole = func(typ byte, _ []byte) bool { return typ != 'd' && (typ != 'D' || s.ss.rows != nil) }
+	return s
+}
+
+// serverEnded gives back what the server side holds once it has ended.
+func (r *relay) serverEnded() {
+	r.q.close()
+	if r.server.locked {
+		// It ended in a streamed message, holding the agent's connection.
+		r.server.locked = false
+		r.agentMu.Unlock()
+	}
+	r.server.f.close()
+}
+
+// serverLoop runs the server side until the session ends (its result) or
+// its wait is handed to the watcher (errSuspended). A side that was
+// suspended resumes with a read: the watcher saw input.
+func (r *relay) serverLoop(s *serverSide) error {
+	f := &s.f
 	for {
-		typ, msg, size, streamed, err := f.next(keepWhole)
+		typ, msg, size, streamed, err := f.next(s.keepWhole)
 		if err == io.EOF {
 			return nil
 		}
-		if err != nil && r.parking.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-			// Stopped for Keep (clientEnded).
-			r.serverIdle = ss.status == 'I' && f.skip == 0 && f.in.r == f.in.w && r.q.empty()
-			return nil
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			if r.parking.Load() {
+				// Stopped for Keep (clientEnded).
+				r.serverIdle = s.ss.status == 'I' && f.skip == 0 && f.in.r == f.in.w && r.q.empty()
+				return nil
+			}
+			if r.upWatcher != nil {
+				// The client side suspended (suspend): hand the wait
+				// over if this is between messages, else read on. Keep
+				// may have begun meanwhile: its deadline stands.
+				r.upstream.SetReadDeadline(time.Time{})
+				if r.parking.Load() {
+					r.upstream.SetReadDeadline(time.Now())
+				}
+				if err := r.idleServer(s); err != nil {
+					return err
+				}
+				continue
+			}
 		}
 		if err != nil {
 			return serverFailed(f, err)
 		}
 		if streamed {
 			if r.cfg.Recorder != nil {
-				rec.Type, rec.Body, rec.Size, rec.Time = typ, msg[5:], size, time.Now()
-				r.cfg.Recorder.Record(&rec)
+				s.rec.Type, s.rec.Body, s.rec.Size, s.rec.Time = typ, msg[5:], size, time.Now()
+				r.cfg.Recorder.Record(&s.rec)
 			}
 			f.out = append(f.out, msg...)
 			continue
 		}
-		if err := r.serverMessage(f, &ss, &rec, typ, msg); err != nil {
+		if err := r.serverMessage(f, &s.ss, &s.rec, typ, msg); err != nil {
 			return err
 		}
 		if len(f.out) >= flushAt {
@@ -1376,7 +1515,29 @@ func (r *relay) serverLoop() error {
 				return err
 			}
 		}
+		if r.upWatcher != nil && r.clientIdle.Load() {
+			if err := r.idleServer(s); err != nil {
+				return err
+			}
+		}
 	}
+}
+
+// idleServer suspends the server side if it is between messages with
+// nothing unread (suspendServer), after sending what it collected: it
+// returns errSuspended then, the send's error, or nil to read on.
+func (r *relay) idleServer(s *serverSide) error {
+	f := &s.f
+	if f.skip > 0 || f.in.r < f.in.w {
+		return nil
+	}
+	if err := f.flush(); err != nil {
+		return err
+	}
+	if r.suspendServer(s) {
+		return errSuspended
+	}
+	return nil
 }
 
 // serverMessage passes on one whole message from the server, masked or

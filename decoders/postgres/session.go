@@ -42,18 +42,20 @@ type Decoder struct {
 	cancels cancelKeys
 }
 
-// Serve implements protocol.Decoder.
+// Serve implements protocol.Decoder. With s.Finish set, a session whose
+// sides both went idle returns protocol.ErrDetached (see
+// RelayConfig.Detached).
 func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
-	defer s.Agent.Close()
 	// The handshake is a function of its own so that its locals leave the
 	// stack before the relay parks on it: the runtime halves an idle
-	// goroutine's stack only while it uses less than a quarter, and every
-	// idle session keeps this goroutine.
+	// goroutine's stack only while it uses less than a quarter, and a
+	// session that does not detach keeps this goroutine.
 	st, err := d.handshake(ctx, s)
 	if st.agent == nil {
+		s.Agent.Close()
 		return err
 	}
-	defer d.cancels.remove(st.key)
+	sv := &serving{d: d, s: s, st: st}
 	rc := RelayConfig{
 		Enforcer: enforcer{s.Enforcer}, Recorder: recorder{s.Recorder},
 		MaxBuffered: s.Limits.MaxBuffered, MessageTimeout: s.Limits.MessageTimeout,
@@ -62,24 +64,45 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	if s.Limits.Budget != nil {
 		rc.Budget = s.Limits.Budget
 	}
-	var (
-		park func(io.Closer) bool
-		kept bool
-	)
 	if st.keeps {
-		rc.Parking = func() { park = s.Upstream.Parking(st.park) }
-		rc.Keep = func(net.Conn) { kept = true }
+		rc.Parking = func() { sv.park = s.Upstream.Parking(st.park) }
+		rc.Keep = func(net.Conn) { sv.kept = true }
+	}
+	if s.Finish != nil {
+		rc.Detached = func(err error) { s.Finish(sv.end(err)) }
 	}
 	err = Relay(ctx, st.agent, st.up.Conn, rc)
-	if park != nil || kept {
+	if err == protocol.ErrDetached {
+		return err
+	}
+	return sv.end(err)
+}
+
+// serving is a session the relay serves: what its end needs.
+type serving struct {
+	d  *Decoder
+	s  *protocol.Session
+	st started
+	// park, kept: the agent left cleanly and the server's session may be
+	// left for the identity's next one (RelayConfig.Parking, Keep).
+	park func(io.Closer) bool
+	kept bool
+}
+
+// end ends a session whose relay returned err, and returns Serve's
+// result.
+func (sv *serving) end(err error) error {
+	defer sv.s.Agent.Close()
+	defer sv.d.cancels.remove(sv.st.key)
+	if sv.park != nil || sv.kept {
 		// The agent has gone; the server's session is left for the
 		// identity's next one. (Relay calls Parking before Keep.)
 		var reset io.Closer
-		if kept && st.up.reset() == nil {
-			reset = st.up
+		if sv.kept && sv.st.up.reset() == nil {
+			reset = sv.st.up
 		}
-		if (park == nil || !park(reset)) && kept {
-			st.up.Close()
+		if (sv.park == nil || !sv.park(reset)) && sv.kept {
+			sv.st.up.Close()
 		}
 	}
 	var pe *ProtocolError

@@ -14,6 +14,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/rawsock"
 	"github.com/interlock-dev/interlock/agent/testenv"
+	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
 // suspendAfter is the tests' RelayConfig.IdleAfter.
@@ -26,15 +27,23 @@ type idleSession struct {
 	done          chan error
 }
 
-func startIdleSessions(t *testing.T, ctx context.Context, n int) []idleSession {
+// startIdleSessions starts n sessions; with detach, each lets its relay
+// detach (RelayConfig.Detached), and done gets the result either way.
+func startIdleSessions(t *testing.T, ctx context.Context, n int, detach bool) []idleSession {
 	t.Helper()
 	var all []idleSession
 	for range n {
 		agent, agentSide := testenv.TCPPair(t)
 		upSide, server := testenv.TCPPair(t)
 		s := idleSession{agent: agent, server: server, done: make(chan error, 1)}
+		cfg := RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter}
+		if detach {
+			cfg.Detached = func(err error) { s.done <- err }
+		}
 		go func() {
-			s.done <- Relay(ctx, rawsock.Wrap(agentSide), rawsock.Wrap(upSide), RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter})
+			if err := Relay(ctx, rawsock.Wrap(agentSide), rawsock.Wrap(upSide), cfg); err != protocol.ErrDetached {
+				s.done <- err
+			}
 		}()
 		all = append(all, s)
 	}
@@ -111,7 +120,7 @@ func TestIdleSessionGivesBackItsClientGoroutine(t *testing.T) {
 	const sessions = 40
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	all := startIdleSessions(t, ctx, sessions)
+	all := startIdleSessions(t, ctx, sessions, false)
 	for range 3 {
 		for _, s := range all {
 			s.roundTrip(t, "SELECT 1")
@@ -167,7 +176,7 @@ func TestIdleSessionEnds(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			s := startIdleSessions(t, ctx, 1)[0]
+			s := startIdleSessions(t, ctx, 1, false)[0]
 			s.roundTrip(t, "SELECT 1")
 			expectGoroutines(t, 0, 1, "idle session")
 			tc.end(s, cancel)
@@ -181,5 +190,160 @@ func TestIdleSessionEnds(t *testing.T) {
 			}
 			expectGoroutines(t, 0, 0, "after the session")
 		})
+	}
+}
+
+// TestIdleSessionDetaches: with Detached set, a session whose agent and
+// server are both silent holds no goroutine at all; it carries on when
+// either sends, the agent's statements and the server's own messages
+// alike, many times over.
+func TestIdleSessionDetaches(t *testing.T) {
+	const sessions = 40
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	all := startIdleSessions(t, ctx, sessions, true)
+	for range 3 {
+		for _, s := range all {
+			s.roundTrip(t, "SELECT 1")
+		}
+		expectGoroutines(t, 0, 0, "idle sessions")
+	}
+	// The server speaks first: a notification reaches the idle agent.
+	s := all[0]
+	note, _ := (&pgproto3.NotificationResponse{PID: 7, Channel: "jobs", Payload: "ready"}).Encode(nil)
+	s.server.Write(note)
+	s.agent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, len(note))
+	if _, err := io.ReadFull(s.agent, got); err != nil || string(got) != string(note) {
+		t.Fatalf("agent got %q, %v; want the notification", got, err)
+	}
+	expectGoroutines(t, 0, 0, "after the notification")
+	// A result slower than the idle interval: the server side goes on
+	// waiting for it with the client side suspended, and hands its wait
+	// over after it.
+	query, _ := (&pgproto3.Query{String: "SELECT pg_sleep(1)"}).Encode(nil)
+	s.agent.Write(query)
+	s.expectServer(t, query)
+	time.Sleep(4 * suspendAfter)
+	s.answer(t)
+	expectGoroutines(t, 0, 0, "after a slow result")
+	// A result that arrives in parts around the hand-over is not cut.
+	result, _ := (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(nil)
+	result, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(result)
+	s.agent.Write(query)
+	s.expectServer(t, query)
+	s.server.Write(result[:3])
+	time.Sleep(4 * suspendAfter)
+	s.server.Write(result[3:])
+	got = make([]byte, len(result))
+	if _, err := io.ReadFull(s.agent, got); err != nil || string(got) != string(result) {
+		t.Fatalf("agent got %q, %v", got, err)
+	}
+	// Either side sending the moment an idle spell ends loses nothing.
+	for range 20 {
+		time.Sleep(suspendAfter + time.Duration(runtime.NumGoroutine()%3)*time.Millisecond)
+		s.roundTrip(t, "SELECT 2")
+	}
+	cancel()
+	for _, s := range all {
+		select {
+		case err := <-s.done:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("relay ended with %v, want context.Canceled", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a detached relay did not end when its context did")
+		}
+	}
+	expectGoroutines(t, 0, 0, "after the sessions")
+}
+
+// TestDetachedSessionEnds: a detached session ends as a busy one does,
+// through Detached, when the agent leaves (cleanly or not), when the
+// server does, when it is revoked, and when the agent breaks the
+// protocol (it is told, and the server is sent a Terminate).
+func TestDetachedSessionEnds(t *testing.T) {
+	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
+	for _, tc := range []struct {
+		name string
+		end  func(s idleSession, cancel context.CancelFunc)
+		want func(error) bool
+	}{
+		{"agent terminates", func(s idleSession, _ context.CancelFunc) { s.agent.Write(terminate) }, func(err error) bool { return err == nil }},
+		{"agent closes", func(s idleSession, _ context.CancelFunc) { s.agent.Close() }, func(err error) bool { return err == nil }},
+		{"server closes", func(s idleSession, _ context.CancelFunc) { s.server.Close() }, func(err error) bool { return err == nil }},
+		{"revoked", func(_ idleSession, cancel context.CancelFunc) { cancel() }, func(err error) bool { return errors.Is(err, context.Canceled) }},
+		{"agent breaks the protocol", func(s idleSession, _ context.CancelFunc) { s.agent.Write([]byte{'Q', 0, 0, 0, 1}) }, func(err error) bool {
+			var pe *ProtocolError
+			return errors.As(err, &pe)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s := startIdleSessions(t, ctx, 1, true)[0]
+			s.roundTrip(t, "SELECT 1")
+			expectGoroutines(t, 0, 0, "detached session")
+			tc.end(s, cancel)
+			select {
+			case err := <-s.done:
+				if !tc.want(err) {
+					t.Fatalf("relay ended with %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the detached session did not end")
+			}
+			expectGoroutines(t, 0, 0, "after the session")
+		})
+	}
+}
+
+// TestDetachedSessionParks: an agent that leaves a detached session
+// cleanly leaves its server connection to Keep, open and unread, before
+// Detached reports the end.
+func TestDetachedSessionParks(t *testing.T) {
+	agent, agentSide := testenv.TCPPair(t)
+	upSide, server := testenv.TCPPair(t)
+	s := idleSession{agent: agent, server: server, done: make(chan error, 1)}
+	kept := make(chan net.Conn, 1)
+	cfg := RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter,
+		Keep:     func(c net.Conn) { kept <- c },
+		Detached: func(err error) { s.done <- err }}
+	go func() {
+		if err := Relay(context.Background(), rawsock.Wrap(agentSide), rawsock.Wrap(upSide), cfg); err != protocol.ErrDetached {
+			s.done <- err
+		}
+	}()
+	s.roundTrip(t, "SELECT 1")
+	expectGoroutines(t, 0, 0, "detached session")
+	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
+	s.agent.Write(terminate)
+	select {
+	case err := <-s.done:
+		if err != nil {
+			t.Fatalf("relay ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the detached session did not end")
+	}
+	var up net.Conn
+	select {
+	case up = <-kept:
+	default:
+		t.Fatal("the server connection was not kept")
+	}
+	defer up.Close()
+	// The kept connection still works both ways, and the server was not
+	// sent the agent's Terminate.
+	query, _ := (&pgproto3.Query{String: "DISCARD ALL"}).Encode(nil)
+	if _, err := up.Write(query); err != nil {
+		t.Fatal(err)
+	}
+	s.expectServer(t, query)
+	server.Write([]byte("Z"))
+	up.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(up, b); err != nil || b[0] != 'Z' {
+		t.Fatalf("kept connection read %q, %v", b, err)
 	}
 }

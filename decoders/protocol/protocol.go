@@ -48,6 +48,7 @@ package protocol
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -64,9 +65,15 @@ type Decoder interface {
 	// started (the agent has been told, in the protocol's words, where
 	// the protocol allows it), a *ViolationError when the agent broke the
 	// protocol, a *LimitError when the session went over one of s.Limits,
-	// and other errors for I/O failures.
+	// and other errors for I/O failures. With s.Finish set, it may
+	// instead return ErrDetached while the session goes on, and report
+	// its end through s.Finish.
 	Serve(ctx context.Context, s *Session) error
 }
+
+// ErrDetached is Serve's answer for a session that goes on with no
+// goroutine of its own while both its sides are idle (see Session.Finish).
+var ErrDetached = errors.New("session detached")
 
 // Session is one agent connection handed to a decoder.
 type Session struct {
@@ -118,6 +125,14 @@ type Session struct {
 	Enforcer Enforcer
 	// Recorder records the session once it has started.
 	Recorder Recorder
+	// Finish, when set, lets Serve return ErrDetached before the session
+	// ends, once it waits on both sides with nothing in flight: its
+	// waits are handed to a Watcher, and the goroutine that ran Serve
+	// would otherwise hold a stack for as long as the session stays
+	// idle. The decoder then calls Finish once, on a goroutine of its
+	// own, with what Serve would have returned; the caller does then
+	// what it does when Serve returns. A decoder may ignore it.
+	Finish func(error)
 }
 
 // Limits bound one session's share of interlockd's memory and patience.
