@@ -75,10 +75,15 @@ func (s idleSession) answer(t *testing.T) {
 	result, _ := (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(nil)
 	result, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(result)
 	s.server.Write(result)
+	s.expectAgent(t, result)
+}
+
+func (s idleSession) expectAgent(t *testing.T, want []byte) {
+	t.Helper()
 	s.agent.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, len(result))
-	if _, err := io.ReadFull(s.agent, got); err != nil || string(got) != string(result) {
-		t.Fatalf("agent got %q, %v", got, err)
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(s.agent, got); err != nil || string(got) != string(want) {
+		t.Fatalf("agent got %q, %v; want %q", got, err, want)
 	}
 }
 
@@ -113,188 +118,133 @@ func expectGoroutines(t *testing.T, client, server int, what string) {
 	}
 }
 
-// TestIdleSessionGivesBackItsClientGoroutine: a session whose agent is
-// silent past IdleAfter keeps one goroutine (its server side), not two,
-// and carries on as before when the agent sends again, many times over.
-func TestIdleSessionGivesBackItsClientGoroutine(t *testing.T) {
-	const sessions = 40
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	all := startIdleSessions(t, ctx, sessions, false)
-	for range 3 {
-		for _, s := range all {
-			s.roundTrip(t, "SELECT 1")
-		}
-		expectGoroutines(t, 0, sessions, "idle sessions")
-	}
-	// A message whose first bytes came before an idle spell and its rest
-	// after it is not cut: the spell bounds the wait for a message's
-	// first bytes only.
-	s := all[0]
-	query, _ := (&pgproto3.Query{String: "SELECT 'split'"}).Encode(nil)
-	s.agent.Write(query[:3])
-	time.Sleep(4 * suspendAfter)
-	s.agent.Write(query[3:])
-	s.expectServer(t, query)
-	s.answer(t)
-	// Bytes that arrive as the client side is handed over are not lost:
-	// the agent sends the moment the idle spell ends, again and again.
-	for range 20 {
-		time.Sleep(suspendAfter + time.Duration(runtime.NumGoroutine()%3)*time.Millisecond)
-		s.roundTrip(t, "SELECT 2")
-	}
-	cancel()
-	for _, s := range all {
-		select {
-		case err := <-s.done:
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("relay ended with %v, want context.Canceled", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("a relay did not end when its context did")
-		}
-	}
-	expectGoroutines(t, 0, 0, "after the sessions")
+// idleModes are the two ways a relay gives an idle session's goroutines
+// back: the client side's alone, and both sides' (RelayConfig.Detached),
+// with the server goroutines an idle session keeps in each.
+var idleModes = []struct {
+	name    string
+	detach  bool
+	servers int
+}{
+	{"client side", false, 1},
+	{"detached", true, 0},
 }
 
-// TestIdleSessionEnds: a session whose client side is handed over still
-// ends as a busy one does, and promptly, when the agent leaves (cleanly or
-// not), when the server does, and when it is revoked, and leaves no
-// goroutine behind.
+// TestIdleSessionGivesBackItsGoroutines: a session whose agent is silent
+// past IdleAfter keeps one goroutine (its server side), not two, and none
+// with Detached set once the server is silent too; it carries on as before
+// when either sends, the agent's statements and the server's own messages
+// alike, many times over.
+func TestIdleSessionGivesBackItsGoroutines(t *testing.T) {
+	for _, mode := range idleModes {
+		t.Run(mode.name, func(t *testing.T) {
+			const sessions = 40
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			all := startIdleSessions(t, ctx, sessions, mode.detach)
+			for range 3 {
+				for _, s := range all {
+					s.roundTrip(t, "SELECT 1")
+				}
+				expectGoroutines(t, 0, sessions*mode.servers, "idle sessions")
+			}
+			// A message whose first bytes came before an idle spell and
+			// its rest after it is not cut: the spell bounds the wait for
+			// a message's first bytes only.
+			s := all[0]
+			query, _ := (&pgproto3.Query{String: "SELECT 'split'"}).Encode(nil)
+			s.agent.Write(query[:3])
+			time.Sleep(4 * suspendAfter)
+			s.agent.Write(query[3:])
+			s.expectServer(t, query)
+			s.answer(t)
+			// The server speaks first: a notification reaches the idle
+			// agent.
+			note, _ := (&pgproto3.NotificationResponse{PID: 7, Channel: "jobs", Payload: "ready"}).Encode(nil)
+			s.server.Write(note)
+			s.expectAgent(t, note)
+			expectGoroutines(t, 0, sessions*mode.servers, "after a notification")
+			// A result slower than the idle interval: the server side
+			// waits for it with the client side suspended, and hands its
+			// wait over after it.
+			s.agent.Write(query)
+			s.expectServer(t, query)
+			time.Sleep(4 * suspendAfter)
+			s.answer(t)
+			expectGoroutines(t, 0, sessions*mode.servers, "after a slow result")
+			// A result that arrives in parts around the hand-over is not
+			// cut.
+			result, _ := (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(nil)
+			result, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(result)
+			s.agent.Write(query)
+			s.expectServer(t, query)
+			s.server.Write(result[:3])
+			time.Sleep(4 * suspendAfter)
+			s.server.Write(result[3:])
+			s.expectAgent(t, result)
+			// Bytes that arrive as a side is handed over are not lost:
+			// the agent sends the moment the idle spell ends, again and
+			// again.
+			for range 20 {
+				time.Sleep(suspendAfter + time.Duration(runtime.NumGoroutine()%3)*time.Millisecond)
+				s.roundTrip(t, "SELECT 2")
+			}
+			cancel()
+			for _, s := range all {
+				select {
+				case err := <-s.done:
+					if !errors.Is(err, context.Canceled) {
+						t.Fatalf("relay ended with %v, want context.Canceled", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("a relay did not end when its context did")
+				}
+			}
+			expectGoroutines(t, 0, 0, "after the sessions")
+		})
+	}
+}
+
+// TestIdleSessionEnds: an idle session, its client side handed over or
+// the whole session detached, still ends as a busy one does, and
+// promptly, when the agent leaves (cleanly or not), when the server does,
+// when it is revoked and when the agent breaks the protocol, and leaves
+// no goroutine behind.
 func TestIdleSessionEnds(t *testing.T) {
 	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
-	for _, tc := range []struct {
-		name string
-		end  func(s idleSession, cancel context.CancelFunc)
-		want func(error) bool
-	}{
-		{"agent terminates", func(s idleSession, _ context.CancelFunc) { s.agent.Write(terminate) }, func(err error) bool { return err == nil }},
-		{"agent closes", func(s idleSession, _ context.CancelFunc) { s.agent.Close() }, func(err error) bool { return err == nil }},
-		{"server closes", func(s idleSession, _ context.CancelFunc) { s.server.Close() }, func(err error) bool { return err == nil }},
-		{"revoked", func(_ idleSession, cancel context.CancelFunc) { cancel() }, func(err error) bool { return errors.Is(err, context.Canceled) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			s := startIdleSessions(t, ctx, 1, false)[0]
-			s.roundTrip(t, "SELECT 1")
-			expectGoroutines(t, 0, 1, "idle session")
-			tc.end(s, cancel)
-			select {
-			case err := <-s.done:
-				if !tc.want(err) {
-					t.Fatalf("relay ended with %v", err)
+	for _, mode := range idleModes {
+		for _, tc := range []struct {
+			name string
+			end  func(s idleSession, cancel context.CancelFunc)
+			want func(error) bool
+		}{
+			{"agent terminates", func(s idleSession, _ context.CancelFunc) { s.agent.Write(terminate) }, func(err error) bool { return err == nil }},
+			{"agent closes", func(s idleSession, _ context.CancelFunc) { s.agent.Close() }, func(err error) bool { return err == nil }},
+			{"server closes", func(s idleSession, _ context.CancelFunc) { s.server.Close() }, func(err error) bool { return err == nil }},
+			{"revoked", func(_ idleSession, cancel context.CancelFunc) { cancel() }, func(err error) bool { return errors.Is(err, context.Canceled) }},
+			{"agent breaks the protocol", func(s idleSession, _ context.CancelFunc) { s.agent.Write([]byte{'Q', 0, 0, 0, 1}) }, func(err error) bool {
+				var pe *ProtocolError
+				return errors.As(err, &pe)
+			}},
+		} {
+			t.Run(mode.name+"/"+tc.name, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				s := startIdleSessions(t, ctx, 1, mode.detach)[0]
+				s.roundTrip(t, "SELECT 1")
+				expectGoroutines(t, 0, mode.servers, "idle session")
+				tc.end(s, cancel)
+				select {
+				case err := <-s.done:
+					if !tc.want(err) {
+						t.Fatalf("relay ended with %v", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("the idle session did not end")
 				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("the idle session did not end")
-			}
-			expectGoroutines(t, 0, 0, "after the session")
-		})
-	}
-}
-
-// TestIdleSessionDetaches: with Detached set, a session whose agent and
-// server are both silent holds no goroutine at all; it carries on when
-// either sends, the agent's statements and the server's own messages
-// alike, many times over.
-func TestIdleSessionDetaches(t *testing.T) {
-	const sessions = 40
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	all := startIdleSessions(t, ctx, sessions, true)
-	for range 3 {
-		for _, s := range all {
-			s.roundTrip(t, "SELECT 1")
+				expectGoroutines(t, 0, 0, "after the session")
+			})
 		}
-		expectGoroutines(t, 0, 0, "idle sessions")
-	}
-	// The server speaks first: a notification reaches the idle agent.
-	s := all[0]
-	note, _ := (&pgproto3.NotificationResponse{PID: 7, Channel: "jobs", Payload: "ready"}).Encode(nil)
-	s.server.Write(note)
-	s.agent.SetReadDeadline(time.Now().Add(5 * time.Second))
-	got := make([]byte, len(note))
-	if _, err := io.ReadFull(s.agent, got); err != nil || string(got) != string(note) {
-		t.Fatalf("agent got %q, %v; want the notification", got, err)
-	}
-	expectGoroutines(t, 0, 0, "after the notification")
-	// A result slower than the idle interval: the server side goes on
-	// waiting for it with the client side suspended, and hands its wait
-	// over after it.
-	query, _ := (&pgproto3.Query{String: "SELECT pg_sleep(1)"}).Encode(nil)
-	s.agent.Write(query)
-	s.expectServer(t, query)
-	time.Sleep(4 * suspendAfter)
-	s.answer(t)
-	expectGoroutines(t, 0, 0, "after a slow result")
-	// A result that arrives in parts around the hand-over is not cut.
-	result, _ := (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(nil)
-	result, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(result)
-	s.agent.Write(query)
-	s.expectServer(t, query)
-	s.server.Write(result[:3])
-	time.Sleep(4 * suspendAfter)
-	s.server.Write(result[3:])
-	got = make([]byte, len(result))
-	if _, err := io.ReadFull(s.agent, got); err != nil || string(got) != string(result) {
-		t.Fatalf("agent got %q, %v", got, err)
-	}
-	// Either side sending the moment an idle spell ends loses nothing.
-	for range 20 {
-		time.Sleep(suspendAfter + time.Duration(runtime.NumGoroutine()%3)*time.Millisecond)
-		s.roundTrip(t, "SELECT 2")
-	}
-	cancel()
-	for _, s := range all {
-		select {
-		case err := <-s.done:
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("relay ended with %v, want context.Canceled", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("a detached relay did not end when its context did")
-		}
-	}
-	expectGoroutines(t, 0, 0, "after the sessions")
-}
-
-// TestDetachedSessionEnds: a detached session ends as a busy one does,
-// through Detached, when the agent leaves (cleanly or not), when the
-// server does, when it is revoked, and when the agent breaks the
-// protocol (it is told, and the server is sent a Terminate).
-func TestDetachedSessionEnds(t *testing.T) {
-	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
-	for _, tc := range []struct {
-		name string
-		end  func(s idleSession, cancel context.CancelFunc)
-		want func(error) bool
-	}{
-		{"agent terminates", func(s idleSession, _ context.CancelFunc) { s.agent.Write(terminate) }, func(err error) bool { return err == nil }},
-		{"agent closes", func(s idleSession, _ context.CancelFunc) { s.agent.Close() }, func(err error) bool { return err == nil }},
-		{"server closes", func(s idleSession, _ context.CancelFunc) { s.server.Close() }, func(err error) bool { return err == nil }},
-		{"revoked", func(_ idleSession, cancel context.CancelFunc) { cancel() }, func(err error) bool { return errors.Is(err, context.Canceled) }},
-		{"agent breaks the protocol", func(s idleSession, _ context.CancelFunc) { s.agent.Write([]byte{'Q', 0, 0, 0, 1}) }, func(err error) bool {
-			var pe *ProtocolError
-			return errors.As(err, &pe)
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			s := startIdleSessions(t, ctx, 1, true)[0]
-			s.roundTrip(t, "SELECT 1")
-			expectGoroutines(t, 0, 0, "detached session")
-			tc.end(s, cancel)
-			select {
-			case err := <-s.done:
-				if !tc.want(err) {
-					t.Fatalf("relay ended with %v", err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("the detached session did not end")
-			}
-			expectGoroutines(t, 0, 0, "after the session")
-		})
 	}
 }
 
