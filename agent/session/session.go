@@ -226,16 +226,6 @@ type served struct {
 	slot    bool // the identity's session slot is held
 }
 
-// end ends a session its decoder has served, with how Serve ended (or
-// what it reported through protocol.Session.Finish).
-func (sv *served) end(err error) {
-	sv.finish(err)
-	sv.cut(nil)
-	sv.p.cfg.Metrics.Active.Dec()
-	sv.pc.Client.Close()
-	sv.release()
-}
-
 // open decides the connection and, for a protocol with a decoder, sets up
 // its session; ok is false when the connection was served here (the plain
 // relay) or refused.
@@ -304,8 +294,9 @@ func (p *Pipeline) agentTLS(addr netip.Addr) func() *tls.Config {
 	return func() *tls.Config { return p.cfg.TLS(addr) }
 }
 
-// finish ends a session its decoder has served; err is how Serve ended.
-func (sv *served) finish(err error) {
+// end ends a session its decoder has served, with how Serve ended (or
+// what it reported through protocol.Session.Finish).
+func (sv *served) end(err error) {
 	p, c := sv.p, sv.c
 	// The decoder closed the agent's connection: its slot is free now, not
 	// once its end is stored, which may wait for a commit shared with other
@@ -323,6 +314,10 @@ func (sv *served) finish(err error) {
 	}
 	sv.up.revoke()
 	p.end(c, end)
+	sv.cut(nil)
+	p.cfg.Metrics.Active.Dec()
+	sv.pc.Client.Close()
+	sv.release()
 }
 
 // closed turns how a decoder's session ended into its audit outcome; end
