@@ -164,15 +164,24 @@ func (s *secretSet) publish() {
 // base64Forms returns the runs of base64 characters that v always
 // becomes inside any longer base64 text, standard and URL alphabets: v
 // can start at three offsets of a 3-byte group, and the characters at its
-// ends, which mix in the neighbouring bytes, are left out.
+// ends, which mix in the neighbouring bytes, are left out. The six share
+// one array: every session's credential keeps them while it lasts.
 func base64Forms(v []byte) [][]byte {
-	var forms [][]byte
+	forms := make([][]byte, 0, 6)
+	all := make([]byte, 0, 6*base64.StdEncoding.EncodedLen(len(v)+2))
+	in := make([]byte, 2+len(v))
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
 		for k := range 3 {
-			full := enc.EncodeToString(append(make([]byte, k), v...))
+			// v after k bytes of zeros, encoded: the run is the same
+			// whatever the bytes before it.
+			copy(in[k:], v)
+			clear(in[:k])
+			full := enc.AppendEncode(all, in[:k+len(v)])[len(all):]
 			from, to := (8*k+5)/6, 8*(k+len(v))/6
 			if to-from >= minSecretLen {
-				forms = append(forms, []byte(full[from:to]))
+				start := len(all)
+				all = append(all, full[from:to]...)
+				forms = append(forms, all[start:len(all):len(all)])
 			}
 		}
 	}
