@@ -214,6 +214,7 @@ func (l *Log) writeLoop() {
 		case p := <-l.queue:
 			take(p)
 			l.writeBatch(batch)
+			clear(batch) // the array is reused: it keeps no event alive
 		case <-l.stop:
 			for {
 				select {

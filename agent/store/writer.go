@@ -201,6 +201,10 @@ func (s *Store) writeLoop() {
 		}
 		if len(batch) > 0 {
 			s.commit(batch)
+			// The array is reused: it must not keep the writes it held,
+			// and the rows their closures hold, alive until it is
+			// overwritten.
+			clear(batch)
 		}
 	}
 }
