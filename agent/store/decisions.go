@@ -112,25 +112,57 @@ func decisionRows(batches [][]Decision) (rows []decisionRow, ends []int, err err
 // is stored whole or not at all; the rows are encoded before any is taken.
 // A transaction that fails does not stop the ones after it: the error is a
 // *DecisionsError naming the batches not stored, for the caller to try
-// again.
+// again. A failed transaction of several batches is tried again a batch
+// at a time, so that one the store refuses for good (stored twice, after
+// a commit whose outcome was lost) does not take the others with it at
+// every try until the caller gives them up; two batches failing in a row
+// end that (the store is failing, not a batch), and the rest wait for the
+// caller's next try.
 func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
 	rows, ends, err := decisionRows(batches)
 	if err != nil {
 		return err
 	}
 	var failed *DecisionsError
+	unstored := func(i int, err error) {
+		if failed == nil {
+			failed = &DecisionsError{Err: err}
+		}
+		failed.Unstored = append(failed.Unstored, i)
+	}
+	rowsOf := func(i int) []decisionRow {
+		if i == 0 {
+			return rows[:ends[0]]
+		}
+		return rows[ends[i-1]:ends[i]]
+	}
 	for b, start := 0, 0; b < len(batches); {
 		e := b + 1
 		for e < len(batches) && ends[e]-start <= insertRows {
 			e++
 		}
 		if ends[e-1] > start {
-			if err := s.addDecisionRows(ctx, rows[start:ends[e-1]]); err != nil {
-				if failed == nil {
-					failed = &DecisionsError{Err: err}
-				}
+			err := s.addDecisionRows(ctx, rows[start:ends[e-1]])
+			switch {
+			case err == nil:
+			case e-b == 1:
+				unstored(b, err)
+			default:
+				inRow := 0
 				for i := b; i < e; i++ {
-					failed.Unstored = append(failed.Unstored, i)
+					if len(rowsOf(i)) == 0 {
+						continue
+					}
+					if inRow == 2 {
+						unstored(i, err)
+						continue
+					}
+					if err1 := s.addDecisionRows(ctx, rowsOf(i)); err1 != nil {
+						unstored(i, err1)
+						inRow++
+					} else {
+						inRow = 0
+					}
 				}
 			}
 		}

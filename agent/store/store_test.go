@@ -161,6 +161,30 @@ func testManyDecisions(t *testing.T, open storetest.Open) {
 			t.Errorf("decisions of %s after a failed transaction before them: %d, %v; want %d", id, len(got), err, want)
 		}
 	}
+	// A batch refused for good in one transaction with others: they are
+	// stored all the same, a batch at a time, and only it is named. Two
+	// refused in a row end that: the batches after them are named too, for
+	// the next try, which stores them.
+	more := func(id string, i int) []store.Decision {
+		return []store.Decision{{SessionID: id, Index: int64(i), Action: "allow"}}
+	}
+	failed = nil
+	if err := s.AddDecisions(ctx, ds[:3], more(x.ID, 101), more(y.ID, 100)); !errors.As(err, &failed) || !slices.Equal(failed.Unstored, []int{0}) ||
+		!strings.Contains(err.Error(), ss.ID+"/0..2") {
+		t.Fatalf("a batch stored twice in one transaction with two new ones: %v, want a DecisionsError naming batch 0 alone", err)
+	}
+	failed = nil
+	if err := s.AddDecisions(ctx, more(x.ID, 102), ds[:3], ds[:2], more(y.ID, 101)); !errors.As(err, &failed) || !slices.Equal(failed.Unstored, []int{1, 2, 3}) {
+		t.Fatalf("two batches stored twice in a row: %v, want a DecisionsError naming batches 1 to 3", err)
+	}
+	if err := s.AddDecisions(ctx, more(y.ID, 101)); err != nil {
+		t.Fatalf("the batch left for the next try: %v", err)
+	}
+	for id, want := range map[string]int{x.ID: 103, y.ID: 102} {
+		if got, err := s.Decisions(ctx, id); err != nil || len(got) != want {
+			t.Errorf("decisions of %s beside batches stored twice: %d, %v; want %d", id, len(got), err, want)
+		}
+	}
 
 	// The same, stored by the session's end with its row.
 	ended := store.Session{Host: "h1", Identity: "ci", Target: "orders", Protocol: "postgresql", Started: time.Now().UTC()}
