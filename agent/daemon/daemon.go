@@ -338,6 +338,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	go d.collectExecCgroups(ctx)
 	go d.refreshTargets(ctx)
 	go d.returnMemoryWhenQuiet(ctx)
+	go d.adaptParallelism(ctx)
 	d.warnPolicy(d.policy.Current())
 
 	bound := make([]string, 0, len(d.listeners))
