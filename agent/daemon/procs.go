@@ -84,9 +84,10 @@ func (d *Daemon) adaptParallelism(ctx context.Context) {
 	}
 	p.procs = 1
 	runtime.GOMAXPROCS(1)
-	// The runtime's default follows the cgroup's CPU limit while the
-	// daemon runs; restored when every processor is given back, so that
-	// it does again.
+	// Setting GOMAXPROCS stops the runtime from following the cgroup's CPU
+	// limit; SetDefaultGOMAXPROCS gives every processor back and makes it
+	// follow the limit again, when the load needs more than one processor
+	// and when the controller stops.
 	defer runtime.SetDefaultGOMAXPROCS()
 	t := time.NewTicker(procsSample)
 	defer t.Stop()
