@@ -468,6 +468,7 @@ func BenchmarkPgbench(b *testing.B) {
 				m := testenv.MedianPgbench(runs)
 				b.ReportMetric(100*m.TPS/dm.TPS, name+"-%")
 				b.ReportMetric(m.P50-dm.P50, name+"-added-p50-µs")
+				b.ReportMetric(m.P99-dm.P99, name+"-added-p99-µs")
 				b.ReportMetric(m.Switches, name+"-switches/txn")
 				b.ReportMetric(m.CPUPerTxn, name+"-cpu-µs/txn")
 			}

@@ -17,23 +17,23 @@ import (
 	"time"
 )
 
-// PgbenchResult is one pgbench run: TPS, median transaction latency in µs,
-// and (filled by callers that measure them) the proxy's CPU time and context
-// switches per transaction.
-type PgbenchResult struct{ TPS, P50, CPUPerTxn, Switches float64 }
+// PgbenchResult is one pgbench run: TPS, the median and 99th percentile of
+// its transactions' latency in µs, and (filled by callers that measure
+// them) the proxy's CPU time and context switches per transaction.
+type PgbenchResult struct{ TPS, P50, P99, CPUPerTxn, Switches float64 }
 
 // Transactions is how many transactions a run of seconds made.
 func (r PgbenchResult) Transactions(seconds int) float64 { return r.TPS * float64(seconds) }
 
 // MedianPgbench returns the median of each figure over runs.
 func MedianPgbench(runs []PgbenchResult) PgbenchResult {
-	var tps, p50, cpu, sw []float64
+	var tps, p50, p99, cpu, sw []float64
 	for _, r := range runs {
-		tps, p50 = append(tps, r.TPS), append(p50, r.P50)
+		tps, p50, p99 = append(tps, r.TPS), append(p50, r.P50), append(p99, r.P99)
 		cpu, sw = append(cpu, r.CPUPerTxn), append(sw, r.Switches)
 	}
 	m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
-	return PgbenchResult{m(tps), m(p50), m(cpu), m(sw)}
+	return PgbenchResult{m(tps), m(p50), m(p99), m(cpu), m(sw)}
 }
 
 // CPUTime returns this process's user+system CPU time so far.
@@ -47,8 +47,8 @@ func CPUTime() time.Duration {
 // includes the connections.
 var tpsRE = regexp.MustCompile(`tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)`)
 
-// Pgbench runs one pgbench and returns its TPS and the median latency of
-// its transactions, from the per-transaction log.
+// Pgbench runs one pgbench and returns its TPS and the median and 99th
+// percentile latency of its transactions, from the per-transaction log.
 func Pgbench(b testing.TB, host string, port int, user, password string, seconds int, args []string) PgbenchResult {
 	b.Helper()
 	return PgbenchIn(b, "", host, port, user, password, seconds, args)
@@ -94,7 +94,7 @@ func PgbenchIn(b testing.TB, cgroup, host string, port int, user, password strin
 		b.Fatal(fmt.Errorf("no pgbench transaction log in %s", dir))
 	}
 	slices.Sort(lat)
-	return PgbenchResult{TPS: tps, P50: lat[len(lat)/2]}
+	return PgbenchResult{TPS: tps, P50: lat[len(lat)/2], P99: lat[len(lat)*99/100]}
 }
 
 // pgbenchCmd is pgbench with args, logging in with password, started in
