@@ -21,48 +21,61 @@ type memoryReturner struct {
 	// allocs is the heap allocated, in all, at the last sample, and
 	// returned what it was when memory was last given back.
 	allocs, returned uint64
-	samples          []metrics.Sample
+	// quiet is how many samples in a row were quiet.
+	quiet   int
+	samples []metrics.Sample
 }
 
-// What the returner waits for: a sample period with less than quietAlloc
-// allocated (nothing is under way: a single busy session allocates more),
-// after at least burstAlloc allocated since the last return (there was a
-// burst to give back), with at least minReturnable that could be given
-// back. A return is one forced collection, at most once per burst: 11-17 ms
-// for the 20 MB heap of 300 idle PostgreSQL sessions on two cores.
+// What the returner waits for: quietFor sample periods in a row with less
+// than quietAlloc allocated in each (nothing is under way: a single busy
+// session allocates more; a daemon with nothing to do allocates 45-70 KiB
+// a second, its own timers and samplers), after at least burstAlloc
+// allocated since the last return (there may be that much garbage to give
+// back). A return is one forced collection: 11-17 ms for the 20 MB heap of
+// 300 idle PostgreSQL sessions on two cores, so at most one per burstAlloc
+// allocated and per quiet stretch.
+//
+// Quiet is a stretch of short periods, not one period of a second:
+// sessions hand their idle wait over a second after their last statement
+// (a few hundred bytes each), and with periods of a second the return came
+// 2.5-3 s after 300 sessions opened, or in a gap before they did, leaving
+// what they allocated to the next burst. Now it comes 1.5-2.5 s after. And
+// burstAlloc is below what 300 sessions opening allocate (7-8 MB), so that
+// a return in a gap before them does not keep theirs.
 const (
-	memorySample  = time.Second
-	quietAlloc    = 256 << 10
-	burstAlloc    = 16 << 20
-	minReturnable = 4 << 20
+	memorySample = 250 * time.Millisecond
+	quietAlloc   = 64 << 10
+	quietFor     = 3
+	burstAlloc   = 4 << 20
 )
 
 func newMemoryReturner() *memoryReturner {
 	return &memoryReturner{samples: []metrics.Sample{
 		{Name: "/gc/heap/allocs:bytes"},
-		// Free pages not yet returned, and the unused part of pages in
-		// use: garbage awaiting a collection and what the burst's
-		// objects left in their spans.
-		{Name: "/memory/classes/heap/free:bytes"},
-		{Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
 	}}
 }
 
 // due reports whether memory should be given back now, given the heap
-// allocated in all and what is free or unused in it.
-func (m *memoryReturner) due(allocs, returnable uint64) bool {
-	quiet := allocs-m.allocs < quietAlloc
+// allocated in all.
+func (m *memoryReturner) due(allocs uint64) bool {
+	if allocs-m.allocs < quietAlloc {
+		m.quiet++
+	} else {
+		m.quiet = 0
+	}
 	m.allocs = allocs
-	return quiet && allocs-m.returned >= burstAlloc && returnable >= minReturnable
+	return m.quiet >= quietFor && allocs-m.returned >= burstAlloc
 }
 
-// sample reads the runtime's figures and reports whether to give back,
-// and how much could be.
-func (m *memoryReturner) sample() (due bool, returnable uint64) {
+// sample reads the runtime's figures and reports whether to give back.
+func (m *memoryReturner) sample() bool {
 	metrics.Read(m.samples)
-	returnable = m.samples[1].Value.Uint64() + m.samples[2].Value.Uint64()
-	return m.due(m.samples[0].Value.Uint64(), returnable), returnable
+	return m.due(m.samples[0].Value.Uint64())
 }
+
+// released is the heap memory returned to the system, as of the last read.
+func (m *memoryReturner) released() uint64 { return m.samples[1].Value.Uint64() }
 
 // returnMemoryWhenQuiet gives the heap a burst left back to the system
 // once the daemon is quiet (see memoryReturner), until ctx ends or the
@@ -81,12 +94,17 @@ func (d *Daemon) returnMemoryWhenQuiet(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if due, returnable := m.sample(); due {
-			start := time.Now()
-			debug.FreeOSMemory()
-			m.returned = m.allocs
-			d.log.Debug().Uint64("returnable_bytes", returnable).Dur("took", time.Since(start)).
-				Msg("quiet after a burst: heap memory returned to the system")
+		if !m.sample() {
+			continue
 		}
+		start, before := time.Now(), m.released()
+		debug.FreeOSMemory()
+		took := time.Since(start)
+		metrics.Read(m.samples)
+		m.returned = m.samples[0].Value.Uint64()
+		// Released pages can be taken again before the read: what
+		// went back, at least.
+		d.log.Debug().Int64("returned_bytes", int64(m.released())-int64(before)).Dur("took", took).
+			Msg("quiet after a burst: heap memory returned to the system")
 	}
 }

@@ -23,28 +23,43 @@ func TestMemoryReturnerReadsTheRuntime(t *testing.T) {
 func TestMemoryReturnerWaitsForQuietAfterABurst(t *testing.T) {
 	const MiB = 1 << 20
 	m := &memoryReturner{}
-	steps := []struct {
-		allocs, returnable uint64
-		due                bool
-		why                string
-	}{
-		{allocs: 1 * MiB, returnable: 8 * MiB, why: "busy: a MiB in the period"},
-		{allocs: 1*MiB + 100<<10, returnable: 8 * MiB, why: "quiet, but no burst since the start"},
-		{allocs: 30 * MiB, returnable: 8 * MiB, why: "the burst itself: not quiet"},
-		{allocs: 30*MiB + 10<<10, returnable: 2 * MiB, why: "quiet after a burst, too little to give back"},
-		{allocs: 30*MiB + 20<<10, returnable: 8 * MiB, due: true, why: "quiet after a burst, with plenty to give back"},
-	}
-	for i, s := range steps {
-		if got := m.due(s.allocs, s.returnable); got != s.due {
-			t.Fatalf("step %d (%s): due %v, want %v", i, s.why, got, s.due)
+	allocs := uint64(0)
+	// step allocates n bytes in a sample period and reports whether a
+	// return is then due.
+	step := func(n uint64) bool { allocs += n; return m.due(allocs) }
+	for i := 0; i < 2*quietFor; i++ {
+		if step(10 << 10) {
+			t.Fatalf("period %d: due while quiet with no burst since the start", i)
 		}
 	}
-	m.returned = m.allocs
-	if m.due(30*MiB+30<<10, 8*MiB) {
-		t.Fatal("given back again without a burst since")
+	if step(30 * MiB) {
+		t.Fatal("due in the burst itself")
 	}
-	m.due(60*MiB, 8*MiB) // the next burst
-	if !m.due(60*MiB+1<<10, 8*MiB) {
-		t.Fatal("not given back once quiet after the next burst")
+	for i := 1; i < quietFor; i++ {
+		if step(10 << 10) {
+			t.Fatalf("due after %d quiet periods of %d", i, quietFor)
+		}
+	}
+	if step(quietAlloc) {
+		t.Fatal("a period with quietAlloc allocated counted as quiet")
+	}
+	for i := 1; i < quietFor; i++ {
+		step(10 << 10)
+	}
+	if !step(10 << 10) {
+		t.Fatalf("not due after %d quiet periods following a burst", quietFor)
+	}
+	m.returned = allocs
+	for i := 0; i < 2*quietFor; i++ {
+		if step(10 << 10) {
+			t.Fatal("due again with no burst since the return")
+		}
+	}
+	step(burstAlloc) // the next burst, as small as one may be
+	for i := 1; i < quietFor; i++ {
+		step(0)
+	}
+	if !step(0) {
+		t.Fatal("not due once quiet after the next burst")
 	}
 }
