@@ -92,6 +92,13 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Add("_pragma", "temp_store(MEMORY)")
+	// Each connection's page cache, 256 KiB instead of SQLite's 2 MB:
+	// the pages are in the kernel's page cache too, where a miss reads
+	// them from, and the daemon holds five connections. The writer's
+	// work touches the right edge of a few B-trees. The store's
+	// benchmarks did not move; the daemon's memory outside the Go heap
+	// after a benchmark's load fell from 13.6 to 11.2 MB.
+	q.Add("_pragma", "cache_size(-256)")
 	q.Set("_txlock", "immediate")
 	w, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
