@@ -84,18 +84,9 @@ func (d *Daemon) returnMemoryWhenQuiet(ctx context.Context) {
 	m := newMemoryReturner()
 	m.sample()
 	m.returned = m.allocs
-	t := time.NewTicker(memorySample)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.stopping:
-			return
-		case <-t.C:
-		}
+	d.every(ctx, memorySample, func() {
 		if !m.sample() {
-			continue
+			return
 		}
 		start, before := time.Now(), m.released()
 		debug.FreeOSMemory()
@@ -106,5 +97,5 @@ func (d *Daemon) returnMemoryWhenQuiet(ctx context.Context) {
 		// went back, at least.
 		d.log.Debug().Int64("returned_bytes", int64(m.released())-int64(before)).Dur("took", took).
 			Msg("quiet after a burst: heap memory returned to the system")
-	}
+	})
 }

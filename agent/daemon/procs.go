@@ -89,23 +89,14 @@ func (d *Daemon) adaptParallelism(ctx context.Context) {
 	// follow the limit again, when the load needs more than one processor
 	// and when the controller stops.
 	defer runtime.SetDefaultGOMAXPROCS()
-	t := time.NewTicker(procsSample)
-	defer t.Stop()
 	last, lastAt := cpuTime(), time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.stopping:
-			return
-		case <-t.C:
-		}
+	d.every(ctx, procsSample, func() {
 		now, at := cpuTime(), time.Now()
 		used := float64(now-last) / float64(at.Sub(lastAt))
 		last, lastAt = now, at
 		n := p.next(used)
 		if n == p.procs {
-			continue
+			return
 		}
 		if n == 1 {
 			runtime.GOMAXPROCS(1)
@@ -116,5 +107,22 @@ func (d *Daemon) adaptParallelism(ctx context.Context) {
 		}
 		d.log.Debug().Int("from", p.procs).Int("to", n).Float64("cores_used", used).Msg("processors for the daemon's goroutines changed")
 		p.procs = n
+	})
+}
+
+// every calls f every period until ctx ends or the daemon stops: the
+// daemon's samplers of itself.
+func (d *Daemon) every(ctx context.Context, period time.Duration, f func()) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.stopping:
+			return
+		case <-t.C:
+		}
+		f()
 	}
 }
