@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // Decision is the policy verdict on one request of a session. Seq is the
@@ -66,11 +68,48 @@ type decisionRow struct {
 	data        string
 }
 
+// decisionEncoding is the buffer decisionRows encodes a call's rows into,
+// and the array a run is laid out in, kept for the next call (encodings).
+//
+// Why: at a busy proxy's rate a second's decisions are a megabyte of JSON,
+// and it was allocated twice (json.Marshal's result, then its copy into a
+// string), with the array of the run: under pgbench's tpcb-like at one
+// client that was two thirds of what interlockd allocated, and each
+// collection it set off held the relay up for milliseconds while the
+// collector took its processor.
+type decisionEncoding struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+	run []decisionJSON
+}
+
+// encodings keeps two: a flush and an ending session may encode at once.
+// Not a sync.Pool, which a collection empties: with a collection about
+// every second under load, the flush's buffer was dropped and grown again
+// by doubling about as often as it was kept.
+var encodings = make(chan *decisionEncoding, 2)
+
+func getEncoding() *decisionEncoding {
+	select {
+	case e := <-encodings:
+		return e
+	default:
+		e := &decisionEncoding{}
+		e.enc = json.NewEncoder(&e.buf)
+		return e
+	}
+}
+
 // decisionRows encodes batches into rows: a row for each run of one
 // session's decisions, decisionsPerRow at most. ends[i] is where the rows
-// of batches[i] end.
-func decisionRows(batches [][]Decision) (rows []decisionRow, ends []int, err error) {
-	var enc []decisionJSON
+// of batches[i] end. The rows' data is in e's buffer: the caller gives e
+// back (doneWith) only once nothing can still read a row, which a
+// write abandoned on its context's end still may.
+func decisionRows(batches [][]Decision) (rows []decisionRow, ends []int, e *decisionEncoding, err error) {
+	e = getEncoding()
+	e.buf.Reset()
+	type span struct{ start, end int }
+	var spans []span
 	ends = make([]int, len(batches))
 	for b, ds := range batches {
 		for len(ds) > 0 {
@@ -80,27 +119,56 @@ func decisionRows(batches [][]Decision) (rows []decisionRow, ends []int, err err
 			}
 			run := ds[:n]
 			ds = ds[n:]
-			enc = enc[:0]
+			e.run = e.run[:0]
 			var actions []string
 			for i := range run {
 				d := &run[i]
-				enc = append(enc, decisionJSON{Index: d.Index, Seq: d.Seq, TimeNS: nanos(d.Time), Action: d.Action,
+				e.run = append(e.run, decisionJSON{Index: d.Index, Seq: d.Seq, TimeNS: nanos(d.Time), Action: d.Action,
 					Rule: d.Rule, Reason: d.Reason, Enforced: d.Enforced, Statement: d.Statement, ApprovalID: d.ApprovalID})
 				if !slices.Contains(actions, d.Action) {
 					actions = append(actions, d.Action)
 				}
 			}
-			data, err := json.Marshal(enc)
-			if err != nil {
-				return nil, nil, fmt.Errorf("encode decisions %s/%d..%d: %w", run[0].SessionID, run[0].Index, run[n-1].Index, err)
+			start := e.buf.Len()
+			if err := e.enc.Encode(e.run); err != nil {
+				doneWith(context.Background(), e)
+				return nil, nil, nil, fmt.Errorf("encode decisions %s/%d..%d: %w", run[0].SessionID, run[0].Index, run[n-1].Index, err)
 			}
+			// Encode ends the value with a newline, which json.Marshal did not.
+			e.buf.Truncate(e.buf.Len() - 1)
+			spans = append(spans, span{start, e.buf.Len()})
 			rows = append(rows, decisionRow{session: run[0].SessionID, first: run[0].Index, last: run[n-1].Index,
-				actions: strings.Join(actions, ","), data: string(data)})
+				actions: strings.Join(actions, ",")})
 		}
 		ends[b] = len(rows)
 	}
-	return rows, ends, nil
+	// The strings point into the buffer, which no longer grows: the rows are
+	// read by the inserts, which copy them, and the buffer is not written
+	// again until e is given back.
+	all := e.buf.Bytes()
+	for i, sp := range spans {
+		rows[i].data = unsafe.String(&all[sp.start], sp.end-sp.start)
+	}
+	clear(e.run[:cap(e.run)]) // the statements it holds
+	return rows, ends, e, nil
 }
+
+// doneWith gives e back once the writes that used its rows have returned:
+// unless ctx has ended (a write abandoned on it may still run), they have
+// run, and nothing reads the rows any more. A buffer grown for a backlog is
+// let go.
+func doneWith(ctx context.Context, e *decisionEncoding) {
+	if ctx.Err() == nil && e.buf.Cap() <= maxPooledEncoding {
+		select {
+		case encodings <- e:
+		default:
+		}
+	}
+}
+
+// maxPooledEncoding is the largest buffer encodings keeps: a few seconds of
+// a busy proxy's decisions.
+const maxPooledEncoding = 4 << 20
 
 // AddDecisions stores the decisions of every batch. The recorder batches
 // verdicts this way so the proxy never waits for a database write per
@@ -119,10 +187,11 @@ func decisionRows(batches [][]Decision) (rows []decisionRow, ends []int, err err
 // end that (the store is failing, not a batch), and the rest wait for the
 // caller's next try.
 func (s *Store) AddDecisions(ctx context.Context, batches ...[]Decision) error {
-	rows, ends, err := decisionRows(batches)
+	rows, ends, enc, err := decisionRows(batches)
 	if err != nil {
 		return err
 	}
+	defer doneWith(ctx, enc)
 	var failed *DecisionsError
 	unstored := func(i int, err error) {
 		if failed == nil {

@@ -133,10 +133,11 @@ func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write f
 	args := []any{nanos(e.Ended), e.BytesIn, e.BytesOut, e.Messages, e.Outcome, e.RecordingSHA256, e.RecordingSize, id}
 	// All but the last of AddDecisions' transactions' worth go first, in
 	// theirs, so the row's transaction holds the writer no longer than one.
-	rows, _, err := decisionRows([][]Decision{e.Decisions})
+	rows, _, enc, err := decisionRows([][]Decision{e.Decisions})
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
+	defer doneWith(ctx, enc)
 	for len(rows) > insertRows {
 		if err := s.addDecisionRows(ctx, rows[:insertRows]); err != nil {
 			return fmt.Errorf("end session %s: %w", id, err)

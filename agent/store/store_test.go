@@ -23,6 +23,7 @@ func TestStore(t *testing.T) {
 		t.Run("upgrade from v1", func(t *testing.T) { testUpgrade(t, open) })
 		t.Run("sessions", func(t *testing.T) { testSessions(t, open) })
 		t.Run("many decisions", func(t *testing.T) { testManyDecisions(t, open) })
+		t.Run("decisions stored at once", func(t *testing.T) { testConcurrentDecisions(t, open) })
 		t.Run("approvals", func(t *testing.T) { testApprovals(t, open) })
 		t.Run("approval quorum race", func(t *testing.T) { testQuorumRace(t, open) })
 		t.Run("approval expiry", func(t *testing.T) { testExpiry(t, open) })
@@ -98,6 +99,69 @@ func testUpgrade(t *testing.T, open storetest.Open) {
 	}
 	if err := s2.AddDecisions(ctx, []store.Decision{{SessionID: "old", Index: 5, Seq: 4, Action: "allow"}}); err != nil {
 		t.Fatalf("second decision on one seq after upgrade: %v", err)
+	}
+}
+
+// testConcurrentDecisions stores sessions' decisions from several
+// goroutines at once, with AddDecisions and EndSession, as the recorder's
+// flush and ending sessions do: their JSON is encoded into buffers the
+// calls share in turn (and that a call gives back when it returns), so each
+// session must read back its own, whole.
+func testConcurrentDecisions(t *testing.T, open storetest.Open) {
+	ctx := context.Background()
+	s := open(t)
+	const workers, rounds, per = 4, 6, 120
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	ids := make([]string, workers)
+	for w := range workers {
+		ss := store.Session{Host: "h1", Identity: "ci", Target: "orders", Protocol: "postgresql", Started: time.Now().UTC()}
+		if err := s.CreateSession(ctx, &ss); err != nil {
+			t.Fatal(err)
+		}
+		ids[w] = ss.ID
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			idx := 0
+			next := func() []store.Decision {
+				var ds []store.Decision
+				for range per {
+					ds = append(ds, store.Decision{SessionID: ss.ID, Index: int64(idx), Seq: int64(idx), Time: ss.Started,
+						Action: "allow", Enforced: true, Statement: fmt.Sprintf("SELECT '%s', %d", ss.ID, idx)})
+					idx++
+				}
+				return ds
+			}
+			for range rounds {
+				if err := s.AddDecisions(ctx, next()); err != nil {
+					errs <- err
+					return
+				}
+			}
+			if err := s.EndSession(ctx, ss.ID, store.SessionEnd{Outcome: "closed", Decisions: next()}); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		got, err := s.Decisions(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != (rounds+1)*per {
+			t.Fatalf("session %s read back %d decisions, stored %d", id, len(got), (rounds+1)*per)
+		}
+		for i, d := range got {
+			if want := fmt.Sprintf("SELECT '%s', %d", id, i); d.Index != int64(i) || d.Statement != want {
+				t.Fatalf("session %s decision %d read back as %+v, want %q", id, i, d, want)
+			}
+		}
 	}
 }
 
