@@ -344,7 +344,10 @@ type Session struct {
 	// spare is the array of verdicts the last flush stored, for pending
 	// to fill next: a busy session's pending grew by doubling from nothing
 	// every flush interval, copying its verdicts a dozen times over.
-	spare    []store.Decision
+	spare []store.Decision
+	// flushed is how many verdicts the last flush handed out: while their
+	// array is being stored, pending starts at that size.
+	flushed  int
 	finished bool
 
 	// filed says frames were handed to the writer, which creates the file
@@ -461,6 +464,9 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 	s.put(s.vbuf)
 	if s.pending == nil {
 		s.pending, s.spare = s.spare, nil
+		if s.pending == nil && s.flushed > 0 {
+			s.pending = make([]store.Decision, 0, s.flushed)
+		}
 	}
 	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Index: s.decided, Seq: seq, Time: t.UTC(), Action: v.Action,
 		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
@@ -528,6 +534,7 @@ func (s *Session) flush() []store.Decision {
 	s.handoff()
 	ds := s.pending
 	s.pending = nil
+	s.flushed = len(ds)
 	if len(ds) == 0 {
 		s.spare = nil // idle for a whole interval: it holds no array
 	}
