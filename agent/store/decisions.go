@@ -74,9 +74,8 @@ type decisionRow struct {
 // Why: at a busy proxy's rate a second's decisions are a megabyte of JSON,
 // and it was allocated twice (json.Marshal's result, then its copy into a
 // string), with the array of the run: under pgbench's tpcb-like at one
-// client that was two thirds of what interlockd allocated, and each
-// collection it set off held the relay up for milliseconds while the
-// collector took its processor.
+// client, a third or more of what interlockd allocated. On one processor a
+// collection can hold a relay goroutine up for milliseconds.
 type decisionEncoding struct {
 	buf bytes.Buffer
 	enc *json.Encoder
