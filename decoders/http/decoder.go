@@ -228,8 +228,7 @@ type conn struct {
 	maxBody     int64
 	maxRecorded int
 	agent       net.Conn
-	out         *bufio.Writer // HTTP/1.1 answers to agent: see reply1
-	serverName  string        // the TLS server name, lower case
+	serverName  string // the TLS server name, lower case
 	target      string
 	t           Target
 	connect     protocol.Verdict
@@ -504,15 +503,23 @@ func (c *conn) reply1(req *nethttp.Request, resp *nethttp.Response) error {
 	if resp.ContentLength < 0 && len(resp.TransferEncoding) == 0 {
 		resp.TransferEncoding = []string{"chunked"}
 	}
-	if c.out == nil {
-		c.out = bufio.NewWriterSize(c.agent, replyBuffer)
-	}
-	return writeResponse(c.out, resp)
+	w := replyWriters.Get().(*bufio.Writer)
+	w.Reset(c.agent)
+	err := writeResponse(w, resp)
+	w.Reset(nil)
+	replyWriters.Put(w)
+	return err
 }
 
 // replyBuffer holds a response head and the start of its body: one TLS
 // record's worth.
 const replyBuffer = 16 << 10
+
+// replyWriters are the buffers answers are written through, each held
+// only while one answer is written: a buffer per connection was a sixth
+// of what a new intercepted connection allocated (18 of 95 KB), and a
+// connection idle between requests kept its 16 KiB.
+var replyWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, replyBuffer) }}
 
 // writeResponse writes resp through w and flushes it. net/http writes a
 // head a line at a time, and on a TLS connection every write would be a
