@@ -4,27 +4,31 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Relay copies bytes both ways between a and b until both directions end,
 // and returns the byte counts (a to b, b to a): the plain TCP relay and the
-// TLS passthrough. Each direction half-closes its destination when its
-// source ends, so protocols that shut down one side keep working; an error
-// on either side closes both, since the other copy would otherwise wait on
-// a peer that is never told. One direction is copied on the calling
-// goroutine.
+// TLS passthrough. The first direction to end half-closes its destination,
+// so protocols that shut down one side keep working; the second closes its
+// destination, whose input has already ended: the half-close would be a
+// system call more per connection, and most of them failed (ENOTCONN) on a
+// peer already gone. An error on either side closes both, since the other
+// copy would otherwise wait on a peer that is never told. One direction is
+// copied on the calling goroutine.
 func Relay(a, b net.Conn) (aToB, bToA int64) {
+	var ended atomic.Int32
 	down := make(chan error, 1)
 	go func() {
 		var err error
-		bToA, err = copyDown(a, b)
+		bToA, err = copyDown(a, b, &ended)
 		if err != nil {
 			a.Close()
 			b.Close()
 		}
 		down <- err
 	}()
-	aToB, err := copyUp(b, a)
+	aToB, err := copyUp(b, a, &ended)
 	if err != nil {
 		a.Close()
 		b.Close()
@@ -35,16 +39,26 @@ func Relay(a, b net.Conn) (aToB, bToA int64) {
 
 // copyUp and copyDown are separate functions so stack traces say which way
 // a stuck copy was going.
-func copyUp(dst, src net.Conn) (int64, error) {
+func copyUp(dst, src net.Conn, ended *atomic.Int32) (int64, error) {
 	n, err := io.Copy(dst, src)
-	CloseWrite(dst)
+	finish(dst, ended)
 	return n, err
 }
 
-func copyDown(dst, src net.Conn) (int64, error) {
+func copyDown(dst, src net.Conn, ended *atomic.Int32) (int64, error) {
 	n, err := io.Copy(dst, src)
-	CloseWrite(dst)
+	finish(dst, ended)
 	return n, err
+}
+
+// finish ends dst once its direction has: a half-close while the other
+// direction goes on, a close once both have ended.
+func finish(dst net.Conn, ended *atomic.Int32) {
+	if ended.Add(1) == 2 {
+		dst.Close()
+		return
+	}
+	CloseWrite(dst)
 }
 
 // CloseWrite half-closes c when the connection under it can, so its peer

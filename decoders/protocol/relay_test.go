@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -35,6 +36,11 @@ func TestRelayCountsAndHalfCloses(t *testing.T) {
 	}
 	if c := <-done; c.sent != 5 || c.recv != 10 {
 		t.Fatalf("counts = %+v, want sent 5, received 10", c)
+	}
+	// The direction that ended second closed its destination outright
+	// (its input had ended): nothing is left for the caller's close.
+	if _, err := agentSide.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("agent's socket after the relay: write got %v, want it closed", err)
 	}
 }
 
