@@ -350,11 +350,15 @@ static __always_inline int udp_verdict(struct bpf_sock_addr *ctx, struct config 
 }
 
 /* record_origin records what the kernel knows of a steered socket by its
- * cookie; 0 when the map refused it. */
-static __always_inline int record_origin(struct bpf_sock_addr *ctx, __u32 identity, const struct addr *dst, __u16 port)
+ * cookie; 0 when the map refused it. at is the time read before the tag
+ * lookup that found identity: interlockd takes an identity as current
+ * without asking the tag table again when no untag ended after it. */
+static __always_inline int record_origin(struct bpf_sock_addr *ctx, __u32 identity, __u64 at, const struct addr *dst,
+					 __u16 port)
 {
 	struct origin o = {};
 	fill_origin(&o, identity);
+	o.time_ns = at;
 	o.dst = *dst;
 	o.dst_port = port;
 	o.family = ctx->family;
@@ -367,7 +371,7 @@ static __always_inline int record_origin(struct bpf_sock_addr *ctx, __u32 identi
  * DNS proxy of dst's family, recording the original resolver and the
  * caller by socket cookie. With no DNS proxy for the family, or no record,
  * it refuses: DNS never goes out directly. */
-static __always_inline int dns_steer(struct bpf_sock_addr *ctx, struct config *cfg, __u32 identity,
+static __always_inline int dns_steer(struct bpf_sock_addr *ctx, struct config *cfg, __u32 identity, __u64 at,
 				     const struct addr *dst, __u16 port, struct addr *proxy, __u16 *proxy_port)
 {
 	*proxy_port = 0;
@@ -382,7 +386,7 @@ static __always_inline int dns_steer(struct bpf_sock_addr *ctx, struct config *c
 		emit_deny(ctx, identity, dst, port, ctx->family, DENY_NO_PROXY, ctx->type, ctx->protocol);
 		return REFUSE;
 	}
-	if (!record_origin(ctx, identity, dst, port))
+	if (!record_origin(ctx, identity, at, dst, port))
 		return REFUSE;
 	return ALLOW;
 }
@@ -394,6 +398,7 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 {
 	struct config *cfg = get_config();
 	__u32 identity = 0;
+	__u64 at = bpf_ktime_get_ns();
 
 	*redirect = 0;
 	if (!tagged(cfg, &identity))
@@ -405,7 +410,7 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 		/* A connected UDP socket: its sends pass no sendmsg hook, so it
 		 * is steered here, and the egress program keys its record by
 		 * the tuple once the kernel has picked its source port. */
-		if (dns_steer(ctx, cfg, identity, dst, port, proxy, proxy_port) == REFUSE)
+		if (dns_steer(ctx, cfg, identity, at, dst, port, proxy, proxy_port) == REFUSE)
 			return REFUSE;
 		*redirect = 1;
 		return ALLOW;
@@ -445,7 +450,7 @@ static __always_inline int connect_common(struct bpf_sock_addr *ctx, const struc
 
 	/* Without a record the proxy could not tell who is calling: refuse
 	 * rather than redirect anonymously. */
-	if (!record_origin(ctx, identity, dst, port))
+	if (!record_origin(ctx, identity, at, dst, port))
 		return REFUSE;
 	*redirect = 1;
 	return ALLOW;
@@ -515,13 +520,14 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 	__u32 identity = 0;
 	struct addr dst, proxy = {};
 	__u16 port = bpf_ntohs(ctx->user_port), proxy_port;
+	__u64 at = bpf_ktime_get_ns();
 
 	if (!tagged(cfg, &identity))
 		return ALLOW;
 	set_v4mapped(&dst, ctx->user_ip4);
 	if (!is_dns(cfg, &dst, port))
 		return udp_verdict(ctx, cfg, identity, &dst, port);
-	if (dns_steer(ctx, cfg, identity, &dst, port, &proxy, &proxy_port) == REFUSE)
+	if (dns_steer(ctx, cfg, identity, at, &dst, port, &proxy, &proxy_port) == REFUSE)
 		return REFUSE;
 	ctx->user_ip4 = proxy.w[3];
 	ctx->user_port = bpf_htons(proxy_port);
@@ -535,6 +541,7 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	__u32 identity = 0;
 	struct addr dst, proxy = {};
 	__u16 port = bpf_ntohs(ctx->user_port), proxy_port;
+	__u64 at = bpf_ktime_get_ns();
 
 	if (!tagged(cfg, &identity))
 		return ALLOW;
@@ -544,7 +551,7 @@ int sendmsg6(struct bpf_sock_addr *ctx)
 	dst.w[3] = ctx->user_ip6[3];
 	if (!is_dns(cfg, &dst, port))
 		return udp_verdict(ctx, cfg, identity, &dst, port);
-	if (dns_steer(ctx, cfg, identity, &dst, port, &proxy, &proxy_port) == REFUSE)
+	if (dns_steer(ctx, cfg, identity, at, &dst, port, &proxy, &proxy_port) == REFUSE)
 		return REFUSE;
 	ctx->user_ip6[0] = proxy.w[0];
 	ctx->user_ip6[1] = proxy.w[1];

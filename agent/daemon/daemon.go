@@ -78,8 +78,12 @@ type Daemon struct {
 	// tag, target refresh) and explains the refusals they make.
 	rules *datapath.PolicyRules
 	// tagGen counts untags; open sessions re-check their identity when it
-	// moves, so an untag applies to their next statement.
-	tagGen atomic.Uint64
+	// moves, so an untag applies to their next statement. tagChanged is
+	// when the latest change of the tag map (tag or untag) had returned,
+	// the latest of any whatever order they end in; an untag sets it
+	// before tagGen moves.
+	tagGen     atomic.Uint64
+	tagChanged atomic.Pointer[time.Time]
 
 	uninstalled chan struct{}
 	// stopping is closed when Run begins to shut down.

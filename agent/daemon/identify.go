@@ -3,6 +3,7 @@ package daemon
 import (
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/interlock-dev/interlock/agent/datapath"
 )
@@ -36,6 +37,32 @@ func (t tagTable) IdentityOf(cgroupID uint64, cgroup string) string {
 }
 
 func (t tagTable) Generation() uint64 { return t.d.tagGen.Load() }
+
+func (t tagTable) SettledAt(at time.Time) (uint64, bool) {
+	g := t.d.tagGen.Load()
+	last := t.d.tagChanged.Load()
+	return g, !at.IsZero() && (last == nil || at.After(last.Add(tagSettle)))
+}
+
+// tagSettle is how long after a change of the tag map returned a
+// connect's clock reading must be for its tag lookup to be known to have
+// seen the change: far above the time a change takes to reach every CPU.
+// (The kernel's readings are converted to Go's clock slightly early,
+// which errs the same safe way.)
+const tagSettle = time.Millisecond
+
+// tagsChanged records that a change of the tag map returned at t.
+func (d *Daemon) tagsChanged(t time.Time) {
+	for {
+		last := d.tagChanged.Load()
+		if last != nil && !t.After(*last) {
+			return
+		}
+		if d.tagChanged.CompareAndSwap(last, &t) {
+			return
+		}
+	}
+}
 
 // isOwnEndpoint reports whether dst is one of interlockd's own listeners.
 func (d *Daemon) isOwnEndpoint(dst netip.AddrPort) bool {

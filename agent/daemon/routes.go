@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
@@ -196,6 +197,7 @@ func (d *Daemon) tag(abs, rel, identity, why string) error {
 		if err := d.dp.Untag(cgid); err != nil {
 			return fmt.Errorf("untag %s: %w", rel, err)
 		}
+		d.tagsChanged(time.Now())
 		d.tagGen.Add(1)
 		d.chain.Record(audit.Untagged{Cgroup: rel, Reason: why})
 		return d.ids.setTag(rel, cgid, "")
@@ -215,6 +217,8 @@ func (d *Daemon) tag(abs, rel, identity, why string) error {
 	if err := d.dp.Tag(cgid, id); err != nil {
 		return fmt.Errorf("tag %s: %w", rel, err)
 	}
+	// A tag may name another identity for a cgroup, or for those below it.
+	d.tagsChanged(time.Now())
 	d.chain.Record(audit.Tagged{Cgroup: rel, Identity: identity})
 	return d.ids.setTag(rel, cgid, identity)
 }

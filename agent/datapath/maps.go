@@ -376,7 +376,9 @@ type Origin struct {
 	Identity    uint32
 	Comm        string
 	NetnsCookie uint64
-	Time        time.Time
+	// Time is when the kernel took the connect (or DNS datagram), read
+	// before its tag lookup.
+	Time time.Time
 }
 
 func (d *Datapath) origin(o *bpf.InterlockOrigin) Origin {

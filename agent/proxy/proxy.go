@@ -35,6 +35,9 @@ type Identity struct {
 	Cgroup string `json:"cgroup"`
 	// NetnsCookie identifies the caller's network namespace.
 	NetnsCookie uint64 `json:"netns_cookie"`
+	// Connected is when the kernel took the connect, before it looked up
+	// the tag that named the identity (zero if unknown).
+	Connected time.Time `json:"-"`
 	// Container is the container the caller's cgroup belongs to, as its
 	// runtime described it at accept; nil unless the policy selects on
 	// containers and the runtime could say.

@@ -28,9 +28,18 @@ type enforcer struct {
 
 // tagged reports whether the session's cgroup still carries its identity.
 // It asks the tag table only after an untag somewhere, so the common
-// request costs one atomic load.
+// request costs one atomic load. The first request takes the identity the
+// kernel found at connect when no tag changed since the kernel read its
+// clock for that lookup: the table would say the same, and asking it is a
+// system call.
 func (e *enforcer) tagged() bool {
 	tags := e.p.cfg.Tags
+	if !e.checked {
+		if g, ok := tags.SettledAt(e.c.identity.Connected); ok {
+			e.gen, e.checked, e.taggedOK = g, true, true
+			return true
+		}
+	}
 	if g := tags.Generation(); !e.checked || g != e.gen {
 		e.gen, e.checked = g, true
 		e.taggedOK = tags.IdentityOf(e.c.identity.CgroupID, e.c.identity.Cgroup) == e.c.identity.Name

@@ -80,6 +80,10 @@ type Tags interface {
 	// Generation changes whenever a tag is removed, so sessions know when
 	// to ask IdentityOf again.
 	Generation() uint64
+	// SettledAt returns the generation now and whether the tags have not
+	// changed since at (no tag or untag returned after it): a tag lookup
+	// begun at at or later found what IdentityOf would find now.
+	SettledAt(at time.Time) (generation uint64, settled bool)
 }
 
 // Config is what the pipeline depends on.
@@ -180,7 +184,7 @@ func (p *Pipeline) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.A
 func IdentityOf(o datapath.Origin, name string) proxy.Identity {
 	id := proxy.Identity{
 		Name: name, PID: o.PID, UID: o.UID, GID: o.GID, Comm: o.Comm,
-		CgroupID: o.CgroupID, NetnsCookie: o.NetnsCookie,
+		CgroupID: o.CgroupID, NetnsCookie: o.NetnsCookie, Connected: o.Time,
 	}
 	// The process may already be gone; the kernel's fields still stand.
 	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))

@@ -102,8 +102,9 @@ type tags struct{ identity string }
 func (t tags) Origin(peer, local netip.AddrPort) (datapath.Origin, string, error) {
 	return datapath.Origin{}, t.identity, nil
 }
-func (t tags) IdentityOf(uint64, string) string { return t.identity }
-func (t tags) Generation() uint64               { return 0 }
+func (t tags) IdentityOf(uint64, string) string   { return t.identity }
+func (t tags) Generation() uint64                 { return 0 }
+func (t tags) SettledAt(time.Time) (uint64, bool) { return 0, false }
 
 // fakeDecoder plays a protocol: it runs script with the session it is
 // handed and returns what script returns.
