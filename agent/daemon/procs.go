@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"math"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"syscall"
 	"time"
 )
@@ -21,34 +23,48 @@ import (
 // switches from 9 to 6 (HAProxy: 3.9), in alternating runs. But one
 // processor caps the daemon at one core, which a busy host needs more than
 // it needs the hand-offs to be cheap. parallelism gives the daemon one
-// processor while it uses less than a core and every processor the
-// runtime would give it once it needs more.
+// processor until it uses about a core and its goroutines queue for it,
+// and every processor the runtime would give it while it stays busy.
+//
+// A busy processor alone does not call for more: one HTTP/2 connection
+// with ten streams kept a core busy while its goroutines waited 20 µs on
+// average to run (they hand off to one another, one at a time), and every
+// processor cut its rate by a sixth; sixteen such connections kept 130
+// goroutines waiting 400 µs, and every processor raised it by two fifths.
 type parallelism struct {
 	max   int // the runtime's own GOMAXPROCS for this process
 	procs int // in use now
 	quiet int // samples in a row below procsQuiet
 }
 
-// What the controller watches is the daemon's CPU time over each sample:
-// at procsBusy of a core, one processor no longer keeps up (its goroutines
-// queue for it), and every processor is given at once; below procsQuiet
-// for procsQuietFor samples in a row, one processor does again. A load of
-// new connections costs up to a third more CPU on every processor than on
-// one (the wake-ups above), so procsQuiet there is about half a core on
-// one: the gap keeps a load near either threshold from flipping it at
-// every sample. The daemon starts on one processor: it starts idle.
+// What the controller watches is the daemon's CPU time over each sample
+// and how long its goroutines waited to run (the runtime's scheduling
+// latency): at procsBusy of a core with goroutines waiting procsQueued on
+// average, one processor no longer keeps up, and every processor is given
+// at once; below procsQuiet for procsQuietFor samples in a row, one
+// processor does again. A load of new connections costs up to a third more
+// CPU on every processor than on one (the wake-ups above), so procsQuiet
+// there is about half a core on one: the gap keeps a load near either
+// threshold from flipping it at every sample. procsQueued is twice the
+// wait of a goroutine woken on an idle processor here (80-90 µs, the
+// thread's wake-up), and half that of the load every processor helped.
+// The return to one processor takes half a second: at two seconds, a light
+// load that followed a busy one ran on every processor all the while, 15
+// to 20 % slower. The daemon starts on one processor: it starts idle.
 const (
 	procsSample   = 100 * time.Millisecond
 	procsBusy     = 0.8
+	procsQueued   = 200 * time.Microsecond
 	procsQuiet    = 0.7
-	procsQuietFor = 20
+	procsQuietFor = 5
 )
 
 // next returns the processors for the next sample period, given the
-// cores' worth of CPU the daemon used in the last.
-func (p *parallelism) next(used float64) int {
+// cores' worth of CPU the daemon used in the last and how long on average
+// its goroutines waited to run.
+func (p *parallelism) next(used float64, queued time.Duration) int {
 	switch {
-	case p.procs < p.max && used >= procsBusy:
+	case p.procs < p.max && used >= procsBusy && queued >= procsQueued:
 		p.quiet = 0
 		return p.max
 	case p.procs > 1 && used < procsQuiet:
@@ -90,11 +106,13 @@ func (d *Daemon) adaptParallelism(ctx context.Context) {
 	// and when the controller stops.
 	defer runtime.SetDefaultGOMAXPROCS()
 	last, lastAt := cpuTime(), time.Now()
+	var waits schedWaits
+	waits.since()
 	d.every(ctx, procsSample, func() {
 		now, at := cpuTime(), time.Now()
 		used := float64(now-last) / float64(at.Sub(lastAt))
 		last, lastAt = now, at
-		n := p.next(used)
+		n := p.next(used, waits.since())
 		if n == p.procs {
 			return
 		}
@@ -108,6 +126,51 @@ func (d *Daemon) adaptParallelism(ctx context.Context) {
 		d.log.Debug().Int("from", p.procs).Int("to", n).Float64("cores_used", used).Msg("processors for the daemon's goroutines changed")
 		p.procs = n
 	})
+}
+
+// schedWaits reads the runtime's scheduling latencies: how long
+// goroutines that became runnable waited for a processor.
+type schedWaits struct {
+	sample [1]metrics.Sample
+	count  uint64
+	sum    float64 // seconds
+}
+
+// since returns the mean wait of the goroutines scheduled since the last
+// call, 0 when none was.
+func (w *schedWaits) since() time.Duration {
+	if w.sample[0].Name == "" {
+		w.sample[0].Name = "/sched/latencies:seconds"
+	}
+	metrics.Read(w.sample[:])
+	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := w.sample[0].Value.Float64Histogram()
+	var count uint64
+	var sum float64
+	for i, c := range h.Counts {
+		count += c
+		sum += float64(c) * bucketMid(h.Buckets[i], h.Buckets[i+1])
+	}
+	n, s := count-w.count, sum-w.sum
+	w.count, w.sum = count, sum
+	if n == 0 {
+		return 0
+	}
+	return time.Duration(s / float64(n) * float64(time.Second))
+}
+
+// bucketMid is a histogram bucket's representative value: its middle, or
+// its finite bound when the other is infinite.
+func bucketMid(lo, hi float64) float64 {
+	switch {
+	case math.IsInf(lo, -1):
+		return hi
+	case math.IsInf(hi, 1):
+		return lo
+	}
+	return (lo + hi) / 2
 }
 
 // every calls f every period until ctx ends or the daemon stops: the
