@@ -11,32 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// tcpPair is a connected pair of loopback TCP sockets.
-func tcpPair(t *testing.T) (client, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-accepted
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
+	"github.com/interlock-dev/interlock/agent/testenv"
+)
 
 // countingConn counts the writes that reach the socket.
 type countingConn struct {
@@ -53,7 +30,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 // once it waits, in order.
 func TestBatchConnGathersWrites(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	client, server := tcpPair(t)
+	client, server := testenv.TCPPair(t)
 	inner := &countingConn{Conn: client}
 	bc := &batchConn{Conn: inner}
 	var want bytes.Buffer
@@ -80,7 +57,7 @@ func TestBatchConnGathersWrites(t *testing.T) {
 // server's do, arrive whole and in the order they were made, batches and
 // writes over the batch's bound alike; Close writes what is left.
 func TestBatchConnKeepsOrder(t *testing.T) {
-	client, server := tcpPair(t)
+	client, server := testenv.TCPPair(t)
 	bc := &batchConn{Conn: client}
 	var (
 		turn sync.Mutex
@@ -130,7 +107,7 @@ func TestBatchConnKeepsOrder(t *testing.T) {
 
 // A peer that stopped reading holds Close for closeFlush at most.
 func TestBatchConnCloseDoesNotWaitOnAStalledPeer(t *testing.T) {
-	client, _ := tcpPair(t)
+	client, _ := testenv.TCPPair(t)
 	bc := &batchConn{Conn: client}
 	writing := make(chan error, 1)
 	go func() {
@@ -162,9 +139,9 @@ func TestBatchConnCloseDoesNotWaitOnAStalledPeer(t *testing.T) {
 // connection, so its reader ends too: the writer that batched it has gone
 // on.
 func TestBatchConnReportsAFailedFlush(t *testing.T) {
-	client, server := tcpPair(t)
+	client, server := testenv.TCPPair(t)
 	bc := &batchConn{Conn: client}
-	server.SetLinger(0)
+	server.(*net.TCPConn).SetLinger(0)
 	server.Close() // a reset: the next writes fail
 	var err error
 	for i := 0; i < 100 && err == nil; i++ {
