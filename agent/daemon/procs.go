@@ -106,8 +106,7 @@ func (d *Daemon) adaptParallelism(ctx context.Context) {
 	// and when the controller stops.
 	defer runtime.SetDefaultGOMAXPROCS()
 	last, lastAt := cpuTime(), time.Now()
-	var waits schedWaits
-	waits.since()
+	waits := newSchedWaits()
 	d.every(ctx, procsSample, func() {
 		now, at := cpuTime(), time.Now()
 		used := float64(now-last) / float64(at.Sub(lastAt))
@@ -136,12 +135,16 @@ type schedWaits struct {
 	sum    float64 // seconds
 }
 
+// newSchedWaits starts counting from now.
+func newSchedWaits() *schedWaits {
+	w := &schedWaits{sample: [1]metrics.Sample{{Name: "/sched/latencies:seconds"}}}
+	w.since()
+	return w
+}
+
 // since returns the mean wait of the goroutines scheduled since the last
 // call, 0 when none was.
 func (w *schedWaits) since() time.Duration {
-	if w.sample[0].Name == "" {
-		w.sample[0].Name = "/sched/latencies:seconds"
-	}
 	metrics.Read(w.sample[:])
 	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
 		return 0

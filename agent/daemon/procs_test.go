@@ -46,8 +46,7 @@ func TestParallelismFollowsTheLoad(t *testing.T) {
 // goroutines scheduled since the last reading (the runtime samples one
 // in eight).
 func TestSchedWaitsMeasuresQueueing(t *testing.T) {
-	var w schedWaits
-	w.since()
+	w := newSchedWaits()
 	done := make(chan struct{})
 	for range 100 {
 		go func() { done <- struct{}{} }()

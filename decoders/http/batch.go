@@ -143,9 +143,8 @@ func (c *batchConn) CloseWrite() error {
 
 // tlsBatchConn is a batchConn over the agent's TLS, whose state the HTTP/2
 // server reads.
-type tlsBatchConn struct {
-	*batchConn
-	tc *tls.Conn
-}
+type tlsBatchConn struct{ *batchConn }
 
-func (c tlsBatchConn) ConnectionState() tls.ConnectionState { return c.tc.ConnectionState() }
+func (c tlsBatchConn) ConnectionState() tls.ConnectionState {
+	return c.Conn.(*tls.Conn).ConnectionState()
+}

@@ -574,7 +574,7 @@ func (c *conn) serveHTTP2(ctx context.Context, tc *tls.Conn) {
 	if err := http2.ConfigureServer(c.h2base, srv); err != nil {
 		return
 	}
-	srv.ServeConn(tlsBatchConn{&batchConn{Conn: tc}, tc}, &http2.ServeConnOpts{Context: ctx, BaseConfig: c.h2base, Handler: nethttp.HandlerFunc(c.serveStream)})
+	srv.ServeConn(tlsBatchConn{&batchConn{Conn: tc}}, &http2.ServeConnOpts{Context: ctx, BaseConfig: c.h2base, Handler: nethttp.HandlerFunc(c.serveStream)})
 }
 
 // streamBufs are serveStream's copy buffers: one per stream answered
