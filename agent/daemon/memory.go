@@ -21,6 +21,9 @@ type memoryReturner struct {
 	// allocs is the heap allocated, in all, at the last sample, and
 	// returned what it was when memory was last given back.
 	allocs, returned uint64
+	// peak is the most goroutines at a sample since memory was last
+	// given back.
+	peak uint64
 	// quiet is how many samples in a row were quiet.
 	quiet   int
 	samples []metrics.Sample
@@ -35,6 +38,17 @@ type memoryReturner struct {
 // 300 idle PostgreSQL sessions on two cores, so at most one per burstAlloc
 // allocated and per quiet stretch.
 //
+// Or after at least goroutinesEnded goroutines ended since the most there
+// were: sessions that go idle hand their waits over and end theirs (see
+// protocol.Watcher), and their stacks (8 to 32 KiB each) are memory to give
+// back that allocating did not announce. Sessions open in a burst, but go
+// idle a second after their own last statement, so the quiet the burst's
+// allocations asked for could come while many were still handing over:
+// the return left the stacks of those after it, and what their ends freed,
+// until the next burst (300 idle sessions held 22.6 to 32.9 KiB of memory
+// each, against 9.8 to 23.2 since). A return is due again once as many
+// more have ended.
+//
 // Quiet is a stretch of short periods, not one period of a second:
 // sessions hand their idle wait over a second after their last statement
 // (a few hundred bytes each), and with periods of a second the return came
@@ -43,36 +57,49 @@ type memoryReturner struct {
 // burstAlloc is below what 300 sessions opening allocate (7-8 MB), so that
 // a return in a gap before them does not keep theirs.
 const (
-	memorySample = 250 * time.Millisecond
-	quietAlloc   = 64 << 10
-	quietFor     = 3
-	burstAlloc   = 4 << 20
+	memorySample    = 250 * time.Millisecond
+	quietAlloc      = 64 << 10
+	quietFor        = 3
+	burstAlloc      = 4 << 20
+	goroutinesEnded = 128
 )
 
 func newMemoryReturner() *memoryReturner {
 	return &memoryReturner{samples: []metrics.Sample{
 		{Name: "/gc/heap/allocs:bytes"},
 		{Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/sched/goroutines:goroutines"},
 	}}
 }
 
 // due reports whether memory should be given back now, given the heap
-// allocated in all.
-func (m *memoryReturner) due(allocs uint64) bool {
+// allocated in all and the goroutines there are.
+func (m *memoryReturner) due(allocs, goroutines uint64) bool {
 	if allocs-m.allocs < quietAlloc {
 		m.quiet++
 	} else {
 		m.quiet = 0
 	}
 	m.allocs = allocs
-	return m.quiet >= quietFor && allocs-m.returned >= burstAlloc
+	m.peak = max(m.peak, goroutines)
+	return m.quiet >= quietFor && (allocs-m.returned >= burstAlloc || m.peak-goroutines >= goroutinesEnded)
 }
 
 // sample reads the runtime's figures and reports whether to give back.
 func (m *memoryReturner) sample() bool {
 	metrics.Read(m.samples)
-	return m.due(m.samples[0].Value.Uint64())
+	return m.due(m.samples[0].Value.Uint64(), m.goroutines())
 }
+
+// gaveBack notes that memory was given back: what counts toward the next
+// return starts here.
+func (m *memoryReturner) gaveBack() {
+	metrics.Read(m.samples)
+	m.returned, m.peak = m.samples[0].Value.Uint64(), m.goroutines()
+}
+
+// goroutines is the goroutines there were, as of the last read.
+func (m *memoryReturner) goroutines() uint64 { return m.samples[2].Value.Uint64() }
 
 // released is the heap memory returned to the system, as of the last read.
 func (m *memoryReturner) released() uint64 { return m.samples[1].Value.Uint64() }
@@ -83,7 +110,7 @@ func (m *memoryReturner) released() uint64 { return m.samples[1].Value.Uint64() 
 func (d *Daemon) returnMemoryWhenQuiet(ctx context.Context) {
 	m := newMemoryReturner()
 	m.sample()
-	m.returned = m.allocs
+	m.gaveBack()
 	d.every(ctx, memorySample, func() {
 		if !m.sample() {
 			return
@@ -91,8 +118,7 @@ func (d *Daemon) returnMemoryWhenQuiet(ctx context.Context) {
 		start, before := time.Now(), m.released()
 		debug.FreeOSMemory()
 		took := time.Since(start)
-		metrics.Read(m.samples)
-		m.returned = m.samples[0].Value.Uint64()
+		m.gaveBack()
 		// Released pages can be taken again before the read: what
 		// went back, at least.
 		d.log.Debug().Int64("returned_bytes", int64(m.released())-int64(before)).Dur("took", took).

@@ -26,7 +26,7 @@ func TestMemoryReturnerWaitsForQuietAfterABurst(t *testing.T) {
 	allocs := uint64(0)
 	// step allocates n bytes in a sample period and reports whether a
 	// return is then due.
-	step := func(n uint64) bool { allocs += n; return m.due(allocs) }
+	step := func(n uint64) bool { allocs += n; return m.due(allocs, 40) }
 	for i := 0; i < 2*quietFor; i++ {
 		if step(10 << 10) {
 			t.Fatalf("period %d: due while quiet with no burst since the start", i)
@@ -61,5 +61,41 @@ func TestMemoryReturnerWaitsForQuietAfterABurst(t *testing.T) {
 	}
 	if !step(0) {
 		t.Fatal("not due once quiet after the next burst")
+	}
+}
+
+// Sessions that go idle end their goroutines without allocating much: the
+// stacks they leave are reason enough to give memory back once quiet,
+// once per as many more ended.
+func TestMemoryReturnerGivesBackTheStacksOfEndedGoroutines(t *testing.T) {
+	m := &memoryReturner{}
+	allocs := uint64(0)
+	step := func(goroutines uint64) bool { allocs += 10 << 10; return m.due(allocs, goroutines) }
+	for i := 0; i < 2*quietFor; i++ {
+		if step(40) {
+			t.Fatalf("period %d: due while quiet with nothing ended", i)
+		}
+	}
+	step(40 + 2*goroutinesEnded) // sessions open: their goroutines
+	for i := 0; i < 2*quietFor; i++ {
+		if step(40 + 2*goroutinesEnded) {
+			t.Fatal("due while the goroutines are still there")
+		}
+	}
+	if step(40+goroutinesEnded+1) || step(40+goroutinesEnded+1) || step(40+goroutinesEnded+1) {
+		t.Fatalf("due with %d goroutines ended, under %d", goroutinesEnded-1, goroutinesEnded)
+	}
+	if !step(40 + goroutinesEnded) {
+		t.Fatalf("not due, quiet, with %d goroutines ended", goroutinesEnded)
+	}
+	// Given back: the count starts again from the goroutines left.
+	m.returned, m.peak = allocs, 40+goroutinesEnded
+	for i := 0; i < 2*quietFor; i++ {
+		if step(41) {
+			t.Fatalf("period %d: due again with %d ended since the return", i, goroutinesEnded-1)
+		}
+	}
+	if !step(40) {
+		t.Fatalf("not due once %d more had ended", goroutinesEnded)
 	}
 }
