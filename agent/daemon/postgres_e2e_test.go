@@ -480,19 +480,18 @@ func BenchmarkPgbench(b *testing.B) {
 	}
 	// Idle sessions: the proxy's memory per session, and how long a new
 	// session takes to start with them open, as a multiple of its time
-	// without.
-	// Each proxy's RSS before its first round: the testing package runs
-	// the sub-benchmark once before its b.N rounds, and a proxy keeps what
-	// a round allocated for the next.
-	base := map[int]int64{}
+	// without. The memory is each proxy's first round's: one that keeps
+	// what a round allocated (PgBouncer's and HAProxy's pools) has room
+	// for the next round's sessions and grows no more (the testing package
+	// runs the sub-benchmark once before its b.N rounds).
+	kibs := map[int]float64{} // by pid
 	b.Run(fmt.Sprintf("idle-%dsessions", idleSessions), func(b *testing.B) {
-		type result struct{ kib, slower []float64 }
+		type result struct{ slower []float64 }
 		measure := func(r *result, cgroup string, pid, port int, user, password string) {
-			if base[pid] == 0 {
-				base[pid] = testenv.RSSKiB(pid)
+			kib, unloaded, loaded := testenv.IdleSessions(b, pg, cgroup, pid, port, user, password, idleSessions)
+			if _, ok := kibs[pid]; !ok {
+				kibs[pid] = kib
 			}
-			rss, unloaded, loaded := testenv.IdleSessions(b, pg, cgroup, pid, port, user, password, idleSessions)
-			r.kib = append(r.kib, float64(rss-base[pid])/idleSessions)
 			r.slower = append(r.slower, float64(loaded)/float64(unloaded))
 		}
 		var via result
@@ -504,10 +503,10 @@ func BenchmarkPgbench(b *testing.B) {
 			}
 		}
 		m := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
-		b.ReportMetric(m(via.kib), "interlock-KiB/session")
+		b.ReportMetric(kibs[d.PID()], "interlock-KiB/session")
 		b.ReportMetric(m(via.slower), "interlock-start-x")
 		for j, bl := range baselines {
-			b.ReportMetric(m(others[j].kib), bl.Name+"-KiB/session")
+			b.ReportMetric(kibs[bl.PID], bl.Name+"-KiB/session")
 			b.ReportMetric(m(others[j].slower), bl.Name+"-start-x")
 		}
 	})
