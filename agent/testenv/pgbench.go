@@ -336,7 +336,7 @@ var PgbenchScenarios = []PgbenchScenario{
 // 127.0.0.1:port, from the cgroup directory cgroup (when not empty), in two
 // halves: each session logs in, runs one query and stays idle. It returns
 // what each session of the second half added to the memory of the proxy
-// process pid (AnonKiB, read IdleSettle after each half went idle), and how
+// process pid (AnonKiB, read idleSettle after each half went idle), and how
 // long a new session (startup to first result, the mean of pgbench -C for
 // a few seconds) took before them and with all n open.
 //
@@ -356,21 +356,21 @@ func IdleSessions(b testing.TB, pg *Postgres, cgroup string, pid, port int, user
 	half := n / 2
 	stop := openIdleSessions(b, pg, cgroup, port, user, password, half, 0)
 	defer stop()
-	time.Sleep(IdleSettle)
+	time.Sleep(idleSettle)
 	before := AnonKiB(pid)
 	stop2 := openIdleSessions(b, pg, cgroup, port, user, password, n-half, half)
 	defer stop2()
-	time.Sleep(IdleSettle)
+	time.Sleep(idleSettle)
 	kibPerSession = float64(AnonKiB(pid)-before) / float64(n-half)
 	loaded = start()
 	return kibPerSession, unloaded, loaded
 }
 
-// IdleSettle is how long IdleSessions leaves its sessions idle before it
+// idleSettle is how long IdleSessions leaves its sessions idle before it
 // reads the proxy's memory: longer than interlockd's relay waits before it
 // gives an idle session's goroutines back (a second), so the sessions are
 // measured as they stay, not as they were at their last statement.
-const IdleSettle = 3 * time.Second
+const idleSettle = 3 * time.Second
 
 // OpenIdleSessions opens n PostgreSQL sessions through port with pgbench
 // (from cgroup, unless ""), each of which runs one query and waits, and
