@@ -43,11 +43,12 @@ type memoryReturner struct {
 // protocol.Watcher), and their stacks (8 to 32 KiB each) are memory to give
 // back that allocating did not announce. Sessions open in a burst, but go
 // idle a second after their own last statement, so the quiet the burst's
-// allocations asked for could come while many were still handing over:
-// the return left the stacks of those after it, and what their ends freed,
-// until the next burst (300 idle sessions held 22.6 to 32.9 KiB of memory
-// each, against 9.8 to 23.2 since). A return is due again once as many
-// more have ended.
+// allocations asked for could come while many were still handing over,
+// or, for fewer sessions, never come: the stacks and garbage of those
+// after it stayed until the next burst (150 sessions gone idle left
+// interlockd 15.4 to 17.4 MB of its own memory, two runs of three without
+// a return; 15.5 to 15.8 since). A return is due again once as many more
+// have ended.
 //
 // Quiet is a stretch of short periods, not one period of a second:
 // sessions hand their idle wait over a second after their last statement
