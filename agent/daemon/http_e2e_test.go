@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -242,6 +243,38 @@ func TestHTTPSIntercept(t *testing.T) {
 	// Without Interlock's CA, curl refuses the leaf: it is no upstream's.
 	if _, _, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://api.test:%d/repos/acme", f.tlsPort)); st != 60 {
 		t.Errorf("intercepted with the upstream's CA only: curl status %d, want 60 (peer certificate not trusted)", st)
+	}
+}
+
+// TestHTTPSDeniedUpload: a request denied while the agent is still
+// sending its body gets the agent the 403, over HTTP/2 as over HTTP/1.1,
+// not a failed upload: curl streaming a body it has not finished reading
+// fails the transfer if the stream ends under it (git push did, now and
+// then, "curl 92 Stream error in the HTTP/2 framing layer").
+func TestHTTPSDeniedUpload(t *testing.T) {
+	f := startHTTP(t)
+	for _, version := range []string{"--http1.1", "--http2"} {
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		cmd := f.curlCommand(ctx, version, "--cacert", f.interlockCA, "-X", "POST", "-T", "-", "-w", "status=%{http_code}\n",
+			fmt.Sprintf("https://api.test:%d/admin/upload", f.tlsPort))
+		pr, pw := io.Pipe()
+		go func() {
+			// The body's second half comes well after the decision.
+			pw.Write(bytes.Repeat([]byte("a"), 100<<10))
+			time.Sleep(time.Second)
+			pw.Write(bytes.Repeat([]byte("b"), 100<<10))
+			pw.Close()
+		}()
+		var out, errb bytes.Buffer
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = pr, &out, &errb
+		err := cmd.Run()
+		cancel()
+		if err != nil || !strings.Contains(out.String(), "status=403") || !strings.Contains(out.String(), `"rule":"no-admin"`) {
+			t.Errorf("%s: a denied upload: %v\n%s\n%s", version, err, out.String(), errb.String())
+		}
+	}
+	if n := f.hits("api.test"); n != 0 {
+		t.Errorf("the upstream served %d requests", n)
 	}
 }
 

@@ -430,7 +430,7 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 		// What the exchange did not read of the body is drained, up to a
 		// bound, so the next request starts where it should.
 		if req.Body != nethttp.NoBody {
-			if n, _ := io.CopyN(io.Discard, req.Body, 1<<20); n == 1<<20 {
+			if n, _ := io.CopyN(io.Discard, req.Body, drainBytes); n == drainBytes {
 				resp.Close = true
 			}
 		}
@@ -487,6 +487,11 @@ const (
 	lingerTime  = 500 * time.Millisecond
 	lingerBytes = 256 << 10
 )
+
+// drainBytes bounds what is read and dropped of a request body the
+// exchange did not read (a request denied before its body came), so that
+// the agent's answer does not cut its upload short.
+const drainBytes = 1 << 20
 
 // reply1 writes resp to an HTTP/1.1 agent and closes its body. A response
 // after which the connection ends says so ("Connection: close", RFC 9112,
@@ -583,6 +588,11 @@ var streamBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &
 
 // serveStream answers one HTTP/2 stream.
 func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
+	var body *streamBody
+	if req.ContentLength != 0 {
+		body = &streamBody{ReadCloser: req.Body}
+		req.Body = body
+	}
 	resp := c.exchange(req.Context(), req)
 	defer resp.Body.Close()
 	h := w.Header()
@@ -620,10 +630,48 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 	for k, v := range resp.Trailer {
 		h[nethttp.TrailerPrefix+k] = v
 	}
+	if body != nil && !body.done && sent > 0 {
+		// The answer came before the body did (a denied upload): a stream
+		// ended while the agent still sends is reset (RFC 9113, 8.1,
+		// RST_STREAM NO_ERROR), which curl before 8 takes for a failed
+		// transfer and never shows the answer. What the agent sends next is
+		// read and dropped, up to a bound and while it keeps coming. An
+		// answer without a body is left as it is: gRPC's trailers-only
+		// answer must be one HEADERS frame that ends the stream.
+		rc.Flush()
+		for n := int64(0); n < drainBytes; {
+			rc.SetReadDeadline(time.Now().Add(lingerTime))
+			m, err := body.Read(buf)
+			n += int64(m)
+			if err != nil {
+				break
+			}
+		}
+	}
 	if c.ended() != nil {
 		// The connection ends once its streams are answered.
 		go c.h2base.Shutdown(context.Background())
 	}
+}
+
+// streamBody is an HTTP/2 request body that knows whether it was read to
+// its end or closed.
+type streamBody struct {
+	io.ReadCloser
+	done bool
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.done = true
+	}
+	return n, err
+}
+
+func (b *streamBody) Close() error {
+	b.done = true
+	return b.ReadCloser.Close()
 }
 
 // continueBody sends an HTTP/1.1 agent "100 Continue" before the first
