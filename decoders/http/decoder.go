@@ -391,10 +391,10 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 		}
 		switch {
 		case status == nethttp.StatusRequestHeaderFieldsTooLarge:
-			c.refuse1(errorResponse(status, "request head too large"))
+			c.refuse1(nil, errorResponse(status, "request head too large"))
 			return &protocol.LimitError{Limit: "message_buffer", Msg: fmt.Sprintf("request head over %d bytes", c.maxHeader)}
 		case status != 0:
-			c.refuse1(errorResponse(status, err.Error()))
+			c.refuse1(nil, errorResponse(status, err.Error()))
 			return &protocol.ViolationError{Msg: err.Error()}
 		case err != nil:
 			return nil // the agent closed, or stalled before a request
@@ -427,12 +427,20 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 		if resp.StatusCode == nethttp.StatusSwitchingProtocols {
 			return c.upgraded(resp, br)
 		}
-		// What the exchange did not read of the body is drained, up to a
-		// bound, so the next request starts where it should.
-		if req.Body != nethttp.NoBody {
-			if n, _ := io.CopyN(io.Discard, req.Body, drainBytes); n == drainBytes {
-				resp.Close = true
-			}
+		// What the exchange did not read of the body (a request denied
+		// before its body came) is read and dropped before the answer, as
+		// nginx discards it: the agent is still sending it, and most
+		// clients read no answer until they are done. The connection then
+		// goes on. When the body does not end within bounds (one declared
+		// over max_request_body never does), or when the agent still holds
+		// it back for a go-ahead (which it then never gets: RFC 9110,
+		// 10.1.1), the answer ends the connection instead.
+		cb, held := req.Body.(*continueBody)
+		if held && !cb.sent || req.ContentLength > c.maxBody || req.Body != nethttp.NoBody && !drain(req.Body, c.agent.SetReadDeadline, c.maxBody) {
+			// Not closed: net/http's Close of a request body reads it to
+			// its end.
+			c.refuse1(req, resp)
+			return c.ended()
 		}
 		req.Body.Close()
 		if err := c.reply1(req, resp); err != nil {
@@ -469,12 +477,14 @@ func nextRequest(br *bufio.Reader) (*nethttp.Request, int, error) {
 	return req, 0, nil
 }
 
-// refuse1 answers a request that ends the connection, then closes it as
-// net/http does: the sending side first, then what the agent still sends
-// is read and dropped for a moment, so that closing with unread bytes does
-// not reset the connection before the agent has read the answer.
-func (c *conn) refuse1(resp *nethttp.Response) {
-	if c.reply1(nil, resp) != nil {
+// refuse1 answers req (nil: a request that could not be read) and ends
+// the connection as net/http does: the sending side first, then what the
+// agent still sends is read and dropped for a moment, so that closing with
+// unread bytes does not reset the connection before the agent has read
+// the answer.
+func (c *conn) refuse1(req *nethttp.Request, resp *nethttp.Response) {
+	resp.Close = true
+	if c.reply1(req, resp) != nil {
 		return
 	}
 	protocol.CloseWrite(c.agent)
@@ -488,10 +498,28 @@ const (
 	lingerBytes = 256 << 10
 )
 
-// drainBytes bounds what is read and dropped of a request body the
-// exchange did not read (a request denied before its body came), so that
-// the agent's answer does not cut its upload short.
-const drainBytes = 1 << 20
+// drain reads r, a request body the exchange did not read to its end, and
+// drops it, and reports whether it ended within max bytes (the deadline
+// then cleared). Each read may wait drainIdle (set through deadline): as
+// long as nginx's lingering_timeout, so that a client pausing while it
+// makes its body (git's pack) is not cut off mid-upload.
+func drain(r io.Reader, deadline func(time.Time) error, max int64) bool {
+	for n := int64(0); n <= max; {
+		deadline(time.Now().Add(drainIdle))
+		m, err := io.CopyN(io.Discard, r, 64<<10)
+		n += m
+		if err == io.EOF && n <= max {
+			deadline(time.Time{})
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}
+
+const drainIdle = 5 * time.Second
 
 // reply1 writes resp to an HTTP/1.1 agent and closes its body. A response
 // after which the connection ends says so ("Connection: close", RFC 9112,
@@ -630,23 +658,17 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 	for k, v := range resp.Trailer {
 		h[nethttp.TrailerPrefix+k] = v
 	}
-	if body != nil && !body.done && sent > 0 {
+	if body != nil && !body.done && sent > 0 && req.ContentLength <= c.maxBody {
 		// The answer came before the body did (a denied upload): a stream
 		// ended while the agent still sends is reset (RFC 9113, 8.1,
 		// RST_STREAM NO_ERROR), which curl before 8 takes for a failed
-		// transfer and never shows the answer. What the agent sends next is
-		// read and dropped, up to a bound and while it keeps coming. An
-		// answer without a body is left as it is: gRPC's trailers-only
-		// answer must be one HEADERS frame that ends the stream.
+		// transfer and never shows the answer. The answer goes out now,
+		// and the stream ends once the body has been read and dropped
+		// (see drain). An answer without a body is left as it is: gRPC's
+		// trailers-only answer must be one HEADERS frame that ends the
+		// stream.
 		rc.Flush()
-		for n := int64(0); n < drainBytes; {
-			rc.SetReadDeadline(time.Now().Add(lingerTime))
-			m, err := body.Read(buf)
-			n += int64(m)
-			if err != nil {
-				break
-			}
-		}
+		drain(body, rc.SetReadDeadline, c.maxBody)
 	}
 	if c.ended() != nil {
 		// The connection ends once its streams are answered.

@@ -666,6 +666,45 @@ func TestExpectContinueAndRedaction(t *testing.T) {
 	}
 }
 
+// TestDeniedBody: the body of a denied HTTP/1.1 request is read and
+// dropped, and the connection carries the next request; a body the agent
+// holds back for 100 Continue is never asked for, and the answer ends the
+// connection.
+func TestDeniedBody(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Plain})
+	conn, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	body := strings.Repeat("x", 3<<20)
+	go io.WriteString(conn, "POST /deny/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3145728\r\n\r\n"+body+"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+	br := bufio.NewReader(conn)
+	for _, want := range []int{403, 200} {
+		resp, err := nethttp.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != want || resp.Close {
+			t.Fatalf("want %d on a kept connection: %v %v", want, resp, err)
+		}
+		io.ReadAll(resp.Body)
+	}
+
+	held, err := net.Dial("tcp", h.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	held.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(held, "POST /deny/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 3145728\r\nExpect: 100-continue\r\n\r\n")
+	out, err := io.ReadAll(held)
+	if err != nil || !strings.HasPrefix(string(out), "HTTP/1.1 403 ") || !strings.Contains(string(out), "Connection: close") || strings.Contains(string(out), "100 Continue") {
+		t.Errorf("a held-back body: %v\n%s", err, out)
+	}
+	if n := h.upstreamHits.Load(); n != 1 {
+		t.Errorf("the upstream served %d requests, want 1", n)
+	}
+}
+
 // emailMasker masks fields whose path ends in "email" (protocol.Masker).
 type emailMasker struct{}
 
