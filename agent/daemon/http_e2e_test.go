@@ -162,7 +162,12 @@ func (f *httpFixture) curl(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	cmd := f.curlCommand(ctx, args...)
+	return runStatus(t, f.curlCommand(ctx, args...))
+}
+
+// runStatus runs cmd and returns its stdout, stderr and exit status.
+func runStatus(t *testing.T, cmd *exec.Cmd) (string, string, int) {
+	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -170,7 +175,7 @@ func (f *httpFixture) curl(t *testing.T, args ...string) (string, string, int) {
 		return out.String(), errb.String(), ee.ExitCode()
 	}
 	if err != nil {
-		t.Fatalf("curl %v: %v", args, err)
+		t.Fatalf("%v: %v", cmd.Args, err)
 	}
 	return out.String(), errb.String(), 0
 }
@@ -207,18 +212,8 @@ func (f *httpFixture) agentCommand(t *testing.T, argv ...string) (string, string
 	os.WriteFile(hosts, []byte("127.0.0.1 api.test mirror.test impostor.test intranet.test\n"), 0o644)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
-	cmd := f.d.Command(ctx, append([]string{"exec", "--identity", "ci-bot", "--", "unshare", "-m", "--", "sh", "-c",
-		`mount --bind "$0" /etc/hosts && exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"`, hosts}, argv...)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return out.String(), errb.String(), ee.ExitCode()
-	}
-	if err != nil {
-		t.Fatalf("%v: %v", argv, err)
-	}
-	return out.String(), errb.String(), 0
+	return runStatus(t, f.d.Command(ctx, append([]string{"exec", "--identity", "ci-bot", "--", "unshare", "-m", "--", "sh", "-c",
+		`mount --bind "$0" /etc/hosts && exec setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"`, hosts}, argv...)...))
 }
 
 // TestHTTPSIntercept: curl over HTTP/1.1 and HTTP/2 through interception
