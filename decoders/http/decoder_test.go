@@ -2,6 +2,7 @@ package http
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
@@ -154,6 +155,12 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		if r.URL.Path == "/trailers" {
 			io.WriteString(w, "streamed")
 			w.Header().Set(nethttp.TrailerPrefix+"Grpc-Status", "0")
+			return
+		}
+		if r.URL.Path == "/early" {
+			// Answers without waiting for the body, as nginx's return does.
+			io.WriteString(w, "early")
+			w.(nethttp.Flusher).Flush()
 			return
 		}
 		if r.URL.Path == "/hints" {
@@ -663,6 +670,45 @@ func TestExpectContinueAndRedaction(t *testing.T) {
 	}
 	if !strings.Contains(string(h.rec.msgs[0].Body), "Authorization: [redacted, 19 bytes]") {
 		t.Errorf("recorded head: %q", h.rec.msgs[0].Body)
+	}
+}
+
+// TestBodyRecordedBeforeAnswer: a request body the recording keeps whole
+// is recorded before the answer even when the upstream answers before it
+// has the body and the agent sends it late, so the pcap export (Wire)
+// keeps both.
+func TestBodyRecordedBeforeAnswer(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	for _, h2 := range []bool{false, true} {
+		h.rec.mu.Lock()
+		h.rec.msgs = nil
+		h.rec.mu.Unlock()
+		pr, pw := io.Pipe()
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			io.WriteString(pw, "hello")
+			pw.Close()
+		}()
+		req, _ := nethttp.NewRequest("POST", "https://example.com/early", pr)
+		req.ContentLength = 5
+		resp, err := h.client(true, h2).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "early" {
+			t.Fatalf("h2 %v: %q", h2, body)
+		}
+		h.rec.mu.Lock()
+		var kinds []byte
+		for _, m := range h.rec.msgs {
+			kinds = append(kinds, m.Type)
+		}
+		h.rec.mu.Unlock()
+		if want := []byte{MsgRequest, MsgRequestBody, MsgResponse, MsgResponseBody}; !bytes.Equal(kinds, want) {
+			t.Errorf("h2 %v: recorded %q, want %q", h2, kinds, want)
+		}
 	}
 }
 

@@ -121,20 +121,33 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 		out.Header.Set("Connection", "Upgrade")
 		out.Header.Set("Upgrade", "websocket")
 	}
-	if req.ContentLength == 0 {
+	recordBody := func(b []byte, n int64) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if n > 0 {
+			c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgRequestBody, Time: time.Now(), Body: b})
+		}
+	}
+	switch {
+	case req.ContentLength == 0:
 		// No body: an HTTP/2 request that ended with its headers still
 		// has a Body, which the client would send as an empty DATA frame
 		// of its own.
 		out.Body = nethttp.NoBody
-	} else if req.Body != nil && req.Body != nethttp.NoBody {
-		out.Body = &capture{r: io.LimitReader(req.Body, c.maxBody+1), max: c.maxRecorded, limit: c.maxBody,
-			done: func(b []byte, n int64) {
-				c.mu.Lock()
-				defer c.mu.Unlock()
-				if n > 0 {
-					c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgRequestBody, Time: time.Now(), Body: b})
-				}
-			}}
+	case req.ContentLength > 0 && req.ContentLength <= int64(c.maxRecorded):
+		// A body the recording keeps whole is read before the request goes
+		// upstream, and recorded then: read by the transport, it could be
+		// recorded after the answer (an upstream may answer before it has
+		// the body, as nginx's return does), and a body recorded after the
+		// answer is a streaming upload's, which the pcap export leaves out.
+		b := make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(req.Body, b); err != nil {
+			return c.own(nethttp.StatusBadRequest, fmt.Sprintf("the request body ended before its %d bytes: %v", req.ContentLength, err))
+		}
+		recordBody(b, req.ContentLength)
+		out.Body = io.NopCloser(bytes.NewReader(b))
+	case req.Body != nil && req.Body != nethttp.NoBody:
+		out.Body = &capture{r: io.LimitReader(req.Body, c.maxBody+1), max: c.maxRecorded, limit: c.maxBody, done: recordBody}
 	}
 	if c.d.Guard != nil {
 		if err := c.d.Guard.Outbound(ctx, c.s, c.target, out); err != nil {
