@@ -13,6 +13,7 @@ import (
 	nethttp "net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -658,7 +659,7 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 	for k, v := range resp.Trailer {
 		h[nethttp.TrailerPrefix+k] = v
 	}
-	if body != nil && !body.done && sent > 0 && req.ContentLength <= c.maxBody {
+	if body != nil && !body.done.Load() && sent > 0 && req.ContentLength <= c.maxBody {
 		// The answer came before the body did (a denied upload): a stream
 		// ended while the agent still sends is reset (RFC 9113, 8.1,
 		// RST_STREAM NO_ERROR), which curl before 8 takes for a failed
@@ -677,22 +678,24 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 }
 
 // streamBody is an HTTP/2 request body that knows whether it was read to
-// its end or closed.
+// its end or closed. done is atomic: after an answer that came before
+// the body, the upstream transport's writer may still be in a Read while
+// serveStream drains.
 type streamBody struct {
 	io.ReadCloser
-	done bool
+	done atomic.Bool
 }
 
 func (b *streamBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
-		b.done = true
+		b.done.Store(true)
 	}
 	return n, err
 }
 
 func (b *streamBody) Close() error {
-	b.done = true
+	b.done.Store(true)
 	return b.ReadCloser.Close()
 }
 

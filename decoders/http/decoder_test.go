@@ -710,6 +710,24 @@ func TestBodyRecordedBeforeAnswer(t *testing.T) {
 			t.Errorf("h2 %v: recorded %q, want %q", h2, kinds, want)
 		}
 	}
+	// A body over the recording's cap streams: the answer comes first,
+	// and the agent's stream still ends cleanly once its body is sent.
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(make([]byte, 100<<10))
+		time.Sleep(100 * time.Millisecond)
+		pw.Write(make([]byte, 100<<10))
+		pw.Close()
+	}()
+	req, _ := nethttp.NewRequest("POST", "https://example.com/early", pr)
+	resp, err := h.client(true, true).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, err := io.ReadAll(resp.Body); err != nil || string(body) != "early" {
+		t.Errorf("a streamed body, an early answer: %q %v", body, err)
+	}
+	resp.Body.Close()
 }
 
 // TestDeniedBody: the body of a denied HTTP/1.1 request is read and
