@@ -337,19 +337,22 @@ func TestHTTPSPassthrough(t *testing.T) {
 	if st != 0 || !strings.Contains(out, "upstream HTTP/2.0 GET /pkg host=mirror.test") {
 		t.Fatalf("passthrough: curl status %d\n%s\n%s", st, out, errOut)
 	}
-	// Interlock's CA does not do: the certificate is the upstream's.
-	if _, _, st := f.curl(t, "--cacert", f.interlockCA, fmt.Sprintf("https://mirror.test:%d/pkg", f.tlsPort)); st != 60 {
-		t.Errorf("passthrough with Interlock's CA: curl status %d, want 60", st)
-	}
 	// The recording says what was relayed, and that it was not decrypted.
 	closed := waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["target"] == "mirror" && m["outcome"] == "closed" })
 	if tr := f.replay(t, closed); !strings.Contains(tr, "TLS passthrough to mirror.test, ALPN h2,http/1.1: not decrypted") {
 		t.Errorf("replay of the passthrough session:\n%s", tr)
 	}
 	// Its byte counts are what was relayed: a TLS session each way, not
-	// the recording's two notes.
-	if in, out := closed["bytes_sent"].(float64), closed["bytes_received"].(float64); in < 300 || out < 1000 {
+	// the recording's two notes (about a hundred bytes). The server's side
+	// was 983 to 1 015 bytes in twenty runs; the bound was 1 000.
+	if in, out := closed["bytes_sent"].(float64), closed["bytes_received"].(float64); in < 300 || out < 600 {
 		t.Errorf("passthrough session closed with %v bytes sent and %v received, want a TLS session's: %v", in, out, closed)
+	}
+	// Interlock's CA does not do: the certificate is the upstream's. (After
+	// the checks above: sessions' ends are logged in no set order, and this
+	// one's is another passthrough session's.)
+	if _, _, st := f.curl(t, "--cacert", f.interlockCA, fmt.Sprintf("https://mirror.test:%d/pkg", f.tlsPort)); st != 60 {
+		t.Errorf("passthrough with Interlock's CA: curl status %d, want 60", st)
 	}
 	before := f.hits("api.test") + f.hits("mirror.test")
 	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://evil.test:%d/", f.tlsPort)); st == 0 {
