@@ -222,8 +222,11 @@ UNIT
 systemctl daemon-reload
 interlock tag --unit legacy-runner.service --identity demo || fail "interlock tag --unit legacy-runner.service"
 systemctl start legacy-runner.service || fail "start legacy-runner.service"
+# A simple unit's start returns once its shell is forked, which may be
+# before the shell has started its child (the TCG guest was that slow once).
+wait_for 30 pgrep -u agent -fx 'sleep 600' || fail "legacy-runner.service did not start its child"
 systemctl stop legacy-runner.service
-pgrep -u agent -x sleep >/dev/null || fail "KillMode=process left no process behind; the test proves nothing"
+pgrep -u agent -fx 'sleep 600' >/dev/null || fail "KillMode=process left no process behind; the test proves nothing"
 since=$(date '+%Y-%m-%d %H:%M:%S')
 systemctl start legacy-runner.service || fail "restart of legacy-runner.service with its old processes alive failed"
 wait_for 60 sh -c "journalctl -b -o cat -u legacy-runner.service --since '$since' | grep -q 'attempt ok'" ||
