@@ -437,7 +437,7 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 		// it back for a go-ahead (which it then never gets: RFC 9110,
 		// 10.1.1), the answer ends the connection instead.
 		cb, held := req.Body.(*continueBody)
-		if held && !cb.sent || req.ContentLength > c.maxBody || req.Body != nethttp.NoBody && !drain(req.Body, c.agent.SetReadDeadline, c.maxBody) {
+		if held && !cb.sent || !drain(req, c.agent.SetReadDeadline, c.maxBody) {
 			// Not closed: net/http's Close of a request body reads it to
 			// its end.
 			c.refuse1(req, resp)
@@ -499,15 +499,22 @@ const (
 	lingerBytes = 256 << 10
 )
 
-// drain reads r, a request body the exchange did not read to its end, and
-// drops it, and reports whether it ended within max bytes (the deadline
-// then cleared). Each read may wait drainIdle (set through deadline): as
-// long as nginx's lingering_timeout, so that a client pausing while it
-// makes its body (git's pack) is not cut off mid-upload.
-func drain(r io.Reader, deadline func(time.Time) error, max int64) bool {
+// drain reads what the exchange left unread of req's body and drops it,
+// and reports whether the body ended within max bytes (the deadline then
+// cleared); one declared longer is not read at all. Each read may wait
+// drainIdle (set through deadline): as long as nginx's lingering_timeout,
+// so that a client pausing while it makes its body (git's pack) is not cut
+// off mid-upload.
+func drain(req *nethttp.Request, deadline func(time.Time) error, max int64) bool {
+	switch {
+	case req.Body == nethttp.NoBody:
+		return true
+	case req.ContentLength > max:
+		return false
+	}
 	for n := int64(0); n <= max; {
 		deadline(time.Now().Add(drainIdle))
-		m, err := io.CopyN(io.Discard, r, 64<<10)
+		m, err := io.CopyN(io.Discard, req.Body, 64<<10)
 		n += m
 		if err == io.EOF && n <= max {
 			deadline(time.Time{})
@@ -659,7 +666,7 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 	for k, v := range resp.Trailer {
 		h[nethttp.TrailerPrefix+k] = v
 	}
-	if body != nil && !body.done.Load() && sent > 0 && req.ContentLength <= c.maxBody {
+	if body != nil && !body.done.Load() && sent > 0 {
 		// The answer came before the body did (a denied upload): a stream
 		// ended while the agent still sends is reset (RFC 9113, 8.1,
 		// RST_STREAM NO_ERROR), which curl before 8 takes for a failed
@@ -669,7 +676,7 @@ func (c *conn) serveStream(w nethttp.ResponseWriter, req *nethttp.Request) {
 		// trailers-only answer must be one HEADERS frame that ends the
 		// stream.
 		rc.Flush()
-		drain(body, rc.SetReadDeadline, c.maxBody)
+		drain(req, rc.SetReadDeadline, c.maxBody)
 	}
 	if c.ended() != nil {
 		// The connection ends once its streams are answered.
