@@ -183,13 +183,14 @@ func loadPolicy(path string) (*policy.Policy, *control.PolicyText, error) {
 
 // refreshTargets re-resolves host-name targets, so a database that moves
 // keeps being recognised and a name that did not resolve at load is picked
-// up once it does; a failed lookup keeps the last addresses.
+// up once it does; a failed lookup keeps the last addresses. It runs until
+// ctx ends.
 func (d *Daemon) refreshTargets(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
 		select {
-		case <-d.stopping:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -298,12 +299,16 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if n, err := d.approvals.CancelOrphans(rctx); err == nil && n > 0 {
 		d.log.Info().Int("approvals", n).Msg("cancelled approvals a previous run left pending")
 	}
-	if err := d.serveWeb(); err != nil {
+	stopWeb, err := d.serveWeb()
+	if err != nil {
 		return err
 	}
-	if err := d.serveMetrics(); err != nil {
+	defer stopWeb()
+	stopMetrics, err := d.serveMetrics()
+	if err != nil {
 		return err
 	}
+	defer stopMetrics()
 	d.chain.Record(audit.DaemonStarted{Version: version.Version, PID: os.Getpid()})
 
 	ctlL, err := control.Listen(d.cfg.Socket, d.controlGID)
@@ -311,7 +316,6 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 		return err
 	}
 	d.ctl = control.NewServer(d.routes())
-	go d.ctl.Serve(ctlL)
 	defer func() {
 		// Graceful: the answer to the request that stopped us (uninstall)
 		// still reaches its caller.
@@ -332,6 +336,10 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	defer d.sessions.Close()
 	d.containers = newContainers(d.cfg.DockerSocket)
 	d.proxy = proxy.NewServer(containerIdentifier{d: d, next: d.sessions}, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
+	// The control routes read the session pipeline and the proxy (status,
+	// exec's placeholders): they are served once both exist. A client that
+	// connects sooner waits in the socket's backlog.
+	go d.ctl.Serve(ctlL)
 	for _, l := range d.listeners {
 		go d.proxy.Serve(l)
 	}
@@ -339,8 +347,12 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	go d.serveNamespaces(ctx, namespacesDone)
 	d.dns.serve(ctx)
 	go d.readDenyEvents()
-	go d.collectExecCgroups(ctx)
-	go d.refreshTargets(ctx)
+	// The samplers that write the data path's maps end, and are waited
+	// for, once the daemon stops: the maps' descriptors close after Run.
+	mctx, stopMaintaining := context.WithCancel(ctx)
+	var maintaining sync.WaitGroup
+	maintaining.Go(func() { d.collectExecCgroups(mctx) })
+	maintaining.Go(func() { d.refreshTargets(mctx) })
 	go d.returnMemoryWhenQuiet(ctx)
 	go d.adaptParallelism(ctx)
 	d.warnPolicy(d.policy.Current())
@@ -361,6 +373,8 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	close(d.stopping)
 	d.closeListeners()
 	<-namespacesDone
+	stopMaintaining()
+	maintaining.Wait()
 	d.dns.close()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

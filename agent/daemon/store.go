@@ -81,32 +81,28 @@ func (d *Daemon) closeStore() {
 	d.store.Close()
 }
 
-// serveWeb starts the reviewers' page when configured.
-func (d *Daemon) serveWeb() error {
+// serveWeb starts the reviewers' page when configured. Run calls the
+// returned stop before it closes the store the page reads.
+func (d *Daemon) serveWeb() (stop func(), err error) {
 	if d.cfg.Approvals.WebListen == "" {
-		return nil
+		return func() {}, nil
 	}
 	l, err := net.Listen("tcp", d.cfg.Approvals.WebListen)
 	if err != nil {
-		return fmt.Errorf("listen web page: %w", err)
+		return nil, fmt.Errorf("listen web page: %w", err)
 	}
-	srv := &http.Server{Handler: d.approvals.WebHandler(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(l)
-	go func() {
-		<-d.stopping
-		srv.Close()
-	}()
-	return nil
+	return serveHTTP(l, d.approvals.WebHandler()), nil
 }
 
-// serveMetrics starts the Prometheus endpoint when configured.
-func (d *Daemon) serveMetrics() error {
+// serveMetrics starts the Prometheus endpoint when configured. Run calls
+// the returned stop before it closes the data path a scrape reads.
+func (d *Daemon) serveMetrics() (stop func(), err error) {
 	if d.cfg.MetricsListen == "" {
-		return nil
+		return func() {}, nil
 	}
 	l, err := net.Listen("tcp", d.cfg.MetricsListen)
 	if err != nil {
-		return fmt.Errorf("listen metrics: %w", err)
+		return nil, fmt.Errorf("listen metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", d.metrics.Handler())
@@ -115,11 +111,28 @@ func (d *Daemon) serveMetrics() error {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(l)
-	go func() {
-		<-d.stopping
-		srv.Close()
-	}()
-	return nil
+	return serveHTTP(l, mux), nil
 }
+
+// serveHTTP serves h on l until the returned stop, which waits up to
+// httpStopWait for the requests under way. Closing the server alone would
+// not: a scrape still counting a map's entries when the daemon closed the
+// map read a descriptor being closed (the race detector's find), and one
+// closed and reused would have been read in its place.
+func serveHTTP(l net.Listener, h http.Handler) (stop func()) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(l)
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), httpStopWait)
+		defer cancel()
+		if srv.Shutdown(ctx) != nil {
+			// A request still running (a profile of many seconds) reads
+			// nothing the daemon closes next.
+			srv.Close()
+		}
+	}
+}
+
+// httpStopWait bounds how long a stopping daemon waits for the requests to
+// its web page and metrics endpoint.
+const httpStopWait = 5 * time.Second
