@@ -61,6 +61,21 @@ func startResolver(t testing.TB) *testResolver {
 	return r
 }
 
+// answer makes the resolver answer name (with its final dot) with addr.
+// Under the lock: a query may already be arriving.
+func (r *testResolver) answer(name, addr string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.a[name] = addr
+}
+
+// rotateWith makes every A answer f's address and TTL.
+func (r *testResolver) rotateWith(f func() (string, int)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rotate = f
+}
+
 // asked reports whether the resolver was ever asked about a name
 // containing part.
 func (r *testResolver) asked(part string) bool {
@@ -183,7 +198,7 @@ func TestDNSLearnsTargetAddresses(t *testing.T) {
 	res := startResolver(t)
 	tg := newTarget(t, "tcp4", "127.0.0.7:0")
 	_, port, _ := net.SplitHostPort(tg.addr())
-	res.a["web.example.test."] = "127.0.0.7"
+	res.answer("web.example.test.", "127.0.0.7")
 	dir := t.TempDir()
 	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
 	if err := os.WriteFile(pol, []byte(fmt.Sprintf(learnPolicy, port)), 0o644); err != nil {
@@ -233,7 +248,7 @@ func TestDNSLearnedPerIdentity(t *testing.T) {
 	res := startResolver(t)
 	tg := newTarget(t, "tcp4", "127.0.0.7:0")
 	_, port, _ := net.SplitHostPort(tg.addr())
-	res.a["web.example.test."] = "127.0.0.7"
+	res.answer("web.example.test.", "127.0.0.7")
 	dir := t.TempDir()
 	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
 	if err := os.WriteFile(pol, []byte(fmt.Sprintf(learnPerIdentityPolicy, port)), 0o644); err != nil {
@@ -294,7 +309,7 @@ rules:
 func TestDNSInterceptDenyByName(t *testing.T) {
 	res := startResolver(t)
 	tg := newTarget(t, "tcp4", "127.0.0.8:0")
-	res.a["blocked.example.test."] = "127.0.0.8"
+	res.answer("blocked.example.test.", "127.0.0.8")
 	dir := t.TempDir()
 	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
 	if err := os.WriteFile(pol, []byte(denyByNamePolicy), 0o644); err != nil {
@@ -343,9 +358,9 @@ func TestDNSRotatingAddresses(t *testing.T) {
 	}
 	never := newTarget(t, "tcp4", "127.0.0.39:"+port)
 	start := time.Now()
-	res.rotate = func() (string, int) {
+	res.rotateWith(func() (string, int) {
 		return fmt.Sprintf("127.0.0.%d", 20+int(time.Since(start)/time.Second)%10), 1
-	}
+	})
 	dir := t.TempDir()
 	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
 	if err := os.WriteFile(pol, []byte(fmt.Sprintf(rotatePolicy, port)), 0o644); err != nil {

@@ -146,7 +146,7 @@ func TestGRPCThroughIntercept(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 
 	res := startResolver(t)
-	res.a["grpc.test."] = "127.0.0.1"
+	res.answer("grpc.test.", "127.0.0.1")
 	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
 	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
 identities: [{name: ci-bot}]

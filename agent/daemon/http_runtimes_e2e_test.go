@@ -131,7 +131,8 @@ func startRuntimes(t *testing.T) *runtimesFixture {
 	startNginx(t, f.dir, servers.String(), f.port)
 
 	res := startResolver(t)
-	res.a["api.test."], res.a["git.test."] = "127.0.0.1", "127.0.0.1"
+	res.answer("api.test.", "127.0.0.1")
+	res.answer("git.test.", "127.0.0.1")
 	pol, conf := filepath.Join(f.dir, "policy.yaml"), filepath.Join(f.dir, "interlockd.yaml")
 	os.WriteFile(pol, []byte(fmt.Sprintf(runtimesPolicy, f.port, public.PublicCertPath())), 0o644)
 	os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644)
