@@ -9,7 +9,7 @@ PKGS    ?= ./...
 # this 2-core class of machine without starving PostgreSQL under test.
 TESTFLAGS ?= -count=1 -p 2 -timeout 40m
 
-.PHONY: all deps build generate check-generated test bench fuzz vet clean
+.PHONY: all deps build generate check-generated test race bench fuzz vet clean
 
 all: build
 
@@ -56,6 +56,18 @@ PGX_SUITE_SKIP ?= ^TestConnectFailsWithResolveFailureAndFailedConnectionAttempts
 # The end-to-end tests run the binaries built here.
 test: vet build
 	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) PGX_SUITE_SKIP='$(PGX_SUITE_SKIP)' $(GO) test $(TESTFLAGS) $(PKGS)
+
+# The suite under the race detector: the tests built with -race, and the
+# end-to-end tests driving daemon and CLI binaries built with it, which stop
+# at their first race (GORACE halt_on_error, exit status 66), so the test
+# that drove it fails with the report in the daemon's output. It found a
+# status request reading the proxy before it was made, and a metrics scrape
+# reading a map the stopping daemon was closing. Skipped here: tests of
+# heap growth, which the detector's own allocations grow.
+RACE_SKIP ?= ^TestIdleRelayHoldsNoBuffers$$
+race: vet
+	$(GO) build -race -ldflags "-X github.com/interlock-dev/interlock/agent/version.Commit=$(COMMIT)" -o $(BIN)/race/ ./cmd/...
+	GORACE=halt_on_error=1 INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN)/race PGX_SUITE_SKIP='$(PGX_SUITE_SKIP)' $(GO) test -race -skip '$(RACE_SKIP)' $(TESTFLAGS) $(PKGS)
 
 # Benchmarks. The micro-benchmarks run for a time each; the comparisons
 # against a baseline measured in the same run (pgbench direct / through
