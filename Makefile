@@ -58,16 +58,23 @@ test: vet build
 	INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN) PGX_SUITE_SKIP='$(PGX_SUITE_SKIP)' $(GO) test $(TESTFLAGS) $(PKGS)
 
 # The suite under the race detector: the tests built with -race, and the
-# end-to-end tests driving daemon and CLI binaries built with it, which stop
-# at their first race (GORACE halt_on_error, exit status 66), so the test
-# that drove it fails with the report in the daemon's output. It found a
-# status request reading the proxy before it was made, and a metrics scrape
-# reading a map the stopping daemon was closing. Skipped here: tests of
-# heap growth, which the detector's own allocations grow.
+# end-to-end tests driving daemon and CLI binaries built with it. Every
+# process writes its race reports to $(BIN)/race/report.<pid> (GORACE
+# log_path) and carries on, so tests still clean up their cgroups and bpffs
+# mounts (halting at the first race left them behind); a test binary that
+# saw a race fails by itself, and the target fails when any report exists,
+# printing them. It found a status request reading the proxy before it was
+# made, and a metrics scrape reading a map the stopping daemon was closing.
+# Skipped here: tests of heap growth, which the detector's own allocations
+# grow.
 RACE_SKIP ?= ^TestIdleRelayHoldsNoBuffers$$
 race: vet
 	$(GO) build -race -ldflags "-X github.com/interlock-dev/interlock/agent/version.Commit=$(COMMIT)" -o $(BIN)/race/ ./cmd/...
-	GORACE=halt_on_error=1 INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN)/race PGX_SUITE_SKIP='$(PGX_SUITE_SKIP)' $(GO) test -race -skip '$(RACE_SKIP)' $(TESTFLAGS) $(PKGS)
+	rm -f $(BIN)/race/report.*
+	GORACE=log_path=$(CURDIR)/$(BIN)/race/report INTERLOCK_BIN_DIR=$(CURDIR)/$(BIN)/race PGX_SUITE_SKIP='$(PGX_SUITE_SKIP)' \
+	  $(GO) test -race -skip '$(RACE_SKIP)' $(TESTFLAGS) $(PKGS); status=$$?; \
+	  if compgen -G '$(BIN)/race/report.*' >/dev/null; then cat $(BIN)/race/report.*; echo "race reports above (in $(BIN)/race)"; exit 1; fi; \
+	  exit $$status
 
 # Benchmarks. The micro-benchmarks run for a time each; the comparisons
 # against a baseline measured in the same run (pgbench direct / through
