@@ -61,6 +61,12 @@ func (d *Daemon) handleSessions(w http.ResponseWriter, r *http.Request) {
 // new policy can be tried against real traffic (`interlock policy replay`).
 func (d *Daemon) handleDecisions(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	// Everything decided until now belongs in the answer: the verdicts
+	// still buffered, the sessions being finished, the rows queued.
+	if err := d.recorder.Flush(r.Context()); err != nil {
+		control.WriteError(w, http.StatusServiceUnavailable, "store the decisions made so far: %v", err)
+		return
+	}
 	var ids []string
 	switch {
 	case q.Get("session") != "":
@@ -83,8 +89,6 @@ func (d *Daemon) handleDecisions(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusBadRequest, "give session=ID or since=DURATION")
 		return
 	}
-	// Decisions still buffered in the recorder belong in the answer.
-	d.recorder.Flush(r.Context())
 	out := []control.SessionDecisions{}
 	for _, id := range ids {
 		sess, err := d.store.Session(r.Context(), id)

@@ -61,6 +61,10 @@ type Recorder struct {
 
 	mu     sync.Mutex
 	active map[string]*Session
+	// ending holds the sessions whose Finish has taken their verdicts
+	// from the flushes' reach; each channel closes once the session's end
+	// is stored (see Flush).
+	ending map[string]chan struct{}
 	// refusing says the store refused a session row Start did not wait
 	// for: Starts wait for theirs until one is stored again.
 	refusing atomic.Bool
@@ -138,7 +142,7 @@ func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, 
 		return nil, fmt.Errorf("create recording directory: %w", err)
 	}
 	r := &Recorder{st: st, dir: dir, host: host, logger: zerolog.Nop(), every: time.Second,
-		active: map[string]*Session{}, stop: make(chan struct{}),
+		active: map[string]*Session{}, ending: map[string]chan struct{}{}, stop: make(chan struct{}),
 		writes: make(chan writeReq, 256), free: make(chan []byte, freeBufs), writerDone: make(chan struct{}),
 		upload: st.Backend() == store.PostgreSQL}
 	for _, o := range opts {
@@ -576,6 +580,18 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		return s.meta, fmt.Errorf("finish session %s: already finished", s.meta.ID)
 	}
 	s.finished = true
+	// Registered under s.mu, before the verdicts leave s.pending: a Flush
+	// that finds none here waits for this session's end instead.
+	ended := make(chan struct{})
+	s.r.mu.Lock()
+	s.r.ending[s.meta.ID] = ended
+	s.r.mu.Unlock()
+	defer func() {
+		s.r.mu.Lock()
+		delete(s.r.ending, s.meta.ID)
+		s.r.mu.Unlock()
+		close(ended)
+	}()
 	var (
 		inline []byte // the whole recording, when it has no file
 		err    error

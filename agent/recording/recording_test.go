@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1133,6 +1134,60 @@ func TestVerdictsHeldWhileStoreRefuses(t *testing.T) {
 	}
 	for _, s := range []*recording.Session{s, lost, many} {
 		if _, err := s.Finish(ctx, recording.End{Outcome: "closed"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Flush leaves nothing decided before it outside the store: not a row
+// queued for the writer's next commit, not the verdicts of a session
+// whose Finish runs at the same moment (policy replay reads the store
+// right after the agent's client exits).
+func TestFlushHoldsEverythingDecided(t *testing.T) {
+	ctx := context.Background()
+	st, rec := newSQLiteRecorder(t)
+	for i := range 60 {
+		s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stmts []string
+		if i%3 != 0 { // a third of the sessions decide nothing: only their row is queued
+			stmts = append(stmts, fmt.Sprintf("SELECT %d", i))
+			seq := s.Message(true, 'Q', []byte(stmts[0]+"\x00"), time.Now())
+			s.Decide(seq, recording.Verdict{Action: "allow", Rule: "read", Enforced: true, Statement: stmts[0]}, time.Now())
+		}
+		finished := make(chan error, 1)
+		finishing := i%3 == 2
+		if finishing {
+			go func() {
+				_, err := s.Finish(ctx, recording.End{})
+				finished <- err
+			}()
+			// Flush at different moments of the Finish.
+			for range i * 50 {
+				runtime.Gosched()
+			}
+		}
+		if err := rec.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Session(ctx, s.ID()); err != nil {
+			t.Fatalf("round %d: session not stored after Flush: %v", i, err)
+		}
+		ds, err := st.Decisions(ctx, s.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ds) != len(stmts) || len(ds) == 1 && ds[0].Statement != stmts[0] {
+			t.Fatalf("round %d: %d verdicts stored after Flush (%+v), want %q", i, len(ds), ds, stmts)
+		}
+		if finishing {
+			err = <-finished
+		} else {
+			_, err = s.Finish(ctx, recording.End{})
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -124,6 +124,16 @@ func (s *Store) writeShared(ctx context.Context, fn func(ctx context.Context, tx
 	}
 }
 
+// Sync returns once every write queued before it (a session's row, its
+// end) has been run: committed, or refused and its refused told. Its error
+// is its own commit's.
+func (s *Store) Sync(ctx context.Context) error {
+	if s.writer == nil {
+		return nil
+	}
+	return s.write(ctx, func(context.Context, *sql.Tx) error { return nil })
+}
+
 // queue hands fn to the writer and returns without waiting for it; refused
 // is called with the error if its transaction refuses it. Writes queued
 // before a write that is waited on go in the same transaction or an earlier
