@@ -44,6 +44,12 @@ func (d *Daemon) handleSessions(w http.ResponseWriter, r *http.Request) {
 	if s := q.Get("limit"); s != "" {
 		f.Limit, _ = strconv.Atoi(s)
 	}
+	// A session the agent has just opened or ended, and its verdicts
+	// (--decision), belong in the list.
+	if err := d.recorder.Flush(r.Context()); err != nil {
+		control.WriteError(w, http.StatusServiceUnavailable, "store the sessions and decisions made so far: %v", err)
+		return
+	}
 	ss, err := d.store.ListSessions(r.Context(), f)
 	if err != nil {
 		control.WriteError(w, http.StatusInternalServerError, "list sessions: %v", err)
@@ -64,7 +70,7 @@ func (d *Daemon) handleDecisions(w http.ResponseWriter, r *http.Request) {
 	// Everything decided until now belongs in the answer: the verdicts
 	// still buffered, the sessions being finished, the rows queued.
 	if err := d.recorder.Flush(r.Context()); err != nil {
-		control.WriteError(w, http.StatusServiceUnavailable, "store the decisions made so far: %v", err)
+		control.WriteError(w, http.StatusServiceUnavailable, "store the sessions and decisions made so far: %v", err)
 		return
 	}
 	var ids []string
