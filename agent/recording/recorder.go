@@ -580,10 +580,12 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		return s.meta, fmt.Errorf("finish session %s: already finished", s.meta.ID)
 	}
 	s.finished = true
-	// Registered under s.mu, before the verdicts leave s.pending: a Flush
-	// that finds none here waits for this session's end instead.
+	// From active to ending under s.mu, before the verdicts leave
+	// s.pending: a Flush that finds none here waits for this session's end
+	// instead.
 	ended := make(chan struct{})
 	s.r.mu.Lock()
+	delete(s.r.active, s.meta.ID)
 	s.r.ending[s.meta.ID] = ended
 	s.r.mu.Unlock()
 	defer func() {
@@ -620,10 +622,6 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	s.pending, s.spare = nil, nil
 	in, out, msgs, size := s.bytesIn, s.bytesOut, s.seq, s.size
 	s.mu.Unlock()
-
-	s.r.mu.Lock()
-	delete(s.r.active, s.meta.ID)
-	s.r.mu.Unlock()
 
 	if e.BytesIn != 0 || e.BytesOut != 0 {
 		in, out = e.BytesIn, e.BytesOut
@@ -681,6 +679,9 @@ func (r *Recorder) SealAbandoned(ctx context.Context) (int, error) {
 	for _, ss := range open {
 		r.mu.Lock()
 		_, live := r.active[ss.ID]
+		if _, ending := r.ending[ss.ID]; ending {
+			live = true
+		}
 		r.mu.Unlock()
 		if live {
 			continue
