@@ -402,11 +402,31 @@ func loadOptional(spec *ebpf.CollectionSpec, p program, opts ebpf.CollectionOpti
 	one := spec.Copy()
 	one.Programs = map[string]*ebpf.ProgramSpec{p.name: one.Programs[p.name]}
 	coll, err := ebpf.NewCollectionWithOptions(one, opts)
+	if err != nil && p.attach == ebpf.AttachLSMMac && errors.Is(err, unix.EPERM) {
+		return nil, lsmRefused(p.name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", p.name, verbose(err))
 	}
 	defer coll.Close()
 	return coll.DetachProgram(p.name), nil
+}
+
+// lsmRefused says why the kernel refused an LSM program with EPERM while
+// the cgroup programs loaded. Not RLIMIT_MEMLOCK, which cilium/ebpf guesses
+// for an EPERM before the verifier: kernels since 5.11 (the floor is 5.15)
+// charge BPF memory to the cgroup. It is the kernel's policy.
+func lsmRefused(name string) error {
+	why := "kernel lockdown or a security module forbids bpf LSM programs"
+	if b, err := os.ReadFile("/sys/kernel/security/lockdown"); err == nil {
+		// "none integrity [confidentiality]": the bracketed mode is in force.
+		if _, rest, ok := strings.Cut(string(b), "["); ok {
+			if mode, _, ok := strings.Cut(rest, "]"); ok && mode != "none" {
+				why = "kernel lockdown is " + mode
+			}
+		}
+	}
+	return fmt.Errorf("load %s: the kernel refused it (%w): %s", name, unix.EPERM, why)
 }
 
 // bpfLSMActive reports whether the bpf LSM is in the kernel's active list;
@@ -756,6 +776,24 @@ func replaceLSM(path string, p program, prog *ebpf.Program) (link.Link, error) {
 	}
 	os.Remove(tmp)
 	return l, nil
+}
+
+// Pinned reports whether anything of Interlock's (a link, a map, a
+// namespace's link) is pinned under pinDir.
+func Pinned(pinDir string) bool {
+	paths := []string{filepath.Join(pinDir, netnsPinDir)}
+	for _, name := range linkNames() {
+		paths = append(paths, linkPin(pinDir, name))
+	}
+	for _, name := range mapNames {
+		paths = append(paths, filepath.Join(pinDir, name))
+	}
+	for _, p := range paths {
+		if _, err := os.Lstat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Uninstall detaches every link pinned under pinDir and removes the pins of
