@@ -737,6 +737,34 @@ func TestUninstallRemovesEnforcement(t *testing.T) {
 	}
 }
 
+// With interlockd down the pins still enforce; uninstall removes them
+// itself, and says so only when it did: a pin directory other than the
+// daemon's is reported empty, not uninstalled.
+func TestUninstallWithDaemonStopped(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp", "127.0.0.1:0")
+	cg := f.d.Cgroup("agent")
+	if _, stderr, err := f.d.CLI("tag", cg, "--identity", "ci-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	f.d.Stop()
+	other := t.TempDir()
+	out, stderr, err := f.d.CLI("uninstall", "--bpffs", other)
+	if err != nil || !strings.Contains(out, "nothing of Interlock's is pinned under "+other) {
+		t.Fatalf("uninstall of an empty pin directory: %v\n%s%s", err, out, stderr)
+	}
+	if r := f.runIn(t, cg, "tcp", tg.addr()); r.Err == "" {
+		t.Fatalf("the pins no longer enforce after uninstall of another directory: %+v", r)
+	}
+	out, stderr, err = f.d.CLI("uninstall", "--bpffs", f.d.BPFFS)
+	if err != nil || !strings.Contains(out, "removed the programs pinned under "+f.d.BPFFS) {
+		t.Fatalf("uninstall: %v\n%s%s", err, out, stderr)
+	}
+	if r := f.runIn(t, cg, "tcp", tg.addr()); r.Err != "" {
+		t.Fatalf("after uninstall the agent should connect directly: %+v", r)
+	}
+}
+
 // BenchmarkProxyConnectFirstByte measures what the redirect costs an agent:
 // connect() until the first byte of the server's greeting, from a tagged
 // cgroup through interlockd's proxy (policy decision, upstream dial, relay),

@@ -344,7 +344,12 @@ func uninstall(ctx context.Context, c *control.Client, bpffs string, w io.Writer
 	err := c.Call(ctx, "/v1/uninstall", struct{}{}, &out)
 	if errors.Is(err, control.ErrNotRunning) {
 		// With the daemon down the pins still enforce (fail closed); root
-		// removes them directly.
+		// removes them directly. Nothing there is said, not reported as a
+		// removal: a daemon started with another --bpffs still enforces.
+		if !datapath.Pinned(bpffs) {
+			fmt.Fprintf(w, "interlockd not running; nothing of Interlock's is pinned under %s (a daemon started with --bpffs pins there instead: give the same --bpffs)\n", bpffs)
+			return nil
+		}
 		if err := datapath.Uninstall(bpffs); err != nil {
 			return err
 		}
