@@ -21,6 +21,10 @@ import (
 // it into a protocol-native error for the agent; errors.Is finds it.
 var ErrNotIssued = errors.New("credential could not be issued")
 
+// ErrUnconfigured is wrapped, with ErrNotIssued, when no configured source
+// answers for the request: a setting to fix, which asking again will not.
+var ErrUnconfigured = errors.New("no credential source is configured for it")
+
 // Ref is what a policy target says about its credential (the policy file's
 // `credential:` block). Which fields matter depends on the source:
 //

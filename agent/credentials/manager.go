@@ -407,7 +407,7 @@ func (m *Manager) backend(source string) (string, backend, error) {
 		source = m.def
 	}
 	if source == "" {
-		return "", nil, errors.New("no credential source named and no default configured")
+		return "", nil, fmt.Errorf("%w (none named, and no default)", ErrUnconfigured)
 	}
 	b, ok := m.backends[source]
 	if !ok {
@@ -429,7 +429,7 @@ func (m *Manager) backend(source string) (string, backend, error) {
 			names = append(names, n)
 		}
 		sort.Strings(names)
-		return "", nil, fmt.Errorf("credential source %q is not configured (have %v)", source, names)
+		return "", nil, fmt.Errorf("%w: source %q is not one of %v", ErrUnconfigured, source, names)
 	}
 	return source, b, nil
 }

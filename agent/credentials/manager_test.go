@@ -46,7 +46,7 @@ func TestStaticSource(t *testing.T) {
 		t.Errorf("token source: %v", err)
 	}
 	_, err = m.Issue(t.Context(), Request{Ref: Ref{Source: "vault"}, Target: "x"})
-	if !errors.Is(err, ErrNotIssued) || !strings.Contains(err.Error(), `"vault" is not configured`) {
+	if !errors.Is(err, ErrNotIssued) || !errors.Is(err, ErrUnconfigured) || !strings.Contains(err.Error(), `source "vault" is not one of [legacy]`) {
 		t.Errorf("unknown source: %v", err)
 	}
 }
@@ -202,8 +202,8 @@ func TestCheckRef(t *testing.T) {
 		{Ref{Source: "vault", Kind: "aws", Path: "aws/roles/x"}, `path "aws/roles/x": want aws/creds/ROLE or aws/sts/ROLE`},
 		{Ref{Source: "vault", Kind: "generic"}, "vault generic credential: path is required"},
 		{Ref{Source: "vault", Kind: "nomad", Role: "x"}, `kind "nomad": want database, ssh, kv, aws or generic`},
-		{Ref{Source: "legacy"}, `credential source "legacy" is not configured (have [pg vault])`},
-		{Ref{}, "no credential source named and no default configured"},
+		{Ref{Source: "legacy"}, `no credential source is configured for it: source "legacy" is not one of [pg vault]`},
+		{Ref{}, "no credential source is configured for it (none named, and no default)"},
 	} {
 		err := m.CheckRef(tc.ref)
 		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {

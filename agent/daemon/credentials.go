@@ -37,19 +37,21 @@ func (d *Daemon) openCredentials() (*credentials.Manager, error) {
 // (an embedded source's template, a Vault role or path), a source that is
 // not configured, or an embedded issuer's admin role that could create a
 // session's role but not drop it again. Without any source configured
-// nothing is checked: PostgreSQL sessions then end with 08004, as the
-// README says. A source that cannot be reached now is logged and not held
-// against the start.
+// nothing is checked: each target that needs a credential is named in a
+// warning, and its sessions end with a clear error (PostgreSQL's 08004),
+// as the README says. A source that cannot be reached now is logged and
+// not held against the start.
 func (d *Daemon) checkCredentials(ctx context.Context, p *policy.Policy) error {
-	if !d.creds.Configured() {
-		return nil
-	}
 	var errs []error
 	var refs []credentials.Ref
 	for _, t := range p.Targets() {
 		// PostgreSQL sessions always need a credential; other targets
 		// only when their block asks for one.
 		if t.Protocol != "postgres" && t.Credential.Params == nil {
+			continue
+		}
+		if !d.creds.Configured() {
+			d.log.Warn().Str("target", t.Name).Msg("no credential source is configured: the target's sessions are refused until interlockd's credentials settings name one")
 			continue
 		}
 		ref := credentials.RefOf(t.Credential)
@@ -61,6 +63,9 @@ func (d *Daemon) checkCredentials(ctx context.Context, p *policy.Policy) error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("check credentials: %w", errors.Join(errs...))
+	}
+	if !d.creds.Configured() {
+		return nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, credentialCheckTimeout)
 	defer cancel()

@@ -270,3 +270,29 @@ rules:
 		t.Fatalf("open session with Vault down: %v\n%s", err, openOut.String())
 	}
 }
+
+// Without any credential source, a PostgreSQL target's sessions are refused
+// with 08004 saying so (asking again will not help), and the daemon's start
+// names the target in a warning.
+func TestPostgresWithoutCredentialSource(t *testing.T) {
+	testenv.Privileged(t)
+	pg := testenv.StartPostgres(t)
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(pgPolicy, pg.Port)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol})
+	warned := false
+	for _, line := range strings.Split(d.Logs(), "\n") {
+		warned = warned || strings.Contains(line, `"target":"appdb"`) && strings.Contains(line, `"message":"no credential source is configured`)
+	}
+	if !warned {
+		t.Error("no warning naming the target at start")
+	}
+	out, err := d.Command(t.Context(), "exec", "--identity", "ci-bot", "--", "psql", "-X", "-At", "-h", "127.0.0.1",
+		"-p", strconv.Itoa(pg.Port), "-U", "agent", "-d", "postgres", "-c", "SELECT 1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `no credential source is configured for target "appdb"`) ||
+		strings.Contains(string(out), "try again later") {
+		t.Fatalf("psql without a credential source: err=%v\n%s", err, out)
+	}
+}

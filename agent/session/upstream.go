@@ -107,6 +107,9 @@ func (u *upstream) Credential(ctx context.Context, r protocol.CredentialRequest)
 	u.p.cfg.Metrics.CredentialLat.WithLabelValues(source, outcomeOf(err)).Observe(metrics.Since(start))
 	if err != nil {
 		u.p.cfg.Log.Warn().Err(err).Str("conn", u.c.id).Str("target", t.Name).Msg("credential not issued")
+		if errors.Is(err, credentials.ErrUnconfigured) {
+			err = fmt.Errorf("%w: %w", protocol.ErrNoCredentialSource, err)
+		}
 		u.err = err
 		return u.cred, err
 	}

@@ -234,6 +234,10 @@ func (d *Decoder) resume(s *protocol.Session, park string) (*Upstream, bool) {
 // has been told.
 func (d *Decoder) login(ctx context.Context, s *protocol.Session, agent net.Conn, startup *Startup) (*Upstream, error) {
 	cred, err := s.Upstream.Credential(ctx, protocol.CredentialRequest{})
+	if errors.Is(err, protocol.ErrNoCredentialSource) {
+		return nil, refuse(agent, "credential not issued", codeRejectedConnection,
+			fmt.Sprintf("interlock: no credential source is configured for target %q; interlockd's credentials settings must name one", s.Target))
+	}
 	if err != nil {
 		return nil, refuse(agent, "credential not issued", codeRejectedConnection,
 			fmt.Sprintf("interlock: the credential for target %q could not be issued; try again later", s.Target))

@@ -75,6 +75,11 @@ type Decoder interface {
 // goroutine of its own while both its sides are idle (see Session.Finish).
 var ErrDetached = errors.New("session detached")
 
+// ErrNoCredentialSource is wrapped by Upstream.Credential's error when
+// interlockd has no credential source for the target: the agent is told
+// so, not to try again later.
+var ErrNoCredentialSource = errors.New("no credential source is configured for the target")
+
 // Session is one agent connection handed to a decoder.
 type Session struct {
 	// ID names the session in the audit trail and the recording.

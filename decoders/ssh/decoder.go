@@ -217,6 +217,9 @@ func (c *conn) loginUpstream(ctx context.Context, user string) error {
 		return c.refuse("credential not issued", "no key could be made for the session", err)
 	}
 	cred, err := s.Upstream.Credential(ctx, protocol.CredentialRequest{PublicKey: xssh.MarshalAuthorizedKey(signer.PublicKey()), User: user})
+	if errors.Is(err, protocol.ErrNoCredentialSource) {
+		return c.refuse("credential not issued", fmt.Sprintf("no credential source is configured for target %q; interlockd's credentials settings must name one", s.Target), err)
+	}
 	if err != nil {
 		return c.refuse("credential not issued", fmt.Sprintf("the credential for target %q could not be issued; try again later", s.Target), err)
 	}
