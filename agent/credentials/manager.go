@@ -428,6 +428,9 @@ func (m *Manager) backend(source string) (string, backend, error) {
 		for n := range m.backends {
 			names = append(names, n)
 		}
+		if len(names) == 0 {
+			return "", nil, fmt.Errorf("%w: the policy names source %q, and none is configured", ErrUnconfigured, source)
+		}
 		sort.Strings(names)
 		return "", nil, fmt.Errorf("%w: source %q is not one of %v", ErrUnconfigured, source, names)
 	}
