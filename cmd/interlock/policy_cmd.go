@@ -236,10 +236,12 @@ func policyTest(files []string, verbose, asJSON bool, stdout, stderr io.Writer) 
 
 // explanation is the JSON form of `policy explain --json`.
 type explanation struct {
-	Policy     string          `json:"policy"`
-	Identity   string          `json:"identity,omitempty"`
-	Identities []string        `json:"matched_identities,omitempty"`
-	Target     string          `json:"target,omitempty"`
+	Policy     string   `json:"policy"`
+	Identity   string   `json:"identity,omitempty"`
+	Identities []string `json:"matched_identities,omitempty"`
+	Target     string   `json:"target,omitempty"`
+	// NoTarget says why an --http URL chose no target.
+	NoTarget   string          `json:"no_target,omitempty"`
 	Statements []explainedStmt `json:"statements,omitempty"`
 	ParseError string          `json:"parse_error,omitempty"`
 	Action     string          `json:"action"`
@@ -311,15 +313,17 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 		fmt.Fprintf(stderr, "interlock policy explain: %s has no target %q\n", name, o.target)
 		return 1
 	}
+	var noTarget string
 	if o.http != "" {
-		if err := explainHTTP(p, t, o.http); err != nil {
+		var err error
+		if noTarget, err = explainHTTP(p, t, o.http); err != nil {
 			fmt.Fprintf(stderr, "interlock policy explain: --http: %v\n", err)
 			return 2
 		}
 	}
 	d, q := p.Explain(t)
 	mode := p.ExplainMode(t)
-	ex := explanation{Policy: name, Identity: o.identity, Target: t.Target, Action: d.Action.String(), Rule: d.Rule,
+	ex := explanation{Policy: name, Identity: o.identity, Target: t.Target, NoTarget: noTarget, Action: d.Action.String(), Rule: d.Rule,
 		Mode: mode.String(), Verdict: mode.Describe(d.Action), Message: d.Message}
 	if t.Subject != nil {
 		ex.Identities = p.Identities(nil, t.Subject)
@@ -359,17 +363,17 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 
 // explainHTTP fills t from --http: 'METHOD PATH', or 'METHOD URL', whose
 // host and port choose the target as the TLS server name or Host would
-// when --target does not name one.
-func explainHTTP(p *policy.Policy, t *policy.Test, req string) error {
+// when --target does not name one. noTarget says so when they choose none.
+func explainHTTP(p *policy.Policy, t *policy.Test, req string) (noTarget string, err error) {
 	m, rest, _ := strings.Cut(strings.TrimSpace(req), " ")
 	rest = strings.TrimSpace(rest)
 	t.HTTPMethod, t.HTTPPath = strings.ToUpper(m), rest
 	if strings.HasPrefix(rest, "/") {
-		return nil
+		return "", nil
 	}
 	u, err := url.Parse(rest)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%q is neither a path nor an http(s) URL", rest)
+		return "", fmt.Errorf("%q is neither a path nor an http(s) URL", rest)
 	}
 	port := uint16(443)
 	if u.Scheme == "http" {
@@ -378,17 +382,19 @@ func explainHTTP(p *policy.Policy, t *policy.Test, req string) error {
 	if ps := u.Port(); ps != "" {
 		n, err := strconv.ParseUint(ps, 10, 16)
 		if err != nil {
-			return fmt.Errorf("port %q: %w", ps, err)
+			return "", fmt.Errorf("port %q: %w", ps, err)
 		}
 		port = uint16(n)
 	}
 	t.HTTPHost, t.HTTPPath = u.Hostname(), u.RequestURI()
 	if t.Target == "" {
-		if tg := p.TargetForName(u.Hostname(), port); tg != nil {
-			t.Target = tg.Name
+		tg := p.TargetForName(u.Hostname(), port)
+		if tg == nil {
+			return fmt.Sprintf("no target's hosts match %s on port %d", u.Hostname(), port), nil
 		}
+		t.Target = tg.Name
 	}
-	return nil
+	return "", nil
 }
 
 // daemonPolicy is the policy explain decides with when none is named: the
@@ -431,8 +437,11 @@ func printExplanation(w io.Writer, ex *explanation) {
 	} else {
 		fmt.Fprintf(w, "identities matched: %s\n", orNone(ex.Identities))
 	}
-	if ex.Target != "" {
+	switch {
+	case ex.Target != "":
 		fmt.Fprintf(w, "target:    %s\n", ex.Target)
+	case ex.NoTarget != "":
+		fmt.Fprintf(w, "target:    none (%s)\n", ex.NoTarget)
 	}
 	if ex.ParseError != "" {
 		fmt.Fprintf(w, "parse:     %s\n", ex.ParseError)
