@@ -429,8 +429,13 @@ func (e Decision) logTo(l *zerolog.Logger) {
 		}
 	}
 	ev.Str("event", "decision").Str("conn", e.Session).Str("identity", e.Identity).
-		Str("target", e.Target).Stringer("op", e.Statement).Str("action", action).
-		Str("mode", mode).Str("rule", e.Rule).Str("reason", e.Reason).Msg("decided")
+		Str("target", e.Target).Stringer("op", e.Statement)
+	// The chain has the operation too; a connection's decision (CONNECT
+	// name) and an HTTP request's method have no other word in the line.
+	if e.Operation != "" {
+		ev.Str("operation", e.Operation)
+	}
+	ev.Str("action", action).Str("mode", mode).Str("rule", e.Rule).Str("reason", e.Reason).Msg("decided")
 }
 
 func (e ApprovalRequested) logTo(l *zerolog.Logger) {
