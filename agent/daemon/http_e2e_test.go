@@ -355,13 +355,25 @@ func TestHTTPSPassthrough(t *testing.T) {
 		t.Errorf("passthrough with Interlock's CA: curl status %d, want 60", st)
 	}
 	before := f.hits("api.test") + f.hits("mirror.test")
-	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://evil.test:%d/", f.tlsPort)); st == 0 {
-		t.Errorf("a server name no target has went through:\n%s", errOut)
+	// Refused with TLS's access_denied, which curl names, not an internal
+	// error.
+	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://evil.test:%d/", f.tlsPort)); st == 0 || !strings.Contains(errOut, "alert access denied") {
+		t.Errorf("a server name no target has: curl status %d\n%s", st, errOut)
+	}
+	// A URL with an IP address sends no server name; the two targets of
+	// that address leave none to choose: refused, and the audit says why.
+	if _, errOut, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://127.0.0.1:%d/", f.tlsPort)); st == 0 || !strings.Contains(errOut, "alert access denied") {
+		t.Errorf("no server name: curl status %d\n%s", st, errOut)
 	}
 	if f.hits("api.test")+f.hits("mirror.test") != before {
 		t.Error("the upstream heard of a refused server name")
 	}
-	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "unknown-host" })
+	waitEvent(t, f.d, "decision", func(m map[string]any) bool {
+		return m["rule"] == "unknown-host" && m["operation"] == "CONNECT evil.test"
+	})
+	waitEvent(t, f.d, "decision", func(m map[string]any) bool {
+		return m["rule"] == "unknown-host" && strings.Contains(fmt.Sprint(m["reason"]), "the agent sent no server name")
+	})
 }
 
 // TestHTTPSmuggling: requests that two parsers would frame two ways get

@@ -31,8 +31,11 @@ func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx 
 		op := "CONNECT " + name
 		c.target = t
 		if t == nil {
-			dec := policy.Decision{Action: policy.Deny, Rule: "unknown-host",
-				Message: fmt.Sprintf("no http target has host %q on port %d", name, port)}
+			msg := fmt.Sprintf("no http target has host %q on port %d", name, port)
+			if name == "" {
+				msg = fmt.Sprintf("the agent sent no server name (a URL with an IP address sends none), and no http target has the address it connected to on port %d", port)
+			}
+			dec := policy.Decision{Action: policy.Deny, Rule: "unknown-host", Message: msg}
 			p.cfg.Metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, policy.Enforce.String()).Inc()
 			p.record(c.decision(op, "", dec, true))
 			return "", verdictOf(dec)

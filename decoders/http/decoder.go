@@ -181,13 +181,17 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	agent := &protocol.ReplayConn{Conn: s.Agent, R: io.MultiReader(bytes.NewReader(peeked), br)}
 	c.serverName = strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
 	if err := c.choose(ctx, c.serverName); err != nil {
-		refuseTLS(agent)
+		alert := byte(alertInternalError)
+		if c.connect.Action == protocol.Deny {
+			alert = alertAccessDenied
+		}
+		refuseTLS(agent, alert)
 		return err
 	}
 	switch c.t.Mode {
 	case Passthrough:
 		if c.connect.Action != protocol.Allow {
-			refuseTLS(agent)
+			refuseTLS(agent, alertAccessDenied)
 			return &protocol.RefusedError{Outcome: "denied", Err: fmt.Errorf("server name %q: a passthrough connection is allowed or refused as a whole (rule %s)", hello.ServerName, c.connect.Rule)}
 		}
 		// What the hello's read took beyond the hello goes on with it.
@@ -196,7 +200,7 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	case Intercept:
 		return c.intercept(ctx, agent)
 	}
-	refuseTLS(agent)
+	refuseTLS(agent, alertInternalError)
 	return &protocol.RefusedError{Outcome: "handshake", Err: fmt.Errorf("target %s is plain HTTP and the agent sent TLS", c.target)}
 }
 
@@ -213,7 +217,7 @@ func refuseOverLimit(s *protocol.Session) {
 	switch {
 	case err != nil:
 	case first[0] == tlsRecordHandshake:
-		refuseTLS(&protocol.ReplayConn{Conn: s.Agent, R: br})
+		refuseTLS(s.Agent, alertInternalError)
 	default:
 		resp := errorResponse(nethttp.StatusServiceUnavailable, s.Refuse.Msg)
 		resp.Close = true
@@ -318,7 +322,7 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 		cfg = c.s.TLS()
 	}
 	if cfg == nil {
-		refuseTLS(agent)
+		refuseTLS(agent, alertInternalError)
 		return &protocol.RefusedError{Outcome: "handshake", Err: errors.New("no TLS configuration: this interlockd cannot terminate TLS")}
 	}
 	cfg.NextProtos = []string{"h2", "http/1.1"}

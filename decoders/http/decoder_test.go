@@ -390,10 +390,11 @@ func TestPassthrough(t *testing.T) {
 	if relayed[0] < 300 || relayed[1] < 1000 {
 		t.Errorf("passthrough relayed %d bytes from the agent and %d to it, want a TLS session's", relayed[0], relayed[1])
 	}
-	// A name no target has is refused in TLS's words.
+	// A name no target has is refused in TLS's words: access_denied, not
+	// an internal error.
 	_, err = tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "evil.test"})
-	if err == nil || !strings.Contains(err.Error(), "remote error") {
-		t.Errorf("denied server name: %v, want a TLS alert", err)
+	if err == nil || !strings.Contains(err.Error(), "remote error: tls: access denied") {
+		t.Errorf("denied server name: %v, want a TLS access_denied alert", err)
 	}
 	var refused *protocol.RefusedError
 	if err := <-h.errs; !errors.As(err, &refused) || refused.Outcome != "denied" || asked.Load() != "evil.test" {
@@ -926,6 +927,15 @@ func TestOverSessionLimit(t *testing.T) {
 		t.Errorf("over the limit: %d %q", resp.StatusCode, body)
 	}
 	var limit *protocol.LimitError
+	if err := <-h.errs; !errors.As(err, &limit) {
+		t.Errorf("Serve: %v", err)
+	}
+	// Over TLS: an alert, not a hang-up.
+	h = newHarness(t, harnessOpts{mode: Intercept, refuse: &protocol.LimitError{Limit: "sessions", Msg: "over"}})
+	if _, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "api.test"}); err == nil ||
+		!strings.Contains(err.Error(), "remote error: tls: internal error") {
+		t.Errorf("over the limit over TLS: %v, want a TLS alert", err)
+	}
 	if err := <-h.errs; !errors.As(err, &limit) {
 		t.Errorf("Serve: %v", err)
 	}

@@ -67,14 +67,29 @@ func (c *recordingConn) SetDeadline(time.Time) error      { return nil }
 func (c *recordingConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
 
-// errRefused is what refuseTLS's handshake fails with.
-var errRefused = errors.New("server name refused")
+// A fatal alert record (RFC 8446, 6): its content type, its level, and
+// the descriptions a refused handshake ends with.
+const (
+	recordTypeAlert    = 21
+	alertLevelFatal    = 2
+	alertAccessDenied  = 49 // the policy refused the server name
+	alertInternalError = 80 // interlockd cannot serve it
+)
 
-// refuseTLS answers the agent's ClientHello with crypto/tls's own alert,
-// so a refused server name reads as a TLS failure, not a hang-up.
-func refuseTLS(agent net.Conn) {
+// refuseTLS answers the agent's ClientHello, already read whole (peekHello),
+// with a fatal alert, so a refusal reads as a TLS failure, not a hang-up,
+// and says which: crypto/tls answers any refusal of GetConfigForClient
+// with internal_error, which told an agent's user nothing of a policy. The
+// record is the plaintext alert TLS 1.2 and 1.3 clients take before a
+// server's hello. What the agent sends until it hangs up, within a
+// second, is read and dropped: a socket closed with bytes unread resets
+// the connection, and the reset can reach the agent before the alert.
+func refuseTLS(agent net.Conn, alert byte) {
 	agent.SetDeadline(time.Now().Add(time.Second))
-	tls.Server(agent, &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		return nil, errRefused
-	}}).Handshake()
+	if _, err := agent.Write([]byte{recordTypeAlert, 3, 3, 0, 2, alertLevelFatal, alert}); err == nil {
+		io.Copy(io.Discard, io.LimitReader(agent, refuseDrain))
+	}
 }
+
+// refuseDrain bounds what refuseTLS reads after its alert.
+const refuseDrain = 64 << 10
