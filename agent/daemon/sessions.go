@@ -45,10 +45,10 @@ func (d *Daemon) handleSessions(w http.ResponseWriter, r *http.Request) {
 		f.Limit, _ = strconv.Atoi(s)
 	}
 	// A session the agent has just opened or ended, and its verdicts
-	// (--decision), belong in the list.
+	// (--decision), belong in the list. A store refusing verdicts still
+	// lists what it holds: the list is how its trouble is looked into.
 	if err := d.recorder.Flush(r.Context()); err != nil {
-		control.WriteError(w, http.StatusServiceUnavailable, "store the sessions and decisions made so far: %v", err)
-		return
+		d.log.Warn().Err(err).Msg("sessions listed without the verdicts the store refused")
 	}
 	ss, err := d.store.ListSessions(r.Context(), f)
 	if err != nil {
