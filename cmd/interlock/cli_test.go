@@ -57,7 +57,11 @@ func fakeDaemon(t *testing.T) string {
 	mux := http.NewServeMux()
 	for route, answer := range answers {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
-			control.WriteJSON(w, http.StatusOK, answer)
+			a := answer
+			if r.URL.Query().Get("identity") == "nobody" {
+				a = []control.Session{} // the sessions of an identity with none
+			}
+			control.WriteJSON(w, http.StatusOK, a)
 		})
 	}
 	srv := control.NewServer(mux)
@@ -183,6 +187,10 @@ func TestJSONListings(t *testing.T) {
 	code, out, errOut = cliRun("--socket", sock, "sessions", "--json")
 	if code != 0 || json.Unmarshal([]byte(out), &ss) != nil || len(ss) != 1 || ss[0].ID != "s-1" || ss[0].Outcome != "closed" {
 		t.Errorf("sessions --json: exit %d, %q %q", code, out, errOut)
+	}
+	code, out, _ = cliRun("--socket", sock, "sessions", "--identity", "nobody")
+	if code != 0 || !strings.Contains(out, "no recorded sessions match (plain TCP relays are audited, not recorded") {
+		t.Errorf("sessions with none: exit %d, %q", code, out)
 	}
 	var vs []control.AuditVerdict
 	code, out, errOut = cliRun("--socket", sock, "audit", "verify", "--json")

@@ -38,7 +38,9 @@ func newSessionsCmd(a *cli) *cobra.Command {
 		Short: "List recorded sessions",
 		Long: `sessions lists the connections interlockd proxied and recorded, newest first:
 who made them (identity, pid, executable), where they went, how long they
-lasted and how they ended. Give a session's ID to replay or export.`,
+lasted and how they ended. Give a session's ID to replay or export.
+Connections of decoded protocols (PostgreSQL, HTTP, SSH) are recorded; plain
+TCP relays are audited only (interlock audit export).`,
 		Example: `  interlock sessions --identity ci-bot --since 1d
   interlock sessions --decision deny --limit 10
   interlock sessions --json | jq -r '.[].ID'`,
@@ -76,6 +78,11 @@ func sessions(ctx context.Context, c *control.Client, o sessionOptions, w io.Wri
 	}
 	if o.json {
 		return json.NewEncoder(w).Encode(ss)
+	}
+	if len(ss) == 0 {
+		// An empty table after a quick start's curl reads as a fault.
+		fmt.Fprintln(w, "no recorded sessions match (plain TCP relays are audited, not recorded: interlock audit export)")
+		return nil
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTARTED\tIDENTITY\tTARGET\tPID\tEXE\tDURATION\tOUTCOME")
