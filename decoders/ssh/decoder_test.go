@@ -168,6 +168,8 @@ type fixture struct {
 	enforcer *enforcer
 	known    string
 	issued   int
+	// credErr, when set, is what Credential fails with.
+	credErr error
 	// ciphers, when set, are the agent's, in its order of preference.
 	ciphers []string
 }
@@ -275,6 +277,9 @@ func (u *upstream) Dial(ctx context.Context) (net.Conn, error) {
 
 func (u *upstream) Credential(_ context.Context, r protocol.CredentialRequest) (protocol.Credential, error) {
 	u.f.issued++
+	if u.f.credErr != nil {
+		return protocol.Credential{}, u.f.credErr
+	}
 	pub, _, _, _, err := xssh.ParseAuthorizedKey(r.PublicKey)
 	if err != nil {
 		return protocol.Credential{}, err
@@ -652,6 +657,22 @@ func TestSessionLimit(t *testing.T) {
 	}
 	if f.issued != 0 {
 		t.Error("a credential was issued over the cap")
+	}
+}
+
+// TestNoCredentialSource: with no credential source for the target the
+// agent is told so, not to try again later.
+func TestNoCredentialSource(t *testing.T) {
+	f := newFixture(t)
+	f.credErr = fmt.Errorf("%w: none named, and no default", protocol.ErrNoCredentialSource)
+	nc, done := f.serve()
+	var banner string
+	if _, err := f.dial(nc, "deploy", &banner); err == nil {
+		t.Fatal("login allowed without a credential")
+	}
+	<-done
+	if !strings.Contains(banner, `no credential source is configured for target`) || strings.Contains(banner, "try again later") {
+		t.Errorf("banner %q", banner)
 	}
 }
 
