@@ -131,10 +131,25 @@ rules:
 	return f
 }
 
-// hits returns how many requests nginx served for a server name.
+// hits returns how many requests nginx served for a server name, once its
+// access log has been still for 50 ms (2 s at most): nginx logs a request
+// after answering it, so a client can have its answer, and exit, before
+// the line is written.
 func (f *httpFixture) hits(name string) int {
-	b, _ := os.ReadFile(filepath.Join(f.dir, name+".log"))
-	return bytes.Count(b, []byte("\n"))
+	count := func() int {
+		b, _ := os.ReadFile(filepath.Join(f.dir, name+".log"))
+		return bytes.Count(b, []byte("\n"))
+	}
+	n := count()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		m := count()
+		if m == n {
+			break
+		}
+		n = m
+	}
+	return n
 }
 
 // leafFiles writes a certificate of authority for name and its key where
