@@ -53,26 +53,42 @@ func removeHopHeaders(h nethttp.Header) {
 // exchange decides one request and answers it: from upstream when it is
 // allowed, or with interlockd's own response. It never returns nil.
 func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Response {
+	v, own := c.decide(ctx, req)
+	if own != nil {
+		return own
+	}
+	return c.act(ctx, req, v)
+}
+
+// decide records a request and decides it, or refuses it first with
+// interlockd's own response when it is not one to decide: a Host other
+// than the server name, a path not in canonical form, a body over the cap.
+func (c *conn) decide(ctx context.Context, req *nethttp.Request) (protocol.Verdict, *nethttp.Response) {
 	host := hostOf(req.Host)
 	if c.serverName != "" && host != c.serverName {
-		return c.own(nethttp.StatusMisdirectedRequest, fmt.Sprintf("Host %q is not the server name %q this connection was opened for", host, c.serverName))
+		return protocol.Verdict{}, c.own(nethttp.StatusMisdirectedRequest, fmt.Sprintf("Host %q is not the server name %q this connection was opened for", host, c.serverName))
 	}
 	if p := req.URL.Path; !strings.HasPrefix(p, "/") || cleanPath(p) != p {
-		return c.own(nethttp.StatusBadRequest, "the request path is not in canonical form (dot segments or no leading /)")
+		return protocol.Verdict{}, c.own(nethttp.StatusBadRequest, "the request path is not in canonical form (dot segments or no leading /)")
 	}
 	if req.ContentLength > c.maxBody {
-		return c.own(nethttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", c.maxBody))
+		return protocol.Verdict{}, c.own(nethttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", c.maxBody))
 	}
 	text := req.URL.Path
 	if req.URL.RawQuery != "" {
 		text += "?" + req.URL.RawQuery
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	b := headBuf()
 	requestHead(b, req, text)
 	c.recordHead(true, MsgRequest, b)
-	v := c.s.Enforcer.Decide(ctx, protocol.Request{Operation: req.Method, Text: text, Host: host, Header: req.Header})
-	c.mu.Unlock()
+	return c.s.Enforcer.Decide(ctx, protocol.Request{Operation: req.Method, Text: text, Host: host, Header: req.Header}), nil
+}
+
+// act carries out v, the decision on req: the answer from upstream, or
+// interlockd's refusal. It never returns nil.
+func (c *conn) act(ctx context.Context, req *nethttp.Request, v protocol.Verdict) *nethttp.Response {
 	switch v.Action {
 	case protocol.Deny:
 		return c.denied(req, v.Rule, v.Message)
@@ -89,7 +105,7 @@ func (c *conn) exchange(ctx context.Context, req *nethttp.Request) *nethttp.Resp
 			return c.denied(req, v.Rule, fmt.Sprintf("approval %s refused: %s", v.ApprovalID, reason))
 		}
 	}
-	return c.forward(ctx, req, host, v.Mask)
+	return c.forward(ctx, req, hostOf(req.Host), v.Mask)
 }
 
 // cleanPath is p with dot segments resolved, keeping a trailing slash.

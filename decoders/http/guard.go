@@ -23,6 +23,10 @@ type Guard interface {
 	// or read by the agent; it may rewrite the head and replace the body.
 	// An error answers the agent 502 instead.
 	Inbound(s *protocol.Session, target string, resp *nethttp.Response) error
+	// Passes reports whether Outbound and Inbound would leave every
+	// request and response of the session to target as they are, so that
+	// the decoder may relay them without calling either (see relay2).
+	Passes(s *protocol.Session, target string) bool
 }
 
 // Refusal is a request a Guard refused, with the status and message the
