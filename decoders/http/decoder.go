@@ -106,6 +106,8 @@ const upstreamSessionsPerTarget = 64
 type upstreamSessions struct {
 	roots *x509.CertPool // nil: the system roots
 	cache tls.ClientSessionCache
+	// noH2: the upstream answered without HTTP/2 (see dialRelay).
+	noH2 atomic.Bool
 }
 
 // sessionCache returns the TLS session cache of target's upstream for
@@ -340,7 +342,11 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 	c.newTransport()
 	defer c.closeUpstream()
 	if tc.ConnectionState().NegotiatedProtocol == "h2" {
-		c.serveHTTP2(ctx, tc)
+		if up := c.dialRelay(ctx); up != nil {
+			c.serveRelay(ctx, tc, up)
+		} else {
+			c.serveHTTP2(ctx, tc)
+		}
 		return c.ended()
 	}
 	// The first request is bounded as the handshake was.

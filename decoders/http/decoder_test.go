@@ -143,6 +143,10 @@ type harnessOpts struct {
 	front func(t testing.TB, upstream string) string
 	// maxHeader is the decoder's MaxHeaderBytes (0: the default).
 	maxHeader int
+	// upStreams bounds the upstream's concurrent HTTP/2 streams (0: its
+	// default).
+	upStreams int
+	guard     Guard
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -150,6 +154,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	h.up = httptest.NewUnstartedServer(nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 		h.upstreamHits.Add(1)
 		if serveMaskable(w, r) {
+			return
+		}
+		if serveRelayPaths(w, r) {
 			return
 		}
 		if r.URL.Path == "/trailers" {
@@ -180,6 +187,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		fmt.Fprintf(w, "upstream %s %s host=%s body=%q", r.Method, r.URL.RequestURI(), r.Host, body)
 	}))
 	h.up.Config.IdleTimeout = o.upIdle
+	if o.upStreams > 0 {
+		h.up.Config.HTTP2 = &nethttp.HTTP2Config{MaxConcurrentStreams: o.upStreams}
+	}
 	h.up.Config.ConnState = func(_ net.Conn, s nethttp.ConnState) {
 		if s == nethttp.StateNew {
 			h.upstreamConns.Add(1)
@@ -203,7 +213,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		upAddr = o.front(t, upAddr)
 	}
 	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle,
-		MaxHeaderBytes: o.maxHeader}
+		MaxHeaderBytes: o.maxHeader, Guard: o.guard}
 	h.ln = serveEach(t, func(agent net.Conn) {
 		s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
 			Handshake: 5 * time.Second, Upstream: upstream{upAddr}, Enforcer: h.enf, Recorder: h.rec,

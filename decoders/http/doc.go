@@ -15,7 +15,9 @@
 //     allowed), serves HTTP/2 or HTTP/1.1 as the agent's ALPN asks
 //     (golang.org/x/net/http2, net/http), and sends each allowed request
 //     upstream over TLS verified for the same name against the system
-//     roots or Target.RootCAs. An upstream that fails verification gets the
+//     roots or Target.RootCAs. An HTTP/2 agent whose upstream speaks
+//     HTTP/2 is relayed frame by frame over one upstream connection
+//     (relay2), its requests decided as their HEADERS come. An upstream that fails verification gets the
 //     agent a 502 and ends the session with a RefusedError, never a weaker
 //     connection. An HTTP/1.1 upstream connection left in step when its
 //     session ends serves the identity's next session to the same upstream
