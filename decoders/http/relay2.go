@@ -94,6 +94,7 @@ type relay2 struct {
 	fields []hpack.HeaderField
 
 	idleTimer *time.Timer
+	idleSince time.Time // when the last stream ended
 	resets    int       // streams the agent reset in this second
 	resetsAt  time.Time // when the second began
 	wg        sync.WaitGroup
@@ -292,6 +293,7 @@ func (c *conn) serveRelay(ctx context.Context, agent, up net.Conn) {
 	}
 	r.ad.deadline = time.Time{}
 	r.mu.Lock()
+	r.idleSince = time.Now()
 	r.idleTimer = time.AfterFunc(r.idle, r.idleEnd)
 	r.mu.Unlock()
 	r.readAgent()
@@ -301,6 +303,9 @@ func (r *relay2) reader(d *dryReader) *http2.Framer {
 	fr := http2.NewFramer(nil, bufio.NewReaderSize(d, 16<<10))
 	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	fr.MaxHeaderListSize = uint32(r.c.maxHeader)
+	// The frame size the relay advertises, HTTP/2's default: the framer
+	// would otherwise take frames of 16 MiB, and buffer them.
+	fr.SetMaxReadFrameSize(16 << 10)
 	// Every frame is done with before the next is read.
 	fr.SetReuseFrames()
 	return fr
@@ -601,7 +606,8 @@ func (r *relay2) agentHeaders(f *http2.MetaHeadersFrame) http2.ErrCode {
 // fastOK reports whether an allowed request may go over the relay's
 // upstream connection as it is; the caller holds mu.
 func (r *relay2) fastOK() bool {
-	if r.upGone != nil || uint32(len(r.upStreams)) >= r.upLimit {
+	if r.upGone != nil || uint32(len(r.upStreams)) >= r.upLimit || r.nextUp > 1<<31-1 {
+		// Stream IDs run out too (RFC 9113, 5.1.1).
 		return false
 	}
 	g := r.c.d.Guard
@@ -1121,6 +1127,7 @@ func (r *relay2) finish(s *stream2) {
 			r.closed = true
 			r.agent.Close()
 		} else if r.idleTimer != nil {
+			r.idleSince = time.Now()
 			r.idleTimer.Reset(r.idle)
 		}
 	}
@@ -1151,7 +1158,9 @@ func (r *relay2) goAwayNow(code http2.ErrCode) {
 func (r *relay2) idleEnd() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.streams) == 0 && !r.closed {
+	// A timer that fired as a stream began, and waited for mu while it
+	// ended, is not an idle connection's.
+	if len(r.streams) == 0 && !r.closed && time.Since(r.idleSince) >= r.idle {
 		r.goAway(http2.ErrCodeNo)
 	}
 }
@@ -1176,6 +1185,7 @@ func (r *relay2) readUpstream() {
 				r.flush()
 			}
 			r.mu.Unlock()
+			r.up.Close()
 			return
 		}
 		if err := r.upFrame1(f); err != nil {

@@ -170,10 +170,19 @@ func (a *h2Agent) block(fields ...string) []byte {
 }
 
 // get sends a GET of path on stream id, with more fields after the
-// pseudo-headers.
+// pseudo-headers, its header block in frames of HTTP/2's default size.
 func (a *h2Agent) get(id uint32, path string, more ...string) {
 	fields := append([]string{":method", "GET", ":scheme", "https", ":authority", "example.com", ":path", path}, more...)
-	a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: a.block(fields...), EndStream: true, EndHeaders: true})
+	block := a.block(fields...)
+	const frame = 16 << 10
+	first := block[:min(len(block), frame)]
+	block = block[len(first):]
+	a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: true, EndHeaders: len(block) == 0})
+	for len(block) > 0 {
+		frag := block[:min(len(block), frame)]
+		block = block[len(frag):]
+		a.fr.WriteContinuation(id, len(block) == 0, frag)
+	}
 }
 
 // outcome reads frames until stream id is answered: its status (0 when
@@ -271,14 +280,26 @@ func TestRelayMalformed(t *testing.T) {
 	}
 }
 
-// TestRelayEvenStream: a stream the agent may not open ends the
-// connection.
-func TestRelayEvenStream(t *testing.T) {
+// TestRelayConnectionErrors: a stream the agent may not open, or a frame
+// larger than the relay takes, ends the connection.
+func TestRelayConnectionErrors(t *testing.T) {
 	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
-	a := h.rawH2(t)
-	a.get(2, "/x")
-	if _, code, goaway := a.outcome(2); !goaway || code != http2.ErrCodeProtocol {
-		t.Fatalf("code %v, goaway %v: want a GOAWAY with PROTOCOL_ERROR", code, goaway)
+	for _, tc := range []struct {
+		name string
+		send func(a *h2Agent)
+		code http2.ErrCode
+	}{
+		{"even stream", func(a *h2Agent) { a.get(2, "/x") }, http2.ErrCodeProtocol},
+		{"frame over 16 KiB", func(a *h2Agent) {
+			a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndStream: true, EndHeaders: true,
+				BlockFragment: a.block(":method", "GET", ":scheme", "https", ":authority", "example.com", ":path", "/", "x-big", strings.Repeat("a", 40<<10))})
+		}, http2.ErrCodeFrameSize},
+	} {
+		a := h.rawH2(t)
+		tc.send(a)
+		if _, code, goaway := a.outcome(1 << 30); !goaway || code != tc.code {
+			t.Errorf("%s: code %v, goaway %v: want a GOAWAY with %v", tc.name, code, goaway, tc.code)
+		}
 	}
 }
 
