@@ -119,6 +119,7 @@ func TestDecideHTTP(t *testing.T) {
 		{HTTPRequest{Method: "GET", Host: "api.example.com", URI: "/admin/users"}, Deny, "no-admin"},
 		{HTTPRequest{Method: "GET", Host: "api.example.com", URI: "/administrator"}, Deny, "default-deny"},
 		{HTTPRequest{Method: "GET", URI: "/search?scope=acme-web", Header: map[string][]string{"x-request-id": {"1"}}}, Allow, "search"},
+		{HTTPRequest{Method: "GET", URI: "/search?scope=acme-web", Header: map[string][]string{"X-Request-Id": {"1"}, "accept": {"*/*"}}}, Allow, "search"},
 		{HTTPRequest{Method: "GET", URI: "/search?scope=other", Header: map[string][]string{"X-Request-Id": {"1"}}}, Deny, "default-deny"},
 		{HTTPRequest{Method: "GET", URI: "/search?scope=acme"}, Deny, "default-deny"},
 		{HTTPRequest{Method: "POST", URI: "/repos/acme/web/git/refs"}, Approve, "push-approved"},
