@@ -241,6 +241,7 @@ type conn struct {
 	connect     protocol.Verdict
 	chosen      bool
 	transport   *nethttp.Transport
+	upTLS       *tls.Config     // upstream TLS, cloned by each connection's dial (never changed)
 	up1         upstream1       // an HTTP/1.1 agent's requests without a body
 	h2base      *nethttp.Server // an HTTP/2 connection's: see serveHTTP2
 	scheme      string
@@ -380,8 +381,10 @@ func (c *conn) newTransport() {
 	}
 	if c.t.Mode == Intercept {
 		c.scheme = "https"
-		c.transport.TLSClientConfig = &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12,
+		c.upTLS = &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12,
 			ClientSessionCache: c.d.sessionCache(c.target, c.t.RootCAs)}
+		// The Transport sets its copy's NextProtos at its first request.
+		c.transport.TLSClientConfig = c.upTLS.Clone()
 	}
 }
 

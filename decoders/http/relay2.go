@@ -61,8 +61,6 @@ type relay2 struct {
 	up     net.Conn
 	ar     *http2.Framer // reads the agent's frames through ad
 	ad     *dryReader
-	ur     *http2.Framer // reads the upstream's frames through ud
-	ud     *dryReader
 	idle   time.Duration
 
 	// mu guards what follows, and both writers; cond (on mu) wakes the
@@ -79,7 +77,11 @@ type relay2 struct {
 	upLimit   uint32              // the upstream's MAX_CONCURRENT_STREAMS
 	upGone    error               // why the upstream takes no new streams
 	upDead    bool                // the upstream connection failed
-	goingAway bool                // GOAWAY sent: no new streams from the agent
+	upGen     uint64              // the upstream connection's, one more at each (startUpstream)
+	redialing bool
+	redialAt  time.Time
+	upWG      sync.WaitGroup // the upstream connections' readers
+	goingAway bool           // GOAWAY sent: no new streams from the agent
 	closed    bool
 
 	agentWin   int32  // what the agent's connection window lets the relay send
@@ -233,7 +235,7 @@ func (c *conn) dialRelay(ctx context.Context) net.Conn {
 	if err != nil {
 		return nil
 	}
-	cfg := c.transport.TLSClientConfig.Clone()
+	cfg := c.upTLS.Clone()
 	cfg.NextProtos = []string{"h2", "http/1.1"}
 	tc := tls.Client(nc, cfg)
 	hctx, cancel := context.WithTimeout(ctx, c.s.Handshake)
@@ -252,39 +254,20 @@ func (c *conn) dialRelay(ctx context.Context) net.Conn {
 
 // serveRelay serves the agent's HTTP/2 connection through up (dialRelay).
 func (c *conn) serveRelay(ctx context.Context, agent, up net.Conn) {
-	r := &relay2{c: c, agent: agent, up: up, idle: orDefault(c.d.IdleTimeout, DefaultIdleTimeout),
-		streams: map[uint32]*stream2{}, upStreams: map[uint32]*stream2{}, nextUp: 1, upLimit: 100,
-		agentWin: 65535, agentInit: 65535, agentFrame: 16384, upFrame: 16384,
-		agentRecv: window{left: relayConnWindow}, upRecv: window{left: relayConnWindow}}
+	r := &relay2{c: c, agent: agent, idle: orDefault(c.d.IdleTimeout, DefaultIdleTimeout),
+		streams: map[uint32]*stream2{}, upStreams: map[uint32]*stream2{},
+		agentWin: 65535, agentInit: 65535, agentFrame: 16384, agentRecv: window{left: relayConnWindow}}
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	r.cond = sync.NewCond(&r.mu)
-	r.aw, r.uw = newFrameWriter(agent), newFrameWriter(up)
-	dry := func() {
-		r.mu.Lock()
-		r.flush()
-		r.mu.Unlock()
-	}
-	r.ad, r.ud = &dryReader{conn: agent, onDry: dry}, &dryReader{conn: up, onDry: dry, early: true}
-	r.ar, r.ur = r.reader(r.ad), r.reader(r.ud)
-
-	// The upstream first: the connection's preface and settings.
+	r.aw = newFrameWriter(agent)
+	r.ad = &dryReader{conn: agent, onDry: r.dry}
+	r.ar = r.reader(r.ad)
 	r.mu.Lock()
-	r.uw.note(nil)
-	r.uw.bw.WriteString(http2.ClientPreface)
-	r.uw.note(r.uw.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(c.maxHeader)}))
-	r.uw.note(r.uw.fr.WriteWindowUpdate(0, relayConnWindow-65535))
-	r.uw.flush(r.idle)
+	r.startUpstream(up)
 	r.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.readUpstream()
-	}()
 	defer func() {
 		r.close()
-		<-done
+		r.upWG.Wait()
 	}()
 
 	r.ad.deadline = time.Now().Add(c.s.Handshake)
@@ -297,6 +280,60 @@ func (c *conn) serveRelay(ctx context.Context, agent, up net.Conn) {
 	r.idleTimer = time.AfterFunc(r.idle, r.idleEnd)
 	r.mu.Unlock()
 	r.readAgent()
+}
+
+// startUpstream makes up the relay's upstream connection, with stream
+// IDs, windows and settings of its own, and its reader. The caller holds
+// mu.
+func (r *relay2) startUpstream(up net.Conn) {
+	r.upGen++
+	r.up, r.upGone, r.upDead = up, nil, false
+	r.nextUp, r.upLimit, r.upFrame = 1, 100, 16384
+	r.upRecv = window{left: relayConnWindow}
+	r.uw = newFrameWriter(up)
+	ur := r.reader(&dryReader{conn: up, onDry: r.dry, early: true})
+	r.uw.note(nil)
+	r.uw.bw.WriteString(http2.ClientPreface)
+	r.uw.note(r.uw.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(r.c.maxHeader)}))
+	r.uw.note(r.uw.fr.WriteWindowUpdate(0, relayConnWindow-65535))
+	r.uw.flush(r.idle)
+	r.upWG.Add(1)
+	go func(gen uint64) {
+		defer r.upWG.Done()
+		r.readUpstream(ur, up, gen)
+	}(r.upGen)
+}
+
+// redial opens a new upstream connection once the last one took no more
+// streams (a GOAWAY: nginx ends an HTTP/2 connection after 1 000
+// requests, or 75 s idle, by default) and its streams are done, so that an
+// agent's long connection keeps the relay. Streams go through the
+// Transport meanwhile.
+func (r *relay2) redial() {
+	defer r.wg.Done()
+	up := r.c.dialRelay(r.ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.redialing = false
+	if up == nil {
+		return
+	}
+	if r.closed || len(r.upStreams) > 0 {
+		up.Close()
+		return
+	}
+	old := r.up
+	r.startUpstream(up)
+	old.Close()
+}
+
+// dry flushes both writers: a reader found no more input at hand.
+func (r *relay2) dry() {
+	r.mu.Lock()
+	r.flush()
+	r.mu.Unlock()
 }
 
 func (r *relay2) reader(d *dryReader) *http2.Framer {
@@ -344,9 +381,10 @@ func (r *relay2) close() {
 	}
 	r.cond.Broadcast()
 	r.aw.flush(closeFlush)
+	up := r.up
 	r.mu.Unlock()
 	r.agent.Close()
-	r.up.Close()
+	up.Close()
 	r.wg.Wait()
 }
 
@@ -606,8 +644,19 @@ func (r *relay2) agentHeaders(f *http2.MetaHeadersFrame) http2.ErrCode {
 // fastOK reports whether an allowed request may go over the relay's
 // upstream connection as it is; the caller holds mu.
 func (r *relay2) fastOK() bool {
-	if r.upGone != nil || uint32(len(r.upStreams)) >= r.upLimit || r.nextUp > 1<<31-1 {
-		// Stream IDs run out too (RFC 9113, 5.1.1).
+	if r.nextUp > 1<<31-1 && r.upGone == nil {
+		// Stream IDs run out (RFC 9113, 5.1.1).
+		r.upGone = errors.New("upstream stream IDs used up")
+	}
+	if r.upGone != nil {
+		if len(r.upStreams) == 0 && !r.redialing && !r.closed && time.Since(r.redialAt) >= time.Second {
+			r.redialing, r.redialAt = true, time.Now()
+			r.wg.Add(1)
+			go r.redial()
+		}
+		return false
+	}
+	if uint32(len(r.upStreams)) >= r.upLimit {
 		return false
 	}
 	g := r.c.d.Guard
@@ -1166,10 +1215,16 @@ func (r *relay2) idleEnd() {
 }
 
 // readUpstream reads the upstream's frames until it goes.
-func (r *relay2) readUpstream() {
+func (r *relay2) readUpstream(ur *http2.Framer, up net.Conn, gen uint64) {
 	for {
-		f, err := r.ur.ReadFrame()
+		f, err := ur.ReadFrame()
 		r.mu.Lock()
+		if gen != r.upGen {
+			// A connection the relay replaced.
+			r.mu.Unlock()
+			up.Close()
+			return
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
@@ -1185,14 +1240,14 @@ func (r *relay2) readUpstream() {
 				r.flush()
 			}
 			r.mu.Unlock()
-			r.up.Close()
+			up.Close()
 			return
 		}
 		if err := r.upFrame1(f); err != nil {
 			r.upFailed(err)
 			r.flush()
 			r.mu.Unlock()
-			r.up.Close()
+			up.Close()
 			return
 		}
 		r.mu.Unlock()
@@ -1347,12 +1402,23 @@ func (r *relay2) upData(f *http2.DataFrame) error {
 	}
 	data := f.Data()
 	r.creditUp(s, int(n)-len(data))
-	if keep := min(len(data), r.c.maxRecorded-len(s.body)); keep > 0 {
-		s.body = append(s.body, data[:keep]...)
-	}
-	s.bodyN += int64(len(data))
-	if f.StreamEnded() {
+	switch {
+	case f.StreamEnded() && s.bodyN == 0:
+		// The whole body in one frame, as most small answers come: recorded
+		// from the frame (the recorder copies what it keeps).
+		if len(data) > 0 {
+			r.c.s.Recorder.Record(protocol.Message{Type: MsgResponseBody, Time: time.Now(), Body: data[:min(len(data), r.c.maxRecorded)]})
+		}
+		s.bodyN = -1
 		r.upEnded(s)
+	default:
+		if keep := min(len(data), r.c.maxRecorded-len(s.body)); keep > 0 {
+			s.body = append(s.body, data[:keep]...)
+		}
+		s.bodyN += int64(len(data))
+		if f.StreamEnded() {
+			r.upEnded(s)
+		}
 	}
 	if len(data) == 0 && !f.StreamEnded() {
 		return nil

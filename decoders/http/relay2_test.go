@@ -407,18 +407,33 @@ func getErr(c *nethttp.Client, url string) (*nethttp.Response, string) {
 }
 
 // TestRelayUpstreamGoAway: once the upstream ends its connection
-// gracefully, the agent's requests go on over another.
+// gracefully, the relay opens another for the agent's next requests (the
+// one between them goes through the Transport).
 func TestRelayUpstreamGoAway(t *testing.T) {
 	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
 	c := h.client(true, true)
-	// "Connection: close" makes Go's HTTP/2 server send GOAWAY.
-	for _, path := range []string{"/close", "/a", "/b", "/c"} {
+	get := func(path string) {
+		t.Helper()
 		if resp, body := getErr(c, "https://example.com"+path); resp == nil || resp.StatusCode != 200 {
 			t.Fatalf("%s: %v %q", path, resp, body)
 		}
 	}
-	if n := h.upstreamConns.Load(); n < 2 {
-		t.Errorf("%d upstream connections: want a second after the GOAWAY", n)
+	// "Connection: close" makes Go's HTTP/2 server send GOAWAY.
+	get("/close")
+	get("/a")
+	deadline := time.Now().Add(5 * time.Second)
+	for h.upstreamConns.Load() < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, path := range []string{"/b", "/c", "/d"} {
+		get(path)
+	}
+	// The relay's first, the Transport's for /a, the relay's second.
+	if n := h.upstreamConns.Load(); n != 3 {
+		t.Errorf("%d upstream connections, want 3", n)
+	}
+	if n := h.upstreamHits.Load(); n != 5 {
+		t.Errorf("the upstream saw %d requests, want 5", n)
 	}
 }
 

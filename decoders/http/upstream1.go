@@ -114,7 +114,7 @@ func (u *upstream1) dial(ctx context.Context) error {
 		return err
 	}
 	if c.t.Mode == Intercept {
-		cfg := c.transport.TLSClientConfig.Clone()
+		cfg := c.upTLS.Clone()
 		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(nc, cfg)
 		hctx, cancel := context.WithTimeout(ctx, c.s.Handshake)
