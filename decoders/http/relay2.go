@@ -203,6 +203,7 @@ type stream2 struct {
 	inErr     error        // what a read gets once in is empty
 	inLen     int64        // what the agent sent of the body
 	discard   bool         // the answer is done: what the agent still sends is dropped
+	drain     *time.Timer  // ends a discarded body the agent stops sending
 	expect    bool         // the agent waits for "100 Continue" before its body
 	cancel    context.CancelFunc
 
@@ -572,16 +573,12 @@ func (r *relay2) agentHeaders(f *http2.MetaHeadersFrame) http2.ErrCode {
 		return http2.ErrCodeProtocol
 	}
 	if s := r.streams[id]; s != nil {
-		// Trailers: the end of an exchanged request's body.
+		// Trailers: the end of an exchanged request's body. They are not
+		// passed on, as they were not through net/http's server: the
+		// request upstream was made before they came.
 		if !f.StreamEnded() || s.agentDone {
 			r.resetStream(s, http2.ErrCodeProtocol)
 			return http2.ErrCodeNo
-		}
-		if s.req != nil && s.req.Trailer != nil {
-			for _, hf := range f.RegularFields() {
-				k := textproto.CanonicalMIMEHeaderKey(hf.Name)
-				s.req.Trailer[k] = append(s.req.Trailer[k], hf.Value)
-			}
 		}
 		r.agentEnded(s, nil)
 		return http2.ErrCodeNo
@@ -710,17 +707,6 @@ func (r *relay2) request(f *http2.MetaHeadersFrame) (*nethttp.Request, http2.Err
 			return nil, http2.ErrCodeProtocol
 		}
 		req.ContentLength = int64(n)
-	}
-	if trailers := h["Trailer"]; len(trailers) > 0 {
-		req.Trailer = nethttp.Header{}
-		for _, v := range trailers {
-			for _, k := range strings.Split(v, ",") {
-				if k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k)); k != "" {
-					req.Trailer[k] = nil
-				}
-			}
-		}
-		delete(h, "Trailer")
 	}
 	return req, http2.ErrCodeNo
 }
@@ -881,6 +867,21 @@ func (r *relay2) answered(s *stream2) {
 		s.inErr = errors.New("the answer came before the request body's end")
 	}
 	r.cond.Broadcast()
+	// An agent that stops sending for as long as exchange's HTTP/1.1 path
+	// waits for a read (drainIdle) gets the stream reset.
+	s.drain = time.AfterFunc(drainIdle, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.streams[s.id] == s && !s.agentDone {
+			// What of the answer still waits for the agent's window goes
+			// with it.
+			r.dropQueue(s)
+			s.sent = true
+			r.aw.note(r.aw.fr.WriteRSTStream(s.id, http2.ErrCodeCancel))
+			r.agentEnded(s, nil)
+			r.flush()
+		}
+	})
 }
 
 // responseFields is resp's head as HTTP/2 fields for the agent: its
@@ -930,6 +931,9 @@ func (r *relay2) agentData(f *http2.DataFrame) http2.ErrCode {
 	// Padding is never read: credited now.
 	r.credit(s, int(n)-len(data))
 	if s.discard || s.req == nil {
+		if s.drain != nil {
+			s.drain.Reset(drainIdle)
+		}
 		r.credit(s, len(data))
 		s.inLen += int64(len(data))
 		if s.inLen > r.c.maxBody {
@@ -1164,6 +1168,9 @@ func (r *relay2) finish(s *stream2) {
 		return
 	}
 	delete(r.streams, s.id)
+	if s.drain != nil {
+		s.drain.Stop()
+	}
 	if s.upID != 0 && r.upStreams[s.upID] == s {
 		delete(r.upStreams, s.upID)
 	}

@@ -280,6 +280,31 @@ func TestRelayMalformed(t *testing.T) {
 	}
 }
 
+// TestRelayAbandonedUpload: the agent gets the answer to an upload
+// denied before its body came; a body it then stops sending ends its
+// stream (drainIdle), not its connection.
+func TestRelayAbandonedUpload(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	a := h.rawH2(t)
+	a.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true,
+		BlockFragment: a.block(":method", "POST", ":scheme", "https", ":authority", "example.com", ":path", "/deny/up", "content-length", "100")})
+	a.fr.WriteData(1, false, []byte("0123456789"))
+	if status, code, goaway := a.outcome(1); status != nethttp.StatusForbidden {
+		t.Fatalf("status %d, code %v, goaway %v: want 403", status, code, goaway)
+	}
+	start := time.Now()
+	if status, code, goaway := a.outcome(1); goaway || code != http2.ErrCodeCancel {
+		t.Fatalf("status %d, code %v, goaway %v: want the stream reset", status, code, goaway)
+	}
+	if waited := time.Since(start); waited < drainIdle/2 {
+		t.Errorf("reset after %v: want about %v", waited, drainIdle)
+	}
+	a.get(3, "/after")
+	if status, _, _ := a.outcome(3); status != 200 {
+		t.Fatalf("after: status %d", status)
+	}
+}
+
 // TestRelayConnectionErrors: a stream the agent may not open, or a frame
 // larger than the relay takes, ends the connection.
 func TestRelayConnectionErrors(t *testing.T) {
