@@ -376,6 +376,9 @@ func (r *relay2) close() {
 		if s.inErr == nil {
 			s.inErr = io.ErrUnexpectedEOF
 		}
+		if s.drain != nil {
+			s.drain.Stop()
+		}
 	}
 	if r.idleTimer != nil {
 		r.idleTimer.Stop()
