@@ -118,6 +118,17 @@ type window struct {
 	left, unsent int32
 }
 
+// give credits n bytes the relay consumed, in a WINDOW_UPDATE for stream
+// id (0: the connection) through w once half of size is owed.
+func (win *window) give(n, size int32, w *frameWriter, id uint32) {
+	win.unsent += n
+	if win.unsent >= size/2 {
+		w.note(w.fr.WriteWindowUpdate(id, uint32(win.unsent)))
+		win.left += win.unsent
+		win.unsent = 0
+	}
+}
+
 // frameWriter writes one side's frames through a buffer, flushed when the
 // goroutine that wrote runs out of input (see relay2.flush).
 type frameWriter struct {
@@ -918,7 +929,7 @@ func (r *relay2) agentData(f *http2.DataFrame) http2.ErrCode {
 	if s == nil || s.agentDone {
 		// A stream that ended, or never began: its flow control is the
 		// connection's still.
-		r.creditAgentConn(n)
+		r.agentRecv.give(n, relayConnWindow, &r.aw, 0)
 		if s != nil {
 			r.resetStream(s, http2.ErrCodeStreamClosed)
 		} else if f.StreamID > r.lastAgent {
@@ -1122,20 +1133,9 @@ func (r *relay2) creditUp(s *stream2, n int) {
 	if n <= 0 || r.upDead {
 		return
 	}
-	r.upRecv.unsent += int32(n)
-	if r.upRecv.unsent >= relayConnWindow/2 {
-		r.uw.note(r.uw.fr.WriteWindowUpdate(0, uint32(r.upRecv.unsent)))
-		r.upRecv.left += r.upRecv.unsent
-		r.upRecv.unsent = 0
-	}
-	if s == nil || r.upStreams[s.upID] != s {
-		return
-	}
-	s.upRecv.unsent += int32(n)
-	if s.upRecv.unsent >= relayStreamWindow/2 {
-		r.uw.note(r.uw.fr.WriteWindowUpdate(s.upID, uint32(s.upRecv.unsent)))
-		s.upRecv.left += s.upRecv.unsent
-		s.upRecv.unsent = 0
+	r.upRecv.give(int32(n), relayConnWindow, &r.uw, 0)
+	if s != nil && r.upStreams[s.upID] == s {
+		s.upRecv.give(int32(n), relayStreamWindow, &r.uw, s.upID)
 	}
 }
 
@@ -1144,24 +1144,9 @@ func (r *relay2) credit(s *stream2, n int) {
 	if n <= 0 {
 		return
 	}
-	r.creditAgentConn(int32(n))
-	if s.agentDone {
-		return
-	}
-	s.recv.unsent += int32(n)
-	if s.recv.unsent >= relayStreamWindow/2 {
-		r.aw.note(r.aw.fr.WriteWindowUpdate(s.id, uint32(s.recv.unsent)))
-		s.recv.left += s.recv.unsent
-		s.recv.unsent = 0
-	}
-}
-
-func (r *relay2) creditAgentConn(n int32) {
-	r.agentRecv.unsent += n
-	if r.agentRecv.unsent >= relayConnWindow/2 {
-		r.aw.note(r.aw.fr.WriteWindowUpdate(0, uint32(r.agentRecv.unsent)))
-		r.agentRecv.left += r.agentRecv.unsent
-		r.agentRecv.unsent = 0
+	r.agentRecv.give(int32(n), relayConnWindow, &r.aw, 0)
+	if !s.agentDone {
+		s.recv.give(int32(n), relayStreamWindow, &r.aw, s.id)
 	}
 }
 
