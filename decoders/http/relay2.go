@@ -150,12 +150,10 @@ func newFrameWriter(c net.Conn) frameWriter {
 // headers writes a header block for stream id, in CONTINUATION frames
 // after the HEADERS when it is larger than the peer's frames.
 func (w *frameWriter) headers(id uint32, fields []hpack.HeaderField, end bool, maxFrame uint32) {
-	if w.enc == nil {
-		w.enc = hpack.NewEncoder(&w.hbuf)
-	}
+	enc := w.encoder()
 	w.hbuf.Reset()
 	for _, f := range fields {
-		w.enc.WriteField(f)
+		enc.WriteField(f)
 	}
 	block := w.hbuf.Bytes()
 	first := true
