@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +66,8 @@ func startHTTP(t *testing.T) *httpFixture {
       default_type application/json;
       gzip on; gzip_types application/json; gzip_min_length 1;
       return 200 '{"id":7,"name":"Ann","email":"ann@example.com","orders":[{"email":"ann@example.com"}]}';
-    }`
+    }
+    location = /big.bin { alias ` + filepath.Join(f.dir, "big.bin") + `; }`
 	for _, srv := range []struct {
 		name  string
 		port  int
@@ -442,6 +445,41 @@ func TestHTTPSMask(t *testing.T) {
 		"--resolve", fmt.Sprintf("api.test:%d:127.0.0.1", f.tlsPort), fmt.Sprintf("https://api.test:%d/customers/7", f.tlsPort)).CombinedOutput()
 	if low := strings.ToLower(string(out)); !strings.Contains(low, "transfer-encoding: chunked") || !strings.Contains(low, "content-encoding: gzip") {
 		t.Errorf("nginx's own answer is not gzip and chunked:\n%s", out)
+	}
+}
+
+// TestHTTPSRelayLargeAnswers: curl over HTTP/2 takes four large answers
+// from nginx at once, on one connection relayed frame by frame, each
+// whole: the relay's flow control against a real server and client, with
+// four times its windows in flight.
+func TestHTTPSRelayLargeAnswers(t *testing.T) {
+	f := startHTTP(t)
+	big := make([]byte, 12<<20)
+	rand.Read(big)
+	if err := os.WriteFile(filepath.Join(f.dir, "big.bin"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	outDir := filepath.Join(f.dir, "out")
+	if err := os.Mkdir(outDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(outDir, 0o777)
+	url := fmt.Sprintf("https://api.test:%d/big.bin", f.tlsPort)
+	args := []string{"--http2", "--parallel", "--parallel-max", "4", "-sS", "--cacert", f.interlockCA, "-w", "%{http_version} %{http_code}\n"}
+	for i := range 4 {
+		args = append(args, "-o", filepath.Join(outDir, strconv.Itoa(i)), url)
+	}
+	out, errOut, st := f.curl(t, args...)
+	if st != 0 || strings.Count(out, "2 200") != 4 {
+		t.Fatalf("curl status %d:\n%s\n%s", st, out, errOut)
+	}
+	for i := range 4 {
+		if got, _ := os.ReadFile(filepath.Join(outDir, strconv.Itoa(i))); !bytes.Equal(got, big) {
+			t.Errorf("answer %d: %d bytes, not the %d served", i, len(got), len(big))
+		}
+	}
+	if n := f.hits("api.test"); n != 4 {
+		t.Errorf("nginx served %d requests, want 4", n)
 	}
 }
 
