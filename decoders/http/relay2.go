@@ -592,7 +592,7 @@ func (r *relay2) agentHeaders(f *http2.MetaHeadersFrame) http2.ErrCode {
 			r.resetStream(s, http2.ErrCodeProtocol)
 			return http2.ErrCodeNo
 		}
-		r.agentEnded(s, nil)
+		r.agentEnded(s)
 		return http2.ErrCodeNo
 	}
 	if id <= r.lastAgent {
@@ -838,7 +838,7 @@ func (r *relay2) respond(s *stream2, resp *nethttp.Response) {
 			return
 		}
 		if n > 0 {
-			r.queue(s, item2{data: bytes.Clone((*bp)[:n])})
+			r.sendNow(s, (*bp)[:n], false)
 		}
 		if err == io.EOF {
 			break
@@ -890,7 +890,7 @@ func (r *relay2) answered(s *stream2) {
 			r.dropQueue(s)
 			s.sent = true
 			r.aw.note(r.aw.fr.WriteRSTStream(s.id, http2.ErrCodeCancel))
-			r.agentEnded(s, nil)
+			r.agentEnded(s)
 			r.flush()
 		}
 	})
@@ -942,50 +942,43 @@ func (r *relay2) agentData(f *http2.DataFrame) http2.ErrCode {
 	data := f.Data()
 	// Padding is never read: credited now.
 	r.credit(s, int(n)-len(data))
+	s.inLen += int64(len(data))
 	if s.discard || s.req == nil {
 		if s.drain != nil {
 			s.drain.Reset(drainIdle)
 		}
 		r.credit(s, len(data))
-		s.inLen += int64(len(data))
 		if s.inLen > r.c.maxBody {
 			r.resetStream(s, http2.ErrCodeCancel)
 			return http2.ErrCodeNo
 		}
 	} else {
 		s.in.Write(data)
-		s.inLen += int64(len(data))
 	}
-	if s.req == nil {
-	} else if cl := s.req.ContentLength; cl >= 0 && (s.inLen > cl || f.StreamEnded() && s.inLen != cl) {
-		// A body longer or shorter than its Content-Length (RFC 9113,
-		// 8.1.1).
-		r.resetStream(s, http2.ErrCodeProtocol)
-		return http2.ErrCodeNo
+	if s.req != nil {
+		if cl := s.req.ContentLength; cl >= 0 && (s.inLen > cl || f.StreamEnded() && s.inLen != cl) {
+			// A body longer or shorter than its Content-Length (RFC 9113,
+			// 8.1.1).
+			r.resetStream(s, http2.ErrCodeProtocol)
+			return http2.ErrCodeNo
+		}
 	}
 	if f.StreamEnded() {
-		r.agentEnded(s, io.EOF)
+		r.agentEnded(s)
 	}
 	r.cond.Broadcast()
 	return http2.ErrCodeNo
 }
 
-// agentEnded is the agent's end of a stream's request; err is what its
-// body's reads get once it is read (nil: io.EOF).
-func (r *relay2) agentEnded(s *stream2, err error) {
+// agentEnded is the agent's end of a stream's request: its body's reads
+// get io.EOF once it is read, unless the stream was abandoned first.
+func (r *relay2) agentEnded(s *stream2) {
 	s.agentDone = true
 	if s.inErr == nil {
-		s.inErr = cmpErr(err, io.EOF)
+		s.inErr = io.EOF
 	}
 	r.cond.Broadcast()
 	r.finish(s)
-}
-
-func cmpErr(err, def error) error {
-	if err == nil {
-		return def
-	}
-	return err
 }
 
 // agentReset is the agent's RST_STREAM: its stream is abandoned on both
@@ -1004,8 +997,8 @@ func (r *relay2) agentReset(f *http2.RSTStreamFrame) {
 	if s := r.streams[f.StreamID]; s != nil {
 		s.sent = true // nothing more goes to the agent on it
 		r.dropQueue(s)
-		r.abandon(s, io.ErrUnexpectedEOF)
-		r.agentEnded(s, errors.New("the agent reset the stream"))
+		r.abandon(s, errors.New("the agent reset the stream"))
+		r.agentEnded(s)
 	}
 }
 
@@ -1017,7 +1010,7 @@ func (r *relay2) resetStream(s *stream2, code http2.ErrCode) {
 	}
 	r.abandon(s, fmt.Errorf("stream reset: %v", code))
 	if !s.agentDone {
-		r.agentEnded(s, errors.New("the stream was reset"))
+		r.agentEnded(s)
 	}
 }
 
@@ -1095,21 +1088,12 @@ func (r *relay2) send(s *stream2) {
 		case it.fields != nil:
 			r.aw.headers(s.id, it.fields, it.end, r.agentFrame)
 		default:
-			n := min(int32(len(it.data)), s.sendWin, r.agentWin, int32(r.agentFrame))
-			if n <= 0 {
-				if len(it.data) > 0 {
-					return
-				}
-				n = 0
+			n, ok := r.writeData(s, it.data, it.end)
+			if !ok {
+				return
 			}
-			r.aw.note(r.aw.fr.WriteData(s.id, it.end && int(n) == len(it.data), it.data[:n]))
-			s.sendWin -= n
-			r.agentWin -= n
-			s.queued -= int(n)
+			s.queued -= n
 			it.data = it.data[n:]
-			if s.upID != 0 {
-				r.creditUp(s, int(n))
-			}
 			if len(it.data) > 0 {
 				continue
 			}
@@ -1416,32 +1400,51 @@ func (r *relay2) upData(f *http2.DataFrame) error {
 	if len(data) == 0 && !f.StreamEnded() {
 		return nil
 	}
-	if len(s.queue) == 0 && r.sendNow(s, data, f.StreamEnded()) {
-		return nil
-	}
-	r.queue(s, item2{data: bytes.Clone(data), end: f.StreamEnded()})
+	r.sendNow(s, data, f.StreamEnded())
 	return nil
 }
 
-// sendNow writes DATA to the agent at once when nothing waits before it
-// and the windows allow it whole, with no copy of data, and reports
-// whether it did.
-func (r *relay2) sendNow(s *stream2, data []byte, end bool) bool {
-	n := int32(len(data))
-	if s.sent || n > s.sendWin || n > r.agentWin || uint32(n) > r.agentFrame {
-		return false
+// sendNow writes DATA to the agent at once when nothing waits before it,
+// as far as the windows allow, and queues a copy of the rest: data is the
+// framer's, overwritten by the next frame read.
+func (r *relay2) sendNow(s *stream2, data []byte, end bool) {
+	if len(s.queue) == 0 && !s.sent {
+		for {
+			n, ok := r.writeData(s, data, end)
+			if !ok {
+				break
+			}
+			if data = data[n:]; len(data) == 0 {
+				if end {
+					s.sent = true
+					r.finish(s)
+				}
+				return
+			}
+		}
 	}
-	r.aw.note(r.aw.fr.WriteData(s.id, end, data))
+	r.queue(s, item2{data: bytes.Clone(data), end: end})
+}
+
+// writeData writes the agent one DATA frame of the start of data on s, as
+// large as its windows and frame size allow, ending the stream when it is
+// all of data and end. It returns the bytes written, and false when the
+// windows allow none of a data that is not empty.
+func (r *relay2) writeData(s *stream2, data []byte, end bool) (int, bool) {
+	n := min(int32(len(data)), s.sendWin, r.agentWin, int32(r.agentFrame))
+	if n <= 0 {
+		if len(data) > 0 {
+			return 0, false
+		}
+		n = 0
+	}
+	r.aw.note(r.aw.fr.WriteData(s.id, end && int(n) == len(data), data[:n]))
 	s.sendWin -= n
 	r.agentWin -= n
 	if s.upID != 0 {
 		r.creditUp(s, int(n))
 	}
-	if end {
-		s.sent = true
-		r.finish(s)
-	}
-	return true
+	return int(n), true
 }
 
 // upEnded is the upstream's end of a fast stream: its answer is whole.
@@ -1473,14 +1476,10 @@ func (r *relay2) upstreamFailed(s *stream2, err error, code http2.ErrCode) {
 	r.recordBody(s)
 	switch {
 	case s.sent:
-	case !s.head && code == http2.ErrCodeRefusedStream:
-		r.dropQueue(s)
-		r.queue(s, item2{isRST: true, rst: code})
-	case !s.head:
+	case !s.head && code != http2.ErrCodeRefusedStream:
 		r.reply(s, r.c.own(nethttp.StatusBadGateway, err.Error()))
 	default:
-		r.dropQueue(s)
-		r.queue(s, item2{isRST: true, rst: code})
+		r.resetStream(s, code)
 	}
 }
 
