@@ -51,6 +51,9 @@ type report struct {
 	// or look-up latency (mode dnslatency); P99 the 99th percentile.
 	P50 float64 `json:"p50_us"`
 	P99 float64 `json:"p99_us"`
+	// Rate is what a load made a second (mode h2connect: new HTTP/2
+	// connections, each with one request).
+	Rate float64 `json:"rate,omitempty"`
 }
 
 func client(mode, arg string) int {
@@ -212,6 +215,12 @@ func client(mode, arg string) int {
 		}
 	case "squat":
 		return squat(arg)
+	case "h2connect":
+		rate, err := h2Connects(arg)
+		r.Rate = rate
+		if err != nil {
+			fail(err)
+		}
 	}
 	json.NewEncoder(os.Stdout).Encode(r)
 	return 0
