@@ -128,6 +128,10 @@ type harness struct {
 	upstreamConns atomic.Int64
 	up            *httptest.Server
 	roots         *x509.CertPool
+	d             *Decoder
+	// identity is the identity of the sessions the harness starts ("ci"
+	// unless set).
+	identity atomic.Pointer[string]
 }
 
 type harnessOpts struct {
@@ -146,7 +150,10 @@ type harnessOpts struct {
 	// upStreams bounds the upstream's concurrent HTTP/2 streams (0: its
 	// default).
 	upStreams int
-	guard     Guard
+	// upPing makes the upstream's HTTP/2 server PING a connection silent
+	// for this long, and close it when the answer is as late.
+	upPing time.Duration
+	guard  Guard
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -187,9 +194,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		fmt.Fprintf(w, "upstream %s %s host=%s body=%q", r.Method, r.URL.RequestURI(), r.Host, body)
 	}))
 	h.up.Config.IdleTimeout = o.upIdle
-	if o.upStreams > 0 {
-		h.up.Config.HTTP2 = &nethttp.HTTP2Config{MaxConcurrentStreams: o.upStreams}
-	}
+	h.up.Config.HTTP2 = &nethttp.HTTP2Config{MaxConcurrentStreams: o.upStreams, SendPingTimeout: o.upPing, PingTimeout: o.upPing}
 	h.up.Config.ConnState = func(_ net.Conn, s nethttp.ConnState) {
 		if s == nethttp.StateNew {
 			h.upstreamConns.Add(1)
@@ -214,8 +219,11 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: o.mode, RootCAs: roots}, nil }, IdleTimeout: o.idle,
 		MaxHeaderBytes: o.maxHeader, Guard: o.guard}
+	h.d = d
+	ci := "ci"
+	h.identity.Store(&ci)
 	h.ln = serveEach(t, func(agent net.Conn) {
-		s := &protocol.Session{ID: "s", Identity: "ci", Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
+		s := &protocol.Session{ID: "s", Identity: *h.identity.Load(), Agent: agent, Target: "api", Connect: protocol.Verdict{Action: protocol.Allow},
 			Handshake: 5 * time.Second, Upstream: upstream{upAddr}, Enforcer: h.enf, Recorder: h.rec,
 			Select: o.selectf, Refuse: o.refuse}
 		if o.tls {

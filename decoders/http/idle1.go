@@ -10,11 +10,11 @@ import (
 	"time"
 )
 
-// idle1 keeps the upstream HTTP/1.1 connections of sessions that ended in
-// step with their server, for the next session of the same identity to
-// the same upstream, as a reverse proxy keeps its upstream connections
-// alive: a new agent connection then costs no TCP and TLS handshake
-// upstream. A connection serves one identity only (key), and is verified
+// idle1 keeps the upstream connections of sessions that ended in step
+// with their server (HTTP/1.1, and the HTTP/2 relay's: up2), for the next
+// session of the same identity to the same upstream, as a reverse proxy
+// keeps its upstream connections alive: a new agent connection then costs
+// no TCP and TLS handshake upstream. A connection serves one identity only (key), and is verified
 // for the same server name against the same roots as the session that
 // takes it would have verified.
 type idle1 struct {
@@ -27,6 +27,7 @@ type idle1 struct {
 type idleKey struct {
 	identity, target, serverName, addr string
 	mode                               Mode
+	h2                                 bool // the relay's HTTP/2 connections
 	// verified is what the connection was verified against (Decoder.upstreamOf):
 	// other roots are another key. nil in the clear.
 	verified *upstreamSessions
@@ -34,8 +35,9 @@ type idleKey struct {
 
 type idleConn struct {
 	nc    net.Conn
-	br    *bufio.Reader
-	bw    *bufio.Writer
+	br    *bufio.Reader // HTTP/1.1
+	bw    *bufio.Writer // HTTP/1.1
+	h2    *up2          // HTTP/2
 	timer *time.Timer
 }
 
@@ -49,10 +51,10 @@ const (
 	idleFor    = 30 * time.Second
 )
 
-// put keeps nc for key; the oldest kept connection of the key is closed
-// when it has idlePerKey already, and nc itself when idleMax are kept.
-func (p *idle1) put(key idleKey, nc net.Conn, br *bufio.Reader, bw *bufio.Writer) {
-	ic := &idleConn{nc: nc, br: br, bw: bw}
+// put keeps ic for key; the oldest kept connection of the key is closed
+// when it has idlePerKey already, and ic itself when idleMax are kept.
+func (p *idle1) put(key idleKey, ic *idleConn) {
+	nc := ic.nc
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.conns == nil {
@@ -106,7 +108,8 @@ func (p *idle1) drop(key idleKey, i int) {
 // take returns the most recently kept connection of key that is still
 // quiet, closing those the server has closed or written to while idle (an
 // answer nobody asked for would be read as the next request's); nil if
-// there is none.
+// there is none. An HTTP/2 connection's reader reads while it is kept:
+// whether it still takes streams is its own to say (up2.unpark).
 func (p *idle1) take(key idleKey) *idleConn {
 	for {
 		p.mu.Lock()
@@ -119,7 +122,7 @@ func (p *idle1) take(key idleKey) *idleConn {
 		p.drop(key, len(list)-1)
 		p.mu.Unlock()
 		ic.timer.Stop()
-		if quiet(ic) {
+		if ic.h2 != nil || quiet(ic) {
 			return ic
 		}
 		ic.nc.Close()

@@ -144,7 +144,7 @@ func TestIdleBounded(t *testing.T) {
 	for i := range idleMax + 10 {
 		a, b := net.Pipe()
 		defer b.Close()
-		p.put(idleKey{identity: fmt.Sprint(i)}, closeCounter{a, &closed}, bufio.NewReader(a), bufio.NewWriter(a))
+		p.put(idleKey{identity: fmt.Sprint(i)}, &idleConn{nc: closeCounter{a, &closed}, br: bufio.NewReader(a), bw: bufio.NewWriter(a)})
 	}
 	if p.n != idleMax || closed.Load() != 10 {
 		t.Fatalf("kept %d, closed %d; want %d kept and 10 closed", p.n, closed.Load(), idleMax)

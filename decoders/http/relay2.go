@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -58,39 +57,31 @@ type relay2 struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	agent  net.Conn
-	up     net.Conn
 	ar     *http2.Framer // reads the agent's frames through ad
 	ad     *dryReader
 	idle   time.Duration
 
-	// mu guards what follows, and both writers; cond (on mu) wakes the
+	// mu guards what follows, the agent's writer, and the upstream
+	// connection's state while the relay owns it; cond (on mu) wakes the
 	// exchanged streams' goroutines when their queue or body moves.
 	mu   sync.Mutex
 	cond *sync.Cond
 	aw   frameWriter // to the agent
-	uw   frameWriter // upstream
+	u    *up2        // upstream; nil once the relay ended
 
 	streams   map[uint32]*stream2 // by the agent's stream ID
 	upStreams map[uint32]*stream2 // fast streams, by upstream stream ID
 	lastAgent uint32              // the agent's highest stream ID
-	nextUp    uint32              // the next upstream stream ID
-	upLimit   uint32              // the upstream's MAX_CONCURRENT_STREAMS
-	upGone    error               // why the upstream takes no new streams
-	upDead    bool                // the upstream connection failed
-	upGen     uint64              // the upstream connection's, one more at each (startUpstream)
 	redialing bool
 	redialAt  time.Time
-	upWG      sync.WaitGroup // the upstream connections' readers
-	goingAway bool           // GOAWAY sent: no new streams from the agent
+	goingAway bool // GOAWAY sent: no new streams from the agent
 	closed    bool
 
 	agentWin   int32  // what the agent's connection window lets the relay send
 	agentInit  int32  // the agent's initial stream window
 	agentFrame uint32 // the agent's largest frame
-	upFrame    uint32 // the upstream's largest frame
 
 	agentRecv window // the agent's DATA on the connection
-	upRecv    window // the upstream's
 
 	// fields is where header fields written at once are put together.
 	fields []hpack.HeaderField
@@ -231,39 +222,8 @@ type item2 struct {
 	isRST  bool
 }
 
-// dialRelay opens the upstream connection an HTTP/2 agent is relayed
-// over: TLS configured as the Transport's, offering HTTP/2 and HTTP/1.1.
-// It returns nil when the upstream does not speak HTTP/2 (the target is
-// then remembered as such) or cannot be reached: the Transport's path
-// serves the agent, and answers the failure as it does.
-func (c *conn) dialRelay(ctx context.Context) net.Conn {
-	us := c.d.upstreamOf(c.target, c.t.RootCAs)
-	if us.noH2.Load() {
-		return nil
-	}
-	nc, err := c.s.Upstream.Dial(ctx)
-	if err != nil {
-		return nil
-	}
-	cfg := c.upTLS.Clone()
-	cfg.NextProtos = []string{"h2", "http/1.1"}
-	tc := tls.Client(nc, cfg)
-	hctx, cancel := context.WithTimeout(ctx, c.s.Handshake)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		nc.Close()
-		return nil
-	}
-	if tc.ConnectionState().NegotiatedProtocol != "h2" {
-		us.noH2.Store(true)
-		tc.Close()
-		return nil
-	}
-	return tc
-}
-
 // serveRelay serves the agent's HTTP/2 connection through up (dialRelay).
-func (c *conn) serveRelay(ctx context.Context, agent, up net.Conn) {
+func (c *conn) serveRelay(ctx context.Context, agent net.Conn, u *up2) {
 	r := &relay2{c: c, agent: agent, idle: orDefault(c.d.IdleTimeout, DefaultIdleTimeout),
 		streams: map[uint32]*stream2{}, upStreams: map[uint32]*stream2{},
 		agentWin: 65535, agentInit: 65535, agentFrame: 16384, agentRecv: window{left: relayConnWindow}}
@@ -271,14 +231,13 @@ func (c *conn) serveRelay(ctx context.Context, agent, up net.Conn) {
 	r.cond = sync.NewCond(&r.mu)
 	r.aw = newFrameWriter(agent)
 	r.ad = &dryReader{conn: agent, onDry: r.dry}
-	r.ar = r.reader(r.ad)
+	r.ar = newFrameReader(r.ad, c.maxHeader)
 	r.mu.Lock()
-	r.startUpstream(up)
+	r.startUpstream(u)
 	r.mu.Unlock()
-	defer func() {
-		r.close()
-		r.upWG.Wait()
-	}()
+	// The upstream connection is kept for the identity's next one unless
+	// the session was ended (a kill, a revocation, shutdown).
+	defer func() { r.close(ctx.Err() == nil) }()
 
 	r.ad.deadline = time.Now().Add(c.s.Handshake)
 	if !r.preface() {
@@ -292,28 +251,11 @@ func (c *conn) serveRelay(ctx context.Context, agent, up net.Conn) {
 	r.readAgent()
 }
 
-// startUpstream makes up the relay's upstream connection, with stream
-// IDs, windows and settings of its own, and its reader. The caller holds
+// startUpstream makes u the relay's upstream connection; the caller holds
 // mu.
-func (r *relay2) startUpstream(up net.Conn) {
-	r.upGen++
-	r.up, r.upGone, r.upDead = up, nil, false
-	r.nextUp, r.upLimit, r.upFrame = 1, 100, 16384
-	r.upRecv = window{left: relayConnWindow}
-	r.uw = newFrameWriter(up)
-	ur := r.reader(&dryReader{conn: up, onDry: r.dry, early: true})
-	r.uw.note(nil)
-	r.uw.bw.WriteString(http2.ClientPreface)
-	r.uw.note(r.uw.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
-		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
-		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(r.c.maxHeader)}))
-	r.uw.note(r.uw.fr.WriteWindowUpdate(0, relayConnWindow-65535))
-	r.uw.flush(r.idle)
-	r.upWG.Add(1)
-	go func(gen uint64) {
-		defer r.upWG.Done()
-		r.readUpstream(ur, up, gen)
-	}(r.upGen)
+func (r *relay2) startUpstream(u *up2) {
+	r.u = u
+	u.attach(r)
 }
 
 // redial opens a new upstream connection once the last one took no more
@@ -323,20 +265,21 @@ func (r *relay2) startUpstream(up net.Conn) {
 // Transport meanwhile.
 func (r *relay2) redial() {
 	defer r.wg.Done()
-	up := r.c.dialRelay(r.ctx)
+	u := r.c.dialRelay(r.ctx)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.redialing = false
-	if up == nil {
+	if u == nil {
 		return
 	}
 	if r.closed || len(r.upStreams) > 0 {
-		up.Close()
+		u.attach(r)
+		u.release(false, idleKey{})
 		return
 	}
-	old := r.up
-	r.startUpstream(up)
-	old.Close()
+	old := r.u
+	r.startUpstream(u)
+	old.release(false, idleKey{})
 }
 
 // dry flushes both writers: a reader found no more input at hand.
@@ -344,18 +287,6 @@ func (r *relay2) dry() {
 	r.mu.Lock()
 	r.flush()
 	r.mu.Unlock()
-}
-
-func (r *relay2) reader(d *dryReader) *http2.Framer {
-	fr := http2.NewFramer(nil, bufio.NewReaderSize(d, 16<<10))
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	fr.MaxHeaderListSize = uint32(r.c.maxHeader)
-	// The frame size the relay advertises, HTTP/2's default: the framer
-	// would otherwise take frames of 16 MiB, and buffer them.
-	fr.SetMaxReadFrameSize(16 << 10)
-	// Every frame is done with before the next is read.
-	fr.SetReuseFrames()
-	return fr
 }
 
 // preface reads the agent's connection preface and answers it with the
@@ -374,9 +305,11 @@ func (r *relay2) preface() bool {
 	return r.aw.flush(r.idle) == nil
 }
 
-// close ends the relay: both connections, every stream's goroutine, and
-// the recording of the answers still under way.
-func (r *relay2) close() {
+// close ends the relay: the agent's connection, every stream's goroutine,
+// the recording of the answers still under way, and its use of the
+// upstream connection, kept for the identity's next agent connection when
+// keep and no stream is under way on it.
+func (r *relay2) close(keep bool) {
 	r.mu.Lock()
 	r.closed = true
 	r.cancel()
@@ -394,18 +327,18 @@ func (r *relay2) close() {
 	}
 	r.cond.Broadcast()
 	r.aw.flush(closeFlush)
-	up := r.up
+	r.u.release(keep && len(r.upStreams) == 0, r.c.idleKey(true))
+	r.u = nil
 	r.mu.Unlock()
 	r.agent.Close()
-	up.Close()
 	r.wg.Wait()
 }
 
 // flush writes what both writers hold; the caller holds mu.
 func (r *relay2) flush() {
 	r.aw.flush(r.idle)
-	if r.uw.flush(r.idle) != nil && !r.upDead {
-		r.upFailed(fmt.Errorf("upstream: %w", r.uw.err))
+	if r.u != nil && r.u.w.flush(r.idle) != nil && !r.u.dead {
+		r.upFailed(fmt.Errorf("upstream: %w", r.u.w.err))
 	}
 }
 
@@ -653,11 +586,12 @@ func (r *relay2) agentHeaders(f *http2.MetaHeadersFrame) http2.ErrCode {
 // fastOK reports whether an allowed request may go over the relay's
 // upstream connection as it is; the caller holds mu.
 func (r *relay2) fastOK() bool {
-	if r.nextUp > 1<<31-1 && r.upGone == nil {
+	u := r.u
+	if u.next > 1<<31-1 && u.gone == nil {
 		// Stream IDs run out (RFC 9113, 5.1.1).
-		r.upGone = errors.New("upstream stream IDs used up")
+		u.gone = errors.New("upstream stream IDs used up")
 	}
-	if r.upGone != nil {
+	if u.gone != nil {
 		if len(r.upStreams) == 0 && !r.redialing && !r.closed && time.Since(r.redialAt) >= time.Second {
 			r.redialing, r.redialAt = true, time.Now()
 			r.wg.Add(1)
@@ -665,7 +599,7 @@ func (r *relay2) fastOK() bool {
 		}
 		return false
 	}
-	if uint32(len(r.upStreams)) >= r.upLimit {
+	if uint32(len(r.upStreams)) >= u.limit {
 		return false
 	}
 	g := r.c.d.Guard
@@ -739,8 +673,8 @@ func addValue(h nethttp.Header, values []string, i int, k, v string) {
 // upstream's connection: the agent's fields, the scheme the relay speaks,
 // no Host (the authority says it).
 func (r *relay2) forward(s *stream2, f *http2.MetaHeadersFrame) {
-	s.upID = r.nextUp
-	r.nextUp += 2
+	s.upID = r.u.next
+	r.u.next += 2
 	s.upRecv = window{left: relayStreamWindow}
 	r.upStreams[s.upID] = s
 	fields := r.fields[:0]
@@ -759,7 +693,7 @@ func (r *relay2) forward(s *stream2, f *http2.MetaHeadersFrame) {
 		}
 		fields = append(fields, hf)
 	}
-	r.uw.headers(s.upID, fields, true, r.upFrame)
+	r.u.w.headers(s.upID, fields, true, r.u.frame)
 	r.fields = fields[:0]
 }
 
@@ -1029,8 +963,8 @@ func (r *relay2) abandon(s *stream2, err error) {
 	}
 	if s.upID != 0 && r.upStreams[s.upID] == s {
 		delete(r.upStreams, s.upID)
-		if !r.upDead {
-			r.uw.note(r.uw.fr.WriteRSTStream(s.upID, http2.ErrCodeCancel))
+		if r.u != nil && !r.u.dead {
+			r.u.w.note(r.u.w.fr.WriteRSTStream(s.upID, http2.ErrCodeCancel))
 		}
 		r.recordBody(s)
 	}
@@ -1112,12 +1046,13 @@ func (r *relay2) send(s *stream2) {
 // creditUp gives the upstream back n bytes of window on s (nil: the
 // connection only), in WINDOW_UPDATEs of half a window at least.
 func (r *relay2) creditUp(s *stream2, n int) {
-	if n <= 0 || r.upDead {
+	u := r.u
+	if n <= 0 || u == nil || u.dead {
 		return
 	}
-	r.upRecv.give(int32(n), relayConnWindow, &r.uw, 0)
+	u.recv.give(int32(n), relayConnWindow, &u.w, 0)
 	if s != nil && r.upStreams[s.upID] == s {
-		s.upRecv.give(int32(n), relayStreamWindow, &r.uw, s.upID)
+		s.upRecv.give(int32(n), relayStreamWindow, &u.w, s.upID)
 	}
 }
 
@@ -1191,44 +1126,31 @@ func (r *relay2) idleEnd() {
 	}
 }
 
-// readUpstream reads the upstream's frames until it goes.
-func (r *relay2) readUpstream(ur *http2.Framer, up net.Conn, gen uint64) {
-	for {
-		f, err := ur.ReadFrame()
-		r.mu.Lock()
-		if gen != r.upGen {
-			// A connection the relay replaced.
-			r.mu.Unlock()
-			up.Close()
-			return
-		}
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				if s := r.upStreams[se.StreamID]; s != nil {
-					r.upstreamFailed(s, fmt.Errorf("upstream: %w", err), http2.ErrCodeInternal)
-					r.uw.note(r.uw.fr.WriteRSTStream(se.StreamID, se.Code))
-				}
-				r.mu.Unlock()
-				continue
+// upFrame handles a frame from the upstream connection (or the error
+// read instead), which the relay owns; false: the connection ends. The
+// caller holds mu.
+func (r *relay2) upFrame(f http2.Frame, err error) bool {
+	if err != nil {
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			if s := r.upStreams[se.StreamID]; s != nil {
+				r.upstreamFailed(s, fmt.Errorf("upstream: %w", err), http2.ErrCodeInternal)
+				r.u.w.note(r.u.w.fr.WriteRSTStream(se.StreamID, se.Code))
 			}
-			if !r.closed {
-				r.upFailed(fmt.Errorf("upstream: %w", err))
-				r.flush()
-			}
-			r.mu.Unlock()
-			up.Close()
-			return
+			return true
 		}
-		if err := r.upFrame1(f); err != nil {
-			r.upFailed(err)
+		if !r.closed {
+			r.upFailed(fmt.Errorf("upstream: %w", err))
 			r.flush()
-			r.mu.Unlock()
-			up.Close()
-			return
 		}
-		r.mu.Unlock()
+		return false
 	}
+	if err := r.upFrame1(f); err != nil {
+		r.upFailed(err)
+		r.flush()
+		return false
+	}
+	return true
 }
 
 // upFrame1 handles one frame from the upstream; an error ends the
@@ -1236,30 +1158,12 @@ func (r *relay2) readUpstream(ur *http2.Framer, up net.Conn, gen uint64) {
 func (r *relay2) upFrame1(f http2.Frame) error {
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
-		if f.IsAck() {
-			return nil
-		}
-		err := f.ForeachSetting(func(s http2.Setting) error {
-			if err := s.Valid(); err != nil {
-				return err
-			}
-			switch s.ID {
-			case http2.SettingMaxConcurrentStreams:
-				r.upLimit = s.Val
-			case http2.SettingMaxFrameSize:
-				r.upFrame = s.Val
-			case http2.SettingHeaderTableSize:
-				r.uw.encoder().SetMaxDynamicTableSizeLimit(s.Val)
-			}
-			return nil
-		})
-		if err != nil {
+		if err := r.u.settings(f); err != nil {
 			return fmt.Errorf("upstream settings: %w", err)
 		}
-		r.uw.note(r.uw.fr.WriteSettingsAck())
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			r.uw.note(r.uw.fr.WritePing(true, f.Data))
+			r.u.w.note(r.u.w.fr.WritePing(true, f.Data))
 		}
 	case *http2.MetaHeadersFrame:
 		r.upHeaders(f)
@@ -1277,12 +1181,12 @@ func (r *relay2) upFrame1(f http2.Frame) error {
 		// Streams above its last are not taken, and may be sent again:
 		// the agent is told so. The others go on; new ones go through
 		// the Transport.
-		if r.upGone == nil {
-			r.upGone = fmt.Errorf("upstream: GOAWAY %v", f.ErrCode)
+		if r.u.gone == nil {
+			r.u.gone = fmt.Errorf("upstream: GOAWAY %v", f.ErrCode)
 		}
 		for id, s := range r.upStreams {
 			if id > f.LastStreamID {
-				r.upstreamFailed(s, r.upGone, http2.ErrCodeRefusedStream)
+				r.upstreamFailed(s, r.u.gone, http2.ErrCodeRefusedStream)
 			}
 		}
 	case *http2.PushPromiseFrame:
@@ -1365,7 +1269,7 @@ func (r *relay2) headersNow(s *stream2, fields []hpack.HeaderField, end bool) {
 // upData takes DATA of a fast stream's answer.
 func (r *relay2) upData(f *http2.DataFrame) error {
 	n := int32(f.Length)
-	if r.upRecv.left -= n; r.upRecv.left < 0 {
+	if r.u.recv.left -= n; r.u.recv.left < 0 {
 		return errors.New("upstream: DATA beyond the connection's window")
 	}
 	s := r.upStreams[f.StreamID]
@@ -1486,10 +1390,10 @@ func (r *relay2) upstreamFailed(s *stream2, err error, code http2.ErrCode) {
 // upFailed is the upstream connection's end: every fast stream under way
 // fails, and new streams go through the Transport.
 func (r *relay2) upFailed(err error) {
-	if r.upGone == nil {
-		r.upGone = err
+	if r.u.gone == nil {
+		r.u.gone = err
 	}
-	r.upDead = true
+	r.u.dead = true
 	for _, s := range r.upStreams {
 		r.upstreamFailed(s, err, http2.ErrCodeInternal)
 	}

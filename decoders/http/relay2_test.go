@@ -533,7 +533,7 @@ func FuzzRelay(f *testing.F) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			c.serveRelay(context.Background(), agent, up)
+			c.serveRelay(context.Background(), agent, newUp2(c, up))
 		}()
 		go io.Copy(io.Discard, agentPeer)
 		agentPeer.SetWriteDeadline(time.Now().Add(time.Second))
@@ -548,4 +548,82 @@ func FuzzRelay(f *testing.F) {
 		}
 		upPeer.Close()
 	})
+}
+
+// TestRelayKeepsUpstream: an HTTP/2 agent's upstream connection serves
+// the identity's next HTTP/2 connections, answering the server's PINGs
+// while it waits, never another identity's, and not once the server has
+// ended it.
+func TestRelayKeepsUpstream(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true, upPing: 50 * time.Millisecond})
+	// connection makes one agent connection with two requests, and waits
+	// until the relay kept its upstream connection.
+	connection := func(identity string) {
+		t.Helper()
+		h.identity.Store(&identity)
+		c := h.client(true, true)
+		for _, path := range []string{"/a", "/b"} {
+			resp, body := getErr(c, "https://example.com"+path)
+			if resp == nil || resp.StatusCode != 200 || resp.Header.Get("X-Upstream-Proto") != "HTTP/2.0" {
+				t.Fatalf("%s: %v %q", path, resp, body)
+			}
+		}
+		c.Transport.(*nethttp.Transport).CloseIdleConnections()
+	}
+	connection("ci")
+	h.kept(t, 1)
+	// Longer than the server waits for a PING's answer, several times.
+	time.Sleep(400 * time.Millisecond)
+	connection("ci")
+	h.kept(t, 1)
+	if n := h.upstreamConns.Load(); n != 1 {
+		t.Fatalf("%d upstream connections for one identity's two agent connections, want 1", n)
+	}
+	connection("other")
+	h.kept(t, 2)
+	if n := h.upstreamConns.Load(); n != 2 {
+		t.Fatalf("%d upstream connections after another identity's, want 2", n)
+	}
+	if n := h.upstreamHits.Load(); n != 6 {
+		t.Fatalf("the upstream saw %d requests, want 6", n)
+	}
+	// The server closes them: the next agent connection gets a new one.
+	h.up.CloseClientConnections()
+	h.kept(t, 0)
+	connection("ci")
+	h.kept(t, 1)
+	if n := h.upstreamConns.Load(); n != 3 {
+		t.Fatalf("%d upstream connections after the server closed the kept ones, want 3", n)
+	}
+}
+
+// TestRelayKeptUpstreamGoAway: a kept upstream connection whose server
+// sends GOAWAY (here at its idle timeout) is dropped.
+func TestRelayKeptUpstreamGoAway(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true, upIdle: 300 * time.Millisecond})
+	c := h.client(true, true)
+	if resp, body := getErr(c, "https://example.com/a"); resp == nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %q", resp, body)
+	}
+	c.Transport.(*nethttp.Transport).CloseIdleConnections()
+	h.kept(t, 1)
+	h.kept(t, 0)
+}
+
+// kept waits until the decoder keeps want upstream connections.
+func (h *harness) kept(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.d.idle.mu.Lock()
+		n := h.d.idle.n
+		h.d.idle.mu.Unlock()
+		if n == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d upstream connections kept, want %d", n, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

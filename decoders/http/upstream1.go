@@ -152,7 +152,7 @@ var errNoHTTP1 = errors.New("the server does not speak HTTP/1.1")
 // takeIdle takes a connection an earlier session of the identity kept
 // (idle1), and reports whether it got one.
 func (u *upstream1) takeIdle(ctx context.Context) bool {
-	ic := u.c.d.idle.take(u.key())
+	ic := u.c.d.idle.take(u.c.idleKey(false))
 	if ic == nil {
 		return false
 	}
@@ -171,14 +171,14 @@ func (u *upstream1) keep() {
 		u.close()
 		return
 	}
-	u.c.d.idle.put(u.key(), u.nc, u.br, u.bw)
+	u.c.d.idle.put(u.c.idleKey(false), &idleConn{nc: u.nc, br: u.br, bw: u.bw})
 	u.nc = nil
 }
 
-// key is what the session's upstream connections may be reused for.
-func (u *upstream1) key() idleKey {
-	c := u.c
-	k := idleKey{identity: c.s.Identity, target: c.target, serverName: c.serverName, addr: c.s.Upstream.Addr(), mode: c.t.Mode}
+// idleKey is what the session's upstream connections may be reused for:
+// HTTP/1.1 ones, or the HTTP/2 relay's (h2).
+func (c *conn) idleKey(h2 bool) idleKey {
+	k := idleKey{identity: c.s.Identity, target: c.target, serverName: c.serverName, addr: c.s.Upstream.Addr(), mode: c.t.Mode, h2: h2}
 	if c.t.Mode == Intercept {
 		k.verified = c.d.upstreamOf(c.target, c.t.RootCAs)
 	}
