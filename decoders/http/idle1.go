@@ -87,6 +87,7 @@ func (p *idle1) remove(key idleKey, ic *idleConn) bool {
 	for i, x := range p.conns[key] {
 		if x == ic {
 			p.drop(key, i)
+			ic.timer.Stop()
 			return true
 		}
 	}

@@ -273,7 +273,6 @@ func (r *relay2) redial() {
 		return
 	}
 	if r.closed || len(r.upStreams) > 0 {
-		u.attach(r)
 		u.release(false, idleKey{})
 		return
 	}

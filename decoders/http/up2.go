@@ -166,7 +166,7 @@ func (u *up2) attach(r *relay2) {
 // release ends its owner's use of the connection, which is kept for key
 // when keep and the connection is in step with its server (no stream
 // under way, nothing failed, new streams still taken), else closed. The
-// caller holds the owner's mu.
+// caller holds the owner's mu, if it has one.
 func (u *up2) release(keep bool, key idleKey) {
 	u.park.Lock()
 	defer u.park.Unlock()
