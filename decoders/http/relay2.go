@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -76,6 +77,7 @@ type relay2 struct {
 	redialAt  time.Time
 	goingAway bool // GOAWAY sent: no new streams from the agent
 	closed    bool
+	agentEOF  bool // the agent closed its connection
 
 	agentWin   int32  // what the agent's connection window lets the relay send
 	agentInit  int32  // the agent's initial stream window
@@ -328,8 +330,15 @@ func (r *relay2) close(keep bool) {
 	r.aw.flush(closeFlush)
 	r.u.release(keep && len(r.upStreams) == 0, r.c.idleKey(true))
 	r.u = nil
+	eof := r.agentEOF
 	r.mu.Unlock()
-	r.agent.Close()
+	if tc, ok := r.agent.(*tls.Conn); ok && eof {
+		// The agent closed first: a close_notify would go to a socket it
+		// closed (nginx sends none either, once its peer's came).
+		tc.NetConn().Close()
+	} else {
+		r.agent.Close()
+	}
 	r.wg.Wait()
 }
 
@@ -354,10 +363,13 @@ func (r *relay2) readAgent() {
 				continue
 			}
 			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
+			switch {
+			case errors.As(err, &ce):
 				r.goAway(http2.ErrCode(ce))
-			} else if errors.Is(err, http2.ErrFrameTooLarge) {
+			case errors.Is(err, http2.ErrFrameTooLarge):
 				r.goAway(http2.ErrCodeFrameSize)
+			case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+				r.agentEOF = true
 			}
 			r.mu.Unlock()
 			return

@@ -627,3 +627,30 @@ func (h *harness) kept(t *testing.T, want int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRelayKeptUpstreamWindow: what the server sent for agents that went
+// away before reading it is credited to the kept connection, whose window
+// would otherwise shrink with every such agent until nothing could pass.
+func TestRelayKeptUpstreamWindow(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	for range 5 {
+		// The agent's window (64 KiB) takes a small part of the answer;
+		// the relay takes the rest from the server, then the agent goes.
+		a := h.rawH2(t)
+		a.get(1, "/big/1000000")
+		if status, code, _ := a.outcome(1); status != 200 {
+			t.Fatalf("status %d, reset %v", status, code)
+		}
+		time.Sleep(300 * time.Millisecond)
+		a.conn.Close()
+		h.kept(t, 1)
+	}
+	const n = 6 << 20 // more than the connection's window
+	resp, body := getErr(h.client(true, true), fmt.Sprintf("https://example.com/big/%d", n))
+	if resp == nil || resp.StatusCode != 200 || !bytes.Equal([]byte(body), patternBytes(n)) {
+		t.Fatalf("%v, %d bytes", resp, len(body))
+	}
+	if c := h.upstreamConns.Load(); c != 1 {
+		t.Fatalf("%d upstream connections, want 1", c)
+	}
+}

@@ -176,12 +176,9 @@ func (u *up2) release(keep bool, key idleKey) {
 		return
 	}
 	// What the server sent that the agent never took (it went away with
-	// answers still queued) is credited now: a kept connection starts
-	// with its whole window.
-	if owed := relayConnWindow - u.recv.left; owed > 0 {
-		u.w.note(u.w.fr.WriteWindowUpdate(0, uint32(owed)))
-		u.recv = window{left: relayConnWindow}
-	}
+	// answers still queued) counts as taken: credited with the rest, as
+	// its half window fills.
+	u.recv.give(relayConnWindow-u.recv.left-u.recv.unsent, relayConnWindow, &u.w, 0)
 	if u.w.flush(u.idle) != nil {
 		u.drop()
 		return
