@@ -240,8 +240,9 @@ type conn struct {
 	t           Target
 	connect     protocol.Verdict
 	chosen      bool
-	transport   *nethttp.Transport
-	upTLS       *tls.Config     // upstream TLS, cloned by each connection's dial (never changed)
+	transportMu sync.Mutex
+	transport   *nethttp.Transport // made at its first use (client)
+	upTLS       *tls.Config // upstream TLS, cloned by each connection's dial (never changed)
 	up1         upstream1       // an HTTP/1.1 agent's requests without a body
 	h2base      *nethttp.Server // an HTTP/2 connection's: see serveHTTP2
 	scheme      string
@@ -360,17 +361,39 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 // next session (idle1).
 func (c *conn) closeUpstream() {
 	c.up1.keep()
-	c.transport.CloseIdleConnections()
+	c.transportMu.Lock()
+	t := c.transport
+	c.transportMu.Unlock()
+	if t != nil {
+		t.CloseIdleConnections()
+	}
 }
 
-// newTransport makes the session's upstream client: every connection is
-// the Upstream's, TLS (when intercepting) verified for the agent's server
-// name and resumed from the target's earlier connections when it can be,
-// HTTP/2 when the server offers it.
+// newTransport settles how the session reaches its upstream: in the clear,
+// or TLS verified for the agent's server name and resumed from the
+// target's earlier connections when it can be.
 func (c *conn) newTransport() {
 	c.scheme = "http"
 	c.up1.c = c
-	c.transport = &nethttp.Transport{
+	if c.t.Mode == Intercept {
+		c.scheme = "https"
+		c.upTLS = &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12,
+			ClientSessionCache: c.d.sessionCache(c.target, c.t.RootCAs)}
+	}
+}
+
+// client returns the session's net/http client, made at its first use:
+// most sessions never need it (upstream1 and relay2 serve their requests),
+// and making it, and closing it unused, was a tenth of what a new HTTP/2
+// connection allocated. Every connection it opens is the Upstream's,
+// HTTP/2 when the server offers it.
+func (c *conn) client() *nethttp.Transport {
+	c.transportMu.Lock()
+	defer c.transportMu.Unlock()
+	if c.transport != nil {
+		return c.transport
+	}
+	t := &nethttp.Transport{
 		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return c.s.Upstream.Dial(ctx) },
 		MaxResponseHeaderBytes: int64(c.maxHeader),
 		TLSHandshakeTimeout:    c.s.Handshake,
@@ -379,13 +402,12 @@ func (c *conn) newTransport() {
 		DisableCompression: true,
 		ForceAttemptHTTP2:  true,
 	}
-	if c.t.Mode == Intercept {
-		c.scheme = "https"
-		c.upTLS = &tls.Config{ServerName: c.serverName, RootCAs: c.t.RootCAs, MinVersion: tls.VersionTLS12,
-			ClientSessionCache: c.d.sessionCache(c.target, c.t.RootCAs)}
+	if c.upTLS != nil {
 		// The Transport sets its copy's NextProtos at its first request.
-		c.transport.TLSClientConfig = c.upTLS.Clone()
+		t.TLSClientConfig = c.upTLS.Clone()
 	}
+	c.transport = t
+	return t
 }
 
 // serveHTTP1 serves HTTP/1.1 requests one after another until the agent
