@@ -233,7 +233,9 @@ func (c *conn) serveRelay(ctx context.Context, agent net.Conn, u *up2) {
 	r.cond = sync.NewCond(&r.mu)
 	r.aw = newFrameWriter(agent)
 	r.ad = &dryReader{conn: agent, onDry: r.dry}
-	r.ar = newFrameReader(r.ad, c.maxHeader)
+	var br *bufio.Reader
+	r.ar, br = newFrameReader(r.ad, c.maxHeader)
+	defer putFrameReader(br) // after close: read only by this goroutine
 	r.mu.Lock()
 	r.startUpstream(u)
 	r.mu.Unlock()
@@ -291,7 +293,9 @@ func (r *relay2) dry() {
 }
 
 // preface reads the agent's connection preface and answers it with the
-// relay's settings.
+// relay's settings. They go out with what the agent's first frames make
+// (the acknowledgement of its settings, most often), when its input runs
+// dry (dryReader): a write less per connection.
 func (r *relay2) preface() bool {
 	b := make([]byte, len(http2.ClientPreface))
 	if _, err := io.ReadFull(r.ad, b); err != nil || string(b) != http2.ClientPreface {
@@ -303,7 +307,7 @@ func (r *relay2) preface() bool {
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayStreamWindow},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(r.c.maxHeader)}))
 	r.aw.note(r.aw.fr.WriteWindowUpdate(0, relayConnWindow-65535))
-	return r.aw.flush(r.idle) == nil
+	return true
 }
 
 // close ends the relay: the agent's connection, every stream's goroutine,
