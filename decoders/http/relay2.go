@@ -1190,7 +1190,12 @@ func (r *relay2) upFrame1(f http2.Frame) error {
 			if code == http2.ErrCodeNo {
 				code = http2.ErrCodeInternal
 			}
-			r.upstreamFailed(s, fmt.Errorf("upstream reset the stream: %v", f.ErrCode), code)
+			err := fmt.Errorf("upstream reset the stream: %v", f.ErrCode)
+			if code == http2.ErrCodeRefusedStream {
+				r.upstreamLost(s, err, true)
+			} else {
+				r.upstreamFailed(s, err, code)
+			}
 		}
 	case *http2.GoAwayFrame:
 		// Streams above its last are not taken, and may be sent again:
@@ -1201,7 +1206,7 @@ func (r *relay2) upFrame1(f http2.Frame) error {
 		}
 		for id, s := range r.upStreams {
 			if id > f.LastStreamID {
-				r.upstreamFailed(s, r.u.gone, http2.ErrCodeRefusedStream)
+				r.upstreamLost(s, r.u.gone, true)
 			}
 		}
 	case *http2.PushPromiseFrame:
@@ -1402,15 +1407,40 @@ func (r *relay2) upstreamFailed(s *stream2, err error, code http2.ErrCode) {
 	}
 }
 
+// upstreamLost is a fast stream the upstream connection lost before its
+// answer began: refused by the server (above a GOAWAY's last stream, or
+// REFUSED_STREAM), which did not process it, or on a connection that
+// failed, when the request is one safe to send twice (replayable). Such a
+// stream goes again through the Transport, over a connection of its own,
+// as net/http's Transport and idle1 retry: a kept connection the server
+// closed as it was taken must not cost the agent its request. Any other
+// fails (upstreamFailed).
+func (r *relay2) upstreamLost(s *stream2, err error, refused bool) {
+	if s.head || s.sent || r.closed || !refused && !replayable(s.req) {
+		code := http2.ErrCodeInternal
+		if refused {
+			code = http2.ErrCodeRefusedStream
+		}
+		r.upstreamFailed(s, err, code)
+		return
+	}
+	if r.upStreams[s.upID] == s {
+		delete(r.upStreams, s.upID)
+	}
+	s.upID = 0
+	r.exchange(s, protocol.Verdict{Action: protocol.Allow})
+}
+
 // upFailed is the upstream connection's end: every fast stream under way
-// fails, and new streams go through the Transport.
+// fails, or goes again (upstreamLost), and new streams go through the
+// Transport.
 func (r *relay2) upFailed(err error) {
 	if r.u.gone == nil {
 		r.u.gone = err
 	}
 	r.u.dead = true
 	for _, s := range r.upStreams {
-		r.upstreamFailed(s, err, http2.ErrCodeInternal)
+		r.upstreamLost(s, err, false)
 	}
 }
 

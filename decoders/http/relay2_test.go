@@ -654,3 +654,92 @@ func TestRelayKeptUpstreamWindow(t *testing.T) {
 		t.Fatalf("%d upstream connections, want 1", c)
 	}
 }
+
+// TestRelayRetriesLostStreams: a request its upstream connection lost
+// before the answer began goes again over a connection of the
+// Transport's: one the server refused (a GOAWAY below it), whatever its
+// method, or one safe to send twice on a connection that closed (a kept
+// connection the server closed as it was taken); a POST on a connection
+// that closed gets 502, as it may have been processed.
+func TestRelayRetriesLostStreams(t *testing.T) {
+	for _, tc := range []struct {
+		name, method string
+		goAway       bool
+		want         int
+	}{
+		{"refused", "POST", true, 200},
+		{"closed", "GET", false, 200},
+		{"closed-post", "POST", false, 502},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+			// Over TCP: a pipe's writes wait for its reader, and both
+			// sides write before they read.
+			ln := serveEach(t, func(c net.Conn) { loseFirstStream(c, tc.goAway) })
+			up, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			target := Target{Mode: Intercept, RootCAs: h.roots}
+			s := &protocol.Session{ID: "s", Identity: "ci", Target: "api", Handshake: 5 * time.Second,
+				Upstream: upstream{h.up.Listener.Addr().String()}, Enforcer: h.enf, Recorder: h.rec}
+			c := &conn{d: h.d, s: s, maxHeader: DefaultMaxHeaderBytes, maxBody: DefaultMaxRequestBody, maxRecorded: DefaultMaxRecordedBody,
+				target: "api", serverName: "example.com", t: target}
+			c.newTransport()
+			agentLn := serveEach(t, func(agent net.Conn) {
+				c.serveRelay(context.Background(), agent, newUp2(c, up))
+			})
+			agentPeer, err := net.Dial("tcp", agentLn.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cc, err := (&http2.Transport{}).NewClientConn(agentPeer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, _ := nethttp.NewRequest(tc.method, "https://example.com/x", nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.want || tc.want == 200 && !strings.Contains(string(body), "upstream "+tc.method+" /x") {
+				t.Fatalf("%d %q, want %d", resp.StatusCode, body, tc.want)
+			}
+			if n := h.upstreamHits.Load(); tc.want == 200 && n != 1 {
+				t.Errorf("the server behind the Transport saw %d requests, want 1", n)
+			}
+			cc.Close()
+		})
+	}
+}
+
+// loseFirstStream is an HTTP/2 server that answers none of its
+// connection's streams: at the first HEADERS it sends a GOAWAY below
+// them (goAway), or closes the connection.
+func loseFirstStream(c net.Conn, goAway bool) {
+	defer c.Close()
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c, preface); err != nil {
+		return
+	}
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.HeadersFrame:
+			if !goAway {
+				return
+			}
+			fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+		}
+	}
+}
