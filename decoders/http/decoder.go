@@ -242,9 +242,9 @@ type conn struct {
 	chosen      bool
 	transportMu sync.Mutex
 	transport   *nethttp.Transport // made at its first use (client)
-	upTLS       *tls.Config // upstream TLS, cloned by each connection's dial (never changed)
-	up1         upstream1       // an HTTP/1.1 agent's requests without a body
-	h2base      *nethttp.Server // an HTTP/2 connection's: see serveHTTP2
+	upTLS       *tls.Config        // upstream TLS, cloned by each connection's dial (never changed)
+	up1         upstream1          // an HTTP/1.1 agent's requests without a body
+	h2base      *nethttp.Server    // an HTTP/2 connection's: see serveHTTP2
 	scheme      string
 
 	// mu pairs each request's record with its decision (protocol.Enforcer)
