@@ -67,7 +67,8 @@ func startHTTP(t *testing.T) *httpFixture {
       gzip on; gzip_types application/json; gzip_min_length 1;
       return 200 '{"id":7,"name":"Ann","email":"ann@example.com","orders":[{"email":"ann@example.com"}]}';
     }
-    location = /big.bin { alias ` + filepath.Join(f.dir, "big.bin") + `; }`
+    location = /big.bin { alias ` + filepath.Join(f.dir, "big.bin") + `; }
+    location = /connection { return 200 "$connection"; }`
 	for _, srv := range []struct {
 		name  string
 		port  int
@@ -480,6 +481,31 @@ func TestHTTPSRelayLargeAnswers(t *testing.T) {
 	}
 	if n := f.hits("api.test"); n != 4 {
 		t.Errorf("nginx served %d requests, want 4", n)
+	}
+}
+
+// TestHTTPSKeptUpstreamHTTP2: curl run twice over HTTP/2, as an agent's
+// commands run, reaches nginx over one connection the second time too:
+// the relay's upstream connection is kept for the identity's next
+// connection.
+func TestHTTPSKeptUpstreamHTTP2(t *testing.T) {
+	f := startHTTP(t)
+	url := fmt.Sprintf("https://api.test:%d/connection", f.tlsPort)
+	var conns []string
+	for i := range 2 {
+		if i > 0 {
+			// The first connection's end reaches interlockd after curl
+			// exits.
+			time.Sleep(200 * time.Millisecond)
+		}
+		out, errOut, st := f.curl(t, "--http2", "-sS", "--cacert", f.interlockCA, "-w", " %{http_version}", url)
+		if fields := strings.Fields(out); st != 0 || len(fields) != 2 || fields[1] != "2" {
+			t.Fatalf("curl status %d: %q %s", st, out, errOut)
+		}
+		conns = append(conns, strings.Fields(out)[0])
+	}
+	if conns[0] != conns[1] {
+		t.Fatalf("nginx saw connections %s and %s, want one", conns[0], conns[1])
 	}
 }
 
