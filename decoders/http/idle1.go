@@ -14,9 +14,9 @@ import (
 // with their server (HTTP/1.1, and the HTTP/2 relay's: up2), for the next
 // session of the same identity to the same upstream, as a reverse proxy
 // keeps its upstream connections alive: a new agent connection then costs
-// no TCP and TLS handshake upstream. A connection serves one identity only (key), and is verified
-// for the same server name against the same roots as the session that
-// takes it would have verified.
+// no TCP and TLS handshake upstream. A connection serves one identity only
+// (key), and is verified for the same server name against the same roots
+// as the session that takes it would have verified.
 type idle1 struct {
 	mu    sync.Mutex
 	conns map[idleKey][]*idleConn

@@ -224,7 +224,7 @@ type item2 struct {
 	isRST  bool
 }
 
-// serveRelay serves the agent's HTTP/2 connection through up (dialRelay).
+// serveRelay serves the agent's HTTP/2 connection through u (dialRelay).
 func (c *conn) serveRelay(ctx context.Context, agent net.Conn, u *up2) {
 	r := &relay2{c: c, agent: agent, idle: orDefault(c.d.IdleTimeout, DefaultIdleTimeout),
 		streams: map[uint32]*stream2{}, upStreams: map[uint32]*stream2{},
