@@ -524,12 +524,7 @@ func FuzzRelay(f *testing.F) {
 		go (&http2.Server{}).ServeConn(upPeer, &http2.ServeConnOpts{Handler: nethttp.HandlerFunc(func(w nethttp.ResponseWriter, r *nethttp.Request) {
 			io.Copy(w, r.Body)
 		})})
-		d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: Intercept}, nil }}
-		s := &protocol.Session{ID: "s", Agent: agent, Target: "api", Handshake: time.Second,
-			Upstream: upstream{"127.0.0.1:1"}, Enforcer: &enforcer{}, Recorder: &recorder{}}
-		c := &conn{d: d, s: s, maxHeader: DefaultMaxHeaderBytes, maxBody: DefaultMaxRequestBody, maxRecorded: DefaultMaxRecordedBody,
-			target: "api", serverName: "example.com", t: Target{Mode: Intercept}}
-		c.newTransport()
+		c := fuzzConn(agent)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -546,6 +541,75 @@ func FuzzRelay(f *testing.F) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("the relay outlived its agent")
 		}
+		upPeer.Close()
+	})
+}
+
+// fuzzConn is an intercepted session of the agent connection agent, over
+// a relay, whose Transport reaches nothing.
+func fuzzConn(agent net.Conn) *conn {
+	d := &Decoder{Target: func(string) (Target, error) { return Target{Mode: Intercept}, nil }}
+	s := &protocol.Session{ID: "s", Agent: agent, Target: "api", Handshake: time.Second,
+		Upstream: upstream{"127.0.0.1:1"}, Enforcer: &enforcer{}, Recorder: &recorder{}}
+	c := &conn{d: d, s: s, maxHeader: DefaultMaxHeaderBytes, maxBody: DefaultMaxRequestBody, maxRecorded: DefaultMaxRecordedBody,
+		target: "api", serverName: "example.com", t: Target{Mode: Intercept}}
+	c.newTransport()
+	return c
+}
+
+// FuzzRelayUpstream: whatever frames the upstream sends, while an agent's
+// request is under way and after the agent went (the connection kept),
+// the relay neither panics nor outlives its connections.
+func FuzzRelayUpstream(f *testing.F) {
+	var seed bytes.Buffer
+	fr := http2.NewFramer(&seed, nil)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1}, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
+	var hb bytes.Buffer
+	hpack.NewEncoder(&hb).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+	fr.WriteData(1, false, []byte("answer"))
+	fr.WritePing(false, [8]byte{2})
+	fr.WriteData(1, true, []byte("end"))
+	fr.WriteData(3, true, make([]byte, 100))
+	fr.WriteRSTStream(1, http2.ErrCodeRefusedStream)
+	fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+	f.Add(seed.Bytes())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		agent, agentPeer := net.Pipe()
+		up, upPeer := net.Pipe()
+		// Both peers read all the relay writes, as TCP would buffer it.
+		go io.Copy(io.Discard, upPeer)
+		go io.Copy(io.Discard, agentPeer)
+		c := fuzzConn(agent)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.serveRelay(context.Background(), agent, newUp2(c, up))
+		}()
+		var req bytes.Buffer
+		afr := http2.NewFramer(&req, nil)
+		afr.WriteSettings()
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "example.com"}, {":path", "/x"}} {
+			enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+		}
+		afr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+		agentPeer.SetWriteDeadline(time.Now().Add(time.Second))
+		io.WriteString(agentPeer, http2.ClientPreface)
+		agentPeer.Write(req.Bytes())
+		upPeer.SetWriteDeadline(time.Now().Add(time.Second))
+		half := len(data) / 2
+		upPeer.Write(data[:half])
+		time.Sleep(time.Millisecond)
+		agentPeer.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the relay outlived its agent")
+		}
+		// What a kept connection reads.
+		upPeer.Write(data[half:])
 		upPeer.Close()
 	})
 }
