@@ -574,44 +574,48 @@ func FuzzRelayUpstream(f *testing.F) {
 	fr.WriteRSTStream(1, http2.ErrCodeRefusedStream)
 	fr.WriteGoAway(0, http2.ErrCodeNo, nil)
 	f.Add(seed.Bytes())
-	f.Fuzz(func(t *testing.T, data []byte) {
-		agent, agentPeer := net.Pipe()
-		up, upPeer := net.Pipe()
-		// Both peers read all the relay writes, as TCP would buffer it.
-		go io.Copy(io.Discard, upPeer)
-		go io.Copy(io.Discard, agentPeer)
-		c := fuzzConn(agent)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			c.serveRelay(context.Background(), agent, newUp2(c, up))
-		}()
-		var req bytes.Buffer
-		afr := http2.NewFramer(&req, nil)
-		afr.WriteSettings()
-		var hb bytes.Buffer
-		enc := hpack.NewEncoder(&hb)
-		for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "example.com"}, {":path", "/x"}} {
-			enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-		}
-		afr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
-		agentPeer.SetWriteDeadline(time.Now().Add(time.Second))
-		io.WriteString(agentPeer, http2.ClientPreface)
-		agentPeer.Write(req.Bytes())
-		upPeer.SetWriteDeadline(time.Now().Add(time.Second))
-		half := len(data) / 2
-		upPeer.Write(data[:half])
-		time.Sleep(time.Millisecond)
-		agentPeer.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Fatal("the relay outlived its agent")
-		}
-		// What a kept connection reads.
-		upPeer.Write(data[half:])
-		upPeer.Close()
-	})
+	f.Fuzz(relayUpstream)
+}
+
+// relayUpstream is FuzzRelayUpstream's case: an agent's GET, the first
+// half of data as the upstream's answer, the agent's end, the rest.
+func relayUpstream(t *testing.T, data []byte) {
+	agent, agentPeer := net.Pipe()
+	up, upPeer := net.Pipe()
+	// Both peers read all the relay writes, as TCP would buffer it.
+	go io.Copy(io.Discard, upPeer)
+	go io.Copy(io.Discard, agentPeer)
+	c := fuzzConn(agent)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.serveRelay(context.Background(), agent, newUp2(c, up))
+	}()
+	var req bytes.Buffer
+	afr := http2.NewFramer(&req, nil)
+	afr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "example.com"}, {":path", "/x"}} {
+		enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+	}
+	afr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+	agentPeer.SetWriteDeadline(time.Now().Add(time.Second))
+	io.WriteString(agentPeer, http2.ClientPreface)
+	agentPeer.Write(req.Bytes())
+	upPeer.SetWriteDeadline(time.Now().Add(time.Second))
+	half := len(data) / 2
+	upPeer.Write(data[:half])
+	time.Sleep(time.Millisecond)
+	agentPeer.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay outlived its agent")
+	}
+	// What a kept connection reads.
+	upPeer.Write(data[half:])
+	upPeer.Close()
 }
 
 // TestRelayKeepsUpstream: an HTTP/2 agent's upstream connection serves
