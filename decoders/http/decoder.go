@@ -89,9 +89,10 @@ type Decoder struct {
 	// *upstreamSessions), so an intercepted connection resumes the TLS
 	// session an earlier one opened instead of a full handshake.
 	sessions sync.Map
-	// idle holds upstream HTTP/1.1 connections between an identity's
-	// sessions.
-	idle idle1
+	// idle holds upstream HTTP/1.1 and HTTP/2 connections between an
+	// identity's sessions, transports their clients for the other requests.
+	idle       idle1
+	transports transports
 }
 
 // upstreamSessionsPerTarget bounds the TLS sessions kept for one target's
@@ -241,7 +242,7 @@ type conn struct {
 	connect     protocol.Verdict
 	chosen      bool
 	transportMu sync.Mutex
-	transport   *nethttp.Transport // made at its first use (client)
+	transport   *nethttp.Transport // taken at its first use (client)
 	upTLS       *tls.Config        // upstream TLS, cloned by each connection's dial (never changed)
 	up1         upstream1          // an HTTP/1.1 agent's requests without a body
 	h2base      *nethttp.Server    // an HTTP/2 connection's: see serveHTTP2
@@ -356,17 +357,12 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 	return c.serveHTTP1(ctx, c.headReader(tc))
 }
 
-// closeUpstream closes the session's connections upstream, but for an
-// HTTP/1.1 connection in step with its server, kept for the identity's
-// next session (idle1).
+// closeUpstream ends the session's use of its upstream connections: an
+// HTTP/1.1 connection in step with its server is kept for the identity's
+// next session (idle1), as its client's idle connections are
+// (transports).
 func (c *conn) closeUpstream() {
 	c.up1.keep()
-	c.transportMu.Lock()
-	t := c.transport
-	c.transportMu.Unlock()
-	if t != nil {
-		t.CloseIdleConnections()
-	}
 }
 
 // newTransport settles how the session reaches its upstream: in the clear,
@@ -382,21 +378,36 @@ func (c *conn) newTransport() {
 	}
 }
 
-// client returns the session's net/http client, made at its first use:
-// most sessions never need it (upstream1 and relay2 serve their requests),
-// and making it, and closing it unused, was a tenth of what a new HTTP/2
-// connection allocated. Every connection it opens is the Upstream's,
-// HTTP/2 when the server offers it.
+// client returns the net/http client of the session's identity and
+// upstream (transports), taken at the session's first use: most sessions
+// never need one (upstream1 and relay2 serve their requests).
 func (c *conn) client() *nethttp.Transport {
 	c.transportMu.Lock()
 	defer c.transportMu.Unlock()
-	if c.transport != nil {
-		return c.transport
+	if c.transport == nil {
+		c.transport = c.d.transports.get(c.idleKey(false), c.newClient)
 	}
+	return c.transport
+}
+
+// newClient makes a client for the session's identity and upstream: every
+// connection it opens is the Upstream's of the session whose request
+// opened it (its context's: see roundTrip), TLS as the session's
+// (verified for the same server name against the same roots), HTTP/2 when
+// the server offers it.
+func (c *conn) newClient() *nethttp.Transport {
 	t := &nethttp.Transport{
-		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return c.s.Upstream.Dial(ctx) },
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			up, _ := ctx.Value(upstreamKey{}).(protocol.Upstream)
+			if up == nil {
+				return nil, errors.New("a request without its session's upstream")
+			}
+			return up.Dial(ctx)
+		},
 		MaxResponseHeaderBytes: int64(c.maxHeader),
 		TLSHandshakeTimeout:    c.s.Handshake,
+		IdleConnTimeout:        idleFor,
+		MaxIdleConnsPerHost:    idlePerKey,
 		// The agent's Accept-Encoding goes upstream as it is, and the
 		// answer comes back as it was encoded.
 		DisableCompression: true,
@@ -406,8 +417,18 @@ func (c *conn) client() *nethttp.Transport {
 		// The Transport sets its copy's NextProtos at its first request.
 		t.TLSClientConfig = c.upTLS.Clone()
 	}
-	c.transport = t
 	return t
+}
+
+// upstreamKey is the context key of the session's protocol.Upstream in a
+// request its client (transports) sends: a client outlives the session
+// that made it, and dials for the session whose request needs a
+// connection.
+type upstreamKey struct{}
+
+// roundTrip sends out through the session's client.
+func (c *conn) roundTrip(out *nethttp.Request) (*nethttp.Response, error) {
+	return c.client().RoundTrip(out.WithContext(context.WithValue(out.Context(), upstreamKey{}, c.s.Upstream)))
 }
 
 // serveHTTP1 serves HTTP/1.1 requests one after another until the agent

@@ -179,7 +179,7 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 		resp, err = c.up1.roundTrip(ctx, out)
 	}
 	if errors.Is(err, errNoHTTP1) {
-		resp, err = c.client().RoundTrip(out)
+		resp, err = c.roundTrip(out)
 	}
 	if err != nil {
 		var (

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	nethttp "net/http"
 	"sync"
 	"syscall"
 	"time"
@@ -158,4 +159,45 @@ func quiet(ic *idleConn) bool {
 		return false
 	}
 	return errors.Is(peek, syscall.EAGAIN)
+}
+
+// transports holds the net/http clients requests go through when neither
+// upstream1 nor the HTTP/2 relay can carry them (bodies, most of all, and
+// requests a credential is written into), one per idleKey: their idle
+// connections then serve the identity's next sessions too, as idle1's do,
+// where a client of each session's own opened a TCP and TLS handshake
+// upstream for every agent connection that sent one such request.
+type transports struct {
+	mu sync.Mutex
+	m  map[idleKey]*keptTransport
+}
+
+type keptTransport struct {
+	t    *nethttp.Transport
+	used time.Time
+}
+
+// get returns key's client, made by newT if there is none. Clients no
+// session took for twice idleFor are dropped as others are made, their
+// idle connections closed (the Transport closes its own after idleFor).
+func (p *transports) get(key idleKey, newT func() *nethttp.Transport) *nethttp.Transport {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if kt := p.m[key]; kt != nil {
+		kt.used = now
+		return kt.t
+	}
+	if p.m == nil {
+		p.m = map[idleKey]*keptTransport{}
+	}
+	for k, kt := range p.m {
+		if now.Sub(kt.used) > 2*idleFor {
+			kt.t.CloseIdleConnections()
+			delete(p.m, k)
+		}
+	}
+	t := newT()
+	p.m[key] = &keptTransport{t: t, used: now}
+	return t
 }

@@ -163,3 +163,44 @@ type closeCounter struct {
 }
 
 func (c closeCounter) Close() error { c.n.Add(1); return c.Conn.Close() }
+
+// TestTransportKeptForTheIdentity: requests that go through net/http's
+// client (here uploads, over HTTP/1.1 and HTTP/2 agents' connections)
+// reach the server over the connection an earlier session of the identity
+// opened, never over another identity's.
+func TestTransportKeptForTheIdentity(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	post := func(identity string, h2 bool) {
+		t.Helper()
+		h.identity.Store(&identity)
+		c := h.client(true, h2)
+		resp, err := c.Post("https://example.com/upload", "text/plain", strings.NewReader("a body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), `upstream POST /upload host=example.com body="a body"`) {
+			t.Fatalf("%d %q", resp.StatusCode, body)
+		}
+		c.Transport.(*nethttp.Transport).CloseIdleConnections()
+	}
+	conns := func(want int64) {
+		t.Helper()
+		if n := h.upstreamConns.Load(); n != want {
+			t.Fatalf("%d upstream connections, want %d", n, want)
+		}
+	}
+	post("ci", false)
+	post("ci", false)
+	conns(1)
+	// An HTTP/2 agent's connection opens the relay's own (relay2), and
+	// its upload goes through the client's.
+	post("ci", true)
+	conns(2)
+	h.kept(t, 1)
+	post("ci", true)
+	conns(2)
+	post("other", false)
+	conns(3)
+}
