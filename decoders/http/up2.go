@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -39,8 +40,7 @@ type up2 struct {
 	gone  error  // why the connection takes no new streams
 	dead  bool   // the connection failed or was closed
 
-	ownMu sync.Mutex // guards owner
-	owner *relay2    // nil while kept
+	owner atomic.Pointer[relay2] // nil while kept; set under both locks
 	park  sync.Mutex
 	key   idleKey   // while kept
 	kept  *idleConn // while in the pool
@@ -141,18 +141,13 @@ func putFrameReader(br *bufio.Reader) {
 // park (attach, release), so it is checked again once locked.
 func (u *up2) lock() *relay2 {
 	for {
-		u.ownMu.Lock()
-		r := u.owner
-		u.ownMu.Unlock()
+		r := u.owner.Load()
 		if r == nil {
 			u.park.Lock()
 		} else {
 			r.mu.Lock()
 		}
-		u.ownMu.Lock()
-		same := u.owner == r
-		u.ownMu.Unlock()
-		if same {
+		if u.owner.Load() == r {
 			return r
 		}
 		u.unlock(r)
@@ -167,16 +162,10 @@ func (u *up2) unlock(r *relay2) {
 	}
 }
 
-func (u *up2) setOwner(r *relay2) {
-	u.ownMu.Lock()
-	u.owner = r
-	u.ownMu.Unlock()
-}
-
 // attach makes r the connection's owner; the caller holds r.mu.
 func (u *up2) attach(r *relay2) {
 	u.park.Lock()
-	u.setOwner(r)
+	u.owner.Store(r)
 	u.park.Unlock()
 }
 
@@ -187,7 +176,7 @@ func (u *up2) attach(r *relay2) {
 func (u *up2) release(keep bool, key idleKey) {
 	u.park.Lock()
 	defer u.park.Unlock()
-	u.setOwner(nil)
+	u.owner.Store(nil)
 	if !keep || u.dead || u.gone != nil || u.w.err != nil {
 		u.drop()
 		return
