@@ -536,13 +536,19 @@ func FuzzRelay(f *testing.F) {
 		agentPeer.Write(data)
 		time.Sleep(time.Millisecond)
 		agentPeer.Close()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Fatal("the relay outlived its agent")
-		}
+		relayEnded(t, done)
 		upPeer.Close()
 	})
+}
+
+// relayEnded waits for a relay whose agent went to end (done closed).
+func relayEnded(t *testing.T, done <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay outlived its agent")
+	}
 }
 
 // fuzzConn is an intercepted session of the agent connection agent, over
@@ -608,11 +614,7 @@ func relayUpstream(t *testing.T, data []byte) {
 	upPeer.Write(data[:half])
 	time.Sleep(time.Millisecond)
 	agentPeer.Close()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the relay outlived its agent")
-	}
+	relayEnded(t, done)
 	// What a kept connection reads.
 	upPeer.Write(data[half:])
 	upPeer.Close()
