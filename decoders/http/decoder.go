@@ -342,7 +342,7 @@ func (c *conn) intercept(ctx context.Context, agent net.Conn) error {
 	if err := c.s.Recorder.Start(ctx); err != nil {
 		return err
 	}
-	c.newTransport()
+	c.settleUpstream()
 	defer c.closeUpstream()
 	if tc.ConnectionState().NegotiatedProtocol == "h2" {
 		if up := c.dialRelay(ctx); up != nil {
@@ -365,10 +365,10 @@ func (c *conn) closeUpstream() {
 	c.up1.keep()
 }
 
-// newTransport settles how the session reaches its upstream: in the clear,
+// settleUpstream settles how the session reaches its upstream: in the clear,
 // or TLS verified for the agent's server name and resumed from the
 // target's earlier connections when it can be.
-func (c *conn) newTransport() {
+func (c *conn) settleUpstream() {
 	c.scheme = "http"
 	c.up1.c = c
 	if c.t.Mode == Intercept {
@@ -469,7 +469,7 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 				return err
 			}
 			c.serverName = hostOf(req.Host)
-			c.newTransport()
+			c.settleUpstream()
 			defer c.closeUpstream()
 		}
 		c.agent.SetReadDeadline(time.Time{})

@@ -17,16 +17,18 @@
 //     upstream over TLS verified for the same name against the system
 //     roots or Target.RootCAs. An HTTP/2 agent whose upstream speaks
 //     HTTP/2 is relayed frame by frame over one upstream connection
-//     (relay2), its requests decided as their HEADERS come. An upstream that fails verification gets the
-//     agent a 502 and ends the session with a RefusedError, never a weaker
-//     connection. An HTTP/1.1 upstream connection left in step when its
-//     session ends serves the identity's next session to the same upstream
-//     (idle1).
+//     (relay2, up2), its requests decided as their HEADERS come. An
+//     upstream that fails verification gets the agent a 502 and ends the
+//     session with a RefusedError, never a weaker connection. Upstream
+//     connections left in step when a session ends (HTTP/1.1's, the
+//     relay's, and those of the net/http client the other requests take)
+//     serve the identity's next sessions to the same upstream (idle1,
+//     transports).
 //   - Plain: HTTP/1.1 without TLS.
 //
-// Every request (every HTTP/2 stream) is one Enforcer.Decide, made on the
-// request's own goroutine, so a request held for approval holds only
-// itself. A denial is a 403 whose small JSON body names the rule (a gRPC
+// Every request (every HTTP/2 stream) is one Enforcer.Decide, made before
+// anything of it goes upstream; a hold waits on the request's own
+// goroutine, so a request held for approval holds only itself. A denial is a 403 whose small JSON body names the rule (a gRPC
 // call gets PERMISSION_DENIED), and the connection goes on. A Mask verdict
 // rewrites the response body (see maskResponse) or refuses it with 502.
 // An allowed HTTP/1.1 WebSocket upgrade is passed on, and the connection

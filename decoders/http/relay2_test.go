@@ -559,7 +559,7 @@ func fuzzConn(agent net.Conn) *conn {
 		Upstream: upstream{"127.0.0.1:1"}, Enforcer: &enforcer{}, Recorder: &recorder{}}
 	c := &conn{d: d, s: s, maxHeader: DefaultMaxHeaderBytes, maxBody: DefaultMaxRequestBody, maxRecorded: DefaultMaxRecordedBody,
 		target: "api", serverName: "example.com", t: Target{Mode: Intercept}}
-	c.newTransport()
+	c.settleUpstream()
 	return c
 }
 
@@ -755,7 +755,7 @@ func TestRelayRetriesLostStreams(t *testing.T) {
 				Upstream: upstream{h.up.Listener.Addr().String()}, Enforcer: h.enf, Recorder: h.rec}
 			c := &conn{d: h.d, s: s, maxHeader: DefaultMaxHeaderBytes, maxBody: DefaultMaxRequestBody, maxRecorded: DefaultMaxRecordedBody,
 				target: "api", serverName: "example.com", t: target}
-			c.newTransport()
+			c.settleUpstream()
 			agentLn := serveEach(t, func(agent net.Conn) {
 				c.serveRelay(context.Background(), agent, newUp2(c, up))
 			})
