@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/interlock-dev/interlock/agent/metrics"
 	"github.com/interlock-dev/interlock/agent/recording"
 	"github.com/interlock-dev/interlock/decoders/protocol"
@@ -24,6 +26,27 @@ type enforcer struct {
 	gen      uint64
 	checked  bool
 	taggedOK bool
+	// counted is the decisions counter for the last decision's labels. A
+	// session's requests mostly meet one rule, and finding the counter in
+	// its vector (three labels hashed, a map read under a lock) was the
+	// largest share of a statement's decision after the policy itself:
+	// 2.8 % of interlockd's CPU under pgbench's tpcb-like load.
+	counted struct {
+		action policy.Action
+		rule   string
+		mode   policy.Mode
+		c      prometheus.Counter
+	}
+}
+
+// count adds one to the decisions counter of dec under mode.
+func (e *enforcer) count(dec policy.Decision, mode policy.Mode) {
+	k := &e.counted
+	if k.c == nil || k.action != dec.Action || k.rule != dec.Rule || k.mode != mode {
+		k.action, k.rule, k.mode = dec.Action, dec.Rule, mode
+		k.c = e.p.cfg.Metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String())
+	}
+	k.c.Inc()
 }
 
 // tagged reports whether the session's cgroup still carries its identity.
@@ -91,9 +114,8 @@ func (e *enforcer) Decide(ctx context.Context, r protocol.Request) protocol.Verd
 				Message: "interlock cannot decide " + r.Operation + " requests"}
 		}
 	}
-	m := e.p.cfg.Metrics
-	m.DecideLatency.Observe(metrics.Since(start))
-	m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
+	e.p.cfg.Metrics.DecideLatency.Observe(metrics.Since(start))
+	e.count(dec, mode)
 	enforced := mode == policy.Enforce
 	e.p.cfg.Audit.Decided(e.c.decision(op, r.Text, dec, enforced))
 	v := protocol.Verdict{Action: protocol.Allow, Rule: dec.Rule}

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
@@ -483,6 +484,32 @@ func TestDecideStartup(t *testing.T) {
 		}
 		if s := strings.Join(got, " "); s != tc.want {
 			t.Errorf("%s %v: %q, want %q", tc.identity, tc.names, s, tc.want)
+		}
+	}
+}
+
+// TestDecisionsCounted: each decision counts under its own action, rule
+// and mode, however a session's decisions alternate between rules (the
+// enforcer keeps the last decision's counter).
+func TestDecisionsCounted(t *testing.T) {
+	e := newEnv(t, nil)
+	pol := e.p.cfg.Policy.Current()
+	c := &conn{id: "s", identity: proxy.Identity{Name: "ci"}, target: pol.Target("db"), subject: policy.Subject{Tag: "ci"}}
+	en := &enforcer{p: e.p, c: c, rec: &recorder{p: e.p, c: c}}
+	read := protocol.Request{Operation: protocol.OpQuery, Text: "SELECT 1"}
+	write := protocol.Request{Operation: protocol.OpQuery, Text: "DELETE FROM t"}
+	garbled := protocol.Request{Operation: protocol.OpQuery, Text: "SELEC 1"}
+	for _, r := range []protocol.Request{read, read, write, read, write, garbled, write, garbled, read} {
+		en.Decide(context.Background(), r)
+	}
+	for _, tc := range []struct {
+		action, rule string
+		want         float64
+	}{{"allow", "reads", 4}, {"deny", "default-deny", 3}, {"deny", "unparseable", 2}} {
+		var m dto.Metric
+		e.p.cfg.Metrics.Decisions.WithLabelValues(tc.action, tc.rule, "enforce").Write(&m)
+		if got := m.GetCounter().GetValue(); got != tc.want {
+			t.Errorf("%s by %s: %v decisions counted, want %v", tc.action, tc.rule, got, tc.want)
 		}
 	}
 }
