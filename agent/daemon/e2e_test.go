@@ -52,8 +52,10 @@ type report struct {
 	P50 float64 `json:"p50_us"`
 	P99 float64 `json:"p99_us"`
 	// Rate is what a load made a second (mode h2connect: new HTTP/2
-	// connections, each with one request).
-	Rate float64 `json:"rate,omitempty"`
+	// connections, each with one request); Handshake the median TLS
+	// handshake of those connections in µs, from the TCP connect's end.
+	Rate      float64 `json:"rate,omitempty"`
+	Handshake float64 `json:"handshake_us,omitempty"`
 }
 
 func client(mode, arg string) int {
@@ -216,8 +218,8 @@ func client(mode, arg string) int {
 	case "squat":
 		return squat(arg)
 	case "h2connect":
-		rate, err := h2Connects(arg)
-		r.Rate = rate
+		rate, handshake, err := h2Connects(arg)
+		r.Rate, r.Handshake = rate, float64(handshake.Microseconds())
 		if err != nil {
 			fail(err)
 		}

@@ -55,12 +55,15 @@ func testBinary() string {
 
 // h2Connects opens a new HTTP/2 connection for every request to rawURL,
 // one at a time for two seconds (TLS resumed, as wrk resumes it), and
-// returns how many it completed a second. Like wrk and h2load it does not
-// verify the server: it is a load, not a client under test.
-func h2Connects(rawURL string) (float64, error) {
+// returns how many it completed a second and their median TLS handshake,
+// from the TCP connect's end: the phase where a proxy that dials its
+// upstream only once it has read the ClientHello waits longest. Like wrk
+// and h2load it does not verify the server: it is a load, not a client
+// under test.
+func h2Connects(rawURL string) (float64, time.Duration, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// X25519 alone, as wrk and h2load offer (OpenSSL 3.0): Go's default
 	// adds ML-KEM, which interlockd accepts and nginx 1.22 does not have,
@@ -68,49 +71,60 @@ func h2Connects(rawURL string) (float64, error) {
 	cfg := &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"h2"}, InsecureSkipVerify: true,
 		ClientSessionCache: tls.NewLRUClientSessionCache(1), CurvePreferences: []tls.CurveID{tls.X25519}}
 	tr := &http2.Transport{}
-	n, start := 0, time.Now()
+	var handshakes []time.Duration
+	start := time.Now()
 	for time.Since(start) < 2*time.Second {
-		if err := h2Connect(tr, cfg, u); err != nil {
-			return 0, err
+		hs, err := h2Connect(tr, cfg, u)
+		if err != nil {
+			return 0, 0, err
 		}
-		n++
+		handshakes = append(handshakes, hs)
 	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	slices.Sort(handshakes)
+	return float64(len(handshakes)) / time.Since(start).Seconds(), handshakes[len(handshakes)/2], nil
 }
 
-func h2Connect(tr *http2.Transport, cfg *tls.Config, u *url.URL) error {
+// h2Connect makes one request over a new HTTP/2 connection and returns
+// how long its TLS handshake took.
+func h2Connect(tr *http2.Transport, cfg *tls.Config, u *url.URL) (time.Duration, error) {
 	nc, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	tc := tls.Client(nc, cfg)
 	defer tc.Close()
 	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	began := time.Now()
 	if err := tc.Handshake(); err != nil {
-		return err
+		return 0, err
 	}
+	handshake := time.Since(began)
 	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
-		return fmt.Errorf("%s: ALPN %q, not h2", u.Host, p)
+		return 0, fmt.Errorf("%s: ALPN %q, not h2", u.Host, p)
 	}
 	cc, err := tr.NewClientConn(tc)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer cc.Close()
 	resp, err := cc.RoundTrip(&nethttp.Request{Method: "GET", URL: u, Host: u.Host, Header: nethttp.Header{}})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err == nil && resp.StatusCode != nethttp.StatusOK {
 		err = fmt.Errorf("%s: %s", u, resp.Status)
 	}
-	return err
+	return handshake, err
 }
 
-// rateLine finds the requests per second in wrk's and h2load's reports.
-var rateLine = regexp.MustCompile(`(?:Requests/sec:\s+|finished in [0-9.]+m?s, |"rate":)([0-9.]+)`)
+// rateLine finds the requests per second in wrk's and h2load's reports;
+// handshakeLine the median TLS handshake in h2Connects' report.
+var (
+	rateLine      = regexp.MustCompile(`(?:Requests/sec:\s+|finished in [0-9.]+m?s, |"rate":)([0-9.]+)`)
+	handshakeLine = regexp.MustCompile(`"handshake_us":([0-9.]+)`)
+)
 
 // BenchmarkHTTPS compares, in one run, HTTPS to nginx serving a small
 // body: direct; through interlockd intercepting (TLS terminated with a
@@ -206,7 +220,8 @@ rules:
 		port   int
 		tagged bool
 	}{{"direct", direct, false}, {"intercept", direct, true}, {"passthrough", passPort, true}, {"nginx", proxyPort, false}, {"haproxy", haPort, false}}
-	rates := map[string][]float64{} // load/path -> requests per second
+	rates := map[string][]float64{}      // load/path -> requests per second
+	handshakes := map[string][]float64{} // load/path -> median TLS handshake, µs
 	for i := 0; i < b.N; i++ {
 		for _, load := range httpsBenchLoads {
 			for _, p := range paths {
@@ -228,6 +243,10 @@ rules:
 					b.Fatalf("%s %s: no request completed\n%s", load.name, p.name, out)
 				}
 				rates[load.name+"/"+p.name] = append(rates[load.name+"/"+p.name], rps)
+				if m := handshakeLine.FindSubmatch(out); m != nil {
+					us, _ := strconv.ParseFloat(string(m[1]), 64)
+					handshakes[load.name+"/"+p.name] = append(handshakes[load.name+"/"+p.name], us)
+				}
 			}
 		}
 	}
@@ -241,6 +260,11 @@ rules:
 		}
 		for _, p := range paths[1:] {
 			b.ReportMetric(mid(rates[load.name+"/"+p.name])/base, load.name+"-"+p.name+"-ratio")
+		}
+		for _, p := range paths {
+			if hs := handshakes[load.name+"/"+p.name]; len(hs) > 0 {
+				b.ReportMetric(mid(hs), load.name+"-"+p.name+"-handshake-µs")
+			}
 		}
 	}
 }
