@@ -44,9 +44,15 @@ func (e *enforcer) count(dec policy.Decision, mode policy.Mode) {
 	k := &e.counted
 	if k.c == nil || k.action != dec.Action || k.rule != dec.Rule || k.mode != mode {
 		k.action, k.rule, k.mode = dec.Action, dec.Rule, mode
-		k.c = e.p.cfg.Metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String())
+		k.c = decisionCounter(e.p.cfg.Metrics, dec, mode)
 	}
 	k.c.Inc()
+}
+
+// decisionCounter is the decisions counter of dec under mode: the one
+// place a decision's labels are spelled.
+func decisionCounter(m *metrics.Metrics, dec policy.Decision, mode policy.Mode) prometheus.Counter {
+	return m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String())
 }
 
 // tagged reports whether the session's cgroup still carries its identity.

@@ -36,7 +36,7 @@ func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx 
 				msg = fmt.Sprintf("the agent sent no server name (a URL with an IP address sends none), and no http target has the address it connected to on port %d", port)
 			}
 			dec := policy.Decision{Action: policy.Deny, Rule: "unknown-host", Message: msg}
-			p.cfg.Metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, policy.Enforce.String()).Inc()
+			decisionCounter(p.cfg.Metrics, dec, policy.Enforce).Inc()
 			p.record(c.decision(op, "", dec, true))
 			return "", verdictOf(dec)
 		}
@@ -45,7 +45,7 @@ func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx 
 		}
 		dec := pol.Decide(&policy.Input{Subject: &c.subject, Target: t, Protocol: "http", Op: policy.Operation{Kind: policy.OpConnect}})
 		mode := pol.Mode(&c.subject, t)
-		p.cfg.Metrics.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
+		decisionCounter(p.cfg.Metrics, dec, mode).Inc()
 		p.record(c.decision(op, "", dec, mode == policy.Enforce))
 		if mode != policy.Enforce {
 			return t.Name, protocol.Verdict{Action: protocol.Allow, Rule: dec.Rule}

@@ -248,7 +248,7 @@ func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv *served, ok boo
 	if c.byName == "" {
 		dec := pol.Decide(&policy.Input{Subject: &c.subject, Target: c.target, Protocol: c.protocol(), Op: policy.Operation{Kind: policy.OpConnect}})
 		mode := pol.Mode(&c.subject, c.target)
-		m.Decisions.WithLabelValues(dec.Action.String(), dec.Rule, mode.String()).Inc()
+		decisionCounter(m, dec, mode).Inc()
 		p.record(c.decision("CONNECT", "", dec, mode == policy.Enforce))
 		if p.decoders[c.protocol()] == nil {
 			p.relay(ctx, c, pol, dec, mode)
