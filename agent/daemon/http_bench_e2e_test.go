@@ -31,18 +31,28 @@ import (
 // connections, and a new connection, TLS handshake and first byte for
 // every request: HTTP/1.1 from wrk, HTTP/2 from the test binary
 // (h2Connects; neither wrk nor h2load opens a connection per request
-// over HTTP/2).
+// over HTTP/2). Each runs for loadFor.
 var httpsBenchLoads = []struct {
 	name string
 	argv func(url string) []string
 }{
-	{"wrk-c1", func(u string) []string { return []string{"wrk", "-t1", "-c1", "-d2s", u} }},
-	{"wrk-c16", func(u string) []string { return []string{"wrk", "-t2", "-c16", "-d2s", u} }},
-	{"h2load-c1", func(u string) []string { return []string{"h2load", "-t1", "-c1", "-m10", "-D2", u} }},
-	{"h2load-c16", func(u string) []string { return []string{"h2load", "-t2", "-c16", "-m10", "-D2", u} }},
-	{"connect", func(u string) []string { return []string{"wrk", "-t1", "-c1", "-d2s", "-H", "Connection: close", u} }},
+	{"wrk-c1", func(u string) []string { return []string{"wrk", "-t1", "-c1", "-d" + loadFor.String(), u} }},
+	{"wrk-c16", func(u string) []string { return []string{"wrk", "-t2", "-c16", "-d" + loadFor.String(), u} }},
+	{"h2load-c1", func(u string) []string {
+		return []string{"h2load", "-t1", "-c1", "-m10", "-D" + strconv.Itoa(int(loadFor.Seconds())), u}
+	}},
+	{"h2load-c16", func(u string) []string {
+		return []string{"h2load", "-t2", "-c16", "-m10", "-D" + strconv.Itoa(int(loadFor.Seconds())), u}
+	}},
+	{"connect", func(u string) []string {
+		return []string{"wrk", "-t1", "-c1", "-d" + loadFor.String(), "-H", "Connection: close", u}
+	}},
 	{"h2-connect", func(u string) []string { return []string{"env", clientEnv + "=h2connect", testBinary(), u} }},
 }
+
+// loadFor is how long each load of BenchmarkHTTPS runs: a proxy's CPU per
+// request is its CPU over the load's requests, its rate times loadFor.
+const loadFor = 2 * time.Second
 
 // testBinary is this test binary's path, which runs client modes.
 func testBinary() string {
@@ -73,7 +83,7 @@ func h2Connects(rawURL string) (float64, time.Duration, error) {
 	tr := &http2.Transport{}
 	var handshakes []time.Duration
 	start := time.Now()
-	for time.Since(start) < 2*time.Second {
+	for time.Since(start) < loadFor {
 		hs, err := h2Connect(tr, cfg, u)
 		if err != nil {
 			return 0, 0, err
@@ -133,8 +143,11 @@ var (
 // relayed); through nginx as a TLS-terminating reverse proxy (keep-alive
 // upstream); through HAProxy in TCP mode. Each load is reported as
 // requests per second direct and as each path's ratio to direct (connect:
-// µs per new connection, TLS handshake and first byte, and its ratio);
-// medians of the iterations.
+// µs per new connection, TLS handshake and first byte, and its ratio),
+// with each proxy's CPU per request (a proxy's process; on a machine of
+// few cores, where the clients and servers share the proxy's, it is what
+// a new connection costs it that limits its rate); medians of the
+// iterations.
 //
 //	sudo go test ./agent/daemon -run '^$' -bench HTTPS -benchtime 3x
 func BenchmarkHTTPS(b *testing.B) {
@@ -195,7 +208,15 @@ func BenchmarkHTTPS(b *testing.B) {
     }
   }
 `, direct, proxyPort, crt, key, public.PublicCertPath()), proxyPort)
-	haPort, _ := testenv.HAProxyTCP(b, fmt.Sprintf("127.0.0.1:%d", direct))
+	haPort, haPID := testenv.HAProxyTCP(b, fmt.Sprintf("127.0.0.1:%d", direct))
+	proxyPID, err := os.ReadFile(filepath.Join(proxyDir, "nginx.pid"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	nginxPID, err := strconv.Atoi(strings.TrimSpace(string(proxyPID)))
+	if err != nil {
+		b.Fatalf("nginx.pid: %v", err)
+	}
 
 	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
 	os.WriteFile(pol, []byte(fmt.Sprintf(`version: 1
@@ -215,13 +236,18 @@ rules:
 	os.WriteFile(hosts, []byte("127.0.0.1 localhost bench.test\n"), 0o644)
 	client := []string{"unshare", "-m", "--", "sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, hosts}
 
+	// pid is the path's proxy (nginx, HAProxy and interlockd each run as
+	// one process), whose CPU a request costs.
 	paths := []struct {
 		name   string
 		port   int
 		tagged bool
-	}{{"direct", direct, false}, {"intercept", direct, true}, {"passthrough", passPort, true}, {"nginx", proxyPort, false}, {"haproxy", haPort, false}}
+		pid    int
+	}{{"direct", direct, false, 0}, {"intercept", direct, true, d.PID()}, {"passthrough", passPort, true, d.PID()},
+		{"nginx", proxyPort, false, nginxPID}, {"haproxy", haPort, false, haPID}}
 	rates := map[string][]float64{}      // load/path -> requests per second
 	handshakes := map[string][]float64{} // load/path -> median TLS handshake, µs
+	cpu := map[string][]float64{}        // load/path -> the proxy's CPU per request, µs
 	for i := 0; i < b.N; i++ {
 		for _, load := range httpsBenchLoads {
 			for _, p := range paths {
@@ -232,7 +258,9 @@ rules:
 					cmd = d.Command(ctx, append([]string{"exec", "--identity", "ci-bot", "--"}, argv...)...)
 				}
 				cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+				cpu0 := testenv.ProcessCPU(p.pid)
 				out, err := cmd.CombinedOutput()
+				cpu1 := testenv.ProcessCPU(p.pid)
 				cancel()
 				m := rateLine.FindSubmatch(out)
 				if err != nil || m == nil {
@@ -243,6 +271,9 @@ rules:
 					b.Fatalf("%s %s: no request completed\n%s", load.name, p.name, out)
 				}
 				rates[load.name+"/"+p.name] = append(rates[load.name+"/"+p.name], rps)
+				if p.pid != 0 {
+					cpu[load.name+"/"+p.name] = append(cpu[load.name+"/"+p.name], float64((cpu1-cpu0).Microseconds())/(rps*loadFor.Seconds()))
+				}
 				if m := handshakeLine.FindSubmatch(out); m != nil {
 					us, _ := strconv.ParseFloat(string(m[1]), 64)
 					handshakes[load.name+"/"+p.name] = append(handshakes[load.name+"/"+p.name], us)
@@ -260,6 +291,7 @@ rules:
 		}
 		for _, p := range paths[1:] {
 			b.ReportMetric(mid(rates[load.name+"/"+p.name])/base, load.name+"-"+p.name+"-ratio")
+			b.ReportMetric(mid(cpu[load.name+"/"+p.name]), load.name+"-"+p.name+"-cpu-µs")
 		}
 		for _, p := range paths {
 			if hs := handshakes[load.name+"/"+p.name]; len(hs) > 0 {
