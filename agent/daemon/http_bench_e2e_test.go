@@ -64,7 +64,7 @@ func testBinary() string {
 }
 
 // h2Connects opens a new HTTP/2 connection for every request to rawURL,
-// one at a time for two seconds (TLS resumed, as wrk resumes it), and
+// one at a time for loadFor (TLS resumed, as wrk resumes it), and
 // returns how many it completed a second and their median TLS handshake,
 // from the TCP connect's end: the phase where a proxy that dials its
 // upstream only once it has read the ClientHello waits longest. Like wrk
@@ -251,6 +251,7 @@ rules:
 	for i := 0; i < b.N; i++ {
 		for _, load := range httpsBenchLoads {
 			for _, p := range paths {
+				key := load.name + "/" + p.name
 				argv := append(append([]string{}, client...), load.argv(fmt.Sprintf("https://bench.test:%d/", p.port))...)
 				ctx, cancel := context.WithTimeout(b.Context(), time.Minute)
 				cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -270,13 +271,13 @@ rules:
 				if rps == 0 {
 					b.Fatalf("%s %s: no request completed\n%s", load.name, p.name, out)
 				}
-				rates[load.name+"/"+p.name] = append(rates[load.name+"/"+p.name], rps)
+				rates[key] = append(rates[key], rps)
 				if p.pid != 0 {
-					cpu[load.name+"/"+p.name] = append(cpu[load.name+"/"+p.name], float64((cpu1-cpu0).Microseconds())/(rps*loadFor.Seconds()))
+					cpu[key] = append(cpu[key], float64((cpu1-cpu0).Microseconds())/(rps*loadFor.Seconds()))
 				}
 				if m := handshakeLine.FindSubmatch(out); m != nil {
 					us, _ := strconv.ParseFloat(string(m[1]), 64)
-					handshakes[load.name+"/"+p.name] = append(handshakes[load.name+"/"+p.name], us)
+					handshakes[key] = append(handshakes[key], us)
 				}
 			}
 		}
