@@ -2,7 +2,6 @@ package http
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -177,11 +176,11 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 		c.agent = &protocol.ReplayConn{Conn: s.Agent, R: br}
 		return c.serveHTTP1(ctx, br)
 	}
-	hello, peeked, err := peekHello(br)
+	hello, br, err := peekHello(br)
 	if err != nil {
 		return &protocol.ViolationError{Msg: "malformed TLS ClientHello: " + err.Error()}
 	}
-	agent := &protocol.ReplayConn{Conn: s.Agent, R: io.MultiReader(bytes.NewReader(peeked), br)}
+	agent := &protocol.ReplayConn{Conn: s.Agent, R: br}
 	c.serverName = strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
 	if err := c.choose(ctx, c.serverName); err != nil {
 		alert := byte(alertInternalError)
@@ -197,9 +196,9 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 			refuseTLS(agent, alertAccessDenied)
 			return &protocol.RefusedError{Outcome: "denied", Err: fmt.Errorf("server name %q: a passthrough connection is allowed or refused as a whole (rule %s)", hello.ServerName, c.connect.Rule)}
 		}
-		// What the hello's read took beyond the hello goes on with it.
-		rest, _ := br.Peek(br.Buffered())
-		return c.passthrough(ctx, append(peeked, rest...), hello)
+		// The hello, and what came with it, go first; then the socket.
+		read, _ := br.Peek(br.Buffered())
+		return c.passthrough(ctx, read, hello)
 	case Intercept:
 		return c.intercept(ctx, agent)
 	}

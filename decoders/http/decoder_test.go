@@ -1090,8 +1090,7 @@ func TestUpstream1HTTP2Only(t *testing.T) {
 	strict := func(t testing.TB, upstream string) string {
 		return serveEach(t, func(c net.Conn) {
 			defer c.Close()
-			br := bufio.NewReader(c)
-			hello, peeked, err := peekHello(br)
+			hello, br, err := peekHello(bufio.NewReader(c))
 			if err != nil {
 				return
 			}
@@ -1104,7 +1103,6 @@ func TestUpstream1HTTP2Only(t *testing.T) {
 				return
 			}
 			defer up.Close()
-			up.Write(peeked)
 			go io.Copy(up, br)
 			io.Copy(c, up)
 		}).Addr().String()
@@ -1165,5 +1163,34 @@ func TestUpstreamSessionsStayApart(t *testing.T) {
 	}
 	if d.sessionCache("api", pool(a)) == first {
 		t.Error("a cache of roots replaced since is used again")
+	}
+}
+
+// TestLargeClientHello: a ClientHello larger than the head buffer (here
+// for its many ALPN protocols) is read whole, then handed on whole, in
+// both TLS modes.
+func TestLargeClientHello(t *testing.T) {
+	protos := []string{}
+	for i := range 24 {
+		protos = append(protos, fmt.Sprintf("x-%03d-%s", i, strings.Repeat("p", 240)))
+	}
+	protos = append(protos, "http/1.1")
+	for _, mode := range []Mode{Passthrough, Intercept} {
+		h := newHarness(t, harnessOpts{mode: mode, tls: true, selectf: func(context.Context, string) (string, protocol.Verdict) {
+			return "api", protocol.Verdict{Action: protocol.Allow, Rule: "ok"}
+		}})
+		conn, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "example.com", NextProtos: protos})
+		if err != nil {
+			t.Fatalf("mode %v: %v", mode, err)
+		}
+		fmt.Fprintf(conn, "GET /large-hello HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+		resp, err := nethttp.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("mode %v: %v %v", mode, resp, err)
+		}
+		conn.Close()
+		if err := <-h.errs; err != nil {
+			t.Errorf("mode %v: Serve: %v", mode, err)
+		}
 	}
 }

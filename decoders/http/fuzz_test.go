@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"io"
 	"net"
 	"net/textproto"
+	"strings"
 	"testing"
 )
 
@@ -18,33 +20,68 @@ func clientHello(t testing.TB, serverName string) []byte {
 		tls.Client(a, &tls.Config{ServerName: serverName, NextProtos: []string{"h2", "http/1.1"}}).Handshake()
 		a.Close()
 	}()
-	hello, raw, err := peekHello(b)
+	// The client sends nothing more until it has an answer.
+	hello, br, err := peekHello(bufio.NewReader(b))
+	var raw []byte
+	if err == nil {
+		raw, err = br.Peek(br.Buffered())
+	}
 	b.Close()
 	if err != nil || hello.ServerName != serverName {
 		t.Fatalf("peek: %+v %v", hello, err)
 	}
-	return raw
+	return bytes.Clone(raw)
 }
 
+// TestPeekHello: the hello is parsed and left unread, with what follows
+// it, in a reader of the head buffer's size, and in a larger one when it
+// does not fit (its padding here). The reader handed back holds every
+// byte, in order.
 func TestPeekHello(t *testing.T) {
 	raw := clientHello(t, "api.example.com")
-	in := append(raw, "GET / HTTP/1.1\r\n"...)
-	h, read, err := peekHello(bytes.NewReader(in))
-	// crypto/tls may read past the hello; all it read is handed on.
-	if err != nil || h.ServerName != "api.example.com" || len(h.ALPN) != 2 || !bytes.HasPrefix(in, read) || len(read) < len(raw) {
-		t.Fatalf("peekHello: %+v, read %d of %d bytes, %v", h, len(read), len(raw), err)
+	for _, size := range []int{headBuffer, 16} {
+		in := append(bytes.Clone(raw), "GET / HTTP/1.1\r\n"...)
+		h, br, err := peekHello(bufio.NewReaderSize(bytes.NewReader(in), size))
+		if err != nil || h.ServerName != "api.example.com" || len(h.ALPN) != 2 {
+			t.Fatalf("buffer %d: peekHello: %+v, %v", size, h, err)
+		}
+		rest, err := io.ReadAll(br)
+		if err != nil || !bytes.Equal(rest, in) {
+			t.Fatalf("buffer %d: the reader holds %d bytes, want the %d sent (%v)", size, len(rest), len(in), err)
+		}
 	}
 }
 
-// FuzzPeekHello: any bytes either fail or give a hello whose bytes are a
-// prefix of the input, never a panic. The seed corpus (testdata) holds a
-// ClientHello crypto/tls wrote, with server name and ALPN.
+// TestPeekHelloBounded: a hello whose records add up to more than a
+// handshake message can take is refused once its bytes pass that, not read
+// on.
+func TestPeekHelloBounded(t *testing.T) {
+	// A ClientHello message of 64 KiB, crypto/tls's most, in one-byte
+	// records: crypto/tls reads on, six bytes a byte of the message.
+	var in []byte
+	msg := append([]byte{1, 0x01, 0x00, 0x00}, make([]byte, 1<<16)...)
+	for _, b := range msg {
+		in = append(in, 0x16, 0x03, 0x01, 0x00, 0x01, b)
+	}
+	_, _, err := peekHello(bufio.NewReaderSize(bytes.NewReader(in), headBuffer))
+	if err == nil || !strings.Contains(err.Error(), "ClientHello over") {
+		t.Fatalf("a hello over the bound: %v", err)
+	}
+}
+
+// FuzzPeekHello: any bytes either fail or give a hello read from a prefix
+// of the input, left unread, never a panic. The seed corpus (testdata)
+// holds a ClientHello crypto/tls wrote, with server name and ALPN.
 func FuzzPeekHello(f *testing.F) {
 	f.Add([]byte{0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, read, err := peekHello(bytes.NewReader(data))
-		if err == nil && !bytes.HasPrefix(data, read) {
-			t.Fatalf("read %q is not a prefix of the input", read)
+		_, br, err := peekHello(bufio.NewReaderSize(bytes.NewReader(data), headBuffer))
+		if err != nil {
+			return
+		}
+		rest, rerr := io.ReadAll(br)
+		if rerr != nil || !bytes.Equal(rest, data) {
+			t.Fatalf("the reader holds %d bytes of %d after the hello (%v)", len(rest), len(data), rerr)
 		}
 	})
 }

@@ -1,9 +1,10 @@
 package http
 
 import (
-	"bytes"
+	"bufio"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -20,15 +21,22 @@ type Hello struct {
 // errPeeked stops the handshake peekHello runs once the hello is read.
 var errPeeked = errors.New("client hello read")
 
-// peekHello reads a TLS ClientHello from r with crypto/tls itself and
-// returns it with every byte it read, which the caller hands on so the
-// hello can be read again (by interlockd's own TLS server, or by the
-// upstream on passthrough). Nothing is written to the agent: the aborted
-// handshake's alert is dropped. crypto/tls bounds what it reads (a
-// handshake message is at most 64 KiB); a hello it cannot parse is an
-// error.
-func peekHello(r io.Reader) (Hello, []byte, error) {
-	rc := &recordingConn{r: r}
+// maxHelloPeek bounds the bytes peekHello holds for a ClientHello:
+// crypto/tls's cap on a handshake message (64 KiB) and the headers of the
+// records carrying it at their largest (16 KiB each). A hello split into
+// records so small that their headers take it past this is refused.
+const maxHelloPeek = 65536 + 4 + 5*5
+
+// peekHello reads a TLS ClientHello from br with crypto/tls itself without
+// consuming it: the handshake crypto/tls runs reads br's buffered bytes,
+// which stay there for whoever reads br next (interlockd's own TLS
+// server, or the relay to the upstream on passthrough). Nothing is written
+// to the agent: the aborted handshake's alert is dropped. It returns the
+// hello and the reader that holds it: br or, for a hello larger than br's
+// buffer, a larger reader that has taken in all br held. A hello
+// crypto/tls cannot parse is an error.
+func peekHello(br *bufio.Reader) (Hello, *bufio.Reader, error) {
+	pc := &peekConn{br: br}
 	var h Hello
 	seen := false
 	cfg := &tls.Config{GetConfigForClient: func(ch *tls.ClientHelloInfo) (*tls.Config, error) {
@@ -36,36 +44,50 @@ func peekHello(r io.Reader) (Hello, []byte, error) {
 		seen = true
 		return nil, errPeeked
 	}}
-	err := tls.Server(rc, cfg).Handshake()
+	err := tls.Server(pc, cfg).Handshake()
 	if !seen {
 		if err == nil {
 			err = errors.New("handshake ended without a ClientHello")
 		}
-		return Hello{}, nil, err
+		return Hello{}, pc.br, err
 	}
-	return h, rc.read.Bytes(), nil
+	return h, pc.br, nil
 }
 
-// recordingConn is the connection peekHello's handshake runs on: reads
-// come from r and are kept, writes are dropped.
-type recordingConn struct {
-	r    io.Reader
-	read bytes.Buffer
+// peekConn is the connection peekHello's handshake runs on: reads come
+// from br's buffer past off, waiting for more of the agent's bytes only
+// when crypto/tls has read all br holds; writes are dropped.
+type peekConn struct {
+	br  *bufio.Reader
+	off int
 }
 
-func (c *recordingConn) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.read.Write(p[:n])
-	return n, err
+func (c *peekConn) Read(p []byte) (int, error) {
+	if c.off == c.br.Buffered() {
+		if c.off == c.br.Size() {
+			if c.off >= maxHelloPeek {
+				return 0, fmt.Errorf("ClientHello over %d bytes", maxHelloPeek)
+			}
+			// Its first read takes in all br holds.
+			c.br = bufio.NewReaderSize(c.br, maxHelloPeek)
+		}
+		if _, err := c.br.Peek(c.off + 1); err != nil {
+			return 0, err
+		}
+	}
+	b, _ := c.br.Peek(c.br.Buffered())
+	n := copy(p, b[c.off:])
+	c.off += n
+	return n, nil
 }
 
-func (c *recordingConn) Write(p []byte) (int, error)      { return len(p), nil }
-func (c *recordingConn) Close() error                     { return nil }
-func (c *recordingConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *recordingConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-func (c *recordingConn) SetDeadline(time.Time) error      { return nil }
-func (c *recordingConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *peekConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (c *peekConn) Close() error                     { return nil }
+func (c *peekConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *peekConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+func (c *peekConn) SetDeadline(time.Time) error      { return nil }
+func (c *peekConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *peekConn) SetWriteDeadline(time.Time) error { return nil }
 
 // A fatal alert record (RFC 8446, 6): its content type, its level, and
 // the descriptions a refused handshake ends with.
