@@ -190,6 +190,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		}
 		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("X-Upstream-Proto", r.Proto)
+		w.Header().Set("X-Upstream-User-Agent", fmt.Sprintf("%q", r.Header["User-Agent"]))
 		w.Header().Set("X-Upstream-Resumed", strconv.FormatBool(r.TLS != nil && r.TLS.DidResume))
 		fmt.Fprintf(w, "upstream %s %s host=%s body=%q", r.Method, r.URL.RequestURI(), r.Host, body)
 	}))
@@ -1191,6 +1192,42 @@ func TestLargeClientHello(t *testing.T) {
 		conn.Close()
 		if err := <-h.errs; err != nil {
 			t.Errorf("mode %v: Serve: %v", mode, err)
+		}
+	}
+}
+
+// TestUserAgentAsSent: a request goes upstream with the User-Agent the
+// agent sent, and none when it sent none (net/http's clients add their
+// own), over each way a request takes upstream: HTTP/1.1 without a body
+// (upstream1), with one (the Transport), and HTTP/2 (the frame relay, and
+// the Transport for a body).
+func TestUserAgentAsSent(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	for _, h2 := range []bool{false, true} {
+		client := h.client(true, h2)
+		for _, ua := range []string{"", "agent/1.0"} {
+			for _, body := range []string{"", "payload"} {
+				method := "GET"
+				if body != "" {
+					method = "POST"
+				}
+				req, _ := nethttp.NewRequest(method, "https://example.com/ua", strings.NewReader(body))
+				// Go's client, too, sends none when the header is empty.
+				req.Header.Set("User-Agent", ua)
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				want := "[]"
+				if ua != "" {
+					want = fmt.Sprintf("[%q]", ua)
+				}
+				if got := resp.Header.Get("X-Upstream-User-Agent"); resp.StatusCode != 200 || got != want {
+					t.Errorf("HTTP/2 %v, %s with User-Agent %q: %d, upstream got %s, want %s", h2, method, ua, resp.StatusCode, got, want)
+				}
+			}
 		}
 	}
 }

@@ -125,6 +125,11 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 	out.RequestURI = ""
 	out.URL.Scheme, out.URL.Host = c.scheme, req.Host
 	removeHopHeaders(out.Header)
+	if _, ok := out.Header["User-Agent"]; !ok {
+		// net/http's clients send their own User-Agent with a request
+		// that has none, unless it is there and empty.
+		out.Header["User-Agent"] = []string{""}
+	}
 	// The agent's "Connection: close" is about its own connection, which
 	// closes after this answer; the upstream connection stays open for
 	// the identity's next (idle1).
