@@ -35,8 +35,8 @@ func clientHello(t testing.TB, serverName string) []byte {
 
 // TestPeekHello: the hello is parsed and left unread, with what follows
 // it, in a reader of the head buffer's size, and in a larger one when it
-// does not fit (its padding here). The reader handed back holds every
-// byte, in order.
+// does not fit (a reader of 16 bytes here). The reader handed back holds
+// every byte, in order.
 func TestPeekHello(t *testing.T) {
 	raw := clientHello(t, "api.example.com")
 	for _, size := range []int{headBuffer, 16} {
