@@ -271,24 +271,31 @@ func MeasureProxy(pid, seconds int, run func() PgbenchResult) PgbenchResult {
 // ProcessCPU returns the user+system CPU time process pid has used so far,
 // from /proc (clock-tick resolution: sum it over runs of seconds).
 func ProcessCPU(pid int) time.Duration {
+	user, system := ProcessTimes(pid)
+	return user + system
+}
+
+// ProcessTimes returns the user and the system CPU time process pid has
+// used so far, apart, from /proc (clock-tick resolution).
+func ProcessTimes(pid int) (user, system time.Duration) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	// The command name may hold spaces; the fields after it do not.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0
+		return 0, 0
 	}
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0
+		return 0, 0
 	}
 	// utime and stime are fields 14 and 15 of stat(5), 12 and 13 here.
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	// USER_HZ is 100 on every Linux architecture Go supports.
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	return time.Duration(ut) * 10 * time.Millisecond, time.Duration(st) * 10 * time.Millisecond
 }
 
 // ContextSwitches returns how many times the threads of process pid have
