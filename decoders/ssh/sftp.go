@@ -324,6 +324,10 @@ func (h *sftpHandlers) Filecmd(r *sftp.Request) error {
 // request would.
 func (h *sftpHandlers) setstat(r *sftp.Request) error {
 	flags, a, p := r.AttrFlags(), r.Attributes(), r.Filepath
+	if a == nil {
+		// Attributes shorter than their flags say: pkg/sftp parses none.
+		return sftp.ErrSSHFxBadMessage
+	}
 	if flags.Size {
 		if err := h.up.Truncate(p, int64(a.Size)); err != nil {
 			return serverStatus(err)

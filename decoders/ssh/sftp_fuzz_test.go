@@ -40,6 +40,7 @@ func FuzzSFTP(f *testing.F) {
 	f.Add(append(append([]byte{}, init...), packet(18, u32(3), str("up/a"), str("../../x"))...))   // rename
 	f.Add(append(append([]byte{}, init...), packet(20, u32(4), str("../../etc"), str("up/l"))...)) // symlink
 	f.Add(append(append([]byte{}, init...), packet(11, u32(5), str("."))...))                      // opendir
+	f.Add(append(append([]byte{}, init...), packet(9, u32(6), str("up/a"), u32(0x2))...))          // setstat: uid and gid flagged, not sent
 	f.Fuzz(func(t *testing.T, data []byte) {
 		root := t.TempDir()
 		os.Mkdir(filepath.Join(root, "up"), 0o755)
