@@ -209,9 +209,20 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	// later, on a goroutine of its own; the connection stays held.
 	sv.pc, sv.release = pc, pc.Hold()
 	sv.s.Finish = sv.end
-	if err := sv.decoder.Serve(sv.ctx, sv.s); err != protocol.ErrDetached {
+	if err := sv.serve(); err != protocol.ErrDetached {
 		sv.end(err)
 	}
+}
+
+// serve runs the session's decoder. A panic in it ends this session, with
+// the defect as how it ended (protocol.Contained), not interlockd.
+func (sv *served) serve() (err error) {
+	defer func() {
+		if ie := protocol.Contained("session", recover()); ie != nil {
+			err = ie
+		}
+	}()
+	return sv.decoder.Serve(sv.ctx, sv.s)
 }
 
 // served is a connection handed to its decoder: what serving it needs
@@ -332,9 +343,12 @@ func (c *conn) closed(err error) audit.ConnectionClosed {
 		refused   *protocol.RefusedError
 		violation *protocol.ViolationError
 		limit     *protocol.LimitError
+		internal  *protocol.InternalError
 	)
 	switch {
 	case err == nil:
+	case errors.As(err, &internal):
+		end.Outcome, end.Reason = "internal error", internal.Error()
 	case errors.As(err, &limit):
 		end.Outcome, end.Reason = "limit exceeded", limit.Msg
 		if !c.begun {
@@ -363,8 +377,11 @@ func (p *Pipeline) end(c *conn, end audit.ConnectionClosed) {
 	var (
 		violation *protocol.ViolationError
 		limit     *protocol.LimitError
+		internal  *protocol.InternalError
 	)
 	switch {
+	case errors.As(c.ending, &internal):
+		LogDefect(&p.cfg.Log, internal, "conn", c.id)
 	case errors.As(c.ending, &limit):
 		p.record(audit.LimitExceeded{Session: c.id, Identity: c.identity.Name, Target: c.targetName(), Limit: limit.Limit, Error: limit.Msg})
 	case errors.As(c.ending, &violation):
@@ -373,6 +390,14 @@ func (p *Pipeline) end(c *conn, end audit.ConnectionClosed) {
 	end.Duration = time.Since(c.accepted)
 	p.cfg.Metrics.Connections.WithLabelValues(c.protocol(), end.Outcome).Inc()
 	p.record(end)
+}
+
+// LogDefect logs a defect recovered on a goroutine that served an agent
+// (protocol.Contained), with key naming what it ended: the audit trail has
+// what ended, the log the stack, for interlockd's developers.
+func LogDefect(log *zerolog.Logger, ie *protocol.InternalError, key, value string) {
+	log.Error().Str(key, value).Str("where", ie.Where).Str("panic", fmt.Sprint(ie.Value)).
+		Str("stack", string(ie.Stack)).Msg("ended by an internal error")
 }
 
 // record writes ev to the event log and the audit chain.

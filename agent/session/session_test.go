@@ -124,6 +124,8 @@ type env struct {
 	db    string // the store's SQLite file
 	trail *audit.Log
 	log   *eventLog
+	// daemon is interlockd's own log, beside the audit's event log.
+	daemon *eventLog
 }
 
 func newEnv(t *testing.T, decoder protocol.Decoder) *env {
@@ -135,7 +137,7 @@ func newEnv(t *testing.T, decoder protocol.Decoder) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	logBuf := &eventLog{}
+	logBuf, daemonLog := &eventLog{}, &eventLog{}
 	trail := audit.New(st, "host-a", audit.WithEventLog(zerolog.New(logBuf).Level(zerolog.DebugLevel)))
 	t.Cleanup(func() { trail.Close() })
 	rec, err := recording.NewRecorder(st, filepath.Join(dir, "recordings"), "host-a", recording.WithAudit(trail))
@@ -163,10 +165,10 @@ func newEnv(t *testing.T, decoder protocol.Decoder) *env {
 	p := New(Config{
 		Policy: policy.NewEngine(pol), Credentials: creds, Recorder: rec, Approvals: appr, Audit: trail,
 		Metrics: metrics.New("test", "", nil), Tags: tags{"ci"}, Limits: config.Limits{Sessions: 1},
-		TLS: func(netip.Addr) *tls.Config { return nil }, Log: nop,
+		TLS: func(netip.Addr) *tls.Config { return nil }, Log: zerolog.New(daemonLog),
 	})
 	p.decoders["postgres"] = decoder
-	return &env{p: p, st: st, db: filepath.Join(dir, "interlock.db"), trail: trail, log: logBuf}
+	return &env{p: p, st: st, db: filepath.Join(dir, "interlock.db"), trail: trail, log: logBuf, daemon: daemonLog}
 }
 
 // serve runs one connection to dst through the pipeline and returns the
@@ -355,6 +357,52 @@ func TestPipelineEndings(t *testing.T) {
 				t.Errorf("connection_close %v, want outcome %q", closed, tc.outcome)
 			}
 		})
+	}
+}
+
+// TestPipelineContainsDecoderPanic: a decoder that panics ends its own
+// session, audited as an internal error with the stack in the log; the
+// session's slot is free and the next session is served.
+func TestPipelineContainsDecoderPanic(t *testing.T) {
+	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
+		if err := s.Recorder.Start(ctx); err != nil {
+			return err
+		}
+		if s.ID == "s-defect" {
+			var m map[string]int
+			m["reached"]++ // a nil map: the defect
+		}
+		return nil
+	}})
+	for _, id := range []string{"s-defect", "s-after"} {
+		_, done := e.serve(t, id, "127.0.0.1:5432")
+		<-done
+	}
+	if got := strings.Join(sameEvents(t, e), " "); got != "connection.opened recording.sealed connection.closed connection.opened recording.sealed connection.closed" {
+		t.Errorf("chain: %s", got)
+	}
+	var outcomes []any
+	for _, l := range e.log.lines() {
+		if l["event"] == "connection_close" {
+			outcomes = append(outcomes, l["outcome"])
+		}
+	}
+	logged := false
+	for _, l := range e.daemon.lines() {
+		if l["message"] == "ended by an internal error" {
+			stack, _ := l["stack"].(string)
+			logged = l["level"] == "error" && l["conn"] == "s-defect" && strings.Contains(fmt.Sprint(l["panic"]), "nil map") &&
+				strings.Contains(stack, "TestPipelineContainsDecoderPanic")
+		}
+	}
+	if fmt.Sprint(outcomes) != "[internal error closed]" {
+		t.Errorf("outcomes %v, want the defect's session ended by an internal error, the next closed", outcomes)
+	}
+	if !logged {
+		t.Errorf("no error logged with the panic and its stack:\n%v", e.daemon.lines())
+	}
+	if n := e.p.limits.sessions["ci"]; n != 0 {
+		t.Errorf("identity ci holds %d session slots after both ended", n)
 	}
 }
 

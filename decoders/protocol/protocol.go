@@ -49,9 +49,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"time"
 )
 
@@ -359,6 +361,37 @@ func (e *RefusedError) Unwrap() error { return e.Err }
 type ViolationError struct{ Msg string }
 
 func (e *ViolationError) Error() string { return "protocol violation: " + e.Msg }
+
+// InternalError is a session ended by a defect of interlockd's: a panic on
+// one of its goroutines, recovered there (Contained). Bytes from one agent
+// or server that reach a defect end that session, not interlockd and every
+// other session with it.
+type InternalError struct {
+	// Where names the goroutine's work ("sftp Setstat", "session").
+	Where string
+	// Value is what the goroutine panicked with; Stack is its stack then.
+	Value any
+	Stack []byte
+}
+
+func (e *InternalError) Error() string {
+	return fmt.Sprintf("internal error in %s: %v", e.Where, e.Value)
+}
+
+// Contained returns v, a value recover returned on a session's goroutine,
+// as the error that ends the session, or nil when v is nil (nothing
+// panicked). It is called in the function deferred by every goroutine that
+// runs a decoder's code for one session, directly with recover's result:
+//
+//	defer func() {
+//		if err := protocol.Contained("where", recover()); err != nil { ... }
+//	}()
+func Contained(where string, v any) *InternalError {
+	if v == nil {
+		return nil
+	}
+	return &InternalError{Where: where, Value: v, Stack: debug.Stack()}
+}
 
 // LimitError is a session refused or ended by one of its identity's limits
 // ("sessions", "message_buffer", "buffer_budget", "message_timeout"). Msg
