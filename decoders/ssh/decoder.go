@@ -123,17 +123,18 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	s.Agent.SetDeadline(time.Time{})
 	defer c.closeUpstream()
 	defer sconn.Close()
+	c.sconn = sconn
 	// The session ends with interlockd: closing the connection ends its
 	// channels, and they their commands' upstream channels.
 	stop := context.AfterFunc(ctx, func() { sconn.Close() })
 	defer stop()
 	go c.globalRequests(ctx, reqs)
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	for nc := range chans {
 		c.channel(ctx, nc, &wg)
 	}
-	return nil
+	wg.Wait()
+	return c.failure()
 }
 
 // conn is one agent connection.
@@ -156,6 +157,38 @@ type conn struct {
 
 	mu   sync.Mutex
 	open int
+
+	// sconn is the agent's connection once logged in; failed, the defect
+	// that ended it (contain).
+	sconn  *xssh.ServerConn
+	failMu sync.Mutex
+	failed error
+}
+
+// contain is deferred by every goroutine that serves the connection: a
+// panic there ends this connection, with the defect as how it ended,
+// instead of interlockd (protocol.Contained).
+func (c *conn) contain(where string) {
+	if err := protocol.Contained(where, recover()); err != nil {
+		c.fail(err)
+	}
+}
+
+// fail ends the connection with err: its channels end with it, and Serve
+// returns err.
+func (c *conn) fail(err error) {
+	c.failMu.Lock()
+	if c.failed == nil {
+		c.failed = err
+	}
+	c.failMu.Unlock()
+	c.sconn.Close()
+}
+
+func (c *conn) failure() error {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	return c.failed
 }
 
 // login authenticates upstream as user (the target's user if it names
@@ -328,6 +361,7 @@ func (c *conn) record(ctx context.Context, typ byte, body string, r protocol.Req
 // (for the audit trail) and refused; keepalives are answered as a server
 // that knows none.
 func (c *conn) globalRequests(ctx context.Context, reqs <-chan *xssh.Request) {
+	defer c.contain("global requests")
 	for r := range reqs {
 		switch r.Type {
 		case "tcpip-forward", "cancel-tcpip-forward", "streamlocal-forward@openssh.com", "cancel-streamlocal-forward@openssh.com":
@@ -376,6 +410,7 @@ func (c *conn) channel(ctx context.Context, nc xssh.NewChannel, wg *sync.WaitGro
 	go func() {
 		defer wg.Done()
 		defer c.release()
+		defer c.contain("session channel")
 		c.session(ctx, ch, reqs)
 	}()
 }
@@ -507,6 +542,7 @@ func subsystem(payload []byte) string {
 // drainRequests refuses a channel's further requests once it serves a
 // subsystem: a terminal or signal means nothing to one.
 func (c *conn) drainRequests(ctx context.Context, reqs <-chan *xssh.Request) {
+	defer c.contain("session channel requests")
 	for r := range reqs {
 		c.refuseRequest(ctx, r)
 	}
@@ -632,8 +668,16 @@ func (r relay) run(ctx context.Context, agentReqs, upReqs <-chan *xssh.Request) 
 	r.out, r.errs = &stream{typ: MsgStdout}, &stream{typ: MsgStderr}
 	var out sync.WaitGroup
 	out.Add(2)
-	go func() { defer out.Done(); r.copyDown(r.agent, r.up, r.out) }()
-	go func() { defer out.Done(); r.copyDown(r.agent.Stderr(), r.up.Stderr(), r.errs) }()
+	go func() {
+		defer out.Done()
+		defer r.c.contain("stdout")
+		r.copyDown(r.agent, r.up, r.out)
+	}()
+	go func() {
+		defer out.Done()
+		defer r.c.contain("stderr")
+		r.copyDown(r.agent.Stderr(), r.up.Stderr(), r.errs)
+	}()
 	go r.copyUp()
 	go r.agentRequests(ctx, agentReqs)
 	// The server's requests end when its channel closes; how the command
@@ -692,6 +736,7 @@ func (r relay) copyDown(dst interface{ Write([]byte) (int, error) }, src interfa
 
 // copyUp copies the agent's input to the server, and its end as EOF.
 func (r relay) copyUp() {
+	defer r.c.contain("stdin")
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := r.agent.Read(buf)
@@ -711,6 +756,7 @@ func (r relay) copyUp() {
 // agentRequests passes on the requests that shape a running command's
 // terminal and refuses the others.
 func (r relay) agentRequests(ctx context.Context, reqs <-chan *xssh.Request) {
+	defer r.c.contain("command requests")
 	for q := range reqs {
 		switch q.Type {
 		case "window-change", "signal":

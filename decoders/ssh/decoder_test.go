@@ -304,6 +304,10 @@ func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdic
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.seen = append(e.seen, r)
+	if strings.HasSuffix(r.Text, "defect") {
+		// A defect reached by what the agent sent (TestDefectEndsOnlyItsConnection).
+		panic("enforcer defect")
+	}
 	switch {
 	case r.Operation == "exec" && strings.HasPrefix(r.Text, "rm"):
 		return protocol.Verdict{Action: protocol.Deny, Rule: "no-rm", Message: "no removing"}
@@ -770,6 +774,63 @@ func TestSFTP(t *testing.T) {
 	}
 	if !f.rec.has(MsgInterlock, "interlock: mkdir "+root+"/docs/d: denied by policy rule \"uploads-only\"\n") {
 		t.Error("the recording lacks the denials")
+	}
+}
+
+// A defect that panics on one of a connection's goroutines (a channel's,
+// or one of pkg/sftp's, which recover nothing) ends that connection with
+// the defect, not the process; the SFTP request that reached it is
+// answered with a failure status.
+func TestDefectEndsOnlyItsConnection(t *testing.T) {
+	f := newFixture(t)
+	c, done := f.connect("deploy")
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := s.StdinPipe()
+	out, _ := s.StdoutPipe()
+	if err := s.RequestSubsystem("sftp"); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := sftp.NewClientPipe(out, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	if _, err := sc.Stat("defect"); err == nil || errors.Is(err, os.ErrPermission) || errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stat of the path that reaches the defect: %v, want a failure status", err)
+	}
+	assertContained(t, done, "sftp Stat")
+
+	// The same from a session channel's goroutine: an exec decided.
+	c, done = f.connect("deploy")
+	s, err = c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run("defect"); err == nil {
+		t.Error("the command that reached the defect ran")
+	}
+	assertContained(t, done, "session channel")
+
+	// Connections after them are served.
+	c, _ = f.connect("deploy")
+	if out, _, status := exec(t, c, "echo after", ""); out != "after\n" || status != 0 {
+		t.Errorf("exec after the defects: %q, status %d", out, status)
+	}
+}
+
+func assertContained(t *testing.T, done chan error, where string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		var ie *protocol.InternalError
+		if !errors.As(err, &ie) || ie.Where != where || ie.Value != "enforcer defect" || !bytes.Contains(ie.Stack, []byte("(*enforcer).Decide")) {
+			t.Errorf("Serve returned %v, want the defect in %s with its stack", err, where)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the connection whose %s panicked did not end", where)
 	}
 }
 

@@ -172,15 +172,7 @@ type sftpHandlers struct {
 // its reviewer here; the agent's other requests go on meanwhile.
 func (h *sftpHandlers) decide(what string, op string, paths ...string) error {
 	c := h.c
-	c.decide.Lock()
-	c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgSFTP, Body: []byte(what), Time: time.Now()})
-	var v protocol.Verdict
-	for _, p := range paths {
-		if v = c.s.Enforcer.Decide(h.ctx, protocol.Request{Operation: op, Text: p}); v.Action != protocol.Allow && v.Action != protocol.Mask {
-			break
-		}
-	}
-	c.decide.Unlock()
+	v := h.verdict(what, op, paths)
 	if v.Action == protocol.Hold {
 		v = waitApproval(h.ctx, v)
 	}
@@ -190,6 +182,31 @@ func (h *sftpHandlers) decide(what string, op string, paths ...string) error {
 		return fmt.Errorf("interlock: %s: %w", msg, sftp.ErrSSHFxPermissionDenied)
 	}
 	return nil
+}
+
+// verdict records the request and decides its paths, under the lock that
+// files each decision with its request.
+func (h *sftpHandlers) verdict(what string, op string, paths []string) (v protocol.Verdict) {
+	c := h.c
+	c.decide.Lock()
+	defer c.decide.Unlock()
+	c.s.Recorder.Record(protocol.Message{FromClient: true, Type: MsgSFTP, Body: []byte(what), Time: time.Now()})
+	for _, p := range paths {
+		if v = c.s.Enforcer.Decide(h.ctx, protocol.Request{Operation: op, Text: p}); v.Action != protocol.Allow && v.Action != protocol.Mask {
+			break
+		}
+	}
+	return v
+}
+
+// contain is deferred by every handler: pkg/sftp runs them on goroutines
+// of its own, which recover nothing. A handler that panicked answers
+// SSH_FX_FAILURE, and the connection ends (conn.contain).
+func (h *sftpHandlers) contain(method string, err *error) {
+	if ie := protocol.Contained("sftp "+method, recover()); ie != nil {
+		h.c.fail(ie)
+		*err = fmt.Errorf("interlock: internal error: %w", sftp.ErrSSHFxFailure)
+	}
 }
 
 // serverStatus turns the server's answer into what the request server sends
@@ -213,7 +230,8 @@ func serverStatus(err error) error {
 }
 
 // Fileread opens a file for reading upstream (sftp.FileReader).
-func (h *sftpHandlers) Fileread(r *sftp.Request) (io.ReaderAt, error) {
+func (h *sftpHandlers) Fileread(r *sftp.Request) (_ io.ReaderAt, err error) {
+	defer h.contain(r.Method, &err)
 	if err := h.decide("open-read "+r.Filepath, OpSFTPRead, r.Filepath); err != nil {
 		return nil, err
 	}
@@ -226,7 +244,8 @@ func (h *sftpHandlers) Fileread(r *sftp.Request) (io.ReaderAt, error) {
 
 // Filewrite opens a file for writing upstream with the agent's flags
 // (sftp.FileWriter).
-func (h *sftpHandlers) Filewrite(r *sftp.Request) (io.WriterAt, error) {
+func (h *sftpHandlers) Filewrite(r *sftp.Request) (_ io.WriterAt, err error) {
+	defer h.contain(r.Method, &err)
 	if err := h.decide("open-write "+r.Filepath, OpSFTPWrite, r.Filepath); err != nil {
 		return nil, err
 	}
@@ -267,7 +286,8 @@ func (f sftpFile) WriteAt(p []byte, off int64) (int, error) {
 func (f sftpFile) Close() error { return serverStatus(f.f.Close()) }
 
 // Filecmd carries out a change of the file tree upstream (sftp.FileCmder).
-func (h *sftpHandlers) Filecmd(r *sftp.Request) error {
+func (h *sftpHandlers) Filecmd(r *sftp.Request) (err error) {
+	defer h.contain(r.Method, &err)
 	p := r.Filepath
 	switch r.Method {
 	case "Setstat":
@@ -352,7 +372,8 @@ func (h *sftpHandlers) setstat(r *sftp.Request) error {
 }
 
 // Filelist lists a directory or stats a path upstream (sftp.FileLister).
-func (h *sftpHandlers) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
+func (h *sftpHandlers) Filelist(r *sftp.Request) (_ sftp.ListerAt, err error) {
+	defer h.contain(r.Method, &err)
 	p := r.Filepath
 	switch r.Method {
 	case "List":
@@ -380,7 +401,8 @@ func (h *sftpHandlers) Filelist(r *sftp.Request) (sftp.ListerAt, error) {
 
 // Lstat stats a path upstream without following a final link
 // (sftp.LstatFileLister).
-func (h *sftpHandlers) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
+func (h *sftpHandlers) Lstat(r *sftp.Request) (_ sftp.ListerAt, err error) {
+	defer h.contain(r.Method, &err)
 	if err := h.decide("lstat "+r.Filepath, OpSFTPStat, r.Filepath); err != nil {
 		return nil, err
 	}
@@ -392,7 +414,8 @@ func (h *sftpHandlers) Lstat(r *sftp.Request) (sftp.ListerAt, error) {
 }
 
 // Readlink reads a link upstream (sftp.ReadlinkFileLister).
-func (h *sftpHandlers) Readlink(p string) (string, error) {
+func (h *sftpHandlers) Readlink(p string) (_ string, err error) {
+	defer h.contain("Readlink", &err)
 	if err := h.decide("readlink "+p, OpSFTPRead, p); err != nil {
 		return "", err
 	}
