@@ -256,7 +256,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 	r.client = r.newClientSide()
 	r.server = r.newServerSide()
 	go r.runClient(r.client)
-	err := r.serverLoop(r.server)
+	err := r.containedServerLoop(r.server)
 	if err == errSuspended {
 		return protocol.ErrDetached
 	}
@@ -350,7 +350,7 @@ func (r *relay) wakeServer() {
 // runClient runs the client side until it ends or is suspended (see
 // suspend); resume runs it again.
 func (r *relay) runClient(c *clientSide) {
-	err := r.clientLoop(c)
+	err := r.containedClientLoop(c)
 	if err == errSuspended {
 		return
 	}
@@ -359,6 +359,27 @@ func (r *relay) runClient(c *clientSide) {
 		r.clientEnded(err)
 	}
 	r.clientDone <- err
+}
+
+// containedClientLoop and containedServerLoop run a side's loop. A panic in it (a defect
+// reached by the bytes it reads) ends that side with the defect, as a
+// failed read would (protocol.Contained): the session ends, not interlockd.
+func (r *relay) containedClientLoop(c *clientSide) (err error) {
+	defer func() {
+		if ie := protocol.Contained("postgres client side", recover()); ie != nil {
+			err = ie
+		}
+	}()
+	return r.clientLoop(c)
+}
+
+func (r *relay) containedServerLoop(s *serverSide) (err error) {
+	defer func() {
+		if ie := protocol.Contained("postgres server side", recover()); ie != nil {
+			err = ie
+		}
+	}()
+	return r.serverLoop(s)
 }
 
 // errSuspended ends a client or server goroutine whose wait the watcher
@@ -421,7 +442,7 @@ func (r *relay) resumeServer() {
 	r.idle.Lock()
 	r.serverSuspended = false
 	r.idle.Unlock()
-	err := r.serverLoop(r.server)
+	err := r.containedServerLoop(r.server)
 	if err == errSuspended {
 		return
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/interlock-dev/interlock/agent/testenv"
+	"github.com/interlock-dev/interlock/decoders/protocol"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -290,3 +291,55 @@ func mustPsql(t *testing.T, p *testProxy, sql string) []byte {
 	}
 	return out
 }
+
+// TestRelayContainsDefects: a defect that panics on either side of a
+// session (here the policy's verdict, then a masker on the server's
+// rows) ends that session with the defect, not the process; the next
+// session is served.
+func TestRelayContainsDefects(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	p := startProxy(t, pg, func() RelayConfig {
+		return RelayConfig{Enforcer: EnforcerFunc(func(_ context.Context, sql string) Verdict {
+			switch {
+			case strings.Contains(sql, "client-defect"):
+				panic("enforcer defect")
+			case strings.Contains(sql, "server-defect"):
+				return Verdict{Mask: defectiveMasker{}}
+			}
+			return Verdict{}
+		})}
+	})
+	ctx := context.Background()
+	for i, tc := range []struct{ sql, where string }{
+		{"SELECT 'client-defect'", "postgres client side"},
+		{"SELECT 'server-defect'", "postgres server side"},
+	} {
+		c := connect(t, p)
+		if _, err := c.Exec(ctx, tc.sql); err == nil {
+			t.Errorf("%s: answered", tc.sql)
+		}
+		// pgx cancels the failed query on a connection of its own: the
+		// sessions' ends are told apart by their errors.
+		var defects []*protocol.InternalError
+		for deadline := time.Now().Add(5 * time.Second); len(defects) <= i && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			defects = defects[:0]
+			for _, err := range p.Errors() {
+				var ie *protocol.InternalError
+				if errors.As(err, &ie) {
+					defects = append(defects, ie)
+				}
+			}
+		}
+		if len(defects) != i+1 || defects[i].Where != tc.where {
+			t.Fatalf("%s: sessions ended with %v, want the defect in the %s", tc.sql, p.Errors(), tc.where)
+		}
+	}
+	var one int
+	if err := connect(t, p).QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+		t.Errorf("a session after the defects: %d, %v", one, err)
+	}
+}
+
+type defectiveMasker struct{}
+
+func (defectiveMasker) Plan([]Column) RowMasker { panic("masker defect") }
