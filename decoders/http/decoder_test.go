@@ -89,6 +89,12 @@ func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdic
 			}
 		}}
 	}
+	if strings.HasPrefix(r.Text, "/defect/") {
+		// A defect on the stream's own goroutine (TestDefectInAStreamEndsItsSession).
+		return protocol.Verdict{Action: protocol.Hold, Rule: "held", ApprovalID: "a2", Wait: func(context.Context) (bool, string) {
+			panic("wait defect")
+		}}
+	}
 	if strings.HasPrefix(r.Text, "/mask/") {
 		return protocol.Verdict{Action: protocol.Mask, Rule: "masked", Mask: emailMasker{}}
 	}
@@ -604,6 +610,24 @@ func TestHoldHoldsOneStream(t *testing.T) {
 	close(h.enf.release)
 	if r := <-held; !strings.HasPrefix(r, "200 upstream GET /hold/deploy") {
 		t.Errorf("the approved request: %s", r)
+	}
+}
+
+// TestDefectInAStreamEndsItsSession: a panic on the goroutine an HTTP/2
+// stream is exchanged on ends that connection with the defect, not the
+// process; the next connection is served.
+func TestDefectInAStreamEndsItsSession(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	if resp, err := h.client(true, true).Get("https://example.com/defect/x"); err == nil {
+		resp.Body.Close()
+		t.Errorf("the request that reached the defect was answered: %d", resp.StatusCode)
+	}
+	var ie *protocol.InternalError
+	if err := <-h.errs; !errors.As(err, &ie) || ie.Where != "http/2 exchange" || ie.Value != "wait defect" {
+		t.Errorf("Serve: %v, want the defect in the stream's exchange", err)
+	}
+	if resp, _ := get(t, h.client(true, true), "https://example.com/x"); resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Errorf("after the defect: %d %s", resp.StatusCode, resp.Proto)
 	}
 }
 

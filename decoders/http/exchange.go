@@ -247,6 +247,17 @@ func (c *conn) end(err error) {
 	})
 }
 
+// contain is deferred by the goroutines a session starts besides its own
+// (an HTTP/2 stream's exchange, a WebSocket's copies): a panic there ends
+// the session with the defect (protocol.Contained), not interlockd. Its
+// own goroutine is the pipeline's to contain.
+func (c *conn) contain(where string) {
+	if ie := protocol.Contained(where, recover()); ie != nil {
+		c.end(ie)
+		c.s.Agent.Close()
+	}
+}
+
 // ended returns why the session must end, nil while it goes on.
 func (c *conn) ended() error {
 	c.endMu.Lock()

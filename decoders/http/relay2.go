@@ -269,6 +269,7 @@ func (r *relay2) startUpstream(u *up2) {
 // Transport meanwhile.
 func (r *relay2) redial() {
 	defer r.wg.Done()
+	defer r.c.contain("http/2 redial")
 	u := r.c.dialRelay(r.ctx)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -721,6 +722,7 @@ func (r *relay2) exchange(s *stream2, v protocol.Verdict) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		defer r.c.contain("http/2 exchange")
 		resp := r.c.act(s.req.Context(), s.req, v)
 		r.respond(s, resp)
 		if r.c.ended() != nil {

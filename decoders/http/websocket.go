@@ -55,11 +55,19 @@ func (c *conn) upgraded(resp *nethttp.Response, br *bufio.Reader) error {
 		return nil
 	}
 	done := make(chan struct{}, 2)
-	go func() { c.wsCopy(up, br, MsgWebSocketUp); up.Close(); done <- struct{}{} }()
-	go func() { c.wsCopy(c.agent, up, MsgWebSocketDown); c.agent.Close(); done <- struct{}{} }()
+	go func() {
+		defer func() { up.Close(); done <- struct{}{} }()
+		defer c.contain("websocket up")
+		c.wsCopy(up, br, MsgWebSocketUp)
+	}()
+	go func() {
+		defer func() { c.agent.Close(); done <- struct{}{} }()
+		defer c.contain("websocket down")
+		c.wsCopy(c.agent, up, MsgWebSocketDown)
+	}()
 	<-done
 	<-done
-	return nil
+	return c.ended()
 }
 
 // wsCopy copies one direction of a WebSocket, recording its first
