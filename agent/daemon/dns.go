@@ -17,6 +17,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/proxy"
 	"github.com/interlock-dev/interlock/agent/session"
 	dnsdec "github.com/interlock-dev/interlock/decoders/dns"
+	"github.com/interlock-dev/interlock/decoders/protocol"
 	"github.com/interlock-dev/interlock/policy"
 )
 
@@ -107,6 +108,13 @@ func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn, lookup func(pe
 		msg := slices.Clone(buf[:n])
 		go func() {
 			defer func() { <-s.slots }()
+			defer func() {
+				// A defect a question reaches drops that question, not
+				// interlockd.
+				if ie := protocol.Contained("dns over udp", recover()); ie != nil {
+					session.LogDefect(&s.log, ie, "peer", from.String())
+				}
+			}()
 			s.answerUDP(ctx, c, lookup, local, from, msg)
 		}()
 	}
@@ -145,6 +153,11 @@ func (s *dnsServer) handler(next proxy.Handler) proxy.Handler {
 // next.Handle for as long as its session lasts, carries none of its locals.
 func (s *dnsServer) serveStream(ctx context.Context, c *proxy.Conn) {
 	defer c.Client.Close()
+	defer func() {
+		if ie := protocol.Contained("dns over tcp", recover()); ie != nil {
+			session.LogDefect(&s.log, ie, "conn", c.ID)
+		}
+	}()
 	err := s.proxy.ServeStream(ctx, c.Client, s.decider(c.Identity), func(ex dnsdec.Exchange) {
 		s.record(c.Identity, "tcp", c.Dst, ex)
 	})
