@@ -42,6 +42,11 @@ type recorder struct {
 func (r *recorder) Start(context.Context) error { return nil }
 
 func (r *recorder) Record(m protocol.Message) {
+	if !m.FromClient && bytes.Contains(m.Body, []byte("X-Defect")) {
+		// A defect reached by what the server sent
+		// (TestDefectInTheUpstreamReaderEndsItsSession).
+		panic("recorder defect")
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m.Body = append([]byte(nil), m.Body...)
@@ -189,6 +194,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		}
 		if r.URL.Path == "/close" {
 			w.Header().Set("Connection", "close")
+		}
+		if r.URL.Path == "/upstream-defect" {
+			w.Header().Set("X-Defect", "1")
 		}
 		if r.URL.Path == "/ws" {
 			websocket.Handler(func(ws *websocket.Conn) { io.Copy(ws, ws) }).ServeHTTP(w, r)
@@ -628,6 +636,28 @@ func TestDefectInAStreamEndsItsSession(t *testing.T) {
 	}
 	if resp, _ := get(t, h.client(true, true), "https://example.com/x"); resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Errorf("after the defect: %d %s", resp.StatusCode, resp.Proto)
+	}
+}
+
+// TestDefectInTheUpstreamReaderEndsItsSession: a panic on the goroutine
+// that reads an HTTP/2 upstream connection's frames ends that connection
+// and its session with the defect, not the process; the next connection is
+// served, over an upstream connection of its own.
+func TestDefectInTheUpstreamReaderEndsItsSession(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+	if resp, err := h.client(true, true).Get("https://example.com/upstream-defect"); err == nil {
+		resp.Body.Close()
+		t.Errorf("the request whose answer reached the defect was answered: %d", resp.StatusCode)
+	}
+	var ie *protocol.InternalError
+	if err := <-h.errs; !errors.As(err, &ie) || ie.Where != "http/2 upstream connection" || ie.Value != "recorder defect" {
+		t.Errorf("Serve: %v, want the defect in the upstream connection's reader", err)
+	}
+	if resp, _ := get(t, h.client(true, true), "https://example.com/x"); resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+		t.Errorf("after the defect: %d %s", resp.StatusCode, resp.Proto)
+	}
+	if n := h.upstreamConns.Load(); n != 2 {
+		t.Errorf("%d upstream connections, want the defect's closed and a new one", n)
 	}
 }
 

@@ -253,9 +253,15 @@ func (c *conn) end(err error) {
 // own goroutine is the pipeline's to contain.
 func (c *conn) contain(where string) {
 	if ie := protocol.Contained(where, recover()); ie != nil {
-		c.end(ie)
-		c.s.Agent.Close()
+		c.fail(ie)
 	}
+}
+
+// fail ends the session at once with err, which Serve returns: the
+// agent's connection is closed under whatever serves it.
+func (c *conn) fail(err error) {
+	c.end(err)
+	c.s.Agent.Close()
 }
 
 // ended returns why the session must end, nil while it goes on.

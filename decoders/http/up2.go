@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
 // up2 is an upstream HTTP/2 connection of the relay (relay2): its writer,
@@ -235,12 +237,7 @@ func (u *up2) read(ur *http2.Framer) {
 	for {
 		f, err := ur.ReadFrame()
 		r := u.lock()
-		var ok bool
-		if r != nil {
-			ok = r.upFrame(f, err)
-		} else {
-			ok = u.keptFrame(f, err)
-		}
+		ok := u.handle(r, f, err)
 		if !ok {
 			u.dead = true
 			u.conn.Close()
@@ -250,6 +247,27 @@ func (u *up2) read(ur *http2.Framer) {
 			return
 		}
 	}
+}
+
+// handle hands a frame (or the error read instead) to the connection's
+// owner r, or handles it while the connection is kept; false: the
+// connection ends. A panic there, a defect a server's frame reached, ends
+// the connection and its owner's session with the defect
+// (protocol.Contained); it is recovered while read still holds the lock it
+// took, which read then releases as ever.
+func (u *up2) handle(r *relay2, f http2.Frame, err error) (ok bool) {
+	defer func() {
+		if ie := protocol.Contained("http/2 upstream connection", recover()); ie != nil {
+			ok = false
+			if r != nil {
+				r.c.fail(ie)
+			}
+		}
+	}()
+	if r != nil {
+		return r.upFrame(f, err)
+	}
+	return u.keptFrame(f, err)
 }
 
 // keptFrame handles a frame (or the error read instead) of a kept
