@@ -361,9 +361,10 @@ func (r *relay) runClient(c *clientSide) {
 	r.clientDone <- err
 }
 
-// containedClientLoop and containedServerLoop run a side's loop. A panic in it (a defect
-// reached by the bytes it reads) ends that side with the defect, as a
-// failed read would (protocol.Contained): the session ends, not interlockd.
+// containedClientLoop and containedServerLoop run a side's loop. A panic
+// in it (a defect reached by the bytes it reads) ends that side with the
+// defect, as a failed read would (protocol.Contained): the session ends,
+// not interlockd.
 func (r *relay) containedClientLoop(c *clientSide) (err error) {
 	defer func() {
 		if ie := protocol.Contained("postgres client side", recover()); ie != nil {
