@@ -112,7 +112,7 @@ func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn, lookup func(pe
 				// A defect a question reaches drops that question, not
 				// interlockd.
 				if ie := protocol.Contained("dns over udp", recover()); ie != nil {
-					session.LogDefect(&s.log, ie, "peer", from.String())
+					proxy.LogDefect(&s.log, ie, "peer", from.String())
 				}
 			}()
 			s.answerUDP(ctx, c, lookup, local, from, msg)
@@ -155,7 +155,7 @@ func (s *dnsServer) serveStream(ctx context.Context, c *proxy.Conn) {
 	defer c.Client.Close()
 	defer func() {
 		if ie := protocol.Contained("dns over tcp", recover()); ie != nil {
-			session.LogDefect(&s.log, ie, "conn", c.ID)
+			proxy.LogDefect(&s.log, ie, "conn", c.ID)
 		}
 	}()
 	err := s.proxy.ServeStream(ctx, c.Client, s.decider(c.Identity), func(ex dnsdec.Exchange) {

@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/decoders/protocol"
 	"github.com/interlock-dev/interlock/policy"
 )
 
@@ -179,11 +180,20 @@ func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
 		s.untrack(c)
 		s.wg.Done()
 	}
+	// A panic identifying the caller, or one the handler did not contain
+	// itself (its decoders' are, see protocol.Contained), ends this
+	// connection, not interlockd.
+	var conn *Conn
+	defer func() {
+		if ie := protocol.Contained("connection", recover()); ie != nil {
+			s.contained(ie, c, conn == nil, done)
+		}
+	}()
 	// The handler parks this goroutine for as long as the session lasts,
 	// unless it holds the connection (Conn.Hold); identifying is a
 	// function of its own so that its locals are not on the stack
 	// meanwhile (see session.Pipeline.Handle).
-	conn := s.identify(c, identifier)
+	conn = s.identify(c, identifier)
 	if conn == nil {
 		done()
 		return
@@ -192,6 +202,26 @@ func (s *Server) serveConn(c *net.TCPConn, identifier Identifier) {
 	conn.refs.Store(1)
 	defer conn.release()
 	s.Handler.Handle(s.ctx, conn)
+}
+
+// contained logs a panic recovered in serveConn and closes c. A caller
+// that was never identified has no Conn whose release ends its tracking:
+// done does. (A handler that held its Conn and panicked before releasing
+// it leaves it tracked: Shutdown waits for it until its deadline.)
+func (s *Server) contained(ie *protocol.InternalError, c *net.TCPConn, unidentified bool, done func()) {
+	LogDefect(&s.Log, ie, "peer", c.RemoteAddr().String())
+	c.Close()
+	if unidentified {
+		done()
+	}
+}
+
+// LogDefect logs a defect recovered on a goroutine that served an agent
+// (protocol.Contained), with key naming what it ended: the audit trail has
+// what ended, the log the stack, for interlockd's developers.
+func LogDefect(log *zerolog.Logger, ie *protocol.InternalError, key, value string) {
+	log.Error().Str(key, value).Str("where", ie.Where).Str("panic", fmt.Sprint(ie.Value)).
+		Str("stack", string(ie.Stack)).Msg("ended by an internal error")
 }
 
 // identify returns c as the connection of the caller the kernel recorded,

@@ -2,11 +2,19 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
+
+	"github.com/interlock-dev/interlock/agent/daemontest"
 )
 
 // sockopt reads an integer option of c's socket.
@@ -51,5 +59,66 @@ func TestListenConnections(t *testing.T) {
 	}
 	if v := sockopt(t, a, unix.IPPROTO_TCP, unix.TCP_NODELAY); v == 0 {
 		t.Error("accepted connection has Nagle's algorithm on")
+	}
+}
+
+// panicky identifies callers and serves them, panicking at its nth call of
+// each as a defect would.
+type panicky struct{ identified, served atomic.Int32 }
+
+func (p *panicky) Identify(peer, local netip.AddrPort) (Identity, netip.AddrPort, error) {
+	if p.identified.Add(1) == 1 {
+		panic("identify defect")
+	}
+	return Identity{Name: "ci"}, local, nil
+}
+
+func (p *panicky) Handle(_ context.Context, c *Conn) {
+	defer c.Client.Close()
+	if p.served.Add(1) == 1 {
+		panic("handler defect")
+	}
+	c.Client.Write([]byte("served"))
+}
+
+// TestPanicEndsOneConnection: a panic identifying a caller, or one its
+// handler did not contain, ends that connection, logged with its stack;
+// the next is served, and none is left tracked.
+func TestPanicEndsOneConnection(t *testing.T) {
+	l, err := Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logged daemontest.Buffer
+	p := &panicky{}
+	s := NewServer(p, p, zerolog.New(&logged))
+	go s.Serve(l)
+	defer l.Close()
+	for i, want := range []string{"", "", "served"} {
+		c, err := net.Dial("tcp4", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		c.Close()
+		if string(got) != want || err != nil {
+			t.Errorf("connection %d: read %q, %v; want %q and its end", i, got, err, want)
+		}
+	}
+	for _, defect := range []string{`"panic":"identify defect"`, `"panic":"handler defect"`} {
+		if !strings.Contains(logged.String(), defect) {
+			t.Errorf("the log lacks %s:\n%s", defect, logged.String())
+		}
+	}
+	for _, frame := range []string{"(*panicky).Identify", "(*panicky).Handle"} {
+		if !strings.Contains(logged.String(), frame) {
+			t.Errorf("the log's stacks lack %s:\n%s", frame, logged.String())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v (a connection left tracked)", err)
 	}
 }

@@ -381,7 +381,7 @@ func (p *Pipeline) end(c *conn, end audit.ConnectionClosed) {
 	)
 	switch {
 	case errors.As(c.ending, &internal):
-		LogDefect(&p.cfg.Log, internal, "conn", c.id)
+		proxy.LogDefect(&p.cfg.Log, internal, "conn", c.id)
 	case errors.As(c.ending, &limit):
 		p.record(audit.LimitExceeded{Session: c.id, Identity: c.identity.Name, Target: c.targetName(), Limit: limit.Limit, Error: limit.Msg})
 	case errors.As(c.ending, &violation):
@@ -390,14 +390,6 @@ func (p *Pipeline) end(c *conn, end audit.ConnectionClosed) {
 	end.Duration = time.Since(c.accepted)
 	p.cfg.Metrics.Connections.WithLabelValues(c.protocol(), end.Outcome).Inc()
 	p.record(end)
-}
-
-// LogDefect logs a defect recovered on a goroutine that served an agent
-// (protocol.Contained), with key naming what it ended: the audit trail has
-// what ended, the log the stack, for interlockd's developers.
-func LogDefect(log *zerolog.Logger, ie *protocol.InternalError, key, value string) {
-	log.Error().Str(key, value).Str("where", ie.Where).Str("panic", fmt.Sprint(ie.Value)).
-		Str("stack", string(ie.Stack)).Msg("ended by an internal error")
 }
 
 // record writes ev to the event log and the audit chain.
