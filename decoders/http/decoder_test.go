@@ -44,7 +44,7 @@ func (r *recorder) Start(context.Context) error { return nil }
 func (r *recorder) Record(m protocol.Message) {
 	if !m.FromClient && bytes.Contains(m.Body, []byte("X-Defect")) {
 		// A defect reached by what the server sent
-		// (TestDefectInTheUpstreamReaderEndsItsSession).
+		// (TestDefectEndsItsSession).
 		panic("recorder defect")
 	}
 	r.mu.Lock()
@@ -95,7 +95,7 @@ func (e *enforcer) Decide(_ context.Context, r protocol.Request) protocol.Verdic
 		}}
 	}
 	if strings.HasPrefix(r.Text, "/defect/") {
-		// A defect on the stream's own goroutine (TestDefectInAStreamEndsItsSession).
+		// A defect on the stream's own goroutine (TestDefectEndsItsSession).
 		return protocol.Verdict{Action: protocol.Hold, Rule: "held", ApprovalID: "a2", Wait: func(context.Context) (bool, string) {
 			panic("wait defect")
 		}}
@@ -621,43 +621,36 @@ func TestHoldHoldsOneStream(t *testing.T) {
 	}
 }
 
-// TestDefectInAStreamEndsItsSession: a panic on the goroutine an HTTP/2
-// stream is exchanged on ends that connection with the defect, not the
-// process; the next connection is served.
-func TestDefectInAStreamEndsItsSession(t *testing.T) {
-	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
-	if resp, err := h.client(true, true).Get("https://example.com/defect/x"); err == nil {
-		resp.Body.Close()
-		t.Errorf("the request that reached the defect was answered: %d", resp.StatusCode)
-	}
-	var ie *protocol.InternalError
-	if err := <-h.errs; !errors.As(err, &ie) || ie.Where != "http/2 exchange" || ie.Value != "wait defect" {
-		t.Errorf("Serve: %v, want the defect in the stream's exchange", err)
-	}
-	if resp, _ := get(t, h.client(true, true), "https://example.com/x"); resp.StatusCode != 200 || resp.ProtoMajor != 2 {
-		t.Errorf("after the defect: %d %s", resp.StatusCode, resp.Proto)
-	}
-}
-
-// TestDefectInTheUpstreamReaderEndsItsSession: a panic on the goroutine
-// that reads an HTTP/2 upstream connection's frames ends that connection
-// and its session with the defect, not the process; the next connection is
-// served, over an upstream connection of its own.
-func TestDefectInTheUpstreamReaderEndsItsSession(t *testing.T) {
-	h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
-	if resp, err := h.client(true, true).Get("https://example.com/upstream-defect"); err == nil {
-		resp.Body.Close()
-		t.Errorf("the request whose answer reached the defect was answered: %d", resp.StatusCode)
-	}
-	var ie *protocol.InternalError
-	if err := <-h.errs; !errors.As(err, &ie) || ie.Where != "http/2 upstream connection" || ie.Value != "recorder defect" {
-		t.Errorf("Serve: %v, want the defect in the upstream connection's reader", err)
-	}
-	if resp, _ := get(t, h.client(true, true), "https://example.com/x"); resp.StatusCode != 200 || resp.ProtoMajor != 2 {
-		t.Errorf("after the defect: %d %s", resp.StatusCode, resp.Proto)
-	}
-	if n := h.upstreamConns.Load(); n != 2 {
-		t.Errorf("%d upstream connections, want the defect's closed and a new one", n)
+// TestDefectEndsItsSession: a panic on a goroutine of an HTTP/2 session
+// besides its own (the one a stream is exchanged on, or the one reading
+// the upstream connection's frames) ends that session with the defect,
+// not the process; the next connection is served. An upstream connection
+// whose reader panicked is closed, not kept.
+func TestDefectEndsItsSession(t *testing.T) {
+	for _, tc := range []struct {
+		path, where, value string
+		upstreamConns      int64
+	}{
+		{"/defect/x", "http/2 exchange", "wait defect", 1},
+		{"/upstream-defect", "http/2 upstream connection", "recorder defect", 2},
+	} {
+		t.Run(tc.where, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{mode: Intercept, tls: true})
+			if resp, err := h.client(true, true).Get("https://example.com" + tc.path); err == nil {
+				resp.Body.Close()
+				t.Errorf("the request that reached the defect was answered: %d", resp.StatusCode)
+			}
+			var ie *protocol.InternalError
+			if err := <-h.errs; !errors.As(err, &ie) || ie.Where != tc.where || ie.Value != tc.value {
+				t.Errorf("Serve: %v, want the defect in the %s", err, tc.where)
+			}
+			if resp, _ := get(t, h.client(true, true), "https://example.com/x"); resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+				t.Errorf("after the defect: %d %s", resp.StatusCode, resp.Proto)
+			}
+			if n := h.upstreamConns.Load(); n != tc.upstreamConns {
+				t.Errorf("%d upstream connections, want %d", n, tc.upstreamConns)
+			}
+		})
 	}
 }
 

@@ -694,24 +694,7 @@ func TestSFTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := f.connect("deploy")
-	// The client's own session, to read what interlockd says on stderr.
-	s, err := c.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr safeBuffer
-	errPipe, _ := s.StderrPipe()
-	go io.Copy(&stderr, errPipe)
-	in, _ := s.StdinPipe()
-	out, _ := s.StdoutPipe()
-	if err := s.RequestSubsystem("sftp"); err != nil {
-		t.Fatal(err)
-	}
-	sc, err := sftp.NewClientPipe(out, in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	sc, stderr := openSFTP(t, c)
 	if wd, err := sc.Getwd(); err != nil || wd != root {
 		t.Errorf("working directory %q, %v; want the server's %q", wd, err, root)
 	}
@@ -756,7 +739,7 @@ func TestSFTP(t *testing.T) {
 		}
 	}
 	// Six denials, seven lines: pkg/sftp's Remove tries rmdir after remove.
-	waitUntil(t, func() bool { return strings.Count(stderr.String(), `denied by policy rule "uploads-only"`) == 7 }, &stderr)
+	waitUntil(t, func() bool { return strings.Count(stderr.String(), `denied by policy rule "uploads-only"`) == 7 }, stderr)
 	if !strings.Contains(stderr.String(), "interlock: remove "+root+"/docs/a.txt: denied by policy rule \"uploads-only\"\n") {
 		t.Errorf("stderr:\n%s", stderr.String())
 	}
@@ -784,20 +767,7 @@ func TestSFTP(t *testing.T) {
 func TestDefectEndsOnlyItsConnection(t *testing.T) {
 	f := newFixture(t)
 	c, done := f.connect("deploy")
-	s, err := c.NewSession()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, _ := s.StdinPipe()
-	out, _ := s.StdoutPipe()
-	if err := s.RequestSubsystem("sftp"); err != nil {
-		t.Fatal(err)
-	}
-	sc, err := sftp.NewClientPipe(out, in)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	sc, _ := openSFTP(t, c)
 	if _, err := sc.Stat("defect"); err == nil || errors.Is(err, os.ErrPermission) || errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stat of the path that reaches the defect: %v, want a failure status", err)
 	}
@@ -805,7 +775,7 @@ func TestDefectEndsOnlyItsConnection(t *testing.T) {
 
 	// The same from a session channel's goroutine: an exec decided.
 	c, done = f.connect("deploy")
-	s, err = c.NewSession()
+	s, err := c.NewSession()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -832,6 +802,30 @@ func assertContained(t *testing.T, done chan error, where string) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("the connection whose %s panicked did not end", where)
 	}
+}
+
+// openSFTP starts an SFTP client on a session of c, with what interlockd
+// says on the session's stderr; the client closes with the test.
+func openSFTP(t *testing.T, c *xssh.Client) (*sftp.Client, *safeBuffer) {
+	t.Helper()
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr := &safeBuffer{}
+	errPipe, _ := s.StderrPipe()
+	go io.Copy(stderr, errPipe)
+	in, _ := s.StdinPipe()
+	out, _ := s.StdoutPipe()
+	if err := s.RequestSubsystem("sftp"); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := sftp.NewClientPipe(out, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sc.Close() })
+	return sc, stderr
 }
 
 // safeBuffer is a bytes.Buffer written by one goroutine and read by another.
