@@ -217,11 +217,7 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 // serve runs the session's decoder. A panic in it ends this session, with
 // the defect as how it ended (protocol.Contained), not interlockd.
 func (sv *served) serve() (err error) {
-	defer func() {
-		if ie := protocol.Contained("session", recover()); ie != nil {
-			err = ie
-		}
-	}()
+	defer protocol.Recover("session", &err)
 	return sv.decoder.Serve(sv.ctx, sv.s)
 }
 

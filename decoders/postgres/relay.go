@@ -366,20 +366,12 @@ func (r *relay) runClient(c *clientSide) {
 // defect, as a failed read would (protocol.Contained): the session ends,
 // not interlockd.
 func (r *relay) containedClientLoop(c *clientSide) (err error) {
-	defer func() {
-		if ie := protocol.Contained("postgres client side", recover()); ie != nil {
-			err = ie
-		}
-	}()
+	defer protocol.Recover("postgres client side", &err)
 	return r.clientLoop(c)
 }
 
 func (r *relay) containedServerLoop(s *serverSide) (err error) {
-	defer func() {
-		if ie := protocol.Contained("postgres server side", recover()); ie != nil {
-			err = ie
-		}
-	}()
+	defer protocol.Recover("postgres server side", &err)
 	return r.serverLoop(s)
 }
 

@@ -393,6 +393,16 @@ func Contained(where string, v any) *InternalError {
 	return &InternalError{Where: where, Value: v, Stack: debug.Stack()}
 }
 
+// Recover, deferred by a function that returns an error, makes a panic of
+// that function its error (Contained):
+//
+//	defer protocol.Recover("where", &err)
+func Recover(where string, err *error) {
+	if ie := Contained(where, recover()); ie != nil {
+		*err = ie
+	}
+}
+
 // LimitError is a session refused or ended by one of its identity's limits
 // ("sessions", "message_buffer", "buffer_budget", "message_timeout"). Msg
 // describes sizes and counts, never content.
