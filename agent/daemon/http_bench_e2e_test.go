@@ -295,9 +295,10 @@ rules:
 			b.ReportMetric(base, load.name+"-direct-req/s")
 		}
 		for _, p := range paths[1:] {
-			b.ReportMetric(mid(rates[load.name+"/"+p.name])/base, load.name+"-"+p.name+"-ratio")
-			b.ReportMetric(mid(cpu[load.name+"/"+p.name]), load.name+"-"+p.name+"-cpu-µs")
-			b.ReportMetric(mid(user[load.name+"/"+p.name]), load.name+"-"+p.name+"-user-µs")
+			key, name := load.name+"/"+p.name, load.name+"-"+p.name
+			b.ReportMetric(mid(rates[key])/base, name+"-ratio")
+			b.ReportMetric(mid(cpu[key]), name+"-cpu-µs")
+			b.ReportMetric(mid(user[key]), name+"-user-µs")
 		}
 		for _, p := range paths {
 			if hs := handshakes[load.name+"/"+p.name]; len(hs) > 0 {
