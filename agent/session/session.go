@@ -413,8 +413,8 @@ func (p *Pipeline) relay(ctx context.Context, c *conn, pol *policy.Policy, dec p
 	// Both sides wrapped: the server's side read the plain way took a
 	// 32 KiB buffer of its own for every connection, and the runtime's
 	// syscall entry (see rawsock.Wrap) for every read.
-	sent, recv := protocol.Relay(rawsock.Wrap(client), rawsock.Wrap(up))
-	end := c.end("closed", "")
+	sent, recv, defect := protocol.Relay(rawsock.Wrap(client), rawsock.Wrap(up))
+	end := c.closed(defect)
 	end.BytesIn, end.BytesOut = sent, recv
 	p.end(c, end)
 }

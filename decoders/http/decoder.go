@@ -303,12 +303,12 @@ func (c *conn) passthrough(ctx context.Context, read []byte, hello Hello) error 
 	if _, err := up.Write(read); err != nil {
 		return &protocol.RefusedError{Outcome: "upstream unreachable", Err: err}
 	}
-	sent, recv := protocol.Relay(c.s.Agent, up)
+	sent, recv, defect := protocol.Relay(c.s.Agent, up)
 	sent += int64(len(read))
 	c.s.Recorder.Relayed(sent, recv)
 	c.s.Recorder.Record(protocol.Message{Type: MsgPassthroughEnd, Time: time.Now(),
 		Body: fmt.Appendf(nil, "agent sent %d bytes, server %d bytes", sent, recv)})
-	return nil
+	return defect
 }
 
 func orNone(s string) string {

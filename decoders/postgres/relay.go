@@ -439,7 +439,23 @@ func (r *relay) resumeServer() {
 	if err == errSuspended {
 		return
 	}
-	r.cfg.Detached(r.end(err))
+	r.cfg.Detached(r.containedEnd(err))
+}
+
+// containedEnd is end on a resumed server side's goroutine, which no
+// caller of Relay's contains: a panic in it closes both connections (the
+// upstream too when park had taken it to keep) and is the session's
+// result.
+func (r *relay) containedEnd(serverErr error) (err error) {
+	defer func() {
+		if ie := protocol.Contained("postgres relay's end", recover()); ie != nil {
+			r.shutdown()
+			r.agent.Close()
+			r.upstream.Close()
+			err = ie
+		}
+	}()
+	return r.end(serverErr)
 }
 
 // resume continues a suspended client side, on the watcher's goroutine.

@@ -69,7 +69,7 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 		rc.Keep = func(net.Conn) { sv.kept = true }
 	}
 	if s.Finish != nil {
-		rc.Detached = func(err error) { s.Finish(sv.end(err)) }
+		rc.Detached = func(err error) { s.Finish(sv.containedEnd(err)) }
 	}
 	err = Relay(ctx, st.agent, st.up.Conn, rc)
 	if err == protocol.ErrDetached {
@@ -114,6 +114,20 @@ func (sv *serving) end(err error) error {
 		return &protocol.ViolationError{Msg: pe.Msg}
 	}
 	return err
+}
+
+// containedEnd is end for a detached session, on a goroutine of the
+// relay's that no caller of Serve contains: a panic in it (the server
+// session's reset reads the server's bytes) closes the server connection,
+// kept or not, and is the session's result.
+func (sv *serving) containedEnd(relayErr error) (err error) {
+	defer func() {
+		if ie := protocol.Contained("postgres session's end", recover()); ie != nil {
+			sv.st.up.Close()
+			err = ie
+		}
+	}()
+	return sv.end(relayErr)
 }
 
 // idleAfter is how long a session's agent stays silent before its relay's

@@ -297,3 +297,39 @@ func TestDetachedSessionParks(t *testing.T) {
 		t.Fatalf("kept connection read %q, %v", b, err)
 	}
 }
+
+// TestDetachedSessionContainsDefects: a panic where a detached session
+// ends, on the goroutine its server side resumed on (here in Keep), is the
+// session's result through Detached, with both connections closed.
+func TestDetachedSessionContainsDefects(t *testing.T) {
+	agent, agentSide := testenv.TCPPair(t)
+	upSide, server := testenv.TCPPair(t)
+	s := idleSession{agent: agent, server: server, done: make(chan error, 1)}
+	cfg := RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter,
+		Keep:     func(net.Conn) { panic("keep defect") },
+		Detached: func(err error) { s.done <- err }}
+	go func() {
+		if err := Relay(context.Background(), rawsock.Wrap(agentSide), rawsock.Wrap(upSide), cfg); err != protocol.ErrDetached {
+			s.done <- err
+		}
+	}()
+	s.roundTrip(t, "SELECT 1")
+	expectGoroutines(t, 0, 0, "detached session")
+	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
+	s.agent.Write(terminate)
+	select {
+	case err := <-s.done:
+		var ie *protocol.InternalError
+		if !errors.As(err, &ie) || ie.Where != "postgres relay's end" {
+			t.Fatalf("relay ended with %v, want the defect in its end", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the detached session did not end")
+	}
+	for _, c := range []net.Conn{agent, server} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+			t.Errorf("after the defect read %q, %v: want the connection closed", b, err)
+		}
+	}
+}

@@ -16,39 +16,56 @@ import (
 // peer already gone. An error on either side closes both, since the other
 // copy would otherwise wait on a peer that is never told. One direction is
 // copied on the calling goroutine.
-func Relay(a, b net.Conn) (aToB, bToA int64) {
+//
+// err is nil however the copies ended, but for a panic in either (a defect
+// in a connection's wrapper: recording, raw socket): both connections are
+// closed and err is the defect (Contained), for the session to end with.
+func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 	var ended atomic.Int32
 	down := make(chan error, 1)
 	go func() {
-		var err error
-		bToA, err = copyDown(a, b, &ended)
-		if err != nil {
-			a.Close()
-			b.Close()
-		}
-		down <- err
+		var defect error
+		bToA, defect = copyDown(a, b, &ended)
+		down <- defect
 	}()
-	aToB, err := copyUp(b, a, &ended)
-	if err != nil {
-		a.Close()
-		b.Close()
+	aToB, err = copyUp(b, a, &ended)
+	if defect := <-down; err == nil {
+		err = defect
 	}
-	<-down
-	return aToB, bToA
+	return aToB, bToA, err
 }
 
 // copyUp and copyDown are separate functions so stack traces say which way
-// a stuck copy was going.
-func copyUp(dst, src net.Conn, ended *atomic.Int32) (int64, error) {
-	n, err := io.Copy(dst, src)
-	finish(dst, ended)
-	return n, err
+// a stuck copy was going; each returns only a defect (contain).
+func copyUp(dst, src net.Conn, ended *atomic.Int32) (n int64, defect error) {
+	defer contain("relay, agent to server", dst, src, &defect)
+	return copyOne(dst, src, ended), nil
 }
 
-func copyDown(dst, src net.Conn, ended *atomic.Int32) (int64, error) {
+func copyDown(dst, src net.Conn, ended *atomic.Int32) (n int64, defect error) {
+	defer contain("relay, server to agent", dst, src, &defect)
+	return copyOne(dst, src, ended), nil
+}
+
+// copyOne copies src to dst, then ends dst (finish); an error closes both.
+func copyOne(dst, src net.Conn, ended *atomic.Int32) int64 {
 	n, err := io.Copy(dst, src)
 	finish(dst, ended)
-	return n, err
+	if err != nil {
+		dst.Close()
+		src.Close()
+	}
+	return n
+}
+
+// contain, deferred by a copy, makes its panic its error and closes both
+// connections.
+func contain(where string, dst, src net.Conn, err *error) {
+	if ie := Contained(where, recover()); ie != nil {
+		dst.Close()
+		src.Close()
+		*err = ie
+	}
 }
 
 // finish ends dst once its direction has: a half-close while the other

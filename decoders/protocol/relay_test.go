@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 
 	"github.com/interlock-dev/interlock/agent/rawsock"
@@ -18,7 +19,10 @@ func TestRelayCountsAndHalfCloses(t *testing.T) {
 	type counts struct{ sent, recv int64 }
 	done := make(chan counts, 1)
 	go func() {
-		s, r := Relay(rawsock.Wrap(agentSide), rawsock.Wrap(upSide))
+		s, r, err := Relay(rawsock.Wrap(agentSide), rawsock.Wrap(upSide))
+		if err != nil {
+			t.Errorf("Relay: %v", err)
+		}
 		done <- counts{s, r}
 	}()
 	// The server answers after the agent has finished sending: only works
@@ -88,4 +92,51 @@ func TestRelayLargeBothWays(t *testing.T) {
 	if b := <-gotUp; !bytes.Equal(b, up) {
 		t.Fatalf("server got %d bytes, want the agent's %d", len(b), len(up))
 	}
+}
+
+// TestRelayContainsDefects: a panic in either copy (here a connection's
+// Write, as a recording wrapper's would be) ends the relay with the defect
+// and both connections closed; the process goes on.
+func TestRelayContainsDefects(t *testing.T) {
+	for _, tc := range []struct {
+		where    string
+		agentOut bool // the defect is in the write to the agent
+	}{
+		{"relay, agent to server", false},
+		{"relay, server to agent", true},
+	} {
+		t.Run(tc.where, func(t *testing.T) {
+			agent, agentSide := testenv.TCPPair(t)
+			upSide, server := testenv.TCPPair(t)
+			a, b := rawsock.Wrap(agentSide), rawsock.Wrap(upSide)
+			from := agent
+			if tc.agentOut {
+				a, from = defectiveWriter{a}, server
+			} else {
+				b = defectiveWriter{b}
+			}
+			done := make(chan error, 1)
+			go func() { _, _, err := Relay(a, b); done <- err }()
+			from.Write([]byte("defect"))
+			var ie *InternalError
+			if err := <-done; !errors.As(err, &ie) || ie.Where != tc.where {
+				t.Fatalf("Relay returned %v, want the defect in %q", err, tc.where)
+			}
+			for _, c := range []net.Conn{agent, server} {
+				if n, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) || len(n) != 0 {
+					t.Errorf("after the defect read %q, %v: want the connection closed", n, err)
+				}
+			}
+		})
+	}
+}
+
+// defectiveWriter panics when asked to write "defect".
+type defectiveWriter struct{ net.Conn }
+
+func (w defectiveWriter) Write(b []byte) (int, error) {
+	if bytes.Contains(b, []byte("defect")) {
+		panic("writer defect")
+	}
+	return w.Conn.Write(b)
 }
