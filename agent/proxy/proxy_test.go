@@ -106,6 +106,11 @@ func TestPanicEndsOneConnection(t *testing.T) {
 			t.Errorf("connection %d: read %q, %v; want %q and its end", i, got, err, want)
 		}
 	}
+	// The handler's own deferred close reaches the agent before the panic
+	// reaches serveConn's recover, which logs it: wait for the lines.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && strings.Count(logged.String(), "ended by an internal error") < 2; {
+		time.Sleep(10 * time.Millisecond)
+	}
 	for _, defect := range []string{`"panic":"identify defect"`, `"panic":"handler defect"`} {
 		if !strings.Contains(logged.String(), defect) {
 			t.Errorf("the log lacks %s:\n%s", defect, logged.String())
