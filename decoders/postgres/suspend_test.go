@@ -333,3 +333,24 @@ func TestDetachedSessionContainsDefects(t *testing.T) {
 		}
 	}
 }
+
+// TestDetachedSessionEndContainsDefects: the decoder's part of a detached
+// session's end (here the pipeline's park func) contains a panic too: it is
+// the session's result, and both connections are closed.
+func TestDetachedSessionEndContainsDefects(t *testing.T) {
+	agent, agentSide := testenv.TCPPair(t)
+	upSide, server := testenv.TCPPair(t)
+	sv := &serving{d: &Decoder{}, s: &protocol.Session{Agent: agentSide},
+		st:   started{agent: agentSide, up: &Upstream{Conn: upSide}, key: CancelKey{SecretKey: make([]byte, 4)}},
+		park: func(io.Closer) bool { panic("park defect") }}
+	var ie *protocol.InternalError
+	if err := sv.containedEnd(nil); !errors.As(err, &ie) || ie.Where != "postgres session's end" || ie.Value != "park defect" {
+		t.Fatalf("end returned %v, want the defect", err)
+	}
+	for _, c := range []net.Conn{agent, server} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
+			t.Errorf("after the defect read %q, %v: want the connection closed", b, err)
+		}
+	}
+}
