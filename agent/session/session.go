@@ -208,7 +208,7 @@ func (p *Pipeline) Handle(ctx context.Context, pc *proxy.Conn) {
 	// A decoder that detaches (protocol.ErrDetached) ends the session
 	// later, on a goroutine of its own; the connection stays held.
 	sv.pc, sv.release = pc, pc.Hold()
-	sv.s.Finish = sv.end
+	sv.s.Finish = sv.endDetached
 	if err := sv.serve(); err != protocol.ErrDetached {
 		sv.end(err)
 	}
@@ -309,6 +309,10 @@ func (p *Pipeline) agentTLS(addr netip.Addr) func() *tls.Config {
 // what it reported through protocol.Session.Finish).
 func (sv *served) end(err error) {
 	p, c := sv.p, sv.c
+	// Deferred, so that a defect below still closes the connection and
+	// lets the proxy stop tracking it.
+	defer sv.release()
+	defer sv.pc.Client.Close()
 	// The decoder closed the agent's connection: its slot is free now, not
 	// once its end is stored, which may wait for a commit shared with other
 	// writes (store.EndSessionShared).
@@ -327,8 +331,20 @@ func (sv *served) end(err error) {
 	p.end(c, end)
 	sv.cut(nil)
 	p.cfg.Metrics.Active.Dec()
-	sv.pc.Client.Close()
-	sv.release()
+}
+
+// endDetached is end for a session its decoder detached
+// (protocol.ErrDetached): it runs on a goroutine of the decoder's, after
+// the decoder's own code, where nothing above contains a panic. One is
+// logged as a defect (the connection still closed and released by end's
+// defers), as serveConn logs those on the goroutines it runs.
+func (sv *served) endDetached(err error) {
+	defer func() {
+		if ie := protocol.Contained("session end", recover()); ie != nil {
+			proxy.LogDefect(&sv.p.cfg.Log, ie, "conn", sv.c.id)
+		}
+	}()
+	sv.end(err)
 }
 
 // closed turns how a decoder's session ended into its audit outcome; end

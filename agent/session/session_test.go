@@ -406,6 +406,60 @@ func TestPipelineContainsDecoderPanic(t *testing.T) {
 	}
 }
 
+// TestPipelineContainsDetachedEndPanic: a session its decoder detached
+// ends on a goroutine of the decoder's (protocol.Session.Finish); a defect
+// reached there (here an error whose Error panics) is logged with its
+// stack, the agent's connection is closed, and the next session is served
+// in the identity's one slot.
+func TestPipelineContainsDetachedEndPanic(t *testing.T) {
+	e := newEnv(t, fakeDecoder{func(ctx context.Context, s *protocol.Session) error {
+		if err := s.Recorder.Start(ctx); err != nil {
+			return err
+		}
+		if s.ID == "s-defect" {
+			go s.Finish(defectiveError{})
+			return protocol.ErrDetached
+		}
+		return nil
+	}})
+	agent, done := e.serve(t, "s-defect", "127.0.0.1:5432")
+	<-done
+	agent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(agent); err != nil || len(b) != 0 {
+		t.Errorf("the detached session's agent read %q, %v: want its connection closed", b, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		logged := false
+		for _, l := range e.daemon.lines() {
+			stack, _ := l["stack"].(string)
+			logged = logged || l["message"] == "ended by an internal error" && l["where"] == "session end" &&
+				l["conn"] == "s-defect" && l["panic"] == "error defect" && strings.Contains(stack, "defectiveError")
+		}
+		if logged {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the defect was not logged:\n%v", e.daemon.lines())
+		}
+	}
+	_, done = e.serve(t, "s-after", "127.0.0.1:5432")
+	<-done
+	var outcomes []any
+	for _, l := range e.log.lines() {
+		if l["event"] == "connection_close" {
+			outcomes = append(outcomes, l["outcome"])
+		}
+	}
+	if fmt.Sprint(outcomes) != "[closed]" {
+		t.Errorf("outcomes %v, want the session after the defect's closed", outcomes)
+	}
+}
+
+// defectiveError is an error whose Error panics, as a defect would.
+type defectiveError struct{}
+
+func (defectiveError) Error() string { panic("error defect") }
+
 // TestPipelineEndsSessionWhoseRowIsRefused: a session goes on while its
 // row is written; a store that refuses the row ends it, and the sessions
 // after wait for their rows, so a store that keeps refusing refuses them.
