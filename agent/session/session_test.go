@@ -198,6 +198,18 @@ func (e *env) serve(t *testing.T, id string, dst string) (agent net.Conn, done c
 	return agent, done
 }
 
+// outcomes returns the outcomes of the connection_close events logged, in
+// order.
+func (e *env) outcomes() []string {
+	var out []string
+	for _, l := range e.log.lines() {
+		if l["event"] == "connection_close" {
+			out = append(out, fmt.Sprint(l["outcome"]))
+		}
+	}
+	return out
+}
+
 // chain returns the kinds of the chain's records, in order, after checking
 // that it verifies.
 func (e *env) chain(t *testing.T) []map[string]any {
@@ -381,12 +393,7 @@ func TestPipelineContainsDecoderPanic(t *testing.T) {
 	if got := strings.Join(sameEvents(t, e), " "); got != "connection.opened recording.sealed connection.closed connection.opened recording.sealed connection.closed" {
 		t.Errorf("chain: %s", got)
 	}
-	var outcomes []any
-	for _, l := range e.log.lines() {
-		if l["event"] == "connection_close" {
-			outcomes = append(outcomes, l["outcome"])
-		}
-	}
+	outcomes := e.outcomes()
 	logged := false
 	for _, l := range e.daemon.lines() {
 		if l["message"] == "ended by an internal error" {
@@ -444,12 +451,7 @@ func TestPipelineContainsDetachedEndPanic(t *testing.T) {
 	}
 	_, done = e.serve(t, "s-after", "127.0.0.1:5432")
 	<-done
-	var outcomes []any
-	for _, l := range e.log.lines() {
-		if l["event"] == "connection_close" {
-			outcomes = append(outcomes, l["outcome"])
-		}
-	}
+	outcomes := e.outcomes()
 	if fmt.Sprint(outcomes) != "[closed]" {
 		t.Errorf("outcomes %v, want the session after the defect's closed", outcomes)
 	}
@@ -492,12 +494,7 @@ func TestPipelineEndsSessionWhoseRowIsRefused(t *testing.T) {
 	if second == nil || !strings.Contains(second.Error(), "disk quota exceeded") {
 		t.Errorf("the next session's Start: %v, want the store's refusal", second)
 	}
-	var outcomes []any
-	for _, l := range e.log.lines() {
-		if l["event"] == "connection_close" {
-			outcomes = append(outcomes, l["outcome"])
-		}
-	}
+	outcomes := e.outcomes()
 	if fmt.Sprint(outcomes) != "[recording unavailable recording unavailable]" {
 		t.Errorf("outcomes %v, want both recording unavailable", outcomes)
 	}

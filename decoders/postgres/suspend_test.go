@@ -248,16 +248,15 @@ func TestIdleSessionEnds(t *testing.T) {
 	}
 }
 
-// TestDetachedSessionParks: an agent that leaves a detached session
-// cleanly leaves its server connection to Keep, open and unread, before
-// Detached reports the end.
-func TestDetachedSessionParks(t *testing.T) {
+// leaveDetached starts a session whose relay keeps its server connection
+// through keep and may detach, lets both sides go idle until it has, and
+// sends the agent's Terminate; done gets the result.
+func leaveDetached(t *testing.T, keep func(net.Conn)) idleSession {
+	t.Helper()
 	agent, agentSide := testenv.TCPPair(t)
 	upSide, server := testenv.TCPPair(t)
 	s := idleSession{agent: agent, server: server, done: make(chan error, 1)}
-	kept := make(chan net.Conn, 1)
-	cfg := RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter,
-		Keep:     func(c net.Conn) { kept <- c },
+	cfg := RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter, Keep: keep,
 		Detached: func(err error) { s.done <- err }}
 	go func() {
 		if err := Relay(context.Background(), rawsock.Wrap(agentSide), rawsock.Wrap(upSide), cfg); err != protocol.ErrDetached {
@@ -268,6 +267,15 @@ func TestDetachedSessionParks(t *testing.T) {
 	expectGoroutines(t, 0, 0, "detached session")
 	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
 	s.agent.Write(terminate)
+	return s
+}
+
+// TestDetachedSessionParks: an agent that leaves a detached session
+// cleanly leaves its server connection to Keep, open and unread, before
+// Detached reports the end.
+func TestDetachedSessionParks(t *testing.T) {
+	kept := make(chan net.Conn, 1)
+	s := leaveDetached(t, func(c net.Conn) { kept <- c })
 	select {
 	case err := <-s.done:
 		if err != nil {
@@ -290,7 +298,7 @@ func TestDetachedSessionParks(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.expectServer(t, query)
-	server.Write([]byte("Z"))
+	s.server.Write([]byte("Z"))
 	up.SetReadDeadline(time.Now().Add(5 * time.Second))
 	b := make([]byte, 1)
 	if _, err := io.ReadFull(up, b); err != nil || b[0] != 'Z' {
@@ -302,21 +310,7 @@ func TestDetachedSessionParks(t *testing.T) {
 // ends, on the goroutine its server side resumed on (here in Keep), is the
 // session's result through Detached, with both connections closed.
 func TestDetachedSessionContainsDefects(t *testing.T) {
-	agent, agentSide := testenv.TCPPair(t)
-	upSide, server := testenv.TCPPair(t)
-	s := idleSession{agent: agent, server: server, done: make(chan error, 1)}
-	cfg := RelayConfig{Enforcer: allowAll, IdleAfter: suspendAfter,
-		Keep:     func(net.Conn) { panic("keep defect") },
-		Detached: func(err error) { s.done <- err }}
-	go func() {
-		if err := Relay(context.Background(), rawsock.Wrap(agentSide), rawsock.Wrap(upSide), cfg); err != protocol.ErrDetached {
-			s.done <- err
-		}
-	}()
-	s.roundTrip(t, "SELECT 1")
-	expectGoroutines(t, 0, 0, "detached session")
-	terminate, _ := (&pgproto3.Terminate{}).Encode(nil)
-	s.agent.Write(terminate)
+	s := leaveDetached(t, func(net.Conn) { panic("keep defect") })
 	select {
 	case err := <-s.done:
 		var ie *protocol.InternalError
@@ -326,7 +320,7 @@ func TestDetachedSessionContainsDefects(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the detached session did not end")
 	}
-	for _, c := range []net.Conn{agent, server} {
+	for _, c := range []net.Conn{s.agent, s.server} {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if b, err := io.ReadAll(c); err != nil || len(b) != 0 {
 			t.Errorf("after the defect read %q, %v: want the connection closed", b, err)
