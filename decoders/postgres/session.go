@@ -121,12 +121,7 @@ func (sv *serving) end(err error) error {
 // session's reset reads the server's bytes) closes the server connection,
 // kept or not, and is the session's result.
 func (sv *serving) containedEnd(relayErr error) (err error) {
-	defer func() {
-		if ie := protocol.Contained("postgres session's end", recover()); ie != nil {
-			sv.st.up.Close()
-			err = ie
-		}
-	}()
+	defer protocol.Recover("postgres session's end", &err, sv.st.up)
 	return sv.end(relayErr)
 }
 

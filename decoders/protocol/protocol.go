@@ -394,11 +394,15 @@ func Contained(where string, v any) *InternalError {
 }
 
 // Recover, deferred by a function that returns an error, makes a panic of
-// that function its error (Contained):
+// that function its error (Contained), after closing closers (the
+// connections the function served, which nothing else would close then):
 //
-//	defer protocol.Recover("where", &err)
-func Recover(where string, err *error) {
+//	defer protocol.Recover("where", &err, conn)
+func Recover(where string, err *error, closers ...io.Closer) {
 	if ie := Contained(where, recover()); ie != nil {
+		for _, c := range closers {
+			c.Close()
+		}
 		*err = ie
 	}
 }

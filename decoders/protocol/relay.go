@@ -36,14 +36,15 @@ func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 }
 
 // copyUp and copyDown are separate functions so stack traces say which way
-// a stuck copy was going; each returns only a defect (contain).
+// a stuck copy was going; each returns only a defect, having closed both
+// connections (Recover).
 func copyUp(dst, src net.Conn, ended *atomic.Int32) (n int64, defect error) {
-	defer contain("relay, agent to server", dst, src, &defect)
+	defer Recover("relay, agent to server", &defect, dst, src)
 	return copyOne(dst, src, ended), nil
 }
 
 func copyDown(dst, src net.Conn, ended *atomic.Int32) (n int64, defect error) {
-	defer contain("relay, server to agent", dst, src, &defect)
+	defer Recover("relay, server to agent", &defect, dst, src)
 	return copyOne(dst, src, ended), nil
 }
 
@@ -56,16 +57,6 @@ func copyOne(dst, src net.Conn, ended *atomic.Int32) int64 {
 		src.Close()
 	}
 	return n
-}
-
-// contain, deferred by a copy, makes its panic its error and closes both
-// connections.
-func contain(where string, dst, src net.Conn, err *error) {
-	if ie := Contained(where, recover()); ie != nil {
-		dst.Close()
-		src.Close()
-		*err = ie
-	}
 }
 
 // finish ends dst once its direction has: a half-close while the other
