@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -136,7 +137,13 @@ func (s *Server) Serve(l net.Listener) error { return s.ServeWith(l, s.Identifie
 // ServeWith is Serve with id identifying l's connections in place of the
 // server's Identifier: for a listener in another network namespace, whose
 // connections are recorded under that namespace.
+//
+// A process or host out of descriptors or memory (an agent holding
+// thousands of connections is enough) is waited out: accepting pauses
+// (see pauses) while new connections wait in the listen queue. It returns
+// an error only for one that accepting again cannot clear.
 func (s *Server) ServeWith(l net.Listener, id Identifier) error {
+	p := pauses{log: &s.Log, listener: l.Addr().String()}
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -147,8 +154,23 @@ func (s *Server) ServeWith(l net.Listener, id Identifier) error {
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return fmt.Errorf("accept: %w", err)
+			if pendingError(err) {
+				continue // that connection's own failure; the next is fine
+			}
+			if !exhausted(err) {
+				return fmt.Errorf("proxy listener: %w", err)
+			}
+			t := time.NewTimer(p.failed(err))
+			select {
+			case <-t.C:
+				p.waited()
+			case <-s.ctx.Done():
+				t.Stop()
+				return nil
+			}
+			continue
 		}
+		p.accepted()
 		tc := c.(*net.TCPConn)
 		if !s.track(tc) {
 			tc.Close()
@@ -157,6 +179,90 @@ func (s *Server) ServeWith(l net.Listener, id Identifier) error {
 		s.wg.Add(1)
 		go s.serveConn(tc, id)
 	}
+}
+
+// pauseLogEvery bounds how often one listener logs a pause: an agent that
+// keeps interlockd at its descriptor limit makes one each time a
+// connection closes.
+const pauseLogEvery = 10 * time.Second
+
+// pauses paces one listener's accepts while interlockd is out of
+// descriptors or memory: 5 ms before the first retry, doubling to a
+// second, and back to none at the first accept that succeeds (each
+// connection that closes frees what the next needs). A pause is logged
+// as an error when it begins, with the pauses not logged since the last
+// one that was, and as a warning when it ends.
+type pauses struct {
+	log      *zerolog.Logger
+	listener string
+	wait     time.Duration // before the next accept; 0 while accepting
+	began    time.Time     // when the pause began
+	ended    time.Time     // when its last wait ended
+	accepts  int           // accepts failed in the pause
+	logged   time.Time     // when the last logged pause began
+	unlogged int           // pauses since then
+}
+
+// failed counts an accept that failed with err, one of exhausted's, and
+// returns how long to wait before the next.
+func (p *pauses) failed(err error) time.Duration {
+	if p.wait == 0 {
+		p.began, p.accepts = time.Now(), 0
+		if p.began.Sub(p.logged) < pauseLogEvery {
+			p.unlogged++
+		} else {
+			p.log.Error().Err(err).Str("listener", p.listener).Int("pauses_unlogged", p.unlogged).
+				Msg("accepting paused: interlockd is out of descriptors or memory; new connections wait in the listen queue")
+			p.logged, p.unlogged = p.began, 0
+		}
+	}
+	p.accepts++
+	p.wait = min(max(2*p.wait, 5*time.Millisecond), time.Second)
+	return p.wait
+}
+
+// waited marks the end of a wait failed returned.
+func (p *pauses) waited() { p.ended = time.Now() }
+
+// accepted ends the pause, if any.
+func (p *pauses) accepted() {
+	if p.wait == 0 {
+		return
+	}
+	if p.logged.Equal(p.began) {
+		p.log.Warn().Str("listener", p.listener).Int64("paused_ms", p.ended.Sub(p.began).Milliseconds()).
+			Int("failed_accepts", p.accepts).Msg("accepting again")
+	}
+	p.wait = 0
+}
+
+// exhausted reports whether an accept failed because the process or the
+// host ran out of something a connection takes: descriptors (EMFILE,
+// ENFILE) or kernel memory (ENOBUFS, ENOMEM). Connections that close give
+// them back.
+func exhausted(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// pendingError reports whether an accept failed with the error of the
+// connection it dequeued, which Linux's accept passes on and accept(2)
+// says to retry like EAGAIN (Go retries ECONNABORTED itself). Each
+// failing connection is gone from the queue, so retrying cannot spin.
+// (accept(2)'s EPERM, "firewall rules forbid connection", is not one: a
+// security module refusing every accept would keep it coming.)
+func pendingError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.ENETDOWN, syscall.EPROTO, syscall.ENOPROTOOPT, syscall.EHOSTDOWN,
+		syscall.ENONET, syscall.EHOSTUNREACH, syscall.EOPNOTSUPP, syscall.ENETUNREACH} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) track(c *net.TCPConn) bool {
