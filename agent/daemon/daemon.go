@@ -340,8 +340,19 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	// exec's placeholders): they are served once both exist. A client that
 	// connects sooner waits in the socket's backlog.
 	go d.ctl.Serve(ctlL)
+	// A listener that can no longer accept stops interlockd, which exits
+	// with the error: tagged connects are then refused until its service
+	// restarts it, not left waiting on a listener nobody serves. (Running
+	// out of descriptors or memory pauses accepting; see proxy.ServeWith.)
+	unserved := make(chan error, len(d.listeners))
 	for _, l := range d.listeners {
-		go d.proxy.Serve(l)
+		go func() {
+			err := d.proxy.Serve(l)
+			if err == nil {
+				err = fmt.Errorf("proxy listener %s: stopped", l.Addr())
+			}
+			unserved <- err
+		}()
 	}
 	namespacesDone := make(chan struct{})
 	go d.serveNamespaces(ctx, namespacesDone)
@@ -366,9 +377,12 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	if ready != nil {
 		ready()
 	}
+	var runErr error
 	select {
 	case <-ctx.Done():
 	case <-d.uninstalled:
+	case runErr = <-unserved:
+		d.log.Error().Err(runErr).Msg("a proxy listener failed; stopping")
 	}
 	close(d.stopping)
 	d.closeListeners()
@@ -380,7 +394,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	defer cancel()
 	d.proxy.Shutdown(sctx)
 	d.log.Info().Msg("stopped")
-	return nil
+	return runErr
 }
 
 func (d *Daemon) closeListeners() {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,6 +97,46 @@ func client(mode, arg string) int {
 			}
 			c.Close()
 		}
+	case "hoard":
+		// Open N connections to ADDR and hold them (arg "N|ADDR|HOLD"): OK
+		// counts those greeted within a second. HOLD later, close them all
+		// and connect once more: Line is that connection's greeting.
+		f := strings.Split(arg, "|")
+		var n int
+		fmt.Sscan(f[0], &n)
+		hold, _ := time.ParseDuration(f[2])
+		var held []net.Conn
+		for i := 0; i < n; i++ {
+			c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
+			if err != nil {
+				fail(fmt.Errorf("connect %d: %w", i, err))
+				break
+			}
+			held = append(held, c)
+		}
+		greeted := time.Now().Add(time.Second)
+		for _, c := range held {
+			c.SetReadDeadline(greeted)
+			if line, _ := bufio.NewReader(c).ReadString('\n'); strings.HasPrefix(line, "hello") {
+				r.OK++
+			}
+		}
+		time.Sleep(hold)
+		for _, c := range held {
+			c.Close()
+		}
+		c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
+		if err != nil {
+			fail(err)
+			break
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fail(err)
+		}
+		r.Line = strings.TrimSpace(line)
+		c.Close()
 	case "dns":
 		// One question: arg is "NET|ADDR|NAME|TYPE"; Line is the answer's
 		// rcode and records.
@@ -845,4 +886,96 @@ func TestRemovedCgroupLosesItsTag(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	waitEvent(t, f.d, "untag", func(m map[string]any) bool { return m["reason"] == "cgroup removed" })
+}
+
+// TestFailedListenerStopsInterlockd: a proxy listener that can no longer
+// accept (here shut down from outside, so that accept fails with EINVAL)
+// stops interlockd with the error, for its service to restart it; tagged
+// connects are refused meanwhile. Before, its accept loop ended unseen:
+// interlockd went on answering its CLI while connections to that listener
+// waited in a queue nobody served.
+func TestFailedListenerStopsInterlockd(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp4", "127.0.0.1:0")
+	agent := f.d.Cgroup("agent")
+	if _, stderr, err := f.d.CLI("tag", agent, "--identity", "ci-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	pid := f.d.PID()
+	// The proxy's own listener: the data path steers connections for the
+	// listen port to it (a SOCKMAP), bound where no one else can bind.
+	var armed struct {
+		Listeners []string `json:"listeners"`
+	}
+	for _, line := range strings.Split(f.d.Logs(), "\n") {
+		if strings.Contains(line, "data path armed") {
+			json.Unmarshal([]byte(line), &armed)
+		}
+	}
+	if len(armed.Listeners) == 0 {
+		t.Fatalf("no listeners logged:\n%s", f.d.Logs())
+	}
+	fd := listenerFD(t, pid, netip.MustParseAddrPort(armed.Listeners[0]))
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dup)
+	if err := unix.Shutdown(dup, unix.SHUT_RDWR); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); unix.Kill(pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("interlockd still runs with a listener that cannot accept:\n%s", f.d.Logs())
+		}
+	}
+	for _, line := range []string{"a proxy listener failed; stopping", "stopped on error"} {
+		if !strings.Contains(f.d.Logs(), line) {
+			t.Errorf("the log lacks %q:\n%s", line, f.d.Logs())
+		}
+	}
+	// Fail closed: the programs stay attached, the connect finds nobody.
+	if r := f.runIn(t, agent, "tcp", tg.addr()); r.Errno != int(syscall.ECONNREFUSED) {
+		t.Errorf("a connect with interlockd stopped: %+v, want it refused", r)
+	}
+}
+
+// listenerFD returns the descriptor number of pid's TCP socket listening
+// on addr (IPv4), from /proc.
+func listenerFD(t *testing.T, pid int, addr netip.AddrPort) int {
+	t.Helper()
+	table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := addr.Addr().As4()
+	local := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], addr.Port())
+	var inode string
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[1] == local && f[3] == "0A" {
+			inode = f[9]
+		}
+	}
+	if inode == "" {
+		t.Fatalf("no socket listening on %s in %d's network namespace", addr, pid)
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range fds {
+		if link, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); link == "socket:["+inode+"]" {
+			var fd int
+			fmt.Sscan(e.Name(), &fd)
+			return fd
+		}
+	}
+	t.Fatalf("no descriptor of %d holds socket %s", pid, inode)
+	return -1
 }

@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -14,11 +15,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/daemontest"
 )
@@ -458,4 +461,79 @@ func TestSlowMessageAndHandshakeFlood(t *testing.T) {
 		return m["outcome"] == "handshake" && strings.Contains(fmt.Sprint(m["reason"]), "tls handshake with agent")
 	})
 	t.Logf("unfinished statement ended after %d ms; SSLRequest flood: %d answer, closed after %d ms", slowMS, r.Answers, r.ElapsedMS)
+}
+
+// TestDescriptorExhaustionPausesAccepting: an unprivileged agent holds
+// more plain TCP connections than interlockd has descriptors left (its
+// limit lowered for the test). interlockd pauses accepting, logged, and
+// another identity's connection meanwhile waits in the listen queue or,
+// accepted when a descriptor came free but none left for its upstream, is
+// reset ("upstream unreachable", as nginx and HAProxy answer a failed
+// upstream socket); it never hangs. Once the hoarder lets go, both
+// identities are served again. Before, the accept's EMFILE ended the
+// listener's loop: interlockd stayed up and answered its CLI, but accepted
+// no redirected connection again.
+func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp4", "127.0.0.1:0")
+	// The other identity's agent is put in its tagged cgroup directly:
+	// `interlock exec` asks interlockd for things that take descriptors.
+	otherCgroup := f.d.Cgroup("other")
+	if _, stderr, err := f.d.CLI("tag", otherCgroup, "--identity", "other"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	open, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", f.d.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lim unix.Rlimit
+	if err := unix.Prlimit(f.d.PID(), unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		t.Fatal(err)
+	}
+	// Each relayed connection takes two: the agent's and the upstream's.
+	lim.Cur = uint64(len(open) + 24)
+	if err := unix.Prlimit(f.d.PID(), unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		t.Fatal(err)
+	}
+	const held = 60
+	hoarder := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--",
+		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, fmt.Sprintf("%d|%s|1s", held, tg.addr()))
+	hoarder.Env = append(os.Environ(), clientEnv+"=hoard")
+	var out bytes.Buffer
+	hoarder.Stdout, hoarder.Stderr = &out, &out
+	if err := hoarder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(f.d.Logs(), "accepting paused"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			hoarder.Wait()
+			t.Fatalf("no pause logged: the hoarder reported %s\n%s", out.String(), f.d.Logs())
+		}
+	}
+	unprivileged := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, tg.addr()}
+	began := time.Now()
+	during := f.runArgvIn(t, otherCgroup, "tcp", unprivileged...)
+	if during.Line != "hello from target" && during.Errno != int(syscall.ECONNRESET) {
+		t.Fatalf("another identity's connection while the hoarder held its own: %+v, want a greeting or a reset\n%s", during, f.d.Logs())
+	}
+	t.Logf("another identity's connection meanwhile: %q %s, after %v", during.Line, during.Err, time.Since(began).Round(time.Millisecond))
+	if err := hoarder.Wait(); err != nil {
+		t.Fatalf("hoarder: %v\n%s", err, out.String())
+	}
+	var r report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("hoarder's report %q: %v", out.String(), err)
+	}
+	if r.OK == 0 || r.OK >= held {
+		t.Errorf("%d of the hoarder's %d connections greeted, want some and not all (the limit bit)", r.OK, held)
+	}
+	if r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("the hoarder's connection after letting go: %+v\n%s", r, f.d.Logs())
+	}
+	if after := f.runArgvIn(t, otherCgroup, "tcp", unprivileged...); after.Err != "" || after.Line != "hello from target" {
+		t.Fatalf("another identity's connection after the hoarder let go: %+v\n%s", after, f.d.Logs())
+	}
+	if !strings.Contains(f.d.Logs(), "accepting again") {
+		t.Errorf("no end of the pause logged:\n%s", f.d.Logs())
+	}
 }

@@ -95,7 +95,11 @@ func (d *Daemon) scanNamespaces(ctx context.Context, served map[uint64]*datapath
 		addrs := make([]string, 0, len(n.Listeners))
 		for _, l := range n.Listeners {
 			addrs = append(addrs, l.Addr().String())
-			go d.proxy.ServeWith(l, id)
+			go func() {
+				if err := d.proxy.ServeWith(l, id); err != nil {
+					d.log.Error().Err(err).Uint64("netns", ino).Msg("a network namespace's proxy listener failed: tagged connects there wait unserved")
+				}
+			}()
 		}
 		cookie := n.Cookie
 		for _, c := range n.DNS {
