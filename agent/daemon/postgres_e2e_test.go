@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -515,3 +516,32 @@ func BenchmarkPgbench(b *testing.B) {
 // idleSessions is how many idle sessions BenchmarkPgbench holds open at
 // once: what PostgreSQL's max_connections leaves (each is a backend).
 const idleSessions = 300
+
+// TestFullRecordingDiskEndsSession: a session whose recording's file
+// cannot be written (its file system full: a 64 KiB tmpfs over the
+// recordings) is ended, outcome `recording unavailable` and an error line,
+// rather than left to go on unrecorded; a session whose recording fits in
+// the store goes on. Before, the write error was kept until the session
+// ended, which it did only when the agent pleased.
+func TestFullRecordingDiskEndsSession(t *testing.T) {
+	f := startPG(t)
+	dir := filepath.Join(f.d.StateDir, "recordings")
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k,mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	if out, err := f.psql(t, "SELECT 'small'"); err != nil || out != "small" {
+		t.Fatalf("a session whose recording fits: %v %s", err, out)
+	}
+	// A megabyte's result fills the file system; the session is ended
+	// while psql waits (a shell command of its own), before its last
+	// statement.
+	out, err := f.psql(t, "SELECT 'unrecorded'", "-c", "SELECT string_agg(md5(g::text), '') FROM generate_series(1, 40000) g", "-c", `\! sleep 2`)
+	if err == nil || strings.Contains(out, "unrecorded") {
+		t.Fatalf("a session whose recording could not be written went on: %v\n%s", err, out)
+	}
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["outcome"] == "recording unavailable" })
+	if !strings.Contains(f.d.Logs(), "the session cannot be recorded: ending it") || !strings.Contains(f.d.Logs(), "no space left on device") {
+		t.Errorf("no error line naming the full disk:\n%s", f.d.Logs())
+	}
+}

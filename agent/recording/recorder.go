@@ -363,6 +363,8 @@ type Session struct {
 	sum  hash.Hash
 	size int64
 	werr error
+	// lost is Start's: told the first write error.
+	lost func(error)
 }
 
 // Start creates the open session row for meta (whose ID is assigned when
@@ -371,8 +373,10 @@ type Session struct {
 //
 // With lost nil, Start returns once the row is stored. Otherwise it returns
 // once the row is queued (see store.BeginSession), so the session goes on
-// meanwhile, and lost is called if the store refuses the row: the caller
-// must end the session then. After such a refusal Starts wait for their
+// meanwhile, and lost is called if the store refuses the row, or once if
+// the recording's file cannot be created or written (a full disk, no
+// descriptor left): the caller must end the session then, which would
+// otherwise go on unrecorded. After a refused row Starts wait for their
 // rows, and so refuse sessions, until the store takes one again.
 func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(error)) (*Session, error) {
 	if meta.ID == "" {
@@ -399,7 +403,7 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(erro
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{r: r, meta: meta, start: meta.Started, sum: sha256.New(), bufCap: minBufSize}
+	s := &Session{r: r, meta: meta, start: meta.Started, sum: sha256.New(), bufCap: minBufSize, lost: lost}
 	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
 		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
 	s.put(append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...))
@@ -515,16 +519,28 @@ func (s *Session) writeOut(b []byte) {
 		return
 	}
 	if s.f == nil {
-		s.f, s.werr = os.OpenFile(s.meta.Recording, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if s.werr != nil {
-			s.werr = fmt.Errorf("create recording: %w", s.werr)
+		f, err := os.OpenFile(s.meta.Recording, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			s.writeFailed(fmt.Errorf("create recording: %w", err))
 			return
 		}
+		s.f = f
 	}
 	n, err := s.f.Write(b)
 	s.sum.Write(b[:n])
 	s.size += int64(n)
+	if err != nil {
+		s.writeFailed(err)
+	}
+}
+
+// writeFailed keeps err, the session's first write error, for Finish and
+// tells the session's owner, which ends it.
+func (s *Session) writeFailed(err error) {
 	s.werr = err
+	if s.lost != nil {
+		s.lost(err)
+	}
 }
 
 // flush queues buffered frames for writing and hands back the verdicts

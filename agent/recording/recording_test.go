@@ -587,6 +587,56 @@ func TestStartAfterRefusedRow(t *testing.T) {
 	}
 }
 
+// TestUnwritableRecordingTellsLost: a recording whose file cannot be
+// created (here a directory is in its way) tells Start's lost, once, so
+// that the session is ended rather than going on unrecorded; Finish
+// reports the error too.
+func TestUnwritableRecordingTellsLost(t *testing.T) {
+	ctx := context.Background()
+	_, rec := newSQLiteRecorder(t)
+	lost := make(chan error, 4)
+	meta := store.Session{ID: "s-unwritable", Identity: "ci", Target: "t", Protocol: "postgresql"}
+	s, err := rec.Start(ctx, meta, func(err error) { lost <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	row, err := s.Finish(ctx, recording.End{Outcome: "closed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := row.Recording
+	meta.ID = "s-unwritable-2"
+	s, err = rec.Start(ctx, meta, func(err error) { lost <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(filepath.Dir(path), "s-unwritable-2.ilrec"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// More than a first buffer holds: handed to the writer, which creates
+	// the file.
+	for i := 0; i < 4; i++ {
+		s.Message(true, 'Q', bytes.Repeat([]byte("x"), 4096), time.Time{})
+	}
+	select {
+	case err := <-lost:
+		if !strings.Contains(err.Error(), "create recording") {
+			t.Errorf("lost: %v, want the file's creation", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("lost not told that the recording cannot be written")
+	}
+	for i := 0; i < 40; i++ {
+		s.Message(true, 'Q', bytes.Repeat([]byte("x"), 4096), time.Time{})
+	}
+	if _, err := s.Finish(ctx, recording.End{Outcome: "recording unavailable"}); err == nil || !strings.Contains(err.Error(), "create recording") {
+		t.Errorf("Finish: %v, want the write error", err)
+	}
+	if len(lost) != 0 {
+		t.Errorf("lost told %d more times, want once", len(lost))
+	}
+}
+
 // A daemon that dies leaves open sessions; the next start seals them, and a
 // recording cut inside a frame still reads up to the cut.
 func TestSealAbandoned(t *testing.T) {

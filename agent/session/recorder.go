@@ -10,8 +10,9 @@ import (
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
-// recordingUnavailable is the outcome of a session the store would not
-// record (the PostgreSQL decoder's refusal says the same).
+// recordingUnavailable is the outcome of a session that could not be
+// recorded: its row refused by the store, its recording's file not
+// written (the PostgreSQL decoder's refusal says the same).
 const recordingUnavailable = "recording unavailable"
 
 // finishTimeout bounds sealing a session's recording.
@@ -37,7 +38,7 @@ type recorder struct {
 // Start implements protocol.Recorder.
 func (r *recorder) Start(ctx context.Context) error {
 	s, err := r.p.cfg.Recorder.Start(ctx, r.c.storeSession(), func(err error) {
-		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("the store refused the session's row: ending it")
+		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("the session cannot be recorded: ending it")
 		r.cut(&protocol.RefusedError{Outcome: recordingUnavailable, Err: err})
 	})
 	if err != nil {
