@@ -14,10 +14,15 @@ import (
 // from the servers behind it, so that one agent cannot exhaust either for
 // the others. A zero value means no limit.
 type Limits struct {
-	// Sessions caps the identity's concurrent PostgreSQL sessions: each
-	// holds a server connection slot. Over the cap a session is refused
-	// with SQLSTATE 53300, as a full server refuses it.
+	// Sessions caps the identity's concurrent decoded sessions
+	// (PostgreSQL, HTTP, SSH): each may hold a server connection slot.
+	// Over the cap a session is refused in its protocol's words
+	// (PostgreSQL: SQLSTATE 53300, as a full server refuses it).
 	Sessions int `yaml:"sessions"`
+	// Connections caps the identity's concurrent plain TCP connections
+	// (relayed without a decoder), each two of interlockd's descriptors:
+	// over the cap a connection is reset.
+	Connections int `yaml:"connections"`
 	// SessionBuffer caps one message a session has to hold whole (a
 	// statement's text, a masked row); a larger one ends the session with
 	// SQLSTATE 54000 before anything is allocated.
@@ -36,6 +41,7 @@ type Limits struct {
 // IdentityLimits overrides Limits for one identity; nil fields inherit.
 type IdentityLimits struct {
 	Sessions       *int           `yaml:"sessions"`
+	Connections    *int           `yaml:"connections"`
 	SessionBuffer  *Size          `yaml:"session_buffer"`
 	IdentityBuffer *Size          `yaml:"identity_buffer"`
 	MessageTimeout *time.Duration `yaml:"message_timeout"`
@@ -58,7 +64,7 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 // for an agent's ordinary work, small beside a server's 100 connection
 // slots and a host's memory.
 func DefaultLimits() Limits {
-	return Limits{Sessions: 32, SessionBuffer: 8 << 20, IdentityBuffer: 64 << 20, MessageTimeout: 30 * time.Second}
+	return Limits{Sessions: 32, Connections: 1024, SessionBuffer: 8 << 20, IdentityBuffer: 64 << 20, MessageTimeout: 30 * time.Second}
 }
 
 // For returns the limits in force for identity, overrides applied; its
@@ -72,6 +78,9 @@ func (l Limits) For(identity string) Limits {
 	}
 	if o.Sessions != nil {
 		out.Sessions = *o.Sessions
+	}
+	if o.Connections != nil {
+		out.Connections = *o.Connections
 	}
 	if o.SessionBuffer != nil {
 		out.SessionBuffer = *o.SessionBuffer
@@ -111,6 +120,8 @@ func (l Limits) validate(where string) error {
 	switch {
 	case l.Sessions < 0:
 		return fmt.Errorf("config: %s.sessions is negative (0 means no cap)", where)
+	case l.Connections < 0:
+		return fmt.Errorf("config: %s.connections is negative (0 means no cap)", where)
 	case l.SessionBuffer < 0, l.IdentityBuffer < 0:
 		return fmt.Errorf("config: %s buffer sizes must not be negative (0 means no cap)", where)
 	case l.SessionBuffer > 0 && l.SessionBuffer < 64<<10:

@@ -18,18 +18,18 @@ func TestLimits(t *testing.T) {
   sessions: 10
   session_buffer: 2MiB
   identities:
-    ci-runner: {sessions: 40, identity_buffer: 128 MiB}
+    ci-runner: {sessions: 40, connections: 4096, identity_buffer: 128 MiB}
     batch: {sessions: 0, message_timeout: 2m}
 `)
 	if err != nil {
 		t.Fatal(err)
 	}
 	def := DefaultLimits()
-	if got := cfg.Limits.For("demo"); got.Sessions != 10 || got.SessionBuffer != 2<<20 ||
+	if got := cfg.Limits.For("demo"); got.Sessions != 10 || got.Connections != def.Connections || got.SessionBuffer != 2<<20 ||
 		got.IdentityBuffer != def.IdentityBuffer || got.MessageTimeout != def.MessageTimeout {
 		t.Errorf("limits of an identity without overrides: %+v", got)
 	}
-	if got := cfg.Limits.For("ci-runner"); got.Sessions != 40 || got.IdentityBuffer != 128<<20 || got.SessionBuffer != 2<<20 {
+	if got := cfg.Limits.For("ci-runner"); got.Sessions != 40 || got.Connections != 4096 || got.IdentityBuffer != 128<<20 || got.SessionBuffer != 2<<20 {
 		t.Errorf("ci-runner's limits: %+v", got)
 	}
 	if got := cfg.Limits.For("batch"); got.Sessions != 0 || got.MessageTimeout != 2*time.Minute {
@@ -40,6 +40,7 @@ func TestLimits(t *testing.T) {
 	}
 	for name, tc := range map[string]struct{ yaml, err string }{
 		"negative sessions":          {"limits: {sessions: -1}\n", "limits.sessions"},
+		"negative connections":       {"limits: {identities: {ci: {connections: -1}}}\n", "limits.identities.ci.connections"},
 		"size without a number":      {"limits: {session_buffer: lots}\n", "not a size"},
 		"tiny session buffer":        {"limits: {session_buffer: 1KiB}\n", "below 64KiB"},
 		"identity below session":     {"limits: {session_buffer: 8MiB, identity_buffer: 4MiB}\n", "smaller than session_buffer"},

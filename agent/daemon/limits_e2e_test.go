@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -535,5 +536,71 @@ func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 	}
 	if !strings.Contains(f.d.Logs(), "accepting again") {
 		t.Errorf("no end of the pause logged:\n%s", f.d.Logs())
+	}
+}
+
+// TestPlainConnectionCapPerIdentity: an identity's plain TCP connections
+// are capped (limits.connections): one over the cap is reset, logged and
+// audited as the limit, while another identity's connections go on; the
+// identity's slots come back as its connections close. Before, plain
+// relays had no cap: one agent could hold connections until interlockd
+// ran out of descriptors for everyone.
+func TestPlainConnectionCapPerIdentity(t *testing.T) {
+	dir := t.TempDir()
+	pol, cfg := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(testPolicy, filepath.Join(dir, "denied.sock"))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte("limits: {connections: 3}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{d: daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg}), agent: agentBinary(t)}
+	tg := newTarget(t, "tcp4", "127.0.0.1:0")
+	unprivileged := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}
+	hoarder := f.d.Command(t.Context(), append(append([]string{"exec", "--identity", "ci-bot", "--"}, unprivileged...),
+		f.agent, fmt.Sprintf("5|%s|2s", tg.addr()))...)
+	hoarder.Env = append(os.Environ(), clientEnv+"=hoard")
+	var out bytes.Buffer
+	hoarder.Stdout, hoarder.Stderr = &out, &out
+	if err := hoarder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, f.d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "connections" && m["identity"] == "ci-bot" })
+	if r := f.run(t, "other", "tcp", tg.addr(), unprivileged...); r.Err != "" || r.Line != "hello from target" {
+		t.Errorf("another identity's connection at ci-bot's cap: %+v", r)
+	}
+	if err := hoarder.Wait(); err != nil {
+		t.Fatalf("hoarder: %v\n%s", err, out.String())
+	}
+	var r report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("hoarder's report %q: %v", out.String(), err)
+	}
+	if r.OK != 3 {
+		t.Errorf("%d of 5 connections greeted with a cap of 3", r.OK)
+	}
+	closes := 0
+	for _, ev := range auditEvents(f.d, "connection_close") {
+		if ev["outcome"] == "connection limit" {
+			closes++
+		}
+	}
+	// The hoarder's last connection may find its slots not yet given back:
+	// each comes back once its relay has ended both sides.
+	if closes < 2 || closes > 3 {
+		t.Errorf("%d connections closed as over the limit, want the 2 over it:\n%s", closes, f.d.Logs())
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		r := f.run(t, "ci-bot", "tcp", tg.addr(), unprivileged...)
+		if r.Err == "" && r.Line == "hello from target" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection once the others closed: %+v", r)
+		}
+	}
+	out2, _, _ := f.d.CLI("audit", "export")
+	if !strings.Contains(out2, `"limit":"connections"`) {
+		t.Errorf("no limit.exceeded record for connections in the audit chain")
 	}
 }

@@ -4,35 +4,59 @@ import (
 	"sync"
 )
 
-// sessionLimits counts each identity's open sessions and keeps
-// the buffer budget its sessions share. It is safe for concurrent use.
-type sessionLimits struct {
-	mu       sync.Mutex
-	sessions map[string]int
-	budgets  map[string]*budget
+// slotKind is what an open slot is counted against: a decoded session
+// (limits.sessions) or a plain TCP connection (limits.connections).
+type slotKind uint8
+
+const (
+	sessionSlot slotKind = iota
+	connectionSlot
+)
+
+type slotKey struct {
+	kind     slotKind
+	identity string
 }
 
-// acquire takes one of identity's max session slots (max 0: no cap) and
+// sessionLimits counts each identity's open sessions and plain
+// connections and keeps the buffer budget its sessions share. It is safe
+// for concurrent use.
+type sessionLimits struct {
+	mu      sync.Mutex
+	open    map[slotKey]int
+	budgets map[string]*budget
+}
+
+// acquire takes one of identity's max slots of kind (max 0: no cap) and
 // reports whether one was free; a taken slot is given back with release.
-func (l *sessionLimits) acquire(identity string, max int) bool {
+func (l *sessionLimits) acquire(kind slotKind, identity string, max int) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.sessions == nil {
-		l.sessions = map[string]int{}
+	if l.open == nil {
+		l.open = map[slotKey]int{}
 	}
-	if max > 0 && l.sessions[identity] >= max {
+	k := slotKey{kind, identity}
+	if max > 0 && l.open[k] >= max {
 		return false
 	}
-	l.sessions[identity]++
+	l.open[k]++
 	return true
 }
 
-func (l *sessionLimits) release(identity string) {
+func (l *sessionLimits) release(kind slotKind, identity string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.sessions[identity]--; l.sessions[identity] <= 0 {
-		delete(l.sessions, identity)
+	k := slotKey{kind, identity}
+	if l.open[k]--; l.open[k] <= 0 {
+		delete(l.open, k)
 	}
+}
+
+// held is how many slots of kind identity holds.
+func (l *sessionLimits) held(kind slotKind, identity string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open[slotKey{kind, identity}]
 }
 
 // budget returns identity's shared buffer budget of size bytes. The

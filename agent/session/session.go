@@ -271,7 +271,7 @@ func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv *served, ok boo
 	// count too.
 	lim := p.cfg.Limits.For(c.identity.Name)
 	var refuse *protocol.LimitError
-	slot := p.limits.acquire(c.identity.Name, lim.Sessions)
+	slot := p.limits.acquire(sessionSlot, c.identity.Name, lim.Sessions)
 	if !slot {
 		refuse = &protocol.LimitError{Limit: "sessions",
 			Msg: fmt.Sprintf("identity %q already has %d sessions open, its limit", c.identity.Name, lim.Sessions)}
@@ -317,7 +317,7 @@ func (sv *served) end(err error) {
 	// once its end is stored, which may wait for a commit shared with other
 	// writes (store.EndSessionShared).
 	if sv.slot {
-		p.limits.release(c.identity.Name)
+		p.limits.release(sessionSlot, c.identity.Name)
 	}
 	var refused *protocol.RefusedError
 	if cause := context.Cause(sv.ctx); errors.As(cause, &refused) {
@@ -418,6 +418,19 @@ func (p *Pipeline) relay(ctx context.Context, c *conn, pol *policy.Policy, dec p
 		p.end(c, c.end("denied", denyReason(pol, &c.subject, dec)))
 		return
 	}
+	// Each held connection is two of interlockd's descriptors and some of
+	// its memory: an agent holding them by the thousand would leave none
+	// for the others'.
+	capped := p.cfg.Limits.For(c.identity.Name).Connections
+	if !p.limits.acquire(connectionSlot, c.identity.Name, capped) {
+		client.SetLinger(0)
+		limit := &protocol.LimitError{Limit: "connections",
+			Msg: fmt.Sprintf("identity %q already has %d plain TCP connections open, its limit", c.identity.Name, capped)}
+		c.ending = limit
+		p.end(c, c.end("connection limit", limit.Msg))
+		return
+	}
+	defer p.limits.release(connectionSlot, c.identity.Name)
 	up, err := dialUpstream(ctx, c.upstreamAddr())
 	if err != nil {
 		p.cfg.Log.Warn().Err(err).Str("conn", c.id).Msg("upstream connect failed")

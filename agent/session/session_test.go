@@ -408,7 +408,7 @@ func TestPipelineContainsDecoderPanic(t *testing.T) {
 	if !logged {
 		t.Errorf("no error logged with the panic and its stack:\n%v", e.daemon.lines())
 	}
-	if n := e.p.limits.sessions["ci"]; n != 0 {
+	if n := e.p.limits.held(sessionSlot, "ci"); n != 0 {
 		t.Errorf("identity ci holds %d session slots after both ended", n)
 	}
 }
@@ -727,7 +727,7 @@ func TestSessionSlotFreedAtClose(t *testing.T) {
 			t.Fatalf("session %d: the agent read %q, want the session's own bye", i, got)
 		}
 		// The slot is given back just after the close the agent saw.
-		for deadline := time.Now().Add(5 * time.Second); openSessions(&e.p.limits, "ci") > 0; time.Sleep(time.Millisecond) {
+		for deadline := time.Now().Add(5 * time.Second); e.p.limits.held(sessionSlot, "ci") > 0; time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("session %d: its slot still taken 5 s after its connection closed", i)
 			}
@@ -742,13 +742,6 @@ func TestSessionSlotFreedAtClose(t *testing.T) {
 	for _, done := range dones {
 		<-done
 	}
-}
-
-// openSessions is how many sessions identity has open in l.
-func openSessions(l *sessionLimits, identity string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.sessions[identity]
 }
 
 // TestDialUpstream: the upstream dial, which starts its connect before the
