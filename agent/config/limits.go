@@ -19,9 +19,9 @@ type Limits struct {
 	// Over the cap a session is refused in its protocol's words
 	// (PostgreSQL: SQLSTATE 53300, as a full server refuses it).
 	Sessions int `yaml:"sessions"`
-	// Connections caps the identity's concurrent plain TCP connections
-	// (relayed without a decoder), each two of interlockd's descriptors:
-	// over the cap a connection is reset.
+	// Connections caps the identity's concurrent connections served
+	// without a session (plain TCP relays, DNS over TCP), each one or two
+	// of interlockd's descriptors: over the cap a connection is reset.
 	Connections int `yaml:"connections"`
 	// SessionBuffer caps one message a session has to hold whole (a
 	// statement's text, a masked row); a larger one ends the session with

@@ -158,6 +158,13 @@ func (s *dnsServer) serveStream(ctx context.Context, c *proxy.Conn) {
 			proxy.LogDefect(&s.log, ie, "conn", c.ID)
 		}
 	}()
+	release, over := s.d.sessions.HoldConnection(c.Identity.Name)
+	if over != nil {
+		c.Client.SetLinger(0)
+		s.d.chain.Record(audit.LimitExceeded{Session: c.ID, Identity: c.Identity.Name, Limit: over.Limit, Error: over.Msg})
+		return
+	}
+	defer release()
 	err := s.proxy.ServeStream(ctx, c.Client, s.decider(c.Identity), func(ex dnsdec.Exchange) {
 		s.record(c.Identity, "tcp", c.Dst, ex)
 	})

@@ -180,6 +180,36 @@ func TestDNSThroughInterlock(t *testing.T) {
 	}
 }
 
+// TestDNSOverTCPConnectionsCapped: an identity's DNS over TCP connections
+// count against its plain connections (limits.connections): held open by
+// the dozen they would take interlockd's descriptors as plain relays do.
+// Over the cap one is reset and audited as the limit.
+func TestDNSOverTCPConnectionsCapped(t *testing.T) {
+	res := startResolver(t)
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(dnsPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\nlimits: {connections: 1}\n", res.addr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
+	f := &fixture{d: d, agent: agentBinary(t)}
+	f.run(t, "ci-bot", "hoard", "3|192.0.2.99:53|0s|100ms", "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+	waitEvent(t, d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "connections" && m["identity"] == "ci-bot" })
+	// The slot is given back: a question over TCP is answered.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		r := f.run(t, "ci-bot", "dns", "tcp|192.0.2.99:53|allowed.example.test|A")
+		if r.Line == "NOERROR allowed.example.test. 60 IN A 192.0.2.10" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no answer over TCP once the held connections closed: %+v", r)
+		}
+	}
+}
+
 const learnPolicy = `version: 1
 identities:
   - name: ci-bot

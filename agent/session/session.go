@@ -418,19 +418,14 @@ func (p *Pipeline) relay(ctx context.Context, c *conn, pol *policy.Policy, dec p
 		p.end(c, c.end("denied", denyReason(pol, &c.subject, dec)))
 		return
 	}
-	// Each held connection is two of interlockd's descriptors and some of
-	// its memory: an agent holding them by the thousand would leave none
-	// for the others'.
-	capped := p.cfg.Limits.For(c.identity.Name).Connections
-	if !p.limits.acquire(connectionSlot, c.identity.Name, capped) {
+	release, limit := p.HoldConnection(c.identity.Name)
+	if limit != nil {
 		client.SetLinger(0)
-		limit := &protocol.LimitError{Limit: "connections",
-			Msg: fmt.Sprintf("identity %q already has %d plain TCP connections open, its limit", c.identity.Name, capped)}
 		c.ending = limit
 		p.end(c, c.end("connection limit", limit.Msg))
 		return
 	}
-	defer p.limits.release(connectionSlot, c.identity.Name)
+	defer release()
 	up, err := dialUpstream(ctx, c.upstreamAddr())
 	if err != nil {
 		p.cfg.Log.Warn().Err(err).Str("conn", c.id).Msg("upstream connect failed")
@@ -446,6 +441,21 @@ func (p *Pipeline) relay(ctx context.Context, c *conn, pol *policy.Policy, dec p
 	end := c.closed(defect)
 	end.BytesIn, end.BytesOut = sent, recv
 	p.end(c, end)
+}
+
+// HoldConnection takes one of identity's slots for a connection served
+// without a decoder (a plain TCP relay, DNS over TCP), or returns the
+// limit it is over (limits.connections), which the caller refuses the
+// connection with. Each held connection is one or two of interlockd's
+// descriptors and some of its memory: an agent holding them by the
+// thousand would leave none for the others'.
+func (p *Pipeline) HoldConnection(identity string) (release func(), over *protocol.LimitError) {
+	capped := p.cfg.Limits.For(identity).Connections
+	if !p.limits.acquire(connectionSlot, identity, capped) {
+		return nil, &protocol.LimitError{Limit: "connections",
+			Msg: fmt.Sprintf("identity %q already has %d plain connections open, its limit", identity, capped)}
+	}
+	return func() { p.limits.release(connectionSlot, identity) }, nil
 }
 
 // denyReason says why the policy refused a connection: the identity is not
