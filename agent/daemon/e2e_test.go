@@ -68,21 +68,26 @@ func client(mode, arg string) int {
 			r.Errno = int(errno)
 		}
 	}
-	switch mode {
-	case "tcp":
-		c, err := net.DialTimeout("tcp", arg, 5*time.Second)
+	// greet connects to addr and reads the first line the server sends
+	// within wait.
+	greet := func(addr string, wait time.Duration) {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			fail(err)
-			break
+			return
 		}
 		r.Peer, r.Local = c.RemoteAddr().String(), c.LocalAddr().String()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.SetDeadline(time.Now().Add(wait))
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil {
 			fail(err)
 		}
 		r.Line = strings.TrimSpace(line)
 		c.Close()
+	}
+	switch mode {
+	case "tcp":
+		greet(arg, 5*time.Second)
 	case "loop":
 		// Connect repeatedly for a few seconds, across a daemon restart.
 		for end := time.Now().Add(6 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
@@ -98,13 +103,18 @@ func client(mode, arg string) int {
 			c.Close()
 		}
 	case "hoard":
-		// Open N connections to ADDR and hold them (arg "N|ADDR|HOLD"): OK
-		// counts those greeted within a second. HOLD later, close them all
-		// and connect once more: Line is that connection's greeting.
+		// Open N connections to ADDR and hold them (arg "N|ADDR|HOLD",
+		// optionally "|WAIT"): OK counts those greeted within a second.
+		// HOLD later, close them all and connect once more: Line is that
+		// connection's greeting, waited for WAIT (10 s).
 		f := strings.Split(arg, "|")
 		var n int
 		fmt.Sscan(f[0], &n)
 		hold, _ := time.ParseDuration(f[2])
+		wait := 10 * time.Second
+		if len(f) > 3 {
+			wait, _ = time.ParseDuration(f[3])
+		}
 		var held []net.Conn
 		for i := 0; i < n; i++ {
 			c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
@@ -125,18 +135,7 @@ func client(mode, arg string) int {
 		for _, c := range held {
 			c.Close()
 		}
-		c, err := net.DialTimeout("tcp", f[1], 5*time.Second)
-		if err != nil {
-			fail(err)
-			break
-		}
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			fail(err)
-		}
-		r.Line = strings.TrimSpace(line)
-		c.Close()
+		greet(f[1], wait)
 	case "dns":
 		// One question: arg is "NET|ADDR|NAME|TYPE"; Line is the answer's
 		// rcode and records.
@@ -369,6 +368,16 @@ func start(t testing.TB) *fixture {
 	}
 	d := daemontest.Start(t, daemontest.Options{Policy: pol})
 	return &fixture{d: d, agent: agentBinary(t), deniedSoc: denied}
+}
+
+// tagged returns a new cgroup of the daemon's tagged with identity.
+func (f *fixture) tagged(t testing.TB, name, identity string) string {
+	t.Helper()
+	dir := f.d.Cgroup(name)
+	if _, stderr, err := f.d.CLI("tag", dir, "--identity", identity); err != nil {
+		t.Fatalf("tag %s: %v %s", name, err, stderr)
+	}
+	return dir
 }
 
 // run runs the agent in mode under `interlock exec --identity id`, with an
@@ -897,10 +906,7 @@ func TestRemovedCgroupLosesItsTag(t *testing.T) {
 func TestFailedListenerStopsInterlockd(t *testing.T) {
 	f := start(t)
 	tg := newTarget(t, "tcp4", "127.0.0.1:0")
-	agent := f.d.Cgroup("agent")
-	if _, stderr, err := f.d.CLI("tag", agent, "--identity", "ci-bot"); err != nil {
-		t.Fatalf("tag: %v %s", err, stderr)
-	}
+	agent := f.tagged(t, "agent", "ci-bot")
 	pid := f.d.PID()
 	// The proxy's own listener: the data path steers connections for the
 	// listen port to it (a SOCKMAP), bound where no one else can bind.

@@ -479,10 +479,7 @@ func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 	tg := newTarget(t, "tcp4", "127.0.0.1:0")
 	// The other identity's agent is put in its tagged cgroup directly:
 	// `interlock exec` asks interlockd for things that take descriptors.
-	otherCgroup := f.d.Cgroup("other")
-	if _, stderr, err := f.d.CLI("tag", otherCgroup, "--identity", "other"); err != nil {
-		t.Fatalf("tag: %v %s", err, stderr)
-	}
+	otherCgroup := f.tagged(t, "other", "other")
 	open, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", f.d.PID()))
 	if err != nil {
 		t.Fatal(err)

@@ -186,32 +186,51 @@ func exhaustDescriptors(t *testing.T) (release func()) {
 	return release
 }
 
+// paused is a server that ran out of descriptors with a connection
+// waiting to be accepted.
+type paused struct {
+	l       net.Listener
+	s       *Server
+	c       net.Conn // the waiting connection's client end
+	logged  *daemontest.Buffer
+	served  chan error // Serve's return
+	release func()     // of the descriptors
+}
+
+// pausedServer starts a server on a listener with a connection waiting,
+// this process's descriptors exhausted, and returns once it has logged
+// its pause.
+func pausedServer(t *testing.T) *paused {
+	t.Helper()
+	l, err := Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	p := &paused{l: l, logged: &daemontest.Buffer{}, served: make(chan error, 1)}
+	p.s = NewServer(greeter{}, greeter{}, zerolog.New(p.logged))
+	if p.c, err = net.Dial("tcp4", l.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.c.Close() })
+	p.release = exhaustDescriptors(t)
+	go func() { p.served <- p.s.Serve(l) }()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(p.logged.String(), "accepting paused"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no pause logged:\n%s", p.logged.String())
+		}
+	}
+	return p
+}
+
 // TestAcceptPausesWhileOutOfDescriptors: with interlockd out of
 // descriptors a connection waits in the listen queue, accepting pauses
 // (logged, not spinning) and resumes once descriptors are back; the
 // connection that waited is then served. Before, the accept's EMFILE
 // ended the listener's loop: nothing was accepted again.
 func TestAcceptPausesWhileOutOfDescriptors(t *testing.T) {
-	l, err := Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	var logged daemontest.Buffer
-	s := NewServer(greeter{}, greeter{}, zerolog.New(&logged))
-	c, err := net.Dial("tcp4", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	release := exhaustDescriptors(t)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logged.String(), "accepting paused"); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no pause logged:\n%s", logged.String())
-		}
-	}
+	p := pausedServer(t)
+	s, c, logged, release := p.s, p.c, p.logged, p.release
 	// Paused for a while, it has retried a few times, not thousands.
 	time.Sleep(300 * time.Millisecond)
 	c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
@@ -244,8 +263,8 @@ func TestAcceptPausesWhileOutOfDescriptors(t *testing.T) {
 	if err := s.Shutdown(ctx); err != nil {
 		t.Errorf("shutdown: %v", err)
 	}
-	l.Close()
-	if err := <-served; err != nil {
+	p.l.Close()
+	if err := <-p.served; err != nil {
 		t.Errorf("serve: %v", err)
 	}
 }
@@ -253,33 +272,14 @@ func TestAcceptPausesWhileOutOfDescriptors(t *testing.T) {
 // TestShutdownEndsAPause: a listener paused for want of descriptors stops
 // at shutdown, without waiting for them.
 func TestShutdownEndsAPause(t *testing.T) {
-	l, err := Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	var logged daemontest.Buffer
-	s := NewServer(greeter{}, greeter{}, zerolog.New(&logged))
-	c, err := net.Dial("tcp4", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	exhaustDescriptors(t)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logged.String(), "accepting paused"); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no pause logged:\n%s", logged.String())
-		}
-	}
+	p := pausedServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := s.Shutdown(ctx); err != nil {
+	if err := p.s.Shutdown(ctx); err != nil {
 		t.Errorf("shutdown: %v", err)
 	}
 	select {
-	case err := <-served:
+	case err := <-p.served:
 		if err != nil {
 			t.Errorf("serve: %v", err)
 		}

@@ -52,13 +52,6 @@ func (l *sessionLimits) release(kind slotKind, identity string) {
 	}
 }
 
-// held is how many slots of kind identity holds.
-func (l *sessionLimits) held(kind slotKind, identity string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.open[slotKey{kind, identity}]
-}
-
 // budget returns identity's shared buffer budget of size bytes. The
 // configuration does not change while interlockd runs, so the first size
 // asked for is the size.

@@ -744,6 +744,13 @@ func TestSessionSlotFreedAtClose(t *testing.T) {
 	}
 }
 
+// held is how many slots of kind identity holds.
+func (l *sessionLimits) held(kind slotKind, identity string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open[slotKey{kind, identity}]
+}
+
 // TestDialUpstream: the upstream dial, which starts its connect before the
 // runtime's (connectEarly), connects over IPv4 and IPv6 and reports a
 // refused connect as the runtime would.
