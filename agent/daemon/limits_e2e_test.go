@@ -477,9 +477,9 @@ func TestSlowMessageAndHandshakeFlood(t *testing.T) {
 func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 	f := start(t)
 	tg := newTarget(t, "tcp4", "127.0.0.1:0")
-	// The other identity's agent is put in its tagged cgroup directly:
+	// The agents after the hoarder are put in tagged cgroups directly:
 	// `interlock exec` asks interlockd for things that take descriptors.
-	otherCgroup := f.tagged(t, "other", "other")
+	otherCgroup, botCgroup := f.tagged(t, "other", "other"), f.tagged(t, "bot", "ci-bot")
 	open, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", f.d.PID()))
 	if err != nil {
 		t.Fatal(err)
@@ -525,11 +525,23 @@ func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 	if r.OK == 0 || r.OK >= held {
 		t.Errorf("%d of the hoarder's %d connections greeted, want some and not all (the limit bit)", r.OK, held)
 	}
-	if r.Err != "" || r.Line != "hello from target" {
-		t.Fatalf("the hoarder's connection after letting go: %+v\n%s", r, f.d.Logs())
+	// The hoarder's next connection, and the other identity's, are served
+	// once the queue its closed ones left is drained: each of those is
+	// accepted and relayed in turn, so one just behind them may still find
+	// no descriptor for its upstream, and be reset.
+	if r.Line != "hello from target" && r.Errno != int(syscall.ECONNRESET) {
+		t.Fatalf("the hoarder's connection after letting go: %+v, want a greeting or a reset\n%s", r, f.d.Logs())
 	}
-	if after := f.runArgvIn(t, otherCgroup, "tcp", unprivileged...); after.Err != "" || after.Line != "hello from target" {
-		t.Fatalf("another identity's connection after the hoarder let go: %+v\n%s", after, f.d.Logs())
+	for _, cgroup := range []string{otherCgroup, botCgroup} {
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			after := f.runArgvIn(t, cgroup, "tcp", unprivileged...)
+			if after.Err == "" && after.Line == "hello from target" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no connection served after the hoarder let go: %+v\n%s", after, f.d.Logs())
+			}
+		}
 	}
 	if !strings.Contains(f.d.Logs(), "accepting again") {
 		t.Errorf("no end of the pause logged:\n%s", f.d.Logs())
