@@ -61,6 +61,21 @@ func startResolver(t testing.TB) *testResolver {
 	return r
 }
 
+// startDNS starts interlockd with policy, its allowed questions forwarded
+// to res, and extra configuration lines; the fixture runs the agent.
+func startDNS(t testing.TB, res *testResolver, policy, extra string) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n%s", res.addr, extra)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{d: daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf}), agent: agentBinary(t)}
+}
+
 // answer makes the resolver answer name (with its final dot) with addr.
 // Under the lock: a query may already be arriving.
 func (r *testResolver) answer(name, addr string) {
@@ -106,16 +121,8 @@ rules:
 // REFUSED: the resolver never sees them, and the audit trail does.
 func TestDNSThroughInterlock(t *testing.T) {
 	res := startResolver(t)
-	dir := t.TempDir()
-	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(dnsPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
-	f := &fixture{d: d, agent: agentBinary(t)}
+	f := startDNS(t, res, dnsPolicy, "")
+	d := f.d
 
 	getent := func(name string) (string, int) {
 		t.Helper()
@@ -186,16 +193,8 @@ func TestDNSThroughInterlock(t *testing.T) {
 // Over the cap one is reset and audited as the limit.
 func TestDNSOverTCPConnectionsCapped(t *testing.T) {
 	res := startResolver(t)
-	dir := t.TempDir()
-	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(dnsPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\nlimits: {connections: 1}\n", res.addr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
-	f := &fixture{d: d, agent: agentBinary(t)}
+	f := startDNS(t, res, dnsPolicy, "limits: {connections: 1}\n")
+	d := f.d
 	f.run(t, "ci-bot", "hoard", "3|192.0.2.99:53|0s|100ms", "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
 	waitEvent(t, d, "limit_exceeded", func(m map[string]any) bool { return m["limit"] == "connections" && m["identity"] == "ci-bot" })
 	// The slot is given back: a question over TCP is answered.
@@ -229,16 +228,8 @@ func TestDNSLearnsTargetAddresses(t *testing.T) {
 	tg := newTarget(t, "tcp4", "127.0.0.7:0")
 	_, port, _ := net.SplitHostPort(tg.addr())
 	res.answer("web.example.test.", "127.0.0.7")
-	dir := t.TempDir()
-	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(fmt.Sprintf(learnPolicy, port)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
-	f := &fixture{d: d, agent: agentBinary(t)}
+	f := startDNS(t, res, fmt.Sprintf(learnPolicy, port), "")
+	d := f.d
 
 	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Errno != int(syscall.EPERM) {
 		t.Fatalf("connect before the look-up: %+v, want EPERM", r)
@@ -279,17 +270,8 @@ func TestDNSLearnedPerIdentity(t *testing.T) {
 	tg := newTarget(t, "tcp4", "127.0.0.7:0")
 	_, port, _ := net.SplitHostPort(tg.addr())
 	res.answer("web.example.test.", "127.0.0.7")
-	dir := t.TempDir()
-	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(fmt.Sprintf(learnPerIdentityPolicy, port)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	metricsPort := testenv.FreePort(t)
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\nmetrics_listen: 127.0.0.1:%d\n", res.addr, metricsPort)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
-	f := &fixture{d: d, agent: agentBinary(t)}
+	f := startDNS(t, res, fmt.Sprintf(learnPerIdentityPolicy, port), fmt.Sprintf("metrics_listen: 127.0.0.1:%d\n", metricsPort))
 
 	if r := f.run(t, "ci-bot", "dns", "udp|192.0.2.99:53|web.example.test|A"); r.Line != "NOERROR web.example.test. 60 IN A 127.0.0.7" {
 		t.Fatalf("ci-bot's look-up: %+v", r)
@@ -340,16 +322,7 @@ func TestDNSInterceptDenyByName(t *testing.T) {
 	res := startResolver(t)
 	tg := newTarget(t, "tcp4", "127.0.0.8:0")
 	res.answer("blocked.example.test.", "127.0.0.8")
-	dir := t.TempDir()
-	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(denyByNamePolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
-	f := &fixture{d: d, agent: agentBinary(t)}
+	f := startDNS(t, res, denyByNamePolicy, "")
 
 	if r := f.run(t, "ci-bot", "tcp", tg.addr()); r.Err != "" || r.Line != "hello from target" {
 		t.Fatalf("connect before the look-up: %+v, want it relayed", r)
@@ -391,16 +364,7 @@ func TestDNSRotatingAddresses(t *testing.T) {
 	res.rotateWith(func() (string, int) {
 		return fmt.Sprintf("127.0.0.%d", 20+int(time.Since(start)/time.Second)%10), 1
 	})
-	dir := t.TempDir()
-	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(fmt.Sprintf(rotatePolicy, port)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
-	f := &fixture{d: d, agent: agentBinary(t)}
+	f := startDNS(t, res, fmt.Sprintf(rotatePolicy, port), "")
 
 	const n = 1000
 	r := f.run(t, "ci-bot", "dnsloop", fmt.Sprintf("%d|rot.example.test|%s", n, port))

@@ -248,16 +248,8 @@ func TestNetnsDNS(t *testing.T) {
 	testenv.Privileged(t)
 	res := startResolver(t)
 	ns := newAgentNetns(t, true)
-	dir := t.TempDir()
-	pol, conf := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(netnsDNSPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("dns_resolvers: [%q]\n", res.addr)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol, Config: conf})
-	f := &fixture{d: d, agent: agentBinary(t)}
+	f := startDNS(t, res, netnsDNSPolicy, "")
+	d := f.d
 	cg := d.Cgroup("ns-dns")
 	if _, stderr, err := d.CLI("tag", cg, "--identity", "ns-bot"); err != nil {
 		t.Fatalf("tag: %v %s", err, stderr)
