@@ -921,20 +921,8 @@ func TestFailedListenerStopsInterlockd(t *testing.T) {
 	if len(armed.Listeners) == 0 {
 		t.Fatalf("no listeners logged:\n%s", f.d.Logs())
 	}
-	fd := listenerFD(t, pid, netip.MustParseAddrPort(armed.Listeners[0]))
-	pidfd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(pidfd)
-	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(dup)
-	if err := unix.Shutdown(dup, unix.SHUT_RDWR); err != nil {
-		t.Fatal(err)
-	}
+	fd := listenerFD(t, pid, pid, netip.MustParseAddrPort(armed.Listeners[0]))
+	shutDownFD(t, pid, fd)
 	for deadline := time.Now().Add(10 * time.Second); unix.Kill(pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("interlockd still runs with a listener that cannot accept:\n%s", f.d.Logs())
@@ -952,10 +940,10 @@ func TestFailedListenerStopsInterlockd(t *testing.T) {
 }
 
 // listenerFD returns the descriptor number of pid's TCP socket listening
-// on addr (IPv4), from /proc.
-func listenerFD(t *testing.T, pid int, addr netip.AddrPort) int {
+// on addr (IPv4) in the network namespace of task nsPID, from /proc.
+func listenerFD(t *testing.T, pid, nsPID int, addr netip.AddrPort) int {
 	t.Helper()
-	table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", nsPID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -984,4 +972,24 @@ func listenerFD(t *testing.T, pid int, addr netip.AddrPort) int {
 	}
 	t.Fatalf("no descriptor of %d holds socket %s", pid, inode)
 	return -1
+}
+
+// shutDownFD shuts down pid's socket fd from outside (through a pidfd): a
+// listener's accept then fails with EINVAL, as no descriptor shortage
+// would make it.
+func shutDownFD(t *testing.T, pid, fd int) {
+	t.Helper()
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(dup)
+	if err := unix.Shutdown(dup, unix.SHUT_RDWR); err != nil {
+		t.Fatal(err)
+	}
 }
