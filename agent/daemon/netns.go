@@ -3,6 +3,7 @@ package daemon
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/netip"
@@ -37,17 +38,35 @@ const netnsRetry = 5 * time.Second
 // connects there refused until interlockd is back.
 func (d *Daemon) serveNamespaces(ctx context.Context, done chan<- struct{}) {
 	defer close(done)
-	served := map[uint64]*datapath.Netns{}
-	failed := map[uint64]time.Time{}
+	ns := &namespaces{
+		served: map[uint64]*datapath.Netns{},
+		failed: map[uint64]time.Time{},
+		lostAt: map[uint64]time.Time{},
+		lost:   make(chan *datapath.Netns),
+		quit:   make(chan struct{}),
+	}
 	defer func() {
-		for _, n := range served {
+		close(ns.quit)
+		for _, n := range ns.served {
 			n.Close()
 		}
 	}()
 	t := time.NewTicker(netnsScanInterval)
 	defer t.Stop()
+	failed := 0 // scans failed in a row
 	for {
-		d.scanNamespaces(ctx, served, failed)
+		// Logged when scans begin to fail and when they work again, not
+		// at each: out of descriptors, every scan fails.
+		switch err := d.scanNamespaces(ctx, ns); {
+		case err != nil && failed == 0:
+			d.log.Warn().Err(err).Msg("network namespace scan failed: namespaces are neither served nor released until one works")
+			failed++
+		case err != nil:
+			failed++
+		case failed > 0:
+			d.log.Info().Int("failed_scans", failed).Msg("network namespace scans work again")
+			failed = 0
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -55,19 +74,49 @@ func (d *Daemon) serveNamespaces(ctx context.Context, done chan<- struct{}) {
 			return
 		case <-d.uninstalled:
 			return
+		case n := <-ns.lost:
+			ns.relisten(n)
 		case <-t.C:
 		}
 	}
 }
 
-// scanNamespaces brings served in line with the namespaces tagged tasks
-// are in now.
-func (d *Daemon) scanNamespaces(ctx context.Context, served map[uint64]*datapath.Netns, failed map[uint64]time.Time) {
+// namespaces is what serveNamespaces keeps between scans.
+type namespaces struct {
+	served map[uint64]*datapath.Netns // by inode
+	failed map[uint64]time.Time       // when entering one last failed
+	lostAt map[uint64]time.Time       // when one's listener last failed
+	lost   chan *datapath.Netns       // a served namespace whose listener failed
+	quit   chan struct{}              // closed when serveNamespaces returns
+}
+
+// relisten closes a served namespace whose listener can no longer accept,
+// so that the scan that follows enters it again with new listeners; its
+// tagged connects are refused meanwhile. A listener that fails again
+// within netnsRetry has its namespace wait that long, as one that cannot
+// be entered does, so a failure that repeats does not loop.
+func (ns *namespaces) relisten(n *datapath.Netns) {
+	if ns.served[n.Inode] != n {
+		return // released or entered again since
+	}
+	delete(ns.served, n.Inode)
+	n.Close()
+	now := time.Now()
+	if now.Sub(ns.lostAt[n.Inode]) < netnsRetry {
+		ns.failed[n.Inode] = now
+	}
+	ns.lostAt[n.Inode] = now
+}
+
+// scanNamespaces brings the served namespaces in line with those tagged
+// tasks are in now. A namespace it cannot enter or release is logged and
+// left to the next scan; the error it returns is the scan's own.
+func (d *Daemon) scanNamespaces(ctx context.Context, ns *namespaces) error {
 	want, err := d.taggedNamespaces()
 	if err != nil {
-		d.log.Warn().Err(err).Msg("scan tagged tasks for network namespaces")
-		return
+		return fmt.Errorf("scan tagged tasks: %w", err)
 	}
+	served, failed := ns.served, ns.failed
 	for ino, n := range served {
 		if _, ok := want[ino]; ok {
 			continue
@@ -96,8 +145,14 @@ func (d *Daemon) scanNamespaces(ctx context.Context, served map[uint64]*datapath
 		for _, l := range n.Listeners {
 			addrs = append(addrs, l.Addr().String())
 			go func() {
-				if err := d.proxy.ServeWith(l, id); err != nil {
-					d.log.Error().Err(err).Uint64("netns", ino).Msg("a network namespace's proxy listener failed: tagged connects there wait unserved")
+				err := d.proxy.ServeWith(l, id)
+				if err == nil {
+					return // closed: released, or interlockd stops
+				}
+				d.log.Error().Err(err).Uint64("netns", ino).Msg("a network namespace's proxy listener failed: entering the namespace again")
+				select {
+				case ns.lost <- n:
+				case <-ns.quit:
 				}
 			}()
 		}
@@ -114,9 +169,11 @@ func (d *Daemon) scanNamespaces(ctx context.Context, served map[uint64]*datapath
 		d.log.Info().Uint64("netns", ino).Uint64("netns_cookie", n.Cookie).Str("path", path).Strs("listeners", addrs).
 			Msg("serving network namespace")
 	}
-	for ino := range failed {
-		if _, ok := want[ino]; !ok {
-			delete(failed, ino)
+	for _, m := range []map[uint64]time.Time{failed, ns.lostAt} {
+		for ino := range m {
+			if _, ok := want[ino]; !ok {
+				delete(m, ino)
+			}
 		}
 	}
 	keep := make(map[uint64]bool, len(served))
@@ -124,8 +181,9 @@ func (d *Daemon) scanNamespaces(ctx context.Context, served map[uint64]*datapath
 		keep[ino] = true
 	}
 	if _, err := d.dp.SweepNetns(keep); err != nil {
-		d.log.Warn().Err(err).Msg("drop the links of network namespaces no longer served")
+		return fmt.Errorf("drop the links of network namespaces no longer served: %w", err)
 	}
+	return nil
 }
 
 // taggedNamespaces returns the network namespaces, by inode, that tasks of
@@ -168,13 +226,15 @@ func (d *Daemon) taggedNamespaces() (map[uint64]string, error) {
 	tagged := map[string]bool{}
 	for _, root := range roots {
 		err := filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
-			if err != nil || !e.IsDir() {
-				// Cgroups come and go while they are walked.
+			if err != nil {
+				return goneOr(err)
+			}
+			if !e.IsDir() {
 				return nil
 			}
 			info, err := e.Info()
 			if err != nil {
-				return nil
+				return goneOr(err)
 			}
 			id := info.Sys().(*syscall.Stat_t).Ino
 			if id == d.self {
@@ -185,7 +245,11 @@ func (d *Daemon) taggedNamespaces() (map[uint64]string, error) {
 				return nil
 			}
 			tagged[path] = true
-			for _, pid := range cgroupPIDs(path) {
+			pids, err := cgroupPIDs(path)
+			if err != nil {
+				return goneOr(err)
+			}
+			for _, pid := range pids {
 				p := "/proc/" + strconv.Itoa(pid) + "/ns/net"
 				var st syscall.Stat_t
 				if syscall.Stat(p, &st) == nil && st.Ino != own {
@@ -201,11 +265,22 @@ func (d *Daemon) taggedNamespaces() (map[uint64]string, error) {
 	return want, nil
 }
 
+// goneOr returns nil for an error that says a cgroup went away while it was
+// walked (they come and go), and err for any other: a scan that could not
+// look (out of descriptors, say) must not take the namespaces it missed
+// for empty and release them.
+func goneOr(err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENODEV) {
+		return nil
+	}
+	return err
+}
+
 // cgroupPIDs lists the processes in one cgroup (not its descendants).
-func cgroupPIDs(dir string) []int {
+func cgroupPIDs(dir string) ([]int, error) {
 	f, err := os.Open(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	defer f.Close()
 	var pids []int
@@ -215,7 +290,7 @@ func cgroupPIDs(dir string) []int {
 			pids = append(pids, pid)
 		}
 	}
-	return pids
+	return pids, sc.Err()
 }
 
 // netnsIdentifier identifies the connections accepted on the listeners of

@@ -3,10 +3,12 @@ package daemon_test
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -513,4 +515,125 @@ func TestNetnsScanSparesUntaggedCgroups(t *testing.T) {
 	if cpu > 100*time.Millisecond {
 		t.Errorf("interlockd used %v of CPU in 2 s with nothing to do: the scan follows the untagged cgroups", cpu)
 	}
+}
+
+// netnsServed is a daemon serving one namespace with a tagged task in it
+// (a sleeper) and a target on the host end of its veth pair.
+type netnsServed struct {
+	f       *fixture
+	ns      *agentNetns
+	cg      string
+	target  *target
+	sleeper *exec.Cmd
+}
+
+func startNetnsServed(t *testing.T) *netnsServed {
+	t.Helper()
+	testenv.Privileged(t)
+	s := &netnsServed{ns: newAgentNetns(t, true), target: newTarget(t, "tcp", nsHostAddr+":0")}
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf(netnsPolicy, "192.0.2.1", 9)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol})
+	s.f = &fixture{d: d, agent: agentBinary(t)}
+	s.cg = d.Cgroup("ns-agent")
+	if _, stderr, err := d.CLI("tag", s.cg, "--identity", "ns-bot"); err != nil {
+		t.Fatalf("tag: %v %s", err, stderr)
+	}
+	since := len(d.Logs())
+	s.sleeper = startIn(t, s.cg, nil, s.ns.enter("sleep", "600")...)
+	waitLog(t, d, since, "serving network namespace", s.ns)
+	s.reach(t, "served")
+	return s
+}
+
+// reach runs the agent in the namespace and wants the target's greeting.
+func (s *netnsServed) reach(t *testing.T, when string) {
+	t.Helper()
+	if r := s.f.runArgvIn(t, s.cg, "tcp", s.ns.enter(s.f.agent, s.target.addr())...); r.Err != "" || r.Line != "hello from target" {
+		t.Fatalf("the agent in the namespace, %s: %+v\n%s", when, r, s.f.d.Logs())
+	}
+}
+
+// TestNetnsListenerFailureServesAgain: a namespace's proxy listener that
+// can no longer accept (shut down from outside: accept fails with EINVAL)
+// has its namespace entered again with new listeners, and the agent there
+// is served. Before, the failure was logged and the namespace's tagged
+// connects waited unserved until interlockd restarted.
+func TestNetnsListenerFailureServesAgain(t *testing.T) {
+	s := startNetnsServed(t)
+	d := s.f.d
+	var served struct {
+		Listeners []string `json:"listeners"`
+	}
+	want := fmt.Sprintf(`"netns":%d`, s.ns.inode)
+	for _, line := range strings.Split(d.Logs(), "\n") {
+		if strings.Contains(line, want) && strings.Contains(line, "serving network namespace") {
+			json.Unmarshal([]byte(line), &served)
+		}
+	}
+	if len(served.Listeners) == 0 {
+		t.Fatalf("no listeners logged for the namespace:\n%s", d.Logs())
+	}
+	since := len(d.Logs())
+	fd := listenerFD(t, d.PID(), s.sleeper.Process.Pid, netip.MustParseAddrPort(served.Listeners[0]))
+	shutDownFD(t, d.PID(), fd)
+	waitLog(t, d, since, "a network namespace's proxy listener failed", s.ns)
+	waitLog(t, d, since, "serving network namespace", s.ns)
+	s.reach(t, "after its listener failed")
+}
+
+// TestNetnsScanOutOfDescriptors: while interlockd cannot open a file, its
+// scans of the tagged cgroups fail; the namespace they cannot see is kept,
+// not released, and the failure is logged when it begins and when it ends,
+// not at each scan (five a second). Before, a cgroup that could not be
+// read counted as one without tasks: the namespace was released, and each
+// scan's failure logged.
+func TestNetnsScanOutOfDescriptors(t *testing.T) {
+	s := startNetnsServed(t)
+	d := s.f.d
+	open, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The limit bounds descriptor numbers: below the lowest free one, no
+	// new descriptor can be made, and one let go meanwhile frees none
+	// unless it was among the first.
+	held := map[string]bool{}
+	for _, e := range open {
+		held[e.Name()] = true
+	}
+	free := 0
+	for held[strconv.Itoa(free)] {
+		free++
+	}
+	var lim unix.Rlimit
+	if err := unix.Prlimit(d.PID(), unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		t.Fatal(err)
+	}
+	since := len(d.Logs())
+	low := lim
+	low.Cur = uint64(free - 4)
+	if err := unix.Prlimit(d.PID(), unix.RLIMIT_NOFILE, &low, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // ten scans
+	if err := unix.Prlimit(d.PID(), unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // a scan or two with descriptors
+	logs := d.Logs()[since:]
+	for _, msg := range []string{"network namespace released", "serving network namespace"} {
+		if strings.Contains(logs, msg) {
+			t.Errorf("%q while scans could not see the namespace:\n%s", msg, logs)
+		}
+	}
+	if n := strings.Count(logs, "network namespace scan failed"); n == 0 || n > 2 {
+		t.Errorf("%d scan failures logged in 2 s of failing scans, want one (or two, if a scan got through):\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "network namespace scans work again") {
+		t.Errorf("no scan logged working again after the limit was restored:\n%s", logs)
+	}
+	s.reach(t, "after interlockd had descriptors again")
 }
