@@ -3,8 +3,6 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,13 +109,7 @@ credentials:
 
 	var body string
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-		if err != nil {
-			t.Fatalf("scrape metrics: %v", err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		body = string(b)
+		body = scrapeMetrics(t, metricsPort)
 		// The deny event reaches the daemon through a ring buffer, a
 		// moment after the agent saw EPERM.
 		if strings.Contains(body, "interlock_kernel_denials_total") || time.Now().After(deadline) {
@@ -267,13 +259,8 @@ rules:
 	waitFor(t, "the failed revocation's log line", func() bool {
 		return strings.Contains(d.Logs(), `"level":"error"`) && strings.Contains(d.Logs(), "credential not revoked; retrying")
 	})
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), `interlock_credential_revoke_failures_total{source="pg"}`) {
+	body := scrapeMetrics(t, metricsPort)
+	if !strings.Contains(body, `interlock_credential_revoke_failures_total{source="pg"}`) {
 		t.Errorf("no revoke failure counted:\n%s", body)
 	}
 	pgCtl(t, pg, "start")

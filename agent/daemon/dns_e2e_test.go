@@ -2,9 +2,7 @@ package daemon_test
 
 import (
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -290,14 +288,9 @@ func TestDNSLearnedPerIdentity(t *testing.T) {
 	}
 	// The metrics count both questions and hold the address once per
 	// identity.
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	if err != nil {
-		t.Fatalf("scrape metrics: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrapeMetrics(t, metricsPort)
 	for _, want := range []string{`interlock_dns_questions_total{outcome="forwarded",transport="udp"} 2`, "interlock_dns_learned_addresses 2"} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}

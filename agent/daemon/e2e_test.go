@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -972,6 +973,24 @@ func listenerFD(t *testing.T, pid, nsPID int, addr netip.AddrPort) int {
 	}
 	t.Fatalf("no descriptor of %d holds socket %s", pid, inode)
 	return -1
+}
+
+// scrapeMetrics returns interlockd's metrics, in the Prometheus text
+// format, from its endpoint on port.
+func scrapeMetrics(t testing.TB, port int) string {
+	t.Helper()
+	// No keep-alive: a kept connection would count as a descriptor.
+	c := http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	return string(b)
 }
 
 // shutDownFD shuts down pid's socket fd from outside (through a pidfd): a

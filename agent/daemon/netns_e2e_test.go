@@ -5,9 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -387,15 +385,7 @@ func daemonFDs(d *daemontest.Daemon) int {
 // goroutines reads interlockd's go_goroutines from its metrics endpoint.
 func goroutines(t testing.TB, metricsPort int) int {
 	t.Helper()
-	// No keep-alive: a kept connection would count as a descriptor.
-	c := http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(scrapeMetrics(t, metricsPort), "\n") {
 		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
 			n, _ := strconv.Atoi(v)
 			return n

@@ -3,8 +3,6 @@ package daemon_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -142,12 +140,7 @@ func TestPsqlThroughInterlock(t *testing.T) {
 	}
 	waitEvent(t, f.d, "decision", func(m map[string]any) bool { return m["rule"] == "no-destructive" && m["action"] == "deny" })
 
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", f.metricsPort))
-	if err != nil {
-		t.Fatalf("scrape metrics: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := scrapeMetrics(t, f.metricsPort)
 	for _, want := range []string{
 		`interlock_decisions_total{action="deny",mode="enforce",rule="no-destructive"} 1`,
 		`interlock_connections_total{outcome="closed",protocol="postgres"}`,
