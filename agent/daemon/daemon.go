@@ -336,6 +336,7 @@ func (d *Daemon) Run(ctx context.Context, ready func()) error {
 	defer d.sessions.Close()
 	d.containers = newContainers(d.cfg.DockerSocket)
 	d.proxy = proxy.NewServer(containerIdentifier{d: d, next: d.sessions}, d.dns.handler(d.sessions), d.log.With().Str("component", "proxy").Logger())
+	d.proxy.Paused = d.metrics.AcceptPauses.Inc
 	// The control routes read the session pipeline and the proxy (status,
 	// exec's placeholders): they are served once both exist. A client that
 	// connects sooner waits in the socket's backlog.

@@ -360,15 +360,24 @@ type fixture struct {
 	deniedSoc string
 }
 
-func start(t testing.TB) *fixture {
+func start(t testing.TB) *fixture { return startConfig(t, "") }
+
+// startConfig is start with interlockd.yaml's content, if not empty.
+func startConfig(t testing.TB, config string) *fixture {
 	dir := t.TempDir()
 	denied := filepath.Join(dir, "denied.sock")
 	pol := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(pol, []byte(fmt.Sprintf(testPolicy, denied)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := daemontest.Start(t, daemontest.Options{Policy: pol})
-	return &fixture{d: d, agent: agentBinary(t), deniedSoc: denied}
+	opts := daemontest.Options{Policy: pol}
+	if config != "" {
+		opts.Config = filepath.Join(dir, "interlockd.yaml")
+		if err := os.WriteFile(opts.Config, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &fixture{d: daemontest.Start(t, opts), agent: agentBinary(t), deniedSoc: denied}
 }
 
 // tagged returns a new cgroup of the daemon's tagged with identity.

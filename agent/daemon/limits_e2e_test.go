@@ -12,7 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/interlock-dev/interlock/agent/daemontest"
+	"github.com/interlock-dev/interlock/agent/testenv"
 )
 
 // hostileEnv makes the test binary a hostile agent: it attacks interlockd
@@ -475,7 +476,8 @@ func TestSlowMessageAndHandshakeFlood(t *testing.T) {
 // listener's loop: interlockd stayed up and answered its CLI, but accepted
 // no redirected connection again.
 func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
-	f := start(t)
+	metricsPort := testenv.FreePort(t)
+	f := startConfig(t, fmt.Sprintf("metrics_listen: 127.0.0.1:%d\n", metricsPort))
 	tg := newTarget(t, "tcp4", "127.0.0.1:0")
 	// The agents after the hoarder are put in tagged cgroups directly:
 	// `interlock exec` asks interlockd for things that take descriptors.
@@ -546,6 +548,9 @@ func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 	if !strings.Contains(f.d.Logs(), "accepting again") {
 		t.Errorf("no end of the pause logged:\n%s", f.d.Logs())
 	}
+	if m := regexp.MustCompile(`(?m)^interlock_accept_pauses_total (\d+)$`).FindStringSubmatch(scrapeMetrics(t, metricsPort)); m == nil || m[1] == "0" {
+		t.Errorf("accept pauses counted: %v, want some", m)
+	}
 }
 
 // TestPlainConnectionCapPerIdentity: an identity's plain TCP connections
@@ -555,15 +560,7 @@ func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 // relays had no cap: one agent could hold connections until interlockd
 // ran out of descriptors for everyone.
 func TestPlainConnectionCapPerIdentity(t *testing.T) {
-	dir := t.TempDir()
-	pol, cfg := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
-	if err := os.WriteFile(pol, []byte(fmt.Sprintf(testPolicy, filepath.Join(dir, "denied.sock"))), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cfg, []byte("limits: {connections: 3}\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{d: daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg}), agent: agentBinary(t)}
+	f := startConfig(t, "limits: {connections: 3}\n")
 	tg := newTarget(t, "tcp4", "127.0.0.1:0")
 	unprivileged := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}
 	hoarder := f.d.Command(t.Context(), append(append([]string{"exec", "--identity", "ci-bot", "--"}, unprivileged...),

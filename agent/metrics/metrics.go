@@ -31,6 +31,7 @@ type Metrics struct {
 	DecideLatency prometheus.Histogram     // policy decision per statement
 	ConnectSetup  *prometheus.HistogramVec // accept to first byte relayed, by protocol
 	DNSQuestions  *prometheus.CounterVec   // by transport, outcome (DNSOutcome)
+	AcceptPauses  prometheus.Counter       // proxy listeners' pauses for want of descriptors or memory
 }
 
 // The outcomes of DNS questions (DNSQuestions' outcome label).
@@ -89,13 +90,17 @@ func New(version, commit string, mapFill func() (map[string][2]int, error)) *Met
 		DNSQuestions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "interlock_dns_questions_total", Help: "DNS questions of tagged agents, by transport (udp, tcp) and outcome (forwarded, refused, malformed, failed).",
 		}, []string{"transport", "outcome"}),
+		AcceptPauses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "interlock_accept_pauses_total",
+			Help: "Times a proxy listener paused accepting because interlockd or the host was out of descriptors or socket memory.",
+		}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "interlock_build_info", Help: "Always 1; the labels say which interlockd build is running.",
 	}, []string{"version", "commit", "go_version"})
 	build.WithLabelValues(version, commit, runtime.Version()).Set(1)
 	reg.MustRegister(m.Connections, m.Active, m.Decisions, m.ApprovalWait, m.CredentialLat, m.RevokeFails,
-		m.KernelDenials, m.DecideLatency, m.ConnectSetup, m.DNSQuestions, build, collectors.NewGoCollector(),
+		m.KernelDenials, m.DecideLatency, m.ConnectSetup, m.DNSQuestions, m.AcceptPauses, build, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &mapCollector{fill: mapFill})
 	return m
 }

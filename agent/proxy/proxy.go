@@ -99,6 +99,9 @@ type Server struct {
 	Identifier Identifier
 	Handler    Handler
 	Log        zerolog.Logger
+	// Paused, if set, is called as a listener's pause begins (see
+	// pauses), each one, logged or not: for a metric.
+	Paused func()
 
 	mu     sync.Mutex
 	conns  map[*net.TCPConn]struct{}
@@ -143,7 +146,7 @@ func (s *Server) Serve(l net.Listener) error { return s.ServeWith(l, s.Identifie
 // (see pauses) while new connections wait in the listen queue. It returns
 // an error only for one that accepting again cannot clear.
 func (s *Server) ServeWith(l net.Listener, id Identifier) error {
-	p := pauses{log: &s.Log, listener: l.Addr().String()}
+	p := pauses{log: &s.Log, listener: l.Addr().String(), count: s.Paused}
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -195,6 +198,7 @@ const pauseLogEvery = 10 * time.Second
 type pauses struct {
 	log      *zerolog.Logger
 	listener string
+	count    func()        // Server.Paused
 	wait     time.Duration // before the next accept; 0 while accepting
 	began    time.Time     // when the pause began
 	ended    time.Time     // when its last wait ended
@@ -208,6 +212,9 @@ type pauses struct {
 func (p *pauses) failed(err error) time.Duration {
 	if p.wait == 0 {
 		p.began, p.accepts = time.Now(), 0
+		if p.count != nil {
+			p.count()
+		}
 		if p.began.Sub(p.logged) < pauseLogEvery {
 			p.unlogged++
 		} else {

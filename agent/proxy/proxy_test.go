@@ -289,11 +289,13 @@ func TestShutdownEndsAPause(t *testing.T) {
 }
 
 // TestPausesLogRarely: a listener that keeps running out logs a pause, and
-// its end, at most once every pauseLogEvery, counting the others.
+// its end, at most once every pauseLogEvery, counting the others; each
+// pause is counted for the metric.
 func TestPausesLogRarely(t *testing.T) {
 	var logged daemontest.Buffer
 	log := zerolog.New(&logged)
-	p := pauses{log: &log, listener: "127.0.0.1:15001"}
+	counted := 0
+	p := pauses{log: &log, listener: "127.0.0.1:15001", count: func() { counted++ }}
 	emfile := &net.OpError{Op: "accept", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
 	for i := range 3 {
 		if wait := p.failed(emfile); wait != 5*time.Millisecond {
@@ -321,6 +323,10 @@ func TestPausesLogRarely(t *testing.T) {
 	}
 	if p.wait != time.Second {
 		t.Errorf("wait after many failures %v, want a second at most", p.wait)
+	}
+	// The metric counts every pause, logged or not, and no retry.
+	if counted != 4 {
+		t.Errorf("%d pauses counted, want 4", counted)
 	}
 }
 
