@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -982,6 +983,45 @@ func listenerFD(t *testing.T, pid, nsPID int, addr netip.AddrPort) int {
 	}
 	t.Fatalf("no descriptor of %d holds socket %s", pid, inode)
 	return -1
+}
+
+// starveDescriptors leaves process pid no descriptor to open until restore
+// is called (at cleanup at the latest). The limit bounds descriptor
+// numbers: below the lowest free one nothing can be opened, and one let
+// go meanwhile frees none unless it was among the first.
+func starveDescriptors(t testing.TB, pid int) (restore func()) {
+	t.Helper()
+	open, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]bool{}
+	for _, e := range open {
+		held[e.Name()] = true
+	}
+	free := 0
+	for held[strconv.Itoa(free)] {
+		free++
+	}
+	var lim unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(free - 4)
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &low, nil); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore = func() {
+		if !restored {
+			restored = true
+			// The process may be gone by cleanup.
+			unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil)
+		}
+	}
+	t.Cleanup(restore)
+	return restore
 }
 
 // scrapeMetrics returns interlockd's metrics, in the Prometheus text

@@ -583,35 +583,10 @@ func TestNetnsListenerFailureServesAgain(t *testing.T) {
 func TestNetnsScanOutOfDescriptors(t *testing.T) {
 	s := startNetnsServed(t)
 	d := s.f.d
-	open, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.PID()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The limit bounds descriptor numbers: below the lowest free one, no
-	// new descriptor can be made, and one let go meanwhile frees none
-	// unless it was among the first.
-	held := map[string]bool{}
-	for _, e := range open {
-		held[e.Name()] = true
-	}
-	free := 0
-	for held[strconv.Itoa(free)] {
-		free++
-	}
-	var lim unix.Rlimit
-	if err := unix.Prlimit(d.PID(), unix.RLIMIT_NOFILE, nil, &lim); err != nil {
-		t.Fatal(err)
-	}
 	since := len(d.Logs())
-	low := lim
-	low.Cur = uint64(free - 4)
-	if err := unix.Prlimit(d.PID(), unix.RLIMIT_NOFILE, &low, nil); err != nil {
-		t.Fatal(err)
-	}
+	restore := starveDescriptors(t, d.PID())
 	time.Sleep(2 * time.Second) // ten scans
-	if err := unix.Prlimit(d.PID(), unix.RLIMIT_NOFILE, &lim, nil); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	time.Sleep(500 * time.Millisecond) // a scan or two with descriptors
 	logs := d.Logs()[since:]
 	for _, msg := range []string{"network namespace released", "serving network namespace"} {
