@@ -72,7 +72,12 @@ func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusBadRequest, "%s is not an exec cgroup", req.Cgroup)
 		return
 	}
-	if populated(abs) {
+	pop, err := populated(abs)
+	if err != nil {
+		control.WriteError(w, http.StatusServiceUnavailable, "cgroup %s kept: whether it still has processes cannot be read: %v", rel, err)
+		return
+	}
+	if pop {
 		control.WriteError(w, http.StatusConflict, "cgroup %s still has processes", rel)
 		return
 	}
@@ -107,8 +112,17 @@ func (d *Daemon) collectExecCgroups(ctx context.Context) {
 		case <-t.C:
 		}
 		for _, abs := range d.execCgroups() {
-			if st, err := os.Stat(abs); err == nil && !populated(abs) &&
-				time.Since(st.ModTime()) > 10*time.Second {
+			st, err := os.Stat(abs)
+			if err != nil || time.Since(st.ModTime()) <= 10*time.Second {
+				continue
+			}
+			pop, err := populated(abs)
+			if err != nil {
+				d.log.Warn().Err(err).Str("cgroup", strings.TrimPrefix(abs, d.mount)).
+					Msg("exec cgroup kept tagged: whether its processes have exited cannot be read")
+				continue
+			}
+			if !pop {
 				d.releaseExec(abs, strings.TrimPrefix(abs, d.mount))
 			}
 		}
@@ -122,7 +136,7 @@ func (d *Daemon) collectExecCgroups(ctx context.Context) {
 func (d *Daemon) removeExecCgroups() {
 	for _, abs := range d.execCgroups() {
 		rel := strings.TrimPrefix(abs, d.mount)
-		if !populated(abs) {
+		if pop, err := populated(abs); err == nil && !pop {
 			d.releaseExec(abs, rel)
 		}
 	}
@@ -143,12 +157,16 @@ func (d *Daemon) execCgroups() []string {
 	return dirs
 }
 
-func populated(abs string) bool {
+// populated reports whether the cgroup at abs, or one below it, holds a
+// process. An error is not an answer: taken for "no", it would untag a
+// running agent's cgroup (out of descriptors, the read fails), and its
+// connects would no longer come to interlockd.
+func populated(abs string) (bool, error) {
 	data, err := os.ReadFile(filepath.Join(abs, "cgroup.events"))
 	if err != nil {
-		return false
+		return false, err
 	}
-	return strings.Contains(string(data), "populated 1")
+	return strings.Contains(string(data), "populated 1"), nil
 }
 
 func parentOf(pid int) (int, error) {

@@ -1,11 +1,14 @@
 package daemon_test
 
 import (
+	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -125,4 +128,83 @@ func TestExecWarnsPtraceExposure(t *testing.T) {
 		t.Errorf("ptrace gap %v, stderr:\n%s\nwant the warning %q exactly when there is a gap", gap, out, warning)
 	}
 	t.Logf("ptrace gap on this kernel: %v; exec said: %s", gap, strings.TrimSpace(out))
+}
+
+// TestExecCgroupKeptWhileUnreadable: an exec cgroup whose agent still runs
+// stays tagged while interlockd cannot read whether it has processes, both
+// when the exec's command exits leaving a child behind (the CLI asks for
+// the release) and when the collector looks: its connects still come to
+// interlockd. Before, a failed read counted as an empty cgroup: the
+// cgroup was untagged under the running child, whose connects then went
+// straight out. The read is made to fail with a file that refuses to be
+// read mounted over cgroup.events; out of descriptors, it fails the same.
+func TestExecCgroupKeptWhileUnreadable(t *testing.T) {
+	f := start(t)
+	tg := newTarget(t, "tcp4", "127.0.0.1:0")
+	var stderr bytes.Buffer
+	// The command exits at once; its child goes on in the exec cgroup.
+	cli := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--",
+		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", "sleep 600 </dev/null >/dev/null 2>&1 & read go; exit 0")
+	stdin, err := cli.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.Stderr = &stderr
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, pid := range execPIDs(f.d) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	waitFor(t, "the exec's processes in its cgroup", func() bool { return len(execPIDs(f.d)) >= 2 })
+	dirs, _ := filepath.Glob(filepath.Join(f.d.Root, "interlock-exec", "ci-bot-*"))
+	if len(dirs) != 1 {
+		t.Fatalf("exec cgroups %v, want one", dirs)
+	}
+	cg, rel := dirs[0], strings.TrimPrefix(dirs[0], f.d.Mount)
+	// Root is refused reading a write-only sysctl: EACCES.
+	events := filepath.Join(cg, "cgroup.events")
+	if out, err := exec.Command("mount", "--bind", "/proc/sys/net/ipv4/route/flush", events).CombinedOutput(); err != nil {
+		t.Fatalf("mount over %s: %v\n%s", events, err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", events).Run() })
+	untagged := func(when string) {
+		t.Helper()
+		for _, e := range auditEvents(f.d, "untag") {
+			if e["cgroup"] == rel {
+				t.Fatalf("%s: the exec cgroup was untagged with its child running: %v", when, e)
+			}
+		}
+		r := f.runArgvIn(t, cg, "tcp", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, tg.addr())
+		if r.Line != "hello from target" {
+			t.Fatalf("%s: a connect from the exec cgroup: %+v", when, r)
+		}
+		waitEvent(t, f.d, "connection_open", func(e map[string]any) bool {
+			return e["cgroup"] == rel && e["identity"] == "ci-bot" && e["pid"] == float64(r.PID)
+		})
+	}
+
+	stdin.Close() // the command exits; the CLI asks for the release
+	if err := cli.Wait(); err != nil {
+		t.Fatalf("exec: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "kept: whether it still has processes cannot be read") {
+		t.Errorf("the CLI's release: %q, want it refused for the unreadable cgroup", stderr.String())
+	}
+	untagged("after the release")
+
+	// The collector looks only at exec cgroups older than 10 s, every 10 s.
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(cg, old, old); err != nil {
+		t.Fatal(err)
+	}
+	waitLog := func() bool { return strings.Contains(f.d.Logs(), "exec cgroup kept tagged") }
+	for deadline := time.Now().Add(11 * time.Second); !waitLog(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the collector did not say it kept the exec cgroup:\n%s", f.d.Logs())
+		}
+	}
+	untagged("after the collector")
 }
