@@ -126,6 +126,20 @@ func (p *Policy) RuleCount() int { return len(p.rules) }
 // Targets returns every target in file order.
 func (p *Policy) Targets() []*Target { return p.targets }
 
+// SelectsOnProcess reports whether an identity a caller tagged tag could
+// match selects on what only the caller's process tells (its unit, its
+// executable's path or hash, its container): a caller whose process is
+// gone cannot be placed by them.
+func (p *Policy) SelectsOnProcess(tag string) bool {
+	for _, id := range p.identities {
+		if (id.Tag == "" || id.Tag == tag) &&
+			(len(id.Units)+len(id.Exes)+len(id.ExeSHA256) > 0 || id.Container != nil) {
+			return true
+		}
+	}
+	return false
+}
+
 // Identities appends to dst the names of the identities s matches, in file
 // order.
 func (p *Policy) Identities(dst []string, s *Subject) []string {

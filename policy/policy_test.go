@@ -170,6 +170,29 @@ func TestIdentities(t *testing.T) {
 	}
 }
 
+// TestSelectsOnProcess: a tag's callers need their process read when an
+// identity that could match them selects on its unit, executable or
+// container; uid, gid, comm and the tag are the kernel's.
+func TestSelectsOnProcess(t *testing.T) {
+	p := mustParse(t, selectorPolicy)
+	// by-exe and by-hash name no tag: they may match any caller.
+	for _, tag := range []string{"agents", "x"} {
+		if !p.SelectsOnProcess(tag) {
+			t.Errorf("SelectsOnProcess(%q) false beside exe and exe_sha256 selectors", tag)
+		}
+	}
+	p = mustParse(t, "identities:\n  - name: a\n  - name: a-7\n    tag: a\n    uid: [7]\n    comm: [psql]\n  - name: b-unit\n    tag: b\n    unit: [x.service]\n")
+	if p.SelectsOnProcess("a") {
+		t.Error("SelectsOnProcess(a) true with tag, uid and comm selectors only")
+	}
+	if !p.SelectsOnProcess("b") {
+		t.Error("SelectsOnProcess(b) false with a unit selector")
+	}
+	if !mustParse(t, containerPolicy).SelectsOnProcess("ci-containers") {
+		t.Error("SelectsOnProcess false with a container selector")
+	}
+}
+
 const containerPolicy = `
 identities:
   - name: ci-containers

@@ -128,7 +128,11 @@ func (s *dnsServer) answerUDP(ctx context.Context, c *net.UDPConn, lookup func(p
 		s.log.Warn().Err(err).Str("peer", from.String()).Msg("dropping unidentified dns datagram")
 		return
 	}
-	id := session.IdentityOf(o, s.d.ids.name(o.Identity))
+	id, err := session.IdentityOf(o, s.d.ids.name(o.Identity))
+	if err != nil {
+		s.log.Warn().Err(err).Str("peer", from.String()).Msg("dropping unidentified dns datagram")
+		return
+	}
 	resp, ex := s.proxy.Answer(ctx, msg, true, s.decider(id))
 	s.record(id, "udp", o.Dst, ex)
 	if resp != nil {
@@ -179,7 +183,10 @@ func (s *dnsServer) serveStream(ctx context.Context, c *proxy.Conn) {
 func (s *dnsServer) decider(id proxy.Identity) dnsdec.Decide {
 	return func(q dnsdec.Question) dnsdec.Verdict {
 		pol := s.d.policy.Current()
-		subj := session.SubjectOf(id, pol)
+		subj, err := session.SubjectOf(id, pol)
+		if err != nil {
+			return dnsdec.Verdict{Reason: "caller not identified: " + err.Error()}
+		}
 		d := pol.DecideDNS(&subj, q.Name, q.Type)
 		if !d.Allow && pol.Mode(&subj, nil) == policy.Audit {
 			return dnsdec.Verdict{Allow: true, Reason: d.Reason}

@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -90,6 +91,40 @@ func client(mode, arg string) int {
 	switch mode {
 	case "tcp":
 		greet(arg, 5*time.Second)
+	case "orphan":
+		// Connect, leave the socket to a child (mode inherited) and exit
+		// at once, without a report: the child's is the only one.
+		c, err := net.DialTimeout("tcp", arg, 5*time.Second)
+		if err != nil {
+			fail(err)
+			break
+		}
+		f, err := c.(*net.TCPConn).File()
+		if err != nil {
+			fail(err)
+			break
+		}
+		child := exec.Command(os.Args[0], arg)
+		child.Env = append(os.Environ(), clientEnv+"=inherited")
+		child.Stdout, child.Stderr, child.ExtraFiles = os.Stdout, os.Stderr, []*os.File{f}
+		if err := child.Start(); err != nil {
+			fail(err)
+			break
+		}
+		os.Exit(0)
+	case "inherited":
+		// The first line on the socket an orphan's parent left as fd 3.
+		c, err := net.FileConn(os.NewFile(3, "inherited"))
+		if err != nil {
+			fail(err)
+			break
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fail(err)
+		}
+		r.Line = strings.TrimSpace(line)
 	case "loop":
 		// Connect repeatedly for a few seconds, across a daemon restart.
 		for end := time.Now().Add(6 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
@@ -1059,5 +1094,148 @@ func shutDownFD(t *testing.T, pid, fd int) {
 	defer unix.Close(dup)
 	if err := unix.Shutdown(dup, unix.SHUT_RDWR); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// unitDenyPolicy denies the connects of ci-bot's tasks in risky.service
+// (rules are tried in order); the tag's identity allows the rest.
+const unitDenyPolicy = `version: 1
+identities:
+  - name: ci-bot
+  - name: ci-bot-risky
+    tag: ci-bot
+    unit: [risky.service]
+rules:
+  - {name: no-risky, identity: ci-bot-risky, protocol: tcp, action: deny}
+  - {name: ci-bot-tcp, identity: ci-bot, protocol: tcp, action: allow}
+`
+
+// TestUnreadableCallerIsRefused: a caller whose cgroup interlockd cannot
+// read (its /proc file refuses to be read; out of descriptors, the read
+// fails the same) is refused, not taken for one without a cgroup. Before,
+// its path was "" and its unit none: the identity that names its unit to
+// deny it did not match, and the tag's own allowed the connection.
+func TestUnreadableCallerIsRefused(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(unitDenyPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{d: daemontest.Start(t, daemontest.Options{Policy: pol}), agent: agentBinary(t)}
+	tg := newTarget(t, "tcp4", "127.0.0.1:0")
+	unprivileged := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, tg.addr()}
+	// Each connect from a cgroup of its own: a path read once is
+	// remembered for its cgroup.
+	read, unread := f.tagged(t, "read/risky.service", "ci-bot"), f.tagged(t, "unread/risky.service", "ci-bot")
+	if r := f.runArgvIn(t, read, "tcp", unprivileged...); r.Line == "hello from target" {
+		t.Fatalf("risky.service's connect with its cgroup read: %+v, want it denied", r)
+	}
+	if n := len(tg.accepted()); n != 0 {
+		t.Fatalf("the target accepted %d connections, want none", n)
+	}
+
+	cg, err := os.Open(unread)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	// The agent waits for a line, so that its /proc file is covered
+	// before it connects.
+	cmd := exec.CommandContext(t.Context(), "sh", append([]string{"-c", `read go; exec "$@"`, "sh"}, unprivileged...)...)
+	cmd.Env = append(os.Environ(), clientEnv+"=tcp")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	procCgroup := fmt.Sprintf("/proc/%d/cgroup", cmd.Process.Pid)
+	// Root is refused reading a write-only sysctl: EACCES.
+	if b, err := exec.Command("mount", "--bind", "/proc/sys/net/ipv4/route/flush", procCgroup).CombinedOutput(); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("mount over %s: %v\n%s", procCgroup, err, b)
+	}
+	defer exec.Command("umount", procCgroup).Run()
+	stdin.Write([]byte("go\n"))
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("agent: %v\n%s", err, out.String())
+	}
+	var r report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("agent report %q: %v", out.String(), err)
+	}
+	if r.Line == "hello from target" || len(tg.accepted()) != 0 {
+		t.Fatalf("risky.service's connect with its cgroup unreadable: %+v, target accepted %v; want it refused", r, tg.accepted())
+	}
+	if !strings.Contains(f.d.Logs(), "refusing unidentified connection") {
+		t.Errorf("no line says why the connection was refused:\n%s", f.d.Logs())
+	}
+}
+
+// TestConnectorGoneIsRefused: a connect whose process exits before
+// interlockd reads /proc, leaving the socket to its child, is refused when
+// an identity of its tag selects on the unit /proc would have told.
+// Before, the caller had no cgroup path: the identity denying risky.service
+// did not match, and the tag's own allowed the child's connection.
+// interlockd is stopped (SIGSTOP) while the parent connects, forks and
+// exits, so that the connect waits in the listen queue until it is gone.
+func TestConnectorGoneIsRefused(t *testing.T) {
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(unitDenyPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := daemontest.Start(t, daemontest.Options{Policy: pol})
+	f := &fixture{d: d, agent: agentBinary(t)}
+	tg := newTarget(t, "tcp4", "127.0.0.1:0")
+	dir := f.tagged(t, "gone/risky.service", "ci-bot")
+	cg, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.CommandContext(t.Context(), "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, tg.addr())
+	cmd.Env = append(os.Environ(), clientEnv+"=orphan")
+	cmd.Stdout = w
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	if err := syscall.Kill(d.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			syscall.Kill(d.PID(), syscall.SIGCONT)
+		}
+	}()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if err := cmd.Wait(); err != nil { // the parent, once it has forked
+		t.Fatalf("connector: %v", err)
+	}
+	syscall.Kill(d.PID(), syscall.SIGCONT)
+	stopped = false
+	out, _ := io.ReadAll(r) // the child's report, once interlockd answered
+	var rep report
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("the child's report %q: %v", out, err)
+	}
+	if rep.Line == "hello from target" || len(tg.accepted()) != 0 {
+		t.Fatalf("the child of a connector gone: %+v, target accepted %v; want it refused", rep, tg.accepted())
+	}
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(d.Logs(), "exited before its executable and cgroup could be read"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line says why the connection was refused:\n%s", d.Logs())
+		}
 	}
 }

@@ -319,5 +319,9 @@ func (n netnsIdentifier) Identify(peer, local netip.AddrPort) (proxy.Identity, n
 	if name == "" {
 		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)
 	}
-	return session.IdentityOf(o, name), o.Dst, nil
+	id, err := session.IdentityOf(o, name)
+	if err != nil {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s in network namespace %d: %w", peer, n.cookie, err)
+	}
+	return id, o.Dst, nil
 }

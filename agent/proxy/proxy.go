@@ -44,6 +44,10 @@ type Identity struct {
 	// runtime described it at accept; nil unless the policy selects on
 	// containers and the runtime could say.
 	Container *policy.Container `json:"container,omitempty"`
+	// Gone says the process had exited before /proc was read: its
+	// executable, and its cgroup path unless one was remembered for its
+	// cgroup ID, are unknown (a socket it left to a child goes on).
+	Gone bool `json:"-"`
 }
 
 // Conn is one accepted, identified agent connection.

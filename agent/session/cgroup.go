@@ -24,24 +24,28 @@ const maxCgroupPaths = 4096
 var cgroupMount = sync.OnceValues(datapath.CgroupMount)
 
 // cgroupOf returns the path, relative to the cgroup2 mount, of the cgroup
-// with the kernel's ID id, which process pid connected from; "" if it
-// cannot tell. A process that has moved since, from a cgroup not
+// with the kernel's ID id, which process pid connected from; "" if the
+// process is gone. A process that has moved since, from a cgroup not
 // remembered, gets the path of where it is now: /proc knows no other.
-func cgroupOf(id uint64, pid uint32) string {
-	mount, err := cgroupMount()
-	if err != nil {
-		p, _ := control.CgroupOf(int(pid))
-		return p
+func cgroupOf(id uint64, pid uint32) (string, error) {
+	mount, merr := cgroupMount()
+	if merr == nil {
+		cgroupPaths.Lock()
+		p, ok := cgroupPaths.m[id]
+		cgroupPaths.Unlock()
+		if ok {
+			return p, nil
+		}
 	}
-	cgroupPaths.Lock()
-	p, ok := cgroupPaths.m[id]
-	cgroupPaths.Unlock()
-	if ok {
-		return p
-	}
-	p, err = control.CgroupOf(int(pid))
+	p, err := control.CgroupOf(int(pid))
 	if err != nil {
-		return ""
+		if processGone(err) {
+			return "", nil
+		}
+		return "", err
+	}
+	if merr != nil {
+		return p, nil
 	}
 	if got, err := datapath.CgroupID(filepath.Join(mount, p)); err == nil && got == id {
 		cgroupPaths.Lock()
@@ -51,5 +55,5 @@ func cgroupOf(id uint64, pid uint32) string {
 		cgroupPaths.m[id] = p
 		cgroupPaths.Unlock()
 	}
-	return p
+	return p, nil
 }

@@ -42,28 +42,43 @@ type conn struct {
 	ending error
 }
 
-func newConn(pc *proxy.Conn, pol *policy.Policy) *conn {
+func newConn(pc *proxy.Conn, pol *policy.Policy) (*conn, error) {
 	id := pc.Identity
-	c := &conn{
+	subject, err := SubjectOf(id, pol)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{
 		id: pc.ID, identity: id, client: pc.Client, dst: pc.Dst.String(), accepted: pc.Accepted,
 		target:  pol.TargetFor(id.Name, pc.Dst.Addr(), pc.Dst.Port()),
-		subject: SubjectOf(id, pol),
-	}
-	return c
+		subject: subject,
+	}, nil
 }
 
 // SubjectOf is the policy subject of a caller under pol: what a session's
-// decisions take, and a DNS question's.
-func SubjectOf(id proxy.Identity, pol *policy.Policy) policy.Subject {
+// decisions take, and a DNS question's. A caller the policy cannot place
+// is an error: one whose process was gone before /proc was read, when an
+// identity of its tag selects on what /proc tells (a connect left to a
+// child by a parent that exited at once would otherwise escape the
+// identity naming its unit or executable), or whose executable cannot be
+// hashed.
+func SubjectOf(id proxy.Identity, pol *policy.Policy) (policy.Subject, error) {
+	if id.Gone && pol.SelectsOnProcess(id.Name) {
+		return policy.Subject{}, fmt.Errorf("pid %d exited before its executable and cgroup could be read, and an identity of %q selects on them", id.PID, id.Name)
+	}
 	s := policy.Subject{
 		Tag: id.Name, UID: id.UID, GID: id.GID, PID: int(id.PID),
 		Comm: id.Comm, Exe: id.Exe, CgroupPath: id.Cgroup, Unit: unitOf(id.Cgroup),
 		Container: id.Container,
 	}
 	if pol.NeedsExeHash() {
-		s.ExeSHA256 = exeHash(id.PID)
+		h, err := exeHash(id.PID)
+		if err != nil {
+			return policy.Subject{}, err
+		}
+		s.ExeSHA256 = h
 	}
-	return s
+	return s, nil
 }
 
 // protocol is the protocol the connection is served with: its target's,
@@ -170,19 +185,19 @@ func unitOf(cgroup string) string {
 	return ""
 }
 
-// exeHash returns the hex SHA-256 of the executable pid runs, "" if
-// unreadable. It reads /proc/PID/exe, the file actually mapped, not the
-// path, which may have been replaced since. Computed only for policies that
-// match on it.
-func exeHash(pid uint32) string {
+// exeHash returns the hex SHA-256 of the executable pid runs. It reads
+// /proc/PID/exe, the file actually mapped, not the path, which may have
+// been replaced since. Computed only for policies that match on it, so a
+// process gone meanwhile is an error too.
+func exeHash(pid uint32) (string, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/exe", pid))
 	if err != nil {
-		return ""
+		return "", fmt.Errorf("hash the executable of pid %d: %w", pid, err)
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return ""
+		return "", fmt.Errorf("hash the executable of pid %d: %w", pid, err)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -37,8 +37,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -174,22 +176,52 @@ func (p *Pipeline) Identify(peer, local netip.AddrPort) (proxy.Identity, netip.A
 	if name == "" {
 		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s carries unknown identity id %d", peer, o.Identity)
 	}
-	return IdentityOf(o, name), o.Dst, nil
+	id, err := IdentityOf(o, name)
+	if err != nil {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s: %w", peer, err)
+	}
+	return id, o.Dst, nil
 }
 
 // IdentityOf is the caller the kernel recorded in o, under the identity
 // name, with what /proc adds while the process is still there: the
 // executable and cgroup path. DNS questions, which are no sessions, are
 // identified with it too.
-func IdentityOf(o datapath.Origin, name string) proxy.Identity {
+//
+// The process may already be gone, and then the kernel's fields stand
+// alone (Identity.Gone; SubjectOf refuses it to a policy that needs more).
+// Any other failure to read /proc is an error: identities select on
+// the executable and the cgroup (its unit), and a caller taken for one
+// whose path is unknown would escape the identities that name its own
+// (an agent that keeps interlockd out of descriptors could make every
+// read fail).
+func IdentityOf(o datapath.Origin, name string) (proxy.Identity, error) {
 	id := proxy.Identity{
 		Name: name, PID: o.PID, UID: o.UID, GID: o.GID, Comm: o.Comm,
 		CgroupID: o.CgroupID, NetnsCookie: o.NetnsCookie, Connected: o.Time,
 	}
-	// The process may already be gone; the kernel's fields still stand.
-	id.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
-	id.Cgroup = cgroupOf(o.CgroupID, o.PID)
-	return id
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", o.PID))
+	switch {
+	case err == nil:
+		id.Exe = exe
+	case processGone(err):
+		id.Gone = true
+	default:
+		return proxy.Identity{}, fmt.Errorf("read the executable of pid %d: %w", o.PID, err)
+	}
+	if id.Cgroup, err = cgroupOf(o.CgroupID, o.PID); err != nil {
+		return proxy.Identity{}, err
+	}
+	if id.Cgroup == "" {
+		id.Gone = true
+	}
+	return id, nil
+}
+
+// processGone reports whether a read of /proc failed because the process
+// has exited.
+func processGone(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
 }
 
 // Handle implements proxy.Handler: it serves one connection until it ends.
@@ -243,7 +275,13 @@ type served struct {
 func (p *Pipeline) open(ctx context.Context, pc *proxy.Conn) (sv *served, ok bool) {
 	m := p.cfg.Metrics
 	pol := p.cfg.Policy.Current()
-	c := newConn(pc, pol)
+	c, err := newConn(pc, pol)
+	if err != nil {
+		// As the proxy refuses a caller it cannot identify.
+		p.cfg.Log.Warn().Err(err).Str("peer", pc.Client.RemoteAddr().String()).Str("identity", pc.Identity.Name).
+			Msg("refusing unidentified connection")
+		return nil, false
+	}
 	// A connection for an http target named by hosts is decided once its
 	// decoder has read the name (see byName); any other here.
 	var byAddr *policy.Target

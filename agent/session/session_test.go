@@ -637,7 +637,10 @@ func BenchmarkDecide(b *testing.B) {
 	defer client.Close()
 	server, _ := ln.Accept()
 	pc.Client = server.(*net.TCPConn)
-	c := newConn(pc, e.p.cfg.Policy.Current())
+	c, err := newConn(pc, e.p.cfg.Policy.Current())
+	if err != nil {
+		b.Fatal(err)
+	}
 	rec := &recorder{p: e.p, c: c}
 	if err := rec.Start(context.Background()); err != nil {
 		b.Fatal(err)
