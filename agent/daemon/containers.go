@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -80,11 +81,16 @@ type dockerInspect struct {
 	} `json:"State"`
 }
 
+// errUnanswered marks a lookup the runtime did not answer (not reached,
+// an error status, an answer that does not decode): whether the cgroup is
+// a container's, and which, is unknown.
+var errUnanswered = errors.New("the container runtime did not answer")
+
 // lookup returns the container the cgroup belongs to, or nil with the
-// reason when it belongs to none or the runtime cannot say. The container's
-// own main process must be in that cgroup (or above it, for a cgroup the
-// container made inside its own): a cgroup merely named after a container
-// elsewhere gets nothing.
+// reason when it belongs to none or the runtime cannot say (errUnanswered).
+// The container's own main process must be in that cgroup (or above it,
+// for a cgroup the container made inside its own): a cgroup merely named
+// after a container elsewhere gets nothing.
 func (cs *containers) lookup(ctx context.Context, cgroup string) (*policy.Container, error) {
 	id := containerID(cgroup)
 	if id == "" {
@@ -102,21 +108,29 @@ func (cs *containers) lookup(ctx context.Context, cgroup string) (*policy.Contai
 	}
 	resp, err := cs.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("ask docker about container %.12s: %w", id, err)
+		return nil, fmt.Errorf("ask docker about container %.12s: %w: %w", id, errUnanswered, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("ask docker about container %.12s: %s", id, resp.Status)
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound:
+		return nil, fmt.Errorf("docker has no container %.12s", id)
+	default:
+		return nil, fmt.Errorf("ask docker about container %.12s: %w: %s", id, errUnanswered, resp.Status)
 	}
 	var in dockerInspect
 	if err := json.NewDecoder(resp.Body).Decode(&in); err != nil {
-		return nil, fmt.Errorf("decode docker's answer about container %.12s: %w", id, err)
+		return nil, fmt.Errorf("decode docker's answer about container %.12s: %w: %w", id, errUnanswered, err)
 	}
 	if in.ID != id || in.State.Pid == 0 {
 		return nil, fmt.Errorf("container %.12s is not running", id)
 	}
 	own, err := control.CgroupOf(in.State.Pid)
-	if err != nil || (cgroup != own && !strings.HasPrefix(cgroup, own+"/")) {
+	if err != nil {
+		// Its main process gone meanwhile, or /proc not read: unknown.
+		return nil, fmt.Errorf("cgroup of container %.12s: %w: %w", id, errUnanswered, err)
+	}
+	if cgroup != own && !strings.HasPrefix(cgroup, own+"/") {
 		return nil, fmt.Errorf("cgroup %s is not container %.12s's (%s)", cgroup, id, own)
 	}
 	c := &policy.Container{Runtime: "docker", ID: in.ID, Image: in.Config.Image, ImageID: in.Image, Labels: in.Config.Labels}
@@ -134,8 +148,12 @@ func (cs *containers) lookup(ctx context.Context, cgroup string) (*policy.Contai
 }
 
 // containerIdentifier adds the caller's container to what next identifies,
-// when the policy in force selects on containers: a caller the runtime
-// says nothing of keeps Container nil, and so matches no such identity.
+// when the policy in force selects on containers: a caller in no container
+// keeps Container nil, and so matches no such identity. One whose
+// container the runtime did not answer for is refused if an identity of
+// its tag selects on containers (or on what else only its process tells):
+// placed without one, it would escape an identity that names its image to
+// deny it.
 type containerIdentifier struct {
 	d    *Daemon
 	next proxy.Identifier
@@ -149,6 +167,9 @@ func (ci containerIdentifier) Identify(peer, local netip.AddrPort) (proxy.Identi
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	c, cerr := ci.d.containers.lookup(ctx, id.Cgroup)
+	if errors.Is(cerr, errUnanswered) && ci.d.policy.Current().SelectsOnProcess(id.Name) {
+		return proxy.Identity{}, netip.AddrPort{}, fmt.Errorf("connection %s: %w", peer, cerr)
+	}
 	if cerr != nil {
 		ci.d.log.Info().Err(cerr).Str("identity", id.Name).Str("peer", peer.String()).
 			Msg("no container for the caller: identities selecting on containers do not match it")

@@ -441,3 +441,49 @@ func TestDockerContainerChurn(t *testing.T) {
 		t.Errorf("undecided or leaked: see the figures above; first failures: %v", failures)
 	}
 }
+
+// containerDenyPolicy denies ci-bot's tasks in containers of evil/*
+// images (rules are tried in order); the tag's identity allows the rest.
+const containerDenyPolicy = `version: 1
+identities:
+  - name: ci-bot
+  - name: ci-bot-evil
+    tag: ci-bot
+    container: {image: "evil/*"}
+rules:
+  - {name: no-evil, identity: ci-bot-evil, protocol: tcp, action: deny}
+  - {name: ci-bot-tcp, identity: ci-bot, protocol: tcp, action: allow}
+`
+
+// TestContainerRuntimeUnansweredIsRefused: a caller in a cgroup named
+// after a container, whose runtime does not answer (its socket is not
+// there), is refused while an identity of its tag selects on containers;
+// a caller of the same tag in no container is placed as before. Before,
+// the unanswered look-up placed it in no container: the identity that
+// names the image to deny it did not match, and the tag's own allowed it.
+func TestContainerRuntimeUnansweredIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	pol, cfg := filepath.Join(dir, "policy.yaml"), filepath.Join(dir, "interlockd.yaml")
+	if err := os.WriteFile(pol, []byte(containerDenyPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte("docker_socket: "+filepath.Join(dir, "no-docker.sock")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{d: daemontest.Start(t, daemontest.Options{Policy: pol, Config: cfg}), agent: agentBinary(t)}
+	tg := newTarget(t, "tcp4", "127.0.0.1:0")
+	unprivileged := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, tg.addr()}
+	plain := f.tagged(t, "plain", "ci-bot")
+	if r := f.runArgvIn(t, plain, "tcp", unprivileged...); r.Line != "hello from target" {
+		t.Fatalf("ci-bot in no container: %+v, want it allowed", r)
+	}
+	contained := f.tagged(t, "docker-"+strings.Repeat("cd", 32)+".scope", "ci-bot")
+	if r := f.runArgvIn(t, contained, "tcp", unprivileged...); r.Line == "hello from target" || len(tg.accepted()) != 1 {
+		t.Fatalf("ci-bot in a container docker did not answer for: %+v, target accepted %v; want it refused", r, tg.accepted())
+	}
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(f.d.Logs(), "the container runtime did not answer"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no line says why the connection was refused:\n%s", f.d.Logs())
+		}
+	}
+}
