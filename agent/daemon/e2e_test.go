@@ -956,18 +956,7 @@ func TestFailedListenerStopsInterlockd(t *testing.T) {
 	pid := f.d.PID()
 	// The proxy's own listener: the data path steers connections for the
 	// listen port to it (a SOCKMAP), bound where no one else can bind.
-	var armed struct {
-		Listeners []string `json:"listeners"`
-	}
-	for _, line := range strings.Split(f.d.Logs(), "\n") {
-		if strings.Contains(line, "data path armed") {
-			json.Unmarshal([]byte(line), &armed)
-		}
-	}
-	if len(armed.Listeners) == 0 {
-		t.Fatalf("no listeners logged:\n%s", f.d.Logs())
-	}
-	fd := listenerFD(t, pid, pid, netip.MustParseAddrPort(armed.Listeners[0]))
+	fd := listenerFD(t, pid, pid, loggedListener(t, f.d, "data path armed"))
 	shutDownFD(t, pid, fd)
 	for deadline := time.Now().Add(10 * time.Second); unix.Kill(pid, 0) == nil; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -1075,6 +1064,28 @@ func scrapeMetrics(t testing.TB, port int) string {
 		t.Fatalf("scrape metrics: %v", err)
 	}
 	return string(b)
+}
+
+// loggedListener returns the first proxy listener of the last log line of d
+// that holds every one of match.
+func loggedListener(t testing.TB, d *daemontest.Daemon, match ...string) netip.AddrPort {
+	t.Helper()
+	var logged struct {
+		Listeners []string `json:"listeners"`
+	}
+lines:
+	for _, line := range strings.Split(d.Logs(), "\n") {
+		for _, m := range match {
+			if !strings.Contains(line, m) {
+				continue lines
+			}
+		}
+		json.Unmarshal([]byte(line), &logged)
+	}
+	if len(logged.Listeners) == 0 {
+		t.Fatalf("no listeners logged with %q:\n%s", match, d.Logs())
+	}
+	return netip.MustParseAddrPort(logged.Listeners[0])
 }
 
 // shutDownFD shuts down pid's socket fd from outside (through a pidfd): a

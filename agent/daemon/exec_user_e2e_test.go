@@ -200,8 +200,7 @@ func TestExecCgroupKeptWhileUnreadable(t *testing.T) {
 	if err := os.Chtimes(cg, old, old); err != nil {
 		t.Fatal(err)
 	}
-	waitLog := func() bool { return strings.Contains(f.d.Logs(), "exec cgroup kept tagged") }
-	for deadline := time.Now().Add(11 * time.Second); !waitLog(); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(11 * time.Second); !strings.Contains(f.d.Logs(), "exec cgroup kept tagged"); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the collector did not say it kept the exec cgroup:\n%s", f.d.Logs())
 		}

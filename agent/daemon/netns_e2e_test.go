@@ -3,10 +3,8 @@ package daemon_test
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -554,20 +552,9 @@ func (s *netnsServed) reach(t *testing.T, when string) {
 func TestNetnsListenerFailureServesAgain(t *testing.T) {
 	s := startNetnsServed(t)
 	d := s.f.d
-	var served struct {
-		Listeners []string `json:"listeners"`
-	}
-	want := fmt.Sprintf(`"netns":%d`, s.ns.inode)
-	for _, line := range strings.Split(d.Logs(), "\n") {
-		if strings.Contains(line, want) && strings.Contains(line, "serving network namespace") {
-			json.Unmarshal([]byte(line), &served)
-		}
-	}
-	if len(served.Listeners) == 0 {
-		t.Fatalf("no listeners logged for the namespace:\n%s", d.Logs())
-	}
+	l := loggedListener(t, d, fmt.Sprintf(`"netns":%d`, s.ns.inode), "serving network namespace")
 	since := len(d.Logs())
-	fd := listenerFD(t, d.PID(), s.sleeper.Process.Pid, netip.MustParseAddrPort(served.Listeners[0]))
+	fd := listenerFD(t, d.PID(), s.sleeper.Process.Pid, l)
 	shutDownFD(t, d.PID(), fd)
 	waitLog(t, d, since, "a network namespace's proxy listener failed", s.ns)
 	waitLog(t, d, since, "serving network namespace", s.ns)
