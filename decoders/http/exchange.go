@@ -74,16 +74,22 @@ func (c *conn) decide(ctx context.Context, req *nethttp.Request) (protocol.Verdi
 	if req.ContentLength > c.maxBody {
 		return protocol.Verdict{}, c.own(nethttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", c.maxBody))
 	}
-	text := req.URL.Path
-	if req.URL.RawQuery != "" {
-		text += "?" + req.URL.RawQuery
-	}
+	text := decidedTarget(req)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := headBuf()
-	requestHead(b, req, text)
+	requestHead(b, req)
 	c.recordHead(true, MsgRequest, b)
 	return c.s.Enforcer.Decide(ctx, protocol.Request{Operation: req.Method, Text: text, Host: host, Header: req.Header}), nil
+}
+
+// decidedTarget is the request target the policy decides: the decoded
+// path (in canonical form, see decide) and the raw query.
+func decidedTarget(req *nethttp.Request) string {
+	if req.URL.RawQuery == "" {
+		return req.URL.Path
+	}
+	return req.URL.Path + "?" + req.URL.RawQuery
 }
 
 // act carries out v, the decision on req: the answer from upstream, or
@@ -340,10 +346,28 @@ var secretHeaders = []string{"Authorization", "Proxy-Authorization", "Cookie", "
 
 // requestHead renders a request's head in HTTP/1.1 form for the
 // recording, whichever version carried it, with credentials redacted.
-func requestHead(b *bytes.Buffer, req *nethttp.Request, text string) {
+//
+// Its target is the path as escaped on the wire, not the decoded path the
+// policy decides on: a decoded "%0d%0a" ended the line there, and an agent
+// wrote header lines of its choosing into its own recording (and a "%20"
+// made the line unreadable as HTTP). Bytes of the query no request line
+// may hold (HTTP/2 carries a space there) are escaped too; a query's
+// parameters read the same either way. RecordedRequest decodes the path
+// again.
+func requestHead(b *bytes.Buffer, req *nethttp.Request) {
 	b.WriteString(req.Method)
 	b.WriteByte(' ')
-	b.WriteString(text)
+	b.WriteString(req.URL.EscapedPath())
+	if q := req.URL.RawQuery; q != "" {
+		b.WriteByte('?')
+		for i := 0; i < len(q); i++ {
+			if c := q[i]; c <= ' ' || c == 0x7f {
+				fmt.Fprintf(b, "%%%02X", c)
+			} else {
+				b.WriteByte(c)
+			}
+		}
+	}
 	protoVersion(b, " HTTP/", req.ProtoMajor, req.ProtoMinor)
 	b.WriteString("\r\nHost: ")
 	b.WriteString(req.Host)

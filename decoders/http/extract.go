@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	nethttp "net/http"
+	"strings"
 
 	"golang.org/x/net/http2"
 )
@@ -30,6 +31,23 @@ type Request struct {
 	// Offset is where the request starts in the client's bytes, to find
 	// when it was sent.
 	Offset int
+}
+
+// RecordedRequest reads back a request head the decoder recorded
+// (MsgRequest, written by requestHead in HTTP/1.1 form whichever version
+// carried it): the method, target, host and headers the policy decided the
+// request on. Its URI is the decoded path and the query, as the decoder
+// gives the policy. Credentials' values read as the recording redacted
+// them; their headers are there.
+func RecordedRequest(head []byte) (Request, error) {
+	// The recorded head ends with its last header line: the empty line
+	// that ends it on the wire is not kept.
+	rd := bufio.NewReader(io.MultiReader(bytes.NewReader(head), strings.NewReader("\r\n")))
+	req, err := nethttp.ReadRequest(rd)
+	if err != nil {
+		return Request{}, fmt.Errorf("recorded request head: %w", err)
+	}
+	return Request{Method: req.Method, URI: decidedTarget(req), Host: hostOf(req.Host), Header: req.Header}, nil
 }
 
 // DecodeRequests returns the HTTP/1.x requests in the bytes a client sent

@@ -1,7 +1,11 @@
 package http
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
+	nethttp "net/http"
+	"strings"
 	"testing"
 )
 
@@ -59,4 +63,49 @@ func FuzzDecodeRequests(f *testing.F) {
 		c2, _ := w.Finish()
 		DecodeRequests(append(c, c2...))
 	})
+}
+
+// TestRecordedRequest: a head as the decoder records it, from HTTP/2 and
+// HTTP/1.1, reads back as the request the policy decided: method, decoded
+// path with its query, host without its port, and every header,
+// credentials present though their values are redacted. A path whose
+// escapes decode to a line break or a space is recorded escaped: the
+// agent writes no line of its own into its recording.
+func TestRecordedRequest(t *testing.T) {
+	for _, c := range []struct {
+		major, minor int
+		host         string
+		target       string // as sent
+		uri          string // as decided
+	}{
+		{2, 0, "API.test", "/v1/items/7?dry=1", "/v1/items/7?dry=1"},
+		{1, 1, "api.test:8443", "/v1/items/7?dry=1", "/v1/items/7?dry=1"},
+		{1, 1, "api.test", "/a%0d%0aX-Forged:%201?q=1", "/a\r\nX-Forged: 1?q=1"},
+		{1, 1, "api.test", "/my%20doc", "/my doc"},
+	} {
+		req, err := nethttp.ReadRequest(bufio.NewReader(strings.NewReader("PATCH " + c.target + " HTTP/1.1\r\nHost: " + c.host +
+			"\r\nAuthorization: Bearer s3cret\r\nX-Amz-Target: DynamoDB_20120810.Scan\r\nContent-Length: 2\r\n\r\n")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ProtoMajor, req.ProtoMinor = c.major, c.minor
+		var b bytes.Buffer
+		requestHead(&b, req)
+		if lines := strings.Split(b.String(), "\r\n"); len(lines) != 6 || strings.Contains(b.String(), "\r\nX-Forged") {
+			t.Errorf("%s: recorded head %q", c.target, b.String())
+		}
+		got, err := RecordedRequest(b.Bytes())
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", c.target, err, b.Bytes())
+		}
+		if got.Method != "PATCH" || got.URI != c.uri || got.URI != decidedTarget(req) || got.Host != "api.test" {
+			t.Errorf("%s: %+v", c.target, got)
+		}
+		if got.Header.Get("X-Amz-Target") != "DynamoDB_20120810.Scan" || got.Header.Get("Authorization") != "[redacted, 13 bytes]" {
+			t.Errorf("%s headers: %v", c.target, got.Header)
+		}
+	}
+	if _, err := RecordedRequest([]byte("not a head")); err == nil {
+		t.Error("garbage read back as a request")
+	}
 }

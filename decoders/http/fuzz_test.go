@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	nethttp "net/http"
 	"net/textproto"
 	"strings"
 	"testing"
@@ -115,6 +116,28 @@ func FuzzNextRequest(f *testing.F) {
 			t.Fatalf("ambiguous framing let through: %q", head)
 		}
 		req.Body.Close()
+	})
+}
+
+// FuzzRecordedRequest: a request the decoder would record reads back from
+// its recorded head as what the policy decided it on (method, decoded path
+// with query, host as the decoder names it), and any other head (a
+// recording is read back from disk) reads back or fails.
+func FuzzRecordedRequest(f *testing.F) {
+	f.Add([]byte("GET /a?b=1 HTTP/1.1\r\nHost: API.test:443\r\nAuthorization: Bearer x\r\nX-Amz-Target: S.Op\r\n\r\n"))
+	f.Add([]byte("POST http://[::1]:8080/x HTTP/1.1\r\nHost: other\r\nContent-Length: 3\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		RecordedRequest(data)
+		req, err := nethttp.ReadRequest(bufio.NewReader(bytes.NewReader(data)))
+		if err != nil || !strings.HasPrefix(req.URL.Path, "/") {
+			return // refused before it is recorded
+		}
+		var b bytes.Buffer
+		requestHead(&b, req)
+		r, err := RecordedRequest(b.Bytes())
+		if err != nil || r.Method != req.Method || r.URI != decidedTarget(req) || r.Host != hostOf(req.Host) {
+			t.Fatalf("%s %s (host %q) recorded as %q reads back as %+v, %v", req.Method, decidedTarget(req), req.Host, b.Bytes(), r, err)
+		}
 	})
 }
 
