@@ -170,8 +170,11 @@ type Decision struct {
 	Reason    string
 	// Enforced is false in audit mode: the action is what the policy would
 	// have done ("would deny"), not what happened.
-	Enforced   bool
-	Statement  string // the request as the agent sent it
+	Enforced  bool
+	Statement string // the request as the agent sent it
+	// Op is the operation it was decided as: an SSH request, an HTTP
+	// method; "" for SQL.
+	Op         string
 	ApprovalID string
 }
 
@@ -179,6 +182,24 @@ type Decision struct {
 type SessionDecisions struct {
 	Session   Session    `json:"session"`
 	Decisions []Decision `json:"decisions"`
+	// Requests are an HTTP session's decided requests as its recording
+	// keeps them, by the Seq of their decisions: a decision's statement is
+	// the request's path alone, and the policy decides the method, host
+	// and headers too. RequestsError says why a recording could not be
+	// read for them.
+	Requests      []HTTPRequest `json:"requests,omitempty"`
+	RequestsError string        `json:"requests_error,omitempty"`
+}
+
+// HTTPRequest is one recorded HTTP request: what the policy decided it
+// on. Header values the recording redacts (credentials) read as their
+// length; the headers' presence is kept.
+type HTTPRequest struct {
+	Seq    int64               `json:"seq"`
+	Method string              `json:"method"`
+	Host   string              `json:"host"`
+	URI    string              `json:"uri"`
+	Header map[string][]string `json:"header,omitempty"`
 }
 
 // ApprovalsPrefix is where interlockd serves the approval queue on the

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -280,6 +281,42 @@ func TestHTTPSIntercept(t *testing.T) {
 	// Without Interlock's CA, curl refuses the leaf: it is no upstream's.
 	if _, _, st := f.curl(t, "--cacert", f.upstreamCA, fmt.Sprintf("https://api.test:%d/repos/acme", f.tlsPort)); st != 60 {
 		t.Errorf("intercepted with the upstream's CA only: curl status %d, want 60 (peer certificate not trusted)", st)
+	}
+}
+
+// TestHTTPSPolicyReplay: `interlock policy replay` decides recorded
+// HTTP requests again on what the policy decides them on, read back from
+// their recorded heads: method, path and query, host and headers. Under a
+// policy that allows reads only with a change ticket, the reads that had
+// none are newly denied, over HTTP/1.1 and HTTP/2, and the one with a
+// ticket is not; the request interlockd denied stays denied.
+func TestHTTPSPolicyReplay(t *testing.T) {
+	f := startHTTP(t)
+	url := fmt.Sprintf("https://api.test:%d", f.tlsPort)
+	for _, args := range [][]string{
+		{"--http1.1", url + "/repos/acme?page=2", url + "/admin/users"},
+		{"--http2", url + "/repos/web"},
+		{"--http2", "-H", "X-Change-Ticket: CHG-7", url + "/repos/infra"},
+	} {
+		if out, errOut, st := f.curl(t, append([]string{"--cacert", f.interlockCA}, args...)...); st != 0 {
+			t.Fatalf("curl %v: status %d\n%s\n%s", args, st, out, errOut)
+		}
+	}
+	pol, err := os.ReadFile(filepath.Join(f.dir, "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reads := "http: {methods: [GET]}, action: allow}"
+	if !strings.Contains(string(pol), "{name: api-read, identity: ci-bot, target: api, "+reads) {
+		t.Fatalf("the fixture's policy changed; the stricter one is made from it:\n%s", pol)
+	}
+	stricter := filepath.Join(t.TempDir(), "stricter.yaml")
+	os.WriteFile(stricter, []byte(strings.Replace(string(pol), reads, "http: {methods: [GET], headers: [X-Change-Ticket]}, action: allow}", 1)), 0o644)
+	if got := replayedChanges(t, f.d, stricter); !slices.Equal(got, []string{
+		"newly denied GET /repos/acme?page=2: allow/api-read -> deny/default-deny",
+		"newly denied GET /repos/web: allow/api-read -> deny/default-deny",
+	}) {
+		t.Errorf("policy replay --since:\n%s", strings.Join(got, "\n"))
 	}
 }
 

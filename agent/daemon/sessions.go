@@ -111,9 +111,34 @@ func (d *Daemon) handleDecisions(w http.ResponseWriter, r *http.Request) {
 		for i, x := range ds {
 			sd.Decisions[i] = control.Decision(x)
 		}
+		if sess.Protocol == "http" && len(ds) > 0 {
+			d.decidedRequests(r.Context(), sess, ds, &sd)
+		}
 		out = append(out, sd)
 	}
 	control.WriteJSON(w, http.StatusOK, out)
+}
+
+// decidedRequests adds to sd the requests of HTTP session sess that ds
+// decided, read back from its recording, or says why they could not be.
+func (d *Daemon) decidedRequests(ctx context.Context, sess store.Session, ds []store.Decision, sd *control.SessionDecisions) {
+	seqs := make(map[int64]bool, len(ds))
+	for _, x := range ds {
+		seqs[x.Seq] = true
+	}
+	rd, err := recording.Open(ctx, d.store, sess)
+	if err != nil {
+		sd.RequestsError = err.Error()
+		return
+	}
+	defer rd.Close()
+	reqs, err := recording.HTTPRequests(rd, func(seq int64) bool { return seqs[seq] })
+	if err != nil {
+		sd.RequestsError = err.Error()
+	}
+	for _, q := range reqs {
+		sd.Requests = append(sd.Requests, control.HTTPRequest{Seq: q.Seq, Method: q.Method, Host: q.Host, URI: q.URI, Header: q.Header})
+	}
 }
 
 func (d *Daemon) handleTranscript(w http.ResponseWriter, r *http.Request) {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -544,6 +545,61 @@ func TestSSHReplay(t *testing.T) {
 			}
 		}
 	}
+
+	// Under a policy that no longer lets ci-bot run uname or upload, the
+	// recorded sessions' requests are decided again as what they were (an
+	// exec line, sftp operations): they are newly denied, and the line
+	// no-rm denied stays denied.
+	pol, err := os.ReadFile(filepath.Join(f.dir, "policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uploads := `, write: ["` + f.dir + `/upload/**"]`
+	if !strings.Contains(string(pol), `"uname *", `) || !strings.Contains(string(pol), uploads) {
+		t.Fatalf("the fixture's policy changed; the stricter one is made from it:\n%s", pol)
+	}
+	stricter := filepath.Join(t.TempDir(), "stricter.yaml")
+	os.WriteFile(stricter, []byte(strings.Replace(strings.Replace(string(pol), `"uname *", `, "", 1), uploads, "", 1)), 0o644)
+	if got := replayedChanges(t, f.d, stricter); !slices.Equal(got, []string{
+		"newly denied exec uname -s: allow/inspect -> deny/default-deny",
+		// scp's look at the directory, then its open and its setstat of the file
+		"newly denied sftp-stat " + f.dir + "/upload: allow/files -> deny/default-deny",
+		"newly denied sftp-write " + f.dir + "/upload/r.txt: allow/files -> deny/default-deny",
+		"newly denied sftp-write " + f.dir + "/upload/r.txt: allow/files -> deny/default-deny",
+	}) {
+		t.Errorf("policy replay --since:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+// replayedChanges returns what `interlock policy replay --since 1h` under
+// policy lists as changed, one line each: "<change> <op> <statement>:
+// <old action>/<old rule> -> <new action>/<new rule>", in the order it
+// lists them (the sessions' start, then their decisions').
+func replayedChanges(t *testing.T, d *daemontest.Daemon, policy string) []string {
+	t.Helper()
+	out, stderr, err := d.CLI("policy", "replay", "--policy", policy, "--since", "1h", "--json")
+	if err != nil {
+		t.Fatalf("policy replay: %v\n%s%s", err, out, stderr)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var c struct {
+			Change, Op, Statement string
+			OldAction             string `json:"old_action"`
+			OldRule               string `json:"old_rule"`
+			NewAction             string `json:"new_action"`
+			NewRule               string `json:"new_rule"`
+		}
+		if err := json.Unmarshal([]byte(line), &c); err != nil {
+			t.Fatalf("policy replay --json: %v: %q", err, line)
+		}
+		got = append(got, fmt.Sprintf("%s %s: %s/%s -> %s/%s", c.Change, strings.TrimSpace(c.Op+" "+c.Statement),
+			c.OldAction, c.OldRule, c.NewAction, c.NewRule))
+	}
+	return got
 }
 
 // TestSSHStaticKey: a target whose credential is a static source's private

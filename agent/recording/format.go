@@ -60,6 +60,11 @@ type Verdict struct {
 	// statement of a multi-statement Query); it is stored with the decision
 	// so sessions can be filtered and re-decided without decoding the file.
 	Statement string
+	// Op is the operation the statement was decided as, where its protocol
+	// names one (an SSH request, an HTTP method): stored with the decision
+	// for replays, not written to the file, whose message beside the
+	// verdict says it.
+	Op string
 }
 
 // Frame is one recorded item: a protocol message or a verdict.

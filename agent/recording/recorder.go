@@ -477,7 +477,7 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 		}
 	}
 	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Index: s.decided, Seq: seq, Time: t.UTC(), Action: v.Action,
-		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, ApprovalID: v.ApprovalID})
+		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, Op: v.Op, ApprovalID: v.ApprovalID})
 	s.decided++
 	s.mu.Unlock()
 }

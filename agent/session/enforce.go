@@ -138,7 +138,7 @@ func (e *enforcer) Decide(ctx context.Context, r protocol.Request) protocol.Verd
 	}
 	if e.rec.session != nil {
 		e.rec.session.Decide(seq, recording.Verdict{Action: dec.Action.String(), Rule: dec.Rule, Reason: dec.Message,
-			Enforced: enforced, ApprovalID: v.ApprovalID, Statement: r.Text}, time.Now())
+			Enforced: enforced, ApprovalID: v.ApprovalID, Statement: r.Text, Op: op}, time.Now())
 	}
 	return v
 }

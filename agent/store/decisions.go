@@ -27,8 +27,13 @@ type Decision struct {
 	Reason    string
 	// Enforced is false in audit mode: the action is what the policy would
 	// have done ("would deny"), not what happened.
-	Enforced   bool
-	Statement  string // the request as the agent sent it
+	Enforced  bool
+	Statement string // the request as the agent sent it
+	// Op is the operation the request was decided as, when its protocol
+	// names one apart from its text: an SSH request ("exec", "shell",
+	// "sftp-read", ...) or an HTTP method; "" for SQL. A replay decides
+	// the statement again as the same operation.
+	Op         string
 	ApprovalID string
 }
 
@@ -57,6 +62,7 @@ type decisionJSON struct {
 	Reason     string `json:"reason,omitempty"`
 	Enforced   bool   `json:"enforced"`
 	Statement  string `json:"statement,omitempty"`
+	Op         string `json:"op,omitempty"`
 	ApprovalID string `json:"approval_id,omitempty"`
 }
 
@@ -112,7 +118,7 @@ func encodedSize(batches [][]Decision) int {
 	for _, ds := range batches {
 		for i := range ds {
 			d := &ds[i]
-			n += decisionOverhead + len(d.Action) + len(d.Rule) + len(d.Reason) + len(d.ApprovalID) + len(d.Statement)*9/8
+			n += decisionOverhead + len(d.Action) + len(d.Rule) + len(d.Reason) + len(d.ApprovalID) + len(d.Op) + len(d.Statement)*9/8
 		}
 	}
 	return n
@@ -149,7 +155,7 @@ func decisionRows(batches [][]Decision) (rows []decisionRow, ends []int, e *deci
 			for i := range run {
 				d := &run[i]
 				e.run = append(e.run, decisionJSON{Index: d.Index, Seq: d.Seq, TimeNS: nanos(d.Time), Action: d.Action,
-					Rule: d.Rule, Reason: d.Reason, Enforced: d.Enforced, Statement: d.Statement, ApprovalID: d.ApprovalID})
+					Rule: d.Rule, Reason: d.Reason, Enforced: d.Enforced, Statement: d.Statement, Op: d.Op, ApprovalID: d.ApprovalID})
 				if !slices.Contains(actions, d.Action) {
 					actions = append(actions, d.Action)
 				}
@@ -343,7 +349,7 @@ func (s *Store) Decisions(ctx context.Context, sessionID string) ([]Decision, er
 		for _, d := range enc {
 			out = append(out, Decision{SessionID: sessionID, Index: d.Index, Seq: d.Seq, Time: fromNanos(d.TimeNS),
 				Action: d.Action, Rule: d.Rule, Reason: d.Reason, Enforced: d.Enforced, Statement: d.Statement,
-				ApprovalID: d.ApprovalID})
+				Op: d.Op, ApprovalID: d.ApprovalID})
 		}
 	}
 	if err := rows.Err(); err != nil {

@@ -292,6 +292,8 @@ func testSessions(t *testing.T, open storetest.Open) {
 		{SessionID: a.ID, Index: 1, Seq: 7, Time: base, Action: "allow", Rule: "read", Enforced: true, Statement: "SELECT 2"},
 		{SessionID: a.ID, Index: 2, Seq: 7, Time: base, Action: "deny", Rule: "no-drop", Enforced: true, Statement: "DROP TABLE t"},
 		{SessionID: c.ID, Index: 0, Seq: 2, Time: base, Action: "deny", Rule: "no-drop", Enforced: false, Statement: "DROP TABLE u"},
+		// A request of a protocol that names its operation apart.
+		{SessionID: a.ID, Index: 3, Seq: 9, Time: base, Action: "allow", Rule: "inspect", Enforced: true, Statement: "uname -a", Op: "exec"},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -361,8 +363,9 @@ func testSessions(t *testing.T, open storetest.Open) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ds) != 3 || ds[0].Seq != 3 || ds[1].Seq != 7 || ds[2].Seq != 7 || ds[2].Index != 2 ||
-		ds[2].Action != "deny" || ds[2].Rule != "no-drop" || !ds[2].Enforced {
+	if len(ds) != 4 || ds[0].Seq != 3 || ds[1].Seq != 7 || ds[2].Seq != 7 || ds[2].Index != 2 ||
+		ds[2].Action != "deny" || ds[2].Rule != "no-drop" || !ds[2].Enforced || ds[2].Op != "" ||
+		ds[3].Op != "exec" || ds[3].Statement != "uname -a" {
 		t.Fatalf("decisions of a: %+v", ds)
 	}
 	if ds, _ := s.Decisions(ctx, c.ID); len(ds) != 1 || ds[0].Enforced {

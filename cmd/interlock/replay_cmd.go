@@ -56,7 +56,8 @@ reported and skipped. A stream's protocol comes from --port-map, the
 policy's targets, well-known ports, or its first bytes; its target from
 --target or its server address.
 
-With --session or --since it re-decides the statements interlockd recorded
+With --session or --since it re-decides the requests interlockd recorded
+(SQL statements, HTTP requests from their recorded heads, SSH requests)
 under FILE and shows what would change: newly denied, newly allowed, newly
 held, newly masked.
 
@@ -468,8 +469,11 @@ type changedDecision struct {
 	Seq       int64     `json:"seq"`
 	Time      time.Time `json:"time"`
 	Statement string    `json:"statement"`
-	OldAction string    `json:"old_action"`
-	OldRule   string    `json:"old_rule"`
+	// Op is what the statement was decided as, where the protocol names
+	// it apart: an HTTP method, an SSH request ("exec", "sftp-read").
+	Op        string `json:"op,omitempty"`
+	OldAction string `json:"old_action"`
+	OldRule   string `json:"old_rule"`
 	// OldEnforced is false when the old decision was only audited.
 	OldEnforced bool   `json:"old_enforced"`
 	NewAction   string `json:"new_action"`
@@ -495,22 +499,20 @@ func changeOf(old string, now policy.Action) string {
 	return newlyAllowed
 }
 
-// replaySessions re-decides every recorded SQL statement under p and prints
-// the ones whose action would change, then a count per kind of change.
-// Decisions that no policy made (an untagged cgroup, a connect) are left
-// out: a policy change cannot alter them.
+// replaySessions re-decides every recorded request under p (SQL
+// statements, HTTP requests, SSH requests) and prints the ones whose
+// action would change, then a count per kind of change. Decisions that no
+// policy made (an untagged cgroup, a connect) are left out: a policy change
+// cannot alter them.
 func replaySessions(p *policy.Policy, recorded []control.SessionDecisions, asJSON bool, stdout, stderr io.Writer) int {
 	var changes []changedDecision
 	total, ruleOnly, otherProtocol := 0, 0, 0
-	for _, sd := range recorded {
+	// unknown counts the decisions whose request the records do not keep
+	// in full, by why.
+	unknown := map[string]int{}
+	for i := range recorded {
+		sd := &recorded[i]
 		sess := &sd.Session
-		switch sess.Protocol {
-		case "postgresql", "postgres", "":
-		default:
-			// Only SQL statements are recorded with their text today.
-			otherProtocol++
-			continue
-		}
 		subject := &policy.Subject{Tag: sess.Identity, UID: sess.UID, PID: int(sess.PID), Exe: sess.Exe, CgroupPath: sess.Cgroup}
 		t := p.Target(sess.Target)
 		if t == nil {
@@ -518,12 +520,21 @@ func replaySessions(p *policy.Policy, recorded []control.SessionDecisions, asJSO
 				t = p.TargetFor(sess.Identity, ap.Addr(), ap.Port())
 			}
 		}
+		decide := redecider(p, sd, subject, t)
+		if decide == nil {
+			otherProtocol++
+			continue
+		}
 		for _, d := range sd.Decisions {
-			if d.Statement == "" || d.Rule == "identity-revoked" || strings.EqualFold(d.Statement, "connect") {
+			if d.Op == "" && (d.Statement == "" || strings.EqualFold(d.Statement, "connect")) || d.Rule == "identity-revoked" {
+				continue
+			}
+			now, dt, why := decide(&d)
+			if why != "" {
+				unknown[why]++
 				continue
 			}
 			total++
-			now, _ := p.DecideSQL(subject, t, d.Statement)
 			change := changeOf(d.Action, now.Action)
 			if change == "" {
 				if d.Rule != now.Rule {
@@ -532,10 +543,10 @@ func replaySessions(p *policy.Policy, recorded []control.SessionDecisions, asJSO
 				continue
 			}
 			c := changedDecision{Change: change, Session: sess.ID, Identity: sess.Identity, Target: sess.Target,
-				Seq: d.Seq, Time: d.Time, Statement: d.Statement, OldAction: d.Action, OldRule: d.Rule,
-				OldEnforced: d.Enforced, NewAction: now.Action.String(), NewRule: now.Rule, NewMode: p.Mode(subject, t).String()}
-			if t != nil {
-				c.Target = t.Name
+				Seq: d.Seq, Time: d.Time, Statement: d.Statement, Op: d.Op, OldAction: d.Action, OldRule: d.Rule,
+				OldEnforced: d.Enforced, NewAction: now.Action.String(), NewRule: now.Rule, NewMode: p.Mode(subject, dt).String()}
+			if dt != nil {
+				c.Target = dt.Name
 			}
 			changes = append(changes, c)
 		}
@@ -545,8 +556,8 @@ func replaySessions(p *policy.Policy, recorded []control.SessionDecisions, asJSO
 		for _, c := range changes {
 			enc.Encode(c)
 		}
-		if otherProtocol > 0 {
-			fmt.Fprintf(stderr, "note: %d sessions of other protocols skipped: replay re-decides SQL only\n", otherProtocol)
+		for _, l := range replayNotes(otherProtocol, unknown) {
+			fmt.Fprintf(stderr, "note: %s\n", l)
 		}
 		return 0
 	}
@@ -561,13 +572,84 @@ func replaySessions(p *policy.Policy, recorded []control.SessionDecisions, asJSO
 		if c.NewMode == policy.Audit.String() {
 			now += " (audit)"
 		}
+		req := strings.TrimSpace(c.Op + " " + c.Statement)
 		fmt.Fprintf(stdout, "%s: session %s seq %d (%s -> %s): %s by %s -> %s by %s: %s\n", c.Change, c.Session, c.Seq,
-			c.Identity, c.Target, old, c.OldRule, now, c.NewRule, oneLine(c.Statement))
+			c.Identity, c.Target, old, c.OldRule, now, c.NewRule, oneLine(req))
 	}
 	fmt.Fprintf(stdout, "%d statements in %d sessions re-decided: %d would change (%s), %d keep their action under another rule\n",
 		total, len(recorded)-otherProtocol, len(changes), countSummary(counts), ruleOnly)
-	if otherProtocol > 0 {
-		fmt.Fprintf(stdout, "%d sessions of other protocols skipped: replay re-decides SQL only\n", otherProtocol)
+	for _, l := range replayNotes(otherProtocol, unknown) {
+		fmt.Fprintln(stdout, l)
 	}
 	return 0
+}
+
+// replayNotes says what a replay of recorded sessions left out: sessions
+// of protocols it does not decide requests of, and decisions whose request
+// the records do not keep in full (by why).
+func replayNotes(otherProtocol int, unknown map[string]int) []string {
+	var out []string
+	if otherProtocol > 0 {
+		out = append(out, fmt.Sprintf("%d sessions of other protocols skipped: replay re-decides SQL, HTTP and SSH requests", otherProtocol))
+	}
+	whys := make([]string, 0, len(unknown))
+	for why := range unknown {
+		whys = append(whys, why)
+	}
+	sort.Strings(whys)
+	for _, why := range whys {
+		out = append(out, fmt.Sprintf("%d requests not re-decided: %s", unknown[why], why))
+	}
+	return out
+}
+
+// redecider returns what decides session sd's recorded requests again
+// under p, for subject and t (the session's caller and target): the new
+// decision, the target it was made for and "", or a reason the records do
+// not keep what deciding the request needs. It returns nil for a protocol
+// whose requests replay does not decide.
+func redecider(p *policy.Policy, sd *control.SessionDecisions, subject *policy.Subject, t *policy.Target) func(d *control.Decision) (policy.Decision, *policy.Target, string) {
+	switch sd.Session.Protocol {
+	case "postgresql", "postgres", "":
+		return func(d *control.Decision) (policy.Decision, *policy.Target, string) {
+			now, _ := p.DecideSQL(subject, t, d.Statement)
+			return now, t, ""
+		}
+	case "ssh":
+		return func(d *control.Decision) (policy.Decision, *policy.Target, string) {
+			if d.Op == "" {
+				return policy.Decision{}, nil, "decided before interlockd kept an SSH request's kind (exec, shell, sftp) with its decision"
+			}
+			return p.DecideSSH(subject, t, d.Op, d.Statement), t, ""
+		}
+	case "http":
+		reqs := make(map[int64]*control.HTTPRequest, len(sd.Requests))
+		for i := range sd.Requests {
+			reqs[sd.Requests[i].Seq] = &sd.Requests[i]
+		}
+		var port uint16
+		if ap, err := netip.ParseAddrPort(sd.Session.UpstreamAddr); err == nil {
+			port = ap.Port()
+		}
+		return func(d *control.Decision) (policy.Decision, *policy.Target, string) {
+			q := reqs[d.Seq]
+			if q == nil {
+				if sd.RequestsError != "" {
+					return policy.Decision{}, nil, "the recording could not be read: " + sd.RequestsError
+				}
+				return policy.Decision{}, nil, "the request's head is not in its session's recording"
+			}
+			// As interlockd chooses an http target: by the name the agent
+			// asked for, before the address.
+			rt := p.Target(sd.Session.Target)
+			if rt == nil {
+				rt = p.TargetForName(q.Host, port)
+			}
+			if rt == nil {
+				rt = t
+			}
+			return p.DecideHTTP(subject, rt, policy.HTTPRequest{Method: q.Method, Host: q.Host, URI: q.URI, Header: q.Header}), rt, ""
+		}
+	}
+	return nil
 }

@@ -60,6 +60,16 @@ targets:
     protocol: postgres
     addresses: [127.0.0.1]
     port: 5432
+  - name: api
+    protocol: http
+    hosts: [api.example.com]
+    port: 443
+    tls: intercept
+  - name: web
+    protocol: ssh
+    addresses: [10.0.0.8]
+    port: 22
+    known_hosts: /dev/null
 masks:
   - name: pii
     columns: {email: redact}
@@ -83,6 +93,26 @@ rules:
     sql: {class: [write]}
     action: deny
     message: ci is read-only now
+  - name: ticketed-deletes
+    identity: [ci]
+    target: api
+    http: {methods: [DELETE], headers: [X-Change-Ticket]}
+    action: allow
+  - name: api-reads
+    identity: [ci]
+    target: api
+    http: {methods: [GET]}
+    action: allow
+  - name: no-rm
+    identity: [ci]
+    target: web
+    ssh: {exec: ["rm *"]}
+    action: deny
+  - name: inspect
+    identity: [ci]
+    target: web
+    ssh: {exec: ["uptime", "ls *"]}
+    action: allow
 `
 
 func writePolicy(t *testing.T, src string) string {
@@ -420,10 +450,39 @@ func recordedSessions() []control.SessionDecisions {
 			dec("s-2", 7, "SELECT 1", "allow", "reads", true),
 			dec("s-2", 9, "INSERT INTO orders VALUES (2)", "deny", "identity-revoked", true),
 		}},
-		{Session: func() control.Session { s := sess("s-3"); s.Protocol = "http"; return s }(), Decisions: []control.Decision{
-			dec("s-3", 1, "DELETE /v1/orders", "allow", "api", true),
+		{Session: other("s-3", "http", "api", "10.0.0.7:443"), Decisions: []control.Decision{
+			op(dec("s-3", 1, "/v1/orders", "allow", "api", true), "DELETE"),
+			op(dec("s-3", 3, "/v1/orders/2", "allow", "api", true), "DELETE"),
+			op(dec("s-3", 5, "/v1/orders/3", "allow", "api", true), "DELETE"),
+		}, Requests: []control.HTTPRequest{
+			{Seq: 1, Method: "DELETE", Host: "api.example.com", URI: "/v1/orders"},
+			{Seq: 3, Method: "DELETE", Host: "api.example.com", URI: "/v1/orders/2",
+				Header: map[string][]string{"X-Change-Ticket": {"CHG-7"}}},
+			// seq 5's head is not in the recording
+		}},
+		{Session: other("s-4", "ssh", "web", "10.0.0.8:22"), Decisions: []control.Decision{
+			op(dec("s-4", 2, "rm -rf /srv/app", "allow", "admin", true), "exec"),
+			op(dec("s-4", 4, "uptime", "allow", "admin", true), "exec"),
+			op(dec("s-4", 6, "", "allow", "admin", true), "shell"),
+			dec("s-4", 8, "ls /srv", "allow", "admin", true), // decided before ops were kept
+		}},
+		{Session: other("s-5", "redis", "cache", "10.0.0.9:6379"), Decisions: []control.Decision{
+			dec("s-5", 1, "FLUSHALL", "allow", "cache", true),
 		}},
 	}
+}
+
+// other is a session of ci of another protocol than PostgreSQL.
+func other(id, protocol, target, upstream string) control.Session {
+	return control.Session{ID: id, Host: "host-1", Identity: "ci", PID: 4243, UID: 1000, Exe: "/usr/bin/agent",
+		Cgroup: "/interlock/ci-job", Target: target, Protocol: protocol, ClientAddr: "127.0.0.1:40191",
+		UpstreamAddr: upstream, Outcome: "closed"}
+}
+
+// op sets the operation a recorded decision was made as.
+func op(d control.Decision, op string) control.Decision {
+	d.Op = op
+	return d
 }
 
 // stubDaemon serves GET /v1/decisions on a unix socket as interlockd does
@@ -469,8 +528,14 @@ func TestReplaySessions(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if !strings.Contains(errOut, "1 sessions of other protocols skipped") {
-		t.Errorf("the HTTP session is not reported as skipped: %q", errOut)
+	for _, note := range []string{
+		"note: 1 sessions of other protocols skipped",
+		"note: 1 requests not re-decided: the request's head is not in its session's recording",
+		"note: 1 requests not re-decided: decided before interlockd kept an SSH request's kind",
+	} {
+		if !strings.Contains(errOut, note) {
+			t.Errorf("stderr lacks %q: %q", note, errOut)
+		}
 	}
 	if q := asked(); len(q) != 1 || q[0] != "identity=ci&since=24h0m0s" {
 		t.Errorf("daemon asked %q", q)
@@ -482,7 +547,7 @@ func TestReplaySessions(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &ch); err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, ch.Change+" "+ch.Session+" "+ch.Statement+": "+ch.OldAction+"/"+ch.OldRule+" -> "+ch.NewAction+"/"+ch.NewRule)
+		got = append(got, ch.Change+" "+ch.Session+" "+strings.TrimSpace(ch.Op+" "+ch.Statement)+": "+ch.OldAction+"/"+ch.OldRule+" -> "+ch.NewAction+"/"+ch.NewRule)
 	}
 	want := []string{
 		"newly denied s-1 INSERT INTO orders VALUES (1): allow/writes -> deny/no-writes",
@@ -490,6 +555,10 @@ func TestReplaySessions(t *testing.T) {
 		"newly allowed s-1 SELECT * FROM secrets: deny/no-secrets -> allow/reads",
 		"newly denied s-2 UPDATE orders SET n = 2 WHERE id = 1: allow/writes -> deny/no-writes",
 		"newly held s-2 DELETE FROM audit_log WHERE id = 3: allow/writes -> approve/audit-log-deletes",
+		// Decided on the recorded head: the second DELETE carries a ticket.
+		"newly denied s-3 DELETE /v1/orders: allow/api -> deny/default-deny",
+		"newly denied s-4 exec rm -rf /srv/app: allow/admin -> deny/no-rm",
+		"newly denied s-4 shell: allow/admin -> deny/default-deny",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("changes:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -508,8 +577,13 @@ func TestReplaySessionsText(t *testing.T) {
 	}
 	want := "newly denied: session s-2 seq 3 (ci -> db): allow (audit) by writes -> deny by no-writes: UPDATE orders SET n = 2 WHERE id = 1\n" +
 		"newly held: session s-2 seq 5 (ci -> db): allow by writes -> approve by audit-log-deletes: DELETE FROM audit_log WHERE id = 3\n" +
-		"3 statements in 1 sessions re-decided: 2 would change (newly denied 1, newly held 1), 0 keep their action under another rule\n" +
-		"1 sessions of other protocols skipped: replay re-decides SQL only\n"
+		"newly denied: session s-3 seq 1 (ci -> api): allow by api -> deny by default-deny: DELETE /v1/orders\n" +
+		"newly denied: session s-4 seq 2 (ci -> web): allow by admin -> deny by no-rm: exec rm -rf /srv/app\n" +
+		"newly denied: session s-4 seq 6 (ci -> web): allow by admin -> deny by default-deny: shell\n" +
+		"8 statements in 3 sessions re-decided: 5 would change (newly denied 4, newly held 1), 2 keep their action under another rule\n" +
+		"1 sessions of other protocols skipped: replay re-decides SQL, HTTP and SSH requests\n" +
+		"1 requests not re-decided: decided before interlockd kept an SSH request's kind (exec, shell, sftp) with its decision\n" +
+		"1 requests not re-decided: the request's head is not in its session's recording\n"
 	if out != want {
 		t.Errorf("output:\n%s\nwant\n%s", out, want)
 	}
