@@ -1,6 +1,6 @@
 // Package ca is Interlock's certificate authority: the key and certificate
 // interlockd signs its TLS server certificates with when it terminates an
-// agent's TLS (PostgreSQL's SSLRequest today, intercepted HTTPS next).
+// agent's TLS (PostgreSQL's SSLRequest, intercepted HTTPS).
 //
 // The authority is created at first start in its own directory (mode 0700)
 // with the private key in a file only the daemon's user may read (0600); a
