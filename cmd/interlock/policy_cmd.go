@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/decoders/http"
 	"github.com/interlock-dev/interlock/policy"
 	"github.com/interlock-dev/interlock/policy/sqlclass"
 )
@@ -364,11 +365,20 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 // explainHTTP fills t from --http: 'METHOD PATH', or 'METHOD URL', whose
 // host and port choose the target as the TLS server name or Host would
 // when --target does not name one. noTarget says so when they choose none.
+//
+// The path is decided as interlockd decides an agent's: decoded
+// (http.DecidedTarget), so "/%61dmin/x" is explained as the "/admin/x" it
+// is.
 func explainHTTP(p *policy.Policy, t *policy.Test, req string) (noTarget string, err error) {
 	m, rest, _ := strings.Cut(strings.TrimSpace(req), " ")
 	rest = strings.TrimSpace(rest)
-	t.HTTPMethod, t.HTTPPath = strings.ToUpper(m), rest
+	t.HTTPMethod = strings.ToUpper(m)
 	if strings.HasPrefix(rest, "/") {
+		u, err := url.ParseRequestURI(rest)
+		if err != nil {
+			return "", fmt.Errorf("%q is not a request path: %w", rest, err)
+		}
+		t.HTTPPath = http.DecidedTarget(u)
 		return "", nil
 	}
 	u, err := url.Parse(rest)
@@ -386,7 +396,10 @@ func explainHTTP(p *policy.Policy, t *policy.Test, req string) (noTarget string,
 		}
 		port = uint16(n)
 	}
-	t.HTTPHost, t.HTTPPath = u.Hostname(), u.RequestURI()
+	if u.Path == "" {
+		u.Path = "/" // as a client asks for https://host
+	}
+	t.HTTPHost, t.HTTPPath = u.Hostname(), http.DecidedTarget(u)
 	if t.Target == "" {
 		tg := p.TargetForName(u.Hostname(), port)
 		if tg == nil {

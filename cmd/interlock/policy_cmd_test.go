@@ -132,4 +132,14 @@ rules:
 	if code, _, _ := runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--http", "GET ftp://x/y"); code != 2 {
 		t.Errorf("explain ftp URL: code %d, want 2", code)
 	}
+	// An escaped path is explained as interlockd decides it: decoded.
+	for _, req := range []string{"GET https://api.example.com/%72epos/acme", "GET /%72epos/acme"} {
+		code, out, errOut = runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--target", "forge", "--http", req)
+		if code != 0 || !strings.Contains(out, "decision:  allow by rule read-repos") {
+			t.Errorf("explain %q: code %d, err %q:\n%s", req, code, errOut, out)
+		}
+	}
+	if code, _, _ := runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--http", "GET /a b%zz"); code != 2 {
+		t.Errorf("explain a path that is none: code %d, want 2", code)
+	}
 }

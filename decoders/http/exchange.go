@@ -74,7 +74,7 @@ func (c *conn) decide(ctx context.Context, req *nethttp.Request) (protocol.Verdi
 	if req.ContentLength > c.maxBody {
 		return protocol.Verdict{}, c.own(nethttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", c.maxBody))
 	}
-	text := decidedTarget(req)
+	text := DecidedTarget(req.URL)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	b := headBuf()
@@ -83,13 +83,15 @@ func (c *conn) decide(ctx context.Context, req *nethttp.Request) (protocol.Verdi
 	return c.s.Enforcer.Decide(ctx, protocol.Request{Operation: req.Method, Text: text, Host: host, Header: req.Header}), nil
 }
 
-// decidedTarget is the request target the policy decides: the decoded
-// path (in canonical form, see decide) and the raw query.
-func decidedTarget(req *nethttp.Request) string {
-	if req.URL.RawQuery == "" {
-		return req.URL.Path
+// DecidedTarget is the request target the policy decides a request on:
+// the decoded path (in canonical form, see decide) and the raw query, so
+// that "/%61dmin/" is the "/admin/" a rule names. interlockd decides what
+// agents send on it; policy replay and explain decide theirs on it too.
+func DecidedTarget(u *url.URL) string {
+	if u.RawQuery == "" {
+		return u.Path
 	}
-	return req.URL.Path + "?" + req.URL.RawQuery
+	return u.Path + "?" + u.RawQuery
 }
 
 // act carries out v, the decision on req: the answer from upstream, or

@@ -22,8 +22,8 @@ var ErrHTTP2 = errors.New("cleartext HTTP/2 is not decoded")
 // Request is one request read back from the bytes a client sent.
 type Request struct {
 	Method string
-	// URI is the request target as sent: a path with its query, or what
-	// else the client wrote there.
+	// URI is the request target as the policy decides it (DecidedTarget):
+	// the decoded path and the query.
 	URI string
 	// Host is the Host header without its port.
 	Host   string
@@ -47,7 +47,7 @@ func RecordedRequest(head []byte) (Request, error) {
 	if err != nil {
 		return Request{}, fmt.Errorf("recorded request head: %w", err)
 	}
-	return Request{Method: req.Method, URI: decidedTarget(req), Host: hostOf(req.Host), Header: req.Header}, nil
+	return Request{Method: req.Method, URI: DecidedTarget(req.URL), Host: hostOf(req.Host), Header: req.Header}, nil
 }
 
 // DecodeRequests returns the HTTP/1.x requests in the bytes a client sent
@@ -75,7 +75,7 @@ func DecodeRequests(client []byte) ([]Request, error) {
 		if err != nil {
 			return out, fmt.Errorf("request at byte %d: %w", offset, err)
 		}
-		out = append(out, Request{Method: req.Method, URI: req.RequestURI, Host: hostOf(req.Host), Header: req.Header, Offset: offset})
+		out = append(out, Request{Method: req.Method, URI: DecidedTarget(req.URL), Host: hostOf(req.Host), Header: req.Header, Offset: offset})
 		if isWebSocket(req) {
 			return out, nil
 		}

@@ -15,7 +15,7 @@ import (
 func TestDecodeRequests(t *testing.T) {
 	first := "POST /a?x=1 HTTP/1.1\r\nHost: api.test:8080\r\nContent-Length: 5\r\n\r\nhello"
 	second := "PUT /b HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-	third := "GET /c HTTP/1.1\r\nHost: api.test\r\nX-Token: t\r\n\r\n"
+	third := "GET /%63 HTTP/1.1\r\nHost: api.test\r\nX-Token: t\r\n\r\n" // decided as /c
 	reqs, err := DecodeRequests([]byte(first + second + third))
 	if err != nil || len(reqs) != 3 {
 		t.Fatalf("%d requests, %v", len(reqs), err)
@@ -98,7 +98,7 @@ func TestRecordedRequest(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v\n%s", c.target, err, b.Bytes())
 		}
-		if got.Method != "PATCH" || got.URI != c.uri || got.URI != decidedTarget(req) || got.Host != "api.test" {
+		if got.Method != "PATCH" || got.URI != c.uri || got.URI != DecidedTarget(req.URL) || got.Host != "api.test" {
 			t.Errorf("%s: %+v", c.target, got)
 		}
 		if got.Header.Get("X-Amz-Target") != "DynamoDB_20120810.Scan" || got.Header.Get("Authorization") != "[redacted, 13 bytes]" {

@@ -135,8 +135,8 @@ func FuzzRecordedRequest(f *testing.F) {
 		var b bytes.Buffer
 		requestHead(&b, req)
 		r, err := RecordedRequest(b.Bytes())
-		if err != nil || r.Method != req.Method || r.URI != decidedTarget(req) || r.Host != hostOf(req.Host) {
-			t.Fatalf("%s %s (host %q) recorded as %q reads back as %+v, %v", req.Method, decidedTarget(req), req.Host, b.Bytes(), r, err)
+		if err != nil || r.Method != req.Method || r.URI != DecidedTarget(req.URL) || r.Host != hostOf(req.Host) {
+			t.Fatalf("%s %s (host %q) recorded as %q reads back as %+v, %v", req.Method, DecidedTarget(req.URL), req.Host, b.Bytes(), r, err)
 		}
 	})
 }
