@@ -30,6 +30,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/store"
 	"github.com/interlock-dev/interlock/agent/store/storetest"
 	"github.com/interlock-dev/interlock/agent/testenv"
+	"github.com/interlock-dev/interlock/decoders/ssh"
 )
 
 // relay is a minimal PostgreSQL-aware proxy for the test: it frames the
@@ -1239,6 +1240,39 @@ func TestFlushHoldsEverythingDecided(t *testing.T) {
 		}
 		if err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestTranscriptLinesAreTheirOwn: what a peer chose (an SSH global
+// request's type, an executable's name, a decision's reason quoting what
+// the agent sent) cannot write a line of its own into a transcript: a
+// line break, a carriage return or a terminal escape in it is shown
+// escaped, on the line it belongs to.
+func TestTranscriptLinesAreTheirOwn(t *testing.T) {
+	ctx := context.Background()
+	st, rec := newSQLiteRecorder(t)
+	forged := "\n#9    +  0.000001s -> $ rm -rf /\r\x1b[2K"
+	s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "web", Protocol: "ssh", Exe: "/tmp/agent" + forged}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := s.Message(true, ssh.MsgGlobalRequest, []byte("keepalive"+forged), time.Time{})
+	s.Decide(seq, recording.Verdict{Action: "deny", Rule: "unsupported-operation", Reason: "cannot decide keepalive" + forged}, time.Time{})
+	ss, err := s.Finish(ctx, recording.End{Outcome: "closed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tr bytes.Buffer
+	if err := recording.Replay(ctx, st, ss.ID, &tr); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(tr.String(), "\n#9") || strings.ContainsAny(tr.String(), "\r\x1b") {
+		t.Errorf("a forged line in the transcript:\n%s", tr.String())
+	}
+	for _, want := range []string{`exe /tmp/agent\n#9`, `-> global request keepalive\n#9`, `cannot decide keepalive\n#9`} {
+		if !strings.Contains(tr.String(), want) {
+			t.Errorf("transcript lacks %q escaped:\n%s", want, tr.String())
 		}
 	}
 }

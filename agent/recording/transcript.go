@@ -39,8 +39,8 @@ func Replay(ctx context.Context, st *store.Store, id string, w io.Writer) error 
 // recording's integrity for the header.
 func Transcript(w io.Writer, ss store.Session, seal string, rd *Reader) error {
 	bw := bufio.NewWriter(w)
-	fmt.Fprintf(bw, "session %s  %s -> %s (%s) on %s\n", ss.ID, ss.Identity, ss.Target, ss.Protocol, ss.Host)
-	fmt.Fprintf(bw, "  process pid %d uid %d exe %s cgroup %s\n", ss.PID, ss.UID, ss.Exe, ss.Cgroup)
+	fmt.Fprintf(bw, "session %s  %s -> %s (%s) on %s\n", ss.ID, ss.Identity, ss.Target, ss.Protocol, transcript.Line(ss.Host))
+	fmt.Fprintf(bw, "  process pid %d uid %d exe %s cgroup %s\n", ss.PID, ss.UID, transcript.Line(ss.Exe), transcript.Line(ss.Cgroup))
 	fmt.Fprintf(bw, "  client %s  upstream %s\n", ss.ClientAddr, ss.UpstreamAddr)
 	fmt.Fprintf(bw, "  started %s", ss.Started.Format(time.RFC3339Nano))
 	if !ss.Ended.IsZero() {
@@ -80,7 +80,7 @@ func Transcript(w io.Writer, ss store.Session, seal string, rd *Reader) error {
 				fmt.Fprintf(bw, " by rule %s", v.Rule)
 			}
 			if v.Reason != "" {
-				fmt.Fprintf(bw, ": %s", v.Reason)
+				fmt.Fprintf(bw, ": %s", transcript.Line(v.Reason))
 			}
 			if v.ApprovalID != "" {
 				fmt.Fprintf(bw, " [approval %s]", v.ApprovalID)
@@ -93,12 +93,12 @@ func Transcript(w io.Writer, ss store.Session, seal string, rd *Reader) error {
 			dir = "->"
 		}
 		for _, line := range rn.Describe(fr.FromClient, fr.Type, fr.Body) {
-			fmt.Fprintf(bw, "%s%s %s\n", prefix, dir, line)
+			fmt.Fprintf(bw, "%s%s %s\n", prefix, dir, transcript.Line(line))
 			prefix = strings.Repeat(" ", len(prefix))
 		}
 	}
 	for _, line := range rn.Finish() {
-		fmt.Fprintf(bw, "%s\n", line)
+		fmt.Fprintf(bw, "%s\n", transcript.Line(line))
 	}
 	return bw.Flush()
 }

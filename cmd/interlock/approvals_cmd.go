@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/decoders/transcript"
 )
 
 // approvalOptions are the approvals command's flags.
@@ -137,9 +138,11 @@ func decideApproval(ctx context.Context, c *control.Client, approve bool, id, co
 	return nil
 }
 
-// clip shortens s to one line of at most n runes for a table cell.
+// clip shortens s to one line of at most n runes for a table cell, with
+// what a terminal would act on escaped (transcript.Line): a reviewer sees
+// the whole of what is held, not what an escape sequence left visible.
 func clip(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
+	s = transcript.Line(strings.Join(strings.Fields(s), " "))
 	if r := []rune(s); len(r) > n {
 		return string(r[:n-1]) + "…"
 	}

@@ -128,3 +128,19 @@ func TestApprovalsCLI(t *testing.T) {
 		t.Errorf("no daemon: %d %s", code, errOut)
 	}
 }
+
+// A held statement that carries a terminal escape is listed with it
+// escaped: an agent cannot make a reviewer's terminal conceal the part of
+// its command that does harm (SGR 8 hides the text after it).
+func TestApprovalsListEscapes(t *testing.T) {
+	s, c := approvalsDaemon(t)
+	req := approvals.Request{Identity: "ci-runner", PID: 77, UID: 4242, Exe: "/usr/bin/ssh", Target: "web-1",
+		Protocol: "ssh", Statement: "ls /srv\x1b[8m; rm -rf /srv", Rule: "hold", Reviewers: []string{"root"}, Quorum: 1, Timeout: time.Minute}
+	if _, _, err := s.Hold(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runCLI(t, c, "approvals")
+	if code != 0 || strings.Contains(out, "\x1b") || !strings.Contains(out, `ls /srv\x1b[8m; rm -rf /srv`) {
+		t.Fatalf("approvals: %d\n%q", code, out)
+	}
+}

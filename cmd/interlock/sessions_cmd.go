@@ -21,6 +21,7 @@ import (
 	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/recording/conversation"
 	"github.com/interlock-dev/interlock/agent/recording/pcap"
+	"github.com/interlock-dev/interlock/decoders/transcript"
 )
 
 // sessionOptions are the sessions command's flags.
@@ -92,7 +93,7 @@ func sessions(ctx context.Context, c *control.Client, o sessionOptions, w io.Wri
 			dur, outcome = s.Ended.Sub(s.Started).Round(time.Millisecond).String(), s.Outcome
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Started.Local().Format(time.DateTime),
-			s.Identity, s.Target, s.PID, s.Exe, dur, outcome)
+			s.Identity, s.Target, s.PID, transcript.Line(s.Exe), dur, outcome)
 	}
 	return tw.Flush()
 }

@@ -9,6 +9,8 @@ package transcript
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -60,4 +62,34 @@ func Printable(b []byte, max int) string {
 		q += fmt.Sprintf("... (%d bytes)", len(b))
 	}
 	return q
+}
+
+// Line keeps s on the one terminal line it is printed on: a line break, a
+// carriage return or another control character in it (an escape sequence's
+// ESC among them) is shown escaped, the rest as it is. What an agent chose
+// (a statement, a command, its executable's name, an SSH request's type)
+// otherwise wrote lines of its own into a transcript or a listing (a
+// forged "-> $ rm -rf /", a "(verified)" seal), or made a reviewer's
+// terminal hide or erase part of a statement held for approval.
+func Line(s string) string {
+	if !strings.ContainsFunc(s, isControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if isControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// isControl is a character a terminal acts on rather than shows: C0 and
+// C1 controls and DEL (a tab is shown), and the Unicode line and paragraph
+// separators.
+func isControl(r rune) bool {
+	return r < ' ' && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == '\u2028' || r == '\u2029'
 }
