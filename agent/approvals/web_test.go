@@ -187,6 +187,34 @@ func TestBrowserDenyNeedsConfirmation(t *testing.T) {
 	b.waitFor("the decided row", `document.querySelector('#decided tr[data-id="`+id+`"][data-state="denied"]')`)
 }
 
+// In real Chromium: a held statement and an executable's name carrying a
+// terminal escape, a line break and a right-to-left override are shown
+// with those escaped, so that nothing of what is held is hidden or shown
+// reordered to the reviewer.
+func TestBrowserShowsWhatIsHeld(t *testing.T) {
+	f := newWebFixture(t)
+	req := request([]string{"alice"}, 1, 5*time.Minute)
+	req.Session = f.session
+	req.Statement = "ls /srv\x1b[8m; rm -rf /srv\n-- \u202eredro"
+	req.Exe = "/tmp/agent\u202e"
+	id, _, err := f.svc.Hold(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startBrowser(t)
+	b.navigate(f.url + "/")
+	b.waitFor("the sign-in form", `!document.getElementById("login").hidden`)
+	b.typeInto("#token", aliceToken)
+	b.click("#login-submit")
+	b.waitFor("the held request", `document.querySelector('`+row(id)+`')`)
+	if got, want := b.text(row(id)+" code"), `ls /srv\x1b[8m; rm -rf /srv\n-- \u202eredro`; got != want {
+		t.Errorf("statement shown as %q, want %q", got, want)
+	}
+	if got := b.text(row(id)); !strings.Contains(got, `/tmp/agent\u202e`) {
+		t.Errorf("executable not shown escaped: %q", got)
+	}
+}
+
 // In real Chromium: a wrong token does not sign in, and a valid token whose
 // name the policy does not list cannot approve; the request stays held.
 func TestBrowserRefusals(t *testing.T) {

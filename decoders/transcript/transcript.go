@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -87,9 +88,12 @@ func Line(s string) string {
 	return b.String()
 }
 
-// isControl is a character a terminal acts on rather than shows: C0 and
-// C1 controls and DEL (a tab is shown), and the Unicode line and paragraph
-// separators.
+// isControl is a character a terminal or a browser acts on rather than
+// shows: C0 and C1 controls and DEL (a tab is shown), the Unicode line and
+// paragraph separators, and the bidirectional controls, which reorder the
+// text around them (a right-to-left override shows what follows it
+// backwards).
 func isControl(r rune) bool {
-	return r < ' ' && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == '\u2028' || r == '\u2029'
+	return r < ' ' && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == '\u2028' || r == '\u2029' ||
+		unicode.Is(unicode.Bidi_Control, r)
 }

@@ -66,7 +66,20 @@ function requester(a) {
 
 function who(a) {
   return el("span", {}, a.identity, el("br"), el("span", {class: "requester"}, requester(a)), el("br"),
-    el("span", {class: "muted"}, "pid " + a.pid + " " + a.exe + " on " + a.host));
+    el("span", {class: "muted"}, "pid " + a.pid + " " + shown(a.exe) + " on " + a.host));
+}
+
+// shown is what an agent chose (a statement, its executable's name) as a
+// reviewer must read it: the characters that would break its line, hide
+// part of it or show it reordered (controls, bidirectional overrides) as
+// escapes, as the CLI shows them.
+function shown(s) {
+  return s.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]/g, (c) => {
+    const n = c.charCodeAt(0);
+    if (c === "\n") return "\\n";
+    if (c === "\r") return "\\r";
+    return n < 0x80 ? "\\x" + n.toString(16).padStart(2, "0") : "\\u" + n.toString(16).padStart(4, "0");
+  });
 }
 
 // soFar is a collapsed view of the held session's messages so far, loaded
@@ -136,7 +149,7 @@ function pendingRow(a) {
     el("td", {}, whenEl(a.requested), el("br"), el("span", {class: "muted"}, a.id)),
     el("td", {}, who(a)),
     el("td", {}, a.target, el("br"), el("span", {class: "muted"}, "rule " + a.rule)),
-    el("td", {}, el("code", {}, a.statement), soFar(a)),
+    el("td", {}, el("code", {}, shown(a.statement)), soFar(a)),
     el("td", {}, el("span", {class: "votes"}), el("br"), el("span", {class: "muted"}, "reviewers: " + a.reviewers.join(", "))),
     el("td", {class: "left"}),
     el("td", {}, comment, " ", approve, " ", deny, " ", cancel, msg));
@@ -154,7 +167,7 @@ function decidedRow(a) {
     el("td", {}, whenEl(a.requested), el("br"), el("span", {class: "muted"}, a.id)),
     el("td", {}, who(a)),
     el("td", {}, a.target, el("br"), el("span", {class: "muted"}, "rule " + a.rule)),
-    el("td", {}, el("code", {}, a.statement)),
+    el("td", {}, el("code", {}, shown(a.statement))),
     el("td", {class: "state-" + a.state}, a.state),
     el("td", {}, votes(a)));
 }
