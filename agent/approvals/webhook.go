@@ -15,6 +15,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/store"
+	"github.com/interlock-dev/interlock/decoders/transcript"
 )
 
 // webhookQueue bounds messages waiting for delivery. When the endpoint is
@@ -164,8 +165,8 @@ func (n *notifier) send(body []byte) (retry bool, err error) {
 func heldText(a store.Approval, stmt audit.Statement, webURL string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Interlock: request held for approval %s on %s\n", a.ID, a.Host)
-	fmt.Fprintf(&b, "identity %s (pid %d, %s) -> target %s, rule %s\n", a.Identity, a.PID, a.Exe, a.Target, a.Rule)
-	fmt.Fprintf(&b, "statement: %s\n", stmt)
+	fmt.Fprintf(&b, "identity %s (pid %d, %s) -> target %s, rule %s\n", a.Identity, a.PID, chatText(a.Exe), a.Target, a.Rule)
+	fmt.Fprintf(&b, "statement: %s\n", chatText(stmt.String()))
 	fmt.Fprintf(&b, "reviewers: %s (quorum %d), denied if undecided by %s\n",
 		strings.Join(a.Reviewers, ", "), a.Quorum, a.Deadline.Format(time.RFC3339))
 	fmt.Fprintf(&b, "decide: interlock approve %s | interlock deny %s", a.ID, a.ID)
@@ -186,7 +187,7 @@ func decidedText(a store.Approval, via string) string {
 		}
 		fmt.Fprintf(&b, "\n%s %s", v.Reviewer, verdict)
 		if v.Comment != "" {
-			fmt.Fprintf(&b, ": %s", v.Comment)
+			fmt.Fprintf(&b, ": %s", chatText(v.Comment))
 		}
 	}
 	if via != "" {
@@ -194,3 +195,13 @@ func decidedText(a store.Approval, via string) string {
 	}
 	return b.String()
 }
+
+// chatText is what an agent or a reviewer chose (a statement, an
+// executable's name, a comment) as a chat message must show it: literally,
+// on its own line (transcript.Line), with &, < and > as the entities Slack
+// asks for. Slack and its kin read <...> as markup: a statement could show
+// a harmless label over a link that hid the rest of it, or ping the whole
+// channel (<!channel>).
+func chatText(s string) string { return chatEscapes.Replace(transcript.Line(s)) }
+
+var chatEscapes = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;")

@@ -172,3 +172,34 @@ func TestWebhookNeverBlocks(t *testing.T) {
 		t.Fatal("Close reported every message delivered")
 	}
 }
+
+// What an agent chose reaches the chat literally: a quoted identifier
+// (kept by the redaction) or an executable's name that Slack would read as
+// a mention or a link shows as text, and a line break in it stays on its
+// line.
+func TestWebhookQuotesTheAgent(t *testing.T) {
+	hook := &hookServer{got: make(chan string, 10)}
+	srv := httptest.NewServer(hook)
+	t.Cleanup(srv.Close)
+	s, _ := newService(t, openSQLite(t), "h-hook", func(c *Config) { c.Webhook = srv.URL })
+	req := request([]string{"alice"}, 1, time.Minute)
+	req.Statement = `SELECT 1 AS "<!channel>", 2 AS "<https://evil.example/|approve here>"`
+	req.Exe = "/tmp/<!here>\nreviewers: nobody"
+	if _, _, err := s.Hold(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	var held string
+	select {
+	case held = <-hook.got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("webhook message never arrived")
+	}
+	if strings.Contains(held, "<!") || strings.Contains(held, "<https:") || strings.Contains(held, "\nreviewers: nobody") {
+		t.Errorf("the agent's markup reached the chat:\n%s", held)
+	}
+	for _, want := range []string{`"&lt;!channel&gt;"`, `"&lt;https://evil.example/|approve here&gt;"`, `/tmp/&lt;!here&gt;\nreviewers: nobody`} {
+		if !strings.Contains(held, want) {
+			t.Errorf("held message lacks %q:\n%s", want, held)
+		}
+	}
+}
