@@ -71,6 +71,16 @@ func (f *webFixture) hold(t *testing.T, reviewers ...string) (string, <-chan res
 	return id, waitAsync(ctx, wait)
 }
 
+// signIn opens the page at url and signs in with token, as a reviewer
+// types it.
+func (b *browser) signIn(url, token string) {
+	b.t.Helper()
+	b.navigate(url + "/")
+	b.waitFor("the sign-in form", `!document.getElementById("login").hidden`)
+	b.typeInto("#token", token)
+	b.click("#login-submit")
+}
+
 func row(id string) string { return `#pending tr[data-id="` + id + `"]` }
 
 // A reviewer signs in with a token in real Chromium, sees the held request
@@ -80,10 +90,7 @@ func row(id string) string { return `#pending tr[data-id="` + id + `"]` }
 func TestBrowserApprove(t *testing.T) {
 	f := newWebFixture(t)
 	b := startBrowser(t)
-	b.navigate(f.url + "/")
-	b.waitFor("the sign-in form", `!document.getElementById("login").hidden`)
-	b.typeInto("#token", aliceToken)
-	b.click("#login-submit")
+	b.signIn(f.url, aliceToken)
 	b.waitFor("the queue", `!document.getElementById("queue").hidden && document.getElementById("reviewer").innerText === "alice"`)
 
 	// Held after the page loaded: it must appear by itself.
@@ -147,10 +154,7 @@ func TestBrowserDenyNeedsConfirmation(t *testing.T) {
 	f := newWebFixture(t)
 	id, done := f.hold(t, "alice")
 	b := startBrowser(t)
-	b.navigate(f.url + "/")
-	b.waitFor("the sign-in form", `!document.getElementById("login").hidden`)
-	b.typeInto("#token", aliceToken)
-	b.click("#login-submit")
+	b.signIn(f.url, aliceToken)
 	b.waitFor("the held request", `document.querySelector('`+row(id)+`')`)
 
 	notReleased := func(after string) {
@@ -202,10 +206,7 @@ func TestBrowserShowsWhatIsHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := startBrowser(t)
-	b.navigate(f.url + "/")
-	b.waitFor("the sign-in form", `!document.getElementById("login").hidden`)
-	b.typeInto("#token", aliceToken)
-	b.click("#login-submit")
+	b.signIn(f.url, aliceToken)
 	b.waitFor("the held request", `document.querySelector('`+row(id)+`')`)
 	if got, want := b.text(row(id)+" code"), `ls /srv\x1b[8m; rm -rf /srv\n-- \u202eredro`; got != want {
 		t.Errorf("statement shown as %q, want %q", got, want)
@@ -222,10 +223,7 @@ func TestBrowserRefusals(t *testing.T) {
 	id, done := f.hold(t, "alice")
 	b := startBrowser(t)
 
-	b.navigate(f.url + "/")
-	b.waitFor("the sign-in form", `!document.getElementById("login").hidden`)
-	b.typeInto("#token", "not-a-token-at-all-000000")
-	b.click("#login-submit")
+	b.signIn(f.url, "not-a-token-at-all-000000")
 	b.waitFor("the refusal", `document.getElementById("login-error")`)
 	if got := b.text("#login-error"); !strings.Contains(got, "not valid") {
 		t.Fatalf("login error: %q", got)
