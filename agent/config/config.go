@@ -62,6 +62,8 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// HTTP bounds HTTP sessions' heads, bodies and streams.
 	HTTP HTTP `yaml:"http"`
+	// Recordings keeps room on the recordings' file system.
+	Recordings Recordings `yaml:"recordings"`
 	// DNSResolvers are the resolvers ("ADDR:PORT", at most
 	// datapath.MaxResolvers) interlockd forwards the DNS questions it
 	// allows to; tagged DNS to them (as to port 53 of any address) goes
@@ -95,6 +97,7 @@ func Default() Config {
 		LogFormat:    "json",
 		Limits:       DefaultLimits(),
 		HTTP:         DefaultHTTP(),
+		Recordings:   DefaultRecordings(),
 		DockerSocket: "/run/docker.sock",
 	}
 }

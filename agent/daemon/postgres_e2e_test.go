@@ -538,3 +538,35 @@ func TestFullRecordingDiskEndsSession(t *testing.T) {
 		t.Errorf("no error line naming the full disk:\n%s", f.d.Logs())
 	}
 }
+
+// TestRecordingReserveRefusesSessions: with its recordings' file system
+// under the reserve kept free (the default, 5 % of it), interlockd refuses
+// new PostgreSQL sessions in PostgreSQL's words before the agent's first
+// statement, and logs why; once space is freed, sessions are recorded
+// again. An agent whose results are recorded in full cannot fill the disk.
+func TestRecordingReserveRefusesSessions(t *testing.T) {
+	f := startPG(t)
+	dir := filepath.Join(f.d.StateDir, "recordings")
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64m,mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reserve's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings stopped") })
+	out, err := f.psql(t, "SELECT 'unrecorded'")
+	if err == nil || strings.Contains(out, "unrecorded") || !strings.Contains(out, "the session cannot be recorded") {
+		t.Fatalf("a session under the reserve: %v\n%s", err, out)
+	}
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["outcome"] == "recording unavailable" })
+	if !strings.Contains(f.d.Logs(), "kept free (recordings.reserve)") {
+		t.Errorf("no log line names the reserve:\n%s", f.d.Logs())
+	}
+	os.Remove(filler)
+	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
+	if out, err := f.psql(t, "SELECT 'recorded'"); err != nil || out != "recorded" {
+		t.Fatalf("a session once space was freed: %v %s", err, out)
+	}
+}

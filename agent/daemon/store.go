@@ -41,7 +41,8 @@ func (d *Daemon) openStore() error {
 	d.store = st
 	d.chain = audit.New(st, d.host, audit.WithEventLog(d.log.With().Str("component", "audit").Logger()))
 	d.recorder, err = recording.NewRecorder(st, filepath.Join(d.cfg.StateDir, "recordings"), d.host,
-		recording.WithAudit(d.chain), recording.WithLogger(d.log.With().Str("component", "recording").Logger()))
+		recording.WithAudit(d.chain), recording.WithLogger(d.log.With().Str("component", "recording").Logger()),
+		recording.WithReserve(d.cfg.Recordings.Reserve.Bytes))
 	if err != nil {
 		d.chain.Close()
 		st.Close()

@@ -39,6 +39,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -87,7 +88,45 @@ type Recorder struct {
 	writerDone chan struct{}
 	closeMu    sync.RWMutex
 	closed     bool
+
+	// reserve gives the free space to keep on the directory's file system
+	// of that size (nil: none); short holds the SpaceError while there is
+	// less. written counts what the writer wrote since it last looked.
+	reserve func(total int64) int64
+	short   atomic.Pointer[SpaceError]
+	written int64
 }
+
+// SpaceError is a recording refused or cut short because its file system
+// has less free space than the recorder keeps.
+type SpaceError struct {
+	Dir           string
+	Free, Reserve int64
+}
+
+func (e *SpaceError) Error() string {
+	return fmt.Sprintf("the recordings' file system (%s) has %s free, under the %s kept free (recordings.reserve): sessions are refused until space is freed",
+		e.Dir, humanBytes(e.Free), humanBytes(e.Reserve))
+}
+
+// humanBytes is n in binary units, one decimal.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// spaceCheckBytes is how much the writer writes between two looks at the
+// free space, besides the flush loop's every interval: how far past the
+// reserve the fastest sessions can write before they are stopped.
+const spaceCheckBytes = 16 << 20
 
 // bufSize is the largest of a session's write buffers; a full buffer is
 // handed to the writer goroutine and replaced, at this size from the free
@@ -135,6 +174,15 @@ func WithUpload(on bool) Option { return func(r *Recorder) { r.upload = on } }
 // their verdicts to the store (default 1s). A crash loses at most this much.
 func WithFlushInterval(d time.Duration) Option { return func(r *Recorder) { r.every = d } }
 
+// WithReserve keeps free space on the file system of the recorder's
+// directory: reserve gives the bytes to keep on one of total bytes. While
+// there is less, Start refuses sessions and open recordings that write are
+// ended (their lost is told a *SpaceError), until space is freed; the
+// logger says when that begins and ends.
+func WithReserve(reserve func(total int64) int64) Option {
+	return func(r *Recorder) { r.reserve = reserve }
+}
+
 // NewRecorder returns a recorder writing files under dir (created 0700) and
 // index rows for host into st.
 func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, error) {
@@ -148,10 +196,36 @@ func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, 
 	for _, o := range opts {
 		o(r)
 	}
+	r.checkSpace()
 	r.stopped.Add(1)
 	go r.flushLoop()
 	go r.writeLoop()
 	return r, nil
+}
+
+// checkSpace looks at the free space of the recordings' file system and
+// keeps whether it is under the reserve, logging each change. A file
+// system that cannot be asked keeps the last answer.
+func (r *Recorder) checkSpace() {
+	if r.reserve == nil {
+		return
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(r.dir, &fs); err != nil {
+		r.logger.Error().Err(err).Str("dir", r.dir).Msg("read the recordings' free space")
+		return
+	}
+	free, total := int64(fs.Bavail)*fs.Bsize, int64(fs.Blocks)*fs.Bsize
+	if keep := r.reserve(total); free < keep {
+		if r.short.Swap(&SpaceError{Dir: r.dir, Free: free, Reserve: keep}) == nil {
+			r.logger.Error().Int64("free", free).Int64("reserve", keep).Str("dir", r.dir).
+				Msg("recordings stopped: their file system is under its reserve; decoded sessions are refused and recording ones ended until space is freed")
+		}
+		return
+	}
+	if r.short.Swap(nil) != nil {
+		r.logger.Warn().Int64("free", free).Str("dir", r.dir).Msg("recordings resumed: their file system is above its reserve again")
+	}
 }
 
 // Close flushes every open recording to disk and stops the background
@@ -178,6 +252,10 @@ func (r *Recorder) writeLoop() {
 		if req.buf != nil {
 			req.s.writeOut(req.buf)
 			r.putBuf(req.buf)
+			if r.written += int64(len(req.buf)); r.written >= spaceCheckBytes {
+				r.written = 0
+				r.checkSpace()
+			}
 		}
 		if req.done != nil {
 			close(req.done)
@@ -237,6 +315,7 @@ func (r *Recorder) flushLoop() {
 		case <-r.stop:
 			return
 		case <-t.C:
+			r.checkSpace()
 			if err := r.flushAll(context.Background()); err != nil {
 				r.logger.Error().Err(err).Msg("flush recordings")
 			}
@@ -379,6 +458,9 @@ type Session struct {
 // otherwise go on unrecorded. After a refused row Starts wait for their
 // rows, and so refuse sessions, until the store takes one again.
 func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(error)) (*Session, error) {
+	if e := r.short.Load(); e != nil {
+		return nil, e
+	}
 	if meta.ID == "" {
 		meta.ID = store.NewID()
 	}
@@ -516,6 +598,10 @@ func (s *Session) handoff() {
 // goroutine calls it (and the recorder after Close).
 func (s *Session) writeOut(b []byte) {
 	if s.werr != nil {
+		return
+	}
+	if e := s.r.short.Load(); e != nil {
+		s.writeFailed(e)
 		return
 	}
 	if s.f == nil {

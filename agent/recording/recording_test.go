@@ -18,11 +18,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/rs/zerolog"
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/recording"
@@ -1275,4 +1277,111 @@ func TestTranscriptLinesAreTheirOwn(t *testing.T) {
 			t.Errorf("transcript lacks %q escaped:\n%s", want, tr.String())
 		}
 	}
+}
+
+// TestReserveStopsRecordings: on a file system under the reserve (a real
+// tmpfs, filled by a file), Start refuses sessions and an open session that
+// writes is ended, both with a *SpaceError naming the free space; once the
+// file is removed, sessions are recorded again. Each change is logged.
+func TestReserveStopsRecordings(t *testing.T) {
+	testenv.Privileged(t)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "recordings")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m,mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "interlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	var logs lockedBuffer
+	rec, err := recording.NewRecorder(st, dir, "h", recording.WithFlushInterval(20*time.Millisecond),
+		recording.WithLogger(zerolog.New(&logs)), recording.WithReserve(func(total int64) int64 { return total / 2 }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	meta := store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}
+	lost := make(chan error, 1)
+	open, err := rec.Start(ctx, meta, func(err error) { lost <- err })
+	if err != nil {
+		t.Fatalf("a session with room: %v", err)
+	}
+	q, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
+	open.Message(true, 'Q', q[5:], time.Time{})
+
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 5<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var space *recording.SpaceError
+	waitFor(t, "Start to refuse", func() bool {
+		s, err := rec.Start(ctx, meta, nil)
+		if err == nil {
+			s.Finish(ctx, recording.End{Outcome: "closed"})
+		}
+		return errors.As(err, &space)
+	})
+	if space.Free >= space.Reserve || !strings.Contains(space.Error(), "recordings.reserve") {
+		t.Errorf("refusal: %+v %v", space, space)
+	}
+	open.Message(false, 'D', make([]byte, 1000), time.Time{})
+	select {
+	case err := <-lost:
+		if !errors.As(err, &space) {
+			t.Errorf("the open session was ended by %v, want a *SpaceError", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the open session went on writing under the reserve")
+	}
+	open.Finish(ctx, recording.End{Outcome: "recording unavailable"})
+
+	os.Remove(filler)
+	waitFor(t, "Start to record again", func() bool {
+		s, err := rec.Start(ctx, meta, nil)
+		if err != nil {
+			return false
+		}
+		_, err = s.Finish(ctx, recording.End{Outcome: "closed"})
+		return err == nil
+	})
+	for _, want := range []string{"recordings stopped", "recordings resumed"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+}
+
+// waitFor polls cond every 10 ms for 10 s at most.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10 s for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a logger's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
