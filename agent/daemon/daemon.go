@@ -167,6 +167,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Daemon, error) {
 		d.creds.Close()
 		return nil, err
 	}
+	d.metrics.WatchRecordings(func() bool { return d.recorder.Stopped() != nil })
 	return d, nil
 }
 

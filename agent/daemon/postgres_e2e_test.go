@@ -564,8 +564,14 @@ func TestRecordingReserveRefusesSessions(t *testing.T) {
 	if !strings.Contains(f.d.Logs(), "kept free (recordings.reserve)") {
 		t.Errorf("no log line names the reserve:\n%s", f.d.Logs())
 	}
+	if m := scrapeMetrics(t, f.metricsPort); !strings.Contains(m, "\ninterlock_recordings_stopped 1\n") {
+		t.Errorf("interlock_recordings_stopped is not 1:\n%s", m)
+	}
 	os.Remove(filler)
 	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
+	if m := scrapeMetrics(t, f.metricsPort); !strings.Contains(m, "\ninterlock_recordings_stopped 0\n") {
+		t.Errorf("interlock_recordings_stopped is not 0:\n%s", m)
+	}
 	if out, err := f.psql(t, "SELECT 'recorded'"); err != nil || out != "recorded" {
 		t.Fatalf("a session once space was freed: %v %s", err, out)
 	}

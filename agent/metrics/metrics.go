@@ -115,6 +115,22 @@ func (m *Metrics) WatchLearned(count func() int) {
 	}, func() float64 { return float64(count()) }))
 }
 
+// WatchRecordings exports stopped, called at scrape time, as
+// interlock_recordings_stopped: 1 while the recordings' file system is
+// under the free space kept on it (recordings.reserve), when decoded
+// sessions are refused. Call it once.
+func (m *Metrics) WatchRecordings(stopped func() bool) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "interlock_recordings_stopped",
+		Help: "1 while the recordings' file system is under its reserve of free space and decoded sessions are refused.",
+	}, func() float64 {
+		if stopped() {
+			return 1
+		}
+		return 0
+	}))
+}
+
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})

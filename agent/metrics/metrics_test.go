@@ -25,6 +25,7 @@ func TestBuildInfoAndCounters(t *testing.T) {
 	m.KernelDenials.WithLabelValues("tcp-rule").Add(2)
 	m.DNSQuestions.WithLabelValues("udp", DNSRefused).Inc()
 	m.WatchLearned(func() int { return 7 })
+	m.WatchRecordings(func() bool { return true })
 	body := scrape(t, m)
 	for _, want := range []string{
 		`interlock_build_info{commit="abc123",`,
@@ -34,6 +35,7 @@ func TestBuildInfoAndCounters(t *testing.T) {
 		`interlock_bpf_map_capacity{map="sock_origin"} 1024`,
 		`interlock_dns_questions_total{outcome="refused",transport="udp"} 1`,
 		`interlock_dns_learned_addresses 7`,
+		`interlock_recordings_stopped 1`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)

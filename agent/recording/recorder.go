@@ -203,6 +203,15 @@ func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, 
 	return r, nil
 }
 
+// Stopped returns why recordings are stopped (their file system under its
+// reserve, see WithReserve), or nil while they are not.
+func (r *Recorder) Stopped() error {
+	if e := r.short.Load(); e != nil {
+		return e
+	}
+	return nil
+}
+
 // checkSpace looks at the free space of the recordings' file system and
 // keeps whether it is under the reserve, logging each change. A file
 // system that cannot be asked keeps the last answer.
