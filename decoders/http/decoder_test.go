@@ -165,6 +165,8 @@ type harnessOpts struct {
 	// for this long, and close it when the answer is as late.
 	upPing time.Duration
 	guard  Guard
+	// upH1 makes the upstream offer HTTP/1.1 alone.
+	upH1 bool
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -216,7 +218,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		}
 	}
 	if o.tls {
-		h.up.EnableHTTP2 = true
+		h.up.EnableHTTP2 = !o.upH1
 		h.up.StartTLS()
 		h.roots = x509.NewCertPool()
 		h.roots.AddCert(h.up.Certificate())

@@ -132,6 +132,7 @@ func (c *conn) forward(ctx context.Context, req *nethttp.Request, host string, m
 	out := req.Clone(ctx)
 	out.RequestURI = ""
 	out.URL.Scheme, out.URL.Host = c.scheme, req.Host
+	out.URL.RawQuery = wireQuery(out.URL.RawQuery)
 	removeHopHeaders(out.Header)
 	if _, ok := out.Header["User-Agent"]; !ok {
 		// net/http's clients send their own User-Agent with a request
@@ -362,19 +363,34 @@ func requestHead(b *bytes.Buffer, req *nethttp.Request) {
 	b.WriteString(req.URL.EscapedPath())
 	if q := req.URL.RawQuery; q != "" {
 		b.WriteByte('?')
-		for i := 0; i < len(q); i++ {
-			if c := q[i]; c <= ' ' || c == 0x7f {
-				fmt.Fprintf(b, "%%%02X", c)
-			} else {
-				b.WriteByte(c)
-			}
-		}
+		b.WriteString(wireQuery(q))
 	}
 	protoVersion(b, " HTTP/", req.ProtoMajor, req.ProtoMinor)
 	b.WriteString("\r\nHost: ")
 	b.WriteString(req.Host)
 	b.WriteString("\r\n")
 	redacted(req.Header).Write(b)
+}
+
+// wireQuery is a raw query with the bytes no HTTP/1.1 request line may
+// hold escaped: HTTP/2 carries a space in :path, and net/http writes a
+// query as it is, so "?a=1 HTTP/1.0" made an upstream read a request line
+// of the agent's making. A query's parameters read the same either way.
+func wireQuery(q string) string {
+	i := strings.IndexFunc(q, func(r rune) bool { return r <= ' ' || r == 0x7f })
+	if i < 0 {
+		return q
+	}
+	var b strings.Builder
+	b.WriteString(q[:i])
+	for ; i < len(q); i++ {
+		if c := q[i]; c <= ' ' || c == 0x7f {
+			fmt.Fprintf(&b, "%%%02X", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // protoVersion writes prefix and the version major.minor.

@@ -813,3 +813,28 @@ func loseFirstStream(c net.Conn, goAway bool) {
 		}
 	}
 }
+
+// TestQueryWithSpaceToHTTP1: HTTP/2 carries a space in :path, which an
+// HTTP/1.1 request line cannot hold; a query with one reaches an upstream
+// that speaks HTTP/1.1 alone escaped, as one request target, not as a
+// request line of the agent's making ("HTTP/1.0" and all).
+func TestQueryWithSpaceToHTTP1(t *testing.T) {
+	h := newHarness(t, harnessOpts{mode: Intercept, tls: true, upH1: true})
+	a := h.rawH2(t)
+	a.get(1, "/x?a=1 HTTP/1.0 x")
+	if status, code, _ := a.outcome(1); status != 200 {
+		t.Fatalf("status %d (reset %v), want the upstream's 200", status, code)
+	}
+	for {
+		f, err := a.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok := f.(*http2.DataFrame); ok && d.StreamID == 1 {
+			if got := string(d.Data()); !strings.HasPrefix(got, "upstream GET /x?a=1%20HTTP/1.0%20x host=example.com") {
+				t.Fatalf("the upstream got %q", got)
+			}
+			return
+		}
+	}
+}
