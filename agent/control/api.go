@@ -48,6 +48,9 @@ type (
 		DefaultMode policy.Mode           `json:"default_mode"`
 		// Gaps says what this kernel does not enforce (Datapath.Gaps).
 		Gaps []string `json:"gaps,omitempty"`
+		// RecordingsStopped says why decoded sessions are refused, while
+		// the recordings' file system is under its reserve.
+		RecordingsStopped string `json:"recordings_stopped,omitempty"`
 	}
 )
 

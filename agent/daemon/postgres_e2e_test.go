@@ -567,6 +567,9 @@ func TestRecordingReserveRefusesSessions(t *testing.T) {
 	if m := scrapeMetrics(t, f.metricsPort); !strings.Contains(m, "\ninterlock_recordings_stopped 1\n") {
 		t.Errorf("interlock_recordings_stopped is not 1:\n%s", m)
 	}
+	if out, _, err := f.d.CLI("status"); err != nil || !strings.Contains(out, "STOPPED: the recordings' file system") {
+		t.Errorf("status does not say recordings are stopped: %v\n%s", err, out)
+	}
 	os.Remove(filler)
 	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
 	if m := scrapeMetrics(t, f.metricsPort); !strings.Contains(m, "\ninterlock_recordings_stopped 0\n") {

@@ -125,13 +125,17 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 	fill, _ := d.dp.MapFill()
-	control.WriteJSON(w, http.StatusOK, control.Status{
+	st := control.Status{
 		PID: os.Getpid(), Started: d.started, CgroupMount: d.mount, CgroupRoot: d.root,
 		BPFFS: d.cfg.BPFFS, ListenPort: d.cfg.ListenPort, Policy: d.policySrc,
 		Tagged: d.ids.tags(), Active: d.proxy.Active(), Maps: fill,
 		Modes: d.policy.Current().Modes(), DefaultMode: d.policy.Current().DefaultMode(),
 		Gaps: d.dp.Gaps(),
-	})
+	}
+	if err := d.recorder.Stopped(); err != nil {
+		st.RecordingsStopped = err.Error()
+	}
+	control.WriteJSON(w, http.StatusOK, st)
 }
 
 // cgroupDir resolves a cgroup given as an absolute directory or as a path

@@ -230,6 +230,9 @@ func status(ctx context.Context, c *control.Client, asJSON bool, w io.Writer) er
 	for _, g := range st.Gaps {
 		fmt.Fprintf(tw, "not enforced\t%s\n", g)
 	}
+	if st.RecordingsStopped != "" {
+		fmt.Fprintf(tw, "recordings\tSTOPPED: %s\n", st.RecordingsStopped)
+	}
 	tw.Flush()
 	fmt.Fprintln(w)
 	if len(st.Tagged) == 0 {
