@@ -341,6 +341,10 @@ func replayCapture(p *policy.Policy, path string, o captureReplay, stdout, stder
 	return 0
 }
 
+// refusedRule names, in a replay, what refused a request before any rule
+// of the policy could decide it: interlockd itself.
+const refusedRule = "interlockd"
+
 // replayHTTP decides the HTTP/1.x requests of one captured stream, each
 // for the target --target names or the one its Host chooses (else its
 // server address), appends them to reqs and returns how many there were
@@ -360,6 +364,10 @@ func replayHTTP(p *policy.Policy, subject *policy.Subject, fixed *policy.Target,
 		r := replayedRequest{Type: "request", Time: s.ClientTime(h.Offset), Stream: stream, Protocol: "http",
 			Identity: identity, HTTP: h.Method + " " + h.URI, Action: d.Action.String(), Rule: d.Rule, Message: d.Message,
 			Mode: mode.String(), Verdict: mode.Describe(d.Action)}
+		if h.Refused != "" {
+			// interlockd answers it before the policy, in any mode.
+			r.Action, r.Rule, r.Message, r.Verdict = policy.Deny.String(), refusedRule, h.Refused, "refused (400)"
+		}
 		if t != nil {
 			r.Target = t.Name
 		}

@@ -261,11 +261,12 @@ func TestReplayCorpus(t *testing.T) {
 				}
 			case "http":
 				// Requests in clear are decided (for a policy with no http
-				// target: default-deny, or unparseable for "*"); the
+				// target: default-deny), or refused by interlockd before
+				// any rule ("OPTIONS *", a path in no canonical form); the
 				// corpus's deliberately broken requests end their stream
 				// as malformed, and streams on other ports stay unsupported.
 				for _, r := range reqs {
-					if r.HTTP == "" || r.Protocol != "http" || (r.Rule != "default-deny" && r.Rule != "unparseable") {
+					if r.HTTP == "" || r.Protocol != "http" || (r.Rule != "default-deny" && r.Rule != refusedRule) {
 						t.Errorf("request not fully decided: %+v", r)
 					}
 				}

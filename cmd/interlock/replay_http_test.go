@@ -35,6 +35,12 @@ func TestReplayCaptureHTTP(t *testing.T) {
 		a.packet(t, 21*ms, false, false, true, ok),
 		a.packet(t, 30*ms, true, false, true, []byte("GET /admin/users HTTP/1.1\r\nHost: api.example.com\r\n\r\n")),
 		a.packet(t, 31*ms, false, false, true, ok),
+		// Decoded, as interlockd decides it: /admin/users.
+		a.packet(t, 32*ms, true, false, true, []byte("GET /%61dmin/users HTTP/1.1\r\nHost: api.example.com\r\n\r\n")),
+		a.packet(t, 33*ms, false, false, true, ok),
+		// Dot segments: interlockd answers 400 before any rule.
+		a.packet(t, 34*ms, true, false, true, []byte("GET /repos/../admin/users HTTP/1.1\r\nHost: api.example.com\r\n\r\n")),
+		a.packet(t, 35*ms, false, false, true, ok),
 		b.packet(t, 40*ms, true, false, true, []byte{0x16, 3, 1, 0, 4, 1, 0, 0, 0}),
 	}
 	path := writePcapng(t, "http.pcapng", time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC), pkts)
@@ -52,6 +58,8 @@ func TestReplayCaptureHTTP(t *testing.T) {
 		"GET /repos/acme?page=2 [api] allow by api-read",
 		"POST /repos/acme [api] deny by default-deny",
 		"GET /admin/users [api] deny by no-admin",
+		"GET /admin/users [api] deny by no-admin",
+		"GET /repos/../admin/users [api] refused (400) by interlockd",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("requests:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -68,8 +68,8 @@ func (c *conn) decide(ctx context.Context, req *nethttp.Request) (protocol.Verdi
 	if c.serverName != "" && host != c.serverName {
 		return protocol.Verdict{}, c.own(nethttp.StatusMisdirectedRequest, fmt.Sprintf("Host %q is not the server name %q this connection was opened for", host, c.serverName))
 	}
-	if p := req.URL.Path; !strings.HasPrefix(p, "/") || cleanPath(p) != p {
-		return protocol.Verdict{}, c.own(nethttp.StatusBadRequest, "the request path is not in canonical form (dot segments or no leading /)")
+	if why := NonCanonical(req.URL.Path); why != "" {
+		return protocol.Verdict{}, c.own(nethttp.StatusBadRequest, why)
 	}
 	if req.ContentLength > c.maxBody {
 		return protocol.Verdict{}, c.own(nethttp.StatusRequestEntityTooLarge, fmt.Sprintf("request body over %d bytes", c.maxBody))
@@ -114,6 +114,17 @@ func (c *conn) act(ctx context.Context, req *nethttp.Request, v protocol.Verdict
 		}
 	}
 	return c.forward(ctx, req, hostOf(req.Host), v.Mask)
+}
+
+// NonCanonical says why interlockd answers a request for path (decoded)
+// 400 before any rule decides it, or "" for a path in canonical form: rules
+// match decoded paths, and "/a/../b" would match a rule for /a/ while the
+// server serves /b.
+func NonCanonical(path string) string {
+	if !strings.HasPrefix(path, "/") || cleanPath(path) != path {
+		return "the request path is not in canonical form (dot segments or no leading /)"
+	}
+	return ""
 }
 
 // cleanPath is p with dot segments resolved, keeping a trailing slash.

@@ -31,6 +31,9 @@ type Request struct {
 	// Offset is where the request starts in the client's bytes, to find
 	// when it was sent.
 	Offset int
+	// Refused says why interlockd would answer it 400 before any rule
+	// decided it (NonCanonical), "" when a rule decides it.
+	Refused string
 }
 
 // RecordedRequest reads back a request head the decoder recorded
@@ -75,7 +78,8 @@ func DecodeRequests(client []byte) ([]Request, error) {
 		if err != nil {
 			return out, fmt.Errorf("request at byte %d: %w", offset, err)
 		}
-		out = append(out, Request{Method: req.Method, URI: DecidedTarget(req.URL), Host: hostOf(req.Host), Header: req.Header, Offset: offset})
+		out = append(out, Request{Method: req.Method, URI: DecidedTarget(req.URL), Host: hostOf(req.Host), Header: req.Header, Offset: offset,
+			Refused: NonCanonical(req.URL.Path)})
 		if isWebSocket(req) {
 			return out, nil
 		}
