@@ -326,6 +326,13 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 	mode := p.ExplainMode(t)
 	ex := explanation{Policy: name, Identity: o.identity, Target: t.Target, NoTarget: noTarget, Action: d.Action.String(), Rule: d.Rule,
 		Mode: mode.String(), Verdict: mode.Describe(d.Action), Message: d.Message}
+	if o.http != "" {
+		path, _, _ := strings.Cut(t.HTTPPath, "?")
+		if why := http.NonCanonical(path); why != "" {
+			// interlockd answers it 400 before the policy, in any mode.
+			ex.Action, ex.Rule, ex.Mode, ex.Verdict, ex.Message = policy.Deny.String(), refusedRule, policy.Enforce.String(), "refused (400)", why
+		}
+	}
 	if t.Subject != nil {
 		ex.Identities = p.Identities(nil, t.Subject)
 	}

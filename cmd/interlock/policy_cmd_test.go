@@ -142,4 +142,9 @@ rules:
 	if code, _, _ := runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--http", "GET /a b%zz"); code != 2 {
 		t.Errorf("explain a path that is none: code %d, want 2", code)
 	}
+	// A path interlockd answers 400 before the policy: explained so.
+	code, out, _ = runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--target", "forge", "--http", "GET /repos/%2e%2e/admin")
+	if code != 0 || !strings.Contains(out, "decision:  deny by rule interlockd") || !strings.Contains(out, "not in canonical form") {
+		t.Errorf("explain dot segments: code %d:\n%s", code, out)
+	}
 }
