@@ -1,8 +1,6 @@
 package config
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,12 +11,7 @@ import (
 // keep the decoder's defaults, and a cap that cannot work is refused by
 // key.
 func TestHTTPLimits(t *testing.T) {
-	load := func(t *testing.T, y string) (Config, error) {
-		p := filepath.Join(t.TempDir(), "c.yaml")
-		os.WriteFile(p, []byte(y), 0o600)
-		return Load(p)
-	}
-	cfg, err := load(t, "http: {max_request_body: 10MiB, recorded_body: 1KiB}\n")
+	cfg, err := loadYAML(t, "http: {max_request_body: 10MiB, recorded_body: 1KiB}\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +20,7 @@ func TestHTTPLimits(t *testing.T) {
 		d.MaxConcurrentStreams != http.DefaultMaxConcurrentStreams {
 		t.Errorf("decoder: %+v", d)
 	}
-	if cfg, err := load(t, "listen_port: 16000\n"); err != nil || cfg.HTTP != DefaultHTTP() {
+	if cfg, err := loadYAML(t, "listen_port: 16000\n"); err != nil || cfg.HTTP != DefaultHTTP() {
 		t.Errorf("defaults without an http block: %+v, %v", cfg.HTTP, err)
 	}
 	for name, tc := range map[string]struct{ yaml, err string }{
@@ -40,7 +33,7 @@ func TestHTTPLimits(t *testing.T) {
 		"too many stream": {"http: {max_concurrent_streams: 100000}\n", "1 to 10000"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := load(t, tc.yaml)
+			_, err := loadYAML(t, tc.yaml)
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Fatalf("err = %v, want one mentioning %q", err, tc.err)
 			}

@@ -1,20 +1,13 @@
 package config
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 )
 
 func TestLimits(t *testing.T) {
-	load := func(t *testing.T, y string) (Config, error) {
-		p := filepath.Join(t.TempDir(), "c.yaml")
-		os.WriteFile(p, []byte(y), 0o600)
-		return Load(p)
-	}
-	cfg, err := load(t, `limits:
+	cfg, err := loadYAML(t, `limits:
   sessions: 10
   session_buffer: 2MiB
   identities:
@@ -35,7 +28,7 @@ func TestLimits(t *testing.T) {
 	if got := cfg.Limits.For("batch"); got.Sessions != 0 || got.MessageTimeout != 2*time.Minute {
 		t.Errorf("batch's limits: %+v", got)
 	}
-	if cfg, err := load(t, "listen_port: 16000\n"); err != nil || cfg.Limits.For("x").Sessions != def.Sessions {
+	if cfg, err := loadYAML(t, "listen_port: 16000\n"); err != nil || cfg.Limits.For("x").Sessions != def.Sessions {
 		t.Errorf("defaults without a limits block: %+v, %v", cfg.Limits, err)
 	}
 	for name, tc := range map[string]struct{ yaml, err string }{
@@ -49,7 +42,7 @@ func TestLimits(t *testing.T) {
 		"unknown key in an override": {"limits: {identities: {ci: {sesions: 3}}}\n", "sesions"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := load(t, tc.yaml)
+			_, err := loadYAML(t, tc.yaml)
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Fatalf("err = %v, want one mentioning %q", err, tc.err)
 			}

@@ -11,11 +11,6 @@ import (
 // system; without one it is 5 % of the file system, at most 1 GiB; 0
 // keeps none; anything else is refused by key.
 func TestRecordingsReserve(t *testing.T) {
-	load := func(t *testing.T, y string) (Config, error) {
-		p := filepath.Join(t.TempDir(), "c.yaml")
-		os.WriteFile(p, []byte(y), 0o600)
-		return Load(p)
-	}
 	const gib = 1 << 30
 	for y, want := range map[string][2]int64{
 		"listen_port: 16000\n":              {3 * gib * 5 / 100, gib}, // on 3 GiB and on 100 GiB
@@ -24,7 +19,7 @@ func TestRecordingsReserve(t *testing.T) {
 		"recordings: {reserve: 0}\n":        {0, 0},
 		"recordings: {reserve: \"0.5%\"}\n": {3 * gib / 200, gib / 2},
 	} {
-		cfg, err := load(t, y)
+		cfg, err := loadYAML(t, y)
 		if err != nil {
 			t.Fatalf("%q: %v", y, err)
 		}
@@ -38,8 +33,18 @@ func TestRecordingsReserve(t *testing.T) {
 		"recordings: {reserve: lots}\n":  "not a size",
 		"recordings: {reserved: 1GiB}\n": "reserved",
 	} {
-		if _, err := load(t, y); err == nil || !strings.Contains(err.Error(), msg) {
+		if _, err := loadYAML(t, y); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%q: err = %v, want one mentioning %q", y, err, msg)
 		}
 	}
+}
+
+// loadYAML loads a configuration file holding y.
+func loadYAML(t *testing.T, y string) (Config, error) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return Load(p)
 }
