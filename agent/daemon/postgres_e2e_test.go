@@ -518,11 +518,7 @@ const idleSessions = 300
 // ended, which it did only when the agent pleased.
 func TestFullRecordingDiskEndsSession(t *testing.T) {
 	f := startPG(t)
-	dir := filepath.Join(f.d.StateDir, "recordings")
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k,mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	mountTmpfs(t, filepath.Join(f.d.StateDir, "recordings"), "64k")
 	if out, err := f.psql(t, "SELECT 'small'"); err != nil || out != "small" {
 		t.Fatalf("a session whose recording fits: %v %s", err, out)
 	}
@@ -539,6 +535,16 @@ func TestFullRecordingDiskEndsSession(t *testing.T) {
 	}
 }
 
+// mountTmpfs mounts a tmpfs of size (as mount(8) takes it) over dir until
+// the test ends: a file system a test can fill.
+func mountTmpfs(t *testing.T, dir, size string) {
+	t.Helper()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+}
+
 // TestRecordingReserveRefusesSessions: with its recordings' file system
 // under the reserve kept free (the default, 5 % of it), interlockd refuses
 // new PostgreSQL sessions in PostgreSQL's words before the agent's first
@@ -547,10 +553,7 @@ func TestFullRecordingDiskEndsSession(t *testing.T) {
 func TestRecordingReserveRefusesSessions(t *testing.T) {
 	f := startPG(t)
 	dir := filepath.Join(f.d.StateDir, "recordings")
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64m,mode=0700"); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	mountTmpfs(t, dir, "64m")
 	filler := filepath.Join(dir, "filler")
 	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
 		t.Fatal(err)
