@@ -42,6 +42,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/rs/zerolog"
 
 	"github.com/interlock-dev/interlock/agent/audit"
@@ -106,21 +107,7 @@ type SpaceError struct {
 
 func (e *SpaceError) Error() string {
 	return fmt.Sprintf("the recordings' file system (%s) has %s free, under the %s kept free (recordings.reserve): sessions are refused until space is freed",
-		e.Dir, humanBytes(e.Free), humanBytes(e.Reserve))
-}
-
-// humanBytes is n in binary units, one decimal.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+		e.Dir, humanize.IBytes(uint64(e.Free)), humanize.IBytes(uint64(e.Reserve)))
 }
 
 // spaceCheckBytes is how much the writer writes between two looks at the
