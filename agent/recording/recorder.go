@@ -96,6 +96,9 @@ type Recorder struct {
 	reserve func(total int64) int64
 	short   atomic.Pointer[SpaceError]
 	written int64
+	// unasked says the last look at the free space failed, so that a
+	// failing file system is logged once, not every second.
+	unasked atomic.Bool
 }
 
 // SpaceError is a recording refused or cut short because its file system
@@ -208,9 +211,12 @@ func (r *Recorder) checkSpace() {
 	}
 	var fs syscall.Statfs_t
 	if err := syscall.Statfs(r.dir, &fs); err != nil {
-		r.logger.Error().Err(err).Str("dir", r.dir).Msg("read the recordings' free space")
+		if !r.unasked.Swap(true) {
+			r.logger.Error().Err(err).Str("dir", r.dir).Msg("read the recordings' free space")
+		}
 		return
 	}
+	r.unasked.Store(false)
 	free, total := int64(fs.Bavail)*fs.Bsize, int64(fs.Blocks)*fs.Bsize
 	if keep := r.reserve(total); free < keep {
 		if r.short.Swap(&SpaceError{Dir: r.dir, Free: free, Reserve: keep}) == nil {
