@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -23,8 +24,13 @@ import (
 
 // dnsInFlight bounds the UDP questions served at once; beyond it datagrams
 // are dropped (the agent's resolver asks again), so a flood of names costs
-// a bounded number of goroutines and buffers.
-const dnsInFlight = 256
+// a bounded number of goroutines and buffers. One identity has at most
+// dnsInFlightPerIdentity of them: an agent flooding names a slow resolver
+// answers held them all, and every other agent's questions were dropped.
+const (
+	dnsInFlight            = 256
+	dnsInFlightPerIdentity = dnsInFlight / 4
+)
 
 // dnsServer is interlockd's DNS proxy: the data path steers every tagged
 // UDP DNS datagram to its sockets and every tagged TCP DNS connection to
@@ -36,8 +42,12 @@ type dnsServer struct {
 	// resolvers are the addresses whose DNS, besides port 53, is steered.
 	resolvers []netip.AddrPort
 	conns     []*net.UDPConn
-	slots     chan struct{}
 	log       zerolog.Logger
+	// inFlight counts the UDP questions being served, in all and by
+	// identity (take).
+	mu       sync.Mutex
+	inFlight int
+	byID     map[uint32]int
 }
 
 // listenDNS binds the DNS proxy's UDP sockets at 127.0.0.1:port and
@@ -45,7 +55,7 @@ type dnsServer struct {
 func (d *Daemon) listenDNS(port uint16, resolvers []netip.AddrPort) (*dnsServer, error) {
 	s := &dnsServer{
 		d: d, proxy: &dnsdec.Proxy{Resolvers: resolvers}, resolvers: resolvers,
-		slots: make(chan struct{}, dnsInFlight), log: d.log.With().Str("component", "dns").Logger(),
+		byID: map[uint32]int{}, log: d.log.With().Str("component", "dns").Logger(),
 	}
 	for _, a := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
@@ -100,14 +110,15 @@ func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn, lookup func(pe
 			}
 			return
 		}
-		select {
-		case s.slots <- struct{}{}:
-		default:
+		// The sender is known before a slot is taken, so that a slot is
+		// taken from its identity's share.
+		o, ok := s.sender(lookup, from, local)
+		if !ok || !s.take(o.Identity) {
 			continue
 		}
 		msg := slices.Clone(buf[:n])
 		go func() {
-			defer func() { <-s.slots }()
+			defer s.give(o.Identity)
 			defer func() {
 				// A defect a question reaches drops that question, not
 				// interlockd.
@@ -115,19 +126,56 @@ func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn, lookup func(pe
 					proxy.LogDefect(&s.log, ie, "peer", from.String())
 				}
 			}()
-			s.answerUDP(ctx, c, lookup, local, from, msg)
+			s.answerUDP(ctx, c, o, from, msg)
 		}()
 	}
 }
 
-// answerUDP answers one datagram of a steered socket. A datagram the kernel
-// did not steer has no record and gets no answer: nobody we can vouch for.
-func (s *dnsServer) answerUDP(ctx context.Context, c *net.UDPConn, lookup func(peer, local netip.AddrPort) (datapath.Origin, error), local, from netip.AddrPort, msg []byte) {
+// sender finds the kernel's record of a datagram's sender, or logs why the
+// datagram is dropped. A defect in the look-up drops that datagram, not the
+// socket's loop.
+func (s *dnsServer) sender(lookup func(peer, local netip.AddrPort) (datapath.Origin, error), from, local netip.AddrPort) (o datapath.Origin, ok bool) {
+	defer func() {
+		if ie := protocol.Contained("dns over udp", recover()); ie != nil {
+			proxy.LogDefect(&s.log, ie, "peer", from.String())
+			ok = false
+		}
+	}()
 	o, err := lookup(from, local)
 	if err != nil {
 		s.log.Warn().Err(err).Str("peer", from.String()).Msg("dropping unidentified dns datagram")
-		return
+		return o, false
 	}
+	return o, true
+}
+
+// take holds a slot for a UDP question of identity id, or reports that
+// none is free: dnsInFlight in all, dnsInFlightPerIdentity of one identity.
+func (s *dnsServer) take(id uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inFlight >= dnsInFlight || s.byID[id] >= dnsInFlightPerIdentity {
+		return false
+	}
+	s.inFlight++
+	s.byID[id]++
+	return true
+}
+
+// give frees the slot take held for a question of identity id.
+func (s *dnsServer) give(id uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inFlight--
+	if s.byID[id]--; s.byID[id] == 0 {
+		delete(s.byID, id)
+	}
+}
+
+// answerUDP answers one datagram of a steered socket, from the sender the
+// kernel recorded in o. (A datagram the kernel did not steer has no record
+// and gets no answer: nobody we can vouch for.)
+func (s *dnsServer) answerUDP(ctx context.Context, c *net.UDPConn, o datapath.Origin, from netip.AddrPort, msg []byte) {
 	id, err := session.IdentityOf(o, s.d.ids.name(o.Identity))
 	if err != nil {
 		s.log.Warn().Err(err).Str("peer", from.String()).Msg("dropping unidentified dns datagram")

@@ -28,6 +28,8 @@ type testResolver struct {
 	a    map[string]string // name (with final dot) -> address
 	// rotate, when set, gives the address and TTL of every A answer.
 	rotate func() (string, int)
+	// slow, when set, makes the answers to names ending in it wait 3 s.
+	slow string
 }
 
 func startResolver(t testing.TB) *testResolver {
@@ -41,7 +43,11 @@ func startResolver(t testing.TB) *testResolver {
 		if r.rotate != nil {
 			addr, ttl = r.rotate()
 		}
+		slow := r.slow != "" && strings.HasSuffix(strings.ToLower(m.Question[0].Name), r.slow)
 		r.mu.Unlock()
+		if slow {
+			time.Sleep(3 * time.Second)
+		}
 		if addr == "" {
 			addr = "192.0.2.10"
 		}
@@ -182,6 +188,35 @@ func TestDNSThroughInterlock(t *testing.T) {
 		if !strings.Contains(logs, want) {
 			t.Errorf("interlockd log lacks %s", want)
 		}
+	}
+}
+
+// TestDNSFloodLeavesOthersTheirShare: an agent flooding the DNS proxy
+// with questions its resolver is slow to answer holds at most a quarter of
+// the questions interlockd serves at once; another identity's question,
+// asked meanwhile, is answered, not dropped for want of a slot.
+func TestDNSFloodLeavesOthersTheirShare(t *testing.T) {
+	res := startResolver(t)
+	res.mu.Lock()
+	res.slow = ".slow.example.test."
+	res.mu.Unlock()
+	f := startDNS(t, res, `version: 1
+identities:
+  - name: ci-bot
+    dns: {allow: ["*.slow.example.test"]}
+  - name: other-bot
+    dns: {allow: [allowed.example.test]}
+`, "")
+	if r := f.run(t, "ci-bot", "dnsflood", "400|192.0.2.99:53|slow.example.test"); r.Err != "" || r.OK != 400 {
+		t.Fatalf("flood: %+v", r)
+	}
+	start := time.Now()
+	r := f.run(t, "other-bot", "dns", "udp|192.0.2.99:53|allowed.example.test|A")
+	if r.Err != "" || r.Line != "NOERROR allowed.example.test. 60 IN A 192.0.2.10" {
+		t.Fatalf("another identity's question during the flood: %+v", r)
+	}
+	if time.Since(start) > 2*time.Second {
+		t.Errorf("answered after %v: the flood's slow answers held it", time.Since(start))
 	}
 }
 

@@ -187,6 +187,24 @@ func client(mode, arg string) int {
 		for _, rr := range resp.Answer {
 			r.Line += " " + strings.ReplaceAll(rr.String(), "\t", " ")
 		}
+	case "dnsflood":
+		// N questions sent at once, no answer awaited: arg is
+		// "N|ADDR|DOMAIN", each name q<i>.DOMAIN; OK counts those sent.
+		f := strings.Split(arg, "|")
+		var n int
+		fmt.Sscan(f[0], &n)
+		c, err := net.Dial("udp", f[1])
+		if err != nil {
+			fail(err)
+			break
+		}
+		for i := 0; i < n; i++ {
+			b, _ := new(dns.Msg).SetQuestion(fmt.Sprintf("q%d.%s.", i, f[2]), dns.TypeA).Pack()
+			if _, err := c.Write(b); err == nil {
+				r.OK++
+			}
+		}
+		c.Close()
 	case "dnslatency":
 		// 1 000 look-ups of one name: arg is "ADDR|NAME"; P50 and P99 in µs.
 		f := strings.Split(arg, "|")
