@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -42,12 +41,8 @@ type dnsServer struct {
 	// resolvers are the addresses whose DNS, besides port 53, is steered.
 	resolvers []netip.AddrPort
 	conns     []*net.UDPConn
+	slots     chan struct{}
 	log       zerolog.Logger
-	// inFlight counts the UDP questions being served, in all and by
-	// identity (take).
-	mu       sync.Mutex
-	inFlight int
-	byID     map[uint32]int
 }
 
 // listenDNS binds the DNS proxy's UDP sockets at 127.0.0.1:port and
@@ -55,7 +50,7 @@ type dnsServer struct {
 func (d *Daemon) listenDNS(port uint16, resolvers []netip.AddrPort) (*dnsServer, error) {
 	s := &dnsServer{
 		d: d, proxy: &dnsdec.Proxy{Resolvers: resolvers}, resolvers: resolvers,
-		byID: map[uint32]int{}, log: d.log.With().Str("component", "dns").Logger(),
+		slots: make(chan struct{}, dnsInFlight), log: d.log.With().Str("component", "dns").Logger(),
 	}
 	for _, a := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()} {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
@@ -113,12 +108,16 @@ func (s *dnsServer) serveUDP(ctx context.Context, c *net.UDPConn, lookup func(pe
 		// The sender is known before a slot is taken, so that a slot is
 		// taken from its identity's share.
 		o, ok := s.sender(lookup, from, local)
-		if !ok || !s.take(o.Identity) {
+		if !ok {
+			continue
+		}
+		release, ok := s.take(o.Identity)
+		if !ok {
 			continue
 		}
 		msg := slices.Clone(buf[:n])
 		go func() {
-			defer s.give(o.Identity)
+			defer release()
 			defer func() {
 				// A defect a question reaches drops that question, not
 				// interlockd.
@@ -150,26 +149,23 @@ func (s *dnsServer) sender(lookup func(peer, local netip.AddrPort) (datapath.Ori
 }
 
 // take holds a slot for a UDP question of identity id, or reports that
-// none is free: dnsInFlight in all, dnsInFlightPerIdentity of one identity.
-func (s *dnsServer) take(id uint32) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.inFlight >= dnsInFlight || s.byID[id] >= dnsInFlightPerIdentity {
-		return false
+// none is free: dnsInFlight in all, dnsInFlightPerIdentity of one identity
+// (the identity's share, kept with its other slots: session.HoldQuestion).
+func (s *dnsServer) take(id uint32) (release func(), ok bool) {
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		return nil, false
 	}
-	s.inFlight++
-	s.byID[id]++
-	return true
-}
-
-// give frees the slot take held for a question of identity id.
-func (s *dnsServer) give(id uint32) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.inFlight--
-	if s.byID[id]--; s.byID[id] == 0 {
-		delete(s.byID, id)
+	give, ok := s.d.sessions.HoldQuestion(s.d.ids.name(id), dnsInFlightPerIdentity)
+	if !ok {
+		<-s.slots
+		return nil, false
 	}
+	return func() {
+		give()
+		<-s.slots
+	}, true
 }
 
 // answerUDP answers one datagram of a steered socket, from the sender the

@@ -20,7 +20,7 @@ import (
 // next datagrams are served.
 func TestDNSDefectDropsOneDatagram(t *testing.T) {
 	var logged daemontest.Buffer
-	s := &dnsServer{byID: map[uint32]int{}, log: zerolog.New(&logged)}
+	s := &dnsServer{slots: make(chan struct{}, dnsInFlight), log: zerolog.New(&logged)}
 	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ type slotKind uint8
 const (
 	sessionSlot slotKind = iota
 	connectionSlot
+	questionSlot
 )
 
 type slotKey struct {

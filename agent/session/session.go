@@ -496,6 +496,17 @@ func (p *Pipeline) HoldConnection(identity string) (release func(), over *protoc
 	return func() { p.limits.release(connectionSlot, identity) }, nil
 }
 
+// HoldQuestion takes one of the max DNS questions over UDP identity may
+// have served at once, or reports that it has them all; release gives it
+// back. The DNS proxy bounds all identities' questions together too: the
+// share keeps one agent flooding it from holding every one.
+func (p *Pipeline) HoldQuestion(identity string, max int) (release func(), ok bool) {
+	if !p.limits.acquire(questionSlot, identity, max) {
+		return nil, false
+	}
+	return func() { p.limits.release(questionSlot, identity) }, true
+}
+
 // denyReason says why the policy refused a connection: the identity is not
 // one the policy knows, no rule allows this destination, or a rule denies
 // it.
