@@ -547,9 +547,10 @@ func mountTmpfs(t *testing.T, dir, size string) {
 
 // TestRecordingReserveRefusesSessions: with its recordings' file system
 // under the reserve kept free (the default, 5 % of it), interlockd refuses
-// new PostgreSQL sessions in PostgreSQL's words before the agent's first
-// statement, and logs why; once space is freed, sessions are recorded
-// again. An agent whose results are recorded in full cannot fill the disk.
+// new PostgreSQL sessions in PostgreSQL's words before they log in
+// upstream (no credential is issued for them), and logs why; once space is
+// freed, sessions are recorded again. An agent whose results are recorded
+// in full cannot fill the disk.
 func TestRecordingReserveRefusesSessions(t *testing.T) {
 	f := startPG(t)
 	dir := filepath.Join(f.d.StateDir, "recordings")
@@ -563,7 +564,13 @@ func TestRecordingReserveRefusesSessions(t *testing.T) {
 	if err == nil || strings.Contains(out, "unrecorded") || !strings.Contains(out, "the session cannot be recorded") {
 		t.Fatalf("a session under the reserve: %v\n%s", err, out)
 	}
-	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool { return m["outcome"] == "recording unavailable" })
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+		return m["outcome"] == "recording unavailable" && strings.Contains(fmt.Sprint(m["reason"]), "kept free")
+	})
+	// Refused before the server's login: no credential was issued for it.
+	if strings.Contains(f.d.Logs(), `"event":"credential_issued"`) {
+		t.Errorf("a session refused for its recording was logged in upstream first:\n%s", f.d.Logs())
+	}
 	if !strings.Contains(f.d.Logs(), "kept free (recordings.reserve)") {
 		t.Errorf("no log line names the reserve:\n%s", f.d.Logs())
 	}

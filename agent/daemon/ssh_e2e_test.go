@@ -775,6 +775,35 @@ func TestSSHUpstreamHostKeyMismatch(t *testing.T) {
 	}
 }
 
+// TestSSHRecordingReserve: with the recordings' file system under its
+// reserve, an ssh login is refused in SSH's words before any credential is
+// issued or the server is logged in to; once space is freed, it works.
+func TestSSHRecordingReserve(t *testing.T) {
+	f := startSSH(t)
+	dir := filepath.Join(f.d.StateDir, "recordings")
+	mountTmpfs(t, dir, "64m")
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reserve's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings stopped") })
+	_, errOut, st := f.ssh(t, "", "127.0.0.1", "uname")
+	if st != 255 || !strings.Contains(errOut, "the session cannot be recorded") {
+		t.Fatalf("ssh under the reserve: status %d, stderr %q", st, errOut)
+	}
+	if strings.Contains(f.sshdLog.String(), "Accepted") || strings.Contains(f.d.Logs(), `"event":"credential_issued"`) {
+		t.Errorf("a login refused for its recording reached the server or cost a credential:\n%s\n%s", f.sshdLog.String(), f.d.Logs())
+	}
+	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+		return m["outcome"] == "recording unavailable" && strings.Contains(fmt.Sprint(m["reason"]), "kept free")
+	})
+	os.Remove(filler)
+	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
+	if out, errOut, st := f.ssh(t, "", "127.0.0.1", "uname"); st != 0 || out != "Linux\n" {
+		t.Fatalf("ssh once space was freed: status %d %q %q", st, out, errOut)
+	}
+}
+
 // TestSSHInterlockUserCA: an ssh target with no credential block logs in
 // with a certificate from Interlock's own SSH user CA (what `interlock ssh
 // user-ca` prints for the server's TrustedUserCAKeys), made for the

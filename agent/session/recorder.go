@@ -50,6 +50,9 @@ func (r *recorder) Start(ctx context.Context) error {
 	return nil
 }
 
+// Ready implements protocol.Recorder.
+func (r *recorder) Ready() error { return r.p.cfg.Recorder.Stopped() }
+
 // Record implements protocol.Recorder.
 func (r *recorder) Record(m protocol.Message) {
 	seq := r.session.Message(m.FromClient, m.Type, m.Body, m.Time)

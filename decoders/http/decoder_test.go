@@ -40,6 +40,7 @@ type recorder struct {
 }
 
 func (r *recorder) Start(context.Context) error { return nil }
+func (r *recorder) Ready() error                { return nil }
 
 func (r *recorder) Record(m protocol.Message) {
 	if !m.FromClient && bytes.Contains(m.Body, []byte("X-Defect")) {

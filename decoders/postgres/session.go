@@ -194,6 +194,12 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st starte
 				"interlock: startup parameter %q denied by policy rule %q%s", name, v.Rule, suffix(v.Message)))
 		}
 	}
+	if err := s.Recorder.Ready(); err != nil {
+		// Before a server's login, which an unrecorded session must not
+		// cost (Start below says the same for a cause found later).
+		refuse(agent, "recording unavailable", codeSystemError, "interlock: the session cannot be recorded; try again later")
+		return st, &protocol.RefusedError{Outcome: "recording unavailable", Err: err}
+	}
 	park := reuseKey(hello.Startup)
 	up, keeps := d.resume(s, park)
 	if up == nil {

@@ -34,6 +34,7 @@ func TestStartupSettings(t *testing.T) {
 type messages []protocol.Message
 
 func (m *messages) Start(context.Context) error { return nil }
+func (m *messages) Ready() error                { return nil }
 func (m *messages) Record(msg protocol.Message) {
 	msg.Body = bytes.Clone(msg.Body)
 	*m = append(*m, msg)

@@ -324,6 +324,11 @@ type Recorder interface {
 	// Start begins the recording. An error means the session must not go
 	// on: unrecorded traffic is unaccountable traffic.
 	Start(ctx context.Context) error
+	// Ready returns the error Start would for a cause already known (the
+	// recordings' file system under its reserve). A decoder asks it before
+	// it logs in upstream: a session that cannot be recorded must not cost
+	// a credential or a server's login first.
+	Ready() error
 	// Record appends one message; it must not retain m.Body.
 	Record(m Message)
 	// Relayed reports the bytes a decoder relayed without recording them

@@ -238,6 +238,11 @@ func (c *conn) loginUpstream(ctx context.Context, user string) error {
 		c.refused = s.Refuse
 		return &refusal{err: &protocol.RefusedError{Outcome: "session limit", Err: s.Refuse}, msg: "sorry, too many sessions: " + s.Refuse.Msg}
 	}
+	if err := s.Recorder.Ready(); err != nil {
+		// Before the credential and the server's login, which an
+		// unrecorded session must not cost.
+		return c.refuse("recording unavailable", "the session cannot be recorded; try again later", err)
+	}
 	if c.t.User != "" {
 		user = c.t.User
 	}
