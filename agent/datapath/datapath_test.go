@@ -426,6 +426,7 @@ func TestOtherWaysOut(t *testing.T) {
 		expectDeny(t, run(t, agent, "udp6", "[::1]:53"), ReasonNoProxy)
 		expectDeny(t, run(t, agent, "udp", other), ReasonUDP)
 		expectDeny(t, run(t, agent, "sendto", other), ReasonUDP)
+		expectDeny(t, run(t, agent, "uring-sendto", other), ReasonUDP)
 		expectDeny(t, run(t, agent, "udp", allowedAddr.String()), ReasonUDP)
 		if r := run(t, plain, "udp", other); r.Err != "" {
 			t.Errorf("untagged UDP: %+v", r)
@@ -439,6 +440,9 @@ func TestOtherWaysOut(t *testing.T) {
 		}
 		if r := run(t, agent, "sendto", allowedAddr.String()); r.Err != "" {
 			t.Errorf("unconnected UDP to an allowed destination: %+v", r)
+		}
+		if r := run(t, agent, "uring-sendto", allowedAddr.String()); r.Err != "" {
+			t.Errorf("unconnected UDP through io_uring to an allowed destination: %+v", r)
 		}
 	})
 	t.Run("raw", func(t *testing.T) {
@@ -681,6 +685,32 @@ func TestFastOpenRedirected(t *testing.T) {
 	checkOrigin(t, proxy.origin(t), r, agentID, 2, target.addrPort())
 	if target.accepts.Load() != 0 {
 		t.Error("a fast-open connect reached the target directly")
+	}
+}
+
+// TestIoUringRedirected: a socket made and connected through io_uring,
+// whose requests the kernel runs in its own context rather than in a
+// system call of the agent's, is redirected as a connect(2) is.
+func TestIoUringRedirected(t *testing.T) {
+	e := newEnv(t)
+	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
+	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
+	e.cfg.Proxy4 = proxy.addrPort()
+	dp := e.open()
+	agent, agentID := e.cgroup("agent")
+	if err := dp.Tag(agentID, 2); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, agent, "uring", target.addrPort().String())
+	if r.Err != "" || r.Data != "proxy" {
+		t.Fatalf("tagged connect through io_uring: %+v, want the proxy", r)
+	}
+	if r.Peer != target.addrPort().String() {
+		t.Errorf("getpeername = %s, want the original peer %s", r.Peer, target.addrPort())
+	}
+	checkOrigin(t, proxy.origin(t), r, agentID, 2, target.addrPort())
+	if target.accepts.Load() != 0 {
+		t.Error("a connect through io_uring reached the target directly")
 	}
 }
 

@@ -65,6 +65,10 @@ func runHelper(action, arg string) int {
 		r = helperTCP(action, arg)
 	case "tfo":
 		r = helperFastOpen(arg)
+	case "uring":
+		r = helperUringConnect(arg)
+	case "uring-sendto":
+		r = helperUringSendto(arg)
 	case "hit-and-run":
 		// Connect, send, close at once: gone before the proxy accepts.
 		c, err := net.Dial("tcp", arg)
