@@ -447,6 +447,7 @@ func TestOtherWaysOut(t *testing.T) {
 	})
 	t.Run("raw", func(t *testing.T) {
 		expectDeny(t, run(t, agent, "raw", "-"), ReasonSocket)
+		expectDeny(t, run(t, agent, "uring-raw", "-"), ReasonSocket)
 		if gap := packetGap(dp); gap != "" {
 			// The kernel cannot refuse packet sockets: say so, and
 			// check the gap is reported rather than enforcement.
@@ -503,8 +504,13 @@ func TestOtherWaysOut(t *testing.T) {
 			}
 		}
 		expectDenyPath()
+		r = run(t, agent, "uring-unix", deniedPath)
+		expectDenyPath()
 		if r := run(t, agent, "unix", okPath); r.Err != "" {
 			t.Errorf("unix connect to another path: %+v", r)
+		}
+		if r := run(t, agent, "uring-unix", okPath); r.Err != "" {
+			t.Errorf("unix connect through io_uring to another path: %+v", r)
 		}
 		if r := run(t, plain, "unix", deniedPath); r.Err != "" {
 			t.Errorf("untagged unix connect: %+v", r)

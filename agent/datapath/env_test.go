@@ -69,6 +69,10 @@ func runHelper(action, arg string) int {
 		r = helperUringConnect(arg)
 	case "uring-sendto":
 		r = helperUringSendto(arg)
+	case "uring-unix":
+		r = helperUringUnix(arg)
+	case "uring-raw":
+		r = helperUringRaw()
 	case "hit-and-run":
 		// Connect, send, close at once: gone before the proxy accepts.
 		c, err := net.Dial("tcp", arg)

@@ -142,18 +142,39 @@ func (u *uring) do(sqe uringSQE) (int32, error) {
 
 // socket makes a socket through the ring (IORING_OP_SOCKET), or with
 // socket(2) where the kernel has no such operation.
-func (u *uring) socket(domain, typ int) (int, error) {
-	res, err := u.do(uringSQE{Opcode: uringOpSocket, Fd: int32(domain), Off: uint64(typ | unix.SOCK_CLOEXEC)})
+func (u *uring) socket(domain, typ, proto int) (int, error) {
+	res, err := u.do(uringSQE{Opcode: uringOpSocket, Fd: int32(domain), Off: uint64(typ | unix.SOCK_CLOEXEC), Len: uint32(proto)})
 	if err != nil {
 		return -1, err
 	}
 	if res == -int32(unix.EINVAL) {
-		return unix.Socket(domain, typ|unix.SOCK_CLOEXEC, 0)
+		return unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
 	}
 	if res < 0 {
 		return -1, fmt.Errorf("io_uring socket: %w", syscall.Errno(-res))
 	}
 	return int(res), nil
+}
+
+// uringConnect makes a socket of domain and connects it to sa, both
+// through u.
+func uringConnect[T any](u *uring, domain int, sa *T) (int, error) {
+	fd, err := u.socket(domain, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, err
+	}
+	// sa is on the heap, whose objects do not move, and kept alive until
+	// the kernel has copied it: the ring holds its address as a number.
+	res, err := u.do(uringSQE{Opcode: uringOpConnect, Fd: int32(fd), Addr: uint64(uintptr(unsafe.Pointer(sa))), Off: uint64(unsafe.Sizeof(*sa))})
+	runtime.KeepAlive(sa)
+	if err == nil && res < 0 {
+		err = fmt.Errorf("io_uring connect: %w", syscall.Errno(-res))
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // helperUringConnect connects to addr (IPv4) with the socket and the
@@ -163,24 +184,12 @@ func helperUringConnect(addr string) result {
 	if err != nil {
 		return errResult(err)
 	}
-	ap := netip.MustParseAddrPort(addr)
-	fd, err := u.socket(unix.AF_INET, unix.SOCK_STREAM)
+	fd, err := uringConnect(u, unix.AF_INET, rawSockaddr(netip.MustParseAddrPort(addr)))
 	if err != nil {
 		return errResult(err)
 	}
 	f := os.NewFile(uintptr(fd), "uring")
 	defer f.Close()
-	// On the heap, whose objects do not move, and kept alive until the
-	// kernel has copied it: the ring holds its address as a number.
-	sa := rawSockaddr(ap)
-	res, err := u.do(uringSQE{Opcode: uringOpConnect, Fd: int32(fd), Addr: uint64(uintptr(unsafe.Pointer(sa))), Off: uint64(unsafe.Sizeof(*sa))})
-	runtime.KeepAlive(sa)
-	if err != nil {
-		return errResult(err)
-	}
-	if res < 0 {
-		return errResult(fmt.Errorf("io_uring connect: %w", syscall.Errno(-res)))
-	}
 	r := result{PID: os.Getpid(), UID: os.Getuid()}
 	if sa, err := unix.Getpeername(fd); err == nil {
 		r.Peer = sockaddrString(sa)
@@ -195,6 +204,38 @@ func helperUringConnect(addr string) result {
 	}
 	r.Data = strings.TrimSpace(line)
 	return r
+}
+
+// helperUringUnix connects a unix stream socket to path through io_uring.
+func helperUringUnix(path string) result {
+	u, err := newUring()
+	if err != nil {
+		return errResult(err)
+	}
+	sa := &unix.RawSockaddrUnix{Family: unix.AF_UNIX}
+	for i := range len(path) {
+		sa.Path[i] = int8(path[i])
+	}
+	fd, err := uringConnect(u, unix.AF_UNIX, sa)
+	if err != nil {
+		return errResult(err)
+	}
+	unix.Close(fd)
+	return result{PID: os.Getpid(), UID: os.Getuid()}
+}
+
+// helperUringRaw makes a raw ICMP socket through io_uring.
+func helperUringRaw() result {
+	u, err := newUring()
+	if err != nil {
+		return errResult(err)
+	}
+	fd, err := u.socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+	if err != nil {
+		return errResult(err)
+	}
+	unix.Close(fd)
+	return result{PID: os.Getpid(), UID: os.Getuid()}
 }
 
 // rawSockaddr is ap as the kernel takes it, on the heap.
@@ -212,7 +253,7 @@ func helperUringSendto(addr string) result {
 		return errResult(err)
 	}
 	ap := netip.MustParseAddrPort(addr)
-	fd, err := u.socket(unix.AF_INET, unix.SOCK_DGRAM)
+	fd, err := u.socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 	if err != nil {
 		return errResult(err)
 	}
