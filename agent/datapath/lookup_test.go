@@ -492,12 +492,17 @@ func TestOpenSteersCallersNamespace(t *testing.T) {
 // time a second ago, without a clock_gettime per conversion.
 func TestMonoToTime(t *testing.T) {
 	var ts unix.Timespec
+	// The stamp is taken between two wall readings, so a test descheduled
+	// between its steps (a busy machine) is not taken for a wrong
+	// conversion; 5 ms of slack either side is the conversion's own.
+	before := time.Now()
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		t.Fatal(err)
 	}
-	got, want := monoToTime(uint64(ts.Nano())-uint64(time.Second)), time.Now().Add(-time.Second)
-	if d := got.Sub(want); d < -5*time.Millisecond || d > 5*time.Millisecond {
-		t.Errorf("a stamp a second old converts to %v, %v from a second ago", got, d)
+	after := time.Now()
+	got := monoToTime(uint64(ts.Nano()) - uint64(time.Second))
+	if got.Before(before.Add(-time.Second-5*time.Millisecond)) || got.After(after.Add(-time.Second+5*time.Millisecond)) {
+		t.Errorf("a stamp a second old converts to %v, want between %v and %v", got, before.Add(-time.Second), after.Add(-time.Second))
 	}
 	if !monoToTime(0).IsZero() {
 		t.Error("no stamp converts to a time")
