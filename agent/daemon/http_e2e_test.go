@@ -432,6 +432,49 @@ func TestHTTPSPassthrough(t *testing.T) {
 	})
 }
 
+// TestHTTPRecordingReserve: with the recordings' file system under its
+// reserve, HTTP connections are refused in their own protocol's words
+// before anything goes upstream: over TLS (intercepted or passed through)
+// an internal_error alert at the ClientHello, before a leaf is minted or
+// the upstream dialed; plain HTTP a 503. Once space is freed, they are
+// served again.
+func TestHTTPRecordingReserve(t *testing.T) {
+	f := startHTTP(t)
+	dir := filepath.Join(f.d.StateDir, "recordings")
+	mountTmpfs(t, dir, "64m")
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reserve's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings stopped") })
+	before := f.hits("api.test") + f.hits("mirror.test") + f.hits("intranet.test")
+	// Each with the CA its certificate would have: Interlock's for the
+	// intercepted name (curl's from interlock exec), the upstream's for the
+	// one passed through.
+	for _, host := range []struct{ name, ca string }{{"api.test", f.interlockCA}, {"mirror.test", f.upstreamCA}} {
+		if _, errOut, st := f.curl(t, "--cacert", host.ca, fmt.Sprintf("https://%s:%d/x", host.name, f.tlsPort)); st == 0 || !strings.Contains(errOut, "alert internal error") {
+			t.Errorf("%s under the reserve: curl status %d\n%s", host.name, st, errOut)
+		}
+	}
+	out, errOut, st := f.curl(t, "-w", "%{http_code}", fmt.Sprintf("http://intranet.test:%d/public/x", f.plainPort))
+	if st != 0 || !strings.HasSuffix(out, "503") || !strings.Contains(out, "the session cannot be recorded") {
+		t.Errorf("plain HTTP under the reserve: curl status %d %q %s", st, out, errOut)
+	}
+	if after := f.hits("api.test") + f.hits("mirror.test") + f.hits("intranet.test"); after != before {
+		t.Errorf("%d requests reached the upstreams while recordings were stopped", after-before)
+	}
+	for _, target := range []string{"api", "mirror", "intranet"} {
+		waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
+			return m["target"] == target && m["outcome"] == "recording unavailable" && strings.Contains(fmt.Sprint(m["reason"]), "kept free")
+		})
+	}
+	os.Remove(filler)
+	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
+	if out, errOut, st := f.curl(t, fmt.Sprintf("https://api.test:%d/x", f.tlsPort)); st != 0 || !strings.Contains(out, " GET /x host=api.test") {
+		t.Fatalf("intercepted once space was freed: curl status %d %q %s", st, out, errOut)
+	}
+}
+
 // TestHTTPSmuggling: requests that two parsers would frame two ways get
 // 400 from interlockd and reach nothing.
 func TestHTTPSmuggling(t *testing.T) {

@@ -10,11 +10,6 @@ import (
 	"github.com/interlock-dev/interlock/decoders/protocol"
 )
 
-// recordingUnavailable is the outcome of a session that could not be
-// recorded: its row refused by the store, its recording's file not
-// written (the PostgreSQL decoder's refusal says the same).
-const recordingUnavailable = "recording unavailable"
-
 // finishTimeout bounds sealing a session's recording.
 const finishTimeout = 10 * time.Second
 
@@ -39,11 +34,11 @@ type recorder struct {
 func (r *recorder) Start(ctx context.Context) error {
 	s, err := r.p.cfg.Recorder.Start(ctx, r.c.storeSession(), func(err error) {
 		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("the session cannot be recorded: ending it")
-		r.cut(&protocol.RefusedError{Outcome: recordingUnavailable, Err: err})
+		r.cut(&protocol.RefusedError{Outcome: protocol.RecordingUnavailable, Err: err})
 	})
 	if err != nil {
 		r.p.cfg.Log.Error().Err(err).Str("conn", r.c.id).Msg("start recording")
-		return &protocol.RefusedError{Outcome: recordingUnavailable, Err: err}
+		return &protocol.RefusedError{Outcome: protocol.RecordingUnavailable, Err: err}
 	}
 	r.session, r.c.begun = s, true
 	r.p.cfg.Metrics.ConnectSetup.WithLabelValues(r.c.protocol()).Observe(metrics.Since(r.c.accepted))

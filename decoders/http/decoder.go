@@ -190,12 +190,18 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 		refuseTLS(agent, alert)
 		return err
 	}
+	if c.t.Mode == Passthrough && c.connect.Action != protocol.Allow {
+		refuseTLS(agent, alertAccessDenied)
+		return &protocol.RefusedError{Outcome: "denied", Err: fmt.Errorf("server name %q: a passthrough connection is allowed or refused as a whole (rule %s)", hello.ServerName, c.connect.Rule)}
+	}
+	if err := c.s.Recorder.Ready(); err != nil {
+		// Before the handshake (no leaf minted) and the upstream: over
+		// TLS an alert is all that can be said, as at the session limit.
+		refuseTLS(agent, alertInternalError)
+		return &protocol.RefusedError{Outcome: protocol.RecordingUnavailable, Err: err}
+	}
 	switch c.t.Mode {
 	case Passthrough:
-		if c.connect.Action != protocol.Allow {
-			refuseTLS(agent, alertAccessDenied)
-			return &protocol.RefusedError{Outcome: "denied", Err: fmt.Errorf("server name %q: a passthrough connection is allowed or refused as a whole (rule %s)", hello.ServerName, c.connect.Rule)}
-		}
 		// The hello, and what came with it, go first; then the socket.
 		read, _ := br.Peek(br.Buffered())
 		return c.passthrough(ctx, read, hello)
@@ -290,6 +296,7 @@ func describe(v protocol.Verdict) string {
 // came with it), then the agent's socket itself.
 func (c *conn) passthrough(ctx context.Context, read []byte, hello Hello) error {
 	if err := c.s.Recorder.Start(ctx); err != nil {
+		refuseTLS(c.s.Agent, alertInternalError)
 		return err
 	}
 	c.s.Recorder.Record(protocol.Message{Type: MsgPassthrough, Time: time.Now(), Body: fmt.Appendf(nil,
@@ -465,6 +472,7 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 				return &protocol.RefusedError{Outcome: "handshake", Err: fmt.Errorf("target %s speaks TLS and the agent sent plain HTTP", c.target)}
 			}
 			if err := c.s.Recorder.Start(ctx); err != nil {
+				c.reply1(req, errorResponse(nethttp.StatusServiceUnavailable, "the session cannot be recorded; try again later"))
 				return err
 			}
 			c.serverName = hostOf(req.Host)

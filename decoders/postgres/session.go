@@ -197,8 +197,8 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st starte
 	if err := s.Recorder.Ready(); err != nil {
 		// Before a server's login, which an unrecorded session must not
 		// cost (Start below says the same for a cause found later).
-		refuse(agent, "recording unavailable", codeSystemError, "interlock: the session cannot be recorded; try again later")
-		return st, &protocol.RefusedError{Outcome: "recording unavailable", Err: err}
+		refuse(agent, protocol.RecordingUnavailable, codeSystemError, "interlock: the session cannot be recorded; try again later")
+		return st, &protocol.RefusedError{Outcome: protocol.RecordingUnavailable, Err: err}
 	}
 	park := reuseKey(hello.Startup)
 	up, keeps := d.resume(s, park)
@@ -216,7 +216,7 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st starte
 	if err := s.Recorder.Start(ctx); err != nil {
 		d.cancels.remove(key)
 		up.Conn.Close()
-		return st, refuse(agent, "recording unavailable", codeSystemError, "interlock: the session cannot be recorded; try again later")
+		return st, refuse(agent, protocol.RecordingUnavailable, codeSystemError, "interlock: the session cannot be recorded; try again later")
 	}
 	if !keeps {
 		// Only a connection to be parked needs what greeted the agent;

@@ -349,6 +349,10 @@ type Message struct {
 	Time time.Time
 }
 
+// RecordingUnavailable is the outcome of a session refused or ended because
+// it could not be recorded (Recorder.Ready, Start).
+const RecordingUnavailable = "recording unavailable"
+
 // RefusedError is a session refused before it started. Outcome is a short
 // label for the audit trail ("denied", "upstream unreachable", ...); Err
 // says why.
