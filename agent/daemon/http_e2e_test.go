@@ -440,13 +440,7 @@ func TestHTTPSPassthrough(t *testing.T) {
 // served again.
 func TestHTTPRecordingReserve(t *testing.T) {
 	f := startHTTP(t)
-	dir := filepath.Join(f.d.StateDir, "recordings")
-	mountTmpfs(t, dir, "64m")
-	filler := filepath.Join(dir, "filler")
-	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the reserve's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings stopped") })
+	free := fillRecordings(t, f.d)
 	before := f.hits("api.test") + f.hits("mirror.test") + f.hits("intranet.test")
 	// Each with the CA its certificate would have: Interlock's for the
 	// intercepted name (curl's from interlock exec), the upstream's for the
@@ -468,8 +462,7 @@ func TestHTTPRecordingReserve(t *testing.T) {
 			return m["target"] == target && m["outcome"] == "recording unavailable" && strings.Contains(fmt.Sprint(m["reason"]), "kept free")
 		})
 	}
-	os.Remove(filler)
-	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
+	free()
 	if out, errOut, st := f.curl(t, fmt.Sprintf("https://api.test:%d/x", f.tlsPort)); st != 0 || !strings.Contains(out, " GET /x host=api.test") {
 		t.Fatalf("intercepted once space was freed: curl status %d %q %s", st, out, errOut)
 	}

@@ -545,6 +545,24 @@ func mountTmpfs(t *testing.T, dir, size string) {
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 }
 
+// fillRecordings fills d's recordings' file system (a 64 MiB tmpfs mounted
+// over it) past its default reserve and waits until interlockd stops
+// recording; free frees the space and waits until it records again.
+func fillRecordings(t *testing.T, d *daemontest.Daemon) (free func()) {
+	t.Helper()
+	dir := filepath.Join(d.StateDir, "recordings")
+	mountTmpfs(t, dir, "64m")
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the reserve's log line", func() bool { return strings.Contains(d.Logs(), "recordings stopped") })
+	return func() {
+		os.Remove(filler)
+		waitFor(t, "the resumption's log line", func() bool { return strings.Contains(d.Logs(), "recordings resumed") })
+	}
+}
+
 // TestRecordingReserveRefusesSessions: with its recordings' file system
 // under the reserve kept free (the default, 5 % of it), interlockd refuses
 // new PostgreSQL sessions in PostgreSQL's words before they log in
@@ -553,13 +571,7 @@ func mountTmpfs(t *testing.T, dir, size string) {
 // in full cannot fill the disk.
 func TestRecordingReserveRefusesSessions(t *testing.T) {
 	f := startPG(t)
-	dir := filepath.Join(f.d.StateDir, "recordings")
-	mountTmpfs(t, dir, "64m")
-	filler := filepath.Join(dir, "filler")
-	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the reserve's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings stopped") })
+	free := fillRecordings(t, f.d)
 	out, err := f.psql(t, "SELECT 'unrecorded'")
 	if err == nil || strings.Contains(out, "unrecorded") || !strings.Contains(out, "the session cannot be recorded") {
 		t.Fatalf("a session under the reserve: %v\n%s", err, out)
@@ -580,8 +592,7 @@ func TestRecordingReserveRefusesSessions(t *testing.T) {
 	if out, _, err := f.d.CLI("status"); err != nil || !strings.Contains(out, "STOPPED: the recordings' file system") {
 		t.Errorf("status does not say recordings are stopped: %v\n%s", err, out)
 	}
-	os.Remove(filler)
-	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
+	free()
 	if m := scrapeMetrics(t, f.metricsPort); !strings.Contains(m, "\ninterlock_recordings_stopped 0\n") {
 		t.Errorf("interlock_recordings_stopped is not 0:\n%s", m)
 	}

@@ -780,13 +780,7 @@ func TestSSHUpstreamHostKeyMismatch(t *testing.T) {
 // issued or the server is logged in to; once space is freed, it works.
 func TestSSHRecordingReserve(t *testing.T) {
 	f := startSSH(t)
-	dir := filepath.Join(f.d.StateDir, "recordings")
-	mountTmpfs(t, dir, "64m")
-	filler := filepath.Join(dir, "filler")
-	if err := os.WriteFile(filler, make([]byte, 62<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "the reserve's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings stopped") })
+	free := fillRecordings(t, f.d)
 	_, errOut, st := f.ssh(t, "", "127.0.0.1", "uname")
 	if st != 255 || !strings.Contains(errOut, "the session cannot be recorded") {
 		t.Fatalf("ssh under the reserve: status %d, stderr %q", st, errOut)
@@ -797,8 +791,7 @@ func TestSSHRecordingReserve(t *testing.T) {
 	waitEvent(t, f.d, "connection_close", func(m map[string]any) bool {
 		return m["outcome"] == "recording unavailable" && strings.Contains(fmt.Sprint(m["reason"]), "kept free")
 	})
-	os.Remove(filler)
-	waitFor(t, "the resumption's log line", func() bool { return strings.Contains(f.d.Logs(), "recordings resumed") })
+	free()
 	if out, errOut, st := f.ssh(t, "", "127.0.0.1", "uname"); st != 0 || out != "Linux\n" {
 		t.Fatalf("ssh once space was freed: status %d %q %q", st, out, errOut)
 	}

@@ -671,7 +671,11 @@ func TestRestartKeepsEnforcement(t *testing.T) {
 	t.Logf("loop across the restart: %v", counts)
 }
 
-func TestFastOpenRedirected(t *testing.T) {
+// TestOtherConnectsRedirected: the other ways to connect a TCP socket are
+// redirected as connect(2) is: TCP Fast Open's sendto(MSG_FASTOPEN), and a
+// socket made and connected through io_uring, whose requests the kernel
+// runs in its own context rather than in a system call of the agent's.
+func TestOtherConnectsRedirected(t *testing.T) {
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fastopen"); err != nil || (len(b) > 0 && (b[0]-'0')&1 == 0) {
 		t.Logf("TCP Fast Open client side is off (%q); sendto(MSG_FASTOPEN) then connects normally", b)
 	}
@@ -684,39 +688,20 @@ func TestFastOpenRedirected(t *testing.T) {
 	if err := dp.Tag(agentID, 2); err != nil {
 		t.Fatal(err)
 	}
-	r := run(t, agent, "tfo", target.addrPort().String())
-	if r.Err != "" || r.Data != "proxy" {
-		t.Fatalf("tagged sendto(MSG_FASTOPEN): %+v, want the proxy", r)
+	for _, how := range []string{"tfo", "uring"} {
+		t.Run(how, func(t *testing.T) {
+			r := run(t, agent, how, target.addrPort().String())
+			if r.Err != "" || r.Data != "proxy" {
+				t.Fatalf("tagged connect: %+v, want the proxy", r)
+			}
+			if r.Peer != target.addrPort().String() {
+				t.Errorf("getpeername = %s, want the original peer %s", r.Peer, target.addrPort())
+			}
+			checkOrigin(t, proxy.origin(t), r, agentID, 2, target.addrPort())
+		})
 	}
-	checkOrigin(t, proxy.origin(t), r, agentID, 2, target.addrPort())
 	if target.accepts.Load() != 0 {
-		t.Error("a fast-open connect reached the target directly")
-	}
-}
-
-// TestIoUringRedirected: a socket made and connected through io_uring,
-// whose requests the kernel runs in its own context rather than in a
-// system call of the agent's, is redirected as a connect(2) is.
-func TestIoUringRedirected(t *testing.T) {
-	e := newEnv(t)
-	target := listen(t, "tcp", "127.0.0.1:0", "target", nil)
-	proxy := newProxy(t, e, "tcp", "127.0.0.1:0")
-	e.cfg.Proxy4 = proxy.addrPort()
-	dp := e.open()
-	agent, agentID := e.cgroup("agent")
-	if err := dp.Tag(agentID, 2); err != nil {
-		t.Fatal(err)
-	}
-	r := run(t, agent, "uring", target.addrPort().String())
-	if r.Err != "" || r.Data != "proxy" {
-		t.Fatalf("tagged connect through io_uring: %+v, want the proxy", r)
-	}
-	if r.Peer != target.addrPort().String() {
-		t.Errorf("getpeername = %s, want the original peer %s", r.Peer, target.addrPort())
-	}
-	checkOrigin(t, proxy.origin(t), r, agentID, 2, target.addrPort())
-	if target.accepts.Load() != 0 {
-		t.Error("a connect through io_uring reached the target directly")
+		t.Error("a connect reached the target directly")
 	}
 }
 

@@ -207,6 +207,12 @@ func helperMapped(addr string) result {
 	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
 		return errResult(err)
 	}
+	return connected(f, fd)
+}
+
+// connected reports a helper's connected socket f (descriptor fd): its
+// addresses, as the kernel has them, and the first line read from it.
+func connected(f *os.File, fd int) result {
 	r := result{PID: os.Getpid(), UID: os.Getuid()}
 	if sa, err := unix.Getpeername(fd); err == nil {
 		r.Peer = sockaddrString(sa)
@@ -236,17 +242,7 @@ func helperFastOpen(addr string) result {
 	if err := unix.Sendto(fd, []byte("hello\n"), unix.MSG_FASTOPEN, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
 		return errResult(err)
 	}
-	r := result{PID: os.Getpid(), UID: os.Getuid()}
-	if sa, err := unix.Getpeername(fd); err == nil {
-		r.Peer = sockaddrString(sa)
-	}
-	f.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(f).ReadString('\n')
-	if err != nil {
-		r.Err = "read: " + err.Error()
-	}
-	r.Data = strings.TrimSpace(line)
-	return r
+	return connected(f, fd)
 }
 
 // helperLoop connects to addr over and over until stdin closes, printing one

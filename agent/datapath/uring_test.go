@@ -1,15 +1,12 @@
 package datapath
 
 import (
-	"bufio"
 	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
-	"strings"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -190,20 +187,7 @@ func helperUringConnect(addr string) result {
 	}
 	f := os.NewFile(uintptr(fd), "uring")
 	defer f.Close()
-	r := result{PID: os.Getpid(), UID: os.Getuid()}
-	if sa, err := unix.Getpeername(fd); err == nil {
-		r.Peer = sockaddrString(sa)
-	}
-	if sa, err := unix.Getsockname(fd); err == nil {
-		r.Local = sockaddrString(sa)
-	}
-	f.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(f).ReadString('\n')
-	if err != nil {
-		r.Err = "read: " + err.Error()
-	}
-	r.Data = strings.TrimSpace(line)
-	return r
+	return connected(f, fd)
 }
 
 // helperUringUnix connects a unix stream socket to path through io_uring.
