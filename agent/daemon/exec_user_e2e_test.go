@@ -68,6 +68,44 @@ echo $$ > %s/cgroup.procs && echo ESCAPED`, d.Root)
 	}
 }
 
+// TestExecNoNewPrivileges: a command under `interlock exec` gains no
+// privileges through a set-user-ID program: a root-owned copy of id(1)
+// with the bit set reports the agent's own effective uid, not root's.
+// Root, as sudo or su would make it, leaves its cgroup through
+// cgroup.procs; crontab and at (set-group-ID) hand work to a daemon that
+// runs it untagged.
+func TestExecNoNewPrivileges(t *testing.T) {
+	d := daemontest.Start(t, daemontest.Options{})
+	dir := t.TempDir()
+	for _, p := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := filepath.Join(dir, "id")
+	b, err := os.ReadFile("/usr/bin/id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(id, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(id, 0o755|os.ModeSetuid); err != nil {
+		t.Fatal(err)
+	}
+	// The bit works here: run outside interlock exec, as nobody, it makes
+	// root the effective user.
+	outside, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", id).CombinedOutput()
+	if err != nil || !strings.Contains(string(outside), "euid=0(") {
+		t.Fatalf("the set-user-ID copy of id outside interlock exec: %v %s", err, outside)
+	}
+	cmd := d.Command(t.Context(), "exec", "--identity", "demo", "--user", "nobody", "--", "sh", "-c", id+"; grep NoNewPrivs /proc/self/status")
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.Contains(string(out), "euid=") || !strings.Contains(string(out), "NoNewPrivs:\t1") {
+		t.Fatalf("a set-user-ID program under interlock exec: %v\n%s", err, out)
+	}
+}
+
 // TestUninstallQuiet: uninstall removes exec cgroups (directories) only,
 // with no warning about the cgroup files beside them.
 func TestUninstallQuiet(t *testing.T) {

@@ -59,7 +59,9 @@ AWS_CA_BUNDLE at a bundle of the system roots plus the certificate. A
 PGSSLROOTCERT already set is kept; the others are replaced (with a note on
 stderr when they named something other than the system roots). --no-ca-env
 leaves them all. With --user, the command runs as that user, with its groups and
-HOME, as a login sets them.
+HOME, as a login sets them. The command and its children gain no privileges
+through set-user-ID programs (no_new_privs): sudo and su refuse, and crontab
+and at cannot hand work to a daemon that would run it untagged.
 
 --placeholder VAR=TARGET sets VAR to a fake token of the shape of the secret
 interlockd injects for the http target TARGET, for tools that insist on a
@@ -223,6 +225,16 @@ func execShim(args []string) int {
 		env = append(env, strings.Split(string(msg[1:]), "\x00")...)
 	}
 	if len(args) == 0 {
+		return exitInterlock
+	}
+	// No new privileges: a set-user-ID or set-group-ID program (sudo, su,
+	// crontab, at) runs as the agent, not as its owner. Root in a tagged
+	// cgroup leaves it (cgroup.procs) or untags it (the control socket),
+	// and a job cron or atd runs for the agent runs in their cgroup,
+	// untagged; the agent reaches neither through a program that grants
+	// it more than it has.
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		fmt.Fprintf(os.Stderr, "interlock: set no_new_privs: %v\n", err)
 		return exitInterlock
 	}
 	err := syscall.Exec(args[0], append([]string{os.Args[0]}, args[1:]...), env)

@@ -25,8 +25,9 @@ package main
 // by an operator it writes the drop-in, reloads systemd when the drop-in
 // changed, and tags the unit's current cgroup if it is running.
 //
-// The drop-in also sets the variables that make the unit's runtimes trust
-// Interlock's CA, as `interlock exec` does (see caVars):
+// The drop-in also sets NoNewPrivileges=yes and the variables that make the
+// unit's runtimes trust Interlock's CA, as `interlock exec` does (see
+// caVars):
 //
 //	Environment="SSL_CERT_FILE=/run/interlock/ca-bundle.crt"
 
@@ -169,6 +170,11 @@ func dropIn(unit, identity, interlock string, env []string) string {
 		// '+': full privileges whatever User= the unit runs as, so the
 		// control socket sees root. %n is the unit's own name.
 		fmt.Fprintf(&b, "\n[Service]\nExecStartPre=+%s tag --unit %%n --identity %s\n", interlock, identity)
+		// As interlock exec's commands: no privileges gained through
+		// set-user-ID programs, which would take the agent out of its
+		// cgroup or hand its work to a daemon's (see execShim). The '+'
+		// command above is exempt.
+		b.WriteString("NoNewPrivileges=yes\n")
 		for _, kv := range env {
 			// Quoted: systemd splits unquoted values at spaces.
 			fmt.Fprintf(&b, "Environment=%q\n", kv)

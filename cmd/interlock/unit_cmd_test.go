@@ -65,7 +65,7 @@ func TestDropIn(t *testing.T) {
 	got := dropIn("runner.service", "ci-bot", "/usr/bin/interlock", caVars("/run/interlock/ca.crt", "/run/interlock/ca-bundle.crt"))
 	for _, want := range []string{
 		"\n[Unit]\nRequires=interlock.service\nAfter=interlock.service\n",
-		"\n[Service]\nExecStartPre=+/usr/bin/interlock tag --unit %n --identity ci-bot\n",
+		"\n[Service]\nExecStartPre=+/usr/bin/interlock tag --unit %n --identity ci-bot\nNoNewPrivileges=yes\n",
 		"\nEnvironment=\"SSL_CERT_FILE=/run/interlock/ca-bundle.crt\"\n",
 		"\nEnvironment=\"NODE_EXTRA_CA_CERTS=/run/interlock/ca.crt\"\n",
 		"\nEnvironment=\"GIT_SSL_CAINFO=/run/interlock/ca-bundle.crt\"\n",
