@@ -234,6 +234,11 @@ wait_for 60 sh -c "journalctl -b -o cat -u legacy-runner.service --since '$since
 journalctl -b -o cat -u legacy-runner.service --since "$since" | grep -q '^tagged legacy-runner.service' ||
   fail "the restarted unit's ExecStartPre did not re-tag it"
 echo "legacy-runner.service restarted with its old child alive, enforced as demo"
+# The drop-in's NoNewPrivileges=yes: nothing the agent runs gains privileges
+# through a set-user-ID program (sudo and su refuse).
+pid=$(systemctl show -p MainPID --value legacy-runner.service)
+grep -q '^NoNewPrivs:[[:space:]]*1$' "/proc/$pid/status" || fail "the tagged unit's main process runs without no_new_privs"
+echo "legacy-runner.service runs with no_new_privs"
 systemctl kill --kill-whom=all legacy-runner.service
 systemctl stop legacy-runner.service
 
