@@ -472,7 +472,7 @@ func (c *conn) serveHTTP1(ctx context.Context, br *bufio.Reader) error {
 				return &protocol.RefusedError{Outcome: "handshake", Err: fmt.Errorf("target %s speaks TLS and the agent sent plain HTTP", c.target)}
 			}
 			if err := c.s.Recorder.Start(ctx); err != nil {
-				c.reply1(req, errorResponse(nethttp.StatusServiceUnavailable, "the session cannot be recorded; try again later"))
+				c.reply1(req, errorResponse(nethttp.StatusServiceUnavailable, protocol.Unrecordable))
 				return err
 			}
 			c.serverName = hostOf(req.Host)

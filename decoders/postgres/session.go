@@ -197,7 +197,7 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st starte
 	if err := s.Recorder.Ready(); err != nil {
 		// Before a server's login, which an unrecorded session must not
 		// cost (Start below says the same for a cause found later).
-		refuse(agent, protocol.RecordingUnavailable, codeSystemError, "interlock: the session cannot be recorded; try again later")
+		refuse(agent, protocol.RecordingUnavailable, codeSystemError, "interlock: "+protocol.Unrecordable)
 		return st, &protocol.RefusedError{Outcome: protocol.RecordingUnavailable, Err: err}
 	}
 	park := reuseKey(hello.Startup)
@@ -216,7 +216,7 @@ func (d *Decoder) handshake(ctx context.Context, s *protocol.Session) (st starte
 	if err := s.Recorder.Start(ctx); err != nil {
 		d.cancels.remove(key)
 		up.Conn.Close()
-		return st, refuse(agent, protocol.RecordingUnavailable, codeSystemError, "interlock: the session cannot be recorded; try again later")
+		return st, refuse(agent, protocol.RecordingUnavailable, codeSystemError, "interlock: "+protocol.Unrecordable)
 	}
 	if !keeps {
 		// Only a connection to be parked needs what greeted the agent;

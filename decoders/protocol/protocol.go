@@ -350,8 +350,12 @@ type Message struct {
 }
 
 // RecordingUnavailable is the outcome of a session refused or ended because
-// it could not be recorded (Recorder.Ready, Start).
-const RecordingUnavailable = "recording unavailable"
+// it could not be recorded (Recorder.Ready, Start); Unrecordable is what the
+// agent is told, in its protocol's error.
+const (
+	RecordingUnavailable = "recording unavailable"
+	Unrecordable         = "the session cannot be recorded; try again later"
+)
 
 // RefusedError is a session refused before it started. Outcome is a short
 // label for the audit trail ("denied", "upstream unreachable", ...); Err

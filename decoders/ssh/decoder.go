@@ -241,7 +241,7 @@ func (c *conn) loginUpstream(ctx context.Context, user string) error {
 	if err := s.Recorder.Ready(); err != nil {
 		// Before the credential and the server's login, which an
 		// unrecorded session must not cost.
-		return c.refuse(protocol.RecordingUnavailable, "the session cannot be recorded; try again later", err)
+		return c.refuse(protocol.RecordingUnavailable, protocol.Unrecordable, err)
 	}
 	if c.t.User != "" {
 		user = c.t.User
@@ -290,7 +290,7 @@ func (c *conn) loginUpstream(ctx context.Context, user string) error {
 	}
 	c.up = up
 	if err := s.Recorder.Start(ctx); err != nil {
-		return c.refuse(protocol.RecordingUnavailable, "the session cannot be recorded; try again later", err)
+		return c.refuse(protocol.RecordingUnavailable, protocol.Unrecordable, err)
 	}
 	return nil
 }
