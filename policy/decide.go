@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -299,6 +300,18 @@ func (p *Policy) AllowUnixPaths(tag string) (paths []string, on bool) {
 
 // DenyUnixPaths lists unix socket paths tagged processes may not connect to.
 func (p *Policy) DenyUnixPaths() []string { return p.denyUnix }
+
+// UnixReachable reports whether cgroups tagged tag may reach the unix
+// socket at path (in the clean form the policy's paths are in) where the
+// kernel enforces unix paths: neither denied to every tagged task nor left
+// out of the tag's allow-list.
+func (p *Policy) UnixReachable(tag, path string) bool {
+	if slices.Contains(p.denyUnix, path) {
+		return false
+	}
+	paths, on := p.AllowUnixPaths(tag)
+	return !on || slices.Contains(paths, path)
+}
 
 // Decide returns the decision for one request: the first rule in file
 // order that matches wins; none matching is "default-deny". It does not

@@ -40,6 +40,29 @@ identities:
 	}
 }
 
+func TestUnixReachable(t *testing.T) {
+	p := mustParse(t, `
+identities:
+  - {name: web, allow_unix_paths: [/run/user/1000/bus]}
+  - {name: plain}
+deny_unix_paths: [/run/user/1000/systemd/private]
+`)
+	for _, c := range []struct {
+		tag, path string
+		want      bool
+	}{
+		{"plain", "/run/user/1000/bus", true},
+		{"plain", "/run/user/1000/systemd/private", false}, // denied to every tagged task
+		{"web", "/run/user/1000/bus", true},
+		{"web", "/run/user/1000/systemd/private", false},
+		{"web", "/run/dbus/system_bus_socket", false}, // not in its allow-list
+	} {
+		if got := p.UnixReachable(c.tag, c.path); got != c.want {
+			t.Errorf("UnixReachable(%s, %s) = %v, want %v", c.tag, c.path, got, c.want)
+		}
+	}
+}
+
 func TestListenAndUnixAllowErrors(t *testing.T) {
 	for _, c := range []struct{ src, want string }{
 		{"identities:\n  - name: a\n    listen:\n      - {to: 0.0.0.0}\n", `test.yaml:4:10: unknown key "to"`},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/interlock-dev/interlock/agent/audit"
 	"github.com/interlock-dev/interlock/agent/control"
+	"github.com/interlock-dev/interlock/agent/datapath"
 	"github.com/interlock-dev/interlock/agent/store"
 )
 
@@ -59,7 +60,61 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.chain.Record(audit.Exec{Identity: req.Identity, PID: req.PID, ByUID: p.UID, Cgroup: rel})
-	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel, Env: env})
+	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel, Env: env, Warnings: d.serviceManagerWarnings(req.PID, req.Identity)})
+}
+
+// serviceManagerWarnings names the systemd user manager of the command's
+// user (pid's real uid) when the identity may reach its sockets: asked over
+// them (systemd-run --user), it starts commands in cgroups of its own,
+// untagged. No set-user-ID program is involved, so no_new_privs does not
+// stop it; the policy's unix paths do, where the kernel enforces them.
+func (d *Daemon) serviceManagerWarnings(pid int, identity string) []string {
+	uid, err := realUID(pid)
+	if err != nil || uid == 0 {
+		// Root has worse ways out, which the start log and status name.
+		return nil
+	}
+	pol := d.policy.Current()
+	var open []string
+	for _, p := range []string{fmt.Sprintf("/run/user/%d/systemd/private", uid), fmt.Sprintf("/run/user/%d/bus", uid)} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode()&os.ModeSocket == 0 {
+			continue
+		}
+		if datapath.UnixConnectSupported() && !pol.UnixReachable(identity, p) {
+			continue
+		}
+		open = append(open, p)
+	}
+	if len(open) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("uid %d has a systemd user manager listening on %s, which identity %s may reach: the command could have it "+
+		"start commands outside its cgroup (systemd-run --user); list them in the policy's deny_unix_paths, give the identity "+
+		"allow_unix_paths, or stop the manager (loginctl disable-linger)", uid, strings.Join(open, " and "), identity)
+	if !datapath.UnixConnectSupported() {
+		msg = fmt.Sprintf("uid %d has a systemd user manager listening on %s: the command could have it start commands outside "+
+			"its cgroup (systemd-run --user), and this kernel cannot refuse unix connects (6.7 and later can); stop the manager "+
+			"(loginctl disable-linger) or run the command as another user", uid, strings.Join(open, " and "))
+	}
+	d.log.Warn().Int("pid", pid).Str("identity", identity).Msg(msg)
+	return []string{msg}
+}
+
+// realUID is pid's real uid, from /proc.
+func realUID(pid int) (uint32, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				u, err := strconv.ParseUint(f[0], 10, 32)
+				return uint32(u), err
+			}
+		}
+	}
+	return 0, fmt.Errorf("no Uid line in /proc/%d/status", pid)
 }
 
 func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -103,6 +104,62 @@ func TestExecNoNewPrivileges(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || strings.Contains(string(out), "euid=") || !strings.Contains(string(out), "NoNewPrivs:\t1") {
 		t.Fatalf("a set-user-ID program under interlock exec: %v\n%s", err, out)
+	}
+}
+
+// TestExecWarnsOfUserManager: a command's user whose systemd user manager
+// listens on a socket the identity may reach is warned of at `interlock
+// exec`: asked over it (systemd-run --user), the manager would start
+// commands outside the tagged cgroup. With the socket in deny_unix_paths
+// there is no warning, and a tagged connect to it is refused.
+func TestExecWarnsOfUserManager(t *testing.T) {
+	group, _ := tempGroup(t)
+	u := tempUser(t, group)
+	// A stand-in for the manager's private socket, where systemd puts it.
+	_, err := os.Stat("/run/user")
+	made := "/run/user"
+	if err == nil {
+		made = filepath.Join("/run/user", u.Uid)
+	}
+	private := filepath.Join("/run/user", u.Uid, "systemd", "private")
+	if err := os.MkdirAll(filepath.Dir(private), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(made) })
+	ln, err := net.Listen("unix", private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.Chmod(private, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	execAs := func(d *daemontest.Daemon, argv ...string) (string, int) {
+		_, errOut, st := runStatus(t, d.Command(t.Context(), append([]string{"exec", "--identity", "demo", "--user", u.Username, "--"}, argv...)...))
+		return errOut, st
+	}
+	want := "uid " + u.Uid + " has a systemd user manager listening on " + private
+	d := daemontest.Start(t, daemontest.Options{})
+	if errOut, st := execAs(d, "true"); st != 0 || !strings.Contains(errOut, want) {
+		t.Errorf("exec with the manager's socket reachable: status %d, stderr %q, want a warning naming it", st, errOut)
+	}
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(fmt.Sprintf("version: 1\nidentities: [{name: demo}]\ndeny_unix_paths: [%s]\n", private)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	denied := daemontest.Start(t, daemontest.Options{Policy: pol})
+	errOut, st := execAs(denied, "/usr/bin/python3", "-c", "import socket; socket.socket(socket.AF_UNIX).connect('"+private+"')")
+	if strings.Contains(errOut, "systemd user manager") || st == 0 || !strings.Contains(errOut, "PermissionError") {
+		t.Errorf("exec with the manager's socket denied: status %d, stderr %q, want no warning and the connect refused", st, errOut)
 	}
 }
 

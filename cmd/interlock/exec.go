@@ -174,6 +174,9 @@ func execCommand(ctx context.Context, c *control.Client, o execOptions, argv []s
 		uid = cmd.SysProcAttr.Credential.Uid
 	}
 	warnPtraceExposure(ctx, c, ans.Cgroup, []uint32{uid}, stderr)
+	for _, w := range ans.Warnings {
+		fmt.Fprintf(stderr, "interlock: warning: %s\n", w)
+	}
 
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
