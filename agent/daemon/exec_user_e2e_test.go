@@ -3,7 +3,6 @@ package daemon_test
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -126,23 +125,7 @@ func TestExecWarnsOfUserManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(made) })
-	ln, err := net.Listen("unix", private)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	if err := os.Chmod(private, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	serveUnix(t, private)
 	execAs := func(d *daemontest.Daemon, argv ...string) (string, int) {
 		_, errOut, st := runStatus(t, d.Command(t.Context(), append([]string{"exec", "--identity", "demo", "--user", u.Username, "--"}, argv...)...))
 		return errOut, st

@@ -51,20 +51,7 @@ func TestUnixAllowListAndSendto(t *testing.T) {
 	}
 	d := daemontest.Start(t, daemontest.Options{Policy: pol})
 	for _, name := range []string{"ok.sock", "other.sock"} {
-		l, err := net.Listen("unix", filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		serveUnix(t, filepath.Join(dir, name))
 	}
 	dgram, err := net.ListenPacket("unixgram", filepath.Join(dir, "denied.dgram"))
 	if err != nil {
@@ -92,4 +79,27 @@ func TestUnixAllowListAndSendto(t *testing.T) {
 	waitEvent(t, d, "kernel_deny", func(e map[string]any) bool {
 		return e["reason"] == "unix-path" && e["identity"] == "open"
 	})
+}
+
+// serveUnix listens on a unix stream socket at path that anyone may reach,
+// and closes every connection it accepts, until the test ends.
+func serveUnix(t *testing.T, path string) {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if err := os.Chmod(path, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 }
