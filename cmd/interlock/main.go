@@ -195,8 +195,10 @@ func newStatusCmd(a *cli) *cobra.Command {
 		Short: "Show the daemon, its policy, the tagged cgroups and what this kernel does not enforce",
 		Long: `status shows the running interlockd: its pid and uptime, the cgroup subtree it
 enforces, its pins and proxy port, the policy in force and each identity's
-mode (enforce or audit), the tagged cgroups with their identities, and the
-protections this kernel cannot give ("not enforced").`,
+mode (enforce or audit), the tagged cgroups with their identities, the
+protections this kernel cannot give ("not enforced"), and the drop-ins of
+tagged units that an earlier interlock wrote without NoNewPrivileges=yes,
+with the command that rewrites each.`,
 		Example: `  interlock status
   interlock status --json | jq '.tagged[]'`,
 		Args: usage(cobra.NoArgs),
@@ -232,6 +234,9 @@ func status(ctx context.Context, c *control.Client, asJSON bool, w io.Writer) er
 	}
 	if st.RecordingsStopped != "" {
 		fmt.Fprintf(tw, "recordings\tSTOPPED: %s\n", st.RecordingsStopped)
+	}
+	for _, d := range staleDropIns(systemdUnitDir) {
+		fmt.Fprintf(tw, "drop-in\t%s\n", d)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)

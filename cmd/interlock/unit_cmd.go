@@ -183,6 +183,32 @@ func dropIn(unit, identity, interlock string, env []string) string {
 	return b.String()
 }
 
+// writtenBy is the header line dropIn writes first, read back by
+// staleDropIns.
+var writtenBy = regexp.MustCompile("^# Written by `interlock tag --unit (\\S+) --identity (\\S+)`\\.\n")
+
+// staleDropIns names the services under dir whose drop-in an earlier
+// interlock wrote without NoNewPrivileges=yes, and how to rewrite it: a
+// drop-in is written by the operator's `interlock tag --unit`, not at the
+// unit's start, so an upgrade leaves the old one in place.
+func staleDropIns(dir string) []string {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.service.d", dropInName))
+	var stale []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		m := writtenBy.FindSubmatch(b)
+		if m == nil || bytes.Contains(b, []byte("\nNoNewPrivileges=yes\n")) {
+			continue
+		}
+		stale = append(stale, fmt.Sprintf("%s lets the unit gain privileges (sudo): run `interlock tag --unit %s --identity %s` and restart it",
+			f, m[1], m[2]))
+	}
+	return stale
+}
+
 // writeDropIn writes content to DIR/UNIT.d/50-interlock.conf unless it is
 // already there, and reports whether it changed anything.
 func writeDropIn(dir, unit, content string) (bool, error) {

@@ -80,6 +80,26 @@ func TestDropIn(t *testing.T) {
 	}
 }
 
+func TestStaleDropIns(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := writeDropIn(dir, "new.service", dropIn("new.service", "ci-bot", "/usr/bin/interlock", nil)); err != nil {
+		t.Fatal(err)
+	}
+	// As interlock wrote it before NoNewPrivileges=yes.
+	old := strings.Replace(dropIn("old.service", "ci-bot", "/usr/bin/interlock", nil), "NoNewPrivileges=yes\n", "", 1)
+	if _, err := writeDropIn(dir, "old.service", old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writeDropIn(dir, "agents.slice", dropIn("agents.slice", "ci-bot", "/usr/bin/interlock", nil)); err != nil {
+		t.Fatal(err)
+	}
+	got := staleDropIns(dir)
+	if len(got) != 1 || !strings.Contains(got[0], "old.service.d/50-interlock.conf") ||
+		!strings.Contains(got[0], "`interlock tag --unit old.service --identity ci-bot`") {
+		t.Errorf("stale drop-ins = %q, want old.service's alone", got)
+	}
+}
+
 func TestWriteDropInIdempotent(t *testing.T) {
 	dir := t.TempDir()
 	text := dropIn("runner.service", "ci-bot", "/usr/bin/interlock", nil)
