@@ -88,14 +88,12 @@ func (d *Daemon) serviceManagerWarnings(pid int, identity string) []string {
 	if len(open) == 0 {
 		return nil
 	}
-	msg := fmt.Sprintf("uid %d has a systemd user manager listening on %s, which identity %s may reach: the command could have it "+
-		"start commands outside its cgroup (systemd-run --user); list them in the policy's deny_unix_paths, give the identity "+
-		"allow_unix_paths, or stop the manager (loginctl disable-linger)", uid, strings.Join(open, " and "), identity)
+	how := "list them in the policy's deny_unix_paths, give the identity allow_unix_paths, or stop the manager (loginctl disable-linger)"
 	if !datapath.UnixConnectSupported() {
-		msg = fmt.Sprintf("uid %d has a systemd user manager listening on %s: the command could have it start commands outside "+
-			"its cgroup (systemd-run --user), and this kernel cannot refuse unix connects (6.7 and later can); stop the manager "+
-			"(loginctl disable-linger) or run the command as another user", uid, strings.Join(open, " and "))
+		how = "this kernel cannot refuse unix connects (6.7 and later can): stop the manager (loginctl disable-linger) or run the command as another user"
 	}
+	msg := fmt.Sprintf("uid %d has a systemd user manager listening on %s, which identity %s may reach: the command could have it "+
+		"start commands outside its cgroup (systemd-run --user); %s", uid, strings.Join(open, " and "), identity, how)
 	d.log.Warn().Int("pid", pid).Str("identity", identity).Msg(msg)
 	return []string{msg}
 }
