@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -477,6 +478,13 @@ func (s *server) serve() {
 				greeting = s.onAccept(c)
 			}
 			fmt.Fprintln(c, greeting)
+			// Close politely: half-close, then drain until the client
+			// closes. Closing with the client's bytes unread resets the
+			// connection, and a reset socket has no peer to report: a
+			// Fast Open client's first bytes arrive that way.
+			c.(*net.TCPConn).CloseWrite()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			io.Copy(io.Discard, c)
 		}()
 	}
 }
