@@ -286,11 +286,12 @@ func (l *Log) append(ctx context.Context, ps []pending) ([]store.AuditRecord, er
 			prev = chain.GenesisHash
 		}
 		out := make([]store.AuditRecord, len(ps))
+		var h chain.Hasher // one buffer for the batch
 		for i, p := range ps {
 			seq++
 			r := store.AuditRecord{Host: l.host, Seq: seq, Time: p.at.UTC(), Kind: string(p.ev.Kind()),
 				Payload: payloads[i], PrevHash: prev}
-			r.Hash = chain.Hash(chain.Record(r))
+			r.Hash = h.Hash(chain.Record(r))
 			out[i], prev = r, r.Hash
 		}
 		return out, nil

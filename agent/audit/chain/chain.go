@@ -40,19 +40,35 @@ type Head struct {
 // Hash computes a record's hash from its seq, time, host, kind, payload and
 // prev_hash (the Hash field is ignored), as documented on package audit.
 func Hash(r Record) string {
-	h := sha256.New()
-	var buf [8]byte
-	h.Write([]byte("interlock-audit-v1\x00"))
-	binary.BigEndian.PutUint64(buf[:], r.Seq)
-	h.Write(buf[:])
-	binary.BigEndian.PutUint64(buf[:], uint64(r.Time.UnixNano()))
-	h.Write(buf[:])
-	for _, s := range []string{r.Host, r.Kind, r.Payload, r.PrevHash} {
-		binary.BigEndian.PutUint32(buf[:4], uint32(len(s)))
-		h.Write(buf[:4])
-		io.WriteString(h, s)
+	var h Hasher
+	return h.Hash(r)
+}
+
+// Hasher computes records' hashes as Hash does, keeping its buffer for the
+// next record: the audit log hashes every record it appends, and a
+// verification every record it reads.
+type Hasher struct{ buf []byte }
+
+// maxKeptPreimage bounds the buffer a Hasher keeps: a record with a large
+// payload is hashed in a buffer of its own.
+const maxKeptPreimage = 16 << 10
+
+// Hash is Hash(r), in h's buffer.
+func (h *Hasher) Hash(r Record) string {
+	b := append(h.buf[:0], "interlock-audit-v1\x00"...)
+	b = binary.BigEndian.AppendUint64(b, r.Seq)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Time.UnixNano()))
+	for _, s := range [...]string{r.Host, r.Kind, r.Payload, r.PrevHash} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	if cap(b) <= maxKeptPreimage {
+		h.buf = b
+	}
+	sum := sha256.Sum256(b)
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 // Break describes the first record at which a chain fails verification.
@@ -93,6 +109,7 @@ type Check struct {
 	res  Result
 	prev string
 	want uint64
+	h    Hasher
 }
 
 // NewCheck starts the check of host's chain at seq 1.
@@ -114,7 +131,7 @@ func (c *Check) Next(r Record) bool {
 	case r.PrevHash != c.prev:
 		c.res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "prev-hash mismatch",
 			Detail: fmt.Sprintf("prev_hash %.16s..., previous record's hash %.16s...", r.PrevHash, c.prev)}
-	case Hash(r) != r.Hash:
+	case c.h.Hash(r) != r.Hash:
 		c.res.Broken = &Break{Host: host, Seq: r.Seq, Reason: "hash mismatch",
 			Detail: "record content does not match its hash"}
 	}
