@@ -83,9 +83,10 @@ type Recorder struct {
 
 	// The writer goroutine does all file I/O, so Message never waits on a
 	// write(2). Full buffers travel to it over writes and come back
-	// through free.
+	// through free, or freeSmall (see freeList).
 	writes     chan writeReq
 	free       chan []byte
+	freeSmall  chan []byte
 	writerDone chan struct{}
 	closeMu    sync.RWMutex
 	closed     bool
@@ -132,8 +133,13 @@ const bufSize = 64 << 10
 const minBufSize = 4 << 10
 
 // freeBufs is how many full-size buffers the free list keeps for the next
-// busy sessions.
-const freeBufs = 16
+// busy sessions; freeSmallBufs how many first buffers (minBufSize) the
+// other keeps for the next sessions: every session takes one, and most
+// short ones hand it back at their end, having never filled it.
+const (
+	freeBufs      = 16
+	freeSmallBufs = 64
+)
 
 // writeReq is a buffer to write for s, or, with done set, a barrier that is
 // closed once everything queued before it is written.
@@ -181,7 +187,7 @@ func NewRecorder(st *store.Store, dir, host string, opts ...Option) (*Recorder, 
 	}
 	r := &Recorder{st: st, dir: dir, host: host, logger: zerolog.Nop(), every: time.Second,
 		active: map[string]*Session{}, ending: map[string]chan struct{}{}, stop: make(chan struct{}),
-		writes: make(chan writeReq, 256), free: make(chan []byte, freeBufs), writerDone: make(chan struct{}),
+		writes: make(chan writeReq, 256), free: make(chan []byte, freeBufs), freeSmall: make(chan []byte, freeSmallBufs), writerDone: make(chan struct{}),
 		upload: st.Backend() == store.PostgreSQL}
 	for _, o := range opts {
 		o(r)
@@ -286,9 +292,9 @@ func (r *Recorder) send(req writeReq) {
 
 // getBuf returns an empty buffer of capacity size.
 func (r *Recorder) getBuf(size int) []byte {
-	if size == bufSize {
+	if free := r.freeList(size); free != nil {
 		select {
-		case b := <-r.free:
+		case b := <-free:
 			return b
 		default:
 		}
@@ -296,16 +302,28 @@ func (r *Recorder) getBuf(size int) []byte {
 	return make([]byte, 0, size)
 }
 
-// putBuf keeps a written full-size buffer for the next getBuf, while the
-// free list has room; the garbage collector takes the others.
+// putBuf keeps a buffer nothing reads any more (written, or stored) for
+// the next getBuf, while its free list has room; the garbage collector
+// takes the others.
 func (r *Recorder) putBuf(b []byte) {
-	if cap(b) != bufSize {
-		return
+	if free := r.freeList(cap(b)); free != nil {
+		select {
+		case free <- b[:0]:
+		default:
+		}
 	}
-	select {
-	case r.free <- b[:0]:
-	default:
+}
+
+// freeList is the free list of buffers of capacity size, nil for sizes
+// between the first and the largest, which no list keeps.
+func (r *Recorder) freeList(size int) chan []byte {
+	switch size {
+	case bufSize:
+		return r.free
+	case minBufSize:
+		return r.freeSmall
 	}
+	return nil
 }
 
 func (r *Recorder) flushLoop() {
@@ -749,7 +767,8 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		}
 		err = errors.Join(err, eerr)
 	}
-	if inline != nil {
+	// A store write abandoned on ctx may still read the recording.
+	if inline != nil && ctx.Err() == nil {
 		s.r.putBuf(inline)
 	}
 	if s.r.upload && inline == nil && err == nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -1051,6 +1052,76 @@ func TestQuietSessionsTakeSmallBuffers(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestFirstBuffersReused: a short session's recording is stored from its
+// first buffer, which the next sessions take again, but never while a
+// store write that Finish stopped waiting for may still read it: that
+// write would store the next session's bytes as this one's recording.
+func TestFirstBuffersReused(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "interlock.db")
+	st, err := store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	rec, err := recording.NewRecorder(st, filepath.Join(t.TempDir(), "recordings"), "h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	// Sessions one after another pass one first buffer along. Each
+	// starts without waiting for its row (a lost recording is told).
+	session := func(sql string) *recording.Session {
+		s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, func(err error) { t.Error(err) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+		s.Message(true, 'Q', q[5:], time.Time{})
+		return s
+	}
+	for range 3 {
+		if _, err := session("SELECT 'one after another'").Finish(ctx, recording.End{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := rec.FreeFirstBuffers(); n != 1 {
+		t.Fatalf("%d first buffers kept after sessions one after another, want the one they share", n)
+	}
+
+	// Another connection holds the database's write lock: the store's
+	// writes wait for it.
+	lock, err := sql.Open("sqlite", "file:"+path+"?_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	tx, err := lock.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := session("SELECT 'the first session's secret'")
+	actx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	ended, err := a.Finish(actx, recording.End{})
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Finish with the store locked: %v, want its deadline", err)
+	}
+	// The next session records into a buffer meanwhile: not the first's.
+	b := session("SELECT 'XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX'")
+	tx.Rollback()
+	if _, err := b.Finish(ctx, recording.End{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := recording.Verify(ctx, st, ended.ID); err != nil {
+		t.Fatalf("the abandoned session's recording: %v", err)
+	}
+	var tr bytes.Buffer
+	if err := recording.Replay(ctx, st, ended.ID, &tr); err != nil || !strings.Contains(tr.String(), "the first session's secret") {
+		t.Fatalf("replay of the abandoned session: %v\n%s", err, tr.String())
+	}
 }
 
 // Verdicts stored over several flushes, while each flush's array is reused
