@@ -19,6 +19,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -44,6 +45,9 @@ type Log struct {
 	now    func() time.Time
 
 	mu sync.Mutex // serializes appends: one writer per chain in this process
+	// buf and enc encode a batch's payloads (under mu).
+	buf bytes.Buffer
+	enc *json.Encoder
 
 	queue   chan pending
 	stop    chan struct{}
@@ -235,7 +239,7 @@ func (l *Log) writeLoop() {
 // down instead of acting unrecorded. Once Close has been called, a failing
 // batch is given up after one more try.
 func (l *Log) writeBatch(batch []pending) {
-	var evs []pending
+	evs := make([]pending, 0, len(batch))
 	for _, p := range batch {
 		if p.ev != nil {
 			evs = append(evs, p)
@@ -269,17 +273,37 @@ func (l *Log) writeBatch(batch []pending) {
 	}
 }
 
+// maxKeptPayloads bounds the buffer the log keeps between batches: one a
+// backlog's batch grew is let go.
+const maxKeptPayloads = 1 << 20
+
 func (l *Log) append(ctx context.Context, ps []pending) ([]store.AuditRecord, error) {
-	payloads := make([]string, len(ps))
-	for i, p := range ps {
-		b, err := json.Marshal(p.ev)
-		if err != nil {
-			return nil, fmt.Errorf("encode %s event: %w", p.ev.Kind(), err)
-		}
-		payloads[i] = string(b)
-	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	// The batch's payloads are encoded one after another into the log's
+	// buffer and cut from one string: the bytes json.Marshal gives each,
+	// for one allocation a batch instead of two an event.
+	if l.enc == nil {
+		l.enc = json.NewEncoder(&l.buf)
+	}
+	l.buf.Reset()
+	ends := make([]int, len(ps))
+	for i, p := range ps {
+		if err := l.enc.Encode(p.ev); err != nil {
+			return nil, fmt.Errorf("encode %s event: %w", p.ev.Kind(), err)
+		}
+		l.buf.Truncate(l.buf.Len() - 1) // the newline Encode ends each with
+		ends[i] = l.buf.Len()
+	}
+	all := l.buf.String()
+	if l.buf.Cap() > maxKeptPayloads {
+		l.buf = bytes.Buffer{}
+		l.enc = nil
+	}
+	payloads := make([]string, len(ps))
+	for i, start := 0, 0; i < len(ps); i++ {
+		payloads[i], start = all[start:ends[i]], ends[i]
+	}
 	rs, err := l.st.AppendAudit(ctx, l.host, len(ps), func(head store.AuditHead) ([]store.AuditRecord, error) {
 		prev, seq := head.Hash, head.Seq
 		if seq == 0 {

@@ -63,6 +63,22 @@ func TestChain(t *testing.T) {
 		if err := l.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
+		// Each payload is the event's JSON as json.Marshal writes it,
+		// batched events' too (one buffer encodes a batch's payloads).
+		rows, err := st.DB().QueryContext(ctx, st.Rebind("SELECT payload FROM audit_records WHERE host = ? ORDER BY seq"), "host-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; rows.Next(); i++ {
+			var payload string
+			if err := rows.Scan(&payload); err != nil {
+				t.Fatal(err)
+			}
+			if want, _ := json.Marshal(evs[i]); payload != string(want) {
+				t.Errorf("payload %d = %s, want %s", i+1, payload, want)
+			}
+		}
+		rows.Close()
 		// Another host's chain in the same store is independent.
 		lb := audit.New(open(t), "host-b")
 		t.Cleanup(func() { lb.Close() })
