@@ -251,7 +251,14 @@ func readBody(r io.Reader, hdr [4]byte) ([]byte, error) {
 // a newer protocol minor version or for protocol options, it first sends
 // NegotiateProtocolVersion for 3.0, as a PostgreSQL 15 server does.
 func GreetClient(w io.Writer, st *Startup, up *Upstream, key CancelKey) error {
-	var buf []byte
+	// Sized once for the whole greeting: each message's type and length,
+	// each parameter's two strings and their terminators, the fixed
+	// messages, room for a negotiation.
+	size := 64
+	for _, p := range up.Parameters {
+		size += 7 + len(p.Name) + len(p.Value)
+	}
+	buf := make([]byte, 0, size)
 	var err error
 	if st != nil {
 		var unknown []string
