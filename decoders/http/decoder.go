@@ -148,8 +148,19 @@ const headBuffer = 4 << 10
 
 // headReader returns the reader an agent's bytes are first read through.
 func (c *conn) headReader(r io.Reader) *bufio.Reader {
-	return bufio.NewReaderSize(r, min(headBuffer, c.maxHeader))
+	if size := min(headBuffer, c.maxHeader); size != headBuffer {
+		return bufio.NewReaderSize(r, size)
+	}
+	br := headReaders.Get().(*bufio.Reader)
+	br.Reset(r)
+	return br
 }
+
+// headReaders keeps head readers for the next connections: a passthrough
+// connection needs its own only until the hello is sent upstream
+// (passthrough gives it back), and it was a seventh of what a new
+// passthrough connection allocated.
+var headReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, headBuffer) }}
 
 // tlsRecordHandshake is the first byte of a TLS connection: a record of
 // the handshake content type (RFC 8446, 5.1).
@@ -203,8 +214,7 @@ func (d *Decoder) Serve(ctx context.Context, s *protocol.Session) error {
 	switch c.t.Mode {
 	case Passthrough:
 		// The hello, and what came with it, go first; then the socket.
-		read, _ := br.Peek(br.Buffered())
-		return c.passthrough(ctx, read, hello)
+		return c.passthrough(ctx, br, hello)
 	case Intercept:
 		return c.intercept(ctx, agent)
 	}
@@ -292,9 +302,10 @@ func describe(v protocol.Verdict) string {
 }
 
 // passthrough relays a connection whose server name was allowed, without
-// decrypting it: first what was read of it (read: the hello, and whatever
-// came with it), then the agent's socket itself.
-func (c *conn) passthrough(ctx context.Context, read []byte, hello Hello) error {
+// decrypting it: first what br read of it (the hello, and whatever came
+// with it), then the agent's socket itself.
+func (c *conn) passthrough(ctx context.Context, br *bufio.Reader, hello Hello) error {
+	read, _ := br.Peek(br.Buffered())
 	if err := c.s.Recorder.Start(ctx); err != nil {
 		refuseTLS(c.s.Agent, alertInternalError)
 		return err
@@ -310,8 +321,15 @@ func (c *conn) passthrough(ctx context.Context, read []byte, hello Hello) error 
 	if _, err := up.Write(read); err != nil {
 		return &protocol.RefusedError{Outcome: "upstream unreachable", Err: err}
 	}
+	sent0 := int64(len(read))
+	if br.Size() == headBuffer {
+		// Nothing reads br again: the rest comes from the socket. (A
+		// hello larger than it came in a reader of its own.)
+		br.Reset(nil)
+		headReaders.Put(br)
+	}
 	sent, recv, defect := protocol.Relay(c.s.Agent, up)
-	sent += int64(len(read))
+	sent += sent0
 	c.s.Recorder.Relayed(sent, recv)
 	c.s.Recorder.Record(protocol.Message{Type: MsgPassthroughEnd, Time: time.Now(),
 		Body: fmt.Appendf(nil, "agent sent %d bytes, server %d bytes", sent, recv)})

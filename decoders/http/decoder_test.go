@@ -1246,6 +1246,63 @@ func TestLargeClientHello(t *testing.T) {
 	}
 }
 
+// TestPassthroughHeadsReused: a passthrough connection gives its head
+// reader back once the hello is upstream; connections one after another
+// and at once, with hellos that fit it and hellos that do not, each relay
+// their own bytes (TLS fails on any other).
+func TestPassthroughHeadsReused(t *testing.T) {
+	large := []string{"http/1.1"}
+	for i := range 24 {
+		large = append(large, fmt.Sprintf("x-%03d-%s", i, strings.Repeat("p", 240)))
+	}
+	h := newHarness(t, harnessOpts{mode: Passthrough, tls: true, selectf: func(context.Context, string) (string, protocol.Verdict) {
+		return "api", protocol.Verdict{Action: protocol.Allow, Rule: "ok"}
+	}})
+	get := func(i int) error {
+		protos := []string{"http/1.1"}
+		if i%3 == 2 {
+			protos = large
+		}
+		conn, err := tls.Dial("tcp", h.ln.Addr().String(), &tls.Config{RootCAs: h.roots, ServerName: "example.com", NextProtos: protos})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /heads/%d HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n", i)
+		resp, err := nethttp.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || !strings.Contains(string(body), fmt.Sprintf("/heads/%d", i)) {
+			return fmt.Errorf("connection %d: %d %q", i, resp.StatusCode, body)
+		}
+		return nil
+	}
+	for i := range 9 {
+		if err := get(i); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-h.errs; err != nil {
+			t.Fatalf("Serve %d: %v", i, err)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range 12 {
+		wg.Go(func() {
+			if err := get(100 + i); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	for range 12 {
+		if err := <-h.errs; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}
+}
+
 // TestUserAgentAsSent: a request goes upstream with the User-Agent the
 // agent sent, and none when it sent none (net/http's clients add their
 // own), over each way a request takes upstream: HTTP/1.1 without a body
