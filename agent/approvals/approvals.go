@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/user"
 	"strconv"
 	"strings"
@@ -34,6 +33,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/interlock-dev/interlock/agent/audit"
+	"github.com/interlock-dev/interlock/agent/control"
 	"github.com/interlock-dev/interlock/agent/store"
 )
 
@@ -542,12 +542,8 @@ func PeerReviewer(pid, uid, gid uint32) Reviewer {
 		rv.Name = "uid:" + strconv.FormatUint(uint64(uid), 10)
 	}
 	gids := []string{strconv.FormatUint(uint64(gid), 10)}
-	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
-				gids = append(gids, strings.Fields(rest)...)
-			}
-		}
+	if groups, err := control.ProcStatus(int(pid), "Groups"); err == nil {
+		gids = append(gids, groups...)
 	}
 	seen := map[string]bool{}
 	for _, g := range gids {

@@ -34,6 +34,35 @@ type Peer struct {
 
 type peerKey struct{}
 
+// ProcStatus returns the fields of the line named field ("Uid", "Groups")
+// of /proc/PID/status: what a caller's socket credentials do not carry
+// (its supplementary groups), or a process not at the other end of one.
+func ProcStatus(pid int, field string) ([]string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.Fields(rest), nil
+		}
+	}
+	return nil, fmt.Errorf("no %s line in /proc/%d/status", field, pid)
+}
+
+// RealUID is pid's real uid (the first of its status's Uid line).
+func RealUID(pid int) (uint32, error) {
+	f, err := ProcStatus(pid, "Uid")
+	if err != nil {
+		return 0, err
+	}
+	if len(f) == 0 {
+		return 0, fmt.Errorf("empty Uid line in /proc/%d/status", pid)
+	}
+	u, err := strconv.ParseUint(f[0], 10, 32)
+	return uint32(u), err
+}
+
 // PeerFrom returns the peer of the connection a request arrived on.
 func PeerFrom(ctx context.Context) (Peer, bool) {
 	p, ok := ctx.Value(peerKey{}).(Peer)

@@ -69,7 +69,7 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 // untagged. No set-user-ID program is involved, so no_new_privs does not
 // stop it; the policy's unix paths do, where the kernel enforces them.
 func (d *Daemon) serviceManagerWarnings(pid int, identity string) []string {
-	uid, err := realUID(pid)
+	uid, err := control.RealUID(pid)
 	if err != nil || uid == 0 {
 		// Root has worse ways out, which the start log and status name.
 		return nil
@@ -96,23 +96,6 @@ func (d *Daemon) serviceManagerWarnings(pid int, identity string) []string {
 		"start commands outside its cgroup (systemd-run --user); %s", uid, strings.Join(open, " and "), identity, how)
 	d.log.Warn().Int("pid", pid).Str("identity", identity).Msg(msg)
 	return []string{msg}
-}
-
-// realUID is pid's real uid, from /proc.
-func realUID(pid int) (uint32, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				u, err := strconv.ParseUint(f[0], 10, 32)
-				return uint32(u), err
-			}
-		}
-	}
-	return 0, fmt.Errorf("no Uid line in /proc/%d/status", pid)
 }
 
 func (d *Daemon) handleExecRelease(w http.ResponseWriter, r *http.Request) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -89,20 +90,8 @@ func (d *Daemon) inControlGroup(p control.Peer) bool {
 		return true
 	}
 	// Supplementary groups are not in SO_PEERCRED; read them from /proc.
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
-			for _, g := range strings.Fields(rest) {
-				if g == strconv.Itoa(d.controlGID) {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	groups, _ := control.ProcStatus(int(p.PID), "Groups")
+	return slices.Contains(groups, strconv.Itoa(d.controlGID))
 }
 
 func lookupGroup(name string) (int, error) {

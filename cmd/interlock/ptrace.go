@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -56,7 +55,8 @@ func processesOutside(rel string, uid uint32) int {
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	n := 0
 	for _, dir := range dirs {
-		if u, ok := realUID(dir); !ok || u != uid {
+		pid, _ := strconv.Atoi(filepath.Base(dir))
+		if u, err := control.RealUID(pid); err != nil || u != uid {
 			continue
 		}
 		cg, err := os.ReadFile(filepath.Join(dir, "cgroup"))
@@ -76,27 +76,6 @@ func processesOutside(rel string, uid uint32) int {
 	return n
 }
 
-// realUID reads the real uid from /proc/PID/status.
-func realUID(dir string) (uint32, bool) {
-	f, err := os.Open(filepath.Join(dir, "status"))
-	if err != nil {
-		return 0, false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) == 0 {
-				return 0, false
-			}
-			u, err := strconv.ParseUint(fields[0], 10, 32)
-			return uint32(u), err == nil
-		}
-	}
-	return 0, false
-}
-
 // cgroupUIDs lists the real uids of the processes in the cgroup dir.
 func cgroupUIDs(dir string) []uint32 {
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
@@ -105,8 +84,9 @@ func cgroupUIDs(dir string) []uint32 {
 	}
 	seen := map[uint32]bool{}
 	var uids []uint32
-	for _, pid := range strings.Fields(string(b)) {
-		if u, ok := realUID(filepath.Join("/proc", pid)); ok && !seen[u] {
+	for _, f := range strings.Fields(string(b)) {
+		pid, _ := strconv.Atoi(f)
+		if u, err := control.RealUID(pid); err == nil && !seen[u] {
 			seen[u] = true
 			uids = append(uids, u)
 		}
