@@ -47,7 +47,8 @@ type secret struct {
 	real []byte
 	// shown is what a response carries instead of a secret: its
 	// placeholder when one stands for it, else asterisks; same length,
-	// so a body's Content-Length stays right.
+	// so a body's Content-Length stays right. The asterisks are made by
+	// the first snapshot that includes the secret (see forms).
 	shown []byte
 	// placeholder is set on a placeholder and on its encoded forms.
 	placeholder bool
@@ -55,8 +56,11 @@ type secret struct {
 	// so): refused where the value is, let through unchanged to its
 	// owners, never swapped.
 	encoded bool
-	// forms are the value's base64 forms (base64Forms), made once when
-	// it is registered.
+	// forms are the value's base64 forms (base64Forms), made once, by
+	// the first snapshot that includes the secret: only an HTTP session
+	// reads the snapshot, and the credential of every other session (a
+	// PostgreSQL session's role) would otherwise hold its six forms for
+	// as long as it lasts, idle or not, and make them at its start.
 	forms [][]byte
 }
 
@@ -66,7 +70,7 @@ func (s *secret) ownedBy(target string) bool { return slices.Contains(s.owners, 
 // add registers a secret of owner; release forgets it. Values shorter
 // than minSecretLen are not registered.
 func (s *secretSet) add(value, owner string) (release func()) {
-	return s.put(&secret{value: []byte(value), owners: []string{owner}, shown: bytes.Repeat([]byte("*"), len(value))})
+	return s.put(&secret{value: []byte(value), owners: []string{owner}})
 }
 
 // keep registers a secret of owner for as long as interlockd runs: one
@@ -99,7 +103,6 @@ func (s *secretSet) put(v *secret) (release func()) {
 	if len(v.value) < minSecretLen {
 		return func() {}
 	}
-	v.forms = base64Forms(v.value)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.regs == nil {
@@ -127,6 +130,12 @@ func (s *secretSet) publish() {
 		}
 	}
 	for r := range s.regs {
+		if r.forms == nil {
+			r.forms = base64Forms(r.value)
+		}
+		if r.shown == nil {
+			r.shown = bytes.Repeat([]byte("*"), len(r.value))
+		}
 		e, ok := byValue[string(r.value)]
 		if !ok {
 			c := *r

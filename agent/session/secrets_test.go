@@ -177,3 +177,42 @@ func TestSecretSetChangeCostsNoRebuild(t *testing.T) {
 		t.Fatal("a forgotten secret is still looked for")
 	}
 }
+
+// TestSecretFormsMadeForSnapshots: a secret registered and never read by
+// the leak guard (every PostgreSQL session's role, with no HTTP session
+// running) holds neither its base64 forms nor its asterisks; the first
+// snapshot makes them, once, and later snapshots reuse them.
+func TestSecretFormsMadeForSnapshots(t *testing.T) {
+	var set secretSet
+	release := set.add("s3cr3t-value-1", "appdb")
+	defer release()
+	var reg *secret
+	for r := range set.regs {
+		reg = r
+	}
+	if reg.forms != nil || reg.shown != nil {
+		t.Fatalf("registration holds forms %q and shown %q before any snapshot", reg.forms, reg.shown)
+	}
+	snap := set.load()
+	if len(reg.forms) != 6 || string(reg.shown) != "**************" {
+		t.Fatalf("after a snapshot: forms %q, shown %q", reg.forms, reg.shown)
+	}
+	encoded := 0
+	for _, s := range snap {
+		if s.encoded {
+			encoded++
+			if !slices.ContainsFunc(reg.forms, func(f []byte) bool { return bytes.Equal(f, s.value) }) {
+				t.Errorf("encoded form %q is not one of the value's", s.value)
+			}
+		}
+	}
+	if encoded != 6 {
+		t.Errorf("snapshot has %d encoded forms, want 6", encoded)
+	}
+	forms := reg.forms
+	set.add("another-secret-2", "appdb")
+	set.load()
+	if &forms[0][0] != &reg.forms[0][0] {
+		t.Error("a later snapshot made the forms again")
+	}
+}
