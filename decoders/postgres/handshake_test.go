@@ -160,7 +160,7 @@ func TestConnectUpstreamAuth(t *testing.T) {
 			}
 			params := map[string]string{}
 			for _, p := range up.Parameters {
-				params[p.Name] = p.Value
+				params[p.Name()] = p.Value()
 			}
 			if params["application_name"] != "interlock-test" || params["server_version"] == "" || up.Key.ProcessID == 0 {
 				t.Fatalf("parameters %v key %+v", params, up.Key)

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/binary"
 	"io"
 	"net"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -310,14 +312,71 @@ func TestResetAnswers(t *testing.T) {
 					server.Write(tc.answer)
 				}
 			}()
-			up := &Upstream{Conn: proxy, Parameters: []Param{{"application_name", "pgbench"}}}
+			up := &Upstream{Conn: proxy, Parameters: []Param{NewParam("application_name", "pgbench")}}
 			err := up.reset()
 			if (err == nil) != tc.ok {
 				t.Fatalf("reset: %v, want ok=%v", err, tc.ok)
 			}
-			if tc.ok && tc.split == 20 && up.Parameters[0].Value != "psql" {
+			if tc.ok && tc.split == 20 && up.Parameters[0].Value() != "psql" {
 				t.Fatalf("parameters after reset: %v", up.Parameters)
 			}
 		})
+	}
+}
+
+// TestServerParametersShared: two sessions of one server hold one copy
+// of the parameters it reported at their logins (an idle session keeps
+// them for the next that takes its server over), and a value that differs
+// stays each session's own.
+func TestServerParametersShared(t *testing.T) {
+	login := func(role string) *Upstream {
+		t.Helper()
+		proxy, server := net.Pipe()
+		t.Cleanup(func() { proxy.Close() })
+		go func() {
+			defer server.Close()
+			var n [4]byte
+			if _, err := io.ReadFull(server, n[:]); err != nil {
+				return
+			}
+			if _, err := io.ReadFull(server, make([]byte, binary.BigEndian.Uint32(n[:])-4)); err != nil {
+				return
+			}
+			var b []byte
+			for _, m := range []pgproto3.BackendMessage{
+				&pgproto3.AuthenticationOk{},
+				&pgproto3.ParameterStatus{Name: "server_version", Value: "15.14 (Debian 15.14-0+deb12u1)"},
+				&pgproto3.ParameterStatus{Name: "TimeZone", Value: "Etc/UTC"},
+				&pgproto3.ParameterStatus{Name: "session_authorization", Value: role},
+				&pgproto3.BackendKeyData{ProcessID: 7, SecretKey: []byte{1, 2, 3, 4}},
+				&pgproto3.ReadyForQuery{TxStatus: 'I'},
+			} {
+				b, _ = m.Encode(b)
+			}
+			server.Write(b)
+			io.Copy(io.Discard, server)
+		}()
+		up, err := ConnectUpstream(t.Context(), proxy, UpstreamConfig{User: role, Database: "postgres"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return up
+	}
+	a, b := login("interlock_a"), login("interlock_b")
+	if len(a.Parameters) != 3 || len(b.Parameters) != 3 {
+		t.Fatalf("parameters %d and %d, want 3", len(a.Parameters), len(b.Parameters))
+	}
+	for i := range a.Parameters {
+		pa, pb := a.Parameters[i], b.Parameters[i]
+		if pa.Name() != pb.Name() || unsafe.StringData(pa.Name()) != unsafe.StringData(pb.Name()) {
+			t.Errorf("parameter %d: names %q and %q not one copy", i, pa.Name(), pb.Name())
+		}
+		same := pa.Value() == pb.Value()
+		if shared := unsafe.StringData(pa.Value()) == unsafe.StringData(pb.Value()); same != shared {
+			t.Errorf("%s: values %q and %q, one copy %v", pa.Name(), pa.Value(), pb.Value(), shared)
+		}
+	}
+	if got := b.Parameters[2].Value(); got != "interlock_b" {
+		t.Errorf("session_authorization %q", got)
 	}
 }

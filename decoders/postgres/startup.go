@@ -256,7 +256,7 @@ func GreetClient(w io.Writer, st *Startup, up *Upstream, key CancelKey) error {
 	// messages, room for a negotiation.
 	size := 64
 	for _, p := range up.Parameters {
-		size += 7 + len(p.Name) + len(p.Value)
+		size += 7 + len(p.Name()) + len(p.Value())
 	}
 	buf := make([]byte, 0, size)
 	var err error
@@ -276,7 +276,7 @@ func GreetClient(w io.Writer, st *Startup, up *Upstream, key CancelKey) error {
 	}
 	buf, _ = (&pgproto3.AuthenticationOk{}).Encode(buf)
 	for _, p := range up.Parameters {
-		if buf, err = (&pgproto3.ParameterStatus{Name: p.Name, Value: p.Value}).Encode(buf); err != nil {
+		if buf, err = (&pgproto3.ParameterStatus{Name: p.Name(), Value: p.Value()}).Encode(buf); err != nil {
 			return fmt.Errorf("encode parameter status: %w", err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"syscall"
 	"time"
+	"unique"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -34,8 +35,26 @@ type UpstreamConfig struct {
 	TLS *tls.Config
 }
 
-// Param is one ParameterStatus value reported by the server.
-type Param struct{ Name, Value string }
+// Param is one ParameterStatus value reported by the server. Its name and
+// value are interned: the sessions of a server report the same dozen or so
+// (server_version, TimeZone, DateStyle...), and each session holds its
+// server's while it lasts, idle or not, to greet the next session that
+// takes its server connection over. Interned, they are one copy, and a
+// value no session holds (a dropped role's session_authorization) goes.
+type Param struct{ name, value unique.Handle[string] }
+
+// NewParam returns the parameter name with value.
+func NewParam(name, value string) Param { return Param{unique.Make(name), unique.Make(value)} }
+
+// Name returns the parameter's name.
+func (p Param) Name() string { return p.name.Value() }
+
+// Value returns the parameter's value.
+func (p Param) Value() string { return p.value.Value() }
+
+// serverParams is the room an upstream's parameters start with: a
+// PostgreSQL 15 server reports 14 at login, later ones a few more.
+const serverParams = 16
 
 // Upstream is an authenticated upstream session, ready for queries.
 type Upstream struct {
@@ -70,7 +89,7 @@ func (e *ServerError) Error() string {
 func ConnectUpstream(ctx context.Context, conn net.Conn, cfg UpstreamConfig) (*Upstream, error) {
 	stop := watchContext(ctx, conn)
 	defer stop()
-	up := &Upstream{Conn: conn}
+	up := &Upstream{Conn: conn, Parameters: make([]Param, 0, serverParams)}
 	if cfg.TLS != nil {
 		req, _ := (&pgproto3.SSLRequest{}).Encode(nil)
 		if _, err := conn.Write(req); err != nil {
@@ -163,7 +182,7 @@ func ConnectUpstream(ctx context.Context, conn net.Conn, cfg UpstreamConfig) (*U
 			if err := m.Decode(body); err != nil {
 				return nil, &ProtocolError{Msg: "malformed parameter status from server"}
 			}
-			up.Parameters = append(up.Parameters, Param{m.Name, m.Value})
+			up.Parameters = append(up.Parameters, NewParam(m.Name, m.Value))
 		case 'K':
 			var m pgproto3.BackendKeyData
 			if err := m.Decode(body); err != nil {
@@ -240,11 +259,11 @@ func (u *Upstream) reset() error {
 				if err := m.Decode(body); err != nil {
 					return &ProtocolError{Msg: "malformed parameter status from server"}
 				}
-				i := slices.IndexFunc(u.Parameters, func(p Param) bool { return p.Name == m.Name })
+				i := slices.IndexFunc(u.Parameters, func(p Param) bool { return p.Name() == m.Name })
 				if i < 0 {
-					u.Parameters = append(u.Parameters, Param{m.Name, m.Value})
+					u.Parameters = append(u.Parameters, NewParam(m.Name, m.Value))
 				} else {
-					u.Parameters[i].Value = m.Value
+					u.Parameters[i].value = unique.Make(m.Value)
 				}
 			case 'Z':
 				if !done || len(body) != 1 || body[0] != 'I' || len(buf) > 0 {
