@@ -23,8 +23,11 @@ import (
 // the connection are derived from it, so the caller's identity is shaped
 // in one place.
 type conn struct {
-	id       string
-	identity proxy.Identity
+	id string
+	// identity is the proxy's record of the caller (proxy.Conn.Identity,
+	// which the session keeps): not a copy of it, which every session,
+	// idle or not, would hold twice.
+	identity *proxy.Identity
 	client   *net.TCPConn
 	dst      string // the agent's original destination
 	accepted time.Time
@@ -43,8 +46,8 @@ type conn struct {
 }
 
 func newConn(pc *proxy.Conn, pol *policy.Policy) (*conn, error) {
-	id := pc.Identity
-	subject, err := SubjectOf(id, pol)
+	id := &pc.Identity
+	subject, err := SubjectOf(*id, pol)
 	if err != nil {
 		return nil, err
 	}

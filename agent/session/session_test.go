@@ -571,7 +571,7 @@ func TestDecideStartup(t *testing.T) {
 		{"reviewed", []string{"search_path"}, "search_path:reviewed-admin:1"},
 	} {
 		pol := e.p.cfg.Policy.Current()
-		c := &conn{id: "s", identity: proxy.Identity{Name: tc.identity}, target: pol.Target("db"),
+		c := &conn{id: "s", identity: &proxy.Identity{Name: tc.identity}, target: pol.Target("db"),
 			subject: policy.Subject{Tag: tc.identity}}
 		en := &enforcer{p: e.p, c: c, rec: &recorder{p: e.p, c: c}}
 		var got []string
@@ -593,7 +593,7 @@ func TestDecideStartup(t *testing.T) {
 func TestDecisionsCounted(t *testing.T) {
 	e := newEnv(t, nil)
 	pol := e.p.cfg.Policy.Current()
-	c := &conn{id: "s", identity: proxy.Identity{Name: "ci"}, target: pol.Target("db"), subject: policy.Subject{Tag: "ci"}}
+	c := &conn{id: "s", identity: &proxy.Identity{Name: "ci"}, target: pol.Target("db"), subject: policy.Subject{Tag: "ci"}}
 	en := &enforcer{p: e.p, c: c, rec: &recorder{p: e.p, c: c}}
 	read := protocol.Request{Operation: protocol.OpQuery, Text: "SELECT 1"}
 	write := protocol.Request{Operation: protocol.OpQuery, Text: "DELETE FROM t"}

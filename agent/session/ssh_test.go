@@ -37,7 +37,7 @@ func TestDecideSSH(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.p.cfg.Policy.Swap(pol)
-	c := &conn{id: "s", identity: proxy.Identity{Name: "ci"}, target: pol.Target("web"), subject: policy.Subject{Tag: "ci"}}
+	c := &conn{id: "s", identity: &proxy.Identity{Name: "ci"}, target: pol.Target("web"), subject: policy.Subject{Tag: "ci"}}
 	en := &enforcer{p: e.p, c: c, rec: &recorder{p: e.p, c: c}}
 	for _, tc := range []struct {
 		op, text string
