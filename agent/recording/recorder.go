@@ -426,8 +426,11 @@ func (r *Recorder) flushAll(ctx context.Context) error {
 // Session is one open recording. Message and Decide are safe to call from
 // the proxy's two copy loops at once.
 type Session struct {
-	r     *Recorder
-	meta  store.Session
+	r *Recorder
+	// id and start are all a session keeps of its description (the
+	// row Start stores): it lasts as long as its connection, idle or
+	// not.
+	id    string
 	start time.Time
 
 	mu sync.Mutex
@@ -490,7 +493,7 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(erro
 	if meta.Started.IsZero() {
 		meta.Started = time.Now().UTC()
 	}
-	meta.Recording = filepath.Join(r.dir, meta.ID+".ilrec")
+	meta.Recording = r.path(meta.ID)
 	var err error
 	if lost == nil || r.refusing.Load() {
 		if err = r.st.CreateSession(ctx, &meta); err == nil {
@@ -505,7 +508,7 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(erro
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{r: r, meta: meta, start: meta.Started, sum: sha256.New(), bufCap: minBufSize, lost: lost}
+	s := &Session{r: r, id: meta.ID, start: meta.Started, sum: sha256.New(), bufCap: minBufSize, lost: lost}
 	hdr, _ := json.Marshal(Header{Version: 1, Session: meta.ID, Host: meta.Host, Protocol: meta.Protocol,
 		Client: meta.ClientAddr, Upstream: meta.UpstreamAddr, Started: meta.Started.UnixNano()})
 	s.put(append([]byte(magic), binary.AppendUvarint(nil, uint64(len(hdr)))...))
@@ -517,7 +520,10 @@ func (r *Recorder) Start(ctx context.Context, meta store.Session, lost func(erro
 }
 
 // ID returns the session's ID.
-func (s *Session) ID() string { return s.meta.ID }
+func (s *Session) ID() string { return s.id }
+
+// path is where the recording of session id is written.
+func (r *Recorder) path(id string) string { return filepath.Join(r.dir, id+".ilrec") }
 
 // Message records one protocol message and returns its seq (the number to
 // pass to Decide), or -1 after Finish. fromClient tells the direction; typ
@@ -578,7 +584,7 @@ func (s *Session) Decide(seq int64, v Verdict, t time.Time) {
 			s.pending = make([]store.Decision, 0, s.flushed)
 		}
 	}
-	s.pending = append(s.pending, store.Decision{SessionID: s.meta.ID, Index: s.decided, Seq: seq, Time: t.UTC(), Action: v.Action,
+	s.pending = append(s.pending, store.Decision{SessionID: s.id, Index: s.decided, Seq: seq, Time: t.UTC(), Action: v.Action,
 		Rule: v.Rule, Reason: v.Reason, Enforced: v.Enforced, Statement: v.Statement, Op: v.Op, ApprovalID: v.ApprovalID})
 	s.decided++
 	s.mu.Unlock()
@@ -625,7 +631,7 @@ func (s *Session) writeOut(b []byte) {
 		return
 	}
 	if s.f == nil {
-		f, err := os.OpenFile(s.meta.Recording, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		f, err := os.OpenFile(s.r.path(s.id), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 		if err != nil {
 			s.writeFailed(fmt.Errorf("create recording: %w", err))
 			return
@@ -690,7 +696,9 @@ type End struct {
 // Finish seals the recording: it flushes and fsyncs the file (a recording
 // never flushed goes into the store with the session row), writes the verdicts,
 // ends the session row with the recording's SHA-256 and size, and posts
-// RecordingSealed to the audit log. It returns the final session row.
+// RecordingSealed to the audit log. It returns what it stored in the row:
+// the session's ID, recording, times, counts, outcome, hash and size (the
+// rest of the row is Start's meta, which the session does not keep).
 // Message and Decide after Finish are ignored.
 func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	if e.Time.IsZero() {
@@ -699,7 +707,7 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	s.mu.Lock()
 	if s.finished {
 		s.mu.Unlock()
-		return s.meta, fmt.Errorf("finish session %s: already finished", s.meta.ID)
+		return store.Session{ID: s.id}, fmt.Errorf("finish session %s: already finished", s.id)
 	}
 	s.finished = true
 	// From active to ending under s.mu, before the verdicts leave
@@ -707,12 +715,12 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 	// instead.
 	ended := make(chan struct{})
 	s.r.mu.Lock()
-	delete(s.r.active, s.meta.ID)
-	s.r.ending[s.meta.ID] = ended
+	delete(s.r.active, s.id)
+	s.r.ending[s.id] = ended
 	s.r.mu.Unlock()
 	defer func() {
 		s.r.mu.Lock()
-		delete(s.r.ending, s.meta.ID)
+		delete(s.r.ending, s.id)
 		s.r.mu.Unlock()
 		close(ended)
 	}()
@@ -749,20 +757,20 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		in, out = e.BytesIn, e.BytesOut
 	}
 	if err != nil {
-		err = fmt.Errorf("write recording %s: %w", s.meta.ID, err)
+		err = fmt.Errorf("write recording %s: %w", s.id, err)
 	}
 	end := store.SessionEnd{Ended: e.Time.UTC(), BytesIn: in, BytesOut: out, Messages: msgs, Outcome: e.Outcome,
 		RecordingSHA256: sum, RecordingSize: size}
 	// A recording never flushed, and the verdicts not yet stored, are
 	// stored with the row that seals them.
 	end.Recording, end.Decisions = inline, ds
-	if eerr := s.r.st.EndSessionShared(ctx, s.meta.ID, end); eerr != nil {
+	if eerr := s.r.st.EndSessionShared(ctx, s.id, end); eerr != nil {
 		if len(ds) > 0 {
 			// The verdicts may be what the store refused; they are in the
 			// recording too, which must still be sealed.
 			end.Decisions = nil
-			if s.r.st.EndSessionShared(ctx, s.meta.ID, end) == nil {
-				eerr = fmt.Errorf("store the verdicts of %s: %w", s.meta.ID, eerr)
+			if s.r.st.EndSessionShared(ctx, s.id, end) == nil {
+				eerr = fmt.Errorf("store the verdicts of %s: %w", s.id, eerr)
 			}
 		}
 		err = errors.Join(err, eerr)
@@ -772,16 +780,15 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		s.r.putBuf(inline)
 	}
 	if s.r.upload && inline == nil && err == nil {
-		if f, oerr := os.Open(s.meta.Recording); oerr != nil {
-			err = fmt.Errorf("upload recording %s: %w", s.meta.ID, oerr)
+		if f, oerr := os.Open(s.r.path(s.id)); oerr != nil {
+			err = fmt.Errorf("upload recording %s: %w", s.id, oerr)
 		} else {
-			err = s.r.st.PutRecording(ctx, s.meta.ID, f)
+			err = s.r.st.PutRecording(ctx, s.id, f)
 			f.Close()
 		}
 	}
-	m := s.meta
-	m.Ended, m.BytesIn, m.BytesOut, m.Messages, m.Outcome = end.Ended, in, out, msgs, e.Outcome
-	m.RecordingSHA256, m.RecordingSize = sum, size
+	m := store.Session{ID: s.id, Recording: s.r.path(s.id), Started: s.start, Ended: end.Ended,
+		BytesIn: in, BytesOut: out, Messages: msgs, Outcome: e.Outcome, RecordingSHA256: sum, RecordingSize: size}
 	if a := s.r.audit; a != nil {
 		a.Record(audit.RecordingSealed{Session: m.ID, SHA256: sum, Size: size, Messages: msgs})
 	}
