@@ -318,7 +318,7 @@ func TestResetAnswers(t *testing.T) {
 				t.Fatalf("reset: %v, want ok=%v", err, tc.ok)
 			}
 			if tc.ok && tc.split == 20 && up.Parameters[0].Value() != "psql" {
-				t.Fatalf("parameters after reset: %v", up.Parameters)
+				t.Fatalf("application_name after reset: %q", up.Parameters[0].Value())
 			}
 		})
 	}

@@ -259,11 +259,11 @@ func (u *Upstream) reset() error {
 				if err := m.Decode(body); err != nil {
 					return &ProtocolError{Msg: "malformed parameter status from server"}
 				}
-				i := slices.IndexFunc(u.Parameters, func(p Param) bool { return p.Name() == m.Name })
-				if i < 0 {
-					u.Parameters = append(u.Parameters, NewParam(m.Name, m.Value))
+				p := NewParam(m.Name, m.Value)
+				if i := slices.IndexFunc(u.Parameters, func(q Param) bool { return q.name == p.name }); i >= 0 {
+					u.Parameters[i] = p
 				} else {
-					u.Parameters[i].value = unique.Make(m.Value)
+					u.Parameters = append(u.Parameters, p)
 				}
 			case 'Z':
 				if !done || len(body) != 1 || body[0] != 'I' || len(buf) > 0 {
