@@ -62,3 +62,41 @@ func TestIdleRelayHoldsNoBuffers(t *testing.T) {
 		t.Fatalf("heap grew by %d bytes for %d idle sessions (%d each): they hold their buffers", grew, sessions, grew/sessions)
 	}
 }
+
+// TestQueueReleasedWhenEmpty: an idle session lets its queue's ring go
+// (suspendServer), but only an empty one, and the next statement's entries
+// go through a new one in order.
+func TestQueueReleasedWhenEmpty(t *testing.T) {
+	var q queue
+	q.room.L = &q.mu
+	for i := range 6 {
+		q.push(entry{kind: uint8(i)})
+	}
+	q.release()
+	q.mu.Lock()
+	for i := range 6 {
+		if e := q.peek(0); e == nil || e.kind != uint8(i) {
+			t.Fatalf("entry %d after a release with entries pending: %+v", i, e)
+		}
+		q.pop()
+	}
+	q.mu.Unlock()
+	q.release()
+	if q.buf != nil {
+		t.Fatalf("an empty queue kept its ring of %d", len(q.buf))
+	}
+	for i := range 9 {
+		q.push(entry{kind: uint8(i)})
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := range 9 {
+		if e := q.peek(0); e == nil || e.kind != uint8(i) {
+			t.Fatalf("entry %d after the ring was let go: %+v", i, e)
+		}
+		q.pop()
+	}
+	if q.n != 0 || q.peek(0) != nil {
+		t.Fatalf("%d entries left after every entry was popped", q.n)
+	}
+}

@@ -244,9 +244,6 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 			r.upWatcher = uw
 		}
 	}
-	// Room for a statement's few extended-protocol messages; pipelining
-	// agents grow it.
-	r.q.buf = make([]entry, 4)
 	r.q.room.L = &r.q.mu
 	r.stop = context.AfterFunc(ctx, r.shutdown)
 	// The server side runs on this goroutine, which already has the stack
@@ -420,6 +417,7 @@ func (r *relay) suspendServer(s *serverSide) bool {
 	s.f.putOut()
 	s.f.in.close()
 	s.f.in.r, s.f.in.w = 0, 0
+	r.q.release()
 	// A deadline a poke left (suspend) would fail the first read.
 	r.upstream.SetReadDeadline(time.Time{})
 	if !r.upWatcher.Watch(r.resumeServer) {
@@ -617,7 +615,9 @@ func (q *queue) close() {
 func (q *queue) push(e entry) {
 	q.mu.Lock()
 	if q.n == len(q.buf) {
-		nb := make([]entry, 2*len(q.buf))
+		// Room for a statement's few extended-protocol messages at
+		// first; pipelining agents grow it.
+		nb := make([]entry, max(4, 2*len(q.buf)))
 		for i := 0; i < q.n; i++ {
 			nb[i] = q.buf[(q.head+i)%len(q.buf)]
 		}
@@ -627,6 +627,16 @@ func (q *queue) push(e entry) {
 	q.n++
 	if q.n >= maxPending {
 		q.reached.Store(true)
+	}
+	q.mu.Unlock()
+}
+
+// release lets an empty queue's ring go (the next push makes one), so
+// that an idle session does not hold it.
+func (q *queue) release() {
+	q.mu.Lock()
+	if q.n == 0 {
+		q.buf, q.head = nil, 0
 	}
 	q.mu.Unlock()
 }
@@ -1035,7 +1045,9 @@ func (f *framer) next(keepWhole func(typ byte, head []byte) bool) (typ byte, msg
 }
 
 // stmtState is the client goroutine's view of the agent's prepared
-// statements and of the portals whose results are masked.
+// statements and of the portals whose results are masked. Its maps are
+// made at their first entry: most sessions (simple queries) never make
+// them, and an idle session held both.
 type stmtState struct {
 	stmts   map[string]*stmtInfo
 	portals map[string]ColumnMasker
@@ -1067,7 +1079,6 @@ func (r *relay) newClientSide() *clientSide {
 	c := &clientSide{
 		f: framer{in: reader{conn: r.agent, budget: r.cfg.Budget},
 			max: r.cfg.MaxMessageSize, maxWhole: r.cfg.MaxBuffered, timeout: r.cfg.MessageTimeout, eof: clientEOF},
-		st:  stmtState{stmts: map[string]*stmtInfo{}, portals: map[string]ColumnMasker{}},
 		rec: Message{FromClient: true},
 	}
 	if r.watcher != nil {
@@ -1351,6 +1362,9 @@ func (r *relay) onParse(out, msg []byte, st *stmtState, flush func() error) ([]b
 	if info := st.stmts[string(name)]; info != nil {
 		info.sql, info.fresh, info.mask = text, true, v.Mask
 	} else {
+		if st.stmts == nil {
+			st.stmts = map[string]*stmtInfo{}
+		}
 		st.stmts[string(name)] = &stmtInfo{sql: text, fresh: true, mask: v.Mask}
 	}
 	return append(out, msg...), nil
@@ -1394,6 +1408,9 @@ func (r *relay) onBind(out, portal, stmt []byte, st *stmtState, flush func() err
 		}
 	}
 	if mask != nil {
+		if st.portals == nil {
+			st.portals = map[string]ColumnMasker{}
+		}
 		st.portals[string(portal)] = mask
 	} else if len(st.portals) > 0 {
 		delete(st.portals, string(portal))
