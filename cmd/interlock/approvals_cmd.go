@@ -65,7 +65,7 @@ reviewers, and never the user the held process runs as. A request is
 approved once its quorum of reviewers approve, and denied by one deny. The
 vote and its comment enter the audit trail.`,
 		Example: "  interlock " + name + " 01JD2Y8M4X --comment 'ticket OPS-1234'",
-		Args:    usage(cobra.ExactArgs(1)),
+		Args:    usage(oneID),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return reportAs(a, name, decideApproval(cmd.Context(), a.client(), approve, args[0], comment, a.stdout))
 		},

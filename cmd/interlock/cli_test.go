@@ -162,6 +162,14 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"sessions", "extra"}, "unknown command"},
 		{[]string{"exec", "--identity", "ci-bot"}, "usage: interlock exec"},
 		{[]string{"exec", "--", "true"}, "usage: interlock exec"},
+		// An ID left empty (an unset shell variable) is refused here, not
+		// sent to interlockd, whose answer was its 404 page.
+		{[]string{"replay", ""}, "interlock replay: the ID is empty"},
+		{[]string{"replay", "a", "b"}, "accepts 1 arg(s), received 2"},
+		{[]string{"export", " ", "--pcap", "s.pcap"}, "interlock export: the ID is empty"},
+		{[]string{"export", "s-1"}, "give one of --pcap FILE and --asciicast FILE"},
+		{[]string{"approve", ""}, "interlock approve: the ID is empty"},
+		{[]string{"deny", "\t"}, "interlock deny: the ID is empty"},
 	} {
 		code, out, errOut := cliRun(c.args...)
 		if code != 2 || out != "" || !strings.Contains(errOut, c.want) {

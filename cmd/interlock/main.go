@@ -110,6 +110,19 @@ func usage(check cobra.PositionalArgs) cobra.PositionalArgs {
 	}
 }
 
+// oneID accepts a single argument that is not blank: an ID given as ""
+// (an unset shell variable) would otherwise reach interlockd as a path
+// with an empty segment and come back as its 404 page.
+func oneID(cmd *cobra.Command, args []string) error {
+	if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+		return err
+	}
+	if strings.TrimSpace(args[0]) == "" {
+		return errors.New("the ID is empty")
+	}
+	return nil
+}
+
 // group makes cmd a command that only holds subcommands: alone it prints
 // its usage and fails, and an unknown subcommand is a usage error (cobra
 // would print the help and succeed).

@@ -106,10 +106,8 @@ func newReplayCmd(a *cli) *cobra.Command {
 request the agent sent, the decision on it and by which rule, and what the
 server answered (masked as the agent saw it).`,
 		Example: `  interlock replay 01JD2Y8M4XQ6`,
+		Args:    usage(oneID),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return errors.New("usage: interlock replay SESSION-ID")
-			}
 			return a.client().Stream(cmd.Context(), "/v1/sessions/"+url.PathEscape(args[0])+"/transcript", a.stdout)
 		},
 		ValidArgsFunction: noFiles,
@@ -127,9 +125,10 @@ the conversation between the agent and interlockd, as the agent saw it. With
 asciinema plays. The file appears whole or not at all.`,
 		Example: `  interlock export 01JD2Y8M4XQ6 --pcap session.pcap && tshark -r session.pcap
   interlock export 01JD2Y8M4XQ6 --asciicast session.cast && asciinema play session.cast`,
+		Args: usage(oneID),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 || (pcapFile == "") == (castFile == "") {
-				return errors.New("usage: interlock export SESSION-ID --pcap FILE | --asciicast FILE")
+			if (pcapFile == "") == (castFile == "") {
+				return &usageError{cmd, errors.New("give one of --pcap FILE and --asciicast FILE")}
 			}
 			ctx, c, id := cmd.Context(), a.client(), url.PathEscape(args[0])
 			if castFile != "" {
