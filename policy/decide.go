@@ -127,6 +127,19 @@ func (p *Policy) RuleCount() int { return len(p.rules) }
 // Targets returns every target in file order.
 func (p *Policy) Targets() []*Target { return p.targets }
 
+// KnowsTag reports whether an identity of the policy could match a caller
+// tagged tag: one that selects on that tag, or on no tag at all. The
+// callers of a tag none could match are an unknown identity, denied
+// everything no rule for every identity allows.
+func (p *Policy) KnowsTag(tag string) bool {
+	for _, id := range p.identities {
+		if id.Tag == "" || id.Tag == tag {
+			return true
+		}
+	}
+	return false
+}
+
 // SelectsOnProcess reports whether an identity a caller tagged tag could
 // match selects on what only the caller's process tells (its unit, its
 // executable's path or hash, its container): a caller whose process is

@@ -688,3 +688,21 @@ func TestDecideNoAlloc(t *testing.T) {
 		t.Errorf("DecideSQL (cached) allocates %v times", n)
 	}
 }
+
+// TestKnowsTag: a tag is known when an identity selects on it (its own
+// name when it has no selector, or its tag:), or when one selects on no
+// tag at all; `interlock exec` warns of one that is not.
+func TestKnowsTag(t *testing.T) {
+	tagged := mustParse(t, "version: 1\nidentities: [{name: ci}, {name: deploy, tag: runner, uid: [1000]}]\n")
+	for tag, want := range map[string]bool{"ci": true, "runner": true, "deploy": false, "cj": false, "": false} {
+		if got := tagged.KnowsTag(tag); got != want {
+			t.Errorf("KnowsTag(%q) = %v, want %v", tag, got, want)
+		}
+	}
+	if p := mustParse(t, "version: 1\nidentities: [{name: root, uid: [0]}]\n"); !p.KnowsTag("anything") {
+		t.Error("an identity selecting on no tag does not know every tag")
+	}
+	if Default().KnowsTag("dmeo") || !Default().KnowsTag("demo") {
+		t.Error("the default policy knows demo alone")
+	}
+}

@@ -30,8 +30,9 @@ type (
 	ExecAnswer struct {
 		Cgroup string   `json:"cgroup"`
 		Env    []string `json:"env,omitempty"`
-		// Warnings are ways out the command's user has that the kernel
-		// cannot close for it, for the CLI to print.
+		// Warnings are for the CLI to print: ways out the command's user
+		// has that the kernel cannot close for it, and an identity the
+		// policy in force does not know.
 		Warnings []string `json:"warnings,omitempty"`
 	}
 	// Status is what `interlock status` shows.

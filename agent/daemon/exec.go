@@ -60,7 +60,14 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.chain.Record(audit.Exec{Identity: req.Identity, PID: req.PID, ByUID: p.UID, Cgroup: rel})
-	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel, Env: env, Warnings: d.serviceManagerWarnings(req.PID, req.Identity)})
+	warnings := d.serviceManagerWarnings(req.PID, req.Identity)
+	if pol := d.policy.Current(); !pol.KnowsTag(req.Identity) {
+		// Tagged all the same: a policy reloaded later may name it. But a
+		// mistyped identity would otherwise show only as refusals.
+		warnings = append(warnings, fmt.Sprintf("no identity of the policy in force (%s) matches %q: "+
+			"what the command does is denied as an unknown identity's", pol.Name(), req.Identity))
+	}
+	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel, Env: env, Warnings: warnings})
 }
 
 // serviceManagerWarnings names the systemd user manager of the command's

@@ -3,10 +3,12 @@ package daemon_test
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -143,6 +145,32 @@ func TestExecWarnsOfUserManager(t *testing.T) {
 	errOut, st := execAs(denied, "/usr/bin/python3", "-c", "import socket; socket.socket(socket.AF_UNIX).connect('"+private+"')")
 	if strings.Contains(errOut, "systemd user manager") || st == 0 || !strings.Contains(errOut, "PermissionError") {
 		t.Errorf("exec with the manager's socket denied: status %d, stderr %q, want no warning and the connect refused", st, errOut)
+	}
+}
+
+// TestExecWarnsOfUnknownIdentity: `interlock exec` with an identity no
+// identity of the policy matches (a typo) runs the command tagged, as a
+// later policy may name it, but says so: otherwise the mistake showed only
+// as refusals. A known identity gets no such warning.
+func TestExecWarnsOfUnknownIdentity(t *testing.T) {
+	d := daemontest.Start(t, daemontest.Options{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	connect := "import socket; socket.create_connection(('127.0.0.1', " + strconv.Itoa(l.Addr().(*net.TCPAddr).Port) + "), 5)"
+	execAs := func(identity string) (string, int) {
+		_, errOut, st := runStatus(t, d.Command(t.Context(), "exec", "--identity", identity, "--user", "nobody", "--",
+			"/usr/bin/python3", "-c", connect))
+		return errOut, st
+	}
+	warning := `no identity of the policy in force (<default policy>) matches "dmeo"`
+	if errOut, st := execAs("dmeo"); !strings.Contains(errOut, warning) || st == 0 || !strings.Contains(errOut, "PermissionError") {
+		t.Errorf("exec as an unknown identity: status %d, stderr %q, want the warning and the connect refused", st, errOut)
+	}
+	if errOut, st := execAs("demo"); strings.Contains(errOut, "no identity of the policy") || st != 0 {
+		t.Errorf("exec as the default policy's identity: status %d, stderr %q, want no warning and the connect made", st, errOut)
 	}
 }
 
