@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -316,8 +317,12 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 	}
 	var noTarget string
 	if o.http != "" {
+		tag := o.tag
+		if o.identity != "" {
+			tag = p.Identity(o.identity).Tag
+		}
 		var err error
-		if noTarget, err = explainHTTP(p, t, o.http); err != nil {
+		if noTarget, err = explainHTTP(p, t, tag, o.http); err != nil {
 			fmt.Fprintf(stderr, "interlock policy explain: --http: %v\n", err)
 			return 2
 		}
@@ -370,13 +375,13 @@ func policyExplain(ctx context.Context, c *control.Client, o explainOptions, arg
 }
 
 // explainHTTP fills t from --http: 'METHOD PATH', or 'METHOD URL', whose
-// host and port choose the target as the TLS server name or Host would
-// when --target does not name one. noTarget says so when they choose none.
+// host and port choose the target (urlTarget) when --target does not name
+// one, for a caller tagged tag. noTarget says so when they choose none.
 //
 // The path is decided as interlockd decides an agent's: decoded
 // (http.DecidedTarget), so "/%61dmin/x" is explained as the "/admin/x" it
 // is.
-func explainHTTP(p *policy.Policy, t *policy.Test, req string) (noTarget string, err error) {
+func explainHTTP(p *policy.Policy, t *policy.Test, tag, req string) (noTarget string, err error) {
 	m, rest, _ := strings.Cut(strings.TrimSpace(req), " ")
 	rest = strings.TrimSpace(rest)
 	t.HTTPMethod = strings.ToUpper(m)
@@ -408,13 +413,43 @@ func explainHTTP(p *policy.Policy, t *policy.Test, req string) (noTarget string,
 	}
 	t.HTTPHost, t.HTTPPath = u.Hostname(), http.DecidedTarget(u)
 	if t.Target == "" {
-		tg := p.TargetForName(u.Hostname(), port)
+		tg, why := urlTarget(p, tag, u.Scheme, u.Hostname(), port)
 		if tg == nil {
-			return fmt.Sprintf("no target's hosts match %s on port %d", u.Hostname(), port), nil
+			return why, nil
 		}
 		t.Target = tg.Name
 	}
 	return "", nil
+}
+
+// urlTarget is the target interlockd gives a request for host on port, as
+// a connection's address and then the name the agent sends choose it
+// (session.Pipeline's byName). An IP address is a connection's address:
+// the target that lists it, unless http targets chosen by name take the
+// port, and then a plain request's Host (the address) names the target,
+// while a TLS one, which sends no server name for an address, keeps the
+// address's. A host name is the name the agent sends: the http target
+// whose hosts match it. (The address it resolves to is not known here: a
+// target that is not http and lists that address would take the
+// connection first.)
+func urlTarget(p *policy.Policy, tag, scheme, host string, port uint16) (*policy.Target, string) {
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		if t := p.TargetForName(host, port); t != nil {
+			return t, ""
+		}
+		return nil, fmt.Sprintf("no target's hosts match %s on port %d", host, port)
+	}
+	t := p.TargetFor(tag, a, port)
+	if p.ChoosesByName(t, port) && scheme == "http" {
+		if t = p.TargetForName(host, port); t == nil {
+			return nil, fmt.Sprintf("no http target has host %s on port %d", host, port)
+		}
+	}
+	if t == nil {
+		return nil, fmt.Sprintf("no target has the address %s on port %d", host, port)
+	}
+	return t, ""
 }
 
 // daemonPolicy is the policy explain decides with when none is named: the

@@ -148,3 +148,40 @@ rules:
 		t.Errorf("explain dot segments: code %d:\n%s", code, out)
 	}
 }
+
+// TestPolicyExplainHTTPByAddress: a URL whose host is an IP address is
+// explained with the target interlockd would give its connection: the one
+// that lists the address (the embedded default's loopback relay allowed a
+// request explain said no target took), unless http targets chosen by name
+// take the port and the request is plain HTTP, whose Host then names it.
+func TestPolicyExplainHTTPByAddress(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "http.yaml")
+	os.WriteFile(file, []byte(`
+identities: [{name: ci}]
+targets:
+  - {name: forge, protocol: http, hosts: ["*.example.com"], port: 443, tls: intercept}
+  - {name: local, protocol: tcp, addresses: [127.0.0.0/8], port: 0}
+  - {name: api-ip, protocol: http, addresses: [10.0.0.5], port: 443, tls: intercept}
+rules:
+  - {name: local-any, identity: ci, target: local, action: allow}
+  - {name: api-read, identity: ci, target: api-ip, http: {methods: [GET]}, action: allow}
+`), 0o600)
+	for _, c := range []struct{ req, target, decision string }{
+		{"GET http://127.0.0.1:8080/x", "target:    local\n", "allow by rule local-any"},
+		{"GET https://10.0.0.5/x", "target:    api-ip\n", "allow by rule api-read"},
+		{"GET http://10.0.0.5:443/x", "none (no http target has host 10.0.0.5 on port 443)", "deny by rule default-deny"},
+		{"GET https://192.0.2.1/", "none (no target has the address 192.0.2.1 on port 443)", "deny by rule default-deny"},
+		{"GET http://[::1]:8080/", "none (no target has the address ::1 on port 8080)", "deny by rule default-deny"},
+	} {
+		code, out, errOut := runPolicyCmd("explain", "--policy", file, "--identity", "ci", "--http", c.req)
+		if code != 0 || !strings.Contains(out, c.target) || !strings.Contains(out, "decision:  "+c.decision) {
+			t.Errorf("explain %q: code %d, err %q:\n%s\nwant %q and %q", c.req, code, errOut, out, c.target, c.decision)
+		}
+	}
+	// The embedded default (no daemon answers), as the quick start's curl
+	// to a local server, which interlockd relays.
+	code, out, errOut := runPolicyCmd("explain", "--identity", "demo", "--http", "GET http://127.0.0.1:8080/")
+	if code != 0 || !strings.Contains(out, "target:    local-http\n") || !strings.Contains(out, "decision:  allow by rule demo-http") {
+		t.Errorf("explain the quick start's local request: code %d, err %q:\n%s", code, errOut, out)
+	}
+}
