@@ -32,7 +32,7 @@ type (
 		Env    []string `json:"env,omitempty"`
 		// Warnings are for the CLI to print: ways out the command's user
 		// has that the kernel cannot close for it, and an identity the
-		// policy in force does not know.
+		// policy in force does not know (see TagAnswer).
 		Warnings []string `json:"warnings,omitempty"`
 	}
 	// Status is what `interlock status` shows.
@@ -62,6 +62,13 @@ type (
 type TagEntry struct {
 	Cgroup   string `json:"cgroup"`
 	Identity string `json:"identity"`
+}
+
+// TagAnswer is POST /v1/tag's answer: the tag as made, and warnings for
+// the CLI to print (an identity the policy in force does not know).
+type TagAnswer struct {
+	TagEntry
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // PolicyText is the policy in force as GET /v1/policy returns it: where it

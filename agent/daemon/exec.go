@@ -60,14 +60,21 @@ func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.chain.Record(audit.Exec{Identity: req.Identity, PID: req.PID, ByUID: p.UID, Cgroup: rel})
-	warnings := d.serviceManagerWarnings(req.PID, req.Identity)
-	if pol := d.policy.Current(); !pol.KnowsTag(req.Identity) {
-		// Tagged all the same: a policy reloaded later may name it. But a
-		// mistyped identity would otherwise show only as refusals.
-		warnings = append(warnings, fmt.Sprintf("no identity of the policy in force (%s) matches %q: "+
-			"what the command does is denied as an unknown identity's", pol.Name(), req.Identity))
-	}
+	warnings := append(d.serviceManagerWarnings(req.PID, req.Identity), d.unknownIdentity(req.Identity)...)
 	control.WriteJSON(w, http.StatusOK, control.ExecAnswer{Cgroup: rel, Env: env, Warnings: warnings})
+}
+
+// unknownIdentity warns, for the CLI that tags with identity, when no
+// identity of the policy in force matches it. The tag is made all the
+// same, as a policy reloaded later may name it; but a mistyped identity
+// would otherwise show only as refusals.
+func (d *Daemon) unknownIdentity(identity string) []string {
+	pol := d.policy.Current()
+	if pol.KnowsTag(identity) {
+		return nil
+	}
+	return []string{fmt.Sprintf("no identity of the policy in force (%s) matches %q: "+
+		"what its processes do is denied as an unknown identity's", pol.Name(), identity)}
 }
 
 // serviceManagerWarnings names the systemd user manager of the command's

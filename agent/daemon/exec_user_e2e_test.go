@@ -148,11 +148,12 @@ func TestExecWarnsOfUserManager(t *testing.T) {
 	}
 }
 
-// TestExecWarnsOfUnknownIdentity: `interlock exec` with an identity no
+// TestTaggingWarnsOfUnknownIdentity: `interlock exec` with an identity no
 // identity of the policy matches (a typo) runs the command tagged, as a
 // later policy may name it, but says so: otherwise the mistake showed only
-// as refusals. A known identity gets no such warning.
-func TestExecWarnsOfUnknownIdentity(t *testing.T) {
+// as refusals. So does `interlock tag`. A known identity gets no such
+// warning.
+func TestTaggingWarnsOfUnknownIdentity(t *testing.T) {
 	d := daemontest.Start(t, daemontest.Options{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -171,6 +172,13 @@ func TestExecWarnsOfUnknownIdentity(t *testing.T) {
 	}
 	if errOut, st := execAs("demo"); strings.Contains(errOut, "no identity of the policy") || st != 0 {
 		t.Errorf("exec as the default policy's identity: status %d, stderr %q, want no warning and the connect made", st, errOut)
+	}
+	cg := d.Cgroup("runner")
+	if out, errOut, err := d.CLI("tag", cg, "--identity", "dmeo"); err != nil || !strings.Contains(out, "as dmeo") || !strings.Contains(errOut, warning) {
+		t.Errorf("tag as an unknown identity: %v, stdout %q, stderr %q, want it tagged and the warning", err, out, errOut)
+	}
+	if out, errOut, err := d.CLI("tag", cg, "--identity", "demo"); err != nil || !strings.Contains(out, "as demo") || errOut != "" {
+		t.Errorf("tag as the default policy's identity: %v, stdout %q, stderr %q, want no warning", err, out, errOut)
 	}
 }
 

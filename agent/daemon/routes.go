@@ -176,7 +176,11 @@ func (d *Daemon) handleTag(w http.ResponseWriter, r *http.Request) {
 		control.WriteError(w, http.StatusInternalServerError, "%v", err)
 		return
 	}
-	control.WriteJSON(w, http.StatusOK, control.TagEntry{Cgroup: rel, Identity: req.Identity})
+	answer := control.TagAnswer{TagEntry: control.TagEntry{Cgroup: rel, Identity: req.Identity}}
+	if req.Identity != "" {
+		answer.Warnings = d.unknownIdentity(req.Identity)
+	}
+	control.WriteJSON(w, http.StatusOK, answer)
 }
 
 // tag tags (identity non-empty) or untags the cgroup at abs.

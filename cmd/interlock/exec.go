@@ -174,9 +174,7 @@ func execCommand(ctx context.Context, c *control.Client, o execOptions, argv []s
 		uid = cmd.SysProcAttr.Credential.Uid
 	}
 	warnPtraceExposure(ctx, c, ans.Cgroup, []uint32{uid}, stderr)
-	for _, w := range ans.Warnings {
-		fmt.Fprintf(stderr, "interlock: warning: %s\n", w)
-	}
+	printWarnings(stderr, ans.Warnings)
 
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -252,4 +250,12 @@ func isTerminal(f *os.File) bool {
 
 func reclaimTerminal() {
 	unix.IoctlSetPointerInt(int(os.Stdin.Fd()), unix.TIOCSPGRP, unix.Getpgrp())
+}
+
+// printWarnings prints what interlockd warned of when it tagged a cgroup,
+// a line each.
+func printWarnings(stderr io.Writer, warnings []string) {
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "interlock: warning: %s\n", w)
+	}
 }

@@ -293,16 +293,17 @@ cgroup exists. Needs root.`,
 
 func tag(ctx context.Context, c *control.Client, pos []string, identity, unit string, w, stderr io.Writer) error {
 	if unit != "" && len(pos) == 0 && identity != "" {
-		return runTagUnit(ctx, c, unit, identity, w)
+		return runTagUnit(ctx, c, unit, identity, w, stderr)
 	}
 	if len(pos) != 1 || identity == "" {
 		return errors.New("usage: interlock tag CGROUP --identity NAME | --unit UNIT --identity NAME")
 	}
-	var out control.TagEntry
+	var out control.TagAnswer
 	if err := c.Call(ctx, "/v1/tag", control.TagRequest{Cgroup: pos[0], Identity: identity}, &out); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "tagged %s as %s\n", out.Cgroup, out.Identity)
+	printWarnings(stderr, out.Warnings)
 	warnPtraceExposure(ctx, c, out.Cgroup, nil, stderr)
 	return nil
 }

@@ -64,7 +64,7 @@ var (
 // runTagUnit tags a systemd service now (if it is running) and on every
 // start, or a slice now. It needs root: it writes under /etc/systemd/system
 // and talks to systemd with systemctl.
-func runTagUnit(ctx context.Context, c *control.Client, unit, identity string, stdout io.Writer) error {
+func runTagUnit(ctx context.Context, c *control.Client, unit, identity string, stdout, stderr io.Writer) error {
 	if !unitNamePattern.MatchString(unit) {
 		return fmt.Errorf("tag unit %q: want NAME.service or NAME.slice", unit)
 	}
@@ -75,7 +75,7 @@ func runTagUnit(ctx context.Context, c *control.Client, unit, identity string, s
 		if own, err := unitProperty(ctx, unit, "InvocationID"); err == nil && own == inv {
 			// We are the unit's own ExecStartPre: tag the cgroup systemd
 			// just created and let ExecStart run.
-			return tagUnitCgroup(ctx, c, unit, identity, stdout)
+			return tagUnitCgroup(ctx, c, unit, identity, stdout, stderr)
 		}
 	}
 	self, err := os.Executable()
@@ -107,7 +107,7 @@ func runTagUnit(ctx context.Context, c *control.Client, unit, identity string, s
 		fmt.Fprintf(stdout, "%s is not running; it will be tagged as %s when it starts\n", unit, identity)
 		return nil
 	}
-	return tagUnitCgroup(ctx, c, unit, identity, stdout)
+	return tagUnitCgroup(ctx, c, unit, identity, stdout, stderr)
 }
 
 // runUntagUnit removes the drop-in runTagUnit wrote and untags the unit's
@@ -139,7 +139,7 @@ func runUntagUnit(ctx context.Context, c *control.Client, unit string, stdout io
 }
 
 // tagUnitCgroup tags the unit's current cgroup through the control API.
-func tagUnitCgroup(ctx context.Context, c *control.Client, unit, identity string, stdout io.Writer) error {
+func tagUnitCgroup(ctx context.Context, c *control.Client, unit, identity string, stdout, stderr io.Writer) error {
 	cg, err := unitProperty(ctx, unit, "ControlGroup")
 	if err != nil {
 		return err
@@ -147,11 +147,12 @@ func tagUnitCgroup(ctx context.Context, c *control.Client, unit, identity string
 	if cg == "" {
 		return fmt.Errorf("tag unit %s: systemd reports no cgroup for it", unit)
 	}
-	var out control.TagEntry
+	var out control.TagAnswer
 	if err := c.Call(ctx, "/v1/tag", control.TagRequest{Cgroup: cg, Identity: identity}, &out); err != nil {
 		return fmt.Errorf("tag unit %s: %w", unit, err)
 	}
 	fmt.Fprintf(stdout, "tagged %s (%s) as %s\n", unit, out.Cgroup, out.Identity)
+	printWarnings(stderr, out.Warnings)
 	return nil
 }
 

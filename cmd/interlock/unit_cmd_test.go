@@ -128,7 +128,7 @@ func TestTagUnitRejects(t *testing.T) {
 		{"runner.service", "x\nExecStartPre=/bin/sh"},
 		{"runner.service", ""},
 	} {
-		if err := runTagUnit(t.Context(), nil, tc.unit, tc.identity, os.Stdout); err == nil {
+		if err := runTagUnit(t.Context(), nil, tc.unit, tc.identity, os.Stdout, os.Stderr); err == nil {
 			t.Errorf("runTagUnit(%q, %q) accepted", tc.unit, tc.identity)
 		}
 	}
