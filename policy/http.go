@@ -163,6 +163,18 @@ func (p *Policy) ChoosesByName(t *Target, port uint16) bool {
 	return false
 }
 
+// ChosenByName is the target of a connection ChoosesByName says is chosen
+// by name, once the agent asked for name (its TLS server name, else a
+// plain request's Host; "" for none, which a TLS client sends for an IP
+// address): the http target whose hosts match name, or, when it named
+// none, byAddr, the target of the address it connected to.
+func (p *Policy) ChosenByName(byAddr *Target, name string, port uint16) *Target {
+	if name == "" {
+		return byAddr
+	}
+	return p.TargetForName(name, port)
+}
+
 // byNameRedirects are the kernel rules that bring every connection an
 // http target chosen by name may get to interlockd: its port at every
 // address, since which address a name stands for is the agent's

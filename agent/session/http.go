@@ -24,10 +24,7 @@ import (
 func (p *Pipeline) byName(c *conn, byAddr *policy.Target, port uint16) func(ctx context.Context, name string) (string, protocol.Verdict) {
 	return func(_ context.Context, name string) (string, protocol.Verdict) {
 		pol := p.cfg.Policy.Current()
-		t := byAddr
-		if name != "" {
-			t = pol.TargetForName(name, port)
-		}
+		t := pol.ChosenByName(byAddr, name, port)
 		op := "CONNECT " + name
 		c.target = t
 		if t == nil {

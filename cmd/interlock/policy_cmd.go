@@ -424,13 +424,13 @@ func explainHTTP(p *policy.Policy, t *policy.Test, tag, req string) (noTarget st
 
 // urlTarget is the target interlockd gives a request for host on port, as
 // a connection's address and then the name the agent sends choose it
-// (session.Pipeline's byName). An IP address is a connection's address:
-// the target that lists it, unless http targets chosen by name take the
-// port, and then a plain request's Host (the address) names the target,
-// while a TLS one, which sends no server name for an address, keeps the
-// address's. A host name is the name the agent sends: the http target
-// whose hosts match it. (The address it resolves to is not known here: a
-// target that is not http and lists that address would take the
+// (policy.ChoosesByName and ChosenByName). An IP address is a connection's
+// address: the target that lists it, unless http targets chosen by name
+// take the port, and then a plain request's Host (the address) names the
+// target, while a TLS one, which sends no server name for an address,
+// keeps the address's. A host name is the name the agent sends: the http
+// target whose hosts match it. (The address it resolves to is not known
+// here: a target that is not http and lists that address would take the
 // connection first.)
 func urlTarget(p *policy.Policy, tag, scheme, host string, port uint16) (*policy.Target, string) {
 	a, err := netip.ParseAddr(host)
@@ -442,7 +442,7 @@ func urlTarget(p *policy.Policy, tag, scheme, host string, port uint16) (*policy
 	}
 	t := p.TargetFor(tag, a, port)
 	if p.ChoosesByName(t, port) && scheme == "http" {
-		if t = p.TargetForName(host, port); t == nil {
+		if t = p.ChosenByName(t, host, port); t == nil {
 			return nil, fmt.Sprintf("no http target has host %s on port %d", host, port)
 		}
 	}
