@@ -936,6 +936,28 @@ func BenchmarkProxyConnectFirstByte(b *testing.B) {
 	}
 }
 
+// TestMonitorKeptAwake: interlockd runs with the Go runtime's monitor kept
+// out of its deep sleep (cmd/interlockd's keepMonitorAwake), having
+// executed itself again under the same PID: the process the test started
+// is the daemon that answers, and relays.
+func TestMonitorKeptAwake(t *testing.T) {
+	f := start(t)
+	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", f.d.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Split(string(environ), "\x00"), "GODEBUG=schedtrace=2147483647") {
+		t.Fatalf("interlockd's environment has no GODEBUG=schedtrace=2147483647: %q", environ)
+	}
+	tg := newTarget(t, "tcp", "127.0.0.1:0")
+	if r := f.runIn(t, f.tagged(t, "agent", "ci-bot"), "tcp", tg.addr()); r.Err != "" {
+		t.Fatalf("a connection through interlockd: %+v", r)
+	}
+	if strings.Contains(f.d.Logs(), "cannot run again") {
+		t.Fatalf("interlockd warned:\n%s", f.d.Logs())
+	}
+}
+
 // TestRemovedCgroupLosesItsTag: a systemd unit gets a fresh cgroup at every
 // start; the tags of the removed ones must not pile up in the kernel map.
 func TestRemovedCgroupLosesItsTag(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 )
 
 func main() {
+	keepMonitorAwake(os.Stderr)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
