@@ -77,11 +77,12 @@ func (s *Store) createSession(ctx context.Context, sess *Session, refused func(e
 		_, err := tx.StmtContext(ctx, ins).ExecContext(ctx, args...)
 		return err
 	}
+	sw := &sessionWrite{id: sess.ID, row: args}
 	if refused != nil && s.writer != nil {
 		id := sess.ID
-		err = s.queue(insert, func(err error) { refused(fmt.Errorf("insert session %s: %w", id, err)) })
+		err = s.queue(insert, func(err error) { refused(fmt.Errorf("insert session %s: %w", id, err)) }, sw)
 	} else {
-		err = s.write(ctx, insert)
+		err = s.writeSession(ctx, insert, sw)
 	}
 	if err != nil {
 		return fmt.Errorf("insert session: %w", err)
@@ -110,23 +111,22 @@ type SessionEnd struct {
 // EndSession closes session id. A session ends once; ending it again
 // returns an error so a sealed recording hash is never overwritten.
 func (s *Store) EndSession(ctx context.Context, id string, e SessionEnd) error {
-	return s.endSession(ctx, id, e, s.write)
+	return s.endSession(ctx, id, e, s.writeSession)
 }
 
 // EndSessionShared closes session id as EndSession does, but on SQLite its
 // transaction may wait up to writeLinger for other writes to share it: the
 // sessions a busy proxy ends then take one commit among several.
 func (s *Store) EndSessionShared(ctx context.Context, id string, e SessionEnd) error {
-	return s.endSession(ctx, id, e, s.writeShared)
+	return s.endSession(ctx, id, e, s.writeSessionShared)
 }
 
-func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write func(context.Context, func(context.Context, *sql.Tx) error) error) error {
+func (s *Store) endSession(ctx context.Context, id string, e SessionEnd,
+	write func(context.Context, func(context.Context, *sql.Tx) error, *sessionWrite) error) error {
 	if e.Ended.IsZero() {
 		e.Ended = time.Now().UTC()
 	}
-	upd, err := s.prepared(ctx, `UPDATE sessions SET ended_ns = ?, bytes_in = ?, bytes_out = ?,
-		messages = ?, outcome = ?, recording_sha256 = ?, recording_size = ?
-		WHERE id = ? AND ended_ns IS NULL`)
+	upd, err := s.prepared(ctx, endQuery)
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
@@ -152,17 +152,20 @@ func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write f
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
+	var parts [][]byte
+	for rest := e.Recording; len(rest) > 0; {
+		n := min(len(rest), recordingPart)
+		parts, rest = append(parts, rest[:n]), rest[n:]
+	}
 	err = write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		if err := insDecisions(ctx, tx, rows); err != nil {
 			return err
 		}
 		ins := tx.StmtContext(ctx, part)
-		for i, rest := 0, e.Recording; len(rest) > 0; i++ {
-			n := min(len(rest), recordingPart)
-			if _, err := ins.ExecContext(ctx, id, i, rest[:n]); err != nil {
+		for i, p := range parts {
+			if _, err := ins.ExecContext(ctx, id, i, p); err != nil {
 				return fmt.Errorf("store recording part %d: %w", i, err)
 			}
-			rest = rest[n:]
 		}
 		res, err := tx.StmtContext(ctx, upd).ExecContext(ctx, args...)
 		if err != nil {
@@ -172,15 +175,187 @@ func (s *Store) endSession(ctx context.Context, id string, e SessionEnd, write f
 			return errNotOpen
 		}
 		return nil
-	})
+	}, &sessionWrite{id: id, end: args[:len(args)-1], decisions: rows, parts: parts})
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
 	return nil
 }
 
+// endQuery ends an open session.
+const endQuery = `UPDATE sessions SET ended_ns = ?, bytes_in = ?, bytes_out = ?,
+	messages = ?, outcome = ?, recording_sha256 = ?, recording_size = ?
+	WHERE id = ? AND ended_ns IS NULL`
+
 // errNotOpen is ending a session that is not open.
 var errNotOpen = errors.New("not open")
+
+// sessionWrite is a session's row (row: createSession's columns) or its
+// end (end: the columns endSession sets, with its verdicts' rows and its
+// recording's parts), as the writer runs many sessions' together
+// (runSessions).
+type sessionWrite struct {
+	id        string
+	row       []any
+	end       []any
+	decisions []decisionRow
+	parts     [][]byte
+}
+
+// togetherSizes is how many INSERTs runSessions has for each table: the
+// i-th inserts 1<<i rows, up to 16. A statement for each row count would
+// keep as many compiled statements per table, some of them large, for the
+// life of the store.
+const togetherSizes = 5
+
+// sessionStmts are runSessions' statements.
+type sessionStmts struct {
+	sessions, decisions, parts [togetherSizes]*sql.Stmt
+	end                        *sql.Stmt
+}
+
+// sessionStatements prepares runSessions' statements the first time, and
+// returns them. Only the writer calls it, between transactions (a
+// preparation needs the writer's one connection).
+func (s *Store) sessionStatements(ctx context.Context) (*sessionStmts, error) {
+	if s.together != nil {
+		return s.together, nil
+	}
+	st := &sessionStmts{}
+	var err error
+	for i := range st.sessions {
+		k := 1 << i
+		for _, t := range []struct {
+			stmt        **sql.Stmt
+			table, cols string
+		}{
+			{&st.sessions[i], "sessions", sessionColumns},
+			{&st.decisions[i], "decision_batches", "session_id, first_idx, last_idx, actions, decisions"},
+			{&st.parts[i], "recording_parts", "session_id, part, data"},
+		} {
+			values := "(" + strings.TrimSuffix(strings.Repeat("?, ", strings.Count(t.cols, ",")+1), ", ") + ")"
+			if *t.stmt, err = s.prepared(ctx, "INSERT INTO "+t.table+" ("+t.cols+") VALUES "+
+				strings.TrimSuffix(strings.Repeat(values+", ", k), ", ")); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if st.end, err = s.prepared(ctx, endQuery); err != nil {
+		return nil, err
+	}
+	s.together = st
+	return st, nil
+}
+
+// errApart sends a batch whose sessions runSessions cannot run together
+// (one begun or ended twice) back to the writes one at a time, which say
+// which failed.
+var errApart = errors.New("the batch's sessions are run one at a time")
+
+// runSessions runs the sessions' writes of run in a few statements: the
+// new sessions' rows in one INSERT per 16, each with its end when the
+// session ended within run (a short session is one row, never updated),
+// an UPDATE for each end of a session begun before, then every end's
+// verdicts and recording parts, 16 rows to an INSERT.
+func runSessions(ctx context.Context, tx *sql.Tx, st *sessionStmts, run []*sessionWrite) error {
+	if len(run) == 0 {
+		return nil
+	}
+	var (
+		rows      [][]any
+		begun     = make(map[string]int, len(run))
+		updates   []*sessionWrite
+		decisions []decisionRow
+		parts     []partRow
+	)
+	for _, w := range run {
+		if w.row != nil {
+			if _, ok := begun[w.id]; ok {
+				return errApart
+			}
+			begun[w.id] = len(rows)
+			rows = append(rows, sessionRow(w.row))
+			continue
+		}
+		if i, ok := begun[w.id]; ok {
+			if rows[i][12] != nil {
+				return errApart
+			}
+			setEnd(rows[i], w.end)
+		} else {
+			updates = append(updates, w)
+		}
+		decisions = append(decisions, w.decisions...)
+		for i, p := range w.parts {
+			parts = append(parts, partRow{w.id, i, p})
+		}
+	}
+	if err := insertTogether(ctx, tx, st.sessions, len(rows), func(args []any, i int) []any { return append(args, rows[i]...) }); err != nil {
+		return err
+	}
+	for _, w := range updates {
+		res, err := tx.StmtContext(ctx, st.end).ExecContext(ctx, append(w.end[:len(w.end):len(w.end)], w.id)...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return errNotOpen
+		}
+	}
+	if err := insertTogether(ctx, tx, st.decisions, len(decisions), func(args []any, i int) []any {
+		r := &decisions[i]
+		return append(args, r.session, r.first, r.last, r.actions, r.data)
+	}); err != nil {
+		return err
+	}
+	return insertTogether(ctx, tx, st.parts, len(parts), func(args []any, i int) []any {
+		return append(args, parts[i].session, parts[i].part, parts[i].data)
+	})
+}
+
+// partRow is one row of recording_parts.
+type partRow struct {
+	session string
+	part    int
+	data    []byte
+}
+
+// sessionRow is the row of sessionColumns for createSession's columns (id
+// to started_ns, then recording): open, as that INSERT leaves it.
+func sessionRow(c []any) []any {
+	return []any{c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11],
+		nil, int64(0), int64(0), int64(0), "", c[12], "", int64(0)}
+}
+
+// setEnd writes into row (sessionColumns) an end's columns, as endQuery
+// sets them: ended_ns, bytes_in, bytes_out, messages, outcome,
+// recording_sha256, recording_size.
+func setEnd(row, end []any) {
+	copy(row[12:17], end[:5])
+	row[18], row[19] = end[5], end[6]
+}
+
+// insertTogether inserts n rows with ins (ins[i] inserts 1<<i rows), the
+// largest statements first; row appends the i-th row's values to args.
+func insertTogether(ctx context.Context, tx *sql.Tx, ins [togetherSizes]*sql.Stmt, n int, row func(args []any, i int) []any) error {
+	var args []any
+	for done := 0; done < n; {
+		i := len(ins) - 1
+		for 1<<i > n-done {
+			i--
+		}
+		k := 1 << i
+		args = args[:0]
+		for j := done; j < done+k; j++ {
+			args = row(args, j)
+		}
+		if _, err := tx.StmtContext(ctx, ins[i]).ExecContext(ctx, args...); err != nil {
+			return err
+		}
+		done += k
+	}
+	return nil
+}
 
 const sessionColumns = `id, host, identity, pid, uid, exe, cgroup, target, protocol, client_addr, upstream_addr,
 	started_ns, ended_ns, bytes_in, bytes_out, messages, outcome, recording, recording_sha256, recording_size`

@@ -72,6 +72,9 @@ type Store struct {
 	// (query -> *sql.Stmt): SQLite parses and plans an INSERT in about as
 	// long as it takes to run it.
 	stmts sync.Map
+	// together are the writer's statements for many sessions' writes at
+	// once (sessionStatements); only the writer's goroutine uses it.
+	together *sessionStmts
 }
 
 // OpenSQLite opens (creating if needed) the SQLite store at path, usually

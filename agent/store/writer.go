@@ -31,6 +31,10 @@ type writeOp struct {
 	fn      func(ctx context.Context, tx *sql.Tx) error
 	done    chan error
 	refused func(error)
+	// sess is what fn writes when it is a session's row or end, in a
+	// form the writer can run together with the other sessions' of its
+	// transaction (runSessions).
+	sess *sessionWrite
 }
 
 // writer commits SQLite's writes: the writes that arrive while a
@@ -79,10 +83,15 @@ func (s *Store) stopWriter() {
 // caller's ctx only bounds its wait: a write interrupted half-way would
 // roll back every write of the transaction.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return s.writeSession(ctx, fn, nil)
+}
+
+// writeSession is write for a session's row or end, which sess describes.
+func (s *Store) writeSession(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error, sess *sessionWrite) error {
 	if s.writer == nil {
 		return s.inTx(ctx, fn)
 	}
-	op := &writeOp{fn: fn, done: make(chan error, 1)}
+	op := &writeOp{fn: fn, done: make(chan error, 1), sess: sess}
 	select {
 	case s.writer.ops <- op:
 	case <-s.writer.quit:
@@ -109,10 +118,16 @@ func (s *Store) inTx(ctx context.Context, fn func(ctx context.Context, tx *sql.T
 // writeShared runs fn as write does, but as a queued write: its
 // transaction waits up to writeLinger for others to share it.
 func (s *Store) writeShared(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	return s.writeSessionShared(ctx, fn, nil)
+}
+
+// writeSessionShared is writeShared for a session's end, which sess
+// describes.
+func (s *Store) writeSessionShared(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error, sess *sessionWrite) error {
 	if s.writer == nil {
 		return s.inTx(ctx, fn)
 	}
-	op := &writeOp{fn: fn, done: make(chan error, 1)}
+	op := &writeOp{fn: fn, done: make(chan error, 1), sess: sess}
 	if err := s.writer.enqueue(op); err != nil {
 		return err
 	}
@@ -138,8 +153,8 @@ func (s *Store) Sync(ctx context.Context) error {
 // is called with the error if its transaction refuses it. Writes queued
 // before a write that is waited on go in the same transaction or an earlier
 // one.
-func (s *Store) queue(fn func(ctx context.Context, tx *sql.Tx) error, refused func(error)) error {
-	return s.writer.enqueue(&writeOp{fn: fn, refused: refused})
+func (s *Store) queue(fn func(ctx context.Context, tx *sql.Tx) error, refused func(error), sess *sessionWrite) error {
+	return s.writer.enqueue(&writeOp{fn: fn, refused: refused, sess: sess})
 }
 
 // enqueue adds op to the queued writes and wakes the writer.
@@ -247,8 +262,26 @@ func (s *Store) commit(batch []*writeOp) {
 // write that failed and its error, the transaction rolled back; or -1 and
 // the error of beginning or committing the transaction, which is every
 // write's.
+//
+// The sessions' rows and ends among the writes are run together, a few
+// statements for all of them (runSessions): a statement per row cost about
+// as much as the row itself, and a short session made four. When any of
+// those statements fails, the transaction is rolled back and the batch
+// runs again a write at a time, which finds the write that failed.
 func (s *Store) tryCommit(batch []*writeOp) (int, error) {
 	ctx := context.Background()
+	if hasSessions(batch) {
+		if st, err := s.sessionStatements(ctx); err == nil {
+			tx, err := s.w.BeginTx(ctx, nil)
+			if err != nil {
+				return -1, err
+			}
+			if s.runTogether(ctx, tx, st, batch) == nil {
+				return -1, tx.Commit()
+			}
+			tx.Rollback()
+		}
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return -1, err
@@ -260,6 +293,41 @@ func (s *Store) tryCommit(batch []*writeOp) (int, error) {
 		}
 	}
 	return -1, tx.Commit()
+}
+
+// hasSessions reports whether batch holds two writes of sessions, which
+// runTogether then runs in fewer statements than they would alone.
+func hasSessions(batch []*writeOp) bool {
+	n := 0
+	for _, op := range batch {
+		if op.sess != nil {
+			if n++; n == 2 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// runTogether runs batch in tx, in order, each run of sessions' writes
+// between other writes in a few statements (runSessions). Its error is the
+// first statement's that failed.
+func (s *Store) runTogether(ctx context.Context, tx *sql.Tx, st *sessionStmts, batch []*writeOp) error {
+	var run []*sessionWrite
+	for _, op := range batch {
+		if op.sess != nil {
+			run = append(run, op.sess)
+			continue
+		}
+		if err := runSessions(ctx, tx, st, run); err != nil {
+			return err
+		}
+		run = run[:0]
+		if err := op.fn(ctx, tx); err != nil {
+			return err
+		}
+	}
+	return runSessions(ctx, tx, st, run)
 }
 
 // tell gives op its outcome.
