@@ -175,7 +175,7 @@ func (s *Store) endSession(ctx context.Context, id string, e SessionEnd,
 			return errNotOpen
 		}
 		return nil
-	}, &sessionWrite{id: id, end: args[:len(args)-1], decisions: rows, parts: parts})
+	}, &sessionWrite{id: id, end: args, decisions: rows, parts: parts})
 	if err != nil {
 		return fmt.Errorf("end session %s: %w", id, err)
 	}
@@ -191,9 +191,9 @@ const endQuery = `UPDATE sessions SET ended_ns = ?, bytes_in = ?, bytes_out = ?,
 var errNotOpen = errors.New("not open")
 
 // sessionWrite is a session's row (row: createSession's columns) or its
-// end (end: the columns endSession sets, with its verdicts' rows and its
-// recording's parts), as the writer runs many sessions' together
-// (runSessions).
+// end (end: endQuery's arguments, the columns it sets and then the id,
+// with its verdicts' rows and its recording's parts), as the writer runs
+// many sessions' together (runSessions).
 type sessionWrite struct {
 	id        string
 	row       []any
@@ -294,7 +294,7 @@ func runSessions(ctx context.Context, tx *sql.Tx, st *sessionStmts, run []*sessi
 		return err
 	}
 	for _, w := range updates {
-		res, err := tx.StmtContext(ctx, st.end).ExecContext(ctx, append(w.end[:len(w.end):len(w.end)], w.id)...)
+		res, err := tx.StmtContext(ctx, st.end).ExecContext(ctx, w.end...)
 		if err != nil {
 			return err
 		}
@@ -327,8 +327,8 @@ func sessionRow(c []any) []any {
 		nil, int64(0), int64(0), int64(0), "", c[12], "", int64(0)}
 }
 
-// setEnd writes into row (sessionColumns) an end's columns, as endQuery
-// sets them: ended_ns, bytes_in, bytes_out, messages, outcome,
+// setEnd writes into row (sessionColumns) the columns an end's endQuery
+// arguments set: ended_ns, bytes_in, bytes_out, messages, outcome,
 // recording_sha256, recording_size.
 func setEnd(row, end []any) {
 	copy(row[12:17], end[:5])
