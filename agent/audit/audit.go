@@ -49,7 +49,13 @@ type Log struct {
 	buf bytes.Buffer
 	enc *json.Encoder
 
-	queue   chan pending
+	// queued holds the events Record posted that the writer has not
+	// taken, in order; room is signalled when it takes them, kick wakes
+	// it for a new batch (see post).
+	qmu     sync.Mutex
+	queued  []pending
+	room    sync.Cond
+	kick    chan struct{}
 	stop    chan struct{}
 	stopped sync.WaitGroup
 	closed  sync.Once
@@ -83,7 +89,8 @@ func WithLogger(l zerolog.Logger) Option {
 // New returns a Log writing host's chain in st and starts the background
 // writer used by Record. Close it to drain Record's queue.
 func New(st *store.Store, host string, opts ...Option) *Log {
-	l := &Log{st: st, host: host, now: time.Now, queue: make(chan pending, 4096), stop: make(chan struct{})}
+	l := &Log{st: st, host: host, now: time.Now, kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	l.room.L = &l.qmu
 	for _, o := range opts {
 		o(l)
 	}
@@ -146,7 +153,44 @@ func (l *Log) Decided(d Decision) {
 
 func (l *Log) record(ev Event) {
 	l.logEvent(ev)
-	l.queue <- pending{ev: ev, at: l.now()}
+	l.post(pending{ev: ev, at: l.now()}, true)
+}
+
+// maxQueued bounds the events waiting for the writer: Record blocks beyond
+// it, so that a store that keeps refusing slows the proxy down instead of
+// letting it act unrecorded.
+const maxQueued = 4096
+
+// post queues p for the writer, waiting for room first when bounded. Only
+// the event that starts a batch, and the one that fills it, wake the
+// writer: with a channel, each of a session's records made the lingering
+// writer run to take it.
+func (l *Log) post(p pending, bounded bool) {
+	l.qmu.Lock()
+	for bounded && len(l.queued) >= maxQueued {
+		l.room.Wait()
+	}
+	l.queued = append(l.queued, p)
+	n := len(l.queued)
+	l.qmu.Unlock()
+	if n == 1 || n == maxBatch {
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take returns the queued events, leaving room for more; prev is the
+// array the last batch used, reused for the next.
+func (l *Log) take(prev []pending) []pending {
+	clear(prev) // it keeps no event alive
+	l.qmu.Lock()
+	batch := l.queued
+	l.queued = prev[:0]
+	l.room.Broadcast()
+	l.qmu.Unlock()
+	return batch
 }
 
 // Flush waits until every event recorded before it is committed. While the
@@ -154,11 +198,7 @@ func (l *Log) record(ev Event) {
 // deadline; it returns ctx's error then.
 func (l *Log) Flush(ctx context.Context) error {
 	done := make(chan error, 1)
-	select {
-	case l.queue <- pending{done: done}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	l.post(pending{done: done}, false)
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -192,43 +232,35 @@ func (l *Log) Close() error {
 // that neither cuts the other's batches short.
 const batchLinger = 20 * time.Millisecond
 
+// maxBatch is a batch that need not wait out batchLinger: its post wakes
+// the writer at once.
+const maxBatch = 256
+
 func (l *Log) writeLoop() {
 	defer l.stopped.Done()
-	batch := make([]pending, 0, 256)
-	// take starts a batch with p and lingers up to batchLinger for more: at
-	// proxy rates one transaction then carries many records, which is most
-	// of what an append costs.
-	take := func(p pending) {
-		batch = append(batch[:0], p)
-		linger := time.NewTimer(batchLinger)
-		defer linger.Stop()
-		for len(batch) < cap(batch) {
-			select {
-			case p := <-l.queue:
-				batch = append(batch, p)
-			case <-linger.C:
-				return
-			case <-l.stop:
-				return
-			}
-		}
-	}
+	var batch []pending
 	for {
 		select {
-		case p := <-l.queue:
-			take(p)
-			l.writeBatch(batch)
-			clear(batch) // the array is reused: it keeps no event alive
+		case <-l.kick:
 		case <-l.stop:
-			for {
-				select {
-				case p := <-l.queue:
-					take(p)
-					l.writeBatch(batch)
-				default:
-					return
-				}
+			// Everything posted before Close, batch after batch.
+			for batch = l.take(batch); len(batch) > 0; batch = l.take(batch) {
+				l.writeBatch(batch)
 			}
+			return
+		}
+		// Linger: at proxy rates one transaction then carries many
+		// records, which is most of what an append costs. Events posted
+		// meanwhile wait in the queue without waking this goroutine.
+		linger := time.NewTimer(batchLinger)
+		select {
+		case <-linger.C:
+		case <-l.kick: // the batch is full
+		case <-l.stop:
+		}
+		linger.Stop()
+		if batch = l.take(batch); len(batch) > 0 {
+			l.writeBatch(batch)
 		}
 	}
 }

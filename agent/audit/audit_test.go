@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -273,6 +274,68 @@ func TestPostSurvivesOutage(t *testing.T) {
 			t.Fatalf("after the outage: %v %v", res, err)
 		}
 	})
+}
+
+// While the store refuses the chain's writes, Record blocks once its queue
+// is full rather than letting events pile up without bound, and every
+// event, blocked or queued, is appended once the store is back.
+func TestRecordBlocksWhileStoreRefuses(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, t.TempDir()+"/audit.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	l := audit.New(st, "h")
+	defer l.Close()
+	if _, err := st.DB().ExecContext(ctx, "ALTER TABLE audit_records RENAME TO audit_records_away"); err != nil {
+		t.Fatal(err)
+	}
+	// The writer holds one batch it retries and the queue holds 4096
+	// more: twice that and some is more than both can.
+	const total = 2*4096 + 100
+	var posted atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range total {
+			l.Record(audit.PolicyReloaded{Path: fmt.Sprint(i)})
+			posted.Add(1)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	if n := posted.Load(); n == total {
+		t.Fatalf("all %d events posted while the store refused them: the queue is unbounded", n)
+	}
+	if _, err := st.DB().ExecContext(ctx, "ALTER TABLE audit_records_away RENAME TO audit_records"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Record still blocked 30 s after the store came back (%d posted)", posted.Load())
+	}
+	flushed, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := l.Flush(flushed); err != nil {
+		t.Fatal(err)
+	}
+	res, err := audit.Verify(ctx, st, "h")
+	if err != nil || res.Broken != nil || res.Records != total {
+		t.Fatalf("after the outage: %+v %v, want %d records", res, err, total)
+	}
+	// In the order they were recorded.
+	var i int
+	err = st.AuditRecords(ctx, "h", 0, func(r store.AuditRecord) error {
+		if want := fmt.Sprintf(`"path":"%d"`, i); !strings.Contains(r.Payload, want) {
+			return fmt.Errorf("record %d: %s, want %s", r.Seq, r.Payload, want)
+		}
+		i++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // withEventLog opens a store and a Log of chain "h" on it whose event log,
