@@ -3,6 +3,10 @@ package postgres
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -343,3 +347,25 @@ func TestRelayContainsDefects(t *testing.T) {
 type defectiveMasker struct{}
 
 func (defectiveMasker) Plan([]Column) RowMasker { panic("masker defect") }
+
+// The server side's read that a kept session's end interrupts with a
+// deadline fails with an error the relay drops: it must still be the
+// deadline's (serverLoop tells it by that), print as an upstream read, and
+// cost no formatting until printed.
+func TestServerReadErrorFormatsOnlyWhenPrinted(t *testing.T) {
+	deadline := &net.OpError{Op: "read", Net: "tcp", Source: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000},
+		Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5432}, Err: os.ErrDeadlineExceeded}
+	err := serverEOF(deadline)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%v is not the deadline's error", err)
+	}
+	if want := "read upstream: " + deadline.Error(); err.Error() != want {
+		t.Fatalf("message %q, want %q", err, want)
+	}
+	if n := testing.AllocsPerRun(100, func() { serverEOF(deadline) }); n > 1 {
+		t.Fatalf("%v allocations to make the error, want at most 1", n)
+	}
+	if serverEOF(io.EOF) != nil || serverEOF(fmt.Errorf("read: %w", net.ErrClosed)) != nil {
+		t.Fatal("the server's end or a closed socket is not an error")
+	}
+}
