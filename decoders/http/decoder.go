@@ -809,8 +809,13 @@ func (b *continueBody) Read(p []byte) (int, error) {
 // hostOf is a Host or :authority without its port, lower case.
 func hostOf(hostport string) string {
 	h := hostport
-	if host, _, err := net.SplitHostPort(hostport); err == nil {
-		h = host
+	// Only a colon after any bracket can begin a port: without one,
+	// SplitHostPort fails, and its error is an allocation, two a request
+	// (a Host header usually has no port).
+	if strings.LastIndexByte(h, ':') > strings.LastIndexByte(h, ']') {
+		if host, _, err := net.SplitHostPort(hostport); err == nil {
+			h = host
+		}
 	}
 	return strings.ToLower(strings.TrimSuffix(strings.Trim(h, "[]"), "."))
 }

@@ -1338,3 +1338,27 @@ func TestUserAgentAsSent(t *testing.T) {
 		}
 	}
 }
+
+// hostOf takes the port off a Host or :authority, and the brackets off an
+// IPv6 literal, and costs nothing for the usual Host without a port.
+func TestHostOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"api.example.com":      "api.example.com",
+		"API.Example.com.:443": "api.example.com",
+		"api.example.com:8443": "api.example.com",
+		"[::1]":                "::1",
+		"[::1]:443":            "::1",
+		"[2001:DB8::1]:8080":   "2001:db8::1",
+		"127.0.0.1:80":         "127.0.0.1",
+		"":                     "",
+		"::1":                  "::1",
+		"api.example.com:":     "api.example.com",
+	} {
+		if got := hostOf(in); got != want {
+			t.Errorf("hostOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { hostOf("api.example.com") }); n != 0 {
+		t.Errorf("hostOf of a host without a port: %v allocations, want 0", n)
+	}
+}
