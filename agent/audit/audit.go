@@ -173,7 +173,7 @@ func (l *Log) post(p pending, bounded bool) {
 	l.queued = append(l.queued, p)
 	n := len(l.queued)
 	l.qmu.Unlock()
-	if n == 1 || n == maxBatch {
+	if n == 1 || n == fullBatch {
 		select {
 		case l.kick <- struct{}{}:
 		default:
@@ -232,9 +232,10 @@ func (l *Log) Close() error {
 // that neither cuts the other's batches short.
 const batchLinger = 20 * time.Millisecond
 
-// maxBatch is a batch that need not wait out batchLinger: its post wakes
-// the writer at once.
-const maxBatch = 256
+// fullBatch is as many events as make a batch worth writing without
+// waiting out batchLinger: the post that brings the queue to it wakes the
+// writer at once. A batch may hold more (those posted since).
+const fullBatch = 256
 
 func (l *Log) writeLoop() {
 	defer l.stopped.Done()
