@@ -18,9 +18,10 @@ import (
 
 // TestIdleSessionMemory opens PostgreSQL sessions through the whole path
 // that each run a statement and wait, and measures what interlockd holds
-// for each: its goroutines and their stacks, and its live heap (after a
-// collection). An idle session holds no goroutine and no buffer: not its
-// relay's, not its recording's.
+// for each: its goroutines and their stacks, its live heap (after a
+// collection) and its descriptors. An idle session holds no goroutine and
+// no buffer, not its relay's, not its recording's, and no descriptor but
+// its two sockets.
 func TestIdleSessionMemory(t *testing.T) {
 	testenv.Privileged(t)
 	const sessions = 200
@@ -96,6 +97,7 @@ func TestIdleSessionMemory(t *testing.T) {
 	stop := testenv.OpenIdleSessions(t, pg, agent, pg.Port, "agent", "", sessions)
 	stop()
 	heap0, _ := memstat()
+	fds0 := descriptors(t, d.PID())
 	stop = testenv.OpenIdleSessions(t, pg, agent, pg.Port, "agent", "", sessions)
 	defer stop()
 	heap1, stack1 := memstat()
@@ -103,6 +105,20 @@ func TestIdleSessionMemory(t *testing.T) {
 	// relay's idle interval (postgres.idleAfter).
 	g1 := goroutines()
 	heapPer, stackPer := (heap1-heap0)/sessions, (stack1-stack0)/sessions
+	// Two descriptors, its sockets: the recording's file is closed once
+	// the session was idle for a flush interval (recording.Session's
+	// shutFile), which memstat's 3 s exceed; it held a third.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		fds := descriptors(t, d.PID()) - fds0
+		if fds <= 2*sessions+sessions/20 {
+			t.Logf("per idle session: %.2f descriptors", float64(fds)/sessions)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("%d descriptors for %d idle sessions, want two each, their sockets", fds, sessions)
+			break
+		}
+	}
 	t.Logf("per idle session: %d bytes of live heap, %d of stack, %.2f goroutines", heapPer, stackPer, float64(g1-g0)/sessions)
 	// No goroutine: both sides' waits went to the watcher (postgres.Relay's
 	// suspend and suspendServer, the session detached). A few of the
@@ -128,4 +144,14 @@ func TestIdleSessionMemory(t *testing.T) {
 	if heapPer > 28<<10 {
 		t.Errorf("%d bytes of live heap per idle session, want at most 28 KiB", heapPer)
 	}
+}
+
+// descriptors counts the open file descriptors of process pid.
+func descriptors(t *testing.T, pid int) int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
 }

@@ -146,6 +146,7 @@ const (
 type writeReq struct {
 	s    *Session
 	buf  []byte
+	shut bool // close s's file: it was idle for a whole flush interval
 	done chan struct{}
 }
 
@@ -265,6 +266,9 @@ func (r *Recorder) writeLoop() {
 				r.checkSpace()
 			}
 		}
+		if req.shut {
+			req.s.shutFile()
+		}
 		if req.done != nil {
 			close(req.done)
 		}
@@ -284,6 +288,9 @@ func (r *Recorder) send(req writeReq) {
 	<-r.writerDone
 	if req.buf != nil {
 		req.s.writeOut(req.buf)
+	}
+	if req.shut {
+		req.s.shutFile()
 	}
 	if req.done != nil {
 		close(req.done)
@@ -459,12 +466,18 @@ type Session struct {
 	// filed says frames were handed to the writer, which creates the file
 	// with the first of them; until then the recording is all in buf.
 	filed bool
+	// spoke says frames were handed to the writer since the last flush;
+	// shut that the writer was told to close the file, which it opens
+	// again for the next frames.
+	spoke, shut bool
 
 	// Owned by the writer goroutine (and by Finish after a barrier).
-	f    *os.File
-	sum  hash.Hash
-	size int64
-	werr error
+	// created says the file exists; f is nil while it is shut.
+	f       *os.File
+	created bool
+	sum     hash.Hash
+	size    int64
+	werr    error
 	// lost is Start's: told the first write error.
 	lost func(error)
 }
@@ -616,7 +629,7 @@ func (s *Session) handoff() {
 	}
 	s.r.send(writeReq{s: s, buf: s.buf})
 	s.buf = nil
-	s.filed = true
+	s.filed, s.spoke, s.shut = true, true, false
 }
 
 // writeOut writes b to the file, which its first call creates, and to the
@@ -631,12 +644,19 @@ func (s *Session) writeOut(b []byte) {
 		return
 	}
 	if s.f == nil {
-		f, err := os.OpenFile(s.r.path(s.id), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		// Created by the first frames; opened again, to append, after an
+		// idle interval shut it. One gone meanwhile is not created anew:
+		// its first frames would be lost from it.
+		flags, what := os.O_CREATE|os.O_EXCL|os.O_WRONLY, "create"
+		if s.created {
+			flags, what = os.O_WRONLY|os.O_APPEND, "open"
+		}
+		f, err := os.OpenFile(s.r.path(s.id), flags, 0o600)
 		if err != nil {
-			s.writeFailed(fmt.Errorf("create recording: %w", err))
+			s.writeFailed(fmt.Errorf("%s recording: %w", what, err))
 			return
 		}
-		s.f = f
+		s.f, s.created = f, true
 	}
 	n, err := s.f.Write(b)
 	s.sum.Write(b[:n])
@@ -644,6 +664,43 @@ func (s *Session) writeOut(b []byte) {
 	if err != nil {
 		s.writeFailed(err)
 	}
+}
+
+// shutFile closes the file of a session that was idle for a flush
+// interval, so that an idle session holds no descriptor besides its
+// sockets (10 000 idle sessions held 10 000 recordings open); writeOut
+// opens it again. Only the writer goroutine calls it.
+func (s *Session) shutFile() {
+	if s.f == nil {
+		return
+	}
+	err := s.f.Close()
+	s.f = nil
+	if err != nil && s.werr == nil {
+		s.writeFailed(fmt.Errorf("close recording: %w", err))
+	}
+}
+
+// seal syncs and closes the file at the session's end. A file shut while
+// its session idled is opened for the sync, which reaches what the earlier
+// descriptor wrote. Finish calls it after a barrier with the writer.
+func (s *Session) seal() error {
+	f := s.f
+	s.f = nil
+	if f == nil {
+		if !s.created {
+			return nil // never created: writeOut's error says why
+		}
+		var err error
+		if f, err = os.OpenFile(s.r.path(s.id), os.O_WRONLY, 0); err != nil {
+			return fmt.Errorf("open recording to sync it: %w", err)
+		}
+	}
+	err := f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // writeFailed keeps err, the session's first write error, for Finish and
@@ -664,6 +721,11 @@ func (s *Session) flush() []store.Decision {
 		return nil
 	}
 	s.handoff()
+	if !s.spoke && s.filed && !s.shut {
+		s.r.send(writeReq{s: s, shut: true})
+		s.shut = true
+	}
+	s.spoke = false
 	ds := s.pending
 	s.pending = nil
 	s.flushed = len(ds)
@@ -736,11 +798,8 @@ func (s *Session) Finish(ctx context.Context, e End) (store.Session, error) {
 		<-done // everything this session queued is written
 		s.mu.Lock()
 		err = s.werr
-		if serr := s.f.Sync(); err == nil {
+		if serr := s.seal(); err == nil {
 			err = serr
-		}
-		if cerr := s.f.Close(); err == nil {
-			err = cerr
 		}
 	} else {
 		inline, s.buf = s.buf, nil

@@ -1054,6 +1054,115 @@ func TestQuietSessionsTakeSmallBuffers(t *testing.T) {
 	wg.Wait()
 }
 
+// TestIdleRecordingHoldsNoDescriptor: a session idle for a whole flush
+// interval has its recording's file closed, so that idle sessions hold no
+// descriptor besides their sockets; its next frames open it again and
+// append, and the sealed recording holds every frame. A file gone while
+// shut is not created anew: the session is told its recording is lost.
+func TestIdleRecordingHoldsNoDescriptor(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "interlock.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	dir := filepath.Join(t.TempDir(), "recordings")
+	// Flushed by the test alone.
+	rec, err := recording.NewRecorder(st, dir, "h", recording.WithFlushInterval(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Close() })
+	held := func(path string) bool {
+		fds, _ := os.ReadDir("/proc/self/fd")
+		for _, fd := range fds {
+			if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && l == path {
+				return true
+			}
+		}
+		return false
+	}
+	// The writer goroutine opens and closes the file after Flush returns.
+	await := func(path string, open bool, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); held(path) != open; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the recording is open: %v, want %v", what, !open, open)
+			}
+		}
+	}
+	flush := func() {
+		t.Helper()
+		if err := rec.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost := make(chan error, 1)
+	start := func() (*recording.Session, string) {
+		s, err := rec.Start(ctx, store.Session{Identity: "ci", Target: "t", Protocol: "postgresql"}, func(err error) { lost <- err })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, filepath.Join(dir, s.ID()+".ilrec")
+	}
+	query := func(s *recording.Session, sql string) {
+		q, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+		s.Message(true, 'Q', q[5:], time.Time{})
+	}
+
+	s, path := start()
+	query(s, "SELECT 'before the pause'")
+	flush()
+	await(path, true, "frames flushed")
+	flush() // nothing since the last: idle for an interval
+	await(path, false, "idle for an interval")
+	query(s, "SELECT 'after the pause'")
+	flush()
+	await(path, true, "frames after the pause")
+	flush()
+	await(path, false, "idle again")
+	ended, err := s.Finish(ctx, recording.End{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recording.Verify(ctx, st, ended.ID); err != nil {
+		t.Fatalf("a recording shut while idle: %v", err)
+	}
+	var tr bytes.Buffer
+	if err := recording.Replay(ctx, st, ended.ID, &tr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tr.String(), "before the pause") || !strings.Contains(tr.String(), "after the pause") {
+		t.Fatalf("replay lacks frames:\n%s", tr.String())
+	}
+
+	s, path = start()
+	query(s, "SELECT 'recorded'")
+	flush()
+	await(path, true, "frames flushed")
+	flush()
+	await(path, false, "idle for an interval")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	query(s, "SELECT 'nowhere to go'")
+	flush()
+	select {
+	case err := <-lost:
+		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "open recording") {
+			t.Fatalf("lost: %v, want the reopen's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a recording removed while idle: the session was not told it is lost")
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("a removed recording was created anew")
+	}
+	if _, err := s.Finish(ctx, recording.End{}); err == nil {
+		t.Fatal("Finish of a lost recording: no error")
+	}
+}
+
 // TestFirstBuffersReused: a short session's recording is stored from its
 // first buffer, which the next sessions take again, but never while a
 // store write that Finish stopped waiting for may still read it: that
