@@ -668,8 +668,8 @@ func (s *Session) writeOut(b []byte) {
 
 // shutFile closes the file of a session that was idle for a flush
 // interval, so that an idle session holds no descriptor besides its
-// sockets (10 000 idle sessions held 10 000 recordings open); writeOut
-// opens it again. Only the writer goroutine calls it.
+// sockets (each held its recording's too: a third); writeOut opens it
+// again. Only the writer goroutine calls it.
 func (s *Session) shutFile() {
 	if s.f == nil {
 		return
