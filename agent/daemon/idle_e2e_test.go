@@ -97,7 +97,7 @@ func TestIdleSessionMemory(t *testing.T) {
 	stop := testenv.OpenIdleSessions(t, pg, agent, pg.Port, "agent", "", sessions)
 	stop()
 	heap0, _ := memstat()
-	fds0 := descriptors(t, d.PID())
+	fds0 := daemonFDs(d)
 	stop = testenv.OpenIdleSessions(t, pg, agent, pg.Port, "agent", "", sessions)
 	defer stop()
 	heap1, stack1 := memstat()
@@ -109,7 +109,7 @@ func TestIdleSessionMemory(t *testing.T) {
 	// the session was idle for a flush interval (recording.Session's
 	// shutFile), which memstat's 3 s exceed; it held a third.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		fds := descriptors(t, d.PID()) - fds0
+		fds := daemonFDs(d) - fds0
 		if fds <= 2*sessions+sessions/20 {
 			t.Logf("per idle session: %.2f descriptors", float64(fds)/sessions)
 			break
@@ -144,14 +144,4 @@ func TestIdleSessionMemory(t *testing.T) {
 	if heapPer > 28<<10 {
 		t.Errorf("%d bytes of live heap per idle session, want at most 28 KiB", heapPer)
 	}
-}
-
-// descriptors counts the open file descriptors of process pid.
-func descriptors(t *testing.T, pid int) int {
-	t.Helper()
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(fds)
 }
