@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -283,7 +282,7 @@ func reuseKey(st *Startup) string {
 	params := st.ForwardParameters()
 	var b strings.Builder
 	b.WriteString(st.Database)
-	for _, k := range slices.Sorted(maps.Keys(params)) {
+	for _, k := range sortedKeys(params) {
 		b.WriteByte(0)
 		b.WriteString(k)
 		b.WriteByte('=')
@@ -432,8 +431,8 @@ func (d *Decoder) forwardCancel(identity string, key CancelKey) error {
 // since it could carry a setting in a form not parsed here; so is a
 // replication connection, which no statement policy can decide.
 func startupSettings(params map[string]string) ([]string, error) {
-	var names []string
-	for _, name := range slices.Sorted(maps.Keys(params)) {
+	names := make([]string, 0, len(params))
+	for _, name := range sortedKeys(params) {
 		value := params[name]
 		switch strings.ToLower(name) {
 		case "user", "database":
@@ -454,6 +453,18 @@ func startupSettings(params map[string]string) ([]string, error) {
 		names = append(names, name)
 	}
 	return names, nil
+}
+
+// sortedKeys is params' names in order, in one allocation: every session's
+// start sorts its parameters twice, and slices.Sorted's collection grew
+// its slice a few times over for each.
+func sortedKeys(params map[string]string) []string {
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 func optionSettings(options string) ([]string, error) {
