@@ -411,6 +411,48 @@ func TestAllowedStatementCostsNoAllocation(t *testing.T) {
 	}
 }
 
+// TestMaskedStatementIsChainedByItsRecording: an enforced mask lets its
+// request through, as an allow does, so the session's recording (its
+// verdict and rule beside the statement, sealed into the chain) is its
+// record; it is still logged, at info level. A mask in audit mode and a
+// denial each have a record of their own.
+func TestMaskedStatementIsChainedByItsRecording(t *testing.T) {
+	ctx := context.Background()
+	st, l, logBuf := withEventLog(t, zerolog.InfoLevel)
+	for _, d := range []struct {
+		action   string
+		enforced bool
+	}{{"mask", true}, {"mask", false}, {"deny", true}} {
+		l.Decided(audit.Decision{Session: "s1", Identity: "ci", Target: "db", Action: d.action, Rule: "r-" + d.action,
+			Enforced: d.enforced, Operation: "query", Statement: audit.SQLStatement("SELECT email FROM users")})
+	}
+	if err := l.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := audit.Export(ctx, st, "h", &out); err != nil {
+		t.Fatal(err)
+	}
+	var chained []string
+	for line := range strings.Lines(out.String()) {
+		var r chain.ExportedRecord
+		var d struct {
+			Action   string
+			Enforced bool
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil || json.Unmarshal(r.Payload, &d) != nil {
+			t.Fatalf("exported record %q", line)
+		}
+		chained = append(chained, fmt.Sprintf("%s enforced=%v", d.Action, d.Enforced))
+	}
+	if got := strings.Join(chained, ", "); got != "mask enforced=false, deny enforced=true" {
+		t.Errorf("chain holds %q, want the audit mode's mask and the denial", got)
+	}
+	if n := strings.Count(logBuf.String(), `"event":"decision"`); n != 3 {
+		t.Errorf("%d decisions logged at info level, want 3:\n%s", n, logBuf.String())
+	}
+}
+
 func TestSQLStatementRedacts(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"SELECT * FROM patients WHERE ssn = '123-45-6789'", "SELECT * FROM patients WHERE ssn = ?"},

@@ -320,6 +320,14 @@ func (ConnectionClosed) Kind() Kind { return KindConnectionClosed }
 // Kind implements Event.
 func (Decision) Kind() Kind { return KindDecision }
 
+// InRecording reports whether d is chained through its session's recording
+// alone, with no record of its own: an enforced decision that let the
+// request through, untouched or masked (see Log.Record). What refused or
+// held a request, or would have in audit mode, has its own record.
+func (d Decision) InRecording() bool {
+	return d.Enforced && (d.Action == "allow" || d.Action == "mask")
+}
+
 // Kind implements Event.
 func (ApprovalRequested) Kind() Kind { return KindApprovalRequested }
 
