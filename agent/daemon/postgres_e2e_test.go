@@ -398,11 +398,21 @@ targets:
     addresses: [127.0.0.1]
     port: %d
     credential: {source: embedded, template: agent_rw}
+masks:
+  - name: pii
+    columns: {email: partial, "card_*": partial, ssn: redact}
+    detectors: {pii: partial, secrets: redact}
 rules:
+  - name: pgbench-reads
+    identity: bench
+    target: appdb
+    sql: {class: read}
+    action: mask
+    mask: pii
   - name: pgbench
     identity: bench
     target: appdb
-    sql: {class: [read, write, transaction, session]}
+    sql: {class: [write, transaction, session]}
     action: allow
 `
 
