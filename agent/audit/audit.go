@@ -123,7 +123,7 @@ func (l *Log) RecordNow(ctx context.Context, ev Event) (store.AuditRecord, error
 //
 // The one exception is an enforced decision that let a request through,
 // untouched (allow) or with its answer's values masked (mask): it goes to
-// the log only (an allow at debug level), because the recording it is
+// the log only, at debug level, because the recording it is
 // written into, verdict and rule beside the statement, is sealed into the
 // chain (RecordingSealed), and one hashed append per statement would cost a
 // busy session more than the statement. Under a masking rule every read is

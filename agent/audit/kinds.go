@@ -414,10 +414,11 @@ func (e ConnectionClosed) logTo(l *zerolog.Logger) {
 }
 
 func (e Decision) logTo(l *zerolog.Logger) {
-	// Allows are logged at debug level only: a busy session must not cost
-	// a log write per statement.
+	// What let a request through (an allow, an enforced mask) is logged
+	// at debug level only: a busy session must not cost a log line per
+	// statement, and under a masking rule every read is a mask.
 	level := zerolog.InfoLevel
-	if e.Action == "allow" {
+	if e.Action == "allow" || e.InRecording() {
 		level = zerolog.DebugLevel
 	}
 	ev := l.WithLevel(level)
