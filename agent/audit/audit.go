@@ -123,12 +123,12 @@ func (l *Log) RecordNow(ctx context.Context, ev Event) (store.AuditRecord, error
 //
 // The one exception is an enforced decision that let a request through,
 // untouched (allow) or with its answer's values masked (mask): it goes to
-// the log only, at debug level, because the recording it is
-// written into, verdict and rule beside the statement, is sealed into the
-// chain (RecordingSealed), and one hashed append per statement would cost a
-// busy session more than the statement. Under a masking rule every read is
-// a mask: its own record cost a pgbench -S transaction 15 µs of CPU, a
-// quarter of it.
+// the log only, at debug level, because the recording it is written into,
+// verdict and rule beside the statement, is sealed into the chain
+// (RecordingSealed), and one hashed append per statement would cost a busy
+// session more than the statement. Under a masking rule every read is a
+// mask: a record of its own cost a pgbench -S transaction 15 µs of CPU, a
+// quarter of what it cost in all.
 //
 // Record blocks only when the queue (4096 events) is full; a failed write is
 // retried, not dropped (see writeBatch), and the first error is returned by

@@ -418,7 +418,8 @@ rules:
 
 // BenchmarkPgbench runs real pgbench from a tagged cgroup through the whole
 // of interlockd (eBPF redirect, per-session credential, pgproto3 decoding,
-// policy on every statement, recording and the audit chain), against the
+// policy on every statement, reads under a masking rule, recording and the
+// audit chain), against the
 // same PostgreSQL directly, through PgBouncer in session mode and through
 // HAProxy as a plain TCP relay, in turn within each iteration; -benchtime=3x
 // gives medians of 3. Each proxy's context switches and CPU time per
