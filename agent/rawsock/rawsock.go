@@ -35,7 +35,8 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	raw := &rawConn{Conn: c, rc: rc}
-	raw.rd.step, raw.wr.step = raw.rd.read, raw.wr.write
+	raw.rd.step, raw.rd.waitStep, raw.wr.step = raw.rd.read, raw.rd.serve, raw.wr.write
+	raw.rd.done = make(chan struct{}, 1)
 	return raw
 }
 
@@ -65,12 +66,32 @@ type readOp struct {
 	bp    **[]byte
 	n     int
 	errno syscall.Errno
+	err   error // the poller's, for a read a waiter served
 	step  func(fd uintptr) bool
+	// first is set until a read's first attempt is made; wasted counts
+	// the reads in a row whose first attempt found nothing.
+	first  bool
+	wasted int
+	// A socket whose reads keep finding nothing at first is read by a
+	// waiter (see waitAhead), when its user allows it (ReadAhead); wmu
+	// guards its state.
+	wmu      sync.Mutex
+	allowed  bool // ReadAhead(true)
+	ahead    bool // the next read goes to the waiter
+	running  bool // the waiter's goroutine runs
+	pending  bool // a read waits for the waiter
+	retried  bool // the waiter asked the poller again after an error
+	done     chan struct{}
+	waitStep func(fd uintptr) bool
 }
 
-// read is the step syscall.RawConn.Read runs until it returns true: one
-// read(2), or false when there is nothing to read yet.
-func (r *readOp) read(fd uintptr) bool {
+// aheadAfter is how many reads in a row must find nothing at their first
+// attempt before a socket's reads go to a waiter.
+const aheadAfter = 2
+
+// attempt is one read(2) into the read's buffer. again reports that
+// there was nothing to read (the pooled buffer, if taken, given back).
+func (r *readOp) attempt(fd uintptr) (n int, size int, errno syscall.Errno, again bool) {
 	for {
 		b := r.b
 		if b == nil {
@@ -79,7 +100,7 @@ func (r *readOp) read(fd uintptr) bool {
 			}
 			b = **r.bp
 		}
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		m, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 		switch e {
 		case syscall.EINTR:
 			continue
@@ -88,11 +109,146 @@ func (r *readOp) read(fd uintptr) bool {
 				r.pool.Put(*r.bp)
 				*r.bp = nil
 			}
-			return false
+			return 0, len(b), 0, true
 		}
-		r.n, r.errno = int(n), e
+		return int(m), len(b), e, false
+	}
+}
+
+// read is the step syscall.RawConn.Read runs until it returns true: one
+// read(2), or false when there is nothing to read yet.
+func (r *readOp) read(fd uintptr) bool {
+	n, _, errno, again := r.attempt(fd)
+	if r.first {
+		r.first = false
+		if again {
+			r.wasted++
+		} else {
+			r.wasted = 0
+		}
+	}
+	if again {
+		return false
+	}
+	r.n, r.errno = n, errno
+	return true
+}
+
+func (c *rawConn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	r := &c.rd
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.b = b
+	n, errno, err := c.read()
+	r.b = nil
+	return c.readResult(n, errno, err)
+}
+
+// read makes the read whose buffer r holds, on the caller's goroutine or
+// through the waiter.
+//
+// Why a waiter: the runtime's poller forgets that a socket became
+// readable when a read begins (internal/poll's prepareRead), so every
+// read starts with a read(2), and a relay that reads again once it has
+// passed a message on finds nothing there and then waits: two system
+// calls a message, one of them wasted. In a request and answer protocol
+// (PostgreSQL's) that is nearly every message: 12 of 26 reads in a
+// pgbench tpcb-like transaction, each a kernel entry of 1.4 µs or more on
+// a virtual machine. A waiter stays in one syscall.RawConn.Read across
+// messages: after a read that left the socket empty (shorter than its
+// buffer) it waits at once, and the poller wakes it when the next bytes
+// come, for the read the caller will have asked for by then. It never
+// blocks inside the step, so Close and deadlines end its wait as any
+// read's. Bytes that come before the caller asks (a pipelining peer)
+// would have been found by the caller's own read: the socket goes back
+// to reading on the caller's goroutine.
+//
+// What it cannot see is an end the peer signalled together with its last
+// bytes (a FIN or a reset in before the waiter ran): the poller's one
+// wake-up covered both, the read takes the bytes, and no wake-up comes
+// for the end. So the waiter serves only a socket whose user bounds every
+// wait by other means (ReadAhead).
+func (c *rawConn) read() (int, syscall.Errno, error) {
+	r := &c.rd
+	r.n, r.errno, r.err = 0, 0, nil
+	r.wmu.Lock()
+	if r.ahead || r.running {
+		r.pending, r.retried = true, false
+		start := !r.running
+		r.running = true
+		r.wmu.Unlock()
+		if start {
+			go c.waitAhead()
+		}
+		<-r.done
+		return r.n, r.errno, r.err
+	}
+	r.wmu.Unlock()
+	r.first = true
+	err := c.rc.Read(r.step)
+	if err == nil && r.wasted >= aheadAfter {
+		r.wmu.Lock()
+		r.ahead = r.allowed
+		r.wmu.Unlock()
+	}
+	return r.n, r.errno, err
+}
+
+// waitAhead is the waiter: it serves the reads asked for (readOp.pending)
+// from within one syscall.RawConn.Read for as long as each leaves the
+// socket empty and the next is asked for before more bytes come. It ends
+// when no read is asked for, with any error of the poller's (a deadline,
+// a close) given to the read that waits.
+func (c *rawConn) waitAhead() {
+	r := &c.rd
+	for {
+		err := c.rc.Read(r.waitStep)
+		r.wmu.Lock()
+		switch {
+		case !r.pending:
+			r.running = false
+			r.wmu.Unlock()
+			return
+		case err != nil && !r.retried:
+			// The error may be a deadline that passed before the caller
+			// set its own: ask the poller again, once.
+			r.retried = true
+		case err != nil:
+			r.err, r.pending, r.running = err, false, false
+			r.wmu.Unlock()
+			r.done <- struct{}{}
+			return
+		}
+		// A read asked for after the step ended the wait: serve it.
+		r.wmu.Unlock()
+	}
+}
+
+// serve is the waiter's step: the read asked for, or, when none is, the
+// end of the wait (bytes came before the caller asked for them).
+func (r *readOp) serve(fd uintptr) bool {
+	r.wmu.Lock()
+	if !r.pending {
+		r.ahead = false
+		r.wmu.Unlock()
 		return true
 	}
+	r.wmu.Unlock()
+	n, size, errno, again := r.attempt(fd)
+	if again {
+		return false
+	}
+	r.n, r.errno = n, errno
+	r.wmu.Lock()
+	stay := r.ahead && errno == 0 && n > 0 && n < size
+	r.pending = false
+	r.wmu.Unlock()
+	// From here on r belongs to the caller again.
+	r.done <- struct{}{}
+	return !stay
 }
 
 // writeOp is a write's bytes and outcome, kept apart like readOp's.
@@ -118,19 +274,6 @@ func (w *writeOp) write(fd uintptr) bool {
 		w.n, w.errno = int(n), e
 		return e != syscall.EAGAIN
 	}
-}
-
-func (c *rawConn) Read(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
-	r := &c.rd
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.b, r.n, r.errno = b, 0, 0
-	err := c.rc.Read(r.step)
-	r.b = nil
-	return c.readResult(r.n, r.errno, err)
 }
 
 // readResult is Read's answer for a raw read of n bytes that ended with
@@ -171,6 +314,19 @@ func (c *rawConn) Write(b []byte) (int, error) {
 func (c *rawConn) opError(op string, errno syscall.Errno) error {
 	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(),
 		Err: os.NewSyscallError(op, errno)}
+}
+
+// ReadAhead allows the socket's reads to go to a waiter once they keep
+// finding nothing at first (see read), or stops them from going to one
+// (protocol.AheadReader). A caller that allows it must bound its waits
+// itself: an end the peer signalled with its last bytes reaches a waiter
+// only when something else ends its wait (a deadline, a close).
+func (c *rawConn) ReadAhead(on bool) {
+	r := &c.rd
+	r.wmu.Lock()
+	r.allowed = on
+	r.ahead = r.ahead && on
+	r.wmu.Unlock()
 }
 
 // SyscallConn gives the socket itself, as the wrapped connection does.
@@ -227,9 +383,8 @@ func (c *rawConn) ReadPooled(pool *sync.Pool, bp **[]byte) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// No buffer of the caller's: the step reads into the pool's.
-	r.b, r.pool, r.bp, r.n, r.errno = nil, pool, bp, 0, 0
-	err := c.rc.Read(r.step)
-	n, errno := r.n, r.errno
+	r.b, r.pool, r.bp = nil, pool, bp
+	n, errno, err := c.read()
 	r.pool, r.bp = nil, nil
 	if n <= 0 && *bp != nil {
 		pool.Put(*bp)

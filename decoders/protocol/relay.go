@@ -102,6 +102,16 @@ type Watcher interface {
 	Unwatch() bool
 }
 
+// AheadReader is a connection whose reads can be served by a waiter that
+// stays in the runtime's poller across messages (agent/rawsock's
+// sockets): in a request and answer protocol it saves the read that finds
+// nothing after each message. It can miss an end the peer signalled with
+// its last bytes, so only a relay that bounds its waits by other means
+// allows it.
+type AheadReader interface {
+	ReadAhead(on bool)
+}
+
 // ReadPooled reads from c, as Read does, into the buffer *bp points to,
 // for a reader that may wait long between messages: *bp may be nil, or a
 // buffer the caller holds with nothing in it it still needs. A connection
