@@ -244,6 +244,7 @@ func Relay(ctx context.Context, agent, upstream net.Conn, cfg RelayConfig) error
 			r.upWatcher = uw
 		}
 	}
+	r.readAhead(true)
 	r.q.room.L = &r.q.mu
 	r.stop = context.AfterFunc(ctx, r.shutdown)
 	// The server side runs on this goroutine, which already has the stack
@@ -286,6 +287,7 @@ func (r *relay) end(serverErr error) error {
 	}
 	// Hold notices may still be on their way; their sockets are closed.
 	r.bg.Wait()
+	r.readAhead(false)
 	if r.parking.Load() {
 		r.park()
 	}
@@ -389,6 +391,7 @@ func (r *relay) suspend(c *clientSide) bool {
 	if !r.watcher.Watch(func() { r.resume(c) }) {
 		// Not this socket (or not now): wait as a goroutine from now on.
 		c.f.idleAfter = 0
+		r.readAhead(false)
 		return false
 	}
 	r.suspended = true
@@ -399,6 +402,24 @@ func (r *relay) suspend(c *clientSide) bool {
 		r.upstream.SetReadDeadline(time.Now())
 	}
 	return true
+}
+
+// readAhead allows the sockets' reads to go to a waiter (on), which saves
+// the read that finds nothing after each message, where the relay bounds
+// every wait itself, and stops them otherwise (protocol.AheadReader). A
+// waiter can miss an end its peer signalled with its last bytes: a silent
+// agent's wait goes to the watcher after IdleAfter, whose registration
+// reports such an end, and the server's side is stopped then too
+// (suspend) or fails the next statement's write; without the watchers
+// nothing would end it. A server connection kept for the next session
+// leaves with it stopped (end): that session's login reads it first.
+func (r *relay) readAhead(on bool) {
+	if a, ok := r.agent.(protocol.AheadReader); ok {
+		a.ReadAhead(on && r.watcher != nil)
+	}
+	if a, ok := r.upstream.(protocol.AheadReader); ok {
+		a.ReadAhead(on && r.upWatcher != nil)
+	}
 }
 
 // suspendServer hands the server side's wait to the watcher when the

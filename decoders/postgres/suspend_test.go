@@ -348,3 +348,50 @@ func TestDetachedSessionEndContainsDefects(t *testing.T) {
 		}
 	}
 }
+
+// TestEndWithTheLastBytesEndsTheSession: a peer that sends its last bytes
+// and resets the connection at once gives a waiter reading ahead one
+// wake-up for both (rawsock's ReadAhead): it reads the bytes and would
+// wait for ever for an end already signalled. The relay allows it only
+// where its own idle wait bounds that: the session ends.
+func TestEndWithTheLastBytesEndsTheSession(t *testing.T) {
+	query, _ := (&pgproto3.Query{String: "SELECT 2"}).Encode(nil)
+	result, _ := (&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}).Encode(nil)
+	result, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(result)
+	for _, mode := range idleModes {
+		for _, tc := range []struct {
+			name string
+			end  func(s idleSession)
+		}{
+			{"agent", func(s idleSession) {
+				s.agent.Write(query)
+				s.agent.(*net.TCPConn).SetLinger(0)
+				s.agent.Close()
+				s.expectServer(t, query)
+			}},
+			{"server", func(s idleSession) {
+				s.agent.Write(query)
+				s.expectServer(t, query)
+				s.server.Write(result)
+				s.server.(*net.TCPConn).SetLinger(0)
+				s.server.Close()
+				s.expectAgent(t, result)
+			}},
+		} {
+			t.Run(mode.name+"/"+tc.name, func(t *testing.T) {
+				s := startIdleSessions(t, t.Context(), 1, mode.detach)[0]
+				// Round trips enough for reads to go ahead on both sides.
+				for range 4 {
+					s.roundTrip(t, "SELECT 1")
+				}
+				tc.end(s)
+				select {
+				case <-s.done:
+				case <-time.After(5 * time.Second):
+					t.Fatal("the session did not end")
+				}
+				expectGoroutines(t, 0, 0, "after the session")
+			})
+		}
+	}
+}
