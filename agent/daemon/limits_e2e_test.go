@@ -499,15 +499,18 @@ func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 	hoarder := f.d.Command(t.Context(), "exec", "--identity", "ci-bot", "--",
 		"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, fmt.Sprintf("%d|%s|1s", held, tg.addr()))
 	hoarder.Env = append(os.Environ(), clientEnv+"=hoard")
-	var out bytes.Buffer
-	hoarder.Stdout, hoarder.Stderr = &out, &out
+	// The report is the hoarder's output; `interlock exec`'s own lines go
+	// to its error output: its release of the cgroup may find interlockd
+	// still out of descriptors, and say the cgroup stays tagged.
+	var out, errOut bytes.Buffer
+	hoarder.Stdout, hoarder.Stderr = &out, &errOut
 	if err := hoarder.Start(); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(f.d.Logs(), "accepting paused"); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			hoarder.Wait()
-			t.Fatalf("no pause logged: the hoarder reported %s\n%s", out.String(), f.d.Logs())
+			t.Fatalf("no pause logged: the hoarder reported %s%s\n%s", out.String(), errOut.String(), f.d.Logs())
 		}
 	}
 	unprivileged := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", f.agent, tg.addr()}
@@ -521,11 +524,11 @@ func TestDescriptorExhaustionPausesAccepting(t *testing.T) {
 	}
 	t.Logf("another identity's connection meanwhile: %q %s, after %v", during.Line, during.Err, time.Since(began).Round(time.Millisecond))
 	if err := hoarder.Wait(); err != nil {
-		t.Fatalf("hoarder: %v\n%s", err, out.String())
+		t.Fatalf("hoarder: %v\n%s%s", err, out.String(), errOut.String())
 	}
 	var r report
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("hoarder's report %q: %v", out.String(), err)
+		t.Fatalf("hoarder's report %q: %v\n%s", out.String(), err, errOut.String())
 	}
 	if r.OK == 0 || r.OK >= held {
 		t.Errorf("%d of the hoarder's %d connections greeted, want some and not all (the limit bit)", r.OK, held)
