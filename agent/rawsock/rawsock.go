@@ -186,10 +186,11 @@ func (c *rawConn) read() (int, syscall.Errno, error) {
 		<-r.done
 		return r.n, r.errno, r.err
 	}
+	allowed := r.allowed
 	r.wmu.Unlock()
 	r.first = true
 	err := c.rc.Read(r.step)
-	if err == nil && r.wasted >= aheadAfter {
+	if allowed && err == nil && r.wasted >= aheadAfter {
 		r.wmu.Lock()
 		r.ahead = r.allowed
 		r.wmu.Unlock()
