@@ -36,7 +36,6 @@ func Wrap(c net.Conn) net.Conn {
 	}
 	raw := &rawConn{Conn: c, rc: rc}
 	raw.rd.step, raw.rd.waitStep, raw.wr.step = raw.rd.read, raw.rd.serve, raw.wr.write
-	raw.rd.done = make(chan struct{}, 1)
 	return raw
 }
 
@@ -75,12 +74,14 @@ type readOp struct {
 	// A socket whose reads keep finding nothing at first is read by a
 	// waiter (see waitAhead), when its user allows it (ReadAhead); wmu
 	// guards its state.
-	wmu      sync.Mutex
-	allowed  bool // ReadAhead(true)
-	ahead    bool // the next read goes to the waiter
-	running  bool // the waiter's goroutine runs
-	pending  bool // a read waits for the waiter
-	retried  bool // the waiter asked the poller again after an error
+	wmu     sync.Mutex
+	allowed bool // ReadAhead(true)
+	ahead   bool // the next read goes to the waiter
+	running bool // the waiter's goroutine runs
+	pending bool // a read waits for the waiter
+	retried bool // the waiter asked the poller again after an error
+	// done hands a served read back to the caller; made when the first
+	// waiter starts, since most sockets never have one.
 	done     chan struct{}
 	waitStep func(fd uintptr) bool
 }
@@ -179,6 +180,9 @@ func (c *rawConn) read() (int, syscall.Errno, error) {
 		r.pending, r.retried = true, false
 		start := !r.running
 		r.running = true
+		if r.done == nil {
+			r.done = make(chan struct{}, 1)
+		}
 		r.wmu.Unlock()
 		if start {
 			go c.waitAhead()
