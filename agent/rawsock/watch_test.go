@@ -81,6 +81,11 @@ func TestUnwatch(t *testing.T) {
 	expectQuiet(t, fired, "cancelled watch")
 	fired = watched(t, c)
 	expectFired(t, fired, "watch set again")
+	// The byte that fired it is read, or the next watch (level-triggered)
+	// could fire before Unwatch cancels it.
+	if n, err := c.Read(make([]byte, 1)); n != 1 || err != nil {
+		t.Fatalf("read the byte that fired the watch: %d %v", n, err)
+	}
 	// Unwatched and closed: the set keeps no entry for a descriptor
 	// number the next socket may get.
 	fired = watched(t, c)
