@@ -69,8 +69,8 @@ type Store struct {
 	// audit chain in shared transactions.
 	writer *writer
 	// stmts holds the statements every connection runs, prepared once
-	// (query -> *sql.Stmt): SQLite parses and plans an INSERT in about as
-	// long as it takes to run it.
+	// (query, or insertKey, -> *sql.Stmt): SQLite parses and plans an
+	// INSERT in about as long as it takes to run it.
 	stmts sync.Map
 	// together are the writer's statements for many sessions' writes at
 	// once (sessionStatements); only the writer's goroutine uses it.
@@ -234,11 +234,17 @@ func (s *Store) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
 	if st, ok := s.stmts.Load(query); ok {
 		return st.(*sql.Stmt), nil
 	}
+	return s.prepare(ctx, query, query)
+}
+
+// prepare prepares query and keeps it in stmts under key, or returns the
+// statement another caller kept there first.
+func (s *Store) prepare(ctx context.Context, key any, query string) (*sql.Stmt, error) {
 	st, err := s.w.PrepareContext(ctx, s.Rebind(query))
 	if err != nil {
 		return nil, err
 	}
-	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+	if prev, loaded := s.stmts.LoadOrStore(key, st); loaded {
 		st.Close()
 		return prev.(*sql.Stmt), nil
 	}
@@ -258,34 +264,59 @@ const insertRows = 64
 // of its own. The function it returns asks row to append the values of the
 // i-th row to args.
 func (s *Store) rowsInsert(ctx context.Context, table, cols string, n int) (func(ctx context.Context, tx *sql.Tx, row func(args []any, i int) []any) error, error) {
-	width := strings.Count(cols, ",") + 1
-	values := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
-	prep := map[int]*sql.Stmt{}
-	for _, k := range []int{min(n, insertRows), n % insertRows} {
-		if k == 0 || prep[k] != nil {
-			continue
-		}
-		st, err := s.prepared(ctx, "INSERT INTO "+table+" ("+cols+") VALUES "+strings.TrimSuffix(strings.Repeat(values+", ", k), ", "))
-		if err != nil {
+	if n == 0 {
+		return func(context.Context, *sql.Tx, func([]any, int) []any) error { return nil }, nil
+	}
+	full, err := s.insertStmt(ctx, table, cols, min(n, insertRows))
+	if err != nil {
+		return nil, err
+	}
+	rest := full
+	if n > insertRows && n%insertRows != 0 {
+		if rest, err = s.insertStmt(ctx, table, cols, n%insertRows); err != nil {
 			return nil, err
 		}
-		prep[k] = st
 	}
+	width := strings.Count(cols, ",") + 1
 	return func(ctx context.Context, tx *sql.Tx, row func(args []any, i int) []any) error {
 		args := make([]any, 0, width*min(n, insertRows))
 		for done := 0; done < n; {
-			k := min(n-done, insertRows)
+			k, st := min(n-done, insertRows), full
+			if k < min(n, insertRows) {
+				st = rest
+			}
 			args = args[:0]
 			for i := done; i < done+k; i++ {
 				args = row(args, i)
 			}
-			if _, err := tx.StmtContext(ctx, prep[k]).ExecContext(ctx, args...); err != nil {
+			if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...); err != nil {
 				return err
 			}
 			done += k
 		}
 		return nil
 	}, nil
+}
+
+// insertKey is the key in stmts of rowsInsert's statement for rows rows of
+// cols into table.
+type insertKey struct {
+	table, cols string
+	rows        int
+}
+
+// insertStmt returns the statement that inserts k (at least one) rows of
+// cols into table. Its text is built only the first time: building it (up
+// to insertRows groups of placeholders) and finding the statement by it
+// took four allocations and some 0.4 KB at each session's end and each
+// batch of audit records.
+func (s *Store) insertStmt(ctx context.Context, table, cols string, k int) (*sql.Stmt, error) {
+	key := insertKey{table, cols, k}
+	if st, ok := s.stmts.Load(key); ok {
+		return st.(*sql.Stmt), nil
+	}
+	values := "(" + strings.TrimSuffix(strings.Repeat("?, ", strings.Count(cols, ",")+1), ", ") + ")"
+	return s.prepare(ctx, key, "INSERT INTO "+table+" ("+cols+") VALUES "+strings.TrimSuffix(strings.Repeat(values+", ", k), ", "))
 }
 
 // DB exposes the writer's handle for tests and tools that need raw SQL
