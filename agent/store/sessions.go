@@ -233,9 +233,7 @@ func (s *Store) sessionStatements(ctx context.Context) (*sessionStmts, error) {
 			{&st.decisions[i], "decision_batches", "session_id, first_idx, last_idx, actions, decisions"},
 			{&st.parts[i], "recording_parts", "session_id, part, data"},
 		} {
-			values := "(" + strings.TrimSuffix(strings.Repeat("?, ", strings.Count(t.cols, ",")+1), ", ") + ")"
-			if *t.stmt, err = s.prepared(ctx, "INSERT INTO "+t.table+" ("+t.cols+") VALUES "+
-				strings.TrimSuffix(strings.Repeat(values+", ", k), ", ")); err != nil {
+			if *t.stmt, err = s.insertStmt(ctx, t.table, t.cols, k); err != nil {
 				return nil, err
 			}
 		}
